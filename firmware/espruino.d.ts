@@ -29,3 +29,5 @@ declare const AES: {
   ccmEncrypt(msg: Uint8Array, key: Uint8Array, nonce: Uint8Array, tagLen: number): { data: ArrayBuffer; tag: ArrayBuffer };
   ccmDecrypt(msg: Uint8Array, key: Uint8Array, nonce: Uint8Array, tag: Uint8Array): ArrayBuffer;
 };
+/** Espruino's global object. */
+declare const global: any;

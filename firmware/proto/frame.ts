@@ -1,0 +1,67 @@
+// One framing for every byte-stream transport (TCP, BLE UART, serial):
+//
+//   0xA5 | length (u16, big-endian, 1..MAX_PAYLOAD) | payload | CRC-32 (u32, big-endian)
+//
+// The CRC (zlib's CRC-32, what Espruino's E.CRC32 computes) covers the length and the payload. It
+// catches line noise, not attackers: everything after the join is AEAD-protected. On a bad length
+// or CRC the decoder drops one byte and hunts for the next 0xA5, so a serial line resynchronises.
+
+import type { Bytes } from "../bytes.ts";
+
+export const FRAME_MAGIC = 0xa5;
+export const MAX_PAYLOAD = 1024;
+const HEADER = 3;
+const TRAILER = 4;
+
+export type Crc32 = (data: Bytes) => number;
+
+export function encodeFrame(payload: Bytes, crc32: Crc32): Bytes {
+  if (payload.length < 1 || payload.length > MAX_PAYLOAD) throw new Error("frame: payload size " + payload.length + " out of range");
+  const out = new Uint8Array(HEADER + payload.length + TRAILER);
+  out[0] = FRAME_MAGIC;
+  out[1] = payload.length >> 8;
+  out[2] = payload.length & 255;
+  out.set(payload, HEADER);
+  const crc = crc32(out.subarray(1, HEADER + payload.length)) >>> 0;
+  const t = HEADER + payload.length;
+  out[t] = crc >>> 24;
+  out[t + 1] = (crc >>> 16) & 255;
+  out[t + 2] = (crc >>> 8) & 255;
+  out[t + 3] = crc & 255;
+  return out;
+}
+
+/** Incremental decoder: push() bytes as they arrive, get complete payloads back. */
+export class FrameDecoder {
+  buf: Bytes = new Uint8Array(0);
+  /** Bytes discarded while hunting for a valid frame (noise, bad CRC, bad length). */
+  dropped = 0;
+  crc32: Crc32;
+
+  constructor(crc32: Crc32) {
+    this.crc32 = crc32;
+  }
+
+  push(chunk: Bytes): Bytes[] {
+    const joined = new Uint8Array(this.buf.length + chunk.length);
+    joined.set(this.buf, 0);
+    joined.set(chunk, this.buf.length);
+    const out: Bytes[] = [];
+    let p = 0;
+    while (p < joined.length) {
+      if (joined[p] !== FRAME_MAGIC) { p++; this.dropped++; continue; }
+      if (joined.length - p < HEADER) break;
+      const len = (joined[p + 1] << 8) | joined[p + 2];
+      if (len < 1 || len > MAX_PAYLOAD) { p++; this.dropped++; continue; }
+      const end = p + HEADER + len + TRAILER;
+      if (joined.length < end) break;
+      const t = p + HEADER + len;
+      const crc = ((joined[t] << 24) | (joined[t + 1] << 16) | (joined[t + 2] << 8) | joined[t + 3]) >>> 0;
+      if ((this.crc32(joined.subarray(p + 1, t)) >>> 0) !== crc) { p++; this.dropped++; continue; }
+      out.push(joined.slice(p + HEADER, t));
+      p = end;
+    }
+    this.buf = joined.slice(p);
+    return out;
+  }
+}
