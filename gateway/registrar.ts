@@ -1,0 +1,122 @@
+// Registration (seed 000 claims 1-6, seed 003): one request carries the desired lifetime, the device's
+// suites with priorities and "issue me a certificate". The gateway grants a lifetime within policy,
+// keeps an Ed25519 identity key in the device's name and issues a certificate whose validity is exactly
+// the granted lifetime. Register again to renew; deregister deletes.
+
+import { toHex } from "../firmware/bytes.ts";
+import { ErrorCode, Msg, type InnerMessage } from "../firmware/proto/messages.ts";
+import type { SymCrypto } from "../firmware/crypto/types.ts";
+import { issueCertificate } from "./cwt.ts";
+import { generateEd25519, type Ed25519KeyPair } from "./ed25519.ts";
+import type { Logger } from "./log.ts";
+import type { Store } from "./store.ts";
+
+export interface RegistrationPolicy {
+  /** Shortest and longest lifetime granted, seconds. */
+  minLifetime: number;
+  maxLifetime: number;
+}
+
+export const DEFAULT_POLICY: RegistrationPolicy = { minLifetime: 60, maxLifetime: 86400 };
+
+export interface RegistrarDeps {
+  store: Store;
+  log: Logger;
+  crypto: SymCrypto;
+  gatewayId: string;
+  gatewayKey: Ed25519KeyPair;
+  policy: RegistrationPolicy;
+  now: () => number;
+}
+
+const CERT_ID_BYTES = 16;
+
+export class Registrar {
+  constructor(private d: RegistrarDeps) {}
+
+  /** The answer to one request from an authenticated device (deviceId comes from its link). */
+  handle(deviceId: string, m: InnerMessage): InnerMessage {
+    switch (m.t) {
+      case Msg.RegisterRequest:
+        return this.register(deviceId, m.rid, m.lifetime, m.suites, m.wantCert);
+      case Msg.DeregisterRequest:
+        return this.deregister(deviceId, m.rid);
+      case Msg.CertQuery:
+        return this.certQuery(deviceId, m.rid, m.name);
+      default:
+        this.d.log.warn("request-rejected", { device: deviceId, reason: `message type ${m.t} is not a request` });
+        return { t: Msg.Error, rid: "rid" in m ? m.rid : 0, code: ErrorCode.Unsupported };
+    }
+  }
+
+  private identity(deviceId: string): Uint8Array {
+    const dev = this.d.store.getDevice(deviceId);
+    if (dev?.identityPublic) return dev.identityPublic;
+    // The device cannot hold a private key worth the name; the gateway keeps it in the device's name.
+    const pair = generateEd25519();
+    this.d.store.setIdentity(deviceId, pair.seed, pair.publicKey);
+    return pair.publicKey;
+  }
+
+  private register(deviceId: string, rid: number, lifetime: number, suites: number[][], wantCert: boolean): InnerMessage {
+    const { policy, now } = this.d;
+    if (lifetime < 1) {
+      this.d.log.warn("register-rejected", { device: deviceId, reason: "requested lifetime is zero" });
+      return { t: Msg.Error, rid, code: ErrorCode.Malformed };
+    }
+    const known = new Set(this.d.crypto.suites());
+    const usable = suites.filter((p) => known.has(p[0]));
+    if (suites.length && !usable.length) {
+      this.d.log.warn("register-rejected", { device: deviceId, reason: `none of the suites ${suites.map((p) => p[0]).join(",")} is supported` });
+      return { t: Msg.Error, rid, code: ErrorCode.Unsupported };
+    }
+    const granted = Math.min(policy.maxLifetime, Math.max(policy.minLifetime, lifetime));
+    const t = now();
+    const renewal = !!this.d.store.getRegistration(deviceId);
+    const result = this.d.store.atomically(() => {
+      let certId: Uint8Array = new Uint8Array(0);
+      let cert: Uint8Array | null = null;
+      if (wantCert) {
+        certId = this.d.crypto.random(CERT_ID_BYTES);
+        cert = issueCertificate(
+          { iss: this.d.gatewayId, sub: deviceId, iat: t, nbf: t, exp: t + granted, cti: certId, publicKey: this.identity(deviceId) },
+          this.d.gatewayKey.seed,
+        );
+      }
+      this.d.store.putRegistration({ deviceId, registeredAt: t, expiresAt: t + granted, suites: usable, certId, cert });
+      this.d.store.audit(t, deviceId, renewal ? "renewed" : "registered", `granted=${granted} cert=${toHex(certId)}`);
+      return { certId, cert };
+    });
+    this.d.log.info(renewal ? "renewed" : "registered", { device: deviceId, requested: lifetime, granted, certId: toHex(result.certId), suites: usable.map((p) => p[0]).join(",") });
+    return { t: Msg.RegisterOk, rid, granted, certId: result.certId, cert: result.cert };
+  }
+
+  private deregister(deviceId: string, rid: number): InnerMessage {
+    const existed = this.d.store.atomically(() => {
+      const gone = this.d.store.deleteRegistration(deviceId);
+      if (gone) this.d.store.audit(this.d.now(), deviceId, "deregistered", "");
+      return gone;
+    });
+    this.d.log.info("deregistered", { device: deviceId, existed });
+    return { t: Msg.DeregisterOk, rid };
+  }
+
+  /** Only a certificate valid now is served; an unknown, expired or certificate-less name gets the
+   *  same NotFound answer (the reason goes to the log only). The caller must be registered itself. */
+  private certQuery(deviceId: string, rid: number, name: string): InnerMessage {
+    const now = this.d.now();
+    const own = this.d.store.getRegistration(deviceId);
+    if (!own || own.expiresAt <= now) {
+      this.d.log.warn("request-rejected", { device: deviceId, reason: own ? "caller's registration expired" : "caller is not registered", request: "cert-query" });
+      return { t: Msg.Error, rid, code: ErrorCode.NotRegistered };
+    }
+    const reg = this.d.store.getRegistration(name);
+    const why = !reg ? "no such registration" : reg.expiresAt <= now ? "registration expired" : !reg.cert ? "no certificate issued" : "";
+    if (why || !reg?.cert) {
+      this.d.log.info("cert-query-not-found", { device: deviceId, name, reason: why });
+      return { t: Msg.Error, rid, code: ErrorCode.NotFound };
+    }
+    this.d.log.info("cert-query", { device: deviceId, name, certId: toHex(reg.certId ?? new Uint8Array(0)) });
+    return { t: Msg.CertAnswer, rid, cert: reg.cert };
+  }
+}

@@ -1,0 +1,163 @@
+// The gateway's durable state in one SQLite file (WAL): the device registry with root keys and join
+// counters, registrations with their certificates, the identity keys kept in devices' names, and an
+// audit log. Every multi-row change is one transaction, so a crash never leaves half a record.
+
+import Database from "better-sqlite3";
+
+export interface DeviceRow {
+  id: string;
+  rootKey: Uint8Array;
+  board: string;
+  createdAt: number;
+  revokedAt: number | null;
+  joinCounter: number;
+  identitySeed: Uint8Array | null;
+  identityPublic: Uint8Array | null;
+}
+
+export interface RegistrationRow {
+  deviceId: string;
+  registeredAt: number;
+  expiresAt: number;
+  /** [suite, priority] pairs, as the device registered them. */
+  suites: number[][];
+  certId: Uint8Array | null;
+  cert: Uint8Array | null;
+}
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS devices (
+  id TEXT PRIMARY KEY,
+  root_key BLOB NOT NULL,
+  board TEXT NOT NULL,
+  created_at INTEGER NOT NULL,
+  revoked_at INTEGER,
+  join_counter INTEGER NOT NULL DEFAULT 0,
+  identity_seed BLOB,
+  identity_public BLOB
+);
+CREATE TABLE IF NOT EXISTS registrations (
+  device_id TEXT PRIMARY KEY REFERENCES devices(id) ON DELETE CASCADE,
+  registered_at INTEGER NOT NULL,
+  expires_at INTEGER NOT NULL,
+  suites TEXT NOT NULL,
+  cert_id BLOB,
+  cert BLOB
+);
+CREATE TABLE IF NOT EXISTS audit (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  ts INTEGER NOT NULL,
+  device_id TEXT,
+  event TEXT NOT NULL,
+  detail TEXT
+);
+`;
+
+const bytes = (b: Buffer | null): Uint8Array | null => (b ? new Uint8Array(b) : null);
+
+export class Store {
+  readonly db: Database.Database;
+
+  constructor(file: string) {
+    this.db = new Database(file);
+    this.db.pragma("journal_mode = WAL");
+    // FULL: a join counter the gateway has accepted must survive a power cut, or a replay could pass.
+    this.db.pragma("synchronous = FULL");
+    this.db.pragma("foreign_keys = ON");
+    this.db.exec(SCHEMA);
+  }
+
+  close(): void {
+    this.db.close();
+  }
+
+  getMeta(k: string): string | undefined {
+    const r = this.db.prepare("SELECT v FROM meta WHERE k = ?").get(k) as { v: string } | undefined;
+    return r?.v;
+  }
+
+  setMeta(k: string, v: string): void {
+    this.db.prepare("INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v").run(k, v);
+  }
+
+  addDevice(id: string, rootKey: Uint8Array, board: string, now: number): void {
+    this.db.prepare("INSERT INTO devices (id, root_key, board, created_at) VALUES (?, ?, ?, ?)").run(id, Buffer.from(rootKey), board, now);
+  }
+
+  /** Replaces a device's root key and forgets its join counter, registration and identity. */
+  replaceDevice(id: string, rootKey: Uint8Array, board: string, now: number): void {
+    this.db.transaction(() => {
+      this.db.prepare("DELETE FROM devices WHERE id = ?").run(id);
+      this.addDevice(id, rootKey, board, now);
+    })();
+  }
+
+  removeDevice(id: string): boolean {
+    return this.db.prepare("DELETE FROM devices WHERE id = ?").run(id).changes === 1;
+  }
+
+  getDevice(id: string): DeviceRow | undefined {
+    const r = this.db.prepare("SELECT * FROM devices WHERE id = ?").get(id) as Record<string, any> | undefined;
+    if (!r) return undefined;
+    return {
+      id: r.id,
+      rootKey: new Uint8Array(r.root_key),
+      board: r.board,
+      createdAt: r.created_at,
+      revokedAt: r.revoked_at,
+      joinCounter: r.join_counter,
+      identitySeed: bytes(r.identity_seed),
+      identityPublic: bytes(r.identity_public),
+    };
+  }
+
+  listDevices(): { id: string; board: string; createdAt: number; revokedAt: number | null; joinCounter: number; expiresAt: number | null }[] {
+    return (this.db.prepare(
+      "SELECT d.id, d.board, d.created_at, d.revoked_at, d.join_counter, r.expires_at FROM devices d LEFT JOIN registrations r ON r.device_id = d.id ORDER BY d.id",
+    ).all() as Record<string, any>[]).map((r) => ({ id: r.id, board: r.board, createdAt: r.created_at, revokedAt: r.revoked_at, joinCounter: r.join_counter, expiresAt: r.expires_at }));
+  }
+
+  /** Raises the join counter to ctr only if ctr is higher: false means a replay (or a race lost). */
+  advanceJoinCounter(id: string, ctr: number): boolean {
+    return this.db.prepare("UPDATE devices SET join_counter = ? WHERE id = ? AND join_counter < ? AND revoked_at IS NULL").run(ctr, id, ctr).changes === 1;
+  }
+
+  setIdentity(id: string, seed: Uint8Array, publicKey: Uint8Array): void {
+    this.db.prepare("UPDATE devices SET identity_seed = ?, identity_public = ? WHERE id = ?").run(Buffer.from(seed), Buffer.from(publicKey), id);
+  }
+
+  putRegistration(r: RegistrationRow): void {
+    this.db.prepare(
+      `INSERT INTO registrations (device_id, registered_at, expires_at, suites, cert_id, cert) VALUES (?, ?, ?, ?, ?, ?)
+       ON CONFLICT(device_id) DO UPDATE SET registered_at = excluded.registered_at, expires_at = excluded.expires_at,
+       suites = excluded.suites, cert_id = excluded.cert_id, cert = excluded.cert`,
+    ).run(r.deviceId, r.registeredAt, r.expiresAt, JSON.stringify(r.suites), r.certId && Buffer.from(r.certId), r.cert && Buffer.from(r.cert));
+  }
+
+  getRegistration(deviceId: string): RegistrationRow | undefined {
+    const r = this.db.prepare("SELECT * FROM registrations WHERE device_id = ?").get(deviceId) as Record<string, any> | undefined;
+    if (!r) return undefined;
+    return { deviceId: r.device_id, registeredAt: r.registered_at, expiresAt: r.expires_at, suites: JSON.parse(r.suites), certId: bytes(r.cert_id), cert: bytes(r.cert) };
+  }
+
+  deleteRegistration(deviceId: string): boolean {
+    return this.db.prepare("DELETE FROM registrations WHERE device_id = ?").run(deviceId).changes === 1;
+  }
+
+  audit(ts: number, deviceId: string | null, event: string, detail: string): void {
+    this.db.prepare("INSERT INTO audit (ts, device_id, event, detail) VALUES (?, ?, ?, ?)").run(ts, deviceId, event, detail);
+  }
+
+  /** A transaction around fn: all of its writes land, or none. */
+  atomically<T>(fn: () => T): T {
+    return this.db.transaction(fn)();
+  }
+
+  /** Rows of every table, for tests that prove a rejected input changed nothing. */
+  snapshot(): string {
+    const dump: Record<string, unknown[]> = {};
+    for (const t of ["meta", "devices", "registrations"]) dump[t] = this.db.prepare(`SELECT * FROM ${t} ORDER BY 1`).all();
+    return JSON.stringify(dump, (_k, v) => (v && v.type === "Buffer" ? Buffer.from(v.data).toString("hex") : v));
+  }
+}
