@@ -1,0 +1,44 @@
+// HMAC-SHA256 (RFC 2104) and HKDF-SHA256 (RFC 5869) on the board's native SHA-256.
+// Espruino subset only (design.md §5).
+
+import type { Bytes } from "../bytes.ts";
+import { concat, wipe } from "../bytes.ts";
+
+const BLOCK = 64;
+const HASH_LEN = 32;
+
+export function hmacSha256(sha256: (d: Bytes) => Bytes, key: Bytes, data: Bytes): Bytes {
+  // Keys longer than the block are hashed first; shorter ones are zero-padded to the block.
+  const k0 = new Uint8Array(BLOCK);
+  k0.set(key.length > BLOCK ? sha256(key) : key);
+  const pad = new Uint8Array(BLOCK);
+  for (let i = 0; i < BLOCK; i++) pad[i] = k0[i] ^ 0x36;
+  const inner = sha256(concat([pad, data]));
+  for (let i = 0; i < BLOCK; i++) pad[i] = k0[i] ^ 0x5c;
+  const mac = sha256(concat([pad, inner]));
+  wipe(k0);
+  wipe(pad);
+  wipe(inner);
+  return mac;
+}
+
+/** RFC 5869 extract-then-expand. An empty salt is HashLen zero bytes, which HMAC's zero padding
+ *  makes identical to the empty key, so no special case is needed. */
+export function hkdfSha256(sha256: (d: Bytes) => Bytes, salt: Bytes, ikm: Bytes, info: Bytes, length: number): Bytes {
+  if (!(length >= 0 && length <= 255 * HASH_LEN) || length % 1 !== 0) {
+    throw new Error("hkdf: length must be an integer from 0 to 8160");
+  }
+  const prk = hmacSha256(sha256, salt, ikm);
+  const okm = new Uint8Array(length);
+  let t: Bytes = new Uint8Array(0);
+  for (let i = 1, off = 0; off < length; i++) {
+    const next = hmacSha256(sha256, prk, concat([t, info, new Uint8Array([i])]));
+    wipe(t);
+    t = next;
+    okm.set(length - off < HASH_LEN ? t.subarray(0, length - off) : t, off);
+    off += HASH_LEN;
+  }
+  wipe(t);
+  wipe(prk);
+  return okm;
+}
