@@ -1,0 +1,108 @@
+import { randomBytes } from "node:crypto";
+import { existsSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { getBoard } from "../boards/index.ts";
+import { openStore, DEFAULT_LISTEN } from "../gateway/gateway.ts";
+import { DEFAULT_DATA_DIR } from "./gateway-cmd.ts";
+import { parse, UsageError } from "./args.ts";
+
+export const ROOT_KEY_BYTES = 16;
+const ID_PATTERN = /^[A-Za-z0-9._-]{1,64}$/;
+
+const HELP = `usage: keyproxy device <add|list|remove> [options]
+
+  add --id <name> --out <file> [--board <id>] [--gateway <host:port>] [--replace]
+      Makes a fresh root key (CSPRNG), enters the device in the registry and writes a provisioning
+      file (mode 0600) holding the id, the key and the gateway address. The key is never printed:
+      load the file into the device (keyproxy sim does) and then delete it.
+  list                          devices, join counters and registration expiry
+  remove --id <name>            deletes the device, its registration and certificate
+
+  --data-dir <dir>   the gateway's data directory (default ${DEFAULT_DATA_DIR})`;
+
+export function checkDeviceId(id: string | undefined): string {
+  if (!id) throw new UsageError("--id is required");
+  if (!ID_PATTERN.test(id)) throw new UsageError(`device id "${id}" must be 1-64 letters, digits, dots, dashes or underscores`);
+  return id;
+}
+
+/** Registry entry and provisioning file as one step: either both exist afterwards or neither does. */
+export function addDevice(dataDir: string, id: string, board: string, gateway: string, out: string, replace: boolean): void {
+  if (existsSync(out)) throw new Error(`${out} exists; refusing to overwrite a provisioning file`);
+  const store = openStore(dataDir);
+  const key = randomBytes(ROOT_KEY_BYTES);
+  const tmp = `${out}.${process.pid}.tmp`;
+  try {
+    if (store.getDevice(id) && !replace) throw new Error(`device "${id}" is already registered; pass --replace to give it a new root key`);
+    writeFileSync(tmp, JSON.stringify({ id, key: key.toString("hex"), gw: gateway, board }) + "\n", { mode: 0o600 });
+    store.atomically(() => {
+      if (replace) store.replaceDevice(id, key, board, Math.floor(Date.now() / 1000));
+      else store.addDevice(id, key, board, Math.floor(Date.now() / 1000));
+      store.audit(Math.floor(Date.now() / 1000), id, replace ? "device-replaced" : "device-added", `board=${board}`);
+      // Inside the transaction: if the file cannot be put in place, the registry entry is rolled back.
+      renameSync(tmp, out);
+    });
+  } finally {
+    rmSync(tmp, { force: true });
+    key.fill(0);
+    store.close();
+  }
+}
+
+export async function deviceCommand(argv: string[]): Promise<number> {
+  const [sub, ...rest] = argv;
+  if (!sub || sub === "--help" || sub === "-h") {
+    console.log(HELP);
+    return sub ? 0 : 2;
+  }
+  const o = parse(rest, {
+    id: { type: "string" },
+    out: { type: "string" },
+    board: { type: "string" },
+    gateway: { type: "string" },
+    replace: { type: "boolean" },
+    "data-dir": { type: "string" },
+    help: { type: "boolean", short: "h" },
+  });
+  if (o.help) {
+    console.log(HELP);
+    return 0;
+  }
+  const dataDir = o["data-dir"] ?? DEFAULT_DATA_DIR;
+  if (sub === "add") {
+    const id = checkDeviceId(o.id);
+    if (!o.out) throw new UsageError("--out <file> is required: the provisioning file that will hold the root key");
+    const board = getBoard(o.board ?? "puckjs").id;
+    const gw = o.gateway ?? `${DEFAULT_LISTEN.host}:${DEFAULT_LISTEN.port}`;
+    addDevice(dataDir, id, board, gw, o.out, !!o.replace);
+    console.log(`added ${id} (${board}) to ${dataDir}; provisioning file ${o.out} (mode 0600) holds its root key`);
+    return 0;
+  }
+  if (sub === "list") {
+    const store = openStore(dataDir);
+    try {
+      const now = Math.floor(Date.now() / 1000);
+      const rows = store.listDevices();
+      if (!rows.length) console.log(`no devices in ${dataDir}`);
+      for (const r of rows) {
+        const reg = r.expiresAt === null ? "not registered" : r.expiresAt > now ? `registered, ${r.expiresAt - now}s left` : "registration expired";
+        console.log(`${r.id.padEnd(20)} ${r.board.padEnd(10)} joins=${String(r.joinCounter).padEnd(6)} ${r.revokedAt ? "REVOKED" : reg}`);
+      }
+    } finally {
+      store.close();
+    }
+    return 0;
+  }
+  if (sub === "remove") {
+    const id = checkDeviceId(o.id);
+    const store = openStore(dataDir);
+    try {
+      if (!store.removeDevice(id)) throw new Error(`no device "${id}" in ${dataDir}`);
+      store.audit(Math.floor(Date.now() / 1000), id, "device-removed", "");
+    } finally {
+      store.close();
+    }
+    console.log(`removed ${id}`);
+    return 0;
+  }
+  throw new UsageError(`unknown subcommand "${sub}"`);
+}

@@ -1,0 +1,39 @@
+// `keyproxy <command>`: one entry point, one module per command.
+import { UsageError } from "./args.ts";
+
+const COMMANDS: Record<string, { summary: string; run: (argv: string[]) => Promise<number> }> = {
+  build: { summary: "bundle the firmware for a board and check it against the board's budget", run: async (a) => (await import("../flash/build.ts")).buildCommand(a) },
+  gateway: { summary: "run a gateway (SQLite registry, device links, registration)", run: async (a) => (await import("./gateway-cmd.ts")).gatewayCommand(a) },
+  device: { summary: "add, list or remove devices in a gateway's registry", run: async (a) => (await import("./device-cmd.ts")).deviceCommand(a) },
+  sim: { summary: "boot emulated handsets (the real firmware bundle) against a gateway", run: async (a) => (await import("./sim-cmd.ts")).simCommand(a) },
+};
+
+export const USAGE = `usage: keyproxy <command> [options]
+
+commands:
+${Object.entries(COMMANDS).map(([n, c]) => `  ${n.padEnd(9)} ${c.summary}`).join("\n")}
+
+Run "keyproxy <command> --help" for a command's options.`;
+
+export async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (!name || name === "--help" || name === "-h" || name === "help") {
+    console.log(USAGE);
+    return name ? 0 : 2;
+  }
+  const cmd = COMMANDS[name];
+  if (!cmd) {
+    console.error(`keyproxy: unknown command "${name}"\n\n${USAGE}`);
+    return 2;
+  }
+  try {
+    return await cmd.run(rest);
+  } catch (e) {
+    if (e instanceof UsageError) {
+      console.error(`keyproxy ${name}: ${e.message} (see "keyproxy ${name} --help")`);
+      return 2;
+    }
+    console.error(`keyproxy ${name}: ${(e as Error).message}`);
+    return 1;
+  }
+}
