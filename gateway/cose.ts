@@ -11,7 +11,7 @@
 // (RFC 8949 §4.2.1: no duplicate map keys, no indefinite lengths, shortest heads), so that one
 // message has exactly one meaning and one encoding.
 
-import { Encoder } from "cbor-x";
+import { encode, decode } from "./cbor.ts";
 import { ed25519Sign, ed25519Verify, ED25519_SIGNATURE_LENGTH } from "./ed25519.ts";
 
 /** COSE header labels (RFC 9052 §3.1). */
@@ -22,20 +22,6 @@ export const COSE_HEADER_KID = 4;
 export const COSE_ALG_EDDSA = -8;
 /** CBOR tag of COSE_Sign1_Tagged. */
 export const COSE_SIGN1_TAG = 18;
-
-// Stand-in for gateway/cbor.ts (same shape) until it lands. Deterministic choices: Maps stay Maps with
-// their keys as given, no tag 259 on maps, no tag 64 on Uint8Array, no records, definite lengths.
-const cborCodec = new Encoder({ mapsAsObjects: false, useRecords: false, tagUint8Array: false, variableMapSize: true });
-export const cbor = {
-  encode(v: unknown): Uint8Array {
-    return new Uint8Array(cborCodec.encode(v)); // a plain copy: cbor-x hands out Buffers over its scratch space
-  },
-  decode(b: Uint8Array): unknown {
-    return cborCodec.decode(b);
-  },
-};
-const encode = cbor.encode;
-const decode = cbor.decode;
 
 const SIGN1_CONTEXT = "Signature1";
 // 0xd2 is the one-byte head of tag 18; the only encoding deterministic CBOR allows.

@@ -8,10 +8,11 @@
 // certificate certifies. Claims are written in deterministic CBOR (RFC 8949 §4.2.1): map keys in
 // bytewise order of their encodings, so 1, 2, 4, 5, 6, 7, 8 and, in the COSE_Key, 1, 3, -1, -2.
 //
-// NumericDates are whole seconds in 0 .. 2^32-1 (until 2106-02-07): inside that range every CBOR
-// library writes the same shortest integer, beyond it cbor-x would write a float.
+// NumericDates are whole, non-negative seconds up to 2^53 - 1, always written as CBOR integers
+// (RFC 8392 §2 allows floats; we neither write nor accept them, so one instant has one encoding).
 
-import { cbor, decodeDeterministic, verifySign1, parseSign1, signSign1, CoseError } from "./cose.ts";
+import { encode } from "./cbor.ts";
+import { decodeDeterministic, verifySign1, parseSign1, signSign1, CoseError } from "./cose.ts";
 import { ED25519_PUBLIC_KEY_LENGTH } from "./ed25519.ts";
 
 /** CBOR tag for a CWT (RFC 8392 §6). It must wrap a tagged COSE message, here tag 18. */
@@ -36,7 +37,7 @@ const KTY_OKP = 1;
 const ALG_EDDSA = -8;
 const CRV_ED25519 = 6;
 
-const MAX_NUMERIC_DATE = 0xffffffff;
+const MAX_NUMERIC_DATE = Number.MAX_SAFE_INTEGER;
 const MAX_CTI_LENGTH = 64;
 
 export interface DeviceCertClaims {
@@ -113,7 +114,7 @@ function encodeClaims(c: DeviceCertClaims): Uint8Array {
     [CLAIM_CTI, new Uint8Array(c.cti)],
     [CLAIM_CNF, new Map([[CNF_COSE_KEY, coseKey]])],
   ]);
-  return cbor.encode(claims);
+  return encode(claims);
 }
 
 function readPublicKeyFromCnf(cnf: unknown): Uint8Array {

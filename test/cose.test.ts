@@ -12,6 +12,7 @@ import fc from "fast-check";
 import { ed25519 as noble } from "@noble/curves/ed25519.js";
 import { concat, fromHex, toHex, utf8Encode } from "../firmware/bytes.ts";
 import { ed25519FromSeed, ed25519Sign, ed25519Verify, generateEd25519 } from "../gateway/ed25519.ts";
+import { encode } from "../gateway/cbor.ts";
 import { CoseError, signSign1, sigStructure1, verifySign1 } from "../gateway/cose.ts";
 import {
   CertError,
@@ -333,6 +334,14 @@ test("CWT: the certificate is 61(18([...])) with exactly the claims bytes RFC 83
   assert.equal(toHex(cert), toHex(expected));
 });
 
+test("CWT: NumericDates beyond 2^32 stay integers (8-byte head), not floats", () => {
+  const far = 2 ** 40;
+  const cert = issueCertificate({ ...sampleClaims(), exp: far }, ISSUER.seed);
+  assert.equal(verifyCertificate(cert, ISSUER.publicKey, far - 1).exp, far);
+  assert.ok(toHex(readPayload(cert)).includes("041b0000010000000000"), "exp is 04 1b 00000100 00000000");
+  expectCertError(() => verifyCertificate(cert, ISSUER.publicKey, far), "expired");
+});
+
 test("CWT: accepted with or without the tag 61 wrapper", () => {
   const cert = issueCertificate(sampleClaims(), ISSUER.seed);
   assert.deepEqual(Array.from(cert.subarray(0, 3)), [0xd8, 0x3d, 0xd2]);
@@ -401,7 +410,8 @@ test("CWT: issuing refuses claims it could not verify back", () => {
   const base = sampleClaims();
   const bad: Array<Partial<DeviceCertClaims>> = [
     { exp: base.nbf },
-    { exp: 2 ** 32 },
+    { exp: 2 ** 53 },
+    { iat: -1 },
     { nbf: 1.5 },
     { iss: "" },
     { sub: "" },
@@ -421,6 +431,35 @@ test("CWT: random garbage only ever raises CertError", () => {
       assert.throws(() => readCertificateUnverified(bytes), CertError);
     }),
     { numRuns: 2000 },
+  );
+});
+
+test("CWT: well-formed CBOR of the wrong shape only ever raises CertError", () => {
+  // Garbage that gets past the CBOR decoder, to reach the structure and claims checks.
+  const { value } = fc.letrec((tie) => ({
+    value: fc.oneof(
+      { depthSize: "small" },
+      fc.integer({ min: -20, max: 2 ** 33 }),
+      fc.string({ maxLength: 8 }),
+      fc.uint8Array({ maxLength: 70 }),
+      fc.constant(null),
+      fc.array(tie("value"), { maxLength: 5 }),
+      fc.array(fc.tuple(fc.integer({ min: -5, max: 9 }), tie("value")), { maxLength: 8 }).map((kv) => new Map(kv)),
+    ),
+  }));
+  const headerish = fc.oneof(fc.constant(PROTECTED_EDDSA), value.map((v) => encode(v)), fc.uint8Array({ maxLength: 6 }));
+  const claimsish = fc.oneof(value.map((v) => encode(v)), fc.constant(readPayload(issueCertificate(sampleClaims(), ISSUER.seed))));
+  fc.assert(
+    fc.property(headerish, value, claimsish, fc.uint8Array({ minLength: 64, maxLength: 64 }), (prot, unprot, payload, sig) => {
+      const bytes = concat([hex("d83d d2"), encode([prot, unprot, payload, sig])]);
+      assert.throws(() => verifyCertificate(bytes, ISSUER.publicKey, NBF), CertError);
+      try {
+        readCertificateUnverified(bytes);
+      } catch (e) {
+        assert.ok(e instanceof CertError, String(e));
+      }
+    }),
+    { numRuns: 1000 },
   );
 });
 
