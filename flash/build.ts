@@ -1,0 +1,377 @@
+// `keyproxy build`: one esbuild bundle per board, held to the Espruino subset and to the board's budget.
+//
+// The subset is enforced three times, each layer catching what the one before cannot see:
+//   1. the lint (flash/lint.ts) over the bundle's own sources: syntax, globals, use before declaration,
+//      closures over loop variables, public-key imports;
+//   2. esbuild's `supported` table (below): syntax it cannot lower becomes a build error;
+//   3. the gate (flash/subset.ts) over the bundle itself, before and after minification: whatever esbuild
+//      lowered with a runtime helper, whatever came from node_modules, the `__require` shim.
+
+import { existsSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import * as esbuild from "esbuild";
+import { BOARDS, getBoard } from "../boards/index.ts";
+import { PUBLIC_KEY_PACKAGES } from "./eslint-espruino.js";
+import { lintFirmware } from "./lint.ts";
+import { lineColumnAt, SourceMapLookup, type RawSourceMap } from "./sourcemap.ts";
+import { checkEspruinoSubset, renameGlobal, type SubsetViolation } from "./subset.ts";
+
+export interface BuildResult {
+  board: string;
+  /** Where the bundle is (or would be) written. */
+  file: string;
+  /** Minified bundle size; 0 when the build did not get that far. */
+  bytes: number;
+  budget: number;
+  /** No problems and within budget. */
+  ok: boolean;
+  /** Lint findings, esbuild errors and gate violations, each "file:line: sentence". */
+  problems: string[];
+  /** The bundle text (also written to `file` when there are no problems). */
+  code: string;
+}
+
+export interface BuildOptions {
+  board: string;
+  /** Default: build/ at the repository root. */
+  outDir?: string;
+  /** Default: firmware/targets/<board>.ts. Relative paths are taken from the working directory. */
+  entry?: string;
+  /** Default true. */
+  minify?: boolean;
+  /** Run the lint first (default true). Tests turn it off to see what the later layers catch alone. */
+  lint?: boolean;
+  /** Overrides the board's budget.bundleBytes. */
+  budget?: number;
+}
+
+const ROOT = fileURLToPath(new URL("..", import.meta.url));
+
+/** What Espruino lacks, in esbuild's feature names (design.md §5). What esbuild does with each, checked
+ *  against esbuild 0.28:
+ *  - rejects (build error): destructuring, default-argument, rest-argument (also spread in calls),
+ *    array-spread, generator, async-await, async-generator, for-await, new-target, using;
+ *  - lowers with a runtime helper the gate then rejects: object-rest-spread (__spreadValues),
+ *    class-private-* (__privateGet + WeakMap), bigint (BigInt("10")), exponent-operator (__pow);
+ *  - lowers cleanly into code Espruino runs: optional-chain, logical-assignment,
+ *    optional-catch-binding, class-static-blocks, import-meta (an empty object). These are harmless in
+ *    the output; the lint keeps them out of our sources.
+ *  template-literal stays supported (Espruino has templates), so a tagged template reaches the gate
+ *  untouched instead of becoming __template + Object.freeze. Labels and computed keys are not esbuild
+ *  features at all: the gate catches them. */
+const ESPRUINO_UNSUPPORTED_FEATURES = [
+  "destructuring", "default-argument", "rest-argument", "array-spread", "object-rest-spread",
+  "nested-rest-binding", "generator", "async-await", "async-generator", "for-await", "top-level-await",
+  "optional-chain", "exponent-operator", "bigint", "new-target", "import-meta", "logical-assignment",
+  "optional-catch-binding", "class-static-blocks", "using", "decorators", "dynamic-import",
+  "class-private-field", "class-private-method", "class-private-accessor", "class-private-static-field",
+  "class-private-static-method", "class-private-static-accessor", "class-private-brand-check",
+] as const;
+
+const SUPPORTED: Record<string, boolean> = Object.fromEntries(ESPRUINO_UNSUPPORTED_FEATURES.map((f) => [f, false]));
+
+/** Espruino's built-in modules: reached through espruinoRequire, never bundled. */
+const ESPRUINO_MODULES = ["crypto", "Storage", "net", "http", "tls", "dgram", "Wifi", "Flash", "fs", "heatshrink"];
+
+const escapeRegExp = (s: string): string => s.replace(/[.*+?^${}()|[\]\\/]/g, "\\$&");
+
+/** Turns imports the device must never have into build errors at the import itself. */
+const guardImports: esbuild.Plugin = {
+  name: "espruino-imports",
+  setup(build) {
+    const publicKey = new RegExp(`^(${PUBLIC_KEY_PACKAGES.map(escapeRegExp).join("|")})(/.*)?$`);
+    build.onResolve({ filter: publicKey }, (args) => {
+      const pkg = publicKey.exec(args.path)?.[1] ?? args.path;
+      return { errors: [{ text: `importing ${pkg}: public-key cryptography does not belong on the device, the gateway does it` }] };
+    });
+    const builtin = new RegExp(`^(${ESPRUINO_MODULES.join("|")})$`);
+    build.onResolve({ filter: builtin }, (args) => ({
+      errors: [{ text: `"${args.path}" is an Espruino built-in module: write espruinoRequire("${args.path}"), which the build turns into Espruino's require` }],
+    }));
+  },
+};
+
+/** esbuild's "Transforming X to the configured target environment is not supported yet" in our words. */
+const ESBUILD_CONSTRUCTS: Record<string, string> = {
+  "destructuring": "destructuring",
+  "default arguments": "a default parameter value",
+  "rest arguments": "a rest parameter or spread in a call",
+  "array spread": "array spread",
+  "generator functions": "a generator",
+  "async functions": "an async function",
+  "async generator functions": "an async generator",
+  "for-await loops": "for await",
+  "new.target": "new.target",
+};
+
+function plainSentence(text: string): string {
+  const transforming = /^Transforming (.+?) to the configured target environment/.exec(text);
+  if (transforming) return `${ESBUILD_CONSTRUCTS[transforming[1]] ?? transforming[1]} is not supported by Espruino`;
+  const unavailable = /^(.+?) (?:is|are) not available in the configured target environment/.exec(text);
+  if (unavailable) return `${unavailable[1]} is not supported by Espruino`;
+  return text;
+}
+
+function esbuildProblems(messages: esbuild.Message[]): string[] {
+  return messages.map((m) => (m.location ? `${m.location.file}:${m.location.line}: ${plainSentence(m.text)}` : plainSentence(m.text)));
+}
+
+/** Paths inside the repository relative to it (as in "firmware/x.ts:12"), others absolute. */
+function relative(file: string): string {
+  const rel = path.relative(ROOT, file);
+  return rel === "" || rel.startsWith("..") || path.isAbsolute(rel) ? file : rel;
+}
+
+interface Bundle {
+  code: string;
+  map: SourceMapLookup;
+  /** Absolute path of the folder the map's sources are relative to. */
+  mapDir: string;
+}
+
+/** Bundles for the device: iife, platform neutral, no legal comments, ASCII only. The sourcemap stays in
+ *  memory, for pointing at the TypeScript line behind a gate violation. */
+async function bundle(entry: string, outFile: string, minify: boolean): Promise<Bundle | { errors: esbuild.Message[] }> {
+  try {
+    const result = await esbuild.build({
+      entryPoints: [entry],
+      outfile: outFile,
+      absWorkingDir: ROOT,
+      bundle: true,
+      write: false,
+      format: "iife",
+      platform: "neutral",
+      mainFields: ["module", "main"],
+      minify,
+      legalComments: "none",
+      charset: "ascii",
+      sourcemap: "external",
+      supported: SUPPORTED,
+      plugins: [guardImports],
+      logLevel: "silent",
+    });
+    const code = result.outputFiles.find((f) => f.path.endsWith(".js"))?.text ?? "";
+    const mapText = result.outputFiles.find((f) => f.path.endsWith(".map"))?.text ?? '{"sources":[],"mappings":""}';
+    return { code, map: new SourceMapLookup(JSON.parse(mapText) as RawSourceMap), mapDir: path.dirname(outFile) };
+  } catch (e) {
+    const failure = e as esbuild.BuildFailure;
+    if (!Array.isArray(failure.errors)) throw e;
+    return { errors: failure.errors };
+  }
+}
+
+/** The project's own source files behind an entry (node_modules left out): what the lint must see. */
+async function localInputs(entry: string): Promise<string[] | { errors: esbuild.Message[] }> {
+  try {
+    const result = await esbuild.build({
+      entryPoints: [entry],
+      absWorkingDir: ROOT,
+      bundle: true,
+      write: false,
+      metafile: true,
+      format: "esm",
+      platform: "neutral",
+      logLevel: "silent",
+      plugins: [{
+        name: "local-only",
+        setup(build) {
+          build.onResolve({ filter: /^[^./]/ }, (args) => ({ path: args.path, external: true }));
+        },
+      }],
+    });
+    return Object.keys(result.metafile.inputs).filter((f) => /\.[cm]?[jt]s$/.test(f) && !f.includes("node_modules/"));
+  } catch (e) {
+    const failure = e as esbuild.BuildFailure;
+    if (!Array.isArray(failure.errors)) throw e;
+    return { errors: failure.errors };
+  }
+}
+
+interface Located {
+  sentence: string;
+  /** "file:line: sentence", at the TypeScript line behind it where the sourcemap knows one. */
+  text: string;
+  mapped: boolean;
+}
+
+/** Runs the gate on a bundle as shipped (espruinoRequire already renamed to require) and locates each
+ *  violation in the sources; `renamed` are the offsets of the renames in the code before renaming. */
+function gate(final: string, b: Bundle, renamed: number[], shrink: number, bundleName: string): Located[] {
+  const renamedInFinal = renamed.map((at, i) => at - i * shrink);
+  return checkEspruinoSubset(final, bundleName).map((v: SubsetViolation) => {
+    const before = renamedInFinal.filter((at) => at < v.offset).length;
+    const pos = lineColumnAt(b.code, v.offset + before * shrink);
+    const original = b.map.originalPosition(pos.line, pos.column);
+    if (!original) return { sentence: v.message, text: `${bundleName}:${v.line}: ${v.message}`, mapped: false };
+    const source = relative(path.resolve(b.mapDir, original.source));
+    return { sentence: v.message, text: `${source}:${original.line}: ${v.message}`, mapped: true };
+  });
+}
+
+/** The gate's findings on both bundles, said once each: the readable bundle's first (its lines map
+ *  cleanly), the minified one's only where they add something new. A sentence found somewhere in the
+ *  sources is not repeated at a line of esbuild's runtime code. */
+function gateBothBundles(readable: Bundle, shipped: Bundle, bundleName: string): { problems: string[]; code: string } {
+  const from = "espruinoRequire";
+  const to = "require";
+  const shrink = from.length - to.length;
+  const r = renameGlobal(readable.code, from, to);
+  const found = gate(r.code, readable, r.offsets, shrink, bundleName);
+  const s = shipped === readable ? r : renameGlobal(shipped.code, from, to);
+  if (shipped !== readable) {
+    const seen = new Set(found.map((f) => f.sentence));
+    found.push(...gate(s.code, shipped, s.offsets, shrink, bundleName).filter((f) => !seen.has(f.sentence)));
+  }
+  const mappedSentences = new Set(found.filter((f) => f.mapped).map((f) => f.sentence));
+  const problems = found.filter((f) => f.mapped || !mappedSentences.has(f.sentence)).map((f) => f.text);
+  return { problems: unique(problems), code: s.code };
+}
+
+function unique(lines: string[]): string[] {
+  return [...new Set(lines)];
+}
+
+/** Builds one board's firmware, writes <outDir>/<board>.js when it passes the lint and the gate, and
+ *  checks its size against the board's budget. Throws only for an unknown board. */
+export async function buildFirmware(opts: BuildOptions): Promise<BuildResult> {
+  const board = getBoard(opts.board);
+  const outDir = path.resolve(opts.outDir ?? path.join(ROOT, "build"));
+  const file = path.join(outDir, `${board.id}.js`);
+  const bundleName = relative(file);
+  const entry = path.resolve(opts.entry ?? path.join(ROOT, "firmware", "targets", `${board.id}.ts`));
+  const budget = opts.budget ?? board.budget.bundleBytes;
+  const minify = opts.minify ?? true;
+  const result: BuildResult = { board: board.id, file, bytes: 0, budget, ok: false, problems: [], code: "" };
+  const fail = (problems: string[]): BuildResult => {
+    result.problems = unique(problems);
+    rmSync(file, { force: true }); // never leave an older bundle where a flasher would pick it up
+    return result;
+  };
+
+  if (!existsSync(entry)) return fail([`${relative(entry)}: the entry for board ${board.id} does not exist`]);
+
+  if (opts.lint ?? true) {
+    const inputs = await localInputs(entry);
+    if (!Array.isArray(inputs)) return fail(esbuildProblems(inputs.errors));
+    const findings = await lintFirmware(inputs);
+    if (findings.length > 0) return fail(findings.map((f) => `${f.file}:${f.line}: ${f.message}`));
+  }
+
+  // Readable first: esbuild's helpers keep their names here, and lines map cleanly to sources.
+  const readable = await bundle(entry, file, false);
+  if ("errors" in readable) return fail(esbuildProblems(readable.errors));
+  const shipped = minify ? await bundle(entry, file, true) : readable;
+  if ("errors" in shipped) return fail(esbuildProblems(shipped.errors));
+
+  const gated = gateBothBundles(readable, shipped, bundleName);
+  result.code = gated.code;
+  result.bytes = Buffer.byteLength(result.code, "utf8");
+  if (gated.problems.length > 0) return fail(gated.problems);
+
+  mkdirSync(outDir, { recursive: true });
+  writeFileSync(file, result.code);
+  result.ok = result.bytes <= budget;
+  return result;
+}
+
+export interface BuildAllOptions {
+  outDir?: string;
+  minify?: boolean;
+  lint?: boolean;
+  /** Default: every board in boards/index.ts. */
+  boards?: string[];
+  /** Entry overrides by board id. */
+  entries?: Record<string, string>;
+}
+
+/** Builds every board (one after another: esbuild is fast, and the lint shares one ESLint). */
+export async function buildAll(opts: BuildAllOptions = {}): Promise<BuildResult[]> {
+  const results: BuildResult[] = [];
+  for (const id of opts.boards ?? Object.keys(BOARDS)) {
+    results.push(await buildFirmware({ board: id, outDir: opts.outDir, minify: opts.minify, lint: opts.lint, entry: opts.entries?.[id] }));
+  }
+  return results;
+}
+
+function status(r: BuildResult): string {
+  if (r.problems.length > 0) return `FAILED (${r.problems.length} problem${r.problems.length === 1 ? "" : "s"})`;
+  return r.bytes <= r.budget ? "ok" : `OVER BUDGET by ${r.bytes - r.budget} bytes`;
+}
+
+/** A table of every board's bundle against its budget, then each board's problems. `requested` marks
+ *  the board the user asked for. */
+export function formatReport(results: BuildResult[], requested?: string): string {
+  const rows = results.map((r) => [
+    r.board + (r.board === requested ? " *" : ""),
+    r.bytes > 0 ? String(r.bytes) : "-",
+    String(r.budget),
+    r.bytes > 0 ? `${((100 * r.bytes) / r.budget).toFixed(1)}%` : "-",
+    status(r),
+  ]);
+  const header = ["board", "bytes", "budget", "used", "status"];
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i].length)));
+  const line = (cells: string[]): string =>
+    cells.map((c, i) => (i === 0 || i === cells.length - 1 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join("  ").trimEnd();
+  const out = [line(header), ...rows.map(line)];
+  for (const r of results) {
+    if (r.problems.length === 0) continue;
+    out.push("", `${r.board}:`, ...r.problems.map((p) => `  ${p}`));
+  }
+  if (requested) out.push("", "* the requested board");
+  return out.join("\n");
+}
+
+const USAGE = `usage: keyproxy build [--board <id>] [--out <dir>]
+
+Builds the firmware bundle of every board (${Object.keys(BOARDS).join(", ")}), checks each against the
+Espruino subset and its budget, and prints every board's size. Exits non-zero when the requested board
+fails or is over budget, or when any board fails the lint or the subset gate (with no --board: when
+any board fails or is over budget).
+
+  --board <id>   the board you are about to flash (marked in the report)
+  --out <dir>    where bundles go (default: build/)
+  --help         this text`;
+
+/** `keyproxy build` from the command line; returns the exit code. */
+export async function buildCommand(argv: string[]): Promise<number> {
+  let requested: string | undefined;
+  let outDir: string | undefined;
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i];
+    if (arg === "--help" || arg === "-h") {
+      console.log(USAGE);
+      return 0;
+    }
+    if (arg === "--board" || arg === "--out") {
+      const value = argv[i + 1];
+      if (value === undefined || value.startsWith("--")) {
+        console.error(`keyproxy build: ${arg} needs a value\n\n${USAGE}`);
+        return 2;
+      }
+      if (arg === "--board") requested = value;
+      else outDir = value;
+      i++;
+      continue;
+    }
+    console.error(`keyproxy build: unknown argument ${JSON.stringify(arg)}\n\n${USAGE}`);
+    return 2;
+  }
+  if (requested !== undefined && !(requested in BOARDS)) {
+    console.error(`keyproxy build: unknown board "${requested}"; known boards: ${Object.keys(BOARDS).join(", ")}`);
+    return 2;
+  }
+
+  const results = await buildAll({ outDir });
+  console.log(formatReport(results, requested));
+  const failed = results.some((r) => r.problems.length > 0);
+  if (requested !== undefined) {
+    const mine = results.find((r) => r.board === requested);
+    return failed || !mine?.ok ? 1 : 0;
+  }
+  return failed || results.some((r) => !r.ok) ? 1 : 0;
+}
+
+if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
+  process.exitCode = await buildCommand(process.argv.slice(2));
+}
