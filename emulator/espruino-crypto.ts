@@ -340,7 +340,8 @@ function makeAesGlobal(observe: ((o: AesObservation) => void) | undefined) {
       ccmParams(key, nonce, tagLen, "AES.ccmEncrypt");
       if (observe) observe({ op: "ccm-encrypt", key: key.slice(), nonce: nonce.slice(), input: msg.slice() });
       const c = createCipheriv("aes-128-ccm", key, nonce, { authTagLength: tagLen });
-      const data = Buffer.concat([c.update(msg), c.final()]);
+      // Buffer.from: node 20's CCM mishandles views on a zero-length ArrayBuffer (toBytes makes those).
+      const data = Buffer.concat([c.update(Buffer.from(msg)), c.final()]);
       return { data: toArrayBuffer(data), tag: toArrayBuffer(c.getAuthTag()) };
     },
     ccmDecrypt(msgArg: unknown, keyArg: unknown, nonceArg: unknown, tagArg: unknown): ArrayBuffer {
@@ -354,7 +355,8 @@ function makeAesGlobal(observe: ((o: AesObservation) => void) | undefined) {
       try {
         const d = createDecipheriv("aes-128-ccm", key, nonce, { authTagLength: tag.length });
         d.setAuthTag(tag);
-        plain = Buffer.concat([d.update(msg), d.final()]);
+        // Buffer.from: with a view on a zero-length ArrayBuffer node 20 skips the tag check.
+        plain = Buffer.concat([d.update(Buffer.from(msg)), d.final()]);
       } catch {
         throw new EspruinoCryptoError("AES.ccmDecrypt: authentication failed");
       }

@@ -26,16 +26,21 @@ export function timingSafeEqualBytes(a: Uint8Array, b: Uint8Array): boolean {
 function ccmSeal(key: Bytes, nonce: Bytes, pt: Bytes): Bytes {
   if (key.length !== CCM_KEY_LEN || nonce.length !== CCM_NONCE_LEN) throw new Error("aes-ccm: key must be 16 bytes and nonce 13");
   const c = createCipheriv("aes-128-ccm", key, nonce, { authTagLength: CCM_TAG_LEN });
-  return bytes(Buffer.concat([c.update(pt), c.final(), c.getAuthTag()]));
+  // Buffer.from copies: node 20 mishandles a view whose ArrayBuffer has no storage (see ccmOpen).
+  return bytes(Buffer.concat([c.update(Buffer.from(pt)), c.final(), c.getAuthTag()]));
 }
 
 function ccmOpen(key: Bytes, nonce: Bytes, sealed: Bytes): Bytes | undefined {
   if (key.length !== CCM_KEY_LEN || nonce.length !== CCM_NONCE_LEN || sealed.length < CCM_TAG_LEN) return undefined;
   const split = sealed.length - CCM_TAG_LEN;
+  // Node 20's CCM decipher skips tag verification when the ciphertext it is given is a view on a
+  // zero-length ArrayBuffer (it accepts any tag). An empty message is therefore checked here by
+  // recomputing its tag, and every other input is copied into a Buffer first.
+  if (split === 0) return timingSafeEqualBytes(ccmSeal(key, nonce, new Uint8Array(0)), sealed) ? new Uint8Array(0) : undefined;
   try {
     const d = createDecipheriv("aes-128-ccm", key, nonce, { authTagLength: CCM_TAG_LEN });
     d.setAuthTag(sealed.subarray(split));
-    return bytes(Buffer.concat([d.update(sealed.subarray(0, split)), d.final()]));
+    return bytes(Buffer.concat([d.update(Buffer.from(sealed.subarray(0, split))), d.final()]));
   } catch {
     return undefined;
   }
