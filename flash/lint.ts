@@ -21,8 +21,14 @@ let eslint: ESLint | undefined;
 /** One ESLint instance for the process: creating it loads the TypeScript parser and every plugin. */
 function linter(): ESLint {
   // The config applies to whatever files are asked for (fixtures, entries outside firmware/), so it
-  // is given here rather than read from eslint.config.js, which lists firmware/ only.
-  eslint ??= new ESLint({ cwd: ROOT, overrideConfigFile: true, overrideConfig: espruinoLintConfig(["**/*.ts"]) });
+  // is given here rather than read from eslint.config.js, which lists firmware/ only. The base is the
+  // filesystem root because ESLint silently skips files outside its base path, and a build entry may
+  // live anywhere.
+  eslint ??= new ESLint({
+    cwd: path.parse(ROOT).root,
+    overrideConfigFile: true,
+    overrideConfig: espruinoLintConfig(["**/*.ts"]),
+  });
   return eslint;
 }
 

@@ -30,7 +30,9 @@ export interface SubsetViolation {
 }
 
 /** esbuild's runtime helpers and the source construct that makes esbuild emit each one. None may ship:
- *  they lean on Symbol, WeakMap, Object.freeze, Proxy, generators or property descriptors. */
+ *  they lean on Symbol, WeakMap, Object.freeze, Proxy, generators or property descriptors.
+ *  Not listed, on purpose: __defProp and __export, which esbuild emits for a namespace import
+ *  (`import * as m`) and which only need Object.defineProperty with a getter, which Espruino has. */
 export const ESBUILD_HELPERS: Record<string, string> = {
   __pow: "the ** operator",
   __objRest: "object rest",
