@@ -67,6 +67,8 @@ export class Handset {
   pending = 0;
   joins = 0;
   dropped = 0;
+  /** Type of the last answer and its error code (0 unless an Error): for the console and tests. */
+  last = { t: 0, code: 0 };
 
   constructor(cfg: HandsetConfig, p: Platform) {
     this.cfg = cfg;
@@ -212,10 +214,16 @@ export class Handset {
     return this.request({ t: Msg.DeregisterRequest, rid: this.nextRid() });
   }
 
+  /** Asks for a peer's certificate (answered only with one valid now). */
+  certQuery(name: string): boolean {
+    return this.request({ t: Msg.CertQuery, rid: this.nextRid(), name: name });
+  }
+
   onInner(m: InnerMessage): void {
     if (!("rid" in m) || m.rid !== this.pending) { this.drop("answer to no outstanding request"); return; }
     this.pending = 0;
     this.p.cancel(this.timer);
+    this.last = { t: m.t, code: m.t === Msg.Error ? m.code : 0 };
     if (m.t === Msg.RegisterOk) {
       // Keep only what the device needs: the certificate id and when it runs out.
       this.reg = { certId: m.certId, expiresAt: this.p.now() + m.granted };
@@ -227,7 +235,8 @@ export class Handset {
       this.reg = null;
       this.p.cancel(this.renewTimer);
       this.p.log("KP deregistered");
-    } else if (m.t === Msg.Error) this.p.log("KP request " + m.rid + " failed: code " + m.code);
+    } else if (m.t === Msg.CertAnswer) this.p.log("KP certificate " + m.cert.length + " bytes");
+    else if (m.t === Msg.Error) this.p.log("KP request " + m.rid + " failed: code " + m.code);
     else this.drop("unexpected answer " + m.t);
   }
 }

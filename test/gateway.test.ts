@@ -1,0 +1,210 @@
+// The gateway against the firmware's own Handset engine over real TCP and a real SQLite file:
+// join, register, renew, deregister, restart; and each bad input rejected with a reason and no state
+// change (issue: foundation, acceptance 3).
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { crc32 } from "node:zlib";
+import * as gcbor from "../gateway/cbor.ts";
+import { verifyCertificate } from "../gateway/cwt.ts";
+import { loadOrCreateGatewayKey } from "../gateway/identity.ts";
+import { Gateway } from "../gateway/gateway.ts";
+import { encodeFrame } from "../firmware/proto/frame.ts";
+import { ErrorCode, Msg } from "../firmware/proto/messages.ts";
+import { toHex } from "../firmware/bytes.ts";
+import { nodeHandset, provision, rawClient, startGateway, until } from "./support/harness.ts";
+
+const frame = (payload: Uint8Array) => encodeFrame(payload, (b) => crc32(b) >>> 0);
+
+/** The Link frame f with one bit of its ciphertext flipped, re-framed with a valid CRC. */
+function tamper(f: Uint8Array): Uint8Array {
+  const w = gcbor.decode(f.subarray(3, f.length - 4)) as [number, number, Uint8Array];
+  const sealed = new Uint8Array(w[2]);
+  sealed[0] ^= 1;
+  return frame(gcbor.encode([w[0], w[1], sealed]));
+}
+
+test("a handset joins and registers; its certificate is valid for exactly the granted lifetime", async () => {
+  const t = await startGateway({ policy: { maxLifetime: 300 } });
+  const key = provision(t.gw, "dev-a");
+  const d = await nodeHandset(t.gw, "dev-a", key, 3600);
+  try {
+    await until(() => d.h.status().registered, "registration");
+    const reg = t.gw.store.getRegistration("dev-a")!;
+    assert.equal(reg.expiresAt - reg.registeredAt, 300, "lifetime clamped to the policy maximum");
+    const claims = verifyCertificate(reg.cert!, loadOrCreateGatewayKey(t.dataDir).key.publicKey, t.clock.now());
+    assert.equal(claims.sub, "dev-a");
+    assert.equal(claims.iss, "gateway.local");
+    assert.equal(claims.exp - claims.nbf, 300);
+    assert.deepEqual(claims.publicKey, t.gw.store.getDevice("dev-a")!.identityPublic);
+    assert.equal(d.h.status().certId, toHex(reg.certId!), "device keeps the certificate id");
+    assert.ok(Math.abs(d.h.status().expiresIn - 300) <= 1);
+    assert.equal(t.gw.store.getDevice("dev-a")!.joinCounter, 1);
+    // Renewal: register again; a new certificate, the same identity key.
+    const first = reg.certId!;
+    t.clock.advance(100);
+    d.h.register();
+    await until(() => toHex(t.gw.store.getRegistration("dev-a")!.certId!) !== toHex(first), "renewal");
+    assert.equal(t.gw.store.getRegistration("dev-a")!.expiresAt, t.clock.now() + 300);
+    assert.deepEqual(verifyCertificate(t.gw.store.getRegistration("dev-a")!.cert!, loadOrCreateGatewayKey(t.dataDir).key.publicKey, t.clock.now()).publicKey, claims.publicKey);
+    // Deregistration deletes the registration and its certificate.
+    d.h.deregister();
+    await until(() => !t.gw.store.getRegistration("dev-a"), "deregistration");
+    await until(() => d.h.status().registered === false, "device forgets");
+  } finally {
+    d.close();
+    await t.gw.stop();
+  }
+});
+
+test("registry, counters and certificates survive a gateway restart on the same data directory", async () => {
+  const t = await startGateway();
+  const key = provision(t.gw, "dev-r");
+  const counter = { value: 0 };
+  const d = await nodeHandset(t.gw, "dev-r", key, 600, counter);
+  await until(() => d.h.status().registered, "registration");
+  const before = t.gw.store.getRegistration("dev-r")!;
+  d.close();
+  await t.gw.stop();
+  const again = await Gateway.start({ dataDir: t.dataDir, listen: { host: "127.0.0.1", port: 0 }, now: t.clock.now, log: (await startGateway()).gw.log });
+  try {
+    const after = again.store.getRegistration("dev-r")!;
+    assert.deepEqual(after.cert, before.cert);
+    assert.equal(again.store.getDevice("dev-r")!.joinCounter, 1);
+    const d2 = await nodeHandset(again, "dev-r", key, 600, counter);
+    await until(() => d2.h.status().registered, "registration after restart");
+    assert.equal(again.store.getDevice("dev-r")!.joinCounter, 2, "the join counter continued");
+    d2.close();
+  } finally {
+    await again.stop();
+  }
+});
+
+test("a wrong root key is rejected with a reason and changes nothing", async () => {
+  const t = await startGateway();
+  provision(t.gw, "dev-w");
+  const before = t.gw.store.snapshot();
+  const d = await nodeHandset(t.gw, "dev-w", new Uint8Array(16).fill(7));
+  try {
+    await until(() => t.events("join-rejected").length > 0, "rejection");
+    assert.match(String(t.events("join-rejected")[0].reason), /join MAC does not verify/);
+    assert.equal(t.gw.store.snapshot(), before);
+    assert.equal(d.h.status().state, "down");
+  } finally {
+    d.close();
+    await t.gw.stop();
+  }
+});
+
+test("a replayed join is rejected with a reason and changes nothing", async () => {
+  const t = await startGateway();
+  const key = provision(t.gw, "dev-j");
+  const d = await nodeHandset(t.gw, "dev-j", key);
+  await until(() => d.h.status().registered, "registration");
+  const joinFrame = d.sent[0];
+  d.close();
+  const before = t.gw.store.snapshot();
+  const raw = await rawClient(t.gw);
+  try {
+    raw.write(joinFrame);
+    await until(() => t.events("join-rejected").length > 0, "rejection");
+    assert.match(String(t.events("join-rejected")[0].reason), /replayed join: counter 1 is not above 1/);
+    await until(() => raw.received.length > 0, "JoinReject");
+    assert.deepEqual([...raw.received[0].subarray(3, -4)], [...gcbor.encode([Msg.JoinReject])]);
+    assert.equal(t.gw.store.snapshot(), before);
+  } finally {
+    raw.socket.destroy();
+    await t.gw.stop();
+  }
+});
+
+test("a tampered frame is rejected with a reason, changes nothing and does not burn its sequence number", async () => {
+  const t = await startGateway();
+  const key = provision(t.gw, "dev-t");
+  const d = await nodeHandset(t.gw, "dev-t", key);
+  try {
+    await until(() => d.h.status().registered, "registration");
+    const before = t.gw.store.snapshot();
+    let good: Uint8Array | undefined;
+    d.h.send = (b) => { good = b; d.socket.write(tamper(b)); };
+    d.h.deregister();
+    await until(() => t.events("frame dropped").length > 0, "drop");
+    assert.match(String(t.events("frame dropped")[0].reason), /failed authentication/);
+    assert.equal(t.gw.store.snapshot(), before);
+    // The genuine frame with the same sequence number is still accepted.
+    d.socket.write(good!);
+    await until(() => !t.gw.store.getRegistration("dev-t"), "genuine frame accepted");
+  } finally {
+    d.close();
+    await t.gw.stop();
+  }
+});
+
+test("a replayed frame is rejected with a reason and changes nothing", async () => {
+  const t = await startGateway();
+  const key = provision(t.gw, "dev-p");
+  const d = await nodeHandset(t.gw, "dev-p", key);
+  try {
+    await until(() => d.h.status().registered, "registration");
+    const registerFrame = d.sent[1];
+    const before = t.gw.store.snapshot();
+    d.socket.write(registerFrame);
+    await until(() => t.events("frame dropped").length > 0, "drop");
+    assert.match(String(t.events("frame dropped")[0].reason), /replayed frame/);
+    assert.equal(t.gw.store.snapshot(), before, "the replayed RegisterRequest issued no new certificate");
+  } finally {
+    d.close();
+    await t.gw.stop();
+  }
+});
+
+test("an expired registration is rejected with a reason and changes nothing", async () => {
+  const t = await startGateway({ policy: { minLifetime: 60, maxLifetime: 60 } });
+  const a = await nodeHandset(t.gw, "dev-x", provision(t.gw, "dev-x"));
+  const b = await nodeHandset(t.gw, "dev-y", provision(t.gw, "dev-y"));
+  try {
+    await until(() => a.h.status().registered && b.h.status().registered, "registrations");
+    a.h.certQuery("dev-y");
+    await until(() => a.h.last.t === Msg.CertAnswer, "certificate while both are live");
+    t.clock.advance(61);
+    const before = t.gw.store.snapshot();
+    a.h.certQuery("dev-y");
+    await until(() => a.h.last.t === Msg.Error, "refusal");
+    assert.equal(a.h.last.code, ErrorCode.NotRegistered);
+    const r = t.events("request-rejected");
+    assert.equal(r.length, 1);
+    assert.equal(r[0].reason, "caller's registration expired");
+    assert.equal(t.gw.store.snapshot(), before);
+    // Renewed caller, expired target: the expired certificate is not served.
+    a.h.register();
+    await until(() => a.h.status().expiresIn > 50 && t.gw.store.getRegistration("dev-x")!.expiresAt > t.clock.now(), "renewal");
+    a.h.certQuery("dev-y");
+    await until(() => a.h.last.t === Msg.Error && a.h.last.code === ErrorCode.NotFound, "not found");
+    assert.equal(t.events("cert-query-not-found").at(-1)!.reason, "registration expired");
+  } finally {
+    a.close();
+    b.close();
+    await t.gw.stop();
+  }
+});
+
+test("malformed CBOR is rejected with a reason and changes nothing", async () => {
+  const t = await startGateway();
+  provision(t.gw, "dev-m");
+  const before = t.gw.store.snapshot();
+  const raw = await rawClient(t.gw);
+  try {
+    raw.write(frame(Uint8Array.from([0xff, 0x00])));
+    raw.write(frame(Uint8Array.from([0x9f, 0x01])));
+    raw.write(frame(gcbor.encode([Msg.JoinRequest, "dev-m", 1])));
+    await until(() => t.events("malformed frame").length === 3, "three rejections");
+    const reasons = t.events("malformed frame").map((r) => String(r.reason));
+    assert.match(reasons[0], /^cbor: /);
+    assert.match(reasons[1], /^cbor: /);
+    assert.match(reasons[2], /needs 5 fields, got 2/);
+    assert.equal(t.gw.store.snapshot(), before);
+    assert.equal(raw.received.length, 0, "nothing is answered to garbage");
+  } finally {
+    raw.socket.destroy();
+    await t.gw.stop();
+  }
+});

@@ -1,0 +1,110 @@
+// Test harness: an in-process gateway on a temporary data directory (real SQLite file, real TCP), a
+// clock the test controls, a captured log, and handsets that run the firmware's own Handset engine in
+// Node over a real socket, with the device crypto on the model of Espruino's natives.
+import net from "node:net";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { randomBytes } from "node:crypto";
+import * as deviceCbor from "../../firmware/cbor.ts";
+import { deviceCrypto } from "../../firmware/crypto/device.ts";
+import { espruinoNatives } from "../../firmware/crypto/natives.ts";
+import { SUITE_AES_CCM_16_64_128 } from "../../firmware/crypto/types.ts";
+import { Handset, type Platform } from "../../firmware/handset.ts";
+import { createEspruinoCrypto, crc32 } from "../../emulator/espruino-crypto.ts";
+import { Gateway, type GatewayOptions } from "../../gateway/gateway.ts";
+import { Logger } from "../../gateway/log.ts";
+
+export function tempDir(prefix = "kp-"): string {
+  return mkdtempSync(join(tmpdir(), prefix));
+}
+
+export class Clock {
+  t = 1_800_000_000;
+  now = (): number => this.t;
+  advance(s: number): void { this.t += s; }
+}
+
+export interface TestGateway {
+  gw: Gateway;
+  logs: string[];
+  clock: Clock;
+  dataDir: string;
+  /** Log records (parsed) whose event matches. */
+  events(event: string): Record<string, unknown>[];
+}
+
+export async function startGateway(opts: Partial<GatewayOptions> = {}): Promise<TestGateway> {
+  const logs: string[] = [];
+  const clock = new Clock();
+  const dataDir = opts.dataDir ?? tempDir();
+  const gw = await Gateway.start({ dataDir, listen: { host: "127.0.0.1", port: 0 }, now: clock.now, log: new Logger((l) => logs.push(l)), ...opts });
+  return { gw, logs, clock, dataDir, events: (e) => logs.map((l) => JSON.parse(l)).filter((r) => r.event === e) };
+}
+
+export function provision(gw: Gateway, id: string): Uint8Array {
+  const key = new Uint8Array(randomBytes(16));
+  gw.store.addDevice(id, key, "emulator", 0);
+  return key;
+}
+
+export function nodeDeviceCrypto() {
+  const { cryptoModule } = createEspruinoCrypto({ aesEcbCbc: true, aesCcm: false });
+  const E = { hwRand: () => randomBytes(4).readUInt32LE(0) };
+  return deviceCrypto(espruinoNatives(cryptoModule, undefined, E), []);
+}
+
+export interface NodeHandset {
+  h: Handset;
+  lines: string[];
+  counter: { value: number };
+  socket: net.Socket;
+  /** Bytes the handset sent, frame by frame. */
+  sent: Uint8Array[];
+  close(): void;
+}
+
+/** The firmware's Handset engine in Node, connected to gw over TCP. */
+export function nodeHandset(gw: Gateway, id: string, rootKey: Uint8Array, lifetime = 600, counter = { value: 0 }): Promise<NodeHandset> {
+  const lines: string[] = [];
+  const sent: Uint8Array[] = [];
+  const p: Platform = {
+    crypto: nodeDeviceCrypto(),
+    cbor: deviceCbor,
+    crc32,
+    loadCounter: () => counter.value,
+    storeCounter: (n) => { counter.value = n; return true; },
+    now: () => Date.now() / 1000,
+    after: (ms, fn) => setTimeout(fn, ms) as unknown as number,
+    cancel: (id) => clearTimeout(id as unknown as NodeJS.Timeout),
+    log: (l) => lines.push(l),
+  };
+  const h = new Handset({ id, rootKey, lifetime, suite: SUITE_AES_CCM_16_64_128, suites: [[SUITE_AES_CCM_16_64_128, 1]] }, p);
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(gw.address.port, gw.address.host, () => {
+      h.up((b) => { sent.push(b); socket.write(b); });
+      resolve({ h, lines, counter, socket, sent, close: () => { h.down(); socket.destroy(); } });
+    });
+    socket.on("data", (b) => h.receive(new Uint8Array(b)));
+    socket.on("close", () => h.down());
+    socket.on("error", reject);
+  });
+}
+
+export async function until(cond: () => boolean, what: string, ms = 5000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+/** A raw TCP client for sending crafted bytes and reading frames back. */
+export function rawClient(gw: Gateway): Promise<{ socket: net.Socket; received: Uint8Array[]; write(b: Uint8Array): void }> {
+  return new Promise((resolve, reject) => {
+    const received: Uint8Array[] = [];
+    const socket = net.connect(gw.address.port, gw.address.host, () => resolve({ socket, received, write: (b) => socket.write(b) }));
+    socket.on("data", (b) => received.push(new Uint8Array(b)));
+    socket.on("error", reject);
+  });
+}
