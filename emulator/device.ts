@@ -59,13 +59,18 @@ function latin1(bytes: Uint8Array): string {
   return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString("latin1");
 }
 
-function encodeWire(value: unknown): string {
+/** JSON for the VM; every byte array in `value` is appended to `bufs` and referred to by index. */
+function encodeWire(value: unknown, bufs: Uint8Array[]): string {
+  const keep = (kind: string, bytes: Uint8Array) => {
+    bufs.push(new Uint8Array(bytes));
+    return { [BYTES]: kind, i: bufs.length - 1 };
+  };
   return JSON.stringify(value === undefined ? { [UNDEF]: 1 } : value, (_k, x: unknown) => {
     if (x === undefined) return { [UNDEF]: 1 };
-    if (x instanceof ArrayBuffer) return { [BYTES]: "ArrayBuffer", d: latin1(new Uint8Array(x)) };
+    if (x instanceof ArrayBuffer) return keep("ArrayBuffer", new Uint8Array(x));
     if (ArrayBuffer.isView(x)) {
       const kind = Buffer.isBuffer(x) ? "Uint8Array" : x.constructor.name;
-      return { [BYTES]: kind, d: latin1(new Uint8Array(x.buffer, x.byteOffset, x.byteLength)) };
+      return keep(kind, new Uint8Array(x.buffer, x.byteOffset, x.byteLength));
     }
     return x;
   });
@@ -75,16 +80,17 @@ const TYPED_ARRAYS: Record<string, new (b: ArrayBuffer) => ArrayBufferView> = {
   Uint8Array, Int8Array, Uint8ClampedArray, Uint16Array, Int16Array, Uint32Array, Int32Array, Float32Array, Float64Array,
 };
 
-function decodeWire(json: string): unknown {
+function decodeWire(json: string, bufs: Uint8Array[]): unknown {
   return JSON.parse(json, (_k, x: unknown) => {
     if (x && typeof x === "object") {
       const o = x as Record<string, unknown>;
       if (o[UNDEF] === 1) return undefined;
       if (typeof o[BYTES] === "string") {
-        const bytes = new Uint8Array(Buffer.from(String(o.d), "latin1"));
-        if (o[BYTES] === "ArrayBuffer") return bytes.buffer;
+        const bytes = bufs[Number(o.i)] ?? new Uint8Array(0);
+        const ab = bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength) as ArrayBuffer;
+        if (o[BYTES] === "ArrayBuffer") return ab;
         const Kind = TYPED_ARRAYS[o[BYTES] as string] ?? Uint8Array;
-        return new Kind(bytes.buffer);
+        return new Kind(ab);
       }
     }
     return x;
@@ -113,6 +119,10 @@ class Life {
   world!: QuickJSHandle;
   baseline!: HeapSnapshot;
   functionClassKey = "";
+  limitBytes = 0;
+  outOfMemory = false;
+  /** Byte arrays of the last answer to the VM, fetched by host.take(i) while it decodes. */
+  outbox: Uint8Array[] = [];
   crypto!: ReturnType<typeof createEspruinoCrypto>;
   timers = new Map<number, NodeJS.Timeout>();
   sockets = new Map<number, net.Socket>();
@@ -166,7 +176,7 @@ export class EmulatedDevice extends EventEmitter {
     const life = new Life();
     life.rt = module.newRuntime();
     life.ctx = life.rt.newContext();
-    life.rt.setInterruptHandler(() => life.dead || Date.now() > life.deadline);
+    life.rt.setInterruptHandler(() => life.dead || Date.now() > life.deadline || (life.limitBytes > 0 && this.memoryExceeded(life)));
     life.crypto = createEspruinoCrypto({
       aesEcbCbc: this.board.natives.aesEcbCbc,
       aesCcm: this.board.natives.aesCcm,
@@ -177,7 +187,8 @@ export class EmulatedDevice extends EventEmitter {
     life.functionClassKey = this.findFunctionClass(life);
     this.installWorld(life);
     life.baseline = this.snapshot(life);
-    life.rt.setMemoryLimit(memoryLimitBytes(this.mallocSize(life), this.board.vars, this.board.bytesPerVar));
+    life.limitBytes = memoryLimitBytes(life.baseline.memory_used_size, this.board.vars, this.board.bytesPerVar);
+    life.rt.setMemoryLimit(life.limitBytes);
     this.life = life;
 
     if (this.board.transports.includes("ble-uart") && this.opts.gateway) this.connectBle(life);
@@ -273,6 +284,8 @@ export class EmulatedDevice extends EventEmitter {
       if (result.error) {
         outcome = { ok: false, error: this.describe(life, result.error) };
         result.error.dispose();
+        if (life.outOfMemory && outcome.error.message === "interrupted") outcome.error.message = "out of memory";
+        life.outOfMemory = false;
       } else {
         outcome = { ok: true, value: convert && !life.dead ? this.toHost(life, result.value) : undefined };
         result.value.dispose();
@@ -343,14 +356,27 @@ export class EmulatedDevice extends EventEmitter {
   }
 
   private toHost(life: Life, value: QuickJSHandle): unknown {
-    const r = life.ctx.callFunction(life.encode, life.ctx.undefined, value);
+    const { ctx } = life;
+    const r = ctx.callFunction(life.encode, ctx.undefined, value);
     if (r.error) {
       r.error.dispose();
       return undefined;
     }
-    const json = life.ctx.getString(r.value);
+    const json = ctx.getProp(r.value, 0).consume((h) => ctx.getString(h));
+    const bufs = ctx.getProp(r.value, 1).consume((h) => this.readBuffers(life, h));
     r.value.dispose();
-    return decodeWire(json);
+    return decodeWire(json, bufs);
+  }
+
+  /** Copies out an array of ArrayBuffers the VM handed over. */
+  private readBuffers(life: Life, array: QuickJSHandle): Uint8Array[] {
+    const { ctx } = life;
+    const n = ctx.getLength(array) ?? 0;
+    const out: Uint8Array[] = [];
+    for (let i = 0; i < n; i++) {
+      out.push(ctx.getProp(array, i).consume((h) => ctx.getArrayBuffer(h).consume((view) => new Uint8Array(view.value))));
+    }
+    return out;
   }
 
   /** Calls the world's dispatch(kind, message) for an event from the host side. */
@@ -360,7 +386,8 @@ export class EmulatedDevice extends EventEmitter {
       life,
       () => {
         const k = life.ctx.newString(kind);
-        const m = life.ctx.newString(encodeWire(message));
+        life.outbox = [];
+        const m = life.ctx.newString(encodeWire(message, life.outbox));
         try {
           return life.ctx.callFunction(life.dispatch, life.ctx.undefined, k, m);
         } finally {
@@ -399,11 +426,18 @@ export class EmulatedDevice extends EventEmitter {
     };
     const factory = ctx.unwrapResult(ctx.evalCode(WORLD_SOURCE, "world.js", { type: "global" }));
     const hostObj = ctx.newObject();
-    const callFn = ctx.newFunction("call", (nameH, jsonH) => {
-      return ctx.newString(this.hostCall(life, ctx.getString(nameH), ctx.getString(jsonH)));
+    const callFn = ctx.newFunction("call", (nameH, jsonH, bufsH) => {
+      if (life.dead) return ctx.newString("k");
+      return ctx.newString(this.hostCall(life, ctx.getString(nameH), ctx.getString(jsonH), this.readBuffers(life, bufsH)));
     });
     ctx.setProp(hostObj, "call", callFn);
     callFn.dispose();
+    const takeFn = ctx.newFunction("take", (iH) => {
+      const bytes = life.outbox[ctx.getNumber(iH)] ?? new Uint8Array(0);
+      return ctx.newArrayBuffer(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength));
+    });
+    ctx.setProp(hostObj, "take", takeFn);
+    takeFn.dispose();
     const configObj = ctx.unwrapResult(ctx.evalCode(`(${JSON.stringify(config)})`, "config.js", { type: "global" }));
     life.world = ctx.unwrapResult(ctx.callFunction(factory, ctx.undefined, hostObj, configObj));
     factory.dispose();
@@ -414,32 +448,52 @@ export class EmulatedDevice extends EventEmitter {
   }
 
   private snapshot(life: Life): HeapSnapshot {
-    const h = life.rt.computeMemoryUsage();
-    const counters = life.ctx.dump(h) as Record<string, number>;
-    h.dispose();
-    const classes = classCounts(life.rt.dumpMemoryUsage());
-    return snapshotFrom(counters, classes.get(life.functionClassKey) ?? 0);
+    // Measuring allocates; at the memory limit that would fail, so lift the limit for the moment.
+    life.rt.setMemoryLimit(-1);
+    try {
+      const h = life.rt.computeMemoryUsage();
+      const counters = life.ctx.dump(h) as Record<string, number>;
+      h.dispose();
+      const classes = classCounts(life.rt.dumpMemoryUsage());
+      return snapshotFrom(counters, classes.get(life.functionClassKey) ?? 0);
+    } finally {
+      if (life.limitBytes) life.rt.setMemoryLimit(life.limitBytes);
+    }
   }
 
-  private mallocSize(life: Life): number {
-    const h = life.rt.computeMemoryUsage();
-    const counters = life.ctx.dump(h) as Record<string, number>;
-    h.dispose();
-    return Number(counters.malloc_size) || 0;
+  /** QuickJS's memory limit does not count ArrayBuffer contents, so the interrupt handler (QuickJS
+   *  polls it every few thousand calls and backward jumps) also measures the heap: above the limit,
+   *  the entry is interrupted and reported as out of memory, as Espruino stops on a failed
+   *  allocation. The check costs about 1% of run time; between two polls a loop can overshoot by a
+   *  few hundred KB, and one huge `new Uint8Array(n)` is not stopped before it is made. */
+  private memoryExceeded(life: Life): boolean {
+    life.rt.setMemoryLimit(-1);
+    let used = 0;
+    try {
+      const h = life.rt.computeMemoryUsage();
+      used = life.ctx.getProp(h, "memory_used_size").consume((n) => life.ctx.getNumber(n));
+      h.dispose();
+    } finally {
+      life.rt.setMemoryLimit(life.limitBytes);
+    }
+    if (used <= life.limitBytes) return false;
+    life.outOfMemory = true;
+    return true;
   }
 
   // ---- the host side of the world ------------------------------------------------------------------
 
   /** The one door from the VM to the host. Answers "k" once the device is killed, whatever was asked. */
-  private hostCall(life: Life, name: string, json: string): string {
+  private hostCall(life: Life, name: string, json: string, bufs: Uint8Array[]): string {
     if (life.dead) return "k";
     const fn = this.host[name];
     if (!fn) return "e" + `no host function ${name}`;
     try {
-      const args = decodeWire(json);
+      const args = decodeWire(json, bufs);
       const value = fn(life, Array.isArray(args) ? args : []);
       if (life.dead) return "k";
-      return "v" + encodeWire(value);
+      life.outbox = [];
+      return "v" + encodeWire(value, life.outbox);
     } catch (e) {
       if (life.dead) return "k";
       return "e" + (e instanceof Error ? e.message : String(e));

@@ -3,9 +3,9 @@
 // talks to the host through one function, `host.call(name, json)`, so no host callback handle has to
 // outlive a call and a killed device can be cut off in one place (emulator/device.ts).
 //
-// Values cross the boundary as JSON; bytes travel as {"\u0001b": kind, "d": binary string}, so a
-// Uint8Array stays a Uint8Array and an ArrayBuffer an ArrayBuffer on either side, and `undefined` as
-// {"\u0001u": 1}.
+// Values cross the boundary as JSON; bytes travel beside it as ArrayBuffers, referred to by
+// {"\u0001b": kind, "i": index}, so a Uint8Array stays a Uint8Array and an ArrayBuffer an ArrayBuffer
+// on either side; `undefined` travels as {"\u0001u": 1}.
 
 /** Globals and members QuickJS has and Espruino 2v29 does not. BigInt64Array/BigUint64Array and
  *  FinalizationRegistry go too: they need BigInt/WeakRef, which Espruino does not have either. */
@@ -57,13 +57,18 @@ export const WORLD_SOURCE = String.raw`(function (host, config) {
     for (var i = 0; i < s.length; i++) u8[i] = s.charCodeAt(i);
     return u8;
   }
-  function encode(v) {
+  // Bytes travel out of band: encode() lists ArrayBuffer copies in \`bufs\` and leaves
+  // {"\u0001b": kind, i: index} in the JSON; the host hands result buffers back one by one
+  // through host.take(index), so binary data is never escaped into a string.
+  function encode(v, bufs) {
+    function keep(kind, u8) {
+      bufs.push(u8.buffer.slice(u8.byteOffset, u8.byteOffset + u8.byteLength));
+      return { [BYTES]: kind, i: bufs.length - 1 };
+    }
     return JSON.stringify(v === undefined ? { [UNDEF]: 1 } : v, function (k, x) {
       if (x === undefined) return { [UNDEF]: 1 };
-      if (x instanceof ArrayBuffer) return { [BYTES]: "ArrayBuffer", d: bytesToString(new Uint8Array(x)) };
-      if (ArrayBuffer.isView(x)) {
-        return { [BYTES]: x.constructor.name, d: bytesToString(new Uint8Array(x.buffer, x.byteOffset, x.byteLength)) };
-      }
+      if (x instanceof ArrayBuffer) return keep("ArrayBuffer", new Uint8Array(x));
+      if (ArrayBuffer.isView(x)) return keep(x.constructor.name, new Uint8Array(x.buffer, x.byteOffset, x.byteLength));
       return x;
     });
   }
@@ -72,20 +77,26 @@ export const WORLD_SOURCE = String.raw`(function (host, config) {
       if (x && typeof x === "object") {
         if (x[UNDEF] === 1) return undefined;
         if (typeof x[BYTES] === "string") {
-          var u8 = stringToBytes(x.d);
-          if (x[BYTES] === "ArrayBuffer") return u8.buffer;
+          var ab = host.take(x.i);
+          if (x[BYTES] === "ArrayBuffer") return ab;
           var Kind = G[x[BYTES]] || Uint8Array;
-          return new Kind(u8.buffer, 0, u8.length / (Kind.BYTES_PER_ELEMENT || 1));
+          return new Kind(ab);
         }
       }
       return x;
     });
   }
+  function encodeForHost(v) {
+    var bufs = [];
+    return [encode(v, bufs), bufs];
+  }
   function call(name, args) {
     // The answer is one tag character and a payload: "v" + JSON value, "e" + error message, or "k":
     // the device was killed during this call. Then we spin until the interrupt handler, which now
     // answers "stop" for good, ends this context uncatchably, so no further line runs.
-    var r = host.call(name, encode(args));
+    var bufs = [];
+    var json = encode(args, bufs);
+    var r = host.call(name, json, bufs);
     var tag = r.charAt(0);
     if (tag === "k") for (;;) {}
     if (tag === "e") throw new Error(r.slice(1));
@@ -159,11 +170,12 @@ export const WORLD_SOURCE = String.raw`(function (host, config) {
   G.clearInterval = function () { clearTimer(arguments); };
 
   // ---- E, getTime, process ---------------------------------------------------------------------
-  function toBytes(args) {
-    var out = [];
+  // E.toUint8Array's flattening: numbers are bytes, strings their char codes, arrays and typed arrays
+  // their elements, {data, count} repeats. Sized first, so large inputs never become number arrays.
+  function eachByte(args, sink) {
     function add(v) {
-      if (typeof v === "number") out.push(v & 255);
-      else if (typeof v === "string") for (var i = 0; i < v.length; i++) out.push(v.charCodeAt(i) & 255);
+      if (typeof v === "number") sink(v);
+      else if (typeof v === "string") for (var i = 0; i < v.length; i++) sink(v.charCodeAt(i));
       else if (v instanceof ArrayBuffer) add(new Uint8Array(v));
       else if (v && (Array.isArray(v) || ArrayBuffer.isView(v))) for (var j = 0; j < v.length; j++) add(v[j]);
       else if (v && typeof v === "object" && v.data !== undefined) {
@@ -171,12 +183,23 @@ export const WORLD_SOURCE = String.raw`(function (host, config) {
       }
     }
     for (var a = 0; a < args.length; a++) add(args[a]);
-    return new Uint8Array(out);
+  }
+  function toBytes(args) {
+    if (args.length === 1 && args[0] instanceof Uint8Array) return args[0];
+    var n = 0;
+    eachByte(args, function () { n++; });
+    var out = new Uint8Array(n);
+    var o = 0;
+    eachByte(args, function (b) { out[o++] = b & 255; });
+    return out;
   }
   G.E = {
     hwRand: function () { return call("hwRand", []); },
     CRC32: function (data) { return call("crc32", [toBytes([data])]); },
-    toUint8Array: function () { return toBytes(arguments); },
+    toUint8Array: function () {
+      var r = toBytes(arguments);
+      return r === arguments[0] ? new Uint8Array(r) : r;
+    },
     toString: function () {
       if (arguments.length === 1 && typeof arguments[0] === "string") return arguments[0];
       return bytesToString(toBytes(arguments));
@@ -300,5 +323,5 @@ export const WORLD_SOURCE = String.raw`(function (host, config) {
       else G.NRF.emit(m.ev, m.data);
     }
   }
-  return { dispatch: dispatch, encode: encode };
+  return { dispatch: dispatch, encode: encodeForHost };
 })`;
