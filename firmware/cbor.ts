@@ -33,6 +33,9 @@ export class Simple {
   }
 }
 
+/** Simple values 20..23 (0xf4..0xf7). */
+const SIMPLE_VALUES = [false, true, null, undefined];
+
 function fail(why: string): never {
   throw new Error("cbor: " + why);
 }
@@ -41,9 +44,10 @@ function fail(why: string): never {
 
 /** The head of an item: major type and argument, in the shortest form (§4.2.1). n is a safe integer >= 0. */
 function head(major: number, n: number): Uint8Array {
-  const len = n < 24 ? 0 : n < 256 ? 1 : n < 65536 ? 2 : n < 4294967296 ? 4 : 8;
+  const ai = n < 24 ? n : n < 256 ? 24 : n < 65536 ? 25 : n < 4294967296 ? 26 : 27;
+  const len = ai < 24 ? 0 : 1 << (ai - 24); // 24..27: 1, 2, 4, 8 argument bytes
   const h = new Uint8Array(1 + len);
-  h[0] = (major << 5) | (len === 0 ? n : len === 1 ? 24 : len === 2 ? 25 : len === 4 ? 26 : 27);
+  h[0] = (major << 5) | ai;
   // Division, not shifts: shifts are 32-bit and the argument may have up to 53 bits.
   for (let i = len; i > 0; i--) {
     h[i] = n % 256;
@@ -74,7 +78,8 @@ function encodeItem(v: any, out: Uint8Array[], depth: number): void {
   } else if (v instanceof Uint8Array) {
     out.push(head(2, v.length), v);
   } else if (v === false || v === true || v === null || v === undefined) {
-    out.push(new Uint8Array([v === false ? 0xf4 : v === true ? 0xf5 : v === null ? 0xf6 : 0xf7]));
+    // Explicit tests, not SIMPLE_VALUES.indexOf: Espruino's arrays are sparse and may not hold an undefined.
+    out.push(new Uint8Array([v === false ? 0xf4 : v ? 0xf5 : v === null ? 0xf6 : 0xf7]));
   } else {
     // A container: the depth limit also stops cycles, which would otherwise recurse forever.
     if (depth >= MAX_DEPTH) fail("nested deeper than " + MAX_DEPTH);
@@ -194,7 +199,7 @@ function readItem(depth: number): any {
   const ai = ib & 31;
   if (major === 7) {
     if (ai < 20) return new Simple(ai);
-    if (ai < 24) return ai === 20 ? false : ai === 21 ? true : ai === 22 ? null : undefined;
+    if (ai < 24) return SIMPLE_VALUES[ai - 20];
     if (ai === 24) {
       const s = readUint(1);
       return s < 32 ? fail("simple value " + s + " in two bytes") : new Simple(s);
