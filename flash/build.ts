@@ -144,6 +144,8 @@ async function bundle(entry: string, outFile: string, minify: boolean): Promise<
       platform: "neutral",
       mainFields: ["module", "main"],
       minify,
+      // Members whose names end in "_" are internal to the firmware: renamed to save device bytes.
+      mangleProps: minify ? /_$/ : undefined,
       legalComments: "none",
       charset: "ascii",
       sourcemap: "external",

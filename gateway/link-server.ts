@@ -8,7 +8,7 @@ import { zlib } from "./zlib-crc.ts";
 import { ctEqual } from "../firmware/bytes.ts";
 import { encodeFrame, FrameDecoder } from "../firmware/proto/frame.ts";
 import { deriveLinkKeys, joinAcceptTag, joinRequestTag, JOIN_NONCE_BYTES, type Codec } from "../firmware/proto/keys.ts";
-import { newLink, openMessage, sealMessage, wipeLink, type Link } from "../firmware/proto/link.ts";
+import { DROP_REASONS, newLink, openMessage, sealMessage, wipeLink, type Link } from "../firmware/proto/link.ts";
 import { decodeMessage, encodeMessage, Msg, type InnerMessage, type JoinRequest, type Message } from "../firmware/proto/messages.ts";
 import type { SymCrypto } from "../firmware/crypto/types.ts";
 import type { Logger } from "./log.ts";
@@ -71,7 +71,7 @@ export class Connection {
     if (m.t === Msg.Link && this.state.k === "linked") {
       const s = this.state;
       const inner = openMessage(d.crypto, d.cbor, s.link, m);
-      if (inner instanceof Error) return this.reject("frame dropped", inner.message);
+      if (typeof inner === "number") return this.reject("frame dropped", DROP_REASONS[inner]);
       this.server.stats.framesIn++;
       const answer = d.onRequest(s.deviceId, inner);
       this.sendInner(answer);

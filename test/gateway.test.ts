@@ -65,7 +65,7 @@ test("registry, counters and certificates survive a gateway restart on the same 
   const before = t.gw.store.getRegistration("dev-r")!;
   d.close();
   await t.gw.stop();
-  const again = await Gateway.start({ dataDir: t.dataDir, listen: { host: "127.0.0.1", port: 0 }, now: t.clock.now, log: (await startGateway()).gw.log });
+  const again = await Gateway.start({ dataDir: t.dataDir, listen: { host: "127.0.0.1", port: 0 }, now: t.clock.now, log: t.gw.log });
   try {
     const after = again.store.getRegistration("dev-r")!;
     assert.deepEqual(after.cert, before.cert);

@@ -88,8 +88,8 @@ test("frame decoder rejects oversize lengths and keeps bounded state", () => {
   const dec = new FrameDecoder(crc);
   // A header that claims 0xffff bytes is noise: dropped at once, not waited for.
   assert.deepEqual(dec.push(Uint8Array.from([0xa5, 0xff, 0xff, 1, 2, 3])), []);
-  assert.equal(dec.buf.length, 0);
-  assert.equal(dec.dropped, 6);
+  assert.equal(dec.buf_.length, 0);
+  assert.equal(dec.dropped_, 6);
   const good = encodeFrame(Uint8Array.from([7]), crc);
   assert.deepEqual(dec.push(good).map((b) => [...b]), [[7]]);
 });

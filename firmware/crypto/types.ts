@@ -17,7 +17,8 @@ export interface SymCrypto {
   hkdf(salt: Bytes, ikm: Bytes, info: Bytes, length: number): Bytes;
   /** Suites this side can run (device: what its board has). */
   suites(): number[];
-  /** Authenticated encryption without additional data: returns ciphertext || tag. */
+  /** Authenticated encryption without additional data, in the suite's standard layout
+   *  (AES-CCM: ciphertext || tag; secretbox: tag || ciphertext, as NaCl). */
   seal(suite: number, key: Bytes, nonce: Bytes, plaintext: Bytes): Bytes;
   /** Returns the plaintext, or undefined when the tag does not verify (never throws on bad input). */
   open(suite: number, key: Bytes, nonce: Bytes, sealed: Bytes): Bytes | undefined;

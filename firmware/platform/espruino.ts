@@ -2,7 +2,7 @@
 // reads the provisioned configuration from Storage and connects the board's transport.
 
 import { fromHex, type Bytes } from "../bytes.ts";
-import * as cbor from "../cbor.ts";
+import { decode, encode } from "../cbor.ts";
 import type { SymCrypto } from "../crypto/types.ts";
 import { Handset, type Platform } from "../handset.ts";
 
@@ -22,7 +22,7 @@ export function espruinoPlatform(crypto: SymCrypto): Platform {
   const storage = espruinoRequire("Storage");
   return {
     crypto: crypto,
-    cbor: cbor,
+    cbor: { encode: encode, decode: decode },
     crc32: (b: Bytes) => E.CRC32(b),
     loadCounter: () => {
       const n = parseInt(storage.read(COUNTER_FILE) || "0", 10);

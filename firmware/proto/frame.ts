@@ -16,7 +16,7 @@ const TRAILER = 4;
 export type Crc32 = (data: Bytes) => number;
 
 export function encodeFrame(payload: Bytes, crc32: Crc32): Bytes {
-  if (payload.length < 1 || payload.length > MAX_PAYLOAD) throw new Error("frame: payload size " + payload.length + " out of range");
+  if (payload.length < 1 || payload.length > MAX_PAYLOAD) throw new Error("frame: size out of range");
   const out = new Uint8Array(HEADER + payload.length + TRAILER);
   out[0] = FRAME_MAGIC;
   out[1] = payload.length >> 8;
@@ -33,35 +33,35 @@ export function encodeFrame(payload: Bytes, crc32: Crc32): Bytes {
 
 /** Incremental decoder: push() bytes as they arrive, get complete payloads back. */
 export class FrameDecoder {
-  buf: Bytes = new Uint8Array(0);
+  buf_: Bytes = new Uint8Array(0);
   /** Bytes discarded while hunting for a valid frame (noise, bad CRC, bad length). */
-  dropped = 0;
-  crc32: Crc32;
+  dropped_ = 0;
+  crc32_: Crc32;
 
   constructor(crc32: Crc32) {
-    this.crc32 = crc32;
+    this.crc32_ = crc32;
   }
 
   push(chunk: Bytes): Bytes[] {
-    const joined = new Uint8Array(this.buf.length + chunk.length);
-    joined.set(this.buf, 0);
-    joined.set(chunk, this.buf.length);
+    const joined = new Uint8Array(this.buf_.length + chunk.length);
+    joined.set(this.buf_, 0);
+    joined.set(chunk, this.buf_.length);
     const out: Bytes[] = [];
     let p = 0;
     while (p < joined.length) {
-      if (joined[p] !== FRAME_MAGIC) { p++; this.dropped++; continue; }
+      if (joined[p] !== FRAME_MAGIC) { p++; this.dropped_++; continue; }
       if (joined.length - p < HEADER) break;
       const len = (joined[p + 1] << 8) | joined[p + 2];
-      if (len < 1 || len > MAX_PAYLOAD) { p++; this.dropped++; continue; }
+      if (len < 1 || len > MAX_PAYLOAD) { p++; this.dropped_++; continue; }
       const end = p + HEADER + len + TRAILER;
       if (joined.length < end) break;
       const t = p + HEADER + len;
       const crc = ((joined[t] << 24) | (joined[t + 1] << 16) | (joined[t + 2] << 8) | joined[t + 3]) >>> 0;
-      if ((this.crc32(joined.subarray(p + 1, t)) >>> 0) !== crc) { p++; this.dropped++; continue; }
+      if ((this.crc32_(joined.subarray(p + 1, t)) >>> 0) !== crc) { p++; this.dropped_++; continue; }
       out.push(joined.slice(p + HEADER, t));
       p = end;
     }
-    this.buf = joined.slice(p);
+    this.buf_ = joined.slice(p);
     return out;
   }
 }

@@ -11,51 +11,71 @@ import { acceptSeq, checkSeq, newWindow, type ReplayWindow } from "./replay.ts";
 /** The last sequence number a sender may use; after it the link must be joined again. */
 export const MAX_SEQ = 0xffffffff;
 
+/** Why a received frame was dropped. Numbers, not sentences, to keep the device bundle small;
+ *  DROP_REASONS spells them out for logs. */
+export const enum Drop {
+  Replayed = 1,
+  TooOld = 2,
+  BadSeq = 3,
+  Forged = 4,
+  BadContent = 5,
+  OuterInLink = 6,
+}
+
+export const DROP_REASONS: { [d: number]: string } = {
+  1: "replayed frame",
+  2: "frame older than the replay window",
+  3: "invalid sequence number",
+  4: "frame failed authentication",
+  5: "authentic frame with malformed content",
+  6: "outer message inside the link",
+};
+
 export interface Link {
-  keys: LinkKeys;
+  keys_: LinkKeys;
   /** Direction byte of the frames this end sends. */
-  txDir: number;
+  txDir_: number;
   /** Sequence number of the last frame sent (0: none yet). */
-  txSeq: number;
-  rx: ReplayWindow;
+  txSeq_: number;
+  rx_: ReplayWindow;
 }
 
 export function newLink(keys: LinkKeys, isDevice: boolean): Link {
-  return { keys: keys, txDir: isDevice ? DIR_UP : DIR_DOWN, txSeq: 0, rx: newWindow() };
+  return { keys_: keys, txDir_: isDevice ? DIR_UP : DIR_DOWN, txSeq_: 0, rx_: newWindow() };
 }
 
 /** The encoded Link frame carrying msg. Throws when the sequence space is spent (join again). */
 export function sealMessage(c: SymCrypto, cbor: Codec, link: Link, msg: InnerMessage): Bytes {
-  if (link.txSeq >= MAX_SEQ) throw new Error("link: sequence numbers exhausted, join again");
-  const seq = ++link.txSeq;
-  const key = link.txDir === DIR_UP ? link.keys.up : link.keys.down;
-  const sealed = c.seal(link.keys.suite, key, frameNonce(link.keys.suite, link.txDir, 0, seq), cbor.encode(encodeMessage(msg)));
+  if (link.txSeq_ >= MAX_SEQ) throw new Error("link: sequence exhausted");
+  const seq = ++link.txSeq_;
+  const k = link.keys_;
+  const sealed = c.seal(k.suite, link.txDir_ === DIR_UP ? k.up : k.down, frameNonce(k.suite, link.txDir_, 0, seq), cbor.encode(encodeMessage(msg)));
   return cbor.encode(encodeMessage({ t: Msg.Link, seq: seq, sealed: sealed }));
 }
 
-/** The inner message of a received Link frame, or the reason it was dropped. State changes only
- *  when the frame is authentic and fresh. */
-export function openMessage(c: SymCrypto, cbor: Codec, link: Link, f: LinkFrame): InnerMessage | Error {
-  const fresh = checkSeq(link.rx, f.seq);
-  if (fresh !== "ok") return new Error(fresh === "replayed" ? "replayed frame" : fresh === "too-old" ? "frame older than the replay window" : "invalid sequence number");
-  const rxDir = link.txDir === DIR_UP ? DIR_DOWN : DIR_UP;
-  const key = rxDir === DIR_UP ? link.keys.up : link.keys.down;
-  const plain = c.open(link.keys.suite, key, frameNonce(link.keys.suite, rxDir, 0, f.seq), f.sealed);
-  if (!plain) return new Error("frame failed authentication");
+/** The inner message of a received Link frame, or why it was dropped. State changes only when the
+ *  frame is authentic and fresh. */
+export function openMessage(c: SymCrypto, cbor: Codec, link: Link, f: LinkFrame): InnerMessage | Drop {
+  const fresh = checkSeq(link.rx_, f.seq);
+  if (fresh !== "ok") return fresh === "replayed" ? Drop.Replayed : fresh === "too-old" ? Drop.TooOld : Drop.BadSeq;
+  const rxDir = link.txDir_ === DIR_UP ? DIR_DOWN : DIR_UP;
+  const k = link.keys_;
+  const plain = c.open(k.suite, rxDir === DIR_UP ? k.up : k.down, frameNonce(k.suite, rxDir, 0, f.seq), f.sealed);
+  if (!plain) return Drop.Forged;
   let m: Message | Error;
   try {
     m = decodeMessage(cbor.decode(plain));
   } catch (e) {
-    m = new Error("authentic frame with malformed content: " + (e as Error).message);
+    m = e as Error;
   }
   // An authentic frame consumes its sequence number even when its content is bad: it was sent once.
-  acceptSeq(link.rx, f.seq);
-  if (m instanceof Error) return m;
-  if (m.t < Msg.RegisterRequest) return new Error("outer message type " + m.t + " inside the link");
+  acceptSeq(link.rx_, f.seq);
+  if (m instanceof Error) return Drop.BadContent;
+  if (m.t < Msg.RegisterRequest) return Drop.OuterInLink;
   return m as InnerMessage;
 }
 
 export function wipeLink(link: Link): void {
-  link.keys.up.fill(0);
-  link.keys.down.fill(0);
+  link.keys_.up.fill(0);
+  link.keys_.down.fill(0);
 }
