@@ -183,7 +183,7 @@ function readString(major: number, ai: number): Uint8Array | string {
   let s = "";
   while (!atBreak()) {
     const ib = src[pos++];
-    if (ib >> 5 !== major || (ib & 31) === 31) fail("bad indefinite-length string chunk");
+    if (ib >> 5 !== major || (ib & 31) === 31) fail("bad string chunk");
     const b = readBytes(readArg(ib & 31));
     // Each text chunk must be valid UTF-8 on its own: a character may not straddle chunks.
     if (major === 2) parts.push(b);
@@ -210,7 +210,7 @@ function readItem(depth: number): any {
     return fail(ai === 31 ? "unexpected break" : "reserved head " + ai);
   }
   if (major === 2 || major === 3) return readString(major, ai);
-  if (ai === 31 && (major < 2 || major === 6)) fail("indefinite length on an integer or tag");
+  if (ai === 31 && (major < 2 || major === 6)) fail("bad indefinite length");
   if (major === 0) return readArg(ai);
   if (major === 1) return -1 - readArg(ai);
   if (depth >= MAX_DEPTH) fail("nested deeper than " + MAX_DEPTH);
@@ -231,10 +231,10 @@ function readItem(depth: number): any {
   for (let i = 0; count < 0 ? !atBreak() : i < count; i++) {
     need(1);
     const km = src[pos] >> 5;
-    if (km !== 0 && km !== 1 && km !== 3) fail("map key not an integer or text");
+    if (km !== 0 && km !== 1 && km !== 3) fail("bad map key");
     const k = String(readItem(depth + 1));
     // Rejected rather than overwritten: two readers must never disagree about what a message says.
-    if (Object.prototype.hasOwnProperty.call(o, k) || k === "__proto__") fail("duplicate or reserved (__proto__) map key");
+    if (Object.prototype.hasOwnProperty.call(o, k) || k === "__proto__") fail("duplicate map key");
     o[k] = readItem(depth + 1);
   }
   return o;
@@ -242,7 +242,7 @@ function readItem(depth: number): any {
 
 /** Decodes exactly one CBOR item. Byte strings are views into b (no copy), except indefinite ones. */
 export function decode(b: Uint8Array): any {
-  if (!(b instanceof Uint8Array)) fail("input must be a Uint8Array");
+  if (!(b instanceof Uint8Array)) fail("not bytes");
   src = b;
   pos = 0;
   try {

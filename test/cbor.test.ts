@@ -271,20 +271,20 @@ test("decoders refuse malformed items with a clear cbor: reason", () => {
     ["", /truncated/],
     ["0001", /trailing bytes/],
     ["1c", /reserved head 28/],
-    ["1f", /indefinite length on an integer or tag/],
-    ["df00", /indefinite length on an integer or tag/],
+    ["1f", /bad indefinite length/],
+    ["df00", /bad indefinite length/],
     ["ff", /unexpected break/],
     ["f818", /simple value 24 in two bytes/],
     ["62c328", /invalid UTF-8/],
     ["62eda080", /invalid UTF-8/], // an encoded surrogate
     ["7f61c361bcff", /invalid UTF-8/], // a character split across chunks
-    ["5f41016000ff", /bad indefinite-length string chunk/],
-    ["5f5f4100ffff", /bad indefinite-length string chunk/],
-    ["a2616101616102", /duplicate or reserved/],
-    ["a201006131" + "00", /duplicate or reserved/], // 1 and "1" are the same object key
-    ["a1695f5f70726f746f5f5f00", /duplicate or reserved \(__proto__\)/],
-    ["a1f600", /map key not an integer or text/],
-    ["a1410000", /map key not an integer or text/],
+    ["5f41016000ff", /bad string chunk/],
+    ["5f5f4100ffff", /bad string chunk/],
+    ["a2616101616102", /duplicate map key/],
+    ["a201006131" + "00", /duplicate map key/], // 1 and "1" are the same object key
+    ["a1695f5f70726f746f5f5f00", /duplicate map key/],
+    ["a1f600", /bad map key/],
+    ["a1410000", /bad map key/],
     ["9f01", /truncated/],
     ["bf0102", /truncated/],
   ];

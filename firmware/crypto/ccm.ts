@@ -16,10 +16,10 @@ export interface AesBlockNatives {
 const ZERO_IV = new Uint8Array(16);
 
 function checkParams(nonce: Bytes, tagLen: number, aadLen: number): void {
-  if (nonce.length < 7 || nonce.length > 13) throw new Error("ccm: nonce must be 7 to 13 bytes");
-  if (!(tagLen >= 4 && tagLen <= 16 && tagLen % 2 === 0)) throw new Error("ccm: tag length must be 4, 6, ... 16");
+  if (nonce.length < 7 || nonce.length > 13) throw new Error("ccm: bad nonce length");
+  if (!(tagLen >= 4 && tagLen <= 16 && tagLen % 2 === 0)) throw new Error("ccm: bad tag length");
   // Only the two-byte AAD length form (RFC 3610 §2.2): our messages carry none.
-  if (aadLen >= 0xff00) throw new Error("ccm: additional data too long");
+  if (aadLen >= 0xff00) throw new Error("ccm: aad too long");
 }
 
 /** One byte past the largest message length field L (= 15 - nonce length) can hold. */
@@ -68,7 +68,7 @@ function keystream(aes: AesBlockNatives, key: Bytes, nonce: Bytes, msgLen: numbe
 export function ccmSeal(aes: AesBlockNatives, key: Bytes, nonce: Bytes, pt: Bytes, tagLen: number, aad?: Bytes): Bytes {
   const a = aad || new Uint8Array(0);
   checkParams(nonce, tagLen, a.length);
-  if (!fitsLength(nonce.length, pt.length)) throw new Error("ccm: message too long for this nonce length");
+  if (!fitsLength(nonce.length, pt.length)) throw new Error("ccm: message too long");
   const t = cbcMac(aes, key, nonce, a, pt, tagLen);
   const s = keystream(aes, key, nonce, pt.length);
   const out = new Uint8Array(pt.length + tagLen);

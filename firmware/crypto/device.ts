@@ -45,7 +45,7 @@ function aesCcmSuite(n: Natives): AeadImpl | undefined {
     suite: SUITE_AES_CCM_16_64_128,
     seal: (key, nonce, pt) => {
       if (key.length !== CCM_KEY_LEN || nonce.length !== CCM_NONCE_LEN) {
-        throw new Error("aes-ccm: key must be 16 bytes and nonce 13");
+        throw new Error("aes-ccm: bad key or nonce length");
       }
       return sealWith(key, nonce, pt);
     },

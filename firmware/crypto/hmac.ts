@@ -26,7 +26,7 @@ export function hmacSha256(sha256: (d: Bytes) => Bytes, key: Bytes, data: Bytes)
  *  makes identical to the empty key, so no special case is needed. */
 export function hkdfSha256(sha256: (d: Bytes) => Bytes, salt: Bytes, ikm: Bytes, info: Bytes, length: number): Bytes {
   if (!(length >= 0 && length <= 255 * HASH_LEN) || length % 1 !== 0) {
-    throw new Error("hkdf: length must be an integer from 0 to 8160");
+    throw new Error("hkdf: bad length");
   }
   const prk = hmacSha256(sha256, salt, ikm);
   const okm = new Uint8Array(length);

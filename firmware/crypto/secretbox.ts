@@ -168,7 +168,7 @@ function poly1305(m: Bytes, k: Bytes): Bytes {
 
 /** secretbox_easy: tag || ciphertext. The first 32 keystream bytes key Poly1305. */
 export function secretbox(key: Bytes, nonce: Bytes, pt: Bytes): Bytes {
-  if (key.length !== KEY_LEN || nonce.length !== NONCE_LEN) throw new Error("secretbox: key must be 32 bytes and nonce 24");
+  if (key.length !== KEY_LEN || nonce.length !== NONCE_LEN) throw new Error("secretbox: bad key or nonce length");
   const buf = new Uint8Array(32 + pt.length);
   buf.set(pt, 32);
   const x = xsalsa20Xor(key, nonce, buf);
