@@ -228,7 +228,7 @@ describe("device and gateway agree byte for byte (fast-check)", () => {
   test("seal refuses wrong key or nonce lengths with an error that names no key bytes", () => {
     const key = new Uint8Array(15).fill(0xab);
     for (const c of [deviceEcb, deviceNative, gateway]) {
-      assert.throws(() => c.seal(SUITE_AES_CCM_16_64_128, key, new Uint8Array(13), new Uint8Array(1)), (e: Error) => /16 bytes/.test(e.message) && !/ab/i.test(e.message.replace(/bytes|aes/gi, "")));
+      assert.throws(() => c.seal(SUITE_AES_CCM_16_64_128, key, new Uint8Array(13), new Uint8Array(1)), (e: Error) => /key/.test(e.message) && !/ab/i.test(e.message.replace(/bytes|aes/gi, "")));
       assert.throws(() => c.seal(SUITE_XSALSA20_POLY1305, new Uint8Array(32), new Uint8Array(23), new Uint8Array(1)), /nonce/);
     }
   });
