@@ -33,6 +33,8 @@ export interface WorldConfig {
 export const WORLD_SOURCE = String.raw`(function (host, config) {
   "use strict";
   var G = globalThis;
+  // Espruino names its root scope "global" (it has no globalThis of its own to rely on).
+  G.global = G;
 
   // ---- what Espruino does not have -------------------------------------------------------------
   var removedGlobals = ${JSON.stringify(REMOVED_GLOBALS)};
@@ -172,25 +174,39 @@ export const WORLD_SOURCE = String.raw`(function (host, config) {
   // ---- E, getTime, process ---------------------------------------------------------------------
   // E.toUint8Array's flattening: numbers are bytes, strings their char codes, arrays and typed arrays
   // their elements, {data, count} repeats. Sized first, so large inputs never become number arrays.
-  function eachByte(args, sink) {
-    function add(v) {
-      if (typeof v === "number") sink(v);
-      else if (typeof v === "string") for (var i = 0; i < v.length; i++) sink(v.charCodeAt(i));
-      else if (v instanceof ArrayBuffer) add(new Uint8Array(v));
-      else if (v && (Array.isArray(v) || ArrayBuffer.isView(v))) for (var j = 0; j < v.length; j++) add(v[j]);
-      else if (v && typeof v === "object" && v.data !== undefined) {
-        for (var c = 0; c < (v.count === undefined ? 1 : v.count); c++) add(v.data);
-      }
+  // No closures are made per call: a function created and dropped here would sit in a reference
+  // cycle until QuickJS's next collection, and be counted as the firmware's memory until then.
+  function byteCount(v) {
+    if (typeof v === "number") return 1;
+    if (typeof v === "string") return v.length;
+    if (v instanceof ArrayBuffer) return v.byteLength;
+    var n = 0;
+    if (v && (Array.isArray(v) || ArrayBuffer.isView(v))) {
+      if (v instanceof Uint8Array) return v.length;
+      for (var j = 0; j < v.length; j++) n += byteCount(v[j]);
+    } else if (v && typeof v === "object" && v.data !== undefined) {
+      n = byteCount(v.data) * (v.count === undefined ? 1 : v.count);
     }
-    for (var a = 0; a < args.length; a++) add(args[a]);
+    return n;
+  }
+  function putBytes(v, out, o) {
+    if (typeof v === "number") { out[o] = v & 255; return o + 1; }
+    if (typeof v === "string") { for (var i = 0; i < v.length; i++) out[o + i] = v.charCodeAt(i) & 255; return o + v.length; }
+    if (v instanceof ArrayBuffer) v = new Uint8Array(v);
+    if (v instanceof Uint8Array) { out.set(v, o); return o + v.length; }
+    if (v && (Array.isArray(v) || ArrayBuffer.isView(v))) { for (var j = 0; j < v.length; j++) o = putBytes(v[j], out, o); return o; }
+    if (v && typeof v === "object" && v.data !== undefined) {
+      for (var c = 0; c < (v.count === undefined ? 1 : v.count); c++) o = putBytes(v.data, out, o);
+    }
+    return o;
   }
   function toBytes(args) {
     if (args.length === 1 && args[0] instanceof Uint8Array) return args[0];
     var n = 0;
-    eachByte(args, function () { n++; });
+    for (var a = 0; a < args.length; a++) n += byteCount(args[a]);
     var out = new Uint8Array(n);
     var o = 0;
-    eachByte(args, function (b) { out[o++] = b & 255; });
+    for (var b = 0; b < args.length; b++) o = putBytes(args[b], out, o);
     return out;
   }
   G.E = {

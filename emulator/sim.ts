@@ -1,0 +1,66 @@
+// keyproxy sim: N emulated handsets running the real firmware bundle against a gateway. Each handset
+// is provisioned like a real one would be: a fresh root key in the gateway's registry, the same key and
+// id written into the handset's Storage (kp.cfg), the bundle into .bootcde.
+
+import { randomBytes } from "node:crypto";
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+import { getBoard } from "../boards/index.ts";
+import { openStore } from "../gateway/gateway.ts";
+import { EmulatedDevice } from "./device.ts";
+
+export interface SimOptions {
+  /** The gateway's data directory: sim enters its handsets in this registry. */
+  dataDir: string;
+  gateway: { host: string; port: number };
+  count: number;
+  board: string;
+  /** The firmware bundle (text), as built by `keyproxy build`. */
+  bundle: string;
+  prefix?: string;
+  /** Desired registration lifetime, seconds. */
+  lifetime?: number;
+  /** Where the handsets' Storage lives (default: <dataDir>/sim). */
+  simDir?: string;
+  onLog?: (device: string, line: string) => void;
+}
+
+/** Writes id, key and gateway into a handset's Storage and the registry, unless both already agree. */
+export function provisionEmulated(dev: EmulatedDevice, dataDir: string, id: string, board: string, gateway: { host: string; port: number }, lifetime: number): void {
+  const store = openStore(dataDir);
+  try {
+    const cfgBytes = dev.storage.read("kp.cfg");
+    const cfg = cfgBytes ? (JSON.parse(Buffer.from(cfgBytes).toString()) as { id: string; key: string }) : undefined;
+    const known = store.getDevice(id);
+    if (cfg && cfg.id === id && known && Buffer.from(known.rootKey).toString("hex") === cfg.key) return;
+    const key = randomBytes(16);
+    store.atomically(() => {
+      if (known) store.replaceDevice(id, key, board, Math.floor(Date.now() / 1000));
+      else store.addDevice(id, key, board, Math.floor(Date.now() / 1000));
+      // Inside the transaction: if Storage cannot be written, the registry entry rolls back.
+      dev.storage.erase("kp.ctr");
+      dev.storage.write("kp.cfg", JSON.stringify({ id, key: key.toString("hex"), gw: `${gateway.host}:${gateway.port}`, life: lifetime }));
+    });
+    key.fill(0);
+  } finally {
+    store.close();
+  }
+}
+
+export async function startSim(o: SimOptions): Promise<{ devices: EmulatedDevice[]; stop(): void }> {
+  const board = getBoard(o.board);
+  const simDir = o.simDir ?? join(o.dataDir, "sim");
+  const devices: EmulatedDevice[] = [];
+  for (let i = 1; i <= o.count; i++) {
+    const id = `${o.prefix ?? "sim"}-${i}`;
+    const storageDir = join(simDir, id);
+    mkdirSync(storageDir, { recursive: true, mode: 0o700 });
+    const dev = new EmulatedDevice({ board: board.id, storageDir, gateway: o.gateway, name: id });
+    provisionEmulated(dev, o.dataDir, id, board.id, o.gateway, o.lifetime ?? 3600);
+    dev.storage.write(".bootcde", o.bundle);
+    if (o.onLog) dev.on("log", (line: string) => o.onLog!(id, line));
+    devices.push(dev);
+  }
+  for (const d of devices) await d.boot();
+  return { devices, stop: () => devices.forEach((d) => d.powerOff()) };
+}
