@@ -42,214 +42,192 @@ function fail(why: string): never {
 
 // ---- encoding ----
 
-/** The head of an item: major type and argument, in the shortest form (§4.2.1). n is a safe integer >= 0. */
-function head(major: number, n: number): Uint8Array {
-  const ai = n < 24 ? n : n < 256 ? 24 : n < 65536 ? 25 : n < 4294967296 ? 26 : 27;
-  const len = ai < 24 ? 0 : 1 << (ai - 24); // 24..27: 1, 2, 4, 8 argument bytes
-  const h = new Uint8Array(1 + len);
-  h[0] = (major << 5) | ai;
-  // Division, not shifts: shifts are 32-bit and the argument may have up to 53 bits.
-  for (let i = len; i > 0; i--) {
-    h[i] = n % 256;
-    n = Math.floor(n / 256);
-  }
-  return h;
-}
-
-function isUint(n: unknown): boolean {
-  return typeof n === "number" && n >= 0 && n <= 9007199254740991 && Math.floor(n) === n;
-}
-
-function encodeItem(v: any, out: Uint8Array[], depth: number): void {
-  if (typeof v === "number") {
-    if (isUint(v)) out.push(head(0, v));
-    else if (isUint(-1 - v)) out.push(head(1, -1 - v));
-    else {
-      // Every other number goes out as a float64: the device never sends floats, so we do not
-      // carry the code to find the shortest float form. Decoders read it back exactly.
-      const f = new Uint8Array(9);
-      f[0] = 0xfb;
-      new DataView(f.buffer).setFloat64(1, v);
-      out.push(f);
-    }
-  } else if (typeof v === "string") {
-    const s = utf8Encode(v);
-    out.push(head(3, s.length), s);
-  } else if (v instanceof Uint8Array) {
-    out.push(head(2, v.length), v);
-  } else if (v === false || v === true || v === null || v === undefined) {
-    // Explicit tests, not SIMPLE_VALUES.indexOf: Espruino's arrays are sparse and may not hold an undefined.
-    out.push(new Uint8Array([v === false ? 0xf4 : v ? 0xf5 : v === null ? 0xf6 : 0xf7]));
-  } else {
-    // A container: the depth limit also stops cycles, which would otherwise recurse forever.
-    if (depth >= MAX_DEPTH) fail("nested deeper than " + MAX_DEPTH);
-    if (Array.isArray(v)) {
-      out.push(head(4, v.length));
-      for (const x of v) encodeItem(x, out, depth + 1);
-    } else if (v instanceof Tagged) {
-      if (!isUint(v.tag)) fail("tag must be an integer >= 0");
-      out.push(head(6, v.tag));
-      encodeItem(v.value, out, depth + 1);
-    } else if (typeof v === "object" && v.constructor === Object) {
-      const keys = Object.keys(v);
-      out.push(head(5, keys.length));
-      for (const k of keys) {
-        encodeItem(k, out, depth + 1);
-        encodeItem(v[k], out, depth + 1);
-      }
-    } else fail("cannot encode " + typeof v);
-  }
-}
-
+/** Encodes v deterministically. Helpers live inside: on the device a function costs variables for
+ *  as long as it exists, and these exist only while an encode runs. */
 export function encode(v: unknown): Uint8Array {
   const out: Uint8Array[] = [];
-  encodeItem(v, out, 0);
+  /** The head of an item: major type and argument, in the shortest form (§4.2.1). n is a safe integer >= 0. */
+  function head(major: number, n: number): void {
+    const ai = n < 24 ? n : n < 256 ? 24 : n < 65536 ? 25 : n < 4294967296 ? 26 : 27;
+    const len = ai < 24 ? 0 : 1 << (ai - 24); // 24..27: 1, 2, 4, 8 argument bytes
+    const h = new Uint8Array(1 + len);
+    h[0] = (major << 5) | ai;
+    // Division, not shifts: shifts are 32-bit and the argument may have up to 53 bits.
+    for (let i = len; i > 0; i--) {
+      h[i] = n % 256;
+      n = Math.floor(n / 256);
+    }
+    out.push(h);
+  }
+  function isUint(n: unknown): boolean {
+    return typeof n === "number" && n >= 0 && n <= 9007199254740991 && Math.floor(n) === n;
+  }
+  function item(v: any, depth: number): void {
+    if (typeof v === "number") {
+      if (isUint(v)) head(0, v);
+      else if (isUint(-1 - v)) head(1, -1 - v);
+      else {
+        // Every other number goes out as a float64: the device never sends floats, so we do not
+        // carry the code to find the shortest float form. Decoders read it back exactly.
+        const f = new Uint8Array(9);
+        f[0] = 0xfb;
+        new DataView(f.buffer).setFloat64(1, v);
+        out.push(f);
+      }
+    } else if (typeof v === "string") {
+      const b = utf8Encode(v);
+      head(3, b.length);
+      out.push(b);
+    } else if (v instanceof Uint8Array) {
+      head(2, v.length);
+      out.push(v);
+    } else if (v === false || v === true || v === null || v === undefined) {
+      out.push(new Uint8Array([v === false ? 0xf4 : v ? 0xf5 : v === null ? 0xf6 : 0xf7]));
+    } else {
+      // A container: the depth limit also stops cycles, which would otherwise recurse forever.
+      if (depth >= MAX_DEPTH) fail("nested deeper than " + MAX_DEPTH);
+      if (Array.isArray(v)) {
+        head(4, v.length);
+        for (const x of v) item(x, depth + 1);
+      } else if (v instanceof Tagged) {
+        if (!isUint(v.tag)) fail("tag must be an integer >= 0");
+        head(6, v.tag);
+        item(v.value, depth + 1);
+      } else if (typeof v === "object" && v.constructor === Object) {
+        const keys = Object.keys(v);
+        head(5, keys.length);
+        for (const k of keys) {
+          item(k, depth + 1);
+          item(v[k], depth + 1);
+        }
+      } else fail("cannot encode " + typeof v);
+    }
+  }
+  item(v, 0);
   return concat(out);
 }
 
 // ---- decoding ----
 
-// The input being decoded and the read position. Module state rather than an object passed around:
-// smaller code and fewer variables on the device. decode() is not re-entrant, and need not be.
-let src: Uint8Array = new Uint8Array(0);
-let pos = 0;
-
-/** Fails unless n more bytes remain. n may be any Number up to 2^64, so compare, never allocate first. */
-function need(n: number): void {
-  if (n > src.length - pos) fail("truncated input");
-}
-
-function readBytes(n: number): Uint8Array {
-  need(n);
-  pos += n;
-  return src.subarray(pos - n, pos);
-}
-
-/** An unsigned big-endian integer of 1, 2 or 4 bytes: exact. */
-function readUint(n: number): number {
-  need(n);
-  let v = 0;
-  for (let i = 0; i < n; i++) v = v * 256 + src[pos++];
-  return v;
-}
-
-/** The argument of a head. 8-byte arguments beyond 2^53 become the nearest Number (one rounding,
- *  in the addition), so integers that large lose their low bits: none of our messages use them. */
-function readArg(ai: number): number {
-  if (ai < 24) return ai;
-  if (ai === 24) return readUint(1);
-  if (ai === 25) return readUint(2);
-  if (ai === 26) return readUint(4);
-  if (ai === 27) return readUint(4) * 4294967296 + readUint(4);
-  return fail("reserved head " + ai);
-}
-
-/** IEEE 754 binary16, which DataView lacks. */
-function half(h: number): number {
-  const e = (h >> 10) & 31;
-  const m = h & 1023;
-  const v = e === 0 ? m * 5.960464477539063e-8 : e === 31 ? (m ? NaN : Infinity) : (m + 1024) * Math.pow(2, e - 25);
-  return h & 0x8000 ? -v : v;
-}
-
-function readFloat(n: number): number {
-  // Copy first: a DataView over the input's own buffer would need its byteOffset, and copying 8 bytes is cheap.
-  const t = new Uint8Array(n);
-  t.set(readBytes(n));
-  const d = new DataView(t.buffer);
-  return n === 4 ? d.getFloat32(0) : d.getFloat64(0);
-}
-
-function text(b: Uint8Array): string {
-  const s = utf8Decode(b);
-  return s === undefined ? fail("invalid UTF-8") : s;
-}
-
-/** True (and consumed) when the next byte is the break that ends an indefinite-length item. */
-function atBreak(): boolean {
-  need(1);
-  if (src[pos] !== 0xff) return false;
-  pos++;
-  return true;
-}
-
-/** A byte or text string, definite or indefinite (then its definite chunks of the same type, §3.2.3). */
-function readString(major: number, ai: number): Uint8Array | string {
-  if (ai !== 31) {
-    const b = readBytes(readArg(ai));
-    return major === 2 ? b : text(b);
-  }
-  const parts: Uint8Array[] = [];
-  let s = "";
-  while (!atBreak()) {
-    const ib = src[pos++];
-    if (ib >> 5 !== major || (ib & 31) === 31) fail("bad string chunk");
-    const b = readBytes(readArg(ib & 31));
-    // Each text chunk must be valid UTF-8 on its own: a character may not straddle chunks.
-    if (major === 2) parts.push(b);
-    else s += text(b);
-  }
-  return major === 2 ? concat(parts) : s;
-}
-
-function readItem(depth: number): any {
-  need(1);
-  const ib = src[pos++];
-  const major = ib >> 5;
-  const ai = ib & 31;
-  if (major === 7) {
-    if (ai < 20) return new Simple(ai);
-    if (ai < 24) return SIMPLE_VALUES[ai - 20];
-    if (ai === 24) {
-      const s = readUint(1);
-      return s < 32 ? fail("simple value " + s + " in two bytes") : new Simple(s);
-    }
-    if (ai === 25) return half(readUint(2));
-    if (ai === 26) return readFloat(4);
-    if (ai === 27) return readFloat(8);
-    return fail(ai === 31 ? "unexpected break" : "reserved head " + ai);
-  }
-  if (major === 2 || major === 3) return readString(major, ai);
-  if (ai === 31 && (major < 2 || major === 6)) fail("bad indefinite length");
-  if (major === 0) return readArg(ai);
-  if (major === 1) return -1 - readArg(ai);
-  if (depth >= MAX_DEPTH) fail("nested deeper than " + MAX_DEPTH);
-  if (major === 6) {
-    const tag = readArg(ai);
-    return new Tagged(tag, readItem(depth + 1));
-  }
-  // An array (4) or a map (5). A definite count is checked against the bytes left (an element takes at
-  // least one byte, a map entry two) before the loop, so a huge declared count fails at once.
-  const count = ai === 31 ? -1 : readArg(ai);
-  if (count >= 0) need(major === 4 ? count : count * 2);
-  if (major === 4) {
-    const a: unknown[] = [];
-    for (let i = 0; count < 0 ? !atBreak() : i < count; i++) a.push(readItem(depth + 1));
-    return a;
-  }
-  const o: any = {};
-  for (let i = 0; count < 0 ? !atBreak() : i < count; i++) {
-    need(1);
-    const km = src[pos] >> 5;
-    if (km !== 0 && km !== 1 && km !== 3) fail("bad map key");
-    const k = String(readItem(depth + 1));
-    // Rejected rather than overwritten: two readers must never disagree about what a message says.
-    if (Object.prototype.hasOwnProperty.call(o, k) || k === "__proto__") fail("duplicate map key");
-    o[k] = readItem(depth + 1);
-  }
-  return o;
-}
-
-/** Decodes exactly one CBOR item. Byte strings are views into b (no copy), except indefinite ones. */
+/** Decodes exactly one CBOR item. Byte strings are views into b (no copy), except indefinite ones.
+ *  As in encode, the helpers live inside and read the input and position from this call's scope. */
 export function decode(b: Uint8Array): any {
   if (!(b instanceof Uint8Array)) fail("not bytes");
-  src = b;
-  pos = 0;
-  try {
-    const v = readItem(0);
-    if (pos !== src.length) fail("trailing bytes");
-    return v;
-  } finally {
-    src = new Uint8Array(0); // do not keep the input alive
+  let pos = 0;
+  /** Fails unless n more bytes remain. n may be any Number up to 2^64, so compare, never allocate first. */
+  function need(n: number): void {
+    if (n > b.length - pos) fail("truncated input");
   }
+  function bytes(n: number): Uint8Array {
+    need(n);
+    pos += n;
+    return b.subarray(pos - n, pos);
+  }
+  /** An unsigned big-endian integer of 1, 2 or 4 bytes: exact. */
+  function uint(n: number): number {
+    need(n);
+    let v = 0;
+    for (let i = 0; i < n; i++) v = v * 256 + b[pos++];
+    return v;
+  }
+  /** The argument of a head. 8-byte arguments beyond 2^53 become the nearest Number (one rounding,
+   *  in the addition), so integers that large lose their low bits: none of our messages use them. */
+  function arg(ai: number): number {
+    if (ai < 24) return ai;
+    if (ai < 27) return uint(1 << (ai - 24));
+    if (ai === 27) return uint(4) * 4294967296 + uint(4);
+    return fail("reserved head " + ai);
+  }
+  function float(n: number): number {
+    if (n === 2) {
+      // IEEE 754 binary16, which DataView lacks.
+      const h = uint(2);
+      const e = (h >> 10) & 31;
+      const m = h & 1023;
+      const v = e === 0 ? m * 5.960464477539063e-8 : e === 31 ? (m ? NaN : Infinity) : (m + 1024) * Math.pow(2, e - 25);
+      return h & 0x8000 ? -v : v;
+    }
+    // Copy first: a DataView over the input's own buffer would need its byteOffset, and copying 8 bytes is cheap.
+    const t = new Uint8Array(n);
+    t.set(bytes(n));
+    const d = new DataView(t.buffer);
+    return n === 4 ? d.getFloat32(0) : d.getFloat64(0);
+  }
+  function text(x: Uint8Array): string {
+    const s = utf8Decode(x);
+    return s === undefined ? fail("invalid UTF-8") : s;
+  }
+  /** True (and consumed) when the next byte is the break that ends an indefinite-length item. */
+  function atBreak(): boolean {
+    need(1);
+    if (b[pos] !== 0xff) return false;
+    pos++;
+    return true;
+  }
+  /** A byte or text string, definite or indefinite (then its definite chunks of the same type, §3.2.3). */
+  function str(major: number, ai: number): Uint8Array | string {
+    if (ai !== 31) {
+      const x = bytes(arg(ai));
+      return major === 2 ? x : text(x);
+    }
+    const parts: Uint8Array[] = [];
+    let s = "";
+    while (!atBreak()) {
+      const ib = b[pos++];
+      if (ib >> 5 !== major || (ib & 31) === 31) fail("bad string chunk");
+      const x = bytes(arg(ib & 31));
+      // Each text chunk must be valid UTF-8 on its own: a character may not straddle chunks.
+      if (major === 2) parts.push(x);
+      else s += text(x);
+    }
+    return major === 2 ? concat(parts) : s;
+  }
+  function item(depth: number): any {
+    need(1);
+    const ib = b[pos++];
+    const major = ib >> 5;
+    const ai = ib & 31;
+    if (major === 7) {
+      if (ai < 20) return new Simple(ai);
+      if (ai < 24) return SIMPLE_VALUES[ai - 20];
+      if (ai === 24) {
+        const s = uint(1);
+        return s < 32 ? fail("simple value " + s + " in two bytes") : new Simple(s);
+      }
+      if (ai < 28) return float(1 << (ai - 24));
+      return fail(ai === 31 ? "unexpected break" : "reserved head " + ai);
+    }
+    if (major === 2 || major === 3) return str(major, ai);
+    if (ai === 31 && (major < 2 || major === 6)) fail("bad indefinite length");
+    if (major === 0) return arg(ai);
+    if (major === 1) return -1 - arg(ai);
+    if (depth >= MAX_DEPTH) fail("nested deeper than " + MAX_DEPTH);
+    if (major === 6) {
+      const tag = arg(ai);
+      return new Tagged(tag, item(depth + 1));
+    }
+    // An array (4) or a map (5). A definite count is checked against the bytes left (an element takes at
+    // least one byte, a map entry two) before the loop, so a huge declared count fails at once.
+    const count = ai === 31 ? -1 : arg(ai);
+    if (count >= 0) need(major === 4 ? count : count * 2);
+    if (major === 4) {
+      const a: unknown[] = [];
+      for (let i = 0; count < 0 ? !atBreak() : i < count; i++) a.push(item(depth + 1));
+      return a;
+    }
+    const o: any = {};
+    for (let i = 0; count < 0 ? !atBreak() : i < count; i++) {
+      need(1);
+      const km = b[pos] >> 5;
+      if (km !== 0 && km !== 1 && km !== 3) fail("bad map key");
+      const k = String(item(depth + 1));
+      // Rejected rather than overwritten: two readers must never disagree about what a message says.
+      if (Object.prototype.hasOwnProperty.call(o, k) || k === "__proto__") fail("duplicate map key");
+      o[k] = item(depth + 1);
+    }
+    return o;
+  }
+  const v = item(0);
+  if (pos !== b.length) fail("trailing bytes");
+  return v;
 }

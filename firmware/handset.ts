@@ -3,11 +3,14 @@
 // code runs on the device, in the emulator and in Node tests.
 //
 // States (explicit, as in lakers): down -> joining -> linked (registering -> registered).
+//
+// Memory: on a Puck.js every live function costs variables (docs/EMULATOR.md), so this is one class
+// with few methods, and the Platform is Espruino's own natives passed as they are.
 
-import { ctEqual, toHex, type Bytes } from "./bytes.ts";
+import { ctEqual, type Bytes } from "./bytes.ts";
 import type { SymCrypto } from "./crypto/types.ts";
 import { encodeFrame, FrameDecoder, type Crc32 } from "./proto/frame.ts";
-import { deriveLinkKeys, joinAcceptTag, joinRequestTag, JOIN_NONCE_BYTES, type Codec } from "./proto/keys.ts";
+import { deriveLinkKeys, joinTag, JOIN_NONCE_BYTES, type Codec } from "./proto/keys.ts";
 import { newLink, openMessage, sealMessage, wipeLink, type Link } from "./proto/link.ts";
 import { decodeMessage, encodeMessage, Msg, type InnerMessage, type Message } from "./proto/messages.ts";
 
@@ -22,6 +25,8 @@ export interface HandsetConfig {
   suites: number[][];
 }
 
+/** What the engine needs from its board. On Espruino: getTime, setTimeout, clearTimeout, print and
+ *  E.CRC32 themselves, plus the two Storage functions for the join counter. */
 export interface Platform {
   crypto: SymCrypto;
   cbor: Codec;
@@ -32,8 +37,8 @@ export interface Platform {
   storeCounter(n: number): boolean;
   /** Local seconds (not a trusted wall clock). */
   now(): number;
-  after(ms: number, fn: () => void): number;
-  cancel(id: number): void;
+  setTimeout(fn: () => void, ms: number): any;
+  clearTimeout(id: any): void;
   log(line: string): void;
 }
 
@@ -57,10 +62,12 @@ export class Handset {
   p_: Platform;
   st_: LinkState = { k: "down" };
   reg_: Registration | null = null;
+  /** Sends bytes on the transport; null while it is down. Tests may wrap it. */
   send: ((b: Bytes) => void) | null = null;
   decoder_: FrameDecoder;
-  timer_ = 0;
-  renewTimer_ = 0;
+  /** The join or request timeout, and the renewal timer (0: none). */
+  timer_: any = 0;
+  renew_: any = 0;
   failures_ = 0;
   rid_ = 0;
   /** Outstanding request id, 0 when none. */
@@ -86,82 +93,55 @@ export class Handset {
   /** The transport is gone: forget the link keys. */
   down(): void {
     this.send = null;
-    this.reset_();
+    this.reset_(true);
   }
 
-  reset_(): void {
+  /** Back to "down": link keys wiped, timers stopped (the renewal timer too when all is set). */
+  reset_(all: boolean): void {
+    const p = this.p_;
     if (this.st_.k === "linked") wipeLink(this.st_.link);
     this.st_ = { k: "down" };
     this.pending_ = 0;
-    this.p_.cancel(this.timer_);
-    this.p_.cancel(this.renewTimer_);
+    if (this.timer_) p.clearTimeout(this.timer_);
+    this.timer_ = 0;
+    if (all && this.renew_) {
+      p.clearTimeout(this.renew_);
+      this.renew_ = 0;
+    }
   }
 
-  status(): { state: string; registered: boolean; expiresIn: number; certId: string; joins: number; dropped: number } {
+  status(): { state: string; registered: boolean; expiresIn: number; certId: Bytes | null; joins: number; dropped: number } {
     const r = this.reg_;
-    const live = !!r && r.expiresAt > this.p_.now();
-    return {
-      state: this.st_.k,
-      registered: live,
-      expiresIn: live && r ? Math.round(r.expiresAt - this.p_.now()) : 0,
-      certId: r ? toHex(r.certId) : "",
-      joins: this.joins_,
-      dropped: this.dropped_,
-    };
+    const left = r ? Math.round(r.expiresAt - this.p_.now()) : 0;
+    return { state: this.st_.k, registered: left > 0, expiresIn: left > 0 ? left : 0, certId: r ? r.certId : null, joins: this.joins_, dropped: this.dropped_ };
   }
 
-  transmit_(m: Message): void {
-    if (this.send) this.send(encodeFrame(this.p_.cbor.encode(encodeMessage(m)), this.p_.crc32));
-  }
-
-  /** Retry after a failure, backing off exponentially (2 s, 4 s, ... 60 s) with jitter. */
-  retryLater_(): void {
-    this.reset_();
+  /** After a failure: join again after an exponential backoff (2 s, 4 s, ... 60 s) with jitter. */
+  retry_(): void {
+    this.reset_(false);
     this.failures_++;
     const base = Math.min(MAX_BACKOFF_MS, 1000 << Math.min(this.failures_, 6));
-    const ms = base / 2 + (this.p_.crypto.random(1)[0] / 255) * (base / 2);
-    this.timer_ = this.p_.after(ms, () => this.join());
+    this.timer_ = this.p_.setTimeout(() => this.join(), base / 2 + (this.p_.crypto.random(1)[0] / 255) * (base / 2));
   }
 
   join(): void {
-    this.reset_();
+    const p = this.p_;
+    const c = this.cfg_;
+    this.reset_(false);
     if (!this.send) return;
     // The counter is made durable before it is used: after a power cut the next join uses a higher
     // one, so the gateway never accepts the same counter twice and link keys are never repeated.
-    const ctr = this.p_.loadCounter() + 1;
-    if (!this.p_.storeCounter(ctr)) {
-      this.p_.log("KP ctr not saved");
-      this.retryLater_();
+    const ctr = p.loadCounter() + 1;
+    if (!p.storeCounter(ctr)) {
+      p.log("KP ctr not saved");
+      this.retry_();
       return;
     }
-    const nonce = this.p_.crypto.random(JOIN_NONCE_BYTES);
-    const c = this.cfg_;
+    const nonce = p.crypto.random(JOIN_NONCE_BYTES);
     this.st_ = { k: "joining", ctr: ctr, nonce: nonce };
-    this.timer_ = this.p_.after(JOIN_TIMEOUT_MS, () => this.retryLater_());
-    this.transmit_({ t: Msg.JoinRequest, id: c.id, ctr: ctr, nonce: nonce, suite: c.suite, tag: joinRequestTag(this.p_.crypto, this.p_.cbor, c.rootKey, c.id, ctr, nonce, c.suite) });
-  }
-
-  receive(bytes: Bytes): void {
-    const frames = this.decoder_.push(bytes);
-    for (const f of frames) this.onFrame_(f);
-  }
-
-  onFrame_(payload: Bytes): void {
-    let m: Message | Error;
-    try {
-      m = decodeMessage(this.p_.cbor.decode(payload));
-    } catch (e) {
-      m = e as Error;
-    }
-    if (m instanceof Error) { this.drop_(m.message); return; }
-    const s = this.st_;
-    if (m.t === Msg.JoinAccept && s.k === "joining") this.onAccept_(s, m.nonce, m.tag);
-    else if (m.t === Msg.JoinReject && s.k === "joining") { this.p_.log("KP join rejected"); this.retryLater_(); }
-    else if (m.t === Msg.Link && s.k === "linked") {
-      const inner = openMessage(this.p_.crypto, this.p_.cbor, s.link, m);
-      if (typeof inner === "number") this.drop_("link " + inner);
-      else this.onInner_(inner);
-    } else this.drop_("msg " + m.t + " in " + s.k);
+    this.timer_ = p.setTimeout(() => this.retry_(), JOIN_TIMEOUT_MS);
+    const tag = joinTag(p.crypto, p.cbor, c.rootKey, c.id, ctr, nonce, c.suite);
+    this.send(encodeFrame(p.cbor.encode(encodeMessage({ t: Msg.JoinRequest, id: c.id, ctr: ctr, nonce: nonce, suite: c.suite, tag: tag })), p.crc32));
   }
 
   drop_(why: string): void {
@@ -169,74 +149,102 @@ export class Handset {
     this.p_.log("KP drop: " + why);
   }
 
-  onAccept_(s: Joining, nonceG: Bytes, tag: Bytes): void {
+  /** Bytes from the transport: whole frames are decoded and acted on. */
+  receive(bytes: Bytes): void {
+    const p = this.p_;
     const c = this.cfg_;
-    const expect = joinAcceptTag(this.p_.crypto, this.p_.cbor, c.rootKey, c.id, s.ctr, s.nonce, c.suite, nonceG);
-    if (!ctEqual(expect, tag)) { this.drop_("bad accept"); return; }
-    this.p_.cancel(this.timer_);
-    const keys = deriveLinkKeys(this.p_.crypto, this.p_.cbor, c.rootKey, c.id, s.ctr, s.nonce, nonceG, c.suite);
-    this.st_ = { k: "linked", ctr: s.ctr, link: newLink(keys, true) };
-    this.failures_ = 0;
-    this.joins_++;
-    this.p_.log("KP joined " + c.id);
-    this.register();
+    for (const f of this.decoder_.push(bytes)) {
+      let m: Message | Error;
+      try {
+        m = decodeMessage(p.cbor.decode(f));
+      } catch (e) {
+        m = e as Error;
+      }
+      const s = this.st_;
+      if (m instanceof Error) this.drop_(m.message);
+      else if (m.t === Msg.JoinAccept && s.k === "joining") {
+        if (!ctEqual(joinTag(p.crypto, p.cbor, c.rootKey, c.id, s.ctr, s.nonce, c.suite, m.nonce), m.tag)) {
+          this.drop_("bad accept");
+          continue;
+        }
+        p.clearTimeout(this.timer_);
+        this.timer_ = 0;
+        this.st_ = { k: "linked", ctr: s.ctr, link: newLink(deriveLinkKeys(p.crypto, p.cbor, c.rootKey, c.id, s.ctr, s.nonce, m.nonce, c.suite), true) };
+        this.failures_ = 0;
+        this.joins_++;
+        p.log("KP joined " + c.id);
+        this.register();
+      } else if (m.t === Msg.JoinReject && s.k === "joining") {
+        p.log("KP join rejected");
+        this.retry_();
+      } else if (m.t === Msg.Link && s.k === "linked") {
+        const inner = openMessage(p.crypto, p.cbor, s.link, m);
+        if (typeof inner === "number") this.drop_("link " + inner);
+        else this.answer_(inner);
+      } else this.drop_("msg " + m.t + " in " + s.k);
+    }
   }
 
+  /** Sends a request over the link with a fresh request id; an unanswered one leads to a new join. */
   request_(m: InnerMessage): boolean {
+    const p = this.p_;
     const s = this.st_;
     if (s.k !== "linked" || !this.send) return false;
+    this.rid_ = (this.rid_ % 0x7fffffff) + 1;
+    (m as { rid: number }).rid = this.pending_ = this.rid_;
     let frame: Bytes;
     try {
-      frame = sealMessage(this.p_.crypto, this.p_.cbor, s.link, m);
+      frame = sealMessage(p.crypto, p.cbor, s.link, m);
     } catch (e) {
-      this.p_.log("KP " + (e as Error).message);
+      p.log("KP " + (e as Error).message);
       this.join();
       return false;
     }
-    this.send(encodeFrame(frame, this.p_.crc32));
-    this.p_.cancel(this.timer_);
-    this.timer_ = this.p_.after(REQUEST_TIMEOUT_MS, () => this.retryLater_());
+    this.send(encodeFrame(frame, p.crc32));
+    if (this.timer_) p.clearTimeout(this.timer_);
+    this.timer_ = p.setTimeout(() => this.retry_(), REQUEST_TIMEOUT_MS);
     return true;
-  }
-
-  nextRid_(): number {
-    this.rid_ = (this.rid_ % 0x7fffffff) + 1;
-    this.pending_ = this.rid_;
-    return this.rid_;
   }
 
   register(): boolean {
     const c = this.cfg_;
-    return this.request_({ t: Msg.RegisterRequest, rid: this.nextRid_(), lifetime: c.lifetime, suites: c.suites, wantCert: true });
+    return this.request_({ t: Msg.RegisterRequest, rid: 0, lifetime: c.lifetime, suites: c.suites, wantCert: true });
   }
 
   deregister(): boolean {
-    return this.request_({ t: Msg.DeregisterRequest, rid: this.nextRid_() });
+    return this.request_({ t: Msg.DeregisterRequest, rid: 0 });
   }
 
   /** Asks for a peer's certificate (answered only with one valid now). */
   certQuery(name: string): boolean {
-    return this.request_({ t: Msg.CertQuery, rid: this.nextRid_(), name: name });
+    return this.request_({ t: Msg.CertQuery, rid: 0, name: name });
   }
 
-  onInner_(m: InnerMessage): void {
-    if (!("rid" in m) || m.rid !== this.pending_) { this.drop_("stray answer"); return; }
+  /** An answer from the gateway to our outstanding request. */
+  answer_(m: InnerMessage): void {
+    const p = this.p_;
+    if (!("rid" in m) || m.rid !== this.pending_) {
+      this.drop_("stray answer");
+      return;
+    }
     this.pending_ = 0;
-    this.p_.cancel(this.timer_);
+    p.clearTimeout(this.timer_);
+    this.timer_ = 0;
     this.last = { t: m.t, code: m.t === Msg.Error ? m.code : 0 };
     if (m.t === Msg.RegisterOk) {
       // Keep only what the device needs: the certificate id and when it runs out.
-      this.reg_ = { certId: m.certId, expiresAt: this.p_.now() + m.granted };
-      this.p_.log("KP registered for " + m.granted + "s");
-      this.p_.cancel(this.renewTimer_);
+      this.reg_ = { certId: m.certId, expiresAt: p.now() + m.granted };
+      p.log("KP registered for " + m.granted + "s");
+      if (this.renew_) p.clearTimeout(this.renew_);
       // Renew at 80% of the granted lifetime, as DHCP and SIP clients do.
-      this.renewTimer_ = this.p_.after(Math.max(1000, m.granted * 800), () => { this.register(); });
+      this.renew_ = p.setTimeout(() => { this.renew_ = 0; this.register(); }, Math.max(1000, m.granted * 800));
     } else if (m.t === Msg.DeregisterOk) {
       this.reg_ = null;
-      this.p_.cancel(this.renewTimer_);
-      this.p_.log("KP deregistered");
-    } else if (m.t === Msg.CertAnswer) this.p_.log("KP cert " + m.cert.length);
-    else if (m.t === Msg.Error) this.p_.log("KP error " + m.code);
+      if (this.renew_) p.clearTimeout(this.renew_);
+      this.renew_ = 0;
+      p.log("KP deregistered");
+    } else if (m.t === Msg.CertAnswer) p.log("KP cert " + m.cert.length);
+    else if (m.t === Msg.Error) p.log("KP error " + m.code);
     else this.drop_("answer " + m.t);
   }
 }

@@ -7,7 +7,7 @@ import net from "node:net";
 import { zlib } from "./zlib-crc.ts";
 import { ctEqual } from "../firmware/bytes.ts";
 import { encodeFrame, FrameDecoder } from "../firmware/proto/frame.ts";
-import { deriveLinkKeys, joinAcceptTag, joinRequestTag, JOIN_NONCE_BYTES, type Codec } from "../firmware/proto/keys.ts";
+import { deriveLinkKeys, joinTag, JOIN_NONCE_BYTES, type Codec } from "../firmware/proto/keys.ts";
 import { DROP_REASONS, newLink, openMessage, sealMessage, wipeLink, type Link } from "../firmware/proto/link.ts";
 import { decodeMessage, encodeMessage, Msg, type InnerMessage, type JoinRequest, type Message } from "../firmware/proto/messages.ts";
 import type { SymCrypto } from "../firmware/crypto/types.ts";
@@ -117,7 +117,7 @@ export class Connection {
     if (dev.revokedAt !== null) return refuse("device revoked");
     if (d.crypto.suites().indexOf(m.suite) < 0) return refuse(`unsupported link suite ${m.suite}`);
     if (m.nonce.length !== JOIN_NONCE_BYTES) return refuse("join nonce has the wrong length");
-    const expected = joinRequestTag(d.crypto, d.cbor, dev.rootKey, m.id, m.ctr, m.nonce, m.suite);
+    const expected = joinTag(d.crypto, d.cbor, dev.rootKey, m.id, m.ctr, m.nonce, m.suite);
     if (!ctEqual(expected, m.tag)) return refuse("join MAC does not verify (wrong root key or altered request)");
     if (m.ctr <= dev.joinCounter) return refuse(`replayed join: counter ${m.ctr} is not above ${dev.joinCounter}`);
     // Persist the counter before answering: after a gateway crash the same request is still a replay.
@@ -128,7 +128,7 @@ export class Connection {
     this.state = { k: "linked", deviceId: m.id, link: newLink(keys, false) };
     this.server.adopt(this);
     this.server.stats.joins++;
-    this.send({ t: Msg.JoinAccept, nonce: nonceG, tag: joinAcceptTag(d.crypto, d.cbor, dev.rootKey, m.id, m.ctr, m.nonce, m.suite, nonceG) });
+    this.send({ t: Msg.JoinAccept, nonce: nonceG, tag: joinTag(d.crypto, d.cbor, dev.rootKey, m.id, m.ctr, m.nonce, m.suite, nonceG) });
     d.log.info("joined", { device: m.id, counter: m.ctr, suite: m.suite, peer: this.socket.remoteAddress });
   }
 

@@ -12,7 +12,7 @@ import nacl from "tweetnacl";
 
 import { createEspruinoCrypto, crc32, type AesObservation } from "../emulator/espruino-crypto.ts";
 import { espruinoNatives, type Natives } from "../firmware/crypto/natives.ts";
-import { deviceCrypto } from "../firmware/crypto/device.ts";
+import { DeviceCrypto, deviceCrypto } from "../firmware/crypto/device.ts";
 import { ccmSeal, ccmOpen } from "../firmware/crypto/ccm.ts";
 import { secretboxSuite } from "../firmware/crypto/secretbox.ts";
 import { hmacSha256, hkdfSha256 } from "../firmware/crypto/hmac.ts";
@@ -86,7 +86,7 @@ describe("published vectors on every implementation", () => {
 
 describe("AES-CCM on the ECB/CBC natives (firmware/crypto/ccm.ts)", () => {
   test("RFC 3610 packet vectors, M = 8 and M = 10, with additional data", () => {
-    const blocks = natives("ecb-cbc") as Required<Natives>;
+    const blocks = new DeviceCrypto(natives("ecb-cbc"), []);
     for (const v of vectors.aesCcm) {
       const sealed = ccmSeal(blocks, h(v.key), h(v.nonce), h(v.plaintext), v.tagLength, h(v.aad));
       assert.equal(hx(sealed), v.sealed, `packet ${v.packet} seal`);
@@ -119,7 +119,7 @@ describe("AES-CCM on the ECB/CBC natives (firmware/crypto/ccm.ts)", () => {
   });
 
   test("rejects parameters CCM does not allow, with messages that carry no key material", () => {
-    const blocks = natives("ecb-cbc") as Required<Natives>;
+    const blocks = new DeviceCrypto(natives("ecb-cbc"), []);
     const key = h("c0c1c2c3c4c5c6c7c8c9cacbcccdcecf");
     for (const [nonceLen, tagLen] of [[6, 8], [14, 8], [13, 3], [13, 9], [13, 18]]) {
       assert.throws(() => ccmSeal(blocks, key, new Uint8Array(nonceLen), new Uint8Array(4), tagLen), (e: Error) => !e.message.includes("c0c1"));
@@ -243,8 +243,8 @@ describe("device and gateway agree byte for byte (fast-check)", () => {
   test("the firmware HMAC/HKDF take any sha256 (here node's) and still match node", () => {
     const sha = (d: Uint8Array) => new Uint8Array(createHash("sha256").update(d).digest());
     const v = vectors.hkdfSha256[1];
-    assert.equal(hx(hkdfSha256(sha, h(v.salt), h(v.ikm), h(v.info), v.length)), v.okm);
-    assert.equal(hx(hmacSha256(sha, h(vectors.hmacSha256[6].key), h(vectors.hmacSha256[6].data))), vectors.hmacSha256[6].mac);
+    assert.equal(hx(hkdfSha256({ sha256: sha }, h(v.salt), h(v.ikm), h(v.info), v.length)), v.okm);
+    assert.equal(hx(hmacSha256({ sha256: sha }, h(vectors.hmacSha256[6].key), h(vectors.hmacSha256[6].data))), vectors.hmacSha256[6].mac);
   });
 });
 
@@ -415,28 +415,26 @@ describe("emulator natives match node:crypto, quirks included", () => {
   });
 });
 
-describe("espruinoNatives wrapping", () => {
+describe("DeviceCrypto on Espruino's natives", () => {
   test("random draws 32 bits per E.hwRand() call, little-endian, negative values included", () => {
     const values = [0x04030201, -1, 0x0a090807 | 0];
     let calls = 0;
     const E = { hwRand: () => values[calls++] };
-    const n = espruinoNatives(createEspruinoCrypto({ aesEcbCbc: false, aesCcm: false }).cryptoModule, undefined, E);
-    assert.equal(hx(n.random(10)), "01020304ffffffff0708");
+    const c = deviceCrypto(espruinoNatives(createEspruinoCrypto({ aesEcbCbc: false, aesCcm: false }).cryptoModule, undefined, E), []);
+    assert.equal(hx(c.random(10)), "01020304ffffffff0708");
     assert.equal(calls, 3);
-    assert.equal(n.aesEcb, undefined);
-    assert.equal(n.ccmSeal, undefined);
   });
 
-  test("ccmOpen turns a throwing ccmDecrypt into undefined and rejects input shorter than the tag", () => {
+  test("native CCM: a throwing ccmDecrypt becomes undefined, as does input shorter than the tag", () => {
     const esp = createEspruinoCrypto({ aesEcbCbc: false, aesCcm: true });
-    const n = espruinoNatives(esp.cryptoModule, esp.aesGlobal, fakeE);
+    const c = deviceCrypto(espruinoNatives(esp.cryptoModule, esp.aesGlobal, fakeE), []);
     const key = new Uint8Array(16).fill(3);
     const nonce = new Uint8Array(13).fill(4);
-    const sealed = n.ccmSeal!(key, nonce, new Uint8Array([1, 2, 3]), 8);
-    assert.equal(hx(n.ccmOpen!(key, nonce, sealed, 8)!), "010203");
+    const sealed = c.seal(SUITE_AES_CCM_16_64_128, key, nonce, new Uint8Array([1, 2, 3]));
+    assert.equal(hx(c.open(SUITE_AES_CCM_16_64_128, key, nonce, sealed)!), "010203");
     sealed[0] ^= 1;
-    assert.equal(n.ccmOpen!(key, nonce, sealed, 8), undefined);
-    assert.equal(n.ccmOpen!(key, nonce, new Uint8Array(7), 8), undefined);
+    assert.equal(c.open(SUITE_AES_CCM_16_64_128, key, nonce, sealed), undefined);
+    assert.equal(c.open(SUITE_AES_CCM_16_64_128, key, nonce, new Uint8Array(7)), undefined);
   });
 });
 

@@ -11,7 +11,7 @@ import { loadOrCreateGatewayKey } from "../gateway/identity.ts";
 import { startGatewayProcess } from "./support/process.ts";
 import { tempDir, until } from "./support/harness.ts";
 
-type Status = { state: string; registered: boolean; expiresIn: number; certId: string; joins: number };
+type Status = { state: string; registered: boolean; expiresIn: number; certId: Uint8Array; joins: number };
 
 test("two Puck.js handsets join and register with a gateway process; its state survives a restart", async () => {
   const build = await buildFirmware({ board: "puckjs", outDir: tempDir("kp-build-") });
@@ -33,7 +33,7 @@ test("two Puck.js handsets join and register with a gateway process; its state s
       const claims = verifyCertificate(reg.cert!, issuer, Math.floor(Date.now() / 1000));
       assert.equal(claims.sub, `sim-${i + 1}`);
       assert.equal(claims.exp - claims.nbf, 600);
-      assert.equal(status(i).certId, Buffer.from(reg.certId!).toString("hex"));
+      assert.deepEqual(Buffer.from(status(i).certId), Buffer.from(reg.certId!));
     }
 
     assert.equal(await gw.stop(), 0, "the gateway stops cleanly on SIGTERM");

@@ -15,45 +15,44 @@ export interface AesBlockNatives {
 
 const ZERO_IV = new Uint8Array(16);
 
-function checkParams(nonce: Bytes, tagLen: number, aadLen: number): void {
-  if (nonce.length < 7 || nonce.length > 13) throw new Error("ccm: bad nonce length");
-  if (!(tagLen >= 4 && tagLen <= 16 && tagLen % 2 === 0)) throw new Error("ccm: bad tag length");
+/** CCM both ways in one function (helpers inside: they cost device variables only while it runs).
+ *  Sealing returns ciphertext || tag and throws, echoing no input, on parameters CCM does not allow;
+ *  opening returns the plaintext, or undefined when the input is malformed or the tag does not verify. */
+export function ccm(aes: AesBlockNatives, key: Bytes, nonce: Bytes, input: Bytes, tagLen: number, open: boolean, aad?: Bytes): Bytes | undefined {
+  const a = aad || new Uint8Array(0);
+  const lBytes = 15 - nonce.length;
+  const len = open ? input.length - tagLen : input.length;
   // Only the two-byte AAD length form (RFC 3610 §2.2): our messages carry none.
-  if (aadLen >= 0xff00) throw new Error("ccm: aad too long");
-}
-
-/** One byte past the largest message length field L (= 15 - nonce length) can hold. */
-function fitsLength(nonceLen: number, msgLen: number): boolean {
-  const lBytes = 15 - nonceLen;
-  return lBytes >= 4 || msgLen < 1 << (8 * lBytes);
-}
-
-/** T: the first tagLen bytes of the CBC-MAC over B0 || AAD || message (RFC 3610 §2.2). */
-function cbcMac(aes: AesBlockNatives, key: Bytes, nonce: Bytes, aad: Bytes, msg: Bytes, tagLen: number): Bytes {
-  const lBytes = 15 - nonce.length;
-  const aadBlockLen = aad.length ? (aad.length + 2 + 15) & ~15 : 0;
-  const msgBlockLen = (msg.length + 15) & ~15;
-  const input = new Uint8Array(16 + aadBlockLen + msgBlockLen);
-  input[0] = (aad.length ? 0x40 : 0) | (((tagLen - 2) / 2) << 3) | (lBytes - 1);
-  input.set(nonce, 1);
-  for (let i = 0, len = msg.length; i < lBytes; i++, len = Math.floor(len / 256)) input[15 - i] = len & 255;
-  if (aad.length) {
-    input[16] = aad.length >> 8;
-    input[17] = aad.length & 255;
-    input.set(aad, 18);
+  const paramsOk = nonce.length >= 7 && nonce.length <= 13 && tagLen >= 4 && tagLen <= 16 && tagLen % 2 === 0 && a.length < 0xff00;
+  // The message length must fit the L-byte length field.
+  const lengthOk = len >= 0 && (lBytes >= 4 || len < 1 << (8 * lBytes));
+  if (!paramsOk || !lengthOk) {
+    if (open) return undefined;
+    throw new Error(paramsOk ? "ccm: message too long" : "ccm: bad parameters");
   }
-  input.set(msg, 16 + aadBlockLen);
-  const chain = aes.aesCbc(key, ZERO_IV, input);
-  const t = new Uint8Array(chain.subarray(chain.length - 16, chain.length - 16 + tagLen));
-  wipe(chain);
-  wipe(input);
-  return t;
-}
 
-/** S0 || S1 .. Sn: the keystream for A0..An, n = ceil(msgLen / 16), in one native ECB call. */
-function keystream(aes: AesBlockNatives, key: Bytes, nonce: Bytes, msgLen: number): Bytes {
-  const lBytes = 15 - nonce.length;
-  const blocks = 1 + ((msgLen + 15) >> 4);
+  /** T: the first tagLen bytes of the CBC-MAC over B0 || AAD || message (RFC 3610 §2.2). */
+  function cbcMac(msg: Bytes): Bytes {
+    const aadBlockLen = a.length ? (a.length + 2 + 15) & ~15 : 0;
+    const m = new Uint8Array(16 + aadBlockLen + ((msg.length + 15) & ~15));
+    m[0] = (a.length ? 0x40 : 0) | (((tagLen - 2) / 2) << 3) | (lBytes - 1);
+    m.set(nonce, 1);
+    for (let i = 0, n = msg.length; i < lBytes; i++, n = Math.floor(n / 256)) m[15 - i] = n & 255;
+    if (a.length) {
+      m[16] = a.length >> 8;
+      m[17] = a.length & 255;
+      m.set(a, 18);
+    }
+    m.set(msg, 16 + aadBlockLen);
+    const chain = aes.aesCbc(key, ZERO_IV, m);
+    const t = new Uint8Array(chain.subarray(chain.length - 16, chain.length - 16 + tagLen));
+    wipe(chain);
+    wipe(m);
+    return t;
+  }
+
+  // S0 || S1 .. Sn: the keystream for counter blocks A0..An, n = ceil(len / 16), in one ECB call.
+  const blocks = 1 + ((len + 15) >> 4);
   const ctr = new Uint8Array(16 * blocks);
   for (let b = 0; b < blocks; b++) {
     const o = 16 * b;
@@ -61,41 +60,31 @@ function keystream(aes: AesBlockNatives, key: Bytes, nonce: Bytes, msgLen: numbe
     ctr.set(nonce, o + 1);
     for (let i = 0, c = b; i < lBytes && c > 0; i++, c = Math.floor(c / 256)) ctr[o + 15 - i] = c & 255;
   }
-  return aes.aesEcb(key, ctr);
-}
+  const s = aes.aesEcb(key, ctr);
 
-/** Returns ciphertext || tag. Throws (without echoing any input) on parameters CCM does not allow. */
-export function ccmSeal(aes: AesBlockNatives, key: Bytes, nonce: Bytes, pt: Bytes, tagLen: number, aad?: Bytes): Bytes {
-  const a = aad || new Uint8Array(0);
-  checkParams(nonce, tagLen, a.length);
-  if (!fitsLength(nonce.length, pt.length)) throw new Error("ccm: message too long");
-  const t = cbcMac(aes, key, nonce, a, pt, tagLen);
-  const s = keystream(aes, key, nonce, pt.length);
-  const out = new Uint8Array(pt.length + tagLen);
-  for (let i = 0; i < pt.length; i++) out[i] = pt[i] ^ s[16 + i];
-  for (let i = 0; i < tagLen; i++) out[pt.length + i] = t[i] ^ s[i];
-  wipe(s);
-  wipe(t);
-  return out;
-}
-
-/** Returns the plaintext, or undefined when the input is malformed or the tag does not verify. */
-export function ccmOpen(aes: AesBlockNatives, key: Bytes, nonce: Bytes, sealed: Bytes, tagLen: number, aad?: Bytes): Bytes | undefined {
-  const a = aad || new Uint8Array(0);
-  if (nonce.length < 7 || nonce.length > 13 || !(tagLen >= 4 && tagLen <= 16 && tagLen % 2 === 0)) return undefined;
-  if (a.length >= 0xff00 || sealed.length < tagLen || !fitsLength(nonce.length, sealed.length - tagLen)) return undefined;
-  const len = sealed.length - tagLen;
-  const s = keystream(aes, key, nonce, len);
-  const pt = new Uint8Array(len);
-  for (let i = 0; i < len; i++) pt[i] = sealed[i] ^ s[16 + i];
-  const t = cbcMac(aes, key, nonce, a, pt, tagLen);
+  const out = new Uint8Array(open ? len : len + tagLen);
+  for (let i = 0; i < len; i++) out[i] = input[i] ^ s[16 + i];
+  const t = cbcMac(open ? out : input);
   for (let i = 0; i < tagLen; i++) t[i] ^= s[i];
   wipe(s);
-  const ok = ctEqual(t, sealed.subarray(len));
-  wipe(t);
-  if (!ok) {
-    wipe(pt);
-    return undefined;
+  if (!open) {
+    out.set(t, len);
+    wipe(t);
+    return out;
   }
-  return pt;
+  const ok = ctEqual(t, input.subarray(len));
+  wipe(t);
+  if (ok) return out;
+  wipe(out);
+  return undefined;
+}
+
+/** Returns ciphertext || tag. */
+export function ccmSeal(aes: AesBlockNatives, key: Bytes, nonce: Bytes, pt: Bytes, tagLen: number, aad?: Bytes): Bytes {
+  return ccm(aes, key, nonce, pt, tagLen, false, aad) as Bytes;
+}
+
+/** Returns the plaintext, or undefined. */
+export function ccmOpen(aes: AesBlockNatives, key: Bytes, nonce: Bytes, sealed: Bytes, tagLen: number, aad?: Bytes): Bytes | undefined {
+  return ccm(aes, key, nonce, sealed, tagLen, true, aad);
 }

@@ -1,14 +1,14 @@
 // The device's SymCrypto: SHA-256, HMAC and HKDF on the native SHA-256, AES-CCM-16-64-128 on the
-// native AES (ECB/CBC, or Bangle.js 2's native CCM), and whatever extra AEAD suites the board
-// entry passes in (secretbox only on boards that carry it, so the Puck.js bundle has none of it).
+// native AES (ECB/CBC, or Bangle.js 2's native CCM), and whatever extra AEAD suites the board entry
+// passes in (secretbox only on boards that carry it, so the Puck.js bundle has none of it).
+// One class, its methods shared by every instance: the fewest live functions the interface allows.
 // Espruino subset only (design.md §5).
 
-import type { Bytes } from "../bytes.ts";
-import type { SymCrypto } from "./types.ts";
-import { SUITE_AES_CCM_16_64_128 } from "./types.ts";
+import { concat, type Bytes } from "../bytes.ts";
+import { ccm, type AesBlockNatives } from "./ccm.ts";
+import { hkdfSha256, hmacSha256 } from "./hmac.ts";
 import type { Natives } from "./natives.ts";
-import { hmacSha256, hkdfSha256 } from "./hmac.ts";
-import { ccmSeal, ccmOpen } from "./ccm.ts";
+import { SUITE_AES_CCM_16_64_128, type SymCrypto } from "./types.ts";
 
 /** One AEAD suite: seal returns the sealed bytes; open returns undefined for anything it cannot
  *  authenticate (bad lengths included) and never throws. */
@@ -18,73 +18,84 @@ export interface AeadImpl {
   open(key: Bytes, nonce: Bytes, sealed: Bytes): Bytes | undefined;
 }
 
-const CCM_KEY_LEN = 16;
-const CCM_NONCE_LEN = 13;
 const CCM_TAG_LEN = 8;
 
-/** AES-CCM-16-64-128 on whichever AES the board has natively, or undefined when it has none. */
-function aesCcmSuite(n: Natives): AeadImpl | undefined {
-  let seal: ((key: Bytes, nonce: Bytes, pt: Bytes) => Bytes) | undefined;
-  let open: ((key: Bytes, nonce: Bytes, sealed: Bytes) => Bytes | undefined) | undefined;
-  const ecb = n.aesEcb;
-  const cbc = n.aesCbc;
-  const nativeSeal = n.ccmSeal;
-  const nativeOpen = n.ccmOpen;
-  if (ecb && cbc) {
-    const blocks = { aesEcb: ecb, aesCbc: cbc };
-    seal = (key, nonce, pt) => ccmSeal(blocks, key, nonce, pt, CCM_TAG_LEN);
-    open = (key, nonce, sealed) => ccmOpen(blocks, key, nonce, sealed, CCM_TAG_LEN);
-  } else if (nativeSeal && nativeOpen) {
-    seal = (key, nonce, pt) => nativeSeal(key, nonce, pt, CCM_TAG_LEN);
-    open = (key, nonce, sealed) => nativeOpen(key, nonce, sealed, CCM_TAG_LEN);
+export class DeviceCrypto implements SymCrypto, AesBlockNatives {
+  n_: Natives;
+  extra_: AeadImpl[];
+
+  constructor(n: Natives, extra: AeadImpl[]) {
+    this.n_ = n;
+    this.extra_ = extra;
   }
-  if (!seal || !open) return undefined;
-  const sealWith = seal;
-  const openWith = open;
-  return {
-    suite: SUITE_AES_CCM_16_64_128,
-    seal: (key, nonce, pt) => {
-      if (key.length !== CCM_KEY_LEN || nonce.length !== CCM_NONCE_LEN) {
-        throw new Error("aes-ccm: bad key or nonce length");
+
+  sha256(d: Bytes): Bytes {
+    return new Uint8Array(this.n_.crypto.SHA256(d));
+  }
+
+  /** AES-ECB over whole 16-byte blocks. CTR is never used: Espruino's CTR ignores the IV. */
+  aesEcb(key: Bytes, data: Bytes): Bytes {
+    return new Uint8Array(this.n_.crypto.AES.encrypt(data, key, { mode: "ECB" }));
+  }
+
+  aesCbc(key: Bytes, iv: Bytes, data: Bytes): Bytes {
+    return new Uint8Array(this.n_.crypto.AES.encrypt(data, key, { iv: iv, mode: "CBC" }));
+  }
+
+  hmacSha256(key: Bytes, data: Bytes): Bytes {
+    return hmacSha256(this, key, data);
+  }
+
+  hkdf(salt: Bytes, ikm: Bytes, info: Bytes, length: number): Bytes {
+    return hkdfSha256(this, salt, ikm, info, length);
+  }
+
+  suites(): number[] {
+    const out: number[] = [];
+    if (this.n_.crypto.AES || this.n_.aes) out.push(SUITE_AES_CCM_16_64_128);
+    for (const a of this.extra_) out.push(a.suite);
+    return out;
+  }
+
+  seal(suite: number, key: Bytes, nonce: Bytes, pt: Bytes): Bytes {
+    if (suite === SUITE_AES_CCM_16_64_128 && (this.n_.crypto.AES || this.n_.aes)) {
+      if (key.length !== 16 || nonce.length !== 13) throw new Error("aes-ccm: bad key or nonce length");
+      if (this.n_.crypto.AES) return ccm(this, key, nonce, pt, CCM_TAG_LEN, false) as Bytes;
+      const r = this.n_.aes.ccmEncrypt(pt, key, nonce, CCM_TAG_LEN);
+      return concat([new Uint8Array(r.data), new Uint8Array(r.tag)]);
+    }
+    for (const a of this.extra_) if (a.suite === suite) return a.seal(key, nonce, pt);
+    throw new Error("unsupported suite " + suite);
+  }
+
+  open(suite: number, key: Bytes, nonce: Bytes, sealed: Bytes): Bytes | undefined {
+    if (suite === SUITE_AES_CCM_16_64_128 && (this.n_.crypto.AES || this.n_.aes)) {
+      if (key.length !== 16 || nonce.length !== 13 || sealed.length < CCM_TAG_LEN) return undefined;
+      if (this.n_.crypto.AES) return ccm(this, key, nonce, sealed, CCM_TAG_LEN, true);
+      const split = sealed.length - CCM_TAG_LEN;
+      try {
+        return new Uint8Array(this.n_.aes.ccmDecrypt(sealed.subarray(0, split), key, nonce, sealed.subarray(split)));
+      } catch (e) {
+        // Bangle.js 2 throws for a tag that does not verify; to our callers that is "not authentic".
+        return undefined;
       }
-      return sealWith(key, nonce, pt);
-    },
-    open: (key, nonce, sealed) => {
-      if (key.length !== CCM_KEY_LEN || nonce.length !== CCM_NONCE_LEN || sealed.length < CCM_TAG_LEN) return undefined;
-      return openWith(key, nonce, sealed);
-    },
-  };
-}
-
-export function deviceCrypto(n: Natives, extra: AeadImpl[]): SymCrypto {
-  const aeads: AeadImpl[] = [];
-  const ccm = aesCcmSuite(n);
-  if (ccm) aeads.push(ccm);
-  for (const a of extra) aeads.push(a);
-
-  function find(suite: number): AeadImpl | undefined {
-    for (const a of aeads) if (a.suite === suite) return a;
+    }
+    for (const a of this.extra_) if (a.suite === suite) return a.open(key, nonce, sealed);
     return undefined;
   }
 
-  return {
-    sha256: (data) => n.sha256(data),
-    hmacSha256: (key, data) => hmacSha256(n.sha256, key, data),
-    hkdf: (salt, ikm, info, length) => hkdfSha256(n.sha256, salt, ikm, info, length),
-    suites: () => {
-      const out: number[] = [];
-      for (const a of aeads) out.push(a.suite);
-      return out;
-    },
-    seal: (suite, key, nonce, pt) => {
-      const a = find(suite);
-      if (!a) throw new Error("unsupported suite " + suite);
-      return a.seal(key, nonce, pt);
-    },
-    open: (suite, key, nonce, sealed) => {
-      const a = find(suite);
-      return a ? a.open(key, nonce, sealed) : undefined;
-    },
-    random: (len) => n.random(len),
-  };
+  /** E.hwRand() gives 32 bits of hardware noise per call. */
+  random(len: number): Bytes {
+    const out = new Uint8Array(len);
+    let r = 0;
+    for (let i = 0; i < len; i++) {
+      if ((i & 3) === 0) r = this.n_.E.hwRand();
+      out[i] = (r >>> (8 * (i & 3))) & 255;
+    }
+    return out;
+  }
+}
+
+export function deviceCrypto(n: Natives, extra: AeadImpl[]): SymCrypto {
+  return new DeviceCrypto(n, extra);
 }

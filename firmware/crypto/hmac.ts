@@ -7,15 +7,20 @@ import { concat, wipe } from "../bytes.ts";
 const BLOCK = 64;
 const HASH_LEN = 32;
 
-export function hmacSha256(sha256: (d: Bytes) => Bytes, key: Bytes, data: Bytes): Bytes {
+/** Anything with a SHA-256: the device's natives, or node's in tests. */
+export interface Hasher {
+  sha256(d: Bytes): Bytes;
+}
+
+export function hmacSha256(h: Hasher, key: Bytes, data: Bytes): Bytes {
   // Keys longer than the block are hashed first; shorter ones are zero-padded to the block.
   const k0 = new Uint8Array(BLOCK);
-  k0.set(key.length > BLOCK ? sha256(key) : key);
+  k0.set(key.length > BLOCK ? h.sha256(key) : key);
   const pad = new Uint8Array(BLOCK);
   for (let i = 0; i < BLOCK; i++) pad[i] = k0[i] ^ 0x36;
-  const inner = sha256(concat([pad, data]));
+  const inner = h.sha256(concat([pad, data]));
   for (let i = 0; i < BLOCK; i++) pad[i] = k0[i] ^ 0x5c;
-  const mac = sha256(concat([pad, inner]));
+  const mac = h.sha256(concat([pad, inner]));
   wipe(k0);
   wipe(pad);
   wipe(inner);
@@ -24,15 +29,15 @@ export function hmacSha256(sha256: (d: Bytes) => Bytes, key: Bytes, data: Bytes)
 
 /** RFC 5869 extract-then-expand. An empty salt is HashLen zero bytes, which HMAC's zero padding
  *  makes identical to the empty key, so no special case is needed. */
-export function hkdfSha256(sha256: (d: Bytes) => Bytes, salt: Bytes, ikm: Bytes, info: Bytes, length: number): Bytes {
+export function hkdfSha256(h: Hasher, salt: Bytes, ikm: Bytes, info: Bytes, length: number): Bytes {
   if (!(length >= 0 && length <= 255 * HASH_LEN) || length % 1 !== 0) {
     throw new Error("hkdf: bad length");
   }
-  const prk = hmacSha256(sha256, salt, ikm);
+  const prk = hmacSha256(h, salt, ikm);
   const okm = new Uint8Array(length);
   let t: Bytes = new Uint8Array(0);
   for (let i = 1, off = 0; off < length; i++) {
-    const next = hmacSha256(sha256, prk, concat([t, info, new Uint8Array([i])]));
+    const next = hmacSha256(h, prk, concat([t, info, new Uint8Array([i])]));
     wipe(t);
     t = next;
     okm.set(length - off < HASH_LEN ? t.subarray(0, length - off) : t, off);

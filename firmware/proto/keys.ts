@@ -4,7 +4,7 @@
 // structures, so no input of one purpose can be mistaken for another's.
 
 import { concat, type Bytes } from "../bytes.ts";
-import { nonceLength, SUITE_XSALSA20_POLY1305, type SymCrypto } from "../crypto/types.ts";
+import { SUITE_XSALSA20_POLY1305, type SymCrypto } from "../crypto/types.ts";
 
 export interface Codec {
   encode(v: unknown): Bytes;
@@ -18,29 +18,15 @@ export const JOIN_TAG_BYTES = 16;
 export const DIR_UP = 0; // device -> gateway (or SA initiator -> responder)
 export const DIR_DOWN = 1;
 
-export function keyLength(suite: number): number {
-  return suite === SUITE_XSALSA20_POLY1305 ? 32 : 16;
-}
-
-function joinMacKey(c: SymCrypto, cbor: Codec, rootKey: Bytes): Bytes {
-  return c.hkdf(new Uint8Array(0), rootKey, cbor.encode(["KP1 join mac"]), 32);
-}
-
-function tag(c: SymCrypto, cbor: Codec, rootKey: Bytes, fields: unknown[]): Bytes {
-  const k = joinMacKey(c, cbor, rootKey);
+/** The join MACs (docs/PROTOCOL.md §3). Without nG: the device's proof of the root key over a fresh
+ *  counter and nonce. With nG: the gateway's answer, bound to the device's nonce so an old answer
+ *  cannot be replayed. The MAC key is derived from the root key, never the root key itself. */
+export function joinTag(c: SymCrypto, cbor: Codec, rootKey: Bytes, id: string, ctr: number, nD: Bytes, suite: number, nG?: Bytes): Bytes {
+  const k = c.hkdf(new Uint8Array(0), rootKey, cbor.encode(["KP1 join mac"]), 32);
+  const fields = nG ? ["KP1 join accept", id, ctr, nD, suite, nG] : ["KP1 join request", id, ctr, nD, suite];
   const t = c.hmacSha256(k, cbor.encode(fields)).subarray(0, JOIN_TAG_BYTES);
   k.fill(0);
   return t;
-}
-
-/** The device's proof of the root key over a fresh counter and nonce. */
-export function joinRequestTag(c: SymCrypto, cbor: Codec, rootKey: Bytes, id: string, ctr: number, nonceD: Bytes, suite: number): Bytes {
-  return tag(c, cbor, rootKey, ["KP1 join request", id, ctr, nonceD, suite]);
-}
-
-/** The gateway's answer, bound to the device's nonce so an old answer cannot be replayed. */
-export function joinAcceptTag(c: SymCrypto, cbor: Codec, rootKey: Bytes, id: string, ctr: number, nonceD: Bytes, suite: number, nonceG: Bytes): Bytes {
-  return tag(c, cbor, rootKey, ["KP1 join accept", id, ctr, nonceD, suite, nonceG]);
 }
 
 export interface LinkKeys {
@@ -53,7 +39,7 @@ export interface LinkKeys {
  *  broken RNG), a fresh counter still gives fresh keys: no (key, nonce) pair can recur. */
 export function deriveLinkKeys(c: SymCrypto, cbor: Codec, rootKey: Bytes, id: string, ctr: number, nonceD: Bytes, nonceG: Bytes, suite: number): LinkKeys {
   const prk = c.hkdf(concat([nonceD, nonceG]), rootKey, cbor.encode(["KP1 link", id, ctr, suite]), 32);
-  const n = keyLength(suite);
+  const n = suite === SUITE_XSALSA20_POLY1305 ? 32 : 16;
   const keys = {
     suite: suite,
     up: c.hkdf(new Uint8Array(0), prk, cbor.encode(["KP1 link up"]), n),
@@ -66,7 +52,7 @@ export function deriveLinkKeys(c: SymCrypto, cbor: Codec, rootKey: Bytes, id: st
 /** AEAD nonce from (direction, spi, seq): dir(1) | spi(4) | zero(4) | seq(4), zero-padded to the
  *  suite's nonce length. The link uses spi 0. Headers need no AAD: altering one changes the nonce. */
 export function frameNonce(suite: number, dir: number, spi: number, seq: number): Bytes {
-  const n = new Uint8Array(nonceLength(suite));
+  const n = new Uint8Array(suite === SUITE_XSALSA20_POLY1305 ? 24 : 13);
   n[0] = dir;
   n[1] = spi >>> 24; n[2] = (spi >>> 16) & 255; n[3] = (spi >>> 8) & 255; n[4] = spi & 255;
   n[9] = seq >>> 24; n[10] = (seq >>> 16) & 255; n[11] = (seq >>> 8) & 255; n[12] = seq & 255;

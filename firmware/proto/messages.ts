@@ -49,35 +49,33 @@ export type OuterMessage = JoinRequest | JoinAccept | JoinReject | LinkFrame;
 export type InnerMessage = RegisterRequest | RegisterOk | DeregisterRequest | DeregisterOk | CertQuery | CertAnswer | ErrorMessage;
 export type Message = OuterMessage | InnerMessage;
 
-// Field kinds: u unsigned int, i signed int, t text (1..64 chars), b bytes, n bytes or null,
-// B boolean, s suite list [[suite, priority], ...] (at most 8).
-const FIELDS: { [t: number]: [string[], string] } = {};
-FIELDS[Msg.JoinRequest] = [["id", "ctr", "nonce", "suite", "tag"], "tubib"];
-FIELDS[Msg.JoinAccept] = [["nonce", "tag"], "bb"];
-FIELDS[Msg.JoinReject] = [[], ""];
-FIELDS[Msg.Link] = [["seq", "sealed"], "ub"];
-FIELDS[Msg.RegisterRequest] = [["rid", "lifetime", "suites", "wantCert"], "uusB"];
-FIELDS[Msg.RegisterOk] = [["rid", "granted", "certId", "cert"], "uubn"];
-FIELDS[Msg.DeregisterRequest] = [["rid"], "u"];
-FIELDS[Msg.DeregisterOk] = [["rid"], "u"];
-FIELDS[Msg.CertQuery] = [["rid", "name"], "ut"];
-FIELDS[Msg.CertAnswer] = [["rid", "cert"], "ub"];
-FIELDS[Msg.Error] = [["rid", "code"], "uu"];
-
-function isInt(v: unknown): boolean {
-  return typeof v === "number" && v === Math.floor(v) && v <= 9007199254740991 && v >= -9007199254740991;
-}
+// Each type's fields in wire order, as one string: the kinds, then the names. Kinds: u unsigned int,
+// i signed int, t text (1..64 chars), b bytes, n bytes or null, B boolean, s suite list
+// [[suite, priority], ...] (at most 8). One string per type keeps the table to a few device variables.
+const FIELDS: { [t: number]: string } = {};
+FIELDS[Msg.JoinRequest] = "tubib id ctr nonce suite tag";
+FIELDS[Msg.JoinAccept] = "bb nonce tag";
+FIELDS[Msg.JoinReject] = "";
+FIELDS[Msg.Link] = "ub seq sealed";
+FIELDS[Msg.RegisterRequest] = "uusB rid lifetime suites wantCert";
+FIELDS[Msg.RegisterOk] = "uubn rid granted certId cert";
+FIELDS[Msg.DeregisterRequest] = "u rid";
+FIELDS[Msg.DeregisterOk] = "u rid";
+FIELDS[Msg.CertQuery] = "ut rid name";
+FIELDS[Msg.CertAnswer] = "ub rid cert";
+FIELDS[Msg.Error] = "uu rid code";
 
 function fieldOk(kind: string, v: unknown): boolean {
-  if (kind === "u") return isInt(v) && (v as number) >= 0;
-  if (kind === "i") return isInt(v);
+  const int = typeof v === "number" && v === Math.floor(v) && Math.abs(v) <= 9007199254740991;
+  if (kind === "u") return int && (v as number) >= 0;
+  if (kind === "i") return int;
   if (kind === "t") return typeof v === "string" && v.length >= 1 && v.length <= 64;
   if (kind === "b") return v instanceof Uint8Array;
   if (kind === "n") return v === null || v instanceof Uint8Array;
   if (kind === "B") return v === true || v === false;
   if (kind === "s") {
     if (!Array.isArray(v) || v.length > 8) return false;
-    for (const p of v) if (!Array.isArray(p) || p.length !== 2 || !isInt(p[0]) || !isInt(p[1]) || p[1] < 0) return false;
+    for (const p of v) if (!Array.isArray(p) || p.length !== 2 || !fieldOk("i", p[0]) || !fieldOk("u", p[1])) return false;
     return true;
   }
   return false;
@@ -86,12 +84,13 @@ function fieldOk(kind: string, v: unknown): boolean {
 /** The wire array for a message (then CBOR-encoded by the caller's codec). */
 export function encodeMessage(m: Message): unknown[] {
   const def = FIELDS[m.t];
-  if (!def) throw new Error("msg: unknown type " + m.t);
+  if (def === undefined) throw new Error("msg: unknown type " + m.t);
+  const names = def.split(" ");
   const out: unknown[] = [m.t];
   const o = m as unknown as { [k: string]: unknown };
-  for (let i = 0; i < def[0].length; i++) {
-    const v = o[def[0][i]];
-    if (!fieldOk(def[1][i], v)) throw new Error("msg: bad field " + def[0][i]);
+  for (let i = 1; i < names.length; i++) {
+    const v = o[names[i]];
+    if (!fieldOk(names[0][i - 1], v)) throw new Error("msg: bad field " + names[i]);
     out.push(v);
   }
   return out;
@@ -100,13 +99,15 @@ export function encodeMessage(m: Message): unknown[] {
 /** The message in a decoded wire array, or an Error saying what is wrong with it. */
 export function decodeMessage(w: unknown): Message | Error {
   if (!Array.isArray(w) || w.length < 1) return new Error("msg: not a message array");
-  const def = FIELDS[w[0] as number];
-  if (!isInt(w[0]) || !def) return new Error("msg: unknown type " + String(w[0]));
-  if (w.length !== def[0].length + 1) return new Error("msg: type " + w[0] + " needs " + def[0].length + " fields, got " + (w.length - 1));
+  const def = typeof w[0] === "number" ? FIELDS[w[0]] : undefined;
+  if (def === undefined) return new Error("msg: unknown type " + String(w[0]));
+  const names = def.split(" ");
+  const n = names.length - 1;
+  if (w.length !== n + 1) return new Error("msg: type " + w[0] + " needs " + n + " fields, got " + (w.length - 1));
   const o: { [k: string]: unknown } = { t: w[0] };
-  for (let i = 0; i < def[0].length; i++) {
-    if (!fieldOk(def[1][i], w[i + 1])) return new Error("msg: type " + w[0] + " has a bad " + def[0][i]);
-    o[def[0][i]] = w[i + 1];
+  for (let i = 1; i <= n; i++) {
+    if (!fieldOk(names[0][i - 1], w[i])) return new Error("msg: type " + w[0] + " has a bad " + names[i]);
+    o[names[i]] = w[i];
   }
   return o as unknown as Message;
 }

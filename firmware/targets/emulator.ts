@@ -1,9 +1,8 @@
 // The emulated handset: Espruino Linux-build natives (AES ECB/CBC, SHA-256), TCP.
-import { deviceCrypto } from "../crypto/device.ts";
-import { espruinoNatives } from "../crypto/natives.ts";
+import { DeviceCrypto } from "../crypto/device.ts";
 import { secretboxSuite } from "../crypto/secretbox.ts";
 import { SUITE_AES_CCM_16_64_128, SUITE_XSALSA20_POLY1305 } from "../crypto/types.ts";
-import { loadConfig, makeHandset, startTcp } from "../platform/espruino.ts";
+import { startHandset, startTcp } from "../platform/espruino.ts";
 
-const cfg = loadConfig();
-if (cfg && cfg.gw) startTcp(makeHandset(cfg, deviceCrypto(espruinoNatives(espruinoRequire("crypto"), undefined, E), [secretboxSuite]), [SUITE_AES_CCM_16_64_128, SUITE_XSALSA20_POLY1305]), cfg.gw);
+const h = startHandset(new DeviceCrypto({ crypto: espruinoRequire("crypto"), aes: undefined, E: E }, [secretboxSuite]), [SUITE_AES_CCM_16_64_128, SUITE_XSALSA20_POLY1305]);
+if (h) startTcp(h);

@@ -75,8 +75,8 @@ export function nodeHandset(gw: Gateway, id: string, rootKey: Uint8Array, lifeti
     loadCounter: () => counter.value,
     storeCounter: (n) => { counter.value = n; return true; },
     now: () => Date.now() / 1000,
-    after: (ms, fn) => setTimeout(fn, ms) as unknown as number,
-    cancel: (id) => clearTimeout(id as unknown as NodeJS.Timeout),
+    setTimeout: (fn, ms) => setTimeout(fn, ms),
+    clearTimeout: (id) => clearTimeout(id),
     log: (l) => lines.push(l),
   };
   const h = new Handset({ id, rootKey, lifetime, suite: SUITE_AES_CCM_16_64_128, suites: [[SUITE_AES_CCM_16_64_128, 1]] }, p);
