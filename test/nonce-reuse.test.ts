@@ -282,8 +282,9 @@ test("reboots anywhere in join and registration never reuse a (key, nonce) pair,
   );
 });
 
-test("a reboot right after kp.ctr is persisted skips that counter; the ledger stays clean (both boards)", async () => {
-  // The one scenario the property is most about, run on each board every time, not left to chance.
+test("the three crash points of a join, one boot each, on both boards: no reuse, counters agree", async () => {
+  // kp.ctr persisted but unused, the JoinRequest unsent, the sealed RegisterRequest unsent: the points
+  // the property is most about, run on each board every time rather than left to chance.
   for (const board of BOARDS_UNDER_TEST) {
     await rebootsThenRegister(board, [readable({ kind: "storage-write", n: 1 }), readable({ kind: "transport-write", n: 1 }), readable({ kind: "transport-write", n: 2 })]);
   }
