@@ -9,7 +9,7 @@
 // MAX_DEPTH nested containers, every declared length checked against the bytes that remain before
 // anything is allocated, strict UTF-8, no duplicate map keys. Every failure is Error("cbor: ...").
 
-import { concat, utf8Decode, utf8Encode } from "./bytes.ts";
+import { concat } from "./bytes.ts";
 
 /** At most this many arrays, maps and tags inside one another (the recursion depth on the device). */
 export const MAX_DEPTH = 16;
@@ -36,9 +36,8 @@ export class Simple {
 /** Simple values 20..23 (0xf4..0xf7). */
 const SIMPLE_VALUES = [false, true, null, undefined];
 
-function fail(why: string): never {
-  throw new Error("cbor: " + why);
-}
+// Every failure throws Error("cbor: <reason>"), written out at each place (a shared helper would be
+// one more function alive on the device for good).
 
 // ---- encoding ----
 
@@ -46,6 +45,27 @@ function fail(why: string): never {
  *  as long as it exists, and these exist only while an encode runs. */
 export function encode(v: unknown): Uint8Array {
   const out: Uint8Array[] = [];
+  function utf8Encode(s: string): Uint8Array {
+    const out: number[] = [];
+    for (let i = 0; i < s.length; i++) {
+      let c = s.charCodeAt(i);
+      if (c >= 0xd800 && c < 0xdc00 && i + 1 < s.length) {
+        const d = s.charCodeAt(i + 1);
+        if (d >= 0xdc00 && d < 0xe000) {
+          c = 0x10000 + ((c - 0xd800) << 10) + (d - 0xdc00);
+          i++;
+        }
+      }
+      // A lone surrogate is not a character: refused, as the gateway refuses it, never sent half-valid.
+      if (c >= 0xd800 && c < 0xe000) throw new Error("cbor: lone surrogate in text");
+      if (c < 0x80) out.push(c);
+      else if (c < 0x800) out.push(0xc0 | (c >> 6), 0x80 | (c & 63));
+      else if (c < 0x10000) out.push(0xe0 | (c >> 12), 0x80 | ((c >> 6) & 63), 0x80 | (c & 63));
+      else out.push(0xf0 | (c >> 18), 0x80 | ((c >> 12) & 63), 0x80 | ((c >> 6) & 63), 0x80 | (c & 63));
+    }
+    return new Uint8Array(out);
+  }
+
   /** The head of an item: major type and argument, in the shortest form (§4.2.1). n is a safe integer >= 0. */
   function head(major: number, n: number): void {
     const ai = n < 24 ? n : n < 256 ? 24 : n < 65536 ? 25 : n < 4294967296 ? 26 : 27;
@@ -85,12 +105,12 @@ export function encode(v: unknown): Uint8Array {
       out.push(new Uint8Array([v === false ? 0xf4 : v ? 0xf5 : v === null ? 0xf6 : 0xf7]));
     } else {
       // A container: the depth limit also stops cycles, which would otherwise recurse forever.
-      if (depth >= MAX_DEPTH) fail("nested deeper than " + MAX_DEPTH);
+      if (depth >= MAX_DEPTH) throw new Error("cbor: nested deeper than " + MAX_DEPTH);
       if (Array.isArray(v)) {
         head(4, v.length);
         for (const x of v) item(x, depth + 1);
       } else if (v instanceof Tagged) {
-        if (!isUint(v.tag)) fail("tag must be an integer >= 0");
+        if (!isUint(v.tag)) throw new Error("cbor: tag must be an integer >= 0");
         head(6, v.tag);
         item(v.value, depth + 1);
       } else if (typeof v === "object" && v.constructor === Object) {
@@ -100,7 +120,7 @@ export function encode(v: unknown): Uint8Array {
           item(k, depth + 1);
           item(v[k], depth + 1);
         }
-      } else fail("cannot encode " + typeof v);
+      } else throw new Error("cbor: cannot encode " + typeof v);
     }
   }
   item(v, 0);
@@ -112,11 +132,40 @@ export function encode(v: unknown): Uint8Array {
 /** Decodes exactly one CBOR item. Byte strings are views into b (no copy), except indefinite ones.
  *  As in encode, the helpers live inside and read the input and position from this call's scope. */
 export function decode(b: Uint8Array): any {
-  if (!(b instanceof Uint8Array)) fail("not bytes");
+  if (!(b instanceof Uint8Array)) throw new Error("cbor: not bytes");
   let pos = 0;
+  /** Strict UTF-8 decoding: returns undefined for malformed input instead of guessing. */
+  function utf8Decode(b: Uint8Array): string | undefined {
+    let s = "";
+    let i = 0;
+    while (i < b.length) {
+      const c = b[i++];
+      let cp: number;
+      let need: number;
+      let min: number;
+      if (c < 0x80) { s += String.fromCharCode(c); continue; }
+      if (c >= 0xc2 && c < 0xe0) { cp = c & 31; need = 1; min = 0x80; }
+      else if (c >= 0xe0 && c < 0xf0) { cp = c & 15; need = 2; min = 0x800; }
+      else if (c >= 0xf0 && c < 0xf5) { cp = c & 7; need = 3; min = 0x10000; }
+      else return undefined;
+      if (i + need > b.length) return undefined;
+      for (let k = 0; k < need; k++) {
+        const d = b[i++];
+        if ((d & 0xc0) !== 0x80) return undefined;
+        cp = (cp << 6) | (d & 63);
+      }
+      if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp < 0xe000)) return undefined;
+      if (cp >= 0x10000) {
+        cp -= 0x10000;
+        s += String.fromCharCode(0xd800 + (cp >> 10), 0xdc00 + (cp & 1023));
+      } else s += String.fromCharCode(cp);
+    }
+    return s;
+  }
+
   /** Fails unless n more bytes remain. n may be any Number up to 2^64, so compare, never allocate first. */
   function need(n: number): void {
-    if (n > b.length - pos) fail("truncated input");
+    if (n > b.length - pos) throw new Error("cbor: truncated input");
   }
   function bytes(n: number): Uint8Array {
     need(n);
@@ -136,7 +185,7 @@ export function decode(b: Uint8Array): any {
     if (ai < 24) return ai;
     if (ai < 27) return uint(1 << (ai - 24));
     if (ai === 27) return uint(4) * 4294967296 + uint(4);
-    return fail("reserved head " + ai);
+    throw new Error("cbor: reserved head " + ai);
   }
   function float(n: number): number {
     if (n === 2) {
@@ -155,7 +204,8 @@ export function decode(b: Uint8Array): any {
   }
   function text(x: Uint8Array): string {
     const s = utf8Decode(x);
-    return s === undefined ? fail("invalid UTF-8") : s;
+    if (s === undefined) throw new Error("cbor: invalid UTF-8");
+    return s;
   }
   /** True (and consumed) when the next byte is the break that ends an indefinite-length item. */
   function atBreak(): boolean {
@@ -174,7 +224,7 @@ export function decode(b: Uint8Array): any {
     let s = "";
     while (!atBreak()) {
       const ib = b[pos++];
-      if (ib >> 5 !== major || (ib & 31) === 31) fail("bad string chunk");
+      if (ib >> 5 !== major || (ib & 31) === 31) throw new Error("cbor: bad string chunk");
       const x = bytes(arg(ib & 31));
       // Each text chunk must be valid UTF-8 on its own: a character may not straddle chunks.
       if (major === 2) parts.push(x);
@@ -192,16 +242,17 @@ export function decode(b: Uint8Array): any {
       if (ai < 24) return SIMPLE_VALUES[ai - 20];
       if (ai === 24) {
         const s = uint(1);
-        return s < 32 ? fail("simple value " + s + " in two bytes") : new Simple(s);
+        if (s < 32) throw new Error("cbor: simple value " + s + " in two bytes");
+        return new Simple(s);
       }
       if (ai < 28) return float(1 << (ai - 24));
-      return fail(ai === 31 ? "unexpected break" : "reserved head " + ai);
+      throw new Error(ai === 31 ? "cbor: unexpected break" : "cbor: reserved head " + ai);
     }
     if (major === 2 || major === 3) return str(major, ai);
-    if (ai === 31 && (major < 2 || major === 6)) fail("bad indefinite length");
+    if (ai === 31 && (major < 2 || major === 6)) throw new Error("cbor: bad indefinite length");
     if (major === 0) return arg(ai);
     if (major === 1) return -1 - arg(ai);
-    if (depth >= MAX_DEPTH) fail("nested deeper than " + MAX_DEPTH);
+    if (depth >= MAX_DEPTH) throw new Error("cbor: nested deeper than " + MAX_DEPTH);
     if (major === 6) {
       const tag = arg(ai);
       return new Tagged(tag, item(depth + 1));
@@ -219,15 +270,15 @@ export function decode(b: Uint8Array): any {
     for (let i = 0; count < 0 ? !atBreak() : i < count; i++) {
       need(1);
       const km = b[pos] >> 5;
-      if (km !== 0 && km !== 1 && km !== 3) fail("bad map key");
+      if (km !== 0 && km !== 1 && km !== 3) throw new Error("cbor: bad map key");
       const k = String(item(depth + 1));
       // Rejected rather than overwritten: two readers must never disagree about what a message says.
-      if (Object.prototype.hasOwnProperty.call(o, k) || k === "__proto__") fail("duplicate map key");
+      if (Object.prototype.hasOwnProperty.call(o, k) || k === "__proto__") throw new Error("cbor: duplicate map key");
       o[k] = item(depth + 1);
     }
     return o;
   }
   const v = item(0);
-  if (pos !== b.length) fail("trailing bytes");
+  if (pos !== b.length) throw new Error("cbor: trailing bytes");
   return v;
 }

@@ -22,7 +22,7 @@ declare function setInterval(fn: () => void, ms: number): number;
 declare function clearInterval(id: number): void;
 declare const process: { memory(): { free: number; usage: number; total: number }; env: { VERSION?: string; BOARD?: string } };
 /** BLE UART on nRF52 boards (Puck.js, Bangle.js 2). */
-declare const Bluetooth: { on(ev: "data", cb: (s: string) => void): void; write(s: string): void };
+declare const Bluetooth: { on(ev: "data", cb: (s: string) => void): void; write(data: string | Uint8Array): void };
 declare const NRF: { on(ev: "connect" | "disconnect", cb: (x?: unknown) => void): void };
 /** Bangle.js 2 only: native AES-CCM (no additional data). */
 declare const AES: {

@@ -11,7 +11,7 @@ import { ctEqual, type Bytes } from "./bytes.ts";
 import type { SymCrypto } from "./crypto/types.ts";
 import { encodeFrame, FrameDecoder, type Crc32 } from "./proto/frame.ts";
 import { deriveLinkKeys, joinTag, JOIN_NONCE_BYTES, type Codec } from "./proto/keys.ts";
-import { newLink, openMessage, sealMessage, wipeLink, type Link } from "./proto/link.ts";
+import { newLink, openMessage, sealMessage, type Link } from "./proto/link.ts";
 import { decodeMessage, encodeMessage, Msg, type InnerMessage, type Message } from "./proto/messages.ts";
 
 export interface HandsetConfig {
@@ -31,15 +31,20 @@ export interface Platform {
   crypto: SymCrypto;
   cbor: Codec;
   crc32: Crc32;
-  /** The last join counter persisted (0 if none). */
-  loadCounter(): number;
-  /** Persists n and reads it back; false if it is not durable. Called BEFORE n is used. */
-  storeCounter(n: number): boolean;
+  /** The join counter in durable storage. counter() reads it (0 if none); counter(n) persists n,
+   *  reads it back and returns it, or -1 if it is not durable. The engine calls counter(n) BEFORE n
+   *  is used. */
+  counter(n?: number): number;
   /** Local seconds (not a trusted wall clock). */
   now(): number;
   setTimeout(fn: () => void, ms: number): any;
   clearTimeout(id: any): void;
   log(line: string): void;
+}
+
+/** A byte-stream transport: write() takes bytes (Espruino's Bluetooth.write does, as it is). */
+export interface Port {
+  write(b: Bytes): void;
 }
 
 export const JOIN_TIMEOUT_MS = 5000;
@@ -62,8 +67,8 @@ export class Handset {
   p_: Platform;
   st_: LinkState = { k: "down" };
   reg_: Registration | null = null;
-  /** Sends bytes on the transport; null while it is down. Tests may wrap it. */
-  send: ((b: Bytes) => void) | null = null;
+  /** The transport while it is up: Espruino's Bluetooth, a net socket wrapper, or a test's port. */
+  port: Port | null = null;
   decoder_: FrameDecoder;
   /** The join or request timeout, and the renewal timer (0: none). */
   timer_: any = 0;
@@ -75,7 +80,8 @@ export class Handset {
   joins_ = 0;
   dropped_ = 0;
   /** Type of the last answer and its error code (0 unless an Error): for the console and tests. */
-  last = { t: 0, code: 0 };
+  lastType = 0;
+  lastCode = 0;
 
   constructor(cfg: HandsetConfig, p: Platform) {
     this.cfg_ = cfg;
@@ -84,22 +90,25 @@ export class Handset {
   }
 
   /** The transport is up: start a join. */
-  up(send: (b: Bytes) => void): void {
-    this.send = send;
+  up(port: Port): void {
+    this.port = port;
     this.decoder_ = new FrameDecoder(this.p_.crc32);
     this.join();
   }
 
   /** The transport is gone: forget the link keys. */
   down(): void {
-    this.send = null;
+    this.port = null;
     this.reset_(true);
   }
 
   /** Back to "down": link keys wiped, timers stopped (the renewal timer too when all is set). */
   reset_(all: boolean): void {
     const p = this.p_;
-    if (this.st_.k === "linked") wipeLink(this.st_.link);
+    if (this.st_.k === "linked") {
+      this.st_.link.keys_.up.fill(0);
+      this.st_.link.keys_.down.fill(0);
+    }
     this.st_ = { k: "down" };
     this.pending_ = 0;
     if (this.timer_) p.clearTimeout(this.timer_);
@@ -128,11 +137,11 @@ export class Handset {
     const p = this.p_;
     const c = this.cfg_;
     this.reset_(false);
-    if (!this.send) return;
+    if (!this.port) return;
     // The counter is made durable before it is used: after a power cut the next join uses a higher
     // one, so the gateway never accepts the same counter twice and link keys are never repeated.
-    const ctr = p.loadCounter() + 1;
-    if (!p.storeCounter(ctr)) {
+    const ctr = p.counter() + 1;
+    if (p.counter(ctr) !== ctr) {
       p.log("KP ctr not saved");
       this.retry_();
       return;
@@ -141,47 +150,70 @@ export class Handset {
     this.st_ = { k: "joining", ctr: ctr, nonce: nonce };
     this.timer_ = p.setTimeout(() => this.retry_(), JOIN_TIMEOUT_MS);
     const tag = joinTag(p.crypto, p.cbor, c.rootKey, c.id, ctr, nonce, c.suite);
-    this.send(encodeFrame(p.cbor.encode(encodeMessage({ t: Msg.JoinRequest, id: c.id, ctr: ctr, nonce: nonce, suite: c.suite, tag: tag })), p.crc32));
+    this.port.write(encodeFrame(p.cbor.encode(encodeMessage({ t: Msg.JoinRequest, id: c.id, ctr: ctr, nonce: nonce, suite: c.suite, tag: tag })), p.crc32));
   }
 
-  drop_(why: string): void {
-    this.dropped_++;
-    this.p_.log("KP drop: " + why);
-  }
-
-  /** Bytes from the transport: whole frames are decoded and acted on. */
+  /** Bytes from the transport: whole frames are decoded and acted on. Whatever is dropped is counted
+   *  and logged with a short reason (a number for link drops: DROP_REASONS in proto/link.ts). */
   receive(bytes: Bytes): void {
     const p = this.p_;
     const c = this.cfg_;
     for (const f of this.decoder_.push(bytes)) {
-      let m: Message | Error;
+      let m: Message | Error | number;
       try {
         m = decodeMessage(p.cbor.decode(f));
       } catch (e) {
         m = e as Error;
       }
       const s = this.st_;
-      if (m instanceof Error) this.drop_(m.message);
+      let drop = "";
+      if (m instanceof Error) drop = m.message;
       else if (m.t === Msg.JoinAccept && s.k === "joining") {
-        if (!ctEqual(joinTag(p.crypto, p.cbor, c.rootKey, c.id, s.ctr, s.nonce, c.suite, m.nonce), m.tag)) {
-          this.drop_("bad accept");
-          continue;
+        if (!ctEqual(joinTag(p.crypto, p.cbor, c.rootKey, c.id, s.ctr, s.nonce, c.suite, m.nonce), m.tag)) drop = "bad accept";
+        else {
+          p.clearTimeout(this.timer_);
+          this.timer_ = 0;
+          this.st_ = { k: "linked", ctr: s.ctr, link: newLink(deriveLinkKeys(p.crypto, p.cbor, c.rootKey, c.id, s.ctr, s.nonce, m.nonce, c.suite), true) };
+          this.failures_ = 0;
+          this.joins_++;
+          p.log("KP joined " + c.id);
+          this.register();
         }
-        p.clearTimeout(this.timer_);
-        this.timer_ = 0;
-        this.st_ = { k: "linked", ctr: s.ctr, link: newLink(deriveLinkKeys(p.crypto, p.cbor, c.rootKey, c.id, s.ctr, s.nonce, m.nonce, c.suite), true) };
-        this.failures_ = 0;
-        this.joins_++;
-        p.log("KP joined " + c.id);
-        this.register();
       } else if (m.t === Msg.JoinReject && s.k === "joining") {
         p.log("KP join rejected");
         this.retry_();
       } else if (m.t === Msg.Link && s.k === "linked") {
-        const inner = openMessage(p.crypto, p.cbor, s.link, m);
-        if (typeof inner === "number") this.drop_("link " + inner);
-        else this.answer_(inner);
-      } else this.drop_("msg " + m.t + " in " + s.k);
+        const a = openMessage(p.crypto, p.cbor, s.link, m);
+        if (typeof a === "number") drop = "link " + a;
+        else if (!("rid" in a) || a.rid !== this.pending_) drop = "stray answer";
+        else {
+          // The answer to our outstanding request.
+          this.pending_ = 0;
+          p.clearTimeout(this.timer_);
+          this.timer_ = 0;
+          this.lastType = a.t;
+          this.lastCode = a.t === Msg.Error ? a.code : 0;
+          if (a.t === Msg.RegisterOk) {
+            // Keep only what the device needs: the certificate id and when it runs out.
+            this.reg_ = { certId: a.certId, expiresAt: p.now() + a.granted };
+            p.log("KP registered for " + a.granted + "s");
+            if (this.renew_) p.clearTimeout(this.renew_);
+            // Renew at 80% of the granted lifetime, as DHCP and SIP clients do.
+            this.renew_ = p.setTimeout(() => { this.renew_ = 0; this.register(); }, Math.max(1000, a.granted * 800));
+          } else if (a.t === Msg.DeregisterOk) {
+            this.reg_ = null;
+            if (this.renew_) p.clearTimeout(this.renew_);
+            this.renew_ = 0;
+            p.log("KP deregistered");
+          } else if (a.t === Msg.CertAnswer) p.log("KP cert " + a.cert.length);
+          else if (a.t === Msg.Error) p.log("KP error " + a.code);
+          else drop = "answer " + a.t;
+        }
+      } else drop = "msg " + m.t + " in " + s.k;
+      if (drop) {
+        this.dropped_++;
+        p.log("KP drop: " + drop);
+      }
     }
   }
 
@@ -189,7 +221,7 @@ export class Handset {
   request_(m: InnerMessage): boolean {
     const p = this.p_;
     const s = this.st_;
-    if (s.k !== "linked" || !this.send) return false;
+    if (s.k !== "linked" || !this.port) return false;
     this.rid_ = (this.rid_ % 0x7fffffff) + 1;
     (m as { rid: number }).rid = this.pending_ = this.rid_;
     let frame: Bytes;
@@ -200,7 +232,7 @@ export class Handset {
       this.join();
       return false;
     }
-    this.send(encodeFrame(frame, p.crc32));
+    this.port.write(encodeFrame(frame, p.crc32));
     if (this.timer_) p.clearTimeout(this.timer_);
     this.timer_ = p.setTimeout(() => this.retry_(), REQUEST_TIMEOUT_MS);
     return true;
@@ -218,33 +250,5 @@ export class Handset {
   /** Asks for a peer's certificate (answered only with one valid now). */
   certQuery(name: string): boolean {
     return this.request_({ t: Msg.CertQuery, rid: 0, name: name });
-  }
-
-  /** An answer from the gateway to our outstanding request. */
-  answer_(m: InnerMessage): void {
-    const p = this.p_;
-    if (!("rid" in m) || m.rid !== this.pending_) {
-      this.drop_("stray answer");
-      return;
-    }
-    this.pending_ = 0;
-    p.clearTimeout(this.timer_);
-    this.timer_ = 0;
-    this.last = { t: m.t, code: m.t === Msg.Error ? m.code : 0 };
-    if (m.t === Msg.RegisterOk) {
-      // Keep only what the device needs: the certificate id and when it runs out.
-      this.reg_ = { certId: m.certId, expiresAt: p.now() + m.granted };
-      p.log("KP registered for " + m.granted + "s");
-      if (this.renew_) p.clearTimeout(this.renew_);
-      // Renew at 80% of the granted lifetime, as DHCP and SIP clients do.
-      this.renew_ = p.setTimeout(() => { this.renew_ = 0; this.register(); }, Math.max(1000, m.granted * 800));
-    } else if (m.t === Msg.DeregisterOk) {
-      this.reg_ = null;
-      if (this.renew_) p.clearTimeout(this.renew_);
-      this.renew_ = 0;
-      p.log("KP deregistered");
-    } else if (m.t === Msg.CertAnswer) p.log("KP cert " + m.cert.length);
-    else if (m.t === Msg.Error) p.log("KP error " + m.code);
-    else this.drop_("answer " + m.t);
   }
 }

@@ -254,7 +254,7 @@ test("tags: device Tagged and gateway Tag encode alike and decode to each other"
 });
 
 test("encoders refuse what they cannot represent, with a cbor: error", () => {
-  const bad: unknown[] = [() => 1, Symbol("s"), 1n, new Map(), new Set(), new Date(0), new Uint16Array(2), new Tagged(-1, 0), new Tagged(1.5, 0)];
+  const bad: unknown[] = [() => 1, Symbol("s"), 1n, new Map(), new Set(), new Date(0), new Uint16Array(2), new Tagged(-1, 0), new Tagged(1.5, 0), "\ud800", "a\udc00b", ["\ud800x"]];
   for (const v of bad) cborError(() => device.encode(v));
   for (const v of [() => 1, Symbol("s"), new Set(), new Date(0), new Uint16Array(2), new Tagged(-1, 0), new Map([[1.5, 0]]), "\ud800"]) {
     cborError(() => gateway.encode(v));

@@ -10,7 +10,9 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import fc from "fast-check";
 import { ed25519 as noble } from "@noble/curves/ed25519.js";
-import { concat, fromHex, toHex, utf8Encode } from "../firmware/bytes.ts";
+import { concat, fromHex, toHex } from "../firmware/bytes.ts";
+
+const utf8Encode = (s: string): Uint8Array => new Uint8Array(Buffer.from(s, "utf8"));
 import { ed25519FromSeed, ed25519Sign, ed25519Verify, generateEd25519 } from "../gateway/ed25519.ts";
 import { encode } from "../gateway/cbor.ts";
 import { CoseError, signSign1, sigStructure1, verifySign1 } from "../gateway/cose.ts";

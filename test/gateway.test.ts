@@ -125,7 +125,7 @@ test("a tampered frame is rejected with a reason, changes nothing and does not b
     await until(() => d.h.status().registered, "registration");
     const before = t.gw.store.snapshot();
     let good: Uint8Array | undefined;
-    d.h.send = (b) => { good = b; d.socket.write(tamper(b)); };
+    d.h.port = { write: (b) => { good = b; d.socket.write(tamper(b)); } };
     d.h.deregister();
     await until(() => t.events("frame dropped").length > 0, "drop");
     assert.match(String(t.events("frame dropped")[0].reason), /failed authentication/);
@@ -164,12 +164,12 @@ test("an expired registration is rejected with a reason and changes nothing", as
   try {
     await until(() => a.h.status().registered && b.h.status().registered, "registrations");
     a.h.certQuery("dev-y");
-    await until(() => a.h.last.t === Msg.CertAnswer, "certificate while both are live");
+    await until(() => a.h.lastType === Msg.CertAnswer, "certificate while both are live");
     t.clock.advance(61);
     const before = t.gw.store.snapshot();
     a.h.certQuery("dev-y");
-    await until(() => a.h.last.t === Msg.Error, "refusal");
-    assert.equal(a.h.last.code, ErrorCode.NotRegistered);
+    await until(() => a.h.lastType === Msg.Error, "refusal");
+    assert.equal(a.h.lastCode, ErrorCode.NotRegistered);
     const r = t.events("request-rejected");
     assert.equal(r.length, 1);
     assert.equal(r[0].reason, "caller's registration expired");
@@ -178,7 +178,7 @@ test("an expired registration is rejected with a reason and changes nothing", as
     a.h.register();
     await until(() => a.h.status().expiresIn > 50 && t.gw.store.getRegistration("dev-x")!.expiresAt > t.clock.now(), "renewal");
     a.h.certQuery("dev-y");
-    await until(() => a.h.last.t === Msg.Error && a.h.last.code === ErrorCode.NotFound, "not found");
+    await until(() => a.h.lastType === Msg.Error && a.h.lastCode === ErrorCode.NotFound, "not found");
     assert.equal(t.events("cert-query-not-found").at(-1)!.reason, "registration expired");
   } finally {
     a.close();

@@ -5,12 +5,12 @@
 // the published RFC 3610 vectors run unchanged. Espruino subset only (design.md §5).
 
 import type { Bytes } from "../bytes.ts";
-import { ctEqual, wipe } from "../bytes.ts";
+import { ctEqual } from "../bytes.ts";
 
-/** The two native AES calls CCM is built on. */
-export interface AesBlockNatives {
-  aesEcb: (key: Bytes, data: Bytes) => Bytes;
-  aesCbc: (key: Bytes, iv: Bytes, data: Bytes) => Bytes;
+/** Espruino's require("crypto").AES: encrypt(data, key, {mode, iv}) returns an ArrayBuffer. CCM needs
+ *  its ECB and CBC modes only (CTR is never used: Espruino's CTR ignores the IV). */
+export interface EspruinoAes {
+  encrypt(data: Bytes, key: Bytes, options: { mode: string; iv?: Bytes }): ArrayBuffer;
 }
 
 const ZERO_IV = new Uint8Array(16);
@@ -18,7 +18,7 @@ const ZERO_IV = new Uint8Array(16);
 /** CCM both ways in one function (helpers inside: they cost device variables only while it runs).
  *  Sealing returns ciphertext || tag and throws, echoing no input, on parameters CCM does not allow;
  *  opening returns the plaintext, or undefined when the input is malformed or the tag does not verify. */
-export function ccm(aes: AesBlockNatives, key: Bytes, nonce: Bytes, input: Bytes, tagLen: number, open: boolean, aad?: Bytes): Bytes | undefined {
+export function ccm(aes: EspruinoAes, key: Bytes, nonce: Bytes, input: Bytes, tagLen: number, open: boolean, aad?: Bytes): Bytes | undefined {
   const a = aad || new Uint8Array(0);
   const lBytes = 15 - nonce.length;
   const len = open ? input.length - tagLen : input.length;
@@ -44,10 +44,10 @@ export function ccm(aes: AesBlockNatives, key: Bytes, nonce: Bytes, input: Bytes
       m.set(a, 18);
     }
     m.set(msg, 16 + aadBlockLen);
-    const chain = aes.aesCbc(key, ZERO_IV, m);
+    const chain = new Uint8Array(aes.encrypt(m, key, { mode: "CBC", iv: ZERO_IV }));
     const t = new Uint8Array(chain.subarray(chain.length - 16, chain.length - 16 + tagLen));
-    wipe(chain);
-    wipe(m);
+    chain.fill(0);
+    m.fill(0);
     return t;
   }
 
@@ -60,31 +60,31 @@ export function ccm(aes: AesBlockNatives, key: Bytes, nonce: Bytes, input: Bytes
     ctr.set(nonce, o + 1);
     for (let i = 0, c = b; i < lBytes && c > 0; i++, c = Math.floor(c / 256)) ctr[o + 15 - i] = c & 255;
   }
-  const s = aes.aesEcb(key, ctr);
+  const s = new Uint8Array(aes.encrypt(ctr, key, { mode: "ECB" }));
 
   const out = new Uint8Array(open ? len : len + tagLen);
   for (let i = 0; i < len; i++) out[i] = input[i] ^ s[16 + i];
   const t = cbcMac(open ? out : input);
   for (let i = 0; i < tagLen; i++) t[i] ^= s[i];
-  wipe(s);
+  s.fill(0);
   if (!open) {
     out.set(t, len);
-    wipe(t);
+    t.fill(0);
     return out;
   }
   const ok = ctEqual(t, input.subarray(len));
-  wipe(t);
+  t.fill(0);
   if (ok) return out;
-  wipe(out);
+  out.fill(0);
   return undefined;
 }
 
 /** Returns ciphertext || tag. */
-export function ccmSeal(aes: AesBlockNatives, key: Bytes, nonce: Bytes, pt: Bytes, tagLen: number, aad?: Bytes): Bytes {
+export function ccmSeal(aes: EspruinoAes, key: Bytes, nonce: Bytes, pt: Bytes, tagLen: number, aad?: Bytes): Bytes {
   return ccm(aes, key, nonce, pt, tagLen, false, aad) as Bytes;
 }
 
 /** Returns the plaintext, or undefined. */
-export function ccmOpen(aes: AesBlockNatives, key: Bytes, nonce: Bytes, sealed: Bytes, tagLen: number, aad?: Bytes): Bytes | undefined {
+export function ccmOpen(aes: EspruinoAes, key: Bytes, nonce: Bytes, sealed: Bytes, tagLen: number, aad?: Bytes): Bytes | undefined {
   return ccm(aes, key, nonce, sealed, tagLen, true, aad);
 }

@@ -5,7 +5,7 @@
 // Espruino subset only (design.md §5).
 
 import { concat, type Bytes } from "../bytes.ts";
-import { ccm, type AesBlockNatives } from "./ccm.ts";
+import { ccm } from "./ccm.ts";
 import { hkdfSha256, hmacSha256 } from "./hmac.ts";
 import type { Natives } from "./natives.ts";
 import { SUITE_AES_CCM_16_64_128, type SymCrypto } from "./types.ts";
@@ -20,58 +20,42 @@ export interface AeadImpl {
 
 const CCM_TAG_LEN = 8;
 
-export class DeviceCrypto implements SymCrypto, AesBlockNatives {
+export class DeviceCrypto implements SymCrypto {
   n_: Natives;
-  extra_: AeadImpl[];
+  /** Further suites the board carries (secretbox), or none. */
+  extra_: AeadImpl[] | undefined;
 
-  constructor(n: Natives, extra: AeadImpl[]) {
+  constructor(n: Natives, extra?: AeadImpl[]) {
     this.n_ = n;
-    this.extra_ = extra;
+    this.extra_ = extra && extra.length ? extra : undefined;
   }
 
   sha256(d: Bytes): Bytes {
     return new Uint8Array(this.n_.crypto.SHA256(d));
   }
 
-  /** AES-ECB over whole 16-byte blocks. CTR is never used: Espruino's CTR ignores the IV. */
-  aesEcb(key: Bytes, data: Bytes): Bytes {
-    return new Uint8Array(this.n_.crypto.AES.encrypt(data, key, { mode: "ECB" }));
-  }
-
-  aesCbc(key: Bytes, iv: Bytes, data: Bytes): Bytes {
-    return new Uint8Array(this.n_.crypto.AES.encrypt(data, key, { iv: iv, mode: "CBC" }));
-  }
-
-  hmacSha256(key: Bytes, data: Bytes): Bytes {
-    return hmacSha256(this, key, data);
-  }
-
-  hkdf(salt: Bytes, ikm: Bytes, info: Bytes, length: number): Bytes {
-    return hkdfSha256(this, salt, ikm, info, length);
-  }
-
   suites(): number[] {
     const out: number[] = [];
     if (this.n_.crypto.AES || this.n_.aes) out.push(SUITE_AES_CCM_16_64_128);
-    for (const a of this.extra_) out.push(a.suite);
+    if (this.extra_) for (const a of this.extra_) out.push(a.suite);
     return out;
   }
 
   seal(suite: number, key: Bytes, nonce: Bytes, pt: Bytes): Bytes {
     if (suite === SUITE_AES_CCM_16_64_128 && (this.n_.crypto.AES || this.n_.aes)) {
       if (key.length !== 16 || nonce.length !== 13) throw new Error("aes-ccm: bad key or nonce length");
-      if (this.n_.crypto.AES) return ccm(this, key, nonce, pt, CCM_TAG_LEN, false) as Bytes;
+      if (this.n_.crypto.AES) return ccm(this.n_.crypto.AES, key, nonce, pt, CCM_TAG_LEN, false) as Bytes;
       const r = this.n_.aes.ccmEncrypt(pt, key, nonce, CCM_TAG_LEN);
       return concat([new Uint8Array(r.data), new Uint8Array(r.tag)]);
     }
-    for (const a of this.extra_) if (a.suite === suite) return a.seal(key, nonce, pt);
+    if (this.extra_) for (const a of this.extra_) if (a.suite === suite) return a.seal(key, nonce, pt);
     throw new Error("unsupported suite " + suite);
   }
 
   open(suite: number, key: Bytes, nonce: Bytes, sealed: Bytes): Bytes | undefined {
     if (suite === SUITE_AES_CCM_16_64_128 && (this.n_.crypto.AES || this.n_.aes)) {
       if (key.length !== 16 || nonce.length !== 13 || sealed.length < CCM_TAG_LEN) return undefined;
-      if (this.n_.crypto.AES) return ccm(this, key, nonce, sealed, CCM_TAG_LEN, true);
+      if (this.n_.crypto.AES) return ccm(this.n_.crypto.AES, key, nonce, sealed, CCM_TAG_LEN, true);
       const split = sealed.length - CCM_TAG_LEN;
       try {
         return new Uint8Array(this.n_.aes.ccmDecrypt(sealed.subarray(0, split), key, nonce, sealed.subarray(split)));
@@ -80,7 +64,7 @@ export class DeviceCrypto implements SymCrypto, AesBlockNatives {
         return undefined;
       }
     }
-    for (const a of this.extra_) if (a.suite === suite) return a.open(key, nonce, sealed);
+    if (this.extra_) for (const a of this.extra_) if (a.suite === suite) return a.open(key, nonce, sealed);
     return undefined;
   }
 
@@ -95,6 +79,14 @@ export class DeviceCrypto implements SymCrypto, AesBlockNatives {
     return out;
   }
 }
+
+// HMAC and HKDF: the hmac.ts functions themselves are the methods (they use this.sha256).
+export interface DeviceCrypto {
+  hmacSha256(key: Bytes, data: Bytes): Bytes;
+  hkdf(salt: Bytes, ikm: Bytes, info: Bytes, length: number): Bytes;
+}
+DeviceCrypto.prototype.hmacSha256 = hmacSha256;
+DeviceCrypto.prototype.hkdf = hkdfSha256;
 
 export function deviceCrypto(n: Natives, extra: AeadImpl[]): SymCrypto {
   return new DeviceCrypto(n, extra);

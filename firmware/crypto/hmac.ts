@@ -2,7 +2,7 @@
 // Espruino subset only (design.md §5).
 
 import type { Bytes } from "../bytes.ts";
-import { concat, wipe } from "../bytes.ts";
+import { concat } from "../bytes.ts";
 
 const BLOCK = 64;
 const HASH_LEN = 32;
@@ -12,38 +12,40 @@ export interface Hasher {
   sha256(d: Bytes): Bytes;
 }
 
-export function hmacSha256(h: Hasher, key: Bytes, data: Bytes): Bytes {
+/** HMAC-SHA256 with this hasher's SHA-256. Written with `this` so that DeviceCrypto can use this very
+ *  function as its method: one live function on the device instead of a method wrapping it. */
+export function hmacSha256(this: Hasher, key: Bytes, data: Bytes): Bytes {
   // Keys longer than the block are hashed first; shorter ones are zero-padded to the block.
   const k0 = new Uint8Array(BLOCK);
-  k0.set(key.length > BLOCK ? h.sha256(key) : key);
+  k0.set(key.length > BLOCK ? this.sha256(key) : key);
   const pad = new Uint8Array(BLOCK);
   for (let i = 0; i < BLOCK; i++) pad[i] = k0[i] ^ 0x36;
-  const inner = h.sha256(concat([pad, data]));
+  const inner = this.sha256(concat([pad, data]));
   for (let i = 0; i < BLOCK; i++) pad[i] = k0[i] ^ 0x5c;
-  const mac = h.sha256(concat([pad, inner]));
-  wipe(k0);
-  wipe(pad);
-  wipe(inner);
+  const mac = this.sha256(concat([pad, inner]));
+  k0.fill(0);
+  pad.fill(0);
+  inner.fill(0);
   return mac;
 }
 
 /** RFC 5869 extract-then-expand. An empty salt is HashLen zero bytes, which HMAC's zero padding
  *  makes identical to the empty key, so no special case is needed. */
-export function hkdfSha256(h: Hasher, salt: Bytes, ikm: Bytes, info: Bytes, length: number): Bytes {
+export function hkdfSha256(this: Hasher, salt: Bytes, ikm: Bytes, info: Bytes, length: number): Bytes {
   if (!(length >= 0 && length <= 255 * HASH_LEN) || length % 1 !== 0) {
     throw new Error("hkdf: bad length");
   }
-  const prk = hmacSha256(h, salt, ikm);
+  const prk = hmacSha256.call(this, salt, ikm);
   const okm = new Uint8Array(length);
   let t: Bytes = new Uint8Array(0);
   for (let i = 1, off = 0; off < length; i++) {
-    const next = hmacSha256(h, prk, concat([t, info, new Uint8Array([i])]));
-    wipe(t);
+    const next = hmacSha256.call(this, prk, concat([t, info, new Uint8Array([i])]));
+    t.fill(0);
     t = next;
     okm.set(length - off < HASH_LEN ? t.subarray(0, length - off) : t, off);
     off += HASH_LEN;
   }
-  wipe(t);
-  wipe(prk);
+  t.fill(0);
+  prk.fill(0);
   return okm;
 }

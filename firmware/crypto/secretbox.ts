@@ -6,7 +6,7 @@
 // declared before use because Espruino does not hoist.
 
 import type { Bytes } from "../bytes.ts";
-import { ctEqual, wipe } from "../bytes.ts";
+import { ctEqual } from "../bytes.ts";
 import type { AeadImpl } from "./device.ts";
 import { SUITE_XSALSA20_POLY1305 } from "./types.ts";
 
@@ -87,8 +87,8 @@ function xsalsa20Xor(key: Bytes, nonce: Bytes, data: Bytes): Bytes {
       u >>>= 8;
     }
   }
-  wipe(subkey);
-  wipe(block);
+  subkey.fill(0);
+  block.fill(0);
   return out;
 }
 
@@ -172,11 +172,11 @@ export function secretbox(key: Bytes, nonce: Bytes, pt: Bytes): Bytes {
   const buf = new Uint8Array(32 + pt.length);
   buf.set(pt, 32);
   const x = xsalsa20Xor(key, nonce, buf);
-  wipe(buf);
+  buf.fill(0);
   const out = new Uint8Array(TAG_LEN + pt.length);
   out.set(poly1305(x.subarray(32), x.subarray(0, 32)), 0);
   out.set(x.subarray(32), TAG_LEN);
-  wipe(x);
+  x.fill(0);
   return out;
 }
 
@@ -186,15 +186,15 @@ export function secretboxOpen(key: Bytes, nonce: Bytes, sealed: Bytes): Bytes | 
   const buf = new Uint8Array(32 + sealed.length - TAG_LEN);
   buf.set(sealed.subarray(TAG_LEN), 32);
   const x = xsalsa20Xor(key, nonce, buf);
-  wipe(buf);
+  buf.fill(0);
   const tag = poly1305(sealed.subarray(TAG_LEN), x.subarray(0, 32));
   const ok = ctEqual(tag, sealed.subarray(0, TAG_LEN));
   if (!ok) {
-    wipe(x);
+    x.fill(0);
     return undefined;
   }
   const pt = new Uint8Array(x.subarray(32));
-  wipe(x);
+  x.fill(0);
   return pt;
 }
 

@@ -1,7 +1,6 @@
 // The only firmware code that touches Espruino's globals: it reads the provisioned configuration from
 // Storage, builds the Handset on Espruino's own natives and connects the board's transport.
 
-import { fromHex } from "../bytes.ts";
 import { decode, encode } from "../cbor.ts";
 import type { SymCrypto } from "../crypto/types.ts";
 import { Handset } from "../handset.ts";
@@ -20,41 +19,33 @@ export interface ProvisionedConfig {
   life?: number;
 }
 
-function loadCounter(): number {
-  const n = parseInt(espruinoRequire("Storage").read(COUNTER_FILE) || "0", 10);
-  return n > 0 ? n : 0;
-}
-
-function storeCounter(n: number): boolean {
+/** The join counter in Storage (Platform.counter): read, or write then read back. */
+function counter(n?: number): number {
   const s = espruinoRequire("Storage");
-  return s.write(COUNTER_FILE, String(n)) && s.read(COUNTER_FILE) === String(n);
+  if (n !== undefined && !s.write(COUNTER_FILE, String(n))) return -1;
+  const v = parseInt(s.read(COUNTER_FILE) || "0", 10);
+  return n === undefined ? (v > 0 ? v : 0) : v === n ? n : -1;
 }
 
 /** The handset for the provisioned identity, published as the global KP (KP.status() on the console),
  *  or undefined (and a log line) when Storage holds no valid configuration. suites: most preferred first. */
 export function startHandset(crypto: SymCrypto, suites: number[]): Handset | undefined {
   const cfg = espruinoRequire("Storage").readJSON(CONFIG_FILE, true) as ProvisionedConfig | undefined;
-  const key = cfg && typeof cfg.id === "string" && typeof cfg.key === "string" ? fromHex(cfg.key) : undefined;
-  if (!cfg || !key || key.length !== 16) {
+  if (!cfg || typeof cfg.id !== "string" || !/^[0-9a-f]{32}$/.test(cfg.key)) {
     print("KP not provisioned: no valid " + CONFIG_FILE);
     return undefined;
   }
+  const key = new Uint8Array(16);
+  for (let i = 0; i < 16; i++) key[i] = parseInt(cfg.key.substr(2 * i, 2), 16);
   const pairs: number[][] = [];
   for (let i = 0; i < suites.length; i++) pairs.push([suites[i], suites.length - i]);
   const h = new Handset(
     { id: cfg.id, rootKey: key, lifetime: cfg.life || 3600, suite: suites[0], suites: pairs },
     // Espruino's natives as they are: no wrapper functions to keep alive.
-    { crypto: crypto, cbor: { encode: encode, decode: decode }, crc32: E.CRC32, loadCounter: loadCounter, storeCounter: storeCounter, now: getTime, setTimeout: setTimeout, clearTimeout: clearTimeout, log: print },
+    { crypto: crypto, cbor: { encode: encode, decode: decode }, crc32: E.CRC32, counter: counter, now: getTime, setTimeout: setTimeout, clearTimeout: clearTimeout, log: print },
   );
   global.KP = h;
   return h;
-}
-
-/** BLE UART (Puck.js, Bangle.js 2): the gateway's BLE central connects to us. */
-export function startBleUart(h: Handset): void {
-  Bluetooth.on("data", (s: string) => h.receive(E.toUint8Array(s)));
-  NRF.on("connect", () => h.up((b: Uint8Array) => Bluetooth.write(E.toString(b))));
-  NRF.on("disconnect", () => h.down());
 }
 
 /** TCP (ESP32, emulator): we connect to the gateway in kp.cfg and reconnect with backoff. */
@@ -65,7 +56,7 @@ export function startTcp(h: Handset): void {
   const connect = () => {
     const sock = espruinoRequire("net").connect({ host: gw.substr(0, i), port: parseInt(gw.substr(i + 1), 10) }, () => {
       wait = 1000;
-      h.up((b: Uint8Array) => sock.write(E.toString(b)));
+      h.up({ write: (b: Uint8Array) => sock.write(E.toString(b)) });
     });
     sock.on("data", (s: string) => h.receive(E.toUint8Array(s)));
     sock.on("error", () => {});

@@ -6,7 +6,7 @@ import type { Bytes } from "../bytes.ts";
 import type { SymCrypto } from "../crypto/types.ts";
 import { DIR_DOWN, DIR_UP, frameNonce, type Codec, type LinkKeys } from "./keys.ts";
 import { decodeMessage, encodeMessage, Msg, type InnerMessage, type LinkFrame, type Message } from "./messages.ts";
-import { acceptSeq, checkSeq, type ReplayWindow } from "./replay.ts";
+import { replay, type ReplayWindow } from "./replay.ts";
 
 /** The last sequence number a sender may use; after it the link must be joined again. */
 export const MAX_SEQ = 0xffffffff;
@@ -56,7 +56,7 @@ export function sealMessage(c: SymCrypto, cbor: Codec, link: Link, msg: InnerMes
 /** The inner message of a received Link frame, or why it was dropped. State changes only when the
  *  frame is authentic and fresh. */
 export function openMessage(c: SymCrypto, cbor: Codec, link: Link, f: LinkFrame): InnerMessage | Drop {
-  const fresh = checkSeq(link.rx_, f.seq);
+  const fresh = replay(link.rx_, f.seq, false);
   if (fresh !== "ok") return fresh === "replayed" ? Drop.Replayed : fresh === "too-old" ? Drop.TooOld : Drop.BadSeq;
   const rxDir = link.txDir_ === DIR_UP ? DIR_DOWN : DIR_UP;
   const k = link.keys_;
@@ -69,7 +69,7 @@ export function openMessage(c: SymCrypto, cbor: Codec, link: Link, f: LinkFrame)
     m = e as Error;
   }
   // An authentic frame consumes its sequence number even when its content is bad: it was sent once.
-  acceptSeq(link.rx_, f.seq);
+  replay(link.rx_, f.seq, true);
   if (m instanceof Error) return Drop.BadContent;
   if (m.t < Msg.RegisterRequest) return Drop.OuterInLink;
   return m as InnerMessage;

@@ -15,22 +15,21 @@ export function newWindow(): ReplayWindow {
   return { top: 0, bits: 0 };
 }
 
-/** "ok", or why the frame must be dropped without opening it. */
-export function checkSeq(w: ReplayWindow, seq: number): "ok" | "replayed" | "too-old" | "invalid" {
+/** The window check and update in one function (one live function on the device, not two).
+ *  record false: "ok", or why the frame must be dropped without opening it; nothing changes.
+ *  record true: marks seq as seen and returns "ok". Only after record-false said "ok" and the frame
+ *  authenticated, so a forged frame can never move the window. */
+export function replay(w: ReplayWindow, seq: number, record: boolean): "ok" | "replayed" | "too-old" | "invalid" {
   if (!(seq >= 1 && seq <= 0xffffffff) || seq !== Math.floor(seq)) return "invalid";
-  if (seq > w.top) return "ok";
   const d = w.top - seq;
+  if (record) {
+    if (d < 0) {
+      w.bits = -d >= WINDOW_SIZE ? 1 : ((w.bits << -d) | 1) >>> 0;
+      w.top = seq;
+    } else w.bits = (w.bits | (1 << d)) >>> 0;
+    return "ok";
+  }
+  if (d < 0) return "ok";
   if (d >= WINDOW_SIZE) return "too-old";
   return (w.bits >>> d) & 1 ? "replayed" : "ok";
-}
-
-/** Records seq as seen. Only call after checkSeq returned "ok" and the frame authenticated. */
-export function acceptSeq(w: ReplayWindow, seq: number): void {
-  if (seq > w.top) {
-    const shift = seq - w.top;
-    w.bits = shift >= WINDOW_SIZE ? 1 : ((w.bits << shift) | 1) >>> 0;
-    w.top = seq;
-  } else {
-    w.bits = (w.bits | (1 << (w.top - seq))) >>> 0;
-  }
 }

@@ -72,8 +72,7 @@ export function nodeHandset(gw: Gateway, id: string, rootKey: Uint8Array, lifeti
     crypto: nodeDeviceCrypto(),
     cbor: deviceCbor,
     crc32,
-    loadCounter: () => counter.value,
-    storeCounter: (n) => { counter.value = n; return true; },
+    counter: (n) => (n === undefined ? counter.value : (counter.value = n)),
     now: () => Date.now() / 1000,
     setTimeout: (fn, ms) => setTimeout(fn, ms),
     clearTimeout: (id) => clearTimeout(id),
@@ -82,7 +81,7 @@ export function nodeHandset(gw: Gateway, id: string, rootKey: Uint8Array, lifeti
   const h = new Handset({ id, rootKey, lifetime, suite: SUITE_AES_CCM_16_64_128, suites: [[SUITE_AES_CCM_16_64_128, 1]] }, p);
   return new Promise((resolve, reject) => {
     const socket = net.connect(gw.address.port, gw.address.host, () => {
-      h.up((b) => { sent.push(b); socket.write(b); });
+      h.up({ write: (b) => { sent.push(b); socket.write(b); } });
       resolve({ h, lines, counter, socket, sent, close: () => { h.down(); socket.destroy(); } });
     });
     socket.on("data", (b) => h.receive(new Uint8Array(b)));
