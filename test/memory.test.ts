@@ -1,0 +1,30 @@
+// Every board's firmware within its budget: bundle bytes, and estimated Espruino variables at rest
+// after a join and a registration (the emulator's calibrated model, docs/EMULATOR.md).
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { BOARDS } from "../boards/index.ts";
+import { buildFirmware } from "../flash/build.ts";
+import { startSim } from "../emulator/sim.ts";
+import { startGateway, tempDir, until } from "./support/harness.ts";
+
+for (const board of Object.values(BOARDS)) {
+  test(`${board.id}: bundle within ${board.budget.bundleBytes} bytes, at most ${board.budget.varsAtRest} variables at rest when registered`, async () => {
+    const build = await buildFirmware({ board: board.id, outDir: tempDir("kp-mem-") });
+    assert.ok(build.ok, build.problems.join("\n"));
+    assert.ok(build.bytes <= board.budget.bundleBytes, `${build.bytes} bytes`);
+    const t = await startGateway();
+    const sim = await startSim({ dataDir: t.dataDir, gateway: t.gw.address, count: 1, board: board.id, bundle: build.code });
+    const dev = sim.devices[0];
+    try {
+      await until(() => (dev.eval("KP.status().registered") as boolean) === true, "registration", 15000);
+      await new Promise((r) => setTimeout(r, 200));
+      const { estimatedVars, totalVars } = dev.memory();
+      assert.equal(totalVars, board.vars);
+      assert.ok(estimatedVars > 0, "the estimate measured something");
+      assert.ok(estimatedVars <= board.budget.varsAtRest, `${estimatedVars} estimated variables at rest, budget ${board.budget.varsAtRest}`);
+    } finally {
+      sim.stop();
+      await t.gw.stop();
+    }
+  });
+}
