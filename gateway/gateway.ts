@@ -10,6 +10,7 @@ import { LinkServer } from "./link-server.ts";
 import { Logger } from "./log.ts";
 import { DEFAULT_POLICY, Registrar, type RegistrationPolicy } from "./registrar.ts";
 import { Store } from "./store.ts";
+import type { SymCrypto } from "../firmware/crypto/types.ts";
 
 export const DB_FILE = "keyproxy.db";
 export const DEFAULT_LISTEN = { host: "127.0.0.1", port: 7447 };
@@ -23,6 +24,8 @@ export interface GatewayOptions {
   /** Seconds since the epoch; tests pass a clock they control. */
   now?: () => number;
   log?: Logger;
+  /** The gateway's symmetric crypto (default node:crypto and tweetnacl); tests wrap it to observe. */
+  crypto?: SymCrypto;
 }
 
 /** Opens (creating if needed) the data directory: owner-only, since it holds root keys. */
@@ -50,7 +53,7 @@ export class Gateway {
       store.setMeta("gateway_id", id);
       const { key, created } = loadOrCreateGatewayKey(opts.dataDir);
       if (created) log.info("gateway-key-created", { file: join(opts.dataDir, "gateway.key") });
-      const crypto = nodeCrypto();
+      const crypto = opts.crypto ?? nodeCrypto();
       const registrar = new Registrar({ store, log, crypto, gatewayId: id, gatewayKey: key, policy: { ...DEFAULT_POLICY, ...opts.policy }, now });
       const links = new LinkServer({ store, log, crypto, cbor, now, onRequest: (dev, m) => registrar.handle(dev, m) });
       const want = opts.listen ?? DEFAULT_LISTEN;
