@@ -1,0 +1,142 @@
+// The handset's work for a join, a register and protecting one message, step for step as
+// firmware/handset.ts does it, on the firmware's own modules, with nothing else around it (no timers,
+// no transport, no state machine), so the benchmark times exactly that work.
+//
+// One definition for both places it runs: bench/device-entry.ts wires it to Espruino's natives and
+// Storage inside the emulator; bench/run.ts wires it to the gateway's node:crypto for the comparison.
+// It is part of the device bundle, so it stays inside the Espruino subset (design.md §5).
+//
+// Every check the handset makes is made here too, and a failed one throws: a benchmark of a broken
+// protocol stops instead of quietly timing the failure path.
+
+import { ctEqual, type Bytes } from "../firmware/bytes.ts";
+import type { SymCrypto } from "../firmware/crypto/types.ts";
+import { encodeFrame, FrameDecoder, type Crc32 } from "../firmware/proto/frame.ts";
+import { deriveLinkKeys, DIR_UP, frameNonce, joinTag, JOIN_NONCE_BYTES, type Codec, type LinkKeys } from "../firmware/proto/keys.ts";
+import { newLink, openMessage, sealMessage, type Link } from "../firmware/proto/link.ts";
+import { decodeMessage, encodeMessage, Msg, type Message } from "../firmware/proto/messages.ts";
+
+/** What the operations need of the handset's Platform (firmware/handset.ts), in the same shape. */
+export interface OpsPlatform {
+  crypto: SymCrypto;
+  cbor: Codec;
+  crc32: Crc32;
+  /** The join counter in durable storage: counter() reads it (0 if none); counter(n) persists n,
+   *  reads it back and returns it, or -1 if it is not durable. */
+  counter(n?: number): number;
+}
+
+export interface DeviceOps {
+  /** Sets the identity, root key, link suite and the [suite, priority] pairs to register; forgets
+   *  any link. */
+  configure(id: string, rootKey: Bytes, suite: number, suites: number[][]): void;
+  /** Loads, increments and durably stores the join counter; returns the new value. */
+  persistCounter(): number;
+  /** Handset.join: persist the counter, draw the nonce, tag the JoinRequest, frame it. */
+  joinRequest(): Bytes;
+  /** Handset.onAccept_: decode the JoinAccept frame, check its tag in constant time, derive the link
+   *  keys. The joining state stays, so the same accept can be processed again. */
+  joinAccept(frame: Bytes): boolean;
+  /** Handset.register, then onInner_ on the answer: seal a RegisterRequest (rid 1) in a Link frame
+   *  and open the gateway's RegisterOk frame. Returns the request frame. */
+  register(okFrame: Bytes): Bytes;
+  /** One application message of plaintext pt protected on the link, framed for the transport. */
+  protect(pt: Bytes): Bytes;
+}
+
+export function deviceOps(p: OpsPlatform): DeviceOps {
+  const c = p.crypto;
+  const cbor = p.cbor;
+  const decoder = new FrameDecoder(p.crc32);
+  let id = "";
+  let rootKey: Bytes = new Uint8Array(0);
+  let suite = 0;
+  let regSuites: number[][] = [];
+  /** The join in progress (the handset's "joining" state). */
+  let joining: { ctr: number; nonce: Bytes } = { ctr: 0, nonce: new Uint8Array(0) };
+  let keys: LinkKeys | undefined;
+  /** The link a join ends with, as the handset keeps it. */
+  let joined: Link | undefined;
+  /** The link protect() sends on, made from the first join's keys and kept: its sequence number goes
+   *  up with every message, as on the device, however often joinAccept is run again. */
+  let dataLink: Link | undefined;
+
+  /** The one frame in bytes, decoded to a message (Handset.receive + onFrame_). */
+  function receiveOne(bytes: Bytes): Message {
+    const frames = decoder.push(bytes);
+    if (frames.length !== 1) throw new Error("bench: expected one frame, got " + frames.length);
+    const m = decodeMessage(cbor.decode(frames[0]));
+    if (m instanceof Error) throw m;
+    return m;
+  }
+
+  function persistCounter(): number {
+    const ctr = p.counter() + 1;
+    if (p.counter(ctr) !== ctr) throw new Error("bench: counter not saved");
+    return ctr;
+  }
+
+  function joinRequest(): Bytes {
+    const ctr = persistCounter();
+    const nonce = c.random(JOIN_NONCE_BYTES);
+    joining = { ctr: ctr, nonce: nonce };
+    const tag = joinTag(c, cbor, rootKey, id, ctr, nonce, suite);
+    return encodeFrame(cbor.encode(encodeMessage({ t: Msg.JoinRequest, id: id, ctr: ctr, nonce: nonce, suite: suite, tag: tag })), p.crc32);
+  }
+
+  function joinAccept(frame: Bytes): boolean {
+    const m = receiveOne(frame);
+    if (m.t !== Msg.JoinAccept) throw new Error("bench: not a JoinAccept");
+    const expect = joinTag(c, cbor, rootKey, id, joining.ctr, joining.nonce, suite, m.nonce);
+    if (!ctEqual(expect, m.tag)) throw new Error("bench: bad accept tag");
+    keys = deriveLinkKeys(c, cbor, rootKey, id, joining.ctr, joining.nonce, m.nonce, suite);
+    joined = newLink(keys, true);
+    return joined.txSeq_ === 0;
+  }
+
+  function register(okFrame: Bytes): Bytes {
+    if (!keys) throw new Error("bench: not joined");
+    // A fresh link, as right after the join, so the gateway's answer at sequence number 1 is fresh
+    // every time (the cost is one small object and a replay window).
+    const link = newLink(keys, true);
+    const request = encodeFrame(sealMessage(c, cbor, link, { t: Msg.RegisterRequest, rid: 1, lifetime: 3600, suites: regSuites, wantCert: true }), p.crc32);
+    const m = receiveOne(okFrame);
+    if (m.t !== Msg.Link) throw new Error("bench: not a Link frame");
+    const inner = openMessage(c, cbor, link, m);
+    if (typeof inner === "number") throw new Error("bench: RegisterOk dropped, reason " + inner);
+    if (inner.t !== Msg.RegisterOk || inner.rid !== 1) throw new Error("bench: not the RegisterOk for rid 1");
+    // What the handset keeps of it: the certificate id and the granted lifetime.
+    if (inner.certId.length === 0 || inner.granted <= 0) throw new Error("bench: empty registration");
+    return request;
+  }
+
+  // The steps of sealMessage with the payload given as bytes rather than as an inner message:
+  // keyproxy has no application message yet, and this is the data path's shape (next sequence
+  // number, AEAD under the up key with the (direction, spi 0, seq) nonce, Link frame, transport frame).
+  function protect(pt: Bytes): Bytes {
+    if (!keys) throw new Error("bench: not joined");
+    if (!dataLink) dataLink = newLink(keys, true);
+    const link = dataLink;
+    const seq = ++link.txSeq_;
+    const k = link.keys_;
+    const sealed = c.seal(k.suite, k.up, frameNonce(k.suite, DIR_UP, 0, seq), pt);
+    return encodeFrame(cbor.encode(encodeMessage({ t: Msg.Link, seq: seq, sealed: sealed })), p.crc32);
+  }
+
+  return {
+    configure: (newId: string, newRootKey: Bytes, newSuite: number, suites: number[][]) => {
+      id = newId;
+      rootKey = newRootKey;
+      suite = newSuite;
+      regSuites = suites;
+      keys = undefined;
+      joined = undefined;
+      dataLink = undefined;
+    },
+    persistCounter: persistCounter,
+    joinRequest: joinRequest,
+    joinAccept: joinAccept,
+    register: register,
+    protect: protect,
+  };
+}
