@@ -1,0 +1,68 @@
+// `npm run bench`: the device-side cost of keyproxy's join, register and message protection next to
+// one X25519, all measured in the same emulated device in the same run, plus the same operations on
+// the gateway machine for context. Prints the report and writes it to docs/BENCHMARKS.md.
+//
+// Progress goes to stderr, the report to stdout. Set KEYPROXY_BENCH_NO_WRITE=1 to print only. Exits
+// non-zero when the run fails or misses a target (bench/targets.ts).
+
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { createRequire } from "node:module";
+import { fileURLToPath } from "node:url";
+import { SUITE_AES_CCM_16_64_128, SUITE_XSALSA20_POLY1305 } from "../firmware/crypto/types.ts";
+import { runDevice } from "./device-run.ts";
+import { runNode } from "./node-run.ts";
+import { renderReport } from "./report.ts";
+import { checkTargets } from "./targets.ts";
+import { DEFAULT_TIMING } from "./timing.ts";
+
+const ROOT = fileURLToPath(new URL("..", import.meta.url));
+const REPORT_FILE = path.join(ROOT, "docs", "BENCHMARKS.md");
+/** The link suite every board has first, then the JS one the bigger boards also carry. */
+const SUITES = [SUITE_AES_CCM_16_64_128, SUITE_XSALSA20_POLY1305];
+
+function packageVersion(name: string): string {
+  const require = createRequire(import.meta.url);
+  return (require(`${name}/package.json`) as { version: string }).version;
+}
+
+async function main(): Promise<void> {
+  const started = Date.now();
+  const loadAtStart = os.loadavg()[0];
+  const log = (line: string) => process.stderr.write(`[${((Date.now() - started) / 1000).toFixed(1).padStart(5)} s] ${line}\n`);
+  const device = await runDevice(SUITES, log);
+  const node = runNode(SUITES, log);
+  const targets = checkTargets(device);
+  const report = renderReport(
+    {
+      command: "npm run bench",
+      date: new Date().toISOString().replace(/\.\d+Z$/, "Z"),
+      cpus: os.availableParallelism(),
+      cpuModel: os.cpus()[0]?.model.trim() ?? "unknown CPU",
+      load: [loadAtStart, os.loadavg()[0]],
+      node: process.version,
+      platform: `${os.type()} ${os.release()} ${os.arch()}`,
+      quickjs: packageVersion("quickjs-emscripten"),
+      tweetnacl: packageVersion("tweetnacl"),
+      repetitions: DEFAULT_TIMING.repetitions,
+      wallSeconds: (Date.now() - started) / 1000,
+    },
+    device,
+    node,
+    targets,
+  );
+  process.stdout.write(report);
+  if (!process.env.KEYPROXY_BENCH_NO_WRITE) {
+    fs.writeFileSync(REPORT_FILE, report);
+    log(`wrote ${path.relative(ROOT, REPORT_FILE)}`);
+  }
+  const missed = targets.filter((t) => !t.met);
+  for (const t of missed) log(`target MISSED: ${t.what}: ${t.measured.toFixed(1)}, floor ${t.floor}`);
+  if (missed.length > 0) process.exitCode = 1;
+}
+
+main().catch((e: unknown) => {
+  process.stderr.write(`bench failed: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);
+  process.exitCode = 1;
+});

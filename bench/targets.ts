@@ -1,0 +1,54 @@
+// Performance targets: they live here, in the benchmark, never in tests. Each is a ratio measured in
+// one emulator run (absolute times depend on the machine and its load; ratios much less). The floors
+// are about half of what the first runs measured on a loaded 2-CPU machine (X25519 ÷ join 21-29,
+// ÷ protect 199-260), so noise does not trip them; missing one means a device operation became about
+// twice as expensive next to X25519, which deserves a look before it ships. `npm run bench` exits
+// non-zero when one is missed.
+
+import { SUITE_AES_CCM_16_64_128 } from "../firmware/crypto/types.ts";
+import type { DeviceResults, SuiteTimings } from "./device-run.ts";
+
+export interface Target {
+  what: string;
+  /** The ratio must be at least this. */
+  floor: number;
+  measure(d: DeviceResults): number;
+}
+
+export interface TargetResult {
+  what: string;
+  floor: number;
+  measured: number;
+  met: boolean;
+}
+
+function ccm(d: DeviceResults): SuiteTimings {
+  const s = d.suites.find((x) => x.suite === SUITE_AES_CCM_16_64_128);
+  if (!s) throw new Error("targets: the run has no AES-CCM results");
+  return s;
+}
+
+export const TARGETS: Target[] = [
+  {
+    what: "X25519 (nacl-fast) ÷ join (request + accept), AES-CCM link",
+    floor: 10,
+    measure: (d) => d.x25519.naclFast.medianUs / (ccm(d).joinRequest.medianUs + ccm(d).joinAccept.medianUs),
+  },
+  {
+    what: "X25519 (nacl-fast) ÷ register, AES-CCM link",
+    floor: 35,
+    measure: (d) => d.x25519.naclFast.medianUs / ccm(d).register.medianUs,
+  },
+  {
+    what: "X25519 (nacl-fast) ÷ protect a 64-byte message, AES-CCM link",
+    floor: 100,
+    measure: (d) => d.x25519.naclFast.medianUs / ccm(d).protect.medianUs,
+  },
+];
+
+export function checkTargets(d: DeviceResults): TargetResult[] {
+  return TARGETS.map((t) => {
+    const measured = t.measure(d);
+    return { what: t.what, floor: t.floor, measured, met: measured >= t.floor };
+  });
+}
