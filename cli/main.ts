@@ -6,6 +6,11 @@ const COMMANDS: Record<string, { summary: string; run: (argv: string[]) => Promi
   gateway: { summary: "run a gateway (SQLite registry, device links, registration)", run: async (a) => (await import("./gateway-cmd.ts")).gatewayCommand(a) },
   device: { summary: "add, list or remove devices in a gateway's registry", run: async (a) => (await import("./device-cmd.ts")).deviceCommand(a) },
   sim: { summary: "boot emulated handsets (the real firmware bundle) against a gateway", run: async (a) => (await import("./sim-cmd.ts")).simCommand(a) },
+  flash: { summary: "write a firmware bundle into a device over serial and verify it", run: async (a) => (await import("./flash-cmd.ts")).flashCommand(a) },
+  provision: { summary: "give a device its identity and root key over serial, and register it", run: async (a) => (await import("./provision-cmd.ts")).provisionCommand(a) },
+  monitor: { summary: "live view of the fleet from MQTT", run: async (a) => (await import("./monitor-cmd.ts")).monitorCommand(a) },
+  fleet: { summary: "fleet trust: the fleet CA, gateway certificates, revocation", run: async (a) => (await import("./fleet-cmd.ts")).fleetCommand(a) },
+  policy: { summary: "who may talk to whom: the gateway's permission table", run: async (a) => (await import("./policy-cmd.ts")).policyCommand(a) },
 };
 
 export const USAGE = `usage: keyproxy <command> [options]
