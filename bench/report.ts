@@ -208,15 +208,16 @@ over the repetitions beside it. Performance targets live here, never in tests.
 
 ## The device never does public-key crypto: what it does instead, next to one X25519
 
-keyproxy's gateway does the key exchange; the handset only joins (two MACs and an HKDF on the native
+keyproxy's gateway does the key exchange; the handset only joins (HMACs and HKDFs on the native
 SHA-256), registers (one sealed request, one opened answer) and protects its messages (one AEAD on the
-native AES). One X25519 scalar multiplication, the smallest piece of public-key work a device doing
-its own key exchange would need (it needs at least two, plus signatures), is measured in the **same
-emulated device in the same run**, so the ratio compares like with like.
+native AES). A join here is both of its halves (the sum of their medians, detailed below). One X25519
+scalar multiplication, the smallest piece of public-key work a device doing its own key exchange would
+need (it needs at least two, plus signatures), is measured in the **same emulated device in the same
+run**, so the ratio compares like with like.
 
 On the AES-CCM link every board has, the device time of one X25519 (tweetnacl's nacl-fast.js) buys
-**${ratio(OPERATIONS[0])} complete joins, ${ratio(OPERATIONS[1])} registrations or ${ratio(OPERATIONS[2])} protected ${MESSAGE_BYTES}-byte messages**; on
-a real Espruino the gap is wider still (see "QuickJS is not Espruino" below).
+**${ratio(OPERATIONS[0])} complete joins, ${ratio(OPERATIONS[1])} registrations or ${ratio(OPERATIONS[2])} protected ${MESSAGE_BYTES}-byte messages**;
+on a real Espruino the gap is wider still (see "QuickJS is not Espruino" below).
 
 ${headlineTable(d)}
 
@@ -239,8 +240,8 @@ ${deviceTable(d)}
 
 ## Gateway machine, for context
 
-The same operations (\`bench/device-ops.ts\`) on the gateway's SymCrypto (node:crypto) and codec
-(cbor-x), with the join counter in memory, and one X25519 with node:crypto and with tweetnacl. On the
+The same operations (\`bench/device-ops.ts\`) on the gateway's SymCrypto (\`gateway/crypto.ts\`: node:crypto,
+tweetnacl for secretbox) and codec (cbor-x), with the join counter in memory, and one X25519 with node:crypto and with tweetnacl. On the
 gateway a join costs about as much as ${((n.suites[0].joinRequest.medianUs + n.suites[0].joinAccept.medianUs) / n.x25519.nodeCrypto.medianUs).toFixed(1)} X25519s: there public-key crypto is cheap, which is why it belongs there.
 
 ${nodeTable(n)}
