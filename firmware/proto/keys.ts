@@ -58,3 +58,19 @@ export function frameNonce(suite: number, dir: number, spi: number, seq: number)
   n[9] = seq >>> 24; n[10] = (seq >>> 16) & 255; n[11] = (seq >>> 8) & 255; n[12] = seq & 255;
   return n;
 }
+
+/** An SA's keys from the seed the gateway distributed (seed 003: one seed, both devices expand it).
+ *  up: initiator -> responder; down: responder -> initiator. */
+export function deriveSaKeys(c: SymCrypto, cbor: Codec, seed: Bytes, spi: number, suite: number): LinkKeys {
+  const n = suite === SUITE_XSALSA20_POLY1305 ? 32 : 16;
+  return {
+    suite: suite,
+    up: c.hkdf(new Uint8Array(0), seed, cbor.encode(["KP1 sa up", spi, suite]), n),
+    down: c.hkdf(new Uint8Array(0), seed, cbor.encode(["KP1 sa down", spi, suite]), n),
+  };
+}
+
+/** A device's key confirmation for an SA: proves it holds the seed and installed this SPI in this role. */
+export function saConfirmTag(c: SymCrypto, cbor: Codec, seed: Bytes, spi: number, role: number): Bytes {
+  return c.hkdf(new Uint8Array(0), seed, cbor.encode(["KP1 sa confirm", spi, role]), 16);
+}

@@ -12,6 +12,8 @@ export const enum Msg {
   JoinAccept = 2,
   JoinReject = 3,
   Link = 4,
+  /** End-to-end protected data between two devices, relayed by the gateway (docs/PROTOCOL.md §8). */
+  SaData = 5,
   // Inside the link (the plaintext of a Link frame):
   RegisterRequest = 16,
   RegisterOk = 17,
@@ -20,6 +22,16 @@ export const enum Msg {
   CertQuery = 20,
   CertAnswer = 21,
   Error = 31,
+  // Sessions (docs/PROTOCOL.md §8), inside the link:
+  ConnectRequest = 32,
+  Incoming = 33,
+  Answer = 34,
+  SaInstall = 35,
+  SaConfirm = 36,
+  Connected = 37,
+  Rekey = 38,
+  Bye = 39,
+  SaClosed = 40,
 }
 
 /** Error codes in an Error message. A policy denial and an unknown name share NotFound on purpose. */
@@ -29,6 +41,22 @@ export const enum ErrorCode {
   NotRegistered = 3,
   Unsupported = 4,
   Internal = 5,
+  /** No cipher suite both devices registered (the callee was not contacted). */
+  NoCommonSuite = 6,
+  /** The callee declined, or did not answer in time. */
+  Rejected = 7,
+  /** The request claimed an identity other than the one its link authenticated. */
+  Spoofed = 8,
+}
+
+/** Why an SA ended (SaClosed.reason). */
+export const enum CloseReason {
+  Bye = 1,
+  PeerGone = 2,
+  Deregistered = 3,
+  Replaced = 4,
+  Expired = 5,
+  Revoked = 6,
 }
 
 export interface JoinRequest { t: Msg.JoinRequest; id: string; ctr: number; nonce: Bytes; suite: number; tag: Bytes }
@@ -44,9 +72,24 @@ export interface DeregisterOk { t: Msg.DeregisterOk; rid: number }
 export interface CertQuery { t: Msg.CertQuery; rid: number; name: string }
 export interface CertAnswer { t: Msg.CertAnswer; rid: number; cert: Bytes }
 export interface ErrorMessage { t: Msg.Error; rid: number; code: number }
+export interface SaData { t: Msg.SaData; spi: number; seq: number; sealed: Bytes }
+/** from: the identity the caller claims; it must be the one its link authenticated. */
+export interface ConnectRequest { t: Msg.ConnectRequest; rid: number; peer: string; app: string; from: string }
+export interface Incoming { t: Msg.Incoming; rid: number; from: string; app: string; suite: number }
+export interface Answer { t: Msg.Answer; rid: number; accept: boolean }
+/** role 0: initiator (sends with the "up" key), 1: responder. replaces: the SPI this SA rekeys, or 0.
+ *  lifetime: seconds; limit: messages per direction. */
+export interface SaInstall { t: Msg.SaInstall; rid: number; spi: number; peer: string; app: string; suite: number; seed: Bytes; role: number; lifetime: number; limit: number; replaces: number }
+export interface SaConfirm { t: Msg.SaConfirm; rid: number; spi: number; tag: Bytes }
+export interface Connected { t: Msg.Connected; spi: number; replaces: number }
+export interface Rekey { t: Msg.Rekey; rid: number; spi: number }
+export interface Bye { t: Msg.Bye; spi: number }
+export interface SaClosed { t: Msg.SaClosed; spi: number; reason: number }
 
-export type OuterMessage = JoinRequest | JoinAccept | JoinReject | LinkFrame;
-export type InnerMessage = RegisterRequest | RegisterOk | DeregisterRequest | DeregisterOk | CertQuery | CertAnswer | ErrorMessage;
+export type OuterMessage = JoinRequest | JoinAccept | JoinReject | LinkFrame | SaData;
+export type InnerMessage =
+  | RegisterRequest | RegisterOk | DeregisterRequest | DeregisterOk | CertQuery | CertAnswer | ErrorMessage
+  | ConnectRequest | Incoming | Answer | SaInstall | SaConfirm | Connected | Rekey | Bye | SaClosed;
 export type Message = OuterMessage | InnerMessage;
 
 // Each type's fields in wire order, as one string: the kinds, then the names. Kinds: u unsigned int,
@@ -64,6 +107,16 @@ FIELDS[Msg.DeregisterOk] = "u rid";
 FIELDS[Msg.CertQuery] = "ut rid name";
 FIELDS[Msg.CertAnswer] = "ub rid cert";
 FIELDS[Msg.Error] = "uu rid code";
+FIELDS[Msg.SaData] = "uub spi seq sealed";
+FIELDS[Msg.ConnectRequest] = "uttt rid peer app from";
+FIELDS[Msg.Incoming] = "utti rid from app suite";
+FIELDS[Msg.Answer] = "uB rid accept";
+FIELDS[Msg.SaInstall] = "uuttibuuuu rid spi peer app suite seed role lifetime limit replaces";
+FIELDS[Msg.SaConfirm] = "uub rid spi tag";
+FIELDS[Msg.Connected] = "uu spi replaces";
+FIELDS[Msg.Rekey] = "uu rid spi";
+FIELDS[Msg.Bye] = "u spi";
+FIELDS[Msg.SaClosed] = "uu spi reason";
 
 function fieldOk(kind: string, v: unknown): boolean {
   const int = typeof v === "number" && v === Math.floor(v) && Math.abs(v) <= 9007199254740991;
