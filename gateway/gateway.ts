@@ -8,6 +8,7 @@ import { nodeCrypto } from "./crypto.ts";
 import { loadOrCreateGatewayKey } from "./identity.ts";
 import { LinkServer } from "./link-server.ts";
 import { Logger } from "./log.ts";
+import { startMonitoring, type MqttOptions, type Monitoring } from "./monitor.ts";
 import { DEFAULT_POLICY, Registrar, type RegistrationPolicy } from "./registrar.ts";
 import { Store } from "./store.ts";
 import type { SymCrypto } from "../firmware/crypto/types.ts";
@@ -26,6 +27,8 @@ export interface GatewayOptions {
   log?: Logger;
   /** The gateway's symmetric crypto (default node:crypto and tweetnacl); tests wrap it to observe. */
   crypto?: SymCrypto;
+  /** Monitoring over MQTT (docs/MONITORING.md): a broker URL, or the embedded broker. Default: none. */
+  mqtt?: MqttOptions;
 }
 
 /** Opens (creating if needed) the data directory: owner-only, since it holds root keys. */
@@ -58,16 +61,23 @@ export class Gateway {
       const links = new LinkServer({ store, log, crypto, cbor, now, onRequest: (dev, m) => registrar.handle(dev, m) });
       const want = opts.listen ?? DEFAULT_LISTEN;
       const address = await links.listen(want.host, want.port);
+      const gw = new Gateway(store, links, address, id, log);
+      // Before "gateway-started", so that the record is the first event on MQTT.
+      if (opts.mqtt) gw.monitoring = await startMonitoring(opts.mqtt, { gatewayId: id, listen: `${address.host}:${address.port}`, store, links, log, now }).catch(async (e) => { await links.close(); throw e; });
       log.info("gateway-started", { id, listen: `${address.host}:${address.port}`, dataDir: opts.dataDir });
-      return new Gateway(store, links, address, id, log);
+      return gw;
     } catch (e) {
       store.close();
       throw e;
     }
   }
 
+  /** MQTT monitoring, when GatewayOptions.mqtt asked for it. */
+  monitoring?: Monitoring;
+
   async stop(): Promise<void> {
     await this.links.close();
+    await this.monitoring?.stop(); // after the links (their last states), before the store closes
     this.store.close();
     this.log.info("gateway-stopped", { id: this.id });
   }

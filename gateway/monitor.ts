@@ -1,0 +1,456 @@
+// Monitoring over MQTT, in the spirit of Sparkplug and Tasmota (docs/MONITORING.md). The gateway
+// publishes, under keyproxy/v1/<gateway-id>/:
+//
+//   status                    retained, QoS 1: {state:"online", since, version, listen, run}; the MQTT
+//                             last-will puts {state:"offline", ...} there if the connection dies
+//   devices/<device-id>/state retained, QoS 1: what the registry and the link server know of a device
+//   events                    QoS 0: every log record, as logged (Logger.subscribe)
+//   metrics                   QoS 0, periodic: the link server's counters and the publisher's own
+//
+// What it never publishes: root keys, link keys, nonces, tags, identity or signing keys. It reads only
+// non-secret columns and log records (which already withhold every byte array).
+//
+// The publisher must never block or crash the gateway: publishing only queues (bounded, with a drop
+// counter); the MQTT client connects and reconnects in the background; its errors are logged once.
+
+import { randomBytes } from "node:crypto";
+import { readFileSync } from "node:fs";
+import { connect, type MqttClient } from "mqtt";
+import { startBroker, type EmbeddedBroker } from "./broker.ts";
+import type { LinkServer } from "./link-server.ts";
+import type { Logger, LogRecord } from "./log.ts";
+import type { Store } from "./store.ts";
+
+export const TOPIC_ROOT = "keyproxy/v1";
+
+// ---- topics ---------------------------------------------------------------------------------------
+
+/** Makes a string safe as one MQTT topic level: the wildcards + and #, the separator /, NUL and other
+ *  control characters, and % itself become %XX (upper-case hex), so that no id can widen or escape a
+ *  subscription, and the mapping is one-to-one (unescapeTopicLevel reverses it). */
+export function escapeTopicLevel(s: string): string {
+  return s.replace(/[%/+#\u0000-\u001f\u007f]/g, (c) => "%" + c.charCodeAt(0).toString(16).toUpperCase().padStart(2, "0"));
+}
+
+export function unescapeTopicLevel(s: string): string {
+  return s.replace(/%([0-9A-F]{2})/g, (_m, h: string) => String.fromCharCode(parseInt(h, 16)));
+}
+
+export const topics = {
+  status: (gw: string) => `${TOPIC_ROOT}/${escapeTopicLevel(gw)}/status`,
+  deviceState: (gw: string, device: string) => `${TOPIC_ROOT}/${escapeTopicLevel(gw)}/devices/${escapeTopicLevel(device)}/state`,
+  events: (gw: string) => `${TOPIC_ROOT}/${escapeTopicLevel(gw)}/events`,
+  metrics: (gw: string) => `${TOPIC_ROOT}/${escapeTopicLevel(gw)}/metrics`,
+  /** Everything every gateway publishes. */
+  all: `${TOPIC_ROOT}/#`,
+};
+
+export type ParsedTopic =
+  | { kind: "status" | "events" | "metrics"; gateway: string }
+  | { kind: "device"; gateway: string; device: string };
+
+/** The inverse of `topics`: undefined for anything that is not one of ours. */
+export function parseTopic(topic: string): ParsedTopic | undefined {
+  const p = topic.split("/");
+  if (p[0] !== "keyproxy" || p[1] !== "v1" || p.length < 4) return undefined;
+  const gateway = unescapeTopicLevel(p[2]);
+  if (p.length === 4 && (p[3] === "status" || p[3] === "events" || p[3] === "metrics")) return { kind: p[3], gateway };
+  if (p.length === 6 && p[3] === "devices" && p[5] === "state") return { kind: "device", gateway, device: unescapeTopicLevel(p[4]) };
+  return undefined;
+}
+
+// ---- payloads -------------------------------------------------------------------------------------
+
+export interface GatewayStatus {
+  state: "online" | "offline";
+  /** When this state began (ISO 8601); absent in the last-will, which is written at connect time. */
+  since?: string;
+  version: string;
+  /** The device link address. */
+  listen: string;
+  /** Random per gateway run: tells this run's status from an older run's late last-will. */
+  run: string;
+  /** Why offline: "stopped" (clean shutdown) or "connection lost" (the last-will). */
+  reason?: string;
+}
+
+export interface DeviceState {
+  device: string;
+  board: string;
+  /** Linked to this gateway now (meaningful only while the gateway's status is online). */
+  online: boolean;
+  registered: boolean;
+  /** Registration expiry (ISO 8601), or null when not registered. */
+  registeredUntil: string | null;
+  revoked: boolean;
+  /** The highest join counter accepted (persisted; replay protection). */
+  joinCounter: number;
+  /** Since this gateway run started: */
+  lastJoin: string | null;
+  joinRejects: number;
+  framesDropped: number;
+}
+
+export interface Metrics {
+  ts: string;
+  uptime: number;
+  joins: number;
+  joinRejects: number;
+  framesIn: number;
+  framesDropped: number;
+  devicesKnown: number;
+  devicesLinked: number;
+  devicesRegistered: number;
+  mqttPublished: number;
+  mqttDropped: number;
+  mqttQueued: number;
+}
+
+// ---- bounded outbox -------------------------------------------------------------------------------
+
+interface Outgoing {
+  topic: string;
+  payload: string;
+  qos: 0 | 1;
+  retain: boolean;
+}
+
+/** Messages waiting for the broker. At most `limit` wait; a retained message replaces a waiting one
+ *  on the same topic (only the latest state matters); past the limit, events and metrics are dropped
+ *  first, and every drop is counted. At most MAX_INFLIGHT are handed to the client at a time, so
+ *  the client's own queues stay small too. */
+export class Outbox {
+  static readonly MAX_INFLIGHT = 64;
+  published = 0;
+  dropped = 0;
+  private waiting: Outgoing[] = [];
+  private inflight = 0;
+  private idleWaiters: (() => void)[] = [];
+
+  constructor(private limit: number, private send: (m: Outgoing, done: () => void) => void, private canSend: () => boolean) {}
+
+  get queued(): number {
+    return this.waiting.length + this.inflight;
+  }
+
+  push(m: Outgoing): void {
+    if (m.retain) {
+      const i = this.waiting.findIndex((w) => w.retain && w.topic === m.topic);
+      if (i >= 0) {
+        this.waiting[i] = m;
+        return this.pump();
+      }
+    }
+    if (this.waiting.length >= this.limit) {
+      const victim = this.waiting.findIndex((w) => !w.retain);
+      if (!m.retain || victim < 0) {
+        this.dropped++;
+        return;
+      }
+      this.waiting.splice(victim, 1);
+      this.dropped++;
+    }
+    this.waiting.push(m);
+    this.pump();
+  }
+
+  pump(): void {
+    while (this.waiting.length && this.inflight < Outbox.MAX_INFLIGHT && this.canSend()) {
+      const m = this.waiting.shift() as Outgoing;
+      this.inflight++;
+      let finished = false;
+      this.send(m, () => {
+        if (finished) return;
+        finished = true;
+        this.inflight--;
+        this.published++;
+        this.pump();
+      });
+    }
+    if (this.queued === 0) for (const w of this.idleWaiters.splice(0)) w();
+  }
+
+  /** Resolves when nothing waits or is in flight, or after ms (a broker that is away never answers). */
+  drain(ms: number): Promise<void> {
+    if (this.queued === 0) return Promise.resolve();
+    return new Promise((resolve) => {
+      const t = setTimeout(resolve, ms);
+      this.idleWaiters.push(() => {
+        clearTimeout(t);
+        resolve();
+      });
+    });
+  }
+}
+
+// ---- the publisher --------------------------------------------------------------------------------
+
+export interface PublisherDeps {
+  gatewayId: string;
+  /** The device link address, host:port. */
+  listen: string;
+  store: Store;
+  links: LinkServer;
+  log: Logger;
+  /** Seconds since the epoch (the gateway's clock, which registrations are stamped with). */
+  now: () => number;
+}
+
+export interface PublisherOptions {
+  /** Broker URL: mqtt://host:port (or mqtts://, ws://). Credentials in it are never logged. */
+  url: string;
+  /** Seconds between metrics (default 10). */
+  metricsSeconds?: number;
+  /** Messages waiting for the broker before drops begin (default 1000). */
+  queueLimit?: number;
+}
+
+export const VERSION: string = JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")).version;
+
+/** A broker URL without its user name and password, for logs and status. */
+export function redactUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    u.username = "";
+    u.password = "";
+    return u.toString().replace(/\/$/, "");
+  } catch {
+    return "<unparseable broker URL>";
+  }
+}
+
+interface RunCounters {
+  lastJoin: string | null;
+  joinRejects: number;
+  framesDropped: number;
+}
+
+export class MqttPublisher {
+  readonly run = randomBytes(4).toString("hex");
+  readonly outbox: Outbox;
+  private client: MqttClient;
+  private since = new Date().toISOString();
+  private startedAt = Date.now();
+  private stopping = false;
+  private connected = false;
+  private complained = false;
+  /** Devices whose state must be recomputed, and event counts not yet applied (flushed each tick). */
+  private dirty = new Set<string>();
+  private pendingCounts = new Map<string, Partial<Record<"joinRejects" | "framesDropped", number>> & { lastJoin?: string }>();
+  private flushScheduled = false;
+  private counters = new Map<string, RunCounters>();
+  /** The last state published per device, to publish only changes. */
+  private lastState = new Map<string, string>();
+  private unsubscribe: () => void;
+  private timer: NodeJS.Timeout;
+
+  constructor(private d: PublisherDeps, private o: PublisherOptions) {
+    const status = topics.status(d.gatewayId);
+    const will: GatewayStatus = { state: "offline", version: VERSION, listen: d.listen, run: this.run, reason: "connection lost" };
+    this.client = connect(o.url, {
+      protocolVersion: 4, // MQTT 3.1.1: what both Mosquitto and aedes speak
+      clientId: `keyproxy-gw-${this.run}`,
+      clean: true,
+      keepalive: 10,
+      reconnectPeriod: 2000,
+      connectTimeout: 5000,
+      queueQoSZero: false,
+      will: { topic: status, payload: Buffer.from(JSON.stringify(will)), qos: 1, retain: true },
+    });
+    this.outbox = new Outbox(o.queueLimit ?? 1000, (m, done) => this.client.publish(m.topic, m.payload, { qos: m.qos, retain: m.retain }, () => done()), () => this.connected);
+    this.client.on("connect", () => this.onConnect());
+    this.client.on("close", () => this.onClose("connection closed"));
+    this.client.on("error", (e) => this.onClose(e.message));
+    this.client.on("message", (topic, payload, packet) => this.onMessage(topic, payload, packet.retain));
+    this.unsubscribe = d.log.subscribe((rec) => this.onRecord(rec));
+    this.timer = setInterval(() => this.tick(), (o.metricsSeconds ?? 10) * 1000);
+    this.timer.unref();
+    this.publishStatus();
+    for (const dev of d.store.listDevices()) this.dirty.add(dev.id);
+    this.flush();
+  }
+
+  private onConnect(): void {
+    this.connected = true;
+    this.complained = false;
+    this.d.log.info("mqtt-connected", { broker: redactUrl(this.o.url) });
+    // Our own retained topics: to overwrite an older run's late last-will, and to clear the retained
+    // state of devices that left the registry while this gateway was down.
+    this.client.subscribe([topics.status(this.d.gatewayId), `${TOPIC_ROOT}/${escapeTopicLevel(this.d.gatewayId)}/devices/+/state`], { qos: 1 }, () => {});
+    // A clean session forgets nothing we hold: re-send the current status and every device state.
+    this.publishStatus();
+    this.lastState.clear();
+    for (const dev of this.d.store.listDevices()) this.dirty.add(dev.id);
+    this.flush();
+    this.outbox.pump();
+  }
+
+  private onClose(reason: string): void {
+    this.connected = false;
+    if (this.stopping || this.complained) return;
+    this.complained = true;
+    this.d.log.warn("mqtt-unavailable", { broker: redactUrl(this.o.url), reason, retrying: "every 2 s" });
+  }
+
+  private onMessage(topic: string, payload: Buffer, retained: boolean): void {
+    if (this.stopping) return;
+    const t = parseTopic(topic);
+    if (!t || t.gateway !== this.d.gatewayId) return;
+    if (t.kind === "status") {
+      let s: Partial<GatewayStatus> = {};
+      try { s = JSON.parse(payload.toString()); } catch { /* cleared or foreign: overwrite it */ }
+      if (s.state !== "online" && s.run !== this.run) this.publishStatus();
+    } else if (t.kind === "device" && retained && payload.length > 0 && !this.d.store.getDevice(t.device)) {
+      this.outbox.push({ topic, payload: "", qos: 1, retain: true });
+    }
+  }
+
+  private publishStatus(): void {
+    const s: GatewayStatus = { state: "online", since: this.since, version: VERSION, listen: this.d.listen, run: this.run };
+    this.outbox.push({ topic: topics.status(this.d.gatewayId), payload: JSON.stringify(s), qos: 1, retain: true });
+  }
+
+  /** Every log record becomes an event; those about a device also refresh its state. */
+  private onRecord(rec: LogRecord): void {
+    if (this.stopping) return;
+    this.outbox.push({ topic: topics.events(this.d.gatewayId), payload: JSON.stringify(rec), qos: 0, retain: false });
+    const device = rec.device;
+    if (typeof device !== "string") return;
+    // Counted per device only once flush() has seen the device in the registry: a peer can send join
+    // requests for any name, and none of those names may grow our maps or the broker's retained set.
+    const c = this.pendingCounts.get(device) ?? {};
+    if (rec.event === "join-rejected") c.joinRejects = (c.joinRejects ?? 0) + 1;
+    else if (rec.event === "frame dropped" || rec.event === "malformed frame") c.framesDropped = (c.framesDropped ?? 0) + 1;
+    else if (rec.event === "joined") c.lastJoin = rec.ts;
+    this.pendingCounts.set(device, c);
+    this.dirty.add(device);
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      setImmediate(() => this.flush());
+    }
+  }
+
+  /** Publishes the state of every dirty device that changed. Reads the registry (no secret columns
+   *  leave this function: DeviceState has none). */
+  flush(): void {
+    this.flushScheduled = false;
+    if (this.stopping && !this.dirty.size) return;
+    const t = this.d.now();
+    for (const id of this.dirty) {
+      const dev = this.d.store.getDevice(id);
+      const counts = this.pendingCounts.get(id);
+      if (!dev) {
+        if (this.lastState.delete(id)) this.outbox.push({ topic: topics.deviceState(this.d.gatewayId, id), payload: "", qos: 1, retain: true });
+        this.counters.delete(id);
+        continue;
+      }
+      const run = this.counters.get(id) ?? { lastJoin: null, joinRejects: 0, framesDropped: 0 };
+      if (counts) {
+        run.joinRejects += counts.joinRejects ?? 0;
+        run.framesDropped += counts.framesDropped ?? 0;
+        if (counts.lastJoin) run.lastJoin = counts.lastJoin;
+      }
+      this.counters.set(id, run);
+      const reg = this.d.store.getRegistration(id);
+      const state: DeviceState = {
+        device: id,
+        board: dev.board,
+        online: this.d.links.links.has(id),
+        registered: !!reg && reg.expiresAt > t && dev.revokedAt === null,
+        registeredUntil: reg ? new Date(reg.expiresAt * 1000).toISOString() : null,
+        revoked: dev.revokedAt !== null,
+        joinCounter: dev.joinCounter,
+        lastJoin: run.lastJoin,
+        joinRejects: run.joinRejects,
+        framesDropped: run.framesDropped,
+      };
+      const payload = JSON.stringify(state);
+      if (this.lastState.get(id) === payload) continue;
+      this.lastState.set(id, payload);
+      this.outbox.push({ topic: topics.deviceState(this.d.gatewayId, id), payload, qos: 1, retain: true });
+    }
+    this.dirty.clear();
+    this.pendingCounts.clear();
+  }
+
+  metrics(): Metrics {
+    const devices = this.d.store.listDevices();
+    const t = this.d.now();
+    const s = this.d.links.stats;
+    return {
+      ts: new Date().toISOString(),
+      uptime: Math.round((Date.now() - this.startedAt) / 1000),
+      joins: s.joins,
+      joinRejects: s.joinRejects,
+      framesIn: s.framesIn,
+      framesDropped: s.framesDropped,
+      devicesKnown: devices.length,
+      devicesLinked: this.d.links.links.size,
+      devicesRegistered: devices.filter((x) => x.expiresAt !== null && x.expiresAt > t && x.revokedAt === null).length,
+      mqttPublished: this.outbox.published,
+      mqttDropped: this.outbox.dropped,
+      mqttQueued: this.outbox.queued,
+    };
+  }
+
+  /** Periodic: metrics, and every device's state again (registrations expire, and other processes
+   *  such as `keyproxy device` change the registry without telling the gateway). */
+  private tick(): void {
+    try {
+      for (const dev of this.d.store.listDevices()) this.dirty.add(dev.id);
+      for (const id of this.lastState.keys()) this.dirty.add(id);
+      this.flush();
+      this.outbox.push({ topic: topics.metrics(this.d.gatewayId), payload: JSON.stringify(this.metrics()), qos: 0, retain: false });
+    } catch (e) {
+      this.d.log.warn("mqtt-publish-failed", { reason: (e as Error).message });
+    }
+  }
+
+  /** Publishes the final device states and status offline (retained), waits for the broker at most
+   *  ms, and disconnects. Call before the store closes. */
+  async stop(ms = 2000): Promise<void> {
+    clearInterval(this.timer);
+    this.flush();
+    this.stopping = true;
+    this.unsubscribe();
+    const s: GatewayStatus = { state: "offline", since: new Date().toISOString(), version: VERSION, listen: this.d.listen, run: this.run, reason: "stopped" };
+    this.outbox.push({ topic: topics.status(this.d.gatewayId), payload: JSON.stringify(s), qos: 1, retain: true });
+    await this.outbox.drain(ms);
+    // A clean DISCONNECT: the broker discards the last-will (the status above already says offline).
+    await new Promise<void>((r) => this.client.end(!this.connected, {}, () => r()));
+  }
+}
+
+// ---- wiring ---------------------------------------------------------------------------------------
+
+/** GatewayOptions.mqtt: publish to a broker at url, or start the embedded one and publish to it. */
+export type MqttOptions = ({ url: string } | { embedded: { host: string; port: number } }) & Omit<PublisherOptions, "url">;
+
+export interface Monitoring {
+  /** The broker published to (without credentials). */
+  readonly url: string;
+  readonly publisher: MqttPublisher;
+  stop(): Promise<void>;
+}
+
+/** Starts the embedded broker if asked, then the publisher. Never waits for a broker to answer. */
+export async function startMonitoring(opts: MqttOptions, deps: PublisherDeps): Promise<Monitoring> {
+  let broker: EmbeddedBroker | undefined;
+  let url: string;
+  if ("embedded" in opts) {
+    broker = await startBroker(opts.embedded);
+    url = broker.url;
+    deps.log.info("mqtt-broker-started", { url, embedded: true });
+  } else {
+    url = opts.url;
+  }
+  const publisher = new MqttPublisher(deps, { ...opts, url });
+  return {
+    url: redactUrl(url),
+    publisher,
+    stop: async () => {
+      await publisher.stop();
+      await broker?.close();
+    },
+  };
+}
