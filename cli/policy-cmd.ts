@@ -1,5 +1,80 @@
-// Placeholder until the policy command lands; replaced by its implementation.
-export async function policyCommand(_argv: string[]): Promise<number> {
-  console.error("keyproxy policy: not available in this build yet");
-  return 1;
+import { openStore } from "../gateway/gateway.ts";
+import { Policy, type Action } from "../gateway/policy.ts";
+import { DEFAULT_DATA_DIR } from "./gateway-cmd.ts";
+import { parse, UsageError } from "./args.ts";
+
+const HELP = `usage: keyproxy policy <command> [options] [--data-dir <dir>]
+
+Who may talk to whom. Every connection and certificate request is checked; a matching deny beats a
+matching allow, and with no matching rule the default decides (deny unless set otherwise). A denied
+request gets exactly the answer an unknown name gets.
+
+  allow --from <who> --to <who> [--app <name>]   add an allow rule (who: device id, group:<name> or *)
+  deny  --from <who> --to <who> [--app <name>]   add a deny rule (--app defaults to *)
+  list                                           the rules and the default
+  remove --id <n>                                delete a rule
+  default <allow|deny>                           what happens when no rule matches
+  group add --device <id> --group <name>         put a device in a group
+  group remove --device <id> --group <name>
+
+  --data-dir <dir>   the gateway's data directory (default ${DEFAULT_DATA_DIR}); changes apply to the
+                     next request, no restart needed`;
+
+export async function policyCommand(argv: string[]): Promise<number> {
+  const [sub, ...rest] = argv;
+  if (!sub || sub === "--help" || sub === "-h") {
+    console.log(HELP);
+    return sub ? 0 : 2;
+  }
+  const groupSub = sub === "group" ? rest.shift() : undefined;
+  const positional = sub === "default" ? rest.shift() : undefined;
+  const o = parse(rest, {
+    from: { type: "string" },
+    to: { type: "string" },
+    app: { type: "string" },
+    id: { type: "string" },
+    device: { type: "string" },
+    group: { type: "string" },
+    "data-dir": { type: "string" },
+    help: { type: "boolean", short: "h" },
+  });
+  if (o.help) {
+    console.log(HELP);
+    return 0;
+  }
+  const store = openStore(o["data-dir"] ?? DEFAULT_DATA_DIR);
+  try {
+    const policy = new Policy(store);
+    if (sub === "allow" || sub === "deny") {
+      if (!o.from || !o.to) throw new UsageError("--from and --to are required");
+      const id = policy.add(o.from, o.to, o.app ?? "*", sub as Action);
+      console.log(`rule ${id}: ${sub} ${o.from} -> ${o.to} app ${o.app ?? "*"}`);
+    } else if (sub === "list") {
+      console.log(`default: ${policy.defaultAction}`);
+      for (const r of policy.rules()) console.log(`${String(r.id).padStart(4)}  ${r.action.padEnd(5)} ${r.subject} -> ${r.object}  app ${r.app}`);
+    } else if (sub === "remove") {
+      const id = Number(o.id);
+      if (!Number.isInteger(id)) throw new UsageError("--id <n> is required");
+      if (!policy.remove(id)) throw new Error(`no rule ${id}`);
+      console.log(`removed rule ${id}`);
+    } else if (sub === "default") {
+      if (positional !== "allow" && positional !== "deny") throw new UsageError("default takes allow or deny");
+      policy.setDefault(positional);
+      console.log(`default: ${positional}`);
+    } else if (sub === "group") {
+      if (!o.device || !o.group) throw new UsageError("--device and --group are required");
+      if (groupSub === "add") policy.addToGroup(o.device, o.group);
+      else if (groupSub === "remove") {
+        if (!policy.removeFromGroup(o.device, o.group)) throw new Error(`${o.device} is not in group ${o.group}`);
+      } else throw new UsageError('group takes "add" or "remove"');
+      console.log(`${o.device}: groups ${policy.groups(o.device).join(", ") || "(none)"}`);
+    } else throw new UsageError(`unknown subcommand "${sub}"`);
+  } catch (e) {
+    if (e instanceof UsageError) throw e;
+    if (/must be/.test((e as Error).message)) throw new UsageError((e as Error).message);
+    throw e;
+  } finally {
+    store.close();
+  }
+  return 0;
 }

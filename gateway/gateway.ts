@@ -9,9 +9,12 @@ import { loadOrCreateGatewayKey } from "./identity.ts";
 import { LinkServer } from "./link-server.ts";
 import { Logger } from "./log.ts";
 import { startMonitoring, type MqttOptions, type Monitoring } from "./monitor.ts";
+import { Policy } from "./policy.ts";
 import { DEFAULT_POLICY, Registrar, type RegistrationPolicy } from "./registrar.ts";
+import { DEFAULT_SESSIONS, SessionBroker, type SessionSettings } from "./sessions.ts";
 import { Store } from "./store.ts";
 import type { SymCrypto } from "../firmware/crypto/types.ts";
+import { CloseReason, Msg } from "../firmware/proto/messages.ts";
 
 export const DB_FILE = "keyproxy.db";
 export const DEFAULT_LISTEN = { host: "127.0.0.1", port: 7447 };
@@ -29,6 +32,8 @@ export interface GatewayOptions {
   crypto?: SymCrypto;
   /** Monitoring over MQTT (docs/MONITORING.md): a broker URL, or the embedded broker. Default: none. */
   mqtt?: MqttOptions;
+  /** SA lifetime, message limit, timeouts and suite matching (gateway/sessions.ts). */
+  sessions?: Partial<SessionSettings>;
 }
 
 /** Opens (creating if needed) the data directory: owner-only, since it holds root keys. */
@@ -45,6 +50,8 @@ export class Gateway {
     readonly address: { host: string; port: number },
     readonly id: string,
     readonly log: Logger,
+    readonly sessions: SessionBroker,
+    readonly policy: Policy,
   ) {}
 
   static async start(opts: GatewayOptions): Promise<Gateway> {
@@ -57,11 +64,30 @@ export class Gateway {
       const { key, created } = loadOrCreateGatewayKey(opts.dataDir);
       if (created) log.info("gateway-key-created", { file: join(opts.dataDir, "gateway.key") });
       const crypto = opts.crypto ?? nodeCrypto();
-      const registrar = new Registrar({ store, log, crypto, gatewayId: id, gatewayKey: key, policy: { ...DEFAULT_POLICY, ...opts.policy }, now });
-      const links = new LinkServer({ store, log, crypto, cbor, now, onRequest: (dev, m) => registrar.handle(dev, m) });
+      const policy = new Policy(store);
+      // The broker and the link server need each other: the broker sends through the links, the links
+      // hand session messages and SA frames to the broker.
+      let links: LinkServer | undefined;
+      const sessions = new SessionBroker({
+        store, policy, log, crypto, cbor, now,
+        send: (dev, m) => links!.sendTo(dev, m),
+        relay: (dev, payload) => links!.relayTo(dev, payload),
+        isLinked: (dev) => links!.links.has(dev),
+        settings: { ...DEFAULT_SESSIONS, ...opts.sessions },
+      });
+      const registrar = new Registrar({
+        store, log, crypto, permissions: policy, gatewayId: id, gatewayKey: key, policy: { ...DEFAULT_POLICY, ...opts.policy }, now,
+        onDeregistered: (dev) => sessions.endAll(dev, CloseReason.Deregistered, "deregistered"),
+      });
+      links = new LinkServer({
+        store, log, crypto, cbor, now,
+        onInner: (dev, m) => (m.t >= Msg.ConnectRequest ? sessions.handle(dev, m) : links!.sendTo(dev, registrar.handle(dev, m))),
+        onSaData: (dev, m, payload) => sessions.relay(dev, m, payload),
+        onLink: (dev, up) => (up ? sessions.linkUp(dev) : sessions.linkDown(dev)),
+      });
       const want = opts.listen ?? DEFAULT_LISTEN;
       const address = await links.listen(want.host, want.port);
-      const gw = new Gateway(store, links, address, id, log);
+      const gw = new Gateway(store, links, address, id, log, sessions, policy);
       // Before "gateway-started", so that the record is the first event on MQTT.
       if (opts.mqtt) gw.monitoring = await startMonitoring(opts.mqtt, { gatewayId: id, listen: `${address.host}:${address.port}`, store, links, log, now }).catch(async (e) => { await links.close(); throw e; });
       log.info("gateway-started", { id, listen: `${address.host}:${address.port}`, dataDir: opts.dataDir });
@@ -76,6 +102,7 @@ export class Gateway {
   monitoring?: Monitoring;
 
   async stop(): Promise<void> {
+    this.sessions.close();
     await this.links.close();
     await this.monitoring?.stop(); // after the links (their last states), before the store closes
     this.store.close();

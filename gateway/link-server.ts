@@ -9,7 +9,7 @@ import { ctEqual } from "../firmware/bytes.ts";
 import { encodeFrame, FrameDecoder } from "../firmware/proto/frame.ts";
 import { deriveLinkKeys, joinTag, JOIN_NONCE_BYTES, type Codec } from "../firmware/proto/keys.ts";
 import { DROP_REASONS, newLink, openMessage, sealMessage, wipeLink, type Link } from "../firmware/proto/link.ts";
-import { decodeMessage, encodeMessage, Msg, type InnerMessage, type JoinRequest, type Message } from "../firmware/proto/messages.ts";
+import { decodeMessage, encodeMessage, Msg, type InnerMessage, type JoinRequest, type Message, type SaData } from "../firmware/proto/messages.ts";
 import type { SymCrypto } from "../firmware/crypto/types.ts";
 import type { Logger } from "./log.ts";
 import type { Store } from "./store.ts";
@@ -25,8 +25,12 @@ export interface LinkServerDeps {
   crypto: SymCrypto;
   cbor: Codec;
   now: () => number;
-  /** Answers an authenticated device's request. */
-  onRequest: (deviceId: string, m: InnerMessage) => InnerMessage;
+  /** An authenticated, fresh inner message from a device. Answers go out with LinkServer.sendTo. */
+  onInner: (deviceId: string, m: InnerMessage) => void;
+  /** An SA frame from a linked device, with its exact payload bytes for relaying. */
+  onSaData: (deviceId: string, m: SaData, payload: Uint8Array) => void;
+  /** A device's link came up (a successful join) or went away. */
+  onLink: (deviceId: string, up: boolean) => void;
 }
 
 /** Counters a monitor can read; every dropped input is counted by its reason. */
@@ -68,13 +72,13 @@ export class Connection {
     }
     if (m instanceof Error) return this.reject("malformed frame", m.message);
     if (m.t === Msg.JoinRequest) return this.onJoin(m);
+    if (m.t === Msg.SaData && this.state.k === "linked") return d.onSaData(this.state.deviceId, m, payload);
     if (m.t === Msg.Link && this.state.k === "linked") {
       const s = this.state;
       const inner = openMessage(d.crypto, d.cbor, s.link, m);
       if (typeof inner === "number") return this.reject("frame dropped", DROP_REASONS[inner]);
       this.server.stats.framesIn++;
-      const answer = d.onRequest(s.deviceId, inner);
-      this.sendInner(answer);
+      d.onInner(s.deviceId, inner);
       return;
     }
     this.reject("frame dropped", `message type ${m.t} not expected in state ${this.state.k}`);
@@ -128,6 +132,7 @@ export class Connection {
     this.state = { k: "linked", deviceId: m.id, link: newLink(keys, false) };
     this.server.adopt(this);
     this.server.stats.joins++;
+    d.onLink(m.id, true);
     this.send({ t: Msg.JoinAccept, nonce: nonceG, tag: joinTag(d.crypto, d.cbor, dev.rootKey, m.id, m.ctr, m.nonce, m.suite, nonceG) });
     d.log.info("joined", { device: m.id, counter: m.ctr, suite: m.suite, peer: this.socket.remoteAddress });
   }
@@ -137,8 +142,10 @@ export class Connection {
     const id = this.deviceId;
     if (this.state.k === "linked") wipeLink(this.state.link);
     this.state = { k: "closed" };
+    const wasLive = !!id && this.server.links.get(id) === this;
     this.server.forget(this, id);
     this.socket.destroy();
+    if (wasLive) this.server.deps.onLink(id as string, false);
     this.server.deps.log.info("link-closed", { device: id, reason });
   }
 }
@@ -178,6 +185,22 @@ export class LinkServer {
     const old = this.links.get(id);
     this.links.set(id, c);
     if (old && old !== c) old.close("replaced by a newer join");
+  }
+
+  /** Sends an inner message to a device over its live link; false when it has none. */
+  sendTo(deviceId: string, m: InnerMessage): boolean {
+    const c = this.links.get(deviceId);
+    if (!c) return false;
+    c.sendInner(m);
+    return true;
+  }
+
+  /** Sends an outer payload (an SA frame, byte for byte) to a device; false when it has no link. */
+  relayTo(deviceId: string, payload: Uint8Array): boolean {
+    const c = this.links.get(deviceId);
+    if (!c || c.state.k !== "linked") return false;
+    c.socket.write(encodeFrame(payload, zlib.crc32));
+    return true;
   }
 
   forget(c: Connection, id: string | undefined): void {

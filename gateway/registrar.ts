@@ -9,6 +9,7 @@ import type { SymCrypto } from "../firmware/crypto/types.ts";
 import { issueCertificate } from "./cwt.ts";
 import { generateEd25519, type Ed25519KeyPair } from "./ed25519.ts";
 import type { Logger } from "./log.ts";
+import type { Policy } from "./policy.ts";
 import type { Store } from "./store.ts";
 
 export interface RegistrationPolicy {
@@ -26,7 +27,11 @@ export interface RegistrarDeps {
   gatewayId: string;
   gatewayKey: Ed25519KeyPair;
   policy: RegistrationPolicy;
+  /** Who may query whose certificate: the same permission table as connections (app "cert"). */
+  permissions: Policy;
   now: () => number;
+  /** Called after a device deregistered: its sessions end. */
+  onDeregistered?: (deviceId: string) => void;
 }
 
 const CERT_ID_BYTES = 16;
@@ -98,6 +103,7 @@ export class Registrar {
       return gone;
     });
     this.d.log.info("deregistered", { device: deviceId, existed });
+    this.d.onDeregistered?.(deviceId);
     return { t: Msg.DeregisterOk, rid };
   }
 
@@ -111,7 +117,9 @@ export class Registrar {
       return { t: Msg.Error, rid, code: ErrorCode.NotRegistered };
     }
     const reg = this.d.store.getRegistration(name);
-    const why = !reg ? "no such registration" : reg.expiresAt <= now ? "registration expired" : !reg.cert ? "no certificate issued" : "";
+    const why = !this.d.permissions.permits(deviceId, name, "cert")
+      ? "policy denies it"
+      : !reg ? "no such registration" : reg.expiresAt <= now ? "registration expired" : !reg.cert ? "no certificate issued" : "";
     if (why || !reg?.cert) {
       this.d.log.info("cert-query-not-found", { device: deviceId, name, reason: why });
       return { t: Msg.Error, rid, code: ErrorCode.NotFound };

@@ -159,6 +159,7 @@ test("a replayed frame is rejected with a reason and changes nothing", async () 
 
 test("an expired registration is rejected with a reason and changes nothing", async () => {
   const t = await startGateway({ policy: { minLifetime: 60, maxLifetime: 60 } });
+  t.gw.policy.add("dev-x", "dev-y", "*", "allow");
   const a = await nodeHandset(t.gw, "dev-x", provision(t.gw, "dev-x"));
   const b = await nodeHandset(t.gw, "dev-y", provision(t.gw, "dev-y"));
   try {

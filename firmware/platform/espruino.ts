@@ -38,7 +38,7 @@ export function startHandset(crypto: SymCrypto, suites: number[]): Handset | und
   const key = new Uint8Array(16);
   for (let i = 0; i < 16; i++) key[i] = parseInt(cfg.key.substr(2 * i, 2), 16);
   const pairs: number[][] = [];
-  for (let i = 0; i < suites.length; i++) pairs.push([suites[i], suites.length - i]);
+  for (let i = 0; i < suites.length; i++) pairs.push([suites[i], i + 1]); // priority 1 is the best (seed 003)
   const h = new Handset(
     { id: cfg.id, rootKey: key, lifetime: cfg.life || 3600, suite: suites[0], suites: pairs },
     // Espruino's natives as they are: no wrapper functions to keep alive.

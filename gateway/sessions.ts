@@ -1,0 +1,363 @@
+// Sessions inside one gateway (design.md flows 4, 6, 7, 8; seeds 002, 003, 004, 001).
+//
+// The caller names its peer; the broker checks that the caller is who its link says (spoofing
+// check), checks policy (a denial looks exactly like an unknown name), matches suites before the
+// callee is ever contacted, asks the callee, and on acceptance distributes one fresh seed per SA to
+// both devices. It reports "connected" only when both devices have confirmed their keys, relays the
+// devices' SA frames by SPI without being able to read or alter them undetected, and ends sessions
+// on a bye, a link lost for longer than the grace period, a deregistration or a reboot.
+//
+// Every decision is a structured event (the log records, Logger.subscribe).
+
+import { ctEqual, toHex } from "../firmware/bytes.ts";
+import type { SymCrypto } from "../firmware/crypto/types.ts";
+import { saConfirmTag, type Codec } from "../firmware/proto/keys.ts";
+import { CloseReason, ErrorCode, Msg, type InnerMessage, type SaData } from "../firmware/proto/messages.ts";
+import type { Logger } from "./log.ts";
+import { matchSettings, suiteCandidates, DEFAULT_MATCHING, type MatchOptions } from "./matching.ts";
+import type { Policy } from "./policy.ts";
+import type { Store } from "./store.ts";
+
+export interface SessionSettings {
+  /** SA lifetime in seconds (relative: devices have no trusted clock). */
+  lifetime: number;
+  /** Messages per direction before an SA must be replaced. */
+  limit: number;
+  /** How long the callee has to accept, and both devices to confirm, in ms. */
+  answerTimeoutMs: number;
+  /** How long a lost link may stay lost before its sessions end, in ms. */
+  graceMs: number;
+  /** How long a replaced SA still routes frames in flight, in ms. */
+  overlapMs: number;
+  matching: MatchOptions;
+}
+
+export const DEFAULT_SESSIONS: SessionSettings = {
+  lifetime: 3600,
+  limit: 100000,
+  answerTimeoutMs: 10000,
+  graceMs: 30000,
+  overlapMs: 10000,
+  matching: DEFAULT_MATCHING,
+};
+
+export interface SessionDeps {
+  store: Store;
+  policy: Policy;
+  log: Logger;
+  crypto: SymCrypto;
+  cbor: Codec;
+  now: () => number;
+  /** Sends an inner message to a device over its link; false when it has none. */
+  send: (deviceId: string, m: InnerMessage) => boolean;
+  /** Sends a raw outer frame payload to a device; false when it has no link. */
+  relay: (deviceId: string, payload: Uint8Array) => boolean;
+  isLinked: (deviceId: string) => boolean;
+  settings: SessionSettings;
+}
+
+/** One SA as the gateway sees it. */
+interface Session {
+  spi: number;
+  initiator: string;
+  responder: string;
+  app: string;
+  suite: number;
+  /** Held only until both devices confirmed; then wiped. */
+  seed: Uint8Array | null;
+  confirmed: { initiator: boolean; responder: boolean };
+  state: "confirming" | "up" | "retiring";
+  /** The caller's request id (0 for a rekey's peer) and, for a rekey, the SPI it replaces. */
+  callerRid: number;
+  replaces: number;
+  expiresAt: number;
+  timer: NodeJS.Timeout | null;
+}
+
+/** A connection request waiting for the callee's answer. */
+interface Pending {
+  caller: string;
+  callerRid: number;
+  callee: string;
+  app: string;
+  suite: number;
+  calleeRid: number;
+  timer: NodeJS.Timeout;
+}
+
+export class SessionBroker {
+  readonly sessions = new Map<number, Session>();
+  private pending = new Map<string, Pending>(); // key: callee + "/" + calleeRid
+  private lost = new Map<string, NodeJS.Timeout>();
+  private rid = 0;
+  readonly stats = { requested: 0, up: 0, rejected: 0, denied: 0, noMatch: 0, rekeyed: 0, ended: 0, relayed: 0, relayDropped: 0 };
+
+  constructor(private d: SessionDeps) {}
+
+  /** Session messages from an authenticated device. */
+  handle(deviceId: string, m: InnerMessage): void {
+    switch (m.t) {
+      case Msg.ConnectRequest:
+        return this.connect(deviceId, m.rid, m.peer, m.app, m.from);
+      case Msg.Answer:
+        return this.answer(deviceId, m.rid, m.accept);
+      case Msg.SaConfirm:
+        return this.confirm(deviceId, m.spi, m.tag);
+      case Msg.Rekey:
+        return this.rekey(deviceId, m.rid, m.spi);
+      case Msg.Bye:
+        if (m.spi === 0) return this.endAll(deviceId, CloseReason.PeerGone, "the device restarted and holds no SAs");
+        return this.bye(deviceId, m.spi);
+      default:
+        this.d.log.warn("session-message-rejected", { device: deviceId, reason: `message type ${m.t} is not a session request` });
+    }
+  }
+
+  private nextRid(): number {
+    this.rid = (this.rid % 0x7fffffff) + 1;
+    return this.rid;
+  }
+
+  /** A live registration of deviceId, or undefined. */
+  private registered(deviceId: string) {
+    const r = this.d.store.getRegistration(deviceId);
+    return r && r.expiresAt > this.d.now() ? r : undefined;
+  }
+
+  private connect(caller: string, rid: number, peer: string, app: string, from: string): void {
+    const d = this.d;
+    this.stats.requested++;
+    if (from !== caller) {
+      // Seed 002's spoofing check: the caller is whoever its authenticated link says it is.
+      d.log.warn("session-spoofing", { device: caller, claimed: from, peer, app });
+      d.store.audit(d.now(), caller, "spoofing", `claimed ${from}`);
+      d.send(caller, { t: Msg.Error, rid, code: ErrorCode.Spoofed });
+      return;
+    }
+    const own = this.registered(caller);
+    if (!own) {
+      d.log.warn("session-rejected", { device: caller, peer, app, reason: "caller is not registered" });
+      d.send(caller, { t: Msg.Error, rid, code: ErrorCode.NotRegistered });
+      return;
+    }
+    const target = this.registered(peer);
+    const allowed = d.policy.permits(caller, peer, app);
+    if (!target || !allowed || peer === caller || !d.isLinked(peer)) {
+      // One answer for every reason, so the caller learns nothing about the callee (seed 002 [0055]).
+      const reason = !allowed ? "policy denies it" : peer === caller ? "a device cannot call itself" : !target ? "no such registered device" : "the callee is not connected";
+      if (!allowed) this.stats.denied++;
+      d.log.info(!allowed ? "session-denied" : "session-not-found", { device: caller, peer, app, reason });
+      d.send(caller, { t: Msg.Error, rid, code: ErrorCode.NotFound });
+      return;
+    }
+    const match = matchSettings(suiteCandidates(own.suites), suiteCandidates(target.suites), d.settings.matching);
+    if (!match) {
+      this.stats.noMatch++;
+      d.log.info("session-no-match", { device: caller, peer, app, reason: "no cipher suite both devices registered; the callee was not contacted" });
+      d.send(caller, { t: Msg.Error, rid, code: ErrorCode.NoCommonSuite });
+      return;
+    }
+    const suite = match.callee.id as number;
+    const calleeRid = this.nextRid();
+    const key = `${peer}/${calleeRid}`;
+    const timer = setTimeout(() => {
+      if (!this.pending.delete(key)) return;
+      this.stats.rejected++;
+      d.log.info("session-rejected", { device: caller, peer, app, reason: "the callee did not answer in time" });
+      d.send(caller, { t: Msg.Error, rid, code: ErrorCode.Rejected });
+    }, d.settings.answerTimeoutMs);
+    this.pending.set(key, { caller, callerRid: rid, callee: peer, app, suite, calleeRid, timer });
+    d.log.info("session-requested", { device: caller, peer, app, suite });
+    d.send(peer, { t: Msg.Incoming, rid: calleeRid, from: caller, app, suite });
+  }
+
+  private answer(callee: string, rid: number, accept: boolean): void {
+    const d = this.d;
+    const key = `${callee}/${rid}`;
+    const p = this.pending.get(key);
+    if (!p) {
+      d.log.warn("session-answer-dropped", { device: callee, reason: "an answer to no pending request (late or unknown)" });
+      return;
+    }
+    this.pending.delete(key);
+    clearTimeout(p.timer);
+    if (!accept) {
+      this.stats.rejected++;
+      d.log.info("session-rejected", { device: p.caller, peer: callee, app: p.app, reason: "the callee declined" });
+      d.send(p.caller, { t: Msg.Error, rid: p.callerRid, code: ErrorCode.Rejected });
+      return;
+    }
+    this.install(p.caller, p.callee, p.app, p.suite, p.callerRid, p.calleeRid, 0);
+  }
+
+  private freshSpi(): number {
+    for (;;) {
+      const b = this.d.crypto.random(4);
+      const spi = ((b[0] << 24) | (b[1] << 16) | (b[2] << 8) | b[3]) >>> 0;
+      if (spi !== 0 && !this.sessions.has(spi)) return spi;
+    }
+  }
+
+  /** Key distribution (seed 003 claims 3-4, seed 004 key transfer): one fresh seed, to both devices. */
+  private install(initiator: string, responder: string, app: string, suite: number, callerRid: number, responderRid: number, replaces: number): void {
+    const d = this.d;
+    const s: Session = {
+      spi: this.freshSpi(),
+      initiator,
+      responder,
+      app,
+      suite,
+      seed: d.crypto.random(32),
+      confirmed: { initiator: false, responder: false },
+      state: "confirming",
+      callerRid,
+      replaces,
+      expiresAt: d.now() + d.settings.lifetime,
+      timer: null,
+    };
+    this.sessions.set(s.spi, s);
+    s.timer = setTimeout(() => this.abort(s, "the devices did not confirm their keys in time"), d.settings.answerTimeoutMs);
+    const base = { spi: s.spi, app, suite, seed: s.seed as Uint8Array, lifetime: d.settings.lifetime, limit: d.settings.limit, replaces };
+    d.send(initiator, { t: Msg.SaInstall, rid: callerRid, peer: responder, role: 0, ...base });
+    d.send(responder, { t: Msg.SaInstall, rid: responderRid, peer: initiator, role: 1, ...base });
+    d.log.info("session-keys-distributed", { device: initiator, peer: responder, app, spi: s.spi, suite, replaces: replaces || undefined });
+  }
+
+  private confirm(deviceId: string, spi: number, tag: Uint8Array): void {
+    const d = this.d;
+    const s = this.sessions.get(spi);
+    const role = s && (s.initiator === deviceId ? 0 : s.responder === deviceId ? 1 : -1);
+    if (!s || role === undefined || role < 0 || s.state !== "confirming" || !s.seed) {
+      d.log.warn("session-confirm-dropped", { device: deviceId, spi, reason: "no SA awaiting this device's confirmation" });
+      return;
+    }
+    if (!ctEqual(saConfirmTag(d.crypto, d.cbor, s.seed, spi, role), tag)) {
+      d.log.warn("session-confirm-dropped", { device: deviceId, spi, reason: "key confirmation does not verify" });
+      this.abort(s, "a key confirmation did not verify");
+      return;
+    }
+    if (role === 0) s.confirmed.initiator = true;
+    else s.confirmed.responder = true;
+    if (!s.confirmed.initiator || !s.confirmed.responder) return;
+    // Both hold the keys: the gateway no longer needs the seed.
+    s.seed.fill(0);
+    s.seed = null;
+    if (s.timer) clearTimeout(s.timer);
+    s.state = "up";
+    s.timer = setTimeout(() => this.end(s, CloseReason.Expired, "lifetime over"), (d.settings.lifetime + 5) * 1000);
+    this.stats.up++;
+    d.send(s.initiator, { t: Msg.Connected, spi, replaces: s.replaces });
+    d.send(s.responder, { t: Msg.Connected, spi, replaces: s.replaces });
+    d.log.info(s.replaces ? "session-rekeyed" : "session-up", { device: s.initiator, peer: s.responder, app: s.app, spi, replaces: s.replaces || undefined });
+    d.store.audit(d.now(), s.initiator, s.replaces ? "session-rekeyed" : "session-up", `peer=${s.responder} app=${s.app} spi=${toHex(u32(spi))}`);
+    if (s.replaces) this.retire(s.replaces);
+  }
+
+  /** A replaced SA keeps routing frames in flight for the overlap, then goes. */
+  private retire(spi: number): void {
+    const old = this.sessions.get(spi);
+    if (!old) return;
+    old.state = "retiring";
+    if (old.timer) clearTimeout(old.timer);
+    old.timer = setTimeout(() => this.sessions.delete(spi), this.d.settings.overlapMs);
+  }
+
+  private abort(s: Session, reason: string): void {
+    if (!this.sessions.has(s.spi)) return;
+    this.d.log.warn("session-aborted", { device: s.initiator, peer: s.responder, spi: s.spi, reason });
+    this.end(s, CloseReason.PeerGone, reason);
+  }
+
+  /** Seed 001 re-keying: a new SA for the same peers, app and suite replaces the old one. */
+  private rekey(deviceId: string, rid: number, spi: number): void {
+    const d = this.d;
+    const s = this.sessions.get(spi);
+    if (!s || s.state !== "up" || (s.initiator !== deviceId && s.responder !== deviceId)) {
+      d.log.warn("session-rekey-rejected", { device: deviceId, spi, reason: "no live SA with this SPI for this device" });
+      d.send(deviceId, { t: Msg.Error, rid, code: ErrorCode.NotFound });
+      return;
+    }
+    if (!d.policy.permits(s.initiator, s.responder, s.app) || !this.registered(s.initiator) || !this.registered(s.responder)) {
+      this.end(s, CloseReason.PeerGone, "policy or registration no longer allows this session");
+      return;
+    }
+    // Two devices may ask at once: only one replacement per SA.
+    for (const other of this.sessions.values()) if (other.replaces === spi && other.state === "confirming") return;
+    this.stats.rekeyed++;
+    const asker = deviceId === s.initiator ? 0 : 1;
+    this.install(s.initiator, s.responder, s.app, s.suite, asker === 0 ? rid : 0, asker === 1 ? rid : 0, spi);
+  }
+
+  private bye(deviceId: string, spi: number): void {
+    const s = this.sessions.get(spi);
+    if (!s || (s.initiator !== deviceId && s.responder !== deviceId)) {
+      this.d.log.warn("session-bye-dropped", { device: deviceId, spi, reason: "no SA with this SPI for this device" });
+      return;
+    }
+    this.end(s, CloseReason.Bye, `bye from ${deviceId}`);
+  }
+
+  /** Ends an SA at both ends: each device still linked is told. */
+  end(s: Session, reason: CloseReason, why: string): void {
+    if (!this.sessions.delete(s.spi)) return;
+    if (s.timer) clearTimeout(s.timer);
+    if (s.seed) s.seed.fill(0);
+    this.stats.ended++;
+    for (const dev of [s.initiator, s.responder]) this.d.send(dev, { t: Msg.SaClosed, spi: s.spi, reason });
+    this.d.log.info("session-down", { device: s.initiator, peer: s.responder, app: s.app, spi: s.spi, reason: why });
+    this.d.store.audit(this.d.now(), s.initiator, "session-down", `peer=${s.responder} spi=${toHex(u32(s.spi))} ${why}`);
+  }
+
+  /** Ends every session of a device (deregistration, revocation, reboot, lost link). */
+  endAll(deviceId: string, reason: CloseReason, why: string): void {
+    for (const s of [...this.sessions.values()]) if (s.initiator === deviceId || s.responder === deviceId) this.end(s, reason, why);
+    for (const [key, p] of [...this.pending]) {
+      if (p.caller !== deviceId && p.callee !== deviceId) continue;
+      clearTimeout(p.timer);
+      this.pending.delete(key);
+      if (p.callee === deviceId) this.d.send(p.caller, { t: Msg.Error, rid: p.callerRid, code: ErrorCode.Rejected });
+    }
+  }
+
+  /** The device's link is back: a lost-link timer stops. */
+  linkUp(deviceId: string): void {
+    const t = this.lost.get(deviceId);
+    if (t) clearTimeout(t);
+    this.lost.delete(deviceId);
+  }
+
+  /** The device's link is gone: its sessions end unless it comes back within the grace period. */
+  linkDown(deviceId: string): void {
+    if (this.lost.has(deviceId)) return;
+    this.lost.set(deviceId, setTimeout(() => {
+      this.lost.delete(deviceId);
+      this.endAll(deviceId, CloseReason.PeerGone, "link lost for longer than the grace period");
+    }, this.d.settings.graceMs));
+  }
+
+  /** An SA frame from deviceId: forwarded, byte for byte, to the other party of its SPI. */
+  relay(deviceId: string, m: SaData, payload: Uint8Array): void {
+    const s = this.sessions.get(m.spi);
+    const peer = s && (s.initiator === deviceId ? s.responder : s.responder === deviceId ? s.initiator : undefined);
+    if (!s || !peer || s.state === "confirming") {
+      this.stats.relayDropped++;
+      this.d.log.warn("frame dropped", { device: deviceId, spi: m.spi, reason: !s ? "SA frame for an unknown SPI" : !peer ? "SA frame from a device that is not party to the SPI" : "SA frame before both devices confirmed" });
+      return;
+    }
+    if (this.d.relay(peer, payload)) this.stats.relayed++;
+    else this.stats.relayDropped++;
+  }
+
+  close(): void {
+    for (const s of this.sessions.values()) if (s.timer) clearTimeout(s.timer);
+    for (const p of this.pending.values()) clearTimeout(p.timer);
+    for (const t of this.lost.values()) clearTimeout(t);
+    this.sessions.clear();
+    this.pending.clear();
+    this.lost.clear();
+  }
+}
+
+function u32(n: number): Uint8Array {
+  return new Uint8Array([n >>> 24, (n >>> 16) & 255, (n >>> 8) & 255, n & 255]);
+}
