@@ -1,0 +1,606 @@
+// The interlink: request/response between gateways over MQTT, with the broker trusted with nothing.
+//
+// Topics (one MQTT level per gateway id, which is its domain):
+//   keyproxy/v1/interlink/<id>/requests      requests addressed to <id>            QoS 1
+//   keyproxy/v1/interlink/<id>/responses     responses and errors addressed to <id> QoS 1
+//   keyproxy/v1/interlink/<id>/certificate   <id>'s gateway certificate, retained   QoS 1
+//
+// Every message is an envelope: COSE_Sign1 (EdDSA) by the sending gateway's certified Ed25519 key over
+//   { 0: "KP interlink v1", 1: from, 2: to, 3: sessionId (bstr 16), 4: msgId (bstr 16), 5: type,
+//     6: ts (seconds), 7: kind (0 request, 1 response, 2 error), 8: body (bstr), 9: ephemeral X25519
+//     key (bstr 32, only when the body is encrypted), 10: re (the request's msgId, responses only),
+//     11: the sender's gateway certificate }
+// The body is the CBOR of the value; a secret body is encrypted to the recipient's certified X25519
+// key, HPKE-style (one-shot base mode, built from node:crypto parts):
+//   eph      = fresh X25519 key pair
+//   ss       = X25519(eph, recipient)
+//   key||iv  = HKDF-SHA256(salt = eph.pub || recipient.pub, ikm = ss, info = "KP interlink body v1", 32 + 12)
+//   body     = AES-256-GCM(key, iv, aad = cbor(["KP interlink v1", from, to, sessionId, msgId, type, ts, kind, re]))
+// AES-256-GCM from node:crypto: no new dependency, hardware AES, and since every message has its own
+// ephemeral key (so its own AEAD key) a nonce can never repeat. The AAD binds the ciphertext to its
+// header, and the outer signature binds everything to the sender.
+//
+// MQTT 5 responseTopic and correlationData are set when the connection is MQTT 5 (Mosquitto), for
+// tools such as `mosquitto_sub -V 5`. They are never relied on: the broker could rewrite them. The
+// reply always goes to the signed `from`'s responses topic and is matched by the signed `re`. The
+// in-process broker (aedes 1.x) speaks MQTT 3.1.1 only, so protocolVersion 4 must work too, and does.
+//
+// Receiving, in this order; the first failure rejects the message with a code and a reason and changes
+// nothing (no dedupe entry, no handler call, no pending request touched):
+//   size -> COSE/CBOR shape -> sender certificate (PeerTrust: the verifier) -> signature -> addressed
+//   to us -> timestamp within maxSkew and above the dedupe floor -> msgId not seen -> body decrypts
+//   -> (responses) a pending request with that msgId, from that gateway, in that session.
+// Only then is the msgId recorded, and the handler runs. A broker redelivery (QoS 1 dup) or a replay
+// within the window is a "duplicate": the handler does not run again; for a request whose answer is
+// ready, the same signed answer bytes are sent again (idempotent). A replay from outside the window is
+// "stale". The dedupe window is bounded: entries older than maxSkew are dropped (such timestamps are
+// refused anyway), and when it is full the oldest entry goes and the floor rises to its timestamp.
+
+import { createCipheriv, createDecipheriv, hkdfSync, randomBytes } from "node:crypto";
+import mqtt, { type IClientOptions, type MqttClient } from "mqtt";
+import { toHex } from "../firmware/bytes.ts";
+import { decode, encode } from "./cbor.ts";
+import { CoseError, decodeDeterministic, parseSign1, signSign1, verifySign1 } from "./cose.ts";
+import type { Ed25519KeyPair } from "./ed25519.ts";
+import { generateX25519, isGatewayId, x25519SharedSecret, type X25519KeyPair } from "./fleet.ts";
+import type { Logger } from "./log.ts";
+
+// ---------------------------------------------------------------------------------------------------
+// public types
+
+export type InterlinkErrorCode =
+  | "too-large"
+  | "malformed"
+  | "untrusted-peer" // the sender's certificate is not good (verifier status in the reason)
+  | "bad-signature"
+  | "wrong-recipient"
+  | "stale" // timestamp outside the window: a delayed message or a replay
+  | "duplicate" // msgId seen already: a broker redelivery or a replay within the window
+  | "decrypt-failed"
+  | "unsolicited" // a response to no pending request
+  | "no-handler"
+  | "remote-error"
+  | "timeout"
+  | "closed";
+
+export class InterlinkError extends Error {
+  readonly code: InterlinkErrorCode;
+  constructor(code: InterlinkErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = "InterlinkError";
+    this.code = code;
+  }
+}
+
+/** A peer gateway as its verified certificate describes it. */
+export interface GatewayPeer {
+  gatewayId: string;
+  signingKey: Uint8Array;
+  encryptionKey: Uint8Array;
+  /** How long this judgement may be relied on (the verifier's validUntil). */
+  validUntil: number;
+}
+
+/** Decides whether a gateway certificate is good now (gateway/verifier.ts checkerTrust). Throws InterlinkError "untrusted-peer" if not. */
+export interface PeerTrust {
+  gateway(cert: Uint8Array, now: number): Promise<GatewayPeer>;
+}
+
+export interface InterlinkIdentity {
+  gatewayId: string;
+  signing: Ed25519KeyPair;
+  encryption: X25519KeyPair;
+  certificate: Uint8Array;
+}
+
+export interface InterlinkRequest {
+  from: string;
+  sessionId: Uint8Array;
+  msgId: Uint8Array;
+  type: string;
+  ts: number;
+  body: unknown;
+  /** The request's body came encrypted. */
+  secret: boolean;
+}
+
+/** What a handler answers; secret defaults to the request's own secrecy. */
+export interface HandlerResult {
+  body: unknown;
+  secret?: boolean;
+}
+
+export type Handler = (req: InterlinkRequest) => HandlerResult | Promise<HandlerResult>;
+
+export interface Rejection {
+  code: InterlinkErrorCode;
+  reason: string;
+  topic: string;
+  from?: string;
+  msgId?: string;
+}
+
+export interface InterlinkOptions {
+  /** mqtt://host:port of the broker. */
+  url: string;
+  identity: InterlinkIdentity;
+  trust: PeerTrust;
+  /** Seconds since the epoch (tests pass a clock they control). */
+  now?: () => number;
+  /** 5 (default) or 4 for MQTT 3.1.1 brokers such as aedes. */
+  protocolVersion?: 4 | 5;
+  /** Largest accepted clock difference, seconds (default 60). */
+  maxSkew?: number;
+  /** Most msgIds remembered (default 10,000). */
+  dedupeCapacity?: number;
+  requestTimeoutMs?: number;
+  /** How long to wait for a peer's retained certificate (default 5,000 ms). */
+  certificateTimeoutMs?: number;
+  /** Largest envelope accepted, bytes (default 65,536). */
+  maxEnvelopeBytes?: number;
+  log?: Logger;
+  /** Passed to mqtt.connect (clientId, clean, credentials ...). */
+  mqtt?: IClientOptions;
+}
+
+export const TOPIC_ROOT = "keyproxy/v1/interlink";
+export const requestsTopic = (id: string): string => `${TOPIC_ROOT}/${id}/requests`;
+export const responsesTopic = (id: string): string => `${TOPIC_ROOT}/${id}/responses`;
+export const certificateTopic = (id: string): string => `${TOPIC_ROOT}/${id}/certificate`;
+
+// ---------------------------------------------------------------------------------------------------
+// envelope
+
+const ENVELOPE_TYPE = "KP interlink v1";
+const BODY_INFO = new TextEncoder().encode("KP interlink body v1");
+const ID_LENGTH = 16;
+const GCM_TAG = 16;
+const MAX_TYPE_LENGTH = 64;
+
+export const Kind = { Request: 0, Response: 1, Error: 2 } as const;
+export type Kind = (typeof Kind)[keyof typeof Kind];
+
+export interface Envelope {
+  from: string;
+  to: string;
+  sessionId: Uint8Array;
+  msgId: Uint8Array;
+  type: string;
+  ts: number;
+  kind: Kind;
+  /** CBOR of the body, or its ciphertext when ephemeral is set. */
+  body: Uint8Array;
+  ephemeral?: Uint8Array;
+  re?: Uint8Array;
+  senderCert: Uint8Array;
+}
+
+function aad(e: Envelope): Uint8Array {
+  return encode([ENVELOPE_TYPE, e.from, e.to, e.sessionId, e.msgId, e.type, e.ts, e.kind, e.re ?? null]);
+}
+
+function bodyKey(shared: Uint8Array, ephemeralPub: Uint8Array, recipientPub: Uint8Array): { key: Buffer; iv: Buffer } {
+  const salt = new Uint8Array(64);
+  salt.set(ephemeralPub, 0);
+  salt.set(recipientPub, 32);
+  const okm = Buffer.from(hkdfSync("sha256", shared, salt, BODY_INFO, 44));
+  shared.fill(0);
+  return { key: okm.subarray(0, 32), iv: okm.subarray(32) };
+}
+
+/** Encrypts e.body in place of itself to the recipient's X25519 key; sets e.ephemeral. */
+export function encryptBody(e: Envelope, recipientEncryptionKey: Uint8Array): void {
+  const eph = generateX25519();
+  e.ephemeral = eph.publicKey;
+  const { key, iv } = bodyKey(x25519SharedSecret(eph.secretKey, recipientEncryptionKey), eph.publicKey, recipientEncryptionKey);
+  eph.secretKey.fill(0);
+  const c = createCipheriv("aes-256-gcm", key, iv);
+  c.setAAD(aad(e));
+  e.body = new Uint8Array(Buffer.concat([c.update(e.body), c.final(), c.getAuthTag()]));
+  key.fill(0);
+}
+
+/** The plaintext of an encrypted body, or InterlinkError "decrypt-failed". */
+export function decryptBody(e: Envelope, own: X25519KeyPair): Uint8Array {
+  if (!e.ephemeral) return e.body;
+  if (e.body.length < GCM_TAG) throw new InterlinkError("decrypt-failed", "encrypted body is shorter than its tag");
+  let shared: Uint8Array;
+  try {
+    shared = x25519SharedSecret(own.secretKey, e.ephemeral);
+  } catch {
+    throw new InterlinkError("decrypt-failed", "ephemeral key is not a usable X25519 key");
+  }
+  const { key, iv } = bodyKey(shared, e.ephemeral, own.publicKey);
+  try {
+    const d = createDecipheriv("aes-256-gcm", key, iv);
+    d.setAAD(aad(e));
+    d.setAuthTag(e.body.subarray(e.body.length - GCM_TAG));
+    return new Uint8Array(Buffer.concat([d.update(e.body.subarray(0, e.body.length - GCM_TAG)), d.final()]));
+  } catch {
+    throw new InterlinkError("decrypt-failed", "encrypted body does not authenticate (wrong key or altered)");
+  } finally {
+    key.fill(0);
+  }
+}
+
+export function signEnvelope(e: Envelope, seed: Uint8Array): Uint8Array {
+  const m = new Map<number, unknown>([
+    [0, ENVELOPE_TYPE],
+    [1, e.from],
+    [2, e.to],
+    [3, e.sessionId],
+    [4, e.msgId],
+    [5, e.type],
+    [6, e.ts],
+    [7, e.kind],
+    [8, e.body],
+  ]);
+  if (e.ephemeral) m.set(9, e.ephemeral);
+  if (e.re) m.set(10, e.re);
+  m.set(11, e.senderCert);
+  return signSign1(encode(m), seed);
+}
+
+const bad = (why: string): InterlinkError => new InterlinkError("malformed", why);
+
+/** Reads an envelope WITHOUT checking its signature (the sender's key comes from senderCert). */
+export function parseEnvelope(bytes: Uint8Array): Envelope {
+  let m: unknown;
+  try {
+    m = decodeDeterministic(parseSign1(bytes).payload, "interlink envelope");
+  } catch (e) {
+    throw new InterlinkError("malformed", `not an interlink envelope: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+  }
+  if (!(m instanceof Map) || m.get(0) !== ENVELOPE_TYPE) throw bad("not an interlink v1 envelope");
+  const isId = (v: unknown): v is Uint8Array => v instanceof Uint8Array && v.length === ID_LENGTH;
+  const from: unknown = m.get(1);
+  const to: unknown = m.get(2);
+  const type: unknown = m.get(5);
+  const ts: unknown = m.get(6);
+  const kind: unknown = m.get(7);
+  const body: unknown = m.get(8);
+  const ephemeral: unknown = m.get(9);
+  const re: unknown = m.get(10);
+  const senderCert: unknown = m.get(11);
+  if (!isGatewayId(from) || !isGatewayId(to)) throw bad("envelope from and to must be gateway ids");
+  if (!isId(m.get(3)) || !isId(m.get(4))) throw bad(`envelope sessionId and msgId must be ${ID_LENGTH} bytes`);
+  if (typeof type !== "string" || type.length === 0 || type.length > MAX_TYPE_LENGTH) throw bad(`envelope type must be 1-${MAX_TYPE_LENGTH} characters`);
+  if (typeof ts !== "number" || !Number.isSafeInteger(ts) || ts < 0) throw bad("envelope ts must be whole seconds");
+  if (kind !== Kind.Request && kind !== Kind.Response && kind !== Kind.Error) throw bad("envelope kind must be 0, 1 or 2");
+  if (!(body instanceof Uint8Array)) throw bad("envelope body must be bytes");
+  if (ephemeral !== undefined && !(ephemeral instanceof Uint8Array && ephemeral.length === 32)) throw bad("envelope ephemeral key must be 32 bytes");
+  if ((kind === Kind.Request) !== (re === undefined) || (re !== undefined && !isId(re))) throw bad("envelope re must be present exactly on responses and errors");
+  if (!(senderCert instanceof Uint8Array)) throw bad("envelope must carry the sender's certificate");
+  const e: Envelope = { from, to, sessionId: m.get(3) as Uint8Array, msgId: m.get(4) as Uint8Array, type, ts, kind, body, senderCert };
+  if (ephemeral !== undefined) e.ephemeral = ephemeral as Uint8Array;
+  if (re !== undefined) e.re = re as Uint8Array;
+  return e;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// the dedupe window
+
+interface Seen {
+  ts: number;
+  /** The signed answer to a request, kept so a redelivered request gets the same bytes again. */
+  answer?: { topic: string; bytes: Uint8Array };
+}
+
+/** msgIds seen lately, bounded in time (maxSkew) and in count (capacity). */
+export class DedupeWindow {
+  private readonly seen = new Map<string, Seen>();
+  /** Timestamps at or below this are refused: their msgIds may have been forgotten. */
+  private floor = -1;
+
+  constructor(
+    private readonly capacity: number,
+    private readonly maxSkew: number,
+  ) {}
+
+  get size(): number {
+    return this.seen.size;
+  }
+
+  /** Why this message may not be taken, or undefined if it may. Changes nothing. */
+  refuse(key: string, ts: number, now: number): { code: "stale" | "duplicate"; reason: string; seen?: Seen } | undefined {
+    if (Math.abs(ts - now) > this.maxSkew) return { code: "stale", reason: `timestamp ${ts} is more than ${this.maxSkew} s from now (${now}): delayed or replayed` };
+    if (ts <= this.floor) return { code: "stale", reason: `timestamp ${ts} is at or below the dedupe floor ${this.floor}: replayed or too late` };
+    const s = this.seen.get(key);
+    if (s) return { code: "duplicate", reason: "message id already seen: a broker redelivery or a replay", seen: s };
+    return undefined;
+  }
+
+  record(key: string, ts: number, now: number): Seen {
+    for (const [k, s] of this.seen) {
+      if (s.ts >= now - this.maxSkew) break; // roughly oldest first; the rest are refused by time anyway
+      this.seen.delete(k);
+    }
+    while (this.seen.size >= this.capacity) {
+      const [k, s] = this.seen.entries().next().value as [string, Seen];
+      this.floor = Math.max(this.floor, s.ts);
+      this.seen.delete(k);
+    }
+    const entry: Seen = { ts };
+    this.seen.set(key, entry);
+    return entry;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// the interlink
+
+interface Pending {
+  to: string;
+  sessionId: string;
+  resolve: (v: unknown) => void;
+  reject: (e: Error) => void;
+  timer: NodeJS.Timeout;
+}
+
+export interface RequestOptions {
+  /** Defaults to a fresh random one. */
+  sessionId?: Uint8Array;
+  /** Encrypt the body to the recipient gateway. */
+  secret?: boolean;
+  timeoutMs?: number;
+}
+
+export class Interlink {
+  private readonly handlers = new Map<string, Handler>();
+  private readonly pending = new Map<string, Pending>();
+  private readonly peerCerts = new Map<string, Uint8Array>();
+  private readonly rejectListeners = new Set<(r: Rejection) => void>();
+  private readonly dedupe: DedupeWindow;
+  private readonly now: () => number;
+  private closed = false;
+  readonly stats = { accepted: 0, rejected: {} as Partial<Record<InterlinkErrorCode, number>> };
+
+  private constructor(
+    private readonly client: MqttClient,
+    private readonly opts: InterlinkOptions,
+  ) {
+    this.now = opts.now ?? (() => Math.floor(Date.now() / 1000));
+    this.dedupe = new DedupeWindow(opts.dedupeCapacity ?? 10_000, opts.maxSkew ?? 60);
+  }
+
+  get gatewayId(): string {
+    return this.opts.identity.gatewayId;
+  }
+
+  /** Connects, subscribes to its own requests and responses and publishes its certificate (retained). */
+  static async connect(opts: InterlinkOptions): Promise<Interlink> {
+    const id = opts.identity.gatewayId;
+    if (!isGatewayId(id)) throw new InterlinkError("malformed", `gateway id "${id}" cannot name an MQTT topic level`);
+    const protocolVersion = opts.protocolVersion ?? 5;
+    const client = await mqtt.connectAsync(opts.url, {
+      protocolVersion,
+      clientId: `kp-interlink-${id}-${toHex(new Uint8Array(randomBytes(4)))}`,
+      reconnectPeriod: 1000,
+      connectTimeout: 5000,
+      ...opts.mqtt,
+    });
+    const link = new Interlink(client, opts);
+    client.on("message", (topic, payload) => void link.receive(topic, new Uint8Array(payload)));
+    await client.subscribeAsync({ [requestsTopic(id)]: { qos: 1 }, [responsesTopic(id)]: { qos: 1 } });
+    await client.publishAsync(certificateTopic(id), Buffer.from(opts.identity.certificate), { qos: 1, retain: true });
+    return link;
+  }
+
+  /** Registers the handler for one request type (replacing any earlier one). */
+  handle(type: string, handler: Handler): void {
+    this.handlers.set(type, handler);
+  }
+
+  /** Calls fn for every rejected message; returns the function that stops it. */
+  onReject(fn: (r: Rejection) => void): () => void {
+    this.rejectListeners.add(fn);
+    return () => this.rejectListeners.delete(fn);
+  }
+
+  /** msgIds currently remembered (for tests and metrics). */
+  get dedupeSize(): number {
+    return this.dedupe.size;
+  }
+
+  get pendingCount(): number {
+    return this.pending.size;
+  }
+
+  /** Sends a request to gateway `to` and resolves with its answer's body. */
+  async request(to: string, type: string, body: unknown, o: RequestOptions = {}): Promise<unknown> {
+    if (this.closed) throw new InterlinkError("closed", "interlink is closed");
+    if (!isGatewayId(to)) throw new InterlinkError("malformed", `"${to}" is not a gateway id`);
+    if (typeof type !== "string" || type.length === 0 || type.length > MAX_TYPE_LENGTH) throw new InterlinkError("malformed", `request type must be 1-${MAX_TYPE_LENGTH} characters`);
+    const sessionId = o.sessionId ?? new Uint8Array(randomBytes(ID_LENGTH));
+    if (!(sessionId instanceof Uint8Array) || sessionId.length !== ID_LENGTH) throw new InterlinkError("malformed", `sessionId must be ${ID_LENGTH} bytes`);
+    const peer = o.secret ? await this.peer(to) : undefined;
+    const e: Envelope = {
+      from: this.gatewayId,
+      to,
+      sessionId,
+      msgId: new Uint8Array(randomBytes(ID_LENGTH)),
+      type,
+      ts: this.now(),
+      kind: Kind.Request,
+      body: encode(body),
+      senderCert: this.opts.identity.certificate,
+    };
+    if (peer) encryptBody(e, peer.encryptionKey);
+    const bytes = signEnvelope(e, this.opts.identity.signing.seed);
+    const key = toHex(e.msgId);
+    const answer = new Promise<unknown>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.pending.delete(key);
+        reject(new InterlinkError("timeout", `no answer from "${to}" to ${type} within ${o.timeoutMs ?? this.opts.requestTimeoutMs ?? 10_000} ms`));
+      }, o.timeoutMs ?? this.opts.requestTimeoutMs ?? 10_000);
+      this.pending.set(key, { to, sessionId: toHex(sessionId), resolve, reject, timer });
+    });
+    await this.publish(requestsTopic(to), bytes, { responseTopic: responsesTopic(this.gatewayId), correlationData: e.msgId });
+    return answer;
+  }
+
+  /** Closes the connection; pending requests fail with "closed". */
+  async close(): Promise<void> {
+    this.closed = true;
+    for (const [k, p] of this.pending) {
+      clearTimeout(p.timer);
+      p.reject(new InterlinkError("closed", "interlink closed before the answer came"));
+      this.pending.delete(k);
+    }
+    await this.client.endAsync();
+  }
+
+  // --- receiving ------------------------------------------------------------------------------------
+
+  private reject(r: Rejection): void {
+    this.stats.rejected[r.code] = (this.stats.rejected[r.code] ?? 0) + 1;
+    this.opts.log?.warn("interlink-rejected", { code: r.code, reason: r.reason, topic: r.topic, from: r.from, msgId: r.msgId });
+    for (const fn of this.rejectListeners) {
+      try {
+        fn(r);
+      } catch {
+        // a listener must not break receiving
+      }
+    }
+  }
+
+  private async receive(topic: string, bytes: Uint8Array): Promise<void> {
+    const isRequest = topic === requestsTopic(this.gatewayId);
+    if (!isRequest && topic !== responsesTopic(this.gatewayId)) return; // a certificate lookup
+    let e: Envelope | undefined;
+    try {
+      const max = this.opts.maxEnvelopeBytes ?? 65_536;
+      if (bytes.length > max) throw new InterlinkError("too-large", `envelope of ${bytes.length} bytes is above ${max}`);
+      e = parseEnvelope(bytes);
+      if ((e.kind === Kind.Request) !== isRequest) throw new InterlinkError("malformed", `a ${isRequest ? "response" : "request"} on the ${isRequest ? "requests" : "responses"} topic`);
+      const now = this.now();
+      const peer = await this.opts.trust.gateway(e.senderCert, now);
+      if (peer.gatewayId !== e.from) throw new InterlinkError("untrusted-peer", `envelope says from "${e.from}" but carries the certificate of "${peer.gatewayId}"`);
+      try {
+        verifySign1(bytes, peer.signingKey);
+      } catch (err) {
+        if (err instanceof CoseError && err.code === "bad-signature") throw new InterlinkError("bad-signature", `envelope signature does not verify under "${e.from}"'s certified key`);
+        throw new InterlinkError("malformed", err instanceof Error ? err.message : String(err));
+      }
+      if (e.to !== this.gatewayId) throw new InterlinkError("wrong-recipient", `envelope is addressed to "${e.to}", not to us`);
+      const key = `${e.from} ${toHex(e.msgId)}`;
+      const refused = this.dedupe.refuse(key, e.ts, now);
+      if (refused) {
+        // Idempotent: a redelivered request whose answer is ready gets the very same answer again.
+        if (refused.code === "duplicate" && refused.seen?.answer) await this.client.publishAsync(refused.seen.answer.topic, Buffer.from(refused.seen.answer.bytes), { qos: 1 });
+        throw new InterlinkError(refused.code, refused.reason);
+      }
+      const plain = decryptBody(e, this.opts.identity.encryption);
+      let body: unknown;
+      try {
+        body = decode(plain);
+      } catch {
+        throw new InterlinkError("malformed", "envelope body is not CBOR");
+      }
+      if (isRequest) {
+        const seen = this.dedupe.record(key, e.ts, now);
+        this.stats.accepted++;
+        this.peerCerts.set(e.from, e.senderCert); // verified and good: where later requests to it are encrypted
+        const req: InterlinkRequest = { from: e.from, sessionId: e.sessionId, msgId: e.msgId, type: e.type, ts: e.ts, body, secret: e.ephemeral !== undefined };
+        await this.answer(req, peer, seen);
+        return;
+      }
+      const p = e.re ? this.pending.get(toHex(e.re)) : undefined;
+      if (!p || p.to !== e.from || p.sessionId !== toHex(e.sessionId)) throw new InterlinkError("unsolicited", "response matches no pending request (from that gateway, in that session)");
+      this.dedupe.record(key, e.ts, now);
+      this.stats.accepted++;
+      this.peerCerts.set(e.from, e.senderCert);
+      this.pending.delete(toHex(e.re as Uint8Array));
+      clearTimeout(p.timer);
+      if (e.kind === Kind.Error) {
+        const m = body instanceof Map ? body : new Map();
+        p.reject(new InterlinkError("remote-error", `"${e.from}" answered ${String(m.get("code") ?? "error")}: ${String(m.get("message") ?? "")}`));
+      } else {
+        p.resolve(body);
+      }
+    } catch (err) {
+      const ie = err instanceof InterlinkError ? err : new InterlinkError("malformed", err instanceof Error ? err.message : String(err));
+      this.reject({ code: ie.code, reason: ie.message, topic, from: e?.from, msgId: e ? toHex(e.msgId) : undefined });
+    }
+  }
+
+  private async answer(req: InterlinkRequest, peer: GatewayPeer, seen: Seen): Promise<void> {
+    let kind: Kind = Kind.Response;
+    let result: HandlerResult;
+    const handler = this.handlers.get(req.type);
+    try {
+      if (!handler) throw new InterlinkError("no-handler", `no handler for request type "${req.type}"`);
+      result = await handler(req);
+    } catch (err) {
+      kind = Kind.Error;
+      // Our own errors say what was wrong; anything else stays in our log, the peer learns only "internal".
+      const known = err instanceof InterlinkError;
+      if (!known) this.opts.log?.error("interlink-handler-failed", { type: req.type, from: req.from, error: err instanceof Error ? err.message : String(err) });
+      result = { body: new Map([["code", known ? err.code : "internal"], ["message", known ? err.message : "internal error"]]), secret: false };
+    }
+    const e: Envelope = {
+      from: this.gatewayId,
+      to: req.from,
+      sessionId: req.sessionId,
+      msgId: new Uint8Array(randomBytes(ID_LENGTH)),
+      type: req.type,
+      ts: this.now(),
+      kind,
+      body: encode(result.body),
+      re: req.msgId,
+      senderCert: this.opts.identity.certificate,
+    };
+    if (result.secret ?? req.secret) encryptBody(e, peer.encryptionKey);
+    const bytes = signEnvelope(e, this.opts.identity.signing.seed);
+    seen.answer = { topic: responsesTopic(req.from), bytes };
+    await this.publish(responsesTopic(req.from), bytes, { correlationData: req.msgId });
+  }
+
+  // --- sending --------------------------------------------------------------------------------------
+
+  private async publish(topic: string, bytes: Uint8Array, props: { responseTopic?: string; correlationData: Uint8Array }): Promise<void> {
+    const v5 = (this.opts.protocolVersion ?? 5) === 5;
+    await this.client.publishAsync(topic, Buffer.from(bytes), {
+      qos: 1,
+      ...(v5 ? { properties: { ...(props.responseTopic ? { responseTopic: props.responseTopic } : {}), correlationData: Buffer.from(props.correlationData) } } : {}),
+    });
+  }
+
+  /** A peer's keys: its certificate (learned from its messages or its retained topic), judged by PeerTrust. */
+  private async peer(id: string): Promise<GatewayPeer> {
+    let cert = this.peerCerts.get(id);
+    if (!cert) {
+      cert = await this.fetchCertificate(id);
+      this.peerCerts.set(id, cert);
+    }
+    const peer = await this.opts.trust.gateway(cert, this.now());
+    if (peer.gatewayId !== id) {
+      this.peerCerts.delete(id);
+      throw new InterlinkError("untrusted-peer", `the certificate published for "${id}" names "${peer.gatewayId}"`);
+    }
+    return peer;
+  }
+
+  private async fetchCertificate(id: string): Promise<Uint8Array> {
+    const topic = certificateTopic(id);
+    const ms = this.opts.certificateTimeoutMs ?? 5000;
+    return new Promise<Uint8Array>((resolve, reject) => {
+      const onMessage = (t: string, payload: Buffer): void => {
+        if (t !== topic) return;
+        done();
+        resolve(new Uint8Array(payload));
+      };
+      const timer = setTimeout(() => {
+        done();
+        reject(new InterlinkError("untrusted-peer", `no certificate published for "${id}" within ${ms} ms`));
+      }, ms);
+      const done = (): void => {
+        clearTimeout(timer);
+        this.client.removeListener("message", onMessage);
+        this.client.unsubscribe(topic);
+      };
+      this.client.on("message", onMessage);
+      this.client.subscribe(topic, { qos: 1 });
+    });
+  }
+}
