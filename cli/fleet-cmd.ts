@@ -1,5 +1,180 @@
-// Placeholder until the fleet command lands; replaced by its implementation.
-export async function fleetCommand(_argv: string[]): Promise<number> {
-  console.error("keyproxy fleet: not available in this build yet");
-  return 1;
+// `keyproxy fleet`: the fleet CA's side of fleet trust (gateway/fleet.ts, docs/FLEET.md). The CA key
+// never leaves the fleet directory and is never printed; everything printed here is public.
+
+import { existsSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { fromHex, toHex } from "../firmware/bytes.ts";
+import {
+  DEFAULT_GATEWAY_CERT_LIFETIME,
+  DEFAULT_LIST_LIFETIME,
+  Fleet,
+  FLEET_FILE,
+  gatewayPublicKeys,
+  installGatewayCertificate,
+  readGatewayCertificateUnverified,
+  REVOCATION_FILE,
+} from "../gateway/fleet.ts";
+import { parse, positiveInt, UsageError } from "./args.ts";
+
+export const DEFAULT_FLEET_DIR = "./keyproxy-fleet";
+
+const HELP: Record<string, string> = {
+  create: `usage: keyproxy fleet create --id <fleet-id> [--fleet-dir <dir>] [--list-days <n>]
+
+Creates a fleet: a CA key (Ed25519, <dir>/ca.key, mode 0600, never printed), the trust anchor
+<dir>/${FLEET_FILE} (fleet id and CA public key: give it to every gateway and verifier) and an empty
+revocation list, serial 1, valid for --list-days (default ${DEFAULT_LIST_LIFETIME / 86400}).`,
+  "issue-gateway": `usage: keyproxy fleet issue-gateway --id <gateway-id> [--fleet-dir <dir>] [--days <n>]
+         (--data-dir <gateway data dir> | --signing-key <hex> --encryption-key <hex> --out <file>)
+
+Certifies a gateway (its id is its domain) for --days (default ${DEFAULT_GATEWAY_CERT_LIFETIME / 86400}).
+  --data-dir        the gateway's data directory on this machine: its keys are made there if missing
+                    (gateway.key, gateway.x25519, mode 0600) and the certificate and trust anchor are
+                    installed beside them
+  --signing-key     the gateway's Ed25519 public key, 64 hex digits (a gateway on another machine)
+  --encryption-key  the gateway's X25519 public key, 64 hex digits
+  --out             where to write the certificate (with --signing-key/--encryption-key)`,
+  "revoke-device": `usage: keyproxy fleet revoke-device (--name <name@domain> | --cert-id <hex>) [--fleet-dir <dir>] [--list-days <n>]
+
+Signs the next revocation list (serial + 1) with the device added: by name (every certificate of that
+device, now and later) or by one certificate id. Verifiers take it when it reaches them; see
+docs/FLEET.md for the bound on how long that takes.`,
+  "revoke-gateway": `usage: keyproxy fleet revoke-gateway --id <gateway-id> [--fleet-dir <dir>] [--list-days <n>]
+
+Signs the next revocation list (serial + 1) with the gateway added: its certificates and every device
+certificate it issued stop being good.`,
+  refresh: `usage: keyproxy fleet refresh [--fleet-dir <dir>] [--list-days <n>]
+
+Signs the next revocation list (serial + 1) with the same entries and a new next-update time. Run it
+before the current list's next update (from cron), or verifiers stop answering "good".`,
+  show: `usage: keyproxy fleet show [--fleet-dir <dir>]
+
+Prints the fleet id, the CA public key, the revocation list and the gateways certified.`,
+};
+
+const USAGE = `usage: keyproxy fleet <create|issue-gateway|revoke-device|revoke-gateway|refresh|show> [options]
+
+${Object.entries(HELP)
+  .map(([k, v]) => `  ${k.padEnd(15)} ${v.split("\n")[2] ?? ""}`)
+  .join("\n")}
+
+  --fleet-dir <dir>  the fleet directory (default ${DEFAULT_FLEET_DIR})
+Run "keyproxy fleet <subcommand> --help" for each one's options.`;
+
+const OPTIONS = {
+  "fleet-dir": { type: "string" },
+  id: { type: "string" },
+  name: { type: "string" },
+  "cert-id": { type: "string" },
+  days: { type: "string" },
+  "list-days": { type: "string" },
+  "data-dir": { type: "string" },
+  "signing-key": { type: "string" },
+  "encryption-key": { type: "string" },
+  out: { type: "string" },
+  help: { type: "boolean", short: "h" },
+} as const;
+
+const nowSeconds = (): number => Math.floor(Date.now() / 1000);
+
+function publicKeyArg(v: string | undefined, flag: string): Uint8Array {
+  const b = v && /^[0-9a-fA-F]{64}$/.test(v) ? fromHex(v.toLowerCase()) : undefined;
+  if (!b) throw new UsageError(`${flag} wants a 32-byte public key as 64 hex digits`);
+  return b;
+}
+
+function openFleet(dir: string): Fleet {
+  if (!existsSync(join(dir, FLEET_FILE))) throw new UsageError(`no fleet in ${dir} (create one with "keyproxy fleet create --id <fleet-id>", or pass --fleet-dir)`);
+  return Fleet.open(dir);
+}
+
+function date(s: number): string {
+  return new Date(s * 1000).toISOString().replace(/\.000Z$/, "Z");
+}
+
+function printList(fleet: Fleet): void {
+  const l = fleet.currentList();
+  console.log(`revocation list serial ${l.serial}, issued ${date(l.issuedAt)}, next update ${date(l.nextUpdate)}${nowSeconds() >= l.nextUpdate ? " (STALE: run keyproxy fleet refresh)" : ""}`);
+  console.log(`  revoked gateways: ${l.gateways.length ? l.gateways.join(", ") : "none"}`);
+  console.log(`  revoked devices: ${l.devices.length ? l.devices.join(", ") : "none"}`);
+  console.log(`  revoked certificate ids: ${l.certIds.length ? l.certIds.join(", ") : "none"}`);
+}
+
+export async function fleetCommand(argv: string[]): Promise<number> {
+  const [sub, ...rest] = argv;
+  if (!sub || sub === "--help" || sub === "-h" || sub === "help") {
+    console.log(USAGE);
+    return sub ? 0 : 2;
+  }
+  if (!(sub in HELP)) throw new UsageError(`unknown subcommand "${sub}" (one of ${Object.keys(HELP).join(", ")})`);
+  const o = parse(rest, OPTIONS);
+  if (o.help) {
+    console.log(HELP[sub]);
+    return 0;
+  }
+  const dir = o["fleet-dir"] ?? DEFAULT_FLEET_DIR;
+  const listLifetime = positiveInt(o["list-days"], "--list-days", DEFAULT_LIST_LIFETIME / 86400) * 86400;
+  const now = nowSeconds();
+
+  if (sub === "create") {
+    if (!o.id) throw new UsageError("--id <fleet-id> is required");
+    const fleet = Fleet.create(dir, o.id, now, listLifetime);
+    console.log(`created fleet "${fleet.fleetId}" in ${dir}`);
+    console.log(`  CA public key ${toHex(fleet.anchor.caPublicKey)}`);
+    console.log(`  trust anchor ${join(dir, FLEET_FILE)}; CA key ${join(dir, "ca.key")} (mode 0600: keep it offline if you can)`);
+    return 0;
+  }
+
+  if (sub === "issue-gateway") {
+    if (!o.id) throw new UsageError("--id <gateway-id> is required");
+    const lifetime = positiveInt(o.days, "--days", DEFAULT_GATEWAY_CERT_LIFETIME / 86400) * 86400;
+    const fleet = openFleet(dir);
+    if (o["data-dir"]) {
+      if (o["signing-key"] || o["encryption-key"] || o.out) throw new UsageError("--data-dir cannot be combined with --signing-key, --encryption-key or --out");
+      const cert = fleet.issueGateway(o.id, gatewayPublicKeys(o["data-dir"]), now, lifetime);
+      const claims = installGatewayCertificate(o["data-dir"], cert, fleet.anchor);
+      console.log(`issued gateway certificate for "${claims.sub}" (id ${toHex(claims.cti)}), valid until ${date(claims.exp)}; installed in ${o["data-dir"]}`);
+      return 0;
+    }
+    const keys = { signingKey: publicKeyArg(o["signing-key"], "--signing-key"), encryptionKey: publicKeyArg(o["encryption-key"], "--encryption-key") };
+    if (!o.out) throw new UsageError("--out <file> is required with --signing-key and --encryption-key (or pass --data-dir)");
+    if (existsSync(o.out)) throw new Error(`${o.out} exists; refusing to overwrite it`);
+    const cert = fleet.issueGateway(o.id, keys, now, lifetime);
+    writeFileSync(o.out, cert, { mode: 0o644 });
+    const claims = readGatewayCertificateUnverified(cert);
+    console.log(`issued gateway certificate for "${claims.sub}" (id ${toHex(claims.cti)}), valid until ${date(claims.exp)}; written to ${o.out}`);
+    console.log(`  give the gateway ${o.out} and ${join(dir, FLEET_FILE)}`);
+    return 0;
+  }
+
+  if (sub === "revoke-device" || sub === "revoke-gateway" || sub === "refresh") {
+    const fleet = openFleet(dir);
+    let add: { devices?: string[]; certIds?: string[]; gateways?: string[] } = {};
+    if (sub === "revoke-device") {
+      if (!!o.name === !!o["cert-id"]) throw new UsageError("give exactly one of --name <name@domain> and --cert-id <hex>");
+      add = o.name ? { devices: [o.name] } : { certIds: [(o["cert-id"] as string).toLowerCase()] };
+    } else if (sub === "revoke-gateway") {
+      if (!o.id) throw new UsageError("--id <gateway-id> is required");
+      add = { gateways: [o.id] };
+    }
+    fleet.revoke(add, now, listLifetime);
+    const what = add.devices?.[0] ?? add.certIds?.[0] ?? add.gateways?.[0];
+    console.log(`${what ? `revoked ${what}; ` : ""}signed ${join(dir, REVOCATION_FILE)}`);
+    printList(fleet);
+    console.log(`distribute ${join(dir, REVOCATION_FILE)} to every verifier (docs/FLEET.md, "Revocation")`);
+    return 0;
+  }
+
+  // show
+  const fleet = openFleet(dir);
+  console.log(`fleet "${fleet.fleetId}" in ${dir}`);
+  console.log(`  CA public key ${toHex(fleet.anchor.caPublicKey)}`);
+  printList(fleet);
+  const issued = fleet.issuedGateways();
+  console.log(`gateways certified: ${issued.length ? "" : "none"}`);
+  for (const g of issued) {
+    const c = readGatewayCertificateUnverified(g.certificate);
+    console.log(`  ${c.sub.padEnd(24)} id ${toHex(c.cti)}  until ${date(c.exp)}${now >= c.exp ? " (expired)" : ""}`);
+  }
+  return 0;
 }
