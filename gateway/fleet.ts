@@ -26,7 +26,7 @@
 
 import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { createPrivateKey, createPublicKey, diffieHellman, randomBytes, type KeyObject } from "node:crypto";
+import { createPrivateKey, createPublicKey, diffieHellman, generateKeyPairSync, randomBytes, type KeyObject } from "node:crypto";
 import { fromHex, toHex } from "../firmware/bytes.ts";
 import { encode } from "./cbor.ts";
 import { CoseError, decodeDeterministic, parseSign1, signSign1, verifySign1 } from "./cose.ts";
@@ -60,7 +60,8 @@ function malformed(message: string): FleetError {
 // ---------------------------------------------------------------------------------------------------
 // X25519 on node:crypto with raw 32-byte keys (RFC 7748). node:crypto only takes DER, so raw keys are
 // wrapped in the fixed PKCS#8 / SPKI prefixes for id-X25519 (1.3.101.110, RFC 8410). Chosen over
-// @noble/curves by measurement (bench/curves.ts): about 25x faster here.
+// @noble/curves by measurement (bench/curves.ts, docs/FLEET.md): faster on every operation once the
+// KeyObjects are kept; wrapping a raw secret per call costs most of that advantage.
 
 export const X25519_KEY_LENGTH = 32;
 const X25519_PKCS8_PREFIX = Uint8Array.of(
@@ -103,9 +104,15 @@ export function x25519PublicKey(secretKey: Uint8Array): Uint8Array {
   return new Uint8Array(spki.subarray(X25519_SPKI_PREFIX.length));
 }
 
+/** A fresh key pair. Made by node:crypto and exported raw: parsing a raw secret back into a KeyObject
+ *  is what costs (bench/curves.ts), so this avoids it. */
 export function generateX25519(): X25519KeyPair {
-  const secretKey = new Uint8Array(randomBytes(X25519_KEY_LENGTH));
-  return { secretKey, publicKey: x25519PublicKey(secretKey) };
+  const { privateKey, publicKey } = generateKeyPairSync("x25519");
+  const pkcs8 = privateKey.export({ format: "der", type: "pkcs8" });
+  if (pkcs8.length !== X25519_PKCS8_PREFIX.length + X25519_KEY_LENGTH) throw new Error("unexpected X25519 PKCS#8 length from node:crypto");
+  const secretKey = new Uint8Array(pkcs8.subarray(X25519_PKCS8_PREFIX.length));
+  pkcs8.fill(0);
+  return { secretKey, publicKey: new Uint8Array(publicKey.export({ format: "der", type: "spki" }).subarray(X25519_SPKI_PREFIX.length)) };
 }
 
 /**
