@@ -1,5 +1,97 @@
-// Placeholder until the flash command lands; replaced by its implementation.
-export async function flashCommand(_argv: string[]): Promise<number> {
-  console.error("keyproxy flash: not available in this build yet");
-  return 1;
+// `keyproxy flash`: a firmware bundle into a device's Storage over its serial console.
+import { existsSync, readFileSync } from "node:fs";
+import cliProgress from "cli-progress";
+import { BOARDS, getBoard } from "../boards/index.ts";
+import { buildFirmware } from "../flash/build.ts";
+import { flashDevice, hex, type FlashStep } from "../flash/flash.ts";
+import { parse, positiveInt, UsageError } from "./args.ts";
+
+const HELP = `usage: keyproxy flash --port <tty> --board <id> [--bundle <file>] [--baud <n>] [--no-reboot]
+
+Writes the firmware into the device's Storage as .bootcde over its serial console, checks it by
+CRC-32 and reboots the device into it. The bundle is built for --board unless --bundle is given.
+The running firmware is only replaced once the new one is on the device and verified
+(docs/OPERATIONS.md).
+
+  --port <tty>     the serial device, e.g. /dev/ttyUSB0 (Puck.js: Serial1 on D28/D29)
+  --board <id>     ${Object.keys(BOARDS).join(", ")}; the device must report the same board
+  --bundle <file>  a bundle made by keyproxy build (default: build it now)
+  --baud <n>       line speed (default: the board's, e.g. 9600 for Puck.js, 115200 for ESP32)
+  --no-reboot      leave the device running what it runs now
+
+Exit codes: 0 flashed and verified, 1 failed (the message says what the device holds), 2 usage error.`;
+
+const STEP_TEXT: Record<FlashStep, string> = {
+  connect: "connecting",
+  check: "checking the board",
+  stop: "stopping the running firmware",
+  transfer: "writing",
+  verify: "verifying",
+  switch: "switching to the new firmware",
+  reboot: "rebooting",
+};
+
+export async function flashCommand(argv: string[]): Promise<number> {
+  const o = parse(argv, {
+    port: { type: "string" },
+    board: { type: "string" },
+    bundle: { type: "string" },
+    baud: { type: "string" },
+    "no-reboot": { type: "boolean" },
+    help: { type: "boolean", short: "h" },
+  });
+  if (o.help) {
+    console.log(HELP);
+    return 0;
+  }
+  if (!o.port) throw new UsageError("--port <tty> is required");
+  if (!o.board) throw new UsageError("--board <id> is required");
+  let board;
+  try {
+    board = getBoard(o.board);
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+  const baudRate = o.baud === undefined ? undefined : positiveInt(o.baud, "--baud", 0);
+  let bundle: string;
+  if (o.bundle) {
+    if (!existsSync(o.bundle)) throw new UsageError(`no bundle at ${o.bundle}`);
+    bundle = readFileSync(o.bundle, "utf8");
+  } else {
+    const r = await buildFirmware({ board: board.id });
+    if (!r.ok) {
+      console.error(`keyproxy flash: the ${board.id} firmware does not build:\n${r.problems.join("\n")}`);
+      return 1;
+    }
+    bundle = r.code;
+  }
+
+  // Progress on stderr, and only for a person watching: never in a pipe or a log.
+  const bar = process.stderr.isTTY
+    ? new cliProgress.SingleBar({ stream: process.stderr, format: "{step} [{bar}] {value}/{total} bytes", hideCursor: true }, cliProgress.Presets.shades_classic)
+    : undefined;
+  let started = false;
+  try {
+    const r = await flashDevice({
+      port: o.port,
+      board: board.id,
+      bundle,
+      baudRate,
+      reboot: !o["no-reboot"],
+      onStep: (s) => {
+        if (!bar) return;
+        if (!started) bar.start(Buffer.byteLength(bundle), 0, { step: STEP_TEXT[s] });
+        started = true;
+        bar.update({ step: STEP_TEXT[s] });
+      },
+      onProgress: (n) => bar?.update(n),
+    });
+    bar?.stop();
+    console.log(`flashed ${r.bytes} bytes to the ${board.id} on ${o.port} (Espruino ${r.espruinoVersion}), CRC ${hex(r.crc)} verified${o["no-reboot"] ? "; not rebooted" : "; rebooted"}`);
+    return 0;
+  } catch (e) {
+    bar?.stop();
+    console.error(`keyproxy flash: ${(e as Error).message}`);
+    return 1;
+  }
 }

@@ -1,5 +1,99 @@
-// Placeholder until the provision command lands; replaced by its implementation.
-export async function provisionCommand(_argv: string[]): Promise<number> {
-  console.error("keyproxy provision: not available in this build yet");
-  return 1;
+// `keyproxy provision`: a device's identity and fresh root key into its Storage and the registry.
+import cliProgress from "cli-progress";
+import { BOARDS, getBoard } from "../boards/index.ts";
+import { provisionDevice, ProvisionError, type ProvisionStep } from "../flash/provision.ts";
+import { DEFAULT_LISTEN } from "../gateway/gateway.ts";
+import { hostPort, parse, positiveInt, UsageError } from "./args.ts";
+import { checkDeviceId } from "./device-cmd.ts";
+import { DEFAULT_DATA_DIR } from "./gateway-cmd.ts";
+
+const HELP = `usage: keyproxy provision --port <tty> --id <name> [--board <id>] [--gateway <host:port>] [options]
+       keyproxy provision --port <tty> --board <id> --recover
+
+Makes a fresh root key on this machine (CSPRNG), writes the device's configuration (kp.cfg: id, key,
+gateway, lifetime) into its Storage over the serial console and enters the device in the gateway's
+registry, as one operation: if any step fails, both are rolled back and the message says so. The key
+is never printed or logged. The device is rebooted at the end so its firmware starts with the new
+identity (flash the firmware first: keyproxy flash).
+
+  --port <tty>           the serial device, e.g. /dev/ttyUSB0
+  --id <name>            the device's id (letters, digits, . _ -)
+  --board <id>           ${Object.keys(BOARDS).join(", ")} (default puckjs); the device must report the same board
+  --gateway <host:port>  where TCP boards connect (default ${DEFAULT_LISTEN.host}:${DEFAULT_LISTEN.port}), written into kp.cfg
+  --lifetime <s>         registration lifetime the device asks for (default 3600)
+  --data-dir <dir>       the gateway's data directory, i.e. its registry (default ${DEFAULT_DATA_DIR})
+  --replace              re-provision an id that is already registered: its old key stops working
+  --recover              only settle a provisioning that was cut short on this device (finish or undo it)
+  --baud <n>             line speed (default: the board's)
+  --no-reboot            do not reboot the device at the end
+
+Exit codes: 0 provisioned, 1 failed with nothing changed or everything rolled back, 2 usage error,
+3 cut short in a way that needs the device reconnected and "keyproxy provision --recover" run.`;
+
+export const EXIT_NEEDS_RECOVERY = 3;
+
+export async function provisionCommand(argv: string[]): Promise<number> {
+  const o = parse(argv, {
+    port: { type: "string" },
+    id: { type: "string" },
+    board: { type: "string" },
+    gateway: { type: "string" },
+    lifetime: { type: "string" },
+    "data-dir": { type: "string" },
+    replace: { type: "boolean" },
+    recover: { type: "boolean" },
+    baud: { type: "string" },
+    "no-reboot": { type: "boolean" },
+    help: { type: "boolean", short: "h" },
+  });
+  if (o.help) {
+    console.log(HELP);
+    return 0;
+  }
+  if (!o.port) throw new UsageError("--port <tty> is required");
+  const recoverOnly = !!o.recover;
+  const id = recoverOnly ? (o.id ?? "") : checkDeviceId(o.id);
+  let board;
+  try {
+    board = getBoard(o.board ?? "puckjs");
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+  const gateway = o.gateway ?? `${DEFAULT_LISTEN.host}:${DEFAULT_LISTEN.port}`;
+  hostPort(gateway, "--gateway");
+  const dataDir = o["data-dir"] ?? DEFAULT_DATA_DIR;
+
+  const steps: ProvisionStep[] = ["connect", "recover", "prepare", "stage", "verify", "decide", "switch", "commit", "cleanup", "reboot"];
+  const bar = process.stderr.isTTY
+    ? new cliProgress.SingleBar({ stream: process.stderr, format: "provisioning [{bar}] {step}", hideCursor: true }, cliProgress.Presets.shades_classic)
+    : undefined;
+  bar?.start(steps.length, 0, { step: "" });
+  try {
+    const r = await provisionDevice({
+      port: o.port,
+      board: board.id,
+      id,
+      gateway,
+      dataDir,
+      lifetime: positiveInt(o.lifetime, "--lifetime", 3600),
+      replace: !!o.replace,
+      recoverOnly,
+      baudRate: o.baud === undefined ? undefined : positiveInt(o.baud, "--baud", 0),
+      reboot: !o["no-reboot"],
+      onStep: (s) => bar?.update(steps.indexOf(s) + 1, { step: s }),
+    });
+    bar?.stop();
+    if (r.recovered) {
+      const what = r.recovered.outcome === "rolled-forward" ? "finished (the registry had committed it)" : "undone (the registry had not committed it)";
+      console.log(`an interrupted provisioning of ${r.recovered.id} on ${o.port} was ${what}`);
+    } else if (recoverOnly) {
+      console.log(`nothing to recover on ${o.port}`);
+    }
+    if (r.id) console.log(`provisioned ${r.id} (${r.board}) on ${o.port}${r.replaced ? ", replacing its old key" : ""}; registry ${dataDir}`);
+    return 0;
+  } catch (e) {
+    bar?.stop();
+    console.error(`keyproxy provision: ${(e as Error).message}`);
+    return e instanceof ProvisionError && e.state === "needs-recovery" ? EXIT_NEEDS_RECOVERY : 1;
+  }
 }
