@@ -11,9 +11,13 @@
 //      RAM copy), and we check .bootcde's CRC. Only a power cut during that copy (milliseconds) can
 //      leave .bootcde damaged, and the verified staging file is still there to copy again;
 //   3. the staging file is erased and the device rebooted into the new firmware.
-// There must be room for both files at once without compaction (compacting while the staging file is
-// memory-mapped would move it under the copy), so we check getFree() first and compact() before the
-// transfer when that makes room.
+// Room: the staging file must fit next to the old .bootcde (we compact() first when that makes room).
+// When the new .bootcde also fits beside them, the copy is one write (Espruino erases the old file and
+// writes the new one). When it does not (a full-size bundle in a Puck.js's 40 KB), the same device-side
+// line erases the old .bootcde and compacts before copying: the window without a bootable .bootcde is
+// then the compaction plus the copy, still on the device alone, with the verified staging file kept.
+// The copy never runs while a compaction could move the staging file under it: compact() comes first
+// in the line, read() after it.
 
 import { getBoard, type BoardProfile } from "../boards/index.ts";
 import { crc32, ESPRUINO_BOARD, EspruinoSerial, SerialError } from "./serial.ts";
@@ -133,7 +137,7 @@ export async function flashDevice(o: FlashOptions): Promise<FlashResult> {
       await step("reboot");
       await link.command("E.reboot()", 500);
       await link.waitForPrompt(5000).catch((e: Error) => {
-        throw new FlashError(`flashed and verified (CRC ${hex(want)}), but after E.reboot() ${e.message.replace(/^the device/, "the device")}`);
+        throw new FlashError(`flashed and verified (CRC ${hex(want)}), but after E.reboot() ${e.message}`);
       });
     }
     return { board: board.id, bytes: data.length, crc: want, espruinoVersion: version };
