@@ -20,6 +20,9 @@ export interface BoardProfile {
     /** Bangle.js 2's global AES.ccmEncrypt/ccmDecrypt (no additional data). */
     aesCcm: boolean;
   };
+  /** "full" CBOR decodes floats, tags and indefinite lengths too; "core" (boards short of bytes)
+   *  refuses them: the protocol never uses them. */
+  cbor: "full" | "core";
   /** Link and SA suites the firmware for this board carries, most preferred first. */
   suites: number[];
   transports: Transport[];
@@ -41,6 +44,7 @@ export const BOARDS: Record<string, BoardProfile> = {
     bytesPerVar: 13,
     storageBytes: 40 * 1024,
     natives: { sha256: true, aesEcbCbc: true, aesCcm: false },
+    cbor: "core",
     suites: [SUITE_AES_CCM_16_64_128],
     transports: ["ble-uart", "serial"],
     serial: { rx: "D28", tx: "D29", baud: 9600 },
@@ -53,6 +57,7 @@ export const BOARDS: Record<string, BoardProfile> = {
     bytesPerVar: 14,
     storageBytes: 8 * 1024 * 1024,
     natives: { sha256: true, aesEcbCbc: false, aesCcm: true },
+    cbor: "full",
     suites: [SUITE_AES_CCM_16_64_128, SUITE_XSALSA20_POLY1305],
     transports: ["ble-uart"],
     serial: null,
@@ -65,6 +70,7 @@ export const BOARDS: Record<string, BoardProfile> = {
     bytesPerVar: 16,
     storageBytes: 256 * 1024,
     natives: { sha256: true, aesEcbCbc: true, aesCcm: false },
+    cbor: "full",
     suites: [SUITE_AES_CCM_16_64_128, SUITE_XSALSA20_POLY1305],
     transports: ["tcp", "serial"],
     serial: { rx: "D3", tx: "D1", baud: 115200 },
@@ -78,6 +84,7 @@ export const BOARDS: Record<string, BoardProfile> = {
     bytesPerVar: 16,
     storageBytes: 1024 * 1024,
     natives: { sha256: true, aesEcbCbc: true, aesCcm: false },
+    cbor: "full",
     suites: [SUITE_AES_CCM_16_64_128, SUITE_XSALSA20_POLY1305],
     transports: ["tcp", "serial"],
     serial: { rx: "pty", tx: "pty", baud: 115200 },

@@ -11,6 +11,13 @@
 
 import { concat } from "./bytes.ts";
 
+declare const KP_CBOR_FULL: boolean | undefined;
+/** The full codec: floats, tags, unassigned simple values and indefinite lengths. A board short of
+ *  bytes builds without them (boards/index.ts, `cbor: "core"`; flash/build.ts defines KP_CBOR_FULL):
+ *  the protocol never uses them, and the core codec refuses them with "cbor: unsupported ...".
+ *  Unset (Node, tests): full. */
+export const FULL = typeof KP_CBOR_FULL === "undefined" || KP_CBOR_FULL;
+
 /** At most this many arrays, maps and tags inside one another (the recursion depth on the device). */
 export const MAX_DEPTH = 16;
 
@@ -45,7 +52,8 @@ const SIMPLE_VALUES = [false, true, null, undefined];
  *  as long as it exists, and these exist only while an encode runs. */
 export function encode(v: unknown): Uint8Array {
   const out: Uint8Array[] = [];
-  function utf8Encode(s: string): Uint8Array {
+  // Full UTF-8, or on a core build ASCII only (every name in the protocol is ASCII).
+  const utf8Encode = FULL ? (s: string): Uint8Array => {
     const out: number[] = [];
     for (let i = 0; i < s.length; i++) {
       let c = s.charCodeAt(i);
@@ -64,7 +72,7 @@ export function encode(v: unknown): Uint8Array {
       else out.push(0xf0 | (c >> 18), 0x80 | ((c >> 12) & 63), 0x80 | ((c >> 6) & 63), 0x80 | (c & 63));
     }
     return new Uint8Array(out);
-  }
+  } : null;
 
   /** The head of an item: major type and argument, in the shortest form (§4.2.1). n is a safe integer >= 0. */
   function head(major: number, n: number): void {
@@ -86,6 +94,7 @@ export function encode(v: unknown): Uint8Array {
     if (typeof v === "number") {
       if (isUint(v)) head(0, v);
       else if (isUint(-1 - v)) head(1, -1 - v);
+      else if (!FULL) throw new Error("cbor: unsupported number");
       else {
         // Every other number goes out as a float64: the device never sends floats, so we do not
         // carry the code to find the shortest float form. Decoders read it back exactly.
@@ -95,7 +104,15 @@ export function encode(v: unknown): Uint8Array {
         out.push(f);
       }
     } else if (typeof v === "string") {
-      const b = utf8Encode(v);
+      let b: Uint8Array;
+      if (FULL && utf8Encode) b = utf8Encode(v);
+      else {
+        b = new Uint8Array(v.length);
+        for (let i = 0; i < v.length; i++) {
+          if (v.charCodeAt(i) > 127) throw new Error("cbor: unsupported non-ASCII text");
+          b[i] = v.charCodeAt(i);
+        }
+      }
       head(3, b.length);
       out.push(b);
     } else if (v instanceof Uint8Array) {
@@ -109,7 +126,7 @@ export function encode(v: unknown): Uint8Array {
       if (Array.isArray(v)) {
         head(4, v.length);
         for (const x of v) item(x, depth + 1);
-      } else if (v instanceof Tagged) {
+      } else if (FULL && v instanceof Tagged) {
         if (!isUint(v.tag)) throw new Error("cbor: tag must be an integer >= 0");
         head(6, v.tag);
         item(v.value, depth + 1);
@@ -135,7 +152,8 @@ export function decode(b: Uint8Array): any {
   if (!(b instanceof Uint8Array)) throw new Error("cbor: not bytes");
   let pos = 0;
   /** Strict UTF-8 decoding: returns undefined for malformed input instead of guessing. */
-  function utf8Decode(b: Uint8Array): string | undefined {
+  // Strict UTF-8, or on a core build ASCII only.
+  const utf8Decode = FULL ? (b: Uint8Array): string | undefined => {
     let s = "";
     let i = 0;
     while (i < b.length) {
@@ -161,7 +179,7 @@ export function decode(b: Uint8Array): any {
       } else s += String.fromCharCode(cp);
     }
     return s;
-  }
+  } : null;
 
   /** Fails unless n more bytes remain. n may be any Number up to 2^64, so compare, never allocate first. */
   function need(n: number): void {
@@ -187,7 +205,9 @@ export function decode(b: Uint8Array): any {
     if (ai === 27) return uint(4) * 4294967296 + uint(4);
     throw new Error("cbor: reserved head " + ai);
   }
-  function float(n: number): number {
+  // Full-codec helpers are made only when the build carries the full codec (a helper declared
+  // unconditionally would stay in the core bundle even when unused).
+  const float = FULL ? (n: number): number => {
     if (n === 2) {
       // IEEE 754 binary16, which DataView lacks.
       const h = uint(2);
@@ -201,36 +221,47 @@ export function decode(b: Uint8Array): any {
     t.set(bytes(n));
     const d = new DataView(t.buffer);
     return n === 4 ? d.getFloat32(0) : d.getFloat64(0);
-  }
+  } : null;
   function text(x: Uint8Array): string {
-    const s = utf8Decode(x);
-    if (s === undefined) throw new Error("cbor: invalid UTF-8");
-    return s;
+    if (FULL && utf8Decode) {
+      const s = utf8Decode(x);
+      if (s === undefined) throw new Error("cbor: invalid UTF-8");
+      return s;
+    }
+    let a = "";
+    for (let i = 0; i < x.length; i++) {
+      if (x[i] > 127) throw new Error("cbor: unsupported non-ASCII text");
+      a += String.fromCharCode(x[i]);
+    }
+    return a;
   }
   /** True (and consumed) when the next byte is the break that ends an indefinite-length item. */
-  function atBreak(): boolean {
+  const atBreak = FULL ? (): boolean => {
     need(1);
     if (b[pos] !== 0xff) return false;
     pos++;
     return true;
-  }
+  } : null;
   /** A byte or text string, definite or indefinite (then its definite chunks of the same type, §3.2.3). */
   function str(major: number, ai: number): Uint8Array | string {
     if (ai !== 31) {
       const x = bytes(arg(ai));
       return major === 2 ? x : text(x);
     }
-    const parts: Uint8Array[] = [];
-    let s = "";
-    while (!atBreak()) {
-      const ib = b[pos++];
-      if (ib >> 5 !== major || (ib & 31) === 31) throw new Error("cbor: bad string chunk");
-      const x = bytes(arg(ib & 31));
-      // Each text chunk must be valid UTF-8 on its own: a character may not straddle chunks.
-      if (major === 2) parts.push(x);
-      else s += text(x);
+    if (FULL && atBreak) {
+      const parts: Uint8Array[] = [];
+      let s = "";
+      while (!atBreak()) {
+        const ib = b[pos++];
+        if (ib >> 5 !== major || (ib & 31) === 31) throw new Error("cbor: bad string chunk");
+        const x = bytes(arg(ib & 31));
+        // Each text chunk must be valid UTF-8 on its own: a character may not straddle chunks.
+        if (major === 2) parts.push(x);
+        else s += text(x);
+      }
+      return major === 2 ? concat(parts) : s;
     }
-    return major === 2 ? concat(parts) : s;
+    throw new Error("cbor: unsupported indefinite length");
   }
   function item(depth: number): any {
     need(1);
@@ -238,15 +269,17 @@ export function decode(b: Uint8Array): any {
     const major = ib >> 5;
     const ai = ib & 31;
     if (major === 7) {
-      if (ai < 20) return new Simple(ai);
-      if (ai < 24) return SIMPLE_VALUES[ai - 20];
-      if (ai === 24) {
-        const s = uint(1);
-        if (s < 32) throw new Error("cbor: simple value " + s + " in two bytes");
-        return new Simple(s);
+      if (ai >= 20 && ai < 24) return SIMPLE_VALUES[ai - 20];
+      if (FULL && float) {
+        if (ai < 20) return new Simple(ai);
+        if (ai === 24) {
+          const s = uint(1);
+          if (s < 32) throw new Error("cbor: simple value " + s + " in two bytes");
+          return new Simple(s);
+        }
+        if (ai < 28) return float(1 << (ai - 24));
       }
-      if (ai < 28) return float(1 << (ai - 24));
-      throw new Error(ai === 31 ? "cbor: unexpected break" : "cbor: reserved head " + ai);
+      throw new Error(ai === 31 ? "cbor: unexpected break" : FULL ? "cbor: reserved head " + ai : "cbor: unsupported simple value or float");
     }
     if (major === 2 || major === 3) return str(major, ai);
     if (ai === 31 && (major < 2 || major === 6)) throw new Error("cbor: bad indefinite length");
@@ -254,20 +287,24 @@ export function decode(b: Uint8Array): any {
     if (major === 1) return -1 - arg(ai);
     if (depth >= MAX_DEPTH) throw new Error("cbor: nested deeper than " + MAX_DEPTH);
     if (major === 6) {
-      const tag = arg(ai);
-      return new Tagged(tag, item(depth + 1));
+      if (FULL) {
+        const tag = arg(ai);
+        return new Tagged(tag, item(depth + 1));
+      }
+      throw new Error("cbor: unsupported tag");
     }
     // An array (4) or a map (5). A definite count is checked against the bytes left (an element takes at
     // least one byte, a map entry two) before the loop, so a huge declared count fails at once.
+    if (ai === 31 && !FULL) throw new Error("cbor: unsupported indefinite length");
     const count = ai === 31 ? -1 : arg(ai);
     if (count >= 0) need(major === 4 ? count : count * 2);
     if (major === 4) {
       const a: unknown[] = [];
-      for (let i = 0; count < 0 ? !atBreak() : i < count; i++) a.push(item(depth + 1));
+      for (let i = 0; FULL && atBreak && count < 0 ? !atBreak() : i < count; i++) a.push(item(depth + 1));
       return a;
     }
     const o: any = {};
-    for (let i = 0; count < 0 ? !atBreak() : i < count; i++) {
+    for (let i = 0; FULL && atBreak && count < 0 ? !atBreak() : i < count; i++) {
       need(1);
       const km = b[pos] >> 5;
       if (km !== 0 && km !== 1 && km !== 3) throw new Error("cbor: bad map key");

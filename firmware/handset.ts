@@ -1,8 +1,11 @@
-// The handset's protocol engine: join, then register, over whatever byte stream the board has.
-// It touches no Espruino global: the board entry (firmware/targets/) hands it a Platform, so the same
-// code runs on the device, in the emulator and in Node tests.
+// The handset's protocol engine: join, register, and end-to-end sessions with other devices, over
+// whatever byte stream the board has. It touches no Espruino global: the board entry
+// (firmware/targets/) hands it a Platform, so the same code runs on the device, in the emulator and in
+// Node tests.
 //
 // States (explicit, as in lakers): down -> joining -> linked (registering -> registered).
+// Sessions: an SA table looked up by SPI (seed 004 §3.3-3.4); each SA is the same record as the link
+// (keys per direction, sequence number, replay window) with its SPI in every nonce.
 //
 // Memory: on a Puck.js every live function costs variables (docs/EMULATOR.md), so this is one class
 // with few methods, and the Platform is Espruino's own natives passed as they are.
@@ -10,8 +13,8 @@
 import { ctEqual, type Bytes } from "./bytes.ts";
 import type { SymCrypto } from "./crypto/types.ts";
 import { encodeFrame, FrameDecoder, type Crc32 } from "./proto/frame.ts";
-import { deriveLinkKeys, joinTag, JOIN_NONCE_BYTES, type Codec } from "./proto/keys.ts";
-import { newLink, openMessage, sealMessage, type Link } from "./proto/link.ts";
+import { deriveLinkKeys, deriveSaKeys, joinTag, saConfirmTag, JOIN_NONCE_BYTES, type Codec } from "./proto/keys.ts";
+import { newLink, openFrame, sealFrame, type Link } from "./proto/link.ts";
 import { decodeMessage, encodeMessage, Msg, type InnerMessage, type Message } from "./proto/messages.ts";
 
 export interface HandsetConfig {
@@ -21,12 +24,12 @@ export interface HandsetConfig {
   lifetime: number;
   /** Link suite (the board's preferred AEAD). */
   suite: number;
-  /** [suite, priority] pairs registered for sessions. */
+  /** [suite, priority] pairs registered for sessions; priority 1 is the best. */
   suites: number[][];
 }
 
 /** What the engine needs from its board. On Espruino: getTime, setTimeout, clearTimeout, print and
- *  E.CRC32 themselves, plus the two Storage functions for the join counter. */
+ *  E.CRC32 themselves, plus one Storage function for the join counter. */
 export interface Platform {
   crypto: SymCrypto;
   cbor: Codec;
@@ -47,8 +50,33 @@ export interface Port {
   write(b: Bytes): void;
 }
 
+/** One security association with a peer device. */
+export interface Sa {
+  spi: number;
+  peer: string;
+  app: string;
+  link: Link;
+  /** Local times it expires and by which to ask for its replacement; messages received so far (the
+   *  limit counts each direction). */
+  expiresAt: number;
+  rekeyAt: number;
+  limit: number;
+  rx: number;
+  /** Both devices confirmed (Connected received). */
+  ready: boolean;
+  /** The SPI of the SA that replaced this one, and when this one stops accepting frames (0: never). */
+  by: number;
+  retireAt: number;
+  /** A rekey has been asked for. */
+  rekeying: boolean;
+}
+
 export const JOIN_TIMEOUT_MS = 5000;
 export const REQUEST_TIMEOUT_MS = 8000;
+/** How long a replaced SA still accepts frames that were in flight. */
+export const SA_OVERLAP_S = 10;
+/** Rekey when this fraction of an SA's lifetime or message limit is used. */
+export const REKEY_AT = 0.8;
 const MAX_BACKOFF_MS = 60000;
 
 interface Down { k: "down" }
@@ -79,9 +107,16 @@ export class Handset {
   pending_ = 0;
   joins_ = 0;
   dropped_ = 0;
+  /** The SA table. */
+  sas: Sa[] = [];
   /** Type of the last answer and its error code (0 unless an Error): for the console and tests. */
   lastType = 0;
   lastCode = 0;
+  /** Application hooks. onRequest decides an incoming session (default: refuse). */
+  onRequest: ((from: string, app: string) => boolean) | null = null;
+  onConnect: ((spi: number, peer: string, app: string, replaces: number) => void) | null = null;
+  onMessage: ((data: Bytes, spi: number, peer: string, app: string) => void) | null = null;
+  onClose: ((spi: number, reason: number) => void) | null = null;
 
   constructor(cfg: HandsetConfig, p: Platform) {
     this.cfg_ = cfg;
@@ -96,7 +131,8 @@ export class Handset {
     this.join();
   }
 
-  /** The transport is gone: forget the link keys. */
+  /** The transport is gone: forget the link keys (SAs survive a short outage; the gateway ends
+   *  them if the link stays down past its grace period). */
   down(): void {
     this.port = null;
     this.reset_(true);
@@ -119,10 +155,10 @@ export class Handset {
     }
   }
 
-  status(): { state: string; registered: boolean; expiresIn: number; certId: Bytes | null; joins: number; dropped: number } {
+  status(): { state: string; registered: boolean; expiresIn: number; certId: Bytes | null; joins: number; dropped: number; sas: number } {
     const r = this.reg_;
     const left = r ? Math.round(r.expiresAt - this.p_.now()) : 0;
-    return { state: this.st_.k, registered: left > 0, expiresIn: left > 0 ? left : 0, certId: r ? r.certId : null, joins: this.joins_, dropped: this.dropped_ };
+    return { state: this.st_.k, registered: left > 0, expiresIn: left > 0 ? left : 0, certId: r ? r.certId : null, joins: this.joins_, dropped: this.dropped_, sas: this.sas.length };
   }
 
   /** After a failure: join again after an exponential backoff (2 s, 4 s, ... 60 s) with jitter. */
@@ -153,13 +189,28 @@ export class Handset {
     this.port.write(encodeFrame(p.cbor.encode(encodeMessage({ t: Msg.JoinRequest, id: c.id, ctr: ctr, nonce: nonce, suite: c.suite, tag: tag })), p.crc32));
   }
 
+  /** The SA with this SPI (following replacements when asked), dropping any whose time is up. */
+  sa_(spi: number, follow: boolean): Sa | undefined {
+    const now = this.p_.now();
+    let found: Sa | undefined;
+    for (let i = this.sas.length - 1; i >= 0; i--) {
+      const s = this.sas[i];
+      if (now >= s.expiresAt || (s.retireAt && now >= s.retireAt)) {
+        s.link.keys_.up.fill(0);
+        s.link.keys_.down.fill(0);
+        this.sas.splice(i, 1);
+      } else if (s.spi === spi) found = s;
+    }
+    return found && follow && found.by ? this.sa_(found.by, true) : found;
+  }
+
   /** Bytes from the transport: whole frames are decoded and acted on. Whatever is dropped is counted
    *  and logged with a short reason (a number for link drops: DROP_REASONS in proto/link.ts). */
   receive(bytes: Bytes): void {
     const p = this.p_;
     const c = this.cfg_;
     for (const f of this.decoder_.push(bytes)) {
-      let m: Message | Error | number;
+      let m: Message | Error | Bytes | number;
       try {
         m = decodeMessage(p.cbor.decode(f));
       } catch (e) {
@@ -175,40 +226,35 @@ export class Handset {
           this.timer_ = 0;
           this.st_ = { k: "linked", ctr: s.ctr, link: newLink(deriveLinkKeys(p.crypto, p.cbor, c.rootKey, c.id, s.ctr, s.nonce, m.nonce, c.suite), true) };
           this.failures_ = 0;
-          this.joins_++;
+          // After a boot the device holds no SAs: the gateway ends whatever it had (spi 0: all).
+          if (!this.joins_++) this.request_({ t: Msg.Bye, spi: 0 }, false);
           p.log("KP joined " + c.id);
           this.register();
         }
       } else if (m.t === Msg.JoinReject && s.k === "joining") {
         p.log("KP join rejected");
         this.retry_();
-      } else if (m.t === Msg.Link && s.k === "linked") {
-        const a = openMessage(p.crypto, p.cbor, s.link, m);
-        if (typeof a === "number") drop = "link " + a;
-        else if (!("rid" in a) || a.rid !== this.pending_) drop = "stray answer";
-        else {
-          // The answer to our outstanding request.
-          this.pending_ = 0;
-          p.clearTimeout(this.timer_);
-          this.timer_ = 0;
-          this.lastType = a.t;
-          this.lastCode = a.t === Msg.Error ? a.code : 0;
-          if (a.t === Msg.RegisterOk) {
-            // Keep only what the device needs: the certificate id and when it runs out.
-            this.reg_ = { certId: a.certId, expiresAt: p.now() + a.granted };
-            p.log("KP registered for " + a.granted + "s");
-            if (this.renew_) p.clearTimeout(this.renew_);
-            // Renew at 80% of the granted lifetime, as DHCP and SIP clients do.
-            this.renew_ = p.setTimeout(() => { this.renew_ = 0; this.register(); }, Math.max(1000, a.granted * 800));
-          } else if (a.t === Msg.DeregisterOk) {
-            this.reg_ = null;
-            if (this.renew_) p.clearTimeout(this.renew_);
-            this.renew_ = 0;
-            p.log("KP deregistered");
-          } else if (a.t === Msg.CertAnswer) p.log("KP cert " + a.cert.length);
-          else if (a.t === Msg.Error) p.log("KP error " + a.code);
-          else drop = "answer " + a.t;
+      } else if (m.t === Msg.SaData && s.k === "linked") {
+        // End-to-end data from a peer, relayed by the gateway.
+        const sa = this.sa_(m.spi, false);
+        // Drop reasons beyond the link's (1-6): 7 the SA's message limit is used up, 8 no such SA.
+        const data = sa ? (sa.rx < sa.limit ? openFrame(p.crypto, sa.link, m.spi, m.seq, m.sealed) : 7) : 8;
+        if (typeof data === "number") drop = "sa " + data;
+        else if (sa) {
+          sa.rx++;
+          if (this.onMessage) this.onMessage(data, sa.by || sa.spi, sa.peer, sa.app);
         }
+      } else if (m.t === Msg.Link && s.k === "linked") {
+        m = openFrame(p.crypto, s.link, 0, m.seq, m.sealed);
+        if (typeof m !== "number") {
+          try {
+            m = decodeMessage(p.cbor.decode(m));
+          } catch (e) {
+            m = 5;
+          }
+        }
+        if (typeof m === "number" || m instanceof Error || m.t < Msg.RegisterRequest) drop = "link " + (typeof m === "number" ? m : 5);
+        else drop = this.inner_(m as InnerMessage);
       } else drop = "msg " + m.t + " in " + s.k;
       if (drop) {
         this.dropped_++;
@@ -217,38 +263,134 @@ export class Handset {
     }
   }
 
-  /** Sends a request over the link with a fresh request id; an unanswered one leads to a new join. */
-  request_(m: InnerMessage): boolean {
+  /** An authentic message from the gateway: returns why it was dropped, or "". */
+  inner_(a: InnerMessage): string {
+    const p = this.p_;
+    if (a.t === Msg.Incoming) {
+      // The callee decides (seed 003 step 2118): the application's hook, or no.
+      this.request_({ t: Msg.Answer, rid: a.rid, accept: !!this.onRequest && this.onRequest(a.from, a.app) === true }, false);
+      return "";
+    }
+    if ("rid" in a && a.rid && a.rid === this.pending_) {
+      this.pending_ = 0;
+      p.clearTimeout(this.timer_);
+      this.timer_ = 0;
+      this.lastType = a.t;
+      this.lastCode = a.t === Msg.Error ? a.code : 0;
+    } else if (a.t !== Msg.SaInstall && a.t !== Msg.Connected && a.t !== Msg.SaClosed) return "stray answer";
+    if (a.t === Msg.RegisterOk) {
+      // Keep only what the device needs: the certificate id and when it runs out.
+      this.reg_ = { certId: a.certId, expiresAt: p.now() + a.granted };
+      p.log("KP registered for " + a.granted + "s");
+      if (this.renew_) p.clearTimeout(this.renew_);
+      // Renew at 80% of the granted lifetime, as DHCP and SIP clients do.
+      this.renew_ = p.setTimeout(() => { this.renew_ = 0; this.register(); }, Math.max(1000, a.granted * 800));
+    } else if (a.t === Msg.DeregisterOk) {
+      this.reg_ = null;
+      if (this.renew_) p.clearTimeout(this.renew_);
+      this.renew_ = 0;
+      p.log("KP deregistered");
+    } else if (a.t === Msg.SaInstall) {
+      // Key distribution: expand the seed, install the SA (not ready until Connected), confirm.
+      const sa: Sa = {
+        spi: a.spi, peer: a.peer, app: a.app, link: newLink(deriveSaKeys(p.crypto, p.cbor, a.seed, a.spi, a.suite), a.role === 0),
+        expiresAt: p.now() + a.lifetime, rekeyAt: p.now() + a.lifetime * REKEY_AT, limit: a.limit, rx: 0, ready: false, by: 0, retireAt: 0, rekeying: false,
+      };
+      this.sas.push(sa);
+      this.request_({ t: Msg.SaConfirm, rid: a.rid, spi: a.spi, tag: saConfirmTag(p.crypto, p.cbor, a.seed, a.spi, a.role) }, false);
+      a.seed.fill(0);
+    } else if (a.t === Msg.Connected) {
+      const sa = this.sa_(a.spi, false);
+      if (!sa) return "connected: no SA";
+      sa.ready = true;
+      const old = a.replaces ? this.sa_(a.replaces, false) : undefined;
+      if (old) {
+        // Rekey: send on the new SA from now on; the old one takes frames in flight a little longer.
+        old.by = a.spi;
+        old.retireAt = p.now() + SA_OVERLAP_S;
+      }
+      p.log("KP sa up " + sa.peer);
+      if (this.onConnect) this.onConnect(a.spi, sa.peer, sa.app, a.replaces);
+    } else if (a.t === Msg.SaClosed) {
+      const sa = this.sa_(a.spi, false);
+      if (sa) {
+        sa.expiresAt = 0;
+        this.sa_(0, false);
+      }
+      if (this.onClose) this.onClose(a.spi, a.reason);
+    } else if (a.t === Msg.CertAnswer) p.log("KP cert " + a.cert.length);
+    else if (a.t === Msg.Error) p.log("KP error " + a.code);
+    else return "answer " + a.t;
+    return "";
+  }
+
+  /** Sends an inner message over the link. A request (answer expected) gets a fresh request id and a
+   *  timeout that leads to a new join; a reply or notice goes as it is. */
+  request_(m: InnerMessage, answer: boolean): boolean {
     const p = this.p_;
     const s = this.st_;
     if (s.k !== "linked" || !this.port) return false;
-    this.rid_ = (this.rid_ % 0x7fffffff) + 1;
-    (m as { rid: number }).rid = this.pending_ = this.rid_;
+    if (answer) {
+      this.rid_ = (this.rid_ % 0x7fffffff) + 1;
+      (m as { rid: number }).rid = this.pending_ = this.rid_;
+    }
     let frame: Bytes;
     try {
-      frame = sealMessage(p.crypto, p.cbor, s.link, m);
+      frame = sealFrame(p.crypto, p.cbor, s.link, 0, p.cbor.encode(encodeMessage(m)));
     } catch (e) {
       p.log("KP " + (e as Error).message);
       this.join();
       return false;
     }
     this.port.write(encodeFrame(frame, p.crc32));
-    if (this.timer_) p.clearTimeout(this.timer_);
-    this.timer_ = p.setTimeout(() => this.retry_(), REQUEST_TIMEOUT_MS);
+    if (answer) {
+      if (this.timer_) p.clearTimeout(this.timer_);
+      this.timer_ = p.setTimeout(() => this.retry_(), REQUEST_TIMEOUT_MS);
+    }
     return true;
   }
 
   register(): boolean {
     const c = this.cfg_;
-    return this.request_({ t: Msg.RegisterRequest, rid: 0, lifetime: c.lifetime, suites: c.suites, wantCert: true });
+    return this.request_({ t: Msg.RegisterRequest, rid: 0, lifetime: c.lifetime, suites: c.suites, wantCert: true }, true);
   }
 
   deregister(): boolean {
-    return this.request_({ t: Msg.DeregisterRequest, rid: 0 });
+    return this.request_({ t: Msg.DeregisterRequest, rid: 0 }, true);
   }
 
   /** Asks for a peer's certificate (answered only with one valid now). */
   certQuery(name: string): boolean {
-    return this.request_({ t: Msg.CertQuery, rid: 0, name: name });
+    return this.request_({ t: Msg.CertQuery, rid: 0, name: name }, true);
+  }
+
+  /** Asks for a session with a peer, by name, for an application. onConnect fires when both ends
+   *  hold the keys; a refusal ends up in lastCode (2 unknown or not allowed, 6 no common suite,
+   *  7 declined). */
+  connect(peer: string, app: string): boolean {
+    return this.request_({ t: Msg.ConnectRequest, rid: 0, peer: peer, app: app, from: this.cfg_.id }, true);
+  }
+
+  /** Sends data to the peer of an SA (after a rekey, the old SPI still works: it follows the new
+   *  one). False when there is no such SA, or it is used up; asks for a rekey in good time. */
+  send(spi: number, data: Bytes): boolean {
+    const p = this.p_;
+    const sa = this.sa_(spi, true);
+    if (!sa || !sa.ready || !this.port || sa.link.txSeq_ >= sa.limit) return false;
+    if (!sa.rekeying && (sa.link.txSeq_ >= sa.limit * REKEY_AT || p.now() >= sa.rekeyAt)) {
+      // Seed 001 re-keying, before the lifetime or the message limit runs out; either end may ask.
+      sa.rekeying = this.request_({ t: Msg.Rekey, rid: 0, spi: sa.spi }, true);
+    }
+    this.port.write(encodeFrame(sealFrame(p.crypto, p.cbor, sa.link, sa.spi, data), p.crc32));
+    return true;
+  }
+
+  /** Ends a session: the gateway tells the peer, and both ends delete the SA. */
+  close(spi: number): boolean {
+    const sa = this.sa_(spi, true);
+    if (!sa) return false;
+    sa.expiresAt = 0;
+    this.sa_(0, false);
+    return this.request_({ t: Msg.Bye, spi: sa.spi }, false);
   }
 }

@@ -7,7 +7,7 @@
 //   3. the gate (flash/subset.ts) over the bundle itself, before and after minification: whatever esbuild
 //      lowered with a runtime helper, whatever came from node_modules, the `__require` shim.
 
-import { existsSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
+import fs, { existsSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import * as esbuild from "esbuild";
@@ -132,7 +132,23 @@ interface Bundle {
 
 /** Bundles for the device: iife, platform neutral, no legal comments, ASCII only. The sourcemap stays in
  *  memory, for pointing at the TypeScript line behind a gate violation. */
-async function bundle(entry: string, outFile: string, minify: boolean): Promise<Bundle | { errors: esbuild.Message[] }> {
+/** Board features decided at build time. esbuild folds a literal false but does not inline the
+ *  firmware's FULL constant into the codec's nested functions, so for a board without the full CBOR
+ *  codec its uses become the literal false, and the code behind them leaves the bundle. */
+function boardFeatures(fullCbor: boolean): esbuild.Plugin {
+  return {
+    name: "keyproxy-board-features",
+    setup(b) {
+      if (fullCbor) return;
+      b.onLoad({ filter: /[\\/]firmware[\\/]cbor\.ts$/ }, async (args) => ({
+        contents: (await fs.promises.readFile(args.path, "utf8")).replace(/\bFULL\b(?! =)/g, "false"),
+        loader: "ts",
+      }));
+    },
+  };
+}
+
+async function bundle(entry: string, outFile: string, minify: boolean, define: Record<string, string>): Promise<Bundle | { errors: esbuild.Message[] }> {
   try {
     const result = await esbuild.build({
       entryPoints: [entry],
@@ -146,11 +162,13 @@ async function bundle(entry: string, outFile: string, minify: boolean): Promise<
       minify,
       // Members whose names end in "_" are internal to the firmware: renamed to save device bytes.
       mangleProps: minify ? /_$/ : undefined,
+      // Board features decided at build time, so the code a board does not carry is not in its bundle.
+      define,
       legalComments: "none",
       charset: "ascii",
       sourcemap: "external",
       supported: SUPPORTED,
-      plugins: [guardImports],
+      plugins: [guardImports, boardFeatures(define.KP_CBOR_FULL === "true")],
       logLevel: "silent",
     });
     const code = result.outputFiles.find((f) => f.path.endsWith(".js"))?.text ?? "";
@@ -261,9 +279,10 @@ export async function buildFirmware(opts: BuildOptions): Promise<BuildResult> {
   }
 
   // Readable first: esbuild's helpers keep their names here, and lines map cleanly to sources.
-  const readable = await bundle(entry, file, false);
+  const define = { KP_CBOR_FULL: board.cbor === "full" ? "true" : "false" };
+  const readable = await bundle(entry, file, false, define);
   if ("errors" in readable) return fail(esbuildProblems(readable.errors));
-  const shipped = minify ? await bundle(entry, file, true) : readable;
+  const shipped = minify ? await bundle(entry, file, true, define) : readable;
   if ("errors" in shipped) return fail(esbuildProblems(shipped.errors));
 
   const gated = gateBothBundles(readable, shipped, bundleName);

@@ -29,6 +29,8 @@ export const DROP_REASONS: { [d: number]: string } = {
   4: "frame failed authentication",
   5: "authentic frame with malformed content",
   6: "outer message inside the link",
+  7: "the SA's message limit is used up",
+  8: "no SA with this SPI",
 };
 
 export interface Link {
@@ -44,32 +46,45 @@ export function newLink(keys: LinkKeys, isDevice: boolean): Link {
   return { keys_: keys, txDir_: isDevice ? DIR_UP : DIR_DOWN, txSeq_: 0, rx_: { top: 0, bits: 0 } };
 }
 
-/** The encoded Link frame carrying msg. Throws when the sequence space is spent (join again). */
-export function sealMessage(c: SymCrypto, cbor: Codec, link: Link, msg: InnerMessage): Bytes {
+/** The encoded outer frame carrying plain, sealed as the next frame of this link (spi 0: a Link
+ *  frame) or SA (an SaData frame). Throws when the sequence space is spent (join or rekey again). */
+export function sealFrame(c: SymCrypto, cbor: Codec, link: Link, spi: number, plain: Bytes): Bytes {
   if (link.txSeq_ >= MAX_SEQ) throw new Error("link: sequence exhausted");
   const seq = ++link.txSeq_;
   const k = link.keys_;
-  const sealed = c.seal(k.suite, link.txDir_ === DIR_UP ? k.up : k.down, frameNonce(k.suite, link.txDir_, 0, seq), cbor.encode(encodeMessage(msg)));
-  return cbor.encode(encodeMessage({ t: Msg.Link, seq: seq, sealed: sealed }));
+  const sealed = c.seal(k.suite, link.txDir_ === DIR_UP ? k.up : k.down, frameNonce(k.suite, link.txDir_, spi, seq), plain);
+  return cbor.encode(encodeMessage(spi ? { t: Msg.SaData, spi: spi, seq: seq, sealed: sealed } : { t: Msg.Link, seq: seq, sealed: sealed }));
 }
 
-/** The inner message of a received Link frame, or why it was dropped. State changes only when the
- *  frame is authentic and fresh. */
-export function openMessage(c: SymCrypto, cbor: Codec, link: Link, f: LinkFrame): InnerMessage | Drop {
-  const fresh = replay(link.rx_, f.seq, false);
+/** The plaintext of a received Link (spi 0) or SA frame, or why it was dropped. The replay window
+ *  moves only for a frame that is fresh and authentic. */
+export function openFrame(c: SymCrypto, link: Link, spi: number, seq: number, sealed: Bytes): Bytes | Drop {
+  const fresh = replay(link.rx_, seq, false);
   if (fresh !== "ok") return fresh === "replayed" ? Drop.Replayed : fresh === "too-old" ? Drop.TooOld : Drop.BadSeq;
   const rxDir = link.txDir_ === DIR_UP ? DIR_DOWN : DIR_UP;
   const k = link.keys_;
-  const plain = c.open(k.suite, rxDir === DIR_UP ? k.up : k.down, frameNonce(k.suite, rxDir, 0, f.seq), f.sealed);
+  const plain = c.open(k.suite, rxDir === DIR_UP ? k.up : k.down, frameNonce(k.suite, rxDir, spi, seq), sealed);
   if (!plain) return Drop.Forged;
+  replay(link.rx_, seq, true);
+  return plain;
+}
+
+/** The encoded Link frame carrying msg. */
+export function sealMessage(c: SymCrypto, cbor: Codec, link: Link, msg: InnerMessage): Bytes {
+  return sealFrame(c, cbor, link, 0, cbor.encode(encodeMessage(msg)));
+}
+
+/** The inner message of a received Link frame, or why it was dropped. An authentic frame with bad
+ *  content still consumes its sequence number: it was sent once. */
+export function openMessage(c: SymCrypto, cbor: Codec, link: Link, f: LinkFrame): InnerMessage | Drop {
+  const plain = openFrame(c, link, 0, f.seq, f.sealed);
+  if (typeof plain === "number") return plain;
   let m: Message | Error;
   try {
     m = decodeMessage(cbor.decode(plain));
   } catch (e) {
     m = e as Error;
   }
-  // An authentic frame consumes its sequence number even when its content is bad: it was sent once.
-  replay(link.rx_, f.seq, true);
   if (m instanceof Error) return Drop.BadContent;
   if (m.t < Msg.RegisterRequest) return Drop.OuterInLink;
   return m as InnerMessage;
