@@ -303,20 +303,19 @@ export class Handset {
       const sa = this.sa_(a.spi, false);
       if (!sa) return "connected: no SA";
       sa.ready = true;
-      const old = a.replaces ? this.sa_(a.replaces, false) : undefined;
-      if (old) {
-        // Rekey: send on the new SA from now on; the old one takes frames in flight a little longer.
-        old.by = a.spi;
-        old.retireAt = p.now() + SA_OVERLAP_S;
+      if (a.replaces) {
+        // Rekey: send on the new SA from now on; the old ones take frames in flight a little longer.
+        for (const o of this.sas) {
+          if (o.spi === a.replaces || (o.by && o.by === a.replaces)) {
+            o.by = a.spi;
+            if (!o.retireAt) o.retireAt = p.now() + SA_OVERLAP_S;
+          }
+        }
       }
       p.log("KP sa up " + sa.peer);
       if (this.onConnect) this.onConnect(a.spi, sa.peer, sa.app, a.replaces);
     } else if (a.t === Msg.SaClosed) {
-      const sa = this.sa_(a.spi, false);
-      if (sa) {
-        sa.expiresAt = 0;
-        this.sa_(0, false);
-      }
+      this.drop_(a.spi);
       if (this.onClose) this.onClose(a.spi, a.reason);
     } else if (a.t === Msg.CertAnswer) p.log("KP cert " + a.cert.length);
     else if (a.t === Msg.Error) p.log("KP error " + a.code);
@@ -389,8 +388,13 @@ export class Handset {
   close(spi: number): boolean {
     const sa = this.sa_(spi, true);
     if (!sa) return false;
-    sa.expiresAt = 0;
-    this.sa_(0, false);
+    this.drop_(sa.spi);
     return this.request_({ t: Msg.Bye, spi: sa.spi }, false);
+  }
+
+  /** Deletes an SA and the ones it replaced (their keys wiped). */
+  drop_(spi: number): void {
+    for (const s of this.sas) if (s.spi === spi || s.by === spi) s.expiresAt = 0;
+    this.sa_(0, false);
   }
 }
