@@ -1,19 +1,33 @@
+import { openSync, closeSync, writeSync, mkdirSync, chmodSync } from "node:fs";
+import { join } from "node:path";
 import { Gateway, DEFAULT_LISTEN } from "../gateway/gateway.ts";
-import { hostPort, parse, positiveInt } from "./args.ts";
+import { DEFAULT_BROKER_LISTEN } from "../gateway/broker.ts";
+import { Logger } from "../gateway/log.ts";
+import type { MqttOptions } from "../gateway/monitor.ts";
+import { hostPort, parse, positiveInt, UsageError } from "./args.ts";
+import { describeEvent } from "./monitor-cmd.ts";
 
 export const DEFAULT_DATA_DIR = "./keyproxy-data";
 
-const HELP = `usage: keyproxy gateway [--data-dir <dir>] [--listen <host:port>] [--id <name>] [--max-lifetime <s>]
+const HELP = `usage: keyproxy gateway [--data-dir <dir>] [--listen <host:port>] [--id <name>] [--max-lifetime <s>] [--min-lifetime <s>]
+                        [--mqtt <url> | --mqtt-listen <host:port> | --no-mqtt] [--metrics <s>] [--demo <n>]
 
 Runs a gateway on embedded defaults: the registry is a SQLite file under the data directory
 (default ${DEFAULT_DATA_DIR}, created owner-only), devices connect on --listen
-(default ${DEFAULT_LISTEN.host}:${DEFAULT_LISTEN.port}). Logs are JSON lines on stderr. Stop with Ctrl-C.
+(default ${DEFAULT_LISTEN.host}:${DEFAULT_LISTEN.port}), and it publishes its monitoring (docs/MONITORING.md) to an
+embedded MQTT broker on ${DEFAULT_BROKER_LISTEN.host}:${DEFAULT_BROKER_LISTEN.port}. Logs are JSON lines on stderr. Stop with Ctrl-C.
 
-  --data-dir <dir>       where the registry and the gateway's signing key live
-  --listen <host:port>   device link address (port 0: any free port)
-  --id <name>            the gateway's name in the certificates it issues (default: kept from the last run, else gateway.local)
-  --max-lifetime <s>     longest registration granted, seconds (default 86400)
-  --min-lifetime <s>     shortest registration granted, seconds (default 60)`;
+  --data-dir <dir>         where the registry and the gateway's signing key live
+  --listen <host:port>     device link address (port 0: any free port)
+  --id <name>              the gateway's name in the certificates it issues (default: kept from the last run, else gateway.local)
+  --max-lifetime <s>       longest registration granted, seconds (default 86400)
+  --min-lifetime <s>       shortest registration granted, seconds (default 60)
+  --mqtt <url>             publish monitoring to this broker (e.g. mqtt://127.0.0.1:1883) instead of an embedded one
+  --mqtt-listen <host:port> the embedded broker's address (port 0: any free port)
+  --no-mqtt                no monitoring, no broker
+  --metrics <s>            seconds between metrics messages (default 10)
+  --demo <n>               also boot n emulated Puck.js handsets (the real firmware bundle) against this
+                           gateway and print what happens in plain words; the JSON log goes to <data-dir>/gateway.log`;
 
 export async function gatewayCommand(argv: string[]): Promise<number> {
   const o = parse(argv, {
@@ -22,6 +36,11 @@ export async function gatewayCommand(argv: string[]): Promise<number> {
     id: { type: "string" },
     "max-lifetime": { type: "string" },
     "min-lifetime": { type: "string" },
+    mqtt: { type: "string" },
+    "mqtt-listen": { type: "string" },
+    "no-mqtt": { type: "boolean" },
+    metrics: { type: "string" },
+    demo: { type: "string" },
     help: { type: "boolean", short: "h" },
   });
   if (o.help) {
@@ -30,17 +49,82 @@ export async function gatewayCommand(argv: string[]): Promise<number> {
   }
   const policy = { maxLifetime: positiveInt(o["max-lifetime"], "--max-lifetime", 86400), minLifetime: positiveInt(o["min-lifetime"], "--min-lifetime", 60) };
   if (policy.minLifetime > policy.maxLifetime) throw new Error("--min-lifetime is above --max-lifetime");
+  if ([o.mqtt !== undefined, o["mqtt-listen"] !== undefined, o["no-mqtt"] === true].filter(Boolean).length > 1) {
+    throw new UsageError("--mqtt, --mqtt-listen and --no-mqtt exclude each other");
+  }
+  if (o.mqtt !== undefined && !/^(mqtts?|wss?):\/\/./.test(o.mqtt)) throw new UsageError(`--mqtt wants a broker URL such as mqtt://127.0.0.1:1883, got "${o.mqtt}"`);
+  const metricsSeconds = positiveInt(o.metrics, "--metrics", 10);
+  const mqtt: MqttOptions | undefined = o["no-mqtt"]
+    ? undefined
+    : o.mqtt !== undefined
+      ? { url: o.mqtt, metricsSeconds }
+      : { embedded: o["mqtt-listen"] ? hostPort(o["mqtt-listen"], "--mqtt-listen") : DEFAULT_BROKER_LISTEN, metricsSeconds };
+  const demo = o.demo === undefined ? 0 : positiveInt(o.demo, "--demo", 2);
+  const dataDir = o["data-dir"] ?? DEFAULT_DATA_DIR;
+
+  // In the demo, stdout is for people: the JSON log goes to a file next to the registry.
+  let logFd: number | undefined;
+  let log: Logger | undefined;
+  if (demo) {
+    mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+    chmodSync(dataDir, 0o700);
+    logFd = openSync(join(dataDir, "gateway.log"), "a", 0o600);
+    const fd = logFd;
+    log = new Logger((line) => writeSync(fd, line + "\n"));
+  }
+
+  // Listen for Ctrl-C / SIGTERM from the start: one that arrives while the demo boots still stops cleanly.
+  const stopRequested = new Promise<void>((resolve) => {
+    process.once("SIGINT", () => resolve());
+    process.once("SIGTERM", () => resolve());
+  });
   const gw = await Gateway.start({
-    dataDir: o["data-dir"] ?? DEFAULT_DATA_DIR,
+    dataDir,
     listen: o.listen ? hostPort(o.listen, "--listen") : undefined,
     id: o.id,
     policy,
+    mqtt,
+    log,
   });
-  await new Promise<void>((resolve) => {
-    const stop = () => resolve();
-    process.once("SIGINT", stop);
-    process.once("SIGTERM", stop);
-  });
+  let stopDemo: (() => void) | undefined;
+  try {
+    if (demo) stopDemo = await startDemo(gw, dataDir, demo);
+  } catch (e) {
+    await gw.stop();
+    throw e;
+  }
+  await stopRequested;
+  stopDemo?.();
   await gw.stop();
+  if (logFd !== undefined) closeSync(logFd);
   return 0;
+}
+
+/** The first-run demo: n emulated Puck.js handsets against gw, narrated on stdout. */
+async function startDemo(gw: Gateway, dataDir: string, n: number): Promise<() => void> {
+  // Loaded only for the demo: the firmware build and the emulator are not part of a gateway.
+  const { buildFirmware } = await import("../flash/build.ts");
+  const { startSim } = await import("../emulator/sim.ts");
+  const say = (s: string) => process.stdout.write(s + "\n");
+  say(`keyproxy gateway "${gw.id}": devices connect on ${gw.address.host}:${gw.address.port}; registry and JSON log in ${dataDir}`);
+  const m = gw.monitoring;
+  if (m) {
+    const u = new URL(m.url);
+    say(`monitoring on MQTT at ${m.url}; watch it with`);
+    say(`  mosquitto_sub -h ${u.hostname.replace(/^\[|\]$/g, "")} -p ${u.port || 1883} -t 'keyproxy/#' -v`);
+    say(`  npx keyproxy monitor${m.url === "mqtt://127.0.0.1:1883" ? "" : ` --mqtt ${m.url}`}`);
+  }
+  say(`demo: building the Puck.js firmware and booting ${n} emulated handset${n === 1 ? "" : "s"} (Ctrl-C stops everything)`);
+  const build = await buildFirmware({ board: "puckjs" });
+  if (!build.ok) throw new Error(`the puckjs firmware does not build:\n${build.problems.join("\n")}`);
+  // Only what a person wants to see on a first run: what happened to each handset.
+  const shown = new Set(["joined", "join-rejected", "registered", "renewed", "deregistered", "link-closed", "frame dropped"]);
+  const unsubscribe = gw.log.subscribe((rec) => {
+    if (shown.has(rec.event)) say(describeEvent(rec));
+  });
+  const sim = await startSim({ dataDir, gateway: gw.address, count: n, board: "puckjs", bundle: build.code, lifetime: 3600 });
+  return () => {
+    unsubscribe();
+    sim.stop();
+  };
 }

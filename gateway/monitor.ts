@@ -5,7 +5,8 @@
 //                             last-will puts {state:"offline", ...} there if the connection dies
 //   devices/<device-id>/state retained, QoS 1: what the registry and the link server know of a device
 //   events                    QoS 0: every log record, as logged (Logger.subscribe)
-//   metrics                   QoS 0, periodic: the link server's counters and the publisher's own
+//   metrics                   retained, QoS 0, periodic: the link server's counters and the publisher's
+//                             own (retained so that a new subscriber sees the latest at once)
 //
 // What it never publishes: root keys, link keys, nonces, tags, identity or signing keys. It reads only
 // non-secret columns and log records (which already withhold every byte array).
@@ -268,6 +269,7 @@ export class MqttPublisher {
     this.publishStatus();
     for (const dev of d.store.listDevices()) this.dirty.add(dev.id);
     this.flush();
+    this.publishMetrics();
   }
 
   private onConnect(): void {
@@ -326,7 +328,13 @@ export class MqttPublisher {
     this.dirty.add(device);
     if (!this.flushScheduled) {
       this.flushScheduled = true;
-      setImmediate(() => this.flush());
+      setImmediate(() => {
+        try {
+          this.flush();
+        } catch (e) {
+          this.d.log.warn("mqtt-publish-failed", { reason: (e as Error).message });
+        }
+      });
     }
   }
 
@@ -393,6 +401,10 @@ export class MqttPublisher {
     };
   }
 
+  private publishMetrics(): void {
+    this.outbox.push({ topic: topics.metrics(this.d.gatewayId), payload: JSON.stringify(this.metrics()), qos: 0, retain: true });
+  }
+
   /** Periodic: metrics, and every device's state again (registrations expire, and other processes
    *  such as `keyproxy device` change the registry without telling the gateway). */
   private tick(): void {
@@ -400,7 +412,7 @@ export class MqttPublisher {
       for (const dev of this.d.store.listDevices()) this.dirty.add(dev.id);
       for (const id of this.lastState.keys()) this.dirty.add(id);
       this.flush();
-      this.outbox.push({ topic: topics.metrics(this.d.gatewayId), payload: JSON.stringify(this.metrics()), qos: 0, retain: false });
+      this.publishMetrics();
     } catch (e) {
       this.d.log.warn("mqtt-publish-failed", { reason: (e as Error).message });
     }
