@@ -12,9 +12,9 @@
 
 import { ctEqual, type Bytes } from "./bytes.ts";
 import type { SymCrypto } from "./crypto/types.ts";
-import { encodeFrame, FrameDecoder, type Crc32 } from "./proto/frame.ts";
-import { deriveLinkKeys, deriveSaKeys, joinTag, saConfirmTag, JOIN_NONCE_BYTES, type Codec } from "./proto/keys.ts";
-import { newLink, openFrame, sealFrame, type Link } from "./proto/link.ts";
+import { deframe, encodeFrame, type Crc32, type Deframer } from "./proto/frame.ts";
+import { deriveLinkKeys, deriveSaKeys, joinTag, DIR_DOWN, DIR_UP, JOIN_NONCE_BYTES, type Codec } from "./proto/keys.ts";
+import { crypt, type Link } from "./proto/link.ts";
 import { decodeMessage, encodeMessage, Msg, type InnerMessage, type Message } from "./proto/messages.ts";
 
 export interface HandsetConfig {
@@ -97,7 +97,7 @@ export class Handset {
   reg_: Registration | null = null;
   /** The transport while it is up: Espruino's Bluetooth, a net socket wrapper, or a test's port. */
   port: Port | null = null;
-  decoder_: FrameDecoder;
+  decoder_: Deframer;
   /** The join or request timeout, and the renewal timer (0: none). */
   timer_: any = 0;
   renew_: any = 0;
@@ -113,21 +113,22 @@ export class Handset {
   lastType = 0;
   lastCode = 0;
   /** Application hooks. onRequest decides an incoming session (default: refuse). */
-  onRequest: ((from: string, app: string) => boolean) | null = null;
-  onConnect: ((spi: number, peer: string, app: string, replaces: number) => void) | null = null;
-  onMessage: ((data: Bytes, spi: number, peer: string, app: string) => void) | null = null;
-  onClose: ((spi: number, reason: number) => void) | null = null;
+  // (Declared only: a hook costs a device variable once the application sets it, not before.)
+  declare onRequest?: (from: string, app: string) => boolean;
+  declare onConnect?: (spi: number, peer: string, app: string, replaces: number) => void;
+  declare onMessage?: (data: Bytes, spi: number, peer: string, app: string) => void;
+  declare onClose?: (spi: number, reason: number) => void;
 
   constructor(cfg: HandsetConfig, p: Platform) {
     this.cfg_ = cfg;
     this.p_ = p;
-    this.decoder_ = new FrameDecoder(p.crc32);
+    this.decoder_ = { buf_: new Uint8Array(0), dropped_: 0, crc32_: p.crc32 };
   }
 
   /** The transport is up: start a join. */
   up(port: Port): void {
     this.port = port;
-    this.decoder_ = new FrameDecoder(this.p_.crc32);
+    this.decoder_.buf_ = new Uint8Array(0);
     this.join();
   }
 
@@ -161,38 +162,40 @@ export class Handset {
     return { state: this.st_.k, registered: left > 0, expiresIn: left > 0 ? left : 0, certId: r ? r.certId : null, joins: this.joins_, dropped: this.dropped_, sas: this.sas.length };
   }
 
-  /** After a failure: join again after an exponential backoff (2 s, 4 s, ... 60 s) with jitter. */
-  retry_(): void {
-    this.reset_(false);
-    this.failures_++;
-    const base = Math.min(MAX_BACKOFF_MS, 1000 << Math.min(this.failures_, 6));
-    this.timer_ = this.p_.setTimeout(() => this.join(), base / 2 + (this.p_.crypto.random(1)[0] / 255) * (base / 2));
-  }
-
-  join(): void {
+  /** Joins now, or after a failure (backoff) again after an exponential backoff (2 s, 4 s, ... 60 s)
+   *  with jitter. */
+  join(backoff?: boolean): void {
     const p = this.p_;
     const c = this.cfg_;
     this.reset_(false);
+    if (backoff) {
+      this.failures_++;
+      const base = Math.min(MAX_BACKOFF_MS, 1000 << Math.min(this.failures_, 6));
+      this.timer_ = p.setTimeout(() => this.join(), base / 2 + (p.crypto.random(1)[0] / 255) * (base / 2));
+      return;
+    }
     if (!this.port) return;
     // The counter is made durable before it is used: after a power cut the next join uses a higher
     // one, so the gateway never accepts the same counter twice and link keys are never repeated.
     const ctr = p.counter() + 1;
     if (p.counter(ctr) !== ctr) {
       p.log("KP ctr not saved");
-      this.retry_();
+      this.join(true);
       return;
     }
     const nonce = p.crypto.random(JOIN_NONCE_BYTES);
     this.st_ = { k: "joining", ctr: ctr, nonce: nonce };
-    this.timer_ = p.setTimeout(() => this.retry_(), JOIN_TIMEOUT_MS);
+    this.timer_ = p.setTimeout(() => this.join(true), JOIN_TIMEOUT_MS);
     const tag = joinTag(p.crypto, p.cbor, c.rootKey, c.id, ctr, nonce, c.suite);
     this.port.write(encodeFrame(p.cbor.encode(encodeMessage({ t: Msg.JoinRequest, id: c.id, ctr: ctr, nonce: nonce, suite: c.suite, tag: tag })), p.crc32));
   }
 
-  /** The SA with this SPI (following replacements when asked), dropping any whose time is up. */
-  sa_(spi: number, follow: boolean): Sa | undefined {
+  /** The SA with this SPI (following replacements when asked), dropping any whose time is up. With
+   *  drop set, deletes that SA and the ones it replaced instead (keys wiped). */
+  sa_(spi: number, follow: boolean, drop?: boolean): Sa | undefined {
     const now = this.p_.now();
     let found: Sa | undefined;
+    if (drop) for (const s of this.sas) if (s.spi === spi || s.by === spi) s.expiresAt = 0;
     for (let i = this.sas.length - 1; i >= 0; i--) {
       const s = this.sas[i];
       if (now >= s.expiresAt || (s.retireAt && now >= s.retireAt)) {
@@ -209,7 +212,7 @@ export class Handset {
   receive(bytes: Bytes): void {
     const p = this.p_;
     const c = this.cfg_;
-    for (const f of this.decoder_.push(bytes)) {
+    for (const f of deframe(this.decoder_, bytes)) {
       let m: Message | Error | Bytes | number;
       try {
         m = decodeMessage(p.cbor.decode(f));
@@ -224,7 +227,8 @@ export class Handset {
         else {
           p.clearTimeout(this.timer_);
           this.timer_ = 0;
-          this.st_ = { k: "linked", ctr: s.ctr, link: newLink(deriveLinkKeys(p.crypto, p.cbor, c.rootKey, c.id, s.ctr, s.nonce, m.nonce, c.suite), true) };
+          const keys = deriveLinkKeys(p.crypto, p.cbor, c.rootKey, c.id, s.ctr, s.nonce, m.nonce, c.suite);
+          this.st_ = { k: "linked", ctr: s.ctr, link: { keys_: keys, txDir_: DIR_UP, txSeq_: 0, rx_: { top: 0, bits: 0 } } };
           this.failures_ = 0;
           // After a boot the device holds no SAs: the gateway ends whatever it had (spi 0: all).
           if (!this.joins_++) this.request_({ t: Msg.Bye, spi: 0 }, false);
@@ -233,19 +237,19 @@ export class Handset {
         }
       } else if (m.t === Msg.JoinReject && s.k === "joining") {
         p.log("KP join rejected");
-        this.retry_();
+        this.join(true);
       } else if (m.t === Msg.SaData && s.k === "linked") {
         // End-to-end data from a peer, relayed by the gateway.
         const sa = this.sa_(m.spi, false);
         // Drop reasons beyond the link's (1-6): 7 the SA's message limit is used up, 8 no such SA.
-        const data = sa ? (sa.rx < sa.limit ? openFrame(p.crypto, sa.link, m.spi, m.seq, m.sealed) : 7) : 8;
+        const data = sa ? (sa.rx < sa.limit ? crypt(p.crypto, p.cbor, sa.link, m.spi, m.seq, m.sealed, true) : 7) : 8;
         if (typeof data === "number") drop = "sa " + data;
         else if (sa) {
           sa.rx++;
           if (this.onMessage) this.onMessage(data, sa.by || sa.spi, sa.peer, sa.app);
         }
       } else if (m.t === Msg.Link && s.k === "linked") {
-        m = openFrame(p.crypto, s.link, 0, m.seq, m.sealed);
+        m = crypt(p.crypto, p.cbor, s.link, 0, m.seq, m.sealed, true);
         if (typeof m !== "number") {
           try {
             m = decodeMessage(p.cbor.decode(m));
@@ -292,12 +296,13 @@ export class Handset {
       p.log("KP deregistered");
     } else if (a.t === Msg.SaInstall) {
       // Key distribution: expand the seed, install the SA (not ready until Connected), confirm.
+      const keys = deriveSaKeys(p.crypto, p.cbor, a.seed, a.spi, a.suite, a.role);
       const sa: Sa = {
-        spi: a.spi, peer: a.peer, app: a.app, link: newLink(deriveSaKeys(p.crypto, p.cbor, a.seed, a.spi, a.suite), a.role === 0),
+        spi: a.spi, peer: a.peer, app: a.app, link: { keys_: keys, txDir_: a.role === 0 ? DIR_UP : DIR_DOWN, txSeq_: 0, rx_: { top: 0, bits: 0 } },
         expiresAt: p.now() + a.lifetime, rekeyAt: p.now() + a.lifetime * REKEY_AT, limit: a.limit, rx: 0, ready: false, by: 0, retireAt: 0, rekeying: false,
       };
       this.sas.push(sa);
-      this.request_({ t: Msg.SaConfirm, rid: a.rid, spi: a.spi, tag: saConfirmTag(p.crypto, p.cbor, a.seed, a.spi, a.role) }, false);
+      this.request_({ t: Msg.SaConfirm, rid: a.rid, spi: a.spi, tag: keys.confirm }, false);
       a.seed.fill(0);
     } else if (a.t === Msg.Connected) {
       const sa = this.sa_(a.spi, false);
@@ -315,7 +320,7 @@ export class Handset {
       p.log("KP sa up " + sa.peer);
       if (this.onConnect) this.onConnect(a.spi, sa.peer, sa.app, a.replaces);
     } else if (a.t === Msg.SaClosed) {
-      this.drop_(a.spi);
+      this.sa_(a.spi, false, true);
       if (this.onClose) this.onClose(a.spi, a.reason);
     } else if (a.t === Msg.CertAnswer) p.log("KP cert " + a.cert.length);
     else if (a.t === Msg.Error) p.log("KP error " + a.code);
@@ -335,7 +340,7 @@ export class Handset {
     }
     let frame: Bytes;
     try {
-      frame = sealFrame(p.crypto, p.cbor, s.link, 0, p.cbor.encode(encodeMessage(m)));
+      frame = crypt(p.crypto, p.cbor, s.link, 0, 0, p.cbor.encode(encodeMessage(m)), false) as Bytes;
     } catch (e) {
       p.log("KP " + (e as Error).message);
       this.join();
@@ -344,18 +349,16 @@ export class Handset {
     this.port.write(encodeFrame(frame, p.crc32));
     if (answer) {
       if (this.timer_) p.clearTimeout(this.timer_);
-      this.timer_ = p.setTimeout(() => this.retry_(), REQUEST_TIMEOUT_MS);
+      this.timer_ = p.setTimeout(() => this.join(true), REQUEST_TIMEOUT_MS);
     }
     return true;
   }
 
-  register(): boolean {
+  /** Registers (or renews) for the configured lifetime, or for `lifetime` seconds; register(0)
+   *  deregisters, as SIP's Expires: 0 does. */
+  register(lifetime?: number): boolean {
     const c = this.cfg_;
-    return this.request_({ t: Msg.RegisterRequest, rid: 0, lifetime: c.lifetime, suites: c.suites, wantCert: true }, true);
-  }
-
-  deregister(): boolean {
-    return this.request_({ t: Msg.DeregisterRequest, rid: 0 }, true);
+    return this.request_({ t: Msg.RegisterRequest, rid: 0, lifetime: lifetime === undefined ? c.lifetime : lifetime, suites: c.suites, wantCert: true }, true);
   }
 
   /** Asks for a peer's certificate (answered only with one valid now). */
@@ -380,7 +383,7 @@ export class Handset {
       // Seed 001 re-keying, before the lifetime or the message limit runs out; either end may ask.
       sa.rekeying = this.request_({ t: Msg.Rekey, rid: 0, spi: sa.spi }, true);
     }
-    this.port.write(encodeFrame(sealFrame(p.crypto, p.cbor, sa.link, sa.spi, data), p.crc32));
+    this.port.write(encodeFrame(crypt(p.crypto, p.cbor, sa.link, sa.spi, 0, data, false) as Bytes, p.crc32));
     return true;
   }
 
@@ -388,13 +391,7 @@ export class Handset {
   close(spi: number): boolean {
     const sa = this.sa_(spi, true);
     if (!sa) return false;
-    this.drop_(sa.spi);
+    this.sa_(sa.spi, false, true);
     return this.request_({ t: Msg.Bye, spi: sa.spi }, false);
-  }
-
-  /** Deletes an SA and the ones it replaced (their keys wiped). */
-  drop_(spi: number): void {
-    for (const s of this.sas) if (s.spi === spi || s.by === spi) s.expiresAt = 0;
-    this.sa_(0, false);
   }
 }

@@ -60,7 +60,10 @@ function secretboxOpen(key: Bytes, nonce: Bytes, sealed: Bytes): Bytes | undefin
   return nacl.secretbox.open(sealed, nonce, key) ?? undefined;
 }
 
-export function nodeCrypto(): SymCrypto {
+/** The gateway's crypto: SymCrypto, always able to say which suites it runs. */
+export type GatewayCrypto = SymCrypto & { suites(): number[] };
+
+export function nodeCrypto(): GatewayCrypto {
   return {
     sha256: (data) => bytes(createHash("sha256").update(data).digest()),
     hmacSha256: (key, data) => bytes(createHmac("sha256", key).update(data).digest()),

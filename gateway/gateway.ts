@@ -4,7 +4,7 @@
 import { mkdirSync, chmodSync } from "node:fs";
 import { join } from "node:path";
 import * as cbor from "./cbor.ts";
-import { nodeCrypto } from "./crypto.ts";
+import { nodeCrypto, type GatewayCrypto } from "./crypto.ts";
 import { loadOrCreateGatewayKey } from "./identity.ts";
 import { LinkServer } from "./link-server.ts";
 import { Logger } from "./log.ts";
@@ -13,7 +13,6 @@ import { Policy } from "./policy.ts";
 import { DEFAULT_POLICY, Registrar, type RegistrationPolicy } from "./registrar.ts";
 import { DEFAULT_SESSIONS, SessionBroker, type SessionSettings } from "./sessions.ts";
 import { Store } from "./store.ts";
-import type { SymCrypto } from "../firmware/crypto/types.ts";
 import { CloseReason, Msg } from "../firmware/proto/messages.ts";
 
 export const DB_FILE = "keyproxy.db";
@@ -29,7 +28,7 @@ export interface GatewayOptions {
   now?: () => number;
   log?: Logger;
   /** The gateway's symmetric crypto (default node:crypto and tweetnacl); tests wrap it to observe. */
-  crypto?: SymCrypto;
+  crypto?: GatewayCrypto;
   /** Monitoring over MQTT (docs/MONITORING.md): a broker URL, or the embedded broker. Default: none. */
   mqtt?: MqttOptions;
   /** SA lifetime, message limit, timeouts and suite matching (gateway/sessions.ts). */

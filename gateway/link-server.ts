@@ -10,7 +10,7 @@ import { encodeFrame, FrameDecoder } from "../firmware/proto/frame.ts";
 import { deriveLinkKeys, joinTag, JOIN_NONCE_BYTES, type Codec } from "../firmware/proto/keys.ts";
 import { DROP_REASONS, newLink, openMessage, sealMessage, wipeLink, type Link } from "../firmware/proto/link.ts";
 import { decodeMessage, encodeMessage, Msg, type InnerMessage, type JoinRequest, type Message, type SaData } from "../firmware/proto/messages.ts";
-import type { SymCrypto } from "../firmware/crypto/types.ts";
+import type { GatewayCrypto } from "./crypto.ts";
 import type { Logger } from "./log.ts";
 import type { Store } from "./store.ts";
 
@@ -22,7 +22,7 @@ type ConnState =
 export interface LinkServerDeps {
   store: Store;
   log: Logger;
-  crypto: SymCrypto;
+  crypto: GatewayCrypto;
   cbor: Codec;
   now: () => number;
   /** An authenticated, fresh inner message from a device. Answers go out with LinkServer.sendTo. */

@@ -117,8 +117,8 @@ interface Outgoing {
 }
 
 /** Messages waiting for the broker. At most `limit` wait; a retained message replaces a waiting one
- *  on the same topic (only the latest state matters); past the limit, events and metrics are dropped
- *  first, and every drop is counted. At most MAX_INFLIGHT are handed to the client at a time, so
+ *  on the same topic (only the latest state matters); past the limit, events (not retained) are
+ *  dropped first, and every drop is counted. At most MAX_INFLIGHT are handed to the client at a time, so
  *  the client's own queues stay small too. */
 export class Outbox {
   static readonly MAX_INFLIGHT = 64;
@@ -244,6 +244,7 @@ export class MqttPublisher {
   private lastState = new Map<string, string>();
   private unsubscribe: () => void;
   private timer: NodeJS.Timeout;
+  private metricsTimer: NodeJS.Timeout | undefined;
 
   constructor(private d: PublisherDeps, private o: PublisherOptions) {
     const status = topics.status(d.gatewayId);
@@ -376,6 +377,7 @@ export class MqttPublisher {
       if (this.lastState.get(id) === payload) continue;
       this.lastState.set(id, payload);
       this.outbox.push({ topic: topics.deviceState(this.d.gatewayId, id), payload, qos: 1, retain: true });
+      this.metricsSoon();
     }
     this.dirty.clear();
     this.pendingCounts.clear();
@@ -401,6 +403,16 @@ export class MqttPublisher {
     };
   }
 
+  /** The retained metrics follow a device change within a second, not at the next tick. */
+  private metricsSoon(): void {
+    if (this.metricsTimer || this.stopping) return;
+    this.metricsTimer = setTimeout(() => {
+      this.metricsTimer = undefined;
+      if (!this.stopping) this.tick();
+    }, 1000);
+    this.metricsTimer.unref();
+  }
+
   private publishMetrics(): void {
     this.outbox.push({ topic: topics.metrics(this.d.gatewayId), payload: JSON.stringify(this.metrics()), qos: 0, retain: true });
   }
@@ -422,6 +434,7 @@ export class MqttPublisher {
    *  ms, and disconnects. Call before the store closes. */
   async stop(ms = 2000): Promise<void> {
     clearInterval(this.timer);
+    clearTimeout(this.metricsTimer);
     this.flush();
     this.stopping = true;
     this.unsubscribe();

@@ -5,7 +5,7 @@
 
 import { toHex } from "../firmware/bytes.ts";
 import { ErrorCode, Msg, type InnerMessage } from "../firmware/proto/messages.ts";
-import type { SymCrypto } from "../firmware/crypto/types.ts";
+import type { GatewayCrypto } from "./crypto.ts";
 import { issueCertificate } from "./cwt.ts";
 import { generateEd25519, type Ed25519KeyPair } from "./ed25519.ts";
 import type { Logger } from "./log.ts";
@@ -23,7 +23,7 @@ export const DEFAULT_POLICY: RegistrationPolicy = { minLifetime: 60, maxLifetime
 export interface RegistrarDeps {
   store: Store;
   log: Logger;
-  crypto: SymCrypto;
+  crypto: GatewayCrypto;
   gatewayId: string;
   gatewayKey: Ed25519KeyPair;
   policy: RegistrationPolicy;
@@ -65,10 +65,8 @@ export class Registrar {
 
   private register(deviceId: string, rid: number, lifetime: number, suites: number[][], wantCert: boolean): InnerMessage {
     const { policy, now } = this.d;
-    if (lifetime < 1) {
-      this.d.log.warn("register-rejected", { device: deviceId, reason: "requested lifetime is zero" });
-      return { t: Msg.Error, rid, code: ErrorCode.Malformed };
-    }
+    // A zero lifetime deregisters, as SIP's Expires: 0 does (the device's register(0)).
+    if (lifetime === 0) return this.deregister(deviceId, rid);
     const known = new Set(this.d.crypto.suites());
     const usable = suites.filter((p) => known.has(p[0]));
     if (suites.length && !usable.length) {

@@ -6,7 +6,11 @@ import fc from "fast-check";
 import { newWindow, replay, WINDOW_SIZE } from "../firmware/proto/replay.ts";
 import { encodeFrame, FrameDecoder, MAX_PAYLOAD } from "../firmware/proto/frame.ts";
 import { decodeMessage, encodeMessage, Msg, type Message } from "../firmware/proto/messages.ts";
-import { frameNonce } from "../firmware/proto/keys.ts";
+import { frameNonce, DIR_DOWN, DIR_UP } from "../firmware/proto/keys.ts";
+import { crypt, type Link } from "../firmware/proto/link.ts";
+import * as deviceCbor from "../firmware/cbor.ts";
+import { nodeCrypto } from "../gateway/crypto.ts";
+import { SUITE_AES_CCM_16_64_128, SUITE_XSALSA20_POLY1305 } from "../firmware/crypto/types.ts";
 
 const crc = (b: Uint8Array) => crc32(b) >>> 0;
 
@@ -142,4 +146,26 @@ test("nonces differ in direction, SPI and sequence number, and fit the suite", (
   assert.notEqual(n(0, 0, 1), n(1, 0, 1));
   assert.notEqual(n(0, 1, 1), n(0, 0, 1));
   assert.equal(frameNonce(-65537, 0, 0, 1).length, 24);
+});
+
+test("crypt() seals and opens with exactly frameNonce's nonces, for links and SAs, both suites and directions", () => {
+  const c = nodeCrypto();
+  fc.assert(
+    fc.property(fc.boolean(), fc.boolean(), fc.integer({ min: 0, max: 0xffffffff }), fc.integer({ min: 0, max: 1000 }), fc.uint8Array({ maxLength: 40 }), (secretbox, up, spi, start, plain) => {
+      const suite = secretbox ? SUITE_XSALSA20_POLY1305 : SUITE_AES_CCM_16_64_128;
+      const keys = { suite, up: c.random(secretbox ? 32 : 16), down: c.random(secretbox ? 32 : 16) };
+      const tx: Link = { keys_: keys, txDir_: up ? DIR_UP : DIR_DOWN, txSeq_: start, rx_: { top: 0, bits: 0 } };
+      const frame = deviceCbor.decode(crypt(c, deviceCbor, tx, spi, 0, plain, false) as Uint8Array) as unknown[];
+      const seq = start + 1;
+      const dir = up ? DIR_UP : DIR_DOWN;
+      const sealed = frame[frame.length - 1] as Uint8Array;
+      assert.deepEqual(Buffer.from(sealed), Buffer.from(c.seal(suite, up ? keys.up : keys.down, frameNonce(suite, dir, spi, seq), plain)));
+      assert.deepEqual(frame.slice(0, -1), spi ? [5, spi, seq] : [4, seq]);
+      // The other end opens it with the other direction's view of the same link.
+      const rx: Link = { keys_: keys, txDir_: up ? DIR_DOWN : DIR_UP, txSeq_: 0, rx_: { top: 0, bits: 0 } };
+      assert.deepEqual(Buffer.from(crypt(c, deviceCbor, rx, spi, seq, sealed, true) as Uint8Array), Buffer.from(plain));
+      assert.equal(crypt(c, deviceCbor, rx, spi, seq, sealed, true), 1, "a replay is refused");
+    }),
+    { numRuns: 200 },
+  );
 });

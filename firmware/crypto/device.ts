@@ -34,13 +34,6 @@ export class DeviceCrypto implements SymCrypto {
     return new Uint8Array(this.n_.crypto.SHA256(d));
   }
 
-  suites(): number[] {
-    const out: number[] = [];
-    if (this.n_.crypto.AES || this.n_.aes) out.push(SUITE_AES_CCM_16_64_128);
-    if (this.extra_) for (const a of this.extra_) out.push(a.suite);
-    return out;
-  }
-
   seal(suite: number, key: Bytes, nonce: Bytes, pt: Bytes): Bytes {
     if (suite === SUITE_AES_CCM_16_64_128 && (this.n_.crypto.AES || this.n_.aes)) {
       if (key.length !== 16 || nonce.length !== 13) throw new Error("aes-ccm: bad key or nonce length");
@@ -87,6 +80,15 @@ export interface DeviceCrypto {
 }
 DeviceCrypto.prototype.hmacSha256 = hmacSha256;
 DeviceCrypto.prototype.hkdf = hkdfSha256;
+
+/** The suites a device's crypto can run (its board's natives, then its extra suites). A function, not
+ *  a method: the firmware itself never asks, so the device does not keep it alive. */
+export function deviceSuites(d: DeviceCrypto): number[] {
+  const out: number[] = [];
+  if (d.n_.crypto.AES || d.n_.aes) out.push(SUITE_AES_CCM_16_64_128);
+  if (d.extra_) for (const a of d.extra_) out.push(a.suite);
+  return out;
+}
 
 export function deviceCrypto(n: Natives, extra: AeadImpl[]): SymCrypto {
   return new DeviceCrypto(n, extra);

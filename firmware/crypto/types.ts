@@ -15,8 +15,8 @@ export interface SymCrypto {
   hmacSha256(key: Bytes, data: Bytes): Bytes;
   /** RFC 5869 with SHA-256. */
   hkdf(salt: Bytes, ikm: Bytes, info: Bytes, length: number): Bytes;
-  /** Suites this side can run (device: what its board has). */
-  suites(): number[];
+  /** Suites this side can run. The gateway's crypto has it; on the device it is deviceSuites(). */
+  suites?(): number[];
   /** Authenticated encryption without additional data, in the suite's standard layout
    *  (AES-CCM: ciphertext || tag; secretbox: tag || ciphertext, as NaCl). */
   seal(suite: number, key: Bytes, nonce: Bytes, plaintext: Bytes): Bytes;

@@ -31,10 +31,43 @@ export function encodeFrame(payload: Bytes, crc32: Crc32): Bytes {
   return out;
 }
 
-/** Incremental decoder: push() bytes as they arrive, get complete payloads back. */
-export class FrameDecoder {
+/** The state of an incremental decoder: bytes of an incomplete frame, and how many bytes were
+ *  discarded while hunting for a valid frame (noise, bad CRC, bad length). */
+export interface Deframer {
+  buf_: Bytes;
+  dropped_: number;
+  crc32_: Crc32;
+}
+
+/** Feeds chunk to the decoder d and returns the payloads of the frames it completed. A plain function
+ *  over a plain object: the device keeps one decoder and no class for it. */
+export function deframe(d: Deframer, chunk: Bytes): Bytes[] {
+  const joined = new Uint8Array(d.buf_.length + chunk.length);
+  joined.set(d.buf_, 0);
+  joined.set(chunk, d.buf_.length);
+  const out: Bytes[] = [];
+  let p = 0;
+  while (p < joined.length) {
+    if (joined[p] !== FRAME_MAGIC) { p++; d.dropped_++; continue; }
+    if (joined.length - p < HEADER) break;
+    const len = (joined[p + 1] << 8) | joined[p + 2];
+    if (len < 1 || len > MAX_PAYLOAD) { p++; d.dropped_++; continue; }
+    const end = p + HEADER + len + TRAILER;
+    if (joined.length < end) break;
+    const t = p + HEADER + len;
+    const crc = ((joined[t] << 24) | (joined[t + 1] << 16) | (joined[t + 2] << 8) | joined[t + 3]) >>> 0;
+    if ((d.crc32_(joined.subarray(p + 1, t)) >>> 0) !== crc) { p++; d.dropped_++; continue; }
+    out.push(joined.slice(p + HEADER, t));
+    p = end;
+  }
+  d.buf_ = joined.slice(p);
+  return out;
+}
+
+/** The same decoder as a class, for the gateway and tests: push() bytes as they arrive, get complete
+ *  payloads back. */
+export class FrameDecoder implements Deframer {
   buf_: Bytes = new Uint8Array(0);
-  /** Bytes discarded while hunting for a valid frame (noise, bad CRC, bad length). */
   dropped_ = 0;
   crc32_: Crc32;
 
@@ -43,25 +76,6 @@ export class FrameDecoder {
   }
 
   push(chunk: Bytes): Bytes[] {
-    const joined = new Uint8Array(this.buf_.length + chunk.length);
-    joined.set(this.buf_, 0);
-    joined.set(chunk, this.buf_.length);
-    const out: Bytes[] = [];
-    let p = 0;
-    while (p < joined.length) {
-      if (joined[p] !== FRAME_MAGIC) { p++; this.dropped_++; continue; }
-      if (joined.length - p < HEADER) break;
-      const len = (joined[p + 1] << 8) | joined[p + 2];
-      if (len < 1 || len > MAX_PAYLOAD) { p++; this.dropped_++; continue; }
-      const end = p + HEADER + len + TRAILER;
-      if (joined.length < end) break;
-      const t = p + HEADER + len;
-      const crc = ((joined[t] << 24) | (joined[t + 1] << 16) | (joined[t + 2] << 8) | joined[t + 3]) >>> 0;
-      if ((this.crc32_(joined.subarray(p + 1, t)) >>> 0) !== crc) { p++; this.dropped_++; continue; }
-      out.push(joined.slice(p + HEADER, t));
-      p = end;
-    }
-    this.buf_ = joined.slice(p);
-    return out;
+    return deframe(this, chunk);
   }
 }

@@ -50,7 +50,9 @@ export function deriveLinkKeys(c: SymCrypto, cbor: Codec, rootKey: Bytes, id: st
 }
 
 /** AEAD nonce from (direction, spi, seq): dir(1) | spi(4) | zero(4) | seq(4), zero-padded to the
- *  suite's nonce length. The link uses spi 0. Headers need no AAD: altering one changes the nonce. */
+ *  suite's nonce length. The link uses spi 0. Headers need no AAD: altering one changes the nonce.
+ *  The layout for tools and tests; crypt() in link.ts builds the same bytes inline (one function
+ *  fewer alive on the device), and test/proto.test.ts proves the two agree. */
 export function frameNonce(suite: number, dir: number, spi: number, seq: number): Bytes {
   const n = new Uint8Array(suite === SUITE_XSALSA20_POLY1305 ? 24 : 13);
   n[0] = dir;
@@ -60,17 +62,24 @@ export function frameNonce(suite: number, dir: number, spi: number, seq: number)
 }
 
 /** An SA's keys from the seed the gateway distributed (seed 003: one seed, both devices expand it).
- *  up: initiator -> responder; down: responder -> initiator. */
-export function deriveSaKeys(c: SymCrypto, cbor: Codec, seed: Bytes, spi: number, suite: number): LinkKeys {
+ *  up: initiator -> responder; down: responder -> initiator. confirm: the key-confirmation tag of the
+ *  device in `role` (0 initiator, 1 responder), proving it holds the seed and installed this SPI in
+ *  this role. */
+export function deriveSaKeys(c: SymCrypto, cbor: Codec, seed: Bytes, spi: number, suite: number, role: number): LinkKeys & { confirm: Bytes } {
   const n = suite === SUITE_XSALSA20_POLY1305 ? 32 : 16;
+  const z = new Uint8Array(0);
   return {
     suite: suite,
-    up: c.hkdf(new Uint8Array(0), seed, cbor.encode(["KP1 sa up", spi, suite]), n),
-    down: c.hkdf(new Uint8Array(0), seed, cbor.encode(["KP1 sa down", spi, suite]), n),
+    up: c.hkdf(z, seed, cbor.encode(["KP1 sa up", spi, suite]), n),
+    down: c.hkdf(z, seed, cbor.encode(["KP1 sa down", spi, suite]), n),
+    confirm: c.hkdf(z, seed, cbor.encode(["KP1 sa confirm", spi, role]), 16),
   };
 }
 
-/** A device's key confirmation for an SA: proves it holds the seed and installed this SPI in this role. */
+/** The key-confirmation tag alone (the gateway checks both devices'). */
 export function saConfirmTag(c: SymCrypto, cbor: Codec, seed: Bytes, spi: number, role: number): Bytes {
-  return c.hkdf(new Uint8Array(0), seed, cbor.encode(["KP1 sa confirm", spi, role]), 16);
+  const k = deriveSaKeys(c, cbor, seed, spi, 0, role);
+  k.up.fill(0);
+  k.down.fill(0);
+  return k.confirm;
 }

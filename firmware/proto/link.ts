@@ -4,7 +4,8 @@
 
 import type { Bytes } from "../bytes.ts";
 import type { SymCrypto } from "../crypto/types.ts";
-import { DIR_DOWN, DIR_UP, frameNonce, type Codec, type LinkKeys } from "./keys.ts";
+import { SUITE_XSALSA20_POLY1305 } from "../crypto/types.ts";
+import { DIR_DOWN, DIR_UP, type Codec, type LinkKeys } from "./keys.ts";
 import { decodeMessage, encodeMessage, Msg, type InnerMessage, type LinkFrame, type Message } from "./messages.ts";
 import { replay, type ReplayWindow } from "./replay.ts";
 
@@ -46,27 +47,45 @@ export function newLink(keys: LinkKeys, isDevice: boolean): Link {
   return { keys_: keys, txDir_: isDevice ? DIR_UP : DIR_DOWN, txSeq_: 0, rx_: { top: 0, bits: 0 } };
 }
 
-/** The encoded outer frame carrying plain, sealed as the next frame of this link (spi 0: a Link
- *  frame) or SA (an SaData frame). Throws when the sequence space is spent (join or rekey again). */
-export function sealFrame(c: SymCrypto, cbor: Codec, link: Link, spi: number, plain: Bytes): Bytes {
-  if (link.txSeq_ >= MAX_SEQ) throw new Error("link: sequence exhausted");
-  const seq = ++link.txSeq_;
+/** Seals or opens one frame of a link (spi 0) or SA, in one function (one live function on the
+ *  device, not three). Sealing (open false) returns the encoded outer frame, a Link frame or an SaData
+ *  frame, under the next sequence number, and throws when the sequence space is spent (join or rekey
+ *  again). Opening returns the plaintext, or why it was dropped; the replay window moves only for a
+ *  frame that is fresh and authentic. The nonce is (direction, spi, seq) (docs/PROTOCOL.md §4). */
+export function crypt(c: SymCrypto, cbor: Codec, link: Link, spi: number, seq: number, data: Bytes, open: boolean): Bytes | Drop {
   const k = link.keys_;
-  const sealed = c.seal(k.suite, link.txDir_ === DIR_UP ? k.up : k.down, frameNonce(k.suite, link.txDir_, spi, seq), plain);
-  return cbor.encode(encodeMessage(spi ? { t: Msg.SaData, spi: spi, seq: seq, sealed: sealed } : { t: Msg.Link, seq: seq, sealed: sealed }));
-}
-
-/** The plaintext of a received Link (spi 0) or SA frame, or why it was dropped. The replay window
- *  moves only for a frame that is fresh and authentic. */
-export function openFrame(c: SymCrypto, link: Link, spi: number, seq: number, sealed: Bytes): Bytes | Drop {
-  const fresh = replay(link.rx_, seq, false);
-  if (fresh !== "ok") return fresh === "replayed" ? Drop.Replayed : fresh === "too-old" ? Drop.TooOld : Drop.BadSeq;
-  const rxDir = link.txDir_ === DIR_UP ? DIR_DOWN : DIR_UP;
-  const k = link.keys_;
-  const plain = c.open(k.suite, rxDir === DIR_UP ? k.up : k.down, frameNonce(k.suite, rxDir, spi, seq), sealed);
+  if (open) {
+    const fresh = replay(link.rx_, seq, false);
+    if (fresh !== "ok") return fresh === "replayed" ? Drop.Replayed : fresh === "too-old" ? Drop.TooOld : Drop.BadSeq;
+  } else {
+    if (link.txSeq_ >= MAX_SEQ) throw new Error("link: sequence exhausted");
+    seq = ++link.txSeq_;
+  }
+  // Sealing uses this end's direction, opening the other one's.
+  const dir = open === (link.txDir_ === DIR_UP) ? DIR_DOWN : DIR_UP;
+  const n = new Uint8Array(k.suite === SUITE_XSALSA20_POLY1305 ? 24 : 13);
+  n[0] = dir;
+  n[1] = spi >>> 24; n[2] = (spi >>> 16) & 255; n[3] = (spi >>> 8) & 255; n[4] = spi & 255;
+  n[9] = seq >>> 24; n[10] = (seq >>> 16) & 255; n[11] = (seq >>> 8) & 255; n[12] = seq & 255;
+  const key = dir === DIR_UP ? k.up : k.down;
+  if (!open) {
+    const sealed = c.seal(k.suite, key, n, data);
+    return cbor.encode(encodeMessage(spi ? { t: Msg.SaData, spi: spi, seq: seq, sealed: sealed } : { t: Msg.Link, seq: seq, sealed: sealed }));
+  }
+  const plain = c.open(k.suite, key, n, data);
   if (!plain) return Drop.Forged;
   replay(link.rx_, seq, true);
   return plain;
+}
+
+/** The encoded outer frame carrying plain, sealed as the next frame of this link or SA. */
+export function sealFrame(c: SymCrypto, cbor: Codec, link: Link, spi: number, plain: Bytes): Bytes {
+  return crypt(c, cbor, link, spi, 0, plain, false) as Bytes;
+}
+
+/** The plaintext of a received Link (spi 0) or SA frame, or why it was dropped. */
+export function openFrame(c: SymCrypto, cbor: Codec, link: Link, spi: number, seq: number, sealed: Bytes): Bytes | Drop {
+  return crypt(c, cbor, link, spi, seq, sealed, true);
 }
 
 /** The encoded Link frame carrying msg. */
@@ -77,7 +96,7 @@ export function sealMessage(c: SymCrypto, cbor: Codec, link: Link, msg: InnerMes
 /** The inner message of a received Link frame, or why it was dropped. An authentic frame with bad
  *  content still consumes its sequence number: it was sent once. */
 export function openMessage(c: SymCrypto, cbor: Codec, link: Link, f: LinkFrame): InnerMessage | Drop {
-  const plain = openFrame(c, link, 0, f.seq, f.sealed);
+  const plain = openFrame(c, cbor, link, 0, f.seq, f.sealed);
   if (typeof plain === "number") return plain;
   let m: Message | Error;
   try {
