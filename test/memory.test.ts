@@ -28,3 +28,28 @@ for (const board of Object.values(BOARDS)) {
     }
   });
 }
+
+test("puckjs: at most 1,000 variables at rest with one open SA, at both ends", async () => {
+  const board = BOARDS.puckjs;
+  const build = await buildFirmware({ board: board.id, outDir: tempDir("kp-mem-") });
+  assert.ok(build.ok, build.problems.join("\n"));
+  const t = await startGateway();
+  t.gw.policy.add("sim-1", "sim-2", "app", "allow");
+  const sim = await startSim({ dataDir: t.dataDir, gateway: t.gw.address, count: 2, board: board.id, bundle: build.code });
+  const [a, b] = sim.devices;
+  try {
+    await until(() => a.eval("KP.status().registered") === true && b.eval("KP.status().registered") === true, "registration", 15000);
+    // The callee's application: a hook that accepts, as a real application would set one.
+    b.eval("KP.onRequest = function (from, app) { return app === 'app'; }; 1");
+    a.eval('KP.connect("sim-2", "app"); 1');
+    await until(() => a.eval("KP.sas.length === 1 && KP.sas[0].ready") === true && b.eval("KP.sas.length === 1 && KP.sas[0].ready") === true, "the SA", 15000);
+    await new Promise((r) => setTimeout(r, 200));
+    for (const [role, dev] of [["caller", a], ["callee", b]] as const) {
+      const { estimatedVars } = dev.memory();
+      assert.ok(estimatedVars <= board.budget.varsAtRest, `${role}: ${estimatedVars} estimated variables with one SA, budget ${board.budget.varsAtRest}`);
+    }
+  } finally {
+    sim.stop();
+    await t.gw.stop();
+  }
+});
