@@ -5,6 +5,7 @@ import { SUITE_AES_CCM_16_64_128, SUITE_XSALSA20_POLY1305 } from "../firmware/cr
 import type { DeviceResults, NativeCalls, SuiteTimings } from "./device-run.ts";
 import { MESSAGE_BYTES } from "./device-run.ts";
 import type { NodeResults, NodeSuiteTimings } from "./node-run.ts";
+import type { DeviceSessionResults, GatewaySessionResults, Latency, SessionResults } from "./sessions.ts";
 import type { TargetResult } from "./targets.ts";
 import type { Timing } from "./timing.ts";
 
@@ -96,13 +97,36 @@ const OPERATIONS: Operation[] = [
  *  The emulator's own cost of the natives (a host round trip each) is taken out first, and so is the
  *  Storage write of the join counter, whose cost in real flash nobody here has measured. */
 function espruinoRatio(d: DeviceResults, op: Operation, s: SuiteTimings, x25519RealMs: number): number {
-  const calls = op.calls(s);
-  const bridged = calls.sha256 * d.sha256Of64.medianUs + calls.aes * d.aesEcbBlock.medianUs;
   const storage = op === OPERATIONS[0] ? d.persistCounter.medianUs : 0;
-  const jsUs = Math.max(0, op.median(s) - bridged - storage);
-  const slowdown = (x25519RealMs * 1000) / d.x25519.naclFast.medianUs;
-  const realOpUs = jsUs * slowdown + calls.sha256 * ESPRUINO.sha256Of64Us + calls.aes * ESPRUINO.aesEcb48Us;
+  return estimateRatio({ opUs: op.median(s) - storage, calls: op.calls(s), x25519Us: d.x25519.naclFast.medianUs, sha256Us: d.sha256Of64.medianUs, aesUs: d.aesEcbBlock.medianUs }, x25519RealMs);
+}
+
+/** One operation measured in the emulator, with what it takes to estimate it on Espruino. */
+interface Measured {
+  opUs: number;
+  calls: NativeCalls;
+  /** X25519 (nacl-fast) and one bridged native call each, in the same device. */
+  x25519Us: number;
+  sha256Us: number;
+  aesUs: number;
+}
+
+/** The estimate of espruinoRatio, for any measured operation. */
+function estimateRatio(m: Measured, x25519RealMs: number): number {
+  const bridged = m.calls.sha256 * m.sha256Us + m.calls.aes * m.aesUs;
+  const jsUs = Math.max(0, m.opUs - bridged);
+  const slowdown = (x25519RealMs * 1000) / m.x25519Us;
+  const realOpUs = jsUs * slowdown + m.calls.sha256 * ESPRUINO.sha256Of64Us + m.calls.aes * ESPRUINO.aesEcb48Us;
   return (x25519RealMs * 1000) / realOpUs;
+}
+
+/** "a×" or "a×-b×" for the estimate at both ends of design.md's X25519 range. */
+function estimateRange(m: Measured): string {
+  const a = estimateRatio(m, ESPRUINO.x25519Ms[0]);
+  const b = estimateRatio(m, ESPRUINO.x25519Ms[1]);
+  const lo = Math.min(a, b);
+  const hi = Math.max(a, b);
+  return Math.round(lo) === Math.round(hi) ? times(lo) : `${times(lo)}-${times(hi)}`;
 }
 
 // ---- the page ------------------------------------------------------------------------------------
@@ -182,6 +206,144 @@ function nodeTable(n: NodeResults): string {
   return table(["the same operation on the gateway machine (Node)", "median µs", "X25519 (node:crypto) ÷ op"], rows);
 }
 
+// ---- sessions --------------------------------------------------------------------------------------
+
+function percent(x: number): string {
+  return `${Math.round(x * 100)}%`;
+}
+
+function ms(x: number): string {
+  return x < 10 ? x.toFixed(2) : x < 100 ? x.toFixed(1) : Math.round(x).toLocaleString("en-US");
+}
+
+function sessionMeasured(sd: DeviceSessionResults, t: Timing, calls: NativeCalls): Measured {
+  return { opUs: t.medianUs, calls, x25519Us: sd.x25519.medianUs, sha256Us: sd.sha256Of64.medianUs, aesUs: sd.aesEcbBlock.medianUs };
+}
+
+function sessionDeviceTable(sd: DeviceSessionResults): string {
+  const rows: string[][] = [];
+  const x = sd.x25519.medianUs;
+  for (const s of sd.suites) {
+    const name = suiteName(s.suite);
+    const add = (what: string, t: Timing, calls: NativeCalls) =>
+      rows.push([`${what}; ${name}`, us(t.medianUs), range(t), natives(calls), times(x / t.medianUs), estimateRange(sessionMeasured(sd, t, calls))]);
+    add("session setup as caller", s.caller, s.natives.caller);
+    add("session setup as callee", s.callee, s.natives.callee);
+    add(`protect a ${MESSAGE_BYTES}-byte message on the SA`, s.protectOnSa, s.natives.protectOnSa);
+  }
+  rows.push(["X25519, nacl-fast.js `scalarMult`, same device", us(x), range(sd.x25519), "-", "1.0×", "1.0×"]);
+  return table(["device operation (emulator)", "median µs", "range µs", "SHA-256 / AES calls", "X25519 ÷ op", "Espruino (estimate)"], rows);
+}
+
+function sessionGatewayTable(g: GatewaySessionResults, n: NodeResults): string {
+  const rounds = g.gatewayCpuUsPerSetupRounds;
+  return table(["on the gateway", "value"], [
+    [`setups per second, ${g.pairs} pairs at once (wall clock over ${g.setups.toLocaleString("en-US")} setups)`, Math.round(g.setupsPerSecond).toLocaleString("en-US")],
+    ["gateway CPU per setup (user + system, mean over the rounds)", `${us(g.gatewayCpuUsPerSetup)} µs`],
+    [`  per round (${rounds.length} rounds), lowest-highest`, `${us(Math.min(...rounds))}-${us(Math.max(...rounds))} µs`],
+    ["gateway process busy during the rounds (its CPU ÷ wall time)", percent(g.gatewayBusy)],
+    ["handsets' process (the load) busy during the rounds", percent(g.loadBusy)],
+    ["raw crypto of one setup on the gateway (median; below)", `${us(g.rawCrypto.medianUs)} µs`],
+    ["**gateway CPU per setup ÷ its raw crypto**", `**${times(g.gatewayCpuUsPerSetup / g.rawCrypto.medianUs)}**`],
+    ["gateway CPU per setup, in X25519s (node:crypto, from \"Gateway machine\" above)", (g.gatewayCpuUsPerSetup / n.x25519.nodeCrypto.medianUs).toFixed(1)],
+    [`one audit record in SQLite (WAL, synchronous=FULL, ${g.dataDirFs}), mean of ${g.auditInsert.inserts}`, `${us(g.auditInsert.wallUs)} µs wall, ${us(g.auditInsert.cpuUs)} µs CPU`],
+  ]);
+}
+
+function latencyTable(g: GatewaySessionResults): string {
+  const row = (what: string, l: Latency) => [what, l.setups.toLocaleString("en-US"), ms(l.p50Ms), ms(l.p99Ms), ms(l.maxMs)];
+  return table(["setup latency, connect() to onConnect at both ends", "setups", "p50 ms", "p99 ms", "max ms"], [
+    row("one pair at a time", g.sequential),
+    row(`${g.pairs} pairs at once`, g.concurrent),
+  ]);
+}
+
+function sessionsSection(info: RunInfo, ss: SessionResults, n: NodeResults): string {
+  const g = ss.gateway;
+  const sd = ss.device;
+  const ccm = sd.suites.find((x) => x.suite === SUITE_AES_CCM_16_64_128) ?? sd.suites[0];
+  const per = (t: Timing) => Math.round(sd.x25519.medianUs / t.medianUs).toLocaleString("en-US");
+  const cryptoShare = g.rawCrypto.medianUs / g.gatewayCpuUsPerSetup;
+  const auditShare = g.auditInsert.cpuUs / g.gatewayCpuUsPerSetup;
+  const saturated = g.gatewayBusy >= 0.8;
+  return `## Sessions inside one gateway (design.md flow 4)
+
+A session setup: the caller names its peer (ConnectRequest); the gateway checks the caller's
+registration and the policy, matches suites and asks the callee (Incoming, Answer); it draws one
+32-byte seed and sends it to both (SaInstall); each device expands it into the SA's keys with HKDF
+and proves it holds them (SaConfirm); when both confirmations verify, the gateway tells both
+(Connected). Nobody does public-key crypto: the gateway's share is a random seed, two confirmation
+tags and nine protected link frames, the device's three HKDFs and four or five frames.
+
+### On the device, next to one X25519
+
+The handset's own work for one setup, step for step as \`firmware/handset.ts\` does it, in
+\`bench/device-ops.ts\` (\`sessionCaller\`, \`sessionCallee\`, \`protectOnSa\`), bundled as above and run in a
+second emulated device of the same run (board \`${sd.board}\`, bench bundle ${sd.bundleBytes.toLocaleString("en-US")} bytes), with one tweetnacl
+X25519 and the bridged natives timed in that same device, interleaved with them. The gateway's frames
+are computed in Node (\`gateway/crypto.ts\`, cbor-x); before anything is timed, the gateway side opens the
+device's ConnectRequest and Answer, checks both SaConfirm tags, and opens the device's SA frame with
+the peer's keys. Each setup runs on a fresh link, as the register operation does, so the gateway's
+frames stay fresh. The steps: as caller, seal the ConnectRequest; open the SaInstall, derive the SA
+keys and the confirmation tag, seal the SaConfirm; open the Connected. As callee, open the Incoming
+and seal the Answer, then the same from the SaInstall on. Protecting a message on the SA is
+\`Handset.send\`: seal, SaData frame, transport frame. The last column is X25519 ÷ op on Espruino,
+estimated as in "QuickJS is not Espruino" above, with this device's own X25519 and native-call times.
+
+On the AES-CCM link and SA every board has, one X25519 costs the device as much time as
+**${per(ccm.caller)} session setups as caller or ${per(ccm.callee)} as callee** (a device running its own authenticated key
+exchange would need at least two X25519s, and signatures, per session).
+
+${sessionDeviceTable(sd)}
+
+### On the gateway: setups per second, CPU per setup, latency
+
+The gateway runs in its own process (\`bench/sessions.ts\` forks it): the production \`Gateway\` (link
+server, registrar, session broker, its SQLite registry on ${g.dataDirFs}), on loopback TCP. ${g.handsets}
+handsets, provisioned in its registry and allowed to reach one another (policy default allow), join and
+register first. They are the firmware's \`Handset\` engine run in Node, with the device crypto on Node's
+model of Espruino's natives, as \`test/support/harness.ts\` runs it: ${g.handsets} QuickJS devices would make the
+load generator, not the gateway, the thing measured (the device's time is in the table above). Callees
+accept in \`onRequest\`. A setup is timed from \`connect()\` on the caller until \`onConnect\` fired on both
+devices, which the gateway triggers only after both confirmations verified. In each of ${g.rounds} rounds (after
+warm-up rounds that are not counted) all ${g.pairs} pairs connect at once; all sessions are closed (bye)
+before the next round. Then ${g.sequential.setups} setups follow one pair at a time. The gateway's CPU time is
+\`process.cpuUsage()\` in the gateway process across each round's setups (not the teardowns); its log
+records are built as usual but written nowhere. The machine has ${info.cpus} CPUs, shared by the gateway's
+process and the handsets'.
+
+${sessionGatewayTable(g, n)}
+
+${latencyTable(g)}
+
+The raw crypto is what a setup needs of \`gateway/crypto.ts\` and nothing else: the seed (32 random bytes)
+and the SPI (4), both confirmation tags derived (\`saConfirmTag\`, as the broker calls it) and compared in
+constant time, ${g.messages.opened} link frames opened and ${g.messages.sealed} sealed (AES-128-CCM, plaintexts the size of the real
+messages), timed in this process (median of ${g.rawCrypto.samplesUs.length} repetitions, ${range(g.rawCrypto)} µs).
+
+What this says: crypto is about ${percent(cryptoShare)} of the gateway's CPU per setup. The rest is the protocol's
+bookkeeping: the caller's and callee's registrations looked up in SQLite and the session's audit
+record written (one audit insert alone is ${percent(auditShare)} of a setup's CPU, and its synchronous commit
+adds wall time on top), nine frames through CBOR, framing and the socket, structured log records,
+timers. Cheaper setups would come from there, not from faster crypto.
+${
+    saturated
+      ? `The gateway process was busy ${percent(g.gatewayBusy)} of the rounds' wall time, so the setups per second are close\nto what one gateway process (one thread) does on this machine.`
+      : `The gateway process was busy only ${percent(g.gatewayBusy)} of the rounds' wall time (the handsets' process\n${percent(g.loadBusy)}), so the setups per second are a floor, not the gateway's limit.`
+  }
+
+One pair at a time, a setup's latency is its six one-way trips on loopback (ConnectRequest, Incoming,
+Answer, SaInstall, SaConfirm, Connected) and the audit commit; with ${g.pairs} pairs at once the
+requests queue on the gateway's one thread, so a typical setup waits for about half the round.
+
+Not measured here: radio and real network time (loopback TCP only); the device's time under this
+load (the handsets run in Node; their device cost is the emulator table above); teardowns, rekeys and
+relayed data on the gateway; writing the log (records are built, not written) and MQTT monitoring
+(off); sessions across gateways (design.md flow 5). \`KEYPROXY_BENCH_GATEWAY_PROFILE=<dir>\` writes a CPU
+profile of the gateway process for a closer look.
+`;
+}
+
 function targetsTable(targets: TargetResult[]): string {
   return table(
     ["target (bench/targets.ts)", "floor", "measured", "status"],
@@ -189,7 +351,7 @@ function targetsTable(targets: TargetResult[]): string {
   );
 }
 
-export function renderReport(info: RunInfo, d: DeviceResults, n: NodeResults, targets: TargetResult[]): string {
+export function renderReport(info: RunInfo, d: DeviceResults, n: NodeResults, sessions: SessionResults, curves: string, targets: TargetResult[]): string {
   const ccm = d.suites.find((s) => s.suite === SUITE_AES_CCM_16_64_128) ?? d.suites[0];
   const ratio = (op: Operation) => Math.round(d.x25519.naclFast.medianUs / op.median(ccm)).toLocaleString("en-US");
   return `# Benchmarks
@@ -216,7 +378,8 @@ need (it needs at least two, plus signatures), is measured in the **same emulate
 run**, so the ratio compares like with like.
 
 On the AES-CCM link every board has, the device time of one X25519 (tweetnacl's nacl-fast.js) buys
-**${ratio(OPERATIONS[0])} complete joins, ${ratio(OPERATIONS[1])} registrations or ${ratio(OPERATIONS[2])} protected ${MESSAGE_BYTES}-byte messages**;
+**${ratio(OPERATIONS[0])} complete joins, ${ratio(OPERATIONS[1])} registrations or ${ratio(OPERATIONS[2])} protected ${MESSAGE_BYTES}-byte messages**
+(and, measured in a second device of the same run, ${sessionRatio(sessions)} session setups with another device: see "Sessions" below);
 on a real Espruino the gap is wider still (see "QuickJS is not Espruino" below).
 
 ${headlineTable(d)}
@@ -287,12 +450,15 @@ Not measured:
 - a full key exchange: one X25519 is the floor of what a device would pay, not the total (an
   authenticated exchange adds a second scalar multiplication and signatures).
 
-## Sessions (issue: sessions inside one gateway)
-
-Not measured yet. Device-to-device sessions inside one gateway (design.md §3, flow 4) are not
-implemented; when they are, this section will give the device-side cost of installing a security
-association and of protecting a frame on it, next to the same X25519.
+${sessionsSection(info, sessions, n)}
+${curves.trimEnd()}
 `;
+}
+
+/** X25519 ÷ one session setup as caller, AES-CCM, in the sessions' device. */
+function sessionRatio(ss: SessionResults): string {
+  const s = ss.device.suites.find((x) => x.suite === SUITE_AES_CCM_16_64_128) ?? ss.device.suites[0];
+  return Math.round(ss.device.x25519.medianUs / s.caller.medianUs).toLocaleString("en-US");
 }
 
 function slowdownText(d: DeviceResults): string {

@@ -1,18 +1,20 @@
 // Performance targets: they live here, in the benchmark, never in tests. Each is a ratio measured in
 // one emulator run (absolute times depend on the machine and its load; ratios much less). The floors
 // are about half of what the first runs measured on a loaded 2-CPU machine (X25519 ÷ join 21-29,
-// ÷ protect 199-260), so noise does not trip them; missing one means a device operation became about
-// twice as expensive next to X25519, which deserves a look before it ships. `npm run bench` exits
-// non-zero when one is missed.
+// ÷ protect 199-260, ÷ session setup 24-26), so noise does not trip them; missing one means a device
+// operation became about twice as expensive next to X25519, which deserves a look before it ships.
+// `npm run bench` exits non-zero when one is missed.
 
 import { SUITE_AES_CCM_16_64_128 } from "../firmware/crypto/types.ts";
 import type { DeviceResults, SuiteTimings } from "./device-run.ts";
+import type { DeviceSessionResults, DeviceSessionSuite } from "./sessions.ts";
 
 export interface Target {
   what: string;
   /** The ratio must be at least this. */
   floor: number;
-  measure(d: DeviceResults): number;
+  /** d: the main device run; s: the session device run (each has its own X25519). */
+  measure(d: DeviceResults, s: DeviceSessionResults): number;
 }
 
 export interface TargetResult {
@@ -26,6 +28,12 @@ function ccm(d: DeviceResults): SuiteTimings {
   const s = d.suites.find((x) => x.suite === SUITE_AES_CCM_16_64_128);
   if (!s) throw new Error("targets: the run has no AES-CCM results");
   return s;
+}
+
+function ccmSession(s: DeviceSessionResults): DeviceSessionSuite {
+  const x = s.suites.find((y) => y.suite === SUITE_AES_CCM_16_64_128);
+  if (!x) throw new Error("targets: the session run has no AES-CCM results");
+  return x;
 }
 
 export const TARGETS: Target[] = [
@@ -44,11 +52,21 @@ export const TARGETS: Target[] = [
     floor: 100,
     measure: (d) => d.x25519.naclFast.medianUs / ccm(d).protect.medianUs,
   },
+  {
+    what: "X25519 (nacl-fast) ÷ session setup as caller, AES-CCM link and SA",
+    floor: 12,
+    measure: (_d, s) => s.x25519.medianUs / ccmSession(s).caller.medianUs,
+  },
+  {
+    what: "X25519 (nacl-fast) ÷ session setup as callee, AES-CCM link and SA",
+    floor: 12,
+    measure: (_d, s) => s.x25519.medianUs / ccmSession(s).callee.medianUs,
+  },
 ];
 
-export function checkTargets(d: DeviceResults): TargetResult[] {
+export function checkTargets(d: DeviceResults, s: DeviceSessionResults): TargetResult[] {
   return TARGETS.map((t) => {
-    const measured = t.measure(d);
+    const measured = t.measure(d, s);
     return { what: t.what, floor: t.floor, measured, met: measured >= t.floor };
   });
 }

@@ -1,0 +1,756 @@
+// Session benchmarks (design.md flow 4, sessions inside one gateway), for `npm run bench`:
+//
+// 1. The gateway under load: one gateway in its own process (real TCP on loopback, its SQLite file on
+//    the host's temp directory), 100 handsets connecting in pairs, all pairs at once in rounds, then
+//    one pair at a time. A setup is connect() on the caller until both devices got onConnect (the
+//    gateway says Connected only after both confirmed their SA keys). Measured: setups per second
+//    (wall clock), the gateway process's CPU time per setup (process.cpuUsage in that process, so the
+//    handsets' own work is not in it) and the setup latency. The handsets are the firmware's Handset
+//    engine run in Node (as test/support/harness.ts runs it), with the device crypto on the model of
+//    Espruino's natives: 100 QuickJS devices would make the load generator, not the gateway, the thing
+//    measured.
+// 2. The raw crypto one setup needs on the gateway (seed and SPI, two confirm-tag checks, 4 link
+//    frames opened and 5 sealed), on gateway/crypto.ts, timed in the same run: what the gateway's
+//    CPU per setup is compared with.
+// 3. The device's own work for one setup, as caller and as callee, and for one message on the SA
+//    (bench/device-ops.ts), in one emulated device, next to one tweetnacl X25519 in the same device
+//    and run.
+//
+// Run alone: `node --import tsx bench/sessions.ts` prints the measurements as JSON.
+
+import { fork, type ChildProcess } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import * as fs from "node:fs";
+import * as net from "node:net";
+import * as os from "node:os";
+import * as path from "node:path";
+import { performance } from "node:perf_hooks";
+import { fileURLToPath } from "node:url";
+import nacl from "tweetnacl";
+import { EmulatedDevice } from "../emulator/device.ts";
+import { createEspruinoCrypto, crc32 } from "../emulator/espruino-crypto.ts";
+import { ctEqual, type Bytes } from "../firmware/bytes.ts";
+import * as deviceCbor from "../firmware/cbor.ts";
+import { deviceCrypto } from "../firmware/crypto/device.ts";
+import { espruinoNatives } from "../firmware/crypto/natives.ts";
+import { SUITE_AES_CCM_16_64_128, type SymCrypto } from "../firmware/crypto/types.ts";
+import { Handset, type Platform } from "../firmware/handset.ts";
+import { encodeFrame, FrameDecoder } from "../firmware/proto/frame.ts";
+import { deriveSaKeys, DIR_DOWN, DIR_UP, frameNonce, saConfirmTag, type Codec, type LinkKeys } from "../firmware/proto/keys.ts";
+import { newLink, openMessage, sealMessage, type Link } from "../firmware/proto/link.ts";
+import { decodeMessage, encodeMessage, Msg, type InnerMessage } from "../firmware/proto/messages.ts";
+import { buildFirmware } from "../flash/build.ts";
+import * as gatewayCbor from "../gateway/cbor.ts";
+import { nodeCrypto } from "../gateway/crypto.ts";
+import { Gateway, openStore } from "../gateway/gateway.ts";
+import { Logger } from "../gateway/log.ts";
+import { Policy } from "../gateway/policy.ts";
+import { DEFAULT_SESSIONS } from "../gateway/sessions.ts";
+import { zlib } from "../gateway/zlib-crc.ts";
+import { DEVICE_BOARD, DEVICE_ID, MESSAGE_BYTES, type NativeCalls } from "./device-run.ts";
+import { answerJoinAndRegister } from "./gateway-side.ts";
+import { DEFAULT_TIMING, deviceTask, nodeTask, runInterleaved, type Timing } from "./timing.ts";
+
+const ROOT = fileURLToPath(new URL("..", import.meta.url));
+const THIS_FILE = fileURLToPath(import.meta.url);
+/** argv[2] that makes this file the gateway process (see gatewayProcess). */
+const GATEWAY_FLAG = "--bench-gateway-process";
+
+export const SESSION_APP = "bench";
+/** A peer id of the same length as DEVICE_ID: it is in the ConnectRequest, Incoming and SaInstall. */
+const PEER_ID = "puck-0b5e44d8";
+
+export interface GatewayLoadOptions {
+  handsets: number;
+  /** Rounds in which every pair connects at once, after warmUpRounds that are not counted. */
+  rounds: number;
+  warmUpRounds: number;
+  /** Setups one pair at a time (after a few warm-up setups that are not counted). */
+  sequential: number;
+}
+
+export const DEFAULT_LOAD: GatewayLoadOptions = { handsets: 100, rounds: 16, warmUpRounds: 3, sequential: 200 };
+
+export interface Latency {
+  setups: number;
+  p50Ms: number;
+  p99Ms: number;
+  maxMs: number;
+}
+
+export interface GatewaySessionResults {
+  handsets: number;
+  pairs: number;
+  rounds: number;
+  /** Setups in the counted concurrent rounds. */
+  setups: number;
+  /** Setups over the summed wall time of the counted rounds (connect to the last onConnect). */
+  setupsPerSecond: number;
+  /** The gateway process's CPU time (user + system) per setup, over all counted rounds, and the
+   *  per-round values. */
+  gatewayCpuUsPerSetup: number;
+  gatewayCpuUsPerSetupRounds: number[];
+  /** Gateway CPU time ÷ wall time during the rounds: 1.0 means the gateway was the bottleneck. */
+  gatewayBusy: number;
+  /** The same for the process running the 100 handsets (the load generator). */
+  loadBusy: number;
+  concurrent: Latency;
+  sequential: Latency;
+  /** The raw crypto of one setup on the gateway, timed in this process. */
+  rawCrypto: Timing;
+  /** Link messages the gateway opens and seals per setup. */
+  messages: { opened: number; sealed: number };
+  /** Where the gateway's SQLite file was, and its file system. */
+  dataDirFs: string;
+  /** One audit record written as gateway/store.ts writes it (WAL, synchronous=FULL), on the same
+   *  file system: wall and CPU time per insert. A setup writes one (session-up). */
+  auditInsert: { wallUs: number; cpuUs: number; inserts: number };
+  /** Warnings and errors the gateway logged during the run (must be none). */
+  gatewayWarnings: number;
+}
+
+export interface DeviceSessionSuite {
+  suite: number;
+  caller: Timing;
+  callee: Timing;
+  /** Handset.send of MESSAGE_BYTES on the installed SA. */
+  protectOnSa: Timing;
+  natives: { caller: NativeCalls; callee: NativeCalls; protectOnSa: NativeCalls };
+}
+
+export interface DeviceSessionResults {
+  board: string;
+  bundleBytes: number;
+  suites: DeviceSessionSuite[];
+  /** tweetnacl nacl-fast.js scalarMult, in the same device, interleaved with the session tasks. */
+  x25519: Timing;
+  /** One bridged native call each, in the same device (for the Espruino estimate). */
+  sha256Of64: Timing;
+  aesEcbBlock: Timing;
+}
+
+export interface SessionResults {
+  gateway: GatewaySessionResults;
+  device: DeviceSessionResults;
+}
+
+// ---- small helpers ---------------------------------------------------------------------------------
+
+/** Nearest-rank percentile of already sorted values. */
+function percentile(sorted: number[], p: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))];
+}
+
+function latency(ms: number[]): Latency {
+  const s = [...ms].sort((a, b) => a - b);
+  return { setups: s.length, p50Ms: percentile(s, 50), p99Ms: percentile(s, 99), maxMs: s[s.length - 1] };
+}
+
+function fileSystemOf(dir: string): string {
+  try {
+    // /proc/mounts: the longest mount point that contains dir.
+    const mounts = fs.readFileSync("/proc/mounts", "utf8").split("\n").map((l) => l.split(" ")).filter((f) => f.length > 2);
+    const real = fs.realpathSync(dir);
+    let best = { point: "", type: "unknown" };
+    for (const f of mounts) if ((real === f[1] || real.startsWith(f[1] === "/" ? "/" : f[1] + "/")) && f[1].length > best.point.length) best = { point: f[1], type: f[2] };
+    return `${best.type} (${best.point})`;
+  } catch {
+    return "unknown";
+  }
+}
+
+// ---- the gateway's side of one setup, for the device benchmark ----------------------------------------
+
+function onlyMessage(frame: Bytes, cbor: Codec) {
+  const frames = new FrameDecoder(zlib.crc32).push(frame);
+  if (frames.length !== 1) throw new Error(`gateway side: expected one frame, got ${frames.length}`);
+  const m = decodeMessage(cbor.decode(frames[0]));
+  if (m instanceof Error) throw m;
+  return m;
+}
+
+function openInner(c: SymCrypto, cbor: Codec, link: Link, frame: Bytes, t: Msg): InnerMessage {
+  const m = onlyMessage(frame, cbor);
+  if (m.t !== Msg.Link) throw new Error("gateway side: not a Link frame");
+  const inner = openMessage(c, cbor, link, m);
+  if (typeof inner === "number") throw new Error(`gateway side: the device's frame was dropped (reason ${inner})`);
+  if (inner.t !== t) throw new Error(`gateway side: expected message ${t}, got ${inner.t}`);
+  return inner;
+}
+
+interface SetupFrames {
+  spi: number;
+  seed: Bytes;
+  /** What the gateway sends the caller (sealed at 1, 2) and the callee (1, 2, 3), as gateway/sessions.ts. */
+  caller: { install: Bytes; connected: Bytes };
+  callee: { incoming: Bytes; install: Bytes; connected: Bytes };
+}
+
+/** The gateway's frames of one setup between DEVICE_ID and PEER_ID on a device whose link keys are
+ *  keys (the benchmark's device plays both parts, each on a fresh link). */
+function setupFrames(c: SymCrypto, cbor: Codec, keys: LinkKeys, saSuite: number): SetupFrames {
+  const seed = c.random(32);
+  const spi = 0x5a5a0001;
+  const sa = { spi, app: SESSION_APP, suite: saSuite, lifetime: DEFAULT_SESSIONS.lifetime, limit: DEFAULT_SESSIONS.limit, replaces: 0 };
+  const frame = (link: Link, m: InnerMessage) => encodeFrame(sealMessage(c, cbor, link, m), zlib.crc32);
+  const toCaller = newLink(keys, false);
+  const toCallee = newLink(keys, false);
+  return {
+    spi,
+    seed,
+    caller: {
+      install: frame(toCaller, { t: Msg.SaInstall, rid: 1, peer: PEER_ID, role: 0, seed, ...sa }),
+      connected: frame(toCaller, { t: Msg.Connected, spi, replaces: 0 }),
+    },
+    callee: {
+      incoming: frame(toCallee, { t: Msg.Incoming, rid: 7, from: PEER_ID, app: SESSION_APP, suite: saSuite }),
+      install: frame(toCallee, { t: Msg.SaInstall, rid: 7, peer: PEER_ID, role: 1, seed, ...sa }),
+      connected: frame(toCallee, { t: Msg.Connected, spi, replaces: 0 }),
+    },
+  };
+}
+
+/** Throws unless the device's frames are what gateway/sessions.ts accepts: a ConnectRequest (or an
+ *  accepting Answer) and an SaConfirm whose tag verifies for the role. */
+function checkSetup(c: SymCrypto, cbor: Codec, keys: LinkKeys, f: SetupFrames, role: 0 | 1, sent: Bytes[]): void {
+  const rx = newLink(keys, false);
+  if (role === 0) {
+    const m = openInner(c, cbor, rx, sent[0], Msg.ConnectRequest);
+    if (m.t !== Msg.ConnectRequest || m.peer !== PEER_ID || m.from !== DEVICE_ID || m.app !== SESSION_APP) throw new Error("gateway side: wrong ConnectRequest");
+  } else {
+    const m = openInner(c, cbor, rx, sent[0], Msg.Answer);
+    if (m.t !== Msg.Answer || m.rid !== 7 || !m.accept) throw new Error("gateway side: the callee did not accept");
+  }
+  const confirm = openInner(c, cbor, rx, sent[1], Msg.SaConfirm);
+  if (confirm.t !== Msg.SaConfirm || confirm.spi !== f.spi || !ctEqual(saConfirmTag(c, cbor, f.seed, f.spi, role), confirm.tag)) {
+    throw new Error(`gateway side: the ${role === 0 ? "caller" : "callee"}'s key confirmation does not verify`);
+  }
+}
+
+/** Throws unless frame is an SaData frame on f's SPI that the peer (the responder) opens to pt. */
+function checkOnSa(c: SymCrypto, cbor: Codec, f: SetupFrames, suite: number, frame: Bytes, pt: Bytes): void {
+  const m = onlyMessage(frame, cbor);
+  if (m.t !== Msg.SaData || m.spi !== f.spi) throw new Error("gateway side: the protected message is not an SaData frame on the SA");
+  // The initiator sends with the SA's up key; the nonce binds direction, SPI and sequence number.
+  const k = deriveSaKeys(c, cbor, f.seed, f.spi, suite, 1);
+  const opened = c.open(suite, k.up, frameNonce(suite, DIR_UP, m.spi, m.seq), m.sealed);
+  if (!opened || !ctEqual(opened, pt)) throw new Error("gateway side: the peer cannot open the device's SA frame");
+}
+
+// ---- device side, in the emulator ---------------------------------------------------------------------
+
+/** A Uint8Array literal for code evaluated in the device. */
+function bytesLiteral(b: Bytes): string {
+  return `new Uint8Array([${Array.from(b).join(",")}])`;
+}
+
+// As bench/device-run.ts counts natives: require("crypto") wrapped for one untimed run.
+const COUNTER_SOURCE = `
+(function () {
+  var cm = require("crypto");
+  var sha = cm.SHA256, enc = cm.AES.encrypt, dec = cm.AES.decrypt;
+  global.kpCountNatives = function (run) {
+    var n = { sha256: 0, aes: 0 };
+    cm.SHA256 = function (d) { n.sha256++; return sha(d); };
+    cm.AES.encrypt = function (a, b, c) { n.aes++; return enc(a, b, c); };
+    cm.AES.decrypt = function (a, b, c) { n.aes++; return dec(a, b, c); };
+    try { run(); } finally { cm.SHA256 = sha; cm.AES.encrypt = enc; cm.AES.decrypt = dec; }
+    return n;
+  };
+})();`;
+
+/** The device's work for one setup as caller and as callee, for each suite (link and SA alike), and
+ *  one X25519, in one emulated device, interleaved. Each operation is first checked against the
+ *  gateway's side once. */
+export async function runDeviceSessions(suites: number[], log: (s: string) => void): Promise<DeviceSessionResults> {
+  log("sessions, device side: building bench/device-entry.ts for the emulator ...");
+  const outDir = fs.mkdtempSync(path.join(os.tmpdir(), "kp-bench-build-"));
+  let bundle: { code: string; bytes: number };
+  try {
+    const r = await buildFirmware({ board: DEVICE_BOARD, entry: path.join(ROOT, "bench", "device-entry.ts"), outDir });
+    if (r.problems.length > 0) throw new Error(`the bench bundle fails the Espruino gate:\n  ${r.problems.join("\n  ")}`);
+    bundle = { code: r.code, bytes: r.bytes };
+  } finally {
+    fs.rmSync(outDir, { recursive: true, force: true });
+  }
+  const storageDir = fs.mkdtempSync(path.join(fs.existsSync("/dev/shm") ? "/dev/shm" : os.tmpdir(), "kp-bench-"));
+  const dev = new EmulatedDevice({ board: DEVICE_BOARD, storageDir, name: "bench-sessions" });
+  try {
+    await dev.boot();
+    dev.eval(bundle.code);
+    dev.eval(COUNTER_SOURCE);
+    const c = nodeCrypto();
+    const pairs = suites.map((s, i) => [s, suites.length - i]);
+    const pt = c.random(MESSAGE_BYTES);
+    dev.eval(`var MESSAGE = ${bytesLiteral(pt)};`);
+    const prepared = suites.map((suite) => {
+      const v = `S_${suite < 0 ? "m" + -suite : suite}`;
+      const rootKey = c.random(16);
+      dev.eval(`var ${v} = kpBench.make(); ${v}.configure(${JSON.stringify(DEVICE_ID)}, ${bytesLiteral(rootKey)}, ${suite}, ${JSON.stringify(pairs)});`);
+      const answers = answerJoinAndRegister(c, gatewayCbor, rootKey, dev.eval(`${v}.joinRequest()`) as Bytes, Math.floor(Date.now() / 1000));
+      if (dev.eval(`${v}.joinAccept(${bytesLiteral(answers.acceptFrame)})`) !== true) throw new Error("the device refused the gateway's accept");
+      const f = setupFrames(c, gatewayCbor, answers.keys, suite);
+      dev.eval(
+        `var ${v}_CALLER = [${bytesLiteral(f.caller.install)}, ${bytesLiteral(f.caller.connected)}];` +
+          `var ${v}_CALLEE = [${bytesLiteral(f.callee.incoming)}, ${bytesLiteral(f.callee.install)}, ${bytesLiteral(f.callee.connected)}];`,
+      );
+      const caller = `${v}.sessionCaller(${JSON.stringify(PEER_ID)}, ${JSON.stringify(SESSION_APP)}, ${v}_CALLER[0], ${v}_CALLER[1])`;
+      const callee = `${v}.sessionCallee(${v}_CALLEE[0], ${v}_CALLEE[1], ${v}_CALLEE[2])`;
+      const protect = `${v}.protectOnSa(MESSAGE)`;
+      checkSetup(c, gatewayCbor, answers.keys, f, 0, dev.eval(caller) as Bytes[]);
+      checkOnSa(c, gatewayCbor, f, suite, dev.eval(protect) as Bytes, pt);
+      checkSetup(c, gatewayCbor, answers.keys, f, 1, dev.eval(callee) as Bytes[]);
+      const natives = {
+        caller: dev.eval(`kpCountNatives(function () { ${caller}; })`) as NativeCalls,
+        callee: dev.eval(`kpCountNatives(function () { ${callee}; })`) as NativeCalls,
+        protectOnSa: dev.eval(`kpCountNatives(function () { ${protect}; })`) as NativeCalls,
+      };
+      const tasks = [deviceTask(dev, `${suite} caller`, caller), deviceTask(dev, `${suite} callee`, callee), deviceTask(dev, `${suite} protectOnSa`, protect)];
+      return { suite, natives, tasks };
+    });
+
+    dev.eval("var module = { exports: {} };");
+    dev.eval(fs.readFileSync(path.join(ROOT, "node_modules", "tweetnacl", "nacl-fast.js"), "utf8"));
+    dev.eval("var naclFast = module.exports; module = undefined;");
+    const sk = nacl.randomBytes(32);
+    const pk = nacl.scalarMult.base(nacl.randomBytes(32));
+    dev.eval(`var SK = ${bytesLiteral(sk)}, PK = ${bytesLiteral(pk)}, CM = require("crypto"), SHA_IN = new Uint8Array(64), AES_KEY = new Uint8Array(16), AES_IN = new Uint8Array(16);`);
+    if (!Buffer.from(nacl.scalarMult(sk, pk)).equals(dev.eval("naclFast.scalarMult(SK, PK)") as Uint8Array)) throw new Error("nacl-fast scalarMult in the device disagrees with Node");
+
+    const tasks = [
+      ...prepared.flatMap((p) => p.tasks),
+      deviceTask(dev, "x25519", "naclFast.scalarMult(SK, PK)"),
+      deviceTask(dev, "sha256", "CM.SHA256(SHA_IN)"),
+      deviceTask(dev, "aes", `CM.AES.encrypt(AES_IN, AES_KEY, { mode: "ECB" })`),
+    ];
+    log(`sessions, device side: timing ${tasks.length} operations, ${DEFAULT_TIMING.repetitions} interleaved rounds`);
+    const t = runInterleaved(tasks);
+    return {
+      board: DEVICE_BOARD,
+      bundleBytes: bundle.bytes,
+      suites: prepared.map((p) => ({ suite: p.suite, caller: t[`${p.suite} caller`], callee: t[`${p.suite} callee`], protectOnSa: t[`${p.suite} protectOnSa`], natives: p.natives })),
+      x25519: t.x25519,
+      sha256Of64: t.sha256,
+      aesEcbBlock: t.aes,
+    };
+  } finally {
+    dev.powerOff();
+    fs.rmSync(storageDir, { recursive: true, force: true });
+  }
+}
+
+// ---- the raw crypto of one setup on the gateway ---------------------------------------------------------
+
+/** The link messages of one setup: what the gateway opens (from the devices) and seals (to them). */
+function setupMessages(saSuite: number): { opened: InnerMessage[]; sealed: InnerMessage[] } {
+  const seed = new Uint8Array(32);
+  const tag = new Uint8Array(16);
+  const spi = 0x5a5a0001;
+  const sa = { spi, app: SESSION_APP, suite: saSuite, seed, lifetime: DEFAULT_SESSIONS.lifetime, limit: DEFAULT_SESSIONS.limit, replaces: 0 };
+  return {
+    opened: [
+      { t: Msg.ConnectRequest, rid: 1, peer: PEER_ID, app: SESSION_APP, from: DEVICE_ID },
+      { t: Msg.Answer, rid: 1, accept: true },
+      { t: Msg.SaConfirm, rid: 1, spi, tag },
+      { t: Msg.SaConfirm, rid: 1, spi, tag },
+    ],
+    sealed: [
+      { t: Msg.Incoming, rid: 1, from: DEVICE_ID, app: SESSION_APP, suite: saSuite },
+      { t: Msg.SaInstall, rid: 1, peer: PEER_ID, role: 0, ...sa },
+      { t: Msg.SaInstall, rid: 1, peer: DEVICE_ID, role: 1, ...sa },
+      { t: Msg.Connected, spi, replaces: 0 },
+      { t: Msg.Connected, spi, replaces: 0 },
+    ],
+  };
+}
+
+/** A timing task for the gateway's crypto primitives of one setup, AES-CCM links and SA, on
+ *  gateway/crypto.ts: seed and SPI from the RNG, the two confirm tags computed and compared in
+ *  constant time, the 4 incoming link frames opened and the 5 outgoing ones sealed (plaintexts of
+ *  the real messages' sizes). No CBOR, framing, sockets, SQLite or logging: those are the rest. */
+function rawCryptoTask(c: SymCrypto) {
+  const suite = SUITE_AES_CCM_16_64_128;
+  const keys: LinkKeys = { suite, up: c.random(16), down: c.random(16) };
+  const m = setupMessages(suite);
+  const inPlain = m.opened.map((x) => gatewayCbor.encode(encodeMessage(x)));
+  const outPlain = m.sealed.map((x) => gatewayCbor.encode(encodeMessage(x)));
+  const inNonces = inPlain.map((_, i) => frameNonce(suite, DIR_UP, 0, i + 1));
+  const outNonces = outPlain.map((_, i) => frameNonce(suite, DIR_DOWN, 0, i + 1));
+  const inSealed = inPlain.map((p, i) => c.seal(suite, keys.up, inNonces[i], p));
+  const seed = c.random(32);
+  const spi = 0x5a5a0001;
+  const tags = [saConfirmTag(c, gatewayCbor, seed, spi, 0), saConfirmTag(c, gatewayCbor, seed, spi, 1)];
+  const one = (): boolean => {
+    c.random(32);
+    c.random(4);
+    let ok = true;
+    for (let i = 0; i < inSealed.length; i++) ok = c.open(suite, keys.up, inNonces[i], inSealed[i]) !== undefined && ok;
+    for (let i = 0; i < outPlain.length; i++) c.seal(suite, keys.down, outNonces[i], outPlain[i]);
+    for (let role = 0; role < 2; role++) ok = ctEqual(saConfirmTag(c, gatewayCbor, seed, spi, role), tags[role]) && ok;
+    return ok;
+  };
+  if (!one()) throw new Error("raw setup crypto: a frame or a confirm tag did not verify");
+  return { task: nodeTask("raw setup crypto", one), messages: { opened: m.opened.length, sealed: m.sealed.length } };
+}
+
+// ---- the gateway process ----------------------------------------------------------------------------
+
+type ToGateway = { k: "cpu"; id: number } | { k: "stop" };
+type FromGateway =
+  | { k: "ready"; port: number; host: string }
+  | { k: "cpu"; id: number; usage: NodeJS.CpuUsage; warnings: number; firstWarnings: string[]; stats: Record<string, number> }
+  | { k: "failed"; message: string };
+
+/** This file run as the gateway process: a Gateway on dataDir, answering CPU-time queries over IPC.
+ *  Log records are formatted as usual but not written anywhere (writing 100 handsets' records to a
+ *  terminal would measure the terminal); warnings and errors are counted. */
+async function gatewayProcess(dataDir: string): Promise<void> {
+  const send = (m: FromGateway) => process.send?.(m);
+  let warnings = 0;
+  const firstWarnings: string[] = [];
+  const log = new Logger(() => {});
+  log.subscribe((r) => {
+    if (r.level === "info") return;
+    warnings++;
+    if (firstWarnings.length < 5) firstWarnings.push(`${r.event}: ${String(r.reason ?? "")}`);
+  });
+  let gw: Gateway;
+  try {
+    gw = await Gateway.start({ dataDir, listen: { host: "127.0.0.1", port: 0 }, log });
+  } catch (e) {
+    send({ k: "failed", message: e instanceof Error ? e.message : String(e) });
+    process.disconnect?.();
+    return;
+  }
+  let stopping = false;
+  const stop = async () => {
+    if (stopping) return;
+    stopping = true;
+    await gw.stop();
+    // Exit explicitly: Gateway.stop() closes the links after the broker, and each closed link starts
+    // the broker's 30 s grace timer again, which would keep this process alive that long.
+    process.exit(0);
+  };
+  // The benchmark went away: stop too.
+  process.on("disconnect", () => void stop());
+  process.on("message", (m: ToGateway) => {
+    if (m.k === "cpu") send({ k: "cpu", id: m.id, usage: process.cpuUsage(), warnings, firstWarnings, stats: { ...gw.sessions.stats } });
+    else if (m.k === "stop") void stop();
+  });
+  send({ k: "ready", port: gw.address.port, host: gw.address.host });
+}
+
+/** The parent's handle on the gateway process. */
+class GatewayProcess {
+  private nextId = 0;
+  private waiting = new Map<number, (m: Extract<FromGateway, { k: "cpu" }>) => void>();
+  private exited: Promise<number | null>;
+
+  private constructor(private child: ChildProcess, readonly address: { host: string; port: number }) {
+    this.exited = new Promise((r) => child.once("exit", (code) => r(code)));
+    child.on("message", (m: FromGateway) => {
+      if (m.k !== "cpu") return;
+      this.waiting.get(m.id)?.(m);
+      this.waiting.delete(m.id);
+    });
+  }
+
+  static start(dataDir: string): Promise<GatewayProcess> {
+    // tsx loads the TypeScript in the child as in this process, however the benchmark was started.
+    // KEYPROXY_BENCH_GATEWAY_PROFILE=<dir> writes the gateway process's CPU profile there (--cpu-prof).
+    const profile = process.env.KEYPROXY_BENCH_GATEWAY_PROFILE;
+    const execArgv = ["--import", "tsx", ...(profile ? ["--cpu-prof", "--cpu-prof-dir", profile] : [])];
+    const child = fork(THIS_FILE, [GATEWAY_FLAG, dataDir], { execArgv, stdio: ["ignore", "inherit", "inherit", "ipc"] });
+    return new Promise((resolve, reject) => {
+      const fail = (why: string) => {
+        child.kill();
+        reject(new Error(`the gateway process did not start: ${why}`));
+      };
+      const timer = setTimeout(() => fail("no answer in 30 s"), 30_000);
+      child.once("exit", (code) => fail(`exited with ${code}`));
+      child.once("message", (m: FromGateway) => {
+        clearTimeout(timer);
+        child.removeAllListeners("exit");
+        if (m.k === "ready") resolve(new GatewayProcess(child, { host: m.host, port: m.port }));
+        else fail(m.k === "failed" ? m.message : `unexpected message ${m.k}`);
+      });
+    });
+  }
+
+  /** The gateway process's CPU time so far (µs, user + system) and its warning count. */
+  sample(): Promise<{ cpuUs: number; warnings: number; firstWarnings: string[]; stats: Record<string, number> }> {
+    const id = ++this.nextId;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.waiting.delete(id);
+        reject(new Error("the gateway process did not answer a CPU query in 10 s"));
+      }, 10_000);
+      this.waiting.set(id, (m) => {
+        clearTimeout(timer);
+        resolve({ cpuUs: m.usage.user + m.usage.system, warnings: m.warnings, firstWarnings: m.firstWarnings, stats: m.stats });
+      });
+      this.child.send({ k: "cpu", id } satisfies ToGateway);
+    });
+  }
+
+  /** Stops the gateway (it closes its links and its SQLite file) and waits for the process to end;
+   *  kills it if it has not ended in 10 s. */
+  async stop(): Promise<void> {
+    if (this.child.exitCode !== null || this.child.signalCode !== null) return;
+    if (this.child.connected) this.child.send({ k: "stop" } satisfies ToGateway);
+    const timer = setTimeout(() => this.child.kill(), 10_000);
+    await this.exited;
+    clearTimeout(timer);
+  }
+}
+
+// ---- the handsets -----------------------------------------------------------------------------------
+
+/** One handset: the firmware's engine in Node over a real socket, with hooks the rounds set. */
+interface LoadHandset {
+  id: string;
+  h: Handset;
+  socket: net.Socket;
+  /** The last lines the engine logged (for a failure message; the engine never logs key material). */
+  lines: string[];
+  up: ((spi: number, peer: string) => void) | null;
+  closed: ((spi: number) => void) | null;
+}
+
+function espruinoModelCrypto(): SymCrypto {
+  const { cryptoModule } = createEspruinoCrypto({ aesEcbCbc: true, aesCcm: false });
+  return deviceCrypto(espruinoNatives(cryptoModule, undefined, { hwRand: () => randomBytes(4).readUInt32LE(0) }), []);
+}
+
+function connectHandset(address: { host: string; port: number }, id: string, rootKey: Bytes): Promise<LoadHandset> {
+  let ctr = 0;
+  const lines: string[] = [];
+  const p: Platform = {
+    crypto: espruinoModelCrypto(),
+    cbor: deviceCbor,
+    crc32,
+    counter: (n) => (n === undefined ? ctr : (ctr = n)),
+    now: () => Date.now() / 1000,
+    setTimeout: (fn, ms) => setTimeout(fn, ms),
+    clearTimeout: (t) => clearTimeout(t),
+    log: (l) => {
+      lines.push(l);
+      if (lines.length > 10) lines.shift();
+    },
+  };
+  const h = new Handset({ id, rootKey, lifetime: 600, suite: SUITE_AES_CCM_16_64_128, suites: [[SUITE_AES_CCM_16_64_128, 1]] }, p);
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(address.port, address.host, () => {
+      socket.setNoDelay(true);
+      const lh: LoadHandset = { id, h, socket, lines, up: null, closed: null };
+      h.onRequest = () => true;
+      h.onConnect = (spi, peer) => lh.up?.(spi, peer);
+      h.onClose = (spi) => lh.closed?.(spi);
+      h.up({ write: (b) => void socket.write(b) });
+      resolve(lh);
+    });
+    socket.on("data", (b) => h.receive(new Uint8Array(b.buffer, b.byteOffset, b.length)));
+    socket.on("close", () => h.down());
+    socket.on("error", reject);
+  });
+}
+
+async function until(cond: () => boolean, what: string, ms: number): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+const SETUP_TIMEOUT_MS = DEFAULT_SESSIONS.answerTimeoutMs + 5000;
+
+/** One setup: caller.connect(callee) until both got onConnect for the same SPI. Resolves with the
+ *  latency and the SPI; rejects when the gateway refuses or nothing happens in time. */
+function setup(caller: LoadHandset, callee: LoadHandset): Promise<{ ms: number; spi: number }> {
+  return new Promise((resolve, reject) => {
+    let callerSpi = 0;
+    let calleeSpi = 0;
+    let timer: NodeJS.Timeout | undefined;
+    const t0 = performance.now();
+    const finish = (err?: Error) => {
+      clearTimeout(timer);
+      caller.up = null;
+      callee.up = null;
+      if (err) reject(err);
+      else resolve({ ms: performance.now() - t0, spi: callerSpi });
+    };
+    const check = () => {
+      if (!callerSpi || !calleeSpi) return;
+      finish(callerSpi === calleeSpi ? undefined : new Error(`${caller.id} and ${callee.id} got different SPIs`));
+    };
+    caller.up = (spi, peer) => {
+      if (peer !== callee.id) return finish(new Error(`${caller.id} connected to ${peer}, not ${callee.id}`));
+      callerSpi = spi;
+      check();
+    };
+    callee.up = (spi, peer) => {
+      if (peer !== caller.id) return finish(new Error(`${callee.id} connected to ${peer}, not ${caller.id}`));
+      calleeSpi = spi;
+      check();
+    };
+    timer = setTimeout(
+      () => finish(new Error(`setup ${caller.id} -> ${callee.id} did not complete (caller's last code ${caller.h.lastCode}; last lines: ${caller.lines.slice(-3).join(" | ")})`)),
+      SETUP_TIMEOUT_MS,
+    );
+    if (!caller.h.connect(callee.id, SESSION_APP)) finish(new Error(`${caller.id} is not linked`));
+  });
+}
+
+/** Ends a session from the caller's side; resolves when both ends were told (SaClosed). */
+function teardown(caller: LoadHandset, callee: LoadHandset, spi: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const gone = new Set<string>();
+    const timer = setTimeout(() => reject(new Error(`session ${spi} between ${caller.id} and ${callee.id} did not close`)), SETUP_TIMEOUT_MS);
+    const seen = (who: LoadHandset) => (s: number) => {
+      if (s !== spi) return;
+      gone.add(who.id);
+      if (gone.size < 2) return;
+      clearTimeout(timer);
+      caller.closed = null;
+      callee.closed = null;
+      resolve();
+    };
+    caller.closed = seen(caller);
+    callee.closed = seen(callee);
+    if (caller.h.close(spi)) return;
+    clearTimeout(timer);
+    reject(new Error(`${caller.id} has no SA ${spi}`));
+  });
+}
+
+/** Wall and CPU time of one audit insert by gateway/store.ts, in a fresh store under parent. */
+function timeAuditInserts(parent: string, inserts: number): { wallUs: number; cpuUs: number; inserts: number } {
+  const dir = fs.mkdtempSync(path.join(parent, "kp-bench-audit-"));
+  const store = openStore(dir);
+  try {
+    const write = (i: number) => store.audit(Math.floor(Date.now() / 1000), "bench-001", "session-up", `peer=bench-002 app=${SESSION_APP} spi=${i.toString(16).padStart(8, "0")}`);
+    for (let i = 0; i < 20; i++) write(i); // warm-up
+    const cpu = process.cpuUsage();
+    const t0 = performance.now();
+    for (let i = 0; i < inserts; i++) write(i);
+    const wallUs = ((performance.now() - t0) * 1000) / inserts;
+    const used = process.cpuUsage(cpu);
+    return { wallUs, cpuUs: (used.user + used.system) / inserts, inserts };
+  } finally {
+    store.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** Provisions the handsets in a fresh data directory, starts the gateway process on it, joins and
+ *  registers every handset, runs the rounds and the sequential setups, stops everything. */
+export async function runGatewaySessions(log: (s: string) => void, o: GatewayLoadOptions = DEFAULT_LOAD): Promise<GatewaySessionResults> {
+  if (o.handsets < 2 || o.handsets % 2) throw new Error("the handsets come in pairs");
+  const c = nodeCrypto();
+  const raw = rawCryptoTask(c);
+  // The data directory is where a gateway's would be: on the host's disk (SQLite syncs each commit).
+  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "kp-bench-gateway-"));
+  const ids = Array.from({ length: o.handsets }, (_, i) => `bench-${String(i + 1).padStart(3, "0")}`);
+  const keys = ids.map(() => c.random(16));
+  let gateway: GatewayProcess | undefined;
+  const handsets: LoadHandset[] = [];
+  try {
+    const store = openStore(dataDir);
+    try {
+      store.atomically(() => ids.forEach((id, i) => store.addDevice(id, keys[i], "emulator", Math.floor(Date.now() / 1000))));
+      new Policy(store).setDefault("allow");
+    } finally {
+      store.close();
+    }
+    gateway = await GatewayProcess.start(dataDir);
+    log(`sessions, gateway: ${o.handsets} handsets (firmware engine in Node) joining and registering with the gateway process`);
+    handsets.push(...(await Promise.all(ids.map((id, i) => connectHandset(gateway!.address, id, keys[i])))));
+    await until(() => handsets.every((x) => x.h.status().registered), "every handset to register", 60_000);
+    const pairs = Array.from({ length: o.handsets / 2 }, (_, i) => ({ caller: handsets[2 * i], callee: handsets[2 * i + 1] }));
+
+    log(`sessions, gateway: ${o.rounds} rounds of ${pairs.length} setups at once (after ${o.warmUpRounds} warm-up rounds)`);
+    const concurrentMs: number[] = [];
+    const perRoundCpu: number[] = [];
+    let cpuUs = 0;
+    let loadCpuUs = 0;
+    let wallMs = 0;
+    for (let r = 0; r < o.warmUpRounds + o.rounds; r++) {
+      const before = await gateway.sample();
+      const loadBefore = process.cpuUsage();
+      const t0 = performance.now();
+      const done = await Promise.all(pairs.map((p) => setup(p.caller, p.callee)));
+      const t1 = performance.now();
+      const load = process.cpuUsage(loadBefore);
+      const after = await gateway.sample();
+      await Promise.all(pairs.map((p, i) => teardown(p.caller, p.callee, done[i].spi)));
+      // Warm-up rounds: the JIT, SQLite's page cache, the sockets' buffers.
+      if (r < o.warmUpRounds) continue;
+      concurrentMs.push(...done.map((d) => d.ms));
+      perRoundCpu.push((after.cpuUs - before.cpuUs) / pairs.length);
+      cpuUs += after.cpuUs - before.cpuUs;
+      loadCpuUs += load.user + load.system;
+      wallMs += t1 - t0;
+    }
+
+    const warmUp = Math.min(10, pairs.length);
+    log(`sessions, gateway: ${o.sequential} setups one at a time (after ${warmUp} warm-up setups)`);
+    const sequentialMs: number[] = [];
+    for (let i = 0; i < warmUp + o.sequential; i++) {
+      const p = pairs[i % pairs.length];
+      const d = await setup(p.caller, p.callee);
+      await teardown(p.caller, p.callee, d.spi);
+      if (i >= warmUp) sequentialMs.push(d.ms);
+    }
+
+    const end = await gateway.sample();
+    if (end.warnings > 0) throw new Error(`the gateway logged ${end.warnings} warnings during the run, e.g. ${end.firstWarnings.join("; ")}`);
+    const setups = pairs.length * o.rounds;
+    log(`sessions, gateway machine: timing the raw crypto of one setup`);
+    const rawTiming = runInterleaved([raw.task])[raw.task.name];
+    const auditInsert = timeAuditInserts(path.dirname(dataDir), 200);
+    return {
+      handsets: o.handsets,
+      pairs: pairs.length,
+      rounds: o.rounds,
+      setups,
+      setupsPerSecond: setups / (wallMs / 1000),
+      gatewayCpuUsPerSetup: cpuUs / setups,
+      gatewayCpuUsPerSetupRounds: perRoundCpu,
+      gatewayBusy: cpuUs / 1000 / wallMs,
+      loadBusy: loadCpuUs / 1000 / wallMs,
+      concurrent: latency(concurrentMs),
+      sequential: latency(sequentialMs),
+      rawCrypto: rawTiming,
+      messages: raw.messages,
+      dataDirFs: fileSystemOf(dataDir),
+      auditInsert,
+      gatewayWarnings: end.warnings,
+    };
+  } finally {
+    for (const x of handsets) x.socket.destroy();
+    await gateway?.stop();
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  }
+}
+
+/** Both halves, for bench/run.ts. */
+export async function runSessions(suites: number[], log: (s: string) => void, o: GatewayLoadOptions = DEFAULT_LOAD): Promise<SessionResults> {
+  const device = await runDeviceSessions(suites, log);
+  const gateway = await runGatewaySessions(log, o);
+  return { gateway, device };
+}
+
+
+if (process.argv[1] === THIS_FILE && process.argv[2] === GATEWAY_FLAG) {
+  void gatewayProcess(process.argv[3]);
+} else if (process.argv[1] === THIS_FILE) {
+  const log = (s: string) => process.stderr.write(s + "\n");
+  runSessions([SUITE_AES_CCM_16_64_128], log).then(
+    (r) => process.stdout.write(JSON.stringify(r, null, 2) + "\n"),
+    (e: unknown) => {
+      process.stderr.write(`session bench failed: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);
+      process.exitCode = 1;
+    },
+  );
+}
