@@ -135,7 +135,7 @@ interface Bundle {
 /** Board features decided at build time. esbuild folds a literal false but does not inline the
  *  firmware's FULL constant into the codec's nested functions, so for a board without the full CBOR
  *  codec its uses become the literal false, and the code behind them leaves the bundle. */
-function boardFeatures(fullCbor: boolean): esbuild.Plugin {
+export function boardFeatures(fullCbor: boolean): esbuild.Plugin {
   return {
     name: "keyproxy-board-features",
     setup(b) {
