@@ -101,8 +101,10 @@ export class Gateway {
   monitoring?: Monitoring;
 
   async stop(): Promise<void> {
-    this.sessions.close();
+    // Links first: closing them reports each device's link as lost to the broker, which would start
+    // grace timers if it were closed already.
     await this.links.close();
+    this.sessions.close();
     await this.monitoring?.stop(); // after the links (their last states), before the store closes
     this.store.close();
     this.log.info("gateway-stopped", { id: this.id });
