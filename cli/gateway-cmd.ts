@@ -96,6 +96,7 @@ export async function gatewayCommand(argv: string[]): Promise<number> {
   await stopRequested;
   stopDemo?.();
   await gw.stop();
+  if (demo) process.stdout.write("gateway stopped\n");
   if (logFd !== undefined) closeSync(logFd);
   return 0;
 }
@@ -117,10 +118,9 @@ async function startDemo(gw: Gateway, dataDir: string, n: number): Promise<() =>
   say(`demo: building the Puck.js firmware and booting ${n} emulated handset${n === 1 ? "" : "s"} (Ctrl-C stops everything)`);
   const build = await buildFirmware({ board: "puckjs" });
   if (!build.ok) throw new Error(`the puckjs firmware does not build:\n${build.problems.join("\n")}`);
-  // Only what a person wants to see on a first run: what happened to each handset.
-  const shown = new Set(["joined", "join-rejected", "registered", "renewed", "deregistered", "link-closed", "frame dropped"]);
+  // Only what a person wants to see on a first run: what happened to each handset and its sessions.
   const unsubscribe = gw.log.subscribe((rec) => {
-    if (shown.has(rec.event)) say(describeEvent(rec));
+    if (typeof rec.device === "string" || rec.event.startsWith("session")) say(describeEvent(rec));
   });
   const sim = await startSim({ dataDir, gateway: gw.address, count: n, board: "puckjs", bundle: build.code, lifetime: 3600 });
   return () => {
