@@ -64,7 +64,11 @@ export interface Reuse {
 }
 
 /** Inner messages a device sends; it only ever opens the others. */
-const DEVICE_REQUESTS = [Msg.RegisterRequest, Msg.DeregisterRequest, Msg.CertQuery];
+const DEVICE_REQUESTS: number[] = [
+  Msg.RegisterRequest, Msg.DeregisterRequest, Msg.CertQuery,
+  // Sessions: what a device sends over its link.
+  Msg.ConnectRequest, Msg.Answer, Msg.SaConfirm, Msg.Rekey, Msg.Bye,
+];
 
 const MESSAGE_NAMES: Record<number, string> = {
   [Msg.RegisterRequest]: "RegisterRequest",
