@@ -15,7 +15,8 @@ const HELP = `usage: keyproxy gateway [--data-dir <dir>] [--listen <host:port>] 
 Runs a gateway on embedded defaults: the registry is a SQLite file under the data directory
 (default ${DEFAULT_DATA_DIR}, created owner-only), devices connect on --listen
 (default ${DEFAULT_LISTEN.host}:${DEFAULT_LISTEN.port}), and it publishes its monitoring (docs/MONITORING.md) to an
-embedded MQTT broker on ${DEFAULT_BROKER_LISTEN.host}:${DEFAULT_BROKER_LISTEN.port}. Logs are JSON lines on stderr. Stop with Ctrl-C.
+embedded MQTT broker on ${DEFAULT_BROKER_LISTEN.host}:${DEFAULT_BROKER_LISTEN.port} (or, if a broker is already there, to that one).
+Logs are JSON lines on stderr. Stop with Ctrl-C.
 
   --data-dir <dir>         where the registry and the gateway's signing key live
   --listen <host:port>     device link address (port 0: any free port)
@@ -58,7 +59,10 @@ export async function gatewayCommand(argv: string[]): Promise<number> {
     ? undefined
     : o.mqtt !== undefined
       ? { url: o.mqtt, metricsSeconds }
-      : { embedded: o["mqtt-listen"] ? hostPort(o["mqtt-listen"], "--mqtt-listen") : DEFAULT_BROKER_LISTEN, metricsSeconds };
+      : o["mqtt-listen"] !== undefined
+        ? { embedded: hostPort(o["mqtt-listen"], "--mqtt-listen"), metricsSeconds }
+        // The default address may be taken by a broker already (Mosquitto, another gateway): use it.
+        : { embedded: DEFAULT_BROKER_LISTEN, orUseExisting: true, metricsSeconds };
   const demo = o.demo === undefined ? 0 : positiveInt(o.demo, "--demo", 2);
   const dataDir = o["data-dir"] ?? DEFAULT_DATA_DIR;
 

@@ -8,6 +8,9 @@ import { Aedes } from "aedes";
 
 export const DEFAULT_BROKER_LISTEN = { host: "127.0.0.1", port: 1883 };
 
+/** The broker's address is taken (by another broker, most likely). */
+export class BrokerAddressInUse extends Error {}
+
 export interface EmbeddedBroker {
   /** mqtt://host:port, for clients (the gateway's own publisher among them). */
   readonly url: string;
@@ -32,7 +35,7 @@ export async function startBroker(listen: { host: string; port: number } = DEFAU
     await new Promise<void>((r) => aedes.close(() => r()));
     const err = e as NodeJS.ErrnoException;
     if (err.code === "EADDRINUSE") {
-      throw new Error(`the embedded MQTT broker cannot listen on ${listen.host}:${listen.port}: the port is in use (another broker? publish to it with --mqtt mqtt://${listen.host}:${listen.port})`);
+      throw new BrokerAddressInUse(`the embedded MQTT broker cannot listen on ${listen.host}:${listen.port}: the port is in use (another broker? publish to it with --mqtt mqtt://${listen.host}:${listen.port})`);
     }
     throw new Error(`the embedded MQTT broker cannot listen on ${listen.host}:${listen.port}: ${err.message}`);
   }

@@ -17,7 +17,7 @@
 import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { connect, type MqttClient } from "mqtt";
-import { startBroker, type EmbeddedBroker } from "./broker.ts";
+import { BrokerAddressInUse, startBroker, type EmbeddedBroker } from "./broker.ts";
 import type { LinkServer } from "./link-server.ts";
 import type { Logger, LogRecord } from "./log.ts";
 import type { Store } from "./store.ts";
@@ -448,8 +448,11 @@ export class MqttPublisher {
 
 // ---- wiring ---------------------------------------------------------------------------------------
 
-/** GatewayOptions.mqtt: publish to a broker at url, or start the embedded one and publish to it. */
-export type MqttOptions = ({ url: string } | { embedded: { host: string; port: number } }) & Omit<PublisherOptions, "url">;
+/** GatewayOptions.mqtt: publish to a broker at url, or start the embedded one and publish to it.
+ *  With `orUseExisting`, an embedded address that is already taken is taken to be a broker (a
+ *  Mosquitto on 1883, another gateway's embedded one) and published to, instead of failing: the
+ *  embedded default must not stop a gateway from starting. */
+export type MqttOptions = ({ url: string } | { embedded: { host: string; port: number }; orUseExisting?: boolean }) & Omit<PublisherOptions, "url">;
 
 export interface Monitoring {
   /** The broker published to (without credentials). */
@@ -463,9 +466,16 @@ export async function startMonitoring(opts: MqttOptions, deps: PublisherDeps): P
   let broker: EmbeddedBroker | undefined;
   let url: string;
   if ("embedded" in opts) {
-    broker = await startBroker(opts.embedded);
-    url = broker.url;
-    deps.log.info("mqtt-broker-started", { url, embedded: true });
+    const { host, port } = opts.embedded;
+    try {
+      broker = await startBroker(opts.embedded);
+      url = broker.url;
+      deps.log.info("mqtt-broker-started", { url, embedded: true });
+    } catch (e) {
+      if (!opts.orUseExisting || !(e instanceof BrokerAddressInUse)) throw e;
+      url = `mqtt://${host.includes(":") ? `[${host}]` : host}:${port}`;
+      deps.log.warn("mqtt-broker-not-started", { reason: `${host}:${port} is in use`, publishingTo: url });
+    }
   } else {
     url = opts.url;
   }

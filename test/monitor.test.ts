@@ -144,12 +144,35 @@ test("a gateway whose broker is away starts, keeps working and stops at once; dr
   assert.ok(!lines.some((l) => l.includes("hunter2")), "broker credentials are never logged");
 });
 
+test("the embedded broker's address taken: an error that says so, or (the CLI default) publish to the broker there", async () => {
+  const other = await startBroker({ host: "127.0.0.1", port: 0 });
+  const rec = await recorder(other.url);
+  const lines: string[] = [];
+  try {
+    const dataDir = tempDir();
+    await assert.rejects(
+      Gateway.start({ dataDir, listen: { host: "127.0.0.1", port: 0 }, log: new Logger((l) => lines.push(l)), mqtt: { embedded: { host: "127.0.0.1", port: other.port } } }),
+      /embedded MQTT broker cannot listen on 127\.0\.0\.1:\d+: the port is in use/,
+    );
+    const gw = await Gateway.start({ dataDir, listen: { host: "127.0.0.1", port: 0 }, id: "shared", log: new Logger((l) => lines.push(l)), mqtt: { embedded: { host: "127.0.0.1", port: other.port }, orUseExisting: true } });
+    try {
+      await until(() => rec.messages.some((m) => m.topic === topics.status("shared") && JSON.parse(m.payload.toString()).state === "online"), "the status on the broker that was there");
+      assert.ok(lines.some((l) => l.includes('"event":"mqtt-broker-not-started"')));
+    } finally {
+      await gw.stop();
+    }
+  } finally {
+    await rec.client.endAsync();
+    await other.close();
+  }
+});
+
 test("the monitor's view: built from messages alone, robust to junk on the broker", () => {
   const v = new FleetView(2);
   const status: GatewayStatus = { state: "online", since: "2030-01-01T00:00:00.000Z", version: "0.1.0", listen: "127.0.0.1:7447", run: "r" };
-  const dev: DeviceState = { device: "d/1", board: "puckjs", online: true, registered: true, registeredUntil: new Date(Date.now() + 100_000).toISOString(), revoked: false, joinCounter: 3, lastJoin: null, joinRejects: 0, framesDropped: 1 };
+  const dev: DeviceState = { device: "d/1", board: "puckjs", online: true, registered: true, registeredUntil: new Date(Date.now() + 200_500).toISOString(), revoked: false, joinCounter: 3, lastJoin: null, joinRejects: 0, framesDropped: 1 };
   assert.match(v.apply(topics.status("g+1"), Buffer.from(JSON.stringify(status)))!, /gateway g\+1 online/);
-  assert.match(v.apply(topics.deviceState("g+1", "d/1"), Buffer.from(JSON.stringify(dev)))!, /handset d\/1 @ g\+1: linked, registered, 9\ds left/);
+  assert.match(v.apply(topics.deviceState("g+1", "d/1"), Buffer.from(JSON.stringify(dev)))!, /handset d\/1 @ g\+1: linked, registered, (199|200)s left/);
   for (let i = 0; i < 3; i++) v.apply(topics.events("g+1"), Buffer.from(JSON.stringify({ ts: new Date().toISOString(), level: "info", event: `e${i}` })));
   assert.equal(v.apply(topics.events("g+1"), Buffer.from("not json")), undefined);
   assert.equal(v.apply("keyproxy/v1/g/unknown", Buffer.from("{}")), undefined);
