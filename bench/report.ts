@@ -241,6 +241,7 @@ function sessionGatewayTable(g: GatewaySessionResults, n: NodeResults): string {
     [`setups per second, ${g.pairs} pairs at once (wall clock over ${g.setups.toLocaleString("en-US")} setups)`, Math.round(g.setupsPerSecond).toLocaleString("en-US")],
     ["gateway CPU per setup (user + system, mean over the rounds)", `${us(g.gatewayCpuUsPerSetup)} µs`],
     [`  per round (${rounds.length} rounds), lowest-highest`, `${us(Math.min(...rounds))}-${us(Math.max(...rounds))} µs`],
+    ["  so one core, never waiting, could do (1 s ÷ CPU per setup)", `${Math.round(1e6 / g.gatewayCpuUsPerSetup).toLocaleString("en-US")} setups/s`],
     ["gateway process busy during the rounds (its CPU ÷ wall time)", percent(g.gatewayBusy)],
     ["handsets' process (the load) busy during the rounds", percent(g.loadBusy)],
     ["raw crypto of one setup on the gateway (median; below)", `${us(g.rawCrypto.medianUs)} µs`],
@@ -258,6 +259,26 @@ function latencyTable(g: GatewaySessionResults): string {
   ]);
 }
 
+/** What limited the setups per second in this run: the gateway's CPU, its wait for the audit commit
+ *  (synchronous, on its one thread: one per setup), or neither. */
+function throughputText(g: GatewaySessionResults): string {
+  const wallPerSetupUs = 1e6 / g.setupsPerSecond;
+  const commitCeiling = Math.round(1e6 / g.auditInsert.wallUs).toLocaleString("en-US");
+  if (g.gatewayBusy >= 0.8) {
+    return `The gateway process was busy ${percent(g.gatewayBusy)} of the rounds' wall time, so the setups per second are close
+to what one gateway process (one thread) does on this machine.`;
+  }
+  if (g.auditInsert.wallUs >= 0.5 * wallPerSetupUs) {
+    return `The gateway process was busy only ${percent(g.gatewayBusy)} of the rounds' wall time: its one thread spent most of
+each setup (${us(wallPerSetupUs)} µs of wall time) waiting for the audit record's synchronous commit (${us(g.auditInsert.wallUs)} µs
+each on this file system in this run), which alone allows at most ${commitCeiling} setups per second, whatever the CPU.
+On this disk that wait, not the CPU, is the gateway's ceiling; the CPU figures above do not include it.`;
+  }
+  return `Neither the gateway process (busy ${percent(g.gatewayBusy)} of the rounds' wall time) nor the handsets' (${percent(g.loadBusy)}) was
+saturated: the rest went to waiting, for the other work on this machine (load average above) and for
+the audit commits, so the setups per second are a floor, not the gateway's limit.`;
+}
+
 function sessionsSection(info: RunInfo, ss: SessionResults, n: NodeResults): string {
   const g = ss.gateway;
   const sd = ss.device;
@@ -265,7 +286,6 @@ function sessionsSection(info: RunInfo, ss: SessionResults, n: NodeResults): str
   const per = (t: Timing) => Math.round(sd.x25519.medianUs / t.medianUs).toLocaleString("en-US");
   const cryptoShare = g.rawCrypto.medianUs / g.gatewayCpuUsPerSetup;
   const auditShare = g.auditInsert.cpuUs / g.gatewayCpuUsPerSetup;
-  const saturated = g.gatewayBusy >= 0.8;
   return `## Sessions inside one gateway (design.md flow 4)
 
 A session setup: the caller names its peer (ConnectRequest); the gateway checks the caller's
@@ -326,11 +346,9 @@ bookkeeping: the caller's and callee's registrations looked up in SQLite and the
 record written (one audit insert alone is ${percent(auditShare)} of a setup's CPU, and its synchronous commit
 adds wall time on top), nine frames through CBOR, framing and the socket, structured log records,
 timers. Cheaper setups would come from there, not from faster crypto.
-${
-    saturated
-      ? `The gateway process was busy ${percent(g.gatewayBusy)} of the rounds' wall time, so the setups per second are close\nto what one gateway process (one thread) does on this machine.`
-      : `The gateway process was busy only ${percent(g.gatewayBusy)} of the rounds' wall time (the handsets' process\n${percent(g.loadBusy)}), so the setups per second are a floor, not the gateway's limit.`
-  }
+
+${throughputText(g)}
+Setups per second depend on what else the machine is doing; the CPU per setup much less.
 
 One pair at a time, a setup's latency is its six one-way trips on loopback (ConnectRequest, Incoming,
 Answer, SaInstall, SaConfirm, Connected) and the audit commit; with ${g.pairs} pairs at once the
