@@ -10,10 +10,13 @@ import { toHex } from "../firmware/bytes.ts";
 import { CloseReason, ErrorCode, Msg } from "../firmware/proto/messages.ts";
 import { startBroker, type EmbeddedBroker } from "../gateway/broker.ts";
 import { crossGatewayHook, type CrossGateway } from "../gateway/crossgw.ts";
+import { issueCertificate } from "../gateway/cwt.ts";
 import { generateEd25519 } from "../gateway/ed25519.ts";
 import { Fleet, generateX25519 } from "../gateway/fleet.ts";
 import { loadOrCreateGatewayKey } from "../gateway/identity.ts";
 import { Interlink } from "../gateway/interlink.ts";
+import { CapablePeer, type PeerSession } from "../gateway/peer-sdk.ts";
+import { SUITE_AES_CCM_16_64_128 as AES } from "../firmware/crypto/types.ts";
 import { CertificateChecker, checkerTrust, localSource, Verifier } from "../gateway/verifier.ts";
 import { Clock, provision, startGateway, tempDir, until, type TestGateway } from "./support/harness.ts";
 import { innerMessages, recordingCrypto, sessionHandset, stopGateway, type SessionHandset } from "./support/session-rig.ts";
@@ -135,5 +138,93 @@ describe("sessions across gateways", () => {
     assert.equal(innerMessages(a.seals).filter((m) => m[0] === Msg.SaInstall).length, before, "no SaInstall for a refused call");
     assert.equal(live(a.dev).length, 0);
     assert.ok(b.t.events("xsession-not-found").length >= 1, "B logged why, A's device learned only 'not found'");
+  });
+});
+
+describe("the capable-peer SDK", () => {
+  let broker: EmbeddedBroker;
+  let fleetDir: string;
+  let a: Side;
+  let b: Side;
+  let peer: CapablePeer;
+  let peerLink: Interlink;
+  const clock = new Clock();
+
+  before(async () => {
+    broker = await startBroker({ host: "127.0.0.1", port: 0 });
+    fleetDir = tempDir("kp-xgw-fleet-");
+    const fleet = Fleet.create(fleetDir, "kp-fleet", clock.now());
+    const verifierKey = generateEd25519();
+    const verifier = new Verifier({ anchor: fleet.anchor, key: verifierKey, verifierId: "verifier.kp" });
+    verifier.updateRevocationList(fleet.signedList());
+    a = await side("a.example", "alice", fleet, verifier, verifierKey.publicKey, broker, clock);
+    b = await side("b.example", "bob", fleet, verifier, verifierKey.publicKey, broker, clock);
+    // carol@c.example: her own keys, a gateway certificate for her domain and a certificate for her name.
+    const signing = generateEd25519();
+    const encryption = generateX25519();
+    const gatewayCert = fleet.issueGateway("c.example", { signingKey: signing.publicKey, encryptionKey: encryption.publicKey }, clock.now());
+    const identity = generateEd25519();
+    const t = clock.now();
+    const cert = issueCertificate({ iss: "c.example", sub: "carol", iat: t, nbf: t, exp: t + 3600, cti: new Uint8Array(16).fill(7), publicKey: identity.publicKey }, signing.seed);
+    const checker = new CertificateChecker({ source: localSource(verifier), verifierPublicKey: verifierKey.publicKey });
+    peerLink = await Interlink.connect({
+      url: broker.url, identity: { gatewayId: "c.example", signing, encryption, certificate: gatewayCert }, trust: checkerTrust(checker),
+      now: clock.now, protocolVersion: 4, requestTimeoutMs: 15_000,
+    });
+    peer = new CapablePeer({ interlink: peerLink, self: { name: "carol@c.example", identitySeed: identity.seed, cert, gatewayCert }, suites: [[AES, 1]], checker, now: clock.now });
+  });
+
+  after(async () => {
+    await peer?.close();
+    await peerLink?.close();
+    for (const s of [a, b]) {
+      if (!s) continue;
+      s.dev.close();
+      await stopGateway(s.t);
+      await s.link.close();
+    }
+    await broker?.close();
+    rmSync(fleetDir, { recursive: true, force: true });
+  });
+
+  test("carol (capable peer) calls bob@b.example's handset: the SA is up at both ends and data crosses both ways", async () => {
+    b.dev.h.onRequest = (from, app) => from === "carol@c.example" && app === APP;
+    const s = await peer.connect("bob@b.example", APP);
+    const got: string[] = [];
+    s.onMessage = (d) => got.push(Buffer.from(d).toString("latin1"));
+    await until(() => b.dev.h.sas.some((x) => x.ready && x.spi === s.spi), "bob's SA ready");
+    assert.equal(b.dev.h.sas.find((x) => x.spi === s.spi)!.peer, "carol@c.example");
+    await s.send(text("hello bob, from carol"));
+    await until(() => b.dev.inbox.includes("hello bob, from carol"), "carol's message at bob");
+    assert.equal(b.dev.h.send(s.spi, text("hello carol")), true);
+    await until(() => got.includes("hello carol"), "bob's message at carol");
+    await s.close();
+    await until(() => b.dev.closed.some(([spi, why]) => spi === s.spi && why === CloseReason.Bye), "bob's SA closed by carol's bye");
+  });
+
+  test("alice@a.example's handset calls carol (capable peer); carol accepts, data crosses, alice's bye reaches carol", async () => {
+    const asked: string[] = [];
+    peer.onRequest = (from, app) => {
+      asked.push(from);
+      return from === "alice@a.example" && app === APP;
+    };
+    const up = new Promise<PeerSession>((resolve) => (peer.onSession = resolve));
+    assert.equal(a.dev.h.connect("carol@c.example", APP), true);
+    const s = await up;
+    await until(() => a.dev.h.sas.some((x) => x.ready && x.spi === s.spi), "alice's SA ready");
+    assert.deepEqual(asked, ["alice@a.example"]);
+    const got: string[] = [];
+    const closed: number[] = [];
+    s.onMessage = (d) => got.push(Buffer.from(d).toString("latin1"));
+    s.onClose = (r) => closed.push(r);
+    assert.equal(a.dev.h.send(s.spi, text("hi carol")), true);
+    await until(() => got.includes("hi carol"), "alice's message at carol");
+    await s.send(text("hi alice"));
+    await until(() => a.dev.inbox.includes("hi alice"), "carol's message at alice");
+    assert.equal(a.dev.h.close(s.spi), true);
+    await until(() => closed.length === 1, "carol told of alice's bye");
+    assert.deepEqual(closed, [CloseReason.Bye]);
+    assert.equal(s.state, "closed");
+    await assert.rejects(s.send(text("too late")), /closed/);
   });
 });
