@@ -210,10 +210,11 @@ export class CrossGateway implements SessionHook {
 
   relay(deviceId: string, m: SaData, payload: Uint8Array): boolean {
     const s = this.sessions.get(m.spi);
-    if (!s) return false;
-    if (s.device !== deviceId || s.state !== "up") {
+    // Another device's SPI: the broker's to judge (its local SPIs are drawn independently of ours).
+    if (!s || s.device !== deviceId) return false;
+    if (s.state !== "up") {
       this.stats.relayDropped++;
-      this.ctx.log.warn("frame dropped", { device: deviceId, spi: m.spi, reason: s.device !== deviceId ? "SA frame from a device that is not party to the SPI" : "SA frame before both devices confirmed" });
+      this.ctx.log.warn("frame dropped", { device: deviceId, spi: m.spi, reason: "SA frame before both devices confirmed" });
       return true;
     }
     this.opts.interlink

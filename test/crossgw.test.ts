@@ -33,6 +33,7 @@ interface Side {
   /** Plaintexts of every seal the gateway made, in order (what it sent its device). */
   seals: { suite: number; plaintext: Uint8Array }[];
   cross: () => CrossGateway;
+  checker: CertificateChecker;
 }
 
 /** A gateway for `domain` with a certificate from the fleet, its interlink and one registered handset. */
@@ -52,7 +53,7 @@ async function side(domain: string, deviceId: string, fleet: Fleet, verifier: Ve
   t.gw.policy.setDefault("allow");
   const dev = await sessionHandset(t.gw, deviceId, provision(t.gw, deviceId));
   await until(() => dev.h.status().registered, `${deviceId} registered`);
-  return { t, link, dev, seals: rec.seals, cross: () => t.gw.hook as CrossGateway };
+  return { t, link, dev, seals: rec.seals, cross: () => t.gw.hook as CrossGateway, checker };
 }
 
 describe("sessions across gateways", () => {
@@ -60,14 +61,16 @@ describe("sessions across gateways", () => {
   let fleetDir: string;
   let a: Side;
   let b: Side;
+  let fleet: Fleet;
+  let verifier: Verifier;
   const clock = new Clock();
 
   before(async () => {
     broker = await startBroker({ host: "127.0.0.1", port: 0 });
     fleetDir = tempDir("kp-xgw-fleet-");
-    const fleet = Fleet.create(fleetDir, "kp-fleet", clock.now());
+    fleet = Fleet.create(fleetDir, "kp-fleet", clock.now());
     const verifierKey = generateEd25519();
-    const verifier = new Verifier({ anchor: fleet.anchor, key: verifierKey, verifierId: "verifier.kp" });
+    verifier = new Verifier({ anchor: fleet.anchor, key: verifierKey, verifierId: "verifier.kp" });
     verifier.updateRevocationList(fleet.signedList());
     a = await side("a.example", "alice", fleet, verifier, verifierKey.publicKey, broker, clock);
     b = await side("b.example", "bob", fleet, verifier, verifierKey.publicKey, broker, clock);
@@ -138,6 +141,24 @@ describe("sessions across gateways", () => {
     assert.equal(innerMessages(a.seals).filter((m) => m[0] === Msg.SaInstall).length, before, "no SaInstall for a refused call");
     assert.equal(live(a.dev).length, 0);
     assert.ok(b.t.events("xsession-not-found").length >= 1, "B logged why, A's device learned only 'not found'");
+  });
+
+  // Last in this suite: it revokes alice.
+  test("a revoked caller is refused at msg3: no SA is installed on either side", async () => {
+    b.dev.h.onRequest = () => true;
+    verifier.updateRevocationList(fleet.revoke({ devices: ["alice@a.example"] }, clock.now()));
+    // A gateway clears its cached verifier answers when a newer revocation list arrives (docs/FLEET.md).
+    b.checker.clear();
+    const installsAt = (s: Side) => innerMessages(s.seals).filter((m) => m[0] === Msg.SaInstall).length;
+    const before = [installsAt(a), installsAt(b)];
+    a.dev.h.lastType = 0;
+    assert.equal(a.dev.h.connect("bob@b.example", APP), true);
+    await until(() => a.dev.h.lastType === Msg.Error, "alice's answer", 10_000);
+    assert.equal(a.dev.h.lastCode, ErrorCode.Rejected);
+    assert.deepEqual([installsAt(a), installsAt(b)], before, "no SaInstall at either gateway");
+    const failed = a.t.events("xsession-failed").at(-1);
+    assert.match(String(failed?.reason), /revoked/);
+    assert.equal(live(b.dev).length, 0);
   });
 });
 
