@@ -34,6 +34,7 @@
 // numbers (each taken & 255, as Espruino's iterators do) or strings (char codes & 255).
 
 import { createCipheriv, createDecipheriv, createHash } from "node:crypto";
+import { zlib } from "../gateway/zlib-crc.ts";
 
 export type AesObservation = {
   op:
@@ -381,19 +382,6 @@ export function createEspruinoCrypto(opts: EspruinoCryptoOptions): { cryptoModul
   return { cryptoModule, aesGlobal: opts.aesCcm ? makeAesGlobal(observe) : undefined };
 }
 
-const CRC_TABLE = (() => {
-  const t = new Uint32Array(256);
-  for (let n = 0; n < 256; n++) {
-    let c = n;
-    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
-    t[n] = c >>> 0;
-  }
-  return t;
-})();
-
-/** E.CRC32: the zlib CRC-32 of the bytes, an unsigned 32-bit number. */
-export function crc32(data: Uint8Array): number {
-  let crc = 0xffffffff;
-  for (let i = 0; i < data.length; i++) crc = CRC_TABLE[(crc ^ data[i]) & 255] ^ (crc >>> 8);
-  return (crc ^ 0xffffffff) >>> 0;
-}
+/** E.CRC32: the zlib CRC-32 of the bytes, an unsigned 32-bit number (one host definition for the
+ *  gateway, the serial client and this model: gateway/zlib-crc.ts). */
+export const crc32 = zlib.crc32;

@@ -15,6 +15,7 @@
 // Espruino's serial ports speak.
 
 import { SerialPort } from "serialport";
+import { zlib } from "../gateway/zlib-crc.ts";
 
 /** What the REPL answers in process.env.BOARD, per board profile id. */
 export const ESPRUINO_BOARD: Record<string, string> = {
@@ -35,21 +36,7 @@ export const CHUNK_BYTES = 512;
 export class SerialError extends Error {}
 
 /** CRC-32 (IEEE 802.3, reflected, as Espruino's E.CRC32 and zlib compute it), unsigned. */
-const CRC_TABLE = (() => {
-  const t = new Uint32Array(256);
-  for (let n = 0; n < 256; n++) {
-    let c = n;
-    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
-    t[n] = c >>> 0;
-  }
-  return t;
-})();
-
-export function crc32(data: Uint8Array): number {
-  let crc = 0xffffffff;
-  for (let i = 0; i < data.length; i++) crc = CRC_TABLE[(crc ^ data[i]) & 255] ^ (crc >>> 8);
-  return (crc ^ 0xffffffff) >>> 0;
-}
+export const crc32 = zlib.crc32;
 
 /** A JavaScript string literal holding these bytes, readable by Espruino: printable ASCII as is, every
  *  other byte as \xHH. Control bytes never travel raw, so a 0x03 in the data cannot become a Ctrl-C
