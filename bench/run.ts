@@ -1,7 +1,8 @@
 // `npm run bench`: the device-side cost of keyproxy's join, register and message protection next to
 // one X25519, all measured in the same emulated device in the same run, plus the same operations on
 // the gateway machine for context; sessions inside one gateway (the device's cost of a setup next to
-// X25519, and a gateway under 100 handsets: setups per second, CPU per setup, latency); and the
+// X25519, and a gateway under 100 handsets: setups per second, CPU per setup, latency, once with the
+// handsets' engine in Node and once with 100 emulated devices running the firmware bundle); and the
 // gateway's curve library (bench/curves.ts). Prints the report and writes it to docs/BENCHMARKS.md.
 //
 // Progress goes to stderr, the report to stdout. Set KEYPROXY_BENCH_NO_WRITE=1 to print only. Exits
@@ -18,6 +19,7 @@ import { runDevice } from "./device-run.ts";
 import { runNode } from "./node-run.ts";
 import { renderReport } from "./report.ts";
 import { runSessions } from "./sessions.ts";
+import { runEmulatedSessions } from "./sessions-emulated.ts";
 import { checkTargets } from "./targets.ts";
 import { DEFAULT_TIMING } from "./timing.ts";
 
@@ -38,6 +40,7 @@ async function main(): Promise<void> {
   const device = await runDevice(SUITES, log);
   const node = runNode(SUITES, log);
   const sessions = await runSessions(SUITES, log);
+  const emulated = await runEmulatedSessions(log);
   log("curves on the gateway: node:crypto and @noble/curves (bench/curves.ts)");
   const curves = await runCurveBench();
   const targets = checkTargets(device, sessions.device);
@@ -58,6 +61,7 @@ async function main(): Promise<void> {
     device,
     node,
     sessions,
+    emulated,
     curves,
     targets,
   );

@@ -141,12 +141,12 @@ function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))];
 }
 
-function latency(ms: number[]): Latency {
+export function latency(ms: number[]): Latency {
   const s = [...ms].sort((a, b) => a - b);
   return { setups: s.length, p50Ms: percentile(s, 50), p99Ms: percentile(s, 99), maxMs: s[s.length - 1] };
 }
 
-function fileSystemOf(dir: string): string {
+export function fileSystemOf(dir: string): string {
   try {
     // /proc/mounts: the longest mount point that contains dir.
     const mounts = fs.readFileSync("/proc/mounts", "utf8").split("\n").map((l) => l.split(" ")).filter((f) => f.length > 2);
@@ -441,7 +441,7 @@ async function gatewayProcess(dataDir: string): Promise<void> {
 }
 
 /** The parent's handle on the gateway process. */
-class GatewayProcess {
+export class GatewayProcess {
   private nextId = 0;
   private waiting = new Map<number, (m: Extract<FromGateway, { k: "cpu" }>) => void>();
   private exited: Promise<number | null>;
