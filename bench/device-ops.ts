@@ -125,7 +125,7 @@ export function deviceOps(p: OpsPlatform): DeviceOps {
     // A fresh link, as right after the join, so the gateway's answer at sequence number 1 is fresh
     // every time (the cost is one small object and a replay window).
     const link = newLink(keys, true);
-    const request = encodeFrame(sealMessage(c, cbor, link, { t: Msg.RegisterRequest, rid: 1, lifetime: 3600, suites: regSuites, wantCert: true }), p.crc32);
+    const request = encodeFrame(sealMessage(c, cbor, link, { t: Msg.RegisterRequest, rid: 1, lifetime: 3600, suites: regSuites, wantCert: true, firmware: "bench", memory: 0 }), p.crc32);
     const m = receiveOne(okFrame);
     if (m.t !== Msg.Link) throw new Error("bench: not a Link frame");
     const inner = openMessage(c, cbor, link, m);

@@ -28,8 +28,8 @@ export interface HandsetConfig {
   suites: number[][];
 }
 
-/** What the engine needs from its board. On Espruino: getTime, setTimeout, clearTimeout, print and
- *  E.CRC32 themselves, plus one Storage function for the join counter. */
+/** What the engine needs from its board. On Espruino: getTime, setTimeout, clearTimeout, print,
+ *  E.CRC32 and process.memory themselves, plus one Storage function for the join counter. */
 export interface Platform {
   crypto: SymCrypto;
   cbor: Codec;
@@ -43,6 +43,12 @@ export interface Platform {
   setTimeout(fn: () => void, ms: number): any;
   clearTimeout(id: any): void;
   log(line: string): void;
+  /** The firmware's id, reported with each registration (on Espruino the build's KP_FIRMWARE:
+   *  flash/build.ts). Absent: "unknown". */
+  firmware?: string;
+  /** Espruino's process.memory as it is: `usage` is the variables in use, reported with each
+   *  registration. Absent where unknown (0 is reported). */
+  memory?(): { usage: number };
 }
 
 /** A byte-stream transport: write() takes bytes (Espruino's Bluetooth.write does, as it is). */
@@ -355,10 +361,15 @@ export class Handset {
   }
 
   /** Registers (or renews) for the configured lifetime, or for `lifetime` seconds; register(0)
-   *  deregisters, as SIP's Expires: 0 does. */
+   *  deregisters, as SIP's Expires: 0 does. Each registration reports the firmware id and the
+   *  variables in use, for the operator (docs/MONITORING.md). */
   register(lifetime?: number): boolean {
     const c = this.cfg_;
-    return this.request_({ t: Msg.RegisterRequest, rid: 0, lifetime: lifetime === undefined ? c.lifetime : lifetime, suites: c.suites, wantCert: true }, true);
+    const p = this.p_;
+    return this.request_({
+      t: Msg.RegisterRequest, rid: 0, lifetime: lifetime === undefined ? c.lifetime : lifetime, suites: c.suites, wantCert: true,
+      firmware: p.firmware || "unknown", memory: p.memory ? p.memory().usage : 0,
+    }, true);
   }
 
   /** Asks for a peer's certificate (answered only with one valid now). */

@@ -7,7 +7,8 @@
 //   3. the gate (flash/subset.ts) over the bundle itself, before and after minification: whatever esbuild
 //      lowered with a runtime helper, whatever came from node_modules, the `__require` shim.
 
-import fs, { existsSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { createHash } from "node:crypto";
+import fs, { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import * as esbuild from "esbuild";
@@ -30,6 +31,9 @@ export interface BuildResult {
   problems: string[];
   /** The bundle text (also written to `file` when there are no problems). */
   code: string;
+  /** The firmware id the bundle reports when it registers (KP_FIRMWARE, firmwareId below); "" when
+   *  the build did not get that far. */
+  firmware: string;
 }
 
 export interface BuildOptions {
@@ -47,6 +51,27 @@ export interface BuildOptions {
 }
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
+const VERSION: string = JSON.parse(readFileSync(path.join(ROOT, "package.json"), "utf8")).version;
+
+/** How many hex digits of the bundle's SHA-256 the firmware id carries. */
+const FIRMWARE_HASH_DIGITS = 8;
+
+/** The firmware id is "<package version>-<first 8 hex digits of SHA-256 of the shipped bundle>".
+ *  A hash of the bundle rather than of the sources: it names exactly the bytes that were flashed
+ *  (board, build options and esbuild's output included), so an operator can tell two devices apart
+ *  that run the same version built differently, and check a bundle file against what a device
+ *  reports. The bundle contains the id, so it is hashed with this placeholder (as long as the id) in
+ *  the id's place, and the id is put in afterwards: offsets and source maps stay valid, and anyone can
+ *  recompute the hash by putting the placeholder back. */
+export function firmwarePlaceholder(): string {
+  return "#".repeat(VERSION.length + 1 + FIRMWARE_HASH_DIGITS);
+}
+
+/** The id of a bundle whose id slot still holds firmwarePlaceholder(). ASCII, at most 64 characters
+ *  (a CBOR text field of the protocol). */
+export function firmwareId(bundleWithPlaceholder: string): string {
+  return `${VERSION}-${createHash("sha256").update(bundleWithPlaceholder, "utf8").digest("hex").slice(0, FIRMWARE_HASH_DIGITS)}`;
+}
 
 /** What Espruino lacks, in esbuild's feature names (design.md §5). What esbuild does with each, checked
  *  against esbuild 0.28:
@@ -262,7 +287,7 @@ export async function buildFirmware(opts: BuildOptions): Promise<BuildResult> {
   const entry = path.resolve(opts.entry ?? path.join(ROOT, "firmware", "targets", `${board.id}.ts`));
   const budget = opts.budget ?? board.budget.bundleBytes;
   const minify = opts.minify ?? true;
-  const result: BuildResult = { board: board.id, file, bytes: 0, budget, ok: false, problems: [], code: "" };
+  const result: BuildResult = { board: board.id, file, bytes: 0, budget, ok: false, problems: [], code: "", firmware: "" };
   const fail = (problems: string[]): BuildResult => {
     result.problems = unique(problems);
     rmSync(file, { force: true }); // never leave an older bundle where a flasher would pick it up
@@ -279,14 +304,17 @@ export async function buildFirmware(opts: BuildOptions): Promise<BuildResult> {
   }
 
   // Readable first: esbuild's helpers keep their names here, and lines map cleanly to sources.
-  const define = { KP_CBOR_FULL: board.cbor === "full" ? "true" : "false" };
+  const placeholder = firmwarePlaceholder();
+  const define = { KP_CBOR_FULL: board.cbor === "full" ? "true" : "false", KP_FIRMWARE: JSON.stringify(placeholder) };
   const readable = await bundle(entry, file, false, define);
   if ("errors" in readable) return fail(esbuildProblems(readable.errors));
   const shipped = minify ? await bundle(entry, file, true, define) : readable;
   if ("errors" in shipped) return fail(esbuildProblems(shipped.errors));
 
   const gated = gateBothBundles(readable, shipped, bundleName);
-  result.code = gated.code;
+  // The id of exactly what ships, put in the placeholder's place (the same length).
+  result.firmware = firmwareId(gated.code);
+  result.code = gated.code.split(placeholder).join(result.firmware);
   result.bytes = Buffer.byteLength(result.code, "utf8");
   if (gated.problems.length > 0) return fail(gated.problems);
 

@@ -10,7 +10,7 @@ import { after, describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import vm from "node:vm";
 import * as esbuild from "esbuild";
-import { buildAll, buildCommand, buildFirmware, formatReport, type BuildResult } from "../flash/build.ts";
+import { buildAll, buildCommand, buildFirmware, firmwarePlaceholder, formatReport, type BuildResult } from "../flash/build.ts";
 import { lintFirmware } from "../flash/lint.ts";
 import { checkEspruinoSubset, renameGlobal } from "../flash/subset.ts";
 import * as lib from "./fixtures/subset/clean-lib.ts";
@@ -153,6 +153,28 @@ describe("a clean entry", () => {
     assert.match(report, /^esp32 \*/m);
     assert.match(report, /^emulator\s.*FAILED \(1 problem\)/m);
     assert.match(report, /bigint\.ts:2: BigInt/);
+  });
+});
+
+describe("the firmware id (KP_FIRMWARE)", () => {
+  test("is the package version and a hash of the shipped bundle, in the bundle, the same for the same bytes", async () => {
+    const version = JSON.parse(readFileSync(path.join(ROOT, "package.json"), "utf8")).version as string;
+    const puck = await buildFirmware({ board: "puckjs", outDir });
+    const again = await buildFirmware({ board: "puckjs", outDir });
+    const emulator = await buildFirmware({ board: "emulator", outDir });
+    for (const r of [puck, emulator]) {
+      assert.deepEqual(r.problems, []);
+      assert.ok(r.firmware.startsWith(`${version}-`), r.firmware);
+      assert.match(r.firmware, /^[\x20-\x7e]{1,64}$/, "printable ASCII, within a protocol text field");
+      assert.match(r.firmware, /-[0-9a-f]{8}$/);
+      assert.ok(r.code.includes(JSON.stringify(r.firmware)), "the bundle carries its id");
+      assert.ok(!r.code.includes(firmwarePlaceholder()), "no placeholder is left");
+      // Anyone can check a bundle against the id a device reports: put the placeholder back, hash.
+      const hash = createHash("sha256").update(r.code.split(r.firmware).join(firmwarePlaceholder())).digest("hex");
+      assert.equal(r.firmware, `${version}-${hash.slice(0, 8)}`);
+    }
+    assert.equal(again.firmware, puck.firmware, "the same bundle, the same id");
+    assert.notEqual(emulator.firmware, puck.firmware, "another board's bundle, another id");
   });
 });
 

@@ -367,7 +367,7 @@ function observedDeviceCrypto(ledger: AesLedger) {
   return deviceCrypto(espruinoNatives(cryptoModule, undefined, { hwRand: () => randomBytes(4).readInt32LE(0) }), []);
 }
 
-const registerRequest = gcbor.encode(encodeMessage({ t: Msg.RegisterRequest, rid: 1, lifetime: 60, suites: [[SUITE_AES_CCM_16_64_128, 1]], wantCert: true }));
+const registerRequest = gcbor.encode(encodeMessage({ t: Msg.RegisterRequest, rid: 1, lifetime: 60, suites: [[SUITE_AES_CCM_16_64_128, 1]], wantCert: true, firmware: "test", memory: 0 }));
 const registerOk = gcbor.encode(encodeMessage({ t: Msg.RegisterOk, rid: 1, granted: 60, certId: new Uint8Array(16), cert: new Uint8Array(40) }));
 
 describe("the ledger", () => {

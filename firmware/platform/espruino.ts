@@ -5,6 +5,9 @@ import { decode, encode } from "../cbor.ts";
 import type { SymCrypto } from "../crypto/types.ts";
 import { Handset } from "../handset.ts";
 
+/** The bundle's id, defined by the build (flash/build.ts): package version and a hash of the bundle. */
+declare const KP_FIRMWARE: string | undefined;
+
 const COUNTER_FILE = "kp.ctr";
 const CONFIG_FILE = "kp.cfg";
 
@@ -42,7 +45,10 @@ export function startHandset(crypto: SymCrypto, suites: number[]): Handset | und
   const h = new Handset(
     { id: cfg.id, rootKey: key, lifetime: cfg.life || 3600, suite: suites[0], suites: pairs },
     // Espruino's natives as they are: no wrapper functions to keep alive.
-    { crypto: crypto, cbor: { encode: encode, decode: decode }, crc32: E.CRC32, counter: counter, now: getTime, setTimeout: setTimeout, clearTimeout: clearTimeout, log: print },
+    {
+      crypto: crypto, cbor: { encode: encode, decode: decode }, crc32: E.CRC32, counter: counter, now: getTime, setTimeout: setTimeout, clearTimeout: clearTimeout, log: print,
+      firmware: typeof KP_FIRMWARE === "string" ? KP_FIRMWARE : undefined, memory: process.memory,
+    },
   );
   global.KP = h;
   return h;

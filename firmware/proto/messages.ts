@@ -63,8 +63,9 @@ export interface JoinRequest { t: Msg.JoinRequest; id: string; ctr: number; nonc
 export interface JoinAccept { t: Msg.JoinAccept; nonce: Bytes; tag: Bytes }
 export interface JoinReject { t: Msg.JoinReject }
 export interface LinkFrame { t: Msg.Link; seq: number; sealed: Bytes }
-/** lifetime: desired registration lifetime in seconds (devices have no trusted clock). */
-export interface RegisterRequest { t: Msg.RegisterRequest; rid: number; lifetime: number; suites: number[][]; wantCert: boolean }
+/** lifetime: desired registration lifetime in seconds (devices have no trusted clock). firmware: the
+ *  bundle's id (flash/build.ts); memory: Espruino variables in use when sent, 0 where unknown. */
+export interface RegisterRequest { t: Msg.RegisterRequest; rid: number; lifetime: number; suites: number[][]; wantCert: boolean; firmware: string; memory: number }
 /** granted: seconds from now; the certificate's validity is exactly that long. */
 export interface RegisterOk { t: Msg.RegisterOk; rid: number; granted: number; certId: Bytes; cert: Bytes | null }
 export interface DeregisterRequest { t: Msg.DeregisterRequest; rid: number }
@@ -100,7 +101,7 @@ FIELDS[Msg.JoinRequest] = "tubib id ctr nonce suite tag";
 FIELDS[Msg.JoinAccept] = "bb nonce tag";
 FIELDS[Msg.JoinReject] = "";
 FIELDS[Msg.Link] = "ub seq sealed";
-FIELDS[Msg.RegisterRequest] = "uusB rid lifetime suites wantCert";
+FIELDS[Msg.RegisterRequest] = "uusBtu rid lifetime suites wantCert firmware memory";
 FIELDS[Msg.RegisterOk] = "uubn rid granted certId cert";
 FIELDS[Msg.DeregisterRequest] = "u rid";
 FIELDS[Msg.DeregisterOk] = "u rid";

@@ -54,6 +54,10 @@ export function nodeDeviceCrypto() {
   return deviceCrypto(espruinoNatives(cryptoModule, undefined, E), []);
 }
 
+/** The firmware id the Node handset reports when it registers. It reports no memory use: Node has no
+ *  Espruino variables, so it sends 0 ("unknown"); a test may set `h.p_.memory` to report some. */
+export const NODE_FIRMWARE = "node-harness";
+
 export interface NodeHandset {
   h: Handset;
   lines: string[];
@@ -77,6 +81,7 @@ export function nodeHandset(gw: Gateway, id: string, rootKey: Uint8Array, lifeti
     setTimeout: (fn, ms) => setTimeout(fn, ms),
     clearTimeout: (id) => clearTimeout(id),
     log: (l) => lines.push(l),
+    firmware: NODE_FIRMWARE,
   };
   const h = new Handset({ id, rootKey, lifetime, suite: SUITE_AES_CCM_16_64_128, suites: [[SUITE_AES_CCM_16_64_128, 1]] }, p);
   return new Promise((resolve, reject) => {
