@@ -1,6 +1,7 @@
 import { randomBytes } from "node:crypto";
 import { existsSync, renameSync, rmSync, writeFileSync } from "node:fs";
-import { getBoard } from "../boards/index.ts";
+import { BOARDS, getBoard } from "../boards/index.ts";
+import type { DeviceSummary } from "../gateway/store.ts";
 import { openStore, DEFAULT_LISTEN } from "../gateway/gateway.ts";
 import { DEFAULT_DATA_DIR } from "./gateway-cmd.ts";
 import { parse, UsageError } from "./args.ts";
@@ -14,7 +15,8 @@ const HELP = `usage: keyproxy device <add|list|remove> [options]
       Makes a fresh root key (CSPRNG), enters the device in the registry and writes a provisioning
       file (mode 0600) holding the id, the key and the gateway address. The key is never printed:
       load the file into the device (keyproxy sim does) and then delete it.
-  list                          devices, join counters and registration expiry
+  list                          devices, join counters, registration expiry, and what each device
+                                reported when it registered: firmware id and variables in use
   remove --id <name>            deletes the device, its registration and certificate
 
   --data-dir <dir>   the gateway's data directory (default ${DEFAULT_DATA_DIR})`;
@@ -46,6 +48,17 @@ export function addDevice(dataDir: string, id: string, board: string, gateway: s
     key.fill(0);
     store.close();
   }
+}
+
+/** What a device reported with its registration, for `device list`: "fw=<id> mem=<used>/<pool>", or
+ *  "" when it reported nothing (not registered, or registered with an older gateway). */
+export function reportedState(r: DeviceSummary): string {
+  if (r.firmware === null && r.memoryUsed === null) return "";
+  // The registrar admits only printable ASCII; anything else (an edited database) is not sent to a terminal raw.
+  const fw = (r.firmware ?? "-").replace(/[^\x20-\x7e]/g, "?");
+  const pool = Object.hasOwn(BOARDS, r.board) ? BOARDS[r.board].vars : undefined;
+  const mem = r.memoryUsed === null || r.memoryUsed === 0 ? "?" : String(r.memoryUsed);
+  return `fw=${fw} mem=${mem}${pool === undefined ? "" : `/${pool}`}`;
 }
 
 export async function deviceCommand(argv: string[]): Promise<number> {
@@ -85,7 +98,9 @@ export async function deviceCommand(argv: string[]): Promise<number> {
       if (!rows.length) console.log(`no devices in ${dataDir}`);
       for (const r of rows) {
         const reg = r.expiresAt === null ? "not registered" : r.expiresAt > now ? `registered, ${r.expiresAt - now}s left` : "registration expired";
-        console.log(`${r.id.padEnd(20)} ${r.board.padEnd(10)} joins=${String(r.joinCounter).padEnd(6)} ${r.revokedAt ? "REVOKED" : reg}`);
+        const state = `${r.revokedAt ? "REVOKED" : reg}`;
+        const reported = reportedState(r);
+        console.log(`${r.id.padEnd(20)} ${r.board.padEnd(10)} joins=${String(r.joinCounter).padEnd(6)} ${reported ? `${state.padEnd(26)} ${reported}` : state}`);
       }
     } finally {
       store.close();

@@ -18,6 +18,7 @@ import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { connect, type MqttClient } from "mqtt";
 import { BrokerAddressInUse, startBroker, type EmbeddedBroker } from "./broker.ts";
+import { BOARDS } from "../boards/index.ts";
 import type { LinkServer } from "./link-server.ts";
 import type { Logger, LogRecord } from "./log.ts";
 import type { Store } from "./store.ts";
@@ -90,6 +91,13 @@ export interface DeviceState {
   lastJoin: string | null;
   joinRejects: number;
   framesDropped: number;
+  /** The firmware id the device reported with its registration (flash/build.ts: version and bundle
+   *  hash); null when not registered or never reported. */
+  firmware: string | null;
+  /** Espruino variables in use when the device last registered (0: the device did not know), and
+   *  the board's pool (boards/index.ts); null when unknown. */
+  memoryUsed: number | null;
+  memoryTotal: number | null;
 }
 
 export interface Metrics {
@@ -372,6 +380,9 @@ export class MqttPublisher {
         lastJoin: run.lastJoin,
         joinRejects: run.joinRejects,
         framesDropped: run.framesDropped,
+        firmware: reg?.firmware ?? null,
+        memoryUsed: reg?.memoryUsed ?? null,
+        memoryTotal: Object.hasOwn(BOARDS, dev.board) ? BOARDS[dev.board].vars : null,
       };
       const payload = JSON.stringify(state);
       if (this.lastState.get(id) === payload) continue;

@@ -35,6 +35,9 @@ export interface RegistrarDeps {
 }
 
 const CERT_ID_BYTES = 16;
+/** A firmware id is printable ASCII (the build makes it so): it is shown on terminals and in
+ *  dashboards, where control characters from a device have no business. */
+const FIRMWARE_ID = /^[\x20-\x7e]{1,64}$/;
 
 export class Registrar {
   constructor(private d: RegistrarDeps) {}
@@ -43,7 +46,7 @@ export class Registrar {
   handle(deviceId: string, m: InnerMessage): InnerMessage {
     switch (m.t) {
       case Msg.RegisterRequest:
-        return this.register(deviceId, m.rid, m.lifetime, m.suites, m.wantCert);
+        return this.register(deviceId, m.rid, m.lifetime, m.suites, m.wantCert, m.firmware, m.memory);
       case Msg.DeregisterRequest:
         return this.deregister(deviceId, m.rid);
       case Msg.CertQuery:
@@ -63,10 +66,16 @@ export class Registrar {
     return pair.publicKey;
   }
 
-  private register(deviceId: string, rid: number, lifetime: number, suites: number[][], wantCert: boolean): InnerMessage {
+  /** firmware and memory are the device's own report (its firmware id, variables in use): kept with the
+   *  registration for the operator, never trusted for any decision. */
+  private register(deviceId: string, rid: number, lifetime: number, suites: number[][], wantCert: boolean, firmware: string, memory: number): InnerMessage {
     const { policy, now } = this.d;
     // A zero lifetime deregisters, as SIP's Expires: 0 does (the device's register(0)).
     if (lifetime === 0) return this.deregister(deviceId, rid);
+    if (!FIRMWARE_ID.test(firmware)) {
+      this.d.log.warn("register-rejected", { device: deviceId, reason: "the firmware id is not printable ASCII" });
+      return { t: Msg.Error, rid, code: ErrorCode.Malformed };
+    }
     const known = new Set(this.d.crypto.suites());
     const usable = suites.filter((p) => known.has(p[0]));
     if (suites.length && !usable.length) {
@@ -86,11 +95,11 @@ export class Registrar {
           this.d.gatewayKey.seed,
         );
       }
-      this.d.store.putRegistration({ deviceId, registeredAt: t, expiresAt: t + granted, suites: usable, certId, cert });
+      this.d.store.putRegistration({ deviceId, registeredAt: t, expiresAt: t + granted, suites: usable, certId, cert, firmware, memoryUsed: memory });
       this.d.store.audit(t, deviceId, renewal ? "renewed" : "registered", `granted=${granted} cert=${toHex(certId)}`);
       return { certId, cert };
     });
-    this.d.log.info(renewal ? "renewed" : "registered", { device: deviceId, requested: lifetime, granted, certId: toHex(result.certId), suites: usable.map((p) => p[0]).join(",") });
+    this.d.log.info(renewal ? "renewed" : "registered", { device: deviceId, requested: lifetime, granted, certId: toHex(result.certId), suites: usable.map((p) => p[0]).join(","), firmware, memoryUsed: memory });
     return { t: Msg.RegisterOk, rid, granted, certId: result.certId, cert: result.cert };
   }
 

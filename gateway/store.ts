@@ -1,6 +1,8 @@
 // The gateway's durable state in one SQLite file (WAL): the device registry with root keys and join
 // counters, registrations with their certificates, the identity keys kept in devices' names, and an
 // audit log. Every multi-row change is one transaction, so a crash never leaves half a record.
+// Columns added after the first release are added by a migration that checks for them, so a data
+// directory made by an older gateway keeps working.
 
 import Database from "better-sqlite3";
 
@@ -23,6 +25,24 @@ export interface RegistrationRow {
   suites: number[][];
   certId: Uint8Array | null;
   cert: Uint8Array | null;
+  /** What the device reported with this registration: its firmware id, and the variables in use
+   *  (0: the device does not know). Null for a registration stored by an older gateway. */
+  firmware: string | null;
+  memoryUsed: number | null;
+}
+
+/** A device as `keyproxy device list` and the monitor's metrics see it. */
+export interface DeviceSummary {
+  id: string;
+  board: string;
+  createdAt: number;
+  revokedAt: number | null;
+  joinCounter: number;
+  /** Null when not registered. */
+  expiresAt: number | null;
+  /** From the registration (null when not registered, or registered by an older gateway). */
+  firmware: string | null;
+  memoryUsed: number | null;
 }
 
 const SCHEMA = `
@@ -54,6 +74,12 @@ CREATE TABLE IF NOT EXISTS audit (
 );
 `;
 
+/** Columns added since the first schema: [table, column, type]. Each is added where it is missing. */
+const ADDED_COLUMNS: [string, string, string][] = [
+  ["registrations", "firmware", "TEXT"],
+  ["registrations", "memory_used", "INTEGER"],
+];
+
 const bytes = (b: Buffer | null): Uint8Array | null => (b ? new Uint8Array(b) : null);
 
 export class Store {
@@ -66,6 +92,17 @@ export class Store {
     this.db.pragma("synchronous = FULL");
     this.db.pragma("foreign_keys = ON");
     this.db.exec(SCHEMA);
+    this.migrate();
+  }
+
+  /** Adds the columns an older data directory lacks, in one transaction. */
+  private migrate(): void {
+    this.db.transaction(() => {
+      for (const [table, column, type] of ADDED_COLUMNS) {
+        const have = (this.db.prepare(`PRAGMA table_info(${table})`).all() as { name: string }[]).some((c) => c.name === column);
+        if (!have) this.db.exec(`ALTER TABLE ${table} ADD COLUMN ${column} ${type}`);
+      }
+    })();
   }
 
   close(): void {
@@ -112,10 +149,14 @@ export class Store {
     };
   }
 
-  listDevices(): { id: string; board: string; createdAt: number; revokedAt: number | null; joinCounter: number; expiresAt: number | null }[] {
+  listDevices(): DeviceSummary[] {
     return (this.db.prepare(
-      "SELECT d.id, d.board, d.created_at, d.revoked_at, d.join_counter, r.expires_at FROM devices d LEFT JOIN registrations r ON r.device_id = d.id ORDER BY d.id",
-    ).all() as Record<string, any>[]).map((r) => ({ id: r.id, board: r.board, createdAt: r.created_at, revokedAt: r.revoked_at, joinCounter: r.join_counter, expiresAt: r.expires_at }));
+      `SELECT d.id, d.board, d.created_at, d.revoked_at, d.join_counter, r.expires_at, r.firmware, r.memory_used
+       FROM devices d LEFT JOIN registrations r ON r.device_id = d.id ORDER BY d.id`,
+    ).all() as Record<string, any>[]).map((r) => ({
+      id: r.id, board: r.board, createdAt: r.created_at, revokedAt: r.revoked_at, joinCounter: r.join_counter, expiresAt: r.expires_at,
+      firmware: r.firmware, memoryUsed: r.memory_used,
+    }));
   }
 
   /** Raises the join counter to ctr only if ctr is higher: false means a replay (or a race lost). */
@@ -129,16 +170,16 @@ export class Store {
 
   putRegistration(r: RegistrationRow): void {
     this.db.prepare(
-      `INSERT INTO registrations (device_id, registered_at, expires_at, suites, cert_id, cert) VALUES (?, ?, ?, ?, ?, ?)
+      `INSERT INTO registrations (device_id, registered_at, expires_at, suites, cert_id, cert, firmware, memory_used) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
        ON CONFLICT(device_id) DO UPDATE SET registered_at = excluded.registered_at, expires_at = excluded.expires_at,
-       suites = excluded.suites, cert_id = excluded.cert_id, cert = excluded.cert`,
-    ).run(r.deviceId, r.registeredAt, r.expiresAt, JSON.stringify(r.suites), r.certId && Buffer.from(r.certId), r.cert && Buffer.from(r.cert));
+       suites = excluded.suites, cert_id = excluded.cert_id, cert = excluded.cert, firmware = excluded.firmware, memory_used = excluded.memory_used`,
+    ).run(r.deviceId, r.registeredAt, r.expiresAt, JSON.stringify(r.suites), r.certId && Buffer.from(r.certId), r.cert && Buffer.from(r.cert), r.firmware, r.memoryUsed);
   }
 
   getRegistration(deviceId: string): RegistrationRow | undefined {
     const r = this.db.prepare("SELECT * FROM registrations WHERE device_id = ?").get(deviceId) as Record<string, any> | undefined;
     if (!r) return undefined;
-    return { deviceId: r.device_id, registeredAt: r.registered_at, expiresAt: r.expires_at, suites: JSON.parse(r.suites), certId: bytes(r.cert_id), cert: bytes(r.cert) };
+    return { deviceId: r.device_id, registeredAt: r.registered_at, expiresAt: r.expires_at, suites: JSON.parse(r.suites), certId: bytes(r.cert_id), cert: bytes(r.cert), firmware: r.firmware, memoryUsed: r.memory_used };
   }
 
   deleteRegistration(deviceId: string): boolean {

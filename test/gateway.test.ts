@@ -4,14 +4,18 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { crc32 } from "node:zlib";
+import { join } from "node:path";
+import Database from "better-sqlite3";
 import * as gcbor from "../gateway/cbor.ts";
 import { verifyCertificate } from "../gateway/cwt.ts";
 import { loadOrCreateGatewayKey } from "../gateway/identity.ts";
-import { Gateway } from "../gateway/gateway.ts";
+import { Gateway, openStore } from "../gateway/gateway.ts";
+import { Store } from "../gateway/store.ts";
+import { deviceCommand } from "../cli/device-cmd.ts";
 import { encodeFrame } from "../firmware/proto/frame.ts";
 import { ErrorCode, Msg } from "../firmware/proto/messages.ts";
 import { toHex } from "../firmware/bytes.ts";
-import { nodeHandset, provision, rawClient, startGateway, until } from "./support/harness.ts";
+import { NODE_FIRMWARE, nodeHandset, provision, rawClient, startGateway, tempDir, until } from "./support/harness.ts";
 
 const frame = (payload: Uint8Array) => encodeFrame(payload, (b) => crc32(b) >>> 0);
 
@@ -39,12 +43,17 @@ test("a handset joins and registers; its certificate is valid for exactly the gr
     assert.equal(toHex(d.h.status().certId!), toHex(reg.certId!), "device keeps the certificate id");
     assert.ok(Math.abs(d.h.status().expiresIn - 300) <= 1);
     assert.equal(t.gw.store.getDevice("dev-a")!.joinCounter, 1);
-    // Renewal: register again; a new certificate, the same identity key.
+    // What the device reported: its firmware id; no memory count (Node has no Espruino variables: 0).
+    assert.deepEqual([reg.firmware, reg.memoryUsed], [NODE_FIRMWARE, 0]);
+    // Renewal: register again; a new certificate, the same identity key, and the new report kept.
     const first = reg.certId!;
     t.clock.advance(100);
+    d.h.p_.memory = () => ({ usage: 812 });
     d.h.register();
     await until(() => toHex(t.gw.store.getRegistration("dev-a")!.certId!) !== toHex(first), "renewal");
     assert.equal(t.gw.store.getRegistration("dev-a")!.expiresAt, t.clock.now() + 300);
+    assert.equal(t.gw.store.getRegistration("dev-a")!.memoryUsed, 812, "the variables in use the device reported at renewal");
+    assert.deepEqual(t.gw.store.listDevices().map((r) => [r.id, r.firmware, r.memoryUsed]), [["dev-a", NODE_FIRMWARE, 812]]);
     assert.deepEqual(verifyCertificate(t.gw.store.getRegistration("dev-a")!.cert!, loadOrCreateGatewayKey(t.dataDir).key.publicKey, t.clock.now()).publicKey, claims.publicKey);
     // Deregistration deletes the registration and its certificate.
     d.h.register(0);
@@ -208,4 +217,76 @@ test("malformed CBOR is rejected with a reason and changes nothing", async () =>
     raw.socket.destroy();
     await t.gw.stop();
   }
+});
+
+test("a firmware id that is not printable ASCII is refused with a reason and changes nothing", async () => {
+  const t = await startGateway();
+  const d = await nodeHandset(t.gw, "dev-f", provision(t.gw, "dev-f"));
+  try {
+    await until(() => d.h.status().registered, "registration");
+    const before = t.gw.store.snapshot();
+    for (const bad of ["fw\u001b[2J", "fw\u00e9", "fw\u007f"]) {
+      d.h.p_.firmware = bad;
+      d.h.lastType = 0;
+      d.h.register();
+      await until(() => d.h.lastType === Msg.Error, `refusal of ${JSON.stringify(bad)}`);
+      assert.equal(d.h.lastCode, ErrorCode.Malformed);
+      assert.equal(t.gw.store.snapshot(), before);
+    }
+    assert.deepEqual(t.events("register-rejected").map((r) => r.reason), Array(3).fill("the firmware id is not printable ASCII"));
+    d.h.p_.firmware = "1.2.3-0123abcd ok";
+    d.h.register();
+    await until(() => t.gw.store.getRegistration("dev-f")!.firmware === "1.2.3-0123abcd ok", "a printable id is kept");
+  } finally {
+    d.close();
+    await t.gw.stop();
+  }
+});
+
+/** The registrations table as the first release made it, before firmware and memory were reported. */
+const FIRST_REGISTRATIONS_TABLE = `
+CREATE TABLE devices (id TEXT PRIMARY KEY, root_key BLOB NOT NULL, board TEXT NOT NULL, created_at INTEGER NOT NULL,
+  revoked_at INTEGER, join_counter INTEGER NOT NULL DEFAULT 0, identity_seed BLOB, identity_public BLOB);
+CREATE TABLE registrations (device_id TEXT PRIMARY KEY REFERENCES devices(id) ON DELETE CASCADE,
+  registered_at INTEGER NOT NULL, expires_at INTEGER NOT NULL, suites TEXT NOT NULL, cert_id BLOB, cert BLOB);
+`;
+
+test("a data directory from before firmware and memory were reported keeps working: the columns are added", async () => {
+  const dataDir = tempDir("kp-old-");
+  const file = join(dataDir, "keyproxy.db");
+  const old = new Database(file);
+  old.exec(FIRST_REGISTRATIONS_TABLE);
+  old.prepare("INSERT INTO devices (id, root_key, board, created_at, join_counter) VALUES ('old-1', ?, 'puckjs', 0, 4)").run(Buffer.alloc(16, 1));
+  old.prepare("INSERT INTO registrations VALUES ('old-1', 10, 4000000000, '[[10,1]]', ?, NULL)").run(Buffer.alloc(16, 2));
+  old.close();
+  const store = openStore(dataDir);
+  assert.equal(store.db.name, file, "the gateway's database file (DB_FILE) is the one made above");
+  const columns = (s: Store) => (s.db.prepare("PRAGMA table_info(registrations)").all() as { name: string }[]).map((c) => c.name);
+  try {
+    assert.deepEqual(columns(store).slice(-2), ["firmware", "memory_used"]);
+    const reg = store.getRegistration("old-1")!;
+    assert.deepEqual([reg.expiresAt, reg.firmware, reg.memoryUsed], [4000000000, null, null], "the old registration is there, with nothing reported");
+    store.putRegistration({ ...reg, firmware: "0.1.0-3ca9ccef", memoryUsed: 943 });
+  } finally {
+    store.close();
+  }
+  // Opening it again adds nothing twice and keeps what was stored.
+  const again = openStore(dataDir);
+  try {
+    assert.equal(columns(again).filter((c) => c === "firmware").length, 1);
+    assert.deepEqual(again.listDevices().map((r) => [r.id, r.joinCounter, r.firmware, r.memoryUsed]), [["old-1", 4, "0.1.0-3ca9ccef", 943]]);
+  } finally {
+    again.close();
+  }
+  // keyproxy device list shows the report beside the registration, with the board's pool.
+  const lines: string[] = [];
+  const log = console.log;
+  console.log = (...a: unknown[]) => void lines.push(a.join(" "));
+  try {
+    assert.equal(await deviceCommand(["list", "--data-dir", dataDir]), 0);
+  } finally {
+    console.log = log;
+  }
+  assert.equal(lines.length, 1);
+  assert.match(lines[0], /^old-1 +puckjs +joins=4 +registered, \d+s left +fw=0\.1\.0-3ca9ccef mem=943\/2630$/);
 });

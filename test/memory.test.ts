@@ -22,6 +22,11 @@ for (const board of Object.values(BOARDS)) {
       assert.equal(totalVars, board.vars);
       assert.ok(estimatedVars > 0, "the estimate measured something");
       assert.ok(estimatedVars <= board.budget.varsAtRest, `${estimatedVars} estimated variables at rest, budget ${board.budget.varsAtRest}`);
+      // The handset reported its firmware id and process.memory().usage (here: the same model) when
+      // it registered, and the gateway kept them.
+      const reg = t.gw.store.getRegistration("sim-1")!;
+      assert.equal(reg.firmware, build.firmware);
+      assert.ok(reg.memoryUsed! > 0 && reg.memoryUsed! <= totalVars, `${reg.memoryUsed} variables reported in use`);
     } finally {
       sim.stop();
       await t.gw.stop();

@@ -170,7 +170,7 @@ test("the embedded broker's address taken: an error that says so, or (the CLI de
 test("the monitor's view: built from messages alone, robust to junk on the broker", () => {
   const v = new FleetView(2);
   const status: GatewayStatus = { state: "online", since: "2030-01-01T00:00:00.000Z", version: "0.1.0", listen: "127.0.0.1:7447", run: "r" };
-  const dev: DeviceState = { device: "d/1", board: "puckjs", online: true, registered: true, registeredUntil: new Date(Date.now() + 200_500).toISOString(), revoked: false, joinCounter: 3, lastJoin: null, joinRejects: 0, framesDropped: 1 };
+  const dev: DeviceState = { device: "d/1", board: "puckjs", online: true, registered: true, registeredUntil: new Date(Date.now() + 200_500).toISOString(), revoked: false, joinCounter: 3, lastJoin: null, joinRejects: 0, framesDropped: 1, firmware: "0.1.0-3ca9ccef", memoryUsed: 943, memoryTotal: 2630 };
   assert.match(v.apply(topics.status("g+1"), Buffer.from(JSON.stringify(status)))!, /gateway g\+1 online/);
   assert.match(v.apply(topics.deviceState("g+1", "d/1"), Buffer.from(JSON.stringify(dev)))!, /handset d\/1 @ g\+1: linked, registered, (199|200)s left/);
   for (let i = 0; i < 3; i++) v.apply(topics.events("g+1"), Buffer.from(JSON.stringify({ ts: new Date().toISOString(), level: "info", event: `e${i}` })));
@@ -230,6 +230,13 @@ async function endToEnd(url: string): Promise<void> {
       const s = stateOf(r, d);
       assert.deepEqual({ online: s.online, registered: s.registered, board: s.board, joinCounter: s.joinCounter }, { online: true, registered: true, board: "puckjs", joinCounter: 1 });
       assert.equal(s.registeredUntil, new Date(regs[i].expiresAt * 1000).toISOString());
+      // What the handset reported when it registered: the bundle's id, its variables in use, and the
+      // board's pool beside them.
+      assert.equal(s.firmware, build.firmware, "the firmware id the build gave the bundle");
+      assert.match(s.firmware!, /^\d+\.\d+\.\d+[^ ]*-[0-9a-f]{8}$/);
+      assert.equal(s.memoryUsed, regs[i].memoryUsed, "the variables in use the handset reported");
+      assert.ok(s.memoryUsed! > 0 && s.memoryUsed! <= 2630, `a real count from process.memory(): ${s.memoryUsed}`);
+      assert.equal(s.memoryTotal, 2630, "Puck.js's variable pool (boards/index.ts)");
     }
     // Events: one per log record, in order.
     const events = rec.messages.filter((m) => m.topic === topics.events(gatewayId)).map((m) => JSON.parse(m.payload.toString()));
@@ -273,6 +280,7 @@ async function endToEnd(url: string): Promise<void> {
       const s = stateOf(r, d);
       assert.deepEqual({ online: s.online, registered: s.registered, joinCounter: s.joinCounter, lastJoin: s.lastJoin }, { online: false, registered: true, joinCounter: 1, lastJoin: null });
       assert.equal(s.registeredUntil, new Date(regs[i].expiresAt * 1000).toISOString(), "a device registered before shows its registration");
+      assert.deepEqual([s.firmware, s.memoryUsed], [build.firmware, regs[i].memoryUsed], "and what it reported then, from the registry");
     }
 
     // SIGKILL: the broker publishes the last-will, retained.
