@@ -303,15 +303,17 @@ function bothVariantsTable(g: GatewaySessionResults, e: EmulatedSessionResults):
 function cpuComparisonText(g: GatewaySessionResults, e: EmulatedSessionResults): string {
   const ratio = e.gatewayCpuUsPerSetup / g.gatewayCpuUsPerSetup;
   const idlePerSetup = e.gatewayIdleCpuUsPerSecond / e.setupsPerSecond;
-  const idle = `Idle, with all ${e.handsets} devices registered, the gateway process used ${us(e.gatewayIdleCpuUsPerSecond)} µs of CPU per second
-(timers, sockets): about ${us(idlePerSetup)} µs per setup at the emulated variant's pace.`;
+  const idle = `Idle, with all ${e.handsets} devices registered, the gateway
+process used ${us(e.gatewayIdleCpuUsPerSecond)} µs of CPU per second (timers, sockets): about ${us(idlePerSetup)} µs per setup at the
+emulated variant's pace${idlePerSetup < 0.1 * Math.abs(e.gatewayCpuUsPerSetup - g.gatewayCpuUsPerSetup) ? ", so that background explains almost none of the difference" : ""}.`;
   const spread = (r: number[]) => Math.max(...r) / Math.min(...r);
   if (Math.abs(ratio - 1) <= 0.25 || ratio < 1) {
     return `The gateway's CPU per setup is about the same under both (emulated ÷ Node ${ratio.toFixed(2)}, while one variant's
-rounds alone range ${spread(g.gatewayCpuUsPerSetupRounds).toFixed(1)}× and ${spread(e.gatewayCpuUsPerSetupRounds).toFixed(1)}×): it is the gateway's own cost, whoever the handsets are. ${idle}`;
+rounds alone range ${spread(g.gatewayCpuUsPerSetupRounds).toFixed(1)}× and ${spread(e.gatewayCpuUsPerSetupRounds).toFixed(1)}×): it is the gateway's own cost, whoever the
+handsets are. ${idle}`;
   }
   return `The gateway's CPU per setup is ${ratio.toFixed(1)}× higher under the emulated handsets. ${idle} The
-rest is most likely the setups arriving spread out rather than bunched, so each of the gateway's
+difference is most likely the setups arriving spread out rather than bunched, so each of the gateway's
 wake-ups handles fewer frames (not measured separately here). The Node variant's figure is the
 better estimate of the gateway's own cost per setup.`;
 }
@@ -342,11 +344,14 @@ What each measures. The Node variant is the gateway's throughput with a light lo
 handsets skip the interpreter, so the gateway gets the larger share of the ${info.cpus} CPUs. The emulated variant
 is the whole system as the firmware runs it: the ${e.handsets} QuickJS interpreters run in the benchmark's one
 process, on the same ${info.cpus} CPUs as the gateway, and that process was busy ${percent(e.emulatorBusy)} of the rounds' wall time
-(the gateway ${percent(e.gatewayBusy)})${e.emulatorBusy >= 0.9 ? ": the devices, not the gateway, set the pace" : ""}. The emulator's own cost shares the machine with
-the gateway, so the emulated setups per second are a **lower bound** on the gateway's throughput, and its latencies include the devices' own time (a setup
-is ${us(ccm.caller.medianUs)} µs of interpreter work as caller and ${us(ccm.callee.medianUs)} µs as callee, table above, and the ${e.handsets} devices
-take their turns on one thread).
+(the gateway ${percent(e.gatewayBusy)})${e.emulatorBusy >= 0.9 ? ": the devices, not the gateway, set the pace" : ""}. The emulator's own cost
+shares the machine with the gateway, so the emulated setups per second are a **lower bound** on the
+gateway's throughput, and its latencies include the devices' own time (a setup is ${us(ccm.caller.medianUs)} µs of
+interpreter work as caller and ${us(ccm.callee.medianUs)} µs as callee, table above, and the ${e.handsets} devices take their
+turns on one thread).
+
 ${cpuComparisonText(g, e)}
+
 The emulated variant's two latency rows differ by ${ms(e.bothConfirmed.p50Ms - e.callerConnected.p50Ms)} ms at p50: the caller's \`onConnect\` usually
 comes after the callee's. Its figures show that the real bundle, with the
 application typed into the console, completed every setup and every close of every round with no
