@@ -6,7 +6,7 @@ import fc from "fast-check";
 import { newWindow, replay, WINDOW_SIZE } from "../firmware/proto/replay.ts";
 import { encodeFrame, FrameDecoder, MAX_PAYLOAD } from "../firmware/proto/frame.ts";
 import { decodeMessage, encodeMessage, Msg, type Message } from "../firmware/proto/messages.ts";
-import { frameNonce, DIR_DOWN, DIR_UP } from "../firmware/proto/keys.ts";
+import { deriveSaKeys, frameNonce, saConfirmTag, DIR_DOWN, DIR_UP } from "../firmware/proto/keys.ts";
 import { crypt, type Link } from "../firmware/proto/link.ts";
 import * as deviceCbor from "../firmware/cbor.ts";
 import { nodeCrypto } from "../gateway/crypto.ts";
@@ -174,4 +174,14 @@ test("crypt() seals and opens with exactly frameNonce's nonces, for links and SA
     }),
     { numRuns: 200 },
   );
+});
+
+test("saConfirmTag is exactly the tag deriveSaKeys gives each role", () => {
+  const c = nodeCrypto();
+  for (const role of [0, 1]) {
+    const seed = c.random(32);
+    const spi = 0x01020304 + role;
+    assert.deepEqual(Buffer.from(saConfirmTag(c, deviceCbor, seed, spi, role)), Buffer.from(deriveSaKeys(c, deviceCbor, seed, spi, SUITE_AES_CCM_16_64_128, role).confirm));
+    assert.notDeepEqual(Buffer.from(saConfirmTag(c, deviceCbor, seed, spi, role)), Buffer.from(saConfirmTag(c, deviceCbor, seed, spi, 1 - role)));
+  }
 });

@@ -61,6 +61,9 @@ export function frameNonce(suite: number, dir: number, spi: number, seq: number)
   return n;
 }
 
+/** The label of an SA's key-confirmation tag (deriveSaKeys and saConfirmTag). */
+const SA_CONFIRM = "KP1 sa confirm";
+
 /** An SA's keys from the seed the gateway distributed (seed 003: one seed, both devices expand it).
  *  up: initiator -> responder; down: responder -> initiator. confirm: the key-confirmation tag of the
  *  device in `role` (0 initiator, 1 responder), proving it holds the seed and installed this SPI in
@@ -72,14 +75,11 @@ export function deriveSaKeys(c: SymCrypto, cbor: Codec, seed: Bytes, spi: number
     suite: suite,
     up: c.hkdf(z, seed, cbor.encode(["KP1 sa up", spi, suite]), n),
     down: c.hkdf(z, seed, cbor.encode(["KP1 sa down", spi, suite]), n),
-    confirm: c.hkdf(z, seed, cbor.encode(["KP1 sa confirm", spi, role]), 16),
+    confirm: c.hkdf(z, seed, cbor.encode([SA_CONFIRM, spi, role]), 16),
   };
 }
 
-/** The key-confirmation tag alone (the gateway checks both devices'). */
+/** The key-confirmation tag alone, as deriveSaKeys makes it (the gateway checks both devices'). */
 export function saConfirmTag(c: SymCrypto, cbor: Codec, seed: Bytes, spi: number, role: number): Bytes {
-  const k = deriveSaKeys(c, cbor, seed, spi, 0, role);
-  k.up.fill(0);
-  k.down.fill(0);
-  return k.confirm;
+  return c.hkdf(new Uint8Array(0), seed, cbor.encode([SA_CONFIRM, spi, role]), 16);
 }
