@@ -201,3 +201,29 @@ export function verifySign1(bytes: Uint8Array, publicKey: Uint8Array): { payload
   if (msg.kid !== undefined) out.kid = msg.kid;
   return out;
 }
+
+// ---- COSE_Key (RFC 9052 §7, RFC 9053 §7.2): the OKP keys in certificates ----
+
+export const KEY_KTY = 1;
+export const KEY_ALG = 3;
+export const KEY_CRV = -1;
+export const KEY_X = -2;
+export const KEY_D = -4;
+export const KTY_OKP = 1;
+export const CRV_X25519 = 4;
+export const CRV_ED25519 = 6;
+
+/** The 32-byte public x of an OKP COSE_Key with curve crv and, if the key names one, algorithm alg.
+ *  A key carrying a private part (d) is refused: a certificate is public, and one holding a private key
+ *  is broken. Throws CoseError "malformed" saying what is wrong, prefixed with what. */
+export function readOkpPublicKey(v: unknown, crv: number, alg: number | undefined, what: string): Uint8Array {
+  const bad = (m: string) => new CoseError("malformed", `${what} ${m}`);
+  if (!(v instanceof Map)) throw bad("must be a COSE_Key map");
+  if (v.get(KEY_KTY) !== KTY_OKP) throw bad("must have kty OKP (1)");
+  if (v.get(KEY_CRV) !== crv) throw bad(`must have crv ${crv}`);
+  if (v.has(KEY_ALG) && v.get(KEY_ALG) !== alg) throw bad(`has an alg this key may not be used for (${alg === undefined ? "none allowed" : alg})`);
+  if (v.has(KEY_D)) throw bad("must not contain a private key (d)");
+  const x: unknown = v.get(KEY_X);
+  if (!(x instanceof Uint8Array) || x.length !== 32) throw bad("x must be 32 bytes");
+  return new Uint8Array(x);
+}

@@ -12,7 +12,7 @@
 // (RFC 8392 §2 allows floats; we neither write nor accept them, so one instant has one encoding).
 
 import { encode } from "./cbor.ts";
-import { decodeDeterministic, verifySign1, parseSign1, signSign1, CoseError } from "./cose.ts";
+import { decodeDeterministic, verifySign1, parseSign1, signSign1, CoseError, readOkpPublicKey, CRV_ED25519, KEY_ALG, KEY_CRV, KEY_KTY, KEY_X, KTY_OKP, COSE_ALG_EDDSA } from "./cose.ts";
 import { ED25519_PUBLIC_KEY_LENGTH } from "./ed25519.ts";
 
 /** CBOR tag for a CWT (RFC 8392 §6). It must wrap a tagged COSE message, here tag 18. */
@@ -28,14 +28,6 @@ const CLAIM_CTI = 7;
 const CLAIM_CNF = 8;
 const CNF_COSE_KEY = 1;
 
-const KEY_KTY = 1;
-const KEY_ALG = 3;
-const KEY_CRV = -1;
-const KEY_X = -2;
-const KEY_D = -4;
-const KTY_OKP = 1;
-const ALG_EDDSA = -8;
-const CRV_ED25519 = 6;
 
 const MAX_NUMERIC_DATE = Number.MAX_SAFE_INTEGER;
 const MAX_CTI_LENGTH = 64;
@@ -101,7 +93,7 @@ function checkClaims(c: DeviceCertClaims): void {
 function encodeClaims(c: DeviceCertClaims): Uint8Array {
   const coseKey = new Map<number, number | Uint8Array>([
     [KEY_KTY, KTY_OKP],
-    [KEY_ALG, ALG_EDDSA],
+    [KEY_ALG, COSE_ALG_EDDSA],
     [KEY_CRV, CRV_ED25519],
     [KEY_X, new Uint8Array(c.publicKey)],
   ]);
@@ -119,18 +111,11 @@ function encodeClaims(c: DeviceCertClaims): Uint8Array {
 
 function readPublicKeyFromCnf(cnf: unknown): Uint8Array {
   if (!(cnf instanceof Map)) throw malformed("certificate cnf must be a map");
-  const key: unknown = cnf.get(CNF_COSE_KEY);
-  if (!(key instanceof Map)) throw malformed("certificate cnf must hold a COSE_Key (label 1)");
-  if (key.get(KEY_KTY) !== KTY_OKP) throw malformed("certificate key must have kty OKP (1)");
-  if (key.get(KEY_CRV) !== CRV_ED25519) throw malformed("certificate key must have crv Ed25519 (6)");
-  if (key.has(KEY_ALG) && key.get(KEY_ALG) !== ALG_EDDSA) throw malformed("certificate key alg must be EdDSA (-8)");
-  // A certificate is public; one carrying a private key is broken, and we will not pass it on.
-  if (key.has(KEY_D)) throw malformed("certificate key must not contain a private key (d)");
-  const x: unknown = key.get(KEY_X);
-  if (!isBytes(x) || x.length !== ED25519_PUBLIC_KEY_LENGTH) {
-    throw malformed(`certificate key x must be ${ED25519_PUBLIC_KEY_LENGTH} bytes`);
+  try {
+    return readOkpPublicKey(cnf.get(CNF_COSE_KEY), CRV_ED25519, COSE_ALG_EDDSA, "certificate key (cnf COSE_Key, label 1)");
+  } catch (e) {
+    throw malformed((e as Error).message);
   }
-  return new Uint8Array(x);
 }
 
 /**

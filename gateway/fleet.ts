@@ -29,7 +29,7 @@ import { join } from "node:path";
 import { createPrivateKey, createPublicKey, diffieHellman, generateKeyPairSync, randomBytes, type KeyObject } from "node:crypto";
 import { fromHex, toHex } from "../firmware/bytes.ts";
 import { encode } from "./cbor.ts";
-import { CoseError, decodeDeterministic, parseSign1, signSign1, verifySign1 } from "./cose.ts";
+import { CoseError, decodeDeterministic, parseSign1, readOkpPublicKey, signSign1, verifySign1, CRV_ED25519, CRV_X25519, KEY_ALG, KEY_CRV, KEY_KTY, KEY_X, KTY_OKP, COSE_ALG_EDDSA } from "./cose.ts";
 import { ed25519FromSeed, generateEd25519, ED25519_PUBLIC_KEY_LENGTH, type Ed25519KeyPair } from "./ed25519.ts";
 import { loadOrCreateGatewayKey } from "./identity.ts";
 
@@ -172,15 +172,6 @@ const CLAIM_CNF = 8;
 /** Private-use CWT claim: the gateway's X25519 key-agreement key, as a COSE_Key. */
 export const CLAIM_KP_ENCRYPTION_KEY = -65601;
 const CNF_COSE_KEY = 1;
-const KEY_KTY = 1;
-const KEY_ALG = 3;
-const KEY_CRV = -1;
-const KEY_X = -2;
-const KEY_D = -4;
-const KTY_OKP = 1;
-const ALG_EDDSA = -8;
-const CRV_X25519 = 4;
-const CRV_ED25519 = 6;
 export const CERT_ID_LENGTH = 16;
 const MAX_NUMERIC_DATE = Number.MAX_SAFE_INTEGER;
 
@@ -226,21 +217,18 @@ function encodeGatewayClaims(c: GatewayCertClaims): Uint8Array {
       [CLAIM_NBF, c.nbf],
       [CLAIM_IAT, c.iat],
       [CLAIM_CTI, new Uint8Array(c.cti)],
-      [CLAIM_CNF, new Map([[CNF_COSE_KEY, new Map<number, unknown>([[KEY_KTY, KTY_OKP], [KEY_ALG, ALG_EDDSA], [KEY_CRV, CRV_ED25519], [KEY_X, new Uint8Array(c.signingKey)]])]])],
+      [CLAIM_CNF, new Map([[CNF_COSE_KEY, new Map<number, unknown>([[KEY_KTY, KTY_OKP], [KEY_ALG, COSE_ALG_EDDSA], [KEY_CRV, CRV_ED25519], [KEY_X, new Uint8Array(c.signingKey)]])]])],
       [CLAIM_KP_ENCRYPTION_KEY, new Map<number, unknown>([[KEY_KTY, KTY_OKP], [KEY_CRV, CRV_X25519], [KEY_X, new Uint8Array(c.encryptionKey)]])],
     ]),
   );
 }
 
 function readOkpKey(v: unknown, crv: number, alg: number | undefined, what: string): Uint8Array {
-  if (!(v instanceof Map)) throw malformed(`${what} must be a COSE_Key map`);
-  if (v.get(KEY_KTY) !== KTY_OKP) throw malformed(`${what} must have kty OKP (1)`);
-  if (v.get(KEY_CRV) !== crv) throw malformed(`${what} must have crv ${crv}`);
-  if (v.has(KEY_ALG) && v.get(KEY_ALG) !== alg) throw malformed(`${what} has an alg this key may not be used for`);
-  if (v.has(KEY_D)) throw malformed(`${what} must not contain a private key (d)`);
-  const x: unknown = v.get(KEY_X);
-  if (!isBytes(x) || x.length !== 32) throw malformed(`${what} x must be 32 bytes`);
-  return new Uint8Array(x);
+  try {
+    return readOkpPublicKey(v, crv, alg, what);
+  } catch (e) {
+    throw malformed((e as Error).message);
+  }
 }
 
 function decodeGatewayClaims(payload: Uint8Array): GatewayCertClaims {
@@ -260,7 +248,7 @@ function decodeGatewayClaims(payload: Uint8Array): GatewayCertClaims {
     nbf: m.get(CLAIM_NBF) as number,
     iat: m.get(CLAIM_IAT) as number,
     cti: m.get(CLAIM_CTI) as Uint8Array,
-    signingKey: readOkpKey(cnf.get(CNF_COSE_KEY), CRV_ED25519, ALG_EDDSA, "gateway certificate signing key (cnf)"),
+    signingKey: readOkpKey(cnf.get(CNF_COSE_KEY), CRV_ED25519, COSE_ALG_EDDSA, "gateway certificate signing key (cnf)"),
     encryptionKey: readOkpKey(m.get(CLAIM_KP_ENCRYPTION_KEY), CRV_X25519, undefined, `gateway certificate encryption key (${CLAIM_KP_ENCRYPTION_KEY})`),
   };
   checkGatewayClaims(claims);
