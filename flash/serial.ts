@@ -208,17 +208,31 @@ export class EspruinoSerial {
   async close(): Promise<void> {
     this.fail("the serial line was closed");
     if (!this.port.isOpen) return;
-    await new Promise<void>((r) => this.port.close(() => r()));
+    // Bounded like send(): a port whose line died may never report the close.
+    await new Promise<void>((r) => {
+      const timer = setTimeout(r, this.answerMs);
+      this.port.close(() => {
+        clearTimeout(timer);
+        r();
+      });
+    });
   }
 
   // ---- internals ------------------------------------------------------------------------------
 
+  /** Writes s and waits until it has left. Bounded: on a line that died mid-write the write or drain
+   *  callback may never come, and an unbounded wait would hang the caller with nothing left to wake
+   *  it; so after the time the bytes need on the wire plus the answer time it fails with a clear error. */
   private send(s: string): Promise<void> {
+    const limitMs = this.answerMs + Math.ceil((s.length * 10 * 1000) / this.baudRate);
     return new Promise((resolve, reject) => {
-      this.port.write(Buffer.from(s, "latin1"), (err) => {
-        if (err) return reject(new SerialError(`cannot write to ${this.path}: ${err.message}`));
-        this.port.drain((e) => (e ? reject(new SerialError(`cannot write to ${this.path}: ${e.message}`)) : resolve()));
-      });
+      const timer = setTimeout(() => reject(new SerialError(`cannot write to ${this.path}: the line did not take the bytes within ${(limitMs / 1000).toFixed(1)} s`)), limitMs);
+      const done = (e?: Error | null) => {
+        clearTimeout(timer);
+        if (e) reject(new SerialError(`cannot write to ${this.path}: ${e.message}`));
+        else resolve();
+      };
+      this.port.write(Buffer.from(s, "latin1"), (err) => (err ? done(err) : this.port.drain((e) => done(e))));
     });
   }
 
