@@ -392,7 +392,9 @@ export class Handset {
     if (!sa || !sa.ready || !this.port || sa.link.txSeq_ >= sa.limit) return false;
     if (!sa.rekeying && (sa.link.txSeq_ >= sa.limit * REKEY_AT || p.now() >= sa.rekeyAt)) {
       // Seed 001 re-keying, before the lifetime or the message limit runs out; either end may ask.
-      sa.rekeying = this.request_({ t: Msg.Rekey, rid: 0, spi: sa.spi }, true);
+      // A notice, not a request: if the peer asked at the same moment, the gateway makes one
+      // replacement for both, and each end learns of it from SaInstall and Connected.
+      sa.rekeying = this.request_({ t: Msg.Rekey, rid: 0, spi: sa.spi }, false);
     }
     this.port.write(encodeFrame(crypt(p.crypto, p.cbor, sa.link, sa.spi, 0, data, false) as Bytes, p.crc32));
     return true;

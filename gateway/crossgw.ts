@@ -188,8 +188,8 @@ export class CrossGateway implements SessionHook {
         const s = this.sessions.get(m.spi);
         if (!s || s.device !== deviceId) return false;
         // Not built yet: the device keeps its SA until it ends; a new connect makes a new one.
+        // A Rekey is a notice: nothing to answer; the SA runs until its lifetime or limit.
         this.ctx.log.warn("xsession-rekey-unsupported", { device: deviceId, spi: m.spi, reason: "rekey of a cross-gateway SA is not implemented" });
-        this.ctx.send(deviceId, { t: Msg.Error, rid: m.rid, code: ErrorCode.Unsupported });
         return true;
       }
       case Msg.Bye: {

@@ -104,7 +104,7 @@ export class SessionBroker {
       case Msg.SaConfirm:
         return this.confirm(deviceId, m.spi, m.tag);
       case Msg.Rekey:
-        return this.rekey(deviceId, m.rid, m.spi);
+        return this.rekey(deviceId, m.spi);
       case Msg.Bye:
         if (m.spi === 0) return this.endAll(deviceId, CloseReason.PeerGone, "the device restarted and holds no SAs");
         return this.bye(deviceId, m.spi);
@@ -269,23 +269,27 @@ export class SessionBroker {
   }
 
   /** Seed 001 re-keying: a new SA for the same peers, app and suite replaces the old one. */
-  private rekey(deviceId: string, rid: number, spi: number): void {
+  /** A Rekey is a notice (no answer): both ends learn of the replacement from SaInstall and
+   *  Connected, which also covers both ends asking at once. */
+  private rekey(deviceId: string, spi: number): void {
     const d = this.d;
     const s = this.sessions.get(spi);
-    if (!s || s.state !== "up" || (s.initiator !== deviceId && s.responder !== deviceId)) {
-      d.log.warn("session-rekey-rejected", { device: deviceId, spi, reason: "no live SA with this SPI for this device" });
-      d.send(deviceId, { t: Msg.Error, rid, code: ErrorCode.NotFound });
+    if (!s || (s.initiator !== deviceId && s.responder !== deviceId)) {
+      d.log.warn("session-rekey-rejected", { device: deviceId, spi, reason: "no SA with this SPI for this device" });
+      return;
+    }
+    if (s.state !== "up") {
+      d.log.info("session-rekey-ignored", { device: deviceId, spi, reason: s.state === "retiring" ? "the SA was already replaced" : "the SA is not confirmed yet" });
       return;
     }
     if (!d.policy.permits(s.initiator, s.responder, s.app) || !this.registered(s.initiator) || !this.registered(s.responder)) {
       this.end(s, CloseReason.PeerGone, "policy or registration no longer allows this session");
       return;
     }
-    // Two devices may ask at once: only one replacement per SA.
+    // Both ends may ask at once: one replacement per SA.
     for (const other of this.sessions.values()) if (other.replaces === spi && other.state === "confirming") return;
     this.stats.rekeyed++;
-    const asker = deviceId === s.initiator ? 0 : 1;
-    this.install(s.initiator, s.responder, s.app, s.suite, asker === 0 ? rid : 0, asker === 1 ? rid : 0, spi);
+    this.install(s.initiator, s.responder, s.app, s.suite, 0, 0, spi);
   }
 
   private bye(deviceId: string, spi: number): void {

@@ -662,3 +662,27 @@ describe("a handset rebooted mid-session", () => {
     });
   }
 });
+
+// ---- rekey asked for by both ends at once ---------------------------------------------------------------
+
+test("both ends ask for a rekey at once: one replacement, and neither device is left waiting for an answer", async () => {
+  // Limit 10: each end asks for a rekey with its 9th message (8 already sent is 80%).
+  const r = await rig([{ id: "dev-a" }, { id: "dev-b" }], { sessions: { limit: 10 } });
+  try {
+    const [a, b] = r.devs;
+    const spi = await connectPair(a, b);
+    for (let i = 0; i < 9; i++) {
+      assert.equal(a.h.send(spi, text(`a${i}`)), true);
+      assert.equal(b.h.send(spi, text(`b${i}`)), true);
+    }
+    await until(() => [a, b].every((d) => d.h.sas.some((s) => s.ready && s.spi !== spi)), "the replacement SA at both ends");
+    await until(() => a.inbox.length === 9 && b.inbox.length === 9, "every message, across the rekey");
+    // A device still waiting for an answer would time out and join again: a needless link reset.
+    assert.equal(a.h.pending_, 0, "dev-a waits for no answer");
+    assert.equal(b.h.pending_, 0, "dev-b waits for no answer");
+    assert.equal(r.t.events("session-rekeyed").length, 1, "one replacement for one SA");
+    assert.equal(a.h.status().dropped + b.h.status().dropped, 0, "nothing dropped");
+  } finally {
+    await r.close();
+  }
+});
