@@ -3,6 +3,7 @@ import { join } from "node:path";
 import { Gateway, DEFAULT_LISTEN } from "../gateway/gateway.ts";
 import { DEFAULT_BROKER_LISTEN } from "../gateway/broker.ts";
 import { Logger } from "../gateway/log.ts";
+import { LIFETIME_CEILING } from "../gateway/registrar.ts";
 import type { MqttOptions } from "../gateway/monitor.ts";
 import { hostPort, parse, positiveInt, UsageError } from "./args.ts";
 import { describeEvent } from "./monitor-cmd.ts";
@@ -50,6 +51,7 @@ export async function gatewayCommand(argv: string[]): Promise<number> {
   }
   const policy = { maxLifetime: positiveInt(o["max-lifetime"], "--max-lifetime", 86400), minLifetime: positiveInt(o["min-lifetime"], "--min-lifetime", 60) };
   if (policy.minLifetime > policy.maxLifetime) throw new Error("--min-lifetime is above --max-lifetime");
+  if (policy.maxLifetime > LIFETIME_CEILING) throw new UsageError(`--max-lifetime is at most ${LIFETIME_CEILING} s (20 days): devices renew with timers, which cannot run longer`);
   if ([o.mqtt !== undefined, o["mqtt-listen"] !== undefined, o["no-mqtt"] === true].filter(Boolean).length > 1) {
     throw new UsageError("--mqtt, --mqtt-listen and --no-mqtt exclude each other");
   }

@@ -10,7 +10,7 @@ import { LinkServer } from "./link-server.ts";
 import { Logger } from "./log.ts";
 import { startMonitoring, type MqttOptions, type Monitoring } from "./monitor.ts";
 import { Policy } from "./policy.ts";
-import { DEFAULT_POLICY, Registrar, type RegistrationPolicy } from "./registrar.ts";
+import { DEFAULT_POLICY, LIFETIME_CEILING, Registrar, type RegistrationPolicy } from "./registrar.ts";
 import { DEFAULT_SESSIONS, SessionBroker, type SessionSettings } from "./sessions.ts";
 import { Store } from "./store.ts";
 import { CloseReason, Msg, type InnerMessage, type SaData } from "../firmware/proto/messages.ts";
@@ -69,6 +69,13 @@ export function openStore(dataDir: string): Store {
   return new Store(join(dataDir, DB_FILE));
 }
 
+/** Session settings with defaults, the SA lifetime held under the ceiling timers allow. */
+function sessionSettings(s: Partial<SessionSettings> | undefined): SessionSettings {
+  const out = { ...DEFAULT_SESSIONS, ...s };
+  if (!(out.lifetime >= 1 && out.lifetime <= LIFETIME_CEILING)) throw new Error(`session lifetime must be 1 to ${LIFETIME_CEILING} seconds, got ${out.lifetime}`);
+  return out;
+}
+
 export class Gateway {
   private constructor(
     readonly store: Store,
@@ -97,7 +104,7 @@ export class Gateway {
       const send = (dev: string, m: InnerMessage) => links!.sendTo(dev, m);
       const relay = (dev: string, payload: Uint8Array) => links!.relayTo(dev, payload);
       const isLinked = (dev: string) => links!.links.has(dev);
-      const settings = { ...DEFAULT_SESSIONS, ...opts.sessions };
+      const settings = sessionSettings(opts.sessions);
       const sessions = new SessionBroker({ store, policy, log, crypto, cbor, now, send, relay, isLinked, settings });
       const hook = opts.sessionHook?.({ gatewayId: id, store, policy, log, crypto, now, sessions, settings, send, relay, isLinked });
       const registrar = new Registrar({

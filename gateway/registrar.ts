@@ -20,6 +20,10 @@ export interface RegistrationPolicy {
 
 export const DEFAULT_POLICY: RegistrationPolicy = { minLifetime: 60, maxLifetime: 86400 };
 
+/** The longest lifetime any gateway grants, registrations and SAs alike: 20 days. Devices renew at
+ *  80% of it with a timer, and JavaScript timers overflow past 2^31 - 1 ms (about 24.8 days). */
+export const LIFETIME_CEILING = 20 * 86400;
+
 export interface RegistrarDeps {
   store: Store;
   log: Logger;
@@ -82,7 +86,7 @@ export class Registrar {
       this.d.log.warn("register-rejected", { device: deviceId, reason: `none of the suites ${suites.map((p) => p[0]).join(",")} is supported` });
       return { t: Msg.Error, rid, code: ErrorCode.Unsupported };
     }
-    const granted = Math.min(policy.maxLifetime, Math.max(policy.minLifetime, lifetime));
+    const granted = Math.min(policy.maxLifetime, LIFETIME_CEILING, Math.max(policy.minLifetime, lifetime));
     const t = now();
     const renewal = !!this.d.store.getRegistration(deviceId);
     const result = this.d.store.atomically(() => {

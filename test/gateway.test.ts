@@ -290,3 +290,19 @@ test("a data directory from before firmware and memory were reported keeps worki
   assert.equal(lines.length, 1);
   assert.match(lines[0], /^old-1 +puckjs +joins=4 +registered, \d+s left +fw=0\.1\.0-3ca9ccef mem=943\/2630$/);
 });
+
+test("lifetimes stay under the ceiling JavaScript timers allow (devices renew with a timer)", async () => {
+  const { LIFETIME_CEILING } = await import("../gateway/registrar.ts");
+  const t = await startGateway({ policy: { maxLifetime: 10 * LIFETIME_CEILING } });
+  const d = await nodeHandset(t.gw, "dev-c", provision(t.gw, "dev-c"), 100 * LIFETIME_CEILING);
+  try {
+    await until(() => d.h.status().registered, "registration");
+    const reg = t.gw.store.getRegistration("dev-c")!;
+    assert.equal(reg.expiresAt - reg.registeredAt, LIFETIME_CEILING, "granted no more than the ceiling");
+    assert.ok(LIFETIME_CEILING * 800 < 2 ** 31 - 1, "the device's renewal timer at 80% fits a JavaScript timer");
+  } finally {
+    d.close();
+    await t.gw.stop();
+  }
+  await assert.rejects(startGateway({ sessions: { lifetime: 10 * LIFETIME_CEILING } }), /session lifetime must be 1 to/);
+});
