@@ -22,7 +22,7 @@ Logs are JSON lines on stderr. Stop with Ctrl-C.
   --data-dir <dir>         where the registry and the gateway's signing key live
   --listen <host:port>     device link address (port 0: any free port)
   --id <name>              the gateway's name in the certificates it issues (default: kept from the last run, else gateway.local)
-  --max-lifetime <s>       longest registration granted, seconds (default 86400)
+  --max-lifetime <s>       longest registration granted, seconds (default 86400, at most 1728000: 20 days)
   --min-lifetime <s>       shortest registration granted, seconds (default 60)
   --mqtt <url>             publish monitoring to this broker (e.g. mqtt://127.0.0.1:1883) instead of an embedded one
   --mqtt-listen <host:port> the embedded broker's address (port 0: any free port)
