@@ -132,10 +132,10 @@ export class FleetView {
     const rows: string[][] = [];
     for (const [gw, m] of [...this.devices.entries()].sort((a, b) => a[0].localeCompare(b[0]))) {
       for (const [id, d] of [...m.entries()].sort((a, b) => a[0].localeCompare(b[0]))) {
-        rows.push([id, gw, this.link(gw, d), registration(d, now), d.board, String(d.joinCounter), String(d.joinRejects), String(d.framesDropped)]);
+        rows.push([id, gw, this.link(gw, d), registration(d, now), d.board, String(d.joinCounter), String(d.joinRejects), String(d.framesDropped), d.firmware ?? "-", memory(d)]);
       }
     }
-    out.push(...table(["HANDSET", "GATEWAY", "LINK", "REGISTRATION", "BOARD", "JOIN CTR", "REJECTS", "DROPPED"], rows));
+    out.push(...table(["HANDSET", "GATEWAY", "LINK", "REGISTRATION", "BOARD", "JOIN CTR", "REJECTS", "DROPPED", "FIRMWARE", "MEMORY"], rows));
     out.push("", "RECENT EVENTS");
     if (!this.events.length) out.push("  (none yet)");
     for (const e of this.events) out.push(`  ${e.gateway}  ${describeEvent(e.rec)}`);
@@ -145,6 +145,12 @@ export class FleetView {
 
 function num(n: number | undefined): string {
   return n === undefined ? "-" : String(n);
+}
+
+/** Variables in use of the pool, as the device last reported (at its registration). */
+function memory(d: { memoryUsed?: number | null; memoryTotal?: number | null }): string {
+  if (!d.memoryUsed) return "-";
+  return d.memoryTotal ? `${d.memoryUsed}/${d.memoryTotal}` : String(d.memoryUsed);
 }
 
 function registration(d: DeviceState, now: number): string {

@@ -178,7 +178,7 @@ test("the monitor's view: built from messages alone, robust to junk on the broke
   assert.equal(v.apply("keyproxy/v1/g/unknown", Buffer.from("{}")), undefined);
   const out = v.render("title");
   assert.match(out, /^g\+1 +online/m);
-  assert.match(out, /^d\/1 +g\+1 +linked +registered, \d+s left +puckjs +3 +0 +1$/m);
+  assert.match(out, /^d\/1 +g\+1 +linked +registered, \d+s left +puckjs +3 +0 +1 +0\.1\.0-3ca9ccef +943\/2630$/m);
   assert.ok(!out.includes(" e0"), "only the newest events are kept");
   assert.ok(out.includes(" e2"));
   v.apply(topics.status("g+1"), Buffer.from(JSON.stringify({ ...status, state: "offline" })));
@@ -252,7 +252,7 @@ async function endToEnd(url: string): Promise<void> {
     outputs.push(mon.stdout, mon.stderr);
     assert.equal(mon.code, 0, mon.stderr);
     assert.match(mon.stdout, new RegExp(`^${gatewayId.replace(/[+#/]/g, "\\$&")} +online`, "m"));
-    for (const d of ["sim-1", "sim-2"]) assert.match(mon.stdout, new RegExp(`^${d} +${gatewayId.replace(/[+#/]/g, "\\$&")} +linked +registered, \\d+s left +puckjs +1 `, "m"));
+    for (const d of ["sim-1", "sim-2"]) assert.match(mon.stdout, new RegExp(`^${d} +${gatewayId.replace(/[+#/]/g, "\\$&")} +linked +registered, \\d+s left +puckjs +1 .* ${build.firmware.replace(/\./g, "\\.")} +\\d+/2630$`, "m"));
     const follow = await runCli(["monitor", "--mqtt", url, "--for", "1"]);
     outputs.push(follow.stdout, follow.stderr);
     assert.equal(follow.code, 0, follow.stderr);
