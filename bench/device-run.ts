@@ -53,11 +53,11 @@ export interface DeviceResults {
 }
 
 /** A Uint8Array literal for code evaluated in the device. */
-function bytesLiteral(b: Bytes): string {
+export function bytesLiteral(b: Bytes): string {
   return `new Uint8Array([${Array.from(b).join(",")}])`;
 }
 
-async function buildBenchBundle(): Promise<{ code: string; bytes: number }> {
+export async function buildBenchBundle(): Promise<{ code: string; bytes: number }> {
   const outDir = fs.mkdtempSync(path.join(os.tmpdir(), "kp-bench-build-"));
   try {
     const r = await buildFirmware({ board: DEVICE_BOARD, entry: path.join(ROOT, "bench", "device-entry.ts"), outDir });
@@ -70,12 +70,12 @@ async function buildBenchBundle(): Promise<{ code: string; bytes: number }> {
 
 /** tmpfs when the host has one: Storage writes are fsynced files, and a disk's sync time models
  *  nothing about a microcontroller's flash. */
-function storageParent(): { dir: string; tmpfs: boolean } {
+export function storageParent(): { dir: string; tmpfs: boolean } {
   return fs.existsSync("/dev/shm") ? { dir: "/dev/shm", tmpfs: true } : { dir: os.tmpdir(), tmpfs: false };
 }
 
 /** Loads a tweetnacl file into the device as global `name` (the file exports through `module`). */
-function loadTweetnacl(dev: EmulatedDevice, file: string, name: string): void {
+export function loadTweetnacl(dev: EmulatedDevice, file: string, name: string): void {
   dev.eval("var module = { exports: {} };");
   dev.eval(fs.readFileSync(path.join(ROOT, "node_modules", "tweetnacl", file), "utf8"));
   dev.eval(`var ${name} = module.exports; module = undefined;`);
@@ -84,7 +84,7 @@ function loadTweetnacl(dev: EmulatedDevice, file: string, name: string): void {
 
 /** Counts the natives an operation calls by wrapping require("crypto") for one untimed run (the
  *  firmware looks SHA256 and AES.encrypt up on that object at every call). */
-const COUNTER_SOURCE = `
+export const COUNTER_SOURCE = `
 (function () {
   var cm = require("crypto");
   var sha = cm.SHA256, enc = cm.AES.encrypt, dec = cm.AES.decrypt;

@@ -39,7 +39,6 @@ import { encodeFrame, FrameDecoder } from "../firmware/proto/frame.ts";
 import { deriveSaKeys, DIR_DOWN, DIR_UP, frameNonce, saConfirmTag, type Codec, type LinkKeys } from "../firmware/proto/keys.ts";
 import { newLink, openMessage, sealMessage, type Link } from "../firmware/proto/link.ts";
 import { decodeMessage, encodeMessage, Msg, type InnerMessage } from "../firmware/proto/messages.ts";
-import { buildFirmware } from "../flash/build.ts";
 import * as gatewayCbor from "../gateway/cbor.ts";
 import { nodeCrypto } from "../gateway/crypto.ts";
 import { Gateway, openStore } from "../gateway/gateway.ts";
@@ -47,11 +46,10 @@ import { Logger } from "../gateway/log.ts";
 import { Policy } from "../gateway/policy.ts";
 import { DEFAULT_SESSIONS } from "../gateway/sessions.ts";
 import { zlib } from "../gateway/zlib-crc.ts";
-import { DEVICE_BOARD, DEVICE_ID, MESSAGE_BYTES, type NativeCalls } from "./device-run.ts";
+import { buildBenchBundle, bytesLiteral, COUNTER_SOURCE, DEVICE_BOARD, DEVICE_ID, loadTweetnacl, MESSAGE_BYTES, storageParent, type NativeCalls } from "./device-run.ts";
 import { answerJoinAndRegister } from "./gateway-side.ts";
 import { DEFAULT_TIMING, deviceTask, nodeTask, runInterleaved, type Timing } from "./timing.ts";
 
-const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const THIS_FILE = fileURLToPath(import.meta.url);
 /** argv[2] that makes this file the gateway process (see gatewayProcess). */
 const GATEWAY_FLAG = "--bench-gateway-process";
@@ -239,41 +237,13 @@ function checkOnSa(c: SymCrypto, cbor: Codec, f: SetupFrames, suite: number, fra
 
 // ---- device side, in the emulator ---------------------------------------------------------------------
 
-/** A Uint8Array literal for code evaluated in the device. */
-function bytesLiteral(b: Bytes): string {
-  return `new Uint8Array([${Array.from(b).join(",")}])`;
-}
-
-// As bench/device-run.ts counts natives: require("crypto") wrapped for one untimed run.
-const COUNTER_SOURCE = `
-(function () {
-  var cm = require("crypto");
-  var sha = cm.SHA256, enc = cm.AES.encrypt, dec = cm.AES.decrypt;
-  global.kpCountNatives = function (run) {
-    var n = { sha256: 0, aes: 0 };
-    cm.SHA256 = function (d) { n.sha256++; return sha(d); };
-    cm.AES.encrypt = function (a, b, c) { n.aes++; return enc(a, b, c); };
-    cm.AES.decrypt = function (a, b, c) { n.aes++; return dec(a, b, c); };
-    try { run(); } finally { cm.SHA256 = sha; cm.AES.encrypt = enc; cm.AES.decrypt = dec; }
-    return n;
-  };
-})();`;
-
 /** The device's work for one setup as caller and as callee, for each suite (link and SA alike), and
  *  one X25519, in one emulated device, interleaved. Each operation is first checked against the
  *  gateway's side once. */
 export async function runDeviceSessions(suites: number[], log: (s: string) => void): Promise<DeviceSessionResults> {
   log("sessions, device side: building bench/device-entry.ts for the emulator ...");
-  const outDir = fs.mkdtempSync(path.join(os.tmpdir(), "kp-bench-build-"));
-  let bundle: { code: string; bytes: number };
-  try {
-    const r = await buildFirmware({ board: DEVICE_BOARD, entry: path.join(ROOT, "bench", "device-entry.ts"), outDir });
-    if (r.problems.length > 0) throw new Error(`the bench bundle fails the Espruino gate:\n  ${r.problems.join("\n  ")}`);
-    bundle = { code: r.code, bytes: r.bytes };
-  } finally {
-    fs.rmSync(outDir, { recursive: true, force: true });
-  }
-  const storageDir = fs.mkdtempSync(path.join(fs.existsSync("/dev/shm") ? "/dev/shm" : os.tmpdir(), "kp-bench-"));
+  const bundle = await buildBenchBundle();
+  const storageDir = fs.mkdtempSync(path.join(storageParent().dir, "kp-bench-"));
   const dev = new EmulatedDevice({ board: DEVICE_BOARD, storageDir, name: "bench-sessions" });
   try {
     await dev.boot();
@@ -309,9 +279,7 @@ export async function runDeviceSessions(suites: number[], log: (s: string) => vo
       return { suite, natives, tasks };
     });
 
-    dev.eval("var module = { exports: {} };");
-    dev.eval(fs.readFileSync(path.join(ROOT, "node_modules", "tweetnacl", "nacl-fast.js"), "utf8"));
-    dev.eval("var naclFast = module.exports; module = undefined;");
+    loadTweetnacl(dev, "nacl-fast.js", "naclFast");
     const sk = nacl.randomBytes(32);
     const pk = nacl.scalarMult.base(nacl.randomBytes(32));
     dev.eval(`var SK = ${bytesLiteral(sk)}, PK = ${bytesLiteral(pk)}, CM = require("crypto"), SHA_IN = new Uint8Array(64), AES_KEY = new Uint8Array(16), AES_IN = new Uint8Array(16);`);
