@@ -1,33 +1,59 @@
 // The authenticated ephemeral key exchange that two gateways run in their devices' names (design.md
-// flow 5; seed 004 E3 "proxy on both sides"; SIGMA with the MAC-then-sign of EDHOC, RFC 9528).
+// flow 5; seed 004 E3 "proxy on both sides"): SIGMA-I, the identity-protecting SIGMA of IKEv2's
+// IKE_AUTH and EDHOC's CIPHERTEXT_2/3, with EDHOC's MAC-then-sign (RFC 9528). docs/PROTOCOL.md,
+// "Gateway-to-gateway key exchange", is the full description.
 //
-//   msg1  I -> R  {sessionId, from, to, app, suites, eA}
-//   msg2  R -> I  {sessionId, eB, suite, cert_R, gatewayCert_R, sig_R, mac_R}
-//   msg3  I -> R  {sessionId, cert_I, gatewayCert_I, sig_I, mac_I}
-//   msg4  R -> I  {sessionId, mac_4}                       key confirmation: "R accepted msg3"
+//   msg1  I -> R  [1, sessionId, from, to, app, suites, eA, replaces]
+//   msg2  R -> I  [2, sessionId, eB, suite, ciphertext2]   ciphertext2 = AEAD(K2, IV2, AAD2, plaintext2)
+//   msg3  I -> R  [3, sessionId, ciphertext3]              ciphertext3 = AEAD(K3, IV3, AAD3, plaintext3)
+//   msg4  R -> I  [4, sessionId, mac_4]                    key confirmation: "R accepted msg3"
+//
+//   plaintext2 = cbor([cert_R, gatewayCert_R, sig_R, mac_R])     plaintext3 likewise, the initiator's
 //
 //   TH1 = H(msg1)                      TH2 = H([TH1, eB, suite])
 //   PRK = HKDF-Extract(salt = TH2, X25519(e, E))          (the shared secret is wiped right after)
-//   mac_R = HMAC(K(PRK, "mac2", TH2), [label, TH2, to, H(cert_R), H(gatewayCert_R)])
+//   K(label, TH, n) = HKDF-Expand(PRK, cbor(["KP exchange v1", label, TH]), n)
+//   K2 = K("k2", TH2, 32), IV2 = K("iv2", TH2, 12), AAD2 = cbor(["KP exchange enc2", TH2])  (AES-256-GCM)
+//   mac_R = HMAC(K("mac2", TH2, 32), [label, TH2, to, H(cert_R), H(gatewayCert_R)])
 //   sig_R = Ed25519(identity key of `to`, [label, TH2, H(cert_R), H(gatewayCert_R), mac_R])
-//   TH3 = H([TH2, cert_R, gatewayCert_R, sig_R, mac_R])
-//   mac_I, sig_I likewise over TH3 and `from`, with the initiator's certificates
-//   TH4 = H([TH3, cert_I, gatewayCert_I, sig_I, mac_I])
-//   SA seed = K(PRK, "seed", TH4, 32), SPI = K(PRK, "spi", TH4, 4), mac_4 = HMAC(K(PRK, "mac4", TH4), TH4)
+//   TH3 = H([TH2, plaintext2])                              (over the plaintext, as EDHOC's TH_3)
+//   K3, IV3, AAD3 likewise ("k3", "iv3", "KP exchange enc3", TH3); mac_I, sig_I over TH3 and `from`
+//   TH4 = H([TH3, plaintext3])
+//   SA seed = K("SA seed", TH4, 32), SPI = K("SPI", TH4, 4), mac_4 = HMAC(K("mac4", TH4, 32), ["KP exchange msg4", TH4])
 //
 // Each signature is made with the identity key the gateway keeps for its device (devices.identity_seed),
 // whose public half is in the device certificate; each certificate chain is judged by the verifier
 // (validity, chain to the fleet CA, fleet revocation list) and its subject must be the name asked for.
-// A man in the middle who swaps eA or eB changes TH2, so neither the signature nor the MAC verifies.
+// A man in the middle who swaps eA or eB changes TH2 and the shared secret: msg2 no longer decrypts,
+// and were it re-encrypted, neither the MAC nor the signature would verify.
 //
-// The identities travel in the clear (this is SIGMA, not SIGMA-I's identity protection): the interlink
-// may encrypt its bodies to the peer gateway when that matters.
+// Identity protection: certificates, signatures and MACs travel only inside ciphertext2/3, under keys
+// from the ephemeral shared secret, so the broker and any passive observer never see them. The
+// initiator reveals its own only in msg3, once it has verified the responder, so an active attacker
+// who cannot authenticate as the responder learns nothing of it either; the responder, as in every
+// SIGMA-I, shows its identity to whoever sent the msg1 it answers. msg1 itself names `from` and `to`
+// (the responder's gateway needs `to` to pick the callee): the caller sends it encrypted to the peer
+// gateway's certified key at the interlink, which is outside this module.
+//
+// `replaces` is the SPI of the SA this exchange rekeys (0: a new session). It is in TH1, so both
+// signatures cover it: nobody can turn a new session into a replacement or the reverse. Whether that
+// SA exists, between these devices, is the caller's to check.
 //
 // The two sides are explicit state objects (in the manner of lakers, the EDHOC library): each message
 // either moves the state forward or is refused with an ExchangeError, and a refused message changes
 // nothing, so a forged message from an attacker cannot kill an exchange the genuine peer will finish.
 
-import { createHash, createHmac, createPublicKey, diffieHellman, generateKeyPairSync, randomBytes, type KeyObject } from "node:crypto";
+import {
+  createCipheriv,
+  createDecipheriv,
+  createHash,
+  createHmac,
+  createPublicKey,
+  diffieHellman,
+  generateKeyPairSync,
+  randomBytes,
+  type KeyObject,
+} from "node:crypto";
 import { ctEqual } from "../firmware/bytes.ts";
 import { encode } from "./cbor.ts";
 import { decodeDeterministic } from "./cose.ts";
@@ -42,14 +68,20 @@ export const X25519_PUBLIC_LENGTH = 32;
 export const SA_SEED_LENGTH = 32;
 const HASH_LENGTH = 32;
 const SIGNATURE_LENGTH = 64;
+const GCM_KEY_LENGTH = 32;
+const GCM_IV_LENGTH = 12;
+const GCM_TAG_LENGTH = 16;
+/** A ciphertext2/3 holds two certificates of at most 4096 bytes, a signature and a MAC: about 8.3 KB. */
+const MAX_CIPHERTEXT_LENGTH = 10 * 1024;
 /** How long an exchange may wait for its next message, seconds. */
 export const DEFAULT_EXCHANGE_TIMEOUT = 30;
 
 export type ExchangeErrorCode =
-  | "malformed" // not a message of this exchange
+  | "malformed" // not a message of this exchange (also: a plaintext2/3 of the wrong shape)
   | "unexpected" // a message this side is not waiting for (a replay, or out of order)
   | "replay" // a msg1 whose session id was already seen
   | "timeout"
+  | "decrypt-failed" // ciphertext2/3 does not authenticate: altered, or made with other keys (a swapped eA or eB)
   | "untrusted-certificate" // the verifier did not say "good"
   | "wrong-peer" // a good certificate, but for another name than the one asked for
   | "bad-mac"
@@ -80,24 +112,22 @@ export interface Msg1 {
   /** The caller's registered [suite, priority] pairs. */
   suites: number[][];
   eA: Uint8Array;
+  /** The SPI of the SA this exchange rekeys, or 0 for a new session. */
+  replaces: number;
 }
 
+/** The responder's answer; its certificates, signature and MAC are inside `ciphertext`. */
 export interface Msg2 {
   sessionId: Uint8Array;
   eB: Uint8Array;
   suite: number;
-  cert: Uint8Array;
-  gatewayCert: Uint8Array;
-  sig: Uint8Array;
-  mac: Uint8Array;
+  ciphertext: Uint8Array;
 }
 
+/** The initiator's proof, all of it inside `ciphertext`. */
 export interface Msg3 {
   sessionId: Uint8Array;
-  cert: Uint8Array;
-  gatewayCert: Uint8Array;
-  sig: Uint8Array;
-  mac: Uint8Array;
+  ciphertext: Uint8Array;
 }
 
 export interface Msg4 {
@@ -108,67 +138,89 @@ export interface Msg4 {
 const isBytes = (v: unknown, len?: number): v is Uint8Array => v instanceof Uint8Array && (len === undefined || v.length === len);
 const isText = (v: unknown): v is string => typeof v === "string" && v.length > 0 && v.length <= 256;
 const isInt32 = (n: unknown): n is number => Number.isSafeInteger(n) && (n as number) >= -0x80000000 && (n as number) <= 0x7fffffff;
+const isSpi = (n: unknown): n is number => Number.isSafeInteger(n) && (n as number) >= 0 && (n as number) <= 0xffffffff;
 /** [suite, priority] pairs: suites are COSE-style algorithm ids (negative for private use). */
 const isSuites = (v: unknown): v is number[][] =>
   Array.isArray(v) && v.length <= 16 && v.every((p) => Array.isArray(p) && p.length === 2 && isInt32(p[0]) && Number.isSafeInteger(p[1]) && p[1] >= 0 && p[1] < 65536);
 const isCert = (v: unknown): v is Uint8Array => isBytes(v) && v.length > 0 && v.length <= 4096;
+const isCiphertext = (v: unknown): v is Uint8Array => isBytes(v) && v.length >= GCM_TAG_LENGTH && v.length <= MAX_CIPHERTEXT_LENGTH;
 
 export function encodeMsg1(m: Msg1): Uint8Array {
-  return encode([1, m.sessionId, m.from, m.to, m.app, m.suites, m.eA]);
+  return encode([1, m.sessionId, m.from, m.to, m.app, m.suites, m.eA, m.replaces]);
 }
 export function encodeMsg2(m: Msg2): Uint8Array {
-  return encode([2, m.sessionId, m.eB, m.suite, m.cert, m.gatewayCert, m.sig, m.mac]);
+  return encode([2, m.sessionId, m.eB, m.suite, m.ciphertext]);
 }
 export function encodeMsg3(m: Msg3): Uint8Array {
-  return encode([3, m.sessionId, m.cert, m.gatewayCert, m.sig, m.mac]);
+  return encode([3, m.sessionId, m.ciphertext]);
 }
 export function encodeMsg4(m: Msg4): Uint8Array {
   return encode([4, m.sessionId, m.mac]);
 }
 
+/** The deterministic CBOR value of `bytes`, or an ExchangeError "malformed". */
+function readCbor(bytes: Uint8Array, what: string): unknown {
+  try {
+    return decodeDeterministic(bytes, what);
+  } catch (e) {
+    throw new ExchangeError("malformed", e instanceof Error ? e.message : `${what} is not CBOR`, { cause: e });
+  }
+}
+
 /** The array of a message of the given type and length, or an ExchangeError "malformed". */
 function readArray(bytes: Uint8Array, type: number, length: number): unknown[] {
-  let v: unknown;
-  try {
-    v = decodeDeterministic(bytes, `exchange message ${type}`);
-  } catch (e) {
-    throw new ExchangeError("malformed", e instanceof Error ? e.message : `exchange message ${type} is not CBOR`, { cause: e });
-  }
+  const v = readCbor(bytes, `exchange message ${type}`);
   if (!Array.isArray(v) || v.length !== length || v[0] !== type) throw new ExchangeError("malformed", `not an exchange message ${type}`);
   if (!isBytes(v[1], SESSION_ID_LENGTH)) throw new ExchangeError("malformed", `exchange message ${type}: session id must be ${SESSION_ID_LENGTH} bytes`);
   return v;
 }
 
 export function decodeMsg1(bytes: Uint8Array): Msg1 {
-  const v = readArray(bytes, 1, 7);
-  const [, sessionId, from, to, app, suites, eA] = v;
+  const [, sessionId, from, to, app, suites, eA, replaces] = readArray(bytes, 1, 8);
   if (!isDeviceName(from) || !isDeviceName(to)) throw new ExchangeError("malformed", "message 1: from and to must be device names (name@domain)");
   if (!isText(app)) throw new ExchangeError("malformed", "message 1: app must be a short non-empty string");
   if (!isSuites(suites)) throw new ExchangeError("malformed", "message 1: suites must be [suite, priority] pairs");
   if (!isBytes(eA, X25519_PUBLIC_LENGTH)) throw new ExchangeError("malformed", `message 1: eA must be ${X25519_PUBLIC_LENGTH} bytes`);
-  return { sessionId: sessionId as Uint8Array, from, to, app, suites, eA };
+  if (!isSpi(replaces)) throw new ExchangeError("malformed", "message 1: replaces must be an SPI (0 to 2^32 - 1)");
+  return { sessionId: sessionId as Uint8Array, from, to, app, suites, eA, replaces };
 }
 
 export function decodeMsg2(bytes: Uint8Array): Msg2 {
-  const [, sessionId, eB, suite, cert, gatewayCert, sig, mac] = readArray(bytes, 2, 8);
+  const [, sessionId, eB, suite, ciphertext] = readArray(bytes, 2, 5);
   if (!isBytes(eB, X25519_PUBLIC_LENGTH)) throw new ExchangeError("malformed", `message 2: eB must be ${X25519_PUBLIC_LENGTH} bytes`);
   if (!isInt32(suite)) throw new ExchangeError("malformed", "message 2: suite must be a 32-bit integer");
-  if (!isCert(cert) || !isCert(gatewayCert)) throw new ExchangeError("malformed", "message 2: certificates must be byte strings");
-  if (!isBytes(sig, SIGNATURE_LENGTH) || !isBytes(mac, HASH_LENGTH)) throw new ExchangeError("malformed", "message 2: sig must be 64 bytes and mac 32");
-  return { sessionId: sessionId as Uint8Array, eB, suite, cert, gatewayCert, sig, mac };
+  if (!isCiphertext(ciphertext)) throw new ExchangeError("malformed", `message 2: ciphertext must be ${GCM_TAG_LENGTH} to ${MAX_CIPHERTEXT_LENGTH} bytes`);
+  return { sessionId: sessionId as Uint8Array, eB, suite, ciphertext };
 }
 
 export function decodeMsg3(bytes: Uint8Array): Msg3 {
-  const [, sessionId, cert, gatewayCert, sig, mac] = readArray(bytes, 3, 6);
-  if (!isCert(cert) || !isCert(gatewayCert)) throw new ExchangeError("malformed", "message 3: certificates must be byte strings");
-  if (!isBytes(sig, SIGNATURE_LENGTH) || !isBytes(mac, HASH_LENGTH)) throw new ExchangeError("malformed", "message 3: sig must be 64 bytes and mac 32");
-  return { sessionId: sessionId as Uint8Array, cert, gatewayCert, sig, mac };
+  const [, sessionId, ciphertext] = readArray(bytes, 3, 3);
+  if (!isCiphertext(ciphertext)) throw new ExchangeError("malformed", `message 3: ciphertext must be ${GCM_TAG_LENGTH} to ${MAX_CIPHERTEXT_LENGTH} bytes`);
+  return { sessionId: sessionId as Uint8Array, ciphertext };
 }
 
 export function decodeMsg4(bytes: Uint8Array): Msg4 {
   const [, sessionId, mac] = readArray(bytes, 4, 3);
   if (!isBytes(mac, HASH_LENGTH)) throw new ExchangeError("malformed", "message 4: mac must be 32 bytes");
   return { sessionId: sessionId as Uint8Array, mac };
+}
+
+/** What plaintext2 and plaintext3 carry: a side's certificates and its proof of the device's key. */
+interface Proof {
+  cert: Uint8Array;
+  gatewayCert: Uint8Array;
+  sig: Uint8Array;
+  mac: Uint8Array;
+}
+
+/** The proof inside a decrypted plaintext, checked as strictly as a message; else "malformed". */
+function readProof(plaintext: Uint8Array, n: 2 | 3): Proof {
+  const v = readCbor(plaintext, `message ${n}: the plaintext`);
+  if (!Array.isArray(v) || v.length !== 4) throw new ExchangeError("malformed", `message ${n}: the plaintext is not [cert, gatewayCert, sig, mac]`);
+  const [cert, gatewayCert, sig, mac] = v;
+  if (!isCert(cert) || !isCert(gatewayCert)) throw new ExchangeError("malformed", `message ${n}: certificates must be byte strings of 1 to 4096 bytes`);
+  if (!isBytes(sig, SIGNATURE_LENGTH) || !isBytes(mac, HASH_LENGTH)) throw new ExchangeError("malformed", `message ${n}: sig must be 64 bytes and mac 32`);
+  return { cert, gatewayCert, sig, mac };
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -189,6 +241,46 @@ function expand(prk: Uint8Array, label: string, th: Uint8Array, length: number):
 }
 
 const th2Of = (th1: Uint8Array, eB: Uint8Array, suite: number): Uint8Array => sha256(encode([th1, eB, suite]));
+/** TH3 and TH4 hash the plaintext, as EDHOC does: the transcript is what the ends saw, not the wire. */
+const nextTh = (th: Uint8Array, plaintext: Uint8Array): Uint8Array => sha256(encode([th, plaintext]));
+
+// AES-256-GCM for ciphertext2/3 (node:crypto: no new dependency, as the interlink's bodies). Both
+// sides make a fresh ephemeral for every exchange, and TH2 covers the fresh session id besides, so
+// PRK and every key derived from it are new to this exchange; K2 and K3 each seal exactly one
+// message, so the derived nonce never repeats under a key.
+function aeadParams(prk: Uint8Array, n: 2 | 3, th: Uint8Array): { key: Uint8Array; iv: Uint8Array; aad: Uint8Array } {
+  return { key: expand(prk, `k${n}`, th, GCM_KEY_LENGTH), iv: expand(prk, `iv${n}`, th, GCM_IV_LENGTH), aad: encode([`KP exchange enc${n}`, th]) };
+}
+
+function seal(prk: Uint8Array, n: 2 | 3, th: Uint8Array, plaintext: Uint8Array): Uint8Array {
+  const { key, iv, aad } = aeadParams(prk, n, th);
+  try {
+    const c = createCipheriv("aes-256-gcm", key, iv, { authTagLength: GCM_TAG_LENGTH });
+    c.setAAD(aad);
+    return new Uint8Array(Buffer.concat([c.update(plaintext), c.final(), c.getAuthTag()]));
+  } finally {
+    key.fill(0);
+    iv.fill(0);
+  }
+}
+
+/** The plaintext of ciphertext2/3, or "decrypt-failed" (altered, or sealed under other keys). */
+function open(prk: Uint8Array, n: 2 | 3, th: Uint8Array, ciphertext: Uint8Array): Uint8Array {
+  if (!isCiphertext(ciphertext)) throw new ExchangeError("malformed", `message ${n}: ciphertext must be ${GCM_TAG_LENGTH} to ${MAX_CIPHERTEXT_LENGTH} bytes`);
+  const { key, iv, aad } = aeadParams(prk, n, th);
+  const body = ciphertext.length - GCM_TAG_LENGTH;
+  try {
+    const d = createDecipheriv("aes-256-gcm", key, iv, { authTagLength: GCM_TAG_LENGTH });
+    d.setAAD(aad);
+    d.setAuthTag(ciphertext.subarray(body));
+    return new Uint8Array(Buffer.concat([d.update(ciphertext.subarray(0, body)), d.final()]));
+  } catch (e) {
+    throw new ExchangeError("decrypt-failed", `message ${n} does not decrypt (altered, or made with another ephemeral key or transcript)`, { cause: e });
+  } finally {
+    key.fill(0);
+    iv.fill(0);
+  }
+}
 
 /** What a side's MAC covers: the transcript, the name being proved, and the certificates proving it. */
 function macInput(label: string, th: Uint8Array, name: string, cert: Uint8Array, gatewayCert: Uint8Array): Uint8Array {
@@ -198,11 +290,38 @@ function sigInput(label: string, th: Uint8Array, cert: Uint8Array, gatewayCert: 
   return encode([label, th, sha256(cert), sha256(gatewayCert), mac]);
 }
 
+function macOf(prk: Uint8Array, n: 2 | 3, th: Uint8Array, name: string, cert: Uint8Array, gatewayCert: Uint8Array): Uint8Array {
+  const key = expand(prk, `mac${n}`, th, HASH_LENGTH);
+  const mac = hmac(key, macInput(`KP exchange mac${n}`, th, name, cert, gatewayCert));
+  key.fill(0);
+  return mac;
+}
+
+/** plaintext2/3 of a side: its certificates, the MAC over transcript and name, signed by the device's key. */
+function prove(prk: Uint8Array, n: 2 | 3, th: Uint8Array, party: LocalParty): Uint8Array {
+  const mac = macOf(prk, n, th, party.name, party.cert, party.gatewayCert);
+  const sig = ed25519Sign(party.identitySeed, sigInput(`KP exchange sig${n}`, th, party.cert, party.gatewayCert, mac));
+  return encode([party.cert, party.gatewayCert, sig, mac]);
+}
+
+/** Checks the peer's proof for `name`: MAC, then certificate chain and name, then signature. */
+async function checkProof(deps: ExchangeDeps, prk: Uint8Array, n: 2 | 3, th: Uint8Array, name: string, p: Proof): Promise<void> {
+  // MAC first: it needs no verifier round trip (and uses PRK before the await, during which an abort may wipe it).
+  if (!ctEqual(macOf(prk, n, th, name, p.cert, p.gatewayCert), p.mac)) {
+    throw new ExchangeError("bad-mac", `message ${n}: MAC does not verify (altered transcript or ephemeral key)`);
+  }
+  const peerKey = await trustedPeerKey(deps, p.cert, p.gatewayCert, name);
+  if (!ed25519Verify(peerKey, sigInput(`KP exchange sig${n}`, th, p.cert, p.gatewayCert, p.mac), p.sig)) {
+    throw new ExchangeError("bad-signature", `message ${n}: signature does not verify under ${name}'s certified key`);
+  }
+}
+
 // X25519 on node:crypto with the ephemeral kept as a KeyObject (docs/FLEET.md: parsing raw secrets
 // per call is what costs). The raw secret never leaves node:crypto.
 const X25519_SPKI_PREFIX = Uint8Array.of(0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x6e, 0x03, 0x21, 0x00);
 
-interface Ephemeral {
+/** An X25519 ephemeral key pair; pass one in only to know the keys (tests). Never use one twice. */
+export interface Ephemeral {
   privateKey: KeyObject;
   publicKey: Uint8Array;
 }
@@ -267,6 +386,13 @@ export interface ExchangeResult {
   /** Seed for the SA (firmware/proto/keys.ts derives the per-direction keys). The holder wipes it. */
   seed: Uint8Array;
   spi: number;
+  /** msg1's `replaces`, authenticated by both sides: the SPI this SA replaces, 0 for a new session. */
+  replaces: number;
+  /** The certificates the exchange presented: our device's, and the peer's device and gateway
+   *  certificates the verifier judged good (to be judged again when the revocation list changes). */
+  ownCert: Uint8Array;
+  peerCert: Uint8Array;
+  peerGatewayCert: Uint8Array;
 }
 
 /** Checks a peer's certificate chain and name, then returns its identity public key. */
@@ -287,7 +413,9 @@ function deriveResult(prk: Uint8Array, th4: Uint8Array): { seed: Uint8Array; spi
   const s = expand(prk, "SPI", th4, 4);
   // SPI 0 means "no SA" in the device protocol (a Bye with SPI 0 ends all): never derive it.
   const spi = ((s[0] << 24) | (s[1] << 16) | (s[2] << 8) | s[3]) >>> 0 || 1;
-  const mac4 = hmac(expand(prk, "mac4", th4, HASH_LENGTH), encode(["KP exchange msg4", th4]));
+  const k4 = expand(prk, "mac4", th4, HASH_LENGTH);
+  const mac4 = hmac(k4, encode(["KP exchange msg4", th4]));
+  k4.fill(0);
   return { seed, spi, mac4 };
 }
 
@@ -297,7 +425,7 @@ function checkSession(expected: Uint8Array, got: Uint8Array, what: string): void
 
 type InitiatorState =
   | { s: "wait-msg2" }
-  | { s: "wait-msg4"; prk: Uint8Array; th4: Uint8Array; result: ExchangeResult; mac4: Uint8Array; peer: string }
+  | { s: "wait-msg4"; result: ExchangeResult; mac4: Uint8Array }
   | { s: "done" }
   | { s: "failed"; reason: string };
 
@@ -307,18 +435,23 @@ export class Initiator {
   private state: InitiatorState = { s: "wait-msg2" };
   private readonly th1: Uint8Array;
   private readonly deadline: number;
+  private readonly e: Ephemeral;
 
+  /** `replaces`: the SPI of the SA this exchange rekeys (default 0, a new session). */
   constructor(
     private readonly deps: ExchangeDeps,
     private readonly self: LocalParty,
     to: string,
     app: string,
     suites: number[][],
-    private readonly e: Ephemeral = ephemeral(),
+    options: { replaces?: number; ephemeral?: Ephemeral } = {},
   ) {
+    const replaces = options.replaces ?? 0;
     if (!isDeviceName(self.name) || !isDeviceName(to)) throw new ExchangeError("malformed", "from and to must be device names (name@domain)");
     if (!isText(app) || !isSuites(suites)) throw new ExchangeError("malformed", "app must be a short string and suites [suite, priority] pairs");
-    this.msg1 = { sessionId: new Uint8Array(randomBytes(SESSION_ID_LENGTH)), from: self.name, to, app, suites, eA: e.publicKey };
+    if (!isSpi(replaces)) throw new ExchangeError("malformed", "replaces must be an SPI (0 to 2^32 - 1)");
+    this.e = options.ephemeral ?? ephemeral();
+    this.msg1 = { sessionId: new Uint8Array(randomBytes(SESSION_ID_LENGTH)), from: self.name, to, app, suites, eA: this.e.publicKey, replaces };
     this.th1 = sha256(encodeMsg1(this.msg1));
     this.deadline = deps.now() + (deps.timeout ?? DEFAULT_EXCHANGE_TIMEOUT);
   }
@@ -332,7 +465,7 @@ export class Initiator {
     if (this.deps.now() >= this.deadline) throw new ExchangeError("timeout", `${what} arrived after the exchange timed out`);
   }
 
-  /** Verifies msg2 and answers with msg3. On any error the state is as before. */
+  /** Decrypts and verifies msg2 and answers with msg3. On any error the state is as before. */
   async onMsg2(m: Msg2): Promise<Msg3> {
     this.expect("wait-msg2", "message 2");
     checkSession(this.msg1.sessionId, m.sessionId, "message 2");
@@ -340,29 +473,26 @@ export class Initiator {
     const th2 = th2Of(this.th1, m.eB, m.suite);
     const prk = extract(this.e.privateKey, m.eB, th2);
     try {
-      // MAC first: it needs no verifier round trip, and a substituted eB fails here already.
-      const k2 = expand(prk, "mac2", th2, HASH_LENGTH);
-      if (!ctEqual(hmac(k2, macInput("KP exchange mac2", th2, this.msg1.to, m.cert, m.gatewayCert)), m.mac)) {
-        throw new ExchangeError("bad-mac", "message 2: MAC does not verify (altered transcript or ephemeral key)");
-      }
-      const peerKey = await trustedPeerKey(this.deps, m.cert, m.gatewayCert, this.msg1.to);
-      if (!ed25519Verify(peerKey, sigInput("KP exchange sig2", th2, m.cert, m.gatewayCert, m.mac), m.sig)) {
-        throw new ExchangeError("bad-signature", `message 2: signature does not verify under ${this.msg1.to}'s certified key`);
-      }
+      // Decryption first: a substituted eB or an altered byte fails here, before any verifier round trip.
+      const plaintext2 = open(prk, 2, th2, m.ciphertext);
+      const peer = readProof(plaintext2, 2);
+      await checkProof(this.deps, prk, 2, th2, this.msg1.to, peer);
       // The await above let other messages in: only one of them may move the state.
       this.expect("wait-msg2", "message 2");
-      const th3 = sha256(encode([th2, m.cert, m.gatewayCert, m.sig, m.mac]));
-      const k3 = expand(prk, "mac3", th3, HASH_LENGTH);
-      const mac = hmac(k3, macInput("KP exchange mac3", th3, this.self.name, this.self.cert, this.self.gatewayCert));
-      const sig = ed25519Sign(this.self.identitySeed, sigInput("KP exchange sig3", th3, this.self.cert, this.self.gatewayCert, mac));
-      const th4 = sha256(encode([th3, this.self.cert, this.self.gatewayCert, sig, mac]));
-      const { seed, spi, mac4 } = deriveResult(prk, th4);
-      const result: ExchangeResult = { sessionId: this.msg1.sessionId, role: "initiator", self: this.self.name, peer: this.msg1.to, app: this.msg1.app, suite: m.suite, seed, spi };
-      this.state = { s: "wait-msg4", prk, th4, result, mac4, peer: this.msg1.to };
-      return { sessionId: this.msg1.sessionId, cert: this.self.cert, gatewayCert: this.self.gatewayCert, sig, mac };
-    } catch (e) {
-      prk.fill(0);
-      throw e;
+      // Only now, the responder proved, does our device's identity leave this gateway (SIGMA-I).
+      const th3 = nextTh(th2, plaintext2);
+      const plaintext3 = prove(prk, 3, th3, this.self);
+      const ciphertext = seal(prk, 3, th3, plaintext3);
+      const { seed, spi, mac4 } = deriveResult(prk, nextTh(th3, plaintext3));
+      const m1 = this.msg1;
+      const result: ExchangeResult = {
+        sessionId: m1.sessionId, role: "initiator", self: this.self.name, peer: m1.to, app: m1.app, suite: m.suite, seed, spi, replaces: m1.replaces,
+        ownCert: this.self.cert, peerCert: peer.cert, peerGatewayCert: peer.gatewayCert,
+      };
+      this.state = { s: "wait-msg4", result, mac4 };
+      return { sessionId: m1.sessionId, ciphertext };
+    } finally {
+      prk.fill(0); // everything still needed (seed, mac4) is derived
     }
   }
 
@@ -372,17 +502,13 @@ export class Initiator {
     const st = this.state as Extract<InitiatorState, { s: "wait-msg4" }>;
     checkSession(this.msg1.sessionId, m.sessionId, "message 4");
     if (!ctEqual(st.mac4, m.mac)) throw new ExchangeError("bad-mac", "message 4: key confirmation does not verify");
-    st.prk.fill(0);
     this.state = { s: "done" };
     return st.result;
   }
 
   /** Ends the exchange (a refusal from the peer, a timeout): key material is wiped. */
   abort(reason: string): void {
-    if (this.state.s === "wait-msg4") {
-      this.state.prk.fill(0);
-      this.state.result.seed.fill(0);
-    }
+    if (this.state.s === "wait-msg4") this.state.result.seed.fill(0);
     this.state = { s: "failed", reason };
   }
 }
@@ -435,8 +561,9 @@ export class Responder {
 
   /**
    * Answers msg1 for the callee: picks the suite (seed 003: the callee's priority by default), makes
-   * its ephemeral, MACs and signs. Throws ExchangeError (replay, wrong-peer, no-common-suite,
-   * malformed) and then records nothing; only an answered msg1 marks its session id as seen.
+   * its ephemeral, MACs, signs and encrypts. Throws ExchangeError (replay, wrong-peer,
+   * no-common-suite, malformed) and then records nothing; only an answered msg1 marks its session id
+   * as seen.
    */
   constructor(
     private readonly deps: ResponderDeps,
@@ -444,23 +571,21 @@ export class Responder {
     private readonly self: LocalCallee,
     e: Ephemeral = ephemeral(),
   ) {
+    if (!isSpi(msg1.replaces)) throw new ExchangeError("malformed", "message 1: replaces must be an SPI (0 to 2^32 - 1)");
     if (msg1.to !== self.name) throw new ExchangeError("wrong-peer", `message 1 is for "${msg1.to}", not "${self.name}"`);
     if (deps.seen.has(msg1.sessionId)) throw new ExchangeError("replay", "message 1 repeats a session id already seen");
     const match = matchSettings(suiteCandidates(msg1.suites), suiteCandidates(self.suites), deps.matching ?? DEFAULT_MATCHING);
     if (!match) throw new ExchangeError("no-common-suite", "no cipher suite both devices registered");
     const suite = match.callee.id as number;
-    const th1 = sha256(encodeMsg1(msg1));
-    const th2 = th2Of(th1, e.publicKey, suite);
+    const th2 = th2Of(sha256(encodeMsg1(msg1)), e.publicKey, suite);
     const prk = extract(e.privateKey, msg1.eA, th2);
     if (!deps.seen.admit(msg1.sessionId, deps.now())) {
       prk.fill(0);
       throw new ExchangeError("replay", "message 1 repeats a session id already seen");
     }
-    const mac = hmac(expand(prk, "mac2", th2, HASH_LENGTH), macInput("KP exchange mac2", th2, self.name, self.cert, self.gatewayCert));
-    const sig = ed25519Sign(self.identitySeed, sigInput("KP exchange sig2", th2, self.cert, self.gatewayCert, mac));
-    this.msg2 = { sessionId: msg1.sessionId, eB: e.publicKey, suite, cert: self.cert, gatewayCert: self.gatewayCert, sig, mac };
-    const th3 = sha256(encode([th2, self.cert, self.gatewayCert, sig, mac]));
-    this.state = { s: "wait-msg3", prk, th3 };
+    const plaintext2 = prove(prk, 2, th2, self);
+    this.msg2 = { sessionId: msg1.sessionId, eB: e.publicKey, suite, ciphertext: seal(prk, 2, th2, plaintext2) };
+    this.state = { s: "wait-msg3", prk, th3: nextTh(th2, plaintext2) };
     this.deadline = deps.now() + (deps.timeout ?? DEFAULT_EXCHANGE_TIMEOUT);
   }
 
@@ -474,25 +599,23 @@ export class Responder {
     return this.state;
   }
 
-  /** Verifies msg3; the result is the SA to install and msg4 the confirmation to send. */
+  /** Decrypts and verifies msg3; the result is the SA to install and msg4 the confirmation to send. */
   async onMsg3(m: Msg3): Promise<{ msg4: Msg4; result: ExchangeResult }> {
     const st = this.expect("message 3");
     checkSession(this.msg1.sessionId, m.sessionId, "message 3");
-    const k3 = expand(st.prk, "mac3", st.th3, HASH_LENGTH);
-    if (!ctEqual(hmac(k3, macInput("KP exchange mac3", st.th3, this.msg1.from, m.cert, m.gatewayCert)), m.mac)) {
-      throw new ExchangeError("bad-mac", "message 3: MAC does not verify (altered transcript or ephemeral key)");
-    }
-    const peerKey = await trustedPeerKey(this.deps, m.cert, m.gatewayCert, this.msg1.from);
-    if (!ed25519Verify(peerKey, sigInput("KP exchange sig3", st.th3, m.cert, m.gatewayCert, m.mac), m.sig)) {
-      throw new ExchangeError("bad-signature", `message 3: signature does not verify under ${this.msg1.from}'s certified key`);
-    }
-    this.expect("message 3");
-    const th4 = sha256(encode([st.th3, m.cert, m.gatewayCert, m.sig, m.mac]));
-    const { seed, spi, mac4 } = deriveResult(st.prk, th4);
+    const plaintext3 = open(st.prk, 3, st.th3, m.ciphertext);
+    const peer = readProof(plaintext3, 3);
+    await checkProof(this.deps, st.prk, 3, st.th3, this.msg1.from, peer);
+    this.expect("message 3"); // also: an abort during the await wiped st.prk
+    const { seed, spi, mac4 } = deriveResult(st.prk, nextTh(st.th3, plaintext3));
     st.prk.fill(0);
     this.state = { s: "done" };
-    const result: ExchangeResult = { sessionId: this.msg1.sessionId, role: "responder", self: this.self.name, peer: this.msg1.from, app: this.msg1.app, suite: this.msg2.suite, seed, spi };
-    return { msg4: { sessionId: this.msg1.sessionId, mac: mac4 }, result };
+    const m1 = this.msg1;
+    const result: ExchangeResult = {
+      sessionId: m1.sessionId, role: "responder", self: this.self.name, peer: m1.from, app: m1.app, suite: this.msg2.suite, seed, spi, replaces: m1.replaces,
+      ownCert: this.self.cert, peerCert: peer.cert, peerGatewayCert: peer.gatewayCert,
+    };
+    return { msg4: { sessionId: m1.sessionId, mac: mac4 }, result };
   }
 
   abort(reason: string): void {

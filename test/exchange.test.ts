@@ -1,16 +1,20 @@
 // The gateway-to-gateway key exchange (gateway/exchange.ts): a full run gives both sides the same SA
 // seed and SPI; every attack is refused with a clear reason and leaves the refusing side's state as it
-// was, which each test proves by finishing the genuine exchange afterwards.
+// was, which each test proves by finishing the genuine exchange afterwards. Messages 2 and 3 are
+// encrypted (SIGMA-I): to forge their insides, a test chooses one ephemeral of the run and computes
+// the keys itself, with its own copy of the key schedule as docs/PROTOCOL.md states it.
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { createCipheriv, createDecipheriv, createHash, createHmac, createPublicKey, diffieHellman, generateKeyPairSync, type KeyObject } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import fc from "fast-check";
 import { toHex } from "../firmware/bytes.ts";
 import { SUITE_AES_CCM_16_64_128, SUITE_XSALSA20_POLY1305 } from "../firmware/crypto/types.ts";
-import { issueCertificate } from "../gateway/cwt.ts";
+import { decode, encode } from "../gateway/cbor.ts";
+import { issueCertificate, readCertificateUnverified } from "../gateway/cwt.ts";
 import { generateEd25519, type Ed25519KeyPair } from "../gateway/ed25519.ts";
 import {
   decodeMsg1,
@@ -25,10 +29,14 @@ import {
   Initiator,
   Responder,
   SeenSessions,
+  type Ephemeral,
   type ExchangeErrorCode,
+  type ExchangeResult,
   type LocalCallee,
   type LocalParty,
+  type Msg1,
   type Msg2,
+  type Msg3,
   type ResponderDeps,
 } from "../gateway/exchange.ts";
 import { Fleet, generateX25519 } from "../gateway/fleet.ts";
@@ -104,8 +112,8 @@ function deps(w: World): ResponderDeps {
   };
 }
 
-function start(w: World, to = "bob@b.example"): Initiator {
-  return new Initiator(deps(w), w.alice, to, "chat", [[AES, 1], [XS, 2]]);
+function start(w: World, options: { replaces?: number; ephemeral?: Ephemeral } = {}): Initiator {
+  return new Initiator(deps(w), w.alice, "bob@b.example", "chat", [[AES, 1], [XS, 2]], options);
 }
 
 async function refused(p: Promise<unknown> | (() => unknown), code: ExchangeErrorCode, reason?: RegExp): Promise<void> {
@@ -120,8 +128,8 @@ async function refused(p: Promise<unknown> | (() => unknown), code: ExchangeErro
   );
 }
 
-/** Runs the rest of an exchange from msg2 and checks both sides agree. */
-async function finish(init: Initiator, resp: Responder): Promise<void> {
+/** Runs the rest of an exchange from msg2, checks both sides agree, and returns both results. */
+async function finish(init: Initiator, resp: Responder): Promise<{ i: ExchangeResult; r: ExchangeResult }> {
   const msg3 = await init.onMsg2(resp.msg2);
   const { msg4, result: r } = await resp.onMsg3(msg3);
   const i = init.onMsg4(msg4);
@@ -129,7 +137,101 @@ async function finish(init: Initiator, resp: Responder): Promise<void> {
   assert.equal(i.spi, r.spi);
   assert.equal(init.status, "done");
   assert.equal(resp.status, "done");
+  return { i, r };
 }
+
+// ---------------------------------------------------------------------------------------------------
+// the test's own key schedule (docs/PROTOCOL.md, "Gateway-to-gateway key exchange")
+
+const sha256 = (b: Uint8Array): Uint8Array => new Uint8Array(createHash("sha256").update(b).digest());
+const hmac = (key: Uint8Array, data: Uint8Array): Uint8Array => new Uint8Array(createHmac("sha256", key).update(data).digest());
+const kdf = (prk: Uint8Array, label: string, th: Uint8Array, n: number): Uint8Array =>
+  hmac(prk, new Uint8Array(Buffer.concat([encode(["KP exchange v1", label, th]), Uint8Array.of(1)]))).slice(0, n);
+
+/** An ephemeral whose secret half the test holds. */
+function knownEphemeral(): Ephemeral {
+  const { privateKey, publicKey } = generateKeyPairSync("x25519");
+  return { privateKey, publicKey: new Uint8Array(Buffer.from(publicKey.export({ format: "jwk" }).x as string, "base64url")) };
+}
+
+function x25519(secret: KeyObject, peer: Uint8Array): Uint8Array {
+  const publicKey = createPublicKey({ key: { kty: "OKP", crv: "X25519", x: Buffer.from(peer).toString("base64url") }, format: "jwk" });
+  return new Uint8Array(diffieHellman({ privateKey: secret, publicKey }));
+}
+
+function gcm(prk: Uint8Array, n: 2 | 3, th: Uint8Array): { key: Uint8Array; iv: Uint8Array; aad: Uint8Array } {
+  return { key: kdf(prk, `k${n}`, th, 32), iv: kdf(prk, `iv${n}`, th, 12), aad: encode([`KP exchange enc${n}`, th]) };
+}
+
+function gcmSeal(prk: Uint8Array, n: 2 | 3, th: Uint8Array, plaintext: Uint8Array): Uint8Array {
+  const { key, iv, aad } = gcm(prk, n, th);
+  const c = createCipheriv("aes-256-gcm", key, iv).setAAD(aad);
+  return new Uint8Array(Buffer.concat([c.update(plaintext), c.final(), c.getAuthTag()]));
+}
+
+function gcmOpen(prk: Uint8Array, n: 2 | 3, th: Uint8Array, ciphertext: Uint8Array): Uint8Array {
+  const { key, iv, aad } = gcm(prk, n, th);
+  const d = createDecipheriv("aes-256-gcm", key, iv).setAAD(aad).setAuthTag(ciphertext.subarray(-16));
+  return new Uint8Array(Buffer.concat([d.update(ciphertext.subarray(0, -16)), d.final()]));
+}
+
+/**
+ * The keys of one run, from one of its ephemeral secrets: the test reads msg2 and msg3 as the two
+ * ends do, and seals forged insides that only a holder of the keys could make.
+ */
+class Keys {
+  private readonly prk: Uint8Array;
+  private readonly th2: Uint8Array;
+  private readonly th3: Uint8Array;
+  readonly plaintext2: Uint8Array;
+
+  constructor(msg1: Msg1, private readonly msg2: Msg2, secret: KeyObject, peerPublic: Uint8Array) {
+    this.th2 = sha256(encode([sha256(encodeMsg1(msg1)), msg2.eB, msg2.suite]));
+    this.prk = hmac(this.th2, x25519(secret, peerPublic));
+    this.plaintext2 = gcmOpen(this.prk, 2, this.th2, msg2.ciphertext);
+    this.th3 = sha256(encode([this.th2, this.plaintext2]));
+  }
+
+  /** [cert, gatewayCert, sig, mac] of the responder. */
+  get inner2(): Uint8Array[] {
+    return decode(this.plaintext2) as Uint8Array[];
+  }
+  reseal2(plaintext: Uint8Array): Msg2 {
+    return { ...this.msg2, ciphertext: gcmSeal(this.prk, 2, this.th2, plaintext) };
+  }
+  plaintext3(msg3: Msg3): Uint8Array {
+    return gcmOpen(this.prk, 3, this.th3, msg3.ciphertext);
+  }
+  inner3(msg3: Msg3): Uint8Array[] {
+    return decode(this.plaintext3(msg3)) as Uint8Array[];
+  }
+  reseal3(msg3: Msg3, plaintext: Uint8Array): Msg3 {
+    return { ...msg3, ciphertext: gcmSeal(this.prk, 3, this.th3, plaintext) };
+  }
+  /** The SA seed and SPI as the document derives them from TH4. */
+  result(msg3: Msg3): { seed: Uint8Array; spi: number } {
+    const th4 = sha256(encode([this.th3, this.plaintext3(msg3)]));
+    const s = kdf(this.prk, "SPI", th4, 4);
+    return { seed: kdf(this.prk, "SA seed", th4, 32), spi: Buffer.from(s).readUInt32BE(0) || 1 };
+  }
+}
+
+/** A Responder whose ephemeral the test chose, and the keys of its run. */
+function knownResponder(d: ResponderDeps, msg1: Msg1, callee: LocalCallee): { resp: Responder; keys: Keys } {
+  const e = knownEphemeral();
+  const resp = new Responder(d, msg1, callee, e);
+  return { resp, keys: new Keys(msg1, resp.msg2, e.privateKey, msg1.eA) };
+}
+
+function flipped(b: Uint8Array, at: number, mask = 1): Uint8Array {
+  const c = new Uint8Array(b);
+  c[at] ^= mask;
+  return c;
+}
+
+const contains = (hay: Uint8Array, needle: Uint8Array): boolean => Buffer.from(hay).indexOf(Buffer.from(needle)) !== -1;
+
+// ---------------------------------------------------------------------------------------------------
 
 test("a full run: both gateways derive the same SA seed and SPI, the callee's suite priority wins, peers are the certified names", async () => {
   const w = world();
@@ -147,8 +249,11 @@ test("a full run: both gateways derive the same SA seed and SPI, the callee's su
     assert.ok(i.spi > 0);
     assert.equal(i.suite, XS, "Bob's priority 1, though Alice preferred AES");
     assert.equal(r.suite, XS);
-    assert.deepEqual([i.role, i.self, i.peer, i.app], ["initiator", "alice@a.example", "bob@b.example", "chat"]);
-    assert.deepEqual([r.role, r.self, r.peer, r.app], ["responder", "bob@b.example", "alice@a.example", "chat"]);
+    assert.deepEqual([i.role, i.self, i.peer, i.app, i.replaces], ["initiator", "alice@a.example", "bob@b.example", "chat", 0]);
+    assert.deepEqual([r.role, r.self, r.peer, r.app, r.replaces], ["responder", "bob@b.example", "alice@a.example", "chat", 0]);
+    // The certificates each side judged, for judging again on a new revocation list.
+    assert.deepEqual([toHex(i.ownCert), toHex(i.peerCert), toHex(i.peerGatewayCert)], [toHex(w.alice.cert), toHex(w.bob.cert), toHex(w.b.cert)]);
+    assert.deepEqual([toHex(r.ownCert), toHex(r.peerCert), toHex(r.peerGatewayCert)], [toHex(w.bob.cert), toHex(w.alice.cert), toHex(w.a.cert)]);
     // A second run has fresh ephemerals: a different seed.
     const init2 = start(w);
     const resp2 = new Responder(deps(w), init2.msg1, w.bob);
@@ -160,26 +265,171 @@ test("a full run: both gateways derive the same SA seed and SPI, the callee's su
   }
 });
 
+test("the key schedule is the one docs/PROTOCOL.md gives: the test's own copy, from either ephemeral, opens both messages and derives the same SA", async () => {
+  const w = world();
+  try {
+    const eA = knownEphemeral();
+    const init = start(w, { ephemeral: eA, replaces: 7 });
+    const { resp, keys } = knownResponder(deps(w), init.msg1, w.bob);
+    const msg3 = await init.onMsg2(resp.msg2);
+    const { result } = await resp.onMsg3(msg3);
+    const fromA = new Keys(init.msg1, resp.msg2, eA.privateKey, resp.msg2.eB);
+    assert.equal(toHex(fromA.plaintext2), toHex(keys.plaintext2));
+    assert.deepEqual(keys.inner2.slice(0, 2).map(toHex), [toHex(w.bob.cert), toHex(w.b.cert)]);
+    assert.deepEqual(fromA.inner3(msg3).slice(0, 2).map(toHex), [toHex(w.alice.cert), toHex(w.a.cert)]);
+    const derived = fromA.result(msg3);
+    assert.equal(toHex(derived.seed), toHex(result.seed));
+    assert.equal(derived.spi, result.spi);
+  } finally {
+    done(w);
+  }
+});
+
 test("a forged signature is refused (bad-signature) and the initiator still accepts the genuine msg2", async () => {
   const w = world();
   try {
     const init = start(w);
-    const resp = new Responder(deps(w), init.msg1, w.bob);
-    const sig = new Uint8Array(resp.msg2.sig);
-    sig[10] ^= 1;
-    await refused(init.onMsg2({ ...resp.msg2, sig }), "bad-signature", /bob@b\.example/);
+    const { resp, keys } = knownResponder(deps(w), init.msg1, w.bob);
+    // Correctly encrypted, MAC intact, one bit of Bob's signature flipped.
+    const [cert, gatewayCert, sig, mac] = keys.inner2;
+    await refused(init.onMsg2(keys.reseal2(encode([cert, gatewayCert, flipped(sig, 10), mac]))), "bad-signature", /bob@b\.example/);
     // Signed by a key that is not the one in Bob's certificate (the gateway kept another device's key).
     const impostor = new Responder(deps(w), init.msg1, { ...w.bob, identitySeed: generateEd25519().seed });
     await refused(init.onMsg2(impostor.msg2), "bad-signature");
     assert.equal(init.status, "wait-msg2");
     // On msg3 too: a flipped signature bit from Alice's side.
     const msg3 = await init.onMsg2(resp.msg2);
-    const sig3 = new Uint8Array(msg3.sig);
-    sig3[0] ^= 0x80;
-    await refused(resp.onMsg3({ ...msg3, sig: sig3 }), "bad-signature", /alice@a\.example/);
+    const [cert3, gatewayCert3, sig3, mac3] = keys.inner3(msg3);
+    await refused(resp.onMsg3(keys.reseal3(msg3, encode([cert3, gatewayCert3, flipped(sig3, 0, 0x80), mac3]))), "bad-signature", /alice@a\.example/);
     assert.equal(resp.status, "wait-msg3");
     const { msg4, result } = await resp.onMsg3(msg3);
     assert.equal(init.onMsg4(msg4).spi, result.spi);
+  } finally {
+    done(w);
+  }
+});
+
+test("inside a correctly encrypted message: a wrong MAC is bad-mac, a plaintext of the wrong shape malformed, on both sides", async () => {
+  const w = world();
+  try {
+    const init = start(w);
+    const { resp, keys } = knownResponder(deps(w), init.msg1, w.bob);
+    const [cert, gatewayCert, sig, mac] = keys.inner2;
+    const badShapes = (c: Uint8Array, g: Uint8Array, s: Uint8Array, m: Uint8Array): Uint8Array[] => [
+      Uint8Array.of(0xff, 0x00), // not CBOR
+      encode([c, g, s]), // three fields
+      encode([c, g, s, m, m]), // five
+      encode([new Uint8Array(0), g, s, m]), // an empty certificate
+      encode([c, new Uint8Array(4097), s, m]), // a certificate too long
+      encode([c, g, s.subarray(0, 63), m]), // a short signature
+      encode([c, g, s, m.subarray(0, 31)]), // a short MAC
+      encode([c, "gateway", s, m]), // text where bytes belong
+      encode({ cert: c }), // not an array
+    ];
+    await refused(init.onMsg2(keys.reseal2(encode([cert, gatewayCert, sig, flipped(mac, 31)]))), "bad-mac", /message 2/);
+    for (const p of badShapes(cert, gatewayCert, sig, mac)) await refused(init.onMsg2(keys.reseal2(p)), "malformed", /message 2/);
+    assert.equal(init.status, "wait-msg2");
+    const msg3 = await init.onMsg2(resp.msg2);
+    const [c3, g3, s3, m3] = keys.inner3(msg3);
+    await refused(resp.onMsg3(keys.reseal3(msg3, encode([c3, g3, s3, flipped(m3, 0)]))), "bad-mac", /message 3/);
+    for (const p of badShapes(c3, g3, s3, m3)) await refused(resp.onMsg3(keys.reseal3(msg3, p)), "malformed", /message 3/);
+    assert.equal(resp.status, "wait-msg3");
+    const { msg4, result } = await resp.onMsg3(msg3);
+    assert.equal(init.onMsg4(msg4).spi, result.spi);
+  } finally {
+    done(w);
+  }
+});
+
+test("identity protection: no device certificate, device name, identity key, signature or MAC appears in the msg2 and msg3 wire bytes", async () => {
+  const w = world();
+  try {
+    const init = start(w);
+    const { resp, keys } = knownResponder(deps(w), init.msg1, w.bob);
+    const msg3 = await init.onMsg2(resp.msg2);
+    const wire = [encodeMsg2(resp.msg2), encodeMsg3(msg3)];
+    const plain = [keys.plaintext2, keys.plaintext3(msg3)];
+    const [, , sigR, macR] = keys.inner2;
+    const [, , sigI, macI] = keys.inner3(msg3);
+    const secret: [string, Uint8Array][] = [
+      ["Bob's certificate", w.bob.cert],
+      ["Alice's certificate", w.alice.cert],
+      ["b.example's gateway certificate", w.b.cert],
+      ["a.example's gateway certificate", w.a.cert],
+      ["Bob's name in his certificate (CBOR text)", encode("bob")],
+      ["Alice's name in her certificate (CBOR text)", encode("alice")],
+      ["Bob's identity key", readCertificateUnverified(w.bob.cert).publicKey],
+      ["Alice's identity key", readCertificateUnverified(w.alice.cert).publicKey],
+      ["Bob's signature", sigR],
+      ["Alice's signature", sigI],
+      ["Bob's MAC", macR],
+      ["Alice's MAC", macI],
+    ];
+    for (const [what, bytes] of secret) {
+      // The needle is really there to be found: in the plaintexts the two ends see.
+      assert.ok(plain.some((p) => contains(p, bytes)), `${what} is in a plaintext`);
+      for (const m of wire) assert.ok(!contains(m, bytes), `${what} shows on the wire`);
+    }
+    for (const name of ["bob@b.example", "alice@a.example"]) for (const m of wire) assert.ok(!contains(m, new TextEncoder().encode(name)), `${name} shows on the wire`);
+    const { msg4, result } = await resp.onMsg3(msg3);
+    assert.equal(init.onMsg4(msg4).spi, result.spi);
+  } finally {
+    done(w);
+  }
+});
+
+test("flipping any byte of ciphertext2 or ciphertext3 is refused (decrypt-failed), as is cutting or extending it; the genuine message still completes the run", async () => {
+  const w = world();
+  try {
+    const init = start(w);
+    const resp = new Responder(deps(w), init.msg1, w.bob);
+    const c2 = resp.msg2.ciphertext;
+    for (let at = 0; at < c2.length; at++) {
+      await refused(init.onMsg2({ ...resp.msg2, ciphertext: flipped(c2, at, 1 << at % 8) }), "decrypt-failed", /message 2/);
+    }
+    await refused(init.onMsg2({ ...resp.msg2, ciphertext: c2.subarray(0, c2.length - 1) }), "decrypt-failed");
+    await refused(init.onMsg2({ ...resp.msg2, ciphertext: new Uint8Array([...c2, 0]) }), "decrypt-failed");
+    await refused(init.onMsg2({ ...resp.msg2, ciphertext: c2.subarray(0, 15) }), "malformed", /ciphertext/);
+    assert.equal(init.status, "wait-msg2");
+    const msg3 = await init.onMsg2(resp.msg2);
+    const c3 = msg3.ciphertext;
+    for (let at = 0; at < c3.length; at++) {
+      await refused(resp.onMsg3({ ...msg3, ciphertext: flipped(c3, at, 0x80 >> at % 8) }), "decrypt-failed", /message 3/);
+    }
+    await refused(resp.onMsg3({ ...msg3, ciphertext: c3.subarray(1) }), "decrypt-failed");
+    assert.equal(resp.status, "wait-msg3");
+    const { msg4, result } = await resp.onMsg3(msg3);
+    assert.equal(init.onMsg4(msg4).spi, result.spi);
+  } finally {
+    done(w);
+  }
+});
+
+test("replaces: carried in msg1, authenticated through TH1, returned by both sides; out-of-range values are refused", async () => {
+  const w = world();
+  try {
+    const init = start(w, { replaces: 0x12345678 });
+    const msg1 = decodeMsg1(encodeMsg1(init.msg1));
+    assert.equal(msg1.replaces, 0x12345678);
+    // Changed on the way (a new session made a replacement, another SA named): Bob's gateway answers
+    // the changed msg1, and Alice's gateway cannot even decrypt that answer.
+    for (const replaces of [0, 0x12345679, 0xffffffff]) {
+      await refused(init.onMsg2(new Responder(deps(w), { ...msg1, replaces }, w.bob).msg2), "decrypt-failed");
+    }
+    assert.equal(init.status, "wait-msg2");
+    const { i, r } = await finish(init, new Responder(deps(w), msg1, w.bob));
+    assert.equal(i.replaces, 0x12345678);
+    assert.equal(r.replaces, 0x12345678);
+    // The largest SPI is fine; anything beyond an unsigned 32-bit integer is not.
+    assert.equal(start(w, { replaces: 0xffffffff }).msg1.replaces, 0xffffffff);
+    for (const bad of [-1, 2 ** 32, 1.5, Number.NaN]) {
+      await refused(async () => start(w, { replaces: bad }), "malformed", /replaces/);
+      const wire = encode([1, msg1.sessionId, msg1.from, msg1.to, msg1.app, msg1.suites, msg1.eA, bad]);
+      await refused(async () => decodeMsg1(wire), "malformed");
+      await refused(async () => new Responder(deps(w), { ...msg1, replaces: bad }, w.bob), "malformed", /replaces/);
+    }
+    // The old seven-field msg1, without replaces, is not a msg1.
+    await refused(async () => decodeMsg1(encode([1, msg1.sessionId, msg1.from, msg1.to, msg1.app, msg1.suites, msg1.eA])), "malformed");
   } finally {
     done(w);
   }
@@ -297,29 +547,29 @@ test("replayed messages are refused: msg1 by session id, msg2/msg3/msg4 by state
   }
 });
 
-test("a man in the middle substituting eA or eB is refused (bad-mac / bad-signature); the genuine run still completes", async () => {
+test("a man in the middle substituting eA or eB is refused (decrypt-failed / bad-signature); the genuine run still completes", async () => {
   const w = world();
   try {
     const init = start(w);
-    // Mallory swaps eA towards Bob: Bob signs a transcript Alice never sent.
+    // Mallory swaps eA towards Bob: Bob's answer is sealed under keys Alice does not have.
     const mallory = new Initiator(deps(w), w.alice, "bob@b.example", "chat", [[AES, 1], [XS, 2]]);
     const towardsBob = { ...init.msg1, eA: mallory.msg1.eA };
     const bobFooled = new Responder(deps(w), towardsBob, w.bob);
-    await refused(init.onMsg2(bobFooled.msg2), "bad-mac");
-    // Mallory swaps eB with her own and recomputes the MAC (she knows that shared secret), but can only
-    // sign with her own key over Bob's certificate.
+    await refused(init.onMsg2(bobFooled.msg2), "decrypt-failed");
+    // Mallory swaps eB with her own and seals and MACs correctly (she knows that shared secret), but can
+    // only sign with her own key over Bob's certificate.
     const malloryAsBob = new Responder(deps(w), init.msg1, { ...w.bob, identitySeed: generateEd25519().seed });
     await refused(init.onMsg2(malloryAsBob.msg2), "bad-signature");
-    // Bare substitution of eB in Bob's genuine msg2.
+    // Bare substitution of eB in Bob's msg2.
     const swapped: Msg2 = { ...bobFooled.msg2, sessionId: init.msg1.sessionId, eB: malloryAsBob.msg2.eB };
-    await refused(init.onMsg2(swapped), "bad-mac");
+    await refused(init.onMsg2(swapped), "decrypt-failed");
     assert.equal(init.status, "wait-msg2");
-    // Towards Bob: a msg3 computed on the other leg fails Bob's MAC.
+    // Towards Bob: a msg3 computed on the other leg does not decrypt at Bob's gateway.
     const resp = new Responder(deps(w), init.msg1, w.bob);
     const other = start(w);
     const otherResp = new Responder(deps(w), other.msg1, w.bob);
     const foreign3 = await other.onMsg2(otherResp.msg2);
-    await refused(resp.onMsg3({ ...foreign3, sessionId: init.msg1.sessionId }), "bad-mac");
+    await refused(resp.onMsg3({ ...foreign3, sessionId: init.msg1.sessionId }), "decrypt-failed");
     await finish(init, resp);
   } finally {
     done(w);
@@ -334,7 +584,9 @@ test("wrong names, unoffered suites, no common suite, timeouts and low-order key
     // A good certificate for someone else: carol@b.example answering for bob.
     const carol = { ...device(w.b, "b.example", "carol"), suites: w.bob.suites };
     await refused(async () => new Responder(d, init.msg1, carol), "wrong-peer");
-    await refused(init.onMsg2(new Responder(deps(w), { ...init.msg1, to: carol.name }, carol).msg2), "bad-mac");
+    await refused(init.onMsg2(new Responder(deps(w), { ...init.msg1, to: carol.name }, carol).msg2), "decrypt-failed");
+    // Bob's gateway presenting Carol's certificate in Bob's name: all verifies but the subject.
+    await refused(init.onMsg2(new Responder(deps(w), init.msg1, { ...carol, name: "bob@b.example" }).msg2), "wrong-peer", /carol@b\.example/);
     const onlyAes = new Initiator(deps(w), w.alice, "bob@b.example", "chat", [[AES, 1]]);
     const r = new Responder(deps(w), onlyAes.msg1, w.bob);
     assert.equal(r.msg2.suite, AES);
@@ -342,6 +594,7 @@ test("wrong names, unoffered suites, no common suite, timeouts and low-order key
     await refused(async () => new Responder(d, init.msg1, { ...w.bob, suites: [[99, 1]] }), "no-common-suite");
     // The all-zero point is of low order: the shared secret would be zero.
     await refused(async () => new Responder(d, { ...init.msg1, eA: new Uint8Array(32) }, w.bob), "malformed", /low order/);
+    await refused(init.onMsg2({ ...r.msg2, sessionId: init.msg1.sessionId, suite: XS, eB: new Uint8Array(32) }), "malformed", /low order/);
     // The refusals above recorded nothing: the genuine msg1, same session id, is still answered.
     const resp = new Responder(d, init.msg1, w.bob);
     w.clock.t += 31;
@@ -356,7 +609,7 @@ test("wrong names, unoffered suites, no common suite, timeouts and low-order key
 test("property: the message decoders refuse any mutation with an ExchangeError, never a crash", async () => {
   const w = world();
   try {
-    const init = start(w);
+    const init = start(w, { replaces: 0xdeadbeef });
     const resp = new Responder(deps(w), init.msg1, w.bob);
     const msg3 = await init.onMsg2(resp.msg2);
     const samples: [Uint8Array, (b: Uint8Array) => unknown][] = [
@@ -373,7 +626,7 @@ test("property: the message decoders refuse any mutation with an ExchangeError, 
         const input = cut ? b.subarray(0, at) : (b[at] ^= flip, b);
         try {
           decodeFn(input);
-          return true; // some flips land inside byte strings and still decode: that is the MAC's job
+          return true; // some flips land inside byte strings and still decode: that is the AEAD's and MAC's job
         } catch (e) {
           return e instanceof ExchangeError && e.code === "malformed";
         }
