@@ -1,4 +1,5 @@
-// Sessions across gateways (design.md flow 5; seed 004 E3: a key exchange proxy on both sides).
+// Sessions across gateways (design.md flows 5, 7, 8, 9; seed 004 E3: a key exchange proxy on both
+// sides; seed 000 claim 11: routing by domain; seed 001: re-keying).
 //
 // A device asks its gateway for "bob@b.example". The caller's gateway (A) sees a domain other than its
 // own and runs the exchange of gateway/exchange.ts with b.example's gateway (B) over the interlink, in
@@ -7,12 +8,12 @@
 // device (SaInstall), checks that device's key confirmation (SaConfirm), tells the other gateway, and
 // once both devices confirmed each sends Connected to its own device. SA frames then cross the
 // interlink signed but not encrypted: they are end-to-end protected already and neither gateway can
-// alter them undetected.
+// alter them undetected. The interlink bodies are gateway/crossgw-messages.ts's.
 //
 //   A                                            B
 //   ConnectRequest(bob@b.example) from alice
-//   --- kp.x.1 {msg1} ------------------------>  checks bob, policy, suites; Incoming -> bob, Answer
-//   <-------------------------------- {msg2} ---  (or {refused: "not-found" | "rejected" | "no-common-suite"})
+//   --- kp.x.1 {msg1, terms} ----------------->  checks bob, policy, suites; Incoming -> bob, Answer
+//   <----------------------- {msg2, terms} ---  (or {refused: "not-found" | "rejected" | "no-common-suite"})
 //   --- kp.x.3 {msg3} ------------------------>  SaInstall -> bob
 //   <-------------------------------- {msg4} ---
 //   SaInstall -> alice
@@ -21,44 +22,42 @@
 //   SaData <-> --------- kp.x.sa {spi, frame} <-> SaData
 //   Bye / SaClosed ----- kp.x.bye {spi} ------->  SaClosed
 //
-// Not here yet (the broker does these for local sessions): rekey of a cross-gateway SA, the lost-link
-// grace period, and the capable-peer SDK (gateway/peer-sdk.ts) that would speak msg1..msg4 itself.
+// Rekey (seed 001): the SA's initiating gateway always runs the new exchange (msg1 names the SPI it
+// replaces), so both devices asking at once make one replacement; a Rekey from the responding side's
+// device becomes a kp.x.rekey notice to the initiating gateway. The responder's gateway does not ask
+// its device again (it accepted this peer already) but checks policy, registration and both
+// certificates afresh, as for a new session. The old SA keeps carrying frames in flight for the
+// overlap, as inside one gateway.
+//
+// Revocation: every live SA is judged again (both devices' certificates, through the verifier) when
+// a newer fleet revocation list arrives and every `recheckMs`; one that is no longer good ends at both
+// ends with reason Revoked. A list naming one of our own devices revokes it here (its joins are
+// refused from then on); one naming this gateway ends all of its sessions across gateways.
 
-import { ctEqual, toHex } from "../firmware/bytes.ts";
+import { ctEqual } from "../firmware/bytes.ts";
+import { REQUEST_TIMEOUT_MS } from "../firmware/handset.ts";
 import { saConfirmTag } from "../firmware/proto/keys.ts";
 import { CloseReason, ErrorCode, Msg, type InnerMessage, type SaData } from "../firmware/proto/messages.ts";
 import * as cbor from "./cbor.ts";
-import {
-  decodeMsg1,
-  decodeMsg2,
-  decodeMsg3,
-  decodeMsg4,
-  encodeMsg1,
-  encodeMsg2,
-  encodeMsg3,
-  encodeMsg4,
-  ExchangeError,
-  Initiator,
-  Responder,
-  SeenSessions,
-  type ExchangeDeps,
-  type ExchangeResult,
-  type LocalParty,
-} from "./exchange.ts";
-import { isGatewayId } from "./fleet.ts";
+import * as xm from "./crossgw-messages.ts";
+import { decodeMsg1, decodeMsg2, decodeMsg3, decodeMsg4, encodeMsg1, encodeMsg2, encodeMsg3, encodeMsg4, ExchangeError, Initiator, Responder, SeenSessions, type ExchangeDeps, type ExchangeResult, type LocalParty } from "./exchange.ts";
+import { localDeviceId, splitDeviceName, type RevocationList } from "./fleet.ts";
 import type { SessionHook, SessionHookContext } from "./gateway.ts";
 import { InterlinkError, type Interlink, type InterlinkRequest } from "./interlink.ts";
 import { matchSettings, suiteCandidates } from "./matching.ts";
 import type { CertificateChecker } from "./verifier.ts";
 
-export const XGW_MSG1 = "kp.x.1";
-export const XGW_MSG3 = "kp.x.3";
-export const XGW_CONFIRMED = "kp.x.confirmed";
-export const XGW_SA = "kp.x.sa";
-export const XGW_BYE = "kp.x.bye";
+export { XGW_BYE, XGW_CONFIRMED, XGW_MSG1, XGW_MSG3, XGW_SA } from "./crossgw-messages.ts";
 
 /** Rids for Incoming from this module start here, so they never meet the session broker's (1 .. 2^31-1). */
 const RID_BASE = 0x80000000;
+/** A device gives up on a request after REQUEST_TIMEOUT_MS (and rejoins): its gateway answers a cross-
+ *  gateway connect or certificate query well before that, whatever the other gateway does. */
+export const CONNECT_BUDGET_MS = REQUEST_TIMEOUT_MS - 1000;
+/** How long the callee's gateway waits for its device's answer: inside the caller's budget. */
+const CALLEE_ANSWER_MS = CONNECT_BUDGET_MS - 2000;
+/** Default interval of the periodic re-judging of live SAs' certificates. */
+export const DEFAULT_RECHECK_MS = 30_000;
 
 export interface CrossGatewayOptions {
   /** The interlink of this gateway (its identity's gatewayId must be the gateway id, i.e. its domain). */
@@ -67,10 +66,12 @@ export interface CrossGatewayOptions {
   gatewayCert: Uint8Array;
   /** Judges the other gateway's device certificates (a Verifier holding the fleet revocation list). */
   checker: CertificateChecker;
+  /** How often every live SA's certificates are judged again, ms (default 30 s; 0: only when a new
+   *  revocation list arrives). This bounds how long a revocation that never reached us takes to bite. */
+  recheckMs?: number;
 }
 
-type Refusal = "not-found" | "rejected" | "no-common-suite";
-const REFUSAL_CODE: Record<Refusal, ErrorCode> = { "not-found": ErrorCode.NotFound, rejected: ErrorCode.Rejected, "no-common-suite": ErrorCode.NoCommonSuite };
+const REFUSAL_CODE: Record<xm.Refusal, ErrorCode> = { "not-found": ErrorCode.NotFound, rejected: ErrorCode.Rejected, "no-common-suite": ErrorCode.NoCommonSuite };
 
 /** One SA between a device of ours and a device behind another gateway. */
 interface CrossSession {
@@ -82,11 +83,18 @@ interface CrossSession {
   app: string;
   suite: number;
   role: 0 | 1;
+  terms: xm.SaTerms;
+  /** The SPI this SA replaces (a rekey), or 0. */
+  replaces: number;
+  /** Both devices' certificates as the exchange presented them: judged again on every revocation list. */
+  certs: { own: Uint8Array; peer: Uint8Array; peerGateway: Uint8Array };
   /** Held only until our device confirmed; then wiped. */
   seed: Uint8Array | null;
   localConfirmed: boolean;
   remoteConfirmed: boolean;
-  state: "confirming" | "up";
+  state: "confirming" | "up" | "retiring";
+  /** A replacement is being set up (by us, or asked of the initiating gateway). */
+  rekeying: boolean;
   timer: NodeJS.Timeout | null;
 }
 
@@ -100,6 +108,7 @@ interface WaitingMsg3 {
   callee: string;
   calleeRid: number;
   peerGateway: string;
+  terms: xm.SaTerms;
   timer: NodeJS.Timeout;
 }
 
@@ -108,35 +117,17 @@ export function crossGatewayHook(opts: CrossGatewayOptions): (ctx: SessionHookCo
   return (ctx) => new CrossGateway(ctx, opts);
 }
 
-/** "name@domain" split, or undefined. */
-function splitName(s: string): { name: string; domain: string } | undefined {
-  const at = s.lastIndexOf("@");
-  if (at <= 0) return undefined;
-  const domain = s.slice(at + 1);
-  return isGatewayId(domain) ? { name: s.slice(0, at), domain } : undefined;
-}
-
-function bytesField(body: unknown, what: string): Uint8Array {
-  if (!(body instanceof Uint8Array)) throw new InterlinkError("malformed", `${what} body must be bytes`);
-  return body;
-}
-
-function spiField(body: unknown, what: string): { spi: number; m: Map<unknown, unknown> } {
-  const spi = body instanceof Map ? body.get("spi") : undefined;
-  if (!(body instanceof Map) || typeof spi !== "number" || !Number.isSafeInteger(spi) || spi <= 0 || spi > 0xffffffff) {
-    throw new InterlinkError("malformed", `${what} body must be a map with an spi`);
-  }
-  return { spi, m: body };
-}
-
 /** ExchangeErrors become interlink errors the peer can read; they carry no key material. */
 function asInterlinkError(e: unknown): unknown {
   return e instanceof ExchangeError ? new InterlinkError("malformed", `exchange refused (${e.code}): ${e.message}`, { cause: e }) : e;
 }
 
+const reasonOf = (e: unknown): string => (e instanceof Error ? `${e.name}: ${e.message}` : String(e));
+const hex32 = (spi: number): string => spi.toString(16).padStart(8, "0");
+
 export class CrossGateway implements SessionHook {
   readonly sessions = new Map<number, CrossSession>();
-  readonly stats = { requested: 0, up: 0, refused: 0, failed: 0, relayed: 0, relayDropped: 0, ended: 0 };
+  readonly stats = { requested: 0, up: 0, rekeyed: 0, refused: 0, failed: 0, revoked: 0, relayed: 0, relayDropped: 0, ended: 0, certQueries: 0 };
   private readonly answers = new Map<string, WaitingAnswer>(); // key: callee + "/" + rid
   private readonly exchanges = new Map<string, WaitingMsg3>(); // key: session id, hex
   /** SPIs the peer gateway confirmed before our side installed them (the interlink does not order
@@ -144,8 +135,11 @@ export class CrossGateway implements SessionHook {
   private readonly earlyConfirmed = new Map<number, string>();
   private readonly seen = new SeenSessions();
   private readonly exchangeDeps: ExchangeDeps;
+  private readonly recheckTimer: NodeJS.Timeout | undefined;
   private rid = 0;
   private closed = false;
+  /** This gateway is on the fleet's revocation list: no exchange is started or answered. */
+  private selfRevoked = false;
 
   constructor(
     private readonly ctx: SessionHookContext,
@@ -154,11 +148,20 @@ export class CrossGateway implements SessionHook {
     if (opts.interlink.gatewayId !== ctx.gatewayId) throw new TypeError(`the interlink speaks for "${opts.interlink.gatewayId}", the gateway is "${ctx.gatewayId}"`);
     this.exchangeDeps = { checker: opts.checker, now: ctx.now, timeout: Math.ceil(ctx.settings.answerTimeoutMs / 1000) + 30 };
     const link = opts.interlink;
-    link.handle(XGW_MSG1, (req) => this.onMsg1(req).catch((e: unknown) => Promise.reject(asInterlinkError(e))));
-    link.handle(XGW_MSG3, (req) => this.onMsg3(req).catch((e: unknown) => Promise.reject(asInterlinkError(e))));
-    link.handle(XGW_CONFIRMED, (req) => this.onConfirmed(req));
-    link.handle(XGW_SA, (req) => this.onSaFrame(req));
-    link.handle(XGW_BYE, (req) => this.onBye(req));
+    const exchangeHandler = (f: (req: InterlinkRequest) => Promise<{ body: unknown; secret?: boolean }>) => (req: InterlinkRequest) =>
+      f(req).catch((e: unknown) => Promise.reject(asInterlinkError(e)));
+    link.handle(xm.XGW_MSG1, exchangeHandler((req) => this.onMsg1(req)));
+    link.handle(xm.XGW_MSG3, exchangeHandler((req) => this.onMsg3(req)));
+    link.handle(xm.XGW_CONFIRMED, (req) => this.onConfirmed(req));
+    link.handle(xm.XGW_SA, (req) => this.onSaFrame(req));
+    link.handle(xm.XGW_BYE, (req) => this.onBye(req));
+    link.handle(xm.XGW_REKEY, (req) => this.onRekeyNotice(req));
+    link.handle(xm.XGW_CERT, (req) => this.onCertQuery(req));
+    const every = opts.recheckMs ?? DEFAULT_RECHECK_MS;
+    if (every > 0) {
+      this.recheckTimer = setInterval(() => void this.recheck("periodic check"), every);
+      this.recheckTimer.unref();
+    }
   }
 
   // --- from our devices ----------------------------------------------------------------------------
@@ -166,10 +169,16 @@ export class CrossGateway implements SessionHook {
   handle(deviceId: string, m: InnerMessage): boolean {
     switch (m.t) {
       case Msg.ConnectRequest: {
-        const target = splitName(m.peer);
+        const target = this.foreign(m.peer);
         // A name in our own domain, a bare name, or a spoofed caller: the session broker's business.
-        if (!target || target.domain === this.ctx.gatewayId || m.from !== deviceId) return false;
-        void this.connect(deviceId, m.rid, m.peer, target.domain, m.app);
+        if (!target || m.from !== deviceId) return false;
+        void this.connect(deviceId, m.rid, m.peer, target, m.app);
+        return true;
+      }
+      case Msg.CertQuery: {
+        const target = this.foreign(m.name);
+        if (!target) return false;
+        void this.certQuery(deviceId, m.rid, m.name, target);
         return true;
       }
       case Msg.Answer: {
@@ -187,18 +196,12 @@ export class CrossGateway implements SessionHook {
       case Msg.Rekey: {
         const s = this.sessions.get(m.spi);
         if (!s || s.device !== deviceId) return false;
-        // Not built yet: the device keeps its SA until it ends; a new connect makes a new one.
-        // A Rekey is a notice: nothing to answer; the SA runs until its lifetime or limit.
-        this.ctx.log.warn("xsession-rekey-unsupported", { device: deviceId, spi: m.spi, reason: "rekey of a cross-gateway SA is not implemented" });
+        this.rekeyAsked(s);
         return true;
       }
       case Msg.Bye: {
-        if (m.spi === 0) {
-          // The device restarted: its cross-gateway SAs end too, and the broker ends the local ones.
-          for (const s of [...this.sessions.values()]) if (s.device === deviceId) this.end(s, CloseReason.PeerGone, "the device restarted and holds no SAs", true);
-          return false;
-        }
-        const s = this.sessions.get(m.spi);
+        // SPI 0 (the device restarted) is the broker's: it ends every session, ours through deviceGone.
+        const s = m.spi === 0 ? undefined : this.sessions.get(m.spi);
         if (!s || s.device !== deviceId) return false;
         this.end(s, CloseReason.Bye, `bye from ${deviceId}`, true);
         return true;
@@ -208,17 +211,23 @@ export class CrossGateway implements SessionHook {
     }
   }
 
+  /** The domain of a name in another domain than ours, or undefined. */
+  private foreign(name: string): string | undefined {
+    if (localDeviceId(name, this.ctx.gatewayId) !== undefined) return undefined;
+    return splitDeviceName(name)?.domain;
+  }
+
   relay(deviceId: string, m: SaData, payload: Uint8Array): boolean {
     const s = this.sessions.get(m.spi);
     // Another device's SPI: the broker's to judge (its local SPIs are drawn independently of ours).
     if (!s || s.device !== deviceId) return false;
-    if (s.state !== "up") {
+    if (s.state === "confirming") {
       this.stats.relayDropped++;
       this.ctx.log.warn("frame dropped", { device: deviceId, spi: m.spi, reason: "SA frame before both devices confirmed" });
       return true;
     }
     this.opts.interlink
-      .request(s.peerGateway, XGW_SA, new Map<string, unknown>([["spi", s.spi], ["frame", payload]]))
+      .request(s.peerGateway, xm.XGW_SA, xm.frameBody(s.spi, payload))
       .then(() => this.stats.relayed++)
       .catch((e: unknown) => {
         this.stats.relayDropped++;
@@ -227,12 +236,14 @@ export class CrossGateway implements SessionHook {
     return true;
   }
 
-  deviceGone(deviceId: string): void {
-    for (const s of [...this.sessions.values()]) if (s.device === deviceId) this.end(s, CloseReason.Deregistered, "deregistered", true);
+  deviceGone(deviceId: string, reason: CloseReason, why: string): void {
+    this.endWhere((s) => s.device === deviceId, reason, why);
+    for (const [key, w] of [...this.answers]) if (key.startsWith(`${deviceId}/`)) w.resolve(false);
   }
 
   close(): void {
     this.closed = true;
+    if (this.recheckTimer) clearInterval(this.recheckTimer);
     for (const s of this.sessions.values()) {
       if (s.timer) clearTimeout(s.timer);
       if (s.seed) s.seed.fill(0);
@@ -250,9 +261,58 @@ export class CrossGateway implements SessionHook {
     this.exchanges.clear();
   }
 
+  // --- revocation ----------------------------------------------------------------------------------
+
+  /** A newer fleet revocation list was accepted (the checker's cache is already cleared). */
+  revocationList(list: RevocationList): void {
+    const self = this.ctx.gatewayId;
+    const why = `on the fleet revocation list (serial ${list.serial})`;
+    if (list.gateways.includes(self) && !this.selfRevoked) {
+      this.selfRevoked = true;
+      this.ctx.log.error("gateway-revoked", { gateway: self, reason: `this gateway is ${why}: sessions across gateways end and none start` });
+      this.endWhere(() => true, CloseReason.Revoked, `this gateway is ${why}`);
+    }
+    for (const name of list.devices) {
+      const id = splitDeviceName(name)?.domain === self ? localDeviceId(name, self) : undefined;
+      if (id) this.ctx.revokeDevice(id, `${name} is ${why}`);
+    }
+    void this.recheck(`revocation list serial ${list.serial}`);
+  }
+
+  /** Judges both certificates of every SA again; an SA whose certificates are no longer good ends at
+   *  both ends. A verifier that cannot answer counts as "not good": revocation fails closed. */
+  async recheck(why: string): Promise<void> {
+    const now = this.ctx.now();
+    for (const s of [...this.sessions.values()]) {
+      const problem = await this.judge(s, now);
+      if (!problem || this.sessions.get(s.spi) !== s) continue;
+      if (s.state === "retiring") {
+        // Replaced already: the devices retire it themselves; it only stops carrying stragglers.
+        this.forgetRetired(s);
+        continue;
+      }
+      this.stats.revoked++;
+      this.ctx.log.warn("xsession-revoked", { device: s.device, peer: s.peer, spi: s.spi, reason: `${problem} (${why})` });
+      this.end(s, CloseReason.Revoked, problem, true);
+    }
+  }
+
+  /** Why an SA's certificates are no longer good, or "" when both still are. */
+  private async judge(s: CrossSession, now: number): Promise<string> {
+    const check = async (cert: Uint8Array, chain: Uint8Array, whose: string): Promise<string> => {
+      try {
+        const a = await this.opts.checker.check(cert, [chain], now);
+        return a.status === "good" ? "" : `${whose} certificate is ${a.status}: ${a.reason}`;
+      } catch (e) {
+        return `${whose} certificate could not be judged: ${reasonOf(e)}`;
+      }
+    };
+    return (await check(s.certs.peer, s.certs.peerGateway, s.peer)) || (await check(s.certs.own, this.opts.gatewayCert, `${s.device}@${this.ctx.gatewayId}`));
+  }
+
   // --- the caller's side ---------------------------------------------------------------------------
 
-  /** A registered device of ours as the exchange presents it, or why not. */
+  /** A registered, unrevoked device of ours as the exchange presents it, or why not. */
   private localParty(deviceId: string): { party: LocalParty; suites: number[][] } | string {
     const reg = this.ctx.store.getRegistration(deviceId);
     if (!reg || reg.expiresAt <= this.ctx.now()) return "not registered";
@@ -260,6 +320,10 @@ export class CrossGateway implements SessionHook {
     if (!dev || dev.revokedAt !== null) return "revoked or unknown";
     if (!dev.identitySeed || !reg.cert) return "registered without a certificate";
     return { party: { name: `${deviceId}@${this.ctx.gatewayId}`, identitySeed: dev.identitySeed, cert: reg.cert, gatewayCert: this.opts.gatewayCert }, suites: reg.suites };
+  }
+
+  private get ownTerms(): xm.SaTerms {
+    return { lifetime: this.ctx.settings.lifetime, limit: this.ctx.settings.limit };
   }
 
   private async connect(caller: string, rid: number, peer: string, domain: string, app: string): Promise<void> {
@@ -278,30 +342,106 @@ export class CrossGateway implements SessionHook {
       this.stats.refused++;
       return fail(ErrorCode.NotFound, "xsession-denied", "policy denies it");
     }
-    let init: Initiator | undefined;
+    if (this.selfRevoked) {
+      this.stats.refused++;
+      return fail(ErrorCode.Rejected, "xsession-rejected", "this gateway is revoked");
+    }
+    ctx.log.info("xsession-requested", { device: caller, peer, app, gateway: domain });
     try {
-      init = new Initiator(this.exchangeDeps, own.party, peer, app, own.suites);
-      const sessionId = init.msg1.sessionId;
-      ctx.log.info("xsession-requested", { device: caller, peer, app, gateway: domain });
-      const a2 = await this.opts.interlink.request(domain, XGW_MSG1, encodeMsg1(init.msg1), { sessionId, timeoutMs: ctx.settings.answerTimeoutMs + 5000 });
-      if (a2 instanceof Map) {
-        const why = a2.get("refused") as Refusal;
+      const out = await this.initiate(own, peer, domain, app, 0, CONNECT_BUDGET_MS);
+      if ("refused" in out) {
         this.stats.refused++;
-        init.abort(`refused: ${String(why)}`);
-        return fail(REFUSAL_CODE[why] ?? ErrorCode.NotFound, "xsession-rejected", `the peer gateway answered ${String(why)}`);
+        return fail(REFUSAL_CODE[out.refused], "xsession-rejected", `the peer gateway answered ${out.refused}`);
       }
-      const msg3 = await init.onMsg2(decodeMsg2(bytesField(a2, "message 2")));
-      const a4 = await this.opts.interlink.request(domain, XGW_MSG3, encodeMsg3(msg3), { sessionId });
-      const result = init.onMsg4(decodeMsg4(bytesField(a4, "message 4")));
-      this.install(result, caller, domain, rid, 0);
+      this.install(out.result, caller, domain, rid, out.terms);
     } catch (e) {
       this.stats.failed++;
-      init?.abort("failed");
-      // A message, never key bytes: ExchangeError and InterlinkError say what was wrong with the shape.
-      const reason = e instanceof Error ? `${e.name}: ${e.message}` : String(e);
-      ctx.log.warn("xsession-failed", { device: caller, peer, app, gateway: domain, reason });
-      ctx.send(caller, { t: Msg.Error, rid, code: ErrorCode.Rejected });
+      // An unknown domain has no certified gateway to answer: to the device it is an unknown name.
+      const unknownDomain = e instanceof InterlinkError && e.code === "untrusted-peer" && /no certificate published/.test(e.message);
+      ctx.log.warn("xsession-failed", { device: caller, peer, app, gateway: domain, reason: reasonOf(e) });
+      ctx.send(caller, { t: Msg.Error, rid, code: unknownDomain ? ErrorCode.NotFound : ErrorCode.Rejected });
     }
+  }
+
+  /** Runs the exchange as the initiator, in `own`'s name: the result to install, or the callee side's
+   *  refusal. Throws ExchangeError or InterlinkError; key material is wiped on every way out. */
+  private async initiate(own: { party: LocalParty; suites: number[][] }, peer: string, domain: string, app: string, replaces: number, budgetMs: number): Promise<{ result: ExchangeResult; terms: xm.SaTerms } | { refused: xm.Refusal }> {
+    const init = new Initiator(this.exchangeDeps, own.party, peer, app, own.suites, { replaces });
+    const sessionId = init.msg1.sessionId;
+    const started = Date.now();
+    const left = () => Math.max(1, budgetMs - (Date.now() - started));
+    try {
+      const a2 = xm.readConnectAnswer(await this.opts.interlink.request(domain, xm.XGW_MSG1, xm.connectBody(encodeMsg1(init.msg1), this.ownTerms), { sessionId, secret: true, timeoutMs: left() }));
+      if ("refused" in a2) {
+        init.abort(`refused: ${a2.refused}`);
+        return a2;
+      }
+      // The callee's gateway may only shorten what we offered.
+      const terms = { lifetime: Math.min(a2.lifetime, this.ownTerms.lifetime), limit: Math.min(a2.limit, this.ownTerms.limit) };
+      const msg3 = await init.onMsg2(decodeMsg2(a2.msg2));
+      const a4 = xm.readFinished(await this.opts.interlink.request(domain, xm.XGW_MSG3, xm.finishBody(encodeMsg3(msg3)), { sessionId, secret: true, timeoutMs: left() }));
+      return { result: init.onMsg4(decodeMsg4(a4)), terms };
+    } catch (e) {
+      init.abort("failed");
+      throw e;
+    }
+  }
+
+  // --- rekey ----------------------------------------------------------------------------------------
+
+  /** Our device asked for a new SA before this one runs out. */
+  private rekeyAsked(s: CrossSession): void {
+    const { ctx } = this;
+    if (s.state !== "up" || s.rekeying) {
+      ctx.log.info("xsession-rekey-ignored", { device: s.device, spi: s.spi, reason: s.state === "up" ? "a replacement is already being set up" : `the SA is ${s.state}` });
+      return;
+    }
+    s.rekeying = true;
+    if (s.role === 0) {
+      void this.rekey(s);
+      return;
+    }
+    // The initiating gateway runs every rekey of an SA: ask it to.
+    this.opts.interlink.request(s.peerGateway, xm.XGW_REKEY, xm.rekeyBody(s.spi)).catch((e: unknown) => {
+      s.rekeying = false;
+      ctx.log.warn("xsession-rekey-failed", { device: s.device, peer: s.peer, spi: s.spi, reason: `the peer gateway did not take the rekey notice: ${reasonOf(e)}` });
+    });
+  }
+
+  /** As the SA's initiator: a new exchange whose msg1 names the SPI it replaces. On failure the old SA
+   *  runs on until its lifetime or limit. */
+  private async rekey(s: CrossSession): Promise<void> {
+    const { ctx } = this;
+    const own = this.localParty(s.device);
+    if (typeof own === "string" || !ctx.policy.permits(s.device, s.peer, s.app) || this.selfRevoked) {
+      this.end(s, CloseReason.PeerGone, typeof own === "string" ? `rekey refused: the device is ${own}` : "rekey refused: policy no longer allows this session", true);
+      return;
+    }
+    try {
+      const out = await this.initiate(own, s.peer, s.peerGateway, s.app, s.spi, ctx.settings.answerTimeoutMs + 5000);
+      if ("refused" in out) throw new Error(`the peer gateway answered ${out.refused}`);
+      if (this.sessions.get(s.spi) !== s) {
+        out.result.seed.fill(0); // the old SA ended meanwhile: nothing to replace
+        return;
+      }
+      this.stats.rekeyed++;
+      this.install(out.result, s.device, s.peerGateway, 0, out.terms);
+    } catch (e) {
+      s.rekeying = false;
+      this.stats.failed++;
+      ctx.log.warn("xsession-rekey-failed", { device: s.device, peer: s.peer, spi: s.spi, reason: reasonOf(e) });
+    }
+  }
+
+  private onRekeyNotice(req: InterlinkRequest): { body: unknown } {
+    const spi = xm.readRekey(req.body);
+    const s = this.peerSession(req, spi);
+    if (!s || s.role !== 0) throw new InterlinkError("malformed", `${xm.XGW_REKEY}: no SA with this SPI that we initiated`);
+    if (s.state === "up" && !s.rekeying) {
+      s.rekeying = true;
+      void this.rekey(s);
+    }
+    return { body: 0 };
   }
 
   // --- the callee's side ---------------------------------------------------------------------------
@@ -323,7 +463,7 @@ export class CrossGateway implements SessionHook {
         this.answers.delete(key);
         resolve(accept);
       };
-      this.answers.set(key, { resolve: done, timer: setTimeout(() => done(false), this.ctx.settings.answerTimeoutMs) });
+      this.answers.set(key, { resolve: done, timer: setTimeout(() => done(false), Math.min(this.ctx.settings.answerTimeoutMs, CALLEE_ANSWER_MS)) });
     });
     this.ctx.send(callee, { t: Msg.Incoming, rid, from, app, suite });
     return { rid, accepted };
@@ -331,71 +471,92 @@ export class CrossGateway implements SessionHook {
 
   private async onMsg1(req: InterlinkRequest): Promise<{ body: unknown }> {
     const { ctx } = this;
-    const msg1 = decodeMsg1(bytesField(req.body, "message 1"));
+    const { msg1: raw, ...offered } = xm.readConnect(req.body);
+    const msg1 = decodeMsg1(raw);
     // A gateway speaks only for its own devices: msg1.from must be in the sender's domain.
-    if (splitName(msg1.from)?.domain !== req.from) throw new InterlinkError("untrusted-peer", `"${req.from}" cannot call in the name of "${msg1.from}"`);
-    const refuse = (why: Refusal, reason: string): { body: unknown } => {
+    if (splitDeviceName(msg1.from)?.domain !== req.from) throw new InterlinkError("untrusted-peer", `"${req.from}" cannot call in the name of "${msg1.from}"`);
+    const refuse = (why: xm.Refusal, reason: string): { body: unknown } => {
       this.stats.refused++;
       ctx.log.info(why === "not-found" ? "xsession-not-found" : "xsession-rejected", { device: msg1.to, peer: msg1.from, app: msg1.app, reason });
-      return { body: new Map([["refused", why]]) };
+      return { body: xm.refusalBody(why) };
     };
-    const target = splitName(msg1.to);
+    const target = splitDeviceName(msg1.to);
     const callee = target && target.domain === ctx.gatewayId ? target.name : undefined;
     const local = callee ? this.localParty(callee) : "not in this domain";
     // One answer for every reason, so the caller learns nothing about the callee (seed 002 [0055]).
     if (!callee || typeof local === "string") return refuse("not-found", `callee is ${typeof local === "string" ? local : "unknown"}`);
+    if (this.selfRevoked) return refuse("not-found", "this gateway is revoked");
     if (!ctx.policy.permits(msg1.from, callee, msg1.app)) return refuse("not-found", "policy denies it");
     if (!ctx.isLinked(callee)) return refuse("not-found", "the callee is not connected");
     const match = matchSettings(suiteCandidates(msg1.suites), suiteCandidates(local.suites), ctx.settings.matching);
     if (!match) return refuse("no-common-suite", "no cipher suite both devices registered; the callee was not contacted");
     if (this.seen.has(msg1.sessionId)) throw new ExchangeError("replay", "message 1 repeats a session id already seen");
-    const { rid, accepted } = this.ask(callee, msg1.from, msg1.app, match.callee.id as number);
-    if (!(await accepted)) return refuse("rejected", "the callee declined or did not answer");
+    let rid = 0;
+    if (msg1.replaces) {
+      // A rekey: the SA it replaces must be ours with this very peer, app and gateway, and up.
+      const old = this.sessions.get(msg1.replaces);
+      if (!old || old.peerGateway !== req.from || old.role !== 1 || old.device !== callee || old.peer !== msg1.from || old.app !== msg1.app || old.state !== "up") {
+        return refuse("not-found", "a rekey of no SA of ours with this peer");
+      }
+    } else {
+      const asked = this.ask(callee, msg1.from, msg1.app, match.callee.id as number);
+      if (!(await asked.accepted)) return refuse("rejected", "the callee declined or did not answer");
+      rid = asked.rid;
+    }
     const responder = new Responder({ ...this.exchangeDeps, seen: this.seen, matching: ctx.settings.matching }, msg1, { ...local.party, name: msg1.to, suites: local.suites });
-    const key = toHex(msg1.sessionId);
+    const terms = { lifetime: Math.min(offered.lifetime, this.ownTerms.lifetime), limit: Math.min(offered.limit, this.ownTerms.limit) };
+    const key = Buffer.from(msg1.sessionId).toString("hex");
     const timer = setTimeout(() => {
       this.exchanges.delete(key);
       responder.abort("message 3 did not come in time");
     }, (this.exchangeDeps.timeout ?? 30) * 1000);
-    this.exchanges.set(key, { responder, callee, calleeRid: rid, peerGateway: req.from, timer });
-    return { body: encodeMsg2(responder.msg2) };
+    this.exchanges.set(key, { responder, callee, calleeRid: rid, peerGateway: req.from, terms, timer });
+    return { body: xm.acceptBody(encodeMsg2(responder.msg2), terms) };
   }
 
   private async onMsg3(req: InterlinkRequest): Promise<{ body: unknown }> {
-    const msg3 = decodeMsg3(bytesField(req.body, "message 3"));
-    const key = toHex(msg3.sessionId);
+    const msg3 = decodeMsg3(xm.readFinish(req.body));
+    const key = Buffer.from(msg3.sessionId).toString("hex");
     const x = this.exchanges.get(key);
     if (!x || x.peerGateway !== req.from) throw new ExchangeError("unexpected", "message 3 for no exchange waiting for it");
     const { msg4, result } = await x.responder.onMsg3(msg3);
     clearTimeout(x.timer);
     this.exchanges.delete(key);
-    this.install(result, x.callee, req.from, x.calleeRid, 1);
-    return { body: encodeMsg4(msg4) };
+    if (result.replaces) {
+      const old = this.sessions.get(result.replaces);
+      if (old && old.state === "up") {
+        old.rekeying = true;
+        this.stats.rekeyed++;
+      }
+    }
+    this.install(result, x.callee, req.from, x.calleeRid, x.terms);
+    return { body: xm.finishedBody(encodeMsg4(msg4)) };
   }
 
   // --- both sides ----------------------------------------------------------------------------------
 
   /** The key transfer of seed 004: the derived seed to our own device. */
-  private install(r: ExchangeResult, device: string, peerGateway: string, rid: number, role: 0 | 1): void {
+  private install(r: ExchangeResult, device: string, peerGateway: string, rid: number, terms: xm.SaTerms): void {
     const { ctx } = this;
+    const role = r.role === "initiator" ? 0 : 1;
     if (this.closed || this.sessions.has(r.spi) || ctx.sessions.sessions.has(r.spi)) {
       // A derived SPI that is taken here (odds 2^-32 per SA): refuse rather than mix two SAs.
       r.seed.fill(0);
       ctx.log.warn("xsession-failed", { device, peer: r.peer, reason: "the derived SPI is in use at this gateway" });
-      if (role === 0) ctx.send(device, { t: Msg.Error, rid, code: ErrorCode.Rejected });
-      void this.opts.interlink.request(peerGateway, XGW_BYE, new Map<string, unknown>([["spi", r.spi], ["reason", CloseReason.PeerGone]])).catch(() => undefined);
+      if (role === 0 && !r.replaces) ctx.send(device, { t: Msg.Error, rid, code: ErrorCode.Rejected });
+      void this.opts.interlink.request(peerGateway, xm.XGW_BYE, xm.byeBody(r.spi, CloseReason.PeerGone)).catch(() => undefined);
       return;
     }
     const s: CrossSession = {
-      spi: r.spi, device, peer: r.peer, peerGateway, app: r.app, suite: r.suite, role, seed: r.seed,
-      localConfirmed: false, remoteConfirmed: this.earlyConfirmed.get(r.spi) === peerGateway, state: "confirming", timer: null,
+      spi: r.spi, device, peer: r.peer, peerGateway, app: r.app, suite: r.suite, role, terms, replaces: r.replaces,
+      certs: { own: r.ownCert, peer: r.peerCert, peerGateway: r.peerGatewayCert },
+      seed: r.seed, localConfirmed: false, remoteConfirmed: this.earlyConfirmed.get(r.spi) === peerGateway, state: "confirming", rekeying: false, timer: null,
     };
     this.earlyConfirmed.delete(r.spi);
     this.sessions.set(s.spi, s);
     s.timer = setTimeout(() => this.end(s, CloseReason.PeerGone, "the devices did not confirm their keys in time", true), ctx.settings.answerTimeoutMs);
-    const { lifetime, limit } = ctx.settings;
-    ctx.send(device, { t: Msg.SaInstall, rid, spi: s.spi, peer: s.peer, app: s.app, suite: s.suite, seed: r.seed, role, lifetime, limit, replaces: 0 });
-    ctx.log.info("xsession-keys-distributed", { device, peer: s.peer, app: s.app, spi: s.spi, suite: s.suite, gateway: peerGateway });
+    ctx.send(device, { t: Msg.SaInstall, rid, spi: s.spi, peer: s.peer, app: s.app, suite: s.suite, seed: r.seed, role, lifetime: terms.lifetime, limit: terms.limit, replaces: s.replaces });
+    ctx.log.info("xsession-keys-distributed", { device, peer: s.peer, app: s.app, spi: s.spi, suite: s.suite, gateway: peerGateway, replaces: s.replaces || undefined });
   }
 
   private confirmLocal(s: CrossSession, tag: Uint8Array): void {
@@ -414,49 +575,82 @@ export class CrossGateway implements SessionHook {
     s.seed = null;
     s.localConfirmed = true;
     this.opts.interlink
-      .request(s.peerGateway, XGW_CONFIRMED, new Map<string, unknown>([["spi", s.spi]]))
+      .request(s.peerGateway, xm.XGW_CONFIRMED, xm.confirmedBody(s.spi))
       .catch((e: unknown) => this.end(s, CloseReason.PeerGone, `the peer gateway did not take our confirmation: ${e instanceof Error ? e.message : String(e)}`, false));
     this.maybeUp(s);
   }
 
   private maybeUp(s: CrossSession): void {
-    if (s.state !== "confirming" || !s.localConfirmed || !s.remoteConfirmed || !this.sessions.has(s.spi)) return;
+    if (s.state !== "confirming" || !s.localConfirmed || !s.remoteConfirmed || this.sessions.get(s.spi) !== s) return;
     const { ctx } = this;
     if (s.timer) clearTimeout(s.timer);
     s.state = "up";
-    s.timer = setTimeout(() => this.end(s, CloseReason.Expired, "lifetime over", false), (ctx.settings.lifetime + 5) * 1000);
+    s.timer = setTimeout(() => this.end(s, CloseReason.Expired, "lifetime over", false), (s.terms.lifetime + 5) * 1000);
     this.stats.up++;
-    ctx.send(s.device, { t: Msg.Connected, spi: s.spi, replaces: 0 });
-    ctx.log.info("xsession-up", { device: s.device, peer: s.peer, app: s.app, spi: s.spi, gateway: s.peerGateway });
-    ctx.store.audit(ctx.now(), s.device, "session-up", `peer=${s.peer} app=${s.app} spi=${s.spi.toString(16).padStart(8, "0")} via=${s.peerGateway}`);
+    ctx.send(s.device, { t: Msg.Connected, spi: s.spi, replaces: s.replaces });
+    const event = s.replaces ? "xsession-rekeyed" : "xsession-up";
+    ctx.log.info(event, { device: s.device, peer: s.peer, app: s.app, spi: s.spi, gateway: s.peerGateway, replaces: s.replaces || undefined });
+    ctx.store.audit(ctx.now(), s.device, s.replaces ? "session-rekeyed" : "session-up", `peer=${s.peer} app=${s.app} spi=${hex32(s.spi)} via=${s.peerGateway}`);
+    if (s.replaces) this.retire(s.replaces);
   }
 
-  /** Ends an SA here; notifyPeer tells the other gateway, which ends it at its device. */
+  /** A replaced SA keeps carrying frames in flight for the overlap, then goes (the devices retire
+   *  their copies by themselves). */
+  private retire(spi: number): void {
+    const old = this.sessions.get(spi);
+    if (!old) return;
+    old.state = "retiring";
+    if (old.timer) clearTimeout(old.timer);
+    old.timer = setTimeout(() => {
+      if (this.sessions.get(spi) === old) this.sessions.delete(spi);
+    }, this.ctx.settings.overlapMs);
+  }
+
+  /** Ends every SA that `which` picks, at both ends; replaced ones go without a word (see end). */
+  private endWhere(which: (s: CrossSession) => boolean, reason: CloseReason, why: string): void {
+    const picked = [...this.sessions.values()].filter(which);
+    for (const s of picked) if (s.state !== "retiring") this.end(s, reason, why, true);
+    for (const s of picked) this.forgetRetired(s);
+  }
+
+  /** Drops a replaced SA still carrying frames in flight, without a word to anyone: the device drops
+   *  it with its replacement (firmware/handset.ts sa_). */
+  private forgetRetired(s: CrossSession): void {
+    if (this.sessions.get(s.spi) !== s || s.state !== "retiring") return;
+    this.sessions.delete(s.spi);
+    if (s.timer) clearTimeout(s.timer);
+  }
+
+  /** Ends an SA here, and a replacement of it still being set up, and the SA it replaced if that one
+   *  still carries stragglers; notifyPeer tells the other gateway, which ends it at its device. */
   private end(s: CrossSession, reason: CloseReason, why: string, notifyPeer: boolean): void {
     if (this.sessions.get(s.spi) !== s) return;
     this.sessions.delete(s.spi);
     if (s.timer) clearTimeout(s.timer);
     if (s.seed) s.seed.fill(0);
+    const predecessor = s.replaces ? this.sessions.get(s.replaces) : undefined;
+    if (predecessor) this.forgetRetired(predecessor);
     this.stats.ended++;
     this.ctx.send(s.device, { t: Msg.SaClosed, spi: s.spi, reason });
     this.ctx.log.info("xsession-down", { device: s.device, peer: s.peer, app: s.app, spi: s.spi, reason: why });
-    this.ctx.store.audit(this.ctx.now(), s.device, "session-down", `peer=${s.peer} spi=${s.spi.toString(16).padStart(8, "0")} ${why}`);
+    this.ctx.store.audit(this.ctx.now(), s.device, "session-down", `peer=${s.peer} spi=${hex32(s.spi)} ${why}`);
     if (notifyPeer && !this.closed) {
-      const peerReason = reason === CloseReason.Bye ? CloseReason.Bye : CloseReason.PeerGone;
-      void this.opts.interlink.request(s.peerGateway, XGW_BYE, new Map<string, unknown>([["spi", s.spi], ["reason", peerReason]])).catch(() => undefined);
+      const peerReason = reason === CloseReason.Bye || reason === CloseReason.Revoked ? reason : CloseReason.PeerGone;
+      void this.opts.interlink.request(s.peerGateway, xm.XGW_BYE, xm.byeBody(s.spi, peerReason)).catch(() => undefined);
     }
+    for (const o of [...this.sessions.values()]) if (o.replaces === s.spi && o.state === "confirming") this.end(o, reason, why, notifyPeer);
   }
 
-  /** A session of ours with this SPI that the sending gateway is party to. */
-  private peerSession(req: InterlinkRequest, what: string): { s: CrossSession | undefined; spi: number; m: Map<unknown, unknown> } {
-    const { spi, m } = spiField(req.body, what);
+  /** Our session with this SPI, if the sending gateway is party to it. */
+  private peerSession(req: InterlinkRequest, spi: number): CrossSession | undefined {
     const s = this.sessions.get(spi);
-    if (s && s.peerGateway !== req.from) throw new InterlinkError("malformed", `${what}: "${req.from}" is not party to this SPI`);
-    return { s, spi, m };
+    if (s && s.peerGateway !== req.from) throw new InterlinkError("malformed", `${req.type}: "${req.from}" is not party to this SPI`);
+    return s;
   }
 
   private onConfirmed(req: InterlinkRequest): { body: unknown } {
-    const { s, spi } = this.peerSession(req, XGW_CONFIRMED);
+    const spi = xm.readConfirmed(req.body);
+    const s = this.peerSession(req, spi);
     if (!s) {
       // Our install may still be on its way (msg4's answer and this request travel separately).
       if (this.earlyConfirmed.size < 1024) this.earlyConfirmed.set(spi, req.from);
@@ -468,21 +662,77 @@ export class CrossGateway implements SessionHook {
   }
 
   private onSaFrame(req: InterlinkRequest): { body: unknown } {
-    const { s, m } = this.peerSession(req, XGW_SA);
-    const frame = m.get("frame");
-    if (!(frame instanceof Uint8Array)) throw new InterlinkError("malformed", `${XGW_SA}: frame must be bytes`);
-    if (!s || s.state !== "up" || !this.ctx.relay(s.device, frame)) {
+    const { spi, frame } = xm.readFrame(req.body);
+    const s = this.peerSession(req, spi);
+    if (!s || s.state === "confirming" || !this.ctx.relay(s.device, frame)) {
       this.stats.relayDropped++;
-      throw new InterlinkError("malformed", `${XGW_SA}: no live SA with this SPI here`);
+      throw new InterlinkError("malformed", `${xm.XGW_SA}: no live SA with this SPI here`);
     }
     this.stats.relayed++;
     return { body: 0 };
   }
 
   private onBye(req: InterlinkRequest): { body: unknown } {
-    const { s, spi, m } = this.peerSession(req, XGW_BYE);
+    const { spi, reason } = xm.readBye(req.body);
+    const s = this.peerSession(req, spi);
     this.earlyConfirmed.delete(spi);
-    if (s) this.end(s, m.get("reason") === CloseReason.Bye ? CloseReason.Bye : CloseReason.PeerGone, `the peer gateway ${req.from} ended it`, false);
+    if (s) this.end(s, reason, `the peer gateway ${req.from} ended it${reason === CloseReason.Revoked ? " (revoked)" : ""}`, false);
     return { body: 0 };
+  }
+
+  // --- certificate queries across domains (seed 000 claims 6, 11) ---------------------------------
+
+  /** Our device asks for the certificate of a device in another domain: its home gateway answers
+   *  only with one valid now, and we pass it on only if the verifier says it is good now. */
+  private async certQuery(deviceId: string, rid: number, name: string, domain: string): Promise<void> {
+    const { ctx } = this;
+    this.stats.certQueries++;
+    const notFound = (reason: string): void => {
+      ctx.log.info("cert-query-not-found", { device: deviceId, name, reason });
+      ctx.send(deviceId, { t: Msg.Error, rid, code: ErrorCode.NotFound });
+    };
+    const own = ctx.store.getRegistration(deviceId);
+    if (!own || own.expiresAt <= ctx.now()) {
+      ctx.log.warn("request-rejected", { device: deviceId, reason: "caller is not registered", request: "cert-query" });
+      ctx.send(deviceId, { t: Msg.Error, rid, code: ErrorCode.NotRegistered });
+      return;
+    }
+    if (!ctx.policy.permits(deviceId, name, "cert")) return notFound("policy denies it");
+    try {
+      const body = await this.opts.interlink.request(domain, xm.XGW_CERT, xm.certQueryBody(`${deviceId}@${ctx.gatewayId}`, name), { secret: true, timeoutMs: CONNECT_BUDGET_MS });
+      const a = xm.readCertAnswer(body);
+      if ("refused" in a) return notFound(`the home gateway answered ${a.refused}`);
+      const verdict = await this.opts.checker.check(a.cert, [a.gatewayCert], ctx.now());
+      if (verdict.status !== "good") return notFound(`the home gateway's answer is ${verdict.status}: ${verdict.reason}`);
+      if (verdict.subject !== name) return notFound(`the home gateway answered with a certificate for "${verdict.subject}"`);
+      ctx.log.info("cert-query", { device: deviceId, name, gateway: domain });
+      ctx.send(deviceId, { t: Msg.CertAnswer, rid, cert: a.cert });
+    } catch (e) {
+      notFound(reasonOf(e));
+    }
+  }
+
+  /** Another gateway asks for one of our devices' certificates: only a certificate valid now, and the
+   *  same "not found" for every reason (unknown, expired, revoked, denied). */
+  private onCertQuery(req: InterlinkRequest): { body: unknown } {
+    const { ctx } = this;
+    const q = xm.readCertQuery(req.body);
+    if (splitDeviceName(q.from)?.domain !== req.from) throw new InterlinkError("untrusted-peer", `"${req.from}" cannot ask in the name of "${q.from}"`);
+    const id = localDeviceId(q.name, ctx.gatewayId);
+    const reg = id === undefined ? undefined : ctx.store.getRegistration(id);
+    const dev = id === undefined ? undefined : ctx.store.getDevice(id);
+    const why =
+      id === undefined || !dev ? "no such device here"
+      : dev.revokedAt !== null ? "the device is revoked"
+      : this.selfRevoked ? "this gateway is revoked"
+      : !ctx.policy.permits(q.from, id, "cert") ? "policy denies it"
+      : !reg || reg.expiresAt <= ctx.now() || !reg.cert ? "no certificate valid now"
+      : "";
+    if (why || !reg?.cert) {
+      ctx.log.info("cert-query-not-found", { device: id, name: q.name, from: q.from, reason: why });
+      return { body: xm.refusalBody("not-found") };
+    }
+    ctx.log.info("cert-query", { device: id, name: q.name, from: q.from });
+    return { body: xm.certAnswerBody(reg.cert, this.opts.gatewayCert) };
   }
 }

@@ -158,6 +158,21 @@ export function deviceName(deviceId: string, gatewayId: string): string {
   return `${deviceId}@${gatewayId}`;
 }
 
+/** "name@domain" as its two parts, or undefined when s is not a device name. */
+export function splitDeviceName(s: string): { name: string; domain: string } | undefined {
+  if (!isDeviceName(s)) return undefined;
+  const at = s.indexOf("@");
+  return { name: s.slice(0, at), domain: s.slice(at + 1) };
+}
+
+/** The device id a name means at the gateway gatewayId: a bare id, or "id@gatewayId"; undefined for a
+ *  name in another domain (or not a name at all). */
+export function localDeviceId(s: string, gatewayId: string): string | undefined {
+  if (!s.includes("@")) return s;
+  const n = splitDeviceName(s);
+  return n && n.domain === gatewayId ? n.name : undefined;
+}
+
 // ---------------------------------------------------------------------------------------------------
 // gateway certificates
 
@@ -451,7 +466,7 @@ export interface TrustAnchor {
 }
 
 /** Write then rename, so a crash leaves the old file or the whole new one. */
-function writeFileAtomic(file: string, data: string | Uint8Array, mode: number): void {
+export function writeFileAtomic(file: string, data: string | Uint8Array, mode: number): void {
   const tmp = `${file}.${process.pid}.tmp`;
   writeFileSync(tmp, data, { mode });
   chmodSync(tmp, mode);

@@ -5,7 +5,12 @@ import { mkdirSync, chmodSync } from "node:fs";
 import { join } from "node:path";
 import * as cbor from "./cbor.ts";
 import { nodeCrypto, type GatewayCrypto } from "./crypto.ts";
+import { CrossGateway, DEFAULT_RECHECK_MS } from "./crossgw.ts";
+import type { Fleet, GatewayCredentials } from "./fleet.ts";
+import { FleetTrust } from "./fleet-trust.ts";
 import { loadOrCreateGatewayKey } from "./identity.ts";
+import { Interlink } from "./interlink.ts";
+import { checkerTrust } from "./verifier.ts";
 import { LinkServer } from "./link-server.ts";
 import { Logger } from "./log.ts";
 import { startMonitoring, type MqttOptions, type Monitoring } from "./monitor.ts";
@@ -36,6 +41,21 @@ export interface GatewayOptions {
   /** Extra session handling offered every session message and SA frame first (cross-gateway sessions:
    *  gateway/crossgw.ts). Default: none, and sessions stay inside this gateway. */
   sessionHook?: (ctx: SessionHookContext) => SessionHook;
+  /** Sessions across gateways (docs/FLEET.md): this gateway's fleet credentials. Needs `mqtt`: the
+   *  interlink to other gateways runs over the same broker. Default: none. */
+  fleet?: FleetOptions | ((gatewayId: string) => FleetOptions);
+}
+
+export interface FleetOptions {
+  credentials: GatewayCredentials;
+  /** A lone development gateway's own fleet (loadGatewayCredentials made it): it re-signs its list. */
+  devFleet?: Fleet;
+  /** How often every live SA across gateways is judged again, ms (default 30 s). */
+  recheckMs?: number;
+  /** Longest a verifier's "good" answer is cached, seconds (default 300). */
+  maxAnswerLifetime?: number;
+  /** The interlink's MQTT version (default "auto": 5, or 3.1.1 where the broker refuses 5). */
+  protocolVersion?: 4 | 5 | "auto";
 }
 
 /** What a session hook may use: the gateway's own parts. */
@@ -51,14 +71,18 @@ export interface SessionHookContext {
   send: (deviceId: string, m: InnerMessage) => boolean;
   relay: (deviceId: string, payload: Uint8Array) => boolean;
   isLinked: (deviceId: string) => boolean;
+  /** Revokes a device of this gateway (Gateway.revokeDevice). */
+  revokeDevice: (deviceId: string, why: string) => boolean;
 }
 
-/** Each method returns true when it took the message; false leaves it to the session broker. */
+/** handle and relay return true when they took the message; false leaves it to the gateway (the
+ *  registrar, the session broker). */
 export interface SessionHook {
+  /** Every inner message from a device, before the registrar or the session broker sees it. */
   handle(deviceId: string, m: InnerMessage): boolean;
   relay(deviceId: string, m: SaData, payload: Uint8Array): boolean;
-  /** The device's sessions must end (deregistered). */
-  deviceGone(deviceId: string): void;
+  /** Every session of the device must end (lost link, reboot, deregistration, revocation). */
+  deviceGone(deviceId: string, reason: CloseReason, why: string): void;
   close(): void;
 }
 
@@ -70,6 +94,39 @@ export function openStore(dataDir: string): Store {
 }
 
 /** Session settings with defaults, the SA lifetime held under the ceiling timers allow. */
+/** Fleet trust, the interlink over the gateway's broker, and the cross-gateway hook on top. */
+async function startFleet(f: FleetOptions, gw: Gateway, ctx: SessionHookContext, url: string, dataDir: string): Promise<CrossGateway> {
+  const { credentials } = f;
+  if (credentials.gatewayId !== gw.id) throw new Error(`the fleet certificate is for gateway "${credentials.gatewayId}", this gateway is "${gw.id}"`);
+  const trust = new FleetTrust({ dataDir, anchor: credentials.anchor, log: gw.log, now: ctx.now, verifierId: gw.id, devFleet: f.devFleet, maxAnswerLifetime: f.maxAnswerLifetime });
+  const interlink = await Interlink.connect({
+    url, identity: credentials, trust: checkerTrust(trust.checker), now: ctx.now, log: gw.log, protocolVersion: f.protocolVersion ?? "auto",
+  });
+  try {
+    const cross = new CrossGateway(ctx, { interlink, gatewayCert: credentials.certificate, checker: trust.checker, recheckMs: f.recheckMs ?? DEFAULT_RECHECK_MS });
+    trust.onList((list) => cross.revocationList(list));
+    // The list held from the last run applies at once (a device revoked while we were down).
+    if (trust.list) cross.revocationList(trust.list);
+    await trust.attach(interlink);
+    gw.interlink = interlink;
+    gw.trust = trust;
+    gw.log.info("interlink-started", { gateway: gw.id, fleet: credentials.anchor.fleetId, revocationSerial: trust.list?.serial ?? 0 });
+    return cross;
+  } catch (e) {
+    trust.close();
+    await interlink.close();
+    throw e;
+  }
+}
+
+function revoke(store: Store, sessions: SessionBroker, links: LinkServer, log: Logger, now: () => number, deviceId: string, why: string): boolean {
+  if (!store.revokeDevice(deviceId, now(), why)) return false;
+  log.warn("device-revoked", { device: deviceId, reason: why });
+  sessions.endAll(deviceId, CloseReason.Revoked, `revoked: ${why}`);
+  links.disconnect(deviceId, "device revoked");
+  return true;
+}
+
 function sessionSettings(s: Partial<SessionSettings> | undefined): SessionSettings {
   const out = { ...DEFAULT_SESSIONS, ...s };
   if (!(out.lifetime >= 1 && out.lifetime <= LIFETIME_CEILING)) throw new Error(`session lifetime must be 1 to ${LIFETIME_CEILING} seconds, got ${out.lifetime}`);
@@ -105,18 +162,25 @@ export class Gateway {
       const relay = (dev: string, payload: Uint8Array) => links!.relayTo(dev, payload);
       const isLinked = (dev: string) => links!.links.has(dev);
       const settings = sessionSettings(opts.sessions);
-      const sessions = new SessionBroker({ store, policy, log, crypto, cbor, now, send, relay, isLinked, settings });
-      const hook = opts.sessionHook?.({ gatewayId: id, store, policy, log, crypto, now, sessions, settings, send, relay, isLinked });
+      let hook: SessionHook | undefined;
+      // Whenever the broker ends every session of a device, the hook ends that device's others.
+      const onEndAll = (dev: string, reason: CloseReason, why: string) => hook?.deviceGone(dev, reason, why);
+      const sessions = new SessionBroker({ store, policy, log, crypto, cbor, now, send, relay, isLinked, settings, gatewayId: id, onEndAll });
+      const revokeDevice = (dev: string, why: string) => revoke(store, sessions, links!, log, now, dev, why);
+      const ctx: SessionHookContext = { gatewayId: id, store, policy, log, crypto, now, sessions, settings, send, relay, isLinked, revokeDevice };
+      if (opts.fleet && (opts.sessionHook || !opts.mqtt)) throw new Error(opts.sessionHook ? "fleet and sessionHook exclude each other" : "sessions across gateways need MQTT (the interlink runs over it)");
+      hook = opts.sessionHook?.(ctx);
       const registrar = new Registrar({
         store, log, crypto, permissions: policy, gatewayId: id, gatewayKey: key, policy: { ...DEFAULT_POLICY, ...opts.policy }, now,
-        onDeregistered: (dev) => {
-          hook?.deviceGone(dev);
-          sessions.endAll(dev, CloseReason.Deregistered, "deregistered");
-        },
+        onDeregistered: (dev) => sessions.endAll(dev, CloseReason.Deregistered, "deregistered"),
       });
       links = new LinkServer({
         store, log, crypto, cbor, now,
-        onInner: (dev, m) => (m.t >= Msg.ConnectRequest ? hook?.handle(dev, m) || sessions.handle(dev, m) : links!.sendTo(dev, registrar.handle(dev, m))),
+        onInner: (dev, m) => {
+          if (hook?.handle(dev, m)) return;
+          if (m.t >= Msg.ConnectRequest) sessions.handle(dev, m);
+          else links!.sendTo(dev, registrar.handle(dev, m));
+        },
         onSaData: (dev, m, payload) => hook?.relay(dev, m, payload) || sessions.relay(dev, m, payload),
         onLink: (dev, up) => (up ? sessions.linkUp(dev) : sessions.linkDown(dev)),
       });
@@ -124,8 +188,19 @@ export class Gateway {
       const address = await links.listen(want.host, want.port);
       const gw = new Gateway(store, links, address, id, log, sessions, policy);
       gw.hook = hook;
+      gw.revokeDevice = revokeDevice;
       // Before "gateway-started", so that the record is the first event on MQTT.
       if (opts.mqtt) gw.monitoring = await startMonitoring(opts.mqtt, { gatewayId: id, listen: `${address.host}:${address.port}`, store, links, log, now }).catch(async (e) => { await links.close(); throw e; });
+      if (opts.fleet && gw.monitoring) {
+        try {
+          const fleet = typeof opts.fleet === "function" ? opts.fleet(id) : opts.fleet;
+          hook = gw.hook = await startFleet(fleet, gw, ctx, gw.monitoring.connectUrl, opts.dataDir);
+        } catch (e) {
+          await links.close();
+          await gw.monitoring.stop();
+          throw e;
+        }
+      }
       log.info("gateway-started", { id, listen: `${address.host}:${address.port}`, dataDir: opts.dataDir });
       return gw;
     } catch (e) {
@@ -134,10 +209,18 @@ export class Gateway {
     }
   }
 
+  /** Revokes a device of this gateway: its joins are refused from now on, its registration goes, every
+   *  session it has (here and across gateways) ends and its link is closed. False if it was revoked
+   *  already or is unknown. */
+  revokeDevice!: (deviceId: string, why: string) => boolean;
+
   /** MQTT monitoring, when GatewayOptions.mqtt asked for it. */
   monitoring?: Monitoring;
-  /** The session hook, when GatewayOptions.sessionHook made one. */
+  /** The session hook: GatewayOptions.sessionHook's, or the CrossGateway that GatewayOptions.fleet made. */
   hook?: SessionHook;
+  /** With GatewayOptions.fleet: the link to other gateways and what this gateway trusts. */
+  interlink?: Interlink;
+  trust?: FleetTrust;
 
   async stop(): Promise<void> {
     // Links first: closing them reports each device's link as lost to the broker, which would start
@@ -145,6 +228,8 @@ export class Gateway {
     await this.links.close();
     this.sessions.close();
     this.hook?.close();
+    this.trust?.close();
+    await this.interlink?.close().catch(() => undefined);
     await this.monitoring?.stop(); // after the links (their last states), before the store closes
     this.store.close();
     this.log.info("gateway-stopped", { id: this.id });

@@ -127,8 +127,9 @@ export interface InterlinkOptions {
   trust: PeerTrust;
   /** Seconds since the epoch (tests pass a clock they control). */
   now?: () => number;
-  /** 5 (default) or 4 for MQTT 3.1.1 brokers such as aedes. */
-  protocolVersion?: 4 | 5;
+  /** 5 (default) or 4 for MQTT 3.1.1 brokers such as aedes; "auto" tries 5 and falls back to 4 when
+   *  the broker refuses it ("Unacceptable protocol version"). */
+  protocolVersion?: 4 | 5 | "auto";
   /** Largest accepted clock difference, seconds (default 60). */
   maxSkew?: number;
   /** Most msgIds remembered (default 10,000). */
@@ -350,6 +351,7 @@ export class Interlink {
   private readonly pending = new Map<string, Pending>();
   private readonly peerCerts = new Map<string, Uint8Array>();
   private readonly rejectListeners = new Set<(r: Rejection) => void>();
+  private readonly watched = new Map<string, (payload: Uint8Array) => void>();
   private readonly dedupe: DedupeWindow;
   private readonly now: () => number;
   private closed = false;
@@ -369,6 +371,14 @@ export class Interlink {
 
   /** Connects, subscribes to its own requests and responses and publishes its certificate (retained). */
   static async connect(opts: InterlinkOptions): Promise<Interlink> {
+    if (opts.protocolVersion === "auto") {
+      try {
+        return await Interlink.connect({ ...opts, protocolVersion: 5 });
+      } catch (e) {
+        if ((e as { code?: unknown }).code !== 1) throw e; // 1: unacceptable protocol version
+        return Interlink.connect({ ...opts, protocolVersion: 4 });
+      }
+    }
     const id = opts.identity.gatewayId;
     if (!isGatewayId(id)) throw new InterlinkError("malformed", `gateway id "${id}" cannot name an MQTT topic level`);
     const protocolVersion = opts.protocolVersion ?? 5;
@@ -389,6 +399,18 @@ export class Interlink {
   /** Registers the handler for one request type (replacing any earlier one). */
   handle(type: string, handler: Handler): void {
     this.handlers.set(type, handler);
+  }
+
+  /** Subscribes to a topic outside the interlink's own (the fleet's revocation list, say) and hands
+   *  every message on it to fn, which must judge it: nothing on such a topic is trusted by this class. */
+  async watch(topic: string, fn: (payload: Uint8Array) => void): Promise<void> {
+    this.watched.set(topic, fn);
+    await this.client.subscribeAsync(topic, { qos: 1 });
+  }
+
+  /** Publishes a retained message (QoS 1) and waits for the broker to take it. */
+  async publishRetained(topic: string, payload: Uint8Array): Promise<void> {
+    await this.client.publishAsync(topic, Buffer.from(payload), { qos: 1, retain: true });
   }
 
   /** Calls fn for every rejected message; returns the function that stops it. */
@@ -465,6 +487,15 @@ export class Interlink {
   }
 
   private async receive(topic: string, bytes: Uint8Array): Promise<void> {
+    const watcher = this.watched.get(topic);
+    if (watcher) {
+      try {
+        watcher(bytes);
+      } catch (e) {
+        this.opts.log?.warn("interlink-watch-failed", { topic, error: e instanceof Error ? e.message : String(e) });
+      }
+      return;
+    }
     const isRequest = topic === requestsTopic(this.gatewayId);
     if (!isRequest && topic !== responsesTopic(this.gatewayId)) return; // a certificate lookup
     let e: Envelope | undefined;

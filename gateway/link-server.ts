@@ -137,14 +137,19 @@ export class Connection {
     d.log.info("joined", { device: m.id, counter: m.ctr, suite: m.suite, peer: this.socket.remoteAddress });
   }
 
-  close(reason: string): void {
+  /** Closes the link. flush: what was written already still goes out (the SaClosed messages before a
+   *  revocation closes a link), then the socket ends; otherwise it is destroyed at once. */
+  close(reason: string, flush = false): void {
     if (this.state.k === "closed") return;
     const id = this.deviceId;
     if (this.state.k === "linked") wipeLink(this.state.link);
     this.state = { k: "closed" };
     const wasLive = !!id && this.server.links.get(id) === this;
     this.server.forget(this, id);
-    this.socket.destroy();
+    if (flush) {
+      this.socket.end();
+      setTimeout(() => this.socket.destroy(), 2000).unref();
+    } else this.socket.destroy();
     if (wasLive) this.server.deps.onLink(id as string, false);
     this.server.deps.log.info("link-closed", { device: id, reason });
   }
@@ -200,6 +205,15 @@ export class LinkServer {
     const c = this.links.get(deviceId);
     if (!c || c.state.k !== "linked") return false;
     c.socket.write(encodeFrame(payload, zlib.crc32));
+    return true;
+  }
+
+  /** Closes a device's live link (it was revoked, say) after what was sent to it has gone out; false
+   *  when it has none. */
+  disconnect(deviceId: string, reason: string): boolean {
+    const c = this.links.get(deviceId);
+    if (!c) return false;
+    c.close(reason, true);
     return true;
   }
 

@@ -468,6 +468,8 @@ export type MqttOptions = ({ url: string } | { embedded: { host: string; port: n
 export interface Monitoring {
   /** The broker published to (without credentials). */
   readonly url: string;
+  /** The same with credentials, for other clients of this gateway (the interlink). Never log it. */
+  readonly connectUrl: string;
   readonly publisher: MqttPublisher;
   stop(): Promise<void>;
 }
@@ -493,6 +495,7 @@ export async function startMonitoring(opts: MqttOptions, deps: PublisherDeps): P
   const publisher = new MqttPublisher(deps, { ...opts, url });
   return {
     url: redactUrl(url),
+    connectUrl: url,
     publisher,
     stop: async () => {
       await publisher.stop();

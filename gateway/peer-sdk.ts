@@ -4,40 +4,37 @@
 // itself, so no gateway ever holds its keys.
 //
 // To the fleet it looks like a gateway with one device: it speaks the interlink under a gateway
-// certificate for its own domain (from the fleet CA), and presents a device certificate for its name
-// signed by that gateway key. It calls (connect) and can be called (onRequest), with the messages
-// gateway/crossgw.ts speaks: kp.x.1 and kp.x.3 for the exchange, kp.x.confirmed, kp.x.sa, kp.x.bye.
-// Its own key confirmation is immediate: it installed the keys itself.
+// certificate for its own domain (from the fleet CA: `keyproxy fleet issue-gateway --data-dir`), and
+// presents a device certificate for its name signed by that gateway key. It calls (connect) and can
+// be called (onRequest), with the interlink messages of gateway/crossgw-messages.ts. Its own key
+// confirmation is immediate: it installed the keys itself.
 //
-// Not here yet: rekey, and SA lifetime and message limits on this side (the handset enforces its own).
+// Like a handset it keeps each SA within its lifetime and message limit (the smaller of its own and
+// the other gateway's), and asks for a new SA at 80% of either; rekeys run as between gateways (the
+// SA's initiator runs the exchange) and the application keeps one PeerSession object throughout.
+// Like a gateway it judges every SA's certificates again when a newer fleet revocation list arrives.
 
-import { toHex } from "../firmware/bytes.ts";
+import { randomBytes } from "node:crypto";
+import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
 import type { SymCrypto } from "../firmware/crypto/types.ts";
+import { REKEY_AT } from "../firmware/handset.ts";
 import { DIR_DOWN, DIR_UP, deriveSaKeys } from "../firmware/proto/keys.ts";
 import { openFrame, sealFrame, wipeLink, type Link } from "../firmware/proto/link.ts";
 import { CloseReason, Msg } from "../firmware/proto/messages.ts";
 import * as cbor from "./cbor.ts";
+import * as xm from "./crossgw-messages.ts";
 import { nodeCrypto } from "./crypto.ts";
-import { XGW_BYE, XGW_CONFIRMED, XGW_MSG1, XGW_MSG3, XGW_SA } from "./crossgw.ts";
-import {
-  decodeMsg1,
-  decodeMsg2,
-  decodeMsg3,
-  decodeMsg4,
-  encodeMsg1,
-  encodeMsg2,
-  encodeMsg3,
-  encodeMsg4,
-  ExchangeError,
-  Initiator,
-  Responder,
-  SeenSessions,
-  type ExchangeResult,
-  type LocalParty,
-} from "./exchange.ts";
-import { InterlinkError, type Interlink, type InterlinkRequest } from "./interlink.ts";
+import { issueCertificate } from "./cwt.ts";
+import { ed25519FromSeed, generateEd25519 } from "./ed25519.ts";
+import { decodeMsg1, decodeMsg2, decodeMsg3, decodeMsg4, encodeMsg1, encodeMsg2, encodeMsg3, encodeMsg4, ExchangeError, Initiator, Responder, SeenSessions, type ExchangeResult, type LocalParty } from "./exchange.ts";
+import { loadGatewayCredentials, splitDeviceName, writeFileAtomic } from "./fleet.ts";
+import { FleetTrust } from "./fleet-trust.ts";
+import { Interlink, InterlinkError, type InterlinkRequest } from "./interlink.ts";
+import { Logger } from "./log.ts";
 import { matchSettings, suiteCandidates } from "./matching.ts";
-import type { CertificateChecker } from "./verifier.ts";
+import { DEFAULT_SESSIONS } from "./sessions.ts";
+import { checkerTrust, type CertificateChecker } from "./verifier.ts";
 
 export interface CapablePeerOptions {
   /** The peer's interlink (identity: its domain and the fleet's certificate for it). */
@@ -53,88 +50,217 @@ export interface CapablePeerOptions {
   crypto?: SymCrypto;
   /** How long to wait for the other side's device to confirm, ms (default 10,000). */
   confirmTimeoutMs?: number;
+  /** The SA lifetime (seconds) and message limit it offers; the other gateway may only lower them. */
+  lifetime?: number;
+  limit?: number;
+  /** How long a replaced SA still opens frames in flight, ms (default 10,000). */
+  overlapMs?: number;
 }
 
-/** One SA the peer holds itself. */
+/** Keys of one SA generation (a rekey makes the next one). */
+interface Generation {
+  spi: number;
+  link: Link;
+  terms: xm.SaTerms;
+  /** Seconds: when this generation's lifetime ends. */
+  expiresAt: number;
+  /** Frames opened under these keys. */
+  received: number;
+  remoteConfirmed: boolean;
+}
+
+/** One SA the peer holds itself. Its SPI changes at each rekey; the object stays. */
 export class PeerSession {
   /** Application data from the other end, in order of arrival. */
   onMessage?: (data: Uint8Array) => void;
   onClose?: (reason: CloseReason) => void;
   state: "confirming" | "up" | "closed" = "confirming";
-  private remoteConfirmed = false;
-  private upWaiters: { resolve: () => void; reject: (e: Error) => void; timer: NodeJS.Timeout } | undefined;
+  private current: Generation;
+  /** A replacement set up but not yet confirmed by the other end. */
+  private next: Generation | undefined;
+  /** Replaced generations, still opening frames in flight until the overlap ends. */
+  private readonly retired = new Map<number, { g: Generation; timer: NodeJS.Timeout }>();
+  private rekeying = false;
+  /** Senders waiting for a replacement SA (send() past the limit while a rekey runs). */
+  private readonly replacedWaiters = new Set<() => void>();
+  private upWaiter: { resolve: () => void; reject: (e: Error) => void; timer: NodeJS.Timeout } | undefined;
 
   constructor(
     private readonly owner: CapablePeer,
-    readonly spi: number,
+    /** 0: this peer initiated the SA (it runs the rekeys), 1: it answered. */
+    readonly role: 0 | 1,
     readonly peer: string,
     readonly peerGateway: string,
     readonly app: string,
     readonly suite: number,
-    private readonly link: Link,
-  ) {}
+    first: Generation,
+    /** The certificates the exchange presented, judged again on every revocation list. */
+    readonly certs: { peer: Uint8Array; peerGateway: Uint8Array },
+  ) {
+    this.current = first;
+  }
 
-  /** Sends data to the other end (sealed here; the gateways relay what they cannot read). */
+  /** The SPI frames are sent under now. */
+  get spi(): number {
+    return this.current.spi;
+  }
+
+  /** Sends data to the other end (sealed here; the gateways relay what they cannot read). Asks for a
+   *  new SA at 80% of the lifetime or limit; past either, waits for the replacement (up to the
+   *  confirmation timeout) and fails if none comes. */
   async send(data: Uint8Array): Promise<void> {
     if (this.state !== "up") throw new Error(`SA ${this.spi} is ${this.state}`);
-    const frame = sealFrame(this.owner.crypto, cbor, this.link, this.spi, data);
-    await this.owner.interlink.request(this.peerGateway, XGW_SA, new Map<string, unknown>([["spi", this.spi], ["frame", frame]]));
+    let g = this.current;
+    const usedUp = () => g.link.txSeq_ >= g.terms.limit || this.owner.now() >= g.expiresAt;
+    if (!this.rekeying && (g.link.txSeq_ >= g.terms.limit * REKEY_AT || this.owner.now() >= g.expiresAt - g.terms.lifetime * (1 - REKEY_AT))) {
+      this.rekeying = true;
+      void this.owner.rekey(this).catch(() => {
+        this.rekeying = false;
+        this.wakeSenders();
+      });
+    }
+    if (usedUp()) {
+      if (this.rekeying) await this.replaced(this.owner.confirmTimeoutMs);
+      if (this.state !== "up") throw new Error(`SA ${this.spi} is ${this.state}`);
+      g = this.current;
+      if (usedUp()) throw new Error(`SA ${g.spi} is used up (its limit or lifetime is reached and no replacement came)`);
+    }
+    const frame = sealFrame(this.owner.crypto, cbor, g.link, g.spi, data);
+    await this.owner.interlink.request(this.peerGateway, xm.XGW_SA, xm.frameBody(g.spi, frame));
   }
 
   /** Ends the SA here and at the other end. */
   async close(): Promise<void> {
     if (this.state === "closed") return;
+    const spi = this.spi;
     this.end(CloseReason.Bye);
-    await this.owner.interlink.request(this.peerGateway, XGW_BYE, new Map<string, unknown>([["spi", this.spi], ["reason", CloseReason.Bye]]));
+    await this.owner.interlink.request(this.peerGateway, xm.XGW_BYE, xm.byeBody(spi, CloseReason.Bye));
   }
 
-  /** @internal an SA frame payload from the other gateway. */
-  receive(payload: Uint8Array): void {
-    if (this.state !== "up") throw new InterlinkError("malformed", "SA frame before both ends confirmed");
+  /** @internal an SA frame payload from the other gateway, under any SPI of this session. */
+  receive(spi: number, payload: Uint8Array): void {
+    const g = spi === this.current.spi ? this.current : spi === this.next?.spi ? this.next : this.retired.get(spi)?.g;
+    if (this.state !== "up" || !g) throw new InterlinkError("malformed", "SA frame for no live SA here");
     let w: unknown;
     try {
       w = cbor.decode(payload);
     } catch {
       throw new InterlinkError("malformed", "SA frame is not CBOR");
     }
-    if (!Array.isArray(w) || w[0] !== Msg.SaData || w[1] !== this.spi || typeof w[2] !== "number" || !(w[3] instanceof Uint8Array)) {
+    if (!Array.isArray(w) || w[0] !== Msg.SaData || w[1] !== spi || typeof w[2] !== "number" || !(w[3] instanceof Uint8Array)) {
       throw new InterlinkError("malformed", "not an SA frame for this SPI");
     }
-    const plain = openFrame(this.owner.crypto, cbor, this.link, this.spi, w[2], w[3]);
+    if (g.received >= g.terms.limit) throw new InterlinkError("malformed", "SA frame past the SA's message limit");
+    const plain = openFrame(this.owner.crypto, cbor, g.link, spi, w[2], w[3]);
     if (typeof plain === "number") throw new InterlinkError("malformed", `SA frame dropped (reason ${plain})`);
+    g.received++;
     this.onMessage?.(plain);
   }
 
-  /** @internal the other end's device confirmed its keys. */
-  confirmed(): void {
-    this.remoteConfirmed = true;
-    if (this.state !== "confirming") return;
-    this.state = "up";
-    if (this.upWaiters) {
-      clearTimeout(this.upWaiters.timer);
-      this.upWaiters.resolve();
+  /** @internal the other end's device confirmed the keys of `spi`. */
+  confirmed(spi: number): void {
+    if (spi === this.current.spi) {
+      this.current.remoteConfirmed = true;
+      if (this.state !== "confirming") return;
+      this.state = "up";
+      if (this.upWaiter) {
+        clearTimeout(this.upWaiter.timer);
+        this.upWaiter.resolve();
+      }
+    } else if (spi === this.next?.spi) {
+      // The replacement is up at both ends: send under it from now on; the old keys open stragglers.
+      const old = this.current;
+      this.current = this.next;
+      this.next = undefined;
+      this.rekeying = false;
+      this.retired.set(old.spi, { g: old, timer: setTimeout(() => this.drop(old), this.owner.overlapMs).unref() });
+      this.wakeSenders();
     }
+  }
+
+  /** Resolves when a replacement is in use, the session ends, or ms pass. */
+  private replaced(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        this.replacedWaiters.delete(done);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      this.replacedWaiters.add(done);
+    });
+  }
+
+  private wakeSenders(): void {
+    for (const w of [...this.replacedWaiters]) w();
+  }
+
+  /** @internal a replacement generation (a rekey), not used for sending until the other end confirms. */
+  replaceWith(g: Generation): void {
+    if (this.next) this.drop(this.next);
+    this.next = g;
+    if (g.remoteConfirmed) this.confirmed(g.spi);
   }
 
   /** @internal resolves once both ends hold the keys. */
   whenUp(ms: number): Promise<void> {
     if (this.state === "up") return Promise.resolve();
     return new Promise((resolve, reject) => {
-      this.upWaiters = { resolve, reject, timer: setTimeout(() => { this.end(CloseReason.PeerGone); reject(new Error("the other end did not confirm its keys in time")); }, ms) };
-      if (this.remoteConfirmed) this.confirmed();
+      this.upWaiter = {
+        resolve, reject,
+        timer: setTimeout(() => {
+          this.end(CloseReason.PeerGone);
+          reject(new Error("the other end did not confirm its keys in time"));
+        }, ms),
+      };
+      if (this.current.remoteConfirmed) this.confirmed(this.current.spi);
     });
+  }
+
+  /** @internal every SPI this session answers to. */
+  spis(): number[] {
+    return [this.current.spi, ...(this.next ? [this.next.spi] : []), ...this.retired.keys()];
   }
 
   /** @internal */
   end(reason: CloseReason): void {
     if (this.state === "closed") return;
     this.state = "closed";
-    wipeLink(this.link);
-    if (this.upWaiters) clearTimeout(this.upWaiters.timer);
-    this.owner.forget(this.spi);
+    for (const g of [this.current, this.next, ...[...this.retired.values()].map((r) => r.g)]) if (g) this.drop(g);
+    if (this.upWaiter) clearTimeout(this.upWaiter.timer);
+    this.wakeSenders();
     this.onClose?.(reason);
   }
+
+  private drop(g: Generation): void {
+    wipeLink(g.link);
+    const r = this.retired.get(g.spi);
+    if (r) clearTimeout(r.timer);
+    this.retired.delete(g.spi);
+    this.owner.forget(g.spi, this);
+  }
 }
+
+/** What CapablePeer.start needs: a data directory set up by `keyproxy fleet issue-gateway --id <domain>
+ *  --data-dir <dir>`, the peer's name in that domain and the fleet's MQTT broker. */
+export interface CapablePeerStartOptions {
+  dataDir: string;
+  /** The peer's device name ("carol"); its domain is the certificate's gateway id. */
+  name: string;
+  /** The domain (gateway id) the fleet certified for this peer. */
+  domain: string;
+  /** mqtt://host:port of the broker the fleet's gateways use. */
+  mqtt: string;
+  suites?: number[][];
+  /** How long the peer's own device certificate is valid, seconds (default one day). */
+  certLifetime?: number;
+  log?: Logger;
+  lifetime?: number;
+  limit?: number;
+}
+
+const IDENTITY_FILE = "peer-identity.key";
+const AES_CCM = 10; // SUITE_AES_CCM_16_64_128: what every handset can run
 
 export class CapablePeer {
   /** Decides an incoming call (default: refuse), as a handset's onRequest does. */
@@ -143,18 +269,25 @@ export class CapablePeer {
   onSession?: (s: PeerSession) => void;
   readonly crypto: SymCrypto;
   readonly interlink: Interlink;
+  readonly now: () => number;
+  readonly overlapMs: number;
+  readonly confirmTimeoutMs: number;
   private readonly sessions = new Map<number, PeerSession>();
-  private readonly responders = new Map<string, Responder>();
+  private readonly responders = new Map<string, { r: Responder; terms: xm.SaTerms }>();
   private readonly earlyConfirmed = new Set<number>();
   private readonly seen = new SeenSessions();
-  private readonly now: () => number;
+  private readonly terms: xm.SaTerms;
+  /** Set by start(): what it opened, closed by close(). */
+  private owned: { trust: FleetTrust } | undefined;
 
   constructor(private readonly opts: CapablePeerOptions) {
     this.crypto = opts.crypto ?? nodeCrypto();
     this.interlink = opts.interlink;
     this.now = opts.now ?? (() => Math.floor(Date.now() / 1000));
-    const domain = opts.self.name.slice(opts.self.name.lastIndexOf("@") + 1);
-    if (domain !== opts.interlink.gatewayId) throw new TypeError(`"${opts.self.name}" is not in the interlink's domain "${opts.interlink.gatewayId}"`);
+    this.overlapMs = opts.overlapMs ?? DEFAULT_SESSIONS.overlapMs;
+    this.confirmTimeoutMs = opts.confirmTimeoutMs ?? 10_000;
+    this.terms = { lifetime: opts.lifetime ?? DEFAULT_SESSIONS.lifetime, limit: opts.limit ?? DEFAULT_SESSIONS.limit };
+    if (splitDeviceName(opts.self.name)?.domain !== opts.interlink.gatewayId) throw new TypeError(`"${opts.self.name}" is not a name in the interlink's domain "${opts.interlink.gatewayId}"`);
     const wrap = (f: (req: InterlinkRequest) => Promise<{ body: unknown }> | { body: unknown }) => async (req: InterlinkRequest) => {
       try {
         return await f(req);
@@ -162,11 +295,48 @@ export class CapablePeer {
         throw e instanceof ExchangeError ? new InterlinkError("malformed", `exchange refused (${e.code}): ${e.message}`) : e;
       }
     };
-    opts.interlink.handle(XGW_MSG1, wrap((req) => this.onMsg1(req)));
-    opts.interlink.handle(XGW_MSG3, wrap((req) => this.onMsg3(req)));
-    opts.interlink.handle(XGW_CONFIRMED, (req) => this.withSession(req, (s) => s.confirmed(), (spi) => this.earlyConfirmed.add(spi)));
-    opts.interlink.handle(XGW_SA, (req) => this.withSession(req, (s, m) => s.receive(m.get("frame") as Uint8Array)));
-    opts.interlink.handle(XGW_BYE, (req) => this.withSession(req, (s, m) => s.end(m.get("reason") === CloseReason.Bye ? CloseReason.Bye : CloseReason.PeerGone), () => undefined));
+    const link = opts.interlink;
+    link.handle(xm.XGW_MSG1, wrap((req) => this.onMsg1(req)));
+    link.handle(xm.XGW_MSG3, wrap((req) => this.onMsg3(req)));
+    link.handle(xm.XGW_CONFIRMED, (req) => this.withSession(req, xm.readConfirmed(req.body), (s, spi) => s.confirmed(spi), (spi) => this.earlyConfirmed.add(spi)));
+    link.handle(xm.XGW_SA, (req) => {
+      const { spi, frame } = xm.readFrame(req.body);
+      return this.withSession(req, spi, (s) => s.receive(spi, frame));
+    });
+    link.handle(xm.XGW_BYE, (req) => {
+      const { spi, reason } = xm.readBye(req.body);
+      return this.withSession(req, spi, (s) => s.end(reason), () => undefined);
+    });
+    link.handle(xm.XGW_REKEY, (req) => this.withSession(req, xm.readRekey(req.body), (s) => void this.rekey(s).catch(() => undefined)));
+  }
+
+  /**
+   * A peer from its data directory: the fleet's certificate for its domain and the trust anchor (from
+   * `keyproxy fleet issue-gateway --id <domain> --data-dir <dir>`), its own identity key (made there
+   * on first start, mode 0600) and a device certificate for name@domain that it signs itself. It
+   * listens for the fleet's revocation lists and judges its SAs again on each.
+   */
+  static async start(o: CapablePeerStartOptions): Promise<CapablePeer> {
+    const log = o.log ?? new Logger(() => undefined);
+    const now = () => Math.floor(Date.now() / 1000);
+    const { credentials } = loadGatewayCredentials(o.dataDir, o.domain, now(), false);
+    const identity = loadOrCreateIdentity(o.dataDir);
+    const t = now();
+    const cert = issueCertificate(
+      { iss: o.domain, sub: o.name, iat: t, nbf: t, exp: t + (o.certLifetime ?? 86_400), cti: new Uint8Array(randomBytes(16)), publicKey: identity.publicKey },
+      credentials.signing.seed,
+    );
+    const trust = new FleetTrust({ dataDir: o.dataDir, anchor: credentials.anchor, log, now, verifierId: o.domain });
+    const interlink = await Interlink.connect({ url: o.mqtt, identity: credentials, trust: checkerTrust(trust.checker), now, log, protocolVersion: "auto" });
+    const peer = new CapablePeer({
+      interlink, checker: trust.checker, now, lifetime: o.lifetime, limit: o.limit,
+      self: { name: `${o.name}@${o.domain}`, identitySeed: identity.seed, cert, gatewayCert: credentials.certificate },
+      suites: o.suites ?? [[AES_CCM, 1]],
+    });
+    peer.owned = { trust };
+    trust.onList(() => void peer.recheck());
+    await trust.attach(interlink);
+    return peer;
   }
 
   private get deps() {
@@ -175,94 +345,171 @@ export class CapablePeer {
 
   /** Calls `peer` ("name@domain") for app; resolves with the SA once both ends hold the keys. */
   async connect(peer: string, app: string): Promise<PeerSession> {
-    const domain = peer.slice(peer.lastIndexOf("@") + 1);
-    const init = new Initiator(this.deps, this.opts.self, peer, app, this.opts.suites);
+    const domain = splitDeviceName(peer)?.domain;
+    if (!domain) throw new TypeError(`"${peer}" is not a device name (name@domain)`);
+    const out = await this.initiate(peer, domain, app, 0);
+    const s = new PeerSession(this, 0, out.result.peer, domain, app, out.result.suite, this.generation(out.result, out.terms), { peer: out.result.peerCert, peerGateway: out.result.peerGatewayCert });
+    this.adopt(s);
+    await s.whenUp(this.confirmTimeoutMs);
+    return s;
+  }
+
+  /** Closes every SA (telling the other ends), and what start() opened. */
+  async close(): Promise<void> {
+    const all = new Set(this.sessions.values());
+    await Promise.allSettled([...all].map((s) => s.close()));
+    for (const x of this.responders.values()) x.r.abort("closed");
+    this.responders.clear();
+    if (this.owned) {
+      this.owned.trust.close();
+      await this.interlink.close();
+    }
+  }
+
+  /** Judges every SA's peer certificate again; one no longer good ends at both ends (Revoked). */
+  async recheck(): Promise<void> {
+    for (const s of new Set(this.sessions.values())) {
+      let problem = "";
+      try {
+        const a = await this.opts.checker.check(s.certs.peer, [s.certs.peerGateway], this.now());
+        if (a.status !== "good") problem = `${a.status}: ${a.reason}`;
+      } catch (e) {
+        problem = e instanceof Error ? e.message : String(e);
+      }
+      if (!problem || s.state === "closed") continue;
+      const spi = s.spi;
+      s.end(CloseReason.Revoked);
+      void this.interlink.request(s.peerGateway, xm.XGW_BYE, xm.byeBody(spi, CloseReason.Revoked)).catch(() => undefined);
+    }
+  }
+
+  /** @internal */
+  forget(spi: number, s: PeerSession): void {
+    if (this.sessions.get(spi) === s) this.sessions.delete(spi);
+  }
+
+  /** @internal a new SA for s: this peer runs the exchange if it initiated s, else asks the other
+   *  gateway to (the initiating side runs every rekey of an SA). */
+  async rekey(s: PeerSession): Promise<void> {
+    if (s.state !== "up") return;
+    if (s.role === 1) {
+      await this.interlink.request(s.peerGateway, xm.XGW_REKEY, xm.rekeyBody(s.spi));
+      return;
+    }
+    const out = await this.initiate(s.peer, s.peerGateway, s.app, s.spi);
+    if (s.state !== "up") {
+      out.result.seed.fill(0);
+      return;
+    }
+    this.install(s, out.result, out.terms);
+  }
+
+  private async initiate(peer: string, domain: string, app: string, replaces: number): Promise<{ result: ExchangeResult; terms: xm.SaTerms }> {
+    const init = new Initiator(this.deps, this.opts.self, peer, app, this.opts.suites, { replaces });
     const sessionId = init.msg1.sessionId;
     try {
-      const a2 = await this.interlink.request(domain, XGW_MSG1, encodeMsg1(init.msg1), { sessionId, timeoutMs: 20_000 });
-      if (a2 instanceof Map) throw new Error(`${peer} refused: ${String(a2.get("refused"))}`);
-      if (!(a2 instanceof Uint8Array)) throw new Error("message 2 must be bytes");
-      const msg3 = await init.onMsg2(decodeMsg2(a2));
-      const a4 = await this.interlink.request(domain, XGW_MSG3, encodeMsg3(msg3), { sessionId });
-      if (!(a4 instanceof Uint8Array)) throw new Error("message 4 must be bytes");
-      const s = this.install(init.onMsg4(decodeMsg4(a4)), domain);
-      await s.whenUp(this.opts.confirmTimeoutMs ?? 10_000);
-      return s;
+      const a2 = xm.readConnectAnswer(await this.interlink.request(domain, xm.XGW_MSG1, xm.connectBody(encodeMsg1(init.msg1), this.terms), { sessionId, secret: true, timeoutMs: 20_000 }));
+      if ("refused" in a2) throw new Error(`${peer} refused: ${a2.refused}`);
+      const terms = { lifetime: Math.min(a2.lifetime, this.terms.lifetime), limit: Math.min(a2.limit, this.terms.limit) };
+      const msg3 = await init.onMsg2(decodeMsg2(a2.msg2));
+      const a4 = xm.readFinished(await this.interlink.request(domain, xm.XGW_MSG3, xm.finishBody(encodeMsg3(msg3)), { sessionId, secret: true }));
+      return { result: init.onMsg4(decodeMsg4(a4)), terms };
     } catch (e) {
       init.abort("failed");
       throw e;
     }
   }
 
-  /** Closes every SA (telling the other ends). The interlink stays the caller's to close. */
-  async close(): Promise<void> {
-    await Promise.allSettled([...this.sessions.values()].map((s) => s.close()));
-    for (const r of this.responders.values()) r.abort("closed");
-    this.responders.clear();
-  }
-
-  /** @internal */
-  forget(spi: number): void {
-    this.sessions.delete(spi);
-  }
-
-  /** Our own keys, straight from the exchange result; we confirm at once. */
-  private install(r: ExchangeResult, peerGateway: string): PeerSession {
+  /** Our own keys, straight from the exchange result; the seed is wiped at once. */
+  private generation(r: ExchangeResult, terms: xm.SaTerms): Generation {
+    if (this.sessions.has(r.spi)) {
+      r.seed.fill(0);
+      throw new Error("the derived SPI is already in use here");
+    }
     const role = r.role === "initiator" ? 0 : 1;
     const keys = deriveSaKeys(this.crypto, cbor, r.seed, r.spi, r.suite, role);
     r.seed.fill(0);
     keys.confirm.fill(0);
     const link: Link = { keys_: { suite: keys.suite, up: keys.up, down: keys.down }, txDir_: role === 0 ? DIR_UP : DIR_DOWN, txSeq_: 0, rx_: { top: 0, bits: 0 } };
-    const s = new PeerSession(this, r.spi, r.peer, peerGateway, r.app, r.suite, link);
-    if (this.sessions.has(r.spi)) throw new Error("the derived SPI is already in use here");
-    this.sessions.set(r.spi, s);
-    if (this.earlyConfirmed.delete(r.spi)) s.confirmed();
-    void this.interlink.request(peerGateway, XGW_CONFIRMED, new Map<string, unknown>([["spi", r.spi]])).catch(() => s.end(CloseReason.PeerGone));
-    return s;
+    const remoteConfirmed = this.earlyConfirmed.delete(r.spi);
+    return { spi: r.spi, link, terms, expiresAt: this.now() + terms.lifetime, received: 0, remoteConfirmed };
   }
 
-  private withSession(req: InterlinkRequest, f: (s: PeerSession, m: Map<unknown, unknown>) => void, unknown?: (spi: number) => void): { body: unknown } {
-    const m = req.body;
-    const spi = m instanceof Map ? m.get("spi") : undefined;
-    if (!(m instanceof Map) || typeof spi !== "number") throw new InterlinkError("malformed", "body must be a map with an spi");
+  /** Registers a session's SPI and confirms our keys to the other gateway (we installed them). */
+  private adopt(s: PeerSession): void {
+    this.sessions.set(s.spi, s);
+    void this.interlink.request(s.peerGateway, xm.XGW_CONFIRMED, xm.confirmedBody(s.spi)).catch(() => s.end(CloseReason.PeerGone));
+  }
+
+  /** A rekey's keys for an existing session. */
+  private install(s: PeerSession, r: ExchangeResult, terms: xm.SaTerms): void {
+    const g = this.generation(r, terms);
+    this.sessions.set(g.spi, s);
+    s.replaceWith(g);
+    void this.interlink.request(s.peerGateway, xm.XGW_CONFIRMED, xm.confirmedBody(g.spi)).catch(() => s.end(CloseReason.PeerGone));
+  }
+
+  private withSession(req: InterlinkRequest, spi: number, f: (s: PeerSession, spi: number) => void, unknown?: (spi: number) => void): { body: unknown } {
     const s = this.sessions.get(spi);
     if (s && s.peerGateway !== req.from) throw new InterlinkError("malformed", `"${req.from}" is not party to this SPI`);
     if (!s) {
       if (!unknown) throw new InterlinkError("malformed", "no SA with this SPI here");
       unknown(spi);
-    } else f(s, m);
+    } else f(s, spi);
     return { body: 0 };
   }
 
   private async onMsg1(req: InterlinkRequest): Promise<{ body: unknown }> {
-    if (!(req.body instanceof Uint8Array)) throw new InterlinkError("malformed", "message 1 must be bytes");
-    const msg1 = decodeMsg1(req.body);
-    if (msg1.from.slice(msg1.from.lastIndexOf("@") + 1) !== req.from) throw new InterlinkError("untrusted-peer", `"${req.from}" cannot call in the name of "${msg1.from}"`);
+    const { msg1: raw, ...offered } = xm.readConnect(req.body);
+    const msg1 = decodeMsg1(raw);
+    if (splitDeviceName(msg1.from)?.domain !== req.from) throw new InterlinkError("untrusted-peer", `"${req.from}" cannot call in the name of "${msg1.from}"`);
     // As a gateway does: the suites are matched before the application is asked, and a refusal says
-    // only "not found" or "rejected".
-    if (msg1.to !== this.opts.self.name) return { body: new Map([["refused", "not-found"]]) };
-    if (!matchSettings(suiteCandidates(msg1.suites), suiteCandidates(this.opts.suites))) return { body: new Map([["refused", "no-common-suite"]]) };
-    if (!this.onRequest?.(msg1.from, msg1.app)) return { body: new Map([["refused", "rejected"]]) };
+    // only "not found" or "rejected". A rekey of an SA we answered is not asked again.
+    if (msg1.to !== this.opts.self.name) return { body: xm.refusalBody("not-found") };
+    if (!matchSettings(suiteCandidates(msg1.suites), suiteCandidates(this.opts.suites))) return { body: xm.refusalBody("no-common-suite") };
+    if (msg1.replaces) {
+      const old = this.sessions.get(msg1.replaces);
+      if (!old || old.role !== 1 || old.state !== "up" || old.peer !== msg1.from || old.app !== msg1.app || old.peerGateway !== req.from) return { body: xm.refusalBody("not-found") };
+    } else if (!this.onRequest?.(msg1.from, msg1.app)) return { body: xm.refusalBody("rejected") };
     const r = new Responder(this.deps, msg1, { ...this.opts.self, suites: this.opts.suites });
-    const key = toHex(msg1.sessionId);
-    this.responders.set(key, r);
+    const terms = { lifetime: Math.min(offered.lifetime, this.terms.lifetime), limit: Math.min(offered.limit, this.terms.limit) };
+    const key = Buffer.from(msg1.sessionId).toString("hex");
+    this.responders.set(key, { r, terms });
     // The responder refuses a late msg3 by itself; this only keeps the table from growing.
     setTimeout(() => {
-      if (this.responders.get(key) === r) this.responders.delete(key);
+      if (this.responders.get(key)?.r === r) this.responders.delete(key);
     }, 60_000).unref();
-    return { body: encodeMsg2(r.msg2) };
+    return { body: xm.acceptBody(encodeMsg2(r.msg2), terms) };
   }
 
   private async onMsg3(req: InterlinkRequest): Promise<{ body: unknown }> {
-    if (!(req.body instanceof Uint8Array)) throw new InterlinkError("malformed", "message 3 must be bytes");
-    const msg3 = decodeMsg3(req.body);
-    const key = toHex(msg3.sessionId);
-    const r = this.responders.get(key);
-    if (!r || r.msg1.from.slice(r.msg1.from.lastIndexOf("@") + 1) !== req.from) throw new ExchangeError("unexpected", "message 3 for no exchange waiting for it");
-    const { msg4, result } = await r.onMsg3(msg3);
+    const msg3 = decodeMsg3(xm.readFinish(req.body));
+    const key = Buffer.from(msg3.sessionId).toString("hex");
+    const x = this.responders.get(key);
+    if (!x || splitDeviceName(x.r.msg1.from)?.domain !== req.from) throw new ExchangeError("unexpected", "message 3 for no exchange waiting for it");
+    const { msg4, result } = await x.r.onMsg3(msg3);
     this.responders.delete(key);
-    const s = this.install(result, req.from);
-    s.whenUp(this.opts.confirmTimeoutMs ?? 10_000).then(() => this.onSession?.(s), () => undefined);
-    return { body: encodeMsg4(msg4) };
+    const old = result.replaces ? this.sessions.get(result.replaces) : undefined;
+    if (old && old.state === "up") {
+      this.install(old, result, x.terms);
+    } else {
+      const s = new PeerSession(this, 1, result.peer, req.from, result.app, result.suite, this.generation(result, x.terms), { peer: result.peerCert, peerGateway: result.peerGatewayCert });
+      this.adopt(s);
+      s.whenUp(this.confirmTimeoutMs).then(() => this.onSession?.(s), () => undefined);
+    }
+    return { body: xm.finishedBody(encodeMsg4(msg4)) };
   }
+}
+
+/** The peer's own Ed25519 identity key in its data directory (mode 0600), made on first start. */
+function loadOrCreateIdentity(dataDir: string) {
+  const file = join(dataDir, IDENTITY_FILE);
+  if (existsSync(file)) {
+    const hex = readFileSync(file, "utf8").trim();
+    if (!/^[0-9a-f]{64}$/.test(hex)) throw new Error(`${file} is not a 32-byte hex Ed25519 seed`);
+    return ed25519FromSeed(Buffer.from(hex, "hex"));
+  }
+  const pair = generateEd25519();
+  writeFileAtomic(file, Buffer.from(pair.seed).toString("hex") + "\n", 0o600);
+  return pair;
 }

@@ -1,6 +1,7 @@
 // Who may talk to whom (seed 002 claims 5 and 15): a permission table of rules by device, group and
 // application, checked on every connection and certificate request. A rule's subject (the caller)
-// and object (the callee) are a device id, "group:<name>" or "*"; its app is a name or "*". A
+// and object (the callee) are a device id, "group:<name>", "*", a device of another domain
+// ("name@domain") or every device of one ("*@domain"); its app is a name or "*". A
 // matching deny beats a matching allow; with no matching rule the configured default decides
 // (deny unless set otherwise).
 
@@ -30,7 +31,8 @@ CREATE TABLE IF NOT EXISTS device_groups (
 );
 `;
 
-const PATTERN = /^(\*|group:[A-Za-z0-9._-]{1,64}|[A-Za-z0-9._-]{1,64})$/;
+// A device id, optionally "@domain" (a device behind another gateway), or "*@domain".
+const PATTERN = /^(\*|group:[A-Za-z0-9._-]{1,64}|(\*|[A-Za-z0-9._-]{1,64})@[A-Za-z0-9._-]{1,190}|[A-Za-z0-9._-]{1,64})$/;
 
 export class Policy {
   constructor(private store: Store) {
@@ -38,7 +40,7 @@ export class Policy {
   }
 
   static check(pattern: string, what: string): void {
-    if (!PATTERN.test(pattern)) throw new Error(`${what} "${pattern}" must be a device id, group:<name> or *`);
+    if (!PATTERN.test(pattern)) throw new Error(`${what} "${pattern}" must be a device id, name@domain, *@domain, group:<name> or *`);
   }
 
   get defaultAction(): Action {
@@ -80,7 +82,10 @@ export class Policy {
   /** May caller reach callee for app? Deny wins over allow; no match: the default. */
   permits(caller: string, callee: string, app: string): boolean {
     const matches = (pattern: string, id: string, groups: string[]) =>
-      pattern === "*" || pattern === id || (pattern.startsWith("group:") && groups.includes(pattern.slice(6)));
+      pattern === "*" ||
+      pattern === id ||
+      (pattern.startsWith("*@") && id.endsWith(pattern.slice(1))) ||
+      (pattern.startsWith("group:") && groups.includes(pattern.slice(6)));
     const cg = this.groups(caller);
     const eg = this.groups(callee);
     let allowed = false;

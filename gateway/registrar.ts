@@ -8,6 +8,7 @@ import { ErrorCode, Msg, type InnerMessage } from "../firmware/proto/messages.ts
 import type { GatewayCrypto } from "./crypto.ts";
 import { issueCertificate } from "./cwt.ts";
 import { generateEd25519, type Ed25519KeyPair } from "./ed25519.ts";
+import { localDeviceId } from "./fleet.ts";
 import type { Logger } from "./log.ts";
 import type { Policy } from "./policy.ts";
 import type { Store } from "./store.ts";
@@ -120,8 +121,10 @@ export class Registrar {
 
   /** Only a certificate valid now is served; an unknown, expired or certificate-less name gets the
    *  same NotFound answer (the reason goes to the log only). The caller must be registered itself. */
-  private certQuery(deviceId: string, rid: number, name: string): InnerMessage {
+  private certQuery(deviceId: string, rid: number, asked: string): InnerMessage {
     const now = this.d.now();
+    // "bob@<our domain>" is our bob; another domain's name (no cross-gateway hook took it) is not found.
+    const name = localDeviceId(asked, this.d.gatewayId) ?? asked;
     const own = this.d.store.getRegistration(deviceId);
     if (!own || own.expiresAt <= now) {
       this.d.log.warn("request-rejected", { device: deviceId, reason: own ? "caller's registration expired" : "caller is not registered", request: "cert-query" });

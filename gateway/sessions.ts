@@ -13,6 +13,7 @@ import { ctEqual, toHex } from "../firmware/bytes.ts";
 import type { SymCrypto } from "../firmware/crypto/types.ts";
 import { saConfirmTag, type Codec } from "../firmware/proto/keys.ts";
 import { CloseReason, ErrorCode, Msg, type InnerMessage, type SaData } from "../firmware/proto/messages.ts";
+import { localDeviceId } from "./fleet.ts";
 import type { Logger } from "./log.ts";
 import { matchSettings, suiteCandidates, DEFAULT_MATCHING, type MatchOptions } from "./matching.ts";
 import type { Policy } from "./policy.ts";
@@ -54,6 +55,11 @@ export interface SessionDeps {
   relay: (deviceId: string, payload: Uint8Array) => boolean;
   isLinked: (deviceId: string) => boolean;
   settings: SessionSettings;
+  /** This gateway's id (its domain): "name@<gatewayId>" means the local device "name". */
+  gatewayId: string;
+  /** Told whenever every session of a device ends (lost link, reboot, deregistration, revocation), so
+   *  that sessions kept elsewhere (across gateways) end too. */
+  onEndAll?: (deviceId: string, reason: CloseReason, why: string) => void;
 }
 
 /** One SA as the gateway sees it. */
@@ -98,7 +104,9 @@ export class SessionBroker {
   handle(deviceId: string, m: InnerMessage): void {
     switch (m.t) {
       case Msg.ConnectRequest:
-        return this.connect(deviceId, m.rid, m.peer, m.app, m.from);
+        // "bob@<our domain>" is our own bob; a name in another domain that reached us (no cross-gateway
+        // hook) stays as it is and is not found, like any unknown name.
+        return this.connect(deviceId, m.rid, localDeviceId(m.peer, this.d.gatewayId) ?? m.peer, m.app, m.from);
       case Msg.Answer:
         return this.answer(deviceId, m.rid, m.accept);
       case Msg.SaConfirm:
@@ -314,6 +322,7 @@ export class SessionBroker {
 
   /** Ends every session of a device (deregistration, revocation, reboot, lost link). */
   endAll(deviceId: string, reason: CloseReason, why: string): void {
+    this.d.onEndAll?.(deviceId, reason, why);
     for (const s of [...this.sessions.values()]) if (s.initiator === deviceId || s.responder === deviceId) this.end(s, reason, why);
     for (const [key, p] of [...this.pending]) {
       if (p.caller !== deviceId && p.callee !== deviceId) continue;

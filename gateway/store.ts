@@ -159,6 +159,19 @@ export class Store {
     }));
   }
 
+  /** Marks a device revoked (fleet revocation list, docs/FLEET.md) and deletes its registration, in
+   *  one transaction: its joins are refused from now on (advanceJoinCounter and the link server check
+   *  revoked_at). False when there is no such device or it was revoked already. */
+  revokeDevice(id: string, now: number, why: string): boolean {
+    return this.atomically(() => {
+      const changed = this.db.prepare("UPDATE devices SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL").run(now, id).changes === 1;
+      if (!changed) return false;
+      this.deleteRegistration(id);
+      this.audit(now, id, "revoked", why);
+      return true;
+    });
+  }
+
   /** Raises the join counter to ctr only if ctr is higher: false means a replay (or a race lost). */
   advanceJoinCounter(id: string, ctr: number): boolean {
     return this.db.prepare("UPDATE devices SET join_counter = ? WHERE id = ? AND join_counter < ? AND revoked_at IS NULL").run(ctr, id, ctr).changes === 1;

@@ -1,22 +1,26 @@
-// Sessions across gateways (gateway/crossgw.ts, design.md flow 5): two in-process gateways in the
-// domains a.example and b.example, trusting each other through one fleet CA, talking over the
-// in-process MQTT broker; a Node handset (the firmware's Handset engine over real TCP) on each. Alice
-// connects to "bob@b.example" by name, they exchange messages both ways, and a bye ends it at both.
+// Sessions across gateways (gateway/crossgw.ts, design.md flows 5, 7, 8, 9): in-process gateways in
+// their own domains, each started with GatewayOptions.fleet (its certificate from one fleet CA, its
+// own verifier, the interlink and the fleet's revocation list over the in-process MQTT broker), and a
+// Node handset (the firmware's Handset engine over real TCP) behind each. Alice connects to
+// "bob@b.example" by name; they exchange messages, rekey, query certificates across domains, lose
+// links, and get revoked; a capable peer (gateway/peer-sdk.ts) calls and is called.
 
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { rmSync } from "node:fs";
+import { rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { toHex } from "../firmware/bytes.ts";
+import { SUITE_AES_CCM_16_64_128 as AES } from "../firmware/crypto/types.ts";
 import { CloseReason, ErrorCode, Msg } from "../firmware/proto/messages.ts";
 import { startBroker, type EmbeddedBroker } from "../gateway/broker.ts";
-import { crossGatewayHook, type CrossGateway } from "../gateway/crossgw.ts";
-import { issueCertificate } from "../gateway/cwt.ts";
+import type { CrossGateway } from "../gateway/crossgw.ts";
+import { issueCertificate, readCertificateUnverified } from "../gateway/cwt.ts";
 import { generateEd25519 } from "../gateway/ed25519.ts";
-import { Fleet, generateX25519 } from "../gateway/fleet.ts";
-import { loadOrCreateGatewayKey } from "../gateway/identity.ts";
+import { Fleet, gatewayPublicKeys, generateX25519, installGatewayCertificate, loadGatewayCredentials } from "../gateway/fleet.ts";
+import { HELD_LIST_FILE, publishRevocationList } from "../gateway/fleet-trust.ts";
+import type { SessionSettings } from "../gateway/sessions.ts";
 import { Interlink } from "../gateway/interlink.ts";
 import { CapablePeer, type PeerSession } from "../gateway/peer-sdk.ts";
-import { SUITE_AES_CCM_16_64_128 as AES } from "../firmware/crypto/types.ts";
 import { CertificateChecker, checkerTrust, localSource, Verifier } from "../gateway/verifier.ts";
 import { Clock, provision, startGateway, tempDir, until, type TestGateway } from "./support/harness.ts";
 import { innerMessages, recordingCrypto, sessionHandset, stopGateway, type SessionHandset } from "./support/session-rig.ts";
@@ -24,36 +28,57 @@ import { innerMessages, recordingCrypto, sessionHandset, stopGateway, type Sessi
 const APP = "chat";
 const text = (s: string) => new Uint8Array(Buffer.from(s, "latin1"));
 /** SAs a handset still holds (a closed one is only marked, and swept on its next lookup). */
-const live = (d: SessionHandset) => d.h.sas.filter((s) => s.expiresAt > 0);
+const live = (d: SessionHandset) => d.h.sas.filter((s) => s.expiresAt > 0 && (!s.retireAt || s.retireAt > Date.now() / 1000));
+const ready = (d: SessionHandset) => d.h.sas.filter((s) => s.ready && s.expiresAt > 0 && !s.by);
 
 interface Side {
   t: TestGateway;
-  link: Interlink;
   dev: SessionHandset;
   /** Plaintexts of every seal the gateway made, in order (what it sent its device). */
   seals: { suite: number; plaintext: Uint8Array }[];
   cross: () => CrossGateway;
-  checker: CertificateChecker;
 }
 
-/** A gateway for `domain` with a certificate from the fleet, its interlink and one registered handset. */
-async function side(domain: string, deviceId: string, fleet: Fleet, verifier: Verifier, verifierPublicKey: Uint8Array, broker: EmbeddedBroker, clock: Clock): Promise<Side> {
+interface SideOptions {
+  sessions?: Partial<SessionSettings>;
+  recheckMs?: number;
+}
+
+/** A gateway for `domain` as an operator sets one up: keys, a certificate from the fleet and the
+ *  current revocation list in its data directory (what `keyproxy fleet issue-gateway --data-dir`
+ *  does), started with monitoring and the fleet on the broker, with one registered handset. */
+async function side(domain: string, deviceId: string, fleet: Fleet, broker: EmbeddedBroker, clock: Clock, o: SideOptions = {}): Promise<Side> {
   const dataDir = tempDir("kp-xgw-");
-  // The gateway's signing key (it signs its device certificates) is the one the fleet certifies.
-  const { key } = loadOrCreateGatewayKey(dataDir);
-  const encryption = generateX25519();
-  const certificate = fleet.issueGateway(domain, { signingKey: key.publicKey, encryptionKey: encryption.publicKey }, clock.now());
-  const checker = new CertificateChecker({ source: localSource(verifier), verifierPublicKey });
-  const link = await Interlink.connect({
-    url: broker.url, identity: { gatewayId: domain, signing: key, encryption, certificate }, trust: checkerTrust(checker),
-    now: clock.now, protocolVersion: 4, requestTimeoutMs: 15_000,
-  });
+  installGatewayCertificate(dataDir, fleet.issueGateway(domain, gatewayPublicKeys(dataDir), clock.now()), fleet.anchor);
+  writeFileSync(join(dataDir, HELD_LIST_FILE), fleet.signedList());
+  const { credentials } = loadGatewayCredentials(dataDir, domain, clock.now(), false);
   const rec = recordingCrypto();
-  const t = await startGateway({ dataDir, id: domain, now: clock.now, crypto: rec.crypto, sessionHook: crossGatewayHook({ interlink: link, gatewayCert: certificate, checker }) });
+  const t = await startGateway({
+    dataDir, id: domain, now: clock.now, crypto: rec.crypto, sessions: o.sessions,
+    mqtt: { url: broker.url, metricsSeconds: 3600 },
+    fleet: { credentials, recheckMs: o.recheckMs ?? 0, protocolVersion: 4 },
+  });
   t.gw.policy.setDefault("allow");
   const dev = await sessionHandset(t.gw, deviceId, provision(t.gw, deviceId));
   await until(() => dev.h.status().registered, `${deviceId} registered`);
-  return { t, link, dev, seals: rec.seals, cross: () => t.gw.hook as CrossGateway, checker };
+  return { t, dev, seals: rec.seals, cross: () => t.gw.hook as CrossGateway };
+}
+
+async function stopSide(s: Side | undefined): Promise<void> {
+  if (!s) return;
+  s.dev.close();
+  await stopGateway(s.t);
+}
+
+/** Alice calls bob (both accept) and waits for the SA at both ends; its SPI. */
+async function connect(a: Side, b: Side, to = "bob@b.example"): Promise<number> {
+  b.dev.h.onRequest = (_from, app) => app === APP;
+  const before = new Set(a.dev.h.sas.map((s) => s.spi));
+  assert.equal(a.dev.h.connect(to, APP), true);
+  await until(() => ready(a.dev).some((s) => !before.has(s.spi)), "alice's SA ready", 10_000);
+  const spi = ready(a.dev).find((s) => !before.has(s.spi))!.spi;
+  await until(() => ready(b.dev).some((s) => s.spi === spi), "bob's SA ready", 10_000);
+  return spi;
 }
 
 describe("sessions across gateways", () => {
@@ -61,28 +86,21 @@ describe("sessions across gateways", () => {
   let fleetDir: string;
   let a: Side;
   let b: Side;
-  let fleet: Fleet;
-  let verifier: Verifier;
   const clock = new Clock();
+  // A small message limit, so that a rekey comes after 8 messages; a short grace period.
+  const sessions = { limit: 10, graceMs: 300, overlapMs: 2000 };
 
   before(async () => {
     broker = await startBroker({ host: "127.0.0.1", port: 0 });
     fleetDir = tempDir("kp-xgw-fleet-");
-    fleet = Fleet.create(fleetDir, "kp-fleet", clock.now());
-    const verifierKey = generateEd25519();
-    verifier = new Verifier({ anchor: fleet.anchor, key: verifierKey, verifierId: "verifier.kp" });
-    verifier.updateRevocationList(fleet.signedList());
-    a = await side("a.example", "alice", fleet, verifier, verifierKey.publicKey, broker, clock);
-    b = await side("b.example", "bob", fleet, verifier, verifierKey.publicKey, broker, clock);
+    const fleet = Fleet.create(fleetDir, "kp-fleet", clock.now());
+    a = await side("a.example", "alice", fleet, broker, clock, { sessions });
+    b = await side("b.example", "bob", fleet, broker, clock, { sessions });
   });
 
   after(async () => {
-    for (const s of [a, b]) {
-      if (!s) continue;
-      s.dev.close();
-      await stopGateway(s.t);
-      await s.link.close();
-    }
+    await stopSide(a);
+    await stopSide(b);
     await broker?.close();
     rmSync(fleetDir, { recursive: true, force: true });
   });
@@ -94,9 +112,9 @@ describe("sessions across gateways", () => {
       return from === "alice@a.example" && app === APP;
     };
     assert.equal(a.dev.h.connect("bob@b.example", APP), true);
-    await until(() => a.dev.h.sas.some((s) => s.ready) && b.dev.h.sas.some((s) => s.ready), "an SA at both ends", 10_000);
-    const sa = a.dev.h.sas.find((s) => s.ready)!;
-    const sb = b.dev.h.sas.find((s) => s.ready)!;
+    await until(() => ready(a.dev).length === 1 && ready(b.dev).length === 1, "an SA at both ends", 10_000);
+    const [sa] = ready(a.dev);
+    const [sb] = ready(b.dev);
     assert.equal(sa.spi, sb.spi, "one SPI at both ends (each gateway derived it)");
     assert.equal(sa.peer, "bob@b.example");
     assert.equal(sb.peer, "alice@a.example");
@@ -109,6 +127,7 @@ describe("sessions across gateways", () => {
     assert.ok(ia && ib, "each gateway sent its device one SaInstall");
     assert.equal(toHex(ia[6] as Uint8Array), toHex(ib[6] as Uint8Array), "the same derived seed on both sides");
     assert.deepEqual([ia[7], ib[7]], [0, 1], "alice is the initiator, bob the responder");
+    assert.deepEqual([ia[9], ib[9]], [sessions.limit, sessions.limit], "both devices got the same message limit");
 
     for (let i = 0; i < 5; i++) {
       assert.equal(a.dev.h.send(sa.spi, text(`a->b ${i}`)), true);
@@ -128,9 +147,71 @@ describe("sessions across gateways", () => {
     await until(() => a.cross().sessions.size === 0 && b.cross().sessions.size === 0, "no cross-gateway session left at either gateway");
   });
 
+  test("rekey across gateways: at 80% of the limit the SA is replaced at both ends, with no message lost or reordered", async () => {
+    a.dev.inbox.length = 0;
+    b.dev.inbox.length = 0;
+    const first = await connect(a, b);
+    const rekeyedBefore = [a.t.events("xsession-rekeyed").length, b.t.events("xsession-rekeyed").length];
+    // 25 messages each way, five at a time: both ends ask for a rekey at the 8th (either may), the
+    // replacement's frames follow the old SPI, and a second rekey follows on the new SA.
+    let sent = 0;
+    while (sent < 25) {
+      for (let i = 0; i < 5; i++, sent++) {
+        // While a replacement is on its way, an SA at its limit refuses to send: wait for room.
+        await until(() => a.dev.h.send(first, text(`a${sent}`)), `room for alice's message ${sent}`, 10_000);
+        await until(() => b.dev.h.send(first, text(`b${sent}`)), `room for bob's message ${sent}`, 10_000);
+      }
+      await until(() => b.dev.inbox.length === sent && a.dev.inbox.length === sent, `delivery of ${sent}`, 10_000);
+    }
+    assert.deepEqual(b.dev.inbox, Array.from({ length: 25 }, (_, i) => `a${i}`));
+    assert.deepEqual(a.dev.inbox, Array.from({ length: 25 }, (_, i) => `b${i}`));
+    const now = ready(a.dev);
+    assert.equal(now.length, 1);
+    assert.notEqual(now[0].spi, first, "alice sends on a new SA");
+    assert.deepEqual(ready(b.dev).map((s) => s.spi), [now[0].spi], "bob moved to the same one");
+    const rekeys = a.t.events("xsession-rekeyed").length - rekeyedBefore[0];
+    assert.ok(rekeys >= 2, "two rekeys in 25 messages with a limit of 10");
+    assert.equal(b.t.events("xsession-rekeyed").length - rekeyedBefore[1], rekeys, "each rekey went up at both gateways, once: both ends asking made one replacement");
+    assert.equal(a.dev.h.status().dropped + b.dev.h.status().dropped, 0, "no frame was dropped");
+    a.dev.h.close(now[0].spi);
+    await until(() => live(a.dev).length === 0 && live(b.dev).length === 0, "both ends closed", 10_000);
+  });
+
+  test("certificate queries cross domains: the home gateway answers only with a certificate valid now; an unknown name or domain is not found", async () => {
+    a.dev.h.lastType = 0;
+    assert.equal(a.dev.h.certQuery("bob@b.example"), true);
+    await until(() => a.dev.h.lastType !== 0, "alice's answer", 10_000);
+    assert.equal(a.dev.h.lastType, Msg.CertAnswer);
+    const answer = innerMessages(a.seals).filter((m) => m[0] === Msg.CertAnswer).at(-1)!;
+    const claims = readCertificateUnverified(answer[2] as Uint8Array);
+    assert.deepEqual([claims.iss, claims.sub], ["b.example", "bob"]);
+    assert.ok(claims.exp > clock.now(), "valid now");
+
+    for (const name of ["nobody@b.example", "bob@nowhere.example"]) {
+      a.dev.h.lastType = 0;
+      assert.equal(a.dev.h.certQuery(name), true);
+      await until(() => a.dev.h.lastType !== 0, `the answer about ${name}`, 10_000);
+      assert.deepEqual([a.dev.h.lastType, a.dev.h.lastCode], [Msg.Error, ErrorCode.NotFound], name);
+    }
+    // A name in the gateway's own domain is its own device.
+    a.dev.h.lastType = 0;
+    assert.equal(b.dev.h.certQuery("bob@b.example"), true);
+    await until(() => b.dev.h.lastType === Msg.CertAnswer, "bob's own certificate");
+  });
+
+  test("an unknown domain comes back to the caller as not found, and nothing is installed", async () => {
+    a.dev.h.lastType = 0;
+    const installs = innerMessages(a.seals).filter((m) => m[0] === Msg.SaInstall).length;
+    assert.equal(a.dev.h.connect("bob@nowhere.example", APP), true);
+    await until(() => a.dev.h.lastType === Msg.Error, "alice's answer", 10_000);
+    assert.equal(a.dev.h.lastCode, ErrorCode.NotFound);
+    assert.equal(innerMessages(a.seals).filter((m) => m[0] === Msg.SaInstall).length, installs);
+  });
+
   test('a declining callee is "rejected" and an unknown name "not found", as inside one gateway; nothing is installed', async () => {
     b.dev.h.onRequest = () => false;
     const before = innerMessages(a.seals).filter((m) => m[0] === Msg.SaInstall).length;
+    a.dev.h.lastType = 0;
     assert.equal(a.dev.h.connect("bob@b.example", APP), true);
     await until(() => a.dev.h.lastType === Msg.Error, "alice's answer", 10_000);
     assert.equal(a.dev.h.lastCode, ErrorCode.Rejected);
@@ -143,22 +224,109 @@ describe("sessions across gateways", () => {
     assert.ok(b.t.events("xsession-not-found").length >= 1, "B logged why, A's device learned only 'not found'");
   });
 
-  // Last in this suite: it revokes alice.
-  test("a revoked caller is refused at msg3: no SA is installed on either side", async () => {
-    b.dev.h.onRequest = () => true;
-    verifier.updateRevocationList(fleet.revoke({ devices: ["alice@a.example"] }, clock.now()));
-    // A gateway clears its cached verifier answers when a newer revocation list arrives (docs/FLEET.md).
-    b.checker.clear();
+  test("a link lost for longer than the grace period ends the SA at both gateways and both devices", async () => {
+    const spi = await connect(a, b);
+    await b.dev.dropLink();
+    await until(() => a.dev.closed.some(([s]) => s === spi), "alice told", 10_000);
+    assert.deepEqual(a.dev.closed.find(([s]) => s === spi), [spi, CloseReason.PeerGone]);
+    await until(() => a.cross().sessions.size === 0 && b.cross().sessions.size === 0, "no session left at either gateway");
+    await b.dev.reconnect();
+    await until(() => b.dev.h.status().registered, "bob back");
+  });
+});
+
+describe("revocation across gateways", () => {
+  let broker: EmbeddedBroker;
+  let fleetDir: string;
+  let fleet: Fleet;
+  let a: Side;
+  let b: Side;
+  let c: Side;
+  let d: Side;
+  const clock = new Clock();
+
+  before(async () => {
+    broker = await startBroker({ host: "127.0.0.1", port: 0 });
+    fleetDir = tempDir("kp-xgw-fleet-");
+    fleet = Fleet.create(fleetDir, "kp-fleet", clock.now());
+    a = await side("a.example", "alice", fleet, broker, clock);
+    b = await side("b.example", "bob", fleet, broker, clock);
+    c = await side("c.example", "carl", fleet, broker, clock);
+    d = await side("d.example", "dora", fleet, broker, clock);
+  });
+
+  after(async () => {
+    for (const s of [a, b, c, d]) await stopSide(s);
+    await broker?.close();
+    rmSync(fleetDir, { recursive: true, force: true });
+  });
+
+  test("a revoked caller is refused: no SA is installed on either side, and the refusal names the reason", async () => {
+    // Only b takes this list: d still thinks dora is fine, so the exchange itself must refuse her.
+    assert.equal(b.t.gw.trust!.offer(fleet.revoke({ devices: ["dora@d.example"] }, clock.now()), "test"), true);
     const installsAt = (s: Side) => innerMessages(s.seals).filter((m) => m[0] === Msg.SaInstall).length;
-    const before = [installsAt(a), installsAt(b)];
-    a.dev.h.lastType = 0;
-    assert.equal(a.dev.h.connect("bob@b.example", APP), true);
-    await until(() => a.dev.h.lastType === Msg.Error, "alice's answer", 10_000);
-    assert.equal(a.dev.h.lastCode, ErrorCode.Rejected);
-    assert.deepEqual([installsAt(a), installsAt(b)], before, "no SaInstall at either gateway");
-    const failed = a.t.events("xsession-failed").at(-1);
-    assert.match(String(failed?.reason), /revoked/);
+    const before = [installsAt(b), installsAt(d)];
+    d.dev.h.lastType = 0;
+    b.dev.h.onRequest = () => true;
+    assert.equal(d.dev.h.connect("bob@b.example", APP), true);
+    await until(() => d.dev.h.lastType === Msg.Error, "dora's answer", 10_000);
+    assert.equal(d.dev.h.lastCode, ErrorCode.Rejected);
+    assert.deepEqual([installsAt(b), installsAt(d)], before, "no SaInstall at either gateway");
+    assert.match(String(d.t.events("xsession-failed").at(-1)?.reason), /revoked/);
     assert.equal(live(b.dev).length, 0);
+  });
+
+  test("a device revoked by a published list: its sessions end at both gateways, its home gateway refuses its joins", async () => {
+    const spi = await connect(a, b);
+    const list = fleet.revoke({ devices: ["alice@a.example"] }, clock.now());
+    const started = Date.now();
+    await publishRevocationList(broker.url, fleet.fleetId, list);
+    await until(() => b.dev.closed.some(([s]) => s === spi) && a.t.events("device-revoked").length === 1, "the SA ended at both ends", 5000);
+    assert.deepEqual(b.dev.closed.find(([s]) => s === spi), [spi, CloseReason.Revoked]);
+    assert.ok(Date.now() - started < 5000);
+    assert.equal(a.t.gw.store.getDevice("alice")!.revokedAt !== null, true, "alice is revoked in her gateway's registry");
+    assert.equal(a.t.gw.store.getRegistration("alice"), undefined, "and no longer registered");
+    await a.dev.reconnect();
+    await until(() => a.t.events("join-rejected").some((e) => e.device === "alice" && e.reason === "device revoked"), "alice's next join refused", 10_000);
+    assert.equal(a.cross().sessions.size + b.cross().sessions.size, 0);
+    // The list every gateway took is the one on disk: a restart starts from it.
+    assert.equal(a.t.gw.trust!.list!.serial, b.t.gw.trust!.list!.serial);
+  });
+
+  test("a revoked gateway: every session with it ends at the other gateways, and it starts none", async () => {
+    const spi = await connect(c, b);
+    await publishRevocationList(broker.url, fleet.fleetId, fleet.revoke({ gateways: ["c.example"] }, clock.now()));
+    await until(() => b.dev.closed.some(([s]) => s === spi) && c.dev.closed.some(([s]) => s === spi), "the SA ended at both ends", 5000);
+    assert.ok(c.t.events("gateway-revoked").length === 1, "c knows it is revoked");
+    c.dev.h.lastType = 0;
+    assert.equal(c.dev.h.connect("bob@b.example", APP), true);
+    await until(() => c.dev.h.lastType === Msg.Error, "carl's answer", 10_000);
+    assert.equal(c.dev.h.lastCode, ErrorCode.Rejected);
+  });
+});
+
+describe("a revocation list that never arrives", () => {
+  test("sessions end once the held list goes stale (at the next periodic check): withholding a list cannot keep a session alive", async () => {
+    const broker = await startBroker({ host: "127.0.0.1", port: 0 });
+    const fleetDir = tempDir("kp-xgw-fleet-");
+    const clock = new Clock();
+    const fleet = Fleet.create(fleetDir, "kp-fleet", clock.now(), 600);
+    const a = await side("a.example", "alice", fleet, broker, clock, { recheckMs: 200 });
+    const b = await side("b.example", "bob", fleet, broker, clock, { recheckMs: 200 });
+    try {
+      const spi = await connect(a, b);
+      clock.advance(599);
+      await new Promise((r) => setTimeout(r, 500));
+      assert.equal(ready(a.dev).length, 1, "still up while the list is fresh");
+      clock.advance(2); // past the list's next update: the verifiers answer revocation-unknown
+      await until(() => a.dev.closed.some(([s]) => s === spi) && b.dev.closed.some(([s]) => s === spi), "the SA ended at both ends", 5000);
+      assert.match(String(a.t.events("xsession-revoked").at(-1)?.reason), /revocation-unknown/);
+    } finally {
+      await stopSide(a);
+      await stopSide(b);
+      await broker.close();
+      rmSync(fleetDir, { recursive: true, force: true });
+    }
   });
 });
 
@@ -175,12 +343,12 @@ describe("the capable-peer SDK", () => {
     broker = await startBroker({ host: "127.0.0.1", port: 0 });
     fleetDir = tempDir("kp-xgw-fleet-");
     const fleet = Fleet.create(fleetDir, "kp-fleet", clock.now());
+    a = await side("a.example", "alice", fleet, broker, clock, { sessions: { limit: 10, overlapMs: 2000 } });
+    b = await side("b.example", "bob", fleet, broker, clock);
+    // carol@c.example: her own keys, a gateway certificate for her domain and a certificate for her name.
     const verifierKey = generateEd25519();
     const verifier = new Verifier({ anchor: fleet.anchor, key: verifierKey, verifierId: "verifier.kp" });
     verifier.updateRevocationList(fleet.signedList());
-    a = await side("a.example", "alice", fleet, verifier, verifierKey.publicKey, broker, clock);
-    b = await side("b.example", "bob", fleet, verifier, verifierKey.publicKey, broker, clock);
-    // carol@c.example: her own keys, a gateway certificate for her domain and a certificate for her name.
     const signing = generateEd25519();
     const encryption = generateX25519();
     const gatewayCert = fleet.issueGateway("c.example", { signingKey: signing.publicKey, encryptionKey: encryption.publicKey }, clock.now());
@@ -192,18 +360,14 @@ describe("the capable-peer SDK", () => {
       url: broker.url, identity: { gatewayId: "c.example", signing, encryption, certificate: gatewayCert }, trust: checkerTrust(checker),
       now: clock.now, protocolVersion: 4, requestTimeoutMs: 15_000,
     });
-    peer = new CapablePeer({ interlink: peerLink, self: { name: "carol@c.example", identitySeed: identity.seed, cert, gatewayCert }, suites: [[AES, 1]], checker, now: clock.now });
+    peer = new CapablePeer({ interlink: peerLink, self: { name: "carol@c.example", identitySeed: identity.seed, cert, gatewayCert }, suites: [[AES, 1]], checker, now: clock.now, overlapMs: 2000 });
   });
 
   after(async () => {
     await peer?.close();
     await peerLink?.close();
-    for (const s of [a, b]) {
-      if (!s) continue;
-      s.dev.close();
-      await stopGateway(s.t);
-      await s.link.close();
-    }
+    await stopSide(a);
+    await stopSide(b);
     await broker?.close();
     rmSync(fleetDir, { recursive: true, force: true });
   });
@@ -223,25 +387,34 @@ describe("the capable-peer SDK", () => {
     await until(() => b.dev.closed.some(([spi, why]) => spi === s.spi && why === CloseReason.Bye), "bob's SA closed by carol's bye");
   });
 
-  test("alice@a.example's handset calls carol (capable peer); carol accepts, data crosses, alice's bye reaches carol", async () => {
+  test("alice@a.example's handset calls carol; carol accepts; they rekey (alice's gateway's limit of 10 holds for both) with nothing lost; alice's bye reaches carol", async () => {
     const asked: string[] = [];
     peer.onRequest = (from, app) => {
       asked.push(from);
       return from === "alice@a.example" && app === APP;
     };
     const up = new Promise<PeerSession>((resolve) => (peer.onSession = resolve));
+    a.dev.inbox.length = 0;
     assert.equal(a.dev.h.connect("carol@c.example", APP), true);
     const s = await up;
-    await until(() => a.dev.h.sas.some((x) => x.ready && x.spi === s.spi), "alice's SA ready");
+    const first = s.spi;
+    await until(() => a.dev.h.sas.some((x) => x.ready && x.spi === first), "alice's SA ready");
     assert.deepEqual(asked, ["alice@a.example"]);
     const got: string[] = [];
     const closed: number[] = [];
     s.onMessage = (d) => got.push(Buffer.from(d).toString("latin1"));
     s.onClose = (r) => closed.push(r);
-    assert.equal(a.dev.h.send(s.spi, text("hi carol")), true);
-    await until(() => got.includes("hi carol"), "alice's message at carol");
-    await s.send(text("hi alice"));
-    await until(() => a.dev.inbox.includes("hi alice"), "carol's message at alice");
+    // 20 each way with a limit of 10: carol's side asks alice's gateway for the rekeys, alice's device
+    // asks its own; either way one replacement at a time, and the PeerSession object stays the same.
+    for (let i = 0; i < 20; i++) {
+      await until(() => a.dev.h.send(first, text(`to carol ${i}`)), `room for alice's message ${i}`, 10_000);
+      await s.send(text(`to alice ${i}`)); // past the limit, it waits for the replacement
+      await until(() => got.length === i + 1 && a.dev.inbox.length === i + 1, `delivery of ${i}`, 10_000);
+    }
+    assert.deepEqual(got, Array.from({ length: 20 }, (_, i) => `to carol ${i}`));
+    assert.deepEqual(a.dev.inbox, Array.from({ length: 20 }, (_, i) => `to alice ${i}`));
+    assert.notEqual(s.spi, first, "carol sends under a new SPI");
+    assert.ok(a.t.events("xsession-rekeyed").length >= 1);
     assert.equal(a.dev.h.close(s.spi), true);
     await until(() => closed.length === 1, "carol told of alice's bye");
     assert.deepEqual(closed, [CloseReason.Bye]);
