@@ -1,7 +1,7 @@
 // `keyproxy fleet`: the fleet CA's side of fleet trust (gateway/fleet.ts, docs/FLEET.md). The CA key
 // never leaves the fleet directory and is never printed; everything printed here is public.
 
-import { existsSync, writeFileSync } from "node:fs";
+import { copyFileSync, existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fromHex, toHex } from "../firmware/bytes.ts";
 import {
@@ -14,6 +14,7 @@ import {
   readGatewayCertificateUnverified,
   REVOCATION_FILE,
 } from "../gateway/fleet.ts";
+import { HELD_LIST_FILE, publishRevocationList, revocationTopic } from "../gateway/fleet-trust.ts";
 import { parse, positiveInt, UsageError } from "./args.ts";
 
 export const DEFAULT_FLEET_DIR = "./keyproxy-fleet";
@@ -29,30 +30,36 @@ revocation list, serial 1, valid for --list-days (default ${DEFAULT_LIST_LIFETIM
 
 Certifies a gateway (its id is its domain) for --days (default ${DEFAULT_GATEWAY_CERT_LIFETIME / 86400}).
   --data-dir        the gateway's data directory on this machine: its keys are made there if missing
-                    (gateway.key, gateway.x25519, mode 0600) and the certificate and trust anchor are
-                    installed beside them
+                    (gateway.key, gateway.x25519, mode 0600) and the certificate, the trust anchor and
+                    the current revocation list are installed beside them
   --signing-key     the gateway's Ed25519 public key, 64 hex digits (a gateway on another machine)
   --encryption-key  the gateway's X25519 public key, 64 hex digits
   --out             where to write the certificate (with --signing-key/--encryption-key)`,
-  "revoke-device": `usage: keyproxy fleet revoke-device (--name <name@domain> | --cert-id <hex>) [--fleet-dir <dir>] [--list-days <n>]
+  "revoke-device": `usage: keyproxy fleet revoke-device (--name <name@domain> | --cert-id <hex>) [--fleet-dir <dir>] [--list-days <n>] [--mqtt <url>]
 
 Signs the next revocation list (serial + 1) with the device added: by name (every certificate of that
-device, now and later) or by one certificate id. Verifiers take it when it reaches them; see
-docs/FLEET.md for the bound on how long that takes.`,
-  "revoke-gateway": `usage: keyproxy fleet revoke-gateway --id <gateway-id> [--fleet-dir <dir>] [--list-days <n>]
+device, now and later) or by one certificate id. With --mqtt, publishes it (retained) where every
+gateway of the fleet listens: the device's home gateway refuses its joins and every gateway ends its
+sessions as soon as the list arrives (docs/FLEET.md states the bound when it does not).`,
+  "revoke-gateway": `usage: keyproxy fleet revoke-gateway --id <gateway-id> [--fleet-dir <dir>] [--list-days <n>] [--mqtt <url>]
 
 Signs the next revocation list (serial + 1) with the gateway added: its certificates and every device
-certificate it issued stop being good.`,
-  refresh: `usage: keyproxy fleet refresh [--fleet-dir <dir>] [--list-days <n>]
+certificate it issued stop being good, and with --mqtt every gateway ends its sessions with it.`,
+  refresh: `usage: keyproxy fleet refresh [--fleet-dir <dir>] [--list-days <n>] [--mqtt <url>]
 
 Signs the next revocation list (serial + 1) with the same entries and a new next-update time. Run it
-before the current list's next update (from cron), or verifiers stop answering "good".`,
+before the current list's next update (from cron, with --mqtt), or verifiers stop answering "good"
+and sessions across gateways end.`,
+  publish: `usage: keyproxy fleet publish --mqtt <url> [--fleet-dir <dir>]
+
+Publishes the current revocation list, retained, on keyproxy/v1/fleet/<fleet-id>/revocation, where
+every gateway of the fleet listens (say, after a broker lost its retained messages).`,
   show: `usage: keyproxy fleet show [--fleet-dir <dir>]
 
 Prints the fleet id, the CA public key, the revocation list and the gateways certified.`,
 };
 
-const USAGE = `usage: keyproxy fleet <create|issue-gateway|revoke-device|revoke-gateway|refresh|show> [options]
+const USAGE = `usage: keyproxy fleet <create|issue-gateway|revoke-device|revoke-gateway|refresh|publish|show> [options]
 
 ${Object.entries(HELP)
   .map(([k, v]) => `  ${k.padEnd(15)} ${v.split("\n")[2] ?? ""}`)
@@ -72,6 +79,7 @@ const OPTIONS = {
   "signing-key": { type: "string" },
   "encryption-key": { type: "string" },
   out: { type: "string" },
+  mqtt: { type: "string" },
   help: { type: "boolean", short: "h" },
 } as const;
 
@@ -98,6 +106,16 @@ function printList(fleet: Fleet): void {
   console.log(`  revoked gateways: ${l.gateways.length ? l.gateways.join(", ") : "none"}`);
   console.log(`  revoked devices: ${l.devices.length ? l.devices.join(", ") : "none"}`);
   console.log(`  revoked certificate ids: ${l.certIds.length ? l.certIds.join(", ") : "none"}`);
+}
+
+async function publish(fleet: Fleet, url: string): Promise<void> {
+  const list = fleet.currentList();
+  try {
+    await publishRevocationList(url, fleet.fleetId, fleet.signedList());
+  } catch (e) {
+    throw new Error(`the list is signed but NOT published: ${(e as Error).message}; retry with "keyproxy fleet publish --mqtt <url>"`);
+  }
+  console.log(`published revocation list serial ${list.serial} (retained) on ${revocationTopic(fleet.fleetId)}`);
 }
 
 export async function fleetCommand(argv: string[]): Promise<number> {
@@ -133,6 +151,8 @@ export async function fleetCommand(argv: string[]): Promise<number> {
       if (o["signing-key"] || o["encryption-key"] || o.out) throw new UsageError("--data-dir cannot be combined with --signing-key, --encryption-key or --out");
       const cert = fleet.issueGateway(o.id, gatewayPublicKeys(o["data-dir"]), now, lifetime);
       const claims = installGatewayCertificate(o["data-dir"], cert, fleet.anchor);
+      // The gateway starts from the current list (newer ones reach it over MQTT); it never takes an older one.
+      copyFileSync(join(dir, REVOCATION_FILE), join(o["data-dir"], HELD_LIST_FILE));
       console.log(`issued gateway certificate for "${claims.sub}" (id ${toHex(claims.cti)}), valid until ${date(claims.exp)}; installed in ${o["data-dir"]}`);
       return 0;
     }
@@ -143,7 +163,17 @@ export async function fleetCommand(argv: string[]): Promise<number> {
     writeFileSync(o.out, cert, { mode: 0o644 });
     const claims = readGatewayCertificateUnverified(cert);
     console.log(`issued gateway certificate for "${claims.sub}" (id ${toHex(claims.cti)}), valid until ${date(claims.exp)}; written to ${o.out}`);
-    console.log(`  give the gateway ${o.out} and ${join(dir, FLEET_FILE)}`);
+    console.log(`  give the gateway ${o.out}, ${join(dir, FLEET_FILE)} and ${join(dir, REVOCATION_FILE)}`);
+    return 0;
+  }
+
+  if (o.mqtt !== undefined && !/^(mqtts?|wss?):\/\/./.test(o.mqtt)) throw new UsageError(`--mqtt wants a broker URL such as mqtt://127.0.0.1:1883, got "${o.mqtt}"`);
+  if (o.mqtt !== undefined && !["revoke-device", "revoke-gateway", "refresh", "publish"].includes(sub)) throw new UsageError(`--mqtt is for revoke-device, revoke-gateway, refresh and publish`);
+
+  if (sub === "publish") {
+    if (!o.mqtt) throw new UsageError("--mqtt <url> is required");
+    const fleet = openFleet(dir);
+    await publish(fleet, o.mqtt);
     return 0;
   }
 
@@ -161,7 +191,8 @@ export async function fleetCommand(argv: string[]): Promise<number> {
     const what = add.devices?.[0] ?? add.certIds?.[0] ?? add.gateways?.[0];
     console.log(`${what ? `revoked ${what}; ` : ""}signed ${join(dir, REVOCATION_FILE)}`);
     printList(fleet);
-    console.log(`distribute ${join(dir, REVOCATION_FILE)} to every verifier (docs/FLEET.md, "Revocation")`);
+    if (o.mqtt) await publish(fleet, o.mqtt);
+    else console.log(`distribute ${join(dir, REVOCATION_FILE)} to every gateway: "keyproxy fleet publish --mqtt <url>" (docs/FLEET.md, "Revocation")`);
     return 0;
   }
 

@@ -1,6 +1,10 @@
 import { openSync, closeSync, writeSync, mkdirSync, chmodSync } from "node:fs";
 import { join } from "node:path";
-import { Gateway, DEFAULT_LISTEN } from "../gateway/gateway.ts";
+import { existsSync } from "node:fs";
+import { Gateway, DEFAULT_LISTEN, type FleetOptions } from "../gateway/gateway.ts";
+import { DEFAULT_RECHECK_MS } from "../gateway/crossgw.ts";
+import { DEFAULT_SESSIONS } from "../gateway/sessions.ts";
+import { DEV_FLEET_DIR, DEV_FLEET_WARNING, Fleet, FLEET_FILE, isGatewayId, loadGatewayCredentials } from "../gateway/fleet.ts";
 import { DEFAULT_BROKER_LISTEN } from "../gateway/broker.ts";
 import { Logger } from "../gateway/log.ts";
 import { LIFETIME_CEILING } from "../gateway/registrar.ts";
@@ -10,24 +14,34 @@ import { describeEvent } from "./monitor-cmd.ts";
 
 export const DEFAULT_DATA_DIR = "./keyproxy-data";
 
-const HELP = `usage: keyproxy gateway [--data-dir <dir>] [--listen <host:port>] [--id <name>] [--max-lifetime <s>] [--min-lifetime <s>]
-                        [--mqtt <url> | --mqtt-listen <host:port> | --no-mqtt] [--metrics <s>] [--demo <n>]
+const HELP = `usage: keyproxy gateway [--data-dir <dir>] [--listen <host:port>] [--id <domain>] [--max-lifetime <s>] [--min-lifetime <s>]
+                        [--mqtt <url> | --mqtt-listen <host:port> | --no-mqtt] [--metrics <s>] [--no-fleet]
+                        [--sa-lifetime <s>] [--sa-limit <n>] [--recheck <s>] [--demo <n>]
 
 Runs a gateway on embedded defaults: the registry is a SQLite file under the data directory
 (default ${DEFAULT_DATA_DIR}, created owner-only), devices connect on --listen
 (default ${DEFAULT_LISTEN.host}:${DEFAULT_LISTEN.port}), and it publishes its monitoring (docs/MONITORING.md) to an
 embedded MQTT broker on ${DEFAULT_BROKER_LISTEN.host}:${DEFAULT_BROKER_LISTEN.port} (or, if a broker is already there, to that one).
+Over the same broker it reaches the other gateways of its fleet, for sessions across gateways
+(docs/FLEET.md): its certificate and the fleet's trust anchor come from "keyproxy fleet issue-gateway
+--data-dir"; a gateway with none makes a development fleet of its own and says so loudly.
 Logs are JSON lines on stderr. Stop with Ctrl-C.
 
-  --data-dir <dir>         where the registry and the gateway's signing key live
+  --data-dir <dir>         where the registry and the gateway's keys and certificate live
   --listen <host:port>     device link address (port 0: any free port)
-  --id <name>              the gateway's name in the certificates it issues (default: kept from the last run, else gateway.local)
+  --id <domain>            the gateway's name: its domain, so its devices are name@<domain> across the fleet
+                           (default: kept from the last run, else gateway.local)
   --max-lifetime <s>       longest registration granted, seconds (default 86400, at most 1728000: 20 days)
   --min-lifetime <s>       shortest registration granted, seconds (default 60)
   --mqtt <url>             publish monitoring to this broker (e.g. mqtt://127.0.0.1:1883) instead of an embedded one
   --mqtt-listen <host:port> the embedded broker's address (port 0: any free port)
   --no-mqtt                no monitoring, no broker
   --metrics <s>            seconds between metrics messages (default 10)
+  --no-fleet               no sessions across gateways: devices reach only devices of this gateway
+  --sa-lifetime <s>        lifetime of a session's keys, seconds (default ${DEFAULT_SESSIONS.lifetime}); devices rekey at 80%
+  --sa-limit <n>           messages per direction before a session's keys must be replaced (default ${DEFAULT_SESSIONS.limit})
+  --recheck <s>            how often every session across gateways is judged again against the fleet's
+                           revocation list, seconds (default ${DEFAULT_RECHECK_MS / 1000})
   --demo <n>               also boot n emulated Puck.js handsets (the real firmware bundle) against this
                            gateway and print what happens in plain words; the JSON log goes to <data-dir>/gateway.log`;
 
@@ -42,6 +56,10 @@ export async function gatewayCommand(argv: string[]): Promise<number> {
     "mqtt-listen": { type: "string" },
     "no-mqtt": { type: "boolean" },
     metrics: { type: "string" },
+    "no-fleet": { type: "boolean" },
+    "sa-lifetime": { type: "string" },
+    "sa-limit": { type: "string" },
+    recheck: { type: "string" },
     demo: { type: "string" },
     help: { type: "boolean", short: "h" },
   });
@@ -67,6 +85,12 @@ export async function gatewayCommand(argv: string[]): Promise<number> {
         : { embedded: DEFAULT_BROKER_LISTEN, orUseExisting: true, metricsSeconds };
   const demo = o.demo === undefined ? 0 : positiveInt(o.demo, "--demo", 2);
   const dataDir = o["data-dir"] ?? DEFAULT_DATA_DIR;
+  const sessions = { lifetime: positiveInt(o["sa-lifetime"], "--sa-lifetime", DEFAULT_SESSIONS.lifetime), limit: positiveInt(o["sa-limit"], "--sa-limit", DEFAULT_SESSIONS.limit) };
+  if (sessions.lifetime > LIFETIME_CEILING) throw new UsageError(`--sa-lifetime is at most ${LIFETIME_CEILING} s (20 days)`);
+  const recheckMs = positiveInt(o.recheck, "--recheck", DEFAULT_RECHECK_MS / 1000) * 1000;
+  const fleetOn = mqtt !== undefined && !o["no-fleet"];
+  if (fleetOn && o.id !== undefined && !isGatewayId(o.id)) throw new UsageError(`--id "${o.id}" is not a domain name (letters, digits, - _ and dots), which the fleet names devices by; pick one, or pass --no-fleet`);
+  if ((o["no-fleet"] || o["no-mqtt"]) && o.recheck !== undefined) throw new UsageError("--recheck is about sessions across gateways, which --no-fleet and --no-mqtt turn off");
 
   // In the demo, stdout is for people: the JSON log goes to a file next to the registry.
   let logFd: number | undefined;
@@ -91,6 +115,8 @@ export async function gatewayCommand(argv: string[]): Promise<number> {
     policy,
     mqtt,
     log,
+    sessions,
+    fleet: fleetOn ? (id) => fleetOptions(dataDir, id, recheckMs, log ?? new Logger(), demo > 0) : undefined,
   });
   let stopDemo: (() => void) | undefined;
   try {
@@ -105,6 +131,23 @@ export async function gatewayCommand(argv: string[]): Promise<number> {
   if (demo) process.stdout.write("gateway stopped\n");
   if (logFd !== undefined) closeSync(logFd);
   return 0;
+}
+
+/** The gateway's fleet credentials from its data directory; without any, a development fleet of its
+ *  own, announced loudly (stderr; the demo's narrative on stdout) and in the log every time the
+ *  gateway starts with it. */
+function fleetOptions(dataDir: string, id: string, recheckMs: number, log: Logger, demo: boolean): FleetOptions {
+  if (!isGatewayId(id)) throw new UsageError(`the gateway id "${id}" (kept from an earlier run) is not a domain name, which the fleet names devices by: pass --id <domain>, or --no-fleet`);
+  const { credentials, devFleetCreated } = loadGatewayCredentials(dataDir, id, Math.floor(Date.now() / 1000), true);
+  const devDir = join(dataDir, DEV_FLEET_DIR);
+  const devFleet = existsSync(join(devDir, FLEET_FILE)) ? Fleet.open(devDir) : undefined;
+  const usingDevFleet = devFleet !== undefined && Buffer.compare(devFleet.anchor.caPublicKey, credentials.anchor.caPublicKey) === 0;
+  if (usingDevFleet) {
+    if (demo) process.stdout.write(`demo: no fleet configured, so this gateway made a development fleet of its own (fine for a demo, not for production: docs/FLEET.md)\n`);
+    else process.stderr.write(`\nWARNING: ${DEV_FLEET_WARNING}\n\n`);
+    log.warn("dev-fleet", { created: devFleetCreated, fleet: credentials.anchor.fleetId, dir: devDir, reason: DEV_FLEET_WARNING });
+  }
+  return { credentials, devFleet: usingDevFleet ? devFleet : undefined, recheckMs };
 }
 
 /** The first-run demo: n emulated Puck.js handsets against gw, narrated on stdout. */

@@ -9,7 +9,8 @@ Who may talk to whom. Every connection and certificate request is checked; a mat
 matching allow, and with no matching rule the default decides (deny unless set otherwise). A denied
 request gets exactly the answer an unknown name gets.
 
-  allow --from <who> --to <who> [--app <name>]   add an allow rule (who: device id, group:<name> or *)
+  allow --from <who> --to <who> [--app <name>]   add an allow rule (who: device id, name@domain,
+                                                 *@domain, group:<name> or *)
   deny  --from <who> --to <who> [--app <name>]   add a deny rule (--app defaults to *)
   list                                           the rules and the default
   remove --id <n>                                delete a rule
