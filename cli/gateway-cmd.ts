@@ -11,6 +11,7 @@ import { LIFETIME_CEILING } from "../gateway/registrar.ts";
 import type { MqttOptions } from "../gateway/monitor.ts";
 import { hostPort, parse, positiveInt, UsageError } from "./args.ts";
 import { describeEvent } from "./monitor-cmd.ts";
+import type { EmulatedDevice } from "../emulator/device.ts";
 
 export const DEFAULT_DATA_DIR = "./keyproxy-data";
 
@@ -187,28 +188,14 @@ async function startDemo(gw: Gateway, dataDir: string, n: number): Promise<() =>
 
 /** sim-1 calls sim-2 for the application "demo", sends three messages, and hangs up; sim-2 echoes.
  *  The applications are installed over each handset's console, as a user would type them. */
-async function talk(gw: Gateway, devices: { eval(code: string): unknown }[], say: (s: string) => void, stopped: () => boolean): Promise<void> {
+async function talk(gw: Gateway, devices: EmulatedDevice[], say: (s: string) => void, stopped: () => boolean): Promise<void> {
+  const { callerApp, echoApp, whenRegistered } = await import("../emulator/sim.ts");
   const [caller, callee] = devices;
-  const registered = (d: { eval(code: string): unknown }) => d.eval("KP.status().registered") === true;
-  for (let i = 0; !(registered(caller) && registered(callee)); i++) {
-    if (stopped() || i > 300) return;
-    await new Promise((r) => setTimeout(r, 100));
-  }
+  if (!(await whenRegistered(caller, 30_000, stopped)) || !(await whenRegistered(callee, 30_000, stopped))) return;
   if (!gw.policy.rules().some((r) => r.subject === "sim-1" && r.object === "sim-2" && r.app === "demo")) {
     gw.policy.add("sim-1", "sim-2", "demo", "allow");
     say("demo: policy now allows sim-1 -> sim-2 for the application \"demo\" (keyproxy policy list)");
   }
-  callee.eval(`KP.onRequest = function (from, app) { return app === "demo"; };
-KP.onMessage = function (d, spi, peer) { print('demo: got "' + E.toString(d) + '" from ' + peer + ', echoing'); KP.send(spi, E.toUint8Array("echo: " + E.toString(d))); };
-KP.onClose = function (spi, reason) { print("demo: session closed (reason " + reason + ")"); }; 1`);
-  caller.eval(`KP.onConnect = function (spi, peer) {
-  print("demo: end-to-end session with " + peer + " up, spi " + spi.toString(16));
-  var i = 0;
-  var t = setInterval(function () {
-    if (++i > 3) { clearInterval(t); KP.close(spi); print("demo: hung up"); return; }
-    KP.send(spi, E.toUint8Array("hello " + i));
-  }, 1000);
-};
-KP.onMessage = function (d, spi, peer) { print('demo: got "' + E.toString(d) + '" from ' + peer); };
-KP.connect("sim-2", "demo"); 1`);
+  callee.eval(echoApp("demo"));
+  caller.eval(callerApp("sim-2", "demo"));
 }

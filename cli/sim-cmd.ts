@@ -2,11 +2,12 @@ import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { buildFirmware } from "../flash/build.ts";
 import { DEFAULT_LISTEN } from "../gateway/gateway.ts";
-import { startSim } from "../emulator/sim.ts";
+import { callerApp, echoApp, startSim, whenRegistered } from "../emulator/sim.ts";
 import { DEFAULT_DATA_DIR } from "./gateway-cmd.ts";
 import { hostPort, parse, positiveInt, UsageError } from "./args.ts";
 
 const HELP = `usage: keyproxy sim [--count <n>] [--board <id>] [--gateway <host:port>] [--data-dir <dir>] [--bundle <file>] [--lifetime <s>]
+                    [--prefix <name>] [--answer] [--call <name[@domain]>] [--app <name>]
 
 Boots n emulated handsets running the real firmware bundle (built for --board unless --bundle is
 given) against a gateway, provisioning each one (sim-1 ... sim-n) into the gateway's registry in
@@ -17,7 +18,12 @@ with the handset's name. Stop with Ctrl-C.
   --board <id>           puckjs, banglejs2, esp32 or emulator (default puckjs)
   --gateway <host:port>  the gateway's device link (default ${DEFAULT_LISTEN.host}:${DEFAULT_LISTEN.port})
   --data-dir <dir>       the gateway's data directory (default ${DEFAULT_DATA_DIR})
-  --lifetime <s>         registration lifetime each handset asks for (default 3600)`;
+  --lifetime <s>         registration lifetime each handset asks for (default 3600)
+  --prefix <name>        the handsets' names are <name>-1 ... <name>-n (default sim)
+  --answer               every handset takes calls for --app and echoes what it gets
+  --call <peer>          the first handset calls <peer> (a name here, or name@domain behind another
+                         gateway) for --app once registered, sends three messages and hangs up
+  --app <name>           the application --answer and --call use (default chat)`;
 
 export async function simCommand(argv: string[]): Promise<number> {
   const o = parse(argv, {
@@ -27,6 +33,10 @@ export async function simCommand(argv: string[]): Promise<number> {
     "data-dir": { type: "string" },
     bundle: { type: "string" },
     lifetime: { type: "string" },
+    prefix: { type: "string" },
+    answer: { type: "boolean" },
+    call: { type: "string" },
+    app: { type: "string" },
     help: { type: "boolean", short: "h" },
   });
   if (o.help) {
@@ -34,6 +44,10 @@ export async function simCommand(argv: string[]): Promise<number> {
     return 0;
   }
   const board = o.board ?? "puckjs";
+  const app = o.app ?? "chat";
+  if (!/^[A-Za-z0-9._-]{1,64}$/.test(app)) throw new UsageError(`--app wants an application name (letters, digits, . _ -), got "${app}"`);
+  if (o.prefix !== undefined && !/^[A-Za-z0-9._-]{1,40}$/.test(o.prefix)) throw new UsageError(`--prefix wants a short name (letters, digits, . _ -), got "${o.prefix}"`);
+  if (o.call !== undefined && !/^[A-Za-z0-9._-]{1,64}(@[A-Za-z0-9._-]{1,190})?$/.test(o.call)) throw new UsageError(`--call wants a handset name or name@domain, got "${o.call}"`);
   const dataDir = o["data-dir"] ?? DEFAULT_DATA_DIR;
   if (!existsSync(join(dataDir, "keyproxy.db"))) throw new UsageError(`no gateway registry in ${dataDir}: start "keyproxy gateway --data-dir ${dataDir}" first`);
   let bundle: string;
@@ -52,12 +66,25 @@ export async function simCommand(argv: string[]): Promise<number> {
     count: positiveInt(o.count, "--count", 2),
     gateway: o.gateway ? hostPort(o.gateway, "--gateway") : DEFAULT_LISTEN,
     lifetime: positiveInt(o.lifetime, "--lifetime", 3600),
+    prefix: o.prefix,
     onLog: (id, line) => console.log(`${id}: ${line}`),
   });
-  await new Promise<void>((resolve) => {
+  let stopped = false;
+  const stop = new Promise<void>((resolve) => {
     process.once("SIGINT", () => resolve());
     process.once("SIGTERM", () => resolve());
   });
+  // The applications are typed into the handsets' consoles, as a user would.
+  if (o.answer) for (const d of sim.devices) d.eval(echoApp(app));
+  if (o.call) {
+    const [first] = sim.devices;
+    void whenRegistered(first, 60_000, () => stopped).then((ok) => {
+      if (ok) first.eval(callerApp(o.call as string, app));
+      else if (!stopped) console.error(`${o.prefix ?? "sim"}-1: not registered after 60 s; not calling ${o.call}`);
+    });
+  }
+  await stop;
+  stopped = true;
   sim.stop();
   return 0;
 }

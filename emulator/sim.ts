@@ -64,3 +64,36 @@ export async function startSim(o: SimOptions): Promise<{ devices: EmulatedDevice
   for (const d of devices) await d.boot();
   return { devices, stop: () => devices.forEach((d) => d.powerOff()) };
 }
+
+/** Console code for a handset that takes calls for `app` and echoes every message back, printing
+ *  "demo: ..." lines. Typed into the handset's console as a user would. */
+export function echoApp(app: string): string {
+  const a = JSON.stringify(app);
+  return `KP.onRequest = function (from, app) { return app === ${a}; };
+KP.onMessage = function (d, spi, peer) { print('demo: got "' + E.toString(d) + '" from ' + peer + ', echoing'); KP.send(spi, E.toUint8Array("echo: " + E.toString(d))); };
+KP.onClose = function (spi, reason) { print("demo: session closed (reason " + reason + ")"); }; 1`;
+}
+
+/** Console code for a handset that calls `peer` for `app`, sends `count` messages a second apart,
+ *  prints what comes back and hangs up. */
+export function callerApp(peer: string, app: string, count = 3): string {
+  return `KP.onConnect = function (spi, peer) {
+  print("demo: end-to-end session with " + peer + " up, spi " + spi.toString(16));
+  var i = 0;
+  var t = setInterval(function () {
+    if (++i > ${count}) { clearInterval(t); KP.close(spi); print("demo: hung up"); return; }
+    KP.send(spi, E.toUint8Array("hello " + i));
+  }, 1000);
+};
+KP.onMessage = function (d, spi, peer) { print('demo: got "' + E.toString(d) + '" from ' + peer); };
+KP.connect(${JSON.stringify(peer)}, ${JSON.stringify(app)}); 1`;
+}
+
+/** Waits until the device says it is registered (false after `ms`). */
+export async function whenRegistered(dev: EmulatedDevice, ms = 30_000, stopped = () => false): Promise<boolean> {
+  for (const end = Date.now() + ms; Date.now() < end && !stopped(); ) {
+    if (dev.eval("KP.status().registered") === true) return true;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return false;
+}

@@ -7,8 +7,7 @@
 
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { rmSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
+import { rmSync } from "node:fs";
 import { toHex } from "../firmware/bytes.ts";
 import { SUITE_AES_CCM_16_64_128 as AES } from "../firmware/crypto/types.ts";
 import { CloseReason, ErrorCode, Msg } from "../firmware/proto/messages.ts";
@@ -16,13 +15,14 @@ import { startBroker, type EmbeddedBroker } from "../gateway/broker.ts";
 import type { CrossGateway } from "../gateway/crossgw.ts";
 import { issueCertificate, readCertificateUnverified } from "../gateway/cwt.ts";
 import { generateEd25519 } from "../gateway/ed25519.ts";
-import { Fleet, gatewayPublicKeys, generateX25519, installGatewayCertificate, loadGatewayCredentials } from "../gateway/fleet.ts";
-import { HELD_LIST_FILE, publishRevocationList } from "../gateway/fleet-trust.ts";
+import { Fleet, generateX25519 } from "../gateway/fleet.ts";
+import { publishRevocationList } from "../gateway/fleet-trust.ts";
 import type { SessionSettings } from "../gateway/sessions.ts";
 import { Interlink } from "../gateway/interlink.ts";
 import { CapablePeer, type PeerSession } from "../gateway/peer-sdk.ts";
 import { CertificateChecker, checkerTrust, localSource, Verifier } from "../gateway/verifier.ts";
-import { Clock, provision, startGateway, tempDir, until, type TestGateway } from "./support/harness.ts";
+import { fleetGateway } from "./support/fleet-rig.ts";
+import { Clock, provision, tempDir, until, type TestGateway } from "./support/harness.ts";
 import { innerMessages, recordingCrypto, sessionHandset, stopGateway, type SessionHandset } from "./support/session-rig.ts";
 
 const APP = "chat";
@@ -44,21 +44,10 @@ interface SideOptions {
   recheckMs?: number;
 }
 
-/** A gateway for `domain` as an operator sets one up: keys, a certificate from the fleet and the
- *  current revocation list in its data directory (what `keyproxy fleet issue-gateway --data-dir`
- *  does), started with monitoring and the fleet on the broker, with one registered handset. */
+/** A gateway for `domain` in the fleet (test/support/fleet-rig.ts) with one registered handset. */
 async function side(domain: string, deviceId: string, fleet: Fleet, broker: EmbeddedBroker, clock: Clock, o: SideOptions = {}): Promise<Side> {
-  const dataDir = tempDir("kp-xgw-");
-  installGatewayCertificate(dataDir, fleet.issueGateway(domain, gatewayPublicKeys(dataDir), clock.now()), fleet.anchor);
-  writeFileSync(join(dataDir, HELD_LIST_FILE), fleet.signedList());
-  const { credentials } = loadGatewayCredentials(dataDir, domain, clock.now(), false);
   const rec = recordingCrypto();
-  const t = await startGateway({
-    dataDir, id: domain, now: clock.now, crypto: rec.crypto, sessions: o.sessions,
-    mqtt: { url: broker.url, metricsSeconds: 3600 },
-    fleet: { credentials, recheckMs: o.recheckMs ?? 0, protocolVersion: 4 },
-  });
-  t.gw.policy.setDefault("allow");
+  const t = await fleetGateway(domain, fleet, broker, clock.now, { crypto: rec.crypto, sessions: o.sessions, recheckMs: o.recheckMs });
   const dev = await sessionHandset(t.gw, deviceId, provision(t.gw, deviceId));
   await until(() => dev.h.status().registered, `${deviceId} registered`);
   return { t, dev, seals: rec.seals, cross: () => t.gw.hook as CrossGateway };

@@ -1,0 +1,33 @@
+// A gateway in a fleet, as an operator sets one up (what `keyproxy fleet issue-gateway --data-dir`
+// does: keys, a certificate from the fleet CA and the current revocation list in its data
+// directory), started in-process with monitoring and the fleet on an MQTT broker. Used by the tests
+// of sessions across gateways and the memory budget with a cross-gateway SA.
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import type { EmbeddedBroker } from "../../gateway/broker.ts";
+import { Fleet, gatewayPublicKeys, installGatewayCertificate, loadGatewayCredentials } from "../../gateway/fleet.ts";
+import { HELD_LIST_FILE } from "../../gateway/fleet-trust.ts";
+import type { GatewayOptions } from "../../gateway/gateway.ts";
+import { startGateway, tempDir, type TestGateway } from "./harness.ts";
+
+export interface FleetGatewayOptions extends Partial<GatewayOptions> {
+  /** How often live SAs are judged again, ms (default 0: only when a newer list arrives). */
+  recheckMs?: number;
+}
+
+/** A gateway for `domain` with a certificate from `fleet`, on `broker`, its policy defaulting to allow. */
+export async function fleetGateway(domain: string, fleet: Fleet, broker: EmbeddedBroker, now: () => number, o: FleetGatewayOptions = {}): Promise<TestGateway> {
+  const dataDir = tempDir("kp-xgw-");
+  installGatewayCertificate(dataDir, fleet.issueGateway(domain, gatewayPublicKeys(dataDir), now()), fleet.anchor);
+  writeFileSync(join(dataDir, HELD_LIST_FILE), fleet.signedList());
+  const { credentials } = loadGatewayCredentials(dataDir, domain, now(), false);
+  const { recheckMs, ...rest } = o;
+  const t = await startGateway({
+    dataDir, id: domain, now,
+    mqtt: { url: broker.url, metricsSeconds: 3600 },
+    fleet: { credentials, recheckMs: recheckMs ?? 0, protocolVersion: 4 },
+    ...rest,
+  });
+  t.gw.policy.setDefault("allow");
+  return t;
+}
