@@ -141,8 +141,11 @@ const GATEWAY_ID_PATTERN = /^[A-Za-z0-9](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_-
 const FLEET_ID_PATTERN = /^[A-Za-z0-9._-]{1,64}$/;
 const DEVICE_NAME_PATTERN = /^[A-Za-z0-9._-]{1,64}@.+$/;
 
+/** Topic levels of keyproxy/v1/ that are not gateways (the interlink's and the fleet's trees). */
+const RESERVED_GATEWAY_IDS = new Set(["interlink", "fleet"]);
+
 export function isGatewayId(s: unknown): s is string {
-  return typeof s === "string" && s.length <= 253 && GATEWAY_ID_PATTERN.test(s);
+  return typeof s === "string" && s.length <= 253 && GATEWAY_ID_PATTERN.test(s) && !RESERVED_GATEWAY_IDS.has(s);
 }
 
 export function isFleetId(s: unknown): s is string {

@@ -18,7 +18,10 @@ import {
   FleetError,
   FLEET_FILE,
   generateX25519,
+  isGatewayId,
   issueGatewayCertificate,
+  localDeviceId,
+  splitDeviceName,
   loadGatewayCredentials,
   readGatewayCertificateUnverified,
   readRevocationListUnverified,
@@ -93,6 +96,18 @@ function world(): World {
 function deviceCert(w: World, sub: string, nbf = T0, exp = T0 + 600, signer = w.gwSigning.seed, iss = "north.example"): Uint8Array {
   return issueCertificate({ iss, sub, iat: nbf, nbf, exp, cti: new Uint8Array(16).fill(sub.length), publicKey: generateEd25519().publicKey }, signer);
 }
+
+test("names: gateway ids are domains that can be one topic level, not the reserved trees; name@domain splits; name@own-domain is local", () => {
+  for (const ok of ["a.example", "gw-1", "north.example.org", "x_y.z"]) assert.equal(isGatewayId(ok), true, ok);
+  for (const bad of ["", "interlink", "fleet", "a/b", "a+b", "a#b", "a b", ".a", "a..b", "x".repeat(254)]) assert.equal(isGatewayId(bad), false, bad);
+  assert.deepEqual(splitDeviceName("bob@b.example"), { name: "bob", domain: "b.example" });
+  assert.equal(splitDeviceName("bob@fleet"), undefined);
+  assert.equal(splitDeviceName("bob"), undefined);
+  assert.equal(localDeviceId("bob", "a.example"), "bob");
+  assert.equal(localDeviceId("bob@a.example", "a.example"), "bob");
+  assert.equal(localDeviceId("bob@b.example", "a.example"), undefined);
+  assert.equal(localDeviceId("bob@", "a.example"), undefined);
+});
 
 test("Fleet.create writes the CA key owner-only, the trust anchor and revocation list serial 1, and refuses to overwrite", () => {
   const dir = tmp();
