@@ -190,7 +190,12 @@ export class Gateway {
       gw.hook = hook;
       gw.revokeDevice = revokeDevice;
       // Before "gateway-started", so that the record is the first event on MQTT.
-      if (opts.mqtt) gw.monitoring = await startMonitoring(opts.mqtt, { gatewayId: id, listen: `${address.host}:${address.port}`, store, links, log, now }).catch(async (e) => { await links.close(); throw e; });
+      const sessionMetrics = () => ({
+        sessionsLocal: sessions.sessions.size,
+        sessionsAcross: gw.hook instanceof CrossGateway ? gw.hook.sessions.size : undefined,
+        revocationSerial: gw.trust?.list?.serial,
+      });
+      if (opts.mqtt) gw.monitoring = await startMonitoring(opts.mqtt, { gatewayId: id, listen: `${address.host}:${address.port}`, store, links, log, now, sessionMetrics }).catch(async (e) => { await links.close(); throw e; });
       if (opts.fleet && gw.monitoring) {
         try {
           const fleet = typeof opts.fleet === "function" ? opts.fleet(id) : opts.fleet;

@@ -113,6 +113,11 @@ export interface Metrics {
   mqttPublished: number;
   mqttDropped: number;
   mqttQueued: number;
+  /** SAs the gateway keeps now: inside this gateway, and across gateways (absent without the fleet). */
+  sessionsLocal?: number;
+  sessionsAcross?: number;
+  /** Serial of the fleet revocation list the gateway holds (absent without the fleet). */
+  revocationSerial?: number;
 }
 
 // ---- bounded outbox -------------------------------------------------------------------------------
@@ -203,6 +208,8 @@ export interface PublisherDeps {
   log: Logger;
   /** Seconds since the epoch (the gateway's clock, which registrations are stamped with). */
   now: () => number;
+  /** Session counters for the metrics (read at each tick). */
+  sessionMetrics?: () => Pick<Metrics, "sessionsLocal" | "sessionsAcross" | "revocationSerial">;
 }
 
 export interface PublisherOptions {
@@ -411,6 +418,7 @@ export class MqttPublisher {
       mqttPublished: this.outbox.published,
       mqttDropped: this.outbox.dropped,
       mqttQueued: this.outbox.queued,
+      ...this.d.sessionMetrics?.(),
     };
   }
 

@@ -108,6 +108,8 @@ describe("sessions across gateways", () => {
     assert.equal(sa.peer, "bob@b.example");
     assert.equal(sb.peer, "alice@a.example");
     assert.deepEqual(asked, ["alice@a.example chat"], "bob was asked once, with the caller's full name");
+    const m = a.t.gw.monitoring!.publisher.metrics();
+    assert.deepEqual([m.sessionsLocal, m.sessionsAcross, m.revocationSerial], [0, 1, 1], "the metrics count the SA across gateways and name the list held");
     // Each gateway installed the same seed in its own device: the device's key confirmation verified
     // at both gateways, so the keys match (the seeds themselves are wiped by then).
     const installs = (s: Side) => innerMessages(s.seals).filter((m) => m[0] === Msg.SaInstall);
