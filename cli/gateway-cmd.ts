@@ -17,7 +17,7 @@ export const DEFAULT_DATA_DIR = "./keyproxy-data";
 
 const HELP = `usage: keyproxy gateway [--data-dir <dir>] [--listen <host:port>] [--id <domain>] [--max-lifetime <s>] [--min-lifetime <s>]
                         [--mqtt <url> | --mqtt-listen <host:port> | --no-mqtt] [--metrics <s>] [--no-fleet]
-                        [--sa-lifetime <s>] [--sa-limit <n>] [--recheck <s>] [--demo <n>]
+                        [--sa-lifetime <s>] [--sa-limit <n>] [--recheck <s>] [--verifier <id>] [--demo <n>]
 
 Runs a gateway on embedded defaults: the registry is a SQLite file under the data directory
 (default ${DEFAULT_DATA_DIR}, created owner-only), devices connect on --listen
@@ -43,6 +43,8 @@ Logs are JSON lines on stderr. Stop with Ctrl-C.
   --sa-limit <n>           messages per direction before a session's keys must be replaced (default ${DEFAULT_SESSIONS.limit})
   --recheck <s>            how often every session across gateways is judged again against the fleet's
                            revocation list, seconds (default ${DEFAULT_RECHECK_MS / 1000})
+  --verifier <id>          ask the fleet's verifier running on its own ("keyproxy verifier --id <id>") about
+                           remote certificates, instead of the one in this gateway
   --demo <n>               also boot n emulated Puck.js handsets (the real firmware bundle) against this
                            gateway and print what happens in plain words; the JSON log goes to <data-dir>/gateway.log`;
 
@@ -61,6 +63,7 @@ export async function gatewayCommand(argv: string[]): Promise<number> {
     "sa-lifetime": { type: "string" },
     "sa-limit": { type: "string" },
     recheck: { type: "string" },
+    verifier: { type: "string" },
     demo: { type: "string" },
     help: { type: "boolean", short: "h" },
   });
@@ -91,7 +94,8 @@ export async function gatewayCommand(argv: string[]): Promise<number> {
   const recheckMs = positiveInt(o.recheck, "--recheck", DEFAULT_RECHECK_MS / 1000) * 1000;
   const fleetOn = mqtt !== undefined && !o["no-fleet"];
   if (fleetOn && o.id !== undefined && !isGatewayId(o.id)) throw new UsageError(`--id "${o.id}" is not a domain name (letters, digits, - _ and dots), which the fleet names devices by; pick one, or pass --no-fleet`);
-  if ((o["no-fleet"] || o["no-mqtt"]) && o.recheck !== undefined) throw new UsageError("--recheck is about sessions across gateways, which --no-fleet and --no-mqtt turn off");
+  if ((o["no-fleet"] || o["no-mqtt"]) && (o.recheck !== undefined || o.verifier !== undefined)) throw new UsageError("--recheck and --verifier are about sessions across gateways, which --no-fleet and --no-mqtt turn off");
+  if (o.verifier !== undefined && !isGatewayId(o.verifier)) throw new UsageError(`--verifier wants the verifier's id (a domain name), got "${o.verifier}"`);
 
   // In the demo, stdout is for people: the JSON log goes to a file next to the registry.
   let logFd: number | undefined;
@@ -117,7 +121,7 @@ export async function gatewayCommand(argv: string[]): Promise<number> {
     mqtt,
     log,
     sessions,
-    fleet: fleetOn ? (id) => fleetOptions(dataDir, id, recheckMs, log ?? new Logger(), demo > 0) : undefined,
+    fleet: fleetOn ? (id) => ({ ...fleetOptions(dataDir, id, recheckMs, log ?? new Logger(), demo > 0), verifier: o.verifier }) : undefined,
   });
   let stopDemo: (() => void) | undefined;
   try {

@@ -18,7 +18,7 @@ import { generateEd25519, type Ed25519KeyPair } from "./ed25519.ts";
 import { Fleet, FleetError, readRevocationListUnverified, writeFileAtomic, type RevocationList, type TrustAnchor } from "./fleet.ts";
 import type { Interlink } from "./interlink.ts";
 import type { Logger } from "./log.ts";
-import { CertificateChecker, localSource, Verifier } from "./verifier.ts";
+import { CertificateChecker, localSource, remoteSource, Verifier } from "./verifier.ts";
 
 export const REVOCATION_TOPIC_ROOT = "keyproxy/v1/fleet";
 export const revocationTopic = (fleetId: string): string => `${REVOCATION_TOPIC_ROOT}/${fleetId}/revocation`;
@@ -48,6 +48,8 @@ export class FleetTrust {
   private readonly listeners = new Set<(list: RevocationList) => void>();
   private link: Interlink | undefined;
   private refreshTimer: NodeJS.Timeout | undefined;
+  /** Checkers asking a verifier elsewhere (remoteChecker): their caches go with every newer list too. */
+  private readonly remote: CertificateChecker[] = [];
 
   constructor(private readonly opts: FleetTrustOptions) {
     const key = opts.verifierKey ?? generateEd25519();
@@ -97,6 +99,7 @@ export class FleetTrust {
       }
     }
     this.checker.clear();
+    for (const c of this.remote) c.clear();
     log.info("revocation-list", {
       source, serial: list.serial, nextUpdate: new Date(list.nextUpdate * 1000).toISOString(),
       devices: list.devices.length, gateways: list.gateways.length, certIds: list.certIds.length,
@@ -109,6 +112,19 @@ export class FleetTrust {
       }
     }
     return true;
+  }
+
+  /**
+   * A checker that asks the verifier `verifierId` on its own (`keyproxy verifier`) over the interlink.
+   * Its answer key is its certified signing key, judged here by the local verifier (so the remote one
+   * never vouches for itself); its answers count only if made from a list at least as new as the one
+   * held here, and its cache is dropped with every newer list, as the local one is.
+   */
+  async remoteChecker(link: Interlink, verifierId: string): Promise<CertificateChecker> {
+    const peer = await link.peer(verifierId);
+    const checker = new CertificateChecker({ source: remoteSource(link, verifierId), verifierPublicKey: peer.signingKey, minSerial: () => this.held?.serial ?? 0 });
+    this.remote.push(checker);
+    return checker;
   }
 
   /** Listens for lists on the fleet's retained topic; a development gateway also publishes its own

@@ -56,6 +56,9 @@ export interface FleetOptions {
   maxAnswerLifetime?: number;
   /** The interlink's MQTT version (default "auto": 5, or 3.1.1 where the broker refuses 5). */
   protocolVersion?: 4 | 5 | "auto";
+  /** Ask the verifier on its own with this id (gateway/verifier-service.ts) about remote device
+   *  certificates, instead of the in-process one. */
+  verifier?: string;
 }
 
 /** What a session hook may use: the gateway's own parts. */
@@ -103,14 +106,15 @@ async function startFleet(f: FleetOptions, gw: Gateway, ctx: SessionHookContext,
     url, identity: credentials, trust: checkerTrust(trust.checker), now: ctx.now, log: gw.log, protocolVersion: f.protocolVersion ?? "auto",
   });
   try {
-    const cross = new CrossGateway(ctx, { interlink, gatewayCert: credentials.certificate, checker: trust.checker, recheckMs: f.recheckMs ?? DEFAULT_RECHECK_MS });
+    const checker = f.verifier ? await trust.remoteChecker(interlink, f.verifier) : trust.checker;
+    const cross = new CrossGateway(ctx, { interlink, gatewayCert: credentials.certificate, checker, recheckMs: f.recheckMs ?? DEFAULT_RECHECK_MS });
     trust.onList((list) => cross.revocationList(list));
     // The list held from the last run applies at once (a device revoked while we were down).
     if (trust.list) cross.revocationList(trust.list);
     await trust.attach(interlink);
     gw.interlink = interlink;
     gw.trust = trust;
-    gw.log.info("interlink-started", { gateway: gw.id, fleet: credentials.anchor.fleetId, revocationSerial: trust.list?.serial ?? 0 });
+    gw.log.info("interlink-started", { gateway: gw.id, fleet: credentials.anchor.fleetId, revocationSerial: trust.list?.serial ?? 0, verifier: f.verifier ?? "in-process" });
     return cross;
   } catch (e) {
     trust.close();

@@ -598,7 +598,7 @@ export class Interlink {
   }
 
   /** A peer's keys: its certificate (learned from its messages or its retained topic), judged by PeerTrust. */
-  private async peer(id: string): Promise<GatewayPeer> {
+  async peer(id: string): Promise<GatewayPeer> {
     let cert = this.peerCerts.get(id);
     if (!cert) {
       cert = await this.fetchCertificate(id);

@@ -290,6 +290,12 @@ export interface CertificateCheckerOptions {
   maxEntries?: number;
   /** How far checkedAt may be from our clock, seconds (default 60). */
   maxSkew?: number;
+  /** The serial of the revocation list the asker holds: an answer made from an older list is not
+   *  taken (asked again, `staleRetries` times, `staleRetryMs` apart, then refused), so a verifier in
+   *  another process that has not yet seen the newest list cannot vouch for a revoked certificate. */
+  minSerial?: () => number;
+  staleRetries?: number;
+  staleRetryMs?: number;
 }
 
 /**
@@ -319,7 +325,7 @@ export class CertificateChecker {
     const cached = this.cache.get(key);
     if (cached && now < cached.validUntil && now >= cached.checkedAt - this.maxSkew) return cached;
     if (cached) this.cache.delete(key); // it ran out: no longer allowed
-    const a = verifyAnswer(await this.opts.source(cert, chain, now), this.opts.verifierPublicKey);
+    const a = await this.ask(cert, chain, now);
     if (toHex(a.certHash) !== key) throw new AnswerError("verifier answered about another certificate");
     if (Math.abs(a.checkedAt - now) > this.maxSkew) throw new AnswerError(`verifier answer was made at ${a.checkedAt}, too far from now (${now})`);
     if (a.status === "good" && now < a.validUntil) {
@@ -327,6 +333,17 @@ export class CertificateChecker {
       this.cache.set(key, a);
     }
     return a;
+  }
+
+  /** A signed answer from the source, from a revocation list at least as new as minSerial(). */
+  private async ask(cert: Uint8Array, chain: readonly Uint8Array[], now: number): Promise<VerificationAnswer> {
+    for (let attempt = 0; ; attempt++) {
+      const a = verifyAnswer(await this.opts.source(cert, chain, now), this.opts.verifierPublicKey);
+      const min = this.opts.minSerial?.() ?? 0;
+      if (a.revocationSerial >= min) return a;
+      if (attempt >= (this.opts.staleRetries ?? 5)) throw new AnswerError(`the verifier answered from revocation list serial ${a.revocationSerial}, older than the one held here (${min})`);
+      await new Promise((r) => setTimeout(r, this.opts.staleRetryMs ?? 200));
+    }
   }
 
   /** Forget every answer (e.g. when a newer revocation list arrives at this gateway). */

@@ -4,7 +4,9 @@
 // running the real firmware bundle in the emulator, and a capable peer as a separate Node process
 // (examples/capable-peer.ts, on the SDK). The handsets call each other by name@domain, exchange
 // messages across a rekey and hang up; the capable peer calls a handset; then the fleet revokes a
-// handset and its sessions end at both gateways within the documented bound (docs/FLEET.md).
+// handset and its sessions end at both gateways within the documented bound (docs/FLEET.md). Gateway
+// b asks the fleet's verifier running on its own (`keyproxy verifier`, another process) about remote
+// certificates; gateway a uses the one inside it.
 
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
@@ -90,6 +92,28 @@ async function ok(args: string[]): Promise<string> {
   return r.out;
 }
 
+/** `keyproxy verifier` as a process: resolves once it logged verifier-started. */
+function startVerifierProcess(args: string[]): Promise<{ lines: string[]; stop(): Promise<void> }> {
+  const child = spawn(process.execPath, [CLI, "verifier", ...args], { stdio: ["ignore", "pipe", "pipe"] });
+  const lines: string[] = [];
+  let buf = "";
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`the verifier did not start:\n${lines.join("\n")}`)), 20_000);
+    child.stderr.on("data", (b: Buffer) => {
+      buf += b.toString();
+      for (let i = buf.indexOf("\n"); i >= 0; i = buf.indexOf("\n")) {
+        lines.push(buf.slice(0, i));
+        buf = buf.slice(i + 1);
+        if (lines.at(-1)!.includes('"event":"verifier-started"')) {
+          clearTimeout(timer);
+          resolve({ lines, stop: () => new Promise((res) => { if (child.exitCode !== null) return res(); child.once("exit", () => res()); child.kill("SIGTERM"); }) });
+        }
+      }
+    });
+    child.once("exit", (code) => { clearTimeout(timer); reject(new Error(`the verifier exited with ${code}:\n${lines.join("\n")}`)); });
+  });
+}
+
 interface Side {
   domain: string;
   dataDir: string;
@@ -104,6 +128,9 @@ describe(`sessions across two gateway processes over ${process.env.KEYPROXY_TEST
   const domA = `a-${run}.example`;
   const domB = `b-${run}.example`;
   const domC = `c-${run}.example`;
+  const verifierId = `v-${run}.example`;
+  const verifierDir = tempDir("kp-xe2e-verifier-");
+  let verifier: { lines: string[]; stop(): Promise<void> } | undefined;
   let broker: EmbeddedBroker | undefined;
   let url: string;
   let a: Side;
@@ -114,11 +141,11 @@ describe(`sessions across two gateway processes over ${process.env.KEYPROXY_TEST
   const seen: Buffer[] = [];
   const g = (s: Side, expr: string) => s.dev.eval(expr) as number;
 
-  async function side(domain: string, prefix: string, bundle: string, policy: string[][]): Promise<Side> {
+  async function side(domain: string, prefix: string, bundle: string, policy: string[][], extra: string[] = []): Promise<Side> {
     const dataDir = tempDir(`kp-xe2e-${prefix}-`);
     await ok(["fleet", "issue-gateway", "--fleet-dir", fleetDir, "--id", domain, "--data-dir", dataDir]);
     for (const [from, to] of policy) await ok(["policy", "allow", "--from", from, "--to", to, "--app", "chat", "--data-dir", dataDir]);
-    const gw = await startGatewayProcess(dataDir, 0, ["--id", domain, "--mqtt", url, "--sa-limit", String(SA_LIMIT), "--recheck", "2", "--metrics", "60"]);
+    const gw = await startGatewayProcess(dataDir, 0, ["--id", domain, "--mqtt", url, "--sa-limit", String(SA_LIMIT), "--recheck", "2", "--metrics", "60", ...extra]);
     await until(() => gw.events("interlink-started").length === 1, `${domain}'s interlink`, 10_000);
     const sim = await startSim({ dataDir, gateway: { host: "127.0.0.1", port: gw.port }, count: 1, board: "puckjs", bundle, prefix, lifetime: 600 });
     const dev = sim.devices[0];
@@ -138,9 +165,12 @@ describe(`sessions across two gateway processes over ${process.env.KEYPROXY_TEST
     await ok(["fleet", "create", "--id", `kp-e2e-${run}`, "--fleet-dir", fleetDir]);
     const build = await buildFirmware({ board: "puckjs", outDir: tempDir("kp-build-") });
     assert.ok(build.ok, build.problems.join("\n"));
+    // The fleet's verifier on its own: gateway b asks it about remote certificates, a uses its own.
+    await ok(["fleet", "issue-gateway", "--fleet-dir", fleetDir, "--id", verifierId, "--data-dir", verifierDir]);
+    verifier = await startVerifierProcess(["--id", verifierId, "--data-dir", verifierDir, "--mqtt", url]);
     // Each gateway's own policy, both ways, so that a refusal below can only come from the revocation.
     a = await side(domA, "alice", build.code, [["alice-1", `bob-1@${domB}`], [`bob-1@${domB}`, "alice-1"]]);
-    b = await side(domB, "bob", build.code, [[`alice-1@${domA}`, "bob-1"], ["bob-1", `alice-1@${domA}`], [`*@${domC}`, "bob-1"]]);
+    b = await side(domB, "bob", build.code, [[`alice-1@${domA}`, "bob-1"], ["bob-1", `alice-1@${domA}`], [`*@${domC}`, "bob-1"]], ["--verifier", verifierId]);
     a.dev.eval(APP);
     b.dev.eval(APP);
   });
@@ -151,6 +181,7 @@ describe(`sessions across two gateway processes over ${process.env.KEYPROXY_TEST
       s.stop();
       await s.gw.stop();
     }
+    await verifier?.stop();
     await recorder?.endAsync();
     await broker?.close();
   });
@@ -162,6 +193,8 @@ describe(`sessions across two gateway processes over ${process.env.KEYPROXY_TEST
     assert.equal(g(b, "SPI"), first, "one SPI at both ends: each gateway derived it from the exchange");
     assert.equal(a.dev.eval("PEER"), `bob-1@${domB}`);
     assert.equal(b.dev.eval("PEER"), `alice-1@${domA}`);
+    assert.equal(b.gw.events("interlink-started")[0].verifier, verifierId, "gateway b asks the verifier process");
+    assert.equal(a.gw.events("interlink-started")[0].verifier, "in-process");
 
     while (g(a, "SENT") < TOTAL || g(b, "SENT") < TOTAL) {
       const sa = g(a, `burst(${BATCH})`);
@@ -215,6 +248,7 @@ describe(`sessions across two gateway processes over ${process.env.KEYPROXY_TEST
     assert.equal(g(b, "CLOSED[0]"), 6, "bob's SA closed with reason Revoked");
     assert.ok(a.gw.events("device-revoked").some((e) => e.device === "alice-1"), "gateway a revoked its own device");
     assert.ok(b.gw.events("xsession-down").length >= 1, "gateway b ended its side");
+    assert.ok(verifier!.lines.some((l) => l.includes('"event":"revocation-list"') && l.includes('"serial":2')), "the verifier process took the list");
     // alice-1's link was closed; her attempts to join again are refused.
     await until(() => a.gw.events("join-rejected").some((e) => e.device === "alice-1" && e.reason === "device revoked"), "a refused join", 15_000);
     assert.notEqual(a.dev.eval("KP.status().state"), "linked");
@@ -244,11 +278,12 @@ describe(`sessions across two gateway processes over ${process.env.KEYPROXY_TEST
       }
     }
     secrets.set("fleet CA key", hex(join(fleetDir, "ca.key")));
+    secrets.set("the verifier's signing seed", loadOrCreateGatewayKey(verifierDir).key.seed);
     secrets.set("carol's identity key", hex(join(carolDir, "peer-identity.key")));
     secrets.set("carol's signing seed", loadOrCreateGatewayKey(carolDir).key.seed);
     secrets.set("carol's X25519 secret", hex(join(carolDir, X25519_KEY_FILE)));
-    assert.ok(secrets.size >= 12, `every secret is scanned for (${[...secrets.keys()].join(", ")})`);
-    const haystacks = [...seen, ...[a, b].flatMap((s) => s.gw.lines.map((l) => Buffer.from(l))), ...printed.map((o) => Buffer.from(o))];
+    assert.ok(secrets.size >= 13, `every secret is scanned for (${[...secrets.keys()].join(", ")})`);
+    const haystacks = [...seen, ...[a, b].flatMap((s) => s.gw.lines.map((l) => Buffer.from(l))), ...verifier!.lines.map((l) => Buffer.from(l)), ...printed.map((o) => Buffer.from(o))];
     assert.ok(seen.length > 100, `enough to scan (${seen.length / 2} messages)`);
     assert.ok(seen.some((x) => x.toString().includes("/interlink/")), "interlink traffic was recorded");
     assert.deepEqual(leaks(secrets, haystacks), []);

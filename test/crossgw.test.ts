@@ -21,7 +21,9 @@ import type { SessionSettings } from "../gateway/sessions.ts";
 import { Interlink } from "../gateway/interlink.ts";
 import { CapablePeer, type PeerSession } from "../gateway/peer-sdk.ts";
 import { CertificateChecker, checkerTrust, localSource, Verifier } from "../gateway/verifier.ts";
-import { fleetGateway } from "./support/fleet-rig.ts";
+import { fleetDataDir, fleetGateway } from "./support/fleet-rig.ts";
+import { Logger } from "../gateway/log.ts";
+import { startVerifierService, type VerifierService } from "../gateway/verifier-service.ts";
 import { Clock, provision, tempDir, until, type TestGateway } from "./support/harness.ts";
 import { innerMessages, recordingCrypto, sessionHandset, stopGateway, type SessionHandset } from "./support/session-rig.ts";
 
@@ -42,12 +44,13 @@ interface Side {
 interface SideOptions {
   sessions?: Partial<SessionSettings>;
   recheckMs?: number;
+  verifier?: string;
 }
 
 /** A gateway for `domain` in the fleet (test/support/fleet-rig.ts) with one registered handset. */
 async function side(domain: string, deviceId: string, fleet: Fleet, broker: EmbeddedBroker, clock: Clock, o: SideOptions = {}): Promise<Side> {
   const rec = recordingCrypto();
-  const t = await fleetGateway(domain, fleet, broker, clock.now, { crypto: rec.crypto, sessions: o.sessions, recheckMs: o.recheckMs });
+  const t = await fleetGateway(domain, fleet, broker, clock.now, { crypto: rec.crypto, sessions: o.sessions, recheckMs: o.recheckMs, verifier: o.verifier });
   const dev = await sessionHandset(t.gw, deviceId, provision(t.gw, deviceId));
   await until(() => dev.h.status().registered, `${deviceId} registered`);
   return { t, dev, seals: rec.seals, cross: () => t.gw.hook as CrossGateway };
@@ -293,6 +296,51 @@ describe("revocation across gateways", () => {
     assert.equal(c.dev.h.connect("bob@b.example", APP), true);
     await until(() => c.dev.h.lastType === Msg.Error, "carl's answer", 10_000);
     assert.equal(c.dev.h.lastCode, ErrorCode.Rejected);
+  });
+});
+
+describe("a verifier on its own (keyproxy verifier)", () => {
+  let broker: EmbeddedBroker;
+  let fleetDir: string;
+  let fleet: Fleet;
+  let verifier: VerifierService;
+  let a: Side;
+  let b: Side;
+  const clock = new Clock();
+  const logs: string[] = [];
+
+  before(async () => {
+    broker = await startBroker({ host: "127.0.0.1", port: 0 });
+    fleetDir = tempDir("kp-xgw-fleet-");
+    fleet = Fleet.create(fleetDir, "kp-fleet", clock.now());
+    verifier = await startVerifierService({ dataDir: fleetDataDir("verify.example", fleet, clock.now), id: "verify.example", url: broker.url, log: new Logger((l) => logs.push(l)), now: clock.now });
+    a = await side("a.example", "alice", fleet, broker, clock, { verifier: "verify.example" });
+    b = await side("b.example", "bob", fleet, broker, clock, { verifier: "verify.example" });
+  });
+
+  after(async () => {
+    await stopSide(a);
+    await stopSide(b);
+    await verifier?.stop();
+    await broker?.close();
+    rmSync(fleetDir, { recursive: true, force: true });
+  });
+
+  test("gateways ask it about every remote certificate; its verdict on a newer list ends the session at both gateways", async () => {
+    const spi = await connect(a, b);
+    const asked = verifier.interlink.stats.accepted;
+    assert.ok(asked >= 2, `both gateways asked the verifier (${asked} requests)`);
+    assert.equal(a.t.events("interlink-started")[0].verifier, "verify.example");
+    // Only the verifier and b take the list (not alice's own gateway): b ends the SA on the verifier's
+    // word alone, and a hears it from b.
+    const list = fleet.revoke({ devices: ["alice@a.example"] }, clock.now());
+    assert.equal(verifier.trust.offer(list, "test"), true);
+    assert.equal(b.t.gw.trust!.offer(list, "test"), true);
+    await until(() => b.dev.closed.some(([s]) => s === spi) && a.dev.closed.some(([s]) => s === spi), "the SA ended at both ends", 5000);
+    assert.deepEqual(b.dev.closed.find(([s]) => s === spi), [spi, CloseReason.Revoked]);
+    assert.match(String(b.t.events("xsession-revoked").at(-1)?.reason), /alice@a\.example certificate is revoked/);
+    assert.equal(a.t.events("device-revoked").length, 0, "a never saw the list");
+    assert.ok(verifier.interlink.stats.accepted > asked, "b asked the verifier again after the list");
   });
 });
 

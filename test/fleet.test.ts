@@ -390,6 +390,37 @@ test("CertificateChecker caches good answers until validUntil and nothing else; 
   }
 });
 
+test("CertificateChecker with minSerial: an answer from an older list than the one held is asked again, then refused", async () => {
+  const w = world();
+  try {
+    let calls = 0;
+    const source: AnswerSource = async (c, ch, now) => {
+      calls++;
+      return w.verifier.answer(c, ch, now);
+    };
+    let held = 2; // the asker took serial 2; the verifier still holds serial 1
+    const checker = new CertificateChecker({ source, verifierPublicKey: w.verifierKey.publicKey, minSerial: () => held, staleRetries: 2, staleRetryMs: 5 });
+    await assert.rejects(checker.check(w.gwCert, [], T0 + 1), /revocation list serial 1, older than the one held here \(2\)/);
+    assert.equal(calls, 3, "asked three times");
+    assert.equal(checker.size, 0, "nothing cached");
+    // The verifier catches up (after its first, stale answer) while the asker waits: the fresh answer is taken.
+    calls = 0;
+    const catchingUp: AnswerSource = async (c, ch, now) => {
+      const answer = await source(c, ch, now);
+      if (calls === 1) w.verifier.updateRevocationList(w.fleet.revoke({}, T0));
+      return answer;
+    };
+    const patient = new CertificateChecker({ source: catchingUp, verifierPublicKey: w.verifierKey.publicKey, minSerial: () => held, staleRetries: 5, staleRetryMs: 5 });
+    const a = await patient.check(w.gwCert, [], T0 + 1);
+    assert.deepEqual([a.status, a.revocationSerial], ["good", 2]);
+    assert.equal(calls, 2, "the stale answer, then the fresh one");
+    held = 0;
+    assert.equal((await checker.check(w.gwCert, [], T0 + 1)).status, "good", "no minimum, no retry");
+  } finally {
+    rmSync(w.dir, { recursive: true, force: true });
+  }
+});
+
 // ---------------------------------------------------------------------------------------------------
 // a gateway's credentials
 

@@ -13,19 +13,27 @@ import { startGateway, tempDir, type TestGateway } from "./harness.ts";
 export interface FleetGatewayOptions extends Partial<GatewayOptions> {
   /** How often live SAs are judged again, ms (default 0: only when a newer list arrives). */
   recheckMs?: number;
+  /** Ask the verifier on its own with this id. */
+  verifier?: string;
+}
+
+/** A data directory set up for `id` in `fleet`: keys, certificate, trust anchor, current list. */
+export function fleetDataDir(id: string, fleet: Fleet, now: () => number): string {
+  const dataDir = tempDir("kp-xgw-");
+  installGatewayCertificate(dataDir, fleet.issueGateway(id, gatewayPublicKeys(dataDir), now()), fleet.anchor);
+  writeFileSync(join(dataDir, HELD_LIST_FILE), fleet.signedList());
+  return dataDir;
 }
 
 /** A gateway for `domain` with a certificate from `fleet`, on `broker`, its policy defaulting to allow. */
 export async function fleetGateway(domain: string, fleet: Fleet, broker: EmbeddedBroker, now: () => number, o: FleetGatewayOptions = {}): Promise<TestGateway> {
-  const dataDir = tempDir("kp-xgw-");
-  installGatewayCertificate(dataDir, fleet.issueGateway(domain, gatewayPublicKeys(dataDir), now()), fleet.anchor);
-  writeFileSync(join(dataDir, HELD_LIST_FILE), fleet.signedList());
+  const dataDir = fleetDataDir(domain, fleet, now);
   const { credentials } = loadGatewayCredentials(dataDir, domain, now(), false);
-  const { recheckMs, ...rest } = o;
+  const { recheckMs, verifier, ...rest } = o;
   const t = await startGateway({
     dataDir, id: domain, now,
     mqtt: { url: broker.url, metricsSeconds: 3600 },
-    fleet: { credentials, recheckMs: recheckMs ?? 0, protocolVersion: 4 },
+    fleet: { credentials, recheckMs: recheckMs ?? 0, protocolVersion: 4, verifier },
     ...rest,
   });
   t.gw.policy.setDefault("allow");
