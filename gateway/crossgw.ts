@@ -283,8 +283,12 @@ export class CrossGateway implements SessionHook {
    *  both ends. A verifier that cannot answer counts as "not good": revocation fails closed. */
   async recheck(why: string): Promise<void> {
     const now = this.ctx.now();
-    for (const s of [...this.sessions.values()]) {
-      const problem = await this.judge(s, now);
+    // All at once: with a verifier in another process each judgement is a round trip, and the bound
+    // on revocation should not grow with the number of SAs.
+    const all = [...this.sessions.values()];
+    const problems = await Promise.all(all.map((s) => this.judge(s, now)));
+    for (const [i, s] of all.entries()) {
+      const problem = problems[i];
       if (!problem || this.sessions.get(s.spi) !== s) continue;
       if (s.state === "retiring") {
         // Replaced already: the devices retire it themselves; it only stops carrying stragglers.
