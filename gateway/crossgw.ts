@@ -241,7 +241,11 @@ export class CrossGateway implements SessionHook {
     for (const [key, w] of [...this.answers]) if (key.startsWith(`${deviceId}/`)) w.resolve(false);
   }
 
+  /** The gateway stops: the other gateways are told that our SAs end (they end them at their devices
+   *  instead of leaving them to run out), then everything here is dropped. */
   close(): void {
+    if (this.closed) return;
+    this.endWhere(() => true, CloseReason.PeerGone, "the gateway stopped");
     this.closed = true;
     if (this.recheckTimer) clearInterval(this.recheckTimer);
     for (const s of this.sessions.values()) {

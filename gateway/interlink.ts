@@ -457,7 +457,17 @@ export class Interlink {
       }, o.timeoutMs ?? this.opts.requestTimeoutMs ?? 10_000);
       this.pending.set(key, { to, sessionId: toHex(sessionId), resolve, reject, timer });
     });
-    await this.publish(requestsTopic(to), bytes, { responseTopic: responsesTopic(this.gatewayId), correlationData: e.msgId });
+    // The answer may fail (closed, timed out) while the publish is still under way: it is handled
+    // here too, so that a failed publish leaves no unhandled rejection behind.
+    answer.catch(() => undefined);
+    try {
+      await this.publish(requestsTopic(to), bytes, { responseTopic: responsesTopic(this.gatewayId), correlationData: e.msgId });
+    } catch (err) {
+      const p = this.pending.get(key);
+      if (p) clearTimeout(p.timer);
+      this.pending.delete(key);
+      throw this.closed ? new InterlinkError("closed", "interlink closed before the request went out", { cause: err }) : err;
+    }
     return answer;
   }
 

@@ -344,6 +344,32 @@ describe("a verifier on its own (keyproxy verifier)", () => {
   });
 });
 
+describe("a gateway that stops", () => {
+  test("tells the other gateway, which ends the SA at its device at once", async () => {
+    const broker = await startBroker({ host: "127.0.0.1", port: 0 });
+    const fleetDir = tempDir("kp-xgw-fleet-");
+    const clock = new Clock();
+    const fleet = Fleet.create(fleetDir, "kp-fleet", clock.now());
+    const a = await side("a.example", "alice", fleet, broker, clock);
+    const b = await side("b.example", "bob", fleet, broker, clock);
+    let bStopped = false;
+    try {
+      const spi = await connect(a, b);
+      b.dev.close();
+      await stopGateway(b.t);
+      bStopped = true;
+      await until(() => a.dev.closed.some(([s]) => s === spi), "alice told", 5000);
+      assert.deepEqual(a.dev.closed.find(([s]) => s === spi), [spi, CloseReason.PeerGone]);
+      assert.equal(a.cross().sessions.size, 0);
+    } finally {
+      await stopSide(a);
+      if (!bStopped) await stopSide(b);
+      await broker.close();
+      rmSync(fleetDir, { recursive: true, force: true });
+    }
+  });
+});
+
 describe("a revocation list that never arrives", () => {
   test("sessions end once the held list goes stale (at the next periodic check): withholding a list cannot keep a session alive", async () => {
     const broker = await startBroker({ host: "127.0.0.1", port: 0 });
