@@ -1,10 +1,17 @@
 // Ed25519 (RFC 8032) on node:crypto, with keys as raw bytes: a 32-byte seed (RFC 8032's "private key")
-// and a 32-byte public key. node:crypto only speaks DER/PEM/JWK, so raw keys are wrapped in the fixed
-// PKCS#8 / SPKI prefixes for Ed25519 (RFC 8410): for this one curve the DER around the key never varies.
+// and a 32-byte public key. node:crypto only speaks DER/PEM/JWK, so a seed is wrapped in the fixed
+// PKCS#8 prefix for Ed25519 (RFC 8410: for this one curve the DER around the key never varies) and a
+// public key in a JWK (RFC 8037 OKP, the same key as from its SPKI). The seed is not put in a JWK: that
+// would make it a string, which cannot be wiped.
 //
 // Errors never carry key bytes: messages say what was wrong with the shape, not what the value was.
+//
+// Parsing a raw key into a KeyObject is what costs, not the curve operation: with OpenSSL 3 a PKCS#8
+// private key takes about ten signatures' time to parse, an SPKI public key about one verification's,
+// a JWK public key a tenth of that (bench/curves.ts, bench/crossgw.ts, docs/BENCHMARKS.md). So seeds
+// used again are kept as KeyObjects (SecretKeyCache below) and public keys are imported as JWK.
 
-import { createPrivateKey, createPublicKey, randomBytes, sign, verify, type KeyObject } from "node:crypto";
+import { createHmac, createPrivateKey, createPublicKey, randomBytes, sign, verify, type KeyObject } from "node:crypto";
 
 export interface Ed25519KeyPair {
   /** The 32-byte secret seed. Whoever holds it can sign: keep it out of logs and wipe it when done. */
@@ -28,10 +35,101 @@ function isBytes(v: unknown): v is Uint8Array {
   return v instanceof Uint8Array;
 }
 
-function privateKeyFromSeed(seed: Uint8Array): KeyObject {
+// ---------------------------------------------------------------------------------------------------
+// KeyObjects kept for secret keys used again
+
+/** Most KeyObjects a SecretKeyCache keeps (and most one-time fingerprints it remembers). */
+export const KEY_CACHE_CAPACITY = 1024;
+
+// Fingerprints are HMAC-SHA256 under a key drawn at start and never shown: they say nothing about a
+// secret outside this process, and the cache holds no copy of the raw secret in the JavaScript heap
+// (a Map key string could never be wiped).
+const FINGERPRINT_KEY = randomBytes(32);
+
+/** A keyed fingerprint of raw key bytes (for this process only). */
+export function keyFingerprint(raw: Uint8Array): string {
+  return createHmac("sha256", FINGERPRINT_KEY).update(raw).digest("base64");
+}
+
+/**
+ * KeyObjects for raw secret keys, so that a key used again (the gateway's signing and encryption keys,
+ * the identity keys it holds for its devices, the verifier's and the CA's keys) is parsed once, not on
+ * every signature or shared secret (docs/BENCHMARKS.md: the parsing cost more than the curve itself).
+ *
+ * - Bounded: at most `capacity` KeyObjects; when full, the one used least recently goes.
+ * - Only keys seen twice are kept: the first use parses and remembers only the key's fingerprint, the
+ *   second keeps the KeyObject. A one-time secret (an ephemeral key) is therefore never held here
+ *   beyond the call that used it, and a stream of one-time keys cannot push the long-lived keys out.
+ *   The fingerprints of keys seen once are bounded likewise (the oldest forgotten first).
+ * - Keyed by keyFingerprint: neither the raw secret nor anything derived from it that could be used
+ *   outside this process is a Map key. Nothing here is ever logged.
+ * - Contents, not identity: a key wiped or changed in place is a different key here.
+ */
+export class SecretKeyCache {
+  private readonly keys = new Map<string, KeyObject>();
+  private readonly seenOnce = new Set<string>();
+
+  constructor(readonly capacity: number = KEY_CACHE_CAPACITY) {
+    if (!Number.isSafeInteger(capacity) || capacity < 1) throw new RangeError("SecretKeyCache capacity must be a positive integer");
+  }
+
+  /** KeyObjects held now. */
+  get size(): number {
+    return this.keys.size;
+  }
+
+  /** The KeyObject for raw: a held one, else parse(raw) (kept if raw was seen before). parse's errors
+   *  pass through and change nothing. */
+  get(raw: Uint8Array, parse: (raw: Uint8Array) => KeyObject): KeyObject {
+    const id = keyFingerprint(raw);
+    const held = this.keys.get(id);
+    if (held) {
+      // Most recently used last, so that eviction takes the least recently used.
+      this.keys.delete(id);
+      this.keys.set(id, held);
+      return held;
+    }
+    const key = parse(raw);
+    if (this.seenOnce.delete(id)) {
+      if (this.keys.size >= this.capacity) this.keys.delete(this.keys.keys().next().value as string);
+      this.keys.set(id, key);
+    } else {
+      if (this.seenOnce.size >= this.capacity) this.seenOnce.delete(this.seenOnce.values().next().value as string);
+      this.seenOnce.add(id);
+    }
+    return key;
+  }
+
+  /** Forgets every key. */
+  clear(): void {
+    this.keys.clear();
+    this.seenOnce.clear();
+  }
+}
+
+/** Ed25519 private keys used again (see SecretKeyCache). */
+const privateKeys = new SecretKeyCache();
+
+/** Empties the Ed25519 private-key cache (tests compare the cached path with the uncached one). */
+export function clearEd25519KeyCache(): void {
+  privateKeys.clear();
+}
+
+// ---------------------------------------------------------------------------------------------------
+
+function checkSeed(seed: Uint8Array): void {
   if (!isBytes(seed) || seed.length !== ED25519_SEED_LENGTH) {
     throw new TypeError(`Ed25519 seed must be ${ED25519_SEED_LENGTH} bytes`);
   }
+}
+
+/** The KeyObject for a seed, parsed (from its PKCS#8 DER) or kept from an earlier use. */
+function privateKeyFromSeed(seed: Uint8Array): KeyObject {
+  checkSeed(seed);
+  return privateKeys.get(seed, parsePrivateKey);
+}
+
+function parsePrivateKey(seed: Uint8Array): KeyObject {
   const der = new Uint8Array(PKCS8_PREFIX.length + ED25519_SEED_LENGTH);
   der.set(PKCS8_PREFIX, 0);
   der.set(seed, PKCS8_PREFIX.length);
@@ -42,11 +140,10 @@ function privateKeyFromSeed(seed: Uint8Array): KeyObject {
   }
 }
 
+/** A public key as a KeyObject, imported as a JWK (RFC 8037 OKP): the same key as from its SPKI DER,
+ *  at a tenth of the cost (no OpenSSL decoder involved). Public, so nothing to wipe or keep. */
 function publicKeyObject(publicKey: Uint8Array): KeyObject {
-  const der = new Uint8Array(SPKI_PREFIX.length + ED25519_PUBLIC_KEY_LENGTH);
-  der.set(SPKI_PREFIX, 0);
-  der.set(publicKey, SPKI_PREFIX.length);
-  return createPublicKey({ key: Buffer.from(der.buffer, der.byteOffset, der.length), format: "der", type: "spki" });
+  return createPublicKey({ key: { kty: "OKP", crv: "Ed25519", x: Buffer.from(publicKey.buffer, publicKey.byteOffset, publicKey.length).toString("base64url") }, format: "jwk" });
 }
 
 function rawPublicKey(key: KeyObject): Uint8Array {
@@ -59,7 +156,9 @@ function rawPublicKey(key: KeyObject): Uint8Array {
 
 /** The key pair for a given seed. The returned seed is a copy: wiping it does not touch the argument. */
 export function ed25519FromSeed(seed: Uint8Array): Ed25519KeyPair {
-  const publicKey = rawPublicKey(createPublicKey(privateKeyFromSeed(seed)));
+  // Parsed, not through the cache: a key pair being made is not a key being used again yet.
+  checkSeed(seed);
+  const publicKey = rawPublicKey(createPublicKey(parsePrivateKey(seed)));
   return { seed: new Uint8Array(seed), publicKey };
 }
 

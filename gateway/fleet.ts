@@ -30,7 +30,7 @@ import { createPrivateKey, createPublicKey, diffieHellman, generateKeyPairSync, 
 import { fromHex, toHex } from "../firmware/bytes.ts";
 import { encode } from "./cbor.ts";
 import { CoseError, decodeDeterministic, parseSign1, readOkpPublicKey, signSign1, verifySign1, CRV_ED25519, CRV_X25519, KEY_ALG, KEY_CRV, KEY_KTY, KEY_X, KTY_OKP, COSE_ALG_EDDSA } from "./cose.ts";
-import { ed25519FromSeed, generateEd25519, ED25519_PUBLIC_KEY_LENGTH, type Ed25519KeyPair } from "./ed25519.ts";
+import { ed25519FromSeed, generateEd25519, keyFingerprint, SecretKeyCache, ED25519_PUBLIC_KEY_LENGTH, type Ed25519KeyPair } from "./ed25519.ts";
 import { loadOrCreateGatewayKey } from "./identity.ts";
 
 // ---------------------------------------------------------------------------------------------------
@@ -58,16 +58,21 @@ function malformed(message: string): FleetError {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// X25519 on node:crypto with raw 32-byte keys (RFC 7748). node:crypto only takes DER, so raw keys are
-// wrapped in the fixed PKCS#8 / SPKI prefixes for id-X25519 (1.3.101.110, RFC 8410). Chosen over
+// X25519 on node:crypto with raw 32-byte keys (RFC 7748). node:crypto takes no raw keys: a secret is
+// wrapped in the fixed PKCS#8 prefix for id-X25519 (1.3.101.110, RFC 8410), a public key in a JWK
+// (RFC 8037 OKP; the same key as from its SPKI). Chosen over
 // @noble/curves by measurement (bench/curves.ts, docs/FLEET.md): faster on every operation once the
-// KeyObjects are kept; wrapping a raw secret per call costs most of that advantage.
+// KeyObjects are kept; wrapping a raw secret per call costs most of that advantage. So (docs/
+// BENCHMARKS.md, "Sessions across gateways"): a secret used again (the gateway's own key) is kept as a
+// KeyObject (SecretKeyCache, gateway/ed25519.ts); a key pair generateX25519 made keeps its KeyObject
+// for as long as the caller holds the secret array it returned (an ephemeral: used once, then wiped
+// and dropped, and never put in the cache); public keys go in and out as JWK, which skips OpenSSL's
+// DER decoders and encoders.
 
 export const X25519_KEY_LENGTH = 32;
 const X25519_PKCS8_PREFIX = Uint8Array.of(
   0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x6e, 0x04, 0x22, 0x04, 0x20,
 );
-const X25519_SPKI_PREFIX = Uint8Array.of(0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x6e, 0x03, 0x21, 0x00);
 
 export interface X25519KeyPair {
   /** The 32-byte secret scalar (before clamping, as RFC 7748 keys are stored). Keep it out of logs. */
@@ -79,8 +84,27 @@ function isBytes(v: unknown): v is Uint8Array {
   return v instanceof Uint8Array;
 }
 
+/** X25519 secrets used again (see SecretKeyCache). */
+const x25519Keys = new SecretKeyCache();
+
+/** The KeyObjects of the key pairs generateX25519 made, by the very secret array it returned, with the
+ *  fingerprint of the secret it held then: a wiped or altered array no longer matches and is parsed
+ *  like any other. An entry goes when its array is garbage-collected. */
+const generatedX25519 = new WeakMap<Uint8Array, { key: KeyObject; fingerprint: string }>();
+
+/** Empties the X25519 private-key cache (tests compare the cached path with the uncached one). */
+export function clearX25519KeyCache(): void {
+  x25519Keys.clear();
+}
+
 function x25519PrivateKeyObject(secretKey: Uint8Array): KeyObject {
   if (!isBytes(secretKey) || secretKey.length !== X25519_KEY_LENGTH) throw new TypeError(`X25519 secret key must be ${X25519_KEY_LENGTH} bytes`);
+  const generated = generatedX25519.get(secretKey);
+  if (generated && generated.fingerprint === keyFingerprint(secretKey)) return generated.key;
+  return x25519Keys.get(secretKey, parseX25519PrivateKey);
+}
+
+function parseX25519PrivateKey(secretKey: Uint8Array): KeyObject {
   const der = new Uint8Array(X25519_PKCS8_PREFIX.length + X25519_KEY_LENGTH);
   der.set(X25519_PKCS8_PREFIX, 0);
   der.set(secretKey, X25519_PKCS8_PREFIX.length);
@@ -91,28 +115,34 @@ function x25519PrivateKeyObject(secretKey: Uint8Array): KeyObject {
   }
 }
 
+/** A public key imported as a JWK (RFC 8037 OKP): the same key as from its SPKI DER, at a tenth of the cost. */
 function x25519PublicKeyObject(publicKey: Uint8Array): KeyObject {
   if (!isBytes(publicKey) || publicKey.length !== X25519_KEY_LENGTH) throw new TypeError(`X25519 public key must be ${X25519_KEY_LENGTH} bytes`);
-  const der = new Uint8Array(X25519_SPKI_PREFIX.length + X25519_KEY_LENGTH);
-  der.set(X25519_SPKI_PREFIX, 0);
-  der.set(publicKey, X25519_SPKI_PREFIX.length);
-  return createPublicKey({ key: Buffer.from(der.buffer, der.byteOffset, der.length), format: "der", type: "spki" });
+  return createPublicKey({ key: { kty: "OKP", crv: "X25519", x: Buffer.from(publicKey.buffer, publicKey.byteOffset, publicKey.length).toString("base64url") }, format: "jwk" });
+}
+
+/** The raw 32 bytes of a public KeyObject (its JWK's x). */
+function rawX25519PublicKey(key: KeyObject): Uint8Array {
+  const x = Buffer.from(String(key.export({ format: "jwk" }).x), "base64url");
+  if (x.length !== X25519_KEY_LENGTH) throw new Error("unexpected X25519 public key length from node:crypto");
+  return new Uint8Array(x);
 }
 
 export function x25519PublicKey(secretKey: Uint8Array): Uint8Array {
-  const spki = createPublicKey(x25519PrivateKeyObject(secretKey)).export({ format: "der", type: "spki" });
-  return new Uint8Array(spki.subarray(X25519_SPKI_PREFIX.length));
+  return rawX25519PublicKey(createPublicKey(x25519PrivateKeyObject(secretKey)));
 }
 
-/** A fresh key pair. Made by node:crypto and exported raw: parsing a raw secret back into a KeyObject
- *  is what costs (bench/curves.ts), so this avoids it. */
+/** A fresh key pair. Made by node:crypto and exported raw; its KeyObject stays with the returned
+ *  secret array (generatedX25519), so that using the pair never parses the secret back. */
 export function generateX25519(): X25519KeyPair {
   const { privateKey, publicKey } = generateKeyPairSync("x25519");
   const pkcs8 = privateKey.export({ format: "der", type: "pkcs8" });
   if (pkcs8.length !== X25519_PKCS8_PREFIX.length + X25519_KEY_LENGTH) throw new Error("unexpected X25519 PKCS#8 length from node:crypto");
   const secretKey = new Uint8Array(pkcs8.subarray(X25519_PKCS8_PREFIX.length));
   pkcs8.fill(0);
-  return { secretKey, publicKey: new Uint8Array(publicKey.export({ format: "der", type: "spki" }).subarray(X25519_SPKI_PREFIX.length)) };
+  // The secret leaves as DER (a buffer we can wipe), not as a JWK string (which we could not).
+  generatedX25519.set(secretKey, { key: privateKey, fingerprint: keyFingerprint(secretKey) });
+  return { secretKey, publicKey: rawX25519PublicKey(publicKey) };
 }
 
 /**
