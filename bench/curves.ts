@@ -1,6 +1,8 @@
 // The gateway's curve library, chosen by measurement: X25519 and Ed25519 sign/verify on node:crypto
-// (as the gateway calls them: raw 32-byte keys wrapped into KeyObjects on every call, gateway/fleet.ts
-// and gateway/ed25519.ts) against @noble/curves, in one run, interleaved so machine load hits both.
+// (raw 32-byte keys wrapped into KeyObjects from their DER on every call, as gateway/fleet.ts and
+// gateway/ed25519.ts first did; and with the KeyObjects made once and kept, as they do now for keys
+// used again: bench/crossgw.ts) against @noble/curves, in one run, interleaved so machine load hits
+// all three.
 //
 // `runCurveBench()` returns a markdown section (a table and the choice it supports); bench/run.ts can
 // append it to docs/BENCHMARKS.md. Run alone: `node --import tsx bench/curves.ts`.
@@ -24,7 +26,7 @@ export interface CurveBenchOptions {
 
 export interface CurveResult {
   op: string;
-  /** node:crypto with raw keys wrapped into KeyObjects on every call (the gateway's code today). */
+  /** node:crypto with raw keys wrapped into KeyObjects (from DER) on every call (the gateway's first code). */
   nodeOps: number;
   /** node:crypto with the KeyObjects made once and kept (what a hot path can do). */
   nodeKeptOps: number;
@@ -60,9 +62,28 @@ function measure(fns: (() => unknown)[], o: CurveBenchOptions): number[] {
   return samples.map(median);
 }
 
+const der = (prefix: string, key: Uint8Array) => Buffer.concat([Buffer.from(prefix, "hex"), key]);
+const X_PKCS8 = "302e020100300506032b656e04220420";
+const X_SPKI = "302a300506032b656e032100";
+const ED_PKCS8 = "302e020100300506032b657004220420";
+const ED_SPKI = "302a300506032b6570032100";
+
+/** The calls with raw keys wrapped into KeyObjects from their DER on every call, as gateway/ed25519.ts
+ *  and gateway/fleet.ts first made them (they now keep the KeyObjects of keys used again, and take
+ *  public keys as JWK, so calling them here would not measure this). */
+const rawEach = {
+  x25519SharedSecret: (secretKey: Uint8Array, publicKey: Uint8Array) =>
+    diffieHellman({ privateKey: createPrivateKey({ key: der(X_PKCS8, secretKey), format: "der", type: "pkcs8" }), publicKey: createPublicKey({ key: der(X_SPKI, publicKey), format: "der", type: "spki" }) }),
+  generateX25519: () => {
+    const { privateKey, publicKey } = generateKeyPairSync("x25519");
+    return { secretKey: privateKey.export({ format: "der", type: "pkcs8" }).subarray(16), publicKey: publicKey.export({ format: "der", type: "spki" }).subarray(12) };
+  },
+  ed25519Sign: (seed: Uint8Array, msg: Uint8Array) => sign(null, msg, createPrivateKey({ key: der(ED_PKCS8, seed), format: "der", type: "pkcs8" })),
+  ed25519Verify: (publicKey: Uint8Array, msg: Uint8Array, sig: Uint8Array) => verify(null, msg, createPublicKey({ key: der(ED_SPKI, publicKey), format: "der", type: "spki" }), sig),
+};
+
 /** KeyObjects made once, from the same raw keys (fixed RFC 8410 DER prefixes). */
 function keptKeys(xSecret: Uint8Array, xPublic: Uint8Array, edSeed: Uint8Array, edPublic: Uint8Array): { xPriv: KeyObject; xPub: KeyObject; edPriv: KeyObject; edPub: KeyObject } {
-  const der = (prefix: string, key: Uint8Array) => Buffer.concat([Buffer.from(prefix, "hex"), key]);
   return {
     xPriv: createPrivateKey({ key: der("302e020100300506032b656e04220420", xSecret), format: "der", type: "pkcs8" }),
     xPub: createPublicKey({ key: der("302a300506032b656e032100", xPublic), format: "der", type: "spki" }),
@@ -87,12 +108,14 @@ export function measureCurves(o: CurveBenchOptions = DEFAULTS): CurveResult[] {
   if (Buffer.compare(Buffer.from(x25519SharedSecret(a.secretKey, b.publicKey)), Buffer.from(nobleX25519.getSharedSecret(a.secretKey, b.publicKey))) !== 0) {
     throw new Error("node:crypto and @noble/curves X25519 shared secrets differ");
   }
+  if (Buffer.compare(Buffer.from(rawEach.ed25519Sign(signer.seed, msg)), Buffer.from(nodeSig)) !== 0 || !rawEach.ed25519Verify(signer.publicKey, msg, nodeSig) || !ed25519Verify(signer.publicKey, msg, nodeSig)) throw new Error("the per-call Ed25519 variant disagrees with gateway/ed25519.ts");
+  if (Buffer.compare(rawEach.x25519SharedSecret(a.secretKey, b.publicKey), Buffer.from(x25519SharedSecret(a.secretKey, b.publicKey))) !== 0) throw new Error("the per-call X25519 variant disagrees with gateway/fleet.ts");
   const kept = keptKeys(a.secretKey, b.publicKey, signer.seed, signer.publicKey);
   const rows: [string, () => unknown, () => unknown, () => unknown][] = [
-    ["X25519 shared secret", () => x25519SharedSecret(a.secretKey, b.publicKey), () => diffieHellman({ privateKey: kept.xPriv, publicKey: kept.xPub }), () => nobleX25519.getSharedSecret(a.secretKey, b.publicKey)],
-    ["X25519 key pair", () => generateX25519(), () => generateKeyPairX25519(), () => nobleX25519.keygen()],
-    ["Ed25519 sign (200 B)", () => ed25519Sign(signer.seed, msg), () => sign(null, msg, kept.edPriv), () => nobleEd25519.sign(msg, signer.seed)],
-    ["Ed25519 verify (200 B)", () => ed25519Verify(signer.publicKey, msg, nodeSig), () => verify(null, msg, kept.edPub, nodeSig), () => nobleEd25519.verify(nobleSig, msg, signer.publicKey)],
+    ["X25519 shared secret", () => rawEach.x25519SharedSecret(a.secretKey, b.publicKey), () => diffieHellman({ privateKey: kept.xPriv, publicKey: kept.xPub }), () => nobleX25519.getSharedSecret(a.secretKey, b.publicKey)],
+    ["X25519 key pair", () => rawEach.generateX25519(), () => generateKeyPairX25519(), () => nobleX25519.keygen()],
+    ["Ed25519 sign (200 B)", () => rawEach.ed25519Sign(signer.seed, msg), () => sign(null, msg, kept.edPriv), () => nobleEd25519.sign(msg, signer.seed)],
+    ["Ed25519 verify (200 B)", () => rawEach.ed25519Verify(signer.publicKey, msg, nodeSig), () => verify(null, msg, kept.edPub, nodeSig), () => nobleEd25519.verify(nobleSig, msg, signer.publicKey)],
   ];
   return rows.map(([op, node, nodeKept, noble]) => {
     const [nodeOps, nodeKeptOps, nobleOps] = measure([node, nodeKept, noble], o);
@@ -109,7 +132,7 @@ export function renderCurveTable(results: CurveResult[]): string {
   const lines = [
     "## Curves on the gateway: node:crypto or @noble/curves",
     "",
-    `Measured by bench/curves.ts in this run (Node ${process.version}, OpenSSL ${process.versions.openssl}, @noble/curves ${noble}); operations per second, median of the repetitions. node:crypto twice: as gateway/ed25519.ts and gateway/fleet.ts call it today (raw keys wrapped into KeyObjects on every call), and with KeyObjects made once and kept.`,
+    `Measured by bench/curves.ts in this run (Node ${process.version}, OpenSSL ${process.versions.openssl}, @noble/curves ${noble}); operations per second, median of the repetitions. node:crypto twice: with raw keys wrapped into KeyObjects (from their DER) on every call, as gateway/ed25519.ts and gateway/fleet.ts first did, and with KeyObjects made once and kept, as they now do for keys used again (bench/crossgw.ts).`,
     "",
     "| operation | node:crypto, raw keys each call | node:crypto, KeyObjects kept | @noble/curves | kept ÷ noble |",
     "|:--|--:|--:|--:|--:|",

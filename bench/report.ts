@@ -5,6 +5,7 @@ import { SUITE_AES_CCM_16_64_128, SUITE_XSALSA20_POLY1305 } from "../firmware/cr
 import type { DeviceResults, NativeCalls, SuiteTimings } from "./device-run.ts";
 import { MESSAGE_BYTES } from "./device-run.ts";
 import type { NodeResults, NodeSuiteTimings } from "./node-run.ts";
+import type { CrossGatewayResults, CryptoOp } from "./crossgw.ts";
 import type { EmulatedSessionResults } from "./sessions-emulated.ts";
 import type { DeviceSessionResults, GatewaySessionResults, Latency, SessionResults } from "./sessions.ts";
 import type { TargetResult } from "./targets.ts";
@@ -437,10 +438,287 @@ requests queue on the gateway's one thread, so a typical setup waits for about h
 Not measured here: radio and real network time (loopback TCP only); the device's time under this
 load (the handsets run in Node here; the emulated variant below); teardowns, rekeys and
 relayed data on the gateway; writing the log (records are built, not written) and MQTT monitoring
-(off); sessions across gateways (design.md flow 5). \`KEYPROXY_BENCH_GATEWAY_PROFILE=<dir>\` writes a CPU
+(off); sessions across gateways (design.md flow 5: below). \`KEYPROXY_BENCH_GATEWAY_PROFILE=<dir>\` writes a CPU
 profile of the gateway process for a closer look.
 
 ${emulatedSection(info, ss, e)}`;
+}
+
+// ---- sessions across gateways ----------------------------------------------------------------------
+
+/** A per-setup count: whole numbers as such, anything else with two decimals. */
+function count(x: number): string {
+  return Math.abs(x - Math.round(x)) < 1e-9 ? String(Math.round(x)) : x.toFixed(2);
+}
+
+/** What a counted node:crypto call is, in words. */
+function opName(op: CryptoOp): string {
+  const [type, what, ...rest] = op.op.split(" ");
+  const curve = type === "ed25519" ? "Ed25519" : type === "x25519" ? "X25519" : type;
+  const format = rest.join(" ");
+  const fmt: Record<string, string> = { der: what === "createPrivateKey" ? "from DER (PKCS#8)" : "from DER (SPKI)", jwk: "from JWK", "from-private": "derived from the private KeyObject" };
+  const exported: Record<string, string> = { pkcs8: "DER (PKCS#8)", spki: "DER (SPKI)", jwk: "JWK" };
+  switch (what) {
+    case "sign":
+      return `${curve} sign, ${Math.round(op.meanBytes).toLocaleString("en-US")}-byte message (mean)`;
+    case "verify":
+      return `${curve} verify, ${Math.round(op.meanBytes).toLocaleString("en-US")}-byte message (mean)`;
+    case "dh":
+      return `${curve} shared secret (\`diffieHellman\`)`;
+    case "keygen":
+      return `${curve} key pair (\`generateKeyPairSync\`)`;
+    case "createPrivateKey":
+      return `${curve} private key parsed ${fmt[format] ?? format}`;
+    case "createPublicKey":
+      return `${curve} public key ${format === "from-private" ? fmt[format] : `imported ${fmt[format] ?? format}`}`;
+    case "export":
+      return `${curve} ${rest[0]} key exported as ${exported[rest[1] ?? ""] ?? rest[1]}`;
+    default:
+      return op.op;
+  }
+}
+
+/** "Ed25519 sign 10, verify 10; X25519 key pair 6, shared secret 10" from the curve operations. */
+function curveCounts(x: CrossGatewayResults): string {
+  const by = (type: string, what: string, word: string) => {
+    const n = x.ops.filter((o) => o.op === `${type} ${what}`).reduce((t, o) => t + o.perSetup.total, 0);
+    return n ? `${word} ${count(n)}` : "";
+  };
+  const ed = [by("ed25519", "sign", "sign"), by("ed25519", "verify", "verify")].filter(Boolean).join(", ");
+  const xx = [by("x25519", "keygen", "key pair"), by("x25519", "dh", "shared secret")].filter(Boolean).join(", ");
+  return [ed && `Ed25519 ${ed}`, xx && `X25519 ${xx}`].filter(Boolean).join("; ");
+}
+
+function crossOpsTable(x: CrossGatewayResults): string {
+  const rows: string[][] = x.ops.map((o) => [
+    `${o.curve ? "" : "  "}${opName(o)}`,
+    count(o.perSetup.a),
+    count(o.perSetup.b),
+    count(o.perSetup.total),
+    us(o.timing.medianUs),
+    range(o.timing),
+    us(o.perSetup.total * o.timing.medianUs),
+  ]);
+  const handling = x.cryptoUsPerSetup.asCalled - x.cryptoUsPerSetup.curveOnly;
+  rows.push(["curve operations alone (KeyObjects at hand)", "", "", "", "", "", us(x.cryptoUsPerSetup.curveOnly)]);
+  rows.push(["  key handling: raw keys in and out of KeyObjects", "", "", "", "", "", us(handling)]);
+  rows.push(["**all of it, as the gateways call it: one setup's raw public-key crypto**", "", "", "", "", "", `**${us(x.cryptoUsPerSetup.asCalled)}**`]);
+  return table(["node:crypto call (indented: key handling)", "at A", "at B", "per setup", "median µs", "range µs", "µs per setup"], rows);
+}
+
+function crossThroughputTable(x: CrossGatewayResults, inside: GatewaySessionResults): string {
+  const [a, b] = x.gateways;
+  const both = a.cpuUsPerSetup + b.cpuUsPerSetup;
+  const rounds = (g: { cpuUsPerSetupRounds: number[] }) => `${us(Math.min(...g.cpuUsPerSetupRounds))}-${us(Math.max(...g.cpuUsPerSetupRounds))} µs`;
+  const rows: string[][] = [
+    [`setups per second, ${x.pairs} pairs at once (wall clock over ${x.setups.toLocaleString("en-US")} setups)`, Math.round(x.setupsPerSecond).toLocaleString("en-US")],
+    ["crypto bound: 1 s ÷ one setup's raw public-key crypto, as the gateways call it (table below)", `${Math.round(x.boundSetupsPerSecond.asCalled).toLocaleString("en-US")} setups/s`],
+    ["**setups per second ÷ crypto bound**", `**${(x.setupsPerSecond / x.boundSetupsPerSecond.asCalled).toFixed(2)}**`],
+    ["  the same bound with the curve operations alone (KeyObjects kept), and the ratio to it", `${Math.round(x.boundSetupsPerSecond.curveOnly).toLocaleString("en-US")} setups/s, ${(x.setupsPerSecond / x.boundSetupsPerSecond.curveOnly).toFixed(2)}`],
+    [`CPU per setup, ${a.id} (the callers' gateway; user + system, mean over the rounds)`, `${us(a.cpuUsPerSetup)} µs`],
+    [`  per round (${a.cpuUsPerSetupRounds.length} rounds), lowest-highest`, rounds(a)],
+    [`CPU per setup, ${b.id} (the callees' gateway)`, `${us(b.cpuUsPerSetup)} µs`],
+    [`  per round, lowest-highest`, rounds(b)],
+    ["**both gateways' CPU per setup ÷ one setup's raw public-key crypto**", `**${times(both / x.cryptoUsPerSetup.asCalled)}**`],
+    ["  ÷ the curve operations alone", times(both / x.cryptoUsPerSetup.curveOnly)],
+    ["gateway processes busy during the rounds (CPU ÷ wall time), A / B", `${percent(a.busy)} / ${percent(b.busy)}`],
+    [`benchmark's process busy (the 100 handsets${x.broker.kind === "aedes" ? " and the aedes broker" : ""})`, percent(x.loadBusy)],
+  ];
+  if (x.broker.cpuUsPerSetup !== undefined) rows.push(["Mosquitto's CPU per setup (its process, from /proc)", `${us(x.broker.cpuUsPerSetup)} µs`]);
+  rows.push(
+    ["interlink envelopes received per setup, A / B (requests and answers, each signed)", `${count(a.envelopesPerSetup)} / ${count(b.envelopesPerSetup)}`],
+    [`one audit record in SQLite (WAL, synchronous=FULL, ${x.dataDirFs}), mean of ${x.auditInsert.inserts}`, `${us(x.auditInsert.wallUs)} µs wall, ${us(x.auditInsert.cpuUs)} µs CPU`],
+    ["for comparison: gateway CPU per setup inside one gateway (above)", `${us(inside.gatewayCpuUsPerSetup)} µs`],
+  );
+  return table(["across gateways", "value"], rows);
+}
+
+function crossLatencyTable(x: CrossGatewayResults): string {
+  const row = (what: string, l: Latency) => [what, l.setups.toLocaleString("en-US"), ms(l.p50Ms), ms(l.p99Ms), ms(l.maxMs)];
+  const rt = x.mqttRoundTrip;
+  return table(["latency", "count", "p50 ms", "p99 ms", "max ms"], [
+    row("setup, connect() to onConnect at both ends: one pair at a time", x.sequential),
+    row(`setup, ${x.pairs} pairs at once`, x.concurrent),
+    row(`MQTT round trip through the broker: a ${rt.payloadBytes}-byte QoS 1 request and its answer, mqtt.js defaults (as the interlink connects)`, rt.defaults),
+    row("  the same, TCP_NODELAY on both clients' sockets", rt.noDelay),
+    row(`  the same, TCP_NODELAY on both clients and on the broker's sockets (${x.broker.kind === "mosquitto" ? "a second Mosquitto with `set_tcp_nodelay true`" : "a second aedes on a `noDelay` server"})`, rt.brokerNoDelay),
+  ]);
+}
+
+/** Why a setup one pair at a time takes as long as it does; the wording follows the round trips. */
+function crossLatencyText(x: CrossGatewayResults): string {
+  const rt = x.mqttRoundTrip;
+  const trips = x.sequential.p50Ms / rt.defaults.p50Ms;
+  const half = rt.noDelay.p50Ms >= 0.3 * rt.defaults.p50Ms && rt.noDelay.p50Ms <= 0.7 * rt.defaults.p50Ms;
+  const base = `One pair at a time, a setup crosses the broker about two and a half times in sequence: message 1 of the
+exchange and its answer, message 3 and its answer, then the two gateways' confirmations (in parallel),
+each a QoS 1 request and a QoS 1 answer. The p50 setup here is ${trips.toFixed(1)} round trips of the row
+"mqtt.js defaults".`;
+  if (rt.defaults.p50Ms >= 5 * rt.brokerNoDelay.p50Ms && rt.defaults.p50Ms >= 10) {
+    return `${base} **Those round trips are mostly waiting, not work**: ${ms(rt.defaults.p50Ms)} ms with the sockets as the
+interlink opens them (mqtt.js does not set TCP_NODELAY, and ${x.broker.kind === "mosquitto" ? "Mosquitto's `set_tcp_nodelay` defaults to false" : "the embedded broker's server does not set it either"}), ${ms(rt.noDelay.p50Ms)} ms
+with it on both clients, ${ms(rt.brokerNoDelay.p50Ms)} ms with it on the broker's sockets too. With Nagle's algorithm on, a small packet
+written while an earlier one is still unacknowledged (an answer written right after the PUBACK of the
+request it answers) waits for the other end's delayed ACK, up to 40 ms on Linux${half ? ": here one such wait on the clients' side and one on the broker's per round trip, as the rows show" : ""}. The setup latency one pair
+at a time is therefore mostly
+socket settings, and would shrink accordingly with TCP_NODELAY on the interlink's connections and on
+the broker (not measured here for whole setups). With ${x.pairs} pairs at once, setups also queue for the
+gateways' CPU.`;
+  }
+  return `${base} Round trips through this broker are short (${ms(rt.defaults.p50Ms)} ms at p50), so the latency is mostly the
+gateways' own work and, with ${x.pairs} pairs at once, their queues.`;
+}
+
+/** What limited the setups per second in this run. */
+function crossThroughputText(info: RunInfo, x: CrossGatewayResults): string {
+  const [a, b] = x.gateways;
+  const brokerBusy = x.broker.cpuUsPerSetup !== undefined ? (x.broker.cpuUsPerSetup * x.setupsPerSecond) / 1e6 : 0;
+  const total = a.busy + b.busy + x.loadBusy + brokerBusy;
+  const who = `the two gateways (${percent(a.busy)} and ${percent(b.busy)} busy), the handsets' process (${percent(x.loadBusy)})${brokerBusy ? ` and Mosquitto (${percent(brokerBusy)})` : ""}`;
+  if (total >= 0.75 * info.cpus) {
+    return `Throughput: ${who} together kept about ${total.toFixed(1)} of this machine's ${info.cpus} CPUs busy during the rounds, so the
+setups per second are what this machine does with all of it on board, not one gateway's limit. The
+crypto bound is one core's worth: a core doing nothing but one setup's public-key operations at both
+gateways. Each gateway process runs on one thread, so two of them can use two cores.`;
+  }
+  return `Throughput: ${who} used about ${total.toFixed(1)} of this machine's ${info.cpus} CPUs during the rounds; the rest of
+the wall time went to waiting (the round trips above, the audit commits on the gateways' threads, other
+work on the machine), so the setups per second are a floor, not the gateways' limit. The crypto bound is
+one core's worth: a core doing nothing but one setup's public-key operations at both gateways.`;
+}
+
+/** What the key-handling rows are, as far as this run shows it. */
+function keyHandlingText(x: CrossGatewayResults): string {
+  const has = (op: string) => x.ops.some((o) => o.op === op);
+  const parts: string[] = [];
+  if (!x.ops.some((o) => o.op.includes("createPrivateKey"))) {
+    parts.push(` No private key was parsed during the rounds: \`gateway/ed25519.ts\` and \`gateway/fleet.ts\` keep the
+KeyObjects of the secrets used again (\`SecretKeyCache\`) and of the key pairs they make, and take public keys as JWK.`);
+  }
+  if (has("x25519 createPublicKey der") || has("x25519 export public spki")) {
+    parts.push(` The DER (SPKI) rows are \`gateway/exchange.ts\`'s ephemeral public keys (its own X25519 code: its private
+ephemeral stays a KeyObject, the public ones go out and come in as SPKI).`);
+  }
+  return parts.join("");
+}
+
+/** Re-wraps the prose paragraphs of a Markdown text at about `width` columns (the numbers and clauses
+ *  put into them vary in length); tables, headings and lists stay as they are. */
+function reflow(text: string, width = 105): string {
+  return text
+    .split("\n\n")
+    .map((block) => {
+      if (/^\s*[|#-]/.test(block) || block.trim() === "") return block;
+      const lines: string[] = [];
+      let line = "";
+      for (const word of block.split(/\s+/).filter(Boolean)) {
+        if (line && line.length + 1 + word.length > width) {
+          lines.push(line);
+          line = word;
+        } else line = line ? `${line} ${word}` : word;
+      }
+      if (line) lines.push(line);
+      return lines.join("\n");
+    })
+    .join("\n\n");
+}
+
+export function crossGatewaySection(info: RunInfo, x: CrossGatewayResults, inside: GatewaySessionResults): string {
+  return reflow(crossGatewayText(info, x, inside)).trimEnd() + "\n";
+}
+
+function crossGatewayText(info: RunInfo, x: CrossGatewayResults, inside: GatewaySessionResults): string {
+  const both = x.gateways[0].cpuUsPerSetup + x.gateways[1].cpuUsPerSetup;
+  const ratio = x.setupsPerSecond / x.boundSetupsPerSecond.asCalled;
+  const cryptoShare = x.cryptoUsPerSetup.asCalled / both;
+  const auditShare = x.auditInsert.cpuUs / (both / 2);
+  const b = x.broker;
+  const brokerText =
+    b.kind === "mosquitto"
+      ? `${b.version}, in ${b.where}, started for this run: ${b.config ?? "our configuration"}; stopped at the end`
+      : `${b.version}, ${b.where}${b.note ? ` (${b.note})` : ""}`;
+  return `## Sessions across gateways (design.md flow 5)
+
+A device calls a device in another domain by name (\`callee-001@b.example\`). Its gateway runs the
+SIGMA-I exchange of \`gateway/exchange.ts\` with the callee's gateway over the interlink (MQTT envelopes
+signed by the sending gateway, the exchange's encrypted to the receiving one: \`gateway/interlink.ts\`),
+each in its own device's name, after the callee's gateway asked its device; both derive the same seed
+and SPI, install it in their own device, check its confirmation, tell each other, and say Connected
+(\`gateway/crossgw.ts\`). The devices do exactly what they do inside one gateway; all the public-key
+work is the gateways'.
+
+**${Math.round(x.setupsPerSecond).toLocaleString("en-US")} setups per second across gateways with ${x.pairs} pairs at once: ${ratio.toFixed(2)} of the crypto bound**
+(${Math.round(x.boundSetupsPerSecond.asCalled).toLocaleString("en-US")} setups/s: 1 s ÷ the raw cost of the X25519 and Ed25519 operations one setup needs at both
+gateways, made as the gateways make them, timed in this run). The gateways' CPU per setup is
+**${times(both / x.cryptoUsPerSetup.asCalled)} that raw crypto**. Counted per setup at both gateways: ${curveCounts(x)}.
+
+### How it is measured
+
+\`bench/crossgw.ts\` creates a fleet (\`Fleet.create\`) and sets up two gateways, a.example and b.example,
+as \`keyproxy fleet issue-gateway --data-dir\` does (keys, a certificate from the fleet CA, the trust
+anchor and the current revocation list in each data directory); it provisions ${x.pairs} callers in
+a.example's registry and ${x.pairs} callees in b.example's (policy default allow) and starts each gateway in its
+own process (\`bench/crossgw-gateway.ts\`, forked): the production \`Gateway\` with \`GatewayOptions.fleet\`
+(its own in-process verifier and the interlink) and MQTT monitoring on the same broker, its SQLite
+registry on ${x.dataDirFs}. The broker: ${brokerText}. The interlink spoke ${b.protocol}. The handsets are
+the firmware's \`Handset\` engine in Node, as in the sessions above, in the benchmark's process; the
+callees accept. A setup is timed from \`connect("callee-NNN@b.example")\` on the caller until
+\`onConnect\` fired at both devices. In each of ${x.rounds} rounds (after ${x.warmUpRounds} warm-up rounds, which also fetch each
+gateway's certificate for the other and fill their certificate checkers' caches) all ${x.pairs} pairs connect at once,
+and every session is closed before the next round; then ${x.sequential.setups} setups follow one pair at a time. Each
+gateway's CPU is \`process.cpuUsage()\` in its process, from just before a round's first \`connect()\`
+until its interlink is quiet after the last \`onConnect\` (the answers to the last confirmations are
+part of the setup); the teardowns are not in it. Log records are built and published to MQTT (as with
+\`--mqtt\`), not written. The machine has ${info.cpus} CPUs, shared by both gateways, the broker and the handsets.
+
+The crypto is counted, not guessed. Each gateway process wraps node:crypto's \`sign\`, \`verify\`,
+\`diffieHellman\`, \`generateKeyPairSync\`, \`createPrivateKey\`, \`createPublicKey\` and KeyObject \`export\`
+before any gateway module is loaded (\`bench/crypto-count.ts\`; \`module.syncBuiltinESMExports()\` makes the
+gateway's named imports see the wrappers) and counts the calls during the counted rounds; "per setup"
+is calls ÷ setups. Each kind of call is then timed in the benchmark's process, after the gateways and
+the broker stopped, as the gateways make it: same curve, same key format (DER or JWK), messages of the
+mean length signed and verified, median of ${x.ops[0]?.timing.samplesUs.length ?? 0} repetitions interleaved across the kinds (OpenSSL ${x.openssl}).
+The crypto bound is 1 s ÷ Σ (count × median). The rows marked as key handling are the price of keeping
+keys as raw bytes: parsing them into KeyObjects and exporting them back; without them, the curve
+operations alone (KeyObjects made once and kept) give the second bound.${keyHandlingText(x)} Every interlink envelope, a
+request or its answer, is signed by the gateway sending it and verified by the one receiving it; an
+encrypted one costs its sender an X25519 key pair and a shared secret and its receiver a shared
+secret; the exchange itself makes one ephemeral key pair and one shared secret at each gateway and
+signs and verifies once in each device's name.
+
+${crossThroughputTable(x, inside)}
+
+${crossOpsTable(x)}
+
+${crossLatencyTable(x)}
+
+### Where the time goes beyond the crypto
+
+CPU. The public-key crypto, as called, is ${percent(cryptoShare)} of the two gateways' CPU per setup. The rest is the
+protocol around it, at each gateway: the interlink envelopes (CBOR encoding and deterministic decoding,
+the COSE_Sign1 structures, AES-256-GCM and HKDF for the encrypted bodies, the exchange's transcript
+hashes and MACs), the MQTT client (QoS 1 packets and their acknowledgments) and the monitoring record
+published for every log line; the verifier checks (each envelope's sender certificate and each device
+certificate goes through the certificate checker, which hashes it and, for a gateway certificate, parses
+it even when the good answer is cached); the SQLite audit record each gateway commits when the session
+is up (one insert alone is ${percent(auditShare)} of a gateway's CPU per setup here, and its synchronous commit adds wall
+time on the gateway's one thread); the device's side of the setup as inside one gateway (registry
+lookups, link frames, the confirmation tag); timers and log records. \`KEYPROXY_BENCH_GATEWAY_PROFILE=<dir>\`
+writes both gateway processes' CPU profiles for a closer look.
+
+${crossLatencyText(x)}
+
+${crossThroughputText(info, x)}
+
+Not measured here: a network between the gateways and the broker (everything is on loopback, plain MQTT
+without TLS); the devices' own time (as inside one gateway, above); teardowns (a bye crosses the
+interlink too), rekeys and relayed SA data; the first contact between two gateways and fresh verifier
+answers (the warm-up rounds take them; a cached "good" answer lasts at most 5 minutes, so a gateway
+pays for a signed verifier answer and its verification again every 5 minutes per certificate); the
+periodic re-check of live sessions (every 30 s, against cached answers); a remote verifier; writing the
+log. Run alone: \`node --import tsx bench/crossgw.ts\` (JSON); \`KEYPROXY_BENCH_BROKER=aedes\` or \`=mosquitto\`
+chooses the broker.
+`;
 }
 
 function targetsTable(targets: TargetResult[]): string {
@@ -456,6 +734,7 @@ export function renderReport(
   n: NodeResults,
   sessions: SessionResults,
   emulated: EmulatedSessionResults,
+  crossgw: CrossGatewayResults,
   curves: string,
   targets: TargetResult[],
 ): string {
@@ -558,6 +837,7 @@ Not measured:
   authenticated exchange adds a second scalar multiplication and signatures).
 
 ${sessionsSection(info, sessions, n, emulated)}
+${crossGatewaySection(info, crossgw, sessions.gateway)}
 ${curves.trimEnd()}
 `;
 }

@@ -2,8 +2,10 @@
 // one X25519, all measured in the same emulated device in the same run, plus the same operations on
 // the gateway machine for context; sessions inside one gateway (the device's cost of a setup next to
 // X25519, and a gateway under 100 handsets: setups per second, CPU per setup, latency, once with the
-// handsets' engine in Node and once with 100 emulated devices running the firmware bundle); and the
-// gateway's curve library (bench/curves.ts). Prints the report and writes it to docs/BENCHMARKS.md.
+// handsets' engine in Node and once with 100 emulated devices running the firmware bundle); sessions
+// across gateways (two gateway processes on one MQTT broker: setups per second against the crypto
+// bound, CPU per setup, latency; bench/crossgw.ts); and the gateway's curve library (bench/curves.ts).
+// Prints the report and writes it to docs/BENCHMARKS.md.
 //
 // Progress goes to stderr, the report to stdout. Set KEYPROXY_BENCH_NO_WRITE=1 to print only. Exits
 // non-zero when the run fails or misses a target (bench/targets.ts).
@@ -14,6 +16,7 @@ import * as path from "node:path";
 import { createRequire } from "node:module";
 import { fileURLToPath } from "node:url";
 import { SUITE_AES_CCM_16_64_128, SUITE_XSALSA20_POLY1305 } from "../firmware/crypto/types.ts";
+import { runCrossGatewayBench } from "./crossgw.ts";
 import { runCurveBench } from "./curves.ts";
 import { runDevice } from "./device-run.ts";
 import { runNode } from "./node-run.ts";
@@ -41,6 +44,7 @@ async function main(): Promise<void> {
   const node = runNode(SUITES, log);
   const sessions = await runSessions(SUITES, log);
   const emulated = await runEmulatedSessions(log);
+  const crossgw = await runCrossGatewayBench(log);
   log("curves on the gateway: node:crypto and @noble/curves (bench/curves.ts)");
   const curves = await runCurveBench();
   const targets = checkTargets(device, sessions.device);
@@ -62,6 +66,7 @@ async function main(): Promise<void> {
     node,
     sessions,
     emulated,
+    crossgw,
     curves,
     targets,
   );

@@ -475,7 +475,7 @@ export class GatewayProcess {
 // ---- the handsets -----------------------------------------------------------------------------------
 
 /** One handset: the firmware's engine in Node over a real socket, with hooks the rounds set. */
-interface LoadHandset {
+export interface LoadHandset {
   id: string;
   h: Handset;
   socket: net.Socket;
@@ -490,7 +490,7 @@ function espruinoModelCrypto(): SymCrypto {
   return deviceCrypto(espruinoNatives(cryptoModule, undefined, { hwRand: () => randomBytes(4).readUInt32LE(0) }), []);
 }
 
-function connectHandset(address: { host: string; port: number }, id: string, rootKey: Bytes): Promise<LoadHandset> {
+export function connectHandset(address: { host: string; port: number }, id: string, rootKey: Bytes): Promise<LoadHandset> {
   let ctr = 0;
   const lines: string[] = [];
   const p: Platform = {
@@ -523,7 +523,7 @@ function connectHandset(address: { host: string; port: number }, id: string, roo
   });
 }
 
-async function until(cond: () => boolean, what: string, ms: number): Promise<void> {
+export async function until(cond: () => boolean, what: string, ms: number): Promise<void> {
   const end = Date.now() + ms;
   while (!cond()) {
     if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
@@ -571,7 +571,7 @@ function setup(caller: LoadHandset, callee: LoadHandset): Promise<{ ms: number; 
 }
 
 /** Ends a session from the caller's side; resolves when both ends were told (SaClosed). */
-function teardown(caller: LoadHandset, callee: LoadHandset, spi: number): Promise<void> {
+export function teardown(caller: LoadHandset, callee: LoadHandset, spi: number): Promise<void> {
   return new Promise((resolve, reject) => {
     const gone = new Set<string>();
     const timer = setTimeout(() => reject(new Error(`session ${spi} between ${caller.id} and ${callee.id} did not close`)), SETUP_TIMEOUT_MS);
@@ -593,7 +593,7 @@ function teardown(caller: LoadHandset, callee: LoadHandset, spi: number): Promis
 }
 
 /** Wall and CPU time of one audit insert by gateway/store.ts, in a fresh store under parent. */
-function timeAuditInserts(parent: string, inserts: number): { wallUs: number; cpuUs: number; inserts: number } {
+export function timeAuditInserts(parent: string, inserts: number): { wallUs: number; cpuUs: number; inserts: number } {
   const dir = fs.mkdtempSync(path.join(parent, "kp-bench-audit-"));
   const store = openStore(dir);
   try {
