@@ -22,7 +22,8 @@ export interface EmbeddedBroker {
 /** Starts an aedes broker on host:port (port 0: any free port). Fails with a sentence if the port is taken. */
 export async function startBroker(listen: { host: string; port: number } = DEFAULT_BROKER_LISTEN): Promise<EmbeddedBroker> {
   const aedes = await Aedes.createBroker();
-  const server = net.createServer(aedes.handle);
+  // No Nagle: the interlink's request/response over this broker would otherwise wait for delayed ACKs.
+  const server = net.createServer({ noDelay: true }, aedes.handle);
   // A client that misbehaves is aedes's problem, not the process's: never let its errors escape.
   aedes.on("clientError", () => {});
   aedes.on("connectionError", () => {});

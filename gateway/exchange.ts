@@ -318,7 +318,11 @@ async function checkProof(deps: ExchangeDeps, prk: Uint8Array, n: 2 | 3, th: Uin
 
 // X25519 on node:crypto with the ephemeral kept as a KeyObject (docs/FLEET.md: parsing raw secrets
 // per call is what costs). The raw secret never leaves node:crypto.
-const X25519_SPKI_PREFIX = Uint8Array.of(0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x6e, 0x03, 0x21, 0x00);
+// Public keys go in and out of node:crypto as JWK (RFC 8037 OKP): the same keys as their SPKI DER, at
+// a tenth of the cost (no OpenSSL decoder: docs/BENCHMARKS.md, "Sessions across gateways").
+const rawPublic = (key: KeyObject): Uint8Array => new Uint8Array(Buffer.from(String(key.export({ format: "jwk" }).x), "base64url"));
+const publicFromRaw = (raw: Uint8Array): KeyObject =>
+  createPublicKey({ key: { kty: "OKP", crv: "X25519", x: Buffer.from(raw.buffer, raw.byteOffset, raw.length).toString("base64url") }, format: "jwk" });
 
 /** An X25519 ephemeral key pair; pass one in only to know the keys (tests). Never use one twice. */
 export interface Ephemeral {
@@ -328,17 +332,14 @@ export interface Ephemeral {
 
 function ephemeral(): Ephemeral {
   const { privateKey, publicKey } = generateKeyPairSync("x25519");
-  return { privateKey, publicKey: new Uint8Array(publicKey.export({ format: "der", type: "spki" }).subarray(X25519_SPKI_PREFIX.length)) };
+  return { privateKey, publicKey: rawPublic(publicKey) };
 }
 
 /** PRK = HKDF-Extract(TH2, X25519(own, peer)). A low-order peer key (zero secret) is refused. */
 function extract(own: KeyObject, peer: Uint8Array, th2: Uint8Array): Uint8Array {
-  const der = new Uint8Array(X25519_SPKI_PREFIX.length + X25519_PUBLIC_LENGTH);
-  der.set(X25519_SPKI_PREFIX, 0);
-  der.set(peer, X25519_SPKI_PREFIX.length);
   let ss: Buffer;
   try {
-    ss = diffieHellman({ privateKey: own, publicKey: createPublicKey({ key: Buffer.from(der), format: "der", type: "spki" }) });
+    ss = diffieHellman({ privateKey: own, publicKey: publicFromRaw(peer) });
   } catch (e) {
     throw new ExchangeError("malformed", "ephemeral public key is not usable (low order)", { cause: e });
   }

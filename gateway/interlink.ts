@@ -350,6 +350,8 @@ export class Interlink {
   private readonly handlers = new Map<string, Handler>();
   private readonly pending = new Map<string, Pending>();
   private readonly peerCerts = new Map<string, Uint8Array>();
+  /** Certificate lookups under way, one per peer however many requests wait for it. */
+  private readonly fetching = new Map<string, Promise<Uint8Array>>();
   private readonly rejectListeners = new Set<(r: Rejection) => void>();
   private readonly watched = new Map<string, (payload: Uint8Array) => void>();
   private readonly dedupe: DedupeWindow;
@@ -389,6 +391,12 @@ export class Interlink {
       connectTimeout: 5000,
       ...opts.mqtt,
     });
+    // Nagle's algorithm would hold every small answer written right after the PUBACK of its request
+    // for the broker's delayed ACK (up to 40 ms per hop on Linux): the interlink is request/response,
+    // so its sockets send at once (docs/BENCHMARKS.md, "Sessions across gateways").
+    const noDelay = (): void => (client.stream as { setNoDelay?: (on: boolean) => void } | undefined)?.setNoDelay?.(true);
+    noDelay();
+    client.on("connect", noDelay);
     const link = new Interlink(client, opts);
     client.on("message", (topic, payload) => void link.receive(topic, new Uint8Array(payload)));
     await client.subscribeAsync({ [requestsTopic(id)]: { qos: 1 }, [responsesTopic(id)]: { qos: 1 } });
@@ -611,7 +619,12 @@ export class Interlink {
   async peer(id: string): Promise<GatewayPeer> {
     let cert = this.peerCerts.get(id);
     if (!cert) {
-      cert = await this.fetchCertificate(id);
+      let pending = this.fetching.get(id);
+      if (!pending) {
+        pending = this.fetchCertificate(id).finally(() => this.fetching.delete(id));
+        this.fetching.set(id, pending);
+      }
+      cert = await pending;
       this.peerCerts.set(id, cert);
     }
     const peer = await this.opts.trust.gateway(cert, this.now());
