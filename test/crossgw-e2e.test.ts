@@ -186,7 +186,7 @@ describe(`sessions across two gateway processes over ${process.env.KEYPROXY_TEST
     await broker?.close();
   });
 
-  test("alice-1 calls bob-1@<domain b> by name: messages cross both ways across a rekey, then a bye ends it at both ends", async () => {
+  test("alice-1 calls bob-1@<domain b> by name: messages cross both ways across a rekey, a bye ends it at both ends; then bob calls alice", async () => {
     a.dev.eval(`KP.connect("bob-1@${domB}", "chat")`);
     await until(() => g(a, "SPI") !== 0 && g(b, "SPI") !== 0, "an SA at both ends", 15_000);
     const first = g(a, "SPI");
@@ -215,6 +215,17 @@ describe(`sessions across two gateway processes over ${process.env.KEYPROXY_TEST
     await until(() => g(b, "CLOSED.length") === 1, "bob is told", 10_000);
     assert.equal(g(b, "CLOSED[0]"), 1, "closed by a bye");
     await until(() => g(a, "KP.sas.length") === 0 && g(b, "KP.sas.length") === 0, "neither holds an SA", 15_000);
+
+    // The other way round (seed 004: either side may start): bob calls alice, five messages each way.
+    for (const s of [a, b]) s.dev.eval(`SENT = ${TOTAL - 5}; N = ${TOTAL - 5}; CLOSED = []; SPI = 0; PEER = ""`);
+    b.dev.eval(`KP.connect("alice-1@${domA}", "chat")`);
+    await until(() => g(a, "SPI") !== 0 && g(b, "SPI") !== 0, "an SA at both ends, bob calling", 15_000);
+    assert.equal(a.dev.eval("PEER"), `bob-1@${domB}`);
+    const [sa, sb] = [g(a, "burst(5)"), g(b, "burst(5)")];
+    await until(() => g(b, "N") === sa && g(a, "N") === sb, "five messages each way", 15_000);
+    assert.equal(g(a, "BAD") + g(b, "BAD"), 0);
+    b.dev.eval("KP.close(SPI)");
+    await until(() => g(a, "CLOSED.length") === 1 && g(a, "KP.sas.length") === 0 && g(b, "KP.sas.length") === 0, "closed at both ends", 15_000);
   });
 
   test("a capable peer (a Node process on the SDK) calls bob-1@<domain b> and exchanges messages end to end", async () => {
