@@ -5,11 +5,18 @@
 //    free port with a temporary configuration, persistence off, stopped at the end) when the
 //    `mosquitto` binary is on PATH or at /usr/sbin/mosquitto, else the in-process aedes broker
 //    (gateway/broker.ts) in this process. KEYPROXY_BENCH_BROKER=aedes|mosquitto forces one.
+//    Configured as docs/FLEET.md recommends: Mosquitto with `set_tcp_nodelay true`; the aedes broker as
+//    gateway/broker.ts makes it (its server sets noDelay). The interlink sets TCP_NODELAY on its own
+//    socket (gateway/interlink.ts).
 //    N callers registered at A, N callees at B: the firmware's Handset engine run in Node, as in
 //    bench/sessions.ts. A setup is the caller's connect("callee-NNN@b.example") until onConnect fired
 //    at both devices. Measured: setups per second with all pairs at once in rounds (after warm-up
 //    rounds), the setup latency one pair at a time and all at once, and each gateway process's CPU
-//    time per setup (process.cpuUsage in that process, across the rounds' setups).
+//    time per setup (process.cpuUsage in that process, across the rounds' setups, and across the
+//    setups one pair at a time). Then one QoS 1 request and its answer between two mqtt.js clients,
+//    one at a time: with Nagle's algorithm everywhere, with TCP_NODELAY on the clients only (both on a
+//    second broker of the same kind with its default settings, started for these rows), and with it on
+//    the clients and on the run's broker (as the interlink runs).
 // 2. The crypto bound. Each gateway process counts its node:crypto public-key calls (Ed25519 sign and
 //    verify, X25519 key pairs and shared secrets, and the parsing of raw keys into KeyObjects and the
 //    exports out of them: bench/crypto-count.ts) across the counted rounds; divided by the setups,
@@ -76,6 +83,8 @@ export interface BrokerInfo {
   /** Mosquitto's binary and the configuration we gave it, when it is the broker. */
   binary?: string;
   config?: string;
+  /** How TCP_NODELAY is set on the broker's side of its connections. */
+  noDelay: string;
   /** Mosquitto's own CPU time per setup (from /proc), when it ran in its own process. */
   cpuUsPerSetup?: number;
 }
@@ -87,6 +96,9 @@ export interface GatewayLoad {
   cpuUsPerSetupRounds: number[];
   /** Its CPU time ÷ wall time of the rounds. */
   busy: number;
+  /** CPU time of the gateway process per setup one pair at a time (from just before connect() until
+   *  its interlink is quiet; the benchmark's IPC queries in between included). */
+  cpuUsPerSequentialSetup: number;
   /** node:crypto public-key calls per setup at this gateway (calls and message bytes ÷ setups). */
   opsPerSetup: OpCounts;
   /** Interlink envelopes this gateway accepted per setup (requests and answers). */
@@ -118,11 +130,14 @@ export interface CrossGatewayResults {
   loadBusy: number;
   concurrent: Latency;
   sequential: Latency;
-  /** One QoS 1 request and its QoS 1 answer between two MQTT clients through the same broker, one at a
-   *  time: with mqtt.js's defaults (as the interlink connects), with TCP_NODELAY on both clients, and
-   *  with TCP_NODELAY on both clients and on a second broker of the same kind (Mosquitto with
-   *  set_tcp_nodelay true; aedes on a server with noDelay) started just for this. */
-  mqttRoundTrip: { payloadBytes: number; defaults: Latency; noDelay: Latency; brokerNoDelay: Latency };
+  /** One QoS 1 request and its QoS 1 answer between two mqtt.js clients through a broker, one at a time:
+   *  (a) Nagle's algorithm everywhere: mqtt.js's defaults on the clients, a broker of the same kind
+   *      with its default settings (Mosquitto without set_tcp_nodelay; aedes on a plain net.Server),
+   *      started just for (a) and (b): how the interlink ran before it set TCP_NODELAY;
+   *  (b) TCP_NODELAY on both clients only, through that same default broker;
+   *  (c) TCP_NODELAY on both clients, through the run's broker (set_tcp_nodelay true; startBroker's
+   *      noDelay server): as the interlink runs now, with the broker set up as the docs recommend. */
+  mqttRoundTrip: { payloadBytes: number; defaultBroker: string; nagle: Latency; clientsOnly: Latency; clientsAndBroker: Latency };
   ops: CryptoOp[];
   /** Σ count × median over all calls (as the gateway makes them), and over the curve operations only. */
   cryptoUsPerSetup: { asCalled: number; curveOnly: number };
@@ -195,6 +210,9 @@ function procCpuUs(pid: number, ticksPerSecond: number): number | undefined {
   }
 }
 
+/** The line docs/FLEET.md recommends (and .ci/run uses) for Mosquitto under the interlink. */
+const MOSQUITTO_NODELAY = "set_tcp_nodelay true";
+
 async function startMosquitto(bin: string, extraConfig: string[] = []): Promise<RunningBroker> {
   const help = spawnSync(bin, ["-h"], { encoding: "utf8", timeout: 5000 });
   const version = /mosquitto version (\S+)/.exec(`${help.stdout ?? ""}${help.stderr ?? ""}`)?.[1];
@@ -224,7 +242,8 @@ async function startMosquitto(bin: string, extraConfig: string[] = []): Promise<
   return {
     url: `mqtt://127.0.0.1:${port}`,
     info: { kind: "mosquitto", version: version ? `mosquitto ${version}` : "mosquitto (version unknown)", where: `its own process (${bin})`, binary: bin,
-      config: `a listener on 127.0.0.1 (a free port), allow_anonymous true, persistence false${extraConfig.length ? `, ${extraConfig.join(", ")}` : ""}; everything else Mosquitto's defaults` },
+      config: `a listener on 127.0.0.1 (a free port), allow_anonymous true, persistence false${extraConfig.length ? `, ${extraConfig.join(", ")}` : ""}; everything else Mosquitto's defaults`,
+      noDelay: extraConfig.includes(MOSQUITTO_NODELAY) ? `\`${MOSQUITTO_NODELAY}\`` : "Mosquitto's default (`set_tcp_nodelay false`)" },
     cpuUs: () => (child.pid === undefined ? undefined : procCpuUs(child.pid, tck)),
     close: async () => {
       if (!exited) {
@@ -248,10 +267,11 @@ function aedesVersion(): string {
   }
 }
 
-/** An aedes broker whose sockets have TCP_NODELAY set (gateway/broker.ts leaves Node's default). */
-async function startAedesNoDelay(): Promise<{ url: string; close(): Promise<void> }> {
+/** An aedes broker on a plain net.Server, Node's default (no TCP_NODELAY): gateway/broker.ts as it was
+ *  before it set noDelay, for the round trips (a) and (b) only. */
+async function startAedesDefault(): Promise<{ url: string; close(): Promise<void> }> {
   const aedes = await Aedes.createBroker();
-  const server = net.createServer({ noDelay: true }, aedes.handle);
+  const server = net.createServer(aedes.handle);
   const sockets = new Set<net.Socket>();
   server.on("connection", (c) => {
     sockets.add(c);
@@ -270,7 +290,11 @@ async function startAedesNoDelay(): Promise<{ url: string; close(): Promise<void
 
 async function startAedes(note?: string): Promise<RunningBroker> {
   const b = await startBroker({ host: "127.0.0.1", port: 0 });
-  return { url: b.url, info: { kind: "aedes", version: aedesVersion(), where: "in the benchmark's main process (gateway/broker.ts startBroker), with the handsets", note }, close: () => b.close() };
+  return {
+    url: b.url,
+    info: { kind: "aedes", version: aedesVersion(), where: "in the benchmark's main process (gateway/broker.ts startBroker), with the handsets", noDelay: "gateway/broker.ts's server sets `noDelay`", note },
+    close: () => b.close(),
+  };
 }
 
 async function startBenchBroker(log: (s: string) => void): Promise<RunningBroker> {
@@ -282,7 +306,7 @@ async function startBenchBroker(log: (s: string) => void): Promise<RunningBroker
     return startAedes("no mosquitto binary on PATH or at /usr/sbin/mosquitto");
   }
   try {
-    return await startMosquitto(bin);
+    return await startMosquitto(bin, [MOSQUITTO_NODELAY]);
   } catch (e) {
     if (want === "mosquitto") throw e;
     const why = e instanceof Error ? e.message : String(e);
@@ -597,13 +621,17 @@ export async function runCrossGatewayBench(log: (s: string) => void, o: CrossGat
     const warmUp = Math.min(10, o.pairs);
     log(`sessions across gateways: ${o.sequential} setups one at a time (after ${warmUp} warm-up setups)`);
     const sequentialMs: number[] = [];
+    const sequentialCpu = [0, 0];
     for (let i = 0; i < warmUp + o.sequential; i++) {
       const p = pairs[i % pairs.length];
+      const before = await Promise.all(gateways.map((g) => g.sample()));
       const d = await setup(p.caller, p.callerName, p.callee, p.calleeName);
-      await settle(gateways, idle, "the interlink to go quiet after a setup");
+      const after = await settle(gateways, idle, "the interlink to go quiet after a setup");
       await teardown(p.caller, p.callee, d.spi);
       await settle(gateways, closed, "the session to close at both gateways");
-      if (i >= warmUp) sequentialMs.push(d.ms);
+      if (i < warmUp) continue;
+      sequentialMs.push(d.ms);
+      for (let g = 0; g < 2; g++) sequentialCpu[g] += after[g].usage.user + after[g].usage.system - (before[g].usage.user + before[g].usage.system);
     }
 
     const end = await Promise.all(gateways.map((g) => g.sample()));
@@ -625,6 +653,7 @@ export async function runCrossGatewayBench(log: (s: string) => void, o: CrossGat
         cpuUsPerSetup: cpu[i] / setups,
         cpuUsPerSetupRounds: perRound[i],
         busy: cpu[i] / 1000 / sampledMs,
+        cpuUsPerSequentialSetup: sequentialCpu[i] / o.sequential,
         opsPerSetup: per(counts[i]),
         envelopesPerSetup: envelopes[i] / setups,
       })) as [GatewayLoad, GatewayLoad],
@@ -641,18 +670,21 @@ export async function runCrossGatewayBench(log: (s: string) => void, o: CrossGat
     gateways.length = 0;
     log("sessions across gateways: MQTT round trips through the broker");
     const version = gwA.protocolVersion === 4 ? 4 : 5;
+    // (a) and (b) through a second broker of the same kind with its default settings; (c) through the
+    // run's broker, the one the gateways used.
+    const defaultBroker = broker.info.binary ? await startMosquitto(broker.info.binary) : await startAedesDefault();
+    const withoutBrokerNoDelay = await (async () => {
+      try {
+        return { nagle: await mqttRoundTrips(defaultBroker.url, version, 100, false), clientsOnly: await mqttRoundTrips(defaultBroker.url, version, 100, true) };
+      } finally {
+        await defaultBroker.close();
+      }
+    })();
     const mqttRoundTrip = {
       payloadBytes: ROUND_TRIP_PAYLOAD,
-      defaults: await mqttRoundTrips(broker.url, version, 100, false),
-      noDelay: await mqttRoundTrips(broker.url, version, 100, true),
-      brokerNoDelay: await (async () => {
-        const b = broker!.info.binary ? await startMosquitto(broker!.info.binary, ["set_tcp_nodelay true"]) : await startAedesNoDelay();
-        try {
-          return await mqttRoundTrips(b.url, version, 100, true);
-        } finally {
-          await b.close();
-        }
-      })(),
+      defaultBroker: broker.info.binary ? "a second Mosquitto, same binary and configuration without `set_tcp_nodelay`" : "a second aedes on a plain `net.Server` (Node's default, no `noDelay`)",
+      ...withoutBrokerNoDelay,
+      clientsAndBroker: await mqttRoundTrips(broker.url, version, 100, true),
     };
     await broker.close();
     broker = undefined;

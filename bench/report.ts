@@ -521,6 +521,7 @@ function crossThroughputTable(x: CrossGatewayResults, inside: GatewaySessionResu
     [`  per round, lowest-highest`, rounds(b)],
     ["**both gateways' CPU per setup ÷ one setup's raw public-key crypto**", `**${times(both / x.cryptoUsPerSetup.asCalled)}**`],
     ["  ÷ the curve operations alone", times(both / x.cryptoUsPerSetup.curveOnly)],
+    [`CPU per setup one pair at a time (${x.sequential.setups} setups), ${a.id} / ${b.id}`, `${us(a.cpuUsPerSequentialSetup)} / ${us(b.cpuUsPerSequentialSetup)} µs`],
     ["gateway processes busy during the rounds (CPU ÷ wall time), A / B", `${percent(a.busy)} / ${percent(b.busy)}`],
     [`benchmark's process busy (the 100 handsets${x.broker.kind === "aedes" ? " and the aedes broker" : ""})`, percent(x.loadBusy)],
   ];
@@ -536,37 +537,67 @@ function crossThroughputTable(x: CrossGatewayResults, inside: GatewaySessionResu
 function crossLatencyTable(x: CrossGatewayResults): string {
   const row = (what: string, l: Latency) => [what, l.setups.toLocaleString("en-US"), ms(l.p50Ms), ms(l.p99Ms), ms(l.maxMs)];
   const rt = x.mqttRoundTrip;
+  const defaults = x.broker.kind === "mosquitto" ? "Mosquitto without `set_tcp_nodelay`" : "aedes without `noDelay`";
+  const now = x.broker.kind === "mosquitto" ? "the run's Mosquitto, `set_tcp_nodelay true`" : "the run's aedes, gateway/broker.ts's `noDelay` server";
   return table(["latency", "count", "p50 ms", "p99 ms", "max ms"], [
     row("setup, connect() to onConnect at both ends: one pair at a time", x.sequential),
     row(`setup, ${x.pairs} pairs at once`, x.concurrent),
-    row(`MQTT round trip through the broker: a ${rt.payloadBytes}-byte QoS 1 request and its answer, mqtt.js defaults (as the interlink connects)`, rt.defaults),
-    row("  the same, TCP_NODELAY on both clients' sockets", rt.noDelay),
-    row(`  the same, TCP_NODELAY on both clients and on the broker's sockets (${x.broker.kind === "mosquitto" ? "a second Mosquitto with `set_tcp_nodelay true`" : "a second aedes on a `noDelay` server"})`, rt.brokerNoDelay),
+    row(`MQTT round trip, a ${rt.payloadBytes}-byte QoS 1 request and its QoS 1 answer: (a) no TCP_NODELAY, mqtt.js defaults and ${defaults} (the interlink before it set it)`, rt.nagle),
+    row(`  (b) TCP_NODELAY on both clients only, ${defaults}`, rt.clientsOnly),
+    row(`  **(c) TCP_NODELAY on both clients and on the broker (${now}): as keyproxy runs now**`, rt.clientsAndBroker),
   ]);
 }
 
-/** Why a setup one pair at a time takes as long as it does; the wording follows the round trips. */
+/** Why a setup takes as long as it does, one pair at a time and all at once; the wording follows the
+ *  measured round trips and CPU times. */
 function crossLatencyText(x: CrossGatewayResults): string {
   const rt = x.mqttRoundTrip;
-  const trips = x.sequential.p50Ms / rt.defaults.p50Ms;
-  const half = rt.noDelay.p50Ms >= 0.3 * rt.defaults.p50Ms && rt.noDelay.p50Ms <= 0.7 * rt.defaults.p50Ms;
-  const base = `One pair at a time, a setup crosses the broker about two and a half times in sequence: message 1 of the
-exchange and its answer, message 3 and its answer, then the two gateways' confirmations (in parallel),
-each a QoS 1 request and a QoS 1 answer. The p50 setup here is ${trips.toFixed(1)} round trips of the row
-"mqtt.js defaults".`;
-  if (rt.defaults.p50Ms >= 5 * rt.brokerNoDelay.p50Ms && rt.defaults.p50Ms >= 10) {
-    return `${base} **Those round trips are mostly waiting, not work**: ${ms(rt.defaults.p50Ms)} ms with the sockets as the
-interlink opens them (mqtt.js does not set TCP_NODELAY, and ${x.broker.kind === "mosquitto" ? "Mosquitto's `set_tcp_nodelay` defaults to false" : "the embedded broker's server does not set it either"}), ${ms(rt.noDelay.p50Ms)} ms
-with it on both clients, ${ms(rt.brokerNoDelay.p50Ms)} ms with it on the broker's sockets too. With Nagle's algorithm on, a small packet
-written while an earlier one is still unacknowledged (an answer written right after the PUBACK of the
-request it answers) waits for the other end's delayed ACK, up to 40 ms on Linux${half ? ": here one such wait on the clients' side and one on the broker's per round trip, as the rows show" : ""}. The setup latency one pair
-at a time is therefore mostly
-socket settings, and would shrink accordingly with TCP_NODELAY on the interlink's connections and on
-the broker (not measured here for whole setups). With ${x.pairs} pairs at once, setups also queue for the
-gateways' CPU.`;
+  const [a, b] = x.gateways;
+  const p50 = x.sequential.p50Ms;
+  // Five crossings in sequence: two and a half request/answer round trips.
+  const crossings = 2.5 * rt.clientsAndBroker.p50Ms;
+  const cpuMs = (a.cpuUsPerSequentialSetup + b.cpuUsPerSequentialSetup) / 1000;
+  const brokerNow = x.broker.kind === "mosquitto" ? "Mosquitto runs here with `set_tcp_nodelay true`, as docs/FLEET.md recommends" : "the embedded broker's server sets `noDelay` (gateway/broker.ts)";
+  const parts: string[] = [];
+  parts.push(`One pair at a time, a setup crosses the broker five times in sequence, two and a half round trips:
+message 1 of the exchange and its answer, message 3 and its answer, then the two gateways'
+confirmations, sent in parallel (a gateway tells its device Connected when the other gateway's
+confirmation arrives; the answers to the confirmations come after), each a QoS 1 publish. In all, a
+setup sends ${x.gateways.map((g) => count(g.envelopesPerSetup)).join(" + ")} envelopes through the broker, five of them one after the other. The interlink sets
+TCP_NODELAY on its socket at every (re)connect and ${brokerNow}, so a round trip costs what row (c) shows, ${ms(rt.clientsAndBroker.p50Ms)} ms at
+p50: the five crossings take about ${ms(crossings)} ms, ${percent(crossings / p50)} of the ${ms(p50)} ms p50 setup.`);
+  if (rt.nagle.p50Ms >= 5 * rt.clientsAndBroker.p50Ms && rt.nagle.p50Ms >= 10) {
+    const half = rt.clientsOnly.p50Ms >= 0.3 * rt.nagle.p50Ms && rt.clientsOnly.p50Ms <= 0.7 * rt.nagle.p50Ms;
+    parts.push(`Without TCP_NODELAY (row (a), mqtt.js's defaults and the broker's) a round trip takes ${ms(rt.nagle.p50Ms)} ms, mostly
+waiting: with Nagle's algorithm on, a small packet written while an earlier one is still unacknowledged
+(an answer written right after the PUBACK of the request it answers) waits for the other end's delayed
+ACK, up to 40 ms on Linux. With it on the clients only (row (b)) a round trip still takes ${ms(rt.clientsOnly.p50Ms)} ms${half ? ": one such wait on the clients' side and one on the broker's per round trip, as the rows show" : ""}${rt.clientsOnly.p50Ms >= 5 * rt.clientsAndBroker.p50Ms ? ", so the broker needs it too" : ""}. The same five crossings would take about ${ms(2.5 * rt.nagle.p50Ms)} ms with Nagle's algorithm everywhere and
+about ${ms(2.5 * rt.clientsOnly.p50Ms)} ms with TCP_NODELAY on the interlink's side only (a broker with default settings).`);
   }
-  return `${base} Round trips through this broker are short (${ms(rt.defaults.p50Ms)} ms at p50), so the latency is mostly the
-gateways' own work and, with ${x.pairs} pairs at once, their queues.`;
+  const mostlyCpu = cpuMs >= 0.5 * p50 && crossings <= 0.25 * p50;
+  const inRounds = (a.cpuUsPerSetup + b.cpuUsPerSetup) / 1000;
+  parts.push(`What remains is the work on the way. The two gateways' CPU per setup one pair at a time is
+${us(a.cpuUsPerSequentialSetup)} µs at ${a.id} and ${us(b.cpuUsPerSequentialSetup)} µs at ${b.id}, ${ms(cpuMs)} ms together (${percent(cpuMs / p50)} of the p50 setup), measured
+from just before \`connect()\` until their interlink is quiet, so with the answers to the confirmations,
+the audit commits and the log records that come after \`onConnect\`, and with the work of each process's
+background threads (V8's compiler and garbage collector: \`process.cpuUsage()\` counts every thread)${cpuMs > 1.1 * inRounds ? `; more than per setup with ${x.pairs} pairs at once (${ms(inRounds)} ms)` : ""}.${
+    cpuMs + crossings <= p50
+      ? ` Most of it is on the setup's path, as each gateway waits for the other's message before it goes on; the
+remaining ${ms(p50 - cpuMs - crossings)} ms or so are the devices' link round trips on the way (${b.id} asks its device whether it
+takes the call; after message 4, ${a.id}'s device installs its keys and confirms them; then each device is
+told Connected), the handsets' work in the benchmark's process, and the hand-offs between the
+processes' event loops.`
+      : ` Together with the crossings that is more than the p50 setup: the two processes run on separate cores,
+partly at once (each installs the keys in its own device and checks its confirmation; their background
+threads), and part of that CPU time comes after \`onConnect\`. Also on the path: the devices' link round trips (${b.id} asks its device
+whether it takes the call; after message 4, ${a.id}'s device installs its keys and confirms them; then each
+device is told Connected) and the handsets' work in the benchmark's process.`
+  }${mostlyCpu ? " **The broker crossings are now a small part of the setup latency one pair at a time; most of it is the gateways' own work.**" : ""}`);
+  const roundMs = (x.pairs / x.setupsPerSecond) * 1000;
+  parts.push(`With ${x.pairs} pairs at once, a round of ${x.pairs} setups lasted ${ms(roundMs)} ms on average (${x.pairs} ÷ the setups per
+second) and the p50 setup ${ms(x.concurrent.p50Ms)} ms: the setups queue for the gateways' CPU, and the processes for this
+machine's cores (below).`);
+  return parts.join("\n\n");
 }
 
 /** What limited the setups per second in this run. */
@@ -579,7 +610,7 @@ function crossThroughputText(info: RunInfo, x: CrossGatewayResults): string {
     return `Throughput: ${who} together kept about ${total.toFixed(1)} of this machine's ${info.cpus} CPUs busy during the rounds, so the
 setups per second are what this machine does with all of it on board, not one gateway's limit. The
 crypto bound is one core's worth: a core doing nothing but one setup's public-key operations at both
-gateways. Each gateway process runs on one thread, so two of them can use two cores.`;
+gateways. Each gateway process runs its JavaScript on one thread, so two of them can use two cores.`;
   }
   return `Throughput: ${who} used about ${total.toFixed(1)} of this machine's ${info.cpus} CPUs during the rounds; the rest of
 the wall time went to waiting (the round trips above, the audit commits on the gateways' threads, other
@@ -596,8 +627,15 @@ function keyHandlingText(x: CrossGatewayResults): string {
 KeyObjects of the secrets used again (\`SecretKeyCache\`) and of the key pairs they make, and take public keys as JWK.`);
   }
   if (has("x25519 createPublicKey der") || has("x25519 export public spki")) {
-    parts.push(` The DER (SPKI) rows are \`gateway/exchange.ts\`'s ephemeral public keys (its own X25519 code: its private
-ephemeral stays a KeyObject, the public ones go out and come in as SPKI).`);
+    parts.push(` The DER (SPKI) rows are X25519 public keys going in or out of KeyObjects as SPKI rather than JWK.`);
+  } else if (has("x25519 createPublicKey jwk") || has("x25519 export public jwk")) {
+    parts.push(` X25519 public keys go in and out of KeyObjects as JWK: the interlink's per-message keys
+(\`gateway/fleet.ts\`) and the exchange's ephemerals (\`gateway/exchange.ts\`, its own X25519 code: its private
+ephemeral stays a KeyObject).`);
+  }
+  if (has("x25519 export private pkcs8")) {
+    parts.push(` The PKCS#8 export is \`gateway/fleet.ts\`'s \`generateX25519\`, which hands the secret of each key pair
+it makes (an encrypted interlink envelope's) out as bytes it can wipe, keeping the KeyObject for its use.`);
   }
   return parts.join("");
 }
@@ -635,8 +673,9 @@ function crossGatewayText(info: RunInfo, x: CrossGatewayResults, inside: Gateway
   const b = x.broker;
   const brokerText =
     b.kind === "mosquitto"
-      ? `${b.version}, in ${b.where}, started for this run: ${b.config ?? "our configuration"}; stopped at the end`
-      : `${b.version}, ${b.where}${b.note ? ` (${b.note})` : ""}`;
+      ? `${b.version}, in ${b.where}, started for this run: ${b.config ?? "our configuration"}; stopped at the end. TCP_NODELAY on
+the broker's side: ${b.noDelay}${/true/.test(b.noDelay) ? " (Mosquitto's default is false), as docs/FLEET.md recommends for the interlink" : ""}`
+      : `${b.version}, ${b.where}${b.note ? ` (${b.note})` : ""}; TCP_NODELAY on the broker's side: ${b.noDelay}`;
   return `## Sessions across gateways (design.md flow 5)
 
 A device calls a device in another domain by name (\`callee-001@b.example\`). Its gateway runs the
@@ -668,8 +707,12 @@ gateway's certificate for the other and fill their certificate checkers' caches)
 and every session is closed before the next round; then ${x.sequential.setups} setups follow one pair at a time. Each
 gateway's CPU is \`process.cpuUsage()\` in its process, from just before a round's first \`connect()\`
 until its interlink is quiet after the last \`onConnect\` (the answers to the last confirmations are
-part of the setup); the teardowns are not in it. Log records are built and published to MQTT (as with
+part of the setup); the teardowns are not in it. One pair at a time, the same from just before each
+\`connect()\`. Log records are built and published to MQTT (as with
 \`--mqtt\`), not written. The machine has ${info.cpus} CPUs, shared by both gateways, the broker and the handsets.
+Last, with the gateways stopped, two mqtt.js clients time ${x.mqttRoundTrip.nagle.setups} request/answer round trips per row (QoS 1 both
+ways, as the interlink sends them, one at a time): (a) and (b) through ${x.mqttRoundTrip.defaultBroker},
+started just for them, (c) through the run's broker.
 
 The crypto is counted, not guessed. Each gateway process wraps node:crypto's \`sign\`, \`verify\`,
 \`diffieHellman\`, \`generateKeyPairSync\`, \`createPrivateKey\`, \`createPublicKey\` and KeyObject \`export\`
