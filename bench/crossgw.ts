@@ -47,7 +47,7 @@ import { nodeCrypto } from "../gateway/crypto.ts";
 import { CONNECT_BUDGET_MS } from "../gateway/crossgw.ts";
 import { addCounts, diffCounts, type OpCounts } from "./crypto-count.ts";
 import type { FromGateway, GatewayArgs, GatewaySample, ToGateway } from "./crossgw-gateway.ts";
-import { connectHandset, fileSystemOf, latency, SESSION_APP, teardown, timeAuditInserts, until, type Latency, type LoadHandset } from "./sessions.ts";
+import { connectHandset, fileSystemOf, latency, setup, teardown, timeAuditInserts, until, type Latency, type LoadHandset } from "./sessions.ts";
 import { DEFAULT_TIMING, nodeTask, runInterleaved, type Timing, type TimingOptions } from "./timing.ts";
 
 const THIS_FILE = fileURLToPath(import.meta.url);
@@ -393,44 +393,6 @@ async function settle(gws: GatewayProcess[], cond: (s: GatewaySample) => boolean
   }
 }
 
-// ---- one setup ---------------------------------------------------------------------------------------
-
-/** A setup across gateways as the devices see it: connect() until both got onConnect for one SPI.
- *  The names are the full ones each end sees of the other. */
-function setup(caller: LoadHandset, callerName: string, callee: LoadHandset, calleeName: string): Promise<{ ms: number; spi: number }> {
-  return new Promise((resolve, reject) => {
-    let callerSpi = 0;
-    let calleeSpi = 0;
-    const t0 = performance.now();
-    const finish = (err?: Error) => {
-      clearTimeout(timer);
-      caller.up = null;
-      callee.up = null;
-      if (err) reject(err);
-      else resolve({ ms: performance.now() - t0, spi: callerSpi });
-    };
-    const check = () => {
-      if (!callerSpi || !calleeSpi) return;
-      finish(callerSpi === calleeSpi ? undefined : new Error(`${caller.id} and ${callee.id} got different SPIs`));
-    };
-    caller.up = (spi, peer) => {
-      if (peer !== calleeName) return finish(new Error(`${caller.id} connected to ${peer}, not ${calleeName}`));
-      callerSpi = spi;
-      check();
-    };
-    callee.up = (spi, peer) => {
-      if (peer !== callerName) return finish(new Error(`${callee.id} connected to ${peer}, not ${callerName}`));
-      calleeSpi = spi;
-      check();
-    };
-    const timer = setTimeout(
-      () => finish(new Error(`setup ${caller.id} -> ${calleeName} did not complete (caller's last code ${caller.h.lastCode}; last lines: ${caller.lines.slice(-3).join(" | ")})`)),
-      CONNECT_BUDGET_MS + 5000,
-    );
-    if (!caller.h.connect(calleeName, SESSION_APP)) finish(new Error(`${caller.id} is not linked`));
-  });
-}
-
 // ---- the primitives, timed here ----------------------------------------------------------------------
 
 const isCurveOp = (op: string): boolean => / (sign|verify|dh|keygen)$/.test(op);
@@ -593,7 +555,7 @@ export async function runCrossGatewayBench(log: (s: string) => void, o: CrossGat
       const brokerBefore = broker.cpuUs?.();
       const loadBefore = process.cpuUsage();
       const t0 = performance.now();
-      const done = await Promise.all(pairs.map((p) => setup(p.caller, p.callerName, p.callee, p.calleeName)));
+      const done = await Promise.all(pairs.map((p) => setup(p.caller, p.callee, { callerName: p.callerName, calleeName: p.calleeName, timeoutMs: CONNECT_BUDGET_MS + 5000 })));
       const t1 = performance.now();
       const load = process.cpuUsage(loadBefore);
       // The devices are connected, but answers to the last interlink requests (the confirmations) may
@@ -625,7 +587,7 @@ export async function runCrossGatewayBench(log: (s: string) => void, o: CrossGat
     for (let i = 0; i < warmUp + o.sequential; i++) {
       const p = pairs[i % pairs.length];
       const before = await Promise.all(gateways.map((g) => g.sample()));
-      const d = await setup(p.caller, p.callerName, p.callee, p.calleeName);
+      const d = await setup(p.caller, p.callee, { callerName: p.callerName, calleeName: p.calleeName, timeoutMs: CONNECT_BUDGET_MS + 5000 });
       const after = await settle(gateways, idle, "the interlink to go quiet after a setup");
       await teardown(p.caller, p.callee, d.spi);
       await settle(gateways, closed, "the session to close at both gateways");

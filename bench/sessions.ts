@@ -534,8 +534,15 @@ export async function until(cond: () => boolean, what: string, ms: number): Prom
 const SETUP_TIMEOUT_MS = DEFAULT_SESSIONS.answerTimeoutMs + 5000;
 
 /** One setup: caller.connect(callee) until both got onConnect for the same SPI. Resolves with the
- *  latency and the SPI; rejects when the gateway refuses or nothing happens in time. */
-function setup(caller: LoadHandset, callee: LoadHandset): Promise<{ ms: number; spi: number }> {
+ *  latency and the SPI; rejects when the gateway refuses or nothing happens in time. The names are the
+ *  ones each end knows the other by: the ids inside one gateway, name@domain across gateways. */
+export function setup(
+  caller: LoadHandset,
+  callee: LoadHandset,
+  o: { callerName?: string; calleeName?: string; timeoutMs?: number } = {},
+): Promise<{ ms: number; spi: number }> {
+  const callerName = o.callerName ?? caller.id;
+  const calleeName = o.calleeName ?? callee.id;
   return new Promise((resolve, reject) => {
     let callerSpi = 0;
     let calleeSpi = 0;
@@ -553,20 +560,20 @@ function setup(caller: LoadHandset, callee: LoadHandset): Promise<{ ms: number; 
       finish(callerSpi === calleeSpi ? undefined : new Error(`${caller.id} and ${callee.id} got different SPIs`));
     };
     caller.up = (spi, peer) => {
-      if (peer !== callee.id) return finish(new Error(`${caller.id} connected to ${peer}, not ${callee.id}`));
+      if (peer !== calleeName) return finish(new Error(`${caller.id} connected to ${peer}, not ${calleeName}`));
       callerSpi = spi;
       check();
     };
     callee.up = (spi, peer) => {
-      if (peer !== caller.id) return finish(new Error(`${callee.id} connected to ${peer}, not ${caller.id}`));
+      if (peer !== callerName) return finish(new Error(`${callee.id} connected to ${peer}, not ${callerName}`));
       calleeSpi = spi;
       check();
     };
     timer = setTimeout(
-      () => finish(new Error(`setup ${caller.id} -> ${callee.id} did not complete (caller's last code ${caller.h.lastCode}; last lines: ${caller.lines.slice(-3).join(" | ")})`)),
-      SETUP_TIMEOUT_MS,
+      () => finish(new Error(`setup ${caller.id} -> ${calleeName} did not complete (caller's last code ${caller.h.lastCode}; last lines: ${caller.lines.slice(-3).join(" | ")})`)),
+      o.timeoutMs ?? SETUP_TIMEOUT_MS,
     );
-    if (!caller.h.connect(callee.id, SESSION_APP)) finish(new Error(`${caller.id} is not linked`));
+    if (!caller.h.connect(calleeName, SESSION_APP)) finish(new Error(`${caller.id} is not linked`));
   });
 }
 
