@@ -1,6 +1,5 @@
-import { openSync, closeSync, writeSync, mkdirSync, chmodSync } from "node:fs";
+import { chmodSync, closeSync, existsSync, mkdirSync, openSync, writeSync } from "node:fs";
 import { join } from "node:path";
-import { existsSync } from "node:fs";
 import { Gateway, DEFAULT_LISTEN, type FleetOptions } from "../gateway/gateway.ts";
 import { DEFAULT_RECHECK_MS } from "../gateway/crossgw.ts";
 import { DEFAULT_SESSIONS } from "../gateway/sessions.ts";
