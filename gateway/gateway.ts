@@ -96,7 +96,6 @@ export function openStore(dataDir: string): Store {
   return new Store(join(dataDir, DB_FILE));
 }
 
-/** Session settings with defaults, the SA lifetime held under the ceiling timers allow. */
 /** Fleet trust, the interlink over the gateway's broker, and the cross-gateway hook on top. */
 async function startFleet(f: FleetOptions, gw: Gateway, ctx: SessionHookContext, url: string, dataDir: string): Promise<CrossGateway> {
   const { credentials } = f;
@@ -123,6 +122,8 @@ async function startFleet(f: FleetOptions, gw: Gateway, ctx: SessionHookContext,
   }
 }
 
+/** Revokes a device: registry first (its joins are refused from now on), then its sessions end and
+ *  its link closes (after the SaClosed messages went out). */
 function revoke(store: Store, sessions: SessionBroker, links: LinkServer, log: Logger, now: () => number, deviceId: string, why: string): boolean {
   if (!store.revokeDevice(deviceId, now(), why)) return false;
   log.warn("device-revoked", { device: deviceId, reason: why });
@@ -131,6 +132,7 @@ function revoke(store: Store, sessions: SessionBroker, links: LinkServer, log: L
   return true;
 }
 
+/** Session settings with defaults, the SA lifetime held under the ceiling timers allow. */
 function sessionSettings(s: Partial<SessionSettings> | undefined): SessionSettings {
   const out = { ...DEFAULT_SESSIONS, ...s };
   if (!(out.lifetime >= 1 && out.lifetime <= LIFETIME_CEILING)) throw new Error(`session lifetime must be 1 to ${LIFETIME_CEILING} seconds, got ${out.lifetime}`);
