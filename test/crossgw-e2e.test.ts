@@ -12,7 +12,7 @@ import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import mqtt, { type MqttClient } from "mqtt";
@@ -121,6 +121,25 @@ interface Side {
   dev: EmulatedDevice;
   stop(): void;
 }
+
+test("the new flags of keyproxy gateway, verifier and sim refuse bad input with exit code 2, a sentence, and nothing written", async () => {
+  const dataDir = join(tempDir("kp-xe2e-usage-"), "data");
+  const cases: [string[], RegExp][] = [
+    [["gateway", "--data-dir", dataDir, "--id", "lab/+#"], /is not a domain name.*--no-fleet/],
+    [["gateway", "--data-dir", dataDir, "--no-fleet", "--verifier", "v.example"], /--recheck and --verifier are about sessions across gateways/],
+    [["gateway", "--data-dir", dataDir, "--verifier", "not a domain"], /--verifier wants the verifier's id/],
+    [["gateway", "--data-dir", dataDir, "--sa-limit", "0"], /--sa-limit wants a positive whole number/],
+    [["verifier", "--id", "v.example", "--data-dir", dataDir], /--mqtt <url> is required/],
+    [["verifier", "--id", "fleet", "--data-dir", dataDir, "--mqtt", "mqtt://127.0.0.1:1"], /--id <verifier-id> is required, a domain name/],
+    [["sim", "--data-dir", dataDir, "--call", "a b"], /--call wants a handset name or name@domain/],
+  ];
+  for (const [args, why] of cases) {
+    const r = await cli(args);
+    assert.equal(r.code, 2, `keyproxy ${args.join(" ")}:\n${r.err}`);
+    assert.match(r.err, why);
+  }
+  assert.equal(existsSync(dataDir), false, "no data directory was made");
+});
 
 describe(`sessions across two gateway processes over ${process.env.KEYPROXY_TEST_MQTT_URL ? "Mosquitto" : "the in-process broker"}`, () => {
   const run = randomBytes(3).toString("hex");

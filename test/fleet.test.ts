@@ -522,6 +522,18 @@ test("keyproxy fleet: create, issue-gateway, revoke-device, revoke-gateway, refr
     assert.match(r.out, /north.example/);
     const list = verifyRevocationList(new Uint8Array(readFileSync(join(dir, REVOCATION_FILE))), "acme", Fleet.open(dir).anchor.caPublicKey);
     assert.equal(list.serial, 4);
+    // Publishing: usage errors change nothing; a broker that cannot be reached leaves the list signed
+    // and says it was not published.
+    r = await run(["publish", "--fleet-dir", dir]);
+    assert.deepEqual([r.code, /--mqtt <url> is required/.test(r.err)], [2, true]);
+    r = await run(["publish", "--fleet-dir", dir, "--mqtt", "not-a-url"]);
+    assert.deepEqual([r.code, /--mqtt wants a broker URL/.test(r.err)], [2, true]);
+    r = await run(["show", "--fleet-dir", dir, "--mqtt", "mqtt://127.0.0.1:1"]);
+    assert.deepEqual([r.code, /--mqtt is for revoke-device, revoke-gateway, refresh and publish/.test(r.err)], [2, true]);
+    r = await run(["refresh", "--fleet-dir", dir, "--mqtt", "mqtt://127.0.0.1:1"]);
+    assert.equal(r.code, 1);
+    assert.match(r.err, /signed but NOT published/);
+    assert.equal(Fleet.open(dir).currentList().serial, 5, "the list was signed before the publication failed");
     r = await run(["issue-gateway", "--fleet-dir", dir, "--id", "south.example", "--data-dir", tmp()]);
     assert.equal(r.code, 1);
     assert.match(r.err, /revoked in this fleet/);
