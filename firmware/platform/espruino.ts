@@ -34,7 +34,8 @@ function counter(n?: number): number {
  *  or undefined (and a log line) when Storage holds no valid configuration. suites: most preferred first. */
 export function startHandset(crypto: SymCrypto, suites: number[]): Handset | undefined {
   const cfg = espruinoRequire("Storage").readJSON(CONFIG_FILE, true) as ProvisionedConfig | undefined;
-  if (!cfg || typeof cfg.id !== "string" || !/^[0-9a-f]{32}$/.test(cfg.key)) {
+  // No counted quantifier ({32}): Espruino's regular expressions take it as literal text.
+  if (!cfg || typeof cfg.id !== "string" || typeof cfg.key !== "string" || cfg.key.length !== 32 || !/^[0-9a-f]+$/.test(cfg.key)) {
     print("KP not provisioned: no valid " + CONFIG_FILE);
     return undefined;
   }

@@ -57,10 +57,11 @@ export function deframe(d: Deframer, chunk: Bytes): Bytes[] {
     const t = p + HEADER + len;
     const crc = ((joined[t] << 24) | (joined[t + 1] << 16) | (joined[t + 2] << 8) | joined[t + 3]) >>> 0;
     if ((d.crc32_(joined.subarray(p + 1, t)) >>> 0) !== crc) { p++; d.dropped_++; continue; }
-    out.push(joined.slice(p + HEADER, t));
+    // A copy made with new Uint8Array(subarray): Espruino's Uint8Array slice() returns a plain Array.
+    out.push(new Uint8Array(joined.subarray(p + HEADER, t)));
     p = end;
   }
-  d.buf_ = joined.slice(p);
+  d.buf_ = new Uint8Array(joined.subarray(p));
   return out;
 }
 
