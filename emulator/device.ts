@@ -552,6 +552,8 @@ export class EmulatedDevice extends EventEmitter {
       "ble.write": (life, [data]) => {
         if (life.ble && life.bleConnected) this.sendBytes(life, life.ble, bytesArg(data));
       },
+      // Link bytes that Espruino would have typed into the REPL (the console was on Bluetooth).
+      "ble.repl": (_life, [n]) => this.emit("log", `(${Number(n)} bytes from the BLE central went to the REPL: the console is on Bluetooth)`),
     };
   }
 

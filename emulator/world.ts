@@ -209,7 +209,12 @@ export const WORLD_SOURCE = String.raw`(function (host, config) {
     for (var b = 0; b < args.length; b++) o = putBytes(args[b], out, o);
     return out;
   }
+  // The console (REPL) device, as Espruino moves it: to Bluetooth when a central connects, back to
+  // the default when it leaves (only if it was still on Bluetooth), wherever E.setConsole puts it.
+  var consoleDevice = "USB";
   G.E = {
+    getConsole: function () { return consoleDevice; },
+    setConsole: function (d) { consoleDevice = d === null ? undefined : String(d); },
     hwRand: function () { return call("hwRand", []); },
     CRC32: function (data) { return call("crc32", [toBytes([data])]); },
     toUint8Array: function () {
@@ -335,8 +340,13 @@ export const WORLD_SOURCE = String.raw`(function (host, config) {
       if (m.ev === "close") delete sockets[m.id];
       s.socket.emit(m.ev, m.data);
     } else if (kind === "ble") {
-      if (m.ev === "data") G.Bluetooth.emit("data", m.data);
-      else G.NRF.emit(m.ev, m.data);
+      // Bytes that arrive while the console is on Bluetooth are typed into the REPL, not delivered.
+      if (m.ev === "data") { if (consoleDevice === "Bluetooth") call("ble.repl", [m.data.length]); else G.Bluetooth.emit("data", m.data); }
+      else {
+        if (m.ev === "connect") consoleDevice = "Bluetooth";
+        else if (consoleDevice === "Bluetooth") consoleDevice = "USB";
+        G.NRF.emit(m.ev, m.data);
+      }
     }
   }
   return { dispatch: dispatch, encode: encodeForHost };

@@ -11,6 +11,10 @@ interface EspruinoE {
   CRC32(data: Uint8Array | string): number;
   toUint8Array(data: string | Uint8Array | ArrayBuffer | number[]): Uint8Array;
   toString(data: Uint8Array | ArrayBuffer): string;
+  /** The device the console (REPL) is on: "Serial1", "USB", "Bluetooth", "LoopbackA", ...; undefined when none. */
+  getConsole(): string | undefined;
+  /** Moves the console; null takes it away altogether. */
+  setConsole(device: string | null, options?: { force?: boolean }): void;
 }
 declare const E: EspruinoE;
 declare function getTime(): number;

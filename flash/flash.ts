@@ -20,7 +20,7 @@
 // in the line, read() after it.
 
 import { getBoard, type BoardProfile } from "../boards/index.ts";
-import { crc32, ESPRUINO_BOARD, EspruinoSerial, SerialError } from "./serial.ts";
+import { crc32, ESPRUINO_BOARD, EspruinoSerial, SerialError, SIZED_LINUX_BOARD } from "./serial.ts";
 
 export const BOOT_FILE = ".bootcde";
 export const STAGING_FILE = "kp.fw.new";
@@ -58,7 +58,7 @@ export interface FlashResult {
 export async function checkBoard(link: EspruinoSerial, board: BoardProfile): Promise<string> {
   const env = await link.call<{ BOARD?: string; VERSION?: string }>(`{BOARD:process.env.BOARD,VERSION:process.env.VERSION}`);
   const want = ESPRUINO_BOARD[board.id] ?? board.id.toUpperCase();
-  if (!env || env.BOARD !== want) {
+  if (!env || (env.BOARD !== want && !(SIZED_LINUX_BOARD[board.id] ?? []).includes(String(env.BOARD)))) {
     throw new FlashError(`the device on ${link.path} is a ${env?.BOARD ?? "device of unknown kind"}, not a ${want} (${board.name}); check --board and --port`);
   }
   return String(env.VERSION ?? "unknown");

@@ -25,6 +25,16 @@ export const ESPRUINO_BOARD: Record<string, string> = {
   emulator: "LINUX",
 };
 
+/** What the Linux builds of Espruino sized like a board answer (interpreter/build.sh and
+ *  ../shared/espruino): the real interpreter the firmware is judged on, so `keyproxy flash` and
+ *  `keyproxy provision` accept them for the board they stand in for. An ESP32 runs on the Puck-sized
+ *  build where no ESP32-sized one was built (same natives). */
+export const SIZED_LINUX_BOARD: Record<string, string[]> = {
+  puckjs: ["KP_PUCK"],
+  banglejs2: ["KP_BANGLE"],
+  esp32: ["KP_ESP32", "KP_PUCK"],
+};
+
 /** How long a device may take to answer the first question after the port opens. */
 export const FIRST_ANSWER_MS = 3000;
 /** How long one request may take beyond the time its bytes need on the wire. */

@@ -363,13 +363,29 @@ describe("transports", () => {
     }
   });
 
-  test("the BLE UART double bridges to the gateway over TCP, in 20-byte pieces, and reconnects", async () => {
+  test("while the console is on Bluetooth, the central's bytes go to the REPL, not to Bluetooth.on(\"data\")", async () => {
+    const server = await recordingServer((s) => s.write(Buffer.from("hello")));
+    try {
+      const d = device("puckjs", { gateway: { host: "127.0.0.1", port: server.port } });
+      d.storage.write(".bootcde", `var got = 0; Bluetooth.on("data", function (s) { got += s.length; });`);
+      const logs: string[] = [];
+      d.on("log", (l: string) => logs.push(l));
+      await d.boot();
+      await until(() => logs.some((l) => l.includes("5 bytes from the BLE central went to the REPL")), "the bytes typed into the REPL");
+      assert.equal(d.eval("got"), 0);
+    } finally {
+      await server.close();
+    }
+  });
+
+  test("the BLE UART double bridges to the gateway over TCP, in 20-byte pieces, and reconnects; the console moves as on a board", async () => {
     const payload = Buffer.from(Array.from({ length: 50 }, (_, i) => (i * 37) & 255));
     const server = await recordingServer((s) => s.write(payload));
     try {
       const d = device("puckjs", { gateway: { host: "127.0.0.1", port: server.port } });
       d.storage.write(".bootcde", `var pieces = [], connects = 0, disconnects = 0;
-        NRF.on("connect", function () { connects++; });
+        var consoles = [];
+        NRF.on("connect", function () { connects++; consoles.push(E.getConsole()); E.setConsole("Serial1"); });
         NRF.on("disconnect", function () { disconnects++; });
         Bluetooth.on("data", function (s) { pieces.push(s.length); Bluetooth.write(s); });`);
       await d.boot();
@@ -380,6 +396,7 @@ describe("transports", () => {
       await until(() => server.conns.length === 2, "the reconnect", 3000);
       await until(() => d.eval(`connects`) === 2, "the second connect");
       assert.equal(d.eval(`disconnects`), 1);
+      assert.deepEqual(d.eval(`consoles`), ["Bluetooth", "Bluetooth"], "a central's connect moves the console to Bluetooth");
       assert.throws(() => d.eval(`require("net")`), /Module net not found/, "Puck.js has no TCP");
     } finally {
       await server.close();

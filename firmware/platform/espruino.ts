@@ -75,3 +75,18 @@ export function startTcp(h: Handset): void {
   };
   connect();
 }
+
+/** BLE UART (Puck.js, Bangle.js 2): the gateway's central connects to our Nordic UART service. On
+ *  connect Espruino moves its console (the REPL) to Bluetooth, where the link's bytes would be typed
+ *  into the REPL instead of reaching Bluetooth.on("data"): so the console goes back where it was at
+ *  boot (Serial1 when wired; LoopbackA, where nothing types, when it was on Bluetooth already).
+ *  Bluetooth.write takes the frame bytes as they are. */
+export function startBle(h: Handset): void {
+  const home = E.getConsole();
+  Bluetooth.on("data", (s: string) => h.receive(E.toUint8Array(s)));
+  NRF.on("connect", () => {
+    E.setConsole(home && home !== "Bluetooth" ? home : "LoopbackA");
+    h.up(Bluetooth);
+  });
+  NRF.on("disconnect", () => h.down());
+}

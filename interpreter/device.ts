@@ -1,0 +1,299 @@
+// A handset on the real Espruino interpreter: one Linux build of Espruino sized like the board
+// (interpreter/locate.ts), in a folder of its own (its flash, and so its Storage, is ./espruino.flash
+// there), with its console (the REPL) on standard input and output, as a board's is on its serial port.
+//
+// What the harness adds, and nothing more:
+// - power: start, a power cut (SIGKILL), and a restart when the interpreter exits by itself. The Linux
+//   build answers E.reboot() with "Not implemented" and exits; a board restarts, so we start it again
+//   on the same flash;
+// - a serial cable: withSerial() puts the console behind a real pseudo-terminal for the time of a
+//   `keyproxy flash` or `keyproxy provision`, which then speak to it exactly as to a board;
+// - a way for the test to type: eval() sends one line, echo off, and reads its printed answer, the
+//   protocol flash/serial.ts uses;
+// - on BLE boards, the Bluetooth and NRF objects the Linux build lacks (BLE_STAND_INS below), written
+//   into .boot0 like any boot file, so the firmware bundle itself runs unmodified.
+
+import { spawn, type ChildProcessWithoutNullStreams } from "node:child_process";
+import { EventEmitter } from "node:events";
+import { copyFileSync, existsSync, mkdirSync } from "node:fs";
+import path from "node:path";
+import { openPty, type Pty } from "../emulator/serial.ts";
+import { locateInterpreter } from "./locate.ts";
+
+export const FLASH_FILE = "espruino.flash";
+
+/** Boards whose firmware talks over the BLE UART: their bundle needs the stand-ins. */
+export const BLE_BOARDS = new Set(["puckjs", "banglejs2"]);
+
+/** Bluetooth and NRF as a Puck.js or Bangle.js 2 has them, over a TCP connection standing in for the
+ *  radio link (the Linux build has require("net"); a board does not, but a board has a radio). The
+ *  peer is the address in kp.cfg's "gw" (the gateway's link server, or a test's relay in front of it).
+ *  What a board does, and so what this does:
+ *  - when a central connects, the console (the REPL) moves to Bluetooth: incoming bytes go to the
+ *    REPL and the REPL's output goes to the central, unless the code moves the console elsewhere;
+ *    NRF emits "connect". Here "Bluetooth" as a console is LoopbackB: bytes for the REPL are written
+ *    to LoopbackA, and what the REPL prints comes out of LoopbackA;
+ *  - incoming bytes reach Bluetooth.on("data") only while the console is elsewhere, in pieces of at
+ *    most 20 bytes (one notification at the default ATT MTU of 23);
+ *  - when the central disconnects, a console that was on Bluetooth returns to the default (USB here);
+ *    NRF emits "disconnect" with reason 19 (remote user terminated). Then we "advertise" again: the
+ *    central reconnects after half a second.
+ *  E.getConsole() answers "LoopbackB" where a board would answer "Bluetooth".
+ *  The stand-ins' own variables are part of the baseline the memory tests subtract. */
+export const BLE_STAND_INS = `(function(){
+var s;
+global.Bluetooth={write:function(d){if(s)s.write(typeof d=="string"?d:E.toString(d));}};
+global.NRF={};
+LoopbackA.on("data",function(d){if(s&&E.getConsole()=="LoopbackB")s.write(d);});
+function up(){
+var c=require("Storage").readJSON("kp.cfg",1);if(!c||!c.gw)return;var i=c.gw.lastIndexOf(":");
+var k=require("net").connect({host:c.gw.substr(0,i),port:parseInt(c.gw.substr(i+1),10)},function(){s=k;LoopbackB.setConsole();NRF.emit("connect","c0:ff:ee:00:00:01 public");});
+k.on("data",function(d){for(var o=0;o<d.length;o+=20){var p=d.substr(o,20);if(E.getConsole()=="LoopbackB")LoopbackA.write(p);else Bluetooth.emit("data",p);}});
+k.on("error",function(){});
+k.on("close",function(){var was=s;s=undefined;if(was){if(E.getConsole()=="LoopbackB")USB.setConsole();NRF.emit("disconnect",19);}setTimeout(up,500);});
+}
+setTimeout(up,10);
+})();`;
+
+/** .boot0 for a device: a seed for E.hwRand (the Linux build's is a pseudo-random generator: without
+ *  a seed of its own every device, and every boot, would draw the same numbers; a board's is a true
+ *  RNG), then the BLE stand-ins where the board has BLE. */
+export function bootZero(board: string): string {
+  const seed = `E.srand((E.CRC32(require("Storage").read("kp.cfg")||"")^Math.round(getTime()*1000))|0);`;
+  return BLE_BOARDS.has(board) ? `${seed}\n${BLE_STAND_INS}\n` : `${seed}\n`;
+}
+
+export interface RealDeviceOptions {
+  board: string;
+  /** The device's folder (created if missing): its flash file lives there. */
+  dir: string;
+  /** For log lines and errors. */
+  name?: string;
+  /** 32 (default) for behaviour and memory, 64 for speed. */
+  bits?: 32 | 64;
+  /** A flash image to start from (copied into dir). */
+  flashImage?: string;
+  /** Print console lines to stderr (also with KEYPROXY_INTERPRETER_LOG=1). */
+  echo?: boolean;
+}
+
+interface Pending {
+  seq: number;
+  resolve: (v: unknown) => void;
+  reject: (e: Error) => void;
+  timer: NodeJS.Timeout;
+}
+
+// eslint-disable-next-line no-control-regex
+const ESCAPES = /\x1b\[[0-9;]*[A-Za-z]/g;
+
+export class RealDevice extends EventEmitter {
+  readonly board: string;
+  readonly dir: string;
+  readonly name: string;
+  readonly bin: string;
+  readonly bits: 32 | 64;
+  /** Every console line since the device was made, escape sequences and prompts removed. */
+  readonly lines: string[] = [];
+  /** How many times the interpreter has started, and the index in lines where the last start began. */
+  boots = 0;
+  bootLine = 0;
+  private child: ChildProcessWithoutNullStreams | undefined;
+  private exited: Promise<void> = Promise.resolve();
+  private wanted = false;
+  private rx = "";
+  private partial = "";
+  private seq = 0;
+  private pending: Pending | undefined;
+  private queue: Promise<unknown> = Promise.resolve();
+  private pty: Pty | undefined;
+  private readonly echo: boolean;
+
+  constructor(o: RealDeviceOptions) {
+    super();
+    this.board = o.board;
+    this.dir = o.dir;
+    this.name = o.name ?? path.basename(o.dir);
+    this.bits = o.bits ?? 32;
+    const found = locateInterpreter(o.board, this.bits);
+    if (found instanceof Error) throw found;
+    this.bin = found.bin;
+    this.echo = o.echo ?? process.env.KEYPROXY_INTERPRETER_LOG === "1";
+    mkdirSync(this.dir, { recursive: true });
+    if (o.flashImage) copyFileSync(o.flashImage, path.join(this.dir, FLASH_FILE));
+  }
+
+  get running(): boolean {
+    return !!this.child && this.child.exitCode === null && this.child.signalCode === null;
+  }
+
+  get flashFile(): string {
+    return path.join(this.dir, FLASH_FILE);
+  }
+
+  /** Powers the device on: the interpreter runs its boot files, then waits at its prompt. */
+  async start(): Promise<void> {
+    this.wanted = true;
+    if (!this.running) this.spawn();
+    await this.eval("1", 30_000);
+  }
+
+  private spawn(): void {
+    const child = spawn(this.bin, [], { cwd: this.dir, stdio: ["pipe", "pipe", "pipe"] });
+    this.child = child;
+    this.boots++;
+    this.bootLine = this.lines.length;
+    this.exited = new Promise<void>((r) => child.once("exit", () => r()));
+    child.stdin.on("error", () => {}); // EPIPE after a power cut
+    child.stderr.on("data", () => {}); // the Linux build's start-up warnings
+    child.stdout.on("data", (d: Buffer) => this.output(d.toString("latin1")));
+    child.once("exit", () => {
+      if (this.child !== child) return;
+      this.child = undefined;
+      this.failPending(`${this.name}: the interpreter stopped`);
+      // E.reboot() (or a crash): a board comes back up on the same flash.
+      if (this.wanted) setTimeout(() => { if (this.wanted && !this.running) this.spawn(); }, 20);
+    });
+  }
+
+  private output(s: string): void {
+    this.pty?.write(s);
+    this.rx += s;
+    this.answer();
+    this.partial += s;
+    let i: number;
+    while ((i = this.partial.indexOf("\n")) >= 0) {
+      const line = this.partial.slice(0, i).replace(ESCAPES, "").replace(/\r/g, "").replace(/^>+/, "");
+      this.partial = this.partial.slice(i + 1);
+      if (line.trim() === "") continue;
+      this.lines.push(line);
+      if (this.echo) process.stderr.write(`${this.name}: ${line}\n`);
+      this.emit("line", line);
+    }
+  }
+
+  /** Cuts the power: nothing more runs, nothing more is written. */
+  async powerOff(): Promise<void> {
+    this.wanted = false;
+    const c = this.child;
+    if (c && this.running) {
+      c.kill("SIGKILL");
+      await this.exited;
+    }
+    this.failPending(`${this.name}: powered off`);
+  }
+
+  /** A power cut and the power back: the interpreter starts again on the same flash. */
+  async reboot(): Promise<void> {
+    await this.powerOff();
+    await this.start();
+  }
+
+  /** Types bytes into the console as they are (a test's hand on the keyboard). */
+  type(s: string): void {
+    this.child?.stdin.write(Buffer.from(s, "latin1"));
+  }
+
+  /** Runs an expression at the prompt, echo off, and resolves with its value as JSON carries it.
+   *  One at a time (queued), as on a serial line. */
+  eval<T = unknown>(expr: string, timeoutMs = 20_000): Promise<T> {
+    const run = this.queue.then(() => this.evalNow<T>(expr, timeoutMs));
+    this.queue = run.catch(() => {});
+    return run;
+  }
+
+  private evalNow<T>(expr: string, timeoutMs: number): Promise<T> {
+    if (!this.running) return Promise.reject(new Error(`${this.name}: the device is off`));
+    const seq = ++this.seq;
+    const line = `\x10(function(){var r;try{r=JSON.stringify(${expr});}catch(e){print("<kd"+${seq}+"!>"+e+"</kd"+${seq}+"!>");return;}print("<kd"+${seq}+">"+r+"</kd"+${seq}+">");})()\n`;
+    return new Promise<T>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.pending = undefined;
+        reject(new Error(`${this.name}: no answer to ${JSON.stringify(expr.slice(0, 80))} within ${timeoutMs} ms; last lines:\n${this.lines.slice(-8).join("\n")}`));
+      }, timeoutMs);
+      this.pending = { seq, resolve: resolve as (v: unknown) => void, reject, timer };
+      this.type(line);
+    });
+  }
+
+  private answer(): void {
+    const p = this.pending;
+    if (!p) {
+      if (this.rx.length > 8192) this.rx = this.rx.slice(-1024);
+      return;
+    }
+    const ok = new RegExp(`<kd${p.seq}>([\\s\\S]*?)</kd${p.seq}>`).exec(this.rx);
+    const err = new RegExp(`<kd${p.seq}!>([\\s\\S]*?)</kd${p.seq}!>`).exec(this.rx);
+    if (!ok && !err) return;
+    this.rx = this.rx.slice(((ok ?? err)!.index) + (ok ?? err)![0].length);
+    this.pending = undefined;
+    clearTimeout(p.timer);
+    if (err) p.reject(new Error(`${this.name}: ${err[1]}`));
+    else {
+      try {
+        p.resolve(ok![1] === "undefined" ? undefined : JSON.parse(ok![1]));
+      } catch {
+        p.reject(new Error(`${this.name}: not JSON: ${ok![1].slice(0, 200)}`));
+      }
+    }
+  }
+
+  private failPending(why: string): void {
+    const p = this.pending;
+    if (!p) return;
+    this.pending = undefined;
+    clearTimeout(p.timer);
+    p.reject(new Error(why));
+  }
+
+  /** process.memory() as the device reports it (it collects garbage first). */
+  memory(): Promise<{ free: number; usage: number; total: number; blocksize: number }> {
+    return this.eval("process.memory()");
+  }
+
+  /** Resolves with the first console line that matches, from index `since` of lines on (default:
+   *  since the interpreter last started). */
+  waitFor(re: RegExp, timeoutMs = 20_000, since = this.bootLine): Promise<string> {
+    const seen = this.lines.slice(since).find((l) => re.test(l));
+    if (seen) return Promise.resolve(seen);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.off("line", onLine);
+        reject(new Error(`${this.name}: no console line matching ${re} within ${timeoutMs} ms; last lines:\n${this.lines.slice(-10).join("\n")}`));
+      }, timeoutMs);
+      const onLine = (l: string) => {
+        if (!re.test(l)) return;
+        clearTimeout(timer);
+        this.off("line", onLine);
+        resolve(l);
+      };
+      this.on("line", onLine);
+    });
+  }
+
+  /** Puts the console behind a real pseudo-terminal while fn runs: fn gets its path (what
+   *  `keyproxy flash --port` and `keyproxy provision --port` open). The device stays powered. */
+  async withSerial<T>(fn: (tty: string) => Promise<T>): Promise<T> {
+    if (!this.running) await this.start();
+    await this.queue;
+    const pty = await openPty();
+    pty.onData((s) => this.type(s));
+    this.pty = pty;
+    try {
+      return await fn(pty.path);
+    } finally {
+      this.pty = undefined;
+      await pty.close();
+    }
+  }
+}
+
+/** Whether an interpreter for the board can be had here (for test tiers that must say so). */
+export function interpreterAvailable(board: string, bits: 32 | 64 = 32): true | string {
+  const r = locateInterpreter(board, bits);
+  return r instanceof Error ? r.message : true;
+}
+
+export function flashExists(dir: string): boolean {
+  return existsSync(path.join(dir, FLASH_FILE));
+}

@@ -1,0 +1,77 @@
+// Handsets on the real interpreter, made the way a user makes them: the bundle goes in with
+// `keyproxy flash`'s code and the identity with `keyproxy provision`'s, over a real pseudo-terminal
+// to the interpreter's console. Flashing is done once per board and bundle: the flashed flash image
+// is then copied for each handset (as a production line would clone a golden image), and each handset
+// is provisioned on its own.
+
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { flashDevice } from "../flash/flash.ts";
+import { provisionDevice } from "../flash/provision.ts";
+import { EspruinoSerial } from "../flash/serial.ts";
+import { bootZero, RealDevice } from "./device.ts";
+
+const images = new Map<string, Promise<string>>();
+
+function tempDir(prefix: string): string {
+  return mkdtempSync(path.join(tmpdir(), prefix));
+}
+
+/** The flash file of a device of this board holding .boot0 (bootZero: RNG seed, BLE stand-ins) and
+ *  the bundle as .bootcde, flashed over serial. Made once per board, bundle and interpreter. */
+export function flashedImage(board: string, bundle: string, bits: 32 | 64 = 32): Promise<string> {
+  const key = `${board}/${bits}/${bundle.length}/${bundle}`;
+  let image = images.get(key);
+  if (!image) {
+    image = (async () => {
+      const dev = new RealDevice({ board, bits, dir: tempDir(`kp-image-${board}-`), name: `image-${board}` });
+      try {
+        await dev.start();
+        await dev.withSerial(async (tty) => {
+          const link = await EspruinoSerial.open({ path: tty, baudRate: 115200 });
+          try {
+            await link.writeFile(".boot0", new Uint8Array(Buffer.from(bootZero(board), "latin1")));
+          } finally {
+            await link.close();
+          }
+          await flashDevice({ port: tty, board, bundle, baudRate: 115200 });
+        });
+        return dev.flashFile;
+      } finally {
+        await dev.powerOff();
+      }
+    })();
+    images.set(key, image);
+    image.catch(() => images.delete(key));
+  }
+  return image;
+}
+
+export interface HandsetOptions {
+  board: string;
+  bundle: string;
+  /** The gateway's data directory: provisioning enters the handset in its registry. */
+  dataDir: string;
+  id: string;
+  /** host:port written into kp.cfg: TCP boards connect there, the BLE stand-ins' radio link too. */
+  gateway: string;
+  /** Desired registration lifetime (kp.cfg "life"). */
+  lifetime?: number;
+  bits?: 32 | 64;
+  echo?: boolean;
+}
+
+/** A flashed, provisioned handset, powered and booted into its firmware. */
+export async function provisionedHandset(o: HandsetOptions): Promise<RealDevice> {
+  const image = await flashedImage(o.board, o.bundle, o.bits);
+  const dev = new RealDevice({ board: o.board, bits: o.bits, dir: tempDir(`kp-real-${o.id}-`), name: o.id, flashImage: image, echo: o.echo });
+  try {
+    await dev.start();
+    await dev.withSerial((tty) => provisionDevice({ port: tty, board: o.board, id: o.id, gateway: o.gateway, dataDir: o.dataDir, lifetime: o.lifetime, baudRate: 115200 }));
+  } catch (e) {
+    await dev.powerOff();
+    throw e;
+  }
+  return dev;
+}
