@@ -1,0 +1,89 @@
+// The real-interpreter tier's common parts: whether it can run here, and a gateway process with
+// handsets on the real Espruino interpreter (interpreter/), flashed and provisioned as a user does.
+//
+// Where no interpreter is found the tier does not pretend: each of its tests is reported as skipped
+// with the reason and how to get one, and with CI=true it fails instead (CI must run it).
+import { test, type TestContext } from "node:test";
+import { buildFirmware } from "../../flash/build.ts";
+import { interpreterAvailable, type RealDevice } from "../../interpreter/device.ts";
+import { provisionedHandset } from "../../interpreter/handsets.ts";
+import { startGatewayProcess, type GatewayProcess } from "./process.ts";
+import { tempDir } from "./harness.ts";
+
+export const REAL_BOARDS = ["puckjs", "banglejs2", "esp32"] as const;
+export type RealBoard = (typeof REAL_BOARDS)[number];
+
+/** null when the board's interpreter runs here, else why not and how to get one. */
+export function missingInterpreter(board: string, bits: 32 | 64 = 32): string | null {
+  const r = interpreterAvailable(board, bits);
+  return r === true ? null : r;
+}
+
+let said = false;
+
+/** A test of the real-interpreter tier: skipped with the reason where no interpreter is found, a
+ *  failure instead when CI=true. */
+export function realTest(name: string, boards: readonly string[], fn: (t: TestContext) => Promise<void>, timeoutMs = 240_000): void {
+  const missing = boards.map((b) => missingInterpreter(b)).find((m) => m !== null) ?? null;
+  if (missing && process.env.CI !== "true") {
+    if (!said) {
+      said = true;
+      process.stderr.write(`\nreal-interpreter tier NOT RUN: ${missing}\n\n`);
+    }
+    test(`[real interpreter] ${name}`, { skip: `not run: ${missing}` }, () => {});
+    return;
+  }
+  test(`[real interpreter] ${name}`, { timeout: timeoutMs }, async (t) => {
+    if (missing) throw new Error(`CI=true and the real-interpreter tier cannot run: ${missing}`);
+    await fn(t);
+  });
+}
+
+const bundles = new Map<string, Promise<string>>();
+
+/** The board's bundle as `keyproxy build` makes it (once per board and test file). */
+export function bundleFor(board: string): Promise<string> {
+  let b = bundles.get(board);
+  if (!b) {
+    b = buildFirmware({ board, outDir: tempDir("kp-build-") }).then((r) => {
+      if (!r.ok) throw new Error(`build for ${board} failed:\n${r.problems.join("\n")}`);
+      return r.code;
+    });
+    bundles.set(board, b);
+  }
+  return b;
+}
+
+export interface RealRig {
+  gw: GatewayProcess;
+  dataDir: string;
+  /** host:port of the gateway's device link. */
+  address: string;
+  handsets: RealDevice[];
+  /** A flashed, provisioned, booted handset, entered in this gateway's registry. */
+  handset(board: string, id: string, opts?: { lifetime?: number; gateway?: string }): Promise<RealDevice>;
+  stop(): Promise<void>;
+}
+
+/** A gateway process (embedded defaults but no MQTT and a development fleet unless extra says
+ *  otherwise) and a way to add handsets on the real interpreter. */
+export async function realRig(extra: string[] = ["--no-mqtt", "--no-fleet"], dataDir = tempDir("kp-real-gw-")): Promise<RealRig> {
+  const gw = await startGatewayProcess(dataDir, 0, extra);
+  const handsets: RealDevice[] = [];
+  const address = `127.0.0.1:${gw.port}`;
+  return {
+    gw,
+    dataDir,
+    address,
+    handsets,
+    async handset(board, id, opts = {}) {
+      const dev = await provisionedHandset({ board, bundle: await bundleFor(board), dataDir, id, gateway: opts.gateway ?? address, lifetime: opts.lifetime });
+      handsets.push(dev);
+      return dev;
+    },
+    async stop() {
+      await Promise.all(handsets.map((h) => h.powerOff()));
+      await gw.stop();
+    },
+  };
+}
