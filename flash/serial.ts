@@ -27,12 +27,12 @@ export const ESPRUINO_BOARD: Record<string, string> = {
 
 /** What the Linux builds of Espruino sized like a board answer (interpreter/build.sh and
  *  ../shared/espruino): the real interpreter the firmware is judged on, so `keyproxy flash` and
- *  `keyproxy provision` accept them for the board they stand in for. An ESP32 runs on the Puck-sized
- *  build where no ESP32-sized one was built (same natives). */
+ *  `keyproxy provision` accept them for the board they stand in for (the 64-bit builds, for timing,
+ *  add "64"). An ESP32 runs on the Puck-sized build where no ESP32-sized one was built (same natives). */
 export const SIZED_LINUX_BOARD: Record<string, string[]> = {
-  puckjs: ["KP_PUCK"],
-  banglejs2: ["KP_BANGLE"],
-  esp32: ["KP_ESP32", "KP_PUCK"],
+  puckjs: ["KP_PUCK", "KP_PUCK64"],
+  banglejs2: ["KP_BANGLE", "KP_BANGLE64"],
+  esp32: ["KP_ESP32", "KP_ESP3264", "KP_PUCK", "KP_PUCK64"],
 };
 
 /** How long a device may take to answer the first question after the port opens. */

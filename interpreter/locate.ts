@@ -57,8 +57,9 @@ export function locateInterpreter(board: string, bits: 32 | 64 = 32): Located | 
   const names = INTERPRETER_FOR_BOARD[board]?.[bits === 32 ? "bits32" : "bits64"];
   if (!names) return new Error(`no real interpreter is defined for board "${board}" (known: ${Object.keys(INTERPRETER_FOR_BOARD).join(", ")})`);
   const tried: string[] = [];
-  for (const dir of searchPath()) {
-    for (const name of names) {
+  // By name first: a build sized for the board wherever it is beats a stand-in build nearer by.
+  for (const name of names) {
+    for (const dir of searchPath()) {
       const bin = path.join(dir, name);
       if (!existsSync(bin)) continue;
       const why = whyNot(bin);
