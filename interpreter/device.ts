@@ -131,11 +131,12 @@ export class RealDevice extends EventEmitter {
     return path.join(this.dir, FLASH_FILE);
   }
 
-  /** Powers the device on: the interpreter runs its boot files, then waits at its prompt. */
-  async start(): Promise<void> {
+  /** Powers the device on: the interpreter runs its boot files, then waits at its prompt (resolves
+   *  when it answers there, unless waitForPrompt is false: code that never returns keeps it busy). */
+  async start(waitForPrompt = true): Promise<void> {
     this.wanted = true;
     if (!this.running) this.spawn();
-    await this.eval("1", 30_000);
+    if (waitForPrompt) await this.eval("1", 30_000);
   }
 
   private spawn(): void {
