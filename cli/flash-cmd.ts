@@ -6,16 +6,18 @@ import { buildFirmware } from "../flash/build.ts";
 import { flashDevice, hex, type FlashStep } from "../flash/flash.ts";
 import { parse, positiveInt, UsageError } from "./args.ts";
 
-const HELP = `usage: keyproxy flash --port <tty> --board <id> [--bundle <file>] [--baud <n>] [--no-reboot]
+const HELP = `usage: keyproxy flash --port <tty> --board <id> [--bundle <file> | --app <file>] [--baud <n>] [--no-reboot]
 
 Writes the firmware into the device's Storage as .bootcde over its serial console, checks it by
-CRC-32 and reboots the device into it. The bundle is built for --board unless --bundle is given.
+CRC-32 and reboots the device into it. The bundle is built for --board (with --app, with that
+application, as keyproxy build --app makes it) unless --bundle is given.
 The running firmware is only replaced once the new one is on the device and verified
 (docs/OPERATIONS.md).
 
   --port <tty>     the serial device, e.g. /dev/ttyUSB0 (Puck.js: Serial1 on D28/D29)
   --board <id>     ${Object.keys(BOARDS).join(", ")}; the device must report the same board
-  --bundle <file>  a bundle made by keyproxy build (default: build it now)
+  --bundle <file>  a bundle made by keyproxy build, with or without --app (default: build it now)
+  --app <file>     build the firmware with this application (firmware/api.ts) and flash that
   --baud <n>       line speed (default: the board's, e.g. 9600 for Puck.js, 115200 for ESP32)
   --no-reboot      leave the device running what it runs now
 
@@ -36,6 +38,7 @@ export async function flashCommand(argv: string[]): Promise<number> {
     port: { type: "string" },
     board: { type: "string" },
     bundle: { type: "string" },
+    app: { type: "string" },
     baud: { type: "string" },
     "no-reboot": { type: "boolean" },
     help: { type: "boolean", short: "h" },
@@ -54,13 +57,16 @@ export async function flashCommand(argv: string[]): Promise<number> {
   }
   const baudRate = o.baud === undefined ? undefined : positiveInt(o.baud, "--baud", 0);
   let bundle: string;
+  if (o.bundle && o.app) throw new UsageError("--bundle and --app do not go together: a bundle built with --app already holds its application");
+  if (o.app && !existsSync(o.app)) throw new UsageError(`no application at ${o.app}`);
   if (o.bundle) {
     if (!existsSync(o.bundle)) throw new UsageError(`no bundle at ${o.bundle}`);
     bundle = readFileSync(o.bundle, "utf8");
   } else {
-    const r = await buildFirmware({ board: board.id });
+    const r = await buildFirmware({ board: board.id, app: o.app });
     if (!r.ok) {
-      console.error(`keyproxy flash: the ${board.id} firmware does not build:\n${r.problems.join("\n")}`);
+      const why = r.problems.length > 0 ? r.problems.join("\n") : `${r.bytes} bytes, over the budget of ${r.budget}`;
+      console.error(`keyproxy flash: the ${board.id} firmware${o.app ? ` with ${o.app}` : ""} does not build:\n${why}`);
       return 1;
     }
     bundle = r.code;

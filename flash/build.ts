@@ -34,6 +34,28 @@ export interface BuildResult {
   /** The firmware id the bundle reports when it registers (KP_FIRMWARE, firmwareId below); "" when
    *  the build did not get that far. */
   firmware: string;
+  /** The application bundled with the runtime (BuildOptions.app), as given; undefined without one. */
+  app?: string;
+  /** Minified size of the board's runtime alone (without the application); 0 when the build did not
+   *  get that far. Without an application, the same as bytes. */
+  runtimeBytes: number;
+  /** What the application adds to the bundle: bytes - runtimeBytes (0 without one). */
+  appBytes: number;
+}
+
+/** What a board leaves for an application: bytes, its bundle budget minus the runtime's bundle; and
+ *  variables, its variable pool minus the runtime's variable budget under load (four SAs, the peak
+ *  of a join or a rekey) where boards/index.ts has one, else at rest. Both are read from
+ *  boards/index.ts when asked, so a changed budget shows at once. Negative when over. */
+export function roomForApp(r: BuildResult): { bytes: number; vars: number } {
+  const board = getBoard(r.board);
+  return { bytes: r.budget - r.runtimeBytes, vars: board.vars - runtimeVars(board.budget) };
+}
+
+/** The runtime's variable budget an application must leave it: under load where the board has one. */
+function runtimeVars(budget: { varsAtRest: number }): number {
+  const loaded = (budget as { varsLoaded?: number }).varsLoaded;
+  return typeof loaded === "number" ? loaded : budget.varsAtRest;
 }
 
 export interface BuildOptions {
@@ -48,6 +70,10 @@ export interface BuildOptions {
   lint?: boolean;
   /** Overrides the board's budget.bundleBytes. */
   budget?: number;
+  /** An application to bundle with the runtime (TypeScript or JavaScript; relative paths are taken
+   *  from the working directory): a module whose default export the runtime calls with KP
+   *  (firmware/api.ts). It goes through the same lint and gate, and its bytes count in the budget. */
+  app?: string;
 }
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
@@ -138,8 +164,17 @@ function plainSentence(text: string): string {
   return text;
 }
 
-function esbuildProblems(messages: esbuild.Message[]): string[] {
-  return messages.map((m) => (m.location ? `${m.location.file}:${m.location.line}: ${plainSentence(m.text)}` : plainSentence(m.text)));
+function esbuildProblems(messages: esbuild.Message[], app?: string): string[] {
+  return messages.map((m) => {
+    if (app !== undefined && m.location?.file.endsWith(APP_ENTRY_NAME)) {
+      // Our composed entry is not the user's to fix: say what their application lacks.
+      if (/No matching export .* for import "default"/.test(m.text)) {
+        return `${relative(app)}:1: the application must have a default export: the function the firmware calls with KP (firmware/api.ts)`;
+      }
+      return `${relative(app)}: ${plainSentence(m.text)}`;
+    }
+    return m.location ? `${relative(path.resolve(ROOT, m.location.file))}:${m.location.line}: ${plainSentence(m.text)}` : plainSentence(m.text);
+  });
 }
 
 /** Paths inside the repository relative to it (as in "firmware/x.ts:12"), others absolute. */
@@ -173,10 +208,34 @@ export function boardFeatures(fullCbor: boolean): esbuild.Plugin {
   };
 }
 
-async function bundle(entry: string, outFile: string, minify: boolean, define: Record<string, string>): Promise<Bundle | { errors: esbuild.Message[] }> {
+/** The bundle's entry: the board's own, or with an application (appEntry) a module made here. */
+type Entry = string | esbuild.StdinOptions;
+
+/** How an application joins the runtime: one module that imports the board's entry (which makes the
+ *  handset and publishes it as KP), then the application, then hands KP to the application's default
+ *  export (firmware/app.ts). ES modules run in import order, so the application's own top-level code
+ *  also runs after the runtime's. Still one IIFE, as Espruino runs it from .bootcde. */
+export const APP_ENTRY_NAME = "keyproxy-app-entry.ts";
+function appEntry(boardEntry: string, app: string): esbuild.StdinOptions {
+  const spec = (f: string) => JSON.stringify(f.split(path.sep).join("/"));
+  return {
+    contents: [
+      `import ${spec(boardEntry)};`,
+      `import { startApp } from ${spec(path.join(ROOT, "firmware", "app.ts"))};`,
+      `import main from ${spec(app)};`,
+      "startApp(main);",
+      "",
+    ].join("\n"),
+    resolveDir: ROOT,
+    sourcefile: APP_ENTRY_NAME,
+    loader: "ts",
+  };
+}
+
+async function bundle(entry: Entry, outFile: string, minify: boolean, define: Record<string, string>): Promise<Bundle | { errors: esbuild.Message[] }> {
   try {
     const result = await esbuild.build({
-      entryPoints: [entry],
+      ...(typeof entry === "string" ? { entryPoints: [entry] } : { stdin: entry }),
       outfile: outFile,
       absWorkingDir: ROOT,
       bundle: true,
@@ -285,9 +344,12 @@ export async function buildFirmware(opts: BuildOptions): Promise<BuildResult> {
   const file = path.join(outDir, `${board.id}.js`);
   const bundleName = relative(file);
   const entry = path.resolve(opts.entry ?? path.join(ROOT, "firmware", "targets", `${board.id}.ts`));
+  const app = opts.app === undefined ? undefined : path.resolve(opts.app);
   const budget = opts.budget ?? board.budget.bundleBytes;
   const minify = opts.minify ?? true;
-  const result: BuildResult = { board: board.id, file, bytes: 0, budget, ok: false, problems: [], code: "", firmware: "" };
+  const result: BuildResult = {
+    board: board.id, file, bytes: 0, budget, ok: false, problems: [], code: "", firmware: "", app: opts.app, runtimeBytes: 0, appBytes: 0,
+  };
   const fail = (problems: string[]): BuildResult => {
     result.problems = unique(problems);
     rmSync(file, { force: true }); // never leave an older bundle where a flasher would pick it up
@@ -295,27 +357,44 @@ export async function buildFirmware(opts: BuildOptions): Promise<BuildResult> {
   };
 
   if (!existsSync(entry)) return fail([`${relative(entry)}: the entry for board ${board.id} does not exist`]);
+  if (app !== undefined && !existsSync(app)) return fail([`${relative(app)}: the application does not exist`]);
 
   if (opts.lint ?? true) {
-    const inputs = await localInputs(entry);
-    if (!Array.isArray(inputs)) return fail(esbuildProblems(inputs.errors));
-    const findings = await lintFirmware(inputs);
-    if (findings.length > 0) return fail(findings.map((f) => `${f.file}:${f.line}: ${f.message}`));
+    // The runtime's sources, and the application's with the few lines that start it.
+    const roots = app === undefined ? [entry] : [entry, path.join(ROOT, "firmware", "app.ts"), app];
+    const files: string[] = [];
+    for (const root of roots) {
+      const inputs = await localInputs(root);
+      if (!Array.isArray(inputs)) return fail(esbuildProblems(inputs.errors));
+      for (const f of inputs) if (!files.includes(f)) files.push(f);
+    }
+    const findings = await lintFirmware(files);
+    // (The lint names files relative to the repository; one outside it, an application's, by its path.)
+    if (findings.length > 0) return fail(findings.map((f) => `${relative(path.resolve(ROOT, f.file))}:${f.line}: ${f.message}`));
   }
 
   // Readable first: esbuild's helpers keep their names here, and lines map cleanly to sources.
   const placeholder = firmwarePlaceholder();
   const define = { KP_CBOR_FULL: board.cbor === "full" ? "true" : "false", KP_FIRMWARE: JSON.stringify(placeholder) };
-  const readable = await bundle(entry, file, false, define);
-  if ("errors" in readable) return fail(esbuildProblems(readable.errors));
-  const shipped = minify ? await bundle(entry, file, true, define) : readable;
-  if ("errors" in shipped) return fail(esbuildProblems(shipped.errors));
+  const main: Entry = app === undefined ? entry : appEntry(entry, app);
+  const readable = await bundle(main, file, false, define);
+  if ("errors" in readable) return fail(esbuildProblems(readable.errors, app));
+  const shipped = minify ? await bundle(main, file, true, define) : readable;
+  if ("errors" in shipped) return fail(esbuildProblems(shipped.errors, app));
 
   const gated = gateBothBundles(readable, shipped, bundleName);
   // The id of exactly what ships, put in the placeholder's place (the same length).
   result.firmware = firmwareId(gated.code);
   result.code = gated.code.split(placeholder).join(result.firmware);
   result.bytes = Buffer.byteLength(result.code, "utf8");
+  // The runtime alone, as it would ship: what the application adds is the difference.
+  result.runtimeBytes = result.bytes;
+  if (app !== undefined) {
+    const runtime = await bundle(entry, file, minify, define);
+    if ("errors" in runtime) return fail(esbuildProblems(runtime.errors));
+    result.runtimeBytes = Buffer.byteLength(renameGlobal(runtime.code, "espruinoRequire", "require").code, "utf8");
+    result.appBytes = result.bytes - result.runtimeBytes;
+  }
   if (gated.problems.length > 0) return fail(gated.problems);
 
   mkdirSync(outDir, { recursive: true });
@@ -332,13 +411,15 @@ export interface BuildAllOptions {
   boards?: string[];
   /** Entry overrides by board id. */
   entries?: Record<string, string>;
+  /** An application bundled into every board's firmware (BuildOptions.app). */
+  app?: string;
 }
 
 /** Builds every board (one after another: esbuild is fast, and the lint shares one ESLint). */
 export async function buildAll(opts: BuildAllOptions = {}): Promise<BuildResult[]> {
   const results: BuildResult[] = [];
   for (const id of opts.boards ?? Object.keys(BOARDS)) {
-    results.push(await buildFirmware({ board: id, outDir: opts.outDir, minify: opts.minify, lint: opts.lint, entry: opts.entries?.[id] }));
+    results.push(await buildFirmware({ board: id, outDir: opts.outDir, minify: opts.minify, lint: opts.lint, entry: opts.entries?.[id], app: opts.app }));
   }
   return results;
 }
@@ -368,37 +449,67 @@ export function formatReport(results: BuildResult[], requested?: string): string
     out.push("", `${r.board}:`, ...r.problems.map((p) => `  ${p}`));
   }
   if (requested) out.push("", "* the requested board");
+  out.push("", ...formatRoom(results));
   return out.join("\n");
 }
 
-const USAGE = `usage: keyproxy build [--board <id>] [--out <dir>]
+function table(header: string[], rows: string[][]): string[] {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i].length)));
+  return [header, ...rows].map((cells) => cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join("  ").trimEnd());
+}
+
+/** What each board leaves for an application (roomForApp), and with an application what it takes. */
+export function formatRoom(results: BuildResult[]): string[] {
+  const app = results.find((r) => r.app !== undefined)?.app;
+  const rows = results.map((r) => {
+    const room = roomForApp(r);
+    const built = r.runtimeBytes > 0;
+    const row = [r.board, built ? String(r.runtimeBytes) : "-", built ? String(room.bytes) : "-", String(room.vars)];
+    if (app !== undefined) row.push(r.bytes > 0 && built ? String(r.appBytes) : "-", r.bytes > 0 && built ? String(room.bytes - r.appBytes) : "-");
+    return row;
+  });
+  const header = ["board", "runtime", "bytes for app", "variables for app"];
+  if (app !== undefined) header.push("app bytes", "bytes left");
+  return [
+    "room for an application: bytes = budget - the runtime's bundle; variables = the board's pool - the runtime's",
+    "variable budget under load (boards/index.ts)" + (app !== undefined ? `; the application ${app} takes "app bytes"` : ""),
+    "",
+    ...table(header, rows),
+  ];
+}
+
+const USAGE = `usage: keyproxy build [--board <id>] [--app <file>] [--out <dir>]
 
 Builds the firmware bundle of every board (${Object.keys(BOARDS).join(", ")}), checks each against the
-Espruino subset and its budget, and prints every board's size. Exits non-zero when the requested board
-fails or is over budget, or when any board fails the lint or the subset gate (with no --board: when
-any board fails or is over budget).
+Espruino subset and its budget, and prints every board's size and the room each leaves for an
+application. Exits non-zero when the requested board fails or is over budget, or when any board fails
+the lint or the subset gate (with no --board: when any board fails or is over budget).
 
-  --board <id>   the board you are about to flash (marked in the report)
-  --out <dir>    where bundles go (default: build/)
+  --board <id>   the board you are about to flash (marked in the report); with --app, the only board built
+  --app <file>   bundle this application (TypeScript or JavaScript; its default export is called with
+                 KP, firmware/api.ts) after the runtime, through the same lint, gate and budget
+  --out <dir>    where bundles go (default: build/), one <board>.js each
   --help         this text`;
 
 /** `keyproxy build` from the command line; returns the exit code. */
 export async function buildCommand(argv: string[]): Promise<number> {
   let requested: string | undefined;
   let outDir: string | undefined;
+  let app: string | undefined;
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
     if (arg === "--help" || arg === "-h") {
       console.log(USAGE);
       return 0;
     }
-    if (arg === "--board" || arg === "--out") {
+    if (arg === "--board" || arg === "--out" || arg === "--app") {
       const value = argv[i + 1];
       if (value === undefined || value.startsWith("--")) {
         console.error(`keyproxy build: ${arg} needs a value\n\n${USAGE}`);
         return 2;
       }
       if (arg === "--board") requested = value;
+      else if (arg === "--app") app = value;
       else outDir = value;
       i++;
       continue;
@@ -411,7 +522,13 @@ export async function buildCommand(argv: string[]): Promise<number> {
     return 2;
   }
 
-  const results = await buildAll({ outDir });
+  if (app !== undefined && !existsSync(app)) {
+    console.error(`keyproxy build: no application at ${app}`);
+    return 2;
+  }
+
+  // An application is written for a board: with --board, only that board is built.
+  const results = await buildAll({ outDir, app, boards: app !== undefined && requested !== undefined ? [requested] : undefined });
   console.log(formatReport(results, requested));
   const failed = results.some((r) => r.problems.length > 0);
   if (requested !== undefined) {

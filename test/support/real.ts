@@ -41,15 +41,18 @@ export function realTest(name: string, boards: readonly string[], fn: (t: TestCo
 
 const bundles = new Map<string, Promise<string>>();
 
-/** The board's bundle as `keyproxy build` makes it (once per board and test file). */
-export function bundleFor(board: string): Promise<string> {
-  let b = bundles.get(board);
+/** The board's bundle as `keyproxy build` makes it (once per board, application and test file);
+ *  with `app`, as `keyproxy build --app <app>` makes it. The byte budget is test/build-app.test.ts's
+ *  business: here a bundle over it still runs, but one with any other problem does not. */
+export function bundleFor(board: string, app?: string): Promise<string> {
+  const key = `${board}\0${app ?? ""}`;
+  let b = bundles.get(key);
   if (!b) {
-    b = buildFirmware({ board, outDir: tempDir("kp-build-") }).then((r) => {
-      if (!r.ok) throw new Error(`build for ${board} failed:\n${r.problems.join("\n")}`);
+    b = buildFirmware({ board, outDir: tempDir("kp-build-"), app }).then((r) => {
+      if (app === undefined ? !r.ok : r.problems.length > 0) throw new Error(`build for ${board}${app ? ` with ${app}` : ""} failed:\n${r.problems.join("\n")}`);
       return r.code;
     });
-    bundles.set(board, b);
+    bundles.set(key, b);
   }
   return b;
 }
@@ -61,7 +64,7 @@ export interface RealRig {
   address: string;
   handsets: RealDevice[];
   /** A flashed, provisioned, booted handset, entered in this gateway's registry. */
-  handset(board: string, id: string, opts?: { lifetime?: number; gateway?: string }): Promise<RealDevice>;
+  handset(board: string, id: string, opts?: { lifetime?: number; gateway?: string; app?: string }): Promise<RealDevice>;
   stop(): Promise<void>;
 }
 
@@ -77,7 +80,7 @@ export async function realRig(extra: string[] = ["--no-mqtt", "--no-fleet"], dat
     address,
     handsets,
     async handset(board, id, opts = {}) {
-      const dev = await provisionedHandset({ board, bundle: await bundleFor(board), dataDir, id, gateway: opts.gateway ?? address, lifetime: opts.lifetime });
+      const dev = await provisionedHandset({ board, bundle: await bundleFor(board, opts.app), dataDir, id, gateway: opts.gateway ?? address, lifetime: opts.lifetime });
       handsets.push(dev);
       return dev;
     },
