@@ -2,9 +2,9 @@
 // sized like each board (docs/INTERPRETER.md): a 32-bit build whose variables have the boards' layout,
 // for behaviour and memory, and a native 64-bit one, for timing.
 //
-// Looked for, in order: $KEYPROXY_ESPRUINO (a folder holding the binaries), ../shared/espruino/bin
-// beside the repository (the team's shared copy), and .espruino/bin inside it (what
-// interpreter/build.sh makes from Espruino's source).
+// Looked for in $KEYPROXY_ESPRUINO (a folder holding the binaries) when it is set, and only there;
+// else in ../shared/espruino/bin beside the repository (the team's shared copy) and .espruino/bin
+// inside it (what interpreter/build.sh makes from Espruino's source).
 
 import { spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
@@ -29,10 +29,9 @@ export const HOW_TO_GET_ONE =
 
 /** The folders searched, first match wins. */
 export function searchPath(): string[] {
-  const out: string[] = [];
-  if (process.env.KEYPROXY_ESPRUINO) out.push(path.resolve(process.env.KEYPROXY_ESPRUINO));
-  out.push(path.resolve(ROOT, "..", "shared", "espruino", "bin"), path.join(ROOT, ".espruino", "bin"));
-  return out;
+  // Named explicitly, it is the only place looked at: what a user asks for is what runs.
+  if (process.env.KEYPROXY_ESPRUINO) return [path.resolve(process.env.KEYPROXY_ESPRUINO)];
+  return [path.resolve(ROOT, "..", "shared", "espruino", "bin"), path.join(ROOT, ".espruino", "bin")];
 }
 
 const runs = new Map<string, string | null>();

@@ -28,7 +28,7 @@ export function realTest(name: string, boards: readonly string[], fn: (t: TestCo
   if (missing && process.env.CI !== "true") {
     if (!said) {
       said = true;
-      process.stderr.write(`\nreal-interpreter tier NOT RUN: ${missing}\n\n`);
+      console.log(`real-interpreter tier NOT RUN: ${missing}`);
     }
     test(`[real interpreter] ${name}`, { skip: `not run: ${missing}` }, () => {});
     return;
