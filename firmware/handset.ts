@@ -156,10 +156,24 @@ export class Handset {
     this.pending_ = 0;
     if (this.timer_) p.clearTimeout(this.timer_);
     this.timer_ = 0;
-    if (all && this.renew_) {
-      p.clearTimeout(this.renew_);
-      this.renew_ = 0;
-    }
+    if (all) this.renew_in_(0);
+  }
+
+  /** (Re)arms the renewal timer, or stops it (ms 0). Its closure is made here, in a scope that holds
+   *  nothing else: a closure keeps its whole scope alive on Espruino (the message that granted the
+   *  registration, and the frame buffer under it, would stay with it until the renewal). */
+  renew_in_(ms: number): void {
+    const p = this.p_;
+    if (this.renew_) p.clearTimeout(this.renew_);
+    this.renew_ = ms ? p.setTimeout(() => { this.renew_ = 0; this.register(); }, ms) : 0;
+  }
+
+  /** Arms the join or request timeout (timer_), after which we join again (with backoff unless
+   *  fresh). As renew_in_, its closure's scope holds nothing but ms and fresh. */
+  later_(ms: number, fresh?: boolean): void {
+    const p = this.p_;
+    if (this.timer_) p.clearTimeout(this.timer_);
+    this.timer_ = p.setTimeout(() => this.join(!fresh), ms);
   }
 
   status(): { state: string; registered: boolean; expiresIn: number; certId: Bytes | null; joins: number; dropped: number; sas: number } {
@@ -177,7 +191,7 @@ export class Handset {
     if (backoff) {
       this.failures_++;
       const base = Math.min(MAX_BACKOFF_MS, 1000 << Math.min(this.failures_, 6));
-      this.timer_ = p.setTimeout(() => this.join(), base / 2 + (p.crypto.random(1)[0] / 255) * (base / 2));
+      this.later_(base / 2 + (p.crypto.random(1)[0] / 255) * (base / 2), true);
       return;
     }
     if (!this.port) return;
@@ -191,7 +205,7 @@ export class Handset {
     }
     const nonce = p.crypto.random(JOIN_NONCE_BYTES);
     this.st_ = { k: "joining", ctr: ctr, nonce: nonce };
-    this.timer_ = p.setTimeout(() => this.join(true), JOIN_TIMEOUT_MS);
+    this.later_(JOIN_TIMEOUT_MS);
     const tag = joinTag(p.crypto, p.cbor, c.rootKey, c.id, ctr, nonce, c.suite);
     this.port.write(encodeFrame(p.cbor.encode(encodeMessage({ t: Msg.JoinRequest, id: c.id, ctr: ctr, nonce: nonce, suite: c.suite, tag: tag })), p.crc32));
   }
@@ -290,15 +304,14 @@ export class Handset {
     } else if (a.t !== Msg.SaInstall && a.t !== Msg.Connected && a.t !== Msg.SaClosed) return "stray answer";
     if (a.t === Msg.RegisterOk) {
       // Keep only what the device needs: the certificate id and when it runs out.
-      this.reg_ = { certId: a.certId, expiresAt: p.now() + a.granted };
+      // (A copy: a.certId is a view into the whole received frame, which would stay alive with it.)
+      this.reg_ = { certId: new Uint8Array(a.certId), expiresAt: p.now() + a.granted };
       p.log("KP registered for " + a.granted + "s");
-      if (this.renew_) p.clearTimeout(this.renew_);
       // Renew at 80% of the granted lifetime, as DHCP and SIP clients do.
-      this.renew_ = p.setTimeout(() => { this.renew_ = 0; this.register(); }, Math.max(1000, a.granted * 800));
+      this.renew_in_(Math.max(1000, a.granted * 800));
     } else if (a.t === Msg.DeregisterOk) {
       this.reg_ = null;
-      if (this.renew_) p.clearTimeout(this.renew_);
-      this.renew_ = 0;
+      this.renew_in_(0);
       p.log("KP deregistered");
     } else if (a.t === Msg.SaInstall) {
       // Key distribution: expand the seed, install the SA (not ready until Connected), confirm.
@@ -353,10 +366,7 @@ export class Handset {
       return false;
     }
     this.port.write(encodeFrame(frame, p.crc32));
-    if (answer) {
-      if (this.timer_) p.clearTimeout(this.timer_);
-      this.timer_ = p.setTimeout(() => this.join(true), REQUEST_TIMEOUT_MS);
-    }
+    if (answer) this.later_(REQUEST_TIMEOUT_MS);
     return true;
   }
 

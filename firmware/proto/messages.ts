@@ -1,6 +1,6 @@
 // Every keyproxy message, defined once for the device and the gateway (docs/PROTOCOL.md).
 //
-// On the wire a message is a CBOR array: [type, field1, field2, ...]. FIELDS below gives each type's
+// On the wire a message is a CBOR array: [type, field1, field2, ...]. fields() below gives each type's
 // field names and kinds in wire order; encodeMessage/decodeMessage are the only code that maps between
 // the wire array and the object, and decodeMessage checks every field's kind before anyone sees it.
 
@@ -95,29 +95,35 @@ export type Message = OuterMessage | InnerMessage;
 
 // Each type's fields in wire order, as one string: the kinds, then the names. Kinds: u unsigned int,
 // i signed int, t text (1..64 chars), b bytes, n bytes or null, B boolean, s suite list
-// [[suite, priority], ...] (at most 8). One string per type keeps the table to a few device variables.
-const FIELDS: { [t: number]: string } = {};
-FIELDS[Msg.JoinRequest] = "tubib id ctr nonce suite tag";
-FIELDS[Msg.JoinAccept] = "bb nonce tag";
-FIELDS[Msg.JoinReject] = "";
-FIELDS[Msg.Link] = "ub seq sealed";
-FIELDS[Msg.RegisterRequest] = "uusBtu rid lifetime suites wantCert firmware memory";
-FIELDS[Msg.RegisterOk] = "uubn rid granted certId cert";
-FIELDS[Msg.DeregisterRequest] = "u rid";
-FIELDS[Msg.DeregisterOk] = "u rid";
-FIELDS[Msg.CertQuery] = "ut rid name";
-FIELDS[Msg.CertAnswer] = "ub rid cert";
-FIELDS[Msg.Error] = "uu rid code";
-FIELDS[Msg.SaData] = "uub spi seq sealed";
-FIELDS[Msg.ConnectRequest] = "uttt rid peer app from";
-FIELDS[Msg.Incoming] = "utti rid from app suite";
-FIELDS[Msg.Answer] = "uB rid accept";
-FIELDS[Msg.SaInstall] = "uuttibuuuu rid spi peer app suite seed role lifetime limit replaces";
-FIELDS[Msg.SaConfirm] = "uub rid spi tag";
-FIELDS[Msg.Connected] = "uu spi replaces";
-FIELDS[Msg.Rekey] = "uu rid spi";
-FIELDS[Msg.Bye] = "u spi";
-FIELDS[Msg.SaClosed] = "uu spi reason";
+// [[suite, priority], ...] (at most 8). A function, not a table: on Espruino a table would hold every
+// string in variables for good (about 75 on a Puck.js); the function's literals stay in flash and
+// make one string when asked.
+function fields(t: unknown): string | undefined {
+  switch (t) {
+    case Msg.JoinRequest: return "tubib id ctr nonce suite tag";
+    case Msg.JoinAccept: return "bb nonce tag";
+    case Msg.JoinReject: return "";
+    case Msg.Link: return "ub seq sealed";
+    case Msg.RegisterRequest: return "uusBtu rid lifetime suites wantCert firmware memory";
+    case Msg.RegisterOk: return "uubn rid granted certId cert";
+    case Msg.DeregisterRequest: return "u rid";
+    case Msg.DeregisterOk: return "u rid";
+    case Msg.CertQuery: return "ut rid name";
+    case Msg.CertAnswer: return "ub rid cert";
+    case Msg.Error: return "uu rid code";
+    case Msg.SaData: return "uub spi seq sealed";
+    case Msg.ConnectRequest: return "uttt rid peer app from";
+    case Msg.Incoming: return "utti rid from app suite";
+    case Msg.Answer: return "uB rid accept";
+    case Msg.SaInstall: return "uuttibuuuu rid spi peer app suite seed role lifetime limit replaces";
+    case Msg.SaConfirm: return "uub rid spi tag";
+    case Msg.Connected: return "uu spi replaces";
+    case Msg.Rekey: return "uu rid spi";
+    case Msg.Bye: return "u spi";
+    case Msg.SaClosed: return "uu spi reason";
+  }
+  return undefined;
+}
 
 function fieldOk(kind: string, v: unknown): boolean {
   const int = typeof v === "number" && v === Math.floor(v) && Math.abs(v) <= 9007199254740991;
@@ -137,7 +143,7 @@ function fieldOk(kind: string, v: unknown): boolean {
 
 /** The wire array for a message (then CBOR-encoded by the caller's codec). */
 export function encodeMessage(m: Message): unknown[] {
-  const def = FIELDS[m.t];
+  const def = fields(m.t);
   if (def === undefined) throw new Error("msg: unknown type " + m.t);
   const names = def.split(" ");
   const out: unknown[] = [m.t];
@@ -153,7 +159,7 @@ export function encodeMessage(m: Message): unknown[] {
 /** The message in a decoded wire array, or an Error saying what is wrong with it. */
 export function decodeMessage(w: unknown): Message | Error {
   if (!Array.isArray(w) || w.length < 1) return new Error("msg: not a message array");
-  const def = typeof w[0] === "number" ? FIELDS[w[0]] : undefined;
+  const def = fields(w[0]);
   if (def === undefined) return new Error("msg: unknown type " + String(w[0]));
   const names = def.split(" ");
   const n = names.length - 1;
