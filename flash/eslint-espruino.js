@@ -33,22 +33,107 @@ const TYPED_ARRAYS = [
 
 /** Static members Espruino lacks, by the global object that would carry them. */
 export const FORBIDDEN_MEMBERS = {
-  Math: ["imul", "clz32", "trunc", "sign", "cbrt", "log2", "log10", "hypot", "fround"],
+  Math: ["imul", "clz32", "trunc", "sign", "cbrt", "log2", "log10", "hypot", "fround", "cosh", "sinh", "tanh",
+    "acosh", "asinh", "atanh", "expm1", "log1p", "f16round", "sumPrecise"],
   Array: ["from", "of"],
-  Object: ["freeze", "getOwnPropertySymbols"],
-  Number: ["isInteger"],
-  Promise: ["race", "any", "allSettled"],
+  Object: ["freeze", "getOwnPropertySymbols", "groupBy", "isExtensible", "preventExtensions", "is", "seal", "isSealed",
+    "isFrozen", "hasOwn"],
+  Number: ["isInteger", "parseInt", "parseFloat", "isNaN", "isFinite", "isSafeInteger", "EPSILON", "MAX_SAFE_INTEGER",
+    "MIN_SAFE_INTEGER"],
+  Promise: ["race", "any", "allSettled", "try", "withResolvers"],
+  ArrayBuffer: ["isView"],
+  String: ["fromCodePoint", "raw"],
   ...Object.fromEntries(TYPED_ARRAYS.map((t) => [t, ["from", "of"]])),
 };
 
-/** Methods Espruino lacks on any object (checked by name alone: Promise.prototype.finally). */
-export const FORBIDDEN_ANY_MEMBERS = ["finally"];
+/** Methods Espruino lacks wherever V8 has them, checked by name alone (Promise.prototype.finally,
+ *  Array.prototype.flat, String.prototype.trimStart, ...): names no firmware object uses for its own. */
+export const FORBIDDEN_ANY_MEMBERS = [
+  "finally", "reduceRight", "findLast", "findLastIndex", "copyWithin", "flatMap", "flat", "toReversed", "toSorted",
+  "toSpliced", "codePointAt", "normalize", "localeCompare", "trimStart", "trimEnd", "trimLeft", "trimRight", "matchAll",
+  "toPrecision", "toExponential", "toLocaleString", "BYTES_PER_ELEMENT",
+];
 
 /** Packages that are public-key cryptography: the gateway's job, never the device's. */
 export const PUBLIC_KEY_PACKAGES = ["tweetnacl", "@noble/curves"];
 
 /** Names that only public-key code carries (tweetnacl's exports, @noble/curves' APIs). */
 export const PUBLIC_KEY_NAME = /scalarmult|x25519|ed25519|crypto_box|crypto_sign/i;
+
+/** What Espruino 2v29's regular expressions lack (src/jswrap_regexp.c: a small backtracking matcher),
+ *  for a pattern and its flags, or undefined when the pattern is inside what it runs as V8 does. It has
+ *  literal characters, `.`, classes `[...]` with ranges and `^`, the escapes \d \D \s \S \w \W \t \n \r
+ *  \f \v \0 \xHH and escaped punctuation, `*` and `+` after one character or class, `^`, `$`, `|` at the
+ *  top level and capturing groups without a quantifier; the flags g and i.
+ *  @param {string} pattern @param {string} flags @returns {string | undefined} */
+export function regexProblem(pattern, flags) {
+  const badFlag = flags.replace(/[gi]/g, "");
+  if (badFlag) return `the regular expression flag '${badFlag[0]}' is not supported by Espruino (only g and i)`;
+  let depth = 0;
+  let inClass = false;
+  for (let i = 0; i < pattern.length; i++) {
+    const c = pattern[i];
+    if (c === "\\") {
+      const e = pattern[i + 1] ?? "";
+      if (/[1-9]/.test(e)) return `a back-reference (\\${e}) in a regular expression: Espruino throws "Backreferences not supported"`;
+      if (e === "b" || e === "B") {
+        if (!inClass) return `\\${e} in a regular expression: Espruino has no word boundaries (it reads \\b as a backspace character)`;
+      }
+      if (e === "u" || e === "c" || e === "p" || e === "P" || e === "k") return `the escape \\${e} in a regular expression is not supported by Espruino: write the character, or \\xHH for a byte`;
+      i++;
+      continue;
+    }
+    if (inClass) {
+      if (c === "]") inClass = false;
+      continue;
+    }
+    if (c === "[") { inClass = true; continue; }
+    if (c === "{" && /^\{\d+(,\d*)?\}/.test(pattern.slice(i))) {
+      const q = /^\{\d+(,\d*)?\}/.exec(pattern.slice(i))[0];
+      return `a counted quantifier ${q} in a regular expression: Espruino takes it as literal text, so the expression never matches what it says; repeat the character, or test the length separately (s.length === 32 && /^[0-9a-f]+$/.test(s))`;
+    }
+    if (c === "?") {
+      if (pattern[i - 1] === "(") return `a group with (?${pattern[i + 1] ?? ""} in a regular expression is not supported by Espruino (no lookaround, no non-capturing groups)`;
+      return "the ? quantifier (optional, or lazy after * and +) in a regular expression is not supported by Espruino: write the alternatives out";
+    }
+    if (c === "(") depth++;
+    if (c === ")") {
+      depth--;
+      const after = pattern.slice(i + 1);
+      if (/^[*+?]/.test(after) && !/^\{\d+(,\d*)?\}/.test(after)) {
+        return `a quantifier (${after[0]}) after a group in a regular expression is not supported by Espruino: it reads it as a literal character`;
+      }
+    }
+    if (c === "|" && depth > 0) return "| inside a group in a regular expression is not supported by Espruino: put the alternatives at the top level";
+  }
+  return undefined;
+}
+
+/** Whether a string holds a character Espruino cannot: its strings are bytes, and a character above
+ *  0xFF is stored as its low byte ("\u20ac" becomes "\xac").
+ *  @param {string} s */
+export function hasWideChar(s) {
+  for (let i = 0; i < s.length; i++) if (s.charCodeAt(i) > 255) return true;
+  return false;
+}
+
+/** Built-ins whose methods Espruino keeps out of reach of `X.prototype`: `Array.prototype.slice` is
+ *  undefined there (`[].slice` works). Object.prototype.hasOwnProperty and toString do exist. */
+export const HOLLOW_PROTOTYPES = ["Array", "String", "Number", "Boolean", "Function", "ArrayBuffer", "DataView", ...TYPED_ARRAYS];
+
+/** @param {string} owner */
+export function hollowPrototypeMessage(owner) {
+  return `${owner}.prototype.<method> is undefined on Espruino (its built-in prototypes do not hold their methods): call the method on a value instead`;
+}
+
+export const WIDE_CHAR_MESSAGE =
+  "a string with a character above \\xFF: Espruino strings are bytes and keep only its low byte; encode it as UTF-8 bytes";
+export const ARGUMENTS_MESSAGE =
+  "`arguments` is not supported reliably by Espruino: its length is the number of declared parameters, not of arguments passed; declare the parameters";
+export const ERROR_SUBCLASS_MESSAGE =
+  "a class extending Error: on Espruino super(message) does not set this.message and String(e) is \"[object Object]\"; throw new Error(message)";
+export const LENGTH_ASSIGN_MESSAGE =
+  "assigning to .length: Espruino throws \"Assignment to a constant\"; make a new array or use splice";
 
 const ESPRUINO_SHARES_LOOP_BINDING =
   "Espruino shares one binding across iterations, so every closure would see the last value";
@@ -101,9 +186,49 @@ const noLoopClosure = {
   },
 };
 
+/** Regular expressions Espruino's matcher cannot run as written (regexProblem), as literals and as
+ *  RegExp("...") / new RegExp("...") with string literals; and string literals with characters above 0xFF. */
+const noUnsupportedLiteral = {
+  meta: {
+    type: "problem",
+    docs: { description: "disallow regular expressions and strings that Espruino reads differently" },
+    schema: [],
+    messages: { bad: "{{message}}" },
+  },
+  /** @param {any} context */
+  create(context) {
+    /** @param {any} node @param {string} message */
+    const report = (node, message) => context.report({ node, messageId: "bad", data: { message } });
+    /** @param {any} node */
+    function regExpCall(node) {
+      if (node.callee.type !== "Identifier" || node.callee.name !== "RegExp") return;
+      const [p, f] = node.arguments;
+      if (!p || p.type !== "Literal" || typeof p.value !== "string") return;
+      const flags = f && f.type === "Literal" && typeof f.value === "string" ? f.value : "";
+      const problem = regexProblem(p.value, flags);
+      if (problem) report(node, problem);
+    }
+    return {
+      /** @param {any} node */
+      Literal(node) {
+        if (node.regex) {
+          const problem = regexProblem(node.regex.pattern, node.regex.flags);
+          if (problem) report(node, problem);
+        } else if (typeof node.value === "string" && hasWideChar(node.value)) report(node, WIDE_CHAR_MESSAGE);
+      },
+      /** @param {any} node */
+      TemplateElement(node) {
+        if (node.value.cooked && hasWideChar(node.value.cooked)) report(node, WIDE_CHAR_MESSAGE);
+      },
+      NewExpression: regExpCall,
+      CallExpression: regExpCall,
+    };
+  },
+};
+
 export const espruinoPlugin = {
   meta: { name: "eslint-plugin-espruino-local", version: "0.1.0" },
-  rules: { "no-loop-closure": noLoopClosure },
+  rules: { "no-loop-closure": noLoopClosure, "no-unsupported-literal": noUnsupportedLiteral },
 };
 
 /** es-x rules for syntax Espruino lacks, and the construct each one names in our messages. */
@@ -143,6 +268,7 @@ export function espruinoLintConfig(files) {
       typedefs: false, ignoreTypeReferences: true, allowNamedExports: false,
     }],
     "espruino/no-loop-closure": "error",
+    "espruino/no-unsupported-literal": "error",
     "no-labels": "error",
     "no-restricted-globals": ["error", ...Object.entries(FORBIDDEN_GLOBALS).map(([name, message]) => ({ name, message }))],
     "no-restricted-properties": ["error",
@@ -154,6 +280,13 @@ export function espruinoLintConfig(files) {
       { selector: "TaggedTemplateExpression", message: "a tagged template is not supported by Espruino" },
       { selector: "CallExpression[callee.name='require']", message: `a bare require: ${REQUIRE_HINT}` },
       { selector: "CallExpression[callee.name='espruinoRequire'][arguments.0.type!='Literal']", message: `require with a non-literal argument: ${REQUIRE_HINT}` },
+      { selector: "Identifier[name='arguments']", message: ARGUMENTS_MESSAGE },
+      ...HOLLOW_PROTOTYPES.map((owner) => ({
+        selector: `MemberExpression > MemberExpression.object[object.name='${owner}'][property.name='prototype']`,
+        message: hollowPrototypeMessage(owner),
+      })),
+      { selector: "ClassDeclaration[superClass.name=/Error$/], ClassExpression[superClass.name=/Error$/]", message: ERROR_SUBCLASS_MESSAGE },
+      { selector: "AssignmentExpression > MemberExpression.left[property.name='length']", message: LENGTH_ASSIGN_MESSAGE },
       { selector: `Identifier[name=${PUBLIC_KEY_NAME}]`, message: "public-key cryptography does not belong on the device: the gateway does it" },
     ],
     "no-restricted-imports": ["error", {

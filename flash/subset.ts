@@ -9,10 +9,18 @@
 
 import { parse } from "acorn";
 import {
+  ARGUMENTS_MESSAGE,
+  ERROR_SUBCLASS_MESSAGE,
   FORBIDDEN_ANY_MEMBERS,
   FORBIDDEN_GLOBALS,
   FORBIDDEN_MEMBERS,
+  hasWideChar,
+  HOLLOW_PROTOTYPES,
+  hollowPrototypeMessage,
+  LENGTH_ASSIGN_MESSAGE,
   PUBLIC_KEY_NAME,
+  regexProblem,
+  WIDE_CHAR_MESSAGE,
 } from "./eslint-espruino.js";
 
 export interface SubsetViolation {
@@ -239,8 +247,38 @@ export function checkEspruinoSubset(code: string, file: string): SubsetViolation
     const construct = syntaxViolation(node, parent, key);
     if (construct) report(node, construct, construct + UNSUPPORTED);
 
+    // Library semantics Espruino does not share, where they can be seen in the code (design.md §5).
+    if (node.type === "Literal") {
+      const regex = node.regex as { pattern: string; flags: string } | undefined;
+      const problem = regex ? regexProblem(regex.pattern, regex.flags) : undefined;
+      if (problem) report(node, "regular expression", problem);
+      if (typeof node.value === "string" && hasWideChar(node.value)) report(node, "a character above \\xFF", WIDE_CHAR_MESSAGE);
+    }
+    if (node.type === "TemplateElement") {
+      const cooked = (node.value as { cooked?: string | null }).cooked;
+      if (cooked && hasWideChar(cooked)) report(node, "a character above \\xFF", WIDE_CHAR_MESSAGE);
+    }
+    if ((node.type === "NewExpression" || node.type === "CallExpression") && (node.callee as AstNode).type === "Identifier" &&
+        (node.callee as AstNode).name === "RegExp" && isGlobal("RegExp", scopes)) {
+      const [p, f] = node.arguments as AstNode[];
+      if (p && isStringLiteral(p)) {
+        const flags = f && isStringLiteral(f) ? (f.value as string) : "";
+        const problem = regexProblem(p.value as string, flags);
+        if (problem) report(node, "regular expression", problem);
+      }
+    }
+    if ((node.type === "ClassDeclaration" || node.type === "ClassExpression") && node.superClass &&
+        (node.superClass as AstNode).type === "Identifier" && /Error$/.test((node.superClass as AstNode).name as string)) {
+      report(node, "a class extending Error", ERROR_SUBCLASS_MESSAGE);
+    }
+    if (node.type === "AssignmentExpression" && (node.left as AstNode).type === "MemberExpression" &&
+        propertyName(node.left as AstNode) === "length") {
+      report(node, "assignment to .length", LENGTH_ASSIGN_MESSAGE);
+    }
+
     if (node.type === "Identifier") {
       const name = node.name as string;
+      if (name === "arguments" && isReference(parent, key)) report(node, "arguments", ARGUMENTS_MESSAGE);
       // Every occurrence, so that the call sites (which map back to sources) are among them.
       if (Object.hasOwn(ESBUILD_HELPERS, name)) {
         report(node, `esbuild helper ${name}`,
@@ -268,6 +306,12 @@ export function checkEspruinoSubset(code: string, file: string): SubsetViolation
     if (node.type === "MemberExpression") {
       const prop = propertyName(node);
       const object = node.object as AstNode;
+      if (object.type === "MemberExpression" && propertyName(object) === "prototype") {
+        const owner = object.object as AstNode;
+        if (owner.type === "Identifier" && HOLLOW_PROTOTYPES.includes(owner.name as string) && isGlobal(owner.name as string, scopes)) {
+          report(node, `${owner.name as string}.prototype.${prop ?? "[...]"}`, hollowPrototypeMessage(owner.name as string));
+        }
+      }
       if (prop !== undefined) {
         if (object.type === "Identifier" && isGlobal(object.name as string, scopes) &&
             Object.hasOwn(forbiddenMembers, object.name as string) &&
