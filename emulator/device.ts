@@ -124,7 +124,12 @@ class Life {
   /** Byte arrays of the last answer to the VM, fetched by host.take(i) while it decodes. */
   outbox: Uint8Array[] = [];
   crypto!: ReturnType<typeof createEspruinoCrypto>;
-  timers = new Map<number, NodeJS.Timeout>();
+  /** The device's timers, due in (due, seq) order; one host timer waits for the earliest. */
+  timers = new Map<number, DeviceTimer>();
+  timerHead: NodeJS.Timeout | undefined;
+  timerSeq = 0;
+  /** When the outermost running VM entry began: the time a timer set during it counts from. */
+  entryStart = 0;
   sockets = new Map<number, net.Socket>();
   ble: net.Socket | undefined;
   bleConnected = false;
@@ -132,6 +137,13 @@ class Life {
 }
 
 type HostFn = (life: Life, args: unknown[]) => unknown;
+
+interface DeviceTimer {
+  due: number;
+  seq: number;
+  ms: number;
+  repeat: boolean;
+}
 
 export class EmulatedDevice extends EventEmitter {
   readonly board: BoardProfile;
@@ -217,7 +229,7 @@ export class EmulatedDevice extends EventEmitter {
     this.life = undefined;
     if (!life || life.dead) return;
     life.dead = true;
-    for (const t of life.timers.values()) clearTimeout(t);
+    if (life.timerHead) clearTimeout(life.timerHead);
     life.timers.clear();
     for (const s of life.sockets.values()) s.destroy();
     life.sockets.clear();
@@ -277,7 +289,10 @@ export class EmulatedDevice extends EventEmitter {
   ): VmOutcome {
     if (life.dead) return { ok: false, killed: true };
     life.depth++;
-    if (life.depth === 1) life.deadline = Date.now() + MAX_ENTRY_MS;
+    if (life.depth === 1) {
+      life.entryStart = Date.now();
+      life.deadline = life.entryStart + MAX_ENTRY_MS;
+    }
     let outcome: VmOutcome;
     try {
       const result = run();
@@ -500,23 +515,43 @@ export class EmulatedDevice extends EventEmitter {
     }
   }
 
+  /** The earliest timer (by due time, then by when it was set) fires next, one VM entry per timer. */
+  private scheduleTimers(life: Life): void {
+    if (life.timerHead) clearTimeout(life.timerHead);
+    life.timerHead = undefined;
+    if (life.dead) return;
+    let first: [number, DeviceTimer] | undefined;
+    for (const e of life.timers) if (!first || e[1].due < first[1].due || (e[1].due === first[1].due && e[1].seq < first[1].seq)) first = e;
+    if (!first) return;
+    const [id, t] = first;
+    life.timerHead = setTimeout(() => {
+      life.timerHead = undefined;
+      if (life.timers.get(id) === t) {
+        if (t.repeat) {
+          t.due += Math.max(1, t.ms);
+          t.seq = ++life.timerSeq;
+        } else life.timers.delete(id);
+        this.deliver(life, "timer", { id });
+      }
+      this.scheduleTimers(life);
+    }, Math.max(0, t.due - Date.now()));
+  }
+
   private hostFunctions(): Record<string, HostFn> {
     const store = this.store;
     const bytesArg = (v: unknown): Uint8Array => (v instanceof Uint8Array ? v : new Uint8Array(0));
     return {
       log: (_life, [line]) => this.log(String(line)),
+      // Time stands still while the VM runs, as it nearly does on Espruino: a timer set during an
+      // entry counts from the entry's start, so QuickJS's slower execution cannot reorder timers.
       "timer.set": (life, [id, ms, repeat]) => {
-        const key = Number(id);
-        const fire = () => {
-          if (!repeat) life.timers.delete(key);
-          this.deliver(life, "timer", { id: key });
-        };
-        life.timers.set(key, repeat ? setInterval(fire, Number(ms)) : setTimeout(fire, Number(ms)));
+        const t = { due: life.entryStart + Number(ms), seq: ++life.timerSeq, ms: Number(ms), repeat: !!repeat };
+        life.timers.set(Number(id), t);
+        this.scheduleTimers(life);
       },
       "timer.clear": (life, [id]) => {
-        const t = life.timers.get(Number(id));
-        if (t) clearTimeout(t);
         life.timers.delete(Number(id));
+        this.scheduleTimers(life);
       },
       hwRand: () => randomBytes(4).readInt32LE(0),
       crc32: (_life, [data]) => crc32(bytesArg(data)),

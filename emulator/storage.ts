@@ -110,7 +110,7 @@ export class HostStorage {
       content = new Uint8Array(size).fill(0xff);
     } else {
       const existing = this.read(name);
-      if (!existing) throw new StorageError(`Storage file "${name}" does not exist; the first chunk must give the size`);
+      if (!existing) throw new StorageError("Unable to find or create file"); // Espruino's words: the first chunk must give the size
       content = existing;
     }
     if (offset + data.length > content.length) throw new StorageError(`Storage write past the end of "${name}"`);

@@ -8,16 +8,47 @@
 // on either side; `undefined` travels as {"\u0001u": 1}.
 
 /** Globals and members QuickJS has and Espruino 2v29 does not. BigInt64Array/BigUint64Array and
- *  FinalizationRegistry go too: they need BigInt/WeakRef, which Espruino does not have either. */
+ *  FinalizationRegistry go too: they need BigInt/WeakRef, which Espruino does not have either. The rest
+ *  were found by asking the real interpreter for each name QuickJS has (docs/EMULATOR.md, "Differences
+ *  from the real interpreter"). */
 export const REMOVED_GLOBALS = [
   "Map", "Set", "WeakMap", "WeakSet", "WeakRef", "FinalizationRegistry", "Symbol", "Proxy", "Reflect",
   "BigInt", "BigInt64Array", "BigUint64Array", "TextEncoder", "TextDecoder",
+  "EvalError", "RangeError", "URIError", "AggregateError", "Iterator", "decodeURI", "encodeURI", "escape",
+  "unescape", "SharedArrayBuffer", "Float16Array",
 ] as const;
+
+const TYPED_ARRAYS = ["Int8Array", "Uint8Array", "Uint8ClampedArray", "Int16Array", "Uint16Array", "Int32Array",
+  "Uint32Array", "Float32Array", "Float64Array"];
+const members = (owner: string, names: string): string[] => names.split(" ").map((n) => `${owner}.${n}`);
+
 export const REMOVED_MEMBERS = [
   "Math.imul", "Math.clz32", "Math.trunc", "Array.from", "Array.of", "TypedArray.from", "TypedArray.of",
   "Object.freeze", "Promise.prototype.finally", "Promise.race", "Promise.any", "Promise.allSettled",
   "Number.isInteger",
-] as const;
+  ...members("Math", "cosh sinh tanh acosh asinh atanh expm1 log1p log2 log10 cbrt hypot f16round fround sumPrecise"),
+  ...members("Number", "parseInt parseFloat isNaN isFinite isSafeInteger"),
+  ...members("Number.prototype", "toExponential toPrecision toLocaleString"),
+  ...members("Object", "getOwnPropertySymbols groupBy isExtensible preventExtensions is seal isSealed isFrozen hasOwn"),
+  ...members("Object.prototype", "toLocaleString isPrototypeOf propertyIsEnumerable __defineGetter__ __defineSetter__ __lookupGetter__ __lookupSetter__"),
+  ...members("Array.prototype", "at with reduceRight findLast findLastIndex lastIndexOf toLocaleString toReversed toSorted toSpliced copyWithin flatMap flat values keys entries"),
+  ...members("TypedArray.prototype", "at with values keys entries copyWithin reduceRight findLast findLastIndex toReversed toSorted toLocaleString lastIndexOf"),
+  ...members("String", "fromCodePoint raw"),
+  ...members("String.prototype", "at codePointAt isWellFormed toWellFormed matchAll search trimEnd trimRight trimStart trimLeft toLocaleLowerCase toLocaleUpperCase anchor big blink bold fixed fontcolor fontsize italics link small strike sub sup normalize localeCompare"),
+  ...members("ArrayBuffer", "isView"),
+  ...members("ArrayBuffer.prototype", "maxByteLength resizable detached resize slice transfer transferToFixedLength"),
+  ...members("DataView.prototype", "getBigInt64 getBigUint64 getFloat16 setBigInt64 setBigUint64 setFloat16"),
+  ...members("Promise", "try withResolvers"),
+  ...members("Function.prototype", "fileName lineNumber columnNumber"),
+  "Error.prototype.name",
+];
+
+/** What Espruino lacks but QuickJS will not let go (non-configurable): the lint and the bundle gate
+ *  refuse them instead (flash/eslint-espruino.js). */
+export const UNDELETABLE_MEMBERS = [
+  "Number.EPSILON", "Number.MAX_SAFE_INTEGER", "Number.MIN_SAFE_INTEGER",
+  ...TYPED_ARRAYS.flatMap((t) => [`${t}.BYTES_PER_ELEMENT`, `${t}.prototype.BYTES_PER_ELEMENT`]),
+];
 
 export interface WorldConfig {
   board: string;
@@ -37,21 +68,111 @@ export const WORLD_SOURCE = String.raw`(function (host, config) {
   G.global = G;
 
   // ---- what Espruino does not have -------------------------------------------------------------
+  // The world keeps what it needs itself before it goes.
+  var isView = ArrayBuffer.isView;
+  var abSlice = ArrayBuffer.prototype.slice;
+  var unescapeFn = unescape;
+  var utf8 = function (s) { return unescapeFn(encodeURIComponent(s)); };
+  var TypedArray = Object.getPrototypeOf(Uint8Array);
+  var TA = TypedArray.prototype;
+  var taSet = TA.set, taSubarray = TA.subarray;
+  var arraySlice = Array.prototype.slice, arrayFilter = Array.prototype.filter;
   var removedGlobals = ${JSON.stringify(REMOVED_GLOBALS)};
   removedGlobals.forEach(function (n) { delete G[n]; });
-  var TypedArray = Object.getPrototypeOf(Uint8Array);
-  var removedMembers = { Math: Math, Array: Array, TypedArray: TypedArray, Object: Object,
-    "Promise.prototype": Promise.prototype, Promise: Promise, Number: Number };
   ${JSON.stringify(REMOVED_MEMBERS)}.forEach(function (path) {
-    var dot = path.lastIndexOf(".");
-    delete removedMembers[path.slice(0, dot)][path.slice(dot + 1)];
+    var parts = path.split(".");
+    var owner = parts[0] === "TypedArray" ? TypedArray : G[parts[0]];
+    for (var i = 1; i < parts.length - 1; i++) owner = owner[parts[i]];
+    delete owner[parts[parts.length - 1]];
   });
 
+  // ---- what Espruino does differently (docs/EMULATOR.md, "Differences from the real interpreter") --
+  function method(owner, name, fn) {
+    Object.defineProperty(owner, name, { value: fn, writable: true, configurable: true, enumerable: false });
+  }
+  // A typed array's slice() and filter() give a plain Array (src/jswrap_arraybuffer.c borrows Array's).
+  method(TA, "slice", function slice(start, end) { return arraySlice.call(this, start, end); });
+  method(TA, "filter", function filter(fn, thisArg) { return arrayFilter.call(this, fn, thisArg); });
+  // set(): a string, an array or an array buffer; what does not fit is left out, a negative offset
+  // writes nothing; never a RangeError.
+  method(TA, "set", function set(src, offset) {
+    if (src instanceof ArrayBuffer) src = new Uint8Array(src);
+    if (!(typeof src === "string" || Array.isArray(src) || isView(src))) throw new Error("First argument must be Array, not " + (src === null ? "null" : typeof src));
+    offset = offset | 0;
+    var n = Math.min(src.length, this.length - offset);
+    if (offset < 0 || n <= 0) return;
+    if (typeof src === "string") { for (var i = 0; i < n; i++) this[offset + i] = src.charCodeAt(i); return; }
+    taSet.call(this, n === src.length ? src : isView(src) ? taSubarray.call(src, 0, n) : arraySlice.call(src, 0, n), offset);
+  });
+  // subarray(): begin past end gives a new empty array; an end past the array is not clamped on
+  // Espruino (the view reads past its buffer), so here it is an error rather than silently different.
+  method(TA, "subarray", function subarray(begin, end) {
+    var len = this.length;
+    begin = begin | 0;
+    end = typeof end === "number" ? end | 0 : len;
+    if (begin < 0) begin += len;
+    if (end < 0) end += len;
+    if (end < 0) end = 0;
+    if (begin > end) begin = end = 0;
+    if (begin === end) return new this.constructor(0);
+    if (begin < 0 || end > len) throw new Error("subarray(" + begin + ", " + end + ") of a " + len + "-element array: Espruino does not clamp it and reads past the buffer");
+    return taSubarray.call(this, begin, end);
+  });
+  // JSON writes typed arrays and array buffers as arrays of numbers. (Not with toJSON methods: the
+  // host bridge stringifies byte arrays of any size, and must not see them turned into Arrays.)
+  var rawStringify = JSON.stringify;
+  method(JSON, "stringify", function stringify(v, replacer, space) {
+    return rawStringify(v, function (k, x) {
+      if (isView(x)) x = arraySlice.call(x);
+      else if (x instanceof ArrayBuffer) x = arraySlice.call(new Uint8Array(x));
+      return typeof replacer === "function" ? replacer.call(this, k, x) : x;
+    }, space);
+  });
+  // Strings are bytes: a character code keeps its low byte.
+  var rawFromCharCode = String.fromCharCode;
+  method(String, "fromCharCode", function fromCharCode() {
+    var codes = [];
+    for (var i = 0; i < arguments.length; i++) codes.push(arguments[i] & 255);
+    return rawFromCharCode.apply(String, codes);
+  });
+  // split() ignores its limit.
+  var split = String.prototype.split;
+  method(String.prototype, "split", function (sep) { return split.call(this, sep); });
+  // match() with the g flag and no match gives [], not null.
+  var match = String.prototype.match;
+  method(String.prototype, "match", function (re) {
+    var m = match.call(this, re);
+    return m === null && re instanceof RegExp && re.global ? [] : m;
+  });
+  // Math.pow multiplies out small integer powers and takes exp(log(x) * y) for the rest, so
+  // Math.pow(2, 32) is 4294967295.9999967 and Math.pow(2, -24) is not exactly 2^-24 (jswrap_math.c).
+  var exp = Math.exp, log = Math.log;
+  method(Math, "pow", function pow(x, y) {
+    x = +x;
+    y = +y;
+    var yi = y | 0;
+    if (yi >= 0 && yi < 10 && yi === y) {
+      if (yi === 0) return 1;
+      var p = x;
+      while (yi > 1) { p *= x; yi--; }
+      return p;
+    }
+    if (x < 0 && y % 1 === 0) return y % 2 === 0 ? exp(log(-x) * y) : -exp(log(-x) * y);
+    return x !== 0 || 0 >= y ? exp(log(x) * y) : 0;
+  });
+  // Math.round rounds halves away from zero (-2.5 is -3).
+  var floor = Math.floor;
+  method(Math, "round", function round(x) {
+    x = +x;
+    if (!isFinite(x) || x === 0) return x;
+    var r = x < 0 ? -floor(-x + 0.5) : floor(x + 0.5);
+    return r === 0 && x < 0 ? -0 : r;
+  });
   // ---- the host bridge -------------------------------------------------------------------------
   var BYTES = "\u0001b", UNDEF = "\u0001u";
   function bytesToString(u8) {
     var s = "";
-    for (var i = 0; i < u8.length; i += 4096) s += String.fromCharCode.apply(null, u8.subarray(i, i + 4096));
+    for (var i = 0; i < u8.length; i += 4096) s += rawFromCharCode.apply(null, taSubarray.call(u8, i, Math.min(i + 4096, u8.length)));
     return s;
   }
   function stringToBytes(s) {
@@ -64,13 +185,13 @@ export const WORLD_SOURCE = String.raw`(function (host, config) {
   // through host.take(index), so binary data is never escaped into a string.
   function encode(v, bufs) {
     function keep(kind, u8) {
-      bufs.push(u8.buffer.slice(u8.byteOffset, u8.byteOffset + u8.byteLength));
+      bufs.push(abSlice.call(u8.buffer, u8.byteOffset, u8.byteOffset + u8.byteLength));
       return { [BYTES]: kind, i: bufs.length - 1 };
     }
-    return JSON.stringify(v === undefined ? { [UNDEF]: 1 } : v, function (k, x) {
+    return rawStringify(v === undefined ? { [UNDEF]: 1 } : v, function (k, x) {
       if (x === undefined) return { [UNDEF]: 1 };
       if (x instanceof ArrayBuffer) return keep("ArrayBuffer", new Uint8Array(x));
-      if (ArrayBuffer.isView(x)) return keep(x.constructor.name, new Uint8Array(x.buffer, x.byteOffset, x.byteLength));
+      if (isView(x)) return keep(x.constructor.name, new Uint8Array(x.buffer, x.byteOffset, x.byteLength));
       return x;
     });
   }
@@ -111,9 +232,9 @@ export const WORLD_SOURCE = String.raw`(function (host, config) {
     if (typeof v === "function") return "function " + (v.name || "") + "() {...}";
     if (v === undefined) return "undefined";
     if (v === null || typeof v !== "object") return String(v);
-    if (v instanceof Error) return v.name + ": " + v.message;
+    if (v instanceof Error) return ((v.constructor && v.constructor.name) || "Error") + ": " + String(v);
     if (v instanceof ArrayBuffer) return "new ArrayBuffer([" + Array.prototype.join.call(new Uint8Array(v), ", ") + "])";
-    if (ArrayBuffer.isView(v)) return "new " + v.constructor.name + "([" + Array.prototype.join.call(v, ", ") + "])";
+    if (isView(v)) return "new " + v.constructor.name + "([" + Array.prototype.join.call(v, ", ") + "])";
     if ((depth || 0) > 4) return "...";
     if (Array.isArray(v)) return "[" + v.map(function (x) { return inspect(x, (depth || 0) + 1); }).join(", ") + "]";
     var keys = Object.keys(v);
@@ -152,7 +273,7 @@ export const WORLD_SOURCE = String.raw`(function (host, config) {
     call("timer.set", [id, Math.max(0, +ms || 0), repeat]);
     return id;
   }
-  function clearTimer(args) {
+  function clearTimer(args, name) {
     // Espruino: no argument clears every timer; an argument that is undefined is an error.
     if (args.length === 0) {
       Object.keys(timers).forEach(function (id) { call("timer.clear", [+id]); });
@@ -160,7 +281,7 @@ export const WORLD_SOURCE = String.raw`(function (host, config) {
       return;
     }
     var id = args[0];
-    if (id === undefined) throw new Error("clearTimeout/clearInterval(undefined) not allowed; use clearTimeout() to clear all");
+    if (id === undefined) throw new Error(name + "(undefined) not allowed. Use " + name + "() instead");
     if (timers[id]) {
       delete timers[id];
       call("timer.clear", [id]);
@@ -168,8 +289,8 @@ export const WORLD_SOURCE = String.raw`(function (host, config) {
   }
   G.setTimeout = function (fn, ms) { return addTimer(fn, ms, Array.prototype.slice.call(arguments, 2), false); };
   G.setInterval = function (fn, ms) { return addTimer(fn, ms, Array.prototype.slice.call(arguments, 2), true); };
-  G.clearTimeout = function () { clearTimer(arguments); };
-  G.clearInterval = function () { clearTimer(arguments); };
+  G.clearTimeout = function () { clearTimer(arguments, "clearTimeout"); };
+  G.clearInterval = function () { clearTimer(arguments, "clearInterval"); };
 
   // ---- E, getTime, process ---------------------------------------------------------------------
   // E.toUint8Array's flattening: numbers are bytes, strings their char codes, arrays and typed arrays
@@ -181,7 +302,7 @@ export const WORLD_SOURCE = String.raw`(function (host, config) {
     if (typeof v === "string") return v.length;
     if (v instanceof ArrayBuffer) return v.byteLength;
     var n = 0;
-    if (v && (Array.isArray(v) || ArrayBuffer.isView(v))) {
+    if (v && (Array.isArray(v) || isView(v))) {
       if (v instanceof Uint8Array) return v.length;
       for (var j = 0; j < v.length; j++) n += byteCount(v[j]);
     } else if (v && typeof v === "object" && v.data !== undefined) {
@@ -194,7 +315,7 @@ export const WORLD_SOURCE = String.raw`(function (host, config) {
     if (typeof v === "string") { for (var i = 0; i < v.length; i++) out[o + i] = v.charCodeAt(i) & 255; return o + v.length; }
     if (v instanceof ArrayBuffer) v = new Uint8Array(v);
     if (v instanceof Uint8Array) { out.set(v, o); return o + v.length; }
-    if (v && (Array.isArray(v) || ArrayBuffer.isView(v))) { for (var j = 0; j < v.length; j++) o = putBytes(v[j], out, o); return o; }
+    if (v && (Array.isArray(v) || isView(v))) { for (var j = 0; j < v.length; j++) o = putBytes(v[j], out, o); return o; }
     if (v && typeof v === "object" && v.data !== undefined) {
       for (var c = 0; c < (v.count === undefined ? 1 : v.count); c++) o = putBytes(v.data, out, o);
     }
@@ -217,10 +338,8 @@ export const WORLD_SOURCE = String.raw`(function (host, config) {
     setConsole: function (d) { consoleDevice = d === null ? undefined : String(d); },
     hwRand: function () { return call("hwRand", []); },
     CRC32: function (data) { return call("crc32", [toBytes([data])]); },
-    toUint8Array: function () {
-      var r = toBytes(arguments);
-      return r === arguments[0] ? new Uint8Array(r) : r;
-    },
+    // A single Uint8Array comes back as the same object, as on Espruino.
+    toUint8Array: function () { return toBytes(arguments); },
     toString: function () {
       if (arguments.length === 1 && typeof arguments[0] === "string") return arguments[0];
       return bytesToString(toBytes(arguments));
@@ -238,7 +357,7 @@ export const WORLD_SOURCE = String.raw`(function (host, config) {
   // unicode builds do.
   function dataToBytes(data) {
     if (typeof data === "string") {
-      for (var i = 0; i < data.length; i++) if (data.charCodeAt(i) > 255) return stringToBytes(unescape(encodeURIComponent(data)));
+      for (var i = 0; i < data.length; i++) if (data.charCodeAt(i) > 255) return stringToBytes(utf8(data));
       return stringToBytes(data);
     }
     return toBytes([data]);
@@ -252,7 +371,7 @@ export const WORLD_SOURCE = String.raw`(function (host, config) {
     },
     readArrayBuffer: function (name) {
       var b = call("storage.read", [name]);
-      return b === undefined ? undefined : b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength);
+      return b === undefined ? undefined : abSlice.call(b.buffer, b.byteOffset, b.byteOffset + b.byteLength);
     },
     readJSON: function (name, noExceptions) {
       var s = Storage.read(name);
@@ -260,7 +379,9 @@ export const WORLD_SOURCE = String.raw`(function (host, config) {
       try { return JSON.parse(s); } catch (e) { if (noExceptions) return undefined; throw e; }
     },
     write: function (name, data, offset, size) {
-      return call("storage.write", [name, dataToBytes(data), offset, size]);
+      var bytes = dataToBytes(data);
+      if (!bytes.length && offset === undefined && size === undefined) throw new Error("Can't create zero length file");
+      return call("storage.write", [name, bytes, offset, size]);
     },
     writeJSON: function (name, data) { return Storage.write(name, JSON.stringify(data)); },
     erase: function (name) { call("storage.erase", [name]); },
