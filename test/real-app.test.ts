@@ -12,12 +12,12 @@ import { execFile } from "node:child_process";
 import path from "node:path";
 import { promisify } from "node:util";
 import { fileURLToPath } from "node:url";
-import { getBoard } from "../boards/index.ts";
 import { flashCommand } from "../cli/flash-cmd.ts";
 import { flashDevice } from "../flash/flash.ts";
 import { provisionDevice } from "../flash/provision.ts";
 import { crc32, EspruinoSerial } from "../flash/serial.ts";
 import { bootZero, RealDevice } from "../interpreter/device.ts";
+import { INTERPRETER_ANSWER_MS } from "../interpreter/handsets.ts";
 import { CLI } from "./support/process.ts";
 import { tempDir } from "./support/harness.ts";
 import { bundleFor, realRig, realTest, type RealRig } from "./support/real.ts";
@@ -35,22 +35,21 @@ global.pressButton=function(){var t=getTime();w.forEach(function(f){f({state:tru
  *  flash`'s and `keyproxy provision`'s code over a pseudo-terminal), with the test's files in Storage
  *  first: .boot0 as the harness writes it (RNG seed, BLE stand-ins), and `files` (the button's
  *  stand-in, the application's settings). Without a BTN the example would stop at "BTN is not
- *  defined", as it would on a board that has no button. The byte budget is not this test's: flashing is told the
- *  bundle's own size as the budget, and test/build-app.test.ts holds the bundle to the board's. */
+ *  defined", as it would on a board that has no button. */
 async function appHandset(rig: RealRig, id: string, bundle: string, files: Record<string, string>): Promise<RealDevice> {
   const dev = new RealDevice({ board: "puckjs", dir: tempDir(`kp-real-${id}-`), name: id });
   rig.handsets.push(dev);
   await dev.start();
   await dev.withSerial(async (tty) => {
-    const link = await EspruinoSerial.open({ path: tty, baudRate: 115200 });
+    const link = await EspruinoSerial.open({ path: tty, baudRate: 115200, answerMs: INTERPRETER_ANSWER_MS, firstAnswerMs: INTERPRETER_ANSWER_MS });
     try {
       const all: Record<string, string> = { ".boot0": bootZero("puckjs"), ...files };
       for (const name of Object.keys(all)) await link.writeFile(name, new Uint8Array(Buffer.from(all[name], "latin1")));
     } finally {
       await link.close();
     }
-    await flashDevice({ port: tty, board: "puckjs", bundle, baudRate: 115200, budgetBytes: Math.max(bundle.length, getBoard("puckjs").budget.bundleBytes) });
-    await provisionDevice({ port: tty, board: "puckjs", id, gateway: rig.address, dataDir: rig.dataDir, baudRate: 115200 });
+    await flashDevice({ port: tty, board: "puckjs", bundle, baudRate: 115200, answerMs: INTERPRETER_ANSWER_MS });
+    await provisionDevice({ port: tty, board: "puckjs", id, gateway: rig.address, dataDir: rig.dataDir, baudRate: 115200, answerMs: INTERPRETER_ANSWER_MS });
   });
   return dev;
 }
@@ -93,7 +92,7 @@ realTest("puckjs: with an application, a device that is not provisioned boots wi
   const dev = new RealDevice({ board: "puckjs", dir: tempDir("kp-real-app-"), name: "unprovisioned" });
   try {
     await dev.start();
-    await dev.withSerial((tty) => flashDevice({ port: tty, board: "puckjs", bundle, baudRate: 115200, budgetBytes: Math.max(bundle.length, getBoard("puckjs").budget.bundleBytes) }));
+    await dev.withSerial((tty) => flashDevice({ port: tty, board: "puckjs", bundle, baudRate: 115200, answerMs: INTERPRETER_ANSWER_MS }));
     await dev.waitFor(/^KP application not started: no handset$/);
     const boot = dev.lines.slice(dev.bootLine);
     assert.ok(boot.some((l) => /^KP not provisioned/.test(l)), boot.join("\n"));
