@@ -38,6 +38,9 @@ export interface FlashOptions {
   bundle: string;
   /** Default: the board's serial baud rate (115200 where the board has no serial profile). */
   baudRate?: number;
+  /** How long the device may take to answer one request (default flash/serial.ts ANSWER_MS, and
+   *  FIRST_ANSWER_MS for the first): more for a slow device or link. */
+  answerMs?: number;
   /** Default: the board's budget.bundleBytes. */
   budgetBytes?: number;
   /** Called with bytes written so far during the transfer, and at each step. */
@@ -80,7 +83,7 @@ export async function flashDevice(o: FlashOptions): Promise<FlashResult> {
   const step = async (s: FlashStep) => o.onStep?.(s);
 
   await step("connect");
-  const link = await EspruinoSerial.open({ path: o.port, baudRate: o.baudRate ?? board.serial?.baud ?? 115200 });
+  const link = await EspruinoSerial.open({ path: o.port, baudRate: o.baudRate ?? board.serial?.baud ?? 115200, answerMs: o.answerMs, firstAnswerMs: o.answerMs });
   try {
     await step("check");
     const version = await checkBoard(link, board);
@@ -88,7 +91,7 @@ export async function flashDevice(o: FlashOptions): Promise<FlashResult> {
     // Stop the running firmware: reset() clears the interpreter and does not run .bootcde.
     await step("stop");
     await link.command("reset()");
-    await link.waitForPrompt(3000);
+    await link.waitForPrompt(Math.max(3000, link.answerMs));
 
     const s = `require("Storage")`;
     const cost = flashCost(data.length);
@@ -136,7 +139,7 @@ export async function flashDevice(o: FlashOptions): Promise<FlashResult> {
     if (o.reboot !== false) {
       await step("reboot");
       await link.command("E.reboot()", 500);
-      await link.waitForPrompt(5000).catch((e: Error) => {
+      await link.waitForPrompt(Math.max(5000, link.answerMs)).catch((e: Error) => {
         throw new FlashError(`flashed and verified (CRC ${hex(want)}), but after E.reboot() ${e.message}`);
       });
     }

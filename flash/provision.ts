@@ -73,6 +73,9 @@ export interface ProvisionOptions {
   /** Re-provision an id that is already in the registry (its old key stops working). */
   replace?: boolean;
   baudRate?: number;
+  /** How long the device may take to answer one request (default flash/serial.ts ANSWER_MS, and
+   *  FIRST_ANSWER_MS for the first): more for a slow device or link. */
+  answerMs?: number;
   /** Default true: reboot the device at the end, so its firmware starts with the new identity. */
   reboot?: boolean;
   /** Only settle an interrupted provisioning found on the device; provision nothing new. */
@@ -172,7 +175,7 @@ export async function provisionDevice(o: ProvisionOptions): Promise<ProvisionRes
       throw new ProvisionError(`device "${o.id}" is already in the registry; pass --replace to give it a new root key`, "unchanged");
     }
     await step("connect");
-    link = await EspruinoSerial.open({ path: o.port, baudRate: o.baudRate ?? board.serial?.baud ?? 115200 });
+    link = await EspruinoSerial.open({ path: o.port, baudRate: o.baudRate ?? board.serial?.baud ?? 115200, answerMs: o.answerMs, firstAnswerMs: o.answerMs });
     await checkBoard(link, board);
 
     await step("recover");
@@ -256,7 +259,7 @@ async function provisionOnce(
   if (o.reboot !== false) {
     await at("reboot");
     await link.command("E.reboot()", 500);
-    await link.waitForPrompt(5000).catch((e: Error) => {
+    await link.waitForPrompt(Math.max(5000, link.answerMs)).catch((e: Error) => {
       throw new ProvisionError(`provisioned "${o.id}", but after E.reboot() ${e.message}`, "needs-recovery");
     });
   }

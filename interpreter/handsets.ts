@@ -12,6 +12,10 @@ import { provisionDevice } from "../flash/provision.ts";
 import { EspruinoSerial } from "../flash/serial.ts";
 import { bootZero, RealDevice } from "./device.ts";
 
+/** How long the interpreter may take to answer one line over the pty: a board answers in
+ *  milliseconds, but a 32-bit build under qemu on a loaded machine can take seconds. */
+export const INTERPRETER_ANSWER_MS = 20_000;
+
 const images = new Map<string, Promise<string>>();
 
 function tempDir(prefix: string): string {
@@ -29,13 +33,13 @@ export function flashedImage(board: string, bundle: string, bits: 32 | 64 = 32):
       try {
         await dev.start();
         await dev.withSerial(async (tty) => {
-          const link = await EspruinoSerial.open({ path: tty, baudRate: 115200 });
+          const link = await EspruinoSerial.open({ path: tty, baudRate: 115200, answerMs: INTERPRETER_ANSWER_MS, firstAnswerMs: INTERPRETER_ANSWER_MS });
           try {
             await link.writeFile(".boot0", new Uint8Array(Buffer.from(bootZero(board), "latin1")));
           } finally {
             await link.close();
           }
-          await flashDevice({ port: tty, board, bundle, baudRate: 115200 });
+          await flashDevice({ port: tty, board, bundle, baudRate: 115200, answerMs: INTERPRETER_ANSWER_MS });
         });
         return dev.flashFile;
       } finally {
@@ -68,7 +72,7 @@ export async function provisionedHandset(o: HandsetOptions): Promise<RealDevice>
   const dev = new RealDevice({ board: o.board, bits: o.bits, dir: tempDir(`kp-real-${o.id}-`), name: o.id, flashImage: image, echo: o.echo });
   try {
     await dev.start();
-    await dev.withSerial((tty) => provisionDevice({ port: tty, board: o.board, id: o.id, gateway: o.gateway, dataDir: o.dataDir, lifetime: o.lifetime, baudRate: 115200 }));
+    await dev.withSerial((tty) => provisionDevice({ port: tty, board: o.board, id: o.id, gateway: o.gateway, dataDir: o.dataDir, lifetime: o.lifetime, baudRate: 115200, answerMs: INTERPRETER_ANSWER_MS }));
   } catch (e) {
     await dev.powerOff();
     throw e;

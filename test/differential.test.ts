@@ -321,15 +321,8 @@ realTest("the esp32 bundle on both engines: the same frames on the wire and the 
   try {
     const bundle = await bundleFor("esp32");
     // Ids of one length, so that equal messages make equal frames.
-    // Provisioning talks to the 32-bit interpreter under qemu through a pty with a 3 s answer timeout,
-    // which a loaded machine can miss: one more try, under a fresh id of the same length.
-    let realId = "diff-real";
-    const real = await rig.handset("esp32", realId, { gateway: relays[0].address }).catch(() => {
-      realId = "diff-rea2";
-      return rig.handset("esp32", realId, { gateway: relays[0].address });
-    }).catch((e: Error) => {
-      throw new Error(`provisioning the real handset: ${e.message}`);
-    });
+    const realId = "diff-real";
+    const real = await rig.handset("esp32", realId, { gateway: relays[0].address });
 
     emu = new EmulatedDevice({ board: "esp32", storageDir: tempDir("kp-diff-flow-"), name: "diff-emul" });
     const emuLines: string[] = [];

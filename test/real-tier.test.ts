@@ -8,7 +8,7 @@ import { fileURLToPath } from "node:url";
 const JOIN_TEST = fileURLToPath(new URL("./real-join.test.ts", import.meta.url));
 
 function run(env: Record<string, string>) {
-  const e = { ...process.env, KEYPROXY_ESPRUINO: "/nonexistent/keyproxy-no-interpreter", ...env };
+  const e: NodeJS.ProcessEnv = { ...process.env, KEYPROXY_ESPRUINO: "/nonexistent/keyproxy-no-interpreter", ...env };
   delete e.NODE_TEST_CONTEXT; // run as a test file of its own, not as part of this one
   if (env.CI === undefined) delete e.CI;
   return spawnSync(process.execPath, ["--import", "tsx", "--test", JOIN_TEST], { env: e, encoding: "utf8", timeout: 120_000 });
