@@ -18,6 +18,13 @@ export const INTERPRETER_ANSWER_MS = 20_000;
 
 const images = new Map<string, Promise<string>>();
 
+/** An error that says where it happened and what the device printed last (its console is the only
+ *  witness of what the interpreter was doing). */
+function withConsole(dev: RealDevice, doing: string, e: Error): Error {
+  const tail = dev.lines.slice(-12).map((l) => `  | ${l.slice(0, 160)}`).join("\n");
+  return new Error(`${doing}: ${e.message}\n${dev.name}'s console, last lines (boot ${dev.boots}):\n${tail}`);
+}
+
 function tempDir(prefix: string): string {
   return mkdtempSync(path.join(tmpdir(), prefix));
 }
@@ -42,6 +49,8 @@ export function flashedImage(board: string, bundle: string, bits: 32 | 64 = 32):
           await flashDevice({ port: tty, board, bundle, baudRate: 115200, answerMs: INTERPRETER_ANSWER_MS });
         });
         return dev.flashFile;
+      } catch (e) {
+        throw withConsole(dev, `flashing the ${board} image`, e as Error);
       } finally {
         await dev.powerOff();
       }
@@ -75,7 +84,7 @@ export async function provisionedHandset(o: HandsetOptions): Promise<RealDevice>
     await dev.withSerial((tty) => provisionDevice({ port: tty, board: o.board, id: o.id, gateway: o.gateway, dataDir: o.dataDir, lifetime: o.lifetime, baudRate: 115200, answerMs: INTERPRETER_ANSWER_MS }));
   } catch (e) {
     await dev.powerOff();
-    throw e;
+    throw withConsole(dev, `provisioning ${o.id}`, e as Error);
   }
   return dev;
 }
