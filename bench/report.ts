@@ -4,6 +4,7 @@
 import { SUITE_AES_CCM_16_64_128, SUITE_XSALSA20_POLY1305 } from "../firmware/crypto/types.ts";
 import type { DeviceResults, NativeCalls, SuiteTimings } from "./device-run.ts";
 import { MESSAGE_BYTES } from "./device-run.ts";
+import { renderRealDevice, type RealDeviceResults } from "./real-device.ts";
 import type { NodeResults, NodeSuiteTimings } from "./node-run.ts";
 import type { CrossGatewayResults, CryptoOp } from "./crossgw.ts";
 import type { EmulatedSessionResults } from "./sessions-emulated.ts";
@@ -780,6 +781,7 @@ export function renderReport(
   crossgw: CrossGatewayResults,
   curves: string,
   targets: TargetResult[],
+  real: RealDeviceResults | { skipped: string },
 ): string {
   const ccm = d.suites.find((s) => s.suite === SUITE_AES_CCM_16_64_128) ?? d.suites[0];
   const ratio = (op: Operation) => Math.round(d.x25519.naclFast.medianUs / op.median(ccm)).toLocaleString("en-US");
@@ -797,6 +799,7 @@ over the repetitions beside it. Performance targets live here, never in tests.
   bench bundle ${d.bundleBytes.toLocaleString("en-US")} bytes minified, Storage on ${d.storageOnTmpfs ? "tmpfs (/dev/shm)" : "the host's temp directory (disk)"}
 - wall time of the whole run: ${info.wallSeconds.toFixed(0)} s
 
+${"ops" in real ? renderRealDevice(real, info.command) : `## On the real Espruino interpreter\n\nNOT RUN: ${real.skipped}\n`}
 ## The device never does public-key crypto: what it does instead, next to one X25519
 
 keyproxy's gateway does the key exchange; the handset only joins (HMACs and HKDFs on the native
