@@ -8,8 +8,8 @@ import { ctEqual, type Bytes } from "../firmware/bytes.ts";
 import type { SymCrypto } from "../firmware/crypto/types.ts";
 import { encodeFrame, FrameDecoder } from "../firmware/proto/frame.ts";
 import { deriveLinkKeys, DIR_UP, frameNonce, joinTag, JOIN_NONCE_BYTES, type Codec, type LinkKeys } from "../firmware/proto/keys.ts";
-import { newLink, openMessage, sealMessage } from "../firmware/proto/link.ts";
-import { decodeMessage, encodeMessage, Msg, type Message } from "../firmware/proto/messages.ts";
+import { newLink, openMessage, sealMessage, type Link } from "../firmware/proto/link.ts";
+import { decodeMessage, encodeMessage, Msg, type InnerMessage, type Message } from "../firmware/proto/messages.ts";
 import { issueCertificate } from "../gateway/cwt.ts";
 import { generateEd25519 } from "../gateway/ed25519.ts";
 import { zlib } from "../gateway/zlib-crc.ts";
@@ -25,14 +25,6 @@ export interface GatewayAnswers {
   /** A RegisterOk (rid 1) with a freshly issued certificate, sealed at sequence number 1. */
   registerOkFrame: Bytes;
   certificateBytes: number;
-}
-
-function onlyMessage(frame: Bytes, cbor: Codec): Message {
-  const frames = new FrameDecoder(zlib.crc32).push(frame);
-  if (frames.length !== 1) throw new Error(`gateway side: expected one frame, got ${frames.length}`);
-  const m = decodeMessage(cbor.decode(frames[0]));
-  if (m instanceof Error) throw m;
-  return m;
 }
 
 /** The gateway's side of a join and a register, answering the device's JoinRequest frame. */
@@ -71,4 +63,23 @@ export function checkProtected(c: SymCrypto, cbor: Codec, keys: LinkKeys, frame:
   if (m.t !== Msg.Link) throw new Error("gateway side: the protected message is not a Link frame");
   const opened = c.open(keys.suite, keys.up, frameNonce(keys.suite, DIR_UP, 0, m.seq), m.sealed);
   if (!opened || !ctEqual(opened, pt)) throw new Error("gateway side: the protected message does not open to its plaintext");
+}
+
+/** The one message in a frame the device sent. */
+export function onlyMessage(frame: Bytes, cbor: Codec): Message {
+  const frames = new FrameDecoder(zlib.crc32).push(frame);
+  if (frames.length !== 1) throw new Error(`gateway side: expected one frame, got ${frames.length}`);
+  const m = decodeMessage(cbor.decode(frames[0]));
+  if (m instanceof Error) throw m;
+  return m;
+}
+
+/** The inner message of a Link frame the device sent, which must be of type t. */
+export function openInner(c: SymCrypto, cbor: Codec, link: Link, frame: Bytes, t: Msg): InnerMessage {
+  const m = onlyMessage(frame, cbor);
+  if (m.t !== Msg.Link) throw new Error("gateway side: not a Link frame");
+  const inner = openMessage(c, cbor, link, m);
+  if (typeof inner === "number") throw new Error(`gateway side: the device's frame was dropped (reason ${inner})`);
+  if (inner.t !== t) throw new Error(`gateway side: expected message ${t}, got ${inner.t}`);
+  return inner;
 }

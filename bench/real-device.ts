@@ -27,17 +27,17 @@ import { fileURLToPath } from "node:url";
 import nacl from "tweetnacl";
 import { ctEqual, type Bytes } from "../firmware/bytes.ts";
 import { SUITE_AES_CCM_16_64_128, type SymCrypto } from "../firmware/crypto/types.ts";
-import { encodeFrame, FrameDecoder } from "../firmware/proto/frame.ts";
+import { encodeFrame } from "../firmware/proto/frame.ts";
 import { deriveSaKeys, DIR_UP, frameNonce, saConfirmTag, type Codec, type LinkKeys } from "../firmware/proto/keys.ts";
-import { newLink, openMessage, sealMessage, type Link } from "../firmware/proto/link.ts";
-import { decodeMessage, Msg, type InnerMessage } from "../firmware/proto/messages.ts";
+import { newLink, sealMessage, type Link } from "../firmware/proto/link.ts";
+import { Msg, type InnerMessage } from "../firmware/proto/messages.ts";
 import { buildFirmware } from "../flash/build.ts";
 import { EspruinoSerial } from "../flash/serial.ts";
 import * as gatewayCbor from "../gateway/cbor.ts";
 import { nodeCrypto } from "../gateway/crypto.ts";
 import { zlib } from "../gateway/zlib-crc.ts";
 import { RealDevice, interpreterAvailable } from "../interpreter/device.ts";
-import { answerJoinAndRegister, checkProtected, checkRegisterRequest } from "./gateway-side.ts";
+import { answerJoinAndRegister, checkProtected, checkRegisterRequest, onlyMessage, openInner } from "./gateway-side.ts";
 import { bytesLiteral, DEVICE_ID, MESSAGE_BYTES } from "./device-run.ts";
 import { median, type Timing } from "./timing.ts";
 
@@ -158,21 +158,6 @@ function setupFrames(c: SymCrypto, cbor: Codec, keys: LinkKeys, suite: number): 
   };
 }
 
-function only(frame: Bytes, cbor: Codec) {
-  const frames = new FrameDecoder(zlib.crc32).push(frame);
-  if (frames.length !== 1) throw new Error(`gateway side: expected one frame, got ${frames.length}`);
-  const m = decodeMessage(cbor.decode(frames[0]));
-  if (m instanceof Error) throw m;
-  return m;
-}
-
-function openInner(c: SymCrypto, cbor: Codec, link: Link, frame: Bytes, t: Msg): InnerMessage {
-  const m = only(frame, cbor);
-  if (m.t !== Msg.Link) throw new Error("gateway side: not a Link frame");
-  const inner = openMessage(c, cbor, link, m);
-  if (typeof inner === "number" || inner.t !== t) throw new Error(`gateway side: expected message ${t}, got ${typeof inner === "number" ? "drop " + inner : inner.t}`);
-  return inner;
-}
 
 /** Throws unless the device's two frames of a setup are what the gateway accepts. */
 function checkSetup(c: SymCrypto, cbor: Codec, keys: LinkKeys, f: SetupFrames, role: 0 | 1, sent: Bytes[]): void {
@@ -187,7 +172,7 @@ function checkSetup(c: SymCrypto, cbor: Codec, keys: LinkKeys, f: SetupFrames, r
 }
 
 function checkOnSa(c: SymCrypto, cbor: Codec, f: SetupFrames, suite: number, frame: Bytes, pt: Bytes): void {
-  const m = only(frame, cbor);
+  const m = onlyMessage(frame, cbor);
   if (m.t !== Msg.SaData || m.spi !== SPI) throw new Error("gateway side: not an SaData frame on the SA");
   const k = deriveSaKeys(c, cbor, f.seed, SPI, suite, 1);
   const opened = c.open(suite, k.up, frameNonce(suite, DIR_UP, SPI, m.seq), m.sealed);

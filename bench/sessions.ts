@@ -35,10 +35,10 @@ import { deviceCrypto } from "../firmware/crypto/device.ts";
 import { espruinoNatives } from "../firmware/crypto/natives.ts";
 import { SUITE_AES_CCM_16_64_128, type SymCrypto } from "../firmware/crypto/types.ts";
 import { Handset, type Platform } from "../firmware/handset.ts";
-import { encodeFrame, FrameDecoder } from "../firmware/proto/frame.ts";
+import { encodeFrame } from "../firmware/proto/frame.ts";
 import { deriveSaKeys, DIR_DOWN, DIR_UP, frameNonce, saConfirmTag, type Codec, type LinkKeys } from "../firmware/proto/keys.ts";
-import { newLink, openMessage, sealMessage, type Link } from "../firmware/proto/link.ts";
-import { decodeMessage, encodeMessage, Msg, type InnerMessage } from "../firmware/proto/messages.ts";
+import { newLink, sealMessage, type Link } from "../firmware/proto/link.ts";
+import { encodeMessage, Msg, type InnerMessage } from "../firmware/proto/messages.ts";
 import * as gatewayCbor from "../gateway/cbor.ts";
 import { nodeCrypto } from "../gateway/crypto.ts";
 import { Gateway, openStore } from "../gateway/gateway.ts";
@@ -47,7 +47,7 @@ import { Policy } from "../gateway/policy.ts";
 import { DEFAULT_SESSIONS } from "../gateway/sessions.ts";
 import { zlib } from "../gateway/zlib-crc.ts";
 import { buildBenchBundle, bytesLiteral, COUNTER_SOURCE, DEVICE_BOARD, DEVICE_ID, loadTweetnacl, MESSAGE_BYTES, storageParent, type NativeCalls } from "./device-run.ts";
-import { answerJoinAndRegister } from "./gateway-side.ts";
+import { answerJoinAndRegister, onlyMessage, openInner } from "./gateway-side.ts";
 import { DEFAULT_TIMING, deviceTask, nodeTask, runInterleaved, type Timing } from "./timing.ts";
 
 const THIS_FILE = fileURLToPath(import.meta.url);
@@ -159,22 +159,6 @@ export function fileSystemOf(dir: string): string {
 
 // ---- the gateway's side of one setup, for the device benchmark ----------------------------------------
 
-function onlyMessage(frame: Bytes, cbor: Codec) {
-  const frames = new FrameDecoder(zlib.crc32).push(frame);
-  if (frames.length !== 1) throw new Error(`gateway side: expected one frame, got ${frames.length}`);
-  const m = decodeMessage(cbor.decode(frames[0]));
-  if (m instanceof Error) throw m;
-  return m;
-}
-
-function openInner(c: SymCrypto, cbor: Codec, link: Link, frame: Bytes, t: Msg): InnerMessage {
-  const m = onlyMessage(frame, cbor);
-  if (m.t !== Msg.Link) throw new Error("gateway side: not a Link frame");
-  const inner = openMessage(c, cbor, link, m);
-  if (typeof inner === "number") throw new Error(`gateway side: the device's frame was dropped (reason ${inner})`);
-  if (inner.t !== t) throw new Error(`gateway side: expected message ${t}, got ${inner.t}`);
-  return inner;
-}
 
 interface SetupFrames {
   spi: number;
