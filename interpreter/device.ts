@@ -148,9 +148,11 @@ export class RealDevice extends EventEmitter {
     child.stdin.on("error", () => {}); // EPIPE after a power cut
     child.stderr.on("data", () => {}); // the Linux build's start-up warnings
     child.stdout.on("data", (d: Buffer) => this.output(d.toString("latin1")));
-    child.once("exit", () => {
+    child.once("exit", (code, signal) => {
       if (this.child !== child) return;
       this.child = undefined;
+      // In the console record, so that a test's failure shows a restart it did not ask for.
+      this.lines.push(`[harness] the interpreter exited (${signal ?? `code ${code}`})${this.wanted ? "; starting it again on the same flash" : ""}`);
       this.failPending(`${this.name}: the interpreter stopped`);
       // E.reboot() (or a crash): a board comes back up on the same flash.
       if (this.wanted) setTimeout(() => { if (this.wanted && !this.running) this.spawn(); }, 20);
@@ -190,9 +192,13 @@ export class RealDevice extends EventEmitter {
     await this.start();
   }
 
-  /** Types bytes into the console as they are (a test's hand on the keyboard). */
+  /** Types bytes into the console (a test's hand on the keyboard, or the pty's other end). One
+   *  thing is changed: a space goes before every Ctrl-C. The Linux build exits on a second Ctrl-C on
+   *  an empty input line within 5 s (src/jsinteractive.c, `#ifndef EMBEDDED`), where a board only
+   *  clears the line; with the space the line is never empty, so the interpreter clears it, as a
+   *  board does (an interrupt of running code is taken when the byte arrives, as before). */
   type(s: string): void {
-    this.child?.stdin.write(Buffer.from(s, "latin1"));
+    this.child?.stdin.write(Buffer.from(s.replace(/\x03/g, " \x03"), "latin1"));
   }
 
   /** Runs an expression at the prompt, echo off, and resolves with its value as JSON carries it.
