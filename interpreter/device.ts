@@ -22,6 +22,9 @@ import { locateInterpreter } from "./locate.ts";
 
 export const FLASH_FILE = "espruino.flash";
 
+/** The Linux build's "Ctrl-C again to exit" window is 5 s: Ctrl-Cs are typed at least this far apart. */
+const CTRL_C_GAP_MS = 5500;
+
 /** Boards whose firmware talks over the BLE UART: their bundle needs the stand-ins. */
 export const BLE_BOARDS = new Set(["puckjs", "banglejs2"]);
 
@@ -108,6 +111,8 @@ export class RealDevice extends EventEmitter {
   private queue: Promise<unknown> = Promise.resolve();
   private pty: Pty | undefined;
   private readonly echo: boolean;
+  private typing: Promise<void> = Promise.resolve();
+  private lastCtrlC = -Infinity;
 
   constructor(o: RealDeviceOptions) {
     super();
@@ -192,13 +197,27 @@ export class RealDevice extends EventEmitter {
     await this.start();
   }
 
-  /** Types bytes into the console (a test's hand on the keyboard, or the pty's other end). One
-   *  thing is changed: a space goes before every Ctrl-C. The Linux build exits on a second Ctrl-C on
-   *  an empty input line within 5 s (src/jsinteractive.c, `#ifndef EMBEDDED`), where a board only
-   *  clears the line; with the space the line is never empty, so the interpreter clears it, as a
-   *  board does (an interrupt of running code is taken when the byte arrives, as before). */
+  /** Types bytes into the console (a test's hand on the keyboard, or the pty's other end), in order.
+   *  One thing is changed: Ctrl-Cs are kept CTRL_C_GAP_MS apart. The Linux build exits on a second
+   *  Ctrl-C on an empty input line within 5 s (src/jsinteractive.c, `#ifndef EMBEDDED`), where a board
+   *  only clears the line; `keyproxy flash` and `provision` begin every session with one. */
   type(s: string): void {
-    this.child?.stdin.write(Buffer.from(s.replace(/\x03/g, " \x03"), "latin1"));
+    this.typing = this.typing.then(async () => {
+      let rest = s;
+      for (let i = rest.indexOf("\x03"); i >= 0; i = rest.indexOf("\x03")) {
+        this.write(rest.slice(0, i));
+        const wait = this.lastCtrlC + CTRL_C_GAP_MS - Date.now();
+        if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+        this.write("\x03");
+        this.lastCtrlC = Date.now();
+        rest = rest.slice(i + 1);
+      }
+      this.write(rest);
+    });
+  }
+
+  private write(s: string): void {
+    if (s) this.child?.stdin.write(Buffer.from(s, "latin1"));
   }
 
   /** Runs an expression at the prompt, echo off, and resolves with its value as JSON carries it.
