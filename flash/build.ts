@@ -45,17 +45,11 @@ export interface BuildResult {
 
 /** What a board leaves for an application: bytes, its bundle budget minus the runtime's bundle; and
  *  variables, its variable pool minus the runtime's variable budget under load (four SAs, the peak
- *  of a join or a rekey) where boards/index.ts has one, else at rest. Both are read from
- *  boards/index.ts when asked, so a changed budget shows at once. Negative when over. */
+ *  of a join or a rekey). Both are read from boards/index.ts when asked, so a changed budget shows at
+ *  once. Negative when over. */
 export function roomForApp(r: BuildResult): { bytes: number; vars: number } {
   const board = getBoard(r.board);
-  return { bytes: r.budget - r.runtimeBytes, vars: board.vars - runtimeVars(board.budget) };
-}
-
-/** The runtime's variable budget an application must leave it: under load where the board has one. */
-function runtimeVars(budget: { varsAtRest: number }): number {
-  const loaded = (budget as { varsLoaded?: number }).varsLoaded;
-  return typeof loaded === "number" ? loaded : budget.varsAtRest;
+  return { bytes: r.budget - r.runtimeBytes, vars: board.vars - board.budget.varsLoaded };
 }
 
 export interface BuildOptions {

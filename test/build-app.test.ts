@@ -117,10 +117,9 @@ describe("keyproxy build --app: the same gate", () => {
   });
 });
 
-/** The runtime's variable budget under load where boards/index.ts has one, else at rest. */
+/** The runtime's variable budget under load (boards/index.ts). */
 function runtimeVars(board: string): number {
-  const b = BOARDS[board].budget as { varsAtRest: number; varsLoaded?: number };
-  return b.varsLoaded ?? b.varsAtRest;
+  return BOARDS[board].budget.varsLoaded;
 }
 
 describe("the room each board leaves for an application", () => {
