@@ -36,29 +36,40 @@ export function flashedImage(board: string, bundle: string, bits: 32 | 64 = 32):
   let image = images.get(key);
   if (!image) {
     image = (async () => {
-      const dev = new RealDevice({ board, bits, dir: tempDir(`kp-image-${board}-`), name: `image-${board}` });
-      try {
-        await dev.start();
-        await dev.withSerial(async (tty) => {
-          const link = await EspruinoSerial.open({ path: tty, baudRate: 115200, answerMs: INTERPRETER_ANSWER_MS, firstAnswerMs: INTERPRETER_ANSWER_MS });
-          try {
-            await link.writeFile(".boot0", new Uint8Array(Buffer.from(bootZero(board), "latin1")));
-          } finally {
-            await link.close();
-          }
-          await flashDevice({ port: tty, board, bundle, baudRate: 115200, answerMs: INTERPRETER_ANSWER_MS });
-        });
-        return dev.flashFile;
-      } catch (e) {
-        throw withConsole(dev, `flashing the ${board} image`, e as Error);
-      } finally {
-        await dev.powerOff();
+      // The Linux build's console is fed by a thread of its own (targets/linux), and under qemu it
+      // has crashed (SIGSEGV), rarely, while taking a flash's stream of long lines; a board's UART
+      // does not. Such a crash is the host's, not the firmware's: it gets one more try, said aloud.
+      for (let attempt = 1; ; attempt++) {
+        const dev = new RealDevice({ board, bits, dir: tempDir(`kp-image-${board}-`), name: `image-${board}` });
+        try {
+          await flashImage(dev, board, bundle);
+          return dev.flashFile;
+        } catch (e) {
+          const crashed = dev.lines.some((l) => /^\[harness\] the interpreter exited \(SIG/.test(l));
+          if (!crashed || attempt > 1) throw withConsole(dev, `flashing the ${board} image`, e as Error);
+          console.log(`# ${dev.name}: the interpreter crashed while being flashed (${dev.lines.find((l) => l.startsWith("[harness]"))}); flashing a fresh one once more`);
+        } finally {
+          await dev.powerOff();
+        }
       }
     })();
     images.set(key, image);
     image.catch(() => images.delete(key));
   }
   return image;
+}
+
+async function flashImage(dev: RealDevice, board: string, bundle: string): Promise<void> {
+  await dev.start();
+  await dev.withSerial(async (tty) => {
+    const link = await EspruinoSerial.open({ path: tty, baudRate: 115200, answerMs: INTERPRETER_ANSWER_MS, firstAnswerMs: INTERPRETER_ANSWER_MS });
+    try {
+      await link.writeFile(".boot0", new Uint8Array(Buffer.from(bootZero(board), "latin1")));
+    } finally {
+      await link.close();
+    }
+    await flashDevice({ port: tty, board, bundle, baudRate: 115200, answerMs: INTERPRETER_ANSWER_MS });
+  });
 }
 
 export interface HandsetOptions {
