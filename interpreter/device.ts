@@ -24,6 +24,8 @@ export const FLASH_FILE = "espruino.flash";
 
 /** The Linux build's "Ctrl-C again to exit" window is 5 s: Ctrl-Cs are typed at least this far apart. */
 const CTRL_C_GAP_MS = 5500;
+const UART_PIECE = 32;
+const UART_PIECE_MS = 3;
 
 /** Boards whose firmware talks over the BLE UART: their bundle needs the stand-ins. */
 export const BLE_BOARDS = new Set(["puckjs", "banglejs2"]);
@@ -205,19 +207,26 @@ export class RealDevice extends EventEmitter {
     this.typing = this.typing.then(async () => {
       let rest = s;
       for (let i = rest.indexOf("\x03"); i >= 0; i = rest.indexOf("\x03")) {
-        this.write(rest.slice(0, i));
+        await this.write(rest.slice(0, i));
         const wait = this.lastCtrlC + CTRL_C_GAP_MS - Date.now();
         if (wait > 0) await new Promise((r) => setTimeout(r, wait));
-        this.write("\x03");
+        await this.write("\x03");
         this.lastCtrlC = Date.now();
         rest = rest.slice(i + 1);
       }
-      this.write(rest);
+      await this.write(rest);
     });
   }
 
-  private write(s: string): void {
-    if (s) this.child?.stdin.write(Buffer.from(s, "latin1"));
+  /** At about a UART's pace (UART_PIECE bytes every UART_PIECE_MS, some 115,200 baud), not in one
+   *  burst: the Linux target reads its console on a thread of its own, into the queue its main loop
+   *  empties, and a 2 KB burst (a flash's Storage line) has crashed it under qemu (SIGSEGV); a board's
+   *  UART never delivers faster than its baud rate. */
+  private async write(s: string): Promise<void> {
+    for (let o = 0; o < s.length; o += UART_PIECE) {
+      this.child?.stdin.write(Buffer.from(s.slice(o, o + UART_PIECE), "latin1"));
+      if (o + UART_PIECE < s.length) await new Promise((r) => setTimeout(r, UART_PIECE_MS));
+    }
   }
 
   /** Runs an expression at the prompt, echo off, and resolves with its value as JSON carries it.
