@@ -236,6 +236,11 @@ export class CrossGateway implements SessionHook {
     return true;
   }
 
+  /** Every SA here counts, retiring ones too: they still route frames in flight by their SPI. */
+  holdsSpi(spi: number): boolean {
+    return this.sessions.has(spi);
+  }
+
   deviceGone(deviceId: string, reason: CloseReason, why: string): void {
     this.endWhere((s) => s.device === deviceId, reason, why);
     for (const [key, w] of [...this.answers]) if (key.startsWith(`${deviceId}/`)) w.resolve(false);

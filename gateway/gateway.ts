@@ -86,6 +86,8 @@ export interface SessionHook {
   relay(deviceId: string, m: SaData, payload: Uint8Array): boolean;
   /** Every session of the device must end (lost link, reboot, deregistration, revocation). */
   deviceGone(deviceId: string, reason: CloseReason, why: string): void;
+  /** Whether one of the hook's SAs holds this SPI: the session broker never draws it for a local SA. */
+  holdsSpi?(spi: number): boolean;
   close(): void;
 }
 
@@ -171,7 +173,9 @@ export class Gateway {
       let hook: SessionHook | undefined;
       // Whenever the broker ends every session of a device, the hook ends that device's others.
       const onEndAll = (dev: string, reason: CloseReason, why: string) => hook?.deviceGone(dev, reason, why);
-      const sessions = new SessionBroker({ store, policy, log, crypto, cbor, now, send, relay, isLinked, settings, gatewayId: id, onEndAll });
+      // One SPI space per device: a local SA never takes an SPI held by an SA across gateways.
+      const spiTaken = (spi: number) => hook?.holdsSpi?.(spi) ?? false;
+      const sessions = new SessionBroker({ store, policy, log, crypto, cbor, now, send, relay, isLinked, settings, gatewayId: id, onEndAll, spiTaken });
       const revokeDevice = (dev: string, why: string) => revoke(store, sessions, links!, log, now, dev, why);
       const ctx: SessionHookContext = { gatewayId: id, store, policy, log, crypto, now, sessions, settings, send, relay, isLinked, revokeDevice };
       if (opts.fleet && (opts.sessionHook || !opts.mqtt)) throw new Error(opts.sessionHook ? "fleet and sessionHook exclude each other" : "sessions across gateways need MQTT (the interlink runs over it)");

@@ -60,6 +60,10 @@ export interface SessionDeps {
   /** Told whenever every session of a device ends (lost link, reboot, deregistration, revocation), so
    *  that sessions kept elsewhere (across gateways) end too. */
   onEndAll?: (deviceId: string, reason: CloseReason, why: string) => void;
+  /** SPIs this gateway holds outside this broker (sessions across gateways). A device has one SPI
+   *  space: its gateway routes its SA frames by SPI, across gateways first, so a local SA must never
+   *  take an SPI that one of the gateway's SAs across gateways holds. */
+  spiTaken?: (spi: number) => boolean;
 }
 
 /** One SA as the gateway sees it. */
@@ -198,11 +202,13 @@ export class SessionBroker {
     this.install(p.caller, p.callee, p.app, p.suite, p.callerRid, p.calleeRid, 0);
   }
 
+  /** A random SPI that no SA at this gateway holds, here or across gateways: unique among all SAs of
+   *  both devices, wherever they were made (the draw comes from d.crypto.random). */
   private freshSpi(): number {
     for (;;) {
       const b = this.d.crypto.random(4);
       const spi = ((b[0] << 24) | (b[1] << 16) | (b[2] << 8) | b[3]) >>> 0;
-      if (spi !== 0 && !this.sessions.has(spi)) return spi;
+      if (spi !== 0 && !this.sessions.has(spi) && !this.d.spiTaken?.(spi)) return spi;
     }
   }
 

@@ -487,3 +487,49 @@ describe("the capable-peer SDK", () => {
     await assert.rejects(s.send(text("too late")), /closed/);
   });
 });
+
+describe("one SPI space per device", () => {
+  test("a local SA never takes the SPI of an SA across gateways: a draw that collides is drawn again", async () => {
+    const broker = await startBroker({ host: "127.0.0.1", port: 0 });
+    const fleetDir = tempDir("kp-xgw-fleet-");
+    const clock = new Clock();
+    const fleet = Fleet.create(fleetDir, "kp-fleet", clock.now());
+    // Gateway a's random source, with the next 4-byte draws (the session broker's SPI draws) forced.
+    const inner = recordingCrypto();
+    const forced: number[] = [];
+    const crypto = {
+      ...inner.crypto,
+      random: (n: number) => {
+        const spi = n === 4 ? forced.shift() : undefined;
+        return spi === undefined ? inner.crypto.random(n) : new Uint8Array([spi >>> 24, (spi >>> 16) & 255, (spi >>> 8) & 255, spi & 255]);
+      },
+    };
+    const t = await fleetGateway("a.example", fleet, broker, clock.now, { crypto });
+    const a: Side = { t, dev: await sessionHandset(t.gw, "alice", provision(t.gw, "alice")), seals: inner.seals, cross: () => t.gw.hook as CrossGateway };
+    const dave = await sessionHandset(t.gw, "dave", provision(t.gw, "dave"));
+    const b = await side("b.example", "bob", fleet, broker, clock);
+    try {
+      await until(() => a.dev.h.status().registered && dave.h.status().registered, "alice and dave registered");
+      const across = await connect(a, b);
+      forced.push(across);
+      dave.h.onRequest = (from, app) => from === "alice" && app === APP;
+      assert.equal(a.dev.h.connect("dave", APP), true);
+      await until(() => ready(a.dev).length === 2 && ready(dave).length === 1, "alice's SA with dave", 10_000);
+      assert.equal(forced.length, 0, "the broker drew the colliding SPI");
+      const local = ready(dave)[0].spi;
+      assert.notEqual(local, across, "the local SA got another SPI");
+      assert.deepEqual(ready(a.dev).map((s) => s.spi).sort(), [across, local].sort(), "alice holds both, under two SPIs");
+      // Each SA carries its own frames to its own peer.
+      assert.equal(a.dev.h.send(across, text("to bob")), true);
+      assert.equal(a.dev.h.send(local, text("to dave")), true);
+      await until(() => b.dev.inbox.includes("to bob") && dave.inbox.includes("to dave"), "each message at its peer", 10_000);
+      assert.deepEqual([b.dev.inbox, dave.inbox], [["to bob"], ["to dave"]]);
+    } finally {
+      dave.close();
+      await stopSide(a);
+      await stopSide(b);
+      await broker.close();
+      rmSync(fleetDir, { recursive: true, force: true });
+    }
+  });
+});
