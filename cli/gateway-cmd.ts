@@ -7,6 +7,7 @@ import { DEV_FLEET_DIR, DEV_FLEET_WARNING, Fleet, FLEET_FILE, isGatewayId, loadG
 import { DEFAULT_BROKER_LISTEN } from "../gateway/broker.ts";
 import { Logger } from "../gateway/log.ts";
 import { LIFETIME_CEILING } from "../gateway/registrar.ts";
+import { DEFAULT_LINK_LIMITS as LIMITS, type LinkLimits } from "../gateway/link-limits.ts";
 import type { MqttOptions } from "../gateway/monitor.ts";
 import { hostPort, parse, positiveInt, UsageError } from "./args.ts";
 import { describeEvent } from "./monitor-cmd.ts";
@@ -17,6 +18,8 @@ export const DEFAULT_DATA_DIR = "./keyproxy-data";
 const HELP = `usage: keyproxy gateway [--data-dir <dir>] [--listen <host:port>] [--id <domain>] [--max-lifetime <s>] [--min-lifetime <s>]
                         [--mqtt <url> | --mqtt-listen <host:port> | --no-mqtt] [--metrics <s>] [--no-fleet]
                         [--sa-lifetime <s>] [--sa-limit <n>] [--recheck <s>] [--verifier <id>] [--demo <n>]
+                        [--join-deadline <s>] [--unjoined-idle <s>] [--max-connections <n>] [--max-unjoined <n>]
+                        [--max-unjoined-per-source <n>] [--max-bad-frames <n>] [--join-failures <n>] [--join-backoff-max <s>]
 
 Runs a gateway on embedded defaults: the registry is a SQLite file under the data directory
 (default ${DEFAULT_DATA_DIR}, created owner-only), devices connect on --listen
@@ -45,7 +48,39 @@ Logs are JSON lines on stderr. Stop with Ctrl-C.
   --verifier <id>          ask the fleet's verifier running on its own ("keyproxy verifier --id <id>") about
                            remote certificates, instead of the one in this gateway
   --demo <n>               also boot n emulated Puck.js handsets (the real firmware bundle) against this
-                           gateway and print what happens in plain words; the JSON log goes to <data-dir>/gateway.log`;
+                           gateway and print what happens in plain words; the JSON log goes to <data-dir>/gateway.log
+
+Limits on the device port, for whoever can reach it (docs/OPERATIONS.md, "Limits"):
+  --join-deadline <s>      a connection must have joined this long after it opened (default ${LIMITS.joinDeadlineMs / 1000})
+  --unjoined-idle <s>      a connection that has not joined and sends nothing this long is closed (default ${LIMITS.unjoinedIdleMs / 1000})
+  --max-connections <n>    connections at once, joined or not (default ${LIMITS.maxConnections}); keep it under ulimit -n
+  --max-unjoined <n>       connections at once that have not joined yet (default ${LIMITS.maxUnjoined})
+  --max-unjoined-per-source <n>  of those, from one IPv4 address or IPv6 /64 (default ${LIMITS.maxUnjoinedPerSource}); joined
+                           connections do not count, so many devices behind one NAT are fine
+  --max-bad-frames <n>     malformed, unauthenticated or bad-CRC frames and rejected joins one connection may
+                           send; the next closes it (default ${LIMITS.maxBadFrames})
+  --join-failures <n>      failed joins naming one device from one source before that source waits to try
+                           that device again (default ${LIMITS.joinFailuresBeforeBackoff}); the wait starts at ${LIMITS.joinBackoffBaseMs / 1000} s and doubles
+  --join-backoff-max <s>   the longest such wait (default ${LIMITS.joinBackoffMaxMs / 1000})`;
+
+/** The limit flags' values, as GatewayOptions.limits: only those given (the rest keep their defaults). */
+export function linkLimitsFromFlags(o: Record<string, string | boolean | undefined>): Partial<LinkLimits> {
+  const out: Partial<LinkLimits> = {};
+  const flag = (name: string, key: keyof LinkLimits, unitMs: number) => {
+    const v = o[name];
+    if (typeof v === "string") out[key] = positiveInt(v, `--${name}`, 0) * unitMs;
+  };
+  flag("join-deadline", "joinDeadlineMs", 1000);
+  flag("unjoined-idle", "unjoinedIdleMs", 1000);
+  flag("max-connections", "maxConnections", 1);
+  flag("max-unjoined", "maxUnjoined", 1);
+  flag("max-unjoined-per-source", "maxUnjoinedPerSource", 1);
+  flag("max-bad-frames", "maxBadFrames", 1);
+  flag("join-failures", "joinFailuresBeforeBackoff", 1);
+  flag("join-backoff-max", "joinBackoffMaxMs", 1000);
+  if ((out.joinBackoffMaxMs ?? LIMITS.joinBackoffMaxMs) < LIMITS.joinBackoffBaseMs) throw new UsageError(`--join-backoff-max is at least ${LIMITS.joinBackoffBaseMs / 1000} s`);
+  return out;
+}
 
 export async function gatewayCommand(argv: string[]): Promise<number> {
   const o = parse(argv, {
@@ -64,6 +99,14 @@ export async function gatewayCommand(argv: string[]): Promise<number> {
     recheck: { type: "string" },
     verifier: { type: "string" },
     demo: { type: "string" },
+    "join-deadline": { type: "string" },
+    "unjoined-idle": { type: "string" },
+    "max-connections": { type: "string" },
+    "max-unjoined": { type: "string" },
+    "max-unjoined-per-source": { type: "string" },
+    "max-bad-frames": { type: "string" },
+    "join-failures": { type: "string" },
+    "join-backoff-max": { type: "string" },
     help: { type: "boolean", short: "h" },
   });
   if (o.help) {
@@ -91,6 +134,7 @@ export async function gatewayCommand(argv: string[]): Promise<number> {
   const sessions = { lifetime: positiveInt(o["sa-lifetime"], "--sa-lifetime", DEFAULT_SESSIONS.lifetime), limit: positiveInt(o["sa-limit"], "--sa-limit", DEFAULT_SESSIONS.limit) };
   if (sessions.lifetime > LIFETIME_CEILING) throw new UsageError(`--sa-lifetime is at most ${LIFETIME_CEILING} s (20 days)`);
   const recheckMs = positiveInt(o.recheck, "--recheck", DEFAULT_RECHECK_MS / 1000) * 1000;
+  const limits = linkLimitsFromFlags(o);
   const fleetOn = mqtt !== undefined && !o["no-fleet"];
   if (fleetOn && o.id !== undefined && !isGatewayId(o.id)) throw new UsageError(`--id "${o.id}" is not a domain name (letters, digits, - _ and dots), which the fleet names devices by; pick one, or pass --no-fleet`);
   if ((o["no-fleet"] || o["no-mqtt"]) && (o.recheck !== undefined || o.verifier !== undefined)) throw new UsageError("--recheck and --verifier are about sessions across gateways, which --no-fleet and --no-mqtt turn off");
@@ -120,6 +164,7 @@ export async function gatewayCommand(argv: string[]): Promise<number> {
     mqtt,
     log,
     sessions,
+    limits,
     fleet: fleetOn ? (id) => ({ ...fleetOptions(dataDir, id, recheckMs, log ?? new Logger(), demo > 0), verifier: o.verifier }) : undefined,
   });
   let stopDemo: (() => void) | undefined;

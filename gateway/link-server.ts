@@ -1,16 +1,19 @@
 // The gateway end of every device link: a TCP listener speaking the framed protocol. Each connection
 // is an explicit state machine: awaiting-join -> linked -> closed. Nothing a peer sends before it has
 // proved the root key can change stored state, and nothing it sends afterwards can, unless authentic
-// and fresh.
+// and fresh. A connection has at most one identity: the first device it joined as. Anyone who can
+// reach the port is held to the limits in gateway/link-limits.ts (docs/OPERATIONS.md, "Limits").
 
 import net from "node:net";
 import { zlib } from "./zlib-crc.ts";
 import { ctEqual } from "../firmware/bytes.ts";
-import { encodeFrame, FrameDecoder } from "../firmware/proto/frame.ts";
+import { encodeFrame } from "../firmware/proto/frame.ts";
 import { deriveLinkKeys, joinTag, JOIN_NONCE_BYTES, type Codec } from "../firmware/proto/keys.ts";
 import { DROP_REASONS, newLink, openMessage, sealMessage, wipeLink, type Link } from "../firmware/proto/link.ts";
 import { decodeMessage, encodeMessage, Msg, type InnerMessage, type JoinRequest, type Message, type SaData } from "../firmware/proto/messages.ts";
 import type { GatewayCrypto } from "./crypto.ts";
+import { LinkDeframer } from "./link-deframer.ts";
+import { JOIN_REQUEST_MAX_PAYLOAD, JoinThrottle, linkLimits, sourceKey, type LinkLimits } from "./link-limits.ts";
 import type { Logger } from "./log.ts";
 import type { Store } from "./store.ts";
 
@@ -31,6 +34,10 @@ export interface LinkServerDeps {
   onSaData: (deviceId: string, m: SaData, payload: Uint8Array) => void;
   /** A device's link came up (a successful join) or went away. */
   onLink: (deviceId: string, up: boolean) => void;
+  /** Limits on connections, unjoined time, bad input and failed joins (defaults: DEFAULT_LINK_LIMITS). */
+  limits?: Partial<LinkLimits>;
+  /** Milliseconds for the join backoff (default Date.now); tests pass a clock they control. */
+  nowMs?: () => number;
 }
 
 /** Counters a monitor can read; every dropped input is counted by its reason. */
@@ -39,27 +46,63 @@ export interface LinkStats {
   joinRejects: number;
   framesIn: number;
   framesDropped: number;
+  /** Connections closed at once on arrival: a connection limit was reached. */
+  connectionsRefused: number;
+  /** Unjoined connections closed for sending nothing, or for not joining in time. */
+  unjoinedTimedOut: number;
+  /** Joins refused without being checked: their source is backing off for that device id. */
+  joinsThrottled: number;
+  /** Candidate frames whose CRC did not match. */
+  crcFailures: number;
 }
-
-/** Malformed or unauthenticated frames tolerated on one connection before it is closed. */
-const MAX_BAD_FRAMES = 16;
 
 export class Connection {
   state: ConnState = { k: "awaiting-join" };
-  private decoder = new FrameDecoder(zlib.crc32);
   private bad = 0;
+  private joinDeadline: NodeJS.Timeout | null = null;
+  /** Counted among the unjoined connections (LinkServer's per-source and total limits). */
+  unjoinedSlot = true;
+  private deframer = new LinkDeframer(zlib.crc32, {
+    // Until it has joined, a peer can only send a JoinRequest: anything longer is not worth waiting for.
+    maxPayload: () => (this.state.k === "linked" ? Infinity : JOIN_REQUEST_MAX_PAYLOAD),
+    onFrame: (payload) => this.onFrame(payload),
+    onCrcFailure: () => {
+      this.server.stats.crcFailures++;
+      this.countBad("too many frames with a bad CRC");
+    },
+    stopped: () => this.state.k === "closed",
+  });
 
-  constructor(private server: LinkServer, readonly socket: net.Socket) {}
+  constructor(private server: LinkServer, readonly socket: net.Socket, readonly source: string) {
+    const limits = server.limits;
+    this.joinDeadline = setTimeout(() => this.timedOut(`not joined within ${limits.joinDeadlineMs} ms`), limits.joinDeadlineMs);
+    socket.setTimeout(limits.unjoinedIdleMs, () => this.timedOut(`sent nothing for ${limits.unjoinedIdleMs} ms before joining`));
+  }
+
+  private timedOut(reason: string): void {
+    if (this.state.k !== "awaiting-join") return;
+    this.server.stats.unjoinedTimedOut++;
+    this.close(reason);
+  }
+
+  /** The unjoined limits no longer apply: the peer proved a root key. */
+  private stopUnjoinedTimers(): void {
+    if (this.joinDeadline) clearTimeout(this.joinDeadline);
+    this.joinDeadline = null;
+    this.socket.setTimeout(0);
+  }
+
+  /** One more piece of bad input; past the budget the connection closes. */
+  private countBad(reason: string): void {
+    if (++this.bad > this.server.limits.maxBadFrames) this.close(reason);
+  }
 
   get deviceId(): string | undefined {
     return this.state.k === "linked" ? this.state.deviceId : undefined;
   }
 
   onBytes(chunk: Uint8Array): void {
-    for (const payload of this.decoder.push(chunk)) {
-      if (this.state.k === "closed") return;
-      this.onFrame(payload);
-    }
+    if (this.state.k !== "closed") this.deframer.push(chunk);
   }
 
   private onFrame(payload: Uint8Array): void {
@@ -87,7 +130,7 @@ export class Connection {
   private reject(event: string, reason: string): void {
     this.server.stats.framesDropped++;
     this.server.deps.log.warn(event, { device: this.deviceId, peer: this.socket.remoteAddress, reason });
-    if (++this.bad > MAX_BAD_FRAMES) this.close("too many bad frames");
+    this.countBad("too many bad frames");
   }
 
   send(m: Message): void {
@@ -109,12 +152,33 @@ export class Connection {
    *  the counter so that nobody without the root key learns anything about counters. */
   private onJoin(m: JoinRequest): void {
     const d = this.server.deps;
+    const throttle = this.server.joinThrottle;
+    if (this.state.k === "linked" && this.state.deviceId !== m.id) {
+      // One identity per connection (finding 2). Closing rather than unlinking the first device and
+      // linking the second: closing leaves nothing of the first identity behind (its link entry, keys,
+      // anything queued for it), reports its link lost so its sessions take the grace path, and needs
+      // no proof from the request, since a peer that can write into this stream can close it anyway.
+      // A device re-joining as itself (its link's sequence is spent, a request went unanswered) is fine.
+      this.server.stats.joinRejects++;
+      d.log.warn("join-rejected", { device: this.state.deviceId, claimed: m.id, peer: this.socket.remoteAddress, reason: "a join as another device on a linked connection" });
+      return this.close("a second identity on one connection");
+    }
+    const wait = throttle.waitFor(m.id, this.source);
+    if (wait > 0) {
+      // Refused before any lookup or MAC: the cheap answer. Not logged one by one (the backoff's start
+      // was); the source learns only what it knows, that it failed before.
+      this.server.stats.joinsThrottled++;
+      this.server.stats.joinRejects++;
+      this.send({ t: Msg.JoinReject });
+      return this.close("join attempts from this source for this device are backing off", true);
+    }
     const refuse = (reason: string) => {
       this.server.stats.joinRejects++;
-      d.log.warn("join-rejected", { device: m.id, peer: this.socket.remoteAddress, reason });
+      const backoffMs = throttle.failed(m.id, this.source);
+      d.log.warn("join-rejected", { device: m.id, peer: this.socket.remoteAddress, reason, backoffMs: backoffMs || undefined });
       // The same bare JoinReject whatever the reason: an unauthenticated peer learns nothing.
       this.send({ t: Msg.JoinReject });
-      if (++this.bad > MAX_BAD_FRAMES) this.close("too many rejected joins");
+      this.countBad("too many rejected joins");
     };
     const dev = d.store.getDevice(m.id);
     if (!dev) return refuse("unknown device");
@@ -130,6 +194,9 @@ export class Connection {
     const keys = deriveLinkKeys(d.crypto, d.cbor, dev.rootKey, m.id, m.ctr, m.nonce, nonceG, m.suite);
     if (this.state.k === "linked") wipeLink(this.state.link);
     this.state = { k: "linked", deviceId: m.id, link: newLink(keys, false) };
+    throttle.succeeded(m.id, this.source);
+    this.stopUnjoinedTimers();
+    this.server.leaveUnjoined(this);
     this.server.adopt(this);
     this.server.stats.joins++;
     d.onLink(m.id, true);
@@ -144,6 +211,8 @@ export class Connection {
     const id = this.deviceId;
     if (this.state.k === "linked") wipeLink(this.state.link);
     this.state = { k: "closed" };
+    this.stopUnjoinedTimers();
+    this.server.leaveUnjoined(this);
     const wasLive = !!id && this.server.links.get(id) === this;
     this.server.forget(this, id);
     if (flush) {
@@ -155,14 +224,25 @@ export class Connection {
   }
 }
 
+/** At most one "connection-refused" record per this long; the others are counted into the next. */
+const REFUSAL_LOG_INTERVAL_MS = 1000;
+
 export class LinkServer {
-  readonly stats: LinkStats = { joins: 0, joinRejects: 0, framesIn: 0, framesDropped: 0 };
+  readonly stats: LinkStats = { joins: 0, joinRejects: 0, framesIn: 0, framesDropped: 0, connectionsRefused: 0, unjoinedTimedOut: 0, joinsThrottled: 0, crcFailures: 0 };
   /** The live link of each joined device: one per device, the newest wins. */
   readonly links = new Map<string, Connection>();
+  readonly limits: LinkLimits;
+  readonly joinThrottle: JoinThrottle;
   private conns = new Set<Connection>();
+  private unjoined = 0;
+  private unjoinedBySource = new Map<string, number>();
+  private refusalsUnlogged = 0;
+  private lastRefusalLog = -Infinity;
   private server: net.Server;
 
   constructor(readonly deps: LinkServerDeps) {
+    this.limits = linkLimits(deps.limits);
+    this.joinThrottle = new JoinThrottle(this.limits, deps.nowMs ?? Date.now);
     this.server = net.createServer((sock) => this.accept(sock));
   }
 
@@ -176,10 +256,43 @@ export class LinkServer {
     });
   }
 
+  /** Connections open now, and how many of them have not joined. */
+  get connectionCount(): { all: number; unjoined: number } {
+    return { all: this.conns.size, unjoined: this.unjoined };
+  }
+
+  /** Why a new connection from source must be refused, or "" when it may stay. */
+  private refusal(source: string): string {
+    const l = this.limits;
+    if (this.conns.size >= l.maxConnections) return `the gateway holds ${l.maxConnections} connections (its limit)`;
+    if (this.unjoined >= l.maxUnjoined) return `${l.maxUnjoined} connections have not joined yet (the limit)`;
+    if ((this.unjoinedBySource.get(source) ?? 0) >= l.maxUnjoinedPerSource) return `${l.maxUnjoinedPerSource} connections from this source have not joined yet (the limit)`;
+    return "";
+  }
+
+  /** Closes a connection over a limit at once. Logged at most once a second, with how many refusals
+   *  the record stands for: a flood must not turn into a flood of log lines. */
+  private refuse(sock: net.Socket, why: string): void {
+    this.stats.connectionsRefused++;
+    this.refusalsUnlogged++;
+    sock.on("error", () => {});
+    sock.destroy();
+    const now = Date.now();
+    if (now - this.lastRefusalLog < REFUSAL_LOG_INTERVAL_MS) return;
+    this.deps.log.warn("connection-refused", { peer: sock.remoteAddress, reason: why, refused: this.refusalsUnlogged });
+    this.refusalsUnlogged = 0;
+    this.lastRefusalLog = now;
+  }
+
   private accept(sock: net.Socket): void {
+    const source = sourceKey(sock.remoteAddress);
+    const why = this.refusal(source);
+    if (why) return this.refuse(sock, why);
     sock.setNoDelay(true);
-    const c = new Connection(this, sock);
+    const c = new Connection(this, sock, source);
     this.conns.add(c);
+    this.unjoined++;
+    this.unjoinedBySource.set(source, (this.unjoinedBySource.get(source) ?? 0) + 1);
     sock.on("data", (b) => c.onBytes(new Uint8Array(b.buffer, b.byteOffset, b.length)));
     sock.on("error", () => {});
     sock.on("close", () => c.close("peer closed"));
@@ -215,6 +328,16 @@ export class LinkServer {
     if (!c) return false;
     c.close(reason, true);
     return true;
+  }
+
+  /** c no longer counts as unjoined (it joined, or closed). */
+  leaveUnjoined(c: Connection): void {
+    if (!c.unjoinedSlot) return;
+    c.unjoinedSlot = false;
+    this.unjoined--;
+    const n = (this.unjoinedBySource.get(c.source) ?? 1) - 1;
+    if (n > 0) this.unjoinedBySource.set(c.source, n);
+    else this.unjoinedBySource.delete(c.source);
   }
 
   forget(c: Connection, id: string | undefined): void {
