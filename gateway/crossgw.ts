@@ -35,7 +35,7 @@
 // refused from then on); one naming this gateway ends all of its sessions across gateways.
 
 import { ctEqual } from "../firmware/bytes.ts";
-import { REQUEST_TIMEOUT_MS } from "../firmware/handset.ts";
+import { REKEY_AT, REQUEST_TIMEOUT_MS } from "../firmware/handset.ts";
 import { saConfirmTag } from "../firmware/proto/keys.ts";
 import { CloseReason, ErrorCode, Msg, type InnerMessage, type SaData } from "../firmware/proto/messages.ts";
 import * as cbor from "./cbor.ts";
@@ -56,6 +56,10 @@ const RID_BASE = 0x80000000;
 export const CONNECT_BUDGET_MS = REQUEST_TIMEOUT_MS - 1000;
 /** How long the callee's gateway waits for its device's answer: inside the caller's budget. */
 const CALLEE_ANSWER_MS = CONNECT_BUDGET_MS - 2000;
+/** The answering side's gateway asks the initiating side for a rekey of an SA still up at this
+ *  fraction of its lifetime: later than the initiating side's own rekey point (REKEY_AT), so that it
+ *  asks only when that side did not rekey on time (a capable peer rekeys only when it sends). */
+export const ANSWERING_SIDE_REKEY_AT = (1 + REKEY_AT) / 2;
 /** Default interval of the periodic re-judging of live SAs' certificates. */
 export const DEFAULT_RECHECK_MS = 30_000;
 
@@ -96,6 +100,8 @@ interface CrossSession {
   /** A replacement is being set up (by us, or asked of the initiating gateway). */
   rekeying: boolean;
   timer: NodeJS.Timeout | null;
+  /** Fires at the SA's rekey point while it is up (maybeUp). */
+  rekeyTimer: NodeJS.Timeout | null;
 }
 
 interface WaitingAnswer {
@@ -120,6 +126,12 @@ export function crossGatewayHook(opts: CrossGatewayOptions): (ctx: SessionHookCo
 /** ExchangeErrors become interlink errors the peer can read; they carry no key material. */
 function asInterlinkError(e: unknown): unknown {
   return e instanceof ExchangeError ? new InterlinkError("malformed", `exchange refused (${e.code}): ${e.message}`, { cause: e }) : e;
+}
+
+function stopTimers(s: CrossSession): void {
+  if (s.timer) clearTimeout(s.timer);
+  if (s.rekeyTimer) clearTimeout(s.rekeyTimer);
+  s.timer = s.rekeyTimer = null;
 }
 
 const reasonOf = (e: unknown): string => (e instanceof Error ? `${e.name}: ${e.message}` : String(e));
@@ -254,7 +266,7 @@ export class CrossGateway implements SessionHook {
     this.closed = true;
     if (this.recheckTimer) clearInterval(this.recheckTimer);
     for (const s of this.sessions.values()) {
-      if (s.timer) clearTimeout(s.timer);
+      stopTimers(s);
       if (s.seed) s.seed.fill(0);
     }
     for (const w of this.answers.values()) {
@@ -421,6 +433,15 @@ export class CrossGateway implements SessionHook {
     });
   }
 
+  /** The SA reached its rekey point with no replacement under way: the initiating side's gateway runs
+   *  the rekey, the answering side's asks it to (rekeyAsked), as when a device asks. */
+  private rekeyOnTime(s: CrossSession): void {
+    s.rekeyTimer = null;
+    if (this.sessions.get(s.spi) !== s || s.state !== "up" || s.rekeying) return;
+    this.ctx.log.info("xsession-rekey-due", { device: s.device, peer: s.peer, spi: s.spi, reason: "the SA reached its rekey point" });
+    this.rekeyAsked(s);
+  }
+
   /** As the SA's initiator: a new exchange whose msg1 names the SPI it replaces. On failure the old SA
    *  runs on until its lifetime or limit. */
   private async rekey(s: CrossSession): Promise<void> {
@@ -563,7 +584,7 @@ export class CrossGateway implements SessionHook {
     const s: CrossSession = {
       spi: r.spi, device, peer: r.peer, peerGateway, app: r.app, suite: r.suite, role, terms, replaces: r.replaces,
       certs: { own: r.ownCert, peer: r.peerCert, peerGateway: r.peerGatewayCert },
-      seed: r.seed, localConfirmed: false, remoteConfirmed: this.earlyConfirmed.get(r.spi) === peerGateway, state: "confirming", rekeying: false, timer: null,
+      seed: r.seed, localConfirmed: false, remoteConfirmed: this.earlyConfirmed.get(r.spi) === peerGateway, state: "confirming", rekeying: false, timer: null, rekeyTimer: null,
     };
     this.earlyConfirmed.delete(r.spi);
     this.sessions.set(s.spi, s);
@@ -599,6 +620,9 @@ export class CrossGateway implements SessionHook {
     if (s.timer) clearTimeout(s.timer);
     s.state = "up";
     s.timer = setTimeout(() => this.end(s, CloseReason.Expired, "lifetime over", false), (s.terms.lifetime + 5) * 1000);
+    // A device asks for a rekey only when it sends: without this a quiet SA would run out.
+    const rekeyAt = s.role === 0 ? REKEY_AT : ANSWERING_SIDE_REKEY_AT;
+    s.rekeyTimer = setTimeout(() => this.rekeyOnTime(s), s.terms.lifetime * rekeyAt * 1000);
     this.stats.up++;
     ctx.send(s.device, { t: Msg.Connected, spi: s.spi, replaces: s.replaces });
     const event = s.replaces ? "xsession-rekeyed" : "xsession-up";
@@ -613,7 +637,7 @@ export class CrossGateway implements SessionHook {
     const old = this.sessions.get(spi);
     if (!old) return;
     old.state = "retiring";
-    if (old.timer) clearTimeout(old.timer);
+    stopTimers(old);
     old.timer = setTimeout(() => {
       if (this.sessions.get(spi) === old) this.sessions.delete(spi);
     }, this.ctx.settings.overlapMs);
@@ -631,7 +655,7 @@ export class CrossGateway implements SessionHook {
   private forgetRetired(s: CrossSession): void {
     if (this.sessions.get(s.spi) !== s || s.state !== "retiring") return;
     this.sessions.delete(s.spi);
-    if (s.timer) clearTimeout(s.timer);
+    stopTimers(s);
   }
 
   /** Ends an SA here, and a replacement of it still being set up, and the SA it replaced if that one
@@ -639,7 +663,7 @@ export class CrossGateway implements SessionHook {
   private end(s: CrossSession, reason: CloseReason, why: string, notifyPeer: boolean): void {
     if (this.sessions.get(s.spi) !== s) return;
     this.sessions.delete(s.spi);
-    if (s.timer) clearTimeout(s.timer);
+    stopTimers(s);
     if (s.seed) s.seed.fill(0);
     const predecessor = s.replaces ? this.sessions.get(s.replaces) : undefined;
     if (predecessor) this.forgetRetired(predecessor);

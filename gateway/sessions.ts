@@ -11,6 +11,7 @@
 
 import { ctEqual, toHex } from "../firmware/bytes.ts";
 import type { SymCrypto } from "../firmware/crypto/types.ts";
+import { REKEY_AT } from "../firmware/handset.ts";
 import { saConfirmTag, type Codec } from "../firmware/proto/keys.ts";
 import { CloseReason, ErrorCode, Msg, type InnerMessage, type SaData } from "../firmware/proto/messages.ts";
 import { localDeviceId } from "./fleet.ts";
@@ -82,6 +83,8 @@ interface Session {
   replaces: number;
   expiresAt: number;
   timer: NodeJS.Timeout | null;
+  /** Fires at the SA's rekey point (REKEY_AT of its lifetime) while it is up. */
+  rekeyTimer: NodeJS.Timeout | null;
 }
 
 /** A connection request waiting for the callee's answer. */
@@ -228,6 +231,7 @@ export class SessionBroker {
       replaces,
       expiresAt: d.now() + d.settings.lifetime,
       timer: null,
+      rekeyTimer: null,
     };
     this.sessions.set(s.spi, s);
     s.timer = setTimeout(() => this.abort(s, "the devices did not confirm their keys in time"), d.settings.answerTimeoutMs);
@@ -259,6 +263,9 @@ export class SessionBroker {
     if (s.timer) clearTimeout(s.timer);
     s.state = "up";
     s.timer = setTimeout(() => this.end(s, CloseReason.Expired, "lifetime over"), (d.settings.lifetime + 5) * 1000);
+    // The device asks for a rekey only when it sends: a quiet SA would run out instead of being
+    // replaced. The gateway knows the lifetime and runs the key distribution, so it asks on time.
+    s.rekeyTimer = setTimeout(() => this.rekeyOnTime(s), d.settings.lifetime * REKEY_AT * 1000);
     this.stats.up++;
     d.send(s.initiator, { t: Msg.Connected, spi, replaces: s.replaces });
     d.send(s.responder, { t: Msg.Connected, spi, replaces: s.replaces });
@@ -272,7 +279,7 @@ export class SessionBroker {
     const old = this.sessions.get(spi);
     if (!old) return;
     old.state = "retiring";
-    if (old.timer) clearTimeout(old.timer);
+    stopTimers(old);
     old.timer = setTimeout(() => this.sessions.delete(spi), this.d.settings.overlapMs);
   }
 
@@ -296,14 +303,30 @@ export class SessionBroker {
       d.log.info("session-rekey-ignored", { device: deviceId, spi, reason: s.state === "retiring" ? "the SA was already replaced" : "the SA is not confirmed yet" });
       return;
     }
+    this.replace(s);
+  }
+
+  /** The SA reached its rekey point: replaced whether or not traffic flows ("either end may ask",
+   *  seed 001; here the gateway asks), unless it is gone, replaced or being replaced already. */
+  private rekeyOnTime(s: Session): void {
+    s.rekeyTimer = null;
+    if (this.sessions.get(s.spi) !== s || s.state !== "up") return;
+    this.d.log.info("session-rekey-due", { device: s.initiator, peer: s.responder, spi: s.spi, reason: `${REKEY_AT * 100}% of the SA's lifetime is over` });
+    this.replace(s);
+  }
+
+  /** A new SA for the same peers, app and suite, naming the one it replaces; policy and both
+   *  registrations are checked afresh, as for a new session. */
+  private replace(s: Session): void {
+    const d = this.d;
     if (!d.policy.permits(s.initiator, s.responder, s.app) || !this.registered(s.initiator) || !this.registered(s.responder)) {
       this.end(s, CloseReason.PeerGone, "policy or registration no longer allows this session");
       return;
     }
-    // Both ends may ask at once: one replacement per SA.
-    for (const other of this.sessions.values()) if (other.replaces === spi && other.state === "confirming") return;
+    // Both ends (and the gateway's own timer) may ask at once: one replacement per SA.
+    for (const other of this.sessions.values()) if (other.replaces === s.spi && other.state === "confirming") return;
     this.stats.rekeyed++;
-    this.install(s.initiator, s.responder, s.app, s.suite, 0, 0, spi);
+    this.install(s.initiator, s.responder, s.app, s.suite, 0, 0, s.spi);
   }
 
   private bye(deviceId: string, spi: number): void {
@@ -318,7 +341,7 @@ export class SessionBroker {
   /** Ends an SA at both ends: each device still linked is told. */
   end(s: Session, reason: CloseReason, why: string): void {
     if (!this.sessions.delete(s.spi)) return;
-    if (s.timer) clearTimeout(s.timer);
+    stopTimers(s);
     if (s.seed) s.seed.fill(0);
     this.stats.ended++;
     for (const dev of [s.initiator, s.responder]) this.d.send(dev, { t: Msg.SaClosed, spi: s.spi, reason });
@@ -368,13 +391,19 @@ export class SessionBroker {
   }
 
   close(): void {
-    for (const s of this.sessions.values()) if (s.timer) clearTimeout(s.timer);
+    for (const s of this.sessions.values()) stopTimers(s);
     for (const p of this.pending.values()) clearTimeout(p.timer);
     for (const t of this.lost.values()) clearTimeout(t);
     this.sessions.clear();
     this.pending.clear();
     this.lost.clear();
   }
+}
+
+function stopTimers(s: Session): void {
+  if (s.timer) clearTimeout(s.timer);
+  if (s.rekeyTimer) clearTimeout(s.rekeyTimer);
+  s.timer = s.rekeyTimer = null;
 }
 
 function u32(n: number): Uint8Array {

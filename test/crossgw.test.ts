@@ -533,3 +533,45 @@ describe("one SPI space per device", () => {
     }
   });
 });
+
+describe("a quiet SA across gateways", () => {
+  test("is replaced by the initiating side's gateway at 80% of its lifetime, with no traffic, before it expires; both devices move to the new SA", async () => {
+    const broker = await startBroker({ host: "127.0.0.1", port: 0 });
+    const fleetDir = tempDir("kp-xgw-fleet-");
+    const clock = new Clock();
+    const fleet = Fleet.create(fleetDir, "kp-fleet", clock.now());
+    // 10 s: the rekey point is at 8 s, leaving the exchange and the devices 2 s.
+    const lifetime = 10;
+    const a = await side("a.example", "alice", fleet, broker, clock, { sessions: { lifetime } });
+    const b = await side("b.example", "bob", fleet, broker, clock, { sessions: { lifetime } });
+    try {
+      // Each Connected as [spi, replaces, whether the replaced SA was still within its lifetime].
+      const ups = new Map<SessionHandset, [number, number, boolean][]>();
+      for (const d of [a.dev, b.dev]) {
+        ups.set(d, []);
+        d.h.onConnect = (spi, _peer, _app, replaces) => {
+          const old = d.h.sas.find((s) => s.spi === replaces);
+          ups.get(d)!.push([spi, replaces, !!old && Date.now() / 1000 < old.expiresAt]);
+        };
+      }
+      const first = await connect(a, b);
+      // No traffic from here on. Without the gateway's rekey the SA ends at its lifetime (closed).
+      const moved = (d: SessionHandset) => ups.get(d)!.length >= 2 || d.closed.length > 0;
+      await until(() => moved(a.dev) && moved(b.dev), "a replacement or the SA's end at both devices", (lifetime + 15) * 1000);
+      assert.deepEqual([a.dev.closed, b.dev.closed], [[], []], "neither SA ran out");
+      const [ua, ub] = [ups.get(a.dev)![1], ups.get(b.dev)![1]];
+      assert.equal(ua[1], first, "alice's new SA replaces the first");
+      assert.equal(ub[0], ua[0], "bob moved to the same new SA");
+      assert.equal(ub[1], first);
+      assert.deepEqual([ua[2], ub[2]], [true, true], "the replaced SA was still within its lifetime at both ends");
+      assert.equal(a.t.events("xsession-rekey-due").length, 1, "the initiating side's gateway started it");
+      assert.equal(a.dev.h.send(ua[0], text("after")), true);
+      await until(() => b.dev.inbox.includes("after"), "a message on the new SA", 10_000);
+    } finally {
+      await stopSide(a);
+      await stopSide(b);
+      await broker.close();
+      rmSync(fleetDir, { recursive: true, force: true });
+    }
+  });
+});

@@ -403,6 +403,7 @@ function genuineFrame(link: Link, spi: number, msg: string): Uint8Array {
 }
 
 test("an SA past its lifetime: send() refuses, and a genuine frame still in flight is dropped as 'no such SA'", async () => {
+  // The gateway replaces the SA at 80% of its lifetime (the next test); the old SPI still runs out.
   const r = await rig([{ id: "dev-a" }, { id: "dev-b" }], { sessions: { lifetime: 2 } });
   const [a, b] = r.devs;
   try {
@@ -416,13 +417,14 @@ test("an SA past its lifetime: send() refuses, and a genuine frame still in flig
 
     assert.equal(a.h.send(spi, text("too late")), false, "the sender refuses");
     assert.equal(b.h.send(spi, text("too late")), false, "so does the receiver");
-    assert.equal(a.h.sas.length, 0, "the expired SA is gone from the sender's table");
+    const holds = (d: SessionHandset) => d.h.sas.some((s) => s.spi === spi);
+    assert.equal(holds(a), false, "the expired SA is gone from the sender's table");
     const dropped = b.h.dropped_;
     // The gateway still routes the SPI for a few seconds; the device is the one that says no.
     a.socket.write(genuineFrame(sender, spi, "in flight"));
     await until(() => b.h.dropped_ === dropped + 1, "the expired SA's frame dropped");
     assert.equal(b.lines.at(-1), "KP drop: sa 8");
-    assert.equal(b.h.sas.length, 0);
+    assert.equal(holds(b), false);
     assert.ok(!b.inbox.includes("in flight"));
   } finally {
     await r.close();
@@ -684,5 +686,69 @@ test("both ends ask for a rekey at once: one replacement, and neither device is 
     assert.equal(a.h.status().dropped + b.h.status().dropped, 0, "nothing dropped");
   } finally {
     await r.close();
+  }
+});
+
+// ---- a quiet SA is replaced on time (the real bundle, emulated) -----------------------------------------
+
+test("puckjs: an SA with no traffic is replaced by the gateway at 80% of its lifetime, before it expires, and both devices move to the new one", async () => {
+  if (!bundles.has("puckjs")) {
+    const built = await buildFirmware({ board: "puckjs", outDir: tempDir("kp-sessions-build-") });
+    assert.ok(built.ok, built.problems.join("\n"));
+    bundles.set("puckjs", built.code);
+  }
+  // 10 s: the gateway's rekey point is at 8 s, leaving the devices 2 s to take the new SA.
+  const lifetime = 10;
+  const t = await startGateway({ sessions: { lifetime } });
+  t.gw.policy.setDefault("allow");
+  const storage = tempDir("kp-sessions-quiet-");
+  const make = (id: string) => {
+    const dev = new EmulatedDevice({ board: "puckjs", storageDir: `${storage}/${id}`, gateway: t.gw.address, name: id });
+    provisionEmulated(dev, t.dataDir, id, "puckjs", t.gw.address, 3600);
+    dev.storage.write(".bootcde", bundles.get("puckjs")!);
+    return dev;
+  };
+  // Each Connected as [spi, replaces, whether the replaced SA was still within its lifetime].
+  const app = `${DEVICE_APP};
+global.UPS = [];
+KP.onConnect = function (spi, peer, app, replaces) {
+  var live = KP.sas.filter(function (s) { return s.spi === replaces && getTime() < s.expiresAt; }).length > 0;
+  UPS.push([spi, replaces, live]); SPI = spi;
+};
+1`;
+  const a = make("quiet-a");
+  const b = make("quiet-b");
+  const num = (d: EmulatedDevice, expr: string) => d.eval(expr) as number;
+  try {
+    await a.boot();
+    await b.boot();
+    await until(() => a.eval("KP.status().registered") === true && b.eval("KP.status().registered") === true, "both registered", 10000);
+    a.eval(app);
+    b.eval(app);
+    a.eval('KP.connect("quiet-b", "chat")');
+    await until(() => num(a, "SPI") !== 0 && num(b, "SPI") === num(a, "SPI"), "the first SA", 10000);
+    const first = num(a, "SPI");
+    // No traffic from here on. Without the gateway's rekey the SA ends at its lifetime (CLOSED).
+    const moved = (d: EmulatedDevice) => num(d, "UPS.length") >= 2 || num(d, "CLOSED.length") > 0;
+    await until(() => moved(a) && moved(b), "a replacement or the SA's end at both devices", (lifetime + 15) * 1000);
+    assert.deepEqual(a.eval("CLOSED"), [], "quiet-a's SA did not run out");
+    assert.deepEqual(b.eval("CLOSED"), [], "quiet-b's SA did not run out");
+    const [ua, ub] = [a.eval("UPS[1]"), b.eval("UPS[1]")] as [number, number, boolean][];
+    assert.equal(ua[1], first, "quiet-a's new SA replaces the first");
+    assert.deepEqual(ub, ua, "quiet-b took the same new SA");
+    assert.notEqual(ua[0], first);
+    assert.equal(ua[2], true, "the replaced SA was still within its lifetime");
+    assert.equal(t.events("session-rekey-due").length, 1, "the gateway started the rekey");
+    assert.equal(t.events("session-rekeyed").length, 1);
+    // The new SA carries data both ways.
+    assert.equal(a.eval('KP.send(SPI, E.toUint8Array("after"))'), true);
+    assert.equal(b.eval('KP.send(SPI, E.toUint8Array("back"))'), true);
+    await until(() => num(b, "GOT.length") === 1 && num(a, "GOT.length") === 1, "one message each way on the new SA", 10000);
+    assert.deepEqual([b.eval("GOT[0]"), a.eval("GOT[0]")], ["after", "back"]);
+  } finally {
+    a.powerOff();
+    b.powerOff();
+    await stopGateway(t);
+    rmSync(storage, { recursive: true, force: true });
   }
 });
