@@ -1,0 +1,81 @@
+// Mutation testing with StrykerJS (docs/MUTATION.md). One module at a time: each module is mutated
+// against only the test files that exercise it, since every mutant re-runs the tests that cover it and
+// the whole suite per mutant would never finish on a 2-core machine. `npm run mutation -- <module>`
+// (scripts/mutation.mjs) picks the module through KP_MUTATION_MODULE and runs Stryker under nice.
+//
+// Tests run through @stryker-mutator/tap-runner: each test file is started as
+// `node -r <stryker hook> --import tsx --test-reporter=tap <file>` and its TAP read back, so a "test"
+// for Stryker is a whole file (coverage per file: a mutant runs only the files that reached it).
+
+/** Module name -> the files mutated and the focused test files that exercise them. Firmware modules
+ *  take only tests that run the firmware in Node: a test that bundles the firmware for the emulator
+ *  would bundle the instrumented sources, which the build's Espruino gate refuses. */
+export const MODULES = {
+  "firmware/crypto": {
+    mutate: ["firmware/crypto/*.ts"],
+    tests: ["test/crypto.test.ts", "test/proto.test.ts", "test/join-accept-forged.test.ts"],
+  },
+  "firmware/proto": {
+    mutate: ["firmware/proto/*.ts"],
+    tests: ["test/proto.test.ts", "test/gateway.test.ts", "test/join-accept-forged.test.ts", "test/sa-confirm-wrong-tag.test.ts"],
+  },
+  "gateway/exchange.ts": {
+    mutate: ["gateway/exchange.ts"],
+    tests: ["test/exchange.test.ts", "test/interlink.test.ts"],
+  },
+  "gateway/interlink.ts": {
+    mutate: ["gateway/interlink.ts"],
+    tests: ["test/interlink.test.ts", "test/crossgw.test.ts"],
+  },
+  "gateway/registrar.ts": {
+    mutate: ["gateway/registrar.ts"],
+    tests: ["test/gateway.test.ts", "test/keycache.test.ts"],
+  },
+  "gateway/link-server.ts": {
+    mutate: ["gateway/link-server.ts"],
+    tests: ["test/gateway.test.ts", "test/join-accept-forged.test.ts", "test/link-server.test.ts"],
+  },
+  "gateway/sessions.ts": {
+    mutate: ["gateway/sessions.ts"],
+    tests: ["test/sessions.test.ts", "test/sa-confirm-wrong-tag.test.ts"],
+  },
+};
+
+/** The module named by KP_MUTATION_MODULE (a key of MODULES, or a path inside one). */
+export function moduleNamed(name) {
+  if (MODULES[name]) return name;
+  const key = Object.keys(MODULES).find((k) => name.startsWith(k + "/") || name === k);
+  if (!key) throw new Error(`no mutation module "${name}"; known: ${Object.keys(MODULES).join(", ")}`);
+  return key;
+}
+
+const chosen = process.env.KP_MUTATION_MODULE ? moduleNamed(process.env.KP_MUTATION_MODULE) : undefined;
+const modules = chosen ? [MODULES[chosen]] : Object.values(MODULES);
+const reportName = chosen ? chosen.replace(/[/.]/g, "-") : "all";
+
+/** @type {import('@stryker-mutator/api/core').PartialStrykerOptions} */
+export default {
+  testRunner: "tap",
+  plugins: ["@stryker-mutator/tap-runner"],
+  tap: {
+    testFiles: [...new Set(modules.flatMap((m) => m.tests))],
+    nodeArgs: ["--import", "tsx", "--test-reporter=tap"],
+    // A mutant is killed by its first failing test: no need to wait for the rest of the file.
+    forceBail: true,
+  },
+  mutate: modules.flatMap((m) => m.mutate),
+  coverageAnalysis: "perTest",
+  // Other workers share the 2 cores: one test process at a time.
+  concurrency: 1,
+  // tsx does not type check, and a type checker per mutant would double the run.
+  checkers: [],
+  // Mutants in module-level initialisers need every test re-run with the module reloaded: slow.
+  ignoreStatic: true,
+  timeoutMS: 15000,
+  timeoutFactor: 2,
+  reporters: ["clear-text", "progress", "json", "html"],
+  jsonReporter: { fileName: `reports/mutation/${reportName}.json` },
+  htmlReporter: { fileName: `reports/mutation/${reportName}.html` },
+  tempDirName: ".stryker-tmp",
+  ignorePatterns: ["reports", ".espruino", "scratch", "fuzz"],
+};
