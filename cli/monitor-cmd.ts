@@ -234,11 +234,14 @@ export async function monitorCommand(argv: string[]): Promise<number> {
   if (tty) draw();
   else console.log(`keyproxy monitor: watching ${redactUrl(url)} (${topics.all})`);
   const ticker = tty ? setInterval(draw, 1000) : undefined;
+  let deadline: NodeJS.Timeout | undefined;
   await new Promise<void>((resolve) => {
-    if (seconds !== undefined) setTimeout(resolve, seconds * 1000);
+    if (seconds !== undefined) deadline = setTimeout(resolve, seconds * 1000);
     process.once("SIGINT", () => resolve());
     process.once("SIGTERM", () => resolve());
   });
+  // A Ctrl-C before --for's end: its timer would otherwise keep the process alive until then.
+  clearTimeout(deadline);
   clearInterval(ticker);
   if (redraw) clearTimeout(redraw);
   client.end(true);
