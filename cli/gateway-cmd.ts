@@ -11,6 +11,7 @@ import { DEFAULT_LINK_LIMITS as LIMITS, type LinkLimits } from "../gateway/link-
 import type { MqttOptions } from "../gateway/monitor.ts";
 import { hostPort, parse, positiveInt, UsageError } from "./args.ts";
 import { describeEvent } from "./monitor-cmd.ts";
+import { forTerminal } from "../gateway/terminal.ts";
 import type { EmulatedDevice } from "../emulator/device.ts";
 
 export const DEFAULT_DATA_DIR = "./keyproxy-data";
@@ -204,7 +205,8 @@ async function startDemo(gw: Gateway, dataDir: string, n: number): Promise<() =>
   // Loaded only for the demo: the firmware build and the emulator are not part of a gateway.
   const { buildFirmware } = await import("../flash/build.ts");
   const { startSim } = await import("../emulator/sim.ts");
-  const say = (s: string) => process.stdout.write(s + "\n");
+  // Device ids, reasons and the handsets' console lines are not ours to send to a terminal raw.
+  const say = (s: string) => process.stdout.write(forTerminal(s) + "\n");
   say(`keyproxy gateway "${gw.id}": devices connect on ${gw.address.host}:${gw.address.port}; registry and JSON log in ${dataDir}`);
   const m = gw.monitoring;
   if (m) {

@@ -1,5 +1,6 @@
 // `keyproxy <command>`: one entry point, one module per command.
 import { UsageError } from "./args.ts";
+import { linesForTerminal } from "../gateway/terminal.ts";
 
 const COMMANDS: Record<string, { summary: string; run: (argv: string[]) => Promise<number> }> = {
   build: { summary: "bundle the firmware for a board and check it against the board's budget", run: async (a) => (await import("../flash/build.ts")).buildCommand(a) },
@@ -36,10 +37,11 @@ export async function main(argv: string[]): Promise<number> {
     return await cmd.run(rest);
   } catch (e) {
     if (e instanceof UsageError) {
-      console.error(`keyproxy ${name}: ${e.message} (see "keyproxy ${name} --help")`);
+      console.error(linesForTerminal(`keyproxy ${name}: ${e.message} (see "keyproxy ${name} --help")`));
       return 2;
     }
-    console.error(`keyproxy ${name}: ${(e as Error).message}`);
+    // A message may quote what a device, a file or a broker said.
+    console.error(linesForTerminal(`keyproxy ${name}: ${(e as Error).message}`));
     return 1;
   }
 }

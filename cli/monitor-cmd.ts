@@ -2,10 +2,13 @@
 // and keeps what the gateways publish there (docs/MONITORING.md): their retained status, each
 // handset's retained state, recent events and metrics. On a terminal it redraws a compact table in
 // place; otherwise it prints one plain line per change (and the table at the end of --once / --for).
+// Everything on the broker is someone else's text (anyone who can publish there chooses topics and
+// payloads): every line and every table cell goes through forTerminal before it is printed.
 
 import { connect, type MqttClient } from "mqtt";
 import { parseTopic, redactUrl, topics, type DeviceState, type GatewayStatus, type Metrics } from "../gateway/monitor.ts";
 import { DEFAULT_BROKER_LISTEN } from "../gateway/broker.ts";
+import { forTerminal } from "../gateway/terminal.ts";
 import { parse, positiveInt, UsageError } from "./args.ts";
 
 export const DEFAULT_MQTT_URL = `mqtt://${DEFAULT_BROKER_LISTEN.host}:${DEFAULT_BROKER_LISTEN.port}`;
@@ -23,7 +26,8 @@ change is printed as a line. Stop with Ctrl-C.
 
 type LogEvent = { ts?: string; level?: string; event?: string } & Record<string, unknown>;
 
-/** One line for a log record / event, for people: "12:00:01 joined sim-1 counter=1 suite=10". */
+/** One line for a log record / event, for people: "12:00:01 joined sim-1 counter=1 suite=10".
+ *  Control characters in it are shown escaped (forTerminal): its ids and reasons are not ours. */
 export function describeEvent(rec: LogEvent): string {
   const time = typeof rec.ts === "string" && !Number.isNaN(Date.parse(rec.ts)) ? new Date(rec.ts).toTimeString().slice(0, 8) : "--:--:--";
   const parts = [time, String(rec.event ?? "?")];
@@ -33,7 +37,7 @@ export function describeEvent(rec: LogEvent): string {
     const s = String(v);
     parts.push(`${k}=${/\s/.test(s) ? JSON.stringify(s) : s}`);
   }
-  return parts.join(" ");
+  return forTerminal(parts.join(" "));
 }
 
 interface GatewayView {
@@ -56,9 +60,15 @@ export class FleetView {
     return g;
   }
 
-  /** Applies one message; returns a line describing the change for people, or undefined. Payloads
-   *  that are not ours or not JSON are ignored: the monitor must survive anything on the broker. */
+  /** Applies one message; returns a line describing the change for people (control characters
+   *  escaped), or undefined. Payloads that are not ours or not JSON are ignored: the monitor must
+   *  survive anything on the broker. */
   apply(topic: string, payload: Buffer): string | undefined {
+    const line = this.change(topic, payload);
+    return line === undefined ? undefined : forTerminal(line);
+  }
+
+  private change(topic: string, payload: Buffer): string | undefined {
     const t = parseTopic(topic);
     if (!t) return undefined;
     let body: any;
@@ -119,7 +129,7 @@ export class FleetView {
       gws.map(([id, g]) => [
         id,
         g.status?.state ?? "?",
-        g.status?.since ? g.status.since.slice(0, 19).replace("T", " ") : "-",
+        typeof g.status?.since === "string" ? g.status.since.slice(0, 19).replace("T", " ") : "-",
         g.status?.listen ?? "-",
         String([...(this.devices.get(id)?.values() ?? [])].filter((d) => d.online && g.status?.state === "online").length),
         num(g.metrics?.joins),
@@ -138,8 +148,9 @@ export class FleetView {
     out.push(...table(["HANDSET", "GATEWAY", "LINK", "REGISTRATION", "BOARD", "JOIN CTR", "REJECTS", "DROPPED", "FIRMWARE", "MEMORY"], rows));
     out.push("", "RECENT EVENTS");
     if (!this.events.length) out.push("  (none yet)");
-    for (const e of this.events) out.push(`  ${e.gateway}  ${describeEvent(e.rec)}`);
-    return out.join("\n");
+    for (const e of this.events) out.push(`  ${forTerminal(e.gateway)}  ${describeEvent(e.rec)}`);
+    // Each entry is one line: a newline inside one is shown escaped, never starts a line of its own.
+    return out.map(forTerminal).join("\n");
   }
 }
 
@@ -160,7 +171,9 @@ function registration(d: DeviceState, now: number): string {
   return left > 0 ? `registered, ${left}s left` : "registration expired";
 }
 
-function table(head: string[], rows: string[][]): string[] {
+/** Escaped before the widths are measured, so that a hostile cell only widens its own column. */
+function table(head: string[], raw: string[][]): string[] {
+  const rows = raw.map((r) => r.map((c) => forTerminal(String(c))));
   if (!rows.length) return [head.join("  "), "  (none)"];
   const w = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
   const line = (r: string[]) => r.map((c, i) => c.padEnd(w[i])).join("  ").trimEnd();
@@ -223,7 +236,7 @@ export async function monitorCommand(argv: string[]): Promise<number> {
     });
     client.end(true);
     if (!ok) {
-      console.error(`keyproxy monitor: cannot reach the MQTT broker at ${redactUrl(url)}${lastError ? `: ${lastError}` : ""}`);
+      console.error(forTerminal(`keyproxy monitor: cannot reach the MQTT broker at ${redactUrl(url)}${lastError ? `: ${lastError}` : ""}`));
       return 1;
     }
     console.log(view.render(title()));

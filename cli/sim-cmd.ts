@@ -5,6 +5,7 @@ import { DEFAULT_LISTEN } from "../gateway/gateway.ts";
 import { callerApp, echoApp, startSim, whenRegistered } from "../emulator/sim.ts";
 import { DEFAULT_DATA_DIR } from "./gateway-cmd.ts";
 import { hostPort, parse, positiveInt, UsageError } from "./args.ts";
+import { forTerminal } from "../gateway/terminal.ts";
 
 const HELP = `usage: keyproxy sim [--count <n>] [--board <id>] [--gateway <host:port>] [--data-dir <dir>] [--bundle <file>] [--lifetime <s>]
                     [--prefix <name>] [--answer] [--call <name[@domain]>] [--app <name>]
@@ -67,7 +68,7 @@ export async function simCommand(argv: string[]): Promise<number> {
     gateway: o.gateway ? hostPort(o.gateway, "--gateway") : DEFAULT_LISTEN,
     lifetime: positiveInt(o.lifetime, "--lifetime", 3600),
     prefix: o.prefix,
-    onLog: (id, line) => console.log(`${id}: ${line}`),
+    onLog: (id, line) => console.log(forTerminal(`${id}: ${line}`)),
   });
   let stopped = false;
   const stop = new Promise<void>((resolve) => {

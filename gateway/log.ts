@@ -1,7 +1,10 @@
 // Structured logging: one JSON object per line. Byte arrays are never written out, whatever a caller
 // passes, so a key cannot reach a log by mistake; ids meant for humans are passed as hex strings.
 // Every record is also an event: subscribers (monitoring over MQTT, tests) get the same object the
-// log line was made from, after the same withholding.
+// log line was made from, after the same withholding. A line is JSON with every control character
+// escaped (gateway/terminal.ts): values come from devices and peers, and the log is read on terminals.
+
+import { jsonForTerminal } from "./terminal.ts";
 
 export type Level = "info" | "warn" | "error";
 export type Fields = Record<string, string | number | boolean | null | undefined | Uint8Array>;
@@ -22,7 +25,7 @@ export class Logger {
       if (v === undefined) continue;
       rec[k] = v instanceof Uint8Array ? `<${v.length} bytes withheld>` : v;
     }
-    this.sink(JSON.stringify(rec));
+    this.sink(jsonForTerminal(rec));
     for (const s of this.subscribers) {
       try {
         s(rec as LogRecord);

@@ -22,6 +22,7 @@ import { BOARDS } from "../boards/index.ts";
 import type { LinkServer } from "./link-server.ts";
 import type { Logger, LogRecord } from "./log.ts";
 import type { Store } from "./store.ts";
+import { jsonForTerminal } from "./terminal.ts";
 
 export const TOPIC_ROOT = "keyproxy/v1";
 
@@ -331,7 +332,7 @@ export class MqttPublisher {
   /** Every log record becomes an event; those about a device also refresh its state. */
   private onRecord(rec: LogRecord): void {
     if (this.stopping) return;
-    this.outbox.push({ topic: topics.events(this.d.gatewayId), payload: JSON.stringify(rec), qos: 0, retain: false });
+    this.outbox.push({ topic: topics.events(this.d.gatewayId), payload: jsonForTerminal(rec), qos: 0, retain: false });
     const device = rec.device;
     if (typeof device !== "string") return;
     // Counted per device only once flush() has seen the device in the registry: a peer can send join
@@ -391,7 +392,7 @@ export class MqttPublisher {
         memoryUsed: reg?.memoryUsed ?? null,
         memoryTotal: Object.hasOwn(BOARDS, dev.board) ? BOARDS[dev.board].vars : null,
       };
-      const payload = JSON.stringify(state);
+      const payload = jsonForTerminal(state);
       if (this.lastState.get(id) === payload) continue;
       this.lastState.set(id, payload);
       this.outbox.push({ topic: topics.deviceState(this.d.gatewayId, id), payload, qos: 1, retain: true });
