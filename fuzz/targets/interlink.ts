@@ -1,0 +1,152 @@
+// The interlink receiving envelopes (gateway/interlink.ts Interlink.receive), stateful: a real
+// Interlink for gateway "south.example" with its real checks (the fleet verifier, signatures, the
+// dedupe window, pending requests), over a stand-in MQTT client that records what it publishes.
+// Inputs are mutated genuine envelopes from "north.example" (requests, encrypted requests, responses
+// and errors to south's pending requests), and now and then a fresh genuine request.
+// Oracles: receive() never throws (in the gateway it runs unawaited: a throw would be an unhandled
+// rejection); every refusal carries one of the documented codes; parseEnvelope and verifySign1 on the
+// same bytes throw only their own error types; and a refused envelope changes nothing: dedupe window,
+// pending requests, peers learned, handler calls, accepted count, certificate cache.
+
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { encode } from "../../gateway/cbor.ts";
+import { CoseError, verifySign1 } from "../../gateway/cose.ts";
+import { generateEd25519 } from "../../gateway/ed25519.ts";
+import { Fleet, generateX25519 } from "../../gateway/fleet.ts";
+import {
+  encryptBody, Interlink, InterlinkError, Kind, parseEnvelope, requestsTopic, responsesTopic, signEnvelope,
+  type Envelope, type InterlinkErrorCode, type InterlinkIdentity, type InterlinkOptions, type Rejection,
+} from "../../gateway/interlink.ts";
+import { CertificateChecker, checkerTrust, localSource, Verifier } from "../../gateway/verifier.ts";
+import type { Rng } from "../rng.ts";
+import type { Outcome, Target } from "../target.ts";
+import { T0 } from "./cwt.ts";
+
+const NOW = T0 + 100;
+const NORTH = "north.example";
+const SOUTH = "south.example";
+/** The codes receive() may refuse with (the rest are a requester's: timeout, closed, remote-error). */
+const RECEIVE_CODES = new Set<InterlinkErrorCode>(["too-large", "malformed", "untrusted-peer", "bad-signature", "wrong-recipient", "stale", "duplicate", "decrypt-failed", "unsolicited"]);
+
+function identity(fleet: Fleet, id: string): InterlinkIdentity {
+  const signing = generateEd25519();
+  const encryption = generateX25519();
+  return { gatewayId: id, signing, encryption, certificate: fleet.issueGateway(id, { signingKey: signing.publicKey, encryptionKey: encryption.publicKey }, T0, 86_400) };
+}
+
+/** The part of an MQTT client the interlink uses, recording publications instead of sending them. */
+function standInClient(published: { topic: string; bytes: Uint8Array }[]) {
+  return {
+    publishAsync: async (topic: string, payload: Buffer) => {
+      published.push({ topic, bytes: new Uint8Array(payload) });
+      if (published.length > 64) published.splice(0, 32);
+    },
+    endAsync: async () => undefined,
+  };
+}
+
+const randomId = (rng: Rng): Uint8Array => rng.bytes(16);
+
+export const interlinkTarget: Target = {
+  name: "interlink",
+  about: "Interlink.receive (gateway/interlink.ts): envelopes to a live interlink, with its dedupe window and pending requests",
+  async setup(rng) {
+    const dir = mkdtempSync(join(tmpdir(), "kp-fuzz-interlink-"));
+    const fleet = Fleet.create(dir, "kp-fleet", T0);
+    const verifierKey = generateEd25519();
+    const verifier = new Verifier({ anchor: fleet.anchor, key: verifierKey, verifierId: "verifier.kp" });
+    verifier.updateRevocationList(fleet.signedList());
+    const checker = new CertificateChecker({ source: localSource(verifier), verifierPublicKey: verifierKey.publicKey });
+    const north = identity(fleet, NORTH);
+    const south = identity(fleet, SOUTH);
+    const published: { topic: string; bytes: Uint8Array }[] = [];
+    const opts: InterlinkOptions = { url: "mqtt://stand-in", identity: south, trust: checkerTrust(checker), now: () => NOW, requestTimeoutMs: 2_000_000_000 };
+    // The constructor is private (connect() makes the MQTT connection): the stand-in client replaces it.
+    const link = new (Interlink as unknown as new (c: unknown, o: InterlinkOptions) => Interlink)(standInClient(published), opts);
+    const receive = (topic: string, bytes: Uint8Array): Promise<void> => (link as unknown as { receive(t: string, b: Uint8Array): Promise<void> }).receive(topic, bytes);
+    let calls = 0;
+    link.handle("echo", (req) => {
+      calls++;
+      return { body: new Map([["echo", req.body]]) };
+    });
+    let rejection: Rejection | undefined;
+    link.onReject((r) => (rejection = r));
+
+    const request = (o: Partial<Envelope> = {}, secret = false): Uint8Array => {
+      const e: Envelope = { from: NORTH, to: SOUTH, sessionId: randomId(rng), msgId: randomId(rng), type: "echo", ts: NOW, kind: Kind.Request, body: encode(new Map([["n", rng.u32()]])), senderCert: north.certificate, ...o };
+      if (secret) encryptBody(e, south.encryption.publicKey);
+      return signEnvelope(e, north.signing.seed);
+    };
+    // South's own requests to north, left pending: the genuine answers to them are seeds.
+    const answers: Uint8Array[] = [];
+    const ask = async (): Promise<void> => {
+      void link.request(NORTH, "echo", new Map([["q", 1]])).catch(() => undefined);
+      await new Promise((r) => setImmediate(r));
+      const asked = parseEnvelope(published[published.length - 1].bytes);
+      const kind = rng.chance(0.25) ? Kind.Error : Kind.Response;
+      const body = kind === Kind.Error ? new Map([["code", "no-handler"], ["message", "none"]]) : new Map([["a", 2]]);
+      answers.push(request({ sessionId: asked.sessionId, kind, re: asked.msgId, body: encode(body) }));
+      if (answers.length > 8) answers.shift();
+    };
+    for (let i = 0; i < 4; i++) await ask();
+    const requests = [request(), request({}, true), request({ type: "nobody-handles-this" })];
+    const others = [request({ to: "west.example" }), signEnvelope({ from: NORTH, to: SOUTH, sessionId: randomId(rng), msgId: randomId(rng), type: "echo", ts: NOW, kind: Kind.Request, body: encode(1), senderCert: south.certificate }, north.signing.seed)];
+    // Both genuine certificates in the checker's cache before the run. The key that checks an
+    // envelope's signature comes from the certificate it carries, so that certificate is judged first,
+    // and a good answer about a genuine fleet certificate is cached even when the envelope is then
+    // refused (a bad signature, a certificate of another gateway than `from`). That is the one change
+    // a refused envelope may cause; mutated certificates never get a good answer, so never a cache entry.
+    await receive(requestsTopic(SOUTH), request());
+    await checkerTrust(checker).gateway(south.certificate, NOW);
+
+    const snapshot = (): string => {
+      const d = (link as unknown as { dedupe: { seen: Map<string, unknown>; floor: number } }).dedupe;
+      const l = link as unknown as { peerCerts: Map<string, Uint8Array>; pending: Map<string, unknown> };
+      return JSON.stringify([d.seen.size, d.floor, [...d.seen.keys()].slice(-1), [...l.pending.keys()], l.peerCerts.size, calls, link.stats.accepted, checker.size]);
+    };
+
+    return {
+      seeds: () => [...requests, ...answers, ...others],
+      generate(r) {
+        // A fresh genuine request now and then, so the accepting path (and the dedupe window's
+        // growth and eviction) runs too.
+        return r.chance(0.01) ? request({}, r.chance(0.3)) : undefined;
+      },
+      async run(input): Promise<Outcome> {
+        // The readers receive() relies on, called directly: only their own error types may escape.
+        let kind: unknown;
+        try {
+          kind = parseEnvelope(input).kind;
+        } catch (e) {
+          if (!(e instanceof InterlinkError)) throw e;
+        }
+        try {
+          verifySign1(input, north.signing.publicKey);
+        } catch (e) {
+          if (!(e instanceof CoseError)) throw e;
+        }
+        const toResponses = (kind !== undefined && kind !== Kind.Request) !== ((input[input.length - 1] & 7) === 0);
+        rejection = undefined;
+        const accepted = link.stats.accepted;
+        const pending = link.pendingCount;
+        await receive(toResponses ? responsesTopic(SOUTH) : requestsTopic(SOUTH), input);
+        if (link.stats.accepted > accepted) {
+          if (link.pendingCount < pending) await ask(); // an answer was taken: ask again, for its seed
+          return "accepted";
+        }
+        if (!rejection) throw new Error("invariant: an envelope was neither accepted nor refused");
+        const r = rejection as Rejection;
+        if (!RECEIVE_CODES.has(r.code)) throw new Error(`invariant: refused with undocumented code ${r.code}: ${r.reason}`);
+        throw new InterlinkError(r.code, r.reason);
+      },
+      isRejection: (e) => e instanceof InterlinkError,
+      snapshot,
+      async close() {
+        await link.close();
+        rmSync(dir, { recursive: true, force: true });
+      },
+    };
+  },
+};
