@@ -20,7 +20,8 @@ const HELP = `usage: keyproxy gateway [--data-dir <dir>] [--listen <host:port>] 
                         [--mqtt <url> | --mqtt-listen <host:port> | --no-mqtt] [--metrics <s>] [--no-fleet]
                         [--sa-lifetime <s>] [--sa-limit <n>] [--recheck <s>] [--verifier <id>] [--demo <n>]
                         [--join-deadline <s>] [--unjoined-idle <s>] [--max-connections <n>] [--max-unjoined <n>]
-                        [--max-unjoined-per-source <n>] [--max-bad-frames <n>] [--join-failures <n>] [--join-backoff-max <s>]
+                        [--max-unjoined-per-source <n>] [--limit-loopback] [--max-bad-frames <n>] [--join-failures <n>]
+                        [--join-backoff-max <s>]
 
 Runs a gateway on embedded defaults: the registry is a SQLite file under the data directory
 (default ${DEFAULT_DATA_DIR}, created owner-only), devices connect on --listen
@@ -55,9 +56,12 @@ Limits on the device port, for whoever can reach it (docs/OPERATIONS.md, "Limits
   --join-deadline <s>      a connection must have joined this long after it opened (default ${LIMITS.joinDeadlineMs / 1000})
   --unjoined-idle <s>      a connection that has not joined and sends nothing this long is closed (default ${LIMITS.unjoinedIdleMs / 1000})
   --max-connections <n>    connections at once, joined or not (default ${LIMITS.maxConnections}); keep it under ulimit -n
-  --max-unjoined <n>       connections at once that have not joined yet (default ${LIMITS.maxUnjoined})
+  --max-unjoined <n>       connections at once that have not joined yet (default ${LIMITS.maxUnjoined}); when full,
+                           the oldest of them is closed to make room for a new one
   --max-unjoined-per-source <n>  of those, from one IPv4 address or IPv6 /64 (default ${LIMITS.maxUnjoinedPerSource}); joined
                            connections do not count, so many devices behind one NAT are fine
+  --limit-loopback         hold connections from this machine to --max-unjoined-per-source too (by default a
+                           BLE bridge or simulator on the gateway may bring any number of handsets at once)
   --max-bad-frames <n>     malformed, unauthenticated or bad-CRC frames and rejected joins one connection may
                            send; the next closes it (default ${LIMITS.maxBadFrames})
   --join-failures <n>      failed joins naming one device from one source before that source waits to try
@@ -67,7 +71,7 @@ Limits on the device port, for whoever can reach it (docs/OPERATIONS.md, "Limits
 /** The limit flags' values, as GatewayOptions.limits: only those given (the rest keep their defaults). */
 export function linkLimitsFromFlags(o: Record<string, string | boolean | undefined>): Partial<LinkLimits> {
   const out: Partial<LinkLimits> = {};
-  const flag = (name: string, key: keyof LinkLimits, unitMs: number) => {
+  const flag = (name: string, key: Exclude<keyof LinkLimits, "exemptLoopback">, unitMs: number) => {
     const v = o[name];
     if (typeof v === "string") out[key] = positiveInt(v, `--${name}`, 0) * unitMs;
   };
@@ -79,6 +83,7 @@ export function linkLimitsFromFlags(o: Record<string, string | boolean | undefin
   flag("max-bad-frames", "maxBadFrames", 1);
   flag("join-failures", "joinFailuresBeforeBackoff", 1);
   flag("join-backoff-max", "joinBackoffMaxMs", 1000);
+  if (o["limit-loopback"] === true) out.exemptLoopback = false;
   if ((out.joinBackoffMaxMs ?? LIMITS.joinBackoffMaxMs) < LIMITS.joinBackoffBaseMs) throw new UsageError(`--join-backoff-max is at least ${LIMITS.joinBackoffBaseMs / 1000} s`);
   return out;
 }
@@ -108,6 +113,7 @@ export async function gatewayCommand(argv: string[]): Promise<number> {
     "max-bad-frames": { type: "string" },
     "join-failures": { type: "string" },
     "join-backoff-max": { type: "string" },
+    "limit-loopback": { type: "boolean" },
     help: { type: "boolean", short: "h" },
   });
   if (o.help) {

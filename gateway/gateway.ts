@@ -12,6 +12,7 @@ import { loadOrCreateGatewayKey } from "./identity.ts";
 import { Interlink } from "./interlink.ts";
 import { checkerTrust } from "./verifier.ts";
 import { LinkServer } from "./link-server.ts";
+import type { LinkLimits } from "./link-limits.ts";
 import { Logger } from "./log.ts";
 import { startMonitoring, type MqttOptions, type Monitoring } from "./monitor.ts";
 import { Policy } from "./policy.ts";
@@ -44,6 +45,11 @@ export interface GatewayOptions {
   /** Sessions across gateways (docs/FLEET.md): this gateway's fleet credentials. Needs `mqtt`: the
    *  interlink to other gateways runs over the same broker. Default: none. */
   fleet?: FleetOptions | ((gatewayId: string) => FleetOptions);
+  /** What the link port allows peers that have not joined (gateway/link-limits.ts, docs/OPERATIONS.md
+   *  "Limits"). Default: DEFAULT_LINK_LIMITS. */
+  limits?: Partial<LinkLimits>;
+  /** Milliseconds for the link server's join backoff (default Date.now); tests pass a clock they control. */
+  nowMs?: () => number;
 }
 
 export interface FleetOptions {
@@ -185,7 +191,7 @@ export class Gateway {
         onDeregistered: (dev) => sessions.endAll(dev, CloseReason.Deregistered, "deregistered"),
       });
       links = new LinkServer({
-        store, log, crypto, cbor, now,
+        store, log, crypto, cbor, now, limits: opts.limits, nowMs: opts.nowMs,
         onInner: (dev, m) => {
           if (hook?.handle(dev, m)) return;
           if (m.t >= Msg.ConnectRequest) sessions.handle(dev, m);

@@ -11,11 +11,15 @@ export interface LinkLimits {
   unjoinedIdleMs: number;
   /** Connections at once, joined or not. Keep it under the process's descriptor limit (ulimit -n). */
   maxConnections: number;
-  /** Unjoined connections at once, so that a flood of them leaves room for devices to come back. */
+  /** Unjoined connections at once; when full, the oldest of them makes room for a newcomer. */
   maxUnjoined: number;
   /** Unjoined connections at once from one source address (an IPv4 address, an IPv6 /64). Joined
    *  connections do not count: many devices behind one NAT or relay are normal. */
   maxUnjoinedPerSource: number;
+  /** Connections from this machine (127.0.0.0/8, ::1) are not held to maxUnjoinedPerSource: a BLE
+   *  bridge or a simulator on the gateway brings many handsets through one address at once, and
+   *  whoever can connect from the gateway's own machine can do worse than fill the port. */
+  exemptLoopback: boolean;
   /** Bad input one connection may send before it is closed: malformed, unauthenticated or unexpected
    *  frames, rejected joins and frames whose CRC does not match. */
   maxBadFrames: number;
@@ -32,16 +36,18 @@ export const DEFAULT_LINK_LIMITS: LinkLimits = {
   maxConnections: 4096,
   maxUnjoined: 512,
   maxUnjoinedPerSource: 16,
+  exemptLoopback: true,
   maxBadFrames: 16,
   joinFailuresBeforeBackoff: 5,
   joinBackoffBaseMs: 1_000,
   joinBackoffMaxMs: 60_000,
 };
 
-/** Limits with defaults; every one must be a positive whole number. */
+/** Limits with defaults; every count and time must be a positive whole number. */
 export function linkLimits(l: Partial<LinkLimits> | undefined): LinkLimits {
   const out = { ...DEFAULT_LINK_LIMITS, ...l };
   for (const [k, v] of Object.entries(out)) {
+    if (typeof v === "boolean") continue;
     if (!Number.isInteger(v) || v < 1) throw new Error(`link limit ${k} must be a positive whole number, got ${v}`);
   }
   if (out.joinBackoffBaseMs > out.joinBackoffMaxMs) throw new Error("link limit joinBackoffBaseMs is above joinBackoffMaxMs");
@@ -61,6 +67,11 @@ export function sourceKey(address: string | undefined): string {
   if (v4) return v4[1];
   if (!address.includes(":")) return address;
   return expandIpv6(address).slice(0, 4).join(":") + "::/64";
+}
+
+/** Whether a peer address is this machine's own (loopback). */
+export function isLoopback(address: string | undefined): boolean {
+  return !!address && (/^(::ffff:)?127\./i.test(address) || address === "::1");
 }
 
 function expandIpv6(a: string): string[] {

@@ -13,7 +13,7 @@ import { DROP_REASONS, newLink, openMessage, sealMessage, wipeLink, type Link } 
 import { decodeMessage, encodeMessage, Msg, type InnerMessage, type JoinRequest, type Message, type SaData } from "../firmware/proto/messages.ts";
 import type { GatewayCrypto } from "./crypto.ts";
 import { LinkDeframer } from "./link-deframer.ts";
-import { JOIN_REQUEST_MAX_PAYLOAD, JoinThrottle, linkLimits, sourceKey, type LinkLimits } from "./link-limits.ts";
+import { isLoopback, JOIN_REQUEST_MAX_PAYLOAD, JoinThrottle, linkLimits, sourceKey, type LinkLimits } from "./link-limits.ts";
 import type { Logger } from "./log.ts";
 import type { Store } from "./store.ts";
 
@@ -46,8 +46,10 @@ export interface LinkStats {
   joinRejects: number;
   framesIn: number;
   framesDropped: number;
-  /** Connections closed at once on arrival: a connection limit was reached. */
+  /** Connections closed at once on arrival: over the per-source limit, or every connection joined. */
   connectionsRefused: number;
+  /** Unjoined connections closed to make room for a newer one (the oldest goes first). */
+  unjoinedEvicted: number;
   /** Unjoined connections closed for sending nothing, or for not joining in time. */
   unjoinedTimedOut: number;
   /** Joins refused without being checked: their source is backing off for that device id. */
@@ -228,13 +230,14 @@ export class Connection {
 const REFUSAL_LOG_INTERVAL_MS = 1000;
 
 export class LinkServer {
-  readonly stats: LinkStats = { joins: 0, joinRejects: 0, framesIn: 0, framesDropped: 0, connectionsRefused: 0, unjoinedTimedOut: 0, joinsThrottled: 0, crcFailures: 0 };
+  readonly stats: LinkStats = { joins: 0, joinRejects: 0, framesIn: 0, framesDropped: 0, connectionsRefused: 0, unjoinedEvicted: 0, unjoinedTimedOut: 0, joinsThrottled: 0, crcFailures: 0 };
   /** The live link of each joined device: one per device, the newest wins. */
   readonly links = new Map<string, Connection>();
   readonly limits: LinkLimits;
   readonly joinThrottle: JoinThrottle;
   private conns = new Set<Connection>();
-  private unjoined = 0;
+  /** The connections that have not joined, oldest first (a Set keeps insertion order). */
+  private unjoined = new Set<Connection>();
   private unjoinedBySource = new Map<string, number>();
   private refusalsUnlogged = 0;
   private lastRefusalLog = -Infinity;
@@ -258,15 +261,25 @@ export class LinkServer {
 
   /** Connections open now, and how many of them have not joined. */
   get connectionCount(): { all: number; unjoined: number } {
-    return { all: this.conns.size, unjoined: this.unjoined };
+    return { all: this.conns.size, unjoined: this.unjoined.size };
   }
 
-  /** Why a new connection from source must be refused, or "" when it may stay. */
-  private refusal(source: string): string {
+  /** Makes room for a new connection from source, or says why there is none ("" when it may stay).
+   *  Over the per-source limit the newcomer is refused: that source's own connections are what it
+   *  has. When the unjoined pool or the gateway is full, the oldest unjoined connection is closed to
+   *  make room, rather than the newcomer refused: a flood of connections that never join then pushes
+   *  out its own oldest, and a device, which joins within a round trip, loses its connection only if
+   *  maxUnjoined others arrive between its connect and its join. Refused only when every connection
+   *  has joined (maxConnections devices are linked). */
+  private admit(source: string, address: string | undefined): string {
     const l = this.limits;
-    if (this.conns.size >= l.maxConnections) return `the gateway holds ${l.maxConnections} connections (its limit)`;
-    if (this.unjoined >= l.maxUnjoined) return `${l.maxUnjoined} connections have not joined yet (the limit)`;
-    if ((this.unjoinedBySource.get(source) ?? 0) >= l.maxUnjoinedPerSource) return `${l.maxUnjoinedPerSource} connections from this source have not joined yet (the limit)`;
+    const perSource = l.exemptLoopback && isLoopback(address) ? 0 : (this.unjoinedBySource.get(source) ?? 0);
+    if (perSource >= l.maxUnjoinedPerSource) return `${l.maxUnjoinedPerSource} connections from this source have not joined yet (the limit)`;
+    if (this.unjoined.size < l.maxUnjoined && this.conns.size < l.maxConnections) return "";
+    const oldest = this.unjoined.values().next().value;
+    if (!oldest) return `all ${this.conns.size} connections have joined (the limit is ${l.maxConnections})`;
+    this.stats.unjoinedEvicted++;
+    oldest.close("evicted, the oldest unjoined connection, to make room for a newer one");
     return "";
   }
 
@@ -286,12 +299,12 @@ export class LinkServer {
 
   private accept(sock: net.Socket): void {
     const source = sourceKey(sock.remoteAddress);
-    const why = this.refusal(source);
+    const why = this.admit(source, sock.remoteAddress);
     if (why) return this.refuse(sock, why);
     sock.setNoDelay(true);
     const c = new Connection(this, sock, source);
     this.conns.add(c);
-    this.unjoined++;
+    this.unjoined.add(c);
     this.unjoinedBySource.set(source, (this.unjoinedBySource.get(source) ?? 0) + 1);
     sock.on("data", (b) => c.onBytes(new Uint8Array(b.buffer, b.byteOffset, b.length)));
     sock.on("error", () => {});
@@ -334,7 +347,7 @@ export class LinkServer {
   leaveUnjoined(c: Connection): void {
     if (!c.unjoinedSlot) return;
     c.unjoinedSlot = false;
-    this.unjoined--;
+    this.unjoined.delete(c);
     const n = (this.unjoinedBySource.get(c.source) ?? 1) - 1;
     if (n > 0) this.unjoinedBySource.set(c.source, n);
     else this.unjoinedBySource.delete(c.source);

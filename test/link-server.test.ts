@@ -149,7 +149,8 @@ test("an unjoined connection that sends nothing is closed; a joined one is not",
 // ---- finding 4: how many connections --------------------------------------------------------------
 
 test("unjoined connections per source are capped; another source, and joined connections, are not held to it", async () => {
-  const t = await startGateway({ limits: { maxUnjoinedPerSource: 2 } });
+  // The loopback addresses stand for remote hosts here: the exemption for this machine is off.
+  const t = await startGateway({ limits: { maxUnjoinedPerSource: 2, exemptLoopback: false } });
   const peers: Peer[] = [];
   const d1 = await nodeHandset(t.gw, "dev-1", provision(t.gw, "dev-1"));
   const key2 = provision(t.gw, "dev-2");
@@ -181,27 +182,46 @@ test("unjoined connections per source are capped; another source, and joined con
   }
 });
 
-test("connections overall and unjoined connections overall are capped", async () => {
+test("a full unjoined pool closes its oldest connection to make room; only when every connection has joined is a newcomer refused", async () => {
   const t = await startGateway({ limits: { maxConnections: 3, maxUnjoined: 1 } });
   const peers: Peer[] = [];
   const d = await nodeHandset(t.gw, "dev-c", provision(t.gw, "dev-c"));
   try {
     await until(() => d.h.status().registered, "registration");
     peers.push(await peer(t, "127.0.0.2"), await peer(t, "127.0.0.3"));
-    await until(() => peers[1].closed, "a second unjoined connection refused");
-    assert.match(String(t.events("connection-refused")[0].reason), /1 connections have not joined yet/);
-    // One joined, one unjoined: the third connection fills the gateway once the unjoined one joins.
-    peers[0].socket.write(joinFrame("dev-c2", provision(t.gw, "dev-c2"), 1));
-    await until(() => t.gw.links.links.has("dev-c2"), "the unjoined connection joined");
-    peers.push(await peer(t, "127.0.0.4"));
-    peers.push(await peer(t, "127.0.0.5"));
-    await until(() => peers[3].closed, "a fourth connection refused");
-    assert.equal(peers[2].closed, false);
-    assert.equal(t.gw.links.stats.connectionsRefused, 2);
-    assert.deepEqual(t.gw.links.connectionCount, { all: 3, unjoined: 1 });
+    await until(() => peers[0].closed, "the older unjoined connection evicted");
+    assert.match(closedReasons(t).at(-1)!, /evicted, the oldest unjoined connection/);
+    // The newcomer, a device, joins on the room it was given.
+    peers[1].socket.write(joinFrame("dev-c2", provision(t.gw, "dev-c2"), 1));
+    await until(() => t.gw.links.links.has("dev-c2"), "the newcomer joined");
+    // Two joined, and the gateway holds three: a third and a fourth connection, the fourth evicting
+    // the third, then joining; then the gateway is full of joined connections.
+    peers.push(await peer(t, "127.0.0.4"), await peer(t, "127.0.0.5"));
+    await until(() => peers[2].closed, "the third evicted by the fourth");
+    peers[3].socket.write(joinFrame("dev-c3", provision(t.gw, "dev-c3"), 1));
+    await until(() => t.gw.links.links.has("dev-c3"), "the fourth joined");
+    peers.push(await peer(t, "127.0.0.6"));
+    await until(() => peers[4].closed, "a newcomer refused: every connection has joined");
+    assert.match(String(t.events("connection-refused")[0].reason), /all 3 connections have joined \(the limit is 3\)/);
+    assert.deepEqual([t.gw.links.stats.unjoinedEvicted, t.gw.links.stats.connectionsRefused], [2, 1]);
+    assert.deepEqual(t.gw.links.connectionCount, { all: 3, unjoined: 0 });
+    assert.equal(d.h.status().state, "linked", "no joined connection was touched");
   } finally {
     for (const p of peers) p.socket.destroy();
     d.close();
+    await stopGateway(t);
+  }
+});
+
+test("connections from this machine are not held to the per-source limit unless asked", async () => {
+  const t = await startGateway({ limits: { maxUnjoinedPerSource: 1 } });
+  const peers: Peer[] = [];
+  try {
+    for (let i = 0; i < 3; i++) peers.push(await peer(t, "127.0.0.2"));
+    await until(() => t.gw.links.connectionCount.unjoined === 3, "three unjoined connections from 127.0.0.2");
+    assert.equal(t.gw.links.stats.connectionsRefused, 0);
+  } finally {
+    for (const p of peers) p.socket.destroy();
     await stopGateway(t);
   }
 });
@@ -290,6 +310,7 @@ test("failed joins for one id back a source off; the real device from its own ad
 
 test("the gateway's limit flags: seconds and counts, defaults when absent, a sentence when wrong", () => {
   assert.deepEqual(linkLimitsFromFlags({}), {});
+  assert.deepEqual(linkLimitsFromFlags({ "limit-loopback": true }), { exemptLoopback: false });
   assert.deepEqual(
     linkLimitsFromFlags({ "join-deadline": "3", "unjoined-idle": "2", "max-connections": "1000", "max-unjoined": "100", "max-unjoined-per-source": "4", "max-bad-frames": "8", "join-failures": "3", "join-backoff-max": "30" }),
     { joinDeadlineMs: 3000, unjoinedIdleMs: 2000, maxConnections: 1000, maxUnjoined: 100, maxUnjoinedPerSource: 4, maxBadFrames: 8, joinFailuresBeforeBackoff: 3, joinBackoffMaxMs: 30000 },
