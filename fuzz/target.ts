@@ -16,6 +16,9 @@ export interface TargetInstance {
   isRejection(e: unknown): boolean;
   /** The parser owner's state, as a string: it must be the same after every rejected input. */
   snapshot?(): string;
+  /** For tests of the oracle only: changes the owner's state the way a bug would, so the snapshot
+   *  must show it. Every stateful target has one. */
+  disturb?(): void;
   /** Optional: whether two snapshots show the same state (default: equal strings). */
   sameState?(before: string, after: string): boolean;
   /** Optional: gets the target ready for the next input (a new connection, say), outside any input's

@@ -28,6 +28,40 @@ for (const target of TARGETS) {
   });
 }
 
+for (const target of TARGETS.filter((t) => ["exchange", "interlink", "link-tcp"].includes(t.name))) {
+  test(`fuzz target ${target.name}: its snapshot sees the owner's state (a planted change after a rejected input is found)`, async () => {
+    const disturbed: Target = {
+      ...target,
+      async setup(rng) {
+        const inner = await target.setup(rng);
+        assert.ok(inner.disturb, `${target.name} has no disturb()`);
+        let planted = false;
+        return {
+          ...inner,
+          async run(input) {
+            // A rejection is a returned "rejected" or a thrown documented error: plant after the first.
+            const plant = (): void => {
+              if (planted) return;
+              planted = true;
+              inner.disturb!();
+            };
+            try {
+              const outcome = await inner.run(input);
+              if (outcome === "rejected") plant();
+              return outcome;
+            } catch (e) {
+              if (inner.isRejection(e)) plant();
+              throw e;
+            }
+          },
+        };
+      },
+    };
+    const r = await runTarget(disturbed, { count: 200, seed: SEED, ...NO_HANG_LIMIT });
+    assert.equal(r.stateChanges, 1, summary(r));
+  });
+}
+
 /** A planted parser: refuses with its documented error, except where it is told to misbehave. */
 function planted(name: string, misbehave: (input: Uint8Array, state: { n: number }) => void): Target {
   class Documented extends Error {}

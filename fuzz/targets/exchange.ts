@@ -123,6 +123,7 @@ export const exchangeTarget: Target = {
         throw refusal;
       },
       isRejection: (e) => e instanceof ExchangeError,
+      disturb: () => void seen.admit(new Uint8Array(16).fill(0xee), T0 + 10),
       snapshot: () => JSON.stringify([waitMsg2.status, waitMsg4.status, waitMsg3.status, (seen as unknown as { seen: Map<string, number> }).seen.size, checker.size]),
       close: () => rmSync(dir, { recursive: true, force: true }),
     };

@@ -143,6 +143,7 @@ export const interlinkTarget: Target = {
       },
       isRejection: (e) => e instanceof InterlinkError,
       snapshot,
+      disturb: () => void (link as unknown as { dedupe: { record(k: string, ts: number, now: number): void } }).dedupe.record("planted", NOW, NOW),
       async close() {
         await link.close();
         rmSync(dir, { recursive: true, force: true });

@@ -183,6 +183,10 @@ export const linkTcpTarget: Target = {
       isRejection: () => false,
       snapshot,
       sameState,
+      disturb() {
+        counter += 1000; // the client's next join stays above the stored counter
+        gw.store.advanceJoinCounter(DEVICE, counter);
+      },
       async close() {
         s?.socket.destroy();
         await gw.stop();
