@@ -58,6 +58,9 @@ export interface LinkStats {
   crcFailures: number;
 }
 
+/** A device's root key (docs/PROTOCOL.md §6). */
+const ROOT_KEY_BYTES = 16;
+
 export class Connection {
   state: ConnState = { k: "awaiting-join" };
   private bad = 0;
@@ -151,7 +154,10 @@ export class Connection {
   }
 
   /** Join (design.md flow 2). Every check happens before any state changes; the MAC is checked before
-   *  the counter so that nobody without the root key learns anything about counters. */
+   *  the counter so that nobody without the root key learns anything about counters, and before
+   *  whether the device exists or is revoked: an unknown id is verified against the decoy root key,
+   *  with the same derivations and the same one registry read as a known id with a wrong MAC, so that
+   *  the time to the JoinReject does not tell the two apart. */
   private onJoin(m: JoinRequest): void {
     const d = this.server.deps;
     const throttle = this.server.joinThrottle;
@@ -182,13 +188,15 @@ export class Connection {
       this.send({ t: Msg.JoinReject });
       this.countBad("too many rejected joins");
     };
-    const dev = d.store.getDevice(m.id);
-    if (!dev) return refuse("unknown device");
-    if (dev.revokedAt !== null) return refuse("device revoked");
+    // Checks that depend on the request alone, not on the device: no oracle in their order.
     if (d.crypto.suites().indexOf(m.suite) < 0) return refuse(`unsupported link suite ${m.suite}`);
     if (m.nonce.length !== JOIN_NONCE_BYTES) return refuse("join nonce has the wrong length");
-    const expected = joinTag(d.crypto, d.cbor, dev.rootKey, m.id, m.ctr, m.nonce, m.suite);
-    if (!ctEqual(expected, m.tag)) return refuse("join MAC does not verify (wrong root key or altered request)");
+    const dev = d.store.getDevice(m.id);
+    const expected = joinTag(d.crypto, d.cbor, dev?.rootKey ?? this.server.decoyRootKey, m.id, m.ctr, m.nonce, m.suite);
+    const authentic = ctEqual(expected, m.tag);
+    if (!dev) return refuse("unknown device");
+    if (!authentic) return refuse("join MAC does not verify (wrong root key or altered request)");
+    if (dev.revokedAt !== null) return refuse("device revoked");
     if (m.ctr <= dev.joinCounter) return refuse(`replayed join: counter ${m.ctr} is not above ${dev.joinCounter}`);
     // Persist the counter before answering: after a gateway crash the same request is still a replay.
     if (!d.store.advanceJoinCounter(m.id, m.ctr)) return refuse(`replayed join: counter ${m.ctr} already used`);
@@ -242,10 +250,15 @@ export class LinkServer {
   private refusalsUnlogged = 0;
   private lastRefusalLog = -Infinity;
   private server: net.Server;
+  /** A root key no device has, made once per run: a join naming an unknown device is verified
+   *  against it, so that it costs what a known device's join with a wrong MAC costs. Nobody knows it,
+   *  so no tag verifies under it (and an unknown id is refused whatever the tag). */
+  readonly decoyRootKey: Uint8Array;
 
   constructor(readonly deps: LinkServerDeps) {
     this.limits = linkLimits(deps.limits);
     this.joinThrottle = new JoinThrottle(this.limits, deps.nowMs ?? Date.now);
+    this.decoyRootKey = deps.crypto.random(ROOT_KEY_BYTES);
     this.server = net.createServer((sock) => this.accept(sock));
   }
 

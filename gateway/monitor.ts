@@ -121,6 +121,21 @@ export interface Metrics {
   revocationSerial?: number;
 }
 
+/** Fields of a log record that stay in the gateway's own log, by event: an MQTT subscriber may be
+ *  anyone with access to the broker. Why a join was refused ("unknown device" against "join MAC does
+ *  not verify") would tell which device ids exist; the peer got one bare JoinReject, and so does the
+ *  subscriber: "join-rejected" and the id tried, nothing more. */
+const LOCAL_ONLY_FIELDS: Record<string, readonly string[]> = { "join-rejected": ["reason"] };
+
+/** A log record as it is published on the events topic. */
+export function publicEvent(rec: LogRecord): LogRecord {
+  const withheld = LOCAL_ONLY_FIELDS[rec.event];
+  if (!withheld) return rec;
+  const out: LogRecord = { ...rec };
+  for (const f of withheld) delete out[f];
+  return out;
+}
+
 // ---- bounded outbox -------------------------------------------------------------------------------
 
 interface Outgoing {
@@ -332,7 +347,7 @@ export class MqttPublisher {
   /** Every log record becomes an event; those about a device also refresh its state. */
   private onRecord(rec: LogRecord): void {
     if (this.stopping) return;
-    this.outbox.push({ topic: topics.events(this.d.gatewayId), payload: jsonForTerminal(rec), qos: 0, retain: false });
+    this.outbox.push({ topic: topics.events(this.d.gatewayId), payload: jsonForTerminal(publicEvent(rec)), qos: 0, retain: false });
     const device = rec.device;
     if (typeof device !== "string") return;
     // Counted per device only once flush() has seen the device in the registry: a peer can send join
