@@ -2,7 +2,8 @@ import { randomBytes } from "node:crypto";
 import { existsSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { BOARDS, getBoard } from "../boards/index.ts";
 import type { DeviceSummary } from "../gateway/store.ts";
-import { openStore, DEFAULT_LISTEN } from "../gateway/gateway.ts";
+import { NoRegistry, openRegistry, openStore, DEFAULT_LISTEN } from "../gateway/gateway.ts";
+import type { Store } from "../gateway/store.ts";
 import { DEFAULT_DATA_DIR } from "./gateway-cmd.ts";
 import { parse, UsageError } from "./args.ts";
 import { forTerminal } from "../gateway/terminal.ts";
@@ -26,6 +27,17 @@ export function checkDeviceId(id: string | undefined): string {
   if (!id) throw new UsageError("--id is required");
   if (!ID_PATTERN.test(id)) throw new UsageError(`device id "${id}" must be 1-64 letters, digits, dots, dashes or underscores`);
   return id;
+}
+
+/** The registry of dataDir for a command that reads or edits one: a directory without one is the
+ *  operator's mistake (a usage error, exit 2), and nothing is created there. */
+export function existingRegistry(dataDir: string): Store {
+  try {
+    return openRegistry(dataDir);
+  } catch (e) {
+    if (e instanceof NoRegistry) throw new UsageError(e.message);
+    throw e;
+  }
 }
 
 /** Registry entry and provisioning file as one step: either both exist afterwards or neither does. */
@@ -92,7 +104,7 @@ export async function deviceCommand(argv: string[]): Promise<number> {
     return 0;
   }
   if (sub === "list") {
-    const store = openStore(dataDir);
+    const store = existingRegistry(dataDir);
     try {
       const now = Math.floor(Date.now() / 1000);
       const rows = store.listDevices();
@@ -111,7 +123,7 @@ export async function deviceCommand(argv: string[]): Promise<number> {
   }
   if (sub === "remove") {
     const id = checkDeviceId(o.id);
-    const store = openStore(dataDir);
+    const store = existingRegistry(dataDir);
     try {
       if (!store.removeDevice(id)) throw new Error(`no device "${id}" in ${dataDir}`);
       store.audit(Math.floor(Date.now() / 1000), id, "device-removed", "");

@@ -1,6 +1,7 @@
 import { openStore } from "../gateway/gateway.ts";
 import { Policy, type Action } from "../gateway/policy.ts";
 import { DEFAULT_DATA_DIR } from "./gateway-cmd.ts";
+import { existingRegistry } from "./device-cmd.ts";
 import { parse, UsageError } from "./args.ts";
 
 const HELP = `usage: keyproxy policy <command> [options] [--data-dir <dir>]
@@ -43,7 +44,11 @@ export async function policyCommand(argv: string[]): Promise<number> {
     console.log(HELP);
     return 0;
   }
-  const store = openStore(o["data-dir"] ?? DEFAULT_DATA_DIR);
+  if (!["allow", "deny", "list", "remove", "default", "group"].includes(sub)) throw new UsageError(`unknown subcommand "${sub}"`);
+  const dataDir = o["data-dir"] ?? DEFAULT_DATA_DIR;
+  // Only list is read-only. The others may make the registry: rules are set before a gateway's first
+  // run (after "keyproxy fleet issue-gateway --data-dir"), as the README shows.
+  const store = sub === "list" ? existingRegistry(dataDir) : openStore(dataDir);
   try {
     const policy = new Policy(store);
     if (sub === "allow" || sub === "deny") {

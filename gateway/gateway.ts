@@ -1,13 +1,14 @@
 // A gateway: the registry and its SQLite file, the gateway's signing key, the link server and the
 // registrar, started together on a data directory.
 
-import { mkdirSync, chmodSync } from "node:fs";
+import { mkdirSync, chmodSync, existsSync } from "node:fs";
 import { join } from "node:path";
 import * as cbor from "./cbor.ts";
 import { nodeCrypto, type GatewayCrypto } from "./crypto.ts";
 import { CrossGateway, DEFAULT_RECHECK_MS } from "./crossgw.ts";
 import type { Fleet, GatewayCredentials } from "./fleet.ts";
 import { FleetTrust } from "./fleet-trust.ts";
+import { lockDataDir, type DataDirLock } from "./data-dir-lock.ts";
 import { loadOrCreateGatewayKey } from "./identity.ts";
 import { Interlink } from "./interlink.ts";
 import { checkerTrust } from "./verifier.ts";
@@ -18,7 +19,7 @@ import { startMonitoring, type MqttOptions, type Monitoring } from "./monitor.ts
 import { Policy } from "./policy.ts";
 import { DEFAULT_POLICY, LIFETIME_CEILING, Registrar, type RegistrationPolicy } from "./registrar.ts";
 import { DEFAULT_SESSIONS, SessionBroker, type SessionSettings } from "./sessions.ts";
-import { Store } from "./store.ts";
+import { NotARegistry, Store } from "./store.ts";
 import { CloseReason, Msg, type InnerMessage, type SaData } from "../firmware/proto/messages.ts";
 
 export const DB_FILE = "keyproxy.db";
@@ -97,11 +98,34 @@ export interface SessionHook {
   close(): void;
 }
 
-/** Opens (creating if needed) the data directory: owner-only, since it holds root keys. */
-export function openStore(dataDir: string): Store {
+/** Makes the data directory if needed, owner-only since it holds root keys. */
+function ownDataDir(dataDir: string): void {
   mkdirSync(dataDir, { recursive: true, mode: 0o700 });
   chmodSync(dataDir, 0o700);
+}
+
+/** Opens (creating if needed) the data directory and its registry, owner-only: for the commands that
+ *  make a registry (the gateway, provisioning, adding a device). */
+export function openStore(dataDir: string): Store {
+  ownDataDir(dataDir);
   return new Store(join(dataDir, DB_FILE));
+}
+
+/** A data directory without a registry, given to a command that only uses one. */
+export class NoRegistry extends Error {}
+
+/** Opens the registry of a data directory that has one, creating and changing nothing: for the
+ *  commands that read or edit a registry (a --data-dir with a typo must not become a new, empty one). */
+export function openRegistry(dataDir: string): Store {
+  const file = join(dataDir, DB_FILE);
+  const fix = `run \`keyproxy gateway --data-dir ${dataDir}\` or \`keyproxy provision --data-dir ${dataDir}\` first, or check --data-dir`;
+  if (!existsSync(file)) throw new NoRegistry(`no registry at ${dataDir}: ${existsSync(dataDir) ? `it holds no ${DB_FILE}` : "no such directory"}; ${fix}`);
+  try {
+    return new Store(file, { create: false });
+  } catch (e) {
+    if (e instanceof NotARegistry) throw new NoRegistry(`no registry at ${dataDir}: its ${DB_FILE} is not a keyproxy registry; ${fix}`);
+    throw e;
+  }
 }
 
 /** Fleet trust, the interlink over the gateway's broker, and the cross-gateway hook on top. */
@@ -156,12 +180,22 @@ export class Gateway {
     readonly log: Logger,
     readonly sessions: SessionBroker,
     readonly policy: Policy,
+    private readonly lock: DataDirLock,
   ) {}
 
   static async start(opts: GatewayOptions): Promise<Gateway> {
     const log = opts.log ?? new Logger();
     const now = opts.now ?? (() => Math.floor(Date.now() / 1000));
-    const store = openStore(opts.dataDir);
+    ownDataDir(opts.dataDir);
+    // Before the registry is touched: a second gateway on this directory changes nothing.
+    const lock = lockDataDir(opts.dataDir);
+    let store: Store;
+    try {
+      store = openStore(opts.dataDir);
+    } catch (e) {
+      lock.release();
+      throw e;
+    }
     try {
       const id = opts.id ?? store.getMeta("gateway_id") ?? "gateway.local";
       store.setMeta("gateway_id", id);
@@ -202,7 +236,7 @@ export class Gateway {
       });
       const want = opts.listen ?? DEFAULT_LISTEN;
       const address = await links.listen(want.host, want.port);
-      const gw = new Gateway(store, links, address, id, log, sessions, policy);
+      const gw = new Gateway(store, links, address, id, log, sessions, policy, lock);
       gw.hook = hook;
       gw.revokeDevice = revokeDevice;
       // Before "gateway-started", so that the record is the first event on MQTT.
@@ -226,6 +260,7 @@ export class Gateway {
       return gw;
     } catch (e) {
       store.close();
+      lock.release();
       throw e;
     }
   }
@@ -253,6 +288,7 @@ export class Gateway {
     await this.interlink?.close().catch(() => undefined);
     await this.monitoring?.stop(); // after the links (their last states), before the store closes
     this.store.close();
+    this.lock.release();
     this.log.info("gateway-stopped", { id: this.id });
   }
 }

@@ -215,6 +215,9 @@ export class Outbox {
 
 // ---- the publisher --------------------------------------------------------------------------------
 
+/** MQTT keepalive of the publisher: a broker declares it gone (and publishes its last-will) after 1.5 times this. */
+const KEEPALIVE_SECONDS = 10;
+
 export interface PublisherDeps {
   gatewayId: string;
   /** The device link address, host:port. */
@@ -284,7 +287,7 @@ export class MqttPublisher {
       protocolVersion: 4, // MQTT 3.1.1: what both Mosquitto and aedes speak
       clientId: `keyproxy-gw-${this.run}`,
       clean: true,
-      keepalive: 10,
+      keepalive: KEEPALIVE_SECONDS,
       reconnectPeriod: 2000,
       connectTimeout: 5000,
       queueQoSZero: false,
@@ -498,7 +501,64 @@ export interface Monitoring {
   stop(): Promise<void>;
 }
 
-/** Starts the embedded broker if asked, then the publisher. Never waits for a broker to answer. */
+/** Another gateway with this gateway's id is online on the broker. */
+export class GatewayIdInUse extends Error {}
+
+/** How long a gateway waits at start for a broker to answer whether its id is taken, ms. */
+const ID_CHECK_CONNECT_MS = 3000;
+/** After the subscription is acknowledged, how long a retained status may take to arrive, ms (the
+ *  broker sends it right behind the SUBACK; this covers a loaded machine). */
+const ID_CHECK_RETAINED_MS = 500;
+
+/** The retained status of gatewayId on the broker at url: undefined when there is none, "unreachable"
+ *  when the broker did not answer in time (the gateway then starts anyway, as it always did). */
+export async function retainedStatus(url: string, gatewayId: string): Promise<Partial<GatewayStatus> | undefined | "unreachable"> {
+  const topic = topics.status(gatewayId);
+  // No will and a clean session: this client leaves nothing behind on the broker.
+  const client = connect(url, { protocolVersion: 4, clean: true, reconnectPeriod: 0, connectTimeout: ID_CHECK_CONNECT_MS, clientId: `keyproxy-idcheck-${randomBytes(4).toString("hex")}` });
+  client.on("error", () => {});
+  try {
+    return await new Promise((resolve) => {
+      const giveUp = setTimeout(() => resolve("unreachable"), ID_CHECK_CONNECT_MS + ID_CHECK_RETAINED_MS);
+      client.on("message", (t, payload, packet) => {
+        if (t !== topic || !packet.retain) return;
+        clearTimeout(giveUp);
+        let s: Partial<GatewayStatus> | undefined;
+        try { s = payload.length ? JSON.parse(payload.toString()) : undefined; } catch { s = undefined; }
+        resolve(s && typeof s === "object" ? s : undefined);
+      });
+      // Refused or dropped before an answer: no waiting for the timeout.
+      client.once("close", () => { clearTimeout(giveUp); resolve("unreachable"); });
+      client.once("connect", () => client.subscribe(topic, { qos: 1 }, (err) => {
+        if (err) return resolve("unreachable");
+        clearTimeout(giveUp);
+        setTimeout(() => resolve(undefined), ID_CHECK_RETAINED_MS);
+      }));
+    });
+  } finally {
+    client.end(true);
+  }
+}
+
+/** Refuses to start when another gateway with this id is online on the broker: two would overwrite
+ *  each other's retained status and device states (and answer each other's interlink messages). A
+ *  gateway that died has its status replaced by its last-will (offline) as soon as the broker notices. */
+async function checkIdFree(url: string, deps: PublisherDeps): Promise<void> {
+  const status = await retainedStatus(url, deps.gatewayId);
+  if (status === "unreachable") {
+    deps.log.warn("mqtt-id-not-checked", { broker: redactUrl(url), reason: "the broker did not answer; starting without checking for another gateway with this id" });
+    return;
+  }
+  if (status?.state !== "online") return;
+  throw new GatewayIdInUse(
+    `another gateway with the id "${deps.gatewayId}" is online on the MQTT broker ${redactUrl(url)} (run ${String(status.run)}, devices on ${String(status.listen)}): ` +
+    `give this gateway an id of its own (--id <domain>), or stop the other one first. If that gateway is no longer running, ` +
+    `the broker replaces its status with its last-will within ${Math.ceil(KEEPALIVE_SECONDS * 1.5)} s of losing it: start again then`,
+  );
+}
+
+/** Starts the embedded broker if asked, then the publisher. Never waits long for a broker to answer:
+ *  it asks a broker that is there whether another gateway with this id is online (GatewayIdInUse). */
 export async function startMonitoring(opts: MqttOptions, deps: PublisherDeps): Promise<Monitoring> {
   let broker: EmbeddedBroker | undefined;
   let url: string;
@@ -516,6 +576,8 @@ export async function startMonitoring(opts: MqttOptions, deps: PublisherDeps): P
   } else {
     url = opts.url;
   }
+  // A broker this gateway just started holds nothing: any other broker may hold a gateway of our id.
+  if (!broker) await checkIdFree(url, deps);
   const publisher = new MqttPublisher(deps, { ...opts, url });
   return {
     url: redactUrl(url),

@@ -4,6 +4,7 @@
 // Columns added after the first release are added by a migration that checks for them, so a data
 // directory made by an older gateway keeps working.
 
+import { chmodSync, closeSync, existsSync, openSync } from "node:fs";
 import Database from "better-sqlite3";
 
 export interface DeviceRow {
@@ -82,17 +83,51 @@ const ADDED_COLUMNS: [string, string, string][] = [
 
 const bytes = (b: Buffer | null): Uint8Array | null => (b ? new Uint8Array(b) : null);
 
+/** A file that is not a keyproxy registry, opened with `create: false`. */
+export class NotARegistry extends Error {}
+
+/** The registry and the -wal and -shm files SQLite keeps beside it hold root keys: owner-only. The
+ *  file is made 0600 before SQLite opens it (whatever the umask: a mode can only lose bits to it), and
+ *  SQLite gives its -wal and -shm the main file's mode; files an older gateway made 0644 are chmodded. */
+function makeOwnerOnly(file: string): void {
+  closeSync(openSync(file, "a", 0o600));
+  for (const f of [file, `${file}-wal`, `${file}-shm`]) if (existsSync(f)) chmodSync(f, 0o600);
+}
+
+export interface StoreOptions {
+  /** Create the file if it is missing and make the registry's files owner-only (default true). False
+   *  for commands that only use an existing registry: the file must exist and be a registry
+   *  (NotARegistry otherwise), and nothing is created or chmodded. */
+  create?: boolean;
+}
+
 export class Store {
   readonly db: Database.Database;
 
-  constructor(file: string) {
-    this.db = new Database(file);
+  constructor(file: string, opts: StoreOptions = {}) {
+    const create = opts.create ?? true;
+    if (create) makeOwnerOnly(file);
+    this.db = new Database(file, { fileMustExist: !create });
+    if (!create && !this.isRegistry()) {
+      this.db.close();
+      throw new NotARegistry(`${file} is not a keyproxy registry`);
+    }
     this.db.pragma("journal_mode = WAL");
     // FULL: a join counter the gateway has accepted must survive a power cut, or a replay could pass.
     this.db.pragma("synchronous = FULL");
     this.db.pragma("foreign_keys = ON");
     this.db.exec(SCHEMA);
     this.migrate();
+  }
+
+  /** Whether the file is a SQLite database with the registry's devices table: read only, no schema made. */
+  private isRegistry(): boolean {
+    try {
+      return this.db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'devices'").get() !== undefined;
+    } catch (e) {
+      if ((e as { code?: string }).code === "SQLITE_NOTADB") return false;
+      throw e;
+    }
   }
 
   /** Adds the columns an older data directory lacks, in one transaction. */
