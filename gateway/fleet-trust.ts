@@ -9,6 +9,11 @@
 // from then on the verifier answers "revocation-unknown" and every session across gateways ends at
 // its next check (gateway/crossgw.ts). The list taken last is kept in <data-dir>/revocation.cose, so
 // a restarted gateway starts from it and never accepts an older one.
+//
+// Every gateway also publishes the list it holds, retained, when it attaches and at every reconnect
+// (a broker restarted without persistence has forgotten it), and again whenever an older list shows
+// up on the topic (another gateway's republished one, or a replay): the newest list wins wherever it
+// is held, and a gateway that starts later still finds it.
 
 import { randomBytes } from "node:crypto";
 import { existsSync, readFileSync } from "node:fs";
@@ -45,6 +50,8 @@ export class FleetTrust {
   readonly verifier: Verifier;
   readonly checker: CertificateChecker;
   private held: RevocationList | undefined;
+  /** The held list as signed: what this gateway republishes. */
+  private heldBytes: Uint8Array | undefined;
   private readonly listeners = new Set<(list: RevocationList) => void>();
   private link: Interlink | undefined;
   private refreshTimer: NodeJS.Timeout | undefined;
@@ -86,11 +93,16 @@ export class FleetTrust {
     try {
       list = this.verifier.updateRevocationList(bytes);
     } catch (e) {
-      if (e instanceof FleetError && e.code === "rollback" && this.held && sameSerial(bytes, this.held.serial)) return false;
+      const rollback = e instanceof FleetError && e.code === "rollback";
+      if (rollback && this.held && sameSerial(bytes, this.held.serial)) return false;
       log.warn("revocation-list-rejected", { source, reason: e instanceof Error ? e.message : String(e) });
+      // An older list on the topic may have replaced the newest as the retained one: put ours back.
+      if (rollback && source === "mqtt") void this.publishHeld();
       return false;
     }
     this.held = list;
+    this.heldBytes = new Uint8Array(bytes);
+    this.link?.republishOnReconnect(this.topic, this.heldBytes);
     if (source !== "file") {
       try {
         writeFileAtomic(join(this.opts.dataDir, HELD_LIST_FILE), bytes, 0o644);
@@ -127,15 +139,13 @@ export class FleetTrust {
     return checker;
   }
 
-  /** Listens for lists on the fleet's retained topic; a development gateway also publishes its own
-   *  and re-signs it at half its lifetime. */
+  /** Listens for lists on the fleet's retained topic and publishes the list held (again at every
+   *  reconnect); a development gateway also re-signs its own at half its lifetime. */
   async attach(link: Interlink): Promise<void> {
     this.link = link;
     await link.watch(this.topic, (bytes) => void this.offer(bytes, "mqtt"));
-    if (this.opts.devFleet) {
-      await this.publishHeld();
-      this.scheduleRefresh();
-    }
+    await this.publishHeld();
+    if (this.opts.devFleet) this.scheduleRefresh();
   }
 
   close(): void {
@@ -144,8 +154,12 @@ export class FleetTrust {
     this.link = undefined;
   }
 
+  /** The held list, retained, on the fleet's topic (never fails: a broker away gets it at reconnect). */
   private async publishHeld(): Promise<void> {
-    if (this.link && this.opts.devFleet) await this.link.publishRetained(this.topic, this.opts.devFleet.signedList());
+    if (!this.link || !this.heldBytes) return;
+    await this.link.publishRetained(this.topic, this.heldBytes).catch((e: unknown) => {
+      this.opts.log.warn("revocation-list-not-published", { reason: e instanceof Error ? e.message : String(e) });
+    });
   }
 
   /** Only for a development fleet, whose CA key this gateway holds. */
@@ -157,7 +171,7 @@ export class FleetTrust {
     this.refreshTimer = setTimeout(() => {
       try {
         this.offer(fleet.revoke({}, this.opts.now()), "dev-fleet");
-        void this.publishHeld().catch((e: unknown) => this.opts.log.warn("revocation-list-not-published", { reason: e instanceof Error ? e.message : String(e) }));
+        void this.publishHeld();
       } catch (e) {
         this.opts.log.error("revocation-list-not-refreshed", { reason: e instanceof Error ? e.message : String(e) });
       }

@@ -5,6 +5,11 @@
 //   keyproxy/v1/interlink/<id>/responses     responses and errors addressed to <id> QoS 1
 //   keyproxy/v1/interlink/<id>/certificate   <id>'s gateway certificate, retained   QoS 1
 //
+// Retained messages are this gateway's to keep: its certificate, and whatever publishRetained was
+// given (the fleet's revocation list it holds) are published again at every reconnect, because a
+// broker restarted without persistence (Mosquitto's default) forgets them, and a gateway started
+// after that could not reach this one ("no certificate published").
+//
 // Every message is an envelope: COSE_Sign1 (EdDSA) by the sending gateway's certified Ed25519 key over
 //   { 0: "KP interlink v1", 1: from, 2: to, 3: sessionId (bstr 16), 4: msgId (bstr 16), 5: type,
 //     6: ts (seconds), 7: kind (0 request, 1 response, 2 error), 8: body (bstr), 9: ephemeral X25519
@@ -354,6 +359,8 @@ export class Interlink {
   private readonly fetching = new Map<string, Promise<Uint8Array>>();
   private readonly rejectListeners = new Set<(r: Rejection) => void>();
   private readonly watched = new Map<string, (payload: Uint8Array) => void>();
+  /** Retained messages published again at every reconnect: topic -> the latest payload. */
+  private readonly retained = new Map<string, Uint8Array>();
   private readonly dedupe: DedupeWindow;
   private readonly now: () => number;
   private closed = false;
@@ -399,8 +406,10 @@ export class Interlink {
     client.on("connect", noDelay);
     const link = new Interlink(client, opts);
     client.on("message", (topic, payload) => void link.receive(topic, new Uint8Array(payload)));
+    // Every later "connect" is a reconnect (the client resubscribes by itself).
+    client.on("connect", () => link.republish());
     await client.subscribeAsync({ [requestsTopic(id)]: { qos: 1 }, [responsesTopic(id)]: { qos: 1 } });
-    await client.publishAsync(certificateTopic(id), Buffer.from(opts.identity.certificate), { qos: 1, retain: true });
+    await link.publishRetained(certificateTopic(id), opts.identity.certificate);
     return link;
   }
 
@@ -416,9 +425,27 @@ export class Interlink {
     await this.client.subscribeAsync(topic, { qos: 1 });
   }
 
-  /** Publishes a retained message (QoS 1) and waits for the broker to take it. */
+  /** Publishes a retained message (QoS 1) and waits for the broker to take it; it is published again
+   *  at every reconnect (the latest payload given for the topic). */
   async publishRetained(topic: string, payload: Uint8Array): Promise<void> {
+    this.republishOnReconnect(topic, payload);
     await this.client.publishAsync(topic, Buffer.from(payload), { qos: 1, retain: true });
+  }
+
+  /** Sets what is published, retained, on `topic` at every reconnect, without publishing it now. */
+  republishOnReconnect(topic: string, payload: Uint8Array): void {
+    this.retained.set(topic, new Uint8Array(payload));
+  }
+
+  /** After a reconnect: every retained message of ours again, for a broker that may have lost them. */
+  private republish(): void {
+    if (this.closed) return;
+    this.opts.log?.info("interlink-reconnected", { gateway: this.gatewayId, republished: [...this.retained.keys()].join(" ") });
+    for (const [topic, payload] of this.retained) {
+      this.client.publishAsync(topic, Buffer.from(payload), { qos: 1, retain: true }).catch((e: unknown) => {
+        this.opts.log?.warn("interlink-republish-failed", { topic, reason: e instanceof Error ? e.message : String(e) });
+      });
+    }
   }
 
   /** Calls fn for every rejected message; returns the function that stops it. */

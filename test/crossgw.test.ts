@@ -8,6 +8,7 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { rmSync } from "node:fs";
+import mqtt from "mqtt";
 import { toHex } from "../firmware/bytes.ts";
 import { SUITE_AES_CCM_16_64_128 as AES } from "../firmware/crypto/types.ts";
 import { CloseReason, ErrorCode, Msg } from "../firmware/proto/messages.ts";
@@ -15,8 +16,8 @@ import { startBroker, type EmbeddedBroker } from "../gateway/broker.ts";
 import type { CrossGateway } from "../gateway/crossgw.ts";
 import { issueCertificate, readCertificateUnverified } from "../gateway/cwt.ts";
 import { generateEd25519 } from "../gateway/ed25519.ts";
-import { Fleet, generateX25519 } from "../gateway/fleet.ts";
-import { publishRevocationList } from "../gateway/fleet-trust.ts";
+import { Fleet, generateX25519, readRevocationListUnverified } from "../gateway/fleet.ts";
+import { publishRevocationList, revocationTopic } from "../gateway/fleet-trust.ts";
 import type { SessionSettings } from "../gateway/sessions.ts";
 import { Interlink } from "../gateway/interlink.ts";
 import { CapablePeer, type PeerSession } from "../gateway/peer-sdk.ts";
@@ -570,6 +571,38 @@ describe("a quiet SA across gateways", () => {
     } finally {
       await stopSide(a);
       await stopSide(b);
+      await broker.close();
+      rmSync(fleetDir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("the revocation list on the broker", () => {
+  test("an older list published over the newest one is answered with the newest, so the broker's retained list stays the newest", async () => {
+    const broker = await startBroker({ host: "127.0.0.1", port: 0 });
+    const fleetDir = tempDir("kp-xgw-fleet-");
+    const clock = new Clock();
+    const fleet = Fleet.create(fleetDir, "kp-fleet", clock.now());
+    const older = fleet.signedList();
+    const t = await fleetGateway("a.example", fleet, broker, clock.now);
+    const topic = revocationTopic(fleet.fleetId);
+    const recorder = await mqtt.connectAsync(broker.url, { protocolVersion: 4 });
+    const serials: number[] = [];
+    recorder.on("message", (_t, payload) => serials.push(readRevocationListUnverified(new Uint8Array(payload)).serial));
+    try {
+      await recorder.subscribeAsync(topic, { qos: 1 });
+      await until(() => serials.includes(1), "the list the gateway published when it attached");
+      const newer = fleet.revoke({ devices: ["nobody@b.example"] }, clock.now());
+      await publishRevocationList(broker.url, fleet.fleetId, newer);
+      await until(() => t.gw.trust!.list!.serial === 2, "the gateway took serial 2");
+      // A replay of serial 1 (or a gateway behind republishing what it holds) takes the retained place.
+      await publishRevocationList(broker.url, fleet.fleetId, older);
+      await until(() => serials.lastIndexOf(2) > serials.lastIndexOf(1), "the newest list published again after the older one", 5000);
+      assert.ok(t.events("revocation-list-rejected").length >= 1, "the gateway refused the older list");
+      assert.equal(t.gw.trust!.list!.serial, 2);
+    } finally {
+      await recorder.endAsync();
+      await stopGateway(t);
       await broker.close();
       rmSync(fleetDir, { recursive: true, force: true });
     }
