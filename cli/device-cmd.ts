@@ -21,7 +21,8 @@ const HELP = `usage: keyproxy device <add|list|remove> [options]
                                 reported when it registered: firmware id and variables in use
   remove --id <name>            deletes the device, its registration and certificate
 
-  --data-dir <dir>   the gateway's data directory (default ${DEFAULT_DATA_DIR})`;
+  --data-dir <dir>   the gateway's data directory (default ${DEFAULT_DATA_DIR}); list and remove need a
+                     registry there and create nothing (exit 2 when there is none)`;
 
 export function checkDeviceId(id: string | undefined): string {
   if (!id) throw new UsageError("--id is required");

@@ -20,7 +20,7 @@ request gets exactly the answer an unknown name gets.
   group remove --device <id> --group <name>
 
   --data-dir <dir>   the gateway's data directory (default ${DEFAULT_DATA_DIR}); changes apply to the
-                     next request, no restart needed`;
+                     next request, no restart needed; list needs a registry there and creates nothing`;
 
 export async function policyCommand(argv: string[]): Promise<number> {
   const [sub, ...rest] = argv;

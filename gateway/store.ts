@@ -91,7 +91,16 @@ export class NotARegistry extends Error {}
  *  SQLite gives its -wal and -shm the main file's mode; files an older gateway made 0644 are chmodded. */
 function makeOwnerOnly(file: string): void {
   closeSync(openSync(file, "a", 0o600));
-  for (const f of [file, `${file}-wal`, `${file}-shm`]) if (existsSync(f)) chmodSync(f, 0o600);
+  for (const f of [file, `${file}-wal`, `${file}-shm`]) {
+    if (!existsSync(f)) continue;
+    try {
+      chmodSync(f, 0o600);
+    } catch (e) {
+      // Another user's registry that this one may write (group permissions): not ours to chmod, and
+      // its owner's next gateway start does it. Anything else is a real failure.
+      if ((e as NodeJS.ErrnoException).code !== "EPERM") throw e;
+    }
+  }
 }
 
 export interface StoreOptions {
