@@ -14,7 +14,7 @@ import { decodeMessage, encodeMessage, Msg, type InnerMessage, type JoinRequest,
 import type { GatewayCrypto } from "./crypto.ts";
 import { LinkDeframer } from "./link-deframer.ts";
 import { isLoopback, JOIN_REQUEST_MAX_PAYLOAD, JoinThrottle, linkLimits, sourceKey, type LinkLimits } from "./link-limits.ts";
-import type { Logger } from "./log.ts";
+import type { Fields, Logger } from "./log.ts";
 import type { Store } from "./store.ts";
 
 type ConnState =
@@ -219,6 +219,7 @@ export class Connection {
   close(reason: string, flush = false): void {
     if (this.state.k === "closed") return;
     const id = this.deviceId;
+    const neverJoined = this.unjoinedSlot;
     if (this.state.k === "linked") wipeLink(this.state.link);
     this.state = { k: "closed" };
     this.stopUnjoinedTimers();
@@ -230,12 +231,30 @@ export class Connection {
       setTimeout(() => this.socket.destroy(), 2000).unref();
     } else this.socket.destroy();
     if (wasLive) this.server.deps.onLink(id as string, false);
-    this.server.deps.log.info("link-closed", { device: id, reason });
+    // Connections that never joined are anyone's, as many as they like: their closes are summarised.
+    if (neverJoined) this.server.unjoinedCloseLog.note({ peer: this.socket.remoteAddress, reason });
+    else this.server.deps.log.info("link-closed", { device: id, reason });
   }
 }
 
-/** At most one "connection-refused" record per this long; the others are counted into the next. */
-const REFUSAL_LOG_INTERVAL_MS = 1000;
+/** One log record per interval at most for an event anyone can cause at will, each saying how many
+ *  events it stands for (the first of a burst at once, then the count since): a flood of connections
+ *  must not become a flood of log lines. */
+class SummarisedLog {
+  private unlogged = 0;
+  private last = -Infinity;
+
+  constructor(private emit: (fields: Fields & { count: number }) => void, private nowMs: () => number, private intervalMs = 1000) {}
+
+  note(fields: Fields): void {
+    this.unlogged++;
+    const now = this.nowMs();
+    if (now - this.last < this.intervalMs) return;
+    this.emit({ ...fields, count: this.unlogged });
+    this.unlogged = 0;
+    this.last = now;
+  }
+}
 
 export class LinkServer {
   readonly stats: LinkStats = { joins: 0, joinRejects: 0, framesIn: 0, framesDropped: 0, connectionsRefused: 0, unjoinedEvicted: 0, unjoinedTimedOut: 0, joinsThrottled: 0, crcFailures: 0 };
@@ -247,8 +266,9 @@ export class LinkServer {
   /** The connections that have not joined, oldest first (a Set keeps insertion order). */
   private unjoined = new Set<Connection>();
   private unjoinedBySource = new Map<string, number>();
-  private refusalsUnlogged = 0;
-  private lastRefusalLog = -Infinity;
+  /** "connection-refused" and "unjoined-closed" records: one a second at most each (SummarisedLog). */
+  private refusalLog: SummarisedLog;
+  readonly unjoinedCloseLog: SummarisedLog;
   private server: net.Server;
   /** A root key no device has, made once per run: a join naming an unknown device is verified
    *  against it, so that it costs what a known device's join with a wrong MAC costs. Nobody knows it,
@@ -257,7 +277,10 @@ export class LinkServer {
 
   constructor(readonly deps: LinkServerDeps) {
     this.limits = linkLimits(deps.limits);
-    this.joinThrottle = new JoinThrottle(this.limits, deps.nowMs ?? Date.now);
+    const nowMs = deps.nowMs ?? Date.now;
+    this.joinThrottle = new JoinThrottle(this.limits, nowMs);
+    this.refusalLog = new SummarisedLog((f) => deps.log.warn("connection-refused", f), nowMs);
+    this.unjoinedCloseLog = new SummarisedLog((f) => deps.log.info("unjoined-closed", f), nowMs);
     this.decoyRootKey = deps.crypto.random(ROOT_KEY_BYTES);
     this.server = net.createServer((sock) => this.accept(sock));
   }
@@ -296,18 +319,12 @@ export class LinkServer {
     return "";
   }
 
-  /** Closes a connection over a limit at once. Logged at most once a second, with how many refusals
-   *  the record stands for: a flood must not turn into a flood of log lines. */
+  /** Closes a connection over a limit at once (logged summarised: SummarisedLog). */
   private refuse(sock: net.Socket, why: string): void {
     this.stats.connectionsRefused++;
-    this.refusalsUnlogged++;
     sock.on("error", () => {});
     sock.destroy();
-    const now = Date.now();
-    if (now - this.lastRefusalLog < REFUSAL_LOG_INTERVAL_MS) return;
-    this.deps.log.warn("connection-refused", { peer: sock.remoteAddress, reason: why, refused: this.refusalsUnlogged });
-    this.refusalsUnlogged = 0;
-    this.lastRefusalLog = now;
+    this.refusalLog.note({ peer: sock.remoteAddress, reason: why });
   }
 
   private accept(sock: net.Socket): void {

@@ -45,7 +45,10 @@ function peer(t: TestGateway, localAddress = "127.0.0.1"): Promise<Peer> {
   });
 }
 
-const closedReasons = (t: TestGateway) => t.events("link-closed").map((r) => String(r.reason));
+/** Why connections were closed, in order: joined ones ("link-closed") and unjoined ones ("unjoined-closed",
+ *  summarised: the first of each second). */
+const closedReasons = (t: TestGateway) =>
+  t.logs.map((l) => JSON.parse(l)).filter((r) => r.event === "link-closed" || r.event === "unjoined-closed").map((r) => String(r.reason));
 const isJoinReject = (payload: Uint8Array) => payload.length === 2 && payload[1] === Msg.JoinReject;
 
 // ---- finding 2: one connection, one identity ------------------------------------------------------
@@ -161,7 +164,7 @@ test("unjoined connections per source are capped; another source, and joined con
     assert.deepEqual(peers.map((p) => p.closed), [false, false, true]);
     assert.equal(t.gw.links.stats.connectionsRefused, 1);
     assert.match(String(t.events("connection-refused")[0].reason), /2 connections from this source have not joined yet/);
-    assert.equal(t.events("connection-refused")[0].refused, 1);
+    assert.equal(t.events("connection-refused")[0].count, 1);
     // 127.0.0.1 is another source: its device still gets in, and a joined connection frees its slot.
     const d2 = await nodeHandset(t.gw, "dev-2", key2);
     await until(() => d2.h.status().registered, "dev-2 registered");
@@ -300,6 +303,41 @@ test("failed joins for one id back a source off; the real device from its own ad
     peers.push(later);
     later.socket.write(joinFrame("dev-v", key, 10));
     await until(() => t.gw.store.getDevice("dev-v")!.joinCounter === 10, "a join after the backoff accepted");
+  } finally {
+    for (const p of peers) p.socket.destroy();
+    await stopGateway(t);
+  }
+});
+
+test("closes of unjoined connections and refusals are logged one record a second at most, with their count", async () => {
+  let ms = 5_000_000;
+  const t = await startGateway({ limits: { maxUnjoinedPerSource: 1, exemptLoopback: false }, nowMs: () => ms });
+  const peers: Peer[] = [];
+  try {
+    const closeThree = async () => {
+      for (let i = 0; i < 3; i++) {
+        const p = await peer(t, "127.0.0.2");
+        peers.push(p);
+        p.socket.destroy();
+        await until(() => t.gw.links.connectionCount.all === 0, "the gateway saw it close");
+      }
+    };
+    await closeThree();
+    assert.deepEqual(t.events("unjoined-closed").map((r) => [r.reason, r.count]), [["peer closed", 1]], "the first at once, the next two counted");
+    ms += 1000;
+    await closeThree();
+    assert.deepEqual(t.events("unjoined-closed").map((r) => r.count), [1, 3], "a second later: that one, and the two before it");
+    // Refusals likewise: over the per-source limit of 1, three newcomers refused, one record.
+    const held = await peer(t, "127.0.0.2");
+    peers.push(held);
+    for (let i = 0; i < 3; i++) {
+      const p = await peer(t, "127.0.0.2");
+      peers.push(p);
+      await until(() => p.closed, "a refusal");
+    }
+    assert.equal(t.gw.links.stats.connectionsRefused, 3);
+    assert.deepEqual(t.events("connection-refused").map((r) => r.count), [1]);
+    assert.equal(t.events("link-closed").length, 0, "no joined connection closed");
   } finally {
     for (const p of peers) p.socket.destroy();
     await stopGateway(t);
