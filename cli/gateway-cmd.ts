@@ -56,7 +56,8 @@ Logs are JSON lines on stderr. Stop with Ctrl-C.
 Limits on the device port, for whoever can reach it (docs/OPERATIONS.md, "Limits"):
   --join-deadline <s>      a connection must have joined this long after it opened (default ${LIMITS.joinDeadlineMs / 1000})
   --unjoined-idle <s>      a connection that has not joined and sends nothing this long is closed (default ${LIMITS.unjoinedIdleMs / 1000})
-  --max-connections <n>    connections at once, joined or not (default ${LIMITS.maxConnections}); keep it under ulimit -n
+  --max-connections <n>    connections at once, joined or not (default ${LIMITS.maxConnections}); held under what
+                           ulimit -n leaves, with a warning
   --max-unjoined <n>       connections at once that have not joined yet (default ${LIMITS.maxUnjoined}); when full,
                            the oldest of them is closed to make room for a new one
   --max-unjoined-per-source <n>  of those, from one IPv4 address or IPv6 /64 (default ${LIMITS.maxUnjoinedPerSource}); joined

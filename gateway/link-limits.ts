@@ -3,6 +3,8 @@
 // may send, and how often one source may fail to join as one device. Authenticated devices are bounded
 // by the registry (one live link per device); these limits are about everyone else.
 
+import { readFileSync } from "node:fs";
+
 export interface LinkLimits {
   /** An unjoined connection must have joined within this long after it was accepted, ms. Bounds a
    *  JoinRequest trickled a byte at a time, and any other way of holding a slot without joining. */
@@ -52,6 +54,30 @@ export function linkLimits(l: Partial<LinkLimits> | undefined): LinkLimits {
   }
   if (out.joinBackoffBaseMs > out.joinBackoffMaxMs) throw new Error("link limit joinBackoffBaseMs is above joinBackoffMaxMs");
   return out;
+}
+
+/** Descriptors kept for what is not a device connection: the registry, its journal, the log, MQTT,
+ *  the listener, the interlink. */
+export const RESERVED_DESCRIPTORS = 64;
+
+/** This process's limit on open descriptors (Linux's /proc/self/limits, the soft limit), or undefined
+ *  where it cannot be read or there is none. */
+export function descriptorLimit(): number | undefined {
+  try {
+    const line = readFileSync("/proc/self/limits", "utf8").split("\n").find((l) => l.startsWith("Max open files"));
+    const soft = Number(line?.split(/\s{2,}/)[1]);
+    return Number.isInteger(soft) && soft > 0 ? soft : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The limits with maxConnections held under what the descriptor limit leaves: past it accept() fails
+ *  for everyone, devices included, whereas under it the gateway evicts or refuses by its own rules. */
+export function fitToDescriptors(l: LinkLimits, descriptors: number | undefined): LinkLimits {
+  if (descriptors === undefined) return l;
+  const room = Math.max(1, descriptors - RESERVED_DESCRIPTORS);
+  return l.maxConnections <= room ? l : { ...l, maxConnections: room };
 }
 
 /** The largest JoinRequest payload a conforming device sends: [1, id, ctr, nonce, suite, tag] with an

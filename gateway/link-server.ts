@@ -13,7 +13,7 @@ import { DROP_REASONS, newLink, openMessage, sealMessage, wipeLink, type Link } 
 import { decodeMessage, encodeMessage, Msg, type InnerMessage, type JoinRequest, type Message, type SaData } from "../firmware/proto/messages.ts";
 import type { GatewayCrypto } from "./crypto.ts";
 import { LinkDeframer } from "./link-deframer.ts";
-import { isLoopback, JOIN_REQUEST_MAX_PAYLOAD, JoinThrottle, linkLimits, sourceKey, type LinkLimits } from "./link-limits.ts";
+import { descriptorLimit, fitToDescriptors, isLoopback, JOIN_REQUEST_MAX_PAYLOAD, JoinThrottle, linkLimits, sourceKey, type LinkLimits } from "./link-limits.ts";
 import type { Fields, Logger } from "./log.ts";
 import type { Store } from "./store.ts";
 
@@ -38,6 +38,8 @@ export interface LinkServerDeps {
   limits?: Partial<LinkLimits>;
   /** Milliseconds for the join backoff (default Date.now); tests pass a clock they control. */
   nowMs?: () => number;
+  /** The process's descriptor limit (default: read from the system); tests pass one. */
+  descriptorLimit?: number;
 }
 
 /** Counters a monitor can read; every dropped input is counted by its reason. */
@@ -276,7 +278,12 @@ export class LinkServer {
   readonly decoyRootKey: Uint8Array;
 
   constructor(readonly deps: LinkServerDeps) {
-    this.limits = linkLimits(deps.limits);
+    const asked = linkLimits(deps.limits);
+    const descriptors = deps.descriptorLimit ?? descriptorLimit();
+    this.limits = fitToDescriptors(asked, descriptors);
+    if (this.limits.maxConnections < asked.maxConnections) {
+      deps.log.warn("link-limits", { reason: `at most ${this.limits.maxConnections} connections, not ${asked.maxConnections}: the process may open ${descriptors} descriptors and keeps some for itself; raise ulimit -n for more`, maxConnections: this.limits.maxConnections });
+    }
     const nowMs = deps.nowMs ?? Date.now;
     this.joinThrottle = new JoinThrottle(this.limits, nowMs);
     this.refusalLog = new SummarisedLog((f) => deps.log.warn("connection-refused", f), nowMs);

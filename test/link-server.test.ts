@@ -8,13 +8,16 @@ import net from "node:net";
 import { randomBytes } from "node:crypto";
 import * as gcbor from "../gateway/cbor.ts";
 import { nodeCrypto } from "../gateway/crypto.ts";
-import { JOIN_REQUEST_MAX_PAYLOAD, sourceKey } from "../gateway/link-limits.ts";
+import { DEFAULT_LINK_LIMITS, JOIN_REQUEST_MAX_PAYLOAD, RESERVED_DESCRIPTORS, sourceKey } from "../gateway/link-limits.ts";
+import { LinkServer } from "../gateway/link-server.ts";
+import { Logger } from "../gateway/log.ts";
+import { openStore } from "../gateway/gateway.ts";
 import { SUITE_AES_CCM_16_64_128 as AES } from "../firmware/crypto/types.ts";
 import { joinTag, JOIN_NONCE_BYTES } from "../firmware/proto/keys.ts";
 import { CloseReason, encodeMessage, ErrorCode, Msg } from "../firmware/proto/messages.ts";
 import { linkLimitsFromFlags } from "../cli/gateway-cmd.ts";
 import { UsageError } from "../cli/args.ts";
-import { nodeHandset, provision, startGateway, until, type TestGateway } from "./support/harness.ts";
+import { nodeHandset, provision, startGateway, tempDir, until, type TestGateway } from "./support/harness.ts";
 import { frame, payloadsOf, sessionHandset, stopGateway } from "./support/session-rig.ts";
 
 const crypto = nodeCrypto();
@@ -341,6 +344,29 @@ test("closes of unjoined connections and refusals are logged one record a second
   } finally {
     for (const p of peers) p.socket.destroy();
     await stopGateway(t);
+  }
+});
+
+test("the connection limit is held under the process's descriptor limit, and the log says so", () => {
+  const store = openStore(tempDir("kp-fds-"));
+  const lines: string[] = [];
+  const deps = {
+    store, log: new Logger((l) => lines.push(l)), crypto, cbor: gcbor, now: () => 0,
+    onInner: () => {}, onSaData: () => {}, onLink: () => {},
+  };
+  try {
+    // A process allowed 256 descriptors (the finding's): 300 connections would fail accept() for all.
+    const small = new LinkServer({ ...deps, descriptorLimit: 256 });
+    assert.equal(small.limits.maxConnections, 256 - RESERVED_DESCRIPTORS);
+    const warning = JSON.parse(lines.at(-1)!);
+    assert.equal(warning.event, "link-limits");
+    assert.match(warning.reason, /at most 192 connections, not 4096: the process may open 256 descriptors/);
+    // Room enough: the limit stays as asked, and nothing is said.
+    const roomy = new LinkServer({ ...deps, descriptorLimit: 100_000 });
+    assert.equal(roomy.limits.maxConnections, DEFAULT_LINK_LIMITS.maxConnections);
+    assert.equal(lines.length, 1);
+  } finally {
+    store.close();
   }
 });
 
