@@ -43,9 +43,9 @@ async function main(): Promise<void> {
     const r = await runTarget(target, {
       count: a.count,
       seed: a.seed,
-      onProgress: process.stdout.isTTY ? (i) => process.stdout.write(`\r  ${fmt(i)} / ${fmt(a.count)}`) : undefined,
+      // Progress every 100,000 inputs, so a run stopped early still says how far each target got.
+      onProgress: (i) => process.stdout.write(`  ${fmt(i)} / ${fmt(a.count)} at ${new Date().toISOString()}\n`),
     });
-    if (process.stdout.isTTY) process.stdout.write("\r");
     process.stdout.write(`  ${fmt(r.inputs)} inputs in ${r.seconds.toFixed(1)} s: ${fmt(r.rejected)} rejected, ${fmt(r.accepted)} accepted, slowest ${fmt(Math.round(r.slowestUs))} µs, ${r.crashes} crashes, ${r.hangs} hangs, ${r.stateChanges} state changes\n`);
     for (const f of r.findings) process.stdout.write(`  ${f.kind.toUpperCase()} (target ${f.target}, seed ${f.seed}, input #${f.index}):\n    input (hex): ${f.input}\n    ${f.detail.replace(/\n/g, "\n    ")}\n`);
     results.push(r);
