@@ -13,11 +13,11 @@
 export const MODULES = {
   "firmware/crypto": {
     mutate: ["firmware/crypto/*.ts"],
-    tests: ["test/crypto.test.ts", "test/proto.test.ts", "test/join-accept-forged.test.ts"],
+    tests: ["test/crypto.test.ts", "test/crypto-boundaries.test.ts", "test/proto.test.ts", "test/join-accept-forged.test.ts"],
   },
   "firmware/proto": {
     mutate: ["firmware/proto/*.ts"],
-    tests: ["test/proto.test.ts", "test/gateway.test.ts", "test/join-accept-forged.test.ts", "test/sa-confirm-wrong-tag.test.ts"],
+    tests: ["test/proto.test.ts", "test/replay-window-edges.test.ts", "test/join-tag-spec.test.ts", "test/frame-edges.test.ts", "test/gateway.test.ts", "test/join-accept-forged.test.ts", "test/sa-confirm-wrong-tag.test.ts"],
   },
   "gateway/exchange.ts": {
     mutate: ["gateway/exchange.ts"],
@@ -49,9 +49,13 @@ export function moduleNamed(name) {
   return key;
 }
 
-const chosen = process.env.KP_MUTATION_MODULE ? moduleNamed(process.env.KP_MUTATION_MODULE) : undefined;
+// KP_MUTATION_MODULE names a module, or one file of a module (then only that file is mutated, against
+// the module's tests: a quicker run while killing that file's survivors).
+const asked = process.env.KP_MUTATION_MODULE;
+const chosen = asked ? moduleNamed(asked) : undefined;
 const modules = chosen ? [MODULES[chosen]] : Object.values(MODULES);
-const reportName = chosen ? chosen.replace(/[/.]/g, "-") : "all";
+const oneFile = asked && asked !== chosen && asked.endsWith(".ts") ? asked : undefined;
+const reportName = (oneFile ?? chosen ?? "all").replace(/[/.]/g, "-");
 
 /** @type {import('@stryker-mutator/api/core').PartialStrykerOptions} */
 export default {
@@ -63,7 +67,7 @@ export default {
     // A mutant is killed by its first failing test: no need to wait for the rest of the file.
     forceBail: true,
   },
-  mutate: modules.flatMap((m) => m.mutate),
+  mutate: oneFile ? [oneFile] : modules.flatMap((m) => m.mutate),
   coverageAnalysis: "perTest",
   // Other workers share the 2 cores: one test process at a time.
   concurrency: 1,
