@@ -32,9 +32,13 @@
 //
 // Receiving, in this order; the first failure rejects the message with a code and a reason and changes
 // nothing (no dedupe entry, no handler call, no pending request touched):
-//   size -> COSE/CBOR shape -> sender certificate (PeerTrust: the verifier) -> signature -> addressed
-//   to us -> timestamp within maxSkew and above the dedupe floor -> msgId not seen -> body decrypts
-//   -> (responses) a pending request with that msgId, from that gateway, in that session.
+//   size -> COSE/CBOR shape -> signature under the key in the sender certificate (read, not yet
+//   trusted) -> sender certificate (PeerTrust: the verifier) -> addressed to us -> timestamp within
+//   maxSkew and above the dedupe floor -> msgId not seen -> body decrypts -> (responses) a pending
+//   request with that msgId, from that gateway, in that session.
+// The signature comes before the verifier so that a forgery costs no verifier work and leaves its
+// cache as it was: the certificate's own signature covers neither its CWT tag nor its unprotected
+// header, so one genuine certificate has endless byte forms, each judged and cached apart.
 // Only then is the msgId recorded, and the handler runs. A broker redelivery (QoS 1 dup) or a replay
 // within the window is a "duplicate": the handler does not run again; for a request whose answer is
 // ready, the same signed answer bytes are sent again (idempotent). A replay from outside the window is
@@ -47,7 +51,7 @@ import { toHex } from "../firmware/bytes.ts";
 import { decode, encode } from "./cbor.ts";
 import { CoseError, decodeDeterministic, parseSign1, signSign1, verifySign1 } from "./cose.ts";
 import type { Ed25519KeyPair } from "./ed25519.ts";
-import { generateX25519, isGatewayId, x25519SharedSecret, type X25519KeyPair } from "./fleet.ts";
+import { FleetError, generateX25519, isGatewayId, readGatewayCertificateUnverified, x25519SharedSecret, type X25519KeyPair } from "./fleet.ts";
 import type { Logger } from "./log.ts";
 
 // ---------------------------------------------------------------------------------------------------
@@ -281,6 +285,17 @@ export function parseEnvelope(bytes: Uint8Array): Envelope {
   if (ephemeral !== undefined) e.ephemeral = ephemeral as Uint8Array;
   if (re !== undefined) e.re = re as Uint8Array;
   return e;
+}
+
+/** The signing key a sender certificate names, read WITHOUT judging the certificate (the verifier
+ *  does that next); an unreadable certificate is "untrusted-peer", as the verifier would call it. */
+function claimedSigningKey(cert: Uint8Array): Uint8Array {
+  try {
+    return readGatewayCertificateUnverified(cert).signingKey;
+  } catch (err) {
+    if (err instanceof FleetError) throw new InterlinkError("untrusted-peer", `sender certificate is unreadable: ${err.message}`);
+    throw err;
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -549,15 +564,17 @@ export class Interlink {
       if (bytes.length > max) throw new InterlinkError("too-large", `envelope of ${bytes.length} bytes is above ${max}`);
       e = parseEnvelope(bytes);
       if ((e.kind === Kind.Request) !== isRequest) throw new InterlinkError("malformed", `a ${isRequest ? "response" : "request"} on the ${isRequest ? "requests" : "responses"} topic`);
+      const signingKey = claimedSigningKey(e.senderCert);
+      try {
+        verifySign1(bytes, signingKey);
+      } catch (err) {
+        if (err instanceof CoseError && err.code === "bad-signature") throw new InterlinkError("bad-signature", `envelope signature does not verify under the key in "${e.from}"'s certificate`);
+        throw new InterlinkError("malformed", err instanceof Error ? err.message : String(err));
+      }
       const now = this.now();
       const peer = await this.opts.trust.gateway(e.senderCert, now);
       if (peer.gatewayId !== e.from) throw new InterlinkError("untrusted-peer", `envelope says from "${e.from}" but carries the certificate of "${peer.gatewayId}"`);
-      try {
-        verifySign1(bytes, peer.signingKey);
-      } catch (err) {
-        if (err instanceof CoseError && err.code === "bad-signature") throw new InterlinkError("bad-signature", `envelope signature does not verify under "${e.from}"'s certified key`);
-        throw new InterlinkError("malformed", err instanceof Error ? err.message : String(err));
-      }
+      if (toHex(peer.signingKey) !== toHex(signingKey)) throw new InterlinkError("untrusted-peer", `the key certified for "${e.from}" is not the one that signed`);
       if (e.to !== this.gatewayId) throw new InterlinkError("wrong-recipient", `envelope is addressed to "${e.to}", not to us`);
       const key = `${e.from} ${toHex(e.msgId)}`;
       const refused = this.dedupe.refuse(key, e.ts, now);

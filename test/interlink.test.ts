@@ -271,6 +271,26 @@ for (const v of variants()) {
         assert.match(r2.reason, /carries the certificate of/);
       });
 
+      await t.test("a forged envelope carrying a re-encoding of a genuine certificate never reaches the verifier (found by npm run fuzz)", async () => {
+        // The signature covers neither the CWT tag nor the unprotected header of a certificate, so one
+        // genuine certificate has endless byte forms the verifier judges good, each cached apart. A
+        // forgery carrying one must be refused before the verifier is asked: refusedBySouth checks
+        // that the certificate cache, like everything else, is as it was.
+        const cert = w.north.identity.certificate;
+        assert.deepEqual([...cert.subarray(0, 7)], [0xd8, 0x3d, 0xd2, 0x84, 0x43, 0xa1, 0x01], "61(18([h'a10127', ...]))");
+        assert.equal(cert[8], 0xa0, "an empty unprotected header");
+        const untagged = cert.slice(2);
+        const withHeader = new Uint8Array([...cert.subarray(0, 8), 0xa1, 0x18, 0x64, 0xf5, ...cert.subarray(9)]); // {100: true}
+        for (const senderCert of [untagged, withHeader]) {
+          const forged = signEnvelope(
+            { from: w.north.identity.gatewayId, to: w.south.identity.gatewayId, sessionId: new Uint8Array(randomBytes(16)), msgId: new Uint8Array(randomBytes(16)), type: "echo", ts: w.clock.now, kind: Kind.Request, body: encode("hi"), senderCert },
+            generateEd25519().seed,
+          );
+          const r = await refusedBySouth(w, forged);
+          assert.equal(r.code, "bad-signature");
+        }
+      });
+
       await t.test("a certificate from another CA, an expired certificate and a revoked gateway are refused", async () => {
         const dir = mkdtempSync(join(tmpdir(), "kp-rival-"));
         tmpDirs.push(dir);
