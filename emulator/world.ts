@@ -90,6 +90,18 @@ export const WORLD_SOURCE = String.raw`(function (host, config) {
   function method(owner, name, fn) {
     Object.defineProperty(owner, name, { value: fn, writable: true, configurable: true, enumerable: false });
   }
+  // A view on an ArrayBuffer made with length 0 covers the rest of the buffer: Espruino takes 0 as
+  // "no length given" (jswrap_typedarray_constructor in src/jswrap_arraybuffer.c).
+  ["Uint8Array", "Int8Array", "Uint16Array", "Int16Array", "Uint32Array", "Int32Array", "Float32Array", "Float64Array", "Uint8ClampedArray"].forEach(function (name) {
+    var Real = G[name];
+    var View = function (a, offset, length) {
+      return new Real(a, offset, a instanceof ArrayBuffer && length === 0 ? undefined : length);
+    };
+    View.prototype = Real.prototype;
+    // Statics and Object.getPrototypeOf(Uint8Array) (TypedArray) stay what they were.
+    Object.setPrototypeOf(View, Object.getPrototypeOf(Real));
+    G[name] = View;
+  });
   // A typed array's slice() and filter() give a plain Array (src/jswrap_arraybuffer.c borrows Array's).
   method(TA, "slice", function slice(start, end) { return arraySlice.call(this, start, end); });
   method(TA, "filter", function filter(fn, thisArg) { return arrayFilter.call(this, fn, thisArg); });
