@@ -138,7 +138,7 @@ interface SetupFrames {
   callee: Bytes[];
 }
 
-function setupFrames(c: SymCrypto, cbor: Codec, keys: LinkKeys, suite: number): SetupFrames {
+export function setupFrames(c: SymCrypto, cbor: Codec, keys: LinkKeys, suite: number): SetupFrames {
   const seed = c.random(32);
   const sa = { spi: SPI, app: SESSION_APP, suite, lifetime: 3600, limit: 100000, replaces: 0 };
   const frame = (link: Link, m: InnerMessage) => encodeFrame(sealMessage(c, cbor, link, m), zlib.crc32);
@@ -356,10 +356,16 @@ async function loadBench(dev: RealDevice, first: boolean, pt: Bytes): Promise<{ 
   };
   // protectOnSa needs an SA: the caller's setup installs one.
   const callerSent = (await dev.eval<unknown[]>(statements.caller)).map(bytesOf);
-  await dev.eval(`(function () { global.P = { c: kpBench.crypto, e: kpBench.cbor.encode, cm: require("crypto"), k16: new Uint8Array(16), k32: new Uint8Array(32), n13: new Uint8Array(13), d40: new Uint8Array(40), d64: new Uint8Array(64), z: new Uint8Array(0) }; })()`);
-  // The prototypes from Storage, as the bench itself: code typed at the prompt would stay in RAM.
-  await dev.eval(`(function () { eval(require("Storage").read("kpproto.js")); })()`);
-  if (!first) return { statements };
+  // The primitives' inputs and prototypes, loaded last: the profile below needs the room they take.
+  const loadPrimitives = async () => {
+    await dev.eval(`(function () { global.P = { c: kpBench.crypto, e: kpBench.cbor.encode, cm: require("crypto"), k16: new Uint8Array(16), k32: new Uint8Array(32), n13: new Uint8Array(13), d40: new Uint8Array(40), d64: new Uint8Array(64), z: new Uint8Array(0) }; })()`);
+    // The prototypes from Storage, as the bench itself: code typed at the prompt would stay in RAM.
+    await dev.eval(`(function () { eval(require("Storage").read("kpproto.js")); })()`);
+  };
+  if (!first) {
+    await loadPrimitives();
+    return { statements };
+  }
   checkRegisterRequest(c, gatewayCbor, answers.keys, bytesOf(await dev.eval(statements.register)));
   checkProtected(c, gatewayCbor, answers.keys, bytesOf(await dev.eval(statements.protectOnLink)), pt);
   checkSetup(c, gatewayCbor, answers.keys, f, 0, callerSent);
@@ -377,6 +383,7 @@ async function loadBench(dev: RealDevice, first: boolean, pt: Bytes): Promise<{ 
     profile[k] = await dev.eval<Record<string, number>>(`kpProfile(function () { ${statements[k]}; }, 8)`, 120_000);
   }
   await dev.eval("delete global.kpProfile");
+  await loadPrimitives();
   return { statements, natives, profile };
 }
 
@@ -647,17 +654,26 @@ ${Object.entries(r.primitives).map(([k, t]) => `| ${k} | ${t.medianUs.toFixed(1)
 ### Reading it
 
 - Espruino interprets the source text: ${stepsPerSha(r)} steps of a simple byte loop cost as much as a native
-  SHA-256 of 64 bytes. The device's time is in how many statements its code runs, not in its natives. The HMAC
-  is written for that (the pads XORed into the key 32 bits at a time, each hash input set natively into one
-  buffer, no concatenation): byte for byte the same (test/crypto.test.ts, test/proto.test.ts,
-  test/gateway.test.ts), ${prim(r, "HMAC-SHA256, 32 B key, 40 B data")} µs instead of ${prim(r, OLD_HMAC_PRIM)} µs for the HMAC as it was (both timed
-  above, same run). Two more changes of the same kind were measured and left out because the Puck.js bundle
-  has no bytes for them (16,368 of 16,384 with the HMAC): one HKDF extract shared by the SA's three keys and
-  by the two link keys (2 HMACs fewer per setup, 1 per join; +208 bytes) and AES-CCM's keystream XORed in
-  32-bit words (+139 bytes).
-- The profile shows where the rest goes: the firmware's CBOR codec (\`firmware/cbor.ts\`: the messages, and every
-  MAC input and HKDF info) takes a large share of every operation that has messages; AES-CCM's interpreted part
-  most of a protected message; the message objects and the handset's steps the rest.
+  SHA-256 of 64 bytes. The device's time is in how many statements its code runs, and in how much source text
+  it reads: every call reads the whole text of the function called (returns included: the rest is lexed to
+  find its end), and every closure made reads its body. So the firmware's hot code is shaped for that, byte
+  for byte the same on the wire (test/cbor.test.ts, test/crypto.test.ts, test/proto.test.ts with RFC 3610,
+  RFC 4231, RFC 5869 vectors and a property test against the HKDF definitions):
+  - the CBOR codec (\`firmware/cbor.ts\`) has module functions instead of closures made by every call, the
+    protocol's kinds in a short first function and the rare kinds in another, heads gathered in one array
+    and ASCII text through \`E.toUint8Array\`/\`E.toString\`;
+  - HMAC fills its pad blocks natively and XORs only the key's words; one HKDF extract is shared by the keys of
+    one secret (the SA's three keys, the link's two), 2 HMACs fewer per setup and 1 per join;
+  - AES-CCM is one straight function: the counter blocks copied natively, the keystream XORed in 32-bit
+    words into the CBC-MAC buffer itself, S0 into the tag in four words;
+  - the message table lists the device's frequent types first.
+  The HMAC alone: ${prim(r, "HMAC-SHA256, 32 B key, 40 B data")} µs against ${prim(r, OLD_HMAC_PRIM)} µs for the HMAC as it was (both timed above, same run).
+  Each module function that lives for good costs a Puck.js about 7 variables and one per parameter, so there
+  are few of them: the Puck.js's own variables at rest went from 597 to 664 (target 700; "Memory on the real
+  interpreter" below).
+- The profile shows where the rest goes: the CBOR codec still takes a large share of every operation that has
+  messages (each message is encoded or decoded twice, inner and outer, and each SA key's HKDF info once);
+  AES-CCM most of a protected message; the message objects and the handset's steps the rest.
 
 ### A key schedule on native AES
 
@@ -676,10 +692,8 @@ For keyproxy the same would be:
 
 What it would buy is computed above from this run: each operation's HMAC/HKDF share replaced by as many CMACs
 (the prototype, measured here, RFC 4493 vector checked) as it makes HMACs. ${projectionText(r)}
-So the wire protocol is left as it is (the choice is the lead's). What would pay next, in this order: a faster
-CBOR codec (no closures made per call, ASCII text through \`E.toUint8Array\` instead of a character loop, one
-output buffer instead of one array per item) and fewer encodes per message; AES-CCM with fewer interpreted
-steps (its keystream XORed in 32-bit words); then the key schedule on native AES for the join.
+So the wire protocol is left as it is (the choice is the lead's). What would pay next: fewer encodes per
+message (the HKDF infos of one SA share everything but their label), then the key schedule on native AES.
 
 ### What is measured and what is not
 

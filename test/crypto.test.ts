@@ -102,6 +102,21 @@ describe("AES-CCM on the ECB/CBC natives (firmware/crypto/ccm.ts)", () => {
     }
   });
 
+  test("every length from 0 to 80 bytes agrees with node:crypto (the word-wise keystream and its tail)", () => {
+    const blocks = natives("ecb-cbc").crypto.AES;
+    const key = new Uint8Array(16).map((_, i) => i * 7 + 1);
+    const nonce = new Uint8Array(13).map((_, i) => 255 - i);
+    for (let n = 0; n <= 80; n++) {
+      const pt = new Uint8Array(n).map((_, i) => (i * 31 + n) & 255);
+      const c = createCipheriv("aes-128-ccm", key, nonce, { authTagLength: 8 });
+      c.setAAD(new Uint8Array(0), { plaintextLength: n });
+      const want = Buffer.concat([c.update(pt), c.final(), c.getAuthTag()]);
+      const sealed = ccmSeal(blocks, key, nonce, pt, 8);
+      assert.equal(hx(sealed), hx(want), `${n} bytes sealed`);
+      assert.equal(hx(ccmOpen(blocks, key, nonce, sealed, 8)!), hx(pt), `${n} bytes opened`);
+    }
+  });
+
   test("seal and open each make exactly one native CBC call and one native ECB call, never CTR", () => {
     const seen: AesObservation[] = [];
     const crypto = deviceCrypto(natives("ecb-cbc", (o) => seen.push(o)), []);

@@ -6,7 +6,7 @@ import fc from "fast-check";
 import { newWindow, replay, WINDOW_SIZE } from "../firmware/proto/replay.ts";
 import { encodeFrame, FrameDecoder, MAX_PAYLOAD } from "../firmware/proto/frame.ts";
 import { decodeMessage, encodeMessage, Msg, type Message } from "../firmware/proto/messages.ts";
-import { deriveSaKeys, frameNonce, saConfirmTag, DIR_DOWN, DIR_UP } from "../firmware/proto/keys.ts";
+import { deriveLinkKeys, deriveSaKeys, frameNonce, saConfirmTag, DIR_DOWN, DIR_UP } from "../firmware/proto/keys.ts";
 import { crypt, type Link } from "../firmware/proto/link.ts";
 import * as deviceCbor from "../firmware/cbor.ts";
 import { nodeCrypto } from "../gateway/crypto.ts";
@@ -184,4 +184,31 @@ test("saConfirmTag is exactly the tag deriveSaKeys gives each role", () => {
     assert.deepEqual(Buffer.from(saConfirmTag(c, deviceCbor, seed, spi, role)), Buffer.from(deriveSaKeys(c, deviceCbor, seed, spi, SUITE_AES_CCM_16_64_128, role).confirm));
     assert.notDeepEqual(Buffer.from(saConfirmTag(c, deviceCbor, seed, spi, role)), Buffer.from(saConfirmTag(c, deviceCbor, seed, spi, 1 - role)));
   }
+});
+
+// The key schedule as docs/PROTOCOL.md writes it, one HKDF per key; keys.ts shares one extract among
+// the keys of a secret (fewer HMACs on the device), which must not change a single byte.
+test("the link and SA keys are the HKDFs docs/PROTOCOL.md defines, byte for byte", () => {
+  const c = nodeCrypto();
+  const e = deviceCbor.encode;
+  const none = new Uint8Array(0);
+  fc.assert(
+    fc.property(
+      fc.uint8Array({ minLength: 16, maxLength: 16 }), fc.uint8Array({ minLength: 16, maxLength: 16 }), fc.uint8Array({ minLength: 16, maxLength: 16 }),
+      fc.nat(0xffffffff), fc.constantFrom(SUITE_AES_CCM_16_64_128, SUITE_XSALSA20_POLY1305), fc.constantFrom(0, 1),
+      (root, nD, nG, n, suite, role) => {
+        const len = suite === SUITE_XSALSA20_POLY1305 ? 32 : 16;
+        const secret = c.hkdf(Buffer.concat([nD, nG]), root, e(["KP1 link", "dev-1", n, suite]), 32);
+        const link = deriveLinkKeys(c, deviceCbor, root, "dev-1", n, nD, nG, suite);
+        assert.deepEqual(Buffer.from(link.up), Buffer.from(c.hkdf(none, secret, e(["KP1 link up"]), len)));
+        assert.deepEqual(Buffer.from(link.down), Buffer.from(c.hkdf(none, secret, e(["KP1 link down"]), len)));
+        const seed = Buffer.concat([root, nD]);
+        const sa = deriveSaKeys(c, deviceCbor, seed, n, suite, role);
+        assert.deepEqual(Buffer.from(sa.up), Buffer.from(c.hkdf(none, seed, e(["KP1 sa up", n, suite]), len)));
+        assert.deepEqual(Buffer.from(sa.down), Buffer.from(c.hkdf(none, seed, e(["KP1 sa down", n, suite]), len)));
+        assert.deepEqual(Buffer.from(sa.confirm), Buffer.from(c.hkdf(none, seed, e(["KP1 sa confirm", n, role]), 16)));
+      },
+    ),
+    { numRuns: 100 },
+  );
 });

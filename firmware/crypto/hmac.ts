@@ -16,28 +16,38 @@ export interface Hasher {
  *  function as its method: one live function on the device instead of a method wrapping it.
  *
  *  Shaped for an interpreter (Espruino runs about one simple statement per microsecond or two, while
- *  its SHA-256 and typed-array set are native): the pads are XORed into K0 32 bits at a time (16
- *  steps instead of 64), and each hash input is set natively into one buffer, with no concatenation.
- *  XOR is bytewise, so doing it on 32-bit words with the byte repeated gives the same bytes on any
- *  endianness. */
+ *  its SHA-256, fill and typed-array set are native), straight-line: each hash input is one buffer
+ *  whose 64-byte pad block is filled natively with ipad (opad), and only the key's own words are
+ *  XORed in, 32 bits at a time (at most 8 steps for our 16- and 32-byte keys; K0's zero padding
+ *  XORs to the pad itself). XOR is bytewise, so words give the same bytes on any endianness. */
 export function hmacSha256(this: Hasher, key: Bytes, data: Bytes): Bytes {
-  // K0: the key (hashed first when longer than the block), zero-padded to the block, aligned at 0.
-  const k0 = new Uint8Array(BLOCK);
-  k0.set(key.length > BLOCK ? this.sha256(key) : key);
+  // K0's key part (hashed first when longer than the block), aligned at 0 and padded to whole words,
+  // at least one: Espruino takes a view's length 0 as "the rest of the buffer".
+  const k = key.length > BLOCK ? this.sha256(key) : key;
+  const k0 = new Uint8Array(((k.length + 3) & ~3) || 4);
+  k0.set(k);
   const kw = new Uint32Array(k0.buffer);
-  // K0 ^ ipad for the inner hash over it || data, then ^ (ipad ^ opad) for the outer one over it || inner.
-  let h = data;
-  for (const pad of [0x36363636, 0x6a6a6a6a]) {
-    for (let i = 0; i < BLOCK / 4; i++) kw[i] ^= pad;
-    const m = new Uint8Array(BLOCK + h.length);
-    m.set(k0);
-    m.set(h, BLOCK);
-    if (h !== data) h.fill(0);
-    h = this.sha256(m);
-    m.fill(0);
+  const n = kw.length;
+  // (K0 ^ ipad) || data, and (K0 ^ opad) || inner.
+  const inner = new Uint8Array(BLOCK + data.length);
+  inner.fill(0x36, 0, BLOCK);
+  const iw = new Uint32Array(inner.buffer, 0, n);
+  const outer = new Uint8Array(BLOCK + HASH_LEN);
+  outer.fill(0x5c, 0, BLOCK);
+  const ow = new Uint32Array(outer.buffer, 0, n);
+  for (let i = 0; i < n; i++) {
+    iw[i] ^= kw[i];
+    ow[i] ^= kw[i];
   }
+  inner.set(data, BLOCK);
+  const h = this.sha256(inner);
+  outer.set(h, BLOCK);
+  const mac = this.sha256(outer);
+  inner.fill(0);
+  outer.fill(0);
+  h.fill(0);
   k0.fill(0);
-  return h;
+  return mac;
 }
 
 /** RFC 5869 extract-then-expand. An empty salt is HashLen zero bytes, which HMAC's zero padding

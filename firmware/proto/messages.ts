@@ -99,38 +99,40 @@ export type Message = OuterMessage | InnerMessage;
 // string in variables for good (about 75 on a Puck.js); the function's literals stay in flash and
 // make one string when asked.
 function fields(t: unknown): string | undefined {
+  // The device's most frequent first: Espruino tries the cases in order, reading each one it passes.
   switch (t) {
-    case Msg.JoinRequest: return "tubib id ctr nonce suite tag";
-    case Msg.JoinAccept: return "bb nonce tag";
-    case Msg.JoinReject: return "";
     case Msg.Link: return "ub seq sealed";
-    case Msg.RegisterRequest: return "uusBtu rid lifetime suites wantCert firmware memory";
-    case Msg.RegisterOk: return "uubn rid granted certId cert";
-    case Msg.DeregisterRequest: return "u rid";
-    case Msg.DeregisterOk: return "u rid";
-    case Msg.CertQuery: return "ut rid name";
-    case Msg.CertAnswer: return "ub rid cert";
-    case Msg.Error: return "uu rid code";
     case Msg.SaData: return "uub spi seq sealed";
+    case Msg.SaInstall: return "uuttibuuuu rid spi peer app suite seed role lifetime limit replaces";
+    case Msg.Connected: return "uu spi replaces";
+    case Msg.SaConfirm: return "uub rid spi tag";
     case Msg.ConnectRequest: return "uttt rid peer app from";
     case Msg.Incoming: return "utti rid from app suite";
     case Msg.Answer: return "uB rid accept";
-    case Msg.SaInstall: return "uuttibuuuu rid spi peer app suite seed role lifetime limit replaces";
-    case Msg.SaConfirm: return "uub rid spi tag";
-    case Msg.Connected: return "uu spi replaces";
     case Msg.Rekey: return "uu rid spi";
     case Msg.Bye: return "u spi";
     case Msg.SaClosed: return "uu spi reason";
+    case Msg.Error: return "uu rid code";
+    case Msg.RegisterRequest: return "uusBtu rid lifetime suites wantCert firmware memory";
+    case Msg.RegisterOk: return "uubn rid granted certId cert";
+    case Msg.CertQuery: return "ut rid name";
+    case Msg.CertAnswer: return "ub rid cert";
+    case Msg.DeregisterRequest: return "u rid";
+    case Msg.DeregisterOk: return "u rid";
+    case Msg.JoinRequest: return "tubib id ctr nonce suite tag";
+    case Msg.JoinAccept: return "bb nonce tag";
+    case Msg.JoinReject: return "";
   }
   return undefined;
 }
 
 function fieldOk(kind: string, v: unknown): boolean {
-  const int = typeof v === "number" && v === Math.floor(v) && Math.abs(v) <= 9007199254740991;
-  if (kind === "u") return int && (v as number) >= 0;
-  if (kind === "i") return int;
-  if (kind === "t") return typeof v === "string" && v.length >= 1 && v.length <= 64;
+  // The common kinds first, each test only as long as it must be.
+  if (kind === "u" || kind === "i") {
+    return typeof v === "number" && v === Math.floor(v) && Math.abs(v) <= 9007199254740991 && (kind === "i" || v >= 0);
+  }
   if (kind === "b") return v instanceof Uint8Array;
+  if (kind === "t") return typeof v === "string" && v.length >= 1 && v.length <= 64;
   if (kind === "n") return v === null || v instanceof Uint8Array;
   if (kind === "B") return v === true || v === false;
   if (kind === "s") {
