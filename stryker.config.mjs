@@ -17,7 +17,7 @@ export const MODULES = {
   },
   "firmware/proto": {
     mutate: ["firmware/proto/*.ts"],
-    tests: ["test/proto.test.ts", "test/replay-window-edges.test.ts", "test/join-tag-spec.test.ts", "test/frame-edges.test.ts", "test/link-edges.test.ts", "test/gateway.test.ts", "test/join-accept-forged.test.ts", "test/sa-confirm-wrong-tag.test.ts"],
+    tests: ["test/proto.test.ts", "test/replay-window-edges.test.ts", "test/join-tag-spec.test.ts", "test/frame-edges.test.ts", "test/link-edges.test.ts", "test/message-table-spec.test.ts", "test/gateway.test.ts", "test/join-accept-forged.test.ts", "test/sa-confirm-wrong-tag.test.ts"],
   },
   "gateway/exchange.ts": {
     mutate: ["gateway/exchange.ts"],
