@@ -166,7 +166,7 @@ function checkSetup(c: SymCrypto, cbor: Codec, keys: LinkKeys, f: SetupFrames, r
   if (first.t === Msg.ConnectRequest && (first.peer !== PEER_ID || first.from !== DEVICE_ID)) throw new Error("gateway side: wrong ConnectRequest");
   if (first.t === Msg.Answer && !first.accept) throw new Error("gateway side: the callee did not accept");
   const confirm = openInner(c, cbor, rx, sent[1], Msg.SaConfirm);
-  if (confirm.t !== Msg.SaConfirm || confirm.spi !== SPI || !ctEqual(saConfirmTag(c, cbor, f.seed, SPI, role), confirm.tag)) {
+  if (confirm.t !== Msg.SaConfirm || confirm.spi !== SPI || !ctEqual(saConfirmTag(c, cbor, f.seed, SPI, SUITE_AES_CCM_16_64_128, role), confirm.tag)) {
     throw new Error(`gateway side: the ${role === 0 ? "caller" : "callee"}'s key confirmation does not verify`);
   }
 }

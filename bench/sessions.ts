@@ -162,6 +162,7 @@ export function fileSystemOf(dir: string): string {
 
 interface SetupFrames {
   spi: number;
+  suite: number;
   seed: Bytes;
   /** What the gateway sends the caller (sealed at 1, 2) and the callee (1, 2, 3), as gateway/sessions.ts. */
   caller: { install: Bytes; connected: Bytes };
@@ -178,6 +179,7 @@ function setupFrames(c: SymCrypto, cbor: Codec, keys: LinkKeys, saSuite: number)
   const toCaller = newLink(keys, false);
   const toCallee = newLink(keys, false);
   return {
+    suite: saSuite,
     spi,
     seed,
     caller: {
@@ -204,7 +206,7 @@ function checkSetup(c: SymCrypto, cbor: Codec, keys: LinkKeys, f: SetupFrames, r
     if (m.t !== Msg.Answer || m.rid !== 7 || !m.accept) throw new Error("gateway side: the callee did not accept");
   }
   const confirm = openInner(c, cbor, rx, sent[1], Msg.SaConfirm);
-  if (confirm.t !== Msg.SaConfirm || confirm.spi !== f.spi || !ctEqual(saConfirmTag(c, cbor, f.seed, f.spi, role), confirm.tag)) {
+  if (confirm.t !== Msg.SaConfirm || confirm.spi !== f.spi || !ctEqual(saConfirmTag(c, cbor, f.seed, f.spi, f.suite, role), confirm.tag)) {
     throw new Error(`gateway side: the ${role === 0 ? "caller" : "callee"}'s key confirmation does not verify`);
   }
 }
@@ -331,14 +333,14 @@ function rawCryptoTask(c: SymCrypto) {
   const inSealed = inPlain.map((p, i) => c.seal(suite, keys.up, inNonces[i], p));
   const seed = c.random(32);
   const spi = 0x5a5a0001;
-  const tags = [saConfirmTag(c, gatewayCbor, seed, spi, 0), saConfirmTag(c, gatewayCbor, seed, spi, 1)];
+  const tags = [saConfirmTag(c, gatewayCbor, seed, spi, suite, 0), saConfirmTag(c, gatewayCbor, seed, spi, suite, 1)];
   const one = (): boolean => {
     c.random(32);
     c.random(4);
     let ok = true;
     for (let i = 0; i < inSealed.length; i++) ok = c.open(suite, keys.up, inNonces[i], inSealed[i]) !== undefined && ok;
     for (let i = 0; i < outPlain.length; i++) c.seal(suite, keys.down, outNonces[i], outPlain[i]);
-    for (let role = 0; role < 2; role++) ok = ctEqual(saConfirmTag(c, gatewayCbor, seed, spi, role), tags[role]) && ok;
+    for (let role = 0; role < 2; role++) ok = ctEqual(saConfirmTag(c, gatewayCbor, seed, spi, suite, role), tags[role]) && ok;
     return ok;
   };
   if (!one()) throw new Error("raw setup crypto: a frame or a confirm tag did not verify");

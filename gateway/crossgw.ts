@@ -599,7 +599,7 @@ export class CrossGateway implements SessionHook {
       ctx.log.warn("session-confirm-dropped", { device: s.device, spi: s.spi, reason: "no SA awaiting this device's confirmation" });
       return;
     }
-    if (!ctEqual(saConfirmTag(ctx.crypto, cbor, s.seed, s.spi, s.role), tag)) {
+    if (!ctEqual(saConfirmTag(ctx.crypto, cbor, s.seed, s.spi, s.suite, s.role), tag)) {
       ctx.log.warn("session-confirm-dropped", { device: s.device, spi: s.spi, reason: "key confirmation does not verify" });
       this.end(s, CloseReason.PeerGone, "a key confirmation did not verify", true);
       return;

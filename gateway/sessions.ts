@@ -249,7 +249,7 @@ export class SessionBroker {
       d.log.warn("session-confirm-dropped", { device: deviceId, spi, reason: "no SA awaiting this device's confirmation" });
       return;
     }
-    if (!ctEqual(saConfirmTag(d.crypto, d.cbor, s.seed, spi, role), tag)) {
+    if (!ctEqual(saConfirmTag(d.crypto, d.cbor, s.seed, spi, s.suite, role), tag)) {
       d.log.warn("session-confirm-dropped", { device: deviceId, spi, reason: "key confirmation does not verify" });
       this.abort(s, "a key confirmation did not verify");
       return;

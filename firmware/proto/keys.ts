@@ -35,33 +35,20 @@ export interface LinkKeys {
   down: Bytes;
 }
 
-/** HKDF-Expand (RFC 5869 §2.3) of at most one hash length, which every key here is: T(1) =
- *  HMAC(PRK, info || 0x01), cut to n bytes. With one HKDF-Extract shared by the keys of one secret,
- *  a set of keys costs one HMAC each plus one, instead of two each: the device's time is in HMACs.
- *  Byte for byte what c.hkdf(salt, ikm, info, n) gives (test/proto.test.ts checks it). */
-function expand(c: SymCrypto, prk: Bytes, info: Bytes, n: number): Bytes {
-  const t = c.hmacSha256(prk, concat([info, new Uint8Array([1])]));
-  const k = new Uint8Array(t.subarray(0, n));
-  t.fill(0);
-  return k;
+/** The length of a suite's keys: 32 bytes for secretbox, 16 for AES-CCM. */
+function keyLength(suite: number): number {
+  return suite === SUITE_XSALSA20_POLY1305 ? 32 : 16;
 }
 
-/** Link keys for one join. The counter is in the info, so even if both random nonces repeated (a
- *  broken RNG), a fresh counter still gives fresh keys: no (key, nonce) pair can recur.
- *  up and down are HKDF(salt empty, link secret, label): both expand one extract of the link secret. */
+/** Link keys for one join: one HKDF whose output is cut into the two keys (RFC 5869's own use of
+ *  a long output), so a join costs the device two HMACs and one encode, not six and three. The
+ *  counter is in the info, so even if both random nonces repeated (a broken RNG), a fresh counter
+ *  still gives fresh keys: no (key, nonce) pair can recur. */
 export function deriveLinkKeys(c: SymCrypto, cbor: Codec, rootKey: Bytes, id: string, ctr: number, nonceD: Bytes, nonceG: Bytes, suite: number): LinkKeys {
-  const secretPrk = c.hmacSha256(concat([nonceD, nonceG]), rootKey);
-  const secret = expand(c, secretPrk, cbor.encode(["KP1 link", id, ctr, suite]), 32);
-  const prk = c.hmacSha256(new Uint8Array(0), secret);
-  const n = suite === SUITE_XSALSA20_POLY1305 ? 32 : 16;
-  const keys = {
-    suite: suite,
-    up: expand(c, prk, cbor.encode(["KP1 link up"]), n),
-    down: expand(c, prk, cbor.encode(["KP1 link down"]), n),
-  };
-  secretPrk.fill(0);
-  secret.fill(0);
-  prk.fill(0);
+  const n = keyLength(suite);
+  const okm = c.hkdf(concat([nonceD, nonceG]), rootKey, cbor.encode(["KP1 link keys", id, ctr, suite]), 2 * n);
+  const keys = { suite: suite, up: new Uint8Array(okm.subarray(0, n)), down: new Uint8Array(okm.subarray(n)) };
+  okm.fill(0);
   return keys;
 }
 
@@ -77,28 +64,34 @@ export function frameNonce(suite: number, dir: number, spi: number, seq: number)
   return n;
 }
 
-/** The label of an SA's key-confirmation tag (deriveSaKeys and saConfirmTag). */
-const SA_CONFIRM = "KP1 sa confirm";
+/** An SA's key material from the seed the gateway distributed (seed 003: one seed, both devices
+ *  expand it), in one HKDF: up (initiator -> responder), down (responder -> initiator), then the
+ *  key-confirmation tags of the initiator (role 0) and of the responder (role 1), 16 bytes each. A
+ *  tag proves its device holds the seed and installed this SPI and suite in this role. */
+function saMaterial(c: SymCrypto, cbor: Codec, seed: Bytes, spi: number, suite: number): Bytes {
+  return c.hkdf(new Uint8Array(0), seed, cbor.encode(["KP1 sa keys", spi, suite]), 2 * keyLength(suite) + 32);
+}
 
-/** An SA's keys from the seed the gateway distributed (seed 003: one seed, both devices expand it).
- *  up: initiator -> responder; down: responder -> initiator. confirm: the key-confirmation tag of the
- *  device in `role` (0 initiator, 1 responder), proving it holds the seed and installed this SPI in
- *  this role. */
+/** An SA's keys, and the confirmation tag of the device in `role` (0 initiator, 1 responder). */
 export function deriveSaKeys(c: SymCrypto, cbor: Codec, seed: Bytes, spi: number, suite: number, role: number): LinkKeys & { confirm: Bytes } {
-  const n = suite === SUITE_XSALSA20_POLY1305 ? 32 : 16;
-  // HKDF(salt empty, seed, label) for each key, sharing the one extract of the seed.
-  const prk = c.hmacSha256(new Uint8Array(0), seed);
+  const n = keyLength(suite);
+  const okm = saMaterial(c, cbor, seed, spi, suite);
+  const t = 2 * n + 16 * role;
   const keys = {
     suite: suite,
-    up: expand(c, prk, cbor.encode(["KP1 sa up", spi, suite]), n),
-    down: expand(c, prk, cbor.encode(["KP1 sa down", spi, suite]), n),
-    confirm: expand(c, prk, cbor.encode([SA_CONFIRM, spi, role]), 16),
+    up: new Uint8Array(okm.subarray(0, n)),
+    down: new Uint8Array(okm.subarray(n, 2 * n)),
+    confirm: new Uint8Array(okm.subarray(t, t + 16)),
   };
-  prk.fill(0);
+  okm.fill(0);
   return keys;
 }
 
 /** The key-confirmation tag alone, as deriveSaKeys makes it (the gateway checks both devices'). */
-export function saConfirmTag(c: SymCrypto, cbor: Codec, seed: Bytes, spi: number, role: number): Bytes {
-  return c.hkdf(new Uint8Array(0), seed, cbor.encode([SA_CONFIRM, spi, role]), 16);
+export function saConfirmTag(c: SymCrypto, cbor: Codec, seed: Bytes, spi: number, suite: number, role: number): Bytes {
+  const okm = saMaterial(c, cbor, seed, spi, suite);
+  const t = 2 * keyLength(suite) + 16 * role;
+  const tag = new Uint8Array(okm.subarray(t, t + 16));
+  okm.fill(0);
+  return tag;
 }

@@ -152,7 +152,11 @@ export function encodeMessage(m: Message): unknown[] {
   const o = m as unknown as { [k: string]: unknown };
   for (let i = 1; i < names.length; i++) {
     const v = o[names[i]];
-    if (!fieldOk(names[0][i - 1], v)) throw new Error("msg: bad field " + names[i]);
+    const kind = names[0][i - 1];
+    // The commonest kind without a call (a call costs the device the callee's whole text), then the rest.
+    if (!(kind === "u" ? typeof v === "number" && v >= 0 && v === Math.floor(v) && v <= 9007199254740991 : fieldOk(kind, v))) {
+      throw new Error("msg: bad field " + names[i]);
+    }
     out.push(v);
   }
   return out;
@@ -168,8 +172,13 @@ export function decodeMessage(w: unknown): Message | Error {
   if (w.length !== n + 1) return new Error("msg: type " + w[0] + " needs " + n + " fields, got " + (w.length - 1));
   const o: { [k: string]: unknown } = { t: w[0] };
   for (let i = 1; i <= n; i++) {
-    if (!fieldOk(names[0][i - 1], w[i])) return new Error("msg: type " + w[0] + " has a bad " + names[i]);
-    o[names[i]] = w[i];
+    const v = w[i];
+    const kind = names[0][i - 1];
+    // As in encodeMessage: the commonest kind without a call.
+    if (!(kind === "u" ? typeof v === "number" && v >= 0 && v === Math.floor(v) && v <= 9007199254740991 : fieldOk(kind, v))) {
+      return new Error("msg: type " + w[0] + " has a bad " + names[i]);
+    }
+    o[names[i]] = v;
   }
   return o as unknown as Message;
 }
