@@ -121,6 +121,13 @@ describe("DeviceCrypto refuses what its suites do not define", () => {
     assert.equal(none.open(XSALSA, bytes(32), bytes(24), bytes(40)), undefined);
   });
 
+  test("a device with secretbox refuses a suite it does not have, instead of running secretbox under its number", () => {
+    const c = new DeviceCrypto(natives("ecb-cbc"), [secretboxSuite]);
+    const [key, nonce] = [bytes(32, 2), bytes(24, 3)];
+    assert.throws(() => c.seal(11, key, nonce, bytes(4)), /^Error: unsupported suite 11$/);
+    assert.equal(c.open(11, key, nonce, nacl.secretbox(bytes(4), nonce, key)), undefined);
+  });
+
   test("a device with secretbox opens what tweetnacl sealed", () => {
     const key = bytes(32, 2);
     const nonce = bytes(24, 3);
