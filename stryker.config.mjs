@@ -29,7 +29,7 @@ export const MODULES = {
   },
   "gateway/registrar.ts": {
     mutate: ["gateway/registrar.ts"],
-    tests: ["test/gateway.test.ts", "test/keycache.test.ts"],
+    tests: ["test/registrar-answers.test.ts", "test/gateway.test.ts", "test/keycache.test.ts"],
   },
   "gateway/link-server.ts": {
     mutate: ["gateway/link-server.ts"],
