@@ -28,7 +28,7 @@ function natives(board: "ecb-cbc" | "native-ccm"): Natives {
 const blocks = natives("ecb-cbc").crypto.AES;
 
 /** AES-CCM by node:crypto (OpenSSL): ciphertext || tag. The key's length picks AES-128 or AES-256. */
-function nodeCcm(key: Uint8Array, nonce: Uint8Array, pt: Uint8Array, tagLen: number, aad = new Uint8Array(0)): Uint8Array {
+function nodeCcm(key: Uint8Array, nonce: Uint8Array, pt: Uint8Array, tagLen: number, aad: Uint8Array = new Uint8Array(0)): Uint8Array {
   const c = createCipheriv(key.length === 32 ? "aes-256-ccm" : "aes-128-ccm", key, nonce, { authTagLength: tagLen });
   c.setAAD(aad, { plaintextLength: pt.length });
   const ct = Buffer.concat([c.update(pt), c.final()]);
