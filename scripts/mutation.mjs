@@ -1,7 +1,7 @@
 #!/usr/bin/env node
-// `npm run mutation -- [module ...]` or `npm run mutation -- --mutate <file>`: mutation testing of one
+// `npm run mutation -- [module or file ...]` or `npm run mutation -- --mutate <file>`: mutation testing of one
 // module after another (docs/MUTATION.md), each against its own focused test files
-// (stryker.config.mjs MODULES). No module: every module, fastest first. Runs Stryker under
+// (stryker.config.mjs MODULES). No module: every module, in MODULES order. Runs Stryker under
 // `nice -n 19` (other work shares the cores) and stops at the first module whose run fails.
 import { spawnSync } from "node:child_process";
 import { fileURLToPath } from "node:url";
@@ -18,7 +18,9 @@ function modulesAsked(args) {
     else names.push(args[i]);
   }
   if (names.some((n) => n === undefined)) usage(2, "--mutate needs a module or file");
-  return names.length ? [...new Set(names.map(moduleNamed))] : Object.keys(MODULES);
+  // A module's name runs the module; one file of a module runs that file against the module's tests.
+  for (const n of names) moduleNamed(n);
+  return names.length ? [...new Set(names)] : Object.keys(MODULES);
 }
 
 function usage(code, problem) {
@@ -37,7 +39,7 @@ try {
 // The package exports no bin path: its file is found beside the repository's node_modules.
 const stryker = fileURLToPath(new URL("../node_modules/@stryker-mutator/core/bin/stryker.js", import.meta.url));
 for (const m of modules) {
-  console.log(`\n== mutation: ${m} (tests: ${MODULES[m].tests.join(" ")})`);
+  console.log(`\n== mutation: ${m} (tests: ${MODULES[moduleNamed(m)].tests.join(" ")})`);
   const r = spawnSync("nice", ["-n", "19", process.execPath, stryker, "run", "stryker.config.mjs"], {
     stdio: "inherit",
     env: { ...process.env, KP_MUTATION_MODULE: m },
