@@ -86,16 +86,22 @@ export interface HandsetOptions {
   echo?: boolean;
 }
 
-/** A flashed, provisioned handset, powered and booted into its firmware. */
+/** A flashed, provisioned handset, powered and booted into its firmware. An interpreter that crashes
+ *  while being provisioned (the host's console thread, as in flashedImage) gets one more try on a fresh
+ *  copy of the image: provisioning rolled the registry back, so the second try starts clean. */
 export async function provisionedHandset(o: HandsetOptions): Promise<RealDevice> {
   const image = await flashedImage(o.board, o.bundle, o.bits);
-  const dev = new RealDevice({ board: o.board, bits: o.bits, dir: tempDir(`kp-real-${o.id}-`), name: o.id, flashImage: image, echo: o.echo });
-  try {
-    await dev.start();
-    await dev.withSerial((tty) => provisionDevice({ port: tty, board: o.board, id: o.id, gateway: o.gateway, dataDir: o.dataDir, lifetime: o.lifetime, baudRate: 115200, answerMs: INTERPRETER_ANSWER_MS }));
-  } catch (e) {
-    await dev.powerOff();
-    throw withConsole(dev, `provisioning ${o.id}`, e as Error);
+  for (let attempt = 1; ; attempt++) {
+    const dev = new RealDevice({ board: o.board, bits: o.bits, dir: tempDir(`kp-real-${o.id}-`), name: o.id, flashImage: image, echo: o.echo });
+    try {
+      await dev.start();
+      await dev.withSerial((tty) => provisionDevice({ port: tty, board: o.board, id: o.id, gateway: o.gateway, dataDir: o.dataDir, lifetime: o.lifetime, baudRate: 115200, answerMs: INTERPRETER_ANSWER_MS }));
+      return dev;
+    } catch (e) {
+      await dev.powerOff();
+      const crashed = dev.lines.some((l) => /^\[harness\] the interpreter exited \(SIG/.test(l));
+      if (!crashed || attempt > 1) throw withConsole(dev, `provisioning ${o.id}`, e as Error);
+      console.log(`# ${dev.name}: the interpreter crashed while being provisioned (${dev.lines.find((l) => l.startsWith("[harness]"))}); provisioning a fresh copy once more`);
+    }
   }
-  return dev;
 }
