@@ -669,7 +669,7 @@ ${Object.entries(r.primitives).map(([k, t]) => `| ${k} | ${t.medianUs.toFixed(1)
   - the message table lists the device's frequent types first.
   The HMAC alone: ${prim(r, "HMAC-SHA256, 32 B key, 40 B data")} µs against ${prim(r, OLD_HMAC_PRIM)} µs for the HMAC as it was (both timed above, same run).
   Each module function that lives for good costs a Puck.js about 7 variables and one per parameter, so there
-  are few of them: the Puck.js's own variables at rest went from 597 to 664 (target 700; "Memory on the real
+  are few of them: the Puck.js's own variables at rest went from 597 to 665 (target 700; "Memory on the real
   interpreter" below).
 - The profile shows where the rest goes: the CBOR codec still takes a large share of every operation that has
   messages (each message is encoded or decoded twice, inner and outer, and each SA key's HKDF info once);
