@@ -35,17 +35,12 @@ export interface LinkKeys {
   down: Bytes;
 }
 
-/** The length of a suite's keys: 32 bytes for secretbox, 16 for AES-CCM. */
-function keyLength(suite: number): number {
-  return suite === SUITE_XSALSA20_POLY1305 ? 32 : 16;
-}
-
 /** Link keys for one join: one HKDF whose output is cut into the two keys (RFC 5869's own use of
  *  a long output), so a join costs the device two HMACs and one encode, not six and three. The
  *  counter is in the info, so even if both random nonces repeated (a broken RNG), a fresh counter
  *  still gives fresh keys: no (key, nonce) pair can recur. */
 export function deriveLinkKeys(c: SymCrypto, cbor: Codec, rootKey: Bytes, id: string, ctr: number, nonceD: Bytes, nonceG: Bytes, suite: number): LinkKeys {
-  const n = keyLength(suite);
+  const n = suite === SUITE_XSALSA20_POLY1305 ? 32 : 16;
   const okm = c.hkdf(concat([nonceD, nonceG]), rootKey, cbor.encode(["KP1 link keys", id, ctr, suite]), 2 * n);
   const keys = { suite: suite, up: new Uint8Array(okm.subarray(0, n)), down: new Uint8Array(okm.subarray(n)) };
   okm.fill(0);
@@ -67,15 +62,14 @@ export function frameNonce(suite: number, dir: number, spi: number, seq: number)
 /** An SA's key material from the seed the gateway distributed (seed 003: one seed, both devices
  *  expand it), in one HKDF: up (initiator -> responder), down (responder -> initiator), then the
  *  key-confirmation tags of the initiator (role 0) and of the responder (role 1), 16 bytes each. A
- *  tag proves its device holds the seed and installed this SPI and suite in this role. */
-function saMaterial(c: SymCrypto, cbor: Codec, seed: Bytes, spi: number, suite: number): Bytes {
-  return c.hkdf(new Uint8Array(0), seed, cbor.encode(["KP1 sa keys", spi, suite]), 2 * keyLength(suite) + 32);
-}
+ *  tag proves its device holds the seed and installed this SPI and suite in this role. The info's
+ *  label, for deriveSaKeys and saConfirmTag: */
+const SA_KEYS = "KP1 sa keys";
 
 /** An SA's keys, and the confirmation tag of the device in `role` (0 initiator, 1 responder). */
 export function deriveSaKeys(c: SymCrypto, cbor: Codec, seed: Bytes, spi: number, suite: number, role: number): LinkKeys & { confirm: Bytes } {
-  const n = keyLength(suite);
-  const okm = saMaterial(c, cbor, seed, spi, suite);
+  const n = suite === SUITE_XSALSA20_POLY1305 ? 32 : 16;
+  const okm = c.hkdf(new Uint8Array(0), seed, cbor.encode([SA_KEYS, spi, suite]), 2 * n + 32);
   const t = 2 * n + 16 * role;
   const keys = {
     suite: suite,
@@ -89,9 +83,8 @@ export function deriveSaKeys(c: SymCrypto, cbor: Codec, seed: Bytes, spi: number
 
 /** The key-confirmation tag alone, as deriveSaKeys makes it (the gateway checks both devices'). */
 export function saConfirmTag(c: SymCrypto, cbor: Codec, seed: Bytes, spi: number, suite: number, role: number): Bytes {
-  const okm = saMaterial(c, cbor, seed, spi, suite);
-  const t = 2 * keyLength(suite) + 16 * role;
-  const tag = new Uint8Array(okm.subarray(t, t + 16));
-  okm.fill(0);
-  return tag;
+  const k = deriveSaKeys(c, cbor, seed, spi, suite, role);
+  k.up.fill(0);
+  k.down.fill(0);
+  return k.confirm;
 }
