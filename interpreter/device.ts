@@ -160,6 +160,7 @@ export class RealDevice extends EventEmitter {
       this.child = undefined;
       // In the console record, so that a test's failure shows a restart it did not ask for.
       this.lines.push(`[harness] the interpreter exited (${signal ?? `code ${code}`})${this.wanted ? "; starting it again on the same flash" : ""}`);
+      if (this.echo) process.stderr.write(`${this.name}: ${this.lines[this.lines.length - 1]}\n`);
       this.failPending(`${this.name}: the interpreter stopped`);
       // E.reboot() (or a crash): a board comes back up on the same flash.
       if (this.wanted) setTimeout(() => { if (this.wanted && !this.running) this.spawn(); }, 20);
