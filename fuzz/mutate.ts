@@ -3,6 +3,7 @@
 
 import { parse, mutateTree, type Node } from "./cbor-tree.ts";
 import type { Rng } from "./rng.ts";
+import { concat } from "../firmware/bytes.ts";
 
 const INTERESTING_BYTES = [0x00, 0x01, 0x17, 0x18, 0x19, 0x1a, 0x1b, 0x1c, 0x1f, 0x3f, 0x40, 0x5f, 0x7f, 0x80, 0x9f, 0xa5, 0xbf, 0xd2, 0xd8, 0xf4, 0xf6, 0xf7, 0xfb, 0xff];
 
@@ -16,26 +17,14 @@ export function mutateBytes(rng: Rng, b: Uint8Array): Uint8Array {
       case 0: if (x.length) x[Math.min(at, x.length - 1)] ^= 1 << rng.int(8); break;
       case 1: if (x.length) x[Math.min(at, x.length - 1)] = rng.pick(INTERESTING_BYTES); break;
       case 2: if (x.length) x[Math.min(at, x.length - 1)] = rng.u32() & 255; break;
-      case 3: x = join(x.subarray(0, at), rng.bytes(1 + rng.int(8)), x.subarray(at)); break;
-      case 4: x = join(x.subarray(0, at), x.subarray(Math.min(x.length, at + 1 + rng.int(16)))); break;
+      case 3: x = concat([x.subarray(0, at), rng.bytes(1 + rng.int(8)), x.subarray(at)]); break;
+      case 4: x = concat([x.subarray(0, at), x.subarray(Math.min(x.length, at + 1 + rng.int(16)))]); break;
       case 5: x = x.slice(0, at); break;
-      case 6: { const n = 1 + rng.int(16); x = join(x.subarray(0, at), x.subarray(at, at + n), x.subarray(at)); break; }
-      default: x = join(x, rng.bytes(1 + rng.int(8)));
+      case 6: { const n = 1 + rng.int(16); x = concat([x.subarray(0, at), x.subarray(at, at + n), x.subarray(at)]); break; }
+      default: x = concat([x, rng.bytes(1 + rng.int(8))]);
     }
   }
   return x;
-}
-
-function join(...parts: Uint8Array[]): Uint8Array {
-  let n = 0;
-  for (const p of parts) n += p.length;
-  const out = new Uint8Array(n);
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
-  }
-  return out;
 }
 
 /** Seeds with their CBOR trees parsed once (undefined where a seed is not one CBOR item). */
@@ -63,7 +52,7 @@ export function generate(rng: Rng, seeds: readonly Uint8Array[], pool: SeedPool)
   if (r < 10) return { input: seed, how: "seed" };
   if (r < 15) {
     const other = rng.pick(seeds);
-    return { input: join(seed.subarray(0, rng.int(seed.length + 1)), other.subarray(rng.int(other.length + 1))), how: "splice" };
+    return { input: concat([seed.subarray(0, rng.int(seed.length + 1)), other.subarray(rng.int(other.length + 1))]), how: "splice" };
   }
   if (r < 40) return { input: mutateBytes(rng, seed), how: "bytes" };
   const tree = pool.tree(seed);
