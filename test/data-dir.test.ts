@@ -3,13 +3,13 @@
 // has none and create nothing there; one gateway per data directory (an OS lock, gone with its
 // holder); one gateway per id on a broker (in-process broker always, Mosquitto when
 // KEYPROXY_TEST_MQTT_URL names one).
+import { onEachBroker } from "./support/brokers.ts";
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { randomBytes } from "node:crypto";
-import { startBroker } from "../gateway/broker.ts";
 import { openStore } from "../gateway/gateway.ts";
 import { retainedStatus } from "../gateway/monitor.ts";
 import { CLI, startGatewayProcess } from "./support/process.ts";
@@ -157,20 +157,4 @@ async function duplicateId(url: string): Promise<void> {
   }
 }
 
-test("one gateway per id on a broker (in-process broker): a second is refused with the fix and clobbers nothing", async () => {
-  const broker = await startBroker({ host: "127.0.0.1", port: 0 });
-  try {
-    await duplicateId(broker.url);
-  } finally {
-    await broker.close();
-  }
-});
-
-const MOSQUITTO = process.env.KEYPROXY_TEST_MQTT_URL;
-test("one gateway per id on Mosquitto (KEYPROXY_TEST_MQTT_URL): the same", async (t) => {
-  if (!MOSQUITTO) {
-    t.skip("KEYPROXY_TEST_MQTT_URL is not set: no Mosquitto here (.ci/run starts one); only the in-process broker was tested");
-    return;
-  }
-  await duplicateId(MOSQUITTO);
-});
+onEachBroker("one gateway per id on a broker (in-process broker): a second is refused with the fix and clobbers nothing", "one gateway per id on Mosquitto (KEYPROXY_TEST_MQTT_URL): the same", duplicateId);

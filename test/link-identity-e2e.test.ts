@@ -6,7 +6,7 @@
 // close that connection; X's retained device state must say it is no longer linked (and Y's that
 // it never was); a fresh connection must then join as X. The in-process test of the same rule is in
 // test/link-server.test.ts. Every wait is for an event (a frame, a close, an MQTT message).
-import { test } from "node:test";
+import { onEachBroker } from "./support/brokers.ts";
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -17,7 +17,6 @@ import { promisify } from "node:util";
 import { crc32 } from "node:zlib";
 import mqtt from "mqtt";
 import * as gcbor from "../gateway/cbor.ts";
-import { startBroker } from "../gateway/broker.ts";
 import { nodeCrypto } from "../gateway/crypto.ts";
 import { topics, type DeviceState } from "../gateway/monitor.ts";
 import { SUITE_AES_CCM_16_64_128 as AES } from "../firmware/crypto/types.ts";
@@ -170,20 +169,4 @@ async function secondIdentity(url: string): Promise<void> {
   }
 }
 
-test("a connection that joins as X and then as Y is closed; X's retained state says not linked; X joins again on a fresh connection (in-process broker)", async () => {
-  const broker = await startBroker({ host: "127.0.0.1", port: 0 });
-  try {
-    await secondIdentity(broker.url);
-  } finally {
-    await broker.close();
-  }
-});
-
-const MOSQUITTO = process.env.KEYPROXY_TEST_MQTT_URL;
-test("the same over Mosquitto (KEYPROXY_TEST_MQTT_URL)", async (t) => {
-  if (!MOSQUITTO) {
-    t.skip("KEYPROXY_TEST_MQTT_URL is not set: no Mosquitto here (.ci/run starts one); only the in-process broker was tested");
-    return;
-  }
-  await secondIdentity(MOSQUITTO);
-});
+onEachBroker("a connection that joins as X and then as Y is closed; X's retained state says not linked; X joins again on a fresh connection (in-process broker)", "the same over Mosquitto (KEYPROXY_TEST_MQTT_URL)", secondIdentity);

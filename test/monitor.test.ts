@@ -4,6 +4,7 @@
 // CLI, two Puck.js handsets on the real bundle; the retained status and device states, events and
 // metrics; `keyproxy monitor`; a restart; SIGKILL and the last-will; and a scan of every MQTT payload
 // and every log line for every secret the gateway holds.
+import { onEachBroker } from "./support/brokers.ts";
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
@@ -305,23 +306,7 @@ async function endToEnd(url: string): Promise<void> {
   }
 }
 
-test("end to end over the in-process broker (aedes): states, events, metrics, monitor, restart, last-will, no key material", async () => {
-  const broker = await startBroker({ host: "127.0.0.1", port: 0 });
-  try {
-    await endToEnd(broker.url);
-  } finally {
-    await broker.close();
-  }
-});
-
-const MOSQUITTO = process.env.KEYPROXY_TEST_MQTT_URL;
-test("end to end over Mosquitto (KEYPROXY_TEST_MQTT_URL): the same", async (t) => {
-  if (!MOSQUITTO) {
-    t.skip("KEYPROXY_TEST_MQTT_URL is not set: no Mosquitto here (.ci/run starts one); only the in-process broker was tested");
-    return;
-  }
-  await endToEnd(MOSQUITTO);
-});
+onEachBroker("end to end over the in-process broker (aedes): states, events, metrics, monitor, restart, last-will, no key material", "end to end over Mosquitto (KEYPROXY_TEST_MQTT_URL): the same", endToEnd);
 
 // ---- the first run --------------------------------------------------------------------------------
 

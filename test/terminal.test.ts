@@ -4,6 +4,7 @@
 // \u escapes. End to end: a join naming a hostile device id, sent to a gateway process started
 // through the CLI, then the gateway's log and `keyproxy monitor`'s output searched for raw control
 // characters; against the in-process broker, and Mosquitto when KEYPROXY_TEST_MQTT_URL names one.
+import { onEachBroker } from "./support/brokers.ts";
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
@@ -11,7 +12,6 @@ import net from "node:net";
 import { randomBytes } from "node:crypto";
 import { crc32 } from "node:zlib";
 import * as gcbor from "../gateway/cbor.ts";
-import { startBroker } from "../gateway/broker.ts";
 import { Logger } from "../gateway/log.ts";
 import { topics } from "../gateway/monitor.ts";
 import { forTerminal, jsonForTerminal, linesForTerminal } from "../gateway/terminal.ts";
@@ -120,20 +120,4 @@ async function endToEnd(url: string): Promise<void> {
   }
 }
 
-test("end to end (in-process broker): a hostile device id in a rejected join reaches the gateway's log and keyproxy monitor escaped", async () => {
-  const broker = await startBroker({ host: "127.0.0.1", port: 0 });
-  try {
-    await endToEnd(broker.url);
-  } finally {
-    await broker.close();
-  }
-});
-
-const MOSQUITTO = process.env.KEYPROXY_TEST_MQTT_URL;
-test("end to end over Mosquitto (KEYPROXY_TEST_MQTT_URL): the same", async (t) => {
-  if (!MOSQUITTO) {
-    t.skip("KEYPROXY_TEST_MQTT_URL is not set: no Mosquitto here (.ci/run starts one); only the in-process broker was tested");
-    return;
-  }
-  await endToEnd(MOSQUITTO);
-});
+onEachBroker("end to end (in-process broker): a hostile device id in a rejected join reaches the gateway's log and keyproxy monitor escaped", "end to end over Mosquitto (KEYPROXY_TEST_MQTT_URL): the same", endToEnd);
