@@ -50,7 +50,6 @@ import {
   createHmac,
   createPublicKey,
   diffieHellman,
-  generateKeyPairSync,
   randomBytes,
   type KeyObject,
 } from "node:crypto";
@@ -59,7 +58,7 @@ import { encode } from "./cbor.ts";
 import { decodeDeterministic } from "./cose.ts";
 import { readCertificateUnverified } from "./cwt.ts";
 import { ed25519Sign, ed25519Verify } from "./ed25519.ts";
-import { isDeviceName } from "./fleet.ts";
+import { generateX25519KeyObject, isDeviceName } from "./fleet.ts";
 import { DEFAULT_MATCHING, matchSettings, suiteCandidates, type MatchOptions } from "./matching.ts";
 import type { CertificateChecker } from "./verifier.ts";
 
@@ -318,9 +317,9 @@ async function checkProof(deps: ExchangeDeps, prk: Uint8Array, n: 2 | 3, th: Uin
 
 // X25519 on node:crypto with the ephemeral kept as a KeyObject (docs/FLEET.md: parsing raw secrets
 // per call is what costs). The raw secret never leaves node:crypto.
-// Public keys go in and out of node:crypto as JWK (RFC 8037 OKP): the same keys as their SPKI DER, at
-// a tenth of the cost (no OpenSSL decoder: docs/BENCHMARKS.md, "Sessions across gateways").
-const rawPublic = (key: KeyObject): Uint8Array => new Uint8Array(Buffer.from(String(key.export({ format: "jwk" }).x), "base64url"));
+// A peer's public key goes into node:crypto as a JWK (RFC 8037 OKP): the same key as its SPKI DER, at
+// a tenth of the cost (no OpenSSL decoder: docs/BENCHMARKS.md, "Sessions across gateways"). Our own
+// comes out of the key-generation job encoded (generateX25519KeyObject says why not as a JWK).
 const publicFromRaw = (raw: Uint8Array): KeyObject =>
   createPublicKey({ key: { kty: "OKP", crv: "X25519", x: Buffer.from(raw.buffer, raw.byteOffset, raw.length).toString("base64url") }, format: "jwk" });
 
@@ -331,8 +330,7 @@ export interface Ephemeral {
 }
 
 function ephemeral(): Ephemeral {
-  const { privateKey, publicKey } = generateKeyPairSync("x25519");
-  return { privateKey, publicKey: rawPublic(publicKey) };
+  return generateX25519KeyObject();
 }
 
 /** PRK = HKDF-Extract(TH2, X25519(own, peer)). A low-order peer key (zero secret) is refused. */

@@ -26,7 +26,7 @@
 
 import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { createPrivateKey, createPublicKey, diffieHellman, generateKeyPairSync, randomBytes, type KeyObject } from "node:crypto";
+import { createPrivateKey, createPublicKey, diffieHellman, generateKeyPairSync, KeyObject, randomBytes } from "node:crypto";
 import { fromHex, toHex } from "../firmware/bytes.ts";
 import { encode } from "./cbor.ts";
 import { CoseError, decodeDeterministic, parseSign1, readOkpPublicKey, signSign1, verifySign1, CRV_ED25519, CRV_X25519, KEY_ALG, KEY_CRV, KEY_KTY, KEY_X, KTY_OKP, COSE_ALG_EDDSA } from "./cose.ts";
@@ -132,17 +132,38 @@ export function x25519PublicKey(secretKey: Uint8Array): Uint8Array {
   return rawX25519PublicKey(createPublicKey(x25519PrivateKeyObject(secretKey)));
 }
 
+const X25519_SPKI_PREFIX = Uint8Array.of(0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x6e, 0x03, 0x21, 0x00);
+
+/**
+ * A fresh X25519 key pair: the private key as a KeyObject, the public key raw.
+ *
+ * The public key is encoded by the key-generation job itself, never exported from the KeyObject
+ * afterwards. Why: in Node 20 the job's destructor locks the new key's mutex, and exporting a key as
+ * JWK holds that mutex while it allocates. A garbage collection during that allocation can collect the
+ * finished job, and the thread then waits forever for a mutex it holds itself (docs/FUZZING.md:
+ * the exchange fuzz target stopped this way; test/x25519-keygen-deadlock.test.ts makes it happen within seconds).
+ */
+export function generateX25519KeyObject(): { privateKey: KeyObject; publicKey: Uint8Array } {
+  // @types/node types only both-encoded or neither; node:crypto returns the private half as a KeyObject.
+  const pair = generateKeyPairSync("x25519", { publicKeyEncoding: { type: "spki", format: "der" } } as {}) as unknown as { privateKey: KeyObject; publicKey: Buffer };
+  const { privateKey, publicKey: spki } = pair;
+  if (!(privateKey instanceof KeyObject) || !Buffer.isBuffer(spki)) throw new Error("unexpected X25519 key pair from node:crypto");
+  const prefixOk = spki.length === X25519_SPKI_PREFIX.length + X25519_KEY_LENGTH && X25519_SPKI_PREFIX.every((b, i) => spki[i] === b);
+  if (!prefixOk) throw new Error("unexpected X25519 SubjectPublicKeyInfo from node:crypto");
+  return { privateKey, publicKey: new Uint8Array(spki.subarray(X25519_SPKI_PREFIX.length)) };
+}
+
 /** A fresh key pair. Made by node:crypto and exported raw; its KeyObject stays with the returned
  *  secret array (generatedX25519), so that using the pair never parses the secret back. */
 export function generateX25519(): X25519KeyPair {
-  const { privateKey, publicKey } = generateKeyPairSync("x25519");
+  const { privateKey, publicKey } = generateX25519KeyObject();
   const pkcs8 = privateKey.export({ format: "der", type: "pkcs8" });
   if (pkcs8.length !== X25519_PKCS8_PREFIX.length + X25519_KEY_LENGTH) throw new Error("unexpected X25519 PKCS#8 length from node:crypto");
   const secretKey = new Uint8Array(pkcs8.subarray(X25519_PKCS8_PREFIX.length));
   pkcs8.fill(0);
   // The secret leaves as DER (a buffer we can wipe), not as a JWK string (which we could not).
   generatedX25519.set(secretKey, { key: privateKey, fingerprint: keyFingerprint(secretKey) });
-  return { secretKey, publicKey: rawX25519PublicKey(publicKey) };
+  return { secretKey, publicKey };
 }
 
 /**
