@@ -42,7 +42,7 @@ import * as cbor from "./cbor.ts";
 import * as xm from "./crossgw-messages.ts";
 import { decodeMsg1, decodeMsg2, decodeMsg3, decodeMsg4, encodeMsg1, encodeMsg2, encodeMsg3, encodeMsg4, ExchangeError, Initiator, Responder, SeenSessions, type ExchangeDeps, type ExchangeResult, type LocalParty } from "./exchange.ts";
 import { localDeviceId, splitDeviceName, type RevocationList } from "./fleet.ts";
-import type { SessionHook, SessionHookContext } from "./gateway.ts";
+import type { SessionHook, SessionHookContext } from "./session-hook.ts";
 import { InterlinkError, type Interlink, type InterlinkRequest } from "./interlink.ts";
 import { matchSettings, suiteCandidates } from "./matching.ts";
 import type { CertificateChecker } from "./verifier.ts";

@@ -19,8 +19,9 @@ import { startMonitoring, type MqttOptions, type Monitoring } from "./monitor.ts
 import { Policy } from "./policy.ts";
 import { DEFAULT_POLICY, LIFETIME_CEILING, Registrar, type RegistrationPolicy } from "./registrar.ts";
 import { DEFAULT_SESSIONS, SessionBroker, type SessionSettings } from "./sessions.ts";
+import type { SessionHook, SessionHookContext } from "./session-hook.ts";
 import { NotARegistry, Store } from "./store.ts";
-import { CloseReason, Msg, type InnerMessage, type SaData } from "../firmware/proto/messages.ts";
+import { CloseReason, Msg, type InnerMessage } from "../firmware/proto/messages.ts";
 
 export const DB_FILE = "keyproxy.db";
 export const DEFAULT_LISTEN = { host: "127.0.0.1", port: 7447 };
@@ -66,36 +67,6 @@ export interface FleetOptions {
   /** Ask the verifier on its own with this id (gateway/verifier-service.ts) about remote device
    *  certificates, instead of the in-process one. */
   verifier?: string;
-}
-
-/** What a session hook may use: the gateway's own parts. */
-export interface SessionHookContext {
-  gatewayId: string;
-  store: Store;
-  policy: Policy;
-  log: Logger;
-  crypto: GatewayCrypto;
-  now: () => number;
-  sessions: SessionBroker;
-  settings: SessionSettings;
-  send: (deviceId: string, m: InnerMessage) => boolean;
-  relay: (deviceId: string, payload: Uint8Array) => boolean;
-  isLinked: (deviceId: string) => boolean;
-  /** Revokes a device of this gateway (Gateway.revokeDevice). */
-  revokeDevice: (deviceId: string, why: string) => boolean;
-}
-
-/** handle and relay return true when they took the message; false leaves it to the gateway (the
- *  registrar, the session broker). */
-export interface SessionHook {
-  /** Every inner message from a device, before the registrar or the session broker sees it. */
-  handle(deviceId: string, m: InnerMessage): boolean;
-  relay(deviceId: string, m: SaData, payload: Uint8Array): boolean;
-  /** Every session of the device must end (lost link, reboot, deregistration, revocation). */
-  deviceGone(deviceId: string, reason: CloseReason, why: string): void;
-  /** Whether one of the hook's SAs holds this SPI: the session broker never draws it for a local SA. */
-  holdsSpi?(spi: number): boolean;
-  close(): void;
 }
 
 /** Makes the data directory if needed, owner-only since it holds root keys. */
