@@ -19,24 +19,24 @@ export const MODULES = {
     mutate: ["firmware/proto/*.ts"],
     tests: ["test/proto.test.ts", "test/replay-window-edges.test.ts", "test/join-tag-spec.test.ts", "test/frame-edges.test.ts", "test/link-edges.test.ts", "test/message-table-spec.test.ts", "test/gateway.test.ts", "test/join-accept-forged.test.ts", "test/sa-confirm-wrong-tag.test.ts"],
   },
-  "gateway/exchange.ts": {
-    mutate: ["gateway/exchange.ts"],
+  "gateway/crossgw/exchange.ts": {
+    mutate: ["gateway/crossgw/exchange.ts"],
     tests: ["test/exchange.test.ts", "test/interlink.test.ts"],
   },
-  "gateway/interlink.ts": {
-    mutate: ["gateway/interlink.ts"],
+  "gateway/fleet/interlink.ts": {
+    mutate: ["gateway/fleet/interlink.ts"],
     tests: ["test/interlink.test.ts", "test/crossgw.test.ts"],
   },
-  "gateway/registrar.ts": {
-    mutate: ["gateway/registrar.ts"],
+  "gateway/registry/registrar.ts": {
+    mutate: ["gateway/registry/registrar.ts"],
     tests: ["test/registrar-answers.test.ts", "test/gateway.test.ts", "test/keycache.test.ts"],
   },
-  "gateway/link-server.ts": {
-    mutate: ["gateway/link-server.ts"],
+  "gateway/link/server.ts": {
+    mutate: ["gateway/link/server.ts"],
     tests: ["test/gateway.test.ts", "test/join-accept-forged.test.ts", "test/link-server.test.ts"],
   },
-  "gateway/sessions.ts": {
-    mutate: ["gateway/sessions.ts"],
+  "gateway/sessions/session-broker.ts": {
+    mutate: ["gateway/sessions/session-broker.ts"],
     tests: ["test/sessions.test.ts", "test/sa-confirm-wrong-tag.test.ts"],
   },
 };

@@ -10,7 +10,7 @@
 // warnings and errors are counted.
 
 import type { Gateway as GatewayType } from "../gateway/gateway.ts";
-import type { CrossGateway } from "../gateway/crossgw.ts";
+import type { CrossGateway } from "../gateway/crossgw/cross-gateway.ts";
 import { installCryptoCounters, type OpCounts } from "./crypto-count.ts";
 
 const counters = installCryptoCounters();
@@ -45,8 +45,8 @@ export type FromGateway =
 async function main(args: GatewayArgs): Promise<void> {
   const send = (m: FromGateway) => process.send?.(m);
   const { Gateway } = await import("../gateway/gateway.ts");
-  const { Logger } = await import("../gateway/log.ts");
-  const { loadGatewayCredentials } = await import("../gateway/fleet.ts");
+  const { Logger } = await import("../gateway/log/logger.ts");
+  const { loadGatewayCredentials } = await import("../gateway/fleet/fleet.ts");
   let warnings = 0;
   const firstWarnings: string[] = [];
   // KEYPROXY_BENCH_GATEWAY_LOG=1 writes the records to stderr (for a closer look; it costs time).

@@ -4,10 +4,10 @@
 //    (bench/crossgw-gateway.ts, forked), both on one MQTT broker: a Mosquitto of our own (started on a
 //    free port with a temporary configuration, persistence off, stopped at the end) when the
 //    `mosquitto` binary is on PATH or at /usr/sbin/mosquitto, else the in-process aedes broker
-//    (gateway/broker.ts) in this process. KEYPROXY_BENCH_BROKER=aedes|mosquitto forces one.
+//    (gateway/monitor/embedded-broker.ts) in this process. KEYPROXY_BENCH_BROKER=aedes|mosquitto forces one.
 //    Configured as docs/FLEET.md recommends: Mosquitto with `set_tcp_nodelay true`; the aedes broker as
-//    gateway/broker.ts makes it (its server sets noDelay). The interlink sets TCP_NODELAY on its own
-//    socket (gateway/interlink.ts).
+//    gateway/monitor/embedded-broker.ts makes it (its server sets noDelay). The interlink sets TCP_NODELAY on its own
+//    socket (gateway/fleet/interlink.ts).
 //    N callers registered at A, N callees at B: the firmware's Handset engine run in Node, as in
 //    bench/sessions.ts. A setup is the caller's connect("callee-NNN@b.example") until onConnect fired
 //    at both devices. Measured: setups per second with all pairs at once in rounds (after warm-up
@@ -38,13 +38,13 @@ import { performance } from "node:perf_hooks";
 import { fileURLToPath } from "node:url";
 import mqtt from "mqtt";
 import { Aedes } from "aedes";
-import { startBroker } from "../gateway/broker.ts";
-import { Fleet, gatewayPublicKeys, installGatewayCertificate } from "../gateway/fleet.ts";
-import { HELD_LIST_FILE } from "../gateway/fleet-trust.ts";
+import { startBroker } from "../gateway/monitor/embedded-broker.ts";
+import { Fleet, gatewayPublicKeys, installGatewayCertificate } from "../gateway/fleet/fleet.ts";
+import { HELD_LIST_FILE } from "../gateway/fleet/trust.ts";
 import { openStore } from "../gateway/gateway.ts";
-import { Policy } from "../gateway/policy.ts";
-import { nodeCrypto } from "../gateway/crypto.ts";
-import { CONNECT_BUDGET_MS } from "../gateway/crossgw.ts";
+import { Policy } from "../gateway/registry/policy.ts";
+import { nodeCrypto } from "../gateway/crypto/symmetric.ts";
+import { CONNECT_BUDGET_MS } from "../gateway/crossgw/cross-gateway.ts";
 import { addCounts, diffCounts, type OpCounts } from "./crypto-count.ts";
 import type { FromGateway, GatewayArgs, GatewaySample, ToGateway } from "./crossgw-gateway.ts";
 import { connectHandset, fileSystemOf, latency, setup, teardown, timeAuditInserts, until, type Latency, type LoadHandset } from "./sessions.ts";
@@ -144,7 +144,7 @@ export interface CrossGatewayResults {
   /** 1 s ÷ the above: setups per second if a setup cost only that, on one core. */
   boundSetupsPerSecond: { asCalled: number; curveOnly: number };
   openssl: string;
-  /** One audit record committed as gateway/store.ts does it, on the data directories' file system. */
+  /** One audit record committed as gateway/registry/store.ts does it, on the data directories' file system. */
   auditInsert: { wallUs: number; cpuUs: number; inserts: number };
   dataDirFs: string;
   gatewayWarnings: number;
@@ -267,7 +267,7 @@ function aedesVersion(): string {
   }
 }
 
-/** An aedes broker on a plain net.Server, Node's default (no TCP_NODELAY): gateway/broker.ts as it was
+/** An aedes broker on a plain net.Server, Node's default (no TCP_NODELAY): gateway/monitor/embedded-broker.ts as it was
  *  before it set noDelay, for the round trips (a) and (b) only. */
 async function startAedesDefault(): Promise<{ url: string; close(): Promise<void> }> {
   const aedes = await Aedes.createBroker();
@@ -292,7 +292,7 @@ async function startAedes(note?: string): Promise<RunningBroker> {
   const b = await startBroker({ host: "127.0.0.1", port: 0 });
   return {
     url: b.url,
-    info: { kind: "aedes", version: aedesVersion(), where: "in the benchmark's main process (gateway/broker.ts startBroker), with the handsets", noDelay: "gateway/broker.ts's server sets `noDelay`", note },
+    info: { kind: "aedes", version: aedesVersion(), where: "in the benchmark's main process (gateway/monitor/embedded-broker.ts startBroker), with the handsets", noDelay: "gateway/monitor/embedded-broker.ts's server sets `noDelay`", note },
     close: () => b.close(),
   };
 }

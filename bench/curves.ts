@@ -1,6 +1,6 @@
 // The gateway's curve library, chosen by measurement: X25519 and Ed25519 sign/verify on node:crypto
-// (raw 32-byte keys wrapped into KeyObjects from their DER on every call, as gateway/fleet.ts and
-// gateway/ed25519.ts first did; and with the KeyObjects made once and kept, as they do now for keys
+// (raw 32-byte keys wrapped into KeyObjects from their DER on every call, as gateway/fleet/fleet.ts and
+// gateway/crypto/ed25519.ts first did; and with the KeyObjects made once and kept, as they do now for keys
 // used again: bench/crossgw.ts) against @noble/curves, in one run, interleaved so machine load hits
 // all three.
 //
@@ -11,8 +11,8 @@ import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { createPrivateKey, createPublicKey, diffieHellman, randomBytes, sign, verify, type KeyObject } from "node:crypto";
 import { ed25519 as nobleEd25519, x25519 as nobleX25519 } from "@noble/curves/ed25519.js";
-import { ed25519Sign, ed25519Verify, generateEd25519 } from "../gateway/ed25519.ts";
-import { generateX25519, x25519SharedSecret } from "../gateway/fleet.ts";
+import { ed25519Sign, ed25519Verify, generateEd25519 } from "../gateway/crypto/ed25519.ts";
+import { generateX25519, x25519SharedSecret } from "../gateway/fleet/fleet.ts";
 import { generateKeyPairSync } from "node:crypto";
 import { median } from "./timing.ts";
 
@@ -68,8 +68,8 @@ const X_SPKI = "302a300506032b656e032100";
 const ED_PKCS8 = "302e020100300506032b657004220420";
 const ED_SPKI = "302a300506032b6570032100";
 
-/** The calls with raw keys wrapped into KeyObjects from their DER on every call, as gateway/ed25519.ts
- *  and gateway/fleet.ts first made them (they now keep the KeyObjects of keys used again, and take
+/** The calls with raw keys wrapped into KeyObjects from their DER on every call, as gateway/crypto/ed25519.ts
+ *  and gateway/fleet/fleet.ts first made them (they now keep the KeyObjects of keys used again, and take
  *  public keys as JWK, so calling them here would not measure this). */
 const rawEach = {
   x25519SharedSecret: (secretKey: Uint8Array, publicKey: Uint8Array) =>
@@ -108,8 +108,8 @@ export function measureCurves(o: CurveBenchOptions = DEFAULTS): CurveResult[] {
   if (Buffer.compare(Buffer.from(x25519SharedSecret(a.secretKey, b.publicKey)), Buffer.from(nobleX25519.getSharedSecret(a.secretKey, b.publicKey))) !== 0) {
     throw new Error("node:crypto and @noble/curves X25519 shared secrets differ");
   }
-  if (Buffer.compare(Buffer.from(rawEach.ed25519Sign(signer.seed, msg)), Buffer.from(nodeSig)) !== 0 || !rawEach.ed25519Verify(signer.publicKey, msg, nodeSig) || !ed25519Verify(signer.publicKey, msg, nodeSig)) throw new Error("the per-call Ed25519 variant disagrees with gateway/ed25519.ts");
-  if (Buffer.compare(rawEach.x25519SharedSecret(a.secretKey, b.publicKey), Buffer.from(x25519SharedSecret(a.secretKey, b.publicKey))) !== 0) throw new Error("the per-call X25519 variant disagrees with gateway/fleet.ts");
+  if (Buffer.compare(Buffer.from(rawEach.ed25519Sign(signer.seed, msg)), Buffer.from(nodeSig)) !== 0 || !rawEach.ed25519Verify(signer.publicKey, msg, nodeSig) || !ed25519Verify(signer.publicKey, msg, nodeSig)) throw new Error("the per-call Ed25519 variant disagrees with gateway/crypto/ed25519.ts");
+  if (Buffer.compare(rawEach.x25519SharedSecret(a.secretKey, b.publicKey), Buffer.from(x25519SharedSecret(a.secretKey, b.publicKey))) !== 0) throw new Error("the per-call X25519 variant disagrees with gateway/fleet/fleet.ts");
   const kept = keptKeys(a.secretKey, b.publicKey, signer.seed, signer.publicKey);
   const rows: [string, () => unknown, () => unknown, () => unknown][] = [
     ["X25519 shared secret", () => rawEach.x25519SharedSecret(a.secretKey, b.publicKey), () => diffieHellman({ privateKey: kept.xPriv, publicKey: kept.xPub }), () => nobleX25519.getSharedSecret(a.secretKey, b.publicKey)],
@@ -132,7 +132,7 @@ export function renderCurveTable(results: CurveResult[]): string {
   const lines = [
     "## Curves on the gateway: node:crypto or @noble/curves",
     "",
-    `Measured by bench/curves.ts in this run (Node ${process.version}, OpenSSL ${process.versions.openssl}, @noble/curves ${noble}); operations per second, median of the repetitions. node:crypto twice: with raw keys wrapped into KeyObjects (from their DER) on every call, as gateway/ed25519.ts and gateway/fleet.ts first did, and with KeyObjects made once and kept, as they now do for keys used again (bench/crossgw.ts).`,
+    `Measured by bench/curves.ts in this run (Node ${process.version}, OpenSSL ${process.versions.openssl}, @noble/curves ${noble}); operations per second, median of the repetitions. node:crypto twice: with raw keys wrapped into KeyObjects (from their DER) on every call, as gateway/crypto/ed25519.ts and gateway/fleet/fleet.ts first did, and with KeyObjects made once and kept, as they now do for keys used again (bench/crossgw.ts).`,
     "",
     "| operation | node:crypto, raw keys each call | node:crypto, KeyObjects kept | @noble/curves | kept ÷ noble |",
     "|:--|--:|--:|--:|--:|",

@@ -35,10 +35,10 @@ import { SUITE_AES_CCM_16_64_128 as AES } from "../firmware/crypto/types.ts";
 import { encodeFrame, FrameDecoder } from "../firmware/proto/frame.ts";
 import { joinTag, JOIN_NONCE_BYTES } from "../firmware/proto/keys.ts";
 import { encodeMessage, Msg } from "../firmware/proto/messages.ts";
-import * as gcbor from "../gateway/cbor.ts";
-import { nodeCrypto } from "../gateway/crypto.ts";
-import { DEFAULT_LINK_LIMITS } from "../gateway/link-limits.ts";
-import { zlib } from "../gateway/zlib-crc.ts";
+import * as gcbor from "../gateway/encoding/cbor.ts";
+import { nodeCrypto } from "../gateway/crypto/symmetric.ts";
+import { DEFAULT_LINK_LIMITS } from "../gateway/link/limits.ts";
+import { zlib } from "../gateway/link/crc32.ts";
 import type { Gateway as GatewayType } from "../gateway/gateway.ts";
 
 const THIS_FILE = fileURLToPath(import.meta.url);
@@ -89,7 +89,7 @@ type FromGateway =
 async function gatewayProcess(dataDir: string): Promise<void> {
   const send = (m: FromGateway) => process.send?.(m);
   const { Gateway } = await import("../gateway/gateway.ts");
-  const { Logger } = await import("../gateway/log.ts");
+  const { Logger } = await import("../gateway/log/logger.ts");
   let warnings = 0;
   const log = new Logger(() => {});
   log.subscribe((r) => {

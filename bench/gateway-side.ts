@@ -1,6 +1,6 @@
 // What the gateway sends the device during the benchmark, computed in Node with the gateway's own
-// crypto (gateway/crypto.ts) and codec (gateway/cbor.ts), as gateway/link-server.ts and
-// gateway/registrar.ts do; and the checks that the device's frames are what the gateway accepts. The
+// crypto (gateway/crypto/symmetric.ts) and codec (gateway/encoding/cbor.ts), as gateway/link/server.ts and
+// gateway/registry/registrar.ts do; and the checks that the device's frames are what the gateway accepts. The
 // benchmark runs these once per suite before timing anything, so every timed operation is one that
 // really interoperates.
 
@@ -10,9 +10,9 @@ import { encodeFrame, FrameDecoder } from "../firmware/proto/frame.ts";
 import { deriveLinkKeys, DIR_UP, frameNonce, joinTag, JOIN_NONCE_BYTES, type Codec, type LinkKeys } from "../firmware/proto/keys.ts";
 import { newLink, openMessage, sealMessage, type Link } from "../firmware/proto/link.ts";
 import { decodeMessage, encodeMessage, Msg, type InnerMessage, type Message } from "../firmware/proto/messages.ts";
-import { issueCertificate } from "../gateway/cwt.ts";
-import { generateEd25519 } from "../gateway/ed25519.ts";
-import { zlib } from "../gateway/zlib-crc.ts";
+import { issueCertificate } from "../gateway/encoding/cwt.ts";
+import { generateEd25519 } from "../gateway/crypto/ed25519.ts";
+import { zlib } from "../gateway/link/crc32.ts";
 
 export const CERT_ID_BYTES = 16;
 export const GRANTED_SECONDS = 3600;
@@ -37,7 +37,7 @@ export function answerJoinAndRegister(c: SymCrypto, cbor: Codec, rootKey: Bytes,
   const acceptFrame = encodeFrame(cbor.encode(encodeMessage({ t: Msg.JoinAccept, nonce: nonceG, tag })), zlib.crc32);
   const keys = deriveLinkKeys(c, cbor, rootKey, m.id, m.ctr, m.nonce, nonceG, m.suite);
 
-  // As gateway/registrar.ts issues it; "gateway.local" is the gateway's default id (gateway/gateway.ts).
+  // As gateway/registry/registrar.ts issues it; "gateway.local" is the gateway's default id (gateway/gateway.ts).
   const gatewayKey = generateEd25519();
   const certId = c.random(CERT_ID_BYTES);
   const cert = issueCertificate(

@@ -8,9 +8,9 @@
 import net from "node:net";
 import { randomBytes } from "node:crypto";
 import { crc32 } from "node:zlib";
-import * as gcbor from "../gateway/cbor.ts";
+import * as gcbor from "../gateway/encoding/cbor.ts";
 import { Gateway } from "../gateway/gateway.ts";
-import { Logger } from "../gateway/log.ts";
+import { Logger } from "../gateway/log/logger.ts";
 import { encodeFrame } from "../firmware/proto/frame.ts";
 import { encodeMessage, Msg } from "../firmware/proto/messages.ts";
 import { SUITE_AES_CCM_16_64_128 } from "../firmware/crypto/types.ts";

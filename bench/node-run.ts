@@ -4,9 +4,9 @@
 
 import { createPrivateKey, createPublicKey, diffieHellman } from "node:crypto";
 import nacl from "tweetnacl";
-import * as gatewayCbor from "../gateway/cbor.ts";
-import { nodeCrypto } from "../gateway/crypto.ts";
-import { zlib } from "../gateway/zlib-crc.ts";
+import * as gatewayCbor from "../gateway/encoding/cbor.ts";
+import { nodeCrypto } from "../gateway/crypto/symmetric.ts";
+import { zlib } from "../gateway/link/crc32.ts";
 import { deviceOps } from "./device-ops.ts";
 import { DEVICE_ID, MESSAGE_BYTES } from "./device-run.ts";
 import { answerJoinAndRegister, checkProtected, checkRegisterRequest } from "./gateway-side.ts";

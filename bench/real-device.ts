@@ -33,9 +33,9 @@ import { newLink, sealMessage, type Link } from "../firmware/proto/link.ts";
 import { Msg, type InnerMessage } from "../firmware/proto/messages.ts";
 import { buildFirmware } from "../flash/build.ts";
 import { EspruinoSerial } from "../flash/serial.ts";
-import * as gatewayCbor from "../gateway/cbor.ts";
-import { nodeCrypto } from "../gateway/crypto.ts";
-import { zlib } from "../gateway/zlib-crc.ts";
+import * as gatewayCbor from "../gateway/encoding/cbor.ts";
+import { nodeCrypto } from "../gateway/crypto/symmetric.ts";
+import { zlib } from "../gateway/link/crc32.ts";
 import { RealDevice, interpreterAvailable } from "../interpreter/device.ts";
 import { answerJoinAndRegister, checkProtected, checkRegisterRequest, onlyMessage, openInner } from "./gateway-side.ts";
 import { bytesLiteral, DEVICE_ID, MESSAGE_BYTES } from "./device-run.ts";
@@ -130,7 +130,7 @@ async function buildRealBenchBundle(board: string): Promise<{ code: string; byte
   }
 }
 
-// ---- the gateway's side of one session setup (as gateway/sessions.ts sends it) ---------------------
+// ---- the gateway's side of one session setup (as gateway/sessions/session-broker.ts sends it) ---------------------
 
 interface SetupFrames {
   seed: Bytes;

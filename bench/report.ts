@@ -383,7 +383,7 @@ The handset's own work for one setup, step for step as \`firmware/handset.ts\` d
 \`bench/device-ops.ts\` (\`sessionCaller\`, \`sessionCallee\`, \`protectOnSa\`), bundled as above and run in a
 second emulated device of the same run (board \`${sd.board}\`, bench bundle ${sd.bundleBytes.toLocaleString("en-US")} bytes), with one tweetnacl
 X25519 and the bridged natives timed in that same device, interleaved with them. The gateway's frames
-are computed in Node (\`gateway/crypto.ts\`, cbor-x); before anything is timed, the gateway side opens the
+are computed in Node (\`gateway/crypto/symmetric.ts\`, cbor-x); before anything is timed, the gateway side opens the
 device's ConnectRequest and Answer, checks both SaConfirm tags, and opens the device's SA frame with
 the peer's keys. Each setup runs on a fresh link, as the register operation does, so the gateway's
 frames stay fresh. The steps: as caller, seal the ConnectRequest; open the SaInstall, derive the SA
@@ -418,7 +418,7 @@ ${sessionGatewayTable(g, n)}
 
 ${latencyTable(g)}
 
-The raw crypto is what a setup needs of \`gateway/crypto.ts\` and nothing else: the seed (32 random bytes)
+The raw crypto is what a setup needs of \`gateway/crypto/symmetric.ts\` and nothing else: the seed (32 random bytes)
 and the SPI (4), both confirmation tags derived (\`saConfirmTag\`, as the broker calls it) and compared in
 constant time, ${g.messages.opened} link frames opened and ${g.messages.sealed} sealed (AES-128-CCM, plaintexts the size of the real
 messages), timed in this process (median of ${g.rawCrypto.samplesUs.length} repetitions, ${range(g.rawCrypto)} µs).
@@ -539,7 +539,7 @@ function crossLatencyTable(x: CrossGatewayResults): string {
   const row = (what: string, l: Latency) => [what, l.setups.toLocaleString("en-US"), ms(l.p50Ms), ms(l.p99Ms), ms(l.maxMs)];
   const rt = x.mqttRoundTrip;
   const defaults = x.broker.kind === "mosquitto" ? "Mosquitto without `set_tcp_nodelay`" : "aedes without `noDelay`";
-  const now = x.broker.kind === "mosquitto" ? "the run's Mosquitto, `set_tcp_nodelay true`" : "the run's aedes, gateway/broker.ts's `noDelay` server";
+  const now = x.broker.kind === "mosquitto" ? "the run's Mosquitto, `set_tcp_nodelay true`" : "the run's aedes, gateway/monitor/embedded-broker.ts's `noDelay` server";
   return table(["latency", "count", "p50 ms", "p99 ms", "max ms"], [
     row("setup, connect() to onConnect at both ends: one pair at a time", x.sequential),
     row(`setup, ${x.pairs} pairs at once`, x.concurrent),
@@ -558,7 +558,7 @@ function crossLatencyText(x: CrossGatewayResults): string {
   // Five crossings in sequence: two and a half request/answer round trips.
   const crossings = 2.5 * rt.clientsAndBroker.p50Ms;
   const cpuMs = (a.cpuUsPerSequentialSetup + b.cpuUsPerSequentialSetup) / 1000;
-  const brokerNow = x.broker.kind === "mosquitto" ? "Mosquitto runs here with `set_tcp_nodelay true`, as docs/FLEET.md recommends" : "the embedded broker's server sets `noDelay` (gateway/broker.ts)";
+  const brokerNow = x.broker.kind === "mosquitto" ? "Mosquitto runs here with `set_tcp_nodelay true`, as docs/FLEET.md recommends" : "the embedded broker's server sets `noDelay` (gateway/monitor/embedded-broker.ts)";
   const parts: string[] = [];
   parts.push(`One pair at a time, a setup crosses the broker five times in sequence, two and a half round trips:
 message 1 of the exchange and its answer, message 3 and its answer, then the two gateways'
@@ -624,18 +624,18 @@ function keyHandlingText(x: CrossGatewayResults): string {
   const has = (op: string) => x.ops.some((o) => o.op === op);
   const parts: string[] = [];
   if (!x.ops.some((o) => o.op.includes("createPrivateKey"))) {
-    parts.push(` No private key was parsed during the rounds: \`gateway/ed25519.ts\` and \`gateway/fleet.ts\` keep the
+    parts.push(` No private key was parsed during the rounds: \`gateway/crypto/ed25519.ts\` and \`gateway/fleet/fleet.ts\` keep the
 KeyObjects of the secrets used again (\`SecretKeyCache\`) and of the key pairs they make, and take public keys as JWK.`);
   }
   if (has("x25519 createPublicKey der") || has("x25519 export public spki")) {
     parts.push(` The DER (SPKI) rows are X25519 public keys going in or out of KeyObjects as SPKI rather than JWK.`);
   } else if (has("x25519 createPublicKey jwk") || has("x25519 export public jwk")) {
     parts.push(` X25519 public keys go in and out of KeyObjects as JWK: the interlink's per-message keys
-(\`gateway/fleet.ts\`) and the exchange's ephemerals (\`gateway/exchange.ts\`, its own X25519 code: its private
+(\`gateway/fleet/fleet.ts\`) and the exchange's ephemerals (\`gateway/crossgw/exchange.ts\`, its own X25519 code: its private
 ephemeral stays a KeyObject).`);
   }
   if (has("x25519 export private pkcs8")) {
-    parts.push(` The PKCS#8 export is \`gateway/fleet.ts\`'s \`generateX25519\`, which hands the secret of each key pair
+    parts.push(` The PKCS#8 export is \`gateway/fleet/fleet.ts\`'s \`generateX25519\`, which hands the secret of each key pair
 it makes (an encrypted interlink envelope's) out as bytes it can wipe, keeping the KeyObject for its use.`);
   }
   return parts.join("");
@@ -680,11 +680,11 @@ the broker's side: ${b.noDelay}${/true/.test(b.noDelay) ? " (Mosquitto's default
   return `## Sessions across gateways (design.md flow 5)
 
 A device calls a device in another domain by name (\`callee-001@b.example\`). Its gateway runs the
-SIGMA-I exchange of \`gateway/exchange.ts\` with the callee's gateway over the interlink (MQTT envelopes
-signed by the sending gateway, the exchange's encrypted to the receiving one: \`gateway/interlink.ts\`),
+SIGMA-I exchange of \`gateway/crossgw/exchange.ts\` with the callee's gateway over the interlink (MQTT envelopes
+signed by the sending gateway, the exchange's encrypted to the receiving one: \`gateway/fleet/interlink.ts\`),
 each in its own device's name, after the callee's gateway asked its device; both derive the same seed
 and SPI, install it in their own device, check its confirmation, tell each other, and say Connected
-(\`gateway/crossgw.ts\`). The devices do exactly what they do inside one gateway; all the public-key
+(\`gateway/crossgw/cross-gateway.ts\`). The devices do exactly what they do inside one gateway; all the public-key
 work is the gateways'.
 
 **${Math.round(x.setupsPerSecond).toLocaleString("en-US")} setups per second across gateways with ${x.pairs} pairs at once: ${ratio.toFixed(2)} of the crypto bound**
@@ -825,8 +825,8 @@ ${targetsTable(targets)}
 Each operation is the handset's own work (\`firmware/handset.ts\`), step for step, in \`bench/device-ops.ts\`,
 bundled with the firmware's modules by \`flash/build.ts\` (so it passes the same Espruino-subset lint and
 gate) and run in one \`EmulatedDevice\`. What the gateway sends (the JoinAccept, a RegisterOk carrying
-a certificate issued by \`gateway/cwt.ts\`) is computed in Node with \`gateway/crypto.ts\` and
-\`gateway/cbor.ts\`; before anything is timed, the gateway checks the device's JoinRequest tag, opens its
+a certificate issued by \`gateway/encoding/cwt.ts\`) is computed in Node with \`gateway/crypto/symmetric.ts\` and
+\`gateway/encoding/cbor.ts\`; before anything is timed, the gateway checks the device's JoinRequest tag, opens its
 RegisterRequest and its protected message, and the device's tweetnacl results are compared with
 Node's. "native calls" is how many SHA-256 and AES calls one operation makes (counted in an untimed
 run).
@@ -835,7 +835,7 @@ ${deviceTable(d)}
 
 ## Gateway machine, for context
 
-The same operations (\`bench/device-ops.ts\`) on the gateway's SymCrypto (\`gateway/crypto.ts\`: node:crypto,
+The same operations (\`bench/device-ops.ts\`) on the gateway's SymCrypto (\`gateway/crypto/symmetric.ts\`: node:crypto,
 tweetnacl for secretbox) and codec (cbor-x), with the join counter in memory, and one X25519 with node:crypto and with tweetnacl. On the
 gateway a join costs about as much as ${((n.suites[0].joinRequest.medianUs + n.suites[0].joinAccept.medianUs) / n.x25519.nodeCrypto.medianUs).toFixed(1)} X25519s: there public-key crypto is cheap, which is why it belongs there.
 

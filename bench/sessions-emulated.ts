@@ -24,8 +24,8 @@ import type { EmulatedDevice } from "../emulator/device.ts";
 import { startSim } from "../emulator/sim.ts";
 import { buildFirmware } from "../flash/build.ts";
 import { openStore } from "../gateway/gateway.ts";
-import { Policy } from "../gateway/policy.ts";
-import { DEFAULT_SESSIONS } from "../gateway/sessions.ts";
+import { Policy } from "../gateway/registry/policy.ts";
+import { DEFAULT_SESSIONS } from "../gateway/sessions/session-broker.ts";
 import { fileSystemOf, GatewayProcess, latency, SESSION_APP, type Latency } from "./sessions.ts";
 
 const THIS_FILE = fileURLToPath(import.meta.url);

@@ -10,7 +10,7 @@
 //    Espruino's natives: 100 QuickJS devices would make the load generator, not the gateway, the thing
 //    measured.
 // 2. The raw crypto one setup needs on the gateway (seed and SPI, two confirm-tag checks, 4 link
-//    frames opened and 5 sealed), on gateway/crypto.ts, timed in the same run: what the gateway's
+//    frames opened and 5 sealed), on gateway/crypto/symmetric.ts, timed in the same run: what the gateway's
 //    CPU per setup is compared with.
 // 3. The device's own work for one setup, as caller and as callee, and for one message on the SA
 //    (bench/device-ops.ts), in one emulated device, next to one tweetnacl X25519 in the same device
@@ -39,13 +39,13 @@ import { encodeFrame } from "../firmware/proto/frame.ts";
 import { deriveSaKeys, DIR_DOWN, DIR_UP, frameNonce, saConfirmTag, type Codec, type LinkKeys } from "../firmware/proto/keys.ts";
 import { newLink, sealMessage, type Link } from "../firmware/proto/link.ts";
 import { encodeMessage, Msg, type InnerMessage } from "../firmware/proto/messages.ts";
-import * as gatewayCbor from "../gateway/cbor.ts";
-import { nodeCrypto } from "../gateway/crypto.ts";
+import * as gatewayCbor from "../gateway/encoding/cbor.ts";
+import { nodeCrypto } from "../gateway/crypto/symmetric.ts";
 import { Gateway, openStore } from "../gateway/gateway.ts";
-import { Logger } from "../gateway/log.ts";
-import { Policy } from "../gateway/policy.ts";
-import { DEFAULT_SESSIONS } from "../gateway/sessions.ts";
-import { zlib } from "../gateway/zlib-crc.ts";
+import { Logger } from "../gateway/log/logger.ts";
+import { Policy } from "../gateway/registry/policy.ts";
+import { DEFAULT_SESSIONS } from "../gateway/sessions/session-broker.ts";
+import { zlib } from "../gateway/link/crc32.ts";
 import { buildBenchBundle, bytesLiteral, COUNTER_SOURCE, DEVICE_BOARD, DEVICE_ID, loadTweetnacl, MESSAGE_BYTES, storageParent, type NativeCalls } from "./device-run.ts";
 import { answerJoinAndRegister, onlyMessage, openInner } from "./gateway-side.ts";
 import { DEFAULT_TIMING, deviceTask, nodeTask, runInterleaved, type Timing } from "./timing.ts";
@@ -100,7 +100,7 @@ export interface GatewaySessionResults {
   messages: { opened: number; sealed: number };
   /** Where the gateway's SQLite file was, and its file system. */
   dataDirFs: string;
-  /** One audit record written as gateway/store.ts writes it (WAL, synchronous=FULL), on the same
+  /** One audit record written as gateway/registry/store.ts writes it (WAL, synchronous=FULL), on the same
    *  file system: wall and CPU time per insert. A setup writes one (session-up). */
   auditInsert: { wallUs: number; cpuUs: number; inserts: number };
   /** Warnings and errors the gateway logged during the run (must be none). */
@@ -164,7 +164,7 @@ interface SetupFrames {
   spi: number;
   suite: number;
   seed: Bytes;
-  /** What the gateway sends the caller (sealed at 1, 2) and the callee (1, 2, 3), as gateway/sessions.ts. */
+  /** What the gateway sends the caller (sealed at 1, 2) and the callee (1, 2, 3), as gateway/sessions/session-broker.ts. */
   caller: { install: Bytes; connected: Bytes };
   callee: { incoming: Bytes; install: Bytes; connected: Bytes };
 }
@@ -194,7 +194,7 @@ function setupFrames(c: SymCrypto, cbor: Codec, keys: LinkKeys, saSuite: number)
   };
 }
 
-/** Throws unless the device's frames are what gateway/sessions.ts accepts: a ConnectRequest (or an
+/** Throws unless the device's frames are what gateway/sessions/session-broker.ts accepts: a ConnectRequest (or an
  *  accepting Answer) and an SaConfirm whose tag verifies for the role. */
 function checkSetup(c: SymCrypto, cbor: Codec, keys: LinkKeys, f: SetupFrames, role: 0 | 1, sent: Bytes[]): void {
   const rx = newLink(keys, false);
@@ -319,7 +319,7 @@ function setupMessages(saSuite: number): { opened: InnerMessage[]; sealed: Inner
 }
 
 /** A timing task for the gateway's crypto primitives of one setup, AES-CCM links and SA, on
- *  gateway/crypto.ts: seed and SPI from the RNG, the two confirm tags computed and compared in
+ *  gateway/crypto/symmetric.ts: seed and SPI from the RNG, the two confirm tags computed and compared in
  *  constant time, the 4 incoming link frames opened and the 5 outgoing ones sealed (plaintexts of
  *  the real messages' sizes). No CBOR, framing, sockets, SQLite or logging: those are the rest. */
 function rawCryptoTask(c: SymCrypto) {
@@ -585,7 +585,7 @@ export function teardown(caller: LoadHandset, callee: LoadHandset, spi: number):
   });
 }
 
-/** Wall and CPU time of one audit insert by gateway/store.ts, in a fresh store under parent. */
+/** Wall and CPU time of one audit insert by gateway/registry/store.ts, in a fresh store under parent. */
 export function timeAuditInserts(parent: string, inserts: number): { wallUs: number; cpuUs: number; inserts: number } {
   const dir = fs.mkdtempSync(path.join(parent, "kp-bench-audit-"));
   const store = openStore(dir);

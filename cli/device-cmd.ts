@@ -1,12 +1,12 @@
 import { randomBytes } from "node:crypto";
 import { existsSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { BOARDS, getBoard } from "../boards/index.ts";
-import type { DeviceSummary } from "../gateway/store.ts";
+import type { DeviceSummary } from "../gateway/registry/store.ts";
 import { NoRegistry, openRegistry, openStore, DEFAULT_LISTEN } from "../gateway/gateway.ts";
-import type { Store } from "../gateway/store.ts";
+import type { Store } from "../gateway/registry/store.ts";
 import { DEFAULT_DATA_DIR } from "./gateway-cmd.ts";
 import { parse, UsageError } from "./args.ts";
-import { forTerminal } from "../gateway/terminal.ts";
+import { forTerminal } from "../gateway/log/terminal.ts";
 
 export const ROOT_KEY_BYTES = 16;
 const ID_PATTERN = /^[A-Za-z0-9._-]{1,64}$/;
@@ -114,7 +114,7 @@ export async function deviceCommand(argv: string[]): Promise<number> {
         const reg = r.expiresAt === null ? "not registered" : r.expiresAt > now ? `registered, ${r.expiresAt - now}s left` : "registration expired";
         const state = `${r.revokedAt ? "REVOKED" : reg}`;
         const reported = reportedState(r);
-        // The registry may hold ids written by other tools: shown escaped, as everywhere (gateway/terminal.ts).
+        // The registry may hold ids written by other tools: shown escaped, as everywhere (gateway/log/terminal.ts).
         console.log(forTerminal(`${r.id.padEnd(20)} ${r.board.padEnd(10)} joins=${String(r.joinCounter).padEnd(6)} ${reported ? `${state.padEnd(26)} ${reported}` : state}`));
       }
     } finally {

@@ -1,4 +1,4 @@
-// `keyproxy fleet`: the fleet CA's side of fleet trust (gateway/fleet.ts, docs/FLEET.md). The CA key
+// `keyproxy fleet`: the fleet CA's side of fleet trust (gateway/fleet/fleet.ts, docs/FLEET.md). The CA key
 // never leaves the fleet directory and is never printed; everything printed here is public.
 
 import { copyFileSync, existsSync, writeFileSync } from "node:fs";
@@ -13,8 +13,8 @@ import {
   installGatewayCertificate,
   readGatewayCertificateUnverified,
   REVOCATION_FILE,
-} from "../gateway/fleet.ts";
-import { HELD_LIST_FILE, publishRevocationList, revocationTopic } from "../gateway/fleet-trust.ts";
+} from "../gateway/fleet/fleet.ts";
+import { HELD_LIST_FILE, publishRevocationList, revocationTopic } from "../gateway/fleet/trust.ts";
 import { parse, positiveInt, UsageError } from "./args.ts";
 
 export const DEFAULT_FLEET_DIR = "./keyproxy-fleet";

@@ -1,17 +1,17 @@
 import { chmodSync, closeSync, existsSync, mkdirSync, openSync, writeSync } from "node:fs";
 import { join } from "node:path";
 import { Gateway, DEFAULT_LISTEN, type FleetOptions } from "../gateway/gateway.ts";
-import { DEFAULT_RECHECK_MS } from "../gateway/crossgw.ts";
-import { DEFAULT_SESSIONS } from "../gateway/sessions.ts";
-import { DEV_FLEET_DIR, DEV_FLEET_WARNING, Fleet, FLEET_FILE, isGatewayId, loadGatewayCredentials } from "../gateway/fleet.ts";
-import { DEFAULT_BROKER_LISTEN } from "../gateway/broker.ts";
-import { Logger } from "../gateway/log.ts";
-import { LIFETIME_CEILING } from "../gateway/registrar.ts";
-import { DEFAULT_LINK_LIMITS as LIMITS, type LinkLimits } from "../gateway/link-limits.ts";
-import type { MqttOptions } from "../gateway/monitor.ts";
+import { DEFAULT_RECHECK_MS } from "../gateway/crossgw/cross-gateway.ts";
+import { DEFAULT_SESSIONS } from "../gateway/sessions/session-broker.ts";
+import { DEV_FLEET_DIR, DEV_FLEET_WARNING, Fleet, FLEET_FILE, isGatewayId, loadGatewayCredentials } from "../gateway/fleet/fleet.ts";
+import { DEFAULT_BROKER_LISTEN } from "../gateway/monitor/embedded-broker.ts";
+import { Logger } from "../gateway/log/logger.ts";
+import { LIFETIME_CEILING } from "../gateway/registry/registrar.ts";
+import { DEFAULT_LINK_LIMITS as LIMITS, type LinkLimits } from "../gateway/link/limits.ts";
+import type { MqttOptions } from "../gateway/monitor/monitor.ts";
 import { hostPort, parse, positiveInt, UsageError } from "./args.ts";
 import { describeEvent } from "./monitor-cmd.ts";
-import { forTerminal } from "../gateway/terminal.ts";
+import { forTerminal } from "../gateway/log/terminal.ts";
 import type { EmulatedDevice } from "../emulator/device.ts";
 
 export const DEFAULT_DATA_DIR = "./keyproxy-data";

@@ -1,6 +1,6 @@
 // `keyproxy <command>`: one entry point, one module per command.
 import { UsageError } from "./args.ts";
-import { linesForTerminal } from "../gateway/terminal.ts";
+import { linesForTerminal } from "../gateway/log/terminal.ts";
 
 const COMMANDS: Record<string, { summary: string; run: (argv: string[]) => Promise<number> }> = {
   build: { summary: "bundle the firmware for a board and check it against the board's budget", run: async (a) => (await import("../flash/build.ts")).buildCommand(a) },

@@ -6,9 +6,9 @@
 // payloads): every line and every table cell goes through forTerminal before it is printed.
 
 import { connect, type MqttClient } from "mqtt";
-import { parseTopic, redactUrl, topics, type DeviceState, type GatewayStatus, type Metrics } from "../gateway/monitor.ts";
-import { DEFAULT_BROKER_LISTEN } from "../gateway/broker.ts";
-import { forTerminal } from "../gateway/terminal.ts";
+import { parseTopic, redactUrl, topics, type DeviceState, type GatewayStatus, type Metrics } from "../gateway/monitor/monitor.ts";
+import { DEFAULT_BROKER_LISTEN } from "../gateway/monitor/embedded-broker.ts";
+import { forTerminal } from "../gateway/log/terminal.ts";
 import { parse, positiveInt, UsageError } from "./args.ts";
 
 export const DEFAULT_MQTT_URL = `mqtt://${DEFAULT_BROKER_LISTEN.host}:${DEFAULT_BROKER_LISTEN.port}`;

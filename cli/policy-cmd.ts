@@ -1,5 +1,5 @@
 import { openStore } from "../gateway/gateway.ts";
-import { Policy, type Action } from "../gateway/policy.ts";
+import { Policy, type Action } from "../gateway/registry/policy.ts";
 import { DEFAULT_DATA_DIR } from "./gateway-cmd.ts";
 import { existingRegistry } from "./device-cmd.ts";
 import { parse, UsageError } from "./args.ts";

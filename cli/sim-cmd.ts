@@ -5,7 +5,7 @@ import { DEFAULT_LISTEN } from "../gateway/gateway.ts";
 import { callerApp, echoApp, startSim, whenRegistered } from "../emulator/sim.ts";
 import { DEFAULT_DATA_DIR } from "./gateway-cmd.ts";
 import { hostPort, parse, positiveInt, UsageError } from "./args.ts";
-import { forTerminal } from "../gateway/terminal.ts";
+import { forTerminal } from "../gateway/log/terminal.ts";
 
 const HELP = `usage: keyproxy sim [--count <n>] [--board <id>] [--gateway <host:port>] [--data-dir <dir>] [--bundle <file>] [--lifetime <s>]
                     [--prefix <name>] [--answer] [--call <name[@domain]>] [--app <name>]

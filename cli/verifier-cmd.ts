@@ -1,7 +1,7 @@
-// `keyproxy verifier`: the fleet's verifier on its own (gateway/verifier-service.ts, docs/FLEET.md).
-import { Logger } from "../gateway/log.ts";
-import { isGatewayId } from "../gateway/fleet.ts";
-import { startVerifierService } from "../gateway/verifier-service.ts";
+// `keyproxy verifier`: the fleet's verifier on its own (gateway/fleet/verifier-service.ts, docs/FLEET.md).
+import { Logger } from "../gateway/log/logger.ts";
+import { isGatewayId } from "../gateway/fleet/fleet.ts";
+import { startVerifierService } from "../gateway/fleet/verifier-service.ts";
 import { parse, UsageError } from "./args.ts";
 
 const HELP = `usage: keyproxy verifier --id <verifier-id> --data-dir <dir> --mqtt <url>

@@ -34,7 +34,7 @@
 // numbers (each taken & 255, as Espruino's iterators do) or strings (char codes & 255).
 
 import { createCipheriv, createDecipheriv, createHash } from "node:crypto";
-import { zlib } from "../gateway/zlib-crc.ts";
+import { zlib } from "../gateway/link/crc32.ts";
 
 export type AesObservation = {
   op:
@@ -383,5 +383,5 @@ export function createEspruinoCrypto(opts: EspruinoCryptoOptions): { cryptoModul
 }
 
 /** E.CRC32: the zlib CRC-32 of the bytes, an unsigned 32-bit number (one host definition for the
- *  gateway, the serial client and this model: gateway/zlib-crc.ts). */
+ *  gateway, the serial client and this model: gateway/link/crc32.ts). */
 export const crc32 = zlib.crc32;

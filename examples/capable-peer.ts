@@ -1,4 +1,4 @@
-// A capable peer (gateway/peer-sdk.ts): a Node program with its own keys that runs the key exchange
+// A capable peer (sdk/peer.ts): a Node program with its own keys that runs the key exchange
 // itself, calls a handset behind its gateway by name, exchanges messages end to end and hangs up.
 //
 //   keyproxy fleet issue-gateway --id peers.example --data-dir ./carol     (once, on the CA's machine)
@@ -9,7 +9,7 @@
 // message sent was answered (--expect, default: as many as were sent), 1 on any failure.
 
 import { parseArgs } from "node:util";
-import { CapablePeer } from "../gateway/peer-sdk.ts";
+import { CapablePeer } from "../sdk/peer.ts";
 
 const { values: o } = parseArgs({
   options: {

@@ -2,7 +2,7 @@
 // BigInt, no hoisting, so every function is declared before it is first used.
 //
 // Encoding is deterministic (RFC 8949 §4.2.1): shortest heads, definite lengths, object keys in
-// insertion order. The gateway's cbor-x wrapper (gateway/cbor.ts) produces the same bytes for the
+// insertion order. The gateway's cbor-x wrapper (gateway/encoding/cbor.ts) produces the same bytes for the
 // types we send, because MAC inputs are CBOR arrays built on both sides.
 //
 // Decoding is strict and bounded, because its input comes from the air: exactly one item, at most

@@ -33,7 +33,7 @@
 import { randomBytes } from "node:crypto";
 import { getBoard } from "../boards/index.ts";
 import { openStore } from "../gateway/gateway.ts";
-import type { Store } from "../gateway/store.ts";
+import type { Store } from "../gateway/registry/store.ts";
 import { checkBoard } from "./flash.ts";
 import { crc32, EspruinoSerial } from "./serial.ts";
 

@@ -15,7 +15,7 @@
 // Espruino's serial ports speak.
 
 import { SerialPort } from "serialport";
-import { zlib } from "../gateway/zlib-crc.ts";
+import { zlib } from "../gateway/link/crc32.ts";
 
 /** What the REPL answers in process.env.BOARD, per board profile id. */
 export const ESPRUINO_BOARD: Record<string, string> = {

@@ -1,7 +1,7 @@
 // Valid seeds made with the project's own encoders: every device message type, certificates and
 // COSE messages. Stateful targets make their own (they need keys the gateway knows).
 
-import { encode } from "../gateway/cbor.ts";
+import { encode } from "../gateway/encoding/cbor.ts";
 import { encodeMessage, Msg, type Message } from "../firmware/proto/messages.ts";
 import type { Rng } from "./rng.ts";
 

@@ -3,24 +3,24 @@
 
 import { mkdirSync, chmodSync, existsSync } from "node:fs";
 import { join } from "node:path";
-import * as cbor from "./cbor.ts";
-import { nodeCrypto, type GatewayCrypto } from "./crypto.ts";
-import { CrossGateway, DEFAULT_RECHECK_MS } from "./crossgw.ts";
-import type { Fleet, GatewayCredentials } from "./fleet.ts";
-import { FleetTrust } from "./fleet-trust.ts";
-import { lockDataDir, type DataDirLock } from "./data-dir-lock.ts";
-import { loadOrCreateGatewayKey } from "./identity.ts";
-import { Interlink } from "./interlink.ts";
-import { checkerTrust } from "./verifier.ts";
-import { LinkServer } from "./link-server.ts";
-import type { LinkLimits } from "./link-limits.ts";
-import { Logger } from "./log.ts";
-import { startMonitoring, type MqttOptions, type Monitoring } from "./monitor.ts";
-import { Policy } from "./policy.ts";
-import { DEFAULT_POLICY, LIFETIME_CEILING, Registrar, type RegistrationPolicy } from "./registrar.ts";
-import { DEFAULT_SESSIONS, SessionBroker, type SessionSettings } from "./sessions.ts";
-import type { SessionHook, SessionHookContext } from "./session-hook.ts";
-import { NotARegistry, Store } from "./store.ts";
+import * as cbor from "./encoding/cbor.ts";
+import { nodeCrypto, type GatewayCrypto } from "./crypto/symmetric.ts";
+import { CrossGateway, DEFAULT_RECHECK_MS } from "./crossgw/cross-gateway.ts";
+import type { Fleet, GatewayCredentials } from "./fleet/fleet.ts";
+import { FleetTrust } from "./fleet/trust.ts";
+import { lockDataDir, type DataDirLock } from "./registry/data-dir-lock.ts";
+import { loadOrCreateGatewayKey } from "./fleet/identity.ts";
+import { Interlink } from "./fleet/interlink.ts";
+import { checkerTrust } from "./fleet/verifier.ts";
+import { LinkServer } from "./link/server.ts";
+import type { LinkLimits } from "./link/limits.ts";
+import { Logger } from "./log/logger.ts";
+import { startMonitoring, type MqttOptions, type Monitoring } from "./monitor/monitor.ts";
+import { Policy } from "./registry/policy.ts";
+import { DEFAULT_POLICY, LIFETIME_CEILING, Registrar, type RegistrationPolicy } from "./registry/registrar.ts";
+import { DEFAULT_SESSIONS, SessionBroker, type SessionSettings } from "./sessions/session-broker.ts";
+import type { SessionHook, SessionHookContext } from "./sessions/hook.ts";
+import { NotARegistry, Store } from "./registry/store.ts";
 import { CloseReason, Msg, type InnerMessage } from "../firmware/proto/messages.ts";
 
 export const DB_FILE = "keyproxy.db";
@@ -39,15 +39,15 @@ export interface GatewayOptions {
   crypto?: GatewayCrypto;
   /** Monitoring over MQTT (docs/MONITORING.md): a broker URL, or the embedded broker. Default: none. */
   mqtt?: MqttOptions;
-  /** SA lifetime, message limit, timeouts and suite matching (gateway/sessions.ts). */
+  /** SA lifetime, message limit, timeouts and suite matching (gateway/sessions/session-broker.ts). */
   sessions?: Partial<SessionSettings>;
   /** Extra session handling offered every session message and SA frame first (cross-gateway sessions:
-   *  gateway/crossgw.ts). Default: none, and sessions stay inside this gateway. */
+   *  gateway/crossgw/cross-gateway.ts). Default: none, and sessions stay inside this gateway. */
   sessionHook?: (ctx: SessionHookContext) => SessionHook;
   /** Sessions across gateways (docs/FLEET.md): this gateway's fleet credentials. Needs `mqtt`: the
    *  interlink to other gateways runs over the same broker. Default: none. */
   fleet?: FleetOptions | ((gatewayId: string) => FleetOptions);
-  /** What the link port allows peers that have not joined (gateway/link-limits.ts, docs/OPERATIONS.md
+  /** What the link port allows peers that have not joined (gateway/link/limits.ts, docs/OPERATIONS.md
    *  "Limits"). Default: DEFAULT_LINK_LIMITS. */
   limits?: Partial<LinkLimits>;
   /** Milliseconds for the link server's join backoff (default Date.now); tests pass a clock they control. */
@@ -64,7 +64,7 @@ export interface FleetOptions {
   maxAnswerLifetime?: number;
   /** The interlink's MQTT version (default "auto": 5, or 3.1.1 where the broker refuses 5). */
   protocolVersion?: 4 | 5 | "auto";
-  /** Ask the verifier on its own with this id (gateway/verifier-service.ts) about remote device
+  /** Ask the verifier on its own with this id (gateway/fleet/verifier-service.ts) about remote device
    *  certificates, instead of the in-process one. */
   verifier?: string;
 }

@@ -1,4 +1,4 @@
-// The wire codec: the device's firmware/cbor.ts and the gateway's gateway/cbor.ts (cbor-x).
+// The wire codec: the device's firmware/cbor.ts and the gateway's gateway/encoding/cbor.ts (cbor-x).
 //
 // 1. RFC 8949 Appendix A (test/vectors/rfc8949-appendix-a.json): every vector decodes on the device to
 //    the published value; every vector whose value the device can send re-encodes to the exact bytes,
@@ -13,7 +13,7 @@ import fc from "fast-check";
 import { Decoder, Tag } from "cbor-x";
 import { fromHex, toHex } from "../firmware/bytes.ts";
 import * as device from "../firmware/cbor.ts";
-import * as gateway from "../gateway/cbor.ts";
+import * as gateway from "../gateway/encoding/cbor.ts";
 
 const { Tagged, Simple, MAX_DEPTH } = device;
 

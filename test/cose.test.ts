@@ -13,9 +13,9 @@ import { ed25519 as noble } from "@noble/curves/ed25519.js";
 import { concat, fromHex, toHex } from "../firmware/bytes.ts";
 
 const utf8Encode = (s: string): Uint8Array => new Uint8Array(Buffer.from(s, "utf8"));
-import { ed25519FromSeed, ed25519Sign, ed25519Verify, generateEd25519 } from "../gateway/ed25519.ts";
-import { encode } from "../gateway/cbor.ts";
-import { CoseError, signSign1, sigStructure1, verifySign1 } from "../gateway/cose.ts";
+import { ed25519FromSeed, ed25519Sign, ed25519Verify, generateEd25519 } from "../gateway/crypto/ed25519.ts";
+import { encode } from "../gateway/encoding/cbor.ts";
+import { CoseError, signSign1, sigStructure1, verifySign1 } from "../gateway/encoding/cose.ts";
 import {
   CertError,
   issueCertificate,
@@ -23,7 +23,7 @@ import {
   verifyCertificate,
   type CertErrorCode,
   type DeviceCertClaims,
-} from "../gateway/cwt.ts";
+} from "../gateway/encoding/cwt.ts";
 
 // ---------------------------------------------------------------------------------------------------
 // helpers: hand-made CBOR heads, so expected bytes do not come from the codec under test

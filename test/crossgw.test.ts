@@ -1,9 +1,9 @@
-// Sessions across gateways (gateway/crossgw.ts, design.md flows 5, 7, 8, 9): in-process gateways in
+// Sessions across gateways (gateway/crossgw/cross-gateway.ts, design.md flows 5, 7, 8, 9): in-process gateways in
 // their own domains, each started with GatewayOptions.fleet (its certificate from one fleet CA, its
 // own verifier, the interlink and the fleet's revocation list over the in-process MQTT broker), and a
 // Node handset (the firmware's Handset engine over real TCP) behind each. Alice connects to
 // "bob@b.example" by name; they exchange messages, rekey, query certificates across domains, lose
-// links, and get revoked; a capable peer (gateway/peer-sdk.ts) calls and is called.
+// links, and get revoked; a capable peer (sdk/peer.ts) calls and is called.
 
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
@@ -12,19 +12,19 @@ import mqtt from "mqtt";
 import { toHex } from "../firmware/bytes.ts";
 import { SUITE_AES_CCM_16_64_128 as AES } from "../firmware/crypto/types.ts";
 import { CloseReason, ErrorCode, Msg } from "../firmware/proto/messages.ts";
-import { startBroker, type EmbeddedBroker } from "../gateway/broker.ts";
-import type { CrossGateway } from "../gateway/crossgw.ts";
-import { issueCertificate, readCertificateUnverified } from "../gateway/cwt.ts";
-import { generateEd25519 } from "../gateway/ed25519.ts";
-import { Fleet, generateX25519, readRevocationListUnverified } from "../gateway/fleet.ts";
-import { publishRevocationList, revocationTopic } from "../gateway/fleet-trust.ts";
-import type { SessionSettings } from "../gateway/sessions.ts";
-import { Interlink } from "../gateway/interlink.ts";
-import { CapablePeer, type PeerSession } from "../gateway/peer-sdk.ts";
-import { CertificateChecker, checkerTrust, localSource, Verifier } from "../gateway/verifier.ts";
+import { startBroker, type EmbeddedBroker } from "../gateway/monitor/embedded-broker.ts";
+import type { CrossGateway } from "../gateway/crossgw/cross-gateway.ts";
+import { issueCertificate, readCertificateUnverified } from "../gateway/encoding/cwt.ts";
+import { generateEd25519 } from "../gateway/crypto/ed25519.ts";
+import { Fleet, generateX25519, readRevocationListUnverified } from "../gateway/fleet/fleet.ts";
+import { publishRevocationList, revocationTopic } from "../gateway/fleet/trust.ts";
+import type { SessionSettings } from "../gateway/sessions/session-broker.ts";
+import { Interlink } from "../gateway/fleet/interlink.ts";
+import { CapablePeer, type PeerSession } from "../sdk/peer.ts";
+import { CertificateChecker, checkerTrust, localSource, Verifier } from "../gateway/fleet/verifier.ts";
 import { fleetDataDir, fleetGateway } from "./support/fleet-rig.ts";
-import { Logger } from "../gateway/log.ts";
-import { startVerifierService, type VerifierService } from "../gateway/verifier-service.ts";
+import { Logger } from "../gateway/log/logger.ts";
+import { startVerifierService, type VerifierService } from "../gateway/fleet/verifier-service.ts";
 import { Clock, provision, tempDir, until, type TestGateway } from "./support/harness.ts";
 import { innerMessages, recordingCrypto, sessionHandset, stopGateway, type SessionHandset } from "./support/session-rig.ts";
 

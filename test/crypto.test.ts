@@ -16,7 +16,7 @@ import { deviceCrypto, deviceSuites, type DeviceCrypto } from "../firmware/crypt
 import { ccmSeal, ccmOpen } from "../firmware/crypto/ccm.ts";
 import { secretboxSuite } from "../firmware/crypto/secretbox.ts";
 import { hmacSha256, hkdfSha256 } from "../firmware/crypto/hmac.ts";
-import { nodeCrypto, timingSafeEqualBytes } from "../gateway/crypto.ts";
+import { nodeCrypto, timingSafeEqualBytes } from "../gateway/crypto/symmetric.ts";
 import { SUITE_AES_CCM_16_64_128, SUITE_XSALSA20_POLY1305, nonceLength, tagLength, type SymCrypto } from "../firmware/crypto/types.ts";
 
 const vectors = JSON.parse(readFileSync(new URL("./vectors/crypto.json", import.meta.url), "utf8"));

@@ -11,7 +11,7 @@ import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, 
 import { join } from "node:path";
 import { randomBytes } from "node:crypto";
 import { openStore } from "../gateway/gateway.ts";
-import { retainedStatus } from "../gateway/monitor.ts";
+import { retainedStatus } from "../gateway/monitor/monitor.ts";
 import { CLI, startGatewayProcess } from "./support/process.ts";
 import { tempDir } from "./support/harness.ts";
 

@@ -6,8 +6,8 @@ import assert from "node:assert/strict";
 import { buildFirmware } from "../flash/build.ts";
 import { startSim } from "../emulator/sim.ts";
 import { openStore } from "../gateway/gateway.ts";
-import { verifyCertificate } from "../gateway/cwt.ts";
-import { loadOrCreateGatewayKey } from "../gateway/identity.ts";
+import { verifyCertificate } from "../gateway/encoding/cwt.ts";
+import { loadOrCreateGatewayKey } from "../gateway/fleet/identity.ts";
 import { startGatewayProcess } from "./support/process.ts";
 import { tempDir, until } from "./support/harness.ts";
 

@@ -1,4 +1,4 @@
-// The gateway-to-gateway key exchange (gateway/exchange.ts): a full run gives both sides the same SA
+// The gateway-to-gateway key exchange (gateway/crossgw/exchange.ts): a full run gives both sides the same SA
 // seed and SPI; every attack is refused with a clear reason and leaves the refusing side's state as it
 // was, which each test proves by finishing the genuine exchange afterwards. Messages 2 and 3 are
 // encrypted (SIGMA-I): to forge their insides, a test chooses one ephemeral of the run and computes
@@ -13,9 +13,9 @@ import { join } from "node:path";
 import fc from "fast-check";
 import { toHex } from "../firmware/bytes.ts";
 import { SUITE_AES_CCM_16_64_128, SUITE_XSALSA20_POLY1305 } from "../firmware/crypto/types.ts";
-import { decode, encode } from "../gateway/cbor.ts";
-import { issueCertificate, readCertificateUnverified } from "../gateway/cwt.ts";
-import { generateEd25519, type Ed25519KeyPair } from "../gateway/ed25519.ts";
+import { decode, encode } from "../gateway/encoding/cbor.ts";
+import { issueCertificate, readCertificateUnverified } from "../gateway/encoding/cwt.ts";
+import { generateEd25519, type Ed25519KeyPair } from "../gateway/crypto/ed25519.ts";
 import {
   decodeMsg1,
   decodeMsg2,
@@ -38,9 +38,9 @@ import {
   type Msg2,
   type Msg3,
   type ResponderDeps,
-} from "../gateway/exchange.ts";
-import { Fleet, generateX25519 } from "../gateway/fleet.ts";
-import { CertificateChecker, localSource, Verifier } from "../gateway/verifier.ts";
+} from "../gateway/crossgw/exchange.ts";
+import { Fleet, generateX25519 } from "../gateway/fleet/fleet.ts";
+import { CertificateChecker, localSource, Verifier } from "../gateway/fleet/verifier.ts";
 
 const T0 = 1_800_000_000;
 const AES = SUITE_AES_CCM_16_64_128;

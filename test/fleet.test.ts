@@ -8,8 +8,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import fc from "fast-check";
 import { fromHex, toHex } from "../firmware/bytes.ts";
-import { issueCertificate } from "../gateway/cwt.ts";
-import { generateEd25519 } from "../gateway/ed25519.ts";
+import { issueCertificate } from "../gateway/encoding/cwt.ts";
+import { generateEd25519 } from "../gateway/crypto/ed25519.ts";
 import {
   acceptRevocationList,
   CA_KEY_FILE,
@@ -31,7 +31,7 @@ import {
   verifyRevocationList,
   x25519PublicKey,
   x25519SharedSecret,
-} from "../gateway/fleet.ts";
+} from "../gateway/fleet/fleet.ts";
 import {
   AnswerError,
   CertificateChecker,
@@ -42,7 +42,7 @@ import {
   verifyAnswer,
   type AnswerSource,
   type VerificationStatus,
-} from "../gateway/verifier.ts";
+} from "../gateway/fleet/verifier.ts";
 import { fleetCommand } from "../cli/fleet-cmd.ts";
 import { main } from "../cli/main.ts";
 

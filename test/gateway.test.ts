@@ -6,11 +6,11 @@ import assert from "node:assert/strict";
 import { crc32 } from "node:zlib";
 import { join } from "node:path";
 import Database from "better-sqlite3";
-import * as gcbor from "../gateway/cbor.ts";
-import { verifyCertificate } from "../gateway/cwt.ts";
-import { loadOrCreateGatewayKey } from "../gateway/identity.ts";
+import * as gcbor from "../gateway/encoding/cbor.ts";
+import { verifyCertificate } from "../gateway/encoding/cwt.ts";
+import { loadOrCreateGatewayKey } from "../gateway/fleet/identity.ts";
 import { Gateway, openStore } from "../gateway/gateway.ts";
-import { Store } from "../gateway/store.ts";
+import { Store } from "../gateway/registry/store.ts";
 import { deviceCommand } from "../cli/device-cmd.ts";
 import { encodeFrame } from "../firmware/proto/frame.ts";
 import { ErrorCode, Msg } from "../firmware/proto/messages.ts";
@@ -293,7 +293,7 @@ test("a data directory from before firmware and memory were reported keeps worki
 });
 
 test("lifetimes stay under the ceiling JavaScript timers allow (devices renew with a timer)", async () => {
-  const { LIFETIME_CEILING } = await import("../gateway/registrar.ts");
+  const { LIFETIME_CEILING } = await import("../gateway/registry/registrar.ts");
   const t = await startGateway({ policy: { maxLifetime: 10 * LIFETIME_CEILING } });
   const d = await nodeHandset(t.gw, "dev-c", provision(t.gw, "dev-c"), 100 * LIFETIME_CEILING);
   try {

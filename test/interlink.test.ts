@@ -13,10 +13,10 @@ import { randomBytes } from "node:crypto";
 import { Aedes } from "aedes";
 import mqtt, { type MqttClient } from "mqtt";
 import { toHex } from "../firmware/bytes.ts";
-import { issueCertificate } from "../gateway/cwt.ts";
-import { encode } from "../gateway/cbor.ts";
-import { generateEd25519, type Ed25519KeyPair } from "../gateway/ed25519.ts";
-import { Fleet, generateX25519, type X25519KeyPair } from "../gateway/fleet.ts";
+import { issueCertificate } from "../gateway/encoding/cwt.ts";
+import { encode } from "../gateway/encoding/cbor.ts";
+import { generateEd25519, type Ed25519KeyPair } from "../gateway/crypto/ed25519.ts";
+import { Fleet, generateX25519, type X25519KeyPair } from "../gateway/fleet/fleet.ts";
 import {
   DedupeWindow,
   Interlink,
@@ -28,8 +28,8 @@ import {
   signEnvelope,
   type InterlinkIdentity,
   type Rejection,
-} from "../gateway/interlink.ts";
-import { CertificateChecker, checkerTrust, localSource, remoteSource, serveVerifier, Verifier, verifyAnswer } from "../gateway/verifier.ts";
+} from "../gateway/fleet/interlink.ts";
+import { CertificateChecker, checkerTrust, localSource, remoteSource, serveVerifier, Verifier, verifyAnswer } from "../gateway/fleet/verifier.ts";
 
 const T0 = 1_800_000_000;
 const tmpDirs: string[] = [];

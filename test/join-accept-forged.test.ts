@@ -5,7 +5,7 @@
 // attacker on the link would (test/support/relay.ts).
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import * as gcbor from "../gateway/cbor.ts";
+import * as gcbor from "../gateway/encoding/cbor.ts";
 import type { Gateway } from "../gateway/gateway.ts";
 import { Msg } from "../firmware/proto/messages.ts";
 import { nodeHandset, provision, startGateway, until } from "./support/harness.ts";

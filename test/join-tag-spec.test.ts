@@ -13,8 +13,8 @@ import { createHmac, hkdfSync } from "node:crypto";
 import * as deviceCbor from "../firmware/cbor.ts";
 import { SUITE_AES_CCM_16_64_128 as AES, SUITE_XSALSA20_POLY1305 as XSALSA } from "../firmware/crypto/types.ts";
 import { joinTag } from "../firmware/proto/keys.ts";
-import { encode } from "../gateway/cbor.ts";
-import { nodeCrypto } from "../gateway/crypto.ts";
+import { encode } from "../gateway/encoding/cbor.ts";
+import { nodeCrypto } from "../gateway/crypto/symmetric.ts";
 import { nodeDeviceCrypto } from "./support/harness.ts";
 
 const hx = (b: Uint8Array) => Buffer.from(b).toString("hex");

@@ -1,4 +1,4 @@
-// The KeyObjects kept for raw secret keys (gateway/ed25519.ts SecretKeyCache, used by ed25519Sign and
+// The KeyObjects kept for raw secret keys (gateway/crypto/ed25519.ts SecretKeyCache, used by ed25519Sign and
 // x25519SharedSecret; docs/BENCHMARKS.md has why): the cached path gives byte-identical signatures and
 // shared secrets to the uncached one (a fresh parse of the raw key, and @noble/curves), the cache is
 // bounded and evicts the key used least recently, a key used once is never kept, and a secret changed
@@ -9,12 +9,12 @@ import assert from "node:assert/strict";
 import { createPrivateKey, randomBytes, sign, type KeyObject } from "node:crypto";
 import { ed25519, x25519 } from "@noble/curves/ed25519.js";
 import { toHex } from "../firmware/bytes.ts";
-import { clearEd25519KeyCache, ed25519Sign, ed25519Verify, generateEd25519, KEY_CACHE_CAPACITY, keyFingerprint, SecretKeyCache } from "../gateway/ed25519.ts";
-import { clearX25519KeyCache, generateX25519, x25519PublicKey, x25519SharedSecret } from "../gateway/fleet.ts";
+import { clearEd25519KeyCache, ed25519Sign, ed25519Verify, generateEd25519, KEY_CACHE_CAPACITY, keyFingerprint, SecretKeyCache } from "../gateway/crypto/ed25519.ts";
+import { clearX25519KeyCache, generateX25519, x25519PublicKey, x25519SharedSecret } from "../gateway/fleet/fleet.ts";
 
 const bytes = (n: number): Uint8Array => new Uint8Array(randomBytes(n));
 
-/** The uncached path: the seed parsed afresh from its PKCS#8 DER, as gateway/ed25519.ts did before. */
+/** The uncached path: the seed parsed afresh from its PKCS#8 DER, as gateway/crypto/ed25519.ts did before. */
 function uncachedSign(seed: Uint8Array, msg: Uint8Array): Uint8Array {
   const der = Buffer.concat([Buffer.from("302e020100300506032b657004220420", "hex"), seed]);
   return new Uint8Array(sign(null, msg, createPrivateKey({ key: der, format: "der", type: "pkcs8" })));

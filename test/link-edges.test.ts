@@ -9,7 +9,7 @@ import * as deviceCbor from "../firmware/cbor.ts";
 import { SUITE_AES_CCM_16_64_128 as AES } from "../firmware/crypto/types.ts";
 import { crypt, DROP_REASONS, MAX_SEQ, newLink, openMessage, sealFrame, sealMessage, wipeLink, type Link } from "../firmware/proto/link.ts";
 import { encodeMessage, Msg, type LinkFrame } from "../firmware/proto/messages.ts";
-import { nodeCrypto } from "../gateway/crypto.ts";
+import { nodeCrypto } from "../gateway/crypto/symmetric.ts";
 
 const c = nodeCrypto();
 const REPLAYED = 1;

@@ -1,16 +1,16 @@
 // The link server against an attacker who can reach its port (issue 11, findings 2 and 4): one
 // identity per connection, and the limits on connections, unjoined time, bad input and failed joins
-// (gateway/link-limits.ts, docs/OPERATIONS.md "Limits"). Each limit is set small through
+// (gateway/link/limits.ts, docs/OPERATIONS.md "Limits"). Each limit is set small through
 // GatewayOptions.limits; every test waits for the event it is about, none measures time.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import net from "node:net";
 import { randomBytes } from "node:crypto";
-import * as gcbor from "../gateway/cbor.ts";
-import { nodeCrypto } from "../gateway/crypto.ts";
-import { DEFAULT_LINK_LIMITS, JOIN_REQUEST_MAX_PAYLOAD, RESERVED_DESCRIPTORS, sourceKey } from "../gateway/link-limits.ts";
-import { LinkServer } from "../gateway/link-server.ts";
-import { Logger } from "../gateway/log.ts";
+import * as gcbor from "../gateway/encoding/cbor.ts";
+import { nodeCrypto } from "../gateway/crypto/symmetric.ts";
+import { DEFAULT_LINK_LIMITS, JOIN_REQUEST_MAX_PAYLOAD, RESERVED_DESCRIPTORS, sourceKey } from "../gateway/link/limits.ts";
+import { LinkServer } from "../gateway/link/server.ts";
+import { Logger } from "../gateway/log/logger.ts";
 import { openStore } from "../gateway/gateway.ts";
 import { SUITE_AES_CCM_16_64_128 as AES } from "../firmware/crypto/types.ts";
 import { joinTag, JOIN_NONCE_BYTES } from "../firmware/proto/keys.ts";

@@ -1,7 +1,7 @@
 // Suite matching (seed 003 §5.4, checklist 18-22), with the seed's worked examples.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { matchSettings, overlap, suiteCandidates, type Candidate, type Setting } from "../gateway/matching.ts";
+import { matchSettings, overlap, suiteCandidates, type Candidate, type Setting } from "../gateway/sessions/matching.ts";
 import { SUITE_AES_CCM_16_64_128, SUITE_XSALSA20_POLY1305 } from "../firmware/crypto/types.ts";
 
 const A: Setting = { alg: "AES-CCM", keyBits: 128, hash: "CBC-MAC-64" };

@@ -1,4 +1,4 @@
-// Monitoring over MQTT (docs/MONITORING.md). Against the in-process broker (aedes, gateway/broker.ts,
+// Monitoring over MQTT (docs/MONITORING.md). Against the in-process broker (aedes, gateway/monitor/embedded-broker.ts,
 // run here in the test process so that it outlives a killed gateway) always, and against Mosquitto when
 // KEYPROXY_TEST_MQTT_URL names one (CI starts it in .ci/run): a gateway process started through the
 // CLI, two Puck.js handsets on the real bundle; the retained status and device states, events and
@@ -15,10 +15,10 @@ import { connect, type MqttClient } from "mqtt";
 import { buildFirmware } from "../flash/build.ts";
 import { startSim } from "../emulator/sim.ts";
 import { openStore, Gateway } from "../gateway/gateway.ts";
-import { startBroker } from "../gateway/broker.ts";
-import { loadOrCreateGatewayKey } from "../gateway/identity.ts";
-import { Logger } from "../gateway/log.ts";
-import { escapeTopicLevel, unescapeTopicLevel, parseTopic, topics, Outbox, type DeviceState, type GatewayStatus, type Metrics } from "../gateway/monitor.ts";
+import { startBroker } from "../gateway/monitor/embedded-broker.ts";
+import { loadOrCreateGatewayKey } from "../gateway/fleet/identity.ts";
+import { Logger } from "../gateway/log/logger.ts";
+import { escapeTopicLevel, unescapeTopicLevel, parseTopic, topics, Outbox, type DeviceState, type GatewayStatus, type Metrics } from "../gateway/monitor/monitor.ts";
 import { FleetView } from "../cli/monitor-cmd.ts";
 import { CLI, startGatewayProcess, type GatewayProcess } from "./support/process.ts";
 import { forms, leaks } from "./support/leaks.ts";

@@ -9,7 +9,7 @@ import { decodeMessage, encodeMessage, Msg, type Message } from "../firmware/pro
 import { deriveLinkKeys, deriveSaKeys, frameNonce, saConfirmTag, DIR_DOWN, DIR_UP } from "../firmware/proto/keys.ts";
 import { crypt, type Link } from "../firmware/proto/link.ts";
 import * as deviceCbor from "../firmware/cbor.ts";
-import { nodeCrypto } from "../gateway/crypto.ts";
+import { nodeCrypto } from "../gateway/crypto/symmetric.ts";
 import { SUITE_AES_CCM_16_64_128, SUITE_XSALSA20_POLY1305 } from "../firmware/crypto/types.ts";
 
 const crc = (b: Uint8Array) => crc32(b) >>> 0;

@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { startBroker, type EmbeddedBroker } from "../gateway/broker.ts";
+import { startBroker, type EmbeddedBroker } from "../gateway/monitor/embedded-broker.ts";
 import type { RealDevice } from "../interpreter/device.ts";
 import { realRig, realTest, type RealRig } from "./support/real.ts";
 import { CLI } from "./support/process.ts";

@@ -1,21 +1,21 @@
-// The registrar (gateway/registrar.ts) on its own, against a real registry file: what it answers
+// The registrar (gateway/registry/registrar.ts) on its own, against a real registry file: what it answers
 // and what it records (registration, audit trail, log) for each request, at the edges the end-to-end
 // tests in gateway.test.ts do not reach: a message that is not a request, suites none of which the
 // gateway runs, a registration without a certificate, renewal against first registration,
 // deregistering twice, and certificate queries by full name, at the instant of expiry, and under a
 // policy that allows only certificate queries. Written for the mutants that survived
-// `npm run mutation -- gateway/registrar.ts` (docs/MUTATION.md).
+// `npm run mutation -- gateway/registry/registrar.ts` (docs/MUTATION.md).
 import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import { rmSync } from "node:fs";
 import { toHex } from "../firmware/bytes.ts";
 import { SUITE_AES_CCM_16_64_128 as AES, SUITE_XSALSA20_POLY1305 as XSALSA } from "../firmware/crypto/types.ts";
 import { ErrorCode, Msg, type InnerMessage } from "../firmware/proto/messages.ts";
-import { nodeCrypto } from "../gateway/crypto.ts";
-import { generateEd25519 } from "../gateway/ed25519.ts";
-import { Logger } from "../gateway/log.ts";
-import { Policy } from "../gateway/policy.ts";
-import { DEFAULT_POLICY, Registrar } from "../gateway/registrar.ts";
+import { nodeCrypto } from "../gateway/crypto/symmetric.ts";
+import { generateEd25519 } from "../gateway/crypto/ed25519.ts";
+import { Logger } from "../gateway/log/logger.ts";
+import { Policy } from "../gateway/registry/policy.ts";
+import { DEFAULT_POLICY, Registrar } from "../gateway/registry/registrar.ts";
 import { openStore } from "../gateway/gateway.ts";
 import { tempDir } from "./support/harness.ts";
 

@@ -11,8 +11,8 @@ import { EmulatedDevice } from "../emulator/device.ts";
 import { provisionEmulated } from "../emulator/sim.ts";
 import { buildFirmware } from "../flash/build.ts";
 import { Msg } from "../firmware/proto/messages.ts";
-import * as gcbor from "../gateway/cbor.ts";
-import { nodeCrypto } from "../gateway/crypto.ts";
+import * as gcbor from "../gateway/encoding/cbor.ts";
+import { nodeCrypto } from "../gateway/crypto/symmetric.ts";
 import { startGateway, tempDir, until } from "./support/harness.ts";
 import { stopGateway } from "./support/session-rig.ts";
 

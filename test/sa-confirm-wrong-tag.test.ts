@@ -1,5 +1,5 @@
 // A gateway reports a session "connected" only when each device's key confirmation (SaConfirm) is the
-// tag the SA's seed predicts (gateway/sessions.ts confirm, gateway/crossgw.ts confirmLocal). A
+// tag the SA's seed predicts (gateway/sessions/session-broker.ts confirm, gateway/crossgw/cross-gateway.ts confirmLocal). A
 // device that answers with any other tag did not derive the SA's keys (or is not the one the seed
 // went to): the SA is ended at both ends and neither device is told it is up. The firmware's own
 // Handset engine in Node; one case inside a gateway, one across two gateways of a fleet.
@@ -7,8 +7,8 @@ import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { rmSync } from "node:fs";
 import { Msg, type InnerMessage } from "../firmware/proto/messages.ts";
-import { startBroker, type EmbeddedBroker } from "../gateway/broker.ts";
-import { Fleet } from "../gateway/fleet.ts";
+import { startBroker, type EmbeddedBroker } from "../gateway/monitor/embedded-broker.ts";
+import { Fleet } from "../gateway/fleet/fleet.ts";
 import { fleetGateway } from "./support/fleet-rig.ts";
 import { Clock, provision, startGateway, tempDir, until, type TestGateway } from "./support/harness.ts";
 import { sessionHandset, stopGateway, type SessionHandset } from "./support/session-rig.ts";

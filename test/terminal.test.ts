@@ -1,5 +1,5 @@
 // Terminal injection (issue 11, finding 1): strings that devices, unauthenticated peers or anyone on
-// the MQTT broker choose must never reach an operator's terminal raw. gateway/terminal.ts escapes them
+// the MQTT broker choose must never reach an operator's terminal raw. gateway/log/terminal.ts escapes them
 // for every human-readable sink; the JSON log and MQTT events stay JSON, with the same characters as
 // \u escapes. End to end: a join naming a hostile device id, sent to a gateway process started
 // through the CLI, then the gateway's log and `keyproxy monitor`'s output searched for raw control
@@ -11,10 +11,10 @@ import { spawn } from "node:child_process";
 import net from "node:net";
 import { randomBytes } from "node:crypto";
 import { crc32 } from "node:zlib";
-import * as gcbor from "../gateway/cbor.ts";
-import { Logger } from "../gateway/log.ts";
-import { topics } from "../gateway/monitor.ts";
-import { forTerminal, jsonForTerminal, linesForTerminal } from "../gateway/terminal.ts";
+import * as gcbor from "../gateway/encoding/cbor.ts";
+import { Logger } from "../gateway/log/logger.ts";
+import { topics } from "../gateway/monitor/monitor.ts";
+import { forTerminal, jsonForTerminal, linesForTerminal } from "../gateway/log/terminal.ts";
 import { describeEvent, FleetView } from "../cli/monitor-cmd.ts";
 import { encodeFrame } from "../firmware/proto/frame.ts";
 import { encodeMessage, Msg } from "../firmware/proto/messages.ts";

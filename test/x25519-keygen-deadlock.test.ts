@@ -2,7 +2,7 @@
 // generation job's destructor locks the key's mutex, the JWK export holds that mutex while it
 // allocates, and a garbage collection inside that allocation runs the destructor (docs/FUZZING.md).
 // With the public key exported as a JWK after generateKeyPairSync, this loop stopped within 2,000 to
-// 31,000 pairs (5-7 s) in every try; gateway/fleet.ts now has the generation job encode it instead.
+// 31,000 pairs (5-7 s) in every try; gateway/fleet/fleet.ts now has the generation job encode it instead.
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { test } from "node:test";

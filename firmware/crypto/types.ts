@@ -1,6 +1,6 @@
 // The one symmetric-crypto interface both sides program against. The device implements it on the
 // board's native SHA-256/AES (firmware/crypto/device.ts); the gateway on node:crypto and tweetnacl
-// (gateway/crypto.ts). Protocol code (join key schedule, link and SA frames) takes a SymCrypto, so
+// (gateway/crypto/symmetric.ts). Protocol code (join key schedule, link and SA frames) takes a SymCrypto, so
 // the key schedule is written once and the two implementations must agree byte for byte.
 
 import type { Bytes } from "../bytes.ts";

@@ -1,13 +1,13 @@
-// COSE_Sign1 (gateway/cose.ts): parseSign1 and verifySign1 refuse with CoseError only.
+// COSE_Sign1 (gateway/encoding/cose.ts): parseSign1 and verifySign1 refuse with CoseError only.
 
-import { CoseError, parseSign1, signSign1, verifySign1 } from "../../gateway/cose.ts";
-import { encode } from "../../gateway/cbor.ts";
-import { generateEd25519 } from "../../gateway/ed25519.ts";
+import { CoseError, parseSign1, signSign1, verifySign1 } from "../../gateway/encoding/cose.ts";
+import { encode } from "../../gateway/encoding/cbor.ts";
+import { generateEd25519 } from "../../gateway/crypto/ed25519.ts";
 import type { Target } from "../target.ts";
 
 export const coseTarget: Target = {
   name: "cose",
-  about: "parseSign1 / verifySign1 (gateway/cose.ts)",
+  about: "parseSign1 / verifySign1 (gateway/encoding/cose.ts)",
   async setup(rng) {
     const key = generateEd25519();
     const seeds = [

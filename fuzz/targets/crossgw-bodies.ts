@@ -1,10 +1,10 @@
-// The bodies of the interlink messages between gateways (gateway/crossgw-messages.ts): every reader
+// The bodies of the interlink messages between gateways (gateway/crossgw/messages.ts): every reader
 // refuses with InterlinkError "malformed"; the body itself is CBOR (Error "cbor: ..." when not).
 
-import { decode } from "../../gateway/cbor.ts";
-import { encode } from "../../gateway/cbor.ts";
-import * as X from "../../gateway/crossgw-messages.ts";
-import { InterlinkError } from "../../gateway/interlink.ts";
+import { decode } from "../../gateway/encoding/cbor.ts";
+import { encode } from "../../gateway/encoding/cbor.ts";
+import * as X from "../../gateway/crossgw/messages.ts";
+import { InterlinkError } from "../../gateway/fleet/interlink.ts";
 import { CloseReason } from "../../firmware/proto/messages.ts";
 import { isPrefixedError, type Target } from "../target.ts";
 
@@ -14,7 +14,7 @@ const READERS: ((body: unknown) => unknown)[] = [
 
 export const crossgwBodiesTarget: Target = {
   name: "crossgw-bodies",
-  about: "every body reader of gateway/crossgw-messages.ts (kp.x.1 ... kp.x.cert)",
+  about: "every body reader of gateway/crossgw/messages.ts (kp.x.1 ... kp.x.cert)",
   async setup(rng) {
     const terms = { lifetime: 3600, limit: 1000 };
     const seeds = [

@@ -1,12 +1,12 @@
-// Certificates: device certificates (gateway/cwt.ts, CertError) and gateway certificates from the
-// fleet CA (gateway/fleet.ts, FleetError), verified and read unverified.
+// Certificates: device certificates (gateway/encoding/cwt.ts, CertError) and gateway certificates from the
+// fleet CA (gateway/fleet/fleet.ts, FleetError), verified and read unverified.
 
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { CertError, issueCertificate, readCertificateUnverified, verifyCertificate } from "../../gateway/cwt.ts";
-import { generateEd25519 } from "../../gateway/ed25519.ts";
-import { Fleet, FleetError, generateX25519, readGatewayCertificateUnverified, verifyGatewayCertificateSignature } from "../../gateway/fleet.ts";
+import { CertError, issueCertificate, readCertificateUnverified, verifyCertificate } from "../../gateway/encoding/cwt.ts";
+import { generateEd25519 } from "../../gateway/crypto/ed25519.ts";
+import { Fleet, FleetError, generateX25519, readGatewayCertificateUnverified, verifyGatewayCertificateSignature } from "../../gateway/fleet/fleet.ts";
 import type { Rng } from "../rng.ts";
 import type { Target } from "../target.ts";
 
@@ -35,7 +35,7 @@ export async function certificateSeeds(rng: Rng): Promise<CertificateSeeds> {
 
 export const cwtTarget: Target = {
   name: "cwt",
-  about: "verifyCertificate / readCertificateUnverified (gateway/cwt.ts), gateway certificates (gateway/fleet.ts)",
+  about: "verifyCertificate / readCertificateUnverified (gateway/encoding/cwt.ts), gateway certificates (gateway/fleet/fleet.ts)",
   async setup(rng) {
     const c = await certificateSeeds(rng);
     return {

@@ -1,9 +1,9 @@
-// Interlink envelopes read without a signature check (gateway/interlink.ts parseEnvelope): refused
+// Interlink envelopes read without a signature check (gateway/fleet/interlink.ts parseEnvelope): refused
 // with InterlinkError only.
 
-import { encode } from "../../gateway/cbor.ts";
-import { generateEd25519 } from "../../gateway/ed25519.ts";
-import { InterlinkError, Kind, parseEnvelope, signEnvelope, type Envelope } from "../../gateway/interlink.ts";
+import { encode } from "../../gateway/encoding/cbor.ts";
+import { generateEd25519 } from "../../gateway/crypto/ed25519.ts";
+import { InterlinkError, Kind, parseEnvelope, signEnvelope, type Envelope } from "../../gateway/fleet/interlink.ts";
 import type { Rng } from "../rng.ts";
 import type { Target } from "../target.ts";
 import { certificateSeeds, T0 } from "./cwt.ts";
@@ -21,7 +21,7 @@ export function envelopeSeeds(rng: Rng, cert: Uint8Array, seed: Uint8Array): Uin
 
 export const envelopeTarget: Target = {
   name: "envelope",
-  about: "parseEnvelope (gateway/interlink.ts), the envelope read before any check",
+  about: "parseEnvelope (gateway/fleet/interlink.ts), the envelope read before any check",
   async setup(rng) {
     const certs = await certificateSeeds(rng);
     const seeds = envelopeSeeds(rng, certs.seeds[2], generateEd25519().seed);

@@ -1,4 +1,4 @@
-// The gateway-to-gateway key exchange (gateway/exchange.ts), stateful: every input goes through the
+// The gateway-to-gateway key exchange (gateway/crossgw/exchange.ts), stateful: every input goes through the
 // four message decoders and whatever decodes is handed to live exchanges waiting for it: an
 // initiator waiting for msg2, one waiting for msg4, a responder waiting for msg3, and the responder
 // side's msg1 handling (its SeenSessions). Refusals are ExchangeError only, and a refused message must
@@ -10,14 +10,14 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { SUITE_AES_CCM_16_64_128, SUITE_XSALSA20_POLY1305 } from "../../firmware/crypto/types.ts";
-import { issueCertificate } from "../../gateway/cwt.ts";
-import { generateEd25519, type Ed25519KeyPair } from "../../gateway/ed25519.ts";
+import { issueCertificate } from "../../gateway/encoding/cwt.ts";
+import { generateEd25519, type Ed25519KeyPair } from "../../gateway/crypto/ed25519.ts";
 import {
   decodeMsg1, decodeMsg2, decodeMsg3, decodeMsg4, encodeMsg1, encodeMsg2, encodeMsg3, encodeMsg4,
   ExchangeError, Initiator, Responder, SeenSessions, type LocalCallee, type LocalParty, type ResponderDeps,
-} from "../../gateway/exchange.ts";
-import { Fleet, generateX25519 } from "../../gateway/fleet.ts";
-import { CertificateChecker, localSource, Verifier } from "../../gateway/verifier.ts";
+} from "../../gateway/crossgw/exchange.ts";
+import { Fleet, generateX25519 } from "../../gateway/fleet/fleet.ts";
+import { CertificateChecker, localSource, Verifier } from "../../gateway/fleet/verifier.ts";
 import type { Outcome, Target } from "../target.ts";
 import { T0 } from "./cwt.ts";
 
@@ -47,7 +47,7 @@ function decodeAll(input: Uint8Array) {
 
 export const exchangeTarget: Target = {
   name: "exchange",
-  about: "decodeMsg1..4 and the live Initiator/Responder states (gateway/exchange.ts)",
+  about: "decodeMsg1..4 and the live Initiator/Responder states (gateway/crossgw/exchange.ts)",
   async setup() {
     const dir = mkdtempSync(join(tmpdir(), "kp-fuzz-exchange-"));
     const fleet = Fleet.create(dir, "kp-fleet", T0);

@@ -3,7 +3,7 @@
 // stay bounded (at most one incomplete frame), whatever arrives.
 
 import { encodeFrame, FrameDecoder, MAX_PAYLOAD } from "../../firmware/proto/frame.ts";
-import { zlib } from "../../gateway/zlib-crc.ts";
+import { zlib } from "../../gateway/link/crc32.ts";
 import { messageSeeds } from "../seeds.ts";
 import type { Target } from "../target.ts";
 

@@ -1,16 +1,16 @@
-// The gateway's CBOR decoder (gateway/cbor.ts: the device codec first, then cbor-x): its one
+// The gateway's CBOR decoder (gateway/encoding/cbor.ts: the device codec first, then cbor-x): its one
 // documented failure is Error("cbor: ..."). Whatever it accepts, the device codec must accept too
 // (both sides read exactly the same messages), and it must encode again without an error.
 
 import { decode as deviceDecode } from "../../firmware/cbor.ts";
-import { decode, encode } from "../../gateway/cbor.ts";
+import { decode, encode } from "../../gateway/encoding/cbor.ts";
 import { messageSeeds } from "../seeds.ts";
 import { certificateSeeds } from "./cwt.ts";
 import { isPrefixedError, type Target } from "../target.ts";
 
 export const gatewayCborTarget: Target = {
   name: "gateway-cbor",
-  about: "gateway/cbor.ts decode (device codec, then cbor-x): must agree with the device codec",
+  about: "gateway/encoding/cbor.ts decode (device codec, then cbor-x): must agree with the device codec",
   async setup(rng) {
     const seeds = [...messageSeeds(rng), ...(await certificateSeeds(rng)).seeds];
     return {

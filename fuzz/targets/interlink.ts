@@ -1,4 +1,4 @@
-// The interlink receiving envelopes (gateway/interlink.ts Interlink.receive), stateful: a real
+// The interlink receiving envelopes (gateway/fleet/interlink.ts Interlink.receive), stateful: a real
 // Interlink for gateway "south.example" with its real checks (the fleet verifier, signatures, the
 // dedupe window, pending requests), over a stand-in MQTT client that records what it publishes.
 // Inputs are mutated genuine envelopes from "north.example" (requests, encrypted requests, responses
@@ -11,15 +11,15 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { encode } from "../../gateway/cbor.ts";
-import { CoseError, verifySign1 } from "../../gateway/cose.ts";
-import { generateEd25519 } from "../../gateway/ed25519.ts";
-import { Fleet, generateX25519 } from "../../gateway/fleet.ts";
+import { encode } from "../../gateway/encoding/cbor.ts";
+import { CoseError, verifySign1 } from "../../gateway/encoding/cose.ts";
+import { generateEd25519 } from "../../gateway/crypto/ed25519.ts";
+import { Fleet, generateX25519 } from "../../gateway/fleet/fleet.ts";
 import {
   encryptBody, Interlink, InterlinkError, Kind, parseEnvelope, requestsTopic, responsesTopic, signEnvelope,
   type Envelope, type InterlinkErrorCode, type InterlinkIdentity, type InterlinkOptions, type Rejection,
-} from "../../gateway/interlink.ts";
-import { CertificateChecker, checkerTrust, localSource, Verifier } from "../../gateway/verifier.ts";
+} from "../../gateway/fleet/interlink.ts";
+import { CertificateChecker, checkerTrust, localSource, Verifier } from "../../gateway/fleet/verifier.ts";
 import type { Rng } from "../rng.ts";
 import type { Outcome, Target } from "../target.ts";
 import { T0 } from "./cwt.ts";
@@ -51,7 +51,7 @@ const randomId = (rng: Rng): Uint8Array => rng.bytes(16);
 
 export const interlinkTarget: Target = {
   name: "interlink",
-  about: "Interlink.receive (gateway/interlink.ts): envelopes to a live interlink, with its dedupe window and pending requests",
+  about: "Interlink.receive (gateway/fleet/interlink.ts): envelopes to a live interlink, with its dedupe window and pending requests",
   async setup(rng) {
     const dir = mkdtempSync(join(tmpdir(), "kp-fuzz-interlink-"));
     const fleet = Fleet.create(dir, "kp-fleet", T0);

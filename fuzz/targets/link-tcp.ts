@@ -22,12 +22,12 @@ import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { randomBytes } from "node:crypto";
-import * as cbor from "../../gateway/cbor.ts";
-import { nodeCrypto } from "../../gateway/crypto.ts";
+import * as cbor from "../../gateway/encoding/cbor.ts";
+import { nodeCrypto } from "../../gateway/crypto/symmetric.ts";
 import { Gateway, type GatewayOptions } from "../../gateway/gateway.ts";
-import type { Connection } from "../../gateway/link-server.ts";
-import { Logger } from "../../gateway/log.ts";
-import { zlib } from "../../gateway/zlib-crc.ts";
+import type { Connection } from "../../gateway/link/server.ts";
+import { Logger } from "../../gateway/log/logger.ts";
+import { zlib } from "../../gateway/link/crc32.ts";
 import { encodeFrame, FrameDecoder, MAX_PAYLOAD } from "../../firmware/proto/frame.ts";
 import { deriveLinkKeys, joinTag, type Codec } from "../../firmware/proto/keys.ts";
 import { newLink, sealFrame, sealMessage, type Link } from "../../firmware/proto/link.ts";
@@ -70,7 +70,7 @@ function dataDir(): string {
 
 export const linkTcpTarget: Target = {
   name: "link-tcp",
-  about: "link frames over TCP to a real gateway on loopback (gateway/link-server.ts Connection.onBytes)",
+  about: "link frames over TCP to a real gateway on loopback (gateway/link/server.ts Connection.onBytes)",
   async setup(rng) {
     const dir = dataDir();
     const clockMs = { t: 0 };

@@ -4,7 +4,7 @@
 // (every MAC input is built on both sides).
 
 import * as device from "../../firmware/cbor.ts";
-import * as gateway from "../../gateway/cbor.ts";
+import * as gateway from "../../gateway/encoding/cbor.ts";
 import { decodeMessage, encodeMessage, type Message } from "../../firmware/proto/messages.ts";
 import { messageSeeds } from "../seeds.ts";
 import { isPrefixedError, type Target } from "../target.ts";

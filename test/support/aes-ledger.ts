@@ -18,7 +18,7 @@
 // report (or an assertion message) carries no key material.
 
 import type { AesObservation } from "../../emulator/device.ts";
-import { decode } from "../../gateway/cbor.ts";
+import { decode } from "../../gateway/encoding/cbor.ts";
 import { toHex } from "../../firmware/bytes.ts";
 import { SUITE_AES_CCM_16_64_128 } from "../../firmware/crypto/types.ts";
 import { Msg } from "../../firmware/proto/messages.ts";

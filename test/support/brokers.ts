@@ -2,7 +2,7 @@
 // against Mosquitto when KEYPROXY_TEST_MQTT_URL names one (.ci/run starts one); without it the
 // Mosquitto variant is a skip that says so.
 import { test } from "node:test";
-import { startBroker } from "../../gateway/broker.ts";
+import { startBroker } from "../../gateway/monitor/embedded-broker.ts";
 
 export function onEachBroker(inProcessTitle: string, mosquittoTitle: string, run: (url: string) => Promise<void>): void {
   test(inProcessTitle, async () => {

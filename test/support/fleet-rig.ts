@@ -4,9 +4,9 @@
 // of sessions across gateways and the memory budget with a cross-gateway SA.
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
-import type { EmbeddedBroker } from "../../gateway/broker.ts";
-import { Fleet, gatewayPublicKeys, installGatewayCertificate, loadGatewayCredentials } from "../../gateway/fleet.ts";
-import { HELD_LIST_FILE } from "../../gateway/fleet-trust.ts";
+import type { EmbeddedBroker } from "../../gateway/monitor/embedded-broker.ts";
+import { Fleet, gatewayPublicKeys, installGatewayCertificate, loadGatewayCredentials } from "../../gateway/fleet/fleet.ts";
+import { HELD_LIST_FILE } from "../../gateway/fleet/trust.ts";
 import type { GatewayOptions } from "../../gateway/gateway.ts";
 import { startGateway, tempDir, type TestGateway } from "./harness.ts";
 

@@ -13,7 +13,7 @@ import { SUITE_AES_CCM_16_64_128 } from "../../firmware/crypto/types.ts";
 import { Handset, type Platform } from "../../firmware/handset.ts";
 import { createEspruinoCrypto, crc32 } from "../../emulator/espruino-crypto.ts";
 import { Gateway, type GatewayOptions } from "../../gateway/gateway.ts";
-import { Logger } from "../../gateway/log.ts";
+import { Logger } from "../../gateway/log/logger.ts";
 
 export function tempDir(prefix = "kp-"): string {
   return mkdtempSync(join(tmpdir(), prefix));

@@ -1,7 +1,7 @@
 // Child process for test/x25519-keygen-deadlock.test.ts: makes X25519 key pairs the way the gateway
 // does, with garbage between the calls (and, from the parent, a 1 MB young generation), so that
 // collections fall inside the key handling often. Prints its progress every 500 pairs.
-import { generateX25519, generateX25519KeyObject } from "../../gateway/fleet.ts";
+import { generateX25519, generateX25519KeyObject } from "../../gateway/fleet/fleet.ts";
 
 const pairs = Number(process.argv[2]);
 let junk: object[] = [];

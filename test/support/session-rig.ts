@@ -16,8 +16,8 @@ import { Handset, type Platform } from "../../firmware/handset.ts";
 import { encodeFrame, FrameDecoder } from "../../firmware/proto/frame.ts";
 import { Msg, type SaData } from "../../firmware/proto/messages.ts";
 import { createEspruinoCrypto, crc32 } from "../../emulator/espruino-crypto.ts";
-import * as gcbor from "../../gateway/cbor.ts";
-import { nodeCrypto } from "../../gateway/crypto.ts";
+import * as gcbor from "../../gateway/encoding/cbor.ts";
+import { nodeCrypto } from "../../gateway/crypto/symmetric.ts";
 import type { Gateway } from "../../gateway/gateway.ts";
 import { until, type TestGateway } from "./harness.ts";
 

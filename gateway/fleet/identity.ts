@@ -3,7 +3,7 @@
 
 import { existsSync, readFileSync, writeFileSync, renameSync, chmodSync } from "node:fs";
 import { join } from "node:path";
-import { ed25519FromSeed, generateEd25519, type Ed25519KeyPair } from "./ed25519.ts";
+import { ed25519FromSeed, generateEd25519, type Ed25519KeyPair } from "../crypto/ed25519.ts";
 
 export const KEY_FILE = "gateway.key";
 

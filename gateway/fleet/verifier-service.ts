@@ -1,7 +1,7 @@
 // A verifier on its own (seed 003 Fig. 3, the verification server; design.md §2): `keyproxy
 // verifier`. It holds a certificate from the fleet CA for its own id, like a gateway, takes the
 // fleet's revocation lists from the same retained MQTT topic, and answers `kp.verify` requests over
-// the interlink with answers signed by its certified key (gateway/verifier.ts). Gateways started with
+// the interlink with answers signed by its certified key (gateway/fleet/verifier.ts). Gateways started with
 // `--verifier <id>` ask it about every remote device certificate (FleetTrust.remoteChecker); without
 // that option each gateway runs the same verifier in-process.
 //
@@ -9,9 +9,9 @@
 // of different types ("KP interlink v1", "KP verifier answer"), so one cannot pass for the other.
 
 import { loadGatewayCredentials } from "./fleet.ts";
-import { FleetTrust } from "./fleet-trust.ts";
+import { FleetTrust } from "./trust.ts";
 import { Interlink } from "./interlink.ts";
-import type { Logger } from "./log.ts";
+import type { Logger } from "../log/logger.ts";
 import { checkerTrust, serveVerifier } from "./verifier.ts";
 
 export interface VerifierServiceOptions {

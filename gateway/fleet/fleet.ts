@@ -27,10 +27,10 @@
 import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { createPrivateKey, createPublicKey, diffieHellman, generateKeyPairSync, KeyObject, randomBytes } from "node:crypto";
-import { fromHex, toHex } from "../firmware/bytes.ts";
-import { encode } from "./cbor.ts";
-import { CoseError, decodeDeterministic, parseSign1, readOkpPublicKey, signSign1, verifySign1, CRV_ED25519, CRV_X25519, KEY_ALG, KEY_CRV, KEY_KTY, KEY_X, KTY_OKP, COSE_ALG_EDDSA } from "./cose.ts";
-import { ed25519FromSeed, generateEd25519, keyFingerprint, SecretKeyCache, ED25519_PUBLIC_KEY_LENGTH, type Ed25519KeyPair } from "./ed25519.ts";
+import { fromHex, toHex } from "../../firmware/bytes.ts";
+import { encode } from "../encoding/cbor.ts";
+import { CoseError, decodeDeterministic, parseSign1, readOkpPublicKey, signSign1, verifySign1, CRV_ED25519, CRV_X25519, KEY_ALG, KEY_CRV, KEY_KTY, KEY_X, KTY_OKP, COSE_ALG_EDDSA } from "../encoding/cose.ts";
+import { ed25519FromSeed, generateEd25519, keyFingerprint, SecretKeyCache, ED25519_PUBLIC_KEY_LENGTH, type Ed25519KeyPair } from "../crypto/ed25519.ts";
 import { loadOrCreateGatewayKey } from "./identity.ts";
 
 // ---------------------------------------------------------------------------------------------------
@@ -64,7 +64,7 @@ function malformed(message: string): FleetError {
 // @noble/curves by measurement (bench/curves.ts, docs/FLEET.md): faster on every operation once the
 // KeyObjects are kept; wrapping a raw secret per call costs most of that advantage. So (docs/
 // BENCHMARKS.md, "Sessions across gateways"): a secret used again (the gateway's own key) is kept as a
-// KeyObject (SecretKeyCache, gateway/ed25519.ts); a key pair generateX25519 made keeps its KeyObject
+// KeyObject (SecretKeyCache, gateway/crypto/ed25519.ts); a key pair generateX25519 made keeps its KeyObject
 // for as long as the caller holds the secret array it returned (an ephemeral: used once, then wiped
 // and dropped, and never put in the cache); public keys go in and out as JWK, which skips OpenSSL's
 // DER decoders and encoders.
@@ -348,7 +348,7 @@ export function issueGatewayCertificate(claims: GatewayCertClaims, caSeed: Uint8
 
 /**
  * Checks a gateway certificate's signature against the fleet CA key and returns its claims. It does
- * NOT check the validity window or revocation: that is the verifier's job (gateway/verifier.ts), which
+ * NOT check the validity window or revocation: that is the verifier's job (gateway/fleet/verifier.ts), which
  * answers with a reason for each. Throws FleetError "malformed" or "bad-signature".
  */
 export function verifyGatewayCertificateSignature(bytes: Uint8Array, caPublicKey: Uint8Array): GatewayCertClaims {
@@ -649,7 +649,7 @@ export class Fleet {
 // ---------------------------------------------------------------------------------------------------
 // a gateway's credentials (the gateway's side), in its data directory:
 //
-//   gateway.key        0600, Ed25519 seed, hex (gateway/identity.ts: also signs device certificates)
+//   gateway.key        0600, Ed25519 seed, hex (gateway/fleet/identity.ts: also signs device certificates)
 //   gateway.x25519     0600, X25519 secret, hex
 //   gateway.cwt        its certificate from the fleet CA
 //   fleet.json         the trust anchor: fleet id and CA public key

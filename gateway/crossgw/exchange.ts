@@ -53,14 +53,14 @@ import {
   randomBytes,
   type KeyObject,
 } from "node:crypto";
-import { ctEqual } from "../firmware/bytes.ts";
-import { encode } from "./cbor.ts";
-import { decodeDeterministic } from "./cose.ts";
-import { readCertificateUnverified } from "./cwt.ts";
-import { ed25519Sign, ed25519Verify } from "./ed25519.ts";
-import { generateX25519KeyObject, isDeviceName } from "./fleet.ts";
-import { DEFAULT_MATCHING, matchSettings, suiteCandidates, type MatchOptions } from "./matching.ts";
-import type { CertificateChecker } from "./verifier.ts";
+import { ctEqual } from "../../firmware/bytes.ts";
+import { encode } from "../encoding/cbor.ts";
+import { decodeDeterministic } from "../encoding/cose.ts";
+import { readCertificateUnverified } from "../encoding/cwt.ts";
+import { ed25519Sign, ed25519Verify } from "../crypto/ed25519.ts";
+import { generateX25519KeyObject, isDeviceName } from "../fleet/fleet.ts";
+import { DEFAULT_MATCHING, matchSettings, suiteCandidates, type MatchOptions } from "../sessions/matching.ts";
+import type { CertificateChecker } from "../fleet/verifier.ts";
 
 export const SESSION_ID_LENGTH = 16;
 export const X25519_PUBLIC_LENGTH = 32;
@@ -358,9 +358,9 @@ export interface LocalParty {
   name: string;
   /** The identity key the gateway keeps for the device; its public half is in cert. */
   identitySeed: Uint8Array;
-  /** The device certificate (gateway/cwt.ts), signed by this gateway. */
+  /** The device certificate (gateway/encoding/cwt.ts), signed by this gateway. */
   cert: Uint8Array;
-  /** This gateway's certificate from the fleet CA (gateway/fleet.ts). */
+  /** This gateway's certificate from the fleet CA (gateway/fleet/fleet.ts). */
   gatewayCert: Uint8Array;
 }
 

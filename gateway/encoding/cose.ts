@@ -12,7 +12,7 @@
 // message has exactly one meaning and one encoding.
 
 import { encode, decode } from "./cbor.ts";
-import { ed25519Sign, ed25519Verify, ED25519_SIGNATURE_LENGTH } from "./ed25519.ts";
+import { ed25519Sign, ed25519Verify, ED25519_SIGNATURE_LENGTH } from "../crypto/ed25519.ts";
 
 /** COSE header labels (RFC 9052 §3.1). */
 export const COSE_HEADER_ALG = 1;

@@ -4,10 +4,10 @@
 // MQTT message on keyproxy/v1/fleet/<fleet-id>/revocation, published by `keyproxy fleet ... --mqtt`.
 //
 // Nothing on that topic is trusted: a list is taken only if the fleet CA signed it, for this fleet,
-// with a serial above the one held (gateway/fleet.ts acceptRevocationList), so a broker can withhold
+// with a serial above the one held (gateway/fleet/fleet.ts acceptRevocationList), so a broker can withhold
 // a list but never forge or roll one back. Withholding is bounded by the held list's next update:
 // from then on the verifier answers "revocation-unknown" and every session across gateways ends at
-// its next check (gateway/crossgw.ts). The list taken last is kept in <data-dir>/revocation.cose, so
+// its next check (gateway/crossgw/cross-gateway.ts). The list taken last is kept in <data-dir>/revocation.cose, so
 // a restarted gateway starts from it and never accepts an older one.
 //
 // Every gateway also publishes the list it holds, retained, when it attaches and at every reconnect
@@ -19,10 +19,10 @@ import { randomBytes } from "node:crypto";
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import mqtt, { type MqttClient } from "mqtt";
-import { generateEd25519, type Ed25519KeyPair } from "./ed25519.ts";
+import { generateEd25519, type Ed25519KeyPair } from "../crypto/ed25519.ts";
 import { Fleet, FleetError, readRevocationListUnverified, writeFileAtomic, type RevocationList, type TrustAnchor } from "./fleet.ts";
 import type { Interlink } from "./interlink.ts";
-import type { Logger } from "./log.ts";
+import type { Logger } from "../log/logger.ts";
 import { CertificateChecker, localSource, remoteSource, Verifier } from "./verifier.ts";
 
 export const REVOCATION_TOPIC_ROOT = "keyproxy/v1/fleet";

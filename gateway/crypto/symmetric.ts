@@ -5,9 +5,9 @@
 
 import { createCipheriv, createDecipheriv, createHash, createHmac, hkdfSync, randomBytes, timingSafeEqual } from "node:crypto";
 import nacl from "tweetnacl";
-import type { Bytes } from "../firmware/bytes.ts";
-import type { SymCrypto } from "../firmware/crypto/types.ts";
-import { SUITE_AES_CCM_16_64_128, SUITE_XSALSA20_POLY1305 } from "../firmware/crypto/types.ts";
+import type { Bytes } from "../../firmware/bytes.ts";
+import type { SymCrypto } from "../../firmware/crypto/types.ts";
+import { SUITE_AES_CCM_16_64_128, SUITE_XSALSA20_POLY1305 } from "../../firmware/crypto/types.ts";
 
 const CCM_KEY_LEN = 16;
 const CCM_NONCE_LEN = 13;

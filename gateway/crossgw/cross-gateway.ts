@@ -2,13 +2,13 @@
 // sides; seed 000 claim 11: routing by domain; seed 001: re-keying).
 //
 // A device asks its gateway for "bob@b.example". The caller's gateway (A) sees a domain other than its
-// own and runs the exchange of gateway/exchange.ts with b.example's gateway (B) over the interlink, in
+// own and runs the exchange of gateway/crossgw/exchange.ts with b.example's gateway (B) over the interlink, in
 // the caller's name; B asks its device (Incoming/Answer) before it answers, so a refusal, a denial and
 // an unknown name all look alike to A. On success each gateway hands the derived seed to its own
 // device (SaInstall), checks that device's key confirmation (SaConfirm), tells the other gateway, and
 // once both devices confirmed each sends Connected to its own device. SA frames then cross the
 // interlink signed but not encrypted: they are end-to-end protected already and neither gateway can
-// alter them undetected. The interlink bodies are gateway/crossgw-messages.ts's.
+// alter them undetected. The interlink bodies are gateway/crossgw/messages.ts's.
 //
 //   A                                            B
 //   ConnectRequest(bob@b.example) from alice
@@ -34,20 +34,20 @@
 // ends with reason Revoked. A list naming one of our own devices revokes it here (its joins are
 // refused from then on); one naming this gateway ends all of its sessions across gateways.
 
-import { ctEqual } from "../firmware/bytes.ts";
-import { REKEY_AT, REQUEST_TIMEOUT_MS } from "../firmware/handset.ts";
-import { saConfirmTag } from "../firmware/proto/keys.ts";
-import { CloseReason, ErrorCode, Msg, type InnerMessage, type SaData } from "../firmware/proto/messages.ts";
-import * as cbor from "./cbor.ts";
-import * as xm from "./crossgw-messages.ts";
+import { ctEqual } from "../../firmware/bytes.ts";
+import { REKEY_AT, REQUEST_TIMEOUT_MS } from "../../firmware/handset.ts";
+import { saConfirmTag } from "../../firmware/proto/keys.ts";
+import { CloseReason, ErrorCode, Msg, type InnerMessage, type SaData } from "../../firmware/proto/messages.ts";
+import * as cbor from "../encoding/cbor.ts";
+import * as xm from "./messages.ts";
 import { decodeMsg1, decodeMsg2, decodeMsg3, decodeMsg4, encodeMsg1, encodeMsg2, encodeMsg3, encodeMsg4, ExchangeError, Initiator, Responder, SeenSessions, type ExchangeDeps, type ExchangeResult, type LocalParty } from "./exchange.ts";
-import { localDeviceId, splitDeviceName, type RevocationList } from "./fleet.ts";
-import type { SessionHook, SessionHookContext } from "./session-hook.ts";
-import { InterlinkError, type Interlink, type InterlinkRequest } from "./interlink.ts";
-import { matchSettings, suiteCandidates } from "./matching.ts";
-import type { CertificateChecker } from "./verifier.ts";
+import { localDeviceId, splitDeviceName, type RevocationList } from "../fleet/fleet.ts";
+import type { SessionHook, SessionHookContext } from "../sessions/hook.ts";
+import { InterlinkError, type Interlink, type InterlinkRequest } from "../fleet/interlink.ts";
+import { matchSettings, suiteCandidates } from "../sessions/matching.ts";
+import type { CertificateChecker } from "../fleet/verifier.ts";
 
-export { XGW_BYE, XGW_CONFIRMED, XGW_MSG1, XGW_MSG3, XGW_SA } from "./crossgw-messages.ts";
+export { XGW_BYE, XGW_CONFIRMED, XGW_MSG1, XGW_MSG3, XGW_SA } from "./messages.ts";
 
 /** Rids for Incoming from this module start here, so they never meet the session broker's (1 .. 2^31-1). */
 const RID_BASE = 0x80000000;

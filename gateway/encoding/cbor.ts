@@ -24,7 +24,7 @@
 // note its constructor takes (value, tag)). Use `tagged(tag, value)` to build one in the device's order.
 
 import { Encoder, Tag } from "cbor-x";
-import { decode as strictDecode, MAX_DEPTH, Tagged } from "../firmware/cbor.ts";
+import { decode as strictDecode, MAX_DEPTH, Tagged } from "../../firmware/cbor.ts";
 
 export { Tag };
 

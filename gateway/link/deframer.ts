@@ -13,7 +13,7 @@
 //   state (a join) changes the limit for the very next header, and a connection closed by one frame
 //   reads nothing after it.
 
-import { FRAME_MAGIC, MAX_PAYLOAD, type Crc32 } from "../firmware/proto/frame.ts";
+import { FRAME_MAGIC, MAX_PAYLOAD, type Crc32 } from "../../firmware/proto/frame.ts";
 
 const HEADER = 3;
 const TRAILER = 4;

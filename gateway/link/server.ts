@@ -2,20 +2,20 @@
 // is an explicit state machine: awaiting-join -> linked -> closed. Nothing a peer sends before it has
 // proved the root key can change stored state, and nothing it sends afterwards can, unless authentic
 // and fresh. A connection has at most one identity: the first device it joined as. Anyone who can
-// reach the port is held to the limits in gateway/link-limits.ts (docs/OPERATIONS.md, "Limits").
+// reach the port is held to the limits in gateway/link/limits.ts (docs/OPERATIONS.md, "Limits").
 
 import net from "node:net";
-import { zlib } from "./zlib-crc.ts";
-import { ctEqual } from "../firmware/bytes.ts";
-import { encodeFrame } from "../firmware/proto/frame.ts";
-import { deriveLinkKeys, joinTag, JOIN_NONCE_BYTES, type Codec } from "../firmware/proto/keys.ts";
-import { DROP_REASONS, newLink, openMessage, sealMessage, wipeLink, type Link } from "../firmware/proto/link.ts";
-import { decodeMessage, encodeMessage, Msg, type InnerMessage, type JoinRequest, type Message, type SaData } from "../firmware/proto/messages.ts";
-import type { GatewayCrypto } from "./crypto.ts";
-import { LinkDeframer } from "./link-deframer.ts";
-import { descriptorLimit, fitToDescriptors, isLoopback, JOIN_REQUEST_MAX_PAYLOAD, JoinThrottle, linkLimits, sourceKey, type LinkLimits } from "./link-limits.ts";
-import type { Fields, Logger } from "./log.ts";
-import type { Store } from "./store.ts";
+import { zlib } from "./crc32.ts";
+import { ctEqual } from "../../firmware/bytes.ts";
+import { encodeFrame } from "../../firmware/proto/frame.ts";
+import { deriveLinkKeys, joinTag, JOIN_NONCE_BYTES, type Codec } from "../../firmware/proto/keys.ts";
+import { DROP_REASONS, newLink, openMessage, sealMessage, wipeLink, type Link } from "../../firmware/proto/link.ts";
+import { decodeMessage, encodeMessage, Msg, type InnerMessage, type JoinRequest, type Message, type SaData } from "../../firmware/proto/messages.ts";
+import type { GatewayCrypto } from "../crypto/symmetric.ts";
+import { LinkDeframer } from "./deframer.ts";
+import { descriptorLimit, fitToDescriptors, isLoopback, JOIN_REQUEST_MAX_PAYLOAD, JoinThrottle, linkLimits, sourceKey, type LinkLimits } from "./limits.ts";
+import type { Fields, Logger } from "../log/logger.ts";
+import type { Store } from "../registry/store.ts";
 
 type ConnState =
   | { k: "awaiting-join" }

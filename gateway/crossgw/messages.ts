@@ -1,8 +1,8 @@
 // The interlink messages of sessions across gateways (design.md flow 5): one definition for the
-// gateway's side (gateway/crossgw.ts) and the capable peer's (gateway/peer-sdk.ts). Each body is a
+// gateway's side (gateway/crossgw/cross-gateway.ts) and the capable peer's (sdk/peer.ts). Each body is a
 // CBOR map with text keys; every decoder checks every field and throws InterlinkError "malformed", so
 // a handler only ever sees a well-formed body. The key-exchange messages themselves (msg1..msg4) are
-// gateway/exchange.ts's; here they travel as byte strings.
+// gateway/crossgw/exchange.ts's; here they travel as byte strings.
 //
 //   type              request body                          answer body
 //   kp.x.1            {msg1, lifetime, limit}      secret   {msg2, lifetime, limit} | {refused}
@@ -13,12 +13,12 @@
 //   kp.x.rekey        {spi}                                 0
 //   kp.x.cert         {from, name}                 secret   {cert, gatewayCert} | {refused}
 //
-// "secret" bodies are encrypted to the receiving gateway's certified key (gateway/interlink.ts), so
+// "secret" bodies are encrypted to the receiving gateway's certified key (gateway/fleet/interlink.ts), so
 // the broker never learns who calls whom; the others carry only an SPI and end-to-end sealed frames.
 
-import { CloseReason } from "../firmware/proto/messages.ts";
-import { isDeviceName } from "./fleet.ts";
-import { InterlinkError } from "./interlink.ts";
+import { CloseReason } from "../../firmware/proto/messages.ts";
+import { isDeviceName } from "../fleet/fleet.ts";
+import { InterlinkError } from "../fleet/interlink.ts";
 
 export const XGW_MSG1 = "kp.x.1";
 export const XGW_MSG3 = "kp.x.3";

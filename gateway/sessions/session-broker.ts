@@ -9,16 +9,16 @@
 //
 // Every decision is a structured event (the log records, Logger.subscribe).
 
-import { ctEqual, toHex } from "../firmware/bytes.ts";
-import type { SymCrypto } from "../firmware/crypto/types.ts";
-import { REKEY_AT } from "../firmware/handset.ts";
-import { saConfirmTag, type Codec } from "../firmware/proto/keys.ts";
-import { CloseReason, ErrorCode, Msg, type InnerMessage, type SaData } from "../firmware/proto/messages.ts";
-import { localDeviceId } from "./fleet.ts";
-import type { Logger } from "./log.ts";
+import { ctEqual, toHex } from "../../firmware/bytes.ts";
+import type { SymCrypto } from "../../firmware/crypto/types.ts";
+import { REKEY_AT } from "../../firmware/handset.ts";
+import { saConfirmTag, type Codec } from "../../firmware/proto/keys.ts";
+import { CloseReason, ErrorCode, Msg, type InnerMessage, type SaData } from "../../firmware/proto/messages.ts";
+import { localDeviceId } from "../fleet/fleet.ts";
+import type { Logger } from "../log/logger.ts";
 import { matchSettings, suiteCandidates, DEFAULT_MATCHING, type MatchOptions } from "./matching.ts";
-import type { Policy } from "./policy.ts";
-import type { Store } from "./store.ts";
+import type { Policy } from "../registry/policy.ts";
+import type { Store } from "../registry/store.ts";
 
 export interface SessionSettings {
   /** SA lifetime in seconds (relative: devices have no trusted clock). */

@@ -3,13 +3,13 @@
 // keeps an Ed25519 identity key in the device's name and issues a certificate whose validity is exactly
 // the granted lifetime. Register again to renew; deregister deletes.
 
-import { toHex } from "../firmware/bytes.ts";
-import { ErrorCode, Msg, type InnerMessage } from "../firmware/proto/messages.ts";
-import type { GatewayCrypto } from "./crypto.ts";
-import { issueCertificate } from "./cwt.ts";
-import { generateEd25519, type Ed25519KeyPair } from "./ed25519.ts";
-import { localDeviceId } from "./fleet.ts";
-import type { Logger } from "./log.ts";
+import { toHex } from "../../firmware/bytes.ts";
+import { ErrorCode, Msg, type InnerMessage } from "../../firmware/proto/messages.ts";
+import type { GatewayCrypto } from "../crypto/symmetric.ts";
+import { issueCertificate } from "../encoding/cwt.ts";
+import { generateEd25519, type Ed25519KeyPair } from "../crypto/ed25519.ts";
+import { localDeviceId } from "../fleet/fleet.ts";
+import type { Logger } from "../log/logger.ts";
 import type { Policy } from "./policy.ts";
 import type { Store } from "./store.ts";
 

@@ -13,7 +13,7 @@
 
 import { encode } from "./cbor.ts";
 import { decodeDeterministic, verifySign1, parseSign1, signSign1, CoseError, readOkpPublicKey, CRV_ED25519, KEY_ALG, KEY_CRV, KEY_KTY, KEY_X, KTY_OKP, COSE_ALG_EDDSA } from "./cose.ts";
-import { ED25519_PUBLIC_KEY_LENGTH } from "./ed25519.ts";
+import { ED25519_PUBLIC_KEY_LENGTH } from "../crypto/ed25519.ts";
 
 /** CBOR tag for a CWT (RFC 8392 §6). It must wrap a tagged COSE message, here tag 18. */
 export const CWT_TAG = 61;

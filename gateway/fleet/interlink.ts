@@ -47,12 +47,12 @@
 
 import { createCipheriv, createDecipheriv, hkdfSync, randomBytes } from "node:crypto";
 import mqtt, { type IClientOptions, type MqttClient } from "mqtt";
-import { toHex } from "../firmware/bytes.ts";
-import { decode, encode } from "./cbor.ts";
-import { CoseError, decodeDeterministic, parseSign1, signSign1, verifySign1 } from "./cose.ts";
-import type { Ed25519KeyPair } from "./ed25519.ts";
+import { toHex } from "../../firmware/bytes.ts";
+import { decode, encode } from "../encoding/cbor.ts";
+import { CoseError, decodeDeterministic, parseSign1, signSign1, verifySign1 } from "../encoding/cose.ts";
+import type { Ed25519KeyPair } from "../crypto/ed25519.ts";
 import { FleetError, generateX25519, isGatewayId, readGatewayCertificateUnverified, x25519SharedSecret, type X25519KeyPair } from "./fleet.ts";
-import type { Logger } from "./log.ts";
+import type { Logger } from "../log/logger.ts";
 
 // ---------------------------------------------------------------------------------------------------
 // public types
@@ -90,7 +90,7 @@ export interface GatewayPeer {
   validUntil: number;
 }
 
-/** Decides whether a gateway certificate is good now (gateway/verifier.ts checkerTrust). Throws InterlinkError "untrusted-peer" if not. */
+/** Decides whether a gateway certificate is good now (gateway/fleet/verifier.ts checkerTrust). Throws InterlinkError "untrusted-peer" if not. */
 export interface PeerTrust {
   gateway(cert: Uint8Array, now: number): Promise<GatewayPeer>;
 }

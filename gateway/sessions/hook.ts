@@ -1,14 +1,14 @@
 // The session broker's extension point: a hook sees every session message and SA frame before the
 // gateway's own handling, and takes those that are not this gateway's alone (sessions across
-// gateways: gateway/crossgw.ts). Its own module, so that the gateway that offers the hook and the
+// gateways: gateway/crossgw/cross-gateway.ts). Its own module, so that the gateway that offers the hook and the
 // code that implements it both depend on it, and not on each other.
 
-import type { CloseReason, InnerMessage, SaData } from "../firmware/proto/messages.ts";
-import type { GatewayCrypto } from "./crypto.ts";
-import type { Logger } from "./log.ts";
-import type { Policy } from "./policy.ts";
-import type { SessionBroker, SessionSettings } from "./sessions.ts";
-import type { Store } from "./store.ts";
+import type { CloseReason, InnerMessage, SaData } from "../../firmware/proto/messages.ts";
+import type { GatewayCrypto } from "../crypto/symmetric.ts";
+import type { Logger } from "../log/logger.ts";
+import type { Policy } from "../registry/policy.ts";
+import type { SessionBroker, SessionSettings } from "./session-broker.ts";
+import type { Store } from "../registry/store.ts";
 
 /** What a session hook may use: the gateway's own parts. */
 export interface SessionHookContext {

@@ -8,7 +8,7 @@
 // (1 is best; seed 003 V2: the receiving terminal by default), or a configured criterion decides
 // (V3: the strongest or the lightest).
 
-import { SUITE_AES_CCM_16_64_128, SUITE_XSALSA20_POLY1305 } from "../firmware/crypto/types.ts";
+import { SUITE_AES_CCM_16_64_128, SUITE_XSALSA20_POLY1305 } from "../../firmware/crypto/types.ts";
 
 export type Item<T> = T | T[];
 export interface Setting {

@@ -1,12 +1,12 @@
 // The capable-peer SDK (design.md §2 "capable peer"; seed 004 E1/E2: peer terminal 6 with its own
 // IKE): a Node program with its own key pair and certificate runs the key exchange of
-// gateway/exchange.ts itself against a handset's gateway, and then seals and opens the SA frames
+// gateway/crossgw/exchange.ts itself against a handset's gateway, and then seals and opens the SA frames
 // itself, so no gateway ever holds its keys.
 //
 // To the fleet it looks like a gateway with one device: it speaks the interlink under a gateway
 // certificate for its own domain (from the fleet CA: `keyproxy fleet issue-gateway --data-dir`), and
 // presents a device certificate for its name signed by that gateway key. It calls (connect) and can
-// be called (onRequest), with the interlink messages of gateway/crossgw-messages.ts. Its own key
+// be called (onRequest), with the interlink messages of gateway/crossgw/messages.ts. Its own key
 // confirmation is immediate: it installed the keys itself.
 //
 // Like a handset it keeps each SA within its lifetime and message limit (the smaller of its own and
@@ -22,19 +22,19 @@ import { REKEY_AT } from "../firmware/handset.ts";
 import { DIR_DOWN, DIR_UP, deriveSaKeys } from "../firmware/proto/keys.ts";
 import { openFrame, sealFrame, wipeLink, type Link } from "../firmware/proto/link.ts";
 import { CloseReason, Msg } from "../firmware/proto/messages.ts";
-import * as cbor from "./cbor.ts";
-import * as xm from "./crossgw-messages.ts";
-import { nodeCrypto } from "./crypto.ts";
-import { issueCertificate } from "./cwt.ts";
-import { ed25519FromSeed, generateEd25519 } from "./ed25519.ts";
-import { decodeMsg1, decodeMsg2, decodeMsg3, decodeMsg4, encodeMsg1, encodeMsg2, encodeMsg3, encodeMsg4, ExchangeError, Initiator, Responder, SeenSessions, type ExchangeResult, type LocalParty } from "./exchange.ts";
-import { loadGatewayCredentials, splitDeviceName, writeFileAtomic } from "./fleet.ts";
-import { FleetTrust } from "./fleet-trust.ts";
-import { Interlink, InterlinkError, type InterlinkRequest } from "./interlink.ts";
-import { Logger } from "./log.ts";
-import { matchSettings, suiteCandidates } from "./matching.ts";
-import { DEFAULT_SESSIONS } from "./sessions.ts";
-import { checkerTrust, type CertificateChecker } from "./verifier.ts";
+import * as cbor from "../gateway/encoding/cbor.ts";
+import * as xm from "../gateway/crossgw/messages.ts";
+import { nodeCrypto } from "../gateway/crypto/symmetric.ts";
+import { issueCertificate } from "../gateway/encoding/cwt.ts";
+import { ed25519FromSeed, generateEd25519 } from "../gateway/crypto/ed25519.ts";
+import { decodeMsg1, decodeMsg2, decodeMsg3, decodeMsg4, encodeMsg1, encodeMsg2, encodeMsg3, encodeMsg4, ExchangeError, Initiator, Responder, SeenSessions, type ExchangeResult, type LocalParty } from "../gateway/crossgw/exchange.ts";
+import { loadGatewayCredentials, splitDeviceName, writeFileAtomic } from "../gateway/fleet/fleet.ts";
+import { FleetTrust } from "../gateway/fleet/trust.ts";
+import { Interlink, InterlinkError, type InterlinkRequest } from "../gateway/fleet/interlink.ts";
+import { Logger } from "../gateway/log/logger.ts";
+import { matchSettings, suiteCandidates } from "../gateway/sessions/matching.ts";
+import { DEFAULT_SESSIONS } from "../gateway/sessions/session-broker.ts";
+import { checkerTrust, type CertificateChecker } from "../gateway/fleet/verifier.ts";
 
 export interface CapablePeerOptions {
   /** The peer's interlink (identity: its domain and the fleet's certificate for it). */

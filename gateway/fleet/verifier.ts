@@ -3,8 +3,8 @@
 // and signed by the verifier's own Ed25519 key so the answer can travel (checklist 9-10).
 //
 // Two kinds of certificate reach it:
-//   - a gateway certificate (gateway/fleet.ts): iss = fleet id, signed by the fleet CA;
-//   - a device certificate (gateway/cwt.ts): iss = gateway id, signed by that gateway's key, which the
+//   - a gateway certificate (gateway/fleet/fleet.ts): iss = fleet id, signed by the fleet CA;
+//   - a device certificate (gateway/encoding/cwt.ts): iss = gateway id, signed by that gateway's key, which the
 //     chain's gateway certificate (sub = that gateway id) certifies. The device's name is sub@iss.
 //
 // Answer (COSE_Sign1 by the verifier over a CBOR map):
@@ -16,11 +16,11 @@
 // the bound on how long a revocation takes to bite once the verifier holds the new list (docs/FLEET.md).
 
 import { createHash } from "node:crypto";
-import { toHex } from "../firmware/bytes.ts";
-import { encode } from "./cbor.ts";
-import { decodeDeterministic, signSign1, verifySign1, CoseError } from "./cose.ts";
-import { CertError, readCertificateUnverified, verifyCertificate } from "./cwt.ts";
-import type { Ed25519KeyPair } from "./ed25519.ts";
+import { toHex } from "../../firmware/bytes.ts";
+import { encode } from "../encoding/cbor.ts";
+import { decodeDeterministic, signSign1, verifySign1, CoseError } from "../encoding/cose.ts";
+import { CertError, readCertificateUnverified, verifyCertificate } from "../encoding/cwt.ts";
+import type { Ed25519KeyPair } from "../crypto/ed25519.ts";
 import {
   acceptRevocationList,
   deviceName,

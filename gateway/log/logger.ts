@@ -2,7 +2,7 @@
 // passes, so a key cannot reach a log by mistake; ids meant for humans are passed as hex strings.
 // Every record is also an event: subscribers (monitoring over MQTT, tests) get the same object the
 // log line was made from, after the same withholding. A line is JSON with every control character
-// escaped (gateway/terminal.ts): values come from devices and peers, and the log is read on terminals.
+// escaped (gateway/log/terminal.ts): values come from devices and peers, and the log is read on terminals.
 
 import { jsonForTerminal } from "./terminal.ts";
 
