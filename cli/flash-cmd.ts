@@ -21,7 +21,8 @@ The running firmware is only replaced once the new one is on the device and veri
   --baud <n>       line speed (default: the board's, e.g. 9600 for Puck.js, 115200 for ESP32)
   --no-reboot      leave the device running what it runs now
 
-Exit codes: 0 flashed and verified, 1 failed (the message says what the device holds), 2 usage error.`;
+Exit codes: 0 flashed and verified, 1 failed (the message says what the device holds; a --port that
+does not exist or is busy is one of these), 2 usage error.`;
 
 const STEP_TEXT: Record<FlashStep, string> = {
   connect: "connecting",
@@ -97,6 +98,9 @@ export async function flashCommand(argv: string[]): Promise<number> {
     return 0;
   } catch (e) {
     bar?.stop();
+    // A --port that does not exist, or that another program holds, is exit 1 too, not a usage error
+    // (2): the command line was right, the machine is not ready; the message names the ports there are,
+    // or who holds this one.
     console.error(`keyproxy flash: ${(e as Error).message}`);
     return 1;
   }

@@ -9,6 +9,7 @@ const COMMANDS: Record<string, { summary: string; run: (argv: string[]) => Promi
   sim: { summary: "boot emulated handsets (the real firmware bundle) against a gateway", run: async (a) => (await import("./sim-cmd.ts")).simCommand(a) },
   flash: { summary: "write a firmware bundle into a device over serial and verify it", run: async (a) => (await import("./flash-cmd.ts")).flashCommand(a) },
   provision: { summary: "give a device its identity and root key over serial, and register it", run: async (a) => (await import("./provision-cmd.ts")).provisionCommand(a) },
+  ports: { summary: "list the serial ports a device could be on (for --port)", run: async (a) => (await import("./ports-cmd.ts")).portsCommand(a) },
   monitor: { summary: "live view of the fleet from MQTT", run: async (a) => (await import("./monitor-cmd.ts")).monitorCommand(a) },
   fleet: { summary: "fleet trust: the fleet CA, gateway certificates, revocation", run: async (a) => (await import("./fleet-cmd.ts")).fleetCommand(a) },
   verifier: { summary: "the fleet's verifier on its own, for gateways started with --verifier", run: async (a) => (await import("./verifier-cmd.ts")).verifierCommand(a) },

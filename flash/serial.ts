@@ -14,8 +14,10 @@
 // than one line, whatever the port's own flow control. We also ask the tty for XON/XOFF, which
 // Espruino's serial ports speak.
 
+import { existsSync } from "node:fs";
 import { SerialPort } from "serialport";
 import { zlib } from "../gateway/link/crc32.ts";
+import { describeHolders, describePorts, DIALOUT_HINT } from "./ports.ts";
 
 /** What the REPL answers in process.env.BOARD, per board profile id. */
 export const ESPRUINO_BOARD: Record<string, string> = {
@@ -61,6 +63,19 @@ export function jsByteString(bytes: Uint8Array): string {
   return s + '"';
 }
 
+/** Why a port would not open, in words that name the fix. */
+export function openError(path: string, err: Error): SerialError {
+  if (!existsSync(path)) return new SerialError(`${path} does not exist; ${describePorts()}`);
+  // serialport's flock says "Cannot lock port" (EAGAIN); a TIOCEXCL tty says EBUSY.
+  if (/Cannot lock port|Resource busy|EBUSY/i.test(err.message)) {
+    return new SerialError(`${path} is busy: ${describeHolders(path)}; a serial console serves one program at a time, close the other one first`);
+  }
+  if (/Permission denied|EACCES/i.test(err.message)) {
+    return new SerialError(`cannot open ${path}: permission denied; ${DIALOUT_HINT}`);
+  }
+  return new SerialError(`cannot open ${path}: ${err.message}`);
+}
+
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 interface Pending {
@@ -103,8 +118,10 @@ export class EspruinoSerial {
    *  half-typed line or a running loop does not swallow the question). */
   static async open(o: OpenOptions): Promise<EspruinoSerial> {
     const port = await new Promise<SerialPort>((resolve, reject) => {
-      const p = new SerialPort({ path: o.path, baudRate: o.baudRate, xon: true, xoff: true, autoOpen: false });
-      p.open((err) => (err ? reject(new SerialError(`cannot open ${o.path}: ${err.message}`)) : resolve(p)));
+      // lock: an exclusive flock(2) on the tty (serialport's default, asked for here so that it stays):
+      // two programs on one console interleave their lines, and two flashers corrupt the device.
+      const p = new SerialPort({ path: o.path, baudRate: o.baudRate, xon: true, xoff: true, lock: true, autoOpen: false });
+      p.open((err) => (err ? reject(openError(o.path, err)) : resolve(p)));
     });
     const link = new EspruinoSerial(port, o.path, o.baudRate, o.answerMs ?? ANSWER_MS);
     try {

@@ -1,0 +1,161 @@
+// The serial side of the CLI as an operator meets it (issue 13, scope 2), through the real command in
+// a child process: `keyproxy ports`; a --port that does not exist or that another program holds.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, type ChildProcess } from "node:child_process";
+import { mkdirSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { EmulatedDevice } from "../emulator/device.ts";
+import { attachPty } from "../emulator/serial.ts";
+import { CLI } from "./support/process.ts";
+import { tempDir } from "./support/harness.ts";
+
+interface Cli {
+  child: ChildProcess;
+  stdout: () => string;
+  stderr: () => string;
+  /** Resolves once stderr matches. */
+  stderrMatches(re: RegExp): Promise<void>;
+  done: Promise<{ code: number | null; stdout: string; stderr: string }>;
+}
+
+function startCli(args: string[], env: Record<string, string> = {}, ms = 60000): Cli {
+  const child = spawn(process.execPath, [CLI, ...args], { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, ...env } });
+  let stdout = "";
+  let stderr = "";
+  const waiters: { re: RegExp; resolve: () => void }[] = [];
+  child.stdout!.on("data", (b) => (stdout += b));
+  child.stderr!.on("data", (b) => {
+    stderr += b;
+    for (const w of waiters.splice(0)) (w.re.test(stderr) ? w.resolve() : waiters.push(w));
+  });
+  const done = new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve, reject) => {
+    const t = setTimeout(() => { child.kill("SIGKILL"); reject(new Error(`keyproxy ${args.join(" ")} did not finish:\n${stdout}\n${stderr}`)); }, ms);
+    child.once("close", (code) => { clearTimeout(t); resolve({ code, stdout, stderr }); });
+  });
+  return {
+    child,
+    stdout: () => stdout,
+    stderr: () => stderr,
+    stderrMatches: (re) => (re.test(stderr) ? Promise.resolve() : new Promise((resolve) => waiters.push({ re, resolve }))),
+    done,
+  };
+}
+
+const runCli = (args: string[], env: Record<string, string> = {}) => startCli(args, env).done;
+
+/** A fake device directory: a by-id link to ttyUSB0, ttyUSB2, ttyUSB10, ttyACM0, and things that are
+ *  not handset ports (ttyS0, null). */
+function fakeDev(): string {
+  const dir = tempDir("kp-dev-");
+  for (const f of ["ttyUSB0", "ttyUSB2", "ttyUSB10", "ttyACM0", "ttyS0", "null"]) writeFileSync(join(dir, f), "");
+  mkdirSync(join(dir, "serial", "by-id"), { recursive: true });
+  symlinkSync("../../ttyUSB0", join(dir, "serial", "by-id", "usb-FTDI_FT232R_USB_UART_A50285BI-if00-port0"));
+  return dir;
+}
+
+/** An emulated handset behind a pty whose answers the test can hold back, so that a signal sent to
+ *  the CLI is known to have arrived before the device's next answer does. */
+async function handset(name: string) {
+  const dev = new EmulatedDevice({ board: "emulator", storageDir: tempDir(`kp-${name}-`), name });
+  const pty = await attachPty(dev);
+  const c = pty.console as unknown as { write: (s: string) => void };
+  const write = c.write;
+  let held: string[] | undefined;
+  c.write = (s: string) => (held ? held.push(s) : write(s));
+  const text = (f: string) => {
+    const b = dev.storage.read(f);
+    return b ? Buffer.from(b).toString("latin1") : undefined;
+  };
+  return {
+    dev, pty, text,
+    hold: () => void (held ??= []),
+    release: () => {
+      const h = held ?? [];
+      held = undefined;
+      for (const s of h) write(s);
+    },
+    stop: async () => { await pty.close(); dev.powerOff(); },
+  };
+}
+
+// ---- keyproxy ports ---------------------------------------------------------------------------
+
+test("keyproxy ports lists the by-id names with their tty, then the other ttyUSB/ttyACM, one per line or as JSON", async () => {
+  const dir = fakeDev();
+  const env = { KEYPROXY_SERIAL_DIRS: dir };
+  const r = await runCli(["ports"], env);
+  assert.equal(r.code, 0, r.stderr);
+  assert.deepEqual(r.stdout.trimEnd().split("\n"), [
+    `${dir}/serial/by-id/usb-FTDI_FT232R_USB_UART_A50285BI-if00-port0 -> ${dir}/ttyUSB0`,
+    `${dir}/ttyACM0`,
+    `${dir}/ttyUSB2`,
+    `${dir}/ttyUSB10`,
+  ]);
+  const j = await runCli(["ports", "--json"], env);
+  assert.equal(j.code, 0, j.stderr);
+  assert.deepEqual(JSON.parse(j.stdout), [
+    { path: `${dir}/serial/by-id/usb-FTDI_FT232R_USB_UART_A50285BI-if00-port0`, target: `${dir}/ttyUSB0` },
+    { path: `${dir}/ttyACM0` },
+    { path: `${dir}/ttyUSB2` },
+    { path: `${dir}/ttyUSB10` },
+  ]);
+});
+
+test("keyproxy ports with none: says so, where it looked, and the dialout hint; exit 1; --json is still an array", async () => {
+  const env = { KEYPROXY_SERIAL_DIRS: tempDir("kp-nodev-") };
+  const r = await runCli(["ports"], env);
+  assert.equal(r.code, 1);
+  assert.equal(r.stdout, "");
+  assert.match(r.stderr, /no serial ports found \(looked at .*ttyUSB\*.*\).*dialout group/);
+  const j = await runCli(["ports", "--json"], env);
+  assert.equal(j.code, 1);
+  assert.deepEqual(JSON.parse(j.stdout), []);
+});
+
+// ---- a --port that is not there, or busy ---------------------------------------------------------
+
+test("a --port that does not exist: flash and provision say so and list the ports there are; exit 1", async () => {
+  const dir = fakeDev();
+  const env = { KEYPROXY_SERIAL_DIRS: dir };
+  const missing = join(dir, "ttyUSB9");
+  for (const args of [
+    ["flash", "--port", missing, "--board", "emulator", "--bundle", "package.json"],
+    ["provision", "--port", missing, "--board", "emulator", "--id", "dev-1", "--data-dir", tempDir("kp-reg-")],
+  ]) {
+    const r = await runCli(args, env);
+    assert.equal(r.code, 1, `${args[0]}: ${r.stderr}`);
+    assert.ok(r.stderr.includes(`${missing} does not exist; the serial ports here: ${dir}/serial/by-id/usb-FTDI_FT232R_USB_UART_A50285BI-if00-port0 -> ${dir}/ttyUSB0, ${dir}/ttyACM0`), r.stderr);
+  }
+});
+
+test("a busy port: flash names the process that holds it (pid and command), not the pty's own helper; the device is untouched", async () => {
+  const h = await handset("busy");
+  h.dev.storage.write(".bootcde", "print('old firmware')");
+  // Another program with the port open as serialport opens it (an exclusive flock): a second flasher.
+  const holder = spawn(process.execPath, ["-e", `
+    const { SerialPort } = require("serialport");
+    const p = new SerialPort({ path: ${JSON.stringify(h.pty.path)}, baudRate: 115200, lock: true }, (e) => {
+      if (e) { console.error(e.message); process.exit(1); }
+      console.log("holding");
+    });
+    process.stdin.on("end", () => p.close(() => process.exit(0)));
+    process.stdin.resume();`], { stdio: ["pipe", "pipe", "inherit"] });
+  try {
+    await new Promise<void>((resolve, reject) => {
+      holder.stdout!.on("data", (b) => { if (String(b).includes("holding")) resolve(); });
+      holder.once("exit", (code) => reject(new Error(`the holder exited (${code})`)));
+    });
+    const command = readFileSync(`/proc/${holder.pid}/comm`, "utf8").trim();
+    const r = await runCli(["flash", "--port", h.pty.path, "--board", "emulator", "--bundle", "package.json"]);
+    assert.equal(r.code, 1, r.stderr);
+    assert.ok(r.stderr.includes(`${h.pty.path} is busy: held by pid ${holder.pid} (${command}); a serial console serves one program at a time`), r.stderr);
+    assert.ok(!/python/.test(r.stderr), "the pty helper holds the other end open but no lock: not named");
+    assert.equal(h.text(".bootcde"), "print('old firmware')");
+    assert.deepEqual(h.dev.storage.list(), [".bootcde"]);
+  } finally {
+    holder.stdin!.end();
+    await new Promise((r) => (holder.exitCode !== null ? r(null) : holder.once("exit", r)));
+    await h.stop();
+  }
+});
