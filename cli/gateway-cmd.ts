@@ -165,9 +165,10 @@ export async function gatewayCommand(argv: string[]): Promise<number> {
     process.once("SIGINT", () => resolve());
     process.once("SIGTERM", () => resolve());
   });
+  const listen = o.listen ? hostPort(o.listen, "--listen") : undefined;
   const gw = await Gateway.start({
     dataDir,
-    listen: o.listen ? hostPort(o.listen, "--listen") : undefined,
+    listen,
     id: o.id,
     policy,
     mqtt,
@@ -175,6 +176,8 @@ export async function gatewayCommand(argv: string[]): Promise<number> {
     sessions,
     limits,
     fleet: fleetOn ? (id) => ({ ...fleetOptions(dataDir, id, recheckMs, log ?? new Logger(), demo > 0), verifier: o.verifier }) : undefined,
+  }).catch((e: NodeJS.ErrnoException) => {
+    throw addressInUse(e, listen ?? DEFAULT_LISTEN) ?? e;
   });
   let stopDemo: (() => void) | undefined;
   try {
@@ -256,4 +259,12 @@ async function talk(gw: Gateway, devices: EmulatedDevice[], say: (s: string) => 
   }
   callee.eval(echoApp("demo"));
   caller.eval(callerApp("sim-2", "demo"));
+}
+
+/** The device link's address taken (EADDRINUSE), most often by a gateway already running: the error
+ *  names the address and the option that moves this one elsewhere. Exit 1 through main(), not 2: the
+ *  command line is right, the machine is busy. (The embedded broker says the same of its own address.) */
+function addressInUse(e: NodeJS.ErrnoException & { address?: string; port?: number }, link: { host: string; port: number }): Error | undefined {
+  if (e.code !== "EADDRINUSE") return undefined;
+  return new Error(`cannot listen on ${e.address ?? link.host}:${e.port ?? link.port}: the address is in use (another gateway? use --listen <host:port>)`);
 }

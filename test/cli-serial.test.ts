@@ -1,9 +1,11 @@
 // The serial side of the CLI as an operator meets it (issue 13, scope 2), through the real command in
-// a child process: `keyproxy ports`; a --port that does not exist or that another program holds.
+// a child process: `keyproxy ports`; a --port that does not exist or that another program holds; a
+// gateway whose --listen address is taken.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
 import { mkdirSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
+import net from "node:net";
 import { join } from "node:path";
 import { EmulatedDevice } from "../emulator/device.ts";
 import { attachPty } from "../emulator/serial.ts";
@@ -157,5 +159,21 @@ test("a busy port: flash names the process that holds it (pid and command), not 
     holder.stdin!.end();
     await new Promise((r) => (holder.exitCode !== null ? r(null) : holder.once("exit", r)));
     await h.stop();
+  }
+});
+
+// ---- a gateway on a taken address ----------------------------------------------------------------
+
+test("keyproxy gateway --listen on an address in use: names it and the fix, exit 1, no stack trace", async () => {
+  const taken = net.createServer();
+  await new Promise<void>((r) => taken.listen(0, "127.0.0.1", () => r()));
+  const port = (taken.address() as net.AddressInfo).port;
+  try {
+    const r = await runCli(["gateway", "--data-dir", tempDir("kp-gw-"), "--listen", `127.0.0.1:${port}`, "--no-mqtt", "--no-fleet"]);
+    assert.equal(r.code, 1, r.stderr);
+    assert.ok(r.stderr.includes(`cannot listen on 127.0.0.1:${port}: the address is in use (another gateway? use --listen <host:port>)`), r.stderr);
+    assert.ok(!/^\s+at /m.test(r.stderr), `no stack trace:\n${r.stderr}`);
+  } finally {
+    taken.close();
   }
 });
