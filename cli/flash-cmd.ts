@@ -3,8 +3,9 @@ import { existsSync, readFileSync } from "node:fs";
 import cliProgress from "cli-progress";
 import { BOARDS, getBoard } from "../boards/index.ts";
 import { buildFirmware } from "../flash/build.ts";
-import { flashDevice, hex, type FlashStep } from "../flash/flash.ts";
+import { flashDevice, FlashInterrupted, hex, type FlashStep } from "../flash/flash.ts";
 import { parse, positiveInt, UsageError } from "./args.ts";
+import { EXIT_INTERRUPTED, onCtrlC, shellWords } from "./interrupt.ts";
 
 const HELP = `usage: keyproxy flash --port <tty> --board <id> [--bundle <file> | --app <file>] [--baud <n>] [--no-reboot]
 
@@ -21,8 +22,10 @@ The running firmware is only replaced once the new one is on the device and veri
   --baud <n>       line speed (default: the board's, e.g. 9600 for Puck.js, 115200 for ESP32)
   --no-reboot      leave the device running what it runs now
 
+Ctrl-C stops at the next chunk and says what the device holds (a second Ctrl-C quits at once).
+
 Exit codes: 0 flashed and verified, 1 failed (the message says what the device holds; a --port that
-does not exist or is busy is one of these), 2 usage error.`;
+does not exist or is busy is one of these), 2 usage error, 130 interrupted by Ctrl-C.`;
 
 const STEP_TEXT: Record<FlashStep, string> = {
   connect: "connecting",
@@ -78,6 +81,8 @@ export async function flashCommand(argv: string[]): Promise<number> {
     ? new cliProgress.SingleBar({ stream: process.stderr, format: "{step} [{bar}] {value}/{total} bytes", hideCursor: true }, cliProgress.Presets.shades_classic)
     : undefined;
   let started = false;
+  const again = `run \`keyproxy flash ${shellWords(argv)}\` again`;
+  const ctrlC = onCtrlC("flash", `the device may hold a partial bundle, which it will not start: ${again}`);
   try {
     const r = await flashDevice({
       port: o.port,
@@ -85,6 +90,7 @@ export async function flashCommand(argv: string[]): Promise<number> {
       bundle,
       baudRate,
       reboot: !o["no-reboot"],
+      signal: ctrlC.signal,
       onStep: (s) => {
         if (!bar) return;
         if (!started) bar.start(Buffer.byteLength(bundle), 0, { step: STEP_TEXT[s] });
@@ -98,10 +104,16 @@ export async function flashCommand(argv: string[]): Promise<number> {
     return 0;
   } catch (e) {
     bar?.stop();
+    if (e instanceof FlashInterrupted) {
+      console.error(`keyproxy flash: ${e.message}${e.flashAgain ? `; ${again}` : ""}`);
+      return EXIT_INTERRUPTED;
+    }
     // A --port that does not exist, or that another program holds, is exit 1 too, not a usage error
     // (2): the command line was right, the machine is not ready; the message names the ports there are,
     // or who holds this one.
     console.error(`keyproxy flash: ${(e as Error).message}`);
     return 1;
+  } finally {
+    ctrlC.dispose();
   }
 }

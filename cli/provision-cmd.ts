@@ -1,11 +1,12 @@
 // `keyproxy provision`: a device's identity and fresh root key into its Storage and the registry.
 import cliProgress from "cli-progress";
 import { BOARDS, getBoard } from "../boards/index.ts";
-import { provisionDevice, ProvisionError, type ProvisionStep } from "../flash/provision.ts";
+import { provisionDevice, ProvisionError, ProvisionInterrupted, type ProvisionStep } from "../flash/provision.ts";
 import { DEFAULT_LISTEN } from "../gateway/gateway.ts";
 import { hostPort, parse, positiveInt, UsageError } from "./args.ts";
 import { checkDeviceId } from "./device-cmd.ts";
 import { DEFAULT_DATA_DIR } from "./gateway-cmd.ts";
+import { EXIT_INTERRUPTED, onCtrlC, shellWords } from "./interrupt.ts";
 
 const HELP = `usage: keyproxy provision --port <tty> --id <name> [--board <id>] [--gateway <host:port>] [options]
        keyproxy provision --port <tty> --board <id> --recover
@@ -27,8 +28,12 @@ identity (flash the firmware first: keyproxy flash).
   --baud <n>             line speed (default: the board's)
   --no-reboot            do not reboot the device at the end
 
-Exit codes: 0 provisioned, 1 failed with nothing changed or everything rolled back, 2 usage error,
-3 cut short in a way that needs the device reconnected and "keyproxy provision --recover" run.`;
+Ctrl-C stops at the next step: before the commit both sides are rolled back, after it the device is
+left provisioned but not rebooted; the message says which (a second Ctrl-C quits at once).
+
+Exit codes: 0 provisioned, 1 failed with nothing changed or everything rolled back (a --port that
+does not exist or is busy too), 2 usage error, 3 cut short in a way that needs the device reconnected
+and "keyproxy provision --recover" run, 130 interrupted by Ctrl-C.`;
 
 export const EXIT_NEEDS_RECOVERY = 3;
 
@@ -68,6 +73,8 @@ export async function provisionCommand(argv: string[]): Promise<number> {
     ? new cliProgress.SingleBar({ stream: process.stderr, format: "provisioning [{bar}] {step}", hideCursor: true }, cliProgress.Presets.shades_classic)
     : undefined;
   bar?.start(steps.length, 0, { step: "" });
+  const recoverCmd = `keyproxy provision ${shellWords(["--port", o.port, "--board", board.id, "--data-dir", dataDir, "--recover"])}`;
+  const ctrlC = onCtrlC("provision", `the registry holds only what was committed (SQLite drops the rest); run \`${recoverCmd}\` to bring the device in line with it`);
   try {
     const r = await provisionDevice({
       port: o.port,
@@ -80,6 +87,7 @@ export async function provisionCommand(argv: string[]): Promise<number> {
       recoverOnly,
       baudRate: o.baud === undefined ? undefined : positiveInt(o.baud, "--baud", 0),
       reboot: !o["no-reboot"],
+      signal: ctrlC.signal,
       onStep: (s) => bar?.update(steps.indexOf(s) + 1, { step: s }),
     });
     bar?.stop();
@@ -93,7 +101,20 @@ export async function provisionCommand(argv: string[]): Promise<number> {
     return 0;
   } catch (e) {
     bar?.stop();
+    if (e instanceof ProvisionInterrupted) {
+      console.error(`keyproxy provision: ${e.message}; ${nextAfterInterrupt(e, argv, recoverCmd)}`);
+      return EXIT_INTERRUPTED;
+    }
     console.error(`keyproxy provision: ${(e as Error).message}`);
     return e instanceof ProvisionError && e.state === "needs-recovery" ? EXIT_NEEDS_RECOVERY : 1;
+  } finally {
+    ctrlC.dispose();
   }
+}
+
+/** The command that takes an interrupted provisioning on from where it was left. */
+function nextAfterInterrupt(e: ProvisionInterrupted, argv: string[], recoverCmd: string): string {
+  if (e.state === "needs-recovery") return `to settle the device: ${recoverCmd}`;
+  if (e.state === "provisioned") return "nothing to run again";
+  return `to provision it: run \`keyproxy provision ${shellWords(argv)}\` again`;
 }

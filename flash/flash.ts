@@ -20,7 +20,7 @@
 // in the line, read() after it.
 
 import { getBoard, type BoardProfile } from "../boards/index.ts";
-import { crc32, ESPRUINO_BOARD, EspruinoSerial, SerialError, SIZED_LINUX_BOARD } from "./serial.ts";
+import { CHUNK_BYTES, crc32, ESPRUINO_BOARD, EspruinoSerial, SerialError, SIZED_LINUX_BOARD } from "./serial.ts";
 
 export const BOOT_FILE = ".bootcde";
 export const STAGING_FILE = "kp.fw.new";
@@ -28,6 +28,14 @@ export const STAGING_FILE = "kp.fw.new";
 const flashCost = (bytes: number) => 32 + Math.ceil(bytes / 4) * 4;
 
 export class FlashError extends Error {}
+
+/** The caller's signal fired (Ctrl-C): we stopped between two lines, with the device idle at its
+ *  prompt, and the message says what it holds. `flashAgain`: whether the firmware still has to go on. */
+export class FlashInterrupted extends FlashError {
+  constructor(message: string, readonly flashAgain: boolean) {
+    super(message);
+  }
+}
 
 export type FlashStep = "connect" | "check" | "stop" | "transfer" | "verify" | "switch" | "reboot";
 
@@ -48,6 +56,9 @@ export interface FlashOptions {
   onStep?: (step: FlashStep) => void | Promise<void>;
   /** Default true: reboot into the new firmware at the end. */
   reboot?: boolean;
+  /** Stop at the next safe point (between two chunks, or two steps) and throw FlashInterrupted. The
+   *  switch to the new firmware is one step, never cut: once begun it runs to its verified end. */
+  signal?: AbortSignal;
 }
 
 export interface FlashResult {
@@ -80,7 +91,17 @@ export async function flashDevice(o: FlashOptions): Promise<FlashResult> {
     throw new FlashError(`the bundle is ${data.length} bytes, over ${board.name}'s budget of ${budget} bytes; nothing was written`);
   }
   const want = crc32(data);
-  const step = async (s: FlashStep) => o.onStep?.(s);
+  const chunks = Math.ceil(data.length / CHUNK_BYTES);
+  let reached: FlashStep = "connect";
+  let written = 0;
+  const stopIfAsked = () => {
+    if (o.signal?.aborted) throw interrupted(reached, Math.ceil(written / CHUNK_BYTES), chunks);
+  };
+  const step = async (s: FlashStep) => {
+    stopIfAsked();
+    reached = s;
+    await o.onStep?.(s);
+  };
 
   await step("connect");
   const link = await EspruinoSerial.open({ path: o.port, baudRate: o.baudRate ?? board.serial?.baud ?? 115200, answerMs: o.answerMs, firstAnswerMs: o.answerMs });
@@ -112,7 +133,12 @@ export async function flashDevice(o: FlashOptions): Promise<FlashResult> {
 
     await step("transfer");
     o.onProgress?.(0, data.length);
-    await link.writeFile(STAGING_FILE, data, (n) => o.onProgress?.(n, data.length));
+    await link.writeFile(STAGING_FILE, data, (n) => {
+      written = n;
+      o.onProgress?.(n, data.length);
+      // Thrown from here, it stops writeFile between two chunks, each one whole on the device.
+      if (n < data.length) stopIfAsked();
+    });
 
     await step("verify");
     const staged = await link.fileCrc(STAGING_FILE);
@@ -146,6 +172,24 @@ export async function flashDevice(o: FlashOptions): Promise<FlashResult> {
     return { board: board.id, bytes: data.length, crc: want, espruinoVersion: version };
   } finally {
     await link.close();
+  }
+}
+
+/** What an interrupted flash left on the device, by the last step begun. */
+function interrupted(reached: FlashStep, chunksWritten: number, chunks: number): FlashInterrupted {
+  const runsAgain = `its ${BOOT_FILE} is unchanged and runs again when the device reboots (power-cycle it)`;
+  switch (reached) {
+    case "connect":
+    case "check":
+      return new FlashInterrupted("flash interrupted before anything was changed on the device", true);
+    case "stop":
+      return new FlashInterrupted(`flash interrupted before the transfer: nothing was written, but the running firmware was stopped for flashing; ${runsAgain}`, true);
+    case "transfer":
+      return new FlashInterrupted(`flash interrupted after ${chunksWritten} of ${chunks} chunks: the device holds ${chunksWritten < chunks ? "a partial" : "an unverified"} bundle (${STAGING_FILE}), which it will not start; ${runsAgain}`, true);
+    case "verify":
+      return new FlashInterrupted(`flash interrupted after all ${chunks} chunks were written and verified, before the switch: the device holds the bundle (${STAGING_FILE}) but will not start it; ${runsAgain}`, true);
+    default:
+      return new FlashInterrupted(`flash interrupted after the new firmware was written and verified, before the reboot: the device starts it when it reboots (power-cycle it)`, false);
   }
 }
 

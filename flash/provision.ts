@@ -52,11 +52,25 @@ export type FailureState =
   /** the registry and the device are as they were before */
   | "rolled-back"
   /** the registry is as it was (or as decided); the device holds a journal the next run settles */
-  | "needs-recovery";
+  | "needs-recovery"
+  /** committed and settled on both sides; only the reboot at the end did not happen */
+  | "provisioned";
 
 export class ProvisionError extends Error {
   constructor(message: string, readonly state: FailureState) {
     super(message);
+  }
+}
+
+/** The caller's signal fired (Ctrl-C) and provisioning stopped at a safe point: `state` and the
+ *  message say what the registry and the device hold. */
+export class ProvisionInterrupted extends ProvisionError {}
+
+/** Thrown inside provisionOnce at a step boundary when the signal has fired; rollBack turns it into a
+ *  ProvisionInterrupted. */
+class Interruption extends Error {
+  constructor() {
+    super("interrupted (Ctrl-C)");
   }
 }
 
@@ -84,6 +98,10 @@ export interface ProvisionOptions {
   registryBusyMs?: number;
   /** Called before each step (tests cut the line or lock the registry here). */
   onStep?: (step: ProvisionStep) => void | Promise<void>;
+  /** Stop at the next step boundary up to the commit, roll back, and throw ProvisionInterrupted.
+   *  After the commit only the reboot is skipped: the clean-up always runs, so that device and
+   *  registry agree. */
+  signal?: AbortSignal;
 }
 
 export interface Recovery {
@@ -166,7 +184,12 @@ async function recover(link: EspruinoSerial, store: Store): Promise<Recovery | u
 
 export async function provisionDevice(o: ProvisionOptions): Promise<ProvisionResult> {
   const board = getBoard(o.board);
-  const step = async (s: ProvisionStep) => o.onStep?.(s);
+  const step = async (s: ProvisionStep) => {
+    if (o.signal?.aborted && (s === "connect" || s === "recover")) {
+      throw new ProvisionInterrupted(`provisioning interrupted before anything was changed: no key was made, the registry and the device are as they were; nothing is left to recover`, "unchanged");
+    }
+    await o.onStep?.(s);
+  };
   const store = openStore(o.dataDir);
   store.db.pragma(`busy_timeout = ${Math.max(0, Math.floor(o.registryBusyMs ?? 5000))}`);
   let link: EspruinoSerial | undefined;
@@ -203,6 +226,12 @@ async function provisionOnce(
   let reached: ProvisionStep = "prepare";
   let replaced = false;
   const at = async (s: ProvisionStep) => {
+    // Up to the commit (checked before it begins) an interruption rolls both sides back; after it,
+    // the clean-up runs to its end and only the reboot is left out.
+    if (o.signal?.aborted && s !== "cleanup") {
+      if (s === "reboot") throw notRebooted(o);
+      throw new Interruption();
+    }
     reached = s;
     await step(s);
   };
@@ -270,7 +299,10 @@ async function provisionOnce(
  *  part is undone from the device's own journal (it knows the old CRC even when we never heard it). */
 async function rollBack(link: EspruinoSerial, store: Store, j: Journal, reached: ProvisionStep, cause: Error): Promise<ProvisionError> {
   if (store.db.inTransaction) store.db.exec("ROLLBACK");
-  const head = `provisioning "${j.id}" failed at "${reached}": ${cause.message}`;
+  const head = cause instanceof Interruption
+    ? `provisioning "${j.id}" interrupted (Ctrl-C) at "${reached}"`
+    : `provisioning "${j.id}" failed at "${reached}": ${cause.message}`;
+  const Failure = cause instanceof Interruption ? ProvisionInterrupted : ProvisionError;
   try {
     // For the operator; the decision itself is the absence of a committed "device-provisioned" row.
     store.audit(Math.floor(Date.now() / 1000), j.id, "provision-rolled-back", `step=${reached} txn=${j.t}`);
@@ -281,12 +313,29 @@ async function rollBack(link: EspruinoSerial, store: Store, j: Journal, reached:
     const device = reached === "switch" || reached === "commit"
       ? `the device could not be reached to undo its part and may already hold the new ${CONFIG_FILE}`
       : `the device's ${CONFIG_FILE} was not changed, but it may keep staging files`;
-    return new ProvisionError(`${head}. The registry was rolled back; ${device}: reconnect it and run keyproxy provision --port <tty> --board <id> --recover`, "needs-recovery");
+    return new Failure(`${head}. The registry was rolled back; ${device}: reconnect it and run keyproxy provision --port <tty> --board <id> --recover`, "needs-recovery");
   }
   try {
     await recover(link, store);
   } catch (e) {
-    return new ProvisionError(`${head}. The registry was rolled back; undoing the device's part failed too (${(e as Error).message}): run keyproxy provision --recover`, "needs-recovery");
+    return new Failure(`${head}. The registry was rolled back; undoing the device's part failed too (${(e as Error).message}): run keyproxy provision --recover`, "needs-recovery");
   }
-  return new ProvisionError(`${head}. Rolled back: the registry and the device are as they were.`, "rolled-back");
+  if (cause instanceof Interruption) {
+    return new Failure(`${head}. Rolled back: ${registryAfterRollBack(store, j.id)}, and the device did not get the new key (its ${CONFIG_FILE} is as it was); nothing is left to recover`, "rolled-back");
+  }
+  return new Failure(`${head}. Rolled back: the registry and the device are as they were.`, "rolled-back");
+}
+
+/** Whether the registry holds an entry for id, after a rollback: none, or the old one (--replace). */
+function registryAfterRollBack(store: Store, id: string): string {
+  try {
+    return store.getDevice(id) ? `the registry keeps "${id}"'s old entry and key` : `the registry has no entry for "${id}"`;
+  } catch {
+    return "the registry was rolled back";
+  }
+}
+
+/** Interrupted after the commit: provisioned on both sides, but not rebooted into it. */
+function notRebooted(o: ProvisionOptions): ProvisionInterrupted {
+  return new ProvisionInterrupted(`provisioning "${o.id}" interrupted after its commit: "${o.id}" is provisioned (the registry has its new key, and so has the device), but the device was not rebooted: power-cycle it to start its firmware with the new identity`, "provisioned");
 }

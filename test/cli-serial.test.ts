@@ -1,6 +1,7 @@
 // The serial side of the CLI as an operator meets it (issue 13, scope 2), through the real command in
 // a child process: `keyproxy ports`; a --port that does not exist or that another program holds; a
-// gateway whose --listen address is taken.
+// gateway whose --listen address is taken; and Ctrl-C in the middle of `flash` and `provision`, which
+// must say what the device and the registry hold and leave nothing half-written.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
@@ -9,6 +10,9 @@ import net from "node:net";
 import { join } from "node:path";
 import { EmulatedDevice } from "../emulator/device.ts";
 import { attachPty } from "../emulator/serial.ts";
+import { STAGING_FILE } from "../flash/flash.ts";
+import { CONFIG_NEW, CONFIG_OLD, JOURNAL_FILE } from "../flash/provision.ts";
+import { openStore } from "../gateway/gateway.ts";
 import { CLI } from "./support/process.ts";
 import { tempDir } from "./support/harness.ts";
 
@@ -177,3 +181,90 @@ test("keyproxy gateway --listen on an address in use: names it and the fix, exit
     taken.close();
   }
 });
+
+// ---- Ctrl-C in the middle ------------------------------------------------------------------------
+
+/** Sends SIGINT to the CLI when the device writes `file` for the `nth` time, with the device's answer
+ *  held back until the CLI has said it heard the signal. */
+function interruptAt(h: Awaited<ReturnType<typeof handset>>, cli: () => Cli | undefined, file: string, nth = 1): void {
+  let n = 0;
+  h.dev.on("storage-write", ({ name }: { name: string }) => {
+    if (name !== file || ++n !== nth) return;
+    const c = cli()!;
+    h.hold();
+    c.child.kill("SIGINT");
+    void c.stderrMatches(/interrupted; stopping after the current line/).then(() => h.release());
+  });
+}
+
+test("Ctrl-C during flash: stops after the chunk being written, says how far it got and what the device holds, exit 130", async () => {
+  const h = await handset("sigint-flash");
+  h.dev.storage.write(".bootcde", "print('old firmware')");
+  const bundle = join(tempDir("kp-bundle-"), "bundle.js");
+  writeFileSync(bundle, Array.from({ length: 100 }, (_, i) => `// line ${String(i).padStart(3, "0")} ${"x".repeat(46)}\n`).join(""));
+  assert.equal(Math.ceil(readFileSync(bundle).length / 512), 12);
+  let cli: Cli | undefined;
+  interruptAt(h, () => cli, STAGING_FILE, 3);
+  try {
+    const args = ["flash", "--port", h.pty.path, "--board", "emulator", "--bundle", bundle, "--no-reboot"];
+    cli = startCli(args);
+    const r = await cli.done;
+    assert.equal(r.code, 130, r.stderr);
+    assert.ok(r.stderr.includes(`flash interrupted after 3 of 12 chunks: the device holds a partial bundle (${STAGING_FILE}), which it will not start; its .bootcde is unchanged`), r.stderr);
+    assert.ok(r.stderr.includes(`run \`keyproxy ${args.join(" ")}\` again`), r.stderr);
+    assert.equal(h.text(".bootcde"), "print('old firmware')");
+    assert.equal(h.dev.storage.read(STAGING_FILE)?.length, readFileSync(bundle).length, "made at its full size, three chunks filled in");
+  } finally {
+    await h.stop();
+  }
+});
+
+for (const at of [
+  { step: "stage", file: CONFIG_NEW, replace: false },
+  { step: "switch", file: "kp.cfg", replace: true },
+]) {
+  test(`Ctrl-C during provision (at "${at.step}"${at.replace ? ", --replace" : ""}): rolled back on both sides, says so and what to run, exit 130`, async () => {
+    const h = await handset(`sigint-prov-${at.step}`);
+    const dataDir = tempDir("kp-reg-");
+    const id = "sig-1";
+    const oldKey = "00112233445566778899aabbccddeeff";
+    const oldCfg = JSON.stringify({ id, key: oldKey, gw: "127.0.0.1:1", life: 60 });
+    if (at.replace) {
+      h.dev.storage.write("kp.cfg", oldCfg);
+      const s = openStore(dataDir);
+      s.addDevice(id, Buffer.from(oldKey, "hex"), "emulator", 1);
+      s.close();
+    } else {
+      openStore(dataDir).close();
+    }
+    let cli: Cli | undefined;
+    interruptAt(h, () => cli, at.file);
+    try {
+      const args = ["provision", "--port", h.pty.path, "--board", "emulator", "--id", id, "--data-dir", dataDir, "--gateway", "127.0.0.1:7447", "--no-reboot", ...(at.replace ? ["--replace"] : [])];
+      cli = startCli(args);
+      const r = await cli.done;
+      assert.equal(r.code, 130, r.stderr);
+      assert.ok(r.stderr.includes(`provisioning "${id}" interrupted (Ctrl-C) at "${at.step}"`), r.stderr);
+      assert.ok(r.stderr.includes(at.replace ? `the registry keeps "${id}"'s old entry and key` : `the registry has no entry for "${id}"`), r.stderr);
+      assert.ok(r.stderr.includes("the device did not get the new key"), r.stderr);
+      assert.ok(r.stderr.includes(`run \`keyproxy ${args.join(" ")}\` again`), r.stderr);
+
+      // Nothing half-written: the registry has the old entry or none, and no committed provisioning;
+      // the device has its old kp.cfg or none, and no staging files or journal.
+      const s = openStore(dataDir);
+      try {
+        const row = s.getDevice(id);
+        if (at.replace) assert.equal(Buffer.from(row!.rootKey).toString("hex"), oldKey);
+        else assert.equal(row, undefined);
+        const provisioned = s.db.prepare("SELECT count(*) AS n FROM audit WHERE device_id = ? AND event = 'device-provisioned'").get(id) as { n: number };
+        assert.equal(provisioned.n, 0);
+      } finally {
+        s.close();
+      }
+      assert.equal(h.text("kp.cfg"), at.replace ? oldCfg : undefined);
+      for (const f of [CONFIG_NEW, CONFIG_OLD, JOURNAL_FILE]) assert.equal(h.dev.storage.read(f), undefined, `${f} is gone`);
+    } finally {
+      await h.stop();
+    }
+  });
+}
