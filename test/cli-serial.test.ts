@@ -189,12 +189,28 @@ test("keyproxy gateway --listen on an address in use: names it and the fix, exit
 function interruptAt(h: Awaited<ReturnType<typeof handset>>, cli: () => Cli | undefined, file: string, nth = 1): void {
   let n = 0;
   h.dev.on("storage-write", ({ name }: { name: string }) => {
-    if (name !== file || ++n !== nth) return;
-    const c = cli()!;
-    h.hold();
-    c.child.kill("SIGINT");
-    void c.stderrMatches(/interrupted; stopping after the current line/).then(() => h.release());
+    if (name === file && ++n === nth) interrupt(h, cli()!);
   });
+}
+
+/** The same, when the line the device is sent contains `text`. */
+function interruptAtLine(h: Awaited<ReturnType<typeof handset>>, cli: () => Cli | undefined, text: string): void {
+  const con = h.pty.console as unknown as { input: (s: string) => void };
+  const input = con.input.bind(con);
+  let seen = false;
+  con.input = (s: string) => {
+    if (!seen && s.includes(text)) {
+      seen = true;
+      interrupt(h, cli()!);
+    }
+    input(s);
+  };
+}
+
+function interrupt(h: Awaited<ReturnType<typeof handset>>, c: Cli): void {
+  h.hold();
+  c.child.kill("SIGINT");
+  void c.stderrMatches(/interrupted; stopping after the current line/).then(() => h.release());
 }
 
 test("Ctrl-C during flash: stops after the chunk being written, says how far it got and what the device holds, exit 130", async () => {
@@ -268,3 +284,28 @@ for (const at of [
     }
   });
 }
+
+test("Ctrl-C during provision after the commit: the clean-up still runs, the reboot is left out, and the message says the device is provisioned; exit 130", async () => {
+  const h = await handset("sigint-prov-cleanup");
+  const dataDir = tempDir("kp-reg-");
+  openStore(dataDir).close();
+  let cli: Cli | undefined;
+  // The clean-up's first erase: sent only once the registry has committed.
+  interruptAtLine(h, () => cli, `.erase(${JSON.stringify(CONFIG_NEW)})`);
+  try {
+    cli = startCli(["provision", "--port", h.pty.path, "--board", "emulator", "--id", "sig-2", "--data-dir", dataDir, "--gateway", "127.0.0.1:7447"]);
+    const r = await cli.done;
+    assert.equal(r.code, 130, r.stderr);
+    assert.ok(r.stderr.includes(`provisioning "sig-2" interrupted after its commit: "sig-2" is provisioned (the registry has its new key, and so has the device), but the device was not rebooted: power-cycle it`), r.stderr);
+    assert.ok(r.stderr.includes("nothing to run again"), r.stderr);
+    const s = openStore(dataDir);
+    try {
+      assert.equal(JSON.parse(h.text("kp.cfg")!).key, Buffer.from(s.getDevice("sig-2")!.rootKey).toString("hex"), "both sides have the new key");
+    } finally {
+      s.close();
+    }
+    for (const f of [CONFIG_NEW, CONFIG_OLD, JOURNAL_FILE]) assert.equal(h.dev.storage.read(f), undefined, `${f} is gone: the clean-up ran to its end`);
+  } finally {
+    await h.stop();
+  }
+});
