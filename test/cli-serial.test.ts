@@ -8,6 +8,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { mkdirSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { EmulatedDevice } from "../emulator/device.ts";
 import { attachPty } from "../emulator/serial.ts";
 import { STAGING_FILE } from "../flash/flash.ts";
@@ -146,7 +147,7 @@ test("a busy port: flash names the process that holds it (pid and command), not 
       console.log("holding");
     });
     process.stdin.on("end", () => p.close(() => process.exit(0)));
-    process.stdin.resume();`], { stdio: ["pipe", "pipe", "inherit"] });
+    process.stdin.resume();`], { stdio: ["pipe", "pipe", "inherit"], cwd: fileURLToPath(new URL("..", import.meta.url)) });
   try {
     await new Promise<void>((resolve, reject) => {
       holder.stdout!.on("data", (b) => { if (String(b).includes("holding")) resolve(); });
