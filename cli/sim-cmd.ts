@@ -23,7 +23,9 @@ with the handset's name. Stop with Ctrl-C.
   --prefix <name>        the handsets' names are <name>-1 ... <name>-n (default sim)
   --answer               every handset takes calls for --app and echoes what it gets
   --call <peer>          the first handset calls <peer> (a name here, or name@domain behind another
-                         gateway) for --app once registered, sends three messages and hangs up
+                         gateway) for --app once registered, sends three messages and hangs up;
+                         sim then exits, 0 when the call went through, 1 when it failed (the error's
+                         name is printed)
   --app <name>           the application --answer and --call use (default chat)`;
 
 export async function simCommand(argv: string[]): Promise<number> {
@@ -60,32 +62,60 @@ export async function simCommand(argv: string[]): Promise<number> {
     if (!r.ok) throw new Error(`the ${board} firmware does not build:\n${r.problems.join("\n")}`);
     bundle = r.code;
   }
+  const callerName = `${o.prefix ?? "sim"}-1`;
+  const count = positiveInt(o.count, "--count", 2);
+  // A call to another handset of this sim, which answers: wait for it to be registered before
+  // calling, and for it to see the session close before exiting.
+  const names = Array.from({ length: count }, (_, i) => `${o.prefix ?? "sim"}-${i + 1}`);
+  const localCallee = o.answer && o.call && names.includes(o.call) ? o.call : undefined;
+  let hungUp = false;
+  let callEnded: (code: number) => void = () => {};
   const sim = await startSim({
     dataDir,
     board,
     bundle,
-    count: positiveInt(o.count, "--count", 2),
+    count,
     gateway: o.gateway ? hostPort(o.gateway, "--gateway") : DEFAULT_LISTEN,
     lifetime: positiveInt(o.lifetime, "--lifetime", 3600),
     prefix: o.prefix,
-    onLog: (id, line) => console.log(forTerminal(`${id}: ${line}`)),
+    onLog: (id, line) => {
+      console.log(forTerminal(`${id}: ${line}`));
+      if (id === callerName && line.startsWith(CALL_FAILED)) callEnded(1);
+      else if (id === callerName && line.startsWith(CALL_DONE)) {
+        // A callee of this sim still has to hear the bye; one elsewhere is its own sim's business.
+        if (localCallee) hungUp = true;
+        else callEnded(0);
+      } else if (hungUp && id === localCallee && / closed: /.test(line)) callEnded(0);
+    },
   });
   let stopped = false;
+  // With --call, sim exits when the call is over: 0 once the caller hung up, 1 when it failed.
+  let exitCode = 0;
   const stop = new Promise<void>((resolve) => {
     process.once("SIGINT", () => resolve());
     process.once("SIGTERM", () => resolve());
+    callEnded = (code) => {
+      exitCode = code;
+      resolve();
+    };
   });
   // The applications are typed into the handsets' consoles, as a user would.
   if (o.answer) for (const d of sim.devices) d.eval(echoApp(app));
   if (o.call) {
     const [first] = sim.devices;
-    void whenRegistered(first, 60_000, () => stopped).then((ok) => {
+    const ready = (d: (typeof sim.devices)[number]) => whenRegistered(d, 60_000, () => stopped);
+    const callee = localCallee ? sim.devices[names.indexOf(localCallee)] : undefined;
+    void Promise.all([ready(first), callee ? ready(callee) : true]).then(([callerOk, calleeOk]) => {
+      const ok = callerOk && calleeOk;
       if (ok) first.eval(callerApp(o.call as string, app));
-      else if (!stopped) console.error(`${o.prefix ?? "sim"}-1: not registered after 60 s; not calling ${o.call}`);
+      else if (!stopped) {
+        console.error(`${callerOk ? o.call : callerName}: not registered after 60 s; not calling ${o.call}`);
+        callEnded(1);
+      }
     });
   }
   await stop;
   stopped = true;
   sim.stop();
-  return 0;
+  return exitCode;
 }

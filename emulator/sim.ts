@@ -8,6 +8,7 @@ import { join } from "node:path";
 import { getBoard } from "../boards/index.ts";
 import { openStore } from "../gateway/gateway.ts";
 import { EmulatedDevice } from "./device.ts";
+import { CLOSE_REASON_NAMES, ERROR_NAMES } from "../gateway/log/protocol-names.ts";
 
 export interface SimOptions {
   /** The gateway's data directory: sim enters its handsets in this registry. */
@@ -65,28 +66,43 @@ export async function startSim(o: SimOptions): Promise<{ devices: EmulatedDevice
   return { devices, stop: () => devices.forEach((d) => d.powerOff()) };
 }
 
+// What the demo applications print, in the names and the SPI form every keyproxy output uses
+// (gateway/log/protocol-names.ts): the tables go into the console code, so the handset prints names.
+const SPI_TEXT = `"0x" + ("0000000" + (spi >>> 0).toString(16)).slice(-8)`;
+
+/** The caller's last line when its call ended as planned, and its line when the call failed. */
+export const CALL_DONE = "demo: hung up";
+export const CALL_FAILED = "demo: call failed";
+
 /** Console code for a handset that takes calls for `app` and echoes every message back, printing
  *  "demo: ..." lines. Typed into the handset's console as a user would. */
 export function echoApp(app: string): string {
   const a = JSON.stringify(app);
   return `KP.onRequest = function (from, app) { return app === ${a}; };
 KP.onMessage = function (d, spi, peer) { print('demo: got "' + E.toString(d) + '" from ' + peer + ', echoing'); KP.send(spi, E.toUint8Array("echo: " + E.toString(d))); };
-KP.onClose = function (spi, reason) { print("demo: session closed (reason " + reason + ")"); }; 1`;
+KP.onClose = function (spi, reason) { print("demo: session " + ${SPI_TEXT} + " closed: " + (${JSON.stringify(CLOSE_REASON_NAMES)}[reason] || "reason " + reason)); }; 1`;
 }
 
 /** Console code for a handset that calls `peer` for `app`, sends `count` messages a second apart,
- *  prints what comes back and hangs up. */
+ *  prints what comes back and hangs up; a refused call prints the error's name. */
 export function callerApp(peer: string, app: string, count = 3): string {
-  return `KP.onConnect = function (spi, peer) {
-  print("demo: end-to-end session with " + peer + " up, spi " + spi.toString(16));
+  return `KP.lastCode = 0;
+var demoWait = setInterval(function () {
+  if (!KP.lastCode) return;
+  clearInterval(demoWait);
+  print("${CALL_FAILED}: " + (${JSON.stringify(ERROR_NAMES)}[KP.lastCode] || "error " + KP.lastCode));
+}, 250);
+KP.onConnect = function (spi, peer) {
+  clearInterval(demoWait);
+  print("demo: end-to-end session with " + peer + " up, spi " + ${SPI_TEXT});
   var i = 0;
   var t = setInterval(function () {
-    if (++i > ${count}) { clearInterval(t); KP.close(spi); print("demo: hung up"); return; }
+    if (++i > ${count}) { clearInterval(t); KP.close(spi); print("${CALL_DONE}"); return; }
     KP.send(spi, E.toUint8Array("hello " + i));
   }, 1000);
 };
 KP.onMessage = function (d, spi, peer) { print('demo: got "' + E.toString(d) + '" from ' + peer); };
-KP.connect(${JSON.stringify(peer)}, ${JSON.stringify(app)}); 1`;
+if (!KP.connect(${JSON.stringify(peer)}, ${JSON.stringify(app)})) { clearInterval(demoWait); print("${CALL_FAILED}: not linked, or another request is outstanding"); } 1`;
 }
 
 /** Waits until the device says it is registered (false after `ms`). */

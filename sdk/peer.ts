@@ -35,6 +35,7 @@ import { Logger } from "../gateway/log/logger.ts";
 import { matchSettings, suiteCandidates } from "../gateway/sessions/matching.ts";
 import { DEFAULT_SESSIONS } from "../gateway/sessions/session-broker.ts";
 import { checkerTrust, type CertificateChecker } from "../gateway/fleet/verifier.ts";
+import { spiText } from "../gateway/log/protocol-names.ts";
 
 export interface CapablePeerOptions {
   /** The peer's interlink (identity: its domain and the fleet's certificate for it). */
@@ -109,7 +110,7 @@ export class PeerSession {
    *  new SA at 80% of the lifetime or limit; past either, waits for the replacement (up to the
    *  confirmation timeout) and fails if none comes. */
   async send(data: Uint8Array): Promise<void> {
-    if (this.state !== "up") throw new Error(`SA ${this.spi} is ${this.state}`);
+    if (this.state !== "up") throw new Error(`SA ${spiText(this.spi)} is ${this.state}`);
     let g = this.current;
     const usedUp = () => g.link.txSeq_ >= g.terms.limit || this.owner.now() >= g.expiresAt;
     if (!this.rekeying && (g.link.txSeq_ >= g.terms.limit * REKEY_AT || this.owner.now() >= g.expiresAt - g.terms.lifetime * (1 - REKEY_AT))) {
@@ -121,9 +122,9 @@ export class PeerSession {
     }
     if (usedUp()) {
       if (this.rekeying) await this.replaced(this.owner.confirmTimeoutMs);
-      if (this.state !== "up") throw new Error(`SA ${this.spi} is ${this.state}`);
+      if (this.state !== "up") throw new Error(`SA ${spiText(this.spi)} is ${this.state}`);
       g = this.current;
-      if (usedUp()) throw new Error(`SA ${g.spi} is used up (its limit or lifetime is reached and no replacement came)`);
+      if (usedUp()) throw new Error(`SA ${spiText(g.spi)} is used up (its limit or lifetime is reached and no replacement came)`);
     }
     const frame = sealFrame(this.owner.crypto, cbor, g.link, g.spi, data);
     await this.owner.interlink.request(this.peerGateway, xm.XGW_SA, xm.frameBody(g.spi, frame));

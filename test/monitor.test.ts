@@ -328,7 +328,7 @@ test("first run: keyproxy gateway --demo boots handsets on the embedded broker a
     assert.match(mon.stdout, /^gateway\.local +online/m);
     assert.match(mon.stdout, /^sim-2 +gateway\.local +linked +registered/m);
     // Once both are registered, the handsets talk: an end-to-end session, an echo, a bye.
-    await until(() => /sim-1: hung up/.test(stdout) && /sim-2: session closed \(reason 1\)/.test(stdout), `the demo handsets talk:\n${stdout}\n${stderr}`, 30000);
+    await until(() => /sim-1: hung up/.test(stdout) && /sim-2: session 0x[0-9a-f]{8} closed: bye/.test(stdout), `the demo handsets talk:\n${stdout}\n${stderr}`, 30000);
     assert.match(stdout, /session-up sim-1 peer=sim-2 app=demo/);
     for (const i of [1, 2, 3]) assert.match(stdout, new RegExp(`sim-1: got "echo: hello ${i}" from sim-2`));
     assert.equal(stderr, "", "in the demo, the JSON log goes to the data directory, not the terminal");

@@ -21,6 +21,7 @@ import { newLink, sealFrame, type Link } from "../firmware/proto/link.ts";
 import { CloseReason, ErrorCode, Msg } from "../firmware/proto/messages.ts";
 import { AesLedger, describeReuse } from "./support/aes-ledger.ts";
 import { provision, startGateway, tempDir, until, type TestGateway } from "./support/harness.ts";
+import { spiText } from "../gateway/log/protocol-names.ts";
 import {
   frame, innerMessages, recordingCrypto, saDataFrame, saDataIn, sessionHandset, stopGateway, type SessionHandset,
 } from "./support/session-rig.ts";
@@ -375,7 +376,7 @@ test("replayed, tampered and wrong-SPI SA frames are dropped and counted, change
     const drop = r.t.events("frame dropped")[0];
     assert.match(String(drop.reason), /unknown SPI/);
     assert.equal(drop.device, "dev-a");
-    assert.equal(drop.spi, bogus);
+    assert.equal(drop.spi, spiText(bogus), "the SPI in its one printed form");
     assert.equal(r.t.gw.sessions.stats.relayDropped, relayDropped + 1);
     a.socket.write(genuine5);
     await until(() => b.inbox.includes("m5"), "the genuine m5");

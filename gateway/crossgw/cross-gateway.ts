@@ -40,6 +40,7 @@ import { saConfirmTag } from "../../firmware/proto/keys.ts";
 import { CloseReason, ErrorCode, Msg, type InnerMessage, type SaData } from "../../firmware/proto/messages.ts";
 import * as cbor from "../encoding/cbor.ts";
 import * as xm from "./messages.ts";
+import { spiText } from "../log/protocol-names.ts";
 import { decodeMsg1, decodeMsg2, decodeMsg3, decodeMsg4, encodeMsg1, encodeMsg2, encodeMsg3, encodeMsg4, ExchangeError, Initiator, Responder, SeenSessions, type ExchangeDeps, type ExchangeResult, type LocalParty } from "./exchange.ts";
 import { localDeviceId, splitDeviceName, type RevocationList } from "../fleet/fleet.ts";
 import type { SessionHook, SessionHookContext } from "../sessions/hook.ts";
@@ -135,7 +136,6 @@ function stopTimers(s: CrossSession): void {
 }
 
 const reasonOf = (e: unknown): string => (e instanceof Error ? `${e.name}: ${e.message}` : String(e));
-const hex32 = (spi: number): string => spi.toString(16).padStart(8, "0");
 
 export class CrossGateway implements SessionHook {
   readonly sessions = new Map<number, CrossSession>();
@@ -235,7 +235,7 @@ export class CrossGateway implements SessionHook {
     if (!s || s.device !== deviceId) return false;
     if (s.state === "confirming") {
       this.stats.relayDropped++;
-      this.ctx.log.warn("frame dropped", { device: deviceId, spi: m.spi, reason: "SA frame before both devices confirmed" });
+      this.ctx.log.warn("frame dropped", { device: deviceId, spi: spiText(m.spi), reason: "SA frame before both devices confirmed" });
       return true;
     }
     this.opts.interlink
@@ -243,7 +243,7 @@ export class CrossGateway implements SessionHook {
       .then(() => this.stats.relayed++)
       .catch((e: unknown) => {
         this.stats.relayDropped++;
-        this.ctx.log.warn("frame dropped", { device: deviceId, spi: m.spi, reason: `the peer gateway did not take it: ${e instanceof Error ? e.message : String(e)}` });
+        this.ctx.log.warn("frame dropped", { device: deviceId, spi: spiText(m.spi), reason: `the peer gateway did not take it: ${e instanceof Error ? e.message : String(e)}` });
       });
     return true;
   }
@@ -317,7 +317,7 @@ export class CrossGateway implements SessionHook {
         continue;
       }
       this.stats.revoked++;
-      this.ctx.log.warn("xsession-revoked", { device: s.device, peer: s.peer, spi: s.spi, reason: `${problem} (${why})` });
+      this.ctx.log.warn("xsession-revoked", { device: s.device, peer: s.peer, spi: spiText(s.spi), reason: `${problem} (${why})` });
       this.end(s, CloseReason.Revoked, problem, true);
     }
   }
@@ -418,7 +418,7 @@ export class CrossGateway implements SessionHook {
   private rekeyAsked(s: CrossSession): void {
     const { ctx } = this;
     if (s.state !== "up" || s.rekeying) {
-      ctx.log.info("xsession-rekey-ignored", { device: s.device, spi: s.spi, reason: s.state === "up" ? "a replacement is already being set up" : `the SA is ${s.state}` });
+      ctx.log.info("xsession-rekey-ignored", { device: s.device, spi: spiText(s.spi), reason: s.state === "up" ? "a replacement is already being set up" : `the SA is ${s.state}` });
       return;
     }
     s.rekeying = true;
@@ -429,7 +429,7 @@ export class CrossGateway implements SessionHook {
     // The initiating gateway runs every rekey of an SA: ask it to.
     this.opts.interlink.request(s.peerGateway, xm.XGW_REKEY, xm.rekeyBody(s.spi)).catch((e: unknown) => {
       s.rekeying = false;
-      ctx.log.warn("xsession-rekey-failed", { device: s.device, peer: s.peer, spi: s.spi, reason: `the peer gateway did not take the rekey notice: ${reasonOf(e)}` });
+      ctx.log.warn("xsession-rekey-failed", { device: s.device, peer: s.peer, spi: spiText(s.spi), reason: `the peer gateway did not take the rekey notice: ${reasonOf(e)}` });
     });
   }
 
@@ -438,7 +438,7 @@ export class CrossGateway implements SessionHook {
   private rekeyOnTime(s: CrossSession): void {
     s.rekeyTimer = null;
     if (this.sessions.get(s.spi) !== s || s.state !== "up" || s.rekeying) return;
-    this.ctx.log.info("xsession-rekey-due", { device: s.device, peer: s.peer, spi: s.spi, reason: "the SA reached its rekey point" });
+    this.ctx.log.info("xsession-rekey-due", { device: s.device, peer: s.peer, spi: spiText(s.spi), reason: "the SA reached its rekey point" });
     this.rekeyAsked(s);
   }
 
@@ -463,7 +463,7 @@ export class CrossGateway implements SessionHook {
     } catch (e) {
       s.rekeying = false;
       this.stats.failed++;
-      ctx.log.warn("xsession-rekey-failed", { device: s.device, peer: s.peer, spi: s.spi, reason: reasonOf(e) });
+      ctx.log.warn("xsession-rekey-failed", { device: s.device, peer: s.peer, spi: spiText(s.spi), reason: reasonOf(e) });
     }
   }
 
@@ -590,17 +590,17 @@ export class CrossGateway implements SessionHook {
     this.sessions.set(s.spi, s);
     s.timer = setTimeout(() => this.end(s, CloseReason.PeerGone, "the devices did not confirm their keys in time", true), ctx.settings.answerTimeoutMs);
     ctx.send(device, { t: Msg.SaInstall, rid, spi: s.spi, peer: s.peer, app: s.app, suite: s.suite, seed: r.seed, role, lifetime: terms.lifetime, limit: terms.limit, replaces: s.replaces });
-    ctx.log.info("xsession-keys-distributed", { device, peer: s.peer, app: s.app, spi: s.spi, suite: s.suite, gateway: peerGateway, replaces: s.replaces || undefined });
+    ctx.log.info("xsession-keys-distributed", { device, peer: s.peer, app: s.app, spi: spiText(s.spi), suite: s.suite, gateway: peerGateway, replaces: s.replaces ? spiText(s.replaces) : undefined });
   }
 
   private confirmLocal(s: CrossSession, tag: Uint8Array): void {
     const { ctx } = this;
     if (s.state !== "confirming" || !s.seed) {
-      ctx.log.warn("session-confirm-dropped", { device: s.device, spi: s.spi, reason: "no SA awaiting this device's confirmation" });
+      ctx.log.warn("session-confirm-dropped", { device: s.device, spi: spiText(s.spi), reason: "no SA awaiting this device's confirmation" });
       return;
     }
     if (!ctEqual(saConfirmTag(ctx.crypto, cbor, s.seed, s.spi, s.suite, s.role), tag)) {
-      ctx.log.warn("session-confirm-dropped", { device: s.device, spi: s.spi, reason: "key confirmation does not verify" });
+      ctx.log.warn("session-confirm-dropped", { device: s.device, spi: spiText(s.spi), reason: "key confirmation does not verify" });
       this.end(s, CloseReason.PeerGone, "a key confirmation did not verify", true);
       return;
     }
@@ -626,8 +626,8 @@ export class CrossGateway implements SessionHook {
     this.stats.up++;
     ctx.send(s.device, { t: Msg.Connected, spi: s.spi, replaces: s.replaces });
     const event = s.replaces ? "xsession-rekeyed" : "xsession-up";
-    ctx.log.info(event, { device: s.device, peer: s.peer, app: s.app, spi: s.spi, gateway: s.peerGateway, replaces: s.replaces || undefined });
-    ctx.store.audit(ctx.now(), s.device, s.replaces ? "session-rekeyed" : "session-up", `peer=${s.peer} app=${s.app} spi=${hex32(s.spi)} via=${s.peerGateway}`);
+    ctx.log.info(event, { device: s.device, peer: s.peer, app: s.app, spi: spiText(s.spi), gateway: s.peerGateway, replaces: s.replaces ? spiText(s.replaces) : undefined });
+    ctx.store.audit(ctx.now(), s.device, s.replaces ? "session-rekeyed" : "session-up", `peer=${s.peer} app=${s.app} spi=${spiText(s.spi)} via=${s.peerGateway}`);
     if (s.replaces) this.retire(s.replaces);
   }
 
@@ -669,8 +669,8 @@ export class CrossGateway implements SessionHook {
     if (predecessor) this.forgetRetired(predecessor);
     this.stats.ended++;
     this.ctx.send(s.device, { t: Msg.SaClosed, spi: s.spi, reason });
-    this.ctx.log.info("xsession-down", { device: s.device, peer: s.peer, app: s.app, spi: s.spi, reason: why });
-    this.ctx.store.audit(this.ctx.now(), s.device, "session-down", `peer=${s.peer} spi=${hex32(s.spi)} ${why}`);
+    this.ctx.log.info("xsession-down", { device: s.device, peer: s.peer, app: s.app, spi: spiText(s.spi), reason: why });
+    this.ctx.store.audit(this.ctx.now(), s.device, "session-down", `peer=${s.peer} spi=${spiText(s.spi)} ${why}`);
     if (notifyPeer && !this.closed) {
       const peerReason = reason === CloseReason.Bye || reason === CloseReason.Revoked ? reason : CloseReason.PeerGone;
       void this.opts.interlink.request(s.peerGateway, xm.XGW_BYE, xm.byeBody(s.spi, peerReason)).catch(() => undefined);

@@ -9,13 +9,14 @@
 //
 // Every decision is a structured event (the log records, Logger.subscribe).
 
-import { ctEqual, toHex } from "../../firmware/bytes.ts";
+import { ctEqual } from "../../firmware/bytes.ts";
 import type { SymCrypto } from "../../firmware/crypto/types.ts";
 import { REKEY_AT } from "../../firmware/handset.ts";
 import { saConfirmTag, type Codec } from "../../firmware/proto/keys.ts";
 import { CloseReason, ErrorCode, Msg, type InnerMessage, type SaData } from "../../firmware/proto/messages.ts";
 import { localDeviceId } from "../fleet/fleet.ts";
 import type { Logger } from "../log/logger.ts";
+import { spiText } from "../log/protocol-names.ts";
 import { matchSettings, suiteCandidates, DEFAULT_MATCHING, type MatchOptions } from "./matching.ts";
 import type { Policy } from "../registry/policy.ts";
 import type { Store } from "../registry/store.ts";
@@ -238,7 +239,7 @@ export class SessionBroker {
     const base = { spi: s.spi, app, suite, seed: s.seed as Uint8Array, lifetime: d.settings.lifetime, limit: d.settings.limit, replaces };
     d.send(initiator, { t: Msg.SaInstall, rid: callerRid, peer: responder, role: 0, ...base });
     d.send(responder, { t: Msg.SaInstall, rid: responderRid, peer: initiator, role: 1, ...base });
-    d.log.info("session-keys-distributed", { device: initiator, peer: responder, app, spi: s.spi, suite, replaces: replaces || undefined });
+    d.log.info("session-keys-distributed", { device: initiator, peer: responder, app, spi: spiText(s.spi), suite, replaces: replaces ? spiText(replaces) : undefined });
   }
 
   private confirm(deviceId: string, spi: number, tag: Uint8Array): void {
@@ -246,11 +247,11 @@ export class SessionBroker {
     const s = this.sessions.get(spi);
     const role = s && (s.initiator === deviceId ? 0 : s.responder === deviceId ? 1 : -1);
     if (!s || role === undefined || role < 0 || s.state !== "confirming" || !s.seed) {
-      d.log.warn("session-confirm-dropped", { device: deviceId, spi, reason: "no SA awaiting this device's confirmation" });
+      d.log.warn("session-confirm-dropped", { device: deviceId, spi: spiText(spi), reason: "no SA awaiting this device's confirmation" });
       return;
     }
     if (!ctEqual(saConfirmTag(d.crypto, d.cbor, s.seed, spi, s.suite, role), tag)) {
-      d.log.warn("session-confirm-dropped", { device: deviceId, spi, reason: "key confirmation does not verify" });
+      d.log.warn("session-confirm-dropped", { device: deviceId, spi: spiText(spi), reason: "key confirmation does not verify" });
       this.abort(s, "a key confirmation did not verify");
       return;
     }
@@ -269,8 +270,8 @@ export class SessionBroker {
     this.stats.up++;
     d.send(s.initiator, { t: Msg.Connected, spi, replaces: s.replaces });
     d.send(s.responder, { t: Msg.Connected, spi, replaces: s.replaces });
-    d.log.info(s.replaces ? "session-rekeyed" : "session-up", { device: s.initiator, peer: s.responder, app: s.app, spi, replaces: s.replaces || undefined });
-    d.store.audit(d.now(), s.initiator, s.replaces ? "session-rekeyed" : "session-up", `peer=${s.responder} app=${s.app} spi=${toHex(u32(spi))}`);
+    d.log.info(s.replaces ? "session-rekeyed" : "session-up", { device: s.initiator, peer: s.responder, app: s.app, spi: spiText(spi), replaces: s.replaces ? spiText(s.replaces) : undefined });
+    d.store.audit(d.now(), s.initiator, s.replaces ? "session-rekeyed" : "session-up", `peer=${s.responder} app=${s.app} spi=${spiText(spi)}`);
     if (s.replaces) this.retire(s.replaces);
   }
 
@@ -285,7 +286,7 @@ export class SessionBroker {
 
   private abort(s: Session, reason: string): void {
     if (!this.sessions.has(s.spi)) return;
-    this.d.log.warn("session-aborted", { device: s.initiator, peer: s.responder, spi: s.spi, reason });
+    this.d.log.warn("session-aborted", { device: s.initiator, peer: s.responder, spi: spiText(s.spi), reason });
     this.end(s, CloseReason.PeerGone, reason);
   }
 
@@ -296,11 +297,11 @@ export class SessionBroker {
     const d = this.d;
     const s = this.sessions.get(spi);
     if (!s || (s.initiator !== deviceId && s.responder !== deviceId)) {
-      d.log.warn("session-rekey-rejected", { device: deviceId, spi, reason: "no SA with this SPI for this device" });
+      d.log.warn("session-rekey-rejected", { device: deviceId, spi: spiText(spi), reason: "no SA with this SPI for this device" });
       return;
     }
     if (s.state !== "up") {
-      d.log.info("session-rekey-ignored", { device: deviceId, spi, reason: s.state === "retiring" ? "the SA was already replaced" : "the SA is not confirmed yet" });
+      d.log.info("session-rekey-ignored", { device: deviceId, spi: spiText(spi), reason: s.state === "retiring" ? "the SA was already replaced" : "the SA is not confirmed yet" });
       return;
     }
     this.replace(s);
@@ -311,7 +312,7 @@ export class SessionBroker {
   private rekeyOnTime(s: Session): void {
     s.rekeyTimer = null;
     if (this.sessions.get(s.spi) !== s || s.state !== "up") return;
-    this.d.log.info("session-rekey-due", { device: s.initiator, peer: s.responder, spi: s.spi, reason: `${REKEY_AT * 100}% of the SA's lifetime is over` });
+    this.d.log.info("session-rekey-due", { device: s.initiator, peer: s.responder, spi: spiText(s.spi), reason: `${REKEY_AT * 100}% of the SA's lifetime is over` });
     this.replace(s);
   }
 
@@ -332,7 +333,7 @@ export class SessionBroker {
   private bye(deviceId: string, spi: number): void {
     const s = this.sessions.get(spi);
     if (!s || (s.initiator !== deviceId && s.responder !== deviceId)) {
-      this.d.log.warn("session-bye-dropped", { device: deviceId, spi, reason: "no SA with this SPI for this device" });
+      this.d.log.warn("session-bye-dropped", { device: deviceId, spi: spiText(spi), reason: "no SA with this SPI for this device" });
       return;
     }
     this.end(s, CloseReason.Bye, `bye from ${deviceId}`);
@@ -345,8 +346,8 @@ export class SessionBroker {
     if (s.seed) s.seed.fill(0);
     this.stats.ended++;
     for (const dev of [s.initiator, s.responder]) this.d.send(dev, { t: Msg.SaClosed, spi: s.spi, reason });
-    this.d.log.info("session-down", { device: s.initiator, peer: s.responder, app: s.app, spi: s.spi, reason: why });
-    this.d.store.audit(this.d.now(), s.initiator, "session-down", `peer=${s.responder} spi=${toHex(u32(s.spi))} ${why}`);
+    this.d.log.info("session-down", { device: s.initiator, peer: s.responder, app: s.app, spi: spiText(s.spi), reason: why });
+    this.d.store.audit(this.d.now(), s.initiator, "session-down", `peer=${s.responder} spi=${spiText(s.spi)} ${why}`);
   }
 
   /** Ends every session of a device (deregistration, revocation, reboot, lost link). */
@@ -383,7 +384,7 @@ export class SessionBroker {
     const peer = s && (s.initiator === deviceId ? s.responder : s.responder === deviceId ? s.initiator : undefined);
     if (!s || !peer || s.state === "confirming") {
       this.stats.relayDropped++;
-      this.d.log.warn("frame dropped", { device: deviceId, spi: m.spi, reason: !s ? "SA frame for an unknown SPI" : !peer ? "SA frame from a device that is not party to the SPI" : "SA frame before both devices confirmed" });
+      this.d.log.warn("frame dropped", { device: deviceId, spi: spiText(m.spi), reason: !s ? "SA frame for an unknown SPI" : !peer ? "SA frame from a device that is not party to the SPI" : "SA frame before both devices confirmed" });
       return;
     }
     if (this.d.relay(peer, payload)) this.stats.relayed++;
@@ -406,6 +407,3 @@ function stopTimers(s: Session): void {
   s.timer = s.rekeyTimer = null;
 }
 
-function u32(n: number): Uint8Array {
-  return new Uint8Array([n >>> 24, (n >>> 16) & 255, (n >>> 8) & 255, n & 255]);
-}

@@ -1,0 +1,68 @@
+// `keyproxy sim --call` as a user runs it: it exits when its call is over (0 when the call went
+// through and was hung up, 1 when it failed), and it prints what happened by name, with SPIs in the
+// one form every keyproxy output uses (gateway/log/protocol-names.ts), not as bare codes.
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { after, before, test } from "node:test";
+import { buildFirmware } from "../flash/build.ts";
+import { tempDir } from "./support/harness.ts";
+import { CLI, startGatewayProcess, type GatewayProcess } from "./support/process.ts";
+
+let dataDir: string;
+let bundleFile: string;
+let gw: GatewayProcess;
+
+/** Runs `keyproxy <args>` as a process; its exit code and output (killed, and failed, after ms). */
+function keyproxy(args: string[], ms: number): Promise<{ code: number | null; out: string; err: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [CLI, ...args], { stdio: ["ignore", "pipe", "pipe"] });
+    let out = "";
+    let err = "";
+    child.stdout.on("data", (b: Buffer) => (out += b.toString()));
+    child.stderr.on("data", (b: Buffer) => (err += b.toString()));
+    const timer = setTimeout(() => {
+      child.kill("SIGKILL");
+      reject(new Error(`keyproxy ${args.join(" ")} still running after ${ms} ms:\n${out}\n${err}`));
+    }, ms);
+    child.on("exit", (code) => {
+      clearTimeout(timer);
+      resolve({ code, out, err });
+    });
+  });
+}
+
+before(async () => {
+  dataDir = tempDir("kp-sim-");
+  const build = await buildFirmware({ board: "puckjs" });
+  assert.ok(build.ok, "the puckjs firmware builds");
+  bundleFile = join(dataDir, "puckjs.js");
+  writeFileSync(bundleFile, build.code);
+  gw = await startGatewayProcess(dataDir);
+});
+
+after(async () => {
+  await gw?.stop();
+});
+
+const sim = (...extra: string[]) => ["sim", "--data-dir", dataDir, "--gateway", `127.0.0.1:${gw.port}`, "--bundle", bundleFile, ...extra];
+
+test("sim --call exits 0 once the call is hung up, and names the SPI and the close reason", async () => {
+  const allow = await keyproxy(["policy", "allow", "--data-dir", dataDir, "--from", "sim-1", "--to", "sim-2", "--app", "chat"], 30_000);
+  assert.equal(allow.code, 0, allow.err);
+  const r = await keyproxy(sim("--count", "2", "--answer", "--call", "sim-2", "--app", "chat"), 180_000);
+  assert.equal(r.code, 0, `${r.out}\n${r.err}`);
+  const up = r.out.match(/sim-1: demo: end-to-end session with sim-2 up, spi (\S+)/);
+  assert.ok(up, `the caller says its session is up:\n${r.out}`);
+  assert.match(up[1], /^0x[0-9a-f]{8}$/, "the SPI in its one printed form");
+  assert.match(r.out, /sim-1: demo: hung up/);
+  assert.match(r.out, new RegExp(`sim-2: demo: session ${up[1]} closed: bye`), "the callee names the reason, with the same SPI text");
+});
+
+test("sim --call exits 1 when the call is refused, and prints the error's name", async () => {
+  const r = await keyproxy(sim("--count", "1", "--prefix", "lonely", "--call", "nobody", "--app", "chat"), 180_000);
+  assert.equal(r.code, 1, `${r.out}\n${r.err}`);
+  assert.match(r.out, /lonely-1: demo: call failed: not-found/);
+  assert.doesNotMatch(r.out, /call failed: .*\b2\b/, "the name, not the code");
+});
