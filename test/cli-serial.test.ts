@@ -310,3 +310,41 @@ test("Ctrl-C during provision after the commit: the clean-up still runs, the reb
     await h.stop();
   }
 });
+
+test("a second Ctrl-C quits at once, even mid-switch: exit 130, the registry keeps nothing uncommitted, and the --recover it names settles the device", async () => {
+  const h = await handset("sigint-twice");
+  const dataDir = tempDir("kp-reg-");
+  openStore(dataDir).close();
+  let cli: Cli | undefined;
+  h.dev.on("storage-write", ({ name }: { name: string }) => {
+    if (name !== "kp.cfg" || !cli) return;
+    // The registry's transaction is open and the device has the new kp.cfg; its answer never comes.
+    const c = cli;
+    cli = undefined;
+    h.hold();
+    c.child.kill("SIGINT");
+    void c.stderrMatches(/interrupted; stopping after the current line/).then(() => c.child.kill("SIGINT"));
+  });
+  try {
+    cli = startCli(["provision", "--port", h.pty.path, "--board", "emulator", "--id", "sig-3", "--data-dir", dataDir, "--gateway", "127.0.0.1:7447", "--no-reboot"]);
+    const r = await cli.done;
+    assert.equal(r.code, 130, r.stderr);
+    const recover = `keyproxy provision --port ${h.pty.path} --board emulator --data-dir ${dataDir} --recover`;
+    assert.ok(r.stderr.includes(`quit at once; the registry holds only what was committed (SQLite drops the rest); run \`${recover}\``), r.stderr);
+    const s = openStore(dataDir);
+    try {
+      assert.equal(s.getDevice("sig-3"), undefined, "the uncommitted entry is gone with the process");
+    } finally {
+      s.close();
+    }
+    assert.ok(h.dev.storage.read(JOURNAL_FILE), "the device keeps its journal");
+    h.release();
+    const settled = await runCli(recover.split(" ").slice(1));
+    assert.equal(settled.code, 0, settled.stderr);
+    assert.match(settled.stdout, /an interrupted provisioning of sig-3 .* was undone/);
+    assert.equal(h.text("kp.cfg"), undefined);
+    for (const f of [CONFIG_NEW, CONFIG_OLD, JOURNAL_FILE]) assert.equal(h.dev.storage.read(f), undefined, `${f} is gone`);
+  } finally {
+    await h.stop();
+  }
+});
