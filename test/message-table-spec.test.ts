@@ -48,8 +48,11 @@ test("field kinds at their edges are taken", () => {
 
 test("field kinds just past their edges are refused, decoding and encoding", () => {
   const bad: [unknown[], RegExp][] = [
-    [[Msg.CertQuery, 1, ""], /bad name/],
+    [[Msg.CertQuery, 1, ""], /^msg: type 20 has a bad name$/],
     [[Msg.CertQuery, 1, "x".repeat(65)], /bad name/],
+    // Text is a string: other things with a length are not names.
+    [[Msg.CertQuery, 1, ["x"]], /bad name/],
+    [[Msg.CertQuery, 1, b(3)], /bad name/],
     [[Msg.CertQuery, 2 ** 53, "x"], /bad rid/],
     [[Msg.CertQuery, -1, "x"], /bad rid/],
     [[Msg.CertQuery, "1", "x"], /bad rid/],
@@ -67,7 +70,7 @@ test("field kinds just past their edges are refused, decoding and encoding", () 
     [[Msg.Answer, 1, 1], /bad accept/],
     [[Msg.Answer, 1, null], /bad accept/],
     [[Msg.SaConfirm, 1, 2, [1, 2]], /bad tag/],
-    [[Msg.Bye], /needs 1 fields, got 0/],
+    [[Msg.Bye], /^msg: type 39 needs 1 fields, got 0$/],
     [[Msg.Bye, 1, 2], /needs 1 fields, got 2/],
     [[Msg.JoinReject, 1], /needs 0 fields, got 1/],
   ];
@@ -82,6 +85,8 @@ test("field kinds just past their edges are refused, decoding and encoding", () 
   assert.throws(() => encodeMessage({ t: Msg.CertQuery, rid: 2 ** 53, name: "x" }), /^Error: msg: bad field rid$/);
   assert.throws(() => encodeMessage({ t: Msg.Answer, rid: 1, accept: 1 as unknown as boolean }), /^Error: msg: bad field accept$/);
   assert.throws(() => encodeMessage({ t: 77 } as unknown as Message), /^Error: msg: unknown type 77$/);
+  // ... and takes what decoding takes, up to the largest exact integer.
+  assert.deepEqual(encodeMessage({ t: Msg.CertQuery, rid: 2 ** 53 - 1, name: "x" }), [Msg.CertQuery, 2 ** 53 - 1, "x"]);
 });
 
 test("types between the groups and type values that are not numbers are unknown", () => {
