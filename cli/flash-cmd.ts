@@ -7,25 +7,33 @@ import { flashDevice, FlashInterrupted, hex, type FlashStep } from "../flash/fla
 import { parse, positiveInt, UsageError } from "./args.ts";
 import { EXIT_INTERRUPTED, onCtrlC, shellWords } from "./interrupt.ts";
 
-const HELP = `usage: keyproxy flash --port <tty> --board <id> [--bundle <file> | --app <file>] [--baud <n>] [--no-reboot]
+const HELP = `usage: keyproxy flash --port <tty> --board <id> [--bundle <file> | --app <file>]
+                      [--baud <n>] [--no-reboot]
 
-Writes the firmware into the device's Storage as .bootcde over its serial console, checks it by
-CRC-32 and reboots the device into it. The bundle is built for --board (with --app, with that
-application, as keyproxy build --app makes it) unless --bundle is given.
-The running firmware is only replaced once the new one is on the device and verified
-(docs/OPERATIONS.md).
+Writes the firmware into the device's Storage as .bootcde over its serial
+console, checks it by CRC-32 and reboots the device into it. The bundle is
+built for --board (with --app, with that application, as keyproxy build --app
+makes it) unless --bundle is given. The running firmware is only replaced once
+the new one is on the device and verified (docs/OPERATIONS.md).
 
-  --port <tty>     the serial device, e.g. /dev/ttyUSB0 (Puck.js: Serial1 on D28/D29)
-  --board <id>     ${Object.keys(BOARDS).join(", ")}; the device must report the same board
-  --bundle <file>  a bundle made by keyproxy build, with or without --app (default: build it now)
-  --app <file>     build the firmware with this application (firmware/api.ts) and flash that
-  --baud <n>       line speed (default: the board's, e.g. 9600 for Puck.js, 115200 for ESP32)
+  --port <tty>     the serial device, e.g. /dev/ttyUSB0 (Puck.js: Serial1 on
+                   D28/D29); keyproxy ports lists them
+  --board <id>     ${Object.keys(BOARDS).join(", ")}; the device must report
+                   the same board
+  --bundle <file>  a bundle made by keyproxy build, with or without --app
+                   (default: build it now)
+  --app <file>     build the firmware with this application (firmware/api.ts)
+                   and flash that
+  --baud <n>       line speed (default: the board's, e.g. 9600 for Puck.js,
+                   115200 for ESP32)
   --no-reboot      leave the device running what it runs now
 
-Ctrl-C stops at the next chunk and says what the device holds (a second Ctrl-C quits at once).
+Ctrl-C stops after the chunk being written and says what the device holds (a
+second Ctrl-C quits at once).
 
-Exit codes: 0 flashed and verified, 1 failed (the message says what the device holds; a --port that
-does not exist or is busy is one of these), 2 usage error, 130 interrupted by Ctrl-C.`;
+Exit codes: 0 flashed and verified, 1 failed (the message says what the device
+holds; a --port that does not exist or is busy is one of these), 2 usage error,
+130 interrupted by Ctrl-C.`;
 
 const STEP_TEXT: Record<FlashStep, string> = {
   connect: "connecting",

@@ -8,32 +8,44 @@ import { checkDeviceId } from "./device-cmd.ts";
 import { DEFAULT_DATA_DIR } from "./gateway-cmd.ts";
 import { EXIT_INTERRUPTED, onCtrlC, shellWords } from "./interrupt.ts";
 
-const HELP = `usage: keyproxy provision --port <tty> --id <name> [--board <id>] [--gateway <host:port>] [options]
+const HELP = `usage: keyproxy provision --port <tty> --id <name> [--board <id>]
+                          [--gateway <host:port>] [options]
        keyproxy provision --port <tty> --board <id> --recover
 
-Makes a fresh root key on this machine (CSPRNG), writes the device's configuration (kp.cfg: id, key,
-gateway, lifetime) into its Storage over the serial console and enters the device in the gateway's
-registry, as one operation: if any step fails, both are rolled back and the message says so. The key
-is never printed or logged. The device is rebooted at the end so its firmware starts with the new
-identity (flash the firmware first: keyproxy flash).
+Makes a fresh root key on this machine (CSPRNG), writes the device's
+configuration (kp.cfg: id, key, gateway, lifetime) into its Storage over the
+serial console and enters the device in the gateway's registry, as one
+operation: if any step fails, both are rolled back and the message says so.
+The key is never printed or logged. The device is rebooted at the end so its
+firmware starts with the new identity (flash the firmware first: keyproxy
+flash).
 
-  --port <tty>           the serial device, e.g. /dev/ttyUSB0
+  --port <tty>           the serial device, e.g. /dev/ttyUSB0 (keyproxy ports
+                         lists them)
   --id <name>            the device's id (letters, digits, . _ -)
-  --board <id>           ${Object.keys(BOARDS).join(", ")} (default puckjs); the device must report the same board
-  --gateway <host:port>  where TCP boards connect (default ${DEFAULT_LISTEN.host}:${DEFAULT_LISTEN.port}), written into kp.cfg
-  --lifetime <s>         registration lifetime the device asks for (default 3600)
-  --data-dir <dir>       the gateway's data directory, i.e. its registry (default ${DEFAULT_DATA_DIR})
-  --replace              re-provision an id that is already registered: its old key stops working
-  --recover              only settle a provisioning that was cut short on this device (finish or undo it)
+  --board <id>           ${Object.keys(BOARDS).join(", ")} (default puckjs);
+                         the device must report the same board
+  --gateway <host:port>  where TCP boards connect (default
+                         ${DEFAULT_LISTEN.host}:${DEFAULT_LISTEN.port}), written into kp.cfg
+  --lifetime <s>         registration lifetime the device asks for (default
+                         3600)
+  --data-dir <dir>       the gateway's data directory, i.e. its registry
+                         (default ${DEFAULT_DATA_DIR})
+  --replace              re-provision an id that is already registered: its
+                         old key stops working
+  --recover              only settle a provisioning that was cut short on this
+                         device (finish or undo it)
   --baud <n>             line speed (default: the board's)
   --no-reboot            do not reboot the device at the end
 
-Ctrl-C stops at the next step: before the commit both sides are rolled back, after it the device is
-left provisioned but not rebooted; the message says which (a second Ctrl-C quits at once).
+Ctrl-C stops at the next step: before the commit both sides are rolled back,
+after it the device is left provisioned but not rebooted; the message says
+which (a second Ctrl-C quits at once).
 
-Exit codes: 0 provisioned, 1 failed with nothing changed or everything rolled back (a --port that
-does not exist or is busy too), 2 usage error, 3 cut short in a way that needs the device reconnected
-and "keyproxy provision --recover" run, 130 interrupted by Ctrl-C.`;
+Exit codes: 0 provisioned, 1 failed with nothing changed or everything rolled
+back (a --port that does not exist or is busy too), 2 usage error, 3 cut short
+in a way that needs the device reconnected and "keyproxy provision --recover"
+run, 130 interrupted by Ctrl-C.`;
 
 export const EXIT_NEEDS_RECOVERY = 3;
 

@@ -474,14 +474,17 @@ export function formatRoom(results: BuildResult[]): string[] {
 
 const USAGE = `usage: keyproxy build [--board <id>] [--app <file>] [--out <dir>]
 
-Builds the firmware bundle of every board (${Object.keys(BOARDS).join(", ")}), checks each against the
-Espruino subset and its budget, and prints every board's size and the room each leaves for an
-application. Exits non-zero when the requested board fails or is over budget, or when any board fails
-the lint or the subset gate (with no --board: when any board fails or is over budget).
+Builds the firmware bundle of every board (${Object.keys(BOARDS).join(", ")}),
+checks each against the Espruino subset and its budget, and prints every
+board's size and the room each leaves for an application. Exits non-zero when
+the requested board fails or is over budget, or when any board fails the lint
+or the subset gate (with no --board: when any board fails or is over budget).
 
-  --board <id>   the board you are about to flash (marked in the report); with --app, the only board built
-  --app <file>   bundle this application (TypeScript or JavaScript; its default export is called with
-                 KP, firmware/api.ts) after the runtime, through the same lint, gate and budget
+  --board <id>   the board you are about to flash (marked in the report); with
+                 --app, the only board built
+  --app <file>   bundle this application (TypeScript or JavaScript; its default
+                 export is called with KP, firmware/api.ts) after the runtime,
+                 through the same lint, gate and budget
   --out <dir>    where bundles go (default: build/), one <board>.js each
   --help         this text`;
 
