@@ -109,10 +109,10 @@ export interface PortHolder {
   command: string;
 }
 
-/** The processes other than this one that have `path` open, from /proc/<pid>/fd (Linux; elsewhere,
- *  and for processes we may not look into, none). When /proc/locks names the holder of a lock on
- *  the device, only that process is returned: a pty has its other end's helper, a USB port may have
- *  ModemManager peeking, and neither is what refuses us. */
+/** Who holds `path`, other than this process (Linux; elsewhere none). When /proc/locks names the
+ *  holder of a lock on the device, that process alone: a pty has its other end's helper, a USB port
+ *  may have ModemManager peeking, and neither is what refuses us. Otherwise (a port made exclusive
+ *  with TIOCEXCL) every process with it open, from /proc/<pid>/fd, as far as we may look. */
 export function portHolders(path: string, procDir = "/proc"): PortHolder[] {
   let device: string;
   let fileId: string;
@@ -123,17 +123,23 @@ export function portHolders(path: string, procDir = "/proc"): PortHolder[] {
   } catch {
     return [];
   }
+  // /proc/locks and /proc/<pid>/comm are readable by anyone, another user's fd table is not: a lock
+  // holder is named even when we cannot see its open files.
+  const lockers = [...lockHolders(fileId, procDir)].filter((pid) => pid !== process.pid && existsSync(join(procDir, String(pid))));
+  const holders = lockers.length > 0 ? lockers : openersOf(device, procDir);
+  return holders.map((pid) => ({ pid, command: commandName(pid, procDir) }));
+}
+
+/** The processes other than this one with `device` open, as far as their fd tables are readable. */
+function openersOf(device: string, procDir: string): number[] {
   const pids = entries(procDir).filter((n) => /^\d+$/.test(n)).map(Number).filter((pid) => pid !== process.pid);
-  const openers = pids.filter((pid) => entries(join(procDir, String(pid), "fd")).some((fd) => {
+  return pids.filter((pid) => entries(join(procDir, String(pid), "fd")).some((fd) => {
     try {
       return readlinkSync(join(procDir, String(pid), "fd", fd)) === device;
     } catch {
       return false;
     }
   }));
-  const lockers = lockHolders(fileId, procDir);
-  const holders = openers.filter((pid) => lockers.has(pid));
-  return (holders.length > 0 ? holders : openers).map((pid) => ({ pid, command: commandName(pid, procDir) }));
 }
 
 /** A file as /proc/locks names it: the major and minor of its filesystem's device in hex, its inode

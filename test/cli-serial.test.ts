@@ -5,13 +5,14 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdirSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { EmulatedDevice } from "../emulator/device.ts";
 import { attachPty } from "../emulator/serial.ts";
 import { STAGING_FILE } from "../flash/flash.ts";
+import { portHolders } from "../flash/ports.ts";
 import { CONFIG_NEW, CONFIG_OLD, JOURNAL_FILE } from "../flash/provision.ts";
 import { openStore } from "../gateway/gateway.ts";
 import { CLI } from "./support/process.ts";
@@ -165,6 +166,33 @@ test("a busy port: flash names the process that holds it (pid and command), not 
     await new Promise((r) => (holder.exitCode !== null ? r(null) : holder.once("exit", r)));
     await h.stop();
   }
+});
+
+test("portHolders: the lock holder alone when /proc/locks names one that is alive, else every process with the port open (a TIOCEXCL port)", () => {
+  const dev = fakeDev();
+  const tty = join(dev, "ttyUSB0");
+  const proc = tempDir("kp-proc-");
+  const task = (pid: number, command: string, fds: string[]) => {
+    mkdirSync(join(proc, String(pid), "fd"), { recursive: true });
+    writeFileSync(join(proc, String(pid), "comm"), `${command}\n`);
+    fds.forEach((target, i) => symlinkSync(target, join(proc, String(pid), "fd", String(i + 3))));
+  };
+  task(101, "minicom", [tty]);
+  task(102, "ModemManager", ["/dev/null", tty]);
+  task(103, "bash", ["/dev/null"]);
+  writeFileSync(join(proc, "locks"), "");
+  assert.deepEqual(portHolders(join(dev, "serial", "by-id", "usb-FTDI_FT232R_USB_UART_A50285BI-if00-port0"), proc), [
+    { pid: 101, command: "minicom" },
+    { pid: 102, command: "ModemManager" },
+  ], "no lock: every opener, found through the by-id link too");
+
+  const st = statSync(tty);
+  const hex = (n: number) => n.toString(16).padStart(2, "0");
+  const id = `${hex(Math.floor(st.dev / 256) & 0xfff)}:${hex((st.dev & 0xff) | (Math.floor(st.dev / 4096) & 0xfff00))}:${st.ino}`;
+  writeFileSync(join(proc, "locks"), `1: FLOCK  ADVISORY  WRITE 999 ${id} 0 EOF\n`);
+  assert.equal(portHolders(tty, proc).length, 2, "a lock whose holder is gone is no holder");
+  writeFileSync(join(proc, "locks"), `1: FLOCK  ADVISORY  WRITE 102 ${id} 0 EOF\n2: -> FLOCK  ADVISORY  WRITE 101 ${id} 0 EOF\n`);
+  assert.deepEqual(portHolders(tty, proc), [{ pid: 102, command: "ModemManager" }], "the lock's holder, not its waiter");
 });
 
 // ---- a gateway on a taken address ----------------------------------------------------------------
