@@ -92,6 +92,17 @@ interface Pending {
 // eslint-disable-next-line no-control-regex
 const ESCAPES = /\x1b\[[0-9;]*[A-Za-z]/g;
 
+/** Signals with which an interpreter dies of its own accord (the harness only ever sends SIGKILL,
+ *  SIGTERM or Ctrl-C). */
+const CRASH_SIGNALS = new Set(["SIGSEGV", "SIGBUS", "SIGILL", "SIGABRT", "SIGFPE"]);
+let crashes = 0;
+
+/** How many interpreters of this process have crashed so far (test/support/real.ts asks whether one
+ *  crashed during a test: docs/INTERPRETER.md, "A crash of the interpreter itself"). */
+export function interpreterCrashes(): number {
+  return crashes;
+}
+
 export class RealDevice extends EventEmitter {
   readonly board: string;
   readonly dir: string;
@@ -158,6 +169,7 @@ export class RealDevice extends EventEmitter {
     child.once("exit", (code, signal) => {
       if (this.child !== child) return;
       this.child = undefined;
+      if (signal && CRASH_SIGNALS.has(signal)) crashes++;
       // In the console record, so that a test's failure shows a restart it did not ask for.
       this.lines.push(`[harness] the interpreter exited (${signal ?? `code ${code}`})${this.wanted ? "; starting it again on the same flash" : ""}`);
       if (this.echo) process.stderr.write(`${this.name}: ${this.lines[this.lines.length - 1]}\n`);
