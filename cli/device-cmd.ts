@@ -4,8 +4,8 @@ import { BOARDS, getBoard } from "../boards/index.ts";
 import type { DeviceSummary } from "../gateway/registry/store.ts";
 import { NoRegistry, openRegistry, openStore, DEFAULT_LISTEN } from "../gateway/gateway.ts";
 import type { Store } from "../gateway/registry/store.ts";
-import { DEFAULT_DATA_DIR } from "./gateway-cmd.ts";
-import { parse, UsageError } from "./args.ts";
+import { DEFAULT_DATA_DIR } from "./config.ts";
+import { parse, printJson, UsageError } from "./args.ts";
 import { forTerminal } from "../gateway/log/terminal.ts";
 
 export const ROOT_KEY_BYTES = 16;
@@ -13,16 +13,23 @@ const ID_PATTERN = /^[A-Za-z0-9._-]{1,64}$/;
 
 const HELP = `usage: keyproxy device <add|list|remove> [options]
 
-  add --id <name> --out <file> [--board <id>] [--gateway <host:port>] [--replace]
-      Makes a fresh root key (CSPRNG), enters the device in the registry and writes a provisioning
-      file (mode 0600) holding the id, the key and the gateway address. The key is never printed:
-      load the file into the device (keyproxy sim does) and then delete it.
-  list                          devices, join counters, registration expiry, and what each device
-                                reported when it registered: firmware id and variables in use
-  remove --id <name>            deletes the device, its registration and certificate
+  add --id <name> --out <file> [--board <id>] [--gateway <host:port>]
+      [--replace]
+      Makes a fresh root key (CSPRNG), enters the device in the registry and
+      writes a provisioning file (mode 0600) holding the id, the key and the
+      gateway address. The key is never printed: load the file into the device
+      (keyproxy sim does) and then delete it. --replace: a new root key for a
+      device already registered.
+  list [--json]
+      Devices, join counters, registration expiry, and what each device reported
+      when it registered: firmware id and variables in use. --json: one JSON
+      document on stdout (no keys in it).
+  remove --id <name>
+      Deletes the device, its registration and certificate.
 
-  --data-dir <dir>   the gateway's data directory (default ${DEFAULT_DATA_DIR}); list and remove need a
-                     registry there and create nothing (exit 2 when there is none)`;
+  --data-dir <dir>  the gateway's data directory (default ${DEFAULT_DATA_DIR}); list
+                    and remove need a registry there and create nothing (exit 2
+                    when there is none)`;
 
 export function checkDeviceId(id: string | undefined): string {
   if (!id) throw new UsageError("--id is required");
@@ -75,12 +82,41 @@ export function reportedState(r: DeviceSummary): string {
   return `fw=${fw} mem=${mem}${pool === undefined ? "" : `/${pool}`}`;
 }
 
+/** A board the operator named: an unknown one is their mistake (exit 2). */
+function boardId(id: string): string {
+  try {
+    return getBoard(id).id;
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+}
+
+/** One device for `device list --json`: what the registry summarises, never its root key (a
+ *  DeviceSummary holds none), times as ISO 8601, registration as the human listing words it. */
+export function deviceJson(r: DeviceSummary, now: number) {
+  const iso = (s: number | null) => (s === null ? null : new Date(s * 1000).toISOString());
+  const pool = Object.hasOwn(BOARDS, r.board) ? BOARDS[r.board].vars : null;
+  return {
+    id: r.id,
+    board: r.board,
+    createdAt: iso(r.createdAt),
+    revokedAt: iso(r.revokedAt),
+    joinCounter: r.joinCounter,
+    registration: r.revokedAt ? "revoked" : r.expiresAt === null ? "not-registered" : r.expiresAt > now ? "registered" : "expired",
+    registeredUntil: iso(r.expiresAt),
+    firmware: r.firmware,
+    memoryUsed: r.memoryUsed === 0 ? null : r.memoryUsed,
+    memoryPool: pool,
+  };
+}
+
 export async function deviceCommand(argv: string[]): Promise<number> {
   const [sub, ...rest] = argv;
-  if (!sub || sub === "--help" || sub === "-h") {
+  if (sub === "--help" || sub === "-h") {
     console.log(HELP);
-    return sub ? 0 : 2;
+    return 0;
   }
+  if (!sub) throw new UsageError("a subcommand is required: add, list or remove");
   const o = parse(rest, {
     id: { type: "string" },
     out: { type: "string" },
@@ -88,17 +124,20 @@ export async function deviceCommand(argv: string[]): Promise<number> {
     gateway: { type: "string" },
     replace: { type: "boolean" },
     "data-dir": { type: "string" },
+    json: { type: "boolean" },
     help: { type: "boolean", short: "h" },
   });
   if (o.help) {
     console.log(HELP);
     return 0;
   }
+  if (!["add", "list", "remove"].includes(sub)) throw new UsageError(`unknown subcommand "${sub}" (one of add, list, remove)`);
+  if (o.json && sub !== "list") throw new UsageError("--json is for list");
   const dataDir = o["data-dir"] ?? DEFAULT_DATA_DIR;
   if (sub === "add") {
     const id = checkDeviceId(o.id);
     if (!o.out) throw new UsageError("--out <file> is required: the provisioning file that will hold the root key");
-    const board = getBoard(o.board ?? "puckjs").id;
+    const board = boardId(o.board ?? "puckjs");
     const gw = o.gateway ?? `${DEFAULT_LISTEN.host}:${DEFAULT_LISTEN.port}`;
     addDevice(dataDir, id, board, gw, o.out, !!o.replace);
     console.log(`added ${id} (${board}) to ${dataDir}; provisioning file ${o.out} (mode 0600) holds its root key`);
@@ -109,6 +148,10 @@ export async function deviceCommand(argv: string[]): Promise<number> {
     try {
       const now = Math.floor(Date.now() / 1000);
       const rows = store.listDevices();
+      if (o.json) {
+        printJson({ dataDir, devices: rows.map((r) => deviceJson(r, now)) });
+        return 0;
+      }
       if (!rows.length) console.log(`no devices in ${dataDir}`);
       for (const r of rows) {
         const reg = r.expiresAt === null ? "not registered" : r.expiresAt > now ? `registered, ${r.expiresAt - now}s left` : "registration expired";

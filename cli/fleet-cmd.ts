@@ -15,58 +15,109 @@ import {
   REVOCATION_FILE,
 } from "../gateway/fleet/fleet.ts";
 import { HELD_LIST_FILE, publishRevocationList, revocationTopic } from "../gateway/fleet/trust.ts";
-import { parse, positiveInt, UsageError } from "./args.ts";
+import { brokerUrl, helpRows, parse, positiveInt, printJson, UsageError } from "./args.ts";
 
 export const DEFAULT_FLEET_DIR = "./keyproxy-fleet";
 
-const HELP: Record<string, string> = {
-  create: `usage: keyproxy fleet create --id <fleet-id> [--fleet-dir <dir>] [--list-days <n>]
+/** Each subcommand: its group and one line for "keyproxy fleet --help", and its own --help. */
+const SUBCOMMANDS: Record<string, { group: string; summary: string; help: string }> = {
+  create: {
+    group: "the fleet",
+    summary: "make a fleet: CA key, trust anchor, first revocation list",
+    help: `usage: keyproxy fleet create --id <fleet-id> [--fleet-dir <dir>]
+         [--list-days <n>]
 
-Creates a fleet: a CA key (Ed25519, <dir>/ca.key, mode 0600, never printed), the trust anchor
-<dir>/${FLEET_FILE} (fleet id and CA public key: give it to every gateway and verifier) and an empty
-revocation list, serial 1, valid for --list-days (default ${DEFAULT_LIST_LIFETIME / 86400}).`,
-  "issue-gateway": `usage: keyproxy fleet issue-gateway --id <gateway-id> [--fleet-dir <dir>] [--days <n>]
-         (--data-dir <gateway data dir> | --signing-key <hex> --encryption-key <hex> --out <file>)
+Creates a fleet: a CA key (Ed25519, <dir>/ca.key, mode 0600, never printed), the
+trust anchor <dir>/${FLEET_FILE} (fleet id and CA public key: give it to every
+gateway and verifier) and an empty revocation list, serial 1, valid for
+--list-days (default ${DEFAULT_LIST_LIFETIME / 86400}).`,
+  },
+  show: {
+    group: "the fleet",
+    summary: "the fleet, its revocation list and the gateways certified",
+    help: `usage: keyproxy fleet show [--fleet-dir <dir>] [--json]
+
+Prints the fleet id, the CA public key, the revocation list and the gateways
+certified. --json: the same as one JSON document on stdout (all of it public;
+the CA key is never in it).`,
+  },
+  "issue-gateway": {
+    group: "gateways",
+    summary: "certify a gateway (its id is its domain)",
+    help: `usage: keyproxy fleet issue-gateway --id <gateway-id> [--fleet-dir <dir>]
+         [--days <n>] (--data-dir <gateway data dir>
+         | --signing-key <hex> --encryption-key <hex> --out <file>)
 
 Certifies a gateway (its id is its domain) for --days (default ${DEFAULT_GATEWAY_CERT_LIFETIME / 86400}).
-  --data-dir        the gateway's data directory on this machine: its keys are made there if missing
-                    (gateway.key, gateway.x25519, mode 0600) and the certificate, the trust anchor and
-                    the current revocation list are installed beside them
-  --signing-key     the gateway's Ed25519 public key, 64 hex digits (a gateway on another machine)
+  --data-dir        the gateway's data directory on this machine: its keys are
+                    made there if missing (gateway.key, gateway.x25519, mode
+                    0600) and the certificate, the trust anchor and the current
+                    revocation list are installed beside them
+  --signing-key     the gateway's Ed25519 public key, 64 hex digits (a gateway
+                    on another machine)
   --encryption-key  the gateway's X25519 public key, 64 hex digits
-  --out             where to write the certificate (with --signing-key/--encryption-key)`,
-  "revoke-device": `usage: keyproxy fleet revoke-device (--name <name@domain> | --cert-id <hex>) [--fleet-dir <dir>] [--list-days <n>] [--mqtt <url>]
+  --out             where to write the certificate (with --signing-key and
+                    --encryption-key)`,
+  },
+  "revoke-gateway": {
+    group: "gateways",
+    summary: "revoke a gateway and every device certificate it issued",
+    help: `usage: keyproxy fleet revoke-gateway --id <gateway-id> [--fleet-dir <dir>]
+         [--list-days <n>] [--mqtt <url>]
 
-Signs the next revocation list (serial + 1) with the device added: by name (every certificate of that
-device, now and later) or by one certificate id. With --mqtt, publishes it (retained) where every
-gateway of the fleet listens: the device's home gateway refuses its joins and every gateway ends its
-sessions as soon as the list arrives (docs/FLEET.md states the bound when it does not).`,
-  "revoke-gateway": `usage: keyproxy fleet revoke-gateway --id <gateway-id> [--fleet-dir <dir>] [--list-days <n>] [--mqtt <url>]
+Signs the next revocation list (serial + 1) with the gateway added: its
+certificates and every device certificate it issued stop being good, and with
+--mqtt every gateway ends its sessions with it.`,
+  },
+  "revoke-device": {
+    group: "devices",
+    summary: "revoke a device by name, or one certificate by id",
+    help: `usage: keyproxy fleet revoke-device (--name <name@domain> | --cert-id <hex>)
+         [--fleet-dir <dir>] [--list-days <n>] [--mqtt <url>]
 
-Signs the next revocation list (serial + 1) with the gateway added: its certificates and every device
-certificate it issued stop being good, and with --mqtt every gateway ends its sessions with it.`,
-  refresh: `usage: keyproxy fleet refresh [--fleet-dir <dir>] [--list-days <n>] [--mqtt <url>]
+Signs the next revocation list (serial + 1) with the device added: by name
+(every certificate of that device, now and later) or by one certificate id.
+With --mqtt, publishes it (retained) where every gateway of the fleet listens:
+the device's home gateway refuses its joins and every gateway ends its sessions
+as soon as the list arrives (docs/FLEET.md states the bound when it does not).`,
+  },
+  refresh: {
+    group: "the revocation list",
+    summary: "sign the list again with a new next update (from cron)",
+    help: `usage: keyproxy fleet refresh [--fleet-dir <dir>] [--list-days <n>]
+         [--mqtt <url>]
 
-Signs the next revocation list (serial + 1) with the same entries and a new next-update time. Run it
-before the current list's next update (from cron, with --mqtt), or verifiers stop answering "good"
-and sessions across gateways end.`,
-  publish: `usage: keyproxy fleet publish --mqtt <url> [--fleet-dir <dir>]
+Signs the next revocation list (serial + 1) with the same entries and a new
+next-update time. Run it before the current list's next update (from cron, with
+--mqtt), or verifiers stop answering "good" and sessions across gateways end.`,
+  },
+  publish: {
+    group: "the revocation list",
+    summary: "publish the current list where every gateway listens",
+    help: `usage: keyproxy fleet publish --mqtt <url> [--fleet-dir <dir>]
 
-Publishes the current revocation list, retained, on keyproxy/v1/fleet/<fleet-id>/revocation, where
-every gateway of the fleet listens (say, after a broker lost its retained messages).`,
-  show: `usage: keyproxy fleet show [--fleet-dir <dir>]
-
-Prints the fleet id, the CA public key, the revocation list and the gateways certified.`,
+Publishes the current revocation list, retained, on
+keyproxy/v1/fleet/<fleet-id>/revocation, where every gateway of the fleet
+listens (say, after a broker lost its retained messages).`,
+  },
 };
 
-const USAGE = `usage: keyproxy fleet <create|issue-gateway|revoke-device|revoke-gateway|refresh|publish|show> [options]
+/** The subcommands that publish, and so take --mqtt (from a flag, the environment or a config file). */
+const PUBLISHING = ["revoke-device", "revoke-gateway", "refresh", "publish"];
 
-${Object.entries(HELP)
-  .map(([k, v]) => `  ${k.padEnd(15)} ${v.split("\n")[2] ?? ""}`)
-  .join("\n")}
+function usage(): string {
+  const groups = [...new Set(Object.values(SUBCOMMANDS).map((c) => c.group))];
+  const width = Math.max(...Object.keys(SUBCOMMANDS).map((n) => n.length));
+  const rows = (g: string) => Object.entries(SUBCOMMANDS).filter(([, c]) => c.group === g).map(([name, c]) => [name, c.summary] as const);
+  const sections = groups.map((g) => `${g}:\n${helpRows(rows(g), 2, width)}`);
+  return `usage: keyproxy fleet <subcommand> [options]
+
+${sections.join("\n\n")}
 
   --fleet-dir <dir>  the fleet directory (default ${DEFAULT_FLEET_DIR})
+
 Run "keyproxy fleet <subcommand> --help" for each one's options.`;
+}
 
 const OPTIONS = {
   "fleet-dir": { type: "string" },
@@ -80,6 +131,7 @@ const OPTIONS = {
   "encryption-key": { type: "string" },
   out: { type: "string" },
   mqtt: { type: "string" },
+  json: { type: "boolean" },
   help: { type: "boolean", short: "h" },
 } as const;
 
@@ -108,6 +160,29 @@ function printList(fleet: Fleet): void {
   console.log(`  revoked certificate ids: ${l.certIds.length ? l.certIds.join(", ") : "none"}`);
 }
 
+/** `fleet show --json`: everything show prints, all of it public (the CA key stays in its file). */
+function fleetJson(fleet: Fleet, dir: string, now: number) {
+  const l = fleet.currentList();
+  return {
+    fleet: fleet.fleetId,
+    fleetDir: dir,
+    caPublicKey: toHex(fleet.anchor.caPublicKey),
+    revocationList: {
+      serial: l.serial,
+      issuedAt: date(l.issuedAt),
+      nextUpdate: date(l.nextUpdate),
+      stale: now >= l.nextUpdate,
+      gateways: l.gateways,
+      devices: l.devices,
+      certIds: l.certIds,
+    },
+    gateways: fleet.issuedGateways().map((g) => {
+      const c = readGatewayCertificateUnverified(g.certificate);
+      return { id: c.sub, certId: toHex(c.cti), expires: date(c.exp), expired: now >= c.exp };
+    }),
+  };
+}
+
 async function publish(fleet: Fleet, url: string): Promise<void> {
   const list = fleet.currentList();
   try {
@@ -120,16 +195,20 @@ async function publish(fleet: Fleet, url: string): Promise<void> {
 
 export async function fleetCommand(argv: string[]): Promise<number> {
   const [sub, ...rest] = argv;
-  if (!sub || sub === "--help" || sub === "-h" || sub === "help") {
-    console.log(USAGE);
-    return sub ? 0 : 2;
-  }
-  if (!(sub in HELP)) throw new UsageError(`unknown subcommand "${sub}" (one of ${Object.keys(HELP).join(", ")})`);
-  const o = parse(rest, OPTIONS);
-  if (o.help) {
-    console.log(HELP[sub]);
+  if (sub === "--help" || sub === "-h" || sub === "help") {
+    console.log(usage());
     return 0;
   }
+  if (!sub) throw new UsageError(`a subcommand is required (one of ${Object.keys(SUBCOMMANDS).join(", ")})`);
+  if (!Object.hasOwn(SUBCOMMANDS, sub)) throw new UsageError(`unknown subcommand "${sub}" (one of ${Object.keys(SUBCOMMANDS).join(", ")})`);
+  // From the environment and config files: the fleet directory, the list's lifetime, and the broker
+  // for the subcommands that publish. Never --data-dir: here it names a gateway to install into.
+  const o = parse(rest, OPTIONS, ["fleet-dir", "list-days", ...(PUBLISHING.includes(sub) ? ["mqtt"] : [])]);
+  if (o.help) {
+    console.log(SUBCOMMANDS[sub].help);
+    return 0;
+  }
+  if (o.json && sub !== "show") throw new UsageError("--json is for show");
   const dir = o["fleet-dir"] ?? DEFAULT_FLEET_DIR;
   const listLifetime = positiveInt(o["list-days"], "--list-days", DEFAULT_LIST_LIFETIME / 86400) * 86400;
   const now = nowSeconds();
@@ -167,8 +246,8 @@ export async function fleetCommand(argv: string[]): Promise<number> {
     return 0;
   }
 
-  if (o.mqtt !== undefined && !/^(mqtts?|wss?):\/\/./.test(o.mqtt)) throw new UsageError(`--mqtt wants a broker URL such as mqtt://127.0.0.1:1883, got "${o.mqtt}"`);
-  if (o.mqtt !== undefined && !["revoke-device", "revoke-gateway", "refresh", "publish"].includes(sub)) throw new UsageError(`--mqtt is for revoke-device, revoke-gateway, refresh and publish`);
+  if (o.mqtt !== undefined) brokerUrl(o.mqtt, "--mqtt");
+  if (o.mqtt !== undefined && !PUBLISHING.includes(sub)) throw new UsageError(`--mqtt is for ${PUBLISHING.slice(0, -1).join(", ")} and ${PUBLISHING[PUBLISHING.length - 1]}`);
 
   if (sub === "publish") {
     if (!o.mqtt) throw new UsageError("--mqtt <url> is required");
@@ -198,6 +277,10 @@ export async function fleetCommand(argv: string[]): Promise<number> {
 
   // show
   const fleet = openFleet(dir);
+  if (o.json) {
+    printJson(fleetJson(fleet, dir, now));
+    return 0;
+  }
   console.log(`fleet "${fleet.fleetId}" in ${dir}`);
   console.log(`  CA public key ${toHex(fleet.anchor.caPublicKey)}`);
   printList(fleet);

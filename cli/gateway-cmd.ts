@@ -9,66 +9,60 @@ import { Logger } from "../gateway/log/logger.ts";
 import { LIFETIME_CEILING } from "../gateway/registry/registrar.ts";
 import { DEFAULT_LINK_LIMITS as LIMITS, type LinkLimits } from "../gateway/link/limits.ts";
 import type { MqttOptions } from "../gateway/monitor/monitor.ts";
-import { hostPort, parse, positiveInt, UsageError } from "./args.ts";
+import { brokerUrl, helpRows, hostPort, parse, positiveInt, UsageError } from "./args.ts";
+import { DEFAULT_DATA_DIR } from "./config.ts";
 import { describeEvent } from "./monitor-cmd.ts";
 import { forTerminal } from "../gateway/log/terminal.ts";
 import type { EmulatedDevice } from "../emulator/device.ts";
 
-export const DEFAULT_DATA_DIR = "./keyproxy-data";
+// Defined with the config files, which look for keyproxy.json there; exported here as before.
+export { DEFAULT_DATA_DIR };
 
-const HELP = `usage: keyproxy gateway [--data-dir <dir>] [--listen <host:port>] [--id <domain>] [--max-lifetime <s>] [--min-lifetime <s>]
-                        [--mqtt <url> | --mqtt-listen <host:port> | --no-mqtt] [--metrics <s>] [--no-fleet]
-                        [--sa-lifetime <s>] [--sa-limit <n>] [--recheck <s>] [--verifier <id>] [--demo <n>]
-                        [--join-deadline <s>] [--unjoined-idle <s>] [--max-connections <n>] [--max-unjoined <n>]
-                        [--max-unjoined-per-source <n>] [--limit-loopback] [--max-bad-frames <n>] [--join-failures <n>]
-                        [--join-backoff-max <s>]
+const HELP = `usage: keyproxy gateway [options]
 
-Runs a gateway on embedded defaults: the registry is a SQLite file under the data directory
-(default ${DEFAULT_DATA_DIR}, created owner-only), devices connect on --listen
-(default ${DEFAULT_LISTEN.host}:${DEFAULT_LISTEN.port}), and it publishes its monitoring (docs/MONITORING.md) to an
-embedded MQTT broker on ${DEFAULT_BROKER_LISTEN.host}:${DEFAULT_BROKER_LISTEN.port} (or, if a broker is already there, to that one).
-Over the same broker it reaches the other gateways of its fleet, for sessions across gateways
-(docs/FLEET.md): its certificate and the fleet's trust anchor come from "keyproxy fleet issue-gateway
---data-dir"; a gateway with none makes a development fleet of its own and says so loudly.
-One gateway at a time on a data directory, and one per --id on a broker: a second is refused.
-Logs are JSON lines on stderr. Stop with Ctrl-C.
+Runs a gateway on embedded defaults: the registry is a SQLite file under the
+data directory (default ${DEFAULT_DATA_DIR}, created owner-only), devices
+connect on --listen (default ${DEFAULT_LISTEN.host}:${DEFAULT_LISTEN.port}), and it publishes its monitoring
+(docs/MONITORING.md) to an embedded MQTT broker on ${DEFAULT_BROKER_LISTEN.host}:${DEFAULT_BROKER_LISTEN.port} (or, if
+a broker is already there, to that one). Over the same broker it reaches the
+other gateways of its fleet, for sessions across gateways (docs/FLEET.md): its
+certificate and the fleet's trust anchor come from "keyproxy fleet
+issue-gateway --data-dir"; a gateway with none makes a development fleet of its
+own and says so loudly. One gateway at a time on a data directory, and one per
+--id on a broker: a second is refused. Logs are JSON lines on stderr. Stop with
+Ctrl-C.
 
-  --data-dir <dir>         where the registry and the gateway's keys and certificate live
-  --listen <host:port>     device link address (port 0: any free port)
-  --id <domain>            the gateway's name: its domain, so its devices are name@<domain> across the fleet
-                           (default: kept from the last run, else gateway.local)
-  --max-lifetime <s>       longest registration granted, seconds (default 86400, at most 1728000: 20 days)
-  --min-lifetime <s>       shortest registration granted, seconds (default 60)
-  --mqtt <url>             publish monitoring to this broker (e.g. mqtt://127.0.0.1:1883) instead of an embedded one
-  --mqtt-listen <host:port> the embedded broker's address (port 0: any free port)
-  --no-mqtt                no monitoring, no broker
-  --metrics <s>            seconds between metrics messages (default 10)
-  --no-fleet               no sessions across gateways: devices reach only devices of this gateway
-  --sa-lifetime <s>        lifetime of a session's keys, seconds (default ${DEFAULT_SESSIONS.lifetime}); devices rekey at 80%
-  --sa-limit <n>           messages per direction before a session's keys must be replaced (default ${DEFAULT_SESSIONS.limit})
-  --recheck <s>            how often every session across gateways is judged again against the fleet's
-                           revocation list, seconds (default ${DEFAULT_RECHECK_MS / 1000})
-  --verifier <id>          ask the fleet's verifier running on its own ("keyproxy verifier --id <id>") about
-                           remote certificates, instead of the one in this gateway
-  --demo <n>               also boot n emulated Puck.js handsets (the real firmware bundle) against this
-                           gateway and print what happens in plain words; the JSON log goes to <data-dir>/gateway.log
+${helpRows([
+  ["--data-dir <dir>", "where the registry and the gateway's keys and certificate live"],
+  ["--listen <host:port>", "device link address (port 0: any free port)"],
+  ["--id <domain>", "the gateway's name: its domain, so its devices are name@<domain> across the fleet (default: kept from the last run, else gateway.local)"],
+  ["--max-lifetime <s>", `longest registration granted, seconds (default 86400, at most ${LIFETIME_CEILING}: 20 days)`],
+  ["--min-lifetime <s>", "shortest registration granted, seconds (default 60)"],
+  ["--mqtt <url>", "publish monitoring to this broker (e.g. mqtt://127.0.0.1:1883) instead of an embedded one"],
+  ["--mqtt-listen <host:port>", "the embedded broker's address (port 0: any free port)"],
+  ["--no-mqtt", "no monitoring, no broker"],
+  ["--metrics <s>", "seconds between metrics messages (default 10)"],
+  ["--no-fleet", "no sessions across gateways: devices reach only devices of this gateway"],
+  ["--sa-lifetime <s>", `lifetime of a session's keys, seconds (default ${DEFAULT_SESSIONS.lifetime}); devices rekey at 80%`],
+  ["--sa-limit <n>", `messages per direction before a session's keys must be replaced (default ${DEFAULT_SESSIONS.limit})`],
+  ["--recheck <s>", `how often every session across gateways is judged again against the fleet's revocation list, seconds (default ${DEFAULT_RECHECK_MS / 1000})`],
+  ["--verifier <id>", 'ask the fleet\'s verifier running on its own ("keyproxy verifier --id <id>") about remote certificates, instead of the one in this gateway'],
+  ["--demo <n>", "also boot n emulated Puck.js handsets (the real firmware bundle) against this gateway and print what happens in plain words; the JSON log goes to <data-dir>/gateway.log"],
+])}
 
-Limits on the device port, for whoever can reach it (docs/OPERATIONS.md, "Limits"):
-  --join-deadline <s>      a connection must have joined this long after it opened (default ${LIMITS.joinDeadlineMs / 1000})
-  --unjoined-idle <s>      a connection that has not joined and sends nothing this long is closed (default ${LIMITS.unjoinedIdleMs / 1000})
-  --max-connections <n>    connections at once, joined or not (default ${LIMITS.maxConnections}); held under what
-                           ulimit -n leaves, with a warning
-  --max-unjoined <n>       connections at once that have not joined yet (default ${LIMITS.maxUnjoined}); when full,
-                           the oldest of them is closed to make room for a new one
-  --max-unjoined-per-source <n>  of those, from one IPv4 address or IPv6 /64 (default ${LIMITS.maxUnjoinedPerSource}); joined
-                           connections do not count, so many devices behind one NAT are fine
-  --limit-loopback         hold connections from this machine to --max-unjoined-per-source too (by default a
-                           BLE bridge or simulator on the gateway may bring any number of handsets at once)
-  --max-bad-frames <n>     malformed, unauthenticated or bad-CRC frames and rejected joins one connection may
-                           send; the next closes it (default ${LIMITS.maxBadFrames})
-  --join-failures <n>      failed joins naming one device from one source before that source waits to try
-                           that device again (default ${LIMITS.joinFailuresBeforeBackoff}); the wait starts at ${LIMITS.joinBackoffBaseMs / 1000} s and doubles
-  --join-backoff-max <s>   the longest such wait (default ${LIMITS.joinBackoffMaxMs / 1000})`;
+Limits on the device port, for whoever can reach it (docs/OPERATIONS.md,
+"Limits"):
+${helpRows([
+  ["--join-deadline <s>", `a connection must have joined this long after it opened (default ${LIMITS.joinDeadlineMs / 1000})`],
+  ["--unjoined-idle <s>", `a connection that has not joined and sends nothing this long is closed (default ${LIMITS.unjoinedIdleMs / 1000})`],
+  ["--max-connections <n>", `connections at once, joined or not (default ${LIMITS.maxConnections}); held under what ulimit -n leaves, with a warning`],
+  ["--max-unjoined <n>", `connections at once that have not joined yet (default ${LIMITS.maxUnjoined}); when full, the oldest of them is closed to make room for a new one`],
+  ["--max-unjoined-per-source <n>", `of those, from one IPv4 address or IPv6 /64 (default ${LIMITS.maxUnjoinedPerSource}); joined connections do not count, so many devices behind one NAT are fine`],
+  ["--limit-loopback", "hold connections from this machine to --max-unjoined-per-source too (by default a BLE bridge or simulator on the gateway may bring any number of handsets at once)"],
+  ["--max-bad-frames <n>", `malformed, unauthenticated or bad-CRC frames and rejected joins one connection may send; the next closes it (default ${LIMITS.maxBadFrames})`],
+  ["--join-failures <n>", `failed joins naming one device from one source before that source waits to try that device again (default ${LIMITS.joinFailuresBeforeBackoff}); the wait starts at ${LIMITS.joinBackoffBaseMs / 1000} s and doubles`],
+  ["--join-backoff-max <s>", `the longest such wait (default ${LIMITS.joinBackoffMaxMs / 1000})`],
+])}`;
 
 /** The limit flags' values, as GatewayOptions.limits: only those given (the rest keep their defaults). */
 export function linkLimitsFromFlags(o: Record<string, string | boolean | undefined>): Partial<LinkLimits> {
@@ -123,12 +117,12 @@ export async function gatewayCommand(argv: string[]): Promise<number> {
     return 0;
   }
   const policy = { maxLifetime: positiveInt(o["max-lifetime"], "--max-lifetime", 86400), minLifetime: positiveInt(o["min-lifetime"], "--min-lifetime", 60) };
-  if (policy.minLifetime > policy.maxLifetime) throw new Error("--min-lifetime is above --max-lifetime");
+  if (policy.minLifetime > policy.maxLifetime) throw new UsageError("--min-lifetime is above --max-lifetime");
   if (policy.maxLifetime > LIFETIME_CEILING) throw new UsageError(`--max-lifetime is at most ${LIFETIME_CEILING} s (20 days): devices renew with timers, which cannot run longer`);
   if ([o.mqtt !== undefined, o["mqtt-listen"] !== undefined, o["no-mqtt"] === true].filter(Boolean).length > 1) {
     throw new UsageError("--mqtt, --mqtt-listen and --no-mqtt exclude each other");
   }
-  if (o.mqtt !== undefined && !/^(mqtts?|wss?):\/\/./.test(o.mqtt)) throw new UsageError(`--mqtt wants a broker URL such as mqtt://127.0.0.1:1883, got "${o.mqtt}"`);
+  if (o.mqtt !== undefined) brokerUrl(o.mqtt, "--mqtt");
   const metricsSeconds = positiveInt(o.metrics, "--metrics", 10);
   const mqtt: MqttOptions | undefined = o["no-mqtt"]
     ? undefined

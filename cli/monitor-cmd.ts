@@ -9,17 +9,19 @@ import { connect, type MqttClient } from "mqtt";
 import { parseTopic, redactUrl, topics, type DeviceState, type GatewayStatus, type Metrics } from "../gateway/monitor/monitor.ts";
 import { DEFAULT_BROKER_LISTEN } from "../gateway/monitor/embedded-broker.ts";
 import { forTerminal } from "../gateway/log/terminal.ts";
-import { parse, positiveInt, UsageError } from "./args.ts";
+import { brokerUrl, parse, positiveInt, UsageError } from "./args.ts";
 
 export const DEFAULT_MQTT_URL = `mqtt://${DEFAULT_BROKER_LISTEN.host}:${DEFAULT_BROKER_LISTEN.port}`;
 
 const HELP = `usage: keyproxy monitor [--mqtt <url>] [--once] [--for <s>] [--events <n>]
 
-Shows the fleet as its gateways publish it over MQTT (topics keyproxy/v1/#): every gateway's status,
-every handset's state, recent events. On a terminal the table is redrawn in place; otherwise each
-change is printed as a line. Stop with Ctrl-C.
+Shows the fleet as its gateways publish it over MQTT (topics keyproxy/v1/#):
+every gateway's status, every handset's state, recent events. On a terminal the
+table is redrawn in place; otherwise each change is printed as a line. Stop
+with Ctrl-C.
 
-  --mqtt <url>   the broker (default ${DEFAULT_MQTT_URL}, where "keyproxy gateway" starts its embedded one)
+  --mqtt <url>   the broker (default ${DEFAULT_MQTT_URL}, where
+                 "keyproxy gateway" starts its embedded one)
   --once         print the retained state once and exit
   --for <s>      run for s seconds, then print the table and exit
   --events <n>   recent events kept in the table (default 8)`;
@@ -193,7 +195,7 @@ export async function monitorCommand(argv: string[]): Promise<number> {
     return 0;
   }
   if (o.once && o.for) throw new UsageError("--once and --for exclude each other");
-  const url = o.mqtt ?? DEFAULT_MQTT_URL;
+  const url = brokerUrl(o.mqtt ?? DEFAULT_MQTT_URL, "--mqtt");
   const seconds = o.for === undefined ? undefined : positiveInt(o.for, "--for", 1);
   const view = new FleetView(positiveInt(o.events, "--events", 8));
   const tty = process.stdout.isTTY === true && !o.once;

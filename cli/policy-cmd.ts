@@ -1,33 +1,47 @@
 import { openStore } from "../gateway/gateway.ts";
 import { Policy, type Action } from "../gateway/registry/policy.ts";
-import { DEFAULT_DATA_DIR } from "./gateway-cmd.ts";
+import { DEFAULT_DATA_DIR } from "./config.ts";
 import { existingRegistry } from "./device-cmd.ts";
-import { parse, UsageError } from "./args.ts";
+import { parse, printJson, UsageError } from "./args.ts";
+import { forTerminal } from "../gateway/log/terminal.ts";
 
 const HELP = `usage: keyproxy policy <command> [options] [--data-dir <dir>]
 
-Who may talk to whom. Every connection and certificate request is checked; a matching deny beats a
-matching allow, and with no matching rule the default decides (deny unless set otherwise). A denied
-request gets exactly the answer an unknown name gets.
+Who may talk to whom. Every connection and certificate request is checked; a
+matching deny beats a matching allow, and with no matching rule the default
+decides (deny unless set otherwise). A denied request gets exactly the answer an
+unknown name gets.
 
-  allow --from <who> --to <who> [--app <name>]   add an allow rule (who: device id, name@domain,
-                                                 *@domain, group:<name> or *)
-  deny  --from <who> --to <who> [--app <name>]   add a deny rule (--app defaults to *)
-  list                                           the rules and the default
-  remove --id <n>                                delete a rule
-  default <allow|deny>                           what happens when no rule matches
-  group add --device <id> --group <name>         put a device in a group
+  allow --from <who> --to <who> [--app <name>]
+                          add an allow rule; who: a device id, name@domain,
+                          *@domain, group:<name> or *. Without --app it allows
+                          every application (and says so on stderr)
+  deny --from <who> --to <who> [--app <name>]
+                          add a deny rule (--app defaults to *)
+  list [--json]           the rules and the default (--json: one JSON document)
+  remove --id <n>         delete a rule
+  default <allow|deny>    what happens when no rule matches
+  group add --device <id> --group <name>
+                          put a device in a group
   group remove --device <id> --group <name>
+                          take a device out of a group
 
-  --data-dir <dir>   the gateway's data directory (default ${DEFAULT_DATA_DIR}); changes apply to the
-                     next request, no restart needed; list needs a registry there and creates nothing`;
+  --data-dir <dir>  the gateway's data directory (default ${DEFAULT_DATA_DIR});
+                    changes apply to the next request, no restart needed; list
+                    needs a registry there and creates nothing`;
+
+/** The warning for an allow rule without --app: it lets the two sides run any application at all. */
+export function everyAppWarning(from: string, to: string): string {
+  return `keyproxy policy: warning: this rule allows every application from ${from} to ${to}; narrow it with --app <name>`;
+}
 
 export async function policyCommand(argv: string[]): Promise<number> {
   const [sub, ...rest] = argv;
-  if (!sub || sub === "--help" || sub === "-h") {
+  if (sub === "--help" || sub === "-h") {
     console.log(HELP);
-    return sub ? 0 : 2;
+    return 0;
   }
+  if (!sub) throw new UsageError("a command is required: allow, deny, list, remove, default or group");
   const groupSub = sub === "group" ? rest.shift() : undefined;
   const positional = sub === "default" ? rest.shift() : undefined;
   const o = parse(rest, {
@@ -38,6 +52,7 @@ export async function policyCommand(argv: string[]): Promise<number> {
     device: { type: "string" },
     group: { type: "string" },
     "data-dir": { type: "string" },
+    json: { type: "boolean" },
     help: { type: "boolean", short: "h" },
   });
   if (o.help) {
@@ -45,6 +60,7 @@ export async function policyCommand(argv: string[]): Promise<number> {
     return 0;
   }
   if (!["allow", "deny", "list", "remove", "default", "group"].includes(sub)) throw new UsageError(`unknown subcommand "${sub}"`);
+  if (o.json && sub !== "list") throw new UsageError("--json is for list");
   const dataDir = o["data-dir"] ?? DEFAULT_DATA_DIR;
   // Only list is read-only. The others may make the registry: rules are set before a gateway's first
   // run (after "keyproxy fleet issue-gateway --data-dir"), as the README shows.
@@ -55,6 +71,10 @@ export async function policyCommand(argv: string[]): Promise<number> {
       if (!o.from || !o.to) throw new UsageError("--from and --to are required");
       const id = policy.add(o.from, o.to, o.app ?? "*", sub as Action);
       console.log(`rule ${id}: ${sub} ${o.from} -> ${o.to} app ${o.app ?? "*"}`);
+      // After the rule is in: the names are checked by then, and the rule is what the operator asked for.
+      if (sub === "allow" && o.app === undefined) console.error(forTerminal(everyAppWarning(o.from, o.to)));
+    } else if (sub === "list" && o.json) {
+      printJson({ dataDir, default: policy.defaultAction, rules: policy.rules().map((r) => ({ id: r.id, action: r.action, from: r.subject, to: r.object, app: r.app })) });
     } else if (sub === "list") {
       console.log(`default: ${policy.defaultAction}`);
       for (const r of policy.rules()) console.log(`${String(r.id).padStart(4)}  ${r.action.padEnd(5)} ${r.subject} -> ${r.object}  app ${r.app}`);

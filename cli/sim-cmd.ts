@@ -1,32 +1,36 @@
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
+import { BOARDS } from "../boards/index.ts";
 import { buildFirmware } from "../flash/build.ts";
 import { DEFAULT_LISTEN } from "../gateway/gateway.ts";
 import { callerApp, echoApp, startSim, whenRegistered } from "../emulator/sim.ts";
-import { DEFAULT_DATA_DIR } from "./gateway-cmd.ts";
-import { hostPort, parse, positiveInt, UsageError } from "./args.ts";
+import { DEFAULT_DATA_DIR } from "./config.ts";
+import { helpRows, hostPort, parse, positiveInt, UsageError } from "./args.ts";
 import { forTerminal } from "../gateway/log/terminal.ts";
 
-const HELP = `usage: keyproxy sim [--count <n>] [--board <id>] [--gateway <host:port>] [--data-dir <dir>] [--bundle <file>] [--lifetime <s>]
-                    [--prefix <name>] [--answer] [--call <name[@domain]>] [--app <name>]
+const HELP = `usage: keyproxy sim [--count <n>] [--board <id>] [--gateway <host:port>]
+                    [--data-dir <dir>] [--bundle <file>] [--lifetime <s>]
+                    [--prefix <name>] [--answer] [--call <name[@domain]>]
+                    [--app <name>]
 
-Boots n emulated handsets running the real firmware bundle (built for --board unless --bundle is
-given) against a gateway, provisioning each one (sim-1 ... sim-n) into the gateway's registry in
---data-dir and into its own emulated Storage under <data-dir>/sim/. Their console lines are printed
-with the handset's name. Stop with Ctrl-C.
+Boots n emulated handsets running the real firmware bundle (built for --board
+unless --bundle is given) against a gateway, provisioning each one (sim-1 ...
+sim-n) into the gateway's registry in --data-dir and into its own emulated
+Storage under <data-dir>/sim/. Their console lines are printed with the
+handset's name. Stop with Ctrl-C.
 
-  --count <n>            handsets (default 2)
-  --board <id>           puckjs, banglejs2, esp32 or emulator (default puckjs)
-  --gateway <host:port>  the gateway's device link (default ${DEFAULT_LISTEN.host}:${DEFAULT_LISTEN.port})
-  --data-dir <dir>       the gateway's data directory (default ${DEFAULT_DATA_DIR})
-  --lifetime <s>         registration lifetime each handset asks for (default 3600)
-  --prefix <name>        the handsets' names are <name>-1 ... <name>-n (default sim)
-  --answer               every handset takes calls for --app and echoes what it gets
-  --call <peer>          the first handset calls <peer> (a name here, or name@domain behind another
-                         gateway) for --app once registered, sends three messages and hangs up;
-                         sim then exits, 0 when the call went through, 1 when it failed (the error's
-                         name is printed)
-  --app <name>           the application --answer and --call use (default chat)`;
+${helpRows([
+  ["--count <n>", "handsets (default 2)"],
+  ["--board <id>", `${Object.keys(BOARDS).join(", ")} (default puckjs)`],
+  ["--gateway <host:port>", `the gateway's device link (default ${DEFAULT_LISTEN.host}:${DEFAULT_LISTEN.port})`],
+  ["--data-dir <dir>", `the gateway's data directory (default ${DEFAULT_DATA_DIR})`],
+  ["--bundle <file>", "a bundle made by keyproxy build (default: build it now)"],
+  ["--lifetime <s>", "registration lifetime each handset asks for (default 3600)"],
+  ["--prefix <name>", "the handsets' names are <name>-1 ... <name>-n (default sim)"],
+  ["--answer", "every handset takes calls for --app and echoes what it gets"],
+  ["--call <peer>", "the first handset calls <peer> (a name here, or name@domain behind another gateway) for --app once registered, sends three messages and hangs up; sim then exits, 0 when the call went through, 1 when it failed (the error's name is printed)"],
+  ["--app <name>", "the application --answer and --call use (default chat)"],
+])}`;
 
 export async function simCommand(argv: string[]): Promise<number> {
   const o = parse(argv, {
@@ -47,6 +51,8 @@ export async function simCommand(argv: string[]): Promise<number> {
     return 0;
   }
   const board = o.board ?? "puckjs";
+  // An unknown board is the operator's mistake (exit 2), not a firmware that fails to build.
+  if (!Object.hasOwn(BOARDS, board)) throw new UsageError(`unknown board "${board}"; known boards: ${Object.keys(BOARDS).join(", ")}`);
   const app = o.app ?? "chat";
   if (!/^[A-Za-z0-9._-]{1,64}$/.test(app)) throw new UsageError(`--app wants an application name (letters, digits, . _ -), got "${app}"`);
   if (o.prefix !== undefined && !/^[A-Za-z0-9._-]{1,40}$/.test(o.prefix)) throw new UsageError(`--prefix wants a short name (letters, digits, . _ -), got "${o.prefix}"`);

@@ -2,19 +2,22 @@
 import { Logger } from "../gateway/log/logger.ts";
 import { isGatewayId } from "../gateway/fleet/fleet.ts";
 import { startVerifierService } from "../gateway/fleet/verifier-service.ts";
-import { parse, UsageError } from "./args.ts";
+import { brokerUrl, parse, UsageError } from "./args.ts";
 
 const HELP = `usage: keyproxy verifier --id <verifier-id> --data-dir <dir> --mqtt <url>
 
-Runs the fleet's verifier on its own: it answers "is this certificate good now?" (validity, chain to
-the fleet CA, the fleet's revocation list) over the interlink, with answers signed by its certified
-key, for gateways started with --verifier <verifier-id>. Set it up like a gateway:
-"keyproxy fleet issue-gateway --id <verifier-id> --data-dir <dir>". It takes every newer revocation
-list from the broker. Logs are JSON lines on stderr. Stop with Ctrl-C.
+Runs the fleet's verifier on its own: it answers "is this certificate good
+now?" (validity, chain to the fleet CA, the fleet's revocation list) over the
+interlink, with answers signed by its certified key, for gateways started with
+--verifier <verifier-id>. Set it up like a gateway: "keyproxy fleet
+issue-gateway --id <verifier-id> --data-dir <dir>". It takes every newer
+revocation list from the broker. Logs are JSON lines on stderr. Stop with
+Ctrl-C.
 
-  --id <verifier-id>   the id its certificate names
-  --data-dir <dir>     its keys, certificate, trust anchor and the newest revocation list
-  --mqtt <url>         the fleet's broker, e.g. mqtt://127.0.0.1:1883`;
+  --id <verifier-id>  the id its certificate names
+  --data-dir <dir>    its keys, certificate, trust anchor and the newest
+                      revocation list
+  --mqtt <url>        the fleet's broker, e.g. mqtt://127.0.0.1:1883`;
 
 export async function verifierCommand(argv: string[]): Promise<number> {
   const o = parse(argv, {
@@ -29,7 +32,8 @@ export async function verifierCommand(argv: string[]): Promise<number> {
   }
   if (!o.id || !isGatewayId(o.id)) throw new UsageError("--id <verifier-id> is required, a domain name (letters, digits, - _ and dots)");
   if (!o["data-dir"]) throw new UsageError("--data-dir <dir> is required");
-  if (!o.mqtt || !/^(mqtts?|wss?):\/\/./.test(o.mqtt)) throw new UsageError("--mqtt <url> is required, a broker URL such as mqtt://127.0.0.1:1883");
+  if (!o.mqtt) throw new UsageError("--mqtt <url> is required, a broker URL such as mqtt://127.0.0.1:1883");
+  brokerUrl(o.mqtt, "--mqtt");
   const stopRequested = new Promise<void>((resolve) => {
     process.once("SIGINT", () => resolve());
     process.once("SIGTERM", () => resolve());
