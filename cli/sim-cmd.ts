@@ -3,7 +3,7 @@ import { join } from "node:path";
 import { BOARDS } from "../boards/index.ts";
 import { buildFirmware } from "../flash/build.ts";
 import { DEFAULT_LISTEN } from "../gateway/gateway.ts";
-import { callerApp, echoApp, startSim, whenRegistered } from "../emulator/sim.ts";
+import { CALL_DONE, CALL_FAILED, callerApp, echoApp, startSim, whenRegistered } from "../emulator/sim.ts";
 import { DEFAULT_DATA_DIR } from "./config.ts";
 import { helpRows, hostPort, parse, positiveInt, UsageError } from "./args.ts";
 import { forTerminal } from "../gateway/log/terminal.ts";
