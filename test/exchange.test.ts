@@ -7,10 +7,11 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createCipheriv, createDecipheriv, createHash, createHmac, createPublicKey, diffieHellman, generateKeyPairSync, type KeyObject } from "node:crypto";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import fc from "fast-check";
+import { ml_kem768 } from "@noble/post-quantum/ml-kem.js";
 import { toHex } from "../firmware/bytes.ts";
 import { SUITE_AES_CCM_16_64_128, SUITE_XSALSA20_POLY1305 } from "../firmware/crypto/types.ts";
 import { decode, encode } from "../gateway/encoding/cbor.ts";
@@ -32,6 +33,7 @@ import {
   type Ephemeral,
   type ExchangeErrorCode,
   type ExchangeResult,
+  type KeyAgreementPolicy,
   type LocalCallee,
   type LocalParty,
   type Msg1,
@@ -112,8 +114,8 @@ function deps(w: World): ResponderDeps {
   };
 }
 
-function start(w: World, options: { replaces?: number; ephemeral?: Ephemeral } = {}): Initiator {
-  return new Initiator(deps(w), w.alice, "bob@b.example", "chat", [[AES, 1], [XS, 2]], options);
+function start(w: World, options: { replaces?: number; ephemeral?: Ephemeral; kem?: { publicKey: Uint8Array; secretKey: Uint8Array } } = {}, keyAgreement?: KeyAgreementPolicy): Initiator {
+  return new Initiator({ ...deps(w), keyAgreement }, w.alice, "bob@b.example", "chat", [[AES, 1], [XS, 2]], options);
 }
 
 async function refused(p: Promise<unknown> | (() => unknown), code: ExchangeErrorCode, reason?: RegExp): Promise<void> {
@@ -185,9 +187,13 @@ class Keys {
   private readonly th3: Uint8Array;
   readonly plaintext2: Uint8Array;
 
-  constructor(msg1: Msg1, private readonly msg2: Msg2, secret: KeyObject, peerPublic: Uint8Array) {
-    this.th2 = sha256(encode([sha256(encodeMsg1(msg1)), msg2.eB, msg2.suite]));
-    this.prk = hmac(this.th2, x25519(secret, peerPublic));
+  /** kemSecret: the initiator's ML-KEM-768 decapsulation key, for a hybrid run (docs/PROTOCOL.md). */
+  constructor(msg1: Msg1, private readonly msg2: Msg2, secret: KeyObject, peerPublic: Uint8Array, kemSecret?: Uint8Array) {
+    const ct = msg2.kemCiphertext;
+    this.th2 = sha256(encode(ct ? [sha256(encodeMsg1(msg1)), msg2.eB, msg2.suite, ct] : [sha256(encodeMsg1(msg1)), msg2.eB, msg2.suite]));
+    const dh = x25519(secret, peerPublic);
+    // The ML-KEM secret first, then X25519's, as TLS's X25519MLKEM768 concatenates them.
+    this.prk = hmac(this.th2, ct && kemSecret ? new Uint8Array([...ml_kem768.decapsulate(ct, kemSecret), ...dh]) : dh);
     this.plaintext2 = gcmOpen(this.prk, 2, this.th2, msg2.ciphertext);
     this.th3 = sha256(encode([this.th2, this.plaintext2]));
   }
@@ -633,6 +639,142 @@ test("property: the message decoders refuse any mutation with an ExchangeError, 
       }),
       { numRuns: 2000 },
     );
+  } finally {
+    done(w);
+  }
+});
+
+// ---------------------------------------------------------------------------------------------------
+// hybrid post-quantum key agreement: X25519 + ML-KEM-768 (fleet policy, docs/FLEET.md)
+
+const hex = (s: string): Uint8Array => new Uint8Array(Buffer.from(s, "hex"));
+
+test("ML-KEM-768 is FIPS 203's: NIST ACVP known answers for KeyGen, Encaps and Decaps (implicit rejection included)", () => {
+  const v = JSON.parse(readFileSync(new URL("./vectors/ml-kem-768-acvp.json", import.meta.url), "utf8"));
+  for (const t of v.keyGen) {
+    const keys = ml_kem768.keygen(new Uint8Array([...hex(t.d), ...hex(t.z)]));
+    assert.equal(toHex(keys.publicKey), t.ek, `keyGen ${t.tcId}: ek`);
+    assert.equal(toHex(keys.secretKey), t.dk, `keyGen ${t.tcId}: dk`);
+  }
+  for (const t of v.encapsulation) {
+    const { cipherText, sharedSecret } = ml_kem768.encapsulate(hex(t.ek), hex(t.m));
+    assert.equal(toHex(cipherText), t.c, `encapsulation ${t.tcId}: c`);
+    assert.equal(toHex(sharedSecret), t.k, `encapsulation ${t.tcId}: k`);
+  }
+  // Some of these ciphertexts are not valid: Decaps must then return its implicit-rejection key.
+  for (const t of v.decapsulation.tests) assert.equal(toHex(ml_kem768.decapsulate(hex(t.c), hex(v.decapsulation.dk))), t.k, `decapsulation ${t.tcId}`);
+});
+
+/** A hybrid run end to end under the two sides' policies; both results. */
+async function hybridRun(w: World, initiatorPolicy: KeyAgreementPolicy, responderPolicy: KeyAgreementPolicy) {
+  const init = start(w, {}, initiatorPolicy);
+  const msg1 = decodeMsg1(encodeMsg1(init.msg1));
+  const resp = new Responder({ ...deps(w), keyAgreement: responderPolicy }, msg1, w.bob);
+  const msg3 = await init.onMsg2(decodeMsg2(encodeMsg2(resp.msg2)));
+  const { msg4, result: r } = await resp.onMsg3(msg3);
+  const i = init.onMsg4(msg4);
+  assert.equal(toHex(i.seed), toHex(r.seed));
+  assert.equal(i.keyAgreement, r.keyAgreement);
+  return { init, resp, i, r };
+}
+
+test("hybrid: two gateways that do ML-KEM-768 agree on X25519 + ML-KEM-768; either side without it gets X25519 alone", async () => {
+  const w = world();
+  try {
+    const both = await hybridRun(w, "hybrid", "hybrid");
+    assert.equal(both.i.keyAgreement, "x25519-mlkem768");
+    assert.equal(both.init.msg1.kemKey?.length, 1184);
+    assert.equal(both.resp.msg2.kemCiphertext?.length, 1088);
+    assert.equal((await hybridRun(w, "hybrid", "hybrid-only")).i.keyAgreement, "x25519-mlkem768");
+    const classicalResponder = await hybridRun(w, "hybrid", "x25519");
+    assert.equal(classicalResponder.i.keyAgreement, "x25519");
+    assert.equal(classicalResponder.resp.msg2.kemCiphertext, undefined, "an ignored offer gets no ciphertext");
+    const classicalInitiator = await hybridRun(w, "x25519", "hybrid");
+    assert.equal(classicalInitiator.i.keyAgreement, "x25519");
+    assert.equal(classicalInitiator.init.msg1.kemKey, undefined, "nothing offered");
+  } finally {
+    done(w);
+  }
+});
+
+test("hybrid: the key schedule is docs/PROTOCOL.md's: TH2 covers ctB and PRK takes the ML-KEM secret before X25519's", async () => {
+  const w = world();
+  try {
+    const eA = knownEphemeral();
+    const kem = ml_kem768.keygen();
+    const init = start(w, { ephemeral: eA, kem: { publicKey: kem.publicKey, secretKey: new Uint8Array(kem.secretKey) } }, "hybrid");
+    const resp = new Responder({ ...deps(w), keyAgreement: "hybrid" }, init.msg1, w.bob);
+    const msg3 = await init.onMsg2(resp.msg2);
+    const { result } = await resp.onMsg3(msg3);
+    const keys = new Keys(init.msg1, resp.msg2, eA.privateKey, resp.msg2.eB, kem.secretKey);
+    assert.deepEqual(keys.inner2.slice(0, 2).map(toHex), [toHex(w.bob.cert), toHex(w.b.cert)]);
+    const derived = keys.result(msg3);
+    assert.equal(toHex(derived.seed), toHex(result.seed));
+    // Without the ML-KEM secret (X25519 alone over the same transcript) msg2 does not open.
+    assert.throws(() => new Keys(init.msg1, resp.msg2, eA.privateKey, resp.msg2.eB), /authenticate/);
+  } finally {
+    done(w);
+  }
+});
+
+test("hybrid-only refuses a classical peer (downgrade): the responder before answering, the initiator at msg2", async () => {
+  const w = world();
+  try {
+    const classical = start(w, {}, "x25519");
+    await refused(() => new Responder({ ...deps(w), keyAgreement: "hybrid-only" }, classical.msg1, w.bob), "downgrade", /requires X25519 \+ ML-KEM-768/);
+    const strict = start(w, {}, "hybrid-only");
+    const resp = new Responder({ ...deps(w), keyAgreement: "x25519" }, strict.msg1, w.bob);
+    await refused(strict.onMsg2(resp.msg2), "downgrade");
+    assert.equal(strict.status, "wait-msg2", "a refused msg2 changes nothing");
+  } finally {
+    done(w);
+  }
+});
+
+test("hybrid: a man in the middle cannot downgrade: stripping ekA from msg1 or ctB from msg2 makes msg2 fail to decrypt", async () => {
+  const w = world();
+  try {
+    // ekA stripped on the way: the responder answers classically, but its TH1 is not the initiator's.
+    const init = start(w, {}, "hybrid");
+    const { kemKey: _dropped, ...stripped } = decodeMsg1(encodeMsg1(init.msg1));
+    const resp = new Responder({ ...deps(w), keyAgreement: "hybrid" }, stripped, w.bob);
+    assert.equal(resp.msg2.kemCiphertext, undefined);
+    await refused(init.onMsg2(resp.msg2), "decrypt-failed");
+    // ctB stripped on the way back: the initiator's TH2 and PRK are not the responder's.
+    const init2 = start(w, {}, "hybrid");
+    const resp2 = new Responder({ ...deps(w), keyAgreement: "hybrid" }, init2.msg1, w.bob);
+    const { kemCiphertext: _ct, ...msg2 } = resp2.msg2;
+    await refused(init2.onMsg2(msg2), "decrypt-failed");
+    // ... or altered: implicit rejection gives another secret, and msg2 does not decrypt either.
+    await refused(init2.onMsg2({ ...resp2.msg2, kemCiphertext: flipped(resp2.msg2.kemCiphertext!, 100) }), "decrypt-failed");
+    // The genuine msg2 still completes the exchange.
+    const msg3 = await init2.onMsg2(resp2.msg2);
+    const { msg4 } = await resp2.onMsg3(msg3);
+    assert.equal(init2.onMsg4(msg4).keyAgreement, "x25519-mlkem768");
+    // A ciphertext nobody asked for is refused.
+    const plain = start(w, {}, "x25519");
+    const resp3 = new Responder({ ...deps(w), keyAgreement: "x25519" }, plain.msg1, w.bob);
+    await refused(plain.onMsg2({ ...resp3.msg2, kemCiphertext: resp2.msg2.kemCiphertext }), "malformed", /none was offered/);
+  } finally {
+    done(w);
+  }
+});
+
+test("hybrid: msg1 and msg2 decoders take the ML-KEM fields only at their exact lengths", () => {
+  const w = world();
+  try {
+    const init = start(w, {}, "hybrid");
+    const bytes = encodeMsg1(init.msg1);
+    assert.equal(toHex(decodeMsg1(bytes).kemKey!), toHex(init.msg1.kemKey!));
+    const short = encode([1, init.msg1.sessionId, init.msg1.from, init.msg1.to, init.msg1.app, init.msg1.suites, init.msg1.eA, 0, new Uint8Array(1183)]);
+    assert.throws(() => decodeMsg1(short), (e: unknown) => e instanceof ExchangeError && e.code === "malformed" && /1184 bytes/.test(e.message));
+    const resp = new Responder({ ...deps(w), keyAgreement: "hybrid" }, init.msg1, w.bob);
+    const m2 = resp.msg2;
+    const long = encode([2, m2.sessionId, m2.eB, m2.suite, m2.ciphertext, new Uint8Array(1089)]);
+    assert.throws(() => decodeMsg2(long), (e: unknown) => e instanceof ExchangeError && e.code === "malformed" && /1088 bytes/.test(e.message));
+    // A key that fails FIPS 203's modulus check is refused by the responder, not encapsulated to.
+    const bad = { ...init.msg1, kemKey: new Uint8Array(1184).fill(0xff) };
+    assert.throws(() => new Responder({ ...deps(w), keyAgreement: "hybrid" }, bad, w.bob), (e: unknown) => e instanceof ExchangeError && e.code === "malformed");
   } finally {
     done(w);
   }

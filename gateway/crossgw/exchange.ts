@@ -35,6 +35,21 @@
 // (the responder's gateway needs `to` to pick the callee): the caller sends it encrypted to the peer
 // gateway's certified key at the interlink, which is outside this module.
 //
+// Hybrid post-quantum key agreement (fleet policy, ExchangeDeps.keyAgreement): msg1 may also carry an
+// ML-KEM-768 encapsulation key ekA (FIPS 203), and msg2 then the ciphertext ctB encapsulated to it.
+// The two shared secrets are combined as TLS's X25519MLKEM768 does, by concatenation into the key
+// schedule, and the transcript covers both public halves:
+//
+//   msg1  [1, sessionId, from, to, app, suites, eA, replaces, ekA]      (9 items; 8 without ML-KEM)
+//   msg2  [2, sessionId, eB, suite, ciphertext2, ctB]                   (6 items; 5 without)
+//   TH2 = H([TH1, eB, suite, ctB])      PRK = HKDF-Extract(TH2, ML-KEM.Decaps(ctB) || X25519(e, E))
+//
+// Stripping ekA from msg1 or ctB from msg2 on the way changes TH1 or TH2 on one side only, so msg2
+// no longer decrypts: a man in the middle cannot downgrade a hybrid exchange to X25519 alone. A
+// genuine peer without ML-KEM gets a classical exchange unless the policy is "hybrid-only", which
+// refuses it ("downgrade"). Signatures stay Ed25519: this protects the session keys against an
+// adversary who records today and has a quantum computer later, not the authentication.
+//
 // `replaces` is the SPI of the SA this exchange rekeys (0: a new session). It is in TH1, so both
 // signatures cover it: nobody can turn a new session into a replacement or the reverse. Whether that
 // SA exists, between these devices, is the caller's to check.
@@ -57,6 +72,7 @@ import { ctEqual } from "../../firmware/bytes.ts";
 import { encode } from "../encoding/cbor.ts";
 import { decodeDeterministic } from "../encoding/cose.ts";
 import { readCertificateUnverified } from "../encoding/cwt.ts";
+import { ml_kem768 } from "@noble/post-quantum/ml-kem.js";
 import { ed25519Sign, ed25519Verify } from "../crypto/ed25519.ts";
 import { generateX25519KeyObject, isDeviceName } from "../fleet/fleet.ts";
 import { DEFAULT_MATCHING, matchSettings, suiteCandidates, type MatchOptions } from "../sessions/matching.ts";
@@ -65,6 +81,9 @@ import type { CertificateChecker } from "../fleet/verifier.ts";
 export const SESSION_ID_LENGTH = 16;
 export const X25519_PUBLIC_LENGTH = 32;
 export const SA_SEED_LENGTH = 32;
+/** ML-KEM-768 (FIPS 203): encapsulation key and ciphertext lengths. */
+export const MLKEM768_KEY_LENGTH = 1184;
+export const MLKEM768_CIPHERTEXT_LENGTH = 1088;
 const HASH_LENGTH = 32;
 const SIGNATURE_LENGTH = 64;
 const GCM_KEY_LENGTH = 32;
@@ -86,7 +105,18 @@ export type ExchangeErrorCode =
   | "bad-mac"
   | "bad-signature"
   | "no-common-suite"
-  | "bad-suite"; // the responder chose a suite the initiator did not offer
+  | "bad-suite" // the responder chose a suite the initiator did not offer
+  | "downgrade"; // the peer does not do the hybrid key agreement this gateway's policy requires
+
+/**
+ * The key agreement a gateway offers and accepts (fleet policy: every gateway of a fleet is given the
+ * same; docs/FLEET.md "Post-quantum key agreement"):
+ * - "x25519": X25519 alone; an ML-KEM key in a msg1 is ignored and the exchange is classical.
+ * - "hybrid": X25519 + ML-KEM-768 whenever the peer offers or takes it; classical with a peer that does not.
+ * - "hybrid-only": X25519 + ML-KEM-768 always; an exchange without it is refused ("downgrade").
+ */
+export type KeyAgreementPolicy = "x25519" | "hybrid" | "hybrid-only";
+export const KEY_AGREEMENT_POLICIES: readonly KeyAgreementPolicy[] = ["x25519", "hybrid", "hybrid-only"];
 
 /** Every refusal. Messages say what was wrong, never key bytes. */
 export class ExchangeError extends Error {
@@ -113,6 +143,8 @@ export interface Msg1 {
   eA: Uint8Array;
   /** The SPI of the SA this exchange rekeys, or 0 for a new session. */
   replaces: number;
+  /** The initiator's ML-KEM-768 encapsulation key: present when it offers the hybrid key agreement. */
+  kemKey?: Uint8Array;
 }
 
 /** The responder's answer; its certificates, signature and MAC are inside `ciphertext`. */
@@ -121,6 +153,8 @@ export interface Msg2 {
   eB: Uint8Array;
   suite: number;
   ciphertext: Uint8Array;
+  /** The ML-KEM-768 ciphertext to msg1's kemKey: present when the responder took the hybrid. */
+  kemCiphertext?: Uint8Array;
 }
 
 /** The initiator's proof, all of it inside `ciphertext`. */
@@ -145,10 +179,12 @@ const isCert = (v: unknown): v is Uint8Array => isBytes(v) && v.length > 0 && v.
 const isCiphertext = (v: unknown): v is Uint8Array => isBytes(v) && v.length >= GCM_TAG_LENGTH && v.length <= MAX_CIPHERTEXT_LENGTH;
 
 export function encodeMsg1(m: Msg1): Uint8Array {
-  return encode([1, m.sessionId, m.from, m.to, m.app, m.suites, m.eA, m.replaces]);
+  const items = [1, m.sessionId, m.from, m.to, m.app, m.suites, m.eA, m.replaces];
+  return encode(m.kemKey ? [...items, m.kemKey] : items);
 }
 export function encodeMsg2(m: Msg2): Uint8Array {
-  return encode([2, m.sessionId, m.eB, m.suite, m.ciphertext]);
+  const items = [2, m.sessionId, m.eB, m.suite, m.ciphertext];
+  return encode(m.kemCiphertext ? [...items, m.kemCiphertext] : items);
 }
 export function encodeMsg3(m: Msg3): Uint8Array {
   return encode([3, m.sessionId, m.ciphertext]);
@@ -166,30 +202,32 @@ function readCbor(bytes: Uint8Array, what: string): unknown {
   }
 }
 
-/** The array of a message of the given type and length, or an ExchangeError "malformed". */
-function readArray(bytes: Uint8Array, type: number, length: number): unknown[] {
+/** The array of a message of the given type and one of the given lengths, or an ExchangeError "malformed". */
+function readArray(bytes: Uint8Array, type: number, ...lengths: number[]): unknown[] {
   const v = readCbor(bytes, `exchange message ${type}`);
-  if (!Array.isArray(v) || v.length !== length || v[0] !== type) throw new ExchangeError("malformed", `not an exchange message ${type}`);
+  if (!Array.isArray(v) || !lengths.includes(v.length) || v[0] !== type) throw new ExchangeError("malformed", `not an exchange message ${type}`);
   if (!isBytes(v[1], SESSION_ID_LENGTH)) throw new ExchangeError("malformed", `exchange message ${type}: session id must be ${SESSION_ID_LENGTH} bytes`);
   return v;
 }
 
 export function decodeMsg1(bytes: Uint8Array): Msg1 {
-  const [, sessionId, from, to, app, suites, eA, replaces] = readArray(bytes, 1, 8);
+  const [, sessionId, from, to, app, suites, eA, replaces, kemKey] = readArray(bytes, 1, 8, 9);
   if (!isDeviceName(from) || !isDeviceName(to)) throw new ExchangeError("malformed", "message 1: from and to must be device names (name@domain)");
   if (!isText(app)) throw new ExchangeError("malformed", "message 1: app must be a short non-empty string");
   if (!isSuites(suites)) throw new ExchangeError("malformed", "message 1: suites must be [suite, priority] pairs");
   if (!isBytes(eA, X25519_PUBLIC_LENGTH)) throw new ExchangeError("malformed", `message 1: eA must be ${X25519_PUBLIC_LENGTH} bytes`);
   if (!isSpi(replaces)) throw new ExchangeError("malformed", "message 1: replaces must be an SPI (0 to 2^32 - 1)");
-  return { sessionId: sessionId as Uint8Array, from, to, app, suites, eA, replaces };
+  if (kemKey !== undefined && !isBytes(kemKey, MLKEM768_KEY_LENGTH)) throw new ExchangeError("malformed", `message 1: the ML-KEM-768 key must be ${MLKEM768_KEY_LENGTH} bytes`);
+  return { sessionId: sessionId as Uint8Array, from, to, app, suites, eA, replaces, ...(kemKey ? { kemKey } : {}) };
 }
 
 export function decodeMsg2(bytes: Uint8Array): Msg2 {
-  const [, sessionId, eB, suite, ciphertext] = readArray(bytes, 2, 5);
+  const [, sessionId, eB, suite, ciphertext, kemCiphertext] = readArray(bytes, 2, 5, 6);
   if (!isBytes(eB, X25519_PUBLIC_LENGTH)) throw new ExchangeError("malformed", `message 2: eB must be ${X25519_PUBLIC_LENGTH} bytes`);
   if (!isInt32(suite)) throw new ExchangeError("malformed", "message 2: suite must be a 32-bit integer");
   if (!isCiphertext(ciphertext)) throw new ExchangeError("malformed", `message 2: ciphertext must be ${GCM_TAG_LENGTH} to ${MAX_CIPHERTEXT_LENGTH} bytes`);
-  return { sessionId: sessionId as Uint8Array, eB, suite, ciphertext };
+  if (kemCiphertext !== undefined && !isBytes(kemCiphertext, MLKEM768_CIPHERTEXT_LENGTH)) throw new ExchangeError("malformed", `message 2: the ML-KEM-768 ciphertext must be ${MLKEM768_CIPHERTEXT_LENGTH} bytes`);
+  return { sessionId: sessionId as Uint8Array, eB, suite, ciphertext, ...(kemCiphertext ? { kemCiphertext } : {}) };
 }
 
 export function decodeMsg3(bytes: Uint8Array): Msg3 {
@@ -239,7 +277,9 @@ function expand(prk: Uint8Array, label: string, th: Uint8Array, length: number):
   return length === HASH_LENGTH ? out : out.slice(0, length);
 }
 
-const th2Of = (th1: Uint8Array, eB: Uint8Array, suite: number): Uint8Array => sha256(encode([th1, eB, suite]));
+/** TH2 covers the responder's public halves: eB, and ctB in a hybrid exchange. */
+const th2Of = (th1: Uint8Array, eB: Uint8Array, suite: number, kemCiphertext?: Uint8Array): Uint8Array =>
+  sha256(encode(kemCiphertext ? [th1, eB, suite, kemCiphertext] : [th1, eB, suite]));
 /** TH3 and TH4 hash the plaintext, as EDHOC does: the transcript is what the ends saw, not the wire. */
 const nextTh = (th: Uint8Array, plaintext: Uint8Array): Uint8Array => sha256(encode([th, plaintext]));
 
@@ -333,20 +373,48 @@ function ephemeral(): Ephemeral {
   return generateX25519KeyObject();
 }
 
-/** PRK = HKDF-Extract(TH2, X25519(own, peer)). A low-order peer key (zero secret) is refused. */
-function extract(own: KeyObject, peer: Uint8Array, th2: Uint8Array): Uint8Array {
+/** PRK = HKDF-Extract(TH2, [kemSecret ||] X25519(own, peer)), the ML-KEM secret first as in TLS's
+ *  X25519MLKEM768. A low-order peer key (zero secret) is refused. Both secrets are wiped here. */
+function extract(own: KeyObject, peer: Uint8Array, th2: Uint8Array, kemSecret?: Uint8Array): Uint8Array {
   let ss: Buffer;
   try {
     ss = diffieHellman({ privateKey: own, publicKey: publicFromRaw(peer) });
   } catch (e) {
+    kemSecret?.fill(0);
     throw new ExchangeError("malformed", "ephemeral public key is not usable (low order)", { cause: e });
   }
   let acc = 0;
   for (const b of ss) acc |= b;
-  if (acc === 0) throw new ExchangeError("malformed", "ephemeral public key is of low order (shared secret would be zero)");
-  const prk = hmac(th2, ss);
+  if (acc === 0) {
+    kemSecret?.fill(0);
+    throw new ExchangeError("malformed", "ephemeral public key is of low order (shared secret would be zero)");
+  }
+  const ikm = kemSecret ? Buffer.concat([kemSecret, ss]) : ss;
+  const prk = hmac(th2, ikm);
   ss.fill(0);
+  ikm.fill(0);
+  kemSecret?.fill(0);
   return prk;
+}
+
+/** A fresh ML-KEM-768 key pair (@noble/post-quantum: audited, FIPS 203; node:crypto has none in Node 20). */
+function kemKeyPair(): { publicKey: Uint8Array; secretKey: Uint8Array } {
+  return ml_kem768.keygen();
+}
+
+/** ML-KEM-768 encapsulation to a peer's key; an unusable key (FIPS 203's modulus check) is "malformed". */
+function kemEncapsulate(kemKey: Uint8Array): { cipherText: Uint8Array; sharedSecret: Uint8Array } {
+  try {
+    return ml_kem768.encapsulate(kemKey);
+  } catch (e) {
+    throw new ExchangeError("malformed", "message 1: the ML-KEM-768 key is not a valid encapsulation key", { cause: e });
+  }
+}
+
+/** Whether a responder under `policy` answers this msg1 at all: "hybrid-only" refuses a msg1 without
+ *  an ML-KEM key (before its callee is asked anything). */
+export function refusesKeyAgreement(policy: KeyAgreementPolicy | undefined, msg1: Msg1): boolean {
+  return policy === "hybrid-only" && !msg1.kemKey;
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -371,6 +439,8 @@ export interface ExchangeDeps {
   now: () => number;
   /** Seconds an exchange may wait for its next message (default DEFAULT_EXCHANGE_TIMEOUT). */
   timeout?: number;
+  /** The fleet's key-agreement policy (default "x25519"). */
+  keyAgreement?: KeyAgreementPolicy;
 }
 
 /** What both sides end with: the same seed and SPI, to be installed in each side's own device. */
@@ -382,6 +452,8 @@ export interface ExchangeResult {
   peer: string;
   app: string;
   suite: number;
+  /** The key agreement the exchange ran: "x25519-mlkem768" when both sides did ML-KEM-768. */
+  keyAgreement: "x25519" | "x25519-mlkem768";
   /** Seed for the SA (firmware/proto/keys.ts derives the per-direction keys). The holder wipes it. */
   seed: Uint8Array;
   spi: number;
@@ -435,22 +507,28 @@ export class Initiator {
   private readonly th1: Uint8Array;
   private readonly deadline: number;
   private readonly e: Ephemeral;
+  /** The ML-KEM-768 secret key when the hybrid is offered; wiped when the exchange ends. */
+  private readonly kemSecret?: Uint8Array;
 
-  /** `replaces`: the SPI of the SA this exchange rekeys (default 0, a new session). */
+  /** `replaces`: the SPI of the SA this exchange rekeys (default 0, a new session). `ephemeral` and
+   *  `kem` are for tests that must know the keys: never pass the same ones twice. */
   constructor(
     private readonly deps: ExchangeDeps,
     private readonly self: LocalParty,
     to: string,
     app: string,
     suites: number[][],
-    options: { replaces?: number; ephemeral?: Ephemeral } = {},
+    options: { replaces?: number; ephemeral?: Ephemeral; kem?: { publicKey: Uint8Array; secretKey: Uint8Array } } = {},
   ) {
     const replaces = options.replaces ?? 0;
     if (!isDeviceName(self.name) || !isDeviceName(to)) throw new ExchangeError("malformed", "from and to must be device names (name@domain)");
     if (!isText(app) || !isSuites(suites)) throw new ExchangeError("malformed", "app must be a short string and suites [suite, priority] pairs");
     if (!isSpi(replaces)) throw new ExchangeError("malformed", "replaces must be an SPI (0 to 2^32 - 1)");
     this.e = options.ephemeral ?? ephemeral();
-    this.msg1 = { sessionId: new Uint8Array(randomBytes(SESSION_ID_LENGTH)), from: self.name, to, app, suites, eA: this.e.publicKey, replaces };
+    // `options.kem` only to know the keys (tests): never use one twice.
+    const kem = (deps.keyAgreement ?? "x25519") === "x25519" ? undefined : options.kem ?? kemKeyPair();
+    this.kemSecret = kem?.secretKey;
+    this.msg1 = { sessionId: new Uint8Array(randomBytes(SESSION_ID_LENGTH)), from: self.name, to, app, suites, eA: this.e.publicKey, replaces, ...(kem ? { kemKey: kem.publicKey } : {}) };
     this.th1 = sha256(encodeMsg1(this.msg1));
     this.deadline = deps.now() + (deps.timeout ?? DEFAULT_EXCHANGE_TIMEOUT);
   }
@@ -469,8 +547,15 @@ export class Initiator {
     this.expect("wait-msg2", "message 2");
     checkSession(this.msg1.sessionId, m.sessionId, "message 2");
     if (!this.msg1.suites.some((p) => p[0] === m.suite)) throw new ExchangeError("bad-suite", `the responder chose suite ${m.suite}, which was not offered`);
-    const th2 = th2Of(this.th1, m.eB, m.suite);
-    const prk = extract(this.e.privateKey, m.eB, th2);
+    if (m.kemCiphertext && !this.kemSecret) throw new ExchangeError("malformed", "message 2 carries an ML-KEM ciphertext, but none was offered");
+    if (!m.kemCiphertext && this.deps.keyAgreement === "hybrid-only") {
+      throw new ExchangeError("downgrade", "the responder answered with X25519 alone, and this gateway's policy requires X25519 + ML-KEM-768");
+    }
+    const th2 = th2Of(this.th1, m.eB, m.suite, m.kemCiphertext);
+    // Decapsulation never fails (FIPS 203's implicit rejection): an altered ctB gives another secret,
+    // and msg2 then does not decrypt. The secret key stays for the genuine msg2 until the exchange ends.
+    const kemShared = m.kemCiphertext ? ml_kem768.decapsulate(m.kemCiphertext, this.kemSecret!) : undefined;
+    const prk = extract(this.e.privateKey, m.eB, th2, kemShared);
     try {
       // Decryption first: a substituted eB or an altered byte fails here, before any verifier round trip.
       const plaintext2 = open(prk, 2, th2, m.ciphertext);
@@ -486,9 +571,11 @@ export class Initiator {
       const m1 = this.msg1;
       const result: ExchangeResult = {
         sessionId: m1.sessionId, role: "initiator", self: this.self.name, peer: m1.to, app: m1.app, suite: m.suite, seed, spi, replaces: m1.replaces,
+        keyAgreement: m.kemCiphertext ? "x25519-mlkem768" : "x25519",
         ownCert: this.self.cert, peerCert: peer.cert, peerGatewayCert: peer.gatewayCert,
       };
       this.state = { s: "wait-msg4", result, mac4 };
+      this.kemSecret?.fill(0);
       return { sessionId: m1.sessionId, ciphertext };
     } finally {
       prk.fill(0); // everything still needed (seed, mac4) is derived
@@ -508,6 +595,7 @@ export class Initiator {
   /** Ends the exchange (a refusal from the peer, a timeout): key material is wiped. */
   abort(reason: string): void {
     if (this.state.s === "wait-msg4") this.state.result.seed.fill(0);
+    this.kemSecret?.fill(0);
     this.state = { s: "failed", reason };
   }
 }
@@ -576,14 +664,17 @@ export class Responder {
     const match = matchSettings(suiteCandidates(msg1.suites), suiteCandidates(self.suites), deps.matching ?? DEFAULT_MATCHING);
     if (!match) throw new ExchangeError("no-common-suite", "no cipher suite both devices registered");
     const suite = match.callee.id as number;
-    const th2 = th2Of(sha256(encodeMsg1(msg1)), e.publicKey, suite);
-    const prk = extract(e.privateKey, msg1.eA, th2);
+    const policy = deps.keyAgreement ?? "x25519";
+    if (refusesKeyAgreement(policy, msg1)) throw new ExchangeError("downgrade", "message 1 offers X25519 alone, and this gateway's policy requires X25519 + ML-KEM-768");
+    const kem = msg1.kemKey && policy !== "x25519" ? kemEncapsulate(msg1.kemKey) : undefined;
+    const th2 = th2Of(sha256(encodeMsg1(msg1)), e.publicKey, suite, kem?.cipherText);
+    const prk = extract(e.privateKey, msg1.eA, th2, kem?.sharedSecret);
     if (!deps.seen.admit(msg1.sessionId, deps.now())) {
       prk.fill(0);
       throw new ExchangeError("replay", "message 1 repeats a session id already seen");
     }
     const plaintext2 = prove(prk, 2, th2, self);
-    this.msg2 = { sessionId: msg1.sessionId, eB: e.publicKey, suite, ciphertext: seal(prk, 2, th2, plaintext2) };
+    this.msg2 = { sessionId: msg1.sessionId, eB: e.publicKey, suite, ciphertext: seal(prk, 2, th2, plaintext2), ...(kem ? { kemCiphertext: kem.cipherText } : {}) };
     this.state = { s: "wait-msg3", prk, th3: nextTh(th2, plaintext2) };
     this.deadline = deps.now() + (deps.timeout ?? DEFAULT_EXCHANGE_TIMEOUT);
   }
@@ -612,6 +703,7 @@ export class Responder {
     const m1 = this.msg1;
     const result: ExchangeResult = {
       sessionId: m1.sessionId, role: "responder", self: this.self.name, peer: m1.from, app: m1.app, suite: this.msg2.suite, seed, spi, replaces: m1.replaces,
+      keyAgreement: this.msg2.kemCiphertext ? "x25519-mlkem768" : "x25519",
       ownCert: this.self.cert, peerCert: peer.cert, peerGatewayCert: peer.gatewayCert,
     };
     return { msg4: { sessionId: m1.sessionId, mac: mac4 }, result };
