@@ -36,6 +36,7 @@ export const SETTINGS: Readonly<Record<string, Kind>> = {
   "sa-limit": "string",
   recheck: "string",
   verifier: "string",
+  "key-agreement": "string",
   "join-deadline": "string",
   "unjoined-idle": "string",
   "max-connections": "string",

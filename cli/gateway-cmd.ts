@@ -1,6 +1,7 @@
 import { chmodSync, closeSync, existsSync, mkdirSync, openSync, writeSync } from "node:fs";
 import { join } from "node:path";
 import { Gateway, DEFAULT_LISTEN, type FleetOptions } from "../gateway/gateway.ts";
+import { KEY_AGREEMENT_POLICIES, type KeyAgreementPolicy } from "../gateway/crossgw/exchange.ts";
 import { DEFAULT_RECHECK_MS } from "../gateway/crossgw/cross-gateway.ts";
 import { DEFAULT_SESSIONS } from "../gateway/sessions/session-broker.ts";
 import { DEV_FLEET_DIR, DEV_FLEET_WARNING, Fleet, FLEET_FILE, isGatewayId, loadGatewayCredentials } from "../gateway/fleet/fleet.ts";
@@ -47,6 +48,7 @@ ${helpRows([
   ["--sa-limit <n>", `messages per direction before a session's keys must be replaced (default ${DEFAULT_SESSIONS.limit})`],
   ["--recheck <s>", `how often every session across gateways is judged again against the fleet's revocation list, seconds (default ${DEFAULT_RECHECK_MS / 1000})`],
   ["--verifier <id>", 'ask the fleet\'s verifier running on its own ("keyproxy verifier --id <id>") about remote certificates, instead of the one in this gateway'],
+  ["--key-agreement <policy>", "key agreement of the exchange with other gateways: x25519 (default), hybrid (X25519 + ML-KEM-768 whenever the other gateway does it too) or hybrid-only (refuse any exchange without ML-KEM-768); give every gateway of a fleet the same (docs/FLEET.md)"],
   ["--demo <n>", "also boot n emulated Puck.js handsets (the real firmware bundle) against this gateway and print what happens in plain words; the JSON log goes to <data-dir>/gateway.log"],
 ])}
 
@@ -100,6 +102,7 @@ export async function gatewayCommand(argv: string[]): Promise<number> {
     "sa-limit": { type: "string" },
     recheck: { type: "string" },
     verifier: { type: "string" },
+    "key-agreement": { type: "string" },
     demo: { type: "string" },
     "join-deadline": { type: "string" },
     "unjoined-idle": { type: "string" },
@@ -142,6 +145,9 @@ export async function gatewayCommand(argv: string[]): Promise<number> {
   if (fleetOn && o.id !== undefined && !isGatewayId(o.id)) throw new UsageError(`--id "${o.id}" is not a domain name (letters, digits, - _ and dots), which the fleet names devices by; pick one, or pass --no-fleet`);
   if ((o["no-fleet"] || o["no-mqtt"]) && (o.recheck !== undefined || o.verifier !== undefined)) throw new UsageError("--recheck and --verifier are about sessions across gateways, which --no-fleet and --no-mqtt turn off");
   if (o.verifier !== undefined && !isGatewayId(o.verifier)) throw new UsageError(`--verifier wants the verifier's id (a domain name), got "${o.verifier}"`);
+  const keyAgreement = o["key-agreement"] as KeyAgreementPolicy | undefined;
+  if (keyAgreement !== undefined && !KEY_AGREEMENT_POLICIES.includes(keyAgreement)) throw new UsageError(`--key-agreement wants ${KEY_AGREEMENT_POLICIES.join(", ")}, got "${keyAgreement}"`);
+  if ((o["no-fleet"] || o["no-mqtt"]) && keyAgreement !== undefined) throw new UsageError("--key-agreement is about sessions across gateways, which --no-fleet and --no-mqtt turn off");
 
   // In the demo, stdout is for people: the JSON log goes to a file next to the registry.
   let logFd: number | undefined;
@@ -169,7 +175,7 @@ export async function gatewayCommand(argv: string[]): Promise<number> {
     log,
     sessions,
     limits,
-    fleet: fleetOn ? (id) => ({ ...fleetOptions(dataDir, id, recheckMs, log ?? new Logger(), demo > 0), verifier: o.verifier }) : undefined,
+    fleet: fleetOn ? (id) => ({ ...fleetOptions(dataDir, id, recheckMs, log ?? new Logger(), demo > 0), verifier: o.verifier, keyAgreement }) : undefined,
   }).catch((e: NodeJS.ErrnoException) => {
     throw addressInUse(e, listen ?? DEFAULT_LISTEN) ?? e;
   });

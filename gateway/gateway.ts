@@ -6,6 +6,7 @@ import { join } from "node:path";
 import * as cbor from "./encoding/cbor.ts";
 import { nodeCrypto, type GatewayCrypto } from "./crypto/symmetric.ts";
 import { CrossGateway, DEFAULT_RECHECK_MS } from "./crossgw/cross-gateway.ts";
+import type { KeyAgreementPolicy } from "./crossgw/exchange.ts";
 import type { Fleet, GatewayCredentials } from "./fleet/fleet.ts";
 import { FleetTrust } from "./fleet/trust.ts";
 import { lockDataDir, type DataDirLock } from "./registry/data-dir-lock.ts";
@@ -64,6 +65,8 @@ export interface FleetOptions {
   maxAnswerLifetime?: number;
   /** The interlink's MQTT version (default "auto": 5, or 3.1.1 where the broker refuses 5). */
   protocolVersion?: 4 | 5 | "auto";
+  /** The fleet's key-agreement policy for exchanges with other gateways (default "x25519"). */
+  keyAgreement?: KeyAgreementPolicy;
   /** Ask the verifier on its own with this id (gateway/fleet/verifier-service.ts) about remote device
    *  certificates, instead of the in-process one. */
   verifier?: string;
@@ -109,14 +112,14 @@ async function startFleet(f: FleetOptions, gw: Gateway, ctx: SessionHookContext,
   });
   try {
     const checker = f.verifier ? await trust.remoteChecker(interlink, f.verifier) : trust.checker;
-    const cross = new CrossGateway(ctx, { interlink, gatewayCert: credentials.certificate, checker, recheckMs: f.recheckMs ?? DEFAULT_RECHECK_MS });
+    const cross = new CrossGateway(ctx, { interlink, gatewayCert: credentials.certificate, checker, recheckMs: f.recheckMs ?? DEFAULT_RECHECK_MS, keyAgreement: f.keyAgreement });
     trust.onList((list) => cross.revocationList(list));
     // The list held from the last run applies at once (a device revoked while we were down).
     if (trust.list) cross.revocationList(trust.list);
     await trust.attach(interlink);
     gw.interlink = interlink;
     gw.trust = trust;
-    gw.log.info("interlink-started", { gateway: gw.id, fleet: credentials.anchor.fleetId, revocationSerial: trust.list?.serial ?? 0, verifier: f.verifier ?? "in-process" });
+    gw.log.info("interlink-started", { gateway: gw.id, fleet: credentials.anchor.fleetId, revocationSerial: trust.list?.serial ?? 0, verifier: f.verifier ?? "in-process", keyAgreement: f.keyAgreement ?? "x25519" });
     return cross;
   } catch (e) {
     trust.close();

@@ -27,7 +27,7 @@ import * as xm from "../gateway/crossgw/messages.ts";
 import { nodeCrypto } from "../gateway/crypto/symmetric.ts";
 import { issueCertificate } from "../gateway/encoding/cwt.ts";
 import { ed25519FromSeed, generateEd25519 } from "../gateway/crypto/ed25519.ts";
-import { decodeMsg1, decodeMsg2, decodeMsg3, decodeMsg4, encodeMsg1, encodeMsg2, encodeMsg3, encodeMsg4, ExchangeError, Initiator, Responder, SeenSessions, type ExchangeResult, type LocalParty } from "../gateway/crossgw/exchange.ts";
+import { decodeMsg1, decodeMsg2, decodeMsg3, decodeMsg4, encodeMsg1, encodeMsg2, encodeMsg3, encodeMsg4, ExchangeError, Initiator, Responder, SeenSessions, type ExchangeResult, type KeyAgreementPolicy, type LocalParty } from "../gateway/crossgw/exchange.ts";
 import { loadGatewayCredentials, splitDeviceName, writeFileAtomic } from "../gateway/fleet/fleet.ts";
 import { FleetTrust } from "../gateway/fleet/trust.ts";
 import { Interlink, InterlinkError, type InterlinkRequest } from "../gateway/fleet/interlink.ts";
@@ -56,6 +56,9 @@ export interface CapablePeerOptions {
   limit?: number;
   /** How long a replaced SA still opens frames in flight, ms (default 10,000). */
   overlapMs?: number;
+  /** The fleet's key-agreement policy for the exchange (default "x25519"; docs/FLEET.md,
+   *  "Post-quantum key agreement"): a peer in a fleet that requires the hybrid must say so too. */
+  keyAgreement?: KeyAgreementPolicy;
 }
 
 /** Keys of one SA generation (a rekey makes the next one). */
@@ -341,7 +344,7 @@ export class CapablePeer {
   }
 
   private get deps() {
-    return { checker: this.opts.checker, now: this.now, seen: this.seen };
+    return { checker: this.opts.checker, now: this.now, seen: this.seen, keyAgreement: this.opts.keyAgreement };
   }
 
   /** Calls `peer` ("name@domain") for app; resolves with the SA once both ends hold the keys. */

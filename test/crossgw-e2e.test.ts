@@ -129,6 +129,8 @@ test("the new flags of keyproxy gateway, verifier and sim refuse bad input with 
     [["gateway", "--data-dir", dataDir, "--no-fleet", "--verifier", "v.example"], /--recheck and --verifier are about sessions across gateways/],
     [["gateway", "--data-dir", dataDir, "--verifier", "not a domain"], /--verifier wants the verifier's id/],
     [["gateway", "--data-dir", dataDir, "--sa-limit", "0"], /--sa-limit wants a positive whole number/],
+    [["gateway", "--data-dir", dataDir, "--key-agreement", "quantum"], /--key-agreement wants x25519, hybrid, hybrid-only, got "quantum"/],
+    [["gateway", "--data-dir", dataDir, "--no-fleet", "--key-agreement", "hybrid"], /--key-agreement is about sessions across gateways/],
     [["verifier", "--id", "v.example", "--data-dir", dataDir], /--mqtt <url> is required/],
     [["verifier", "--id", "fleet", "--data-dir", dataDir, "--mqtt", "mqtt://127.0.0.1:1"], /--id <verifier-id> is required, a domain name/],
     [["sim", "--data-dir", dataDir, "--call", "a b"], /--call wants a handset name or name@domain/],

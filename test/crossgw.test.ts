@@ -14,6 +14,8 @@ import { SUITE_AES_CCM_16_64_128 as AES } from "../firmware/crypto/types.ts";
 import { CloseReason, ErrorCode, Msg } from "../firmware/proto/messages.ts";
 import { startBroker, type EmbeddedBroker } from "../gateway/monitor/embedded-broker.ts";
 import type { CrossGateway } from "../gateway/crossgw/cross-gateway.ts";
+import type { KeyAgreementPolicy } from "../gateway/crossgw/exchange.ts";
+import { spiText } from "../gateway/log/protocol-names.ts";
 import { issueCertificate, readCertificateUnverified } from "../gateway/encoding/cwt.ts";
 import { generateEd25519 } from "../gateway/crypto/ed25519.ts";
 import { Fleet, generateX25519, readRevocationListUnverified } from "../gateway/fleet/fleet.ts";
@@ -46,12 +48,13 @@ interface SideOptions {
   sessions?: Partial<SessionSettings>;
   recheckMs?: number;
   verifier?: string;
+  keyAgreement?: KeyAgreementPolicy;
 }
 
 /** A gateway for `domain` in the fleet (test/support/fleet-rig.ts) with one registered handset. */
 async function side(domain: string, deviceId: string, fleet: Fleet, broker: EmbeddedBroker, clock: Clock, o: SideOptions = {}): Promise<Side> {
   const rec = recordingCrypto();
-  const t = await fleetGateway(domain, fleet, broker, clock.now, { crypto: rec.crypto, sessions: o.sessions, recheckMs: o.recheckMs, verifier: o.verifier });
+  const t = await fleetGateway(domain, fleet, broker, clock.now, { crypto: rec.crypto, sessions: o.sessions, recheckMs: o.recheckMs, verifier: o.verifier, keyAgreement: o.keyAgreement });
   const dev = await sessionHandset(t.gw, deviceId, provision(t.gw, deviceId));
   await until(() => dev.h.status().registered, `${deviceId} registered`);
   return { t, dev, seals: rec.seals, cross: () => t.gw.hook as CrossGateway };
@@ -606,5 +609,55 @@ describe("the revocation list on the broker", () => {
       await broker.close();
       rmSync(fleetDir, { recursive: true, force: true });
     }
+  });
+});
+
+describe("post-quantum key agreement across gateways (fleet policy, docs/FLEET.md)", () => {
+  let broker: EmbeddedBroker;
+  let fleetDir: string;
+  let strict: Side; // hybrid-only
+  let open: Side; // hybrid
+  let classic: Side; // x25519
+  const clock = new Clock();
+
+  before(async () => {
+    broker = await startBroker({ host: "127.0.0.1", port: 0 });
+    fleetDir = tempDir("kp-xgw-pq-");
+    const fleet = Fleet.create(fleetDir, "kp-pq-fleet", clock.now());
+    strict = await side("pq1.example", "ann", fleet, broker, clock, { keyAgreement: "hybrid-only" });
+    open = await side("pq2.example", "ben", fleet, broker, clock, { keyAgreement: "hybrid" });
+    classic = await side("old.example", "cat", fleet, broker, clock, { keyAgreement: "x25519" });
+  });
+
+  after(async () => {
+    for (const s of [strict, open, classic]) await stopSide(s);
+    await broker?.close();
+    rmSync(fleetDir, { recursive: true, force: true });
+  });
+
+  const agreed = (s: Side, spi: number) => s.t.events("xsession-keys-distributed").filter((e) => e.spi === spiText(spi)).map((e) => e.keyAgreement);
+
+  test("two gateways that do ML-KEM-768 run X25519 + ML-KEM-768; one of them and a classical gateway run X25519", async () => {
+    const spi = await connect(strict, open, "ben@pq2.example");
+    assert.deepEqual([agreed(strict, spi), agreed(open, spi)], [["x25519-mlkem768"], ["x25519-mlkem768"]]);
+    const spi2 = await connect(open, classic, "cat@old.example");
+    assert.deepEqual([agreed(open, spi2), agreed(classic, spi2)], [["x25519"], ["x25519"]]);
+  });
+
+  test("hybrid-only never runs a classical exchange: its callee is not even asked, and its caller's call fails", async () => {
+    let asked = 0;
+    strict.dev.h.onRequest = () => { asked++; return true; };
+    classic.dev.h.lastType = 0;
+    assert.equal(classic.dev.h.connect("ann@pq1.example", APP), true);
+    await until(() => classic.dev.h.lastType === Msg.Error, "cat's answer", 10_000);
+    assert.equal(asked, 0, "ann was not asked");
+    classic.dev.h.onRequest = () => true;
+    strict.dev.h.lastType = 0;
+    const failedBefore = strict.t.events("xsession-failed").length;
+    assert.equal(strict.dev.h.connect("cat@old.example", APP), true);
+    await until(() => strict.dev.h.lastType === Msg.Error, "ann's answer", 10_000);
+    const failed = strict.t.events("xsession-failed").slice(failedBefore);
+    assert.match(String(failed[0]?.reason), /requires X25519 \+ ML-KEM-768/);
+    assert.equal(ready(strict.dev).filter((s) => s.peer === "cat@old.example").length, 0, "nothing installed");
   });
 });

@@ -41,7 +41,7 @@ import { CloseReason, ErrorCode, Msg, type InnerMessage, type SaData } from "../
 import * as cbor from "../encoding/cbor.ts";
 import * as xm from "./messages.ts";
 import { spiText } from "../log/protocol-names.ts";
-import { decodeMsg1, decodeMsg2, decodeMsg3, decodeMsg4, encodeMsg1, encodeMsg2, encodeMsg3, encodeMsg4, ExchangeError, Initiator, Responder, SeenSessions, type ExchangeDeps, type ExchangeResult, type LocalParty } from "./exchange.ts";
+import { decodeMsg1, decodeMsg2, decodeMsg3, decodeMsg4, encodeMsg1, encodeMsg2, encodeMsg3, encodeMsg4, ExchangeError, Initiator, refusesKeyAgreement, Responder, SeenSessions, type ExchangeDeps, type ExchangeResult, type KeyAgreementPolicy, type LocalParty } from "./exchange.ts";
 import { localDeviceId, splitDeviceName, type RevocationList } from "../fleet/fleet.ts";
 import type { SessionHook, SessionHookContext } from "../sessions/hook.ts";
 import { InterlinkError, type Interlink, type InterlinkRequest } from "../fleet/interlink.ts";
@@ -74,6 +74,8 @@ export interface CrossGatewayOptions {
   /** How often every live SA's certificates are judged again, ms (default 30 s; 0: only when a new
    *  revocation list arrives). This bounds how long a revocation that never reached us takes to bite. */
   recheckMs?: number;
+  /** The fleet's key-agreement policy for the exchange (default "x25519"; docs/FLEET.md). */
+  keyAgreement?: KeyAgreementPolicy;
 }
 
 const REFUSAL_CODE: Record<xm.Refusal, ErrorCode> = { "not-found": ErrorCode.NotFound, rejected: ErrorCode.Rejected, "no-common-suite": ErrorCode.NoCommonSuite };
@@ -158,7 +160,7 @@ export class CrossGateway implements SessionHook {
     private readonly opts: CrossGatewayOptions,
   ) {
     if (opts.interlink.gatewayId !== ctx.gatewayId) throw new TypeError(`the interlink speaks for "${opts.interlink.gatewayId}", the gateway is "${ctx.gatewayId}"`);
-    this.exchangeDeps = { checker: opts.checker, now: ctx.now, timeout: Math.ceil(ctx.settings.answerTimeoutMs / 1000) + 30 };
+    this.exchangeDeps = { checker: opts.checker, now: ctx.now, timeout: Math.ceil(ctx.settings.answerTimeoutMs / 1000) + 30, keyAgreement: opts.keyAgreement };
     const link = opts.interlink;
     const exchangeHandler = (f: (req: InterlinkRequest) => Promise<{ body: unknown; secret?: boolean }>) => (req: InterlinkRequest) =>
       f(req).catch((e: unknown) => Promise.reject(asInterlinkError(e)));
@@ -525,6 +527,8 @@ export class CrossGateway implements SessionHook {
     const match = matchSettings(suiteCandidates(msg1.suites), suiteCandidates(local.suites), ctx.settings.matching);
     if (!match) return refuse("no-common-suite", "no cipher suite both devices registered; the callee was not contacted");
     if (this.seen.has(msg1.sessionId)) throw new ExchangeError("replay", "message 1 repeats a session id already seen");
+    // Before the callee hears of it: a fleet that requires the hybrid answers no classical exchange.
+    if (refusesKeyAgreement(this.exchangeDeps.keyAgreement, msg1)) throw new ExchangeError("downgrade", "message 1 offers X25519 alone, and this gateway's policy requires X25519 + ML-KEM-768");
     let rid = 0;
     if (msg1.replaces) {
       // A rekey: the SA it replaces must be ours with this very peer, app and gateway, and up.
@@ -590,7 +594,7 @@ export class CrossGateway implements SessionHook {
     this.sessions.set(s.spi, s);
     s.timer = setTimeout(() => this.end(s, CloseReason.PeerGone, "the devices did not confirm their keys in time", true), ctx.settings.answerTimeoutMs);
     ctx.send(device, { t: Msg.SaInstall, rid, spi: s.spi, peer: s.peer, app: s.app, suite: s.suite, seed: r.seed, role, lifetime: terms.lifetime, limit: terms.limit, replaces: s.replaces });
-    ctx.log.info("xsession-keys-distributed", { device, peer: s.peer, app: s.app, spi: spiText(s.spi), suite: s.suite, gateway: peerGateway, replaces: s.replaces ? spiText(s.replaces) : undefined });
+    ctx.log.info("xsession-keys-distributed", { device, peer: s.peer, app: s.app, spi: spiText(s.spi), suite: s.suite, keyAgreement: r.keyAgreement, gateway: peerGateway, replaces: s.replaces ? spiText(s.replaces) : undefined });
   }
 
   private confirmLocal(s: CrossSession, tag: Uint8Array): void {

@@ -8,6 +8,7 @@ import type { EmbeddedBroker } from "../../gateway/monitor/embedded-broker.ts";
 import { Fleet, gatewayPublicKeys, installGatewayCertificate, loadGatewayCredentials } from "../../gateway/fleet/fleet.ts";
 import { HELD_LIST_FILE } from "../../gateway/fleet/trust.ts";
 import type { GatewayOptions } from "../../gateway/gateway.ts";
+import type { KeyAgreementPolicy } from "../../gateway/crossgw/exchange.ts";
 import { startGateway, tempDir, type TestGateway } from "./harness.ts";
 
 export interface FleetGatewayOptions extends Partial<GatewayOptions> {
@@ -15,6 +16,8 @@ export interface FleetGatewayOptions extends Partial<GatewayOptions> {
   recheckMs?: number;
   /** Ask the verifier on its own with this id. */
   verifier?: string;
+  /** The fleet's key-agreement policy (default "x25519"). */
+  keyAgreement?: KeyAgreementPolicy;
 }
 
 /** A data directory set up for `id` in `fleet`: keys, certificate, trust anchor, current list. */
@@ -29,11 +32,11 @@ export function fleetDataDir(id: string, fleet: Fleet, now: () => number): strin
 export async function fleetGateway(domain: string, fleet: Fleet, broker: EmbeddedBroker, now: () => number, o: FleetGatewayOptions = {}): Promise<TestGateway> {
   const dataDir = fleetDataDir(domain, fleet, now);
   const { credentials } = loadGatewayCredentials(dataDir, domain, now(), false);
-  const { recheckMs, verifier, ...rest } = o;
+  const { recheckMs, verifier, keyAgreement, ...rest } = o;
   const t = await startGateway({
     dataDir, id: domain, now,
     mqtt: { url: broker.url, metricsSeconds: 3600 },
-    fleet: { credentials, recheckMs: recheckMs ?? 0, protocolVersion: 4, verifier },
+    fleet: { credentials, recheckMs: recheckMs ?? 0, protocolVersion: 4, verifier, keyAgreement },
     ...rest,
   });
   t.gw.policy.setDefault("allow");
