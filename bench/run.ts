@@ -4,7 +4,8 @@
 // X25519, and a gateway under 100 handsets: setups per second, CPU per setup, latency, once with the
 // handsets' engine in Node and once with 100 emulated devices running the firmware bundle); sessions
 // across gateways (two gateway processes on one MQTT broker: setups per second against the crypto
-// bound, CPU per setup, latency; bench/crossgw.ts); the gateway's curve library (bench/curves.ts); and
+// bound, CPU per setup, latency; bench/crossgw.ts); their key exchange with X25519 alone and with
+// X25519 + ML-KEM-768 (bench/key-agreement.ts); the gateway's curve library (bench/curves.ts); and
 // a legitimate handset's join latency while hostile connections attack the link port (bench/dos.ts).
 // Prints the report and writes it to docs/BENCHMARKS.md.
 //
@@ -20,6 +21,7 @@ import { SUITE_AES_CCM_16_64_128, SUITE_XSALSA20_POLY1305 } from "../firmware/cr
 import { runCrossGatewayBench } from "./crossgw.ts";
 import { runCurveBench } from "./curves.ts";
 import { DOS_TARGET_P99_MS, renderDosSection, runDosBench } from "./dos.ts";
+import { renderKeyAgreementSection, runKeyAgreementBench } from "./key-agreement.ts";
 import { runDevice } from "./device-run.ts";
 import { runNode } from "./node-run.ts";
 import { realBenchUnavailable, realRows, runRealDevice, type RealDeviceResults } from "./real-device.ts";
@@ -69,6 +71,7 @@ async function main(): Promise<void> {
   const sessions = await runSessions(SUITES, log);
   const emulated = await runEmulatedSessions(log);
   const crossgw = await runCrossGatewayBench(log);
+  const keyAgreement = await runKeyAgreementBench(log);
   log("curves on the gateway: node:crypto and @noble/curves (bench/curves.ts)");
   const curves = await runCurveBench();
   const dos = await runDosBench(log);
@@ -95,7 +98,7 @@ async function main(): Promise<void> {
     curves,
     targets,
     real,
-  ) + "\n" + renderDosSection(dos) + "\n";
+  ) + "\n" + renderKeyAgreementSection(keyAgreement) + "\n\n" + renderDosSection(dos) + "\n";
   process.stdout.write(report);
   if (!process.env.KEYPROXY_BENCH_NO_WRITE) {
     fs.writeFileSync(REPORT_FILE, report + keptSections(report));
