@@ -56,7 +56,9 @@ export const exchangeTarget: Target = {
     verifier.updateRevocationList(fleet.signedList());
     const checker = new CertificateChecker({ source: localSource(verifier), verifierPublicKey: verifierKey.publicKey });
     const seen = new SeenSessions();
-    const deps: ResponderDeps = { checker, now: () => T0 + 10, seen };
+    // Hybrid policy: both sides offer and take ML-KEM-768, and still take the classical forms, so the
+    // inputs reach both shapes of msg1 and msg2 (docs/PROTOCOL.md §8).
+    const deps: ResponderDeps = { checker, now: () => T0 + 10, seen, keyAgreement: "hybrid" };
     const alice = party(fleet, "a.example", "alice");
     const bob: LocalCallee = { ...party(fleet, "b.example", "bob"), suites: [[AES, 2], [XS, 1]] };
     const start = () => new Initiator(deps, alice, bob.name, "chat", [[AES, 1], [XS, 2]]);
