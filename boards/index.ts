@@ -83,9 +83,13 @@ export const BOARDS: Record<string, BoardProfile> = {
   esp32: {
     id: "esp32",
     name: "ESP32 (Espruino ESP32 build)",
-    vars: 2500,
-    bytesPerVar: 16,
-    storageBytes: 256 * 1024,
+    // From Espruino's own boards/ESP32.py (2v29): 'variables' 16383, which its table gives 14 bytes
+    // per variable (JSVAR_MALLOC: allocated at start from the 520 KB of RAM), and 'saved_code' 224
+    // pages of 4 KB for Storage. (The real-interpreter tier runs the esp32 bundle on a Puck.js-sized
+    // interpreter where no ESP32 build is found: a stricter memory test, not this profile.)
+    vars: 16383,
+    bytesPerVar: 14,
+    storageBytes: 224 * 4096,
     natives: { sha256: true, aesEcbCbc: true, aesCcm: false },
     cbor: "full",
     suites: [SUITE_AES_CCM_16_64_128, SUITE_XSALSA20_POLY1305],
