@@ -7,6 +7,7 @@ import type { Store } from "../gateway/registry/store.ts";
 import { DEFAULT_DATA_DIR } from "./config.ts";
 import { parse, printJson, UsageError } from "./args.ts";
 import { forTerminal } from "../gateway/log/terminal.ts";
+import { noteNewDataDir, warnIfUnignoredInGitTree } from "./git-worktree.ts";
 
 export const ROOT_KEY_BYTES = 16;
 const ID_PATTERN = /^[A-Za-z0-9._-]{1,64}$/;
@@ -139,8 +140,11 @@ export async function deviceCommand(argv: string[]): Promise<number> {
     if (!o.out) throw new UsageError("--out <file> is required: the provisioning file that will hold the root key");
     const board = boardId(o.board ?? "puckjs");
     const gw = o.gateway ?? `${DEFAULT_LISTEN.host}:${DEFAULT_LISTEN.port}`;
+    const warnIfNew = noteNewDataDir(dataDir);
     addDevice(dataDir, id, board, gw, o.out, !!o.replace);
     console.log(`added ${id} (${board}) to ${dataDir}; provisioning file ${o.out} (mode 0600) holds its root key`);
+    warnIfNew();
+    warnIfUnignoredInGitTree(o.out, `the root key of ${id}`);
     return 0;
   }
   if (sub === "list") {

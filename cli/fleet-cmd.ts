@@ -16,6 +16,7 @@ import {
 } from "../gateway/fleet/fleet.ts";
 import { HELD_LIST_FILE, publishRevocationList, revocationTopic } from "../gateway/fleet/trust.ts";
 import { brokerUrl, helpRows, parse, positiveInt, printJson, UsageError } from "./args.ts";
+import { noteNewDataDir, warnIfUnignoredInGitTree } from "./git-worktree.ts";
 
 export const DEFAULT_FLEET_DIR = "./keyproxy-fleet";
 
@@ -219,6 +220,7 @@ export async function fleetCommand(argv: string[]): Promise<number> {
     console.log(`created fleet "${fleet.fleetId}" in ${dir}`);
     console.log(`  CA public key ${toHex(fleet.anchor.caPublicKey)}`);
     console.log(`  trust anchor ${join(dir, FLEET_FILE)}; CA key ${join(dir, "ca.key")} (mode 0600: keep it offline if you can)`);
+    warnIfUnignoredInGitTree(join(dir, "ca.key"), "the fleet CA key");
     return 0;
   }
 
@@ -228,11 +230,13 @@ export async function fleetCommand(argv: string[]): Promise<number> {
     const fleet = openFleet(dir);
     if (o["data-dir"]) {
       if (o["signing-key"] || o["encryption-key"] || o.out) throw new UsageError("--data-dir cannot be combined with --signing-key, --encryption-key or --out");
+      const warnIfNew = noteNewDataDir(o["data-dir"]);
       const cert = fleet.issueGateway(o.id, gatewayPublicKeys(o["data-dir"]), now, lifetime);
       const claims = installGatewayCertificate(o["data-dir"], cert, fleet.anchor);
       // The gateway starts from the current list (newer ones reach it over MQTT); it never takes an older one.
       copyFileSync(join(dir, REVOCATION_FILE), join(o["data-dir"], HELD_LIST_FILE));
       console.log(`issued gateway certificate for "${claims.sub}" (id ${toHex(claims.cti)}), valid until ${date(claims.exp)}; installed in ${o["data-dir"]}`);
+      warnIfNew();
       return 0;
     }
     const keys = { signingKey: publicKeyArg(o["signing-key"], "--signing-key"), encryptionKey: publicKeyArg(o["encryption-key"], "--encryption-key") };

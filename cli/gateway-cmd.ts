@@ -12,6 +12,7 @@ import { DEFAULT_LINK_LIMITS as LIMITS, type LinkLimits } from "../gateway/link/
 import type { MqttOptions } from "../gateway/monitor/monitor.ts";
 import { brokerUrl, helpRows, hostPort, parse, positiveInt, UsageError } from "./args.ts";
 import { DEFAULT_DATA_DIR } from "./config.ts";
+import { noteNewDataDir } from "./git-worktree.ts";
 import { describeEvent } from "./monitor-cmd.ts";
 import { forTerminal } from "../gateway/log/terminal.ts";
 import type { EmulatedDevice } from "../emulator/device.ts";
@@ -150,6 +151,8 @@ export async function gatewayCommand(argv: string[]): Promise<number> {
   if ((o["no-fleet"] || o["no-mqtt"]) && keyAgreement !== undefined) throw new UsageError("--key-agreement is about sessions across gateways, which --no-fleet and --no-mqtt turn off");
 
   // In the demo, stdout is for people: the JSON log goes to a file next to the registry.
+  // Read before the demo's log file or the gateway makes the directory.
+  const warnIfNew = noteNewDataDir(dataDir);
   let logFd: number | undefined;
   let log: Logger | undefined;
   if (demo) {
@@ -179,6 +182,7 @@ export async function gatewayCommand(argv: string[]): Promise<number> {
   }).catch((e: NodeJS.ErrnoException) => {
     throw addressInUse(e, listen ?? DEFAULT_LISTEN) ?? e;
   });
+  warnIfNew();
   let stopDemo: (() => void) | undefined;
   try {
     if (demo) stopDemo = await startDemo(gw, dataDir, demo);

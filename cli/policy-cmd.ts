@@ -3,6 +3,7 @@ import { Policy, type Action } from "../gateway/registry/policy.ts";
 import { DEFAULT_DATA_DIR } from "./config.ts";
 import { existingRegistry } from "./device-cmd.ts";
 import { parse, printJson, UsageError } from "./args.ts";
+import { noteNewDataDir } from "./git-worktree.ts";
 import { forTerminal } from "../gateway/log/terminal.ts";
 
 const HELP = `usage: keyproxy policy <command> [options] [--data-dir <dir>]
@@ -64,6 +65,7 @@ export async function policyCommand(argv: string[]): Promise<number> {
   const dataDir = o["data-dir"] ?? DEFAULT_DATA_DIR;
   // Only list is read-only. The others may make the registry: rules are set before a gateway's first
   // run (after "keyproxy fleet issue-gateway --data-dir"), as the README shows.
+  const warnIfNew = noteNewDataDir(dataDir);
   const store = sub === "list" ? existingRegistry(dataDir) : openStore(dataDir);
   try {
     const policy = new Policy(store);
@@ -102,5 +104,6 @@ export async function policyCommand(argv: string[]): Promise<number> {
   } finally {
     store.close();
   }
+  warnIfNew();
   return 0;
 }
