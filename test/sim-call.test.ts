@@ -2,36 +2,23 @@
 // through and was hung up, 1 when it failed), and it prints what happened by name, with SPIs in the
 // one form every keyproxy output uses (gateway/log/protocol-names.ts), not as bare codes.
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
 import { buildFirmware } from "../flash/build.ts";
 import { tempDir } from "./support/harness.ts";
-import { CLI, startGatewayProcess, type GatewayProcess } from "./support/process.ts";
+import { startGatewayProcess, type GatewayProcess } from "./support/process.ts";
+import { runCli } from "./support/run-cli.ts";
+
+/** `keyproxy <args>` as a process; a sim with a call takes a while to build, boot and talk. */
+const keyproxy = async (args: string[], timeoutMs: number) => {
+  const r = await runCli(args, { timeoutMs });
+  return { code: r.code, out: r.stdout, err: r.stderr };
+};
 
 let dataDir: string;
 let bundleFile: string;
 let gw: GatewayProcess;
-
-/** Runs `keyproxy <args>` as a process; its exit code and output (killed, and failed, after ms). */
-function keyproxy(args: string[], ms: number): Promise<{ code: number | null; out: string; err: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, ...args], { stdio: ["ignore", "pipe", "pipe"] });
-    let out = "";
-    let err = "";
-    child.stdout.on("data", (b: Buffer) => (out += b.toString()));
-    child.stderr.on("data", (b: Buffer) => (err += b.toString()));
-    const timer = setTimeout(() => {
-      child.kill("SIGKILL");
-      reject(new Error(`keyproxy ${args.join(" ")} still running after ${ms} ms:\n${out}\n${err}`));
-    }, ms);
-    child.on("exit", (code) => {
-      clearTimeout(timer);
-      resolve({ code, out, err });
-    });
-  });
-}
 
 before(async () => {
   dataDir = tempDir("kp-sim-");

@@ -10,7 +10,7 @@ export interface CliResult {
   stderr: string;
 }
 
-export function runCli(args: string[], opts: { env?: Record<string, string>; cwd?: string } = {}): Promise<CliResult> {
+export function runCli(args: string[], opts: { env?: Record<string, string>; cwd?: string; timeoutMs?: number } = {}): Promise<CliResult> {
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("KEYPROXY_")));
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [CLI, ...args], { stdio: ["ignore", "pipe", "pipe"], env: { ...env, ...opts.env }, cwd: opts.cwd ?? tempDir("kp-cli-cwd-") });
@@ -19,7 +19,7 @@ export function runCli(args: string[], opts: { env?: Record<string, string>; cwd
     child.stdout.on("data", (b) => (stdout += b));
     child.stderr.on("data", (b) => (stderr += b));
     // A command that waits for Ctrl-C where it should have failed: a finding, not a hung test run.
-    const t = setTimeout(() => { child.kill("SIGKILL"); reject(new Error(`keyproxy ${args.join(" ")} did not finish:\n${stdout}\n${stderr}`)); }, 60_000);
+    const t = setTimeout(() => { child.kill("SIGKILL"); reject(new Error(`keyproxy ${args.join(" ")} did not finish:\n${stdout}\n${stderr}`)); }, opts.timeoutMs ?? 60_000);
     child.once("exit", (code) => { clearTimeout(t); resolve({ code, stdout, stderr }); });
   });
 }
