@@ -302,6 +302,11 @@ export class LinkServer {
     });
   }
 
+  /** Whether the link port accepts connections: false before listen() and from close() on. */
+  get listening(): boolean {
+    return this.server.listening;
+  }
+
   /** Connections open now, and how many of them have not joined. */
   get connectionCount(): { all: number; unjoined: number } {
     return { all: this.conns.size, unjoined: this.unjoined.size };

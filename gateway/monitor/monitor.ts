@@ -307,6 +307,11 @@ export class MqttPublisher {
     this.publishMetrics();
   }
 
+  /** Whether the broker connection is up now (the health endpoint reports it). */
+  get brokerConnected(): boolean {
+    return this.connected;
+  }
+
   private onConnect(): void {
     this.connected = true;
     this.complained = false;

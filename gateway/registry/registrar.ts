@@ -45,6 +45,9 @@ const CERT_ID_BYTES = 16;
 const FIRMWARE_ID = /^[\x20-\x7e]{1,64}$/;
 
 export class Registrar {
+  /** Registrations granted since start: `renewed` when the device held one already (expired or not). */
+  readonly stats = { registered: 0, renewed: 0 };
+
   constructor(private d: RegistrarDeps) {}
 
   /** The answer to one request from an authenticated device (deviceId comes from its link). */
@@ -104,6 +107,7 @@ export class Registrar {
       this.d.store.audit(t, deviceId, renewal ? "renewed" : "registered", `granted=${granted} cert=${toHex(certId)}`);
       return { certId, cert };
     });
+    this.stats[renewal ? "renewed" : "registered"]++;
     this.d.log.info(renewal ? "renewed" : "registered", { device: deviceId, requested: lifetime, granted, certId: toHex(result.certId), suites: usable.map((p) => p[0]).join(","), firmware, memoryUsed: memory });
     return { t: Msg.RegisterOk, rid, granted, certId: result.certId, cert: result.cert };
   }

@@ -104,7 +104,10 @@ export class SessionBroker {
   private pending = new Map<string, Pending>(); // key: callee + "/" + calleeRid
   private lost = new Map<string, NodeJS.Timeout>();
   private rid = 0;
-  readonly stats = { requested: 0, up: 0, rejected: 0, denied: 0, noMatch: 0, rekeyed: 0, ended: 0, relayed: 0, relayDropped: 0 };
+  /** Since start. `refused`: requests answered with an error, for whatever reason (rejected, denied
+   *  and noMatch are some of them); `failed`: SAs given out whose setup was aborted (new or rekey);
+   *  `up`: SAs both devices confirmed (new or rekey). */
+  readonly stats = { requested: 0, up: 0, refused: 0, failed: 0, rejected: 0, denied: 0, noMatch: 0, rekeyed: 0, ended: 0, relayed: 0, relayDropped: 0 };
 
   constructor(private d: SessionDeps) {}
 
@@ -147,12 +150,14 @@ export class SessionBroker {
       // Seed 002's spoofing check: the caller is whoever its authenticated link says it is.
       d.log.warn("session-spoofing", { device: caller, claimed: from, peer, app });
       d.store.audit(d.now(), caller, "spoofing", `claimed ${from}`);
+      this.stats.refused++;
       d.send(caller, { t: Msg.Error, rid, code: ErrorCode.Spoofed });
       return;
     }
     const own = this.registered(caller);
     if (!own) {
       d.log.warn("session-rejected", { device: caller, peer, app, reason: "caller is not registered" });
+      this.stats.refused++;
       d.send(caller, { t: Msg.Error, rid, code: ErrorCode.NotRegistered });
       return;
     }
@@ -162,6 +167,7 @@ export class SessionBroker {
       // One answer for every reason, so the caller learns nothing about the callee (seed 002 [0055]).
       const reason = !allowed ? "policy denies it" : peer === caller ? "a device cannot call itself" : !target ? "no such registered device" : "the callee is not connected";
       if (!allowed) this.stats.denied++;
+      this.stats.refused++;
       d.log.info(!allowed ? "session-denied" : "session-not-found", { device: caller, peer, app, reason });
       d.send(caller, { t: Msg.Error, rid, code: ErrorCode.NotFound });
       return;
@@ -169,6 +175,7 @@ export class SessionBroker {
     const match = matchSettings(suiteCandidates(own.suites), suiteCandidates(target.suites), d.settings.matching);
     if (!match) {
       this.stats.noMatch++;
+      this.stats.refused++;
       d.log.info("session-no-match", { device: caller, peer, app, reason: "no cipher suite both devices registered; the callee was not contacted" });
       d.send(caller, { t: Msg.Error, rid, code: ErrorCode.NoCommonSuite });
       return;
@@ -179,6 +186,7 @@ export class SessionBroker {
     const timer = setTimeout(() => {
       if (!this.pending.delete(key)) return;
       this.stats.rejected++;
+      this.stats.refused++;
       d.log.info("session-rejected", { device: caller, peer, app, reason: "the callee did not answer in time" });
       d.send(caller, { t: Msg.Error, rid, code: ErrorCode.Rejected });
     }, d.settings.answerTimeoutMs);
@@ -199,6 +207,7 @@ export class SessionBroker {
     clearTimeout(p.timer);
     if (!accept) {
       this.stats.rejected++;
+      this.stats.refused++;
       d.log.info("session-rejected", { device: p.caller, peer: callee, app: p.app, reason: "the callee declined" });
       d.send(p.caller, { t: Msg.Error, rid: p.callerRid, code: ErrorCode.Rejected });
       return;
@@ -286,6 +295,7 @@ export class SessionBroker {
 
   private abort(s: Session, reason: string): void {
     if (!this.sessions.has(s.spi)) return;
+    this.stats.failed++;
     this.d.log.warn("session-aborted", { device: s.initiator, peer: s.responder, spi: spiText(s.spi), reason });
     this.end(s, CloseReason.PeerGone, reason);
   }
@@ -358,7 +368,9 @@ export class SessionBroker {
       if (p.caller !== deviceId && p.callee !== deviceId) continue;
       clearTimeout(p.timer);
       this.pending.delete(key);
-      if (p.callee === deviceId) this.d.send(p.caller, { t: Msg.Error, rid: p.callerRid, code: ErrorCode.Rejected });
+      if (p.callee !== deviceId) continue;
+      this.stats.refused++;
+      this.d.send(p.caller, { t: Msg.Error, rid: p.callerRid, code: ErrorCode.Rejected });
     }
   }
 
