@@ -30,6 +30,7 @@ export const SETTINGS: Readonly<Record<string, Kind>> = {
   "no-mqtt": "boolean",
   "no-fleet": "boolean",
   metrics: "string",
+  "metrics-listen": "string",
   "max-lifetime": "string",
   "min-lifetime": "string",
   "sa-lifetime": "string",

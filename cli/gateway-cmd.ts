@@ -44,6 +44,7 @@ ${helpRows([
   ["--mqtt-listen <host:port>", "the embedded broker's address (port 0: any free port)"],
   ["--no-mqtt", "no monitoring, no broker"],
   ["--metrics <s>", "seconds between metrics messages (default 10)"],
+  ["--metrics-listen <host:port>", "serve Prometheus metrics (/metrics) and a health check (/healthz) over HTTP on this address (default: off; docs/MONITORING.md)"],
   ["--no-fleet", "no sessions across gateways: devices reach only devices of this gateway"],
   ["--sa-lifetime <s>", `lifetime of a session's keys, seconds (default ${DEFAULT_SESSIONS.lifetime}); devices rekey at 80%`],
   ["--sa-limit <n>", `messages per direction before a session's keys must be replaced (default ${DEFAULT_SESSIONS.limit})`],
@@ -98,6 +99,7 @@ export async function gatewayCommand(argv: string[]): Promise<number> {
     "mqtt-listen": { type: "string" },
     "no-mqtt": { type: "boolean" },
     metrics: { type: "string" },
+    "metrics-listen": { type: "string" },
     "no-fleet": { type: "boolean" },
     "sa-lifetime": { type: "string" },
     "sa-limit": { type: "string" },
@@ -169,6 +171,7 @@ export async function gatewayCommand(argv: string[]): Promise<number> {
     process.once("SIGTERM", () => resolve());
   });
   const listen = o.listen ? hostPort(o.listen, "--listen") : undefined;
+  const metricsListen = o["metrics-listen"] !== undefined ? hostPort(o["metrics-listen"], "--metrics-listen") : undefined;
   const gw = await Gateway.start({
     dataDir,
     listen,
@@ -178,6 +181,7 @@ export async function gatewayCommand(argv: string[]): Promise<number> {
     log,
     sessions,
     limits,
+    metricsListen,
     fleet: fleetOn ? (id) => ({ ...fleetOptions(dataDir, id, recheckMs, log ?? new Logger(), demo > 0), verifier: o.verifier, keyAgreement }) : undefined,
   }).catch((e: NodeJS.ErrnoException) => {
     throw addressInUse(e, listen ?? DEFAULT_LISTEN) ?? e;

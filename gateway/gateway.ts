@@ -17,6 +17,7 @@ import { LinkServer } from "./link/server.ts";
 import type { LinkLimits } from "./link/limits.ts";
 import { Logger } from "./log/logger.ts";
 import { startMonitoring, type MqttOptions, type Monitoring } from "./monitor/monitor.ts";
+import { gatewayHealth, gatewayMetrics, serveMetrics, type MetricsServer } from "./monitor/prometheus.ts";
 import { Policy } from "./registry/policy.ts";
 import { DEFAULT_POLICY, LIFETIME_CEILING, Registrar, type RegistrationPolicy } from "./registry/registrar.ts";
 import { DEFAULT_SESSIONS, SessionBroker, type SessionSettings } from "./sessions/session-broker.ts";
@@ -53,6 +54,9 @@ export interface GatewayOptions {
   limits?: Partial<LinkLimits>;
   /** Milliseconds for the link server's join backoff (default Date.now); tests pass a clock they control. */
   nowMs?: () => number;
+  /** Serve Prometheus metrics and a health check over HTTP on this address (docs/MONITORING.md,
+   *  "Prometheus"; port 0: any free port). Default: none. */
+  metricsListen?: { host: string; port: number };
 }
 
 export interface FleetOptions {
@@ -230,6 +234,14 @@ export class Gateway {
           throw e;
         }
       }
+      if (opts.metricsListen) {
+        try {
+          await gw.serveMetrics(opts.metricsListen, registrar, now);
+        } catch (e) {
+          await gw.stopServices();
+          throw e;
+        }
+      }
       log.info("gateway-started", { id, listen: `${address.host}:${address.port}`, dataDir: opts.dataDir });
       return gw;
     } catch (e) {
@@ -251,8 +263,56 @@ export class Gateway {
   /** With GatewayOptions.fleet: the link to other gateways and what this gateway trusts. */
   interlink?: Interlink;
   trust?: FleetTrust;
+  /** With GatewayOptions.metricsListen: the Prometheus endpoint. */
+  metrics?: MetricsServer;
+  private stopMetrics?: () => void;
+  /** From the moment stop() is called: the health check says so at once. */
+  private stopping = false;
+
+  /** The Prometheus endpoint over this gateway's own counters (gateway/monitor/prometheus.ts). */
+  private async serveMetrics(listen: { host: string; port: number }, registrar: Registrar, now: () => number): Promise<void> {
+    const { registry, stop } = gatewayMetrics({
+      links: this.links,
+      registrar,
+      sessions: this.sessions,
+      across: () => (this.hook instanceof CrossGateway ? this.hook : undefined),
+      revocationList: () => this.trust?.list,
+      now,
+      log: this.log,
+      health: () => this.health(),
+    });
+    this.stopMetrics = stop;
+    try {
+      this.metrics = await serveMetrics(listen, registry, () => this.health());
+    } catch (e) {
+      stop();
+      throw e;
+    }
+    this.log.info("metrics-serving", { listen: `${this.metrics.address.host}:${this.metrics.address.port}` });
+  }
+
+  private health() {
+    return gatewayHealth({
+      stopping: this.stopping,
+      registryOpen: this.store.db.open,
+      linkListening: this.links.listening,
+      mqttConnected: this.monitoring?.publisher.brokerConnected,
+    });
+  }
 
   async stop(): Promise<void> {
+    this.stopping = true;
+    await this.stopServices();
+    // Last: a scrape while the gateway stops is told so (503), and reads no closed store.
+    this.stopMetrics?.();
+    await this.metrics?.close();
+    this.store.close();
+    this.lock.release();
+    this.log.info("gateway-stopped", { id: this.id });
+  }
+
+  /** Everything but the metrics endpoint, the store and the lock. */
+  private async stopServices(): Promise<void> {
     // Links first: closing them reports each device's link as lost to the broker, which would start
     // grace timers if it were closed already.
     await this.links.close();
@@ -261,8 +321,5 @@ export class Gateway {
     this.trust?.close();
     await this.interlink?.close().catch(() => undefined);
     await this.monitoring?.stop(); // after the links (their last states), before the store closes
-    this.store.close();
-    this.lock.release();
-    this.log.info("gateway-stopped", { id: this.id });
   }
 }
