@@ -6,7 +6,11 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import net from "node:net";
-import { nodeHandset, provision, startGateway, tempDir, until, type TestGateway } from "./support/harness.ts";
+import { rmSync } from "node:fs";
+import { Clock, nodeHandset, provision, startGateway, tempDir, until, type TestGateway } from "./support/harness.ts";
+import { fleetGateway } from "./support/fleet-rig.ts";
+import { startBroker } from "../gateway/monitor/embedded-broker.ts";
+import { Fleet } from "../gateway/fleet/fleet.ts";
 import { sessionHandset, stopGateway, type SessionHandset } from "./support/session-rig.ts";
 import { startGatewayProcess } from "./support/process.ts";
 import { runCli } from "./support/run-cli.ts";
@@ -117,6 +121,29 @@ test("metrics: a session inside the gateway moves requested, up and SAs, and is 
   } finally {
     for (const d of devs) d.close();
     await stopGateway(t);
+  }
+});
+
+test("metrics: with the fleet on, the across series and the revocation list's serial and age (by the gateway's clock)", async () => {
+  const clock = new Clock();
+  const broker = await startBroker(LOOPBACK_ANY_PORT);
+  const fleetDir = tempDir("kp-metrics-fleet-");
+  let t: TestGateway | undefined;
+  try {
+    const fleet = Fleet.create(fleetDir, "kp-metrics-fleet", clock.now());
+    t = await fleetGateway("north.example", fleet, broker, clock.now, { metricsListen: LOOPBACK_ANY_PORT });
+    const first = (await scrape(t)).samples;
+    assert.equal(first.get('keyproxy_revocation_list_serial{fleet="kp-metrics-fleet"}'), 1);
+    assert.equal(first.get('keyproxy_revocation_list_age_seconds{fleet="kp-metrics-fleet"}'), 0);
+    assert.equal(first.get('keyproxy_sas{scope="across"}'), 0);
+    assert.equal(first.get('keyproxy_session_setups_requested_total{scope="across"}'), 0);
+    clock.advance(3600);
+    const later = (await scrape(t)).samples;
+    assert.equal(later.get('keyproxy_revocation_list_age_seconds{fleet="kp-metrics-fleet"}'), 3600);
+  } finally {
+    if (t) await stopGateway(t);
+    await broker.close();
+    rmSync(fleetDir, { recursive: true, force: true });
   }
 });
 
