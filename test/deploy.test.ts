@@ -6,7 +6,9 @@
 // only where a Docker daemon answers; the static checks run everywhere.
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -20,6 +22,7 @@ const SYSUSERS_FILE = join(ROOT, "deploy/systemd/keyproxy.sysusers");
 const CONTAINERFILE = join(ROOT, "deploy/container/Containerfile");
 const DOCKERIGNORE = join(ROOT, ".dockerignore");
 const DATA_DIR = "/var/lib/keyproxy";
+const HEALTHCHECK_SCRIPT = "deploy/container/healthcheck.mjs";
 
 // ---------------------------------------------------------------------------------------------
 // systemd unit
@@ -301,9 +304,79 @@ describe("deploy/container/Containerfile", () => {
     }
   });
 
-  test("has no HEALTHCHECK until the gateway has a health endpoint (a TCP probe would count as an unjoined device connection)", () => {
-    assert.equal(all("HEALTHCHECK").length, 0);
-    assert.match(containerText, /^#.*\/healthz/m, "a comment says what to check once there is one");
+  test("HEALTHCHECK asks /healthz at the loopback address the gateway gets from KEYPROXY_METRICS_LISTEN (not a TCP probe of the device port)", () => {
+    const checks = all("HEALTHCHECK");
+    assert.equal(checks.length, 1);
+    const cmd = /^(?:--\S+\s+)*CMD\s+(.*)$/.exec(checks[0].args);
+    assert.ok(cmd, "HEALTHCHECK ... CMD");
+    assert.deepEqual(execForm(cmd[1]), ["node", `/opt/keyproxy/${HEALTHCHECK_SCRIPT}`]);
+    const env = all("ENV").map((i) => /^KEYPROXY_METRICS_LISTEN=(\S+)$/.exec(i.args)?.[1]).filter(Boolean);
+    assert.deepEqual(env, ["127.0.0.1:9464"], "metrics served on the container's loopback only unless asked for");
+  });
+});
+
+/** Runs the health check script with KEYPROXY_METRICS_LISTEN (undefined: unset) and returns its exit
+ *  code and message. Asynchronous: the server it asks may live in this process. */
+function runHealthcheck(listen: string | undefined): Promise<{ code: number | null; out: string }> {
+  const env = { ...process.env };
+  delete env.KEYPROXY_METRICS_LISTEN;
+  if (listen !== undefined) env.KEYPROXY_METRICS_LISTEN = listen;
+  const child = spawn(process.execPath, [join(ROOT, HEALTHCHECK_SCRIPT)], { env, stdio: ["ignore", "pipe", "inherit"] });
+  let out = "";
+  child.stdout.setEncoding("utf8").on("data", (c: string) => (out += c));
+  return new Promise((resolve) => child.on("close", (code) => resolve({ code, out: out.trim() })));
+}
+
+/** An HTTP server on a free loopback port answering /healthz with status and body. */
+async function fakeHealth(status: number, body: string): Promise<{ port: number; paths: string[]; close: () => Promise<void> }> {
+  const paths: string[] = [];
+  const server = createServer((req, res) => {
+    paths.push(req.url ?? "");
+    res.writeHead(status, { "content-type": "text/plain" }).end(body);
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  const port = (server.address() as AddressInfo).port;
+  return { port, paths, close: () => new Promise((r) => server.close(() => r())) };
+}
+
+describe("deploy/container/healthcheck.mjs", () => {
+  test("healthy (exit 0) when /healthz answers 200; a wildcard listen address is asked over loopback", async () => {
+    const s = await fakeHealth(200, "ok\nmqtt broker: connected\n");
+    try {
+      const r = await runHealthcheck(`0.0.0.0:${s.port}`);
+      assert.equal(r.code, 0, r.out);
+      assert.equal(r.out, `http://127.0.0.1:${s.port}/healthz: 200 ok; mqtt broker: connected`);
+      assert.deepEqual(s.paths, ["/healthz"]);
+    } finally {
+      await s.close();
+    }
+  });
+
+  test("unhealthy (exit 1) with the gateway's reason when /healthz answers 503", async () => {
+    const s = await fakeHealth(503, "unavailable: the link server is not listening\n");
+    try {
+      const r = await runHealthcheck(`127.0.0.1:${s.port}`);
+      assert.equal(r.code, 1);
+      assert.match(r.out, /: 503 unavailable: the link server is not listening$/);
+    } finally {
+      await s.close();
+    }
+  });
+
+  test("unhealthy (exit 1), saying why, when nothing answers or there is no address to ask", async () => {
+    const s = await fakeHealth(200, "ok");
+    await s.close(); // a port that was free a moment ago and is closed now: refused
+    const refused = await runHealthcheck(`127.0.0.1:${s.port}`);
+    assert.equal(refused.code, 1);
+    assert.match(refused.out, /ECONNREFUSED/);
+    const unset = await runHealthcheck(undefined);
+    assert.equal(unset.code, 1);
+    assert.match(unset.out, /KEYPROXY_METRICS_LISTEN is not set/);
+    const empty = await runHealthcheck("");
+    assert.equal(empty.code, 1, "an empty variable counts as unset, as for the gateway");
+    const bad = await runHealthcheck("localhost");
+    assert.equal(bad.code, 1);
+    assert.match(bad.out, /not host:port/);
   });
 });
 
@@ -320,7 +393,7 @@ describe(".dockerignore", () => {
 
   test("keeps every file a running keyproxy loads, and it needs no devDependency", async () => {
     const { files, packages } = await runtimeGraph();
-    const needed = [...files, "package.json", "package-lock.json", "tsconfig.json", "bin/keyproxy.js", "eslint.config.js"];
+    const needed = [...files, "package.json", "package-lock.json", "tsconfig.json", "bin/keyproxy.js", "eslint.config.js", HEALTHCHECK_SCRIPT];
     assert.ok(files.some((f) => f.startsWith("gateway/")) && files.some((f) => f.startsWith("cli/")), "the graph reached the commands");
     const patterns = ignorePatterns();
     assert.deepEqual(needed.filter((p) => excludedFromContext(p, patterns)), [], "left out of the image");
