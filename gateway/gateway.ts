@@ -279,7 +279,6 @@ export class Gateway {
       revocationList: () => this.trust?.list,
       now,
       log: this.log,
-      health: () => this.health(),
     });
     this.stopMetrics = stop;
     try {

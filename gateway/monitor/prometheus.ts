@@ -34,7 +34,6 @@ export interface MetricsSources {
   now: () => number;
   /** The gateway's log: session-requested/-up records time the setups. */
   log: Logger;
-  health: () => Health;
 }
 
 interface SetupStats { requested: number; up: number; refused: number; failed: number; rekeyed: number }
