@@ -373,27 +373,27 @@ function ephemeral(): Ephemeral {
   return generateX25519KeyObject();
 }
 
-/** PRK = HKDF-Extract(TH2, [kemSecret ||] X25519(own, peer)), the ML-KEM secret first as in TLS's
+/** PRK = HKDF-Extract(TH2, [kemShared ||] X25519(own, peer)), the ML-KEM secret first as in TLS's
  *  X25519MLKEM768. A low-order peer key (zero secret) is refused. Both secrets are wiped here. */
-function extract(own: KeyObject, peer: Uint8Array, th2: Uint8Array, kemSecret?: Uint8Array): Uint8Array {
+function extract(own: KeyObject, peer: Uint8Array, th2: Uint8Array, kemShared?: Uint8Array): Uint8Array {
   let ss: Buffer;
   try {
     ss = diffieHellman({ privateKey: own, publicKey: publicFromRaw(peer) });
   } catch (e) {
-    kemSecret?.fill(0);
+    kemShared?.fill(0);
     throw new ExchangeError("malformed", "ephemeral public key is not usable (low order)", { cause: e });
   }
   let acc = 0;
   for (const b of ss) acc |= b;
   if (acc === 0) {
-    kemSecret?.fill(0);
+    kemShared?.fill(0);
     throw new ExchangeError("malformed", "ephemeral public key is of low order (shared secret would be zero)");
   }
-  const ikm = kemSecret ? Buffer.concat([kemSecret, ss]) : ss;
+  const ikm = kemShared ? Buffer.concat([kemShared, ss]) : ss;
   const prk = hmac(th2, ikm);
   ss.fill(0);
   ikm.fill(0);
-  kemSecret?.fill(0);
+  kemShared?.fill(0);
   return prk;
 }
 
