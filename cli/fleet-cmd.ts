@@ -98,7 +98,7 @@ next-update time. Run it before the current list's next update (from cron, with
     help: `usage: keyproxy fleet publish --mqtt <url> [--fleet-dir <dir>]
 
 Publishes the current revocation list, retained, on
-keyproxy/v1/fleet/<fleet-id>/revocation, where every gateway of the fleet
+keyproxy-cose/v1/fleet/<fleet-id>/revocation, where every gateway of the fleet
 listens (say, after a broker lost its retained messages).`,
   },
 };

@@ -1,9 +1,9 @@
 // The interlink: request/response between gateways over MQTT, with the broker trusted with nothing.
 //
 // Topics (one MQTT level per gateway id, which is its domain):
-//   keyproxy/v1/interlink/<id>/requests      requests addressed to <id>            QoS 1
-//   keyproxy/v1/interlink/<id>/responses     responses and errors addressed to <id> QoS 1
-//   keyproxy/v1/interlink/<id>/certificate   <id>'s gateway certificate, retained   QoS 1
+//   keyproxy-cose/v1/interlink/<id>/requests      requests addressed to <id>            QoS 1
+//   keyproxy-cose/v1/interlink/<id>/responses     responses and errors addressed to <id> QoS 1
+//   keyproxy-cose/v1/interlink/<id>/certificate   <id>'s gateway certificate, retained   QoS 1
 //
 // Retained messages are this gateway's to keep: its certificate, and whatever publishRetained was
 // given (the fleet's revocation list it holds) are published again at every reconnect, because a
@@ -153,7 +153,7 @@ export interface InterlinkOptions {
   mqtt?: IClientOptions;
 }
 
-export const TOPIC_ROOT = "keyproxy/v1/interlink";
+export const TOPIC_ROOT = "keyproxy-cose/v1/interlink";
 export const requestsTopic = (id: string): string => `${TOPIC_ROOT}/${id}/requests`;
 export const responsesTopic = (id: string): string => `${TOPIC_ROOT}/${id}/responses`;
 export const certificateTopic = (id: string): string => `${TOPIC_ROOT}/${id}/certificate`;

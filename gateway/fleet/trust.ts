@@ -1,7 +1,7 @@
 // What a gateway trusts across the fleet, and how it learns that this changed (docs/FLEET.md): an
 // in-process verifier (seed 003 Fig. 3) holding the newest fleet revocation list, the certificate
 // checker that the interlink and the key exchange consult, and the list's distribution: a retained
-// MQTT message on keyproxy/v1/fleet/<fleet-id>/revocation, published by `keyproxy fleet ... --mqtt`.
+// MQTT message on keyproxy-cose/v1/fleet/<fleet-id>/revocation, published by `keyproxy fleet ... --mqtt`.
 //
 // Nothing on that topic is trusted: a list is taken only if the fleet CA signed it, for this fleet,
 // with a serial above the one held (gateway/fleet/fleet.ts acceptRevocationList), so a broker can withhold
@@ -25,7 +25,7 @@ import type { Interlink } from "./interlink.ts";
 import type { Logger } from "../log/logger.ts";
 import { CertificateChecker, localSource, remoteSource, Verifier } from "./verifier.ts";
 
-export const REVOCATION_TOPIC_ROOT = "keyproxy/v1/fleet";
+export const REVOCATION_TOPIC_ROOT = "keyproxy-cose/v1/fleet";
 export const revocationTopic = (fleetId: string): string => `${REVOCATION_TOPIC_ROOT}/${fleetId}/revocation`;
 /** The newest list this gateway took, in its data directory. */
 export const HELD_LIST_FILE = "revocation.cose";
