@@ -7,6 +7,7 @@ import { hostPort, parse, positiveInt, UsageError } from "./args.ts";
 import { checkDeviceId } from "./device-cmd.ts";
 import { DEFAULT_DATA_DIR } from "./gateway-cmd.ts";
 import { EXIT_INTERRUPTED, onCtrlC, shellWords } from "./interrupt.ts";
+import { noteNewDataDir } from "./git-worktree.ts";
 
 const HELP = `usage: keyproxy provision --port <tty> --id <name> [--board <id>]
                           [--gateway <host:port>] [options]
@@ -86,6 +87,7 @@ export async function provisionCommand(argv: string[]): Promise<number> {
     : undefined;
   bar?.start(steps.length, 0, { step: "" });
   const recoverCmd = `keyproxy provision ${shellWords(["--port", o.port, "--board", board.id, "--data-dir", dataDir, "--recover"])}`;
+  const warnIfNew = noteNewDataDir(dataDir);
   const ctrlC = onCtrlC("provision", `the registry holds only what was committed (SQLite drops the rest); run \`${recoverCmd}\` to bring the device in line with it`);
   try {
     const r = await provisionDevice({
@@ -110,6 +112,7 @@ export async function provisionCommand(argv: string[]): Promise<number> {
       console.log(`nothing to recover on ${o.port}`);
     }
     if (r.id) console.log(`provisioned ${r.id} (${r.board}) on ${o.port}${r.replaced ? ", replacing its old key" : ""}; registry ${dataDir}`);
+    warnIfNew();
     return 0;
   } catch (e) {
     bar?.stop();

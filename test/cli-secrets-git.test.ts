@@ -9,6 +9,8 @@ import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { runCli } from "./support/run-cli.ts";
 import { startGatewayProcess } from "./support/process.ts";
+import { EmulatedDevice } from "../emulator/device.ts";
+import { attachPty } from "../emulator/serial.ts";
 import { tempDir, until } from "./support/harness.ts";
 
 const FIX = "add it to .gitignore or write it outside the repository";
@@ -117,4 +119,20 @@ test("a data directory that a command creates inside a work tree: fleet issue-ga
   const gw2 = await startGatewayProcess(join(quiet, "gw-data"), 0, ["--no-mqtt"]);
   await gw2.stop();
   assert.ok(!gw2.lines.some((l) => l.includes("warning")), gw2.lines.join("\n"));
+});
+
+test("provision inside a work tree: the registry it creates there is named once", async () => {
+  const dev = new EmulatedDevice({ board: "emulator", storageDir: tempDir("kp-git-prov-"), name: "git-prov" });
+  const pty = await attachPty(dev);
+  try {
+    const dir = repo();
+    const dataDir = join(dir, "registry");
+    const r = await runCli(["provision", "--port", pty.path, "--board", "emulator", "--id", "p1", "--data-dir", dataDir, "--gateway", "127.0.0.1:7447", "--no-reboot"]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(warningsAbout(r.stderr, dataDir).length, 1, r.stderr);
+    assert.ok(r.stderr.includes(FIX), r.stderr);
+  } finally {
+    await pty.close();
+    dev.powerOff();
+  }
 });
