@@ -1,10 +1,10 @@
 // `keyproxy <command>`: one entry point, one module per command.
-import { readFileSync } from "node:fs";
 import { helpRows, parse, UsageError, withOrigins } from "./args.ts";
 import { linesForTerminal } from "../gateway/log/terminal.ts";
+import { PACKAGE_VERSION } from "../gateway/package/root.ts";
 
 /** "keyproxy 0.1.0": the version package.json gives, the one the gateway publishes in its status. */
-export const VERSION_LINE = `keyproxy ${JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")).version}`;
+export const VERSION_LINE = `keyproxy ${PACKAGE_VERSION}`;
 
 const COMMANDS: Record<string, { summary: string; run: (argv: string[]) => Promise<number> }> = {
   build: { summary: "bundle the firmware for a board, checked against its budget", run: async (a) => (await import("../flash/build.ts")).buildCommand(buildArgv(a)) },

@@ -8,11 +8,12 @@
 //      lowered with a runtime helper, whatever came from node_modules, the `__require` shim.
 
 import { createHash } from "node:crypto";
-import fs, { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import fs, { existsSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import * as esbuild from "esbuild";
 import { BOARDS, getBoard } from "../boards/index.ts";
+import { PACKAGE_ROOT, PACKAGE_VERSION } from "../gateway/package/root.ts";
 import { PUBLIC_KEY_PACKAGES } from "./eslint-espruino.js";
 import { lintFirmware } from "./lint.ts";
 import { lineColumnAt, SourceMapLookup, type RawSourceMap } from "./sourcemap.ts";
@@ -70,8 +71,9 @@ export interface BuildOptions {
   app?: string;
 }
 
-const ROOT = fileURLToPath(new URL("..", import.meta.url));
-const VERSION: string = JSON.parse(readFileSync(path.join(ROOT, "package.json"), "utf8")).version;
+// The package root, not this file's parent: compiled, this file is one folder deeper (dist/flash/).
+const ROOT = PACKAGE_ROOT;
+const VERSION = PACKAGE_VERSION;
 
 /** How many hex digits of the bundle's SHA-256 the firmware id carries. */
 const FIRMWARE_HASH_DIGITS = 8;

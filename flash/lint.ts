@@ -5,6 +5,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { ESLint } from "eslint";
 import { espruinoLintConfig, ESX_CONSTRUCTS } from "./eslint-espruino.js";
+import { PACKAGE_ROOT } from "../gateway/package/root.ts";
 
 export interface LintFinding {
   /** Relative to the repository root. */
@@ -13,7 +14,8 @@ export interface LintFinding {
   message: string;
 }
 
-const ROOT = fileURLToPath(new URL("..", import.meta.url));
+// The package root, not this file's parent: compiled, this file is one folder deeper (dist/flash/).
+const ROOT = PACKAGE_ROOT;
 const FIRMWARE_GLOB = "firmware/**/*.ts";
 
 let eslint: ESLint | undefined;

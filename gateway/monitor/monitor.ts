@@ -15,7 +15,6 @@
 // counter); the MQTT client connects and reconnects in the background; its errors are logged once.
 
 import { randomBytes } from "node:crypto";
-import { readFileSync } from "node:fs";
 import { connect, type MqttClient } from "mqtt";
 import { BrokerAddressInUse, startBroker, type EmbeddedBroker } from "./embedded-broker.ts";
 import { BOARDS } from "../../boards/index.ts";
@@ -23,6 +22,7 @@ import type { LinkServer } from "../link/server.ts";
 import type { Logger, LogRecord } from "../log/logger.ts";
 import type { Store } from "../registry/store.ts";
 import { jsonForTerminal } from "../log/terminal.ts";
+import { PACKAGE_VERSION } from "../package/root.ts";
 
 export const TOPIC_ROOT = "keyproxy/v1";
 
@@ -240,7 +240,7 @@ export interface PublisherOptions {
   queueLimit?: number;
 }
 
-export const VERSION: string = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")).version;
+export const VERSION: string = PACKAGE_VERSION;
 
 /** A broker URL without its user name and password, for logs and status. */
 export function redactUrl(url: string): string {
