@@ -13,10 +13,14 @@ const CONFIG_OPTION = { config: { type: "string" } } as const;
 /** Where the values of the last parse came from, when not from the command line: for messages. */
 let origins = new Map<string, string>();
 
+/** What parse returns: node:util's parseArgs values for these options. Named, so that the declaration
+ *  emit (npm run build:dist) can write the type, which it cannot infer in node:util's private names. */
+type Parsed<T extends Options> = ReturnType<typeof parseArgs<{ options: T }>>["values"];
+
 /** The command line, strictly, with the settings among its flags filled in from the environment and
  *  config files (cli/config.ts). `settings`: which flags may come from there; by default every flag
  *  of the command that is a setting. A mistake anywhere is a UsageError (exit 2). */
-export function parse<T extends Options>(argv: string[], options: T, settings?: readonly string[], env: NodeJS.ProcessEnv = process.env) {
+export function parse<T extends Options>(argv: string[], options: T, settings?: readonly string[], env: NodeJS.ProcessEnv = process.env): Parsed<T> {
   origins = new Map();
   let flags: Record<string, Value | undefined>;
   try {
@@ -29,11 +33,11 @@ export function parse<T extends Options>(argv: string[], options: T, settings?: 
     // A programming mistake, caught by the test over every command: a setting's kind is the flag's.
     if (options[f]?.type !== SETTINGS[f]) throw new Error(`--${f} is not a ${SETTINGS[f]} setting of this command`);
   }
-  if (flags.help) return flags as unknown as ReturnType<typeof parseArgs<{ options: T }>>["values"];
+  if (flags.help) return flags as unknown as Parsed<T>;
   try {
     const merged = merge(flags, outsideLayers(flags, wanted, env), wanted);
     origins = merged.origins;
-    return merged.values as unknown as ReturnType<typeof parseArgs<{ options: T }>>["values"];
+    return merged.values as unknown as Parsed<T>;
   } catch (e) {
     if (e instanceof ConfigError) throw new UsageError(e.message);
     throw e;
