@@ -25,9 +25,11 @@ function linter(): ESLint {
   // The config applies to whatever files are asked for (fixtures, entries outside firmware/), so it
   // is given here rather than read from eslint.config.js, which lists firmware/ only. The base is the
   // filesystem root because ESLint silently skips files outside its base path, and a build entry may
-  // live anywhere.
+  // live anywhere. ESLint also skips whatever is under node_modules/ unless told not to: in an
+  // installed package the firmware's own sources are there (node_modules/keyproxy/firmware/).
   eslint ??= new ESLint({
     cwd: path.parse(ROOT).root,
+    ignorePatterns: ["!**/node_modules/"],
     overrideConfigFile: true,
     overrideConfig: espruinoLintConfig(["**/*.ts"]),
   });
