@@ -100,8 +100,10 @@ test("the npm package installs into an empty project, runs, builds the firmware 
   await sh(process.execPath, [join(project, "node_modules", "typescript", "bin", "tsc"), "-p", "."], project);
 });
 
-test("the lint sees firmware sources under node_modules/, where an installed package's firmware is", async () => {
-  const dir = join(tempDir("kp-package-lint-"), "node_modules", "keyproxy", "firmware");
+test("the lint sees firmware sources under node_modules/, where an installed package's firmware is", async (t) => {
+  const base = tempDir("kp-package-lint-");
+  t.after(() => rmSync(base, { recursive: true, force: true }));
+  const dir = join(base, "node_modules", "keyproxy", "firmware");
   mkdirSync(dir, { recursive: true });
   const file = join(dir, "bad.ts");
   writeFileSync(file, "export function f(o: { a: number }): number {\n  const { a } = o;\n  return a;\n}\n");
