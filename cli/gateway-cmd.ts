@@ -235,7 +235,7 @@ async function startDemo(gw: Gateway, dataDir: string, n: number): Promise<() =>
     say(`  npx keyproxy monitor${m.url === "mqtt://127.0.0.1:1883" ? "" : ` --mqtt ${m.url}`}`);
   }
   say(`demo: building the Puck.js firmware and booting ${n} emulated handset${n === 1 ? "" : "s"} (Ctrl-C stops everything)`);
-  const build = await buildFirmware({ board: "puckjs" });
+  const build = await buildFirmware({ board: "puckjs", outDir: join(dataDir, "sim", "build") });
   if (!build.ok) throw new Error(`the puckjs firmware does not build:\n${build.problems.join("\n")}`);
   // Only what a person wants to see on a first run: what happened to each handset and its sessions.
   const unsubscribe = gw.log.subscribe((rec) => {

@@ -64,7 +64,7 @@ export async function simCommand(argv: string[]): Promise<number> {
     if (!existsSync(o.bundle)) throw new UsageError(`no bundle at ${o.bundle}`);
     bundle = readFileSync(o.bundle, "utf8");
   } else {
-    const r = await buildFirmware({ board });
+    const r = await buildFirmware({ board, outDir: join(dataDir, "sim", "build") });
     if (!r.ok) throw new Error(`the ${board} firmware does not build:\n${r.problems.join("\n")}`);
     bundle = r.code;
   }

@@ -55,7 +55,7 @@ export function roomForApp(r: BuildResult): { bytes: number; vars: number } {
 
 export interface BuildOptions {
   board: string;
-  /** Default: build/ at the repository root. */
+  /** Where <board>.js goes (default: build/ in the current directory). */
   outDir?: string;
   /** Default: firmware/targets/<board>.ts. Relative paths are taken from the working directory. */
   entry?: string;
@@ -336,7 +336,9 @@ function unique(lines: string[]): string[] {
  *  checks its size against the board's budget. Throws only for an unknown board. */
 export async function buildFirmware(opts: BuildOptions): Promise<BuildResult> {
   const board = getBoard(opts.board);
-  const outDir = path.resolve(opts.outDir ?? path.join(ROOT, "build"));
+  // build/ in the current directory by default, as the CLI says: never inside the package itself,
+  // which an installed keyproxy may not be allowed to write (node_modules, a global install).
+  const outDir = path.resolve(opts.outDir ?? "build");
   const file = path.join(outDir, `${board.id}.js`);
   const bundleName = relative(file);
   const entry = path.resolve(opts.entry ?? path.join(ROOT, "firmware", "targets", `${board.id}.ts`));

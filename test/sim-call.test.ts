@@ -22,7 +22,7 @@ let gw: GatewayProcess;
 
 before(async () => {
   dataDir = tempDir("kp-sim-");
-  const build = await buildFirmware({ board: "puckjs" });
+  const build = await buildFirmware({ board: "puckjs", outDir: join(dataDir, "build") });
   assert.ok(build.ok, "the puckjs firmware builds");
   bundleFile = join(dataDir, "puckjs.js");
   writeFileSync(bundleFile, build.code);
