@@ -100,6 +100,10 @@ test("the npm package installs into an empty project, runs, builds the firmware 
   await sh(process.execPath, [join(project, "node_modules", "typescript", "bin", "tsc"), "-p", "."], project);
 });
 
+test("the README's capable-peer program is the one this file type-checks against the installed package", () => {
+  assert.ok(readFileSync(join(ROOT, "README.md"), "utf8").includes(README_PEER), "README.md holds README_PEER word for word");
+});
+
 test("the lint sees firmware sources under node_modules/, where an installed package's firmware is", async (t) => {
   const base = tempDir("kp-package-lint-");
   t.after(() => rmSync(base, { recursive: true, force: true }));
