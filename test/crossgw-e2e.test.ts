@@ -157,7 +157,8 @@ describe(`sessions across two gateway processes over ${process.env.KEYPROXY_TEST
   let a: Side;
   let b: Side;
   let carolDir: string;
-  /** Every MQTT message under keyproxy/# during the run: monitoring, the interlink, the fleet's list. */
+  /** Every MQTT message during the run under both roots: keyproxy/# (monitoring, JSON) and
+   *  keyproxy-cose/# (the interlink and the fleet's revocation list, COSE). */
   let recorder: MqttClient;
   const seen: Buffer[] = [];
   const g = (s: Side, expr: string) => s.dev.eval(expr) as number;
@@ -182,7 +183,7 @@ describe(`sessions across two gateway processes over ${process.env.KEYPROXY_TEST
     }
     recorder = await mqtt.connectAsync(url, { protocolVersion: 4 });
     recorder.on("message", (topic, payload) => seen.push(Buffer.from(topic), Buffer.from(payload)));
-    await recorder.subscribeAsync("keyproxy/#", { qos: 1 });
+    await recorder.subscribeAsync({ "keyproxy/#": { qos: 1 }, "keyproxy-cose/#": { qos: 1 } });
     await ok(["fleet", "create", "--id", `kp-e2e-${run}`, "--fleet-dir", fleetDir]);
     const build = await buildFirmware({ board: "puckjs", outDir: tempDir("kp-build-") });
     assert.ok(build.ok, build.problems.join("\n"));
@@ -317,7 +318,8 @@ describe(`sessions across two gateway processes over ${process.env.KEYPROXY_TEST
     assert.ok(secrets.size >= 13, `every secret is scanned for (${[...secrets.keys()].join(", ")})`);
     const haystacks = [...seen, ...[a, b].flatMap((s) => s.gw.lines.map((l) => Buffer.from(l))), ...verifier!.lines.map((l) => Buffer.from(l)), ...printed.map((o) => Buffer.from(o))];
     assert.ok(seen.length > 100, `enough to scan (${seen.length / 2} messages)`);
-    assert.ok(seen.some((x) => x.toString().includes("/interlink/")), "interlink traffic was recorded");
+    assert.ok(seen.some((x) => x.toString().startsWith("keyproxy-cose/v1/interlink/")), "interlink traffic was recorded");
+    assert.ok(seen.some((x) => x.toString().startsWith("keyproxy-cose/v1/fleet/")), "the fleet's revocation list was recorded");
     assert.deepEqual(leaks(secrets, haystacks), []);
     // The scan itself can fail: a secret planted in any form is found.
     for (const f of forms(secrets.get("fleet CA key")!)) assert.deepEqual(leaks(secrets, [Buffer.concat([Buffer.from("x"), f, Buffer.from("y")])]), ["fleet CA key"]);
