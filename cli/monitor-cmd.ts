@@ -6,7 +6,8 @@
 // payloads): every line and every table cell goes through forTerminal before it is printed.
 
 import { connect, type MqttClient } from "mqtt";
-import { parseTopic, redactUrl, topics, type DeviceState, type GatewayStatus, type Metrics } from "../gateway/monitor/monitor.ts";
+import { redactUrl, topics, type DeviceState } from "../gateway/monitor/monitor.ts";
+import { describeEvent, FleetModel } from "../gateway/monitor/fleet-model.ts";
 import { DEFAULT_BROKER_LISTEN } from "../gateway/monitor/embedded-broker.ts";
 import { forTerminal } from "../gateway/log/terminal.ts";
 import { brokerUrl, parse, positiveInt, UsageError } from "./args.ts";
@@ -27,103 +28,11 @@ that is away is retried every 2 s, and the monitor says so. Stop with Ctrl-C.
   --for <s>      run for s seconds, then print the table and exit
   --events <n>   recent events kept in the table (default 8)`;
 
-type LogEvent = { ts?: string; level?: string; event?: string } & Record<string, unknown>;
+// The model (one parser of the monitoring messages) is shared with the web fleet view.
+export { describeEvent };
 
-/** One line for a log record / event, for people: "12:00:01 joined sim-1 counter=1 suite=10".
- *  Control characters in it are shown escaped (forTerminal): its ids and reasons are not ours. */
-export function describeEvent(rec: LogEvent): string {
-  const time = typeof rec.ts === "string" && !Number.isNaN(Date.parse(rec.ts)) ? new Date(rec.ts).toTimeString().slice(0, 8) : "--:--:--";
-  const parts = [time, String(rec.event ?? "?")];
-  if (typeof rec.device === "string") parts.push(rec.device);
-  for (const [k, v] of Object.entries(rec)) {
-    if (k === "ts" || k === "level" || k === "event" || k === "device" || v === null || typeof v === "object") continue;
-    const s = String(v);
-    parts.push(`${k}=${/\s/.test(s) ? JSON.stringify(s) : s}`);
-  }
-  return forTerminal(parts.join(" "));
-}
-
-interface GatewayView {
-  status?: GatewayStatus;
-  metrics?: Metrics;
-}
-
-/** What the monitor knows, built from MQTT messages alone. */
-export class FleetView {
-  readonly gateways = new Map<string, GatewayView>();
-  /** Keyed by gateway, then device. */
-  readonly devices = new Map<string, Map<string, DeviceState>>();
-  readonly events: { gateway: string; rec: LogEvent }[] = [];
-
-  constructor(private keepEvents = 8) {}
-
-  private gw(id: string): GatewayView {
-    let g = this.gateways.get(id);
-    if (!g) this.gateways.set(id, (g = {}));
-    return g;
-  }
-
-  /** Applies one message; returns a line describing the change for people (control characters
-   *  escaped), or undefined. Payloads that are not ours or not JSON are ignored: the monitor must
-   *  survive anything on the broker. */
-  apply(topic: string, payload: Buffer): string | undefined {
-    const line = this.change(topic, payload);
-    return line === undefined ? undefined : forTerminal(line);
-  }
-
-  private change(topic: string, payload: Buffer): string | undefined {
-    const t = parseTopic(topic);
-    if (!t) return undefined;
-    let body: any;
-    if (payload.length) {
-      try {
-        body = JSON.parse(payload.toString("utf8"));
-      } catch {
-        return undefined;
-      }
-      if (typeof body !== "object" || body === null) return undefined;
-    }
-    switch (t.kind) {
-      case "status": {
-        if (!body) {
-          this.gateways.delete(t.gateway);
-          return `gateway ${t.gateway}: status cleared`;
-        }
-        this.gw(t.gateway).status = body as GatewayStatus;
-        const s = body as GatewayStatus;
-        return `gateway ${t.gateway} ${s.state}${s.since ? ` since ${s.since}` : ""}${s.reason ? ` (${s.reason})` : ""}${s.listen ? `, devices on ${s.listen}` : ""}${s.version ? `, v${s.version}` : ""}`;
-      }
-      case "metrics":
-        if (body) this.gw(t.gateway).metrics = body as Metrics;
-        return undefined;
-      case "events": {
-        if (!body) return undefined;
-        this.gw(t.gateway);
-        this.events.push({ gateway: t.gateway, rec: body as LogEvent });
-        if (this.events.length > this.keepEvents) this.events.splice(0, this.events.length - this.keepEvents);
-        return `event ${t.gateway} ${describeEvent(body as LogEvent)}`;
-      }
-      case "device": {
-        this.gw(t.gateway);
-        let m = this.devices.get(t.gateway);
-        if (!m) this.devices.set(t.gateway, (m = new Map()));
-        if (!body) {
-          m.delete(t.device);
-          return `handset ${t.device} @ ${t.gateway}: removed`;
-        }
-        const d = body as DeviceState;
-        m.set(t.device, d);
-        return `handset ${t.device} @ ${t.gateway}: ${this.link(t.gateway, d)}, ${registration(d, Date.now())}, board ${d.board}, join counter ${d.joinCounter}`;
-      }
-    }
-  }
-
-  /** A handset's link state means something only while its gateway is online. */
-  link(gateway: string, d: DeviceState): string {
-    if (this.gateways.get(gateway)?.status?.state !== "online") return "unknown (gateway offline)";
-    return d.online ? "linked" : "not linked";
-  }
-
+/** What the monitor knows, built from MQTT messages alone (FleetModel), drawn as a table. */
+export class FleetView extends FleetModel {
   /** The table, every line of it at most width columns: values are kept short, columns narrowed
    *  with an ellipsis when they still do not fit, a line never wrapped. notice: a line under the
    *  title (the broker's state), blank when undefined. */
@@ -174,13 +83,6 @@ function num(n: number | undefined): string {
 function memory(d: { memoryUsed?: number | null; memoryTotal?: number | null }): string {
   if (!d.memoryUsed) return "-";
   return d.memoryTotal ? `${d.memoryUsed}/${d.memoryTotal}` : String(d.memoryUsed);
-}
-
-function registration(d: DeviceState, now: number): string {
-  if (d.revoked) return "revoked";
-  if (!d.registeredUntil) return "not registered";
-  const left = Math.floor((Date.parse(d.registeredUntil) - now) / 1000);
-  return left > 0 ? `registered, ${left}s left` : "registration expired";
 }
 
 /** registration(), in a table cell. */
