@@ -31,6 +31,8 @@ export const SETTINGS: Readonly<Record<string, Kind>> = {
   "no-fleet": "boolean",
   metrics: "string",
   "metrics-listen": "string",
+  http: "string",
+  "http-token-file": "string",
   "max-lifetime": "string",
   "min-lifetime": "string",
   "sa-lifetime": "string",

@@ -14,6 +14,7 @@ import { brokerUrl, helpRows, hostPort, parse, positiveInt, UsageError } from ".
 import { DEFAULT_DATA_DIR } from "./config.ts";
 import { noteNewDataDir } from "./git-worktree.ts";
 import { describeEvent } from "./monitor-cmd.ts";
+import { httpOptions, TOKEN_ENV, viewUrl } from "./console-cmd.ts";
 import { forTerminal } from "../gateway/log/terminal.ts";
 import type { EmulatedDevice } from "../emulator/device.ts";
 
@@ -45,6 +46,8 @@ ${helpRows([
   ["--no-mqtt", "no monitoring, no broker"],
   ["--metrics <s>", "seconds between metrics messages (default 10)"],
   ["--metrics-listen <host:port>", "serve Prometheus metrics (/metrics) and a health check (/healthz) over HTTP on this address (default: off; docs/MONITORING.md)"],
+  ["--http <host:port>", "serve the web fleet view of this gateway on this address (default: off; docs/MONITORING.md, \"Web fleet view\")"],
+  ["--http-token-file <path>", `a file holding the token the fleet view's viewers must give (else ${TOKEN_ENV}); required when --http is not a loopback address`],
   ["--no-fleet", "no sessions across gateways: devices reach only devices of this gateway"],
   ["--sa-lifetime <s>", `lifetime of a session's keys, seconds (default ${DEFAULT_SESSIONS.lifetime}); devices rekey at 80%`],
   ["--sa-limit <n>", `messages per direction before a session's keys must be replaced (default ${DEFAULT_SESSIONS.limit})`],
@@ -100,6 +103,8 @@ export async function gatewayCommand(argv: string[]): Promise<number> {
     "no-mqtt": { type: "boolean" },
     metrics: { type: "string" },
     "metrics-listen": { type: "string" },
+    http: { type: "string" },
+    "http-token-file": { type: "string" },
     "no-fleet": { type: "boolean" },
     "sa-lifetime": { type: "string" },
     "sa-limit": { type: "string" },
@@ -138,6 +143,8 @@ export async function gatewayCommand(argv: string[]): Promise<number> {
         ? { embedded: hostPort(o["mqtt-listen"], "--mqtt-listen"), metricsSeconds }
         // The default address may be taken by a broker already (Mosquitto, another gateway): use it.
         : { embedded: DEFAULT_BROKER_LISTEN, orUseExisting: true, metricsSeconds };
+  const http = httpOptions(o);
+  if (http && !mqtt) throw new UsageError("--http shows what the gateway publishes over MQTT, which --no-mqtt turns off: drop one of them");
   const demo = o.demo === undefined ? 0 : positiveInt(o.demo, "--demo", 2);
   const dataDir = o["data-dir"] ?? DEFAULT_DATA_DIR;
   const sessions = { lifetime: positiveInt(o["sa-lifetime"], "--sa-lifetime", DEFAULT_SESSIONS.lifetime), limit: positiveInt(o["sa-limit"], "--sa-limit", DEFAULT_SESSIONS.limit) };
@@ -182,6 +189,7 @@ export async function gatewayCommand(argv: string[]): Promise<number> {
     sessions,
     limits,
     metricsListen,
+    http,
     fleet: fleetOn ? (id) => ({ ...fleetOptions(dataDir, id, recheckMs, log ?? new Logger(), demo > 0), verifier: o.verifier, keyAgreement }) : undefined,
   }).catch((e: NodeJS.ErrnoException) => {
     throw addressInUse(e, listen ?? DEFAULT_LISTEN) ?? e;
@@ -234,6 +242,7 @@ async function startDemo(gw: Gateway, dataDir: string, n: number): Promise<() =>
     say(`  mosquitto_sub -h ${u.hostname.replace(/^\[|\]$/g, "")} -p ${u.port || 1883} -t 'keyproxy/#' -v`);
     say(`  npx keyproxy monitor${m.url === "mqtt://127.0.0.1:1883" ? "" : ` --mqtt ${m.url}`}`);
   }
+  if (gw.web) say(`web fleet view on ${viewUrl(gw.web.address)}`);
   say(`demo: building the Puck.js firmware and booting ${n} emulated handset${n === 1 ? "" : "s"} (Ctrl-C stops everything)`);
   const build = await buildFirmware({ board: "puckjs", outDir: join(dataDir, "sim", "build") });
   if (!build.ok) throw new Error(`the puckjs firmware does not build:\n${build.problems.join("\n")}`);

@@ -15,6 +15,7 @@ const COMMANDS: Record<string, { summary: string; run: (argv: string[]) => Promi
   provision: { summary: "give a device its identity and root key over serial; register it", run: async (a) => (await import("./provision-cmd.ts")).provisionCommand(a) },
   ports: { summary: "list the serial ports a device could be on (for --port)", run: async (a) => (await import("./ports-cmd.ts")).portsCommand(a) },
   monitor: { summary: "live view of the fleet from MQTT", run: async (a) => (await import("./monitor-cmd.ts")).monitorCommand(a) },
+  console: { summary: "web fleet view in a browser, for every gateway on an MQTT broker", run: async (a) => (await import("./console-cmd.ts")).consoleCommand(a) },
   fleet: { summary: "fleet trust: the fleet CA, gateway certificates, revocation", run: async (a) => (await import("./fleet-cmd.ts")).fleetCommand(a) },
   verifier: { summary: "the fleet's verifier on its own (for gateway --verifier <id>)", run: async (a) => (await import("./verifier-cmd.ts")).verifierCommand(a) },
   policy: { summary: "who may talk to whom: the gateway's permission table", run: async (a) => (await import("./policy-cmd.ts")).policyCommand(a) },

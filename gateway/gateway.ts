@@ -16,8 +16,9 @@ import { checkerTrust } from "./fleet/verifier.ts";
 import { LinkServer } from "./link/server.ts";
 import type { LinkLimits } from "./link/limits.ts";
 import { Logger } from "./log/logger.ts";
-import { startMonitoring, type MqttOptions, type Monitoring } from "./monitor/monitor.ts";
+import { escapeTopicLevel, startMonitoring, TOPIC_ROOT, type MqttOptions, type Monitoring } from "./monitor/monitor.ts";
 import { gatewayHealth, gatewayMetrics, serveMetrics, type MetricsServer } from "./monitor/prometheus.ts";
+import { serveBrokerFleetView, type FleetViewServer } from "./web/fleet-server.ts";
 import { Policy } from "./registry/policy.ts";
 import { DEFAULT_POLICY, LIFETIME_CEILING, Registrar, type RegistrationPolicy } from "./registry/registrar.ts";
 import { DEFAULT_SESSIONS, SessionBroker, type SessionSettings } from "./sessions/session-broker.ts";
@@ -57,6 +58,10 @@ export interface GatewayOptions {
   /** Serve Prometheus metrics and a health check over HTTP on this address (docs/MONITORING.md,
    *  "Prometheus"; port 0: any free port). Default: none. */
   metricsListen?: { host: string; port: number };
+  /** Serve the web fleet view of this gateway over HTTP (docs/MONITORING.md, "Web fleet view"; port 0:
+   *  any free port). It shows what the gateway publishes over MQTT, so it needs `mqtt`. A token is
+   *  required when the address is not loopback. Default: none. */
+  http?: { listen: { host: string; port: number }; token?: string };
 }
 
 export interface FleetOptions {
@@ -222,6 +227,7 @@ export class Gateway {
         sessionsLocal: sessions.sessions.size,
         sessionsAcross: gw.hook instanceof CrossGateway ? gw.hook.sessions.size : undefined,
         revocationSerial: gw.trust?.list?.serial,
+        revocationIssuedAt: gw.trust?.list ? new Date(gw.trust.list.issuedAt * 1000).toISOString() : undefined,
       });
       if (opts.mqtt) gw.monitoring = await startMonitoring(opts.mqtt, { gatewayId: id, listen: `${address.host}:${address.port}`, store, links, log, now, sessionMetrics }).catch(async (e) => { await links.close(); throw e; });
       if (opts.fleet && gw.monitoring) {
@@ -239,6 +245,16 @@ export class Gateway {
           await gw.serveMetrics(opts.metricsListen, registrar, now);
         } catch (e) {
           await gw.stopServices();
+          throw e;
+        }
+      }
+      if (opts.http) {
+        try {
+          await gw.serveWeb(opts.http);
+        } catch (e) {
+          await gw.stopServices();
+          gw.stopMetrics?.();
+          await gw.metrics?.close();
           throw e;
         }
       }
@@ -266,6 +282,8 @@ export class Gateway {
   /** With GatewayOptions.metricsListen: the Prometheus endpoint. */
   metrics?: MetricsServer;
   private stopMetrics?: () => void;
+  /** With GatewayOptions.http: the web fleet view. */
+  web?: FleetViewServer;
   /** From the moment stop() is called: the health check says so at once. */
   private stopping = false;
 
@@ -290,6 +308,18 @@ export class Gateway {
     this.log.info("metrics-serving", { listen: `${this.metrics.address.host}:${this.metrics.address.port}` });
   }
 
+  /** The web fleet view of this gateway, from its own monitoring topics (gateway/web/). */
+  private async serveWeb(http: NonNullable<GatewayOptions["http"]>): Promise<void> {
+    if (!this.monitoring) throw new Error("the web fleet view shows what the gateway publishes over MQTT: it needs monitoring (GatewayOptions.mqtt)");
+    this.web = await serveBrokerFleetView({
+      ...http,
+      url: this.monitoring.connectUrl,
+      topic: `${TOPIC_ROOT}/${escapeTopicLevel(this.id)}/#`,
+      title: `gateway ${this.id}`,
+    });
+    this.log.info("web-serving", { listen: `${this.web.address.host}:${this.web.address.port}`, token: http.token !== undefined });
+  }
+
   private health() {
     return gatewayHealth({
       stopping: this.stopping,
@@ -301,6 +331,8 @@ export class Gateway {
 
   async stop(): Promise<void> {
     this.stopping = true;
+    // First: its viewers and its broker client go before the broker does.
+    await this.web?.close();
     await this.stopServices();
     // Last: a scrape while the gateway stops is told so (503), and reads no closed store.
     this.stopMetrics?.();

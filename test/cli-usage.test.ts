@@ -30,6 +30,7 @@ const MISSING: Record<string, string[][]> = {
   provision: [["provision", "--id", "d1"]],
   ports: [["ports", "extra"]],
   monitor: [["monitor", "--for"], ["monitor", "--mqtt", "not-a-url"]],
+  console: [["console", "--http"], ["console", "--http", "0.0.0.0:0"], ["console", "--mqtt", "not-a-url"]],
   fleet: [["fleet"], ["fleet", "create"], ["fleet", "revoke-device"]],
   verifier: [["verifier", "--id", "v.example"]],
   policy: [["policy"], ["policy", "allow", "--from", "a"], ["policy", "default"]],

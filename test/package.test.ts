@@ -17,6 +17,16 @@ const VERSION: string = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf
 const run = promisify(execFile);
 
 /** Runs a command; on failure the assertion shows what it printed. */
+/** Serves the installed package's fleet view on a free loopback port and prints the page's status and text. */
+const WEB_PAGE_PROGRAM = `
+const { serveFleetView } = await import("./node_modules/keyproxy/dist/gateway/web/fleet-server.js");
+const source = { snapshot: () => ({}), subscribe: () => () => {} };
+const view = await serveFleetView({ listen: { host: "127.0.0.1", port: 0 } }, source);
+const res = await fetch("http://127.0.0.1:" + view.address.port + "/");
+console.log(res.status, await res.text());
+await view.close();
+`;
+
 async function sh(cmd: string, args: string[], cwd: string): Promise<string> {
   try {
     const { stdout } = await run(cmd, args, { cwd, maxBuffer: 64 * 1024 * 1024, env: { ...process.env, npm_config_update_notifier: "false" } });
@@ -69,7 +79,7 @@ test("the npm package installs into an empty project, runs, builds the firmware 
   // Only what a user needs: no tests, benchmarks, fuzzers, scratch, device caches, databases or keys.
   const unwanted = files.filter((f) => /^(test|bench|fuzz|scratch|\.espruino|examples|interpreter|scripts)\//.test(f) || /\.(db|key)$/.test(f) || /(^|\/)\.espruino\//.test(f));
   assert.deepEqual(unwanted, [], "files that do not belong in the package");
-  for (const needed of ["dist/cli/main.js", "dist/sdk/peer.d.ts", "dist/gateway/gateway.d.ts", "dist/firmware/api.d.ts", "bin/keyproxy.js", "firmware/targets/puckjs.ts", "firmware/tsconfig.json"]) {
+  for (const needed of ["dist/cli/main.js", "dist/sdk/peer.d.ts", "dist/gateway/gateway.d.ts", "dist/firmware/api.d.ts", "bin/keyproxy.js", "firmware/targets/puckjs.ts", "firmware/tsconfig.json", "dist/gateway/web/static/index.html", "dist/gateway/web/static/app.js", "dist/gateway/web/static/style.css"]) {
     assert.ok(files.includes(needed), `the package lacks ${needed}`);
   }
   assert.ok(!files.some((f) => /^(cli|gateway|sdk|flash)\/.*\.ts$/.test(f)), "the package ships Node-side TypeScript sources: bin/keyproxy.js would run them through tsx");
@@ -83,6 +93,10 @@ test("the npm package installs into an empty project, runs, builds the firmware 
   await sh("npm", ["install", tarball, "@types/node@20", "--prefer-offline", "--no-audit", "--no-fund"], project);
 
   assert.equal((await sh("npx", ["--no-install", "keyproxy", "--version"], project)).trim(), `keyproxy ${VERSION}`);
+
+  // The web fleet view finds its page beside its compiled server (npm run build:dist copies it there).
+  const page = await sh(process.execPath, ["--input-type=module", "-e", WEB_PAGE_PROGRAM], project);
+  assert.match(page, /^200 .*<title>keyproxy fleet view<\/title>/s, page);
 
   const out = join(dir, "firmware-out");
   const report = await sh("npx", ["--no-install", "keyproxy", "build", "--board", "puckjs", "--out", out], project);

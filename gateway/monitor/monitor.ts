@@ -117,8 +117,10 @@ export interface Metrics {
   /** SAs the gateway keeps now: inside this gateway, and across gateways (absent without the fleet). */
   sessionsLocal?: number;
   sessionsAcross?: number;
-  /** Serial of the fleet revocation list the gateway holds (absent without the fleet). */
+  /** Serial of the fleet revocation list the gateway holds, and when it was issued (ISO 8601), so a
+   *  reader can tell its age (both absent without the fleet). */
   revocationSerial?: number;
+  revocationIssuedAt?: string;
 }
 
 /** Fields of a log record that stay in the gateway's own log, by event: an MQTT subscriber may be
@@ -228,7 +230,7 @@ export interface PublisherDeps {
   /** Seconds since the epoch (the gateway's clock, which registrations are stamped with). */
   now: () => number;
   /** Session counters for the metrics (read at each tick). */
-  sessionMetrics?: () => Pick<Metrics, "sessionsLocal" | "sessionsAcross" | "revocationSerial">;
+  sessionMetrics?: () => Pick<Metrics, "sessionsLocal" | "sessionsAcross" | "revocationSerial" | "revocationIssuedAt">;
 }
 
 export interface PublisherOptions {
