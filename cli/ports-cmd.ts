@@ -1,6 +1,6 @@
 // `keyproxy ports`: the serial ports a device could be on, for --port.
 import { formatPort, listSerialPorts, NO_PORTS_HINT, SERIAL_DIRS_ENV, whereWeLooked } from "../flash/ports.ts";
-import { parse } from "./args.ts";
+import { parse, printJson } from "./args.ts";
 
 const HELP = `usage: keyproxy ports [--json]
 
@@ -26,7 +26,7 @@ export async function portsCommand(argv: string[]): Promise<number> {
     return 0;
   }
   const ports = listSerialPorts();
-  if (o.json) console.log(JSON.stringify(ports));
+  if (o.json) printJson(ports);
   else for (const p of ports) console.log(formatPort(p));
   if (ports.length > 0) return 0;
   // On stderr, so that --json's stdout stays an (empty) array a script can read.

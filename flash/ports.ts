@@ -11,6 +11,7 @@
 
 import { existsSync, readdirSync, readFileSync, readlinkSync, realpathSync, statSync } from "node:fs";
 import { join } from "node:path";
+import { forTerminal } from "../gateway/log/terminal.ts";
 
 /** Colon-separated directories scanned instead of /dev: a knob for tests and unusual systems. */
 export const SERIAL_DIRS_ENV = "KEYPROXY_SERIAL_DIRS";
@@ -79,7 +80,8 @@ function safeRealpath(path: string): string {
 }
 
 export function formatPort(p: SerialPortEntry): string {
-  return p.target ? `${p.path} -> ${p.target}` : p.path;
+  // by-id names come from the USB device's own descriptors: whoever made the device chose them.
+  return forTerminal(p.target ? `${p.path} -> ${p.target}` : p.path);
 }
 
 /** Where we looked, for "no serial ports found". */

@@ -121,6 +121,24 @@ test("keyproxy ports with none: says so, where it looked, and the dialout hint; 
   assert.deepEqual(JSON.parse(j.stdout), []);
 });
 
+test("keyproxy ports shows a by-id name with control characters escaped, as text and as JSON", async () => {
+  // by-id names come from a USB device's own descriptors: whoever built the device chose them.
+  const dir = tempDir("kp-dev-hostile-");
+  writeFileSync(join(dir, "ttyUSB0"), "");
+  mkdirSync(join(dir, "serial", "by-id"), { recursive: true });
+  const hostile = "usb-evil\x1b]0;pwned\x07\u202e-if00";
+  symlinkSync("../../ttyUSB0", join(dir, "serial", "by-id", hostile));
+  const env = { KEYPROXY_SERIAL_DIRS: dir };
+  for (const args of [["ports"], ["ports", "--json"]]) {
+    const r = await runCli(args, env);
+    assert.equal(r.code, 0, r.stderr);
+    assert.doesNotMatch(r.stdout, /[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e]/, `keyproxy ${args.join(" ")} wrote a raw control character`);
+  }
+  assert.ok((await runCli(["ports"], env)).stdout.includes("usb-evil\\x1b]0;pwned\\x07\\u202e-if00 -> "), "shown as escapes");
+  const j = await runCli(["ports", "--json"], env);
+  assert.equal(JSON.parse(j.stdout)[0].path, `${dir}/serial/by-id/${hostile}`, "the JSON still parses back to the real name");
+});
+
 // ---- a --port that is not there, or busy ---------------------------------------------------------
 
 test("a --port that does not exist: flash and provision say so and list the ports there are; exit 1", async () => {
