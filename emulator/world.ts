@@ -454,6 +454,14 @@ export const WORLD_SOURCE = String.raw`(function (host, config) {
     Bluetooth.write = function () { call("ble.write", [toBytes(arguments)]); };
     Bluetooth.print = function (s) { Bluetooth.write(String(s)); };
     Bluetooth.println = function (s) { Bluetooth.write(String(s) + "\r\n"); };
+    Bluetooth.setConsole = function () { consoleDevice = "Bluetooth"; };
+    // As if the central had sent d: typed into the REPL while the console is on Bluetooth, else (after
+    // the input queue, as on a board) to Bluetooth.on("data").
+    Bluetooth.inject = function (d) {
+      var s = G.E.toString(d);
+      if (consoleDevice === "Bluetooth") call("ble.repl", [s.length]);
+      else G.setTimeout(function () { Bluetooth.emit("data", s); }, 0);
+    };
     G.Bluetooth = Bluetooth;
     G.NRF = makeEmitter({});
   }

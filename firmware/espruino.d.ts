@@ -26,7 +26,14 @@ declare function setInterval(fn: () => void, ms: number): number;
 declare function clearInterval(id: number): void;
 declare const process: { memory(): { free: number; usage: number; total: number }; env: { VERSION?: string; BOARD?: string } };
 /** BLE UART on nRF52 boards (Puck.js, Bangle.js 2). */
-declare const Bluetooth: { on(ev: "data", cb: (s: string) => void): void; write(data: string | Uint8Array): void };
+declare const Bluetooth: {
+  on(ev: "data", cb: (s: string) => void): void;
+  write(data: string | Uint8Array): void;
+  /** Moves the console (the REPL) to Bluetooth. */
+  setConsole(): void;
+  /** Bytes as if they had come from the central: to the REPL while the console is on Bluetooth. */
+  inject(data: string): void;
+};
 declare const NRF: { on(ev: "connect" | "disconnect", cb: (x?: unknown) => void): void };
 /** Bangle.js 2 only: native AES-CCM (no additional data). */
 declare const AES: {

@@ -43,11 +43,17 @@ export const BLE_BOARDS = new Set(["puckjs", "banglejs2"]);
  *  - when the central disconnects, a console that was on Bluetooth returns to the default (USB here);
  *    NRF emits "disconnect" with reason 19 (remote user terminated). Then we "advertise" again: the
  *    central reconnects after half a second.
- *  E.getConsole() answers "LoopbackB" where a board would answer "Bluetooth".
+ *  - Bluetooth.setConsole() moves the console to Bluetooth; Bluetooth.inject(d) hands d on as if the
+ *    central had sent it: to the REPL while the console is on Bluetooth, else (a moment later, as a
+ *    board's input queue does) to Bluetooth.on("data").
+ *  E.getConsole() answers "LoopbackB" where a board would answer "Bluetooth". Not modelled: a console
+ *  forced elsewhere (E.setConsole(d, {force: true})) still moves here, and a board clears the REPL's
+ *  input line when the console moves to or from Bluetooth.
  *  The stand-ins' own variables are part of the baseline the memory tests subtract. */
 export const BLE_STAND_INS = `(function(){
 var s;
-global.Bluetooth={write:function(d){if(s)s.write(typeof d=="string"?d:E.toString(d));}};
+global.Bluetooth={write:function(d){if(s)s.write(typeof d=="string"?d:E.toString(d));},setConsole:function(){LoopbackB.setConsole();},
+inject:function(d){if(E.getConsole()=="LoopbackB")LoopbackB.inject(d);else setTimeout(function(){Bluetooth.emit("data",d);},0);}};
 global.NRF={};
 LoopbackA.on("data",function(d){if(s&&E.getConsole()=="LoopbackB")s.write(d);});
 function up(){
