@@ -10,6 +10,9 @@ import * as path from "node:path";
 import { EmulatedDevice, type AesObservation, loadBundle } from "../emulator/device.ts";
 import { REMOVED_GLOBALS, REMOVED_MEMBERS } from "../emulator/world.ts";
 import { rewriteForEspruino } from "../emulator/rewrite.ts";
+import { crc32 } from "../emulator/espruino-crypto.ts";
+import { buildFirmware } from "../flash/build.ts";
+import { encodeFrame } from "../firmware/proto/frame.ts";
 
 const devices: EmulatedDevice[] = [];
 after(() => {
@@ -398,6 +401,36 @@ describe("transports", () => {
       assert.equal(d.eval(`disconnects`), 1);
       assert.deepEqual(d.eval(`consoles`), ["Bluetooth", "Bluetooth"], "a central's connect moves the console to Bluetooth");
       assert.throws(() => d.eval(`require("net")`), /Module net not found/, "Puck.js has no TCP");
+    } finally {
+      await server.close();
+    }
+  });
+
+  test("the firmware shares the BLE UART: a central whose first byte is not a frame's gets the REPL, a frame-first one the link", async () => {
+    const build = await buildFirmware({ board: "puckjs", outDir: tempDir() });
+    assert.ok(build.ok, build.problems.join("\n"));
+    // After the handset's join frame: first a developer's line, then (next connection) a keyproxy frame.
+    const server = await recordingServer((s) => {
+      const developer = server.conns.length === 1;
+      s.once("data", () => s.write(developer ? "1+1\n" : encodeFrame(new Uint8Array([0x0a]), crc32)));
+    });
+    try {
+      const d = device("puckjs", { gateway: { host: "127.0.0.1", port: server.port } });
+      d.storage.write("kp.cfg", JSON.stringify({ id: "emu-ble", key: "0123456789abcdef0123456789abcdef" }));
+      d.storage.write(".bootcde", build.code);
+      const logs: string[] = [];
+      d.on("log", (l: string) => logs.push(l));
+      const typed = () => logs.filter((l) => l.includes("went to the REPL"));
+      await d.boot();
+      await until(() => typed().length === 1, "the developer's line typed into the REPL", 10_000);
+      assert.match(typed()[0], /\(4 bytes from the BLE central/);
+      assert.equal(d.eval(`E.getConsole()`), "Bluetooth", "the console is back on Bluetooth");
+      assert.deepEqual(d.eval(`[KP.status().state, KP.status().dropped]`), ["down", 0], "the link let go and got nothing");
+      server.conns[0].socket.destroy();
+      await until(() => d.eval(`KP.status().dropped`) === 1, "the second central's frame at the link", 10_000);
+      assert.equal(d.eval(`KP.status().state`), "joining");
+      assert.notEqual(d.eval(`E.getConsole()`), "Bluetooth");
+      assert.equal(typed().length, 1, "nothing of the keyproxy central went to the REPL");
     } finally {
       await server.close();
     }

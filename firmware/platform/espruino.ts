@@ -4,6 +4,7 @@
 import { decode, encode } from "../cbor.ts";
 import type { SymCrypto } from "../crypto/types.ts";
 import { Handset } from "../handset.ts";
+import { FRAME_MAGIC } from "../proto/frame.ts";
 
 /** The bundle's id, defined by the build (flash/build.ts): package version and a hash of the bundle. */
 declare const KP_FIRMWARE: string | undefined;
@@ -76,17 +77,42 @@ export function startTcp(h: Handset): void {
   connect();
 }
 
-/** BLE UART (Puck.js, Bangle.js 2): the gateway's central connects to our Nordic UART service. On
- *  connect Espruino moves its console (the REPL) to Bluetooth, where the link's bytes would be typed
- *  into the REPL instead of reaching Bluetooth.on("data"): so the console goes back where it was at
- *  boot (Serial1 when wired; LoopbackA, where nothing types, when it was on Bluetooth already).
- *  Bluetooth.write takes the frame bytes as they are. */
+/** BLE UART (Puck.js, Bangle.js 2): the link shares the Nordic UART with the developer's tools
+ *  (docs/INTERPRETER.md, "The BLE console is shared"). On connect Espruino moves its console (the REPL)
+ *  to Bluetooth, where the link's bytes would be typed into the REPL instead of reaching
+ *  Bluetooth.on("data"): so the console goes at once back where it was at boot (Serial1 when wired;
+ *  LoopbackA, where nothing types, when it was on Bluetooth already) and the handset sends its join.
+ *  A keyproxy central writes nothing before that, and its first write is the gateway's answer, a frame:
+ *  FRAME_MAGIC first. Any other first byte is someone else (the Espruino IDE sends "\n" or Ctrl-C):
+ *  the handset lets go, the console returns to Bluetooth with what came so far typed into it, and the
+ *  link stays down until that central leaves. Bluetooth.write takes the frame bytes as they are. */
 export function startBle(h: Handset): void {
   const home = E.getConsole();
-  Bluetooth.on("data", (s: string) => h.receive(E.toUint8Array(s)));
+  // Who the central is: undefined until its first byte; "" a keyproxy central; else a developer's,
+  // and then the name the console has on Bluetooth ("Bluetooth"; a stand-in may call it otherwise).
+  let peer: string | undefined;
+  Bluetooth.on("data", (s: string) => {
+    if (peer === undefined) {
+      if (s.charCodeAt(0) === FRAME_MAGIC) peer = "";
+      else {
+        h.down();
+        Bluetooth.setConsole();
+        peer = E.getConsole() || "?";
+      }
+    }
+    if (peer === "") h.receive(E.toUint8Array(s));
+    // Pieces that were under way before the console moved: typed in too, but only while the console is
+    // still on Bluetooth (injected elsewhere they would come back here).
+    else if (E.getConsole() === peer) Bluetooth.inject(s);
+  });
   NRF.on("connect", () => {
+    peer = undefined;
     E.setConsole(home && home !== "Bluetooth" ? home : "LoopbackA");
     h.up(Bluetooth);
   });
-  NRF.on("disconnect", () => h.down());
+  // A console still on Bluetooth goes home by itself (Espruino moves it when the central leaves).
+  NRF.on("disconnect", () => {
+    peer = undefined;
+    h.down();
+  });
 }
