@@ -21,7 +21,7 @@ export const MODULES = {
   },
   "gateway/crossgw/exchange.ts": {
     mutate: ["gateway/crossgw/exchange.ts"],
-    tests: ["test/exchange.test.ts", "test/exchange-decoders.test.ts", "test/interlink.test.ts"],
+    tests: ["test/exchange.test.ts", "test/exchange-decoders.test.ts", "test/exchange-lifecycle.test.ts", "test/exchange-spec.test.ts", "test/interlink.test.ts"],
   },
   "gateway/fleet/interlink.ts": {
     mutate: ["gateway/fleet/interlink.ts"],
