@@ -88,22 +88,20 @@ export function startTcp(h: Handset): void {
  *  link stays down until that central leaves. Bluetooth.write takes the frame bytes as they are. */
 export function startBle(h: Handset): void {
   const home = E.getConsole();
-  // Who the central is: undefined until its first byte; "" a keyproxy central; else a developer's,
-  // and then the name the console has on Bluetooth ("Bluetooth"; a stand-in may call it otherwise).
+  // Who the central is: undefined until its first byte, "" a keyproxy central, "REPL" a developer's.
   let peer: string | undefined;
   Bluetooth.on("data", (s: string) => {
-    if (peer === undefined) {
-      if (s.charCodeAt(0) === FRAME_MAGIC) peer = "";
-      else {
-        h.down();
-        Bluetooth.setConsole();
-        peer = E.getConsole() || "?";
-      }
+    if (peer === undefined && s.charCodeAt(0) !== FRAME_MAGIC) {
+      peer = "REPL";
+      h.down();
+      Bluetooth.setConsole();
+      Bluetooth.inject(s);
+    } else if (peer !== "REPL") {
+      peer = "";
+      h.receive(E.toUint8Array(s));
     }
-    if (peer === "") h.receive(E.toUint8Array(s));
-    // Pieces that were under way before the console moved: typed in too, but only while the console is
-    // still on Bluetooth (injected elsewhere they would come back here).
-    else if (E.getConsole() === peer) Bluetooth.inject(s);
+    // A developer's bytes come here no more: Espruino types them into the console on Bluetooth, or,
+    // should their code move the console away, they are theirs and still not the link's.
   });
   NRF.on("connect", () => {
     peer = undefined;
