@@ -31,6 +31,16 @@ function svg(tag, attrs) {
   return e;
 }
 
+/** The rows, or one row saying there are none, in the table body `id`. */
+function fill(id, rows, columns, none) {
+  if (rows.length) return document.getElementById(id).replaceChildren(...rows);
+  const td = el("td", none, "none");
+  td.colSpan = columns;
+  const tr = document.createElement("tr");
+  tr.append(td);
+  document.getElementById(id).replaceChildren(tr);
+}
+
 function row(cells, classes) {
   const tr = document.createElement("tr");
   cells.forEach((c, i) => tr.append(el("td", c === undefined ? null : c, classes && classes[i])));
@@ -62,24 +72,24 @@ function metric(g, name) {
 }
 
 function drawGateways(snap) {
-  document.getElementById("gateways").replaceChildren(...snap.gateways.map((g) => row([
+  fill("gateways", snap.gateways.map((g) => row([
     g.id, g.state + (g.reason ? " (" + g.reason + ")" : ""), clock(g.since), g.instance, g.listen, g.version, g.linked,
     metric(g, "joins"), metric(g, "joinRejects"), metric(g, "framesIn"), metric(g, "framesDropped"),
     metric(g, "sessionsLocal"), metric(g, "sessionsAcross"),
     g.revocation ? "serial " + g.revocation.serial + (g.revocation.issuedAt ? ", issued " + age(g.revocation.issuedAt) + " ago" : "") : null,
-  ], [undefined, g.state])));
+  ], [undefined, g.state])), 14, "no gateway has published yet");
 }
 
 function drawHandsets(snap) {
-  document.getElementById("handsets").replaceChildren(...snap.handsets.map((h) => row([
+  fill("handsets", snap.handsets.map((h) => row([
     h.id, h.gateway, h.link, h.registration, h.board, h.firmware, h.memory, h.radio, h.joinCounter,
-  ], [undefined, undefined, h.link.replace(/ /g, "-")])));
+  ], [undefined, undefined, h.link.replace(/ /g, "-")])), 9, "no handsets");
 }
 
 function drawSessions(snap) {
-  document.getElementById("sessions").replaceChildren(...snap.sessions.map((s) => row([
+  fill("sessions", snap.sessions.map((s) => row([
     s.from, s.to, s.app, s.spi, s.scope, clock(s.since), s.rekeys + (s.lastRekey ? " (last " + age(s.lastRekey) + " ago)" : ""),
-  ])));
+  ])), 7, "no sessions since the view started");
 }
 
 function drawEvents(snap) {
