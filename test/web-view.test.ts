@@ -12,7 +12,7 @@ import { after, test } from "node:test";
 import { FleetModel, MAX_SESSIONS } from "../gateway/monitor/fleet-model.ts";
 import { topics } from "../gateway/monitor/monitor.ts";
 import { snapshotOf, type FleetSnapshot, type FleetSource } from "../gateway/web/fleet-feed.ts";
-import { CONTENT_SECURITY_POLICY, FleetViewConfigError, checkToken, isLoopback, serveFleetView, tokenMatches, type FleetViewServer } from "../gateway/web/fleet-server.ts";
+import { CONTENT_SECURITY_POLICY, FleetViewAddressInUse, FleetViewConfigError, checkToken, isLoopback, serveFleetView, tokenMatches, type FleetViewServer } from "../gateway/web/fleet-server.ts";
 import { connect } from "mqtt";
 import { startBroker } from "../gateway/monitor/embedded-broker.ts";
 import { tempDir } from "./support/harness.ts";
@@ -280,6 +280,12 @@ test("the page sets every value as text: no markup sinks, no inline script or ha
   assert.doesNotMatch(html, /\son[a-z]+=/i, "no inline event handlers");
   assert.doesNotMatch(html + js, /https?:\/\/(?!www\.w3\.org\/2000\/svg)/, "nothing from another origin (the SVG namespace is a name, not a fetch)");
   assert.doesNotMatch(html, /style=/, "no inline styles (the CSP refuses them)");
+});
+
+test("an address in use is refused in one sentence that names the flag", async () => {
+  const { port } = await serve();
+  await assert.rejects(serveFleetView({ listen: { host: "127.0.0.1", port }, flag: "--http" }, modelSource()), (e: unknown) =>
+    e instanceof FleetViewAddressInUse && (e as Error).message === `cannot serve the fleet view on 127.0.0.1:${port}: the address is in use (another gateway or console? use --http <host:port>)`);
 });
 
 test("viewers are capped: one more is 503, and a place frees when one leaves", async () => {
