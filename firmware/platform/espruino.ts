@@ -88,29 +88,27 @@ export function startTcp(h: Handset): void {
  *  link stays down until that central leaves. Bluetooth.write takes the frame bytes as they are. */
 export function startBle(h: Handset): void {
   const home = E.getConsole();
-  // Who the central is: undefined until its first byte, "" a keyproxy central, "REPL" a developer's.
-  let peer: string | undefined;
+  // Who the central is: 0 not known yet (nothing received), 1 keyproxy's, 2 a developer's.
+  let peer = 0;
   Bluetooth.on("data", (s: string) => {
-    if (peer === undefined && s.charCodeAt(0) !== FRAME_MAGIC) {
-      peer = "REPL";
-      h.down();
-      Bluetooth.setConsole();
-      Bluetooth.inject(s);
-    } else if (peer !== "REPL") {
-      peer = "";
-      h.receive(E.toUint8Array(s));
+    if (!peer) {
+      peer = s.charCodeAt(0) === FRAME_MAGIC ? 1 : 2;
+      if (peer > 1) {
+        h.down();
+        Bluetooth.setConsole();
+        Bluetooth.inject(s);
+      }
     }
     // A developer's bytes come here no more: Espruino types them into the console on Bluetooth, or,
     // should their code move the console away, they are theirs and still not the link's.
+    if (peer < 2) h.receive(E.toUint8Array(s));
   });
   NRF.on("connect", () => {
-    peer = undefined;
+    peer = 0;
     E.setConsole(home && home !== "Bluetooth" ? home : "LoopbackA");
     h.up(Bluetooth);
   });
-  // A console still on Bluetooth goes home by itself (Espruino moves it when the central leaves).
-  NRF.on("disconnect", () => {
-    peer = undefined;
-    h.down();
-  });
+  // A console still on Bluetooth goes home by itself (Espruino moves it when the central leaves); the
+  // next central is told apart afresh at its connect.
+  NRF.on("disconnect", () => h.down());
 }
