@@ -71,6 +71,12 @@ export function brokerUrl(s: string, flag: string): string {
   return s;
 }
 
+/** --answer-timeout <s>: how long a device on a serial console may take to answer one request, in ms
+ *  (undefined: flash/serial.ts's defaults). */
+export function answerTimeoutMs(s: string | undefined): number | undefined {
+  return s === undefined ? undefined : positiveInt(s, "--answer-timeout", 0) * 1000;
+}
+
 /** value as the one JSON document a --json command prints: strings escaped as JSON does, and the
  *  characters JSON leaves raw that a terminal would act on (DEL, C1, bidi) escaped too. */
 export function printJson(value: unknown): void {

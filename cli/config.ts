@@ -52,6 +52,7 @@ export const SETTINGS: Readonly<Record<string, Kind>> = {
   gateway: "string",
   board: "string",
   baud: "string",
+  "answer-timeout": "string",
   lifetime: "string",
   events: "string",
   "list-days": "string",

@@ -4,11 +4,11 @@ import cliProgress from "cli-progress";
 import { BOARDS, getBoard } from "../boards/index.ts";
 import { buildFirmware } from "../flash/build.ts";
 import { flashDevice, FlashInterrupted, hex, type FlashStep } from "../flash/flash.ts";
-import { parse, positiveInt, UsageError } from "./args.ts";
+import { answerTimeoutMs, parse, positiveInt, UsageError } from "./args.ts";
 import { EXIT_INTERRUPTED, onCtrlC, shellWords } from "./interrupt.ts";
 
 const HELP = `usage: keyproxy flash --port <tty> --board <id> [--bundle <file> | --app <file>]
-                      [--baud <n>] [--no-reboot]
+                      [--baud <n>] [--answer-timeout <s>] [--no-reboot]
 
 Writes the firmware into the device's Storage as .bootcde over its serial
 console, checks it by CRC-32 and reboots the device into it. The bundle is
@@ -26,6 +26,9 @@ the new one is on the device and verified (docs/OPERATIONS.md).
                    and flash that
   --baud <n>       line speed (default: the board's, e.g. 9600 for Puck.js,
                    115200 for ESP32)
+  --answer-timeout <s>
+                   how long the device may take to answer one request
+                   (default 5; more for a slow device or link)
   --no-reboot      leave the device running what it runs now
 
 Ctrl-C stops after the chunk being written and says what the device holds (a
@@ -52,6 +55,7 @@ export async function flashCommand(argv: string[]): Promise<number> {
     bundle: { type: "string" },
     app: { type: "string" },
     baud: { type: "string" },
+    "answer-timeout": { type: "string" },
     "no-reboot": { type: "boolean" },
     help: { type: "boolean", short: "h" },
   });
@@ -68,6 +72,7 @@ export async function flashCommand(argv: string[]): Promise<number> {
     throw new UsageError((e as Error).message);
   }
   const baudRate = o.baud === undefined ? undefined : positiveInt(o.baud, "--baud", 0);
+  const answerMs = answerTimeoutMs(o["answer-timeout"]);
   let bundle: string;
   if (o.bundle && o.app) throw new UsageError("--bundle and --app do not go together: a bundle built with --app already holds its application");
   if (o.app && !existsSync(o.app)) throw new UsageError(`no application at ${o.app}`);
@@ -97,6 +102,7 @@ export async function flashCommand(argv: string[]): Promise<number> {
       board: board.id,
       bundle,
       baudRate,
+      answerMs,
       reboot: !o["no-reboot"],
       signal: ctrlC.signal,
       onStep: (s) => {

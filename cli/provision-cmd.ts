@@ -3,7 +3,7 @@ import cliProgress from "cli-progress";
 import { BOARDS, getBoard } from "../boards/index.ts";
 import { provisionDevice, ProvisionError, ProvisionInterrupted, type ProvisionStep } from "../flash/provision.ts";
 import { DEFAULT_LISTEN } from "../gateway/gateway.ts";
-import { hostPort, parse, positiveInt, UsageError } from "./args.ts";
+import { answerTimeoutMs, hostPort, parse, positiveInt, UsageError } from "./args.ts";
 import { checkDeviceId } from "./device-cmd.ts";
 import { DEFAULT_DATA_DIR } from "./gateway-cmd.ts";
 import { EXIT_INTERRUPTED, onCtrlC, shellWords } from "./interrupt.ts";
@@ -37,6 +37,8 @@ flash).
   --recover              only settle a provisioning that was cut short on this
                          device (finish or undo it)
   --baud <n>             line speed (default: the board's)
+  --answer-timeout <s>   how long the device may take to answer one request
+                         (default 5; more for a slow device or link)
   --no-reboot            do not reboot the device at the end
 
 Ctrl-C stops at the next step: before the commit both sides are rolled back,
@@ -61,6 +63,7 @@ export async function provisionCommand(argv: string[]): Promise<number> {
     replace: { type: "boolean" },
     recover: { type: "boolean" },
     baud: { type: "string" },
+    "answer-timeout": { type: "string" },
     "no-reboot": { type: "boolean" },
     help: { type: "boolean", short: "h" },
   });
@@ -80,6 +83,9 @@ export async function provisionCommand(argv: string[]): Promise<number> {
   const gateway = o.gateway ?? `${DEFAULT_LISTEN.host}:${DEFAULT_LISTEN.port}`;
   hostPort(gateway, "--gateway");
   const dataDir = o["data-dir"] ?? DEFAULT_DATA_DIR;
+  const answerMs = answerTimeoutMs(o["answer-timeout"]);
+  const lifetime = positiveInt(o.lifetime, "--lifetime", 3600);
+  const baudRate = o.baud === undefined ? undefined : positiveInt(o.baud, "--baud", 0);
 
   const steps: ProvisionStep[] = ["connect", "recover", "prepare", "stage", "verify", "decide", "switch", "commit", "cleanup", "reboot"];
   const bar = process.stderr.isTTY
@@ -96,10 +102,11 @@ export async function provisionCommand(argv: string[]): Promise<number> {
       id,
       gateway,
       dataDir,
-      lifetime: positiveInt(o.lifetime, "--lifetime", 3600),
+      lifetime,
       replace: !!o.replace,
       recoverOnly,
-      baudRate: o.baud === undefined ? undefined : positiveInt(o.baud, "--baud", 0),
+      baudRate,
+      answerMs,
       reboot: !o["no-reboot"],
       signal: ctrlC.signal,
       onStep: (s) => bar?.update(steps.indexOf(s) + 1, { step: s }),

@@ -260,6 +260,22 @@ function interrupt(h: Awaited<ReturnType<typeof handset>>, c: Cli): void {
   void c.stderrMatches(/interrupted; stopping after the current line/).then(() => h.release());
 }
 
+test("--answer-timeout: flash and provision wait that long for a device that does not answer, and say so", async () => {
+  const h = await handset("slow");
+  try {
+    h.hold(); // the device hears everything and answers nothing
+    for (const args of [["flash", "--board", "emulator", "--bundle", join(tempDir("kp-b-"), "none.js")], ["provision", "--id", "slow-1", "--board", "emulator", "--data-dir", join(tempDir("kp-slow-"), "data")]]) {
+      if (args[0] === "flash") writeFileSync(args[4], "print(1)");
+      const r = await runCli([...args, "--port", h.pty.path, "--answer-timeout", "2"]);
+      assert.equal(r.code, 1, r.stderr);
+      assert.match(r.stderr, /answer(ed)? [^\n]*within 2\.0 s/, `keyproxy ${args[0]}: ${r.stderr}`);
+    }
+  } finally {
+    h.release();
+    await h.stop();
+  }
+});
+
 test("Ctrl-C during flash: stops after the chunk being written, says how far it got and what the device holds, exit 130", async () => {
   const h = await handset("sigint-flash");
   h.dev.storage.write(".bootcde", "print('old firmware')");

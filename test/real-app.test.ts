@@ -121,7 +121,7 @@ realTest("esp32: keyproxy flash --app builds the firmware with the application a
   const dev = new RealDevice({ board: "esp32", dir: tempDir("kp-real-app-"), name: "esp32-app" });
   try {
     await dev.start();
-    const code = await dev.withSerial((tty) => flashCommand(["--port", tty, "--board", "esp32", "--app", app, "--baud", "115200"]));
+    const code = await dev.withSerial((tty) => flashCommand(["--port", tty, "--board", "esp32", "--app", app, "--baud", "115200", "--answer-timeout", String(INTERPRETER_ANSWER_MS / 1000)]));
     assert.equal(code, 0);
     const built = await bundleFor("esp32", app);
     assert.equal(await dev.eval(`require("Storage").read(".bootcde").length`), built.length);
