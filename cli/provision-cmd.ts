@@ -34,6 +34,10 @@ flash).
                          (default ${DEFAULT_DATA_DIR})
   --replace              re-provision an id that is already registered: its
                          old key stops working
+  --ble-repl             development only (Puck.js, Bangle.js 2): a Bluetooth
+                         central that is not keyproxy's, such as the Espruino
+                         IDE, gets the REPL, and so can read the root key
+                         (default: the REPL never goes to Bluetooth)
   --recover              only settle a provisioning that was cut short on this
                          device (finish or undo it)
   --baud <n>             line speed (default: the board's)
@@ -61,6 +65,7 @@ export async function provisionCommand(argv: string[]): Promise<number> {
     lifetime: { type: "string" },
     "data-dir": { type: "string" },
     replace: { type: "boolean" },
+    "ble-repl": { type: "boolean" },
     recover: { type: "boolean" },
     baud: { type: "string" },
     "answer-timeout": { type: "string" },
@@ -80,6 +85,7 @@ export async function provisionCommand(argv: string[]): Promise<number> {
   } catch (e) {
     throw new UsageError((e as Error).message);
   }
+  if (o["ble-repl"] && !board.transports.includes("ble-uart")) throw new UsageError(`--ble-repl is for boards that reach their gateway over Bluetooth; ${board.id} does not`);
   const gateway = o.gateway ?? `${DEFAULT_LISTEN.host}:${DEFAULT_LISTEN.port}`;
   hostPort(gateway, "--gateway");
   const dataDir = o["data-dir"] ?? DEFAULT_DATA_DIR;
@@ -104,6 +110,7 @@ export async function provisionCommand(argv: string[]): Promise<number> {
       dataDir,
       lifetime,
       replace: !!o.replace,
+      bleRepl: !!o["ble-repl"],
       recoverOnly,
       baudRate,
       answerMs,

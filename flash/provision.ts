@@ -86,6 +86,10 @@ export interface ProvisionOptions {
   lifetime?: number;
   /** Re-provision an id that is already in the registry (its old key stops working). */
   replace?: boolean;
+  /** A BLE handset for development: a central that is not keyproxy's gets the REPL (kp.cfg "repl"),
+   *  and with it Storage and the root key (docs/SECURITY.md). Default false: the console never goes to
+   *  Bluetooth. */
+  bleRepl?: boolean;
   baudRate?: number;
   /** How long the device may take to answer one request (default flash/serial.ts ANSWER_MS, and
    *  FIRST_ANSWER_MS for the first): more for a slow device or link. */
@@ -221,7 +225,7 @@ async function provisionOnce(
 ): Promise<ProvisionResult> {
   const key = randomBytes(ROOT_KEY_BYTES);
   const txn = randomBytes(8).toString("hex");
-  const config = Buffer.from(JSON.stringify({ id: o.id, key: key.toString("hex"), gw: o.gateway, life: o.lifetime ?? 3600 }));
+  const config = Buffer.from(JSON.stringify({ id: o.id, key: key.toString("hex"), gw: o.gateway, life: o.lifetime ?? 3600, ...(o.bleRepl ? { repl: 1 } : {}) }));
   const j: Journal = { t: txn, id: o.id, o: null, n: crc32(config) };
   let reached: ProvisionStep = "prepare";
   let replaced = false;

@@ -27,7 +27,7 @@ const MISSING: Record<string, string[][]> = {
   device: [["device"], ["device", "add", "--out", "dev.json"], ["device", "remove"], ["device", "add", "--id", "d1", "--out", "dev.json", "--board", "no-such-board"]],
   sim: [["sim", "--count"], ["sim", "--board", "no-such-board", "--data-dir", "REGISTRY"]],
   flash: [["flash", "--board", "puckjs"], ["flash", "--port", "/dev/null", "--board", "puckjs", "--answer-timeout", "soon"]],
-  provision: [["provision", "--id", "d1"], ["provision", "--port", "/dev/null", "--id", "d1", "--answer-timeout", "0"], ["provision", "--port", "/dev/null", "--id", "d1", "--lifetime", "0"]],
+  provision: [["provision", "--id", "d1"], ["provision", "--port", "/dev/null", "--id", "d1", "--answer-timeout", "0"], ["provision", "--port", "/dev/null", "--id", "d1", "--lifetime", "0"], ["provision", "--port", "/dev/null", "--id", "d1", "--board", "esp32", "--ble-repl"]],
   ports: [["ports", "extra"]],
   monitor: [["monitor", "--for"], ["monitor", "--mqtt", "not-a-url"]],
   console: [["console", "--http"], ["console", "--http", "0.0.0.0:0"], ["console", "--mqtt", "not-a-url"]],

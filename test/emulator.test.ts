@@ -406,7 +406,7 @@ describe("transports", () => {
     }
   });
 
-  test("the firmware shares the BLE UART: a central whose first byte is not a frame's gets the REPL, a frame-first one the link", async () => {
+  test("provisioned with --ble-repl, the firmware shares the BLE UART: a central whose first byte is not a frame's gets the REPL, a frame-first one the link", async () => {
     const build = await buildFirmware({ board: "puckjs", outDir: tempDir() });
     assert.ok(build.ok, build.problems.join("\n"));
     // After the handset's join frame: first a developer's line, then (next connection) a keyproxy frame.
@@ -416,7 +416,7 @@ describe("transports", () => {
     });
     try {
       const d = device("puckjs", { gateway: { host: "127.0.0.1", port: server.port } });
-      d.storage.write("kp.cfg", JSON.stringify({ id: "emu-ble", key: "0123456789abcdef0123456789abcdef" }));
+      d.storage.write("kp.cfg", JSON.stringify({ id: "emu-ble", key: "0123456789abcdef0123456789abcdef", repl: 1 }));
       d.storage.write(".bootcde", build.code);
       const logs: string[] = [];
       d.on("log", (l: string) => logs.push(l));
@@ -431,6 +431,30 @@ describe("transports", () => {
       assert.equal(d.eval(`KP.status().state`), "joining");
       assert.notEqual(d.eval(`E.getConsole()`), "Bluetooth");
       assert.equal(typed().length, 1, "nothing of the keyproxy central went to the REPL");
+    } finally {
+      await server.close();
+    }
+  });
+
+  test("provisioned without --ble-repl (the default), every central is the link's: a developer's line never reaches the REPL", async () => {
+    const build = await buildFirmware({ board: "puckjs", outDir: tempDir() });
+    assert.ok(build.ok, build.problems.join("\n"));
+    // After the handset's join frame: a developer's line, then a frame; the link dropping the frame
+    // shows that the line before it went the same way.
+    const server = await recordingServer((s) => {
+      s.once("data", () => s.write(Buffer.concat([Buffer.from("\n1+1\n"), Buffer.from(encodeFrame(new Uint8Array([0x0a]), crc32))])));
+    });
+    try {
+      const d = device("puckjs", { gateway: { host: "127.0.0.1", port: server.port } });
+      d.storage.write("kp.cfg", JSON.stringify({ id: "emu-ble-default", key: "0123456789abcdef0123456789abcdef" }));
+      d.storage.write(".bootcde", build.code);
+      const logs: string[] = [];
+      d.on("log", (l: string) => logs.push(l));
+      await d.boot();
+      await until(() => d.eval(`KP.status().dropped`) === 1, "the frame at the link", 10_000);
+      assert.equal(logs.filter((l) => l.includes("went to the REPL")).length, 0, "nothing was typed into the REPL");
+      assert.notEqual(d.eval(`E.getConsole()`), "Bluetooth", "the console stayed off Bluetooth");
+      assert.equal(d.eval(`KP.status().state`), "joining", "the link is still the handset's");
     } finally {
       await server.close();
     }

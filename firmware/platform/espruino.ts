@@ -21,6 +21,8 @@ export interface ProvisionedConfig {
   gw?: string;
   /** Desired registration lifetime, seconds. */
   life?: number;
+  /** 1: a BLE central that is not keyproxy's gets the REPL (`keyproxy provision --ble-repl`). */
+  repl?: number;
 }
 
 /** The join counter in Storage (Platform.counter): read, or write then read back. */
@@ -83,16 +85,21 @@ export function startTcp(h: Handset): void {
  *  Bluetooth.on("data"): so the console goes at once back where it was at boot (Serial1 when wired;
  *  LoopbackA, where nothing types, when it was on Bluetooth already) and the handset sends its join.
  *  A keyproxy central writes nothing before that, and its first write is the gateway's answer, a frame:
- *  FRAME_MAGIC first. Any other first byte is someone else (the Espruino IDE sends "\n" or Ctrl-C):
- *  the handset lets go, the console returns to Bluetooth with what came so far typed into it, and the
- *  link stays down until that central leaves. Bluetooth.write takes the frame bytes as they are. */
+ *  FRAME_MAGIC first. Any other first byte is someone else (the Espruino IDE sends "\n" or Ctrl-C).
+ *  On a handset provisioned for development (`keyproxy provision --ble-repl`, kp.cfg "repl") the
+ *  handset lets go, the console returns to Bluetooth with what came so far typed into it, and the
+ *  link stays down until that central leaves. Otherwise, the default, the REPL never goes to
+ *  Bluetooth (whoever has it can read the root key): every central is the link's, whose frame layer
+ *  drops what is not a frame. Bluetooth.write takes the frame bytes as they are. */
 export function startBle(h: Handset): void {
   const home = E.getConsole();
+  // Only a handset provisioned for development hands anyone the REPL, and with it the root key.
+  const repl = (espruinoRequire("Storage").readJSON(CONFIG_FILE, true) as ProvisionedConfig).repl;
   // Who the central is: 0 not known yet (nothing received), 1 keyproxy's, 2 a developer's.
   let peer = 0;
   Bluetooth.on("data", (s: string) => {
     if (!peer) {
-      peer = s.charCodeAt(0) === FRAME_MAGIC ? 1 : 2;
+      peer = repl && s.charCodeAt(0) !== FRAME_MAGIC ? 2 : 1;
       if (peer > 1) {
         h.down();
         Bluetooth.setConsole();
