@@ -6,7 +6,8 @@
 
 import { SUITE_AES_CCM_16_64_128, SUITE_XSALSA20_POLY1305 } from "../firmware/crypto/types.ts";
 
-export type Transport = "ble-uart" | "tcp" | "serial";
+/** "wifi": the board joins a Wi-Fi network (kp.cfg "wifi") before it opens TCP. */
+export type Transport = "ble-uart" | "wifi" | "tcp" | "serial";
 
 export interface BoardProfile {
   id: string;
@@ -93,7 +94,7 @@ export const BOARDS: Record<string, BoardProfile> = {
     natives: { sha256: true, aesEcbCbc: true, aesCcm: false },
     cbor: "full",
     suites: [SUITE_AES_CCM_16_64_128, SUITE_XSALSA20_POLY1305],
-    transports: ["tcp", "serial"],
+    transports: ["wifi", "tcp", "serial"],
     serial: { rx: "D3", tx: "D1", baud: 115200 },
     // Carries secretbox, the full CBOR codec, and its own TCP socket and reconnect closures (about 70
     // variables a BLE board's radio does not cost). Measured on the Puck.js-sized interpreter

@@ -1,6 +1,7 @@
 // `keyproxy provision`: a device's identity and fresh root key into its Storage and the registry.
+import { readFileSync } from "node:fs";
 import cliProgress from "cli-progress";
-import { BOARDS, getBoard } from "../boards/index.ts";
+import { BOARDS, getBoard, type BoardProfile } from "../boards/index.ts";
 import { provisionDevice, ProvisionError, ProvisionInterrupted, type ProvisionStep } from "../flash/provision.ts";
 import { DEFAULT_LISTEN } from "../gateway/gateway.ts";
 import { answerTimeoutMs, hostPort, parse, positiveInt, UsageError } from "./args.ts";
@@ -34,6 +35,11 @@ flash).
                          (default ${DEFAULT_DATA_DIR})
   --replace              re-provision an id that is already registered: its
                          old key stops working
+  --wifi-ssid <name>     ESP32: the Wi-Fi network it joins before it opens TCP;
+                         its password from --wifi-password-file <file> or
+                         KEYPROXY_WIFI_PASSWORD, never the command line (ps and
+                         the shell history show it). Stored in kp.cfg with the
+                         root key, and like it never printed or logged
   --ble-repl             development only (Puck.js, Bangle.js 2): a Bluetooth
                          central that is not keyproxy's, such as the Espruino
                          IDE, gets the REPL, and so can read the root key
@@ -56,6 +62,33 @@ run, 130 interrupted by Ctrl-C.`;
 
 export const EXIT_NEEDS_RECOVERY = 3;
 
+/** Where a Wi-Fi password may come from besides a file: never a flag's value. */
+export const WIFI_PASSWORD_ENV = "KEYPROXY_WIFI_PASSWORD";
+
+/** --wifi-ssid and its password, checked as WPA2-Personal takes them. No message quotes the password. */
+function wifiSettings(board: BoardProfile, ssid: string | undefined, passwordFile: string | undefined): { ssid: string; password: string } | undefined {
+  if (ssid === undefined) {
+    if (passwordFile !== undefined) throw new UsageError("--wifi-password-file goes with --wifi-ssid <name>");
+    return undefined;
+  }
+  if (!board.transports.includes("wifi")) throw new UsageError(`--wifi-ssid is for boards that join a Wi-Fi network (esp32); ${board.id} does not`);
+  const bytes = Buffer.byteLength(ssid, "utf8");
+  if (bytes < 1 || bytes > 32) throw new UsageError(`--wifi-ssid wants a network name of 1 to 32 bytes, got ${bytes}`);
+  let password: string | undefined;
+  if (passwordFile !== undefined) {
+    try {
+      password = readFileSync(passwordFile, "utf8").replace(/\r?\n$/, "");
+    } catch (e) {
+      throw new UsageError(`cannot read the Wi-Fi password file ${passwordFile}: ${(e as NodeJS.ErrnoException).code ?? "unreadable"}`);
+    }
+  } else password = process.env[WIFI_PASSWORD_ENV];
+  if (password === undefined) throw new UsageError(`--wifi-ssid needs the network's password: in a file given with --wifi-password-file <file>, or in ${WIFI_PASSWORD_ENV} (never on the command line, where ps and the shell history show it)`);
+  if (!/^[\x20-\x7e]{8,63}$/.test(password) && !/^[0-9a-fA-F]{64}$/.test(password)) {
+    throw new UsageError(`the Wi-Fi password (${passwordFile ?? WIFI_PASSWORD_ENV}) is not one WPA2 takes: 8 to 63 printable ASCII characters, or 64 hex digits (${password.length} characters given)`);
+  }
+  return { ssid, password };
+}
+
 export async function provisionCommand(argv: string[]): Promise<number> {
   const o = parse(argv, {
     port: { type: "string" },
@@ -66,6 +99,8 @@ export async function provisionCommand(argv: string[]): Promise<number> {
     "data-dir": { type: "string" },
     replace: { type: "boolean" },
     "ble-repl": { type: "boolean" },
+    "wifi-ssid": { type: "string" },
+    "wifi-password-file": { type: "string" },
     recover: { type: "boolean" },
     baud: { type: "string" },
     "answer-timeout": { type: "string" },
@@ -86,6 +121,7 @@ export async function provisionCommand(argv: string[]): Promise<number> {
     throw new UsageError((e as Error).message);
   }
   if (o["ble-repl"] && !board.transports.includes("ble-uart")) throw new UsageError(`--ble-repl is for boards that reach their gateway over Bluetooth; ${board.id} does not`);
+  const wifi = wifiSettings(board, o["wifi-ssid"], o["wifi-password-file"]);
   const gateway = o.gateway ?? `${DEFAULT_LISTEN.host}:${DEFAULT_LISTEN.port}`;
   hostPort(gateway, "--gateway");
   const dataDir = o["data-dir"] ?? DEFAULT_DATA_DIR;
@@ -111,6 +147,7 @@ export async function provisionCommand(argv: string[]): Promise<number> {
       lifetime,
       replace: !!o.replace,
       bleRepl: !!o["ble-repl"],
+      wifi,
       recoverOnly,
       baudRate,
       answerMs,

@@ -435,6 +435,7 @@ export class EmulatedDevice extends EventEmitter {
       espruinoBoard: ESPRUINO_BOARD_NAMES[this.board.id] ?? this.board.id.toUpperCase(),
       version: ESPRUINO_VERSION,
       hasNet: this.board.transports.includes("tcp"),
+      hasWifi: this.board.transports.includes("wifi"),
       hasBle: this.board.transports.includes("ble-uart"),
       hasAesEcbCbc: this.board.natives.aesEcbCbc,
       hasAesGlobal: this.board.natives.aesCcm,

@@ -55,6 +55,8 @@ export interface WorldConfig {
   espruinoBoard: string;
   version: string;
   hasNet: boolean;
+  /** require("Wifi"), as interpreter/device.ts's WIFI_STAND_IN has it (docs/EMULATOR.md). */
+  hasWifi: boolean;
   hasBle: boolean;
   hasAesEcbCbc: boolean;
   hasAesGlobal: boolean;
@@ -436,6 +438,22 @@ export const WORLD_SOURCE = String.raw`(function (host, config) {
 
   var modules = { Storage: Storage, crypto: crypto };
   if (config.hasNet) modules.net = net;
+  // The ESP32's Wifi, as the real interpreter's stand-in has it (interpreter/device.ts WIFI_STAND_IN):
+  // a join succeeds a moment later; drop() is the network going away.
+  if (config.hasWifi) {
+    var Wifi = makeEmitter({});
+    Wifi.connect = function (ssid, options, cb) {
+      G.setTimeout(function () {
+        Wifi.ssid = ssid;
+        Wifi.password = options && options.password;
+        Wifi.joins = (Wifi.joins | 0) + 1;
+        Wifi.emit("connected", {});
+        if (cb) cb(null);
+      }, 20);
+    };
+    Wifi.drop = function () { Wifi.ssid = undefined; Wifi.emit("disconnected", {}); };
+    modules.Wifi = Wifi;
+  }
   G.require = function (name) {
     if (Object.prototype.hasOwnProperty.call(modules, name)) return modules[name];
     throw new Error("Module " + name + " not found");

@@ -90,6 +90,9 @@ export interface ProvisionOptions {
    *  and with it Storage and the root key (docs/SECURITY.md). Default false: the console never goes to
    *  Bluetooth. */
   bleRepl?: boolean;
+  /** The Wi-Fi network an ESP32 joins before it opens TCP (kp.cfg "wifi"): like the root key, never
+   *  printed or logged. */
+  wifi?: { ssid: string; password: string };
   baudRate?: number;
   /** How long the device may take to answer one request (default flash/serial.ts ANSWER_MS, and
    *  FIRST_ANSWER_MS for the first): more for a slow device or link. */
@@ -225,7 +228,7 @@ async function provisionOnce(
 ): Promise<ProvisionResult> {
   const key = randomBytes(ROOT_KEY_BYTES);
   const txn = randomBytes(8).toString("hex");
-  const config = Buffer.from(JSON.stringify({ id: o.id, key: key.toString("hex"), gw: o.gateway, life: o.lifetime ?? 3600, ...(o.bleRepl ? { repl: 1 } : {}) }));
+  const config = Buffer.from(JSON.stringify({ id: o.id, key: key.toString("hex"), gw: o.gateway, life: o.lifetime ?? 3600, ...(o.bleRepl ? { repl: 1 } : {}), ...(o.wifi ? { wifi: o.wifi } : {}) }));
   const j: Journal = { t: txn, id: o.id, o: null, n: crc32(config) };
   let reached: ProvisionStep = "prepare";
   let replaced = false;

@@ -66,12 +66,27 @@ k.on("close",function(){var was=s;s=undefined;if(was){if(E.getConsole()=="Loopba
 setTimeout(up,10);
 })();`;
 
+/** Boards that join Wi-Fi before they open TCP: their bundle needs the Wi-Fi stand-in. */
+export const WIFI_BOARDS = new Set(["esp32"]);
+
+/** require("Wifi") as an ESP32 has it, for the Linux build, which has TCP but no radio: connect(ssid,
+ *  {password}, cb) joins after a moment, emits "connected" and calls cb(null); "disconnected" is
+ *  emitted when the network drops, which a test causes with drop(). The network's name and password
+ *  are kept (a test compares them with what it provisioned) and never printed. What is not modelled:
+ *  a wrong password or a network out of range (a board calls cb with an error), and the TCP
+ *  connections a board loses with its network (here they stay up until the firmware ends them). */
+export const WIFI_STAND_IN = `Modules.addCached("Wifi",function(){
+var W=exports;W.connect=function(n,o,cb){setTimeout(function(){W.ssid=n;W.password=o&&o.password;W.joins=(W.joins|0)+1;W.emit("connected",{});if(cb)cb(null);},20);};
+W.drop=function(){W.ssid=undefined;W.emit("disconnected",{});};
+});`;
+
 /** .boot0 for a device: a seed for E.hwRand (the Linux build's is a pseudo-random generator: without
  *  a seed of its own every device, and every boot, would draw the same numbers; a board's is a true
- *  RNG), then the BLE stand-ins where the board has BLE. */
+ *  RNG), then the BLE stand-ins where the board has BLE, the Wi-Fi one where it has Wi-Fi. */
 export function bootZero(board: string): string {
   const seed = `E.srand((E.CRC32(require("Storage").read("kp.cfg")||"")^Math.round(getTime()*1000))|0);`;
-  return BLE_BOARDS.has(board) ? `${seed}\n${BLE_STAND_INS}\n` : `${seed}\n`;
+  if (BLE_BOARDS.has(board)) return `${seed}\n${BLE_STAND_INS}\n`;
+  return WIFI_BOARDS.has(board) ? `${seed}\n${WIFI_STAND_IN}\n` : `${seed}\n`;
 }
 
 export interface RealDeviceOptions {

@@ -84,6 +84,8 @@ export interface HandsetOptions {
   lifetime?: number;
   /** Provisioned with --ble-repl (kp.cfg "repl"). */
   bleRepl?: boolean;
+  /** Provisioned with Wi-Fi settings (kp.cfg "wifi"). */
+  wifi?: { ssid: string; password: string };
   bits?: 32 | 64;
   echo?: boolean;
 }
@@ -97,7 +99,7 @@ export async function provisionedHandset(o: HandsetOptions): Promise<RealDevice>
     const dev = new RealDevice({ board: o.board, bits: o.bits, dir: tempDir(`kp-real-${o.id}-`), name: o.id, flashImage: image, echo: o.echo });
     try {
       await dev.start();
-      await dev.withSerial((tty) => provisionDevice({ port: tty, board: o.board, id: o.id, gateway: o.gateway, dataDir: o.dataDir, lifetime: o.lifetime, bleRepl: o.bleRepl, baudRate: 115200, answerMs: INTERPRETER_ANSWER_MS }));
+      await dev.withSerial((tty) => provisionDevice({ port: tty, board: o.board, id: o.id, gateway: o.gateway, dataDir: o.dataDir, lifetime: o.lifetime, bleRepl: o.bleRepl, wifi: o.wifi, baudRate: 115200, answerMs: INTERPRETER_ANSWER_MS }));
       return dev;
     } catch (e) {
       await dev.powerOff();

@@ -23,6 +23,8 @@ export interface ProvisionedConfig {
   life?: number;
   /** 1: a BLE central that is not keyproxy's gets the REPL (`keyproxy provision --ble-repl`). */
   repl?: number;
+  /** The Wi-Fi network an ESP32 joins before it opens TCP (`keyproxy provision --wifi-ssid`). */
+  wifi?: { ssid: string; password: string };
 }
 
 /** The join counter in Storage (Platform.counter): read, or write then read back. */
@@ -58,24 +60,47 @@ export function startHandset(crypto: SymCrypto, suites: number[]): Handset | und
   return h;
 }
 
-/** TCP (ESP32, emulator): we connect to the gateway in kp.cfg and reconnect with backoff. */
+/** TCP (ESP32, emulator): we connect to the gateway in kp.cfg and reconnect with backoff. With Wi-Fi
+ *  settings in kp.cfg (ESP32) every attempt joins the network first, and a network that drops takes
+ *  the socket down with it, so the next attempt joins again. */
 export function startTcp(h: Handset): void {
-  const gw = String((espruinoRequire("Storage").readJSON(CONFIG_FILE, true) || {}).gw);
+  const cfg = espruinoRequire("Storage").readJSON(CONFIG_FILE, true) as ProvisionedConfig;
+  const gw = String(cfg.gw);
   const i = gw.lastIndexOf(":");
+  const w = cfg.wifi;
+  const wifi = w ? espruinoRequire("Wifi") : 0;
+  let joined = !wifi;
   let wait = 1000;
-  const connect = () => {
-    const sock = espruinoRequire("net").connect({ host: gw.substr(0, i), port: parseInt(gw.substr(i + 1), 10) }, () => {
-      wait = 1000;
-      h.up({ write: (b: Uint8Array) => sock.write(E.toString(b)) });
-    });
-    sock.on("data", (s: string) => h.receive(E.toUint8Array(s)));
-    sock.on("error", () => {});
-    sock.on("close", () => {
-      h.down();
+  let sock: { end(): void } | undefined;
+  // connect(1): again after the backoff; connect(): join the network if need be, then open the socket.
+  const connect = (again?: number) => {
+    if (again) {
       wait = Math.min(wait * 2, 30000);
       setTimeout(connect, wait);
+      return;
+    }
+    // Never printed or logged: the network's name and password stay in kp.cfg.
+    if (!joined) return wifi.connect(w!.ssid, { password: w!.password }, (err: unknown) => {
+      joined = !err;
+      connect(err ? 1 : 0);
+    });
+    const s = espruinoRequire("net").connect({ host: gw.substr(0, i), port: parseInt(gw.substr(i + 1), 10) }, () => {
+      wait = 1000;
+      h.up({ write: (b: Uint8Array) => s.write(E.toString(b)) });
+    });
+    sock = s;
+    s.on("data", (d: string) => h.receive(E.toUint8Array(d)));
+    s.on("error", () => {});
+    s.on("close", () => {
+      sock = undefined;
+      h.down();
+      connect(1);
     });
   };
+  if (wifi) wifi.on("disconnected", () => {
+    joined = false;
+    if (sock) sock.end();
+  });
   connect();
 }
 

@@ -81,7 +81,7 @@ export interface RealRig {
   address: string;
   handsets: RealDevice[];
   /** A flashed, provisioned, booted handset, entered in this gateway's registry. */
-  handset(board: string, id: string, opts?: { lifetime?: number; gateway?: string; app?: string; bleRepl?: boolean }): Promise<RealDevice>;
+  handset(board: string, id: string, opts?: { lifetime?: number; gateway?: string; app?: string; bleRepl?: boolean; wifi?: { ssid: string; password: string } }): Promise<RealDevice>;
   stop(): Promise<void>;
 }
 
@@ -97,7 +97,7 @@ export async function realRig(extra: string[] = ["--no-mqtt", "--no-fleet"], dat
     address,
     handsets,
     async handset(board, id, opts = {}) {
-      const dev = await provisionedHandset({ board, bundle: await bundleFor(board, opts.app), dataDir, id, gateway: opts.gateway ?? address, lifetime: opts.lifetime, bleRepl: opts.bleRepl });
+      const dev = await provisionedHandset({ board, bundle: await bundleFor(board, opts.app), dataDir, id, gateway: opts.gateway ?? address, lifetime: opts.lifetime, bleRepl: opts.bleRepl, wifi: opts.wifi });
       handsets.push(dev);
       return dev;
     },
