@@ -53,7 +53,7 @@ export function warnIfUnignoredInGitTree(path: string, what: string): void {
 }
 
 /** What a gateway's data directory holds, for the warning. */
-export const DATA_DIR_SECRETS = "the gateway's keys and its registry of device root keys (keyproxy.db)";
+export const DATA_DIR_SECRETS = "the gateway's keys, its registry of device root keys (keyproxy.db) and the key that seals them (keyproxy.kek)";
 
 /** For a command that may create a gateway's data directory: call before, and call what it returns
  *  after, the work. The directory is warned about only if this command created it: one that was

@@ -2,10 +2,13 @@
 // counters, registrations with their certificates, the identity keys kept in devices' names, and an
 // audit log. Every multi-row change is one transaction, so a crash never leaves half a record.
 // Columns added after the first release are added by a migration that checks for them, so a data
-// directory made by an older gateway keeps working.
+// directory made by an older gateway keeps working. Root keys and identity seeds are stored sealed
+// under the registry's key-encryption key, which is not in the database (kek.ts).
 
 import { chmodSync, closeSync, existsSync, openSync } from "node:fs";
+import { dirname, join } from "node:path";
 import Database from "better-sqlite3";
+import { KEK_FILE, KEK_FILE_ENV, loadOrCreateKek, open as openSealed, seal, type SealedKind } from "./kek.ts";
 
 export interface DeviceRow {
   id: string;
@@ -108,13 +111,23 @@ export interface StoreOptions {
    *  for commands that only use an existing registry: the file must exist and be a registry
    *  (NotARegistry otherwise), and nothing is created or chmodded. */
   create?: boolean;
+  /** The key-encryption key's file (default: $KEYPROXY_KEK_FILE, else keyproxy.kek beside the database). */
+  kekFile?: string;
 }
+
+const ROOT_KEY_BYTES = 16;
+const IDENTITY_SEED_BYTES = 32;
 
 export class Store {
   readonly db: Database.Database;
+  readonly kekFile: string;
+  private readonly create: boolean;
+  private kekBytes: Buffer | undefined;
 
   constructor(file: string, opts: StoreOptions = {}) {
     const create = opts.create ?? true;
+    this.create = create;
+    this.kekFile = opts.kekFile ?? process.env[KEK_FILE_ENV] ?? join(dirname(file), KEK_FILE);
     if (create) makeOwnerOnly(file);
     this.db = new Database(file, { fileMustExist: !create });
     if (!create && !this.isRegistry()) {
@@ -127,6 +140,38 @@ export class Store {
     this.db.pragma("foreign_keys = ON");
     this.db.exec(SCHEMA);
     this.migrate();
+    // A registry that may be written gets its KEK now (made if new), and what an older gateway stored
+    // in the clear is sealed; one that is only read loads its KEK when a secret is first read.
+    if (create) this.sealWhatIsClear();
+  }
+
+  /** The key-encryption key, loaded (or, for a registry that may be written, made) on first use. */
+  private kek(): Buffer {
+    this.kekBytes ??= loadOrCreateKek(this.kekFile, this.create);
+    return this.kekBytes;
+  }
+
+  private sealed(kind: SealedKind, id: string, plain: Uint8Array): Buffer {
+    return seal(this.kek(), kind, id, plain);
+  }
+
+  /** A secret column's value: opened, or as it is where an older gateway stored it in the clear (a
+   *  registry opened only to read; one opened to write has been sealed by sealWhatIsClear). */
+  private opened(kind: SealedKind, id: string, stored: Buffer, plainBytes: number): Uint8Array {
+    return stored.length === plainBytes ? new Uint8Array(stored) : openSealed(this.kek(), kind, id, stored);
+  }
+
+  /** Seals the root keys and identity seeds an older gateway stored in the clear, in one transaction. */
+  private sealWhatIsClear(): void {
+    this.kek();
+    const clear = this.db.prepare(`SELECT id, root_key, identity_seed FROM devices WHERE length(root_key) = ${ROOT_KEY_BYTES} OR length(identity_seed) = ${IDENTITY_SEED_BYTES}`).all() as { id: string; root_key: Buffer; identity_seed: Buffer | null }[];
+    if (!clear.length) return;
+    this.db.transaction(() => {
+      for (const r of clear) {
+        if (r.root_key.length === ROOT_KEY_BYTES) this.db.prepare("UPDATE devices SET root_key = ? WHERE id = ?").run(this.sealed("root-key", r.id, r.root_key), r.id);
+        if (r.identity_seed?.length === IDENTITY_SEED_BYTES) this.db.prepare("UPDATE devices SET identity_seed = ? WHERE id = ?").run(this.sealed("identity-seed", r.id, r.identity_seed), r.id);
+      }
+    })();
   }
 
   /** Whether the file is a SQLite database with the registry's devices table: read only, no schema made. */
@@ -163,7 +208,7 @@ export class Store {
   }
 
   addDevice(id: string, rootKey: Uint8Array, board: string, now: number): void {
-    this.db.prepare("INSERT INTO devices (id, root_key, board, created_at) VALUES (?, ?, ?, ?)").run(id, Buffer.from(rootKey), board, now);
+    this.db.prepare("INSERT INTO devices (id, root_key, board, created_at) VALUES (?, ?, ?, ?)").run(id, this.sealed("root-key", id, rootKey), board, now);
   }
 
   /** Replaces a device's root key and forgets its join counter, registration and identity. */
@@ -183,12 +228,12 @@ export class Store {
     if (!r) return undefined;
     return {
       id: r.id,
-      rootKey: new Uint8Array(r.root_key),
+      rootKey: this.opened("root-key", r.id, r.root_key, ROOT_KEY_BYTES),
       board: r.board,
       createdAt: r.created_at,
       revokedAt: r.revoked_at,
       joinCounter: r.join_counter,
-      identitySeed: bytes(r.identity_seed),
+      identitySeed: r.identity_seed ? this.opened("identity-seed", r.id, r.identity_seed, IDENTITY_SEED_BYTES) : null,
       identityPublic: bytes(r.identity_public),
     };
   }
@@ -222,7 +267,7 @@ export class Store {
   }
 
   setIdentity(id: string, seed: Uint8Array, publicKey: Uint8Array): void {
-    this.db.prepare("UPDATE devices SET identity_seed = ?, identity_public = ? WHERE id = ?").run(Buffer.from(seed), Buffer.from(publicKey), id);
+    this.db.prepare("UPDATE devices SET identity_seed = ?, identity_public = ? WHERE id = ?").run(this.sealed("identity-seed", id, seed), Buffer.from(publicKey), id);
   }
 
   putRegistration(r: RegistrationRow): void {
