@@ -33,7 +33,7 @@ export const MODULES = {
   },
   "gateway/link/server.ts": {
     mutate: ["gateway/link/server.ts"],
-    tests: ["test/gateway.test.ts", "test/join-accept-forged.test.ts", "test/link-server.test.ts"],
+    tests: ["test/gateway.test.ts", "test/join-accept-forged.test.ts", "test/link-server.test.ts", "test/link-server-edges.test.ts"],
   },
   "gateway/sessions/session-broker.ts": {
     mutate: ["gateway/sessions/session-broker.ts"],
