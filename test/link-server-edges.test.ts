@@ -548,6 +548,7 @@ test("listening: false before listen and after close; a port in use makes listen
   const b = new LinkServer(deps);
   assert.equal(a.listening, false);
   const { port } = await a.listen("127.0.0.1", 0);
+  t.after(() => (a.listening ? a.close() : undefined));
   assert.equal(a.listening, true);
   // Waited for by the server's error event, so that a listen() whose promise never settles fails
   // here rather than hanging the test.
