@@ -15,6 +15,9 @@ import { bootZero, RealDevice } from "./device.ts";
 /** How long the interpreter may take to answer one line over the pty: a board answers in
  *  milliseconds, but a 32-bit build under qemu on a loaded machine can take seconds. */
 export const INTERPRETER_ANSWER_MS = 20_000;
+/** Tries at flashing an image or provisioning a handset when the interpreter itself crashes on the
+ *  way (the Linux build's console thread: docs/INTERPRETER.md); a failure without a crash fails at once. */
+const CRASH_ATTEMPTS = 3;
 
 const images = new Map<string, Promise<string>>();
 
@@ -46,8 +49,8 @@ export function flashedImage(board: string, bundle: string, bits: 32 | 64 = 32):
           return dev.flashFile;
         } catch (e) {
           const crashed = dev.lines.some((l) => /^\[harness\] the interpreter exited \(SIG/.test(l));
-          if (!crashed || attempt > 1) throw withConsole(dev, `flashing the ${board} image`, e as Error);
-          console.log(`# ${dev.name}: the interpreter crashed while being flashed (${dev.lines.find((l) => l.startsWith("[harness]"))}); flashing a fresh one once more`);
+          if (!crashed || attempt >= CRASH_ATTEMPTS) throw withConsole(dev, `flashing the ${board} image`, e as Error);
+          console.log(`# ${dev.name}: the interpreter crashed while being flashed (${dev.lines.find((l) => l.startsWith("[harness]"))}); flashing a fresh one again (${attempt + 1} of ${CRASH_ATTEMPTS})`);
         } finally {
           await dev.powerOff();
         }
@@ -91,21 +94,22 @@ export interface HandsetOptions {
 }
 
 /** A flashed, provisioned handset, powered and booted into its firmware. An interpreter that crashes
- *  while being provisioned (the host's console thread, as in flashedImage) gets one more try on a fresh
- *  copy of the image: provisioning rolled the registry back, so the second try starts clean. */
+ *  while being provisioned (the host's console thread, as in flashedImage) gets another try on a fresh
+ *  copy of the image, with --replace: a crash before the commit rolled the registry back, one after it
+ *  (during the clean-up or the reboot) left the registry with the key the fresh copy never got. */
 export async function provisionedHandset(o: HandsetOptions): Promise<RealDevice> {
   const image = await flashedImage(o.board, o.bundle, o.bits);
   for (let attempt = 1; ; attempt++) {
     const dev = new RealDevice({ board: o.board, bits: o.bits, dir: tempDir(`kp-real-${o.id}-`), name: o.id, flashImage: image, echo: o.echo });
     try {
       await dev.start();
-      await dev.withSerial((tty) => provisionDevice({ port: tty, board: o.board, id: o.id, gateway: o.gateway, dataDir: o.dataDir, lifetime: o.lifetime, bleRepl: o.bleRepl, wifi: o.wifi, baudRate: 115200, answerMs: INTERPRETER_ANSWER_MS }));
+      await dev.withSerial((tty) => provisionDevice({ port: tty, board: o.board, id: o.id, gateway: o.gateway, dataDir: o.dataDir, lifetime: o.lifetime, bleRepl: o.bleRepl, wifi: o.wifi, replace: attempt > 1, baudRate: 115200, answerMs: INTERPRETER_ANSWER_MS }));
       return dev;
     } catch (e) {
       await dev.powerOff();
       const crashed = dev.lines.some((l) => /^\[harness\] the interpreter exited \(SIG/.test(l));
-      if (!crashed || attempt > 1) throw withConsole(dev, `provisioning ${o.id}`, e as Error);
-      console.log(`# ${dev.name}: the interpreter crashed while being provisioned (${dev.lines.find((l) => l.startsWith("[harness]"))}); provisioning a fresh copy once more`);
+      if (!crashed || attempt >= CRASH_ATTEMPTS) throw withConsole(dev, `provisioning ${o.id}`, e as Error);
+      console.log(`# ${dev.name}: the interpreter crashed while being provisioned (${dev.lines.find((l) => l.startsWith("[harness]"))}); provisioning a fresh copy again (${attempt + 1} of ${CRASH_ATTEMPTS})`);
     }
   }
 }

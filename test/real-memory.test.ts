@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { BOARDS } from "../boards/index.ts";
 import { measureBoard, own, table, type BoardMemory } from "../bench/real-memory.ts";
+import { interpreterCrashes } from "../interpreter/device.ts";
 import { realTest, REAL_BOARDS } from "./support/real.ts";
 
 const rows: BoardMemory[] = [];
@@ -27,17 +28,23 @@ function overBudget(m: BoardMemory): string[] {
   return out;
 }
 
-/** The board's figures; measured once more, said aloud, when the interpreter itself crashed on the
- *  way (the Linux build's console thread, as interpreter/handsets.ts retries flashing and
- *  provisioning for): a host fault, not a measurement. Anything else fails at once. */
+/** Tries at measuring a board when the interpreter itself crashes on the way. */
+const MEASURE_ATTEMPTS = 3;
+
+/** The board's figures; measured again, said aloud, when the interpreter itself crashed on the way
+ *  (a crash signal: the Linux build's console thread, docs/INTERPRETER.md, as interpreter/handsets.ts
+ *  retries flashing and provisioning for): a host fault, not a measurement. Anything else, or a
+ *  third crash, fails. */
 async function measure(board: string): Promise<BoardMemory> {
-  try {
-    return await measureBoard(board);
-  } catch (e) {
-    const message = e instanceof Error ? e.message : String(e);
-    if (!/the interpreter stopped|the interpreter exited \(SIG/.test(message)) throw e;
-    console.log(`# ${board}: the interpreter crashed while being measured (${message.split("\n")[0]}); measuring once more`);
-    return measureBoard(board);
+  for (let attempt = 1; ; attempt++) {
+    const crashes = interpreterCrashes();
+    try {
+      return await measureBoard(board);
+    } catch (e) {
+      if (interpreterCrashes() === crashes || attempt >= MEASURE_ATTEMPTS) throw e;
+      const message = e instanceof Error ? e.message : String(e);
+      console.log(`# ${board}: the interpreter crashed while being measured (${message.split("\n")[0]}); measuring again (${attempt + 1} of ${MEASURE_ATTEMPTS})`);
+    }
   }
 }
 
