@@ -8,9 +8,9 @@ import { randomBytes } from "node:crypto";
 import { copyFileSync, existsSync, rmSync, statSync } from "node:fs";
 import { join } from "node:path";
 import Database from "better-sqlite3";
-import { KEK_FILE, KekError } from "../gateway/registry/kek.ts";
+import { KEK_FILE, KekError, loadOrCreateKek } from "../gateway/registry/kek.ts";
 import { Store } from "../gateway/registry/store.ts";
-import { tempDir } from "./support/harness.ts";
+import { nodeHandset, startGateway, tempDir, until } from "./support/harness.ts";
 
 const key = () => new Uint8Array(randomBytes(16));
 const seed = () => new Uint8Array(randomBytes(32));
@@ -60,31 +60,57 @@ test("without its key-encryption key, or with another one, a registry says so an
   const saved = join(tempDir("kp-kek-saved-"), "kek");
   copyFileSync(kek, saved);
 
-  // Missing: a read-only open says which file and how to fix it, and makes none.
+  // Missing: a read-only open says which file and how to fix it when a key is read, and one opened
+  // to write (a gateway starting) says so at once; neither makes a new KEK.
   rmSync(kek);
   const ro = new Store(file, { create: false });
   assert.throws(() => ro.getDevice("dev-1"), (e: Error) => e instanceof KekError && e.message.includes(kek) && /missing: restore it/.test(e.message));
-  assert.equal(existsSync(kek), false, "no new KEK was made for a registry that holds sealed keys");
   ro.close();
+  assert.throws(() => new Store(file), (e: Error) => e instanceof KekError && /missing: restore it/.test(e.message));
+  assert.equal(existsSync(kek), false, "no new KEK was made for a registry that holds sealed keys");
 
-  // Another KEK (as a new registry would make) does not open the rows, and the message names no secret.
-  const other = new Store(file, { kekFile: join(tempDir("kp-kek-other-"), "kek") });
-  assert.throws(() => other.getDevice("dev-1"), (e: Error) => e instanceof KekError && /does not open under this key-encryption key/.test(e.message) && !e.message.includes(Buffer.from(k).toString("hex")));
-  other.close();
+  // Another KEK (as a new registry would make) is refused when the registry is opened, before any
+  // device's join could meet it; the message names the file and no secret.
+  const otherKek = join(tempDir("kp-kek-other-"), "kek");
+  loadOrCreateKek(otherKek, true);
+  assert.throws(() => new Store(file, { kekFile: otherKek }), (e: Error) => e instanceof KekError && e.message.includes(otherKek) && /is not the one this registry's keys were sealed with/.test(e.message) && !e.message.includes(Buffer.from(k).toString("hex")));
 
   // The right one, from elsewhere: opens. A root key copied into another device's row does not.
   const back = new Store(file, { kekFile: saved });
   assert.deepEqual(back.getDevice("dev-1")!.rootKey, k);
   back.db.prepare("UPDATE devices SET root_key = (SELECT root_key FROM devices WHERE id = 'dev-1') WHERE id = 'dev-2'").run();
-  assert.throws(() => back.getDevice("dev-2"), KekError);
+  assert.throws(() => back.getDevice("dev-2"), (e: Error) => e instanceof KekError && /does not open under this key-encryption key/.test(e.message));
   back.close();
+});
+
+test("a join for a device whose row the registry cannot open is refused and logged; the gateway keeps serving the others", async () => {
+  const t = await startGateway();
+  try {
+    const [k1, k2] = [key(), key()];
+    t.gw.store.addDevice("dev-1", k1, "puckjs", 0);
+    t.gw.store.addDevice("dev-2", k2, "puckjs", 0);
+    t.gw.store.db.prepare("UPDATE devices SET root_key = (SELECT root_key FROM devices WHERE id = 'dev-1') WHERE id = 'dev-2'").run();
+    const bad = await nodeHandset(t.gw, "dev-2", k2);
+    await until(() => t.events("join-rejected").some((e) => e.device === "dev-2"), "dev-2's join refused");
+    assert.equal(t.events("registry-error")[0].device, "dev-2");
+    bad.close();
+    const good = await nodeHandset(t.gw, "dev-1", k1);
+    await until(() => good.h.status().state === "linked", "dev-1 still joins");
+    good.close();
+  } finally {
+    await t.gw.stop();
+  }
 });
 
 test("a registry whose keys an older gateway stored in the clear is sealed when it is next opened to write; opened only to read, it still reads", () => {
   const dir = tempDir("kp-kek-old-");
   const file = join(dir, "keyproxy.db");
   new Store(file).close(); // the schema
+  // As an older gateway left it: no KEK, nothing sealed, and nothing in meta about a KEK.
   rmSync(join(dir, KEK_FILE));
+  const meta = new Database(file);
+  meta.prepare("DELETE FROM meta WHERE k = 'kek-check'").run();
+  meta.close();
   const k = key();
   const s = seed();
   const db = new Database(file);

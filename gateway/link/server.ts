@@ -193,7 +193,15 @@ export class Connection {
     // Checks that depend on the request alone, not on the device: no oracle in their order.
     if (d.crypto.suites().indexOf(m.suite) < 0) return refuse(`unsupported link suite ${m.suite}`);
     if (m.nonce.length !== JOIN_NONCE_BYTES) return refuse("join nonce has the wrong length");
-    const dev = d.store.getDevice(m.id);
+    let dev: ReturnType<typeof d.store.getDevice>;
+    try {
+      dev = d.store.getDevice(m.id);
+    } catch (e) {
+      // The registry cannot open this device's key (an altered row): the operator's to fix, never a
+      // crash of the gateway; the peer gets the same bare JoinReject as any refusal.
+      d.log.error("registry-error", { device: m.id, reason: (e as Error).message });
+      return refuse("the registry cannot read this device's key");
+    }
     const expected = joinTag(d.crypto, d.cbor, dev?.rootKey ?? this.server.decoyRootKey, m.id, m.ctr, m.nonce, m.suite);
     const authentic = ctEqual(expected, m.tag);
     if (!dev) return refuse("unknown device");

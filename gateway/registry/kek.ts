@@ -20,7 +20,7 @@ const NONCE_BYTES = 12;
 const TAG_BYTES = 16;
 
 /** What a sealed value is: its column. */
-export type SealedKind = "root-key" | "identity-seed";
+export type SealedKind = "root-key" | "identity-seed" | "kek-check";
 
 /** The KEK is missing, unreadable, or not the one the registry's values were sealed under. */
 export class KekError extends Error {}

@@ -8,7 +8,10 @@
 import { chmodSync, closeSync, existsSync, openSync } from "node:fs";
 import { dirname, join } from "node:path";
 import Database from "better-sqlite3";
-import { KEK_FILE, KEK_FILE_ENV, loadOrCreateKek, open as openSealed, seal, type SealedKind } from "./kek.ts";
+import { KEK_FILE, KEK_FILE_ENV, KekError, loadOrCreateKek, open as openSealed, seal, type SealedKind } from "./kek.ts";
+
+/** The meta key holding a value sealed under the KEK, which tells the right KEK from another. */
+const KEK_CHECK = "kek-check";
 
 export interface DeviceRow {
   id: string;
@@ -145,10 +148,23 @@ export class Store {
     if (create) this.sealWhatIsClear();
   }
 
-  /** The key-encryption key, loaded (or, for a registry that may be written, made) on first use. */
+  /** The key-encryption key, loaded (or, for a registry that may be written, made) on first use and
+   *  checked against the value the registry sealed with it first: another KEK fails here, at once (a
+   *  gateway at its start), not at some device's join. */
   private kek(): Buffer {
-    this.kekBytes ??= loadOrCreateKek(this.kekFile, this.create);
-    return this.kekBytes;
+    if (this.kekBytes) return this.kekBytes;
+    const check = this.getMeta(KEK_CHECK);
+    // A registry that has sealed with a KEK never gets a new one: its KEK is missing, not new.
+    const kek = loadOrCreateKek(this.kekFile, this.create && check === undefined);
+    if (check !== undefined) {
+      try {
+        openSealed(kek, "kek-check", "registry", Buffer.from(check, "hex"));
+      } catch {
+        throw new KekError(`the key-encryption key ${this.kekFile} is not the one this registry's keys were sealed with: restore the right one, or set ${KEK_FILE_ENV} to where it is`);
+      }
+    } else if (this.create) this.setMeta(KEK_CHECK, seal(kek, "kek-check", "registry", Buffer.from(KEK_CHECK)).toString("hex"));
+    this.kekBytes = kek;
+    return kek;
   }
 
   private sealed(kind: SealedKind, id: string, plain: Uint8Array): Buffer {
