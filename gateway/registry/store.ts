@@ -145,7 +145,14 @@ export class Store {
     this.migrate();
     // A registry that may be written gets its KEK now (made if new), and what an older gateway stored
     // in the clear is sealed; one that is only read loads its KEK when a secret is first read.
-    if (create) this.sealWhatIsClear();
+    if (create) {
+      try {
+        this.sealWhatIsClear();
+      } catch (e) {
+        this.db.close();
+        throw e;
+      }
+    }
   }
 
   /** The key-encryption key, loaded (or, for a registry that may be written, made) on first use and
