@@ -8,6 +8,9 @@ import { randomBytes } from "node:crypto";
 import { copyFileSync, existsSync, rmSync, statSync } from "node:fs";
 import { join } from "node:path";
 import Database from "better-sqlite3";
+import mqtt from "mqtt";
+import { startBroker } from "../gateway/monitor/embedded-broker.ts";
+import { topics } from "../gateway/monitor/monitor.ts";
 import { KEK_FILE, KekError, loadOrCreateKek } from "../gateway/registry/kek.ts";
 import { Store } from "../gateway/registry/store.ts";
 import { nodeHandset, startGateway, tempDir, until } from "./support/harness.ts";
@@ -83,8 +86,13 @@ test("without its key-encryption key, or with another one, a registry says so an
   back.close();
 });
 
-test("a join for a device whose row the registry cannot open is refused and logged; the gateway keeps serving the others", async () => {
-  const t = await startGateway();
+test("a join for a device whose row the registry cannot open is refused and logged; the gateway keeps serving the others, and monitoring, which needs no key, still shows it", async () => {
+  const broker = await startBroker({ host: "127.0.0.1", port: 0 });
+  const t = await startGateway({ id: "kek.example", mqtt: { url: broker.url } });
+  const watcher = await mqtt.connectAsync(broker.url, { protocolVersion: 4 });
+  const states = new Map<string, string>();
+  watcher.on("message", (topic, payload) => states.set(topic, payload.toString()));
+  await watcher.subscribeAsync("keyproxy/#", { qos: 1 });
   try {
     const [k1, k2] = [key(), key()];
     t.gw.store.addDevice("dev-1", k1, "puckjs", 0);
@@ -93,12 +101,16 @@ test("a join for a device whose row the registry cannot open is refused and logg
     const bad = await nodeHandset(t.gw, "dev-2", k2);
     await until(() => t.events("join-rejected").some((e) => e.device === "dev-2"), "dev-2's join refused");
     assert.equal(t.events("registry-error")[0].device, "dev-2");
+    // The refused join marks dev-2's state for publishing: it is published from columns that are no secret.
+    await until(() => (states.get(topics.deviceState("kek.example", "dev-2")) ?? "").includes('"joinRejects":1'), "dev-2's state on MQTT");
     bad.close();
     const good = await nodeHandset(t.gw, "dev-1", k1);
     await until(() => good.h.status().state === "linked", "dev-1 still joins");
     good.close();
   } finally {
+    await watcher.endAsync();
     await t.gw.stop();
+    await broker.close();
   }
 });
 

@@ -761,7 +761,7 @@ export class CrossGateway implements SessionHook {
     if (splitDeviceName(q.from)?.domain !== req.from) throw new InterlinkError("untrusted-peer", `"${req.from}" cannot ask in the name of "${q.from}"`);
     const id = localDeviceId(q.name, ctx.gatewayId);
     const reg = id === undefined ? undefined : ctx.store.getRegistration(id);
-    const dev = id === undefined ? undefined : ctx.store.getDevice(id);
+    const dev = id === undefined ? undefined : ctx.store.getDeviceInfo(id);
     const why =
       id === undefined || !dev ? "no such device here"
       : dev.revokedAt !== null ? "the device is revoked"

@@ -344,7 +344,7 @@ export class MqttPublisher {
       let s: Partial<GatewayStatus> = {};
       try { s = JSON.parse(payload.toString()); } catch { /* cleared or foreign: overwrite it */ }
       if (s.state !== "online" && s.run !== this.run) this.publishStatus();
-    } else if (t.kind === "device" && retained && payload.length > 0 && !this.d.store.getDevice(t.device)) {
+    } else if (t.kind === "device" && retained && payload.length > 0 && !this.d.store.getDeviceInfo(t.device)) {
       this.outbox.push({ topic, payload: "", qos: 1, retain: true });
     }
   }
@@ -387,7 +387,7 @@ export class MqttPublisher {
     if (this.stopping && !this.dirty.size) return;
     const t = this.d.now();
     for (const id of this.dirty) {
-      const dev = this.d.store.getDevice(id);
+      const dev = this.d.store.getDeviceInfo(id);
       const counts = this.pendingCounts.get(id);
       if (!dev) {
         if (this.lastState.delete(id)) this.outbox.push({ topic: topics.deviceState(this.d.gatewayId, id), payload: "", qos: 1, retain: true });

@@ -13,15 +13,19 @@ import { KEK_FILE, KEK_FILE_ENV, KekError, loadOrCreateKek, open as openSealed, 
 /** The meta key holding a value sealed under the KEK, which tells the right KEK from another. */
 const KEK_CHECK = "kek-check";
 
-export interface DeviceRow {
+/** A device's columns without its secrets: what monitoring and the answers to other gateways need. */
+export interface DeviceInfo {
   id: string;
-  rootKey: Uint8Array;
   board: string;
   createdAt: number;
   revokedAt: number | null;
   joinCounter: number;
-  identitySeed: Uint8Array | null;
   identityPublic: Uint8Array | null;
+}
+
+export interface DeviceRow extends DeviceInfo {
+  rootKey: Uint8Array;
+  identitySeed: Uint8Array | null;
 }
 
 export interface RegistrationRow {
@@ -88,6 +92,10 @@ const ADDED_COLUMNS: [string, string, string][] = [
 ];
 
 const bytes = (b: Buffer | null): Uint8Array | null => (b ? new Uint8Array(b) : null);
+
+const infoOf = (r: Record<string, any>): DeviceInfo => ({
+  id: r.id, board: r.board, createdAt: r.created_at, revokedAt: r.revoked_at, joinCounter: r.join_counter, identityPublic: bytes(r.identity_public),
+});
 
 /** A file that is not a keyproxy registry, opened with `create: false`. */
 export class NotARegistry extends Error {}
@@ -246,19 +254,21 @@ export class Store {
     return this.db.prepare("DELETE FROM devices WHERE id = ?").run(id).changes === 1;
   }
 
+  /** A device with its secrets opened: for the join and the exchange, which use them. */
   getDevice(id: string): DeviceRow | undefined {
     const r = this.db.prepare("SELECT * FROM devices WHERE id = ?").get(id) as Record<string, any> | undefined;
     if (!r) return undefined;
     return {
-      id: r.id,
+      ...infoOf(r),
       rootKey: this.opened("root-key", r.id, r.root_key, ROOT_KEY_BYTES),
-      board: r.board,
-      createdAt: r.created_at,
-      revokedAt: r.revoked_at,
-      joinCounter: r.join_counter,
       identitySeed: r.identity_seed ? this.opened("identity-seed", r.id, r.identity_seed, IDENTITY_SEED_BYTES) : null,
-      identityPublic: bytes(r.identity_public),
     };
+  }
+
+  /** A device without its secrets: nothing is opened, no key leaves the database. */
+  getDeviceInfo(id: string): DeviceInfo | undefined {
+    const r = this.db.prepare("SELECT id, board, created_at, revoked_at, join_counter, identity_public FROM devices WHERE id = ?").get(id) as Record<string, any> | undefined;
+    return r ? infoOf(r) : undefined;
   }
 
   listDevices(): DeviceSummary[] {
