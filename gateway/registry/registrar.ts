@@ -66,7 +66,7 @@ export class Registrar {
   }
 
   private identity(deviceId: string): Uint8Array {
-    const dev = this.d.store.getDevice(deviceId);
+    const dev = this.d.store.getDeviceInfo(deviceId);
     if (dev?.identityPublic) return dev.identityPublic;
     // The device cannot hold a private key worth the name; the gateway keeps it in the device's name.
     const pair = generateEd25519();
