@@ -481,7 +481,8 @@ export const WORLD_SOURCE = String.raw`(function (host, config) {
       else G.setTimeout(function () { Bluetooth.emit("data", s); }, 0);
     };
     G.Bluetooth = Bluetooth;
-    G.NRF = makeEmitter({});
+    // The advertised name is kept where a test can read it (a board puts it on the air).
+    G.NRF = makeEmitter({ setAdvertising: function (data, o) { G.NRF.advertisedName = o && o.name; } });
   }
 
   // ---- from the host into the device ------------------------------------------------------------

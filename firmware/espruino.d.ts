@@ -34,7 +34,7 @@ declare const Bluetooth: {
   /** Bytes as if they had come from the central: to the REPL while the console is on Bluetooth. */
   inject(data: string): void;
 };
-declare const NRF: { on(ev: "connect" | "disconnect", cb: (x?: unknown) => void): void };
+declare const NRF: { on(ev: "connect" | "disconnect", cb: (x?: unknown) => void): void; setAdvertising(data: object, options: { name: string }): void };
 /** Bangle.js 2 only: native AES-CCM (no additional data). */
 declare const AES: {
   ccmEncrypt(msg: Uint8Array, key: Uint8Array, nonce: Uint8Array, tagLen: number): { data: ArrayBuffer; tag: ArrayBuffer };

@@ -13,6 +13,10 @@ import { lockDataDir, type DataDirLock } from "./registry/data-dir-lock.ts";
 import { loadOrCreateGatewayKey } from "./fleet/identity.ts";
 import { Interlink } from "./fleet/interlink.ts";
 import { checkerTrust } from "./fleet/verifier.ts";
+import { BleCentral, type CentralSettings } from "./ble/central.ts";
+import { CarriedLink } from "./ble/carried-link.ts";
+import type { Noble } from "./ble/noble-api.ts";
+import { RadioBook } from "./ble/radio-book.ts";
 import { LinkServer } from "./link/server.ts";
 import type { LinkLimits } from "./link/limits.ts";
 import { Logger } from "./log/logger.ts";
@@ -62,6 +66,10 @@ export interface GatewayOptions {
    *  any free port). It shows what the gateway publishes over MQTT, so it needs `mqtt`. A token is
    *  required when the address is not loopback. Default: none. */
   http?: { listen: { host: string; port: number }; token?: string };
+  /** Carry BLE handsets' links with this process's own central (docs/OPERATIONS.md, "Bluetooth"):
+   *  the library (loadNoble in gateway/ble/load-noble.ts, or a test's double) and the central's
+   *  settings. Default: none. */
+  ble?: { noble: Noble; settings?: Partial<CentralSettings> };
 }
 
 export interface FleetOptions {
@@ -215,11 +223,19 @@ export class Gateway {
           else links!.sendTo(dev, registrar.handle(dev, m));
         },
         onSaData: (dev, m, payload) => hook?.relay(dev, m, payload) || sessions.relay(dev, m, payload),
-        onLink: (dev, up) => (up ? sessions.linkUp(dev) : sessions.linkDown(dev)),
+        onLink: (dev, up) => {
+          // A link carried over Bluetooth: from now on this device's monitoring shows that radio.
+          const transport = up ? links!.links.get(dev)?.socket : undefined;
+          if (transport instanceof CarriedLink) radios.bind(dev, transport.remoteAddress);
+          if (up) sessions.linkUp(dev);
+          else sessions.linkDown(dev);
+        },
       });
+      const radios = new RadioBook((dev) => gw.monitoring?.publisher.deviceChanged(dev));
       const want = opts.listen ?? DEFAULT_LISTEN;
       const address = await links.listen(want.host, want.port);
       const gw = new Gateway(store, links, address, id, log, sessions, policy, lock);
+      gw.radios = radios;
       gw.hook = hook;
       gw.revokeDevice = revokeDevice;
       // Before "gateway-started", so that the record is the first event on MQTT.
@@ -229,7 +245,7 @@ export class Gateway {
         revocationSerial: gw.trust?.list?.serial,
         revocationIssuedAt: gw.trust?.list ? new Date(gw.trust.list.issuedAt * 1000).toISOString() : undefined,
       });
-      if (opts.mqtt) gw.monitoring = await startMonitoring(opts.mqtt, { gatewayId: id, listen: `${address.host}:${address.port}`, store, links, log, now, sessionMetrics }).catch(async (e) => { await links.close(); throw e; });
+      if (opts.mqtt) gw.monitoring = await startMonitoring(opts.mqtt, { gatewayId: id, listen: `${address.host}:${address.port}`, store, links, log, now, sessionMetrics, radio: (dev) => radios.forDevice(dev) }).catch(async (e) => { await links.close(); throw e; });
       if (opts.fleet && gw.monitoring) {
         try {
           const fleet = typeof opts.fleet === "function" ? opts.fleet(id) : opts.fleet;
@@ -255,6 +271,17 @@ export class Gateway {
           await gw.stopServices();
           gw.stopMetrics?.();
           await gw.metrics?.close();
+          throw e;
+        }
+      }
+      if (opts.ble) {
+        try {
+          await gw.startBle(opts.ble);
+        } catch (e) {
+          await gw.stopServices();
+          gw.stopMetrics?.();
+          await gw.metrics?.close();
+          await gw.web?.close();
           throw e;
         }
       }
@@ -284,6 +311,10 @@ export class Gateway {
   private stopMetrics?: () => void;
   /** With GatewayOptions.http: the web fleet view. */
   web?: FleetViewServer;
+  /** The radios of BLE handsets whose links this gateway carries (its own central's, or bridges'). */
+  radios!: RadioBook;
+  /** With GatewayOptions.ble: this process's BLE central. */
+  ble?: BleCentral;
   /** From the moment stop() is called: the health check says so at once. */
   private stopping = false;
 
@@ -320,6 +351,20 @@ export class Gateway {
     this.log.info("web-serving", { listen: `${this.web.address.host}:${this.web.address.port}`, token: http.token !== undefined });
   }
 
+  /** The gateway's own BLE central: each handset's link goes to the link server as a TCP one would. */
+  private async startBle(ble: NonNullable<GatewayOptions["ble"]>): Promise<void> {
+    const central = new BleCentral({
+      noble: ble.noble,
+      log: this.log,
+      settings: ble.settings,
+      onLink: (link) => this.links.acceptTransport(link),
+      onRadio: (r) => this.radios.update(r),
+    });
+    await central.start();
+    this.ble = central;
+    this.log.info("ble-started", { maxConnections: central.settings.maxConnections, holdMs: central.settings.holdMs });
+  }
+
   private health() {
     return gatewayHealth({
       stopping: this.stopping,
@@ -344,6 +389,8 @@ export class Gateway {
 
   /** Everything but the metrics endpoint, the store and the lock. */
   private async stopServices(): Promise<void> {
+    // The radio first: no handset's link arrives while the links close.
+    await this.ble?.stop();
     // Links first: closing them reports each device's link as lost to the broker, which would start
     // grace timers if it were closed already.
     await this.links.close();

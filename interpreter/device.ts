@@ -46,6 +46,8 @@ export const BLE_BOARDS = new Set(["puckjs", "banglejs2"]);
  *  - Bluetooth.setConsole() moves the console to Bluetooth; Bluetooth.inject(d) hands d on as if the
  *    central had sent it: to the REPL while the console is on Bluetooth, else (a moment later, as a
  *    board's input queue does) to Bluetooth.on("data").
+ *  NRF.setAdvertising(data, {name}) keeps the name as NRF.name, where the BLE double of a test's
+ *  radio reads what the handset advertises (test/support/ble-double.ts).
  *  E.getConsole() answers "LoopbackB" where a board would answer "Bluetooth". Not modelled: a console
  *  forced elsewhere (E.setConsole(d, {force: true})) still moves here, and a board clears the REPL's
  *  input line when the console moves to or from Bluetooth.
@@ -54,7 +56,7 @@ export const BLE_STAND_INS = `(function(){
 var s;
 global.Bluetooth={write:function(d){if(s)s.write(typeof d=="string"?d:E.toString(d));},setConsole:function(){LoopbackB.setConsole();},
 inject:function(d){if(E.getConsole()=="LoopbackB")LoopbackB.inject(d);else setTimeout(function(){Bluetooth.emit("data",d);},0);}};
-global.NRF={};
+global.NRF={setAdvertising:function(a,o){NRF.name=o&&o.name;}};
 LoopbackA.on("data",function(d){if(s&&E.getConsole()=="LoopbackB")s.write(d);});
 function up(){
 var c=require("Storage").readJSON("kp.cfg",1);if(!c||!c.gw)return;var i=c.gw.lastIndexOf(":");

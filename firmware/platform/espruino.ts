@@ -5,6 +5,7 @@ import { decode, encode } from "../cbor.ts";
 import type { SymCrypto } from "../crypto/types.ts";
 import { Handset } from "../handset.ts";
 import { FRAME_MAGIC } from "../proto/frame.ts";
+import { BLE_NAME_PREFIX } from "../proto/ble.ts";
 
 /** The bundle's id, defined by the build (flash/build.ts): package version and a hash of the bundle. */
 declare const KP_FIRMWARE: string | undefined;
@@ -118,8 +119,11 @@ export function startTcp(h: Handset): void {
  *  drops what is not a frame. Bluetooth.write takes the frame bytes as they are. */
 export function startBle(h: Handset): void {
   const home = E.getConsole();
+  const cfg = espruinoRequire("Storage").readJSON(CONFIG_FILE, true) as ProvisionedConfig;
   // Only a handset provisioned for development hands anyone the REPL, and with it the root key.
-  const repl = (espruinoRequire("Storage").readJSON(CONFIG_FILE, true) as ProvisionedConfig).repl;
+  const repl = cfg.repl;
+  // The name a keyproxy central finds it by (gateway/ble/central.ts).
+  NRF.setAdvertising({}, { name: BLE_NAME_PREFIX + cfg.id });
   // Who the central is: 0 not known yet (nothing received), 1 keyproxy's, 2 a developer's.
   let peer = 0;
   Bluetooth.on("data", (s: string) => {

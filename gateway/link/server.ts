@@ -60,6 +60,24 @@ export interface LinkStats {
   crcFailures: number;
 }
 
+/** What a Connection uses of its transport. A TCP socket is one; so is a link that a BLE central
+ *  carries (gateway/ble/carried-link.ts), in this process or from a remote bridge: the same byte
+ *  stream of frames, authenticated end to end by the link keys whatever carries it. */
+export interface LinkTransport {
+  /** Who is on the other end, for logs and the per-source limits ("ble <address>" for a radio link). */
+  readonly remoteAddress?: string;
+  readonly remotePort?: number;
+  write(bytes: Uint8Array): unknown;
+  end(): unknown;
+  destroy(): unknown;
+  /** Calls back after ms without input (0: never), as net.Socket's does. */
+  setTimeout(ms: number, onIdle?: () => void): unknown;
+  on(event: "data", listener: (bytes: Buffer) => void): unknown;
+  on(event: "error", listener: (e: Error) => void): unknown;
+  on(event: "close", listener: () => void): unknown;
+  once(event: "close", listener: () => void): unknown;
+}
+
 /** A device's root key (docs/PROTOCOL.md §6). */
 const ROOT_KEY_BYTES = 16;
 
@@ -80,7 +98,7 @@ export class Connection {
     stopped: () => this.state.k === "closed",
   });
 
-  constructor(private server: LinkServer, readonly socket: net.Socket, readonly source: string) {
+  constructor(private server: LinkServer, readonly socket: LinkTransport, readonly source: string) {
     const limits = server.limits;
     this.joinDeadline = setTimeout(() => this.timedOut(`not joined within ${limits.joinDeadlineMs} ms`), limits.joinDeadlineMs);
     socket.setTimeout(limits.unjoinedIdleMs, () => this.timedOut(`sent nothing for ${limits.unjoinedIdleMs} ms before joining`));
@@ -340,7 +358,7 @@ export class LinkServer {
   }
 
   /** Closes a connection over a limit at once (logged summarised: SummarisedLog). */
-  private refuse(sock: net.Socket, why: string): void {
+  private refuse(sock: LinkTransport, why: string): void {
     this.stats.connectionsRefused++;
     sock.on("error", () => {});
     sock.destroy();
@@ -348,10 +366,16 @@ export class LinkServer {
   }
 
   private accept(sock: net.Socket): void {
+    sock.setNoDelay(true);
+    this.acceptTransport(sock);
+  }
+
+  /** A link that arrives by another way than this server's port (a BLE central's: gateway/ble/), held
+   *  to the same limits and protocol as a TCP connection. */
+  acceptTransport(sock: LinkTransport): void {
     const source = sourceKey(sock.remoteAddress);
     const why = this.admit(source, sock.remoteAddress);
     if (why) return this.refuse(sock, why);
-    sock.setNoDelay(true);
     const c = new Connection(this, sock, source);
     this.conns.add(c);
     this.unjoined.add(c);

@@ -77,6 +77,22 @@ export interface GatewayStatus {
   reason?: string;
 }
 
+/** A BLE handset's radio as the central that carries its link sees it (gateway/ble/central.ts). */
+export interface RadioState {
+  /** The name it advertises ("kp-" and its id, cut by Espruino when long). */
+  name: string;
+  /** Its Bluetooth address as the central's library gives it. */
+  address: string;
+  /** "ble" for the gateway's own central, else the name of the bridge that carries it. */
+  via: string;
+  connected: boolean;
+  /** Signal strength of its last advertisement, dBm (not updated while connected: a connected
+   *  handset stops advertising). */
+  rssi: number;
+  /** When the central last heard from it (an advertisement or link bytes), ISO 8601. */
+  lastSeen: string;
+}
+
 export interface DeviceState {
   device: string;
   board: string;
@@ -99,6 +115,8 @@ export interface DeviceState {
    *  the board's pool (boards/index.ts); null when unknown. */
   memoryUsed: number | null;
   memoryTotal: number | null;
+  /** For a handset whose link came over Bluetooth: its radio. Absent for one on TCP. */
+  radio?: RadioState;
 }
 
 export interface Metrics {
@@ -231,6 +249,8 @@ export interface PublisherDeps {
   now: () => number;
   /** Session counters for the metrics (read at each tick). */
   sessionMetrics?: () => Pick<Metrics, "sessionsLocal" | "sessionsAcross" | "revocationSerial" | "revocationIssuedAt">;
+  /** A BLE handset's radio, when its link came over Bluetooth (gateway/ble/radio-book.ts). */
+  radio?: (deviceId: string) => RadioState | undefined;
 }
 
 export interface PublisherOptions {
@@ -367,6 +387,12 @@ export class MqttPublisher {
     else if (rec.event === "frame dropped" || rec.event === "malformed frame") c.framesDropped = (c.framesDropped ?? 0) + 1;
     else if (rec.event === "joined") c.lastJoin = rec.ts;
     this.pendingCounts.set(device, c);
+    this.deviceChanged(device);
+  }
+
+  /** A device's state is due (its radio connected or left, say): published soon if it changed. */
+  deviceChanged(device: string): void {
+    if (this.stopping) return;
     this.dirty.add(device);
     if (!this.flushScheduled) {
       this.flushScheduled = true;
@@ -417,6 +443,8 @@ export class MqttPublisher {
         memoryUsed: reg?.memoryUsed ?? null,
         memoryTotal: Object.hasOwn(BOARDS, dev.board) ? BOARDS[dev.board].vars : null,
       };
+      const radio = this.d.radio?.(id);
+      if (radio) state.radio = radio;
       const payload = jsonForTerminal(state);
       if (this.lastState.get(id) === payload) continue;
       this.lastState.set(id, payload);

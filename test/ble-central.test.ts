@@ -1,0 +1,209 @@
+// The gateway's BLE central (gateway/ble/), fast: no interpreter. The radio is the double at
+// @stoprocent/noble's API (test/support/ble-double.ts); behind each of its peripherals runs the
+// firmware's Handset engine in Node, so joins, registrations and every frame are real, and the
+// central's own logic runs as it does over a real adapter: piecing, the link server's reassembly,
+// several handsets, the connection limit and rotation, reconnects with backoff, a handset walking out
+// of range mid-session and coming back.
+import assert from "node:assert/strict";
+import { EventEmitter } from "node:events";
+import { test } from "node:test";
+import { randomBytes } from "node:crypto";
+import * as deviceCbor from "../firmware/cbor.ts";
+import { SUITE_AES_CCM_16_64_128 } from "../firmware/crypto/types.ts";
+import { Handset, type Platform } from "../firmware/handset.ts";
+import { BLE_NAME_PREFIX } from "../firmware/proto/ble.ts";
+import { crc32 } from "../emulator/espruino-crypto.ts";
+import { backoffMs } from "../gateway/ble/backoff.ts";
+import { centralSettings } from "../gateway/ble/central.ts";
+import { loadNoble, poweredOn } from "../gateway/ble/load-noble.ts";
+import type { Noble } from "../gateway/ble/noble-api.ts";
+import { pieces } from "../gateway/ble/nus.ts";
+import { BleDouble, DoublePeripheral, type BackingPipe, type PeripheralBacking } from "./support/ble-double.ts";
+import { nodeDeviceCrypto, provision, startGateway, until, type TestGateway } from "./support/harness.ts";
+
+test("pieces: a frame is cut into writes of MTU - 3 bytes, in order, nothing lost", () => {
+  const bytes = new Uint8Array(randomBytes(95));
+  const at23 = pieces(bytes, null);
+  assert.deepEqual(at23.map((p) => p.length), [20, 20, 20, 20, 15]);
+  assert.deepEqual(Buffer.concat(at23), Buffer.from(bytes));
+  assert.deepEqual(pieces(bytes, 247).map((p) => p.length), [95], "one write at a negotiated MTU of 247");
+  assert.deepEqual(pieces(bytes, 50).map((p) => p.length), [47, 47, 1]);
+  for (const bad of [0, 10, 22.5, Number.NaN, undefined]) assert.deepEqual(pieces(bytes, bad).map((p) => p.length), [20, 20, 20, 20, 15], `MTU ${bad}: the default`);
+  assert.deepEqual(pieces(new Uint8Array(0), null), []);
+});
+
+test("backoff: none after no failure, then doubling up to the ceiling, between half and all of it", () => {
+  const s = { baseMs: 1000, maxMs: 60_000 };
+  assert.equal(backoffMs(0, s, () => 1), 0);
+  assert.deepEqual([1, 2, 3, 4].map((n) => backoffMs(n, s, () => 1)), [1000, 2000, 4000, 8000]);
+  assert.deepEqual([1, 2, 3, 4].map((n) => backoffMs(n, s, () => 0)), [500, 1000, 2000, 4000]);
+  assert.equal(backoffMs(40, s, () => 1), 60_000);
+  assert.equal(backoffMs(1000, s, () => 0), 30_000);
+});
+
+test("central settings: a bad number is a clear error", () => {
+  assert.throws(() => centralSettings({ maxConnections: 0 }), /maxConnections must be a positive whole number, got 0/);
+  assert.throws(() => centralSettings({ holdMs: 1.5 }), /holdMs must be a positive whole number/);
+  assert.throws(() => centralSettings({ backoff: { baseMs: 5000, maxMs: 1000 } }), /baseMs is above backoff.maxMs/);
+  assert.equal(centralSettings({}).maxConnections, 4);
+});
+
+test("loading the library: missing, or no usable adapter, is an error that names the fix", async () => {
+  await assert.rejects(loadNoble(100, () => Promise.reject(new Error("Cannot find package '@stoprocent/noble'"))), /optional package @stoprocent\/noble.*npm install @stoprocent\/noble/);
+  const adapter = (state: string) => Object.assign(new EventEmitter(), { state }) as unknown as Noble;
+  await assert.rejects(poweredOn(adapter("unknown"), 20), /not ready \(state "unknown"\).*rfkill.*setcap cap_net_raw,cap_net_admin\+eip/);
+  const later = adapter("unknown");
+  const p = poweredOn(later, 5000);
+  (later as unknown as EventEmitter).emit("stateChange", "unsupported");
+  await assert.rejects(p, /no Bluetooth LE adapter.*bluetoothd/);
+  const good = adapter("unknown");
+  const q = poweredOn(good, 5000);
+  (good as unknown as EventEmitter).emit("stateChange", "poweredOn");
+  assert.equal(await q, good);
+});
+
+/** A handset: the firmware's engine in Node, behind a peripheral of the double. Its counter and its
+ *  log outlive each radio connection, as a board's Storage and console do. */
+class EngineHandset implements PeripheralBacking {
+  readonly lines: string[] = [];
+  counter = 0;
+  readonly h: Handset;
+  private cancelled: ((e: Error) => void) | undefined;
+
+  constructor(readonly id: string, rootKey: Uint8Array) {
+    const p: Platform = {
+      crypto: nodeDeviceCrypto(),
+      cbor: deviceCbor,
+      crc32,
+      counter: (n) => (n === undefined ? this.counter : (this.counter = n)),
+      now: () => Date.now() / 1000,
+      setTimeout: (fn, ms) => setTimeout(fn, ms),
+      clearTimeout: (t) => clearTimeout(t),
+      log: (l) => this.lines.push(l),
+      firmware: "node-ble",
+    };
+    this.h = new Handset({ id, rootKey, lifetime: 600, suite: SUITE_AES_CCM_16_64_128, suites: [[SUITE_AES_CCM_16_64_128, 1]] }, p);
+  }
+
+  open(): Promise<BackingPipe> {
+    let data: (b: Buffer) => void = () => {};
+    let closed: () => void = () => {};
+    let open = true;
+    const close = () => {
+      if (!open) return;
+      open = false;
+      this.h.down();
+      setImmediate(closed);
+    };
+    // The handset speaks first, as the firmware does on NRF "connect".
+    setImmediate(() => this.h.up({ write: (b) => { if (open) data(Buffer.from(b)); } }));
+    return Promise.resolve({
+      write: (b) => { if (open) this.h.receive(new Uint8Array(b)); },
+      onData: (cb) => { data = cb; },
+      onClose: (cb) => { closed = cb; },
+      close,
+    });
+  }
+
+  cancel(): void {
+    this.cancelled?.(new Error("cancelled"));
+  }
+}
+
+interface Rig {
+  t: TestGateway;
+  radio: BleDouble;
+  handsets: EngineHandset[];
+  peripherals: DoublePeripheral[];
+  stop(): Promise<void>;
+}
+
+async function rig(n: number, settings: Record<string, unknown>, mtu: number | null = null): Promise<Rig> {
+  const radio = new BleDouble(50);
+  // A peripheral that is no keyproxy handset: the central leaves it alone.
+  radio.add(new DoublePeripheral("aa0000000001", { localName: "Puck.js 1a2b" }, -50, { open: () => Promise.reject(new Error("must not be opened")), cancel: () => {} }));
+  const t = await startGateway({ ble: { noble: radio, settings: { tickMs: 20, backoff: { baseMs: 50, maxMs: 400 }, ...settings } } });
+  const handsets: EngineHandset[] = [];
+  const peripherals: DoublePeripheral[] = [];
+  for (let i = 0; i < n; i++) {
+    const id = `ble-${i}`;
+    const h = new EngineHandset(id, provision(t.gw, id));
+    handsets.push(h);
+    peripherals.push(radio.add(new DoublePeripheral(`c0ffee00000${i}`, { localName: `${BLE_NAME_PREFIX}${id}` }, -40 - i, h, mtu)));
+  }
+  return { t, radio, handsets, peripherals, stop: () => t.gw.stop() };
+}
+
+test("in the gateway: three handsets over two connection slots all join and register, by turns; every write fits the MTU", async () => {
+  const r = await rig(3, { maxConnections: 2, holdMs: 300 });
+  try {
+    await until(() => r.handsets.every((h) => h.lines.some((l) => /^KP registered/.test(l))), "all three registered", 20_000);
+    assert.ok(r.radio.maxConnected <= 2, `at most two connected at once, saw ${r.radio.maxConnected}`);
+    assert.ok(r.t.events("ble-rotated").length >= 1, "a handset was let go for another's turn");
+    for (const p of r.peripherals) {
+      assert.ok(p.writes.length > 0);
+      assert.ok(p.writes.every((w) => w.length <= 20), "every write fits one ATT write at the default MTU");
+    }
+    assert.ok(r.peripherals.some((p) => p.writes.some((w) => w.length === 20)), "frames longer than one write were cut");
+    assert.ok(r.t.events("ble-handset-seen").every((e) => e.handset !== "Puck.js 1a2b"), "only keyproxy's names are taken");
+    assert.equal(r.radio.peripherals[0].connections, 0);
+    for (const e of r.t.events("joined")) assert.match(String(e.peer), /^ble c0ffee00000\d$/);
+  } finally {
+    await r.stop();
+  }
+});
+
+test("in the gateway: at a negotiated MTU writes are longer, and a handset's state in monitoring shows its radio", async () => {
+  const r = await rig(1, {}, 185);
+  try {
+    await until(() => r.handsets[0].lines.some((l) => /^KP registered/.test(l)), "registered", 10_000);
+    assert.ok(r.peripherals[0].writes.some((w) => w.length > 20), "a write of more than 20 bytes at MTU 185");
+    assert.ok(r.peripherals[0].writes.every((w) => w.length <= 182));
+    const radio = r.t.gw.radios.forDevice("ble-0");
+    assert.equal(radio?.connected, true);
+    assert.equal(radio?.name, "kp-ble-0");
+    assert.equal(radio?.via, "ble");
+    assert.equal(radio?.rssi, -40);
+  } finally {
+    await r.stop();
+  }
+});
+
+test("in the gateway: a handset walks out of range mid-session, the central backs off, and it comes back and joins again", async () => {
+  const r = await rig(1, { stableMs: 60_000, connectTimeoutMs: 300 });
+  try {
+    const [h] = r.handsets;
+    const p = r.peripherals[0];
+    await until(() => h.lines.some((l) => /^KP registered/.test(l)), "registered", 10_000);
+    const joinsBefore = r.t.events("joined").length;
+    p.walkAway();
+    await until(() => r.t.gw.radios.forDevice("ble-0")?.connected === false, "the radio shown disconnected", 5000);
+    await until(() => !r.t.gw.links.links.has("ble-0"), "the link closed at the gateway", 5000);
+    // Out of range for a while: tries fail and back off.
+    await until(() => r.t.events("ble-disconnected").some((e) => Number(e.failures) >= 2), "a failed reconnect, backing off", 10_000);
+    const waits = r.t.events("ble-disconnected").map((e) => Number(e.retryInMs)).filter((x) => x > 0);
+    assert.ok(waits.length >= 2);
+    p.comeBack();
+    await until(() => r.t.events("joined").length > joinsBefore, "joined again", 10_000);
+    await until(() => h.lines.filter((l) => /^KP registered/.test(l)).length >= 2, "registered again", 10_000);
+    assert.equal(r.t.gw.radios.forDevice("ble-0")?.connected, true);
+    assert.equal(r.t.events("frame dropped").length, 0, "no frame dropped by the gateway");
+    const counters = r.t.events("joined").map((e) => Number(e.counter));
+    assert.deepEqual(counters, [...counters].sort((a, b) => a - b), "join counters only go up");
+    assert.equal(new Set(counters).size, counters.length, "no join counter used twice");
+  } finally {
+    await r.stop();
+  }
+});
+
+test("in the gateway: a link the gateway drops drops the radio too, and the central retries with backoff", async () => {
+  const r = await rig(1, {});
+  try {
+    await until(() => r.handsets[0].lines.some((l) => /^KP registered/.test(l)), "registered", 10_000);
+    assert.ok(r.t.gw.links.disconnect("ble-0", "test"));
+    await until(() => r.t.events("ble-disconnected").length >= 1, "the radio let go", 5000);
+    await until(() => r.t.events("joined").length >= 2, "joined again", 10_000);
+  } finally {
+    await r.stop();
+  }
+});
