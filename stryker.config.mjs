@@ -39,7 +39,7 @@ export const MODULES = {
   },
   "gateway/sessions/session-broker.ts": {
     mutate: ["gateway/sessions/session-broker.ts"],
-    tests: ["test/sessions.test.ts", "test/sa-confirm-wrong-tag.test.ts"],
+    tests: ["test/session-broker-edges.test.ts", "test/sessions.test.ts", "test/sa-confirm-wrong-tag.test.ts"],
   },
 };
 
