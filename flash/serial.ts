@@ -1,4 +1,5 @@
-// The host side of an Espruino serial console: open the port, stop what runs, ask the interpreter
+// The host side of an Espruino console: open the line (a serial port, or the Nordic UART over
+// Bluetooth LE: flash/console-line.ts, flash/ble-line.ts), stop what runs, ask the interpreter
 // questions and get typed answers back, write Storage files in chunks and check them by CRC.
 //
 // Espruino's console is a REPL that echoes what it is sent. A line that starts with DLE (\x10) is run
@@ -12,12 +13,18 @@
 // Flow control is stop-and-wait: one line out, its answer back, then the next. The device is idle
 // (back at its prompt) whenever a line arrives, so its small serial input buffer never has to hold more
 // than one line, whatever the port's own flow control. We also ask the tty for XON/XOFF, which
-// Espruino's serial ports speak.
+// Espruino's serial ports speak; over Bluetooth each write is acknowledged by the device.
+// Files go as Storage.write lines over serial and, where the device's Espruino has it (2v25+), as
+// packets over Bluetooth (flash/upload-packets.ts): raw bytes, no JavaScript to parse per chunk.
 
-import { existsSync } from "node:fs";
-import { SerialPort } from "serialport";
+import type { Noble } from "../gateway/ble/noble-api.ts";
 import { zlib } from "../gateway/link/crc32.ts";
-import { describeHolders, describePorts, DIALOUT_HINT } from "./ports.ts";
+import { blePortTarget, openBleLine } from "./ble-line.ts";
+import { openSerialLine, type ConsoleLine } from "./console-line.ts";
+import { SerialError } from "./port-errors.ts";
+import { exchangePacket, sendFilePackets, type PacketLine } from "./upload-packets.ts";
+
+export { SerialError };
 
 /** What the REPL answers in process.env.BOARD, per board profile id. */
 export const ESPRUINO_BOARD: Record<string, string> = {
@@ -45,8 +52,6 @@ export const ANSWER_MS = 5000;
  *  variables for the line while it is parsed. */
 export const CHUNK_BYTES = 512;
 
-export class SerialError extends Error {}
-
 /** CRC-32 (IEEE 802.3, reflected, as Espruino's E.CRC32 and zlib compute it), unsigned. */
 export const crc32 = zlib.crc32;
 
@@ -63,19 +68,6 @@ export function jsByteString(bytes: Uint8Array): string {
   return s + '"';
 }
 
-/** Why a port would not open, in words that name the fix. */
-export function openError(path: string, err: Error): SerialError {
-  if (!existsSync(path)) return new SerialError(`${path} does not exist; ${describePorts()}`);
-  // serialport's flock says "Cannot lock port" (EAGAIN); a TIOCEXCL tty says EBUSY.
-  if (/Cannot lock port|Resource busy|EBUSY/i.test(err.message)) {
-    return new SerialError(`${path} is busy: ${describeHolders(path)}; a serial console serves one program at a time, close the other one first`);
-  }
-  if (/Permission denied|EACCES/i.test(err.message)) {
-    return new SerialError(`cannot open ${path}: permission denied; ${DIALOUT_HINT}`);
-  }
-  return new SerialError(`cannot open ${path}: ${err.message}`);
-}
-
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 interface Pending {
@@ -86,12 +78,25 @@ interface Pending {
 }
 
 export interface OpenOptions {
+  /** A serial device, or `ble:<name or address>` for the Nordic UART over Bluetooth LE. */
   path: string;
+  /** For a serial device. */
   baudRate: number;
   /** Default FIRST_ANSWER_MS. */
   firstAnswerMs?: number;
   /** Default ANSWER_MS. */
   answerMs?: number;
+  /** For a `ble:` port: the BLE library, or a test double at its API (default @stoprocent/noble). */
+  noble?: Noble;
+  /** Write files with Espruino's packet protocol (2v25+) instead of Storage.write lines. Default: over
+   *  Bluetooth when the device's Espruino has it, never over serial (flash/upload-packets.ts). */
+  packets?: boolean;
+}
+
+/** The first Espruino that takes files as packets (EspruinoTools core/codeWriter.js hasPacketUpload). */
+export function hasPacketUpload(version: string): boolean {
+  const m = /^(\d+)v(\d+)/.exec(version);
+  return !!m && (Number(m[1]) > 2 || (Number(m[1]) === 2 && Number(m[2]) >= 25));
 }
 
 export class EspruinoSerial {
@@ -100,30 +105,35 @@ export class EspruinoSerial {
   private pending: Pending | undefined;
   private heardAnything = false;
   private closedBecause: string | undefined;
+  /** Waiting for the device's ACK (true) or NAK (false) of a packet, or the line's failure. */
+  private packetReply: ((answer: boolean | Error) => void) | undefined;
+  /** Whether files go as packets; undefined: decided at the first file, from the device's version. */
+  private packets: boolean | undefined;
   readonly answerMs: number;
+  /** What the user named: a serial device or a `ble:` port. */
+  readonly path: string;
 
   private constructor(
-    private readonly port: SerialPort,
-    readonly path: string,
-    readonly baudRate: number,
+    private readonly line: ConsoleLine,
     answerMs: number,
+    packets: boolean | undefined,
   ) {
     this.answerMs = answerMs;
-    port.on("data", (d: Buffer) => this.receive(d.toString("latin1")));
-    port.on("close", () => this.fail(`the serial line to ${path} closed`));
-    port.on("error", (e: Error) => this.fail(`serial error on ${path}: ${e.message}`));
+    this.path = line.name;
+    this.packets = packets;
+    line.onData((s) => this.receive(s));
+    line.onClose((why) => this.fail(why));
   }
 
-  /** Opens the port and makes sure an Espruino interpreter answers on it (Ctrl-C first, so a
+  /** Opens the line and makes sure an Espruino interpreter answers on it (Ctrl-C first, so a
    *  half-typed line or a running loop does not swallow the question). */
   static async open(o: OpenOptions): Promise<EspruinoSerial> {
-    const port = await new Promise<SerialPort>((resolve, reject) => {
-      // lock: an exclusive flock(2) on the tty (serialport's default, asked for here so that it stays):
-      // two programs on one console interleave their lines, and two flashers corrupt the device.
-      const p = new SerialPort({ path: o.path, baudRate: o.baudRate, xon: true, xoff: true, lock: true, autoOpen: false });
-      p.open((err) => (err ? reject(openError(o.path, err)) : resolve(p)));
-    });
-    const link = new EspruinoSerial(port, o.path, o.baudRate, o.answerMs ?? ANSWER_MS);
+    const answerMs = o.answerMs ?? ANSWER_MS;
+    const ble = blePortTarget(o.path) !== undefined;
+    const line = ble ? await openBleLine(o.path, { noble: o.noble }) : await openSerialLine(o.path, o.baudRate, answerMs);
+    // Over serial, files go as Storage.write lines unless asked otherwise: the way every keyproxy
+    // release has flashed, proven on each board. Over Bluetooth, packets where the device has them.
+    const link = new EspruinoSerial(line, answerMs, o.packets ?? (ble ? undefined : false));
     try {
       await link.interrupt();
       await link.call("1", o.firstAnswerMs ?? FIRST_ANSWER_MS);
@@ -142,7 +152,7 @@ export class EspruinoSerial {
   }
 
   get open(): boolean {
-    return this.closedBecause === undefined && this.port.isOpen;
+    return this.closedBecause === undefined && this.line.isOpen;
   }
 
   /** Runs `expr` on the device (one line, echo off) and resolves with its value, carried back as JSON
@@ -157,15 +167,15 @@ export class EspruinoSerial {
     const line =
       `\x10(function(){var r;try{r=JSON.stringify(${expr});}` +
       `catch(e){print("<kp"+${seq}+"!>"+e+"</kp"+${seq}+"!>");return;}print(${tag}+r+${endTag});})()\n`;
-    // Time for the bytes to cross the wire (10 bits a byte) on top of the device's own time.
-    const wireMs = Math.ceil((line.length * 10 * 1000) / this.baudRate);
+    // Time for the bytes to cross the line on top of the device's own time.
+    const wireMs = this.wireMs(line.length);
     const wait = (timeoutMs ?? this.answerMs) + wireMs;
     const answer = new Promise<unknown>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.pending = undefined;
         reject(new SerialError(this.heardAnything
           ? `the device on ${this.path} did not answer within ${(wait / 1000).toFixed(1)} s`
-          : `no device answered on ${this.path} within ${(wait / 1000).toFixed(1)} s (is it powered, at ${this.baudRate} baud, with its console on this port?)`));
+          : `no device answered on ${this.path} within ${(wait / 1000).toFixed(1)} s (${this.line.silenceHint})`));
       }, wait);
       this.pending = { seq, resolve, reject, timer };
     });
@@ -212,6 +222,11 @@ export class EspruinoSerial {
    *  fills in the erased flash, it never rewrites a page per chunk), the rest fill it in. Then checks
    *  the device's CRC of what it stored. onChunk(bytesWritten) reports progress. */
   async writeFile(name: string, data: Uint8Array, onChunk?: (written: number) => void, secret = false): Promise<void> {
+    if (data.length > 0 && (await this.usePackets())) {
+      if (this.closedBecause) throw new SerialError(this.closedBecause);
+      await sendFilePackets(this.packetLine(), name, data, CHUNK_BYTES, onChunk);
+      return;
+    }
     const n = JSON.stringify(name);
     if (data.length === 0) {
       await this.call(`require("Storage").write(${n},"")`, undefined, secret);
@@ -225,6 +240,13 @@ export class EspruinoSerial {
     }
   }
 
+  /** Sends one raw packet (flash/upload-packets.ts) and resolves with the device's answer: true for
+   *  ACK, false for NAK. For checking a device's packet handling; files go through writeFile. */
+  async sendPacket(type: number, payload: Uint8Array): Promise<boolean> {
+    if (this.closedBecause) throw new SerialError(this.closedBecause);
+    return exchangePacket(this.packetLine(), type, payload);
+  }
+
   /** The device's CRC-32 of a Storage file (unsigned), or null when the file does not exist. */
   async fileCrc(name: string): Promise<number | null> {
     const n = JSON.stringify(name);
@@ -233,25 +255,50 @@ export class EspruinoSerial {
   }
 
   async close(): Promise<void> {
-    this.fail("the serial line was closed");
-    if (!this.port.isOpen) return;
-    // Bounded like send(): a port whose line died may never report the close.
-    await new Promise<void>((r) => {
-      const timer = setTimeout(r, this.answerMs);
-      this.port.close(() => {
-        clearTimeout(timer);
-        r();
-      });
-    });
+    this.fail("the line was closed");
+    await this.line.close();
   }
 
   // ---- internals ------------------------------------------------------------------------------
+
+  private wireMs(bytes: number): number {
+    return Math.ceil((bytes * 1000) / this.line.bytesPerSecond);
+  }
+
+  /** Packets if asked for; else decided once, from the Espruino version the device reports. */
+  private async usePackets(): Promise<boolean> {
+    if (this.packets === undefined) {
+      const version = await this.call<string | undefined>("process.env.VERSION");
+      this.packets = hasPacketUpload(String(version ?? ""));
+    }
+    return this.packets;
+  }
+
+  /** What the packet sender needs of this line: send bytes, await the device's ACK or NAK. */
+  private packetLine(): PacketLine {
+    return {
+      name: this.path,
+      send: (bytes) => this.send(Buffer.from(bytes).toString("latin1")),
+      reply: (timeoutMs) => new Promise<boolean>((resolve, reject) => {
+        if (this.closedBecause) return reject(new SerialError(this.closedBecause));
+        const timer = setTimeout(() => settle(new SerialError(`the device on ${this.path} did not acknowledge a packet within ${(timeoutMs / 1000).toFixed(1)} s`)), timeoutMs);
+        const settle = (answer: boolean | Error) => {
+          clearTimeout(timer);
+          this.packetReply = undefined;
+          if (answer instanceof Error) reject(answer);
+          else resolve(answer);
+        };
+        this.packetReply = settle;
+      }),
+      replyMs: (bytes) => this.answerMs + this.wireMs(bytes),
+    };
+  }
 
   /** Writes s and waits until it has left. Bounded: on a line that died mid-write the write or drain
    *  callback may never come, and an unbounded wait would hang the caller with nothing left to wake
    *  it; so after the time the bytes need on the wire plus the answer time it fails with a clear error. */
   private send(s: string): Promise<void> {
-    const limitMs = this.answerMs + Math.ceil((s.length * 10 * 1000) / this.baudRate);
+    const limitMs = this.answerMs + this.wireMs(s.length);
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => reject(new SerialError(`cannot write to ${this.path}: the line did not take the bytes within ${(limitMs / 1000).toFixed(1)} s`)), limitMs);
       const done = (e?: Error | null) => {
@@ -259,12 +306,17 @@ export class EspruinoSerial {
         if (e) reject(new SerialError(`cannot write to ${this.path}: ${e.message}`));
         else resolve();
       };
-      this.port.write(Buffer.from(s, "latin1"), (err) => (err ? done(err) : this.port.drain((e) => done(e))));
+      this.line.write(Buffer.from(s, "latin1")).then(() => done(), (e: Error) => done(e));
     });
   }
 
   private receive(s: string): void {
     this.heardAnything = true;
+    if (this.packetReply) {
+      // ACK (0x06) or NAK (0x15): Espruino's only answers to a file packet (src/jsinteractive.c).
+      const m = /[\x06\x15]/.exec(s);
+      if (m) this.packetReply(m[0] === "\x06");
+    }
     this.rx += s;
     const p = this.pending;
     if (!p) {
@@ -303,5 +355,6 @@ export class EspruinoSerial {
   private fail(why: string): void {
     if (this.closedBecause === undefined) this.closedBecause = why;
     this.settle((p) => p.reject(new SerialError(why)));
+    this.packetReply?.(new SerialError(why));
   }
 }
