@@ -1,4 +1,5 @@
 // Shared argument helpers: every command parses strictly and fails with a sentence, not a stack.
+import { blePortTarget } from "../flash/ble-line.ts";
 import { parseArgs, type ParseArgsConfig } from "node:util";
 import { ConfigError, merge, outsideLayers, SETTINGS, type Value } from "./config.ts";
 import { jsonForTerminal } from "../gateway/log/terminal.ts";
@@ -73,6 +74,20 @@ export function brokerUrl(s: string, flag: string): string {
 
 /** --answer-timeout <s>: how long a device on a serial console may take to answer one request, in ms
  *  (undefined: flash/serial.ts's defaults). */
+/** --port: a serial device, or ble:<name or address> (flash/ble-line.ts); a bare "ble:" is a usage
+ *  error. With a ble: port, a board that has no Bluetooth is one too. */
+export function consolePort(port: string | undefined, board: { id: string; transports: readonly string[] }): string {
+  if (!port) throw new UsageError("--port <tty or ble:name> is required");
+  let ble: string | undefined;
+  try {
+    ble = blePortTarget(port);
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+  if (ble !== undefined && !board.transports.includes("ble-uart")) throw new UsageError(`--port ble:... is for boards with a Bluetooth UART (puckjs, banglejs2); ${board.id} has none: use its serial port`);
+  return port;
+}
+
 export function answerTimeoutMs(s: string | undefined): number | undefined {
   return s === undefined ? undefined : positiveInt(s, "--answer-timeout", 0) * 1000;
 }

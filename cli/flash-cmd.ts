@@ -4,20 +4,25 @@ import cliProgress from "cli-progress";
 import { BOARDS, getBoard } from "../boards/index.ts";
 import { buildFirmware } from "../flash/build.ts";
 import { flashDevice, FlashInterrupted, hex, type FlashStep } from "../flash/flash.ts";
-import { answerTimeoutMs, parse, positiveInt, UsageError } from "./args.ts";
+import { answerTimeoutMs, consolePort, parse, positiveInt, UsageError } from "./args.ts";
 import { EXIT_INTERRUPTED, onCtrlC, shellWords } from "./interrupt.ts";
 
 const HELP = `usage: keyproxy flash --port <tty> --board <id> [--bundle <file> | --app <file>]
                       [--baud <n>] [--answer-timeout <s>] [--no-reboot]
 
 Writes the firmware into the device's Storage as .bootcde over its serial
-console, checks it by CRC-32 and reboots the device into it. The bundle is
+console (or its Bluetooth UART), checks it by CRC-32 and reboots the device
+into it. The bundle is
 built for --board (with --app, with that application, as keyproxy build --app
 makes it) unless --bundle is given. The running firmware is only replaced once
 the new one is on the device and verified (docs/OPERATIONS.md).
 
   --port <tty>     the serial device, e.g. /dev/ttyUSB0 (Puck.js: Serial1 on
-                   D28/D29); keyproxy ports lists them
+                   D28/D29); keyproxy ports lists them. Or ble:<name> or
+                   ble:<address> (Puck.js, Bangle.js 2): over Bluetooth LE, as
+                   the Espruino IDE does, from a machine with a BLE adapter
+                   (docs/HARDWARE.md); a handset running keyproxy answers
+                   there only if provisioned with --ble-repl
   --board <id>     ${Object.keys(BOARDS).join(", ")}; the device must report
                    the same board
   --bundle <file>  a bundle made by keyproxy build, with or without --app
@@ -63,7 +68,7 @@ export async function flashCommand(argv: string[]): Promise<number> {
     console.log(HELP);
     return 0;
   }
-  if (!o.port) throw new UsageError("--port <tty> is required");
+  if (!o.port) throw new UsageError("--port <tty or ble:name> is required");
   if (!o.board) throw new UsageError("--board <id> is required");
   let board;
   try {
@@ -71,6 +76,7 @@ export async function flashCommand(argv: string[]): Promise<number> {
   } catch (e) {
     throw new UsageError((e as Error).message);
   }
+  consolePort(o.port, board);
   const baudRate = o.baud === undefined ? undefined : positiveInt(o.baud, "--baud", 0);
   const answerMs = answerTimeoutMs(o["answer-timeout"]);
   let bundle: string;

@@ -2,9 +2,10 @@
 import { readFileSync } from "node:fs";
 import cliProgress from "cli-progress";
 import { BOARDS, getBoard, type BoardProfile } from "../boards/index.ts";
+import { blePortTarget } from "../flash/ble-line.ts";
 import { provisionDevice, ProvisionError, ProvisionInterrupted, type ProvisionStep } from "../flash/provision.ts";
 import { DEFAULT_LISTEN } from "../gateway/gateway.ts";
-import { answerTimeoutMs, hostPort, parse, positiveInt, UsageError } from "./args.ts";
+import { answerTimeoutMs, consolePort, hostPort, parse, positiveInt, UsageError } from "./args.ts";
 import { checkDeviceId } from "./device-cmd.ts";
 import { DEFAULT_DATA_DIR } from "./gateway-cmd.ts";
 import { EXIT_INTERRUPTED, onCtrlC, shellWords } from "./interrupt.ts";
@@ -16,14 +17,19 @@ const HELP = `usage: keyproxy provision --port <tty> --id <name> [--board <id>]
 
 Makes a fresh root key on this machine (CSPRNG), writes the device's
 configuration (kp.cfg: id, key, gateway, lifetime) into its Storage over the
-serial console and enters the device in the gateway's registry, as one
+serial console (or its Bluetooth UART) and enters the device in the gateway's registry, as one
 operation: if any step fails, both are rolled back and the message says so.
 The key is never printed or logged. The device is rebooted at the end so its
 firmware starts with the new identity (flash the firmware first: keyproxy
 flash).
 
   --port <tty>           the serial device, e.g. /dev/ttyUSB0 (keyproxy ports
-                         lists them)
+                         lists them), or ble:<name or address> (Puck.js,
+                         Bangle.js 2), which needs --key-over-ble
+  --key-over-ble         accept that over Bluetooth the new root key (and a
+                         Wi-Fi password) crosses the air unencrypted: anyone in
+                         radio range with a sniffer can record it. Serial does
+                         not have this exposure; prefer it
   --id <name>            the device's id (letters, digits, . _ -)
   --board <id>           ${Object.keys(BOARDS).join(", ")} (default puckjs);
                          the device must report the same board
@@ -99,6 +105,7 @@ export async function provisionCommand(argv: string[]): Promise<number> {
     "data-dir": { type: "string" },
     replace: { type: "boolean" },
     "ble-repl": { type: "boolean" },
+    "key-over-ble": { type: "boolean" },
     "wifi-ssid": { type: "string" },
     "wifi-password-file": { type: "string" },
     recover: { type: "boolean" },
@@ -111,7 +118,7 @@ export async function provisionCommand(argv: string[]): Promise<number> {
     console.log(HELP);
     return 0;
   }
-  if (!o.port) throw new UsageError("--port <tty> is required");
+  if (!o.port) throw new UsageError("--port <tty or ble:name> is required");
   const recoverOnly = !!o.recover;
   const id = recoverOnly ? (o.id ?? "") : checkDeviceId(o.id);
   let board;
@@ -120,6 +127,8 @@ export async function provisionCommand(argv: string[]): Promise<number> {
   } catch (e) {
     throw new UsageError((e as Error).message);
   }
+  consolePort(o.port, board);
+  if (o["key-over-ble"] && blePortTarget(o.port) === undefined) throw new UsageError("--key-over-ble goes with --port ble:<name>");
   if (o["ble-repl"] && !board.transports.includes("ble-uart")) throw new UsageError(`--ble-repl is for boards that reach their gateway over Bluetooth; ${board.id} does not`);
   const wifi = wifiSettings(board, o["wifi-ssid"], o["wifi-password-file"]);
   const gateway = o.gateway ?? `${DEFAULT_LISTEN.host}:${DEFAULT_LISTEN.port}`;
@@ -147,6 +156,7 @@ export async function provisionCommand(argv: string[]): Promise<number> {
       lifetime,
       replace: !!o.replace,
       bleRepl: !!o["ble-repl"],
+      keyOverBle: !!o["key-over-ble"],
       wifi,
       recoverOnly,
       baudRate,

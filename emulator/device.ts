@@ -173,6 +173,14 @@ export class EmulatedDevice extends EventEmitter {
     this.host = this.hostFunctions();
   }
 
+  /** A file packet from the console (Espruino 2v25+, src/jsinteractive.c packet_file_write): written
+   *  as Storage.write(name, data, offset, size) would, the first creating the file at its full size,
+   *  with the same "storage-write" event. Throws StorageError as that write does. */
+  writeFilePacket(name: string, data: Uint8Array, offset: number, size: number): void {
+    this.store.writeAt(name, data, offset, offset === 0 ? size : undefined);
+    this.emit("storage-write", { name, bytes: this.store.read(name) ?? new Uint8Array(0) });
+  }
+
   get running(): boolean {
     return this.life !== undefined;
   }

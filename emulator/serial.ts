@@ -19,9 +19,34 @@
 // lines (they restart the interpreter, which the world cannot do from inside): reset() brings up a
 // fresh interpreter that runs .boot0-.boot3 but not .bootcde, as Espruino 2v00+ does; load() and
 // E.reboot() boot everything, .bootcde included.
+// Packets (Espruino 2v25+, src/jsinteractive.c): DLE SOH, two bytes of type and length, the payload.
+// FILE_SEND ({"fn","s"}) and DATA write a file as Espruino does, answering ACK or NAK; as on Espruino a
+// DATA packet is ACKed even when Storage could not take it (`ok |= jsfWriteFile(...)`), which only the
+// file's CRC then shows. The other packet types (EVAL, EVENT, FILE_RECV) are answered NAK: not
+// modelled (docs/EMULATOR.md), and keyproxy does not send them.
 
 import { spawn, type ChildProcessWithoutNullStreams } from "node:child_process";
 import type { EmulatedDevice } from "./device.ts";
+
+const ACK = "\x06";
+const NAK = "\x15";
+const PT_TYPE_MASK = 0xe000;
+const PT_SIZE_MASK = 0x1fff;
+const PT_FILE_SEND = 0x6000;
+const PT_DATA = 0x8000;
+
+/** A packet being received: its two header bytes, then its payload. */
+interface PacketIn {
+  header: number[];
+  data: number[];
+}
+
+/** The file a FILE_SEND packet announced, filled in by DATA packets. */
+interface FileUpload {
+  fn: string;
+  size: number;
+  offset: number;
+}
 
 const PTY_HELPER = `
 import os, pty, select, sys, tty
@@ -67,6 +92,10 @@ export class SerialConsole {
   private queue: Promise<void> = Promise.resolve();
   private readonly onLog = (l: string) => this.write(`${l}\r\n`);
   private closed = false;
+  /** The last byte was DLE: SOH now starts a packet. */
+  private hadDle = false;
+  private packet: PacketIn | undefined;
+  private upload: FileUpload | undefined;
 
   constructor(
     readonly device: EmulatedDevice,
@@ -78,6 +107,18 @@ export class SerialConsole {
   /** Bytes from the serial line. */
   input(s: string): void {
     for (const ch of s) {
+      if (this.packet) {
+        this.packetByte(ch.charCodeAt(0));
+        continue;
+      }
+      if (ch === "\x01" && this.hadDle) {
+        this.hadDle = false;
+        // Espruino turns echo back on for a packet sent on an empty line (DLE had turned it off).
+        if (this.line === "") this.echoOff = false;
+        this.packet = { header: [], data: [] };
+        continue;
+      }
+      this.hadDle = ch === "\x10";
       if (ch === "\x03") {
         this.line = "";
         this.echoOff = false;
@@ -95,6 +136,46 @@ export class SerialConsole {
         this.line += ch;
         if (!this.echoOff) this.write(ch);
       }
+    }
+  }
+
+  private packetByte(b: number): void {
+    const p = this.packet!;
+    if (p.header.length < 2) p.header.push(b);
+    else p.data.push(b);
+    const flags = p.header.length === 2 ? (p.header[0] << 8) | p.header[1] : -1;
+    if (flags < 0 || p.data.length < (flags & PT_SIZE_MASK)) return;
+    this.packet = undefined;
+    const data = new Uint8Array(p.data);
+    // After the lines before it, as Espruino handles its input in order.
+    this.queue = this.queue.then(() => this.runPacket(flags & PT_TYPE_MASK, data));
+  }
+
+  private runPacket(type: number, data: Uint8Array): void {
+    if (this.closed) return;
+    if (type === PT_FILE_SEND) {
+      this.upload = undefined;
+      let head: { fn?: unknown; s?: unknown } | undefined;
+      try {
+        head = JSON.parse(Buffer.from(data).toString("latin1")) as typeof head;
+      } catch {
+        head = undefined;
+      }
+      const ok = !!head && typeof head === "object" && typeof head.fn === "string" && Number(head.s) !== 0 && Number.isInteger(Number(head.s));
+      if (ok) this.upload = { fn: head!.fn as string, size: Number(head!.s), offset: 0 };
+      this.write(ok ? ACK : NAK);
+    } else if (type === PT_DATA && this.upload) {
+      const u = this.upload;
+      try {
+        this.device.writeFilePacket(u.fn, data, u.offset, u.size);
+      } catch {
+        // Espruino ACKs anyway (see the head of this file): the CRC check finds it.
+      }
+      u.offset += data.length;
+      if (u.offset >= u.size) this.upload = undefined;
+      this.write(ACK);
+    } else {
+      this.write(NAK);
     }
   }
 

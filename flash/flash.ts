@@ -19,6 +19,7 @@
 // The copy never runs while a compaction could move the staging file under it: compact() comes first
 // in the line, read() after it.
 
+import type { Noble } from "../gateway/ble/noble-api.ts";
 import { getBoard, type BoardProfile } from "../boards/index.ts";
 import { CHUNK_BYTES, crc32, ESPRUINO_BOARD, EspruinoSerial, SerialError, SIZED_LINUX_BOARD } from "./serial.ts";
 
@@ -49,6 +50,11 @@ export interface FlashOptions {
   /** How long the device may take to answer one request (default flash/serial.ts ANSWER_MS, and
    *  FIRST_ANSWER_MS for the first): more for a slow device or link. */
   answerMs?: number;
+  /** For a `ble:` port: the BLE library, or a test double at its API (default @stoprocent/noble). */
+  noble?: Noble;
+  /** Files as Espruino packets (2v25+) rather than Storage.write lines. Default: over Bluetooth where
+   *  the device has them, never over serial (flash/serial.ts OpenOptions.packets). */
+  packets?: boolean;
   /** Default: the board's budget.bundleBytes. */
   budgetBytes?: number;
   /** Called with bytes written so far during the transfer, and at each step. */
@@ -104,7 +110,7 @@ export async function flashDevice(o: FlashOptions): Promise<FlashResult> {
   };
 
   await step("connect");
-  const link = await EspruinoSerial.open({ path: o.port, baudRate: o.baudRate ?? board.serial?.baud ?? 115200, answerMs: o.answerMs, firstAnswerMs: o.answerMs });
+  const link = await EspruinoSerial.open({ path: o.port, baudRate: o.baudRate ?? board.serial?.baud ?? 115200, answerMs: o.answerMs, firstAnswerMs: o.answerMs, noble: o.noble, packets: o.packets });
   try {
     await step("check");
     const version = await checkBoard(link, board);

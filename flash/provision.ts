@@ -30,10 +30,12 @@
 // The key crosses the serial line once, inside a \x10 (echo off) line, and is never printed, logged or
 // put into an error message.
 
+import type { Noble } from "../gateway/ble/noble-api.ts";
 import { randomBytes } from "node:crypto";
 import { getBoard } from "../boards/index.ts";
 import { openStore } from "../gateway/gateway.ts";
 import type { Store } from "../gateway/registry/store.ts";
+import { blePortTarget } from "./ble-line.ts";
 import { checkBoard } from "./flash.ts";
 import { crc32, EspruinoSerial } from "./serial.ts";
 
@@ -97,6 +99,15 @@ export interface ProvisionOptions {
   /** How long the device may take to answer one request (default flash/serial.ts ANSWER_MS, and
    *  FIRST_ANSWER_MS for the first): more for a slow device or link. */
   answerMs?: number;
+  /** For a `ble:` port: the BLE library, or a test double at its API (default @stoprocent/noble). */
+  noble?: Noble;
+  /** Accept that provisioning over a `ble:` port sends the new root key (and a Wi-Fi password) over
+   *  the air, unencrypted (Espruino's UART is not, unless bonded): without it such a provisioning is
+   *  refused before anything is changed. Recovery sends no key and needs no such consent. */
+  keyOverBle?: boolean;
+  /** Files as Espruino packets (2v25+) rather than Storage.write lines. Default: over Bluetooth where
+   *  the device has them, never over serial (flash/serial.ts OpenOptions.packets). */
+  packets?: boolean;
   /** Default true: reboot the device at the end, so its firmware starts with the new identity. */
   reboot?: boolean;
   /** Only settle an interrupted provisioning found on the device; provision nothing new. */
@@ -201,11 +212,14 @@ export async function provisionDevice(o: ProvisionOptions): Promise<ProvisionRes
   store.db.pragma(`busy_timeout = ${Math.max(0, Math.floor(o.registryBusyMs ?? 5000))}`);
   let link: EspruinoSerial | undefined;
   try {
+    if (!o.recoverOnly && blePortTarget(o.port) !== undefined && !o.keyOverBle) {
+      throw new ProvisionError(`provisioning over Bluetooth sends the new root key${o.wifi ? " and the Wi-Fi password" : ""} over the air, and Espruino's Bluetooth UART does not encrypt it: anyone in radio range with a BLE sniffer can record it. Provision over serial, or pass --key-over-ble to accept this (at close range, somewhere you trust); nothing was changed`, "unchanged");
+    }
     if (!o.recoverOnly && store.getDevice(o.id) && !o.replace) {
       throw new ProvisionError(`device "${o.id}" is already in the registry; pass --replace to give it a new root key`, "unchanged");
     }
     await step("connect");
-    link = await EspruinoSerial.open({ path: o.port, baudRate: o.baudRate ?? board.serial?.baud ?? 115200, answerMs: o.answerMs, firstAnswerMs: o.answerMs });
+    link = await EspruinoSerial.open({ path: o.port, baudRate: o.baudRate ?? board.serial?.baud ?? 115200, answerMs: o.answerMs, firstAnswerMs: o.answerMs, noble: o.noble, packets: o.packets });
     await checkBoard(link, board);
 
     await step("recover");

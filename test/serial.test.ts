@@ -14,7 +14,8 @@ import { crc32, jsByteString, EspruinoSerial, SerialError } from "../flash/seria
 import { flashDevice, FlashError, STAGING_FILE, type FlashStep } from "../flash/flash.ts";
 import { CONFIG_NEW, CONFIG_OLD, JOURNAL_FILE, provisionDevice, ProvisionError, type ProvisionStep } from "../flash/provision.ts";
 import { EmulatedDevice } from "../emulator/device.ts";
-import { attachPty, openPty, type PtyHandset } from "../emulator/serial.ts";
+import { attachPty, openPty } from "../emulator/serial.ts";
+import { consoleHandset, TRANSPORTS } from "./support/console-handset.ts";
 import { openStore, DB_FILE } from "../gateway/gateway.ts";
 import { startGateway, tempDir, until } from "./support/harness.ts";
 
@@ -95,13 +96,13 @@ describe("flash and provision through a pty", () => {
     bundle = b.code;
   });
 
-  test("flash, provision, then the handset boots the flashed firmware, joins and registers", async () => {
+  for (const transport of TRANSPORTS) test(`flash, provision, then the handset boots the flashed firmware, joins and registers (over ${transport})`, async () => {
     const t = await startGateway();
-    const h = await handset("e2e");
+    const h = await consoleHandset(transport, "e2e");
     try {
       const steps: FlashStep[] = [];
       const progress: number[] = [];
-      const r = await flashDevice({ port: h.pty.path, board: "emulator", bundle, onStep: (s) => void steps.push(s), onProgress: (n) => void progress.push(n) });
+      const r = await flashDevice({ port: h.port, noble: h.noble, board: "emulator", bundle, onStep: (s) => void steps.push(s), onProgress: (n) => void progress.push(n) });
       assert.equal(r.bytes, Buffer.byteLength(bundle));
       assert.equal(r.espruinoVersion, "2v29");
       assert.deepEqual(steps, ["connect", "check", "stop", "transfer", "verify", "switch", "reboot"]);
@@ -112,13 +113,28 @@ describe("flash and provision through a pty", () => {
       await until(() => h.output.join("").includes("KP not provisioned"), "the flashed firmware ran", 5000);
 
       const gw = `127.0.0.1:${t.gw.address.port}`;
-      const p = await provisionDevice({ port: h.pty.path, board: "emulator", id: "pty-1", gateway: gw, dataDir: t.dataDir, lifetime: 600 });
+      if (transport === "ble") {
+        // The key would cross the air unencrypted: refused without the operator's consent, unchanged.
+        await assert.rejects(provisionDevice({ port: h.port, noble: h.noble, board: "emulator", id: "pty-1", gateway: gw, dataDir: t.dataDir }), (e: Error) =>
+          e instanceof ProvisionError && e.state === "unchanged" && /BLE sniffer.*--key-over-ble.*nothing was changed/.test(e.message));
+        assert.equal(h.dev.storage.read("kp.cfg"), undefined);
+        assert.equal(t.gw.store.getDevice("pty-1"), undefined);
+      }
+      const p = await provisionDevice({ port: h.port, noble: h.noble, keyOverBle: true, board: "emulator", id: "pty-1", gateway: gw, dataDir: t.dataDir, lifetime: 600 });
       assert.deepEqual(p, { id: "pty-1", board: "emulator", replaced: false, recovered: undefined });
       const cfg = JSON.parse(text(h.dev.storage.read("kp.cfg"))!);
       const row = t.gw.store.getDevice("pty-1")!;
       assert.equal(cfg.key, Buffer.from(row.rootKey).toString("hex"));
       assert.equal(cfg.gw, gw);
       assert.ok(!h.output.join("").includes(cfg.key), "the key never comes back across the line");
+      if (transport === "ble") {
+        // Over Bluetooth files went as packets (the emulator says Espruino 2v29), never as lines of
+        // JavaScript: a FILE_SEND packet for the staging file and for kp.cfg.new went out.
+        const sent = Buffer.concat(h.peripheral!.writes).toString("latin1");
+        assert.match(sent, /\x10\x01[\x60-\x7f][\s\S]\{"fn":"kp\.fw\.new"/);
+        assert.match(sent, /\x10\x01[\x60-\x7f][\s\S]\{"fn":"kp\.cfg\.new"/);
+        assert.ok(!sent.includes("require(\"Storage\").write(\"kp.fw.new\""), "no Storage.write line for the firmware");
+      }
       for (const f of [CONFIG_NEW, CONFIG_OLD, JOURNAL_FILE]) assert.equal(h.dev.storage.read(f), undefined);
 
       // provision rebooted the device: the flashed .bootcde now joins and registers with the key.
@@ -134,7 +150,7 @@ describe("flash and provision through a pty", () => {
       assert.ok(t.gw.store.getRegistration("pty-1"));
 
       // The id is taken now: a second provisioning needs --replace, and changes nothing without it.
-      await assert.rejects(provisionDevice({ port: h.pty.path, board: "emulator", id: "pty-1", gateway: gw, dataDir: t.dataDir }), (e: Error) =>
+      await assert.rejects(provisionDevice({ port: h.port, noble: h.noble, keyOverBle: true, board: "emulator", id: "pty-1", gateway: gw, dataDir: t.dataDir }), (e: Error) =>
         e instanceof ProvisionError && e.state === "unchanged" && /--replace/.test(e.message));
       assert.equal(JSON.parse(text(h.dev.storage.read("kp.cfg"))!).key, cfg.key);
     } finally {
@@ -158,21 +174,21 @@ describe("flash and provision through a pty", () => {
     }
   });
 
-  test("a failed verification or a cut line during the transfer leaves the old firmware whole", async () => {
-    const h = await handset("verify");
+  for (const transport of TRANSPORTS) test(`a failed verification or a cut line during the transfer leaves the old firmware whole (over ${transport})`, async () => {
+    const h = await consoleHandset(transport, "verify");
     h.dev.storage.write(".bootcde", "print('old firmware')");
     try {
       await assert.rejects(flashDevice({
-        port: h.pty.path, board: "emulator", bundle,
+        port: h.port, noble: h.noble, board: "emulator", bundle,
         onStep: (s) => { if (s === "verify") h.dev.storage.write(STAGING_FILE, "damaged in flash"); },
       }), (e: Error) => e instanceof FlashError && /verification failed: .*\.bootcde was not touched/.test(e.message));
       assert.equal(text(h.dev.storage.read(".bootcde")), "print('old firmware')");
       assert.equal(h.dev.storage.read(STAGING_FILE), undefined);
 
       let chunks = 0;
-      const onWrite = ({ name }: { name: string }) => { if (name === STAGING_FILE && ++chunks === 2) h.pty.cut(); };
+      const onWrite = ({ name }: { name: string }) => { if (name === STAGING_FILE && ++chunks === 2) h.cut(); };
       h.dev.on("storage-write", onWrite);
-      await assert.rejects(flashDevice({ port: h.pty.path, board: "emulator", bundle }), (e: Error) => e instanceof SerialError && /closed|did not answer/.test(e.message));
+      await assert.rejects(flashDevice({ port: h.port, noble: h.noble, board: "emulator", bundle }), (e: Error) => e instanceof SerialError && /closed|did not answer|was lost/.test(e.message));
       h.dev.off("storage-write", onWrite);
       assert.equal(text(h.dev.storage.read(".bootcde")), "print('old firmware')");
     } finally {
@@ -198,11 +214,11 @@ describe("flash and provision through a pty", () => {
     { name: "line dies before clean-up", at: "cleanup", how: "line" },
   ];
 
-  for (const withOld of [false, true]) {
+  for (const transport of TRANSPORTS) for (const withOld of [false, true]) {
     for (const cut of CUTS) {
-      test(`provisioning cut: ${cut.name} (${withOld ? "re-provisioning a device" : "a new device"})`, async () => {
+      test(`provisioning cut over ${transport}: ${cut.name} (${withOld ? "re-provisioning a device" : "a new device"})`, async () => {
         const dataDir = tempDir("kp-reg-");
-        let h: Awaited<ReturnType<typeof handset>> = await handset("cut");
+        const h = await consoleHandset(transport, "cut");
         const id = "cut-1";
         const oldCfg = JSON.stringify({ id, key: "00112233445566778899aabbccddeeff", gw: "127.0.0.1:1", life: 60 });
         if (withOld) {
@@ -215,15 +231,15 @@ describe("flash and provision through a pty", () => {
         }
         const registryBefore = registrySnapshot(dataDir, id);
         let lock: Database.Database | undefined;
-        const onWrite = ({ name }: { name: string }) => { if (name === "kp.cfg") h.pty.cut(); };
+        const onWrite = ({ name }: { name: string }) => { if (name === "kp.cfg") h.cut(); };
         if (cut.how === "line-after-switch") h.dev.on("storage-write", onWrite);
         let err: unknown;
         try {
           await provisionDevice({
-            port: h.pty.path, board: "emulator", id, gateway: "127.0.0.1:7447", dataDir, replace: withOld, reboot: false, registryBusyMs: 200,
+            port: h.port, noble: h.noble, keyOverBle: true, board: "emulator", id, gateway: "127.0.0.1:7447", dataDir, replace: withOld, reboot: false, registryBusyMs: 200,
             onStep: (s) => {
               if (s !== cut.at) return;
-              if (cut.how === "line") h.pty.cut();
+              if (cut.how === "line") h.cut();
               if (cut.how === "tamper") h.dev.storage.write(CONFIG_NEW, "{\"id\":\"cut-1\",\"key\":\"not the one sent\"}");
               if (cut.how === "registry-fails") {
                 const db = new Database(join(dataDir, DB_FILE));
@@ -248,12 +264,11 @@ describe("flash and provision through a pty", () => {
         if (!committed) assert.deepEqual(registrySnapshot(dataDir, id), registryBefore, "the registry is as it was");
 
         if (err.state === "needs-recovery") {
-          // The line was cut: reconnect the device (a new pty) and settle it, as the message says.
+          // The line was cut: reconnect the device (a new pty, or back in range) and settle it, as the
+          // message says.
           assert.match(err.message, /--recover/);
-          await h.pty.close();
-          const pty: PtyHandset = await attachPty(h.dev);
-          h = { ...h, pty, stop: async () => { await pty.close(); h.dev.powerOff(); } };
-          const r = await provisionDevice({ port: pty.path, board: "emulator", id: "", gateway: "127.0.0.1:7447", dataDir, recoverOnly: true, reboot: false });
+          await h.reconnect();
+          const r = await provisionDevice({ port: h.port, noble: h.noble, keyOverBle: true, board: "emulator", id: "", gateway: "127.0.0.1:7447", dataDir, recoverOnly: true, reboot: false });
           if (cut.at === "prepare") assert.equal(r.recovered, undefined, "nothing had reached the device");
           else assert.equal(r.recovered?.outcome, committed ? "rolled-forward" : "rolled-back");
         } else {
@@ -305,6 +320,28 @@ describe("the CLI", () => {
       const wrong = await run(["flash", "--port", h.pty.path, "--board", "puckjs", "--bundle", "package.json"]);
       assert.equal(wrong.code, 1);
       assert.match(wrong.stderr, /not a PUCKJS/);
+
+      // Bluetooth ports: usage errors (2) before anything is opened.
+      const bare = await run(["flash", "--port", "ble:", "--board", "puckjs", "--bundle", "package.json"]);
+      assert.equal(bare.code, 2, bare.stderr);
+      assert.match(bare.stderr, /ble:<name it advertises>/);
+      const noRadio = await run(["flash", "--port", "ble:kp-x", "--board", "esp32", "--bundle", "package.json"]);
+      assert.equal(noRadio.code, 2, noRadio.stderr);
+      assert.match(noRadio.stderr, /esp32 has none/);
+      const stray = await run(["provision", "--port", h.pty.path, "--board", "emulator", "--id", "cli-2", "--data-dir", dataDir, "--key-over-ble"]);
+      assert.equal(stray.code, 2, stray.stderr);
+      // Provisioning over Bluetooth without consent to the key crossing the air: refused, nothing changed.
+      const before = registrySnapshot(dataDir, "ble-1");
+      const refused = await run(["provision", "--port", "ble:kp-ble-1", "--id", "ble-1", "--data-dir", dataDir]);
+      assert.equal(refused.code, 1, refused.stderr);
+      assert.match(refused.stderr, /BLE sniffer.*--key-over-ble/);
+      assert.equal(registrySnapshot(dataDir, "ble-1"), before);
+      // With consent, on this machine (no Bluetooth adapter, or the optional library missing): a clear
+      // error naming the fix, exit 1, nothing changed.
+      const noAdapter = await run(["provision", "--port", "ble:kp-ble-1", "--id", "ble-1", "--data-dir", dataDir, "--key-over-ble"]);
+      assert.equal(noAdapter.code, 1, noAdapter.stderr);
+      assert.match(noAdapter.stderr, /cannot use Bluetooth for ble:kp-ble-1: .*(adapter|optional package)/);
+      assert.equal(registrySnapshot(dataDir, "ble-1"), before);
     } finally {
       await h.stop();
     }

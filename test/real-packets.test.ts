@@ -1,0 +1,76 @@
+// The real-interpreter tier: Espruino's file packets (2v25+), which `keyproxy flash` and `keyproxy
+// provision` use over Bluetooth (flash/upload-packets.ts), sent by the host's own code to the real
+// interpreter over a pseudo-terminal, and the same to the emulator's console (emulator/serial.ts), which
+// must answer the same: the emulator is where the Bluetooth tests run (test/serial.test.ts "over ble").
+import assert from "node:assert/strict";
+import { crc32, EspruinoSerial } from "../flash/serial.ts";
+import { PT_DATA, PT_FILE_SEND } from "../flash/upload-packets.ts";
+import { RealDevice } from "../interpreter/device.ts";
+import { INTERPRETER_ANSWER_MS } from "../interpreter/handsets.ts";
+import { consoleHandset } from "./support/console-handset.ts";
+import { tempDir } from "./support/harness.ts";
+import { realTest } from "./support/real.ts";
+
+/** Every byte value, control bytes included (DLE, SOH, XON/XOFF, ACK, NAK, ESC, NUL), over several
+ *  packets; but the two at which the Linux build may exit, and a board never does
+ *  (docs/INTERPRETER.md, "Packets"): 0x04, on which it exits whatever it is reading (jshInputThread,
+ *  targets/linux/jshardware.c), and 0x03, which it takes for Ctrl-C when it reads it before it has taken
+ *  the packet's start, and then exits as for a second Ctrl-C within 5 s (jsiLoop, `#ifndef EMBEDDED`).
+ *  keyproxy's files (the ASCII bundle, kp.cfg's JSON) hold neither. */
+const FILE = new Uint8Array(1300).map((_, i) => (i * 7 + (i >> 8)) & 0xff).map((b) => (b === 0x03 || b === 0x04 ? 0x05 : b));
+const json = (v: unknown) => new TextEncoder().encode(JSON.stringify(v));
+
+/** What a console answers to the packets keyproxy sends, and to the ones it must refuse. */
+async function packetAnswers(tty: string): Promise<Record<string, unknown>> {
+  const link = await EspruinoSerial.open({ path: tty, baudRate: 115200, answerMs: INTERPRETER_ANSWER_MS, firstAnswerMs: INTERPRETER_ANSWER_MS, packets: true });
+  try {
+    const out: Record<string, unknown> = {};
+    await link.writeFile("kp.pkt", FILE);
+    out.crcMatches = (await link.fileCrc("kp.pkt")) === crc32(FILE);
+    out.firstAndLast = await link.call(`(function(s){return [s.charCodeAt(0),s.charCodeAt(3),s.charCodeAt(${FILE.length - 1}),s.length];})(require("Storage").read("kp.pkt"))`);
+    // The REPL is still there after the packets, and echo-free lines still answer.
+    out.replyAfter = await link.call("1+1");
+    // DATA with no file announced: refused.
+    out.dataWithoutFile = await link.sendPacket(PT_DATA, new Uint8Array([1, 2, 3]));
+    // A file of size 0, or no name: refused.
+    out.sizeZero = await link.sendPacket(PT_FILE_SEND, json({ fn: "kp.zero", s: 0 }));
+    out.noName = await link.sendPacket(PT_FILE_SEND, json({ s: 4 }));
+    // More than Storage holds: announced fine, and the data ACKed although nothing could be stored
+    // (src/jsinteractive.c `ok |= jsfWriteFile(...)`): only the CRC check tells.
+    out.hugeAnnounced = await link.sendPacket(PT_FILE_SEND, json({ fn: "kp.huge", s: 4_000_000 }));
+    out.hugeData = await link.sendPacket(PT_DATA, new Uint8Array(64).fill(0x41));
+    out.hugeStored = await link.fileCrc("kp.huge");
+    return out;
+  } finally {
+    await link.close();
+  }
+}
+
+realTest("puckjs: file packets land byte for byte, and the emulator's console answers every packet as the interpreter does", ["puckjs"], async () => {
+  const dev = new RealDevice({ board: "puckjs", dir: tempDir("kp-real-pkt-"), name: "pkt" });
+  await dev.start();
+  let real: Record<string, unknown>;
+  try {
+    real = await dev.withSerial((tty) => packetAnswers(tty));
+  } finally {
+    await dev.powerOff();
+  }
+  assert.deepEqual(real, {
+    crcMatches: true,
+    firstAndLast: [FILE[0], FILE[3], FILE[FILE.length - 1], FILE.length],
+    replyAfter: 2,
+    dataWithoutFile: false,
+    sizeZero: false,
+    noName: false,
+    hugeAnnounced: true,
+    hugeData: true,
+    hugeStored: null,
+  });
+
+  const emulated = await consoleHandset("pty", "pkt");
+  try {
+    assert.deepEqual(await packetAnswers(emulated.port), real);
+  } finally {
+    await emulated.stop();
+  }
+});
