@@ -7,6 +7,8 @@ import { DEFAULT_SESSIONS } from "../gateway/sessions/session-broker.ts";
 import { DEV_FLEET_DIR, DEV_FLEET_WARNING, Fleet, FLEET_FILE, isGatewayId, loadGatewayCredentials } from "../gateway/fleet/fleet.ts";
 import { DEFAULT_BROKER_LISTEN } from "../gateway/monitor/embedded-broker.ts";
 import { Logger } from "../gateway/log/logger.ts";
+import { DEFAULT_CENTRAL, type CentralSettings } from "../gateway/ble/central.ts";
+import { loadNoble } from "../gateway/ble/load-noble.ts";
 import { LIFETIME_CEILING } from "../gateway/registry/registrar.ts";
 import { DEFAULT_LINK_LIMITS as LIMITS, type LinkLimits } from "../gateway/link/limits.ts";
 import type { MqttOptions } from "../gateway/monitor/monitor.ts";
@@ -54,6 +56,9 @@ ${helpRows([
   ["--recheck <s>", `how often every session across gateways is judged again against the fleet's revocation list, seconds (default ${DEFAULT_RECHECK_MS / 1000})`],
   ["--verifier <id>", 'ask the fleet\'s verifier running on its own ("keyproxy verifier --id <id>") about remote certificates, instead of the one in this gateway'],
   ["--key-agreement <policy>", "key agreement of the exchange with other gateways: x25519 (default), hybrid (X25519 + ML-KEM-768 whenever the other gateway does it too) or hybrid-only (refuse any exchange without ML-KEM-768); give every gateway of a fleet the same (docs/FLEET.md)"],
+  ["--ble", "also carry Bluetooth LE handsets' links with this machine's adapter (needs the optional package @stoprocent/noble and a usable adapter: docs/HARDWARE.md)"],
+  ["--ble-max-connections <n>", `handsets connected over Bluetooth at once (default ${DEFAULT_CENTRAL.maxConnections}); the others wait their turn`],
+  ["--ble-hold <s>", `while others wait, a handset keeps its Bluetooth connection at least this long before it is let go for the next (default ${DEFAULT_CENTRAL.holdMs / 1000})`],
   ["--demo <n>", "also boot n emulated Puck.js handsets (the real firmware bundle) against this gateway and print what happens in plain words; the JSON log goes to <data-dir>/gateway.log"],
 ])}
 
@@ -91,6 +96,20 @@ export function linkLimitsFromFlags(o: Record<string, string | boolean | undefin
   return out;
 }
 
+/** The BLE central's flags, as GatewayOptions.ble's settings; undefined without --ble (then its
+ *  other flags are a usage error: they would do nothing). */
+export function bleSettingsFromFlags(o: Record<string, string | boolean | undefined>): Partial<CentralSettings> | undefined {
+  const given = ["ble-max-connections", "ble-hold"].filter((f) => o[f] !== undefined);
+  if (o.ble !== true) {
+    if (given.length) throw new UsageError(`--${given[0]} is about the Bluetooth central, which only --ble starts`);
+    return undefined;
+  }
+  return {
+    maxConnections: positiveInt(o["ble-max-connections"] as string | undefined, "--ble-max-connections", DEFAULT_CENTRAL.maxConnections),
+    holdMs: positiveInt(o["ble-hold"] as string | undefined, "--ble-hold", DEFAULT_CENTRAL.holdMs / 1000) * 1000,
+  };
+}
+
 export async function gatewayCommand(argv: string[]): Promise<number> {
   const o = parse(argv, {
     "data-dir": { type: "string" },
@@ -121,6 +140,9 @@ export async function gatewayCommand(argv: string[]): Promise<number> {
     "join-failures": { type: "string" },
     "join-backoff-max": { type: "string" },
     "limit-loopback": { type: "boolean" },
+    ble: { type: "boolean" },
+    "ble-max-connections": { type: "string" },
+    "ble-hold": { type: "string" },
     help: { type: "boolean", short: "h" },
   });
   if (o.help) {
@@ -151,6 +173,7 @@ export async function gatewayCommand(argv: string[]): Promise<number> {
   if (sessions.lifetime > LIFETIME_CEILING) throw new UsageError(`--sa-lifetime is at most ${LIFETIME_CEILING} s (20 days)`);
   const recheckMs = positiveInt(o.recheck, "--recheck", DEFAULT_RECHECK_MS / 1000) * 1000;
   const limits = linkLimitsFromFlags(o);
+  const bleSettings = bleSettingsFromFlags(o);
   const fleetOn = mqtt !== undefined && !o["no-fleet"];
   if (fleetOn && o.id !== undefined && !isGatewayId(o.id)) throw new UsageError(`--id "${o.id}" is not a domain name (letters, digits, - _ and dots), which the fleet names devices by; pick one, or pass --no-fleet`);
   if ((o["no-fleet"] || o["no-mqtt"]) && (o.recheck !== undefined || o.verifier !== undefined)) throw new UsageError("--recheck and --verifier are about sessions across gateways, which --no-fleet and --no-mqtt turn off");
@@ -179,7 +202,10 @@ export async function gatewayCommand(argv: string[]): Promise<number> {
   });
   const listen = o.listen ? hostPort(o.listen, "--listen") : undefined;
   const metricsListen = o["metrics-listen"] !== undefined ? hostPort(o["metrics-listen"], "--metrics-listen") : undefined;
+  // Loaded only when asked for: the library is optional, and so is an adapter.
+  const ble = bleSettings ? { noble: await loadNoble(), settings: bleSettings } : undefined;
   const gw = await Gateway.start({
+    ble,
     dataDir,
     listen,
     id: o.id,

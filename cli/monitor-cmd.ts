@@ -7,7 +7,7 @@
 
 import { connect, type MqttClient } from "mqtt";
 import { redactUrl, topics, type DeviceState } from "../gateway/monitor/monitor.ts";
-import { describeEvent, FleetModel } from "../gateway/monitor/fleet-model.ts";
+import { describeEvent, FleetModel, radioWords } from "../gateway/monitor/fleet-model.ts";
 import { DEFAULT_BROKER_LISTEN } from "../gateway/monitor/embedded-broker.ts";
 import { forTerminal } from "../gateway/log/terminal.ts";
 import { brokerUrl, parse, positiveInt, UsageError } from "./args.ts";
@@ -60,7 +60,11 @@ export class FleetView extends FleetModel {
     if (!byGateway.length) out.push("", "HANDSETS", "  (none)");
     for (const [gw, m] of byGateway) {
       const rows = [...m.entries()].sort((a, b) => a[0].localeCompare(b[0])).map(([id, d]) => [id, this.shortLink(gw, d), shortRegistration(d, now), d.board, String(d.joinCounter), String(d.joinRejects), String(d.framesDropped), d.firmware ?? "-", memory(d)]);
-      out.push("", `HANDSETS @ ${gw}`, ...table(["HANDSET", "LINK", "REGISTERED", "BOARD", "JOINS", "REJ", "DROP", "FIRMWARE", "MEM"], rows, width, [0, 7]));
+      // A RADIO column only for a gateway that has handsets on Bluetooth (gateway/ble/).
+      const radios = [...m.values()].some((d) => d.radio !== undefined);
+      if (radios) [...m.entries()].sort((a, b) => a[0].localeCompare(b[0])).forEach(([, d], i) => rows[i].push(radioWords(d, now)));
+      const head = ["HANDSET", "LINK", "REGISTERED", "BOARD", "JOINS", "REJ", "DROP", "FIRMWARE", "MEM", ...(radios ? ["RADIO"] : [])];
+      out.push("", `HANDSETS @ ${gw}`, ...table(head, rows, width, [0, 7]));
     }
     out.push("", "RECENT EVENTS");
     if (!this.events.length) out.push("  (none yet)");

@@ -42,7 +42,9 @@ export const BLE_BOARDS = new Set(["puckjs", "banglejs2"]);
  *    most 20 bytes (one notification at the default ATT MTU of 23);
  *  - when the central disconnects, a console that was on Bluetooth returns to the default (USB here);
  *    NRF emits "disconnect" with reason 19 (remote user terminated). Then we "advertise" again: the
- *    central reconnects after half a second.
+ *    central reconnects after half a second. No central there (the Linux build's net.connect throws
+ *    at once when the port refuses): we advertise on, trying again every half second, so that a
+ *    test's central (the BLE double) decides when to connect, as a board's central does.
  *  - Bluetooth.setConsole() moves the console to Bluetooth; Bluetooth.inject(d) hands d on as if the
  *    central had sent it: to the REPL while the console is on Bluetooth, else (a moment later, as a
  *    board's input queue does) to Bluetooth.on("data").
@@ -60,7 +62,7 @@ global.NRF={setAdvertising:function(a,o){NRF.name=o&&o.name;}};
 LoopbackA.on("data",function(d){if(s&&E.getConsole()=="LoopbackB")s.write(d);});
 function up(){
 var c=require("Storage").readJSON("kp.cfg",1);if(!c||!c.gw)return;var i=c.gw.lastIndexOf(":");
-var k=require("net").connect({host:c.gw.substr(0,i),port:parseInt(c.gw.substr(i+1),10)},function(){s=k;LoopbackB.setConsole();NRF.emit("connect","c0:ff:ee:00:00:01 public");});
+var k;try{k=require("net").connect({host:c.gw.substr(0,i),port:parseInt(c.gw.substr(i+1),10)},function(){s=k;LoopbackB.setConsole();NRF.emit("connect","c0:ff:ee:00:00:01 public");});}catch(e){setTimeout(up,500);return;}
 k.on("data",function(d){for(var o=0;o<d.length;o+=20){var p=d.substr(o,20);if(E.getConsole()=="LoopbackB")LoopbackA.write(p);else Bluetooth.emit("data",p);}});
 k.on("error",function(){});
 k.on("close",function(){var was=s;s=undefined;if(was){if(E.getConsole()=="LoopbackB")USB.setConsole();NRF.emit("disconnect",19);}setTimeout(up,500);});

@@ -18,6 +18,11 @@ import { centralSettings } from "../gateway/ble/central.ts";
 import { loadNoble, poweredOn } from "../gateway/ble/load-noble.ts";
 import type { Noble } from "../gateway/ble/noble-api.ts";
 import { pieces } from "../gateway/ble/nus.ts";
+import { bleSettingsFromFlags } from "../cli/gateway-cmd.ts";
+import { UsageError } from "../cli/args.ts";
+import { FleetView } from "../cli/monitor-cmd.ts";
+import { radioWords } from "../gateway/monitor/fleet-model.ts";
+import type { DeviceState } from "../gateway/monitor/monitor.ts";
 import { BleDouble, DoublePeripheral, type BackingPipe, type PeripheralBacking } from "./support/ble-double.ts";
 import { nodeDeviceCrypto, provision, startGateway, until, type TestGateway } from "./support/harness.ts";
 
@@ -206,4 +211,29 @@ test("in the gateway: a link the gateway drops drops the radio too, and the cent
   } finally {
     await r.stop();
   }
+});
+
+test("monitoring: a handset's radio in `keyproxy monitor`, escaped like everything from the broker", () => {
+  const view = new FleetView();
+  const now = Date.parse("2026-01-01T12:00:00Z");
+  view.apply("keyproxy/v1/gw/status", Buffer.from(JSON.stringify({ state: "online", since: "2026-01-01T11:00:00Z", version: "x", listen: "l", run: "r" })));
+  const state = (id: string, radio: unknown) => Buffer.from(JSON.stringify({ device: id, board: "puckjs", online: true, registered: false, registeredUntil: null, revoked: false, joinCounter: 1, lastJoin: null, joinRejects: 0, framesDropped: 0, firmware: null, memoryUsed: null, memoryTotal: null, radio }));
+  view.apply("keyproxy/v1/gw/devices/near/state", state("near", { name: "kp-near", address: "c0ffee000001", via: "ble", connected: true, rssi: -61, lastSeen: "2026-01-01T12:00:00Z" }));
+  view.apply("keyproxy/v1/gw/devices/gone/state", state("gone", { name: "kp-gone", address: "c0ffee000002", via: "bridge\x1b[31m-red", connected: false, rssi: -80, lastSeen: "2026-01-01T11:59:18Z" }));
+  view.apply("keyproxy/v1/gw/devices/odd/state", state("odd", { via: 7 }));
+  const out = view.render("t", now, 200);
+  assert.match(out, /near .* ble -61dBm/);
+  assert.match(out, /gone .* bridge\\x1b\[31m-red away 42s/, "a hostile name is shown escaped");
+  assert.match(out, /odd .* \?$/m);
+  assert.doesNotMatch(out, /\x1b/, "no raw escape reaches the terminal");
+  const d = { radio: undefined } as unknown as DeviceState;
+  assert.equal(radioWords(d, now), "-");
+});
+
+test("CLI: the Bluetooth flags' errors", async () => {
+  assert.equal(bleSettingsFromFlags({}), undefined);
+  assert.throws(() => bleSettingsFromFlags({ "ble-hold": "5" }), (e: Error) => e instanceof UsageError && /--ble-hold is about the Bluetooth central, which only --ble starts/.test(e.message));
+  assert.throws(() => bleSettingsFromFlags({ ble: true, "ble-max-connections": "0" }), UsageError);
+  assert.throws(() => bleSettingsFromFlags({ ble: true, "ble-hold": "soon" }), UsageError);
+  assert.deepEqual(bleSettingsFromFlags({ ble: true, "ble-max-connections": "7", "ble-hold": "30" }), { maxConnections: 7, holdMs: 30_000 });
 });

@@ -133,6 +133,7 @@ export class BleCentral {
     this.d.noble.removeListener("discover", this.discover);
     await this.d.noble.stopScanningAsync().catch(() => undefined);
     await Promise.all([...this.handsets.values()].map((h) => this.letGo(h)));
+    this.d.noble.stop?.();
   }
 
   /** Every handset heard so far, as monitoring shows it. */

@@ -41,7 +41,13 @@ async function importNoble(importer: () => Promise<unknown>): Promise<Noble> {
  *  waitMs (the library says its first state within a moment of loading). */
 export async function loadNoble(waitMs = 5000, importer: () => Promise<unknown> = () => import(NOBLE_PACKAGE)): Promise<Noble> {
   const noble = await importNoble(importer);
-  return poweredOn(noble, waitMs);
+  try {
+    return await poweredOn(noble, waitMs);
+  } catch (e) {
+    // Its HCI socket would keep the process alive after the error.
+    noble.stop?.();
+    throw e;
+  }
 }
 
 /** noble once its adapter is "poweredOn"; an error with the fix when it says otherwise or nothing. */

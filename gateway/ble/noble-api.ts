@@ -35,4 +35,6 @@ export interface Noble {
   removeListener(event: string, listener: (...args: any[]) => void): unknown;
   startScanningAsync(serviceUUIDs?: string[], allowDuplicates?: boolean): Promise<void>;
   stopScanningAsync(): Promise<void>;
+  /** Releases the adapter (the library's sockets keep the process alive until then). */
+  stop?(): void;
 }

@@ -5,7 +5,7 @@
 // (gateway/web/). Everything on the broker is someone else's text: the model keeps it as it came, and
 // each reader escapes it for where it shows it.
 
-import { parseTopic, type DeviceState, type GatewayStatus, type Metrics } from "./monitor.ts";
+import { parseTopic, type DeviceState, type GatewayStatus, type Metrics, type RadioState } from "./monitor.ts";
 import { forTerminal } from "../log/terminal.ts";
 
 export type LogEvent = { ts?: string; level?: string; event?: string } & Record<string, unknown>;
@@ -57,6 +57,18 @@ export function registration(d: DeviceState, now: number): string {
   if (!d.registeredUntil) return "not registered";
   const left = Math.floor((Date.parse(d.registeredUntil) - now) / 1000);
   return left > 0 ? `registered, ${left}s left` : "registration expired";
+}
+
+/** A BLE handset's radio in a few words: "ble -61dBm" while connected, "ble away 42s" (since the
+ *  central last heard it) when not, "-" for a handset on TCP. The fields come from the broker: any
+ *  that are not what a gateway publishes make it "?". */
+export function radioWords(d: DeviceState, now: number): string {
+  const r = d.radio as Partial<RadioState> | undefined;
+  if (r === undefined || r === null) return "-";
+  if (typeof r !== "object" || typeof r.via !== "string" || typeof r.connected !== "boolean") return "?";
+  if (r.connected) return typeof r.rssi === "number" ? `${r.via} ${r.rssi}dBm` : `${r.via} connected`;
+  const seen = typeof r.lastSeen === "string" ? Date.parse(r.lastSeen) : Number.NaN;
+  return Number.isNaN(seen) ? `${r.via} away` : `${r.via} away ${Math.max(0, Math.round((now - seen) / 1000))}s`;
 }
 
 /** The party name of a device of `gateway`, or of a peer named in its events (name@domain already
@@ -136,7 +148,8 @@ export class FleetModel {
         }
         const d = body as DeviceState;
         m.set(t.device, d);
-        return `handset ${t.device} @ ${t.gateway}: ${this.link(t.gateway, d)}, ${registration(d, Date.now())}, board ${d.board}, join counter ${d.joinCounter}`;
+        const radio = d.radio === undefined ? "" : `, radio ${radioWords(d, Date.now())}`;
+        return `handset ${t.device} @ ${t.gateway}: ${this.link(t.gateway, d)}, ${registration(d, Date.now())}, board ${d.board}, join counter ${d.joinCounter}${radio}`;
       }
     }
   }
