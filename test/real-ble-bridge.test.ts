@@ -1,0 +1,129 @@
+// The real-interpreter tier: the BLE central carries handsets' links (issue 10, scope 1, acceptance
+// point one). Three handsets run the unmodified puckjs and banglejs2 bundles on the real interpreter,
+// flashed and provisioned as a user does; the radio between them and the gateway's central is the
+// double at @stoprocent/noble's API (test/support/ble-double.ts), each of whose peripherals is a
+// handset's BLE stand-in (one TCP connection = one BLE connection, interpreter/device.ts). Everything
+// else runs for real: the central's scanning by name, its connection limit, piecing, the link
+// server's reassembly, reconnects with backoff. All three join and register; two hold a session
+// through the central; one walks out of range in the middle of it and comes back (the session is
+// called again if the gateway ended it meanwhile); no frame is lost
+// (every message and echo arrives once, in order) or reused (the gateway drops none as replayed,
+// join counters only go up).
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { Gateway } from "../gateway/gateway.ts";
+import { Logger } from "../gateway/log/logger.ts";
+import type { RealDevice } from "../interpreter/device.ts";
+import { provisionedHandset } from "../interpreter/handsets.ts";
+import { BleDouble, DoublePeripheral, freePort, tcpBacking } from "./support/ble-double.ts";
+import { tempDir } from "./support/harness.ts";
+import { CLI } from "./support/process.ts";
+import { bundleFor, realTest } from "./support/real.ts";
+
+const APP = `(function(){
+global.T = { spi: 0, ups: 0, got: [], closed: [] };
+KP.onRequest = function (from, app) { return app === "chat"; };
+KP.onConnect = function (spi, peer, app, replaces) { T.spi = spi; T.ups++; };
+KP.onMessage = function (d, spi) { var s = E.toString(d); T.got.push(s); if (s.substr(0, 3) !== "re:") KP.send(spi, E.toUint8Array("re:" + s)); };
+KP.onClose = function (spi, reason) { T.closed.push(reason); T.spi = 0; };
+return 1; })()`;
+
+type AppState = { spi: number; ups: number; got: string[]; closed: number[] };
+type Status = { state: string; registered: boolean; joins: number; dropped: number; sas: number };
+
+async function until(what: string, cond: () => Promise<boolean> | boolean, ms = 60_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!(await cond())) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+realTest("a BLE central in front of three handsets (puckjs, banglejs2): all register, two hold a session, one walks out of range and back, no frame lost or reused", ["puckjs", "banglejs2"], async () => {
+  const dataDir = tempDir("kp-real-ble-");
+  const logs: Record<string, unknown>[] = [];
+  const events = (e: string) => logs.filter((r) => r.event === e);
+  const radio = new BleDouble(200);
+  // Two slots for three handsets: the third waits its turn (rotation after 20 s held).
+  const gw = await Gateway.start({
+    dataDir,
+    listen: { host: "127.0.0.1", port: 0 },
+    log: new Logger((l) => logs.push(JSON.parse(l))),
+    ble: { noble: radio, settings: { maxConnections: 2, holdMs: 20_000, connectTimeoutMs: 10_000, backoff: { baseMs: 500, maxMs: 4000 } } },
+  });
+  const devices: RealDevice[] = [];
+  try {
+    const plan = [["puckjs", "bpuck"], ["banglejs2", "bbangle"], ["puckjs", "bpuck2"]] as const;
+    const peripherals = new Map<string, DoublePeripheral>();
+    for (const [board, id] of plan) {
+      const port = await freePort();
+      const dev = await provisionedHandset({ board, bundle: await bundleFor(board), dataDir, id, gateway: `127.0.0.1:${port}` });
+      devices.push(dev);
+      const name = await dev.eval<string>("NRF.name");
+      assert.equal(name, `kp-${id}`, "the handset advertises the name provisioning gave it");
+      peripherals.set(id, radio.add(new DoublePeripheral(`c0ffee0000${devices.length.toString(16).padStart(2, "0")}`, { localName: name }, -55, tcpBacking(port))));
+    }
+    const [puck, bangle, puck2] = devices;
+
+    // All three join and register, two at a time.
+    for (const d of devices) await d.waitFor(/^KP registered for/, 180_000);
+    assert.ok(radio.maxConnected <= 2, `the connection limit held: ${radio.maxConnected} at once`);
+    for (const [, id] of plan) assert.ok(events("registered").some((e) => e.device === id), `${id} registered at the gateway`);
+    for (const p of peripherals.values()) assert.ok(p.writes.every((w) => w.length <= 20), "every write fits one ATT write at the default MTU");
+
+    // Then a slot for each (as --ble-max-connections 3 would give): bpuck calls bbangle through the
+    // central, across the two boards, while bpuck2 stays linked beside them.
+    const r = spawnSync(process.execPath, [CLI, "policy", "allow", "--from", "bpuck", "--to", "bbangle", "--app", "chat", "--data-dir", dataDir], { encoding: "utf8" });
+    assert.equal(r.status, 0, r.stderr);
+    gw.ble!.settings.maxConnections = 3;
+    await until("all three linked", () => plan.every(([, id]) => gw.links.links.has(id)), 180_000);
+    await puck.eval(APP);
+    await bangle.eval(APP);
+    assert.equal(await puck.eval(`KP.connect("bbangle", "chat")`), true);
+    const app = (d: RealDevice) => d.eval<AppState>("T");
+    await until("the session up", async () => (await app(puck)).spi !== 0 && (await app(bangle)).spi !== 0);
+    const send = async (i: number) => {
+      assert.equal(await puck.eval(`KP.send(T.spi, E.toUint8Array("m${i}"))`), true, `send m${i}`);
+      await until(`echo of m${i}`, async () => (await app(puck)).got.includes(`re:m${i}`), 60_000);
+    };
+    for (let i = 0; i < 3; i++) await send(i);
+
+    // bbangle walks out of range mid-session, then comes back: its link returns through the central,
+    // and bpuck calls it again (the gateway ended the session when its link stayed away).
+    const away = peripherals.get("bbangle")!;
+    const joinsBefore = events("joined").filter((e) => e.device === "bbangle").length;
+    away.walkAway();
+    await until("bbangle's link gone at the gateway", () => !gw.links.links.has("bbangle"), 30_000);
+    assert.equal(gw.radios.forDevice("bbangle")?.connected, false, "monitoring shows its radio disconnected");
+    // Away long enough for the central to try and fail: it backs off, and tries again.
+    await until("a reconnect to bbangle failed while away", () => events("ble-disconnected").some((e) => e.handset === "kp-bbangle" && /^connecting failed/.test(String(e.reason))), 60_000);
+    away.comeBack();
+    await until("bbangle joined again", () => events("joined").filter((e) => e.device === "bbangle").length > joinsBefore, 120_000);
+    await until("bbangle registered again", async () => (await bangle.eval<Status>("KP.status()")).registered, 120_000);
+    if ((await app(puck)).spi === 0 || (await app(bangle)).spi === 0) {
+      await until("the old session closed at both ends", async () => (await app(puck)).spi === 0 && (await app(bangle)).spi === 0, 120_000);
+      assert.equal(await puck.eval(`KP.connect("bbangle", "chat")`), true);
+    }
+    await until("the session up again", async () => (await app(puck)).spi !== 0 && (await app(bangle)).spi !== 0, 120_000);
+    for (let i = 3; i < 6; i++) await send(i);
+
+    const a = await app(puck);
+    const b = await app(bangle);
+    assert.deepEqual(a.got, ["re:m0", "re:m1", "re:m2", "re:m3", "re:m4", "re:m5"], "every echo arrived once, in order");
+    assert.deepEqual(b.got, ["m0", "m1", "m2", "m3", "m4", "m5"], "every message arrived once, in order");
+    // Nothing reused: the gateway dropped no frame (a replayed or altered one would be), and join
+    // counters went only up, each used once.
+    assert.deepEqual(events("frame dropped"), [], "the gateway dropped no frame");
+    for (const [, id] of plan) {
+      const counters = events("joined").filter((e) => e.device === id).map((e) => Number(e.counter));
+      assert.ok(counters.length >= 1);
+      assert.deepEqual(counters, [...counters].sort((x, y) => x - y), `${id}: join counters only go up`);
+      assert.equal(new Set(counters).size, counters.length, `${id}: no join counter used twice`);
+    }
+    for (const d of [puck, puck2, bangle]) assert.equal((await d.eval<Status>("KP.status()")).dropped, 0, `${d.name} dropped no frame`);
+    assert.equal(gw.radios.forDevice("bbangle")?.connected, true);
+  } finally {
+    await Promise.all(devices.map((d) => d.powerOff()));
+    await gw.stop();
+  }
+}, 600_000);
