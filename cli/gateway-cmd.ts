@@ -9,6 +9,7 @@ import { DEFAULT_BROKER_LISTEN } from "../gateway/monitor/embedded-broker.ts";
 import { Logger } from "../gateway/log/logger.ts";
 import { DEFAULT_CENTRAL, type CentralSettings } from "../gateway/ble/central.ts";
 import { loadNoble } from "../gateway/ble/load-noble.ts";
+import { loadOrCreateBridgeKey } from "../gateway/ble/bridge-key.ts";
 import { LIFETIME_CEILING } from "../gateway/registry/registrar.ts";
 import { DEFAULT_LINK_LIMITS as LIMITS, type LinkLimits } from "../gateway/link/limits.ts";
 import type { MqttOptions } from "../gateway/monitor/monitor.ts";
@@ -59,6 +60,8 @@ ${helpRows([
   ["--ble", "also carry Bluetooth LE handsets' links with this machine's adapter (needs the optional package @stoprocent/noble and a usable adapter: docs/HARDWARE.md)"],
   ["--ble-max-connections <n>", `handsets connected over Bluetooth at once (default ${DEFAULT_CENTRAL.maxConnections}); the others wait their turn`],
   ["--ble-hold <s>", `while others wait, a handset keeps its Bluetooth connection at least this long before it is let go for the next (default ${DEFAULT_CENTRAL.holdMs / 1000})`],
+  ["--bridge-listen <host:port>", "take handsets' links from BLE bridges (keyproxy ble-bridge) on this address; needs --bridge-key-file"],
+  ["--bridge-key-file <file>", "the key bridges must prove (32 bytes, hex, mode 0600); made when missing: copy it to each bridge"],
   ["--demo <n>", "also boot n emulated Puck.js handsets (the real firmware bundle) against this gateway and print what happens in plain words; the JSON log goes to <data-dir>/gateway.log"],
 ])}
 
@@ -110,6 +113,27 @@ export function bleSettingsFromFlags(o: Record<string, string | boolean | undefi
   };
 }
 
+/** --bridge-listen and --bridge-key-file: both or neither. */
+export function bridgeFlagsFrom(o: Record<string, string | boolean | undefined>): { listen: { host: string; port: number }; keyFile: string } | undefined {
+  const listen = o["bridge-listen"] as string | undefined;
+  const keyFile = o["bridge-key-file"] as string | undefined;
+  if (listen === undefined && keyFile === undefined) return undefined;
+  if (listen === undefined) throw new UsageError("--bridge-key-file goes with --bridge-listen <host:port>");
+  if (keyFile === undefined) throw new UsageError("--bridge-listen needs --bridge-key-file <file>: the key bridges must prove (made there when missing)");
+  return { listen: hostPort(listen, "--bridge-listen"), keyFile };
+}
+
+/** The bridge key, made when its file does not exist (said in the log, never the key). */
+function bridgeKey(file: string, log: Logger): Uint8Array {
+  try {
+    const { key, created } = loadOrCreateBridgeKey(file);
+    if (created) log.info("bridge-key-created", { file, next: "copy this file to each bridge (mode 0600)" });
+    return key;
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+}
+
 export async function gatewayCommand(argv: string[]): Promise<number> {
   const o = parse(argv, {
     "data-dir": { type: "string" },
@@ -141,6 +165,8 @@ export async function gatewayCommand(argv: string[]): Promise<number> {
     "join-backoff-max": { type: "string" },
     "limit-loopback": { type: "boolean" },
     ble: { type: "boolean" },
+    "bridge-listen": { type: "string" },
+    "bridge-key-file": { type: "string" },
     "ble-max-connections": { type: "string" },
     "ble-hold": { type: "string" },
     help: { type: "boolean", short: "h" },
@@ -174,6 +200,7 @@ export async function gatewayCommand(argv: string[]): Promise<number> {
   const recheckMs = positiveInt(o.recheck, "--recheck", DEFAULT_RECHECK_MS / 1000) * 1000;
   const limits = linkLimitsFromFlags(o);
   const bleSettings = bleSettingsFromFlags(o);
+  const bridgeFlags = bridgeFlagsFrom(o);
   const fleetOn = mqtt !== undefined && !o["no-fleet"];
   if (fleetOn && o.id !== undefined && !isGatewayId(o.id)) throw new UsageError(`--id "${o.id}" is not a domain name (letters, digits, - _ and dots), which the fleet names devices by; pick one, or pass --no-fleet`);
   if ((o["no-fleet"] || o["no-mqtt"]) && (o.recheck !== undefined || o.verifier !== undefined)) throw new UsageError("--recheck and --verifier are about sessions across gateways, which --no-fleet and --no-mqtt turn off");
@@ -204,8 +231,10 @@ export async function gatewayCommand(argv: string[]): Promise<number> {
   const metricsListen = o["metrics-listen"] !== undefined ? hostPort(o["metrics-listen"], "--metrics-listen") : undefined;
   // Loaded only when asked for: the library is optional, and so is an adapter.
   const ble = bleSettings ? { noble: await loadNoble(), settings: bleSettings } : undefined;
+  const bridges = bridgeFlags ? { listen: bridgeFlags.listen, key: bridgeKey(bridgeFlags.keyFile, log ?? new Logger()) } : undefined;
   const gw = await Gateway.start({
     ble,
+    bridges,
     dataDir,
     listen,
     id: o.id,

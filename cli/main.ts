@@ -10,6 +10,7 @@ const COMMANDS: Record<string, { summary: string; run: (argv: string[]) => Promi
   build: { summary: "bundle the firmware for a board, checked against its budget", run: async (a) => (await import("../flash/build.ts")).buildCommand(buildArgv(a)) },
   gateway: { summary: "run a gateway (SQLite registry, device links, registration)", run: async (a) => (await import("./gateway-cmd.ts")).gatewayCommand(a) },
   device: { summary: "add, list or remove devices in a gateway's registry", run: async (a) => (await import("./device-cmd.ts")).deviceCommand(a) },
+  "ble-bridge": { summary: "carry Bluetooth LE handsets' links to a gateway elsewhere", run: async (a) => (await import("./ble-bridge-cmd.ts")).bleBridgeCommand(a) },
   sim: { summary: "boot emulated handsets (the real firmware bundle) against a gateway", run: async (a) => (await import("./sim-cmd.ts")).simCommand(a) },
   flash: { summary: "write a firmware bundle into a device over serial and verify it", run: async (a) => (await import("./flash-cmd.ts")).flashCommand(a) },
   provision: { summary: "give a device its identity and root key over serial; register it", run: async (a) => (await import("./provision-cmd.ts")).provisionCommand(a) },

@@ -13,6 +13,7 @@ import { lockDataDir, type DataDirLock } from "./registry/data-dir-lock.ts";
 import { loadOrCreateGatewayKey } from "./fleet/identity.ts";
 import { Interlink } from "./fleet/interlink.ts";
 import { checkerTrust } from "./fleet/verifier.ts";
+import { BridgeServer } from "./ble/bridge-server.ts";
 import { BleCentral, type CentralSettings } from "./ble/central.ts";
 import { CarriedLink } from "./ble/carried-link.ts";
 import type { Noble } from "./ble/noble-api.ts";
@@ -70,6 +71,9 @@ export interface GatewayOptions {
    *  the library (loadNoble in gateway/ble/load-noble.ts, or a test's double) and the central's
    *  settings. Default: none. */
   ble?: { noble: Noble; settings?: Partial<CentralSettings> };
+  /** Take handsets' links from BLE bridges elsewhere (`keyproxy ble-bridge`) on this address, each
+   *  bridge authenticated with this 32-byte key (gateway/ble/bridge-protocol.ts). Default: none. */
+  bridges?: { listen: { host: string; port: number }; key: Uint8Array };
 }
 
 export interface FleetOptions {
@@ -274,9 +278,10 @@ export class Gateway {
           throw e;
         }
       }
-      if (opts.ble) {
+      if (opts.ble || opts.bridges) {
         try {
-          await gw.startBle(opts.ble);
+          if (opts.bridges) await gw.listenForBridges(opts.bridges);
+          if (opts.ble) await gw.startBle(opts.ble);
         } catch (e) {
           await gw.stopServices();
           gw.stopMetrics?.();
@@ -315,6 +320,9 @@ export class Gateway {
   radios!: RadioBook;
   /** With GatewayOptions.ble: this process's BLE central. */
   ble?: BleCentral;
+  /** With GatewayOptions.bridges: where BLE bridges bring their handsets' links. */
+  bridgeServer?: BridgeServer;
+  bridgeAddress?: { host: string; port: number };
   /** From the moment stop() is called: the health check says so at once. */
   private stopping = false;
 
@@ -365,6 +373,13 @@ export class Gateway {
     this.log.info("ble-started", { maxConnections: central.settings.maxConnections, holdMs: central.settings.holdMs });
   }
 
+  private async listenForBridges(b: NonNullable<GatewayOptions["bridges"]>): Promise<void> {
+    const server = new BridgeServer({ key: b.key, links: this.links, radios: this.radios, log: this.log });
+    this.bridgeAddress = await server.listen(b.listen.host, b.listen.port);
+    this.bridgeServer = server;
+    this.log.info("bridge-listening", { listen: `${this.bridgeAddress.host}:${this.bridgeAddress.port}` });
+  }
+
   private health() {
     return gatewayHealth({
       stopping: this.stopping,
@@ -391,6 +406,7 @@ export class Gateway {
   private async stopServices(): Promise<void> {
     // The radio first: no handset's link arrives while the links close.
     await this.ble?.stop();
+    await this.bridgeServer?.close();
     // Links first: closing them reports each device's link as lost to the broker, which would start
     // grace timers if it were closed already.
     await this.links.close();

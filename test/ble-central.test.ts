@@ -8,11 +8,7 @@ import assert from "node:assert/strict";
 import { EventEmitter } from "node:events";
 import { test } from "node:test";
 import { randomBytes } from "node:crypto";
-import * as deviceCbor from "../firmware/cbor.ts";
-import { SUITE_AES_CCM_16_64_128 } from "../firmware/crypto/types.ts";
-import { Handset, type Platform } from "../firmware/handset.ts";
 import { BLE_NAME_PREFIX } from "../firmware/proto/ble.ts";
-import { crc32 } from "../emulator/espruino-crypto.ts";
 import { backoffMs } from "../gateway/ble/backoff.ts";
 import { centralSettings } from "../gateway/ble/central.ts";
 import { loadNoble, poweredOn } from "../gateway/ble/load-noble.ts";
@@ -23,8 +19,9 @@ import { UsageError } from "../cli/args.ts";
 import { FleetView } from "../cli/monitor-cmd.ts";
 import { radioWords } from "../gateway/monitor/fleet-model.ts";
 import type { DeviceState } from "../gateway/monitor/monitor.ts";
-import { BleDouble, DoublePeripheral, type BackingPipe, type PeripheralBacking } from "./support/ble-double.ts";
-import { nodeDeviceCrypto, provision, startGateway, until, type TestGateway } from "./support/harness.ts";
+import { EngineHandset } from "./support/engine-handset.ts";
+import { BleDouble, DoublePeripheral } from "./support/ble-double.ts";
+import { provision, startGateway, until, type TestGateway } from "./support/harness.ts";
 
 test("pieces: a frame is cut into writes of MTU - 3 bytes, in order, nothing lost", () => {
   const bytes = new Uint8Array(randomBytes(95));
@@ -66,54 +63,6 @@ test("loading the library: missing, or no usable adapter, is an error that names
   (good as unknown as EventEmitter).emit("stateChange", "poweredOn");
   assert.equal(await q, good);
 });
-
-/** A handset: the firmware's engine in Node, behind a peripheral of the double. Its counter and its
- *  log outlive each radio connection, as a board's Storage and console do. */
-class EngineHandset implements PeripheralBacking {
-  readonly lines: string[] = [];
-  counter = 0;
-  readonly h: Handset;
-  private cancelled: ((e: Error) => void) | undefined;
-
-  constructor(readonly id: string, rootKey: Uint8Array) {
-    const p: Platform = {
-      crypto: nodeDeviceCrypto(),
-      cbor: deviceCbor,
-      crc32,
-      counter: (n) => (n === undefined ? this.counter : (this.counter = n)),
-      now: () => Date.now() / 1000,
-      setTimeout: (fn, ms) => setTimeout(fn, ms),
-      clearTimeout: (t) => clearTimeout(t),
-      log: (l) => this.lines.push(l),
-      firmware: "node-ble",
-    };
-    this.h = new Handset({ id, rootKey, lifetime: 600, suite: SUITE_AES_CCM_16_64_128, suites: [[SUITE_AES_CCM_16_64_128, 1]] }, p);
-  }
-
-  open(): Promise<BackingPipe> {
-    let data: (b: Buffer) => void = () => {};
-    let closed: () => void = () => {};
-    let open = true;
-    const close = () => {
-      if (!open) return;
-      open = false;
-      this.h.down();
-      setImmediate(closed);
-    };
-    // The handset speaks first, as the firmware does on NRF "connect".
-    setImmediate(() => this.h.up({ write: (b) => { if (open) data(Buffer.from(b)); } }));
-    return Promise.resolve({
-      write: (b) => { if (open) this.h.receive(new Uint8Array(b)); },
-      onData: (cb) => { data = cb; },
-      onClose: (cb) => { closed = cb; },
-      close,
-    });
-  }
-
-  cancel(): void {
-    this.cancelled?.(new Error("cancelled"));
-  }
-}
 
 interface Rig {
   t: TestGateway;

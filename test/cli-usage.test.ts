@@ -34,6 +34,7 @@ const MISSING: Record<string, string[][]> = {
   fleet: [["fleet"], ["fleet", "create"], ["fleet", "revoke-device"]],
   verifier: [["verifier", "--id", "v.example"]],
   policy: [["policy"], ["policy", "allow", "--from", "a"], ["policy", "default"]],
+  "ble-bridge": [["ble-bridge"], ["ble-bridge", "--gateway", "h:1"], ["ble-bridge", "--gateway", "h:1", "--bridge-key-file", "/nonexistent/bridge.key"]],
 };
 
 /** A data directory holding a registry, for the cases that need one to get as far as their mistake. */

@@ -97,9 +97,15 @@ export interface CentralDeps {
   random?: () => number;
 }
 
-/** The address for logs and the link server's per-source key: no colon in it (limits.ts). */
+/** The central of the gateway itself, as monitoring's "via" says it (a bridge's is its name). */
+export const OWN_CENTRAL = "ble";
+
+/** A carried link's address, for logs and the link server's per-source key (no colon in it:
+ *  limits.ts): "ble <address>" from the gateway's own central, "bridge <name> ble <address>" from a
+ *  bridge's. */
 export function linkAddress(via: string, address: string): string {
-  return `${via} ${address.replace(/:/g, "")}`;
+  const a = address.replace(/:/g, "");
+  return via === OWN_CENTRAL ? `ble ${a}` : `bridge ${via} ble ${a}`;
 }
 
 export class BleCentral {
@@ -116,7 +122,7 @@ export class BleCentral {
     this.settings = centralSettings(d.settings);
     this.nowMs = d.nowMs ?? Date.now;
     this.random = d.random ?? Math.random;
-    this.via = d.via ?? "ble";
+    this.via = d.via ?? OWN_CENTRAL;
   }
 
   /** Scans (duplicates included: each advertisement renews a handset's RSSI and last-seen time). The
