@@ -5,7 +5,7 @@
 
 import { randomBytes } from "node:crypto";
 import { connect, type MqttClient } from "mqtt";
-import { FleetModel, describeEvent, registration, type SessionEdge } from "../monitor/fleet-model.ts";
+import { FleetModel, describeEvent, radioWords, registration, type SessionEdge } from "../monitor/fleet-model.ts";
 import { redactUrl, type DeviceState } from "../monitor/monitor.ts";
 
 /** What the page is sent: plain data, every string as it came (the page sets them as text). */
@@ -36,7 +36,7 @@ export interface FleetSnapshot {
     board: string | null;
     firmware: string | null;
     memory: string | null;
-    /** Nothing in the monitoring carries a radio reading today: null, shown as "-". */
+    /** A BLE handset's radio ("ble -61dBm", "shed away 42s"); null for a handset on TCP, shown "-". */
     radio: string | null;
     joinCounter: number | null;
   }[];
@@ -64,10 +64,9 @@ function memory(d: DeviceState): string | null {
   return total ? `${used}/${total}` : String(used);
 }
 
-/** A radio reading, if a device state ever carries one (none does today). */
-function radio(d: DeviceState): string | null {
-  const r = (d as unknown as Record<string, unknown>).radio;
-  return typeof r === "string" || typeof r === "number" ? String(r) : null;
+/** A BLE handset's radio in words (radioWords, as `keyproxy monitor` shows it); null for one on TCP. */
+function radio(d: DeviceState, now: number): string | null {
+  return d.radio === undefined || d.radio === null ? null : radioWords(d, now);
 }
 
 /** The model as the page's snapshot. Every value is checked for its type: a payload on the broker is
@@ -103,7 +102,7 @@ export function snapshotOf(model: FleetModel, title: string, broker: FleetSnapsh
       board: str(d.board),
       firmware: str(d.firmware),
       memory: memory(d),
-      radio: radio(d),
+      radio: radio(d, now),
       joinCounter: int(d.joinCounter),
     })));
   const events = model.events.map((e) => ({ gateway: e.gateway, ts: str(e.rec.ts), level: str(e.rec.level), event: String(e.rec.event ?? "?"), text: describeEvent(e.rec) }));
