@@ -8,16 +8,22 @@
 // through the central; one walks out of range in the middle of it and comes back (the session is
 // called again if the gateway ended it meanwhile); no frame is lost
 // (every message and echo arrives once, in order) or reused (the gateway drops none as replayed,
-// join counters only go up).
+// join counters only go up). Twice: with the central inside the gateway (`keyproxy gateway --ble`),
+// and on its own (`keyproxy ble-bridge`) in front of a gateway process started through the CLI with
+// --bridge-listen, the bridge authenticated with the key file that gateway made.
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { Gateway } from "../gateway/gateway.ts";
 import { Logger } from "../gateway/log/logger.ts";
 import type { RealDevice } from "../interpreter/device.ts";
 import { provisionedHandset } from "../interpreter/handsets.ts";
+import path from "node:path";
+import { BridgeClient } from "../gateway/ble/bridge-client.ts";
+import { readBridgeKey } from "../gateway/ble/bridge-key.ts";
+import type { CentralSettings } from "../gateway/ble/central.ts";
 import { BleDouble, DoublePeripheral, freePort, tcpBacking } from "./support/ble-double.ts";
 import { tempDir } from "./support/harness.ts";
-import { CLI } from "./support/process.ts";
+import { CLI, startGatewayProcess } from "./support/process.ts";
 import { bundleFor, realTest } from "./support/real.ts";
 
 const APP = `(function(){
@@ -39,18 +45,67 @@ async function until(what: string, cond: () => Promise<boolean> | boolean, ms = 
   }
 }
 
-realTest("a BLE central in front of three handsets (puckjs, banglejs2): all register, two hold a session, one walks out of range and back, no frame lost or reused", ["puckjs", "banglejs2"], async () => {
-  const dataDir = tempDir("kp-real-ble-");
+/** Where the central runs, and what the test reads of the gateway. */
+interface Placement {
+  /** The central's settings, changed as the operator's flags would. */
+  settings: CentralSettings;
+  events(e: string): Record<string, unknown>[];
+  /** The central's log records (the gateway's, or the bridge's own log). */
+  centralEvents(e: string): Record<string, unknown>[];
+  /** Whether the device's link is up at the gateway now. */
+  linked(id: string): boolean;
+  /** Whether the central shows the handset's radio connected (the gateway's own view where it has one). */
+  radioConnected(id: string): boolean | undefined;
+  stop(): Promise<void>;
+}
+
+const CENTRAL = { maxConnections: 2, holdMs: 20_000, connectTimeoutMs: 10_000, backoff: { baseMs: 500, maxMs: 4000 } };
+
+/** keyproxy gateway --ble, the central in the gateway's process (here: this one, with the double). */
+async function inGateway(dataDir: string, radio: BleDouble): Promise<Placement> {
   const logs: Record<string, unknown>[] = [];
-  const events = (e: string) => logs.filter((r) => r.event === e);
+  const gw = await Gateway.start({ dataDir, listen: { host: "127.0.0.1", port: 0 }, log: new Logger((l) => logs.push(JSON.parse(l))), ble: { noble: radio, settings: CENTRAL } });
+  return {
+    settings: gw.ble!.settings,
+    events: (e) => logs.filter((r) => r.event === e),
+    centralEvents: (e) => logs.filter((r) => r.event === e),
+    linked: (id) => gw.links.links.has(id),
+    radioConnected: (id) => gw.radios.forDevice(id)?.connected,
+    stop: () => gw.stop(),
+  };
+}
+
+/** keyproxy ble-bridge in front of a gateway process started through the CLI with --bridge-listen:
+ *  the bridge here (with the double), authenticated with the key file the gateway made. */
+async function throughBridge(dataDir: string, radio: BleDouble): Promise<Placement> {
+  const keyFile = path.join(tempDir("kp-real-bridge-key-"), "bridge.key");
+  const gw = await startGatewayProcess(dataDir, 0, ["--no-mqtt", "--no-fleet", "--bridge-listen", "127.0.0.1:0", "--bridge-key-file", keyFile]);
+  const listen = String(gw.events("bridge-listening")[0].listen);
+  const bridgeLogs: Record<string, unknown>[] = [];
+  const bridge = new BridgeClient({ noble: radio, key: readBridgeKey(keyFile), gateway: { host: "127.0.0.1", port: Number(listen.slice(listen.lastIndexOf(":") + 1)) }, name: "shed", log: new Logger((l) => bridgeLogs.push(JSON.parse(l))), central: CENTRAL });
+  await bridge.start();
+  await bridge.connected;
+  const last = (id: string) => gw.lines.flatMap((l) => { try { const r = JSON.parse(l); return (r.event === "joined" || r.event === "link-closed") && r.device === id ? [r.event] : []; } catch { return []; } }).pop();
+  return {
+    settings: bridge.central.settings,
+    events: (e) => gw.events(e),
+    centralEvents: (e) => bridgeLogs.filter((r) => r.event === e),
+    linked: (id) => last(id) === "joined",
+    radioConnected: (id) => bridge.central.radios().find((r) => r.name === `kp-${id}`)?.connected,
+    stop: async () => {
+      await bridge.stop();
+      await gw.stop();
+    },
+  };
+}
+
+for (const [where, place] of [["in the gateway (--ble)", inGateway], ["through a bridge (ble-bridge, --bridge-listen)", throughBridge]] as const) {
+realTest(`a BLE central ${where} in front of three handsets (puckjs, banglejs2): all register, two hold a session, one walks out of range and back, no frame lost or reused`, ["puckjs", "banglejs2"], async () => {
+  const dataDir = tempDir("kp-real-ble-");
   const radio = new BleDouble(200);
   // Two slots for three handsets: the third waits its turn (rotation after 20 s held).
-  const gw = await Gateway.start({
-    dataDir,
-    listen: { host: "127.0.0.1", port: 0 },
-    log: new Logger((l) => logs.push(JSON.parse(l))),
-    ble: { noble: radio, settings: { maxConnections: 2, holdMs: 20_000, connectTimeoutMs: 10_000, backoff: { baseMs: 500, maxMs: 4000 } } },
-  });
+  const gw = await place(dataDir, radio);
+  const events = (e: string) => gw.events(e);
   const devices: RealDevice[] = [];
   try {
     const plan = [["puckjs", "bpuck"], ["banglejs2", "bbangle"], ["puckjs", "bpuck2"]] as const;
@@ -75,8 +130,8 @@ realTest("a BLE central in front of three handsets (puckjs, banglejs2): all regi
     // central, across the two boards, while bpuck2 stays linked beside them.
     const r = spawnSync(process.execPath, [CLI, "policy", "allow", "--from", "bpuck", "--to", "bbangle", "--app", "chat", "--data-dir", dataDir], { encoding: "utf8" });
     assert.equal(r.status, 0, r.stderr);
-    gw.ble!.settings.maxConnections = 3;
-    await until("all three linked", () => plan.every(([, id]) => gw.links.links.has(id)), 180_000);
+    gw.settings.maxConnections = 3;
+    await until("all three linked", () => plan.every(([, id]) => gw.linked(id)), 180_000);
     await puck.eval(APP);
     await bangle.eval(APP);
     assert.equal(await puck.eval(`KP.connect("bbangle", "chat")`), true);
@@ -93,10 +148,10 @@ realTest("a BLE central in front of three handsets (puckjs, banglejs2): all regi
     const away = peripherals.get("bbangle")!;
     const joinsBefore = events("joined").filter((e) => e.device === "bbangle").length;
     away.walkAway();
-    await until("bbangle's link gone at the gateway", () => !gw.links.links.has("bbangle"), 30_000);
-    assert.equal(gw.radios.forDevice("bbangle")?.connected, false, "monitoring shows its radio disconnected");
+    await until("bbangle's link gone at the gateway", () => !gw.linked("bbangle"), 30_000);
+    assert.equal(gw.radioConnected("bbangle"), false, "monitoring shows its radio disconnected");
     // Away long enough for the central to try and fail: it backs off, and tries again.
-    await until("a reconnect to bbangle failed while away", () => events("ble-disconnected").some((e) => e.handset === "kp-bbangle" && /^connecting failed/.test(String(e.reason))), 60_000);
+    await until("a reconnect to bbangle failed while away", () => gw.centralEvents("ble-disconnected").some((e) => e.handset === "kp-bbangle" && /^connecting failed/.test(String(e.reason))), 60_000);
     away.comeBack();
     await until("bbangle joined again", () => events("joined").filter((e) => e.device === "bbangle").length > joinsBefore, 120_000);
     await until("bbangle registered again", async () => (await bangle.eval<Status>("KP.status()")).registered, 120_000);
@@ -121,9 +176,10 @@ realTest("a BLE central in front of three handsets (puckjs, banglejs2): all regi
       assert.equal(new Set(counters).size, counters.length, `${id}: no join counter used twice`);
     }
     for (const d of [puck, puck2, bangle]) assert.equal((await d.eval<Status>("KP.status()")).dropped, 0, `${d.name} dropped no frame`);
-    assert.equal(gw.radios.forDevice("bbangle")?.connected, true);
+    assert.equal(gw.radioConnected("bbangle"), true);
   } finally {
     await Promise.all(devices.map((d) => d.powerOff()));
     await gw.stop();
   }
 }, 600_000);
+}
