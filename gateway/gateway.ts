@@ -73,7 +73,7 @@ export interface GatewayOptions {
   ble?: { noble: Noble; settings?: Partial<CentralSettings> };
   /** Take handsets' links from BLE bridges elsewhere (`keyproxy ble-bridge`) on this address, each
    *  bridge authenticated with this 32-byte key (gateway/ble/bridge-protocol.ts). Default: none. */
-  bridges?: { listen: { host: string; port: number }; key: Uint8Array };
+  bridges?: { listen: { host: string; port: number }; key: Uint8Array; handshakeMs?: number };
 }
 
 export interface FleetOptions {
@@ -374,7 +374,7 @@ export class Gateway {
   }
 
   private async listenForBridges(b: NonNullable<GatewayOptions["bridges"]>): Promise<void> {
-    const server = new BridgeServer({ key: b.key, links: this.links, radios: this.radios, log: this.log });
+    const server = new BridgeServer({ key: b.key, links: this.links, radios: this.radios, log: this.log, handshakeMs: b.handshakeMs });
     this.bridgeAddress = await server.listen(b.listen.host, b.listen.port);
     this.bridgeServer = server;
     this.log.info("bridge-listening", { listen: `${this.bridgeAddress.host}:${this.bridgeAddress.port}` });

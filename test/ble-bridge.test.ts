@@ -12,6 +12,7 @@ import { join } from "node:path";
 import { test } from "node:test";
 import { BLE_NAME_PREFIX } from "../firmware/proto/ble.ts";
 import { BridgeClient } from "../gateway/ble/bridge-client.ts";
+import { MAX_UNPROVED } from "../gateway/ble/bridge-server.ts";
 import { loadOrCreateBridgeKey, readBridgeKey } from "../gateway/ble/bridge-key.ts";
 import {
   BridgeMsg, decodeChallenge, encodeHello, encodeMessage, encodeProof, frameMessage, MessageReader, newNonce, OpeningChannel, proofOf, SealingChannel, sessionKeys,
@@ -248,5 +249,34 @@ test("the CLI's two placements' flags: errors, and a gateway process that takes 
     assert.ok(!gw.lines.concat(b.lines).some((l) => l.includes(key)), "the bridge key is in no log");
   } finally {
     await gw.stop();
+  }
+});
+
+test("connections that have not proved the key are bounded: the oldest goes to make room", async () => {
+  // A handshake deadline far away: only the bound can close the first connection here.
+  const t = await startGateway({ bridges: { listen: { host: "127.0.0.1", port: 0 }, key: KEY, handshakeMs: 600_000 } });
+  const socks: net.Socket[] = [];
+  try {
+    const firstClosed = new Promise<void>((r) => {
+      const s = net.connect(t.gw.bridgeAddress!.port, "127.0.0.1");
+      s.on("error", () => {});
+      s.on("close", () => r());
+      socks.push(s);
+    });
+    await new Promise<void>((r) => socks[0].once("connect", () => r()));
+    for (let i = 0; i < MAX_UNPROVED; i++) {
+      const s = net.connect(t.gw.bridgeAddress!.port, "127.0.0.1");
+      s.on("error", () => {});
+      socks.push(s);
+      await new Promise<void>((r) => s.once("connect", () => r()));
+    }
+    await firstClosed;
+    // A genuine bridge still gets in.
+    const c = await rawBridge(t, "late", KEY);
+    assert.ok(t.events("bridge-connected").some((e) => e.bridge === "late"));
+    c.sock.destroy();
+  } finally {
+    for (const s of socks) s.destroy();
+    await t.gw.stop();
   }
 });

@@ -10,7 +10,8 @@ import { test } from "node:test";
 import { randomBytes } from "node:crypto";
 import { BLE_NAME_PREFIX } from "../firmware/proto/ble.ts";
 import { backoffMs } from "../gateway/ble/backoff.ts";
-import { centralSettings } from "../gateway/ble/central.ts";
+import { BleCentral, centralSettings, MAX_HANDSETS } from "../gateway/ble/central.ts";
+import { Logger } from "../gateway/log/logger.ts";
 import { loadNoble, poweredOn } from "../gateway/ble/load-noble.ts";
 import type { Noble } from "../gateway/ble/noble-api.ts";
 import { pieces } from "../gateway/ble/nus.ts";
@@ -185,4 +186,24 @@ test("CLI: the Bluetooth flags' errors", async () => {
   assert.throws(() => bleSettingsFromFlags({ ble: true, "ble-max-connections": "0" }), UsageError);
   assert.throws(() => bleSettingsFromFlags({ ble: true, "ble-hold": "soon" }), UsageError);
   assert.deepEqual(bleSettingsFromFlags({ ble: true, "ble-max-connections": "7", "ble-hold": "30" }), { maxConnections: 7, holdMs: 30_000 });
+});
+
+test("the central keeps at most MAX_HANDSETS handsets heard from the air, and says so once", async () => {
+  const radio = new BleDouble(20);
+  const refuse = { open: () => Promise.reject(new Error("not in range")), cancel: () => {} };
+  for (let i = 0; i <= MAX_HANDSETS; i++) radio.add(new DoublePeripheral(`ee${i.toString(16).padStart(10, "0")}`, { localName: `kp-fake-${i}` }, -90, refuse));
+  const lines: string[] = [];
+  const central = new BleCentral({ noble: radio, log: new Logger((l) => lines.push(l)), onLink: () => assert.fail("no link"), settings: { tickMs: 20 } });
+  await central.start();
+  try {
+    await until(() => lines.some((l) => l.includes("ble-too-many-handsets")), "the warning", 5000);
+    // One more round of advertisements after the warning: still no more handsets kept.
+    let heard = 0;
+    radio.on("discover", () => heard++);
+    await until(() => heard > MAX_HANDSETS + 1, "another round of advertisements", 5000);
+    assert.equal(central.radios().length, MAX_HANDSETS);
+    assert.equal(lines.filter((l) => l.includes("ble-too-many-handsets")).length, 1);
+  } finally {
+    await central.stop();
+  }
 });

@@ -20,6 +20,9 @@ import type { RadioBook } from "./radio-book.ts";
 
 /** A bridge must have proved its key within this long of connecting. */
 const HANDSHAKE_MS = 10_000;
+/** Connections that have not proved the key, at once: anyone who reaches the port can open them;
+ *  beyond this the oldest is closed to make room (as the link server does with unjoined ones). */
+export const MAX_UNPROVED = 32;
 /** Links one bridge may carry at once (an adapter holds far fewer). */
 const MAX_LINKS_PER_BRIDGE = 256;
 
@@ -28,6 +31,8 @@ export interface BridgeServerDeps {
   links: LinkServer;
   radios: RadioBook;
   log: Logger;
+  /** How long a connection has to prove the key, ms (default HANDSHAKE_MS). */
+  handshakeMs?: number;
 }
 
 type State =
@@ -43,7 +48,8 @@ class BridgeConnection {
   private readonly deadline: NodeJS.Timeout;
 
   constructor(private readonly server: BridgeServer, private readonly sock: net.Socket) {
-    this.deadline = setTimeout(() => this.reject(`no proof of the bridge key within ${HANDSHAKE_MS} ms`), HANDSHAKE_MS);
+    const ms = server.deps.handshakeMs ?? HANDSHAKE_MS;
+    this.deadline = setTimeout(() => this.reject(`no proof of the bridge key within ${ms} ms`), ms);
     this.deadline.unref();
     sock.on("data", (b: Buffer) => this.onBytes(b));
     sock.on("error", () => {});
@@ -159,6 +165,8 @@ export class BridgeServer {
   constructor(readonly deps: BridgeServerDeps) {
     this.server = net.createServer((sock) => {
       sock.setNoDelay(true);
+      const unproved = [...this.conns].filter((c) => c.name === undefined);
+      if (unproved.length >= MAX_UNPROVED) unproved[0].close("evicted: the oldest connection that had not proved the bridge key, to make room");
       this.conns.add(new BridgeConnection(this, sock));
     });
   }

@@ -63,6 +63,10 @@ export function centralSettings(s: Partial<CentralSettings> = {}): CentralSettin
 
 type Phase = "waiting" | "connecting" | "connected";
 
+/** Handsets a central keeps track of at most: names come from the air, and anyone in range can
+ *  advertise as many "kp-" peripherals as they like. Beyond it, new ones are ignored (said once). */
+export const MAX_HANDSETS = 1024;
+
 /** One handset the central has heard. */
 interface Handset {
   peripheral: NoblePeripheral;
@@ -113,6 +117,7 @@ export class BleCentral {
   private readonly handsets = new Map<string, Handset>();
   private timer: NodeJS.Timeout | undefined;
   private stopped = false;
+  private saidFull = false;
   private readonly nowMs: () => number;
   private readonly random: () => number;
   private readonly via: string;
@@ -162,6 +167,11 @@ export class BleCentral {
     const now = this.nowMs();
     let h = this.handsets.get(p.id);
     if (!h) {
+      if (this.handsets.size >= MAX_HANDSETS) {
+        if (!this.saidFull) this.d.log.warn("ble-too-many-handsets", { reason: `${MAX_HANDSETS} handsets heard already; ignoring new ones`, address: p.id });
+        this.saidFull = true;
+        return;
+      }
       h = { peripheral: p, name, rssi: p.rssi, lastSeen: now, phase: "waiting", queuedAt: now, connectedAt: 0, failures: 0, retryAt: 0, rotated: false, attempt: 0 };
       this.handsets.set(p.id, h);
       this.d.log.info("ble-handset-seen", { handset: name, address: p.id, rssi: p.rssi });
