@@ -7,7 +7,8 @@ import { flashDevice, FlashInterrupted, hex, type FlashStep } from "../flash/fla
 import { answerTimeoutMs, consolePort, parse, positiveInt, UsageError } from "./args.ts";
 import { EXIT_INTERRUPTED, onCtrlC, shellWords } from "./interrupt.ts";
 
-const HELP = `usage: keyproxy flash --port <tty> --board <id> [--bundle <file> | --app <file>]
+const HELP = `usage: keyproxy flash --port <tty or ble:name> --board <id>
+                      [--bundle <file> | --app <file>]
                       [--baud <n>] [--answer-timeout <s>] [--no-reboot]
 
 Writes the firmware into the device's Storage as .bootcde over its serial

@@ -11,17 +11,17 @@ import { DEFAULT_DATA_DIR } from "./gateway-cmd.ts";
 import { EXIT_INTERRUPTED, onCtrlC, shellWords } from "./interrupt.ts";
 import { noteNewDataDir } from "./git-worktree.ts";
 
-const HELP = `usage: keyproxy provision --port <tty> --id <name> [--board <id>]
+const HELP = `usage: keyproxy provision --port <tty or ble:name> --id <name> [--board <id>]
                           [--gateway <host:port>] [options]
-       keyproxy provision --port <tty> --board <id> --recover
+       keyproxy provision --port <tty or ble:name> --board <id> --recover
 
 Makes a fresh root key on this machine (CSPRNG), writes the device's
 configuration (kp.cfg: id, key, gateway, lifetime) into its Storage over the
-serial console (or its Bluetooth UART) and enters the device in the gateway's registry, as one
-operation: if any step fails, both are rolled back and the message says so.
-The key is never printed or logged. The device is rebooted at the end so its
-firmware starts with the new identity (flash the firmware first: keyproxy
-flash).
+serial console (or its Bluetooth UART) and enters the device in the
+gateway's registry, as one operation: if any step fails, both are rolled back
+and the message says so. The key is never printed or logged. The device is
+rebooted at the end so its firmware starts with the new identity (flash the
+firmware first: keyproxy flash).
 
   --port <tty>           the serial device, e.g. /dev/ttyUSB0 (keyproxy ports
                          lists them), or ble:<name or address> (Puck.js,
