@@ -2,6 +2,7 @@
 // stateful owners (the exchange, the interlink, the gateway's link server over TCP).
 
 import type { Target } from "../target.ts";
+import { bridgeTarget } from "./bridge.ts";
 import { coseTarget } from "./cose.ts";
 import { crossgwBodiesTarget } from "./crossgw-bodies.ts";
 import { cwtTarget } from "./cwt.ts";
@@ -23,6 +24,7 @@ export const TARGETS: readonly Target[] = [
   cwtTarget,
   envelopeTarget,
   crossgwBodiesTarget,
+  bridgeTarget,
   exchangeTarget,
   interlinkTarget,
   linkTcpTarget,
