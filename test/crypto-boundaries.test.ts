@@ -75,6 +75,21 @@ describe("AES-CCM on the ECB/CBC natives, against node:crypto", () => {
     assert.equal(ccmOpen(blocks, key, nonce, new Uint8Array(0x10000 + 8), 8), undefined);
   });
 
+  test("a wider length field (7- and 12-byte nonces) still stops short of 0xfff00 bytes, where the block counter's two bytes end", () => {
+    // 12-byte nonce: three length bytes; a message over 65,535 bytes puts the third one in B0.
+    const n12 = bytes(12, 9);
+    const pt = bytes(0x10000 + 21, 3);
+    assert.equal(hx(ccmSeal(blocks, key, n12, pt, 8)), hx(nodeCcm(key, n12, pt, 8)));
+    // 7-byte nonce: the length field would take gigabytes, the counter (two bytes written) does not.
+    const n7 = bytes(7, 2);
+    const most = bytes(0xfff00 - 1, 5);
+    const sealed = ccmSeal(blocks, key, n7, most, 16);
+    assert.equal(hx(sealed), hx(nodeCcm(key, n7, most, 16)));
+    assert.equal(hx(ccmOpen(blocks, key, n7, sealed, 16)), hx(most));
+    assert.throws(() => ccmSeal(blocks, key, n7, new Uint8Array(0xfff00), 16), (e: Error) => e.message === "ccm: message too long");
+    assert.equal(ccmOpen(blocks, key, n7, new Uint8Array(0xfff00 + 16), 16), undefined);
+  });
+
   test("parameters CCM does not allow: nonce 6 or 14, odd, short or long tags, AAD of 0xff00 bytes", () => {
     const bad: [number, number, number][] = [[6, 8, 0], [14, 8, 0], [13, 3, 0], [13, 5, 0], [13, 2, 0], [13, 18, 0], [13, 8, 0xff00]];
     for (const [nonceLen, tagLen, aadLen] of bad) {
