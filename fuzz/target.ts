@@ -41,3 +41,18 @@ export interface Target {
 export function isPrefixedError(e: unknown, ...prefixes: string[]): boolean {
   return e instanceof Error && e.constructor === Error && prefixes.some((p) => e.message.startsWith(p));
 }
+
+/** Runs every reader on the input: "accepted" when any of them takes it. A reader's throw that
+ *  isRefusal says is its documented refusal counts as not taken; any other throw is a crash and goes on. */
+export function acceptedByAny(readers: readonly (() => unknown)[], isRefusal: (e: unknown) => boolean): Outcome {
+  let taken = false;
+  for (const read of readers) {
+    try {
+      read();
+      taken = true;
+    } catch (e) {
+      if (!isRefusal(e)) throw e;
+    }
+  }
+  return taken ? "accepted" : "rejected";
+}

@@ -21,7 +21,7 @@ import {
   SealingChannel,
   type BridgeMessage,
 } from "../../gateway/ble/bridge-protocol.ts";
-import type { Target } from "../target.ts";
+import { acceptedByAny, type Target } from "../target.ts";
 
 const MESSAGES: BridgeMessage[] = [
   { t: BridgeMsg.Open, link: 7, address: "c0:ff:ee:00:00:01" },
@@ -53,23 +53,15 @@ export const bridgeTarget: Target = {
     return {
       seeds: () => [...handshake, nextSealed],
       run(input) {
-        let taken = false;
-        const attempt = (f: () => unknown): void => {
-          try {
-            f();
-            taken = true;
-          } catch (e) {
-            if (!(e instanceof BridgeProtocolError)) throw e;
-          }
-        };
-        attempt(() => decodeHello(input));
-        attempt(() => decodeChallenge(input));
-        attempt(() => decodeProof(input));
-        attempt(() => decodeMessage(input));
-        attempt(() => {
-          // As the gateway does: open, then decode; a message that opens moves the counter on.
-          decodeMessage(opening.open(input));
-        });
+        // Every reader sees every input: the handshake's decoders, the message decoder, and the live
+        // receiver, as the gateway does (open, then decode; a message that opens moves the counter on).
+        const outcome = acceptedByAny([
+          () => decodeHello(input),
+          () => decodeChallenge(input),
+          () => decodeProof(input),
+          () => decodeMessage(input),
+          () => decodeMessage(opening.open(input)),
+        ], (e) => e instanceof BridgeProtocolError);
         const expected = counter.expected;
         if (expected >= sealedUpTo) {
           // The receiver took the seed: seal the next one, at the counter it now expects.
@@ -78,7 +70,7 @@ export const bridgeTarget: Target = {
           nextSealed = sealer.seal(encodeMessage(MESSAGES[expected % MESSAGES.length]));
           sealedUpTo = expected + 1;
         }
-        return taken ? "accepted" : "rejected";
+        return outcome;
       },
       isRejection: () => false,
       snapshot: () => `expected ${counter.expected}`,

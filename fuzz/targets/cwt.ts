@@ -8,7 +8,7 @@ import { CertError, issueCertificate, readCertificateUnverified, verifyCertifica
 import { generateEd25519 } from "../../gateway/crypto/ed25519.ts";
 import { Fleet, FleetError, generateX25519, readGatewayCertificateUnverified, verifyGatewayCertificateSignature } from "../../gateway/fleet/fleet.ts";
 import type { Rng } from "../rng.ts";
-import type { Target } from "../target.ts";
+import { acceptedByAny, type Target } from "../target.ts";
 
 export const T0 = 1_800_000_000;
 
@@ -42,20 +42,12 @@ export const cwtTarget: Target = {
       seeds: () => c.seeds,
       run(input) {
         // All four readers see every input; it is accepted when any of them takes it.
-        let taken = false;
-        const attempt = (f: () => unknown): void => {
-          try {
-            f();
-            taken = true;
-          } catch (e) {
-            if (!(e instanceof CertError || e instanceof FleetError)) throw e;
-          }
-        };
-        attempt(() => readCertificateUnverified(input));
-        attempt(() => verifyCertificate(input, c.deviceIssuer, T0 + 10));
-        attempt(() => readGatewayCertificateUnverified(input));
-        attempt(() => verifyGatewayCertificateSignature(input, c.fleetCa));
-        return taken ? "accepted" : "rejected";
+        return acceptedByAny([
+          () => readCertificateUnverified(input),
+          () => verifyCertificate(input, c.deviceIssuer, T0 + 10),
+          () => readGatewayCertificateUnverified(input),
+          () => verifyGatewayCertificateSignature(input, c.fleetCa),
+        ], (e) => e instanceof CertError || e instanceof FleetError);
       },
       isRejection: () => false,
     };
