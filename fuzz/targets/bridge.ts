@@ -41,9 +41,9 @@ export const bridgeTarget: Target = {
     // The sender, kept in step with what the receiver accepted, so that a fresh valid sealed message
     // for the expected counter is always among the seeds.
     let sealer = new SealingChannel(key);
-    let sealedUpTo = 0;
     let nextSealed = sealer.seal(encodeMessage(MESSAGES[0]));
-    sealedUpTo = 1;
+    /** The counter after the last one sealed: when the receiver expects it, the seed was taken. */
+    let sealedUpTo = 1;
     const handshake = [
       encodeHello("shed", newNonce()),
       encodeChallenge({ nonce: newNonce(), proof: new Uint8Array(32).fill(7) }),
