@@ -40,11 +40,17 @@ function matches(p: NoblePeripheral, target: string): boolean {
 }
 
 export interface BleLineOptions {
-  /** The BLE library, or a test double at its API. Default: @stoprocent/noble, loaded now. */
+  /** The BLE library, or a test double at its API, owned by the caller. Default: loaded now (load). */
   noble?: Noble;
+  /** How the library is loaded when no noble is given, and then released (stop()) when the line is
+   *  done with. Default: @stoprocent/noble (gateway/ble/load-noble.ts). */
+  load?: () => Promise<Noble>;
   scanMs?: number;
   connectMs?: number;
 }
+
+/** A time for a message: "0.3 s", "10 s". */
+const seconds = (ms: number) => `${(ms / 1000).toFixed(ms < 10_000 ? 1 : 0)} s`;
 
 function withDeadline<T>(p: Promise<T>, ms: number, why: () => string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
@@ -69,7 +75,7 @@ async function find(noble: Noble, target: string, scanMs: number): Promise<Noble
     await noble.startScanningAsync([], true);
     return await withDeadline(found, scanMs, () => {
       const names = [...seen].map((n) => JSON.stringify(forTerminal(n))).join(", ");
-      return `no Bluetooth device ${JSON.stringify(forTerminal(target))} found within ${(scanMs / 1000).toFixed(0)} s (${names ? `seen: ${names}` : "none seen"}); is it in range and advertising, and not connected to another central (the Espruino IDE, a phone, a keyproxy gateway with --ble)?`;
+      return `no Bluetooth device ${JSON.stringify(forTerminal(target))} found within ${seconds(scanMs)} (${names ? `seen: ${names}` : "none seen"}); is it in range and advertising, and not connected to another central (the Espruino IDE, a phone, a keyproxy gateway with --ble)?`;
     });
   } finally {
     if (onDiscover) noble.removeListener("discover", onDiscover);
@@ -86,6 +92,19 @@ async function uart(p: NoblePeripheral, name: string): Promise<{ rx: NobleCharac
   return { rx, tx };
 }
 
+/** Connects and finds the UART, within connectMs; disconnected again on failure. */
+async function connect(p: NoblePeripheral, name: string, connectMs: number): Promise<{ rx: NobleCharacteristic; tx: NobleCharacteristic }> {
+  try {
+    return await withDeadline((async () => {
+      await p.connectAsync();
+      return uart(p, name);
+    })(), connectMs, () => `could not connect to ${name} within ${seconds(connectMs)} (out of range, or busy with another central?)`);
+  } catch (e) {
+    await p.disconnectAsync().catch(() => {});
+    throw e instanceof SerialError ? e : new SerialError(`could not connect to ${name}: ${(e as Error).message}`);
+  }
+}
+
 /** Opens the console of the device a `ble:` port names. */
 export async function openBleLine(port: string, o: BleLineOptions = {}): Promise<ConsoleLine> {
   const target = blePortTarget(port);
@@ -93,20 +112,25 @@ export async function openBleLine(port: string, o: BleLineOptions = {}): Promise
   const name = `${BLE_PORT_PREFIX}${forTerminal(target)}`;
   let noble: Noble;
   try {
-    noble = o.noble ? await poweredOn(o.noble, 5000) : await loadNoble();
+    noble = o.noble ? await poweredOn(o.noble, 5000) : await (o.load ?? loadNoble)();
   } catch (e) {
     throw new SerialError(`cannot use Bluetooth for ${name}: ${(e as Error).message}`);
   }
-  const p = await find(noble, target, o.scanMs ?? BLE_SCAN_MS);
-  const connectMs = o.connectMs ?? BLE_CONNECT_MS;
-  const { rx, tx } = await withDeadline((async () => {
-    await p.connectAsync();
-    return uart(p, name);
-  })(), connectMs, () => `could not connect to ${name} within ${(connectMs / 1000).toFixed(0)} s (out of range, or busy with another central?)`)
-    .catch(async (e: Error) => {
-      await p.disconnectAsync().catch(() => {});
-      throw e instanceof SerialError ? e : new SerialError(`could not connect to ${name}: ${e.message}`);
-    });
+  // The library we loaded holds the adapter's HCI socket, which would keep the process alive after
+  // the command: let it go when the line is done with (a double handed in is the caller's).
+  const release = () => {
+    if (!o.noble) noble.stop?.();
+  };
+  let p: NoblePeripheral;
+  let uartFound: { rx: NobleCharacteristic; tx: NobleCharacteristic };
+  try {
+    p = await find(noble, target, o.scanMs ?? BLE_SCAN_MS);
+    uartFound = await connect(p, name, o.connectMs ?? BLE_CONNECT_MS);
+  } catch (e) {
+    release();
+    throw e;
+  }
+  const { rx, tx } = uartFound;
 
   let open = true;
   const closers: ((why: string) => void)[] = [];
@@ -136,10 +160,12 @@ export async function openBleLine(port: string, o: BleLineOptions = {}): Promise
     onData: (fn) => void readers.push(fn),
     onClose: (fn) => void closers.push(fn),
     close: async () => {
-      if (!open) return;
-      open = false;
-      tx.removeAllListeners("data");
-      await p.disconnectAsync().catch(() => {});
+      if (open) {
+        open = false;
+        tx.removeAllListeners("data");
+        await p.disconnectAsync().catch(() => {});
+      }
+      release();
     },
   };
 }
