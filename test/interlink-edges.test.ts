@@ -605,6 +605,10 @@ test("in process (aedes): answers, refusals, remote errors, request arguments, t
       r = await refused(spy.client, north.link, reqTopic, envelope(w, east, southId));
       assert.deepEqual([r.code, r.reason], ["wrong-recipient", `envelope is addressed to "${southId}", not to us`]);
 
+      // A body that is not CBOR, under a good signature: refused, and no handler runs with nothing.
+      r = await refused(spy.client, north.link, reqTopic, envelope(w, east, northId, { body: Uint8Array.of(0xff) }));
+      assert.deepEqual([r.code, r.reason], ["malformed", "envelope body is not CBOR"]);
+
       // Stale: never answered again, whatever was kept.
       r = await refused(spy.client, north.link, reqTopic, envelope(w, east, northId, { ts: w.clock.now - 61 }));
       assert.equal(r.code, "stale");
