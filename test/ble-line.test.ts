@@ -6,6 +6,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { blePortTarget, openBleLine } from "../flash/ble-line.ts";
 import { SerialError } from "../flash/port-errors.ts";
+import { hasPacketUpload } from "../flash/serial.ts";
 import { BleDouble, DoublePeripheral, type BackingPipe, type PeripheralBacking } from "./support/ble-double.ts";
 
 /** A handset that answers nothing and keeps what it was sent. */
@@ -98,4 +99,9 @@ test("a link lost mid-session says so; the caller's own library is never stopped
   assert.equal(loaded.stops, 0);
   await line2.close();
   assert.equal(loaded.stops, 1, "released on close");
+});
+
+test("file packets only from Espruino 2v25 on (older firmware gets Storage.write lines)", () => {
+  for (const v of ["2v25", "2v29", "2v29.12", "3v00"]) assert.equal(hasPacketUpload(v), true, v);
+  for (const v of ["2v24", "2v09.100", "1v99", "", "unknown", "v30"]) assert.equal(hasPacketUpload(v), false, v);
 });
