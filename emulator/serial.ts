@@ -22,8 +22,9 @@
 // Packets (Espruino 2v25+, src/jsinteractive.c): DLE SOH, two bytes of type and length, the payload.
 // FILE_SEND ({"fn","s"}) and DATA write a file as Espruino does, answering ACK or NAK; as on Espruino a
 // DATA packet is ACKed even when Storage could not take it (`ok |= jsfWriteFile(...)`), which only the
-// file's CRC then shows. The other packet types (EVAL, EVENT, FILE_RECV) are answered NAK: not
-// modelled (docs/EMULATOR.md), and keyproxy does not send them.
+// file's CRC then shows. A packet not complete 5 s after its start is answered NAK and dropped, as
+// on Espruino. The other packet types (EVAL, EVENT, FILE_RECV) are answered NAK: not modelled
+// (docs/EMULATOR.md), and keyproxy does not send them.
 
 import { spawn, type ChildProcessWithoutNullStreams } from "node:child_process";
 import type { EmulatedDevice } from "./device.ts";
@@ -39,7 +40,13 @@ const PT_DATA = 0x8000;
 interface PacketIn {
   header: number[];
   data: number[];
+  /** Espruino gives a packet 5 s from its start, then answers NAK and goes back to the REPL
+   *  (jsiPacketTimeoutHandler): a cut transfer does not leave the console swallowing lines. */
+  timeout: NodeJS.Timeout;
 }
+
+/** How long Espruino waits for the rest of a packet (src/jsinteractive.c, jsiPacketStart). */
+export const PACKET_TIMEOUT_MS = 5000;
 
 /** The file a FILE_SEND packet announced, filled in by DATA packets. */
 interface FileUpload {
@@ -115,7 +122,12 @@ export class SerialConsole {
         this.hadDle = false;
         // Espruino turns echo back on for a packet sent on an empty line (DLE had turned it off).
         if (this.line === "") this.echoOff = false;
-        this.packet = { header: [], data: [] };
+        const timeout = setTimeout(() => {
+          this.packet = undefined;
+          if (!this.closed) this.write(NAK);
+        }, PACKET_TIMEOUT_MS);
+        timeout.unref();
+        this.packet = { header: [], data: [], timeout };
         continue;
       }
       this.hadDle = ch === "\x10";
@@ -146,6 +158,7 @@ export class SerialConsole {
     const flags = p.header.length === 2 ? (p.header[0] << 8) | p.header[1] : -1;
     if (flags < 0 || p.data.length < (flags & PT_SIZE_MASK)) return;
     this.packet = undefined;
+    clearTimeout(p.timeout);
     const data = new Uint8Array(p.data);
     // After the lines before it, as Espruino handles its input in order.
     this.queue = this.queue.then(() => this.runPacket(flags & PT_TYPE_MASK, data));
@@ -186,6 +199,7 @@ export class SerialConsole {
 
   close(): void {
     this.closed = true;
+    if (this.packet) clearTimeout(this.packet.timeout);
     this.device.off("log", this.onLog);
   }
 

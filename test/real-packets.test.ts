@@ -2,7 +2,9 @@
 // provision` use over Bluetooth (flash/upload-packets.ts), sent by the host's own code to the real
 // interpreter over a pseudo-terminal, and the same to the emulator's console (emulator/serial.ts), which
 // must answer the same: the emulator is where the Bluetooth tests run (test/serial.test.ts "over ble").
+// A packet cut short is answered NAK after Espruino's 5 s, and the REPL is back.
 import assert from "node:assert/strict";
+import { SerialPort } from "serialport";
 import { crc32, EspruinoSerial } from "../flash/serial.ts";
 import { PT_DATA, PT_FILE_SEND } from "../flash/upload-packets.ts";
 import { RealDevice } from "../interpreter/device.ts";
@@ -46,12 +48,37 @@ async function packetAnswers(tty: string): Promise<Record<string, unknown>> {
   }
 }
 
+/** A packet cut short (its header says 10 bytes, 3 come): within Espruino's 5 s the console answers
+ *  NAK and is back at the REPL, so lines typed after a cut transfer run again. What it printed. */
+async function cutPacket(tty: string): Promise<{ nak: boolean; after: boolean }> {
+  const port = await new Promise<SerialPort>((resolve, reject) => {
+    const p = new SerialPort({ path: tty, baudRate: 115200, autoOpen: false });
+    p.open((err) => (err ? reject(err) : resolve(p)));
+  });
+  try {
+    let seen = "";
+    port.on("data", (d: Buffer) => (seen += d.toString("latin1")));
+    const until = async (what: RegExp, ms: number) => {
+      const end = Date.now() + ms;
+      while (!what.test(seen) && Date.now() < end) await new Promise((r) => setTimeout(r, 50));
+      return what.test(seen);
+    };
+    port.write(Buffer.from("\x10\x01\x80\x0aabc", "latin1"));
+    const nak = await until(/\x15/, 12_000);
+    port.write(Buffer.from('\x10print("back "+(20+22))\n', "latin1"));
+    const after = await until(/back 42/, 12_000);
+    return { nak, after };
+  } finally {
+    await new Promise<void>((r) => port.close(() => r()));
+  }
+}
+
 realTest("puckjs: file packets land byte for byte, and the emulator's console answers every packet as the interpreter does", ["puckjs"], async () => {
   const dev = new RealDevice({ board: "puckjs", dir: tempDir("kp-real-pkt-"), name: "pkt" });
   await dev.start();
   let real: Record<string, unknown>;
   try {
-    real = await dev.withSerial((tty) => packetAnswers(tty));
+    real = await dev.withSerial(async (tty) => ({ ...(await packetAnswers(tty)), cut: await cutPacket(tty) }));
   } finally {
     await dev.powerOff();
   }
@@ -65,11 +92,12 @@ realTest("puckjs: file packets land byte for byte, and the emulator's console an
     hugeAnnounced: true,
     hugeData: true,
     hugeStored: null,
+    cut: { nak: true, after: true },
   });
 
   const emulated = await consoleHandset("pty", "pkt");
   try {
-    assert.deepEqual(await packetAnswers(emulated.port), real);
+    assert.deepEqual({ ...(await packetAnswers(emulated.port)), cut: await cutPacket(emulated.port) }, real);
   } finally {
     await emulated.stop();
   }
