@@ -8,6 +8,7 @@
 // closed; nothing that message says is acted on. Its links close with it, as when a radio goes.
 
 import net from "node:net";
+import { listenOn } from "../link/listen.ts";
 import type { Logger } from "../log/logger.ts";
 import type { LinkServer } from "../link/server.ts";
 import {
@@ -172,13 +173,7 @@ export class BridgeServer {
   }
 
   listen(host: string, port: number): Promise<{ host: string; port: number }> {
-    return new Promise((resolve, reject) => {
-      this.server.once("error", reject);
-      this.server.listen(port, host, () => {
-        const a = this.server.address() as net.AddressInfo;
-        resolve({ host: a.address, port: a.port });
-      });
-    });
+    return listenOn(this.server, host, port);
   }
 
   /** One connection per bridge name: a newer one (the bridge restarted) replaces the older. */

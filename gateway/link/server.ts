@@ -5,6 +5,7 @@
 // reach the port is held to the limits in gateway/link/limits.ts (docs/OPERATIONS.md, "Limits").
 
 import net from "node:net";
+import { listenOn } from "./listen.ts";
 import { zlib } from "./crc32.ts";
 import { ctEqual } from "../../firmware/bytes.ts";
 import { encodeFrame } from "../../firmware/proto/frame.ts";
@@ -319,13 +320,7 @@ export class LinkServer {
   }
 
   listen(host: string, port: number): Promise<{ host: string; port: number }> {
-    return new Promise((resolve, reject) => {
-      this.server.once("error", reject);
-      this.server.listen(port, host, () => {
-        const a = this.server.address() as net.AddressInfo;
-        resolve({ host: a.address, port: a.port });
-      });
-    });
+    return listenOn(this.server, host, port);
   }
 
   /** Whether the link port accepts connections: false before listen() and from close() on. */
