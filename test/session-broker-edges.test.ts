@@ -51,6 +51,9 @@ interface Rig {
   relayed: [string, Uint8Array][];
   logs: LogRecord[];
   audits: { device: string | null; event: string; detail: string }[];
+  /** The events of the audit records written with their own synchronous commit (Store.audit); the
+   *  others were batched (Store.auditBatched). */
+  durable: string[];
   events(name: string): LogRecord[];
   to(dev: string, t: Msg): Sent["m"][];
   /** dev asks for a session with peer (the callee's name; callee: its id when the name is not);
@@ -79,6 +82,7 @@ function rig(t: TestContext, o: RigOptions = {}): Rig {
   const relayed: [string, Uint8Array][] = [];
   const logs: LogRecord[] = [];
   const audits: Rig["audits"] = [];
+  const durable: string[] = [];
   const inner = nodeCrypto();
   const crypto = { ...inner, random: (n: number) => (n === 4 && spiDraws.length ? be32(spiDraws.shift()!) : inner.random(n)) };
   const log = new Logger(() => {});
@@ -86,7 +90,11 @@ function rig(t: TestContext, o: RigOptions = {}): Rig {
   const deps: SessionDeps = {
     store: {
       getRegistration: (id: string) => regs.get(id),
-      audit: (_ts: number, device: string | null, event: string, detail: string) => audits.push({ device, event, detail }),
+      audit: (_ts: number, device: string | null, event: string, detail: string) => {
+        durable.push(event);
+        audits.push({ device, event, detail });
+      },
+      auditBatched: (_ts: number, device: string | null, event: string, detail: string) => audits.push({ device, event, detail }),
     } as unknown as Store,
     policy: { permits: (caller: string, callee: string) => !denied.has(`${caller}>${callee}`) } as unknown as Policy,
     log,
@@ -114,7 +122,7 @@ function rig(t: TestContext, o: RigOptions = {}): Rig {
 
   const to = (dev: string, type: Msg) => sent.filter((s) => s.to === dev && s.m.t === type).map((s) => s.m);
   const r: Rig = {
-    broker, clock, regs, linked, denied, spiDraws, sent, relayed, logs, audits,
+    broker, clock, regs, linked, denied, spiDraws, sent, relayed, logs, audits, durable,
     events: (name) => logs.filter((l) => l.event === name),
     to,
     call: (dev, peer, rid = 7, callee = peer) => {
@@ -515,6 +523,20 @@ test("a rekey checks policy and both registrations afresh: if any no longer allo
 });
 
 // ---- ends --------------------------------------------------------------------------------------------
+
+test("a session's up, rekey and down records are batched evidence, not a synchronous commit each; a spoofing attempt's is durable", (t) => {
+  const r = rig(t);
+  const spi = r.connect("dev-a", "dev-b");
+  r.broker.handle("dev-a", { t: Msg.Rekey, spi });
+  const next = r.to("dev-a", Msg.SaInstall).at(-1)!.spi as number;
+  r.confirm("dev-a", next);
+  r.confirm("dev-b", next);
+  r.broker.handle("dev-b", { t: Msg.Bye, spi: next });
+  assert.deepEqual(r.audits.map((a) => a.event), ["session-up", "session-rekeyed", "session-down"]);
+  assert.deepEqual(r.durable, [], "no session record waits for its own commit");
+  r.broker.handle("dev-c", { t: Msg.ConnectRequest, rid: 1, peer: "dev-d", app: APP, from: "dev-a" });
+  assert.deepEqual(r.durable, ["spoofing"]);
+});
 
 test("a bye from a party ends the SA at both ends; from a stranger or for an unknown SPI it is dropped", (t) => {
   const r = rig(t);

@@ -129,27 +129,46 @@ export interface StoreOptions {
 const ROOT_KEY_BYTES = 16;
 const IDENTITY_SEED_BYTES = 32;
 
+/** One audit record waiting in the queue (Store.auditBatched). */
+interface QueuedAudit {
+  ts: number;
+  deviceId: string | null;
+  event: string;
+  detail: string;
+}
+
 export class Store {
-  readonly db: Database.Database;
+  /** The connection itself; readers outside the store go through `db`, which commits the queued
+   *  audit records first. */
+  private readonly sqlite: Database.Database;
   readonly kekFile: string;
   private readonly create: boolean;
   private kekBytes: Buffer | undefined;
+  /** Prepared statements by their SQL, made once: preparing costs more than running most of them. */
+  private statements = new Map<string, Database.Statement>();
+  /** Audit records that are evidence only (auditBatched), committed together once per event-loop turn. */
+  private auditQueue: QueuedAudit[] = [];
+  private auditFlush: NodeJS.Immediate | null = null;
+  private auditWaiters: (() => void)[] = [];
+  /** Queued records written into the transaction under way (atomically), to queue again on rollback. */
+  private drained: QueuedAudit[] | null = null;
 
   constructor(file: string, opts: StoreOptions = {}) {
     const create = opts.create ?? true;
     this.create = create;
     this.kekFile = opts.kekFile ?? process.env[KEK_FILE_ENV] ?? join(dirname(file), KEK_FILE);
     if (create) makeOwnerOnly(file);
-    this.db = new Database(file, { fileMustExist: !create });
+    this.sqlite = new Database(file, { fileMustExist: !create });
     if (!create && !this.isRegistry()) {
-      this.db.close();
+      this.sqlite.close();
       throw new NotARegistry(`${file} is not a keyproxy registry`);
     }
-    this.db.pragma("journal_mode = WAL");
+    this.sqlite.pragma("journal_mode = WAL");
     // FULL: a join counter the gateway has accepted must survive a power cut, or a replay could pass.
-    this.db.pragma("synchronous = FULL");
-    this.db.pragma("foreign_keys = ON");
-    this.db.exec(SCHEMA);
+    // Only the batched audit records' own commits run at NORMAL (flushAudit).
+    this.sqlite.pragma("synchronous = FULL");
+    this.sqlite.pragma("foreign_keys = ON");
+    this.sqlite.exec(SCHEMA);
     this.migrate();
     // A registry that may be written gets its KEK now (made if new), and what an older gateway stored
     // in the clear is sealed; one that is only read loads its KEK when a secret is first read.
@@ -157,7 +176,7 @@ export class Store {
       try {
         this.sealWhatIsClear();
       } catch (e) {
-        this.db.close();
+        this.sqlite.close();
         throw e;
       }
     }
@@ -195,12 +214,12 @@ export class Store {
   /** Seals the root keys and identity seeds an older gateway stored in the clear, in one transaction. */
   private sealWhatIsClear(): void {
     this.kek();
-    const clear = this.db.prepare(`SELECT id, root_key, identity_seed FROM devices WHERE length(root_key) = ${ROOT_KEY_BYTES} OR length(identity_seed) = ${IDENTITY_SEED_BYTES}`).all() as { id: string; root_key: Buffer; identity_seed: Buffer | null }[];
+    const clear = this.sqlite.prepare(`SELECT id, root_key, identity_seed FROM devices WHERE length(root_key) = ${ROOT_KEY_BYTES} OR length(identity_seed) = ${IDENTITY_SEED_BYTES}`).all() as { id: string; root_key: Buffer; identity_seed: Buffer | null }[];
     if (!clear.length) return;
-    this.db.transaction(() => {
+    this.sqlite.transaction(() => {
       for (const r of clear) {
-        if (r.root_key.length === ROOT_KEY_BYTES) this.db.prepare("UPDATE devices SET root_key = ? WHERE id = ?").run(this.sealed("root-key", r.id, r.root_key), r.id);
-        if (r.identity_seed?.length === IDENTITY_SEED_BYTES) this.db.prepare("UPDATE devices SET identity_seed = ? WHERE id = ?").run(this.sealed("identity-seed", r.id, r.identity_seed), r.id);
+        if (r.root_key.length === ROOT_KEY_BYTES) this.statement("UPDATE devices SET root_key = ? WHERE id = ?").run(this.sealed("root-key", r.id, r.root_key), r.id);
+        if (r.identity_seed?.length === IDENTITY_SEED_BYTES) this.statement("UPDATE devices SET identity_seed = ? WHERE id = ?").run(this.sealed("identity-seed", r.id, r.identity_seed), r.id);
       }
     })();
   }
@@ -208,7 +227,7 @@ export class Store {
   /** Whether the file is a SQLite database with the registry's devices table: read only, no schema made. */
   private isRegistry(): boolean {
     try {
-      return this.db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'devices'").get() !== undefined;
+      return this.sqlite.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'devices'").get() !== undefined;
     } catch (e) {
       if ((e as { code?: string }).code === "SQLITE_NOTADB") return false;
       throw e;
@@ -217,46 +236,66 @@ export class Store {
 
   /** Adds the columns an older data directory lacks, in one transaction. */
   private migrate(): void {
-    this.db.transaction(() => {
+    this.sqlite.transaction(() => {
       for (const [table, column, type] of ADDED_COLUMNS) {
-        const have = (this.db.prepare(`PRAGMA table_info(${table})`).all() as { name: string }[]).some((c) => c.name === column);
-        if (!have) this.db.exec(`ALTER TABLE ${table} ADD COLUMN ${column} ${type}`);
+        const have = (this.sqlite.prepare(`PRAGMA table_info(${table})`).all() as { name: string }[]).some((c) => c.name === column);
+        if (!have) this.sqlite.exec(`ALTER TABLE ${table} ADD COLUMN ${column} ${type}`);
       }
     })();
   }
 
+  /** Commits the queued audit records, then closes the database (Gateway.stop comes here). */
   close(): void {
-    this.db.close();
+    if (!this.sqlite.open) return;
+    this.flushAudit();
+    this.sqlite.close();
+  }
+
+  /** The database, for readers outside the store (tests, `keyproxy` commands): the queued audit
+   *  records are committed first, so that whoever reads the audit table sees every record so far. */
+  get db(): Database.Database {
+    if (this.auditQueue.length && this.sqlite.open) this.flushAudit();
+    return this.sqlite;
+  }
+
+  /** sql prepared once for this connection, then reused. */
+  statement(sql: string): Database.Statement {
+    let s = this.statements.get(sql);
+    if (!s) {
+      s = this.sqlite.prepare(sql);
+      this.statements.set(sql, s);
+    }
+    return s;
   }
 
   getMeta(k: string): string | undefined {
-    const r = this.db.prepare("SELECT v FROM meta WHERE k = ?").get(k) as { v: string } | undefined;
+    const r = this.statement("SELECT v FROM meta WHERE k = ?").get(k) as { v: string } | undefined;
     return r?.v;
   }
 
   setMeta(k: string, v: string): void {
-    this.db.prepare("INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v").run(k, v);
+    this.statement("INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v").run(k, v);
   }
 
   addDevice(id: string, rootKey: Uint8Array, board: string, now: number): void {
-    this.db.prepare("INSERT INTO devices (id, root_key, board, created_at) VALUES (?, ?, ?, ?)").run(id, this.sealed("root-key", id, rootKey), board, now);
+    this.statement("INSERT INTO devices (id, root_key, board, created_at) VALUES (?, ?, ?, ?)").run(id, this.sealed("root-key", id, rootKey), board, now);
   }
 
   /** Replaces a device's root key and forgets its join counter, registration and identity. */
   replaceDevice(id: string, rootKey: Uint8Array, board: string, now: number): void {
-    this.db.transaction(() => {
-      this.db.prepare("DELETE FROM devices WHERE id = ?").run(id);
+    this.atomically(() => {
+      this.statement("DELETE FROM devices WHERE id = ?").run(id);
       this.addDevice(id, rootKey, board, now);
-    })();
+    });
   }
 
   removeDevice(id: string): boolean {
-    return this.db.prepare("DELETE FROM devices WHERE id = ?").run(id).changes === 1;
+    return this.statement("DELETE FROM devices WHERE id = ?").run(id).changes === 1;
   }
 
   /** A device with its secrets opened: for the join and the exchange, which use them. */
   getDevice(id: string): DeviceRow | undefined {
-    const r = this.db.prepare("SELECT * FROM devices WHERE id = ?").get(id) as Record<string, any> | undefined;
+    const r = this.statement("SELECT * FROM devices WHERE id = ?").get(id) as Record<string, any> | undefined;
     if (!r) return undefined;
     return {
       ...infoOf(r),
@@ -267,12 +306,12 @@ export class Store {
 
   /** A device without its secrets: nothing is opened, no key leaves the database. */
   getDeviceInfo(id: string): DeviceInfo | undefined {
-    const r = this.db.prepare("SELECT id, board, created_at, revoked_at, join_counter, identity_public FROM devices WHERE id = ?").get(id) as Record<string, any> | undefined;
+    const r = this.statement("SELECT id, board, created_at, revoked_at, join_counter, identity_public FROM devices WHERE id = ?").get(id) as Record<string, any> | undefined;
     return r ? infoOf(r) : undefined;
   }
 
   listDevices(): DeviceSummary[] {
-    return (this.db.prepare(
+    return (this.sqlite.prepare(
       `SELECT d.id, d.board, d.created_at, d.revoked_at, d.join_counter, r.expires_at, r.firmware, r.memory_used
        FROM devices d LEFT JOIN registrations r ON r.device_id = d.id ORDER BY d.id`,
     ).all() as Record<string, any>[]).map((r) => ({
@@ -286,7 +325,7 @@ export class Store {
    *  revoked_at). False when there is no such device or it was revoked already. */
   revokeDevice(id: string, now: number, why: string): boolean {
     return this.atomically(() => {
-      const changed = this.db.prepare("UPDATE devices SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL").run(now, id).changes === 1;
+      const changed = this.statement("UPDATE devices SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL").run(now, id).changes === 1;
       if (!changed) return false;
       this.deleteRegistration(id);
       this.audit(now, id, "revoked", why);
@@ -296,15 +335,15 @@ export class Store {
 
   /** Raises the join counter to ctr only if ctr is higher: false means a replay (or a race lost). */
   advanceJoinCounter(id: string, ctr: number): boolean {
-    return this.db.prepare("UPDATE devices SET join_counter = ? WHERE id = ? AND join_counter < ? AND revoked_at IS NULL").run(ctr, id, ctr).changes === 1;
+    return this.statement("UPDATE devices SET join_counter = ? WHERE id = ? AND join_counter < ? AND revoked_at IS NULL").run(ctr, id, ctr).changes === 1;
   }
 
   setIdentity(id: string, seed: Uint8Array, publicKey: Uint8Array): void {
-    this.db.prepare("UPDATE devices SET identity_seed = ?, identity_public = ? WHERE id = ?").run(this.sealed("identity-seed", id, seed), Buffer.from(publicKey), id);
+    this.statement("UPDATE devices SET identity_seed = ?, identity_public = ? WHERE id = ?").run(this.sealed("identity-seed", id, seed), Buffer.from(publicKey), id);
   }
 
   putRegistration(r: RegistrationRow): void {
-    this.db.prepare(
+    this.statement(
       `INSERT INTO registrations (device_id, registered_at, expires_at, suites, cert_id, cert, firmware, memory_used) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
        ON CONFLICT(device_id) DO UPDATE SET registered_at = excluded.registered_at, expires_at = excluded.expires_at,
        suites = excluded.suites, cert_id = excluded.cert_id, cert = excluded.cert, firmware = excluded.firmware, memory_used = excluded.memory_used`,
@@ -312,28 +351,102 @@ export class Store {
   }
 
   getRegistration(deviceId: string): RegistrationRow | undefined {
-    const r = this.db.prepare("SELECT * FROM registrations WHERE device_id = ?").get(deviceId) as Record<string, any> | undefined;
+    const r = this.statement("SELECT * FROM registrations WHERE device_id = ?").get(deviceId) as Record<string, any> | undefined;
     if (!r) return undefined;
     return { deviceId: r.device_id, registeredAt: r.registered_at, expiresAt: r.expires_at, suites: JSON.parse(r.suites), certId: bytes(r.cert_id), cert: bytes(r.cert), firmware: r.firmware, memoryUsed: r.memory_used };
   }
 
   deleteRegistration(deviceId: string): boolean {
-    return this.db.prepare("DELETE FROM registrations WHERE device_id = ?").run(deviceId).changes === 1;
+    return this.statement("DELETE FROM registrations WHERE device_id = ?").run(deviceId).changes === 1;
   }
 
+  /** An audit record committed before this returns, with the synchronous=FULL of every other write,
+   *  or inside the caller's transaction when there is one (a revocation's record lands with it). The
+   *  records queued before it are written first, in the same commit, so the log keeps their order. */
   audit(ts: number, deviceId: string | null, event: string, detail: string): void {
-    this.db.prepare("INSERT INTO audit (ts, device_id, event, detail) VALUES (?, ?, ?, ?)").run(ts, deviceId, event, detail);
+    this.atomically(() => {
+      this.writeQueuedAudit();
+      this.insertAudit({ ts, deviceId, event, detail });
+    });
   }
 
-  /** A transaction around fn: all of its writes land, or none. */
+  /** An audit record that is evidence, not state: a session's up, down and rekey. It is queued and
+   *  committed with every other one of this event-loop turn in ONE transaction (setImmediate), at
+   *  synchronous=NORMAL, so that a burst of setups pays one commit, not one fsync each.
+   *  What that costs: a crash of the process loses only the records of the turn it dies in (a
+   *  committed transaction is in the WAL, which the OS keeps); a power cut may also lose the batched
+   *  commits since the WAL was last synced (by any FULL commit: a join counter, a registration, a
+   *  checkpoint). The database never corrupts, and nothing that must stay true is in these records:
+   *  join counters, registrations, provisioning and revocation are written FULL before the gateway
+   *  answers (audit() for their records). Readers see queued records (`db` commits them first), and
+   *  close() commits them. */
+  auditBatched(ts: number, deviceId: string | null, event: string, detail: string): void {
+    this.auditQueue.push({ ts, deviceId, event, detail });
+    this.auditFlush ??= setImmediate(() => this.flushAudit());
+  }
+
+  /** Resolves once the audit records queued so far are committed (a test's or a caller's wait). */
+  auditCommitted(): Promise<void> {
+    if (!this.auditQueue.length) return Promise.resolve();
+    return new Promise((resolve) => this.auditWaiters.push(resolve));
+  }
+
+  /** Commits the queued audit records in one transaction at synchronous=NORMAL (see auditBatched).
+   *  Inside a caller's transaction they are written into it instead: the synchronous level cannot
+   *  change there, and that commit makes them durable with the rest. A failed write leaves them
+   *  queued (the error goes to the caller, as a failed audit() does); close() tries again. */
+  private flushAudit(): void {
+    if (this.auditFlush) clearImmediate(this.auditFlush);
+    this.auditFlush = null;
+    if (!this.auditQueue.length) return;
+    if (this.sqlite.inTransaction) return this.writeQueuedAudit();
+    this.statement("PRAGMA synchronous = NORMAL").run();
+    try {
+      this.atomically(() => this.writeQueuedAudit());
+    } finally {
+      this.statement("PRAGMA synchronous = FULL").run();
+    }
+    const waiters = this.auditWaiters;
+    this.auditWaiters = [];
+    for (const w of waiters) w();
+  }
+
+  /** Inserts the queued records into the current transaction. atomically() puts them back at the
+   *  front of the queue if that transaction does not commit. */
+  private writeQueuedAudit(): void {
+    if (!this.auditQueue.length) return;
+    const queued = this.auditQueue;
+    this.auditQueue = [];
+    this.drained?.push(...queued);
+    for (const r of queued) this.insertAudit(r);
+  }
+
+  private insertAudit(r: QueuedAudit): void {
+    this.statement("INSERT INTO audit (ts, device_id, event, detail) VALUES (?, ?, ?, ?)").run(r.ts, r.deviceId, r.event, r.detail);
+  }
+
+  /** A transaction around fn: all of its writes land, or none. Queued audit records it wrote
+   *  (writeQueuedAudit) are queued again if it rolls back, so a failed change loses none of them. */
   atomically<T>(fn: () => T): T {
-    return this.db.transaction(fn)();
+    const outer = this.drained;
+    this.drained = [];
+    try {
+      const result = this.sqlite.transaction(fn)();
+      // Nested: the outer transaction may still roll back, and these with it.
+      outer?.push(...this.drained);
+      return result;
+    } catch (e) {
+      this.auditQueue = [...this.drained, ...this.auditQueue];
+      throw e;
+    } finally {
+      this.drained = outer;
+    }
   }
 
   /** Rows of every table, for tests that prove a rejected input changed nothing. */
   snapshot(): string {
     const dump: Record<string, unknown[]> = {};
-    for (const t of ["meta", "devices", "registrations"]) dump[t] = this.db.prepare(`SELECT * FROM ${t} ORDER BY 1`).all();
+    for (const t of ["meta", "devices", "registrations"]) dump[t] = this.sqlite.prepare(`SELECT * FROM ${t} ORDER BY 1`).all();
     return JSON.stringify(dump, (_k, v) => (v && v.type === "Buffer" ? Buffer.from(v.data).toString("hex") : v));
   }
 }

@@ -280,7 +280,9 @@ export class SessionBroker {
     d.send(s.initiator, { t: Msg.Connected, spi, replaces: s.replaces });
     d.send(s.responder, { t: Msg.Connected, spi, replaces: s.replaces });
     d.log.info(s.replaces ? "session-rekeyed" : "session-up", { device: s.initiator, peer: s.responder, app: s.app, spi: spiText(spi), replaces: s.replaces ? spiText(s.replaces) : undefined });
-    d.store.audit(d.now(), s.initiator, s.replaces ? "session-rekeyed" : "session-up", `peer=${s.responder} app=${s.app} spi=${spiText(spi)}`);
+    // Evidence, not state: batched with this turn's other records (Store.auditBatched says what a
+    // power cut may lose). Nothing the gateway enforces is read back from the audit log.
+    d.store.auditBatched(d.now(), s.initiator, s.replaces ? "session-rekeyed" : "session-up", `peer=${s.responder} app=${s.app} spi=${spiText(spi)}`);
     if (s.replaces) this.retire(s.replaces);
   }
 
@@ -357,7 +359,7 @@ export class SessionBroker {
     this.stats.ended++;
     for (const dev of [s.initiator, s.responder]) this.d.send(dev, { t: Msg.SaClosed, spi: s.spi, reason });
     this.d.log.info("session-down", { device: s.initiator, peer: s.responder, app: s.app, spi: spiText(s.spi), reason: why });
-    this.d.store.audit(this.d.now(), s.initiator, "session-down", `peer=${s.responder} spi=${spiText(s.spi)} ${why}`);
+    this.d.store.auditBatched(this.d.now(), s.initiator, "session-down", `peer=${s.responder} spi=${spiText(s.spi)} ${why}`);
   }
 
   /** Ends every session of a device (deregistration, revocation, reboot, lost link). */

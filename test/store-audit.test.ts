@@ -1,0 +1,97 @@
+// The audit log's batched records (issue 14: a session setup's audit commit was the largest single
+// cost inside one gateway). Session records are evidence, not state: Store.auditBatched queues them
+// and commits each event-loop turn's in one transaction at synchronous=NORMAL, while everything that
+// must survive a power cut (join counters, registrations, provisioning, revocation, and the audit()
+// records written with them) stays a FULL commit before the gateway answers. What must hold: a reader
+// sees every record so far, in the order written; a clean stop loses none; a crash after the commit
+// loses none; a failed transaction loses none; and the store is back at FULL after each batch.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { fork } from "node:child_process";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import Database from "better-sqlite3";
+import { Store } from "../gateway/registry/store.ts";
+import { startGateway, tempDir } from "./support/harness.ts";
+
+const CRASH_CHILD = fileURLToPath(new URL("./support/audit-crash-child.ts", import.meta.url));
+
+type Row = { device_id: string | null; event: string; detail: string };
+
+/** The audit rows as another connection sees them: what is committed, nothing queued. */
+function committedRows(file: string): Row[] {
+  const db = new Database(file, { readonly: true });
+  try {
+    return db.prepare("SELECT device_id, event, detail FROM audit ORDER BY id").all() as Row[];
+  } finally {
+    db.close();
+  }
+}
+
+const SYNCHRONOUS_FULL = 2;
+
+test("batched records wait for the end of the event-loop turn, then commit together; the store is back at synchronous=FULL", async () => {
+  const file = join(tempDir("kp-audit-"), "keyproxy.db");
+  const store = new Store(file);
+  try {
+    for (let i = 0; i < 3; i++) store.auditBatched(i, `dev-${i}`, "session-up", `spi=${i}`);
+    assert.deepEqual(committedRows(file), [], "nothing is committed during the turn that queued them");
+    await store.auditCommitted();
+    assert.deepEqual(committedRows(file).map((r) => r.device_id), ["dev-0", "dev-1", "dev-2"]);
+    assert.equal(store.db.pragma("synchronous", { simple: true }), SYNCHRONOUS_FULL, "a join counter's commit after the batch is FULL again");
+  } finally {
+    store.close();
+  }
+});
+
+test("a reader through store.db sees the queued records at once, in the order written with audit()'s durable ones", () => {
+  const file = join(tempDir("kp-audit-"), "keyproxy.db");
+  const store = new Store(file);
+  try {
+    store.auditBatched(1, "dev-a", "session-up", "first");
+    store.audit(2, "dev-a", "deregistered", "second");
+    store.auditBatched(3, "dev-a", "session-down", "third");
+    const rows = store.db.prepare("SELECT detail FROM audit ORDER BY id").all() as { detail: string }[];
+    assert.deepEqual(rows.map((r) => r.detail), ["first", "second", "third"]);
+  } finally {
+    store.close();
+  }
+});
+
+test("a transaction that rolls back after writing queued records queues them again: none is lost", async () => {
+  const file = join(tempDir("kp-audit-"), "keyproxy.db");
+  const store = new Store(file);
+  try {
+    store.auditBatched(1, "dev-a", "session-up", "queued before");
+    assert.throws(() => store.atomically(() => {
+      store.audit(2, "dev-a", "revoked", "rolled back");
+      throw new Error("the change fails after its audit record");
+    }), /the change fails/);
+    assert.deepEqual(committedRows(file), [], "the rollback took both records out of the file");
+    await store.auditCommitted();
+    assert.deepEqual(committedRows(file).map((r) => r.detail), ["queued before"], "the queued record is committed with the next batch; the rolled-back one is gone");
+  } finally {
+    store.close();
+  }
+});
+
+test("closing the store commits the queued records (Gateway.stop closes it): a clean stop loses none", async () => {
+  const t = await startGateway();
+  t.gw.store.auditBatched(1, "dev-a", "session-up", "queued at stop");
+  t.gw.store.auditBatched(2, "dev-b", "session-down", "queued at stop");
+  await t.gw.stop();
+  assert.deepEqual(committedRows(join(t.dataDir, "keyproxy.db")).map((r) => r.device_id), ["dev-a", "dev-b"]);
+});
+
+test("a process killed (SIGKILL, no close) after the batch was committed keeps its records", async () => {
+  const file = join(tempDir("kp-audit-crash-"), "keyproxy.db");
+  const child = fork(CRASH_CHILD, [file, "5"], { execArgv: ["--import", "tsx"], stdio: ["ignore", "inherit", "inherit", "ipc"] });
+  const exited = new Promise((r) => child.once("exit", r));
+  await new Promise<void>((resolve, reject) => {
+    child.once("message", () => resolve());
+    child.once("exit", (code) => reject(new Error(`the child exited with ${code} before committing`)));
+  });
+  child.kill("SIGKILL");
+  await exited;
+  assert.deepEqual(committedRows(file).map((r) => r.device_id), ["dev-0", "dev-1", "dev-2", "dev-3", "dev-4"]);
+});
