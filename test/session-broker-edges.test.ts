@@ -527,7 +527,7 @@ test("a rekey checks policy and both registrations afresh: if any no longer allo
 test("a session's up, rekey and down records are batched evidence, not a synchronous commit each; a spoofing attempt's is durable", (t) => {
   const r = rig(t);
   const spi = r.connect("dev-a", "dev-b");
-  r.broker.handle("dev-a", { t: Msg.Rekey, spi });
+  r.broker.handle("dev-a", { t: Msg.Rekey, rid: 0, spi });
   const next = r.to("dev-a", Msg.SaInstall).at(-1)!.spi as number;
   r.confirm("dev-a", next);
   r.confirm("dev-b", next);
