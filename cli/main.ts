@@ -38,9 +38,12 @@ directory's keyproxy.json (docs/OPERATIONS.md, "Configuration").`;
 /** keyproxy build parses its own arguments (flash/build.ts); they are checked here first, as every
  *  other command's are, so that it takes --config and the settings too (its --board). */
 function buildArgv(argv: string[]): string[] {
-  const o = parse(argv, { board: { type: "string" }, out: { type: "string" }, app: { type: "string" }, help: { type: "boolean", short: "h" } });
+  const o = parse(argv, { board: { type: "string" }, out: { type: "string" }, app: { type: "string" }, groups: { type: "boolean" }, help: { type: "boolean", short: "h" } });
   if (o.help) return ["--help"];
-  return [...(o.board === undefined ? [] : ["--board", o.board]), ...(o.out === undefined ? [] : ["--out", o.out]), ...(o.app === undefined ? [] : ["--app", o.app])];
+  return [
+    ...(o.board === undefined ? [] : ["--board", o.board]), ...(o.out === undefined ? [] : ["--out", o.out]), ...(o.app === undefined ? [] : ["--app", o.app]),
+    ...(o.groups ? ["--groups"] : []),
+  ];
 }
 
 export async function main(argv: string[]): Promise<number> {

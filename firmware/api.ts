@@ -43,7 +43,9 @@ export interface Device {
    *  when both ends hold the keys; a refusal leaves lastCode set (2 unknown or not allowed,
    *  6 no common suite, 7 declined). */
   connect(peer: string, app: string): boolean;
-  /** Sends bytes to the peer of a session. False when there is no such session or it is used up. */
+  /** Sends bytes to the peer of a session, or to every other member of a group (a group SA's spi:
+   *  the gateway installs it in each member, onConnect(spi, "name@domain", app, replaces); firmware
+   *  built with `keyproxy build --groups`). False when there is no such session or it is used up. */
   send(spi: number, data: Uint8Array): boolean;
   /** Ends a session: the peer gets onClose(spi, 1). */
   close(spi: number): boolean;

@@ -13,7 +13,7 @@
 import { ctEqual, type Bytes } from "./bytes.ts";
 import type { SymCrypto } from "./crypto/types.ts";
 import { deframe, encodeFrame, type Crc32, type Deframer } from "./proto/frame.ts";
-import { deriveLinkKeys, deriveSaKeys, joinTag, DIR_DOWN, DIR_UP, JOIN_NONCE_BYTES, type Codec } from "./proto/keys.ts";
+import { deriveLinkKeys, deriveSaKeys, joinTag, DIR_GROUP, DIR_UP, JOIN_NONCE_BYTES, ROLE_GROUP, type Codec } from "./proto/keys.ts";
 import { crypt, type Link } from "./proto/link.ts";
 import { decodeMessage, encodeMessage, Msg, type InnerMessage, type Message } from "./proto/messages.ts";
 
@@ -76,6 +76,10 @@ export interface Sa {
   /** A rekey has been asked for. */
   rekeying: boolean;
 }
+
+declare const KP_GROUPS: boolean | undefined;
+/** Whether this build carries group SAs (as in proto/link.ts: flash/build.ts makes it a literal). */
+const GROUPS = typeof KP_GROUPS === "undefined" || KP_GROUPS;
 
 export const JOIN_TIMEOUT_MS = 5000;
 export const REQUEST_TIMEOUT_MS = 8000;
@@ -315,9 +319,16 @@ export class Handset {
       p.log("KP deregistered");
     } else if (a.t === Msg.SaInstall) {
       // Key distribution: expand the seed, install the SA (not ready until Connected), confirm.
+      // Role 0 sends up, 1 down (DIR_UP 0, DIR_DOWN 1); ROLE_GROUP + i is group member i, which sends
+      // and receives under the one group key with its sender index in the nonce.
       const keys = deriveSaKeys(p.crypto, p.cbor, a.seed, a.spi, a.suite, a.role);
+      const link: Link = { keys_: keys, txDir_: GROUPS && a.role >= ROLE_GROUP ? DIR_GROUP : a.role, txSeq_: 0, rx_: { top: 0, bits: 0 } };
+      if (GROUPS && a.role >= ROLE_GROUP) {
+        link.me_ = a.role - ROLE_GROUP;
+        link.rxs_ = [];
+      }
       const sa: Sa = {
-        spi: a.spi, peer: a.peer, app: a.app, link: { keys_: keys, txDir_: a.role === 0 ? DIR_UP : DIR_DOWN, txSeq_: 0, rx_: { top: 0, bits: 0 } },
+        spi: a.spi, peer: a.peer, app: a.app, link: link,
         expiresAt: p.now() + a.lifetime, rekeyAt: p.now() + a.lifetime * REKEY_AT, limit: a.limit, rx: 0, ready: false, by: 0, retireAt: 0, rekeying: false,
       };
       this.sas.push(sa);

@@ -69,6 +69,9 @@ export interface BuildOptions {
    *  from the working directory): a module whose default export the runtime calls with KP
    *  (firmware/api.ts). It goes through the same lint and gate, and its bytes count in the budget. */
   app?: string;
+  /** Carry group SAs (docs/PROTOCOL.md §5d): off by default, so that a bundle whose application
+   *  never joins a group pays none of their bytes (firmware/proto/link.ts, GROUPS). */
+  groups?: boolean;
 }
 
 // The package root, not this file's parent: compiled, this file is one folder deeper (dist/flash/).
@@ -188,18 +191,20 @@ interface Bundle {
 
 /** Bundles for the device: iife, platform neutral, no legal comments, ASCII only. The sourcemap stays in
  *  memory, for pointing at the TypeScript line behind a gate violation. */
-/** Board features decided at build time. esbuild folds a literal false but does not inline the
- *  firmware's FULL constant into the codec's nested functions, so for a board without the full CBOR
- *  codec its uses become the literal false, and the code behind them leaves the bundle. */
-export function boardFeatures(fullCbor: boolean): esbuild.Plugin {
+/** Board features decided at build time. esbuild folds a literal false but does not inline a
+ *  module's constant into other functions, so for a board without the full CBOR codec the codec's
+ *  FULL becomes the literal false, and without groups the GROUPS of firmware/proto/link.ts and
+ *  firmware/handset.ts does: the code behind them leaves the bundle. */
+export function boardFeatures(fullCbor: boolean, groups = true): esbuild.Plugin {
+  const literal = async (file: string, name: string) => ({
+    contents: (await fs.promises.readFile(file, "utf8")).replace(new RegExp(`\\b${name}\\b(?! =)`, "g"), "false"),
+    loader: "ts" as const,
+  });
   return {
     name: "keyproxy-board-features",
     setup(b) {
-      if (fullCbor) return;
-      b.onLoad({ filter: /[\\/]firmware[\\/]cbor\.ts$/ }, async (args) => ({
-        contents: (await fs.promises.readFile(args.path, "utf8")).replace(/\bFULL\b(?! =)/g, "false"),
-        loader: "ts",
-      }));
+      if (!fullCbor) b.onLoad({ filter: /[\\/]firmware[\\/]cbor\.ts$/ }, (args) => literal(args.path, "FULL"));
+      if (!groups) b.onLoad({ filter: /[\\/]firmware[\\/](proto[\\/]link|handset)\.ts$/ }, (args) => literal(args.path, "GROUPS"));
     },
   };
 }
@@ -248,7 +253,7 @@ async function bundle(entry: Entry, outFile: string, minify: boolean, define: Re
       charset: "ascii",
       sourcemap: "external",
       supported: SUPPORTED,
-      plugins: [guardImports, boardFeatures(define.KP_CBOR_FULL === "true")],
+      plugins: [guardImports, boardFeatures(define.KP_CBOR_FULL === "true", define.KP_GROUPS === "true")],
       logLevel: "silent",
     });
     const code = result.outputFiles.find((f) => f.path.endsWith(".js"))?.text ?? "";
@@ -373,7 +378,7 @@ export async function buildFirmware(opts: BuildOptions): Promise<BuildResult> {
 
   // Readable first: esbuild's helpers keep their names here, and lines map cleanly to sources.
   const placeholder = firmwarePlaceholder();
-  const define = { KP_CBOR_FULL: board.cbor === "full" ? "true" : "false", KP_FIRMWARE: JSON.stringify(placeholder) };
+  const define = { KP_CBOR_FULL: board.cbor === "full" ? "true" : "false", KP_FIRMWARE: JSON.stringify(placeholder), KP_GROUPS: opts.groups ? "true" : "false" };
   const main: Entry = app === undefined ? entry : appEntry(entry, app);
   const readable = await bundle(main, file, false, define);
   if ("errors" in readable) return fail(esbuildProblems(readable.errors, app));
@@ -411,13 +416,15 @@ export interface BuildAllOptions {
   entries?: Record<string, string>;
   /** An application bundled into every board's firmware (BuildOptions.app). */
   app?: string;
+  /** BuildOptions.groups, for every board. */
+  groups?: boolean;
 }
 
 /** Builds every board (one after another: esbuild is fast, and the lint shares one ESLint). */
 export async function buildAll(opts: BuildAllOptions = {}): Promise<BuildResult[]> {
   const results: BuildResult[] = [];
   for (const id of opts.boards ?? Object.keys(BOARDS)) {
-    results.push(await buildFirmware({ board: id, outDir: opts.outDir, minify: opts.minify, lint: opts.lint, entry: opts.entries?.[id], app: opts.app }));
+    results.push(await buildFirmware({ board: id, outDir: opts.outDir, minify: opts.minify, lint: opts.lint, entry: opts.entries?.[id], app: opts.app, groups: opts.groups }));
   }
   return results;
 }
@@ -476,7 +483,7 @@ export function formatRoom(results: BuildResult[]): string[] {
   ];
 }
 
-const USAGE = `usage: keyproxy build [--board <id>] [--app <file>] [--out <dir>]
+const USAGE = `usage: keyproxy build [--board <id>] [--app <file>] [--groups] [--out <dir>]
 
 Builds the firmware bundle of every board (${Object.keys(BOARDS).join(", ")}),
 checks each against the Espruino subset and its budget, and prints every
@@ -489,6 +496,8 @@ or the subset gate (with no --board: when any board fails or is over budget).
   --app <file>   bundle this application (TypeScript or JavaScript; its default
                  export is called with KP, firmware/api.ts) after the runtime,
                  through the same lint, gate and budget
+  --groups       carry group SAs (one message to many handsets); off by default,
+                 as they cost bundle bytes an application without groups needs
   --out <dir>    where bundles go (default: build/), one <board>.js each
   --help         this text`;
 
@@ -497,11 +506,16 @@ export async function buildCommand(argv: string[]): Promise<number> {
   let requested: string | undefined;
   let outDir: string | undefined;
   let app: string | undefined;
+  let groups = false;
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
     if (arg === "--help" || arg === "-h") {
       console.log(USAGE);
       return 0;
+    }
+    if (arg === "--groups") {
+      groups = true;
+      continue;
     }
     if (arg === "--board" || arg === "--out" || arg === "--app") {
       const value = argv[i + 1];
@@ -529,7 +543,7 @@ export async function buildCommand(argv: string[]): Promise<number> {
   }
 
   // An application is written for a board: with --board, only that board is built.
-  const results = await buildAll({ outDir, app, boards: app !== undefined && requested !== undefined ? [requested] : undefined });
+  const results = await buildAll({ outDir, app, groups, boards: app !== undefined && requested !== undefined ? [requested] : undefined });
   console.log(formatReport(results, requested));
   const failed = results.some((r) => r.problems.length > 0);
   if (requested !== undefined) {

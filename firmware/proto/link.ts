@@ -5,9 +5,15 @@
 import type { Bytes } from "../bytes.ts";
 import type { SymCrypto } from "../crypto/types.ts";
 import { SUITE_XSALSA20_POLY1305 } from "../crypto/types.ts";
-import { DIR_DOWN, DIR_UP, type Codec, type LinkKeys } from "./keys.ts";
+import { DIR_DOWN, DIR_GROUP, DIR_UP, MAX_SENDERS, type Codec, type LinkKeys } from "./keys.ts";
 import { decodeMessage, encodeMessage, Msg, type InnerMessage, type LinkFrame, type Message } from "./messages.ts";
 import { replay, type ReplayWindow } from "./replay.ts";
+
+declare const KP_GROUPS: boolean | undefined;
+/** Whether this build carries group SAs: always in Node; on a device only when built with --groups
+ *  (flash/build.ts defines KP_GROUPS), so a bundle without groups pays no byte for them. esbuild
+ *  folds the test where it is used when the define makes it a literal. */
+export const GROUPS = typeof KP_GROUPS === "undefined" || KP_GROUPS;
 
 /** The last sequence number a sender may use; after it the link must be joined again. */
 export const MAX_SEQ = 0xffffffff;
@@ -41,6 +47,10 @@ export interface Link {
   /** Sequence number of the last frame sent (0: none yet). */
   txSeq_: number;
   rx_: ReplayWindow;
+  /** Group SAs only (txDir_ DIR_GROUP): this member's sender index, and one replay window per sender,
+   *  by index, each made on its sender's first authentic frame (so at most MAX_SENDERS). */
+  me_?: number;
+  rxs_?: ReplayWindow[];
 }
 
 export function newLink(keys: LinkKeys, isDevice: boolean): Link {
@@ -54,27 +64,42 @@ export function newLink(keys: LinkKeys, isDevice: boolean): Link {
  *  frame that is fresh and authentic. The nonce is (direction, spi, seq) (docs/PROTOCOL.md §4). */
 export function crypt(c: SymCrypto, cbor: Codec, link: Link, spi: number, seq: number, data: Bytes, open: boolean): Bytes | Drop {
   const k = link.keys_;
+  // A group frame's seq carries its sender's index above the 32-bit sequence number, and the nonce's
+  // bytes 5-8 (zero on a link or pairwise SA) carry the index: members never share a nonce. (GROUPS
+  // is written out at each use: a build without groups folds each one away.)
+  let from = GROUPS && link.txDir_ === DIR_GROUP ? link.me_ as number : 0;
   if (open) {
+    if (GROUPS) {
+      from = Math.floor(seq / 4294967296);
+      seq -= from * 4294967296;
+      // Pairwise, the high part must be 0. In a group, an index past the bound or our own (a frame of
+      // ours reflected back) is refused.
+      if (link.txDir_ === DIR_GROUP ? from >= MAX_SENDERS || from === link.me_ : from) return Drop.BadSeq;
+      // A group keeps one window per sender: the sender's stands in for this frame.
+      if (link.txDir_ === DIR_GROUP) link.rx_ = (link.rxs_ as ReplayWindow[])[from] || { top: 0, bits: 0 };
+    }
     const fresh = replay(link.rx_, seq, false);
     if (fresh !== "ok") return fresh === "replayed" ? Drop.Replayed : fresh === "too-old" ? Drop.TooOld : Drop.BadSeq;
   } else {
     if (link.txSeq_ >= MAX_SEQ) throw new Error("link: sequence exhausted");
     seq = ++link.txSeq_;
   }
-  // Sealing uses this end's direction, opening the other one's.
-  const dir = open === (link.txDir_ === DIR_UP) ? DIR_DOWN : DIR_UP;
+  // Sealing uses this end's direction, opening the other one's; a group has one direction.
+  const dir = GROUPS && link.txDir_ === DIR_GROUP ? DIR_GROUP : open === (link.txDir_ === DIR_UP) ? DIR_DOWN : DIR_UP;
   const n = new Uint8Array(k.suite === SUITE_XSALSA20_POLY1305 ? 24 : 13);
   n[0] = dir;
   n[1] = spi >>> 24; n[2] = (spi >>> 16) & 255; n[3] = (spi >>> 8) & 255; n[4] = spi & 255;
+  if (GROUPS) n[8] = from; // below MAX_SENDERS: one byte
   n[9] = seq >>> 24; n[10] = (seq >>> 16) & 255; n[11] = (seq >>> 8) & 255; n[12] = seq & 255;
-  const key = dir === DIR_UP ? k.up : k.down;
+  const key = dir === DIR_DOWN ? k.down : k.up;
   if (!open) {
     const sealed = c.seal(k.suite, key, n, data);
-    return cbor.encode(encodeMessage(spi ? { t: Msg.SaData, spi: spi, seq: seq, sealed: sealed } : { t: Msg.Link, seq: seq, sealed: sealed }));
+    return cbor.encode(encodeMessage(spi ? { t: Msg.SaData, spi: spi, seq: GROUPS ? seq + from * 4294967296 : seq, sealed: sealed } : { t: Msg.Link, seq: seq, sealed: sealed }));
   }
   const plain = c.open(k.suite, key, n, data);
   if (!plain) return Drop.Forged;
   replay(link.rx_, seq, true);
+  if (GROUPS && link.txDir_ === DIR_GROUP) (link.rxs_ as ReplayWindow[])[from] = link.rx_;
   return plain;
 }
 

@@ -78,8 +78,9 @@ export interface SaData { t: Msg.SaData; spi: number; seq: number; sealed: Bytes
 export interface ConnectRequest { t: Msg.ConnectRequest; rid: number; peer: string; app: string; from: string }
 export interface Incoming { t: Msg.Incoming; rid: number; from: string; app: string; suite: number }
 export interface Answer { t: Msg.Answer; rid: number; accept: boolean }
-/** role 0: initiator (sends with the "up" key), 1: responder. replaces: the SPI this SA rekeys, or 0.
- *  lifetime: seconds; limit: messages per direction. */
+/** role 0: initiator (sends with the "up" key), 1: responder, ROLE_GROUP (2) + i: member i of a
+ *  group SA (peer: the group's name). replaces: the SPI this SA rekeys, or 0. lifetime: seconds;
+ *  limit: messages per direction (a group: per member, each way). */
 export interface SaInstall { t: Msg.SaInstall; rid: number; spi: number; peer: string; app: string; suite: number; seed: Bytes; role: number; lifetime: number; limit: number; replaces: number }
 export interface SaConfirm { t: Msg.SaConfirm; rid: number; spi: number; tag: Bytes }
 export interface Connected { t: Msg.Connected; spi: number; replaces: number }
