@@ -28,6 +28,7 @@ import { Policy } from "./registry/policy.ts";
 import { DEFAULT_POLICY, LIFETIME_CEILING, Registrar, type RegistrationPolicy } from "./registry/registrar.ts";
 import { DEFAULT_SESSIONS, SessionBroker, type SessionSettings } from "./sessions/session-broker.ts";
 import type { SessionHook, SessionHookContext } from "./sessions/hook.ts";
+import { GroupKeeper } from "./sessions/groups.ts";
 import { NotARegistry, Store } from "./registry/store.ts";
 import { CloseReason, Msg, type InnerMessage } from "../firmware/proto/messages.ts";
 
@@ -135,6 +136,8 @@ async function startFleet(f: FleetOptions, gw: Gateway, ctx: SessionHookContext,
     const checker = f.verifier ? await trust.remoteChecker(interlink, f.verifier) : trust.checker;
     const cross = new CrossGateway(ctx, { interlink, gatewayCert: credentials.certificate, checker, recheckMs: f.recheckMs ?? DEFAULT_RECHECK_MS, keyAgreement: f.keyAgreement });
     trust.onList((list) => cross.revocationList(list));
+    // A revoked peer gateway's pairwise channel ends as the list arrives, not at its next message.
+    trust.onList(() => void interlink.revalidateChannels());
     // The list held from the last run applies at once (a device revoked while we were down).
     if (trust.list) cross.revocationList(trust.list);
     await trust.attach(interlink);
@@ -206,11 +209,21 @@ export class Gateway {
       const isLinked = (dev: string) => links!.links.has(dev);
       const settings = sessionSettings(opts.sessions);
       let hook: SessionHook | undefined;
-      // Whenever the broker ends every session of a device, the hook ends that device's others.
-      const onEndAll = (dev: string, reason: CloseReason, why: string) => hook?.deviceGone(dev, reason, why);
-      // One SPI space per device: a local SA never takes an SPI held by an SA across gateways.
-      const spiTaken = (spi: number) => hook?.holdsSpi?.(spi) ?? false;
+      let groups: GroupKeeper | undefined;
+      // Whenever the broker ends every session of a device, the hook ends that device's others, and
+      // the device leaves its group keys.
+      const onEndAll = (dev: string, reason: CloseReason, why: string) => {
+        hook?.deviceGone(dev, reason, why);
+        groups?.deviceGone(dev, reason, why);
+      };
+      // One SPI space per device: a local SA never takes an SPI held by an SA across gateways or a
+      // group key.
+      const spiTaken = (spi: number) => (hook?.holdsSpi?.(spi) ?? false) || (groups?.holdsSpi(spi) ?? false);
       const sessions = new SessionBroker({ store, policy, log, crypto, cbor, now, send, relay, isLinked, settings, gatewayId: id, onEndAll, spiTaken });
+      groups = new GroupKeeper({
+        store, log, crypto, cbor, now, send, relay, isLinked, settings, gatewayId: id,
+        spiTaken: (spi) => sessions.sessions.has(spi) || (hook?.holdsSpi?.(spi) ?? false),
+      });
       const revokeDevice = (dev: string, why: string) => revoke(store, sessions, links!, log, now, dev, why);
       const ctx: SessionHookContext = { gatewayId: id, store, policy, log, crypto, now, sessions, settings, send, relay, isLinked, revokeDevice };
       if (opts.fleet && (opts.sessionHook || !opts.mqtt)) throw new Error(opts.sessionHook ? "fleet and sessionHook exclude each other" : "sessions across gateways need MQTT (the interlink runs over it)");
@@ -222,11 +235,15 @@ export class Gateway {
       links = new LinkServer({
         store, log, crypto, cbor, now, limits: opts.limits, nowMs: opts.nowMs,
         onInner: (dev, m) => {
-          if (hook?.handle(dev, m)) return;
+          if (groups!.handle(dev, m) || hook?.handle(dev, m)) return;
           if (m.t >= Msg.ConnectRequest) sessions.handle(dev, m);
-          else links!.sendTo(dev, registrar.handle(dev, m));
+          else {
+            links!.sendTo(dev, registrar.handle(dev, m));
+            // After its answer: a member that registered gets its groups' keys.
+            if (m.t === Msg.RegisterRequest) groups!.registered(dev);
+          }
         },
-        onSaData: (dev, m, payload) => hook?.relay(dev, m, payload) || sessions.relay(dev, m, payload),
+        onSaData: (dev, m, payload) => groups!.relay(dev, m, payload) || hook?.relay(dev, m, payload) || sessions.relay(dev, m, payload),
         onLink: (dev, up) => {
           // A link carried over Bluetooth: from now on this device's monitoring shows that radio.
           const transport = up ? links!.links.get(dev)?.socket : undefined;
@@ -241,6 +258,7 @@ export class Gateway {
       const gw = new Gateway(store, links, address, id, log, sessions, policy, lock);
       gw.radios = radios;
       gw.hook = hook;
+      gw.groups = groups;
       gw.revokeDevice = revokeDevice;
       // Before "gateway-started", so that the record is the first event on MQTT.
       const sessionMetrics = () => ({
@@ -308,6 +326,8 @@ export class Gateway {
   monitoring?: Monitoring;
   /** The session hook: GatewayOptions.sessionHook's, or the CrossGateway that GatewayOptions.fleet made. */
   hook?: SessionHook;
+  /** The group SAs whose home is this gateway (keyproxy group; docs/PROTOCOL.md §5d). */
+  groups!: GroupKeeper;
   /** With GatewayOptions.fleet: the link to other gateways and what this gateway trusts. */
   interlink?: Interlink;
   trust?: FleetTrust;
@@ -411,6 +431,7 @@ export class Gateway {
     // grace timers if it were closed already.
     await this.links.close();
     this.sessions.close();
+    this.groups.close();
     this.hook?.close();
     this.trust?.close();
     await this.interlink?.close().catch(() => undefined);

@@ -4,7 +4,7 @@
 // private Mosquitto for MQTT 5: the arguments of request(), its timeouts on node:test's mock clock,
 // close(), every refusal with its code and the reason an operator reads, remote errors, the
 // certificate lookups, watched topics, and what is retained and published again after a broker
-// restart. Waits are for events (a rejection, a message, a log record), never sleeps.
+// restart, all with pairwise channels off. Waits are for events (a rejection, a message, a log record), never sleeps.
 
 import { test, mock, after } from "node:test";
 import assert from "node:assert/strict";
@@ -368,6 +368,9 @@ async function gateway(w: World, id: string, o: Partial<InterlinkOptions> & { lo
     requestTimeoutMs: 5000,
     certificateTimeoutMs: 3000,
     log: o.logged === false ? undefined : log,
+    // These tests pin down the signed envelopes, envelope by envelope; the pairwise channel has its
+    // own (test/interlink-channel.test.ts), and test/interlink.test.ts runs its cases both ways.
+    pairwiseChannels: false,
     ...o,
   });
   w.links.push(link);

@@ -29,6 +29,7 @@ import {
   type InterlinkIdentity,
   type Rejection,
 } from "../gateway/fleet/interlink.ts";
+import { isChannelMessage } from "../gateway/fleet/channel.ts";
 import { CertificateChecker, checkerTrust, localSource, remoteSource, serveVerifier, Verifier, verifyAnswer } from "../gateway/fleet/verifier.ts";
 
 const T0 = 1_800_000_000;
@@ -70,6 +71,8 @@ interface World {
   suffix: string;
   url: string;
   pv: 4 | 5;
+  /** Pairwise channels on (the default), or every envelope signed. */
+  channels: boolean;
   close: () => Promise<void>;
 }
 
@@ -80,9 +83,9 @@ function identityFor(fleet: Fleet, id: string, now: number, lifetime = 10_000): 
   return { gatewayId: id, signing, encryption, certificate, enc: encryption };
 }
 
-async function connectGw(w: Pick<World, "clock" | "verifier" | "verifierKey" | "url" | "pv">, identity: InterlinkIdentity): Promise<Gw> {
+async function connectGw(w: Pick<World, "clock" | "verifier" | "verifierKey" | "url" | "pv" | "channels">, identity: InterlinkIdentity): Promise<Gw> {
   const checker = new CertificateChecker({ source: localSource(w.verifier), verifierPublicKey: w.verifierKey.publicKey });
-  const link = await Interlink.connect({ url: w.url, identity, trust: checkerTrust(checker), now: () => w.clock.now, protocolVersion: w.pv, requestTimeoutMs: 3000, certificateTimeoutMs: 2000 });
+  const link = await Interlink.connect({ url: w.url, identity, trust: checkerTrust(checker), now: () => w.clock.now, protocolVersion: w.pv, requestTimeoutMs: 3000, certificateTimeoutMs: 2000, pairwiseChannels: w.channels });
   const gw: Gw = { identity, link, checker, calls: 0 };
   link.handle("echo", (req) => {
     gw.calls++;
@@ -91,7 +94,7 @@ async function connectGw(w: Pick<World, "clock" | "verifier" | "verifierKey" | "
   return gw;
 }
 
-async function makeWorld(url: string, pv: 4 | 5): Promise<World> {
+async function makeWorld(url: string, pv: 4 | 5, channels: boolean): Promise<World> {
   const dir = mkdtempSync(join(tmpdir(), "kp-interlink-"));
   tmpDirs.push(dir);
   const clock = { now: T0 };
@@ -100,7 +103,7 @@ async function makeWorld(url: string, pv: 4 | 5): Promise<World> {
   const verifierKey = generateEd25519();
   const verifier = new Verifier({ anchor: fleet.anchor, key: verifierKey, verifierId: "verifier" });
   verifier.updateRevocationList(fleet.signedList());
-  const base = { clock, verifier, verifierKey, url, pv };
+  const base = { clock, verifier, verifierKey, url, pv, channels };
   const north = await connectGw(base, identityFor(fleet, `north-${suffix}.example`, T0));
   const south = await connectGw(base, identityFor(fleet, `south-${suffix}.example`, T0));
   const spy = await mqtt.connectAsync(url, { protocolVersion: pv, reconnectPeriod: 0 });
@@ -184,22 +187,33 @@ function variants(): { name: string; pv: 4 | 5; broker: () => Promise<{ url: str
   ];
 }
 
-for (const v of variants()) {
-  test(`interlink over ${v.name}`, { skip: v.skip }, async (t) => {
+for (const v of variants()) for (const channels of [true, false]) {
+  test(`interlink over ${v.name}, ${channels ? "on pairwise channels" : "every envelope signed"}`, { skip: v.skip }, async (t) => {
     const broker = await v.broker();
-    const w = await makeWorld(broker.url, v.pv);
+    const w = await makeWorld(broker.url, v.pv, channels);
     try {
       const northId = w.north.identity.gatewayId;
       const southId = w.south.identity.gatewayId;
 
       await t.test("request/response; a secret body crosses the broker encrypted", async () => {
         const plain = (await w.north.link.request(southId, "echo", "PLAINTEXT-MARKER")) as Map<string, unknown>;
-        assert.deepEqual([plain.get("echo"), plain.get("from"), plain.get("secret")], ["PLAINTEXT-MARKER", northId, false]);
+        // On a channel every body is encrypted, whether the caller asked for secrecy or not.
+        assert.deepEqual([plain.get("echo"), plain.get("from"), plain.get("secret")], ["PLAINTEXT-MARKER", northId, w.channels]);
         const secret = (await w.north.link.request(southId, "echo", "SECRET-MARKER", { secret: true })) as Map<string, unknown>;
         assert.deepEqual([secret.get("echo"), secret.get("secret")], ["SECRET-MARKER", true]);
         await sleep(100);
         const wire = w.spied.map((s) => Buffer.from(s.bytes).toString("latin1")).join("|");
-        assert.ok(wire.includes("PLAINTEXT-MARKER"), "the spy does see plain bodies (so the check below can fail)");
+        if (w.channels) {
+          assert.ok(!wire.includes("PLAINTEXT-MARKER"), "on a channel a body the caller did not call secret is encrypted too");
+          const onChannel = w.spied.filter((s) => isChannelMessage(s.bytes));
+          assert.equal(onChannel.length, 4, "both requests and both answers went on the channel");
+          assert.equal(w.spied.length, 6, "and the channel's opening, a signed request and its signed answer");
+          assert.equal(w.north.link.stats.channelsOpened, 1);
+          assert.equal(w.south.link.stats.channelsAccepted, 1);
+        } else {
+          assert.ok(wire.includes("PLAINTEXT-MARKER"), "the spy does see plain bodies (so the check below can fail)");
+          assert.equal(w.north.link.channelCount, 0);
+        }
         assert.ok(!wire.includes("SECRET-MARKER"), "the secret request and its answer are encrypted on the wire");
         assert.equal(w.south.calls, 2);
         if (w.pv === 5) {
@@ -220,7 +234,12 @@ for (const v of variants()) {
           throw new Error("database exploded at /secret/path");
         });
         await assert.rejects(w.north.link.request(southId, "boom", 1), (e: unknown) => e instanceof InterlinkError && e.code === "remote-error" && /internal error/.test(e.message) && !/secret\/path/.test(e.message));
-        await assert.rejects(w.north.link.request(`nobody-${w.suffix}.example`, "echo", 1, { timeoutMs: 300 }), (e: unknown) => e instanceof InterlinkError && e.code === "timeout");
+        // A gateway nobody has heard of: with channels, its certificate is looked for before a channel
+        // is opened, and not found; without, the request goes out and nobody answers.
+        await assert.rejects(
+          w.north.link.request(`nobody-${w.suffix}.example`, "echo", 1, { timeoutMs: 300 }),
+          (e: unknown) => e instanceof InterlinkError && (w.channels ? e.code === "untrusted-peer" && /no certificate published/.test(e.message) : e.code === "timeout"),
+        );
         assert.equal(w.north.link.pendingCount, 0);
       });
 

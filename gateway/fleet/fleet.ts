@@ -171,9 +171,15 @@ export function generateX25519(): X25519KeyPair {
  * output RFC 7748 §6.1 tells us to refuse: node:crypto itself fails to derive it).
  */
 export function x25519SharedSecret(secretKey: Uint8Array, publicKey: Uint8Array): Uint8Array {
+  return x25519Agree(x25519PrivateKeyObject(secretKey), publicKey);
+}
+
+/** x25519SharedSecret with the private key as the KeyObject generateX25519KeyObject made (an
+ *  ephemeral that never leaves node:crypto). Same refusals. */
+export function x25519Agree(privateKey: KeyObject, publicKey: Uint8Array): Uint8Array {
   let out: Buffer;
   try {
-    out = diffieHellman({ privateKey: x25519PrivateKeyObject(secretKey), publicKey: x25519PublicKeyObject(publicKey) });
+    out = diffieHellman({ privateKey, publicKey: x25519PublicKeyObject(publicKey) });
   } catch (e) {
     if (e instanceof TypeError) throw e;
     throw new FleetError("malformed", "X25519 public key is of low order (shared secret would be zero)");

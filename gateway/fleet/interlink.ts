@@ -44,6 +44,18 @@
 // ready, the same signed answer bytes are sent again (idempotent). A replay from outside the window is
 // "stale". The dedupe window is bounded: entries older than maxSkew are dropped (such timestamps are
 // refused anyway), and when it is full the oldest entry goes and the floor rises to its timestamp.
+//
+// Pairwise channels (gateway/fleet/channel.ts, on by default): the first request to a peer opens a
+// channel with it (two signed envelopes, kp.channel.open, with an ephemeral X25519 exchange); every
+// later envelope between the two, either way, travels as one AES-256-GCM message of that channel, with
+// no signature and no per-message key agreement. Receiving one, in this order: size -> COSE_Encrypt0
+// shape -> a channel of ours, still accepted, from that sender to us -> the peer's certificate still
+// good (judged again when the verifier's answer runs out or the trust changed) -> it opens -> the
+// envelope's fields -> then as above from "addressed to us" on. A channel message for a channel we do
+// not know (we restarted, or ended it) is refused ("unknown-channel") and its claimed sender is asked,
+// in a signed kp.channel.reset (at most one per sender per second), to drop that channel: it then sends
+// its pending requests again on a new one. A peer that does not know kp.channel.open (an older gateway)
+// gets signed envelopes, as before, for ten minutes before it is asked again.
 
 import { createCipheriv, createDecipheriv, hkdfSync, randomBytes } from "node:crypto";
 import mqtt, { type IClientOptions, type MqttClient } from "mqtt";
@@ -51,7 +63,25 @@ import { toHex } from "../../firmware/bytes.ts";
 import { decode, encode } from "../encoding/cbor.ts";
 import { CoseError, decodeDeterministic, parseSign1, signSign1, verifySign1 } from "../encoding/cose.ts";
 import type { Ed25519KeyPair } from "../crypto/ed25519.ts";
-import { FleetError, generateX25519, isGatewayId, readGatewayCertificateUnverified, x25519SharedSecret, type X25519KeyPair } from "./fleet.ts";
+import { FleetError, generateX25519, generateX25519KeyObject, isGatewayId, readGatewayCertificateUnverified, x25519Agree, x25519SharedSecret, type X25519KeyPair } from "./fleet.ts";
+import {
+  CHANNEL_ID_LENGTH,
+  CHANNEL_OPEN_TYPE,
+  CHANNEL_RESET_TYPE,
+  ChannelError,
+  DEFAULT_CHANNEL_LIFETIME,
+  directionKey,
+  isChannelMessage,
+  openAnswerBody,
+  openRequestBody,
+  PairwiseChannel,
+  parseChannelMessage,
+  readOpenAnswer,
+  readOpenRequest,
+  readResetBody,
+  transcriptHash,
+  type ChannelHeader,
+} from "./channel.ts";
 import type { Logger } from "../log/logger.ts";
 
 // ---------------------------------------------------------------------------------------------------
@@ -66,6 +96,7 @@ export type InterlinkErrorCode =
   | "stale" // timestamp outside the window: a delayed message or a replay
   | "duplicate" // msgId seen already: a broker redelivery or a replay within the window
   | "decrypt-failed"
+  | "unknown-channel" // a channel message for no channel of ours (we restarted, or it ended)
   | "unsolicited" // a response to no pending request
   | "no-handler"
   | "remote-error"
@@ -74,10 +105,13 @@ export type InterlinkErrorCode =
 
 export class InterlinkError extends Error {
   readonly code: InterlinkErrorCode;
-  constructor(code: InterlinkErrorCode, message: string, options?: { cause?: unknown }) {
+  /** For "remote-error": the code the peer answered with. */
+  readonly remoteCode?: string;
+  constructor(code: InterlinkErrorCode, message: string, options?: { cause?: unknown; remoteCode?: string }) {
     super(message, options);
     this.name = "InterlinkError";
     this.code = code;
+    if (options?.remoteCode !== undefined) this.remoteCode = options.remoteCode;
   }
 }
 
@@ -93,6 +127,9 @@ export interface GatewayPeer {
 /** Decides whether a gateway certificate is good now (gateway/fleet/verifier.ts checkerTrust). Throws InterlinkError "untrusted-peer" if not. */
 export interface PeerTrust {
   gateway(cert: Uint8Array, now: number): Promise<GatewayPeer>;
+  /** Goes up whenever earlier judgements may no longer hold (a newer revocation list). Without it, a
+   *  channel's peer is judged again at every message. */
+  epoch?(): number;
 }
 
 export interface InterlinkIdentity {
@@ -151,6 +188,10 @@ export interface InterlinkOptions {
   log?: Logger;
   /** Passed to mqtt.connect (clientId, clean, credentials ...). */
   mqtt?: IClientOptions;
+  /** Pairwise channels with peers (default true); false: every envelope signed, as before channels. */
+  pairwiseChannels?: boolean;
+  /** Seconds a channel is used for sending (default 3,600). */
+  channelLifetime?: number;
 }
 
 export const TOPIC_ROOT = "keyproxy-cose/v1/interlink";
@@ -262,18 +303,19 @@ export function parseEnvelope(bytes: Uint8Array): Envelope {
     throw new InterlinkError("malformed", `not an interlink envelope: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
   }
   if (!(m instanceof Map) || m.get(0) !== ENVELOPE_TYPE) throw bad("not an interlink v1 envelope");
+  return envelopeFrom({
+    from: m.get(1), to: m.get(2), sessionId: m.get(3), msgId: m.get(4), type: m.get(5), ts: m.get(6), kind: m.get(7),
+    body: m.get(8), ephemeral: m.get(9), re: m.get(10), senderCert: m.get(11),
+  });
+}
+
+/** An envelope from its fields as read off the wire (a signed envelope's map, or a channel message's
+ *  header and plaintext), each checked; InterlinkError "malformed" names the first one wrong. */
+function envelopeFrom(f: Record<"from" | "to" | "sessionId" | "msgId" | "type" | "ts" | "kind" | "body" | "ephemeral" | "re" | "senderCert", unknown>): Envelope {
   const isId = (v: unknown): v is Uint8Array => v instanceof Uint8Array && v.length === ID_LENGTH;
-  const from: unknown = m.get(1);
-  const to: unknown = m.get(2);
-  const type: unknown = m.get(5);
-  const ts: unknown = m.get(6);
-  const kind: unknown = m.get(7);
-  const body: unknown = m.get(8);
-  const ephemeral: unknown = m.get(9);
-  const re: unknown = m.get(10);
-  const senderCert: unknown = m.get(11);
+  const { from, to, type, ts, kind, body, ephemeral, re, senderCert } = f;
   if (!isGatewayId(from) || !isGatewayId(to)) throw bad("envelope from and to must be gateway ids");
-  if (!isId(m.get(3)) || !isId(m.get(4))) throw bad(`envelope sessionId and msgId must be ${ID_LENGTH} bytes`);
+  if (!isId(f.sessionId) || !isId(f.msgId)) throw bad(`envelope sessionId and msgId must be ${ID_LENGTH} bytes`);
   if (typeof type !== "string" || type.length === 0 || type.length > MAX_TYPE_LENGTH) throw bad(`envelope type must be 1-${MAX_TYPE_LENGTH} characters`);
   if (typeof ts !== "number" || !Number.isSafeInteger(ts) || ts < 0) throw bad("envelope ts must be whole seconds");
   if (kind !== Kind.Request && kind !== Kind.Response && kind !== Kind.Error) throw bad("envelope kind must be 0, 1 or 2");
@@ -281,7 +323,7 @@ export function parseEnvelope(bytes: Uint8Array): Envelope {
   if (ephemeral !== undefined && !(ephemeral instanceof Uint8Array && ephemeral.length === 32)) throw bad("envelope ephemeral key must be 32 bytes");
   if ((kind === Kind.Request) !== (re === undefined) || (re !== undefined && !isId(re))) throw bad("envelope re must be present exactly on responses and errors");
   if (!(senderCert instanceof Uint8Array)) throw bad("envelope must carry the sender's certificate");
-  const e: Envelope = { from, to, sessionId: m.get(3) as Uint8Array, msgId: m.get(4) as Uint8Array, type, ts, kind, body, senderCert };
+  const e: Envelope = { from, to, sessionId: f.sessionId, msgId: f.msgId, type, ts, kind, body, senderCert };
   if (ephemeral !== undefined) e.ephemeral = ephemeral as Uint8Array;
   if (re !== undefined) e.re = re as Uint8Array;
   return e;
@@ -356,15 +398,35 @@ interface Pending {
   resolve: (v: unknown) => void;
   reject: (e: Error) => void;
   timer: NodeJS.Timeout;
+  /** The request as sent on a channel (its id), kept to send it again on a new channel if the peer
+   *  no longer knows that one (kp.channel.reset). */
+  sent?: { channel: string; envelope: Envelope };
 }
 
 export interface RequestOptions {
   /** Defaults to a fresh random one. */
   sessionId?: Uint8Array;
-  /** Encrypt the body to the recipient gateway. */
+  /** Encrypt the body to the recipient gateway (a channel always does). */
   secret?: boolean;
   timeoutMs?: number;
 }
+
+/** A channel of ours with the judgement of its peer's certificate. */
+interface ChannelEntry {
+  channel: PairwiseChannel;
+  peer?: GatewayPeer;
+  /** PeerTrust.epoch when the peer was judged (-1: never). */
+  epoch: number;
+}
+
+/** Channels kept per peer, of both directions: an older one is ended when a newer one comes. */
+const CHANNELS_PER_PEER = 4;
+/** Seconds a peer that does not know kp.channel.open gets signed envelopes before it is asked again. */
+const LEGACY_PEER_SECONDS = 600;
+/** Claimed senders remembered for the reset rate limit (one reset per sender per second). */
+const RESET_MEMORY = 1024;
+/** How often channels past their end are wiped, ms. */
+const SWEEP_MS = 60_000;
 
 export class Interlink {
   private readonly handlers = new Map<string, Handler>();
@@ -378,8 +440,17 @@ export class Interlink {
   private readonly retained = new Map<string, Uint8Array>();
   private readonly dedupe: DedupeWindow;
   private readonly now: () => number;
+  /** Pairwise channels by id (hex). */
+  private readonly channels = new Map<string, ChannelEntry>();
+  /** Channel openings under way, one per peer. */
+  private readonly opening = new Map<string, Promise<PairwiseChannel | undefined>>();
+  /** Peers without channels (an older gateway), until when. */
+  private readonly legacyPeers = new Map<string, number>();
+  /** When a reset was last sent to a claimed sender. */
+  private readonly resetSent = new Map<string, number>();
+  private readonly sweepTimer: NodeJS.Timeout;
   private closed = false;
-  readonly stats = { accepted: 0, rejected: {} as Partial<Record<InterlinkErrorCode, number>> };
+  readonly stats = { accepted: 0, rejected: {} as Partial<Record<InterlinkErrorCode, number>>, channelsOpened: 0, channelsAccepted: 0, channelResets: 0 };
 
   private constructor(
     private readonly client: MqttClient,
@@ -387,6 +458,8 @@ export class Interlink {
   ) {
     this.now = opts.now ?? (() => Math.floor(Date.now() / 1000));
     this.dedupe = new DedupeWindow(opts.dedupeCapacity ?? 10_000, opts.maxSkew ?? 60);
+    this.sweepTimer = setInterval(() => this.sweepChannels(), SWEEP_MS);
+    this.sweepTimer.unref();
   }
 
   get gatewayId(): string {
@@ -430,6 +503,7 @@ export class Interlink {
 
   /** Registers the handler for one request type (replacing any earlier one). */
   handle(type: string, handler: Handler): void {
+    if (type === CHANNEL_OPEN_TYPE || type === CHANNEL_RESET_TYPE) throw new InterlinkError("malformed", `request type "${type}" is the interlink's own`);
     this.handlers.set(type, handler);
   }
 
@@ -478,14 +552,29 @@ export class Interlink {
     return this.pending.size;
   }
 
+  /** Live pairwise channels (both directions, all peers). */
+  get channelCount(): number {
+    return this.channels.size;
+  }
+
   /** Sends a request to gateway `to` and resolves with its answer's body. */
   async request(to: string, type: string, body: unknown, o: RequestOptions = {}): Promise<unknown> {
+    if (type === CHANNEL_OPEN_TYPE || type === CHANNEL_RESET_TYPE) throw new InterlinkError("malformed", `request type "${type}" is the interlink's own`);
+    return this.send(to, type, body, o, true);
+  }
+
+  private async send(to: string, type: string, body: unknown, o: RequestOptions, viaChannel: boolean): Promise<unknown> {
     if (this.closed) throw new InterlinkError("closed", "interlink is closed");
     if (!isGatewayId(to)) throw new InterlinkError("malformed", `"${to}" is not a gateway id`);
     if (typeof type !== "string" || type.length === 0 || type.length > MAX_TYPE_LENGTH) throw new InterlinkError("malformed", `request type must be 1-${MAX_TYPE_LENGTH} characters`);
     const sessionId = o.sessionId ?? new Uint8Array(randomBytes(ID_LENGTH));
     if (!(sessionId instanceof Uint8Array) || sessionId.length !== ID_LENGTH) throw new InterlinkError("malformed", `sessionId must be ${ID_LENGTH} bytes`);
-    const peer = o.secret ? await this.peer(to) : undefined;
+    // A channel at hand is taken without awaiting anything, so that a request made just before
+    // close() (a bye as the gateway stops) is published before the client ends, as a signed one is.
+    const found = viaChannel ? this.channelTo(to) : undefined;
+    const channel = found instanceof Promise ? await found : found;
+    if (channel?.isEnded) throw new InterlinkError("closed", "interlink closed before the request went out");
+    const peer = o.secret && !channel ? await this.peer(to) : undefined;
     const e: Envelope = {
       from: this.gatewayId,
       to,
@@ -497,15 +586,22 @@ export class Interlink {
       body: encode(body),
       senderCert: this.opts.identity.certificate,
     };
-    if (peer) encryptBody(e, peer.encryptionKey);
-    const bytes = signEnvelope(e, this.opts.identity.signing.seed);
+    const sent = channel ? { channel: channel.idHex, envelope: { ...e } } : undefined;
+    let bytes: Uint8Array;
+    if (channel) {
+      bytes = channel.seal(e);
+    } else {
+      if (peer) encryptBody(e, peer.encryptionKey);
+      bytes = signEnvelope(e, this.opts.identity.signing.seed);
+    }
     const key = toHex(e.msgId);
+    const ms = o.timeoutMs ?? this.opts.requestTimeoutMs ?? 10_000;
     const answer = new Promise<unknown>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.pending.delete(key);
-        reject(new InterlinkError("timeout", `no answer from "${to}" to ${type} within ${o.timeoutMs ?? this.opts.requestTimeoutMs ?? 10_000} ms`));
-      }, o.timeoutMs ?? this.opts.requestTimeoutMs ?? 10_000);
-      this.pending.set(key, { to, sessionId: toHex(sessionId), resolve, reject, timer });
+        reject(new InterlinkError("timeout", `no answer from "${to}" to ${type} within ${ms} ms`));
+      }, ms);
+      this.pending.set(key, { to, sessionId: toHex(sessionId), resolve, reject, timer, sent });
     });
     // The answer may fail (closed, timed out) while the publish is still under way: it is handled
     // here too, so that a failed publish leaves no unhandled rejection behind.
@@ -521,15 +617,250 @@ export class Interlink {
     return answer;
   }
 
-  /** Closes the connection; pending requests fail with "closed". */
+  /** Closes the connection; pending requests fail with "closed", every channel's keys are wiped. */
   async close(): Promise<void> {
     this.closed = true;
+    clearInterval(this.sweepTimer);
     for (const [k, p] of this.pending) {
       clearTimeout(p.timer);
       p.reject(new InterlinkError("closed", "interlink closed before the answer came"));
       this.pending.delete(k);
     }
-    await this.client.endAsync();
+    try {
+      await this.client.endAsync(); // what was published already goes out first
+    } finally {
+      for (const { channel } of this.channels.values()) channel.end();
+      this.channels.clear();
+    }
+  }
+
+  // --- pairwise channels ----------------------------------------------------------------------------
+
+  /** The channel to send to `to` on, opened if need be; undefined: signed envelopes (channels off,
+   *  or a peer without them). Synchronous when a channel is at hand and its peer's judgement fresh. */
+  private channelTo(to: string): PairwiseChannel | undefined | Promise<PairwiseChannel | undefined> {
+    if (this.opts.pairwiseChannels === false) return undefined;
+    const now = this.now();
+    const legacyUntil = this.legacyPeers.get(to);
+    if (legacyUntil !== undefined) {
+      if (now < legacyUntil) return undefined;
+      this.legacyPeers.delete(to);
+    }
+    const entry = this.newestChannel(to, now);
+    if (!entry) return this.openOnce(to);
+    if (entry.channel.due(now)) this.openOnce(to).catch(() => undefined); // it carries on meanwhile; a failed renewal is tried again at the next send
+    if (this.judgedNow(entry, now)) return entry.channel;
+    return this.judge(entry, now).then(() => entry.channel);
+  }
+
+  /** The newest channel with `to` that may send now. */
+  private newestChannel(to: string, now: number): ChannelEntry | undefined {
+    let best: ChannelEntry | undefined;
+    for (const entry of this.channels.values()) {
+      if (entry.channel.peer === to && entry.channel.canSend(now) && (!best || entry.channel.createdAt >= best.channel.createdAt)) best = entry;
+    }
+    return best;
+  }
+
+  private openOnce(to: string): Promise<PairwiseChannel | undefined> {
+    let p = this.opening.get(to);
+    if (!p) {
+      p = this.openChannel(to).finally(() => this.opening.delete(to));
+      this.opening.set(to, p);
+    }
+    return p;
+  }
+
+  /** The initiator's side of the handshake (channel.ts). */
+  private async openChannel(to: string): Promise<PairwiseChannel | undefined> {
+    await this.peer(to); // a peer whose certificate is not good is refused here, not after a timeout
+    const eph = generateX25519KeyObject();
+    const channelId = new Uint8Array(randomBytes(CHANNEL_ID_LENGTH));
+    let answer: unknown;
+    try {
+      answer = await this.send(to, CHANNEL_OPEN_TYPE, openRequestBody({ channelId, ephemeral: eph.publicKey }), {}, false);
+    } catch (e) {
+      if (e instanceof InterlinkError && e.code === "remote-error" && e.remoteCode === "no-handler") {
+        this.legacyPeers.set(to, this.now() + LEGACY_PEER_SECONDS);
+        this.opts.log?.info("interlink-channel-unsupported", { peer: to, retryInSeconds: LEGACY_PEER_SECONDS });
+        return undefined;
+      }
+      throw e;
+    }
+    let a;
+    try {
+      a = readOpenAnswer(answer);
+    } catch (e) {
+      throw new InterlinkError("malformed", `"${to}" answered the channel opening wrongly: ${(e as Error).message}`);
+    }
+    if (toHex(a.channelId) !== toHex(channelId) || toHex(a.peerEphemeral) !== toHex(eph.publicKey)) {
+      throw new InterlinkError("malformed", `"${to}" answered another channel opening than ours`);
+    }
+    const cert = this.peerCerts.get(to); // set when its signed answer was accepted just now
+    if (!cert) throw new InterlinkError("untrusted-peer", `no certificate held for "${to}"`);
+    const channel = this.makeChannel({ initiator: this.gatewayId, responder: to, channelId, initiatorEphemeral: eph.publicKey, responderEphemeral: a.ephemeral }, eph.privateKey, a.ephemeral, cert, true);
+    this.stats.channelsOpened++;
+    this.opts.log?.info("interlink-channel-opened", { peer: to, channel: channel.idHex.slice(0, 8) });
+    return channel;
+  }
+
+  /** The responder's side of the handshake: the request came signed and passed every check. */
+  private acceptChannel(req: InterlinkRequest, senderCert: Uint8Array): HandlerResult {
+    let r;
+    try {
+      r = readOpenRequest(req.body);
+    } catch (e) {
+      throw new InterlinkError("malformed", (e as Error).message);
+    }
+    if (this.channels.has(toHex(r.channelId))) throw new InterlinkError("malformed", "channel id already in use");
+    const eph = generateX25519KeyObject();
+    const channel = this.makeChannel({ initiator: req.from, responder: this.gatewayId, channelId: r.channelId, initiatorEphemeral: r.ephemeral, responderEphemeral: eph.publicKey }, eph.privateKey, r.ephemeral, senderCert, false);
+    this.stats.channelsAccepted++;
+    this.opts.log?.info("interlink-channel-accepted", { peer: req.from, channel: channel.idHex.slice(0, 8) });
+    return { body: openAnswerBody({ channelId: r.channelId, ephemeral: eph.publicKey, peerEphemeral: r.ephemeral }), secret: false };
+  }
+
+  private makeChannel(h: Parameters<typeof transcriptHash>[0], own: Parameters<typeof x25519Agree>[0], peerEphemeral: Uint8Array, peerCert: Uint8Array, initiated: boolean): PairwiseChannel {
+    let shared: Uint8Array;
+    try {
+      shared = x25519Agree(own, peerEphemeral);
+    } catch {
+      throw new InterlinkError("malformed", "channel ephemeral key is not a usable X25519 key");
+    }
+    const th = transcriptHash(h);
+    const peer = initiated ? h.responder : h.initiator;
+    const channel = new PairwiseChannel({
+      channelId: h.channelId,
+      self: this.gatewayId,
+      peer,
+      peerCert,
+      sendKey: directionKey(shared, th, this.gatewayId),
+      receiveKey: directionKey(shared, th, peer),
+      createdAt: this.now(),
+      lifetime: this.opts.channelLifetime ?? DEFAULT_CHANNEL_LIFETIME,
+      initiated,
+    });
+    shared.fill(0);
+    this.keepChannel(channel);
+    return channel;
+  }
+
+  /** Adds a channel; the oldest of that peer's go beyond CHANNELS_PER_PEER. */
+  private keepChannel(channel: PairwiseChannel): void {
+    const same = [...this.channels.values()].filter((e) => e.channel.peer === channel.peer).sort((x, y) => x.channel.createdAt - y.channel.createdAt);
+    while (same.length >= CHANNELS_PER_PEER) this.endChannel((same.shift() as ChannelEntry).channel, "replaced");
+    this.channels.set(channel.idHex, { channel, epoch: -1 });
+  }
+
+  private endChannel(channel: PairwiseChannel, why: string): void {
+    channel.end();
+    this.channels.delete(channel.idHex);
+    this.opts.log?.info("interlink-channel-ended", { peer: channel.peer, channel: channel.idHex.slice(0, 8), why });
+  }
+
+  /** The channel's peer judged good now, or the channel ended and InterlinkError "untrusted-peer". */
+  private async judge(entry: ChannelEntry, now: number): Promise<GatewayPeer> {
+    const judged = this.judgedNow(entry, now);
+    if (judged) return judged;
+    const epoch = this.opts.trust.epoch?.() ?? -2;
+    let peer: GatewayPeer;
+    try {
+      peer = await this.opts.trust.gateway(entry.channel.peerCert, now);
+      if (peer.gatewayId !== entry.channel.peer) throw new InterlinkError("untrusted-peer", `the channel's certificate names "${peer.gatewayId}"`);
+    } catch (e) {
+      this.endChannel(entry.channel, "peer no longer trusted");
+      this.failPending(entry.channel.idHex, e);
+      throw e instanceof InterlinkError ? e : new InterlinkError("untrusted-peer", e instanceof Error ? e.message : String(e));
+    }
+    entry.peer = peer;
+    entry.epoch = epoch;
+    return peer;
+  }
+
+  /** The channel's peer as judged earlier, if that judgement still holds (same trust epoch, and the
+   *  verifier's answer not run out); undefined: judge it again. */
+  private judgedNow(entry: ChannelEntry, now: number): GatewayPeer | undefined {
+    const epoch = this.opts.trust.epoch?.();
+    return entry.peer && epoch !== undefined && entry.epoch === epoch && now < entry.peer.validUntil ? entry.peer : undefined;
+  }
+
+  /**
+   * Judges every channel's peer again now, and ends those whose certificate is no longer good (their
+   * pending requests fail "untrusted-peer"). Called when a newer fleet revocation list arrives, so a
+   * revoked gateway's channels end then, not at their next message.
+   */
+  async revalidateChannels(): Promise<void> {
+    const now = this.now();
+    await Promise.all([...this.channels.values()].map((entry) => this.judge(entry, now).catch(() => undefined)));
+  }
+
+  private failPending(channelHex: string, why: unknown): void {
+    for (const [k, p] of this.pending) {
+      if (p.sent?.channel !== channelHex) continue;
+      clearTimeout(p.timer);
+      this.pending.delete(k);
+      p.reject(why instanceof InterlinkError ? why : new InterlinkError("untrusted-peer", why instanceof Error ? why.message : String(why)));
+    }
+  }
+
+  /** Ends channels past their end (lifetime and grace): their keys are wiped. */
+  private sweepChannels(): void {
+    const now = this.now();
+    const grace = this.opts.maxSkew ?? 60;
+    for (const { channel } of [...this.channels.values()]) if (!channel.canReceive(now, grace)) this.endChannel(channel, "expired");
+  }
+
+  /** A message on a channel we do not know: ask its claimed sender, in a signed request, to drop it. */
+  private askReset(h: ChannelHeader): void {
+    if (h.to !== this.gatewayId || this.closed) return;
+    const now = this.now();
+    const last = this.resetSent.get(h.from);
+    if (last !== undefined && now - last < 1) return;
+    if (this.resetSent.size >= RESET_MEMORY) this.resetSent.delete(this.resetSent.keys().next().value as string);
+    this.resetSent.set(h.from, now);
+    this.send(h.from, CHANNEL_RESET_TYPE, new Map([["c", h.channelId]]), { timeoutMs: 5000 }, false).catch(() => undefined);
+  }
+
+  /** The peer no longer knows one of our channels: end it, and send its pending requests again on a new one. */
+  private onReset(req: InterlinkRequest): HandlerResult {
+    let id: Uint8Array;
+    try {
+      id = readResetBody(req.body);
+    } catch (e) {
+      throw new InterlinkError("malformed", (e as Error).message);
+    }
+    const entry = this.channels.get(toHex(id));
+    if (entry && entry.channel.peer === req.from) {
+      this.stats.channelResets++;
+      this.endChannel(entry.channel, "the peer no longer knows it");
+      void this.resendPending(entry.channel.idHex, req.from);
+    }
+    return { body: new Map(), secret: false };
+  }
+
+  private async resendPending(channelHex: string, to: string): Promise<void> {
+    const waiting = [...this.pending.values()].filter((p) => p.sent?.channel === channelHex);
+    if (waiting.length === 0) return;
+    let channel: PairwiseChannel | undefined;
+    try {
+      channel = await this.channelTo(to);
+    } catch (e) {
+      this.failPending(channelHex, e);
+      return;
+    }
+    for (const p of waiting) {
+      const sent = p.sent as NonNullable<Pending["sent"]>;
+      const e = sent.envelope;
+      let bytes: Uint8Array;
+      if (channel && channel.canSend(this.now())) {
+        bytes = channel.seal(e);
+        sent.channel = channel.idHex;
+      } else {
+        bytes = signEnvelope({ ...e, senderCert: this.opts.identity.certificate }, this.opts.identity.signing.seed);
+        delete p.sent;
+      }
+      await this.publish(requestsTopic(to), bytes, { responseTopic: responsesTopic(this.gatewayId), correlationData: e.msgId }).catch(() => undefined);
+    }
   }
 
   // --- receiving ------------------------------------------------------------------------------------
@@ -544,6 +875,49 @@ export class Interlink {
         // a listener must not break receiving
       }
     }
+  }
+
+  /** A signed envelope, its signature and sender judged. */
+  private async readSigned(bytes: Uint8Array, now: number, seen: (e: Envelope) => void): Promise<{ e: Envelope; peer: GatewayPeer }> {
+    const e = parseEnvelope(bytes);
+    seen(e);
+    const signingKey = claimedSigningKey(e.senderCert);
+    try {
+      verifySign1(bytes, signingKey);
+    } catch (err) {
+      if (err instanceof CoseError && err.code === "bad-signature") throw new InterlinkError("bad-signature", `envelope signature does not verify under the key in "${e.from}"'s certificate`);
+      throw new InterlinkError("malformed", err instanceof Error ? err.message : String(err));
+    }
+    const peer = await this.opts.trust.gateway(e.senderCert, now);
+    if (peer.gatewayId !== e.from) throw new InterlinkError("untrusted-peer", `envelope says from "${e.from}" but carries the certificate of "${peer.gatewayId}"`);
+    if (toHex(peer.signingKey) !== toHex(signingKey)) throw new InterlinkError("untrusted-peer", `the key certified for "${e.from}" is not the one that signed`);
+    return { e, peer };
+  }
+
+  /** A channel message, opened on its channel, its peer still judged good. */
+  private async readOnChannel(bytes: Uint8Array, now: number, seen: (e: Envelope) => void): Promise<{ e: Envelope; peer: GatewayPeer; channel: PairwiseChannel }> {
+    let h: ChannelHeader;
+    try {
+      h = parseChannelMessage(bytes);
+    } catch (err) {
+      throw new InterlinkError("malformed", err instanceof Error ? err.message : String(err));
+    }
+    const entry = this.channels.get(toHex(h.channelId));
+    if (!entry || !entry.channel.canReceive(now, this.opts.maxSkew ?? 60)) {
+      this.askReset(h);
+      throw new InterlinkError("unknown-channel", `no channel ${toHex(h.channelId).slice(0, 8)} with "${h.from}" here (ended, or this gateway restarted): the sender is asked to open a new one`);
+    }
+    if (h.to !== this.gatewayId) throw new InterlinkError("wrong-recipient", `channel message is addressed to "${h.to}", not to us`);
+    const peer = await this.judge(entry, now);
+    let plain;
+    try {
+      plain = entry.channel.open(h);
+    } catch (err) {
+      throw new InterlinkError(err instanceof ChannelError ? err.code : "decrypt-failed", err instanceof Error ? err.message : String(err));
+    }
+    const e = envelopeFrom({ ...plain, re: plain.re, from: h.from, to: h.to, ephemeral: undefined, senderCert: entry.channel.peerCert });
+    seen(e);
+    return { e, peer, channel: entry.channel };
   }
 
   private async receive(topic: string, bytes: Uint8Array): Promise<void> {
@@ -562,20 +936,15 @@ export class Interlink {
     try {
       const max = this.opts.maxEnvelopeBytes ?? 65_536;
       if (bytes.length > max) throw new InterlinkError("too-large", `envelope of ${bytes.length} bytes is above ${max}`);
-      e = parseEnvelope(bytes);
-      if ((e.kind === Kind.Request) !== isRequest) throw new InterlinkError("malformed", `a ${isRequest ? "response" : "request"} on the ${isRequest ? "requests" : "responses"} topic`);
-      const signingKey = claimedSigningKey(e.senderCert);
-      try {
-        verifySign1(bytes, signingKey);
-      } catch (err) {
-        if (err instanceof CoseError && err.code === "bad-signature") throw new InterlinkError("bad-signature", `envelope signature does not verify under the key in "${e.from}"'s certificate`);
-        throw new InterlinkError("malformed", err instanceof Error ? err.message : String(err));
-      }
       const now = this.now();
-      const peer = await this.opts.trust.gateway(e.senderCert, now);
-      if (peer.gatewayId !== e.from) throw new InterlinkError("untrusted-peer", `envelope says from "${e.from}" but carries the certificate of "${peer.gatewayId}"`);
-      if (toHex(peer.signingKey) !== toHex(signingKey)) throw new InterlinkError("untrusted-peer", `the key certified for "${e.from}" is not the one that signed`);
+      const read: { e: Envelope; peer: GatewayPeer; channel?: PairwiseChannel } = isChannelMessage(bytes)
+        ? await this.readOnChannel(bytes, now, (x) => (e = x))
+        : await this.readSigned(bytes, now, (x) => (e = x));
+      e = read.e;
+      const { peer, channel } = read;
+      if ((e.kind === Kind.Request) !== isRequest) throw new InterlinkError("malformed", `a ${isRequest ? "response" : "request"} on the ${isRequest ? "requests" : "responses"} topic`);
       if (e.to !== this.gatewayId) throw new InterlinkError("wrong-recipient", `envelope is addressed to "${e.to}", not to us`);
+      if (channel && (e.type === CHANNEL_OPEN_TYPE || e.type === CHANNEL_RESET_TYPE)) throw new InterlinkError("malformed", `${e.type} must come signed, not on a channel`);
       const key = `${e.from} ${toHex(e.msgId)}`;
       const refused = this.dedupe.refuse(key, e.ts, now);
       if (refused) {
@@ -594,8 +963,8 @@ export class Interlink {
         const seen = this.dedupe.record(key, e.ts, now);
         this.stats.accepted++;
         this.peerCerts.set(e.from, e.senderCert); // verified and good: where later requests to it are encrypted
-        const req: InterlinkRequest = { from: e.from, sessionId: e.sessionId, msgId: e.msgId, type: e.type, ts: e.ts, body, secret: e.ephemeral !== undefined };
-        await this.answer(req, peer, seen);
+        const req: InterlinkRequest = { from: e.from, sessionId: e.sessionId, msgId: e.msgId, type: e.type, ts: e.ts, body, secret: channel !== undefined || e.ephemeral !== undefined };
+        await this.answer(req, peer, seen, channel, e.senderCert);
         return;
       }
       const p = e.re ? this.pending.get(toHex(e.re)) : undefined;
@@ -607,23 +976,23 @@ export class Interlink {
       clearTimeout(p.timer);
       if (e.kind === Kind.Error) {
         const m = body instanceof Map ? body : new Map();
-        p.reject(new InterlinkError("remote-error", `"${e.from}" answered ${String(m.get("code") ?? "error")}: ${String(m.get("message") ?? "")}`));
+        const code = String(m.get("code") ?? "error");
+        p.reject(new InterlinkError("remote-error", `"${e.from}" answered ${code}: ${String(m.get("message") ?? "")}`, { remoteCode: code }));
       } else {
         p.resolve(body);
       }
     } catch (err) {
       const ie = err instanceof InterlinkError ? err : new InterlinkError("malformed", err instanceof Error ? err.message : String(err));
-      this.reject({ code: ie.code, reason: ie.message, topic, from: e?.from, msgId: e ? toHex(e.msgId) : undefined });
+      const seenEnvelope = e as Envelope | undefined;
+      this.reject({ code: ie.code, reason: ie.message, topic, from: seenEnvelope?.from, msgId: seenEnvelope ? toHex(seenEnvelope.msgId) : undefined });
     }
   }
 
-  private async answer(req: InterlinkRequest, peer: GatewayPeer, seen: Seen): Promise<void> {
+  private async answer(req: InterlinkRequest, peer: GatewayPeer, seen: Seen, channel: PairwiseChannel | undefined, senderCert: Uint8Array): Promise<void> {
     let kind: Kind = Kind.Response;
     let result: HandlerResult;
-    const handler = this.handlers.get(req.type);
     try {
-      if (!handler) throw new InterlinkError("no-handler", `no handler for request type "${req.type}"`);
-      result = await handler(req);
+      result = await this.handleRequest(req, senderCert);
     } catch (err) {
       kind = Kind.Error;
       // Our own errors say what was wrong; anything else stays in our log, the peer learns only "internal".
@@ -643,10 +1012,26 @@ export class Interlink {
       re: req.msgId,
       senderCert: this.opts.identity.certificate,
     };
-    if (result.secret ?? req.secret) encryptBody(e, peer.encryptionKey);
-    const bytes = signEnvelope(e, this.opts.identity.signing.seed);
+    let bytes: Uint8Array;
+    if (channel && channel.canSend(e.ts)) {
+      bytes = channel.seal(e); // the answer goes back on the channel its request came on
+    } else {
+      if (result.secret ?? req.secret) encryptBody(e, peer.encryptionKey);
+      bytes = signEnvelope(e, this.opts.identity.signing.seed);
+    }
     seen.answer = { topic: responsesTopic(req.from), bytes };
     await this.publish(responsesTopic(req.from), bytes, { correlationData: req.msgId });
+  }
+
+  private async handleRequest(req: InterlinkRequest, senderCert: Uint8Array): Promise<HandlerResult> {
+    if (req.type === CHANNEL_OPEN_TYPE) {
+      if (this.opts.pairwiseChannels === false) throw new InterlinkError("no-handler", `no handler for request type "${req.type}"`);
+      return this.acceptChannel(req, senderCert);
+    }
+    if (req.type === CHANNEL_RESET_TYPE) return this.onReset(req);
+    const handler = this.handlers.get(req.type);
+    if (!handler) throw new InterlinkError("no-handler", `no handler for request type "${req.type}"`);
+    return handler(req);
   }
 
   // --- sending --------------------------------------------------------------------------------------

@@ -308,6 +308,7 @@ export class CertificateChecker {
   private readonly cache = new Map<string, VerificationAnswer>();
   private readonly maxEntries: number;
   private readonly maxSkew: number;
+  private generationCount = 0;
 
   constructor(private readonly opts: CertificateCheckerOptions) {
     this.maxEntries = opts.maxEntries ?? 1024;
@@ -349,6 +350,12 @@ export class CertificateChecker {
   /** Forget every answer (e.g. when a newer revocation list arrives at this gateway). */
   clear(): void {
     this.cache.clear();
+    this.generationCount++;
+  }
+
+  /** Goes up with every clear(): a judgement made in an earlier generation must be made again. */
+  get generation(): number {
+    return this.generationCount;
   }
 }
 
@@ -390,5 +397,6 @@ export function checkerTrust(checker: CertificateChecker): PeerTrust {
       const claims = readGatewayCertificateUnverified(cert); // the verifier checked exactly these bytes
       return { gatewayId: claims.sub, signingKey: claims.signingKey, encryptionKey: claims.encryptionKey, validUntil: a.validUntil };
     },
+    epoch: () => checker.generation,
   };
 }
