@@ -55,31 +55,33 @@ export class Policy {
     Policy.check(subject, "--from");
     Policy.check(object, "--to");
     if (!/^(\*|[A-Za-z0-9._-]{1,64})$/.test(app)) throw new Error(`--app "${app}" must be an application name or *`);
-    return Number(this.store.db.prepare("INSERT INTO policy_rules (subject, object, app, action) VALUES (?, ?, ?, ?)").run(subject, object, app, action).lastInsertRowid);
+    return Number(this.store.statement("INSERT INTO policy_rules (subject, object, app, action) VALUES (?, ?, ?, ?)").run(subject, object, app, action).lastInsertRowid);
   }
 
   remove(id: number): boolean {
-    return this.store.db.prepare("DELETE FROM policy_rules WHERE id = ?").run(id).changes === 1;
+    return this.store.statement("DELETE FROM policy_rules WHERE id = ?").run(id).changes === 1;
   }
 
   rules(): Rule[] {
-    return this.store.db.prepare("SELECT id, subject, object, app, action FROM policy_rules ORDER BY id").all() as Rule[];
+    return this.store.statement("SELECT id, subject, object, app, action FROM policy_rules ORDER BY id").all() as Rule[];
   }
 
   addToGroup(deviceId: string, group: string): void {
     Policy.check(`group:${group}`, "--group");
-    this.store.db.prepare("INSERT OR IGNORE INTO device_groups (device_id, grp) VALUES (?, ?)").run(deviceId, group);
+    this.store.statement("INSERT OR IGNORE INTO device_groups (device_id, grp) VALUES (?, ?)").run(deviceId, group);
   }
 
   removeFromGroup(deviceId: string, group: string): boolean {
-    return this.store.db.prepare("DELETE FROM device_groups WHERE device_id = ? AND grp = ?").run(deviceId, group).changes === 1;
+    return this.store.statement("DELETE FROM device_groups WHERE device_id = ? AND grp = ?").run(deviceId, group).changes === 1;
   }
 
   groups(deviceId: string): string[] {
-    return (this.store.db.prepare("SELECT grp FROM device_groups WHERE device_id = ? ORDER BY grp").all(deviceId) as { grp: string }[]).map((r) => r.grp);
+    return (this.store.statement("SELECT grp FROM device_groups WHERE device_id = ? ORDER BY grp").all(deviceId) as { grp: string }[]).map((r) => r.grp);
   }
 
-  /** May caller reach callee for app? Deny wins over allow; no match: the default. */
+  /** May caller reach callee for app? Deny wins over allow; no match: the default. Read from the
+   *  registry on every check (prepared statements, made once): `keyproxy policy` changes the rules
+   *  from another process while the gateway runs. */
   permits(caller: string, callee: string, app: string): boolean {
     const matches = (pattern: string, id: string, groups: string[]) =>
       pattern === "*" ||

@@ -127,6 +127,9 @@ export interface StoreOptions {
 }
 
 const ROOT_KEY_BYTES = 16;
+/** How long a batched audit record may wait for its commit (auditBatched): long enough that a burst of
+ *  setups shares one commit, short enough that a crash loses a moment of evidence, not a minute. */
+export const AUDIT_BATCH_MS = 100;
 const IDENTITY_SEED_BYTES = 32;
 
 /** One audit record waiting in the queue (Store.auditBatched). */
@@ -146,9 +149,9 @@ export class Store {
   private kekBytes: Buffer | undefined;
   /** Prepared statements by their SQL, made once: preparing costs more than running most of them. */
   private statements = new Map<string, Database.Statement>();
-  /** Audit records that are evidence only (auditBatched), committed together once per event-loop turn. */
+  /** Audit records that are evidence only (auditBatched), committed together every AUDIT_BATCH_MS. */
   private auditQueue: QueuedAudit[] = [];
-  private auditFlush: NodeJS.Immediate | null = null;
+  private auditFlush: NodeJS.Timeout | null = null;
   private auditWaiters: (() => void)[] = [];
   /** Queued records written into the transaction under way (atomically), to queue again on rollback. */
   private drained: QueuedAudit[] | null = null;
@@ -371,18 +374,18 @@ export class Store {
   }
 
   /** An audit record that is evidence, not state: a session's up, down and rekey. It is queued and
-   *  committed with every other one of this event-loop turn in ONE transaction (setImmediate), at
-   *  synchronous=NORMAL, so that a burst of setups pays one commit, not one fsync each.
-   *  What that costs: a crash of the process loses only the records of the turn it dies in (a
-   *  committed transaction is in the WAL, which the OS keeps); a power cut may also lose the batched
-   *  commits since the WAL was last synced (by any FULL commit: a join counter, a registration, a
-   *  checkpoint). The database never corrupts, and nothing that must stay true is in these records:
+   *  committed with every other one queued within AUDIT_BATCH_MS in ONE transaction (group commit),
+   *  at synchronous=NORMAL, so that a burst of setups pays one commit, not one fsync each.
+   *  What that costs: a crash of the process loses the records of at most the last AUDIT_BATCH_MS
+   *  (a committed transaction is in the WAL, which the OS keeps); a power cut may also lose the
+   *  batched commits since the WAL was last synced (by any FULL commit: a join counter, a
+   *  registration, a checkpoint). The database never corrupts, and nothing that must stay true is in these records:
    *  join counters, registrations, provisioning and revocation are written FULL before the gateway
    *  answers (audit() for their records). Readers see queued records (`db` commits them first), and
    *  close() commits them. */
   auditBatched(ts: number, deviceId: string | null, event: string, detail: string): void {
     this.auditQueue.push({ ts, deviceId, event, detail });
-    this.auditFlush ??= setImmediate(() => this.flushAudit());
+    this.auditFlush ??= setTimeout(() => this.flushAudit(), AUDIT_BATCH_MS);
   }
 
   /** Resolves once the audit records queued so far are committed (a test's or a caller's wait). */
@@ -396,7 +399,7 @@ export class Store {
    *  change there, and that commit makes them durable with the rest. A failed write leaves them
    *  queued (the error goes to the caller, as a failed audit() does); close() tries again. */
   private flushAudit(): void {
-    if (this.auditFlush) clearImmediate(this.auditFlush);
+    if (this.auditFlush) clearTimeout(this.auditFlush);
     this.auditFlush = null;
     if (!this.auditQueue.length) return;
     if (this.sqlite.inTransaction) return this.writeQueuedAudit();

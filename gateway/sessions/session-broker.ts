@@ -280,8 +280,8 @@ export class SessionBroker {
     d.send(s.initiator, { t: Msg.Connected, spi, replaces: s.replaces });
     d.send(s.responder, { t: Msg.Connected, spi, replaces: s.replaces });
     d.log.info(s.replaces ? "session-rekeyed" : "session-up", { device: s.initiator, peer: s.responder, app: s.app, spi: spiText(spi), replaces: s.replaces ? spiText(s.replaces) : undefined });
-    // Evidence, not state: batched with this turn's other records (Store.auditBatched says what a
-    // power cut may lose). Nothing the gateway enforces is read back from the audit log.
+    // Evidence, not state: group-committed with the records queued around it (Store.auditBatched says
+    // what a crash or a power cut may lose). Nothing the gateway enforces is read back from the audit log.
     d.store.auditBatched(d.now(), s.initiator, s.replaces ? "session-rekeyed" : "session-up", `peer=${s.responder} app=${s.app} spi=${spiText(spi)}`);
     if (s.replaces) this.retire(s.replaces);
   }
