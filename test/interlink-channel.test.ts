@@ -390,6 +390,22 @@ test("over a broker: channels between two gateways", async (t) => {
       void south;
     });
 
+    await t.test("junk on unknown channels costs at most one signed reset per claimed sender per second, and ten in all", async () => {
+      const { south } = await pairOfGateways(w);
+      const southId = south.identity.gatewayId;
+      const junk = (from: string) => new PairwiseChannel({
+        channelId: new Uint8Array(randomBytes(16)), self: from, peer: southId, peerCert: new Uint8Array(1),
+        sendKey: Buffer.from(randomBytes(32)), receiveKey: Buffer.from(randomBytes(32)), createdAt: w.clock.now, lifetime: 3600, initiated: true,
+      }).seal(message());
+      const senders = Array.from({ length: 15 }, (_, i) => `junk${i}-${toHex(new Uint8Array(randomBytes(3)))}.example`);
+      w.spied.length = 0;
+      for (const from of [senders[0], ...senders]) assert.equal((await refused(w, south, junk(from))).code, "unknown-channel");
+      await until(() => w.spied.filter((x) => senders.some((id) => x.topic === requestsTopic(id))).length >= 10);
+      const resets = w.spied.filter((x) => senders.some((id) => x.topic === requestsTopic(id)));
+      assert.equal(resets.length, 10, "ten resets, the first sender's second message none");
+      assert.deepEqual(resets.map((x) => x.topic), senders.slice(0, 10).map((id) => requestsTopic(id)));
+    });
+
     await t.test("a peer without channels (an older gateway) gets signed envelopes, and is not asked again at every request", async () => {
       const { north, south, southId } = await pairOfGateways(w, { southChannels: false });
       w.spied.length = 0;

@@ -53,7 +53,7 @@
 // good (judged again when the verifier's answer runs out or the trust changed) -> it opens -> the
 // envelope's fields -> then as above from "addressed to us" on. A channel message for a channel we do
 // not know (we restarted, or ended it) is refused ("unknown-channel") and its claimed sender is asked,
-// in a signed kp.channel.reset (at most one per sender per second), to drop that channel: it then sends
+// in a signed kp.channel.reset (at most one per sender per second, ten in all), to drop that channel: it then sends
 // its pending requests again on a new one. A peer that does not know kp.channel.open (an older gateway)
 // gets signed envelopes, as before, for ten minutes before it is asked again.
 
@@ -425,6 +425,8 @@ const CHANNELS_PER_PEER = 4;
 const LEGACY_PEER_SECONDS = 600;
 /** Claimed senders remembered for the reset rate limit (one reset per sender per second). */
 const RESET_MEMORY = 1024;
+/** Resets signed per second in all: junk claiming ever new senders costs at most this many signatures. */
+const RESETS_PER_SECOND = 10;
 /** How often channels past their end are wiped, ms. */
 const SWEEP_MS = 60_000;
 
@@ -448,6 +450,7 @@ export class Interlink {
   private readonly legacyPeers = new Map<string, number>();
   /** When a reset was last sent to a claimed sender. */
   private readonly resetSent = new Map<string, number>();
+  private resetBudget = { second: 0, left: RESETS_PER_SECOND };
   private readonly sweepTimer: NodeJS.Timeout;
   private closed = false;
   readonly stats = { accepted: 0, rejected: {} as Partial<Record<InterlinkErrorCode, number>>, channelsOpened: 0, channelsAccepted: 0, channelResets: 0 };
@@ -816,6 +819,9 @@ export class Interlink {
     const now = this.now();
     const last = this.resetSent.get(h.from);
     if (last !== undefined && now - last < 1) return;
+    if (this.resetBudget.second !== now) this.resetBudget = { second: now, left: RESETS_PER_SECOND };
+    if (this.resetBudget.left <= 0) return;
+    this.resetBudget.left--;
     if (this.resetSent.size >= RESET_MEMORY) this.resetSent.delete(this.resetSent.keys().next().value as string);
     this.resetSent.set(h.from, now);
     this.send(h.from, CHANNEL_RESET_TYPE, new Map([["c", h.channelId]]), { timeoutMs: 5000 }, false).catch(() => undefined);
