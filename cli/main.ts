@@ -20,6 +20,7 @@ const COMMANDS: Record<string, { summary: string; run: (argv: string[]) => Promi
   fleet: { summary: "fleet trust: the fleet CA, gateway certificates, revocation", run: async (a) => (await import("./fleet-cmd.ts")).fleetCommand(a) },
   verifier: { summary: "the fleet's verifier on its own (for gateway --verifier <id>)", run: async (a) => (await import("./verifier-cmd.ts")).verifierCommand(a) },
   policy: { summary: "who may talk to whom: the gateway's permission table", run: async (a) => (await import("./policy-cmd.ts")).policyCommand(a) },
+  group: { summary: "groups of handsets that share one group key (one message to many)", run: async (a) => (await import("./group-cmd.ts")).groupCommand(a) },
 };
 
 /** Every command's name, for the tests that go over all of them. */

@@ -57,6 +57,8 @@ export const enum CloseReason {
   Replaced = 4,
   Expired = 5,
   Revoked = 6,
+  /** The device was taken out of the group (a group SA's member). */
+  Removed = 7,
 }
 
 export interface JoinRequest { t: Msg.JoinRequest; id: string; ctr: number; nonce: Bytes; suite: number; tag: Bytes }

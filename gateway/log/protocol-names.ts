@@ -29,6 +29,7 @@ export const CLOSE_REASON_NAMES: Readonly<Record<CloseReason, string>> = {
   [CloseReason.Replaced]: "replaced",
   [CloseReason.Expired]: "expired",
   [CloseReason.Revoked]: "revoked",
+  [CloseReason.Removed]: "removed",
 };
 
 /** An error code's name; a code this version does not know is printed as such, not guessed. */

@@ -1,0 +1,478 @@
+// Group SAs at a group's home gateway (issue 14, scope 3; docs/PROTOCOL.md §5d).
+//
+// A group ("name@<this gateway's domain>") has one key at a time, shared by the members that are up
+// (registered and linked, here or behind another gateway). The keeper:
+// - keys the group when two or more members are up: one fresh seed, a fresh SPI, SaInstall to each
+//   member with its sender index (role ROLE_GROUP + i), and Connected to all once every member has
+//   confirmed the key (as a pairwise SA, seed 003/004);
+// - replaces the key whenever the set of members that are up changes (join, leave, revocation, a
+//   member's reboot or lost link), when a member asks (Rekey), and before the lifetime or the message
+//   limit runs out. A member that left gets SaClosed for the key it held at once, and no frame is
+//   relayed to or from it from then on: it never receives the next key. A member that joins gets only
+//   the new key: it never had the old one;
+// - relays each group frame, byte for byte, to every other member of its key (it cannot read them),
+//   after checking that the sender is a member and uses its own sender index;
+// - applies seed 003's matching to the group: the suite is one that every member registered.
+//
+// Members behind other gateways are reached through RemoteMembers (gateway/crossgw/groups-remote.ts
+// implements it over the interlink); everything else here is one gateway's.
+
+import { ctEqual } from "../../firmware/bytes.ts";
+import type { SymCrypto } from "../../firmware/crypto/types.ts";
+import { REKEY_AT } from "../../firmware/handset.ts";
+import { ROLE_GROUP, saConfirmTag, type Codec } from "../../firmware/proto/keys.ts";
+import { CloseReason, Msg, type InnerMessage, type SaData } from "../../firmware/proto/messages.ts";
+import { localDeviceId } from "../fleet/fleet.ts";
+import type { Logger } from "../log/logger.ts";
+import { CLOSE_REASON_NAMES, spiText } from "../log/protocol-names.ts";
+import { GroupError, KeyGroups, type KeyGroup } from "../registry/key-groups.ts";
+import type { Store } from "../registry/store.ts";
+import { overlap, suiteCandidates, type Candidate } from "./matching.ts";
+import type { SessionSettings } from "./session-broker.ts";
+
+/** How often the keeper looks for membership changes made by another process (`keyproxy group`). */
+export const GROUP_POLL_MS = 2000;
+
+/** Members of this gateway's groups that are devices of other gateways. */
+export interface RemoteMembers {
+  /** Whether the member is up at its gateway (registered and linked), as last reported. */
+  active(member: string): boolean;
+  /** The [suite, priority] pairs it registered, as its gateway reported them. */
+  suites(member: string): number[][];
+  /** Delivers a message to the member over its gateway; false when it cannot now. */
+  send(member: string, m: InnerMessage): boolean;
+  /** Delivers a group frame to the member over its gateway; false when it cannot now. */
+  relay(member: string, payload: Uint8Array): boolean;
+}
+
+export interface GroupDeps {
+  store: Store;
+  log: Logger;
+  crypto: SymCrypto;
+  cbor: Codec;
+  now: () => number;
+  send: (deviceId: string, m: InnerMessage) => boolean;
+  relay: (deviceId: string, payload: Uint8Array) => boolean;
+  isLinked: (deviceId: string) => boolean;
+  settings: SessionSettings;
+  gatewayId: string;
+  /** SPIs held elsewhere at this gateway (the session broker's, sessions across gateways). */
+  spiTaken: (spi: number) => boolean;
+  pollMs?: number;
+}
+
+/** One group key as the home gateway sees it. */
+interface GroupKey {
+  spi: number;
+  group: string;
+  app: string;
+  suite: number;
+  /** Held only until every member confirmed; then wiped. */
+  seed: Uint8Array | null;
+  /** Member -> its sender index under this key. */
+  members: Map<string, number>;
+  confirmed: Set<string>;
+  state: "confirming" | "up" | "retiring";
+  /** The SPI this key replaces, or 0. */
+  replaces: number;
+  /** Frames relayed under this key: the gateway sees every one, so it rekeys before the limit. */
+  relayed: number;
+  /** A member was taken out of this key: it holds it, so the others must not use it longer. */
+  lostMember: boolean;
+  timer: NodeJS.Timeout | null;
+  rekeyTimer: NodeJS.Timeout | null;
+}
+
+interface GroupState {
+  /** The key in use, and the one being installed to replace it. */
+  current?: GroupKey;
+  next?: GroupKey;
+  /** Members left out until they register again: they failed to confirm a key, or closed it. */
+  stale: Set<string>;
+}
+
+const HI = 4294967296;
+
+export class GroupKeeper {
+  readonly store: KeyGroups;
+  /** Every key that routes frames, by SPI. */
+  readonly keys = new Map<number, GroupKey>();
+  private groups = new Map<string, GroupState>();
+  private version: number;
+  private poll: NodeJS.Timeout;
+  readonly stats = { keyed: 0, rekeyed: 0, unkeyable: 0, relayed: 0, relayDropped: 0 };
+  /** Members behind other gateways (set when the gateway joins its fleet); without it they are
+   *  never up. */
+  remote?: RemoteMembers;
+
+  constructor(private d: GroupDeps) {
+    this.store = new KeyGroups(d.store);
+    this.version = this.store.version();
+    this.poll = setInterval(() => this.checkStore(), d.pollMs ?? GROUP_POLL_MS);
+    this.poll.unref();
+  }
+
+  /** "name@<this domain>": the name members see (SaInstall.peer). */
+  fullName(group: string): string {
+    return `${group}@${this.d.gatewayId}`;
+  }
+
+  // ---- operator API (keyproxy group, Gateway.groups) --------------------------------------------
+
+  create(name: string, app: string): void {
+    this.store.create(name, app, this.d.now());
+    this.afterChange(name, `group ${name} created for ${app}`);
+  }
+
+  delete(name: string): boolean {
+    const gone = this.store.delete(name);
+    if (gone) this.afterChange(name, `group ${name} deleted`);
+    return gone;
+  }
+
+  add(name: string, member: string): boolean {
+    const added = this.store.add(name, this.memberName(member), this.d.now());
+    if (added) this.afterChange(name, `${member} added`);
+    return added;
+  }
+
+  remove(name: string, member: string): boolean {
+    const removed = this.store.remove(name, this.memberName(member));
+    if (removed) this.afterChange(name, `${member} removed`);
+    return removed;
+  }
+
+  list(): KeyGroup[] {
+    return this.store.list();
+  }
+
+  /** The SPI of the group's key in use (0: none), for tests and monitoring. */
+  currentSpi(name: string): number {
+    return this.groups.get(name)?.current?.spi ?? 0;
+  }
+
+  /** A member as stored: a device of this gateway by its bare id, any other as name@domain. */
+  private memberName(member: string): string {
+    return localDeviceId(member, this.d.gatewayId) ?? member;
+  }
+
+  private afterChange(name: string, what: string): void {
+    this.version = this.store.version();
+    this.d.log.info("group-changed", { group: this.fullName(name), reason: what });
+    this.reconcile(name);
+  }
+
+  /** A change another process made (keyproxy group): every group is looked at again. */
+  private checkStore(): void {
+    const v = this.store.version();
+    if (v === this.version) return;
+    this.version = v;
+    const names = new Set([...this.store.list().map((g) => g.name), ...this.groups.keys()]);
+    for (const name of names) this.reconcile(name);
+  }
+
+  // ---- events from the gateway ------------------------------------------------------------------
+
+  /** Session messages about a group key: true when taken. */
+  handle(deviceId: string, m: InnerMessage): boolean {
+    if (m.t !== Msg.SaConfirm && m.t !== Msg.Rekey && !(m.t === Msg.Bye && m.spi !== 0)) return false;
+    const key = this.keys.get(m.spi);
+    if (!key) return false;
+    this.fromMember(deviceId, m, key);
+    return true;
+  }
+
+  /** A message about key from a member (here, or forwarded by the member's gateway). */
+  fromMember(member: string, m: InnerMessage, key = this.keys.get((m as { spi: number }).spi)): void {
+    const d = this.d;
+    if (!key || !key.members.has(member)) {
+      d.log.warn("group-message-dropped", { device: member, type: m.t, reason: "not a member of this group key" });
+      return;
+    }
+    if (m.t === Msg.SaConfirm) this.confirm(member, key, m.tag);
+    else if (m.t === Msg.Rekey) {
+      if (key.state === "up" && this.groups.get(key.group)?.current === key) this.reconcile(key.group, `${member} asked for a new key`);
+    } else if (m.t === Msg.Bye) {
+      // The member closed the group's SA: it is left out (and so cannot read what follows) until it
+      // registers again.
+      this.groups.get(key.group)?.stale.add(member);
+      this.drop(key, member, CloseReason.Bye);
+      this.reconcile(key.group);
+    }
+  }
+
+  /** A device of this gateway registered (or renewed): its groups take it in if it is not yet. */
+  registered(deviceId: string): void {
+    for (const g of this.store.list()) {
+      if (!g.members.includes(deviceId)) continue;
+      this.groups.get(g.name)?.stale.delete(deviceId);
+      this.reconcile(g.name);
+    }
+  }
+
+  /** Every session of a device of this gateway ended (reboot, lost link, deregistration,
+   *  revocation): it is out of every group key now, and a revoked one out of every group. */
+  deviceGone(deviceId: string, reason: CloseReason, why: string): void {
+    this.memberGone(deviceId, reason, why);
+  }
+
+  /** A member (here or elsewhere) is gone; revoked: its membership goes too (fleet-wide revocation). */
+  memberGone(member: string, reason: CloseReason, why: string): void {
+    if (reason === CloseReason.Revoked) {
+      const left = this.store.removeEverywhere(member);
+      if (left.length) {
+        this.version = this.store.version();
+        this.d.log.warn("group-member-revoked", { device: member, groups: left.map((g) => this.fullName(g)).join(","), reason: why });
+      }
+    }
+    for (const key of [...this.keys.values()]) if (key.members.has(member)) this.drop(key, member, reason);
+    for (const name of [...this.groups.keys()]) this.reconcile(name);
+  }
+
+  /** A group frame from a member: relayed to every other member of its key. True when the SPI is a
+   *  group key's (relayed or dropped here). */
+  relay(deviceId: string, m: SaData, payload: Uint8Array): boolean {
+    const key = this.keys.get(m.spi);
+    if (!key) return false;
+    this.relayFrom(deviceId, key, m.seq, payload);
+    return true;
+  }
+
+  /** The relay itself (also for frames a member's gateway forwarded). */
+  relayFrom(member: string, key: GroupKey, seq: number, payload: Uint8Array): void {
+    const d = this.d;
+    const index = key.members.get(member);
+    // The sender index travels in the frame: a member may only send with its own, so no member can
+    // make its frames look like another's to the others.
+    const reason = index === undefined ? "group frame from a device that is not a member of the key" : key.state === "confirming" ? "group frame before every member confirmed" : Math.floor(seq / HI) !== index ? "group frame with another member's sender index" : "";
+    if (reason) {
+      this.stats.relayDropped++;
+      d.log.warn("frame dropped", { device: member, spi: spiText(key.spi), reason });
+      return;
+    }
+    key.relayed++;
+    for (const other of key.members.keys()) {
+      if (other === member) continue;
+      if (this.relayTo(other, payload)) this.stats.relayed++;
+      else this.stats.relayDropped++;
+    }
+    if (key.state === "up" && key.relayed === Math.floor(d.settings.limit * REKEY_AT) && this.groups.get(key.group)?.current === key) {
+      this.reconcile(key.group, `${REKEY_AT * 100}% of the key's message limit is used`);
+    }
+  }
+
+  /** The key with this SPI, for frames and messages a member's gateway forwards. */
+  keyOf(spi: number): GroupKey | undefined {
+    return this.keys.get(spi);
+  }
+
+  holdsSpi(spi: number): boolean {
+    return this.keys.has(spi);
+  }
+
+  close(): void {
+    clearInterval(this.poll);
+    for (const k of this.keys.values()) stopTimers(k);
+    for (const k of this.keys.values()) k.seed?.fill(0);
+    this.keys.clear();
+    this.groups.clear();
+  }
+
+  // ---- keying -----------------------------------------------------------------------------------
+
+  /** Brings the group's key in line with its membership: members removed or gone are dropped at once;
+   *  when the members that are up differ from the key's (or `rekey` says why a new key is due), a new
+   *  key is installed for them. */
+  private reconcile(name: string, rekey?: string): void {
+    const d = this.d;
+    const g = this.store.get(name);
+    let st = this.groups.get(name);
+    if (!g && !st) return;
+    if (!g) {
+      for (const key of [...this.keys.values()]) if (key.group === name) this.end(key, CloseReason.Removed, "the group was deleted");
+      this.groups.delete(name);
+      return;
+    }
+    if (!st) this.groups.set(name, (st = { stale: new Set() }));
+    for (const key of [...this.keys.values()]) {
+      if (key.group !== name) continue;
+      for (const member of [...key.members.keys()]) if (!g.members.includes(member)) this.drop(key, member, CloseReason.Removed);
+    }
+    const up = g.members.filter((m) => !st.stale.has(m) && this.isUp(m));
+    const keyed = st.next ?? st.current;
+    // A key a member was taken out of is replaced even if the rest are the same: that member holds it.
+    if (!rekey && keyed && !keyed.lostMember && sameMembers(keyed, up)) return;
+    if (!rekey && !keyed && up.length < 2) return;
+    if (st.next) this.end(st.next, CloseReason.Replaced, "a newer key replaces it before it was confirmed");
+    if (up.length < 2) {
+      if (st.current) this.end(st.current, CloseReason.PeerGone, "fewer than two members are up");
+      return;
+    }
+    const suite = this.suiteFor(up);
+    if (suite === undefined) {
+      this.stats.unkeyable++;
+      d.log.error("group-no-common-suite", { group: this.fullName(name), members: up.join(","), reason: "no cipher suite every member registered: the group cannot be keyed with these members" });
+      return;
+    }
+    if (rekey) d.log.info("group-rekey-due", { group: this.fullName(name), reason: rekey });
+    this.install(g, st, up, suite);
+  }
+
+  private isUp(member: string): boolean {
+    const d = this.d;
+    if (member.includes("@")) return this.remote?.active(member) ?? false;
+    const r = d.store.getRegistration(member);
+    return !!r && r.expiresAt > d.now() && d.isLinked(member);
+  }
+
+  private suitesOf(member: string): number[][] {
+    if (member.includes("@")) return this.remote?.suites(member) ?? [];
+    return this.d.store.getRegistration(member)?.suites ?? [];
+  }
+
+  /** Seed 003's matching over every member: a suite of the first member that each of the others
+   *  registered a match for, the one whose worst priority among the members is best (ties: the first
+   *  member's order). */
+  private suiteFor(members: string[]): number | undefined {
+    const mode = this.d.settings.matching.mode;
+    const all = members.map((m) => suiteCandidates(this.suitesOf(m)));
+    let best: { id: number; worst: number } | undefined;
+    for (const c of all[0]) {
+      let worst = c.priority ?? Infinity;
+      const everyone = all.slice(1).every((cands) => {
+        const match = cands.filter((x: Candidate) => overlap(c.setting, x.setting, mode)).sort((a, b) => (a.priority ?? Infinity) - (b.priority ?? Infinity))[0];
+        if (match) worst = Math.max(worst, match.priority ?? Infinity);
+        return !!match;
+      });
+      if (everyone && (!best || worst < best.worst)) best = { id: c.id as number, worst };
+    }
+    return best?.id;
+  }
+
+  private freshSpi(): number {
+    for (;;) {
+      const b = this.d.crypto.random(4);
+      const spi = ((b[0] << 24) | (b[1] << 16) | (b[2] << 8) | b[3]) >>> 0;
+      if (spi !== 0 && !this.keys.has(spi) && !this.d.spiTaken(spi)) return spi;
+    }
+  }
+
+  /** A fresh key for `members`, replacing the group's current one (if any) once all confirm. */
+  private install(g: KeyGroup, st: GroupState, members: string[], suite: number): void {
+    const d = this.d;
+    const key: GroupKey = {
+      spi: this.freshSpi(), group: g.name, app: g.app, suite, seed: d.crypto.random(32), members: new Map(members.map((m, i) => [m, i])),
+      confirmed: new Set(), state: "confirming", replaces: st.current?.spi ?? 0, relayed: 0, lostMember: false, timer: null, rekeyTimer: null,
+    };
+    this.keys.set(key.spi, key);
+    st.next = key;
+    key.timer = setTimeout(() => this.confirmTimeout(key), d.settings.answerTimeoutMs);
+    for (const [member, i] of key.members) {
+      this.sendTo(member, {
+        t: Msg.SaInstall, rid: 0, spi: key.spi, peer: this.fullName(g.name), app: g.app, suite, seed: key.seed as Uint8Array,
+        role: ROLE_GROUP + i, lifetime: d.settings.lifetime, limit: d.settings.limit, replaces: key.replaces,
+      });
+    }
+    d.log.info("group-keys-distributed", { group: this.fullName(g.name), spi: spiText(key.spi), suite, members: members.join(","), replaces: key.replaces ? spiText(key.replaces) : undefined });
+  }
+
+  private confirm(member: string, key: GroupKey, tag: Uint8Array): void {
+    const d = this.d;
+    const st = this.groups.get(key.group);
+    if (key.state !== "confirming" || !key.seed || !st) {
+      d.log.warn("group-confirm-dropped", { device: member, spi: spiText(key.spi), reason: "no group key awaiting this member's confirmation" });
+      return;
+    }
+    const index = key.members.get(member) as number;
+    if (!ctEqual(saConfirmTag(d.crypto, d.cbor, key.seed, key.spi, key.suite, ROLE_GROUP + index), tag)) {
+      // It holds the seed but proved nothing: it is left out and the others get a key it never had.
+      d.log.warn("group-confirm-dropped", { device: member, spi: spiText(key.spi), reason: "key confirmation does not verify" });
+      st.stale.add(member);
+      this.reconcile(key.group);
+      return;
+    }
+    key.confirmed.add(member);
+    if (key.confirmed.size < key.members.size) return;
+    key.seed.fill(0);
+    key.seed = null;
+    stopTimers(key);
+    key.state = "up";
+    key.timer = setTimeout(() => this.end(key, CloseReason.Expired, "lifetime over"), (d.settings.lifetime + 5) * 1000);
+    key.rekeyTimer = setTimeout(() => {
+      key.rekeyTimer = null;
+      if (st.current === key && !st.next) this.reconcile(key.group, `${REKEY_AT * 100}% of the key's lifetime is over`);
+    }, d.settings.lifetime * REKEY_AT * 1000);
+    const old = st.current;
+    st.current = key;
+    st.next = undefined;
+    for (const m of key.members.keys()) this.sendTo(m, { t: Msg.Connected, spi: key.spi, replaces: key.replaces });
+    if (key.replaces) this.stats.rekeyed++;
+    else this.stats.keyed++;
+    const event = key.replaces ? "group-rekeyed" : "group-up";
+    d.log.info(event, { group: this.fullName(key.group), spi: spiText(key.spi), members: [...key.members.keys()].join(","), replaces: key.replaces ? spiText(key.replaces) : undefined });
+    d.store.audit(d.now(), null, event, `group=${this.fullName(key.group)} spi=${spiText(key.spi)} members=${[...key.members.keys()].join(",")}`);
+    if (old) this.retire(old, key);
+  }
+
+  /** The replaced key routes frames in flight among the members that kept their place, for the
+   *  overlap; any other member's SA closes now. */
+  private retire(old: GroupKey, by: GroupKey): void {
+    for (const m of [...old.members.keys()]) if (!by.members.has(m)) this.drop(old, m, CloseReason.Removed);
+    old.state = "retiring";
+    stopTimers(old);
+    old.timer = setTimeout(() => this.keys.delete(old.spi), this.d.settings.overlapMs);
+  }
+
+  private confirmTimeout(key: GroupKey): void {
+    const st = this.groups.get(key.group);
+    if (!st || st.next !== key) return;
+    const silent = [...key.members.keys()].filter((m) => !key.confirmed.has(m));
+    this.d.log.warn("group-confirm-timeout", { group: this.fullName(key.group), spi: spiText(key.spi), devices: silent.join(","), reason: "members did not confirm the key in time; they are left out until they register again" });
+    for (const m of silent) st.stale.add(m);
+    this.reconcile(key.group);
+  }
+
+  /** Takes one member out of a key: its SA closes, and no frame goes to or from it under this key. */
+  private drop(key: GroupKey, member: string, reason: CloseReason): void {
+    if (!key.members.delete(member)) return;
+    key.confirmed.delete(member);
+    key.lostMember = true;
+    this.sendTo(member, { t: Msg.SaClosed, spi: key.spi, reason });
+    this.d.log.info("group-member-out", { group: this.fullName(key.group), device: member, spi: spiText(key.spi), reason: CLOSE_REASON_NAMES[reason] ?? String(reason) });
+  }
+
+  /** Ends a key at every member. */
+  private end(key: GroupKey, reason: CloseReason, why: string): void {
+    if (!this.keys.delete(key.spi)) return;
+    stopTimers(key);
+    key.seed?.fill(0);
+    key.seed = null;
+    for (const m of key.members.keys()) this.sendTo(m, { t: Msg.SaClosed, spi: key.spi, reason });
+    const st = this.groups.get(key.group);
+    if (st?.current === key) st.current = undefined;
+    if (st?.next === key) st.next = undefined;
+    this.d.log.info("group-key-down", { group: this.fullName(key.group), spi: spiText(key.spi), reason: why });
+  }
+
+  private sendTo(member: string, m: InnerMessage): boolean {
+    if (member.includes("@")) return this.remote?.send(member, m) ?? false;
+    return this.d.send(member, m);
+  }
+
+  private relayTo(member: string, payload: Uint8Array): boolean {
+    if (member.includes("@")) return this.remote?.relay(member, payload) ?? false;
+    return this.d.relay(member, payload);
+  }
+}
+
+function sameMembers(key: GroupKey, up: string[]): boolean {
+  return key.members.size === up.length && up.every((m) => key.members.has(m));
+}
+
+function stopTimers(k: GroupKey): void {
+  if (k.timer) clearTimeout(k.timer);
+  if (k.rekeyTimer) clearTimeout(k.rekeyTimer);
+  k.timer = k.rekeyTimer = null;
+}
+
+export { GroupError };

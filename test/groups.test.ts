@@ -1,0 +1,223 @@
+// Group SAs inside one gateway (issue 14, scope 3; docs/PROTOCOL.md §5d): the firmware's own Handset
+// engine in Node over real TCP (test/support/session-rig.ts) against an in-process gateway. Three
+// members get one key and each other's messages; a member that leaves, or is revoked, is cut off: its
+// SA is closed and the next message, handed to it directly, does not open; a member that joins
+// cannot open what was sent before; the suite is one every member registered; a member cannot send
+// with another's sender index; a change made by `keyproxy group` in another process is applied.
+
+import { after, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { SUITE_AES_CCM_16_64_128 as AES, SUITE_XSALSA20_POLY1305 as XSALSA } from "../firmware/crypto/types.ts";
+import { CloseReason } from "../firmware/proto/messages.ts";
+import { KeyGroups } from "../gateway/registry/key-groups.ts";
+import { openStore } from "../gateway/gateway.ts";
+import { provision, startGateway, until, type TestGateway } from "./support/harness.ts";
+import { saDataIn, sessionHandset, stopGateway, type SessionHandset } from "./support/session-rig.ts";
+
+const text = (s: string) => new Uint8Array(Buffer.from(s, "latin1"));
+const HI = 2 ** 32;
+
+interface Rig {
+  t: TestGateway;
+  devs: Map<string, SessionHandset>;
+  dev(id: string): SessionHandset;
+  close(): Promise<void>;
+}
+
+async function rig(devices: { id: string; suites?: number[][] }[]): Promise<Rig> {
+  const t = await startGateway();
+  const devs = new Map<string, SessionHandset>();
+  const r: Rig = {
+    t, devs,
+    dev: (id) => devs.get(id) as SessionHandset,
+    close: async () => {
+      for (const d of devs.values()) d.close();
+      await stopGateway(t);
+    },
+  };
+  try {
+    for (const d of devices) devs.set(d.id, await sessionHandset(t.gw, d.id, provision(t.gw, d.id), { suites: d.suites }));
+    await until(() => [...devs.values()].every((d) => d.h.status().registered), "every handset registered");
+  } catch (e) {
+    await r.close();
+    throw e;
+  }
+  return r;
+}
+
+/** Waits until the group has a key (other than `not`) that every one of `members` holds, confirmed. */
+async function keyed(r: Rig, group: string, members: string[], not = 0): Promise<number> {
+  const holds = (id: string, spi: number) => r.dev(id).h.sas.some((s) => s.spi === spi && s.ready);
+  await until(() => {
+    const spi = r.t.gw.groups.currentSpi(group);
+    return spi !== 0 && spi !== not && members.every((m) => holds(m, spi));
+  }, `group ${group} keyed for ${members.join(", ")}`);
+  return r.t.gw.groups.currentSpi(group);
+}
+
+/** Sends from one member; resolves with the SaData frame it wrote, once every other member got it. */
+async function sendToGroup(r: Rig, from: string, spi: number, msg: string, to: string[]): Promise<Uint8Array> {
+  const sender = r.dev(from);
+  const before = sender.sent.length;
+  assert.equal(sender.h.send(spi, text(msg)), true, `${from} may send ${msg}`);
+  const frame = sender.sent.slice(before).find((f) => saDataIn(f)) as Uint8Array;
+  assert.ok(frame, "the handset wrote an SA frame");
+  await until(() => to.every((m) => r.dev(m).inbox.includes(msg)), `${msg} to reach ${to.join(", ")}`);
+  for (const m of to) assert.equal(r.dev(m).inbox.filter((x) => x === msg).length, 1, `${msg} reached ${m} once`);
+  assert.ok(!sender.inbox.includes(msg), "the sender does not get its own message back");
+  return frame;
+}
+
+/** Hands a frame to a handset directly (as a gateway that relayed it anyway would): whether it opened. */
+function opens(d: SessionHandset, frame: Uint8Array, msg: string): boolean {
+  const dropped = d.h.status().dropped;
+  d.h.receive(frame);
+  if (d.inbox.includes(msg)) return true;
+  assert.equal(d.h.status().dropped, dropped + 1, "the frame was dropped");
+  return false;
+}
+
+describe("group SAs in one gateway", () => {
+  const rigs: Rig[] = [];
+  after(async () => {
+    for (const r of rigs) await r.close();
+  });
+
+  test("three members share one key: each one's message reaches the two others once, relayed as ciphertext", async () => {
+    const r = await rig([{ id: "alice" }, { id: "bob" }, { id: "carol" }]);
+    rigs.push(r);
+    const g = r.t.gw.groups;
+    g.create("team", "chat");
+    for (const m of ["alice", "bob", "carol"]) g.add("team", m);
+    const spi = await keyed(r, "team", ["alice", "bob", "carol"]);
+    for (const m of ["alice", "bob", "carol"]) {
+      const sa = r.dev(m).h.sas.find((s) => s.spi === spi)!;
+      assert.equal(sa.peer, `team@${r.t.gw.id}`);
+      assert.equal(sa.app, "chat");
+    }
+    const indices = ["alice", "bob", "carol"].map((m) => r.dev(m).h.sas.find((s) => s.spi === spi)!.link.me_);
+    assert.deepEqual([...indices].sort(), [0, 1, 2], "each member has its own sender index");
+    const f = await sendToGroup(r, "alice", spi, "hello team", ["bob", "carol"]);
+    const m = saDataIn(f)!;
+    assert.equal(Math.floor(m.seq / HI), indices[0], "the frame carries alice's sender index");
+    assert.ok(!Buffer.from(m.sealed).includes(Buffer.from("hello team")), "ciphertext only");
+    await sendToGroup(r, "bob", spi, "hi alice", ["alice", "carol"]);
+    await sendToGroup(r, "carol", spi, "hi both", ["alice", "bob"]);
+    assert.equal(r.t.events("group-up").length, 1);
+  });
+
+  test("a member that leaves is closed at once and cannot open the next message; the others get a new key", async () => {
+    const r = await rig([{ id: "a1" }, { id: "b1" }, { id: "c1" }]);
+    rigs.push(r);
+    const g = r.t.gw.groups;
+    g.create("crew", "chat");
+    for (const m of ["a1", "b1", "c1"]) g.add("crew", m);
+    const old = await keyed(r, "crew", ["a1", "b1", "c1"]);
+    await sendToGroup(r, "a1", old, "before", ["b1", "c1"]);
+    assert.equal(g.remove("crew", "c1"), true);
+    await until(() => r.dev("c1").closed.some(([spi, reason]) => spi === old && reason === CloseReason.Removed), "c1's SA closed as removed");
+    assert.ok(!r.dev("c1").h.sas.some((s) => s.spi === old), "c1 deleted the old key");
+    const fresh = await keyed(r, "crew", ["a1", "b1"], old);
+    assert.ok(!r.dev("c1").h.sas.some((s) => s.spi === fresh), "c1 never got the new key");
+    // The old SPI still works for send(): it follows the new key (as a pairwise rekey does).
+    const next = await sendToGroup(r, "a1", old, "after", ["b1"]);
+    assert.equal(saDataIn(next)!.spi, fresh, "sent under the new key");
+    assert.equal(opens(r.dev("c1"), next, "after"), false, "the leaver cannot open the next message");
+    assert.ok(r.dev("c1").lines.includes("KP drop: sa 8"), "it holds no SA for it");
+  });
+
+  test("a member that joins gets a new key and cannot open what was sent before", async () => {
+    const r = await rig([{ id: "a2" }, { id: "b2" }, { id: "d2" }]);
+    rigs.push(r);
+    const g = r.t.gw.groups;
+    g.create("club", "chat");
+    for (const m of ["a2", "b2"]) g.add("club", m);
+    const old = await keyed(r, "club", ["a2", "b2"]);
+    const earlier = await sendToGroup(r, "a2", old, "earlier", ["b2"]);
+    g.add("club", "d2");
+    const fresh = await keyed(r, "club", ["a2", "b2", "d2"], old);
+    assert.notEqual(fresh, old);
+    assert.equal(opens(r.dev("d2"), earlier, "earlier"), false, "the new member cannot open an earlier message");
+    await sendToGroup(r, "d2", fresh, "new here", ["a2", "b2"]);
+  });
+
+  test("a revoked member leaves every group it is in, is cut off, and the rest are rekeyed", async () => {
+    const r = await rig([{ id: "a3" }, { id: "b3" }, { id: "c3" }]);
+    rigs.push(r);
+    const g = r.t.gw.groups;
+    g.create("g1", "chat");
+    g.create("g2", "chat");
+    for (const m of ["a3", "b3", "c3"]) g.add("g1", m);
+    for (const m of ["a3", "b3", "c3"]) g.add("g2", m);
+    const old1 = await keyed(r, "g1", ["a3", "b3", "c3"]);
+    const old2 = await keyed(r, "g2", ["a3", "b3", "c3"]);
+    assert.equal(r.t.gw.revokeDevice("c3", "lost"), true);
+    await until(() => [old1, old2].every((spi) => r.dev("c3").closed.some(([s, reason]) => s === spi && reason === CloseReason.Revoked)), "c3's group SAs closed as revoked");
+    const new1 = await keyed(r, "g1", ["a3", "b3"], old1);
+    await keyed(r, "g2", ["a3", "b3"], old2);
+    assert.deepEqual(g.list().map((x) => x.members), [["a3", "b3"], ["a3", "b3"]], "the revoked device is in no group");
+    const next = await sendToGroup(r, "b3", new1, "without c3", ["a3"]);
+    assert.equal(opens(r.dev("c3"), next, "without c3"), false);
+    assert.equal(r.t.events("group-member-revoked").length, 1);
+  });
+
+  test("seed 003's matching: the group's suite is one every member registered, or it is not keyed and the log says why", async () => {
+    const r = await rig([{ id: "x1", suites: [[XSALSA, 1], [AES, 2]] }, { id: "x2", suites: [[XSALSA, 1], [AES, 1]] }, { id: "x3", suites: [[AES, 1]] }, { id: "x4", suites: [[XSALSA, 1]] }]);
+    rigs.push(r);
+    const g = r.t.gw.groups;
+    g.create("both", "chat");
+    g.add("both", "x1");
+    g.add("both", "x2");
+    const spi = await keyed(r, "both", ["x1", "x2"]);
+    assert.equal(r.t.events("group-keys-distributed").at(-1)!.suite, XSALSA, "the suite both put first");
+    g.add("both", "x3");
+    const aes = await keyed(r, "both", ["x1", "x2", "x3"], spi);
+    assert.equal(r.t.events("group-keys-distributed").at(-1)!.suite, AES, "the one suite all three registered");
+    g.create("none", "chat");
+    g.add("none", "x3");
+    g.add("none", "x4");
+    await until(() => r.t.events("group-no-common-suite").length === 1, "the unkeyable group reported");
+    assert.equal(g.currentSpi("none"), 0);
+    assert.ok(aes);
+  });
+
+  test("a member cannot send with another member's sender index: the gateway drops the frame", async () => {
+    const r = await rig([{ id: "s1" }, { id: "s2" }, { id: "s3" }]);
+    rigs.push(r);
+    const g = r.t.gw.groups;
+    g.create("idx", "chat");
+    for (const m of ["s1", "s2", "s3"]) g.add("idx", m);
+    const spi = await keyed(r, "idx", ["s1", "s2", "s3"]);
+    const s1 = r.dev("s1");
+    const mine = s1.h.sas.find((s) => s.spi === spi)!.link.me_ as number;
+    const other = (mine + 1) % 3;
+    const before = s1.sent.length;
+    // A frame sealed as member `other` would be (the key is shared): only the gateway's check stops it.
+    const link = s1.h.sas.find((s) => s.spi === spi)!.link;
+    link.me_ = other;
+    s1.h.send(spi, text("posing"));
+    link.me_ = mine;
+    const forged = saDataIn(s1.sent.slice(before).find((f) => saDataIn(f))!)!;
+    assert.equal(Math.floor(forged.seq / HI), other);
+    await until(() => r.t.events("frame dropped").some((e) => /another member's sender index/.test(String(e.reason))), "the gateway's drop");
+    await sendToGroup(r, "s1", spi, "honest", ["s2", "s3"]);
+    for (const m of ["s2", "s3"]) assert.ok(!r.dev(m).inbox.includes("posing"));
+  });
+
+  test("a change made by keyproxy group in another process is applied by the running gateway", async () => {
+    const r = await rig([{ id: "p1" }, { id: "p2" }, { id: "p3" }]);
+    rigs.push(r);
+    r.t.gw.groups.create("ops", "chat");
+    for (const m of ["p1", "p2", "p3"]) r.t.gw.groups.add("ops", m);
+    const old = await keyed(r, "ops", ["p1", "p2", "p3"]);
+    // Another connection to the registry, as the CLI opens it.
+    const other = openStore(r.t.dataDir);
+    try {
+      assert.equal(new KeyGroups(other).remove("ops", "p3"), true);
+    } finally {
+      other.close();
+    }
+    await until(() => r.dev("p3").closed.some(([spi]) => spi === old), "p3's SA closed", 8000);
+    await keyed(r, "ops", ["p1", "p2"], old);
+  });
+});
