@@ -29,6 +29,7 @@ import { DEFAULT_POLICY, LIFETIME_CEILING, Registrar, type RegistrationPolicy } 
 import { DEFAULT_SESSIONS, SessionBroker, type SessionSettings } from "./sessions/session-broker.ts";
 import type { SessionHook, SessionHookContext } from "./sessions/hook.ts";
 import { GroupKeeper } from "./sessions/groups.ts";
+import { GroupLink } from "./crossgw/groups-remote.ts";
 import { NotARegistry, Store } from "./registry/store.ts";
 import { CloseReason, Msg, type InnerMessage } from "../firmware/proto/messages.ts";
 
@@ -136,10 +137,15 @@ async function startFleet(f: FleetOptions, gw: Gateway, ctx: SessionHookContext,
     const checker = f.verifier ? await trust.remoteChecker(interlink, f.verifier) : trust.checker;
     const cross = new CrossGateway(ctx, { interlink, gatewayCert: credentials.certificate, checker, recheckMs: f.recheckMs ?? DEFAULT_RECHECK_MS, keyAgreement: f.keyAgreement });
     trust.onList((list) => cross.revocationList(list));
+    // Group SAs with members in other domains, and our devices in other domains' groups.
+    const groupLink = new GroupLink(ctx, gw.groups, interlink);
+    gw.groups.remote = groupLink;
+    trust.onList((list) => groupLink.revocationList(list));
     // A revoked peer gateway's pairwise channel ends as the list arrives, not at its next message.
     trust.onList(() => void interlink.revalidateChannels());
     // The list held from the last run applies at once (a device revoked while we were down).
     if (trust.list) cross.revocationList(trust.list);
+    if (trust.list) groupLink.revocationList(trust.list);
     await trust.attach(interlink);
     gw.interlink = interlink;
     gw.trust = trust;

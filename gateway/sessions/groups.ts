@@ -43,6 +43,15 @@ export interface RemoteMembers {
   send(member: string, m: InnerMessage): boolean;
   /** Delivers a group frame to the member over its gateway; false when it cannot now. */
   relay(member: string, payload: Uint8Array): boolean;
+  // The other part of the same object: this gateway's devices in other domains' groups.
+  /** A message from our device about a group SA of another domain: true when taken. */
+  fromDevice?(deviceId: string, m: InnerMessage): boolean;
+  /** A frame from our device under a group SPI of another domain: true when taken. */
+  frameFromDevice?(deviceId: string, m: SaData, payload: Uint8Array): boolean;
+  registered?(deviceId: string): void;
+  deviceGone?(deviceId: string, reason: CloseReason): void;
+  holdsSpi?(spi: number): boolean;
+  close?(): void;
 }
 
 export interface GroupDeps {
@@ -177,7 +186,7 @@ export class GroupKeeper {
   handle(deviceId: string, m: InnerMessage): boolean {
     if (m.t !== Msg.SaConfirm && m.t !== Msg.Rekey && !(m.t === Msg.Bye && m.spi !== 0)) return false;
     const key = this.keys.get(m.spi);
-    if (!key) return false;
+    if (!key) return this.remote?.fromDevice?.(deviceId, m) ?? false;
     this.fromMember(deviceId, m, key);
     return true;
   }
@@ -203,6 +212,7 @@ export class GroupKeeper {
 
   /** A device of this gateway registered (or renewed): its groups take it in if it is not yet. */
   registered(deviceId: string): void {
+    this.remote?.registered?.(deviceId);
     for (const g of this.store.list()) {
       if (!g.members.includes(deviceId)) continue;
       this.groups.get(g.name)?.stale.delete(deviceId);
@@ -213,7 +223,13 @@ export class GroupKeeper {
   /** Every session of a device of this gateway ended (reboot, lost link, deregistration,
    *  revocation): it is out of every group key now, and a revoked one out of every group. */
   deviceGone(deviceId: string, reason: CloseReason, why: string): void {
+    this.remote?.deviceGone?.(deviceId, reason);
     this.memberGone(deviceId, reason, why);
+  }
+
+  /** What a member's gateway reported of it changed (up, or its suites): its groups are looked at. */
+  memberChanged(member: string): void {
+    for (const g of this.store.list()) if (g.members.includes(member)) this.reconcile(g.name);
   }
 
   /** A member (here or elsewhere) is gone; revoked: its membership goes too (fleet-wide revocation). */
@@ -233,7 +249,7 @@ export class GroupKeeper {
    *  group key's (relayed or dropped here). */
   relay(deviceId: string, m: SaData, payload: Uint8Array): boolean {
     const key = this.keys.get(m.spi);
-    if (!key) return false;
+    if (!key) return this.remote?.frameFromDevice?.(deviceId, m, payload) ?? false;
     this.relayFrom(deviceId, key, m.seq, payload);
     return true;
   }
@@ -267,11 +283,12 @@ export class GroupKeeper {
   }
 
   holdsSpi(spi: number): boolean {
-    return this.keys.has(spi);
+    return this.keys.has(spi) || (this.remote?.holdsSpi?.(spi) ?? false);
   }
 
   close(): void {
     clearInterval(this.poll);
+    this.remote?.close?.();
     for (const k of this.keys.values()) stopTimers(k);
     for (const k of this.keys.values()) k.seed?.fill(0);
     this.keys.clear();

@@ -1,0 +1,269 @@
+// Group SAs across gateways (issue 14, scope 3; docs/PROTOCOL.md §5d), over the interlink. One object
+// plays both parts a gateway can have:
+//
+// - home of a group with members in other domains (RemoteMembers for its GroupKeeper): it asks each
+//   such member's gateway whether the member is up and what it registered (kp.g.watch), hears of every
+//   change (kp.g.status), sends the member its keys and notices (kp.g.to, encrypted to that gateway)
+//   and the group's frames (kp.g.to), and takes the member's confirmations, rekey requests, byes and
+//   frames (kp.g.from);
+// - gateway of a member of another domain's group: it answers watches and reports its device's
+//   registrations and departures to the homes watching it (a revocation says so: the home takes the
+//   device out of the group, fleet-wide), hands the home's messages and frames to its device, and
+//   forwards what its device sends under a group SPI to the group's home.
+//
+// A gateway speaks only for its own devices (a status or message about "x@d" is taken only from d),
+// and installs only groups of the sending gateway's own domain, when its policy allows the group to
+// reach the device for that application (keyproxy policy allow --from team@home --to dev --app chat).
+
+import { CloseReason, Msg, decodeMessage, type InnerMessage, type SaData } from "../../firmware/proto/messages.ts";
+import * as cbor from "../encoding/cbor.ts";
+import { localDeviceId, splitDeviceName, type RevocationList } from "../fleet/fleet.ts";
+import { InterlinkError, type Interlink, type InterlinkRequest } from "../fleet/interlink.ts";
+import { spiText } from "../log/protocol-names.ts";
+import type { GroupKeeper, RemoteMembers } from "../sessions/groups.ts";
+import type { SessionHookContext } from "../sessions/hook.ts";
+import * as gm from "./group-messages.ts";
+
+/** Homes that may watch one device at once (each is a gateway with a group the device is in). */
+const MAX_WATCHERS = 64;
+/** After a watch that failed, how long before the member's gateway is asked again. */
+const WATCH_RETRY_MS = 2000;
+
+export class GroupLink implements RemoteMembers {
+  /** Home side: what each remote member's gateway last reported. */
+  private readonly status = new Map<string, gm.MemberStatus>();
+  private readonly watching = new Set<string>();
+  /** Member side: the homes watching each of our devices, and our devices' group SPIs. */
+  private readonly watchers = new Map<string, Set<string>>();
+  private readonly routes = new Map<number, { home: string; device: string }>();
+  private readonly retries = new Set<NodeJS.Timeout>();
+  private closed = false;
+
+  constructor(
+    private readonly ctx: SessionHookContext,
+    private readonly keeper: GroupKeeper,
+    private readonly interlink: Interlink,
+  ) {
+    interlink.handle(gm.XGW_GROUP_WATCH, (req) => this.onWatch(req));
+    interlink.handle(gm.XGW_GROUP_STATUS, (req) => this.onStatus(req));
+    interlink.handle(gm.XGW_GROUP_TO, (req) => this.onTo(req));
+    interlink.handle(gm.XGW_GROUP_FROM, (req) => this.onFrom(req));
+  }
+
+  close(): void {
+    this.closed = true;
+    for (const t of this.retries) clearTimeout(t);
+    this.retries.clear();
+  }
+
+  // ---- home side: RemoteMembers ------------------------------------------------------------------
+
+  active(member: string): boolean {
+    const s = this.status.get(member);
+    if (!s) this.watch(member);
+    return s?.up ?? false;
+  }
+
+  suites(member: string): number[][] {
+    return this.status.get(member)?.suites ?? [];
+  }
+
+  send(member: string, m: InnerMessage): boolean {
+    const domain = splitDeviceName(member)?.domain;
+    if (!domain || this.closed) return false;
+    this.interlink.request(domain, gm.XGW_GROUP_TO, gm.messageBody(member, m), { secret: true }).catch((e: unknown) => this.failed(member, `message ${m.t}`, e));
+    return true;
+  }
+
+  relay(member: string, payload: Uint8Array): boolean {
+    const domain = splitDeviceName(member)?.domain;
+    if (!domain || this.closed) return false;
+    this.interlink.request(domain, gm.XGW_GROUP_TO, gm.frameBody(member, payload)).catch((e: unknown) => this.failed(member, "frame", e));
+    return true;
+  }
+
+  /** A fleet revocation list: members of our groups in other domains that it names leave them. */
+  revocationList(list: RevocationList): void {
+    for (const name of list.devices) {
+      if (splitDeviceName(name)?.domain === this.ctx.gatewayId) continue; // ours: revoked through revokeDevice
+      this.status.set(name, { up: false, suites: [] });
+      this.keeper.memberGone(name, CloseReason.Revoked, `${name} is on the fleet revocation list (serial ${list.serial})`);
+    }
+  }
+
+  private watch(member: string): void {
+    const domain = splitDeviceName(member)?.domain;
+    if (!domain || this.watching.has(member) || this.closed) return;
+    this.watching.add(member);
+    this.interlink
+      .request(domain, gm.XGW_GROUP_WATCH, gm.watchBody(member), { secret: true })
+      .then((body) => {
+        this.status.set(member, gm.readWatchAnswer(body));
+        this.keeper.memberChanged(member);
+      })
+      .catch((e: unknown) => {
+        this.failed(member, "watch", e);
+        // Asked again a little later: the member's gateway may not be up yet.
+        const t = setTimeout(() => {
+          this.retries.delete(t);
+          this.watching.delete(member);
+          if (!this.closed) this.keeper.memberChanged(member);
+        }, WATCH_RETRY_MS);
+        t.unref();
+        this.retries.add(t);
+      });
+  }
+
+  private failed(member: string, what: string, e: unknown): void {
+    this.ctx.log.warn("group-remote-failed", { device: member, reason: `${what} to the member's gateway failed: ${e instanceof Error ? e.message : String(e)}` });
+  }
+
+  /** A message about `member` from gateway `from`: refused unless `from` is the member's own. */
+  private ownMember(type: string, member: string, from: string): void {
+    if (splitDeviceName(member)?.domain !== from) throw new InterlinkError("malformed", `${type}: ${from} may speak only for its own devices, not ${member}`);
+  }
+
+  private onStatus(req: InterlinkRequest): { body: unknown } {
+    const s = gm.readStatus(req.body);
+    this.ownMember(gm.XGW_GROUP_STATUS, s.member, req.from);
+    this.status.set(s.member, { up: s.up && !s.revoked, suites: s.suites });
+    if (s.revoked) this.keeper.memberGone(s.member, CloseReason.Revoked, `revoked at its gateway ${req.from}`);
+    else if (!s.up) this.keeper.memberGone(s.member, CloseReason.PeerGone, `gone at its gateway ${req.from}`);
+    else this.keeper.memberChanged(s.member);
+    return { body: 0 };
+  }
+
+  private onFrom(req: InterlinkRequest): { body: unknown } {
+    const c = gm.readCarried(gm.XGW_GROUP_FROM, req.body);
+    this.ownMember(gm.XGW_GROUP_FROM, c.member, req.from);
+    if (c.msg) {
+      if (c.msg.t !== Msg.SaConfirm && c.msg.t !== Msg.Rekey && c.msg.t !== Msg.Bye) throw new InterlinkError("malformed", `${gm.XGW_GROUP_FROM}: message type ${c.msg.t} is not a member's`);
+      this.keeper.fromMember(c.member, c.msg);
+      return { body: 0 };
+    }
+    const f = saDataOf(c.frame as Uint8Array);
+    const key = f && this.keeper.keyOf(f.spi);
+    if (!f || !key) throw new InterlinkError("malformed", `${gm.XGW_GROUP_FROM}: not a frame of a group key here`);
+    this.keeper.relayFrom(c.member, key, f.seq, c.frame as Uint8Array);
+    return { body: 0 };
+  }
+
+  // ---- member side ------------------------------------------------------------------------------
+
+  private statusOf(deviceId: string): gm.MemberStatus {
+    const r = this.ctx.store.getRegistration(deviceId);
+    const up = !!r && r.expiresAt > this.ctx.now() && this.ctx.isLinked(deviceId);
+    return { up, suites: r?.suites ?? [] };
+  }
+
+  private onWatch(req: InterlinkRequest): { body: unknown } {
+    const member = gm.readWatch(req.body);
+    const id = localDeviceId(member, this.ctx.gatewayId);
+    if (!id || !this.ctx.store.getDevice(id)) return { body: gm.watchAnswerBody({ up: false, suites: [] }) };
+    const homes = this.watchers.get(id) ?? new Set<string>();
+    if (homes.size < MAX_WATCHERS) homes.add(req.from);
+    this.watchers.set(id, homes);
+    return { body: gm.watchAnswerBody(this.statusOf(id)) };
+  }
+
+  private onTo(req: InterlinkRequest): { body: unknown } {
+    const c = gm.readCarried(gm.XGW_GROUP_TO, req.body);
+    const id = localDeviceId(c.member, this.ctx.gatewayId);
+    if (!id) throw new InterlinkError("malformed", `${gm.XGW_GROUP_TO}: ${c.member} is not a device of ${this.ctx.gatewayId}`);
+    if (c.frame) {
+      const f = saDataOf(c.frame);
+      const r = f && this.routes.get(f.spi);
+      if (!r || r.home !== req.from || r.device !== id || !this.ctx.relay(id, c.frame)) throw new InterlinkError("malformed", `${gm.XGW_GROUP_TO}: no group SA of ${req.from} with this SPI at ${c.member}`);
+      return { body: 0 };
+    }
+    const m = c.msg as InnerMessage;
+    if (m.t === Msg.SaInstall) this.install(req.from, id, m);
+    else if (m.t === Msg.Connected || m.t === Msg.SaClosed) {
+      const r = this.routes.get(m.spi);
+      if (!r || r.home !== req.from || r.device !== id) throw new InterlinkError("malformed", `${gm.XGW_GROUP_TO}: no group SA of ${req.from} with this SPI at ${c.member}`);
+      if (m.t === Msg.SaClosed) this.routes.delete(m.spi);
+      this.ctx.send(id, m);
+    } else throw new InterlinkError("malformed", `${gm.XGW_GROUP_TO}: message type ${m.t} is not for a member`);
+    return { body: 0 };
+  }
+
+  /** A group key for our device from the group's home: only a group of that gateway's own domain,
+   *  only if our policy lets the group reach the device for its application, only on an SPI that is
+   *  free at this gateway. */
+  private install(home: string, deviceId: string, m: InnerMessage & { t: Msg.SaInstall }): void {
+    const { ctx } = this;
+    const why =
+      splitDeviceName(m.peer)?.domain !== home ? `the group ${m.peer} is not of ${home}'s domain`
+      : !ctx.policy.permits(m.peer, deviceId, m.app) ? "policy does not let this group reach the device"
+      : ctx.sessions.sessions.has(m.spi) || (this.routes.has(m.spi) && this.routes.get(m.spi)!.device !== deviceId) ? "the SPI is taken here"
+      : "";
+    if (why) {
+      ctx.log.warn("group-install-refused", { device: deviceId, group: m.peer, app: m.app, spi: spiText(m.spi), reason: why });
+      throw new InterlinkError("malformed", `${gm.XGW_GROUP_TO}: refused: ${why}`);
+    }
+    this.routes.set(m.spi, { home, device: deviceId });
+    ctx.send(deviceId, m);
+  }
+
+  /** Our device's message about a group SA of another domain: true when taken (forwarded home). */
+  fromDevice(deviceId: string, m: InnerMessage): boolean {
+    const spi = (m as { spi?: number }).spi ?? 0;
+    const r = this.routes.get(spi);
+    if (!r || r.device !== deviceId) return false;
+    if (m.t === Msg.Bye) this.routes.delete(spi);
+    const name = `${deviceId}@${this.ctx.gatewayId}`;
+    this.interlink.request(r.home, gm.XGW_GROUP_FROM, gm.messageBody(name, m), { secret: true }).catch((e: unknown) => this.failed(name, `message ${m.t} home to ${r.home}`, e));
+    return true;
+  }
+
+  /** Our device's frame under a group SPI of another domain: forwarded to the group's home. */
+  frameFromDevice(deviceId: string, m: SaData, payload: Uint8Array): boolean {
+    const r = this.routes.get(m.spi);
+    if (!r || r.device !== deviceId) return false;
+    const name = `${deviceId}@${this.ctx.gatewayId}`;
+    this.interlink.request(r.home, gm.XGW_GROUP_FROM, gm.frameBody(name, payload)).catch((e: unknown) => this.failed(name, `frame home to ${r.home}`, e));
+    return true;
+  }
+
+  /** Our device registered: the homes watching it hear it is up (and what it registered). */
+  registered(deviceId: string): void {
+    this.tellWatchers(deviceId, this.statusOf(deviceId), false);
+  }
+
+  /** Our device is gone (reboot, lost link, deregistration, revocation): its group SPIs here are
+   *  forgotten and the homes watching it hear of it; a revocation takes it out of their groups. */
+  deviceGone(deviceId: string, reason: CloseReason): void {
+    // Its group SAs close here at once (before a revoked device's link is cut), as pairwise ones do.
+    for (const [spi, r] of [...this.routes]) {
+      if (r.device !== deviceId) continue;
+      this.routes.delete(spi);
+      this.ctx.send(deviceId, { t: Msg.SaClosed, spi, reason });
+    }
+    // Down, even if it is still linked (a reboot): it holds no group key now, and gets a new one when
+    // it registers again.
+    this.tellWatchers(deviceId, { up: false, suites: [] }, reason === CloseReason.Revoked);
+  }
+
+  holdsSpi(spi: number): boolean {
+    return this.routes.has(spi);
+  }
+
+  private tellWatchers(deviceId: string, s: gm.MemberStatus, revoked: boolean): void {
+    const homes = this.watchers.get(deviceId);
+    if (!homes || this.closed) return;
+    const name = `${deviceId}@${this.ctx.gatewayId}`;
+    for (const home of homes) {
+      this.interlink.request(home, gm.XGW_GROUP_STATUS, gm.statusBody(name, s, revoked), { secret: true }).catch((e: unknown) => this.failed(name, `status to ${home}`, e));
+    }
+  }
+}
+
+/** The SaData in a frame payload, or undefined. */
+function saDataOf(payload: Uint8Array): SaData | undefined {
+  try {
+    const m = decodeMessage(cbor.decode(payload));
+    return !(m instanceof Error) && m.t === Msg.SaData ? m : undefined;
+  } catch {
+    return undefined;
+  }
+}
