@@ -9,7 +9,8 @@ import type { NodeResults, NodeSuiteTimings } from "./node-run.ts";
 import type { CrossGatewayResults, CryptoOp } from "./crossgw.ts";
 import type { EmulatedSessionResults } from "./sessions-emulated.ts";
 import type { DeviceSessionResults, GatewaySessionResults, Latency, SessionResults } from "./sessions.ts";
-import type { TargetResult } from "./targets.ts";
+import { AUDIT_BATCH_MS } from "../gateway/registry/store.ts";
+import { gatewaySetupTarget, type TargetResult } from "./targets.ts";
 import type { Timing } from "./timing.ts";
 
 export interface RunInfo {
@@ -240,17 +241,22 @@ function sessionDeviceTable(sd: DeviceSessionResults): string {
 
 function sessionGatewayTable(g: GatewaySessionResults, n: NodeResults): string {
   const rounds = g.gatewayCpuUsPerSetupRounds;
+  const target = gatewaySetupTarget(g);
   return table(["on the gateway", "value"], [
     [`setups per second, ${g.pairs} pairs at once (wall clock over ${g.setups.toLocaleString("en-US")} setups)`, Math.round(g.setupsPerSecond).toLocaleString("en-US")],
     ["gateway CPU per setup (user + system, mean over the rounds)", `${us(g.gatewayCpuUsPerSetup)} µs`],
+    ["  of which in the kernel (system time: sockets, SQLite's file I/O)", `${us(g.gatewaySystemUsPerSetup)} µs`],
     [`  per round (${rounds.length} rounds), lowest-highest`, `${us(Math.min(...rounds))}-${us(Math.max(...rounds))} µs`],
     ["  so one core, never waiting, could do (1 s ÷ CPU per setup)", `${Math.round(1e6 / g.gatewayCpuUsPerSetup).toLocaleString("en-US")} setups/s`],
     ["gateway process busy during the rounds (its CPU ÷ wall time)", percent(g.gatewayBusy)],
     ["handsets' process (the load) busy during the rounds", percent(g.loadBusy)],
     ["raw crypto of one setup on the gateway (median; below)", `${us(g.rawCrypto.medianUs)} µs`],
-    ["**gateway CPU per setup ÷ its raw crypto**", `**${times(g.gatewayCpuUsPerSetup / g.rawCrypto.medianUs)}**`],
+    ["**gateway CPU per setup ÷ its raw crypto**", `**${times(target.measured)}**`],
+    [`target (issue 14): ${target.what}`, target.met ? "met" : `**not met** (${times(target.measured)})`],
     ["gateway CPU per setup, in X25519s (node:crypto, from \"Gateway machine\" above)", (g.gatewayCpuUsPerSetup / n.x25519.nodeCrypto.medianUs).toFixed(1)],
-    [`one audit record in SQLite (WAL, synchronous=FULL, ${g.dataDirFs}), mean of ${g.auditInsert.inserts}`, `${us(g.auditInsert.wallUs)} µs wall, ${us(g.auditInsert.cpuUs)} µs CPU`],
+    [`a setup's audit record as written now: batched, ${g.auditBatched.perBatch} per commit (WAL, synchronous=NORMAL), mean of ${g.auditBatched.records}`, `${us(g.auditBatched.cpuUs)} µs CPU`],
+    [`the same record committed alone, as before (WAL, synchronous=FULL, ${g.dataDirFs}), mean of ${g.auditInsert.inserts}`, `${us(g.auditInsert.wallUs)} µs wall, ${us(g.auditInsert.cpuUs)} µs CPU`],
+    [`the sockets alone: CPU to read one message and write one (echo process, loopback, ${g.pairs} in flight)`, `${us(g.transportFloor.cpuUsPerMessage)} µs`],
   ]);
 }
 
@@ -262,24 +268,43 @@ function latencyTable(g: GatewaySessionResults): string {
   ]);
 }
 
-/** What limited the setups per second in this run: the gateway's CPU, its wait for the audit commit
- *  (synchronous, on its one thread: one per setup), or neither. */
+/** What limited the setups per second in this run: the gateway's CPU, or neither (its audit records
+ *  are group-committed, so no setup waits for a disk sync on the gateway's thread). */
 function throughputText(g: GatewaySessionResults): string {
-  const wallPerSetupUs = 1e6 / g.setupsPerSecond;
-  const commitCeiling = Math.round(1e6 / g.auditInsert.wallUs).toLocaleString("en-US");
   if (g.gatewayBusy >= 0.8) {
     return `The gateway process was busy ${percent(g.gatewayBusy)} of the rounds' wall time, so the setups per second are close
 to what one gateway process (one thread) does on this machine.`;
   }
-  if (g.auditInsert.wallUs >= 0.5 * wallPerSetupUs) {
-    return `The gateway process was busy only ${percent(g.gatewayBusy)} of the rounds' wall time: its one thread spent most of
-each setup (${us(wallPerSetupUs)} µs of wall time) waiting for the audit record's synchronous commit (${us(g.auditInsert.wallUs)} µs
-each on this file system in this run), which alone allows at most ${commitCeiling} setups per second, whatever the CPU.
-On this disk that wait, not the CPU, is the gateway's ceiling; the CPU figures above do not include it.`;
-  }
   return `Neither the gateway process (busy ${percent(g.gatewayBusy)} of the rounds' wall time) nor the handsets' (${percent(g.loadBusy)}) was
 saturated: the rest went to waiting, for the other work on this machine (load average above) and for
-the audit commits, so the setups per second are a floor, not the gateway's limit.`;
+the round trips between the processes, so the setups per second are a floor, not the gateway's limit.`;
+}
+
+/** Why the gateway's CPU per setup is where it is next to its raw crypto, from this run's figures. */
+function setupCostText(g: GatewaySessionResults): string {
+  const target = gatewaySetupTarget(g);
+  const transport = g.transportFloor.cpuUsPerMessage * (g.messages.opened + g.messages.sealed) / 2;
+  const verdict = target.met
+    ? `The target of issue 14 (at most ${target.ceiling}× the raw crypto) is met in this run.`
+    : `The target of issue 14 (at most ${target.ceiling}× the raw crypto) is **not met**: ${times(target.measured)} in this run.`;
+  return `${verdict} Before issue 14's changes the same benchmark measured 1,035 µs of CPU per setup, 9.6× a raw
+crypto of 108 µs (each session record then its own synchronous FULL commit on the gateway's thread,
+one insert 13% of a setup's CPU, and every registry statement prepared anew on each call). A setup's
+audit record is now queued and group-committed with the others of the same ${AUDIT_BATCH_MS} ms at synchronous=NORMAL
+(${us(g.auditBatched.cpuUs)} µs of CPU each here, against ${us(g.auditInsert.cpuUs)} µs committed alone), and the registry's and the
+policy's statements are prepared once.
+
+What remains is mostly not the protocol's bookkeeping. The sockets alone cost ${us(g.transportFloor.cpuUsPerMessage)} µs of CPU per
+message read and answered on this machine (an echo process over loopback TCP, last row of the table),
+and a setup reads ${g.messages.opened} frames and writes ${g.messages.sealed}: about ${us(transport)} µs, ${times(transport / g.rawCrypto.medianUs)} the raw crypto before
+a byte is parsed. The raw crypto is timed alone, in a tight loop; the same calls inside the gateway,
+between socket reads and other work, take longer (in the CPU profile of issue 14's runs,
+\`KEYPROXY_BENCH_GATEWAY_PROFILE\`, node:crypto's own frames came to about twice the raw figure per
+setup). The rest is CBOR, framing, the registrations and policy read from SQLite on every
+ConnectRequest (read each time: \`keyproxy policy\` and \`keyproxy device\` change them from another
+process), log records, timers and garbage collection, none of them large alone. A ratio of ${target.ceiling}× would
+need the transport's share gone (several frames per system call, or another transport than one TCP
+write per frame), not a cheaper registry.`;
 }
 
 /** The two load generators against the same gateway process, side by side. */
@@ -361,13 +386,59 @@ warning from the gateway and no uncaught error in any device.
 `;
 }
 
+/** "On the gateway": the gateway process under the Node handsets (bench/sessions.ts, part 1). cpus:
+ *  the machine's; n: the node run, for X25519 on this machine. */
+export function gatewaySessionsSubsection(cpus: number, g: GatewaySessionResults, n: NodeResults): string {
+  const cryptoShare = g.rawCrypto.medianUs / g.gatewayCpuUsPerSetup;
+  const auditShare = g.auditBatched.cpuUs / g.gatewayCpuUsPerSetup;
+  return `### On the gateway: setups per second, CPU per setup, latency
+
+The gateway runs in its own process (\`bench/sessions.ts\` forks it): the production \`Gateway\` (link
+server, registrar, session broker, its SQLite registry on ${g.dataDirFs}), on loopback TCP. ${g.handsets}
+handsets, provisioned in its registry and allowed to reach one another (policy default allow), join and
+register first. They are the firmware's \`Handset\` engine run in Node, with the device crypto on Node's
+model of Espruino's natives, as \`test/support/harness.ts\` runs it, so that the load generator stays light
+(the device's time is in the table above; the next subsection runs ${g.handsets} emulated devices instead). Callees
+accept in \`onRequest\`. A setup is timed from \`connect()\` on the caller until \`onConnect\` fired on both
+devices, which the gateway triggers only after both confirmations verified. In each of ${g.rounds} rounds (after
+warm-up rounds that are not counted) all ${g.pairs} pairs connect at once; all sessions are closed (bye)
+before the next round. Then ${g.sequential.setups} setups follow one pair at a time. The gateway's CPU time is
+\`process.cpuUsage()\` in the gateway process across each round's setups (not the teardowns); its log
+records are built as usual but written nowhere. The machine has ${cpus} CPUs, shared by the gateway's
+process and the handsets'.
+
+${sessionGatewayTable(g, n)}
+
+${latencyTable(g)}
+
+The raw crypto is what a setup needs of \`gateway/crypto/symmetric.ts\` and nothing else: the seed (32 random bytes)
+and the SPI (4), both confirmation tags derived (\`saConfirmTag\`, as the broker calls it) and compared in
+constant time, ${g.messages.opened} link frames opened and ${g.messages.sealed} sealed (AES-128-CCM, plaintexts the size of the real
+messages), timed in this process (median of ${g.rawCrypto.samplesUs.length} repetitions, ${range(g.rawCrypto)} µs).
+
+What this says: crypto, timed alone, is about ${percent(cryptoShare)} of the gateway's CPU per setup; the setup's
+audit record is ${percent(auditShare)} of it. ${setupCostText(g)}
+
+${throughputText(g)}
+Setups per second depend on what else the machine is doing; the CPU per setup much less.
+
+One pair at a time, a setup's latency is its six one-way trips on loopback (ConnectRequest, Incoming,
+Answer, SaInstall, SaConfirm, Connected); the audit record's commit comes later; with ${g.pairs} pairs at once the
+requests queue on the gateway's one thread, so a typical setup waits for about half the round.
+
+Not measured here: radio and real network time (loopback TCP only); the device's time under this
+load (the handsets run in Node here; the emulated variant below); teardowns, rekeys and
+relayed data on the gateway; writing the log (records are built, not written) and MQTT monitoring
+(off); sessions across gateways (design.md flow 5: below). \`KEYPROXY_BENCH_GATEWAY_PROFILE=<dir>\` writes a CPU
+profile of the gateway process for a closer look.
+`;
+}
+
 function sessionsSection(info: RunInfo, ss: SessionResults, n: NodeResults, e: EmulatedSessionResults): string {
   const g = ss.gateway;
   const sd = ss.device;
   const ccm = sd.suites.find((x) => x.suite === SUITE_AES_CCM_16_64_128) ?? sd.suites[0];
   const per = (t: Timing) => Math.round(sd.x25519.medianUs / t.medianUs).toLocaleString("en-US");
-  const cryptoShare = g.rawCrypto.medianUs / g.gatewayCpuUsPerSetup;
-  const auditShare = g.auditInsert.cpuUs / g.gatewayCpuUsPerSetup;
   return `## Sessions inside one gateway (design.md flow 4)
 
 A session setup: the caller names its peer (ConnectRequest); the gateway checks the caller's
@@ -398,50 +469,7 @@ exchange would need at least two X25519s, and signatures, per session).
 
 ${sessionDeviceTable(sd)}
 
-### On the gateway: setups per second, CPU per setup, latency
-
-The gateway runs in its own process (\`bench/sessions.ts\` forks it): the production \`Gateway\` (link
-server, registrar, session broker, its SQLite registry on ${g.dataDirFs}), on loopback TCP. ${g.handsets}
-handsets, provisioned in its registry and allowed to reach one another (policy default allow), join and
-register first. They are the firmware's \`Handset\` engine run in Node, with the device crypto on Node's
-model of Espruino's natives, as \`test/support/harness.ts\` runs it, so that the load generator stays light
-(the device's time is in the table above; the next subsection runs ${g.handsets} emulated devices instead). Callees
-accept in \`onRequest\`. A setup is timed from \`connect()\` on the caller until \`onConnect\` fired on both
-devices, which the gateway triggers only after both confirmations verified. In each of ${g.rounds} rounds (after
-warm-up rounds that are not counted) all ${g.pairs} pairs connect at once; all sessions are closed (bye)
-before the next round. Then ${g.sequential.setups} setups follow one pair at a time. The gateway's CPU time is
-\`process.cpuUsage()\` in the gateway process across each round's setups (not the teardowns); its log
-records are built as usual but written nowhere. The machine has ${info.cpus} CPUs, shared by the gateway's
-process and the handsets'.
-
-${sessionGatewayTable(g, n)}
-
-${latencyTable(g)}
-
-The raw crypto is what a setup needs of \`gateway/crypto/symmetric.ts\` and nothing else: the seed (32 random bytes)
-and the SPI (4), both confirmation tags derived (\`saConfirmTag\`, as the broker calls it) and compared in
-constant time, ${g.messages.opened} link frames opened and ${g.messages.sealed} sealed (AES-128-CCM, plaintexts the size of the real
-messages), timed in this process (median of ${g.rawCrypto.samplesUs.length} repetitions, ${range(g.rawCrypto)} µs).
-
-What this says: crypto is about ${percent(cryptoShare)} of the gateway's CPU per setup. The rest is the protocol's
-bookkeeping: the caller's and callee's registrations looked up in SQLite and the session's audit
-record written (one audit insert alone is ${percent(auditShare)} of a setup's CPU, and its synchronous commit
-adds wall time on top), nine frames through CBOR, framing and the socket, structured log records,
-timers. Cheaper setups would come from there, not from faster crypto.
-
-${throughputText(g)}
-Setups per second depend on what else the machine is doing; the CPU per setup much less.
-
-One pair at a time, a setup's latency is its six one-way trips on loopback (ConnectRequest, Incoming,
-Answer, SaInstall, SaConfirm, Connected) and the audit commit; with ${g.pairs} pairs at once the
-requests queue on the gateway's one thread, so a typical setup waits for about half the round.
-
-Not measured here: radio and real network time (loopback TCP only); the device's time under this
-load (the handsets run in Node here; the emulated variant below); teardowns, rekeys and
-relayed data on the gateway; writing the log (records are built, not written) and MQTT monitoring
-(off); sessions across gateways (design.md flow 5: below). \`KEYPROXY_BENCH_GATEWAY_PROFILE=<dir>\` writes a CPU
-profile of the gateway process for a closer look.
-
+${gatewaySessionsSubsection(info.cpus, g, n)}
 ${emulatedSection(info, ss, e)}`;
 }
 
@@ -528,11 +556,44 @@ function crossThroughputTable(x: CrossGatewayResults, inside: GatewaySessionResu
   ];
   if (x.broker.cpuUsPerSetup !== undefined) rows.push(["Mosquitto's CPU per setup (its process, from /proc)", `${us(x.broker.cpuUsPerSetup)} µs`]);
   rows.push(
-    ["interlink envelopes received per setup, A / B (requests and answers, each signed)", `${count(a.envelopesPerSetup)} / ${count(b.envelopesPerSetup)}`],
+    ["interlink envelopes received per setup, A / B (requests and answers, on the pairwise channel)", `${count(a.envelopesPerSetup)} / ${count(b.envelopesPerSetup)}`],
     [`one audit record in SQLite (WAL, synchronous=FULL, ${x.dataDirFs}), mean of ${x.auditInsert.inserts}`, `${us(x.auditInsert.wallUs)} µs wall, ${us(x.auditInsert.cpuUs)} µs CPU`],
     ["for comparison: gateway CPU per setup inside one gateway (above)", `${us(inside.gatewayCpuUsPerSetup)} µs`],
   );
   return table(["across gateways", "value"], rows);
+}
+
+/** Issue 14, scope 1: the three targets beside what this run measured. */
+export interface Scope1Target {
+  what: string;
+  target: string;
+  measured: number;
+  met: boolean;
+}
+
+/** One gateway's share of a setup's raw public-key crypto: its own calls × their medians. */
+function gatewayCryptoUs(x: CrossGatewayResults, side: "a" | "b", curveOnly: boolean): number {
+  return x.ops.filter((o) => !curveOnly || o.curve).reduce((sum, o) => sum + o.perSetup[side] * o.timing.medianUs, 0);
+}
+
+export function scope1Targets(x: CrossGatewayResults, inside: GatewaySessionResults): Scope1Target[] {
+  const [a, b] = x.gateways;
+  const bound = x.setupsPerSecond / x.boundSetupsPerSecond.asCalled;
+  const perGateway = (g: typeof a, side: "a" | "b") => g.cpuUsPerSetup / gatewayCryptoUs(x, side, false);
+  const insideRatio = inside.gatewayCpuUsPerSetup / inside.rawCrypto.medianUs;
+  return [
+    { what: "setups per second across gateways ÷ the crypto bound", target: "≥ 0.8", measured: bound, met: bound >= 0.8 },
+    { what: `${a.id}'s CPU per setup ÷ its share of the raw crypto`, target: "≤ 2×", measured: perGateway(a, "a"), met: perGateway(a, "a") <= 2 },
+    { what: `${b.id}'s CPU per setup ÷ its share of the raw crypto`, target: "≤ 2×", measured: perGateway(b, "b"), met: perGateway(b, "b") <= 2 },
+    { what: "inside one gateway: CPU per setup ÷ its raw crypto", target: "≤ 3×", measured: insideRatio, met: insideRatio <= 3 },
+  ];
+}
+
+function scope1Table(x: CrossGatewayResults, inside: GatewaySessionResults): string {
+  return table(
+    ["issue 14, scope 1 (measured in this run)", "target", "measured", "status"],
+    scope1Targets(x, inside).map((t) => [t.what, t.target, t.what.startsWith("setups") ? t.measured.toFixed(2) : times(t.measured), t.met ? "met" : "**not met**"]),
+  );
 }
 
 function crossLatencyTable(x: CrossGatewayResults): string {
@@ -681,7 +742,7 @@ the broker's side: ${b.noDelay}${/true/.test(b.noDelay) ? " (Mosquitto's default
 
 A device calls a device in another domain by name (\`callee-001@b.example\`). Its gateway runs the
 SIGMA-I exchange of \`gateway/crossgw/exchange.ts\` with the callee's gateway over the interlink (MQTT envelopes
-signed by the sending gateway, the exchange's encrypted to the receiving one: \`gateway/fleet/interlink.ts\`),
+on the two gateways' pairwise channel, opened once in the warm-up: \`gateway/fleet/channel.ts\`, \`gateway/fleet/interlink.ts\`),
 each in its own device's name, after the callee's gateway asked its device; both derive the same seed
 and SPI, install it in their own device, check its confirmation, tell each other, and say Connected
 (\`gateway/crossgw/cross-gateway.ts\`). The devices do exactly what they do inside one gateway; all the public-key
@@ -691,6 +752,8 @@ work is the gateways'.
 (${Math.round(x.boundSetupsPerSecond.asCalled).toLocaleString("en-US")} setups/s: 1 s ÷ the raw cost of the X25519 and Ed25519 operations one setup needs at both
 gateways, made as the gateways make them, timed in this run). The gateways' CPU per setup is
 **${times(both / x.cryptoUsPerSetup.asCalled)} that raw crypto**. Counted per setup at both gateways: ${curveCounts(x)}.
+
+${scope1Table(x, inside)}
 
 ### How it is measured
 
@@ -725,10 +788,12 @@ mean length signed and verified, median of ${x.ops[0]?.timing.samplesUs.length ?
 The crypto bound is 1 s ÷ Σ (count × median). The rows marked as key handling are the price of keeping
 keys as raw bytes: parsing them into KeyObjects and exporting them back; without them, the curve
 operations alone (KeyObjects made once and kept) give the second bound.${keyHandlingText(x)} Every interlink envelope, a
-request or its answer, is signed by the gateway sending it and verified by the one receiving it; an
-encrypted one costs its sender an X25519 key pair and a shared secret and its receiver a shared
-secret; the exchange itself makes one ephemeral key pair and one shared secret at each gateway and
-signs and verifies once in each device's name.
+request or its answer, travels on the pairwise channel the two gateways opened in the warm-up (one
+AES-256-GCM seal, no public-key operation: docs/FLEET.md, "Pairwise channels"); the exchange itself makes one
+ephemeral key pair and one shared secret at each gateway and signs and verifies once in each device's
+name, and that is all the public-key work a setup needs. Before the channel (issue 14), every envelope
+was signed and verified and every secret one encrypted to a fresh ephemeral: 10 signatures, 10
+verifications, 6 key pairs and 10 shared secrets per setup, 116 setups/s at 0.21 of its own bound.
 
 ${crossThroughputTable(x, inside)}
 
@@ -740,13 +805,12 @@ ${crossLatencyTable(x)}
 
 CPU. The public-key crypto, as called, is ${percent(cryptoShare)} of the two gateways' CPU per setup. The rest is the
 protocol around it, at each gateway: the interlink envelopes (CBOR encoding and deterministic decoding,
-the COSE_Sign1 structures, AES-256-GCM and HKDF for the encrypted bodies, the exchange's transcript
+the channel's COSE_Encrypt0 and AES-256-GCM, the exchange's transcript
 hashes and MACs), the MQTT client (QoS 1 packets and their acknowledgments) and the monitoring record
-published for every log line; the verifier checks (each envelope's sender certificate and each device
-certificate goes through the certificate checker, which hashes it and, for a gateway certificate, parses
-it even when the good answer is cached); the SQLite audit record each gateway commits when the session
-is up (one insert alone is ${percent(auditShare)} of a gateway's CPU per setup here, and its synchronous commit adds wall
-time on the gateway's one thread); the device's side of the setup as inside one gateway (registry
+published for every log line; the verifier checks (each device certificate goes through the certificate
+checker, which hashes it even when the good answer is cached); the SQLite audit record each gateway
+queues when the session is up (group-committed with the others of the last 100 ms; one insert committed
+alone would be ${percent(auditShare)} of a gateway's CPU per setup here); the device's side of the setup as inside one gateway (registry
 lookups, link frames, the confirmation tag); timers and log records. \`KEYPROXY_BENCH_GATEWAY_PROFILE=<dir>\`
 writes both gateway processes' CPU profiles for a closer look.
 

@@ -10,6 +10,7 @@
 
 import { parseArgs } from "node:util";
 import { CapablePeer } from "../sdk/peer.ts";
+import { KEY_AGREEMENT_POLICIES, type KeyAgreementPolicy } from "../gateway/crossgw/exchange.ts";
 
 const { values: o } = parseArgs({
   options: {
@@ -22,15 +23,21 @@ const { values: o } = parseArgs({
     send: { type: "string", multiple: true, default: [] },
     expect: { type: "string" },
     "timeout": { type: "string", default: "20" },
+    "key-agreement": { type: "string", default: "x25519" },
   },
 });
 
 async function main(): Promise<number> {
   if (!o["data-dir"] || !o.domain || !o.name || !o.mqtt || !o.call) {
-    console.error("usage: capable-peer --data-dir <dir> --domain <domain> --name <name> --mqtt <url> --call <name@domain> [--app <app>] [--send <text>]... [--expect <n>]");
+    console.error("usage: capable-peer --data-dir <dir> --domain <domain> --name <name> --mqtt <url> --call <name@domain> [--app <app>] [--send <text>]... [--expect <n>] [--key-agreement x25519|hybrid|hybrid-only]");
     return 2;
   }
-  const peer = await CapablePeer.start({ dataDir: o["data-dir"], domain: o.domain, name: o.name, mqtt: o.mqtt });
+  const keyAgreement = o["key-agreement"] as KeyAgreementPolicy;
+  if (!KEY_AGREEMENT_POLICIES.includes(keyAgreement)) {
+    console.error(`--key-agreement wants ${KEY_AGREEMENT_POLICIES.join(", ")}, got "${keyAgreement}"`);
+    return 2;
+  }
+  const peer = await CapablePeer.start({ dataDir: o["data-dir"], domain: o.domain, name: o.name, mqtt: o.mqtt, keyAgreement });
   const timer = setTimeout(() => {
     console.error("timed out");
     process.exit(1);

@@ -261,6 +261,8 @@ export interface CapablePeerStartOptions {
   log?: Logger;
   lifetime?: number;
   limit?: number;
+  /** The fleet's key-agreement policy (default "x25519"): give the peer its fleet's. */
+  keyAgreement?: KeyAgreementPolicy;
 }
 
 const IDENTITY_FILE = "peer-identity.key";
@@ -333,12 +335,13 @@ export class CapablePeer {
     const trust = new FleetTrust({ dataDir: o.dataDir, anchor: credentials.anchor, log, now, verifierId: o.domain });
     const interlink = await Interlink.connect({ url: o.mqtt, identity: credentials, trust: checkerTrust(trust.checker), now, log, protocolVersion: "auto" });
     const peer = new CapablePeer({
-      interlink, checker: trust.checker, now, lifetime: o.lifetime, limit: o.limit,
+      interlink, checker: trust.checker, now, lifetime: o.lifetime, limit: o.limit, keyAgreement: o.keyAgreement,
       self: { name: `${o.name}@${o.domain}`, identitySeed: identity.seed, cert, gatewayCert: credentials.certificate },
       suites: o.suites ?? [[AES_CCM, 1]],
     });
     peer.owned = { trust };
     trust.onList(() => void peer.recheck());
+    trust.onList(() => void interlink.revalidateChannels());
     await trust.attach(interlink);
     return peer;
   }

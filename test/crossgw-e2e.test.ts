@@ -165,11 +165,13 @@ crossGatewaySuite(MOSQUITTO ? "Mosquitto" : "the in-process broker", async () =>
 // gateway b on another, the two bridged; everything between the domains crosses the bridge (the
 // retained certificates and revocation list included).
 if (MOSQUITTO && BRIDGED) {
-  crossGatewaySuite("two bridged Mosquitto brokers", async () => {
+  // Over the bridged brokers both gateways run the hybrid key agreement only (issue 14, scope 2):
+  // X25519 + ML-KEM-768 between two gateway processes over Mosquitto.
+  crossGatewaySuite("two bridged Mosquitto brokers, hybrid key agreement", async () => {
     await bridgeCarries(BRIDGED, MOSQUITTO);
     await bridgeCarries(MOSQUITTO, BRIDGED);
     return { a: MOSQUITTO, b: BRIDGED, close: async () => {} };
-  });
+  }, "hybrid-only");
 }
 else if (process.env.CI === "true") {
   test("CI runs the cross-gateway suite over two bridged brokers", () => {
@@ -201,7 +203,7 @@ async function bridgeCarries(from: string, to: string): Promise<void> {
   }
 }
 
-function crossGatewaySuite(title: string, startBrokers: () => Promise<Brokers>): void {
+function crossGatewaySuite(title: string, startBrokers: () => Promise<Brokers>, keyAgreement: "x25519" | "hybrid-only" = "x25519"): void {
   describe(`sessions across two gateway processes over ${title}`, () => {
     const run = randomBytes(3).toString("hex");
     const fleetDir = tempDir("kp-xe2e-fleet-");
@@ -226,7 +228,7 @@ function crossGatewaySuite(title: string, startBrokers: () => Promise<Brokers>):
       await ok(["fleet", "issue-gateway", "--fleet-dir", fleetDir, "--id", domain, "--data-dir", dataDir]);
       for (const [from, to] of policy) await ok(["policy", "allow", "--from", from, "--to", to, "--app", "chat", "--data-dir", dataDir]);
       const url = prefix === "alice" ? brokers.a : brokers.b;
-      const gw = await startGatewayProcess(dataDir, 0, ["--id", domain, "--mqtt", url, "--sa-limit", String(SA_LIMIT), "--recheck", "2", "--metrics", "60", ...extra]);
+      const gw = await startGatewayProcess(dataDir, 0, ["--id", domain, "--mqtt", url, "--sa-limit", String(SA_LIMIT), "--recheck", "2", "--metrics", "60", "--key-agreement", keyAgreement, ...extra]);
       await until(() => gw.events("interlink-started").length === 1, `${domain}'s interlink`, 10_000);
       const sim = await startSim({ dataDir, gateway: { host: "127.0.0.1", port: gw.port }, count: 1, board: "puckjs", bundle, prefix, lifetime: 600 });
       const dev = sim.devices[0];
@@ -272,6 +274,10 @@ function crossGatewaySuite(title: string, startBrokers: () => Promise<Brokers>):
       assert.equal(b.dev.eval("PEER"), `alice-1@${domA}`);
       assert.equal(b.gw.events("interlink-started")[0].verifier, verifierId, "gateway b asks the verifier process");
       assert.equal(a.gw.events("interlink-started")[0].verifier, "in-process");
+      const agreed = keyAgreement === "hybrid-only" ? "x25519-mlkem768" : "x25519";
+      for (const s of [a, b]) assert.equal(s.gw.events("xsession-keys-distributed")[0]?.keyAgreement, agreed, `${s.domain} ran the exchange with ${agreed}`);
+      // Between the two gateways every envelope after the first went on their pairwise channel.
+      for (const s of [a, b]) assert.ok(s.gw.events("interlink-channel-opened").length + s.gw.events("interlink-channel-accepted").length >= 1, `${s.domain} has a pairwise channel`);
 
       while (g(a, "SENT") < TOTAL || g(b, "SENT") < TOTAL) {
         const sa = g(a, `burst(${BATCH})`);
@@ -309,7 +315,7 @@ function crossGatewaySuite(title: string, startBrokers: () => Promise<Brokers>):
       carolDir = tempDir("kp-xe2e-carol-");
       await ok(["fleet", "issue-gateway", "--fleet-dir", fleetDir, "--id", domC, "--data-dir", carolDir]);
       const r = await runNode(
-        ["--import", "tsx", EXAMPLE, "--data-dir", carolDir, "--domain", domC, "--name", "carol", "--mqtt", brokers.a, "--call", `bob-1@${domB}`, "--app", "chat", "--send", "echo one", "--send", "echo two"],
+        ["--import", "tsx", EXAMPLE, "--data-dir", carolDir, "--domain", domC, "--name", "carol", "--mqtt", brokers.a, "--call", `bob-1@${domB}`, "--app", "chat", "--send", "echo one", "--send", "echo two", "--key-agreement", keyAgreement],
         40_000,
       );
       printed.push(r.out, r.err);

@@ -28,7 +28,7 @@ for (const target of TARGETS) {
   });
 }
 
-for (const target of TARGETS.filter((t) => ["exchange", "interlink", "link-tcp"].includes(t.name))) {
+for (const target of TARGETS.filter((t) => ["exchange", "interlink", "channel", "link-tcp"].includes(t.name))) {
   test(`fuzz target ${target.name}: its snapshot sees the owner's state (a planted change after a rejected input is found)`, async () => {
     const disturbed: Target = {
       ...target,

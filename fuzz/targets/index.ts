@@ -3,6 +3,7 @@
 
 import type { Target } from "../target.ts";
 import { bridgeTarget } from "./bridge.ts";
+import { channelTarget } from "./channel.ts";
 import { coseTarget } from "./cose.ts";
 import { crossgwBodiesTarget } from "./crossgw-bodies.ts";
 import { cwtTarget } from "./cwt.ts";
@@ -27,5 +28,6 @@ export const TARGETS: readonly Target[] = [
   bridgeTarget,
   exchangeTarget,
   interlinkTarget,
+  channelTarget,
   linkTcpTarget,
 ];

@@ -1,6 +1,7 @@
 // The interlink receiving envelopes (gateway/fleet/interlink.ts Interlink.receive), stateful: a real
 // Interlink for gateway "south.example" with its real checks (the fleet verifier, signatures, the
 // dedupe window, pending requests), over a stand-in MQTT client that records what it publishes.
+// Signed envelopes only (pairwise channels off; fuzz/targets/channel.ts has those).
 // Inputs are mutated genuine envelopes from "north.example" (requests, encrypted requests, responses
 // and errors to south's pending requests), and now and then a fresh genuine request.
 // Oracles: receive() never throws (in the gateway it runs unawaited: a throw would be an unhandled
@@ -30,14 +31,14 @@ const SOUTH = "south.example";
 /** The codes receive() may refuse with (the rest are a requester's: timeout, closed, remote-error). */
 const RECEIVE_CODES = new Set<InterlinkErrorCode>(["too-large", "malformed", "untrusted-peer", "bad-signature", "wrong-recipient", "stale", "duplicate", "decrypt-failed", "unsolicited"]);
 
-function identity(fleet: Fleet, id: string): InterlinkIdentity {
+export function identity(fleet: Fleet, id: string): InterlinkIdentity {
   const signing = generateEd25519();
   const encryption = generateX25519();
   return { gatewayId: id, signing, encryption, certificate: fleet.issueGateway(id, { signingKey: signing.publicKey, encryptionKey: encryption.publicKey }, T0, 86_400) };
 }
 
 /** The part of an MQTT client the interlink uses, recording publications instead of sending them. */
-function standInClient(published: { topic: string; bytes: Uint8Array }[]) {
+export function standInClient(published: { topic: string; bytes: Uint8Array }[]) {
   return {
     publishAsync: async (topic: string, payload: Buffer) => {
       published.push({ topic, bytes: new Uint8Array(payload) });
@@ -62,7 +63,8 @@ export const interlinkTarget: Target = {
     const north = identity(fleet, NORTH);
     const south = identity(fleet, SOUTH);
     const published: { topic: string; bytes: Uint8Array }[] = [];
-    const opts: InterlinkOptions = { url: "mqtt://stand-in", identity: south, trust: checkerTrust(checker), now: () => NOW, requestTimeoutMs: 2_000_000_000 };
+    // Signed envelopes only: the pairwise channel has its own target (fuzz/targets/channel.ts).
+    const opts: InterlinkOptions = { url: "mqtt://stand-in", identity: south, trust: checkerTrust(checker), now: () => NOW, requestTimeoutMs: 2_000_000_000, pairwiseChannels: false };
     // The constructor is private (connect() makes the MQTT connection): the stand-in client replaces it.
     const link = new (Interlink as unknown as new (c: unknown, o: InterlinkOptions) => Interlink)(standInClient(published), opts);
     const receive = (topic: string, bytes: Uint8Array): Promise<void> => (link as unknown as { receive(t: string, b: Uint8Array): Promise<void> }).receive(topic, bytes);

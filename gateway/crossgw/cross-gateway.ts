@@ -631,7 +631,7 @@ export class CrossGateway implements SessionHook {
     ctx.send(s.device, { t: Msg.Connected, spi: s.spi, replaces: s.replaces });
     const event = s.replaces ? "xsession-rekeyed" : "xsession-up";
     ctx.log.info(event, { device: s.device, peer: s.peer, app: s.app, spi: spiText(s.spi), gateway: s.peerGateway, replaces: s.replaces ? spiText(s.replaces) : undefined });
-    ctx.store.audit(ctx.now(), s.device, s.replaces ? "session-rekeyed" : "session-up", `peer=${s.peer} app=${s.app} spi=${spiText(s.spi)} via=${s.peerGateway}`);
+    ctx.store.auditBatched(ctx.now(), s.device, s.replaces ? "session-rekeyed" : "session-up", `peer=${s.peer} app=${s.app} spi=${spiText(s.spi)} via=${s.peerGateway}`);
     if (s.replaces) this.retire(s.replaces);
   }
 
@@ -674,7 +674,7 @@ export class CrossGateway implements SessionHook {
     this.stats.ended++;
     this.ctx.send(s.device, { t: Msg.SaClosed, spi: s.spi, reason });
     this.ctx.log.info("xsession-down", { device: s.device, peer: s.peer, app: s.app, spi: spiText(s.spi), reason: why });
-    this.ctx.store.audit(this.ctx.now(), s.device, "session-down", `peer=${s.peer} spi=${spiText(s.spi)} ${why}`);
+    this.ctx.store.auditBatched(this.ctx.now(), s.device, "session-down", `peer=${s.peer} spi=${spiText(s.spi)} ${why}`);
     if (notifyPeer && !this.closed) {
       const peerReason = reason === CloseReason.Bye || reason === CloseReason.Revoked ? reason : CloseReason.PeerGone;
       void this.opts.interlink.request(s.peerGateway, xm.XGW_BYE, xm.byeBody(s.spi, peerReason)).catch(() => undefined);
