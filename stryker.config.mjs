@@ -29,6 +29,10 @@ export const MODULES = {
     // handsets over TCP): Stryker would take hours. It re-checks the survivors instead (docs/MUTATION.md).
     tests: ["test/interlink-edges.test.ts", "test/interlink.test.ts"],
   },
+  "gateway/fleet/channel.ts": {
+    mutate: ["gateway/fleet/channel.ts"],
+    tests: ["test/interlink-channel.test.ts", "test/interlink.test.ts"],
+  },
   "gateway/registry/registrar.ts": {
     mutate: ["gateway/registry/registrar.ts"],
     tests: ["test/registrar-answers.test.ts", "test/gateway.test.ts", "test/keycache.test.ts"],
