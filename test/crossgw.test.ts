@@ -296,6 +296,8 @@ describe("revocation across gateways", () => {
     await publishRevocationList(broker.url, fleet.fleetId, fleet.revoke({ gateways: ["c.example"] }, clock.now()));
     await until(() => b.dev.closed.some(([s]) => s === spi) && c.dev.closed.some(([s]) => s === spi), "the SA ended at both ends", 5000);
     assert.ok(c.t.events("gateway-revoked").length === 1, "c knows it is revoked");
+    // b's pairwise channel with c ended as the list arrived, within the same bound (docs/FLEET.md).
+    await until(() => b.t.events("interlink-channel-ended").some((e) => e.peer === "c.example" && e.why === "peer no longer trusted"), "b ended its channel with c", 5000);
     c.dev.h.lastType = 0;
     assert.equal(c.dev.h.connect("bob@b.example", APP), true);
     await until(() => c.dev.h.lastType === Msg.Error, "carl's answer", 10_000);
