@@ -16,7 +16,10 @@
 //    (bench/device-ops.ts), in one emulated device, next to one tweetnacl X25519 in the same device
 //    and run.
 //
-// Run alone: `node --import tsx bench/sessions.ts` prints the measurements as JSON.
+// Run alone: `node --import tsx bench/sessions.ts` prints the measurements as JSON. Knobs:
+// KEYPROXY_BENCH_GATEWAY_ONLY=1 runs part 1 alone (no emulator), with the gateway target of
+// bench/targets.ts; KEYPROXY_BENCH_ROUNDS=<n> counts n rounds instead of 16 (a quicker look);
+// KEYPROXY_BENCH_GATEWAY_PROFILE=<dir> writes the gateway process's CPU profile there.
 
 import { fork, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -48,11 +51,14 @@ import { DEFAULT_SESSIONS } from "../gateway/sessions/session-broker.ts";
 import { zlib } from "../gateway/link/crc32.ts";
 import { buildBenchBundle, bytesLiteral, COUNTER_SOURCE, DEVICE_BOARD, DEVICE_ID, loadTweetnacl, MESSAGE_BYTES, storageParent, type NativeCalls } from "./device-run.ts";
 import { answerJoinAndRegister, onlyMessage, openInner } from "./gateway-side.ts";
+import { gatewaySetupTarget } from "./targets.ts";
 import { DEFAULT_TIMING, deviceTask, nodeTask, runInterleaved, type Timing } from "./timing.ts";
 
 const THIS_FILE = fileURLToPath(import.meta.url);
 /** argv[2] that makes this file the gateway process (see gatewayProcess). */
 const GATEWAY_FLAG = "--bench-gateway-process";
+/** argv[2] that makes this file the echo process of timeTransportFloor. */
+const ECHO_FLAG = "--bench-echo-process";
 
 export const SESSION_APP = "bench";
 /** A peer id of the same length as DEVICE_ID: it is in the ConnectRequest, Incoming and SaInstall. */
@@ -88,6 +94,9 @@ export interface GatewaySessionResults {
    *  per-round values. */
   gatewayCpuUsPerSetup: number;
   gatewayCpuUsPerSetupRounds: number[];
+  /** The part of gatewayCpuUsPerSetup spent in the kernel (system time): the sockets' reads and
+   *  writes, SQLite's file I/O. */
+  gatewaySystemUsPerSetup: number;
   /** Gateway CPU time ÷ wall time during the rounds: 1.0 means the gateway was the bottleneck. */
   gatewayBusy: number;
   /** The same for the process running the 100 handsets (the load generator). */
@@ -100,9 +109,16 @@ export interface GatewaySessionResults {
   messages: { opened: number; sealed: number };
   /** Where the gateway's SQLite file was, and its file system. */
   dataDirFs: string;
-  /** One audit record written as gateway/registry/store.ts writes it (WAL, synchronous=FULL), on the same
-   *  file system: wall and CPU time per insert. A setup writes one (session-up). */
+  /** One audit record committed alone as Store.audit() commits it (WAL, synchronous=FULL), on the same
+   *  file system: wall and CPU time per insert. What a setup's session-up record cost before issue 14. */
   auditInsert: { wallUs: number; cpuUs: number; inserts: number };
+  /** One audit record as a setup writes it now (Store.auditBatched): queued with perBatch others and
+   *  group-committed in one transaction at synchronous=NORMAL; CPU time per record. */
+  auditBatched: { cpuUs: number; records: number; perBatch: number };
+  /** The sockets alone: a process that answers each message of a setup's size with one message, over
+   *  as many loopback connections as the gateway has, as many in flight: its CPU per message answered
+   *  (one read, one write). A setup is 4 frames read and 5 written. */
+  transportFloor: { cpuUsPerMessage: number; messages: number };
   /** Warnings and errors the gateway logged during the run (must be none). */
   gatewayWarnings: number;
 }
@@ -432,7 +448,7 @@ export class GatewayProcess {
   }
 
   /** The gateway process's CPU time so far (µs, user + system) and its warning count. */
-  sample(): Promise<{ cpuUs: number; warnings: number; firstWarnings: string[]; stats: Record<string, number> }> {
+  sample(): Promise<{ cpuUs: number; systemUs: number; warnings: number; firstWarnings: string[]; stats: Record<string, number> }> {
     const id = ++this.nextId;
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -441,7 +457,7 @@ export class GatewayProcess {
       }, 10_000);
       this.waiting.set(id, (m) => {
         clearTimeout(timer);
-        resolve({ cpuUs: m.usage.user + m.usage.system, warnings: m.warnings, firstWarnings: m.firstWarnings, stats: m.stats });
+        resolve({ cpuUs: m.usage.user + m.usage.system, systemUs: m.usage.system, warnings: m.warnings, firstWarnings: m.firstWarnings, stats: m.stats });
       });
       this.child.send({ k: "cpu", id } satisfies ToGateway);
     });
@@ -604,6 +620,91 @@ export function timeAuditInserts(parent: string, inserts: number): { wallUs: num
   }
 }
 
+/** CPU time of one audit record as the session broker writes it (Store.auditBatched): perBatch records
+ *  queued, then their group commit awaited, batches times, in a fresh store under parent. */
+export async function timeBatchedAudit(parent: string, batches: number, perBatch: number): Promise<{ cpuUs: number; records: number; perBatch: number }> {
+  const dir = fs.mkdtempSync(path.join(parent, "kp-bench-audit-"));
+  const store = openStore(dir);
+  try {
+    const batch = async (b: number) => {
+      for (let i = 0; i < perBatch; i++) store.auditBatched(Math.floor(Date.now() / 1000), "bench-001", "session-up", `peer=bench-002 app=${SESSION_APP} spi=${(b * perBatch + i).toString(16).padStart(8, "0")}`);
+      await store.auditCommitted();
+    };
+    await batch(0); // warm-up
+    let cpuUs = 0;
+    for (let b = 1; b <= batches; b++) {
+      const cpu = process.cpuUsage();
+      await batch(b);
+      const used = process.cpuUsage(cpu);
+      cpuUs += used.user + used.system;
+    }
+    return { cpuUs: cpuUs / (batches * perBatch), records: batches * perBatch, perBatch };
+  } finally {
+    store.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** This file run as the echo process: every chunk read is answered with one write of the same size. */
+function echoProcess(): void {
+  const server = net.createServer((s) => {
+    s.setNoDelay(true);
+    s.on("data", (b) => s.write(Buffer.alloc(b.length)));
+    s.on("error", () => {});
+  });
+  server.listen(0, "127.0.0.1", () => process.send?.({ port: (server.address() as net.AddressInfo).port }));
+  process.on("message", (m: string) => (m === "cpu" ? process.send?.({ usage: process.cpuUsage() }) : process.exit(0)));
+  process.on("disconnect", () => process.exit(0));
+}
+
+/** The CPU an event loop spends to read one small message from a loopback TCP connection and write
+ *  one back, with connections and messages in flight as in the rounds (bench/sessions.ts forks an
+ *  echo process): the floor under the gateway's CPU per frame, before any parsing or crypto. */
+export async function timeTransportFloor(connections: number, inFlight: number, rounds: number, perRound: number, bytes = 80): Promise<{ cpuUsPerMessage: number; messages: number }> {
+  const child = fork(THIS_FILE, [ECHO_FLAG], { execArgv: ["--import", "tsx"], stdio: ["ignore", "inherit", "inherit", "ipc"] });
+  const sockets: net.Socket[] = [];
+  try {
+    const port = await new Promise<number>((resolve, reject) => {
+      child.once("message", (m: { port: number }) => resolve(m.port));
+      child.once("exit", (code) => reject(new Error(`the echo process exited with ${code}`)));
+    });
+    for (let i = 0; i < connections; i++) {
+      sockets.push(await new Promise<net.Socket>((resolve) => {
+        const s = net.connect(port, "127.0.0.1", () => resolve(s));
+        s.setNoDelay(true);
+      }));
+    }
+    const cpu = () => new Promise<number>((resolve) => {
+      child.once("message", (m: { usage: NodeJS.CpuUsage }) => resolve(m.usage.user + m.usage.system));
+      child.send("cpu");
+    });
+    // Each of inFlight connections sends, waits for the answer, sends again: perRound times a round.
+    const exchange = (s: net.Socket) => new Promise<void>((resolve) => {
+      let answered = 0;
+      const onData = () => {
+        if (++answered < perRound) return void s.write(Buffer.alloc(bytes));
+        s.off("data", onData);
+        resolve();
+      };
+      s.on("data", onData);
+      s.write(Buffer.alloc(bytes));
+    });
+    let cpuUs = 0;
+    const warmUp = 3;
+    for (let r = 0; r < warmUp + rounds; r++) {
+      const before = await cpu();
+      await Promise.all(sockets.slice(0, inFlight).map(exchange));
+      const after = await cpu();
+      if (r >= warmUp) cpuUs += after - before;
+    }
+    const messages = rounds * inFlight * perRound;
+    return { cpuUsPerMessage: cpuUs / messages, messages };
+  } finally {
+    for (const s of sockets) s.destroy();
+    child.kill();
+  }
+}
+
 /** Provisions the handsets in a fresh data directory, starts the gateway process on it, joins and
  *  registers every handset, runs the rounds and the sequential setups, stops everything. */
 export async function runGatewaySessions(log: (s: string) => void, o: GatewayLoadOptions = DEFAULT_LOAD): Promise<GatewaySessionResults> {
@@ -634,6 +735,7 @@ export async function runGatewaySessions(log: (s: string) => void, o: GatewayLoa
     const concurrentMs: number[] = [];
     const perRoundCpu: number[] = [];
     let cpuUs = 0;
+    let systemUs = 0;
     let loadCpuUs = 0;
     let wallMs = 0;
     for (let r = 0; r < o.warmUpRounds + o.rounds; r++) {
@@ -650,6 +752,7 @@ export async function runGatewaySessions(log: (s: string) => void, o: GatewayLoa
       concurrentMs.push(...done.map((d) => d.ms));
       perRoundCpu.push((after.cpuUs - before.cpuUs) / pairs.length);
       cpuUs += after.cpuUs - before.cpuUs;
+      systemUs += after.systemUs - before.systemUs;
       loadCpuUs += load.user + load.system;
       wallMs += t1 - t0;
     }
@@ -670,6 +773,9 @@ export async function runGatewaySessions(log: (s: string) => void, o: GatewayLoa
     log(`sessions, gateway machine: timing the raw crypto of one setup`);
     const rawTiming = runInterleaved([raw.task])[raw.task.name];
     const auditInsert = timeAuditInserts(path.dirname(dataDir), 200);
+    const auditBatched = await timeBatchedAudit(path.dirname(dataDir), 10, o.handsets / 2);
+    log(`sessions, gateway machine: the sockets alone (an echo process, ${o.handsets} connections, ${pairs.length} messages in flight)`);
+    const transportFloor = await timeTransportFloor(o.handsets, pairs.length, o.rounds, 10);
     return {
       handsets: o.handsets,
       pairs: pairs.length,
@@ -678,6 +784,7 @@ export async function runGatewaySessions(log: (s: string) => void, o: GatewayLoa
       setupsPerSecond: setups / (wallMs / 1000),
       gatewayCpuUsPerSetup: cpuUs / setups,
       gatewayCpuUsPerSetupRounds: perRoundCpu,
+      gatewaySystemUsPerSetup: systemUs / setups,
       gatewayBusy: cpuUs / 1000 / wallMs,
       loadBusy: loadCpuUs / 1000 / wallMs,
       concurrent: latency(concurrentMs),
@@ -686,6 +793,8 @@ export async function runGatewaySessions(log: (s: string) => void, o: GatewayLoa
       messages: raw.messages,
       dataDirFs: fileSystemOf(dataDir),
       auditInsert,
+      auditBatched,
+      transportFloor,
       gatewayWarnings: end.warnings,
     };
   } finally {
@@ -705,9 +814,16 @@ export async function runSessions(suites: number[], log: (s: string) => void, o:
 
 if (process.argv[1] === THIS_FILE && process.argv[2] === GATEWAY_FLAG) {
   void gatewayProcess(process.argv[3]);
+} else if (process.argv[1] === THIS_FILE && process.argv[2] === ECHO_FLAG) {
+  echoProcess();
 } else if (process.argv[1] === THIS_FILE) {
   const log = (s: string) => process.stderr.write(s + "\n");
-  runSessions([SUITE_AES_CCM_16_64_128], log).then(
+  const rounds = Number(process.env.KEYPROXY_BENCH_ROUNDS) || DEFAULT_LOAD.rounds;
+  const load = { ...DEFAULT_LOAD, rounds };
+  const run = process.env.KEYPROXY_BENCH_GATEWAY_ONLY
+    ? runGatewaySessions(log, load).then((gateway) => ({ gateway, target: gatewaySetupTarget(gateway) }))
+    : runSessions([SUITE_AES_CCM_16_64_128], log, load);
+  run.then(
     (r) => process.stdout.write(JSON.stringify(r, null, 2) + "\n"),
     (e: unknown) => {
       process.stderr.write(`session bench failed: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);
