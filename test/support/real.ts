@@ -59,13 +59,14 @@ export async function onceMoreAfterCrash(fn: () => Promise<void>, crashes: () =>
 const bundles = new Map<string, Promise<string>>();
 
 /** The board's bundle as `keyproxy build` makes it (once per board, application and test file);
- *  with `app`, as `keyproxy build --app <app>` makes it. The byte budget is test/build-app.test.ts's
- *  business: here a bundle over it still runs, but one with any other problem does not. */
-export function bundleFor(board: string, app?: string): Promise<string> {
-  const key = `${board}\0${app ?? ""}`;
+ *  with `app`, as `keyproxy build --app <app>` makes it, and with `groups` as `--groups` does. The
+ *  byte budget is test/build-app.test.ts's business: here a bundle over it still runs, but one with
+ *  any other problem does not. */
+export function bundleFor(board: string, app?: string, groups = false): Promise<string> {
+  const key = `${board}\0${app ?? ""}\0${groups}`;
   let b = bundles.get(key);
   if (!b) {
-    b = buildFirmware({ board, outDir: tempDir("kp-build-"), app }).then((r) => {
+    b = buildFirmware({ board, outDir: tempDir("kp-build-"), app, groups }).then((r) => {
       if (app === undefined ? !r.ok : r.problems.length > 0) throw new Error(`build for ${board}${app ? ` with ${app}` : ""} failed:\n${r.problems.join("\n")}`);
       return r.code;
     });
@@ -81,7 +82,7 @@ export interface RealRig {
   address: string;
   handsets: RealDevice[];
   /** A flashed, provisioned, booted handset, entered in this gateway's registry. */
-  handset(board: string, id: string, opts?: { lifetime?: number; gateway?: string; app?: string; bleRepl?: boolean; wifi?: { ssid: string; password: string } }): Promise<RealDevice>;
+  handset(board: string, id: string, opts?: { lifetime?: number; gateway?: string; app?: string; groups?: boolean; bleRepl?: boolean; wifi?: { ssid: string; password: string } }): Promise<RealDevice>;
   stop(): Promise<void>;
 }
 
@@ -97,7 +98,7 @@ export async function realRig(extra: string[] = ["--no-mqtt", "--no-fleet"], dat
     address,
     handsets,
     async handset(board, id, opts = {}) {
-      const dev = await provisionedHandset({ board, bundle: await bundleFor(board, opts.app), dataDir, id, gateway: opts.gateway ?? address, lifetime: opts.lifetime, bleRepl: opts.bleRepl, wifi: opts.wifi });
+      const dev = await provisionedHandset({ board, bundle: await bundleFor(board, opts.app, opts.groups), dataDir, id, gateway: opts.gateway ?? address, lifetime: opts.lifetime, bleRepl: opts.bleRepl, wifi: opts.wifi });
       handsets.push(dev);
       return dev;
     },
