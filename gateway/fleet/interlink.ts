@@ -574,9 +574,15 @@ export class Interlink {
     if (!(sessionId instanceof Uint8Array) || sessionId.length !== ID_LENGTH) throw new InterlinkError("malformed", `sessionId must be ${ID_LENGTH} bytes`);
     // A channel at hand is taken without awaiting anything, so that a request made just before
     // close() (a bye as the gateway stops) is published before the client ends, as a signed one is.
-    const found = viaChannel ? this.channelTo(to) : undefined;
-    const channel = found instanceof Promise ? await found : found;
-    if (channel?.isEnded) throw new InterlinkError("closed", "interlink closed before the request went out");
+    const resolve = (): PairwiseChannel | undefined | Promise<PairwiseChannel | undefined> => (viaChannel ? this.channelTo(to) : undefined);
+    let found = resolve();
+    let channel = found instanceof Promise ? await found : found;
+    // Ended while we waited (the peer's certificate went bad, a newer channel replaced it): once more.
+    if (channel?.isEnded && !this.closed) {
+      found = resolve();
+      channel = found instanceof Promise ? await found : found;
+    }
+    if (channel?.isEnded || this.closed) throw new InterlinkError("closed", "interlink closed before the request went out");
     const peer = o.secret && !channel ? await this.peer(to) : undefined;
     const e: Envelope = {
       from: this.gatewayId,
