@@ -11,6 +11,7 @@ import { rmSync } from "node:fs";
 import { CloseReason } from "../firmware/proto/messages.ts";
 import { startBroker, type EmbeddedBroker } from "../gateway/monitor/embedded-broker.ts";
 import { Fleet } from "../gateway/fleet/fleet.ts";
+import type { GroupLink } from "../gateway/crossgw/groups-remote.ts";
 import { publishRevocationList } from "../gateway/fleet/trust.ts";
 import { fleetGateway } from "./support/fleet-rig.ts";
 import { Clock, provision, tempDir, until, type TestGateway } from "./support/harness.ts";
@@ -120,5 +121,28 @@ describe("group SAs across gateways: team@a.example with members at a.example an
     await keyed(["alice", "carol"], withDave);
     assert.deepEqual(a.gw.groups.list().find((g) => g.name === "team")!.members, ["alice", "carol"]);
     assert.equal(a.events("group-member-revoked").filter((e) => e.device === "dave@b.example").length, 1);
+  });
+
+  test("a member's gateway that does not let the group reach its device: the device is never keyed, and its status is not told", async () => {
+    b.gw.policy.setDefault("deny");
+    const erin = await sessionHandset(b.gw, "erin", provision(b.gw, "erin"));
+    devs.set("erin@b.example", erin);
+    await until(() => erin.h.status().registered, "erin registered");
+    a.gw.groups.create("spy", "chat");
+    for (const m of ["alice", "carol", "erin@b.example"]) a.gw.groups.add("spy", m);
+    const holds = (m: string, spi: number) => dev(m).h.sas.some((s) => s.spi === spi && s.ready);
+    await until(() => {
+      const spi = a.gw.groups.currentSpi("spy");
+      return spi !== 0 && holds("alice", spi) && holds("carol", spi);
+    }, "spy keyed for alice and carol", 10_000);
+    // b's answer about erin: after it, the group is as it will stay.
+    const link = a.gw.groups.remote as GroupLink;
+    await until(() => link.reported("erin@b.example") !== undefined, "b's answer about erin", 10_000);
+    assert.deepEqual(link.reported("erin@b.example"), { up: false, suites: [] }, "b told nothing about erin");
+    const offers = a.events("group-keys-distributed").filter((e) => e.group === "spy@a.example");
+    assert.ok(offers.length >= 1 && offers.every((e) => e.members === "alice,carol"), `erin was never offered the key: ${offers.map((e) => e.members).join(" / ")}`);
+    assert.equal(b.events("group-install-refused").length, 0, "so her gateway had nothing to refuse");
+    assert.ok(!erin.h.sas.some((s) => s.peer === "spy@a.example"));
+    b.gw.policy.setDefault("allow");
   });
 });

@@ -4,7 +4,7 @@
 // "malformed", so a handler only ever sees a well-formed body.
 //
 //   type         from     request body                              answer body
-//   kp.g.watch   home     {member}                                  {up, suites}
+//   kp.g.watch   home     {member, group, app}            secret    {up, suites}
 //   kp.g.status  member's {member, up, suites, revoked}             0
 //   kp.g.to      home     {member, msg | frame}         secret (msg)  0
 //   kp.g.from    member's {member, msg | frame}         secret (msg)  0
@@ -60,8 +60,17 @@ export interface MemberStatus {
   suites: number[][];
 }
 
-export const watchBody = (name: string) => map([["member", name]]);
-export const readWatch = (body: unknown): string => member(XGW_GROUP_WATCH, fields(XGW_GROUP_WATCH, body));
+export const watchBody = (name: string, group: string, app: string) => map([["member", name], ["group", group], ["app", app]]);
+/** member: the device watched; group ("name@home") and app: what it would be keyed for, so that the
+ *  member's gateway answers only where its policy lets that group reach the device. */
+export function readWatch(body: unknown): { member: string; group: string; app: string } {
+  const m = fields(XGW_GROUP_WATCH, body);
+  const group = m.get("group");
+  const app = m.get("app");
+  if (!isDeviceName(group)) throw bad(XGW_GROUP_WATCH, "group must be name@domain");
+  if (typeof app !== "string" || !/^[A-Za-z0-9._-]{1,32}$/.test(app)) throw bad(XGW_GROUP_WATCH, "app must be an application name");
+  return { member: member(XGW_GROUP_WATCH, m), group, app };
+}
 export const watchAnswerBody = (s: MemberStatus) => map([["up", s.up], ["suites", s.suites]]);
 export function readWatchAnswer(body: unknown): MemberStatus {
   const m = fields(XGW_GROUP_WATCH, body);

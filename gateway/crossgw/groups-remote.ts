@@ -28,6 +28,9 @@ import * as gm from "./group-messages.ts";
 const MAX_WATCHERS = 64;
 /** After a watch that failed, how long before the member's gateway is asked again. */
 const WATCH_RETRY_MS = 2000;
+/** After a watch answered "not up", how long before it is asked again: a device that comes up is
+ *  reported at once, but one whose gateway did not let the group reach it (yet) is not. */
+const WATCH_RECHECK_MS = 30_000;
 
 export class GroupLink implements RemoteMembers {
   /** Home side: what each remote member's gateway last reported. */
@@ -58,9 +61,14 @@ export class GroupLink implements RemoteMembers {
 
   // ---- home side: RemoteMembers ------------------------------------------------------------------
 
-  active(member: string): boolean {
+  /** What the member's gateway last said of it (undefined: nothing yet), for monitoring and tests. */
+  reported(member: string): gm.MemberStatus | undefined {
+    return this.status.get(member);
+  }
+
+  active(member: string, group?: { name: string; app: string }): boolean {
     const s = this.status.get(member);
-    if (!s) this.watch(member);
+    if (!s && group) this.watch(member, group);
     return s?.up ?? false;
   }
 
@@ -91,27 +99,39 @@ export class GroupLink implements RemoteMembers {
     }
   }
 
-  private watch(member: string): void {
+  private watch(member: string, group: { name: string; app: string }): void {
     const domain = splitDeviceName(member)?.domain;
     if (!domain || this.watching.has(member) || this.closed) return;
     this.watching.add(member);
     this.interlink
-      .request(domain, gm.XGW_GROUP_WATCH, gm.watchBody(member), { secret: true })
+      .request(domain, gm.XGW_GROUP_WATCH, gm.watchBody(member, group.name, group.app), { secret: true })
       .then((body) => {
-        this.status.set(member, gm.readWatchAnswer(body));
+        const s = gm.readWatchAnswer(body);
+        this.status.set(member, s);
         this.keeper.memberChanged(member);
+        if (!s.up) this.watchAgain(member, WATCH_RECHECK_MS, true);
       })
       .catch((e: unknown) => {
         this.failed(member, "watch", e);
         // Asked again a little later: the member's gateway may not be up yet.
-        const t = setTimeout(() => {
-          this.retries.delete(t);
-          this.watching.delete(member);
-          if (!this.closed) this.keeper.memberChanged(member);
-        }, WATCH_RETRY_MS);
-        t.unref();
-        this.retries.add(t);
+        this.watchAgain(member, WATCH_RETRY_MS, false);
       });
+  }
+
+  /** Forgets the watch (and, unless the member's gateway reported since, what it said) after ms, so
+   *  that the next look at the member's groups asks again. */
+  private watchAgain(member: string, ms: number, onlyIfStill: boolean): void {
+    const said = this.status.get(member);
+    const t = setTimeout(() => {
+      this.retries.delete(t);
+      if (this.closed) return;
+      if (onlyIfStill && this.status.get(member) !== said) return; // a status arrived meanwhile
+      this.watching.delete(member);
+      this.status.delete(member);
+      this.keeper.memberChanged(member);
+    }, ms);
+    t.unref();
+    this.retries.add(t);
   }
 
   private failed(member: string, what: string, e: unknown): void {
@@ -156,10 +176,14 @@ export class GroupLink implements RemoteMembers {
     return { up, suites: r?.suites ?? [] };
   }
 
+  /** A home asks about our device for one of its groups. Answered only where our policy lets that
+   *  group reach the device for its application: any other gateway learns nothing (the answer an
+   *  unknown device gets), as a refused call learns nothing. */
   private onWatch(req: InterlinkRequest): { body: unknown } {
-    const member = gm.readWatch(req.body);
-    const id = localDeviceId(member, this.ctx.gatewayId);
-    if (!id || !this.ctx.store.getDevice(id)) return { body: gm.watchAnswerBody({ up: false, suites: [] }) };
+    const w = gm.readWatch(req.body);
+    const id = localDeviceId(w.member, this.ctx.gatewayId);
+    const allowed = !!id && splitDeviceName(w.group)?.domain === req.from && !!this.ctx.store.getDevice(id) && this.ctx.policy.permits(w.group, id, w.app);
+    if (!id || !allowed) return { body: gm.watchAnswerBody({ up: false, suites: [] }) };
     const homes = this.watchers.get(id) ?? new Set<string>();
     if (homes.size < MAX_WATCHERS) homes.add(req.from);
     this.watchers.set(id, homes);

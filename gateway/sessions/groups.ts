@@ -35,8 +35,9 @@ export const GROUP_POLL_MS = 2000;
 
 /** Members of this gateway's groups that are devices of other gateways. */
 export interface RemoteMembers {
-  /** Whether the member is up at its gateway (registered and linked), as last reported. */
-  active(member: string): boolean;
+  /** Whether the member is up at its gateway (registered and linked), as last reported; `group`
+   *  (its full name and application) is what to ask the member's gateway about when nothing is known. */
+  active(member: string, group?: { name: string; app: string }): boolean;
   /** The [suite, priority] pairs it registered, as its gateway reported them. */
   suites(member: string): number[][];
   /** Delivers a message to the member over its gateway; false when it cannot now. */
@@ -315,7 +316,7 @@ export class GroupKeeper {
       if (key.group !== name) continue;
       for (const member of [...key.members.keys()]) if (!g.members.includes(member)) this.drop(key, member, CloseReason.Removed);
     }
-    const up = g.members.filter((m) => !st.stale.has(m) && this.isUp(m));
+    const up = g.members.filter((m) => !st.stale.has(m) && this.isUp(m, g));
     const keyed = st.next ?? st.current;
     // A key a member was taken out of is replaced even if the rest are the same: that member holds it.
     if (!rekey && keyed && !keyed.lostMember && sameMembers(keyed, up)) return;
@@ -335,9 +336,9 @@ export class GroupKeeper {
     this.install(g, st, up, suite);
   }
 
-  private isUp(member: string): boolean {
+  private isUp(member: string, g: KeyGroup): boolean {
     const d = this.d;
-    if (member.includes("@")) return this.remote?.active(member) ?? false;
+    if (member.includes("@")) return this.remote?.active(member, { name: this.fullName(g.name), app: g.app }) ?? false;
     const r = d.store.getRegistration(member);
     return !!r && r.expiresAt > d.now() && d.isLinked(member);
   }
