@@ -287,24 +287,27 @@ function setupCostText(g: GatewaySessionResults): string {
   const verdict = target.met
     ? `The target of issue 14 (at most ${target.ceiling}× the raw crypto) is met in this run.`
     : `The target of issue 14 (at most ${target.ceiling}× the raw crypto) is **not met**: ${times(target.measured)} in this run.`;
-  return `${verdict} Before issue 14's changes the same benchmark measured 1,035 µs of CPU per setup, 9.6× a raw
-crypto of 108 µs (each session record then its own synchronous FULL commit on the gateway's thread,
+  return `${verdict}
+Before issue 14's changes the same benchmark measured 1,035 µs of CPU per setup, 9.6× a raw crypto
+of 108 µs (each session record then its own synchronous FULL commit on the gateway's thread,
 one insert 13% of a setup's CPU, and every registry statement prepared anew on each call). A setup's
 audit record is now queued and group-committed with the others of the same ${AUDIT_BATCH_MS} ms at synchronous=NORMAL
 (${us(g.auditBatched.cpuUs)} µs of CPU each here, against ${us(g.auditInsert.cpuUs)} µs committed alone), and the registry's and the
 policy's statements are prepared once.
 
-What remains is mostly not the protocol's bookkeeping. The sockets alone cost ${us(g.transportFloor.cpuUsPerMessage)} µs of CPU per
-message read and answered on this machine (an echo process over loopback TCP, last row of the table),
-and a setup reads ${g.messages.opened} frames and writes ${g.messages.sealed}: about ${us(transport)} µs, ${times(transport / g.rawCrypto.medianUs)} the raw crypto before
-a byte is parsed. The raw crypto is timed alone, in a tight loop; the same calls inside the gateway,
-between socket reads and other work, take longer (in the CPU profile of issue 14's runs,
-\`KEYPROXY_BENCH_GATEWAY_PROFILE\`, node:crypto's own frames came to about twice the raw figure per
-setup). The rest is CBOR, framing, the registrations and policy read from SQLite on every
-ConnectRequest (read each time: \`keyproxy policy\` and \`keyproxy device\` change them from another
-process), log records, timers and garbage collection, none of them large alone. A ratio of ${target.ceiling}× would
-need the transport's share gone (several frames per system call, or another transport than one TCP
-write per frame), not a cheaper registry.`;
+What remains, next to the ${us(target.ceiling * g.rawCrypto.medianUs)} µs that ${target.ceiling}× the raw crypto allows here. The sockets alone cost
+${us(g.transportFloor.cpuUsPerMessage)} µs of CPU per message read and answered on this machine (an echo process over loopback TCP,
+last row of the table), and a setup reads ${g.messages.opened} frames and writes ${g.messages.sealed}: about ${us(transport)} µs before a byte is
+parsed. The raw crypto is timed alone, in a tight loop; the same calls inside the gateway, between
+socket reads and other work, cost more (in CPU profiles of the gateway during issue 14's runs,
+\`KEYPROXY_BENCH_GATEWAY_PROFILE\`, node:crypto's share came to about 1.5-2× the raw figure per setup).
+About half of the CPU per setup is the protocol's bookkeeping, spread thin: CBOR (each frame decoded by
+the device's strict codec, then by cbor-x) and framing of nine frames, the registrations and the
+policy read from SQLite on every ConnectRequest (six statements, read each time because \`keyproxy
+policy\` and \`keyproxy device\` change them from another process), log records, timers and garbage
+collection; none of them is large alone. ${target.ceiling}× on this machine would need both fewer system calls
+per setup (several frames per write, or another transport than one TCP write per frame) and most of
+that bookkeeping gone, not one cheaper part.`;
 }
 
 /** The two load generators against the same gateway process, side by side. */
