@@ -11,6 +11,8 @@ import { SUITE_AES_CCM_16_64_128 as AES, SUITE_XSALSA20_POLY1305 as XSALSA } fro
 import { CloseReason } from "../firmware/proto/messages.ts";
 import { KeyGroups } from "../gateway/registry/key-groups.ts";
 import { openStore } from "../gateway/gateway.ts";
+import type { SessionSettings } from "../gateway/sessions/session-broker.ts";
+import { Msg } from "../firmware/proto/messages.ts";
 import { provision, startGateway, until, type TestGateway } from "./support/harness.ts";
 import { saDataIn, sessionHandset, stopGateway, type SessionHandset } from "./support/session-rig.ts";
 
@@ -24,8 +26,8 @@ interface Rig {
   close(): Promise<void>;
 }
 
-async function rig(devices: { id: string; suites?: number[][] }[]): Promise<Rig> {
-  const t = await startGateway();
+async function rig(devices: { id: string; suites?: number[][] }[], sessions: Partial<SessionSettings> = {}): Promise<Rig> {
+  const t = await startGateway({ sessions });
   const devs = new Map<string, SessionHandset>();
   const r: Rig = {
     t, devs,
@@ -202,6 +204,52 @@ describe("group SAs in one gateway", () => {
     await until(() => r.t.events("frame dropped").some((e) => /another member's sender index/.test(String(e.reason))), "the gateway's drop");
     await sendToGroup(r, "s1", spi, "honest", ["s2", "s3"]);
     for (const m of ["s2", "s3"]) assert.ok(!r.dev(m).inbox.includes("posing"));
+  });
+
+  test("the gateway counts the frames it relays: at 80% of the limit it gives the group a new key, before any member's own count asks", async () => {
+    const r = await rig([{ id: "l1" }, { id: "l2" }, { id: "l3" }], { limit: 10 });
+    rigs.push(r);
+    const g = r.t.gw.groups;
+    g.create("busy", "chat");
+    for (const m of ["l1", "l2", "l3"]) g.add("busy", m);
+    const old = await keyed(r, "busy", ["l1", "l2", "l3"]);
+    // Three each: no member sends 8 (its own rekey point), but the group's frames reach 8.
+    for (let i = 0; i < 3; i++) for (const [from, to] of [["l1", ["l2", "l3"]], ["l2", ["l1", "l3"]], ["l3", ["l1", "l2"]]] as const) await sendToGroup(r, from, old, `${from}-${i}`, [...to]);
+    const fresh = await keyed(r, "busy", ["l1", "l2", "l3"], old);
+    assert.match(String(r.t.events("group-rekey-due").at(-1)!.reason), /message limit/);
+    await sendToGroup(r, "l1", fresh, "on the new key", ["l2", "l3"]);
+  });
+
+  test("a member that closes the group's SA is left out until it registers again, and the others get a key it never had", async () => {
+    const r = await rig([{ id: "y1" }, { id: "y2" }, { id: "y3" }]);
+    rigs.push(r);
+    const g = r.t.gw.groups;
+    g.create("quiet", "chat");
+    for (const m of ["y1", "y2", "y3"]) g.add("quiet", m);
+    const old = await keyed(r, "quiet", ["y1", "y2", "y3"]);
+    assert.equal(r.dev("y3").h.close(old), true);
+    const fresh = await keyed(r, "quiet", ["y1", "y2"], old);
+    assert.ok(!r.dev("y3").h.sas.some((s) => s.spi === fresh));
+    // Registering again brings it back, with another new key.
+    assert.equal(r.dev("y3").h.register(), true);
+    await keyed(r, "quiet", ["y1", "y2", "y3"], fresh);
+  });
+
+  test("a member that does not confirm in time is left out, and the others get a key it was not given", async () => {
+    const r = await rig([{ id: "z1" }, { id: "z2" }, { id: "z3" }], { answerTimeoutMs: 500 });
+    rigs.push(r);
+    // z3 takes every key but never confirms one (its SaConfirm is swallowed).
+    const z3 = r.dev("z3").h;
+    const send = z3.request_.bind(z3);
+    z3.request_ = (m, answer) => (m.t === Msg.SaConfirm ? true : send(m, answer));
+    const g = r.t.gw.groups;
+    g.create("slow", "chat");
+    for (const m of ["z1", "z2", "z3"]) g.add("slow", m);
+    await until(() => r.t.events("group-confirm-timeout").length === 1, "the confirmation timeout");
+    assert.equal(r.t.events("group-confirm-timeout")[0].devices, "z3");
+    const spi = await keyed(r, "slow", ["z1", "z2"]);
+    assert.ok(!z3.sas.some((s) => s.spi === spi), "z3 was not given the key the others use");
+    await sendToGroup(r, "z1", spi, "without z3", ["z2"]);
   });
 
   test("a change made by keyproxy group in another process is applied by the running gateway", async () => {
