@@ -96,3 +96,11 @@ test("a process killed (SIGKILL, no close) after the batch was committed keeps i
   await exited;
   assert.deepEqual(committedRows(file).map((r) => r.device_id), ["dev-0", "dev-1", "dev-2", "dev-3", "dev-4"]);
 });
+
+test("a batched record on a closed store is refused at once, as audit() refuses it: nothing is queued to fail later", () => {
+  const file = join(tempDir("kp-audit-"), "keyproxy.db");
+  const store = new Store(file);
+  store.close();
+  assert.throws(() => store.auditBatched(1, "dev-a", "session-up", "too late"), /not open/);
+  assert.throws(() => store.audit(1, "dev-a", "registered", "too late"), /not open/);
+});

@@ -250,8 +250,12 @@ export class Store {
   /** Commits the queued audit records, then closes the database (Gateway.stop comes here). */
   close(): void {
     if (!this.sqlite.open) return;
-    this.flushAudit();
-    this.sqlite.close();
+    try {
+      this.flushAudit();
+    } finally {
+      // Closed even when that commit fails (its error still reaches the caller).
+      this.sqlite.close();
+    }
   }
 
   /** The database, for readers outside the store (tests, `keyproxy` commands): the queued audit
@@ -384,6 +388,8 @@ export class Store {
    *  answers (audit() for their records). Readers see queued records (`db` commits them first), and
    *  close() commits them. */
   auditBatched(ts: number, deviceId: string | null, event: string, detail: string): void {
+    // As audit() would, at once: a record queued on a closed store would be lost without a word.
+    if (!this.sqlite.open) throw new TypeError("The database connection is not open");
     this.auditQueue.push({ ts, deviceId, event, detail });
     this.auditFlush ??= setTimeout(() => this.flushAudit(), AUDIT_BATCH_MS);
   }
