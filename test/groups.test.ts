@@ -3,9 +3,15 @@
 // members get one key and each other's messages; a member that leaves, or is revoked, is cut off: its
 // SA is closed and the next message, handed to it directly, does not open; a member that joins
 // cannot open what was sent before; the suite is one every member registered; a member cannot send
-// with another's sender index; a change made by `keyproxy group` in another process is applied.
+// with another's sender index; a change made by `keyproxy group` in another process is applied. The
+// last test runs the Puck.js bundle built with --groups in the emulator, with an AES ledger per device.
 
 import { after, describe, test } from "node:test";
+import { rmSync } from "node:fs";
+import { EmulatedDevice, type AesObservation } from "../emulator/device.ts";
+import { provisionEmulated } from "../emulator/sim.ts";
+import { buildFirmware } from "../flash/build.ts";
+import { AesLedger, describeReuse } from "./support/aes-ledger.ts";
 import assert from "node:assert/strict";
 import { SUITE_AES_CCM_16_64_128 as AES, SUITE_XSALSA20_POLY1305 as XSALSA } from "../firmware/crypto/types.ts";
 import { CloseReason } from "../firmware/proto/messages.ts";
@@ -13,7 +19,7 @@ import { KeyGroups } from "../gateway/registry/key-groups.ts";
 import { openStore } from "../gateway/gateway.ts";
 import type { SessionSettings } from "../gateway/sessions/session-broker.ts";
 import { Msg } from "../firmware/proto/messages.ts";
-import { provision, startGateway, until, type TestGateway } from "./support/harness.ts";
+import { provision, startGateway, tempDir, until, type TestGateway } from "./support/harness.ts";
 import { saDataIn, sessionHandset, stopGateway, type SessionHandset } from "./support/session-rig.ts";
 
 const text = (s: string) => new Uint8Array(Buffer.from(s, "latin1"));
@@ -268,4 +274,70 @@ describe("group SAs in one gateway", () => {
     await until(() => r.dev("p3").closed.some(([spi]) => spi === old), "p3's SA closed", 8000);
     await keyed(r, "ops", ["p1", "p2"], old);
   });
+});
+
+// ---- the --groups bundle itself, in the emulator (docs/EMULATOR.md) --------------------------------------
+
+/** The group application, typed at each emulated handset's console. */
+const EMU_APP = `
+global.G = 0; global.GOT = []; global.CLOSED = [];
+KP.onConnect = function (spi, peer) { if (peer.indexOf("band@") === 0) G = spi; };
+KP.onMessage = function (d) { GOT.push(E.toString(d)); };
+KP.onClose = function (spi, reason) { CLOSED.push([spi, reason]); };
+1`;
+
+test("puckjs, built with --groups, in the emulator: three members, each message to the others once, a member taken out is closed; no device uses a (key, counter block) twice", async () => {
+  const built = await buildFirmware({ board: "puckjs", outDir: tempDir("kp-groups-build-"), groups: true });
+  assert.ok(built.ok, built.problems.join("\n"));
+  const t = await startGateway();
+  const storage = tempDir("kp-groups-dev-");
+  const uncaught: string[] = [];
+  const ledgers = new Map<string, AesLedger>();
+  const devs = new Map<string, EmulatedDevice>();
+  try {
+    for (const id of ["e1", "e2", "e3"]) {
+      const dev = new EmulatedDevice({ board: "puckjs", storageDir: `${storage}/${id}`, gateway: t.gw.address, name: id });
+      provisionEmulated(dev, t.dataDir, id, "puckjs", t.gw.address, 3600);
+      dev.storage.write(".bootcde", built.code);
+      const ledger = new AesLedger();
+      dev.on("aes", (o: AesObservation) => ledger.observeDevice(o));
+      dev.on("uncaught", (e: string) => uncaught.push(`${id}: ${e}`));
+      ledgers.set(id, ledger);
+      devs.set(id, dev);
+      await dev.boot();
+    }
+    const d = (id: string) => devs.get(id) as EmulatedDevice;
+    await until(() => [...devs.values()].every((x) => x.eval("KP.status().registered") === true), "every emulated handset registered", 15_000);
+    for (const x of devs.values()) x.eval(EMU_APP);
+    const g = t.gw.groups;
+    g.create("band", "chat");
+    for (const id of ["e1", "e2", "e3"]) g.add("band", id);
+    const spiAt = (id: string) => d(id).eval("G") as number;
+    await until(() => spiAt("e1") !== 0 && ["e2", "e3"].every((id) => spiAt(id) === spiAt("e1")), "the group key at all three", 15_000);
+    const first = spiAt("e1");
+    const got = (id: string) => d(id).eval("GOT") as string[];
+    for (const [from, to] of [["e1", ["e2", "e3"]], ["e2", ["e1", "e3"]], ["e3", ["e1", "e2"]]] as const) {
+      for (let i = 0; i < 3; i++) assert.equal(d(from).eval(`KP.send(G, E.toUint8Array("${from}-${i}"))`), true);
+      await until(() => to.every((id) => [0, 1, 2].every((i) => got(id).includes(`${from}-${i}`))), `${from}'s messages delivered`, 15_000);
+    }
+    for (const id of ["e1", "e2", "e3"]) assert.equal(got(id).length, 6, `${id} got the others' six messages, once each`);
+
+    g.remove("band", "e3");
+    await until(() => (d("e3").eval("CLOSED") as number[][]).some(([s, r]) => s === first && r === CloseReason.Removed), "e3 closed as removed", 15_000);
+    await until(() => spiAt("e1") !== first && spiAt("e2") === spiAt("e1"), "a new key for e1 and e2", 15_000);
+    assert.equal(d("e1").eval(`KP.send(G, E.toUint8Array("after"))`), true);
+    await until(() => got("e2").includes("after"), "e2 got it", 15_000);
+    assert.ok(!got("e3").includes("after"));
+    assert.equal(d("e3").eval("KP.sas.length"), 0, "e3 holds no group key");
+
+    for (const [id, ledger] of ledgers) {
+      assert.deepEqual(ledger.unexpected, [], `${id} used AES only for CCM`);
+      assert.deepEqual(ledger.reuses().map(describeReuse), [], `${id}: no (key, counter block) or (key, nonce) twice`);
+    }
+    assert.deepEqual(uncaught, []);
+  } finally {
+    for (const x of devs.values()) x.powerOff();
+    await stopGateway(t);
+    rmSync(storage, { recursive: true, force: true });
+  }
 });
