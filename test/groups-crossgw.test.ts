@@ -8,7 +8,7 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { rmSync } from "node:fs";
-import { CloseReason } from "../firmware/proto/messages.ts";
+import { CloseReason, Msg } from "../firmware/proto/messages.ts";
 import { startBroker, type EmbeddedBroker } from "../gateway/monitor/embedded-broker.ts";
 import { Fleet } from "../gateway/fleet/fleet.ts";
 import type { GroupLink } from "../gateway/crossgw/groups-remote.ts";
@@ -34,8 +34,9 @@ describe("group SAs across gateways: team@a.example with members at a.example an
     broker = await startBroker({ host: "127.0.0.1", port: 0 });
     fleetDir = tempDir("kp-grp-fleet-");
     fleet = Fleet.create(fleetDir, "kp-fleet", clock.now());
-    a = await fleetGateway("a.example", fleet, broker, clock.now);
-    b = await fleetGateway("b.example", fleet, broker, clock.now);
+    // A short overlap: a replaced key stops routing frames (here and at bob's gateway) within the test.
+    a = await fleetGateway("a.example", fleet, broker, clock.now, { sessions: { overlapMs: 300 } });
+    b = await fleetGateway("b.example", fleet, broker, clock.now, { sessions: { overlapMs: 300 } });
     for (const id of ["alice", "carol"]) devs.set(id, await sessionHandset(a.gw, id, provision(a.gw, id)));
     devs.set("bob@b.example", await sessionHandset(b.gw, "bob", provision(b.gw, "bob")));
     await until(() => [...devs.values()].every((d) => d.h.status().registered), "every handset registered");
@@ -78,6 +79,18 @@ describe("group SAs across gateways: team@a.example with members at a.example an
     await sendToGroup("alice", first, "from alice", ["carol", "bob@b.example"]);
     await sendToGroup("bob@b.example", first, "from bob", ["alice", "carol"]);
     await sendToGroup("carol", first, "from carol", ["alice", "bob@b.example"]);
+  });
+
+  test("a rekey: bob's gateway routes the new key's SPI, and forgets the old one after the overlap", async () => {
+    const link = b.gw.groups.remote as GroupLink;
+    assert.deepEqual(link.routesOf("bob"), [first]);
+    // alice asks for a new key (as her handset does at 80% of its limit).
+    assert.equal(dev("alice").h.request_({ t: Msg.Rekey, rid: 0, spi: first }, false), true);
+    const fresh = await keyed(MEMBERS, first);
+    await sendToGroup("bob@b.example", fresh, "on the new key", ["alice", "carol"]);
+    await until(() => link.routesOf("bob").length === 1, "the old SPI forgotten at bob's gateway", 10_000);
+    assert.deepEqual(link.routesOf("bob"), [fresh]);
+    first = fresh;
   });
 
   test("the member at the other gateway leaves: its SA closes, the others get a new key, and it cannot open the next message", async () => {

@@ -206,9 +206,27 @@ export class GroupLink implements RemoteMembers {
       const r = this.routes.get(m.spi);
       if (!r || r.home !== req.from || r.device !== id) throw new InterlinkError("malformed", `${gm.XGW_GROUP_TO}: no group SA of ${req.from} with this SPI at ${c.member}`);
       if (m.t === Msg.SaClosed) this.routes.delete(m.spi);
+      else if (m.replaces) this.retireRoute(m.replaces, req.from, id);
       this.ctx.send(id, m);
     } else throw new InterlinkError("malformed", `${gm.XGW_GROUP_TO}: message type ${m.t} is not for a member`);
     return { body: 0 };
+  }
+
+  /** The replaced key's SPI routes frames in flight for the overlap, as at the home, then goes. */
+  private retireRoute(spi: number, home: string, deviceId: string): void {
+    const r = this.routes.get(spi);
+    if (!r || r.home !== home || r.device !== deviceId) return;
+    const t = setTimeout(() => {
+      this.retries.delete(t);
+      if (this.routes.get(spi) === r) this.routes.delete(spi);
+    }, this.ctx.settings.overlapMs);
+    t.unref();
+    this.retries.add(t);
+  }
+
+  /** Our device's group SPIs (those of other domains' groups), for monitoring and tests. */
+  routesOf(deviceId: string): number[] {
+    return [...this.routes].filter(([, r]) => r.device === deviceId).map(([spi]) => spi);
   }
 
   /** A group key for our device from the group's home: only a group of that gateway's own domain,
@@ -219,7 +237,7 @@ export class GroupLink implements RemoteMembers {
     const why =
       splitDeviceName(m.peer)?.domain !== home ? `the group ${m.peer} is not of ${home}'s domain`
       : !ctx.policy.permits(m.peer, deviceId, m.app) ? "policy does not let this group reach the device"
-      : ctx.sessions.sessions.has(m.spi) || (this.routes.has(m.spi) && this.routes.get(m.spi)!.device !== deviceId) ? "the SPI is taken here"
+      : ctx.sessions.sessions.has(m.spi) || this.keeper.keys.has(m.spi) || this.routes.has(m.spi) ? "the SPI is taken here"
       : "";
     if (why) {
       ctx.log.warn("group-install-refused", { device: deviceId, group: m.peer, app: m.app, spi: spiText(m.spi), reason: why });

@@ -371,7 +371,7 @@ export class GroupKeeper {
     for (;;) {
       const b = this.d.crypto.random(4);
       const spi = ((b[0] << 24) | (b[1] << 16) | (b[2] << 8) | b[3]) >>> 0;
-      if (spi !== 0 && !this.keys.has(spi) && !this.d.spiTaken(spi)) return spi;
+      if (spi !== 0 && !this.holdsSpi(spi) && !this.d.spiTaken(spi)) return spi;
     }
   }
 
