@@ -104,3 +104,19 @@ test("a batched record on a closed store is refused at once, as audit() refuses 
   assert.throws(() => store.auditBatched(1, "dev-a", "session-up", "too late"), /not open/);
   assert.throws(() => store.audit(1, "dev-a", "registered", "too late"), /not open/);
 });
+
+test("a transaction begun outside the store (provisioning's raw BEGIN) never carries queued records: its rollback loses none", async () => {
+  const file = join(tempDir("kp-audit-"), "keyproxy.db");
+  const store = new Store(file);
+  try {
+    store.db.exec("BEGIN IMMEDIATE");
+    store.auditBatched(1, "dev-a", "session-up", "queued");
+    store.audit(2, "dev-b", "device-provisioned", "txn=1");
+    assert.deepEqual((store.db.prepare("SELECT detail FROM audit").all() as { detail: string }[]).map((r) => r.detail), ["txn=1"], "the queued record stays out of the open transaction");
+    store.db.exec("ROLLBACK");
+    await store.auditCommitted();
+    assert.deepEqual(committedRows(file).map((r) => r.detail), ["queued"]);
+  } finally {
+    store.close();
+  }
+});

@@ -369,10 +369,12 @@ export class Store {
 
   /** An audit record committed before this returns, with the synchronous=FULL of every other write,
    *  or inside the caller's transaction when there is one (a revocation's record lands with it). The
-   *  records queued before it are written first, in the same commit, so the log keeps their order. */
+   *  records queued before it are written first, in the same commit, so the log keeps their order
+   *  (not inside a transaction begun outside the store: see inForeignTransaction). */
   audit(ts: number, deviceId: string | null, event: string, detail: string): void {
+    const queuedFirst = !this.inForeignTransaction();
     this.atomically(() => {
-      this.writeQueuedAudit();
+      if (queuedFirst) this.writeQueuedAudit();
       this.insertAudit({ ts, deviceId, event, detail });
     });
   }
@@ -407,7 +409,11 @@ export class Store {
   private flushAudit(): void {
     if (this.auditFlush) clearTimeout(this.auditFlush);
     this.auditFlush = null;
-    if (!this.auditQueue.length) return;
+    if (!this.auditQueue.length || !this.sqlite.open) return;
+    if (this.inForeignTransaction()) {
+      this.auditFlush = setTimeout(() => this.flushAudit(), AUDIT_BATCH_MS);
+      return;
+    }
     if (this.sqlite.inTransaction) return this.writeQueuedAudit();
     this.statement("PRAGMA synchronous = NORMAL").run();
     try {
@@ -418,6 +424,13 @@ export class Store {
     const waiters = this.auditWaiters;
     this.auditWaiters = [];
     for (const w of waiters) w();
+  }
+
+  /** A transaction begun outside the store (a raw BEGIN, as `keyproxy provision` opens across its
+   *  steps): queued records are never written into it, since nothing here would queue them again if
+   *  it rolled back. They wait for their batch instead. */
+  private inForeignTransaction(): boolean {
+    return this.sqlite.inTransaction && this.drained === null;
   }
 
   /** Inserts the queued records into the current transaction. atomically() puts them back at the
