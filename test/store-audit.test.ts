@@ -120,3 +120,17 @@ test("a transaction begun outside the store (provisioning's raw BEGIN) never car
     store.close();
   }
 });
+
+test("a wait for the batch ends when an audit() record committed the queued ones first", async () => {
+  const file = join(tempDir("kp-audit-"), "keyproxy.db");
+  const store = new Store(file);
+  try {
+    store.auditBatched(1, "dev-a", "session-up", "queued");
+    const committed = store.auditCommitted();
+    store.audit(2, "dev-a", "deregistered", "durable");
+    await committed;
+    assert.deepEqual(committedRows(file).map((r) => r.detail), ["queued", "durable"]);
+  } finally {
+    store.close();
+  }
+});

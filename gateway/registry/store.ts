@@ -385,10 +385,10 @@ export class Store {
    *  What that costs: a crash of the process loses the records of at most the last AUDIT_BATCH_MS
    *  (a committed transaction is in the WAL, which the OS keeps); a power cut may also lose the
    *  batched commits since the WAL was last synced (by any FULL commit: a join counter, a
-   *  registration, a checkpoint). The database never corrupts, and nothing that must stay true is in these records:
-   *  join counters, registrations, provisioning and revocation are written FULL before the gateway
-   *  answers (audit() for their records). Readers see queued records (`db` commits them first), and
-   *  close() commits them. */
+   *  registration, a checkpoint). The database never corrupts, and nothing that must stay true is in
+   *  these records: join counters, registrations, provisioning and revocation are written FULL before
+   *  the gateway answers (audit() for their records). Readers see queued records (`db` commits them
+   *  first), and close() commits them. */
   auditBatched(ts: number, deviceId: string | null, event: string, detail: string): void {
     // As audit() would, at once: a record queued on a closed store would be lost without a word.
     if (!this.sqlite.open) throw new TypeError("The database connection is not open");
@@ -403,13 +403,16 @@ export class Store {
   }
 
   /** Commits the queued audit records in one transaction at synchronous=NORMAL (see auditBatched).
-   *  Inside a caller's transaction they are written into it instead: the synchronous level cannot
-   *  change there, and that commit makes them durable with the rest. A failed write leaves them
-   *  queued (the error goes to the caller, as a failed audit() does); close() tries again. */
+   *  Inside one of the store's own transactions (atomically) they are written into it instead: the
+   *  synchronous level cannot change there, and its commit makes them durable with the rest. A failed
+   *  write leaves them queued (the error goes to the caller, as a failed audit() does); close() tries
+   *  again. */
   private flushAudit(): void {
     if (this.auditFlush) clearTimeout(this.auditFlush);
     this.auditFlush = null;
-    if (!this.auditQueue.length || !this.sqlite.open) return;
+    if (!this.sqlite.open) return;
+    // Empty: whatever was queued has been committed, here or with an audit() that wrote it first.
+    if (!this.auditQueue.length) return this.tellAuditCommitted();
     if (this.inForeignTransaction()) {
       this.auditFlush = setTimeout(() => this.flushAudit(), AUDIT_BATCH_MS);
       return;
@@ -421,6 +424,10 @@ export class Store {
     } finally {
       this.statement("PRAGMA synchronous = FULL").run();
     }
+    this.tellAuditCommitted();
+  }
+
+  private tellAuditCommitted(): void {
     const waiters = this.auditWaiters;
     this.auditWaiters = [];
     for (const w of waiters) w();
