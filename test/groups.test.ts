@@ -226,6 +226,20 @@ describe("group SAs in one gateway", () => {
     await sendToGroup(r, "l1", fresh, "on the new key", ["l2", "l3"]);
   });
 
+  test("a member and the gateway's count asking for a new key at once make one replacement", async () => {
+    const r = await rig([{ id: "k1" }, { id: "k2" }], { limit: 10 });
+    rigs.push(r);
+    const g = r.t.gw.groups;
+    g.create("once", "chat");
+    for (const m of ["k1", "k2"]) g.add("once", m);
+    const old = await keyed(r, "once", ["k1", "k2"]);
+    // The 8th frame reaches the gateway's rekey point; k1's 9th send carries its own Rekey first.
+    for (let i = 0; i < 9; i++) assert.equal(r.dev("k1").h.send(old, text(`k-${i}`)), true);
+    await keyed(r, "once", ["k1", "k2"], old);
+    await until(() => r.dev("k2").inbox.length === 9, "every message, across the rekey");
+    assert.equal(r.t.events("group-keys-distributed").length, 2, "the first key and one replacement");
+  });
+
   test("a member that closes the group's SA is left out until it registers again, and the others get a key it never had", async () => {
     const r = await rig([{ id: "y1" }, { id: "y2" }, { id: "y3" }]);
     rigs.push(r);

@@ -320,6 +320,9 @@ export class GroupKeeper {
     const keyed = st.next ?? st.current;
     // A key a member was taken out of is replaced even if the rest are the same: that member holds it.
     if (!rekey && keyed && !keyed.lostMember && sameMembers(keyed, up)) return;
+    // A rekey asked for while a replacement for these members is being installed: that one will do
+    // (the members, the gateway's count and its timer may all ask at once).
+    if (rekey && st.next && !st.next.lostMember && sameMembers(st.next, up)) return;
     if (!rekey && !keyed && up.length < 2) return;
     if (st.next) this.end(st.next, CloseReason.Replaced, "a newer key replaces it before it was confirmed");
     if (up.length < 2) {
