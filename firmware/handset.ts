@@ -320,8 +320,10 @@ export class Handset {
     } else if (a.t === Msg.SaInstall) {
       // Key distribution: expand the seed, install the SA (not ready until Connected), confirm.
       // Role 0 sends up, 1 down (DIR_UP 0, DIR_DOWN 1); ROLE_GROUP + i is group member i, which sends
-      // and receives under the one group key with its sender index in the nonce.
-      const keys = deriveSaKeys(p.crypto, p.cbor, a.seed, a.spi, a.suite, a.role);
+      // and receives under the one group key with its sender index in the nonce. A build without
+      // groups confirms a group key with a role 0 or 1 tag, which the gateway refuses: it is left
+      // out (SaClosed) and never seals under a key whose nonces it would not keep apart.
+      const keys = deriveSaKeys(p.crypto, p.cbor, a.seed, a.spi, a.suite, GROUPS ? a.role : a.role & 1);
       const link: Link = { keys_: keys, txDir_: GROUPS && a.role >= ROLE_GROUP ? DIR_GROUP : a.role, txSeq_: 0, rx_: { top: 0, bits: 0 } };
       if (GROUPS && a.role >= ROLE_GROUP) {
         link.me_ = a.role - ROLE_GROUP;

@@ -191,20 +191,21 @@ interface Bundle {
 
 /** Bundles for the device: iife, platform neutral, no legal comments, ASCII only. The sourcemap stays in
  *  memory, for pointing at the TypeScript line behind a gate violation. */
-/** Board features decided at build time. esbuild folds a literal false but does not inline a
- *  module's constant into other functions, so for a board without the full CBOR codec the codec's
- *  FULL becomes the literal false, and without groups the GROUPS of firmware/proto/link.ts and
- *  firmware/handset.ts does: the code behind them leaves the bundle. */
+/** Board features decided at build time. esbuild folds a literal but does not inline a module's
+ *  constant into other functions, so for a board without the full CBOR codec the codec's FULL becomes
+ *  the literal false, and the GROUPS of firmware/proto/link.ts and firmware/handset.ts the literal
+ *  the build asked for: the code a bundle does not carry leaves it. */
 export function boardFeatures(fullCbor: boolean, groups = true): esbuild.Plugin {
-  const literal = async (file: string, name: string) => ({
-    contents: (await fs.promises.readFile(file, "utf8")).replace(new RegExp(`\\b${name}\\b(?! =)`, "g"), "false"),
+  const literal = async (file: string, name: string, value: boolean) => ({
+    contents: (await fs.promises.readFile(file, "utf8")).replace(new RegExp(`\\b${name}\\b(?! =)`, "g"), String(value)),
     loader: "ts" as const,
   });
   return {
     name: "keyproxy-board-features",
     setup(b) {
-      if (!fullCbor) b.onLoad({ filter: /[\\/]firmware[\\/]cbor\.ts$/ }, (args) => literal(args.path, "FULL"));
-      if (!groups) b.onLoad({ filter: /[\\/]firmware[\\/](proto[\\/]link|handset)\.ts$/ }, (args) => literal(args.path, "GROUPS"));
+      if (!fullCbor) b.onLoad({ filter: /[\\/]firmware[\\/]cbor\.ts$/ }, (args) => literal(args.path, "FULL", false));
+      // Either way: folded, the test costs a bundle with groups no byte either.
+      b.onLoad({ filter: /[\\/]firmware[\\/](proto[\\/]link|handset)\.ts$/ }, (args) => literal(args.path, "GROUPS", groups));
     },
   };
 }

@@ -355,3 +355,38 @@ test("puckjs, built with --groups, in the emulator: three members, each message 
     rmSync(storage, { recursive: true, force: true });
   }
 });
+
+test("a Puck.js built without --groups is offered a group key: its confirmation does not verify, it is left out and closed, and it never seals a group frame", async () => {
+  const withGroups = await buildFirmware({ board: "puckjs", outDir: tempDir("kp-groups-build-"), groups: true });
+  const without = await buildFirmware({ board: "puckjs", outDir: tempDir("kp-nogroups-build-") });
+  assert.ok(withGroups.ok && without.ok);
+  const t = await startGateway({ sessions: { answerTimeoutMs: 2000 } });
+  const storage = tempDir("kp-groups-dev-");
+  const devs = new Map<string, EmulatedDevice>();
+  try {
+    for (const [id, code] of [["n1", withGroups.code], ["n2", withGroups.code], ["old", without.code]] as const) {
+      const dev = new EmulatedDevice({ board: "puckjs", storageDir: `${storage}/${id}`, gateway: t.gw.address, name: id });
+      provisionEmulated(dev, t.dataDir, id, "puckjs", t.gw.address, 3600);
+      dev.storage.write(".bootcde", code);
+      devs.set(id, dev);
+      await dev.boot();
+    }
+    const d = (id: string) => devs.get(id) as EmulatedDevice;
+    await until(() => [...devs.values()].every((x) => x.eval("KP.status().registered") === true), "every emulated handset registered", 15_000);
+    for (const x of devs.values()) x.eval(EMU_APP);
+    const g = t.gw.groups;
+    g.create("band", "chat");
+    for (const id of ["n1", "n2", "old"]) g.add("band", id);
+    await until(() => t.events("group-confirm-dropped").some((e) => e.device === "old"), "old's confirmation refused", 15_000);
+    await until(() => g.currentSpi("band") !== 0 && ["n1", "n2"].every((id) => d(id).eval("G") === g.currentSpi("band")), "the group keyed without old", 15_000);
+    assert.equal(t.events("group-up").at(-1)!.members, "n1,n2");
+    await until(() => d("old").eval("KP.sas.length") === 0, "old holds no group SA", 15_000);
+    assert.equal(d("old").eval("G"), 0, "old never had a group SA up");
+    assert.equal(d("n1").eval(`KP.send(G, E.toUint8Array("hi"))`), true);
+    await until(() => (d("n2").eval("GOT") as string[]).includes("hi"), "n2 got it", 15_000);
+  } finally {
+    for (const x of devs.values()) x.powerOff();
+    await stopGateway(t);
+    rmSync(storage, { recursive: true, force: true });
+  }
+});

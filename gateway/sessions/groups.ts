@@ -407,7 +407,7 @@ export class GroupKeeper {
     const index = key.members.get(member) as number;
     if (!ctEqual(saConfirmTag(d.crypto, d.cbor, key.seed, key.spi, key.suite, ROLE_GROUP + index), tag)) {
       // It holds the seed but proved nothing: it is left out and the others get a key it never had.
-      d.log.warn("group-confirm-dropped", { device: member, spi: spiText(key.spi), reason: "key confirmation does not verify" });
+      d.log.warn("group-confirm-dropped", { device: member, spi: spiText(key.spi), reason: "key confirmation does not verify (firmware built without --groups?)" });
       st.stale.add(member);
       this.reconcile(key.group);
       return;
