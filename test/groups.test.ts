@@ -382,6 +382,12 @@ test("a Puck.js built without --groups is offered a group key: its confirmation 
     assert.equal(t.events("group-up").at(-1)!.members, "n1,n2");
     await until(() => d("old").eval("KP.sas.length") === 0, "old holds no group SA", 15_000);
     assert.equal(d("old").eval("G"), 0, "old never had a group SA up");
+    // Its renewal, with the same firmware, does not bring it back (and rekey the group) for nothing.
+    const offers = t.events("group-keys-distributed").length;
+    const renewals = t.events("renewed").filter((e) => e.device === "old").length;
+    assert.equal(d("old").eval("KP.register()"), true);
+    await until(() => t.events("renewed").filter((e) => e.device === "old").length > renewals, "old renewed", 15_000);
+    assert.equal(t.events("group-keys-distributed").length, offers, "no new key offered for old's renewal");
     assert.equal(d("n1").eval(`KP.send(G, E.toUint8Array("hi"))`), true);
     await until(() => (d("n2").eval("GOT") as string[]).includes("hi"), "n2 got it", 15_000);
   } finally {

@@ -108,6 +108,10 @@ export class GroupKeeper {
   /** Every key that routes frames, by SPI. */
   readonly keys = new Map<number, GroupKey>();
   private groups = new Map<string, GroupState>();
+  /** Devices of this gateway whose confirmation did not verify, with the firmware they registered
+   *  then (firmware without --groups does so every time): they are not offered a key again until
+   *  they register with other firmware. */
+  private refusedFirmware = new Map<string, string | null>();
   private version: number;
   private poll: NodeJS.Timeout;
   readonly stats = { keyed: 0, rekeyed: 0, unkeyable: 0, relayed: 0, relayDropped: 0 };
@@ -214,6 +218,9 @@ export class GroupKeeper {
   /** A device of this gateway registered (or renewed): its groups take it in if it is not yet. */
   registered(deviceId: string): void {
     this.remote?.registered?.(deviceId);
+    const firmware = this.d.store.getRegistration(deviceId)?.firmware ?? null;
+    if (this.refusedFirmware.has(deviceId) && this.refusedFirmware.get(deviceId) === firmware) return;
+    this.refusedFirmware.delete(deviceId);
     for (const g of this.store.list()) {
       if (!g.members.includes(deviceId)) continue;
       this.groups.get(g.name)?.stale.delete(deviceId);
@@ -409,6 +416,7 @@ export class GroupKeeper {
       // It holds the seed but proved nothing: it is left out and the others get a key it never had.
       d.log.warn("group-confirm-dropped", { device: member, spi: spiText(key.spi), reason: "key confirmation does not verify (firmware built without --groups?)" });
       st.stale.add(member);
+      if (!member.includes("@")) this.refusedFirmware.set(member, d.store.getRegistration(member)?.firmware ?? null);
       this.reconcile(key.group);
       return;
     }
