@@ -333,7 +333,7 @@ export class CapablePeer {
       credentials.signing.seed,
     );
     const trust = new FleetTrust({ dataDir: o.dataDir, anchor: credentials.anchor, log, now, verifierId: o.domain });
-    const interlink = await Interlink.connect({ url: o.mqtt, identity: credentials, trust: checkerTrust(trust.checker), now, log, protocolVersion: "auto" });
+    const interlink = await Interlink.connect({ url: o.mqtt, identity: credentials, trust: checkerTrust(trust.checker), now, log, protocolVersion: "auto", keyAgreement: o.keyAgreement });
     const peer = new CapablePeer({
       interlink, checker: trust.checker, now, lifetime: o.lifetime, limit: o.limit, keyAgreement: o.keyAgreement,
       self: { name: `${o.name}@${o.domain}`, identitySeed: identity.seed, cert, gatewayCert: credentials.certificate },

@@ -22,6 +22,9 @@ import { Fleet, generateX25519 } from "../gateway/fleet/fleet.ts";
 import {
   CHANNEL_OPEN_TYPE,
   ChannelError,
+  readOpenAnswer,
+  readOpenRequest,
+  type ChannelKeyAgreement,
   directionKey,
   isChannelMessage,
   PairwiseChannel,
@@ -31,6 +34,7 @@ import {
 } from "../gateway/fleet/channel.ts";
 import { Interlink, InterlinkError, requestsTopic, responsesTopic, type InterlinkIdentity, type Rejection } from "../gateway/fleet/interlink.ts";
 import { CertificateChecker, checkerTrust, localSource, Verifier } from "../gateway/fleet/verifier.ts";
+import { Logger, type LogRecord } from "../gateway/log/logger.ts";
 
 const T0 = 1_800_000_000;
 const dirs: string[] = [];
@@ -93,9 +97,30 @@ test("the key schedule: both sides derive the same direction keys, one per sende
   const th = transcriptHash(h);
   assert.equal(toHex(th), toHex(transcriptHash({ ...h })));
   assert.notEqual(toHex(directionKey(shared, th, "a.example")), toHex(directionKey(shared, th, "b.example")));
-  for (const swapped of [{ ...h, responderEphemeral: eI.publicKey }, { ...h, initiator: "c.example" }, { ...h, channelId: new Uint8Array(16) }]) {
+  const hybrid = { ...h, kemKey: new Uint8Array(1184).fill(1), kemCiphertext: new Uint8Array(1088).fill(2) };
+  for (const swapped of [{ ...h, responderEphemeral: eI.publicKey }, { ...h, initiator: "c.example" }, { ...h, channelId: new Uint8Array(16) }, hybrid, { ...hybrid, kemKey: new Uint8Array(1184).fill(3) }, { ...hybrid, kemCiphertext: new Uint8Array(1088) }]) {
     assert.notEqual(toHex(transcriptHash(swapped)), toHex(th), "every handshake field is in the transcript");
   }
+});
+
+test("the opening's bodies: exactly their fields, the ML-KEM halves at their lengths", () => {
+  const c = new Uint8Array(16).fill(1);
+  const e = new Uint8Array(32).fill(2);
+  const k = new Uint8Array(1184).fill(3);
+  const m = new Uint8Array(1088).fill(4);
+  assert.deepEqual(readOpenRequest(new Map([["c", c], ["e", e]])), { channelId: c, ephemeral: e });
+  assert.deepEqual(readOpenRequest(new Map([["c", c], ["e", e], ["k", k]])).kemKey, k);
+  assert.deepEqual(readOpenAnswer(new Map([["c", c], ["e", e], ["p", e], ["m", m]])).kemCiphertext, m);
+  const refusedBody = (f: () => unknown, why: RegExp) => assert.throws(f, (x: unknown) => x instanceof ChannelError && x.code === "malformed" && why.test(x.message));
+  refusedBody(() => readOpenRequest(new Map([["c", c], ["e", e], ["k", k.subarray(1)]])), /ML-KEM-768 key must be 1184 bytes/);
+  refusedBody(() => readOpenRequest(new Map([["c", c], ["e", e], ["x", k]])), /must be \{c, e, k\?\}/);
+  refusedBody(() => readOpenRequest(new Map([["c", c]])), /must be \{c, e, k\?\}/);
+  refusedBody(() => readOpenRequest(new Map([["c", c.subarray(1)], ["e", e]])), /channel id must be 16 bytes/);
+  refusedBody(() => readOpenRequest(new Map([["c", c], ["e", e.subarray(1)]])), /ephemeral key must be 32 bytes/);
+  refusedBody(() => readOpenRequest("x"), /must be \{c, e, k\?\}/);
+  refusedBody(() => readOpenAnswer(new Map([["c", c], ["e", e], ["p", e], ["m", m.subarray(1)]])), /ciphertext must be 1088 bytes/);
+  refusedBody(() => readOpenAnswer(new Map([["c", c], ["e", e], ["p", e.subarray(1)]])), /echoed key must be 32 bytes/);
+  refusedBody(() => readOpenAnswer(new Map([["c", c], ["e", e], ["m", m]])), /must be \{c, e, p, m\?\}/);
 });
 
 test("end() wipes both keys, and an ended channel neither seals nor opens", () => {
@@ -168,6 +193,7 @@ interface Gw {
   link: Interlink;
   checker: CertificateChecker;
   calls: number;
+  records: LogRecord[];
 }
 
 interface World {
@@ -215,14 +241,17 @@ function identity(w: World, id: string): InterlinkIdentity {
   return { gatewayId: id, signing, encryption, certificate: w.fleet.issueGateway(id, { signingKey: signing.publicKey, encryptionKey: encryption.publicKey }, T0, 100_000) };
 }
 
-async function gateway(w: World, id: InterlinkIdentity, o: { channels?: boolean; lifetime?: number } = {}): Promise<Gw> {
+async function gateway(w: World, id: InterlinkIdentity, o: { channels?: boolean; lifetime?: number; keyAgreement?: ChannelKeyAgreement } = {}): Promise<Gw> {
   const checker = new CertificateChecker({ source: localSource(w.verifier), verifierPublicKey: w.verifierKey.publicKey });
+  const records: LogRecord[] = [];
+  const log = new Logger(() => {});
+  log.subscribe((r) => records.push(r));
   const link = await Interlink.connect({
-    url: w.url, identity: id, trust: checkerTrust(checker), now: () => w.clock.now, protocolVersion: 4,
-    requestTimeoutMs: 3000, certificateTimeoutMs: 2000, pairwiseChannels: o.channels, channelLifetime: o.lifetime,
+    url: w.url, identity: id, trust: checkerTrust(checker), now: () => w.clock.now, protocolVersion: 4, log,
+    requestTimeoutMs: 3000, certificateTimeoutMs: 2000, pairwiseChannels: o.channels, channelLifetime: o.lifetime, keyAgreement: o.keyAgreement,
   });
   w.links.push(link);
-  const gw: Gw = { identity: id, link, checker, calls: 0 };
+  const gw: Gw = { identity: id, link, checker, calls: 0, records };
   link.handle("echo", (req) => {
     gw.calls++;
     return { body: req.body };
@@ -261,10 +290,10 @@ async function refused(w: World, to: Gw, bytes: Uint8Array, topic = requestsTopi
   return r;
 }
 
-async function pairOfGateways(w: World, o: { northChannels?: boolean; southChannels?: boolean; lifetime?: number } = {}) {
+async function pairOfGateways(w: World, o: { northChannels?: boolean; southChannels?: boolean; lifetime?: number; north?: ChannelKeyAgreement; south?: ChannelKeyAgreement } = {}) {
   const sfx = toHex(new Uint8Array(randomBytes(3)));
-  const north = await gateway(w, identity(w, `north-${sfx}.example`), { channels: o.northChannels, lifetime: o.lifetime });
-  const south = await gateway(w, identity(w, `south-${sfx}.example`), { channels: o.southChannels, lifetime: o.lifetime });
+  const north = await gateway(w, identity(w, `north-${sfx}.example`), { channels: o.northChannels, lifetime: o.lifetime, keyAgreement: o.north });
+  const south = await gateway(w, identity(w, `south-${sfx}.example`), { channels: o.southChannels, lifetime: o.lifetime, keyAgreement: o.south });
   return { north, south, southId: south.identity.gatewayId, northId: north.identity.gatewayId };
 }
 
@@ -404,6 +433,36 @@ test("over a broker: channels between two gateways", async (t) => {
       const resets = w.spied.filter((x) => senders.some((id) => x.topic === requestsTopic(id)));
       assert.equal(resets.length, 10, "ten resets, the first sender's second message none");
       assert.deepEqual(resets.map((x) => x.topic), senders.slice(0, 10).map((id) => requestsTopic(id)));
+    });
+
+    await t.test("hybrid: X25519 + ML-KEM-768 when both offer it, X25519 alone with a classical peer, refused under hybrid-only either way", async () => {
+      const agreement = (g: Gw) => g.records.filter((r) => r.event === "interlink-channel-opened" || r.event === "interlink-channel-accepted").map((r) => r.keyAgreement);
+      const both = await pairOfGateways(w, { north: "hybrid", south: "hybrid" });
+      w.spied.length = 0;
+      assert.equal(await both.north.link.request(both.southId, "echo", "pq"), "pq");
+      const opening = w.spied.find((x) => x.topic === requestsTopic(both.southId) && !isChannelMessage(x.bytes))!;
+      const answer = w.spied.find((x) => x.topic === responsesTopic(both.northId) && !isChannelMessage(x.bytes))!;
+      const { parseEnvelope } = await import("../gateway/fleet/interlink.ts");
+      assert.equal(readOpenRequest(decode(parseEnvelope(opening.bytes).body)).kemKey?.length, 1184, "the opening offers an ML-KEM-768 key");
+      assert.equal(readOpenAnswer(decode(parseEnvelope(answer.bytes).body)).kemCiphertext?.length, 1088, "the answer encapsulates to it");
+      assert.deepEqual([agreement(both.north), agreement(both.south)], [["x25519-mlkem768"], ["x25519-mlkem768"]]);
+      // Stripping the ML-KEM key from the signed opening on the way breaks north's signature.
+      const e = parseEnvelope(opening.bytes);
+      const { signEnvelope } = await import("../gateway/fleet/interlink.ts");
+      const stripped = signEnvelope({ ...e, msgId: new Uint8Array(randomBytes(16)), body: encode(new Map([["c", new Uint8Array(16).fill(1)], ["e", new Uint8Array(32).fill(9)]])) }, generateEd25519().seed);
+      assert.equal((await refused(w, both.south, stripped)).code, "bad-signature");
+
+      const mixed = await pairOfGateways(w, { north: "hybrid", south: "x25519" });
+      assert.equal(await mixed.north.link.request(mixed.southId, "echo", 1), 1);
+      assert.deepEqual([agreement(mixed.north), agreement(mixed.south)], [["x25519"], ["x25519"]], "a classical peer ignores the ML-KEM key");
+
+      const strictCaller = await pairOfGateways(w, { north: "hybrid-only", south: "x25519" });
+      await assert.rejects(strictCaller.north.link.request(strictCaller.southId, "echo", 1), (err: unknown) => err instanceof InterlinkError && err.code === "downgrade");
+      assert.equal(strictCaller.north.link.channelCount, 0);
+
+      const strictCallee = await pairOfGateways(w, { north: "x25519", south: "hybrid-only" });
+      await assert.rejects(strictCallee.north.link.request(strictCallee.southId, "echo", 1), (err: unknown) => err instanceof InterlinkError && err.code === "remote-error" && err.remoteCode === "downgrade");
+      assert.equal(strictCallee.south.link.channelCount, 0, "the strict side made no channel");
     });
 
     await t.test("a peer without channels (an older gateway) gets signed envelopes, and is not asked again at every request", async () => {

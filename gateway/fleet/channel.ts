@@ -22,6 +22,15 @@
 // One key per direction, named by the sending gateway's id, so the two directions never share a key
 // and neither side can be confused about its role.
 //
+// Hybrid post-quantum (the fleet's key-agreement policy, as for the exchange between gateways): the
+// request may also carry an ML-KEM-768 encapsulation key `k` (FIPS 203), and the answer then the
+// ciphertext `m` encapsulated to it. The two secrets are combined as TLS's X25519MLKEM768 does, by
+// concatenation (ML-KEM's first), and the transcript covers both:
+//   TH  = SHA-256(cbor(["KP channel v1", I, R, channelId, eI, eR, k, m]))       (k, m only when hybrid)
+//   ikm = ML-KEM.Decaps(m) || X25519(e, E)
+// `k` is inside I's signature and `m` inside R's, so neither can be stripped on the way: a
+// "hybrid-only" gateway refuses a channel without them ("downgrade"), a "hybrid" one takes either.
+//
 // A message on the channel is a COSE_Encrypt0 (RFC 9052 §5.2), AES-256-GCM (alg 3):
 //   16([protected = bstr .cbor {1: 3, 4: channelId, -65537: from, -65538: to, -65539: seq}, {}, ciphertext])
 //   nonce     = 4 zero bytes || seq, 8 bytes big-endian   (seq = 1, 2, 3 ... per direction; never reused)
@@ -39,6 +48,7 @@
 // called when a newer fleet revocation list arrives, and at each use once the verifier's answer ran out).
 
 import { createCipheriv, createDecipheriv, createHash, hkdfSync } from "node:crypto";
+import { ml_kem768 } from "@noble/post-quantum/ml-kem.js";
 import { ctEqual } from "../../firmware/bytes.ts";
 import { encode } from "../encoding/cbor.ts";
 import { decodeDeterministic } from "../encoding/cose.ts";
@@ -48,6 +58,12 @@ export const CHANNEL_OPEN_TYPE = "kp.channel.open";
 export const CHANNEL_RESET_TYPE = "kp.channel.reset";
 export const CHANNEL_ID_LENGTH = 16;
 export const X25519_LENGTH = 32;
+/** ML-KEM-768 (FIPS 203): encapsulation key and ciphertext lengths. */
+export const MLKEM768_KEY_LENGTH = 1184;
+export const MLKEM768_CIPHERTEXT_LENGTH = 1088;
+
+/** The key agreement a gateway's channels offer and accept: the fleet's policy for the exchange. */
+export type ChannelKeyAgreement = "x25519" | "hybrid" | "hybrid-only";
 /** Seconds a channel is used for sending. */
 export const DEFAULT_CHANNEL_LIFETIME = 3600;
 /** The last sequence number a channel may use: then a new channel is opened. */
@@ -81,38 +97,68 @@ export class ChannelError extends Error {
 export interface OpenRequest {
   channelId: Uint8Array;
   ephemeral: Uint8Array;
+  /** ML-KEM-768 encapsulation key: present when the initiator offers the hybrid. */
+  kemKey?: Uint8Array;
 }
 
-export interface OpenAnswer extends OpenRequest {
+export interface OpenAnswer {
+  channelId: Uint8Array;
+  ephemeral: Uint8Array;
   /** The initiator's ephemeral, echoed so that the responder's signature covers both. */
   peerEphemeral: Uint8Array;
+  /** ML-KEM-768 ciphertext to the request's key: present when the responder took the hybrid. */
+  kemCiphertext?: Uint8Array;
 }
 
 const isBytes = (v: unknown, n: number): v is Uint8Array => v instanceof Uint8Array && v.length === n;
 
 export function openRequestBody(r: OpenRequest): Map<string, Uint8Array> {
-  return new Map([["c", r.channelId], ["e", r.ephemeral]]);
+  const m = new Map([["c", r.channelId], ["e", r.ephemeral]]);
+  if (r.kemKey) m.set("k", r.kemKey);
+  return m;
 }
 
 export function openAnswerBody(a: OpenAnswer): Map<string, Uint8Array> {
-  return new Map([["c", a.channelId], ["e", a.ephemeral], ["p", a.peerEphemeral]]);
+  const m = new Map([["c", a.channelId], ["e", a.ephemeral], ["p", a.peerEphemeral]]);
+  if (a.kemCiphertext) m.set("m", a.kemCiphertext);
+  return m;
 }
 
-export function readOpenRequest(body: unknown): OpenRequest {
-  if (!(body instanceof Map) || body.size !== 2) throw new ChannelError("malformed", "channel open must be {c, e}");
-  const channelId: unknown = body.get("c");
-  const ephemeral: unknown = body.get("e");
+/** Checks that `body` is a map of exactly the `required` keys and at most the one `optional`. */
+function onlyKeys(body: unknown, required: string[], optional: string, what: string): Map<unknown, unknown> {
+  const shape = `{${[...required, `${optional}?`].join(", ")}}`;
+  if (!(body instanceof Map)) throw new ChannelError("malformed", `${what} must be ${shape}`);
+  const allowed = body.size === required.length || (body.size === required.length + 1 && body.has(optional));
+  if (!allowed || !required.every((k) => body.has(k))) throw new ChannelError("malformed", `${what} must be ${shape}`);
+  return body;
+}
+
+function channelIdAndKey(m: Map<unknown, unknown>): { channelId: Uint8Array; ephemeral: Uint8Array } {
+  const channelId: unknown = m.get("c");
+  const ephemeral: unknown = m.get("e");
   if (!isBytes(channelId, CHANNEL_ID_LENGTH)) throw new ChannelError("malformed", `channel id must be ${CHANNEL_ID_LENGTH} bytes`);
   if (!isBytes(ephemeral, X25519_LENGTH)) throw new ChannelError("malformed", `channel ephemeral key must be ${X25519_LENGTH} bytes`);
   return { channelId, ephemeral };
 }
 
+export function readOpenRequest(body: unknown): OpenRequest {
+  const m = onlyKeys(body, ["c", "e"], "k", "channel open");
+  const r: OpenRequest = channelIdAndKey(m);
+  const kemKey: unknown = m.get("k");
+  if (kemKey !== undefined && !isBytes(kemKey, MLKEM768_KEY_LENGTH)) throw new ChannelError("malformed", `channel open's ML-KEM-768 key must be ${MLKEM768_KEY_LENGTH} bytes`);
+  if (kemKey) r.kemKey = kemKey;
+  return r;
+}
+
 export function readOpenAnswer(body: unknown): OpenAnswer {
-  if (!(body instanceof Map) || body.size !== 3) throw new ChannelError("malformed", "channel open answer must be {c, e, p}");
-  const { channelId, ephemeral } = readOpenRequest(new Map([["c", body.get("c")], ["e", body.get("e")]]));
-  const peerEphemeral: unknown = body.get("p");
+  const m = onlyKeys(body, ["c", "e", "p"], "m", "channel open answer");
+  const peerEphemeral: unknown = m.get("p");
   if (!isBytes(peerEphemeral, X25519_LENGTH)) throw new ChannelError("malformed", `channel open answer's echoed key must be ${X25519_LENGTH} bytes`);
-  return { channelId, ephemeral, peerEphemeral };
+  const a: OpenAnswer = { ...channelIdAndKey(m), peerEphemeral };
+  const kemCiphertext: unknown = m.get("m");
+  if (kemCiphertext !== undefined && !isBytes(kemCiphertext, MLKEM768_CIPHERTEXT_LENGTH)) throw new ChannelError("malformed", `channel open answer's ML-KEM-768 ciphertext must be ${MLKEM768_CIPHERTEXT_LENGTH} bytes`);
+  if (kemCiphertext) a.kemCiphertext = kemCiphertext;
+  return a;
 }
 
 export function readResetBody(body: unknown): Uint8Array {
@@ -126,11 +172,42 @@ export interface Handshake {
   channelId: Uint8Array;
   initiatorEphemeral: Uint8Array;
   responderEphemeral: Uint8Array;
+  /** Both present for a hybrid channel, neither for a classical one. */
+  kemKey?: Uint8Array;
+  kemCiphertext?: Uint8Array;
 }
 
 export function transcriptHash(h: Handshake): Uint8Array {
-  const th = encode([LABEL, h.initiator, h.responder, h.channelId, h.initiatorEphemeral, h.responderEphemeral]);
-  return new Uint8Array(createHash("sha256").update(th).digest());
+  const fields: unknown[] = [LABEL, h.initiator, h.responder, h.channelId, h.initiatorEphemeral, h.responderEphemeral];
+  if (h.kemKey && h.kemCiphertext) fields.push(h.kemKey, h.kemCiphertext);
+  return new Uint8Array(createHash("sha256").update(encode(fields)).digest());
+}
+
+/** A fresh ML-KEM-768 key pair (@noble/post-quantum, as the exchange's). */
+export function kemKeyPair(): { publicKey: Uint8Array; secretKey: Uint8Array } {
+  return ml_kem768.keygen();
+}
+
+/** Encapsulation to a channel opening's key; an unusable key (FIPS 203's modulus check) is malformed. */
+export function kemEncapsulate(kemKey: Uint8Array): { cipherText: Uint8Array; sharedSecret: Uint8Array } {
+  try {
+    return ml_kem768.encapsulate(kemKey);
+  } catch {
+    throw new ChannelError("malformed", "channel open's ML-KEM-768 key is not a valid encapsulation key");
+  }
+}
+
+export function kemDecapsulate(cipherText: Uint8Array, secretKey: Uint8Array): Uint8Array {
+  return ml_kem768.decapsulate(cipherText, secretKey);
+}
+
+/** The key-derivation input: ML-KEM's secret first, then X25519's, as X25519MLKEM768 concatenates them. */
+export function combinedSecret(x25519: Uint8Array, kem?: Uint8Array): Uint8Array {
+  if (!kem) return x25519;
+  const out = new Uint8Array(kem.length + x25519.length);
+  out.set(kem, 0);
+  out.set(x25519, kem.length);
+  return out;
 }
 
 /** The key of the direction `sender` sends in. The shared secret stays the caller's to wipe. */
@@ -258,6 +335,8 @@ export interface ChannelInit {
   lifetime: number;
   /** Whether this side opened it. */
   initiated: boolean;
+  /** Whether its keys came from X25519 + ML-KEM-768. */
+  hybrid?: boolean;
 }
 
 export class PairwiseChannel {
@@ -269,10 +348,7 @@ export class PairwiseChannel {
   readonly createdAt: number;
   readonly lifetime: number;
   readonly initiated: boolean;
-  /** Until when the peer's certificate was judged good (the verifier's validUntil). */
-  trustedUntil = 0;
-  /** The trust epoch in which it was judged (PeerTrust.epoch). */
-  trustEpoch = -1;
+  readonly hybrid: boolean;
   private sendKey: Buffer;
   private receiveKey: Buffer;
   private seq = 0;
@@ -289,6 +365,7 @@ export class PairwiseChannel {
     this.createdAt = i.createdAt;
     this.lifetime = i.lifetime;
     this.initiated = i.initiated;
+    this.hybrid = i.hybrid ?? false;
   }
 
   get isEnded(): boolean {

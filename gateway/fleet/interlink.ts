@@ -66,6 +66,11 @@ import type { Ed25519KeyPair } from "../crypto/ed25519.ts";
 import { FleetError, generateX25519, generateX25519KeyObject, isGatewayId, readGatewayCertificateUnverified, x25519Agree, x25519SharedSecret, type X25519KeyPair } from "./fleet.ts";
 import {
   CHANNEL_ID_LENGTH,
+  combinedSecret,
+  kemDecapsulate,
+  kemEncapsulate,
+  kemKeyPair,
+  type ChannelKeyAgreement,
   CHANNEL_OPEN_TYPE,
   CHANNEL_RESET_TYPE,
   ChannelError,
@@ -97,6 +102,7 @@ export type InterlinkErrorCode =
   | "duplicate" // msgId seen already: a broker redelivery or a replay within the window
   | "decrypt-failed"
   | "unknown-channel" // a channel message for no channel of ours (we restarted, or it ended)
+  | "downgrade" // a channel opening without the ML-KEM-768 half that this side's "hybrid-only" requires
   | "unsolicited" // a response to no pending request
   | "no-handler"
   | "remote-error"
@@ -192,6 +198,8 @@ export interface InterlinkOptions {
   pairwiseChannels?: boolean;
   /** Seconds a channel is used for sending (default 3,600). */
   channelLifetime?: number;
+  /** The channels' key agreement (default "x25519"): give the fleet's policy, as to the exchange. */
+  keyAgreement?: ChannelKeyAgreement;
 }
 
 export const TOPIC_ROOT = "keyproxy-cose/v1/interlink";
@@ -683,11 +691,13 @@ export class Interlink {
   /** The initiator's side of the handshake (channel.ts). */
   private async openChannel(to: string): Promise<PairwiseChannel | undefined> {
     await this.peer(to); // a peer whose certificate is not good is refused here, not after a timeout
+    const policy = this.opts.keyAgreement ?? "x25519";
     const eph = generateX25519KeyObject();
+    const kem = policy === "x25519" ? undefined : kemKeyPair();
     const channelId = new Uint8Array(randomBytes(CHANNEL_ID_LENGTH));
     let answer: unknown;
     try {
-      answer = await this.send(to, CHANNEL_OPEN_TYPE, openRequestBody({ channelId, ephemeral: eph.publicKey }), {}, false);
+      answer = await this.send(to, CHANNEL_OPEN_TYPE, openRequestBody({ channelId, ephemeral: eph.publicKey, kemKey: kem?.publicKey }), {}, false);
     } catch (e) {
       if (e instanceof InterlinkError && e.code === "remote-error" && e.remoteCode === "no-handler") {
         this.legacyPeers.set(to, this.now() + LEGACY_PEER_SECONDS);
@@ -705,11 +715,19 @@ export class Interlink {
     if (toHex(a.channelId) !== toHex(channelId) || toHex(a.peerEphemeral) !== toHex(eph.publicKey)) {
       throw new InterlinkError("malformed", `"${to}" answered another channel opening than ours`);
     }
+    if (a.kemCiphertext && !kem) throw new InterlinkError("malformed", `"${to}" answered with an ML-KEM-768 ciphertext to a classical channel opening`);
+    if (!a.kemCiphertext && policy === "hybrid-only") {
+      kem?.secretKey.fill(0);
+      throw new InterlinkError("downgrade", `"${to}" opened the channel with X25519 alone, and this gateway's policy requires X25519 + ML-KEM-768`);
+    }
     const cert = this.peerCerts.get(to); // set when its signed answer was accepted just now
     if (!cert) throw new InterlinkError("untrusted-peer", `no certificate held for "${to}"`);
-    const channel = this.makeChannel({ initiator: this.gatewayId, responder: to, channelId, initiatorEphemeral: eph.publicKey, responderEphemeral: a.ephemeral }, eph.privateKey, a.ephemeral, cert, true);
+    const kemShared = a.kemCiphertext && kem ? kemDecapsulate(a.kemCiphertext, kem.secretKey) : undefined;
+    kem?.secretKey.fill(0);
+    const h = { initiator: this.gatewayId, responder: to, channelId, initiatorEphemeral: eph.publicKey, responderEphemeral: a.ephemeral, ...(kemShared ? { kemKey: kem!.publicKey, kemCiphertext: a.kemCiphertext } : {}) };
+    const channel = this.makeChannel(h, eph.privateKey, a.ephemeral, kemShared, cert, true);
     this.stats.channelsOpened++;
-    this.opts.log?.info("interlink-channel-opened", { peer: to, channel: channel.idHex.slice(0, 8) });
+    this.opts.log?.info("interlink-channel-opened", { peer: to, channel: channel.idHex.slice(0, 8), keyAgreement: channel.hybrid ? "x25519-mlkem768" : "x25519" });
     return channel;
   }
 
@@ -722,20 +740,31 @@ export class Interlink {
       throw new InterlinkError("malformed", (e as Error).message);
     }
     if (this.channels.has(toHex(r.channelId))) throw new InterlinkError("malformed", "channel id already in use");
+    const policy = this.opts.keyAgreement ?? "x25519";
+    if (!r.kemKey && policy === "hybrid-only") throw new InterlinkError("downgrade", "channel opening offers X25519 alone, and this gateway's policy requires X25519 + ML-KEM-768");
+    let kem: { cipherText: Uint8Array; sharedSecret: Uint8Array } | undefined;
+    try {
+      kem = r.kemKey && policy !== "x25519" ? kemEncapsulate(r.kemKey) : undefined;
+    } catch (e) {
+      throw new InterlinkError("malformed", (e as Error).message);
+    }
     const eph = generateX25519KeyObject();
-    const channel = this.makeChannel({ initiator: req.from, responder: this.gatewayId, channelId: r.channelId, initiatorEphemeral: r.ephemeral, responderEphemeral: eph.publicKey }, eph.privateKey, r.ephemeral, senderCert, false);
+    const h = { initiator: req.from, responder: this.gatewayId, channelId: r.channelId, initiatorEphemeral: r.ephemeral, responderEphemeral: eph.publicKey, ...(kem ? { kemKey: r.kemKey, kemCiphertext: kem.cipherText } : {}) };
+    const channel = this.makeChannel(h, eph.privateKey, r.ephemeral, kem?.sharedSecret, senderCert, false);
     this.stats.channelsAccepted++;
-    this.opts.log?.info("interlink-channel-accepted", { peer: req.from, channel: channel.idHex.slice(0, 8) });
-    return { body: openAnswerBody({ channelId: r.channelId, ephemeral: eph.publicKey, peerEphemeral: r.ephemeral }), secret: false };
+    this.opts.log?.info("interlink-channel-accepted", { peer: req.from, channel: channel.idHex.slice(0, 8), keyAgreement: channel.hybrid ? "x25519-mlkem768" : "x25519" });
+    return { body: openAnswerBody({ channelId: r.channelId, ephemeral: eph.publicKey, peerEphemeral: r.ephemeral, kemCiphertext: kem?.cipherText }), secret: false };
   }
 
-  private makeChannel(h: Parameters<typeof transcriptHash>[0], own: Parameters<typeof x25519Agree>[0], peerEphemeral: Uint8Array, peerCert: Uint8Array, initiated: boolean): PairwiseChannel {
-    let shared: Uint8Array;
+  private makeChannel(h: Parameters<typeof transcriptHash>[0], own: Parameters<typeof x25519Agree>[0], peerEphemeral: Uint8Array, kemShared: Uint8Array | undefined, peerCert: Uint8Array, initiated: boolean): PairwiseChannel {
+    let x25519: Uint8Array;
     try {
-      shared = x25519Agree(own, peerEphemeral);
+      x25519 = x25519Agree(own, peerEphemeral);
     } catch {
+      kemShared?.fill(0);
       throw new InterlinkError("malformed", "channel ephemeral key is not a usable X25519 key");
     }
+    const shared = combinedSecret(x25519, kemShared);
     const th = transcriptHash(h);
     const peer = initiated ? h.responder : h.initiator;
     const channel = new PairwiseChannel({
@@ -748,8 +777,9 @@ export class Interlink {
       createdAt: this.now(),
       lifetime: this.opts.channelLifetime ?? DEFAULT_CHANNEL_LIFETIME,
       initiated,
+      hybrid: kemShared !== undefined,
     });
-    shared.fill(0);
+    for (const secret of [shared, x25519, kemShared]) secret?.fill(0);
     this.keepChannel(channel);
     return channel;
   }
