@@ -5,9 +5,10 @@
 // records written with them) stays a FULL commit before the gateway answers. What must hold: a reader
 // sees every record so far, in the order written; a clean stop loses none; a crash after the commit
 // loses none; a failed transaction loses none; and the store is back at FULL after each batch.
-import { test } from "node:test";
+import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import { fork } from "node:child_process";
+import { rmSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import Database from "better-sqlite3";
@@ -30,8 +31,17 @@ function committedRows(file: string): Row[] {
 
 const SYNCHRONOUS_FULL = 2;
 
+/** A registry file in a fresh directory, removed when the test file ends. */
+const made: string[] = [];
+after(() => made.forEach((d) => rmSync(d, { recursive: true, force: true })));
+function registryFile(prefix: string): string {
+  const dir = tempDir(prefix);
+  made.push(dir);
+  return join(dir, "keyproxy.db");
+}
+
 test("batched records wait for their group commit, then commit together; the store is back at synchronous=FULL", async () => {
-  const file = join(tempDir("kp-audit-"), "keyproxy.db");
+  const file = registryFile("kp-audit-");
   const store = new Store(file);
   try {
     for (let i = 0; i < 3; i++) store.auditBatched(i, `dev-${i}`, "session-up", `spi=${i}`);
@@ -46,7 +56,7 @@ test("batched records wait for their group commit, then commit together; the sto
 });
 
 test("a reader through store.db sees the queued records at once, in the order written with audit()'s durable ones", () => {
-  const file = join(tempDir("kp-audit-"), "keyproxy.db");
+  const file = registryFile("kp-audit-");
   const store = new Store(file);
   try {
     store.auditBatched(1, "dev-a", "session-up", "first");
@@ -60,7 +70,7 @@ test("a reader through store.db sees the queued records at once, in the order wr
 });
 
 test("a transaction that rolls back after writing queued records queues them again: none is lost", async () => {
-  const file = join(tempDir("kp-audit-"), "keyproxy.db");
+  const file = registryFile("kp-audit-");
   const store = new Store(file);
   try {
     store.auditBatched(1, "dev-a", "session-up", "queued before");
@@ -81,11 +91,12 @@ test("closing the store commits the queued records (Gateway.stop closes it): a c
   t.gw.store.auditBatched(1, "dev-a", "session-up", "queued at stop");
   t.gw.store.auditBatched(2, "dev-b", "session-down", "queued at stop");
   await t.gw.stop();
+  made.push(t.dataDir);
   assert.deepEqual(committedRows(join(t.dataDir, "keyproxy.db")).map((r) => r.device_id), ["dev-a", "dev-b"]);
 });
 
 test("a process killed (SIGKILL, no close) after the batch was committed keeps its records", async () => {
-  const file = join(tempDir("kp-audit-crash-"), "keyproxy.db");
+  const file = registryFile("kp-audit-crash-");
   const child = fork(CRASH_CHILD, [file, "5"], { execArgv: ["--import", "tsx"], stdio: ["ignore", "inherit", "inherit", "ipc"] });
   const exited = new Promise((r) => child.once("exit", r));
   await new Promise<void>((resolve, reject) => {
@@ -98,7 +109,7 @@ test("a process killed (SIGKILL, no close) after the batch was committed keeps i
 });
 
 test("a batched record on a closed store is refused at once, as audit() refuses it: nothing is queued to fail later", () => {
-  const file = join(tempDir("kp-audit-"), "keyproxy.db");
+  const file = registryFile("kp-audit-");
   const store = new Store(file);
   store.close();
   assert.throws(() => store.auditBatched(1, "dev-a", "session-up", "too late"), /not open/);
@@ -106,7 +117,7 @@ test("a batched record on a closed store is refused at once, as audit() refuses 
 });
 
 test("a transaction begun outside the store (provisioning's raw BEGIN) never carries queued records: its rollback loses none", async () => {
-  const file = join(tempDir("kp-audit-"), "keyproxy.db");
+  const file = registryFile("kp-audit-");
   const store = new Store(file);
   try {
     store.db.exec("BEGIN IMMEDIATE");
@@ -122,7 +133,7 @@ test("a transaction begun outside the store (provisioning's raw BEGIN) never car
 });
 
 test("a wait for the batch ends when an audit() record committed the queued ones first", async () => {
-  const file = join(tempDir("kp-audit-"), "keyproxy.db");
+  const file = registryFile("kp-audit-");
   const store = new Store(file);
   try {
     store.auditBatched(1, "dev-a", "session-up", "queued");
