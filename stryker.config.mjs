@@ -31,7 +31,7 @@ export const MODULES = {
   },
   "gateway/fleet/channel.ts": {
     mutate: ["gateway/fleet/channel.ts"],
-    tests: ["test/interlink-channel.test.ts", "test/interlink.test.ts"],
+    tests: ["test/channel-edges.test.ts", "test/interlink-channel.test.ts", "test/interlink.test.ts"],
   },
   "gateway/registry/registrar.ts": {
     mutate: ["gateway/registry/registrar.ts"],

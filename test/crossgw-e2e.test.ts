@@ -277,7 +277,11 @@ function crossGatewaySuite(title: string, startBrokers: () => Promise<Brokers>, 
       const agreed = keyAgreement === "hybrid-only" ? "x25519-mlkem768" : "x25519";
       for (const s of [a, b]) assert.equal(s.gw.events("xsession-keys-distributed")[0]?.keyAgreement, agreed, `${s.domain} ran the exchange with ${agreed}`);
       // Between the two gateways every envelope after the first went on their pairwise channel.
-      for (const s of [a, b]) assert.ok(s.gw.events("interlink-channel-opened").length + s.gw.events("interlink-channel-accepted").length >= 1, `${s.domain} has a pairwise channel`);
+      for (const s of [a, b]) {
+        const channels = [...s.gw.events("interlink-channel-opened"), ...s.gw.events("interlink-channel-accepted")].filter((e) => e.peer === (s === a ? domB : domA));
+        assert.ok(channels.length >= 1, `${s.domain} has a pairwise channel with the other domain`);
+        assert.deepEqual([...new Set(channels.map((e) => e.keyAgreement))], [agreed], `${s.domain}'s channel ran ${agreed} as its policy says`);
+      }
 
       while (g(a, "SENT") < TOTAL || g(b, "SENT") < TOTAL) {
         const sa = g(a, `burst(${BATCH})`);
