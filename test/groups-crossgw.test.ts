@@ -12,6 +12,8 @@ import { CloseReason, Msg } from "../firmware/proto/messages.ts";
 import { startBroker, type EmbeddedBroker } from "../gateway/monitor/embedded-broker.ts";
 import { Fleet } from "../gateway/fleet/fleet.ts";
 import type { GroupLink } from "../gateway/crossgw/groups-remote.ts";
+import * as gm from "../gateway/crossgw/group-messages.ts";
+import * as gcbor from "../gateway/encoding/cbor.ts";
 import { publishRevocationList } from "../gateway/fleet/trust.ts";
 import { fleetGateway } from "./support/fleet-rig.ts";
 import { Clock, provision, tempDir, until, type TestGateway } from "./support/harness.ts";
@@ -134,6 +136,23 @@ describe("group SAs across gateways: team@a.example with members at a.example an
     await keyed(["alice", "carol"], withDave);
     assert.deepEqual(a.gw.groups.list().find((g) => g.name === "team")!.members, ["alice", "carol"]);
     assert.equal(a.events("group-member-revoked").filter((e) => e.device === "dave@b.example").length, 1);
+  });
+
+  test("a gateway speaks only for its own devices: b's claims about a's members, or its frames in their names, are refused and change nothing", async () => {
+    const spi = a.gw.groups.currentSpi("team");
+    const members = a.gw.groups.list().find((g) => g.name === "team")!.members;
+    const refused = async (type: string, body: unknown) => {
+      await assert.rejects(b.gw.interlink!.request("a.example", type, body, { secret: true }), /may speak only for its own devices/, type);
+    };
+    await refused(gm.XGW_GROUP_STATUS, gm.statusBody("carol@a.example", { up: false, suites: [] }, true));
+    await refused(gm.XGW_GROUP_FROM, gm.messageBody("alice@a.example", { t: Msg.Bye, spi }));
+    await refused(gm.XGW_GROUP_FROM, gm.frameBody("alice@a.example", gcbor.encode([Msg.SaData, spi, 1, new Uint8Array(24)])));
+    // Malformed bodies: a clear refusal each, nothing acted on.
+    for (const [type, body] of [[gm.XGW_GROUP_STATUS, new Map([["member", "x"]])], [gm.XGW_GROUP_FROM, new Map([["member", "bob@b.example"], ["msg", new Uint8Array([1, 2])], ["frame", new Uint8Array([3])]])], [gm.XGW_GROUP_WATCH, 7]] as const) {
+      await assert.rejects(b.gw.interlink!.request("a.example", type, body, { secret: true }), /malformed|must|required|map/, type);
+    }
+    assert.equal(a.gw.groups.currentSpi("team"), spi, "the key did not change");
+    assert.deepEqual(a.gw.groups.list().find((g) => g.name === "team")!.members, members, "nor the membership");
   });
 
   test("a member's gateway that does not let the group reach its device: the device is never keyed, and its status is not told", async () => {
