@@ -132,7 +132,7 @@ async function startFleet(f: FleetOptions, gw: Gateway, ctx: SessionHookContext,
   const trust = new FleetTrust({ dataDir, anchor: credentials.anchor, log: gw.log, now: ctx.now, verifierId: gw.id, devFleet: f.devFleet, maxAnswerLifetime: f.maxAnswerLifetime });
   const interlink = await Interlink.connect({
     url, identity: credentials, trust: checkerTrust(trust.checker), now: ctx.now, log: gw.log, protocolVersion: f.protocolVersion ?? "auto",
-    keyAgreement: f.keyAgreement, // the channels to other gateways follow the fleet's policy, as the exchange does
+    keyAgreement: f.keyAgreement, // the channels follow the fleet's policy where it names one (else hybrid when both can)
   });
   try {
     const checker = f.verifier ? await trust.remoteChecker(interlink, f.verifier) : trust.checker;

@@ -122,7 +122,7 @@ test("open(): only the channel's own receiving direction, and nothing once ended
 
 test("the reset body: exactly {c: 16 bytes}", () => {
   assert.deepEqual(readResetBody(new Map([["c", ID]])), ID);
-  for (const bad of [new Map([["c", ID.subarray(1)]]), new Map([["c", ID], ["d", 1]]), new Map(), "c", new Map([["x", ID]])]) refusedAs(() => readResetBody(bad), "malformed", /channel reset must be \{c: channel id\}/);
+  for (const bad of [new Map([["c", ID.subarray(1)]]), new Map<string, unknown>([["c", ID], ["d", 1]]), new Map(), "c", new Map([["x", ID]])] as unknown[]) refusedAs(() => readResetBody(bad), "malformed", /channel reset must be \{c: channel id\}/);
 });
 
 test("the key schedule recomputed from PROTOCOL §9, classical and hybrid", () => {

@@ -148,7 +148,7 @@ describe("group SAs across gateways: team@a.example with members at a.example an
     await refused(gm.XGW_GROUP_FROM, gm.messageBody("alice@a.example", { t: Msg.Bye, spi }));
     await refused(gm.XGW_GROUP_FROM, gm.frameBody("alice@a.example", gcbor.encode([Msg.SaData, spi, 1, new Uint8Array(24)])));
     // Malformed bodies: a clear refusal each, nothing acted on.
-    for (const [type, body] of [[gm.XGW_GROUP_STATUS, new Map([["member", "x"]])], [gm.XGW_GROUP_FROM, new Map([["member", "bob@b.example"], ["msg", new Uint8Array([1, 2])], ["frame", new Uint8Array([3])]])], [gm.XGW_GROUP_WATCH, 7]] as const) {
+    for (const [type, body] of [[gm.XGW_GROUP_STATUS, new Map([["member", "x"]])], [gm.XGW_GROUP_FROM, new Map<string, unknown>([["member", "bob@b.example"], ["msg", new Uint8Array([1, 2])], ["frame", new Uint8Array([3])]])], [gm.XGW_GROUP_WATCH, 7]] as const) {
       await assert.rejects(b.gw.interlink!.request("a.example", type, body, { secret: true }), /malformed|must|required|map/, type);
     }
     assert.equal(a.gw.groups.currentSpi("team"), spi, "the key did not change");

@@ -452,6 +452,10 @@ test("over a broker: channels between two gateways", async (t) => {
       const stripped = signEnvelope({ ...e, msgId: new Uint8Array(randomBytes(16)), body: encode(new Map([["c", new Uint8Array(16).fill(1)], ["e", new Uint8Array(32).fill(9)]])) }, generateEd25519().seed);
       assert.equal((await refused(w, both.south, stripped)).code, "bad-signature");
 
+      const defaults = await pairOfGateways(w);
+      assert.equal(await defaults.north.link.request(defaults.southId, "echo", 0), 0);
+      assert.deepEqual([agreement(defaults.north), agreement(defaults.south)], [["x25519-mlkem768"], ["x25519-mlkem768"]], "hybrid by default");
+
       const mixed = await pairOfGateways(w, { north: "hybrid", south: "x25519" });
       assert.equal(await mixed.north.link.request(mixed.southId, "echo", 1), 1);
       assert.deepEqual([agreement(mixed.north), agreement(mixed.south)], [["x25519"], ["x25519"]], "a classical peer ignores the ML-KEM key");

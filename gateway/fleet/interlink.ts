@@ -198,7 +198,8 @@ export interface InterlinkOptions {
   pairwiseChannels?: boolean;
   /** Seconds a channel is used for sending (default 3,600). */
   channelLifetime?: number;
-  /** The channels' key agreement (default "x25519"): give the fleet's policy, as to the exchange. */
+  /** The channels' key agreement: the fleet's policy when it names one, else "hybrid" (ML-KEM-768
+   *  costs about a millisecond once per channel, so every channel gets it whenever both sides can). */
   keyAgreement?: ChannelKeyAgreement;
 }
 
@@ -427,6 +428,8 @@ interface ChannelEntry {
   epoch: number;
 }
 
+/** Channels are hybrid whenever both sides can, unless the fleet's policy says "x25519". */
+const DEFAULT_CHANNEL_KEY_AGREEMENT: ChannelKeyAgreement = "hybrid";
 /** Channels kept per peer, of both directions: an older one is ended when a newer one comes. */
 const CHANNELS_PER_PEER = 4;
 /** Seconds a peer that does not know kp.channel.open gets signed envelopes before it is asked again. */
@@ -691,7 +694,7 @@ export class Interlink {
   /** The initiator's side of the handshake (channel.ts). */
   private async openChannel(to: string): Promise<PairwiseChannel | undefined> {
     await this.peer(to); // a peer whose certificate is not good is refused here, not after a timeout
-    const policy = this.opts.keyAgreement ?? "x25519";
+    const policy = this.opts.keyAgreement ?? DEFAULT_CHANNEL_KEY_AGREEMENT;
     const eph = generateX25519KeyObject();
     const kem = policy === "x25519" ? undefined : kemKeyPair();
     const channelId = new Uint8Array(randomBytes(CHANNEL_ID_LENGTH));
@@ -740,7 +743,7 @@ export class Interlink {
       throw new InterlinkError("malformed", (e as Error).message);
     }
     if (this.channels.has(toHex(r.channelId))) throw new InterlinkError("malformed", "channel id already in use");
-    const policy = this.opts.keyAgreement ?? "x25519";
+    const policy = this.opts.keyAgreement ?? DEFAULT_CHANNEL_KEY_AGREEMENT;
     if (!r.kemKey && policy === "hybrid-only") throw new InterlinkError("downgrade", "channel opening offers X25519 alone, and this gateway's policy requires X25519 + ML-KEM-768");
     let kem: { cipherText: Uint8Array; sharedSecret: Uint8Array } | undefined;
     try {
