@@ -54,6 +54,8 @@ interface Rig {
   /** The events of the audit records written with their own synchronous commit (Store.audit); the
    *  others were batched (Store.auditBatched). */
   durable: string[];
+  /** Registry and policy lookups made outside a transaction (the store's atomically). */
+  lookupsOutsideTransaction: string[];
   events(name: string): LogRecord[];
   to(dev: string, t: Msg): Sent["m"][];
   /** dev asks for a session with peer (the callee's name; callee: its id when the name is not);
@@ -83,20 +85,38 @@ function rig(t: TestContext, o: RigOptions = {}): Rig {
   const logs: LogRecord[] = [];
   const audits: Rig["audits"] = [];
   const durable: string[] = [];
+  const lookupsOutsideTransaction: string[] = [];
+  let inTransaction = false;
   const inner = nodeCrypto();
   const crypto = { ...inner, random: (n: number) => (n === 4 && spiDraws.length ? be32(spiDraws.shift()!) : inner.random(n)) };
   const log = new Logger(() => {});
   log.subscribe((r) => logs.push(r));
   const deps: SessionDeps = {
     store: {
-      getRegistration: (id: string) => regs.get(id),
+      getRegistration: (id: string) => {
+        if (!inTransaction) lookupsOutsideTransaction.push(`registration of ${id}`);
+        return regs.get(id);
+      },
+      atomically: <T>(fn: () => T) => {
+        inTransaction = true;
+        try {
+          return fn();
+        } finally {
+          inTransaction = false;
+        }
+      },
       audit: (_ts: number, device: string | null, event: string, detail: string) => {
         durable.push(event);
         audits.push({ device, event, detail });
       },
       auditBatched: (_ts: number, device: string | null, event: string, detail: string) => audits.push({ device, event, detail }),
     } as unknown as Store,
-    policy: { permits: (caller: string, callee: string) => !denied.has(`${caller}>${callee}`) } as unknown as Policy,
+    policy: {
+      permits: (caller: string, callee: string) => {
+        if (!inTransaction) lookupsOutsideTransaction.push(`policy ${caller}>${callee}`);
+        return !denied.has(`${caller}>${callee}`);
+      },
+    } as unknown as Policy,
     log,
     crypto,
     cbor: gcbor,
@@ -122,7 +142,7 @@ function rig(t: TestContext, o: RigOptions = {}): Rig {
 
   const to = (dev: string, type: Msg) => sent.filter((s) => s.to === dev && s.m.t === type).map((s) => s.m);
   const r: Rig = {
-    broker, clock, regs, linked, denied, spiDraws, sent, relayed, logs, audits, durable,
+    broker, clock, regs, linked, denied, spiDraws, sent, relayed, logs, audits, durable, lookupsOutsideTransaction,
     events: (name) => logs.filter((l) => l.event === name),
     to,
     call: (dev, peer, rid = 7, callee = peer) => {
@@ -536,6 +556,13 @@ test("a session's up, rekey and down records are batched evidence, not a synchro
   assert.deepEqual(r.durable, [], "no session record waits for its own commit");
   r.broker.handle("dev-c", { t: Msg.ConnectRequest, rid: 1, peer: "dev-d", app: APP, from: "dev-a" });
   assert.deepEqual(r.durable, ["spoofing"]);
+});
+
+test("a ConnectRequest reads both registrations and the policy in one registry transaction", (t) => {
+  const r = rig(t);
+  r.call("dev-a", "dev-b");
+  assert.equal(r.to("dev-b", Msg.Incoming).length, 1, "the callee is asked");
+  assert.deepEqual(r.lookupsOutsideTransaction, []);
 });
 
 test("a bye from a party ends the SA at both ends; from a stranger or for an unknown SPI it is dropped", (t) => {
