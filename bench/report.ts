@@ -303,9 +303,9 @@ socket reads and other work, cost more (in CPU profiles of the gateway during is
 \`KEYPROXY_BENCH_GATEWAY_PROFILE\`, node:crypto's share came to about 1.5-2× the raw figure per setup).
 About half of the CPU per setup is the protocol's bookkeeping, spread thin: CBOR (each frame decoded by
 the device's strict codec, then by cbor-x) and framing of nine frames, the registrations and the
-policy read from SQLite on every ConnectRequest (six statements, read each time because \`keyproxy
-policy\` and \`keyproxy device\` change them from another process), log records, timers and garbage
-collection; none of them is large alone. ${target.ceiling}× on this machine would need both fewer system calls
+policy read from SQLite on every ConnectRequest (six statements in one read transaction, read each
+time because \`keyproxy policy\` and \`keyproxy device\` change them from another process), log records,
+timers and garbage collection; none of them is large alone. ${target.ceiling}× on this machine would need both fewer system calls
 per setup (several frames per write, or another transport than one TCP write per frame) and most of
 that bookkeeping gone, not one cheaper part.`;
 }
