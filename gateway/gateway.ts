@@ -201,6 +201,8 @@ export class Gateway {
       lock.release();
       throw e;
     }
+    // What polls the registry on a timer, to be stopped before the store closes if the start fails.
+    let groupKeeper: GroupKeeper | undefined;
     try {
       const id = opts.id ?? store.getMeta("gateway_id") ?? "gateway.local";
       store.setMeta("gateway_id", id);
@@ -227,7 +229,7 @@ export class Gateway {
       // group key.
       const spiTaken = (spi: number) => (hook?.holdsSpi?.(spi) ?? false) || (groups?.holdsSpi(spi) ?? false);
       const sessions = new SessionBroker({ store, policy, log, crypto, cbor, now, send, relay, isLinked, settings, gatewayId: id, onEndAll, spiTaken });
-      groups = new GroupKeeper({
+      groupKeeper = groups = new GroupKeeper({
         store, log, crypto, cbor, now, send, relay, isLinked, settings, gatewayId: id,
         spiTaken: (spi) => sessions.sessions.has(spi) || (hook?.holdsSpi?.(spi) ?? false),
       });
@@ -318,6 +320,7 @@ export class Gateway {
       log.info("gateway-started", { id, listen: `${address.host}:${address.port}`, dataDir: opts.dataDir });
       return gw;
     } catch (e) {
+      groupKeeper?.close();
       store.close();
       lock.release();
       throw e;

@@ -439,7 +439,7 @@ export class GroupKeeper {
     else this.stats.keyed++;
     const event = key.replaces ? "group-rekeyed" : "group-up";
     d.log.info(event, { group: this.fullName(key.group), spi: spiText(key.spi), members: [...key.members.keys()].join(","), replaces: key.replaces ? spiText(key.replaces) : undefined });
-    d.store.audit(d.now(), null, event, `group=${this.fullName(key.group)} spi=${spiText(key.spi)} members=${[...key.members.keys()].join(",")}`);
+    d.store.auditBatched(d.now(), null, event, `group=${this.fullName(key.group)} spi=${spiText(key.spi)} members=${[...key.members.keys()].join(",")}`);
     if (old) this.retire(old, key);
   }
 
