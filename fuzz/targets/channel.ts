@@ -10,23 +10,16 @@
 // setup, so a message on an unknown channel signs no reset (the resets and their limits are tested in
 // test/interlink-channel.test.ts): "unknown-channel" is then a refusal like any other.
 
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { rmSync } from "node:fs";
 import { decode, encode } from "../../gateway/encoding/cbor.ts";
-import { generateEd25519 } from "../../gateway/crypto/ed25519.ts";
-import { Fleet, generateX25519KeyObject, x25519Agree } from "../../gateway/fleet/fleet.ts";
+import { generateX25519KeyObject, x25519Agree } from "../../gateway/fleet/fleet.ts";
 import {
   CHANNEL_OPEN_TYPE, ChannelError, directionKey, openRequestBody, PairwiseChannel, parseChannelMessage, readOpenAnswer, transcriptHash,
 } from "../../gateway/fleet/channel.ts";
-import {
-  Interlink, InterlinkError, Kind, parseEnvelope, requestsTopic, responsesTopic, signEnvelope,
-  type InterlinkErrorCode, type InterlinkOptions, type Rejection,
-} from "../../gateway/fleet/interlink.ts";
-import { CertificateChecker, checkerTrust, localSource, Verifier } from "../../gateway/fleet/verifier.ts";
+import { InterlinkError, Kind, parseEnvelope, requestsTopic, responsesTopic, signEnvelope, type InterlinkErrorCode, type Rejection } from "../../gateway/fleet/interlink.ts";
 import type { Outcome, Target } from "../target.ts";
 import { T0 } from "./cwt.ts";
-import { identity, standInClient } from "./interlink.ts";
+import { liveSouth } from "./interlink.ts";
 
 const NOW = T0 + 100;
 const NORTH = "north.example";
@@ -37,26 +30,8 @@ export const channelTarget: Target = {
   name: "channel",
   about: "Interlink.receive on a pairwise channel (gateway/fleet/channel.ts): COSE_Encrypt0 messages to a live interlink holding a channel",
   async setup(rng) {
-    const dir = mkdtempSync(join(tmpdir(), "kp-fuzz-channel-"));
-    const fleet = Fleet.create(dir, "kp-fleet", T0);
-    const verifierKey = generateEd25519();
-    const verifier = new Verifier({ anchor: fleet.anchor, key: verifierKey, verifierId: "verifier.kp" });
-    verifier.updateRevocationList(fleet.signedList());
-    const checker = new CertificateChecker({ source: localSource(verifier), verifierPublicKey: verifierKey.publicKey });
-    const north = identity(fleet, NORTH);
-    const south = identity(fleet, SOUTH);
-    const published: { topic: string; bytes: Uint8Array }[] = [];
-    const opts: InterlinkOptions = { url: "mqtt://stand-in", identity: south, trust: checkerTrust(checker), now: () => NOW, requestTimeoutMs: 2_000_000_000 };
-    const link = new (Interlink as unknown as new (c: unknown, o: InterlinkOptions) => Interlink)(standInClient(published), opts);
-    const receive = (topic: string, bytes: Uint8Array): Promise<void> => (link as unknown as { receive(t: string, b: Uint8Array): Promise<void> }).receive(topic, bytes);
+    const { dir, north, south, checker, published, link, receive, state } = liveSouth("kp-fuzz-channel-", {});
     (link as unknown as { resetBudget: { second: number; left: number } }).resetBudget = { second: NOW, left: 0 };
-    let calls = 0;
-    link.handle("echo", (req) => {
-      calls++;
-      return { body: new Map([["echo", req.body]]) };
-    });
-    let rejection: Rejection | undefined;
-    link.onReject((r) => (rejection = r));
 
     // North opens the channel: a genuine signed kp.channel.open, south's answer read off the wire.
     const channelId = rng.bytes(16);
@@ -101,7 +76,7 @@ export const channelTarget: Target = {
     const snapshot = (): string => {
       const d = (link as unknown as { dedupe: { seen: Map<string, unknown>; floor: number } }).dedupe;
       const l = link as unknown as { pending: Map<string, unknown> };
-      return JSON.stringify([d.seen.size, d.floor, [...d.seen.keys()].slice(-1), [...l.pending.keys()], link.channelCount, calls, link.stats.accepted, checker.size]);
+      return JSON.stringify([d.seen.size, d.floor, [...d.seen.keys()].slice(-1), [...l.pending.keys()], link.channelCount, state.calls, link.stats.accepted, checker.size]);
     };
 
     return {
@@ -117,7 +92,7 @@ export const channelTarget: Target = {
           if (!(e instanceof ChannelError)) throw e;
         }
         const toResponses = (kind !== undefined && kind !== Kind.Request) !== ((input[input.length - 1] & 7) === 0);
-        rejection = undefined;
+        state.rejection = undefined;
         const accepted = link.stats.accepted;
         const pending = link.pendingCount;
         await receive(toResponses ? responsesTopic(SOUTH) : requestsTopic(SOUTH), input);
@@ -125,8 +100,8 @@ export const channelTarget: Target = {
           if (link.pendingCount < pending) await ask();
           return "accepted";
         }
-        if (!rejection) throw new Error("invariant: a channel message was neither accepted nor refused");
-        const rj = rejection as Rejection;
+        const rj = state.rejection as Rejection | undefined; // set by the link's listener during receive()
+        if (!rj) throw new Error("invariant: a channel message was neither accepted nor refused");
         if (!RECEIVE_CODES.has(rj.code)) throw new Error(`invariant: refused with undocumented code ${rj.code}: ${rj.reason}`);
         throw new InterlinkError(rj.code, rj.reason);
       },

@@ -50,31 +50,48 @@ export function standInClient(published: { topic: string; bytes: Uint8Array }[])
 
 const randomId = (rng: Rng): Uint8Array => rng.bytes(16);
 
+/** South's live interlink over the stand-in client, with north's identity beside it: what both
+ *  interlink targets fuzz. `calls` counts the echo handler's runs; `rejection` holds the last refusal. */
+export interface LiveSouth {
+  dir: string;
+  north: InterlinkIdentity;
+  south: InterlinkIdentity;
+  checker: CertificateChecker;
+  published: { topic: string; bytes: Uint8Array }[];
+  link: Interlink;
+  receive(topic: string, bytes: Uint8Array): Promise<void>;
+  state: { calls: number; rejection?: Rejection };
+}
+
+export function liveSouth(dirPrefix: string, extra: Partial<InterlinkOptions>): LiveSouth {
+  const dir = mkdtempSync(join(tmpdir(), dirPrefix));
+  const fleet = Fleet.create(dir, "kp-fleet", T0);
+  const verifierKey = generateEd25519();
+  const verifier = new Verifier({ anchor: fleet.anchor, key: verifierKey, verifierId: "verifier.kp" });
+  verifier.updateRevocationList(fleet.signedList());
+  const checker = new CertificateChecker({ source: localSource(verifier), verifierPublicKey: verifierKey.publicKey });
+  const north = identity(fleet, NORTH);
+  const south = identity(fleet, SOUTH);
+  const published: { topic: string; bytes: Uint8Array }[] = [];
+  const opts: InterlinkOptions = { url: "mqtt://stand-in", identity: south, trust: checkerTrust(checker), now: () => NOW, requestTimeoutMs: 2_000_000_000, ...extra };
+  // The constructor is private (connect() makes the MQTT connection): the stand-in client replaces it.
+  const link = new (Interlink as unknown as new (c: unknown, o: InterlinkOptions) => Interlink)(standInClient(published), opts);
+  const receive = (topic: string, bytes: Uint8Array): Promise<void> => (link as unknown as { receive(t: string, b: Uint8Array): Promise<void> }).receive(topic, bytes);
+  const state: LiveSouth["state"] = { calls: 0 };
+  link.handle("echo", (req) => {
+    state.calls++;
+    return { body: new Map([["echo", req.body]]) };
+  });
+  link.onReject((r) => (state.rejection = r));
+  return { dir, north, south, checker, published, link, receive, state };
+}
+
 export const interlinkTarget: Target = {
   name: "interlink",
   about: "Interlink.receive (gateway/fleet/interlink.ts): envelopes to a live interlink, with its dedupe window and pending requests",
   async setup(rng) {
-    const dir = mkdtempSync(join(tmpdir(), "kp-fuzz-interlink-"));
-    const fleet = Fleet.create(dir, "kp-fleet", T0);
-    const verifierKey = generateEd25519();
-    const verifier = new Verifier({ anchor: fleet.anchor, key: verifierKey, verifierId: "verifier.kp" });
-    verifier.updateRevocationList(fleet.signedList());
-    const checker = new CertificateChecker({ source: localSource(verifier), verifierPublicKey: verifierKey.publicKey });
-    const north = identity(fleet, NORTH);
-    const south = identity(fleet, SOUTH);
-    const published: { topic: string; bytes: Uint8Array }[] = [];
     // Signed envelopes only: the pairwise channel has its own target (fuzz/targets/channel.ts).
-    const opts: InterlinkOptions = { url: "mqtt://stand-in", identity: south, trust: checkerTrust(checker), now: () => NOW, requestTimeoutMs: 2_000_000_000, pairwiseChannels: false };
-    // The constructor is private (connect() makes the MQTT connection): the stand-in client replaces it.
-    const link = new (Interlink as unknown as new (c: unknown, o: InterlinkOptions) => Interlink)(standInClient(published), opts);
-    const receive = (topic: string, bytes: Uint8Array): Promise<void> => (link as unknown as { receive(t: string, b: Uint8Array): Promise<void> }).receive(topic, bytes);
-    let calls = 0;
-    link.handle("echo", (req) => {
-      calls++;
-      return { body: new Map([["echo", req.body]]) };
-    });
-    let rejection: Rejection | undefined;
-    link.onReject((r) => (rejection = r));
+    const { dir, north, south, checker, published, link, receive, state } = liveSouth("kp-fuzz-interlink-", { pairwiseChannels: false });
 
     const request = (o: Partial<Envelope> = {}, secret = false): Uint8Array => {
       const e: Envelope = { from: NORTH, to: SOUTH, sessionId: randomId(rng), msgId: randomId(rng), type: "echo", ts: NOW, kind: Kind.Request, body: encode(new Map([["n", rng.u32()]])), senderCert: north.certificate, ...o };
@@ -103,7 +120,7 @@ export const interlinkTarget: Target = {
     const snapshot = (): string => {
       const d = (link as unknown as { dedupe: { seen: Map<string, unknown>; floor: number } }).dedupe;
       const l = link as unknown as { peerCerts: Map<string, Uint8Array>; pending: Map<string, unknown> };
-      return JSON.stringify([d.seen.size, d.floor, [...d.seen.keys()].slice(-1), [...l.pending.keys()], l.peerCerts.size, calls, link.stats.accepted, checker.size]);
+      return JSON.stringify([d.seen.size, d.floor, [...d.seen.keys()].slice(-1), [...l.pending.keys()], l.peerCerts.size, state.calls, link.stats.accepted, checker.size]);
     };
 
     return {
@@ -127,7 +144,7 @@ export const interlinkTarget: Target = {
           if (!(e instanceof CoseError)) throw e;
         }
         const toResponses = (kind !== undefined && kind !== Kind.Request) !== ((input[input.length - 1] & 7) === 0);
-        rejection = undefined;
+        state.rejection = undefined;
         const accepted = link.stats.accepted;
         const pending = link.pendingCount;
         await receive(toResponses ? responsesTopic(SOUTH) : requestsTopic(SOUTH), input);
@@ -135,8 +152,8 @@ export const interlinkTarget: Target = {
           if (link.pendingCount < pending) await ask(); // an answer was taken: ask again, for its seed
           return "accepted";
         }
-        if (!rejection) throw new Error("invariant: an envelope was neither accepted nor refused");
-        const r = rejection as Rejection;
+        const r = state.rejection as Rejection | undefined; // set by the link's listener during receive()
+        if (!r) throw new Error("invariant: an envelope was neither accepted nor refused");
         if (!RECEIVE_CODES.has(r.code)) throw new Error(`invariant: refused with undocumented code ${r.code}: ${r.reason}`);
         throw new InterlinkError(r.code, r.reason);
       },
