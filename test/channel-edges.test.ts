@@ -15,8 +15,12 @@ import {
   kemEncapsulate,
   kemKeyPair,
   MAX_SEQ,
+  openAnswerBody,
+  openRequestBody,
   PairwiseChannel,
   parseChannelMessage,
+  readOpenAnswer,
+  readOpenRequest,
   readResetBody,
   transcriptHash,
 } from "../gateway/fleet/channel.ts";
@@ -158,4 +162,39 @@ test("seal(): sequence numbers 1, 2, 3 ... and the decoded message as given", ()
     assert.deepEqual([p.ts, p.kind, decode(p.body)], [T0 + seq, 1, seq]);
   }
   assert.equal(a.sent, 3);
+});
+
+test("the last sequence numbers: renewal due at 80% of MAX_SEQ, the last one sealed, then nothing more", () => {
+  const { a, b } = channels();
+  const near = (sent: number) => new PairwiseChannel({ channelId: ID, self: "a.example", peer: "b.example", peerCert: new Uint8Array(1), sendKey: Buffer.alloc(32, 1), receiveKey: Buffer.alloc(32, 2), createdAt: T0, lifetime: 100, initiated: true, sent });
+  const renewAt = Math.ceil(MAX_SEQ * 0.8);
+  assert.equal(near(renewAt - 1).due(T0), false);
+  assert.equal(near(renewAt).due(T0), true, "due at 80% of the sequence space, whatever the clock says");
+  assert.equal(near(MAX_SEQ - 1).canSend(T0), true);
+  const last = near(MAX_SEQ - 1);
+  const bytes = last.seal({ sessionId: new Uint8Array(16), msgId: new Uint8Array(16), type: "t", ts: T0, kind: 0, body: encode(0) });
+  assert.equal(parseChannelMessage(bytes).seq, MAX_SEQ, "the last sequence number is used");
+  assert.equal(last.canSend(T0), false, "and then the channel sends nothing more");
+  assert.throws(() => last.seal({ sessionId: new Uint8Array(16), msgId: new Uint8Array(16), type: "t", ts: T0, kind: 0, body: encode(0) }), /channel is used up/);
+  assert.equal(a.sent, 0);
+  assert.equal(a.hybrid, false, "a channel is classical unless made hybrid");
+  void b;
+});
+
+test("the opening's bodies carry exactly the halves given, and ChannelError names itself", () => {
+  const c = new Uint8Array(16).fill(1);
+  const e = new Uint8Array(32).fill(2);
+  assert.deepEqual([...openRequestBody({ channelId: c, ephemeral: e }).keys()], ["c", "e"]);
+  assert.deepEqual([...openAnswerBody({ channelId: c, ephemeral: e, peerEphemeral: e }).keys()], ["c", "e", "p"]);
+  assert.deepStrictEqual(readOpenAnswer(new Map([["c", c], ["e", e], ["p", e]])), { channelId: c, ephemeral: e, peerEphemeral: e }, "no kemCiphertext key at all on a classical answer");
+  assert.deepStrictEqual(readOpenRequest(new Map([["c", c], ["e", e]])), { channelId: c, ephemeral: e });
+  const k = new Uint8Array(1184);
+  const refused = (f: () => unknown, why: RegExp) => assert.throws(f, (x: unknown) => x instanceof ChannelError && x.name === "ChannelError" && why.test(x.message));
+  refused(() => readOpenRequest(new Map<string, unknown>([["c", c], ["e", e], ["k", k], ["x", 1]])), /^channel open must be \{c, e, k\?\}$/);
+  refused(() => readOpenRequest(new Set(["c", "e"])), /^channel open must be \{c, e, k\?\}$/);
+  refused(() => readOpenAnswer(new Map<string, unknown>([["c", c], ["e", e], ["p", e], ["m", new Uint8Array(1088)], ["x", 1]])), /^channel open answer must be \{c, e, p, m\?\}$/);
+  refused(() => parseChannelMessage(Uint8Array.of(0xd0, 0xff)), /^channel message is not valid CBOR$/);
+  refused(() => parseChannelMessage(Uint8Array.of(0xd0, ...encode([Uint8Array.of(0xff), new Map(), new Uint8Array(16)]))), /^channel message protected header is not valid CBOR$/);
+  const { b, up } = channels();
+  refused(() => b.open(parseChannelMessage(sealedByHand(up, Uint8Array.of(0xff)))), /^channel plaintext is not valid CBOR$/);
 });

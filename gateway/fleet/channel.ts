@@ -337,6 +337,9 @@ export interface ChannelInit {
   initiated: boolean;
   /** Whether its keys came from X25519 + ML-KEM-768. */
   hybrid?: boolean;
+  /** Messages already sent under these keys: 0 (the default) for every channel the interlink makes;
+   *  tests start near MAX_SEQ to reach the end without sealing 2^32 messages. */
+  sent?: number;
 }
 
 export class PairwiseChannel {
@@ -366,6 +369,7 @@ export class PairwiseChannel {
     this.lifetime = i.lifetime;
     this.initiated = i.initiated;
     this.hybrid = i.hybrid ?? false;
+    this.seq = i.sent ?? 0;
   }
 
   get isEnded(): boolean {
