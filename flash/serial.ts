@@ -303,7 +303,9 @@ export class EspruinoSerial {
       const timer = setTimeout(() => reject(new SerialError(`cannot write to ${this.path}: the line did not take the bytes within ${(limitMs / 1000).toFixed(1)} s`)), limitMs);
       const done = (e?: Error | null) => {
         clearTimeout(timer);
-        if (e) reject(new SerialError(`cannot write to ${this.path}: ${e.message}`));
+        // A write that fails is a line that went away under it (EIO on a pty or a USB adapter pulled):
+        // said as the lost line it is, whether the close event came first or not.
+        if (e) reject(new SerialError(this.closedBecause ?? `the line to ${this.path} was lost while writing (${e.message})`));
         else resolve();
       };
       this.line.write(Buffer.from(s, "latin1")).then(() => done(), (e: Error) => done(e));
