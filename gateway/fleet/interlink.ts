@@ -697,6 +697,14 @@ export class Interlink {
     const policy = this.opts.keyAgreement ?? DEFAULT_CHANNEL_KEY_AGREEMENT;
     const eph = generateX25519KeyObject();
     const kem = policy === "x25519" ? undefined : kemKeyPair();
+    try {
+      return await this.finishOpening(to, policy, eph, kem);
+    } finally {
+      kem?.secretKey.fill(0); // whatever the answer: the ML-KEM secret is used at most once
+    }
+  }
+
+  private async finishOpening(to: string, policy: ChannelKeyAgreement, eph: ReturnType<typeof generateX25519KeyObject>, kem: { publicKey: Uint8Array; secretKey: Uint8Array } | undefined): Promise<PairwiseChannel | undefined> {
     const channelId = new Uint8Array(randomBytes(CHANNEL_ID_LENGTH));
     let answer: unknown;
     try {
@@ -720,13 +728,11 @@ export class Interlink {
     }
     if (a.kemCiphertext && !kem) throw new InterlinkError("malformed", `"${to}" answered with an ML-KEM-768 ciphertext to a classical channel opening`);
     if (!a.kemCiphertext && policy === "hybrid-only") {
-      kem?.secretKey.fill(0);
       throw new InterlinkError("downgrade", `"${to}" opened the channel with X25519 alone, and this gateway's policy requires X25519 + ML-KEM-768`);
     }
     const cert = this.peerCerts.get(to); // set when its signed answer was accepted just now
     if (!cert) throw new InterlinkError("untrusted-peer", `no certificate held for "${to}"`);
     const kemShared = a.kemCiphertext && kem ? kemDecapsulate(a.kemCiphertext, kem.secretKey) : undefined;
-    kem?.secretKey.fill(0);
     const h = { initiator: this.gatewayId, responder: to, channelId, initiatorEphemeral: eph.publicKey, responderEphemeral: a.ephemeral, ...(kemShared ? { kemKey: kem!.publicKey, kemCiphertext: a.kemCiphertext } : {}) };
     const channel = this.makeChannel(h, eph.privateKey, a.ephemeral, kemShared, cert, true);
     this.stats.channelsOpened++;
