@@ -16,10 +16,10 @@ import { generateX25519KeyObject, x25519Agree } from "../../gateway/fleet/fleet.
 import {
   CHANNEL_OPEN_TYPE, ChannelError, directionKey, openRequestBody, PairwiseChannel, parseChannelMessage, readOpenAnswer, transcriptHash,
 } from "../../gateway/fleet/channel.ts";
-import { InterlinkError, Kind, parseEnvelope, requestsTopic, responsesTopic, signEnvelope, type InterlinkErrorCode, type Rejection } from "../../gateway/fleet/interlink.ts";
+import { InterlinkError, Kind, parseEnvelope, requestsTopic, responsesTopic, signEnvelope, type InterlinkErrorCode } from "../../gateway/fleet/interlink.ts";
 import type { Outcome, Target } from "../target.ts";
 import { T0 } from "./cwt.ts";
-import { liveSouth } from "./interlink.ts";
+import { liveSouth, refused } from "./interlink.ts";
 
 const NOW = T0 + 100;
 const NORTH = "north.example";
@@ -100,10 +100,7 @@ export const channelTarget: Target = {
           if (link.pendingCount < pending) await ask();
           return "accepted";
         }
-        const rj = state.rejection as Rejection | undefined; // set by the link's listener during receive()
-        if (!rj) throw new Error("invariant: a channel message was neither accepted nor refused");
-        if (!RECEIVE_CODES.has(rj.code)) throw new Error(`invariant: refused with undocumented code ${rj.code}: ${rj.reason}`);
-        throw new InterlinkError(rj.code, rj.reason);
+        return refused(state, RECEIVE_CODES, "a channel message");
       },
       isRejection: (e) => e instanceof InterlinkError,
       snapshot,

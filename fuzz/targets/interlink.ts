@@ -86,6 +86,14 @@ export function liveSouth(dirPrefix: string, extra: Partial<InterlinkOptions>): 
   return { dir, north, south, checker, published, link, receive, state };
 }
 
+/** After an input receive() did not accept: its refusal as the documented error, or a broken invariant. */
+export function refused(state: LiveSouth["state"], codes: ReadonlySet<InterlinkErrorCode>, what: string): never {
+  const r = state.rejection as Rejection | undefined; // set by the link's listener during receive()
+  if (!r) throw new Error(`invariant: ${what} was neither accepted nor refused`);
+  if (!codes.has(r.code)) throw new Error(`invariant: refused with undocumented code ${r.code}: ${r.reason}`);
+  throw new InterlinkError(r.code, r.reason);
+}
+
 export const interlinkTarget: Target = {
   name: "interlink",
   about: "Interlink.receive (gateway/fleet/interlink.ts): envelopes to a live interlink, with its dedupe window and pending requests",
@@ -152,10 +160,7 @@ export const interlinkTarget: Target = {
           if (link.pendingCount < pending) await ask(); // an answer was taken: ask again, for its seed
           return "accepted";
         }
-        const r = state.rejection as Rejection | undefined; // set by the link's listener during receive()
-        if (!r) throw new Error("invariant: an envelope was neither accepted nor refused");
-        if (!RECEIVE_CODES.has(r.code)) throw new Error(`invariant: refused with undocumented code ${r.code}: ${r.reason}`);
-        throw new InterlinkError(r.code, r.reason);
+        return refused(state, RECEIVE_CODES, "an envelope");
       },
       isRejection: (e) => e instanceof InterlinkError,
       snapshot,
