@@ -359,6 +359,7 @@ function engineSuite(db: TestDatabase): void {
         `postgresql://keyproxy:${secret}@127.0.0.1:${port}/registry`,
         `postgres://keyproxy:${secret}@127.0.0.1:notaport/registry`,
         `mysql://keyproxy:${secret}@127.0.0.1/registry`,
+        `postgres://keyproxy:%zz${secret}@127.0.0.1:${port}/registry`, // a stray % that decodes to nothing
       ];
       for (const url of urls) {
         const e = await openPostgres(url).then(

@@ -171,10 +171,19 @@ function describe(url: string): Server {
   }
   const host = u.searchParams.get("host") ?? (u.hostname || "localhost");
   const port = u.port || u.searchParams.get("port") || "5432";
-  const user = decodeURIComponent(u.username);
-  const database = decodeURIComponent(u.pathname.slice(1)) || user;
+  const user = decoded(u.username, "user name");
+  const database = decoded(u.pathname.slice(1), "database name") || user;
   const name = `PostgreSQL at ${host}:${port}, database "${database}"${user ? ` as "${user}"` : ""}`;
-  return { name, password: decodeURIComponent(u.password) };
+  return { name, password: decoded(u.password, "password") };
+}
+
+/** A percent-encoded part of the URL; a stray % is refused without quoting the part. */
+function decoded(part: string, what: string): string {
+  try {
+    return decodeURIComponent(part);
+  } catch {
+    throw new DatabaseError(`the database URL's ${what} has a % that is not followed by two hex digits: write a % in it as %25`);
+  }
 }
 
 /** The text with the password (raw and percent-encoded) blotted out, in case a message quotes it. */
