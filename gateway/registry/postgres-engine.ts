@@ -4,6 +4,12 @@
 // COMMIT, so statements from outside never slip into it (they run beside it, on another client, and
 // see only what it has committed), and two transactions run at once on two clients.
 //
+// Unlike SQLite's BEGIN IMMEDIATE, which lets one writer in at a time, these transactions run at
+// PostgreSQL's default READ COMMITTED, side by side: a read followed by a write that depends on it is
+// not atomic. What must not race is said in one statement that checks and writes together
+// (UPDATE ... WHERE counter < ?, INSERT ... ON CONFLICT), which PostgreSQL re-checks on the row it
+// locks: that is how two instances never accept the same join counter.
+//
 // What differs from SQLite stays in here: `?` placeholders become `$1..$n`; BIGINT and NUMERIC come
 // back as numbers (refused past 2^53 rather than rounded), booleans as 1/0, bytea as a Buffer, any
 // other type as its text; so a row holds only SqlValues whichever engine produced it.
@@ -73,10 +79,25 @@ function endOfQuotedOrComment(sql: string, i: number): number {
   return i;
 }
 
+/** The registry's statements are a fixed set, each translated once; the bound only keeps statements
+ *  built on the fly (an IN list of varying length) from growing it without end. */
+const translations = new Map<string, { text: string; count: number }>();
+const MAX_TRANSLATIONS = 1000;
+
+function translated(sql: string): { text: string; count: number } {
+  let t = translations.get(sql);
+  if (!t) {
+    if (translations.size >= MAX_TRANSLATIONS) translations.clear();
+    t = numberPlaceholders(sql);
+    translations.set(sql, t);
+  }
+  return t;
+}
+
 /** The statement as pg takes it, or a DatabaseError before anything is sent: a wrong number of
  *  values would otherwise bind a value to the wrong column, or fail on the server mid-transaction. */
 function statement(sql: string, params: readonly SqlValue[]): pg.QueryConfig {
-  const { text, count } = numberPlaceholders(sql);
+  const { text, count } = translated(sql);
   if (count !== params.length) {
     throw new DatabaseError(`this statement has ${count} ? placeholder(s) but was given ${params.length} value(s), so it was not run: ${sql.slice(0, 120)}`);
   }
@@ -311,9 +332,9 @@ export class PostgresConnection implements SqlConnection {
 
   transaction<T>(fn: (tx: SqlConnection) => Promise<T>, opts: TransactionOptions = {}): Promise<T> {
     return this.#withLease(async (lease) => {
-      await lease.send("BEGIN");
-      // Only this transaction's commit skips the wait for the WAL flush; others stay durable.
-      if (opts.durable === false) await lease.send("SET LOCAL synchronous_commit TO OFF");
+      // Only this transaction's commit skips the wait for the WAL flush; others stay durable. One
+      // round trip either way (the simple protocol takes both statements at once).
+      await lease.send(opts.durable === false ? "BEGIN; SET LOCAL synchronous_commit TO OFF" : "BEGIN");
       const tx = new PostgresTransaction(lease, this.#server);
       let value: T;
       try {
