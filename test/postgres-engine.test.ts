@@ -291,7 +291,7 @@ function engineSuite(db: TestDatabase): void {
       assert.equal(after, "on", "the next transaction on the pool is durable again");
     });
 
-    test("two transactions run at once on separate clients; a statement from outside never slips into one", async (t) => {
+    test("two transactions run at once on separate clients; a statement from outside never slips into one", { timeout: 60_000 }, async (t) => {
       const tbl = await table(t, "id INTEGER PRIMARY KEY");
       const aInserted = signal();
       const bDone = signal();
