@@ -10,7 +10,7 @@
 
 import { execFile, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
+import { chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -83,7 +83,7 @@ function postgresBin(): string | undefined {
 }
 
 /** The system user the cluster runs as, when we are root (PostgreSQL will not). */
-function clusterOwner(): { uid: number; gid: number } | "self" | undefined {
+function clusterOwner(): Owner | undefined {
   if (process.getuid?.() !== 0) return "self";
   const id = (flag: string) => spawnSync("id", [flag, "postgres"], { encoding: "utf8" });
   const uid = id("-u");
@@ -100,13 +100,56 @@ async function freePort(): Promise<number> {
   return port;
 }
 
+type Owner = { uid: number; gid: number } | "self";
+const CLUSTER_PREFIX = "kp-postgres-";
+/** The test process a cluster belongs to, written in its directory. */
+const OWNER_PID = "owner.pid";
+
+function runAs(owner: Owner, cmd: string, args: string[]): [string, string[]] {
+  return owner === "self" ? [cmd, args] : ["runuser", ["-u", "postgres", "--", cmd, ...args]];
+}
+
+function stopCluster(bin: string, owner: Owner, dir: string): void {
+  const [cmd, args] = runAs(owner, join(bin, "pg_ctl"), ["-D", join(dir, "data"), "-m", "immediate", "-w", "stop"]);
+  spawnSync(cmd, args, { stdio: "ignore" });
+  rmSync(dir, { recursive: true, force: true });
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+/** Stops the clusters of test processes that died without their exit handler (SIGKILL, a runner that
+ *  killed them): on a shared machine a server left running holds memory until someone notices. A
+ *  directory without its owner's pid is being set up right now and is left alone. */
+function reapOrphans(bin: string, owner: Owner): void {
+  for (const name of readdirSync(tmpdir())) {
+    if (!name.startsWith(CLUSTER_PREFIX)) continue;
+    const dir = join(tmpdir(), name);
+    let pid: number;
+    try {
+      pid = Number(readFileSync(join(dir, OWNER_PID), "utf8"));
+    } catch {
+      continue;
+    }
+    if (Number.isInteger(pid) && pid > 0 && !alive(pid)) stopCluster(bin, owner, dir);
+  }
+}
+
 async function startCluster(): Promise<Server> {
   const bin = postgresBin();
   if (!bin) return { missing: "KEYPROXY_TEST_POSTGRES_URL is not set and there is no /usr/lib/postgresql/*/bin/initdb here" };
   const owner = clusterOwner();
   if (!owner) return { missing: "KEYPROXY_TEST_POSTGRES_URL is not set, and we run as root without a `postgres` system user to own a cluster" };
 
-  const dir = mkdtempSync(join(tmpdir(), "kp-postgres-"));
+  reapOrphans(bin, owner);
+  const dir = mkdtempSync(join(tmpdir(), CLUSTER_PREFIX));
+  writeFileSync(join(dir, OWNER_PID), String(process.pid));
   const data = join(dir, "data");
   const socket = join(dir, "socket");
   mkdirSync(socket);
@@ -114,12 +157,8 @@ async function startCluster(): Promise<Server> {
     chownSync(dir, owner.uid, owner.gid);
     chownSync(socket, owner.uid, owner.gid);
   }
-  const asOwner = (cmd: string, args: string[]): [string, string[]] => (owner === "self" ? [cmd, args] : ["runuser", ["-u", "postgres", "--", cmd, ...args]]);
-  const stop = () => {
-    const [cmd, args] = asOwner(join(bin, "pg_ctl"), ["-D", data, "-m", "immediate", "-w", "stop"]);
-    spawnSync(cmd, args, { stdio: "ignore" });
-    rmSync(dir, { recursive: true, force: true });
-  };
+  const asOwner = (cmd: string, args: string[]) => runAs(owner, cmd, args);
+  const stop = () => stopCluster(bin, owner, dir);
 
   try {
     // initdb's pg_hba.conf with -A trust lets in the local socket, 127.0.0.1 and ::1 only.
