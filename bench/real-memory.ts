@@ -40,7 +40,7 @@ import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { BOARDS } from "../boards/index.ts";
-import { BLE_BOARDS, bootZero, RealDevice } from "../interpreter/device.ts";
+import { BLE_BOARDS, bootZero, evalLine, RealDevice } from "../interpreter/device.ts";
 import { CLI } from "../test/support/process.ts";
 import { tempDir } from "../test/support/harness.ts";
 import { realRig, bundleFor } from "../test/support/real.ts";
@@ -63,10 +63,12 @@ export const own = (m: BoardMemory, usage: number): number => usage - m.empty;
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** The console line RealDevice.eval types, for a device whose console is on the radio link. */
+/** The console line RealDevice.eval types (the same line, so that the same variables are live when
+ *  it measures), for a device whose console is on the radio link. Its seq is far from any a
+ *  RealDevice reaches, since a line runs at most once per seq (evalLine). */
 function evalOverLink(sock: Socket, expr: string, timeoutMs = 20_000): Promise<unknown> {
-  const seq = 900 + Math.floor(Math.random() * 99);
-  const line = `\x10(function(){var r;try{r=JSON.stringify(${expr});}catch(e){print("<kd"+${seq}+"!>"+e+"</kd"+${seq}+"!>");return;}print("<kd"+${seq}+">"+r+"</kd"+${seq}+">");})()\n`;
+  const seq = 900_000 + Math.floor(Math.random() * 99_999);
+  const line = evalLine(seq, expr);
   return new Promise((resolve, reject) => {
     let rx = "";
     const timer = setTimeout(() => { sock.off("data", on); reject(new Error(`no answer over the link to ${expr}: ${rx.slice(-300)}`)); }, timeoutMs);

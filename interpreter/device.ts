@@ -9,7 +9,8 @@
 // - a serial cable: withSerial() puts the console behind a real pseudo-terminal for the time of a
 //   `keyproxy flash` or `keyproxy provision`, which then speak to it exactly as to a board;
 // - a way for the test to type: eval() sends one line, echo off, and reads its printed answer, the
-//   protocol flash/serial.ts uses;
+//   protocol flash/serial.ts uses, guarded against the byte the Linux build's console thread loses
+//   now and then (evalLine): a damaged line runs nothing and is typed again;
 // - on BLE boards, the Bluetooth and NRF objects the Linux build lacks (BLE_STAND_INS below), written
 //   into .boot0 like any boot file, so the firmware bundle itself runs unmodified.
 
@@ -17,6 +18,7 @@ import { spawn, type ChildProcessWithoutNullStreams } from "node:child_process";
 import { EventEmitter } from "node:events";
 import { copyFileSync, existsSync, mkdirSync } from "node:fs";
 import path from "node:path";
+import { crc32 } from "node:zlib";
 import { openPty, type Pty } from "../emulator/serial.ts";
 import { locateInterpreter } from "./locate.ts";
 
@@ -26,6 +28,13 @@ export const FLASH_FILE = "espruino.flash";
 const CTRL_C_GAP_MS = 5500;
 const UART_PIECE = 32;
 const UART_PIECE_MS = 3;
+/** How many times one eval's line is typed again after it arrived damaged (each time, provably,
+ *  nothing of it ran) before the eval fails: one damaged line in thousands is the Linux build's
+ *  console thread (docs/INTERPRETER.md); several in a row would be something else. */
+const RETYPES = 3;
+/** Ends a statement the REPL holds open (evalNow): a newline, then more closing brackets than one
+ *  lost byte can leave open, then a newline. */
+const STATEMENT_END = "\n})]\n";
 
 /** Boards whose firmware talks over the BLE UART: their bundle needs the stand-ins. */
 export const BLE_BOARDS = new Set(["puckjs", "banglejs2"]);
@@ -105,6 +114,9 @@ export interface RealDeviceOptions {
   flashImage?: string;
   /** Print console lines to stderr (also with KEYPROXY_INTERPRETER_LOG=1). */
   echo?: boolean;
+  /** What the cable does to each string typed, on its way to the console (default: nothing). For
+   *  tests of the harness itself: a byte lost as the Linux build's console thread loses one. */
+  wire?: (typed: string) => string;
 }
 
 interface Pending {
@@ -112,6 +124,31 @@ interface Pending {
   resolve: (v: unknown) => void;
   reject: (e: Error) => void;
   timer: NodeJS.Timeout;
+  /** The line as typed, to type again if it arrives damaged, and how often that has been done. */
+  line: string;
+  retypes: number;
+}
+
+/**
+ * The console line eval() types for `expr`, its answer tagged with `seq`. The Linux build's console
+ * thread now and then loses or replaces one byte of what is typed (docs/INTERPRETER.md, "A byte lost,
+ * or a crash"), and Espruino runs a line as it parses it, so a damaged line could run half of itself
+ * or a different expression. Hence:
+ * - the work is the body of a function f, and the line runs f only if E.CRC32 of f's text (Espruino
+ *   keeps a function's source: "function () {" + body + "}") is the CRC-32 computed here: a damaged
+ *   body prints <kdN?> and runs nothing; damage outside it is a syntax or reference error before f
+ *   is called, or leaves the REPL waiting for a bracket;
+ * - f runs at most once per seq, however often the line is typed (global.__kd keeps the last seq
+ *   run), so the harness may type it again on any sign of damage without running anything twice.
+ * The tags are split ("<kd"+N+">") so that a line echoed back (its echo-off byte lost) never reads
+ * as its own answer.
+ */
+export function evalLine(seq: number, expr: string): string {
+  const tag = (mark: string) => `"<kd"+${seq}+"${mark}>"`;
+  const body = `if(global.__kd===${seq})return;global.__kd=${seq};` +
+    `var r;try{r=JSON.stringify(${expr});}catch(e){print(${tag("!")}+e+"</kd"+${seq}+"!>");return;}print(${tag("")}+r+"</kd"+${seq}+">");`;
+  const sum = crc32(Buffer.from(`function () {${body}}`, "latin1")) >>> 0;
+  return `\x10(function(f){if(E.CRC32(""+f)===${sum})f();else print(${tag("?")})})(function(){${body}})\n`;
 }
 
 // eslint-disable-next-line no-control-regex
@@ -149,6 +186,7 @@ export class RealDevice extends EventEmitter {
   private queue: Promise<unknown> = Promise.resolve();
   private pty: Pty | undefined;
   private readonly echo: boolean;
+  private readonly wire: (typed: string) => string;
   private typing: Promise<void> = Promise.resolve();
   private lastCtrlC = -Infinity;
 
@@ -162,6 +200,7 @@ export class RealDevice extends EventEmitter {
     if (found instanceof Error) throw found;
     this.bin = found.bin;
     this.echo = o.echo ?? process.env.KEYPROXY_INTERPRETER_LOG === "1";
+    this.wire = o.wire ?? ((typed) => typed);
     mkdirSync(this.dir, { recursive: true });
     if (o.flashImage) copyFileSync(o.flashImage, path.join(this.dir, FLASH_FILE));
   }
@@ -217,6 +256,9 @@ export class RealDevice extends EventEmitter {
       this.lines.push(line);
       if (this.echo) process.stderr.write(`${this.name}: ${line}\n`);
       this.emit("line", line);
+      // An eval's line that arrived damaged outside its checked body fails to parse before anything
+      // of it runs (evalLine). Typing it again is safe whatever threw: it runs at most once.
+      if (this.pending && line.startsWith("Uncaught ")) this.retype(this.pending, line);
     }
   }
 
@@ -260,7 +302,8 @@ export class RealDevice extends EventEmitter {
    *  burst: the Linux target reads its console on a thread of its own, into the queue its main loop
    *  empties, and a 2 KB burst (a flash's Storage line) has crashed it under qemu (SIGSEGV); a board's
    *  UART never delivers faster than its baud rate. */
-  private async write(s: string): Promise<void> {
+  private async write(typed: string): Promise<void> {
+    const s = this.wire(typed);
     for (let o = 0; o < s.length; o += UART_PIECE) {
       this.child?.stdin.write(Buffer.from(s.slice(o, o + UART_PIECE), "latin1"));
       if (o + UART_PIECE < s.length) await new Promise((r) => setTimeout(r, UART_PIECE_MS));
@@ -278,13 +321,28 @@ export class RealDevice extends EventEmitter {
   private evalNow<T>(expr: string, timeoutMs: number): Promise<T> {
     if (!this.running) return Promise.reject(new Error(`${this.name}: the device is off`));
     const seq = ++this.seq;
-    const line = `\x10(function(){var r;try{r=JSON.stringify(${expr});}catch(e){print("<kd"+${seq}+"!>"+e+"</kd"+${seq}+"!>");return;}print("<kd"+${seq}+">"+r+"</kd"+${seq}+">");})()\n`;
+    const line = evalLine(seq, expr);
     return new Promise<T>((resolve, reject) => {
-      const timer = setTimeout(() => {
+      const p: Pending = { seq, resolve: resolve as (v: unknown) => void, reject, timer: undefined as unknown as NodeJS.Timeout, line, retypes: 0 };
+      const giveUp = () => {
+        if (this.pending !== p) return;
         this.pending = undefined;
-        reject(new Error(`${this.name}: no answer to ${JSON.stringify(expr.slice(0, 80))} within ${timeoutMs} ms; last lines:\n${this.lines.slice(-8).join("\n")}`));
+        reject(new Error(`${this.name}: no answer to ${JSON.stringify(expr.slice(0, 80))} within ${timeoutMs} ms, nor within as long again after the harness ended whatever the REPL held and typed the line again; last lines:\n${this.lines.slice(-8).join("\n")}`));
+      };
+      // No answer and no error: the line may have lost a closing bracket or its newline, and then
+      // the REPL waits for the rest of the statement, which no retyped line completes. End it once
+      // ("\n" runs a line that only lost its newline; the closers make anything still open a syntax
+      // error, so nothing of it runs), type the line again and wait as long once more. An eval that
+      // was merely slow answers as before; the closers then cost one SyntaxError on the console.
+      p.timer = setTimeout(() => {
+        if (this.pending !== p) return;
+        this.lines.push(`[harness] no answer to eval ${seq} within ${timeoutMs} ms; ending whatever the REPL holds and typing the line again`);
+        if (this.echo) process.stderr.write(`${this.name}: ${this.lines[this.lines.length - 1]}\n`);
+        this.type(STATEMENT_END);
+        this.type(line);
+        p.timer = setTimeout(giveUp, timeoutMs);
       }, timeoutMs);
-      this.pending = { seq, resolve: resolve as (v: unknown) => void, reject, timer };
+      this.pending = p;
       this.type(line);
     });
   }
@@ -293,6 +351,12 @@ export class RealDevice extends EventEmitter {
     const p = this.pending;
     if (!p) {
       if (this.rx.length > 8192) this.rx = this.rx.slice(-1024);
+      return;
+    }
+    const damaged = new RegExp(`<kd${p.seq}\\?>`).exec(this.rx);
+    if (damaged) {
+      this.rx = this.rx.slice(damaged.index + damaged[0].length);
+      this.retype(p, "its checksum did not match", true);
       return;
     }
     const ok = new RegExp(`<kd${p.seq}>([\\s\\S]*?)</kd${p.seq}>`).exec(this.rx);
@@ -309,6 +373,23 @@ export class RealDevice extends EventEmitter {
         p.reject(new Error(`${this.name}: not JSON: ${ok![1].slice(0, 200)}`));
       }
     }
+  }
+
+  /** Types a pending eval's line again after a sign that it arrived damaged (evalLine: a damaged
+   *  line runs nothing, an intact one runs once however often it is typed). A checksum that keeps
+   *  failing fails the eval; other signs (an Uncaught error, which the firmware may print too) stop
+   *  being acted on and leave the eval to its timeout. */
+  private retype(p: Pending, why: string, checksumFailed = false): void {
+    if (p.retypes >= RETYPES) {
+      // Damage that often in a row is not the console thread: more likely the interpreter cannot
+      // hold the function's text (out of memory), which its last lines may say.
+      if (checksumFailed) this.failPending(`${this.name}: the line of eval ${p.seq} failed its checksum ${p.retypes + 1} times in a row (damaged each time, or the interpreter could not make the function's text: out of memory?); last lines:\n${this.lines.slice(-8).join("\n")}`);
+      return;
+    }
+    p.retypes++;
+    this.lines.push(`[harness] eval ${p.seq}'s line arrived damaged (${why.slice(0, 120)}); typing it again`);
+    if (this.echo) process.stderr.write(`${this.name}: ${this.lines[this.lines.length - 1]}\n`);
+    this.type(p.line);
   }
 
   private failPending(why: string): void {
