@@ -44,7 +44,7 @@ async function rig(devices: { id: string; suites?: number[][] }[], sessions: Par
     },
   };
   try {
-    for (const d of devices) devs.set(d.id, await sessionHandset(t.gw, d.id, provision(t.gw, d.id), { suites: d.suites }));
+    for (const d of devices) devs.set(d.id, await sessionHandset(t.gw, d.id, await provision(t.gw, d.id), { suites: d.suites }));
     await until(() => [...devs.values()].every((d) => d.h.status().registered), "every handset registered");
   } catch (e) {
     await r.close();
@@ -95,8 +95,8 @@ describe("group SAs in one gateway", () => {
     const r = await rig([{ id: "alice" }, { id: "bob" }, { id: "carol" }]);
     rigs.push(r);
     const g = r.t.gw.groups;
-    g.create("team", "chat");
-    for (const m of ["alice", "bob", "carol"]) g.add("team", m);
+    await g.create("team", "chat");
+    for (const m of ["alice", "bob", "carol"]) await g.add("team", m);
     const spi = await keyed(r, "team", ["alice", "bob", "carol"]);
     for (const m of ["alice", "bob", "carol"]) {
       const sa = r.dev(m).h.sas.find((s) => s.spi === spi)!;
@@ -118,11 +118,11 @@ describe("group SAs in one gateway", () => {
     const r = await rig([{ id: "a1" }, { id: "b1" }, { id: "c1" }]);
     rigs.push(r);
     const g = r.t.gw.groups;
-    g.create("crew", "chat");
-    for (const m of ["a1", "b1", "c1"]) g.add("crew", m);
+    await g.create("crew", "chat");
+    for (const m of ["a1", "b1", "c1"]) await g.add("crew", m);
     const old = await keyed(r, "crew", ["a1", "b1", "c1"]);
     await sendToGroup(r, "a1", old, "before", ["b1", "c1"]);
-    assert.equal(g.remove("crew", "c1"), true);
+    assert.equal(await g.remove("crew", "c1"), true);
     await until(() => r.dev("c1").closed.some(([spi, reason]) => spi === old && reason === CloseReason.Removed), "c1's SA closed as removed");
     assert.ok(!r.dev("c1").h.sas.some((s) => s.spi === old), "c1 deleted the old key");
     const fresh = await keyed(r, "crew", ["a1", "b1"], old);
@@ -138,11 +138,11 @@ describe("group SAs in one gateway", () => {
     const r = await rig([{ id: "a2" }, { id: "b2" }, { id: "d2" }]);
     rigs.push(r);
     const g = r.t.gw.groups;
-    g.create("club", "chat");
-    for (const m of ["a2", "b2"]) g.add("club", m);
+    await g.create("club", "chat");
+    for (const m of ["a2", "b2"]) await g.add("club", m);
     const old = await keyed(r, "club", ["a2", "b2"]);
     const earlier = await sendToGroup(r, "a2", old, "earlier", ["b2"]);
-    g.add("club", "d2");
+    await g.add("club", "d2");
     const fresh = await keyed(r, "club", ["a2", "b2", "d2"], old);
     assert.notEqual(fresh, old);
     assert.equal(opens(r.dev("d2"), earlier, "earlier"), false, "the new member cannot open an earlier message");
@@ -153,17 +153,17 @@ describe("group SAs in one gateway", () => {
     const r = await rig([{ id: "a3" }, { id: "b3" }, { id: "c3" }]);
     rigs.push(r);
     const g = r.t.gw.groups;
-    g.create("g1", "chat");
-    g.create("g2", "chat");
-    for (const m of ["a3", "b3", "c3"]) g.add("g1", m);
-    for (const m of ["a3", "b3", "c3"]) g.add("g2", m);
+    await g.create("g1", "chat");
+    await g.create("g2", "chat");
+    for (const m of ["a3", "b3", "c3"]) await g.add("g1", m);
+    for (const m of ["a3", "b3", "c3"]) await g.add("g2", m);
     const old1 = await keyed(r, "g1", ["a3", "b3", "c3"]);
     const old2 = await keyed(r, "g2", ["a3", "b3", "c3"]);
-    assert.equal(r.t.gw.revokeDevice("c3", "lost"), true);
+    assert.equal(await r.t.gw.revokeDevice("c3", "lost"), true);
     await until(() => [old1, old2].every((spi) => r.dev("c3").closed.some(([s, reason]) => s === spi && reason === CloseReason.Revoked)), "c3's group SAs closed as revoked");
     const new1 = await keyed(r, "g1", ["a3", "b3"], old1);
     await keyed(r, "g2", ["a3", "b3"], old2);
-    assert.deepEqual(g.list().map((x) => x.members), [["a3", "b3"], ["a3", "b3"]], "the revoked device is in no group");
+    assert.deepEqual((await g.list()).map((x) => x.members), [["a3", "b3"], ["a3", "b3"]], "the revoked device is in no group");
     const next = await sendToGroup(r, "b3", new1, "without c3", ["a3"]);
     assert.equal(opens(r.dev("c3"), next, "without c3"), false);
     assert.equal(r.t.events("group-member-revoked").length, 1);
@@ -173,17 +173,17 @@ describe("group SAs in one gateway", () => {
     const r = await rig([{ id: "x1", suites: [[XSALSA, 1], [AES, 2]] }, { id: "x2", suites: [[XSALSA, 1], [AES, 1]] }, { id: "x3", suites: [[AES, 1]] }, { id: "x4", suites: [[XSALSA, 1]] }]);
     rigs.push(r);
     const g = r.t.gw.groups;
-    g.create("both", "chat");
-    g.add("both", "x1");
-    g.add("both", "x2");
+    await g.create("both", "chat");
+    await g.add("both", "x1");
+    await g.add("both", "x2");
     const spi = await keyed(r, "both", ["x1", "x2"]);
     assert.equal(r.t.events("group-keys-distributed").at(-1)!.suite, XSALSA, "the suite both put first");
-    g.add("both", "x3");
+    await g.add("both", "x3");
     const aes = await keyed(r, "both", ["x1", "x2", "x3"], spi);
     assert.equal(r.t.events("group-keys-distributed").at(-1)!.suite, AES, "the one suite all three registered");
-    g.create("none", "chat");
-    g.add("none", "x3");
-    g.add("none", "x4");
+    await g.create("none", "chat");
+    await g.add("none", "x3");
+    await g.add("none", "x4");
     await until(() => r.t.events("group-no-common-suite").length === 1, "the unkeyable group reported");
     assert.equal(g.currentSpi("none"), 0);
     assert.ok(aes);
@@ -193,8 +193,8 @@ describe("group SAs in one gateway", () => {
     const r = await rig([{ id: "s1" }, { id: "s2" }, { id: "s3" }]);
     rigs.push(r);
     const g = r.t.gw.groups;
-    g.create("idx", "chat");
-    for (const m of ["s1", "s2", "s3"]) g.add("idx", m);
+    await g.create("idx", "chat");
+    for (const m of ["s1", "s2", "s3"]) await g.add("idx", m);
     const spi = await keyed(r, "idx", ["s1", "s2", "s3"]);
     const s1 = r.dev("s1");
     const mine = s1.h.sas.find((s) => s.spi === spi)!.link.me_ as number;
@@ -216,8 +216,8 @@ describe("group SAs in one gateway", () => {
     const r = await rig([{ id: "l1" }, { id: "l2" }, { id: "l3" }], { limit: 10 });
     rigs.push(r);
     const g = r.t.gw.groups;
-    g.create("busy", "chat");
-    for (const m of ["l1", "l2", "l3"]) g.add("busy", m);
+    await g.create("busy", "chat");
+    for (const m of ["l1", "l2", "l3"]) await g.add("busy", m);
     const old = await keyed(r, "busy", ["l1", "l2", "l3"]);
     // Three each: no member sends 8 (its own rekey point), but the group's frames reach 8.
     for (let i = 0; i < 3; i++) for (const [from, to] of [["l1", ["l2", "l3"]], ["l2", ["l1", "l3"]], ["l3", ["l1", "l2"]]] as const) await sendToGroup(r, from, old, `${from}-${i}`, [...to]);
@@ -230,8 +230,8 @@ describe("group SAs in one gateway", () => {
     const r = await rig([{ id: "k1" }, { id: "k2" }], { limit: 10 });
     rigs.push(r);
     const g = r.t.gw.groups;
-    g.create("once", "chat");
-    for (const m of ["k1", "k2"]) g.add("once", m);
+    await g.create("once", "chat");
+    for (const m of ["k1", "k2"]) await g.add("once", m);
     const old = await keyed(r, "once", ["k1", "k2"]);
     // The 8th frame reaches the gateway's rekey point; k1's 9th send carries its own Rekey first.
     for (let i = 0; i < 9; i++) assert.equal(r.dev("k1").h.send(old, text(`k-${i}`)), true);
@@ -244,8 +244,8 @@ describe("group SAs in one gateway", () => {
     const r = await rig([{ id: "y1" }, { id: "y2" }, { id: "y3" }]);
     rigs.push(r);
     const g = r.t.gw.groups;
-    g.create("quiet", "chat");
-    for (const m of ["y1", "y2", "y3"]) g.add("quiet", m);
+    await g.create("quiet", "chat");
+    for (const m of ["y1", "y2", "y3"]) await g.add("quiet", m);
     const old = await keyed(r, "quiet", ["y1", "y2", "y3"]);
     assert.equal(r.dev("y3").h.close(old), true);
     const fresh = await keyed(r, "quiet", ["y1", "y2"], old);
@@ -263,8 +263,8 @@ describe("group SAs in one gateway", () => {
     const send = z3.request_.bind(z3);
     z3.request_ = (m, answer) => (m.t === Msg.SaConfirm ? true : send(m, answer));
     const g = r.t.gw.groups;
-    g.create("slow", "chat");
-    for (const m of ["z1", "z2", "z3"]) g.add("slow", m);
+    await g.create("slow", "chat");
+    for (const m of ["z1", "z2", "z3"]) await g.add("slow", m);
     await until(() => r.t.events("group-confirm-timeout").length === 1, "the confirmation timeout");
     assert.equal(r.t.events("group-confirm-timeout")[0].devices, "z3");
     const spi = await keyed(r, "slow", ["z1", "z2"]);
@@ -275,15 +275,15 @@ describe("group SAs in one gateway", () => {
   test("a change made by keyproxy group in another process is applied by the running gateway", async () => {
     const r = await rig([{ id: "p1" }, { id: "p2" }, { id: "p3" }]);
     rigs.push(r);
-    r.t.gw.groups.create("ops", "chat");
-    for (const m of ["p1", "p2", "p3"]) r.t.gw.groups.add("ops", m);
+    await r.t.gw.groups.create("ops", "chat");
+    for (const m of ["p1", "p2", "p3"]) await r.t.gw.groups.add("ops", m);
     const old = await keyed(r, "ops", ["p1", "p2", "p3"]);
     // Another connection to the registry, as the CLI opens it.
-    const other = openStore(r.t.dataDir);
+    const other = await openStore(r.t.dataDir);
     try {
-      assert.equal(new KeyGroups(other).remove("ops", "p3"), true);
+      assert.equal(await new KeyGroups(other).remove("ops", "p3"), true);
     } finally {
-      other.close();
+      await other.close();
     }
     await until(() => r.dev("p3").closed.some(([spi]) => spi === old), "p3's SA closed", 8000);
     await keyed(r, "ops", ["p1", "p2"], old);
@@ -311,7 +311,7 @@ test("puckjs, built with --groups, in the emulator: three members, each message 
   try {
     for (const id of ["e1", "e2", "e3"]) {
       const dev = new EmulatedDevice({ board: "puckjs", storageDir: `${storage}/${id}`, gateway: t.gw.address, name: id });
-      provisionEmulated(dev, t.dataDir, id, "puckjs", t.gw.address, 3600);
+      await provisionEmulated(dev, t.dataDir, id, "puckjs", t.gw.address, 3600);
       dev.storage.write(".bootcde", built.code);
       const ledger = new AesLedger();
       dev.on("aes", (o: AesObservation) => ledger.observeDevice(o));
@@ -324,8 +324,8 @@ test("puckjs, built with --groups, in the emulator: three members, each message 
     await until(() => [...devs.values()].every((x) => x.eval("KP.status().registered") === true), "every emulated handset registered", 15_000);
     for (const x of devs.values()) x.eval(EMU_APP);
     const g = t.gw.groups;
-    g.create("band", "chat");
-    for (const id of ["e1", "e2", "e3"]) g.add("band", id);
+    await g.create("band", "chat");
+    for (const id of ["e1", "e2", "e3"]) await g.add("band", id);
     const spiAt = (id: string) => d(id).eval("G") as number;
     await until(() => spiAt("e1") !== 0 && ["e2", "e3"].every((id) => spiAt(id) === spiAt("e1")), "the group key at all three", 15_000);
     const first = spiAt("e1");
@@ -336,7 +336,7 @@ test("puckjs, built with --groups, in the emulator: three members, each message 
     }
     for (const id of ["e1", "e2", "e3"]) assert.equal(got(id).length, 6, `${id} got the others' six messages, once each`);
 
-    g.remove("band", "e3");
+    await g.remove("band", "e3");
     await until(() => (d("e3").eval("CLOSED") as number[][]).some(([s, r]) => s === first && r === CloseReason.Removed), "e3 closed as removed", 15_000);
     await until(() => spiAt("e1") !== first && spiAt("e2") === spiAt("e1"), "a new key for e1 and e2", 15_000);
     assert.equal(d("e1").eval(`KP.send(G, E.toUint8Array("after"))`), true);
@@ -366,7 +366,7 @@ test("a Puck.js built without --groups is offered a group key: its confirmation 
   try {
     for (const [id, code] of [["n1", withGroups.code], ["n2", withGroups.code], ["old", without.code]] as const) {
       const dev = new EmulatedDevice({ board: "puckjs", storageDir: `${storage}/${id}`, gateway: t.gw.address, name: id });
-      provisionEmulated(dev, t.dataDir, id, "puckjs", t.gw.address, 3600);
+      await provisionEmulated(dev, t.dataDir, id, "puckjs", t.gw.address, 3600);
       dev.storage.write(".bootcde", code);
       devs.set(id, dev);
       await dev.boot();
@@ -375,8 +375,8 @@ test("a Puck.js built without --groups is offered a group key: its confirmation 
     await until(() => [...devs.values()].every((x) => x.eval("KP.status().registered") === true), "every emulated handset registered", 15_000);
     for (const x of devs.values()) x.eval(EMU_APP);
     const g = t.gw.groups;
-    g.create("band", "chat");
-    for (const id of ["n1", "n2", "old"]) g.add("band", id);
+    await g.create("band", "chat");
+    for (const id of ["n1", "n2", "old"]) await g.add("band", id);
     await until(() => t.events("group-confirm-dropped").some((e) => e.device === "old"), "old's confirmation refused", 15_000);
     await until(() => g.currentSpi("band") !== 0 && ["n1", "n2"].every((id) => d(id).eval("G") === g.currentSpi("band")), "the group keyed without old", 15_000);
     assert.equal(t.events("group-up").at(-1)!.members, "n1,n2");

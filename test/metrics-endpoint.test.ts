@@ -67,7 +67,7 @@ test("metrics: a handset's join moves the joins counter, the connection gauge an
     assert.equal([...before.keys()].some((k) => k.startsWith("keyproxy_revocation_list")), false);
 
     const id = "metrics-handset-7f3a";
-    h = await nodeHandset(t.gw, id, provision(t.gw, id));
+    h = await nodeHandset(t.gw, id, await provision(t.gw, id));
     await until(() => h!.h.status().registered, "the handset to register");
     const after = await scrapeUntil(t, "the join in the metrics", (s) => s.get("keyproxy_joins_total") === 1);
     assert.equal(after.get('keyproxy_link_connections{state="joined"}'), 1);
@@ -98,8 +98,8 @@ test("metrics: a session inside the gateway moves requested, up and SAs, and is 
   const t = await startGateway({ metricsListen: LOOPBACK_ANY_PORT });
   const devs: SessionHandset[] = [];
   try {
-    t.gw.policy.setDefault("allow");
-    for (const id of ["caller-a1", "callee-b2"]) devs.push(await sessionHandset(t.gw, id, provision(t.gw, id)));
+    await t.gw.policy.setDefault("allow");
+    for (const id of ["caller-a1", "callee-b2"]) devs.push(await sessionHandset(t.gw, id, await provision(t.gw, id)));
     await until(() => devs.every((d) => d.h.status().registered), "both handsets registered");
     const [a, b] = devs;
     b.h.onRequest = () => true;

@@ -17,55 +17,60 @@ import { Logger } from "../gateway/log/logger.ts";
 import { Policy } from "../gateway/registry/policy.ts";
 import { DEFAULT_POLICY, Registrar } from "../gateway/registry/registrar.ts";
 import { openStore } from "../gateway/gateway.ts";
+import type { Store } from "../gateway/registry/store.ts";
 import { tempDir } from "./support/harness.ts";
 
 const GATEWAY = "gw.example";
 const dirs: string[] = [];
 after(() => { for (const d of dirs) rmSync(d, { recursive: true, force: true }); });
 
-function rig(onDeregistered?: (id: string) => void) {
+const stores: Store[] = [];
+after(async () => { for (const s of stores) await s.close(); });
+
+async function rig(onDeregistered?: (id: string) => void) {
   const dir = tempDir("kp-registrar-");
   dirs.push(dir);
-  const store = openStore(dir);
+  const store = await openStore(dir);
+  stores.push(store);
   const logs: Record<string, unknown>[] = [];
   const clock = { t: 1_800_000_000 };
   const permissions = new Policy(store);
-  permissions.setDefault("allow");
+  await permissions.setDefault("allow");
   const registrar = new Registrar({
     store, log: new Logger((l) => logs.push(JSON.parse(l))), crypto: nodeCrypto(), gatewayId: GATEWAY, gatewayKey: generateEd25519(),
     policy: DEFAULT_POLICY, permissions, now: () => clock.t, onDeregistered,
   });
-  for (const id of ["alice", "bob"]) store.addDevice(id, new Uint8Array(16), "emulator", clock.t);
-  const audit = (id: string) => (store.db.prepare("SELECT event, detail FROM audit WHERE device_id = ? ORDER BY rowid").all(id) as { event: string; detail: string }[]);
+  for (const id of ["alice", "bob"]) await store.addDevice(id, new Uint8Array(16), "emulator", clock.t);
+  const audit = async (id: string) => (await store.query("SELECT event, detail FROM audit WHERE device_id = ? ORDER BY id", [id])).rows as { event: string; detail: string }[];
   const events = (e: string) => logs.filter((r) => r.event === e);
   const register = (id: string, o: Partial<{ lifetime: number; suites: number[][]; wantCert: boolean }> = {}) =>
     registrar.handle(id, { t: Msg.RegisterRequest, rid: 1, lifetime: o.lifetime ?? 600, suites: o.suites ?? [[AES, 1]], wantCert: o.wantCert ?? true, firmware: "fw-1", memory: 5 });
   return { store, registrar, clock, permissions, audit, events, register };
 }
 
-test("a message that is not a request is answered Unsupported, with its request id, and logged", () => {
-  const r = rig();
-  assert.deepEqual(r.registrar.handle("alice", { t: Msg.Answer, rid: 7, accept: true }), { t: Msg.Error, rid: 7, code: ErrorCode.Unsupported });
-  assert.deepEqual(r.registrar.handle("alice", { t: Msg.Bye, spi: 3 } as InnerMessage), { t: Msg.Error, rid: 0, code: ErrorCode.Unsupported });
+test("a message that is not a request is answered Unsupported, with its request id, and logged", async () => {
+  const r = await rig();
+  assert.deepEqual(await r.registrar.handle("alice", { t: Msg.Answer, rid: 7, accept: true }), { t: Msg.Error, rid: 7, code: ErrorCode.Unsupported });
+  assert.deepEqual(await r.registrar.handle("alice", { t: Msg.Bye, spi: 3 } as InnerMessage), { t: Msg.Error, rid: 0, code: ErrorCode.Unsupported });
   assert.deepEqual(r.events("request-rejected").map((e) => e.reason), [`message type ${Msg.Answer} is not a request`, `message type ${Msg.Bye} is not a request`]);
 });
 
-test("suites none of which the gateway runs: Unsupported, and nothing registered", () => {
-  const r = rig();
-  assert.deepEqual(r.register("alice", { suites: [[11, 1], [12, 2]] }), { t: Msg.Error, rid: 1, code: ErrorCode.Unsupported });
-  assert.equal(r.store.getRegistration("alice"), undefined);
+test("suites none of which the gateway runs: Unsupported, and nothing registered", async () => {
+  const r = await rig();
+  assert.deepEqual(await r.register("alice", { suites: [[11, 1], [12, 2]] }), { t: Msg.Error, rid: 1, code: ErrorCode.Unsupported });
+  assert.equal(await r.store.getRegistration("alice"), undefined);
   assert.deepEqual(r.events("register-rejected").map((e) => e.reason), ["none of the suites 11,12 is supported"]);
 });
 
-test("first registration and renewal are told apart in the audit trail and the log; no certificate unless asked", () => {
-  const r = rig();
-  const first = r.register("alice", { wantCert: false });
+test("first registration and renewal are told apart in the audit trail and the log; no certificate unless asked", async () => {
+  const r = await rig();
+  const first = await r.register("alice", { wantCert: false });
   assert.equal(first.t, Msg.RegisterOk);
   assert.deepEqual([(first as { certId: Uint8Array }).certId.length, (first as { cert: unknown }).cert], [0, null], "no certificate unless asked");
-  const renewed = r.register("alice", { suites: [[AES, 1], [XSALSA, 2]] }) as { certId: Uint8Array; cert: Uint8Array };
+  const renewed = (await r.register("alice", { suites: [[AES, 1], [XSALSA, 2]] })) as { certId: Uint8Array; cert: Uint8Array };
   assert.equal(renewed.certId.length, 16);
-  assert.deepEqual(r.audit("alice").map((a) => a.event), ["registered", "renewed"]);
-  assert.equal(r.audit("alice")[1].detail, `granted=600 cert=${toHex(renewed.certId)}`);
+  assert.deepEqual((await r.audit("alice")).map((a) => a.event), ["registered", "renewed"]);
+  assert.equal((await r.audit("alice"))[1].detail, `granted=600 cert=${toHex(renewed.certId)}`);
   const logged = [...r.events("registered"), ...r.events("renewed")];
   assert.deepEqual(logged.map((e) => [e.event, e.requested, e.granted, e.suites, e.certId]), [
     ["registered", 600, 600, String(AES), ""],
@@ -73,54 +78,54 @@ test("first registration and renewal are told apart in the audit trail and the l
   ]);
 });
 
-test("deregistering: audited once, only when there was a registration; the hook is optional", () => {
+test("deregistering: audited once, only when there was a registration; the hook is optional", async () => {
   const gone: string[] = [];
-  const r = rig((id) => gone.push(id));
-  r.register("alice");
-  assert.deepEqual(r.registrar.handle("alice", { t: Msg.DeregisterRequest, rid: 4 }), { t: Msg.DeregisterOk, rid: 4 });
-  assert.deepEqual(r.registrar.handle("alice", { t: Msg.DeregisterRequest, rid: 5 }), { t: Msg.DeregisterOk, rid: 5 });
-  assert.deepEqual(r.audit("alice").map((a) => a.event), ["registered", "deregistered"]);
-  assert.equal(r.audit("alice")[1].detail, "");
+  const r = await rig((id) => gone.push(id));
+  await r.register("alice");
+  assert.deepEqual(await r.registrar.handle("alice", { t: Msg.DeregisterRequest, rid: 4 }), { t: Msg.DeregisterOk, rid: 4 });
+  assert.deepEqual(await r.registrar.handle("alice", { t: Msg.DeregisterRequest, rid: 5 }), { t: Msg.DeregisterOk, rid: 5 });
+  assert.deepEqual((await r.audit("alice")).map((a) => a.event), ["registered", "deregistered"]);
+  assert.equal((await r.audit("alice"))[1].detail, "");
   assert.deepEqual(r.events("deregistered").map((e) => e.existed), [true, false]);
   assert.deepEqual(gone, ["alice", "alice"]);
-  const noHook = rig();
-  assert.deepEqual(noHook.registrar.handle("bob", { t: Msg.DeregisterRequest, rid: 6 }), { t: Msg.DeregisterOk, rid: 6 });
+  const noHook = await rig();
+  assert.deepEqual(await noHook.registrar.handle("bob", { t: Msg.DeregisterRequest, rid: 6 }), { t: Msg.DeregisterOk, rid: 6 });
 });
 
-test("certificate queries: by full name on this gateway, and the reason for each refusal in the log only", () => {
-  const r = rig();
-  r.register("alice");
-  const bob = r.register("bob") as { certId: Uint8Array; cert: Uint8Array };
+test("certificate queries: by full name on this gateway, and the reason for each refusal in the log only", async () => {
+  const r = await rig();
+  await r.register("alice");
+  const bob = (await r.register("bob")) as { certId: Uint8Array; cert: Uint8Array };
   const query = (name: string) => r.registrar.handle("alice", { t: Msg.CertQuery, rid: 9, name });
-  assert.deepEqual(query(`bob@${GATEWAY}`), { t: Msg.CertAnswer, rid: 9, cert: bob.cert });
+  assert.deepEqual(await query(`bob@${GATEWAY}`), { t: Msg.CertAnswer, rid: 9, cert: bob.cert });
   assert.deepEqual(r.events("cert-query").map((e) => [e.name, e.certId]), [["bob", toHex(bob.certId)]]);
   const notFound = { t: Msg.Error, rid: 9, code: ErrorCode.NotFound };
-  assert.deepEqual(query("carol"), notFound);
-  r.permissions.setDefault("deny");
-  assert.deepEqual(query("bob"), notFound);
-  r.permissions.add("alice", "bob", "cert", "allow");
-  assert.deepEqual(query("bob"), { t: Msg.CertAnswer, rid: 9, cert: bob.cert }, "the permission for app \"cert\" is what counts");
+  assert.deepEqual(await query("carol"), notFound);
+  await r.permissions.setDefault("deny");
+  assert.deepEqual(await query("bob"), notFound);
+  await r.permissions.add("alice", "bob", "cert", "allow");
+  assert.deepEqual(await query("bob"), { t: Msg.CertAnswer, rid: 9, cert: bob.cert }, "the permission for app \"cert\" is what counts");
   assert.deepEqual(r.events("cert-query-not-found").map((e) => e.reason), ["no such registration", "policy denies it"]);
 });
 
-test("certificate queries at the instant of expiry: neither an expired caller nor an expired name is served", () => {
-  const r = rig();
-  r.register("bob", { lifetime: 600 });
+test("certificate queries at the instant of expiry: neither an expired caller nor an expired name is served", async () => {
+  const r = await rig();
+  await r.register("bob", { lifetime: 600 });
   r.clock.t += 300;
-  r.register("alice", { lifetime: 600 });
+  await r.register("alice", { lifetime: 600 });
   r.clock.t += 300; // bob's registration ends now
   const query = () => r.registrar.handle("alice", { t: Msg.CertQuery, rid: 2, name: "bob" });
-  assert.deepEqual(query(), { t: Msg.Error, rid: 2, code: ErrorCode.NotFound });
+  assert.deepEqual(await query(), { t: Msg.Error, rid: 2, code: ErrorCode.NotFound });
   assert.deepEqual(r.events("cert-query-not-found").map((e) => e.reason), ["registration expired"]);
-  r.register("bob", { lifetime: 600 });
+  await r.register("bob", { lifetime: 600 });
   r.clock.t += 300; // alice's registration ends now
-  assert.deepEqual(query(), { t: Msg.Error, rid: 2, code: ErrorCode.NotRegistered });
+  assert.deepEqual(await query(), { t: Msg.Error, rid: 2, code: ErrorCode.NotRegistered });
   assert.deepEqual(r.events("request-rejected").map((e) => [e.reason, e.request]), [["caller's registration expired", "cert-query"]]);
-  r.register("alice", { lifetime: 600, wantCert: false });
-  r.register("bob", { lifetime: 600, wantCert: false });
-  assert.deepEqual(query(), { t: Msg.Error, rid: 2, code: ErrorCode.NotFound });
+  await r.register("alice", { lifetime: 600, wantCert: false });
+  await r.register("bob", { lifetime: 600, wantCert: false });
+  assert.deepEqual(await query(), { t: Msg.Error, rid: 2, code: ErrorCode.NotFound });
   assert.equal(r.events("cert-query-not-found").at(-1)!.reason, "no certificate issued");
-  const stranger = r.registrar.handle("carol", { t: Msg.CertQuery, rid: 3, name: "bob" });
+  const stranger = await r.registrar.handle("carol", { t: Msg.CertQuery, rid: 3, name: "bob" });
   assert.deepEqual(stranger, { t: Msg.Error, rid: 3, code: ErrorCode.NotRegistered });
   assert.equal(r.events("request-rejected").at(-1)!.reason, "caller is not registered");
 });

@@ -58,16 +58,16 @@ test(`${BOARD}: an SA past 80% of its lifetime on the device's clock is rekeyed 
   assert.ok(built.ok, built.problems.join("\n"));
   const rec = openingRecorder();
   const t = await startGateway({ crypto: rec.crypto, sessions: { lifetime: LIFETIME_S } });
-  t.gw.policy.setDefault("allow");
-  const make = (id: string) => {
+  await t.gw.policy.setDefault("allow");
+  const make = async (id: string) => {
     const dev = new EmulatedDevice({ board: BOARD, storageDir: `${storage}/${id}`, gateway: t.gw.address, name: id });
-    provisionEmulated(dev, t.dataDir, id, BOARD, t.gw.address, 3600);
+    await provisionEmulated(dev, t.dataDir, id, BOARD, t.gw.address, 3600);
     dev.storage.write(".boot0", CLOCK_SHIM);
     dev.storage.write(".bootcde", built.code);
     return dev;
   };
-  const a = make("emu-a");
-  const b = make("emu-b");
+  const a = await make("emu-a");
+  const b = await make("emu-b");
   const num = (d: EmulatedDevice, expr: string) => d.eval(expr) as number;
   try {
     await a.boot();

@@ -45,9 +45,9 @@ describe("within one gateway", () => {
 
   before(async () => {
     t = await startGateway();
-    t.gw.policy.setDefault("allow");
-    alice = await sessionHandset(t.gw, "alice", provision(t.gw, "alice"));
-    bob = await sessionHandset(t.gw, "bob", provision(t.gw, "bob"));
+    await t.gw.policy.setDefault("allow");
+    alice = await sessionHandset(t.gw, "alice", await provision(t.gw, "alice"));
+    bob = await sessionHandset(t.gw, "bob", await provision(t.gw, "bob"));
     await until(() => alice.h.status().registered && bob.h.status().registered, "both registered");
   });
 
@@ -84,7 +84,7 @@ describe("across two gateways", () => {
     const fleet = Fleet.create(fleetDir, "kp-fleet", clock.now());
     for (const [domain, id] of [["a.example", "alice"], ["b.example", "bob"]]) {
       const t = await fleetGateway(domain, fleet, broker, clock.now);
-      const dev = await sessionHandset(t.gw, id, provision(t.gw, id));
+      const dev = await sessionHandset(t.gw, id, await provision(t.gw, id));
       sides.push({ t, dev });
       await until(() => dev.h.status().registered, `${id} registered`);
     }

@@ -29,7 +29,7 @@ test("two handsets connect by name, exchange 1,000 messages each way across a re
   assert.ok(build.ok, build.problems.join("\n"));
   // A message limit of 1,000 per direction: each side asks for a rekey at 800, in the middle of the run.
   const t = await startGateway({ sessions: { limit: TOTAL, lifetime: 3600 } });
-  t.gw.policy.add("sim-1", "sim-2", "chat", "allow");
+  await t.gw.policy.add("sim-1", "sim-2", "chat", "allow");
   const sim = await startSim({ dataDir: t.dataDir, gateway: t.gw.address, count: 2, board: "puckjs", bundle: build.code });
   const [a, b] = sim.devices as [EmulatedDevice, EmulatedDevice];
   const g = (d: EmulatedDevice, expr: string) => d.eval(expr) as number;

@@ -50,8 +50,8 @@ async function rig(devices: { id: string; suites?: number[][] }[], opts: Partial
     await stopGateway(t);
   };
   try {
-    if (allowAll) t.gw.policy.setDefault("allow");
-    for (const d of devices) devs.push(await sessionHandset(t.gw, d.id, provision(t.gw, d.id), { suites: d.suites }));
+    if (allowAll) await t.gw.policy.setDefault("allow");
+    for (const d of devices) devs.push(await sessionHandset(t.gw, d.id, await provision(t.gw, d.id), { suites: d.suites }));
     await until(() => devs.every((d) => d.h.status().registered), "every handset registered");
   } catch (e) {
     await close();
@@ -101,8 +101,8 @@ test("a policy denial and an unknown name get the same answer apart from the req
   try {
     // dev-a may call anyone for chat, except dev-b: the unknown name passes the policy and fails on the
     // lookup, dev-b exists, is registered and linked, and fails on the policy. Two different reasons.
-    r.t.gw.policy.add("dev-a", "*", APP, "allow");
-    r.t.gw.policy.add("dev-a", "dev-b", APP, "deny");
+    await r.t.gw.policy.add("dev-a", "*", APP, "allow");
+    await r.t.gw.policy.add("dev-a", "dev-b", APP, "deny");
     b.h.onRequest = () => true; // it would accept: only the gateway keeps the caller out
     const bSent = b.sent.length;
     const bReceived = b.received.length;
@@ -274,7 +274,7 @@ test("a ConnectRequest claiming another device's identity is refused as Spoofed,
   try {
     b.h.onRequest = () => true;
     c.h.onRequest = () => true;
-    const before = r.t.gw.store.snapshot();
+    const before = await r.t.gw.store.snapshot();
     const quiet = [b.received.length, c.received.length, b.sent.length, c.sent.length];
     const seals = r.seals.length;
     a.h.lastType = 0;
@@ -288,11 +288,11 @@ test("a ConnectRequest claiming another device's identity is refused as Spoofed,
     assert.equal(spoof.length, 1);
     assert.equal(spoof[0].device, "dev-a");
     assert.equal(spoof[0].claimed, "dev-b");
-    const audit = r.t.gw.store.db.prepare("SELECT device_id, event FROM audit WHERE event = 'spoofing'").all();
+    const audit = (await r.t.gw.store.query("SELECT device_id, event FROM audit WHERE event = 'spoofing'")).rows;
     assert.deepEqual(audit, [{ device_id: "dev-a", event: "spoofing" }]);
 
     await sleep(100);
-    assert.equal(r.t.gw.store.snapshot(), before, "no registration, device or setting changed");
+    assert.equal(await r.t.gw.store.snapshot(), before, "no registration, device or setting changed");
     assert.deepEqual([b.received.length, c.received.length, b.sent.length, c.sent.length], quiet, "neither dev-b nor dev-c heard of it");
     assert.equal(r.seals.length, seals + 1, "the only message sealed was the refusal");
     assert.deepEqual(r.t.events("session-requested"), []);
@@ -586,12 +586,12 @@ describe("a handset rebooted mid-session", () => {
         ledgers.b.recordGatewaySeal(suite, key, nonce, pt);
       });
       const t = await startGateway({ crypto: rec.crypto });
-      t.gw.policy.setDefault("allow");
+      await t.gw.policy.setDefault("allow");
       const storage = tempDir("kp-sessions-dev-");
       const uncaught: string[] = [];
-      const make = (id: string, ledger: AesLedger) => {
+      const make = async (id: string, ledger: AesLedger) => {
         const dev = new EmulatedDevice({ board, storageDir: `${storage}/${id}`, gateway: t.gw.address, name: id });
-        provisionEmulated(dev, t.dataDir, id, board, t.gw.address, 3600);
+        await provisionEmulated(dev, t.dataDir, id, board, t.gw.address, 3600);
         dev.storage.write(".bootcde", bundles.get(board)!);
         // One ledger per device: two devices computing the same keystream is one sealing and the other
         // opening; within one device, any (key, counter block) twice is a reuse.
@@ -599,8 +599,8 @@ describe("a handset rebooted mid-session", () => {
         dev.on("uncaught", (e: string) => uncaught.push(`${id}: ${e}`));
         return dev;
       };
-      const a = make("emu-a", ledgers.a);
-      const b = make("emu-b", ledgers.b);
+      const a = await make("emu-a", ledgers.a);
+      const b = await make("emu-b", ledgers.b);
       const num = (d: EmulatedDevice, expr: string) => d.eval(expr) as number;
       const registered = (d: EmulatedDevice) => d.eval("KP.status().registered") === true;
       const exchange = async (round: string) => {
@@ -701,11 +701,11 @@ test("puckjs: an SA with no traffic is replaced by the gateway at 80% of its lif
   // 10 s: the gateway's rekey point is at 8 s, leaving the devices 2 s to take the new SA.
   const lifetime = 10;
   const t = await startGateway({ sessions: { lifetime } });
-  t.gw.policy.setDefault("allow");
+  await t.gw.policy.setDefault("allow");
   const storage = tempDir("kp-sessions-quiet-");
-  const make = (id: string) => {
+  const make = async (id: string) => {
     const dev = new EmulatedDevice({ board: "puckjs", storageDir: `${storage}/${id}`, gateway: t.gw.address, name: id });
-    provisionEmulated(dev, t.dataDir, id, "puckjs", t.gw.address, 3600);
+    await provisionEmulated(dev, t.dataDir, id, "puckjs", t.gw.address, 3600);
     dev.storage.write(".bootcde", bundles.get("puckjs")!);
     return dev;
   };
@@ -717,8 +717,8 @@ KP.onConnect = function (spi, peer, app, replaces) {
   UPS.push([spi, replaces, live]); SPI = spi;
 };
 1`;
-  const a = make("quiet-a");
-  const b = make("quiet-b");
+  const a = await make("quiet-a");
+  const b = await make("quiet-b");
   const num = (d: EmulatedDevice, expr: string) => d.eval(expr) as number;
   try {
     await a.boot();

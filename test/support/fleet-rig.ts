@@ -39,6 +39,6 @@ export async function fleetGateway(domain: string, fleet: Fleet, broker: Embedde
     fleet: { credentials, recheckMs: recheckMs ?? 0, protocolVersion: 4, verifier, keyAgreement },
     ...rest,
   });
-  t.gw.policy.setDefault("allow");
+  await t.gw.policy.setDefault("allow");
   return t;
 }

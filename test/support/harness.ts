@@ -42,9 +42,10 @@ export async function startGateway(opts: Partial<GatewayOptions> = {}): Promise<
   return { gw, logs, clock, dataDir, events: (e) => logs.map((l) => JSON.parse(l)).filter((r) => r.event === e) };
 }
 
-export function provision(gw: Gateway, id: string): Uint8Array {
+/** A device with a fresh root key in gw's registry, committed before it resolves. */
+export async function provision(gw: Gateway, id: string): Promise<Uint8Array> {
   const key = new Uint8Array(randomBytes(16));
-  gw.store.addDevice(id, key, "emulator", 0);
+  await gw.store.addDevice(id, key, "emulator", 0);
   return key;
 }
 
