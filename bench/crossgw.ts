@@ -516,12 +516,14 @@ export async function runCrossGatewayBench(log: (s: string) => void, o: CrossGat
     for (const s of sides) {
       installGatewayCertificate(s.dataDir, fleet.issueGateway(s.domain, gatewayPublicKeys(s.dataDir), now), fleet.anchor);
       fs.writeFileSync(path.join(s.dataDir, HELD_LIST_FILE), fleet.signedList());
-      const store = openStore(s.dataDir);
+      const store = await openStore(s.dataDir);
       try {
-        store.atomically(() => s.ids.forEach((id, i) => store.addDevice(id, s.keys[i], "emulator", now)));
-        new Policy(store).setDefault("allow");
+        await store.atomically(async () => {
+          for (const [i, id] of s.ids.entries()) await store.addDevice(id, s.keys[i], "emulator", now);
+        });
+        await new Policy(store).setDefault("allow");
       } finally {
-        store.close();
+        await store.close();
       }
     }
     broker = await startBenchBroker(log);
@@ -656,7 +658,7 @@ export async function runCrossGatewayBench(log: (s: string) => void, o: CrossGat
     const sum = (rows: CryptoOp[]) => rows.reduce((t, r) => t + r.perSetup.total * r.timing.medianUs, 0);
     const asCalled = sum(ops);
     const curveOnly = sum(ops.filter((r) => r.curve));
-    const auditInsert = timeAuditInserts(tmp, 200);
+    const auditInsert = await timeAuditInserts(tmp, 200);
     return {
       ...results,
       mqttRoundTrip,

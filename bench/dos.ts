@@ -429,9 +429,9 @@ async function runSeries(parent: string, o: DosOptions, log: (s: string) => void
   const { openStore } = await import("../gateway/gateway.ts");
   const dataDir = mkdtempSync(path.join(parent, "kp-dos-"));
   const rootKey = new Uint8Array(randomBytes(16));
-  const store = openStore(dataDir);
-  store.addDevice(DEVICE, rootKey, "emulator", 0);
-  store.close();
+  const store = await openStore(dataDir);
+  await store.addDevice(DEVICE, rootKey, "emulator", 0);
+  await store.close();
   log(`dos: the registry in ${dataDir}`);
   const gw = await GatewayProcess.start(dataDir);
   const phases: PhaseResult[] = [];

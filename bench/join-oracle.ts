@@ -36,7 +36,7 @@ const gw = await Gateway.start({
   log: new Logger(() => {}),
   limits: { maxBadFrames: Number.MAX_SAFE_INTEGER, joinFailuresBeforeBackoff: Number.MAX_SAFE_INTEGER },
 });
-gw.store.addDevice("dev-known", new Uint8Array(randomBytes(16)), "puckjs", 0);
+await gw.store.addDevice("dev-known", new Uint8Array(randomBytes(16)), "puckjs", 0);
 const sock = net.connect(gw.address.port, gw.address.host);
 sock.setNoDelay(true);
 await new Promise<void>((res) => sock.once("connect", res));

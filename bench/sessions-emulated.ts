@@ -158,11 +158,11 @@ export async function runEmulatedSessions(log: (s: string) => void, o: EmulatedL
     if (!build.ok) throw new Error(`the ${o.board} bundle did not build: ${build.problems.join("; ")}`);
     const buildMs = performance.now() - t;
 
-    const store = openStore(dataDir);
+    const store = await openStore(dataDir);
     try {
-      new Policy(store).setDefault("allow");
+      await new Policy(store).setDefault("allow");
     } finally {
-      store.close();
+      await store.close();
     }
     gateway = await GatewayProcess.start(dataDir);
     log(`sessions, emulated: ${o.handsets} ${o.board} devices (firmware bundle ${build.bytes} bytes in QuickJS) booting against the gateway process`);

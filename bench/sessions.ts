@@ -602,20 +602,20 @@ export function teardown(caller: LoadHandset, callee: LoadHandset, spi: number):
 }
 
 /** Wall and CPU time of one audit insert by gateway/registry/store.ts, in a fresh store under parent. */
-export function timeAuditInserts(parent: string, inserts: number): { wallUs: number; cpuUs: number; inserts: number } {
+export async function timeAuditInserts(parent: string, inserts: number): Promise<{ wallUs: number; cpuUs: number; inserts: number }> {
   const dir = fs.mkdtempSync(path.join(parent, "kp-bench-audit-"));
-  const store = openStore(dir);
+  const store = await openStore(dir);
   try {
     const write = (i: number) => store.audit(Math.floor(Date.now() / 1000), "bench-001", "session-up", `peer=bench-002 app=${SESSION_APP} spi=${i.toString(16).padStart(8, "0")}`);
-    for (let i = 0; i < 20; i++) write(i); // warm-up
+    for (let i = 0; i < 20; i++) await write(i); // warm-up
     const cpu = process.cpuUsage();
     const t0 = performance.now();
-    for (let i = 0; i < inserts; i++) write(i);
+    for (let i = 0; i < inserts; i++) await write(i);
     const wallUs = ((performance.now() - t0) * 1000) / inserts;
     const used = process.cpuUsage(cpu);
     return { wallUs, cpuUs: (used.user + used.system) / inserts, inserts };
   } finally {
-    store.close();
+    await store.close();
     fs.rmSync(dir, { recursive: true, force: true });
   }
 }
@@ -624,7 +624,7 @@ export function timeAuditInserts(parent: string, inserts: number): { wallUs: num
  *  queued, then their group commit awaited, batches times, in a fresh store under parent. */
 export async function timeBatchedAudit(parent: string, batches: number, perBatch: number): Promise<{ cpuUs: number; records: number; perBatch: number }> {
   const dir = fs.mkdtempSync(path.join(parent, "kp-bench-audit-"));
-  const store = openStore(dir);
+  const store = await openStore(dir);
   try {
     const batch = async (b: number) => {
       for (let i = 0; i < perBatch; i++) store.auditBatched(Math.floor(Date.now() / 1000), "bench-001", "session-up", `peer=bench-002 app=${SESSION_APP} spi=${(b * perBatch + i).toString(16).padStart(8, "0")}`);
@@ -640,7 +640,7 @@ export async function timeBatchedAudit(parent: string, batches: number, perBatch
     }
     return { cpuUs: cpuUs / (batches * perBatch), records: batches * perBatch, perBatch };
   } finally {
-    store.close();
+    await store.close();
     fs.rmSync(dir, { recursive: true, force: true });
   }
 }
@@ -718,12 +718,14 @@ export async function runGatewaySessions(log: (s: string) => void, o: GatewayLoa
   let gateway: GatewayProcess | undefined;
   const handsets: LoadHandset[] = [];
   try {
-    const store = openStore(dataDir);
+    const store = await openStore(dataDir);
     try {
-      store.atomically(() => ids.forEach((id, i) => store.addDevice(id, keys[i], "emulator", Math.floor(Date.now() / 1000))));
-      new Policy(store).setDefault("allow");
+      await store.atomically(async () => {
+        for (const [i, id] of ids.entries()) await store.addDevice(id, keys[i], "emulator", Math.floor(Date.now() / 1000));
+      });
+      await new Policy(store).setDefault("allow");
     } finally {
-      store.close();
+      await store.close();
     }
     gateway = await GatewayProcess.start(dataDir);
     log(`sessions, gateway: ${o.handsets} handsets (firmware engine in Node) joining and registering with the gateway process`);
@@ -772,7 +774,7 @@ export async function runGatewaySessions(log: (s: string) => void, o: GatewayLoa
     const setups = pairs.length * o.rounds;
     log(`sessions, gateway machine: timing the raw crypto of one setup`);
     const rawTiming = runInterleaved([raw.task])[raw.task.name];
-    const auditInsert = timeAuditInserts(path.dirname(dataDir), 200);
+    const auditInsert = await timeAuditInserts(path.dirname(dataDir), 200);
     const auditBatched = await timeBatchedAudit(path.dirname(dataDir), 10, o.handsets / 2);
     log(`sessions, gateway machine: the sockets alone (an echo process, ${o.handsets} connections, ${pairs.length} messages in flight)`);
     const transportFloor = await timeTransportFloor(o.handsets, pairs.length, o.rounds, 10);

@@ -23,6 +23,7 @@ type Kind = "string" | "boolean";
  *  command that takes that flag (fleet narrows it: cli/fleet-cmd.ts). */
 export const SETTINGS: Readonly<Record<string, Kind>> = {
   "data-dir": "string",
+  db: "string",
   "fleet-dir": "string",
   listen: "string",
   mqtt: "string",

@@ -40,9 +40,9 @@ export function checkDeviceId(id: string | undefined): string {
 
 /** The registry of dataDir for a command that reads or edits one: a directory without one is the
  *  operator's mistake (a usage error, exit 2), and nothing is created there. */
-export function existingRegistry(dataDir: string): Store {
+export async function existingRegistry(dataDir: string, database?: string): Promise<Store> {
   try {
-    return openRegistry(dataDir);
+    return await openRegistry(dataDir, database);
   } catch (e) {
     if (e instanceof NoRegistry) throw new UsageError(e.message);
     throw e;
@@ -50,25 +50,25 @@ export function existingRegistry(dataDir: string): Store {
 }
 
 /** Registry entry and provisioning file as one step: either both exist afterwards or neither does. */
-export function addDevice(dataDir: string, id: string, board: string, gateway: string, out: string, replace: boolean): void {
+export async function addDevice(dataDir: string, id: string, board: string, gateway: string, out: string, replace: boolean, database?: string): Promise<void> {
   if (existsSync(out)) throw new Error(`${out} exists; refusing to overwrite a provisioning file`);
-  const store = openStore(dataDir);
+  const store = await openStore(dataDir, database);
   const key = randomBytes(ROOT_KEY_BYTES);
   const tmp = `${out}.${process.pid}.tmp`;
   try {
-    if (store.getDevice(id) && !replace) throw new Error(`device "${id}" is already registered; pass --replace to give it a new root key`);
+    if ((await store.getDeviceInfo(id)) && !replace) throw new Error(`device "${id}" is already registered; pass --replace to give it a new root key`);
     writeFileSync(tmp, JSON.stringify({ id, key: key.toString("hex"), gw: gateway, board }) + "\n", { mode: 0o600 });
-    store.atomically(() => {
-      if (replace) store.replaceDevice(id, key, board, Math.floor(Date.now() / 1000));
-      else store.addDevice(id, key, board, Math.floor(Date.now() / 1000));
-      store.audit(Math.floor(Date.now() / 1000), id, replace ? "device-replaced" : "device-added", `board=${board}`);
+    await store.atomically(async () => {
+      if (replace) await store.replaceDevice(id, key, board, Math.floor(Date.now() / 1000));
+      else await store.addDevice(id, key, board, Math.floor(Date.now() / 1000));
+      await store.audit(Math.floor(Date.now() / 1000), id, replace ? "device-replaced" : "device-added", `board=${board}`);
       // Inside the transaction: if the file cannot be put in place, the registry entry is rolled back.
       renameSync(tmp, out);
     });
   } finally {
     rmSync(tmp, { force: true });
     key.fill(0);
-    store.close();
+    await store.close();
   }
 }
 
@@ -125,6 +125,7 @@ export async function deviceCommand(argv: string[]): Promise<number> {
     gateway: { type: "string" },
     replace: { type: "boolean" },
     "data-dir": { type: "string" },
+    db: { type: "string" },
     json: { type: "boolean" },
     help: { type: "boolean", short: "h" },
   });
@@ -141,17 +142,17 @@ export async function deviceCommand(argv: string[]): Promise<number> {
     const board = boardId(o.board ?? "puckjs");
     const gw = o.gateway ?? `${DEFAULT_LISTEN.host}:${DEFAULT_LISTEN.port}`;
     const warnIfNew = noteNewDataDir(dataDir);
-    addDevice(dataDir, id, board, gw, o.out, !!o.replace);
+    await addDevice(dataDir, id, board, gw, o.out, !!o.replace, o.db);
     console.log(`added ${id} (${board}) to ${dataDir}; provisioning file ${o.out} (mode 0600) holds its root key`);
     warnIfNew();
     warnIfUnignoredInGitTree(o.out, `the root key of ${id}`);
     return 0;
   }
   if (sub === "list") {
-    const store = existingRegistry(dataDir);
+    const store = await existingRegistry(dataDir, o.db);
     try {
       const now = Math.floor(Date.now() / 1000);
-      const rows = store.listDevices();
+      const rows = await store.listDevices();
       if (o.json) {
         printJson({ dataDir, devices: rows.map((r) => deviceJson(r, now)) });
         return 0;
@@ -165,18 +166,20 @@ export async function deviceCommand(argv: string[]): Promise<number> {
         console.log(forTerminal(`${r.id.padEnd(20)} ${r.board.padEnd(10)} joins=${String(r.joinCounter).padEnd(6)} ${reported ? `${state.padEnd(26)} ${reported}` : state}`));
       }
     } finally {
-      store.close();
+      await store.close();
     }
     return 0;
   }
   if (sub === "remove") {
     const id = checkDeviceId(o.id);
-    const store = existingRegistry(dataDir);
+    const store = await existingRegistry(dataDir, o.db);
     try {
-      if (!store.removeDevice(id)) throw new Error(`no device "${id}" in ${dataDir}`);
-      store.audit(Math.floor(Date.now() / 1000), id, "device-removed", "");
+      await store.atomically(async () => {
+        if (!(await store.removeDevice(id))) throw new Error(`no device "${id}" in ${dataDir}`);
+        await store.audit(Math.floor(Date.now() / 1000), id, "device-removed", "");
+      });
     } finally {
-      store.close();
+      await store.close();
     }
     console.log(`removed ${id}`);
     return 0;

@@ -40,6 +40,7 @@ Ctrl-C.
 
 ${helpRows([
   ["--data-dir <dir>", "where the registry and the gateway's keys and certificate live"],
+  ["--db <url>", "the registry in PostgreSQL (postgres://user@host/db) instead of the data directory's SQLite file; the key-encryption key stays in the data directory (keyproxy db copy moves an SQLite registry there)"],
   ["--listen <host:port>", "device link address (port 0: any free port)"],
   ["--id <domain>", "the gateway's name: its domain, so its devices are name@<domain> across the fleet (default: kept from the last run, else gateway.local)"],
   ["--max-lifetime <s>", `longest registration granted, seconds (default 86400, at most ${LIFETIME_CEILING}: 20 days)`],
@@ -137,6 +138,7 @@ function bridgeKey(file: string, log: Logger): Uint8Array {
 export async function gatewayCommand(argv: string[]): Promise<number> {
   const o = parse(argv, {
     "data-dir": { type: "string" },
+    db: { type: "string" },
     listen: { type: "string" },
     id: { type: "string" },
     "max-lifetime": { type: "string" },
@@ -236,6 +238,7 @@ export async function gatewayCommand(argv: string[]): Promise<number> {
     ble,
     bridges,
     dataDir,
+    database: o.db,
     listen,
     id: o.id,
     policy,
@@ -325,8 +328,8 @@ async function talk(gw: Gateway, devices: EmulatedDevice[], say: (s: string) => 
   const { callerApp, echoApp, whenRegistered } = await import("../emulator/sim.ts");
   const [caller, callee] = devices;
   if (!(await whenRegistered(caller, 30_000, stopped)) || !(await whenRegistered(callee, 30_000, stopped))) return;
-  if (!gw.policy.rules().some((r) => r.subject === "sim-1" && r.object === "sim-2" && r.app === "demo")) {
-    gw.policy.add("sim-1", "sim-2", "demo", "allow");
+  if (!(await gw.policy.rules()).some((r) => r.subject === "sim-1" && r.object === "sim-2" && r.app === "demo")) {
+    await gw.policy.add("sim-1", "sim-2", "demo", "allow");
     say("demo: policy now allows sim-1 -> sim-2 for the application \"demo\" (keyproxy policy list)");
   }
   callee.eval(echoApp("demo"));

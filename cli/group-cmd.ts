@@ -41,6 +41,7 @@ export async function groupCommand(argv: string[]): Promise<number> {
     app: { type: "string" },
     device: { type: "string" },
     "data-dir": { type: "string" },
+    db: { type: "string" },
     json: { type: "boolean" },
     help: { type: "boolean", short: "h" },
   });
@@ -54,27 +55,27 @@ export async function groupCommand(argv: string[]): Promise<number> {
   if (sub === "create" && !o.app) throw new UsageError("--app <name> is required");
   if ((sub === "add" || sub === "remove") && !o.device) throw new UsageError("--device <who> is required");
   const dataDir = o["data-dir"] ?? DEFAULT_DATA_DIR;
-  const store = sub === "list" ? existingRegistry(dataDir) : openStore(dataDir);
+  const store = sub === "list" ? await existingRegistry(dataDir, o.db) : await openStore(dataDir, o.db);
   try {
     const groups = new KeyGroups(store);
     const now = Math.floor(Date.now() / 1000);
     const group = o.group as string;
     if (sub === "create") {
-      groups.create(group, o.app as string, now);
+      await groups.create(group, o.app as string, now);
       console.log(`group ${group}: created for ${o.app}`);
     } else if (sub === "add") {
-      const added = groups.add(group, o.device as string, now);
+      const added = await groups.add(group, o.device as string, now);
       console.log(`group ${group}: ${o.device} ${added ? "added" : "was a member already"}`);
     } else if (sub === "remove") {
-      if (!groups.remove(group, o.device as string)) throw new Error(`${o.device} is not a member of group ${group}`);
+      if (!(await groups.remove(group, o.device as string))) throw new Error(`${o.device} is not a member of group ${group}`);
       console.log(`group ${group}: ${o.device} removed`);
     } else if (sub === "delete") {
-      if (!groups.delete(group)) throw new Error(`no group ${group}`);
+      if (!(await groups.delete(group))) throw new Error(`no group ${group}`);
       console.log(`group ${group}: deleted`);
     } else if (o.json) {
-      printJson({ dataDir, groups: groups.list() });
+      printJson({ dataDir, groups: await groups.list() });
     } else {
-      const all = groups.list();
+      const all = await groups.list();
       if (!all.length) console.log("(no groups)");
       for (const g of all) console.log(`${g.name}  app ${g.app}  members ${g.members.join(", ") || "(none)"}`);
     }
@@ -82,7 +83,7 @@ export async function groupCommand(argv: string[]): Promise<number> {
     if (e instanceof GroupError) throw new UsageError(e.message);
     throw e;
   } finally {
-    store.close();
+    await store.close();
   }
   return 0;
 }

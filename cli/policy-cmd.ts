@@ -53,6 +53,7 @@ export async function policyCommand(argv: string[]): Promise<number> {
     device: { type: "string" },
     group: { type: "string" },
     "data-dir": { type: "string" },
+    db: { type: "string" },
     json: { type: "boolean" },
     help: { type: "boolean", short: "h" },
   });
@@ -66,43 +67,43 @@ export async function policyCommand(argv: string[]): Promise<number> {
   // Only list is read-only. The others may make the registry: rules are set before a gateway's first
   // run (after "keyproxy fleet issue-gateway --data-dir"), as the README shows.
   const warnIfNew = noteNewDataDir(dataDir);
-  const store = sub === "list" ? existingRegistry(dataDir) : openStore(dataDir);
+  const store = sub === "list" ? await existingRegistry(dataDir, o.db) : await openStore(dataDir, o.db);
   try {
     const policy = new Policy(store);
     if (sub === "allow" || sub === "deny") {
       if (!o.from || !o.to) throw new UsageError("--from and --to are required");
-      const id = policy.add(o.from, o.to, o.app ?? "*", sub as Action);
+      const id = await policy.add(o.from, o.to, o.app ?? "*", sub as Action);
       console.log(`rule ${id}: ${sub} ${o.from} -> ${o.to} app ${o.app ?? "*"}`);
       // After the rule is in: the names are checked by then, and the rule is what the operator asked for.
       if (sub === "allow" && o.app === undefined) console.error(forTerminal(everyAppWarning(o.from, o.to)));
     } else if (sub === "list" && o.json) {
-      printJson({ dataDir, default: policy.defaultAction, rules: policy.rules().map((r) => ({ id: r.id, action: r.action, from: r.subject, to: r.object, app: r.app })) });
+      printJson({ dataDir, default: await policy.defaultAction(), rules: (await policy.rules()).map((r) => ({ id: r.id, action: r.action, from: r.subject, to: r.object, app: r.app })) });
     } else if (sub === "list") {
-      console.log(`default: ${policy.defaultAction}`);
-      for (const r of policy.rules()) console.log(`${String(r.id).padStart(4)}  ${r.action.padEnd(5)} ${r.subject} -> ${r.object}  app ${r.app}`);
+      console.log(`default: ${await policy.defaultAction()}`);
+      for (const r of await policy.rules()) console.log(`${String(r.id).padStart(4)}  ${r.action.padEnd(5)} ${r.subject} -> ${r.object}  app ${r.app}`);
     } else if (sub === "remove") {
       const id = Number(o.id);
       if (!Number.isInteger(id)) throw new UsageError("--id <n> is required");
-      if (!policy.remove(id)) throw new Error(`no rule ${id}`);
+      if (!(await policy.remove(id))) throw new Error(`no rule ${id}`);
       console.log(`removed rule ${id}`);
     } else if (sub === "default") {
       if (positional !== "allow" && positional !== "deny") throw new UsageError("default takes allow or deny");
-      policy.setDefault(positional);
+      await policy.setDefault(positional);
       console.log(`default: ${positional}`);
     } else if (sub === "group") {
       if (!o.device || !o.group) throw new UsageError("--device and --group are required");
-      if (groupSub === "add") policy.addToGroup(o.device, o.group);
+      if (groupSub === "add") await policy.addToGroup(o.device, o.group);
       else if (groupSub === "remove") {
-        if (!policy.removeFromGroup(o.device, o.group)) throw new Error(`${o.device} is not in group ${o.group}`);
+        if (!(await policy.removeFromGroup(o.device, o.group))) throw new Error(`${o.device} is not in group ${o.group}`);
       } else throw new UsageError('group takes "add" or "remove"');
-      console.log(`${o.device}: groups ${policy.groups(o.device).join(", ") || "(none)"}`);
+      console.log(`${o.device}: groups ${(await policy.groups(o.device)).join(", ") || "(none)"}`);
     } else throw new UsageError(`unknown subcommand "${sub}"`);
   } catch (e) {
     if (e instanceof UsageError) throw e;
     if (/must be/.test((e as Error).message)) throw new UsageError((e as Error).message);
     throw e;
   } finally {
-    store.close();
+    await store.close();
   }
   warnIfNew();
   return 0;

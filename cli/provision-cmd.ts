@@ -103,6 +103,7 @@ export async function provisionCommand(argv: string[]): Promise<number> {
     gateway: { type: "string" },
     lifetime: { type: "string" },
     "data-dir": { type: "string" },
+    db: { type: "string" },
     replace: { type: "boolean" },
     "ble-repl": { type: "boolean" },
     "key-over-ble": { type: "boolean" },
@@ -145,7 +146,7 @@ export async function provisionCommand(argv: string[]): Promise<number> {
   bar?.start(steps.length, 0, { step: "" });
   const recoverCmd = `keyproxy provision ${shellWords(["--port", o.port, "--board", board.id, "--data-dir", dataDir, "--recover"])}`;
   const warnIfNew = noteNewDataDir(dataDir);
-  const ctrlC = onCtrlC("provision", `the registry holds only what was committed (SQLite drops the rest); run \`${recoverCmd}\` to bring the device in line with it`);
+  const ctrlC = onCtrlC("provision", `the registry holds only what was committed (the database drops the rest); run \`${recoverCmd}\` to bring the device in line with it`);
   try {
     const r = await provisionDevice({
       port: o.port,
@@ -153,6 +154,7 @@ export async function provisionCommand(argv: string[]): Promise<number> {
       id,
       gateway,
       dataDir,
+      database: o.db,
       lifetime,
       replace: !!o.replace,
       bleRepl: !!o["ble-repl"],

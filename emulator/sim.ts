@@ -27,24 +27,24 @@ export interface SimOptions {
 }
 
 /** Writes id, key and gateway into a handset's Storage and the registry, unless both already agree. */
-export function provisionEmulated(dev: EmulatedDevice, dataDir: string, id: string, board: string, gateway: { host: string; port: number }, lifetime: number): void {
-  const store = openStore(dataDir);
+export async function provisionEmulated(dev: EmulatedDevice, dataDir: string, id: string, board: string, gateway: { host: string; port: number }, lifetime: number, database?: string): Promise<void> {
+  const store = await openStore(dataDir, database);
   try {
     const cfgBytes = dev.storage.read("kp.cfg");
     const cfg = cfgBytes ? (JSON.parse(Buffer.from(cfgBytes).toString()) as { id: string; key: string }) : undefined;
-    const known = store.getDevice(id);
+    const known = await store.getDevice(id);
     if (cfg && cfg.id === id && known && Buffer.from(known.rootKey).toString("hex") === cfg.key) return;
     const key = randomBytes(16);
-    store.atomically(() => {
-      if (known) store.replaceDevice(id, key, board, Math.floor(Date.now() / 1000));
-      else store.addDevice(id, key, board, Math.floor(Date.now() / 1000));
+    await store.atomically(async () => {
+      if (known) await store.replaceDevice(id, key, board, Math.floor(Date.now() / 1000));
+      else await store.addDevice(id, key, board, Math.floor(Date.now() / 1000));
       // Inside the transaction: if Storage cannot be written, the registry entry rolls back.
       dev.storage.erase("kp.ctr");
       dev.storage.write("kp.cfg", JSON.stringify({ id, key: key.toString("hex"), gw: `${gateway.host}:${gateway.port}`, life: lifetime }));
     });
     key.fill(0);
   } finally {
-    store.close();
+    await store.close();
   }
 }
 
@@ -57,7 +57,7 @@ export async function startSim(o: SimOptions): Promise<{ devices: EmulatedDevice
     const storageDir = join(simDir, id);
     mkdirSync(storageDir, { recursive: true, mode: 0o700 });
     const dev = new EmulatedDevice({ board: board.id, storageDir, gateway: o.gateway, name: id });
-    provisionEmulated(dev, o.dataDir, id, board.id, o.gateway, o.lifetime ?? 3600);
+    await provisionEmulated(dev, o.dataDir, id, board.id, o.gateway, o.lifetime ?? 3600);
     dev.storage.write(".bootcde", o.bundle);
     if (o.onLog) dev.on("log", (line: string) => o.onLog!(id, line));
     devices.push(dev);

@@ -84,6 +84,8 @@ export interface ProvisionOptions {
   gateway: string;
   /** The gateway's data directory: its registry. */
   dataDir: string;
+  /** The registry in PostgreSQL (--db) instead of the data directory's SQLite file. */
+  database?: string;
   /** Desired registration lifetime in seconds (kp.cfg "life"). Default 3600. */
   lifetime?: number;
   /** Re-provision an id that is already in the registry (its old key stops working). */
@@ -152,8 +154,8 @@ function isJournal(j: unknown): j is Journal {
 }
 
 /** The decision for a journal's transaction, from the registry's audit log (presumed abort). */
-function committed(store: Store, j: Journal): boolean {
-  const row = store.db.prepare("SELECT event FROM audit WHERE device_id = ? AND detail LIKE ? ORDER BY id DESC LIMIT 1").get(j.id, `%txn=${j.t}%`) as { event: string } | undefined;
+async function committed(store: Store, j: Journal): Promise<boolean> {
+  const row = await store.row("SELECT event FROM audit WHERE device_id = ? AND detail LIKE ? ORDER BY id DESC LIMIT 1", [j.id, `%txn=${j.t}%`]);
   return row?.event === "device-provisioned";
 }
 
@@ -190,10 +192,10 @@ async function recover(link: EspruinoSerial, store: Store): Promise<Recovery | u
   const j = await link.call<unknown>(`${S}.readJSON(${q(JOURNAL_FILE)},1)`);
   if (j === undefined || j === null) return undefined;
   if (!isJournal(j)) throw new ProvisionError(`the device has a ${JOURNAL_FILE} this version does not understand; nothing was changed`, "unchanged");
-  const forward = committed(store, j);
+  const forward = await committed(store, j);
   await settleOnDevice(link, j, forward);
   try {
-    store.audit(Math.floor(Date.now() / 1000), j.id, forward ? "provision-finished" : "provision-undone", `txn=${j.t}`);
+    await store.audit(Math.floor(Date.now() / 1000), j.id, forward ? "provision-finished" : "provision-undone", `txn=${j.t}`);
   } catch {
     /* a record for the operator only; the device is settled either way */
   }
@@ -208,14 +210,13 @@ export async function provisionDevice(o: ProvisionOptions): Promise<ProvisionRes
     }
     await o.onStep?.(s);
   };
-  const store = openStore(o.dataDir);
-  store.db.pragma(`busy_timeout = ${Math.max(0, Math.floor(o.registryBusyMs ?? 5000))}`);
+  const store = await openStore(o.dataDir, o.database, { busyTimeoutMs: Math.max(0, Math.floor(o.registryBusyMs ?? 5000)) });
   let link: EspruinoSerial | undefined;
   try {
     if (!o.recoverOnly && blePortTarget(o.port) !== undefined && !o.keyOverBle) {
       throw new ProvisionError(`provisioning over Bluetooth sends the new root key${o.wifi ? " and the Wi-Fi password" : ""} over the air, and Espruino's Bluetooth UART does not encrypt it: anyone in radio range with a BLE sniffer can record it. Provision over serial, or pass --key-over-ble to accept this (at close range, somewhere you trust); nothing was changed`, "unchanged");
     }
-    if (!o.recoverOnly && store.getDevice(o.id) && !o.replace) {
+    if (!o.recoverOnly && (await store.getDeviceInfo(o.id)) && !o.replace) {
       throw new ProvisionError(`device "${o.id}" is already in the registry; pass --replace to give it a new root key`, "unchanged");
     }
     await step("connect");
@@ -229,7 +230,7 @@ export async function provisionDevice(o: ProvisionOptions): Promise<ProvisionRes
     return { ...(await provisionOnce(link, store, o, board.id, step)), recovered };
   } finally {
     await link?.close();
-    store.close();
+    await store.close();
   }
 }
 
@@ -277,20 +278,22 @@ async function provisionOnce(
 
     await at("decide");
     const now = Math.floor(Date.now() / 1000);
-    store.db.exec("BEGIN IMMEDIATE");
-    replaced = !!store.getDevice(o.id);
-    if (replaced && !o.replace) throw new ProvisionError(`device "${o.id}" was entered in the registry meanwhile; pass --replace to give it a new root key`, "rolled-back");
-    if (replaced) store.replaceDevice(o.id, key, board, now);
-    else store.addDevice(o.id, key, board, now);
-    store.audit(now, o.id, "device-provisioned", `board=${board} replaced=${replaced} txn=${txn}`);
+    // One transaction from the decision to the commit, across the device's switch: if anything in
+    // between fails, the registry entry is rolled back with it (before rollBack below runs).
+    await store.atomically(async () => {
+      replaced = !!(await store.getDeviceInfo(o.id));
+      if (replaced && !o.replace) throw new ProvisionError(`device "${o.id}" was entered in the registry meanwhile; pass --replace to give it a new root key`, "rolled-back");
+      if (replaced) await store.replaceDevice(o.id, key, board, now);
+      else await store.addDevice(o.id, key, board, now);
+      await store.audit(now, o.id, "device-provisioned", `board=${board} replaced=${replaced} txn=${txn}`);
 
-    await at("switch");
-    await link.call(`${S}.write(${q(CONFIG_FILE)},${S}.read(${q(CONFIG_NEW)}))`);
-    const switched = await link.fileCrc(CONFIG_FILE);
-    if (switched !== j.n) throw new ProvisionError(`verification failed: the device's ${CONFIG_FILE} does not match its CRC after the switch`, "rolled-back");
+      await at("switch");
+      await link.call(`${S}.write(${q(CONFIG_FILE)},${S}.read(${q(CONFIG_NEW)}))`);
+      const switched = await link.fileCrc(CONFIG_FILE);
+      if (switched !== j.n) throw new ProvisionError(`verification failed: the device's ${CONFIG_FILE} does not match its CRC after the switch`, "rolled-back");
 
-    await at("commit");
-    store.db.exec("COMMIT");
+      await at("commit");
+    });
   } catch (e) {
     throw await rollBack(link, store, j, reached, e as Error);
   } finally {
@@ -319,14 +322,13 @@ async function provisionOnce(
 /** Undoes a provisioning that failed before its commit, and says what state it left. The device's
  *  part is undone from the device's own journal (it knows the old CRC even when we never heard it). */
 async function rollBack(link: EspruinoSerial, store: Store, j: Journal, reached: ProvisionStep, cause: Error): Promise<ProvisionError> {
-  if (store.db.inTransaction) store.db.exec("ROLLBACK");
   const head = cause instanceof Interruption
     ? `provisioning "${j.id}" interrupted (Ctrl-C) at "${reached}"`
     : `provisioning "${j.id}" failed at "${reached}": ${cause.message}`;
   const Failure = cause instanceof Interruption ? ProvisionInterrupted : ProvisionError;
   try {
     // For the operator; the decision itself is the absence of a committed "device-provisioned" row.
-    store.audit(Math.floor(Date.now() / 1000), j.id, "provision-rolled-back", `step=${reached} txn=${j.t}`);
+    await store.audit(Math.floor(Date.now() / 1000), j.id, "provision-rolled-back", `step=${reached} txn=${j.t}`);
   } catch {
     /* the registry itself is what failed; its rollback above stands */
   }
@@ -342,15 +344,15 @@ async function rollBack(link: EspruinoSerial, store: Store, j: Journal, reached:
     return new Failure(`${head}. The registry was rolled back; undoing the device's part failed too (${(e as Error).message}): run keyproxy provision --recover`, "needs-recovery");
   }
   if (cause instanceof Interruption) {
-    return new Failure(`${head}. Rolled back: ${registryAfterRollBack(store, j.id)}, and the device did not get the new key (its ${CONFIG_FILE} is as it was); nothing is left to recover`, "rolled-back");
+    return new Failure(`${head}. Rolled back: ${await registryAfterRollBack(store, j.id)}, and the device did not get the new key (its ${CONFIG_FILE} is as it was); nothing is left to recover`, "rolled-back");
   }
   return new Failure(`${head}. Rolled back: the registry and the device are as they were.`, "rolled-back");
 }
 
 /** Whether the registry holds an entry for id, after a rollback: none, or the old one (--replace). */
-function registryAfterRollBack(store: Store, id: string): string {
+async function registryAfterRollBack(store: Store, id: string): Promise<string> {
   try {
-    return store.getDevice(id) ? `the registry keeps "${id}"'s old entry and key` : `the registry has no entry for "${id}"`;
+    return (await store.getDeviceInfo(id)) ? `the registry keeps "${id}"'s old entry and key` : `the registry has no entry for "${id}"`;
   } catch {
     return "the registry was rolled back";
   }

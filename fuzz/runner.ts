@@ -125,10 +125,10 @@ export async function runTarget(target: Target, o: RunOptions): Promise<TargetRe
     else r.stateChanges++;
     if (r.findings.filter((f) => f.kind === kind).length < keep) r.findings.push({ kind, target: target.name, seed: o.seed, index, input: toHex(input), detail });
   };
-  let before = inst.snapshot?.();
+  let before = await inst.snapshot?.();
   try {
     for (let i = 0; i < o.count; i++) {
-      if (inst.prepare && (await inst.prepare())) before = inst.snapshot?.();
+      if (inst.prepare && (await inst.prepare())) before = await inst.snapshot?.();
       const input = inst.generate?.(rng) ?? generate(rng, inst.seeds(), pool).input;
       watchdog?.begin(i, input);
       let outcome: "accepted" | "rejected" | "crash";
@@ -159,7 +159,7 @@ export async function runTarget(target: Target, o: RunOptions): Promise<TargetRe
       if (outcome === "accepted") r.accepted++;
       else r.rejected++;
       if (inst.snapshot) {
-        const after = inst.snapshot();
+        const after = await inst.snapshot();
         const same = inst.sameState ? inst.sameState(before as string, after) : after === before;
         if (outcome === "rejected" && !same) found("state change", i, input, `before: ${before}\nafter:  ${after}`);
         before = after;

@@ -15,10 +15,10 @@ export interface TargetInstance {
   /** True for exactly the error types the parser documents for bad input. */
   isRejection(e: unknown): boolean;
   /** The parser owner's state, as a string: it must be the same after every rejected input. */
-  snapshot?(): string;
+  snapshot?(): string | Promise<string>;
   /** For tests of the oracle only: changes the owner's state the way a bug would, so the snapshot
    *  must show it. Every stateful target has one. */
-  disturb?(): void;
+  disturb?(): void | Promise<void>;
   /** Optional: whether two snapshots show the same state (default: equal strings). */
   sameState?(before: string, after: string): boolean;
   /** Optional: gets the target ready for the next input (a new connection, say), outside any input's

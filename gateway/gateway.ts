@@ -30,7 +30,8 @@ import { DEFAULT_SESSIONS, SessionBroker, type SessionSettings } from "./session
 import type { SessionHook, SessionHookContext } from "./sessions/hook.ts";
 import { GroupKeeper } from "./sessions/groups.ts";
 import { GroupLink } from "./crossgw/groups-remote.ts";
-import { NotARegistry, Store } from "./registry/store.ts";
+import { isDatabaseUrl, NotARegistry, Store, type StoreOptions } from "./registry/store.ts";
+import { KEK_FILE, KEK_FILE_ENV } from "./registry/kek.ts";
 import { CloseReason, Msg, type InnerMessage } from "../firmware/proto/messages.ts";
 
 export const DB_FILE = "keyproxy.db";
@@ -38,6 +39,9 @@ export const DEFAULT_LISTEN = { host: "127.0.0.1", port: 7447 };
 
 export interface GatewayOptions {
   dataDir: string;
+  /** The registry in PostgreSQL (postgres://...) instead of the data directory's SQLite file; the
+   *  key-encryption key stays in the data directory (docs/OPERATIONS.md, "PostgreSQL"). */
+  database?: string;
   listen?: { host: string; port: number };
   /** Gateway name, written into the certificates it issues (iss). Default: stored, else "gateway.local". */
   id?: string;
@@ -103,9 +107,17 @@ function ownDataDir(dataDir: string): void {
 
 /** Opens (creating if needed) the data directory and its registry, owner-only: for the commands that
  *  make a registry (the gateway, provisioning, adding a device). */
-export function openStore(dataDir: string): Store {
+/** A --db that is not a PostgreSQL URL: the SQLite registry is always the data directory's own file. */
+function checkDatabaseUrl(database: string | undefined): void {
+  if (database !== undefined && !isDatabaseUrl(database)) throw new Error(`--db wants a PostgreSQL URL (postgres://user@host/database), not "${database.slice(0, 80)}"; without --db the registry is the data directory's ${DB_FILE}`);
+}
+
+export async function openStore(dataDir: string, database?: string, opts: Pick<StoreOptions, "busyTimeoutMs" | "onConnectionLost"> = {}): Promise<Store> {
+  checkDatabaseUrl(database);
   ownDataDir(dataDir);
-  return new Store(join(dataDir, DB_FILE));
+  // In PostgreSQL, the KEK stays in the data directory: on each instance's own disk, never in the database.
+  if (database) return Store.open(database, { kekFile: process.env[KEK_FILE_ENV] ?? join(dataDir, KEK_FILE), onConnectionLost: opts.onConnectionLost });
+  return Store.open(join(dataDir, DB_FILE), opts);
 }
 
 /** A data directory without a registry, given to a command that only uses one. */
@@ -113,12 +125,14 @@ export class NoRegistry extends Error {}
 
 /** Opens the registry of a data directory that has one, creating and changing nothing: for the
  *  commands that read or edit a registry (a --data-dir with a typo must not become a new, empty one). */
-export function openRegistry(dataDir: string): Store {
+export async function openRegistry(dataDir: string, database?: string): Promise<Store> {
+  checkDatabaseUrl(database);
+  if (database) return Store.open(database, { create: false, kekFile: process.env[KEK_FILE_ENV] ?? join(dataDir, KEK_FILE) });
   const file = join(dataDir, DB_FILE);
   const fix = `run \`keyproxy gateway --data-dir ${dataDir}\` or \`keyproxy provision --data-dir ${dataDir}\` first, or check --data-dir`;
   if (!existsSync(file)) throw new NoRegistry(`no registry at ${dataDir}: ${existsSync(dataDir) ? `it holds no ${DB_FILE}` : "no such directory"}; ${fix}`);
   try {
-    return new Store(file, { create: false });
+    return await Store.open(file, { create: false });
   } catch (e) {
     if (e instanceof NotARegistry) throw new NoRegistry(`no registry at ${dataDir}: its ${DB_FILE} is not a keyproxy registry; ${fix}`);
     throw e;
@@ -161,8 +175,8 @@ async function startFleet(f: FleetOptions, gw: Gateway, ctx: SessionHookContext,
 
 /** Revokes a device: registry first (its joins are refused from now on), then its sessions end and
  *  its link closes (after the SaClosed messages went out). */
-function revoke(store: Store, sessions: SessionBroker, links: LinkServer, log: Logger, now: () => number, deviceId: string, why: string): boolean {
-  if (!store.revokeDevice(deviceId, now(), why)) return false;
+async function revoke(store: Store, sessions: SessionBroker, links: LinkServer, log: Logger, now: () => number, deviceId: string, why: string): Promise<boolean> {
+  if (!(await store.revokeDevice(deviceId, now(), why))) return false;
   log.warn("device-revoked", { device: deviceId, reason: why });
   sessions.endAll(deviceId, CloseReason.Revoked, `revoked: ${why}`);
   links.disconnect(deviceId, "device revoked");
@@ -196,7 +210,7 @@ export class Gateway {
     const lock = lockDataDir(opts.dataDir);
     let store: Store;
     try {
-      store = openStore(opts.dataDir);
+      store = await openStore(opts.dataDir, opts.database, { onConnectionLost: (reason) => log.warn("registry-connection-lost", { reason }) });
     } catch (e) {
       lock.release();
       throw e;
@@ -204,8 +218,8 @@ export class Gateway {
     // What polls the registry on a timer, to be stopped before the store closes if the start fails.
     let groupKeeper: GroupKeeper | undefined;
     try {
-      const id = opts.id ?? store.getMeta("gateway_id") ?? "gateway.local";
-      store.setMeta("gateway_id", id);
+      const id = opts.id ?? (await store.getMeta("gateway_id")) ?? "gateway.local";
+      await store.setMeta("gateway_id", id);
       const { key, created } = loadOrCreateGatewayKey(opts.dataDir);
       if (created) log.info("gateway-key-created", { file: join(opts.dataDir, "gateway.key") });
       const crypto = opts.crypto ?? nodeCrypto();
@@ -243,14 +257,12 @@ export class Gateway {
       });
       links = new LinkServer({
         store, log, crypto, cbor, now, limits: opts.limits, nowMs: opts.nowMs,
-        onInner: (dev, m) => {
+        onInner: async (dev, m) => {
           if (groups!.handle(dev, m) || hook?.handle(dev, m)) return;
-          if (m.t >= Msg.ConnectRequest) sessions.handle(dev, m);
-          else {
-            links!.sendTo(dev, registrar.handle(dev, m));
-            // After its answer: a member that registered gets its groups' keys.
-            if (m.t === Msg.RegisterRequest) groups!.registered(dev);
-          }
+          if (m.t >= Msg.ConnectRequest) return sessions.handle(dev, m);
+          links!.sendTo(dev, await registrar.handle(dev, m));
+          // After its answer: a member that registered gets its groups' keys.
+          if (m.t === Msg.RegisterRequest) await groups!.registered(dev);
         },
         onSaData: (dev, m, payload) => groups!.relay(dev, m, payload) || hook?.relay(dev, m, payload) || sessions.relay(dev, m, payload),
         onLink: (dev, up) => {
@@ -321,7 +333,7 @@ export class Gateway {
       return gw;
     } catch (e) {
       groupKeeper?.close();
-      store.close();
+      await store.close();
       lock.release();
       throw e;
     }
@@ -330,7 +342,7 @@ export class Gateway {
   /** Revokes a device of this gateway: its joins are refused from now on, its registration goes, every
    *  session it has (here and across gateways) ends and its link is closed. False if it was revoked
    *  already or is unknown. */
-  revokeDevice!: (deviceId: string, why: string) => boolean;
+  revokeDevice!: (deviceId: string, why: string) => Promise<boolean>;
 
   /** MQTT monitoring, when GatewayOptions.mqtt asked for it. */
   monitoring?: Monitoring;
@@ -413,7 +425,7 @@ export class Gateway {
   private health() {
     return gatewayHealth({
       stopping: this.stopping,
-      registryOpen: this.store.db.open,
+      registryOpen: !this.store.closed,
       linkListening: this.links.listening,
       mqttConnected: this.monitoring?.publisher.brokerConnected,
     });
@@ -427,7 +439,7 @@ export class Gateway {
     // Last: a scrape while the gateway stops is told so (503), and reads no closed store.
     this.stopMetrics?.();
     await this.metrics?.close();
-    this.store.close();
+    await this.store.close();
     this.lock.release();
     this.log.info("gateway-stopped", { id: this.id });
   }

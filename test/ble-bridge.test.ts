@@ -40,7 +40,8 @@ function bridgeLogs(): { log: Logger; lines: string[]; events: (e: string) => Re
 test("a bridge carries two handsets' links to a remote gateway: both join and register; monitoring shows the bridge as their radio's way", async () => {
   const t = await gatewayWithBridges();
   const radio = new BleDouble(50);
-  const handsets = ["near-1", "near-2"].map((id) => new EngineHandset(id, provision(t.gw, id)));
+  const handsets: EngineHandset[] = [];
+  for (const id of ["near-1", "near-2"]) handsets.push(new EngineHandset(id, await provision(t.gw, id)));
   handsets.forEach((h, i) => radio.add(new DoublePeripheral(`c0ffee00010${i}`, { localName: `${BLE_NAME_PREFIX}${h.id}` }, -60, h)));
   const b = bridgeLogs();
   const bridge = new BridgeClient({ noble: radio, key: KEY, gateway: t.gw.bridgeAddress!, name: "shed-1", log: b.log, central: { tickMs: 20 } });
@@ -65,7 +66,7 @@ test("a bridge carries two handsets' links to a remote gateway: both join and re
 test("a bridge with the wrong key carries nothing: the gateway's proof does not verify at the bridge, and a wrong proof closes the connection at the gateway", async () => {
   const t = await gatewayWithBridges();
   const radio = new BleDouble(50);
-  const h = new EngineHandset("w-1", provision(t.gw, "w-1"));
+  const h = new EngineHandset("w-1", await provision(t.gw, "w-1"));
   const p = radio.add(new DoublePeripheral("c0ffee000201", { localName: `${BLE_NAME_PREFIX}w-1` }, -60, h));
   const b = bridgeLogs();
   const wrong = new BridgeClient({ noble: radio, key: new Uint8Array(randomBytes(32)), gateway: t.gw.bridgeAddress!, name: "intruder", log: b.log, central: { tickMs: 20 }, backoff: { baseMs: 50, maxMs: 100 } });
@@ -190,7 +191,7 @@ test("malformed input from a bridge: one clear log line, the connection closed",
   }
 });
 
-test("the bridge key file: made 0600 when missing, refused when others may read it or it is not 64 hex digits", () => {
+test("the bridge key file: made 0600 when missing, refused when others may read it or it is not 64 hex digits", async () => {
   const dir = tempDir("kp-bridge-key-");
   const file = join(dir, "bridge.key");
   assert.throws(() => readBridgeKey(file), /no bridge key at .*bridge.key: the gateway makes one/);

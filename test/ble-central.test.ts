@@ -82,7 +82,7 @@ async function rig(n: number, settings: Record<string, unknown>, mtu: number | n
   const peripherals: DoublePeripheral[] = [];
   for (let i = 0; i < n; i++) {
     const id = `ble-${i}`;
-    const h = new EngineHandset(id, provision(t.gw, id));
+    const h = new EngineHandset(id, await provision(t.gw, id));
     handsets.push(h);
     peripherals.push(radio.add(new DoublePeripheral(`c0ffee00000${i}`, { localName: `${BLE_NAME_PREFIX}${id}` }, -40 - i, h, mtu)));
   }

@@ -26,13 +26,13 @@ test("device list --json: every device, strings escaped, no root key; the human 
   const dir = tempDir("kp-json-dev-");
   const hostile = "evil\x1b[2J\u009b31m\u202e\x7fid";
   const keys = [randomBytes(16), randomBytes(16)];
-  const store = openStore(dir);
+  const store = await openStore(dir);
   try {
-    store.addDevice("plain-1", keys[0], "puckjs", 1_800_000_000);
+    await store.addDevice("plain-1", keys[0], "puckjs", 1_800_000_000);
     // Written by another tool: the CLI would refuse this id, the registry holds it all the same.
-    store.addDevice(hostile, keys[1], "esp32", 1_800_000_000);
+    await store.addDevice(hostile, keys[1], "esp32", 1_800_000_000);
   } finally {
-    store.close();
+    await store.close();
   }
   const r = await runCli(["device", "list", "--json", "--data-dir", dir]);
   assert.equal(r.code, 0, r.stderr);
@@ -57,7 +57,7 @@ test("device list --json: every device, strings escaped, no root key; the human 
 
 test("device list --json on an empty registry: a document with no devices, not a sentence", async () => {
   const dir = tempDir("kp-json-empty-");
-  openStore(dir).close();
+  await (await openStore(dir)).close();
   const r = await runCli(["device", "list", "--json", "--data-dir", dir]);
   assert.equal(r.code, 0, r.stderr);
   assert.deepEqual(oneDocument(r.stdout).devices, []);

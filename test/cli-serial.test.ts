@@ -186,7 +186,7 @@ test("a busy port: flash names the process that holds it (pid and command), not 
   }
 });
 
-test("portHolders: the lock holder alone when /proc/locks names one that is alive, else every process with the port open (a TIOCEXCL port)", () => {
+test("portHolders: the lock holder alone when /proc/locks names one that is alive, else every process with the port open (a TIOCEXCL port)", async () => {
   const dev = fakeDev();
   const tty = join(dev, "ttyUSB0");
   const proc = tempDir("kp-proc-");
@@ -310,11 +310,11 @@ for (const at of [
     const oldCfg = JSON.stringify({ id, key: oldKey, gw: "127.0.0.1:1", life: 60 });
     if (at.replace) {
       h.dev.storage.write("kp.cfg", oldCfg);
-      const s = openStore(dataDir);
-      s.addDevice(id, Buffer.from(oldKey, "hex"), "emulator", 1);
-      s.close();
+      const s = await openStore(dataDir);
+      await s.addDevice(id, Buffer.from(oldKey, "hex"), "emulator", 1);
+      await s.close();
     } else {
-      openStore(dataDir).close();
+      await (await openStore(dataDir)).close();
     }
     let cli: Cli | undefined;
     interruptAt(h, () => cli, at.file);
@@ -330,15 +330,15 @@ for (const at of [
 
       // Nothing half-written: the registry has the old entry or none, and no committed provisioning;
       // the device has its old kp.cfg or none, and no staging files or journal.
-      const s = openStore(dataDir);
+      const s = await openStore(dataDir);
       try {
-        const row = s.getDevice(id);
+        const row = await s.getDevice(id);
         if (at.replace) assert.equal(Buffer.from(row!.rootKey).toString("hex"), oldKey);
         else assert.equal(row, undefined);
-        const provisioned = s.db.prepare("SELECT count(*) AS n FROM audit WHERE device_id = ? AND event = 'device-provisioned'").get(id) as { n: number };
+        const provisioned = (await s.row("SELECT count(*) AS n FROM audit WHERE device_id = ? AND event = 'device-provisioned'", [id])) as { n: number };
         assert.equal(provisioned.n, 0);
       } finally {
-        s.close();
+        await s.close();
       }
       assert.equal(h.text("kp.cfg"), at.replace ? oldCfg : undefined);
       for (const f of [CONFIG_NEW, CONFIG_OLD, JOURNAL_FILE]) assert.equal(h.dev.storage.read(f), undefined, `${f} is gone`);
@@ -351,7 +351,7 @@ for (const at of [
 test("Ctrl-C during provision after the commit: the clean-up still runs, the reboot is left out, and the message says the device is provisioned; exit 130", async () => {
   const h = await handset("sigint-prov-cleanup");
   const dataDir = tempDir("kp-reg-");
-  openStore(dataDir).close();
+  await (await openStore(dataDir)).close();
   let cli: Cli | undefined;
   // The clean-up's first erase: sent only once the registry has committed.
   interruptAtLine(h, () => cli, `.erase(${JSON.stringify(CONFIG_NEW)})`);
@@ -361,11 +361,11 @@ test("Ctrl-C during provision after the commit: the clean-up still runs, the reb
     assert.equal(r.code, 130, r.stderr);
     assert.ok(r.stderr.includes(`provisioning "sig-2" interrupted after its commit: "sig-2" is provisioned (the registry has its new key, and so has the device), but the device was not rebooted: power-cycle it`), r.stderr);
     assert.ok(r.stderr.includes("nothing to run again"), r.stderr);
-    const s = openStore(dataDir);
+    const s = await openStore(dataDir);
     try {
-      assert.equal(JSON.parse(h.text("kp.cfg")!).key, Buffer.from(s.getDevice("sig-2")!.rootKey).toString("hex"), "both sides have the new key");
+      assert.equal(JSON.parse(h.text("kp.cfg")!).key, Buffer.from((await s.getDevice("sig-2"))!.rootKey).toString("hex"), "both sides have the new key");
     } finally {
-      s.close();
+      await s.close();
     }
     for (const f of [CONFIG_NEW, CONFIG_OLD, JOURNAL_FILE]) assert.equal(h.dev.storage.read(f), undefined, `${f} is gone: the clean-up ran to its end`);
   } finally {
@@ -376,7 +376,7 @@ test("Ctrl-C during provision after the commit: the clean-up still runs, the reb
 test("a second Ctrl-C quits at once, even mid-switch: exit 130, the registry keeps nothing uncommitted, and the --recover it names settles the device", async () => {
   const h = await handset("sigint-twice");
   const dataDir = tempDir("kp-reg-");
-  openStore(dataDir).close();
+  await (await openStore(dataDir)).close();
   let cli: Cli | undefined;
   h.dev.on("storage-write", ({ name }: { name: string }) => {
     if (name !== "kp.cfg" || !cli) return;
@@ -392,12 +392,12 @@ test("a second Ctrl-C quits at once, even mid-switch: exit 130, the registry kee
     const r = await cli.done;
     assert.equal(r.code, 130, r.stderr);
     const recover = `keyproxy provision --port ${h.pty.path} --board emulator --data-dir ${dataDir} --recover`;
-    assert.ok(r.stderr.includes(`quit at once; the registry holds only what was committed (SQLite drops the rest); run \`${recover}\``), r.stderr);
-    const s = openStore(dataDir);
+    assert.ok(r.stderr.includes(`quit at once; the registry holds only what was committed (the database drops the rest); run \`${recover}\``), r.stderr);
+    const s = await openStore(dataDir);
     try {
-      assert.equal(s.getDevice("sig-3"), undefined, "the uncommitted entry is gone with the process");
+      assert.equal(await s.getDevice("sig-3"), undefined, "the uncommitted entry is gone with the process");
     } finally {
-      s.close();
+      await s.close();
     }
     assert.ok(h.dev.storage.read(JOURNAL_FILE), "the device keeps its journal");
     h.release();

@@ -174,11 +174,11 @@ if (MOSQUITTO && BRIDGED) {
   }, "hybrid-only");
 }
 else if (process.env.CI === "true") {
-  test("CI runs the cross-gateway suite over two bridged brokers", () => {
+  test("CI runs the cross-gateway suite over two bridged brokers", async () => {
     assert.fail("CI=true but KEYPROXY_TEST_MQTT_URL and KEYPROXY_TEST_MQTT_BRIDGED_URL are not both set: .ci/run starts the two bridged Mosquitto brokers");
   });
 } else {
-  test("sessions across two gateway processes over two bridged Mosquitto brokers", { skip: "set KEYPROXY_TEST_MQTT_URL and KEYPROXY_TEST_MQTT_BRIDGED_URL to two bridged brokers (.ci/run starts them)" }, () => {});
+  test("sessions across two gateway processes over two bridged Mosquitto brokers", { skip: "set KEYPROXY_TEST_MQTT_URL and KEYPROXY_TEST_MQTT_BRIDGED_URL to two bridged brokers (.ci/run starts them)" }, async () => {});
 }
 
 /** Resolves once a message published at one broker arrives at the other: the bridge is up. */
@@ -358,21 +358,21 @@ function crossGatewaySuite(title: string, startBrokers: () => Promise<Brokers>, 
       assert.ok(took < REVOCATION_BOUND_MS);
     });
 
-    test("no key material in anything that left the gateways: MQTT (monitoring, interlink, revocation), logs, command output", () => {
+    test("no key material in anything that left the gateways: MQTT (monitoring, interlink, revocation), logs, command output", async () => {
       const secrets = new Map<string, Uint8Array>();
       const hex = (file: string) => new Uint8Array(Buffer.from(readFileSync(file, "utf8").trim(), "hex"));
       for (const s of [a, b]) {
         secrets.set(`${s.domain} signing seed`, loadOrCreateGatewayKey(s.dataDir).key.seed);
         secrets.set(`${s.domain} X25519 secret`, hex(join(s.dataDir, X25519_KEY_FILE)));
-        const store = openStore(s.dataDir);
+        const store = await openStore(s.dataDir);
         try {
-          for (const d of store.listDevices()) {
-            const row = store.getDevice(d.id)!;
+          for (const d of (await store.listDevices())) {
+            const row = (await store.getDevice(d.id))!;
             secrets.set(`${d.id} root key`, row.rootKey);
             if (row.identitySeed) secrets.set(`${d.id} identity seed`, row.identitySeed);
           }
         } finally {
-          store.close();
+          await store.close();
         }
       }
       secrets.set("fleet CA key", hex(join(fleetDir, "ca.key")));

@@ -55,7 +55,7 @@ interface SideOptions {
 async function side(domain: string, deviceId: string, fleet: Fleet, broker: EmbeddedBroker, clock: Clock, o: SideOptions = {}): Promise<Side> {
   const rec = recordingCrypto();
   const t = await fleetGateway(domain, fleet, broker, clock.now, { crypto: rec.crypto, sessions: o.sessions, recheckMs: o.recheckMs, verifier: o.verifier, keyAgreement: o.keyAgreement });
-  const dev = await sessionHandset(t.gw, deviceId, provision(t.gw, deviceId));
+  const dev = await sessionHandset(t.gw, deviceId, await provision(t.gw, deviceId));
   await until(() => dev.h.status().registered, `${deviceId} registered`);
   return { t, dev, seals: rec.seals, cross: () => t.gw.hook as CrossGateway };
 }
@@ -282,8 +282,8 @@ describe("revocation across gateways", () => {
     await until(() => b.dev.closed.some(([s]) => s === spi) && a.t.events("device-revoked").length === 1, "the SA ended at both ends", 5000);
     assert.deepEqual(b.dev.closed.find(([s]) => s === spi), [spi, CloseReason.Revoked]);
     assert.ok(Date.now() - started < 5000);
-    assert.equal(a.t.gw.store.getDevice("alice")!.revokedAt !== null, true, "alice is revoked in her gateway's registry");
-    assert.equal(a.t.gw.store.getRegistration("alice"), undefined, "and no longer registered");
+    assert.equal((await a.t.gw.store.getDevice("alice"))!.revokedAt !== null, true, "alice is revoked in her gateway's registry");
+    assert.equal((await a.t.gw.store.getRegistration("alice")), undefined, "and no longer registered");
     await a.dev.reconnect();
     await until(() => a.t.events("join-rejected").some((e) => e.device === "alice" && e.reason === "device revoked"), "alice's next join refused", 10_000);
     assert.equal(a.cross().sessions.size + b.cross().sessions.size, 0);
@@ -511,8 +511,8 @@ describe("one SPI space per device", () => {
       },
     };
     const t = await fleetGateway("a.example", fleet, broker, clock.now, { crypto });
-    const a: Side = { t, dev: await sessionHandset(t.gw, "alice", provision(t.gw, "alice")), seals: inner.seals, cross: () => t.gw.hook as CrossGateway };
-    const dave = await sessionHandset(t.gw, "dave", provision(t.gw, "dave"));
+    const a: Side = { t, dev: await sessionHandset(t.gw, "alice", await provision(t.gw, "alice")), seals: inner.seals, cross: () => t.gw.hook as CrossGateway };
+    const dave = await sessionHandset(t.gw, "dave", await provision(t.gw, "dave"));
     const b = await side("b.example", "bob", fleet, broker, clock);
     try {
       await until(() => a.dev.h.status().registered && dave.h.status().registered, "alice and dave registered");

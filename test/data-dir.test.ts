@@ -57,7 +57,7 @@ test("the registry, its -wal and -shm, are 0600 and the directory 0700, made so 
 
   // A directory an older gateway left world-readable: the next gateway fixes it.
   const old = tempDir("kp-perm-old-");
-  openStore(old).close();
+  await (await openStore(old)).close();
   chmodSync(old, 0o755);
   chmodSync(join(old, "keyproxy.db"), 0o644);
   const again = await startGatewayProcess(old, 0, ["--no-mqtt"]);

@@ -25,20 +25,22 @@ test("two Puck.js handsets join and register with a gateway process; its state s
     const ids = ["sim-1", "sim-2"];
     const issuer = loadOrCreateGatewayKey(dataDir).key.publicKey;
     /** The registrations on record now (the process writes the file; a fresh connection reads it). */
-    const onRecord = () => {
-      const store = openStore(dataDir);
+    const onRecord = async () => {
+      const store = await openStore(dataDir);
       try {
-        return ids.map((id) => ({ reg: store.getRegistration(id)!, joinCounter: store.getDevice(id)!.joinCounter }));
+        const rows = [];
+        for (const id of ids) rows.push({ reg: (await store.getRegistration(id))!, joinCounter: (await store.getDeviceInfo(id))!.joinCounter });
+        return rows;
       } finally {
-        store.close();
+        await store.close();
       }
     };
     /** Whether each handset holds the certificate on record for it. */
-    const holdsRecorded = (records: ReturnType<typeof onRecord>) => records.every((r, i) => !!r.reg?.certId && Buffer.from(status(i).certId).equals(Buffer.from(r.reg.certId)));
+    const holdsRecorded = (records: Awaited<ReturnType<typeof onRecord>>) => records.every((r, i) => !!r.reg?.certId && Buffer.from(status(i).certId).equals(Buffer.from(r.reg.certId)));
     // Compared at one moment: a handset under load may retry a registration (a request timeout makes it
     // join again), so the test waits until what each holds is what is on record rather than assuming so.
-    let before = onRecord();
-    await until(() => holdsRecorded((before = onRecord())), "each handset holds the certificate on record", 20000);
+    let before = await onRecord();
+    await until(async () => holdsRecorded((before = await onRecord())), "each handset holds the certificate on record", 20000);
     for (const [i, { reg }] of before.entries()) {
       const claims = verifyCertificate(reg.cert!, issuer, Math.floor(Date.now() / 1000));
       assert.equal(claims.sub, ids[i]);
@@ -55,7 +57,7 @@ test("two Puck.js handsets join and register with a gateway process; its state s
     // What the stopped gateway left on disk, read before the new process starts (the handsets
     // reconnect within half a second of it and renew, which replaces the certificate): the
     // certificate each handset holds, and its join counter.
-    const stopped = onRecord();
+    const stopped = await onRecord();
     assert.ok(holdsRecorded(stopped), "the certificate each handset holds survived the restart");
     for (const [i, r] of stopped.entries()) assert.ok(r.joinCounter >= 1, `${ids[i]}'s join counter survived the restart`);
     gw = await startGatewayProcess(dataDir, gw.port);
@@ -64,8 +66,8 @@ test("two Puck.js handsets join and register with a gateway process; its state s
     // and then for the handsets to hold what it recorded.
     const renewed = (id: string) => gw.events("renewed").some((e) => e.device === id);
     await until(() => ids.every(renewed) && status(0).registered && status(1).registered, "both re-registered after the restart", 20000);
-    let after = onRecord();
-    await until(() => holdsRecorded((after = onRecord())), "each handset holds its renewed certificate", 20000);
+    let after = await onRecord();
+    await until(async () => holdsRecorded((after = await onRecord())), "each handset holds its renewed certificate", 20000);
     for (const [i, r] of after.entries()) {
       assert.notDeepEqual(r.reg.certId, stopped[i].reg.certId, `${ids[i]} got a new certificate`);
       assert.ok(r.joinCounter > stopped[i].joinCounter, `${ids[i]} joined with a counter above the one on record`);

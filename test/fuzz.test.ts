@@ -40,17 +40,17 @@ for (const target of TARGETS.filter((t) => ["exchange", "interlink", "channel", 
           ...inner,
           async run(input) {
             // A rejection is a returned "rejected" or a thrown documented error: plant after the first.
-            const plant = (): void => {
+            const plant = async (): Promise<void> => {
               if (planted) return;
               planted = true;
-              inner.disturb!();
+              await inner.disturb!();
             };
             try {
               const outcome = await inner.run(input);
-              if (outcome === "rejected") plant();
+              if (outcome === "rejected") await plant();
               return outcome;
             } catch (e) {
-              if (inner.isRejection(e)) plant();
+              if (inner.isRejection(e)) await plant();
               throw e;
             }
           },

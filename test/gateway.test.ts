@@ -15,7 +15,7 @@ import { deviceCommand } from "../cli/device-cmd.ts";
 import { encodeFrame } from "../firmware/proto/frame.ts";
 import { ErrorCode, Msg } from "../firmware/proto/messages.ts";
 import { toHex } from "../firmware/bytes.ts";
-import { NODE_FIRMWARE, nodeHandset, provision, rawClient, startGateway, tempDir, until } from "./support/harness.ts";
+import { NODE_FIRMWARE, nodeHandset, provision, rawClient, startGateway, tempDir, testDatabaseOf, until } from "./support/harness.ts";
 
 const frame = (payload: Uint8Array) => encodeFrame(payload, (b) => crc32(b) >>> 0);
 
@@ -29,20 +29,20 @@ function tamper(f: Uint8Array): Uint8Array {
 
 test("a handset joins and registers; its certificate is valid for exactly the granted lifetime", async () => {
   const t = await startGateway({ policy: { maxLifetime: 300 } });
-  const key = provision(t.gw, "dev-a");
+  const key = await provision(t.gw, "dev-a");
   const d = await nodeHandset(t.gw, "dev-a", key, 3600);
   try {
     await until(() => d.h.status().registered, "registration");
-    const reg = t.gw.store.getRegistration("dev-a")!;
+    const reg = (await t.gw.store.getRegistration("dev-a"))!;
     assert.equal(reg.expiresAt - reg.registeredAt, 300, "lifetime clamped to the policy maximum");
     const claims = verifyCertificate(reg.cert!, loadOrCreateGatewayKey(t.dataDir).key.publicKey, t.clock.now());
     assert.equal(claims.sub, "dev-a");
     assert.equal(claims.iss, "gateway.local");
     assert.equal(claims.exp - claims.nbf, 300);
-    assert.deepEqual(claims.publicKey, t.gw.store.getDevice("dev-a")!.identityPublic);
+    assert.deepEqual(claims.publicKey, (await t.gw.store.getDevice("dev-a"))!.identityPublic);
     assert.equal(toHex(d.h.status().certId!), toHex(reg.certId!), "device keeps the certificate id");
     assert.ok(Math.abs(d.h.status().expiresIn - 300) <= 1);
-    assert.equal(t.gw.store.getDevice("dev-a")!.joinCounter, 1);
+    assert.equal((await t.gw.store.getDevice("dev-a"))!.joinCounter, 1);
     // What the device reported: its firmware id; no memory count (Node has no Espruino variables: 0).
     assert.deepEqual([reg.firmware, reg.memoryUsed], [NODE_FIRMWARE, 0]);
     // Renewal: register again; a new certificate, the same identity key, and the new report kept.
@@ -50,14 +50,14 @@ test("a handset joins and registers; its certificate is valid for exactly the gr
     t.clock.advance(100);
     d.h.p_.memory = () => ({ usage: 812 });
     d.h.register();
-    await until(() => toHex(t.gw.store.getRegistration("dev-a")!.certId!) !== toHex(first), "renewal");
-    assert.equal(t.gw.store.getRegistration("dev-a")!.expiresAt, t.clock.now() + 300);
-    assert.equal(t.gw.store.getRegistration("dev-a")!.memoryUsed, 812, "the variables in use the device reported at renewal");
-    assert.deepEqual(t.gw.store.listDevices().map((r) => [r.id, r.firmware, r.memoryUsed]), [["dev-a", NODE_FIRMWARE, 812]]);
-    assert.deepEqual(verifyCertificate(t.gw.store.getRegistration("dev-a")!.cert!, loadOrCreateGatewayKey(t.dataDir).key.publicKey, t.clock.now()).publicKey, claims.publicKey);
+    await until(async () => toHex((await t.gw.store.getRegistration("dev-a"))!.certId!) !== toHex(first), "renewal");
+    assert.equal((await t.gw.store.getRegistration("dev-a"))!.expiresAt, t.clock.now() + 300);
+    assert.equal((await t.gw.store.getRegistration("dev-a"))!.memoryUsed, 812, "the variables in use the device reported at renewal");
+    assert.deepEqual((await t.gw.store.listDevices()).map((r) => [r.id, r.firmware, r.memoryUsed]), [["dev-a", NODE_FIRMWARE, 812]]);
+    assert.deepEqual(verifyCertificate((await t.gw.store.getRegistration("dev-a"))!.cert!, loadOrCreateGatewayKey(t.dataDir).key.publicKey, t.clock.now()).publicKey, claims.publicKey);
     // Deregistration deletes the registration and its certificate.
     d.h.register(0);
-    await until(() => !t.gw.store.getRegistration("dev-a"), "deregistration");
+    await until(async () => !(await t.gw.store.getRegistration("dev-a")), "deregistration");
     await until(() => d.h.status().registered === false, "device forgets");
   } finally {
     d.close();
@@ -67,21 +67,21 @@ test("a handset joins and registers; its certificate is valid for exactly the gr
 
 test("registry, counters and certificates survive a gateway restart on the same data directory", async () => {
   const t = await startGateway();
-  const key = provision(t.gw, "dev-r");
+  const key = await provision(t.gw, "dev-r");
   const counter = { value: 0 };
   const d = await nodeHandset(t.gw, "dev-r", key, 600, counter);
   await until(() => d.h.status().registered, "registration");
-  const before = t.gw.store.getRegistration("dev-r")!;
+  const before = (await t.gw.store.getRegistration("dev-r"))!;
   d.close();
   await t.gw.stop();
-  const again = await Gateway.start({ dataDir: t.dataDir, listen: { host: "127.0.0.1", port: 0 }, now: t.clock.now, log: t.gw.log });
+  const again = await Gateway.start({ dataDir: t.dataDir, database: await testDatabaseOf(t.dataDir), listen: { host: "127.0.0.1", port: 0 }, now: t.clock.now, log: t.gw.log });
   try {
-    const after = again.store.getRegistration("dev-r")!;
+    const after = (await again.store.getRegistration("dev-r"))!;
     assert.deepEqual(after.cert, before.cert);
-    assert.equal(again.store.getDevice("dev-r")!.joinCounter, 1);
+    assert.equal((await again.store.getDevice("dev-r"))!.joinCounter, 1);
     const d2 = await nodeHandset(again, "dev-r", key, 600, counter);
     await until(() => d2.h.status().registered, "registration after restart");
-    assert.equal(again.store.getDevice("dev-r")!.joinCounter, 2, "the join counter continued");
+    assert.equal((await again.store.getDevice("dev-r"))!.joinCounter, 2, "the join counter continued");
     d2.close();
   } finally {
     await again.stop();
@@ -90,13 +90,13 @@ test("registry, counters and certificates survive a gateway restart on the same 
 
 test("a wrong root key is rejected with a reason and changes nothing", async () => {
   const t = await startGateway();
-  provision(t.gw, "dev-w");
-  const before = t.gw.store.snapshot();
+  await provision(t.gw, "dev-w");
+  const before = (await t.gw.store.snapshot());
   const d = await nodeHandset(t.gw, "dev-w", new Uint8Array(16).fill(7));
   try {
     await until(() => t.events("join-rejected").length > 0, "rejection");
     assert.match(String(t.events("join-rejected")[0].reason), /join MAC does not verify/);
-    assert.equal(t.gw.store.snapshot(), before);
+    assert.equal((await t.gw.store.snapshot()), before);
     // The event is logged when the gateway decides; the handset learns it from the JoinReject after.
     await until(() => d.h.status().state === "down", "the handset to take the JoinReject");
   } finally {
@@ -107,12 +107,12 @@ test("a wrong root key is rejected with a reason and changes nothing", async () 
 
 test("a replayed join is rejected with a reason and changes nothing", async () => {
   const t = await startGateway();
-  const key = provision(t.gw, "dev-j");
+  const key = await provision(t.gw, "dev-j");
   const d = await nodeHandset(t.gw, "dev-j", key);
   await until(() => d.h.status().registered, "registration");
   const joinFrame = d.sent[0];
   d.close();
-  const before = t.gw.store.snapshot();
+  const before = (await t.gw.store.snapshot());
   const raw = await rawClient(t.gw);
   try {
     raw.write(joinFrame);
@@ -120,7 +120,7 @@ test("a replayed join is rejected with a reason and changes nothing", async () =
     assert.match(String(t.events("join-rejected")[0].reason), /replayed join: counter 1 is not above 1/);
     await until(() => raw.received.length > 0, "JoinReject");
     assert.deepEqual([...raw.received[0].subarray(3, -4)], [...gcbor.encode([Msg.JoinReject])]);
-    assert.equal(t.gw.store.snapshot(), before);
+    assert.equal((await t.gw.store.snapshot()), before);
   } finally {
     raw.socket.destroy();
     await t.gw.stop();
@@ -129,20 +129,20 @@ test("a replayed join is rejected with a reason and changes nothing", async () =
 
 test("a tampered frame is rejected with a reason, changes nothing and does not burn its sequence number", async () => {
   const t = await startGateway();
-  const key = provision(t.gw, "dev-t");
+  const key = await provision(t.gw, "dev-t");
   const d = await nodeHandset(t.gw, "dev-t", key);
   try {
     await until(() => d.h.status().registered, "registration");
-    const before = t.gw.store.snapshot();
+    const before = (await t.gw.store.snapshot());
     let good: Uint8Array | undefined;
     d.h.port = { write: (b) => { good = b; d.socket.write(tamper(b)); } };
     d.h.register(0);
     await until(() => t.events("frame dropped").length > 0, "drop");
     assert.match(String(t.events("frame dropped")[0].reason), /failed authentication/);
-    assert.equal(t.gw.store.snapshot(), before);
+    assert.equal((await t.gw.store.snapshot()), before);
     // The genuine frame with the same sequence number is still accepted.
     d.socket.write(good!);
-    await until(() => !t.gw.store.getRegistration("dev-t"), "genuine frame accepted");
+    await until(async () => !(await t.gw.store.getRegistration("dev-t")), "genuine frame accepted");
   } finally {
     d.close();
     await t.gw.stop();
@@ -151,16 +151,16 @@ test("a tampered frame is rejected with a reason, changes nothing and does not b
 
 test("a replayed frame is rejected with a reason and changes nothing", async () => {
   const t = await startGateway();
-  const key = provision(t.gw, "dev-p");
+  const key = await provision(t.gw, "dev-p");
   const d = await nodeHandset(t.gw, "dev-p", key);
   try {
     await until(() => d.h.status().registered, "registration");
     const registerFrame = d.sent[1];
-    const before = t.gw.store.snapshot();
+    const before = (await t.gw.store.snapshot());
     d.socket.write(registerFrame);
     await until(() => t.events("frame dropped").length > 0, "drop");
     assert.match(String(t.events("frame dropped")[0].reason), /replayed frame/);
-    assert.equal(t.gw.store.snapshot(), before, "the replayed RegisterRequest issued no new certificate");
+    assert.equal((await t.gw.store.snapshot()), before, "the replayed RegisterRequest issued no new certificate");
   } finally {
     d.close();
     await t.gw.stop();
@@ -169,25 +169,25 @@ test("a replayed frame is rejected with a reason and changes nothing", async () 
 
 test("an expired registration is rejected with a reason and changes nothing", async () => {
   const t = await startGateway({ policy: { minLifetime: 60, maxLifetime: 60 } });
-  t.gw.policy.add("dev-x", "dev-y", "*", "allow");
-  const a = await nodeHandset(t.gw, "dev-x", provision(t.gw, "dev-x"));
-  const b = await nodeHandset(t.gw, "dev-y", provision(t.gw, "dev-y"));
+  await t.gw.policy.add("dev-x", "dev-y", "*", "allow");
+  const a = await nodeHandset(t.gw, "dev-x", await provision(t.gw, "dev-x"));
+  const b = await nodeHandset(t.gw, "dev-y", await provision(t.gw, "dev-y"));
   try {
     await until(() => a.h.status().registered && b.h.status().registered, "registrations");
     a.h.certQuery("dev-y");
     await until(() => a.h.lastType === Msg.CertAnswer, "certificate while both are live");
     t.clock.advance(61);
-    const before = t.gw.store.snapshot();
+    const before = (await t.gw.store.snapshot());
     a.h.certQuery("dev-y");
     await until(() => a.h.lastType === Msg.Error, "refusal");
     assert.equal(a.h.lastCode, ErrorCode.NotRegistered);
     const r = t.events("request-rejected");
     assert.equal(r.length, 1);
     assert.equal(r[0].reason, "caller's registration expired");
-    assert.equal(t.gw.store.snapshot(), before);
+    assert.equal((await t.gw.store.snapshot()), before);
     // Renewed caller, expired target: the expired certificate is not served.
     a.h.register();
-    await until(() => a.h.status().expiresIn > 50 && t.gw.store.getRegistration("dev-x")!.expiresAt > t.clock.now(), "renewal");
+    await until(async () => a.h.status().expiresIn > 50 && (await t.gw.store.getRegistration("dev-x"))!.expiresAt > t.clock.now(), "renewal");
     a.h.certQuery("dev-y");
     await until(() => a.h.lastType === Msg.Error && a.h.lastCode === ErrorCode.NotFound, "not found");
     assert.equal(t.events("cert-query-not-found").at(-1)!.reason, "registration expired");
@@ -200,8 +200,8 @@ test("an expired registration is rejected with a reason and changes nothing", as
 
 test("malformed CBOR is rejected with a reason and changes nothing", async () => {
   const t = await startGateway();
-  provision(t.gw, "dev-m");
-  const before = t.gw.store.snapshot();
+  await provision(t.gw, "dev-m");
+  const before = (await t.gw.store.snapshot());
   const raw = await rawClient(t.gw);
   try {
     raw.write(frame(Uint8Array.from([0xff, 0x00])));
@@ -212,7 +212,7 @@ test("malformed CBOR is rejected with a reason and changes nothing", async () =>
     assert.match(reasons[0], /^cbor: /);
     assert.match(reasons[1], /^cbor: /);
     assert.match(reasons[2], /needs 5 fields, got 2/);
-    assert.equal(t.gw.store.snapshot(), before);
+    assert.equal((await t.gw.store.snapshot()), before);
     assert.equal(raw.received.length, 0, "nothing is answered to garbage");
   } finally {
     raw.socket.destroy();
@@ -222,22 +222,22 @@ test("malformed CBOR is rejected with a reason and changes nothing", async () =>
 
 test("a firmware id that is not printable ASCII is refused with a reason and changes nothing", async () => {
   const t = await startGateway();
-  const d = await nodeHandset(t.gw, "dev-f", provision(t.gw, "dev-f"));
+  const d = await nodeHandset(t.gw, "dev-f", await provision(t.gw, "dev-f"));
   try {
     await until(() => d.h.status().registered, "registration");
-    const before = t.gw.store.snapshot();
+    const before = (await t.gw.store.snapshot());
     for (const bad of ["fw\u001b[2J", "fw\u00e9", "fw\u007f"]) {
       d.h.p_.firmware = bad;
       d.h.lastType = 0;
       d.h.register();
       await until(() => d.h.lastType === Msg.Error, `refusal of ${JSON.stringify(bad)}`);
       assert.equal(d.h.lastCode, ErrorCode.Malformed);
-      assert.equal(t.gw.store.snapshot(), before);
+      assert.equal((await t.gw.store.snapshot()), before);
     }
     assert.deepEqual(t.events("register-rejected").map((r) => r.reason), Array(3).fill("the firmware id is not printable ASCII"));
     d.h.p_.firmware = "1.2.3-0123abcd ok";
     d.h.register();
-    await until(() => t.gw.store.getRegistration("dev-f")!.firmware === "1.2.3-0123abcd ok", "a printable id is kept");
+    await until(async () => (await t.gw.store.getRegistration("dev-f"))!.firmware === "1.2.3-0123abcd ok", "a printable id is kept");
   } finally {
     d.close();
     await t.gw.stop();
@@ -260,24 +260,24 @@ test("a data directory from before firmware and memory were reported keeps worki
   old.prepare("INSERT INTO devices (id, root_key, board, created_at, join_counter) VALUES ('old-1', ?, 'puckjs', 0, 4)").run(Buffer.alloc(16, 1));
   old.prepare("INSERT INTO registrations VALUES ('old-1', 10, 4000000000, '[[10,1]]', ?, NULL)").run(Buffer.alloc(16, 2));
   old.close();
-  const store = openStore(dataDir);
-  assert.equal(store.db.name, file, "the gateway's database file (DB_FILE) is the one made above");
-  const columns = (s: Store) => (s.db.prepare("PRAGMA table_info(registrations)").all() as { name: string }[]).map((c) => c.name);
+  const store = await openStore(dataDir);
+  assert.equal(store.location, file, "the gateway's database file (DB_FILE) is the one made above");
+  const columns = async (s: Store) => (await s.query("PRAGMA table_info(registrations)")).rows.map((c) => c.name);
   try {
-    assert.deepEqual(columns(store).slice(-2), ["firmware", "memory_used"]);
-    const reg = store.getRegistration("old-1")!;
+    assert.deepEqual((await columns(store)).slice(-2), ["firmware", "memory_used"]);
+    const reg = (await store.getRegistration("old-1"))!;
     assert.deepEqual([reg.expiresAt, reg.firmware, reg.memoryUsed], [4000000000, null, null], "the old registration is there, with nothing reported");
-    store.putRegistration({ ...reg, firmware: "0.1.0-3ca9ccef", memoryUsed: 943 });
+    await store.putRegistration({ ...reg, firmware: "0.1.0-3ca9ccef", memoryUsed: 943 });
   } finally {
-    store.close();
+    await store.close();
   }
   // Opening it again adds nothing twice and keeps what was stored.
-  const again = openStore(dataDir);
+  const again = await openStore(dataDir);
   try {
-    assert.equal(columns(again).filter((c) => c === "firmware").length, 1);
-    assert.deepEqual(again.listDevices().map((r) => [r.id, r.joinCounter, r.firmware, r.memoryUsed]), [["old-1", 4, "0.1.0-3ca9ccef", 943]]);
+    assert.equal((await columns(again)).filter((c) => c === "firmware").length, 1);
+    assert.deepEqual((await again.listDevices()).map((r) => [r.id, r.joinCounter, r.firmware, r.memoryUsed]), [["old-1", 4, "0.1.0-3ca9ccef", 943]]);
   } finally {
-    again.close();
+    await again.close();
   }
   // keyproxy device list shows the report beside the registration, with the board's pool.
   const lines: string[] = [];
@@ -295,10 +295,10 @@ test("a data directory from before firmware and memory were reported keeps worki
 test("lifetimes stay under the ceiling JavaScript timers allow (devices renew with a timer)", async () => {
   const { LIFETIME_CEILING } = await import("../gateway/registry/registrar.ts");
   const t = await startGateway({ policy: { maxLifetime: 10 * LIFETIME_CEILING } });
-  const d = await nodeHandset(t.gw, "dev-c", provision(t.gw, "dev-c"), 100 * LIFETIME_CEILING);
+  const d = await nodeHandset(t.gw, "dev-c", await provision(t.gw, "dev-c"), 100 * LIFETIME_CEILING);
   try {
     await until(() => d.h.status().registered, "registration");
-    const reg = t.gw.store.getRegistration("dev-c")!;
+    const reg = (await t.gw.store.getRegistration("dev-c"))!;
     assert.equal(reg.expiresAt - reg.registeredAt, LIFETIME_CEILING, "granted no more than the ceiling");
     assert.ok(LIFETIME_CEILING * 800 < 2 ** 31 - 1, "the device's renewal timer at 80% fits a JavaScript timer");
   } finally {

@@ -19,7 +19,7 @@ import { KeyGroups } from "../gateway/registry/key-groups.ts";
 import { openStore } from "../gateway/gateway.ts";
 import type { SessionSettings } from "../gateway/sessions/session-broker.ts";
 import { Msg } from "../firmware/proto/messages.ts";
-import { provision, startGateway, tempDir, until, type TestGateway } from "./support/harness.ts";
+import { provision, startGateway, tempDir, until, type TestGateway, testDatabaseOf } from "./support/harness.ts";
 import { saDataIn, sessionHandset, stopGateway, type SessionHandset } from "./support/session-rig.ts";
 
 const text = (s: string) => new Uint8Array(Buffer.from(s, "latin1"));
@@ -311,7 +311,7 @@ test("puckjs, built with --groups, in the emulator: three members, each message 
   try {
     for (const id of ["e1", "e2", "e3"]) {
       const dev = new EmulatedDevice({ board: "puckjs", storageDir: `${storage}/${id}`, gateway: t.gw.address, name: id });
-      await provisionEmulated(dev, t.dataDir, id, "puckjs", t.gw.address, 3600);
+      await provisionEmulated(dev, t.dataDir, id, "puckjs", t.gw.address, 3600, await testDatabaseOf(t.dataDir));
       dev.storage.write(".bootcde", built.code);
       const ledger = new AesLedger();
       dev.on("aes", (o: AesObservation) => ledger.observeDevice(o));
@@ -366,7 +366,7 @@ test("a Puck.js built without --groups is offered a group key: its confirmation 
   try {
     for (const [id, code] of [["n1", withGroups.code], ["n2", withGroups.code], ["old", without.code]] as const) {
       const dev = new EmulatedDevice({ board: "puckjs", storageDir: `${storage}/${id}`, gateway: t.gw.address, name: id });
-      await provisionEmulated(dev, t.dataDir, id, "puckjs", t.gw.address, 3600);
+      await provisionEmulated(dev, t.dataDir, id, "puckjs", t.gw.address, 3600, await testDatabaseOf(t.dataDir));
       dev.storage.write(".bootcde", code);
       devs.set(id, dev);
       await dev.boot();

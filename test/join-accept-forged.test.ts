@@ -33,7 +33,7 @@ test("a JoinAccept whose tag is wrong is dropped: the device stays joining, and 
   };
   // The handset dials the relay instead of the gateway.
   const viaRelay = { address: { host: "127.0.0.1", port: relay.port } } as Gateway;
-  const dev = await nodeHandset(viaRelay, "h1", provision(t.gw, "h1"));
+  const dev = await nodeHandset(viaRelay, "h1", await provision(t.gw, "h1"));
   try {
     // Either outcome of the forged accept ends the wait: a drop, or (without the check) a link.
     await until(() => dev.h.status().dropped > 0 || dev.h.status().state !== "joining", "the forged accept to arrive");

@@ -66,11 +66,11 @@ test("an unknown id costs what a known id with a wrong MAC costs: the MAC deriva
   const { crypto, calls } = countingCrypto();
   const t = await startGateway({ crypto });
   try {
-    provision(t.gw, "dev-known");
-    provision(t.gw, "dev-revoked");
-    t.gw.store.revokeDevice("dev-revoked", t.clock.now(), "test");
+    await provision(t.gw, "dev-known");
+    await provision(t.gw, "dev-revoked");
+    await t.gw.store.revokeDevice("dev-revoked", t.clock.now(), "test");
     const storeCalls = countingStore(t.gw.store);
-    const before = t.gw.store.snapshot();
+    const before = (await t.gw.store.snapshot());
     const unknown = await oneJoin(t, "dev-unknown", calls, storeCalls);
     const known = await oneJoin(t, "dev-known", calls, storeCalls);
     const revoked = await oneJoin(t, "dev-revoked", calls, storeCalls);
@@ -82,7 +82,7 @@ test("an unknown id costs what a known id with a wrong MAC costs: the MAC deriva
     assert.deepEqual(revoked.store, unknown.store);
     assert.equal(unknown.answer, known.answer, "the same bare JoinReject");
     assert.equal(revoked.answer, known.answer);
-    assert.equal(t.gw.store.snapshot(), before, "nothing changed");
+    assert.equal((await t.gw.store.snapshot()), before, "nothing changed");
     // The gateway's own log keeps the reasons, for its operator.
     assert.deepEqual([unknown.reason, revoked.reason], ["unknown device", "join MAC does not verify (wrong root key or altered request)"]);
     assert.match(known.reason, /join MAC does not verify/);
@@ -95,15 +95,15 @@ test("MQTT subscribers get the same join-rejected event for an unknown id and a 
   const broker = await startBroker({ host: "127.0.0.1", port: 0 });
   const gatewayId = `oracle-${randomBytes(3).toString("hex")}.example`;
   const events: Record<string, unknown>[] = [];
-  const sub = await connect(broker.url, { protocolVersion: 4 }).on("message", (topic, payload) => {
+  const sub = connect(broker.url, { protocolVersion: 4 }).on("message", (topic, payload) => {
     if (topic === topics.events(gatewayId)) events.push(JSON.parse(payload.toString()));
   });
   await new Promise<void>((res) => sub.once("connect", () => sub.subscribe(topics.events(gatewayId), { qos: 1 }, () => res())));
   const t = await startGateway({ id: gatewayId, mqtt: { url: broker.url } });
   try {
-    provision(t.gw, "dev-known");
-    provision(t.gw, "dev-revoked");
-    t.gw.store.revokeDevice("dev-revoked", t.clock.now(), "test");
+    await provision(t.gw, "dev-known");
+    await provision(t.gw, "dev-revoked");
+    await t.gw.store.revokeDevice("dev-revoked", t.clock.now(), "test");
     for (const id of ["dev-unknown", "dev-known", "dev-revoked"]) {
       const raw = await rawClient(t.gw);
       raw.write(joinWithWrongMac(id));

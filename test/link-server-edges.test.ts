@@ -70,9 +70,9 @@ interface Rig {
 
 /** A server with a fresh registry, the mock clock for its timers and a clock of its own for the join
  *  throttle and the summarised logs. */
-function rig(t: TestContext, limits: Partial<LinkLimits> = {}): Rig {
+async function rig(t: TestContext, limits: Partial<LinkLimits> = {}): Promise<Rig> {
   t.mock.timers.enable({ apis: ["setTimeout"] });
-  const store = openStore(tempDir());
+  const store = await openStore(tempDir());
   const logs: LogRecord[] = [];
   const log = new Logger(() => {});
   log.subscribe((r) => logs.push(r));
@@ -93,8 +93,8 @@ function rig(t: TestContext, limits: Partial<LinkLimits> = {}): Rig {
   };
   r.srv = new LinkServer({
     store, log, crypto, cbor: gcbor, now: () => 0,
-    onInner: (id, m) => r.inner.push([id, m]),
-    onSaData: (id, m, p) => r.saData.push([id, m, p]),
+    onInner: (id, m) => void r.inner.push([id, m]),
+    onSaData: (id, m, p) => void r.saData.push([id, m, p]),
     onLink: (id, up) => r.linkEvents.push([id, up]),
     limits, nowMs: () => r.clock.ms, descriptorLimit: 1 << 20,
   });
@@ -102,11 +102,15 @@ function rig(t: TestContext, limits: Partial<LinkLimits> = {}): Rig {
   return r;
 }
 
-function provision(r: Rig, id: string): Uint8Array {
+async function provision(r: Rig, id: string): Promise<Uint8Array> {
   const key = new Uint8Array(randomBytes(16));
-  r.store.addDevice(id, key, "emulator", 0);
+  await r.store.addDevice(id, key, "emulator", 0);
   return key;
 }
+
+/** Lets a join's registry reads finish: they answer within the current turn of the event loop
+ *  (SQLite), so one turn later the join's answer has gone out. setImmediate is not mocked. */
+const settle = () => new Promise<void>((resolve) => setImmediate(resolve));
 
 interface JoinOpts { suite?: number; nonce?: Uint8Array; tagKey?: Uint8Array }
 
@@ -118,9 +122,10 @@ function joinFrame(id: string, key: Uint8Array, ctr: number, o: JoinOpts = {}): 
 }
 
 /** Joins s as id and answers the device's end of the new link. */
-function join(s: FakeSocket, id: string, key: Uint8Array, ctr: number): Link {
+async function join(s: FakeSocket, id: string, key: Uint8Array, ctr: number): Promise<Link> {
   const { bytes, nonce } = joinFrame(id, key, ctr);
   s.send(bytes);
+  await settle();
   const accept = s.messages().at(-1)!;
   assert.equal(accept.t, Msg.JoinAccept, "the join was accepted");
   const nonceG = (accept as { nonce: Uint8Array }).nonce;
@@ -132,8 +137,8 @@ const isZero = (b: Uint8Array) => b.every((x) => x === 0);
 
 // ---- frames by state ------------------------------------------------------------------------------
 
-test("SaData from a linked device reaches onSaData byte for byte; on an unjoined connection it is dropped, logged and counted", (t) => {
-  const r = rig(t);
+test("SaData from a linked device reaches onSaData byte for byte; on an unjoined connection it is dropped, logged and counted", async (t) => {
+  const r = await rig(t);
   const payload = gcbor.encode(encodeMessage({ t: Msg.SaData, spi: 7, seq: 1, sealed: new Uint8Array([1, 2, 3]) }));
   const unjoined = r.connect();
   unjoined.send(frame(payload));
@@ -145,7 +150,7 @@ test("SaData from a linked device reaches onSaData byte for byte; on an unjoined
   assert.equal(drop[0].peer, PEER);
 
   const s = r.connect("192.0.2.2");
-  join(s, "dev-a", provision(r, "dev-a"), 1);
+  await join(s, "dev-a", await provision(r, "dev-a"), 1);
   s.send(frame(payload));
   assert.equal(r.saData.length, 1);
   assert.equal(r.saData[0][0], "dev-a");
@@ -154,8 +159,8 @@ test("SaData from a linked device reaches onSaData byte for byte; on an unjoined
   assert.equal(r.srv.stats.framesDropped, 1, "the linked SaData was not dropped");
 });
 
-test("a Link frame on an unjoined connection is dropped as unexpected, never opened", (t) => {
-  const r = rig(t);
+test("a Link frame on an unjoined connection is dropped as unexpected, never opened", async (t) => {
+  const r = await rig(t);
   const s = r.connect();
   s.send(frame(gcbor.encode(encodeMessage({ t: Msg.Link, seq: 1, sealed: new Uint8Array(24) }))));
   assert.equal(r.srv.stats.framesDropped, 1);
@@ -163,10 +168,10 @@ test("a Link frame on an unjoined connection is dropped as unexpected, never ope
   assert.equal(s.destroyed, false);
 });
 
-test("an outer message a device never sends, on a linked connection, is dropped as unexpected, not opened as a Link frame", (t) => {
-  const r = rig(t);
+test("an outer message a device never sends, on a linked connection, is dropped as unexpected, not opened as a Link frame", async (t) => {
+  const r = await rig(t);
   const s = r.connect();
-  join(s, "dev-u", provision(r, "dev-u"), 1);
+  await join(s, "dev-u", await provision(r, "dev-u"), 1);
   s.send(frame(gcbor.encode(encodeMessage({ t: Msg.JoinReject }))));
   assert.equal(r.srv.stats.framesDropped, 1);
   const drop = r.events("frame dropped")[0];
@@ -175,10 +180,10 @@ test("an outer message a device never sends, on a linked connection, is dropped 
   assert.equal(r.inner.length, 0);
 });
 
-test("once linked, an authentic inner message longer than any JoinRequest reaches onInner and is counted", (t) => {
-  const r = rig(t);
+test("once linked, an authentic inner message longer than any JoinRequest reaches onInner and is counted", async (t) => {
+  const r = await rig(t);
   const s = r.connect();
-  const dev = join(s, "dev-b", provision(r, "dev-b"), 1);
+  const dev = await join(s, "dev-b", await provision(r, "dev-b"), 1);
   const cert = new Uint8Array(randomBytes(1000));
   s.send(sealed(dev, { t: Msg.CertAnswer, rid: 5, cert }));
   assert.equal(r.inner.length, 1);
@@ -188,8 +193,8 @@ test("once linked, an authentic inner message longer than any JoinRequest reache
   assert.equal(r.srv.stats.framesDropped, 0);
 });
 
-test("malformed frames count against the budget: the one past it closes the connection, which is logged", (t) => {
-  const r = rig(t, { maxBadFrames: 2 });
+test("malformed frames count against the budget: the one past it closes the connection, which is logged", async (t) => {
+  const r = await rig(t, { maxBadFrames: 2 });
   const s = r.connect();
   const garbage = frame(new Uint8Array([0xff]));
   s.send(garbage);
@@ -213,9 +218,9 @@ test("malformed frames count against the budget: the one past it closes the conn
 
 // ---- joins ----------------------------------------------------------------------------------------
 
-test("a join is accepted only after its counter is stored; stats, onLink and the log say so, with no key in it", (t) => {
-  const r = rig(t);
-  const key = provision(r, "dev-c");
+test("a join is accepted only after its counter is stored; stats, onLink and the log say so, with no key in it", async (t) => {
+  const r = await rig(t);
+  const key = await provision(r, "dev-c");
   const s = r.connect();
   const writtenAtAdvance: number[] = [];
   const advance = r.store.advanceJoinCounter.bind(r.store);
@@ -223,9 +228,9 @@ test("a join is accepted only after its counter is stored; stats, onLink and the
     writtenAtAdvance.push(s.written.length);
     return advance(id, ctr);
   };
-  join(s, "dev-c", key, 3);
+  await join(s, "dev-c", key, 3);
   assert.deepEqual(writtenAtAdvance, [0], "nothing went out before the counter was stored");
-  assert.equal(r.store.getDevice("dev-c")!.joinCounter, 3);
+  assert.equal((await r.store.getDevice("dev-c"))!.joinCounter, 3);
   assert.equal(r.srv.stats.joins, 1);
   assert.deepEqual(r.linkEvents, [["dev-c", true]]);
   assert.equal(s.idleMs, 0, "the unjoined idle timer is disarmed");
@@ -240,13 +245,14 @@ test("a join is accepted only after its counter is stored; stats, onLink and the
 
 /** Sends one join and returns the refusal's log record, having checked what every refusal shares:
  *  a bare JoinReject, the count, no link, the stored counter unchanged, the connection still open. */
-function refused(r: Rig, s: FakeSocket, bytes: Uint8Array, id: string): LogRecord {
+async function refused(r: Rig, s: FakeSocket, bytes: Uint8Array, id: string): Promise<LogRecord> {
   const rejectsBefore = r.srv.stats.joinRejects;
-  const counterBefore = r.store.getDevice(id)?.joinCounter;
+  const counterBefore = (await r.store.getDevice(id))?.joinCounter;
   s.send(bytes);
+  await settle();
   assert.equal(s.messages().at(-1)!.t, Msg.JoinReject);
   assert.equal(r.srv.stats.joinRejects, rejectsBefore + 1);
-  assert.equal(r.store.getDevice(id)?.joinCounter, counterBefore);
+  assert.equal((await r.store.getDevice(id))?.joinCounter, counterBefore);
   assert.equal(r.srv.links.has(id), false);
   assert.deepEqual(r.linkEvents, []);
   const rec = r.events("join-rejected").at(-1)!;
@@ -255,58 +261,62 @@ function refused(r: Rig, s: FakeSocket, bytes: Uint8Array, id: string): LogRecor
   return rec;
 }
 
-test("each refused join is logged with its own reason, whatever the request gets right", (t) => {
-  const r = rig(t);
-  const key = provision(r, "dev-d");
+test("each refused join is logged with its own reason, whatever the request gets right", async (t) => {
+  const r = await rig(t);
+  const key = await provision(r, "dev-d");
   const s = r.connect();
-  assert.equal(refused(r, s, joinFrame("dev-d", key, 1, { suite: 99 }).bytes, "dev-d").reason, "unsupported link suite 99");
-  assert.equal(refused(r, s, joinFrame("dev-d", key, 1, { nonce: new Uint8Array(JOIN_NONCE_BYTES - 1) }).bytes, "dev-d").reason, "join nonce has the wrong length");
-  assert.equal(refused(r, s, joinFrame("nobody", key, 1).bytes, "nobody").reason, "unknown device");
+  assert.equal((await refused(r, s, joinFrame("dev-d", key, 1, { suite: 99 }).bytes, "dev-d")).reason, "unsupported link suite 99");
+  assert.equal((await refused(r, s, joinFrame("dev-d", key, 1, { nonce: new Uint8Array(JOIN_NONCE_BYTES - 1) }).bytes, "dev-d")).reason, "join nonce has the wrong length");
+  assert.equal((await refused(r, s, joinFrame("nobody", key, 1).bytes, "nobody")).reason, "unknown device");
   // Even a tag made with the decoy key, against which unknown ids are checked, is refused.
-  assert.equal(refused(r, s, joinFrame("nobody", key, 1, { tagKey: r.srv.decoyRootKey }).bytes, "nobody").reason, "unknown device");
-  assert.equal(refused(r, s, joinFrame("dev-d", new Uint8Array(16), 1).bytes, "dev-d").reason, "join MAC does not verify (wrong root key or altered request)");
+  assert.equal((await refused(r, s, joinFrame("nobody", key, 1, { tagKey: r.srv.decoyRootKey }).bytes, "nobody")).reason, "unknown device");
+  assert.equal((await refused(r, s, joinFrame("dev-d", new Uint8Array(16), 1).bytes, "dev-d")).reason, "join MAC does not verify (wrong root key or altered request)");
   assert.equal(r.srv.stats.joinRejects, 5);
   assert.equal(s.destroyed, false, "within the bad-frame budget");
 
-  const key2 = provision(r, "dev-e");
-  r.store.revokeDevice("dev-e", 0, "test");
-  assert.equal(refused(r, s, joinFrame("dev-e", key2, 1).bytes, "dev-e").reason, "device revoked");
+  const key2 = await provision(r, "dev-e");
+  await r.store.revokeDevice("dev-e", 0, "test");
+  assert.equal((await refused(r, s, joinFrame("dev-e", key2, 1).bytes, "dev-e")).reason, "device revoked");
 });
 
-test("a replayed join counter is refused, and so is a join whose counter the registry will not store", (t) => {
-  const r = rig(t);
-  const key = provision(r, "dev-f");
-  r.store.advanceJoinCounter("dev-f", 4);
+test("a replayed join counter is refused, and so is a join whose counter the registry will not store", async (t) => {
+  const r = await rig(t);
+  const key = await provision(r, "dev-f");
+  await r.store.advanceJoinCounter("dev-f", 4);
   const s = r.connect();
-  assert.equal(refused(r, s, joinFrame("dev-f", key, 4).bytes, "dev-f").reason, "replayed join: counter 4 is not above 4");
+  assert.equal((await refused(r, s, joinFrame("dev-f", key, 4).bytes, "dev-f")).reason, "replayed join: counter 4 is not above 4");
   // Another gateway process took counter 5 between the read and the write.
-  r.store.advanceJoinCounter = () => false;
-  assert.equal(refused(r, s, joinFrame("dev-f", key, 5).bytes, "dev-f").reason, "replayed join: counter 5 already used");
+  r.store.advanceJoinCounter = async () => false;
+  assert.equal((await refused(r, s, joinFrame("dev-f", key, 5).bytes, "dev-f")).reason, "replayed join: counter 5 already used");
 });
 
-test("rejected joins past the bad-frame budget close the connection, with that reason", (t) => {
-  const r = rig(t, { maxBadFrames: 1 });
+test("rejected joins past the bad-frame budget close the connection, with that reason", async (t) => {
+  const r = await rig(t, { maxBadFrames: 1 });
   const s = r.connect();
   s.send(joinFrame("nobody", new Uint8Array(16), 1).bytes);
+  await settle();
   assert.equal(s.destroyed, false);
   s.send(joinFrame("nobody", new Uint8Array(16), 2).bytes);
+  await settle();
   assert.equal(s.destroyed, true);
   assert.equal(r.events("unjoined-closed")[0].reason, "too many rejected joins");
 });
 
-test("a throttled join gets its JoinReject flushed before the close, and is counted twice", (t) => {
-  const r = rig(t, { joinFailuresBeforeBackoff: 1, joinBackoffBaseMs: 1000, joinBackoffMaxMs: 4000 });
-  const key = provision(r, "dev-g");
+test("a throttled join gets its JoinReject flushed before the close, and is counted twice", async (t) => {
+  const r = await rig(t, { joinFailuresBeforeBackoff: 1, joinBackoffBaseMs: 1000, joinBackoffMaxMs: 4000 });
+  const key = await provision(r, "dev-g");
   const first = r.connect();
   first.send(joinFrame("dev-g", new Uint8Array(16), 1).bytes);
+  await settle();
   assert.equal(r.events("join-rejected")[0].backoffMs, 1000);
   const second = r.connect();
   second.send(joinFrame("dev-g", key, 1).bytes);
+  await settle();
   assert.equal(second.messages().at(-1)!.t, Msg.JoinReject);
   assert.equal(r.srv.stats.joinsThrottled, 1);
   assert.equal(r.srv.stats.joinRejects, 2);
   assert.equal(r.events("join-rejected").length, 1, "a throttled join is not logged one by one");
-  assert.equal(r.store.getDevice("dev-g")!.joinCounter, 0);
+  assert.equal((await r.store.getDevice("dev-g"))!.joinCounter, 0);
   assert.equal(second.ended, true, "ended, so the JoinReject goes out");
   assert.equal(second.destroyed, false);
   assert.equal(r.events("unjoined-closed")[0].reason, "join attempts from this source for this device are backing off");
@@ -314,15 +324,16 @@ test("a throttled join gets its JoinReject flushed before the close, and is coun
   assert.equal(second.destroyed, true, "and destroyed in the end");
   // Past the wait the genuine device joins.
   r.clock.ms += 1000;
-  join(r.connect(), "dev-g", key, 1);
+  await join(r.connect(), "dev-g", key, 1);
 });
 
-test("a join as another device on a linked connection: counted, logged with both names, closed, the first link reported down", (t) => {
-  const r = rig(t);
+test("a join as another device on a linked connection: counted, logged with both names, closed, the first link reported down", async (t) => {
+  const r = await rig(t);
   const s = r.connect();
-  join(s, "dev-h", provision(r, "dev-h"), 1);
-  const keyI = provision(r, "dev-i");
+  await join(s, "dev-h", await provision(r, "dev-h"), 1);
+  const keyI = await provision(r, "dev-i");
   s.send(joinFrame("dev-i", keyI, 1).bytes);
+  await settle();
   assert.equal(r.srv.stats.joinRejects, 1);
   const rec = r.events("join-rejected").at(-1)!;
   assert.equal(rec.device, "dev-h");
@@ -332,17 +343,17 @@ test("a join as another device on a linked connection: counted, logged with both
   assert.equal(s.destroyed, true);
   assert.deepEqual(r.linkEvents, [["dev-h", true], ["dev-h", false]]);
   assert.equal(r.events("link-closed").at(-1)!.reason, "a second identity on one connection");
-  assert.equal(r.store.getDevice("dev-i")!.joinCounter, 0);
+  assert.equal((await r.store.getDevice("dev-i"))!.joinCounter, 0);
 });
 
-test("a device joining again on its own connection stays linked there; its old link keys are wiped", (t) => {
-  const r = rig(t);
-  const key = provision(r, "dev-j");
+test("a device joining again on its own connection stays linked there; its old link keys are wiped", async (t) => {
+  const r = await rig(t);
+  const key = await provision(r, "dev-j");
   const s = r.connect();
-  join(s, "dev-j", key, 1);
+  await join(s, "dev-j", key, 1);
   const conn = r.srv.links.get("dev-j")!;
   const oldLink = (conn.state as { link: Link }).link;
-  join(s, "dev-j", key, 2);
+  await join(s, "dev-j", key, 2);
   assert.equal(s.destroyed, false);
   assert.equal(r.srv.links.get("dev-j"), conn);
   assert.ok(isZero(oldLink.keys_.up) && isZero(oldLink.keys_.down), "the first link's keys are wiped");
@@ -352,14 +363,14 @@ test("a device joining again on its own connection stays linked there; its old l
   assert.deepEqual(r.events("link-closed"), []);
 });
 
-test("a newer join on another connection replaces the link: the old connection closes, logged, the device never reported down", (t) => {
-  const r = rig(t);
-  const key = provision(r, "dev-k");
+test("a newer join on another connection replaces the link: the old connection closes, logged, the device never reported down", async (t) => {
+  const r = await rig(t);
+  const key = await provision(r, "dev-k");
   const a = r.connect();
-  join(a, "dev-k", key, 1);
+  await join(a, "dev-k", key, 1);
   const oldLink = (r.srv.links.get("dev-k")!.state as { link: Link }).link;
   const b = r.connect("192.0.2.9");
-  const dev = join(b, "dev-k", key, 2);
+  const dev = await join(b, "dev-k", key, 2);
   assert.equal(a.destroyed, true);
   assert.equal(a.ended, false);
   assert.ok(isZero(oldLink.keys_.up) && isZero(oldLink.keys_.down), "the replaced link's keys are wiped");
@@ -377,10 +388,10 @@ test("a newer join on another connection replaces the link: the old connection c
 
 // ---- closing --------------------------------------------------------------------------------------
 
-test("a linked connection closed by its peer: destroyed, keys wiped, reported down, logged as link-closed", (t) => {
-  const r = rig(t);
+test("a linked connection closed by its peer: destroyed, keys wiped, reported down, logged as link-closed", async (t) => {
+  const r = await rig(t);
   const s = r.connect();
-  join(s, "dev-l", provision(r, "dev-l"), 1);
+  await join(s, "dev-l", await provision(r, "dev-l"), 1);
   const link = (r.srv.links.get("dev-l")!.state as { link: Link }).link;
   s.emit("close");
   assert.equal(s.destroyed, true);
@@ -396,8 +407,8 @@ test("a linked connection closed by its peer: destroyed, keys wiped, reported do
   assert.equal(r.srv.sendTo("dev-l", { t: Msg.DeregisterOk, rid: 1 }), false);
 });
 
-test("an unjoined connection closed by its peer is summarised, and no link goes down", (t) => {
-  const r = rig(t);
+test("an unjoined connection closed by its peer is summarised, and no link goes down", async (t) => {
+  const r = await rig(t);
   const s = r.connect();
   s.emit("close");
   assert.equal(s.destroyed, true);
@@ -409,8 +420,8 @@ test("an unjoined connection closed by its peer is summarised, and no link goes 
   assert.deepEqual(r.srv.connectionCount, { all: 0, unjoined: 0 });
 });
 
-test("unjoined deadlines on the mock clock: the join deadline at its edge, the idle timer, neither once joined", (t) => {
-  const r = rig(t, { joinDeadlineMs: 300, unjoinedIdleMs: 200 });
+test("unjoined deadlines on the mock clock: the join deadline at its edge, the idle timer, neither once joined", async (t) => {
+  const r = await rig(t, { joinDeadlineMs: 300, unjoinedIdleMs: 200 });
   const slow = r.connect();
   assert.equal(slow.idleMs, 200);
   t.mock.timers.tick(299);
@@ -423,18 +434,18 @@ test("unjoined deadlines on the mock clock: the join deadline at its edge, the i
   assert.equal(quiet.destroyed, true);
   assert.equal(r.srv.stats.unjoinedTimedOut, 2);
   const s = r.connect();
-  join(s, "dev-m", provision(r, "dev-m"), 1);
+  await join(s, "dev-m", await provision(r, "dev-m"), 1);
   s.idle();
   t.mock.timers.tick(1000);
   assert.equal(s.destroyed, false);
   assert.equal(r.srv.stats.unjoinedTimedOut, 2);
 });
 
-test("disconnect ends a live link after what was written, destroys it 2 s later, and says whether there was one", (t) => {
-  const r = rig(t);
+test("disconnect ends a live link after what was written, destroys it 2 s later, and says whether there was one", async (t) => {
+  const r = await rig(t);
   assert.equal(r.srv.disconnect("nobody", "revoked"), false);
   const s = r.connect();
-  join(s, "dev-n", provision(r, "dev-n"), 1);
+  await join(s, "dev-n", await provision(r, "dev-n"), 1);
   assert.equal(r.srv.disconnect("dev-n", "device revoked"), true);
   assert.equal(s.ended, true);
   assert.equal(s.destroyed, false);
@@ -448,9 +459,9 @@ test("disconnect ends a live link after what was written, destroys it 2 s later,
 });
 
 test("the gateway stopping closes every connection with that reason", async (t) => {
-  const r = rig(t);
+  const r = await rig(t);
   const s = r.connect();
-  join(s, "dev-o", provision(r, "dev-o"), 1);
+  await join(s, "dev-o", await provision(r, "dev-o"), 1);
   const u = r.connect();
   await r.srv.close();
   assert.equal(s.destroyed && u.destroyed, true);
@@ -460,12 +471,12 @@ test("the gateway stopping closes every connection with that reason", async (t) 
 
 // ---- sending --------------------------------------------------------------------------------------
 
-test("sendTo and relayTo: false without a live link; with one, the message sealed, the SA payload framed byte for byte", (t) => {
-  const r = rig(t);
+test("sendTo and relayTo: false without a live link; with one, the message sealed, the SA payload framed byte for byte", async (t) => {
+  const r = await rig(t);
   assert.equal(r.srv.sendTo("nobody", { t: Msg.DeregisterOk, rid: 1 }), false);
   assert.equal(r.srv.relayTo("nobody", new Uint8Array([1])), false);
   const s = r.connect();
-  const dev = join(s, "dev-p", provision(r, "dev-p"), 1);
+  const dev = await join(s, "dev-p", await provision(r, "dev-p"), 1);
   assert.equal(r.srv.sendTo("dev-p", { t: Msg.DeregisterOk, rid: 2 }), true);
   assert.deepEqual(openMessage(crypto, gcbor, dev, s.messages().at(-1) as Parameters<typeof openMessage>[3]), { t: Msg.DeregisterOk, rid: 2 });
   const payload = gcbor.encode(encodeMessage({ t: Msg.SaData, spi: 3, seq: 9, sealed: new Uint8Array([4, 5]) }));
@@ -475,10 +486,10 @@ test("sendTo and relayTo: false without a live link; with one, the message seale
   assert.deepEqual(s.written.at(-1), frame(payload));
 });
 
-test("nothing is written on a closed connection, and nothing sealed on an unjoined one", (t) => {
-  const r = rig(t);
+test("nothing is written on a closed connection, and nothing sealed on an unjoined one", async (t) => {
+  const r = await rig(t);
   const s = r.connect();
-  join(s, "dev-q", provision(r, "dev-q"), 1);
+  await join(s, "dev-q", await provision(r, "dev-q"), 1);
   const conn = r.srv.links.get("dev-q")!;
   conn.close("test");
   const n = s.written.length;
@@ -494,10 +505,10 @@ test("nothing is written on a closed connection, and nothing sealed on an unjoin
   unjoined.close("test");
 });
 
-test("a link whose sequence space is spent is closed when something must be sent on it", (t) => {
-  const r = rig(t);
+test("a link whose sequence space is spent is closed when something must be sent on it", async (t) => {
+  const r = await rig(t);
   const s = r.connect();
-  join(s, "dev-r", provision(r, "dev-r"), 1);
+  await join(s, "dev-r", await provision(r, "dev-r"), 1);
   (r.srv.links.get("dev-r")!.state as { link: Link }).link.txSeq_ = MAX_SEQ;
   const n = s.written.length;
   assert.equal(r.srv.sendTo("dev-r", { t: Msg.DeregisterOk, rid: 1 }), true);
@@ -509,12 +520,12 @@ test("a link whose sequence space is spent is closed when something must be sent
 
 // ---- accepting ------------------------------------------------------------------------------------
 
-test("the per-source count follows each connection out, joined or not: the limit holds exactly", (t) => {
-  const r = rig(t, { maxUnjoinedPerSource: 2 });
-  const key = provision(r, "dev-s");
+test("the per-source count follows each connection out, joined or not: the limit holds exactly", async (t) => {
+  const r = await rig(t, { maxUnjoinedPerSource: 2 });
+  const key = await provision(r, "dev-s");
   const a = r.connect();
   const b = r.connect();
-  join(a, "dev-s", key, 1);
+  await join(a, "dev-s", key, 1);
   a.emit("close");
   const c = r.connect();
   assert.equal(c.destroyed, false, "b and c: two unjoined from this source");
@@ -529,8 +540,8 @@ test("the per-source count follows each connection out, joined or not: the limit
   assert.equal(r.srv.stats.connectionsRefused, 2);
 });
 
-test("sockets: no Nagle delay on accepted ones; a late error on an accepted or a refused one is absorbed", (t) => {
-  const r = rig(t, { maxUnjoinedPerSource: 1, exemptLoopback: false });
+test("sockets: no Nagle delay on accepted ones; a late error on an accepted or a refused one is absorbed", async (t) => {
+  const r = await rig(t, { maxUnjoinedPerSource: 1, exemptLoopback: false });
   const s = r.connect();
   assert.equal(s.noDelay, true);
   const refusedSock = r.connect();
@@ -541,7 +552,7 @@ test("sockets: no Nagle delay on accepted ones; a late error on an accepted or a
 });
 
 test("listening: false before listen and after close; a port in use makes listen reject", async (t) => {
-  const store = openStore(tempDir());
+  const store = await openStore(tempDir());
   t.after(() => store.close());
   const deps = { store, log: new Logger(() => {}), crypto, cbor: gcbor, now: () => 0, onInner: () => {}, onSaData: () => {}, onLink: () => {}, descriptorLimit: 1 << 20 };
   const a = new LinkServer(deps);

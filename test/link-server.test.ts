@@ -58,10 +58,10 @@ const isJoinReject = (payload: Uint8Array) => payload.length === 2 && payload[1]
 
 test("a join as another device on a linked connection closes it: the first device is unlinked at once, its sessions take the grace path, nothing more goes out", async () => {
   const t = await startGateway({ sessions: { graceMs: 100, answerTimeoutMs: 60_000 } });
-  t.gw.policy.setDefault("allow");
-  const x = await sessionHandset(t.gw, "dev-x", provision(t.gw, "dev-x"));
-  const z = await sessionHandset(t.gw, "dev-z", provision(t.gw, "dev-z"));
-  const keyY = provision(t.gw, "dev-y");
+  await t.gw.policy.setDefault("allow");
+  const x = await sessionHandset(t.gw, "dev-x", await provision(t.gw, "dev-x"));
+  const z = await sessionHandset(t.gw, "dev-z", await provision(t.gw, "dev-z"));
+  const keyY = await provision(t.gw, "dev-y");
   try {
     await until(() => x.h.status().registered && z.h.status().registered, "both registered");
     x.h.onRequest = () => true;
@@ -75,7 +75,7 @@ test("a join as another device on a linked connection closes it: the first devic
     await until(() => !t.gw.links.links.has("dev-x"), "dev-x no longer linked");
     await until(() => x.h.status().state === "down", "the connection closed");
     assert.equal(t.gw.links.links.has("dev-y"), false, "nor is dev-y linked on it");
-    assert.equal(t.gw.store.getDevice("dev-y")!.joinCounter, 0, "dev-y's join changed nothing");
+    assert.equal((await t.gw.store.getDevice("dev-y"))!.joinCounter, 0, "dev-y's join changed nothing");
     assert.match(closedReasons(t).at(-1)!, /a second identity on one connection/);
 
     // A call to dev-x fails at once with the "not linked" answer (NotFound), not after a timeout.
@@ -99,12 +99,12 @@ test("a join as another device on a linked connection closes it: the first devic
 
 test("a device joining again as itself on its own connection stays linked", async () => {
   const t = await startGateway();
-  const key = provision(t.gw, "dev-s");
+  const key = await provision(t.gw, "dev-s");
   const d = await nodeHandset(t.gw, "dev-s", key);
   try {
     await until(() => d.h.status().registered, "registration");
     d.socket.write(joinFrame("dev-s", key, 2));
-    await until(() => t.gw.store.getDevice("dev-s")!.joinCounter === 2, "the second join accepted");
+    await until(async () => (await t.gw.store.getDevice("dev-s"))!.joinCounter === 2, "the second join accepted");
     assert.equal(t.gw.links.links.get("dev-s")?.socket.remotePort, d.socket.localPort, "the same connection carries the link");
   } finally {
     d.close();
@@ -116,7 +116,7 @@ test("a device joining again as itself on its own connection stays linked", asyn
 
 test("a JoinRequest trickled a byte at a time is closed at the join deadline", async () => {
   const t = await startGateway({ limits: { joinDeadlineMs: 300, unjoinedIdleMs: 60_000 } });
-  const key = provision(t.gw, "dev-tr");
+  const key = await provision(t.gw, "dev-tr");
   const p = await peer(t);
   const bytes = joinFrame("dev-tr", key, 1);
   let i = 0;
@@ -127,7 +127,7 @@ test("a JoinRequest trickled a byte at a time is closed at the join deadline", a
     assert.ok(i < bytes.length, "closed before the request was complete");
     assert.match(closedReasons(t).at(-1)!, /not joined within 300 ms/);
     assert.equal(t.gw.links.stats.unjoinedTimedOut, 1);
-    assert.equal(t.gw.store.getDevice("dev-tr")!.joinCounter, 0);
+    assert.equal((await t.gw.store.getDevice("dev-tr"))!.joinCounter, 0);
   } finally {
     clearInterval(trickle);
     p.socket.destroy();
@@ -137,7 +137,7 @@ test("a JoinRequest trickled a byte at a time is closed at the join deadline", a
 
 test("an unjoined connection that sends nothing is closed; a joined one is not", async () => {
   const t = await startGateway({ limits: { unjoinedIdleMs: 200 } });
-  const d = await nodeHandset(t.gw, "dev-i", provision(t.gw, "dev-i"));
+  const d = await nodeHandset(t.gw, "dev-i", await provision(t.gw, "dev-i"));
   try {
     await until(() => d.h.status().registered, "registration");
     const p = await peer(t);
@@ -158,8 +158,8 @@ test("unjoined connections per source are capped; another source, and joined con
   // The loopback addresses stand for remote hosts here: the exemption for this machine is off.
   const t = await startGateway({ limits: { maxUnjoinedPerSource: 2, exemptLoopback: false } });
   const peers: Peer[] = [];
-  const d1 = await nodeHandset(t.gw, "dev-1", provision(t.gw, "dev-1"));
-  const key2 = provision(t.gw, "dev-2");
+  const d1 = await nodeHandset(t.gw, "dev-1", await provision(t.gw, "dev-1"));
+  const key2 = await provision(t.gw, "dev-2");
   try {
     await until(() => d1.h.status().registered, "dev-1 registered (from 127.0.0.1)");
     for (let i = 0; i < 3; i++) peers.push(await peer(t, "127.0.0.2"));
@@ -174,7 +174,7 @@ test("unjoined connections per source are capped; another source, and joined con
     d2.close();
     await until(() => !t.gw.links.links.has("dev-2"), "dev-2's connection gone");
     // From 127.0.0.2, a join on one of the two held connections frees a slot for a new one.
-    const key3 = provision(t.gw, "dev-3");
+    const key3 = await provision(t.gw, "dev-3");
     peers[0].socket.write(joinFrame("dev-3", key3, 1));
     await until(() => t.gw.links.links.has("dev-3"), "dev-3 joined from 127.0.0.2");
     const again = await peer(t, "127.0.0.2");
@@ -191,20 +191,20 @@ test("unjoined connections per source are capped; another source, and joined con
 test("a full unjoined pool closes its oldest connection to make room; only when every connection has joined is a newcomer refused", async () => {
   const t = await startGateway({ limits: { maxConnections: 3, maxUnjoined: 1 } });
   const peers: Peer[] = [];
-  const d = await nodeHandset(t.gw, "dev-c", provision(t.gw, "dev-c"));
+  const d = await nodeHandset(t.gw, "dev-c", await provision(t.gw, "dev-c"));
   try {
     await until(() => d.h.status().registered, "registration");
     peers.push(await peer(t, "127.0.0.2"), await peer(t, "127.0.0.3"));
     await until(() => peers[0].closed, "the older unjoined connection evicted");
     assert.match(closedReasons(t).at(-1)!, /evicted, the oldest unjoined connection/);
     // The newcomer, a device, joins on the room it was given.
-    peers[1].socket.write(joinFrame("dev-c2", provision(t.gw, "dev-c2"), 1));
+    peers[1].socket.write(joinFrame("dev-c2", await provision(t.gw, "dev-c2"), 1));
     await until(() => t.gw.links.links.has("dev-c2"), "the newcomer joined");
     // Two joined, and the gateway holds three: a third and a fourth connection, the fourth evicting
     // the third, then joining; then the gateway is full of joined connections.
     peers.push(await peer(t, "127.0.0.4"), await peer(t, "127.0.0.5"));
     await until(() => peers[2].closed, "the third evicted by the fourth");
-    peers[3].socket.write(joinFrame("dev-c3", provision(t.gw, "dev-c3"), 1));
+    peers[3].socket.write(joinFrame("dev-c3", await provision(t.gw, "dev-c3"), 1));
     await until(() => t.gw.links.links.has("dev-c3"), "the fourth joined");
     peers.push(await peer(t, "127.0.0.6"));
     await until(() => peers[4].closed, "a newcomer refused: every connection has joined");
@@ -276,7 +276,7 @@ test("a length no JoinRequest can have is dropped before any CRC, on an unjoined
 test("failed joins for one id back a source off; the real device from its own address still joins at once", async () => {
   let ms = 1_000_000;
   const t = await startGateway({ limits: { joinFailuresBeforeBackoff: 2, joinBackoffBaseMs: 1000, joinBackoffMaxMs: 8000 }, nowMs: () => ms });
-  const key = provision(t.gw, "dev-v");
+  const key = await provision(t.gw, "dev-v");
   const wrong = new Uint8Array(16).fill(9);
   const counter = { value: 0 };
   const peers: Peer[] = [];
@@ -292,7 +292,7 @@ test("failed joins for one id back a source off; the real device from its own ad
     await until(() => attacker.closed, "the backing-off source's connection closed");
     assert.equal(t.gw.links.stats.joinsThrottled, 1);
     assert.ok(isJoinReject(attacker.received.at(-1)!), "answered with the same bare JoinReject");
-    assert.equal(t.gw.store.getDevice("dev-v")!.joinCounter, 0, "nothing checked, nothing stored");
+    assert.equal((await t.gw.store.getDevice("dev-v"))!.joinCounter, 0, "nothing checked, nothing stored");
     assert.equal(t.events("join-rejected").length, 2, "a refusal in backoff is counted, not logged");
 
     // The real device, from 127.0.0.1, is not held to the attacker's backoff.
@@ -305,7 +305,7 @@ test("failed joins for one id back a source off; the real device from its own ad
     const later = await peer(t, "127.0.0.2");
     peers.push(later);
     later.socket.write(joinFrame("dev-v", key, 10));
-    await until(() => t.gw.store.getDevice("dev-v")!.joinCounter === 10, "a join after the backoff accepted");
+    await until(async () => (await t.gw.store.getDevice("dev-v"))!.joinCounter === 10, "a join after the backoff accepted");
   } finally {
     for (const p of peers) p.socket.destroy();
     await stopGateway(t);
@@ -347,8 +347,8 @@ test("closes of unjoined connections and refusals are logged one record a second
   }
 });
 
-test("the connection limit is held under the process's descriptor limit, and the log says so", () => {
-  const store = openStore(tempDir("kp-fds-"));
+test("the connection limit is held under the process's descriptor limit, and the log says so", async () => {
+  const store = await openStore(tempDir("kp-fds-"));
   const lines: string[] = [];
   const deps = {
     store, log: new Logger((l) => lines.push(l)), crypto, cbor: gcbor, now: () => 0,
@@ -366,13 +366,13 @@ test("the connection limit is held under the process's descriptor limit, and the
     assert.equal(roomy.limits.maxConnections, DEFAULT_LINK_LIMITS.maxConnections);
     assert.equal(lines.length, 1);
   } finally {
-    store.close();
+    await store.close();
   }
 });
 
 // ---- the flags ------------------------------------------------------------------------------------
 
-test("the gateway's limit flags: seconds and counts, defaults when absent, a sentence when wrong", () => {
+test("the gateway's limit flags: seconds and counts, defaults when absent, a sentence when wrong", async () => {
   assert.deepEqual(linkLimitsFromFlags({}), {});
   assert.deepEqual(linkLimitsFromFlags({ "limit-loopback": true }), { exemptLoopback: false });
   assert.deepEqual(
@@ -383,7 +383,7 @@ test("the gateway's limit flags: seconds and counts, defaults when absent, a sen
   assert.throws(() => linkLimitsFromFlags({ "join-deadline": "soon" }), /--join-deadline wants a positive whole number/);
 });
 
-test("sources: IPv4 as it is, IPv4-mapped IPv6 as IPv4, IPv6 by its /64", () => {
+test("sources: IPv4 as it is, IPv4-mapped IPv6 as IPv4, IPv6 by its /64", async () => {
   assert.equal(sourceKey("10.1.2.3"), "10.1.2.3");
   assert.equal(sourceKey("::ffff:10.1.2.3"), "10.1.2.3");
   assert.equal(sourceKey("2001:db8:0:1:aaaa::1"), "2001:db8:0:1::/64");

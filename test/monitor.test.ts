@@ -81,7 +81,7 @@ function freePort(): Promise<number> {
 
 // ---- topics and the outbox ------------------------------------------------------------------------
 
-test("topic levels: wildcards, separators and control characters are escaped, one-to-one", () => {
+test("topic levels: wildcards, separators and control characters are escaped, one-to-one", async () => {
   assert.equal(escapeTopicLevel("gateway.local"), "gateway.local");
   assert.equal(escapeTopicLevel("a/b+c#d%e\u0000"), "a%2Fb%2Bc%23d%25e%00");
   assert.equal(topics.deviceState("lab/+", "sim#1"), "keyproxy/v1/lab%2F%2B/devices/sim%231/state");
@@ -97,7 +97,7 @@ test("topic levels: wildcards, separators and control characters are escaped, on
   }), { numRuns: 500 });
 });
 
-test("the outbox is bounded: events are dropped and counted, retained states coalesce and survive", () => {
+test("the outbox is bounded: events are dropped and counted, retained states coalesce and survive", async () => {
   let connected = false;
   const sent: string[] = [];
   const box = new Outbox(5, (m, done) => { sent.push(`${m.topic}=${m.payload}`); done(); }, () => connected);
@@ -153,7 +153,7 @@ test("the embedded broker's address taken: an error that says so, or (the CLI de
   }
 });
 
-test("the monitor's view: built from messages alone, robust to junk on the broker", () => {
+test("the monitor's view: built from messages alone, robust to junk on the broker", async () => {
   const v = new FleetView(2);
   const status: GatewayStatus = { state: "online", since: "2030-01-01T00:00:00.000Z", version: "0.1.0", listen: "127.0.0.1:7447", run: "r" };
   const dev: DeviceState = { device: "d/1", board: "puckjs", online: true, registered: true, registeredUntil: new Date(Date.now() + 200_500).toISOString(), revoked: false, joinCounter: 3, lastJoin: null, joinRejects: 0, framesDropped: 1, firmware: "0.1.0-3ca9ccef", memoryUsed: 943, memoryTotal: 2630 };
@@ -211,9 +211,9 @@ async function endToEnd(url: string): Promise<void> {
     const first = json<GatewayStatus>(r.get(statusTopic));
     assert.equal(first.state, "online");
     assert.equal(first.listen, `127.0.0.1:${gw.port}`);
-    const store = openStore(dataDir);
-    const regs = ["sim-1", "sim-2"].map((d) => store.getRegistration(d)!);
-    store.close();
+    const store = await openStore(dataDir);
+    const regs = [(await store.getRegistration("sim-1"))!, (await store.getRegistration("sim-2"))!];
+    await store.close();
     for (const [i, d] of ["sim-1", "sim-2"].entries()) {
       const s = stateOf(r, d);
       assert.deepEqual({ online: s.online, registered: s.registered, board: s.board, joinCounter: s.joinCounter }, { online: true, registered: true, board: "puckjs", joinCounter: 1 });
@@ -284,14 +284,14 @@ async function endToEnd(url: string): Promise<void> {
 
     // No key material anywhere: root keys, identity seeds, the gateway's signing seed.
     const secrets = new Map<string, Uint8Array>();
-    const s2 = openStore(dataDir);
+    const s2 = await openStore(dataDir);
     for (const d of ["sim-1", "sim-2"]) {
-      const row = s2.getDevice(d)!;
+      const row = (await s2.getDevice(d))!;
       secrets.set(`${d} root key`, row.rootKey);
       assert.ok(row.identitySeed, `${d} has an identity`);
       secrets.set(`${d} identity seed`, row.identitySeed!);
     }
-    s2.close();
+    await s2.close();
     secrets.set("gateway signing seed", loadOrCreateGatewayKey(dataDir).key.seed);
     const logLines = procs.flatMap((p) => p.lines);
     assert.ok(logLines.some((l) => l.includes('"event":"registered"')) && logLines.some((l) => l.includes('"event":"gateway-stopped"')), "both runs' logs are scanned");

@@ -33,7 +33,7 @@ import { FrameDecoder } from "../firmware/proto/frame.ts";
 import { frameNonce, DIR_DOWN, DIR_UP } from "../firmware/proto/keys.ts";
 import { encodeMessage, Msg } from "../firmware/proto/messages.ts";
 import { AesLedger, ccmCounterBlocks, describeReuse, type Reuse } from "./support/aes-ledger.ts";
-import { startGateway, tempDir, until, type TestGateway } from "./support/harness.ts";
+import { startGateway, tempDir, until, type TestGateway, testDatabaseOf } from "./support/harness.ts";
 
 /** The Storage file the firmware keeps its join counter in (firmware/platform/espruino.ts). */
 const COUNTER_FILE = "kp.ctr";
@@ -87,7 +87,7 @@ interface Rig {
   reboot(): void;
   /** The device's kp.ctr as a number (0 when absent). */
   deviceCounter(): number;
-  gatewayCounter(): number;
+  gatewayCounter(): Promise<number>;
   close(): Promise<void>;
 }
 
@@ -120,7 +120,7 @@ async function startRig(board: BoardId, opts: { stuckRandom?: boolean } = {}): P
   const id = `nonce-${board}`;
   const storageDir = tempDir("kp-nonce-dev-");
   const dev = new EmulatedDevice({ board, storageDir, gateway: t.gw.address, name: id });
-  provisionEmulated(dev, t.dataDir, id, board, t.gw.address, 3600);
+  await provisionEmulated(dev, t.dataDir, id, board, t.gw.address, 3600, await testDatabaseOf(t.dataDir));
   dev.storage.write(".bootcde", bundles.get(board)!);
   // A stuck hardware RNG, the way Espruino would run it: a boot file that runs before the firmware.
   if (opts.stuckRandom) dev.storage.write(".boot0", "E.hwRand = function () { return 0x5a5a5a5a; };");
@@ -148,7 +148,7 @@ async function startRig(board: BoardId, opts: { stuckRandom?: boolean } = {}): P
       const b = dev.storage.read(COUNTER_FILE);
       return b ? Number(Buffer.from(b).toString("latin1")) : 0;
     },
-    gatewayCounter: () => t.gw.store.getDevice(id)!.joinCounter,
+    gatewayCounter: async () => (await t.gw.store.getDeviceInfo(id))!.joinCounter,
     close: async () => {
       dev.powerOff();
       await Promise.all(pending);
@@ -263,8 +263,8 @@ async function rebootsThenRegister(board: BoardId, points: RebootPoint[]): Promi
       "the device opened the RegisterOk with the counter blocks the gateway sealed it with",
     );
     assert.equal(rig.dev.eval("KP.status().registered"), true, "the device ends registered");
-    assert.ok(rig.t.gw.store.getRegistration(rig.id), "the gateway holds the registration");
-    assert.equal(rig.gatewayCounter(), rig.deviceCounter(), "the gateway's join counter equals the device's kp.ctr");
+    assert.ok((await rig.t.gw.store.getRegistration(rig.id)), "the gateway holds the registration");
+    assert.equal(await rig.gatewayCounter(), rig.deviceCounter(), "the gateway's join counter equals the device's kp.ctr");
     const ctrs = rig.joins.map((j) => j.ctr);
     assert.ok(ctrs.every((c, i) => i === 0 || c > ctrs[i - 1]), `every join attempt used a higher counter: ${ctrs.join(", ")}`);
     assert.deepEqual(rig.uncaught, []);
@@ -305,14 +305,14 @@ async function twoJoins(opts: { stuckRandom: boolean; rollBackCounter: boolean }
   const rig = await startRig("emulator", { stuckRandom: opts.stuckRandom });
   try {
     const deviceBefore = rig.dev.storage.read(COUNTER_FILE);
-    const gatewayBefore = rig.gatewayCounter();
+    const gatewayBefore = await rig.gatewayCounter();
     await rig.boot();
     await registeredNow(rig);
     rig.dev.powerOff();
     if (opts.rollBackCounter) {
       if (deviceBefore) rig.dev.storage.write(COUNTER_FILE, deviceBefore);
       else rig.dev.storage.erase(COUNTER_FILE);
-      rig.t.gw.store.db.prepare("UPDATE devices SET join_counter = ? WHERE id = ?").run(gatewayBefore, rig.id);
+      await rig.t.gw.store.query("UPDATE devices SET join_counter = ? WHERE id = ?", [gatewayBefore, rig.id]);
     }
     await rig.boot();
     await registeredNow(rig);
@@ -371,7 +371,7 @@ const registerRequest = gcbor.encode(encodeMessage({ t: Msg.RegisterRequest, rid
 const registerOk = gcbor.encode(encodeMessage({ t: Msg.RegisterOk, rid: 1, granted: 60, certId: new Uint8Array(16), cert: new Uint8Array(40) }));
 
 describe("the ledger", () => {
-  test("records one message and the CCM counter blocks A0..An of each device seal, as RFC 3610 lays them out", () => {
+  test("records one message and the CCM counter blocks A0..An of each device seal, as RFC 3610 lays them out", async () => {
     const ledger = new AesLedger();
     const c = observedDeviceCrypto(ledger);
     const key = new Uint8Array(randomBytes(16));
@@ -384,7 +384,7 @@ describe("the ledger", () => {
     assert.deepEqual(ledger.reuses(), []);
   });
 
-  test("a device opening what the gateway sealed is one use each, not a reuse; a second seal is", () => {
+  test("a device opening what the gateway sealed is one use each, not a reuse; a second seal is", async () => {
     const ledger = new AesLedger();
     const c = observedDeviceCrypto(ledger);
     const key = new Uint8Array(randomBytes(16));
@@ -404,7 +404,7 @@ describe("the ledger", () => {
     assert.equal(found.filter((r) => r.kind === "counter block").length, 1 + Math.ceil(registerOk.length / 16));
   });
 
-  test("the device and the gateway sealing under one (key, nonce) is reported, without key material", () => {
+  test("the device and the gateway sealing under one (key, nonce) is reported, without key material", async () => {
     const ledger = new AesLedger();
     const c = observedDeviceCrypto(ledger);
     const key = new Uint8Array(randomBytes(16));
@@ -420,7 +420,7 @@ describe("the ledger", () => {
     assert.ok(!line.includes(toHex(key)), "the report names the key, never shows it");
   });
 
-  test("AES calls that are not CCM's CBC-MAC and keystream are listed, not silently ignored", () => {
+  test("AES calls that are not CCM's CBC-MAC and keystream are listed, not silently ignored", async () => {
     const ledger = new AesLedger();
     const { cryptoModule } = createEspruinoCrypto({ aesEcbCbc: true, aesCcm: false, observe: (o) => ledger.observeDevice(o) });
     cryptoModule.AES.encrypt(new Uint8Array(16), new Uint8Array(16), { mode: "CBC", iv: new Uint8Array(16).fill(1) });

@@ -28,18 +28,18 @@ function rawRows(file: string): Buffer[] {
   }
 }
 
-test("root keys and identity seeds are sealed in the rows: none readable without the key-encryption key, which is its own owner-only file", () => {
+test("root keys and identity seeds are sealed in the rows: none readable without the key-encryption key, which is its own owner-only file", async () => {
   const dir = tempDir("kp-kek-");
   const file = join(dir, "keyproxy.db");
-  const store = new Store(file);
+  const store = await Store.open(file);
   const [k1, k2, s1] = [key(), key(), seed()];
-  store.addDevice("dev-1", k1, "puckjs", 0);
-  store.addDevice("dev-2", k2, "puckjs", 0);
-  store.setIdentity("dev-1", s1, new Uint8Array(32).fill(7));
-  assert.deepEqual(store.getDevice("dev-1")!.rootKey, k1);
-  assert.deepEqual(store.getDevice("dev-1")!.identitySeed, s1);
-  assert.deepEqual(store.getDevice("dev-2")!.rootKey, k2);
-  store.close();
+  await store.addDevice("dev-1", k1, "puckjs", 0);
+  await store.addDevice("dev-2", k2, "puckjs", 0);
+  await store.setIdentity("dev-1", s1, new Uint8Array(32).fill(7));
+  assert.deepEqual((await store.getDevice("dev-1"))!.rootKey, k1);
+  assert.deepEqual((await store.getDevice("dev-1"))!.identitySeed, s1);
+  assert.deepEqual((await store.getDevice("dev-2"))!.rootKey, k2);
+  await store.close();
 
   const rows = rawRows(file);
   for (const secret of [k1, k2, s1]) {
@@ -51,14 +51,14 @@ test("root keys and identity seeds are sealed in the rows: none readable without
   assert.equal(statSync(kek).mode & 0o777, 0o600, "the KEK file is owner-only");
 });
 
-test("without its key-encryption key, or with another one, a registry says so and changes nothing; a row moved to another device does not open", () => {
+test("without its key-encryption key, or with another one, a registry says so and changes nothing; a row moved to another device does not open", async () => {
   const dir = tempDir("kp-kek-lost-");
   const file = join(dir, "keyproxy.db");
   const k = key();
-  const s = new Store(file);
-  s.addDevice("dev-1", k, "puckjs", 0);
-  s.addDevice("dev-2", key(), "puckjs", 0);
-  s.close();
+  const s = await Store.open(file);
+  await s.addDevice("dev-1", k, "puckjs", 0);
+  await s.addDevice("dev-2", key(), "puckjs", 0);
+  await s.close();
   const kek = join(dir, KEK_FILE);
   const saved = join(tempDir("kp-kek-saved-"), "kek");
   copyFileSync(kek, saved);
@@ -66,24 +66,24 @@ test("without its key-encryption key, or with another one, a registry says so an
   // Missing: a read-only open says which file and how to fix it when a key is read, and one opened
   // to write (a gateway starting) says so at once; neither makes a new KEK.
   rmSync(kek);
-  const ro = new Store(file, { create: false });
-  assert.throws(() => ro.getDevice("dev-1"), (e: Error) => e instanceof KekError && e.message.includes(kek) && /missing: restore it/.test(e.message));
-  ro.close();
-  assert.throws(() => new Store(file), (e: Error) => e instanceof KekError && /missing: restore it/.test(e.message));
+  const ro = await Store.open(file, { create: false });
+  await assert.rejects(async () => (await ro.getDevice("dev-1")), (e: Error) => e instanceof KekError && e.message.includes(kek) && /missing: restore it/.test(e.message));
+  await ro.close();
+  await assert.rejects(async () => await Store.open(file), (e: Error) => e instanceof KekError && /missing: restore it/.test(e.message));
   assert.equal(existsSync(kek), false, "no new KEK was made for a registry that holds sealed keys");
 
   // Another KEK (as a new registry would make) is refused when the registry is opened, before any
   // device's join could meet it; the message names the file and no secret.
   const otherKek = join(tempDir("kp-kek-other-"), "kek");
   loadOrCreateKek(otherKek, true);
-  assert.throws(() => new Store(file, { kekFile: otherKek }), (e: Error) => e instanceof KekError && e.message.includes(otherKek) && /is not the one this registry's keys were sealed with/.test(e.message) && !e.message.includes(Buffer.from(k).toString("hex")));
+  await assert.rejects(async () => await Store.open(file, { kekFile: otherKek }), (e: Error) => e instanceof KekError && e.message.includes(otherKek) && /is not the one this registry's keys were sealed with/.test(e.message) && !e.message.includes(Buffer.from(k).toString("hex")));
 
   // The right one, from elsewhere: opens. A root key copied into another device's row does not.
-  const back = new Store(file, { kekFile: saved });
-  assert.deepEqual(back.getDevice("dev-1")!.rootKey, k);
-  back.db.prepare("UPDATE devices SET root_key = (SELECT root_key FROM devices WHERE id = 'dev-1') WHERE id = 'dev-2'").run();
-  assert.throws(() => back.getDevice("dev-2"), (e: Error) => e instanceof KekError && /does not open under this key-encryption key/.test(e.message));
-  back.close();
+  const back = await Store.open(file, { kekFile: saved });
+  assert.deepEqual((await back.getDevice("dev-1"))!.rootKey, k);
+  await back.query("UPDATE devices SET root_key = (SELECT root_key FROM devices WHERE id = 'dev-1') WHERE id = 'dev-2'");
+  await assert.rejects(async () => (await back.getDevice("dev-2")), (e: Error) => e instanceof KekError && /does not open under this key-encryption key/.test(e.message));
+  await back.close();
 });
 
 test("a join for a device whose row the registry cannot open is refused and logged; the gateway keeps serving the others, and monitoring, which needs no key, still shows it", async () => {
@@ -95,9 +95,9 @@ test("a join for a device whose row the registry cannot open is refused and logg
   await watcher.subscribeAsync("keyproxy/#", { qos: 1 });
   try {
     const [k1, k2] = [key(), key()];
-    t.gw.store.addDevice("dev-1", k1, "puckjs", 0);
-    t.gw.store.addDevice("dev-2", k2, "puckjs", 0);
-    t.gw.store.db.prepare("UPDATE devices SET root_key = (SELECT root_key FROM devices WHERE id = 'dev-1') WHERE id = 'dev-2'").run();
+    await t.gw.store.addDevice("dev-1", k1, "puckjs", 0);
+    await t.gw.store.addDevice("dev-2", k2, "puckjs", 0);
+    await t.gw.store.query("UPDATE devices SET root_key = (SELECT root_key FROM devices WHERE id = 'dev-1') WHERE id = 'dev-2'");
     const bad = await nodeHandset(t.gw, "dev-2", k2);
     await until(() => t.events("join-rejected").some((e) => e.device === "dev-2"), "dev-2's join refused");
     assert.equal(t.events("registry-error")[0].device, "dev-2");
@@ -114,10 +114,10 @@ test("a join for a device whose row the registry cannot open is refused and logg
   }
 });
 
-test("a registry whose keys an older gateway stored in the clear is sealed when it is next opened to write; opened only to read, it still reads", () => {
+test("a registry whose keys an older gateway stored in the clear is sealed when it is next opened to write; opened only to read, it still reads", async () => {
   const dir = tempDir("kp-kek-old-");
   const file = join(dir, "keyproxy.db");
-  new Store(file).close(); // the schema
+  await (await Store.open(file)).close(); // the schema
   // As an older gateway left it: no KEK, nothing sealed, and nothing in meta about a KEK.
   rmSync(join(dir, KEK_FILE));
   const meta = new Database(file);
@@ -129,15 +129,15 @@ test("a registry whose keys an older gateway stored in the clear is sealed when 
   db.prepare("INSERT INTO devices (id, root_key, board, created_at, identity_seed) VALUES ('old-1', ?, 'puckjs', 0, ?)").run(Buffer.from(k), Buffer.from(s));
   db.close();
 
-  const ro = new Store(file, { create: false });
-  assert.deepEqual(ro.getDevice("old-1")!.rootKey, k, "read as it is");
-  ro.close();
+  const ro = await Store.open(file, { create: false });
+  assert.deepEqual((await ro.getDevice("old-1"))!.rootKey, k, "read as it is");
+  await ro.close();
   assert.ok(rawRows(file).some((r) => r.equals(Buffer.from(k))), "a read changes nothing");
 
-  const rw = new Store(file);
-  assert.deepEqual(rw.getDevice("old-1")!.rootKey, k);
-  assert.deepEqual(rw.getDevice("old-1")!.identitySeed, s);
-  rw.close();
+  const rw = await Store.open(file);
+  assert.deepEqual((await rw.getDevice("old-1"))!.rootKey, k);
+  assert.deepEqual((await rw.getDevice("old-1"))!.identitySeed, s);
+  await rw.close();
   const rows = rawRows(file);
   assert.ok(!rows.some((r) => r.includes(Buffer.from(k)) || r.includes(Buffer.from(s))), "sealed in place");
 });

@@ -13,7 +13,7 @@ import { buildFirmware } from "../flash/build.ts";
 import { Msg } from "../firmware/proto/messages.ts";
 import * as gcbor from "../gateway/encoding/cbor.ts";
 import { nodeCrypto } from "../gateway/crypto/symmetric.ts";
-import { startGateway, tempDir, until } from "./support/harness.ts";
+import { startGateway, tempDir, until, testDatabaseOf } from "./support/harness.ts";
 import { stopGateway } from "./support/session-rig.ts";
 
 const BOARD = "puckjs";
@@ -61,7 +61,7 @@ test(`${BOARD}: an SA past 80% of its lifetime on the device's clock is rekeyed 
   await t.gw.policy.setDefault("allow");
   const make = async (id: string) => {
     const dev = new EmulatedDevice({ board: BOARD, storageDir: `${storage}/${id}`, gateway: t.gw.address, name: id });
-    await provisionEmulated(dev, t.dataDir, id, BOARD, t.gw.address, 3600);
+    await provisionEmulated(dev, t.dataDir, id, BOARD, t.gw.address, 3600, await testDatabaseOf(t.dataDir));
     dev.storage.write(".boot0", CLOCK_SHIM);
     dev.storage.write(".bootcde", built.code);
     return dev;

@@ -49,7 +49,7 @@ describe("serial protocol pieces", () => {
     }
   });
 
-  test("jsByteString is a JavaScript literal of exactly those bytes, with no control byte on the wire", () => {
+  test("jsByteString is a JavaScript literal of exactly those bytes, with no control byte on the wire", async () => {
     fc.assert(fc.property(fc.uint8Array({ maxLength: 600 }), (bytes) => {
       const lit = jsByteString(bytes);
       if (/[\x00-\x1f\x7f-\xff]/.test(lit)) return false;
@@ -118,12 +118,12 @@ describe("flash and provision through a pty", () => {
         await assert.rejects(provisionDevice({ port: h.port, noble: h.noble, board: "emulator", id: "pty-1", gateway: gw, dataDir: t.dataDir }), (e: Error) =>
           e instanceof ProvisionError && e.state === "unchanged" && /BLE sniffer.*--key-over-ble.*nothing was changed/.test(e.message));
         assert.equal(h.dev.storage.read("kp.cfg"), undefined);
-        assert.equal(t.gw.store.getDevice("pty-1"), undefined);
+        assert.equal((await t.gw.store.getDevice("pty-1")), undefined);
       }
       const p = await provisionDevice({ port: h.port, noble: h.noble, keyOverBle: true, board: "emulator", id: "pty-1", gateway: gw, dataDir: t.dataDir, lifetime: 600 });
       assert.deepEqual(p, { id: "pty-1", board: "emulator", replaced: false, recovered: undefined });
       const cfg = JSON.parse(text(h.dev.storage.read("kp.cfg"))!);
-      const row = t.gw.store.getDevice("pty-1")!;
+      const row = (await t.gw.store.getDevice("pty-1"))!;
       assert.equal(cfg.key, Buffer.from(row.rootKey).toString("hex"));
       assert.equal(cfg.gw, gw);
       assert.ok(!h.output.join("").includes(cfg.key), "the key never comes back across the line");
@@ -147,7 +147,7 @@ describe("flash and provision through a pty", () => {
       };
       await until(registered, "registered", 15000);
       assert.equal(t.events("joined")[0].device, "pty-1");
-      assert.ok(t.gw.store.getRegistration("pty-1"));
+      assert.ok((await t.gw.store.getRegistration("pty-1")));
 
       // The id is taken now: a second provisioning needs --replace, and changes nothing without it.
       await assert.rejects(provisionDevice({ port: h.port, noble: h.noble, keyOverBle: true, board: "emulator", id: "pty-1", gateway: gw, dataDir: t.dataDir }), (e: Error) =>
@@ -224,12 +224,12 @@ describe("flash and provision through a pty", () => {
         if (withOld) {
           h.dev.storage.write("kp.cfg", oldCfg);
           h.dev.storage.write("kp.ctr", "41");
-          const s = openStore(dataDir);
-          s.addDevice(id, Buffer.from("00112233445566778899aabbccddeeff", "hex"), "emulator", 1);
-          s.advanceJoinCounter(id, 41);
-          s.close();
+          const s = await openStore(dataDir);
+          await s.addDevice(id, Buffer.from("00112233445566778899aabbccddeeff", "hex"), "emulator", 1);
+          await s.advanceJoinCounter(id, 41);
+          await s.close();
         }
-        const registryBefore = registrySnapshot(dataDir, id);
+        const registryBefore = await registrySnapshot(dataDir, id);
         let lock: Database.Database | undefined;
         const onWrite = ({ name }: { name: string }) => { if (name === "kp.cfg") h.cut(); };
         if (cut.how === "line-after-switch") h.dev.on("storage-write", onWrite);
@@ -261,7 +261,7 @@ describe("flash and provision through a pty", () => {
         assert.ok(err instanceof ProvisionError, `provisioning fails with a ProvisionError, got ${err}`);
         assert.ok(!(err as Error).message.match(/[0-9a-f]{32}/), "no key in the message");
         const committed = cut.at === "commit" || cut.at === "cleanup";
-        if (!committed) assert.deepEqual(registrySnapshot(dataDir, id), registryBefore, "the registry is as it was");
+        if (!committed) assert.deepEqual(await registrySnapshot(dataDir, id), registryBefore, "the registry is as it was");
 
         if (err.state === "needs-recovery") {
           // The line was cut: reconnect the device (a new pty, or back in range) and settle it, as the
@@ -280,13 +280,15 @@ describe("flash and provision through a pty", () => {
           for (const f of [CONFIG_NEW, CONFIG_OLD, JOURNAL_FILE]) assert.equal(h.dev.storage.read(f), undefined, `${f} is gone`);
           assert.equal(text(h.dev.storage.read("kp.ctr")), withOld ? "41" : undefined);
           const cfg = text(h.dev.storage.read("kp.cfg"));
-          const row = openStore(dataDir).getDevice(id);
+          const reader = await openStore(dataDir);
+          const row = await reader.getDevice(id);
+          await reader.close();
           if (committed) {
             assert.equal(JSON.parse(cfg!).key, Buffer.from(row!.rootKey).toString("hex"), "rolled forward: both have the new key");
             assert.notEqual(JSON.parse(cfg!).key, "00112233445566778899aabbccddeeff");
           } else {
             assert.equal(cfg, withOld ? oldCfg : undefined, "the device has its old kp.cfg, or none");
-            assert.deepEqual(registrySnapshot(dataDir, id), registryBefore, "the registry has its old entry, or none");
+            assert.deepEqual(await registrySnapshot(dataDir, id), registryBefore, "the registry has its old entry, or none");
           }
         } finally {
           await h.stop();
@@ -331,17 +333,17 @@ describe("the CLI", () => {
       const stray = await run(["provision", "--port", h.pty.path, "--board", "emulator", "--id", "cli-2", "--data-dir", dataDir, "--key-over-ble"]);
       assert.equal(stray.code, 2, stray.stderr);
       // Provisioning over Bluetooth without consent to the key crossing the air: refused, nothing changed.
-      const before = registrySnapshot(dataDir, "ble-1");
+      const before = await registrySnapshot(dataDir, "ble-1");
       const refused = await run(["provision", "--port", "ble:kp-ble-1", "--id", "ble-1", "--data-dir", dataDir]);
       assert.equal(refused.code, 1, refused.stderr);
       assert.match(refused.stderr, /BLE sniffer.*--key-over-ble/);
-      assert.equal(registrySnapshot(dataDir, "ble-1"), before);
+      assert.equal(await registrySnapshot(dataDir, "ble-1"), before);
       // With consent, on this machine (no Bluetooth adapter, or the optional library missing): a clear
       // error naming the fix, exit 1, nothing changed.
       const noAdapter = await run(["provision", "--port", "ble:kp-ble-1", "--id", "ble-1", "--data-dir", dataDir, "--key-over-ble"]);
       assert.equal(noAdapter.code, 1, noAdapter.stderr);
       assert.match(noAdapter.stderr, /cannot use Bluetooth for ble:kp-ble-1: .*(adapter|optional package)/);
-      assert.equal(registrySnapshot(dataDir, "ble-1"), before);
+      assert.equal(await registrySnapshot(dataDir, "ble-1"), before);
     } finally {
       await h.stop();
     }
@@ -349,12 +351,12 @@ describe("the CLI", () => {
 });
 
 /** The device's row and registration, as comparable text. */
-function registrySnapshot(dataDir: string, id: string): string {
-  const s = openStore(dataDir);
+async function registrySnapshot(dataDir: string, id: string): Promise<string> {
+  const s = await openStore(dataDir);
   try {
-    return JSON.stringify({ d: s.getDevice(id), r: s.getRegistration(id) }, (_k, v) => (v instanceof Uint8Array ? Buffer.from(v).toString("hex") : v));
+    return JSON.stringify({ d: await s.getDevice(id), r: await s.getRegistration(id) }, (_k, v) => (v instanceof Uint8Array ? Buffer.from(v).toString("hex") : v));
   } finally {
-    s.close();
+    await s.close();
   }
 }
 

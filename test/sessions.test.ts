@@ -20,7 +20,7 @@ import type { Sa } from "../firmware/handset.ts";
 import { newLink, sealFrame, type Link } from "../firmware/proto/link.ts";
 import { CloseReason, ErrorCode, Msg } from "../firmware/proto/messages.ts";
 import { AesLedger, describeReuse } from "./support/aes-ledger.ts";
-import { provision, startGateway, tempDir, until, type TestGateway } from "./support/harness.ts";
+import { provision, startGateway, tempDir, until, type TestGateway, testDatabaseOf } from "./support/harness.ts";
 import { spiText } from "../gateway/log/protocol-names.ts";
 import {
   frame, innerMessages, recordingCrypto, saDataFrame, saDataIn, sessionHandset, stopGateway, type SessionHandset,
@@ -591,7 +591,7 @@ describe("a handset rebooted mid-session", () => {
       const uncaught: string[] = [];
       const make = async (id: string, ledger: AesLedger) => {
         const dev = new EmulatedDevice({ board, storageDir: `${storage}/${id}`, gateway: t.gw.address, name: id });
-        await provisionEmulated(dev, t.dataDir, id, board, t.gw.address, 3600);
+        await provisionEmulated(dev, t.dataDir, id, board, t.gw.address, 3600, await testDatabaseOf(t.dataDir));
         dev.storage.write(".bootcde", bundles.get(board)!);
         // One ledger per device: two devices computing the same keystream is one sealing and the other
         // opening; within one device, any (key, counter block) twice is a reuse.
@@ -705,7 +705,7 @@ test("puckjs: an SA with no traffic is replaced by the gateway at 80% of its lif
   const storage = tempDir("kp-sessions-quiet-");
   const make = async (id: string) => {
     const dev = new EmulatedDevice({ board: "puckjs", storageDir: `${storage}/${id}`, gateway: t.gw.address, name: id });
-    await provisionEmulated(dev, t.dataDir, id, "puckjs", t.gw.address, 3600);
+    await provisionEmulated(dev, t.dataDir, id, "puckjs", t.gw.address, 3600, await testDatabaseOf(t.dataDir));
     dev.storage.write(".bootcde", bundles.get("puckjs")!);
     return dev;
   };

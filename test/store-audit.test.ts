@@ -42,47 +42,47 @@ function registryFile(prefix: string): string {
 
 test("batched records wait for their group commit, then commit together; the store is back at synchronous=FULL", async () => {
   const file = registryFile("kp-audit-");
-  const store = new Store(file);
+  const store = await Store.open(file);
   try {
     for (let i = 0; i < 3; i++) store.auditBatched(i, `dev-${i}`, "session-up", `spi=${i}`);
     await new Promise((r) => setImmediate(r));
     assert.deepEqual(committedRows(file), [], "nothing is committed at the end of the turn that queued them");
     await store.auditCommitted();
     assert.deepEqual(committedRows(file).map((r) => r.device_id), ["dev-0", "dev-1", "dev-2"]);
-    assert.equal(store.db.pragma("synchronous", { simple: true }), SYNCHRONOUS_FULL, "a join counter's commit after the batch is FULL again");
+    assert.equal((await store.row("PRAGMA synchronous"))?.synchronous, SYNCHRONOUS_FULL, "a join counter's commit after the batch is FULL again");
   } finally {
-    store.close();
+    await store.close();
   }
 });
 
-test("a reader through store.db sees the queued records at once, in the order written with audit()'s durable ones", () => {
+test("a reader of the audit table through store.query sees the queued records at once, in the order written with audit()'s durable ones", async () => {
   const file = registryFile("kp-audit-");
-  const store = new Store(file);
+  const store = await Store.open(file);
   try {
     store.auditBatched(1, "dev-a", "session-up", "first");
-    store.audit(2, "dev-a", "deregistered", "second");
+    await store.audit(2, "dev-a", "deregistered", "second");
     store.auditBatched(3, "dev-a", "session-down", "third");
-    const rows = store.db.prepare("SELECT detail FROM audit ORDER BY id").all() as { detail: string }[];
+    const rows = (await store.query("SELECT detail FROM audit ORDER BY id")).rows as { detail: string }[];
     assert.deepEqual(rows.map((r) => r.detail), ["first", "second", "third"]);
   } finally {
-    store.close();
+    await store.close();
   }
 });
 
 test("a transaction that rolls back after writing queued records queues them again: none is lost", async () => {
   const file = registryFile("kp-audit-");
-  const store = new Store(file);
+  const store = await Store.open(file);
   try {
     store.auditBatched(1, "dev-a", "session-up", "queued before");
-    assert.throws(() => store.atomically(() => {
-      store.audit(2, "dev-a", "revoked", "rolled back");
+    await assert.rejects(store.atomically(async () => {
+      await store.audit(2, "dev-a", "revoked", "rolled back");
       throw new Error("the change fails after its audit record");
     }), /the change fails/);
     assert.deepEqual(committedRows(file), [], "the rollback took both records out of the file");
     await store.auditCommitted();
     assert.deepEqual(committedRows(file).map((r) => r.detail), ["queued before"], "the queued record is committed with the next batch; the rolled-back one is gone");
   } finally {
-    store.close();
+    await store.close();
   }
 });
 
@@ -108,40 +108,41 @@ test("a process killed (SIGKILL, no close) after the batch was committed keeps i
   assert.deepEqual(committedRows(file).map((r) => r.device_id), ["dev-0", "dev-1", "dev-2", "dev-3", "dev-4"]);
 });
 
-test("a batched record on a closed store is refused at once, as audit() refuses it: nothing is queued to fail later", () => {
+test("a batched record on a closed store is refused at once, as audit() refuses it: nothing is queued to fail later", async () => {
   const file = registryFile("kp-audit-");
-  const store = new Store(file);
-  store.close();
-  assert.throws(() => store.auditBatched(1, "dev-a", "session-up", "too late"), /not open/);
-  assert.throws(() => store.audit(1, "dev-a", "registered", "too late"), /not open/);
+  const store = await Store.open(file);
+  await store.close();
+  assert.throws(() => store.auditBatched(1, "dev-a", "session-up", "too late"), /closed/);
+  await assert.rejects(store.audit(1, "dev-a", "registered", "too late"), /closed/);
 });
 
-test("a transaction begun outside the store (provisioning's raw BEGIN) never carries queued records: its rollback loses none", async () => {
+test("a transaction that spans other work (provisioning's, across the device's switch) carries the queued records it wrote, and its rollback queues them again", async () => {
   const file = registryFile("kp-audit-");
-  const store = new Store(file);
+  const store = await Store.open(file);
   try {
-    store.db.exec("BEGIN IMMEDIATE");
     store.auditBatched(1, "dev-a", "session-up", "queued");
-    store.audit(2, "dev-b", "device-provisioned", "txn=1");
-    assert.deepEqual((store.db.prepare("SELECT detail FROM audit").all() as { detail: string }[]).map((r) => r.detail), ["txn=1"], "the queued record stays out of the open transaction");
-    store.db.exec("ROLLBACK");
+    await assert.rejects(store.atomically(async () => {
+      await store.audit(2, "dev-b", "device-provisioned", "txn=1");
+      await new Promise((r) => setImmediate(r)); // the device's switch
+      throw new Error("the device did not switch");
+    }), /did not switch/);
     await store.auditCommitted();
     assert.deepEqual(committedRows(file).map((r) => r.detail), ["queued"]);
   } finally {
-    store.close();
+    await store.close();
   }
 });
 
 test("a wait for the batch ends when an audit() record committed the queued ones first", async () => {
   const file = registryFile("kp-audit-");
-  const store = new Store(file);
+  const store = await Store.open(file);
   try {
     store.auditBatched(1, "dev-a", "session-up", "queued");
     const committed = store.auditCommitted();
-    store.audit(2, "dev-a", "deregistered", "durable");
+    await store.audit(2, "dev-a", "deregistered", "durable");
     await committed;
     assert.deepEqual(committedRows(file).map((r) => r.detail), ["queued", "durable"]);
   } finally {
-    store.close();
+    await store.close();
   }
 });

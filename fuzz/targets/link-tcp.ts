@@ -83,7 +83,7 @@ export const linkTcpTarget: Target = {
     const codec: Codec = { encode: cbor.encode, decode: cbor.decode };
     const suite = crypto.suites()[0];
     const rootKey = new Uint8Array(randomBytes(16));
-    gw.store.addDevice(DEVICE, rootKey, "emulator", 0);
+    await gw.store.addDevice(DEVICE, rootKey, "emulator", 0);
     let counter = 0;
     let s: Session | undefined;
     const pool = new SeedPool();
@@ -144,10 +144,11 @@ export const linkTcpTarget: Target = {
     };
 
     /** Stored rows and counters, then the live connection: its state, link window and sequence. */
-    const snapshot = (): string => {
+    const snapshot = async (): Promise<string> => {
+      const rows = await gw.store.snapshot();
       const st = s?.conn.state;
       const link = st && st.k === "linked" ? [st.deviceId, st.link.rx_.top, st.link.rx_.bits, st.link.txSeq_, [...gw.links.links.keys()]] : "closed";
-      return JSON.stringify([gw.store.snapshot(), gw.links.stats.joins, gw.links.stats.framesIn, link]);
+      return JSON.stringify([rows, gw.links.stats.joins, gw.links.stats.framesIn, link]);
     };
     /** Equal, or the gateway closed the connection and nothing else changed (a refusal by disconnecting). */
     const sameState = (before: string, after: string): boolean => {
@@ -178,14 +179,16 @@ export const linkTcpTarget: Target = {
         const taken = st.framesIn + st.joins;
         await send(x, input);
         if (x.conn.state.k !== "closed" && decoderBuffered(x) > 0) await send(x, FLUSH);
+        // A join waits for the registry: its outcome is known once the connection's frames are handled.
+        await x.conn.idle();
         return st.framesIn + st.joins > taken ? "accepted" : "rejected";
       },
       isRejection: () => false,
       snapshot,
       sameState,
-      disturb() {
+      async disturb() {
         counter += 1000; // the client's next join stays above the stored counter
-        gw.store.advanceJoinCounter(DEVICE, counter);
+        await gw.store.advanceJoinCounter(DEVICE, counter);
       },
       async close() {
         s?.socket.destroy();

@@ -297,7 +297,7 @@ export class CrossGateway implements SessionHook {
     }
     for (const name of list.devices) {
       const id = splitDeviceName(name)?.domain === self ? localDeviceId(name, self) : undefined;
-      if (id) this.ctx.revokeDevice(id, `${name} is ${why}`);
+      if (id) void this.ctx.revokeDevice(id, `${name} is ${why}`).catch((e) => this.ctx.log.error("registry-error", { device: id, reason: reasonOf(e) }));
     }
     void this.recheck(`revocation list serial ${list.serial}`);
   }
@@ -340,10 +340,10 @@ export class CrossGateway implements SessionHook {
   // --- the caller's side ---------------------------------------------------------------------------
 
   /** A registered, unrevoked device of ours as the exchange presents it, or why not. */
-  private localParty(deviceId: string): { party: LocalParty; suites: number[][] } | string {
-    const reg = this.ctx.store.getRegistration(deviceId);
+  private async localParty(deviceId: string): Promise<{ party: LocalParty; suites: number[][] } | string> {
+    const reg = await this.ctx.store.getRegistration(deviceId);
     if (!reg || reg.expiresAt <= this.ctx.now()) return "not registered";
-    const dev = this.ctx.store.getDevice(deviceId);
+    const dev = await this.ctx.store.getDevice(deviceId);
     if (!dev || dev.revokedAt !== null) return "revoked or unknown";
     if (!dev.identitySeed || !reg.cert) return "registered without a certificate";
     return { party: { name: `${deviceId}@${this.ctx.gatewayId}`, identitySeed: dev.identitySeed, cert: reg.cert, gatewayCert: this.opts.gatewayCert }, suites: reg.suites };
@@ -360,12 +360,12 @@ export class CrossGateway implements SessionHook {
       ctx.log.info(event, { device: caller, peer, app, reason });
       ctx.send(caller, { t: Msg.Error, rid, code });
     };
-    const own = this.localParty(caller);
+    const own = await this.localParty(caller);
     if (typeof own === "string") {
       this.stats.refused++;
       return fail(own === "not registered" ? ErrorCode.NotRegistered : ErrorCode.NotFound, "xsession-rejected", `caller is ${own}`);
     }
-    if (!ctx.policy.permits(caller, peer, app)) {
+    if (!(await ctx.policy.permits(caller, peer, app))) {
       this.stats.refused++;
       return fail(ErrorCode.NotFound, "xsession-denied", "policy denies it");
     }
@@ -448,8 +448,8 @@ export class CrossGateway implements SessionHook {
    *  runs on until its lifetime or limit. */
   private async rekey(s: CrossSession): Promise<void> {
     const { ctx } = this;
-    const own = this.localParty(s.device);
-    if (typeof own === "string" || !ctx.policy.permits(s.device, s.peer, s.app) || this.selfRevoked) {
+    const own = await this.localParty(s.device);
+    if (typeof own === "string" || !(await ctx.policy.permits(s.device, s.peer, s.app)) || this.selfRevoked) {
       this.end(s, CloseReason.PeerGone, typeof own === "string" ? `rekey refused: the device is ${own}` : "rekey refused: policy no longer allows this session", true);
       return;
     }
@@ -518,11 +518,11 @@ export class CrossGateway implements SessionHook {
     };
     const target = splitDeviceName(msg1.to);
     const callee = target && target.domain === ctx.gatewayId ? target.name : undefined;
-    const local = callee ? this.localParty(callee) : "not in this domain";
+    const local = callee ? await this.localParty(callee) : "not in this domain";
     // One answer for every reason, so the caller learns nothing about the callee (seed 002 [0055]).
     if (!callee || typeof local === "string") return refuse("not-found", `callee is ${typeof local === "string" ? local : "unknown"}`);
     if (this.selfRevoked) return refuse("not-found", "this gateway is revoked");
-    if (!ctx.policy.permits(msg1.from, callee, msg1.app)) return refuse("not-found", "policy denies it");
+    if (!(await ctx.policy.permits(msg1.from, callee, msg1.app))) return refuse("not-found", "policy denies it");
     if (!ctx.isLinked(callee)) return refuse("not-found", "the callee is not connected");
     const match = matchSettings(suiteCandidates(msg1.suites), suiteCandidates(local.suites), ctx.settings.matching);
     if (!match) return refuse("no-common-suite", "no cipher suite both devices registered; the callee was not contacted");
@@ -732,13 +732,13 @@ export class CrossGateway implements SessionHook {
       ctx.log.info("cert-query-not-found", { device: deviceId, name, reason });
       ctx.send(deviceId, { t: Msg.Error, rid, code: ErrorCode.NotFound });
     };
-    const own = ctx.store.getRegistration(deviceId);
+    const own = await ctx.store.getRegistration(deviceId);
     if (!own || own.expiresAt <= ctx.now()) {
       ctx.log.warn("request-rejected", { device: deviceId, reason: "caller is not registered", request: "cert-query" });
       ctx.send(deviceId, { t: Msg.Error, rid, code: ErrorCode.NotRegistered });
       return;
     }
-    if (!ctx.policy.permits(deviceId, name, "cert")) return notFound("policy denies it");
+    if (!(await ctx.policy.permits(deviceId, name, "cert"))) return notFound("policy denies it");
     try {
       const body = await this.opts.interlink.request(domain, xm.XGW_CERT, xm.certQueryBody(`${deviceId}@${ctx.gatewayId}`, name), { secret: true, timeoutMs: CONNECT_BUDGET_MS });
       const a = xm.readCertAnswer(body);
@@ -755,18 +755,18 @@ export class CrossGateway implements SessionHook {
 
   /** Another gateway asks for one of our devices' certificates: only a certificate valid now, and the
    *  same "not found" for every reason (unknown, expired, revoked, denied). */
-  private onCertQuery(req: InterlinkRequest): { body: unknown } {
+  private async onCertQuery(req: InterlinkRequest): Promise<{ body: unknown }> {
     const { ctx } = this;
     const q = xm.readCertQuery(req.body);
     if (splitDeviceName(q.from)?.domain !== req.from) throw new InterlinkError("untrusted-peer", `"${req.from}" cannot ask in the name of "${q.from}"`);
     const id = localDeviceId(q.name, ctx.gatewayId);
-    const reg = id === undefined ? undefined : ctx.store.getRegistration(id);
-    const dev = id === undefined ? undefined : ctx.store.getDeviceInfo(id);
+    // Every lookup made whatever the answer: the time taken does not tell an unknown device from a denied one.
+    const [reg, dev, allowed] = id === undefined ? [undefined, undefined, false] : await Promise.all([ctx.store.getRegistration(id), ctx.store.getDeviceInfo(id), ctx.policy.permits(q.from, id, "cert")]);
     const why =
       id === undefined || !dev ? "no such device here"
       : dev.revokedAt !== null ? "the device is revoked"
       : this.selfRevoked ? "this gateway is revoked"
-      : !ctx.policy.permits(q.from, id, "cert") ? "policy denies it"
+      : !allowed ? "policy denies it"
       : !reg || reg.expiresAt <= ctx.now() || !reg.cert ? "no certificate valid now"
       : "";
     if (why || !reg?.cert) {

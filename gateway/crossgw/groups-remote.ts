@@ -170,8 +170,8 @@ export class GroupLink implements RemoteMembers {
 
   // ---- member side ------------------------------------------------------------------------------
 
-  private statusOf(deviceId: string): gm.MemberStatus {
-    const r = this.ctx.store.getRegistration(deviceId);
+  private async statusOf(deviceId: string): Promise<gm.MemberStatus> {
+    const r = await this.ctx.store.getRegistration(deviceId);
     const up = !!r && r.expiresAt > this.ctx.now() && this.ctx.isLinked(deviceId);
     return { up, suites: r?.suites ?? [] };
   }
@@ -179,18 +179,18 @@ export class GroupLink implements RemoteMembers {
   /** A home asks about our device for one of its groups. Answered only where our policy lets that
    *  group reach the device for its application: any other gateway learns nothing (the answer an
    *  unknown device gets), as a refused call learns nothing. */
-  private onWatch(req: InterlinkRequest): { body: unknown } {
+  private async onWatch(req: InterlinkRequest): Promise<{ body: unknown }> {
     const w = gm.readWatch(req.body);
     const id = localDeviceId(w.member, this.ctx.gatewayId);
-    const allowed = !!id && splitDeviceName(w.group)?.domain === req.from && !!this.ctx.store.getDevice(id) && this.ctx.policy.permits(w.group, id, w.app);
+    const allowed = !!id && splitDeviceName(w.group)?.domain === req.from && !!(await this.ctx.store.getDeviceInfo(id)) && (await this.ctx.policy.permits(w.group, id, w.app));
     if (!id || !allowed) return { body: gm.watchAnswerBody({ up: false, suites: [] }) };
     const homes = this.watchers.get(id) ?? new Set<string>();
     if (homes.size < MAX_WATCHERS) homes.add(req.from);
     this.watchers.set(id, homes);
-    return { body: gm.watchAnswerBody(this.statusOf(id)) };
+    return { body: gm.watchAnswerBody(await this.statusOf(id)) };
   }
 
-  private onTo(req: InterlinkRequest): { body: unknown } {
+  private async onTo(req: InterlinkRequest): Promise<{ body: unknown }> {
     const c = gm.readCarried(gm.XGW_GROUP_TO, req.body);
     const id = localDeviceId(c.member, this.ctx.gatewayId);
     if (!id) throw new InterlinkError("malformed", `${gm.XGW_GROUP_TO}: ${c.member} is not a device of ${this.ctx.gatewayId}`);
@@ -201,7 +201,7 @@ export class GroupLink implements RemoteMembers {
       return { body: 0 };
     }
     const m = c.msg as InnerMessage;
-    if (m.t === Msg.SaInstall) this.install(req.from, id, m);
+    if (m.t === Msg.SaInstall) this.install(req.from, id, m, await this.ctx.policy.permits(m.peer, id, m.app));
     else if (m.t === Msg.Connected || m.t === Msg.SaClosed) {
       const r = this.routes.get(m.spi);
       if (!r || r.home !== req.from || r.device !== id) throw new InterlinkError("malformed", `${gm.XGW_GROUP_TO}: no group SA of ${req.from} with this SPI at ${c.member}`);
@@ -232,11 +232,11 @@ export class GroupLink implements RemoteMembers {
   /** A group key for our device from the group's home: only a group of that gateway's own domain,
    *  only if our policy lets the group reach the device for its application, only on an SPI that is
    *  free at this gateway. */
-  private install(home: string, deviceId: string, m: InnerMessage & { t: Msg.SaInstall }): void {
+  private install(home: string, deviceId: string, m: InnerMessage & { t: Msg.SaInstall }, allowed: boolean): void {
     const { ctx } = this;
     const why =
       splitDeviceName(m.peer)?.domain !== home ? `the group ${m.peer} is not of ${home}'s domain`
-      : !ctx.policy.permits(m.peer, deviceId, m.app) ? "policy does not let this group reach the device"
+      : !allowed ? "policy does not let this group reach the device"
       : ctx.sessions.sessions.has(m.spi) || this.keeper.keys.has(m.spi) || this.routes.has(m.spi) ? "the SPI is taken here"
       : "";
     if (why) {
@@ -269,7 +269,7 @@ export class GroupLink implements RemoteMembers {
 
   /** Our device registered: the homes watching it hear it is up (and what it registered). */
   registered(deviceId: string): void {
-    this.tellWatchers(deviceId, this.statusOf(deviceId), false);
+    this.statusOf(deviceId).then((s) => this.tellWatchers(deviceId, s, false), (e: unknown) => this.failed(deviceId, "its status", e));
   }
 
   /** Our device is gone (reboot, lost link, deregistration, revocation): its group SPIs here are

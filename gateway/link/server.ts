@@ -29,8 +29,9 @@ export interface LinkServerDeps {
   crypto: GatewayCrypto;
   cbor: Codec;
   now: () => number;
-  /** An authenticated, fresh inner message from a device. Answers go out with LinkServer.sendTo. */
-  onInner: (deviceId: string, m: InnerMessage) => void;
+  /** An authenticated, fresh inner message from a device. Answers go out with LinkServer.sendTo. A
+   *  promise holds the connection's later frames back until it settles (they are handled in order). */
+  onInner: (deviceId: string, m: InnerMessage) => void | Promise<void>;
   /** An SA frame from a linked device, with its exact payload bytes for relaying. */
   onSaData: (deviceId: string, m: SaData, payload: Uint8Array) => void;
   /** A device's link came up (a successful join) or went away. */
@@ -81,6 +82,9 @@ export interface LinkTransport {
 
 /** A device's root key (docs/PROTOCOL.md §6). */
 const ROOT_KEY_BYTES = 16;
+/** Frames that may wait on one connection while an earlier one waits for the registry: a device
+ *  sends one request at a time, so more is a flood, and the connection closes rather than buffer it. */
+export const MAX_FRAMES_WAITING = 64;
 
 export class Connection {
   state: ConnState = { k: "awaiting-join" };
@@ -91,7 +95,7 @@ export class Connection {
   private deframer = new LinkDeframer(zlib.crc32, {
     // Until it has joined, a peer can only send a JoinRequest: anything longer is not worth waiting for.
     maxPayload: () => (this.state.k === "linked" ? Infinity : JOIN_REQUEST_MAX_PAYLOAD),
-    onFrame: (payload) => this.onFrame(payload),
+    onFrame: (payload) => this.inOrder(() => this.onFrame(payload)),
     onCrcFailure: () => {
       this.server.stats.crcFailures++;
       this.countBad("too many frames with a bad CRC");
@@ -131,7 +135,51 @@ export class Connection {
     if (this.state.k !== "closed") this.deframer.push(chunk);
   }
 
-  private onFrame(payload: Uint8Array): void {
+  /** Set while a frame's handling waits (for the registry): the frames after it wait their turn. */
+  private busy: Promise<void> | null = null;
+  private framesWaiting = 0;
+
+  /** Handles the connection's frames one after another, at once when nothing is waiting (the relay's
+   *  path stays synchronous), behind the frame whose handling waits otherwise. */
+  private inOrder(handle: () => void | Promise<void>): void {
+    const go = (): Promise<void> | undefined => {
+      try {
+        const r = handle();
+        // Only a promise holds the later frames back (a handler typed void may still return a value).
+        return r instanceof Promise ? r.catch((e) => this.failed(e)) : undefined;
+      } catch (e) {
+        this.failed(e);
+      }
+    };
+    if (!this.busy) return this.track(go());
+    if (++this.framesWaiting > MAX_FRAMES_WAITING) return this.close(`more than ${MAX_FRAMES_WAITING} frames waiting`);
+    this.track(this.busy.then(() => {
+      this.framesWaiting--;
+      if (this.state.k !== "closed") return go();
+    }));
+  }
+
+  /** Resolves once every frame received so far has been handled (tests and the fuzzer wait on it). */
+  async idle(): Promise<void> {
+    while (this.busy) await this.busy;
+  }
+
+  private track(p: Promise<void> | undefined): void {
+    if (!p) return;
+    this.busy = p;
+    void p.then(() => {
+      if (this.busy === p) this.busy = null;
+    });
+  }
+
+  /** A frame's handling failed (the registry unreachable): said in the log, and the link closes; the
+   *  device joins again, as after any lost link. */
+  private failed(e: unknown): void {
+    this.server.deps.log.error("frame-handling-failed", { device: this.deviceId, peer: this.socket.remoteAddress, reason: (e as Error).message });
+    this.close("the gateway could not handle a frame");
+  }
+
+  private onFrame(payload: Uint8Array): void | Promise<void> {
     const d = this.server.deps;
     let m: Message | Error;
     try {
@@ -141,14 +189,16 @@ export class Connection {
     }
     if (m instanceof Error) return this.reject("malformed frame", m.message);
     if (m.t === Msg.JoinRequest) return this.onJoin(m);
-    if (m.t === Msg.SaData && this.state.k === "linked") return d.onSaData(this.state.deviceId, m, payload);
+    if (m.t === Msg.SaData && this.state.k === "linked") {
+      d.onSaData(this.state.deviceId, m, payload);
+      return;
+    }
     if (m.t === Msg.Link && this.state.k === "linked") {
       const s = this.state;
       const inner = openMessage(d.crypto, d.cbor, s.link, m);
       if (typeof inner === "number") return this.reject("frame dropped", DROP_REASONS[inner]);
       this.server.stats.framesIn++;
-      d.onInner(s.deviceId, inner);
-      return;
+      return d.onInner(s.deviceId, inner);
     }
     this.reject("frame dropped", `message type ${m.t} not expected in state ${this.state.k}`);
   }
@@ -179,7 +229,7 @@ export class Connection {
    *  whether the device exists or is revoked: an unknown id is verified against the decoy root key,
    *  with the same derivations and the same one registry read as a known id with a wrong MAC, so that
    *  the time to the JoinReject does not tell the two apart. */
-  private onJoin(m: JoinRequest): void {
+  private async onJoin(m: JoinRequest): Promise<void> {
     const d = this.server.deps;
     const throttle = this.server.joinThrottle;
     if (this.state.k === "linked" && this.state.deviceId !== m.id) {
@@ -212,9 +262,9 @@ export class Connection {
     // Checks that depend on the request alone, not on the device: no oracle in their order.
     if (d.crypto.suites().indexOf(m.suite) < 0) return refuse(`unsupported link suite ${m.suite}`);
     if (m.nonce.length !== JOIN_NONCE_BYTES) return refuse("join nonce has the wrong length");
-    let dev: ReturnType<typeof d.store.getDevice>;
+    let dev: Awaited<ReturnType<typeof d.store.getDevice>>;
     try {
-      dev = d.store.getDevice(m.id);
+      dev = await d.store.getDevice(m.id);
     } catch (e) {
       // The registry cannot open this device's key (an altered row): the operator's to fix, never a
       // crash of the gateway; the peer gets the same bare JoinReject as any refusal.
@@ -228,7 +278,9 @@ export class Connection {
     if (dev.revokedAt !== null) return refuse("device revoked");
     if (m.ctr <= dev.joinCounter) return refuse(`replayed join: counter ${m.ctr} is not above ${dev.joinCounter}`);
     // Persist the counter before answering: after a gateway crash the same request is still a replay.
-    if (!d.store.advanceJoinCounter(m.id, m.ctr)) return refuse(`replayed join: counter ${m.ctr} already used`);
+    if (!(await d.store.advanceJoinCounter(m.id, m.ctr))) return refuse(`replayed join: counter ${m.ctr} already used`);
+    // The connection may have closed while the registry answered: the counter is spent, nothing else.
+    if (this.state.k === "closed") return;
     const nonceG = d.crypto.random(JOIN_NONCE_BYTES);
     const keys = deriveLinkKeys(d.crypto, d.cbor, dev.rootKey, m.id, m.ctr, m.nonce, nonceG, m.suite);
     if (this.state.k === "linked") wipeLink(this.state.link);

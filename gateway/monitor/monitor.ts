@@ -295,6 +295,11 @@ export class MqttPublisher {
   private dirty = new Set<string>();
   private pendingCounts = new Map<string, Partial<Record<"joinRejects" | "framesDropped", number>> & { lastJoin?: string }>();
   private flushScheduled = false;
+  /** The flush under way (one at a time), and whether devices became dirty during it. */
+  private flushing: Promise<void> | null = null;
+  private flushAgain = false;
+  /** From the registry's last full read (refreshAll): what the metrics say of devices. */
+  private deviceCounts = { known: 0, registered: 0 };
   private counters = new Map<string, RunCounters>();
   /** The last state published per device, to publish only changes. */
   private lastState = new Map<string, string>();
@@ -321,12 +326,10 @@ export class MqttPublisher {
     this.client.on("error", (e) => this.onClose(e.message));
     this.client.on("message", (topic, payload, packet) => this.onMessage(topic, payload, packet.retain));
     this.unsubscribe = d.log.subscribe((rec) => this.onRecord(rec));
-    this.timer = setInterval(() => this.tick(), (o.metricsSeconds ?? 10) * 1000);
+    this.timer = setInterval(() => void this.tick(), (o.metricsSeconds ?? 10) * 1000);
     this.timer.unref();
     this.publishStatus();
-    for (const dev of d.store.listDevices()) this.dirty.add(dev.id);
-    this.flush();
-    this.publishMetrics();
+    void this.refreshAll();
   }
 
   /** Whether the broker connection is up now (the health endpoint reports it). */
@@ -344,9 +347,7 @@ export class MqttPublisher {
     // A clean session forgets nothing we hold: re-send the current status and every device state.
     this.publishStatus();
     this.lastState.clear();
-    for (const dev of this.d.store.listDevices()) this.dirty.add(dev.id);
-    this.flush();
-    this.outbox.pump();
+    void this.refreshAll().then(() => this.outbox.pump());
   }
 
   private onClose(reason: string): void {
@@ -364,8 +365,11 @@ export class MqttPublisher {
       let s: Partial<GatewayStatus> = {};
       try { s = JSON.parse(payload.toString()); } catch { /* cleared or foreign: overwrite it */ }
       if (s.state !== "online" && s.run !== this.run) this.publishStatus();
-    } else if (t.kind === "device" && retained && payload.length > 0 && !this.d.store.getDeviceInfo(t.device)) {
-      this.outbox.push({ topic, payload: "", qos: 1, retain: true });
+    } else if (t.kind === "device" && retained && payload.length > 0) {
+      const device = t.device;
+      this.d.store.getDeviceInfo(device).then((dev) => {
+        if (!dev && !this.stopping) this.outbox.push({ topic, payload: "", qos: 1, retain: true });
+      }, (e: unknown) => this.d.log.warn("mqtt-publish-failed", { reason: (e as Error).message }));
     }
   }
 
@@ -396,25 +400,42 @@ export class MqttPublisher {
     this.dirty.add(device);
     if (!this.flushScheduled) {
       this.flushScheduled = true;
-      setImmediate(() => {
-        try {
-          this.flush();
-        } catch (e) {
-          this.d.log.warn("mqtt-publish-failed", { reason: (e as Error).message });
-        }
-      });
+      setImmediate(() => void this.flush().catch((e: unknown) => this.d.log.warn("mqtt-publish-failed", { reason: (e as Error).message })));
     }
   }
 
   /** Publishes the state of every dirty device that changed. Reads the registry (no secret columns
    *  leave this function: DeviceState has none). */
-  flush(): void {
+  flush(): Promise<void> {
     this.flushScheduled = false;
+    if (this.flushing) {
+      this.flushAgain = true;
+      return this.flushing;
+    }
+    const run = async () => {
+      do {
+        this.flushAgain = false;
+        await this.flushOnce();
+      } while (this.flushAgain);
+    };
+    const p = run().finally(() => {
+      if (this.flushing === p) this.flushing = null;
+    });
+    this.flushing = p;
+    return p;
+  }
+
+  private async flushOnce(): Promise<void> {
     if (this.stopping && !this.dirty.size) return;
     const t = this.d.now();
-    for (const id of this.dirty) {
-      const dev = this.d.store.getDeviceInfo(id);
-      const counts = this.pendingCounts.get(id);
+    // Taken now: what becomes dirty while the registry answers is for the next round.
+    const dirty = [...this.dirty];
+    const pending = this.pendingCounts;
+    this.dirty.clear();
+    this.pendingCounts = new Map();
+    for (const id of dirty) {
+      const [dev, reg] = await Promise.all([this.d.store.getDeviceInfo(id), this.d.store.getRegistration(id)]);
+      const counts = pending.get(id);
       if (!dev) {
         if (this.lastState.delete(id)) this.outbox.push({ topic: topics.deviceState(this.d.gatewayId, id), payload: "", qos: 1, retain: true });
         this.counters.delete(id);
@@ -427,7 +448,6 @@ export class MqttPublisher {
         if (counts.lastJoin) run.lastJoin = counts.lastJoin;
       }
       this.counters.set(id, run);
-      const reg = this.d.store.getRegistration(id);
       const state: DeviceState = {
         device: id,
         board: dev.board,
@@ -451,13 +471,24 @@ export class MqttPublisher {
       this.outbox.push({ topic: topics.deviceState(this.d.gatewayId, id), payload, qos: 1, retain: true });
       this.metricsSoon();
     }
-    this.dirty.clear();
-    this.pendingCounts.clear();
+  }
+
+  /** Every device of the registry is due, and the metrics' device counts are read afresh. */
+  private async refreshAll(): Promise<void> {
+    try {
+      const devices = await this.d.store.listDevices();
+      const t = this.d.now();
+      this.deviceCounts = { known: devices.length, registered: devices.filter((x) => x.expiresAt !== null && x.expiresAt > t && x.revokedAt === null).length };
+      for (const dev of devices) this.dirty.add(dev.id);
+      for (const id of this.lastState.keys()) this.dirty.add(id);
+      await this.flush();
+      this.publishMetrics();
+    } catch (e) {
+      this.d.log.warn("mqtt-publish-failed", { reason: (e as Error).message });
+    }
   }
 
   metrics(): Metrics {
-    const devices = this.d.store.listDevices();
-    const t = this.d.now();
     const s = this.d.links.stats;
     return {
       ts: new Date().toISOString(),
@@ -466,9 +497,9 @@ export class MqttPublisher {
       joinRejects: s.joinRejects,
       framesIn: s.framesIn,
       framesDropped: s.framesDropped,
-      devicesKnown: devices.length,
+      devicesKnown: this.deviceCounts.known,
       devicesLinked: this.d.links.links.size,
-      devicesRegistered: devices.filter((x) => x.expiresAt !== null && x.expiresAt > t && x.revokedAt === null).length,
+      devicesRegistered: this.deviceCounts.registered,
       mqttPublished: this.outbox.published,
       mqttDropped: this.outbox.dropped,
       mqttQueued: this.outbox.queued,
@@ -481,7 +512,7 @@ export class MqttPublisher {
     if (this.metricsTimer || this.stopping) return;
     this.metricsTimer = setTimeout(() => {
       this.metricsTimer = undefined;
-      if (!this.stopping) this.tick();
+      if (!this.stopping) void this.tick();
     }, 1000);
     this.metricsTimer.unref();
   }
@@ -492,15 +523,8 @@ export class MqttPublisher {
 
   /** Periodic: metrics, and every device's state again (registrations expire, and other processes
    *  such as `keyproxy device` change the registry without telling the gateway). */
-  private tick(): void {
-    try {
-      for (const dev of this.d.store.listDevices()) this.dirty.add(dev.id);
-      for (const id of this.lastState.keys()) this.dirty.add(id);
-      this.flush();
-      this.publishMetrics();
-    } catch (e) {
-      this.d.log.warn("mqtt-publish-failed", { reason: (e as Error).message });
-    }
+  private tick(): Promise<void> {
+    return this.refreshAll();
   }
 
   /** Publishes the final device states and status offline (retained), waits for the broker at most
@@ -508,7 +532,7 @@ export class MqttPublisher {
   async stop(ms = 2000): Promise<void> {
     clearInterval(this.timer);
     clearTimeout(this.metricsTimer);
-    this.flush();
+    await this.flush().catch((e: unknown) => this.d.log.warn("mqtt-publish-failed", { reason: (e as Error).message }));
     this.stopping = true;
     this.unsubscribe();
     const s: GatewayStatus = { state: "offline", since: new Date().toISOString(), version: VERSION, listen: this.d.listen, run: this.run, reason: "stopped" };

@@ -12,20 +12,6 @@
 import type { Store } from "./store.ts";
 import { MAX_SENDERS } from "../../firmware/proto/keys.ts";
 
-const SCHEMA = `
-CREATE TABLE IF NOT EXISTS key_groups (
-  name TEXT PRIMARY KEY,
-  app TEXT NOT NULL,
-  created_at INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS key_group_members (
-  grp TEXT NOT NULL REFERENCES key_groups(name) ON DELETE CASCADE,
-  member TEXT NOT NULL,
-  added_at INTEGER NOT NULL,
-  PRIMARY KEY (grp, member)
-);
-`;
-
 /** The meta key that changes whenever a group or its membership does. */
 const VERSION_KEY = "key_groups_version";
 
@@ -49,85 +35,88 @@ export interface KeyGroup {
 export class GroupError extends Error {}
 
 export class KeyGroups {
-  constructor(private store: Store) {
-    store.db.exec(SCHEMA);
-  }
+  /** The tables are the registry's own (migrations.ts, version 4). */
+  constructor(private store: Store) {}
 
   /** Changes with every write (a counter, never reused while the registry lives). */
-  version(): number {
-    return Number(this.store.getMeta(VERSION_KEY) ?? "0");
+  async version(): Promise<number> {
+    return Number((await this.store.getMeta(VERSION_KEY)) ?? "0");
   }
 
-  create(name: string, app: string, now: number): void {
+  async create(name: string, app: string, now: number): Promise<void> {
     if (!NAME.test(name)) throw new GroupError(`group name "${name}" must be 1 to 32 of A-Z a-z 0-9 . _ -`);
     if (!NAME.test(app)) throw new GroupError(`application "${app}" must be 1 to 32 of A-Z a-z 0-9 . _ -`);
-    this.store.atomically(() => {
-      if (this.get(name)) throw new GroupError(`group ${name} exists already`);
-      this.store.statement("INSERT INTO key_groups (name, app, created_at) VALUES (?, ?, ?)").run(name, app, now);
-      this.bump();
+    await this.store.atomically(async () => {
+      if (await this.get(name)) throw new GroupError(`group ${name} exists already`);
+      await this.store.query("INSERT INTO key_groups (name, app, created_at) VALUES (?, ?, ?)", [name, app, now]);
+      await this.bump();
     });
   }
 
   /** Deletes a group and its membership. False when there was no such group. */
-  delete(name: string): boolean {
-    return this.store.atomically(() => {
-      const gone = this.store.statement("DELETE FROM key_groups WHERE name = ?").run(name).changes === 1;
+  async delete(name: string): Promise<boolean> {
+    return this.store.atomically(async () => {
+      const gone = (await this.store.query("DELETE FROM key_groups WHERE name = ?", [name])).changes === 1;
       if (gone) {
-        this.store.statement("DELETE FROM key_group_members WHERE grp = ?").run(name);
-        this.bump();
+        await this.store.query("DELETE FROM key_group_members WHERE grp = ?", [name]);
+        await this.bump();
       }
       return gone;
     });
   }
 
   /** Adds a member ("alice", or "bob@other.example" behind another gateway). False when it was in. */
-  add(name: string, member: string, now: number): boolean {
+  async add(name: string, member: string, now: number): Promise<boolean> {
     if (!MEMBER.test(member)) throw new GroupError(`member "${member}" must be a device id or name@domain`);
-    return this.store.atomically(() => {
-      const g = this.get(name);
+    return this.store.atomically(async () => {
+      const g = await this.get(name);
       if (!g) throw new GroupError(`no group ${name} (keyproxy group create first)`);
       if (g.members.includes(member)) return false;
       if (g.members.length >= MAX_GROUP_MEMBERS) throw new GroupError(`group ${name} has ${MAX_GROUP_MEMBERS} members, the most a group SA can have`);
-      this.store.statement("INSERT INTO key_group_members (grp, member, added_at) VALUES (?, ?, ?)").run(name, member, now);
-      this.bump();
+      await this.store.query("INSERT INTO key_group_members (grp, member, added_at) VALUES (?, ?, ?)", [name, member, now]);
+      await this.bump();
       return true;
     });
   }
 
   /** Takes a member out. False when it was not in. */
-  remove(name: string, member: string): boolean {
-    return this.store.atomically(() => {
-      const gone = this.store.statement("DELETE FROM key_group_members WHERE grp = ? AND member = ?").run(name, member).changes === 1;
-      if (gone) this.bump();
+  async remove(name: string, member: string): Promise<boolean> {
+    return this.store.atomically(async () => {
+      const gone = (await this.store.query("DELETE FROM key_group_members WHERE grp = ? AND member = ?", [name, member])).changes === 1;
+      if (gone) await this.bump();
       return gone;
     });
   }
 
   /** Takes a member out of every group it is in (a revoked device); the groups it left. */
-  removeEverywhere(member: string): string[] {
-    return this.store.atomically(() => {
-      const groups = (this.store.statement("SELECT grp FROM key_group_members WHERE member = ? ORDER BY grp").all(member) as { grp: string }[]).map((r) => r.grp);
+  async removeEverywhere(member: string): Promise<string[]> {
+    return this.store.atomically(async () => {
+      const groups = (await this.store.query("SELECT grp FROM key_group_members WHERE member = ? ORDER BY grp", [member])).rows.map((r) => r.grp as string);
       if (groups.length) {
-        this.store.statement("DELETE FROM key_group_members WHERE member = ?").run(member);
-        this.bump();
+        await this.store.query("DELETE FROM key_group_members WHERE member = ?", [member]);
+        await this.bump();
       }
       return groups;
     });
   }
 
-  get(name: string): KeyGroup | undefined {
-    const r = this.store.statement("SELECT name, app, created_at FROM key_groups WHERE name = ?").get(name) as { name: string; app: string; created_at: number } | undefined;
+  async get(name: string): Promise<KeyGroup | undefined> {
+    const r = (await this.store.row("SELECT name, app, created_at FROM key_groups WHERE name = ?", [name])) as { name: string; app: string; created_at: number } | undefined;
     if (!r) return undefined;
-    const members = (this.store.statement("SELECT member FROM key_group_members WHERE grp = ? ORDER BY member").all(name) as { member: string }[]).map((m) => m.member);
+    const members = (await this.store.query("SELECT member FROM key_group_members WHERE grp = ? ORDER BY member", [name])).rows.map((m) => m.member as string);
     return { name: r.name, app: r.app, createdAt: r.created_at, members };
   }
 
-  list(): KeyGroup[] {
-    const names = (this.store.statement("SELECT name FROM key_groups ORDER BY name").all() as { name: string }[]).map((r) => r.name);
-    return names.map((n) => this.get(n) as KeyGroup);
+  async list(): Promise<KeyGroup[]> {
+    const names = (await this.store.query("SELECT name FROM key_groups ORDER BY name")).rows.map((r) => r.name as string);
+    const groups: KeyGroup[] = [];
+    for (const n of names) groups.push((await this.get(n)) as KeyGroup);
+    return groups;
   }
 
-  private bump(): void {
-    this.store.setMeta(VERSION_KEY, String(this.version() + 1));
+  /** In one statement, so that two writers (two instances, or an instance and `keyproxy group`)
+   *  never both read the same version and write the same next one. */
+  private async bump(): Promise<void> {
+    await this.store.query("INSERT INTO meta (k, v) VALUES (?, '1') ON CONFLICT(k) DO UPDATE SET v = CAST(CAST(meta.v AS INTEGER) + 1 AS TEXT)", [VERSION_KEY]);
   }
 }

@@ -16,86 +16,70 @@ export interface Rule {
   action: Action;
 }
 
-const SCHEMA = `
-CREATE TABLE IF NOT EXISTS policy_rules (
-  id INTEGER PRIMARY KEY AUTOINCREMENT,
-  subject TEXT NOT NULL,
-  object TEXT NOT NULL,
-  app TEXT NOT NULL,
-  action TEXT NOT NULL CHECK (action IN ('allow', 'deny'))
-);
-CREATE TABLE IF NOT EXISTS device_groups (
-  device_id TEXT NOT NULL,
-  grp TEXT NOT NULL,
-  PRIMARY KEY (device_id, grp)
-);
-`;
-
 // A device id, optionally "@domain" (a device behind another gateway), or "*@domain".
 const PATTERN = /^(\*|group:[A-Za-z0-9._-]{1,64}|(\*|[A-Za-z0-9._-]{1,64})@[A-Za-z0-9._-]{1,190}|[A-Za-z0-9._-]{1,64})$/;
 
 export class Policy {
-  constructor(private store: Store) {
-    store.db.exec(SCHEMA);
-  }
+  /** The tables are the registry's own (migrations.ts, version 3). */
+  constructor(private store: Store) {}
 
   static check(pattern: string, what: string): void {
     if (!PATTERN.test(pattern)) throw new Error(`${what} "${pattern}" must be a device id, name@domain, *@domain, group:<name> or *`);
   }
 
-  get defaultAction(): Action {
-    return this.store.getMeta("policy_default") === "allow" ? "allow" : "deny";
+  async defaultAction(): Promise<Action> {
+    return (await this.store.getMeta("policy_default")) === "allow" ? "allow" : "deny";
   }
 
-  setDefault(a: Action): void {
-    this.store.setMeta("policy_default", a);
+  async setDefault(a: Action): Promise<void> {
+    await this.store.setMeta("policy_default", a);
   }
 
-  add(subject: string, object: string, app: string, action: Action): number {
+  async add(subject: string, object: string, app: string, action: Action): Promise<number> {
     Policy.check(subject, "--from");
     Policy.check(object, "--to");
     if (!/^(\*|[A-Za-z0-9._-]{1,64})$/.test(app)) throw new Error(`--app "${app}" must be an application name or *`);
-    return Number(this.store.statement("INSERT INTO policy_rules (subject, object, app, action) VALUES (?, ?, ?, ?)").run(subject, object, app, action).lastInsertRowid);
+    const r = await this.store.row("INSERT INTO policy_rules (subject, object, app, action) VALUES (?, ?, ?, ?) RETURNING id", [subject, object, app, action]);
+    return Number(r?.id);
   }
 
-  remove(id: number): boolean {
-    return this.store.statement("DELETE FROM policy_rules WHERE id = ?").run(id).changes === 1;
+  async remove(id: number): Promise<boolean> {
+    return (await this.store.query("DELETE FROM policy_rules WHERE id = ?", [id])).changes === 1;
   }
 
-  rules(): Rule[] {
-    return this.store.statement("SELECT id, subject, object, app, action FROM policy_rules ORDER BY id").all() as Rule[];
+  async rules(): Promise<Rule[]> {
+    return (await this.store.query("SELECT id, subject, object, app, action FROM policy_rules ORDER BY id")).rows as unknown as Rule[];
   }
 
-  addToGroup(deviceId: string, group: string): void {
+  async addToGroup(deviceId: string, group: string): Promise<void> {
     Policy.check(`group:${group}`, "--group");
-    this.store.statement("INSERT OR IGNORE INTO device_groups (device_id, grp) VALUES (?, ?)").run(deviceId, group);
+    await this.store.query("INSERT INTO device_groups (device_id, grp) VALUES (?, ?) ON CONFLICT DO NOTHING", [deviceId, group]);
   }
 
-  removeFromGroup(deviceId: string, group: string): boolean {
-    return this.store.statement("DELETE FROM device_groups WHERE device_id = ? AND grp = ?").run(deviceId, group).changes === 1;
+  async removeFromGroup(deviceId: string, group: string): Promise<boolean> {
+    return (await this.store.query("DELETE FROM device_groups WHERE device_id = ? AND grp = ?", [deviceId, group])).changes === 1;
   }
 
-  groups(deviceId: string): string[] {
-    return (this.store.statement("SELECT grp FROM device_groups WHERE device_id = ? ORDER BY grp").all(deviceId) as { grp: string }[]).map((r) => r.grp);
+  async groups(deviceId: string): Promise<string[]> {
+    return (await this.store.query("SELECT grp FROM device_groups WHERE device_id = ? ORDER BY grp", [deviceId])).rows.map((r) => r.grp as string);
   }
 
   /** May caller reach callee for app? Deny wins over allow; no match: the default. Read from the
-   *  registry on every check (prepared statements, made once): `keyproxy policy` changes the rules
-   *  from another process while the gateway runs. */
-  permits(caller: string, callee: string, app: string): boolean {
+   *  registry on every check: `keyproxy policy` changes the rules from another process, or another
+   *  instance of the domain, while the gateway runs. */
+  async permits(caller: string, callee: string, app: string): Promise<boolean> {
     const matches = (pattern: string, id: string, groups: string[]) =>
       pattern === "*" ||
       pattern === id ||
       (pattern.startsWith("*@") && id.endsWith(pattern.slice(1))) ||
       (pattern.startsWith("group:") && groups.includes(pattern.slice(6)));
-    const cg = this.groups(caller);
-    const eg = this.groups(callee);
+    const [cg, eg, rules] = await Promise.all([this.groups(caller), this.groups(callee), this.rules()]);
     let allowed = false;
-    for (const r of this.rules()) {
+    for (const r of rules) {
       if (!matches(r.subject, caller, cg) || !matches(r.object, callee, eg) || (r.app !== "*" && r.app !== app)) continue;
       if (r.action === "deny") return false;
       allowed = true;
     }
-    return allowed || this.defaultAction === "allow";
+    return allowed || (await this.defaultAction()) === "allow";
   }
 }

@@ -51,7 +51,7 @@ export class Registrar {
   constructor(private d: RegistrarDeps) {}
 
   /** The answer to one request from an authenticated device (deviceId comes from its link). */
-  handle(deviceId: string, m: InnerMessage): InnerMessage {
+  async handle(deviceId: string, m: InnerMessage): Promise<InnerMessage> {
     switch (m.t) {
       case Msg.RegisterRequest:
         return this.register(deviceId, m.rid, m.lifetime, m.suites, m.wantCert, m.firmware, m.memory);
@@ -65,18 +65,22 @@ export class Registrar {
     }
   }
 
-  private identity(deviceId: string): Uint8Array {
-    const dev = this.d.store.getDeviceInfo(deviceId);
+  private async identity(deviceId: string): Promise<Uint8Array> {
+    const dev = await this.d.store.getDeviceInfo(deviceId);
     if (dev?.identityPublic) return dev.identityPublic;
     // The device cannot hold a private key worth the name; the gateway keeps it in the device's name.
     const pair = generateEd25519();
-    this.d.store.setIdentity(deviceId, pair.seed, pair.publicKey);
-    return pair.publicKey;
+    if (await this.d.store.setIdentity(deviceId, pair.seed, pair.publicKey)) return pair.publicKey;
+    // Another instance of the domain gave the device its identity first: that one is the device's.
+    pair.seed.fill(0);
+    const theirs = (await this.d.store.getDeviceInfo(deviceId))?.identityPublic;
+    if (!theirs) throw new Error(`device ${deviceId} has no identity key and none could be stored`);
+    return theirs;
   }
 
   /** firmware and memory are the device's own report (its firmware id, variables in use): kept with the
    *  registration for the operator, never trusted for any decision. */
-  private register(deviceId: string, rid: number, lifetime: number, suites: number[][], wantCert: boolean, firmware: string, memory: number): InnerMessage {
+  private async register(deviceId: string, rid: number, lifetime: number, suites: number[][], wantCert: boolean, firmware: string, memory: number): Promise<InnerMessage> {
     const { policy, now } = this.d;
     // A zero lifetime deregisters, as SIP's Expires: 0 does (the device's register(0)).
     if (lifetime === 0) return this.deregister(deviceId, rid);
@@ -92,19 +96,19 @@ export class Registrar {
     }
     const granted = Math.min(policy.maxLifetime, LIFETIME_CEILING, Math.max(policy.minLifetime, lifetime));
     const t = now();
-    const renewal = !!this.d.store.getRegistration(deviceId);
-    const result = this.d.store.atomically(() => {
+    const renewal = !!(await this.d.store.getRegistration(deviceId));
+    const result = await this.d.store.atomically(async () => {
       let certId: Uint8Array = new Uint8Array(0);
       let cert: Uint8Array | null = null;
       if (wantCert) {
         certId = this.d.crypto.random(CERT_ID_BYTES);
         cert = issueCertificate(
-          { iss: this.d.gatewayId, sub: deviceId, iat: t, nbf: t, exp: t + granted, cti: certId, publicKey: this.identity(deviceId) },
+          { iss: this.d.gatewayId, sub: deviceId, iat: t, nbf: t, exp: t + granted, cti: certId, publicKey: await this.identity(deviceId) },
           this.d.gatewayKey.seed,
         );
       }
-      this.d.store.putRegistration({ deviceId, registeredAt: t, expiresAt: t + granted, suites: usable, certId, cert, firmware, memoryUsed: memory });
-      this.d.store.audit(t, deviceId, renewal ? "renewed" : "registered", `granted=${granted} cert=${toHex(certId)}`);
+      await this.d.store.putRegistration({ deviceId, registeredAt: t, expiresAt: t + granted, suites: usable, certId, cert, firmware, memoryUsed: memory });
+      await this.d.store.audit(t, deviceId, renewal ? "renewed" : "registered", `granted=${granted} cert=${toHex(certId)}`);
       return { certId, cert };
     });
     this.stats[renewal ? "renewed" : "registered"]++;
@@ -112,10 +116,10 @@ export class Registrar {
     return { t: Msg.RegisterOk, rid, granted, certId: result.certId, cert: result.cert };
   }
 
-  private deregister(deviceId: string, rid: number): InnerMessage {
-    const existed = this.d.store.atomically(() => {
-      const gone = this.d.store.deleteRegistration(deviceId);
-      if (gone) this.d.store.audit(this.d.now(), deviceId, "deregistered", "");
+  private async deregister(deviceId: string, rid: number): Promise<InnerMessage> {
+    const existed = await this.d.store.atomically(async () => {
+      const gone = await this.d.store.deleteRegistration(deviceId);
+      if (gone) await this.d.store.audit(this.d.now(), deviceId, "deregistered", "");
       return gone;
     });
     this.d.log.info("deregistered", { device: deviceId, existed });
@@ -125,17 +129,17 @@ export class Registrar {
 
   /** Only a certificate valid now is served; an unknown, expired or certificate-less name gets the
    *  same NotFound answer (the reason goes to the log only). The caller must be registered itself. */
-  private certQuery(deviceId: string, rid: number, asked: string): InnerMessage {
+  private async certQuery(deviceId: string, rid: number, asked: string): Promise<InnerMessage> {
     const now = this.d.now();
     // "bob@<our domain>" is our bob; another domain's name (no cross-gateway hook took it) is not found.
     const name = localDeviceId(asked, this.d.gatewayId) ?? asked;
-    const own = this.d.store.getRegistration(deviceId);
+    const own = await this.d.store.getRegistration(deviceId);
     if (!own || own.expiresAt <= now) {
       this.d.log.warn("request-rejected", { device: deviceId, reason: own ? "caller's registration expired" : "caller is not registered", request: "cert-query" });
       return { t: Msg.Error, rid, code: ErrorCode.NotRegistered };
     }
-    const reg = this.d.store.getRegistration(name);
-    const why = !this.d.permissions.permits(deviceId, name, "cert")
+    const reg = await this.d.store.getRegistration(name);
+    const why = !(await this.d.permissions.permits(deviceId, name, "cert"))
       ? "policy denies it"
       : !reg ? "no such registration" : reg.expiresAt <= now ? "registration expired" : !reg.cert ? "no certificate issued" : "";
     if (why || !reg?.cert) {

@@ -1,14 +1,20 @@
-// The gateway's durable state in one SQLite file (WAL): the device registry with root keys and join
-// counters, registrations with their certificates, the identity keys kept in devices' names, and an
-// audit log. Every multi-row change is one transaction, so a crash never leaves half a record.
-// Columns added after the first release are added by a migration that checks for them, so a data
-// directory made by an older gateway keeps working. Root keys and identity seeds are stored sealed
-// under the registry's key-encryption key, which is not in the database (kek.ts).
+// The gateway's durable state: the device registry with root keys and join counters, registrations
+// with their certificates, the identity keys kept in devices' names, policy, group SAs' membership and
+// an audit log. In one SQLite file (WAL) by default, or in PostgreSQL (`--db postgres://...`), which
+// several gateway instances of one domain share: the store is written once over the engine interface
+// (sql.ts), in the SQL both accept. Every multi-row change is one transaction, so a crash never leaves
+// half a record; a join counter advances in one conditional UPDATE, so two instances can never both
+// accept the same one. The schema is versioned (migrations.ts), so a registry made by an older gateway
+// keeps working. Root keys and identity seeds are stored sealed under the registry's key-encryption
+// key, which is not in the database (kek.ts).
 
+import { AsyncLocalStorage } from "node:async_hooks";
 import { chmodSync, closeSync, existsSync, openSync } from "node:fs";
 import { dirname, join } from "node:path";
-import Database from "better-sqlite3";
 import { KEK_FILE, KEK_FILE_ENV, KekError, loadOrCreateKek, open as openSealed, seal, type SealedKind } from "./kek.ts";
+import { migrate } from "./migrations.ts";
+import { DatabaseError, type EngineName, type SqlConnection, type SqlResult, type SqlRow, type SqlValue, type TransactionOptions } from "./sql.ts";
+import { openSqlite, SqliteConnection } from "./sqlite-engine.ts";
 
 /** The meta key holding a value sealed under the KEK, which tells the right KEK from another. */
 const KEK_CHECK = "kek-check";
@@ -56,48 +62,27 @@ export interface DeviceSummary {
   memoryUsed: number | null;
 }
 
-const SCHEMA = `
-CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS devices (
-  id TEXT PRIMARY KEY,
-  root_key BLOB NOT NULL,
-  board TEXT NOT NULL,
-  created_at INTEGER NOT NULL,
-  revoked_at INTEGER,
-  join_counter INTEGER NOT NULL DEFAULT 0,
-  identity_seed BLOB,
-  identity_public BLOB
-);
-CREATE TABLE IF NOT EXISTS registrations (
-  device_id TEXT PRIMARY KEY REFERENCES devices(id) ON DELETE CASCADE,
-  registered_at INTEGER NOT NULL,
-  expires_at INTEGER NOT NULL,
-  suites TEXT NOT NULL,
-  cert_id BLOB,
-  cert BLOB
-);
-CREATE TABLE IF NOT EXISTS audit (
-  id INTEGER PRIMARY KEY AUTOINCREMENT,
-  ts INTEGER NOT NULL,
-  device_id TEXT,
-  event TEXT NOT NULL,
-  detail TEXT
-);
-`;
-
-/** Columns added since the first schema: [table, column, type]. Each is added where it is missing. */
-const ADDED_COLUMNS: [string, string, string][] = [
-  ["registrations", "firmware", "TEXT"],
-  ["registrations", "memory_used", "INTEGER"],
-];
-
-const bytes = (b: Buffer | null): Uint8Array | null => (b ? new Uint8Array(b) : null);
+const bytes = (b: unknown): Uint8Array | null => (b ? new Uint8Array(b as Buffer) : null);
 
 const infoOf = (r: Record<string, any>): DeviceInfo => ({
   id: r.id, board: r.board, createdAt: r.created_at, revokedAt: r.revoked_at, joinCounter: r.join_counter, identityPublic: bytes(r.identity_public),
 });
 
-/** A file that is not a keyproxy registry, opened with `create: false`. */
+/** A registry given as a PostgreSQL URL (postgres:// or postgresql://); anything else is an SQLite file. */
+export const isDatabaseUrl = (target: string): boolean => /^postgres(ql)?:\/\//i.test(target);
+
+/** A PostgreSQL URL without its password, for messages and logs. */
+export function withoutPassword(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = "***";
+    return u.toString();
+  } catch {
+    return "(a PostgreSQL URL that does not parse)";
+  }
+}
+
+/** A database that is not a keyproxy registry, opened with `create: false`. */
 export class NotARegistry extends Error {}
 
 /** The registry and the -wal and -shm files SQLite keeps beside it hold root keys: owner-only. The
@@ -122,8 +107,16 @@ export interface StoreOptions {
    *  for commands that only use an existing registry: the file must exist and be a registry
    *  (NotARegistry otherwise), and nothing is created or chmodded. */
   create?: boolean;
-  /** The key-encryption key's file (default: $KEYPROXY_KEK_FILE, else keyproxy.kek beside the database). */
+  /** The key-encryption key's file (default: $KEYPROXY_KEK_FILE, else keyproxy.kek beside an SQLite
+   *  file; a PostgreSQL registry has no "beside": its KEK file must be given). */
   kekFile?: string;
+  /** PostgreSQL: connections in the pool (default the engine's). */
+  poolSize?: number;
+  /** SQLite: how long a write waits for another process's (default 5000 ms). */
+  busyTimeoutMs?: number;
+  /** PostgreSQL: an idle connection broke (the server restarted, the network was cut); the pool
+   *  opens another when needed. For the log; the reason holds no password. */
+  onConnectionLost?: (reason: string) => void;
 }
 
 const ROOT_KEY_BYTES = 16;
@@ -140,188 +133,216 @@ interface QueuedAudit {
   detail: string;
 }
 
+/** The transaction a piece of code runs in (Store.atomically), found through AsyncLocalStorage so
+ *  that the store's methods called inside fn join it without being handed it. */
+interface ActiveTransaction {
+  conn: SqlConnection;
+  /** Set when it has ended: a timer started inside it inherits the context, and must not use it. */
+  done: boolean;
+  /** Queued audit records it wrote (writeQueuedAudit), queued again if it rolls back. */
+  drained: QueuedAudit[];
+}
+
+/** Text PostgreSQL cannot hold (NUL) never reaches either engine: both logs read the same. */
+const storableText = (s: string): string => s.replace(/\0/g, "\uFFFD");
+
 export class Store {
-  /** The connection itself; readers outside the store go through `db`, which commits the queued
-   *  audit records first. */
-  private readonly sqlite: Database.Database;
-  readonly kekFile: string;
-  private readonly create: boolean;
+  private readonly context = new AsyncLocalStorage<ActiveTransaction>();
   private kekBytes: Buffer | undefined;
-  /** Prepared statements by their SQL, made once: preparing costs more than running most of them. */
-  private statements = new Map<string, Database.Statement>();
+  /** The schema versions this open applied (migrations.ts): none when the registry was up to date. */
+  schemaApplied: number[] = [];
+  /** The meta value sealed under the KEK (read at open): which tells the right KEK from another. */
+  private kekCheck: string | undefined;
   /** Audit records that are evidence only (auditBatched), committed together every AUDIT_BATCH_MS. */
   private auditQueue: QueuedAudit[] = [];
   private auditFlush: NodeJS.Timeout | null = null;
   private auditWaiters: (() => void)[] = [];
-  /** Queued records written into the transaction under way (atomically), to queue again on rollback. */
-  private drained: QueuedAudit[] | null = null;
 
-  constructor(file: string, opts: StoreOptions = {}) {
+  private constructor(
+    private readonly conn: SqlConnection,
+    /** The SQLite file, or the PostgreSQL URL without its password. */
+    readonly location: string,
+    readonly kekFile: string,
+    private readonly create: boolean,
+  ) {}
+
+  /** Opens the registry at target, an SQLite file or a PostgreSQL URL, bringing its schema up to date. */
+  static async open(target: string, opts: StoreOptions = {}): Promise<Store> {
     const create = opts.create ?? true;
-    this.create = create;
-    this.kekFile = opts.kekFile ?? process.env[KEK_FILE_ENV] ?? join(dirname(file), KEK_FILE);
-    if (create) makeOwnerOnly(file);
-    this.sqlite = new Database(file, { fileMustExist: !create });
-    if (!create && !this.isRegistry()) {
-      this.sqlite.close();
-      throw new NotARegistry(`${file} is not a keyproxy registry`);
+    const postgres = isDatabaseUrl(target);
+    const kekFile = opts.kekFile ?? process.env[KEK_FILE_ENV] ?? (postgres ? undefined : join(dirname(target), KEK_FILE));
+    if (!kekFile) throw new KekError(`a registry in PostgreSQL needs the file of its key-encryption key: set ${KEK_FILE_ENV} (every instance of the domain uses the same KEK, which is never in the database)`);
+    let conn: SqlConnection;
+    if (postgres) {
+      const { openPostgres } = await import("./postgres-engine.ts");
+      conn = await openPostgres(target, { poolSize: opts.poolSize, onConnectionLost: opts.onConnectionLost });
+    } else {
+      if (create) makeOwnerOnly(target);
+      conn = openSqlite(target, { mustExist: !create, busyTimeoutMs: opts.busyTimeoutMs });
     }
-    this.sqlite.pragma("journal_mode = WAL");
-    // FULL: a join counter the gateway has accepted must survive a power cut, or a replay could pass.
-    // Only the batched audit records' own commits run at NORMAL (flushAudit).
-    this.sqlite.pragma("synchronous = FULL");
-    this.sqlite.pragma("foreign_keys = ON");
-    this.sqlite.exec(SCHEMA);
-    this.migrate();
-    // A registry that may be written gets its KEK now (made if new), and what an older gateway stored
-    // in the clear is sealed; one that is only read loads its KEK when a secret is first read.
-    if (create) {
-      try {
-        this.sealWhatIsClear();
-      } catch (e) {
-        this.sqlite.close();
-        throw e;
-      }
+    const store = new Store(conn, postgres ? withoutPassword(target) : target, kekFile, create);
+    try {
+      if (!create && !(await store.isRegistry())) throw new NotARegistry(`${store.location} is not a keyproxy registry`);
+      if (conn instanceof SqliteConnection) conn.configure();
+      store.schemaApplied = await migrate(conn);
+      store.kekCheck = await store.getMeta(KEK_CHECK);
+      // A registry that may be written gets its KEK now (made if new), and what an older gateway stored
+      // in the clear is sealed; one that is only read loads its KEK when a secret is first read.
+      if (create) await store.sealWhatIsClear();
+    } catch (e) {
+      await conn.close();
+      throw e;
     }
+    return store;
+  }
+
+  get engine(): EngineName {
+    return this.conn.engine;
+  }
+
+  get closed(): boolean {
+    return this.conn.closed;
+  }
+
+  /** One statement (`?` placeholders), inside the transaction the caller runs in, if any: for the
+   *  registry's other tables (policy.ts, key-groups.ts) and for tests. The queued audit records are
+   *  committed first when it reads the audit table, so that a reader sees every record so far. */
+  async query(sql: string, params: readonly SqlValue[] = []): Promise<SqlResult> {
+    if (this.auditQueue.length && /\baudit\b/i.test(sql) && !this.activeTransaction()) await this.flushAudit();
+    return this.via().query(sql, params);
+  }
+
+  /** The first row of a query, or undefined. */
+  async row(sql: string, params: readonly SqlValue[] = []): Promise<SqlRow | undefined> {
+    return (await this.query(sql, params)).rows[0];
+  }
+
+  private activeTransaction(): ActiveTransaction | undefined {
+    const a = this.context.getStore();
+    return a && !a.done ? a : undefined;
+  }
+
+  private via(): SqlConnection {
+    return this.activeTransaction()?.conn ?? this.conn;
   }
 
   /** The key-encryption key, loaded (or, for a registry that may be written, made) on first use and
    *  checked against the value the registry sealed with it first: another KEK fails here, at once (a
    *  gateway at its start), not at some device's join. */
-  private kek(): Buffer {
+  private async kek(): Promise<Buffer> {
     if (this.kekBytes) return this.kekBytes;
-    const check = this.getMeta(KEK_CHECK);
     // A registry that has sealed with a KEK never gets a new one: its KEK is missing, not new.
-    const kek = loadOrCreateKek(this.kekFile, this.create && check === undefined);
-    if (check !== undefined) {
+    const kek = loadOrCreateKek(this.kekFile, this.create && this.kekCheck === undefined);
+    if (this.kekCheck === undefined && this.create) {
+      // Another instance starting at the same time may have written its check first: keep that one,
+      // and check this KEK against it below.
+      await this.query("INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT(k) DO NOTHING", [KEK_CHECK, seal(kek, "kek-check", "registry", Buffer.from(KEK_CHECK)).toString("hex")]);
+      this.kekCheck = await this.getMeta(KEK_CHECK);
+    }
+    if (this.kekCheck !== undefined) {
       try {
-        openSealed(kek, "kek-check", "registry", Buffer.from(check, "hex"));
+        openSealed(kek, "kek-check", "registry", Buffer.from(this.kekCheck, "hex"));
       } catch {
         throw new KekError(`the key-encryption key ${this.kekFile} is not the one this registry's keys were sealed with: restore the right one, or set ${KEK_FILE_ENV} to where it is`);
       }
-    } else if (this.create) this.setMeta(KEK_CHECK, seal(kek, "kek-check", "registry", Buffer.from(KEK_CHECK)).toString("hex"));
+    }
     this.kekBytes = kek;
     return kek;
   }
 
-  private sealed(kind: SealedKind, id: string, plain: Uint8Array): Buffer {
-    return seal(this.kek(), kind, id, plain);
+  private async sealed(kind: SealedKind, id: string, plain: Uint8Array): Promise<Buffer> {
+    return seal(await this.kek(), kind, id, plain);
   }
 
   /** A secret column's value: opened, or as it is where an older gateway stored it in the clear (a
    *  registry opened only to read; one opened to write has been sealed by sealWhatIsClear). */
-  private opened(kind: SealedKind, id: string, stored: Buffer, plainBytes: number): Uint8Array {
-    return stored.length === plainBytes ? new Uint8Array(stored) : openSealed(this.kek(), kind, id, stored);
+  private async opened(kind: SealedKind, id: string, stored: Uint8Array, plainBytes: number): Promise<Uint8Array> {
+    return stored.length === plainBytes ? new Uint8Array(stored) : openSealed(await this.kek(), kind, id, stored);
   }
 
   /** Seals the root keys and identity seeds an older gateway stored in the clear, in one transaction. */
-  private sealWhatIsClear(): void {
-    this.kek();
-    const clear = this.sqlite.prepare(`SELECT id, root_key, identity_seed FROM devices WHERE length(root_key) = ${ROOT_KEY_BYTES} OR length(identity_seed) = ${IDENTITY_SEED_BYTES}`).all() as { id: string; root_key: Buffer; identity_seed: Buffer | null }[];
-    if (!clear.length) return;
-    this.sqlite.transaction(() => {
+  private async sealWhatIsClear(): Promise<void> {
+    await this.kek();
+    await this.atomically(async () => {
+      const clear = (await this.query(`SELECT id, root_key, identity_seed FROM devices WHERE length(root_key) = ${ROOT_KEY_BYTES} OR length(identity_seed) = ${IDENTITY_SEED_BYTES}`)).rows as { id: string; root_key: Buffer; identity_seed: Buffer | null }[];
       for (const r of clear) {
-        if (r.root_key.length === ROOT_KEY_BYTES) this.statement("UPDATE devices SET root_key = ? WHERE id = ?").run(this.sealed("root-key", r.id, r.root_key), r.id);
-        if (r.identity_seed?.length === IDENTITY_SEED_BYTES) this.statement("UPDATE devices SET identity_seed = ? WHERE id = ?").run(this.sealed("identity-seed", r.id, r.identity_seed), r.id);
+        if (r.root_key.length === ROOT_KEY_BYTES) await this.query("UPDATE devices SET root_key = ? WHERE id = ?", [await this.sealed("root-key", r.id, r.root_key), r.id]);
+        if (r.identity_seed?.length === IDENTITY_SEED_BYTES) await this.query("UPDATE devices SET identity_seed = ? WHERE id = ?", [await this.sealed("identity-seed", r.id, r.identity_seed), r.id]);
       }
-    })();
+    });
   }
 
-  /** Whether the file is a SQLite database with the registry's devices table: read only, no schema made. */
-  private isRegistry(): boolean {
+  /** Whether the database has the registry's devices table: read only, no schema made. */
+  private async isRegistry(): Promise<boolean> {
+    const sql = this.engine === "sqlite"
+      ? "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'devices'"
+      : "SELECT 1 FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = 'devices'";
     try {
-      return this.sqlite.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'devices'").get() !== undefined;
+      return (await this.conn.query(sql)).rows.length > 0;
     } catch (e) {
       if ((e as { code?: string }).code === "SQLITE_NOTADB") return false;
       throw e;
     }
   }
 
-  /** Adds the columns an older data directory lacks, in one transaction. */
-  private migrate(): void {
-    this.sqlite.transaction(() => {
-      for (const [table, column, type] of ADDED_COLUMNS) {
-        const have = (this.sqlite.prepare(`PRAGMA table_info(${table})`).all() as { name: string }[]).some((c) => c.name === column);
-        if (!have) this.sqlite.exec(`ALTER TABLE ${table} ADD COLUMN ${column} ${type}`);
-      }
-    })();
-  }
-
   /** Commits the queued audit records, then closes the database (Gateway.stop comes here). */
-  close(): void {
-    if (!this.sqlite.open) return;
+  async close(): Promise<void> {
+    if (this.conn.closed) return;
     try {
-      this.flushAudit();
+      await this.flushAudit();
     } finally {
       // Closed even when that commit fails (its error still reaches the caller).
-      this.sqlite.close();
+      await this.conn.close();
     }
   }
 
-  /** The database, for readers outside the store (tests, `keyproxy` commands): the queued audit
-   *  records are committed first, so that whoever reads the audit table sees every record so far. */
-  get db(): Database.Database {
-    if (this.auditQueue.length && this.sqlite.open) this.flushAudit();
-    return this.sqlite;
+  async getMeta(k: string): Promise<string | undefined> {
+    return (await this.row("SELECT v FROM meta WHERE k = ?", [k]))?.v as string | undefined;
   }
 
-  /** sql prepared once for this connection, then reused. */
-  statement(sql: string): Database.Statement {
-    let s = this.statements.get(sql);
-    if (!s) {
-      s = this.sqlite.prepare(sql);
-      this.statements.set(sql, s);
-    }
-    return s;
+  async setMeta(k: string, v: string): Promise<void> {
+    await this.query("INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v", [k, v]);
   }
 
-  getMeta(k: string): string | undefined {
-    const r = this.statement("SELECT v FROM meta WHERE k = ?").get(k) as { v: string } | undefined;
-    return r?.v;
-  }
-
-  setMeta(k: string, v: string): void {
-    this.statement("INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v").run(k, v);
-  }
-
-  addDevice(id: string, rootKey: Uint8Array, board: string, now: number): void {
-    this.statement("INSERT INTO devices (id, root_key, board, created_at) VALUES (?, ?, ?, ?)").run(id, this.sealed("root-key", id, rootKey), board, now);
+  async addDevice(id: string, rootKey: Uint8Array, board: string, now: number): Promise<void> {
+    await this.query("INSERT INTO devices (id, root_key, board, created_at) VALUES (?, ?, ?, ?)", [id, await this.sealed("root-key", id, rootKey), board, now]);
   }
 
   /** Replaces a device's root key and forgets its join counter, registration and identity. */
-  replaceDevice(id: string, rootKey: Uint8Array, board: string, now: number): void {
-    this.atomically(() => {
-      this.statement("DELETE FROM devices WHERE id = ?").run(id);
-      this.addDevice(id, rootKey, board, now);
+  async replaceDevice(id: string, rootKey: Uint8Array, board: string, now: number): Promise<void> {
+    await this.atomically(async () => {
+      await this.query("DELETE FROM devices WHERE id = ?", [id]);
+      await this.addDevice(id, rootKey, board, now);
     });
   }
 
-  removeDevice(id: string): boolean {
-    return this.statement("DELETE FROM devices WHERE id = ?").run(id).changes === 1;
+  async removeDevice(id: string): Promise<boolean> {
+    return (await this.query("DELETE FROM devices WHERE id = ?", [id])).changes === 1;
   }
 
   /** A device with its secrets opened: for the join and the exchange, which use them. */
-  getDevice(id: string): DeviceRow | undefined {
-    const r = this.statement("SELECT * FROM devices WHERE id = ?").get(id) as Record<string, any> | undefined;
+  async getDevice(id: string): Promise<DeviceRow | undefined> {
+    const r = await this.row("SELECT * FROM devices WHERE id = ?", [id]);
     if (!r) return undefined;
     return {
       ...infoOf(r),
-      rootKey: this.opened("root-key", r.id, r.root_key, ROOT_KEY_BYTES),
-      identitySeed: r.identity_seed ? this.opened("identity-seed", r.id, r.identity_seed, IDENTITY_SEED_BYTES) : null,
+      rootKey: await this.opened("root-key", id, r.root_key as Uint8Array, ROOT_KEY_BYTES),
+      identitySeed: r.identity_seed ? await this.opened("identity-seed", id, r.identity_seed as Uint8Array, IDENTITY_SEED_BYTES) : null,
     };
   }
 
   /** A device without its secrets: nothing is opened, no key leaves the database. */
-  getDeviceInfo(id: string): DeviceInfo | undefined {
-    const r = this.statement("SELECT id, board, created_at, revoked_at, join_counter, identity_public FROM devices WHERE id = ?").get(id) as Record<string, any> | undefined;
+  async getDeviceInfo(id: string): Promise<DeviceInfo | undefined> {
+    const r = await this.row("SELECT id, board, created_at, revoked_at, join_counter, identity_public FROM devices WHERE id = ?", [id]);
     return r ? infoOf(r) : undefined;
   }
 
-  listDevices(): DeviceSummary[] {
-    return (this.sqlite.prepare(
+  async listDevices(): Promise<DeviceSummary[]> {
+    const { rows } = await this.query(
       `SELECT d.id, d.board, d.created_at, d.revoked_at, d.join_counter, r.expires_at, r.firmware, r.memory_used
        FROM devices d LEFT JOIN registrations r ON r.device_id = d.id ORDER BY d.id`,
-    ).all() as Record<string, any>[]).map((r) => ({
+    );
+    return (rows as Record<string, any>[]).map((r) => ({
       id: r.id, board: r.board, createdAt: r.created_at, revokedAt: r.revoked_at, joinCounter: r.join_counter, expiresAt: r.expires_at,
       firmware: r.firmware, memoryUsed: r.memory_used,
     }));
@@ -330,70 +351,75 @@ export class Store {
   /** Marks a device revoked (fleet revocation list, docs/FLEET.md) and deletes its registration, in
    *  one transaction: its joins are refused from now on (advanceJoinCounter and the link server check
    *  revoked_at). False when there is no such device or it was revoked already. */
-  revokeDevice(id: string, now: number, why: string): boolean {
-    return this.atomically(() => {
-      const changed = this.statement("UPDATE devices SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL").run(now, id).changes === 1;
+  async revokeDevice(id: string, now: number, why: string): Promise<boolean> {
+    return this.atomically(async () => {
+      const changed = (await this.query("UPDATE devices SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", [now, id])).changes === 1;
       if (!changed) return false;
-      this.deleteRegistration(id);
-      this.audit(now, id, "revoked", why);
+      await this.deleteRegistration(id);
+      await this.audit(now, id, "revoked", why);
       return true;
     });
   }
 
-  /** Raises the join counter to ctr only if ctr is higher: false means a replay (or a race lost). */
-  advanceJoinCounter(id: string, ctr: number): boolean {
-    return this.statement("UPDATE devices SET join_counter = ? WHERE id = ? AND join_counter < ? AND revoked_at IS NULL").run(ctr, id, ctr).changes === 1;
+  /** Raises the join counter to ctr only if ctr is higher, in one conditional UPDATE (atomic on both
+   *  engines, across every instance sharing the database): false means a replay, or a race lost to
+   *  another instance that accepted the same counter. */
+  async advanceJoinCounter(id: string, ctr: number): Promise<boolean> {
+    return (await this.query("UPDATE devices SET join_counter = ? WHERE id = ? AND join_counter < ? AND revoked_at IS NULL", [ctr, id, ctr])).changes === 1;
   }
 
-  setIdentity(id: string, seed: Uint8Array, publicKey: Uint8Array): void {
-    this.statement("UPDATE devices SET identity_seed = ?, identity_public = ? WHERE id = ?").run(this.sealed("identity-seed", id, seed), Buffer.from(publicKey), id);
+  /** Gives a device the identity key the gateway keeps in its name, unless it has one: false when it
+   *  had (another instance of the domain was first; its key stays, and is the one to use). */
+  async setIdentity(id: string, seed: Uint8Array, publicKey: Uint8Array): Promise<boolean> {
+    return (await this.query("UPDATE devices SET identity_seed = ?, identity_public = ? WHERE id = ? AND identity_public IS NULL", [await this.sealed("identity-seed", id, seed), publicKey, id])).changes === 1;
   }
 
-  putRegistration(r: RegistrationRow): void {
-    this.statement(
+  async putRegistration(r: RegistrationRow): Promise<void> {
+    await this.query(
       `INSERT INTO registrations (device_id, registered_at, expires_at, suites, cert_id, cert, firmware, memory_used) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
        ON CONFLICT(device_id) DO UPDATE SET registered_at = excluded.registered_at, expires_at = excluded.expires_at,
        suites = excluded.suites, cert_id = excluded.cert_id, cert = excluded.cert, firmware = excluded.firmware, memory_used = excluded.memory_used`,
-    ).run(r.deviceId, r.registeredAt, r.expiresAt, JSON.stringify(r.suites), r.certId && Buffer.from(r.certId), r.cert && Buffer.from(r.cert), r.firmware, r.memoryUsed);
+      [r.deviceId, r.registeredAt, r.expiresAt, JSON.stringify(r.suites), r.certId, r.cert, r.firmware === null ? null : storableText(r.firmware), r.memoryUsed],
+    );
   }
 
-  getRegistration(deviceId: string): RegistrationRow | undefined {
-    const r = this.statement("SELECT * FROM registrations WHERE device_id = ?").get(deviceId) as Record<string, any> | undefined;
+  async getRegistration(deviceId: string): Promise<RegistrationRow | undefined> {
+    const r = (await this.row("SELECT * FROM registrations WHERE device_id = ?", [deviceId])) as Record<string, any> | undefined;
     if (!r) return undefined;
     return { deviceId: r.device_id, registeredAt: r.registered_at, expiresAt: r.expires_at, suites: JSON.parse(r.suites), certId: bytes(r.cert_id), cert: bytes(r.cert), firmware: r.firmware, memoryUsed: r.memory_used };
   }
 
-  deleteRegistration(deviceId: string): boolean {
-    return this.statement("DELETE FROM registrations WHERE device_id = ?").run(deviceId).changes === 1;
+  async deleteRegistration(deviceId: string): Promise<boolean> {
+    return (await this.query("DELETE FROM registrations WHERE device_id = ?", [deviceId])).changes === 1;
   }
 
-  /** An audit record committed before this returns, with the synchronous=FULL of every other write,
+  /** An audit record committed before this resolves, with the full durability of every other write,
    *  or inside the caller's transaction when there is one (a revocation's record lands with it). The
-   *  records queued before it are written first, in the same commit, so the log keeps their order
-   *  (not inside a transaction begun outside the store: see inForeignTransaction). */
-  audit(ts: number, deviceId: string | null, event: string, detail: string): void {
-    const queuedFirst = !this.inForeignTransaction();
-    this.atomically(() => {
-      if (queuedFirst) this.writeQueuedAudit();
-      this.insertAudit({ ts, deviceId, event, detail });
+   *  records queued before it are written first, in the same commit, so the log keeps their order. */
+  async audit(ts: number, deviceId: string | null, event: string, detail: string): Promise<void> {
+    await this.atomically(async () => {
+      await this.writeQueuedAudit();
+      await this.insertAudit({ ts, deviceId, event, detail });
     });
   }
 
   /** An audit record that is evidence, not state: a session's up, down and rekey. It is queued and
    *  committed with every other one queued within AUDIT_BATCH_MS in ONE transaction (group commit),
-   *  at synchronous=NORMAL, so that a burst of setups pays one commit, not one fsync each.
+   *  not durable (SQLite: synchronous=NORMAL; PostgreSQL: synchronous_commit off), so that a burst of
+   *  setups pays one commit, not one fsync each.
    *  What that costs: a crash of the process loses the records of at most the last AUDIT_BATCH_MS
-   *  (a committed transaction is in the WAL, which the OS keeps); a power cut may also lose the
-   *  batched commits since the WAL was last synced (by any FULL commit: a join counter, a
+   *  (SQLite: a committed transaction is in the WAL, which the OS keeps); a power cut may also lose
+   *  the batched commits since the log was last synced (by any durable commit: a join counter, a
    *  registration, a checkpoint). The database never corrupts, and nothing that must stay true is in
-   *  these records: join counters, registrations, provisioning and revocation are written FULL before
-   *  the gateway answers (audit() for their records). Readers see queued records (`db` commits them
-   *  first), and close() commits them. */
+   *  these records: join counters, registrations, provisioning and revocation are committed durably
+   *  before the gateway answers (audit() for their records). Readers of the audit table through
+   *  query() see queued records, and close() commits them. */
   auditBatched(ts: number, deviceId: string | null, event: string, detail: string): void {
     // As audit() would, at once: a record queued on a closed store would be lost without a word.
-    if (!this.sqlite.open) throw new TypeError("The database connection is not open");
+    if (this.conn.closed) throw new DatabaseError("the registry's database is closed");
     this.auditQueue.push({ ts, deviceId, event, detail });
-    this.auditFlush ??= setTimeout(() => this.flushAudit(), AUDIT_BATCH_MS);
+    // Outside the caller's context: the timer must not inherit a transaction that will have ended.
+    this.auditFlush ??= this.context.exit(() => setTimeout(() => void this.flushAudit().catch(() => this.retryAuditLater()), AUDIT_BATCH_MS));
   }
 
   /** Resolves once the audit records queued so far are committed (a test's or a caller's wait). */
@@ -402,29 +428,22 @@ export class Store {
     return new Promise((resolve) => this.auditWaiters.push(resolve));
   }
 
-  /** Commits the queued audit records in one transaction at synchronous=NORMAL (see auditBatched).
-   *  Inside one of the store's own transactions (atomically) they are written into it instead: the
-   *  synchronous level cannot change there, and its commit makes them durable with the rest. A failed
-   *  write leaves them queued (the error goes to the caller, as a failed audit() does); close() tries
-   *  again. */
-  private flushAudit(): void {
+  /** A batch that did not commit (the database unreachable a moment) stays queued and is tried again;
+   *  close() tries once more and passes its error on. */
+  private retryAuditLater(): void {
+    if (this.conn.closed || this.auditFlush) return;
+    this.auditFlush = this.context.exit(() => setTimeout(() => void this.flushAudit().catch(() => this.retryAuditLater()), AUDIT_BATCH_MS * 10));
+  }
+
+  /** Commits the queued audit records in one transaction that need not be durable (see auditBatched).
+   *  A failed write leaves them queued (atomically puts them back), and the error goes to the caller. */
+  private async flushAudit(): Promise<void> {
     if (this.auditFlush) clearTimeout(this.auditFlush);
     this.auditFlush = null;
-    if (!this.sqlite.open) return;
-    // Empty: whatever was queued has been committed, here or with an audit() that wrote it first.
-    if (!this.auditQueue.length) return this.tellAuditCommitted();
-    if (this.inForeignTransaction()) {
-      this.auditFlush = setTimeout(() => this.flushAudit(), AUDIT_BATCH_MS);
-      return;
-    }
-    if (this.sqlite.inTransaction) return this.writeQueuedAudit();
-    this.statement("PRAGMA synchronous = NORMAL").run();
-    try {
-      this.atomically(() => this.writeQueuedAudit());
-    } finally {
-      this.statement("PRAGMA synchronous = FULL").run();
-    }
-    this.tellAuditCommitted();
+    if (this.conn.closed) return;
+    if (this.auditQueue.length) await this.context.exit(() => this.atomically(() => this.writeQueuedAudit(), { durable: false }));
+    // Empty now, or already: whatever was queued is committed, here or with an audit() that wrote it first.
+    if (!this.auditQueue.length) this.tellAuditCommitted();
   }
 
   private tellAuditCommitted(): void {
@@ -433,49 +452,46 @@ export class Store {
     for (const w of waiters) w();
   }
 
-  /** A transaction begun outside the store (a raw BEGIN, as `keyproxy provision` opens across its
-   *  steps): queued records are never written into it, since nothing here would queue them again if
-   *  it rolled back. They wait for their batch instead. */
-  private inForeignTransaction(): boolean {
-    return this.sqlite.inTransaction && this.drained === null;
-  }
-
-  /** Inserts the queued records into the current transaction. atomically() puts them back at the
+  /** Inserts the queued records into the current transaction; atomically() puts them back at the
    *  front of the queue if that transaction does not commit. */
-  private writeQueuedAudit(): void {
+  private async writeQueuedAudit(): Promise<void> {
     if (!this.auditQueue.length) return;
     const queued = this.auditQueue;
     this.auditQueue = [];
-    this.drained?.push(...queued);
-    for (const r of queued) this.insertAudit(r);
+    this.activeTransaction()?.drained.push(...queued);
+    for (const r of queued) await this.insertAudit(r);
   }
 
-  private insertAudit(r: QueuedAudit): void {
-    this.statement("INSERT INTO audit (ts, device_id, event, detail) VALUES (?, ?, ?, ?)").run(r.ts, r.deviceId, r.event, r.detail);
+  private async insertAudit(r: QueuedAudit): Promise<void> {
+    await this.query("INSERT INTO audit (ts, device_id, event, detail) VALUES (?, ?, ?, ?)", [r.ts, r.deviceId, storableText(r.event), storableText(r.detail)]);
   }
 
-  /** A transaction around fn: all of its writes land, or none. Queued audit records it wrote
-   *  (writeQueuedAudit) are queued again if it rolls back, so a failed change loses none of them. */
-  atomically<T>(fn: () => T): T {
-    const outer = this.drained;
-    this.drained = [];
+  /** A transaction around fn: all of its writes land, or none. The store's methods that fn calls run
+   *  inside it (a nested atomically is a savepoint). Queued audit records it wrote are queued again if
+   *  it rolls back, so a failed change loses none of them. */
+  async atomically<T>(fn: () => Promise<T>, opts?: TransactionOptions): Promise<T> {
+    const outer = this.activeTransaction();
+    const active: ActiveTransaction = { conn: this.conn, done: false, drained: [] };
     try {
-      const result = this.sqlite.transaction(fn)();
+      const result = await (outer?.conn ?? this.conn).transaction((tx) => {
+        active.conn = tx;
+        return this.context.run(active, fn);
+      }, opts);
       // Nested: the outer transaction may still roll back, and these with it.
-      outer?.push(...this.drained);
+      outer?.drained.push(...active.drained);
       return result;
     } catch (e) {
-      this.auditQueue = [...this.drained, ...this.auditQueue];
+      this.auditQueue = [...active.drained, ...this.auditQueue];
       throw e;
     } finally {
-      this.drained = outer;
+      active.done = true;
     }
   }
 
   /** Rows of every table, for tests that prove a rejected input changed nothing. */
-  snapshot(): string {
+  async snapshot(): Promise<string> {
     const dump: Record<string, unknown[]> = {};
-    for (const t of ["meta", "devices", "registrations"]) dump[t] = this.sqlite.prepare(`SELECT * FROM ${t} ORDER BY 1`).all();
+    for (const t of ["meta", "devices", "registrations"]) dump[t] = (await this.query(`SELECT * FROM ${t} ORDER BY 1`)).rows;
     return JSON.stringify(dump, (_k, v) => (v && v.type === "Buffer" ? Buffer.from(v.data).toString("hex") : v));
   }
 }

@@ -26,7 +26,7 @@ import { localDeviceId } from "../fleet/fleet.ts";
 import type { Logger } from "../log/logger.ts";
 import { CLOSE_REASON_NAMES, spiText } from "../log/protocol-names.ts";
 import { GroupError, KeyGroups, type KeyGroup } from "../registry/key-groups.ts";
-import type { Store } from "../registry/store.ts";
+import type { RegistrationRow, Store } from "../registry/store.ts";
 import { overlap, suiteCandidates, type Candidate } from "./matching.ts";
 import type { SessionSettings } from "./session-broker.ts";
 
@@ -112,8 +112,15 @@ export class GroupKeeper {
    *  then (firmware without --groups does so every time): they are not offered a key again until
    *  they register with other firmware. */
   private refusedFirmware = new Map<string, string | null>();
-  private version: number;
+  /** The membership version last acted on (undefined until read at start). */
+  private version: number | undefined;
   private poll: NodeJS.Timeout;
+  private polling = false;
+  private closed = false;
+  /** Each group's reconciliation under way: one at a time per group, in the order asked. */
+  private reconciling = new Map<string, Promise<void>>();
+  /** The firmware each member of this gateway registered with, as last read (refusedFirmware). */
+  private firmwareSeen = new Map<string, string | null>();
   readonly stats = { keyed: 0, rekeyed: 0, unkeyable: 0, relayed: 0, relayDropped: 0 };
   /** Members behind other gateways (set when the gateway joins its fleet); without it they are
    *  never up. */
@@ -121,8 +128,8 @@ export class GroupKeeper {
 
   constructor(private d: GroupDeps) {
     this.store = new KeyGroups(d.store);
-    this.version = this.store.version();
-    this.poll = setInterval(() => this.checkStore(), d.pollMs ?? GROUP_POLL_MS);
+    void this.store.version().then((v) => (this.version ??= v), (e) => this.failed("", e));
+    this.poll = setInterval(() => void this.checkStore(), d.pollMs ?? GROUP_POLL_MS);
     this.poll.unref();
   }
 
@@ -133,31 +140,36 @@ export class GroupKeeper {
 
   // ---- operator API (keyproxy group, Gateway.groups) --------------------------------------------
 
-  create(name: string, app: string): void {
-    this.store.create(name, app, this.d.now());
-    this.afterChange(name, `group ${name} created for ${app}`);
+  async create(name: string, app: string): Promise<void> {
+    await this.store.create(name, app, this.d.now());
+    await this.afterChange(name, `group ${name} created for ${app}`);
   }
 
-  delete(name: string): boolean {
-    const gone = this.store.delete(name);
-    if (gone) this.afterChange(name, `group ${name} deleted`);
+  async delete(name: string): Promise<boolean> {
+    const gone = await this.store.delete(name);
+    if (gone) await this.afterChange(name, `group ${name} deleted`);
     return gone;
   }
 
-  add(name: string, member: string): boolean {
-    const added = this.store.add(name, this.memberName(member), this.d.now());
-    if (added) this.afterChange(name, `${member} added`);
+  async add(name: string, member: string): Promise<boolean> {
+    const added = await this.store.add(name, this.memberName(member), this.d.now());
+    if (added) await this.afterChange(name, `${member} added`);
     return added;
   }
 
-  remove(name: string, member: string): boolean {
-    const removed = this.store.remove(name, this.memberName(member));
-    if (removed) this.afterChange(name, `${member} removed`);
+  async remove(name: string, member: string): Promise<boolean> {
+    const removed = await this.store.remove(name, this.memberName(member));
+    if (removed) await this.afterChange(name, `${member} removed`);
     return removed;
   }
 
-  list(): KeyGroup[] {
+  list(): Promise<KeyGroup[]> {
     return this.store.list();
+  }
+
+  /** Resolves when every reconciliation asked for so far is done (tests, and the operator API). */
+  async settled(): Promise<void> {
+    while (this.reconciling.size) await Promise.all(this.reconciling.values());
   }
 
   /** The SPI of the group's key in use (0: none), for tests and monitoring. */
@@ -170,19 +182,33 @@ export class GroupKeeper {
     return localDeviceId(member, this.d.gatewayId) ?? member;
   }
 
-  private afterChange(name: string, what: string): void {
-    this.version = this.store.version();
+  private async afterChange(name: string, what: string): Promise<void> {
+    this.version = await this.store.version();
     this.d.log.info("group-changed", { group: this.fullName(name), reason: what });
     this.reconcile(name);
+    await this.reconciling.get(name);
   }
 
-  /** A change another process made (keyproxy group): every group is looked at again. */
-  private checkStore(): void {
-    const v = this.store.version();
-    if (v === this.version) return;
-    this.version = v;
-    const names = new Set([...this.store.list().map((g) => g.name), ...this.groups.keys()]);
-    for (const name of names) this.reconcile(name);
+  /** A change another process made (keyproxy group, another instance): every group is looked at again. */
+  private async checkStore(): Promise<void> {
+    if (this.polling || this.version === undefined) return;
+    this.polling = true;
+    try {
+      const v = await this.store.version();
+      if (v === this.version || this.closed) return;
+      this.version = v;
+      const names = new Set([...(await this.store.list()).map((g) => g.name), ...this.groups.keys()]);
+      for (const name of names) this.reconcile(name);
+    } catch (e) {
+      this.failed("", e);
+    } finally {
+      this.polling = false;
+    }
+  }
+
+  /** The registry could not be read: said, and tried again at the next change or poll. */
+  private failed(group: string, e: unknown): void {
+    if (!this.closed) this.d.log.error("group-registry-error", { group: group ? this.fullName(group) : undefined, reason: (e as Error).message });
   }
 
   // ---- events from the gateway ------------------------------------------------------------------
@@ -216,12 +242,12 @@ export class GroupKeeper {
   }
 
   /** A device of this gateway registered (or renewed): its groups take it in if it is not yet. */
-  registered(deviceId: string): void {
+  async registered(deviceId: string): Promise<void> {
     this.remote?.registered?.(deviceId);
-    const firmware = this.d.store.getRegistration(deviceId)?.firmware ?? null;
+    const firmware = (await this.d.store.getRegistration(deviceId))?.firmware ?? null;
     if (this.refusedFirmware.has(deviceId) && this.refusedFirmware.get(deviceId) === firmware) return;
     this.refusedFirmware.delete(deviceId);
-    for (const g of this.store.list()) {
+    for (const g of await this.store.list()) {
       if (!g.members.includes(deviceId)) continue;
       this.groups.get(g.name)?.stale.delete(deviceId);
       this.reconcile(g.name);
@@ -237,20 +263,26 @@ export class GroupKeeper {
 
   /** What a member's gateway reported of it changed (up, or its suites): its groups are looked at. */
   memberChanged(member: string): void {
-    for (const g of this.store.list()) if (g.members.includes(member)) this.reconcile(g.name);
+    this.store.list().then((groups) => {
+      for (const g of groups) if (g.members.includes(member)) this.reconcile(g.name);
+    }, (e) => this.failed("", e));
   }
 
   /** A member (here or elsewhere) is gone; revoked: its membership goes too (fleet-wide revocation). */
   memberGone(member: string, reason: CloseReason, why: string): void {
-    if (reason === CloseReason.Revoked) {
-      const left = this.store.removeEverywhere(member);
-      if (left.length) {
-        this.version = this.store.version();
-        this.d.log.warn("group-member-revoked", { device: member, groups: left.map((g) => this.fullName(g)).join(","), reason: why });
-      }
-    }
+    // Out of every key at once; its membership goes (revoked) before the groups are keyed again.
     for (const key of [...this.keys.values()]) if (key.members.has(member)) this.drop(key, member, reason);
-    for (const name of [...this.groups.keys()]) this.reconcile(name);
+    const membership = reason === CloseReason.Revoked ? this.leaveEverywhere(member, why) : Promise.resolve();
+    void membership.then(() => {
+      for (const name of [...this.groups.keys()]) this.reconcile(name);
+    }, (e) => this.failed("", e));
+  }
+
+  private async leaveEverywhere(member: string, why: string): Promise<void> {
+    const left = await this.store.removeEverywhere(member);
+    if (!left.length) return;
+    this.version = await this.store.version();
+    this.d.log.warn("group-member-revoked", { device: member, groups: left.map((g) => this.fullName(g)).join(","), reason: why });
   }
 
   /** A group frame from a member: relayed to every other member of its key. True when the SPI is a
@@ -295,6 +327,7 @@ export class GroupKeeper {
   }
 
   close(): void {
+    this.closed = true;
     clearInterval(this.poll);
     this.remote?.close?.();
     for (const k of this.keys.values()) stopTimers(k);
@@ -309,8 +342,31 @@ export class GroupKeeper {
    *  when the members that are up differ from the key's (or `rekey` says why a new key is due), a new
    *  key is installed for them. */
   private reconcile(name: string, rekey?: string): void {
+    const before = this.reconciling.get(name) ?? Promise.resolve();
+    const next = before.then(() => this.reconcileNow(name, rekey)).catch((e) => this.failed(name, e));
+    this.reconciling.set(name, next);
+    void next.then(() => {
+      if (this.reconciling.get(name) === next) this.reconciling.delete(name);
+    });
+  }
+
+  /** The registrations of the group's members of this gateway, read once for one reconciliation. */
+  private async localRegistrations(g: KeyGroup | undefined): Promise<Map<string, RegistrationRow>> {
+    const regs = new Map<string, RegistrationRow>();
+    for (const m of g?.members ?? []) {
+      if (m.includes("@")) continue;
+      const r = await this.d.store.getRegistration(m);
+      if (r) regs.set(m, r);
+      this.firmwareSeen.set(m, r?.firmware ?? null);
+    }
+    return regs;
+  }
+
+  private async reconcileNow(name: string, rekey?: string): Promise<void> {
     const d = this.d;
-    const g = this.store.get(name);
+    const g = await this.store.get(name);
+    const regs = await this.localRegistrations(g);
+    if (this.closed) return;
     let st = this.groups.get(name);
     if (!g && !st) return;
     if (!g) {
@@ -323,7 +379,7 @@ export class GroupKeeper {
       if (key.group !== name) continue;
       for (const member of [...key.members.keys()]) if (!g.members.includes(member)) this.drop(key, member, CloseReason.Removed);
     }
-    const up = g.members.filter((m) => !st.stale.has(m) && this.isUp(m, g));
+    const up = g.members.filter((m) => !st.stale.has(m) && this.isUp(m, g, regs));
     const keyed = st.next ?? st.current;
     // A key a member was taken out of is replaced even if the rest are the same: that member holds it.
     if (!rekey && keyed && !keyed.lostMember && sameMembers(keyed, up)) return;
@@ -336,7 +392,7 @@ export class GroupKeeper {
       if (st.current) this.end(st.current, CloseReason.PeerGone, "fewer than two members are up");
       return;
     }
-    const suite = this.suiteFor(up);
+    const suite = this.suiteFor(up, regs);
     if (suite === undefined) {
       this.stats.unkeyable++;
       d.log.error("group-no-common-suite", { group: this.fullName(name), members: up.join(","), reason: "no cipher suite every member registered: the group cannot be keyed with these members" });
@@ -346,24 +402,24 @@ export class GroupKeeper {
     this.install(g, st, up, suite);
   }
 
-  private isUp(member: string, g: KeyGroup): boolean {
+  private isUp(member: string, g: KeyGroup, regs: Map<string, RegistrationRow>): boolean {
     const d = this.d;
     if (member.includes("@")) return this.remote?.active(member, { name: this.fullName(g.name), app: g.app }) ?? false;
-    const r = d.store.getRegistration(member);
+    const r = regs.get(member);
     return !!r && r.expiresAt > d.now() && d.isLinked(member);
   }
 
-  private suitesOf(member: string): number[][] {
+  private suitesOf(member: string, regs: Map<string, RegistrationRow>): number[][] {
     if (member.includes("@")) return this.remote?.suites(member) ?? [];
-    return this.d.store.getRegistration(member)?.suites ?? [];
+    return regs.get(member)?.suites ?? [];
   }
 
   /** Seed 003's matching over every member: a suite of the first member that each of the others
    *  registered a match for, the one whose worst priority among the members is best (ties: the first
    *  member's order). */
-  private suiteFor(members: string[]): number | undefined {
+  private suiteFor(members: string[], regs: Map<string, RegistrationRow>): number | undefined {
     const mode = this.d.settings.matching.mode;
-    const all = members.map((m) => suiteCandidates(this.suitesOf(m)));
+    const all = members.map((m) => suiteCandidates(this.suitesOf(m, regs)));
     let best: { id: number; worst: number } | undefined;
     for (const c of all[0]) {
       let worst = c.priority ?? Infinity;
@@ -416,7 +472,7 @@ export class GroupKeeper {
       // It holds the seed but proved nothing: it is left out and the others get a key it never had.
       d.log.warn("group-confirm-dropped", { device: member, spi: spiText(key.spi), reason: "key confirmation does not verify (firmware built without --groups?)" });
       st.stale.add(member);
-      if (!member.includes("@")) this.refusedFirmware.set(member, d.store.getRegistration(member)?.firmware ?? null);
+      if (!member.includes("@")) this.refusedFirmware.set(member, this.firmwareSeen.get(member) ?? null);
       this.reconcile(key.group);
       return;
     }

@@ -24,7 +24,7 @@ export interface SessionHookContext {
   relay: (deviceId: string, payload: Uint8Array) => boolean;
   isLinked: (deviceId: string) => boolean;
   /** Revokes a device of this gateway (Gateway.revokeDevice). */
-  revokeDevice: (deviceId: string, why: string) => boolean;
+  revokeDevice: (deviceId: string, why: string) => Promise<boolean>;
 }
 
 /** handle and relay return true when they took the message; false leaves it to the gateway (the

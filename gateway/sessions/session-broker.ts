@@ -112,7 +112,7 @@ export class SessionBroker {
   constructor(private d: SessionDeps) {}
 
   /** Session messages from an authenticated device. */
-  handle(deviceId: string, m: InnerMessage): void {
+  handle(deviceId: string, m: InnerMessage): void | Promise<void> {
     switch (m.t) {
       case Msg.ConnectRequest:
         // "bob@<our domain>" is our own bob; a name in another domain that reached us (no cross-gateway
@@ -138,25 +138,24 @@ export class SessionBroker {
   }
 
   /** A live registration of deviceId, or undefined. */
-  private registered(deviceId: string) {
-    const r = this.d.store.getRegistration(deviceId);
+  private async registered(deviceId: string) {
+    const r = await this.d.store.getRegistration(deviceId);
     return r && r.expiresAt > this.d.now() ? r : undefined;
   }
 
-  private connect(caller: string, rid: number, peer: string, app: string, from: string): void {
+  private async connect(caller: string, rid: number, peer: string, app: string, from: string): Promise<void> {
     const d = this.d;
     this.stats.requested++;
     if (from !== caller) {
       // Seed 002's spoofing check: the caller is whoever its authenticated link says it is.
       d.log.warn("session-spoofing", { device: caller, claimed: from, peer, app });
-      d.store.audit(d.now(), caller, "spoofing", `claimed ${from}`);
+      await d.store.audit(d.now(), caller, "spoofing", `claimed ${from}`);
       this.stats.refused++;
       d.send(caller, { t: Msg.Error, rid, code: ErrorCode.Spoofed });
       return;
     }
-    // One read transaction for the lookups: one snapshot of the registry, and one WAL read lock taken
-    // and released instead of six (two registrations, the policy's four statements).
-    const { own, target, allowed } = d.store.atomically(() => ({ own: this.registered(caller), target: this.registered(peer), allowed: d.policy.permits(caller, peer, app) }));
+    // The lookups at once (on PostgreSQL, on several pooled connections).
+    const [own, target, allowed] = await Promise.all([this.registered(caller), this.registered(peer), d.policy.permits(caller, peer, app)]);
     if (!own) {
       d.log.warn("session-rejected", { device: caller, peer, app, reason: "caller is not registered" });
       this.stats.refused++;
@@ -305,7 +304,7 @@ export class SessionBroker {
   /** Seed 001 re-keying: a new SA for the same peers, app and suite replaces the old one. */
   /** A Rekey is a notice (no answer): both ends learn of the replacement from SaInstall and
    *  Connected, which also covers both ends asking at once. */
-  private rekey(deviceId: string, spi: number): void {
+  private rekey(deviceId: string, spi: number): void | Promise<void> {
     const d = this.d;
     const s = this.sessions.get(spi);
     if (!s || (s.initiator !== deviceId && s.responder !== deviceId)) {
@@ -316,7 +315,7 @@ export class SessionBroker {
       d.log.info("session-rekey-ignored", { device: deviceId, spi: spiText(spi), reason: s.state === "retiring" ? "the SA was already replaced" : "the SA is not confirmed yet" });
       return;
     }
-    this.replace(s);
+    return this.replace(s);
   }
 
   /** The SA reached its rekey point: replaced whether or not traffic flows ("either end may ask",
@@ -325,14 +324,21 @@ export class SessionBroker {
     s.rekeyTimer = null;
     if (this.sessions.get(s.spi) !== s || s.state !== "up") return;
     this.d.log.info("session-rekey-due", { device: s.initiator, peer: s.responder, spi: spiText(s.spi), reason: `${REKEY_AT * 100}% of the SA's lifetime is over` });
-    this.replace(s);
+    void this.replace(s);
   }
 
   /** A new SA for the same peers, app and suite, naming the one it replaces; policy and both
    *  registrations are checked afresh, as for a new session. */
-  private replace(s: Session): void {
+  private replace(s: Session): Promise<void> {
+    return this.replaceChecked(s).catch((e) => this.d.log.error("registry-error", { device: s.initiator, spi: spiText(s.spi), reason: (e as Error).message }));
+  }
+
+  private async replaceChecked(s: Session): Promise<void> {
     const d = this.d;
-    if (!d.policy.permits(s.initiator, s.responder, s.app) || !this.registered(s.initiator) || !this.registered(s.responder)) {
+    const [allowed, initiator, responder] = await Promise.all([d.policy.permits(s.initiator, s.responder, s.app), this.registered(s.initiator), this.registered(s.responder)]);
+    // It may have ended while the registry answered.
+    if (this.sessions.get(s.spi) !== s) return;
+    if (!allowed || !initiator || !responder) {
       this.end(s, CloseReason.PeerGone, "policy or registration no longer allows this session");
       return;
     }

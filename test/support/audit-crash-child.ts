@@ -3,7 +3,7 @@
 import { Store } from "../../gateway/registry/store.ts";
 
 const [file, count] = [process.argv[2], Number(process.argv[3])];
-const store = new Store(file);
+const store = await Store.open(file);
 for (let i = 0; i < count; i++) store.auditBatched(1_800_000_000 + i, `dev-${i}`, "session-up", `spi=${i}`);
 await store.auditCommitted();
 process.send!("committed");

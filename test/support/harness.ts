@@ -1,4 +1,5 @@
-// Test harness: an in-process gateway on a temporary data directory (real SQLite file, real TCP), a
+// Test harness: an in-process gateway on a temporary data directory (real SQLite file, or PostgreSQL
+// with KEYPROXY_TEST_ENGINE=postgres; real TCP), a
 // clock the test controls, a captured log, and handsets that run the firmware's own Handset engine in
 // Node over a real socket, with the device crypto on the model of Espruino's natives.
 import net from "node:net";
@@ -12,7 +13,9 @@ import { espruinoNatives } from "../../firmware/crypto/natives.ts";
 import { SUITE_AES_CCM_16_64_128 } from "../../firmware/crypto/types.ts";
 import { Handset, type Platform } from "../../firmware/handset.ts";
 import { createEspruinoCrypto, crc32 } from "../../emulator/espruino-crypto.ts";
-import { Gateway, type GatewayOptions } from "../../gateway/gateway.ts";
+import { Gateway, openStore, type GatewayOptions } from "../../gateway/gateway.ts";
+import type { Store } from "../../gateway/registry/store.ts";
+import { testDatabase } from "./postgres.ts";
 import { Logger } from "../../gateway/log/logger.ts";
 
 export function tempDir(prefix = "kp-"): string {
@@ -34,11 +37,36 @@ export interface TestGateway {
   events(event: string): Record<string, unknown>[];
 }
 
+/** The engine the in-process gateways of this test process keep their registry in: SQLite, or with
+ *  KEYPROXY_TEST_ENGINE=postgres a fresh PostgreSQL database per data directory (test/engines.test.ts
+ *  runs the gateway suite so: one suite, two engines). */
+export const TEST_ENGINE: "sqlite" | "postgres" = process.env.KEYPROXY_TEST_ENGINE === "postgres" ? "postgres" : "sqlite";
+const databases = new Map<string, string>();
+
+/** The PostgreSQL database of dataDir's gateway (the same one when it restarts), or undefined on SQLite. */
+export async function testDatabaseOf(dataDir: string): Promise<string | undefined> {
+  if (TEST_ENGINE === "sqlite") return undefined;
+  let url = databases.get(dataDir);
+  if (!url) {
+    const db = await testDatabase();
+    if (!db) throw new Error("KEYPROXY_TEST_ENGINE=postgres, but no PostgreSQL to test against");
+    url = db.url;
+    databases.set(dataDir, url);
+  }
+  return url;
+}
+
+/** The registry dataDir's gateway uses, opened beside it (as `keyproxy device` would). */
+export async function openTestRegistry(dataDir: string): Promise<Store> {
+  return openStore(dataDir, await testDatabaseOf(dataDir));
+}
+
 export async function startGateway(opts: Partial<GatewayOptions> = {}): Promise<TestGateway> {
   const logs: string[] = [];
   const clock = new Clock();
   const dataDir = opts.dataDir ?? tempDir();
-  const gw = await Gateway.start({ dataDir, listen: { host: "127.0.0.1", port: 0 }, now: clock.now, log: new Logger((l) => logs.push(l)), ...opts });
+  const database = opts.database ?? (await testDatabaseOf(dataDir));
+  const gw = await Gateway.start({ dataDir, database, listen: { host: "127.0.0.1", port: 0 }, now: clock.now, log: new Logger((l) => logs.push(l)), ...opts });
   return { gw, logs, clock, dataDir, events: (e) => logs.map((l) => JSON.parse(l)).filter((r) => r.event === e) };
 }
 
@@ -96,9 +124,10 @@ export function nodeHandset(gw: Gateway, id: string, rootKey: Uint8Array, lifeti
   });
 }
 
-export async function until(cond: () => boolean, what: string, ms = 5000): Promise<void> {
+/** Waits until cond holds (it may read the registry, which answers asynchronously). */
+export async function until(cond: () => boolean | Promise<boolean>, what: string, ms = 5000): Promise<void> {
   const end = Date.now() + ms;
-  while (!cond()) {
+  while (!(await cond())) {
     if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 10));
   }
