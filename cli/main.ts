@@ -8,7 +8,7 @@ export const VERSION_LINE = `keyproxy ${PACKAGE_VERSION}`;
 
 const COMMANDS: Record<string, { summary: string; run: (argv: string[]) => Promise<number> }> = {
   build: { summary: "bundle the firmware for a board, checked against its budget", run: async (a) => (await import("../flash/build.ts")).buildCommand(buildArgv(a)) },
-  gateway: { summary: "run a gateway (SQLite registry, device links, registration)", run: async (a) => (await import("./gateway-cmd.ts")).gatewayCommand(a) },
+  gateway: { summary: "run a gateway (its registry, device links, registration)", run: async (a) => (await import("./gateway-cmd.ts")).gatewayCommand(a) },
   device: { summary: "add, list or remove devices in a gateway's registry", run: async (a) => (await import("./device-cmd.ts")).deviceCommand(a) },
   "ble-bridge": { summary: "carry Bluetooth LE handsets' links to a gateway elsewhere", run: async (a) => (await import("./ble-bridge-cmd.ts")).bleBridgeCommand(a) },
   sim: { summary: "boot emulated handsets (the real firmware bundle) against a gateway", run: async (a) => (await import("./sim-cmd.ts")).simCommand(a) },
@@ -20,6 +20,7 @@ const COMMANDS: Record<string, { summary: string; run: (argv: string[]) => Promi
   fleet: { summary: "fleet trust: the fleet CA, gateway certificates, revocation", run: async (a) => (await import("./fleet-cmd.ts")).fleetCommand(a) },
   verifier: { summary: "the fleet's verifier on its own (for gateway --verifier <id>)", run: async (a) => (await import("./verifier-cmd.ts")).verifierCommand(a) },
   policy: { summary: "who may talk to whom: the gateway's permission table", run: async (a) => (await import("./policy-cmd.ts")).policyCommand(a) },
+  db: { summary: "the registry's database: migrate its schema, copy SQLite into PostgreSQL", run: async (a) => (await import("./db-cmd.ts")).dbCommand(a) },
   group: { summary: "groups of handsets that share one group key (one message to many)", run: async (a) => (await import("./group-cmd.ts")).groupCommand(a) },
 };
 

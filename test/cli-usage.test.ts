@@ -34,6 +34,7 @@ const MISSING: Record<string, string[][]> = {
   fleet: [["fleet"], ["fleet", "create"], ["fleet", "revoke-device"]],
   verifier: [["verifier", "--id", "v.example"]],
   policy: [["policy"], ["policy", "allow", "--from", "a"], ["policy", "default"]],
+  db: [["db"], ["db", "copy"], ["db", "copy", "--to", "not-a-url"], ["db", "migrate", "--db", "registry.sqlite"], ["db", "vacuum"]],
   group: [["group"], ["group", "create", "--group", "g"], ["group", "add", "--group", "g", "--data-dir", "REGISTRY"], ["group", "create", "--group", "bad name", "--app", "a", "--data-dir", "REGISTRY"]],
   "ble-bridge": [["ble-bridge"], ["ble-bridge", "--gateway", "h:1"], ["ble-bridge", "--gateway", "h:1", "--bridge-key-file", "/nonexistent/bridge.key"]],
 };
