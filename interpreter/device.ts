@@ -258,7 +258,7 @@ export class RealDevice extends EventEmitter {
       this.emit("line", line);
       // An eval's line that arrived damaged outside its checked body fails to parse before anything
       // of it runs (evalLine). Typing it again is safe whatever threw: it runs at most once.
-      if (this.pending && line.startsWith("Uncaught ")) this.retype(this.pending, line);
+      if (this.pending && line.startsWith("Uncaught ")) this.retype(this.pending, `its line may have arrived damaged: ${line.slice(0, 100)}`);
     }
   }
 
@@ -356,7 +356,7 @@ export class RealDevice extends EventEmitter {
     const damaged = new RegExp(`<kd${p.seq}\\?>`).exec(this.rx);
     if (damaged) {
       this.rx = this.rx.slice(damaged.index + damaged[0].length);
-      this.retype(p, "its checksum did not match", true);
+      this.retype(p, "its line arrived damaged (its checksum did not match)", true);
       return;
     }
     const ok = new RegExp(`<kd${p.seq}>([\\s\\S]*?)</kd${p.seq}>`).exec(this.rx);
@@ -387,7 +387,7 @@ export class RealDevice extends EventEmitter {
       return;
     }
     p.retypes++;
-    this.lines.push(`[harness] eval ${p.seq}'s line arrived damaged (${why.slice(0, 120)}); typing it again`);
+    this.lines.push(`[harness] eval ${p.seq}: ${why}; typing the line again (it runs at most once)`);
     if (this.echo) process.stderr.write(`${this.name}: ${this.lines[this.lines.length - 1]}\n`);
     this.type(p.line);
   }
