@@ -231,7 +231,7 @@ export class GroupKeeper {
     }
     if (m.t === Msg.SaConfirm) this.confirm(member, key, m.tag);
     else if (m.t === Msg.Rekey) {
-      if (key.state === "up" && this.groups.get(key.group)?.current === key) this.reconcile(key.group, `${member} asked for a new key`);
+      if (key.state === "up" && this.groups.get(key.group)?.current === key) this.reconcile(key.group, `${member} asked for a new key`, key);
     } else if (m.t === Msg.Bye) {
       // The member closed the group's SA: it is left out (and so cannot read what follows) until it
       // registers again.
@@ -313,7 +313,7 @@ export class GroupKeeper {
       else this.stats.relayDropped++;
     }
     if (key.state === "up" && key.relayed === Math.floor(d.settings.limit * REKEY_AT) && this.groups.get(key.group)?.current === key) {
-      this.reconcile(key.group, `${REKEY_AT * 100}% of the key's message limit is used`);
+      this.reconcile(key.group, `${REKEY_AT * 100}% of the key's message limit is used`, key);
     }
   }
 
@@ -341,9 +341,11 @@ export class GroupKeeper {
   /** Brings the group's key in line with its membership: members removed or gone are dropped at once;
    *  when the members that are up differ from the key's (or `rekey` says why a new key is due), a new
    *  key is installed for them. */
-  private reconcile(name: string, rekey?: string): void {
+  /** rekey: why a new key is due, and for which key (`worn`): by the time this reconciliation runs,
+   *  that key may have been replaced already (another reason asked first), and then none is due. */
+  private reconcile(name: string, rekey?: string, worn?: GroupKey): void {
     const before = this.reconciling.get(name) ?? Promise.resolve();
-    const next = before.then(() => this.reconcileNow(name, rekey)).catch((e) => this.failed(name, e));
+    const next = before.then(() => this.reconcileNow(name, rekey, worn)).catch((e) => this.failed(name, e));
     this.reconciling.set(name, next);
     void next.then(() => {
       if (this.reconciling.get(name) === next) this.reconciling.delete(name);
@@ -362,12 +364,14 @@ export class GroupKeeper {
     return regs;
   }
 
-  private async reconcileNow(name: string, rekey?: string): Promise<void> {
+  private async reconcileNow(name: string, rekey?: string, worn?: GroupKey): Promise<void> {
     const d = this.d;
     const g = await this.store.get(name);
     const regs = await this.localRegistrations(g);
     if (this.closed) return;
     let st = this.groups.get(name);
+    // Judged now, after the registry answered: the worn key may have been replaced meanwhile.
+    if (worn && st?.current !== worn) rekey = undefined;
     if (!g && !st) return;
     if (!g) {
       for (const key of [...this.keys.values()]) if (key.group === name) this.end(key, CloseReason.Removed, "the group was deleted");
@@ -485,7 +489,7 @@ export class GroupKeeper {
     key.timer = setTimeout(() => this.end(key, CloseReason.Expired, "lifetime over"), (d.settings.lifetime + 5) * 1000);
     key.rekeyTimer = setTimeout(() => {
       key.rekeyTimer = null;
-      if (st.current === key && !st.next) this.reconcile(key.group, `${REKEY_AT * 100}% of the key's lifetime is over`);
+      if (st.current === key && !st.next) this.reconcile(key.group, `${REKEY_AT * 100}% of the key's lifetime is over`, key);
     }, d.settings.lifetime * REKEY_AT * 1000);
     const old = st.current;
     st.current = key;
