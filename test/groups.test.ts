@@ -16,10 +16,9 @@ import assert from "node:assert/strict";
 import { SUITE_AES_CCM_16_64_128 as AES, SUITE_XSALSA20_POLY1305 as XSALSA } from "../firmware/crypto/types.ts";
 import { CloseReason } from "../firmware/proto/messages.ts";
 import { KeyGroups } from "../gateway/registry/key-groups.ts";
-import { openStore } from "../gateway/gateway.ts";
 import type { SessionSettings } from "../gateway/sessions/session-broker.ts";
 import { Msg } from "../firmware/proto/messages.ts";
-import { provision, startGateway, tempDir, until, type TestGateway, testDatabaseOf } from "./support/harness.ts";
+import { openTestRegistry, provision, startGateway, tempDir, testDatabaseOf, until, type TestGateway } from "./support/harness.ts";
 import { saDataIn, sessionHandset, stopGateway, type SessionHandset } from "./support/session-rig.ts";
 
 const text = (s: string) => new Uint8Array(Buffer.from(s, "latin1"));
@@ -279,7 +278,7 @@ describe("group SAs in one gateway", () => {
     for (const m of ["p1", "p2", "p3"]) await r.t.gw.groups.add("ops", m);
     const old = await keyed(r, "ops", ["p1", "p2", "p3"]);
     // Another connection to the registry, as the CLI opens it.
-    const other = await openStore(r.t.dataDir);
+    const other = await openTestRegistry(r.t.dataDir);
     try {
       assert.equal(await new KeyGroups(other).remove("ops", "p3"), true);
     } finally {
