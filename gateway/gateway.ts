@@ -251,18 +251,23 @@ export class Gateway {
       const ctx: SessionHookContext = { gatewayId: id, store, policy, log, crypto, now, sessions, settings, send, relay, isLinked, revokeDevice };
       if (opts.fleet && (opts.sessionHook || !opts.mqtt)) throw new Error(opts.sessionHook ? "fleet and sessionHook exclude each other" : "sessions across gateways need MQTT (the interlink runs over it)");
       hook = opts.sessionHook?.(ctx);
+      const answerRequest = async (dev: string, m: InnerMessage) => {
+        links!.sendTo(dev, await registrar.handle(dev, m));
+        // After its answer: a member that registered gets its groups' keys.
+        if (m.t === Msg.RegisterRequest) await groups!.registered(dev);
+      };
       const registrar = new Registrar({
         store, log, crypto, permissions: policy, gatewayId: id, gatewayKey: key, policy: { ...DEFAULT_POLICY, ...opts.policy }, now,
         onDeregistered: (dev) => sessions.endAll(dev, CloseReason.Deregistered, "deregistered"),
       });
       links = new LinkServer({
         store, log, crypto, cbor, now, limits: opts.limits, nowMs: opts.nowMs,
-        onInner: async (dev, m) => {
+        // Synchronous where nothing waits for the registry (most session messages), so the frames
+        // behind this one are not held back for nothing (gateway/link/server.ts, inOrder).
+        onInner: (dev, m) => {
           if (groups!.handle(dev, m) || hook?.handle(dev, m)) return;
           if (m.t >= Msg.ConnectRequest) return sessions.handle(dev, m);
-          links!.sendTo(dev, await registrar.handle(dev, m));
-          // After its answer: a member that registered gets its groups' keys.
-          if (m.t === Msg.RegisterRequest) await groups!.registered(dev);
+          return answerRequest(dev, m);
         },
         onSaData: (dev, m, payload) => groups!.relay(dev, m, payload) || hook?.relay(dev, m, payload) || sessions.relay(dev, m, payload),
         onLink: (dev, up) => {
