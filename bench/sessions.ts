@@ -19,7 +19,10 @@
 // Run alone: `node --import tsx bench/sessions.ts` prints the measurements as JSON. Knobs:
 // KEYPROXY_BENCH_GATEWAY_ONLY=1 runs part 1 alone (no emulator), with the gateway target of
 // bench/targets.ts; KEYPROXY_BENCH_ROUNDS=<n> counts n rounds instead of 16 (a quicker look);
-// KEYPROXY_BENCH_GATEWAY_PROFILE=<dir> writes the gateway process's CPU profile there.
+// KEYPROXY_BENCH_GATEWAY_PROFILE=<dir> writes the gateway process's CPU profile there;
+// KEYPROXY_BENCH_REGISTRY=postgres puts the gateway's registry in a fresh PostgreSQL database instead of
+// its SQLite file (bench/postgres.ts: KEYPROXY_BENCH_POSTGRES_URL's server, else a throwaway cluster)
+// and adds the server's CPU per setup to the results.
 
 import { fork, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -49,6 +52,7 @@ import { Logger } from "../gateway/log/logger.ts";
 import { Policy } from "../gateway/registry/policy.ts";
 import { DEFAULT_SESSIONS } from "../gateway/sessions/session-broker.ts";
 import { zlib } from "../gateway/link/crc32.ts";
+import { benchDatabase, type BenchDatabase } from "./postgres.ts";
 import { buildBenchBundle, bytesLiteral, COUNTER_SOURCE, DEVICE_BOARD, DEVICE_ID, loadTweetnacl, MESSAGE_BYTES, storageParent, type NativeCalls } from "./device-run.ts";
 import { answerJoinAndRegister, onlyMessage, openInner } from "./gateway-side.ts";
 import { gatewaySetupTarget } from "./targets.ts";
@@ -59,6 +63,12 @@ const THIS_FILE = fileURLToPath(import.meta.url);
 const GATEWAY_FLAG = "--bench-gateway-process";
 /** argv[2] that makes this file the echo process of timeTransportFloor. */
 const ECHO_FLAG = "--bench-echo-process";
+/** The gateway process's PostgreSQL URL, when its registry is there (in the environment, not argv:
+ *  a URL may hold a password). */
+const GATEWAY_DATABASE_ENV = "KEYPROXY_BENCH_GATEWAY_DATABASE";
+
+/** Where the gateway's registry is: its data directory's SQLite file (the default), or PostgreSQL. */
+export type BenchRegistry = "sqlite" | "postgres";
 
 export const SESSION_APP = "bench";
 /** A peer id of the same length as DEVICE_ID: it is in the ConnectRequest, Incoming and SaInstall. */
@@ -71,6 +81,8 @@ export interface GatewayLoadOptions {
   warmUpRounds: number;
   /** Setups one pair at a time (after a few warm-up setups that are not counted). */
   sequential: number;
+  /** Where the gateway's registry is; SQLite when absent. */
+  registry?: BenchRegistry;
 }
 
 export const DEFAULT_LOAD: GatewayLoadOptions = { handsets: 100, rounds: 16, warmUpRounds: 3, sequential: 200 };
@@ -121,6 +133,17 @@ export interface GatewaySessionResults {
   transportFloor: { cpuUsPerMessage: number; messages: number };
   /** Warnings and errors the gateway logged during the run (must be none). */
   gatewayWarnings: number;
+  /** Only with the registry in PostgreSQL: the server, and its CPU time during the counted rounds'
+   *  setups (all its processes, measured as the gateway's). auditInsert and auditBatched above were
+   *  then timed on PostgreSQL too (a fresh database of the same server). */
+  postgres?: PostgresRunResults;
+}
+
+export interface PostgresRunResults {
+  server: BenchDatabase["server"];
+  /** Undefined when the server is not on this machine (its processes cannot be read). */
+  serverCpuUsPerSetup: number | undefined;
+  serverCpuUsPerSetupRounds: number[];
 }
 
 export interface DeviceSessionSuite {
@@ -371,10 +394,11 @@ type FromGateway =
   | { k: "cpu"; id: number; usage: NodeJS.CpuUsage; warnings: number; firstWarnings: string[]; stats: Record<string, number> }
   | { k: "failed"; message: string };
 
-/** This file run as the gateway process: a Gateway on dataDir, answering CPU-time queries over IPC.
+/** This file run as the gateway process: a Gateway on dataDir (its registry in the PostgreSQL database
+ *  GATEWAY_DATABASE_ENV names, when set), answering CPU-time queries over IPC.
  *  Log records are formatted as usual but not written anywhere (writing 100 handsets' records to a
  *  terminal would measure the terminal); warnings and errors are counted. */
-async function gatewayProcess(dataDir: string): Promise<void> {
+async function gatewayProcess(dataDir: string, database: string | undefined): Promise<void> {
   const send = (m: FromGateway) => process.send?.(m);
   let warnings = 0;
   const firstWarnings: string[] = [];
@@ -386,7 +410,7 @@ async function gatewayProcess(dataDir: string): Promise<void> {
   });
   let gw: Gateway;
   try {
-    gw = await Gateway.start({ dataDir, listen: { host: "127.0.0.1", port: 0 }, log });
+    gw = await Gateway.start({ dataDir, database, listen: { host: "127.0.0.1", port: 0 }, log });
   } catch (e) {
     send({ k: "failed", message: e instanceof Error ? e.message : String(e) });
     process.disconnect?.();
@@ -425,12 +449,16 @@ export class GatewayProcess {
     });
   }
 
-  static start(dataDir: string): Promise<GatewayProcess> {
+  /** database: the registry's PostgreSQL URL; without it, the data directory's SQLite file. */
+  static start(dataDir: string, database?: string): Promise<GatewayProcess> {
     // tsx loads the TypeScript in the child as in this process, however the benchmark was started.
     // KEYPROXY_BENCH_GATEWAY_PROFILE=<dir> writes the gateway process's CPU profile there (--cpu-prof).
     const profile = process.env.KEYPROXY_BENCH_GATEWAY_PROFILE;
     const execArgv = ["--import", "tsx", ...(profile ? ["--cpu-prof", "--cpu-prof-dir", profile] : [])];
-    const child = fork(THIS_FILE, [GATEWAY_FLAG, dataDir], { execArgv, stdio: ["ignore", "inherit", "inherit", "ipc"] });
+    const env = { ...process.env };
+    delete env[GATEWAY_DATABASE_ENV];
+    if (database) env[GATEWAY_DATABASE_ENV] = database;
+    const child = fork(THIS_FILE, [GATEWAY_FLAG, dataDir], { execArgv, env, stdio: ["ignore", "inherit", "inherit", "ipc"] });
     return new Promise((resolve, reject) => {
       const fail = (why: string) => {
         child.kill();
@@ -601,10 +629,11 @@ export function teardown(caller: LoadHandset, callee: LoadHandset, spi: number):
   });
 }
 
-/** Wall and CPU time of one audit insert by gateway/registry/store.ts, in a fresh store under parent. */
-export async function timeAuditInserts(parent: string, inserts: number): Promise<{ wallUs: number; cpuUs: number; inserts: number }> {
+/** Wall and CPU time of one audit insert by gateway/registry/store.ts, in a fresh store under parent
+ *  (its registry in database when given: a fresh PostgreSQL database). */
+export async function timeAuditInserts(parent: string, inserts: number, database?: string): Promise<{ wallUs: number; cpuUs: number; inserts: number }> {
   const dir = fs.mkdtempSync(path.join(parent, "kp-bench-audit-"));
-  const store = await openStore(dir);
+  const store = await openStore(dir, database);
   try {
     const write = (i: number) => store.audit(Math.floor(Date.now() / 1000), "bench-001", "session-up", `peer=bench-002 app=${SESSION_APP} spi=${i.toString(16).padStart(8, "0")}`);
     for (let i = 0; i < 20; i++) await write(i); // warm-up
@@ -622,9 +651,9 @@ export async function timeAuditInserts(parent: string, inserts: number): Promise
 
 /** CPU time of one audit record as the session broker writes it (Store.auditBatched): perBatch records
  *  queued, then their group commit awaited, batches times, in a fresh store under parent. */
-export async function timeBatchedAudit(parent: string, batches: number, perBatch: number): Promise<{ cpuUs: number; records: number; perBatch: number }> {
+export async function timeBatchedAudit(parent: string, batches: number, perBatch: number, database?: string): Promise<{ cpuUs: number; records: number; perBatch: number }> {
   const dir = fs.mkdtempSync(path.join(parent, "kp-bench-audit-"));
-  const store = await openStore(dir);
+  const store = await openStore(dir, database);
   try {
     const batch = async (b: number) => {
       for (let i = 0; i < perBatch; i++) store.auditBatched(Math.floor(Date.now() / 1000), "bench-001", "session-up", `peer=bench-002 app=${SESSION_APP} spi=${(b * perBatch + i).toString(16).padStart(8, "0")}`);
@@ -705,10 +734,13 @@ export async function timeTransportFloor(connections: number, inFlight: number, 
   }
 }
 
-/** Provisions the handsets in a fresh data directory, starts the gateway process on it, joins and
- *  registers every handset, runs the rounds and the sequential setups, stops everything. */
+/** Provisions the handsets in a fresh data directory (and, with o.registry "postgres", a fresh
+ *  PostgreSQL database), starts the gateway process on it, joins and registers every handset, runs the
+ *  rounds and the sequential setups, stops everything. */
 export async function runGatewaySessions(log: (s: string) => void, o: GatewayLoadOptions = DEFAULT_LOAD): Promise<GatewaySessionResults> {
   if (o.handsets < 2 || o.handsets % 2) throw new Error("the handsets come in pairs");
+  const registry = o.registry ?? "sqlite";
+  if (registry !== "sqlite" && registry !== "postgres") throw new Error(`the registry is sqlite or postgres, not ${String(registry)}`);
   const c = nodeCrypto();
   const raw = rawCryptoTask(c);
   // The data directory is where a gateway's would be: on the host's disk (SQLite syncs each commit).
@@ -717,8 +749,15 @@ export async function runGatewaySessions(log: (s: string) => void, o: GatewayLoa
   const keys = ids.map(() => c.random(16));
   let gateway: GatewayProcess | undefined;
   const handsets: LoadHandset[] = [];
+  const databases: BenchDatabase[] = [];
+  const freshDatabase = async () => {
+    const db = await benchDatabase(log);
+    databases.push(db);
+    return db;
+  };
   try {
-    const store = await openStore(dataDir);
+    const db = registry === "postgres" ? await freshDatabase() : undefined;
+    const store = await openStore(dataDir, db?.url);
     try {
       await store.atomically(async () => {
         for (const [i, id] of ids.entries()) await store.addDevice(id, keys[i], "emulator", Math.floor(Date.now() / 1000));
@@ -727,7 +766,7 @@ export async function runGatewaySessions(log: (s: string) => void, o: GatewayLoa
     } finally {
       await store.close();
     }
-    gateway = await GatewayProcess.start(dataDir);
+    gateway = await GatewayProcess.start(dataDir, db?.url);
     log(`sessions, gateway: ${o.handsets} handsets (firmware engine in Node) joining and registering with the gateway process`);
     handsets.push(...(await Promise.all(ids.map((id, i) => connectHandset(gateway!.address, id, keys[i])))));
     await until(() => handsets.every((x) => x.h.status().registered), "every handset to register", 60_000);
@@ -736,23 +775,31 @@ export async function runGatewaySessions(log: (s: string) => void, o: GatewayLoa
     log(`sessions, gateway: ${o.rounds} rounds of ${pairs.length} setups at once (after ${o.warmUpRounds} warm-up rounds)`);
     const concurrentMs: number[] = [];
     const perRoundCpu: number[] = [];
+    const perRoundServerCpu: number[] = [];
+    let serverCpuUs: number | undefined = db ? 0 : undefined;
     let cpuUs = 0;
     let systemUs = 0;
     let loadCpuUs = 0;
     let wallMs = 0;
     for (let r = 0; r < o.warmUpRounds + o.rounds; r++) {
       const before = await gateway.sample();
+      const serverBefore = db?.serverCpuUs();
       const loadBefore = process.cpuUsage();
       const t0 = performance.now();
       const done = await Promise.all(pairs.map((p) => setup(p.caller, p.callee)));
       const t1 = performance.now();
       const load = process.cpuUsage(loadBefore);
+      const serverAfter = db?.serverCpuUs();
       const after = await gateway.sample();
       await Promise.all(pairs.map((p, i) => teardown(p.caller, p.callee, done[i].spi)));
       // Warm-up rounds: the JIT, SQLite's page cache, the sockets' buffers.
       if (r < o.warmUpRounds) continue;
       concurrentMs.push(...done.map((d) => d.ms));
       perRoundCpu.push((after.cpuUs - before.cpuUs) / pairs.length);
+      if (serverBefore !== undefined && serverAfter !== undefined && serverCpuUs !== undefined) {
+        perRoundServerCpu.push((serverAfter - serverBefore) / pairs.length);
+        serverCpuUs += serverAfter - serverBefore;
+      } else serverCpuUs = undefined;
       cpuUs += after.cpuUs - before.cpuUs;
       systemUs += after.systemUs - before.systemUs;
       loadCpuUs += load.user + load.system;
@@ -774,8 +821,9 @@ export async function runGatewaySessions(log: (s: string) => void, o: GatewayLoa
     const setups = pairs.length * o.rounds;
     log(`sessions, gateway machine: timing the raw crypto of one setup`);
     const rawTiming = runInterleaved([raw.task])[raw.task.name];
-    const auditInsert = await timeAuditInserts(path.dirname(dataDir), 200);
-    const auditBatched = await timeBatchedAudit(path.dirname(dataDir), 10, o.handsets / 2);
+    // On PostgreSQL, each in a fresh database (a registry is sealed under its own data directory's KEK).
+    const auditInsert = await timeAuditInserts(path.dirname(dataDir), 200, db && (await freshDatabase()).url);
+    const auditBatched = await timeBatchedAudit(path.dirname(dataDir), 10, o.handsets / 2, db && (await freshDatabase()).url);
     log(`sessions, gateway machine: the sockets alone (an echo process, ${o.handsets} connections, ${pairs.length} messages in flight)`);
     const transportFloor = await timeTransportFloor(o.handsets, pairs.length, o.rounds, 10);
     return {
@@ -798,10 +846,18 @@ export async function runGatewaySessions(log: (s: string) => void, o: GatewayLoa
       auditBatched,
       transportFloor,
       gatewayWarnings: end.warnings,
+      ...(db && {
+        postgres: {
+          server: db.server,
+          serverCpuUsPerSetup: serverCpuUs === undefined ? undefined : serverCpuUs / setups,
+          serverCpuUsPerSetupRounds: perRoundServerCpu,
+        },
+      }),
     };
   } finally {
     for (const x of handsets) x.socket.destroy();
     await gateway?.stop();
+    for (const d of databases) await d.drop();
     fs.rmSync(dataDir, { recursive: true, force: true });
   }
 }
@@ -815,13 +871,15 @@ export async function runSessions(suites: number[], log: (s: string) => void, o:
 
 
 if (process.argv[1] === THIS_FILE && process.argv[2] === GATEWAY_FLAG) {
-  void gatewayProcess(process.argv[3]);
+  void gatewayProcess(process.argv[3], process.env[GATEWAY_DATABASE_ENV] || undefined);
 } else if (process.argv[1] === THIS_FILE && process.argv[2] === ECHO_FLAG) {
   echoProcess();
 } else if (process.argv[1] === THIS_FILE) {
   const log = (s: string) => process.stderr.write(s + "\n");
   const rounds = Number(process.env.KEYPROXY_BENCH_ROUNDS) || DEFAULT_LOAD.rounds;
-  const load = { ...DEFAULT_LOAD, rounds };
+  const registry = process.env.KEYPROXY_BENCH_REGISTRY as BenchRegistry | undefined;
+  const load: GatewayLoadOptions = { ...DEFAULT_LOAD, rounds, ...(registry && { registry }) };
+  if (registry && registry !== "sqlite" && registry !== "postgres") throw new Error(`KEYPROXY_BENCH_REGISTRY is sqlite or postgres, not ${registry}`);
   const run = process.env.KEYPROXY_BENCH_GATEWAY_ONLY
     ? runGatewaySessions(log, load).then((gateway) => ({ gateway, target: gatewaySetupTarget(gateway) }))
     : runSessions([SUITE_AES_CCM_16_64_128], log, load);
