@@ -83,6 +83,60 @@ static FILE *jshFlashOpenFile(bool dontCreate) {""")
     open(p, "w").write(s)
 PATCH
 
+# The Linux target reads the console on a thread of its own, which pushes each byte into the IO event
+# queue while the main loop pops from it; jshInterruptOff/On, which guard that queue on a board (where
+# the pusher is an interrupt), do nothing on Linux. Now and then a byte is lost or replaced, or the
+# queue is corrupted and the interpreter crashes (docs/INTERPRETER.md, "A byte lost, or a crash").
+# The thread hands its bytes to the main loop through a one-writer, one-reader ring of its own, and
+# jshIdle (the main loop) pushes them into the queue, so that only the main loop ever touches the
+# queue; the thread still acts on Ctrl-C as it arrives, as a board's interrupt does. HAL only.
+python3 - "$SRC/targets/linux/jshardware.c" <<'PATCH'
+import sys
+p = sys.argv[1]; s = open(p).read()
+def once(a, b):
+    global s
+    assert s.count(a) == 1, a
+    s = s.replace(a, b)
+ring = """
+// keyproxy interpreter/build.sh: console bytes from the input thread to the main loop.
+#define KP_RX_SIZE 4096
+static volatile unsigned char kpRx[KP_RX_SIZE];
+static volatile unsigned int kpRxHead = 0, kpRxTail = 0; // head: the thread's; tail: the main loop's
+static void kpRxToQueue(void) {
+  while (kpRxTail != kpRxHead && jshHasEventSpaceForChars(IOEVENT_MAX_LEN + 2)) {
+    char buf[IOEVENT_MAX_LEN];
+    unsigned int n = 0;
+    while (kpRxTail != kpRxHead && n < sizeof(buf)) {
+      buf[n++] = (char)kpRx[kpRxTail];
+      __sync_synchronize();
+      kpRxTail = (kpRxTail + 1) % KP_RX_SIZE;
+    }
+    jshPushEvent(EV_USBSERIAL, (uint8_t*)buf, n); // not jshPushIOCharEvents: the thread saw any Ctrl-C
+  }
+}
+"""
+if "kpRxToQueue" not in s:
+    once("pthread_t inputThread;\nbool isInitialised;\n", "pthread_t inputThread;\nbool isInitialised;\n" + ring)
+    once("""    while (kbhit() && (jshGetEventsUsed()<IOBUFFERMASK/2)) {
+      int ch = getch();
+      if (ch<0) break;
+      if (ch==4) exit(0); // exit on Ctrl-D
+      jshPushIOCharEvent(EV_USBSERIAL, (char)ch);
+    }""", """    while (kbhit() && (kpRxHead + 1) % KP_RX_SIZE != kpRxTail) {
+      int ch = getch();
+      if (ch<0) break;
+      if (ch==4) exit(0); // exit on Ctrl-D
+      if (ch==3 && jsiGetConsoleDevice()==EV_USBSERIAL) jsiCtrlC();
+      kpRx[kpRxHead] = (unsigned char)ch;
+      __sync_synchronize();
+      kpRxHead = (kpRxHead + 1) % KP_RX_SIZE;
+      shortSleep = true;
+    }""")
+    once("void jshIdle() {\n  // all done in the thread now...\n}", "void jshIdle() {\n  kpRxToQueue(); // the console's bytes enter the IO queue on the main loop\n}")
+    once("bool jshSleep(JsSysTime timeUntilWake) {", "bool jshSleep(JsSysTime timeUntilWake) {\n  if (kpRxTail != kpRxHead) return true; // console bytes wait for the main loop")
+    open(p, "w").write(s)
+PATCH
+
 board_file() { # NAME BITS LIBRARIES EXTRA-MAKEFILE-LINES
   local m32=""
   [ "$2" = 32 ] && m32="'CFLAGS+=-m32', 'LDFLAGS+=-m32 -static', 'DEFINES+=-DUSE_CALLFUNCTION_HACK',"
