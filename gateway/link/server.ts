@@ -16,6 +16,7 @@ import type { GatewayCrypto } from "../crypto/symmetric.ts";
 import { LinkDeframer } from "./deframer.ts";
 import { descriptorLimit, fitToDescriptors, isLoopback, JOIN_REQUEST_MAX_PAYLOAD, JoinThrottle, linkLimits, sourceKey, type LinkLimits } from "./limits.ts";
 import type { Fields, Logger } from "../log/logger.ts";
+import { KekError } from "../registry/kek.ts";
 import type { Store } from "../registry/store.ts";
 
 type ConnState =
@@ -266,6 +267,9 @@ export class Connection {
     try {
       dev = await d.store.getDevice(m.id);
     } catch (e) {
+      // The registry unreachable (a database that is down) is no fault of the peer's: no refusal, no
+      // backoff; the connection closes (inOrder) and the device joins again as after a lost link.
+      if (!(e instanceof KekError)) throw e;
       // The registry cannot open this device's key (an altered row): the operator's to fix, never a
       // crash of the gateway; the peer gets the same bare JoinReject as any refusal.
       d.log.error("registry-error", { device: m.id, reason: (e as Error).message });
