@@ -571,6 +571,37 @@ test("a session's up, rekey and down records are batched evidence, not a synchro
   assert.deepEqual(r.durable, ["spoofing"]);
 });
 
+test("a rekey whose registry answers come after its SA was replaced installs nothing more", async (t) => {
+  const r = rig(t, { holdLookups: true });
+  /** Runs p to its end, answering every lookup it asks for. */
+  const answering = async <T>(p: Promise<T>): Promise<T> => {
+    let done = false;
+    void p.finally(() => (done = true));
+    while (!done) {
+      await r.settle();
+      for (const h of r.held.splice(0)) h.answer();
+    }
+    return p;
+  };
+  const ab = await answering(r.connect("dev-a", "dev-b"));
+  const first = r.handle("dev-a", { t: Msg.Rekey, rid: 0, spi: ab });
+  const second = r.handle("dev-b", { t: Msg.Rekey, rid: 0, spi: ab });
+  await r.settle();
+  assert.equal(r.held.length, 6, "both rekeys wait for the registry");
+  for (const h of r.held.splice(0, 3)) h.answer();
+  await first;
+  const fresh = r.to("dev-a", Msg.SaInstall).at(-1)!;
+  assert.equal(fresh.replaces, ab);
+  // Both ends confirm the replacement before the second rekey's answers come back.
+  r.confirm("dev-a", fresh.spi as number);
+  r.confirm("dev-b", fresh.spi as number);
+  assert.equal(r.to("dev-a", Msg.Connected).at(-1)?.spi, fresh.spi, "the replacement is up");
+  for (const h of r.held.splice(0)) h.answer();
+  await second;
+  assert.equal(r.to("dev-a", Msg.SaInstall).length, 2, "the SA and one replacement: the late rekey found its SA replaced");
+  assert.equal(r.broker.stats.rekeyed, 1);
+});
+
 test("a ConnectRequest asks for both registrations and the policy at once, not one after another", async (t) => {
   const r = rig(t, { holdLookups: true });
   const handled = r.handle("dev-a", { t: Msg.ConnectRequest, rid: 7, peer: "dev-b", app: APP, from: "dev-a" });

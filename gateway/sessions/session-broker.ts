@@ -336,8 +336,8 @@ export class SessionBroker {
   private async replaceChecked(s: Session): Promise<void> {
     const d = this.d;
     const [allowed, initiator, responder] = await Promise.all([d.policy.permits(s.initiator, s.responder, s.app), this.registered(s.initiator), this.registered(s.responder)]);
-    // It may have ended while the registry answered.
-    if (this.sessions.get(s.spi) !== s) return;
+    // It may have ended, or been replaced (both ends and the timer may ask), while the registry answered.
+    if (this.sessions.get(s.spi) !== s || s.state !== "up") return;
     if (!allowed || !initiator || !responder) {
       this.end(s, CloseReason.PeerGone, "policy or registration no longer allows this session");
       return;
