@@ -3,11 +3,13 @@
 // starts on a schema another is changing), `copy` moves an SQLite registry into PostgreSQL.
 import { join } from "node:path";
 import { DB_FILE, openRegistry, openStore } from "../gateway/gateway.ts";
+import { DataDirInUse, lockDataDir, type DataDirLock } from "../gateway/registry/data-dir-lock.ts";
 import { copyRegistry, TargetNotEmpty } from "../gateway/registry/copy.ts";
 import { KEK_FILE, KEK_FILE_ENV } from "../gateway/registry/kek.ts";
 import { LATEST_SCHEMA } from "../gateway/registry/migrations.ts";
 import { isDatabaseUrl, withoutPassword } from "../gateway/registry/store.ts";
 import { DEFAULT_DATA_DIR } from "./config.ts";
+import { existingRegistry } from "./device-cmd.ts";
 import { parse, UsageError } from "./args.ts";
 
 const HELP = `usage: keyproxy db <command> [options]
@@ -65,6 +67,25 @@ async function migrateCommand(dataDir: string, database: string | undefined): Pr
 async function copyCommand(dataDir: string, to: string | undefined): Promise<number> {
   if (!to) throw new UsageError("--to <postgres url> is required: the database to copy the registry into");
   if (!isDatabaseUrl(to)) throw new UsageError(`--to wants a PostgreSQL URL (postgres://user@host/database), not "${to}"`);
+  // A data directory without a registry is the operator's mistake, said before anything is locked.
+  await (await existingRegistry(dataDir)).close();
+  // No gateway may write the registry while it is copied: its lock, as a second gateway would take it.
+  let lock: DataDirLock;
+  try {
+    lock = lockDataDir(dataDir);
+  } catch (e) {
+    if (e instanceof DataDirInUse) throw new Error(`${e.message.replace(/: stop it first.*/, "")}: stop it before copying its registry (what it writes meanwhile would be left behind)`);
+    throw e;
+  }
+  try {
+    await copyInto(dataDir, to);
+  } finally {
+    lock.release();
+  }
+  return 0;
+}
+
+async function copyInto(dataDir: string, to: string): Promise<void> {
   const source = await openRegistry(dataDir);
   try {
     const target = await openStore(dataDir, to);
@@ -82,5 +103,4 @@ async function copyCommand(dataDir: string, to: string | undefined): Promise<num
   } finally {
     await source.close();
   }
-  return 0;
 }

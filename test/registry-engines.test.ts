@@ -13,7 +13,8 @@ import { KeyGroups } from "../gateway/registry/key-groups.ts";
 import { LATEST_SCHEMA, SchemaTooNew } from "../gateway/registry/migrations.ts";
 import { Policy } from "../gateway/registry/policy.ts";
 import { Store } from "../gateway/registry/store.ts";
-import { tempDir } from "./support/harness.ts";
+import { startGateway, tempDir } from "./support/harness.ts";
+import { runCli } from "./support/run-cli.ts";
 import { testDatabase } from "./support/postgres.ts";
 
 const key = () => new Uint8Array(randomBytes(16));
@@ -181,4 +182,31 @@ test("keyproxy db copy's copy: an SQLite registry moves into PostgreSQL whole, k
   const before = await Promise.all(REGISTRY_TABLES.map(async (tb) => (await target.row(`SELECT count(*) AS n FROM ${tb}`))?.n));
   await assert.rejects(copyRegistry(source, target), TargetNotEmpty);
   assert.deepEqual(await Promise.all(REGISTRY_TABLES.map(async (tb) => (await target.row(`SELECT count(*) AS n FROM ${tb}`))?.n)), before);
+});
+
+test("keyproxy db copy and migrate on the command line: refused while a gateway holds the data directory, then copied; the gateway starts on the copy with --db", async (t) => {
+  const pg = await place(t, "postgres");
+  if (!pg) return;
+  const dataDir = tempDir("kp-engine-cli-");
+  assert.equal((await runCli(["policy", "allow", "--from", "a", "--to", "b", "--app", "chat", "--data-dir", dataDir])).code, 0);
+  const gw = await startGateway({ dataDir, database: undefined });
+  await gw.gw.store.addDevice("dev-1", key(), "puckjs", 1);
+  const refused = await runCli(["db", "copy", "--data-dir", dataDir, "--to", pg.target]);
+  assert.equal(refused.code, 1, refused.stderr);
+  assert.match(refused.stderr, /another keyproxy gateway is running on the data directory .*: stop it before copying its registry/);
+  await gw.gw.stop();
+  const copied = await runCli(["db", "copy", "--data-dir", dataDir, "--to", pg.target]);
+  assert.equal(copied.code, 0, copied.stderr);
+  assert.match(copied.stdout, /devices 1, .*policy_rules 1/);
+  const migrated = await runCli(["db", "migrate", "--data-dir", dataDir, "--db", pg.target]);
+  assert.equal(migrated.code, 0, migrated.stderr);
+  assert.match(migrated.stdout, new RegExp(`schema version ${LATEST_SCHEMA} \\(up to date\\)`));
+  const onCopy = await startGateway({ dataDir, database: pg.target });
+  try {
+    assert.equal(onCopy.gw.store.engine, "postgres");
+    assert.deepEqual((await onCopy.gw.store.listDevices()).map((d) => d.id), ["dev-1"]);
+    assert.equal(await onCopy.gw.policy.permits("a", "b", "chat"), true);
+  } finally {
+    await onCopy.gw.stop();
+  }
 });

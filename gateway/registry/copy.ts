@@ -39,12 +39,20 @@ export async function copyRegistry(source: Store, target: Store): Promise<CopyCo
   return counts;
 }
 
+/** Rows read from the source at a time: an audit log of millions of rows is never all in memory. */
+const PAGE_ROWS = 1000;
+
 async function copyTable(source: Store, target: Store, table: string): Promise<number> {
-  const { rows } = await source.query(`SELECT * FROM ${table} ORDER BY 1`);
-  for (const row of rows) {
-    const columns = Object.keys(row);
-    const values: SqlValue[] = columns.map((c) => row[c]);
-    await target.query(`INSERT INTO ${table} (${columns.join(", ")}) VALUES (${columns.map(() => "?").join(", ")})`, values);
+  let copied = 0;
+  for (;;) {
+    // The source is not written meanwhile (the gateway is stopped: cli/db-cmd.ts holds its lock).
+    const { rows } = await source.query(`SELECT * FROM ${table} ORDER BY 1 LIMIT ? OFFSET ?`, [PAGE_ROWS, copied]);
+    for (const row of rows) {
+      const columns = Object.keys(row);
+      const values: SqlValue[] = columns.map((c) => row[c]);
+      await target.query(`INSERT INTO ${table} (${columns.join(", ")}) VALUES (${columns.map(() => "?").join(", ")})`, values);
+    }
+    copied += rows.length;
+    if (rows.length < PAGE_ROWS) return copied;
   }
-  return rows.length;
 }
