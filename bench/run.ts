@@ -42,12 +42,13 @@ function packageVersion(name: string): string {
 }
 
 /** Sections of docs/BENCHMARKS.md that other commands write between markers (bench/real-memory.ts:
- *  memory on the real interpreter; bench/real-instructions.ts: instruction counts) and this run does
- *  not make: kept, at the end, as they were. */
+ *  memory on the real interpreter; bench/real-instructions.ts: instruction counts; the registry's
+ *  engines, measured by bench/registry-engines.ts and written by hand) and this run does not make:
+ *  kept, at the end, as they were. */
 function keptSections(report: string): string {
   const doc = fs.existsSync(REPORT_FILE) ? fs.readFileSync(REPORT_FILE, "utf8") : "";
   let out = "";
-  for (const name of ["real-memory", "real-instructions"]) {
+  for (const name of ["real-memory", "real-instructions", "registry-engines"]) {
     const i = doc.indexOf(`<!-- ${name}:start`);
     const end = `<!-- ${name}:end -->`;
     const j = doc.indexOf(end);
