@@ -134,13 +134,17 @@ interface Pending {
  * thread now and then loses or replaces one byte of what is typed (docs/INTERPRETER.md, "A byte lost,
  * or a crash"), and Espruino runs a line as it parses it, so a damaged line could run half of itself
  * or a different expression. Hence:
- * - the work is a function's source, typed as a string literal s, and the line runs eval(s)() only
- *   if E.CRC32(s) is the CRC-32 computed here: a damaged literal prints <kdN?> and runs nothing;
- *   damage outside it is a syntax or reference error before anything runs, or leaves the REPL
- *   waiting for a bracket. (Not the CRC of a function's own text: Espruino gives a body that spans
- *   lines back with "\n  " after its "{" and "\n" before its "}", so a multi-line expression never
- *   matched, as the first fresh-clone CI run with this line showed.) Every byte outside printable
- *   ASCII is typed as an escape, so s holds exactly the Latin-1 bytes the CRC is computed over;
+ * - the work is the body of a function f, and the line runs f only if E.CRC32 of f's text is the
+ *   CRC-32 computed here: a damaged body prints <kdN?> and runs nothing; damage outside it is a
+ *   syntax or reference error before f is called, or leaves the REPL waiting for a bracket.
+ *   Espruino keeps a one-line body's source as "function () {" + body + "}", but gives a body that
+ *   spans lines back with "\n  " after its "{" and "\n" before its "}" (a multi-line expression
+ *   never matched: the first fresh-clone CI run with this line). So an expression of several lines
+ *   (an application typed at the console) goes instead as a string literal s, run as eval(s)() only
+ *   if E.CRC32(s) matches; every byte outside printable ASCII is typed as an escape, so s holds
+ *   exactly the Latin-1 bytes the CRC is over. That form holds the source twice while it runs (about
+ *   20 variables more on a Puck.js), which the memory figures, taken with one-line expressions, do
+ *   not pay;
  * - f runs at most once per seq, however often the line is typed (global.__kd keeps the last seq
  *   run), so the harness may type it again on any sign of damage without running anything twice.
  * The tags are split ("<kd"+N+">") so that a line echoed back (its echo-off byte lost) never reads
@@ -150,6 +154,10 @@ export function evalLine(seq: number, expr: string): string {
   const tag = (mark: string) => `"<kd"+${seq}+"${mark}>"`;
   const body = `if(global.__kd===${seq})return;global.__kd=${seq};` +
     `var r;try{r=JSON.stringify(${expr});}catch(e){print(${tag("!")}+e+"</kd"+${seq}+"!>");return;}print(${tag("")}+r+"</kd"+${seq}+">");`;
+  if (!/[\n\r]/.test(expr)) {
+    const sum = crc32(Buffer.from(`function () {${body}}`, "latin1")) >>> 0;
+    return `\x10(function(f){if(E.CRC32(""+f)===${sum})f();else print(${tag("?")})})(function(){${body}})\n`;
+  }
   const source = `(function(){${body}})`;
   const sum = crc32(Buffer.from(source, "latin1")) >>> 0;
   return `\x10(function(s){if(E.CRC32(s)===${sum})eval(s)();else print(${tag("?")})})(${latin1Literal(source)})\n`;
