@@ -147,6 +147,26 @@ for (const engine of ["sqlite", "postgres"] as const) {
   });
 }
 
+test("postgres: two transactions at once (SQLite runs one at a time) each keep their statements to their end, the later one after the earlier ended: both roll back whole", async (t) => {
+  const p = await place(t, "postgres");
+  if (!p) return;
+  const s = await open(p, t);
+  const both: Promise<void>[] = [];
+  let firstDone!: () => void;
+  const firstEnded = new Promise<void>((r) => (firstDone = r));
+  const tx = (name: string, waitForOther: boolean) => s.atomically(async () => {
+    await s.setMeta(`${name}-1`, "x");
+    // The later one goes on after the first has ended (and with it, perhaps, the context).
+    if (waitForOther) await firstEnded;
+    await s.setMeta(`${name}-2`, "x");
+    throw new Error(`${name} fails`);
+  });
+  both.push(tx("late", true).catch(() => undefined));
+  both.push(tx("early", false).catch(() => undefined).finally(() => firstDone()));
+  await Promise.all(both);
+  for (const k of ["early-1", "early-2", "late-1", "late-2"]) assert.equal(await s.getMeta(k), undefined, `${k} was rolled back`);
+});
+
 test("keyproxy db copy's copy: an SQLite registry moves into PostgreSQL whole, keys still sealed under the same KEK; a target that holds a registry is refused and left alone", async (t) => {
   const from = await place(t, "sqlite");
   const pg = await place(t, "postgres");
