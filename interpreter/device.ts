@@ -175,7 +175,6 @@ function latin1Literal(text: string): string {
   return out + '"';
 }
 
-// eslint-disable-next-line no-control-regex
 const ESCAPES = /\x1b\[[0-9;]*[A-Za-z]/g;
 
 /** Signals with which an interpreter dies of its own accord (the harness only ever sends SIGKILL,

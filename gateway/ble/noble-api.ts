@@ -31,7 +31,6 @@ export interface Noble {
   readonly state: AdapterState;
   on(event: "stateChange", listener: (state: AdapterState) => void): unknown;
   on(event: "discover", listener: (peripheral: NoblePeripheral) => void): unknown;
-  // eslint-disable-next-line @typescript-eslint/no-explicit-any
   removeListener(event: string, listener: (...args: any[]) => void): unknown;
   startScanningAsync(serviceUUIDs?: string[], allowDuplicates?: boolean): Promise<void>;
   stopScanningAsync(): Promise<void>;
