@@ -2,27 +2,19 @@
 // time the server spends on it.
 //
 // The server is the one KEYPROXY_BENCH_POSTGRES_URL names (an admin URL able to CREATE DATABASE), else
-// a throwaway cluster this process starts, as test/support/postgres.ts does for the tests (initdb in a
-// temporary directory, trust on loopback only, a free port on 127.0.0.1, owned by the `postgres` system
-// user when we are root; stopped and deleted when the process exits), with one difference: the tests'
-// cluster runs with fsync off, this one with the server's defaults, since a gateway's registry commits
-// durably and what that costs is part of what is measured.
+// a throwaway cluster this process starts, the one the tests start too (test/support/postgres-cluster.ts:
+// initdb in a temporary directory, trust on loopback only, a free port on 127.0.0.1, owned by the
+// `postgres` system user when we are root; stopped and deleted when the process exits), with one
+// difference: the tests' cluster runs with fsync off, this one with the server's defaults (fsync on),
+// since a gateway's registry commits durably and what that costs is part of what is measured.
 //
 // The server's CPU is read from /proc, so it is only known when the server runs on this machine: the
 // postmaster (found as the parent of our own backend) and all its children (the backends serving the
 // gateway's pool, the WAL writer, the checkpointer, ...), their exact run time from /proc/<pid>/schedstat,
 // plus the postmaster's cutime + cstime for children that already ended (10 ms ticks).
 
-import { execFile, spawnSync } from "node:child_process";
-import { randomBytes } from "node:crypto";
 import * as fs from "node:fs";
-import * as net from "node:net";
-import * as os from "node:os";
-import * as path from "node:path";
-import { promisify } from "node:util";
-import pg from "pg";
-
-const run = promisify(execFile);
+import { scratchDatabase, throwawayCluster, withAdmin } from "../test/support/postgres-cluster.ts";
 
 /** The admin URL of an existing server the benchmarks may create databases on. */
 export const BENCH_POSTGRES_URL_ENV = "KEYPROXY_BENCH_POSTGRES_URL";
@@ -41,41 +33,43 @@ export interface BenchDatabase {
 /** The admin URL of KEYPROXY_BENCH_POSTGRES_URL's server, else of a throwaway cluster started once
  *  per process (bench/registry-engines.ts starts one and hands it to each run it forks). */
 export async function benchPostgresServer(log: (s: string) => void): Promise<string> {
-  return process.env[BENCH_POSTGRES_URL_ENV] || (await throwawayCluster(log));
+  return process.env[BENCH_POSTGRES_URL_ENV] || (await durableCluster(log));
 }
 
 /** A fresh database on benchPostgresServer(). */
 export async function benchDatabase(log: (s: string) => void): Promise<BenchDatabase> {
   const admin = await benchPostgresServer(log);
-  const name = `kp_bench_${randomBytes(6).toString("hex")}`;
-  const client = new pg.Client({ connectionString: admin });
-  await client.connect();
-  try {
-    await client.query(`CREATE DATABASE ${name}`);
-    const backend = (await client.query<{ pid: number }>("SELECT pg_backend_pid() AS pid")).rows[0].pid;
-    const setting = async (s: string) => (await client.query<{ v: string }>(`SELECT current_setting('${s}') AS v`)).rows[0].v;
-    const server = { version: await setting("server_version"), fsync: await setting("fsync"), synchronousCommit: await setting("synchronous_commit") };
-    const postmaster = parentOf(backend);
-    const url = new URL(admin);
-    url.pathname = `/${name}`;
-    return {
-      url: url.toString(),
-      server,
-      serverCpuUs: () => (postmaster === undefined ? undefined : processTreeCpuUs(postmaster)),
-      drop: () => asAdmin(admin, `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`),
-    };
-  } finally {
-    await client.end();
-  }
+  const db = await scratchDatabase(admin, "kp_bench_");
+  const { server, postmaster } = await serverFacts(admin).catch(async (e: unknown) => {
+    await db.drop().catch(() => undefined); // no database left behind for a run that never starts; the first error is the one to tell
+    throw e;
+  });
+  return {
+    ...db,
+    server,
+    serverCpuUs: () => (postmaster === undefined ? undefined : processTreeCpuUs(postmaster)),
+  };
 }
 
-async function asAdmin(admin: string, sql: string): Promise<void> {
-  const client = new pg.Client({ connectionString: admin });
-  await client.connect();
+/** The settings that decide what a commit costs, and the postmaster (the parent of our backend) when
+ *  the server runs on this machine. */
+async function serverFacts(admin: string): Promise<{ server: BenchDatabase["server"]; postmaster: number | undefined }> {
+  return withAdmin(admin, async (client) => {
+    const backend = (await client.query<{ pid: number }>("SELECT pg_backend_pid() AS pid")).rows[0].pid;
+    const setting = async (s: string) => (await client.query<{ v: string }>(`SELECT current_setting('${s}') AS v`)).rows[0].v;
+    return {
+      server: { version: await setting("server_version"), fsync: await setting("fsync"), synchronousCommit: await setting("synchronous_commit") },
+      postmaster: parentOf(backend),
+    };
+  });
+}
+
+/** The throwaway cluster, durable as a gateway's registry is; the reason it cannot start, with the way out. */
+async function durableCluster(log: (s: string) => void): Promise<string> {
   try {
-    await client.query(sql);
-  } finally {
-    await client.end();
+    return await throwawayCluster({ fsync: true, log });
+  } catch (e) {
+    throw new Error(`no PostgreSQL for the benchmark: ${(e as Error).message} (set ${BENCH_POSTGRES_URL_ENV} to an admin URL, or install Debian's postgresql)`);
   }
 }
 
@@ -120,62 +114,4 @@ function processTreeCpuUs(postmaster: number): number | undefined {
     if (parentOf(pid) === postmaster) us += runTimeUs(pid);
   }
   return us;
-}
-
-// ---- a throwaway cluster --------------------------------------------------------------------------------
-
-let cluster: Promise<string> | undefined;
-
-function postgresBin(): string {
-  const root = "/usr/lib/postgresql";
-  const versions = fs.existsSync(root) ? fs.readdirSync(root).filter((v) => fs.existsSync(path.join(root, v, "bin", "initdb"))).sort((a, b) => Number(b) - Number(a)) : [];
-  if (!versions.length) throw new Error(`no PostgreSQL server here: set ${BENCH_POSTGRES_URL_ENV} to an admin URL, or install Debian's postgresql (initdb under /usr/lib/postgresql/*/bin)`);
-  return path.join(root, versions[0], "bin");
-}
-
-async function freePort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((resolve) => s.listen(0, "127.0.0.1", resolve));
-  const { port } = s.address() as net.AddressInfo;
-  await new Promise<void>((resolve) => s.close(() => resolve()));
-  return port;
-}
-
-/** Starts the cluster once per process; resolves with its admin URL. */
-function throwawayCluster(log: (s: string) => void): Promise<string> {
-  return (cluster ??= startCluster(log));
-}
-
-async function startCluster(log: (s: string) => void): Promise<string> {
-  const bin = postgresBin();
-  // PostgreSQL refuses to run as root: then the cluster belongs to the `postgres` system user.
-  const asRoot = process.getuid?.() === 0;
-  const owner = asRoot ? { uid: Number(spawnSync("id", ["-u", "postgres"], { encoding: "utf8" }).stdout), gid: Number(spawnSync("id", ["-g", "postgres"], { encoding: "utf8" }).stdout) } : undefined;
-  if (owner && !(owner.uid > 0)) throw new Error(`running as root without a \`postgres\` system user to own a cluster: set ${BENCH_POSTGRES_URL_ENV} instead`);
-  const as = (cmd: string, args: string[]): [string, string[]] => (owner ? ["runuser", ["-u", "postgres", "--", cmd, ...args]] : [cmd, args]);
-
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "kp-bench-postgres-"));
-  const data = path.join(dir, "data");
-  const socket = path.join(dir, "socket");
-  fs.mkdirSync(socket);
-  if (owner) {
-    fs.chownSync(dir, owner.uid, owner.gid);
-    fs.chownSync(socket, owner.uid, owner.gid);
-  }
-  const stop = () => {
-    spawnSync(...as(path.join(bin, "pg_ctl"), ["-D", data, "-m", "immediate", "-w", "stop"]), { stdio: "ignore" });
-    fs.rmSync(dir, { recursive: true, force: true });
-  };
-  process.once("exit", stop);
-  for (const signal of ["SIGINT", "SIGTERM"] as const) {
-    process.once(signal, () => {
-      stop();
-      process.kill(process.pid, signal);
-    });
-  }
-  const port = await freePort();
-  log(`postgres: a throwaway cluster (${bin}) on 127.0.0.1:${port}, the server's default durability (fsync on)`);
-  await run(...as(path.join(bin, "initdb"), ["-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-locale", "--no-sync"]));
-  await run(...as(path.join(bin, "pg_ctl"), ["-D", data, "-l", path.join(dir, "server.log"), "-o", `-p ${port} -k ${socket} -c listen_addresses=127.0.0.1`, "-w", "start"]));
-  return `postgres://postgres@127.0.0.1:${port}/postgres`;
 }
