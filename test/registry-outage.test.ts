@@ -4,24 +4,18 @@
 // is back. Nothing is written half: the join counter moves only on a join that completed.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import pg from "pg";
 import { nodeHandset, provision, startGateway, until } from "./support/harness.ts";
-import { testDatabase } from "./support/postgres.ts";
+import { testDatabase, type TestDatabase } from "./support/postgres.ts";
+import { withAdmin } from "./support/postgres-cluster.ts";
 
 /** Cuts every connection to the database and refuses new ones (as a server that went down does for
  *  this database), or lets them in again. */
-async function databaseReachable(url: string, reachable: boolean): Promise<void> {
-  const name = new URL(url).pathname.slice(1);
-  const admin = new URL(url);
-  admin.pathname = "/postgres";
-  const client = new pg.Client({ connectionString: admin.toString() });
-  await client.connect();
-  try {
+async function databaseReachable(db: TestDatabase, reachable: boolean): Promise<void> {
+  const name = new URL(db.url).pathname.slice(1);
+  await withAdmin(db.admin, async (client) => {
     await client.query(`ALTER DATABASE ${name} WITH ALLOW_CONNECTIONS ${reachable}`);
     if (!reachable) await client.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", [name]);
-  } finally {
-    await client.end();
-  }
+  });
 }
 
 test("the registry's database down: a join closes the link with the reason logged, no refusal, no backoff, the gateway runs on; back up, the device joins", async (t) => {
@@ -33,7 +27,7 @@ test("the registry's database down: a join closes the link with the reason logge
   const key = await provision(g.gw, "dev-o");
   const counter = { value: 0 };
 
-  await databaseReachable(db.url, false);
+  await databaseReachable(db, false);
   const first = await nodeHandset(g.gw, "dev-o", key, 600, counter);
   await until(() => first.socket.destroyed || first.socket.readableEnded, "the gateway closes the link it could not serve", 15_000);
   first.close();
@@ -43,7 +37,7 @@ test("the registry's database down: a join closes the link with the reason logge
   assert.equal(g.events("join-rejected").length, 0, "no refusal: the device did nothing wrong");
   assert.equal(g.gw.links.stats.joinsThrottled, 0);
 
-  await databaseReachable(db.url, true);
+  await databaseReachable(db, true);
   const second = await nodeHandset(g.gw, "dev-o", key, 600, counter);
   t.after(() => second.close());
   await until(() => second.h.status().registered, "the device joins and registers once the database is back", 15_000);
