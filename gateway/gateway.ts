@@ -30,6 +30,7 @@ import { DEFAULT_SESSIONS, SessionBroker, type SessionSettings } from "./session
 import type { SessionHook, SessionHookContext } from "./sessions/hook.ts";
 import { GroupKeeper } from "./sessions/groups.ts";
 import { GroupLink } from "./crossgw/groups-remote.ts";
+import { Instances } from "./instances/instances.ts";
 import { isDatabaseUrl, NotARegistry, Store, type StoreOptions } from "./registry/store.ts";
 import { KEK_FILE, KEK_FILE_ENV } from "./registry/kek.ts";
 import { CloseReason, Msg, type InnerMessage } from "../firmware/proto/messages.ts";
@@ -45,6 +46,10 @@ export interface GatewayOptions {
   listen?: { host: string; port: number };
   /** Gateway name, written into the certificates it issues (iss). Default: stored, else "gateway.local". */
   id?: string;
+  /** This process's name among several instances of the domain (docs/SCALING.md, "Instances of a
+   *  domain"): they share the PostgreSQL registry (`database`) and talk over the MQTT broker (`mqtt`).
+   *  Default: none, a lone gateway. */
+  instance?: string;
   policy?: Partial<RegistrationPolicy>;
   /** Seconds since the epoch; tests pass a clock they control. */
   now?: () => number;
@@ -175,12 +180,48 @@ async function startFleet(f: FleetOptions, gw: Gateway, ctx: SessionHookContext,
 
 /** Revokes a device: registry first (its joins are refused from now on), then its sessions end and
  *  its link closes (after the SaClosed messages went out). */
-async function revoke(store: Store, sessions: SessionBroker, links: LinkServer, log: Logger, now: () => number, deviceId: string, why: string): Promise<boolean> {
+async function revoke(store: Store, sessions: SessionBroker, links: LinkServer, log: Logger, now: () => number, deviceId: string, why: string, instances?: Instances): Promise<boolean> {
   if (!(await store.revokeDevice(deviceId, now(), why))) return false;
   log.warn("device-revoked", { device: deviceId, reason: why });
   sessions.endAll(deviceId, CloseReason.Revoked, `revoked: ${why}`);
   links.disconnect(deviceId, "device revoked");
+  // At the domain's other instances too: the SAs they run end, and a link the device has there closes.
+  instances?.endAllElsewhere(deviceId, CloseReason.Revoked, `revoked: ${why}`, true);
   return true;
+}
+
+/** Every process on one PostgreSQL registry (the instances of a domain) signs with the same gateway
+ *  key, so that a device's certificate does not depend on which instance issued it: the first one
+ *  records its public key, and one with another key is refused before it issues anything. */
+async function sameGatewayKey(store: Store, publicKey: Uint8Array, dataDir: string): Promise<void> {
+  const mine = Buffer.from(publicKey).toString("hex");
+  await store.query("INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT(k) DO NOTHING", [GATEWAY_PUBLIC_KEY, mine]);
+  const recorded = await store.getMeta(GATEWAY_PUBLIC_KEY);
+  if (recorded !== mine) throw new Error(`${join(dataDir, "gateway.key")} is not the gateway key this registry's other instances sign with: copy gateway.key (and keyproxy.kek) from the data directory of an instance of this domain`);
+}
+
+const GATEWAY_PUBLIC_KEY = "gateway_public_key";
+
+/** An instance's name: what a hostname label may be, since it names MQTT topics and log records. */
+const INSTANCE_NAME = /^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$/;
+
+/** The bus to the domain's other instances (gateway/instances/), checked for what it needs first. */
+async function startInstance(opts: GatewayOptions, id: string, store: Store, log: Logger, now: () => number): Promise<Instances> {
+  const instance = opts.instance as string;
+  if (!INSTANCE_NAME.test(instance)) throw new Error(`--instance "${instance.slice(0, 80)}" must be 1 to 63 letters, digits, - and _, starting with a letter or digit`);
+  if (store.engine !== "postgres") throw new Error("instances of a domain share its registry: --instance needs --db postgres://...");
+  if (!opts.mqtt) throw new Error("instances of a domain talk over MQTT: --instance needs --mqtt");
+  if (opts.fleet || opts.sessionHook) throw new Error("sessions across gateways are not yet run by several instances of a domain: start it without --instance, or without the fleet");
+  const url = "url" in opts.mqtt ? opts.mqtt.url : undefined;
+  if (!url) throw new Error("instances of a domain share one broker: --instance needs --mqtt <url>, not the embedded broker of one of them");
+  const instances = await Instances.start({ domain: id, instance, url, store, log, now });
+  log.info("instance-started", { domain: id, instance, others: instances.others.join(",") });
+  return instances;
+}
+
+/** The name an instance publishes its monitoring under: its own, beside the domain's other instances. */
+function monitoringId(id: string, instance: string | undefined): string {
+  return instance === undefined ? id : `${instance}.${id}`;
 }
 
 /** Session settings with defaults, the SA lifetime held under the ceiling timers allow. */
@@ -217,11 +258,14 @@ export class Gateway {
     }
     // What polls the registry on a timer, to be stopped before the store closes if the start fails.
     let groupKeeper: GroupKeeper | undefined;
+    let instances: Instances | undefined;
     try {
       const id = opts.id ?? (await store.getMeta("gateway_id")) ?? "gateway.local";
       await store.setMeta("gateway_id", id);
+      if (opts.instance !== undefined) instances = await startInstance(opts, id, store, log, now);
       const { key, created } = loadOrCreateGatewayKey(opts.dataDir);
       if (created) log.info("gateway-key-created", { file: join(opts.dataDir, "gateway.key") });
+      if (store.engine === "postgres") await sameGatewayKey(store, key.publicKey, opts.dataDir);
       const crypto = opts.crypto ?? nodeCrypto();
       const policy = new Policy(store);
       // The broker and the link server need each other: the broker sends through the links, the links
@@ -230,6 +274,12 @@ export class Gateway {
       const send = (dev: string, m: InnerMessage) => links!.sendTo(dev, m);
       const relay = (dev: string, payload: Uint8Array) => links!.relayTo(dev, payload);
       const isLinked = (dev: string) => links!.links.has(dev);
+      // With several instances the broker reaches a device wherever in the domain it is linked.
+      const domainWide = instances && {
+        send: (dev: string, m: InnerMessage) => instances!.send(dev, m),
+        relay: (dev: string, payload: Uint8Array) => instances!.relay(dev, payload),
+        isLinked: (dev: string) => instances!.isLinked(dev),
+      };
       const settings = sessionSettings(opts.sessions);
       let hook: SessionHook | undefined;
       let groups: GroupKeeper | undefined;
@@ -242,12 +292,13 @@ export class Gateway {
       // One SPI space per device: a local SA never takes an SPI held by an SA across gateways or a
       // group key.
       const spiTaken = (spi: number) => (hook?.holdsSpi?.(spi) ?? false) || (groups?.holdsSpi(spi) ?? false);
-      const sessions = new SessionBroker({ store, policy, log, crypto, cbor, now, send, relay, isLinked, settings, gatewayId: id, onEndAll, spiTaken });
+      const sessions = new SessionBroker({ store, policy, log, crypto, cbor, now, send, relay, isLinked, ...domainWide, settings, gatewayId: id, onEndAll, spiTaken, sharing: instances });
       groupKeeper = groups = new GroupKeeper({
         store, log, crypto, cbor, now, send, relay, isLinked, settings, gatewayId: id,
+        dormant: instances && "group keys are not yet kept across the instances of a domain",
         spiTaken: (spi) => sessions.sessions.has(spi) || (hook?.holdsSpi?.(spi) ?? false),
       });
-      const revokeDevice = (dev: string, why: string) => revoke(store, sessions, links!, log, now, dev, why);
+      const revokeDevice = (dev: string, why: string) => revoke(store, sessions, links!, log, now, dev, why, instances);
       const ctx: SessionHookContext = { gatewayId: id, store, policy, log, crypto, now, sessions, settings, send, relay, isLinked, revokeDevice };
       if (opts.fleet && (opts.sessionHook || !opts.mqtt)) throw new Error(opts.sessionHook ? "fleet and sessionHook exclude each other" : "sessions across gateways need MQTT (the interlink runs over it)");
       hook = opts.sessionHook?.(ctx);
@@ -258,30 +309,39 @@ export class Gateway {
       };
       const registrar = new Registrar({
         store, log, crypto, permissions: policy, gatewayId: id, gatewayKey: key, policy: { ...DEFAULT_POLICY, ...opts.policy }, now,
-        onDeregistered: (dev) => sessions.endAll(dev, CloseReason.Deregistered, "deregistered"),
+        onDeregistered: (dev) => {
+          sessions.endAll(dev, CloseReason.Deregistered, "deregistered");
+          instances?.endAllElsewhere(dev, CloseReason.Deregistered, "deregistered", false);
+        },
       });
       links = new LinkServer({
         store, log, crypto, cbor, now, limits: opts.limits, nowMs: opts.nowMs,
         // Synchronous where nothing waits for the registry (most session messages), so the frames
         // behind this one are not held back for nothing (gateway/link/server.ts, inOrder).
         onInner: (dev, m) => {
-          if (groups!.handle(dev, m) || hook?.handle(dev, m)) return;
+          if (groups!.handle(dev, m) || hook?.handle(dev, m) || instances?.handleInner(dev, m)) return;
           if (m.t >= Msg.ConnectRequest) return sessions.handle(dev, m);
           return answerRequest(dev, m);
         },
-        onSaData: (dev, m, payload) => groups!.relay(dev, m, payload) || hook?.relay(dev, m, payload) || sessions.relay(dev, m, payload),
+        onSaData: (dev, m, payload) =>
+          groups!.relay(dev, m, payload) || hook?.relay(dev, m, payload) ||
+          // An SA another instance runs: relayed from its row in the domain's database.
+          (instances && !sessions.sessions.has(m.spi) ? instances.relayFrame(dev, m, payload) : sessions.relay(dev, m, payload)),
         onLink: (dev, up) => {
           // A link carried over Bluetooth: from now on this device's monitoring shows that radio.
           const transport = up ? links!.links.get(dev)?.socket : undefined;
           if (transport instanceof CarriedLink) radios.bind(dev, transport.remoteAddress);
           if (up) sessions.linkUp(dev);
           else sessions.linkDown(dev);
+          instances?.linkChanged(dev, up);
         },
       });
       const radios = new RadioBook((dev) => gw.monitoring?.publisher.deviceChanged(dev));
       const want = opts.listen ?? DEFAULT_LISTEN;
       const address = await links.listen(want.host, want.port);
+      instances?.attach(links, sessions);
       const gw = new Gateway(store, links, address, id, log, sessions, policy, lock);
+      gw.instances = instances;
       gw.radios = radios;
       gw.hook = hook;
       gw.groups = groups;
@@ -293,7 +353,7 @@ export class Gateway {
         revocationSerial: gw.trust?.list?.serial,
         revocationIssuedAt: gw.trust?.list ? new Date(gw.trust.list.issuedAt * 1000).toISOString() : undefined,
       });
-      if (opts.mqtt) gw.monitoring = await startMonitoring(opts.mqtt, { gatewayId: id, listen: `${address.host}:${address.port}`, store, links, log, now, sessionMetrics, radio: (dev) => radios.forDevice(dev) }).catch(async (e) => { await links.close(); throw e; });
+      if (opts.mqtt) gw.monitoring = await startMonitoring(opts.mqtt, { gatewayId: monitoringId(id, opts.instance), listen: `${address.host}:${address.port}`, store, links, log, now, sessionMetrics, radio: (dev) => radios.forDevice(dev) }).catch(async (e) => { await links.close(); throw e; });
       if (opts.fleet && gw.monitoring) {
         try {
           const fleet = typeof opts.fleet === "function" ? opts.fleet(id) : opts.fleet;
@@ -334,10 +394,11 @@ export class Gateway {
           throw e;
         }
       }
-      log.info("gateway-started", { id, listen: `${address.host}:${address.port}`, dataDir: opts.dataDir });
+      log.info("gateway-started", { id, instance: opts.instance, listen: `${address.host}:${address.port}`, dataDir: opts.dataDir });
       return gw;
     } catch (e) {
       groupKeeper?.close();
+      await instances?.close();
       await store.close();
       lock.release();
       throw e;
@@ -355,6 +416,8 @@ export class Gateway {
   hook?: SessionHook;
   /** The group SAs whose home is this gateway (keyproxy group; docs/PROTOCOL.md §5d). */
   groups!: GroupKeeper;
+  /** With GatewayOptions.instance: this instance's part in its domain. */
+  instances?: Instances;
   /** With GatewayOptions.fleet: the link to other gateways and what this gateway trusts. */
   interlink?: Interlink;
   trust?: FleetTrust;
@@ -458,6 +521,9 @@ export class Gateway {
     // grace timers if it were closed already.
     await this.links.close();
     this.sessions.close();
+    // After the links: their "unlinked" went out. Saying "gone" lets another instance take this one's
+    // SAs over at once (the SAs are not ended: their devices kept them and rejoin elsewhere).
+    await this.instances?.close();
     this.groups.close();
     this.hook?.close();
     this.trust?.close();

@@ -88,6 +88,25 @@ CREATE TABLE key_group_members (
   PRIMARY KEY (grp, member));`,
     },
   },
+  {
+    version: 5,
+    what: "live links and SAs, shared by the instances of a domain (gateway/instances/)",
+    // Not the registry's records but what the instances running now share: where each linked device
+    // is, and each SA's parties and the instance that runs it. Gone when the domain stops.
+    sql: {
+      sqlite: `
+CREATE TABLE IF NOT EXISTS live_links (device_id TEXT PRIMARY KEY, instance TEXT NOT NULL, since INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS live_sessions (
+  spi INTEGER PRIMARY KEY, initiator TEXT NOT NULL, responder TEXT NOT NULL, app TEXT NOT NULL, suite INTEGER NOT NULL,
+  expires_at INTEGER NOT NULL, up INTEGER NOT NULL, home TEXT NOT NULL);`,
+      postgres: `
+CREATE TABLE live_links (device_id TEXT PRIMARY KEY, instance TEXT NOT NULL, since BIGINT NOT NULL);
+CREATE TABLE live_sessions (
+  spi BIGINT PRIMARY KEY, initiator TEXT NOT NULL, responder TEXT NOT NULL, app TEXT NOT NULL, suite INTEGER NOT NULL,
+  expires_at BIGINT NOT NULL, up INTEGER NOT NULL, home TEXT NOT NULL);
+CREATE INDEX live_sessions_home ON live_sessions (home);`,
+    },
+  },
 ];
 
 export const LATEST_SCHEMA = MIGRATIONS[MIGRATIONS.length - 1].version;

@@ -9,6 +9,7 @@
 // key, which is not in the database (kek.ts).
 
 import { AsyncLocalStorage } from "node:async_hooks";
+import { hkdfSync } from "node:crypto";
 import { chmodSync, closeSync, existsSync, openSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { KEK_FILE, KEK_FILE_ENV, KekError, loadOrCreateKek, open as openSealed, seal, type SealedKind } from "./kek.ts";
@@ -250,6 +251,12 @@ export class Store {
     }
     this.kekBytes = kek;
     return kek;
+  }
+
+  /** A 32-byte key for one purpose, derived from the KEK (HKDF-SHA256): what only holders of the KEK
+   *  share, as the instances of one domain do (gateway/instances/bus.ts). The KEK itself never leaves. */
+  async derivedKey(purpose: string): Promise<Uint8Array> {
+    return new Uint8Array(hkdfSync("sha256", await this.kek(), Buffer.alloc(0), Buffer.from(`keyproxy/${purpose}`, "utf8"), 32));
   }
 
   private async sealed(kind: SealedKind, id: string, plain: Uint8Array): Promise<Buffer> {

@@ -69,6 +69,9 @@ export interface GroupDeps {
   /** SPIs held elsewhere at this gateway (the session broker's, sessions across gateways). */
   spiTaken: (spi: number) => boolean;
   pollMs?: number;
+  /** Set when this gateway is one of several instances of its domain: group keys are not yet kept
+   *  across instances (docs/SCALING.md), so the keeper keys no group; the reason is logged once. */
+  dormant?: string;
 }
 
 /** One group key as the home gateway sees it. */
@@ -121,6 +124,7 @@ export class GroupKeeper {
   private reconciling = new Map<string, Promise<void>>();
   /** The firmware each member of this gateway registered with, as last read (refusedFirmware). */
   private firmwareSeen = new Map<string, string | null>();
+  private saidDormant = false;
   readonly stats = { keyed: 0, rekeyed: 0, unkeyable: 0, relayed: 0, relayDropped: 0 };
   /** Members behind other gateways (set when the gateway joins its fleet); without it they are
    *  never up. */
@@ -344,6 +348,11 @@ export class GroupKeeper {
   /** rekey: why a new key is due, and for which key (`worn`): by the time this reconciliation runs,
    *  that key may have been replaced already (another reason asked first), and then none is due. */
   private reconcile(name: string, rekey?: string, worn?: GroupKey): void {
+    if (this.d.dormant) {
+      if (!this.saidDormant) this.d.log.warn("group-keys-not-kept", { group: this.fullName(name), reason: this.d.dormant });
+      this.saidDormant = true;
+      return;
+    }
     const before = this.reconciling.get(name) ?? Promise.resolve();
     const next = before.then(() => this.reconcileNow(name, rekey, worn)).catch((e) => this.failed(name, e));
     this.reconciling.set(name, next);

@@ -20,6 +20,7 @@ import { spiText } from "../log/protocol-names.ts";
 import { matchSettings, suiteCandidates, DEFAULT_MATCHING, type MatchOptions } from "./matching.ts";
 import type { Policy } from "../registry/policy.ts";
 import type { Store } from "../registry/store.ts";
+import type { LiveSession, SessionSharing } from "./shared.ts";
 
 export interface SessionSettings {
   /** SA lifetime in seconds (relative: devices have no trusted clock). */
@@ -66,6 +67,9 @@ export interface SessionDeps {
    *  space: its gateway routes its SA frames by SPI, across gateways first, so a local SA must never
    *  take an SPI that one of the gateway's SAs across gateways holds. */
   spiTaken?: (spi: number) => boolean;
+  /** When this gateway is one of several instances of its domain (gateway/instances/): SPIs are
+   *  claimed in the domain's database, and each SA's row says which instance runs it. */
+  sharing?: SessionSharing;
 }
 
 /** One SA as the gateway sees it. */
@@ -194,7 +198,7 @@ export class SessionBroker {
     d.send(peer, { t: Msg.Incoming, rid: calleeRid, from: caller, app, suite });
   }
 
-  private answer(callee: string, rid: number, accept: boolean): void {
+  private answer(callee: string, rid: number, accept: boolean): void | Promise<void> {
     const d = this.d;
     const key = `${callee}/${rid}`;
     const p = this.pending.get(key);
@@ -211,7 +215,7 @@ export class SessionBroker {
       d.send(p.caller, { t: Msg.Error, rid: p.callerRid, code: ErrorCode.Rejected });
       return;
     }
-    this.install(p.caller, p.callee, p.app, p.suite, p.callerRid, p.calleeRid, 0);
+    return this.install(p.caller, p.callee, p.app, p.suite, p.callerRid, p.calleeRid, 0);
   }
 
   /** A random SPI that no SA at this gateway holds, here or across gateways: unique among all SAs of
@@ -224,11 +228,35 @@ export class SessionBroker {
     }
   }
 
-  /** Key distribution (seed 003 claims 3-4, seed 004 key transfer): one fresh seed, to both devices. */
-  private install(initiator: string, responder: string, app: string, suite: number, callerRid: number, responderRid: number, replaces: number): void {
+  /** Key distribution (seed 003 claims 3-4, seed 004 key transfer): one fresh seed, to both devices.
+   *  With several instances, the SPI is first claimed in the domain's database (no other instance
+   *  may hand it out); a lone gateway needs no wait. */
+  private install(initiator: string, responder: string, app: string, suite: number, callerRid: number, responderRid: number, replaces: number): void | Promise<void> {
+    const sharing = this.d.sharing;
+    if (!sharing) return this.installWith(this.freshSpi(), initiator, responder, app, suite, callerRid, responderRid, replaces);
+    return this.claimSpi(sharing, initiator, responder, app, suite).then(
+      (spi) => this.installWith(spi, initiator, responder, app, suite, callerRid, responderRid, replaces),
+      (e: unknown) => {
+        // The registry did not answer: the setup fails as a timeout would, and nothing was handed out.
+        this.stats.failed++;
+        this.d.log.error("registry-error", { device: initiator, peer: responder, reason: (e as Error).message });
+        if (callerRid) this.d.send(initiator, { t: Msg.Error, rid: callerRid, code: ErrorCode.Rejected });
+      },
+    );
+  }
+
+  private async claimSpi(sharing: SessionSharing, initiator: string, responder: string, app: string, suite: number): Promise<number> {
+    const expiresAt = this.d.now() + this.d.settings.lifetime;
+    for (;;) {
+      const spi = this.freshSpi();
+      if (await sharing.claim({ spi, initiator, responder, app, suite, expiresAt, up: false, home: sharing.instance })) return spi;
+    }
+  }
+
+  private installWith(spi: number, initiator: string, responder: string, app: string, suite: number, callerRid: number, responderRid: number, replaces: number): void {
     const d = this.d;
     const s: Session = {
-      spi: this.freshSpi(),
+      spi,
       initiator,
       responder,
       app,
@@ -271,6 +299,7 @@ export class SessionBroker {
     s.seed = null;
     if (s.timer) clearTimeout(s.timer);
     s.state = "up";
+    d.sharing?.up(spi);
     s.timer = setTimeout(() => this.end(s, CloseReason.Expired, "lifetime over"), (d.settings.lifetime + 5) * 1000);
     // The device asks for a rekey only when it sends: a quiet SA would run out instead of being
     // replaced. The gateway knows the lifetime and runs the key distribution, so it asks on time.
@@ -291,7 +320,10 @@ export class SessionBroker {
     if (!old) return;
     old.state = "retiring";
     stopTimers(old);
-    old.timer = setTimeout(() => this.sessions.delete(spi), this.d.settings.overlapMs);
+    old.timer = setTimeout(() => {
+      this.sessions.delete(spi);
+      this.d.sharing?.ended(spi);
+    }, this.d.settings.overlapMs);
   }
 
   private abort(s: Session, reason: string): void {
@@ -335,9 +367,17 @@ export class SessionBroker {
 
   private async replaceChecked(s: Session): Promise<void> {
     const d = this.d;
-    const [allowed, initiator, responder] = await Promise.all([d.policy.permits(s.initiator, s.responder, s.app), this.registered(s.initiator), this.registered(s.responder)]);
+    const [allowed, initiator, responder, home] = await Promise.all([
+      d.policy.permits(s.initiator, s.responder, s.app), this.registered(s.initiator), this.registered(s.responder), d.sharing ? d.sharing.stillHome(s.spi) : true,
+    ]);
     // It may have ended, or been replaced (both ends and the timer may ask), while the registry answered.
     if (this.sessions.get(s.spi) !== s || s.state !== "up") return;
+    if (!home) {
+      // Another instance took it over (the broker thought this one gone): that one runs it now.
+      d.log.warn("session-home-moved", { device: s.initiator, peer: s.responder, spi: spiText(s.spi), reason: "another instance runs this SA now; this one forgets it" });
+      this.forget(s);
+      return;
+    }
     if (!allowed || !initiator || !responder) {
       this.end(s, CloseReason.PeerGone, "policy or registration no longer allows this session");
       return;
@@ -345,7 +385,7 @@ export class SessionBroker {
     // Both ends (and the gateway's own timer) may ask at once: one replacement per SA.
     for (const other of this.sessions.values()) if (other.replaces === s.spi && other.state === "confirming") return;
     this.stats.rekeyed++;
-    this.install(s.initiator, s.responder, s.app, s.suite, 0, 0, s.spi);
+    await this.install(s.initiator, s.responder, s.app, s.suite, 0, 0, s.spi);
   }
 
   private bye(deviceId: string, spi: number): void {
@@ -361,6 +401,7 @@ export class SessionBroker {
   end(s: Session, reason: CloseReason, why: string): void {
     if (!this.sessions.delete(s.spi)) return;
     stopTimers(s);
+    this.d.sharing?.ended(s.spi);
     if (s.seed) s.seed.fill(0);
     this.stats.ended++;
     for (const dev of [s.initiator, s.responder]) this.d.send(dev, { t: Msg.SaClosed, spi: s.spi, reason });
@@ -394,6 +435,8 @@ export class SessionBroker {
     if (this.lost.has(deviceId)) return;
     this.lost.set(deviceId, setTimeout(() => {
       this.lost.delete(deviceId);
+      // With several instances, the device may have come back at another one.
+      if (this.d.isLinked(deviceId)) return;
       this.endAll(deviceId, CloseReason.PeerGone, "link lost for longer than the grace period");
     }, this.d.settings.graceMs));
   }
@@ -409,6 +452,40 @@ export class SessionBroker {
     }
     if (this.d.relay(peer, payload)) this.stats.relayed++;
     else this.stats.relayDropped++;
+  }
+
+  /** Whether a connection request to callee with this rid waits here for its answer. */
+  hasPending(callee: string, rid: number): boolean {
+    return this.pending.has(`${callee}/${rid}`);
+  }
+
+  /** Takes over SAs another instance ran (it is gone): each runs here from now on as if set up here,
+   *  its lifetime and rekey point kept, and a party not linked anywhere gets the grace period to come
+   *  back. The seed is long gone: only confirmed SAs are taken over (LiveTable.takeOver). */
+  adopt(rows: LiveSession[]): void {
+    const d = this.d;
+    const now = d.now();
+    for (const r of rows) {
+      if (this.sessions.has(r.spi) || !r.up) continue;
+      const s: Session = {
+        spi: r.spi, initiator: r.initiator, responder: r.responder, app: r.app, suite: r.suite, seed: null,
+        confirmed: { initiator: true, responder: true }, state: "up", callerRid: 0, replaces: 0, expiresAt: r.expiresAt, timer: null, rekeyTimer: null,
+      };
+      this.sessions.set(s.spi, s);
+      const left = r.expiresAt - now;
+      s.timer = setTimeout(() => this.end(s, CloseReason.Expired, "lifetime over"), Math.max(0, left + 5) * 1000);
+      const rekeyIn = left - d.settings.lifetime * (1 - REKEY_AT);
+      s.rekeyTimer = setTimeout(() => this.rekeyOnTime(s), Math.max(0, rekeyIn) * 1000);
+      for (const dev of [s.initiator, s.responder]) if (!d.isLinked(dev)) this.linkDown(dev);
+      d.log.info("session-taken-over", { device: s.initiator, peer: s.responder, app: s.app, spi: spiText(s.spi) });
+    }
+  }
+
+  /** Drops an SA without ending it: another instance runs it now. */
+  private forget(s: Session): void {
+    if (!this.sessions.delete(s.spi)) return;
+    stopTimers(s);
+    if (s.seed) s.seed.fill(0);
   }
 
   close(): void {

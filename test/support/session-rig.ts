@@ -107,6 +107,8 @@ export interface SessionHandsetOptions {
   suites?: number[][];
   /** Registration lifetime asked for, seconds. */
   lifetime?: number;
+  /** Where each connection goes (several instances of a domain: any of them); default the gateway's address. */
+  target?: () => { host: string; port: number };
 }
 
 /** The device crypto on the model of Espruino's natives, with secretbox (as the emulator board has). */
@@ -116,7 +118,7 @@ function deviceCryptoWithSecretbox(): SymCrypto {
 }
 
 /** The firmware's Handset engine in Node over TCP to gw, registering the suites asked for. */
-export async function sessionHandset(gw: Gateway, id: string, rootKey: Uint8Array, o: SessionHandsetOptions = {}): Promise<SessionHandset> {
+export async function sessionHandset(gw: Pick<Gateway, "address">, id: string, rootKey: Uint8Array, o: SessionHandsetOptions = {}): Promise<SessionHandset> {
   const lines: string[] = [];
   const sent: Uint8Array[] = [];
   const received: Uint8Array[] = [];
@@ -136,7 +138,8 @@ export async function sessionHandset(gw: Gateway, id: string, rootKey: Uint8Arra
 
   const connect = () => new Promise<net.Socket>((resolve, reject) => {
     const decoder = new FrameDecoder(crc);
-    const socket = net.connect(gw.address.port, gw.address.host, () => {
+    const to = o.target?.() ?? gw.address;
+    const socket = net.connect(to.port, to.host, () => {
       h.up({ write: (b) => { sent.push(b); socket.write(b); } });
       resolve(socket);
     });

@@ -1,0 +1,108 @@
+// What the instances of one domain tell each other over the MQTT bus (bus.ts), one definition per
+// message, used by the sender and the receiver. On the wire a message is a CBOR array
+// [version, from, to, sentAtMs, kind, ...fields], sealed by the bus; decodeBusMessage checks every
+// field's kind before anyone sees it, so a message that opened but is malformed is refused whole.
+
+import { decodeMessage, encodeMessage, Msg, type InnerMessage } from "../../firmware/proto/messages.ts";
+
+export const BUS_VERSION = 1;
+
+/** To the instance a device is linked to: send this inner message to the device over its link. */
+export interface Deliver { k: "deliver"; dev: string; m: InnerMessage }
+/** To the instance a device is linked to: write this SA frame (an outer payload) to the device. */
+export interface Frame { k: "frame"; dev: string; payload: Uint8Array }
+/** To an SA's home (the instance that runs it): this session message came from a device linked here. */
+export interface FromDevice { k: "fromDevice"; dev: string; m: InnerMessage }
+/** To all: the device's link is now at the sender (linked), or left it (unlinked). */
+export interface Linked { k: "linked"; dev: string }
+export interface Unlinked { k: "unlinked"; dev: string }
+/** To all: every SA of the device ends (a reboot's bye, a deregistration, a revocation); with
+ *  `disconnect`, its link closes too (revocation). */
+export interface EndAll { k: "endAll"; dev: string; reason: number; why: string; disconnect: boolean }
+/** Retained at the sender's presence topic: online in this run (epoch), or, as the sender's MQTT
+ *  last-will, gone (the broker lost it: a crash, a kill -9, a cut cable). */
+export interface Online { k: "online"; epoch: Uint8Array }
+export interface Gone { k: "gone"; epoch: Uint8Array }
+
+export type BusBody = Deliver | Frame | FromDevice | Linked | Unlinked | EndAll | Online | Gone;
+export interface BusMessage { from: string; to: string; sentAtMs: number; body: BusBody }
+
+const KINDS = ["deliver", "frame", "fromDevice", "linked", "unlinked", "endAll", "online", "gone"] as const;
+
+export class MalformedBusMessage extends Error {}
+
+export function encodeBusMessage(msg: BusMessage): unknown[] {
+  const b = msg.body;
+  const head = [BUS_VERSION, msg.from, msg.to, msg.sentAtMs, KINDS.indexOf(b.k)];
+  switch (b.k) {
+    case "deliver":
+    case "fromDevice":
+      return [...head, b.dev, encodeMessage(b.m)];
+    case "frame":
+      return [...head, b.dev, b.payload];
+    case "linked":
+    case "unlinked":
+      return [...head, b.dev];
+    case "endAll":
+      return [...head, b.dev, b.reason, b.why, b.disconnect];
+    case "online":
+    case "gone":
+      return [...head, b.epoch];
+  }
+}
+
+export function decodeBusMessage(w: unknown): BusMessage {
+  if (!Array.isArray(w) || w.length < 5) throw new MalformedBusMessage("not a bus message");
+  const [version, from, to, sentAtMs, kind, ...f] = w as unknown[];
+  if (version !== BUS_VERSION) throw new MalformedBusMessage(`bus message version ${String(version)}, this instance speaks ${BUS_VERSION}`);
+  const k = KINDS[kind as number];
+  if (typeof from !== "string" || typeof to !== "string" || typeof sentAtMs !== "number" || !Number.isSafeInteger(sentAtMs) || k === undefined) throw new MalformedBusMessage("malformed bus message header");
+  return { from, to, sentAtMs, body: decodeBody(k, f) };
+}
+
+function decodeBody(k: (typeof KINDS)[number], f: unknown[]): BusBody {
+  const dev = () => str(f[0], "device");
+  switch (k) {
+    case "deliver":
+    case "fromDevice":
+      expectFields(f, 2);
+      return { k, dev: dev(), m: inner(f[1]) };
+    case "frame":
+      expectFields(f, 2);
+      return { k, dev: dev(), payload: bytes(f[1], "frame") };
+    case "linked":
+    case "unlinked":
+      expectFields(f, 1);
+      return { k, dev: dev() };
+    case "endAll":
+      expectFields(f, 4);
+      if (typeof f[1] !== "number" || typeof f[3] !== "boolean") throw new MalformedBusMessage("malformed endAll");
+      return { k, dev: dev(), reason: f[1], why: str(f[2], "reason"), disconnect: f[3] };
+    case "online":
+    case "gone":
+      expectFields(f, 1);
+      return { k, epoch: bytes(f[0], "epoch") };
+  }
+}
+
+function expectFields(f: unknown[], n: number): void {
+  if (f.length !== n) throw new MalformedBusMessage(`a bus message with ${f.length} fields where ${n} belong`);
+}
+
+function str(v: unknown, what: string): string {
+  if (typeof v !== "string" || v.length > 256) throw new MalformedBusMessage(`malformed ${what} in a bus message`);
+  return v;
+}
+
+function bytes(v: unknown, what: string): Uint8Array {
+  if (!(v instanceof Uint8Array)) throw new MalformedBusMessage(`malformed ${what} in a bus message`);
+  return v;
+}
+
+function inner(v: unknown): InnerMessage {
+  const m = decodeMessage(v);
+  if (m instanceof Error) throw new MalformedBusMessage(`a bus message carries a malformed inner message: ${m.message}`);
+  // Only what travels inside a link: a join or an SA frame is never an inner message.
+  if (m.t < Msg.RegisterRequest) throw new MalformedBusMessage(`a bus message carries message type ${m.t}, which is not an inner message`);
+  return m as InnerMessage;
+}

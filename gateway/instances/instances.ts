@@ -1,0 +1,356 @@
+// One instance among several of a domain (docs/SCALING.md, "Instances of a domain"): N gateway
+// processes share the domain's PostgreSQL registry and talk over the MQTT bus (bus.ts).
+//
+// A handset links to any instance. Each SA has a home, the instance that set it up (its caller's),
+// which runs its timers, rekeys and end; its row in live_sessions names its parties and its home
+// (live-table.ts). Anything about a device that is linked elsewhere goes over the bus:
+// - the home's messages to a device go to the device's instance (deliver), which sends them;
+// - a device's session messages about an SA homed elsewhere go to the home (fromDevice);
+// - SA frames go straight from the sender's instance to the receiver's (frame), found from the row:
+//   the home is not on the data path, so frames keep flowing while an SA changes home. Instances
+//   carry the frames byte for byte; they cannot read them (the SA's keys are the devices').
+// When an instance is gone (its last-will), one other takes its SAs over; their devices rejoin any
+// instance within the grace period and their SAs, which each device kept, carry on.
+
+import type { InnerMessage, SaData } from "../../firmware/proto/messages.ts";
+import { CloseReason, Msg } from "../../firmware/proto/messages.ts";
+import type { LinkServer } from "../link/server.ts";
+import type { Logger } from "../log/logger.ts";
+import { spiText } from "../log/protocol-names.ts";
+import type { Store } from "../registry/store.ts";
+import type { SessionBroker } from "../sessions/session-broker.ts";
+import type { LiveSession, SessionSharing } from "../sessions/shared.ts";
+import type { BusMessage } from "./bus-messages.ts";
+import { busKeyPurpose, InstanceBus } from "./bus.ts";
+import { LiveTable } from "./live-table.ts";
+
+/** How often an instance looks for SAs whose home is gone unnoticed (it died while no other ran), ms. */
+export const ORPHAN_SWEEP_MS = 30_000;
+/** How long an answer route or a "no such SA" stays known, ms. */
+const ROUTE_MS = 60_000;
+const UNKNOWN_SPI_MS = 2_000;
+
+export interface InstancesOptions {
+  domain: string;
+  instance: string;
+  /** The broker the bus runs over (the gateway's monitoring broker). */
+  url: string;
+  store: Store;
+  log: Logger;
+  now: () => number;
+}
+
+/** What an instance knows of an SA homed elsewhere: enough to route its messages and frames. */
+interface Route {
+  home: string;
+  initiator: string;
+  responder: string;
+  up: boolean;
+}
+
+export class Instances implements SessionSharing {
+  readonly instance: string;
+  private readonly table: LiveTable;
+  /** Devices linked at other instances: device -> instance. */
+  private readonly elsewhere = new Map<string, string>();
+  private readonly routes = new Map<number, Route>();
+  private readonly answerRoutes = new Map<string, { home: string; until: number }>();
+  private readonly unknownSpis = new Map<number, number>();
+  private bus!: InstanceBus;
+  private links!: LinkServer;
+  private sessions!: SessionBroker;
+  private sweep: NodeJS.Timeout | undefined;
+  private closed = false;
+  readonly stats = { delivered: 0, framesOut: 0, framesIn: 0, forwarded: 0, dropped: 0, takenOver: 0 };
+
+  private constructor(private readonly o: InstancesOptions) {
+    this.instance = o.instance;
+    this.table = new LiveTable(o.store, o.instance);
+  }
+
+  /** Opens the bus; attach() must follow before any device links. */
+  static async start(o: InstancesOptions): Promise<Instances> {
+    const me = new Instances(o);
+    // Links this instance had in an earlier run are gone with it.
+    await me.table.forgetLinksOf(o.instance);
+    for (const [dev, at] of await me.table.links()) if (at !== o.instance) me.elsewhere.set(dev, at);
+    me.bus = await InstanceBus.connect({
+      url: o.url, domain: o.domain, instance: o.instance, key: await o.store.derivedKey(busKeyPurpose(o.domain)), log: o.log,
+      onMessage: (m) => me.onBus(m),
+      onPresence: (inst, online) => (online ? o.log.info("instance-online", { instance: inst }) : void me.instanceGone(inst)),
+    });
+    return me;
+  }
+
+  /** The link server and the broker, which need this as much as it needs them. */
+  attach(links: LinkServer, sessions: SessionBroker): void {
+    this.links = links;
+    this.sessions = sessions;
+    // The SAs an earlier run of this instance ran, then every SA whose home is gone unnoticed.
+    void this.takeOver(this.instance);
+    this.sweep = setInterval(() => void this.sweepOrphans(), ORPHAN_SWEEP_MS);
+    this.sweep.unref();
+  }
+
+  get others(): string[] {
+    return this.bus.others;
+  }
+
+  // ---- a device anywhere in the domain ------------------------------------------------------------
+
+  isLinked(dev: string): boolean {
+    return this.links.links.has(dev) || this.elsewhere.has(dev);
+  }
+
+  send(dev: string, m: InnerMessage): boolean {
+    if (this.links.sendTo(dev, m)) return true;
+    const at = this.elsewhere.get(dev);
+    if (at === undefined) return false;
+    this.bus.send(at, { k: "deliver", dev, m });
+    return true;
+  }
+
+  relay(dev: string, payload: Uint8Array): boolean {
+    if (this.links.relayTo(dev, payload)) return true;
+    const at = this.elsewhere.get(dev);
+    if (at === undefined) return false;
+    this.stats.framesOut++;
+    this.bus.send(at, { k: "frame", dev, payload });
+    return true;
+  }
+
+  // ---- SessionSharing: the broker's rows ----------------------------------------------------------
+
+  claim(s: LiveSession): Promise<boolean> {
+    return this.table.claim(s);
+  }
+
+  up(spi: number): void {
+    this.table.markUp(spi).catch((e: unknown) => this.registryError("up", spi, e));
+  }
+
+  ended(spi: number): void {
+    this.table.remove(spi).catch((e: unknown) => this.registryError("ended", spi, e));
+  }
+
+  stillHome(spi: number): Promise<boolean> {
+    return this.table.stillHome(spi);
+  }
+
+  // ---- events of this instance's links and devices -------------------------------------------------
+
+  /** A device's link here came up or went: the database and the other instances are told. */
+  linkChanged(dev: string, up: boolean): void {
+    if (up) this.elsewhere.delete(dev);
+    const write = up ? this.table.linked(dev, this.o.now()) : this.table.unlinked(dev);
+    write.catch((e: unknown) => this.o.log.error("registry-error", { device: dev, reason: `live link not recorded: ${(e as Error).message}` }));
+    this.bus.send("", { k: up ? "linked" : "unlinked", dev });
+  }
+
+  /** Every SA of the device ends at every other instance too (its own are ended by the caller). */
+  endAllElsewhere(dev: string, reason: CloseReason, why: string, disconnect: boolean): void {
+    this.bus.send("", { k: "endAll", dev, reason, why, disconnect });
+  }
+
+  /** A session message from a device linked here about an SA (or a request) homed at another
+   *  instance: sent there. True when taken; false leaves it to this instance's broker. */
+  handleInner(dev: string, m: InnerMessage): boolean {
+    switch (m.t) {
+      case Msg.Answer: {
+        if (this.sessions.hasPending(dev, m.rid)) return false;
+        const key = `${dev}/${m.rid}`;
+        const route = this.answerRoutes.get(key);
+        if (!route) return false;
+        this.answerRoutes.delete(key);
+        this.forward(route.home, dev, m);
+        return true;
+      }
+      case Msg.SaConfirm:
+      case Msg.Rekey:
+        return this.toHome(dev, m.spi, m);
+      case Msg.Bye:
+        // A reboot ("I hold no SAs"): every instance ends the device's SAs it runs; this one's broker too.
+        if (m.spi === 0) {
+          this.endAllElsewhere(dev, CloseReason.PeerGone, "the device restarted and holds no SAs", false);
+          return false;
+        }
+        return this.toHome(dev, m.spi, m);
+      default:
+        return false;
+    }
+  }
+
+  /** An SA frame from a device linked here whose SA this instance does not run: relayed to the other
+   *  party wherever it is linked, from the SA's row. Always taken (a frame nobody knows is dropped here). */
+  relayFrame(dev: string, m: SaData, payload: Uint8Array): true {
+    const route = this.routes.get(m.spi);
+    if (route) this.relayBy(route, dev, m.spi, payload);
+    else void this.lookUp(m.spi).then((r) => (r ? this.relayBy(r, dev, m.spi, payload) : this.drop(dev, m.spi, "SA frame for an unknown SPI")));
+    return true;
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    if (this.sweep) clearInterval(this.sweep);
+    await this.bus?.close();
+  }
+
+  // ---- inside --------------------------------------------------------------------------------------
+
+  private relayBy(r: Route, dev: string, spi: number, payload: Uint8Array): void {
+    const peer = r.initiator === dev ? r.responder : r.responder === dev ? r.initiator : undefined;
+    if (!peer) return this.drop(dev, spi, "SA frame from a device that is not party to the SPI");
+    if (!r.up) return this.drop(dev, spi, "SA frame before both devices confirmed");
+    if (!this.relay(peer, payload)) this.drop(dev, spi, "the other party is not linked anywhere");
+  }
+
+  private drop(dev: string, spi: number, reason: string): void {
+    this.stats.dropped++;
+    this.o.log.warn("frame dropped", { device: dev, spi: spiText(spi), reason });
+  }
+
+  private toHome(dev: string, spi: number, m: InnerMessage): boolean {
+    if (this.sessions.sessions.has(spi)) return false;
+    const route = this.routes.get(spi);
+    if (route) {
+      this.forward(route.home, dev, m);
+      return true;
+    }
+    void this.lookUp(spi).then((r) => {
+      if (r && r.home !== this.instance) this.forward(r.home, dev, m);
+      // Unknown, or ours without being in memory: the broker says why it drops it.
+      else void Promise.resolve(this.sessions.handle(dev, m)).catch(() => undefined);
+    });
+    return true;
+  }
+
+  private forward(home: string, dev: string, m: InnerMessage): void {
+    this.stats.forwarded++;
+    this.bus.send(home, { k: "fromDevice", dev, m });
+  }
+
+  /** The SA's route from the database (cached); undefined when the domain has no such SA. */
+  private async lookUp(spi: number): Promise<Route | undefined> {
+    const until = this.unknownSpis.get(spi);
+    if (until !== undefined && until > Date.now()) return undefined;
+    try {
+      const row = await this.table.session(spi);
+      if (!row) {
+        // A device sending frames for an SPI no one knows must not cost a query each.
+        if (this.unknownSpis.size > 10_000) this.unknownSpis.clear();
+        this.unknownSpis.set(spi, Date.now() + UNKNOWN_SPI_MS);
+        return undefined;
+      }
+      const r: Route = { home: row.home, initiator: row.initiator, responder: row.responder, up: row.up };
+      if (row.up && this.bus.isOnline(row.home)) this.routes.set(spi, r);
+      return r;
+    } catch (e) {
+      this.registryError("lookup", spi, e);
+      return undefined;
+    }
+  }
+
+  private onBus(m: BusMessage): void {
+    const b = m.body;
+    switch (b.k) {
+      case "deliver":
+        if (!this.links.links.has(b.dev)) return this.dropDelivery(m.from, b.dev, b.m.t);
+        this.learn(m.from, b.dev, b.m);
+        this.stats.delivered++;
+        this.links.sendTo(b.dev, b.m);
+        return;
+      case "frame":
+        this.stats.framesIn++;
+        if (!this.links.relayTo(b.dev, b.payload)) this.dropDelivery(m.from, b.dev, Msg.SaData);
+        return;
+      case "fromDevice":
+        if (b.m.t !== Msg.Answer && b.m.t !== Msg.SaConfirm && b.m.t !== Msg.Rekey && b.m.t !== Msg.Bye) {
+          this.o.log.warn("instance-bus-refused", { from: m.from, reason: `message type ${b.m.t} is not a session message for an SA's home` });
+          return;
+        }
+        void Promise.resolve(this.sessions.handle(b.dev, b.m)).catch((e: unknown) => this.o.log.error("registry-error", { device: b.dev, reason: (e as Error).message }));
+        return;
+      case "linked":
+        if (!this.links.links.has(b.dev)) this.elsewhere.set(b.dev, m.from);
+        this.sessions.linkUp(b.dev);
+        return;
+      case "unlinked":
+        if (this.elsewhere.get(b.dev) !== m.from) return; // it has linked somewhere since
+        this.elsewhere.delete(b.dev);
+        this.sessions.linkDown(b.dev);
+        return;
+      case "endAll":
+        this.sessions.endAll(b.dev, b.reason, b.why);
+        if (b.disconnect) this.links.disconnect(b.dev, b.why);
+        return;
+      default:
+        return;
+    }
+  }
+
+  private dropDelivery(from: string, dev: string, type: number): void {
+    this.stats.dropped++;
+    this.o.log.info("instance-delivery-dropped", { device: dev, from, type, reason: "the device is no longer linked here" });
+  }
+
+  /** What a message from an SA's home to a device linked here tells about routing the device's answers. */
+  private learn(home: string, dev: string, m: InnerMessage): void {
+    const now = Date.now();
+    if (m.t === Msg.Incoming) {
+      for (const [k, r] of this.answerRoutes) if (r.until < now) this.answerRoutes.delete(k);
+      this.answerRoutes.set(`${dev}/${m.rid}`, { home, until: now + ROUTE_MS });
+    } else if (m.t === Msg.SaInstall) {
+      this.unknownSpis.delete(m.spi);
+      this.routes.set(m.spi, { home, initiator: m.role === 0 ? dev : m.peer, responder: m.role === 0 ? m.peer : dev, up: false });
+    } else if (m.t === Msg.Connected) {
+      const r = this.routes.get(m.spi);
+      if (r) r.up = true;
+    } else if (m.t === Msg.SaClosed) {
+      this.routes.delete(m.spi);
+    }
+  }
+
+  /** An instance is gone: its devices' links with it, and one instance (whichever updates first) takes
+   *  its SAs over. */
+  private async instanceGone(gone: string): Promise<void> {
+    if (this.closed || gone === this.instance) return;
+    for (const [dev, at] of [...this.elsewhere]) {
+      if (at !== gone) continue;
+      this.elsewhere.delete(dev);
+      this.sessions.linkDown(dev);
+    }
+    for (const [spi, r] of [...this.routes]) if (r.home === gone) this.routes.delete(spi);
+    for (const [k, r] of [...this.answerRoutes]) if (r.home === gone) this.answerRoutes.delete(k);
+    try {
+      await this.table.forgetLinksOf(gone);
+    } catch (e) {
+      this.o.log.error("registry-error", { instance: gone, reason: `links of a gone instance not forgotten: ${(e as Error).message}` });
+    }
+    await this.takeOver(gone);
+  }
+
+  private async takeOver(from: string): Promise<void> {
+    try {
+      const rows = await this.table.takeOver(from);
+      if (this.closed) return;
+      if (rows.length || from !== this.instance) this.o.log.warn("instance-gone", { instance: from, takenOver: rows.length });
+      this.stats.takenOver += rows.length;
+      this.sessions.adopt(rows);
+    } catch (e) {
+      this.o.log.error("registry-error", { instance: from, reason: `SAs of a gone instance not taken over: ${(e as Error).message}` });
+    }
+  }
+
+  private async sweepOrphans(): Promise<void> {
+    if (this.closed) return;
+    try {
+      for (const home of await this.table.orphanHomes([this.instance, ...this.bus.others])) await this.takeOver(home);
+    } catch (e) {
+      this.o.log.error("registry-error", { reason: `orphaned SAs not looked for: ${(e as Error).message}` });
+    }
+  }
+
+  private registryError(what: string, spi: number, e: unknown): void {
+    this.o.log.error("registry-error", { spi: spiText(spi), reason: `live SA ${what}: ${(e as Error).message}` });
+  }
+}

@@ -1,0 +1,169 @@
+// Several instances of one domain (issue 12, scope 2; docs/SCALING.md "Instances of a domain"):
+// three in-process gateways of a.example on one PostgreSQL registry and one MQTT broker, with the
+// firmware's Handset engine in Node over TCP. Sessions between handsets linked to different
+// instances; a handset that moves to another instance mid-session; a rekey run by the SA's home; the
+// home stopping, another instance taking its SAs over and the SA carrying on; a revocation at one
+// instance reaching the device's link and SAs at the others. The same with kill -9, across processes
+// and on Mosquitto, is test/instances-e2e.test.ts.
+
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { copyFileSync } from "node:fs";
+import { join } from "node:path";
+import { Gateway } from "../gateway/gateway.ts";
+import { Logger } from "../gateway/log/logger.ts";
+import { startBroker, type EmbeddedBroker } from "../gateway/monitor/embedded-broker.ts";
+import { KEK_FILE } from "../gateway/registry/kek.ts";
+import { CloseReason } from "../firmware/proto/messages.ts";
+import { provision, tempDir, until } from "./support/harness.ts";
+import { testDatabase, type TestDatabase } from "./support/postgres.ts";
+import { sessionHandset, type SessionHandset } from "./support/session-rig.ts";
+
+const DOMAIN = "a.example";
+const APP = "chat";
+const LIMIT = 10; // messages per direction: a device asks for a rekey at 8
+const text = (s: string) => new Uint8Array(Buffer.from(s, "latin1"));
+
+interface Instance {
+  name: string;
+  gw: Gateway;
+  logs: string[];
+  events(e: string): Record<string, unknown>[];
+}
+
+describe("instances of one domain on PostgreSQL and one broker", { timeout: 120_000 }, () => {
+  let db: TestDatabase | undefined;
+  let broker: EmbeddedBroker;
+  const instances: Instance[] = [];
+  const handsets: SessionHandset[] = [];
+  let firstDir = "";
+
+  async function startInstance(name: string): Promise<Instance> {
+    const dataDir = tempDir();
+    // Every instance holds the domain's gateway key and KEK (docs/SCALING.md).
+    if (firstDir) for (const f of ["gateway.key", KEK_FILE]) copyFileSync(join(firstDir, f), join(dataDir, f));
+    else firstDir = dataDir;
+    const logs: string[] = [];
+    const gw = await Gateway.start({
+      dataDir, database: db!.url, id: DOMAIN, instance: name, mqtt: { url: broker.url, metricsSeconds: 3600 },
+      listen: { host: "127.0.0.1", port: 0 }, log: new Logger((l) => logs.push(l)), sessions: { limit: LIMIT },
+    });
+    const i = { name, gw, logs, events: (e: string) => logs.map((l) => JSON.parse(l) as Record<string, unknown>).filter((r) => r.event === e) };
+    instances.push(i);
+    return i;
+  }
+
+  const byName = (n: string) => instances.find((i) => i.name === n)!;
+  const onInstance = (n: string) => () => byName(n).gw.address;
+
+  async function handset(id: string, at: string): Promise<SessionHandset> {
+    const key = await provision(byName(at).gw, id);
+    let target = at;
+    const h = await sessionHandset(byName(at).gw, id, key, { target: () => byName(target).gw.address });
+    (h as SessionHandset & { moveTo(n: string): void }).moveTo = (n: string) => (target = n);
+    handsets.push(h);
+    return h;
+  }
+  const moveTo = (h: SessionHandset, n: string) => (h as SessionHandset & { moveTo(n: string): void }).moveTo(n);
+
+  before(async (t) => {
+    db = await testDatabase(t as never);
+    if (!db) return;
+    broker = await startBroker({ host: "127.0.0.1", port: 0 });
+    await startInstance("i1");
+    await startInstance("i2");
+    await startInstance("i3");
+    await byName("i1").gw.policy.setDefault("allow");
+  });
+
+  after(async () => {
+    for (const h of handsets) h.close();
+    for (const i of instances) await i.gw.stop().catch(() => undefined);
+    await broker?.close();
+    await db?.drop();
+  });
+
+  async function connectPair(a: SessionHandset, b: SessionHandset): Promise<number> {
+    b.h.onRequest = (from, app) => from === a.id && app === APP;
+    const known = new Set([...a.h.sas, ...b.h.sas].map((s) => s.spi));
+    const fresh = (d: SessionHandset) => d.h.sas.find((s) => s.ready && !known.has(s.spi));
+    assert.equal(a.h.connect(b.id, APP), true);
+    await until(() => !!fresh(a) && !!fresh(b), `an SA between ${a.id} and ${b.id}`);
+    assert.equal(fresh(a)!.spi, fresh(b)!.spi, "one SPI at both ends");
+    return fresh(a)!.spi;
+  }
+
+  async function delivers(from: SessionHandset, to: SessionHandset, spi: number, msg: string): Promise<void> {
+    assert.equal(from.h.send(spi, text(msg)), true, `${from.id} may send ${msg}`);
+    await until(() => to.inbox.includes(msg), `${msg} to reach ${to.id}`);
+    assert.equal(to.inbox.filter((m) => m === msg).length, 1, `${msg} arrived once`);
+  }
+
+  test("a session between handsets linked to different instances, its frames relayed over the bus", async (t) => {
+    if (!db) return t.skip("no PostgreSQL");
+    const alice = await handset("alice", "i1");
+    const bob = await handset("bob", "i2");
+    await until(() => alice.h.status().registered && bob.h.status().registered, "both registered");
+    // i1 learns that bob is linked at i2 from the bus.
+    await until(() => byName("i1").gw.instances!.isLinked("bob"), "i1 to know bob is linked (at i2)");
+    const spi = await connectPair(alice, bob);
+    await delivers(alice, bob, spi, "hello from i1");
+    await delivers(bob, alice, spi, "hello from i2");
+    // Home: i1 (the caller's); i2 relayed bob's frame without running the SA.
+    assert.ok(byName("i1").gw.sessions.sessions.has(spi), "the SA runs at the caller's instance");
+    assert.ok(!byName("i2").gw.sessions.sessions.has(spi), "and only there");
+    assert.ok(byName("i2").gw.instances!.stats.framesOut >= 1, "i2 sent bob's frame over the bus");
+  });
+
+  test("a handset moves to another instance mid-session: its SA carries on, and a rekey is run by the home", async (t) => {
+    if (!db) return t.skip("no PostgreSQL");
+    const alice = handsets.find((h) => h.id === "alice")!;
+    const bob = handsets.find((h) => h.id === "bob")!;
+    const spi = alice.h.sas.find((s) => s.ready)!.spi;
+    moveTo(bob, "i3");
+    await bob.dropLink();
+    await bob.reconnect();
+    await until(() => bob.h.status().state === "linked" && byName("i1").gw.instances!.isLinked("bob") && byName("i3").gw.links.links.has("bob"), "bob linked at i3");
+    await delivers(bob, alice, spi, "from i3");
+    await delivers(alice, bob, spi, "to i3");
+    // Past the limit's rekey point: the device asks, its instance (i3) sends the Rekey to the home (i1).
+    for (let i = 0; i < LIMIT - 2; i++) assert.equal(bob.h.send(spi, text(`m${i}`)), true);
+    await until(() => bob.h.sas.some((s) => s.ready && s.spi !== spi) && alice.h.sas.some((s) => s.ready && s.spi !== spi), "a new SA at both ends after the rekey");
+    const next = bob.h.sas.find((s) => s.ready && s.spi !== spi)!.spi;
+    assert.ok(byName("i1").gw.sessions.sessions.has(next), "the home ran the rekey");
+    assert.ok(byName("i3").gw.instances!.stats.forwarded >= 1, "i3 forwarded bob's session messages to the home");
+    await delivers(bob, alice, next, "after the rekey");
+  });
+
+  test("the home stops: another instance takes its SAs over, and the SA carries on where the devices rejoin", async (t) => {
+    if (!db) return t.skip("no PostgreSQL");
+    const alice = handsets.find((h) => h.id === "alice")!;
+    const bob = handsets.find((h) => h.id === "bob")!;
+    const spi = alice.h.sas.filter((s) => s.ready).at(-1)!.spi;
+    const home = byName("i1");
+    moveTo(alice, "i2");
+    await home.gw.stop();
+    instances.splice(instances.indexOf(home), 1);
+    await until(() => alice.h.status().state === "down", "alice's link gone with i1");
+    await alice.reconnect();
+    await until(() => alice.h.status().state === "linked", "alice rejoined at i2");
+    await until(() => [byName("i2"), byName("i3")].some((i) => i.gw.sessions.sessions.has(spi)), "the SA taken over by i2 or i3");
+    const takers = [byName("i2"), byName("i3")].filter((i) => i.gw.sessions.sessions.has(spi));
+    assert.equal(takers.length, 1, "exactly one instance took the SA over");
+    await delivers(alice, bob, spi, "after the home left");
+    await delivers(bob, alice, spi, "and back");
+    assert.deepEqual(alice.closed, [], "no SA ended at alice");
+    assert.deepEqual(bob.closed.filter(([s]) => s === spi), [], "nor at bob");
+  });
+
+  test("a revocation at one instance ends the device's SAs and closes its link at the others", async (t) => {
+    if (!db) return t.skip("no PostgreSQL");
+    const alice = handsets.find((h) => h.id === "alice")!; // at i2
+    const bob = handsets.find((h) => h.id === "bob")!; // at i3
+    const spi = alice.h.sas.filter((s) => s.ready).at(-1)!.spi;
+    assert.equal(await byName("i3").gw.revokeDevice("alice", "lost"), true);
+    await until(() => alice.closed.some(([s, r]) => s === spi && r === CloseReason.Revoked), "alice told her SA ended (revoked)");
+    await until(() => bob.closed.some(([s, r]) => s === spi && r === CloseReason.Revoked), "bob told the SA ended (revoked)");
+    await until(() => !byName("i2").gw.links.links.has("alice"), "alice's link at i2 closed");
+  });
+});
