@@ -436,7 +436,7 @@ export class SessionBroker {
     this.lost.set(deviceId, setTimeout(() => {
       this.lost.delete(deviceId);
       // With several instances, the device may have come back at another one.
-      if (this.d.isLinked(deviceId)) return;
+      if (this.d.sharing && this.d.isLinked(deviceId)) return;
       this.endAll(deviceId, CloseReason.PeerGone, "link lost for longer than the grace period");
     }, this.d.settings.graceMs));
   }
