@@ -21,7 +21,7 @@ import { RadioBook } from "./ble/radio-book.ts";
 import { LinkServer } from "./link/server.ts";
 import type { LinkLimits } from "./link/limits.ts";
 import { Logger } from "./log/logger.ts";
-import { escapeTopicLevel, startMonitoring, TOPIC_ROOT, type MqttOptions, type Monitoring } from "./monitor/monitor.ts";
+import { escapeTopicLevel, GatewayIdInUse, redactUrl, retainedStatus, startMonitoring, TOPIC_ROOT, type MqttOptions, type Monitoring } from "./monitor/monitor.ts";
 import { gatewayHealth, gatewayMetrics, serveMetrics, type MetricsServer } from "./monitor/prometheus.ts";
 import { serveBrokerFleetView, type FleetViewServer } from "./web/fleet-server.ts";
 import { Policy } from "./registry/policy.ts";
@@ -214,6 +214,11 @@ async function startInstance(opts: GatewayOptions, id: string, store: Store, log
   if (opts.fleet || opts.sessionHook) throw new Error("sessions across gateways are not yet run by several instances of a domain: start it without --instance, or without the fleet");
   const url = "url" in opts.mqtt ? opts.mqtt.url : undefined;
   if (!url) throw new Error("instances of a domain share one broker: --instance needs --mqtt <url>, not the embedded broker of one of them");
+  // Before the bus says "online": a second process under a name that is online must change nothing
+  // (its presence, and the "gone" it would say at its stop, would make the others take the SAs of
+  // the running one over).
+  const status = await retainedStatus(url, monitoringId(id, instance));
+  if (status !== "unreachable" && status?.state === "online") throw new GatewayIdInUse(`instance "${instance}" of ${id} is online on the MQTT broker ${redactUrl(url)} already: give this one a name of its own (--instance), or stop the other first`);
   const instances = await Instances.start({ domain: id, instance, url, store, log, now });
   log.info("instance-started", { domain: id, instance, others: instances.others.join(",") });
   return instances;

@@ -11,6 +11,7 @@ import assert from "node:assert/strict";
 import { copyFileSync } from "node:fs";
 import { join } from "node:path";
 import { Gateway } from "../gateway/gateway.ts";
+import { GatewayIdInUse } from "../gateway/monitor/monitor.ts";
 import { Logger } from "../gateway/log/logger.ts";
 import { startBroker, type EmbeddedBroker } from "../gateway/monitor/embedded-broker.ts";
 import { KEK_FILE } from "../gateway/registry/kek.ts";
@@ -54,7 +55,6 @@ describe("instances of one domain on PostgreSQL and one broker", { timeout: 120_
   }
 
   const byName = (n: string) => instances.find((i) => i.name === n)!;
-  const onInstance = (n: string) => () => byName(n).gw.address;
 
   async function handset(id: string, at: string): Promise<SessionHandset> {
     const key = await provision(byName(at).gw, id);
@@ -165,5 +165,13 @@ describe("instances of one domain on PostgreSQL and one broker", { timeout: 120_
     await until(() => alice.closed.some(([s, r]) => s === spi && r === CloseReason.Revoked), "alice told her SA ended (revoked)");
     await until(() => bob.closed.some(([s, r]) => s === spi && r === CloseReason.Revoked), "bob told the SA ended (revoked)");
     await until(() => !byName("i2").gw.links.links.has("alice"), "alice's link at i2 closed");
+  });
+
+  test("a second process under an instance name that is online is refused before it says anything on the bus", async (t) => {
+    if (!db) return t.skip("no PostgreSQL");
+    const before = instances.length;
+    await assert.rejects(startInstance("i2"), (e: Error) => e instanceof GatewayIdInUse && /instance "i2" of a\.example is online/.test(e.message));
+    assert.equal(instances.length, before);
+    assert.ok(byName("i3").gw.instances!.others.includes("i2"), "i3 still sees i2 online");
   });
 });
