@@ -174,4 +174,21 @@ describe("instances of one domain on PostgreSQL and one broker", { timeout: 120_
     assert.equal(instances.length, before);
     assert.ok(byName("i3").gw.instances!.others.includes("i2"), "i3 still sees i2 online");
   });
+
+  test("an instance cut off from the broker: another takes its SAs over, and on reconnecting it forgets them", async (t) => {
+    if (!db) return t.skip("no PostgreSQL");
+    const carol = await handset("carol", "i2");
+    const dave = await handset("dave", "i3");
+    await until(() => carol.h.status().registered && dave.h.status().registered && byName("i2").gw.instances!.isLinked("dave"), "carol and dave registered, i2 knowing where dave is");
+    const spi = await connectPair(carol, dave);
+    const i2 = byName("i2");
+    assert.ok(i2.gw.sessions.sessions.has(spi), "the SA runs at i2, carol's instance");
+    // Only i2's bus connection drops (its links stay): the broker publishes i2's last-will.
+    (i2.gw.instances as unknown as { bus: { client: { stream: { destroy(): void } } } }).bus.client.stream.destroy();
+    await until(() => byName("i3").gw.sessions.sessions.has(spi), "i3 took the SA over on i2's last-will");
+    await until(() => i2.events("instance-resynced").length > 0, "i2 back on the bus, read again from the registry");
+    assert.ok(!i2.gw.sessions.sessions.has(spi), "i2 forgot the SA it no longer runs");
+    await delivers(carol, dave, spi, "after the cut");
+    await delivers(dave, carol, spi, "and back again");
+  });
 });

@@ -29,6 +29,7 @@ export const ORPHAN_SWEEP_MS = 30_000;
 /** How long an answer route or a "no such SA" stays known, ms. */
 const ROUTE_MS = 60_000;
 const UNKNOWN_SPI_MS = 2_000;
+const MAX_ROUTES = 100_000;
 
 export interface InstancesOptions {
   domain: string;
@@ -60,6 +61,8 @@ export class Instances implements SessionSharing {
   private links!: LinkServer;
   private sessions!: SessionBroker;
   private sweep: NodeJS.Timeout | undefined;
+  /** Writes to the live tables under way: a stop waits for them before the store closes. */
+  private readonly writing = new Set<Promise<unknown>>();
   private closed = false;
   readonly stats = { delivered: 0, framesOut: 0, framesIn: 0, forwarded: 0, dropped: 0, takenOver: 0 };
 
@@ -78,6 +81,7 @@ export class Instances implements SessionSharing {
       url: o.url, domain: o.domain, instance: o.instance, key: await o.store.derivedKey(busKeyPurpose(o.domain)), log: o.log,
       onMessage: (m) => me.onBus(m),
       onPresence: (inst, online) => (online ? o.log.info("instance-online", { instance: inst }) : void me.instanceGone(inst)),
+      onReconnect: () => void me.resync(),
     });
     return me;
   }
@@ -126,11 +130,11 @@ export class Instances implements SessionSharing {
   }
 
   up(spi: number): void {
-    this.table.markUp(spi).catch((e: unknown) => this.registryError("up", spi, e));
+    this.track(this.table.markUp(spi).catch((e: unknown) => this.registryError("up", spi, e)));
   }
 
   ended(spi: number): void {
-    this.table.remove(spi).catch((e: unknown) => this.registryError("ended", spi, e));
+    this.track(this.table.remove(spi).catch((e: unknown) => this.registryError("ended", spi, e)));
   }
 
   stillHome(spi: number): Promise<boolean> {
@@ -143,7 +147,7 @@ export class Instances implements SessionSharing {
   linkChanged(dev: string, up: boolean): void {
     if (up) this.elsewhere.delete(dev);
     const write = up ? this.table.linked(dev, this.o.now()) : this.table.unlinked(dev);
-    write.catch((e: unknown) => this.o.log.error("registry-error", { device: dev, reason: `live link not recorded: ${(e as Error).message}` }));
+    this.track(write.catch((e: unknown) => this.o.log.error("registry-error", { device: dev, reason: `live link not recorded: ${(e as Error).message}` })));
     this.bus.send("", { k: up ? "linked" : "unlinked", dev });
   }
 
@@ -192,7 +196,33 @@ export class Instances implements SessionSharing {
   async close(): Promise<void> {
     this.closed = true;
     if (this.sweep) clearInterval(this.sweep);
+    // The links' last rows (unlinked, as the links closed) before the store closes.
+    await Promise.all(this.writing);
     await this.bus?.close();
+  }
+
+  private track(p: Promise<unknown>): void {
+    this.writing.add(p);
+    void p.finally(() => this.writing.delete(p));
+  }
+
+  /** After the bus was cut: what was broadcast meanwhile is read again from the registry (where each
+   *  device is linked), this instance's own links are recorded and announced again, and an SA another instance took over while this one seemed gone is forgotten
+   *  here (the registry says whose it is). */
+  private async resync(): Promise<void> {
+    if (this.closed) return;
+    try {
+      const links = await this.table.links();
+      this.elsewhere.clear();
+      for (const [dev, at] of links) if (at !== this.instance && !this.links.links.has(dev)) this.elsewhere.set(dev, at);
+      this.routes.clear();
+      // The others may have thought this instance gone and forgotten its links: they are said again.
+      for (const dev of this.links.links.keys()) this.linkChanged(dev, true);
+      const kept = this.sessions.keepOnly(new Set(await this.table.spisHomedHere()));
+      this.o.log.info("instance-resynced", { linkedElsewhere: this.elsewhere.size, sessionsKept: kept });
+    } catch (e) {
+      this.o.log.error("registry-error", { reason: `live links and SAs not read again after the bus reconnected: ${(e as Error).message}` });
+    }
   }
 
   // ---- inside --------------------------------------------------------------------------------------
@@ -242,7 +272,7 @@ export class Instances implements SessionSharing {
         return undefined;
       }
       const r: Route = { home: row.home, initiator: row.initiator, responder: row.responder, up: row.up };
-      if (row.up && this.bus.isOnline(row.home)) this.routes.set(spi, r);
+      if (row.up && this.bus.isOnline(row.home)) this.remember(spi, r);
       return r;
     } catch (e) {
       this.registryError("lookup", spi, e);
@@ -288,6 +318,13 @@ export class Instances implements SessionSharing {
     }
   }
 
+  /** Routes are a cache: one whose SaClosed went to another instance is never removed here, so the
+   *  cache is emptied when it grows past any live count (a miss costs one registry read). */
+  private remember(spi: number, r: Route): void {
+    if (this.routes.size >= MAX_ROUTES) this.routes.clear();
+    this.routes.set(spi, r);
+  }
+
   private dropDelivery(from: string, dev: string, type: number): void {
     this.stats.dropped++;
     this.o.log.info("instance-delivery-dropped", { device: dev, from, type, reason: "the device is no longer linked here" });
@@ -301,7 +338,7 @@ export class Instances implements SessionSharing {
       this.answerRoutes.set(`${dev}/${m.rid}`, { home, until: now + ROUTE_MS });
     } else if (m.t === Msg.SaInstall) {
       this.unknownSpis.delete(m.spi);
-      this.routes.set(m.spi, { home, initiator: m.role === 0 ? dev : m.peer, responder: m.role === 0 ? m.peer : dev, up: false });
+      this.remember(m.spi, { home, initiator: m.role === 0 ? dev : m.peer, responder: m.role === 0 ? m.peer : dev, up: false });
     } else if (m.t === Msg.Connected) {
       const r = this.routes.get(m.spi);
       if (r) r.up = true;

@@ -69,6 +69,11 @@ export class LiveTable {
     return r && fromRow(r);
   }
 
+  /** The SPIs of the SAs this instance runs, as the registry says. */
+  async spisHomedHere(): Promise<number[]> {
+    return (await this.store.query("SELECT spi FROM live_sessions WHERE home = ?", [this.instance])).rows.map((r) => Number(r.spi));
+  }
+
   /** Whether the SA is still this instance's to run (another may have taken it over while the broker
    *  thought this one gone). */
   async stillHome(spi: number): Promise<boolean> {

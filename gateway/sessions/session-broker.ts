@@ -481,6 +481,17 @@ export class SessionBroker {
     }
   }
 
+  /** Forgets every SA not in `spis` (another instance runs it now; the registry said so after this
+   *  instance was cut off); how many it kept. */
+  keepOnly(spis: Set<number>): number {
+    for (const s of [...this.sessions.values()]) {
+      if (spis.has(s.spi)) continue;
+      this.d.log.warn("session-home-moved", { device: s.initiator, peer: s.responder, spi: spiText(s.spi), reason: "another instance took this SA over while this one was cut off from the broker" });
+      this.forget(s);
+    }
+    return this.sessions.size;
+  }
+
   /** Drops an SA without ending it: another instance runs it now. */
   private forget(s: Session): void {
     if (!this.sessions.delete(s.spi)) return;
