@@ -54,8 +54,9 @@ export function encodeBusMessage(msg: BusMessage): unknown[] {
 export function decodeBusMessage(w: unknown): BusMessage {
   if (!Array.isArray(w) || w.length < 5) throw new MalformedBusMessage("not a bus message");
   const [version, from, to, sentAtMs, kind, ...f] = w as unknown[];
-  if (version !== BUS_VERSION) throw new MalformedBusMessage(`bus message version ${String(version)}, this instance speaks ${BUS_VERSION}`);
-  const k = KINDS[kind as number];
+  if (version !== BUS_VERSION) throw new MalformedBusMessage(`bus message version ${typeof version === "number" ? version : typeof version}, this instance speaks ${BUS_VERSION}`);
+  // An index, not any key: KINDS["length"] or KINDS["at"] is no kind, and would leave the body undefined.
+  const k = typeof kind === "number" && Number.isInteger(kind) ? KINDS[kind] : undefined;
   if (typeof from !== "string" || typeof to !== "string" || typeof sentAtMs !== "number" || !Number.isSafeInteger(sentAtMs) || k === undefined) throw new MalformedBusMessage("malformed bus message header");
   return { from, to, sentAtMs, body: decodeBody(k, f) };
 }
@@ -100,6 +101,9 @@ function bytes(v: unknown, what: string): Uint8Array {
 }
 
 function inner(v: unknown): InnerMessage {
+  // decodeMessage writes the type into its error text, and a type that is an object without a
+  // usable toString would throw a TypeError there: only a number is a message type at all.
+  if (!Array.isArray(v) || typeof v[0] !== "number") throw new MalformedBusMessage("a bus message carries something that is not an inner message");
   const m = decodeMessage(v);
   if (m instanceof Error) throw new MalformedBusMessage(`a bus message carries a malformed inner message: ${m.message}`);
   // Only what travels inside a link: a join or an SA frame is never an inner message.

@@ -1,0 +1,409 @@
+// The MQTT bus between the instances of one domain (gateway/instances/bus.ts, bus-messages.ts).
+//
+// Properties of the message codec (fast-check): decoding anything throws nothing but
+// MalformedBusMessage and yields only well-formed messages; every valid message survives
+// encode -> CBOR -> decode. Then the bus itself on the in-process broker, with a raw MQTT client in the
+// role of anyone on the broker: delivery to one instance and to all, exactly once; refusal of replays,
+// of messages sealed under another key, of stale ones, of messages on the wrong topic and of presence
+// on another instance's topic; presence from the retained "online" and the last-will, where an old
+// run's "gone" changes nothing; two domains on one broker do not hear each other.
+//
+// No sleeps: every message the bus receives ends in exactly one of onMessage, onPresence (or nothing,
+// for its own) or an "instance-bus-refused" log line, synchronously in the same call, so waiting for
+// the refusal (or for the receive count) proves the handler was not called for it.
+
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import fc from "fast-check";
+import mqtt, { type MqttClient } from "mqtt";
+import nacl from "tweetnacl";
+import * as cbor from "../gateway/encoding/cbor.ts";
+import { Logger } from "../gateway/log/logger.ts";
+import { startBroker, type EmbeddedBroker } from "../gateway/monitor/embedded-broker.ts";
+import { BUS_MAX_AGE_MS, busTopics, InstanceBus } from "../gateway/instances/bus.ts";
+import { BUS_VERSION, decodeBusMessage, encodeBusMessage, MalformedBusMessage, type BusBody, type BusMessage } from "../gateway/instances/bus-messages.ts";
+import { encodeMessage, Msg, type InnerMessage } from "../firmware/proto/messages.ts";
+import { until } from "./support/harness.ts";
+
+// ---- the codec ------------------------------------------------------------------------------------
+
+const KIND_NAMES = ["deliver", "frame", "fromDevice", "linked", "unlinked", "endAll", "online", "gone"];
+
+/** decodeBusMessage(w), which must either throw MalformedBusMessage or give a message whose every
+ *  field has its kind (so a receiver can use it as typed). */
+function decodesCleanly(w: unknown): void {
+  let m: BusMessage;
+  try {
+    m = decodeBusMessage(w);
+  } catch (e) {
+    if (e instanceof MalformedBusMessage) return;
+    throw e;
+  }
+  assert.equal(typeof m.from, "string");
+  assert.equal(typeof m.to, "string");
+  assert.ok(Number.isSafeInteger(m.sentAtMs));
+  assert.ok(m.body !== null && typeof m.body === "object", `a decoded message without a body: ${String(m.body)}`);
+  assert.ok(KIND_NAMES.includes(m.body.k), `a decoded message of kind ${String(m.body.k)}`);
+  // What was accepted encodes again: every field the body's kind needs is there and of its kind.
+  assert.deepEqual(decodeBusMessage(cbor.decode(cbor.encode(encodeBusMessage(m)))), m);
+}
+
+/** Text the CBOR codec takes (no lone surrogates), of at most n characters. */
+const text = (minLength: number, maxLength: number) => fc.string({ unit: "binary", minLength, maxLength }).filter((s) => !/[\ud800-\udfff]/.test(s));
+const u32 = fc.nat(0xffffffff);
+/** A record with Object's prototype, as the decoder builds it (deepEqual compares prototypes). */
+const rec = <T,>(model: { [K in keyof T]: fc.Arbitrary<T[K]> }) => fc.record(model, { noNullPrototype: true });
+const bytes = fc.uint8Array({ maxLength: 40 });
+
+const innerMessage: fc.Arbitrary<InnerMessage> = fc.oneof(
+  rec({ t: fc.constant(Msg.Bye as const), spi: u32 }),
+  rec({ t: fc.constant(Msg.SaClosed as const), spi: u32, reason: u32 }),
+  rec({ t: fc.constant(Msg.Answer as const), rid: u32, accept: fc.boolean() }),
+  rec({ t: fc.constant(Msg.ConnectRequest as const), rid: u32, peer: text(1, 64), app: text(1, 64), from: text(1, 64) }),
+  rec({ t: fc.constant(Msg.RegisterOk as const), rid: u32, granted: u32, certId: bytes, cert: fc.option(bytes, { nil: null }) }),
+  rec({
+    t: fc.constant(Msg.RegisterRequest as const), rid: u32, lifetime: u32,
+    suites: fc.array(fc.tuple(fc.integer({ min: -1000, max: 1000 }), fc.nat(100)), { maxLength: 8 }),
+    wantCert: fc.boolean(), firmware: text(1, 64), memory: u32,
+  }),
+  rec({ t: fc.constant(Msg.SaConfirm as const), rid: u32, spi: u32, tag: bytes }),
+) as fc.Arbitrary<InnerMessage>;
+
+const device = text(0, 256);
+const busBody: fc.Arbitrary<BusBody> = fc.oneof(
+  rec({ k: fc.constantFrom("deliver" as const, "fromDevice" as const), dev: device, m: innerMessage }),
+  rec({ k: fc.constant("frame" as const), dev: device, payload: fc.uint8Array({ maxLength: 300 }) }),
+  rec({ k: fc.constantFrom("linked" as const, "unlinked" as const), dev: device }),
+  rec({ k: fc.constant("endAll" as const), dev: device, reason: fc.integer(), why: text(0, 256), disconnect: fc.boolean() }),
+  rec({ k: fc.constantFrom("online" as const, "gone" as const), epoch: fc.uint8Array({ minLength: 16, maxLength: 16 }) }),
+);
+const busMessage: fc.Arbitrary<BusMessage> = rec({
+  from: text(0, 40), to: text(0, 40), sentAtMs: fc.maxSafeInteger().map((n) => n + 0), body: busBody,
+});
+
+/** A kind field as a sender could write it: the real ones, numbers around them, and keys every array
+ *  has (`KINDS["length"]` is a number, `KINDS["at"]` a function: neither is a kind). */
+const kindField = fc.oneof(
+  fc.integer({ min: -2, max: 10 }),
+  fc.constantFrom("length", "at", "constructor", "0", "3", 1.5, -0, null),
+  fc.anything(),
+);
+
+describe("bus messages: the codec", () => {
+  test("decoding arbitrary arrays throws nothing but MalformedBusMessage", () => {
+    fc.assert(fc.property(fc.array(fc.anything(), { maxLength: 12 }), decodesCleanly), { numRuns: 2000 });
+    fc.assert(fc.property(fc.anything(), decodesCleanly), { numRuns: 500 });
+  });
+
+  test("decoding a right header with any kind and any fields throws nothing but MalformedBusMessage", () => {
+    const header = fc.tuple(fc.constantFrom(BUS_VERSION, 0, 2), fc.oneof(fc.string(), fc.anything()), fc.string(), fc.oneof(fc.maxSafeInteger(), fc.double()), kindField);
+    const field = fc.oneof(fc.string({ maxLength: 300 }), fc.uint8Array({ maxLength: 20 }), fc.integer(), fc.boolean(), innerMessage.map((m) => encodeMessage(m)), fc.anything());
+    fc.assert(
+      fc.property(header, fc.array(field, { maxLength: 5 }), (h, f) => decodesCleanly([...h, ...f])),
+      { numRuns: 3000 },
+    );
+  });
+
+  test("decoding whatever random or damaged CBOR decodes to throws nothing but MalformedBusMessage", () => {
+    const decodable = (b: Uint8Array): unknown[] => {
+      try {
+        return [cbor.decode(b)];
+      } catch {
+        return []; // not CBOR at all: the bus refuses it before decodeBusMessage
+      }
+    };
+    fc.assert(
+      fc.property(fc.uint8Array({ maxLength: 64 }), (b) => {
+        // A CBOR array head of 5..8 items first, so that random bytes reach the fields now and then.
+        for (const w of [...decodable(b), ...decodable(new Uint8Array([0x85 + (b[0] ?? 0) % 4, ...b]))]) decodesCleanly(w);
+      }),
+      { numRuns: 3000 },
+    );
+    fc.assert(
+      fc.property(busMessage, fc.array(fc.tuple(fc.nat(), fc.nat(255)), { minLength: 1, maxLength: 4 }), (m, damage) => {
+        const b = cbor.encode(encodeBusMessage(m));
+        for (const [at, v] of damage) b[at % b.length] = v;
+        for (const w of decodable(b)) decodesCleanly(w);
+      }),
+      { numRuns: 2000 },
+    );
+  });
+
+  test("every valid message survives encode -> CBOR -> decode unchanged", () => {
+    fc.assert(
+      fc.property(busMessage, (m) => {
+        assert.deepEqual(decodeBusMessage(cbor.decode(cbor.encode(encodeBusMessage(m)))), m);
+      }),
+      { numRuns: 2000 },
+    );
+  });
+
+  test("examples the properties above found: each is refused as malformed", () => {
+    for (const kind of ["length", "at", "0", 8, -1, 1.5]) {
+      assert.throws(() => decodeBusMessage([BUS_VERSION, "i1", "i2", 0, kind, "d"]), MalformedBusMessage, `kind ${String(kind)}`);
+    }
+    // A device name past the codec's limit.
+    assert.throws(() => decodeBusMessage([BUS_VERSION, "i1", "i2", 0, 3, "x".repeat(257)]), MalformedBusMessage, "a long device name");
+    // Values whose string conversion throws, where an error message would name them.
+    const unprintable = [{ toString: 0 }, Object.create(null) as object];
+    for (const v of unprintable) {
+      assert.throws(() => decodeBusMessage([v, "i1", "i2", 0, 0, "d", [Msg.Bye, 1]]), MalformedBusMessage, "as the version");
+      assert.throws(() => decodeBusMessage([BUS_VERSION, "i1", "i2", 0, 0, "d", [v, 1]]), MalformedBusMessage, "as an inner message's type");
+    }
+  });
+});
+
+// ---- the bus on a broker --------------------------------------------------------------------------
+
+interface Node {
+  name: string;
+  bus: InstanceBus;
+  messages: BusMessage[];
+  presence: [string, boolean][];
+  /** The reasons of this node's "instance-bus-refused" log lines, in order. */
+  refusals(): string[];
+}
+
+const newKey = () => new Uint8Array(randomBytes(32));
+
+/** What the test connects to the broker, to close after it. */
+const open: { close(): Promise<void> }[] = [];
+
+/** An instance of `domain` on the bus. Each test has a domain of its own: the retained presence of
+ *  another test's instances (under another key) would otherwise be refused here too. */
+async function join(url: string, domain: string, instance: string, key: Uint8Array, nowMs?: () => number): Promise<Node> {
+  const lines: string[] = [];
+  const messages: BusMessage[] = [];
+  const presence: [string, boolean][] = [];
+  const bus = await InstanceBus.connect({
+    url, domain, instance, key, nowMs, log: new Logger((l) => lines.push(l)),
+    onMessage: (m) => messages.push(m),
+    onPresence: (i, online) => presence.push([i, online]),
+  });
+  open.push(bus);
+  const refusals = () => lines.map((l) => JSON.parse(l) as Record<string, unknown>).filter((r) => r.event === "instance-bus-refused").map((r) => String(r.reason));
+  return { name: instance, bus, messages, presence, refusals };
+}
+
+/** The MQTT client of a bus (test-only access to a private field). */
+const mqttOf = (n: Node): MqttClient => (n.bus as unknown as { client: MqttClient }).client;
+
+/** Kills a bus the way a crash does: its TCP connection closes without an MQTT DISCONNECT, so the
+ *  broker publishes its last-will; it does not reconnect. */
+function crash(n: Node): void {
+  const c = mqttOf(n);
+  c.options.reconnectPeriod = 0;
+  c.stream.destroy();
+}
+
+/** A raw MQTT client: anyone on the broker, who can capture and (re)publish sealed bytes. */
+async function eavesdropper(url: string): Promise<{ client: MqttClient; heard: { topic: string; payload: Buffer }[]; capture(topic: string): Promise<void> }> {
+  const client = await mqtt.connectAsync(url, { protocolVersion: 4, reconnectPeriod: 0 });
+  open.push({ close: () => client.endAsync() });
+  const heard: { topic: string; payload: Buffer }[] = [];
+  client.on("message", (topic, payload) => heard.push({ topic, payload }));
+  return { client, heard, capture: async (topic) => void (await client.subscribeAsync(topic, { qos: 1 })) };
+}
+
+/** What only a holder of the domain's key can make: any value, sealed as the bus seals a message. */
+function sealAsInsider(key: Uint8Array, plain: Uint8Array): Buffer {
+  const nonce = new Uint8Array(randomBytes(nacl.secretbox.nonceLength));
+  return Buffer.concat([nonce, nacl.secretbox(plain, nonce, key)]);
+}
+
+/** Sends a "linked" marker from one node to another (or all) and waits until `to` has it. */
+async function marker(from: Node, to: Node, tag: string, toAll = false): Promise<void> {
+  from.bus.send(toAll ? "" : to.name, { k: "linked", dev: tag });
+  await until(() => to.messages.some((m) => m.body.k === "linked" && m.body.dev === tag), `${to.name} to get ${tag}`);
+}
+
+const devsOf = (n: Node) => n.messages.map((m) => (m.body.k === "linked" || m.body.k === "unlinked" ? `${m.body.k}:${m.body.dev}` : m.body.k));
+
+describe("the instance bus on a broker", { timeout: 60_000 }, () => {
+  let broker: EmbeddedBroker;
+  const [D1, D2, D3, D4, D5, D7] = ["d1.example", "d2.example", "d3.example", "d4.example", "d5.example", "d7.example"];
+
+  before(async () => {
+    broker = await startBroker({ host: "127.0.0.1", port: 0 });
+  });
+  after(async () => {
+    for (const c of open.reverse()) await c.close().catch(() => undefined);
+    await broker.close();
+  });
+
+  test("a message to one instance and one to all arrive once each, from whom and for whom they were sent", async () => {
+    const key = newKey();
+    const [i1, i2] = [await join(broker.url, D1, "d1-i1", key), await join(broker.url, D1, "d1-i2", key)];
+    await until(() => i1.bus.isOnline("d1-i2") && i2.bus.isOnline("d1-i1"), "each to see the other online");
+    i1.bus.send("d1-i2", { k: "deliver", dev: "dev-a", m: { t: Msg.Bye, spi: 7 } });
+    i1.bus.send("", { k: "unlinked", dev: "dev-b" });
+    await marker(i1, i2, "last");
+    assert.deepEqual(devsOf(i2), ["deliver", "unlinked:dev-b", "linked:last"]);
+    assert.deepEqual(i2.messages[0], { from: "d1-i1", to: "d1-i2", sentAtMs: i2.messages[0].sentAtMs, body: { k: "deliver", dev: "dev-a", m: { t: Msg.Bye, spi: 7 } } });
+    assert.equal(i2.messages[1].to, "");
+    // The sender hears its own broadcast and drops it: the other's broadcast reaches it behind it.
+    await marker(i2, i1, "from-i2", true);
+    assert.deepEqual(devsOf(i1), ["linked:from-i2"]);
+    assert.deepEqual([...i1.refusals(), ...i2.refusals()], []);
+  });
+
+  test("a captured message published again is refused as seen before", async () => {
+    const key = newKey();
+    const topics = busTopics(D2);
+    const [i1, i2] = [await join(broker.url, D2, "d2-i1", key), await join(broker.url, D2, "d2-i2", key)];
+    const eve = await eavesdropper(broker.url);
+    await eve.capture(topics.to("d2-i2"));
+    await marker(i1, i2, "original");
+    await until(() => eve.heard.length === 1, "the eavesdropper to capture it");
+    await eve.client.publishAsync(eve.heard[0].topic, eve.heard[0].payload, { qos: 1 });
+    await until(() => i2.refusals().length === 1, "the replay to be judged");
+    assert.match(i2.refusals()[0], /seen before/);
+    await marker(i1, i2, "after");
+    assert.deepEqual(devsOf(i2), ["linked:original", "linked:after"]);
+    assert.equal(i2.bus.stats.refused, 1);
+  });
+
+  test("a message sealed under another key is refused; so is one older than BUS_MAX_AGE_MS", async () => {
+    const key = newKey();
+    const i2 = await join(broker.url, D3, "d3-i2", key);
+    const forger = await join(broker.url, D3, "d3-forger", newKey());
+    // Its own presence was refused already (under the wrong key): count from here.
+    await until(() => i2.refusals().length === 1, "the forger's presence to be refused");
+    forger.bus.send("d3-i2", { k: "linked", dev: "forged" });
+    await until(() => i2.refusals().length === 2, "the forged message to be judged");
+    assert.match(i2.refusals()[1], /does not open under the domain's bus key/);
+
+    // A sender whose clock says it is past the freshness window (presence has no age check: it joins).
+    const stale = await join(broker.url, D3, "d3-stale", key, () => Date.now() - BUS_MAX_AGE_MS - 10_000);
+    await until(() => i2.bus.isOnline("d3-stale"), "the stale sender's presence");
+    stale.bus.send("d3-i2", { k: "linked", dev: "stale" });
+    await until(() => i2.refusals().length === 3, "the stale message to be judged");
+    assert.match(i2.refusals()[2], /70 s old/);
+    // Just inside the window is fine (the check is on age, not on the sender being slow).
+    const late = await join(broker.url, D3, "d3-late", key, () => Date.now() - BUS_MAX_AGE_MS + 10_000);
+    await marker(late, i2, "late-but-fresh");
+    assert.deepEqual(devsOf(i2), ["linked:late-but-fresh"]);
+  });
+
+  test("a message on a topic it was not sent to is refused, and presence on another instance's topic too", async () => {
+    const key = newKey();
+    const topics = busTopics(D4);
+    const [i1, i2, i3] = [await join(broker.url, D4, "d4-i1", key), await join(broker.url, D4, "d4-i2", key), await join(broker.url, D4, "d4-i3", key)];
+    const eve = await eavesdropper(broker.url);
+    await eve.capture(topics.to("d4-i1"));
+    await eve.capture(topics.presence("d4-i3"));
+    await until(() => eve.heard.length === 1, "i3's retained online");
+    i3.bus.send("d4-i1", { k: "linked", dev: "for-i1" });
+    await until(() => eve.heard.length === 2 && i1.messages.length === 1, "i3's message to i1");
+    const forI1 = eve.heard[1].payload;
+    const i3Online = eve.heard[0].payload;
+    const judged = (n: number) => until(() => i2.refusals().length === n, `${n} refusals at i2`);
+
+    // i1's message on i2's topic: i2 has not seen its nonce, so only the topic check can refuse it.
+    await eve.client.publishAsync(topics.to("d4-i2"), forI1, { qos: 1 });
+    await judged(1);
+    assert.match(i2.refusals()[0], /a message for "d4-i1" on .*\/to\/d4-i2$/);
+    // The same on the broadcast topic (and i1 refuses it there as seen before, or as not for all).
+    await eve.client.publishAsync(topics.all, forI1, { qos: 1 });
+    await judged(2);
+    assert.match(i2.refusals()[1], /a message for "d4-i1" on .*\/all$/);
+    // i3's presence on i2's presence topic, and on i2's message topic.
+    await eve.client.publishAsync(topics.presence("d4-i2"), i3Online, { qos: 1 });
+    await judged(3);
+    assert.match(i2.refusals()[2], /presence message on another instance's topic/);
+    await eve.client.publishAsync(topics.to("d4-i2"), i3Online, { qos: 1 });
+    await judged(4);
+    assert.match(i2.refusals()[3], /presence message outside the presence topics/);
+    // An empty payload (a cleared retained topic) is refused, not crashed on.
+    await eve.client.publishAsync(topics.to("d4-i2"), Buffer.alloc(0), { qos: 1 });
+    await judged(5);
+    assert.match(i2.refusals()[4], /empty message/);
+
+    await marker(i3, i2, "control");
+    assert.deepEqual(devsOf(i2), ["linked:control"]);
+    assert.deepEqual(i2.presence.filter(([i]) => i === "d4-i3"), [["d4-i3", true]]);
+  });
+
+  test("a message sealed under the domain's key but malformed is refused whole", async () => {
+    const key = newKey();
+    const topics = busTopics(D7);
+    const [i1, i2] = [await join(broker.url, D7, "d7-i1", key), await join(broker.url, D7, "d7-i2", key)];
+    const eve = await eavesdropper(broker.url);
+    const header = [BUS_VERSION, "d7-i1", "d7-i2", Date.now()];
+    const bad: [string, Uint8Array, RegExp][] = [
+      ["not CBOR", new Uint8Array([0xff, 0x00]), /not CBOR/],
+      ["a kind that is an array's key, not an index", cbor.encode([...header, "length"]), /malformed bus message header/],
+      ["a deliver without its inner message", cbor.encode([...header, 0, "dev"]), /1 fields where 2 belong/],
+      ["a deliver of an outer message", cbor.encode([...header, 0, "dev", [Msg.JoinReject]]), /not an inner message/],
+    ];
+    for (const [i, [what, plain, why]] of bad.entries()) {
+      await eve.client.publishAsync(topics.to("d7-i2"), sealAsInsider(key, plain), { qos: 1 });
+      await until(() => i2.refusals().length === i + 1, `i2 to judge ${what}`);
+      assert.match(i2.refusals()[i], why, what);
+    }
+    await marker(i1, i2, "control");
+    assert.deepEqual(devsOf(i2), ["linked:control"]);
+  });
+
+  test("presence: online, a crash's last-will, and an old run's gone replayed later changes nothing", async () => {
+    const key = newKey();
+    const topics = busTopics(D5);
+    const i1 = await join(broker.url, D5, "d5-i1", key);
+    const eve = await eavesdropper(broker.url);
+    await eve.capture(topics.presence("d5-i2"));
+    const i2 = await join(broker.url, D5, "d5-i2", key);
+    await until(() => i1.presence.some(([i, on]) => i === "d5-i2" && on), "i1 to see i2 online");
+    await until(() => eve.heard.length === 1, "i2's online");
+
+    crash(i2);
+    await until(() => i1.presence.some(([i, on]) => i === "d5-i2" && !on), "i2's last-will at i1");
+    assert.equal(i1.bus.isOnline("d5-i2"), false);
+    await until(() => eve.heard.length === 2, "the eavesdropper to hear the last-will");
+    const run1Gone = eve.heard[1].payload;
+
+    // i2 comes back: a new run, a new epoch.
+    const i2b = await join(broker.url, D5, "d5-i2", key);
+    await until(() => i1.bus.isOnline("d5-i2"), "i1 to see i2's new run online");
+    assert.notDeepEqual(i2b.bus.epoch, i2.bus.epoch);
+    const seen = i1.presence.length;
+    const received = () => i1.bus.stats.received;
+
+    // The first run's last-will, replayed: i2's new run stays online.
+    let before = received();
+    await eve.client.publishAsync(topics.presence("d5-i2"), run1Gone, { qos: 1 });
+    await until(() => received() > before, "i1 to judge the old gone");
+    assert.equal(i1.bus.isOnline("d5-i2"), true);
+    assert.equal(i1.presence.length, seen);
+
+    // The new run's own last-will is believed.
+    crash(i2b);
+    await until(() => !i1.bus.isOnline("d5-i2"), "the new run's last-will to be believed");
+    assert.deepEqual(i1.presence.slice(seen), [["d5-i2", false]]);
+  });
+
+  test("two domains with their own keys on one broker: neither hears nor accepts the other's traffic", async () => {
+    const [keyA, keyB] = [newKey(), newKey()];
+    const [a1, a2] = [await join(broker.url, "a6.example", "x1", keyA), await join(broker.url, "a6.example", "x2", keyA)];
+    const [b1, b2] = [await join(broker.url, "b6.example", "x1", keyB), await join(broker.url, "b6.example", "x2", keyB)];
+    const eve = await eavesdropper(broker.url);
+    await eve.capture(busTopics("a6.example").to("x2"));
+
+    await marker(a1, a2, "a-direct");
+    await marker(a1, a2, "a-all", true);
+    await marker(b1, b2, "b-direct");
+    await marker(b1, b2, "b-all", true);
+    assert.deepEqual(devsOf(a2), ["linked:a-direct", "linked:a-all"]);
+    assert.deepEqual(devsOf(b2), ["linked:b-direct", "linked:b-all"]);
+    // Nothing of A's even reached B (it would have been refused): not its messages, not its presence.
+    assert.deepEqual([...b1.refusals(), ...b2.refusals(), ...a1.refusals(), ...a2.refusals()], []);
+    assert.deepEqual(b1.bus.others, ["x2"]);
+
+    // A's sealed message put on B's topic for the same instance name: it does not open under B's key.
+    await until(() => eve.heard.length === 1, "A's message to be captured");
+    await eve.client.publishAsync(busTopics("b6.example").to("x2"), eve.heard[0].payload, { qos: 1 });
+    await until(() => b2.refusals().length === 1, "B to judge A's message");
+    assert.match(b2.refusals()[0], /does not open under the domain's bus key/);
+    assert.deepEqual(devsOf(b2), ["linked:b-direct", "linked:b-all"]);
+  });
+});
