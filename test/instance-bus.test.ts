@@ -6,7 +6,7 @@
 // role of anyone on the broker: delivery to one instance and to all, exactly once; refusal of replays,
 // of messages sealed under another key, of stale ones, of messages on the wrong topic and of presence
 // on another instance's topic; presence from the retained "online" and the last-will, where an old
-// run's "gone" changes nothing; two domains on one broker do not hear each other.
+// run's "online" or "gone" changes nothing; two domains on one broker do not hear each other.
 //
 // No sleeps: every message the bus receives ends in exactly one of onMessage, onPresence (or nothing,
 // for its own) or an "instance-bus-refused" log line, synchronously in the same call, so waiting for
@@ -346,7 +346,7 @@ describe("the instance bus on a broker", { timeout: 60_000 }, () => {
     assert.deepEqual(devsOf(i2), ["linked:control"]);
   });
 
-  test("presence: online, a crash's last-will, and an old run's gone replayed later changes nothing", async () => {
+  test("presence: online, a crash's last-will, and an old run's online or gone replayed later change nothing", async () => {
     const key = newKey();
     const topics = busTopics(D5);
     const i1 = await join(broker.url, D5, "d5-i1", key);
@@ -355,6 +355,7 @@ describe("the instance bus on a broker", { timeout: 60_000 }, () => {
     const i2 = await join(broker.url, D5, "d5-i2", key);
     await until(() => i1.presence.some(([i, on]) => i === "d5-i2" && on), "i1 to see i2 online");
     await until(() => eve.heard.length === 1, "i2's online");
+    const run1Online = eve.heard[0].payload;
 
     crash(i2);
     await until(() => i1.presence.some(([i, on]) => i === "d5-i2" && !on), "i2's last-will at i1");
@@ -366,6 +367,8 @@ describe("the instance bus on a broker", { timeout: 60_000 }, () => {
     const i2b = await join(broker.url, D5, "d5-i2", key);
     await until(() => i1.bus.isOnline("d5-i2"), "i1 to see i2's new run online");
     assert.notDeepEqual(i2b.bus.epoch, i2.bus.epoch);
+    await until(() => eve.heard.length === 3, "the eavesdropper to hear the new run's online");
+    const run2Online = eve.heard[2].payload;
     const seen = i1.presence.length;
     const received = () => i1.bus.stats.received;
 
@@ -376,9 +379,21 @@ describe("the instance bus on a broker", { timeout: 60_000 }, () => {
     assert.equal(i1.bus.isOnline("d5-i2"), true);
     assert.equal(i1.presence.length, seen);
 
-    // The new run's own last-will is believed.
+    // The first run's online, replayed: still the new run that i1 follows, so that the new run's own
+    // last-will is believed when it comes.
+    before = received();
+    await eve.client.publishAsync(topics.presence("d5-i2"), run1Online, { qos: 1 });
+    await until(() => received() > before, "i1 to judge the old online");
     crash(i2b);
     await until(() => !i1.bus.isOnline("d5-i2"), "the new run's last-will to be believed");
+    assert.deepEqual(i1.presence.slice(seen), [["d5-i2", false]]);
+
+    // After the last run is gone, neither its own online nor the first run's, replayed, brings it back.
+    before = received();
+    await eve.client.publishAsync(topics.presence("d5-i2"), run2Online, { qos: 1 });
+    await eve.client.publishAsync(topics.presence("d5-i2"), run1Online, { qos: 1 });
+    await until(() => received() >= before + 2, "i1 to judge the replayed onlines");
+    assert.equal(i1.bus.isOnline("d5-i2"), false);
     assert.deepEqual(i1.presence.slice(seen), [["d5-i2", false]]);
   });
 

@@ -3,7 +3,8 @@
 // Each instance has its own topic (`.../to/<instance>`), all share one broadcast topic (`.../all`),
 // and each keeps a retained presence (`.../presence/<instance>`): "online" with a random epoch for
 // this run, replaced by its MQTT last-will, "gone" with the same epoch, when the broker loses it. A
-// "gone" whose epoch is not the run that is known online is an old one and changes nothing.
+// "gone" whose epoch is not the run that is known online is an old one and changes nothing, and so
+// does an "online" no newer (by its sentAtMs) than the newest one heard from that instance: a replay.
 //
 // Every message is sealed (XSalsa20-Poly1305, a random 24-byte nonce) under a key derived from the
 // domain's key-encryption key, which only the domain's instances hold: the broker and anyone on it can
@@ -62,6 +63,8 @@ export class InstanceBus {
   private readonly seen = new Map<string, number>();
   /** The epoch of each other instance's run that is online. */
   private readonly online = new Map<string, string>();
+  /** The sentAtMs of the newest "online" heard from each other instance, kept after it is gone. */
+  private readonly lastOnlineAt = new Map<string, number>();
   private readonly nowMs: () => number;
   readonly stats = { sent: 0, received: 0, refused: 0 };
 
@@ -144,7 +147,7 @@ export class InstanceBus {
       return;
     }
     if (m.from === this.o.instance) return; // our own broadcast or presence
-    if (m.body.k === "online" || m.body.k === "gone") return this.presence(m.from, m.body.k, m.body.epoch);
+    if (m.body.k === "online" || m.body.k === "gone") return this.presence(m.from, m.body.k, m.body.epoch, m.sentAtMs);
     try {
       this.o.onMessage(m);
     } catch (e) {
@@ -183,9 +186,16 @@ export class InstanceBus {
     }
   }
 
-  private presence(from: string, kind: "online" | "gone", epoch: Uint8Array): void {
+  private presence(from: string, kind: "online" | "gone", epoch: Uint8Array, sentAtMs: number): void {
     const e = Buffer.from(epoch).toString("hex");
     if (kind === "online") {
+      // Presence has no age or nonce check, so an "online" no newer than the last one heard is a
+      // replay (or the retained copy heard again): an old run's would make this instance follow that
+      // run's epoch and so ignore the live run's last-will, and a gone run's would bring it back.
+      // A run that reconnects announces itself anew, with a newer sentAtMs.
+      const last = this.lastOnlineAt.get(from);
+      if (last !== undefined && sentAtMs <= last) return;
+      this.lastOnlineAt.set(from, sentAtMs);
       const known = this.online.get(from);
       this.online.set(from, e);
       if (known !== e) this.o.onPresence(from, true);
