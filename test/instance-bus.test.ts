@@ -222,7 +222,7 @@ const devsOf = (n: Node) => n.messages.map((m) => (m.body.k === "linked" || m.bo
 
 describe("the instance bus on a broker", { timeout: 60_000 }, () => {
   let broker: EmbeddedBroker;
-  const [D1, D2, D3, D4, D5, D7] = ["d1.example", "d2.example", "d3.example", "d4.example", "d5.example", "d7.example"];
+  const [D1, D2, D3, D4, D5, D7, D8] = ["d1.example", "d2.example", "d3.example", "d4.example", "d5.example", "d7.example", "d8.example"];
 
   before(async () => {
     broker = await startBroker({ host: "127.0.0.1", port: 0 });
@@ -395,6 +395,20 @@ describe("the instance bus on a broker", { timeout: 60_000 }, () => {
     await until(() => received() >= before + 2, "i1 to judge the replayed onlines");
     assert.equal(i1.bus.isOnline("d5-i2"), false);
     assert.deepEqual(i1.presence.slice(seen), [["d5-i2", false]]);
+  });
+
+  test("a run whose connection broke, so that the broker published its last-will, is online again when it reconnects", async () => {
+    const key = newKey();
+    const i1 = await join(broker.url, D8, "d8-i1", key);
+    const i2 = await join(broker.url, D8, "d8-i2", key);
+    await until(() => i1.bus.isOnline("d8-i2"), "i1 to see i2 online");
+    // The connection drops without a DISCONNECT; the client reconnects by itself (reconnectPeriod).
+    mqttOf(i2).stream.destroy();
+    await until(() => i1.presence.some(([i, on]) => i === "d8-i2" && !on), "i2's last-will at i1");
+    // Same run, same epoch: its new "online" is newer than the one its last-will followed.
+    await until(() => i1.bus.isOnline("d8-i2"), "i2 to be online again at i1", 15_000);
+    assert.deepEqual(i1.presence.filter(([i]) => i === "d8-i2"), [["d8-i2", true], ["d8-i2", false], ["d8-i2", true]]);
+    await marker(i1, i2, "after-reconnect");
   });
 
   test("two domains with their own keys on one broker: neither hears nor accepts the other's traffic", async () => {
