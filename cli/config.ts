@@ -24,6 +24,7 @@ type Kind = "string" | "boolean";
 export const SETTINGS: Readonly<Record<string, Kind>> = {
   "data-dir": "string",
   db: "string",
+  instance: "string",
   "fleet-dir": "string",
   listen: "string",
   mqtt: "string",
