@@ -315,10 +315,15 @@ describe("the instance bus on a broker", { timeout: 60_000 }, () => {
     await eve.client.publishAsync(topics.to("d4-i2"), i3Online, { qos: 1 });
     await judged(4);
     assert.match(i2.refusals()[3], /presence message outside the presence topics/);
+    // i3's presence on a topic that unescapes to i3's name but is not its topic (%64 is "d"): a
+    // retained copy there would outlive i3's last-will, which replaces only the real one.
+    await eve.client.publishAsync(`${topics.presencePrefix}%64${"d4-i3".slice(1)}`, i3Online, { qos: 1 });
+    await judged(5);
+    assert.match(i2.refusals()[4], /presence message on another instance's topic/);
     // An empty payload (a cleared retained topic) is refused, not crashed on.
     await eve.client.publishAsync(topics.to("d4-i2"), Buffer.alloc(0), { qos: 1 });
-    await judged(5);
-    assert.match(i2.refusals()[4], /empty message/);
+    await judged(6);
+    assert.match(i2.refusals()[5], /empty message/);
 
     await marker(i3, i2, "control");
     assert.deepEqual(devsOf(i2), ["linked:control"]);

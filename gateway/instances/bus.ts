@@ -17,7 +17,7 @@ import mqtt, { type MqttClient } from "mqtt";
 import nacl from "tweetnacl";
 import * as cbor from "../encoding/cbor.ts";
 import type { Logger } from "../log/logger.ts";
-import { escapeTopicLevel, unescapeTopicLevel } from "../monitor/monitor.ts";
+import { escapeTopicLevel } from "../monitor/monitor.ts";
 import { decodeBusMessage, encodeBusMessage, type BusBody, type BusMessage } from "./bus-messages.ts";
 
 export const BUS_TOPIC_ROOT = "keyproxy-instances/v1";
@@ -161,7 +161,9 @@ export class InstanceBus {
     const m = open(this.o.key, payload);
     const isPresence = topic.startsWith(this.topics.presencePrefix);
     if (isPresence) {
-      if (unescapeTopicLevel(topic.slice(this.topics.presencePrefix.length)) !== m.from || (m.body.k !== "online" && m.body.k !== "gone")) throw new Error(`a presence message on another instance's topic, or of kind ${m.body.k}`);
+      // Its sender's own topic exactly, not one that merely unescapes to its name ("%64" for "d"):
+      // a retained copy on such an alias would outlive the sender's last-will.
+      if (topic !== this.topics.presence(m.from) || (m.body.k !== "online" && m.body.k !== "gone")) throw new Error(`a presence message on another instance's topic, or of kind ${m.body.k}`);
       return m;
     }
     if (m.body.k === "online" || m.body.k === "gone") throw new Error("a presence message outside the presence topics");
