@@ -5,8 +5,9 @@
 // encode -> CBOR -> decode. Then the bus itself on the in-process broker, with a raw MQTT client in the
 // role of anyone on the broker: delivery to one instance and to all, exactly once; refusal of replays,
 // of messages sealed under another key, of stale ones, of messages on the wrong topic and of presence
-// on another instance's topic; presence from the retained "online" and the last-will, where an old
-// run's "online" or "gone" changes nothing; two domains on one broker do not hear each other.
+// on another instance's topic or an alias of its own, and of sealed but malformed messages; presence
+// from the retained "online" and the last-will, where an old run's "online" or "gone" changes nothing
+// and a run that reconnects is back; two domains on one broker do not hear each other.
 //
 // No sleeps: every message the bus receives ends in exactly one of onMessage, onPresence (or nothing,
 // for its own) or an "instance-bus-refused" log line, synchronously in the same call, so waiting for
@@ -49,7 +50,8 @@ function decodesCleanly(w: unknown): void {
   assert.deepEqual(decodeBusMessage(cbor.decode(cbor.encode(encodeBusMessage(m)))), m);
 }
 
-/** Text the CBOR codec takes (no lone surrogates), of at most n characters. */
+/** Text of minLength..maxLength UTF-16 units without surrogates: the CBOR codec refuses lone ones,
+ *  and without pairs the length is what the codec counts. */
 const text = (minLength: number, maxLength: number) => fc.string({ unit: "binary", minLength, maxLength }).filter((s) => !/[\ud800-\udfff]/.test(s));
 const u32 = fc.nat(0xffffffff);
 /** A record with Object's prototype, as the decoder builds it (deepEqual compares prototypes). */
@@ -79,6 +81,7 @@ const busBody: fc.Arbitrary<BusBody> = fc.oneof(
   rec({ k: fc.constantFrom("online" as const, "gone" as const), epoch: fc.uint8Array({ minLength: 16, maxLength: 16 }) }),
 );
 const busMessage: fc.Arbitrary<BusMessage> = rec({
+  // n + 0: a -0 would come back as 0 (CBOR has no integer -0), which deepEqual tells apart.
   from: text(0, 40), to: text(0, 40), sentAtMs: fc.maxSafeInteger().map((n) => n + 0), body: busBody,
 });
 
@@ -139,7 +142,7 @@ describe("bus messages: the codec", () => {
     );
   });
 
-  test("examples the properties above found: each is refused as malformed", () => {
+  test("examples, some of them found by the properties above: each is refused as malformed", () => {
     for (const kind of ["length", "at", "0", 8, -1, 1.5]) {
       assert.throws(() => decodeBusMessage([BUS_VERSION, "i1", "i2", 0, kind, "d"]), MalformedBusMessage, `kind ${String(kind)}`);
     }
@@ -242,7 +245,8 @@ describe("the instance bus on a broker", { timeout: 60_000 }, () => {
     assert.deepEqual(devsOf(i2), ["deliver", "unlinked:dev-b", "linked:last"]);
     assert.deepEqual(i2.messages[0], { from: "d1-i1", to: "d1-i2", sentAtMs: i2.messages[0].sentAtMs, body: { k: "deliver", dev: "dev-a", m: { t: Msg.Bye, spi: 7 } } });
     assert.equal(i2.messages[1].to, "");
-    // The sender hears its own broadcast and drops it: the other's broadcast reaches it behind it.
+    // The sender's own broadcast comes back to it and is dropped. The broker sent it to i1 when it
+    // sent it to i2, before i2 had it and so before i2's broadcast below: i1 has judged it by then.
     await marker(i2, i1, "from-i2", true);
     assert.deepEqual(devsOf(i1), ["linked:from-i2"]);
     assert.deepEqual([...i1.refusals(), ...i2.refusals()], []);
@@ -300,11 +304,11 @@ describe("the instance bus on a broker", { timeout: 60_000 }, () => {
     const i3Online = eve.heard[0].payload;
     const judged = (n: number) => until(() => i2.refusals().length === n, `${n} refusals at i2`);
 
-    // i1's message on i2's topic: i2 has not seen its nonce, so only the topic check can refuse it.
+    // i3's message for i1 on i2's topic: i2 has not seen its nonce, so only the topic check can refuse it.
     await eve.client.publishAsync(topics.to("d4-i2"), forI1, { qos: 1 });
     await judged(1);
     assert.match(i2.refusals()[0], /a message for "d4-i1" on .*\/to\/d4-i2$/);
-    // The same on the broadcast topic (and i1 refuses it there as seen before, or as not for all).
+    // The same on the broadcast topic (i1 and i3 refuse it there too: a message for one is not for all).
     await eve.client.publishAsync(topics.all, forI1, { qos: 1 });
     await judged(2);
     assert.match(i2.refusals()[1], /a message for "d4-i1" on .*\/all$/);
