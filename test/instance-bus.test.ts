@@ -166,6 +166,8 @@ interface Node {
   presence: [string, boolean][];
   /** The reasons of this node's "instance-bus-refused" log lines, in order. */
   refusals(): string[];
+  /** This node's log records of one event. */
+  events(event: string): Record<string, unknown>[];
 }
 
 const newKey = () => new Uint8Array(randomBytes(32));
@@ -175,18 +177,22 @@ const open: { close(): Promise<void> }[] = [];
 
 /** An instance of `domain` on the bus. Each test has a domain of its own: the retained presence of
  *  another test's instances (under another key) would otherwise be refused here too. */
-async function join(url: string, domain: string, instance: string, key: Uint8Array, nowMs?: () => number): Promise<Node> {
+async function join(url: string, domain: string, instance: string, key: Uint8Array, nowMs?: () => number, breakPresenceHandler = false): Promise<Node> {
   const lines: string[] = [];
   const messages: BusMessage[] = [];
   const presence: [string, boolean][] = [];
   const bus = await InstanceBus.connect({
     url, domain, instance, key, nowMs, log: new Logger((l) => lines.push(l)),
     onMessage: (m) => messages.push(m),
-    onPresence: (i, online) => presence.push([i, online]),
+    onPresence: (i, online) => {
+      presence.push([i, online]);
+      if (breakPresenceHandler) throw new Error(`the presence handler broke on ${i}`);
+    },
   });
   open.push(bus);
-  const refusals = () => lines.map((l) => JSON.parse(l) as Record<string, unknown>).filter((r) => r.event === "instance-bus-refused").map((r) => String(r.reason));
-  return { name: instance, bus, messages, presence, refusals };
+  const events = (e: string) => lines.map((l) => JSON.parse(l) as Record<string, unknown>).filter((r) => r.event === e);
+  const refusals = () => events("instance-bus-refused").map((r) => String(r.reason));
+  return { name: instance, bus, messages, presence, refusals, events };
 }
 
 /** The MQTT client of a bus (test-only access to a private field). */
@@ -225,7 +231,7 @@ const devsOf = (n: Node) => n.messages.map((m) => (m.body.k === "linked" || m.bo
 
 describe("the instance bus on a broker", { timeout: 60_000 }, () => {
   let broker: EmbeddedBroker;
-  const [D1, D2, D3, D4, D5, D7, D8] = ["d1.example", "d2.example", "d3.example", "d4.example", "d5.example", "d7.example", "d8.example"];
+  const [D1, D2, D3, D4, D5, D7, D8, D9] = ["d1.example", "d2.example", "d3.example", "d4.example", "d5.example", "d7.example", "d8.example", "d9.example"];
 
   before(async () => {
     broker = await startBroker({ host: "127.0.0.1", port: 0 });
@@ -418,6 +424,16 @@ describe("the instance bus on a broker", { timeout: 60_000 }, () => {
     await until(() => i1.bus.isOnline("d8-i2"), "i2 to be online again at i1", 15_000);
     assert.deepEqual(i1.presence.filter(([i]) => i === "d8-i2"), [["d8-i2", true], ["d8-i2", false], ["d8-i2", true]]);
     await marker(i1, i2, "after-reconnect");
+  });
+
+  test("a presence handler that throws is logged, and the bus goes on", async () => {
+    const key = newKey();
+    const i1 = await join(broker.url, D9, "d9-i1", key, undefined, true);
+    const i2 = await join(broker.url, D9, "d9-i2", key);
+    await until(() => i1.events("instance-bus-handler-failed").length === 1, "the handler's failure to be logged");
+    assert.match(String(i1.events("instance-bus-handler-failed")[0].reason), /presence handler broke on d9-i2/);
+    assert.equal(i1.bus.isOnline("d9-i2"), true);
+    await marker(i2, i1, "still-listening");
   });
 
   test("two domains with their own keys on one broker: neither hears nor accepts the other's traffic", async () => {

@@ -200,14 +200,24 @@ export class InstanceBus {
       this.lastOnlineAt.set(from, sentAtMs);
       const known = this.online.get(from);
       this.online.set(from, e);
-      if (known !== e) this.o.onPresence(from, true);
+      if (known !== e) this.tellPresence(from, true);
       return;
     }
     const known = this.online.get(from);
     // A last-will of an earlier run (replayed, or retained from before it came back) changes nothing.
     if (known !== undefined && known !== e) return;
     this.online.delete(from);
-    this.o.onPresence(from, false);
+    this.tellPresence(from, false);
+  }
+
+  /** A handler that throws must not escape into the MQTT client's reading: it would end the process
+   *  as an uncaught exception (or, where one is caught, leave the client reading nothing more). */
+  private tellPresence(instance: string, online: boolean): void {
+    try {
+      this.o.onPresence(instance, online);
+    } catch (e) {
+      this.o.log.error("instance-bus-handler-failed", { from: instance, kind: online ? "online" : "gone", reason: (e as Error).message });
+    }
   }
 }
 
