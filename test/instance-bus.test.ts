@@ -77,7 +77,7 @@ const busBody: fc.Arbitrary<BusBody> = fc.oneof(
   rec({ k: fc.constantFrom("deliver" as const, "fromDevice" as const), dev: device, m: innerMessage }),
   rec({ k: fc.constant("frame" as const), dev: device, payload: fc.uint8Array({ maxLength: 300 }) }),
   rec({ k: fc.constantFrom("linked" as const, "unlinked" as const), dev: device }),
-  rec({ k: fc.constant("endAll" as const), dev: device, reason: fc.integer(), why: text(0, 256), disconnect: fc.boolean() }),
+  rec({ k: fc.constant("endAll" as const), dev: device, reason: u32, why: text(0, 256), disconnect: fc.boolean() }),
   rec({ k: fc.constantFrom("online" as const, "gone" as const), epoch: fc.uint8Array({ minLength: 16, maxLength: 16 }) }),
 );
 const busMessage: fc.Arbitrary<BusMessage> = rec({
@@ -145,6 +145,10 @@ describe("bus messages: the codec", () => {
   test("examples, some of them found by the properties above: each is refused as malformed", () => {
     for (const kind of ["length", "at", "0", 8, -1, 1.5]) {
       assert.throws(() => decodeBusMessage([BUS_VERSION, "i1", "i2", 0, kind, "d"]), MalformedBusMessage, `kind ${String(kind)}`);
+    }
+    // An endAll whose reason is no CloseReason: it would go on into every SaClosed sent for it.
+    for (const reason of [Number.NaN, -1, 1.5, Infinity]) {
+      assert.throws(() => decodeBusMessage([BUS_VERSION, "i1", "", 0, 5, "d", reason, "why", false]), MalformedBusMessage, `reason ${reason}`);
     }
     // A device name past the codec's limit.
     assert.throws(() => decodeBusMessage([BUS_VERSION, "i1", "i2", 0, 3, "x".repeat(257)]), MalformedBusMessage, "a long device name");

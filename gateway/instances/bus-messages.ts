@@ -75,10 +75,13 @@ function decodeBody(k: (typeof KINDS)[number], f: unknown[]): BusBody {
     case "unlinked":
       expectFields(f, 1);
       return { k, dev: dev() };
-    case "endAll":
+    case "endAll": {
       expectFields(f, 4);
-      if (typeof f[1] !== "number" || typeof f[3] !== "boolean") throw new MalformedBusMessage("malformed endAll");
-      return { k, dev: dev(), reason: f[1], why: str(f[2], "reason"), disconnect: f[3] };
+      const [, reason, , disconnect] = f;
+      // The reason goes on into SaClosed messages, where only an unsigned integer encodes.
+      if (typeof reason !== "number" || !Number.isSafeInteger(reason) || reason < 0 || typeof disconnect !== "boolean") throw new MalformedBusMessage("malformed endAll");
+      return { k, dev: dev(), reason, why: str(f[2], "reason"), disconnect };
+    }
     case "online":
     case "gone":
       expectFields(f, 1);
