@@ -337,6 +337,9 @@ export interface ChannelInit {
   initiated: boolean;
   /** Whether its keys came from X25519 + ML-KEM-768. */
   hybrid?: boolean;
+  /** The peer's instance (InterlinkOptions.instance), when the peer named one in the opening: a channel
+   *  is between two processes, so its messages go to that instance's own topic. */
+  peerInstance?: string;
   /** Messages already sent under these keys: 0 (the default) for every channel the interlink makes;
    *  tests start near MAX_SEQ to reach the end without sealing 2^32 messages. */
   sent?: number;
@@ -352,6 +355,7 @@ export class PairwiseChannel {
   readonly lifetime: number;
   readonly initiated: boolean;
   readonly hybrid: boolean;
+  readonly peerInstance?: string;
   private sendKey: Buffer;
   private receiveKey: Buffer;
   private seq = 0;
@@ -369,6 +373,7 @@ export class PairwiseChannel {
     this.lifetime = i.lifetime;
     this.initiated = i.initiated;
     this.hybrid = i.hybrid ?? false;
+    if (i.peerInstance !== undefined) this.peerInstance = i.peerInstance;
     this.seq = i.sent ?? 0;
   }
 

@@ -5,6 +5,27 @@
 //   keyproxy-cose/v1/interlink/<id>/responses     responses and errors addressed to <id> QoS 1
 //   keyproxy-cose/v1/interlink/<id>/certificate   <id>'s gateway certificate, retained   QoS 1
 //
+// Instances (InterlinkOptions.instance: a domain served by several gateway processes at once). Unset,
+// everything is as above, byte for byte. Set, the process subscribes to
+//   $share/kp-<id>/keyproxy-cose/v1/interlink/<id>/requests   the domain's requests, each to ONE instance
+//   keyproxy-cose/v1/interlink/<id>/i/<instance>/requests      requests pinned to it, and channel messages
+//   keyproxy-cose/v1/interlink/<id>/i/<instance>/responses     answers to what it sent
+//   keyproxy-cose/v1/interlink/<id>/responses                  answers from peers older than instances
+// and names itself in every envelope it signs (field 12). An answer goes to the asking instance's own
+// responses topic when the request named one, else to <id>/responses as before. A shared subscription
+// works with MQTT 3.1.1 clients too in Mosquitto 2.0 (checked: 2.0.11 hands them out in turn); aedes
+// 1.x has none, so instances need Mosquitto (or another broker with $share). A channel is between two
+// processes: the opening's two signed envelopes name each side's instance, the channel keeps the
+// peer's, and every message on it goes to that instance's own requests topic (answers to its own
+// responses topic). A channel opening without an instance named is refused by an instance
+// ("no-handler": the peer then sends signed envelopes, which any instance can take), and an instance
+// whose opening is answered without one resets that channel and does the same: a peer older than
+// instances would send channel messages to the shared topic, to any instance. A request on a channel
+// pinned to a peer instance that times out ends that channel ("the peer instance did not answer"), so
+// the next opening goes through the shared topic to a live instance. request() takes any instance;
+// RequestOptions.instance pins one (its channel, opened to its own topic if need be) and requestTo()
+// says which instance answered.
+//
 // Retained messages are this gateway's to keep: its certificate, and whatever publishRetained was
 // given (the fleet's revocation list it holds) are published again at every reconnect, because a
 // broker restarted without persistence (Mosquitto's default) forgets them, and a gateway started
@@ -14,7 +35,7 @@
 //   { 0: "KP interlink v1", 1: from, 2: to, 3: sessionId (bstr 16), 4: msgId (bstr 16), 5: type,
 //     6: ts (seconds), 7: kind (0 request, 1 response, 2 error), 8: body (bstr), 9: ephemeral X25519
 //     key (bstr 32, only when the body is encrypted), 10: re (the request's msgId, responses only),
-//     11: the sender's gateway certificate }
+//     11: the sender's gateway certificate, 12: fromInstance (text, only from an instance) }
 // The body is the CBOR of the value; a secret body is encrypted to the recipient's certified X25519
 // key, HPKE-style (one-shot base mode, built from node:crypto parts):
 //   eph      = fresh X25519 key pair
@@ -154,6 +175,8 @@ export interface InterlinkRequest {
   body: unknown;
   /** The request's body came encrypted. */
   secret: boolean;
+  /** The sending process's instance, when it named one (signed, or recorded in the channel's opening). */
+  fromInstance?: string;
 }
 
 /** What a handler answers; secret defaults to the request's own secrecy. */
@@ -201,12 +224,28 @@ export interface InterlinkOptions {
   /** The channels' key agreement: the fleet's policy when it names one, else "hybrid" (ML-KEM-768
    *  costs about a millisecond once per channel, so every channel gets it whenever both sides can). */
   keyAgreement?: ChannelKeyAgreement;
+  /** This process's instance name, when the domain runs several gateway processes at once (the
+   *  gateway's --instance; isInstanceName). Requests to the domain are then shared among its instances
+   *  (MQTT shared subscription), each instance also has topics of its own, and every envelope it signs
+   *  names it (field 12). Unset: one process per domain, exactly as before. */
+  instance?: string;
 }
 
 export const TOPIC_ROOT = "keyproxy-cose/v1/interlink";
 export const requestsTopic = (id: string): string => `${TOPIC_ROOT}/${id}/requests`;
 export const responsesTopic = (id: string): string => `${TOPIC_ROOT}/${id}/responses`;
 export const certificateTopic = (id: string): string => `${TOPIC_ROOT}/${id}/certificate`;
+/** One instance's own topics: requests pinned to it (and every channel message to it), and the answers
+ *  to what it sent. */
+export const instanceRequestsTopic = (id: string, instance: string): string => `${TOPIC_ROOT}/${id}/i/${instance}/requests`;
+export const instanceResponsesTopic = (id: string, instance: string): string => `${TOPIC_ROOT}/${id}/i/${instance}/responses`;
+/** The shared subscription through which a domain's instances take turns at its requests: the group is
+ *  named after the domain (a share name may hold neither "/", "+" nor "#", which no gateway id does). */
+export const sharedRequestsSubscription = (id: string): string => `$share/kp-${id}/${requestsTopic(id)}`;
+
+/** An instance name: one MQTT topic level, the same rule as the gateway's --instance. */
+const INSTANCE_NAME = /^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$/;
+export const isInstanceName = (s: unknown): s is string => typeof s === "string" && INSTANCE_NAME.test(s);
 
 // ---------------------------------------------------------------------------------------------------
 // envelope
@@ -233,6 +272,8 @@ export interface Envelope {
   ephemeral?: Uint8Array;
   re?: Uint8Array;
   senderCert: Uint8Array;
+  /** The sending process's instance (field 12), when the sender runs as one of several instances. */
+  fromInstance?: string;
 }
 
 function aad(e: Envelope): Uint8Array {
@@ -298,6 +339,7 @@ export function signEnvelope(e: Envelope, seed: Uint8Array): Uint8Array {
   if (e.ephemeral) m.set(9, e.ephemeral);
   if (e.re) m.set(10, e.re);
   m.set(11, e.senderCert);
+  if (e.fromInstance !== undefined) m.set(12, e.fromInstance);
   return signSign1(encode(m), seed);
 }
 
@@ -314,15 +356,15 @@ export function parseEnvelope(bytes: Uint8Array): Envelope {
   if (!(m instanceof Map) || m.get(0) !== ENVELOPE_TYPE) throw bad("not an interlink v1 envelope");
   return envelopeFrom({
     from: m.get(1), to: m.get(2), sessionId: m.get(3), msgId: m.get(4), type: m.get(5), ts: m.get(6), kind: m.get(7),
-    body: m.get(8), ephemeral: m.get(9), re: m.get(10), senderCert: m.get(11),
+    body: m.get(8), ephemeral: m.get(9), re: m.get(10), senderCert: m.get(11), fromInstance: m.get(12),
   });
 }
 
 /** An envelope from its fields as read off the wire (a signed envelope's map, or a channel message's
  *  header and plaintext), each checked; InterlinkError "malformed" names the first one wrong. */
-function envelopeFrom(f: Record<"from" | "to" | "sessionId" | "msgId" | "type" | "ts" | "kind" | "body" | "ephemeral" | "re" | "senderCert", unknown>): Envelope {
+function envelopeFrom(f: Record<"from" | "to" | "sessionId" | "msgId" | "type" | "ts" | "kind" | "body" | "ephemeral" | "re" | "senderCert" | "fromInstance", unknown>): Envelope {
   const isId = (v: unknown): v is Uint8Array => v instanceof Uint8Array && v.length === ID_LENGTH;
-  const { from, to, type, ts, kind, body, ephemeral, re, senderCert } = f;
+  const { from, to, type, ts, kind, body, ephemeral, re, senderCert, fromInstance } = f;
   if (!isGatewayId(from) || !isGatewayId(to)) throw bad("envelope from and to must be gateway ids");
   if (!isId(f.sessionId) || !isId(f.msgId)) throw bad(`envelope sessionId and msgId must be ${ID_LENGTH} bytes`);
   if (typeof type !== "string" || type.length === 0 || type.length > MAX_TYPE_LENGTH) throw bad(`envelope type must be 1-${MAX_TYPE_LENGTH} characters`);
@@ -332,9 +374,11 @@ function envelopeFrom(f: Record<"from" | "to" | "sessionId" | "msgId" | "type" |
   if (ephemeral !== undefined && !(ephemeral instanceof Uint8Array && ephemeral.length === 32)) throw bad("envelope ephemeral key must be 32 bytes");
   if ((kind === Kind.Request) !== (re === undefined) || (re !== undefined && !isId(re))) throw bad("envelope re must be present exactly on responses and errors");
   if (!(senderCert instanceof Uint8Array)) throw bad("envelope must carry the sender's certificate");
+  if (fromInstance !== undefined && !isInstanceName(fromInstance)) throw bad("envelope fromInstance must be an instance name (1-63 of A-Z a-z 0-9 _ -, not starting with _ or -)");
   const e: Envelope = { from, to, sessionId: f.sessionId, msgId: f.msgId, type, ts, kind, body, senderCert };
   if (ephemeral !== undefined) e.ephemeral = ephemeral as Uint8Array;
   if (re !== undefined) e.re = re as Uint8Array;
+  if (fromInstance !== undefined) e.fromInstance = fromInstance;
   return e;
 }
 
@@ -403,8 +447,10 @@ export class DedupeWindow {
 
 interface Pending {
   to: string;
+  /** The instance of `to` the request was pinned to (RequestOptions.instance). */
+  instance?: string;
   sessionId: string;
-  resolve: (v: unknown) => void;
+  resolve: (v: Answer) => void;
   reject: (e: Error) => void;
   timer: NodeJS.Timeout;
   /** The request as sent on a channel (its id), kept to send it again on a new channel if the peer
@@ -418,6 +464,16 @@ export interface RequestOptions {
   /** Encrypt the body to the recipient gateway (a channel always does). */
   secret?: boolean;
   timeoutMs?: number;
+  /** Send to this instance of `to` only (its channel, opened to its own topic if need be). Unset: any
+   *  instance (the newest channel with one, else the domain's shared requests topic). */
+  instance?: string;
+}
+
+/** An answer and the peer's instance that gave it (undefined: the peer runs as one process, or is
+ *  older than instances). */
+export interface Answer {
+  body: unknown;
+  instance?: string;
 }
 
 /** A channel of ours with the judgement of its peer's certificate. */
@@ -464,7 +520,7 @@ export class Interlink {
   private resetBudget = { second: 0, left: RESETS_PER_SECOND };
   private readonly sweepTimer: NodeJS.Timeout;
   private closed = false;
-  readonly stats = { accepted: 0, rejected: {} as Partial<Record<InterlinkErrorCode, number>>, channelsOpened: 0, channelsAccepted: 0, channelResets: 0 };
+  readonly stats = { accepted: 0, rejected: {} as Partial<Record<InterlinkErrorCode, number>>, channelsOpened: 0, channelsAccepted: 0, channelResets: 0, siblingAnswers: 0 };
 
   private constructor(
     private readonly client: MqttClient,
@@ -492,6 +548,7 @@ export class Interlink {
     }
     const id = opts.identity.gatewayId;
     if (!isGatewayId(id)) throw new InterlinkError("malformed", `gateway id "${id}" cannot name an MQTT topic level`);
+    if (opts.instance !== undefined && !isInstanceName(opts.instance)) throw new InterlinkError("malformed", `instance "${String(opts.instance)}" is not an instance name (1-63 of A-Z a-z 0-9 _ -, not starting with _ or -)`);
     const protocolVersion = opts.protocolVersion ?? 5;
     const client = await mqtt.connectAsync(opts.url, {
       protocolVersion,
@@ -510,9 +567,28 @@ export class Interlink {
     client.on("message", (topic, payload) => void link.receive(topic, new Uint8Array(payload)));
     // Every later "connect" is a reconnect (the client resubscribes by itself).
     client.on("connect", () => link.republish());
-    await client.subscribeAsync({ [requestsTopic(id)]: { qos: 1 }, [responsesTopic(id)]: { qos: 1 } });
+    await client.subscribeAsync(Interlink.subscriptions(id, opts.instance));
     await link.publishRetained(certificateTopic(id), opts.identity.certificate);
     return link;
+  }
+
+  /** What a gateway subscribes to. One process: its requests and responses topics. An instance: the
+   *  domain's requests through the shared subscription (each reaches one instance), its own two topics,
+   *  and the domain's responses topic, where an older peer, which knows nothing of instances, answers
+   *  (every instance gets those; the one that asked takes it, the others let it go). */
+  private static subscriptions(id: string, instance: string | undefined): Record<string, { qos: 1 }> {
+    if (instance === undefined) return { [requestsTopic(id)]: { qos: 1 }, [responsesTopic(id)]: { qos: 1 } };
+    return {
+      [sharedRequestsSubscription(id)]: { qos: 1 },
+      [responsesTopic(id)]: { qos: 1 },
+      [instanceRequestsTopic(id, instance)]: { qos: 1 },
+      [instanceResponsesTopic(id, instance)]: { qos: 1 },
+    };
+  }
+
+  /** This process's instance name, if it runs as one of several (InterlinkOptions.instance). */
+  get instance(): string | undefined {
+    return this.opts.instance;
   }
 
   /** Registers the handler for one request type (replacing any earlier one). */
@@ -573,19 +649,26 @@ export class Interlink {
 
   /** Sends a request to gateway `to` and resolves with its answer's body. */
   async request(to: string, type: string, body: unknown, o: RequestOptions = {}): Promise<unknown> {
+    return (await this.requestTo(to, type, body, o)).body;
+  }
+
+  /** As request(), and says which instance of `to` answered (to pin later requests to it with
+   *  RequestOptions.instance). */
+  async requestTo(to: string, type: string, body: unknown, o: RequestOptions = {}): Promise<Answer> {
     if (type === CHANNEL_OPEN_TYPE || type === CHANNEL_RESET_TYPE) throw new InterlinkError("malformed", `request type "${type}" is the interlink's own`);
     return this.send(to, type, body, o, true);
   }
 
-  private async send(to: string, type: string, body: unknown, o: RequestOptions, viaChannel: boolean): Promise<unknown> {
+  private async send(to: string, type: string, body: unknown, o: RequestOptions, viaChannel: boolean): Promise<Answer> {
     if (this.closed) throw new InterlinkError("closed", "interlink is closed");
     if (!isGatewayId(to)) throw new InterlinkError("malformed", `"${to}" is not a gateway id`);
     if (typeof type !== "string" || type.length === 0 || type.length > MAX_TYPE_LENGTH) throw new InterlinkError("malformed", `request type must be 1-${MAX_TYPE_LENGTH} characters`);
+    if (o.instance !== undefined && !isInstanceName(o.instance)) throw new InterlinkError("malformed", `instance "${String(o.instance)}" is not an instance name`);
     const sessionId = o.sessionId ?? new Uint8Array(randomBytes(ID_LENGTH));
     if (!(sessionId instanceof Uint8Array) || sessionId.length !== ID_LENGTH) throw new InterlinkError("malformed", `sessionId must be ${ID_LENGTH} bytes`);
     // A channel at hand is taken without awaiting anything, so that a request made just before
     // close() (a bye as the gateway stops) is published before the client ends, as a signed one is.
-    const resolve = (): PairwiseChannel | undefined | Promise<PairwiseChannel | undefined> => (viaChannel ? this.channelTo(to) : undefined);
+    const resolve = (): PairwiseChannel | undefined | Promise<PairwiseChannel | undefined> => (viaChannel ? this.channelTo(to, o.instance) : undefined);
     let found = resolve();
     let channel = found instanceof Promise ? await found : found;
     // Ended while we waited (the peer's certificate went bad, a newer channel replaced it): once more.
@@ -606,6 +689,7 @@ export class Interlink {
       body: encode(body),
       senderCert: this.opts.identity.certificate,
     };
+    if (this.opts.instance !== undefined) e.fromInstance = this.opts.instance;
     const sent = channel ? { channel: channel.idHex, envelope: { ...e } } : undefined;
     let bytes: Uint8Array;
     if (channel) {
@@ -616,18 +700,21 @@ export class Interlink {
     }
     const key = toHex(e.msgId);
     const ms = o.timeoutMs ?? this.opts.requestTimeoutMs ?? 10_000;
-    const answer = new Promise<unknown>((resolve, reject) => {
+    const answer = new Promise<Answer>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.pending.delete(key);
+        if (sent) this.peerInstanceSilent(sent.channel);
         reject(new InterlinkError("timeout", `no answer from "${to}" to ${type} within ${ms} ms`));
       }, ms);
-      this.pending.set(key, { to, sessionId: toHex(sessionId), resolve, reject, timer, sent });
+      const p: Pending = { to, sessionId: toHex(sessionId), resolve, reject, timer, sent };
+      if (o.instance !== undefined) p.instance = o.instance;
+      this.pending.set(key, p);
     });
     // The answer may fail (closed, timed out) while the publish is still under way: it is handled
     // here too, so that a failed publish leaves no unhandled rejection behind.
     answer.catch(() => undefined);
     try {
-      await this.publish(requestsTopic(to), bytes, { responseTopic: responsesTopic(this.gatewayId), correlationData: e.msgId });
+      await this.publish(this.requestsTopicFor(to, channel ? channel.peerInstance : o.instance), bytes, { responseTopic: this.ownResponsesTopic(), correlationData: e.msgId });
     } catch (err) {
       const p = this.pending.get(key);
       if (p) clearTimeout(p.timer);
@@ -635,6 +722,26 @@ export class Interlink {
       throw this.closed ? new InterlinkError("closed", "interlink closed before the request went out", { cause: err }) : err;
     }
     return answer;
+  }
+
+  /** Where a request to `to` goes: that instance's own topic, or the domain's (shared among its
+   *  instances, if it has several). */
+  private requestsTopicFor(to: string, instance: string | undefined): string {
+    return instance === undefined ? requestsTopic(to) : instanceRequestsTopic(to, instance);
+  }
+
+  /** Where answers to this process go: its instance's own topic, or the domain's. */
+  private ownResponsesTopic(): string {
+    return this.opts.instance === undefined ? responsesTopic(this.gatewayId) : instanceResponsesTopic(this.gatewayId, this.opts.instance);
+  }
+
+  /** A request on a channel pinned to one peer instance got no answer in time: that instance is
+   *  presumed dead (or cut off), so its channel ends and the next request opens a new one through the
+   *  domain's shared topic, which reaches a live instance. Requests still waiting on it keep their own
+   *  timers, as before. A channel with a peer that runs as one process is left as it was. */
+  private peerInstanceSilent(channelHex: string): void {
+    const entry = this.channels.get(channelHex);
+    if (entry && entry.channel.peerInstance !== undefined) this.endChannel(entry.channel, "the peer instance did not answer");
   }
 
   /** Closes the connection; pending requests fail with "closed", every channel's keys are wiped. */
@@ -656,9 +763,10 @@ export class Interlink {
 
   // --- pairwise channels ----------------------------------------------------------------------------
 
-  /** The channel to send to `to` on, opened if need be; undefined: signed envelopes (channels off,
-   *  or a peer without them). Synchronous when a channel is at hand and its peer's judgement fresh. */
-  private channelTo(to: string): PairwiseChannel | undefined | Promise<PairwiseChannel | undefined> {
+  /** The channel to send to `to` on (to that instance of it, if one is named), opened if need be;
+   *  undefined: signed envelopes (channels off, or a peer without them). Synchronous when a channel is
+   *  at hand and its peer's judgement fresh. */
+  private channelTo(to: string, instance?: string): PairwiseChannel | undefined | Promise<PairwiseChannel | undefined> {
     if (this.opts.pairwiseChannels === false) return undefined;
     const now = this.now();
     const legacyUntil = this.legacyPeers.get(to);
@@ -666,49 +774,54 @@ export class Interlink {
       if (now < legacyUntil) return undefined;
       this.legacyPeers.delete(to);
     }
-    const entry = this.newestChannel(to, now);
-    if (!entry) return this.openOnce(to);
-    if (entry.channel.due(now)) this.openOnce(to).catch(() => undefined); // it carries on meanwhile; a failed renewal is tried again at the next send
+    const entry = this.newestChannel(to, now, instance);
+    if (!entry) return this.openOnce(to, instance);
+    // A successor goes to the same peer instance: the old channel's requests are answered there.
+    if (entry.channel.due(now)) this.openOnce(to, entry.channel.peerInstance).catch(() => undefined); // it carries on meanwhile; a failed renewal is tried again at the next send
     if (this.judgedNow(entry, now)) return entry.channel;
     return this.judge(entry, now).then(() => entry.channel);
   }
 
-  /** The newest channel with `to` that may send now. */
-  private newestChannel(to: string, now: number): ChannelEntry | undefined {
+  /** The newest channel with `to` (with that instance of it, if one is named) that may send now. */
+  private newestChannel(to: string, now: number, instance?: string): ChannelEntry | undefined {
     let best: ChannelEntry | undefined;
     for (const entry of this.channels.values()) {
+      if (instance !== undefined && entry.channel.peerInstance !== instance) continue;
       if (entry.channel.peer === to && entry.channel.canSend(now) && (!best || entry.channel.createdAt >= best.channel.createdAt)) best = entry;
     }
     return best;
   }
 
-  private openOnce(to: string): Promise<PairwiseChannel | undefined> {
-    let p = this.opening.get(to);
+  private openOnce(to: string, instance?: string): Promise<PairwiseChannel | undefined> {
+    const key = instance === undefined ? to : `${to}/${instance}`;
+    let p = this.opening.get(key);
     if (!p) {
-      p = this.openChannel(to).finally(() => this.opening.delete(to));
-      this.opening.set(to, p);
+      p = this.openChannel(to, instance).finally(() => this.opening.delete(key));
+      this.opening.set(key, p);
     }
     return p;
   }
 
-  /** The initiator's side of the handshake (channel.ts). */
-  private async openChannel(to: string): Promise<PairwiseChannel | undefined> {
+  /** The initiator's side of the handshake (channel.ts): to the domain's requests topic (shared among
+   *  its instances), or to one instance's own. */
+  private async openChannel(to: string, instance?: string): Promise<PairwiseChannel | undefined> {
     await this.peer(to); // a peer whose certificate is not good is refused here, not after a timeout
     const policy = this.opts.keyAgreement ?? DEFAULT_CHANNEL_KEY_AGREEMENT;
     const eph = generateX25519KeyObject();
     const kem = policy === "x25519" ? undefined : kemKeyPair();
     try {
-      return await this.finishOpening(to, policy, eph, kem);
+      return await this.finishOpening(to, instance, policy, eph, kem);
     } finally {
       kem?.secretKey.fill(0); // whatever the answer: the ML-KEM secret is used at most once
     }
   }
 
-  private async finishOpening(to: string, policy: ChannelKeyAgreement, eph: ReturnType<typeof generateX25519KeyObject>, kem: { publicKey: Uint8Array; secretKey: Uint8Array } | undefined): Promise<PairwiseChannel | undefined> {
+  private async finishOpening(to: string, instance: string | undefined, policy: ChannelKeyAgreement, eph: ReturnType<typeof generateX25519KeyObject>, kem: { publicKey: Uint8Array; secretKey: Uint8Array } | undefined): Promise<PairwiseChannel | undefined> {
     const channelId = new Uint8Array(randomBytes(CHANNEL_ID_LENGTH));
     let answer: unknown;
+    let answeredBy: string | undefined;
     try {
-      answer = await this.send(to, CHANNEL_OPEN_TYPE, openRequestBody({ channelId, ephemeral: eph.publicKey, kemKey: kem?.publicKey }), {}, false);
+      ({ body: answer, instance: answeredBy } = await this.send(to, CHANNEL_OPEN_TYPE, openRequestBody({ channelId, ephemeral: eph.publicKey, kemKey: kem?.publicKey }), instance === undefined ? {} : { instance }, false));
     } catch (e) {
       if (e instanceof InterlinkError && e.code === "remote-error" && e.remoteCode === "no-handler") {
         this.legacyPeers.set(to, this.now() + LEGACY_PEER_SECONDS);
@@ -727,6 +840,8 @@ export class Interlink {
       throw new InterlinkError("malformed", `"${to}" answered another channel opening than ours`);
     }
     if (a.kemCiphertext && !kem) throw new InterlinkError("malformed", `"${to}" answered with an ML-KEM-768 ciphertext to a classical channel opening`);
+    if (instance !== undefined && answeredBy !== instance) throw new InterlinkError("malformed", `the channel opening sent to instance "${instance}" of "${to}" was answered by ${answeredBy === undefined ? "no instance" : `instance "${answeredBy}"`}`);
+    if (this.opts.instance !== undefined && answeredBy === undefined) return this.declineChannel(to, channelId);
     if (!a.kemCiphertext && policy === "hybrid-only") {
       throw new InterlinkError("downgrade", `"${to}" opened the channel with X25519 alone, and this gateway's policy requires X25519 + ML-KEM-768`);
     }
@@ -734,14 +849,32 @@ export class Interlink {
     if (!cert) throw new InterlinkError("untrusted-peer", `no certificate held for "${to}"`);
     const kemShared = a.kemCiphertext && kem ? kemDecapsulate(a.kemCiphertext, kem.secretKey) : undefined;
     const h = { initiator: this.gatewayId, responder: to, channelId, initiatorEphemeral: eph.publicKey, responderEphemeral: a.ephemeral, ...(kemShared ? { kemKey: kem!.publicKey, kemCiphertext: a.kemCiphertext } : {}) };
-    const channel = this.makeChannel(h, eph.privateKey, a.ephemeral, kemShared, cert, true);
+    const channel = this.makeChannel(h, eph.privateKey, a.ephemeral, kemShared, cert, true, answeredBy);
     this.stats.channelsOpened++;
-    this.opts.log?.info("interlink-channel-opened", { peer: to, channel: channel.idHex.slice(0, 8), keyAgreement: channel.hybrid ? "x25519-mlkem768" : "x25519" });
+    this.opts.log?.info("interlink-channel-opened", { peer: to, channel: channel.idHex.slice(0, 8), keyAgreement: channel.hybrid ? "x25519-mlkem768" : "x25519", ...(answeredBy === undefined ? {} : { peerInstance: answeredBy }) });
     return channel;
+  }
+
+  /**
+   * An instance opened a channel and the peer's answer named no instance: the peer runs as one
+   * process, possibly of an older version. Such a peer would send its own requests on the channel to
+   * the domain's shared topic, where they reach any instance, not necessarily this one. So the peer is
+   * asked to drop the channel (kp.channel.reset, which every version takes) and gets signed envelopes,
+   * which any instance can read, for LEGACY_PEER_SECONDS, as a peer without channels does.
+   */
+  private declineChannel(to: string, channelId: Uint8Array): undefined {
+    this.legacyPeers.set(to, this.now() + LEGACY_PEER_SECONDS);
+    this.opts.log?.info("interlink-channel-unsupported", { peer: to, retryInSeconds: LEGACY_PEER_SECONDS, why: "the peer names no instance" });
+    this.send(to, CHANNEL_RESET_TYPE, new Map([["c", channelId]]), { timeoutMs: 5000 }, false).catch(() => undefined);
+    return undefined;
   }
 
   /** The responder's side of the handshake: the request came signed and passed every check. */
   private acceptChannel(req: InterlinkRequest, senderCert: Uint8Array): HandlerResult {
+    // An instance takes channels only from peers that name their instance: one that does not (one
+    // process, possibly older) would send the channel's messages to the shared topic, to any instance.
+    // "no-handler" is what every version takes as "no channels here": it sends signed envelopes.
+    if (this.opts.instance !== undefined && req.fromInstance === undefined) throw new InterlinkError("no-handler", `no handler for request type "${req.type}" from a gateway that names no instance (this domain runs several)`);
     let r;
     try {
       r = readOpenRequest(req.body);
@@ -759,13 +892,13 @@ export class Interlink {
     }
     const eph = generateX25519KeyObject();
     const h = { initiator: req.from, responder: this.gatewayId, channelId: r.channelId, initiatorEphemeral: r.ephemeral, responderEphemeral: eph.publicKey, ...(kem ? { kemKey: r.kemKey, kemCiphertext: kem.cipherText } : {}) };
-    const channel = this.makeChannel(h, eph.privateKey, r.ephemeral, kem?.sharedSecret, senderCert, false);
+    const channel = this.makeChannel(h, eph.privateKey, r.ephemeral, kem?.sharedSecret, senderCert, false, req.fromInstance);
     this.stats.channelsAccepted++;
-    this.opts.log?.info("interlink-channel-accepted", { peer: req.from, channel: channel.idHex.slice(0, 8), keyAgreement: channel.hybrid ? "x25519-mlkem768" : "x25519" });
+    this.opts.log?.info("interlink-channel-accepted", { peer: req.from, channel: channel.idHex.slice(0, 8), keyAgreement: channel.hybrid ? "x25519-mlkem768" : "x25519", ...(req.fromInstance === undefined ? {} : { peerInstance: req.fromInstance }) });
     return { body: openAnswerBody({ channelId: r.channelId, ephemeral: eph.publicKey, peerEphemeral: r.ephemeral, kemCiphertext: kem?.cipherText }), secret: false };
   }
 
-  private makeChannel(h: Parameters<typeof transcriptHash>[0], own: Parameters<typeof x25519Agree>[0], peerEphemeral: Uint8Array, kemShared: Uint8Array | undefined, peerCert: Uint8Array, initiated: boolean): PairwiseChannel {
+  private makeChannel(h: Parameters<typeof transcriptHash>[0], own: Parameters<typeof x25519Agree>[0], peerEphemeral: Uint8Array, kemShared: Uint8Array | undefined, peerCert: Uint8Array, initiated: boolean, peerInstance: string | undefined): PairwiseChannel {
     let x25519: Uint8Array;
     try {
       x25519 = x25519Agree(own, peerEphemeral);
@@ -787,15 +920,17 @@ export class Interlink {
       lifetime: this.opts.channelLifetime ?? DEFAULT_CHANNEL_LIFETIME,
       initiated,
       hybrid: kemShared !== undefined,
+      ...(peerInstance === undefined ? {} : { peerInstance }),
     });
     for (const secret of [shared, x25519, kemShared]) secret?.fill(0);
     this.keepChannel(channel);
     return channel;
   }
 
-  /** Adds a channel; the oldest of that peer's go beyond CHANNELS_PER_PEER. */
+  /** Adds a channel; the oldest of that peer's (that peer process's: of its instance, if it has one)
+   *  go beyond CHANNELS_PER_PEER, so that a domain's many instances do not end each other's channels. */
   private keepChannel(channel: PairwiseChannel): void {
-    const same = [...this.channels.values()].filter((e) => e.channel.peer === channel.peer).sort((x, y) => x.channel.createdAt - y.channel.createdAt);
+    const same = [...this.channels.values()].filter((e) => e.channel.peer === channel.peer && e.channel.peerInstance === channel.peerInstance).sort((x, y) => x.channel.createdAt - y.channel.createdAt);
     while (same.length >= CHANNELS_PER_PEER) this.endChannel((same.shift() as ChannelEntry).channel, "replaced");
     this.channels.set(channel.idHex, { channel, epoch: -1 });
   }
@@ -803,7 +938,7 @@ export class Interlink {
   private endChannel(channel: PairwiseChannel, why: string): void {
     channel.end();
     this.channels.delete(channel.idHex);
-    this.opts.log?.info("interlink-channel-ended", { peer: channel.peer, channel: channel.idHex.slice(0, 8), why });
+    this.opts.log?.info("interlink-channel-ended", { peer: channel.peer, channel: channel.idHex.slice(0, 8), why, ...(channel.peerInstance === undefined ? {} : { peerInstance: channel.peerInstance }) });
   }
 
   /** The channel's peer judged good now, or the channel ended and InterlinkError "untrusted-peer". */
@@ -892,9 +1027,11 @@ export class Interlink {
   private async resendPending(channelHex: string, to: string): Promise<void> {
     const waiting = [...this.pending.values()].filter((p) => p.sent?.channel === channelHex);
     if (waiting.length === 0) return;
+    // They were all on one channel, so with one peer instance; if pinned to it, the new channel is too.
+    const pinned = waiting.find((p) => p.instance !== undefined)?.instance;
     let channel: PairwiseChannel | undefined;
     try {
-      channel = await this.channelTo(to);
+      channel = await this.channelTo(to, pinned);
     } catch (e) {
       this.failPending(channelHex, e);
       return;
@@ -910,7 +1047,7 @@ export class Interlink {
         bytes = signEnvelope({ ...e, senderCert: this.opts.identity.certificate }, this.opts.identity.signing.seed);
         delete p.sent;
       }
-      await this.publish(requestsTopic(to), bytes, { responseTopic: responsesTopic(this.gatewayId), correlationData: e.msgId }).catch(() => undefined);
+      await this.publish(this.requestsTopicFor(to, p.sent ? channel?.peerInstance : p.instance), bytes, { responseTopic: this.ownResponsesTopic(), correlationData: e.msgId }).catch(() => undefined);
     }
   }
 
@@ -966,7 +1103,7 @@ export class Interlink {
     } catch (err) {
       throw new InterlinkError(err instanceof ChannelError ? err.code : "decrypt-failed", err instanceof Error ? err.message : String(err));
     }
-    const e = envelopeFrom({ ...plain, re: plain.re, from: h.from, to: h.to, ephemeral: undefined, senderCert: entry.channel.peerCert });
+    const e = envelopeFrom({ ...plain, re: plain.re, from: h.from, to: h.to, ephemeral: undefined, senderCert: entry.channel.peerCert, fromInstance: entry.channel.peerInstance });
     seen(e);
     return { e, peer, channel: entry.channel };
   }
@@ -981,8 +1118,9 @@ export class Interlink {
       }
       return;
     }
-    const isRequest = topic === requestsTopic(this.gatewayId);
-    if (!isRequest && topic !== responsesTopic(this.gatewayId)) return; // a certificate lookup
+    const inst = this.opts.instance;
+    const isRequest = topic === requestsTopic(this.gatewayId) || (inst !== undefined && topic === instanceRequestsTopic(this.gatewayId, inst));
+    if (!isRequest && topic !== responsesTopic(this.gatewayId) && (inst === undefined || topic !== instanceResponsesTopic(this.gatewayId, inst))) return; // a certificate lookup
     let e: Envelope | undefined;
     try {
       const max = this.opts.maxEnvelopeBytes ?? 65_536;
@@ -1015,11 +1153,20 @@ export class Interlink {
         this.stats.accepted++;
         this.peerCerts.set(e.from, e.senderCert); // verified and good: where later requests to it are encrypted
         const req: InterlinkRequest = { from: e.from, sessionId: e.sessionId, msgId: e.msgId, type: e.type, ts: e.ts, body, secret: channel !== undefined || e.ephemeral !== undefined };
+        if (e.fromInstance !== undefined) req.fromInstance = e.fromInstance;
         await this.answer(req, peer, seen, channel, e.senderCert);
         return;
       }
       const p = e.re ? this.pending.get(toHex(e.re)) : undefined;
-      if (!p || p.to !== e.from || p.sessionId !== toHex(e.sessionId)) throw new InterlinkError("unsolicited", "response matches no pending request (from that gateway, in that session)");
+      if (!p || p.to !== e.from || p.sessionId !== toHex(e.sessionId)) {
+        // The domain's responses topic reaches every instance: an older peer answers there, to
+        // whichever instance asked. Another instance's answer is not ours to refuse.
+        if (inst !== undefined && topic === responsesTopic(this.gatewayId)) {
+          this.stats.siblingAnswers++;
+          return;
+        }
+        throw new InterlinkError("unsolicited", "response matches no pending request (from that gateway, in that session)");
+      }
       this.dedupe.record(key, e.ts, now);
       this.stats.accepted++;
       this.peerCerts.set(e.from, e.senderCert);
@@ -1030,7 +1177,7 @@ export class Interlink {
         const code = String(m.get("code") ?? "error");
         p.reject(new InterlinkError("remote-error", `"${e.from}" answered ${code}: ${String(m.get("message") ?? "")}`, { remoteCode: code }));
       } else {
-        p.resolve(body);
+        p.resolve(e.fromInstance === undefined ? { body } : { body, instance: e.fromInstance });
       }
     } catch (err) {
       const ie = err instanceof InterlinkError ? err : new InterlinkError("malformed", err instanceof Error ? err.message : String(err));
@@ -1063,6 +1210,7 @@ export class Interlink {
       re: req.msgId,
       senderCert: this.opts.identity.certificate,
     };
+    if (this.opts.instance !== undefined) e.fromInstance = this.opts.instance;
     let bytes: Uint8Array;
     if (channel && channel.canSend(e.ts)) {
       bytes = channel.seal(e); // the answer goes back on the channel its request came on
@@ -1070,8 +1218,10 @@ export class Interlink {
       if (result.secret ?? req.secret) encryptBody(e, peer.encryptionKey);
       bytes = signEnvelope(e, this.opts.identity.signing.seed);
     }
-    seen.answer = { topic: responsesTopic(req.from), bytes };
-    await this.publish(responsesTopic(req.from), bytes, { correlationData: req.msgId });
+    // To the instance that asked, when it named itself; else to the domain, as before instances.
+    const topic = req.fromInstance === undefined ? responsesTopic(req.from) : instanceResponsesTopic(req.from, req.fromInstance);
+    seen.answer = { topic, bytes };
+    await this.publish(topic, bytes, { correlationData: req.msgId });
   }
 
   private async handleRequest(req: InterlinkRequest, senderCert: Uint8Array): Promise<HandlerResult> {
