@@ -291,6 +291,29 @@ test("an instance that dies: the request on its channel times out once, the chan
   }
 });
 
+test("an instance restarted under the same name: the request on the channel it forgot is answered after a reset, by that instance", { skip: NO_MOSQUITTO, timeout: 60_000 }, async () => {
+  const w = await makeWorld();
+  try {
+    const b1 = await gateway(w, "b.example", { instance: "b1" });
+    await gateway(w, "b.example", { instance: "b2" });
+    const a = await gateway(w, "a.example", { instance: "a1" });
+    assert.equal((await a.link.requestTo("b.example", "echo", 1, { instance: "b1" })).instance, "b1");
+    await b1.link.close();
+    const again = await gateway(w, "b.example", { instance: "b1" });
+    // b1 knows no channel now: it refuses the message, asks a.example (its only instance) for a reset,
+    // and a1 sends the request again on a new channel opened to b1's own topic.
+    const answer = await a.link.requestTo("b.example", "echo", 2, { instance: "b1" });
+    assert.equal(answer.instance, "b1");
+    assert.equal(field(answer.body, "echo"), 2);
+    assert.equal(again.calls, 1);
+    assert.deepEqual(again.rejections.map((r) => r.code), ["unknown-channel"]);
+    assert.ok(a.records.some((r) => r.event === "interlink-channel-ended" && r.why === "the peer no longer knows it" && r.peerInstance === "b1"));
+    assert.equal(a.link.stats.channelsOpened, 2);
+  } finally {
+    await closeWorld(w);
+  }
+});
+
 test("peers that name no instance (one process, or older): signed envelopes both ways, no channel, every request answered", { skip: NO_MOSQUITTO, timeout: 60_000 }, async () => {
   const w = await makeWorld();
   try {
