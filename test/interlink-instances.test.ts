@@ -291,24 +291,28 @@ test("an instance that dies: the request on its channel times out once, the chan
   }
 });
 
-test("an instance restarted under the same name: the request on the channel it forgot is answered after a reset, by that instance", { skip: NO_MOSQUITTO, timeout: 60_000 }, async () => {
+test("an instance restarted under the same name: requests on the channels it forgot are answered after a reset, sent to each asking instance, by that instance", { skip: NO_MOSQUITTO, timeout: 60_000 }, async () => {
   const w = await makeWorld();
   try {
     const b1 = await gateway(w, "b.example", { instance: "b1" });
     await gateway(w, "b.example", { instance: "b2" });
-    const a = await gateway(w, "a.example", { instance: "a1" });
-    assert.equal((await a.link.requestTo("b.example", "echo", 1, { instance: "b1" })).instance, "b1");
+    const a = [await gateway(w, "a.example", { instance: "a1" }), await gateway(w, "a.example", { instance: "a2" })];
+    for (const g of a) assert.equal((await g.link.requestTo("b.example", "echo", 1, { instance: "b1" })).instance, "b1");
     await b1.link.close();
     const again = await gateway(w, "b.example", { instance: "b1" });
-    // b1 knows no channel now: it refuses the message, asks a.example (its only instance) for a reset,
-    // and a1 sends the request again on a new channel opened to b1's own topic.
-    const answer = await a.link.requestTo("b.example", "echo", 2, { instance: "b1" });
-    assert.equal(answer.instance, "b1");
-    assert.equal(field(answer.body, "echo"), 2);
-    assert.equal(again.calls, 1);
-    assert.deepEqual(again.rejections.map((r) => r.code), ["unknown-channel"]);
-    assert.ok(a.records.some((r) => r.event === "interlink-channel-ended" && r.why === "the peer no longer knows it" && r.peerInstance === "b1"));
-    assert.equal(a.link.stats.channelsOpened, 2);
+    // b1 knows no channel now: it refuses each message and asks for a reset, signed, sent to the
+    // instance that the message's MQTT 5 responseTopic names (the channel message itself does not say),
+    // so each asking instance ends its channel and sends its request again on a new one to b1.
+    const answers = await Promise.all(a.map((g) => g.link.requestTo("b.example", "echo", g.name, { instance: "b1" })));
+    for (const [k, answer] of answers.entries()) {
+      assert.equal(answer.instance, "b1");
+      assert.equal(field(answer.body, "echo"), a[k].name);
+      assert.ok(a[k].records.some((r) => r.event === "interlink-channel-ended" && r.why === "the peer no longer knows it" && r.peerInstance === "b1"), `${a[k].name} ended its channel`);
+      assert.equal(a[k].link.stats.channelsOpened, 2);
+      assert.equal(a[k].link.stats.channelResets, 1, `${a[k].name} got its own reset`);
+    }
+    assert.equal(again.calls, 2);
+    assert.deepEqual(again.rejections.map((r) => r.code), ["unknown-channel", "unknown-channel"]);
   } finally {
     await closeWorld(w);
   }

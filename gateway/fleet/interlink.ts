@@ -22,7 +22,10 @@
 // whose opening is answered without one resets that channel and does the same: a peer older than
 // instances would send channel messages to the shared topic, to any instance. A request on a channel
 // pinned to a peer instance that times out ends that channel ("the peer instance did not answer"), so
-// the next opening goes through the shared topic to a live instance. request() takes any instance;
+// the next opening goes through the shared topic to a live instance. An instance that restarted asks
+// for a reset of a channel it forgot at the sending instance's own topic when the message's MQTT 5
+// responseTopic names one (a hint for where the signed reset goes, nothing more), else at the sender's
+// domain (any of its instances). request() takes any instance;
 // RequestOptions.instance pins one (its channel, opened to its own topic if need be) and requestTo()
 // says which instance answered.
 //
@@ -47,7 +50,7 @@
 // header, and the outer signature binds everything to the sender.
 //
 // MQTT 5 responseTopic and correlationData are set when the connection is MQTT 5 (Mosquitto), for
-// tools such as `mosquitto_sub -V 5`. They are never relied on: the broker could rewrite them. The
+// tools such as `mosquitto_sub -V 5` (and as the hint above). They are never relied on: the broker could rewrite them. The
 // reply always goes to the signed `from`'s responses topic and is matched by the signed `re`. The
 // in-process broker (aedes 1.x) speaks MQTT 3.1.1 only, so protocolVersion 4 must work too, and does.
 //
@@ -564,7 +567,7 @@ export class Interlink {
     noDelay();
     client.on("connect", noDelay);
     const link = new Interlink(client, opts);
-    client.on("message", (topic, payload) => void link.receive(topic, new Uint8Array(payload)));
+    client.on("message", (topic, payload, packet) => void link.receive(topic, new Uint8Array(payload), packet.properties?.responseTopic));
     // Every later "connect" is a reconnect (the client resubscribes by itself).
     client.on("connect", () => link.republish());
     await client.subscribeAsync(Interlink.subscriptions(id, opts.instance));
@@ -993,18 +996,34 @@ export class Interlink {
     for (const { channel } of [...this.channels.values()]) if (!channel.canReceive(now, grace)) this.endChannel(channel, "expired");
   }
 
-  /** A message on a channel we do not know: ask its claimed sender, in a signed request, to drop it. */
-  private askReset(h: ChannelHeader): void {
+  /** A message on a channel we do not know: ask its claimed sender, in a signed request, to drop it;
+   *  to the sending instance's own topic when the message's MQTT 5 responseTopic names one (senderInstance). */
+  private askReset(h: ChannelHeader, senderInstance: string | undefined): void {
     if (h.to !== this.gatewayId || this.closed) return;
     const now = this.now();
-    const last = this.resetSent.get(h.from);
+    const sender = senderInstance === undefined ? h.from : `${h.from}/${senderInstance}`;
+    const last = this.resetSent.get(sender);
     if (last !== undefined && now - last < 1) return;
     if (this.resetBudget.second !== now) this.resetBudget = { second: now, left: RESETS_PER_SECOND };
     if (this.resetBudget.left <= 0) return;
     this.resetBudget.left--;
     if (this.resetSent.size >= RESET_MEMORY) this.resetSent.delete(this.resetSent.keys().next().value as string);
-    this.resetSent.set(h.from, now);
-    this.send(h.from, CHANNEL_RESET_TYPE, new Map([["c", h.channelId]]), { timeoutMs: 5000 }, false).catch(() => undefined);
+    this.resetSent.set(sender, now);
+    this.send(h.from, CHANNEL_RESET_TYPE, new Map([["c", h.channelId]]), { timeoutMs: 5000, ...(senderInstance === undefined ? {} : { instance: senderInstance }) }, false).catch(() => undefined);
+  }
+
+  /**
+   * The instance that sent a message, as its MQTT 5 responseTopic says (its own responses topic), or
+   * undefined. A channel message does not name its sender's instance, and a channel we do not know
+   * cannot tell us; this hint only chooses where a reset goes (the reset itself is signed, and whoever
+   * takes it checks that the channel is its own with us), so a false one costs what a lost reset
+   * does: the sender's request times out.
+   */
+  private instanceHint(from: string, responseTopic: string | undefined): string | undefined {
+    const prefix = `${TOPIC_ROOT}/${from}/i/`;
+    if (responseTopic === undefined || !responseTopic.startsWith(prefix) || !responseTopic.endsWith("/responses")) return undefined;
+    const instance = responseTopic.slice(prefix.length, -"/responses".length);
+    return isInstanceName(instance) ? instance : undefined;
   }
 
   /** The peer no longer knows one of our channels: end it, and send its pending requests again on a new one. */
@@ -1083,7 +1102,7 @@ export class Interlink {
   }
 
   /** A channel message, opened on its channel, its peer still judged good. */
-  private async readOnChannel(bytes: Uint8Array, now: number, seen: (e: Envelope) => void): Promise<{ e: Envelope; peer: GatewayPeer; channel: PairwiseChannel }> {
+  private async readOnChannel(bytes: Uint8Array, now: number, seen: (e: Envelope) => void, responseTopic: string | undefined): Promise<{ e: Envelope; peer: GatewayPeer; channel: PairwiseChannel }> {
     let h: ChannelHeader;
     try {
       h = parseChannelMessage(bytes);
@@ -1092,7 +1111,7 @@ export class Interlink {
     }
     const entry = this.channels.get(toHex(h.channelId));
     if (!entry || !entry.channel.canReceive(now, this.opts.maxSkew ?? 60)) {
-      this.askReset(h);
+      this.askReset(h, this.instanceHint(h.from, responseTopic));
       throw new InterlinkError("unknown-channel", `no channel ${toHex(h.channelId).slice(0, 8)} with "${h.from}" here (ended, or this gateway restarted): the sender is asked to open a new one`);
     }
     if (h.to !== this.gatewayId) throw new InterlinkError("wrong-recipient", `channel message is addressed to "${h.to}", not to us`);
@@ -1108,7 +1127,8 @@ export class Interlink {
     return { e, peer, channel: entry.channel };
   }
 
-  private async receive(topic: string, bytes: Uint8Array): Promise<void> {
+  /** responseTopic: the MQTT 5 property, a routing hint at most (instanceHint), never trusted. */
+  private async receive(topic: string, bytes: Uint8Array, responseTopic?: string): Promise<void> {
     const watcher = this.watched.get(topic);
     if (watcher) {
       try {
@@ -1127,7 +1147,7 @@ export class Interlink {
       if (bytes.length > max) throw new InterlinkError("too-large", `envelope of ${bytes.length} bytes is above ${max}`);
       const now = this.now();
       const read: { e: Envelope; peer: GatewayPeer; channel?: PairwiseChannel } = isChannelMessage(bytes)
-        ? await this.readOnChannel(bytes, now, (x) => (e = x))
+        ? await this.readOnChannel(bytes, now, (x) => (e = x), responseTopic)
         : await this.readSigned(bytes, now, (x) => (e = x));
       e = read.e;
       const { peer, channel } = read;
