@@ -43,7 +43,7 @@ ${helpRows([
   ["--db <url>", "the registry in PostgreSQL (postgres://user@host/db) instead of the data directory's SQLite file; the key-encryption key stays in the data directory (keyproxy db copy moves an SQLite registry there)"],
   ["--listen <host:port>", "device link address (port 0: any free port)"],
   ["--id <domain>", "the gateway's name: its domain, so its devices are name@<domain> across the fleet (default: kept from the last run, else gateway.local)"],
-  ["--instance <name>", "run as this instance of the domain, beside others on the same --db postgres://... and --mqtt broker; each instance has its own data directory holding copies of the domain's gateway.key and keyproxy.kek (docs/SCALING.md, \"Instances of a domain\"); needs --no-fleet for now"],
+  ["--instance <name>", "run as this instance of the domain, beside others on the same --db postgres://... and --mqtt broker; each instance has its own data directory holding copies of the domain's gateway.key and keyproxy.kek (docs/SCALING.md, \"Instances of a domain\"); the broker must support shared subscriptions (Mosquitto does) when the fleet is on"],
   ["--max-lifetime <s>", `longest registration granted, seconds (default 86400, at most ${LIFETIME_CEILING}: 20 days)`],
   ["--min-lifetime <s>", "shortest registration granted, seconds (default 60)"],
   ["--mqtt <url>", "publish monitoring to this broker (e.g. mqtt://127.0.0.1:1883) instead of an embedded one"],
@@ -209,8 +209,8 @@ export async function gatewayCommand(argv: string[]): Promise<number> {
   if (fleetOn && o.id !== undefined && !isGatewayId(o.id)) throw new UsageError(`--id "${o.id}" is not a domain name (letters, digits, - _ and dots), which the fleet names devices by; pick one, or pass --no-fleet`);
   if ((o["no-fleet"] || o["no-mqtt"]) && (o.recheck !== undefined || o.verifier !== undefined)) throw new UsageError("--recheck and --verifier are about sessions across gateways, which --no-fleet and --no-mqtt turn off");
   if (o.verifier !== undefined && !isGatewayId(o.verifier)) throw new UsageError(`--verifier wants the verifier's id (a domain name), got "${o.verifier}"`);
-  if (o.instance !== undefined && (o.db === undefined || o.mqtt === undefined || !o["no-fleet"])) {
-    throw new UsageError("--instance runs one of several gateway processes of a domain: they share --db postgres://... and a broker (--mqtt <url>), and sessions across gateways are not yet run by instances (add --no-fleet)");
+  if (o.instance !== undefined && (o.db === undefined || o.mqtt === undefined)) {
+    throw new UsageError("--instance runs one of several gateway processes of a domain: they share --db postgres://... and a broker (--mqtt <url>)");
   }
   const keyAgreement = o["key-agreement"] as KeyAgreementPolicy | undefined;
   if (keyAgreement !== undefined && !KEY_AGREEMENT_POLICIES.includes(keyAgreement)) throw new UsageError(`--key-agreement wants ${KEY_AGREEMENT_POLICIES.join(", ")}, got "${keyAgreement}"`);

@@ -33,7 +33,7 @@ import { GroupLink } from "./crossgw/groups-remote.ts";
 import { Instances } from "./instances/instances.ts";
 import { isDatabaseUrl, NotARegistry, Store, type StoreOptions } from "./registry/store.ts";
 import { KEK_FILE, KEK_FILE_ENV } from "./registry/kek.ts";
-import { CloseReason, Msg, type InnerMessage } from "../firmware/proto/messages.ts";
+import { CloseReason, Msg, type InnerMessage, type SaData } from "../firmware/proto/messages.ts";
 
 export const DB_FILE = "keyproxy.db";
 export const DEFAULT_LISTEN = { host: "127.0.0.1", port: 7447 };
@@ -145,12 +145,12 @@ export async function openRegistry(dataDir: string, database?: string): Promise<
 }
 
 /** Fleet trust, the interlink over the gateway's broker, and the cross-gateway hook on top. */
-async function startFleet(f: FleetOptions, gw: Gateway, ctx: SessionHookContext, url: string, dataDir: string): Promise<CrossGateway> {
+async function startFleet(f: FleetOptions, gw: Gateway, ctx: SessionHookContext, url: string, dataDir: string, instance: string | undefined): Promise<CrossGateway> {
   const { credentials } = f;
   if (credentials.gatewayId !== gw.id) throw new Error(`the fleet certificate is for gateway "${credentials.gatewayId}", this gateway is "${gw.id}"`);
   const trust = new FleetTrust({ dataDir, anchor: credentials.anchor, log: gw.log, now: ctx.now, verifierId: gw.id, devFleet: f.devFleet, maxAnswerLifetime: f.maxAnswerLifetime });
   const interlink = await Interlink.connect({
-    url, identity: credentials, trust: checkerTrust(trust.checker), now: ctx.now, log: gw.log, protocolVersion: f.protocolVersion ?? "auto",
+    url, identity: credentials, trust: checkerTrust(trust.checker), now: ctx.now, log: gw.log, protocolVersion: f.protocolVersion ?? "auto", instance,
     keyAgreement: f.keyAgreement, // the channels follow the fleet's policy where it names one (else hybrid when both can)
   });
   try {
@@ -211,7 +211,7 @@ async function startInstance(opts: GatewayOptions, id: string, store: Store, log
   if (!INSTANCE_NAME.test(instance)) throw new Error(`--instance "${instance.slice(0, 80)}" must be 1 to 63 letters, digits, - and _, starting with a letter or digit`);
   if (store.engine !== "postgres") throw new Error("instances of a domain share its registry: --instance needs --db postgres://...");
   if (!opts.mqtt) throw new Error("instances of a domain talk over MQTT: --instance needs --mqtt");
-  if (opts.fleet || opts.sessionHook) throw new Error("sessions across gateways are not yet run by several instances of a domain: start it without --instance, or without the fleet");
+  if (opts.sessionHook) throw new Error("an instance runs sessions across gateways with the fleet (GatewayOptions.fleet), not with a sessionHook");
   const url = "url" in opts.mqtt ? opts.mqtt.url : undefined;
   if (!url) throw new Error("instances of a domain share one broker: --instance needs --mqtt <url>, not the embedded broker of one of them");
   // Before the bus says "online": a second process under a name that is online must change nothing
@@ -304,7 +304,7 @@ export class Gateway {
         spiTaken: (spi) => sessions.sessions.has(spi) || (hook?.holdsSpi?.(spi) ?? false),
       });
       const revokeDevice = (dev: string, why: string) => revoke(store, sessions, links!, log, now, dev, why, instances);
-      const ctx: SessionHookContext = { gatewayId: id, store, policy, log, crypto, now, sessions, settings, send, relay, isLinked, revokeDevice };
+      const ctx: SessionHookContext = { gatewayId: id, store, policy, log, crypto, now, sessions, settings, send, relay, isLinked, ...domainWide, sharing: instances, revokeDevice };
       if (opts.fleet && (opts.sessionHook || !opts.mqtt)) throw new Error(opts.sessionHook ? "fleet and sessionHook exclude each other" : "sessions across gateways need MQTT (the interlink runs over it)");
       hook = opts.sessionHook?.(ctx);
       const answerRequest = async (dev: string, m: InnerMessage) => {
@@ -319,15 +319,24 @@ export class Gateway {
           instances?.endAllElsewhere(dev, CloseReason.Deregistered, "deregistered", false);
         },
       });
+      // A device's message or SA frame for what this process runs: from its own link, or sent on by
+      // another instance of the domain where the device is linked (gateway/instances/).
+      // From its own link, a session message about an SA another instance runs goes there.
+      const ownMessage = (dev: string, m: InnerMessage, fromOwnLink: boolean): void | Promise<void> => {
+        if (groups!.handle(dev, m) || hook?.handle(dev, m)) return;
+        if (fromOwnLink && instances?.handleInner(dev, m)) return;
+        if (m.t >= Msg.ConnectRequest) return sessions.handle(dev, m);
+        return answerRequest(dev, m);
+      };
+      const deviceMessage = (dev: string, m: InnerMessage) => ownMessage(dev, m, false);
+      const deviceFrame = (dev: string, m: SaData, payload: Uint8Array): void => {
+        if (!groups!.relay(dev, m, payload) && !hook?.relay(dev, m, payload)) sessions.relay(dev, m, payload);
+      };
       links = new LinkServer({
         store, log, crypto, cbor, now, limits: opts.limits, nowMs: opts.nowMs,
         // Synchronous where nothing waits for the registry (most session messages), so the frames
         // behind this one are not held back for nothing (gateway/link/server.ts, inOrder).
-        onInner: (dev, m) => {
-          if (groups!.handle(dev, m) || hook?.handle(dev, m) || instances?.handleInner(dev, m)) return;
-          if (m.t >= Msg.ConnectRequest) return sessions.handle(dev, m);
-          return answerRequest(dev, m);
-        },
+        onInner: (dev, m) => ownMessage(dev, m, true),
         onSaData: (dev, m, payload) =>
           groups!.relay(dev, m, payload) || hook?.relay(dev, m, payload) ||
           // An SA another instance runs: relayed from its row in the domain's database.
@@ -344,7 +353,7 @@ export class Gateway {
       const radios = new RadioBook((dev) => gw.monitoring?.publisher.deviceChanged(dev));
       const want = opts.listen ?? DEFAULT_LISTEN;
       const address = await links.listen(want.host, want.port);
-      instances?.attach(links, sessions);
+      instances?.attach(links, sessions, { deviceMessage, deviceFrame });
       const gw = new Gateway(store, links, address, id, log, sessions, policy, lock);
       gw.instances = instances;
       gw.radios = radios;
@@ -362,7 +371,7 @@ export class Gateway {
       if (opts.fleet && gw.monitoring) {
         try {
           const fleet = typeof opts.fleet === "function" ? opts.fleet(id) : opts.fleet;
-          hook = gw.hook = await startFleet(fleet, gw, ctx, gw.monitoring.connectUrl, opts.dataDir);
+          hook = gw.hook = await startFleet(fleet, gw, ctx, gw.monitoring.connectUrl, opts.dataDir, opts.instance);
         } catch (e) {
           await links.close();
           await gw.monitoring.stop();

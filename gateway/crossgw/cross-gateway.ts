@@ -87,6 +87,9 @@ interface CrossSession {
   device: string;
   peer: string;
   peerGateway: string;
+  /** The peer gateway's process that runs this SA with us, when that domain runs several instances:
+   *  everything about the SA goes to it (RequestOptions.instance). */
+  peerInstance?: string;
   app: string;
   suite: number;
   role: 0 | 1;
@@ -117,6 +120,7 @@ interface WaitingMsg3 {
   callee: string;
   calleeRid: number;
   peerGateway: string;
+  peerInstance?: string;
   terms: xm.SaTerms;
   timer: NodeJS.Timeout;
 }
@@ -241,7 +245,7 @@ export class CrossGateway implements SessionHook {
       return true;
     }
     this.opts.interlink
-      .request(s.peerGateway, xm.XGW_SA, xm.frameBody(s.spi, payload))
+      .request(s.peerGateway, xm.XGW_SA, xm.frameBody(s.spi, payload), { instance: s.peerInstance })
       .then(() => this.stats.relayed++)
       .catch((e: unknown) => {
         this.stats.relayDropped++;
@@ -380,7 +384,7 @@ export class CrossGateway implements SessionHook {
         this.stats.refused++;
         return fail(REFUSAL_CODE[out.refused], "xsession-rejected", `the peer gateway answered ${out.refused}`);
       }
-      this.install(out.result, caller, domain, rid, out.terms);
+      await this.install(out.result, caller, { gateway: domain, instance: out.instance }, rid, out.terms);
     } catch (e) {
       this.stats.failed++;
       // An unknown domain has no certified gateway to answer: to the device it is an unknown name.
@@ -392,13 +396,16 @@ export class CrossGateway implements SessionHook {
 
   /** Runs the exchange as the initiator, in `own`'s name: the result to install, or the callee side's
    *  refusal. Throws ExchangeError or InterlinkError; key material is wiped on every way out. */
-  private async initiate(own: { party: LocalParty; suites: number[][] }, peer: string, domain: string, app: string, replaces: number, budgetMs: number): Promise<{ result: ExchangeResult; terms: xm.SaTerms } | { refused: xm.Refusal }> {
+  private async initiate(own: { party: LocalParty; suites: number[][] }, peer: string, domain: string, app: string, replaces: number, budgetMs: number, instance?: string): Promise<{ result: ExchangeResult; terms: xm.SaTerms; instance?: string } | { refused: xm.Refusal }> {
     const init = new Initiator(this.exchangeDeps, own.party, peer, app, own.suites, { replaces });
     const sessionId = init.msg1.sessionId;
     const started = Date.now();
     const left = () => Math.max(1, budgetMs - (Date.now() - started));
     try {
-      const a2 = xm.readConnectAnswer(await this.opts.interlink.request(domain, xm.XGW_MSG1, xm.connectBody(encodeMsg1(init.msg1), this.ownTerms), { sessionId, secret: true, timeoutMs: left() }));
+      // Any instance of the peer's domain may answer message 1 (its shared subscription picks one);
+      // message 3 and everything after go to that one, which holds the exchange.
+      const answer1 = await this.opts.interlink.requestTo(domain, xm.XGW_MSG1, xm.connectBody(encodeMsg1(init.msg1), this.ownTerms), { sessionId, secret: true, timeoutMs: left(), instance });
+      const a2 = xm.readConnectAnswer(answer1.body);
       if ("refused" in a2) {
         init.abort(`refused: ${a2.refused}`);
         return a2;
@@ -406,8 +413,8 @@ export class CrossGateway implements SessionHook {
       // The callee's gateway may only shorten what we offered.
       const terms = { lifetime: Math.min(a2.lifetime, this.ownTerms.lifetime), limit: Math.min(a2.limit, this.ownTerms.limit) };
       const msg3 = await init.onMsg2(decodeMsg2(a2.msg2));
-      const a4 = xm.readFinished(await this.opts.interlink.request(domain, xm.XGW_MSG3, xm.finishBody(encodeMsg3(msg3)), { sessionId, secret: true, timeoutMs: left() }));
-      return { result: init.onMsg4(decodeMsg4(a4)), terms };
+      const a4 = xm.readFinished(await this.opts.interlink.request(domain, xm.XGW_MSG3, xm.finishBody(encodeMsg3(msg3)), { sessionId, secret: true, timeoutMs: left(), instance: answer1.instance }));
+      return { result: init.onMsg4(decodeMsg4(a4)), terms, instance: answer1.instance };
     } catch (e) {
       init.abort("failed");
       throw e;
@@ -429,7 +436,7 @@ export class CrossGateway implements SessionHook {
       return;
     }
     // The initiating gateway runs every rekey of an SA: ask it to.
-    this.opts.interlink.request(s.peerGateway, xm.XGW_REKEY, xm.rekeyBody(s.spi)).catch((e: unknown) => {
+    this.opts.interlink.request(s.peerGateway, xm.XGW_REKEY, xm.rekeyBody(s.spi), { instance: s.peerInstance }).catch((e: unknown) => {
       s.rekeying = false;
       ctx.log.warn("xsession-rekey-failed", { device: s.device, peer: s.peer, spi: spiText(s.spi), reason: `the peer gateway did not take the rekey notice: ${reasonOf(e)}` });
     });
@@ -454,14 +461,15 @@ export class CrossGateway implements SessionHook {
       return;
     }
     try {
-      const out = await this.initiate(own, s.peer, s.peerGateway, s.app, s.spi, ctx.settings.answerTimeoutMs + 5000);
+      // To the peer's process that runs the SA it replaces: only that one knows it.
+      const out = await this.initiate(own, s.peer, s.peerGateway, s.app, s.spi, ctx.settings.answerTimeoutMs + 5000, s.peerInstance);
       if ("refused" in out) throw new Error(`the peer gateway answered ${out.refused}`);
       if (this.sessions.get(s.spi) !== s) {
         out.result.seed.fill(0); // the old SA ended meanwhile: nothing to replace
         return;
       }
       this.stats.rekeyed++;
-      this.install(out.result, s.device, s.peerGateway, 0, out.terms);
+      await this.install(out.result, s.device, { gateway: s.peerGateway, instance: out.instance }, 0, out.terms);
     } catch (e) {
       s.rekeying = false;
       this.stats.failed++;
@@ -548,7 +556,7 @@ export class CrossGateway implements SessionHook {
       this.exchanges.delete(key);
       responder.abort("message 3 did not come in time");
     }, (this.exchangeDeps.timeout ?? 30) * 1000);
-    this.exchanges.set(key, { responder, callee, calleeRid: rid, peerGateway: req.from, terms, timer });
+    this.exchanges.set(key, { responder, callee, calleeRid: rid, peerGateway: req.from, peerInstance: req.fromInstance, terms, timer });
     return { body: xm.acceptBody(encodeMsg2(responder.msg2), terms) };
   }
 
@@ -567,26 +575,40 @@ export class CrossGateway implements SessionHook {
         this.stats.rekeyed++;
       }
     }
-    this.install(result, x.callee, req.from, x.calleeRid, x.terms);
+    await this.install(result, x.callee, { gateway: req.from, instance: x.peerInstance }, x.calleeRid, x.terms);
     return { body: xm.finishedBody(encodeMsg4(msg4)) };
   }
 
   // --- both sides ----------------------------------------------------------------------------------
 
+  /** An SPI held at this gateway already (here, by its broker, or, with several instances, anywhere in
+   *  the domain: claimed in its database). */
+  private async spiTaken(r: ExchangeResult, device: string, terms: xm.SaTerms): Promise<boolean> {
+    const here = () => this.closed || this.sessions.has(r.spi) || this.ctx.sessions.sessions.has(r.spi);
+    const sharing = this.ctx.sharing;
+    if (here() || !sharing) return here();
+    const row = { spi: r.spi, initiator: device, responder: r.peer, app: r.app, suite: r.suite, expiresAt: this.ctx.now() + terms.lifetime, up: false, home: sharing.instance };
+    if (!(await sharing.claim(row))) return true;
+    if (!here()) return false;
+    sharing.ended(r.spi);
+    return true;
+  }
+
   /** The key transfer of seed 004: the derived seed to our own device. */
-  private install(r: ExchangeResult, device: string, peerGateway: string, rid: number, terms: xm.SaTerms): void {
+  private async install(r: ExchangeResult, device: string, peer: { gateway: string; instance?: string }, rid: number, terms: xm.SaTerms): Promise<void> {
     const { ctx } = this;
+    const peerGateway = peer.gateway;
     const role = r.role === "initiator" ? 0 : 1;
-    if (this.closed || this.sessions.has(r.spi) || ctx.sessions.sessions.has(r.spi)) {
+    if (await this.spiTaken(r, device, terms)) {
       // A derived SPI that is taken here (odds 2^-32 per SA): refuse rather than mix two SAs.
       r.seed.fill(0);
       ctx.log.warn("xsession-failed", { device, peer: r.peer, reason: "the derived SPI is in use at this gateway" });
       if (role === 0 && !r.replaces) ctx.send(device, { t: Msg.Error, rid, code: ErrorCode.Rejected });
-      void this.opts.interlink.request(peerGateway, xm.XGW_BYE, xm.byeBody(r.spi, CloseReason.PeerGone)).catch(() => undefined);
+      void this.opts.interlink.request(peerGateway, xm.XGW_BYE, xm.byeBody(r.spi, CloseReason.PeerGone), { instance: peer.instance }).catch(() => undefined);
       return;
     }
     const s: CrossSession = {
-      spi: r.spi, device, peer: r.peer, peerGateway, app: r.app, suite: r.suite, role, terms, replaces: r.replaces,
+      spi: r.spi, device, peer: r.peer, peerGateway, peerInstance: peer.instance, app: r.app, suite: r.suite, role, terms, replaces: r.replaces,
       certs: { own: r.ownCert, peer: r.peerCert, peerGateway: r.peerGatewayCert },
       seed: r.seed, localConfirmed: false, remoteConfirmed: this.earlyConfirmed.get(r.spi) === peerGateway, state: "confirming", rekeying: false, timer: null, rekeyTimer: null,
     };
@@ -613,7 +635,7 @@ export class CrossGateway implements SessionHook {
     s.seed = null;
     s.localConfirmed = true;
     this.opts.interlink
-      .request(s.peerGateway, xm.XGW_CONFIRMED, xm.confirmedBody(s.spi))
+      .request(s.peerGateway, xm.XGW_CONFIRMED, xm.confirmedBody(s.spi), { instance: s.peerInstance })
       .catch((e: unknown) => this.end(s, CloseReason.PeerGone, `the peer gateway did not take our confirmation: ${e instanceof Error ? e.message : String(e)}`, false));
     this.maybeUp(s);
   }
@@ -623,6 +645,7 @@ export class CrossGateway implements SessionHook {
     const { ctx } = this;
     if (s.timer) clearTimeout(s.timer);
     s.state = "up";
+    ctx.sharing?.up(s.spi);
     s.timer = setTimeout(() => this.end(s, CloseReason.Expired, "lifetime over", false), (s.terms.lifetime + 5) * 1000);
     // A device asks for a rekey only when it sends: without this a quiet SA would run out.
     const rekeyAt = s.role === 0 ? REKEY_AT : ANSWERING_SIDE_REKEY_AT;
@@ -643,7 +666,9 @@ export class CrossGateway implements SessionHook {
     old.state = "retiring";
     stopTimers(old);
     old.timer = setTimeout(() => {
-      if (this.sessions.get(spi) === old) this.sessions.delete(spi);
+      if (this.sessions.get(spi) !== old) return;
+      this.sessions.delete(spi);
+      this.ctx.sharing?.ended(spi);
     }, this.ctx.settings.overlapMs);
   }
 
@@ -660,6 +685,7 @@ export class CrossGateway implements SessionHook {
     if (this.sessions.get(s.spi) !== s || s.state !== "retiring") return;
     this.sessions.delete(s.spi);
     stopTimers(s);
+    this.ctx.sharing?.ended(s.spi);
   }
 
   /** Ends an SA here, and a replacement of it still being set up, and the SA it replaced if that one
@@ -668,6 +694,7 @@ export class CrossGateway implements SessionHook {
     if (this.sessions.get(s.spi) !== s) return;
     this.sessions.delete(s.spi);
     stopTimers(s);
+    this.ctx.sharing?.ended(s.spi);
     if (s.seed) s.seed.fill(0);
     const predecessor = s.replaces ? this.sessions.get(s.replaces) : undefined;
     if (predecessor) this.forgetRetired(predecessor);
@@ -677,7 +704,7 @@ export class CrossGateway implements SessionHook {
     this.ctx.store.auditBatched(this.ctx.now(), s.device, "session-down", `peer=${s.peer} spi=${spiText(s.spi)} ${why}`);
     if (notifyPeer && !this.closed) {
       const peerReason = reason === CloseReason.Bye || reason === CloseReason.Revoked ? reason : CloseReason.PeerGone;
-      void this.opts.interlink.request(s.peerGateway, xm.XGW_BYE, xm.byeBody(s.spi, peerReason)).catch(() => undefined);
+      void this.opts.interlink.request(s.peerGateway, xm.XGW_BYE, xm.byeBody(s.spi, peerReason), { instance: s.peerInstance }).catch(() => undefined);
     }
     for (const o of [...this.sessions.values()]) if (o.replaces === s.spi && o.state === "confirming") this.end(o, reason, why, notifyPeer);
   }

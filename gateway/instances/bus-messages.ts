@@ -11,6 +11,9 @@ export const BUS_VERSION = 1;
 export interface Deliver { k: "deliver"; dev: string; m: InnerMessage }
 /** To the instance a device is linked to: write this SA frame (an outer payload) to the device. */
 export interface Frame { k: "frame"; dev: string; payload: Uint8Array }
+/** To an SA's home: this SA frame came from a device linked at the sender, for an SA with a device of
+ *  another domain (the home sends it on over the interlink). */
+export interface DeviceFrame { k: "deviceFrame"; dev: string; payload: Uint8Array }
 /** To an SA's home (the instance that runs it): this session message came from a device linked here. */
 export interface FromDevice { k: "fromDevice"; dev: string; m: InnerMessage }
 /** To all: the device's link is now at the sender (linked), or left it (unlinked). */
@@ -24,10 +27,10 @@ export interface EndAll { k: "endAll"; dev: string; reason: number; why: string;
 export interface Online { k: "online"; epoch: Uint8Array }
 export interface Gone { k: "gone"; epoch: Uint8Array }
 
-export type BusBody = Deliver | Frame | FromDevice | Linked | Unlinked | EndAll | Online | Gone;
+export type BusBody = Deliver | Frame | FromDevice | Linked | Unlinked | EndAll | Online | Gone | DeviceFrame;
 export interface BusMessage { from: string; to: string; sentAtMs: number; body: BusBody }
 
-const KINDS = ["deliver", "frame", "fromDevice", "linked", "unlinked", "endAll", "online", "gone"] as const;
+const KINDS = ["deliver", "frame", "fromDevice", "linked", "unlinked", "endAll", "online", "gone", "deviceFrame"] as const;
 
 export class MalformedBusMessage extends Error {}
 
@@ -39,6 +42,7 @@ export function encodeBusMessage(msg: BusMessage): unknown[] {
     case "fromDevice":
       return [...head, b.dev, encodeMessage(b.m)];
     case "frame":
+    case "deviceFrame":
       return [...head, b.dev, b.payload];
     case "linked":
     case "unlinked":
@@ -69,6 +73,7 @@ function decodeBody(k: (typeof KINDS)[number], f: unknown[]): BusBody {
       expectFields(f, 2);
       return { k, dev: dev(), m: inner(f[1]) };
     case "frame":
+    case "deviceFrame":
       expectFields(f, 2);
       return { k, dev: dev(), payload: bytes(f[1], "frame") };
     case "linked":

@@ -13,7 +13,8 @@
 // instance within the grace period and their SAs, which each device kept, carry on.
 
 import type { InnerMessage, SaData } from "../../firmware/proto/messages.ts";
-import { CloseReason, Msg } from "../../firmware/proto/messages.ts";
+import { CloseReason, decodeMessage, Msg } from "../../firmware/proto/messages.ts";
+import * as cbor from "../encoding/cbor.ts";
 import type { LinkServer } from "../link/server.ts";
 import type { Logger } from "../log/logger.ts";
 import { spiText } from "../log/protocol-names.ts";
@@ -41,6 +42,12 @@ export interface InstancesOptions {
   now: () => number;
 }
 
+/** The gateway's own handling of what a device sends (gateway.ts). */
+export interface OwnHandling {
+  deviceMessage(dev: string, m: InnerMessage): void | Promise<void>;
+  deviceFrame(dev: string, m: SaData, payload: Uint8Array): void;
+}
+
 /** What an instance knows of an SA homed elsewhere: enough to route its messages and frames. */
 interface Route {
   home: string;
@@ -48,6 +55,19 @@ interface Route {
   responder: string;
   up: boolean;
 }
+
+/** The SA frame in an outer payload, or undefined. */
+function saDataIn(payload: Uint8Array): SaData | undefined {
+  try {
+    const m = decodeMessage(cbor.decode(payload));
+    return !(m instanceof Error) && m.t === Msg.SaData ? m : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** A device name with a domain is another domain's (this domain's own devices are stored bare). */
+const acrossDomains = (r: LiveSession): boolean => r.initiator.includes("@") || r.responder.includes("@");
 
 export class Instances implements SessionSharing {
   readonly instance: string;
@@ -58,6 +78,7 @@ export class Instances implements SessionSharing {
   private readonly answerRoutes = new Map<string, { home: string; until: number }>();
   private readonly unknownSpis = new Map<number, number>();
   private bus!: InstanceBus;
+  private own!: OwnHandling;
   private links!: LinkServer;
   private sessions!: SessionBroker;
   private sweep: NodeJS.Timeout | undefined;
@@ -86,10 +107,13 @@ export class Instances implements SessionSharing {
     return me;
   }
 
-  /** The link server and the broker, which need this as much as it needs them. */
-  attach(links: LinkServer, sessions: SessionBroker): void {
+  /** The link server and the broker, which need this as much as it needs them, and the gateway's own
+   *  handling of a device's message or SA frame (its groups, sessions across gateways and broker),
+   *  for those sent here by the instance where the device is linked. */
+  attach(links: LinkServer, sessions: SessionBroker, own: OwnHandling): void {
     this.links = links;
     this.sessions = sessions;
+    this.own = own;
     // The SAs an earlier run of this instance ran, then every SA whose home is gone unnoticed.
     void this.takeOver(this.instance);
     this.sweep = setInterval(() => void this.sweepOrphans(), ORPHAN_SWEEP_MS);
@@ -231,6 +255,13 @@ export class Instances implements SessionSharing {
     const peer = r.initiator === dev ? r.responder : r.responder === dev ? r.initiator : undefined;
     if (!peer) return this.drop(dev, spi, "SA frame from a device that is not party to the SPI");
     if (!r.up) return this.drop(dev, spi, "SA frame before both devices confirmed");
+    if (peer.includes("@")) {
+      // A device of another domain: only the SA's home has the interlink state to send it on.
+      if (r.home === this.instance) return this.drop(dev, spi, "SA frame for an SA across domains this instance no longer runs");
+      this.stats.framesOut++;
+      this.bus.send(r.home, { k: "deviceFrame", dev, payload });
+      return;
+    }
     if (!this.relay(peer, payload)) this.drop(dev, spi, "the other party is not linked anywhere");
   }
 
@@ -249,7 +280,7 @@ export class Instances implements SessionSharing {
     void this.lookUp(spi).then((r) => {
       if (r && r.home !== this.instance) this.forward(r.home, dev, m);
       // Unknown, or ours without being in memory: the broker says why it drops it.
-      else void Promise.resolve(this.sessions.handle(dev, m)).catch(() => undefined);
+      else void Promise.resolve(this.own.deviceMessage(dev, m)).catch(() => undefined);
     });
     return true;
   }
@@ -293,12 +324,19 @@ export class Instances implements SessionSharing {
         this.stats.framesIn++;
         if (!this.links.relayTo(b.dev, b.payload)) this.dropDelivery(m.from, b.dev, Msg.SaData);
         return;
+      case "deviceFrame": {
+        this.stats.framesIn++;
+        const m = saDataIn(b.payload);
+        if (!m) return this.o.log.warn("instance-bus-refused", { device: b.dev, reason: "a device frame that is not an SA frame" });
+        this.own.deviceFrame(b.dev, m, b.payload);
+        return;
+      }
       case "fromDevice":
         if (b.m.t !== Msg.Answer && b.m.t !== Msg.SaConfirm && b.m.t !== Msg.Rekey && b.m.t !== Msg.Bye) {
           this.o.log.warn("instance-bus-refused", { from: m.from, reason: `message type ${b.m.t} is not a session message for an SA's home` });
           return;
         }
-        void Promise.resolve(this.sessions.handle(b.dev, b.m)).catch((e: unknown) => this.o.log.error("registry-error", { device: b.dev, reason: (e as Error).message }));
+        void Promise.resolve(this.own.deviceMessage(b.dev, b.m)).catch((e: unknown) => this.o.log.error("registry-error", { device: b.dev, reason: (e as Error).message }));
         return;
       case "linked":
         if (!this.links.links.has(b.dev)) this.elsewhere.set(b.dev, m.from);
@@ -370,9 +408,18 @@ export class Instances implements SessionSharing {
     try {
       const rows = await this.table.takeOver(from);
       if (this.closed) return;
-      if (rows.length || from !== this.instance) this.o.log.warn("instance-gone", { instance: from, takenOver: rows.length });
-      this.stats.takenOver += rows.length;
-      this.sessions.adopt(rows);
+      // An SA with a device of another domain was run with that domain's gateway by the process that
+      // died, whose exchange state is gone with it: it ends here (its device is told), not taken over.
+      const across = rows.filter(acrossDomains);
+      const inside = rows.filter((r) => !acrossDomains(r));
+      if (rows.length || from !== this.instance) this.o.log.warn("instance-gone", { instance: from, takenOver: inside.length, endedAcrossDomains: across.length });
+      this.stats.takenOver += inside.length;
+      this.sessions.adopt(inside);
+      for (const r of across) {
+        const own = r.initiator.includes("@") ? r.responder : r.initiator;
+        this.send(own, { t: Msg.SaClosed, spi: r.spi, reason: CloseReason.PeerGone });
+        this.ended(r.spi);
+      }
     } catch (e) {
       this.o.log.error("registry-error", { instance: from, reason: `SAs of a gone instance not taken over: ${(e as Error).message}` });
     }

@@ -9,6 +9,7 @@ import type { Logger } from "../log/logger.ts";
 import type { Policy } from "../registry/policy.ts";
 import type { SessionBroker, SessionSettings } from "./session-broker.ts";
 import type { Store } from "../registry/store.ts";
+import type { SessionSharing } from "./shared.ts";
 
 /** What a session hook may use: the gateway's own parts. */
 export interface SessionHookContext {
@@ -23,6 +24,9 @@ export interface SessionHookContext {
   send: (deviceId: string, m: InnerMessage) => boolean;
   relay: (deviceId: string, payload: Uint8Array) => boolean;
   isLinked: (deviceId: string) => boolean;
+  /** When this gateway is one of several instances of its domain: SPIs are claimed in the domain's
+   *  database (gateway/sessions/shared.ts); send, relay and isLinked reach the whole domain. */
+  sharing?: SessionSharing;
   /** Revokes a device of this gateway (Gateway.revokeDevice). */
   revokeDevice: (deviceId: string, why: string) => Promise<boolean>;
 }

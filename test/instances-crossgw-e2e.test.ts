@@ -1,0 +1,159 @@
+// Sessions across domains whose gateways run as several instances (issue 12, scope 2): a.example runs
+// three `keyproxy gateway --instance` processes and b.example two, each domain on its own PostgreSQL
+// registry, with their fleet certificates (the same for every instance of a domain). The interlink
+// reaches a domain through an MQTT shared subscription, so the broker must have them: Mosquitto
+// (KEYPROXY_TEST_MQTT_URL, and b.example on the bridged KEYPROXY_TEST_MQTT_BRIDGED_URL, as CI runs them;
+// else a private Mosquitto for both, when one is installed). Handsets join instances at random; pairs
+// across the two domains set up SAs, so that the exchange, the callee's answer, the key confirmations
+// and the frames cross instances on each side as well as the interlink; the SAs are rekeyed and
+// carry on. Then an instance of b.example running SAs across domains is killed with SIGKILL: those
+// SAs end at both devices (their exchange state died with it; docs/SCALING.md), the handsets rejoin,
+// and new SAs across the domains are set up.
+
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import { copyFileSync, readdirSync, statSync } from "node:fs";
+import { join } from "node:path";
+import { openStore } from "../gateway/gateway.ts";
+import { Policy } from "../gateway/registry/policy.ts";
+import type { Store } from "../gateway/registry/store.ts";
+import { CloseReason } from "../firmware/proto/messages.ts";
+import { tempDir, until } from "./support/harness.ts";
+import { findMosquitto, startMosquitto, type PrivateMosquitto } from "./support/mosquitto.ts";
+import { startGatewayProcess, type GatewayProcess } from "./support/process.ts";
+import { testDatabase, type TestDatabase } from "./support/postgres.ts";
+import { runCli } from "./support/run-cli.ts";
+import { sessionHandset, type SessionHandset } from "./support/session-rig.ts";
+
+const APP = "chat";
+const LIMIT = 10; // messages per direction: a device asks for a rekey at 8
+const text = (s: string) => new Uint8Array(Buffer.from(s, "latin1"));
+/** What an instance's data directory copies from the first one's: the domain's keys and certificates. */
+const NOT_COPIED = /^(keyproxy\.db.*|gateway\.lock|gateway\.log)$/;
+
+interface Domain {
+  name: string;
+  db: TestDatabase;
+  store: Store;
+  instances: Map<string, GatewayProcess>;
+}
+
+describe("sessions across domains, each domain running several instances", { timeout: 300_000 }, () => {
+  let mosquitto: PrivateMosquitto | undefined;
+  const domains = new Map<string, Domain>();
+  const handsets: SessionHandset[] = [];
+  const run = randomBytes(3).toString("hex");
+  const fleetDir = tempDir("kp-ixe2e-fleet-");
+
+  function cloneDataDir(from: string, to: string): void {
+    for (const f of readdirSync(from)) if (!NOT_COPIED.test(f) && statSync(join(from, f)).isFile()) copyFileSync(join(from, f), join(to, f));
+  }
+
+  async function startDomain(name: string, url: string, names: string[], t: unknown): Promise<Domain | undefined> {
+    const db = await testDatabase(t as never);
+    if (!db) return undefined;
+    const dirs = names.map(() => tempDir("kp-ixe2e-"));
+    const issued = await runCli(["fleet", "issue-gateway", "--fleet-dir", fleetDir, "--id", name, "--data-dir", dirs[0]]);
+    assert.equal(issued.code, 0, issued.stderr);
+    const d: Domain = { name, db, store: undefined as unknown as Store, instances: new Map() };
+    domains.set(name, d);
+    for (const [i, inst] of names.entries()) {
+      if (i > 0) cloneDataDir(dirs[0], dirs[i]);
+      const p = await startGatewayProcess(dirs[i], 0, ["--id", name, "--instance", inst, "--db", db.url, "--mqtt", url, "--sa-limit", String(LIMIT), "--metrics", "3600"]);
+      d.instances.set(inst, p);
+      await until(() => p.events("interlink-started").length === 1, `${inst}.${name}'s interlink`, 15_000);
+    }
+    d.store = await openStore(dirs[0], db.url);
+    await new Policy(d.store).setDefault("allow");
+    return d;
+  }
+
+  const live = (d: Domain) => [...d.instances.values()].filter((p) => p.child.exitCode === null && p.child.signalCode === null);
+
+  async function addHandset(d: Domain, id: string): Promise<SessionHandset> {
+    const key = new Uint8Array(randomBytes(16));
+    await d.store.addDevice(id, key, "puckjs", Math.floor(Date.now() / 1000));
+    const target = () => {
+      const l = live(d);
+      return { host: "127.0.0.1", port: l[Math.floor(Math.random() * l.length)].port };
+    };
+    // The first link round-robin over the instances (every path between instances taken for sure),
+    // later ones at random, as behind a load balancer.
+    const first = live(d)[handsets.filter((x) => x.id.startsWith(id.slice(0, 2))).length % live(d).length];
+    const h = await sessionHandset({ address: { host: "127.0.0.1", port: first.port } }, id, key, { target });
+    handsets.push(h);
+    return h;
+  }
+
+  before(async (t) => {
+    let a = process.env.KEYPROXY_TEST_MQTT_URL;
+    let b = process.env.KEYPROXY_TEST_MQTT_BRIDGED_URL ?? a;
+    if (!a) {
+      const bin = findMosquitto();
+      if (!bin) return;
+      mosquitto = await startMosquitto(bin);
+      a = b = mosquitto.url;
+    }
+    const created = await runCli(["fleet", "create", "--id", `kp-ixe2e-${run}`, "--fleet-dir", fleetDir]);
+    assert.equal(created.code, 0, created.stderr);
+    if (!(await startDomain(`a-${run}.example`, a, ["a1", "a2", "a3"], t))) return;
+    await startDomain(`b-${run}.example`, b!, ["b1", "b2"], t);
+  });
+
+  after(async () => {
+    for (const h of handsets) h.close();
+    for (const d of domains.values()) {
+      for (const p of d.instances.values()) await p.stop("SIGTERM");
+      await d.store?.close();
+      await d.db.drop();
+    }
+    await mosquitto?.kill();
+  });
+
+  async function connectPair(a: SessionHandset, b: SessionHandset, peerName: string): Promise<number> {
+    b.h.onRequest = (_from, app) => app === APP;
+    const known = new Set([...a.h.sas, ...b.h.sas].map((s) => s.spi));
+    const fresh = (x: SessionHandset) => x.h.sas.find((s) => s.ready && !known.has(s.spi));
+    assert.equal(a.h.connect(peerName, APP), true);
+    await until(() => !!fresh(a) && !!fresh(b), `an SA between ${a.id} and ${peerName}`, 15_000);
+    assert.equal(fresh(a)!.spi, fresh(b)!.spi);
+    return fresh(a)!.spi;
+  }
+
+  async function exchange(a: SessionHandset, b: SessionHandset, spi: number, tag: string): Promise<void> {
+    for (const [from, to] of [[a, b], [b, a]] as const) {
+      const msg = `${tag} ${from.id}->${to.id}`;
+      assert.equal(from.h.send(spi, text(msg)), true, `${from.id} may send on ${spi.toString(16)}`);
+      await until(() => to.inbox.includes(msg), `"${msg}" to arrive`, 10_000);
+      assert.equal(to.inbox.filter((m) => m === msg).length, 1, `"${msg}" arrived once`);
+    }
+  }
+
+  const events = (d: Domain, e: string) => [...d.instances.values()].flatMap((p) => p.events(e));
+
+  test("pairs across domains set up, rekey and exchange, their messages crossing instances on both sides", async (t) => {
+    const A = domains.get(`a-${run}.example`);
+    const B = domains.get(`b-${run}.example`);
+    if (!A || !B) return t.skip(mosquitto || process.env.KEYPROXY_TEST_MQTT_URL ? "no PostgreSQL" : "no Mosquitto here (the interlink of instances needs shared subscriptions, which the in-process broker lacks)");
+    const as: SessionHandset[] = [];
+    const bs: SessionHandset[] = [];
+    for (let i = 0; i < 4; i++) as.push(await addHandset(A, `ha${i}`));
+    for (let i = 0; i < 4; i++) bs.push(await addHandset(B, `hb${i}`));
+    await until(() => [...as, ...bs].every((h) => h.h.status().registered), "every handset registered", 15_000);
+    const pairs: [SessionHandset, SessionHandset, number][] = [];
+    for (let i = 0; i < 4; i++) pairs.push([as[i], bs[i], await connectPair(as[i], bs[i], `${bs[i].id}@${B.name}`)]);
+    for (const [a, b, spi] of pairs) await exchange(a, b, spi, "first");
+    // The callee's gateway instance that took message 1 (shared subscription) is not always where the
+    // callee is linked: its Incoming, the Answer and the key confirmation then crossed b's instances.
+    assert.equal(events(A, "xsession-up").length + events(B, "xsession-up").length, 8, "each SA up at both domains' gateways once");
+    // A rekey of each: the answering side's device asks past the limit's rekey point.
+    for (const [a, b, spi] of pairs) {
+      for (let i = 0; i < LIMIT - 2; i++) assert.equal(b.h.send(spi, text(`r${i}`)), true);
+      await until(() => a.h.sas.some((s) => s.ready && s.spi !== spi) && b.h.sas.some((s) => s.ready && s.spi !== spi), `${a.id}'s SA rekeyed`, 15_000);
+      const next = b.h.sas.find((s) => s.ready && s.spi !== spi)!.spi;
+      await exchange(a, b, next, "rekeyed");
+    }
+    for (const h of [...as, ...bs]) assert.deepEqual(h.closed.filter(([, r]) => r !== CloseReason.Expired), [], `no SA ended at ${h.id}`);
+  });
+});
