@@ -35,7 +35,9 @@
 //
 // Usage: node --import tsx bench/instances.ts [--instances 1,3] [--handsets 1000] [--rate <setups/s>]
 //        [--seconds N] [--warm-up N] [--idle N] [--repeats N] [--metrics <s>] [--no-nodelay]
-//        [--quiet-below <load average>]
+//        [--quiet-below <cores busy>]
+// --instances 0,1,3 adds a run of one gateway without --instance (the lone gateway, on the same registry
+// and broker, started alike): what being an instance costs by itself.
 // Prints every run's results as JSON on stdout, progress and the summary (markdown) on stderr. With
 // --repeats, the runs are interleaved (1, 3, 1, 3, ...) and the summary takes, per N, the run with the
 // lowest setup p99. Needs Mosquitto (KEYPROXY_MOSQUITTO, /usr/sbin/mosquitto or on the PATH) and
@@ -82,7 +84,8 @@ interface Options {
   metrics?: number;
   /** Mosquitto's set_tcp_nodelay (on unless --no-nodelay): Nagle off on its client sockets. */
   nodelay: boolean;
-  /** Before each run, wait (at most QUIET_WAIT_MS) until the 1-minute load average is below this. */
+  /** Before each run, wait (at most QUIET_WAIT_MS) until the machine's busy CPU over 5 s is below
+   *  this many cores (the other work on it has paused). */
   quietBelow?: number;
 }
 
@@ -91,7 +94,7 @@ const QUIET_WAIT_MS = 10 * 60_000;
 
 const DEFAULTS: Options = { instances: [1, 3], handsets: 1000, rate: 100, seconds: 30, warmUp: 5, idle: 20, repeats: 1, nodelay: true };
 
-const USAGE = "usage: instances.ts [--instances 1,3] [--handsets 1000] [--rate <setups/s>] [--seconds N] [--warm-up N] [--idle N] [--repeats N] [--metrics <s>] [--no-nodelay] [--quiet-below <load>]";
+const USAGE = "usage: instances.ts [--instances 1,3] [--handsets 1000] [--rate <setups/s>] [--seconds N] [--warm-up N] [--idle N] [--repeats N] [--metrics <s>] [--no-nodelay] [--quiet-below <cores>]";
 
 function parseArgs(argv: string[]): Options {
   const o: Options = { ...DEFAULTS };
@@ -105,7 +108,8 @@ function parseArgs(argv: string[]): Options {
     const v = argv[i + 1];
     switch (flag) {
       case "--instances":
-        o.instances = (v ?? "").split(",").map((x) => positive(flag, x));
+        // 0: one gateway without --instance (the lone gateway, on the same registry and broker), to compare.
+        o.instances = (v ?? "").split(",").map((x) => (x === "0" ? 0 : positive(flag, x)));
         i++;
         break;
       case "--handsets":
@@ -173,15 +177,24 @@ function loadAverage(): string {
   return fs.readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(" ");
 }
 
-/** Waits until the 1-minute load average is below `below` (other work on the machine has stopped), at
- *  most QUIET_WAIT_MS; says how it went. */
-async function waitForQuiet(below: number, log: (s: string) => void): Promise<void> {
+/** The machine's busy cores over the next 5 s. (Not the load average: it lags a minute behind, and
+ *  counts this benchmark's own run that just ended.) */
+async function busyCoresNow(): Promise<number> {
+  const a = machineBusyUs();
+  await new Promise((r) => setTimeout(r, 5000));
+  return (machineBusyUs() - a) / 5e6;
+}
+
+/** Waits until the machine's busy cores are below `below` (other work on it has paused), at most
+ *  QUIET_WAIT_MS; says how it went. */
+async function waitForQuiet(below: number, log: (s: string) => void): Promise<number> {
   const end = Date.now() + QUIET_WAIT_MS;
-  const now = () => Number(loadAverage().split(" ")[0]);
-  if (now() < below) return;
-  log(`  waiting for the 1-minute load average to fall below ${below} (now ${loadAverage()})`);
-  while (now() >= below && Date.now() < end) await new Promise((r) => setTimeout(r, 5000));
-  log(now() < below ? `  quiet enough: ${loadAverage()}` : `  still ${loadAverage()} after ${QUIET_WAIT_MS / 60_000} min: running anyway`);
+  let busy = await busyCoresNow();
+  if (busy < below) return busy;
+  log(`  waiting for the machine to be quiet: ${busy.toFixed(2)} cores busy, waiting for < ${below}`);
+  while (busy >= below && Date.now() < end) busy = await busyCoresNow();
+  log(busy < below ? `  quiet enough: ${busy.toFixed(2)} cores busy` : `  still ${busy.toFixed(2)} cores busy after ${QUIET_WAIT_MS / 60_000} min: running anyway`);
+  return busy;
 }
 
 // ---- Mosquitto ---------------------------------------------------------------------------------------
@@ -241,15 +254,23 @@ interface Instance {
   address: { host: string; port: number };
 }
 
-/** N instance processes; the first makes the domain's KEK and gateway key, the others get copies. */
+/** The lone gateway's name in the results (n = 0: no --instance). */
+const LONE = "gw";
+
+/** How a run is named: its number of instances, or the lone gateway. */
+const label = (n: number) => (n === 0 ? "lone gateway" : `${n} instance${n > 1 ? "s" : ""}`);
+
+/** N instance processes; the first makes the domain's KEK and gateway key, the others get copies.
+ *  n = 0: one gateway without --instance, otherwise started alike. */
 async function startInstances(n: number, db: BenchDatabase, brokerUrl: string, parent: string, metrics: number | undefined): Promise<Instance[]> {
   const out: Instance[] = [];
   try {
-    for (let i = 0; i < n; i++) {
-      const name = `i${i + 1}`;
+    for (let i = 0; i < Math.max(1, n); i++) {
+      const name = n === 0 ? LONE : `i${i + 1}`;
       const dir = fs.mkdtempSync(path.join(parent, `${name}-`));
       if (i > 0) for (const f of ["gateway.key", KEK_FILE]) fs.copyFileSync(path.join(out[0].dir, f), path.join(dir, f));
-      const proc = await startGatewayProcess(dir, 0, ["--id", DOMAIN, "--instance", name, "--db", db.url, "--mqtt", brokerUrl, "--no-fleet", ...(metrics ? ["--metrics", String(metrics)] : [])]);
+      const instance = n === 0 ? [] : ["--instance", name];
+      const proc = await startGatewayProcess(dir, 0, ["--id", DOMAIN, ...instance, "--db", db.url, "--mqtt", brokerUrl, "--no-fleet", ...(metrics ? ["--metrics", String(metrics)] : [])]);
       out.push({ name, dir, proc, address: { host: "127.0.0.1", port: proc.port } });
     }
     return out;
@@ -309,7 +330,7 @@ async function retainedMetrics(url: string, instances: Instance[]): Promise<Reco
       client.once("error", reject);
     });
     client.on("message", (topic, payload) => {
-      const who = instances.find((x) => topic === `keyproxy/v1/${x.name}.${DOMAIN}/metrics`);
+      const who = instances.find((x) => topic === `keyproxy/v1/${x.name === LONE ? DOMAIN : `${x.name}.${DOMAIN}`}/metrics`);
       if (who) out[who.name] = JSON.parse(payload.toString()) as Record<string, unknown>;
     });
     await client.subscribeAsync(`keyproxy/v1/+/metrics`);
@@ -325,6 +346,8 @@ async function retainedMetrics(url: string, instances: Instance[]): Promise<Reco
 interface Pair {
   caller: LoadHandset;
   callee: LoadHandset;
+  /** The instances (index) each end joined. */
+  at: [number, number];
 }
 
 /** Application data arriving on an SA, per handset id: the cycle waiting for it. */
@@ -332,13 +355,15 @@ const arrivals = new Map<string, (spi: number) => void>();
 
 /** Joins every handset at an instance chosen at random, a batch at a time; resolves when all are
  *  registered. Returns the handsets and how many joined each instance. */
-async function joinHandsets(instances: Instance[], ids: string[], keys: Uint8Array[], log: (s: string) => void): Promise<{ handsets: LoadHandset[]; perInstance: number[] }> {
+async function joinHandsets(instances: Instance[], ids: string[], keys: Uint8Array[], log: (s: string) => void): Promise<{ handsets: LoadHandset[]; perInstance: number[]; at: number[] }> {
   const handsets: LoadHandset[] = [];
   const perInstance = instances.map(() => 0);
+  const instanceOf: number[] = [];
   for (let at = 0; at < ids.length; at += JOIN_BATCH) {
     const batch = ids.slice(at, at + JOIN_BATCH).map((id, j) => {
       const k = Math.floor(Math.random() * instances.length);
       perInstance[k]++;
+      instanceOf.push(k);
       return connectHandset(instances[k].address, id, keys[at + j]);
     });
     const joined = await Promise.all(batch);
@@ -347,7 +372,7 @@ async function joinHandsets(instances: Instance[], ids: string[], keys: Uint8Arr
     await until(() => joined.every((x) => x.h.status().registered), `handsets ${at + 1}-${at + joined.length} to register`, 60_000);
   }
   log(`  ${handsets.length} handsets registered (per instance: ${perInstance.join(", ")})`);
-  return { handsets, perInstance };
+  return { handsets, perInstance, at: instanceOf };
 }
 
 /** Resolves when `to` got application data on spi; rejects after MESSAGE_TIMEOUT_MS. */
@@ -371,6 +396,7 @@ const PAYLOAD = new Uint8Array(64).fill(0x61);
 type Phase = "setup" | "message" | "bye";
 
 interface CycleRecord {
+  pair: Pair;
   startedAt: number;
   /** When the setup completed (both onConnect), or undefined when it failed. */
   setupDoneAt?: number;
@@ -437,7 +463,7 @@ async function offerLoad(pairs: Pair[], rate: number, totalMs: number, marks: { 
           skippedAt.push(placeMs);
           continue;
         }
-        const rec: CycleRecord = { startedAt: performance.now(), lagMs: performance.now() - (t0 + placeMs) };
+        const rec: CycleRecord = { pair: p, startedAt: performance.now(), lagMs: performance.now() - (t0 + placeMs) };
         records.push(rec);
         inFlight++;
         cycle(p, rec).then(
@@ -501,6 +527,12 @@ export interface RunResult {
   stuck: number;
   /** connect() to onConnect at both ends, setups started in the window. */
   latency: Latency;
+  /** The same, split: both ends on one instance, and on two. */
+  latencySameInstance: Latency;
+  latencyAcross: Latency | undefined;
+  /** The slowest 1% of those setups: when each started (ms into the window) and how long it took, to
+   *  tell a periodic cause (a metrics tick every 10 s) from a scattered one. */
+  slowest: { atMs: number; ms: number; instances: string }[];
   /** How late the load generator started setups against the schedule (p99, max), ms. */
   lagP99Ms: number;
   lagMaxMs: number;
@@ -550,7 +582,7 @@ async function runOnce(n: number, repetition: number, o: Options, mosquitto: str
     broker = await startBroker(mosquitto, o.nodelay, parent);
     db = await benchDatabase(log);
     instances = await startInstances(n, db, broker.url, parent, o.metrics);
-    log(`  ${n} instance(s) on ${DOMAIN}, PostgreSQL ${db.server.version} (fsync ${db.server.fsync}), Mosquitto pid ${broker.pid}`);
+    log(`  ${label(n)} on ${DOMAIN}, PostgreSQL ${db.server.version} (fsync ${db.server.fsync}), Mosquitto pid ${broker.pid}`);
     const ids = Array.from({ length: o.handsets }, (_, i) => `h${String(i + 1).padStart(4, "0")}`);
     const keys = ids.map(() => new Uint8Array(randomBytes(16)));
     await provision(instances[0].dir, db, ids, keys);
@@ -565,7 +597,7 @@ async function runOnce(n: number, repetition: number, o: Options, mosquitto: str
 
     // Pairs: consecutive handsets, which joined instances independently at random.
     const pairs: Pair[] = [];
-    for (let i = 0; i < handsets.length; i += 2) pairs.push({ caller: handsets[i], callee: handsets[i + 1] });
+    for (let i = 0; i < handsets.length; i += 2) pairs.push({ caller: handsets[i], callee: handsets[i + 1], at: [joined.at[i], joined.at[i + 1]] });
     log(`  ${o.rate} setups/s offered for ${o.warmUp} s of warm-up and ${o.seconds} s measured`);
     const samples: CpuSample[] = [];
     const delay = monitorEventLoopDelay({ resolution: 1 });
@@ -612,6 +644,14 @@ async function runOnce(n: number, repetition: number, o: Options, mosquitto: str
       failures,
       stuck: run.stuck,
       latency: latency(started.filter((r) => r.setupMs !== undefined).map((r) => r.setupMs!)),
+      latencySameInstance: latency(started.filter((r) => r.setupMs !== undefined && r.pair.at[0] === r.pair.at[1]).map((r) => r.setupMs!)),
+      latencyAcross: n > 1 ? latency(started.filter((r) => r.setupMs !== undefined && r.pair.at[0] !== r.pair.at[1]).map((r) => r.setupMs!)) : undefined,
+      slowest: started
+        .filter((r) => r.setupMs !== undefined)
+        .sort((x, y) => y.setupMs! - x.setupMs!)
+        .slice(0, Math.ceil(started.length / 100))
+        .map((r) => ({ atMs: Math.round(r.startedAt - a.at), ms: Math.round(r.setupMs! * 10) / 10, instances: r.pair.at.map((k) => instances[k].name).join(" -> ") }))
+        .sort((x, y) => x.atMs - y.atMs),
       lagP99Ms: lags[Math.max(0, Math.ceil(lags.length * 0.99) - 1)] ?? 0,
       lagMaxMs: lags[lags.length - 1] ?? 0,
       cpuPerSetupUs: {
@@ -667,6 +707,8 @@ interface Row {
   digits: number;
   /** Shown per instance beside the figure (e.g. "412 + 398 + 420"). */
   parts?: (r: RunResult) => number[];
+  /** The cell's text, when it is more than the figure. */
+  cell?: (r: RunResult) => string;
 }
 
 const ROWS: Row[] = [
@@ -676,8 +718,10 @@ const ROWS: Row[] = [
   { name: "setup latency p50, ms (connect() to onConnect at both ends)", of: (r) => r.latency.p50Ms, digits: 2 },
   { name: "setup latency p99, ms", of: (r) => r.latency.p99Ms, digits: 2 },
   { name: "setup latency max, ms", of: (r) => r.latency.maxMs, digits: 1 },
+  { name: "  p50 / p99, ms, both ends on one instance", of: (r) => r.latencySameInstance.p50Ms, digits: 2, cell: (r) => `${fmt(r.latencySameInstance.p50Ms, 2)} / ${fmt(r.latencySameInstance.p99Ms, 2)}` },
+  { name: "  p50 / p99, ms, ends on two instances", of: (r) => r.latencyAcross?.p50Ms, digits: 2, cell: (r) => (r.latencyAcross ? `${fmt(r.latencyAcross.p50Ms, 2)} / ${fmt(r.latencyAcross.p99Ms, 2)}` : "-") },
   { name: "instance CPU per setup, µs, summed over the instances", of: (r) => r.cpuPerSetupUs.instancesSum, digits: 0, parts: (r) => r.cpuPerSetupUs.perInstance },
-  { name: "instance CPU per setup, µs, per instance (mean)", of: (r) => r.cpuPerSetupUs.instancesSum / r.instances, digits: 0 },
+  { name: "instance CPU per setup, µs, per instance (mean)", of: (r) => r.cpuPerSetupUs.instancesSum / Math.max(1, r.instances), digits: 0 },
   { name: "PostgreSQL CPU per setup, µs (all its processes)", of: (r) => r.cpuPerSetupUs.postgres, digits: 0 },
   { name: "Mosquitto CPU per setup, µs", of: (r) => r.cpuPerSetupUs.broker, digits: 0 },
   { name: "instances + PostgreSQL + Mosquitto per setup, µs", of: (r) => r.cpuPerSetupUs.instancesSum + (r.cpuPerSetupUs.postgres ?? NaN) + r.cpuPerSetupUs.broker, digits: 0 },
@@ -695,22 +739,24 @@ const ROWS: Row[] = [
   { name: "load generator start lag p99, ms", of: (r) => r.lagP99Ms, digits: 1 },
 ];
 
-/** The markdown table: one column per N (its best run: lowest p99), and the ratio of the last N to
- *  the first. */
+/** The markdown table: one column per N (its best run: lowest p99), and the ratio of the most
+ *  instances to the fewest (the lone gateway, N = 0, is not in the ratio). */
 export function summary(best: RunResult[]): string {
-  const first = best[0];
-  const last = best[best.length - 1];
-  const ratio = best.length > 1;
-  const head = ["", ...best.map((r) => `${r.instances} instance${r.instances > 1 ? "s" : ""}`), ...(ratio ? [`${last.instances} / ${first.instances}`] : [])];
+  const ofInstances = best.filter((r) => r.instances > 0).sort((x, y) => x.instances - y.instances);
+  const first = ofInstances[0];
+  const last = ofInstances[ofInstances.length - 1];
+  const ratio = ofInstances.length > 1;
+  const head = ["", ...best.map((r) => label(r.instances)), ...(ratio ? [`${last.instances} / ${first.instances}`] : [])];
   const lines = [`| ${head.join(" | ")} |`, `|${head.map((_, i) => (i ? "---:" : ":---")).join("|")}|`];
   for (const row of ROWS) {
     const cells = best.map((r) => {
+      if (row.cell) return row.cell(r);
       const parts = row.parts?.(r);
       return fmt(row.of(r), row.digits) + (parts && parts.length > 1 ? ` (${parts.map((x) => fmt(x)).join(" + ")})` : "");
     });
     const x = row.of(first);
     const y = row.of(last);
-    lines.push(`| ${[row.name, ...cells, ...(ratio ? [x && y !== undefined ? fmt(y / x, 2) : "-"] : [])].join(" | ")} |`);
+    lines.push(`| ${[row.name, ...cells, ...(ratio ? [x && y !== undefined && !row.cell ? fmt(y / x, 2) : "-"] : [])].join(" | ")} |`);
   }
   return lines.join("\n");
 }
@@ -728,7 +774,7 @@ async function main(): Promise<void> {
   for (let rep = 0; rep < o.repeats; rep++) {
     for (const n of o.instances) {
       if (o.quietBelow !== undefined) await waitForQuiet(o.quietBelow, log);
-      log(`run ${rep + 1} of ${o.repeats}: ${n} instance(s), ${o.handsets} handsets, load average ${loadAverage()}`);
+      log(`run ${rep + 1} of ${o.repeats}: ${label(n)}, ${o.handsets} handsets, load average ${loadAverage()}`);
       const r = await runOnce(n, rep, o, mosquitto, log);
       log(`  ${fmt(r.achievedPerS, 1)} setups/s achieved, p50 ${fmt(r.latency.p50Ms, 2)} ms, p99 ${fmt(r.latency.p99Ms, 2)} ms, instances ${fmt(r.cpuPerSetupUs.instancesSum)} µs/setup, PostgreSQL ${fmt(r.cpuPerSetupUs.postgres)}, Mosquitto ${fmt(r.cpuPerSetupUs.broker)}`);
       runs.push(r);
