@@ -219,7 +219,7 @@ async function startInstance(opts: GatewayOptions, id: string, store: Store, log
   // the running one over).
   const status = await retainedStatus(url, monitoringId(id, instance));
   if (status !== "unreachable" && status?.state === "online") throw new GatewayIdInUse(`instance "${instance}" of ${id} is online on the MQTT broker ${redactUrl(url)} already: give this one a name of its own (--instance), or stop the other first`);
-  const instances = await Instances.start({ domain: id, instance, url, store, log, now });
+  const instances = await Instances.start({ domain: id, instance, url, store, log, now, graceMs: sessionSettings(opts.sessions).graceMs });
   log.info("instance-started", { domain: id, instance, others: instances.others.join(",") });
   return instances;
 }

@@ -19,6 +19,7 @@ import { openStore } from "../gateway/gateway.ts";
 import { Policy } from "../gateway/registry/policy.ts";
 import type { Store } from "../gateway/registry/store.ts";
 import { CloseReason } from "../firmware/proto/messages.ts";
+import { spiText } from "../gateway/log/protocol-names.ts";
 import { tempDir, until } from "./support/harness.ts";
 import { findMosquitto, startMosquitto, type PrivateMosquitto } from "./support/mosquitto.ts";
 import { startGatewayProcess, type GatewayProcess } from "./support/process.ts";
@@ -155,5 +156,38 @@ describe("sessions across domains, each domain running several instances", { tim
       await exchange(a, b, next, "rekeyed");
     }
     for (const h of [...as, ...bs]) assert.deepEqual(h.closed.filter(([, r]) => r !== CloseReason.Expired), [], `no SA ended at ${h.id}`);
+  });
+
+  test("an instance running SAs across domains is killed: they end at both devices, which rejoin and set up new ones", async (t) => {
+    const A = domains.get(`a-${run}.example`);
+    const B = domains.get(`b-${run}.example`);
+    if (!A || !B) return t.skip("no PostgreSQL or no Mosquitto (see above)");
+    const as = handsets.filter((h) => h.id.startsWith("ha"));
+    const bs = handsets.filter((h) => h.id.startsWith("hb"));
+    const pairs = as.map((a, i) => [a, bs[i], a.h.sas.filter((s) => s.ready).at(-1)!.spi] as const);
+    // The b instance that runs the most of them (it took their message 1) is killed.
+    const homeOf = (spi: number) => [...B.instances].find(([, p]) => [...p.events("xsession-up"), ...p.events("xsession-rekeyed")].some((e) => e.spi === spiText(spi)))?.[0];
+    const homes = pairs.map(([, , spi]) => homeOf(spi));
+    const victim = ["b1", "b2"].sort((x, y) => homes.filter((h) => h === y).length - homes.filter((h) => h === x).length)[0];
+    const hit = pairs.filter((_, i) => homes[i] === victim);
+    assert.ok(hit.length > 0, `an SA across domains runs at ${victim}: homes ${homes.join(",")}`);
+    await B.instances.get(victim)!.stop("SIGKILL");
+    B.instances.delete(victim);
+    for (const h of bs) {
+      if (h.h.status().state !== "down" && !h.socket.destroyed) continue;
+      await until(() => h.h.status().state === "down", `${h.id}'s link gone`);
+      await h.reconnect();
+    }
+    await until(() => bs.every((h) => h.h.status().state === "linked"), "b's handsets linked again", 5000);
+    // b's side: told by the instance that took the dead one's SAs over (or as they rejoined).
+    for (const [, b, spi] of hit) await until(() => b.closed.some(([s, r]) => s === spi && r === CloseReason.PeerGone), `${b.id} told its SA ${spiText(spi)} ended`, 10_000);
+    // a's side: its next frame finds the peer process gone (one interlink timeout), and the SA ends.
+    for (const [a, , spi] of hit) {
+      a.h.send(spi, text("into the void"));
+      await until(() => a.closed.some(([s, r]) => s === spi && r === CloseReason.PeerGone), `${a.id} told its SA ${spiText(spi)} ended`, 20_000);
+    }
+    // SAs whose home lives on are untouched, and new SAs across the domains set up.
+    for (const [a, b, spi] of pairs.filter((p) => !hit.includes(p))) await exchange(a, b, spi, "unharmed");
+    for (const [a, b] of hit) await exchange(a, b, await connectPair(a, b, `${b.id}@${B.name}`), "new");
   });
 });

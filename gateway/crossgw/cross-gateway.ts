@@ -250,6 +250,9 @@ export class CrossGateway implements SessionHook {
       .catch((e: unknown) => {
         this.stats.relayDropped++;
         this.ctx.log.warn("frame dropped", { device: deviceId, spi: spiText(m.spi), reason: `the peer gateway did not take it: ${e instanceof Error ? e.message : String(e)}` });
+        // The peer domain's process that ran this SA is gone (its SAs across domains die with it):
+        // the SA ends here too rather than swallow every frame until its lifetime is over.
+        if (s.peerInstance !== undefined && e instanceof InterlinkError && e.code === "timeout") this.end(s, CloseReason.PeerGone, `the peer gateway's instance ${s.peerInstance} did not answer`, false);
       });
     return true;
   }

@@ -40,6 +40,8 @@ export interface InstancesOptions {
   store: Store;
   log: Logger;
   now: () => number;
+  /** How long a device that lost its link may take to come back (SessionSettings.graceMs). */
+  graceMs: number;
 }
 
 /** The gateway's own handling of what a device sends (gateway.ts). */
@@ -77,6 +79,7 @@ export class Instances implements SessionSharing {
   private readonly routes = new Map<number, Route>();
   private readonly answerRoutes = new Map<string, { home: string; until: number }>();
   private readonly unknownSpis = new Map<number, number>();
+  private readonly closesWaiting = new Map<string, { spi: number; until: number }[]>();
   private bus!: InstanceBus;
   private own!: OwnHandling;
   private links!: LinkServer;
@@ -170,6 +173,9 @@ export class Instances implements SessionSharing {
   /** A device's link here came up or went: the database and the other instances are told. */
   linkChanged(dev: string, up: boolean): void {
     if (up) this.elsewhere.delete(dev);
+    // After the JoinAccept the link server writes right behind this call: the device takes link
+    // messages only once it has that.
+    if (up) queueMicrotask(() => this.sendWaitingCloses(dev));
     const write = up ? this.table.linked(dev, this.o.now()) : this.table.unlinked(dev);
     this.track(write.catch((e: unknown) => this.o.log.error("registry-error", { device: dev, reason: `live link not recorded: ${(e as Error).message}` })));
     this.bus.send("", { k: up ? "linked" : "unlinked", dev });
@@ -341,6 +347,7 @@ export class Instances implements SessionSharing {
       case "linked":
         if (!this.links.links.has(b.dev)) this.elsewhere.set(b.dev, m.from);
         this.sessions.linkUp(b.dev);
+        this.sendWaitingCloses(b.dev);
         return;
       case "unlinked":
         if (this.elsewhere.get(b.dev) !== m.from) return; // it has linked somewhere since
@@ -416,8 +423,7 @@ export class Instances implements SessionSharing {
       this.stats.takenOver += inside.length;
       this.sessions.adopt(inside);
       for (const r of across) {
-        const own = r.initiator.includes("@") ? r.responder : r.initiator;
-        this.send(own, { t: Msg.SaClosed, spi: r.spi, reason: CloseReason.PeerGone });
+        this.closeWhenLinked(r.initiator.includes("@") ? r.responder : r.initiator, r.spi);
         this.ended(r.spi);
       }
     } catch (e) {
@@ -425,8 +431,29 @@ export class Instances implements SessionSharing {
     }
   }
 
+  /** Tells a device that an SA ended, now if it is linked anywhere in the domain, else when it links
+   *  again (its instance died with the SA: it is rejoining), within the grace period. */
+  private closeWhenLinked(dev: string, spi: number): void {
+    const close = () => this.send(dev, { t: Msg.SaClosed, spi, reason: CloseReason.PeerGone });
+    if (close()) return;
+    const waiting = this.closesWaiting.get(dev) ?? [];
+    waiting.push({ spi, until: Date.now() + this.o.graceMs });
+    this.closesWaiting.set(dev, waiting);
+  }
+
+  /** The device linked (here or elsewhere): the SaClosed it missed go out. */
+  private sendWaitingCloses(dev: string): void {
+    const waiting = this.closesWaiting.get(dev);
+    if (!waiting) return;
+    this.closesWaiting.delete(dev);
+    const now = Date.now();
+    for (const w of waiting) if (w.until >= now) this.send(dev, { t: Msg.SaClosed, spi: w.spi, reason: CloseReason.PeerGone });
+  }
+
   private async sweepOrphans(): Promise<void> {
     if (this.closed) return;
+    const now = Date.now();
+    for (const [dev, waiting] of [...this.closesWaiting]) if (waiting.every((w) => w.until < now)) this.closesWaiting.delete(dev);
     try {
       for (const home of await this.table.orphanHomes([this.instance, ...this.bus.others])) await this.takeOver(home);
     } catch (e) {
