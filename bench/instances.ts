@@ -43,7 +43,7 @@
 // lowest setup p99. Needs Mosquitto (KEYPROXY_MOSQUITTO, /usr/sbin/mosquitto or on the PATH) and
 // PostgreSQL (bench/postgres.ts); without Mosquitto it says so and exits 0 having measured nothing.
 
-import { spawn, type ChildProcess } from "node:child_process";
+import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import * as fs from "node:fs";
 import * as net from "node:net";
@@ -90,7 +90,7 @@ interface Options {
 }
 
 /** How long a run waits for the machine to become quiet (--quiet-below) before it runs anyway. */
-const QUIET_WAIT_MS = 10 * 60_000;
+const QUIET_WAIT_MS = 2 * 60_000;
 
 const DEFAULTS: Options = { instances: [1, 3], handsets: 1000, rate: 100, seconds: 30, warmUp: 5, idle: 20, repeats: 1, nodelay: true };
 
@@ -761,6 +761,12 @@ export function summary(best: RunResult[]): string {
   return lines.join("\n");
 }
 
+/** The code measured: the commit, and the files under gateway/ and cli/ that differ from it. */
+function codeMeasured(): { commit: string; changed: string[] } {
+  const git = (args: string[]) => spawnSync("git", args, { cwd: fileURLToPath(new URL("..", import.meta.url)), encoding: "utf8" }).stdout?.trim() ?? "";
+  return { commit: git(["rev-parse", "--short", "HEAD"]), changed: git(["status", "--porcelain", "--", "gateway", "cli"]).split("\n").filter(Boolean) };
+}
+
 async function main(): Promise<void> {
   const log = (s: string) => process.stderr.write(s + "\n");
   const o = parseArgs(process.argv.slice(2));
@@ -771,6 +777,8 @@ async function main(): Promise<void> {
   }
   const runs: RunResult[] = [];
   const started = new Date().toISOString();
+  const code = codeMeasured();
+  log(`code: ${code.commit}${code.changed.length ? ` with uncommitted changes in ${code.changed.join(", ")}` : ""}`);
   for (let rep = 0; rep < o.repeats; rep++) {
     for (const n of o.instances) {
       if (o.quietBelow !== undefined) await waitForQuiet(o.quietBelow, log);
@@ -781,7 +789,7 @@ async function main(): Promise<void> {
     }
   }
   const best = o.instances.map((n) => runs.filter((r) => r.instances === n).sort((x, y) => x.latency.p99Ms - y.latency.p99Ms)[0]);
-  process.stdout.write(JSON.stringify({ started, ended: new Date().toISOString(), options: o, nproc: os.availableParallelism(), runs }, null, 2) + "\n");
+  process.stdout.write(JSON.stringify({ started, ended: new Date().toISOString(), code, options: o, nproc: os.availableParallelism(), runs }, null, 2) + "\n");
   log("\n" + summary(best));
 }
 
