@@ -191,4 +191,20 @@ describe("instances of one domain on PostgreSQL and one broker", { timeout: 120_
     await delivers(carol, dave, spi, "after the cut");
     await delivers(dave, carol, spi, "and back again");
   });
+
+  test("an instance started after another died (its last-will retained) starts and takes part", async (t) => {
+    if (!db) return t.skip("no PostgreSQL");
+    // i1 stopped earlier: the broker holds its "gone", which reaches i4 as it subscribes, before the
+    // gateway around it is ready.
+    const i4 = await startInstance("i4");
+    await until(() => i4.gw.instances!.others.includes("i3"), "i4 sees i3 online");
+    const erin = await handset("erin", "i4");
+    const frank = handset("frank", "i3");
+    const f = await frank;
+    await until(() => erin.h.status().registered && f.h.status().registered && i4.gw.instances!.isLinked("frank"), "erin and frank registered");
+    const spi = await connectPair(erin, f);
+    await delivers(erin, f, spi, "from i4");
+    await delivers(f, erin, spi, "to i4");
+    assert.deepEqual(i4.events("registry-error").concat(i4.events("instance-bus-handler-failed")), [], "nothing of it failed at i4");
+  });
 });

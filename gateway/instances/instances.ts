@@ -88,6 +88,8 @@ export class Instances implements SessionSharing {
   /** Writes to the live tables under way: a stop waits for them before the store closes. */
   private readonly writing = new Set<Promise<unknown>>();
   private closed = false;
+  /** Bus events that came before attach(); undefined once attached. */
+  private early: (() => void)[] | undefined = [];
   readonly stats = { delivered: 0, framesOut: 0, framesIn: 0, forwarded: 0, dropped: 0, takenOver: 0 };
 
   private constructor(private readonly o: InstancesOptions) {
@@ -103,9 +105,10 @@ export class Instances implements SessionSharing {
     for (const [dev, at] of await me.table.links()) if (at !== o.instance) me.elsewhere.set(dev, at);
     me.bus = await InstanceBus.connect({
       url: o.url, domain: o.domain, instance: o.instance, key: await o.store.derivedKey(busKeyPurpose(o.domain)), log: o.log,
-      onMessage: (m) => me.onBus(m),
-      onPresence: (inst, online) => (online ? o.log.info("instance-online", { instance: inst }) : void me.instanceGone(inst)),
-      onReconnect: () => void me.resync(),
+      // What arrives before attach() (a dead instance's retained last-will, at once) waits for it.
+      onMessage: (m) => me.whenAttached(() => me.onBus(m)),
+      onPresence: (inst, online) => me.whenAttached(() => (online ? o.log.info("instance-online", { instance: inst }) : void me.instanceGone(inst))),
+      onReconnect: () => me.whenAttached(() => void me.resync()),
     });
     return me;
   }
@@ -117,10 +120,19 @@ export class Instances implements SessionSharing {
     this.links = links;
     this.sessions = sessions;
     this.own = own;
+    const early = this.early;
+    this.early = undefined;
+    for (const fn of early ?? []) fn();
     // The SAs an earlier run of this instance ran, then every SA whose home is gone unnoticed.
     void this.takeOver(this.instance);
     this.sweep = setInterval(() => void this.sweepOrphans(), ORPHAN_SWEEP_MS);
     this.sweep.unref();
+  }
+
+  /** Runs fn now if attached, else at attach(). */
+  private whenAttached(fn: () => void): void {
+    if (this.early) this.early.push(fn);
+    else fn();
   }
 
   get others(): string[] {
