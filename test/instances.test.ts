@@ -16,6 +16,7 @@ import { Logger } from "../gateway/log/logger.ts";
 import { startBroker, type EmbeddedBroker } from "../gateway/monitor/embedded-broker.ts";
 import { KEK_FILE } from "../gateway/registry/kek.ts";
 import { CloseReason } from "../firmware/proto/messages.ts";
+import { spiText } from "../gateway/log/protocol-names.ts";
 import { provision, tempDir, until } from "./support/harness.ts";
 import { testDatabase, type TestDatabase } from "./support/postgres.ts";
 import { sessionHandset, type SessionHandset } from "./support/session-rig.ts";
@@ -206,5 +207,23 @@ describe("instances of one domain on PostgreSQL and one broker", { timeout: 120_
     await delivers(erin, f, spi, "from i4");
     await delivers(f, erin, spi, "to i4");
     assert.deepEqual(i4.events("registry-error").concat(i4.events("instance-bus-handler-failed")), [], "nothing of it failed at i4");
+  });
+
+  test("both ends ask for a rekey at once, one of them through another instance: one replacement", async (t) => {
+    if (!db) return t.skip("no PostgreSQL");
+    const erin = handsets.find((h) => h.id === "erin")!; // at i4, the SA's home
+    const frank = handsets.find((h) => h.id === "frank")!; // at i3
+    const spi = erin.h.sas.filter((s) => s.ready).at(-1)!.spi;
+    const home = byName("i4");
+    const before = home.gw.sessions.stats.rekeyed;
+    // Each side reaches its rekey point in the same turn: both Rekeys are on their way together.
+    for (let i = 0; i < LIMIT - 2; i++) {
+      assert.equal(erin.h.send(spi, text(`e${i}`)), true);
+      assert.equal(frank.h.send(spi, text(`f${i}`)), true);
+    }
+    await until(() => erin.h.sas.some((s) => s.ready && s.spi !== spi) && frank.h.sas.some((s) => s.ready && s.spi !== spi), "the replacement up at both ends");
+    await until(() => !home.gw.sessions.sessions.has(spi), "the old SA gone from its home after the overlap", 15_000);
+    assert.equal(home.gw.sessions.stats.rekeyed - before, 1, "one replacement");
+    assert.equal(home.events("session-keys-distributed").filter((e) => e.replaces === spiText(spi)).length, 1, "one key distribution replacing it");
   });
 });

@@ -20,6 +20,7 @@ import { SessionBroker, type SessionDeps, type SessionSettings } from "../gatewa
 import { DEFAULT_MATCHING } from "../gateway/sessions/matching.ts";
 import type { Policy } from "../gateway/registry/policy.ts";
 import type { Store } from "../gateway/registry/store.ts";
+import type { LiveSession, SessionSharing } from "../gateway/sessions/shared.ts";
 import { SUITE_AES_CCM_16_64_128 as AES, SUITE_XSALSA20_POLY1305 as XSALSA } from "../firmware/crypto/types.ts";
 import { saConfirmTag } from "../firmware/proto/keys.ts";
 import { CloseReason, ErrorCode, Msg, type InnerMessage } from "../firmware/proto/messages.ts";
@@ -41,6 +42,8 @@ interface RigOptions {
   onEndAll?: SessionDeps["onEndAll"];
   /** Registry and policy lookups wait in Rig.held until the test answers them. */
   holdLookups?: boolean;
+  /** One instance among several (gateway/sessions/shared.ts): the domain's table of SAs. */
+  sharing?: SessionSharing;
 }
 
 interface Rig {
@@ -136,6 +139,7 @@ function rig(t: TestContext, o: RigOptions = {}): Rig {
     gatewayId: GATEWAY,
     ...(o.spiTaken ? { spiTaken: o.spiTaken } : {}),
     ...(o.onEndAll ? { onEndAll: o.onEndAll } : {}),
+    ...(o.sharing ? { sharing: o.sharing } : {}),
   };
   const broker = new SessionBroker(deps);
   t.after(() => broker.close());
@@ -168,6 +172,7 @@ function rig(t: TestContext, o: RigOptions = {}): Rig {
       const incoming = await r.call(caller, callee);
       assert.ok(incoming, `${callee} is asked`);
       r.answer(callee, incoming.rid as number, true);
+      await r.settle(); // with several instances the SPI is claimed first (RigOptions.sharing)
       const installs = to(caller, Msg.SaInstall);
       return installs[installs.length - 1].spi as number;
     },
@@ -728,3 +733,51 @@ test("the stats start at zero, every counter there", async (t) => {
   const r = rig(t);
   assert.deepEqual(r.broker.stats, { requested: 0, up: 0, refused: 0, failed: 0, rejected: 0, denied: 0, noMatch: 0, rekeyed: 0, ended: 0, relayed: 0, relayDropped: 0 });
 });
+
+// ---- one instance among several ---------------------------------------------------------------------
+
+/** The domain's table as the broker sees it: claims answered at once, or held until the test says. */
+function heldClaims() {
+  const claims: { spi: number; answer(ok: boolean): void }[] = [];
+  const ended: number[] = [];
+  const sharing = {
+    hold: false,
+    instance: "i1",
+    claim: (s: LiveSession) => (sharing.hold ? new Promise<boolean>((resolve) => claims.push({ spi: s.spi, answer: resolve })) : Promise.resolve(true)),
+    up: () => {},
+    ended: (spi: number) => void ended.push(spi),
+    stillHome: () => Promise.resolve(true),
+  };
+  return { sharing, claims, ended };
+}
+
+test("with several instances, both ends asking for a rekey while the new SPI is being claimed make one replacement", async (t) => {
+  const { sharing, claims } = heldClaims();
+  const r = rig(t, { sharing });
+  const spi = await r.connect("dev-a", "dev-b");
+  sharing.hold = true;
+  void r.broker.handle("dev-a", { t: Msg.Rekey, rid: 0, spi });
+  void r.broker.handle("dev-b", { t: Msg.Rekey, rid: 0, spi });
+  await r.settle();
+  await r.settle();
+  assert.equal(claims.length, 1, "one SPI claimed for the replacement");
+  claims[0].answer(true);
+  await r.settle();
+  assert.equal(r.to("dev-a", Msg.SaInstall).filter((m) => m.replaces === spi).length, 1, "one replacement installed");
+  assert.equal(r.broker.stats.rekeyed, 1);
+});
+
+test("with several instances, a replaced SA leaves the domain's table when it is replaced, not after the overlap", async (t) => {
+  const { sharing, ended } = heldClaims();
+  const r = rig(t, { sharing });
+  const spi = await r.connect("dev-a", "dev-b");
+  await r.handle("dev-a", { t: Msg.Rekey, rid: 0, spi });
+  await r.settle();
+  const next = r.to("dev-a", Msg.SaInstall).find((m) => m.replaces === spi)!.spi as number;
+  r.confirm("dev-a", next);
+  r.confirm("dev-b", next);
+  await r.settle();
+  assert.deepEqual(ended, [spi], "out of the table as its replacement is up (an instance taking over must not revive it)");
+  assert.ok(r.broker.sessions.has(spi), "while it still routes stragglers here for the overlap");
+});
+

@@ -249,8 +249,9 @@ export class Instances implements SessionSharing {
   }
 
   /** After the bus was cut: what was broadcast meanwhile is read again from the registry (where each
-   *  device is linked), this instance's own links are recorded and announced again, and an SA another instance took over while this one seemed gone is forgotten
-   *  here (the registry says whose it is). */
+   *  device is linked), this instance's own links are recorded and announced again, and an SA that
+   *  another instance took over while this one seemed gone is forgotten here (the registry says whose
+   *  it is). */
   private async resync(): Promise<void> {
     if (this.closed) return;
     try {

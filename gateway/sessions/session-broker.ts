@@ -107,6 +107,8 @@ export class SessionBroker {
   readonly sessions = new Map<number, Session>();
   private pending = new Map<string, Pending>(); // key: callee + "/" + calleeRid
   private lost = new Map<string, NodeJS.Timeout>();
+  /** SAs whose replacement is being installed (its SPI claimed) right now. */
+  private replacing = new Set<number>();
   private rid = 0;
   /** Since start. `refused`: requests answered with an error, for whatever reason (rejected, denied
    *  and noMatch are some of them); `failed`: SAs given out whose setup was aborted (new or rekey);
@@ -320,10 +322,10 @@ export class SessionBroker {
     if (!old) return;
     old.state = "retiring";
     stopTimers(old);
-    old.timer = setTimeout(() => {
-      this.sessions.delete(spi);
-      this.d.sharing?.ended(spi);
-    }, this.d.settings.overlapMs);
+    // Out of the domain's table at once: an instance taking this one's SAs over must not take a
+    // replaced SA for a live one (instances that route its stragglers have it cached).
+    this.d.sharing?.ended(spi);
+    old.timer = setTimeout(() => this.sessions.delete(spi), this.d.settings.overlapMs);
   }
 
   private abort(s: Session, reason: string): void {
@@ -382,10 +384,17 @@ export class SessionBroker {
       this.end(s, CloseReason.PeerGone, "policy or registration no longer allows this session");
       return;
     }
-    // Both ends (and the gateway's own timer) may ask at once: one replacement per SA.
+    // Both ends (and the gateway's own timer) may ask at once: one replacement per SA, counting one
+    // whose SPI is still being claimed in the domain's database.
+    if (this.replacing.has(s.spi)) return;
     for (const other of this.sessions.values()) if (other.replaces === s.spi && other.state === "confirming") return;
     this.stats.rekeyed++;
-    await this.install(s.initiator, s.responder, s.app, s.suite, 0, 0, s.spi);
+    this.replacing.add(s.spi);
+    try {
+      await this.install(s.initiator, s.responder, s.app, s.suite, 0, 0, s.spi);
+    } finally {
+      this.replacing.delete(s.spi);
+    }
   }
 
   private bye(deviceId: string, spi: number): void {
