@@ -320,8 +320,8 @@ export class Gateway {
         },
       });
       // A device's message or SA frame for what this process runs: from its own link, or sent on by
-      // another instance of the domain where the device is linked (gateway/instances/).
-      // From its own link, a session message about an SA another instance runs goes there.
+      // another instance of the domain where the device is linked (gateway/instances/). From its own
+      // link, a session message about an SA another instance runs goes there instead.
       const ownMessage = (dev: string, m: InnerMessage, fromOwnLink: boolean): void | Promise<void> => {
         if (groups!.handle(dev, m) || hook?.handle(dev, m)) return;
         if (fromOwnLink && instances?.handleInner(dev, m)) return;
@@ -535,11 +535,13 @@ export class Gateway {
     // grace timers if it were closed already.
     await this.links.close();
     this.sessions.close();
+    this.groups.close();
+    // Its SAs across gateways end (the other gateways are told); with several instances, before the
+    // bus closes, so that their devices linked at other instances are told too.
+    this.hook?.close();
     // After the links: their "unlinked" went out. Saying "gone" lets another instance take this one's
     // SAs over at once (the SAs are not ended: their devices kept them and rejoin elsewhere).
     await this.instances?.close();
-    this.groups.close();
-    this.hook?.close();
     this.trust?.close();
     await this.interlink?.close().catch(() => undefined);
     await this.monitoring?.stop(); // after the links (their last states), before the store closes
