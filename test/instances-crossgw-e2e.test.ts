@@ -190,4 +190,32 @@ describe("sessions across domains, each domain running several instances", { tim
     for (const [a, b, spi] of pairs.filter((p) => !hit.includes(p))) await exchange(a, b, spi, "unharmed");
     for (const [a, b] of hit) await exchange(a, b, await connectPair(a, b, `${b.id}@${B.name}`), "new");
   });
+
+  test("an instance running SAs across domains is stopped: they end at both devices, its own handsets told as they rejoin", async (t) => {
+    const A = domains.get(`a-${run}.example`);
+    const B = domains.get(`b-${run}.example`);
+    if (!A || !B) return t.skip("no PostgreSQL or no Mosquitto (see above)");
+    const as = handsets.filter((h) => h.id.startsWith("ha"));
+    const bs = handsets.filter((h) => h.id.startsWith("hb"));
+    // The callers' side runs each SA where its caller was linked when it called.
+    const pairs = as.map((a, i) => [a, bs[i], a.h.sas.filter((s) => s.ready).at(-1)!.spi] as const);
+    const homeOf = (spi: number) => [...A.instances].find(([, p]) => [...p.events("xsession-up"), ...p.events("xsession-rekeyed")].some((e) => e.spi === spiText(spi)))?.[0];
+    const homes = pairs.map(([, , spi]) => homeOf(spi));
+    const victim = [...A.instances.keys()].sort((x, y) => homes.filter((h) => h === y).length - homes.filter((h) => h === x).length)[0];
+    const hit = pairs.filter((_, i) => homes[i] === victim);
+    assert.ok(hit.length > 0, `an SA across domains runs at ${victim}: homes ${homes.join(",")}`);
+    assert.equal(await A.instances.get(victim)!.stop("SIGTERM"), 0, "a clean stop");
+    A.instances.delete(victim);
+    for (const h of as) {
+      if (h.h.status().state !== "down" && !h.socket.destroyed) continue;
+      await until(() => h.h.status().state === "down", `${h.id}'s link gone`);
+      await h.reconnect();
+    }
+    for (const [a, b, spi] of hit) {
+      await until(() => b.closed.some(([s]) => s === spi), `${b.id} (the other domain) told its SA ${spiText(spi)} ended`, 10_000);
+      await until(() => a.closed.some(([s]) => s === spi), `${a.id} told its SA ${spiText(spi)} ended as it rejoined`, 10_000);
+    }
+    for (const [a, b] of hit) await exchange(a, b, await connectPair(a, b, `${b.id}@${B.name}`), "after the stop");
+  });
 });
+

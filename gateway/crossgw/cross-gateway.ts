@@ -156,6 +156,7 @@ export class CrossGateway implements SessionHook {
   private readonly recheckTimer: NodeJS.Timeout | undefined;
   private rid = 0;
   private closed = false;
+  private stopping = false;
   /** This gateway is on the fleet's revocation list: no exchange is started or answered. */
   private selfRevoked = false;
 
@@ -271,6 +272,9 @@ export class CrossGateway implements SessionHook {
    *  instead of leaving them to run out), then everything here is dropped. */
   close(): void {
     if (this.closed) return;
+    // With several instances the SAs' rows stay: the instance that takes this one's SAs over tells
+    // each device as it links again (its link was here, and closed before this).
+    this.stopping = true;
     this.endWhere(() => true, CloseReason.PeerGone, "the gateway stopped");
     this.closed = true;
     if (this.recheckTimer) clearInterval(this.recheckTimer);
@@ -697,7 +701,7 @@ export class CrossGateway implements SessionHook {
     if (this.sessions.get(s.spi) !== s) return;
     this.sessions.delete(s.spi);
     stopTimers(s);
-    this.ctx.sharing?.ended(s.spi);
+    if (!this.stopping) this.ctx.sharing?.ended(s.spi);
     if (s.seed) s.seed.fill(0);
     const predecessor = s.replaces ? this.sessions.get(s.replaces) : undefined;
     if (predecessor) this.forgetRetired(predecessor);
