@@ -217,5 +217,26 @@ describe("sessions across domains, each domain running several instances", { tim
     }
     for (const [a, b] of hit) await exchange(a, b, await connectPair(a, b, `${b.id}@${B.name}`), "after the stop");
   });
+
+  test("a device revoked by the fleet (revoke-device --mqtt) is revoked at every instance: its SA ends at both ends, its joins are refused", async (t) => {
+    const A = domains.get(`a-${run}.example`);
+    const B = domains.get(`b-${run}.example`);
+    if (!A || !B) return t.skip("no PostgreSQL or no Mosquitto (see above)");
+    const a = handsets.find((h) => h.id === "ha0")!;
+    const b = handsets.find((h) => h.id === "hb0")!;
+    const spi = await connectPair(a, b, `${b.id}@${B.name}`);
+    const url = process.env.KEYPROXY_TEST_MQTT_BRIDGED_URL ?? process.env.KEYPROXY_TEST_MQTT_URL ?? mosquitto!.url;
+    const out = await runCli(["fleet", "revoke-device", "--fleet-dir", fleetDir, "--name", `${a.id}@${A.name}`, "--mqtt", url]);
+    assert.equal(out.code, 0, out.stderr);
+    await until(() => b.closed.some(([s, r]) => s === spi && r === CloseReason.Revoked), `${b.id}'s SA ended (revoked)`, 10_000);
+    await until(() => a.h.status().state !== "linked", `${a.id}'s link closed`, 10_000);
+    // Every live instance of a.example took the list; the registry says revoked, once.
+    await until(() => live(A).every((p) => p.events("revocation-list").length > 0), "every a.example instance took the list", 10_000);
+    assert.ok((await A.store.getDevice(a.id))!.revokedAt !== null, "revoked in the domain's registry");
+    assert.equal(events(A, "device-revoked").filter((e) => e.device === a.id).length, 1, "revoked once, by one instance");
+    // Its attempts to join again, at whichever instance, are refused.
+    await a.reconnect().catch(() => undefined);
+    await until(() => events(A, "join-rejected").some((e) => e.device === a.id && e.reason === "device revoked"), "a refused join", 15_000);
+  });
 });
 
