@@ -25,7 +25,7 @@ import { findMosquitto, startMosquitto, type PrivateMosquitto } from "./support/
 import { startGatewayProcess, type GatewayProcess } from "./support/process.ts";
 import { testDatabase, type TestDatabase } from "./support/postgres.ts";
 import { runCli } from "./support/run-cli.ts";
-import { sessionHandset, type SessionHandset } from "./support/session-rig.ts";
+import { connectPair, exchange, sessionHandset, type SessionHandset } from "./support/session-rig.ts";
 
 const APP = "chat";
 const LIMIT = 10; // messages per direction: a device asks for a rekey at 8
@@ -112,23 +112,13 @@ describe("sessions across domains, each domain running several instances", { tim
     await mosquitto?.kill();
   });
 
-  async function connectPair(a: SessionHandset, b: SessionHandset, peerName: string): Promise<number> {
-    b.h.onRequest = (_from, app) => app === APP;
-    const known = new Set([...a.h.sas, ...b.h.sas].map((s) => s.spi));
-    const fresh = (x: SessionHandset) => x.h.sas.find((s) => s.ready && !known.has(s.spi));
-    assert.equal(a.h.connect(peerName, APP), true);
-    await until(() => !!fresh(a) && !!fresh(b), `an SA between ${a.id} and ${peerName}`, 15_000);
-    assert.equal(fresh(a)!.spi, fresh(b)!.spi);
-    return fresh(a)!.spi;
-  }
-
-  async function exchange(a: SessionHandset, b: SessionHandset, spi: number, tag: string): Promise<void> {
-    for (const [from, to] of [[a, b], [b, a]] as const) {
-      const msg = `${tag} ${from.id}->${to.id}`;
-      assert.equal(from.h.send(spi, text(msg)), true, `${from.id} may send on ${spi.toString(16)}`);
-      await until(() => to.inbox.includes(msg), `"${msg}" to arrive`, 10_000);
-      assert.equal(to.inbox.filter((m) => m === msg).length, 1, `"${msg}" arrived once`);
-    }
+  /** The instance of d that runs the most of these SAs across domains (its xsession events say so),
+   *  and the pairs whose SA it runs. */
+  function busiestHome<P extends readonly [SessionHandset, SessionHandset, number]>(d: Domain, pairs: P[]) {
+    const homeOf = (spi: number) => [...d.instances].find(([, p]) => [...p.events("xsession-up"), ...p.events("xsession-rekeyed")].some((e) => e.spi === spiText(spi)))?.[0];
+    const homes = pairs.map(([, , spi]) => homeOf(spi));
+    const victim = [...d.instances.keys()].sort((x, y) => homes.filter((h) => h === y).length - homes.filter((h) => h === x).length)[0];
+    return { victim, homes, hit: pairs.filter((_, i) => homes[i] === victim) };
   }
 
   const events = (d: Domain, e: string) => [...d.instances.values()].flatMap((p) => p.events(e));
@@ -143,7 +133,7 @@ describe("sessions across domains, each domain running several instances", { tim
     for (let i = 0; i < 4; i++) bs.push(await addHandset(B, `hb${i}`));
     await until(() => [...as, ...bs].every((h) => h.h.status().registered), "every handset registered", 15_000);
     const pairs: [SessionHandset, SessionHandset, number][] = [];
-    for (let i = 0; i < 4; i++) pairs.push([as[i], bs[i], await connectPair(as[i], bs[i], `${bs[i].id}@${B.name}`)]);
+    for (let i = 0; i < 4; i++) pairs.push([as[i], bs[i], await connectPair(as[i], bs[i], APP, `${bs[i].id}@${B.name}`)]);
     for (const [a, b, spi] of pairs) await exchange(a, b, spi, "first");
     // The callee's gateway instance that took message 1 (shared subscription) is not always where the
     // callee is linked: its Incoming, the Answer and the key confirmation then crossed b's instances.
@@ -166,10 +156,7 @@ describe("sessions across domains, each domain running several instances", { tim
     const bs = handsets.filter((h) => h.id.startsWith("hb"));
     const pairs = as.map((a, i) => [a, bs[i], a.h.sas.filter((s) => s.ready).at(-1)!.spi] as const);
     // The b instance that runs the most of them (it took their message 1) is killed.
-    const homeOf = (spi: number) => [...B.instances].find(([, p]) => [...p.events("xsession-up"), ...p.events("xsession-rekeyed")].some((e) => e.spi === spiText(spi)))?.[0];
-    const homes = pairs.map(([, , spi]) => homeOf(spi));
-    const victim = ["b1", "b2"].sort((x, y) => homes.filter((h) => h === y).length - homes.filter((h) => h === x).length)[0];
-    const hit = pairs.filter((_, i) => homes[i] === victim);
+    const { victim, hit, homes } = busiestHome(B, pairs);
     assert.ok(hit.length > 0, `an SA across domains runs at ${victim}: homes ${homes.join(",")}`);
     await B.instances.get(victim)!.stop("SIGKILL");
     B.instances.delete(victim);
@@ -188,7 +175,7 @@ describe("sessions across domains, each domain running several instances", { tim
     }
     // SAs whose home lives on are untouched, and new SAs across the domains set up.
     for (const [a, b, spi] of pairs.filter((p) => !hit.includes(p))) await exchange(a, b, spi, "unharmed");
-    for (const [a, b] of hit) await exchange(a, b, await connectPair(a, b, `${b.id}@${B.name}`), "new");
+    for (const [a, b] of hit) await exchange(a, b, await connectPair(a, b, APP, `${b.id}@${B.name}`), "new");
   });
 
   test("an instance running SAs across domains is stopped: they end at both devices, its own handsets told as they rejoin", async (t) => {
@@ -199,10 +186,7 @@ describe("sessions across domains, each domain running several instances", { tim
     const bs = handsets.filter((h) => h.id.startsWith("hb"));
     // The callers' side runs each SA where its caller was linked when it called.
     const pairs = as.map((a, i) => [a, bs[i], a.h.sas.filter((s) => s.ready).at(-1)!.spi] as const);
-    const homeOf = (spi: number) => [...A.instances].find(([, p]) => [...p.events("xsession-up"), ...p.events("xsession-rekeyed")].some((e) => e.spi === spiText(spi)))?.[0];
-    const homes = pairs.map(([, , spi]) => homeOf(spi));
-    const victim = [...A.instances.keys()].sort((x, y) => homes.filter((h) => h === y).length - homes.filter((h) => h === x).length)[0];
-    const hit = pairs.filter((_, i) => homes[i] === victim);
+    const { victim, hit, homes } = busiestHome(A, pairs);
     assert.ok(hit.length > 0, `an SA across domains runs at ${victim}: homes ${homes.join(",")}`);
     assert.equal(await A.instances.get(victim)!.stop("SIGTERM"), 0, "a clean stop");
     A.instances.delete(victim);
@@ -215,7 +199,7 @@ describe("sessions across domains, each domain running several instances", { tim
       await until(() => b.closed.some(([s]) => s === spi), `${b.id} (the other domain) told its SA ${spiText(spi)} ended`, 10_000);
       await until(() => a.closed.some(([s]) => s === spi), `${a.id} told its SA ${spiText(spi)} ended as it rejoined`, 10_000);
     }
-    for (const [a, b] of hit) await exchange(a, b, await connectPair(a, b, `${b.id}@${B.name}`), "after the stop");
+    for (const [a, b] of hit) await exchange(a, b, await connectPair(a, b, APP, `${b.id}@${B.name}`), "after the stop");
   });
 
   test("a device revoked by the fleet (revoke-device --mqtt) is revoked at every instance: its SA ends at both ends, its joins are refused", async (t) => {
@@ -224,7 +208,7 @@ describe("sessions across domains, each domain running several instances", { tim
     if (!A || !B) return t.skip("no PostgreSQL or no Mosquitto (see above)");
     const a = handsets.find((h) => h.id === "ha0")!;
     const b = handsets.find((h) => h.id === "hb0")!;
-    const spi = await connectPair(a, b, `${b.id}@${B.name}`);
+    const spi = await connectPair(a, b, APP, `${b.id}@${B.name}`);
     const url = process.env.KEYPROXY_TEST_MQTT_BRIDGED_URL ?? process.env.KEYPROXY_TEST_MQTT_URL ?? mosquitto!.url;
     const out = await runCli(["fleet", "revoke-device", "--fleet-dir", fleetDir, "--name", `${a.id}@${A.name}`, "--mqtt", url]);
     assert.equal(out.code, 0, out.stderr);

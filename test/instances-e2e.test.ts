@@ -22,13 +22,12 @@ import type { Store } from "../gateway/registry/store.ts";
 import { tempDir, until } from "./support/harness.ts";
 import { startGatewayProcess, type GatewayProcess } from "./support/process.ts";
 import { testDatabase, type TestDatabase } from "./support/postgres.ts";
-import { sessionHandset, type SessionHandset } from "./support/session-rig.ts";
+import { connectPair, exchange, sessionHandset, type SessionHandset } from "./support/session-rig.ts";
 
 /** docs/SCALING.md, "Instances of a domain": a handset of a killed instance is linked again within
  *  this, counted from the kill (its reconnection here is at once, as a load balancer's would be). */
 const REJOIN_BOUND_MS = 5000;
 const APP = "chat";
-const text = (s: string) => new Uint8Array(Buffer.from(s, "latin1"));
 
 interface Domain {
   name: string;
@@ -94,24 +93,6 @@ describe("instances of a domain as processes: kill -9 and the handsets rejoin el
     await broker?.close();
   });
 
-  async function connectPair(a: SessionHandset, b: SessionHandset): Promise<number> {
-    b.h.onRequest = (from, app) => from === a.id && app === APP;
-    const known = new Set([...a.h.sas, ...b.h.sas].map((s) => s.spi));
-    const fresh = (x: SessionHandset) => x.h.sas.find((s) => s.ready && !known.has(s.spi));
-    assert.equal(a.h.connect(b.id, APP), true);
-    await until(() => !!fresh(a) && !!fresh(b), `an SA between ${a.id} and ${b.id}`, 10_000);
-    return fresh(a)!.spi;
-  }
-
-  async function exchange(a: SessionHandset, b: SessionHandset, spi: number, tag: string): Promise<void> {
-    for (const [from, to] of [[a, b], [b, a]] as const) {
-      const msg = `${tag} ${from.id}->${to.id}`;
-      assert.equal(from.h.send(spi, text(msg)), true, `${from.id} may send on ${spi}`);
-      await until(() => to.inbox.includes(msg), `"${msg}" to arrive`, 10_000);
-      assert.equal(to.inbox.filter((m) => m === msg).length, 1, `"${msg}" arrived once`);
-    }
-  }
-
   const homeOf = (d: Domain, spi: number): string | undefined => {
     for (const [name, p] of d.instances) if (p.events("session-up").some((e) => e.spi === spiText(spi))) return name;
     return undefined;
@@ -124,7 +105,7 @@ describe("instances of a domain as processes: kill -9 and the handsets rejoin el
     for (let i = 0; i < 8; i++) hs.push(await addHandset(d, `h${i}`));
     await until(() => hs.every((h) => h.h.status().registered), "every handset registered", 15_000);
     const pairs: [SessionHandset, SessionHandset, number][] = [];
-    for (let i = 0; i < hs.length; i += 2) pairs.push([hs[i], hs[i + 1], await connectPair(hs[i], hs[i + 1])]);
+    for (let i = 0; i < hs.length; i += 2) pairs.push([hs[i], hs[i + 1], await connectPair(hs[i], hs[i + 1], APP)]);
     for (const [a, b, spi] of pairs) await exchange(a, b, spi, "before");
     const counters = new Map<string, number>();
     for (const h of hs) counters.set(h.id, (await d.store.getDevice(h.id))!.joinCounter);
@@ -169,7 +150,7 @@ describe("instances of a domain as processes: kill -9 and the handsets rejoin el
     const x = await addHandset(d, "x");
     const y = await addHandset(d, "y");
     await until(() => x.h.status().registered && y.h.status().registered, "both registered", 15_000);
-    const spi = await connectPair(x, y);
+    const spi = await connectPair(x, y, APP);
     await exchange(x, y, spi, "b");
   });
 });

@@ -19,7 +19,7 @@ import { CloseReason } from "../firmware/proto/messages.ts";
 import { spiText } from "../gateway/log/protocol-names.ts";
 import { provision, tempDir, until } from "./support/harness.ts";
 import { testDatabase, type TestDatabase } from "./support/postgres.ts";
-import { sessionHandset, type SessionHandset } from "./support/session-rig.ts";
+import { connectPair, exchange, sessionHandset, type SessionHandset } from "./support/session-rig.ts";
 
 const DOMAIN = "a.example";
 const APP = "chat";
@@ -84,22 +84,6 @@ describe("instances of one domain on PostgreSQL and one broker", { timeout: 120_
     await db?.drop();
   });
 
-  async function connectPair(a: SessionHandset, b: SessionHandset): Promise<number> {
-    b.h.onRequest = (from, app) => from === a.id && app === APP;
-    const known = new Set([...a.h.sas, ...b.h.sas].map((s) => s.spi));
-    const fresh = (d: SessionHandset) => d.h.sas.find((s) => s.ready && !known.has(s.spi));
-    assert.equal(a.h.connect(b.id, APP), true);
-    await until(() => !!fresh(a) && !!fresh(b), `an SA between ${a.id} and ${b.id}`);
-    assert.equal(fresh(a)!.spi, fresh(b)!.spi, "one SPI at both ends");
-    return fresh(a)!.spi;
-  }
-
-  async function delivers(from: SessionHandset, to: SessionHandset, spi: number, msg: string): Promise<void> {
-    assert.equal(from.h.send(spi, text(msg)), true, `${from.id} may send ${msg}`);
-    await until(() => to.inbox.includes(msg), `${msg} to reach ${to.id}`);
-    assert.equal(to.inbox.filter((m) => m === msg).length, 1, `${msg} arrived once`);
-  }
-
   test("a session between handsets linked to different instances, its frames relayed over the bus", async (t) => {
     if (!db) return t.skip("no PostgreSQL");
     const alice = await handset("alice", "i1");
@@ -107,9 +91,8 @@ describe("instances of one domain on PostgreSQL and one broker", { timeout: 120_
     await until(() => alice.h.status().registered && bob.h.status().registered, "both registered");
     // i1 learns that bob is linked at i2 from the bus.
     await until(() => byName("i1").gw.instances!.isLinked("bob"), "i1 to know bob is linked (at i2)");
-    const spi = await connectPair(alice, bob);
-    await delivers(alice, bob, spi, "hello from i1");
-    await delivers(bob, alice, spi, "hello from i2");
+    const spi = await connectPair(alice, bob, APP);
+    await exchange(alice, bob, spi, "hello from i1");
     // Home: i1 (the caller's); i2 relayed bob's frame without running the SA.
     assert.ok(byName("i1").gw.sessions.sessions.has(spi), "the SA runs at the caller's instance");
     assert.ok(!byName("i2").gw.sessions.sessions.has(spi), "and only there");
@@ -125,15 +108,14 @@ describe("instances of one domain on PostgreSQL and one broker", { timeout: 120_
     await bob.dropLink();
     await bob.reconnect();
     await until(() => bob.h.status().state === "linked" && byName("i1").gw.instances!.isLinked("bob") && byName("i3").gw.links.links.has("bob"), "bob linked at i3");
-    await delivers(bob, alice, spi, "from i3");
-    await delivers(alice, bob, spi, "to i3");
+    await exchange(bob, alice, spi, "from i3");
     // Past the limit's rekey point: the device asks, its instance (i3) sends the Rekey to the home (i1).
     for (let i = 0; i < LIMIT - 2; i++) assert.equal(bob.h.send(spi, text(`m${i}`)), true);
     await until(() => bob.h.sas.some((s) => s.ready && s.spi !== spi) && alice.h.sas.some((s) => s.ready && s.spi !== spi), "a new SA at both ends after the rekey");
     const next = bob.h.sas.find((s) => s.ready && s.spi !== spi)!.spi;
     assert.ok(byName("i1").gw.sessions.sessions.has(next), "the home ran the rekey");
     assert.ok(byName("i3").gw.instances!.stats.forwarded >= 1, "i3 forwarded bob's session messages to the home");
-    await delivers(bob, alice, next, "after the rekey");
+    await exchange(bob, alice, next, "after the rekey");
   });
 
   test("the home stops: another instance takes its SAs over, and the SA carries on where the devices rejoin", async (t) => {
@@ -151,8 +133,7 @@ describe("instances of one domain on PostgreSQL and one broker", { timeout: 120_
     await until(() => [byName("i2"), byName("i3")].some((i) => i.gw.sessions.sessions.has(spi)), "the SA taken over by i2 or i3");
     const takers = [byName("i2"), byName("i3")].filter((i) => i.gw.sessions.sessions.has(spi));
     assert.equal(takers.length, 1, "exactly one instance took the SA over");
-    await delivers(alice, bob, spi, "after the home left");
-    await delivers(bob, alice, spi, "and back");
+    await exchange(alice, bob, spi, "after the home left");
     assert.deepEqual(alice.closed, [], "no SA ended at alice");
     assert.deepEqual(bob.closed.filter(([s]) => s === spi), [], "nor at bob");
   });
@@ -181,7 +162,7 @@ describe("instances of one domain on PostgreSQL and one broker", { timeout: 120_
     const carol = await handset("carol", "i2");
     const dave = await handset("dave", "i3");
     await until(() => carol.h.status().registered && dave.h.status().registered && byName("i2").gw.instances!.isLinked("dave"), "carol and dave registered, i2 knowing where dave is");
-    const spi = await connectPair(carol, dave);
+    const spi = await connectPair(carol, dave, APP);
     const i2 = byName("i2");
     assert.ok(i2.gw.sessions.sessions.has(spi), "the SA runs at i2, carol's instance");
     // Only i2's bus connection drops (its links stay): the broker publishes i2's last-will.
@@ -189,8 +170,7 @@ describe("instances of one domain on PostgreSQL and one broker", { timeout: 120_
     await until(() => byName("i3").gw.sessions.sessions.has(spi), "i3 took the SA over on i2's last-will");
     await until(() => i2.events("instance-resynced").length > 0, "i2 back on the bus, read again from the registry");
     assert.ok(!i2.gw.sessions.sessions.has(spi), "i2 forgot the SA it no longer runs");
-    await delivers(carol, dave, spi, "after the cut");
-    await delivers(dave, carol, spi, "and back again");
+    await exchange(carol, dave, spi, "after the cut");
   });
 
   test("an instance started after another died (its last-will retained) starts and takes part", async (t) => {
@@ -203,9 +183,8 @@ describe("instances of one domain on PostgreSQL and one broker", { timeout: 120_
     const frank = handset("frank", "i3");
     const f = await frank;
     await until(() => erin.h.status().registered && f.h.status().registered && i4.gw.instances!.isLinked("frank"), "erin and frank registered");
-    const spi = await connectPair(erin, f);
-    await delivers(erin, f, spi, "from i4");
-    await delivers(f, erin, spi, "to i4");
+    const spi = await connectPair(erin, f, APP);
+    await exchange(erin, f, spi, "from i4");
     assert.deepEqual(i4.events("registry-error").concat(i4.events("instance-bus-handler-failed")), [], "nothing of it failed at i4");
   });
 

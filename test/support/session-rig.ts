@@ -3,6 +3,7 @@
 // what it seals, and the frame surgery the rejection tests need (decode, alter, re-frame with a
 // valid CRC). Built on test/support/harness.ts; the firmware's own Handset engine does the work.
 
+import assert from "node:assert/strict";
 import net from "node:net";
 import { rmSync } from "node:fs";
 import { randomBytes } from "node:crypto";
@@ -182,4 +183,26 @@ export async function sessionHandset(gw: Pick<Gateway, "address">, id: string, r
 export async function stopGateway(t: TestGateway): Promise<void> {
   await t.gw.stop();
   rmSync(t.dataDir, { recursive: true, force: true });
+}
+
+/** `caller` calls `callee` (by `name`, "id" or "id@domain"; default its id) for `app`, the callee
+ *  accepting any caller for it; resolves with the SPI once both ends hold the confirmed SA. */
+export async function connectPair(caller: SessionHandset, callee: SessionHandset, app: string, name = callee.id, ms = 15_000): Promise<number> {
+  callee.h.onRequest = (_from, asked) => asked === app;
+  const known = new Set([...caller.h.sas, ...callee.h.sas].map((s) => s.spi));
+  const fresh = (x: SessionHandset) => x.h.sas.find((s) => s.ready && !known.has(s.spi));
+  assert.equal(caller.h.connect(name, app), true);
+  await until(() => !!fresh(caller) && !!fresh(callee), `an SA between ${caller.id} and ${name}`, ms);
+  assert.equal(fresh(caller)!.spi, fresh(callee)!.spi, "one SPI at both ends");
+  return fresh(caller)!.spi;
+}
+
+/** One message each way on the SA, each arriving once. */
+export async function exchange(a: SessionHandset, b: SessionHandset, spi: number, tag: string, ms = 10_000): Promise<void> {
+  for (const [from, to] of [[a, b], [b, a]] as const) {
+    const msg = `${tag} ${from.id}->${to.id}`;
+    assert.equal(from.h.send(spi, new Uint8Array(Buffer.from(msg, "latin1"))), true, `${from.id} may send on ${spi.toString(16)}`);
+    await until(() => to.inbox.includes(msg), `"${msg}" to arrive`, ms);
+    assert.equal(to.inbox.filter((m) => m === msg).length, 1, `"${msg}" arrived once`);
+  }
 }
