@@ -112,6 +112,26 @@ describe("sessions across domains, each domain running several instances", { tim
     await mosquitto?.kill();
   });
 
+  /** The two domains, their handsets and the newest SA of each pair the first test made. */
+  function afterFirstTest() {
+    const A = domains.get(`a-${run}.example`);
+    const B = domains.get(`b-${run}.example`);
+    if (!A || !B) return undefined;
+    const as = handsets.filter((h) => h.id.startsWith("ha"));
+    const bs = handsets.filter((h) => h.id.startsWith("hb"));
+    const pairs = as.map((a, i) => [a, bs[i], a.h.sas.filter((s) => s.ready).at(-1)!.spi] as const);
+    return { A, B, as, bs, pairs };
+  }
+
+  /** The handsets whose link went with a stopped instance connect again (to a live one). */
+  async function rejoin(hs: SessionHandset[]): Promise<void> {
+    for (const h of hs) {
+      if (h.h.status().state !== "down" && !h.socket.destroyed) continue;
+      await until(() => h.h.status().state === "down", `${h.id}'s link gone`);
+      await h.reconnect();
+    }
+  }
+
   /** The instance of d that runs the most of these SAs across domains (its xsession events say so),
    *  and the pairs whose SA it runs. */
   function busiestHome<P extends readonly [SessionHandset, SessionHandset, number]>(d: Domain, pairs: P[]) {
@@ -149,22 +169,15 @@ describe("sessions across domains, each domain running several instances", { tim
   });
 
   test("an instance running SAs across domains is killed: they end at both devices, which rejoin and set up new ones", async (t) => {
-    const A = domains.get(`a-${run}.example`);
-    const B = domains.get(`b-${run}.example`);
-    if (!A || !B) return t.skip("no PostgreSQL or no Mosquitto (see above)");
-    const as = handsets.filter((h) => h.id.startsWith("ha"));
-    const bs = handsets.filter((h) => h.id.startsWith("hb"));
-    const pairs = as.map((a, i) => [a, bs[i], a.h.sas.filter((s) => s.ready).at(-1)!.spi] as const);
+    const sides = afterFirstTest();
+    if (!sides) return t.skip("no PostgreSQL or no Mosquitto (see above)");
+    const { B, bs, pairs } = sides;
     // The b instance that runs the most of them (it took their message 1) is killed.
     const { victim, hit, homes } = busiestHome(B, pairs);
     assert.ok(hit.length > 0, `an SA across domains runs at ${victim}: homes ${homes.join(",")}`);
     await B.instances.get(victim)!.stop("SIGKILL");
     B.instances.delete(victim);
-    for (const h of bs) {
-      if (h.h.status().state !== "down" && !h.socket.destroyed) continue;
-      await until(() => h.h.status().state === "down", `${h.id}'s link gone`);
-      await h.reconnect();
-    }
+    await rejoin(bs);
     await until(() => bs.every((h) => h.h.status().state === "linked"), "b's handsets linked again", 5000);
     // b's side: told by the instance that took the dead one's SAs over (or as they rejoined).
     for (const [, b, spi] of hit) await until(() => b.closed.some(([s, r]) => s === spi && r === CloseReason.PeerGone), `${b.id} told its SA ${spiText(spi)} ended`, 10_000);
@@ -179,22 +192,15 @@ describe("sessions across domains, each domain running several instances", { tim
   });
 
   test("an instance running SAs across domains is stopped: they end at both devices, its own handsets told as they rejoin", async (t) => {
-    const A = domains.get(`a-${run}.example`);
-    const B = domains.get(`b-${run}.example`);
-    if (!A || !B) return t.skip("no PostgreSQL or no Mosquitto (see above)");
-    const as = handsets.filter((h) => h.id.startsWith("ha"));
-    const bs = handsets.filter((h) => h.id.startsWith("hb"));
+    const sides = afterFirstTest();
+    if (!sides) return t.skip("no PostgreSQL or no Mosquitto (see above)");
+    const { A, B, as, pairs } = sides;
     // The callers' side runs each SA where its caller was linked when it called.
-    const pairs = as.map((a, i) => [a, bs[i], a.h.sas.filter((s) => s.ready).at(-1)!.spi] as const);
     const { victim, hit, homes } = busiestHome(A, pairs);
     assert.ok(hit.length > 0, `an SA across domains runs at ${victim}: homes ${homes.join(",")}`);
     assert.equal(await A.instances.get(victim)!.stop("SIGTERM"), 0, "a clean stop");
     A.instances.delete(victim);
-    for (const h of as) {
-      if (h.h.status().state !== "down" && !h.socket.destroyed) continue;
-      await until(() => h.h.status().state === "down", `${h.id}'s link gone`);
-      await h.reconnect();
-    }
+    await rejoin(as);
     for (const [a, b, spi] of hit) {
       await until(() => b.closed.some(([s]) => s === spi), `${b.id} (the other domain) told its SA ${spiText(spi)} ended`, 10_000);
       await until(() => a.closed.some(([s]) => s === spi), `${a.id} told its SA ${spiText(spi)} ended as it rejoined`, 10_000);
