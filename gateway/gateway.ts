@@ -367,7 +367,7 @@ export class Gateway {
         revocationSerial: gw.trust?.list?.serial,
         revocationIssuedAt: gw.trust?.list ? new Date(gw.trust.list.issuedAt * 1000).toISOString() : undefined,
       });
-      if (opts.mqtt) gw.monitoring = await startMonitoring(opts.mqtt, { gatewayId: monitoringId(id, opts.instance), listen: `${address.host}:${address.port}`, store, links, log, now, sessionMetrics, radio: (dev) => radios.forDevice(dev) }).catch(async (e) => { await links.close(); throw e; });
+      if (opts.mqtt) gw.monitoring = await startMonitoring(opts.mqtt, { gatewayId: monitoringId(id, opts.instance), onlyLinked: instances !== undefined, listen: `${address.host}:${address.port}`, store, links, log, now, sessionMetrics, radio: (dev) => radios.forDevice(dev) }).catch(async (e) => { await links.close(); throw e; });
       if (opts.fleet && gw.monitoring) {
         try {
           const fleet = typeof opts.fleet === "function" ? opts.fleet(id) : opts.fleet;

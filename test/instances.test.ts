@@ -7,6 +7,7 @@
 // and on Mosquitto, is test/instances-e2e.test.ts.
 
 import { after, before, describe, test } from "node:test";
+import mqtt from "mqtt";
 import assert from "node:assert/strict";
 import { copyFileSync } from "node:fs";
 import { join } from "node:path";
@@ -205,4 +206,32 @@ describe("instances of one domain on PostgreSQL and one broker", { timeout: 120_
     assert.equal(home.gw.sessions.stats.rekeyed - before, 1, "one replacement");
     assert.equal(home.events("session-keys-distributed").filter((e) => e.replaces === spiText(spi)).length, 1, "one key distribution replacing it");
   });
+
+  test("monitoring: each device's retained state is shown by the instance it is linked to, and by no other", async (t) => {
+    if (!db) return t.skip("no PostgreSQL");
+    const client = await mqtt.connectAsync(broker.url, { protocolVersion: 4 });
+    try {
+      const shown = new Map<string, string[]>(); // device -> the instances showing a retained state
+      client.on("message", (topic, payload, packet) => {
+        const m = /^keyproxy\/v1\/([^/]+)\.a\.example\/devices\/([^/]+)\/state$/.exec(topic);
+        if (!m || !packet.retain || payload.length === 0) return;
+        shown.set(m[2], [...(shown.get(m[2]) ?? []), m[1]]);
+      });
+      const marker = `kp-test/marker/${Date.now()}`;
+      await client.subscribeAsync(["keyproxy/v1/+/devices/+/state", marker]);
+      // The retained states come with the subscription, before anything published after it.
+      let marked = false;
+      client.on("message", (topic) => (marked ||= topic === marker));
+      await client.publishAsync(marker, "x");
+      await until(() => marked, "the marker behind the retained states");
+      for (const h of handsets) {
+        const at = instances.filter((i) => i.gw.links.links.has(h.id)).map((i) => i.name);
+        assert.deepEqual(shown.get(h.id) ?? [], at, `${h.id}: shown by ${at.join(",") || "no instance"} only`);
+      }
+      assert.ok(handsets.some((h) => (shown.get(h.id) ?? []).length === 1), "some device is shown");
+    } finally {
+      await client.endAsync();
+    }
+  });
 });
+

@@ -251,6 +251,10 @@ export interface PublisherDeps {
   sessionMetrics?: () => Pick<Metrics, "sessionsLocal" | "sessionsAcross" | "revocationSerial" | "revocationIssuedAt">;
   /** A BLE handset's radio, when its link came over Bluetooth (gateway/ble/radio-book.ts). */
   radio?: (deviceId: string) => RadioState | undefined;
+  /** One instance among several of a domain: it shows the devices linked to it, and clears a
+   *  device's retained state when its link leaves (the instance it went to shows it). Otherwise
+   *  every device of the registry is shown. */
+  onlyLinked?: boolean;
 }
 
 export interface PublisherOptions {
@@ -436,7 +440,7 @@ export class MqttPublisher {
     for (const id of dirty) {
       const [dev, reg] = await Promise.all([this.d.store.getDeviceInfo(id), this.d.store.getRegistration(id)]);
       const counts = pending.get(id);
-      if (!dev) {
+      if (!dev || (this.d.onlyLinked && !this.d.links.links.has(id))) {
         if (this.lastState.delete(id)) this.outbox.push({ topic: topics.deviceState(this.d.gatewayId, id), payload: "", qos: 1, retain: true });
         this.counters.delete(id);
         continue;
@@ -479,7 +483,7 @@ export class MqttPublisher {
       const devices = await this.d.store.listDevices();
       const t = this.d.now();
       this.deviceCounts = { known: devices.length, registered: devices.filter((x) => x.expiresAt !== null && x.expiresAt > t && x.revokedAt === null).length };
-      for (const dev of devices) this.dirty.add(dev.id);
+      for (const dev of devices) if (!this.d.onlyLinked || this.d.links.links.has(dev.id)) this.dirty.add(dev.id);
       for (const id of this.lastState.keys()) this.dirty.add(id);
       await this.flush();
       this.publishMetrics();
