@@ -35,8 +35,9 @@ other gateways of its fleet, for sessions across gateways (docs/FLEET.md): its
 certificate and the fleet's trust anchor come from "keyproxy fleet
 issue-gateway --data-dir"; a gateway with none makes a development fleet of its
 own and says so loudly. One gateway at a time on a data directory, and one per
---id on a broker: a second is refused. Logs are JSON lines on stderr. Stop with
-Ctrl-C.
+--id on a broker (one per --instance of it, when a domain runs several processes
+on one PostgreSQL registry): a second is refused. Logs are JSON lines on stderr.
+Stop with Ctrl-C.
 
 ${helpRows([
   ["--data-dir <dir>", "where the registry and the gateway's keys and certificate live"],
