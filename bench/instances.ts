@@ -46,7 +46,6 @@
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import * as fs from "node:fs";
-import * as net from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
 import { monitorEventLoopDelay, performance } from "node:perf_hooks";
@@ -56,7 +55,7 @@ import { openStore } from "../gateway/gateway.ts";
 import { KEK_FILE } from "../gateway/registry/kek.ts";
 import { Policy } from "../gateway/registry/policy.ts";
 import { freePort } from "../test/support/postgres-cluster.ts";
-import { findMosquitto } from "../test/support/mosquitto.ts";
+import { accepts, findMosquitto } from "../test/support/mosquitto.ts";
 import { startGatewayProcess, type GatewayProcess } from "../test/support/process.ts";
 import { benchDatabase, type BenchDatabase } from "./postgres.ts";
 import { connectHandset, latency, setup, teardown, until, type Latency, type LoadHandset } from "./sessions.ts";
@@ -205,16 +204,6 @@ interface Broker {
   /** What it logged (errors and warnings only). */
   lines: string[];
   stop(): Promise<void>;
-}
-
-function accepts(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = net.connect(port, "127.0.0.1", () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.on("error", () => resolve(false));
-  });
 }
 
 /** A throwaway Mosquitto on a free loopback port, as a minimal operator's config would run it. */

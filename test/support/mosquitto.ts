@@ -7,6 +7,7 @@ import { existsSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import { join } from "node:path";
 import { tempDir, until } from "./harness.ts";
+import { freePort } from "./postgres-cluster.ts";
 
 /** The Mosquitto binary, or undefined when there is none here. */
 export function findMosquitto(): string | undefined {
@@ -17,16 +18,8 @@ export function findMosquitto(): string | undefined {
   return which.status === 0 && which.stdout.trim() ? which.stdout.trim() : undefined;
 }
 
-/** A loopback port nobody listens on now. */
-async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
-
-function accepts(port: number): Promise<boolean> {
+/** Whether something accepts TCP connections on this loopback port now. */
+export function accepts(port: number): Promise<boolean> {
   return new Promise((resolve) => {
     const s = net.connect(port, "127.0.0.1", () => {
       s.destroy();
