@@ -15,9 +15,27 @@ import { bootZero, RealDevice } from "./device.ts";
 /** How long the interpreter may take to answer one line over the pty: a board answers in
  *  milliseconds, but a 32-bit build under qemu on a loaded machine can take seconds. */
 export const INTERPRETER_ANSWER_MS = 20_000;
-/** Tries at flashing an image or provisioning a handset when the interpreter itself crashes on the
- *  way (the Linux build's console thread: docs/INTERPRETER.md); a failure without a crash fails at once. */
-const CRASH_ATTEMPTS = 3;
+/** Tries at flashing an image or provisioning a handset when the host's console damaged the work:
+ *  the interpreter crashed, or a byte typed into it was lost (the Linux build's console thread:
+ *  docs/INTERPRETER.md). Any other failure fails at once. */
+const HOST_FAULT_ATTEMPTS = 3;
+
+/** What the Linux build's console did to a flash or a provisioning, if its console shows it; undefined
+ *  for a failure of the firmware's or keyproxy's own. `keyproxy flash` and `provision` type lines whose
+ *  answers come back between markers the device assembles (`"<kp"+N+">"`, flash/serial.ts): a marker
+ *  that comes back damaged, or a syntax or reference error from one of those lines, is a byte the
+ *  console lost, since the same line is typed the same way on every run. A CRC that does not check
+ *  out is the same loss inside a Storage literal; flash and provision refuse it (their own check). */
+export function hostFault(lines: readonly string[], error: Error): string | undefined {
+  const crash = lines.find((l) => /^\[harness\] the interpreter exited \(SIG/.test(l));
+  if (crash) return `the interpreter crashed (${crash})`;
+  const marker = lines.find((l) => /<\/?kp\d+(?![\d>]|!>)/.test(l));
+  if (marker) return `a console byte was lost: the answer came back as ${JSON.stringify(marker.slice(0, 80))}`;
+  const uncaught = lines.find((l) => /^Uncaught (SyntaxError|ReferenceError)\b/.test(l));
+  if (uncaught) return `a console byte was lost: ${JSON.stringify(uncaught.slice(0, 80))}`;
+  if (/verification failed|garbled answer/.test(error.message)) return `a console byte was lost: ${error.message.slice(0, 120)}`;
+  return undefined;
+}
 
 const images = new Map<string, Promise<string>>();
 
@@ -39,18 +57,18 @@ export function flashedImage(board: string, bundle: string, bits: 32 | 64 = 32):
   let image = images.get(key);
   if (!image) {
     image = (async () => {
-      // The Linux build's console is fed by a thread of its own (targets/linux), and under qemu it
-      // has crashed (SIGSEGV), rarely, while taking a flash's stream of long lines; a board's UART
-      // does not. Such a crash is the host's, not the firmware's: it gets one more try, said aloud.
+      // The Linux build's console is fed by a thread of its own (targets/linux): under qemu it has
+      // crashed (SIGSEGV) or lost a byte, rarely, while taking a flash's stream of long lines; a
+      // board's UART does not. That is the host's fault, not the firmware's: one more try, said aloud.
       for (let attempt = 1; ; attempt++) {
         const dev = new RealDevice({ board, bits, dir: tempDir(`kp-image-${board}-`), name: `image-${board}` });
         try {
           await flashImage(dev, board, bundle);
           return dev.flashFile;
         } catch (e) {
-          const crashed = dev.lines.some((l) => /^\[harness\] the interpreter exited \(SIG/.test(l));
-          if (!crashed || attempt >= CRASH_ATTEMPTS) throw withConsole(dev, `flashing the ${board} image`, e as Error);
-          console.log(`# ${dev.name}: the interpreter crashed while being flashed (${dev.lines.find((l) => l.startsWith("[harness]"))}); flashing a fresh one again (${attempt + 1} of ${CRASH_ATTEMPTS})`);
+          const fault = hostFault(dev.lines, e as Error);
+          if (!fault || attempt >= HOST_FAULT_ATTEMPTS) throw withConsole(dev, `flashing the ${board} image`, e as Error);
+          console.log(`# ${dev.name}: while being flashed, ${fault}; flashing a fresh one again (${attempt + 1} of ${HOST_FAULT_ATTEMPTS})`);
         } finally {
           await dev.powerOff();
         }
@@ -93,8 +111,8 @@ export interface HandsetOptions {
   echo?: boolean;
 }
 
-/** A flashed, provisioned handset, powered and booted into its firmware. An interpreter that crashes
- *  while being provisioned (the host's console thread, as in flashedImage) gets another try on a fresh
+/** A flashed, provisioned handset, powered and booted into its firmware. An interpreter whose console
+ *  fails while it is provisioned (the host's console thread, as in flashedImage) gets another try on a fresh
  *  copy of the image, with --replace: a crash before the commit rolled the registry back, one after it
  *  (during the clean-up or the reboot) left the registry with the key the fresh copy never got. */
 export async function provisionedHandset(o: HandsetOptions): Promise<RealDevice> {
@@ -107,9 +125,9 @@ export async function provisionedHandset(o: HandsetOptions): Promise<RealDevice>
       return dev;
     } catch (e) {
       await dev.powerOff();
-      const crashed = dev.lines.some((l) => /^\[harness\] the interpreter exited \(SIG/.test(l));
-      if (!crashed || attempt >= CRASH_ATTEMPTS) throw withConsole(dev, `provisioning ${o.id}`, e as Error);
-      console.log(`# ${dev.name}: the interpreter crashed while being provisioned (${dev.lines.find((l) => l.startsWith("[harness]"))}); provisioning a fresh copy again (${attempt + 1} of ${CRASH_ATTEMPTS})`);
+      const fault = hostFault(dev.lines, e as Error);
+      if (!fault || attempt >= HOST_FAULT_ATTEMPTS) throw withConsole(dev, `provisioning ${o.id}`, e as Error);
+      console.log(`# ${dev.name}: while being provisioned, ${fault}; provisioning a fresh copy again (${attempt + 1} of ${HOST_FAULT_ATTEMPTS})`);
     }
   }
 }

@@ -1,7 +1,10 @@
 // The real tier's one rerun (test/support/real.ts onceMoreAfterCrash): only after an interpreter
-// crash, only once, and never for a failure of the firmware or the test itself.
+// crash, only once, and never for a failure of the firmware or the test itself. And what makes the
+// harness flash or provision again (interpreter/handsets.ts hostFault): the host's console, never
+// the firmware or keyproxy.
 import assert from "node:assert/strict";
 import { test } from "node:test";
+import { hostFault } from "../interpreter/handsets.ts";
 import { onceMoreAfterCrash } from "./support/real.ts";
 
 test("a failure during which an interpreter crashed runs once more, and passes if the rerun passes", async () => {
@@ -27,4 +30,18 @@ test("a failure without a crash fails at once; a second failure after a crash fa
   runs = 0;
   await assert.rejects(onceMoreAfterCrash(async () => { runs++; crashes++; throw new Error(`crash ${runs}`); }, () => crashes, () => {}), /crash 2/);
   assert.equal(runs, 2);
+});
+
+test("flashing or provisioning is tried again only for what the host's console did to it", () => {
+  const timeout = new Error("the device on /dev/pts/9 did not answer within 20.5 s");
+  // Fresh-clone CI run 17: the ">" of an answer's marker typed as "r"; the Storage write had run.
+  assert.match(hostFault(["KP not provisioned: no valid kp.cfg", "<kp41rtrue</kp41>"], timeout) ?? "", /a console byte was lost: the answer came back as "<kp41rtrue/);
+  assert.match(hostFault(["<kp7>1</kp7>", "<kp8>true</kp8", "x"], timeout) ?? "", /byte was lost/, "a damaged end marker");
+  assert.match(hostFault(["Uncaught ReferenceError: \"fuction\" is not defined"], timeout) ?? "", /byte was lost/);
+  assert.match(hostFault(["[harness] the interpreter exited (SIGSEGV)"], timeout) ?? "", /crashed/);
+  assert.match(hostFault([], new Error("verification failed: the device stored a bundle with CRC 0x1, expected 0x2")) ?? "", /byte was lost/);
+  // Whole answers, errors the device reported and keyproxy's own refusals are not the console's fault.
+  assert.equal(hostFault(["<kp7>1</kp7>", "<kp8!>Error: Storage full</kp8!>", "<kp12>null</kp12>"], timeout), undefined);
+  assert.equal(hostFault(["KP registered for 3600s"], new Error('device "h1" is already registered; pass --replace to give it a new root key')), undefined);
+  assert.equal(hostFault(["Uncaught Error: Unable to write file"], timeout), undefined);
 });
