@@ -353,7 +353,13 @@ export class Gateway {
       const radios = new RadioBook((dev) => gw.monitoring?.publisher.deviceChanged(dev));
       const want = opts.listen ?? DEFAULT_LISTEN;
       const address = await links.listen(want.host, want.port);
-      instances?.attach(links, sessions, { deviceMessage, deviceFrame });
+      // SAs across domains taken over from a gone instance run on in its CrossGateway (none without a fleet).
+      const across = () => (hook instanceof CrossGateway ? hook : undefined);
+      instances?.attach(links, sessions, {
+        deviceMessage, deviceFrame,
+        adoptAcross: (rows) => across()?.adopt(rows) ?? rows,
+        keepOnlyAcross: (spis) => across()?.keepOnly(spis),
+      });
       const gw = new Gateway(store, links, address, id, log, sessions, policy, lock);
       gw.instances = instances;
       gw.radios = radios;
@@ -408,6 +414,8 @@ export class Gateway {
           throw e;
         }
       }
+      // Every part is up, sessions across gateways included: SAs of gone instances can be taken over.
+      instances?.ready();
       log.info("gateway-started", { id, instance: opts.instance, listen: `${address.host}:${address.port}`, dataDir: opts.dataDir });
       return gw;
     } catch (e) {

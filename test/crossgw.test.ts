@@ -18,10 +18,11 @@ import type { KeyAgreementPolicy } from "../gateway/crossgw/exchange.ts";
 import { spiText } from "../gateway/log/protocol-names.ts";
 import { issueCertificate, readCertificateUnverified } from "../gateway/encoding/cwt.ts";
 import { generateEd25519 } from "../gateway/crypto/ed25519.ts";
-import { Fleet, generateX25519, readRevocationListUnverified } from "../gateway/fleet/fleet.ts";
+import { Fleet, generateX25519, loadGatewayCredentials, readRevocationListUnverified } from "../gateway/fleet/fleet.ts";
+import { movedBody, XGW_MOVED } from "../gateway/crossgw/messages.ts";
 import { publishRevocationList, revocationTopic } from "../gateway/fleet/trust.ts";
 import type { SessionSettings } from "../gateway/sessions/session-broker.ts";
-import { Interlink } from "../gateway/fleet/interlink.ts";
+import { Interlink, InterlinkError } from "../gateway/fleet/interlink.ts";
 import { CapablePeer, type PeerSession } from "../sdk/peer.ts";
 import { CertificateChecker, checkerTrust, localSource, Verifier } from "../gateway/fleet/verifier.ts";
 import { fleetDataDir, fleetGateway } from "./support/fleet-rig.ts";
@@ -80,6 +81,7 @@ async function connect(a: Side, b: Side, to = "bob@b.example"): Promise<number> 
 describe("sessions across gateways", () => {
   let broker: EmbeddedBroker;
   let fleetDir: string;
+  let fleet: Fleet;
   let a: Side;
   let b: Side;
   const clock = new Clock();
@@ -89,7 +91,7 @@ describe("sessions across gateways", () => {
   before(async () => {
     broker = await startBroker({ host: "127.0.0.1", port: 0 });
     fleetDir = tempDir("kp-xgw-fleet-");
-    const fleet = Fleet.create(fleetDir, "kp-fleet", clock.now());
+    fleet = Fleet.create(fleetDir, "kp-fleet", clock.now());
     a = await side("a.example", "alice", fleet, broker, clock, { sessions });
     b = await side("b.example", "bob", fleet, broker, clock, { sessions });
   });
@@ -220,6 +222,30 @@ describe("sessions across gateways", () => {
     assert.equal(innerMessages(a.seals).filter((m) => m[0] === Msg.SaInstall).length, before, "no SaInstall for a refused call");
     assert.equal(live(a.dev).length, 0);
     assert.ok(b.t.events("xsession-not-found").length >= 1, "B logged why, A's device learned only 'not found'");
+  });
+
+  test("kp.x.moved is taken only from the SA's own peer gateway, naming an instance: anyone else's is refused and the SA runs on", async () => {
+    const spi = await connect(a, b);
+    // a.example runs as one process: it has no instance to move an SA to.
+    await assert.rejects(a.t.gw.interlink!.request("b.example", XGW_MOVED, movedBody(spi), { timeoutMs: 5000 }), (e: unknown) => e instanceof InterlinkError && /names no instance/.test(e.message));
+    // An instance of c.example, certified by the fleet, is not party to the SA.
+    const dir = fleetDataDir("c.example", fleet, clock.now);
+    const c = await Interlink.connect({
+      url: broker.url, identity: loadGatewayCredentials(dir, "c.example", clock.now(), false).credentials, trust: checkerTrust(b.t.gw.trust!.checker),
+      now: clock.now, protocolVersion: 4, instance: "c1", requestTimeoutMs: 5000,
+    });
+    try {
+      await assert.rejects(c.request("b.example", XGW_MOVED, movedBody(spi)), (e: unknown) => e instanceof InterlinkError && /"c\.example" is not party to this SPI/.test(e.message));
+    } finally {
+      await c.close();
+    }
+    assert.equal(b.cross().stats.peerMoved, 0, "nothing moved");
+    // The SA runs on where it ran.
+    assert.equal(a.dev.h.send(spi, text("still here")), true);
+    assert.equal(b.dev.h.send(spi, text("still there")), true);
+    await until(() => b.dev.inbox.includes("still here") && a.dev.inbox.includes("still there"), "frames both ways", 10_000);
+    assert.equal(a.dev.h.close(spi), true);
+    await until(() => a.cross().sessions.size === 0 && b.cross().sessions.size === 0, "the SA ended at both gateways");
   });
 
   test("a link lost for longer than the grace period ends the SA at both gateways and both devices", async () => {

@@ -6,9 +6,9 @@
 // else a private Mosquitto for both, when one is installed). Handsets join instances at random; pairs
 // across the two domains set up SAs, so that the exchange, the callee's answer, the key confirmations
 // and the frames cross instances on each side as well as the interlink; the SAs are rekeyed and
-// carry on. Then an instance of b.example running SAs across domains is killed with SIGKILL: those
-// SAs end at both devices (their exchange state died with it; docs/SCALING.md), the handsets rejoin,
-// and new SAs across the domains are set up.
+// carry on. Then an instance of b.example running SAs across domains is killed with SIGKILL, and one
+// of a.example is stopped: another instance of its domain takes their SAs over from their rows and
+// tells the other domain (kp.x.moved), the handsets rejoin, and the SAs carry on and rekey.
 
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
@@ -168,10 +168,28 @@ describe("sessions across domains, each domain running several instances", { tim
     for (const h of [...as, ...bs]) assert.deepEqual(h.closed.filter(([, r]) => r !== CloseReason.Expired), [], `no SA ended at ${h.id}`);
   });
 
-  test("an instance running SAs across domains is killed: they end at both devices, which rejoin and set up new ones", async (t) => {
+  /** Each of these SAs is rekeyed (its `asker` sends past the rekey point) and carries on; the newest. */
+  async function rekeyed(pairs: (readonly [SessionHandset, SessionHandset, number])[], asker: "a" | "b", tag: string): Promise<[SessionHandset, SessionHandset, number][]> {
+    const out: [SessionHandset, SessionHandset, number][] = [];
+    // The replacement: up, and not itself replaced.
+    const replacement = (h: SessionHandset, spi: number) => h.h.sas.find((s) => s.ready && !s.by && s.spi !== spi);
+    for (const [a, b, spi] of pairs) {
+      const from = asker === "a" ? a : b;
+      // Up to the rekey point (the device asks as it sends past it), counting what it sent on it already.
+      for (let i = 0; i < LIMIT - 2 && from.h.send(spi, text(`${tag}${i}`)); i++);
+      await until(() => !!replacement(a, spi) && !!replacement(b, spi), `${a.id}'s SA ${spiText(spi)} rekeyed (${tag})`, 20_000);
+      const next = replacement(b, spi)!.spi;
+      assert.equal(replacement(a, spi)!.spi, next, "the same replacement at both devices");
+      await exchange(a, b, next, tag);
+      out.push([a, b, next]);
+    }
+    return out;
+  }
+
+  test("an instance running SAs across domains is killed: another takes them over, tells the other domain, and they carry on and rekey", async (t) => {
     const sides = afterFirstTest();
     if (!sides) return t.skip("no PostgreSQL or no Mosquitto (see above)");
-    const { B, bs, pairs } = sides;
+    const { A, B, as, bs, pairs } = sides;
     // The b instance that runs the most of them (it took their message 1) is killed.
     const { victim, hit, homes } = busiestHome(B, pairs);
     assert.ok(hit.length > 0, `an SA across domains runs at ${victim}: homes ${homes.join(",")}`);
@@ -179,33 +197,36 @@ describe("sessions across domains, each domain running several instances", { tim
     B.instances.delete(victim);
     await rejoin(bs);
     await until(() => bs.every((h) => h.h.status().state === "linked"), "b's handsets linked again", 5000);
-    // b's side: told by the instance that took the dead one's SAs over (or as they rejoined).
-    for (const [, b, spi] of hit) await until(() => b.closed.some(([s, r]) => s === spi && r === CloseReason.PeerGone), `${b.id} told its SA ${spiText(spi)} ended`, 10_000);
-    // a's side: its next frame finds the peer process gone (one interlink timeout), and the SA ends.
-    for (const [a, , spi] of hit) {
-      a.h.send(spi, text("into the void"));
-      await until(() => a.closed.some(([s, r]) => s === spi && r === CloseReason.PeerGone), `${a.id} told its SA ${spiText(spi)} ended`, 20_000);
+    // One live b instance took each over and told a.example's instance that runs it (kp.x.moved).
+    for (const [, , spi] of hit) {
+      await until(() => events(B, "xsession-taken-over").some((e) => e.spi === spiText(spi)), `SA ${spiText(spi)} taken over at b`, 10_000);
+      await until(() => events(A, "xsession-peer-moved").some((e) => e.spi === spiText(spi)), `a.example told where SA ${spiText(spi)} runs now`, 10_000);
     }
-    // SAs whose home lives on are untouched, and new SAs across the domains set up.
-    for (const [a, b, spi] of pairs.filter((p) => !hit.includes(p))) await exchange(a, b, spi, "unharmed");
-    for (const [a, b] of hit) await exchange(a, b, await connectPair(a, b, APP, `${b.id}@${B.name}`), "new");
+    assert.equal(events(B, "xsession-taken-over").length, hit.length, "each taken over once");
+    for (const [a, b, spi] of pairs) await exchange(a, b, spi, "after the kill");
+    // The callee's side asks for the rekey: its new home's notice reaches a's, which runs the exchange
+    // with the new home.
+    await rekeyed(hit, "b", "rekey after the kill");
+    for (const h of [...as, ...bs]) assert.deepEqual(h.closed.filter(([, r]) => r !== CloseReason.Expired), [], `no SA ended at ${h.id}`);
   });
 
-  test("an instance running SAs across domains is stopped: they end at both devices, its own handsets told as they rejoin", async (t) => {
+  test("an instance running SAs across domains is stopped: another takes them over and they carry on and rekey", async (t) => {
     const sides = afterFirstTest();
     if (!sides) return t.skip("no PostgreSQL or no Mosquitto (see above)");
-    const { A, B, as, pairs } = sides;
+    const { A, B, as, bs } = sides;
+    // The pairs' SAs now (the last test replaced some).
+    const pairs = as.map((a, i) => [a, bs[i], a.h.sas.find((s) => s.ready && !s.by)!.spi] as const);
     // The callers' side runs each SA where its caller was linked when it called.
     const { victim, hit, homes } = busiestHome(A, pairs);
     assert.ok(hit.length > 0, `an SA across domains runs at ${victim}: homes ${homes.join(",")}`);
     assert.equal(await A.instances.get(victim)!.stop("SIGTERM"), 0, "a clean stop");
     A.instances.delete(victim);
     await rejoin(as);
-    for (const [a, b, spi] of hit) {
-      await until(() => b.closed.some(([s]) => s === spi), `${b.id} (the other domain) told its SA ${spiText(spi)} ended`, 10_000);
-      await until(() => a.closed.some(([s]) => s === spi), `${a.id} told its SA ${spiText(spi)} ended as it rejoined`, 10_000);
-    }
-    for (const [a, b] of hit) await exchange(a, b, await connectPair(a, b, APP, `${b.id}@${B.name}`), "after the stop");
+    for (const [, , spi] of hit) await until(() => events(B, "xsession-peer-moved").some((e) => e.spi === spiText(spi) && e.gateway === A.name), `b.example told where SA ${spiText(spi)} runs now`, 10_000);
+    for (const [a, b, spi] of pairs) await exchange(a, b, spi, "after the stop");
+    // The caller's side asks: its new home runs the exchange itself.
+    await rekeyed(hit, "a", "rekey after the stop");
+    for (const h of [...as, ...bs]) assert.deepEqual(h.closed.filter(([, r]) => r !== CloseReason.Expired), [], `no SA ended at ${h.id}`);
   });
 
   test("a device revoked by the fleet (revoke-device --mqtt) is revoked at every instance: its SA ends at both ends, its joins are refused", async (t) => {

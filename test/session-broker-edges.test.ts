@@ -747,6 +747,8 @@ function heldClaims() {
     up: () => {},
     ended: (spi: number) => void ended.push(spi),
     stillHome: () => Promise.resolve(true),
+    peerMoved: () => {},
+    othersOnline: () => true,
   };
   return { sharing, claims, ended };
 }

@@ -29,6 +29,13 @@
 // certificates afresh, as for a new session. The old SA keeps carrying frames in flight for the
 // overlap, as inside one gateway.
 //
+// Instances (gateway/instances/): a domain may run several processes. Each SA across domains runs at
+// one of them on each side, and every message about it is pinned to the other side's process
+// (InterlinkRequestOptions.instance). When that process dies or stops, another instance of its domain
+// takes the SA over from its row (LiveSession.across) and says so with kp.x.moved; requests to the
+// old process that time out meanwhile make the SA wait for that notice, for the grace period a device
+// has to rejoin, and then it ends.
+//
 // Revocation: every live SA is judged again (both devices' certificates, through the verifier) when
 // a newer fleet revocation list arrives and every `recheckMs`; one that is no longer good ends at both
 // ends with reason Revoked. A list naming one of our own devices revokes it here (its joins are
@@ -47,6 +54,7 @@ import type { SessionHook, SessionHookContext } from "../sessions/hook.ts";
 import { InterlinkError, type Interlink, type InterlinkRequest } from "../fleet/interlink.ts";
 import { matchSettings, suiteCandidates } from "../sessions/matching.ts";
 import type { CertificateChecker } from "../fleet/verifier.ts";
+import type { LiveSession } from "../sessions/shared.ts";
 
 export { XGW_BYE, XGW_CONFIRMED, XGW_MSG1, XGW_MSG3, XGW_SA } from "./messages.ts";
 
@@ -108,6 +116,8 @@ interface CrossSession {
   timer: NodeJS.Timeout | null;
   /** Fires at the SA's rekey point while it is up (maybeUp). */
   rekeyTimer: NodeJS.Timeout | null;
+  /** The peer's process did not answer: waiting for another of its domain to take the SA over. */
+  silence: NodeJS.Timeout | null;
 }
 
 interface WaitingAnswer {
@@ -138,14 +148,15 @@ function asInterlinkError(e: unknown): unknown {
 function stopTimers(s: CrossSession): void {
   if (s.timer) clearTimeout(s.timer);
   if (s.rekeyTimer) clearTimeout(s.rekeyTimer);
-  s.timer = s.rekeyTimer = null;
+  if (s.silence) clearTimeout(s.silence);
+  s.timer = s.rekeyTimer = s.silence = null;
 }
 
 const reasonOf = (e: unknown): string => (e instanceof Error ? `${e.name}: ${e.message}` : String(e));
 
 export class CrossGateway implements SessionHook {
   readonly sessions = new Map<number, CrossSession>();
-  readonly stats = { requested: 0, up: 0, rekeyed: 0, refused: 0, failed: 0, revoked: 0, relayed: 0, relayDropped: 0, ended: 0, certQueries: 0 };
+  readonly stats = { requested: 0, up: 0, rekeyed: 0, refused: 0, failed: 0, revoked: 0, relayed: 0, relayDropped: 0, ended: 0, certQueries: 0, takenOver: 0, peerMoved: 0 };
   private readonly answers = new Map<string, WaitingAnswer>(); // key: callee + "/" + rid
   private readonly exchanges = new Map<string, WaitingMsg3>(); // key: session id, hex
   /** SPIs the peer gateway confirmed before our side installed them (the interlink does not order
@@ -156,7 +167,6 @@ export class CrossGateway implements SessionHook {
   private readonly recheckTimer: NodeJS.Timeout | undefined;
   private rid = 0;
   private closed = false;
-  private stopping = false;
   /** This gateway is on the fleet's revocation list: no exchange is started or answered. */
   private selfRevoked = false;
 
@@ -176,6 +186,7 @@ export class CrossGateway implements SessionHook {
     link.handle(xm.XGW_BYE, (req) => this.onBye(req));
     link.handle(xm.XGW_REKEY, (req) => this.onRekeyNotice(req));
     link.handle(xm.XGW_CERT, (req) => this.onCertQuery(req));
+    link.handle(xm.XGW_MOVED, (req) => this.onMoved(req));
     const every = opts.recheckMs ?? DEFAULT_RECHECK_MS;
     if (every > 0) {
       this.recheckTimer = setInterval(() => void this.recheck("periodic check"), every);
@@ -245,15 +256,17 @@ export class CrossGateway implements SessionHook {
       this.ctx.log.warn("frame dropped", { device: deviceId, spi: spiText(m.spi), reason: "SA frame before both devices confirmed" });
       return true;
     }
+    const to = s.peerInstance;
     this.opts.interlink
-      .request(s.peerGateway, xm.XGW_SA, xm.frameBody(s.spi, payload), { instance: s.peerInstance })
-      .then(() => this.stats.relayed++)
+      .request(s.peerGateway, xm.XGW_SA, xm.frameBody(s.spi, payload), { instance: to })
+      .then(() => {
+        this.stats.relayed++;
+        if (s.silence && s.peerInstance === to) this.peerHeard(s);
+      })
       .catch((e: unknown) => {
         this.stats.relayDropped++;
         this.ctx.log.warn("frame dropped", { device: deviceId, spi: spiText(m.spi), reason: `the peer gateway did not take it: ${e instanceof Error ? e.message : String(e)}` });
-        // The peer domain's process that ran this SA is gone (its SAs across domains die with it):
-        // the SA ends here too rather than swallow every frame until its lifetime is over.
-        if (s.peerInstance !== undefined && e instanceof InterlinkError && e.code === "timeout") this.end(s, CloseReason.PeerGone, `the peer gateway's instance ${s.peerInstance} did not answer`, false);
+        if (e instanceof InterlinkError && e.code === "timeout") this.peerSilent(s, to);
       });
     return true;
   }
@@ -269,13 +282,16 @@ export class CrossGateway implements SessionHook {
   }
 
   /** The gateway stops: the other gateways are told that our SAs end (they end them at their devices
-   *  instead of leaving them to run out), then everything here is dropped. */
+   *  instead of leaving them to run out), then everything here is dropped. An instance with another
+   *  of its domain online ends nothing: their rows stay, and that one takes them over and tells the
+   *  other gateways (kp.x.moved), while our devices rejoin it or another. */
   close(): void {
     if (this.closed) return;
-    // With several instances the SAs' rows stay: the instance that takes this one's SAs over tells
-    // each device as it links again (its link was here, and closed before this).
-    this.stopping = true;
-    this.endWhere(() => true, CloseReason.PeerGone, "the gateway stopped");
+    if (this.ctx.sharing?.othersOnline()) {
+      if (this.sessions.size) this.ctx.log.info("xsessions-handed-over", { sessions: this.sessions.size, reason: "this instance stops; another of the domain takes its SAs across domains over" });
+    } else {
+      this.endWhere(() => true, CloseReason.PeerGone, "the gateway stopped");
+    }
     this.closed = true;
     if (this.recheckTimer) clearInterval(this.recheckTimer);
     for (const s of this.sessions.values()) {
@@ -293,6 +309,95 @@ export class CrossGateway implements SessionHook {
     this.sessions.clear();
     this.answers.clear();
     this.exchanges.clear();
+  }
+
+  // --- instances: an SA's process changes -----------------------------------------------------------
+
+  /** Runs on SAs across domains that another instance of this domain ran (it is gone or stopped):
+   *  each as if set up here, its lifetime and rekey point kept. The other domain's process is told
+   *  (kp.x.moved); a device of ours not linked anywhere gets the grace period to come back. Returns
+   *  the rows it cannot run (no detail: an older or damaged row; or over), which the caller ends. */
+  adopt(rows: LiveSession[]): LiveSession[] {
+    const unrunnable: LiveSession[] = [];
+    const now = this.ctx.now();
+    for (const r of rows) {
+      if (this.sessions.has(r.spi)) continue;
+      const device = r.initiator.includes("@") ? r.responder : r.initiator;
+      const peer = device === r.initiator ? r.responder : r.initiator;
+      const peerGateway = splitDeviceName(peer)?.domain;
+      const a = r.across;
+      if (this.closed || !a || !r.up || !peerGateway || device.includes("@") || r.expiresAt <= now) {
+        unrunnable.push(r);
+        continue;
+      }
+      const s: CrossSession = {
+        spi: r.spi, device, peer, peerGateway, peerInstance: a.peerInstance, app: r.app, suite: r.suite, role: a.role,
+        terms: { lifetime: a.lifetime, limit: a.limit }, replaces: 0, certs: { own: a.ownCert, peer: a.peerCert, peerGateway: a.peerGatewayCert },
+        seed: null, localConfirmed: true, remoteConfirmed: true, state: "up", rekeying: false, timer: null, rekeyTimer: null, silence: null,
+      };
+      this.sessions.set(s.spi, s);
+      const left = r.expiresAt - now;
+      s.timer = setTimeout(() => this.end(s, CloseReason.Expired, "lifetime over", false), (left + 5) * 1000);
+      const rekeyAt = r.expiresAt - a.lifetime + a.lifetime * (a.role === 0 ? REKEY_AT : ANSWERING_SIDE_REKEY_AT);
+      s.rekeyTimer = setTimeout(() => this.rekeyOnTime(s), Math.max(1, rekeyAt - now) * 1000);
+      if (!this.ctx.isLinked(device)) this.ctx.sessions.linkDown(device);
+      this.stats.takenOver++;
+      this.ctx.log.info("xsession-taken-over", { device, peer, app: s.app, spi: spiText(s.spi), gateway: peerGateway, peerInstance: s.peerInstance });
+      this.opts.interlink.request(peerGateway, xm.XGW_MOVED, xm.movedBody(s.spi), { instance: s.peerInstance }).catch((e: unknown) => {
+        if (this.sessions.get(s.spi) !== s) return;
+        // Its process is gone too: another of its domain may take it over and tell us; else it ends.
+        if (e instanceof InterlinkError && e.code === "timeout") return this.peerSilent(s, s.peerInstance);
+        this.end(s, CloseReason.PeerGone, `the peer gateway no longer runs it: ${reasonOf(e)}`, false);
+      });
+    }
+    return unrunnable;
+  }
+
+  /** Forgets every SA not in `spis` without ending it: another instance of this domain runs it now
+   *  (it took it over while this one was cut off from the broker). */
+  keepOnly(spis: Set<number>): void {
+    for (const s of [...this.sessions.values()]) if (!spis.has(s.spi)) this.forget(s, "another instance took this SA over while this one was cut off from the broker");
+  }
+
+  private forget(s: CrossSession, why: string): void {
+    if (this.sessions.get(s.spi) !== s) return;
+    this.sessions.delete(s.spi);
+    stopTimers(s);
+    if (s.seed) s.seed.fill(0);
+    this.ctx.log.warn("xsession-home-moved", { device: s.device, peer: s.peer, spi: spiText(s.spi), reason: why });
+  }
+
+  /** A request to the other domain's process that runs this SA timed out: it may be gone, and the
+   *  instance that takes the SA over there will say so (kp.x.moved). The SA waits for that for the
+   *  grace period, in which its frames are lost, and then ends. A peer that is one process has no
+   *  instance to take over: its SAs run out by their own timers. */
+  private peerSilent(s: CrossSession, asked: string | undefined): void {
+    if (asked === undefined || this.sessions.get(s.spi) !== s || s.peerInstance !== asked || s.silence || s.state === "retiring") return;
+    this.ctx.log.warn("xsession-peer-silent", { device: s.device, peer: s.peer, spi: spiText(s.spi), peerInstance: asked, reason: "the peer gateway's instance did not answer: waiting for another of its domain to take the SA over" });
+    s.silence = setTimeout(() => {
+      s.silence = null;
+      if (s.peerInstance === asked) this.end(s, CloseReason.PeerGone, `the peer gateway's instance ${asked} did not answer, and no other took the SA over`, false);
+    }, this.ctx.settings.graceMs);
+  }
+
+  private peerHeard(s: CrossSession): void {
+    if (s.silence) clearTimeout(s.silence);
+    s.silence = null;
+  }
+
+  /** The other domain's instance that sends this runs the SA from now on. */
+  private onMoved(req: InterlinkRequest): { body: unknown } {
+    const spi = xm.readMoved(req.body);
+    if (req.fromInstance === undefined) throw new InterlinkError("malformed", `${xm.XGW_MOVED} from a gateway that names no instance`);
+    const s = this.peerSession(req, spi);
+    if (!s) throw new InterlinkError("malformed", `${xm.XGW_MOVED}: no SA with this SPI here`);
+    const from = s.peerInstance;
+    s.peerInstance = req.fromInstance;
+    this.peerHeard(s);
+    this.stats.peerMoved++;
+    this.ctx.sharing?.peerMoved(spi, req.fromInstance);
+    this.ctx.log.info("xsession-peer-moved", { device: s.device, peer: s.peer, spi: spiText(spi), gateway: req.from, from, to: req.fromInstance });
+    return { body: 0 };
   }
 
   // --- revocation ----------------------------------------------------------------------------------
@@ -462,6 +567,8 @@ export class CrossGateway implements SessionHook {
    *  runs on until its lifetime or limit. */
   private async rekey(s: CrossSession): Promise<void> {
     const { ctx } = this;
+    // Another instance may have taken this SA over while this one was cut off from the broker.
+    if (ctx.sharing && !(await ctx.sharing.stillHome(s.spi).catch(() => true))) return this.forget(s, "another instance runs this SA now (found before its rekey)");
     const own = await this.localParty(s.device);
     if (typeof own === "string" || !(await ctx.policy.permits(s.device, s.peer, s.app)) || this.selfRevoked) {
       this.end(s, CloseReason.PeerGone, typeof own === "string" ? `rekey refused: the device is ${own}` : "rekey refused: policy no longer allows this session", true);
@@ -590,11 +697,13 @@ export class CrossGateway implements SessionHook {
 
   /** An SPI held at this gateway already (here, by its broker, or, with several instances, anywhere in
    *  the domain: claimed in its database). */
-  private async spiTaken(r: ExchangeResult, device: string, terms: xm.SaTerms): Promise<boolean> {
+  private async spiTaken(r: ExchangeResult, device: string, terms: xm.SaTerms, peerInstance: string | undefined): Promise<boolean> {
     const here = () => this.closed || this.sessions.has(r.spi) || this.ctx.sessions.sessions.has(r.spi);
     const sharing = this.ctx.sharing;
     if (here() || !sharing) return here();
-    const row = { spi: r.spi, initiator: device, responder: r.peer, app: r.app, suite: r.suite, expiresAt: this.ctx.now() + terms.lifetime, up: false, home: sharing.instance };
+    // What another instance needs to run the SA on if this one goes (adopt).
+    const across = { role: r.role === "initiator" ? 0 as const : 1 as const, lifetime: terms.lifetime, limit: terms.limit, peerInstance, ownCert: r.ownCert, peerCert: r.peerCert, peerGatewayCert: r.peerGatewayCert };
+    const row = { spi: r.spi, initiator: device, responder: r.peer, app: r.app, suite: r.suite, expiresAt: this.ctx.now() + terms.lifetime, up: false, home: sharing.instance, across };
     if (!(await sharing.claim(row))) return true;
     if (!here()) return false;
     sharing.ended(r.spi);
@@ -606,7 +715,7 @@ export class CrossGateway implements SessionHook {
     const { ctx } = this;
     const peerGateway = peer.gateway;
     const role = r.role === "initiator" ? 0 : 1;
-    if (await this.spiTaken(r, device, terms)) {
+    if (await this.spiTaken(r, device, terms, peer.instance)) {
       // A derived SPI that is taken here (odds 2^-32 per SA): refuse rather than mix two SAs.
       r.seed.fill(0);
       ctx.log.warn("xsession-failed", { device, peer: r.peer, reason: "the derived SPI is in use at this gateway" });
@@ -617,7 +726,7 @@ export class CrossGateway implements SessionHook {
     const s: CrossSession = {
       spi: r.spi, device, peer: r.peer, peerGateway, peerInstance: peer.instance, app: r.app, suite: r.suite, role, terms, replaces: r.replaces,
       certs: { own: r.ownCert, peer: r.peerCert, peerGateway: r.peerGatewayCert },
-      seed: r.seed, localConfirmed: false, remoteConfirmed: this.earlyConfirmed.get(r.spi) === peerGateway, state: "confirming", rekeying: false, timer: null, rekeyTimer: null,
+      seed: r.seed, localConfirmed: false, remoteConfirmed: this.earlyConfirmed.get(r.spi) === peerGateway, state: "confirming", rekeying: false, timer: null, rekeyTimer: null, silence: null,
     };
     this.earlyConfirmed.delete(r.spi);
     this.sessions.set(s.spi, s);
@@ -672,10 +781,11 @@ export class CrossGateway implements SessionHook {
     if (!old) return;
     old.state = "retiring";
     stopTimers(old);
+    // Its row goes now, not after the overlap: an instance taking this one's SAs over in between
+    // must not revive a replaced SA (the devices drop it with its replacement).
+    this.ctx.sharing?.ended(spi);
     old.timer = setTimeout(() => {
-      if (this.sessions.get(spi) !== old) return;
-      this.sessions.delete(spi);
-      this.ctx.sharing?.ended(spi);
+      if (this.sessions.get(spi) === old) this.sessions.delete(spi);
     }, this.ctx.settings.overlapMs);
   }
 
@@ -701,7 +811,7 @@ export class CrossGateway implements SessionHook {
     if (this.sessions.get(s.spi) !== s) return;
     this.sessions.delete(s.spi);
     stopTimers(s);
-    if (!this.stopping) this.ctx.sharing?.ended(s.spi);
+    this.ctx.sharing?.ended(s.spi);
     if (s.seed) s.seed.fill(0);
     const predecessor = s.replaces ? this.sessions.get(s.replaces) : undefined;
     if (predecessor) this.forgetRetired(predecessor);

@@ -11,7 +11,12 @@
 //   kp.x.sa           {spi, frame}                          0
 //   kp.x.bye          {spi, reason}                         0
 //   kp.x.rekey        {spi}                                 0
+//   kp.x.moved        {spi}                                 0
 //   kp.x.cert         {from, name}                 secret   {cert, gatewayCert} | {refused}
+//
+// kp.x.moved comes only from a domain running several instances: the instance that sends it runs the
+// SA from now on (its home died or stopped, and it took the SA over; gateway/instances/). The instance
+// is the envelope's own, signed or carried on the pairwise channel (fromInstance), not the body's.
 //
 // "secret" bodies are encrypted to the receiving gateway's certified key (gateway/fleet/interlink.ts), so
 // the broker never learns who calls whom; the others carry only an SPI and end-to-end sealed frames.
@@ -27,6 +32,7 @@ export const XGW_SA = "kp.x.sa";
 export const XGW_BYE = "kp.x.bye";
 export const XGW_REKEY = "kp.x.rekey";
 export const XGW_CERT = "kp.x.cert";
+export const XGW_MOVED = "kp.x.moved";
 
 /** Why a callee's gateway refused, as the caller's device learns it (nothing more). */
 export type Refusal = "not-found" | "rejected" | "no-common-suite";
@@ -122,6 +128,9 @@ export function readBye(body: unknown): { spi: number; reason: CloseReason } {
 
 export const rekeyBody = (spi: number) => map([["spi", spi]]);
 export const readRekey = (body: unknown): number => spiOf(XGW_REKEY, fields(XGW_REKEY, body));
+
+export const movedBody = (spi: number) => map([["spi", spi]]);
+export const readMoved = (body: unknown): number => spiOf(XGW_MOVED, fields(XGW_MOVED, body));
 
 // --- kp.x.cert -------------------------------------------------------------------------------------------
 

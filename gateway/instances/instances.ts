@@ -9,8 +9,10 @@
 // - SA frames go straight from the sender's instance to the receiver's (frame), found from the row:
 //   the home is not on the data path, so frames keep flowing while an SA changes home. Instances
 //   carry the frames byte for byte; they cannot read them (the SA's keys are the devices').
-// When an instance is gone (its last-will), one other takes its SAs over; their devices rejoin any
-// instance within the grace period and their SAs, which each device kept, carry on.
+// When an instance is gone (its last-will) or stopped, one other takes its SAs over; their devices
+// rejoin any instance within the grace period and their SAs, which each device kept, carry on. An SA
+// with a device of another domain carries on too: its row holds what the taker needs to run it, and
+// the other domain's gateway is told where it runs now (kp.x.moved; gateway/crossgw/cross-gateway.ts).
 
 import type { InnerMessage, SaData } from "../../firmware/proto/messages.ts";
 import { CloseReason, decodeMessage, Msg } from "../../firmware/proto/messages.ts";
@@ -44,10 +46,14 @@ export interface InstancesOptions {
   graceMs: number;
 }
 
-/** The gateway's own handling of what a device sends (gateway.ts). */
+/** The gateway's own handling of what a device sends (gateway.ts), and of its SAs across domains. */
 export interface OwnHandling {
   deviceMessage(dev: string, m: InnerMessage): void | Promise<void>;
   deviceFrame(dev: string, m: SaData, payload: Uint8Array): void;
+  /** Runs on SAs across domains taken over from a gone instance; returns those it cannot run (they end). */
+  adoptAcross(rows: LiveSession[]): LiveSession[];
+  /** Forgets every SA across domains not in `spis` (another instance runs it now). */
+  keepOnlyAcross(spis: Set<number>): void;
 }
 
 /** What an instance knows of an SA homed elsewhere: enough to route its messages and frames. */
@@ -88,7 +94,7 @@ export class Instances implements SessionSharing {
   /** Writes to the live tables under way: a stop waits for them before the store closes. */
   private readonly writing = new Set<Promise<unknown>>();
   private closed = false;
-  /** Bus events that came before attach(); undefined once attached. */
+  /** Bus events that came before ready(); undefined from then on. */
   private early: (() => void)[] | undefined = [];
   readonly stats = { delivered: 0, framesOut: 0, framesIn: 0, forwarded: 0, dropped: 0, takenOver: 0 };
 
@@ -97,7 +103,7 @@ export class Instances implements SessionSharing {
     this.table = new LiveTable(o.store, o.instance);
   }
 
-  /** Opens the bus; attach() must follow before any device links. */
+  /** Opens the bus; attach() and then ready() must follow before any device links. */
   static async start(o: InstancesOptions): Promise<Instances> {
     const me = new Instances(o);
     // Links this instance had in an earlier run are gone with it.
@@ -105,10 +111,10 @@ export class Instances implements SessionSharing {
     for (const [dev, at] of await me.table.links()) if (at !== o.instance) me.elsewhere.set(dev, at);
     me.bus = await InstanceBus.connect({
       url: o.url, domain: o.domain, instance: o.instance, key: await o.store.derivedKey(busKeyPurpose(o.domain)), log: o.log,
-      // What arrives before attach() (a dead instance's retained last-will, at once) waits for it.
-      onMessage: (m) => me.whenAttached(() => me.onBus(m)),
-      onPresence: (inst, online) => me.whenAttached(() => (online ? o.log.info("instance-online", { instance: inst }) : void me.instanceGone(inst))),
-      onReconnect: () => me.whenAttached(() => void me.resync()),
+      // What arrives before ready() (a dead instance's retained last-will, at once) waits for it.
+      onMessage: (m) => me.whenReady(() => me.onBus(m)),
+      onPresence: (inst, online) => me.whenReady(() => (online ? o.log.info("instance-online", { instance: inst }) : void me.instanceGone(inst))),
+      onReconnect: () => me.whenReady(() => void me.resync()),
     });
     return me;
   }
@@ -120,17 +126,22 @@ export class Instances implements SessionSharing {
     this.links = links;
     this.sessions = sessions;
     this.own = own;
+  }
+
+  /** Everything of the gateway is up (sessions across domains too, which take SAs over): what the bus
+   *  said meanwhile is handled, then the SAs an earlier run of this instance ran and every SA whose
+   *  home is gone unnoticed are taken over. */
+  ready(): void {
     const early = this.early;
     this.early = undefined;
     for (const fn of early ?? []) fn();
-    // The SAs an earlier run of this instance ran, then every SA whose home is gone unnoticed.
     void this.takeOver(this.instance);
     this.sweep = setInterval(() => void this.sweepOrphans(), ORPHAN_SWEEP_MS);
     this.sweep.unref();
   }
 
-  /** Runs fn now if attached, else at attach(). */
-  private whenAttached(fn: () => void): void {
+  /** Runs fn now if ready, else at ready(). */
+  private whenReady(fn: () => void): void {
     if (this.early) this.early.push(fn);
     else fn();
   }
@@ -178,6 +189,14 @@ export class Instances implements SessionSharing {
 
   stillHome(spi: number): Promise<boolean> {
     return this.table.stillHome(spi);
+  }
+
+  peerMoved(spi: number, peerInstance: string): void {
+    this.track(this.table.peerMoved(spi, peerInstance).catch((e: unknown) => this.registryError("peer moved", spi, e)));
+  }
+
+  othersOnline(): boolean {
+    return !this.closed && this.bus.others.length > 0;
   }
 
   // ---- events of this instance's links and devices -------------------------------------------------
@@ -261,7 +280,9 @@ export class Instances implements SessionSharing {
       this.routes.clear();
       // The others may have thought this instance gone and forgotten its links: they are said again.
       for (const dev of this.links.links.keys()) this.linkChanged(dev, true);
-      const kept = this.sessions.keepOnly(new Set(await this.table.spisHomedHere()));
+      const homedHere = new Set(await this.table.spisHomedHere());
+      const kept = this.sessions.keepOnly(homedHere);
+      this.own.keepOnlyAcross(homedHere);
       this.o.log.info("instance-resynced", { linkedElsewhere: this.elsewhere.size, sessionsKept: kept });
     } catch (e) {
       this.o.log.error("registry-error", { reason: `live links and SAs not read again after the bus reconnected: ${(e as Error).message}` });
@@ -428,14 +449,14 @@ export class Instances implements SessionSharing {
     try {
       const rows = await this.table.takeOver(from);
       if (this.closed) return;
-      // An SA with a device of another domain was run with that domain's gateway by the process that
-      // died, whose exchange state is gone with it: it ends here (its device is told), not taken over.
-      const across = rows.filter(acrossDomains);
+      // An SA with a device of another domain runs on here with that domain's process, which is told
+      // (kp.x.moved); one whose row lacks what that needs ends (its device is told).
       const inside = rows.filter((r) => !acrossDomains(r));
-      if (rows.length || from !== this.instance) this.o.log.warn("instance-gone", { instance: from, takenOver: inside.length, endedAcrossDomains: across.length });
-      this.stats.takenOver += inside.length;
+      const unrunnable = this.own.adoptAcross(rows.filter(acrossDomains));
+      if (rows.length || from !== this.instance) this.o.log.warn("instance-gone", { instance: from, takenOver: rows.length - unrunnable.length, endedAcrossDomains: unrunnable.length });
+      this.stats.takenOver += rows.length - unrunnable.length;
       this.sessions.adopt(inside);
-      for (const r of across) {
+      for (const r of unrunnable) {
         this.closeWhenLinked(r.initiator.includes("@") ? r.responder : r.initiator, r.spi);
         this.ended(r.spi);
       }

@@ -3,16 +3,17 @@
 // it (live_sessions). An SPI is claimed here before it is handed out, so two instances never give the
 // same one; when an instance is gone, one other takes its SAs over in one statement.
 
+import * as cbor from "../encoding/cbor.ts";
 import type { Store } from "../registry/store.ts";
 import type { SqlRow } from "../registry/sql.ts";
-import type { LiveSession } from "../sessions/shared.ts";
+import type { AcrossDetail, LiveSession } from "../sessions/shared.ts";
 
-export type { LiveSession };
+export type { AcrossDetail, LiveSession };
 
-const COLUMNS = "spi, initiator, responder, app, suite, expires_at, up, home";
+const COLUMNS = "spi, initiator, responder, app, suite, expires_at, up, home, across, peer_instance";
 
 function fromRow(r: SqlRow): LiveSession {
-  return {
+  const s: LiveSession = {
     spi: Number(r.spi),
     initiator: String(r.initiator),
     responder: String(r.responder),
@@ -22,6 +23,36 @@ function fromRow(r: SqlRow): LiveSession {
     up: Number(r.up) === 1,
     home: String(r.home),
   };
+  const across = r.across == null ? undefined : decodeAcross(r.across, r.peer_instance);
+  if (across) s.across = across;
+  return s;
+}
+
+/** An SA across domains' detail as its row keeps it: a CBOR array (the peer instance has a column of
+ *  its own, since kp.x.moved changes it). */
+export function encodeAcross(a: AcrossDetail): Uint8Array {
+  return cbor.encode([1, a.role, a.lifetime, a.limit, a.ownCert, a.peerCert, a.peerGatewayCert]);
+}
+
+const MAX_CERT = 4096;
+const isCount = (v: unknown): v is number => typeof v === "number" && Number.isSafeInteger(v) && v > 0;
+const isCert = (v: unknown): v is Uint8Array => v instanceof Uint8Array && v.length > 0 && v.length <= MAX_CERT;
+
+/** The detail back, or undefined when the row's bytes are not one (written by another version, or
+ *  damaged): such an SA is ended, not run on half-known terms. */
+export function decodeAcross(raw: unknown, peerInstance: unknown): AcrossDetail | undefined {
+  let v: unknown;
+  try {
+    v = cbor.decode(raw instanceof Uint8Array ? raw : new Uint8Array(0));
+  } catch {
+    return undefined;
+  }
+  if (!Array.isArray(v) || v.length !== 7 || v[0] !== 1) return undefined;
+  const [, role, lifetime, limit, ownCert, peerCert, peerGatewayCert] = v as unknown[];
+  if ((role !== 0 && role !== 1) || !isCount(lifetime) || !isCount(limit) || !isCert(ownCert) || !isCert(peerCert) || !isCert(peerGatewayCert)) return undefined;
+  const a: AcrossDetail = { role, lifetime, limit, ownCert, peerCert, peerGatewayCert };
+  if (typeof peerInstance === "string" && peerInstance !== "") a.peerInstance = peerInstance;
+  return a;
 }
 
 export class LiveTable {
@@ -51,8 +82,14 @@ export class LiveTable {
 
   /** Claims s.spi for a new SA homed here: false when the domain holds that SPI already. */
   async claim(s: LiveSession): Promise<boolean> {
-    const r = await this.store.query(`INSERT INTO live_sessions (${COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(spi) DO NOTHING`, [s.spi, s.initiator, s.responder, s.app, s.suite, s.expiresAt, s.up ? 1 : 0, s.home]);
+    const across = s.across ? encodeAcross(s.across) : null;
+    const r = await this.store.query(`INSERT INTO live_sessions (${COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(spi) DO NOTHING`, [s.spi, s.initiator, s.responder, s.app, s.suite, s.expiresAt, s.up ? 1 : 0, s.home, across, s.across?.peerInstance ?? null]);
     return r.changes === 1;
+  }
+
+  /** The peer domain's process that runs an SA across domains with us is now peerInstance. */
+  async peerMoved(spi: number, peerInstance: string): Promise<void> {
+    await this.store.query("UPDATE live_sessions SET peer_instance = ? WHERE spi = ? AND home = ?", [peerInstance, spi, this.instance]);
   }
 
   async markUp(spi: number): Promise<void> {

@@ -107,6 +107,15 @@ CREATE TABLE live_sessions (
 CREATE INDEX live_sessions_home ON live_sessions (home);`,
     },
   },
+  {
+    version: 6,
+    what: "what an instance needs to take over an SA across domains (gateway/instances/live-table.ts)",
+    sql: { sqlite: "", postgres: "ALTER TABLE live_sessions ADD COLUMN across BYTEA; ALTER TABLE live_sessions ADD COLUMN peer_instance TEXT;" },
+    addColumns: [
+      ["live_sessions", "across", "BLOB"],
+      ["live_sessions", "peer_instance", "TEXT"],
+    ],
+  },
 ];
 
 export const LATEST_SCHEMA = MIGRATIONS[MIGRATIONS.length - 1].version;

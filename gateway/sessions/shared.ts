@@ -15,6 +15,23 @@ export interface LiveSession {
   up: boolean;
   /** The instance that runs the SA: its timers, its rekeys, its end. */
   home: string;
+  /** An SA with a device of another domain: what another instance needs to run it on. */
+  across?: AcrossDetail;
+}
+
+/** What an instance that takes over an SA across domains needs beyond its parties (gateway/crossgw/
+ *  cross-gateway.ts): its side in the exchange, its terms, the peer domain's process that runs it
+ *  there, and the certificates judged again on every revocation list. Public parts only: no key. */
+export interface AcrossDetail {
+  /** 0: our device's gateway initiated the exchange (it runs the rekeys), 1: the peer's did. */
+  role: 0 | 1;
+  lifetime: number;
+  limit: number;
+  /** The peer domain's instance that runs the SA with us (kp.x.moved changes it). */
+  peerInstance?: string;
+  ownCert: Uint8Array;
+  peerCert: Uint8Array;
+  peerGatewayCert: Uint8Array;
 }
 
 export interface SessionSharing {
@@ -27,4 +44,8 @@ export interface SessionSharing {
   ended(spi: number): void;
   /** Whether the SA is still this instance's to run. */
   stillHome(spi: number): Promise<boolean>;
+  /** The peer domain's process that runs an SA across domains with us changed (never waited for). */
+  peerMoved(spi: number, peerInstance: string): void;
+  /** Whether another instance of the domain is online to take this one's SAs over when it stops. */
+  othersOnline(): boolean;
 }
