@@ -248,6 +248,30 @@ describe("sessions across gateways", () => {
     await until(() => a.cross().sessions.size === 0 && b.cross().sessions.size === 0, "the SA ended at both gateways");
   });
 
+  test("an SA whose peer process moved to an instance that then does not answer waits the grace period for another to take it over, then ends at its device", async () => {
+    const spi = await connect(a, b);
+    // An instance of a.example (its domain's own key) says it runs the SA now, and then goes.
+    const a9 = await Interlink.connect({
+      url: broker.url, identity: loadGatewayCredentials(a.t.dataDir, "a.example", clock.now(), false).credentials, trust: checkerTrust(a.t.gw.trust!.checker),
+      now: clock.now, protocolVersion: 4, instance: "a9", requestTimeoutMs: 5000,
+    });
+    try {
+      await a9.request("b.example", XGW_MOVED, movedBody(spi));
+    } finally {
+      await a9.close();
+    }
+    assert.equal(b.cross().stats.peerMoved, 1);
+    assert.ok(b.t.events("xsession-peer-moved").some((e) => e.spi === spiText(spi) && e.to === "a9"), "bob's gateway logged the move");
+    // Bob's next frame goes to a9, which never answers (the interlink's 10 s), and no other instance
+    // of a.example takes the SA over within the grace period: it ends at bob.
+    assert.equal(b.dev.h.send(spi, text("to nobody")), true);
+    await until(() => b.dev.closed.some(([s]) => s === spi), "bob told his SA ended", 20_000);
+    assert.deepEqual(b.dev.closed.find(([s]) => s === spi), [spi, CloseReason.PeerGone]);
+    assert.ok(b.t.events("xsession-peer-silent").some((e) => e.spi === spiText(spi) && e.peerInstance === "a9"), "it waited first");
+    assert.equal(a.dev.h.close(spi), true);
+    await until(() => a.cross().sessions.size === 0 && b.cross().sessions.size === 0, "no session left at either gateway");
+  });
+
   test("a link lost for longer than the grace period ends the SA at both gateways and both devices", async () => {
     const spi = await connect(a, b);
     await b.dev.dropLink();
