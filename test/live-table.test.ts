@@ -92,3 +92,40 @@ test("the detail's codec: what it writes it reads back; anything else is refused
   assert.equal(decodeAcross("not bytes", null), undefined);
   assert.equal(decodeAcross(cbor.encode(base), "")?.peerInstance, undefined, "an empty instance is none");
 });
+
+test("PostgreSQL: the live rows' writes skip the wait for the disk on a connection of their own; the registry's do not; prepared statements outlive another instance's migration", async (t) => {
+  const db = await testDatabase(t);
+  if (!db) return;
+  const dir = tempDir("kp-live-pg-");
+  const store = await Store.open(db.url, { kekFile: join(dir, "pg.kek") });
+  const other = await Store.open(db.url, { kekFile: join(dir, "pg.kek") });
+  try {
+    const setting = async (q: "query" | "queryRelaxed") => (await store[q]("SELECT current_setting('synchronous_commit') AS v")).rows[0].v;
+    assert.equal(await setting("query"), "on", "the registry's statements wait for the disk");
+    assert.equal(await setting("queryRelaxed"), "off");
+    // In the order called, though nothing waits in between (one connection).
+    const table = new LiveTable(store, "a1");
+    const writes: Promise<void>[] = [];
+    for (let i = 0; i < 50; i++) writes.push(i % 2 === 0 ? table.linked("dev", i) : table.unlinked("dev"));
+    writes.push(table.linked("dev", 50));
+    await Promise.all(writes);
+    assert.deepEqual([...(await table.links())], [["dev", "a1"]], "the last write stands");
+    // A device read by a prepared statement, then a column added by another process (a newer
+    // instance's migration), then read again: no "cached plan must not change result type".
+    await store.addDevice("d1", new Uint8Array(16).fill(7), "puckjs", 1);
+    assert.equal((await store.getDevice("d1"))?.board, "puckjs");
+    assert.equal((await store.getRegistration("d1")), undefined);
+    await other.query("ALTER TABLE devices ADD COLUMN later_column TEXT");
+    await other.query("ALTER TABLE registrations ADD COLUMN later_column TEXT");
+    assert.equal((await store.getDevice("d1"))?.board, "puckjs");
+    assert.equal((await store.getRegistration("d1")), undefined);
+    const meta = async () => (await store.query("SELECT * FROM meta WHERE k = ?", ["schema_version"])).rows[0];
+    await meta();
+    await other.query("ALTER TABLE meta ADD COLUMN later_column TEXT");
+    assert.ok(await meta(), "a SELECT * is not prepared, so it takes the new column");
+  } finally {
+    await store.close();
+    await other.close();
+    await db.drop();
+  }
+});

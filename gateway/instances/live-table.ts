@@ -1,7 +1,9 @@
 // What the instances of one domain share in its database about the present (migrations.ts, version
 // 5): where each linked device is (live_links), and each SA's parties and home, the instance that runs
 // it (live_sessions). An SPI is claimed here before it is handed out, so two instances never give the
-// same one; when an instance is gone, one other takes its SAs over in one statement.
+// same one; when an instance is gone, one other takes its SAs over in one statement. These rows are
+// rewritten as things change, so their writes do not wait for the disk (Store.queryRelaxed): a
+// PostgreSQL crash may lose the last moment of them, never a registry record (docs/SCALING.md).
 
 import * as cbor from "../encoding/cbor.ts";
 import type { Store } from "../registry/store.ts";
@@ -60,12 +62,12 @@ export class LiveTable {
 
   /** The device's link is here now (whichever instance had it before). */
   async linked(dev: string, now: number): Promise<void> {
-    await this.store.query("INSERT INTO live_links (device_id, instance, since) VALUES (?, ?, ?) ON CONFLICT(device_id) DO UPDATE SET instance = excluded.instance, since = excluded.since", [dev, this.instance, now]);
+    await this.store.queryRelaxed("INSERT INTO live_links (device_id, instance, since) VALUES (?, ?, ?) ON CONFLICT(device_id) DO UPDATE SET instance = excluded.instance, since = excluded.since", [dev, this.instance, now]);
   }
 
   /** The device's link here ended (a link it has at another instance since stays). */
   async unlinked(dev: string): Promise<void> {
-    await this.store.query("DELETE FROM live_links WHERE device_id = ? AND instance = ?", [dev, this.instance]);
+    await this.store.queryRelaxed("DELETE FROM live_links WHERE device_id = ? AND instance = ?", [dev, this.instance]);
   }
 
   /** Every linked device and its instance. */
@@ -83,22 +85,22 @@ export class LiveTable {
   /** Claims s.spi for a new SA homed here: false when the domain holds that SPI already. */
   async claim(s: LiveSession): Promise<boolean> {
     const across = s.across ? encodeAcross(s.across) : null;
-    const r = await this.store.query(`INSERT INTO live_sessions (${COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(spi) DO NOTHING`, [s.spi, s.initiator, s.responder, s.app, s.suite, s.expiresAt, s.up ? 1 : 0, s.home, across, s.across?.peerInstance ?? null]);
+    const r = await this.store.queryRelaxed(`INSERT INTO live_sessions (${COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(spi) DO NOTHING`, [s.spi, s.initiator, s.responder, s.app, s.suite, s.expiresAt, s.up ? 1 : 0, s.home, across, s.across?.peerInstance ?? null]);
     return r.changes === 1;
   }
 
   /** The peer domain's process that runs an SA across domains with us is now peerInstance. */
   async peerMoved(spi: number, peerInstance: string): Promise<void> {
-    await this.store.query("UPDATE live_sessions SET peer_instance = ? WHERE spi = ? AND home = ?", [peerInstance, spi, this.instance]);
+    await this.store.queryRelaxed("UPDATE live_sessions SET peer_instance = ? WHERE spi = ? AND home = ?", [peerInstance, spi, this.instance]);
   }
 
   async markUp(spi: number): Promise<void> {
-    await this.store.query("UPDATE live_sessions SET up = 1 WHERE spi = ? AND home = ?", [spi, this.instance]);
+    await this.store.queryRelaxed("UPDATE live_sessions SET up = 1 WHERE spi = ? AND home = ?", [spi, this.instance]);
   }
 
   /** The SA ended (only its home removes it). */
   async remove(spi: number): Promise<void> {
-    await this.store.query("DELETE FROM live_sessions WHERE spi = ? AND home = ?", [spi, this.instance]);
+    await this.store.queryRelaxed("DELETE FROM live_sessions WHERE spi = ? AND home = ?", [spi, this.instance]);
   }
 
   async session(spi: number): Promise<LiveSession | undefined> {

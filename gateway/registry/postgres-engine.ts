@@ -23,6 +23,9 @@ export interface PostgresOptions {
   /** An idle connection broke (server restarted, network cut): the pool has dropped it and opens a
    *  new one when needed. The reason never holds the password. */
   onConnectionLost?: (reason: string) => void;
+  /** Every commit on this pool skips the wait for the WAL flush (synchronous_commit off): for state
+   *  that is rewritten as it changes and may lose its last moment to a server crash (Store.queryRelaxed). */
+  relaxedCommits?: boolean;
 }
 
 /** Gives up on a server that does not answer the connection at all (a firewall that drops packets),
@@ -81,14 +84,28 @@ function endOfQuotedOrComment(sql: string, i: number): number {
 
 /** The registry's statements are a fixed set, each translated once; the bound only keeps statements
  *  built on the fly (an IN list of varying length) from growing it without end. */
-const translations = new Map<string, { text: string; count: number }>();
+const translations = new Map<string, { text: string; count: number; name?: string }>();
 const MAX_TRANSLATIONS = 1000;
 
-function translated(sql: string): { text: string; count: number } {
+/** Statements prepared by name on each connection (parsed and planned once per connection, not per
+ *  call: most of what a short statement costs the server). Names are never reused for another text,
+ *  and only the first MAX_PREPARED texts get one, so a connection holds a bounded set. A `SELECT *` is
+ *  not prepared: a column added by a newer instance's migration would change its result type, which
+ *  PostgreSQL refuses for a prepared statement ("cached plan must not change result type"). */
+const preparedNames = new Map<string, string>();
+const MAX_PREPARED = 256;
+
+function translated(sql: string): { text: string; count: number; name?: string } {
   let t = translations.get(sql);
   if (!t) {
     if (translations.size >= MAX_TRANSLATIONS) translations.clear();
     t = numberPlaceholders(sql);
+    let name = preparedNames.get(t.text);
+    if (name === undefined && preparedNames.size < MAX_PREPARED && !/\bSELECT\s+\*/i.test(t.text)) {
+      name = `kp_${preparedNames.size}`;
+      preparedNames.set(t.text, name);
+    }
+    if (name !== undefined) t = { ...t, name };
     translations.set(sql, t);
   }
   return t;
@@ -97,12 +114,12 @@ function translated(sql: string): { text: string; count: number } {
 /** The statement as pg takes it, or a DatabaseError before anything is sent: a wrong number of
  *  values would otherwise bind a value to the wrong column, or fail on the server mid-transaction. */
 function statement(sql: string, params: readonly SqlValue[]): pg.QueryConfig {
-  const { text, count } = translated(sql);
+  const { text, count, name } = translated(sql);
   if (count !== params.length) {
     throw new DatabaseError(`this statement has ${count} ? placeholder(s) but was given ${params.length} value(s), so it was not run: ${sql.slice(0, 120)}`);
   }
   // 'extended' even without values: one statement per call, as SQLite's prepare() allows.
-  return { text, values: params.map(toParam), queryMode: "extended" } as pg.QueryConfig;
+  return { text, values: params.map(toParam), queryMode: "extended", ...(name === undefined ? {} : { name }) } as pg.QueryConfig;
 }
 
 function toParam(v: SqlValue, index: number): unknown {
@@ -475,6 +492,7 @@ export async function openPostgres(url: string, opts: PostgresOptions = {}): Pro
     types: REGISTRY_TYPES,
     connectionTimeoutMillis: CONNECT_TIMEOUT_MS,
     keepAlive: true,
+    ...(opts.relaxedCommits ? { options: "-c synchronous_commit=off" } : {}),
   });
   // An idle client whose connection breaks is reported here and dropped by the pool; without a
   // listener the 'error' event would end the process.

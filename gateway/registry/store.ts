@@ -161,6 +161,11 @@ export class Store {
   private auditFlush: NodeJS.Timeout | null = null;
   private auditWaiters: (() => void)[] = [];
 
+  /** The connection for queryRelaxed (PostgreSQL), opened on first use; its URL, kept out of inspect(). */
+  #relaxed: Promise<SqlConnection> | undefined;
+  #relaxedUrl: string | undefined;
+  #onConnectionLost: ((reason: string) => void) | undefined;
+
   private constructor(
     private readonly conn: SqlConnection,
     /** The SQLite file, or the PostgreSQL URL without its password. */
@@ -184,6 +189,10 @@ export class Store {
       conn = openSqlite(target, { mustExist: !create, busyTimeoutMs: opts.busyTimeoutMs });
     }
     const store = new Store(conn, postgres ? withoutPassword(target) : target, kekFile, create);
+    if (postgres) {
+      store.#relaxedUrl = target;
+      store.#onConnectionLost = opts.onConnectionLost;
+    }
     try {
       if (!create && !(await store.isRegistry())) throw new NotARegistry(`${store.location} is not a keyproxy registry`);
       if (conn instanceof SqliteConnection) conn.configure();
@@ -213,6 +222,27 @@ export class Store {
   async query(sql: string, params: readonly SqlValue[] = []): Promise<SqlResult> {
     if (this.auditQueue.length && /\baudit\b/i.test(sql) && !this.activeTransaction()) await this.flushAudit();
     return this.via().query(sql, params);
+  }
+
+  /** One statement whose commit need not wait for the disk, outside any transaction: for what the
+   *  instances of a domain share about the present (gateway/instances/live-table.ts), which is
+   *  rewritten as it changes and never holds a key or a record. PostgreSQL runs it on a connection of
+   *  its own, so these statements run in the order they were called (a device's "linked" never
+   *  overtakes its "unlinked"), with synchronous_commit off: one round trip, seen by every connection as soon as it
+   *  returns, and lost only if the server itself crashes within a moment of it (its WAL writer flushes
+   *  within 3 × wal_writer_delay, 0.6 s by default; docs/SCALING.md says what that can cost). The
+   *  registry's records (devices, counters, registrations, audit) never go this way. SQLite runs it
+   *  as query(). */
+  async queryRelaxed(sql: string, params: readonly SqlValue[] = []): Promise<SqlResult> {
+    if (this.#relaxedUrl === undefined || this.activeTransaction()) return this.query(sql, params);
+    if (this.conn.closed) throw new DatabaseError("the registry is closed: the statement was not run");
+    this.#relaxed ??= import("./postgres-engine.ts").then(({ openPostgres }) =>
+      openPostgres(this.#relaxedUrl!, { poolSize: 1, relaxedCommits: true, onConnectionLost: this.#onConnectionLost }));
+    const relaxed = this.#relaxed;
+    relaxed.catch(() => {
+      if (this.#relaxed === relaxed) this.#relaxed = undefined; // tried again on the next call
+    });
+    return (await relaxed).query(sql, params);
   }
 
   /** The first row of a query, or undefined. */
@@ -301,7 +331,9 @@ export class Store {
       await this.flushAudit();
     } finally {
       // Closed even when that commit fails (its error still reaches the caller).
-      await this.conn.close();
+      const relaxed = this.#relaxed;
+      this.#relaxed = undefined;
+      await Promise.all([this.conn.close(), relaxed?.then((c) => c.close(), () => undefined)]);
     }
   }
 
@@ -331,7 +363,9 @@ export class Store {
 
   /** A device with its secrets opened: for the join and the exchange, which use them. */
   async getDevice(id: string): Promise<DeviceRow | undefined> {
-    const r = await this.row("SELECT * FROM devices WHERE id = ?", [id]);
+    // Columns named, not *: a statement PostgreSQL prepares must keep its result type when a newer
+    // instance's migration adds a column (postgres-engine.ts, MAX_PREPARED).
+    const r = await this.row("SELECT id, root_key, board, created_at, revoked_at, join_counter, identity_seed, identity_public FROM devices WHERE id = ?", [id]);
     if (!r) return undefined;
     return {
       ...infoOf(r),
@@ -393,7 +427,7 @@ export class Store {
   }
 
   async getRegistration(deviceId: string): Promise<RegistrationRow | undefined> {
-    const r = (await this.row("SELECT * FROM registrations WHERE device_id = ?", [deviceId])) as Record<string, any> | undefined;
+    const r = (await this.row("SELECT device_id, registered_at, expires_at, suites, cert_id, cert, firmware, memory_used FROM registrations WHERE device_id = ?", [deviceId])) as Record<string, any> | undefined;
     if (!r) return undefined;
     return { deviceId: r.device_id, registeredAt: r.registered_at, expiresAt: r.expires_at, suites: JSON.parse(r.suites), certId: bytes(r.cert_id), cert: bytes(r.cert), firmware: r.firmware, memoryUsed: r.memory_used };
   }
