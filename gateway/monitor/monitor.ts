@@ -20,7 +20,7 @@ import { BrokerAddressInUse, startBroker, type EmbeddedBroker } from "./embedded
 import { BOARDS } from "../../boards/index.ts";
 import type { LinkServer } from "../link/server.ts";
 import type { Logger, LogRecord } from "../log/logger.ts";
-import type { Store } from "../registry/store.ts";
+import type { DeviceSummary, Store } from "../registry/store.ts";
 import { jsonForTerminal } from "../log/terminal.ts";
 import { PACKAGE_VERSION } from "../package/root.ts";
 
@@ -431,7 +431,6 @@ export class MqttPublisher {
 
   private async flushOnce(): Promise<void> {
     if (this.stopping && !this.dirty.size) return;
-    const t = this.d.now();
     // Taken now: what becomes dirty while the registry answers is for the next round.
     const dirty = [...this.dirty];
     const pending = this.pendingCounts;
@@ -439,52 +438,62 @@ export class MqttPublisher {
     this.pendingCounts = new Map();
     for (const id of dirty) {
       const [dev, reg] = await Promise.all([this.d.store.getDeviceInfo(id), this.d.store.getRegistration(id)]);
-      const counts = pending.get(id);
-      if (!dev || (this.d.onlyLinked && !this.d.links.links.has(id))) {
-        if (this.lastState.delete(id)) this.outbox.push({ topic: topics.deviceState(this.d.gatewayId, id), payload: "", qos: 1, retain: true });
-        this.counters.delete(id);
-        continue;
-      }
-      const run = this.counters.get(id) ?? { lastJoin: null, joinRejects: 0, framesDropped: 0 };
-      if (counts) {
-        run.joinRejects += counts.joinRejects ?? 0;
-        run.framesDropped += counts.framesDropped ?? 0;
-        if (counts.lastJoin) run.lastJoin = counts.lastJoin;
-      }
-      this.counters.set(id, run);
-      const state: DeviceState = {
-        device: id,
-        board: dev.board,
-        online: this.d.links.links.has(id),
-        registered: !!reg && reg.expiresAt > t && dev.revokedAt === null,
-        registeredUntil: reg ? new Date(reg.expiresAt * 1000).toISOString() : null,
-        revoked: dev.revokedAt !== null,
-        joinCounter: dev.joinCounter,
-        lastJoin: run.lastJoin,
-        joinRejects: run.joinRejects,
-        framesDropped: run.framesDropped,
-        firmware: reg?.firmware ?? null,
-        memoryUsed: reg?.memoryUsed ?? null,
-        memoryTotal: Object.hasOwn(BOARDS, dev.board) ? BOARDS[dev.board].vars : null,
-      };
-      const radio = this.d.radio?.(id);
-      if (radio) state.radio = radio;
-      const payload = jsonForTerminal(state);
-      if (this.lastState.get(id) === payload) continue;
-      this.lastState.set(id, payload);
-      this.outbox.push({ topic: topics.deviceState(this.d.gatewayId, id), payload, qos: 1, retain: true });
-      this.metricsSoon();
+      this.publishState(id, dev && { ...dev, expiresAt: reg?.expiresAt ?? null, firmware: reg?.firmware ?? null, memoryUsed: reg?.memoryUsed ?? null }, pending.get(id));
     }
+  }
+
+  /** Publishes a device's state if it changed (or clears it: gone from the registry, or, for an
+   *  instance, linked elsewhere). `row` is what the registry holds of it, undefined when nothing. */
+  private publishState(id: string, row: Omit<DeviceSummary, "id" | "createdAt"> | undefined, counts?: Partial<RunCounters>): void {
+    if (!row || (this.d.onlyLinked && !this.d.links.links.has(id))) {
+      if (this.lastState.delete(id)) this.outbox.push({ topic: topics.deviceState(this.d.gatewayId, id), payload: "", qos: 1, retain: true });
+      this.counters.delete(id);
+      return;
+    }
+    const t = this.d.now();
+    const run = this.counters.get(id) ?? { lastJoin: null, joinRejects: 0, framesDropped: 0 };
+    if (counts) {
+      run.joinRejects += counts.joinRejects ?? 0;
+      run.framesDropped += counts.framesDropped ?? 0;
+      if (counts.lastJoin) run.lastJoin = counts.lastJoin;
+    }
+    this.counters.set(id, run);
+    const state: DeviceState = {
+      device: id,
+      board: row.board,
+      online: this.d.links.links.has(id),
+      registered: row.expiresAt !== null && row.expiresAt > t && row.revokedAt === null,
+      registeredUntil: row.expiresAt !== null ? new Date(row.expiresAt * 1000).toISOString() : null,
+      revoked: row.revokedAt !== null,
+      joinCounter: row.joinCounter,
+      lastJoin: run.lastJoin,
+      joinRejects: run.joinRejects,
+      framesDropped: run.framesDropped,
+      firmware: row.firmware ?? null,
+      memoryUsed: row.memoryUsed ?? null,
+      memoryTotal: Object.hasOwn(BOARDS, row.board) ? BOARDS[row.board].vars : null,
+    };
+    const radio = this.d.radio?.(id);
+    if (radio) state.radio = radio;
+    const payload = jsonForTerminal(state);
+    if (this.lastState.get(id) === payload) return;
+    this.lastState.set(id, payload);
+    this.outbox.push({ topic: topics.deviceState(this.d.gatewayId, id), payload, qos: 1, retain: true });
+    this.metricsSoon();
   }
 
   /** Every device of the registry is due, and the metrics' device counts are read afresh. */
   private async refreshAll(): Promise<void> {
     try {
+      // One read of the whole registry gives every device's state: not two statements per device,
+      // which cost an instance of a thousand handsets some 700 statements every tick.
       const devices = await this.d.store.listDevices();
       const t = this.d.now();
       this.deviceCounts = { known: devices.length, registered: devices.filter((x) => x.expiresAt !== null && x.expiresAt > t && x.revokedAt === null).length };
-      for (const dev of devices) if (!this.d.onlyLinked || this.d.links.links.has(dev.id)) this.dirty.add(dev.id);
-      for (const id of this.lastState.keys()) this.dirty.add(id);
+      const byId = new Map(devices.map((d) => [d.id, d]));
+      for (const d of devices) if (!this.d.onlyLinked || this.d.links.links.has(d.id)) this.publishState(d.id, d);
+      for (const id of [...this.lastState.keys()]) if (!byId.has(id) || (this.d.onlyLinked && !this.d.links.links.has(id))) this.publishState(id, undefined);
+      // What events marked meanwhile (their counts) goes out as before.
       await this.flush();
       this.publishMetrics();
     } catch (e) {
