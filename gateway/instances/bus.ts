@@ -113,11 +113,16 @@ export class InstanceBus {
     return instance === this.o.instance || this.online.has(instance);
   }
 
-  /** Sends body to one instance ("" : all of them). Never throws: a lost message is logged. */
+  /** Sends body to one instance ("" : all of them). Never throws: a lost message is logged. What a
+   *  device and its SAs say travels at QoS 0: it is lost only when this connection drops, and then
+   *  as a frame lost on the device's own link would be (a setup times out). Where devices are and
+   *  which must end (linked, unlinked, endAll) travels at QoS 1: the broker acknowledges it, and the
+   *  client sends it again after a reconnect. */
   send(to: string, body: BusBody): void {
     const bytes = seal(this.o.key, { from: this.o.instance, to, sentAtMs: this.nowMs(), body });
     this.stats.sent++;
-    this.client.publishAsync(to ? this.topics.to(to) : this.topics.all, Buffer.from(bytes), { qos: 1 }).catch((e: unknown) => {
+    const qos = body.k === "linked" || body.k === "unlinked" || body.k === "endAll" ? 1 : 0;
+    this.client.publishAsync(to ? this.topics.to(to) : this.topics.all, Buffer.from(bytes), { qos }).catch((e: unknown) => {
       this.o.log.warn("instance-bus-send-failed", { to: to || "all", kind: body.k, reason: e instanceof Error ? e.message : String(e) });
     });
   }
