@@ -113,15 +113,15 @@ export class InstanceBus {
     return instance === this.o.instance || this.online.has(instance);
   }
 
-  /** Sends body to one instance ("" : all of them). Never throws: a lost message is logged. What a
-   *  device and its SAs say travels at QoS 0: it is lost only when this connection drops, and then
-   *  as a frame lost on the device's own link would be (a setup times out). Where devices are and
-   *  which must end (linked, unlinked, endAll) travels at QoS 1: the broker acknowledges it, and the
-   *  client sends it again after a reconnect. */
+  /** Sends body to one instance ("" : all of them). Never throws: a lost message is logged. SA frames
+   *  travel at QoS 0, as on a device's own link: lost only when this connection drops. Everything
+   *  else at QoS 1: the broker acknowledges it, the client sends it again after a reconnect, and the
+   *  broker keeps it in order with the rest (a QoS 0 message can overtake QoS 1 ones the broker holds
+   *  back for a busy receiver, which a frame may and a device's "linked" and its answers may not). */
   send(to: string, body: BusBody): void {
     const bytes = seal(this.o.key, { from: this.o.instance, to, sentAtMs: this.nowMs(), body });
     this.stats.sent++;
-    const qos = body.k === "linked" || body.k === "unlinked" || body.k === "endAll" ? 1 : 0;
+    const qos = body.k === "frame" || body.k === "deviceFrame" ? 0 : 1;
     this.client.publishAsync(to ? this.topics.to(to) : this.topics.all, Buffer.from(bytes), { qos }).catch((e: unknown) => {
       this.o.log.warn("instance-bus-send-failed", { to: to || "all", kind: body.k, reason: e instanceof Error ? e.message : String(e) });
     });
