@@ -120,6 +120,52 @@ for (const engine of ["sqlite", "postgres"] as const) {
     assert.equal((await s.query("SELECT ts FROM audit WHERE ts = 4")).rows.length, 0);
   });
 
+  test(`${engine}: a gateway's policy checks see every change another process makes at once, by keyproxy's code or by hand in SQL, at one statement per check when nothing changed`, async (t) => {
+    const p = await place(t, engine);
+    if (!p) return;
+    const gatewayStore = await open(p, t);
+    const other = await open(p, t);
+    const gateway = new Policy(gatewayStore);
+    const operator = new Policy(other);
+    const check = () => gateway.permits("alice", "bob", "chat");
+    assert.equal(await check(), false, "default deny");
+    await operator.setDefault("allow");
+    assert.equal(await check(), true, "the default changed");
+    const deny = await operator.add("group:ops", "bob", "chat", "deny");
+    assert.equal(await check(), true, "alice is in no group yet");
+    await operator.addToGroup("alice", "ops");
+    assert.equal(await check(), false, "a group joined");
+    await operator.removeFromGroup("alice", "ops");
+    assert.equal(await check(), true, "a group left");
+    await operator.addToGroup("alice", "ops");
+    assert.equal(await check(), false);
+    await operator.remove(deny);
+    assert.equal(await check(), true, "the rule removed");
+    // By hand, past keyproxy's code: the database's triggers count the version up all the same.
+    await other.query("INSERT INTO policy_rules (subject, object, app, action) VALUES ('alice', '*', '*', 'deny')");
+    assert.equal(await check(), false, "a rule inserted in SQL");
+    await other.query("UPDATE policy_rules SET action = 'allow' WHERE subject = 'alice'");
+    assert.equal(await check(), true, "a rule updated in SQL");
+    await other.query("UPDATE policy_rules SET object = 'carol'");
+    await other.query("DELETE FROM device_groups");
+    await other.query("UPDATE meta SET v = 'deny' WHERE k = 'policy_default'");
+    assert.equal(await check(), false, "the default changed in SQL");
+    await other.query("DELETE FROM meta WHERE k = 'policy_default'");
+    assert.equal(await check(), false, "no default: deny");
+    await other.query("INSERT INTO meta (k, v) VALUES ('policy_default', 'allow')");
+    assert.equal(await check(), true, "the default inserted in SQL");
+    // Nothing changed since: one statement per check (the version), counted on the gateway's store.
+    const statements: string[] = [];
+    const query = gatewayStore.query.bind(gatewayStore);
+    gatewayStore.query = (sql, params) => (statements.push(sql), query(sql, params));
+    assert.equal(await check(), true);
+    assert.equal(await gateway.permits("bob", "alice", "chat"), true);
+    assert.equal(statements.length, 2, `one statement per check, the version: ${statements.join("; ")}`);
+    statements.length = 0;
+    assert.equal(await gateway.permits("carol", "alice", "chat"), true);
+    assert.equal(statements.length, 2, `a device not asked about before: its groups too: ${statements.join("; ")}`);
+  });
+
   test(`${engine}: policy and group SAs' membership read and write the same`, async (t) => {
     const p = await place(t, engine);
     if (!p) return;

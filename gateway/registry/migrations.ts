@@ -116,7 +116,41 @@ CREATE INDEX live_sessions_home ON live_sessions (home);`,
       ["live_sessions", "peer_instance", "TEXT"],
     ],
   },
+  {
+    version: 7,
+    what: "a policy version, counted up by the database itself on every change to the policy (policy.ts caches by it)",
+    // Triggers, not the code that writes: any writer (keyproxy policy, another instance, an operator's
+    // SQL) moves the version in the same transaction as its change, so no gateway can keep using a
+    // policy that changed.
+    sql: {
+      sqlite: `
+INSERT INTO meta (k, v) VALUES ('policy_version', '0') ON CONFLICT(k) DO NOTHING;
+CREATE TRIGGER IF NOT EXISTS policy_rules_inserted AFTER INSERT ON policy_rules BEGIN ${bump("sqlite")} END;
+CREATE TRIGGER IF NOT EXISTS policy_rules_updated AFTER UPDATE ON policy_rules BEGIN ${bump("sqlite")} END;
+CREATE TRIGGER IF NOT EXISTS policy_rules_deleted AFTER DELETE ON policy_rules BEGIN ${bump("sqlite")} END;
+CREATE TRIGGER IF NOT EXISTS device_groups_inserted AFTER INSERT ON device_groups BEGIN ${bump("sqlite")} END;
+CREATE TRIGGER IF NOT EXISTS device_groups_updated AFTER UPDATE ON device_groups BEGIN ${bump("sqlite")} END;
+CREATE TRIGGER IF NOT EXISTS device_groups_deleted AFTER DELETE ON device_groups BEGIN ${bump("sqlite")} END;
+CREATE TRIGGER IF NOT EXISTS policy_default_inserted AFTER INSERT ON meta WHEN NEW.k = 'policy_default' BEGIN ${bump("sqlite")} END;
+CREATE TRIGGER IF NOT EXISTS policy_default_updated AFTER UPDATE ON meta WHEN NEW.k = 'policy_default' BEGIN ${bump("sqlite")} END;
+CREATE TRIGGER IF NOT EXISTS policy_default_deleted AFTER DELETE ON meta WHEN OLD.k = 'policy_default' BEGIN ${bump("sqlite")} END;`,
+      postgres: `
+INSERT INTO meta (k, v) VALUES ('policy_version', '0') ON CONFLICT(k) DO NOTHING;
+CREATE FUNCTION kp_policy_changed() RETURNS trigger LANGUAGE plpgsql AS $fn$ BEGIN ${bump("postgres")} RETURN NULL; END $fn$;
+CREATE TRIGGER policy_rules_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON policy_rules FOR EACH STATEMENT EXECUTE FUNCTION kp_policy_changed();
+CREATE TRIGGER device_groups_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON device_groups FOR EACH STATEMENT EXECUTE FUNCTION kp_policy_changed();
+CREATE TRIGGER policy_default_written AFTER INSERT OR UPDATE ON meta FOR EACH ROW WHEN (NEW.k = 'policy_default') EXECUTE FUNCTION kp_policy_changed();
+CREATE TRIGGER policy_default_deleted AFTER DELETE ON meta FOR EACH ROW WHEN (OLD.k = 'policy_default') EXECUTE FUNCTION kp_policy_changed();`,
+    },
+  },
 ];
+
+/** The statement a policy trigger runs: the version one up. */
+function bump(engine: EngineName): string {
+  return engine === "sqlite"
+    ? "UPDATE meta SET v = CAST(CAST(v AS INTEGER) + 1 AS TEXT) WHERE k = 'policy_version';"
+    : "UPDATE meta SET v = (v::bigint + 1)::text WHERE k = 'policy_version';";
+}
 
 export const LATEST_SCHEMA = MIGRATIONS[MIGRATIONS.length - 1].version;
 

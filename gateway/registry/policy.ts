@@ -19,8 +19,21 @@ export interface Rule {
 // A device id, optionally "@domain" (a device behind another gateway), or "*@domain".
 const PATTERN = /^(\*|group:[A-Za-z0-9._-]{1,64}|(\*|[A-Za-z0-9._-]{1,64})@[A-Za-z0-9._-]{1,190}|[A-Za-z0-9._-]{1,64})$/;
 
+/** Devices whose groups a policy cache keeps at most (emptied when full: a miss is one read). */
+const MAX_CACHED_DEVICES = 10_000;
+
+/** The policy as read at one version: its rules and default, and the groups of the devices asked about. */
+interface Cached {
+  version: string;
+  rules: Rule[];
+  defaultAction: Action;
+  groups: Map<string, string[]>;
+}
+
 export class Policy {
-  /** The tables are the registry's own (migrations.ts, version 3). */
+  private cached: Cached | undefined;
+
+  /** The tables are the registry's own (migrations.ts, versions 3 and 7). */
   constructor(private store: Store) {}
 
   static check(pattern: string, what: string): void {
@@ -64,22 +77,48 @@ export class Policy {
     return (await this.store.query("SELECT grp FROM device_groups WHERE device_id = ? ORDER BY grp", [deviceId])).rows.map((r) => r.grp as string);
   }
 
-  /** May caller reach callee for app? Deny wins over allow; no match: the default. Read from the
-   *  registry on every check: `keyproxy policy` changes the rules from another process, or another
-   *  instance of the domain, while the gateway runs. */
+  /** May caller reach callee for app? Deny wins over allow; no match: the default. `keyproxy policy`
+   *  changes the rules from another process, or another instance of the domain, while the gateway
+   *  runs: every check reads the policy's version, which the database counts up in the same
+   *  transaction as any change to the policy (triggers, migrations.ts version 7), and reads the policy
+   *  again when it moved. So a check never uses a policy older than a direct read would see, at one
+   *  statement instead of four. */
   async permits(caller: string, callee: string, app: string): Promise<boolean> {
     const matches = (pattern: string, id: string, groups: string[]) =>
       pattern === "*" ||
       pattern === id ||
       (pattern.startsWith("*@") && id.endsWith(pattern.slice(1))) ||
       (pattern.startsWith("group:") && groups.includes(pattern.slice(6)));
-    const [cg, eg, rules] = await Promise.all([this.groups(caller), this.groups(callee), this.rules()]);
+    const p = await this.current();
+    const [cg, eg] = await Promise.all([this.groupsAt(p, caller), this.groupsAt(p, callee)]);
     let allowed = false;
-    for (const r of rules) {
+    for (const r of p.rules) {
       if (!matches(r.subject, caller, cg) || !matches(r.object, callee, eg) || (r.app !== "*" && r.app !== app)) continue;
       if (r.action === "deny") return false;
       allowed = true;
     }
-    return allowed || (await this.defaultAction()) === "allow";
+    return allowed || p.defaultAction === "allow";
+  }
+
+  /** The policy at the registry's version now. The version is read first: what is read after it is
+   *  that version or newer, and a newer one is read again at the next check. */
+  private async current(): Promise<Cached> {
+    const version = await this.store.getMeta("policy_version");
+    const c = this.cached;
+    // No version (a registry this code did not migrate): read every time, as before.
+    if (c && version !== undefined && c.version === version) return c;
+    const [rules, defaultAction] = await Promise.all([this.rules(), this.defaultAction()]);
+    const fresh: Cached = { version: version ?? "", rules, defaultAction, groups: new Map() };
+    if (version !== undefined) this.cached = fresh;
+    return fresh;
+  }
+
+  private async groupsAt(p: Cached, deviceId: string): Promise<string[]> {
+    const known = p.groups.get(deviceId);
+    if (known) return known;
+    const groups = await this.groups(deviceId);
+    if (p.groups.size >= MAX_CACHED_DEVICES) p.groups.clear();
+    p.groups.set(deviceId, groups);
+    return groups;
   }
 }
