@@ -141,7 +141,7 @@ for (const engine of ["sqlite", "postgres"] as const) {
     assert.equal(await check(), false);
     await operator.remove(deny);
     assert.equal(await check(), true, "the rule removed");
-    // By hand, past keyproxy's code: the database's triggers count the version up all the same.
+    // By hand, past keyproxy's code: the database's triggers renew the version all the same.
     await other.query("INSERT INTO policy_rules (subject, object, app, action) VALUES ('alice', '*', '*', 'deny')");
     assert.equal(await check(), false, "a rule inserted in SQL");
     await other.query("UPDATE policy_rules SET action = 'allow' WHERE subject = 'alice'");

@@ -10,8 +10,9 @@ import type { SqlValue } from "./sql.ts";
 export const REGISTRY_TABLES = ["devices", "registrations", "audit", "policy_rules", "device_groups", "key_groups", "key_group_members"] as const;
 /** Tables whose id column the database numbers: PostgreSQL's sequence must continue after the copy. */
 const NUMBERED = ["audit", "policy_rules"] as const;
-/** Meta keys that belong to the target database itself, not to the registry's content. */
-const OWN_META = new Set(["schema_version"]);
+/** Meta keys that belong to the target database itself, not to the registry's content (the policy's
+ *  version is renewed by the target's own triggers as the policy is copied in). */
+const OWN_META = new Set(["schema_version", "policy_version"]);
 
 export type CopyCounts = Record<(typeof REGISTRY_TABLES)[number] | "meta", number>;
 

@@ -118,13 +118,13 @@ CREATE INDEX live_sessions_home ON live_sessions (home);`,
   },
   {
     version: 7,
-    what: "a policy version, counted up by the database itself on every change to the policy (policy.ts caches by it)",
+    what: "a policy version, renewed by the database itself on every change to the policy (policy.ts caches by it)",
     // Triggers, not the code that writes: any writer (keyproxy policy, another instance, an operator's
-    // SQL) moves the version in the same transaction as its change, so no gateway can keep using a
+    // SQL) renews the version in the same transaction as its change, so no gateway can keep using a
     // policy that changed.
     sql: {
       sqlite: `
-INSERT INTO meta (k, v) VALUES ('policy_version', '0') ON CONFLICT(k) DO NOTHING;
+INSERT INTO meta (k, v) VALUES ('policy_version', lower(hex(randomblob(16)))) ON CONFLICT(k) DO NOTHING;
 CREATE TRIGGER IF NOT EXISTS policy_rules_inserted AFTER INSERT ON policy_rules BEGIN ${bump("sqlite")} END;
 CREATE TRIGGER IF NOT EXISTS policy_rules_updated AFTER UPDATE ON policy_rules BEGIN ${bump("sqlite")} END;
 CREATE TRIGGER IF NOT EXISTS policy_rules_deleted AFTER DELETE ON policy_rules BEGIN ${bump("sqlite")} END;
@@ -135,7 +135,7 @@ CREATE TRIGGER IF NOT EXISTS policy_default_inserted AFTER INSERT ON meta WHEN N
 CREATE TRIGGER IF NOT EXISTS policy_default_updated AFTER UPDATE ON meta WHEN NEW.k = 'policy_default' BEGIN ${bump("sqlite")} END;
 CREATE TRIGGER IF NOT EXISTS policy_default_deleted AFTER DELETE ON meta WHEN OLD.k = 'policy_default' BEGIN ${bump("sqlite")} END;`,
       postgres: `
-INSERT INTO meta (k, v) VALUES ('policy_version', '0') ON CONFLICT(k) DO NOTHING;
+INSERT INTO meta (k, v) VALUES ('policy_version', gen_random_uuid()::text) ON CONFLICT(k) DO NOTHING;
 CREATE FUNCTION kp_policy_changed() RETURNS trigger LANGUAGE plpgsql AS $fn$ BEGIN ${bump("postgres")} RETURN NULL; END $fn$;
 CREATE TRIGGER policy_rules_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON policy_rules FOR EACH STATEMENT EXECUTE FUNCTION kp_policy_changed();
 CREATE TRIGGER device_groups_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON device_groups FOR EACH STATEMENT EXECUTE FUNCTION kp_policy_changed();
@@ -145,11 +145,12 @@ CREATE TRIGGER policy_default_deleted AFTER DELETE ON meta FOR EACH ROW WHEN (OL
   },
 ];
 
-/** The statement a policy trigger runs: the version one up. */
+/** The statement a policy trigger runs: a new random version, not a count, so that no version ever
+ *  comes back (a registry copied, or a value set by hand, cannot meet a gateway's cached one again). */
 function bump(engine: EngineName): string {
   return engine === "sqlite"
-    ? "UPDATE meta SET v = CAST(CAST(v AS INTEGER) + 1 AS TEXT) WHERE k = 'policy_version';"
-    : "UPDATE meta SET v = (v::bigint + 1)::text WHERE k = 'policy_version';";
+    ? "UPDATE meta SET v = lower(hex(randomblob(16))) WHERE k = 'policy_version';"
+    : "UPDATE meta SET v = gen_random_uuid()::text WHERE k = 'policy_version';";
 }
 
 export const LATEST_SCHEMA = MIGRATIONS[MIGRATIONS.length - 1].version;
