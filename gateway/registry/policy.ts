@@ -81,8 +81,8 @@ export class Policy {
    *  changes the rules from another process, or another instance of the domain, while the gateway
    *  runs: every check reads the policy's version, which the database renews (a random value, never
    *  one seen before) in the same transaction as any change to the policy (triggers, migrations.ts
-   *  version 7), and reads the policy again when it changed. So a check never uses a policy older than a direct read would see, at one
-   *  statement instead of four. */
+   *  version 7), and reads the policy again when it changed. So a check never uses a policy older
+   *  than a direct read would see, at one statement instead of four. */
   async permits(caller: string, callee: string, app: string): Promise<boolean> {
     const matches = (pattern: string, id: string, groups: string[]) =>
       pattern === "*" ||
