@@ -236,12 +236,15 @@ export class Store {
   async queryRelaxed(sql: string, params: readonly SqlValue[] = []): Promise<SqlResult> {
     if (this.#relaxedUrl === undefined || this.activeTransaction()) return this.query(sql, params);
     if (this.conn.closed) throw new DatabaseError("the registry is closed: the statement was not run");
-    this.#relaxed ??= import("./postgres-engine.ts").then(({ openPostgres }) =>
-      openPostgres(this.#relaxedUrl!, { poolSize: 1, relaxedCommits: true, onConnectionLost: this.#onConnectionLost }));
-    const relaxed = this.#relaxed;
-    relaxed.catch(() => {
-      if (this.#relaxed === relaxed) this.#relaxed = undefined; // tried again on the next call
-    });
+    let relaxed = this.#relaxed;
+    if (!relaxed) {
+      const opening = import("./postgres-engine.ts").then(({ openPostgres }) =>
+        openPostgres(this.#relaxedUrl!, { poolSize: 1, relaxedCommits: true, onConnectionLost: this.#onConnectionLost }));
+      opening.catch(() => {
+        if (this.#relaxed === opening) this.#relaxed = undefined; // tried again on the next call
+      });
+      this.#relaxed = relaxed = opening;
+    }
     return (await relaxed).query(sql, params);
   }
 
