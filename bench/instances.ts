@@ -259,7 +259,10 @@ async function startInstances(n: number, db: BenchDatabase, brokerUrl: string, p
       const dir = fs.mkdtempSync(path.join(parent, `${name}-`));
       if (i > 0) for (const f of ["gateway.key", KEK_FILE]) fs.copyFileSync(path.join(out[0].dir, f), path.join(dir, f));
       const instance = n === 0 ? [] : ["--instance", name];
-      const proc = await startGatewayProcess(dir, 0, ["--id", DOMAIN, ...instance, "--db", db.url, "--mqtt", brokerUrl, "--no-fleet", ...(metrics ? ["--metrics", String(metrics)] : [])]);
+      // KEYPROXY_BENCH_GATEWAY_PROFILE=<dir> writes each instance's CPU profile there, as in bench/sessions.ts.
+      const profile = process.env.KEYPROXY_BENCH_GATEWAY_PROFILE;
+      const nodeArgs = profile ? ["--cpu-prof", `--cpu-prof-dir=${profile}`] : [];
+      const proc = await startGatewayProcess(dir, 0, ["--id", DOMAIN, ...instance, "--db", db.url, "--mqtt", brokerUrl, "--no-fleet", ...(metrics ? ["--metrics", String(metrics)] : [])], nodeArgs);
       out.push({ name, dir, proc, address: { host: "127.0.0.1", port: proc.port } });
     }
     return out;

@@ -12,8 +12,9 @@ export interface GatewayProcess {
   stop(signal?: NodeJS.Signals): Promise<number | null>;
 }
 
-export function startGatewayProcess(dataDir: string, port = 0, extra: string[] = []): Promise<GatewayProcess> {
-  const child = spawn(process.execPath, [CLI, "gateway", "--data-dir", dataDir, "--listen", `127.0.0.1:${port}`, ...extra], { stdio: ["ignore", "pipe", "pipe"] });
+/** `nodeArgs` go to Node before the CLI (a benchmark's --cpu-prof). */
+export function startGatewayProcess(dataDir: string, port = 0, extra: string[] = [], nodeArgs: string[] = []): Promise<GatewayProcess> {
+  const child = spawn(process.execPath, [...nodeArgs, CLI, "gateway", "--data-dir", dataDir, "--listen", `127.0.0.1:${port}`, ...extra], { stdio: ["ignore", "pipe", "pipe"] });
   const lines: string[] = [];
   let buf = "";
   return new Promise((resolve, reject) => {
