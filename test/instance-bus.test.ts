@@ -24,12 +24,12 @@ import { Logger } from "../gateway/log/logger.ts";
 import { startBroker, type EmbeddedBroker } from "../gateway/monitor/embedded-broker.ts";
 import { BUS_MAX_AGE_MS, busTopics, InstanceBus } from "../gateway/instances/bus.ts";
 import { BUS_VERSION, decodeBusMessage, encodeBusMessage, MalformedBusMessage, type BusBody, type BusMessage } from "../gateway/instances/bus-messages.ts";
-import { encodeMessage, Msg, type InnerMessage } from "../firmware/proto/messages.ts";
+import { encodeMessage, Msg, type InnerMessage, type SaInstall } from "../firmware/proto/messages.ts";
 import { until } from "./support/harness.ts";
 
 // ---- the codec ------------------------------------------------------------------------------------
 
-const KIND_NAMES = ["deliver", "frame", "fromDevice", "linked", "unlinked", "endAll", "online", "gone", "deviceFrame"];
+const KIND_NAMES = ["deliver", "frame", "fromDevice", "linked", "unlinked", "endAll", "online", "gone", "deviceFrame", "installOnAccept", "accepted"];
 
 /** decodeBusMessage(w), which must either throw MalformedBusMessage or give a message whose every
  *  field has its kind (so a receiver can use it as typed). */
@@ -72,6 +72,14 @@ const innerMessage: fc.Arbitrary<InnerMessage> = fc.oneof(
   rec({ t: fc.constant(Msg.SaConfirm as const), rid: u32, spi: u32, tag: bytes }),
 ) as fc.Arbitrary<InnerMessage>;
 
+/** An SaInstall with the role and replaces given (installOnAccept takes only role 1, replaces 0). */
+function saInstall(role: fc.Arbitrary<number>, replaces: fc.Arbitrary<number>): fc.Arbitrary<SaInstall> {
+  return rec({
+    t: fc.constant(Msg.SaInstall as const), rid: u32, spi: u32, peer: text(1, 64), app: text(1, 64), suite: fc.nat(100),
+    seed: fc.uint8Array({ minLength: 32, maxLength: 32 }), role, lifetime: u32, limit: u32, replaces,
+  });
+}
+
 const device = text(0, 256);
 const busBody: fc.Arbitrary<BusBody> = fc.oneof(
   rec({ k: fc.constantFrom("deliver" as const, "fromDevice" as const), dev: device, m: innerMessage }),
@@ -79,6 +87,8 @@ const busBody: fc.Arbitrary<BusBody> = fc.oneof(
   rec({ k: fc.constantFrom("linked" as const, "unlinked" as const), dev: device }),
   rec({ k: fc.constant("endAll" as const), dev: device, reason: u32, why: text(0, 256), disconnect: fc.boolean() }),
   rec({ k: fc.constantFrom("online" as const, "gone" as const), epoch: fc.uint8Array({ minLength: 16, maxLength: 16 }) }),
+  rec({ k: fc.constant("installOnAccept" as const), dev: device, m: saInstall(fc.constant(1), fc.constant(0)) }),
+  rec({ k: fc.constant("accepted" as const), dev: device, rid: fc.integer({ min: 1, max: 0xffffffff }), spi: fc.integer({ min: 1, max: 0xffffffff }) }),
 );
 const busMessage: fc.Arbitrary<BusMessage> = rec({
   // n + 0: a -0 would come back as 0 (CBOR has no integer -0), which deepEqual tells apart.
@@ -149,6 +159,17 @@ describe("bus messages: the codec", () => {
     // An endAll whose reason is no CloseReason: it would go on into every SaClosed sent for it.
     for (const reason of [Number.NaN, -1, 1.5, Infinity]) {
       assert.throws(() => decodeBusMessage([BUS_VERSION, "i1", "", 0, 5, "d", reason, "why", false]), MalformedBusMessage, `reason ${reason}`);
+    }
+    // installOnAccept holds only a new SA's SaInstall for its responder: not the initiator's, not a
+    // rekey's, not another message.
+    const install = (role: number, replaces: number) => encodeMessage({ t: Msg.SaInstall, rid: 3, spi: 9, peer: "a", app: "chat", suite: 1, seed: new Uint8Array(32), role, lifetime: 60, limit: 10, replaces });
+    assert.ok(decodeBusMessage([BUS_VERSION, "i1", "i2", 0, 9, "d", install(1, 0)]), "a responder's new SaInstall is taken");
+    for (const [m, what] of [[install(0, 0), "the initiator's"], [install(1, 5), "a rekey's"], [encodeMessage({ t: Msg.Bye, spi: 9 }), "a Bye"]] as const) {
+      assert.throws(() => decodeBusMessage([BUS_VERSION, "i1", "i2", 0, 9, "d", m]), MalformedBusMessage, what);
+    }
+    // accepted names a request and an SA: neither is 0 (no request, no SA) or past 32 bits.
+    for (const [rid, spi] of [[0, 9], [3, 0], [2 ** 32, 9], [3, -1], [3, 1.5]]) {
+      assert.throws(() => decodeBusMessage([BUS_VERSION, "i1", "i2", 0, 10, "d", rid, spi]), MalformedBusMessage, `accepted ${rid} ${spi}`);
     }
     // A device name past the codec's limit.
     assert.throws(() => decodeBusMessage([BUS_VERSION, "i1", "i2", 0, 3, "x".repeat(257)]), MalformedBusMessage, "a long device name");

@@ -98,6 +98,8 @@ describe("instances of one domain on PostgreSQL and one broker", { timeout: 120_
     assert.ok(byName("i1").gw.sessions.sessions.has(spi), "the SA runs at the caller's instance");
     assert.ok(!byName("i2").gw.sessions.sessions.has(spi), "and only there");
     assert.ok(byName("i2").gw.instances!.stats.framesOut >= 1, "i2 sent bob's frame over the bus");
+    // i1 claimed the SPI while bob decided, and i2 held bob's SaInstall and gave it as bob accepted.
+    assert.equal(byName("i2").gw.instances!.stats.installsGiven, 1, "bob's keys came from i2's hold, once");
   });
 
   test("a handset moves to another instance mid-session: its SA carries on, and a rekey is run by the home", async (t) => {

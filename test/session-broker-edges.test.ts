@@ -23,7 +23,7 @@ import type { Store } from "../gateway/registry/store.ts";
 import type { LiveSession, SessionSharing } from "../gateway/sessions/shared.ts";
 import { SUITE_AES_CCM_16_64_128 as AES, SUITE_XSALSA20_POLY1305 as XSALSA } from "../firmware/crypto/types.ts";
 import { saConfirmTag } from "../firmware/proto/keys.ts";
-import { CloseReason, ErrorCode, Msg, type InnerMessage } from "../firmware/proto/messages.ts";
+import { CloseReason, ErrorCode, Msg, type InnerMessage, type SaInstall } from "../firmware/proto/messages.ts";
 
 const APP = "chat";
 const GATEWAY = "gw1";
@@ -44,6 +44,8 @@ interface RigOptions {
   holdLookups?: boolean;
   /** One instance among several (gateway/sessions/shared.ts): the domain's table of SAs. */
   sharing?: SessionSharing;
+  /** 4-byte draws queued before the broker is made (its first request id's). */
+  firstDraws?: number[];
 }
 
 interface Rig {
@@ -92,7 +94,7 @@ function rig(t: TestContext, o: RigOptions = {}): Rig {
   const regs = new Map(DEVICES.map((id) => [id, { expiresAt: clock.s + 3600, suites: [[AES, 1]] }]));
   const linked = new Set(DEVICES);
   const denied = new Set<string>();
-  const spiDraws: number[] = [];
+  const spiDraws: number[] = [...(o.firstDraws ?? [])];
   const sent: Sent[] = [];
   const relayed: [string, Uint8Array][] = [];
   const logs: LogRecord[] = [];
@@ -313,12 +315,27 @@ test("two requests waiting at one callee get distinct request ids, and each answ
   assert.deepEqual(r.to("dev-a", Msg.Error), [{ t: Msg.Error, rid: 51, code: ErrorCode.Rejected }]);
 });
 
-test("the request ids the gateway gives callees count 1, 2, 3: positive 31-bit integers, as a handset's own", async (t) => {
-  const r = rig(t);
-  const rids: unknown[] = [];
-  for (const [i, callee] of ["dev-b", "dev-c", "dev-d"].entries()) rids.push((await r.call("dev-a", callee, 80 + i))?.rid);
+test("the request ids the gateway gives callees count on from a random start: positive 31-bit integers, as a handset's own", async (t) => {
+  const callRids = async (r: Rig) => {
+    const rids: number[] = [];
+    for (const [i, callee] of ["dev-b", "dev-c", "dev-d"].entries()) rids.push((await r.call("dev-a", callee, 80 + i))?.rid as number);
+    return rids;
+  };
   // Espruino's integers are 32-bit signed: a rid past 2^31 - 1 would not survive a handset's arithmetic.
-  assert.deepEqual(rids, [1, 2, 3]);
+  // One rig (and mock clock) per subtest.
+  await t.test("past 2^31 - 1 it goes on at 1, never 0", async (t) => assert.deepEqual(await callRids(rig(t, { firstDraws: [0xfffffffc] })), [0x7fffffff, 1, 2]));
+  await t.test("from the lowest start", async (t) => assert.deepEqual(await callRids(rig(t, { firstDraws: [0xffffffff] })), [1, 2, 3]));
+  // Drawn: two instances' brokers calling one device do not give it the same rids.
+  const starts = new Set<number>();
+  for (let i = 0; i < 4; i++) {
+    await t.test(`drawn start ${i}`, async (t) => {
+      const [first, second, third] = await callRids(rig(t));
+      assert.deepEqual([second, third], [first + 1, first + 2], "consecutive");
+      assert.ok(first >= 1 && third <= 0x7fffffff, `in range: ${first}`);
+      starts.add(first);
+    });
+  }
+  assert.ok(starts.size > 1, "the start is drawn");
 });
 
 // ---- SPIs --------------------------------------------------------------------------------------------
@@ -749,6 +766,7 @@ function heldClaims() {
     stillHome: () => Promise.resolve(true),
     peerMoved: () => {},
     othersOnline: () => true,
+    installOnAccept: (_callee: string, _m: SaInstall): boolean => false,
   };
   return { sharing, claims, ended };
 }
@@ -783,3 +801,105 @@ test("with several instances, a replaced SA leaves the domain's table when it is
   assert.ok(r.broker.sessions.has(spi), "while it still routes stragglers here for the overlap");
 });
 
+
+/** heldClaims, with every callee linked at another instance, which holds its SaInstall (as given, and
+ *  the seed as it was then: the broker may wipe the array later). */
+function calleesElsewhere() {
+  const h = heldClaims();
+  const installs: { callee: string; m: SaInstall; seed: Uint8Array }[] = [];
+  h.sharing.installOnAccept = (callee, m) => {
+    installs.push({ callee, m, seed: m.seed.slice() });
+    return true;
+  };
+  return { ...h, installs };
+}
+
+test("with several instances, the SPI is claimed while the callee decides, and a callee at another instance is given its SaInstall there as it accepts", async (t) => {
+  const { sharing, claims, installs } = calleesElsewhere();
+  sharing.hold = true;
+  const r = rig(t, { sharing });
+  const incoming = await r.call("dev-a", "dev-b");
+  await r.settle();
+  assert.equal(claims.length, 1, "the SPI is claimed before the callee answered");
+  assert.equal(installs.length, 0, "nothing held before the claim returned");
+  claims[0].answer(true);
+  await r.settle();
+  assert.equal(installs.length, 1, "the callee's instance holds its SaInstall");
+  const held = installs[0];
+  assert.deepEqual(fields(held.m as unknown as Record<string, unknown>, "rid", "spi", "peer", "role", "replaces"), { rid: incoming!.rid, spi: claims[0].spi, peer: "dev-a", role: 1, replaces: 0 });
+  assert.equal(r.to("dev-b", Msg.SaInstall).length + r.to("dev-a", Msg.SaInstall).length, 0, "no key goes out before the answer");
+  await r.broker.acceptedWithInstall("dev-b", incoming!.rid as number, held.m.spi);
+  const mine = r.to("dev-a", Msg.SaInstall);
+  assert.equal(mine.length, 1, "the caller gets its SaInstall");
+  assert.equal(mine[0].spi, held.m.spi);
+  assert.deepEqual(r.sent.find((x) => x.to === "dev-a" && x.m.t === Msg.SaInstall)!.seed, held.seed, "one seed for both ends");
+  assert.equal(r.to("dev-b", Msg.SaInstall).length, 0, "the callee is not sent a second SaInstall");
+  r.confirm("dev-a", held.m.spi);
+  r.confirm("dev-b", held.m.spi, r.tag(held.m.spi, 1));
+  assert.equal(r.to("dev-b", Msg.Connected).at(-1)?.spi, held.m.spi, "the SA is up at both ends");
+  assert.ok(held.m.seed.every((b) => b === 0), "the seed is wiped once both confirmed");
+});
+
+test("with several instances, a callee that answered before its instance held the SaInstall is sent it by the home", async (t) => {
+  const { sharing, installs } = calleesElsewhere();
+  const r = rig(t, { sharing });
+  const incoming = await r.call("dev-a", "dev-b");
+  await r.settle();
+  assert.equal(installs.length, 1);
+  r.answer("dev-b", incoming!.rid as number, true); // a plain answer: its instance had no SaInstall to give
+  const theirs = r.to("dev-b", Msg.SaInstall);
+  assert.equal(theirs.length, 1, "the home sends the callee its SaInstall");
+  assert.equal(theirs[0].spi, installs[0].m.spi);
+  assert.equal(r.to("dev-a", Msg.SaInstall)[0]?.spi, installs[0].m.spi);
+});
+
+test("with several instances, an answer that comes before the claim returned installs when it returns, and nothing is held", async (t) => {
+  const { sharing, claims, installs } = calleesElsewhere();
+  sharing.hold = true;
+  const r = rig(t, { sharing });
+  const incoming = await r.call("dev-a", "dev-b");
+  await r.settle();
+  r.answer("dev-b", incoming!.rid as number, true);
+  await r.settle();
+  assert.equal(r.to("dev-a", Msg.SaInstall).length, 0, "waits for the claim");
+  claims[0].answer(true);
+  await r.settle();
+  assert.equal(installs.length, 0, "an answered request holds nothing");
+  assert.deepEqual([r.to("dev-a", Msg.SaInstall)[0]?.spi, r.to("dev-b", Msg.SaInstall)[0]?.spi], [claims[0].spi, claims[0].spi]);
+});
+
+test("with several instances, a declined request gives its claimed SPI back and wipes the seed, whether the claim returned or not", async (t) => {
+  const { sharing, claims, ended, installs } = calleesElsewhere();
+  sharing.hold = true;
+  const r = rig(t, { sharing });
+  const first = await r.call("dev-a", "dev-b", 7);
+  await r.settle();
+  claims[0].answer(true);
+  await r.settle();
+  r.answer("dev-b", first!.rid as number, false);
+  assert.deepEqual(ended, [claims[0].spi], "the claim goes back at once");
+  assert.ok(installs[0].m.seed.every((b) => b === 0), "the held seed is wiped");
+  const second = await r.call("dev-c", "dev-d", 8);
+  await r.settle();
+  r.answer("dev-d", second!.rid as number, false);
+  claims[1].answer(true);
+  await r.settle();
+  assert.deepEqual(ended, [claims[0].spi, claims[1].spi], "a claim that returns after the answer goes back then");
+  assert.equal(installs.length, 1, "and holds nothing");
+  assert.equal(r.sent.filter((x) => x.m.t === Msg.SaInstall).length, 0, "no key went out");
+});
+
+test("with several instances, a callee given its held SaInstall after its request timed out is told that SA is closed", async (t) => {
+  const { sharing, ended, installs } = calleesElsewhere();
+  const r = rig(t, { sharing });
+  const incoming = await r.call("dev-a", "dev-b");
+  await r.settle();
+  t.mock.timers.tick(SETTINGS.answerTimeoutMs);
+  assert.deepEqual(r.to("dev-a", Msg.Error), [{ t: Msg.Error, rid: 7, code: ErrorCode.Rejected }]);
+  const spi = installs[0].m.spi;
+  assert.deepEqual(ended, [spi], "the timeout gives the SPI back");
+  await r.broker.acceptedWithInstall("dev-b", incoming!.rid as number, spi);
+  assert.deepEqual(r.to("dev-b", Msg.SaClosed), [{ t: Msg.SaClosed, spi, reason: CloseReason.PeerGone }]);
+  assert.equal(r.events("session-stray-closed")[0]?.reason, "the callee accepted after its request timed out");
+  assert.equal(r.to("dev-a", Msg.SaInstall).length, 0, "the caller, refused already, gets nothing");
+});

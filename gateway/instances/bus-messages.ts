@@ -3,7 +3,7 @@
 // [version, from, to, sentAtMs, kind, ...fields], sealed by the bus; decodeBusMessage checks every
 // field's kind before anyone sees it, so a message that opened but is malformed is refused whole.
 
-import { decodeMessage, encodeMessage, Msg, type InnerMessage } from "../../firmware/proto/messages.ts";
+import { decodeMessage, encodeMessage, Msg, type InnerMessage, type SaInstall } from "../../firmware/proto/messages.ts";
 
 export const BUS_VERSION = 1;
 
@@ -27,10 +27,19 @@ export interface EndAll { k: "endAll"; dev: string; reason: number; why: string;
 export interface Online { k: "online"; epoch: Uint8Array }
 export interface Gone { k: "gone"; epoch: Uint8Array }
 
-export type BusBody = Deliver | Frame | FromDevice | Linked | Unlinked | EndAll | Online | Gone | DeviceFrame;
+/** To the instance a callee is linked to, after the Incoming and before its answer: hold this SaInstall
+ *  (role 1) and give it to the callee the moment it accepts; drop it if it declines. */
+export interface InstallOnAccept { k: "installOnAccept"; dev: string; m: SaInstall }
+/** To the home of request `rid`: the callee accepted it and was given the held SaInstall of SA `spi`
+ *  (in place of a fromDevice Answer: the home does not send it that SaInstall again). */
+export interface Accepted { k: "accepted"; dev: string; rid: number; spi: number }
+
+export type BusBody = Deliver | Frame | FromDevice | Linked | Unlinked | EndAll | Online | Gone | DeviceFrame | InstallOnAccept | Accepted;
 export interface BusMessage { from: string; to: string; sentAtMs: number; body: BusBody }
 
-const KINDS = ["deliver", "frame", "fromDevice", "linked", "unlinked", "endAll", "online", "gone", "deviceFrame"] as const;
+// Kinds are appended, never renumbered: an instance of an older version refuses a kind it does not
+// know (instance-bus-refused), and the sender falls back (docs/PROTOCOL.md, "The instance bus").
+const KINDS = ["deliver", "frame", "fromDevice", "linked", "unlinked", "endAll", "online", "gone", "deviceFrame", "installOnAccept", "accepted"] as const;
 
 export class MalformedBusMessage extends Error {}
 
@@ -52,6 +61,10 @@ export function encodeBusMessage(msg: BusMessage): unknown[] {
     case "online":
     case "gone":
       return [...head, b.epoch];
+    case "installOnAccept":
+      return [...head, b.dev, encodeMessage(b.m)];
+    case "accepted":
+      return [...head, b.dev, b.rid, b.spi];
   }
 }
 
@@ -91,8 +104,22 @@ function decodeBody(k: (typeof KINDS)[number], f: unknown[]): BusBody {
     case "gone":
       expectFields(f, 1);
       return { k, epoch: bytes(f[0], "epoch") };
+    case "installOnAccept": {
+      expectFields(f, 2);
+      const m = inner(f[1]);
+      if (m.t !== Msg.SaInstall || m.role !== 1 || m.replaces !== 0) throw new MalformedBusMessage("an installOnAccept that does not carry a new SA's SaInstall for its responder");
+      return { k, dev: dev(), m };
+    }
+    case "accepted": {
+      expectFields(f, 3);
+      const [, rid, spi] = f;
+      if (!isU32(rid) || !isU32(spi) || rid === 0 || spi === 0) throw new MalformedBusMessage("malformed accepted");
+      return { k, dev: dev(), rid, spi };
+    }
   }
 }
+
+const isU32 = (v: unknown): v is number => typeof v === "number" && Number.isInteger(v) && v >= 0 && v <= 0xffffffff;
 
 function expectFields(f: unknown[], n: number): void {
   if (f.length !== n) throw new MalformedBusMessage(`a bus message with ${f.length} fields where ${n} belong`);

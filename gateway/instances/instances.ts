@@ -14,7 +14,7 @@
 // with a device of another domain carries on too: its row holds what the taker needs to run it, and
 // the other domain's gateway is told where it runs now (kp.x.moved; gateway/crossgw/cross-gateway.ts).
 
-import type { InnerMessage, SaData } from "../../firmware/proto/messages.ts";
+import type { InnerMessage, SaData, SaInstall } from "../../firmware/proto/messages.ts";
 import { CloseReason, decodeMessage, Msg } from "../../firmware/proto/messages.ts";
 import * as cbor from "../encoding/cbor.ts";
 import type { LinkServer } from "../link/server.ts";
@@ -84,6 +84,8 @@ export class Instances implements SessionSharing {
   private readonly elsewhere = new Map<string, string>();
   private readonly routes = new Map<number, Route>();
   private readonly answerRoutes = new Map<string, { home: string; until: number }>();
+  /** SaInstalls held for callees linked here until they answer (installOnAccept), by device/rid. */
+  private readonly held = new Map<string, { home: string; m: SaInstall; until: number }>();
   private readonly unknownSpis = new Map<number, number>();
   private readonly closesWaiting = new Map<string, { spi: number; until: number }[]>();
   private bus!: InstanceBus;
@@ -96,7 +98,8 @@ export class Instances implements SessionSharing {
   private closed = false;
   /** Bus events that came before ready(); undefined from then on. */
   private early: (() => void)[] | undefined = [];
-  readonly stats = { delivered: 0, framesOut: 0, framesIn: 0, forwarded: 0, dropped: 0, takenOver: 0 };
+  /** `installsGiven`: SaInstalls held here for a callee and given to it as it accepted (installOnAccept). */
+  readonly stats = { delivered: 0, framesOut: 0, framesIn: 0, forwarded: 0, dropped: 0, takenOver: 0, installsGiven: 0 };
 
   private constructor(private readonly o: InstancesOptions) {
     this.instance = o.instance;
@@ -199,6 +202,14 @@ export class Instances implements SessionSharing {
     return !this.closed && this.bus.others.length > 0;
   }
 
+  installOnAccept(callee: string, m: SaInstall): boolean {
+    if (this.links.links.has(callee)) return false;
+    const at = this.elsewhere.get(callee);
+    if (at === undefined) return false;
+    this.bus.send(at, { k: "installOnAccept", dev: callee, m });
+    return true;
+  }
+
   // ---- events of this instance's links and devices -------------------------------------------------
 
   /** A device's link here came up or went: the database and the other instances are told. */
@@ -227,6 +238,15 @@ export class Instances implements SessionSharing {
         const route = this.answerRoutes.get(key);
         if (!route) return false;
         this.answerRoutes.delete(key);
+        const held = this.held.get(key);
+        this.held.delete(key);
+        if (held && held.home === route.home && m.accept) {
+          // The home learns first, then the callee gets its keys: its confirmation follows the answer.
+          this.bus.send(route.home, { k: "accepted", dev, rid: m.rid, spi: held.m.spi });
+          this.giveHeld(dev, held);
+          return true;
+        }
+        held?.m.seed.fill(0);
         this.forward(route.home, dev, m);
         return true;
       }
@@ -257,6 +277,8 @@ export class Instances implements SessionSharing {
   async close(): Promise<void> {
     this.closed = true;
     if (this.sweep) clearInterval(this.sweep);
+    for (const h of this.held.values()) h.m.seed.fill(0);
+    this.held.clear();
     // The links' last rows (unlinked, as the links closed) before the store closes.
     await Promise.all(this.writing);
     await this.bus?.close();
@@ -325,6 +347,35 @@ export class Instances implements SessionSharing {
     return true;
   }
 
+  /** An SaInstall held for a callee here, given as it accepted. */
+  private giveHeld(dev: string, held: { home: string; m: SaInstall }): void {
+    this.learn(held.home, dev, held.m);
+    this.stats.delivered++;
+    this.stats.installsGiven++;
+    if (!this.links.sendTo(dev, held.m)) this.dropDelivery(held.home, dev, held.m.t);
+    held.m.seed.fill(0); // sealed into the link frame already
+  }
+
+  /** An SaInstall to hold until the callee answers the Incoming that came before it. Dropped when the
+   *  callee is not linked here, or has answered already (its answer went to the home as it is, and the
+   *  home sends the SaInstall itself), or when the request is not answered while its route lasts. */
+  private hold(home: string, dev: string, m: SaInstall): void {
+    const key = `${dev}/${m.rid}`;
+    const route = this.answerRoutes.get(key);
+    const now = Date.now();
+    for (const [k, h] of this.held) {
+      if (h.until >= now) continue;
+      h.m.seed.fill(0);
+      this.held.delete(k);
+    }
+    if (!this.links.links.has(dev) || !route || route.home !== home) {
+      m.seed.fill(0);
+      return;
+    }
+    this.held.get(key)?.m.seed.fill(0);
+    this.held.set(key, { home, m, until: route.until });
+  }
+
   private forward(home: string, dev: string, m: InnerMessage): void {
     this.stats.forwarded++;
     this.bus.send(home, { k: "fromDevice", dev, m });
@@ -371,6 +422,12 @@ export class Instances implements SessionSharing {
         this.own.deviceFrame(b.dev, m, b.payload);
         return;
       }
+      case "installOnAccept":
+        this.hold(m.from, b.dev, b.m);
+        return;
+      case "accepted":
+        void Promise.resolve(this.sessions.acceptedWithInstall(b.dev, b.rid, b.spi)).catch((e: unknown) => this.o.log.error("registry-error", { device: b.dev, reason: (e as Error).message }));
+        return;
       case "fromDevice":
         if (b.m.t !== Msg.Answer && b.m.t !== Msg.SaConfirm && b.m.t !== Msg.Rekey && b.m.t !== Msg.Bye) {
           this.o.log.warn("instance-bus-refused", { from: m.from, reason: `message type ${b.m.t} is not a session message for an SA's home` });
@@ -437,6 +494,11 @@ export class Instances implements SessionSharing {
     }
     for (const [spi, r] of [...this.routes]) if (r.home === gone) this.routes.delete(spi);
     for (const [k, r] of [...this.answerRoutes]) if (r.home === gone) this.answerRoutes.delete(k);
+    for (const [k, h] of [...this.held]) {
+      if (h.home !== gone) continue;
+      h.m.seed.fill(0);
+      this.held.delete(k);
+    }
     try {
       await this.table.forgetLinksOf(gone);
     } catch (e) {

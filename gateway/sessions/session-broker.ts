@@ -13,7 +13,7 @@ import { ctEqual } from "../../firmware/bytes.ts";
 import type { SymCrypto } from "../../firmware/crypto/types.ts";
 import { REKEY_AT } from "../../firmware/handset.ts";
 import { saConfirmTag, type Codec } from "../../firmware/proto/keys.ts";
-import { CloseReason, ErrorCode, Msg, type InnerMessage, type SaData } from "../../firmware/proto/messages.ts";
+import { CloseReason, ErrorCode, Msg, type InnerMessage, type SaData, type SaInstall } from "../../firmware/proto/messages.ts";
 import { localDeviceId } from "../fleet/fleet.ts";
 import type { Logger } from "../log/logger.ts";
 import { spiText } from "../log/protocol-names.ts";
@@ -92,6 +92,15 @@ interface Session {
   rekeyTimer: NodeJS.Timeout | null;
 }
 
+/** With several instances, what a request prepares while the callee decides: the SA's SPI claimed in
+ *  the domain's database and its seed, so that an acceptance installs at once, and whether the callee's
+ *  instance holds the callee's SaInstall to give it on acceptance (SessionSharing.installOnAccept). */
+interface Prepared {
+  spi: number;
+  seed: Uint8Array;
+  heldAtCallee: boolean;
+}
+
 /** A connection request waiting for the callee's answer. */
 interface Pending {
   caller: string;
@@ -101,6 +110,11 @@ interface Pending {
   suite: number;
   calleeRid: number;
   timer: NodeJS.Timeout;
+  /** Waiting for the answer, accepted, or dropped (declined, timed out, a party's SAs ended). */
+  settled: "open" | "accepted" | "dropped";
+  /** Several instances only: the preparation under way, and what it gave once done. */
+  prepared?: Promise<Prepared | undefined>;
+  ready?: Prepared;
 }
 
 export class SessionBroker {
@@ -115,7 +129,12 @@ export class SessionBroker {
    *  `up`: SAs both devices confirmed (new or rekey). */
   readonly stats = { requested: 0, up: 0, refused: 0, failed: 0, rejected: 0, denied: 0, noMatch: 0, rekeyed: 0, ended: 0, relayed: 0, relayDropped: 0 };
 
-  constructor(private d: SessionDeps) {}
+  constructor(private d: SessionDeps) {
+    // The callee's instance tells requests apart by device and rid (an Incoming's answer route, a held
+    // SaInstall): brokers of several instances calling one device must not count the same rids.
+    const r = d.crypto.random(4);
+    this.rid = (((r[0] << 24) | (r[1] << 16) | (r[2] << 8) | r[3]) >>> 1) % 0x7fffffff;
+  }
 
   /** Session messages from an authenticated device. */
   handle(deviceId: string, m: InnerMessage): void | Promise<void> {
@@ -190,34 +209,107 @@ export class SessionBroker {
     const key = `${peer}/${calleeRid}`;
     const timer = setTimeout(() => {
       if (!this.pending.delete(key)) return;
+      this.drop(p);
       this.stats.rejected++;
       this.stats.refused++;
       d.log.info("session-rejected", { device: caller, peer, app, reason: "the callee did not answer in time" });
       d.send(caller, { t: Msg.Error, rid, code: ErrorCode.Rejected });
     }, d.settings.answerTimeoutMs);
-    this.pending.set(key, { caller, callerRid: rid, callee: peer, app, suite, calleeRid, timer });
+    const p: Pending = { caller, callerRid: rid, callee: peer, app, suite, calleeRid, timer, settled: "open" };
+    this.pending.set(key, p);
     d.log.info("session-requested", { device: caller, peer, app, suite });
     d.send(peer, { t: Msg.Incoming, rid: calleeRid, from: caller, app, suite });
+    // While the callee decides: the database's claim off the path from its answer to its keys.
+    if (d.sharing) p.prepared = this.prepare(d.sharing, p);
   }
 
-  private answer(callee: string, rid: number, accept: boolean): void | Promise<void> {
+  /** The SPI claimed and the seed drawn for a request (several instances). A callee linked at another
+   *  instance gets its SaInstall held there, given to it the moment it accepts: the setup crosses the
+   *  bus three times in a row instead of five (docs/SCALING.md). Undefined when the claim failed. */
+  private async prepare(sharing: SessionSharing, p: Pending): Promise<Prepared | undefined> {
+    const d = this.d;
+    let spi: number;
+    try {
+      spi = await this.claimSpi(sharing, p.caller, p.callee, p.app, p.suite);
+    } catch (e) {
+      d.log.error("registry-error", { device: p.caller, peer: p.callee, reason: (e as Error).message });
+      return undefined;
+    }
+    if (p.settled === "dropped") {
+      sharing.ended(spi);
+      return undefined;
+    }
+    const seed = d.crypto.random(32);
+    // Once answered, the SaInstall goes out with the caller's (installWith), wherever the callee is.
+    const heldAtCallee = p.settled === "open" && sharing.installOnAccept(p.callee, this.installFor(spi, p.caller, 1, p.calleeRid, p.app, p.suite, seed, 0));
+    return (p.ready = { spi, seed, heldAtCallee });
+  }
+
+  /** The request will not be installed: its claimed SPI goes back and its seed is wiped. */
+  private drop(p: Pending): void {
+    p.settled = "dropped";
+    if (!p.ready) return; // prepare() gives the SPI back when its claim returns
+    this.d.sharing?.ended(p.ready.spi);
+    p.ready.seed.fill(0);
+  }
+
+  /** The callee's answer. `installed`: the SPI of the SaInstall the callee's instance held and gave it
+   *  as it accepted (several instances), so that the broker does not send it one again. */
+  private answer(callee: string, rid: number, accept: boolean, installed = 0): void | Promise<void> {
     const d = this.d;
     const key = `${callee}/${rid}`;
     const p = this.pending.get(key);
     if (!p) {
       d.log.warn("session-answer-dropped", { device: callee, reason: "an answer to no pending request (late or unknown)" });
+      // It accepted too late, but its instance gave it the held SaInstall: the device drops that SA.
+      if (installed) this.closeStray(callee, installed, "the callee accepted after its request timed out");
       return;
     }
     this.pending.delete(key);
     clearTimeout(p.timer);
     if (!accept) {
+      this.drop(p);
       this.stats.rejected++;
       this.stats.refused++;
       d.log.info("session-rejected", { device: p.caller, peer: callee, app: p.app, reason: "the callee declined" });
       d.send(p.caller, { t: Msg.Error, rid: p.callerRid, code: ErrorCode.Rejected });
       return;
     }
-    return this.install(p.caller, p.callee, p.app, p.suite, p.callerRid, p.calleeRid, 0);
+    p.settled = "accepted";
+    if (!p.prepared) return this.install(p.caller, p.callee, p.app, p.suite, p.callerRid, p.calleeRid, 0);
+    const go = (r: Prepared | undefined): void => {
+      if (!r) {
+        // The registry did not answer the claim: the setup fails as a timeout would.
+        this.stats.failed++;
+        d.send(p.caller, { t: Msg.Error, rid: p.callerRid, code: ErrorCode.Rejected });
+        if (installed) this.closeStray(callee, installed, "its instance gave the callee an SA this one never claimed");
+        return;
+      }
+      if (installed && installed !== r.spi) this.closeStray(callee, installed, "its instance gave the callee an SA this one never claimed");
+      this.installWith(r.spi, p.caller, p.callee, p.app, p.suite, p.callerRid, p.calleeRid, 0, r.seed, installed === r.spi);
+    };
+    // Prepared already (the usual case): at once, so that the callee's confirmation, which may come
+    // right behind this answer, finds its SA.
+    if (p.ready) return go(p.ready);
+    return p.prepared.then(go);
+  }
+
+  /** The callee's instance gave it the SaInstall held for request rid as it accepted (several instances). */
+  acceptedWithInstall(callee: string, rid: number, spi: number): void | Promise<void> {
+    return this.answer(callee, rid, true, spi);
+  }
+
+  /** A device holds an SA this broker does not run (given before a request it accepted timed out): it is
+   *  told the SA is closed, unless an SA of that SPI runs here after all. */
+  private closeStray(dev: string, spi: number, reason: string): void {
+    if (this.sessions.has(spi)) return;
+    this.d.log.info("session-stray-closed", { device: dev, spi: spiText(spi), reason });
+    this.d.send(dev, { t: Msg.SaClosed, spi, reason: CloseReason.PeerGone });
+  }
+
+  private installFor(spi: number, peer: string, role: number, rid: number, app: string, suite: number, seed: Uint8Array, replaces: number): SaInstall {
+    const { lifetime, limit } = this.d.settings;
+    return { t: Msg.SaInstall, rid, peer, role, spi, app, suite, seed, lifetime, limit, replaces };
   }
 
   /** A random SPI that no SA at this gateway holds, here or across gateways: unique among all SAs of
@@ -255,7 +347,9 @@ export class SessionBroker {
     }
   }
 
-  private installWith(spi: number, initiator: string, responder: string, app: string, suite: number, callerRid: number, responderRid: number, replaces: number): void {
+  /** `seed`: drawn before the answer (prepare), else now; `responderHasIt`: its instance gave the
+   *  responder its SaInstall already. */
+  private installWith(spi: number, initiator: string, responder: string, app: string, suite: number, callerRid: number, responderRid: number, replaces: number, seed?: Uint8Array, responderHasIt = false): void {
     const d = this.d;
     const s: Session = {
       spi,
@@ -263,7 +357,7 @@ export class SessionBroker {
       responder,
       app,
       suite,
-      seed: d.crypto.random(32),
+      seed: seed ?? d.crypto.random(32),
       confirmed: { initiator: false, responder: false },
       state: "confirming",
       callerRid,
@@ -274,9 +368,9 @@ export class SessionBroker {
     };
     this.sessions.set(s.spi, s);
     s.timer = setTimeout(() => this.abort(s, "the devices did not confirm their keys in time"), d.settings.answerTimeoutMs);
-    const base = { spi: s.spi, app, suite, seed: s.seed as Uint8Array, lifetime: d.settings.lifetime, limit: d.settings.limit, replaces };
-    d.send(initiator, { t: Msg.SaInstall, rid: callerRid, peer: responder, role: 0, ...base });
-    d.send(responder, { t: Msg.SaInstall, rid: responderRid, peer: initiator, role: 1, ...base });
+    const keys = s.seed as Uint8Array;
+    d.send(initiator, this.installFor(spi, responder, 0, callerRid, app, suite, keys, replaces));
+    if (!responderHasIt) d.send(responder, this.installFor(spi, initiator, 1, responderRid, app, suite, keys, replaces));
     d.log.info("session-keys-distributed", { device: initiator, peer: responder, app, spi: spiText(s.spi), suite, replaces: replaces ? spiText(replaces) : undefined });
   }
 
@@ -426,6 +520,7 @@ export class SessionBroker {
       if (p.caller !== deviceId && p.callee !== deviceId) continue;
       clearTimeout(p.timer);
       this.pending.delete(key);
+      this.drop(p);
       if (p.callee !== deviceId) continue;
       this.stats.refused++;
       this.d.send(p.caller, { t: Msg.Error, rid: p.callerRid, code: ErrorCode.Rejected });
@@ -510,7 +605,11 @@ export class SessionBroker {
 
   close(): void {
     for (const s of this.sessions.values()) stopTimers(s);
-    for (const p of this.pending.values()) clearTimeout(p.timer);
+    for (const p of this.pending.values()) {
+      clearTimeout(p.timer);
+      p.settled = "dropped";
+      p.ready?.seed.fill(0);
+    }
     for (const t of this.lost.values()) clearTimeout(t);
     this.sessions.clear();
     this.pending.clear();

@@ -2,7 +2,9 @@
 // (gateway/instances/): each SA's row in the domain's database, claimed before its SPI is handed out.
 // A lone gateway has no sharing, and its broker keeps everything in memory.
 
-/** An SA as every instance may see it (no key: the seed never leaves its home's memory). */
+import type { SaInstall } from "../../firmware/proto/messages.ts";
+
+/** An SA as every instance may see it (no key: the seed is never written to the database). */
 export interface LiveSession {
   spi: number;
   initiator: string;
@@ -48,4 +50,8 @@ export interface SessionSharing {
   peerMoved(spi: number, peerInstance: string): void;
   /** Whether another instance of the domain is online to take this one's SAs over when it stops. */
   othersOnline(): boolean;
+  /** Before a callee linked at another instance answered: that instance holds its SaInstall and gives
+   *  it to the callee as it accepts (telling the broker: SessionBroker.acceptedWithInstall). False when
+   *  the callee is not linked at another instance: the broker sends the SaInstall after the answer. */
+  installOnAccept(callee: string, m: SaInstall): boolean;
 }
