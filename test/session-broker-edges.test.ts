@@ -755,12 +755,12 @@ test("the stats start at zero, every counter there", async (t) => {
 
 /** The domain's table as the broker sees it: claims answered at once, or held until the test says. */
 function heldClaims() {
-  const claims: { spi: number; answer(ok: boolean): void }[] = [];
+  const claims: { spi: number; answer(ok: boolean): void; fail(e: Error): void }[] = [];
   const ended: number[] = [];
   const sharing = {
     hold: false,
     instance: "i1",
-    claim: (s: LiveSession) => (sharing.hold ? new Promise<boolean>((resolve) => claims.push({ spi: s.spi, answer: resolve })) : Promise.resolve(true)),
+    claim: (s: LiveSession) => (sharing.hold ? new Promise<boolean>((resolve, reject) => claims.push({ spi: s.spi, answer: resolve, fail: reject })) : Promise.resolve(true)),
     up: () => {},
     ended: (spi: number) => void ended.push(spi),
     stillHome: () => Promise.resolve(true),
@@ -814,21 +814,22 @@ function calleesElsewhere() {
   return { ...h, installs };
 }
 
-test("with several instances, the SPI is claimed while the callee decides, and a callee at another instance is given its SaInstall there as it accepts", async (t) => {
+test("with several instances, the SPI is claimed before the callee is asked, and a callee at another instance is given its SaInstall there as it accepts", async (t) => {
   const { sharing, claims, installs } = calleesElsewhere();
   sharing.hold = true;
   const r = rig(t, { sharing });
-  const incoming = await r.call("dev-a", "dev-b");
+  const asking = r.call("dev-a", "dev-b");
   await r.settle();
-  assert.equal(claims.length, 1, "the SPI is claimed before the callee answered");
-  assert.equal(installs.length, 0, "nothing held before the claim returned");
+  assert.equal(claims.length, 1, "the SPI is being claimed");
+  assert.equal(r.to("dev-b", Msg.Incoming).length, 0, "the callee is asked only once it is");
   claims[0].answer(true);
-  await r.settle();
-  assert.equal(installs.length, 1, "the callee's instance holds its SaInstall");
+  const incoming = await asking;
+  assert.ok(incoming, "then the callee is asked");
+  assert.equal(installs.length, 1, "and its instance holds its SaInstall");
   const held = installs[0];
-  assert.deepEqual(fields(held.m as unknown as Record<string, unknown>, "rid", "spi", "peer", "role", "replaces"), { rid: incoming!.rid, spi: claims[0].spi, peer: "dev-a", role: 1, replaces: 0 });
-  assert.equal(r.to("dev-b", Msg.SaInstall).length + r.to("dev-a", Msg.SaInstall).length, 0, "no key goes out before the answer");
-  await r.broker.acceptedWithInstall("dev-b", incoming!.rid as number, held.m.spi);
+  assert.deepEqual(fields(held.m as unknown as Record<string, unknown>, "rid", "spi", "peer", "role", "replaces"), { rid: incoming.rid, spi: claims[0].spi, peer: "dev-a", role: 1, replaces: 0 });
+  assert.equal(r.to("dev-b", Msg.SaInstall).length + r.to("dev-a", Msg.SaInstall).length, 0, "no key goes to a device before the answer");
+  await r.broker.acceptedWithInstall("dev-b", incoming.rid as number, held.m.spi);
   const mine = r.to("dev-a", Msg.SaInstall);
   assert.equal(mine.length, 1, "the caller gets its SaInstall");
   assert.equal(mine[0].spi, held.m.spi);
@@ -844,7 +845,6 @@ test("with several instances, a callee that answered before its instance held th
   const { sharing, installs } = calleesElsewhere();
   const r = rig(t, { sharing });
   const incoming = await r.call("dev-a", "dev-b");
-  await r.settle();
   assert.equal(installs.length, 1);
   r.answer("dev-b", incoming!.rid as number, true); // a plain answer: its instance had no SaInstall to give
   const theirs = r.to("dev-b", Msg.SaInstall);
@@ -853,47 +853,47 @@ test("with several instances, a callee that answered before its instance held th
   assert.equal(r.to("dev-a", Msg.SaInstall)[0]?.spi, installs[0].m.spi);
 });
 
-test("with several instances, an answer that comes before the claim returned installs when it returns, and nothing is held", async (t) => {
+test("with several instances, a claim the registry does not answer refuses the caller, and the callee is never asked", async (t) => {
   const { sharing, claims, installs } = calleesElsewhere();
   sharing.hold = true;
   const r = rig(t, { sharing });
-  const incoming = await r.call("dev-a", "dev-b");
+  const asking = r.call("dev-a", "dev-b");
   await r.settle();
-  r.answer("dev-b", incoming!.rid as number, true);
-  await r.settle();
-  assert.equal(r.to("dev-a", Msg.SaInstall).length, 0, "waits for the claim");
-  claims[0].answer(true);
-  await r.settle();
-  assert.equal(installs.length, 0, "an answered request holds nothing");
-  assert.deepEqual([r.to("dev-a", Msg.SaInstall)[0]?.spi, r.to("dev-b", Msg.SaInstall)[0]?.spi], [claims[0].spi, claims[0].spi]);
+  claims[0].fail(new Error("connection lost"));
+  assert.equal(await asking, undefined, "no Incoming");
+  assert.deepEqual(r.to("dev-a", Msg.Error), [{ t: Msg.Error, rid: 7, code: ErrorCode.Rejected }]);
+  assert.match(String(r.events("registry-error")[0]?.reason), /no SPI claimed, the callee was not asked: connection lost/);
+  assert.equal(installs.length, 0);
+  assert.equal(r.broker.stats.refused, 1, "one refusal");
+  t.mock.timers.tick(SETTINGS.answerTimeoutMs);
+  assert.equal(r.to("dev-a", Msg.Error).length, 1, "and no second refusal at the timeout");
 });
 
-test("with several instances, a declined request gives its claimed SPI back and wipes the seed, whether the claim returned or not", async (t) => {
+test("with several instances, a declined request gives its claimed SPI back and wipes the seed; so does one whose caller went while the SPI was claimed", async (t) => {
   const { sharing, claims, ended, installs } = calleesElsewhere();
   sharing.hold = true;
   const r = rig(t, { sharing });
-  const first = await r.call("dev-a", "dev-b", 7);
+  const asking = r.call("dev-a", "dev-b", 7);
   await r.settle();
   claims[0].answer(true);
-  await r.settle();
+  const first = await asking;
   r.answer("dev-b", first!.rid as number, false);
   assert.deepEqual(ended, [claims[0].spi], "the claim goes back at once");
   assert.ok(installs[0].m.seed.every((b) => b === 0), "the held seed is wiped");
-  const second = await r.call("dev-c", "dev-d", 8);
+  const second = r.call("dev-c", "dev-d", 8);
   await r.settle();
-  r.answer("dev-d", second!.rid as number, false);
+  r.broker.endAll("dev-c", CloseReason.PeerGone, "the caller restarted");
   claims[1].answer(true);
-  await r.settle();
-  assert.deepEqual(ended, [claims[0].spi, claims[1].spi], "a claim that returns after the answer goes back then");
-  assert.equal(installs.length, 1, "and holds nothing");
-  assert.equal(r.sent.filter((x) => x.m.t === Msg.SaInstall).length, 0, "no key went out");
+  assert.equal(await second, undefined, "the callee is not asked");
+  assert.deepEqual(ended, [claims[0].spi, claims[1].spi], "the claim goes back when it returns");
+  assert.equal(installs.length, 1, "and nothing more is held");
+  assert.equal(r.sent.filter((x) => x.m.t === Msg.SaInstall).length, 0, "no key went to a device");
 });
 
 test("with several instances, a callee given its held SaInstall after its request timed out is told that SA is closed", async (t) => {
   const { sharing, ended, installs } = calleesElsewhere();
   const r = rig(t, { sharing });
   const incoming = await r.call("dev-a", "dev-b");
-  await r.settle();
   t.mock.timers.tick(SETTINGS.answerTimeoutMs);
   assert.deepEqual(r.to("dev-a", Msg.Error), [{ t: Msg.Error, rid: 7, code: ErrorCode.Rejected }]);
   const spi = installs[0].m.spi;

@@ -92,7 +92,7 @@ interface Session {
   rekeyTimer: NodeJS.Timeout | null;
 }
 
-/** With several instances, what a request prepares while the callee decides: the SA's SPI claimed in
+/** With several instances, what a request prepares before the callee is asked: the SA's SPI claimed in
  *  the domain's database and its seed, so that an acceptance installs at once, and whether the callee's
  *  instance holds the callee's SaInstall to give it on acceptance (SessionSharing.installOnAccept). */
 interface Prepared {
@@ -112,8 +112,7 @@ interface Pending {
   timer: NodeJS.Timeout;
   /** Waiting for the answer, accepted, or dropped (declined, timed out, a party's SAs ended). */
   settled: "open" | "accepted" | "dropped";
-  /** Several instances only: the preparation under way, and what it gave once done. */
-  prepared?: Promise<Prepared | undefined>;
+  /** Several instances only: the claimed SPI and the seed, before the callee is asked. */
   ready?: Prepared;
 }
 
@@ -217,38 +216,46 @@ export class SessionBroker {
     }, d.settings.answerTimeoutMs);
     const p: Pending = { caller, callerRid: rid, callee: peer, app, suite, calleeRid, timer, settled: "open" };
     this.pending.set(key, p);
+    // Several instances: the SPI is claimed before the callee is asked, so that its answer leads
+    // straight to the keys; a callee linked at another instance has its SaInstall held there, right
+    // behind the Incoming, and given to it the moment it accepts: the setup crosses the bus three
+    // times in a row instead of five (docs/SCALING.md).
+    if (d.sharing && !(await this.prepare(d.sharing, p, key))) return;
     d.log.info("session-requested", { device: caller, peer, app, suite });
     d.send(peer, { t: Msg.Incoming, rid: calleeRid, from: caller, app, suite });
-    // While the callee decides: the database's claim off the path from its answer to its keys.
-    if (d.sharing) p.prepared = this.prepare(d.sharing, p);
+    const r = p.ready;
+    if (r && d.sharing) r.heldAtCallee = d.sharing.installOnAccept(peer, this.installFor(r.spi, caller, 1, calleeRid, app, suite, r.seed, 0));
   }
 
-  /** The SPI claimed and the seed drawn for a request (several instances). A callee linked at another
-   *  instance gets its SaInstall held there, given to it the moment it accepts: the setup crosses the
-   *  bus three times in a row instead of five (docs/SCALING.md). Undefined when the claim failed. */
-  private async prepare(sharing: SessionSharing, p: Pending): Promise<Prepared | undefined> {
+  /** The SPI claimed and the seed drawn for a request (several instances); false when the request
+   *  went meanwhile (its SPI is given back) or the claim failed (the caller is refused). */
+  private async prepare(sharing: SessionSharing, p: Pending, key: string): Promise<boolean> {
     const d = this.d;
     let spi: number;
     try {
       spi = await this.claimSpi(sharing, p.caller, p.callee, p.app, p.suite);
     } catch (e) {
-      d.log.error("registry-error", { device: p.caller, peer: p.callee, reason: (e as Error).message });
-      return undefined;
+      d.log.error("registry-error", { device: p.caller, peer: p.callee, reason: `no SPI claimed, the callee was not asked: ${(e as Error).message}` });
+      if (this.pending.get(key) === p) {
+        this.pending.delete(key);
+        clearTimeout(p.timer);
+        this.stats.refused++;
+        d.send(p.caller, { t: Msg.Error, rid: p.callerRid, code: ErrorCode.Rejected });
+      }
+      return false;
     }
     if (p.settled === "dropped") {
       sharing.ended(spi);
-      return undefined;
+      return false;
     }
-    const seed = d.crypto.random(32);
-    // Once answered, the SaInstall goes out with the caller's (installWith), wherever the callee is.
-    const heldAtCallee = p.settled === "open" && sharing.installOnAccept(p.callee, this.installFor(spi, p.caller, 1, p.calleeRid, p.app, p.suite, seed, 0));
-    return (p.ready = { spi, seed, heldAtCallee });
+    p.ready = { spi, seed: d.crypto.random(32), heldAtCallee: false };
+    return true;
   }
 
   /** The request will not be installed: its claimed SPI goes back and its seed is wiped. */
   private drop(p: Pending): void {
     p.settled = "dropped";
-    if (!p.ready) return; // prepare() gives the SPI back when its claim returns
+    if (!p.ready) return; // prepare gives the SPI back when its claim returns
     this.d.sharing?.ended(p.ready.spi);
     p.ready.seed.fill(0);
   }
@@ -276,22 +283,12 @@ export class SessionBroker {
       return;
     }
     p.settled = "accepted";
-    if (!p.prepared) return this.install(p.caller, p.callee, p.app, p.suite, p.callerRid, p.calleeRid, 0);
-    const go = (r: Prepared | undefined): void => {
-      if (!r) {
-        // The registry did not answer the claim: the setup fails as a timeout would.
-        this.stats.failed++;
-        d.send(p.caller, { t: Msg.Error, rid: p.callerRid, code: ErrorCode.Rejected });
-        if (installed) this.closeStray(callee, installed, "its instance gave the callee an SA this one never claimed");
-        return;
-      }
-      if (installed && installed !== r.spi) this.closeStray(callee, installed, "its instance gave the callee an SA this one never claimed");
-      this.installWith(r.spi, p.caller, p.callee, p.app, p.suite, p.callerRid, p.calleeRid, 0, r.seed, installed === r.spi);
-    };
-    // Prepared already (the usual case): at once, so that the callee's confirmation, which may come
-    // right behind this answer, finds its SA.
-    if (p.ready) return go(p.ready);
-    return p.prepared.then(go);
+    const r = p.ready;
+    // A lone gateway draws the SPI and the seed now.
+    if (!r) return this.install(p.caller, p.callee, p.app, p.suite, p.callerRid, p.calleeRid, 0);
+    if (installed && installed !== r.spi) this.closeStray(callee, installed, "its instance gave the callee an SA this one did not prepare for the request");
+    // At once (the callee's confirmation may come right behind this answer and must find its SA).
+    this.installWith(r.spi, p.caller, p.callee, p.app, p.suite, p.callerRid, p.calleeRid, 0, r.seed, installed === r.spi);
   }
 
   /** The callee's instance gave it the SaInstall held for request rid as it accepted (several instances). */
