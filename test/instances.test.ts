@@ -102,6 +102,22 @@ describe("instances of one domain on PostgreSQL and one broker", { timeout: 120_
     assert.equal(byName("i2").gw.instances!.stats.installsGiven, 1, "bob's keys came from i2's hold, once");
   });
 
+  test("a callee's instance that holds no SaInstall (as one of an older version, which refuses installOnAccept): the home sends it after the plain answer", async (t) => {
+    if (!db) return t.skip("no PostgreSQL");
+    const old = byName("i3").gw.instances! as unknown as { hold: (...a: unknown[]) => void };
+    old.hold = () => {}; // what an older version does with a kind it refuses: nothing
+    t.after(() => delete (old as { hold?: unknown }).hold);
+    const gina = await handset("gina", "i1");
+    const hank = await handset("hank", "i3");
+    await until(() => gina.h.status().registered && hank.h.status().registered && byName("i1").gw.instances!.isLinked("hank"), "both registered, i1 knowing hank is at i3");
+    const spi = await connectPair(gina, hank, APP);
+    await exchange(gina, hank, spi, "without a held SaInstall");
+    assert.equal(byName("i3").gw.instances!.stats.installsGiven, 0, "nothing was held at i3");
+    assert.ok(byName("i1").gw.sessions.sessions.has(spi), "the SA runs at the caller's instance");
+    gina.close();
+    hank.close();
+  });
+
   test("a handset moves to another instance mid-session: its SA carries on, and a rekey is run by the home", async (t) => {
     if (!db) return t.skip("no PostgreSQL");
     const alice = handsets.find((h) => h.id === "alice")!;
