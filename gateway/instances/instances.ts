@@ -74,6 +74,14 @@ function saDataIn(payload: Uint8Array): SaData | undefined {
   }
 }
 
+/** An SaInstall held for a callee linked here, from the home that asked (installOnAccept). */
+interface Held {
+  home: string;
+  dev: string;
+  m: SaInstall;
+  until: number;
+}
+
 /** A device name with a domain is another domain's (this domain's own devices are stored bare). */
 const acrossDomains = (r: LiveSession): boolean => r.initiator.includes("@") || r.responder.includes("@");
 
@@ -85,7 +93,7 @@ export class Instances implements SessionSharing {
   private readonly routes = new Map<number, Route>();
   private readonly answerRoutes = new Map<string, { home: string; until: number }>();
   /** SaInstalls held for callees linked here until they answer (installOnAccept), by device/rid. */
-  private readonly held = new Map<string, { home: string; m: SaInstall; until: number }>();
+  private readonly held = new Map<string, Held>();
   private readonly unknownSpis = new Map<number, number>();
   private readonly closesWaiting = new Map<string, { spi: number; until: number }[]>();
   private bus!: InstanceBus;
@@ -215,6 +223,8 @@ export class Instances implements SessionSharing {
   /** A device's link here came up or went: the database and the other instances are told. */
   linkChanged(dev: string, up: boolean): void {
     if (up) this.elsewhere.delete(dev);
+    // A new link is a new join: what was held for the device's old one is of no use.
+    this.dropHeld((h) => h.dev === dev);
     // After the JoinAccept the link server writes right behind this call: the device takes link
     // messages only once it has that.
     if (up) queueMicrotask(() => this.sendWaitingCloses(dev));
@@ -277,8 +287,7 @@ export class Instances implements SessionSharing {
   async close(): Promise<void> {
     this.closed = true;
     if (this.sweep) clearInterval(this.sweep);
-    for (const h of this.held.values()) h.m.seed.fill(0);
-    this.held.clear();
+    this.dropHeld(() => true);
     // The links' last rows (unlinked, as the links closed) before the store closes.
     await Promise.all(this.writing);
     await this.bus?.close();
@@ -348,12 +357,22 @@ export class Instances implements SessionSharing {
   }
 
   /** An SaInstall held for a callee here, given as it accepted. */
-  private giveHeld(dev: string, held: { home: string; m: SaInstall }): void {
+  private giveHeld(dev: string, held: Held): void {
     this.learn(held.home, dev, held.m);
-    this.stats.delivered++;
-    this.stats.installsGiven++;
-    if (!this.links.sendTo(dev, held.m)) this.dropDelivery(held.home, dev, held.m.t);
+    if (this.links.sendTo(dev, held.m)) {
+      this.stats.delivered++;
+      this.stats.installsGiven++;
+    } else this.dropDelivery(held.home, dev, held.m.t);
     held.m.seed.fill(0); // sealed into the link frame already
+  }
+
+  /** Wipes and forgets the held SaInstalls that `which` picks. */
+  private dropHeld(which: (h: Held) => boolean): void {
+    for (const [k, h] of this.held) {
+      if (!which(h)) continue;
+      h.m.seed.fill(0);
+      this.held.delete(k);
+    }
   }
 
   /** An SaInstall to hold until the callee answers the Incoming that came before it. Dropped when the
@@ -363,17 +382,13 @@ export class Instances implements SessionSharing {
     const key = `${dev}/${m.rid}`;
     const route = this.answerRoutes.get(key);
     const now = Date.now();
-    for (const [k, h] of this.held) {
-      if (h.until >= now) continue;
-      h.m.seed.fill(0);
-      this.held.delete(k);
-    }
+    this.dropHeld((h) => h.until < now);
     if (!this.links.links.has(dev) || !route || route.home !== home) {
       m.seed.fill(0);
       return;
     }
-    this.held.get(key)?.m.seed.fill(0);
-    this.held.set(key, { home, m, until: route.until });
+    this.dropHeld((h) => h === this.held.get(key));
+    this.held.set(key, { home, dev, m, until: route.until });
   }
 
   private forward(home: string, dev: string, m: InnerMessage): void {
@@ -494,11 +509,7 @@ export class Instances implements SessionSharing {
     }
     for (const [spi, r] of [...this.routes]) if (r.home === gone) this.routes.delete(spi);
     for (const [k, r] of [...this.answerRoutes]) if (r.home === gone) this.answerRoutes.delete(k);
-    for (const [k, h] of [...this.held]) {
-      if (h.home !== gone) continue;
-      h.m.seed.fill(0);
-      this.held.delete(k);
-    }
+    this.dropHeld((h) => h.home === gone);
     try {
       await this.table.forgetLinksOf(gone);
     } catch (e) {
@@ -550,6 +561,7 @@ export class Instances implements SessionSharing {
     if (this.closed) return;
     const now = Date.now();
     for (const [dev, waiting] of [...this.closesWaiting]) if (waiting.every((w) => w.until < now)) this.closesWaiting.delete(dev);
+    this.dropHeld((h) => h.until < now); // a callee that never answered: its seed does not wait for the next hold
     try {
       for (const home of await this.table.orphanHomes([this.instance, ...this.bus.others])) await this.takeOver(home);
     } catch (e) {
