@@ -766,7 +766,7 @@ function heldClaims() {
     stillHome: () => Promise.resolve(true),
     peerMoved: () => {},
     othersOnline: () => true,
-    installOnAccept: (_callee: string, _m: SaInstall): boolean => false,
+    installOnAccept: (_callee: string, _m: SaInstall): void => {},
   };
   return { sharing, claims, ended };
 }
@@ -807,10 +807,7 @@ test("with several instances, a replaced SA leaves the domain's table when it is
 function calleesElsewhere() {
   const h = heldClaims();
   const installs: { callee: string; m: SaInstall; seed: Uint8Array }[] = [];
-  h.sharing.installOnAccept = (callee, m) => {
-    installs.push({ callee, m, seed: m.seed.slice() });
-    return true;
-  };
+  h.sharing.installOnAccept = (callee, m) => void installs.push({ callee, m, seed: m.seed.slice() });
   return { ...h, installs };
 }
 

@@ -210,12 +210,9 @@ export class Instances implements SessionSharing {
     return !this.closed && this.bus.others.length > 0;
   }
 
-  installOnAccept(callee: string, m: SaInstall): boolean {
-    if (this.links.links.has(callee)) return false;
-    const at = this.elsewhere.get(callee);
-    if (at === undefined) return false;
-    this.bus.send(at, { k: "installOnAccept", dev: callee, m });
-    return true;
+  installOnAccept(callee: string, m: SaInstall): void {
+    const at = this.links.links.has(callee) ? undefined : this.elsewhere.get(callee);
+    if (at !== undefined) this.bus.send(at, { k: "installOnAccept", dev: callee, m });
   }
 
   // ---- events of this instance's links and devices -------------------------------------------------
@@ -387,7 +384,7 @@ export class Instances implements SessionSharing {
       m.seed.fill(0);
       return;
     }
-    this.dropHeld((h) => h === this.held.get(key));
+    this.held.get(key)?.m.seed.fill(0); // the one it replaces
     this.held.set(key, { home, dev, m, until: route.until });
   }
 

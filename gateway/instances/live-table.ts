@@ -1,7 +1,8 @@
 // What the instances of one domain share in its database about the present (migrations.ts, versions
 // 5 and 6): where each linked device is (live_links), and each SA's parties and home, the instance
-// that runs it, with what another instance needs to run an SA across domains on (live_sessions). An SPI is claimed here before it is handed out, so two instances never give the
-// same one; when an instance is gone, one other takes its SAs over in one statement. These rows are
+// that runs it, with what another instance needs to run an SA across domains on (live_sessions). An
+// SPI is claimed here before it is handed out, so two instances never give the same one; when an
+// instance is gone, one other takes its SAs over in one statement. These rows are
 // rewritten as things change, so their writes do not wait for the disk (Store.queryRelaxed): a
 // PostgreSQL crash may lose the last moment of them, never a registry record (docs/SCALING.md).
 

@@ -93,12 +93,10 @@ interface Session {
 }
 
 /** With several instances, what a request prepares before the callee is asked: the SA's SPI claimed in
- *  the domain's database and its seed, so that an acceptance installs at once, and whether the callee's
- *  instance holds the callee's SaInstall to give it on acceptance (SessionSharing.installOnAccept). */
+ *  the domain's database and its seed, so that an acceptance installs at once. */
 interface Prepared {
   spi: number;
   seed: Uint8Array;
-  heldAtCallee: boolean;
 }
 
 /** A connection request waiting for the callee's answer. */
@@ -224,7 +222,7 @@ export class SessionBroker {
     d.log.info("session-requested", { device: caller, peer, app, suite });
     d.send(peer, { t: Msg.Incoming, rid: calleeRid, from: caller, app, suite });
     const r = p.ready;
-    if (r && d.sharing) r.heldAtCallee = d.sharing.installOnAccept(peer, this.installFor(r.spi, caller, 1, calleeRid, app, suite, r.seed, 0));
+    if (r) d.sharing?.installOnAccept(peer, this.installFor(r.spi, caller, 1, calleeRid, app, suite, r.seed, 0));
   }
 
   /** The SPI claimed and the seed drawn for a request (several instances); false when the request
@@ -248,7 +246,7 @@ export class SessionBroker {
       sharing.ended(spi);
       return false;
     }
-    p.ready = { spi, seed: d.crypto.random(32), heldAtCallee: false };
+    p.ready = { spi, seed: d.crypto.random(32) };
     return true;
   }
 
@@ -365,9 +363,9 @@ export class SessionBroker {
     };
     this.sessions.set(s.spi, s);
     s.timer = setTimeout(() => this.abort(s, "the devices did not confirm their keys in time"), d.settings.answerTimeoutMs);
-    const keys = s.seed as Uint8Array;
-    d.send(initiator, this.installFor(spi, responder, 0, callerRid, app, suite, keys, replaces));
-    if (!responderHasIt) d.send(responder, this.installFor(spi, initiator, 1, responderRid, app, suite, keys, replaces));
+    const given = s.seed as Uint8Array;
+    d.send(initiator, this.installFor(spi, responder, 0, callerRid, app, suite, given, replaces));
+    if (!responderHasIt) d.send(responder, this.installFor(spi, initiator, 1, responderRid, app, suite, given, replaces));
     d.log.info("session-keys-distributed", { device: initiator, peer: responder, app, spi: spiText(s.spi), suite, replaces: replaces ? spiText(replaces) : undefined });
   }
 

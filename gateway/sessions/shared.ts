@@ -51,7 +51,8 @@ export interface SessionSharing {
   /** Whether another instance of the domain is online to take this one's SAs over when it stops. */
   othersOnline(): boolean;
   /** Before a callee linked at another instance answered: that instance holds its SaInstall and gives
-   *  it to the callee as it accepts (telling the broker: SessionBroker.acceptedWithInstall). False when
-   *  the callee is not linked at another instance: the broker sends the SaInstall after the answer. */
-  installOnAccept(callee: string, m: SaInstall): boolean;
+   *  it to the callee as it accepts, telling the broker (SessionBroker.acceptedWithInstall). Nothing
+   *  when the callee is not linked at another instance. Whoever does not hear `accepted` (a plain
+   *  answer) sends the SaInstall itself, so nothing here needs an answer. */
+  installOnAccept(callee: string, m: SaInstall): void;
 }
