@@ -13,6 +13,11 @@
 // the other gateway's), and asks for a new SA at 80% of either; rekeys run as between gateways (the
 // SA's initiator runs the exchange) and the application keeps one PeerSession object throughout.
 // Like a gateway it judges every SA's certificates again when a newer fleet revocation list arrives.
+//
+// A domain may run several gateway processes (instances, gateway/instances/). Each SA runs at one of
+// them, so everything about it goes to that one (PeerSession.peerInstance): the instance that
+// answered the peer's message 1, or that sent the one the peer answered. When it dies or stops,
+// another instance takes the SA over and says so (kp.x.moved), and the peer follows.
 
 import { randomBytes } from "node:crypto";
 import { existsSync, readFileSync } from "node:fs";
@@ -79,6 +84,10 @@ export class PeerSession {
   onMessage?: (data: Uint8Array) => void;
   onClose?: (reason: CloseReason) => void;
   state: "confirming" | "up" | "closed" = "confirming";
+  /** The other domain's process that runs this SA there, when that domain runs several instances
+   *  (undefined: it runs as one process). Every message about the SA goes to it; it changes when
+   *  another instance takes the SA over and says so (kp.x.moved). */
+  peerInstance: string | undefined;
   private current: Generation;
   /** A replacement set up but not yet confirmed by the other end. */
   private next: Generation | undefined;
@@ -130,7 +139,7 @@ export class PeerSession {
       if (usedUp()) throw new Error(`SA ${spiText(g.spi)} is used up (its limit or lifetime is reached and no replacement came)`);
     }
     const frame = sealFrame(this.owner.crypto, cbor, g.link, g.spi, data);
-    await this.owner.interlink.request(this.peerGateway, xm.XGW_SA, xm.frameBody(g.spi, frame));
+    await this.tell(xm.XGW_SA, xm.frameBody(g.spi, frame));
   }
 
   /** Ends the SA here and at the other end. */
@@ -138,7 +147,12 @@ export class PeerSession {
     if (this.state === "closed") return;
     const spi = this.spi;
     this.end(CloseReason.Bye);
-    await this.owner.interlink.request(this.peerGateway, xm.XGW_BYE, xm.byeBody(spi, CloseReason.Bye));
+    await this.tell(xm.XGW_BYE, xm.byeBody(spi, CloseReason.Bye));
+  }
+
+  /** @internal a request about this SA to the other gateway's process that runs it. */
+  tell(type: string, body: unknown): Promise<unknown> {
+    return this.owner.interlink.request(this.peerGateway, type, body, this.peerInstance === undefined ? {} : { instance: this.peerInstance });
   }
 
   /** @internal an SA frame payload from the other gateway, under any SPI of this session. */
@@ -279,7 +293,8 @@ export class CapablePeer {
   readonly overlapMs: number;
   readonly confirmTimeoutMs: number;
   private readonly sessions = new Map<number, PeerSession>();
-  private readonly responders = new Map<string, { r: Responder; terms: xm.SaTerms }>();
+  /** Exchanges we answer, by session id, with the other domain's process that runs them. */
+  private readonly responders = new Map<string, { r: Responder; terms: xm.SaTerms; instance: string | undefined }>();
   private readonly earlyConfirmed = new Set<number>();
   private readonly seen = new SeenSessions();
   private readonly terms: xm.SaTerms;
@@ -314,6 +329,7 @@ export class CapablePeer {
       return this.withSession(req, spi, (s) => s.end(reason), () => undefined);
     });
     link.handle(xm.XGW_REKEY, (req) => this.withSession(req, xm.readRekey(req.body), (s) => void this.rekey(s).catch(() => undefined)));
+    link.handle(xm.XGW_MOVED, (req) => this.onMoved(req));
   }
 
   /**
@@ -354,8 +370,9 @@ export class CapablePeer {
   async connect(peer: string, app: string): Promise<PeerSession> {
     const domain = splitDeviceName(peer)?.domain;
     if (!domain) throw new TypeError(`"${peer}" is not a device name (name@domain)`);
-    const out = await this.initiate(peer, domain, app, 0);
+    const out = await this.initiate(peer, domain, app, 0, undefined);
     const s = new PeerSession(this, 0, out.result.peer, domain, app, out.result.suite, this.generation(out.result, out.terms), { peer: out.result.peerCert, peerGateway: out.result.peerGatewayCert });
+    s.peerInstance = out.instance;
     this.adopt(s);
     await s.whenUp(this.confirmTimeoutMs);
     return s;
@@ -386,7 +403,7 @@ export class CapablePeer {
       if (!problem || s.state === "closed") continue;
       const spi = s.spi;
       s.end(CloseReason.Revoked);
-      void this.interlink.request(s.peerGateway, xm.XGW_BYE, xm.byeBody(spi, CloseReason.Revoked)).catch(() => undefined);
+      void s.tell(xm.XGW_BYE, xm.byeBody(spi, CloseReason.Revoked)).catch(() => undefined);
     }
   }
 
@@ -400,27 +417,34 @@ export class CapablePeer {
   async rekey(s: PeerSession): Promise<void> {
     if (s.state !== "up") return;
     if (s.role === 1) {
-      await this.interlink.request(s.peerGateway, xm.XGW_REKEY, xm.rekeyBody(s.spi));
+      await s.tell(xm.XGW_REKEY, xm.rekeyBody(s.spi));
       return;
     }
-    const out = await this.initiate(s.peer, s.peerGateway, s.app, s.spi);
+    // The replacement is run by the process that runs the SA at the other side.
+    const out = await this.initiate(s.peer, s.peerGateway, s.app, s.spi, s.peerInstance);
     if (s.state !== "up") {
       out.result.seed.fill(0);
       return;
     }
+    s.peerInstance = out.instance;
     this.install(s, out.result, out.terms);
   }
 
-  private async initiate(peer: string, domain: string, app: string, replaces: number): Promise<{ result: ExchangeResult; terms: xm.SaTerms }> {
+  /** Runs the exchange with `peer`'s gateway. A domain running several instances answers message 1
+   *  from any of them unless `instance` names one; message 3 and everything about the SA after it go
+   *  to the one that answered (it holds the exchange's state and then runs the SA). */
+  private async initiate(peer: string, domain: string, app: string, replaces: number, instance: string | undefined): Promise<{ result: ExchangeResult; terms: xm.SaTerms; instance: string | undefined }> {
     const init = new Initiator(this.deps, this.opts.self, peer, app, this.opts.suites, { replaces });
     const sessionId = init.msg1.sessionId;
+    const pin = (i: string | undefined) => (i === undefined ? {} : { instance: i });
     try {
-      const a2 = xm.readConnectAnswer(await this.interlink.request(domain, xm.XGW_MSG1, xm.connectBody(encodeMsg1(init.msg1), this.terms), { sessionId, secret: true, timeoutMs: 20_000 }));
+      const answer2 = await this.interlink.requestTo(domain, xm.XGW_MSG1, xm.connectBody(encodeMsg1(init.msg1), this.terms), { sessionId, secret: true, timeoutMs: 20_000, ...pin(instance) });
+      const a2 = xm.readConnectAnswer(answer2.body);
       if ("refused" in a2) throw new Error(`${peer} refused: ${a2.refused}`);
       const terms = { lifetime: Math.min(a2.lifetime, this.terms.lifetime), limit: Math.min(a2.limit, this.terms.limit) };
       const msg3 = await init.onMsg2(decodeMsg2(a2.msg2));
-      const a4 = xm.readFinished(await this.interlink.request(domain, xm.XGW_MSG3, xm.finishBody(encodeMsg3(msg3)), { sessionId, secret: true }));
-      return { result: init.onMsg4(decodeMsg4(a4)), terms };
+      const a4 = xm.readFinished(await this.interlink.request(domain, xm.XGW_MSG3, xm.finishBody(encodeMsg3(msg3)), { sessionId, secret: true, ...pin(answer2.instance) }));
+      return { result: init.onMsg4(decodeMsg4(a4)), terms, instance: answer2.instance };
     } catch (e) {
       init.abort("failed");
       throw e;
@@ -445,7 +469,7 @@ export class CapablePeer {
   /** Registers a session's SPI and confirms our keys to the other gateway (we installed them). */
   private adopt(s: PeerSession): void {
     this.sessions.set(s.spi, s);
-    void this.interlink.request(s.peerGateway, xm.XGW_CONFIRMED, xm.confirmedBody(s.spi)).catch(() => s.end(CloseReason.PeerGone));
+    void s.tell(xm.XGW_CONFIRMED, xm.confirmedBody(s.spi)).catch(() => s.end(CloseReason.PeerGone));
   }
 
   /** A rekey's keys for an existing session. */
@@ -453,7 +477,7 @@ export class CapablePeer {
     const g = this.generation(r, terms);
     this.sessions.set(g.spi, s);
     s.replaceWith(g);
-    void this.interlink.request(s.peerGateway, xm.XGW_CONFIRMED, xm.confirmedBody(g.spi)).catch(() => s.end(CloseReason.PeerGone));
+    void s.tell(xm.XGW_CONFIRMED, xm.confirmedBody(g.spi)).catch(() => s.end(CloseReason.PeerGone));
   }
 
   private withSession(req: InterlinkRequest, spi: number, f: (s: PeerSession, spi: number) => void, unknown?: (spi: number) => void): { body: unknown } {
@@ -464,6 +488,16 @@ export class CapablePeer {
       unknown(spi);
     } else f(s, spi);
     return { body: 0 };
+  }
+
+  /** Another instance of the SA's other domain took it over (the one that ran it died or stopped): it
+   *  runs the SA from now on. Only the SA's own peer domain may say so, and only as one of its
+   *  instances (signed, or on its channel: the envelope's instance, not the body's). */
+  private onMoved(req: InterlinkRequest): { body: unknown } {
+    const spi = xm.readMoved(req.body);
+    const to = req.fromInstance;
+    if (to === undefined) throw new InterlinkError("malformed", `${xm.XGW_MOVED} from a gateway that names no instance`);
+    return this.withSession(req, spi, (s) => (s.peerInstance = to));
   }
 
   private async onMsg1(req: InterlinkRequest): Promise<{ body: unknown }> {
@@ -481,7 +515,7 @@ export class CapablePeer {
     const r = new Responder(this.deps, msg1, { ...this.opts.self, suites: this.opts.suites });
     const terms = { lifetime: Math.min(offered.lifetime, this.terms.lifetime), limit: Math.min(offered.limit, this.terms.limit) };
     const key = Buffer.from(msg1.sessionId).toString("hex");
-    this.responders.set(key, { r, terms });
+    this.responders.set(key, { r, terms, instance: req.fromInstance });
     // The responder refuses a late msg3 by itself; this only keeps the table from growing.
     setTimeout(() => {
       if (this.responders.get(key)?.r === r) this.responders.delete(key);
@@ -498,9 +532,11 @@ export class CapablePeer {
     this.responders.delete(key);
     const old = result.replaces ? this.sessions.get(result.replaces) : undefined;
     if (old && old.state === "up") {
+      old.peerInstance = x.instance;
       this.install(old, result, x.terms);
     } else {
       const s = new PeerSession(this, 1, result.peer, req.from, result.app, result.suite, this.generation(result, x.terms), { peer: result.peerCert, peerGateway: result.peerGatewayCert });
+      s.peerInstance = x.instance;
       this.adopt(s);
       s.whenUp(this.confirmTimeoutMs).then(() => this.onSession?.(s), () => undefined);
     }
