@@ -298,9 +298,9 @@ export class Gateway {
       // group key.
       const spiTaken = (spi: number) => (hook?.holdsSpi?.(spi) ?? false) || (groups?.holdsSpi(spi) ?? false);
       const sessions = new SessionBroker({ store, policy, log, crypto, cbor, now, send, relay, isLinked, ...domainWide, settings, gatewayId: id, onEndAll, spiTaken, sharing: instances });
+      // With several instances, one keeps the domain's groups and reaches their members wherever linked.
       groupKeeper = groups = new GroupKeeper({
-        store, log, crypto, cbor, now, send, relay, isLinked, settings, gatewayId: id,
-        dormant: instances && "group keys are not yet kept across the instances of a domain",
+        store, log, crypto, cbor, now, send, relay, isLinked, ...domainWide, settings, gatewayId: id, sharing: instances,
         spiTaken: (spi) => sessions.sessions.has(spi) || (hook?.holdsSpi?.(spi) ?? false),
       });
       const revokeDevice = (dev: string, why: string) => revoke(store, sessions, links!, log, now, dev, why, instances);
@@ -309,8 +309,11 @@ export class Gateway {
       hook = opts.sessionHook?.(ctx);
       const answerRequest = async (dev: string, m: InnerMessage) => {
         links!.sendTo(dev, await registrar.handle(dev, m));
-        // After its answer: a member that registered gets its groups' keys.
-        if (m.t === Msg.RegisterRequest) await groups!.registered(dev);
+        // After its answer: a member that registered gets its groups' keys (from whichever instance
+        // keeps them).
+        if (m.t !== Msg.RegisterRequest) return;
+        instances?.registered(dev);
+        await groups!.registered(dev);
       };
       const registrar = new Registrar({
         store, log, crypto, permissions: policy, gatewayId: id, gatewayKey: key, policy: { ...DEFAULT_POLICY, ...opts.policy }, now,
@@ -357,6 +360,8 @@ export class Gateway {
       const across = () => (hook instanceof CrossGateway ? hook : undefined);
       instances?.attach(links, sessions, {
         deviceMessage, deviceFrame,
+        memberRegistered: (dev) => groups!.memberRegistered(dev),
+        keeperChanged: () => groups!.keeperCheck(),
         adoptAcross: (rows) => across()?.adopt(rows) ?? rows,
         keepOnlyAcross: (spis) => across()?.keepOnly(spis),
       });

@@ -29,7 +29,7 @@ import { until } from "./support/harness.ts";
 
 // ---- the codec ------------------------------------------------------------------------------------
 
-const KIND_NAMES = ["deliver", "frame", "fromDevice", "linked", "unlinked", "endAll", "online", "gone", "deviceFrame", "installOnAccept", "accepted"];
+const KIND_NAMES = ["deliver", "frame", "fromDevice", "linked", "unlinked", "endAll", "online", "gone", "deviceFrame", "installOnAccept", "accepted", "registered"];
 
 /** decodeBusMessage(w), which must either throw MalformedBusMessage or give a message whose every
  *  field has its kind (so a receiver can use it as typed). */
@@ -84,7 +84,7 @@ const device = text(0, 256);
 const busBody: fc.Arbitrary<BusBody> = fc.oneof(
   rec({ k: fc.constantFrom("deliver" as const, "fromDevice" as const), dev: device, m: innerMessage }),
   rec({ k: fc.constantFrom("frame" as const, "deviceFrame" as const), dev: device, payload: fc.uint8Array({ maxLength: 300 }) }),
-  rec({ k: fc.constantFrom("linked" as const, "unlinked" as const), dev: device }),
+  rec({ k: fc.constantFrom("linked" as const, "unlinked" as const, "registered" as const), dev: device }),
   rec({ k: fc.constant("endAll" as const), dev: device, reason: u32, why: text(0, 256), disconnect: fc.boolean() }),
   rec({ k: fc.constantFrom("online" as const, "gone" as const), epoch: fc.uint8Array({ minLength: 16, maxLength: 16 }) }),
   rec({ k: fc.constant("installOnAccept" as const), dev: device, m: saInstall(fc.constant(1), fc.constant(0)) }),
@@ -98,7 +98,7 @@ const busMessage: fc.Arbitrary<BusMessage> = rec({
 /** A kind field as a sender could write it: the real ones, numbers around them, and keys every array
  *  has (`KINDS["length"]` is a number, `KINDS["at"]` a function: neither is a kind). */
 const kindField = fc.oneof(
-  fc.integer({ min: -2, max: 11 }),
+  fc.integer({ min: -2, max: 12 }),
   fc.constantFrom("length", "at", "constructor", "0", "3", 1.5, -0, null),
   fc.anything(),
 );

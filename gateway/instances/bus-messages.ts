@@ -33,13 +33,16 @@ export interface InstallOnAccept { k: "installOnAccept"; dev: string; m: SaInsta
 /** To the home of request `rid`: the callee accepted it and was given the held SaInstall of SA `spi`
  *  (in place of a fromDevice Answer: the home does not send it that SaInstall again). */
 export interface Accepted { k: "accepted"; dev: string; rid: number; spi: number }
+/** To all: the device registered (or renewed) at the sender; the instance keeping the domain's group
+ *  keys takes it into its groups' keys (gateway/sessions/groups.ts). */
+export interface Registered { k: "registered"; dev: string }
 
-export type BusBody = Deliver | Frame | FromDevice | Linked | Unlinked | EndAll | Online | Gone | DeviceFrame | InstallOnAccept | Accepted;
+export type BusBody = Deliver | Frame | FromDevice | Linked | Unlinked | EndAll | Online | Gone | DeviceFrame | InstallOnAccept | Accepted | Registered;
 export interface BusMessage { from: string; to: string; sentAtMs: number; body: BusBody }
 
 // Kinds are appended, never renumbered: an instance of an older version refuses a kind it does not
 // know (instance-bus-refused), and the sender falls back (docs/PROTOCOL.md, "The instance bus").
-const KINDS = ["deliver", "frame", "fromDevice", "linked", "unlinked", "endAll", "online", "gone", "deviceFrame", "installOnAccept", "accepted"] as const;
+const KINDS = ["deliver", "frame", "fromDevice", "linked", "unlinked", "endAll", "online", "gone", "deviceFrame", "installOnAccept", "accepted", "registered"] as const;
 
 export class MalformedBusMessage extends Error {}
 
@@ -55,6 +58,7 @@ export function encodeBusMessage(msg: BusMessage): unknown[] {
       return [...head, b.dev, b.payload];
     case "linked":
     case "unlinked":
+    case "registered":
       return [...head, b.dev];
     case "endAll":
       return [...head, b.dev, b.reason, b.why, b.disconnect];
@@ -91,6 +95,7 @@ function decodeBody(k: (typeof KINDS)[number], f: unknown[]): BusBody {
       return { k, dev: dev(), payload: bytes(f[1], "frame") };
     case "linked":
     case "unlinked":
+    case "registered":
       expectFields(f, 1);
       return { k, dev: dev() };
     case "endAll": {

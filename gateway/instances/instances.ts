@@ -14,6 +14,7 @@
 // with a device of another domain carries on too: its row holds what the taker needs to run it, and
 // the other domain's gateway is told where it runs now (kp.x.moved; gateway/crossgw/cross-gateway.ts).
 
+import { ROLE_GROUP } from "../../firmware/proto/keys.ts";
 import type { InnerMessage, SaData, SaInstall } from "../../firmware/proto/messages.ts";
 import { CloseReason, decodeMessage, Msg } from "../../firmware/proto/messages.ts";
 import * as cbor from "../encoding/cbor.ts";
@@ -22,10 +23,11 @@ import type { Logger } from "../log/logger.ts";
 import { spiText } from "../log/protocol-names.ts";
 import type { Store } from "../registry/store.ts";
 import type { SessionBroker } from "../sessions/session-broker.ts";
+import type { GroupSharing } from "../sessions/groups.ts";
 import type { LiveSession, SessionSharing } from "../sessions/shared.ts";
 import type { BusMessage } from "./bus-messages.ts";
 import { busKeyPurpose, InstanceBus } from "./bus.ts";
-import { LiveTable } from "./live-table.ts";
+import { isGroupKeyRow, LiveTable } from "./live-table.ts";
 
 /** How often an instance looks for SAs whose home is gone unnoticed (it died while no other ran), ms. */
 export const ORPHAN_SWEEP_MS = 30_000;
@@ -54,6 +56,10 @@ export interface OwnHandling {
   adoptAcross(rows: LiveSession[]): LiveSession[];
   /** Forgets every SA across domains not in `spis` (another instance runs it now). */
   keepOnlyAcross(spis: Set<number>): void;
+  /** A device registered at another instance (its groups' keeper takes it in). */
+  memberRegistered(dev: string): void | Promise<void>;
+  /** An instance came or went: which one keeps the domain's groups may have changed. */
+  keeperChanged(): void;
 }
 
 /** What an instance knows of an SA homed elsewhere: enough to route its messages and frames. */
@@ -85,7 +91,7 @@ interface Held {
 /** A device name with a domain is another domain's (this domain's own devices are stored bare). */
 const acrossDomains = (r: LiveSession): boolean => r.initiator.includes("@") || r.responder.includes("@");
 
-export class Instances implements SessionSharing {
+export class Instances implements SessionSharing, GroupSharing {
   readonly instance: string;
   private readonly table: LiveTable;
   /** Devices linked at other instances: device -> instance. */
@@ -124,7 +130,12 @@ export class Instances implements SessionSharing {
       url: o.url, domain: o.domain, instance: o.instance, key: await o.store.derivedKey(busKeyPurpose(o.domain)), log: o.log,
       // What arrives before ready() (a dead instance's retained last-will, at once) waits for it.
       onMessage: (m) => me.whenReady(() => me.onBus(m)),
-      onPresence: (inst, online) => me.whenReady(() => (online ? o.log.info("instance-online", { instance: inst }) : void me.instanceGone(inst))),
+      onPresence: (inst, online) =>
+        me.whenReady(() => {
+          if (online) o.log.info("instance-online", { instance: inst });
+          else void me.instanceGone(inst);
+          me.own.keeperChanged();
+        }),
       onReconnect: () => me.whenReady(() => void me.resync()),
     });
     return me;
@@ -147,6 +158,7 @@ export class Instances implements SessionSharing {
     this.early = undefined;
     for (const fn of early ?? []) fn();
     void this.takeOver(this.instance);
+    this.own.keeperChanged();
     this.sweep = setInterval(() => void this.sweepOrphans(), ORPHAN_SWEEP_MS);
     this.sweep.unref();
   }
@@ -208,6 +220,31 @@ export class Instances implements SessionSharing {
 
   othersOnline(): boolean {
     return !this.closed && this.bus.others.length > 0;
+  }
+
+  // ---- GroupSharing: the domain's group keys, kept at one instance ----------------------------------
+
+  /** The online instance with the smallest name keeps the domain's group keys. Every instance sees the
+   *  same ones online (their presence is retained on the bus), so they agree once the bus has settled. */
+  keeping(): boolean {
+    return !this.closed && this.bus.others.every((o) => this.instance < o);
+  }
+
+  claimGroupKey(spi: number, group: string, app: string, suite: number, expiresAt: number): Promise<boolean> {
+    return this.table.claim({ spi, initiator: "", responder: group, app, suite, expiresAt, up: true, home: this.instance });
+  }
+
+  groupKeys(): Promise<Map<string, number>> {
+    return this.table.groupKeys();
+  }
+
+  replacedElsewhere(group: string, keep: number[]): void {
+    this.track(this.table.forgetGroupKeys(group, keep).catch((e: unknown) => this.o.log.error("registry-error", { group, reason: `replaced group keys not forgotten: ${(e as Error).message}` })));
+  }
+
+  /** A device registered here: the instance keeping the groups hears of it. */
+  registered(dev: string): void {
+    this.bus.send("", { k: "registered", dev });
   }
 
   installOnAccept(callee: string, m: SaInstall): void {
@@ -320,6 +357,13 @@ export class Instances implements SessionSharing {
   // ---- inside --------------------------------------------------------------------------------------
 
   private relayBy(r: Route, dev: string, spi: number, payload: Uint8Array): void {
+    if (isGroupKeyRow(r)) {
+      // A group key: the instance keeping it checks the sender and relays to every other member.
+      if (r.home === this.instance) return this.drop(dev, spi, "group frame for a key this instance does not keep");
+      this.stats.framesOut++;
+      this.bus.send(r.home, { k: "deviceFrame", dev, payload });
+      return;
+    }
     const peer = r.initiator === dev ? r.responder : r.responder === dev ? r.initiator : undefined;
     if (!peer) return this.drop(dev, spi, "SA frame from a device that is not party to the SPI");
     if (!r.up) return this.drop(dev, spi, "SA frame before both devices confirmed");
@@ -447,6 +491,9 @@ export class Instances implements SessionSharing {
         }
         void Promise.resolve(this.own.deviceMessage(b.dev, b.m)).catch((e: unknown) => this.o.log.error("registry-error", { device: b.dev, reason: (e as Error).message }));
         return;
+      case "registered":
+        void Promise.resolve(this.own.memberRegistered(b.dev)).catch((e: unknown) => this.o.log.error("registry-error", { device: b.dev, reason: (e as Error).message }));
+        return;
       case "linked":
         if (!this.links.links.has(b.dev)) this.elsewhere.set(b.dev, m.from);
         this.sessions.linkUp(b.dev);
@@ -486,7 +533,8 @@ export class Instances implements SessionSharing {
       this.answerRoutes.set(`${dev}/${m.rid}`, { home, until: now + ROUTE_MS });
     } else if (m.t === Msg.SaInstall) {
       this.unknownSpis.delete(m.spi);
-      this.remember(m.spi, { home, initiator: m.role === 0 ? dev : m.peer, responder: m.role === 0 ? m.peer : dev, up: false });
+      if (m.role >= ROLE_GROUP) this.remember(m.spi, { home, initiator: "", responder: m.peer, up: false });
+      else this.remember(m.spi, { home, initiator: m.role === 0 ? dev : m.peer, responder: m.role === 0 ? m.peer : dev, up: false });
     } else if (m.t === Msg.Connected) {
       const r = this.routes.get(m.spi);
       if (r) r.up = true;
@@ -517,7 +565,8 @@ export class Instances implements SessionSharing {
 
   private async takeOver(from: string): Promise<void> {
     try {
-      const rows = await this.table.takeOver(from);
+      // A gone keeper's group keys stay in the table, whoever's they are now: the next keeper replaces them.
+      const rows = (await this.table.takeOver(from)).filter((r) => !isGroupKeyRow(r));
       if (this.closed) return;
       // An SA with a device of another domain runs on here with that domain's process, which is told
       // (kp.x.moved); one whose row lacks what that needs ends (its device is told).

@@ -2,7 +2,9 @@
 // 5 and 6): where each linked device is (live_links), and each SA's parties and home, the instance
 // that runs it, with what another instance needs to run an SA across domains on (live_sessions). An
 // SPI is claimed here before it is handed out, so two instances never give the same one; when an
-// instance is gone, one other takes its SAs over in one statement. These rows are
+// instance is gone, one other takes its SAs over in one statement. A group key's SPI is claimed here
+// too (isGroupKeyRow: no initiator, the group's full name as responder), so that no pairwise SA takes
+// it and every instance can route its frames to the instance keeping the group. These rows are
 // rewritten as things change, so their writes do not wait for the disk (Store.queryRelaxed): a
 // PostgreSQL crash may lose the last moment of them, never a registry record (docs/SCALING.md).
 
@@ -57,6 +59,10 @@ export function decodeAcross(raw: unknown, peerInstance: unknown): AcrossDetail 
   if (typeof peerInstance === "string" && peerInstance !== "") a.peerInstance = peerInstance;
   return a;
 }
+
+/** A group key's row: claimed by the instance keeping the domain's groups (gateway/sessions/groups.ts),
+ *  with no initiator (a device id is never empty) and the group's full name as responder. */
+export const isGroupKeyRow = (r: { initiator: string }): boolean => r.initiator === "";
 
 export class LiveTable {
   constructor(private readonly store: Store, readonly instance: string) {}
@@ -130,6 +136,20 @@ export class LiveTable {
       const rows = (await this.store.query(`UPDATE live_sessions SET home = ? WHERE home = ? RETURNING ${COLUMNS}`, [this.instance, gone])).rows;
       return rows.map(fromRow);
     });
+  }
+
+  /** Group keys in the table, by group (full name): the newest SPI of each, to be replaced by the
+   *  keys of a new keeper of the domain's groups. */
+  async groupKeys(): Promise<Map<string, number>> {
+    const rows = (await this.store.query("SELECT spi, responder FROM live_sessions WHERE initiator = '' ORDER BY expires_at")).rows;
+    return new Map(rows.map((r) => [String(r.responder), Number(r.spi)]));
+  }
+
+  /** The group's keys other than `keep` are replaced: their rows go (an earlier keeper's, whichever
+   *  instance took them over since). */
+  async forgetGroupKeys(group: string, keep: number[]): Promise<void> {
+    const rows = (await this.store.query("SELECT spi FROM live_sessions WHERE initiator = '' AND responder = ?", [group])).rows;
+    for (const r of rows) if (!keep.includes(Number(r.spi))) await this.store.queryRelaxed("DELETE FROM live_sessions WHERE spi = ? AND initiator = ''", [Number(r.spi)]);
   }
 
   /** The SAs whose home is not among `online` (their instance died while no other watched): to take over. */

@@ -16,6 +16,13 @@
 //
 // Members behind other gateways are reached through RemoteMembers (gateway/crossgw/groups-remote.ts
 // implements it over the interlink); everything else here is one gateway's.
+//
+// A domain running several instances (gateway/instances/) keeps its group keys at one of them
+// (GroupSharing): the keeper claims each key's SPI in the domain's table, reaches members wherever
+// they are linked, and is sent what members linked elsewhere send under a group SPI. The others keep
+// none. A new keeper (the old one stopped, died, or a new instance took the part) replaces each
+// group's key that the old one left in the table, as a rekey does (SaInstall and Connected with
+// `replaces`). Members in other domains are not yet keyed by a keeper among instances.
 
 import { ctEqual } from "../../firmware/bytes.ts";
 import type { SymCrypto } from "../../firmware/crypto/types.ts";
@@ -32,6 +39,8 @@ import type { SessionSettings } from "./session-broker.ts";
 
 /** How often the keeper looks for membership changes made by another process (`keyproxy group`). */
 export const GROUP_POLL_MS = 2000;
+/** With several instances, how long one that became the groups' keeper waits before it keys them. */
+export const WAKE_MS = 1000;
 
 /** Members of this gateway's groups that are devices of other gateways. */
 export interface RemoteMembers {
@@ -69,9 +78,23 @@ export interface GroupDeps {
   /** SPIs held elsewhere at this gateway (the session broker's, sessions across gateways). */
   spiTaken: (spi: number) => boolean;
   pollMs?: number;
-  /** Set when this gateway is one of several instances of its domain: group keys are not yet kept
-   *  across instances (docs/SCALING.md), so the keeper keys no group; the reason is logged once. */
-  dormant?: string;
+  /** Set when this gateway is one of several instances of its domain. */
+  sharing?: GroupSharing;
+}
+
+/** The domain's instances, as a keeper among them sees them (gateway/instances/instances.ts). */
+export interface GroupSharing {
+  /** Whether this instance keeps the domain's group keys now (one does at a time). */
+  keeping(): boolean;
+  /** Claims a new group key's SPI for the domain, kept here: false when the domain holds it already. */
+  claimGroupKey(spi: number, group: string, app: string, suite: number, expiresAt: number): Promise<boolean>;
+  /** The key ended, or its overlap after a replacement did: its SPI is free again. */
+  ended(spi: number): void;
+  /** The newest key of each group (full name -> SPI) in the domain's table, from earlier keepers too. */
+  groupKeys(): Promise<Map<string, number>>;
+  /** The group's keys that an earlier keeper left in the table are replaced now: every one but `keep`
+   *  (this keeper's) is forgotten. */
+  replacedElsewhere(group: string, keep: number[]): void;
 }
 
 /** One group key as the home gateway sees it. */
@@ -124,7 +147,11 @@ export class GroupKeeper {
   private reconciling = new Map<string, Promise<void>>();
   /** The firmware each member of this gateway registered with, as last read (refusedFirmware). */
   private firmwareSeen = new Map<string, string | null>();
-  private saidDormant = false;
+  /** With several instances: whether this one keeps the groups now (wake, sleep), and the keys an
+   *  earlier keeper left, by group full name, which the first key here replaces. */
+  private awake = false;
+  private inherited = new Map<string, number>();
+  private waking: NodeJS.Timeout | undefined;
   readonly stats = { keyed: 0, rekeyed: 0, unkeyable: 0, relayed: 0, relayDropped: 0 };
   /** Members behind other gateways (set when the gateway joins its fleet); without it they are
    *  never up. */
@@ -248,6 +275,11 @@ export class GroupKeeper {
   /** A device of this gateway registered (or renewed): its groups take it in if it is not yet. */
   async registered(deviceId: string): Promise<void> {
     this.remote?.registered?.(deviceId);
+    await this.memberRegistered(deviceId);
+  }
+
+  /** A device of this domain registered here or, with several instances, at another one. */
+  async memberRegistered(deviceId: string): Promise<void> {
     const firmware = (await this.d.store.getRegistration(deviceId))?.firmware ?? null;
     if (this.refusedFirmware.has(deviceId) && this.refusedFirmware.get(deviceId) === firmware) return;
     this.refusedFirmware.delete(deviceId);
@@ -330,14 +362,63 @@ export class GroupKeeper {
     return this.keys.has(spi) || (this.remote?.holdsSpi?.(spi) ?? false);
   }
 
-  close(): void {
-    this.closed = true;
-    clearInterval(this.poll);
-    this.remote?.close?.();
-    for (const k of this.keys.values()) stopTimers(k);
-    for (const k of this.keys.values()) k.seed?.fill(0);
+  /** With several instances: whether this one keeps the domain's groups may have changed (an instance
+   *  came or went). One that starts keeping waits WAKE_MS first, so that an instance just started
+   *  hears which others are online before it takes the part; one that stops forgets its keys at once,
+   *  without ending them at the members: the new keeper's keys replace them. */
+  keeperCheck(): void {
+    const sharing = this.d.sharing;
+    if (!sharing || this.closed) return;
+    if (!sharing.keeping()) {
+      if (this.waking) clearTimeout(this.waking);
+      this.waking = undefined;
+      if (this.awake) this.sleep();
+      return;
+    }
+    if (this.awake || this.waking) return;
+    this.waking = setTimeout(() => {
+      this.waking = undefined;
+      if (!this.closed && sharing.keeping()) void this.wake();
+    }, WAKE_MS);
+    this.waking.unref();
+  }
+
+  private async wake(): Promise<void> {
+    try {
+      this.inherited = await this.d.sharing!.groupKeys();
+    } catch (e) {
+      this.failed("", e);
+      this.inherited = new Map();
+    }
+    if (this.closed || !this.d.sharing!.keeping()) return;
+    this.awake = true;
+    this.d.log.info("group-keeper", { keeping: true, inherited: this.inherited.size });
+    for (const g of await this.store.list().catch((e: unknown) => (this.failed("", e), []))) this.reconcile(g.name);
+  }
+
+  private sleep(): void {
+    this.awake = false;
+    this.d.log.info("group-keeper", { keeping: false, keys: this.keys.size });
+    this.forgetKeys();
+  }
+
+  /** Every key goes from memory, its seed wiped; its members are not told. */
+  private forgetKeys(): void {
+    for (const k of this.keys.values()) {
+      stopTimers(k);
+      k.seed?.fill(0);
+      k.seed = null;
+    }
     this.keys.clear();
     this.groups.clear();
+  }
+
+  close(): void {
+    this.closed = true;
+    if (this.waking) clearTimeout(this.waking);
+    clearInterval(this.poll);
+    this.remote?.close?.();
+    this.forgetKeys();
   }
 
   // ---- keying -----------------------------------------------------------------------------------
@@ -348,11 +429,7 @@ export class GroupKeeper {
   /** rekey: why a new key is due, and for which key (`worn`): by the time this reconciliation runs,
    *  that key may have been replaced already (another reason asked first), and then none is due. */
   private reconcile(name: string, rekey?: string, worn?: GroupKey): void {
-    if (this.d.dormant) {
-      if (!this.saidDormant) this.d.log.warn("group-keys-not-kept", { group: this.fullName(name), reason: this.d.dormant });
-      this.saidDormant = true;
-      return;
-    }
+    if (this.d.sharing && !this.awake) return;
     const before = this.reconciling.get(name) ?? Promise.resolve();
     const next = before.then(() => this.reconcileNow(name, rekey, worn)).catch((e) => this.failed(name, e));
     this.reconciling.set(name, next);
@@ -412,12 +489,19 @@ export class GroupKeeper {
       return;
     }
     if (rekey) d.log.info("group-rekey-due", { group: this.fullName(name), reason: rekey });
-    this.install(g, st, up, suite);
+    const spi = await this.freshSpi(g, suite);
+    // The claim waited for the database: this instance may have stopped keeping meanwhile.
+    if (spi === undefined || this.closed || (d.sharing && !this.awake)) {
+      if (spi !== undefined) d.sharing?.ended(spi);
+      return;
+    }
+    this.install(g, st, up, suite, spi);
   }
 
   private isUp(member: string, g: KeyGroup, regs: Map<string, RegistrationRow>): boolean {
     const d = this.d;
-    if (member.includes("@")) return this.remote?.active(member, { name: this.fullName(g.name), app: g.app }) ?? false;
+    // Their gateways' answers and frames reach any instance of this domain, not the keeper: not yet.
+    if (member.includes("@")) return !this.d.sharing && (this.remote?.active(member, { name: this.fullName(g.name), app: g.app }) ?? false);
     const r = regs.get(member);
     return !!r && r.expiresAt > d.now() && d.isLinked(member);
   }
@@ -446,20 +530,34 @@ export class GroupKeeper {
     return best?.id;
   }
 
-  private freshSpi(): number {
-    for (;;) {
+  /** An SPI no SA of this gateway holds; with several instances, claimed for the domain (undefined:
+   *  the claim failed, said in the log). */
+  private async freshSpi(g: KeyGroup, suite: number): Promise<number | undefined> {
+    for (let tries = 0; ; tries++) {
       const b = this.d.crypto.random(4);
       const spi = ((b[0] << 24) | (b[1] << 16) | (b[2] << 8) | b[3]) >>> 0;
-      if (spi !== 0 && !this.holdsSpi(spi) && !this.d.spiTaken(spi)) return spi;
+      if (spi === 0 || this.holdsSpi(spi) || this.d.spiTaken(spi)) continue;
+      if (!this.d.sharing) return spi;
+      try {
+        if (await this.d.sharing.claimGroupKey(spi, this.fullName(g.name), g.app, suite, this.d.now() + this.d.settings.lifetime)) return spi;
+      } catch (e) {
+        this.failed(g.name, e);
+        return undefined;
+      }
+      // Taken in the domain: draw again (a handful of times at most, at any realistic load).
+      if (tries >= 8) {
+        this.failed(g.name, new Error("no free SPI for a new group key after 8 draws"));
+        return undefined;
+      }
     }
   }
 
   /** A fresh key for `members`, replacing the group's current one (if any) once all confirm. */
-  private install(g: KeyGroup, st: GroupState, members: string[], suite: number): void {
+  private install(g: KeyGroup, st: GroupState, members: string[], suite: number, spi: number): void {
     const d = this.d;
     const key: GroupKey = {
-      spi: this.freshSpi(), group: g.name, app: g.app, suite, seed: d.crypto.random(32), members: new Map(members.map((m, i) => [m, i])),
-      confirmed: new Set(), state: "confirming", replaces: st.current?.spi ?? 0, relayed: 0, lostMember: false, timer: null, rekeyTimer: null,
+      spi, group: g.name, app: g.app, suite, seed: d.crypto.random(32), members: new Map(members.map((m, i) => [m, i])),
+      confirmed: new Set(), state: "confirming", replaces: st.current?.spi ?? this.inherited.get(this.fullName(g.name)) ?? 0, relayed: 0, lostMember: false, timer: null, rekeyTimer: null,
     };
     this.keys.set(key.spi, key);
     st.next = key;
@@ -510,6 +608,9 @@ export class GroupKeeper {
     d.log.info(event, { group: this.fullName(key.group), spi: spiText(key.spi), members: [...key.members.keys()].join(","), replaces: key.replaces ? spiText(key.replaces) : undefined });
     d.store.auditBatched(d.now(), null, event, `group=${this.fullName(key.group)} spi=${spiText(key.spi)} members=${[...key.members.keys()].join(",")}`);
     if (old) this.retire(old, key);
+    else if (this.inherited.delete(this.fullName(key.group))) {
+      d.sharing?.replacedElsewhere(this.fullName(key.group), [...this.keys.values()].filter((k) => k.group === key.group).map((k) => k.spi));
+    }
   }
 
   /** The replaced key routes frames in flight among the members that kept their place, for the
@@ -518,7 +619,10 @@ export class GroupKeeper {
     for (const m of [...old.members.keys()]) if (!by.members.has(m)) this.drop(old, m, CloseReason.Removed);
     old.state = "retiring";
     stopTimers(old);
-    old.timer = setTimeout(() => this.keys.delete(old.spi), this.d.settings.overlapMs);
+    old.timer = setTimeout(() => {
+      this.keys.delete(old.spi);
+      this.d.sharing?.ended(old.spi);
+    }, this.d.settings.overlapMs);
   }
 
   private confirmTimeout(key: GroupKey): void {
@@ -542,6 +646,7 @@ export class GroupKeeper {
   /** Ends a key at every member. */
   private end(key: GroupKey, reason: CloseReason, why: string): void {
     if (!this.keys.delete(key.spi)) return;
+    this.d.sharing?.ended(key.spi);
     stopTimers(key);
     key.seed?.fill(0);
     key.seed = null;
