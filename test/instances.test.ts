@@ -16,7 +16,7 @@ import { GatewayIdInUse } from "../gateway/monitor/monitor.ts";
 import { Logger } from "../gateway/log/logger.ts";
 import { startBroker, type EmbeddedBroker } from "../gateway/monitor/embedded-broker.ts";
 import { KEK_FILE } from "../gateway/registry/kek.ts";
-import { CloseReason } from "../firmware/proto/messages.ts";
+import { CloseReason, Msg, type InnerMessage, type SaInstall } from "../firmware/proto/messages.ts";
 import { spiText } from "../gateway/log/protocol-names.ts";
 import { provision, tempDir, until } from "./support/harness.ts";
 import { testDatabase, type TestDatabase } from "./support/postgres.ts";
@@ -116,6 +116,37 @@ describe("instances of one domain on PostgreSQL and one broker", { timeout: 120_
     assert.ok(byName("i1").gw.sessions.sessions.has(spi), "the SA runs at the caller's instance");
     gina.close();
     hank.close();
+  });
+
+  test("a held SaInstall is wiped, never given, when its callee links anew or its request's route runs out", async (t) => {
+    if (!db) return t.skip("no PostgreSQL");
+    // White-box: the hold as installOnAccept makes it, at i2 for a callee linked there.
+    const ivy = await handset("ivy", "i2");
+    await until(() => ivy.h.status().registered, "ivy registered at i2");
+    const i2 = byName("i2").gw.instances! as unknown as {
+      learn(home: string, dev: string, m: InnerMessage): void;
+      hold(home: string, dev: string, m: SaInstall): void;
+      held: Map<string, { until: number }>;
+      sweepOrphans(): Promise<void>;
+    };
+    const holdFor = (rid: number): SaInstall => {
+      i2.learn("i1", "ivy", { t: Msg.Incoming, rid, from: "someone", app: APP, suite: 10 });
+      const m: SaInstall = { t: Msg.SaInstall, rid, spi: 0x1000 + rid, peer: "someone", app: APP, suite: 10, seed: new Uint8Array(32).fill(0x5a), role: 1, lifetime: 600, limit: LIMIT, replaces: 0 };
+      i2.hold("i1", "ivy", m);
+      assert.ok(i2.held.has(`ivy/${rid}`), "held");
+      return m;
+    };
+    const linkedAgain = holdFor(901);
+    byName("i2").gw.instances!.linkChanged("ivy", true); // a new join of ivy at i2
+    assert.ok(!i2.held.has("ivy/901"), "dropped on the new link");
+    assert.ok(linkedAgain.seed.every((b) => b === 0), "and its seed wiped");
+    const routeOver = holdFor(902);
+    i2.held.get("ivy/902")!.until = Date.now() - 1; // the 60 s answer route is over
+    await i2.sweepOrphans();
+    assert.ok(!i2.held.has("ivy/902"), "dropped at the sweep");
+    assert.ok(routeOver.seed.every((b) => b === 0), "and its seed wiped");
+    assert.ok(!ivy.h.sas.some((s) => s.spi === 0x1000 + 901 || s.spi === 0x1000 + 902), "ivy was given neither");
+    ivy.close();
   });
 
   test("a handset moves to another instance mid-session: its SA carries on, and a rekey is run by the home", async (t) => {
