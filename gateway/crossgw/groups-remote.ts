@@ -11,6 +11,11 @@
 //   device out of the group, fleet-wide), hands the home's messages and frames to its device, and
 //   forwards what its device sends under a group SPI to the group's home.
 //
+// A home that runs several instances keeps its groups at one of them (gateway/sessions/groups.ts): the
+// member side answers it and sends it its device's messages, frames and status at the instance that
+// watched or sent (the envelope's fromInstance), not at any instance of the home's domain. A member's
+// gateway that runs several instances is not yet supported: the home's requests reach any of them.
+//
 // A gateway speaks only for its own devices (a status or message about "x@d" is taken only from d),
 // and installs only groups of the sending gateway's own domain, when its policy allows the group to
 // reach the device for that application (keyproxy policy allow --from team@home --to dev --app chat).
@@ -36,9 +41,10 @@ export class GroupLink implements RemoteMembers {
   /** Home side: what each remote member's gateway last reported. */
   private readonly status = new Map<string, gm.MemberStatus>();
   private readonly watching = new Set<string>();
-  /** Member side: the homes watching each of our devices, and our devices' group SPIs. */
-  private readonly watchers = new Map<string, Set<string>>();
-  private readonly routes = new Map<number, { home: string; device: string }>();
+  /** Member side: the homes watching each of our devices (home -> the instance that watched, if it
+   *  runs several), and our devices' group SPIs (with the home's instance that keyed them). */
+  private readonly watchers = new Map<string, Map<string, string | undefined>>();
+  private readonly routes = new Map<number, { home: string; device: string; instance: string | undefined }>();
   private readonly retries = new Set<NodeJS.Timeout>();
   private closed = false;
 
@@ -184,8 +190,9 @@ export class GroupLink implements RemoteMembers {
     const id = localDeviceId(w.member, this.ctx.gatewayId);
     const allowed = !!id && splitDeviceName(w.group)?.domain === req.from && !!(await this.ctx.store.getDeviceInfo(id)) && (await this.ctx.policy.permits(w.group, id, w.app));
     if (!id || !allowed) return { body: gm.watchAnswerBody({ up: false, suites: [] }) };
-    const homes = this.watchers.get(id) ?? new Set<string>();
-    if (homes.size < MAX_WATCHERS) homes.add(req.from);
+    // The latest watch from a home says where it keeps its groups now (a new keeper watches anew).
+    const homes = this.watchers.get(id) ?? new Map<string, string | undefined>();
+    if (homes.size < MAX_WATCHERS || homes.has(req.from)) homes.set(req.from, req.fromInstance);
     this.watchers.set(id, homes);
     return { body: gm.watchAnswerBody(await this.statusOf(id)) };
   }
@@ -201,7 +208,7 @@ export class GroupLink implements RemoteMembers {
       return { body: 0 };
     }
     const m = c.msg as InnerMessage;
-    if (m.t === Msg.SaInstall) this.install(req.from, id, m, await this.ctx.policy.permits(m.peer, id, m.app));
+    if (m.t === Msg.SaInstall) this.install(req.from, req.fromInstance, id, m, await this.ctx.policy.permits(m.peer, id, m.app));
     else if (m.t === Msg.Connected || m.t === Msg.SaClosed) {
       const r = this.routes.get(m.spi);
       if (!r || r.home !== req.from || r.device !== id) throw new InterlinkError("malformed", `${gm.XGW_GROUP_TO}: no group SA of ${req.from} with this SPI at ${c.member}`);
@@ -232,7 +239,7 @@ export class GroupLink implements RemoteMembers {
   /** A group key for our device from the group's home: only a group of that gateway's own domain,
    *  only if our policy lets the group reach the device for its application, only on an SPI that is
    *  free at this gateway. */
-  private install(home: string, deviceId: string, m: InnerMessage & { t: Msg.SaInstall }, allowed: boolean): void {
+  private install(home: string, instance: string | undefined, deviceId: string, m: InnerMessage & { t: Msg.SaInstall }, allowed: boolean): void {
     const { ctx } = this;
     const why =
       splitDeviceName(m.peer)?.domain !== home ? `the group ${m.peer} is not of ${home}'s domain`
@@ -243,7 +250,7 @@ export class GroupLink implements RemoteMembers {
       ctx.log.warn("group-install-refused", { device: deviceId, group: m.peer, app: m.app, spi: spiText(m.spi), reason: why });
       throw new InterlinkError("malformed", `${gm.XGW_GROUP_TO}: refused: ${why}`);
     }
-    this.routes.set(m.spi, { home, device: deviceId });
+    this.routes.set(m.spi, { home, device: deviceId, instance });
     ctx.send(deviceId, m);
   }
 
@@ -254,7 +261,7 @@ export class GroupLink implements RemoteMembers {
     if (!r || r.device !== deviceId) return false;
     if (m.t === Msg.Bye) this.routes.delete(spi);
     const name = `${deviceId}@${this.ctx.gatewayId}`;
-    this.interlink.request(r.home, gm.XGW_GROUP_FROM, gm.messageBody(name, m), { secret: true }).catch((e: unknown) => this.failed(name, `message ${m.t} home to ${r.home}`, e));
+    this.interlink.request(r.home, gm.XGW_GROUP_FROM, gm.messageBody(name, m), { secret: true, ...pin(r.instance) }).catch((e: unknown) => this.failed(name, `message ${m.t} home to ${r.home}`, e));
     return true;
   }
 
@@ -263,7 +270,7 @@ export class GroupLink implements RemoteMembers {
     const r = this.routes.get(m.spi);
     if (!r || r.device !== deviceId) return false;
     const name = `${deviceId}@${this.ctx.gatewayId}`;
-    this.interlink.request(r.home, gm.XGW_GROUP_FROM, gm.frameBody(name, payload)).catch((e: unknown) => this.failed(name, `frame home to ${r.home}`, e));
+    this.interlink.request(r.home, gm.XGW_GROUP_FROM, gm.frameBody(name, payload), pin(r.instance)).catch((e: unknown) => this.failed(name, `frame home to ${r.home}`, e));
     return true;
   }
 
@@ -294,11 +301,14 @@ export class GroupLink implements RemoteMembers {
     const homes = this.watchers.get(deviceId);
     if (!homes || this.closed) return;
     const name = `${deviceId}@${this.ctx.gatewayId}`;
-    for (const home of homes) {
-      this.interlink.request(home, gm.XGW_GROUP_STATUS, gm.statusBody(name, s, revoked), { secret: true }).catch((e: unknown) => this.failed(name, `status to ${home}`, e));
+    for (const [home, instance] of homes) {
+      this.interlink.request(home, gm.XGW_GROUP_STATUS, gm.statusBody(name, s, revoked), { secret: true, ...pin(instance) }).catch((e: unknown) => this.failed(name, `status to ${home}`, e));
     }
   }
 }
+
+/** Request options that send to one instance of the home's domain, when it named one. */
+const pin = (instance: string | undefined): { instance?: string } => (instance === undefined ? {} : { instance });
 
 /** The SaData in a frame payload, or undefined. */
 function saDataOf(payload: Uint8Array): SaData | undefined {

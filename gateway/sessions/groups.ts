@@ -22,7 +22,8 @@
 // they are linked, and is sent what members linked elsewhere send under a group SPI. The others keep
 // none. A new keeper (the old one stopped, died, or a new instance took the part) replaces each
 // group's key that the old one left in the table, as a rekey does (SaInstall and Connected with
-// `replaces`). Members in other domains are not yet keyed by a keeper among instances.
+// `replaces`). Members in other domains are reached as from one gateway: their gateways answer the
+// keeper's instance (gateway/crossgw/groups-remote.ts).
 
 import { ctEqual } from "../../firmware/bytes.ts";
 import type { SymCrypto } from "../../firmware/crypto/types.ts";
@@ -500,8 +501,7 @@ export class GroupKeeper {
 
   private isUp(member: string, g: KeyGroup, regs: Map<string, RegistrationRow>): boolean {
     const d = this.d;
-    // Their gateways' answers and frames reach any instance of this domain, not the keeper: not yet.
-    if (member.includes("@")) return !this.d.sharing && (this.remote?.active(member, { name: this.fullName(g.name), app: g.app }) ?? false);
+    if (member.includes("@")) return this.remote?.active(member, { name: this.fullName(g.name), app: g.app }) ?? false;
     const r = regs.get(member);
     return !!r && r.expiresAt > d.now() && d.isLinked(member);
   }
