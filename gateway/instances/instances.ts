@@ -13,6 +13,8 @@
 // rejoin any instance within the grace period and their SAs, which each device kept, carry on. An SA
 // with a device of another domain carries on too: its row holds what the taker needs to run it, and
 // the other domain's gateway is told where it runs now (kp.x.moved; gateway/crossgw/cross-gateway.ts).
+// The domain's group keys are kept at one instance (GroupSharing; gateway/sessions/groups.ts): their
+// rows in live_sessions route members' messages and frames to it as an SA's route goes to its home.
 
 import { ROLE_GROUP } from "../../firmware/proto/keys.ts";
 import type { InnerMessage, SaData, SaInstall } from "../../firmware/proto/messages.ts";
@@ -62,7 +64,8 @@ export interface OwnHandling {
   keeperChanged(): void;
 }
 
-/** What an instance knows of an SA homed elsewhere: enough to route its messages and frames. */
+/** What an instance knows of an SA homed elsewhere: enough to route its messages and frames. A group
+ *  key's has no initiator and the group's name as responder (isGroupKeyRow). */
 interface Route {
   home: string;
   initiator: string;
