@@ -4,7 +4,8 @@
 // domain's gateway.key and keyproxy.kek. Handsets (the firmware's Handset engine in Node) join
 // instances at random, as behind a TCP load balancer; sessions run across instances; the instance
 // running SAs is killed with SIGKILL; its handsets rejoin the others within the documented bound
-// (docs/SCALING.md) and every SA carries on. No registration is lost and no join counter reused.
+// (docs/SCALING.md) and every SA carries on. No registration is lost and no join counter reused. The
+// instance keeping a group is killed too: the next one replaces the key and messages flow on.
 // Domain b.example runs 2 instances on the bridged broker (KEYPROXY_TEST_MQTT_BRIDGED_URL) when there
 // is one: instances of one domain must share a broker, domains need not.
 
@@ -17,6 +18,7 @@ import { openStore } from "../gateway/gateway.ts";
 import { startBroker, type EmbeddedBroker } from "../gateway/monitor/embedded-broker.ts";
 import { KEK_FILE } from "../gateway/registry/kek.ts";
 import { spiText } from "../gateway/log/protocol-names.ts";
+import { KeyGroups } from "../gateway/registry/key-groups.ts";
 import { Policy } from "../gateway/registry/policy.ts";
 import type { Store } from "../gateway/registry/store.ts";
 import { tempDir, until } from "./support/harness.ts";
@@ -142,6 +144,43 @@ describe("instances of a domain as processes: kill -9 and the handsets rejoin el
       assert.ok((await d.store.getRegistration(h.id))!.expiresAt > Date.now() / 1000, `${h.id}'s registration kept`);
       if (linkedThere.includes(h)) assert.ok(row.joinCounter > counters.get(h.id)!, `${h.id} joined again with a higher counter`);
     }
+  });
+
+  test("the instance keeping a group is killed: the next one replaces the group's key, and messages flow on", async (t) => {
+    const d = domains.find((x) => x.name === "a.example");
+    if (!d) return t.skip("no PostgreSQL");
+    const members: SessionHandset[] = [];
+    for (let i = 0; i < 3; i++) members.push(await addHandset(d, `g${i}`));
+    await until(() => members.every((h) => h.h.status().registered), "every member registered", 15_000);
+    // Made in the registry as `keyproxy group` does: the keeper sees it at its next poll.
+    const groups = new KeyGroups(d.store);
+    await groups.create("crew", APP, Math.floor(Date.now() / 1000));
+    for (const h of members) await groups.add("crew", h.id, Math.floor(Date.now() / 1000));
+    const groupSa = (h: SessionHandset, not = 0) => h.h.sas.find((s) => s.ready && s.peer === "crew@a.example" && s.spi !== not);
+    await until(() => members.every((h) => groupSa(h)?.spi === groupSa(members[0])?.spi && groupSa(h)), "one group key at every member", 15_000);
+    const old = groupSa(members[0])!.spi;
+    const say = async (tag: string, spi: number) => {
+      assert.equal(members[0].h.send(spi, new Uint8Array(Buffer.from(tag, "latin1"))), true);
+      await until(() => members.slice(1).every((h) => h.inbox.includes(tag)), `"${tag}" at the two others`, 10_000);
+    };
+    await say("before the keeper died", old);
+
+    // The keeper: the live instance whose last word on it was "keeping".
+    const keeper = [...d.instances].find(([, p]) => p.events("group-keeper").at(-1)?.keeping === true)?.[0];
+    assert.ok(keeper, "one live instance keeps the groups");
+    const linkedThere = members.filter((h) => d.instances.get(keeper)!.events("joined").some((e) => e.device === h.id));
+    await d.instances.get(keeper)!.stop("SIGKILL");
+    d.instances.delete(keeper);
+    for (const h of linkedThere) {
+      await until(() => h.h.status().state === "down" || h.socket.destroyed, `${h.id}'s link to the killed keeper gone`);
+      await h.reconnect();
+    }
+    await until(() => members.every((h) => groupSa(h, old)?.spi === groupSa(members[0], old)?.spi && groupSa(h, old)), "a new group key at every member", 20_000);
+    const next = groupSa(members[0], old)!.spi;
+    const successor = [...d.instances].find(([, p]) => p.events("group-keeper").some((e) => e.keeping === true && Number(e.inherited) >= 1));
+    assert.ok(successor, "a live instance took the part over and found the old key to replace");
+    await say("after the keeper died", next);
+    for (const h of members) assert.deepEqual(h.closed.filter(([s]) => s === old), [], `${h.id}'s old key was replaced, not ended`);
   });
 
   test("a second domain on the bridged broker runs its own instances beside the first", async (t) => {
