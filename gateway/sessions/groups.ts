@@ -281,6 +281,8 @@ export class GroupKeeper {
 
   /** A device of this domain registered here or, with several instances, at another one. */
   async memberRegistered(deviceId: string): Promise<void> {
+    // An instance that keeps no groups reads nothing for them: every registration reaches the keeper.
+    if (this.d.sharing && !this.awake) return;
     const firmware = (await this.d.store.getRegistration(deviceId))?.firmware ?? null;
     if (this.refusedFirmware.has(deviceId) && this.refusedFirmware.get(deviceId) === firmware) return;
     this.refusedFirmware.delete(deviceId);
