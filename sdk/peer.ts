@@ -56,6 +56,9 @@ export interface CapablePeerOptions {
   crypto?: SymCrypto;
   /** How long to wait for the other side's device to confirm, ms (default 10,000). */
   confirmTimeoutMs?: number;
+  /** With a domain of instances: how long an SA whose instance there stopped answering waits for
+   *  another to take it over (kp.x.moved) before it ends, ms (default 30,000, a gateway's grace). */
+  graceMs?: number;
   /** The SA lifetime (seconds) and message limit it offers; the other gateway may only lower them. */
   lifetime?: number;
   limit?: number;
@@ -88,6 +91,8 @@ export class PeerSession {
    *  (undefined: it runs as one process). Every message about the SA goes to it; it changes when
    *  another instance takes the SA over and says so (kp.x.moved). */
   peerInstance: string | undefined;
+  /** Set while the SA waits for another instance to take it over (its own did not answer). */
+  private silence: NodeJS.Timeout | undefined;
   private current: Generation;
   /** A replacement set up but not yet confirmed by the other end. */
   private next: Generation | undefined;
@@ -150,9 +155,34 @@ export class PeerSession {
     await this.tell(xm.XGW_BYE, xm.byeBody(spi, CloseReason.Bye));
   }
 
-  /** @internal a request about this SA to the other gateway's process that runs it. */
-  tell(type: string, body: unknown): Promise<unknown> {
-    return this.owner.interlink.request(this.peerGateway, type, body, this.peerInstance === undefined ? {} : { instance: this.peerInstance });
+  /** @internal a request about this SA to the other gateway's process that runs it. One that instance
+   *  does not answer makes the SA wait for another of its domain to take it over (kp.x.moved), for the
+   *  grace period, and then end, as a gateway's SA does. */
+  async tell(type: string, body: unknown): Promise<unknown> {
+    const asked = this.peerInstance;
+    try {
+      return await this.owner.interlink.request(this.peerGateway, type, body, asked === undefined ? {} : { instance: asked });
+    } catch (e) {
+      if (asked !== undefined && e instanceof InterlinkError && e.code === "timeout") this.peerSilent(asked);
+      throw e;
+    }
+  }
+
+  /** @internal the other domain's process that runs the SA now: another instance took it over
+   *  (kp.x.moved), or the one that answered its rekey. */
+  moved(to: string | undefined): void {
+    this.peerInstance = to;
+    if (this.silence) clearTimeout(this.silence);
+    this.silence = undefined;
+  }
+
+  private peerSilent(asked: string): void {
+    if (this.silence || this.state === "closed" || this.peerInstance !== asked) return;
+    this.silence = setTimeout(() => {
+      this.silence = undefined;
+      if (this.peerInstance === asked) this.end(CloseReason.PeerGone);
+    }, this.owner.graceMs);
+    this.silence.unref();
   }
 
   /** @internal an SA frame payload from the other gateway, under any SPI of this session. */
@@ -244,6 +274,7 @@ export class PeerSession {
   end(reason: CloseReason): void {
     if (this.state === "closed") return;
     this.state = "closed";
+    if (this.silence) clearTimeout(this.silence);
     for (const g of [this.current, this.next, ...[...this.retired.values()].map((r) => r.g)]) if (g) this.drop(g);
     if (this.upWaiter) clearTimeout(this.upWaiter.timer);
     this.wakeSenders();
@@ -292,6 +323,7 @@ export class CapablePeer {
   readonly now: () => number;
   readonly overlapMs: number;
   readonly confirmTimeoutMs: number;
+  readonly graceMs: number;
   private readonly sessions = new Map<number, PeerSession>();
   /** Exchanges we answer, by session id, with the other domain's process that runs them. */
   private readonly responders = new Map<string, { r: Responder; terms: xm.SaTerms; instance: string | undefined }>();
@@ -307,6 +339,7 @@ export class CapablePeer {
     this.now = opts.now ?? (() => Math.floor(Date.now() / 1000));
     this.overlapMs = opts.overlapMs ?? DEFAULT_SESSIONS.overlapMs;
     this.confirmTimeoutMs = opts.confirmTimeoutMs ?? 10_000;
+    this.graceMs = opts.graceMs ?? DEFAULT_SESSIONS.graceMs;
     this.terms = { lifetime: opts.lifetime ?? DEFAULT_SESSIONS.lifetime, limit: opts.limit ?? DEFAULT_SESSIONS.limit };
     if (splitDeviceName(opts.self.name)?.domain !== opts.interlink.gatewayId) throw new TypeError(`"${opts.self.name}" is not a name in the interlink's domain "${opts.interlink.gatewayId}"`);
     const wrap = (f: (req: InterlinkRequest) => Promise<{ body: unknown }> | { body: unknown }) => async (req: InterlinkRequest) => {
@@ -426,7 +459,7 @@ export class CapablePeer {
       out.result.seed.fill(0);
       return;
     }
-    s.peerInstance = out.instance;
+    s.moved(out.instance);
     this.install(s, out.result, out.terms);
   }
 
@@ -497,7 +530,7 @@ export class CapablePeer {
     const spi = xm.readMoved(req.body);
     const to = req.fromInstance;
     if (to === undefined) throw new InterlinkError("malformed", `${xm.XGW_MOVED} from a gateway that names no instance`);
-    return this.withSession(req, spi, (s) => (s.peerInstance = to));
+    return this.withSession(req, spi, (s) => s.moved(to));
   }
 
   private async onMsg1(req: InterlinkRequest): Promise<{ body: unknown }> {
@@ -532,7 +565,7 @@ export class CapablePeer {
     this.responders.delete(key);
     const old = result.replaces ? this.sessions.get(result.replaces) : undefined;
     if (old && old.state === "up") {
-      old.peerInstance = x.instance;
+      old.moved(x.instance);
       this.install(old, result, x.terms);
     } else {
       const s = new PeerSession(this, 1, result.peer, req.from, result.app, result.suite, this.generation(result, x.terms), { peer: result.peerCert, peerGateway: result.peerGatewayCert });

@@ -3,11 +3,12 @@
 // peer, all on Mosquitto (the interlink reaches a domain of instances through an MQTT shared
 // subscription, which aedes lacks: KEYPROXY_TEST_MQTT_URL, as CI runs it, else a private Mosquitto).
 //
-// Each SA across domains runs at one instance of a.example, and every message about it must reach
-// that one: the peer pins its requests to the instance that answered its message 1, or that sent the
-// one it answered. Without the pin a request goes to the newest channel with any instance of the
-// domain, which need not run the SA. When the instance running an SA stops, another takes it over
-// and says so (kp.x.moved); the peer sends to that one from then on, and the SA carries on.
+// Each SA across domains runs at one instance of a.example, and every message about it must reach that
+// one: the peer pins its requests to the instance that answered its message 1, or that sent the one it
+// answered. Without the pin a request goes to the domain's shared subscription, to whichever instance
+// the broker picks, which need not run the SA. When the instance running an SA stops, another takes it
+// over and says so (kp.x.moved); the peer sends to that one from then on, and the SA carries on. When
+// none takes it over, the peer's SA ends after the grace period, as a gateway's does.
 
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
@@ -33,6 +34,8 @@ const DOMAIN = "a.example";
 const APP = "chat";
 const text = (s: string) => new Uint8Array(Buffer.from(s, "latin1"));
 const now = () => Math.floor(Date.now() / 1000);
+/** How long carol's SA waits for another instance to take it over when its own does not answer. */
+const GRACE_MS = 2000;
 /** What an instance's data directory copies from the first one's: the domain's keys and certificates. */
 const NOT_COPIED = /^(keyproxy\.db.*|gateway\.lock|gateway\.log)$/;
 
@@ -142,7 +145,7 @@ describe("the capable-peer SDK with a domain running several instances", { timeo
     peerLink = await Interlink.connect({
       url, identity: { gatewayId: "c.example", signing, encryption, certificate: gatewayCert }, trust: checkerTrust(checker), now, protocolVersion: 5, requestTimeoutMs: 10_000,
     });
-    peer = new CapablePeer({ interlink: peerLink, self: { name: "carol@c.example", identitySeed: identity.seed, cert, gatewayCert }, suites: [[AES, 1]], checker, now });
+    peer = new CapablePeer({ interlink: peerLink, self: { name: "carol@c.example", identitySeed: identity.seed, cert, gatewayCert }, suites: [[AES, 1]], checker, now, graceMs: GRACE_MS });
     peer.onRequest = (_from, app) => app === APP;
   });
 
@@ -228,5 +231,22 @@ describe("the capable-peer SDK with a domain running several instances", { timeo
     // The lone process above took a.example's unpinned requests too: it goes before the SA is used.
     for (const l of [lone, other, a9]) await l.close();
     await exchangeWithCarol(handsets.find((h) => h.id === "alice")!, withAlice, "after the refused moves");
+  });
+
+  test("an SA moved to an instance that then does not answer: carol's request times out, the SA waits the grace period for another takeover, then ends", async (t) => {
+    if (skipped(t)) return;
+    const withAlice = [...inbox.keys()].find((s) => s.peer === "alice@a.example")!;
+    const closed: CloseReason[] = [];
+    withAlice.onClose = (r) => closed.push(r);
+    // An instance of a.example (certified for its domain) says it runs the SA now, and never answers.
+    const a9 = await interlinkOf(DOMAIN, "a9");
+    await a9.request("c.example", XGW_MOVED, movedBody(withAlice.spi));
+    assert.equal(withAlice.peerInstance, "a9");
+    await a9.close();
+    await assert.rejects(withAlice.send(text("to nobody")), (e: unknown) => e instanceof InterlinkError && e.code === "timeout");
+    assert.equal(withAlice.state, "up", "it waits for a takeover first");
+    await until(() => closed.length === 1, "carol's SA ended after the grace period", GRACE_MS + 5000);
+    assert.deepEqual(closed, [CloseReason.PeerGone]);
+    assert.equal(withAlice.state, "closed");
   });
 });
