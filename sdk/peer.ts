@@ -17,7 +17,8 @@
 // A domain may run several gateway processes (instances, gateway/instances/). Each SA runs at one of
 // them, so everything about it goes to that one (PeerSession.peerInstance): the instance that
 // answered the peer's message 1, or that sent the one the peer answered. When it dies or stops,
-// another instance takes the SA over and says so (kp.x.moved), and the peer follows.
+// another instance takes the SA over and says so (kp.x.moved), and the peer follows; when none does
+// within the grace period after that instance stopped answering, the SA ends.
 
 import { randomBytes } from "node:crypto";
 import { existsSync, readFileSync } from "node:fs";
