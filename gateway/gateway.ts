@@ -361,7 +361,7 @@ export class Gateway {
       instances?.attach(links, sessions, {
         deviceMessage, deviceFrame,
         memberRegistered: (dev) => groups!.memberRegistered(dev),
-        keeperChanged: () => groups!.keeperCheck(),
+        keeperChanged: (rejoined) => (rejoined ? groups!.rejoined() : groups!.keeperCheck()),
         adoptAcross: (rows) => across()?.adopt(rows) ?? rows,
         keepOnlyAcross: (spis) => across()?.keepOnly(spis),
       });

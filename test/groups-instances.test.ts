@@ -4,7 +4,8 @@
 // member linked to another instance. One instance keeps the domain's groups (the online one with the
 // smallest name): it claims each key's SPI in the domain's table, reaches every member wherever it is
 // linked, and gets what the members send under the key from their instances. A member that leaves is
-// cut off; when the keeper stops, the next one replaces the key as a rekey does, and messages flow on.
+// cut off; when the keeper stops, the next one replaces the key as a rekey does, and messages flow on;
+// a keeper cut off from the broker starts over from the table when it is back.
 
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
@@ -162,5 +163,25 @@ describe("group keys in a domain of instances", { timeout: 120_000 }, () => {
     await member("dee", "i3");
     const spi = await keyed("ops", ["ana", "ben", "dee"], old);
     await sendToGroup("dee", spi, "dee from i3", ["ana", "ben"]);
+  });
+
+  test("the keeper is cut off from the broker: another keeps the group meanwhile, and on its return one key again holds all members", async (t) => {
+    if (!db) return t.skip("no PostgreSQL");
+    assert.deepEqual(keeperOf("ops").map((i) => i.name), ["i2"]);
+    const before = gw("i2").groups.currentSpi("ops");
+    const i2 = instances.get("i2")!;
+    // Only i2's bus connection drops (its links stay): the broker publishes its last-will, and i3 keeps
+    // the group for the members it can reach.
+    // It stays away 4 s (longer than a keeper waits before it takes the part).
+    const client = (gw("i2").instances as unknown as { bus: { client: { options: { reconnectPeriod: number }; stream: { destroy(): void } } } }).bus.client;
+    client.options.reconnectPeriod = 4000;
+    client.stream.destroy();
+    await until(() => gw("i3").groups.currentSpi("ops") !== 0, "i3 keeps the group while i2 is away", 15_000);
+    await until(() => i2.logs.some((l) => l.includes('"instance-resynced"')), "i2 back on the bus");
+    // Back, i2 (its name sorts first) keeps the group again: it starts over from the table.
+    const spi = await keyed("ops", ["ana", "ben", "dee"], before);
+    assert.deepEqual(keeperOf("ops").map((i) => i.name), ["i2"]);
+    await sendToGroup("ana", spi, "after i2 came back", ["ben", "dee"]);
+    await sendToGroup("dee", spi, "dee too", ["ana", "ben"]);
   });
 });

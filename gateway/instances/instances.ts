@@ -60,8 +60,9 @@ export interface OwnHandling {
   keepOnlyAcross(spis: Set<number>): void;
   /** A device registered at another instance (its groups' keeper takes it in). */
   memberRegistered(dev: string): void | Promise<void>;
-  /** An instance came or went: which one keeps the domain's groups may have changed. */
-  keeperChanged(): void;
+  /** An instance came or went, or this one is back on the bus after being cut off (`rejoined`): which
+   *  one keeps the domain's groups may have changed, or another kept them meanwhile. */
+  keeperChanged(rejoined?: boolean): void;
 }
 
 /** What an instance knows of an SA homed elsewhere: enough to route its messages and frames. A group
@@ -241,6 +242,10 @@ export class Instances implements SessionSharing, GroupSharing {
     return this.table.groupKeys();
   }
 
+  keptElsewhere(): Promise<boolean> {
+    return this.table.groupKeysHomedElsewhere();
+  }
+
   replacedElsewhere(group: string, keep: number[]): void {
     this.track(this.table.forgetGroupKeys(group, keep).catch((e: unknown) => this.o.log.error("registry-error", { group, reason: `replaced group keys not forgotten: ${(e as Error).message}` })));
   }
@@ -352,6 +357,7 @@ export class Instances implements SessionSharing, GroupSharing {
       const kept = this.sessions.keepOnly(homedHere);
       this.own.keepOnlyAcross(homedHere);
       this.o.log.info("instance-resynced", { linkedElsewhere: this.elsewhere.size, sessionsKept: kept });
+      this.own.keeperChanged(true);
     } catch (e) {
       this.o.log.error("registry-error", { reason: `live links and SAs not read again after the bus reconnected: ${(e as Error).message}` });
     }

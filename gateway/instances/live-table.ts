@@ -145,6 +145,11 @@ export class LiveTable {
     return new Map(rows.map((r) => [String(r.responder), Number(r.spi)]));
   }
 
+  /** Whether a group key in the table is another instance's. */
+  async groupKeysHomedElsewhere(): Promise<boolean> {
+    return !!(await this.store.row("SELECT spi FROM live_sessions WHERE initiator = '' AND home <> ? LIMIT 1", [this.instance]));
+  }
+
   /** The group's keys other than `keep` are replaced: their rows go (an earlier keeper's, whichever
    *  instance took them over since). */
   async forgetGroupKeys(group: string, keep: number[]): Promise<void> {

@@ -93,6 +93,8 @@ export interface GroupSharing {
   ended(spi: number): void;
   /** The newest key of each group (full name -> SPI) in the domain's table, from earlier keepers too. */
   groupKeys(): Promise<Map<string, number>>;
+  /** Whether the table holds a group key another instance claimed (it kept the groups for a while). */
+  keptElsewhere(): Promise<boolean>;
   /** The group's keys that an earlier keeper left in the table are replaced now: every one but `keep`
    *  (this keeper's) is forgotten. */
   replacedElsewhere(group: string, keep: number[]): void;
@@ -384,6 +386,19 @@ export class GroupKeeper {
       if (!this.closed && sharing.keeping()) void this.wake();
     }, WAKE_MS);
     this.waking.unref();
+  }
+
+  /** This instance is back on the bus after being cut off: while it was away another instance may have
+   *  kept the groups (the others saw it gone), so a keeper starts over from the domain's table, as a
+   *  new keeper does, replacing the newest key of each group. A short cut, in which no other instance
+   *  claimed a group key, changes nothing. */
+  rejoined(): void {
+    if (!this.awake) return this.keeperCheck();
+    this.d.sharing!.keptElsewhere().then((other) => {
+      if (!other || !this.awake) return;
+      this.sleep();
+      this.keeperCheck();
+    }, (e: unknown) => this.failed("", e));
   }
 
   private async wake(): Promise<void> {
