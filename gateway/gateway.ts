@@ -360,7 +360,9 @@ export class Gateway {
       const across = () => (hook instanceof CrossGateway ? hook : undefined);
       instances?.attach(links, sessions, {
         deviceMessage, deviceFrame,
-        memberRegistered: (dev) => groups!.memberRegistered(dev),
+        // The keeper takes the device into its groups; every instance tells the other domains' homes
+        // that watch it from there (gateway/crossgw/groups-remote.ts).
+        memberRegistered: (dev) => groups!.registered(dev),
         keeperChanged: (rejoined) => (rejoined ? groups!.rejoined() : groups!.keeperCheck()),
         adoptAcross: (rows) => across()?.adopt(rows) ?? rows,
         keepOnlyAcross: (spis) => across()?.keepOnly(spis),

@@ -14,7 +14,11 @@
 // A home that runs several instances keeps its groups at one of them (gateway/sessions/groups.ts): the
 // member side answers it and sends it its device's messages, frames and status at the instance that
 // watched or sent (the envelope's fromInstance), not at any instance of the home's domain. A member's
-// gateway that runs several instances is not yet supported: the home's requests reach any of them.
+// gateway that runs several instances keeps the watch and the keys it hands on at the instance that
+// answered the watch; the home sends it everything about that member (and watches anew when it stops
+// answering), and every instance reports a registration it sees to the watches it holds. The device
+// may be linked at any of them: its instance sends its group messages and frames to the one holding
+// the key's route (gateway/instances/).
 //
 // A gateway speaks only for its own devices (a status or message about "x@d" is taken only from d),
 // and installs only groups of the sending gateway's own domain, when its policy allows the group to
@@ -38,8 +42,11 @@ const WATCH_RETRY_MS = 2000;
 const WATCH_RECHECK_MS = 30_000;
 
 export class GroupLink implements RemoteMembers {
-  /** Home side: what each remote member's gateway last reported. */
+  /** Home side: what each remote member's gateway last reported, and, when that gateway runs several
+   *  instances, the one that answered the watch: everything about the member goes there, since only
+   *  it knows the watch and the keys it handed on. */
   private readonly status = new Map<string, gm.MemberStatus>();
+  private readonly memberAt = new Map<string, string>();
   private readonly watching = new Set<string>();
   /** Member side: the homes watching each of our devices (home -> the instance that watched, if it
    *  runs several), and our devices' group SPIs (with the home's instance that keyed them). */
@@ -83,17 +90,32 @@ export class GroupLink implements RemoteMembers {
   }
 
   send(member: string, m: InnerMessage): boolean {
-    const domain = splitDeviceName(member)?.domain;
-    if (!domain || this.closed) return false;
-    this.interlink.request(domain, gm.XGW_GROUP_TO, gm.messageBody(member, m), { secret: true }).catch((e: unknown) => this.failed(member, `message ${m.t}`, e));
-    return true;
+    return this.toMember(member, gm.messageBody(member, m), true, `message ${m.t}`);
   }
 
   relay(member: string, payload: Uint8Array): boolean {
+    return this.toMember(member, gm.frameBody(member, payload), false, "frame");
+  }
+
+  private toMember(member: string, body: unknown, secret: boolean, what: string): boolean {
     const domain = splitDeviceName(member)?.domain;
     if (!domain || this.closed) return false;
-    this.interlink.request(domain, gm.XGW_GROUP_TO, gm.frameBody(member, payload)).catch((e: unknown) => this.failed(member, "frame", e));
+    const at = this.memberAt.get(member);
+    this.interlink.request(domain, gm.XGW_GROUP_TO, body, { secret, ...pin(at) }).catch((e: unknown) => {
+      this.failed(member, what, e);
+      if (at !== undefined && e instanceof InterlinkError && e.code === "timeout") this.instanceLost(member, at);
+    });
     return true;
+  }
+
+  /** The member's gateway's instance that held its watch and keys did not answer (it died): the member
+   *  is out of its keys, and is watched anew through any instance of its domain. */
+  private instanceLost(member: string, at: string): void {
+    if (this.memberAt.get(member) !== at) return;
+    this.memberAt.delete(member);
+    this.status.delete(member);
+    this.watching.delete(member);
+    this.keeper.memberGone(member, CloseReason.PeerGone, `its gateway's instance ${at} did not answer`);
   }
 
   /** A fleet revocation list: members of our groups in other domains that it names leave them. */
@@ -110,9 +132,11 @@ export class GroupLink implements RemoteMembers {
     if (!domain || this.watching.has(member) || this.closed) return;
     this.watching.add(member);
     this.interlink
-      .request(domain, gm.XGW_GROUP_WATCH, gm.watchBody(member, group.name, group.app), { secret: true })
-      .then((body) => {
+      .requestTo(domain, gm.XGW_GROUP_WATCH, gm.watchBody(member, group.name, group.app), { secret: true })
+      .then(({ body, instance }) => {
         const s = gm.readWatchAnswer(body);
+        if (instance === undefined) this.memberAt.delete(member);
+        else this.memberAt.set(member, instance);
         this.status.set(member, s);
         this.keeper.memberChanged(member);
         if (!s.up) this.watchAgain(member, WATCH_RECHECK_MS, true);
@@ -208,11 +232,11 @@ export class GroupLink implements RemoteMembers {
       return { body: 0 };
     }
     const m = c.msg as InnerMessage;
-    if (m.t === Msg.SaInstall) this.install(req.from, req.fromInstance, id, m, await this.ctx.policy.permits(m.peer, id, m.app));
+    if (m.t === Msg.SaInstall) await this.install(req.from, req.fromInstance, id, m, await this.ctx.policy.permits(m.peer, id, m.app));
     else if (m.t === Msg.Connected || m.t === Msg.SaClosed) {
       const r = this.routes.get(m.spi);
       if (!r || r.home !== req.from || r.device !== id) throw new InterlinkError("malformed", `${gm.XGW_GROUP_TO}: no group SA of ${req.from} with this SPI at ${c.member}`);
-      if (m.t === Msg.SaClosed) this.routes.delete(m.spi);
+      if (m.t === Msg.SaClosed) this.forgetRoute(m.spi);
       else if (m.replaces) this.retireRoute(m.replaces, req.from, id);
       this.ctx.send(id, m);
     } else throw new InterlinkError("malformed", `${gm.XGW_GROUP_TO}: message type ${m.t} is not for a member`);
@@ -225,10 +249,15 @@ export class GroupLink implements RemoteMembers {
     if (!r || r.home !== home || r.device !== deviceId) return;
     const t = setTimeout(() => {
       this.retries.delete(t);
-      if (this.routes.get(spi) === r) this.routes.delete(spi);
+      if (this.routes.get(spi) === r) this.forgetRoute(spi);
     }, this.ctx.settings.overlapMs);
     t.unref();
     this.retries.add(t);
+  }
+
+  /** With several instances of this domain, the route's row (claimed at install) goes with it. */
+  private forgetRoute(spi: number): void {
+    if (this.routes.delete(spi)) this.ctx.sharing?.ended(spi);
   }
 
   /** Our device's group SPIs (those of other domains' groups), for monitoring and tests. */
@@ -238,14 +267,21 @@ export class GroupLink implements RemoteMembers {
 
   /** A group key for our device from the group's home: only a group of that gateway's own domain,
    *  only if our policy lets the group reach the device for its application, only on an SPI that is
-   *  free at this gateway. */
-  private install(home: string, instance: string | undefined, deviceId: string, m: InnerMessage & { t: Msg.SaInstall }, allowed: boolean): void {
+   *  free at this gateway. With several instances of this domain the SPI is claimed in its table, as
+   *  a group key's (gateway/instances/live-table.ts): the device's instance, wherever it links, then
+   *  sends its group messages and frames here, where the route is. */
+  private async install(home: string, instance: string | undefined, deviceId: string, m: InnerMessage & { t: Msg.SaInstall }, allowed: boolean): Promise<void> {
     const { ctx } = this;
-    const why =
+    let why =
       splitDeviceName(m.peer)?.domain !== home ? `the group ${m.peer} is not of ${home}'s domain`
       : !allowed ? "policy does not let this group reach the device"
       : ctx.sessions.sessions.has(m.spi) || this.keeper.keys.has(m.spi) || this.routes.has(m.spi) ? "the SPI is taken here"
       : "";
+    const sharing = ctx.sharing;
+    if (!why && sharing) {
+      const row = { spi: m.spi, initiator: "", responder: m.peer, app: m.app, suite: m.suite, expiresAt: ctx.now() + m.lifetime, up: true, home: sharing.instance };
+      if (!(await sharing.claim(row))) why = "the SPI is taken in this domain";
+    }
     if (why) {
       ctx.log.warn("group-install-refused", { device: deviceId, group: m.peer, app: m.app, spi: spiText(m.spi), reason: why });
       throw new InterlinkError("malformed", `${gm.XGW_GROUP_TO}: refused: ${why}`);
@@ -259,7 +295,7 @@ export class GroupLink implements RemoteMembers {
     const spi = (m as { spi?: number }).spi ?? 0;
     const r = this.routes.get(spi);
     if (!r || r.device !== deviceId) return false;
-    if (m.t === Msg.Bye) this.routes.delete(spi);
+    if (m.t === Msg.Bye) this.forgetRoute(spi);
     const name = `${deviceId}@${this.ctx.gatewayId}`;
     this.interlink.request(r.home, gm.XGW_GROUP_FROM, gm.messageBody(name, m), { secret: true, ...pin(r.instance) }).catch((e: unknown) => this.failed(name, `message ${m.t} home to ${r.home}`, e));
     return true;
@@ -276,6 +312,8 @@ export class GroupLink implements RemoteMembers {
 
   /** Our device registered: the homes watching it hear it is up (and what it registered). */
   registered(deviceId: string): void {
+    // With several instances every one hears of each registration; only those holding a watch answer.
+    if (!this.watchers.has(deviceId) || this.closed) return;
     this.statusOf(deviceId).then((s) => this.tellWatchers(deviceId, s, false), (e: unknown) => this.failed(deviceId, "its status", e));
   }
 
@@ -285,7 +323,7 @@ export class GroupLink implements RemoteMembers {
     // Its group SAs close here at once (before a revoked device's link is cut), as pairwise ones do.
     for (const [spi, r] of [...this.routes]) {
       if (r.device !== deviceId) continue;
-      this.routes.delete(spi);
+      this.forgetRoute(spi);
       this.ctx.send(deviceId, { t: Msg.SaClosed, spi, reason });
     }
     // Down, even if it is still linked (a reboot): it holds no group key now, and gets a new one when

@@ -58,7 +58,8 @@ export interface OwnHandling {
   adoptAcross(rows: LiveSession[]): LiveSession[];
   /** Forgets every SA across domains not in `spis` (another instance runs it now). */
   keepOnlyAcross(spis: Set<number>): void;
-  /** A device registered at another instance (its groups' keeper takes it in). */
+  /** A device registered at another instance (its groups' keeper takes it in; other domains' groups
+   *  watching it from here hear it is up). */
   memberRegistered(dev: string): void | Promise<void>;
   /** An instance came or went, or this one is back on the bus after being cut off (`rejoined`): which
    *  one keeps the domain's groups may have changed, or another kept them meanwhile. */
@@ -243,7 +244,7 @@ export class Instances implements SessionSharing, GroupSharing {
   }
 
   keptElsewhere(): Promise<boolean> {
-    return this.table.groupKeysHomedElsewhere();
+    return this.table.groupKeysHomedElsewhere(this.o.domain);
   }
 
   replacedElsewhere(group: string, keep: number[]): void {
@@ -574,8 +575,12 @@ export class Instances implements SessionSharing, GroupSharing {
 
   private async takeOver(from: string): Promise<void> {
     try {
-      // A gone keeper's group keys stay in the table, whoever's they are now: the next keeper replaces them.
-      const rows = (await this.table.takeOver(from)).filter((r) => !isGroupKeyRow(r));
+      // A gone keeper's group keys stay in the table, whoever's they are now: the next keeper replaces
+      // them. Another domain's group key was a route of the gone instance's to a device of ours: it
+      // died with it (that group's home keys the device anew), so its row goes.
+      const all = await this.table.takeOver(from);
+      for (const r of all) if (isGroupKeyRow(r) && !r.responder.endsWith(`@${this.o.domain}`)) this.ended(r.spi);
+      const rows = all.filter((r) => !isGroupKeyRow(r));
       if (this.closed) return;
       // An SA with a device of another domain runs on here with that domain's process, which is told
       // (kp.x.moved); one whose row lacks what that needs ends (its device is told).

@@ -139,15 +139,18 @@ export class LiveTable {
   }
 
   /** Group keys in the table, by group (full name): the newest SPI of each, to be replaced by the
-   *  keys of a new keeper of the domain's groups. */
+   *  keys of a new keeper of the domain's groups (other domains' groups are there too: the keeper
+   *  looks up only its own). */
   async groupKeys(): Promise<Map<string, number>> {
     const rows = (await this.store.query("SELECT spi, responder FROM live_sessions WHERE initiator = '' ORDER BY expires_at")).rows;
     return new Map(rows.map((r) => [String(r.responder), Number(r.spi)]));
   }
 
-  /** Whether a group key in the table is another instance's. */
-  async groupKeysHomedElsewhere(): Promise<boolean> {
-    return !!(await this.store.row("SELECT spi FROM live_sessions WHERE initiator = '' AND home <> ? LIMIT 1", [this.instance]));
+  /** Whether a key of the domain's own groups in the table is another instance's (the rows of other
+   *  domains' group keys are routes to devices of ours, at whichever instance took the key). */
+  async groupKeysHomedElsewhere(domain: string): Promise<boolean> {
+    const rows = (await this.store.query("SELECT responder FROM live_sessions WHERE initiator = '' AND home <> ?", [this.instance])).rows;
+    return rows.some((r) => String(r.responder).endsWith(`@${domain}`));
   }
 
   /** The group's keys other than `keep` are replaced: their rows go (an earlier keeper's, whichever

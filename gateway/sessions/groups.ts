@@ -23,7 +23,7 @@
 // none. A new keeper (the old one stopped, died, or a new instance took the part) replaces each
 // group's key that the old one left in the table, as a rekey does (SaInstall and Connected with
 // `replaces`). Members in other domains are reached as from one gateway: their gateways answer the
-// keeper's instance (gateway/crossgw/groups-remote.ts).
+// keeper's instance (gateway/crossgw/groups-remote.ts), whether they run as one process or several.
 
 import { ctEqual } from "../../firmware/bytes.ts";
 import type { SymCrypto } from "../../firmware/crypto/types.ts";
