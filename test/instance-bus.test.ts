@@ -152,6 +152,12 @@ describe("bus messages: the codec", () => {
     );
   });
 
+  test("a sending time of -0 (a CBOR float) is the time 0: the message encodes back to what was decoded", () => {
+    const m = decodeBusMessage([BUS_VERSION, "i1", "i2", -0, 11, "dev"]);
+    assert.ok(Object.is(m.sentAtMs, 0));
+    assert.deepEqual(decodeBusMessage(cbor.decode(cbor.encode(encodeBusMessage(m)))), m);
+  });
+
   test("examples, some of them found by the properties above: each is refused as malformed", () => {
     for (const kind of ["length", "at", "0", 8, -1, 1.5]) {
       assert.throws(() => decodeBusMessage([BUS_VERSION, "i1", "i2", 0, kind, "d"]), MalformedBusMessage, `kind ${String(kind)}`);

@@ -79,7 +79,8 @@ export function decodeBusMessage(w: unknown): BusMessage {
   // An index, not any key: KINDS["length"] or KINDS["at"] is no kind, and would leave the body undefined.
   const k = typeof kind === "number" && Number.isInteger(kind) ? KINDS[kind] : undefined;
   if (typeof from !== "string" || typeof to !== "string" || typeof sentAtMs !== "number" || !Number.isSafeInteger(sentAtMs) || k === undefined) throw new MalformedBusMessage("malformed bus message header");
-  return { from, to, sentAtMs, body: decodeBody(k, f) };
+  // + 0: a -0 (a CBOR float) is the time 0, as the sender's encoder would write it.
+  return { from, to, sentAtMs: sentAtMs + 0, body: decodeBody(k, f) };
 }
 
 function decodeBody(k: (typeof KINDS)[number], f: unknown[]): BusBody {
