@@ -14,27 +14,24 @@
 
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { copyFileSync, readdirSync, statSync } from "node:fs";
-import { join } from "node:path";
 import { Msg } from "../firmware/proto/messages.ts";
 import { Fleet, loadGatewayCredentials } from "../gateway/fleet/fleet.ts";
 import type { GroupLink } from "../gateway/crossgw/groups-remote.ts";
 import { fleetDataDir } from "./support/fleet-rig.ts";
 import { provision, startGateway, tempDir, until, type TestGateway } from "./support/harness.ts";
-import { findMosquitto, startMosquitto, type PrivateMosquitto } from "./support/mosquitto.ts";
+import { instanceDataDir } from "./support/instance-rig.ts";
+import { sharedSubscriptionBroker, skipWithoutBrokerOrDatabase } from "./support/mosquitto.ts";
 import { testDatabase, type TestDatabase } from "./support/postgres.ts";
 import { sessionHandset, type SessionHandset } from "./support/session-rig.ts";
 
 const text = (s: string) => new Uint8Array(Buffer.from(s, "latin1"));
 const now = () => Math.floor(Date.now() / 1000);
-/** What an instance's data directory copies from the first one's: the domain's keys and certificates. */
-const NOT_COPIED = /^(keyproxy\.db.*|gateway\.lock|gateway\.log)$/;
 const BOB = "bob@b.example";
 
 /** Gateways in one fleet on Mosquitto (one domain of them as instances on one PostgreSQL database),
  *  and handsets that can move between a domain's instances. */
 function fleetWorld() {
-  let mosquitto: PrivateMosquitto | undefined;
+  let broker: Awaited<ReturnType<typeof sharedSubscriptionBroker>>;
   let url: string | undefined;
   let db: TestDatabase | undefined;
   let fleet: Fleet;
@@ -49,10 +46,8 @@ function fleetWorld() {
    *  one's data directory is copied for the others). */
   async function start(name: string, domain: string, o: { instance?: boolean } = {}): Promise<TestGateway> {
     let dataDir: string;
-    if (o.instance && firstDir) {
-      dataDir = tempDir("kp-grp-inst-");
-      for (const f of readdirSync(firstDir)) if (!NOT_COPIED.test(f) && statSync(join(firstDir, f)).isFile()) copyFileSync(join(firstDir, f), join(dataDir, f));
-    } else {
+    if (o.instance && firstDir) dataDir = instanceDataDir(firstDir);
+    else {
       dataDir = fleetDataDir(domain, fleet, now);
       if (o.instance) firstDir = dataDir;
     }
@@ -87,16 +82,9 @@ function fleetWorld() {
 
   /** Mosquitto (CI's, or a private one) and a database; false when either is missing here. */
   async function setUp(t: unknown): Promise<boolean> {
-    url = process.env.KEYPROXY_TEST_MQTT_URL;
-    if (!url) {
-      const bin = findMosquitto();
-      if (!bin) {
-        if (process.env.CI === "true") throw new Error("CI=true and no Mosquitto: .ci/run installs it and sets KEYPROXY_TEST_MQTT_URL");
-        return false;
-      }
-      mosquitto = await startMosquitto(bin);
-      url = mosquitto.url;
-    }
+    broker = await sharedSubscriptionBroker();
+    url = broker?.url;
+    if (!url) return false;
     db = await testDatabase(t as never);
     if (!db) return false;
     fleet = Fleet.create(tempDir("kp-grp-inst-fleet-"), "kp-fleet", now());
@@ -107,14 +95,10 @@ function fleetWorld() {
     for (const h of devs.values()) h.close();
     for (const t of gws.values()) await t.gw.stop().catch(() => undefined);
     await db?.drop();
-    await mosquitto?.kill();
+    await broker?.kill();
   }
 
-  const skipped = (t: { skip(m: string): void }) => {
-    if (db && url) return false;
-    t.skip(url ? "no PostgreSQL" : "no Mosquitto here (.ci/run installs it): a domain of instances needs shared subscriptions");
-    return true;
-  };
+  const skipped = (t: { skip(m: string): void }) => skipWithoutBrokerOrDatabase(t, url, db);
 
   return { gws, targets, gw, dev, start, handset, exchange, setUp, tearDown, skipped };
 }

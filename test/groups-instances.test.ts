@@ -9,14 +9,11 @@
 
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { copyFileSync } from "node:fs";
-import { join } from "node:path";
 import { Gateway } from "../gateway/gateway.ts";
-import { Logger } from "../gateway/log/logger.ts";
 import { startBroker, type EmbeddedBroker } from "../gateway/monitor/embedded-broker.ts";
-import { KEK_FILE } from "../gateway/registry/kek.ts";
 import { CloseReason } from "../firmware/proto/messages.ts";
-import { provision, tempDir, until } from "./support/harness.ts";
+import { provision, until } from "./support/harness.ts";
+import { startInProcessInstance } from "./support/instance-rig.ts";
 import { testDatabase, type TestDatabase } from "./support/postgres.ts";
 import { saDataIn, sessionHandset, type SessionHandset } from "./support/session-rig.ts";
 
@@ -38,15 +35,8 @@ describe("group keys in a domain of instances", { timeout: 120_000 }, () => {
   let firstDir = "";
 
   async function startInstance(name: string): Promise<Instance> {
-    const dataDir = tempDir();
-    if (firstDir) for (const f of ["gateway.key", KEK_FILE]) copyFileSync(join(firstDir, f), join(dataDir, f));
-    else firstDir = dataDir;
-    const logs: string[] = [];
-    const gw = await Gateway.start({
-      dataDir, database: db!.url, id: DOMAIN, instance: name, mqtt: { url: broker.url, metricsSeconds: 3600 },
-      listen: { host: "127.0.0.1", port: 0 }, log: new Logger((l) => logs.push(l)),
-    });
-    const i = { name, gw, logs };
+    const i = await startInProcessInstance({ name, domain: DOMAIN, database: db!.url, url: broker.url, first: firstDir || undefined });
+    firstDir ||= i.dataDir;
     instances.set(name, i);
     return i;
   }

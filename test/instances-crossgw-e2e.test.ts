@@ -13,14 +13,13 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { copyFileSync, readdirSync, statSync } from "node:fs";
-import { join } from "node:path";
 import { openStore } from "../gateway/gateway.ts";
 import { Policy } from "../gateway/registry/policy.ts";
 import type { Store } from "../gateway/registry/store.ts";
 import { CloseReason } from "../firmware/proto/messages.ts";
 import { spiText } from "../gateway/log/protocol-names.ts";
 import { tempDir, until } from "./support/harness.ts";
+import { copyDomainFiles } from "./support/instance-rig.ts";
 import { findMosquitto, startMosquitto, type PrivateMosquitto } from "./support/mosquitto.ts";
 import { startGatewayProcess, type GatewayProcess } from "./support/process.ts";
 import { testDatabase, type TestDatabase } from "./support/postgres.ts";
@@ -30,8 +29,6 @@ import { connectPair, exchange, sessionHandset, type SessionHandset } from "./su
 const APP = "chat";
 const LIMIT = 10; // messages per direction: a device asks for a rekey at 8
 const text = (s: string) => new Uint8Array(Buffer.from(s, "latin1"));
-/** What an instance's data directory copies from the first one's: the domain's keys and certificates. */
-const NOT_COPIED = /^(keyproxy\.db.*|gateway\.lock|gateway\.log)$/;
 
 interface Domain {
   name: string;
@@ -47,10 +44,6 @@ describe("sessions across domains, each domain running several instances", { tim
   const run = randomBytes(3).toString("hex");
   const fleetDir = tempDir("kp-ixe2e-fleet-");
 
-  function cloneDataDir(from: string, to: string): void {
-    for (const f of readdirSync(from)) if (!NOT_COPIED.test(f) && statSync(join(from, f)).isFile()) copyFileSync(join(from, f), join(to, f));
-  }
-
   async function startDomain(name: string, url: string, names: string[], t: unknown): Promise<Domain | undefined> {
     const db = await testDatabase(t as never);
     if (!db) return undefined;
@@ -60,7 +53,7 @@ describe("sessions across domains, each domain running several instances", { tim
     const d: Domain = { name, db, store: undefined as unknown as Store, instances: new Map() };
     domains.set(name, d);
     for (const [i, inst] of names.entries()) {
-      if (i > 0) cloneDataDir(dirs[0], dirs[i]);
+      if (i > 0) copyDomainFiles(dirs[0], dirs[i]);
       const p = await startGatewayProcess(dirs[i], 0, ["--id", name, "--instance", inst, "--db", db.url, "--mqtt", url, "--sa-limit", String(LIMIT), "--metrics", "3600"]);
       d.instances.set(inst, p);
       await until(() => p.events("interlink-started").length === 1, `${inst}.${name}'s interlink`, 15_000);

@@ -9,16 +9,13 @@
 import { after, before, describe, test } from "node:test";
 import mqtt from "mqtt";
 import assert from "node:assert/strict";
-import { copyFileSync } from "node:fs";
-import { join } from "node:path";
 import { Gateway } from "../gateway/gateway.ts";
 import { GatewayIdInUse } from "../gateway/monitor/monitor.ts";
-import { Logger } from "../gateway/log/logger.ts";
 import { startBroker, type EmbeddedBroker } from "../gateway/monitor/embedded-broker.ts";
-import { KEK_FILE } from "../gateway/registry/kek.ts";
 import { CloseReason, Msg, type InnerMessage, type SaInstall } from "../firmware/proto/messages.ts";
 import { spiText } from "../gateway/log/protocol-names.ts";
-import { provision, tempDir, until } from "./support/harness.ts";
+import { provision, until } from "./support/harness.ts";
+import { startInProcessInstance } from "./support/instance-rig.ts";
 import { testDatabase, type TestDatabase } from "./support/postgres.ts";
 import { connectPair, exchange, sessionHandset, type SessionHandset } from "./support/session-rig.ts";
 
@@ -42,15 +39,9 @@ describe("instances of one domain on PostgreSQL and one broker", { timeout: 120_
   let firstDir = "";
 
   async function startInstance(name: string): Promise<Instance> {
-    const dataDir = tempDir();
     // Every instance holds the domain's gateway key and KEK (docs/SCALING.md).
-    if (firstDir) for (const f of ["gateway.key", KEK_FILE]) copyFileSync(join(firstDir, f), join(dataDir, f));
-    else firstDir = dataDir;
-    const logs: string[] = [];
-    const gw = await Gateway.start({
-      dataDir, database: db!.url, id: DOMAIN, instance: name, mqtt: { url: broker.url, metricsSeconds: 3600 },
-      listen: { host: "127.0.0.1", port: 0 }, log: new Logger((l) => logs.push(l)), sessions: { limit: LIMIT },
-    });
+    const { gw, logs, dataDir } = await startInProcessInstance({ name, domain: DOMAIN, database: db!.url, url: broker.url, first: firstDir || undefined, options: { sessions: { limit: LIMIT } } });
+    firstDir ||= dataDir;
     const i = { name, gw, logs, events: (e: string) => logs.map((l) => JSON.parse(l) as Record<string, unknown>).filter((r) => r.event === e) };
     instances.push(i);
     return i;

@@ -12,8 +12,6 @@
 
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { copyFileSync, readdirSync, statSync } from "node:fs";
-import { join } from "node:path";
 import { SUITE_AES_CCM_16_64_128 as AES } from "../firmware/crypto/types.ts";
 import { CloseReason } from "../firmware/proto/messages.ts";
 import type { CrossGateway } from "../gateway/crossgw/cross-gateway.ts";
@@ -26,7 +24,8 @@ import { CertificateChecker, checkerTrust, localSource, Verifier } from "../gate
 import { CapablePeer, type PeerSession } from "../sdk/peer.ts";
 import { fleetDataDir } from "./support/fleet-rig.ts";
 import { provision, startGateway, tempDir, until, type TestGateway } from "./support/harness.ts";
-import { findMosquitto, startMosquitto, type PrivateMosquitto } from "./support/mosquitto.ts";
+import { instanceDataDir } from "./support/instance-rig.ts";
+import { sharedSubscriptionBroker, skipWithoutBrokerOrDatabase } from "./support/mosquitto.ts";
 import { testDatabase, type TestDatabase } from "./support/postgres.ts";
 import { sessionHandset, type SessionHandset } from "./support/session-rig.ts";
 
@@ -36,11 +35,9 @@ const text = (s: string) => new Uint8Array(Buffer.from(s, "latin1"));
 const now = () => Math.floor(Date.now() / 1000);
 /** How long carol's SA waits for another instance to take it over when its own does not answer. */
 const GRACE_MS = 2000;
-/** What an instance's data directory copies from the first one's: the domain's keys and certificates. */
-const NOT_COPIED = /^(keyproxy\.db.*|gateway\.lock|gateway\.log)$/;
 
 describe("the capable-peer SDK with a domain running several instances", { timeout: 120_000 }, () => {
-  let mosquitto: PrivateMosquitto | undefined;
+  let broker: Awaited<ReturnType<typeof sharedSubscriptionBroker>>;
   let url: string | undefined;
   let db: TestDatabase | undefined;
   let fleet: Fleet;
@@ -57,10 +54,8 @@ describe("the capable-peer SDK with a domain running several instances", { timeo
   const inbox = new Map<PeerSession, string[]>();
 
   async function startInstance(name: string): Promise<TestGateway> {
-    const dataDir = firstDir ? tempDir("kp-sdk-inst-") : fleetDataDir(DOMAIN, fleet, now);
-    if (firstDir) {
-      for (const f of readdirSync(firstDir)) if (!NOT_COPIED.test(f) && statSync(join(firstDir, f)).isFile()) copyFileSync(join(firstDir, f), join(dataDir, f));
-    } else firstDir = dataDir;
+    const dataDir = firstDir ? instanceDataDir(firstDir) : fleetDataDir(DOMAIN, fleet, now);
+    firstDir ||= dataDir;
     const { credentials } = loadGatewayCredentials(dataDir, DOMAIN, now(), false);
     const t = await startGateway({
       dataDir, database: db!.url, id: DOMAIN, instance: name, now, mqtt: { url: url!, metricsSeconds: 3600 },
@@ -116,16 +111,9 @@ describe("the capable-peer SDK with a domain running several instances", { timeo
   const takenOver = (name: string) => (instances.get(name)!.gw.hook as CrossGateway).stats.takenOver;
 
   before(async (t) => {
-    url = process.env.KEYPROXY_TEST_MQTT_URL;
-    if (!url) {
-      const bin = findMosquitto();
-      if (!bin) {
-        if (process.env.CI === "true") throw new Error("CI=true and no Mosquitto: .ci/run installs it and sets KEYPROXY_TEST_MQTT_URL");
-        return;
-      }
-      mosquitto = await startMosquitto(bin);
-      url = mosquitto.url;
-    }
+    broker = await sharedSubscriptionBroker();
+    url = broker?.url;
+    if (!url) return;
     db = await testDatabase(t as never);
     if (!db) return;
     fleet = Fleet.create(tempDir("kp-sdk-inst-fleet-"), "kp-fleet", now());
@@ -156,14 +144,10 @@ describe("the capable-peer SDK with a domain running several instances", { timeo
     for (const l of links) await l.close();
     for (const t of instances.values()) await t.gw.stop().catch(() => undefined);
     await db?.drop();
-    await mosquitto?.kill();
+    await broker?.kill();
   });
 
-  const skipped = (t: { skip(m: string): void }) => {
-    if (db && url) return false;
-    t.skip(url ? "no PostgreSQL" : "no Mosquitto here (.ci/run installs it): a domain of instances needs shared subscriptions");
-    return true;
-  };
+  const skipped = (t: { skip(m: string): void }) => skipWithoutBrokerOrDatabase(t, url, db);
 
   test("carol sends each SA's messages to the instance that runs it: the one that called her, or answered her call", async (t) => {
     if (skipped(t)) return;

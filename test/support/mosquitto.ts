@@ -84,3 +84,27 @@ export async function startMosquitto(binary: string): Promise<PrivateMosquitto> 
   await m.start();
   return m;
 }
+
+/** Why a test of a domain of instances is skipped where no broker has shared subscriptions. */
+export const NO_SHARED_SUBSCRIPTIONS = "no Mosquitto here (.ci/run installs it): a domain of instances needs shared subscriptions";
+
+/** A broker with MQTT shared subscriptions, as a domain of instances needs (aedes has none): CI's
+ *  Mosquitto (KEYPROXY_TEST_MQTT_URL), else a private one; undefined where there is none, which
+ *  CI=true makes an error. `kill` stops a private one and leaves CI's alone. */
+export async function sharedSubscriptionBroker(): Promise<{ url: string; kill(): Promise<void> } | undefined> {
+  const named = process.env.KEYPROXY_TEST_MQTT_URL;
+  if (named) return { url: named, kill: async () => {} };
+  const bin = findMosquitto();
+  if (!bin) {
+    if (process.env.CI === "true") throw new Error("CI=true and no Mosquitto: .ci/run installs it and sets KEYPROXY_TEST_MQTT_URL");
+    return undefined;
+  }
+  return startMosquitto(bin);
+}
+
+/** Skips test `t` unless both the broker (its url) and the database are there; true when skipped. */
+export function skipWithoutBrokerOrDatabase(t: { skip(m: string): void }, url: string | undefined, db: unknown): boolean {
+  if (db && url) return false;
+  t.skip(url ? "no PostgreSQL" : NO_SHARED_SUBSCRIPTIONS);
+  return true;
+}
