@@ -32,6 +32,8 @@ const UART_PIECE_MS = 3;
  *  nothing of it ran) before the eval fails: one damaged line in thousands is the Linux build's
  *  console thread (docs/INTERPRETER.md); several in a row would be something else. */
 const RETYPES = 3;
+/** How often a condition given to when() is checked on the device. */
+const WATCH_EVERY_MS = 100;
 /** Ends a statement the REPL holds open (evalNow): a newline, then more closing brackets than one
  *  lost byte can leave open, then a newline. */
 const STATEMENT_END = "\n})]\n";
@@ -188,6 +190,17 @@ export function interpreterCrashes(): number {
   return crashes;
 }
 
+let evalsDamagedOut = 0;
+
+/** Crashes, and evals failed because their line arrived damaged every time it was typed (RETYPES + 1
+ *  times in a row): both are the Linux build's console thread (docs/INTERPRETER.md), which has
+ *  damaged a line three times in a row just before it crashed. test/support/real.ts runs a test again
+ *  after either. An interpreter out of memory also fails its checksums, but every time: a rerun fails
+ *  the same way. */
+export function consoleFaults(): number {
+  return crashes + evalsDamagedOut;
+}
+
 export class RealDevice extends EventEmitter {
   readonly board: string;
   readonly dir: string;
@@ -199,6 +212,8 @@ export class RealDevice extends EventEmitter {
   /** How many times the interpreter has started, and the index in lines where the last start began. */
   boots = 0;
   bootLine = 0;
+  /** How many evals have been typed (a retyped line not counted again). */
+  evals = 0;
   private child: ChildProcessWithoutNullStreams | undefined;
   private exited: Promise<void> = Promise.resolve();
   private wanted = false;
@@ -212,6 +227,8 @@ export class RealDevice extends EventEmitter {
   private readonly wire: (typed: string) => string;
   private typing: Promise<void> = Promise.resolve();
   private lastCtrlC = -Infinity;
+  private watches = 0;
+  private lastTypedAt = 0;
 
   constructor(o: RealDeviceOptions) {
     super();
@@ -258,9 +275,13 @@ export class RealDevice extends EventEmitter {
       this.child = undefined;
       if (signal && CRASH_SIGNALS.has(signal)) crashes++;
       // In the console record, so that a test's failure shows a restart it did not ask for.
-      this.lines.push(`[harness] the interpreter exited (${signal ?? `code ${code}`})${this.wanted ? "; starting it again on the same flash" : ""}`);
+      // How long before the exit the harness last typed: the console thread's race (docs/INTERPRETER.md)
+      // needs bytes arriving.
+      const typed = this.lastTypedAt ? `, ${Date.now() - this.lastTypedAt} ms after the harness last typed` : "";
+      this.lines.push(`[harness] the interpreter exited (${signal ?? `code ${code}`}${typed})${this.wanted ? "; starting it again on the same flash" : ""}`);
       if (this.echo) process.stderr.write(`${this.name}: ${this.lines[this.lines.length - 1]}\n`);
       this.failPending(`${this.name}: the interpreter stopped`);
+      this.emit("stopped");
       // E.reboot() (or a crash): a board comes back up on the same flash.
       if (this.wanted) setTimeout(() => { if (this.wanted && !this.running) this.spawn(); }, 20);
     });
@@ -321,14 +342,28 @@ export class RealDevice extends EventEmitter {
     });
   }
 
-  /** At about a UART's pace (UART_PIECE bytes every UART_PIECE_MS, some 115,200 baud), not in one
-   *  burst: the Linux target reads its console on a thread of its own, into the queue its main loop
+  /** Types one of the harness's own lines (an eval's, or STATEMENT_END) in a single write, after
+   *  whatever is being typed: the console thread's race (docs/INTERPRETER.md, "A byte lost, or a
+   *  crash") crashed the interpreter about a third as often with lines written whole as with lines
+   *  typed at a UART's pace (measured there). */
+  private typeLine(line: string): void {
+    this.typing = this.typing.then(() => this.write(line, true));
+  }
+
+  /** At about a UART's pace (UART_PIECE bytes every UART_PIECE_MS, some 115,200 baud), unless whole:
+   *  the Linux target reads its console on a thread of its own, into the queue its main loop
    *  empties, and a 2 KB burst (a flash's Storage line) has crashed it under qemu (SIGSEGV); a board's
    *  UART never delivers faster than its baud rate. */
-  private async write(typed: string): Promise<void> {
+  private async write(typed: string, whole = false): Promise<void> {
     const s = this.wire(typed);
+    if (whole) {
+      this.child?.stdin.write(Buffer.from(s, "latin1"));
+      this.lastTypedAt = Date.now();
+      return;
+    }
     for (let o = 0; o < s.length; o += UART_PIECE) {
       this.child?.stdin.write(Buffer.from(s.slice(o, o + UART_PIECE), "latin1"));
+      this.lastTypedAt = Date.now();
       if (o + UART_PIECE < s.length) await new Promise((r) => setTimeout(r, UART_PIECE_MS));
     }
   }
@@ -344,6 +379,7 @@ export class RealDevice extends EventEmitter {
   private evalNow<T>(expr: string, timeoutMs: number): Promise<T> {
     if (!this.running) return Promise.reject(new Error(`${this.name}: the device is off`));
     const seq = ++this.seq;
+    this.evals++;
     const line = evalLine(seq, expr);
     return new Promise<T>((resolve, reject) => {
       const p: Pending = { seq, resolve: resolve as (v: unknown) => void, reject, timer: undefined as unknown as NodeJS.Timeout, line, retypes: 0 };
@@ -361,12 +397,12 @@ export class RealDevice extends EventEmitter {
         if (this.pending !== p) return;
         this.lines.push(`[harness] no answer to eval ${seq} within ${timeoutMs} ms; ending whatever the REPL holds and typing the line again`);
         if (this.echo) process.stderr.write(`${this.name}: ${this.lines[this.lines.length - 1]}\n`);
-        this.type(STATEMENT_END);
-        this.type(line);
+        this.typeLine(STATEMENT_END);
+        this.typeLine(line);
         p.timer = setTimeout(giveUp, timeoutMs);
       }, timeoutMs);
       this.pending = p;
-      this.type(line);
+      this.typeLine(line);
     });
   }
 
@@ -406,13 +442,14 @@ export class RealDevice extends EventEmitter {
     if (p.retypes >= RETYPES) {
       // Damage that often in a row is not the console thread: more likely the interpreter cannot
       // hold the function's text (out of memory), which its last lines may say.
+      if (checksumFailed) evalsDamagedOut++;
       if (checksumFailed) this.failPending(`${this.name}: the line of eval ${p.seq} failed its checksum ${p.retypes + 1} times in a row (damaged each time, or the interpreter could not make the function's text: out of memory?); last lines:\n${this.lines.slice(-8).join("\n")}`);
       return;
     }
     p.retypes++;
     this.lines.push(`[harness] eval ${p.seq}: ${why}; typing the line again (it runs at most once)`);
     if (this.echo) process.stderr.write(`${this.name}: ${this.lines[this.lines.length - 1]}\n`);
-    this.type(p.line);
+    this.typeLine(p.line);
   }
 
   private failPending(why: string): void {
@@ -421,6 +458,53 @@ export class RealDevice extends EventEmitter {
     this.pending = undefined;
     clearTimeout(p.timer);
     p.reject(new Error(why));
+  }
+
+  /**
+   * Resolves once `condition`, a one-line JavaScript expression, is true on the device; rejects when
+   * it throws there, when the interpreter stops, or when it is still false after timeoutMs.
+   *
+   * One line is typed, not one eval per poll: the device checks the condition itself every
+   * WATCH_EVERY_MS and prints a mark when it holds. Every line typed at the Linux build's console
+   * is a chance for its console thread to race the main loop (docs/INTERPRETER.md, "A byte lost,
+   * or a crash"), and a test that polled with evals typed hundreds of lines while the firmware
+   * was busiest. The mark is output, which that race does not touch; should it still go missing,
+   * one eval at the timeout asks the condition itself before failing.
+   */
+  async when(condition: string, what: string, timeoutMs = 30_000): Promise<void> {
+    if (/[\n\r]/.test(condition)) throw new Error("when(): the condition must be one line");
+    const n = ++this.watches;
+    const slot = `global.__kw${n}`;
+    const mark = new RegExp(`^<kw${n}(>|!(.*)>)$`);
+    const stop = `if(${slot}){clearInterval(${slot});delete ${slot};}`;
+    let cancel = () => {};
+    const seen = new Promise<string>((resolve, reject) => {
+      const done = (f: () => void) => {
+        clearTimeout(timer);
+        this.off("line", onLine);
+        this.off("stopped", onStop);
+        f();
+      };
+      const onLine = (l: string) => { if (mark.test(l)) done(() => resolve(l)); };
+      const onStop = () => done(() => reject(new Error(`${this.name}: the interpreter stopped while waiting for ${what}`)));
+      const timer = setTimeout(() => done(() => resolve("")), timeoutMs);
+      this.on("line", onLine);
+      this.on("stopped", onStop);
+      cancel = () => done(() => resolve(""));
+    });
+    seen.catch(() => {}); // awaited below, unless the eval that sets the watch fails first
+    // The mark is split ("<kw"+n+">") so that the echo of the line itself never reads as it.
+    await this.eval(`(function(){${slot}=setInterval(function(){var ok;try{ok=!!(${condition});}catch(e){ok=e;}` +
+      `if(ok){${stop}print("<kw"+${n}+(ok===true?">":"!"+ok+">"));}},${WATCH_EVERY_MS});return 1;})()`).catch((e: Error) => {
+      cancel();
+      throw e;
+    });
+    const line = await seen;
+    const thrown = mark.exec(line)?.[2];
+    if (thrown !== undefined) throw new Error(`${this.name}: waiting for ${what}: ${thrown}`);
+    if (line) return;
+    if (await this.eval<boolean>(`(function(){${stop}return !!(${condition});})()`)) return;
+    throw new Error(`${this.name}: timed out waiting for ${what} (${condition}) within ${timeoutMs} ms; last lines:\n${this.lines.slice(-8).join("\n")}`);
   }
 
   /** process.memory() as the device reports it (it collects garbage first). */
