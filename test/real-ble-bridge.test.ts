@@ -24,17 +24,9 @@ import type { CentralSettings } from "../gateway/ble/central.ts";
 import { BleDouble, DoublePeripheral, freePort, tcpBacking } from "./support/ble-double.ts";
 import { tempDir } from "./support/harness.ts";
 import { CLI, startGatewayProcess } from "./support/process.ts";
+import { chatApp, chatState, chatUp, converse, echoes, messages } from "./support/chat-app.ts";
 import { bundleFor, realTest } from "./support/real.ts";
 
-const APP = `(function(){
-global.T = { spi: 0, ups: 0, got: [], closed: [] };
-KP.onRequest = function (from, app) { return app === "chat"; };
-KP.onConnect = function (spi, peer, app, replaces) { T.spi = spi; T.ups++; };
-KP.onMessage = function (d, spi) { var s = E.toString(d); T.got.push(s); if (s.substr(0, 3) !== "re:") KP.send(spi, E.toUint8Array("re:" + s)); };
-KP.onClose = function (spi, reason) { T.closed.push(reason); T.spi = 0; };
-return 1; })()`;
-
-type AppState = { spi: number; ups: number; got: string[]; closed: number[] };
 type Status = { state: string; registered: boolean; joins: number; dropped: number; sas: number };
 
 async function until(what: string, cond: () => Promise<boolean> | boolean, ms = 60_000): Promise<void> {
@@ -132,16 +124,10 @@ realTest(`a BLE central ${where} in front of three handsets (puckjs, banglejs2):
     assert.equal(r.status, 0, r.stderr);
     gw.settings.maxConnections = 3;
     await until("all three linked", () => plan.every(([, id]) => gw.linked(id)), 180_000);
-    await puck.eval(APP);
-    await bangle.eval(APP);
+    for (const d of [puck, bangle]) await chatApp(d);
     assert.equal(await puck.eval(`KP.connect("bbangle", "chat")`), true);
-    const app = (d: RealDevice) => d.eval<AppState>("T");
-    await until("the session up", async () => (await app(puck)).spi !== 0 && (await app(bangle)).spi !== 0);
-    const send = async (i: number) => {
-      assert.equal(await puck.eval(`KP.send(T.spi, E.toUint8Array("m${i}"))`), true, `send m${i}`);
-      await until(`echo of m${i}`, async () => (await app(puck)).got.includes(`re:m${i}`), 60_000);
-    };
-    for (let i = 0; i < 3; i++) await send(i);
+    await Promise.all([puck, bangle].map((d) => chatUp(d, "the session up", 60_000)));
+    await converse(puck, 3, { timeoutMs: 180_000 });
 
     // bbangle walks out of range mid-session, then comes back: its link returns through the central,
     // and bpuck calls it again (the gateway ended the session when its link stayed away).
@@ -154,18 +140,18 @@ realTest(`a BLE central ${where} in front of three handsets (puckjs, banglejs2):
     await until("a reconnect to bbangle failed while away", () => gw.centralEvents("ble-disconnected").some((e) => e.handset === "kp-bbangle" && /^connecting failed/.test(String(e.reason))), 60_000);
     away.comeBack();
     await until("bbangle joined again", () => events("joined").filter((e) => e.device === "bbangle").length > joinsBefore, 120_000);
-    await until("bbangle registered again", async () => (await bangle.eval<Status>("KP.status()")).registered, 120_000);
-    if ((await app(puck)).spi === 0 || (await app(bangle)).spi === 0) {
-      await until("the old session closed at both ends", async () => (await app(puck)).spi === 0 && (await app(bangle)).spi === 0, 120_000);
+    await bangle.when("KP.status().registered", "bbangle registered again", 120_000);
+    if ((await chatState(puck)).spi === 0 || (await chatState(bangle)).spi === 0) {
+      await Promise.all([puck, bangle].map((d) => d.when("T.spi===0", `the old session closed at ${d.name}`, 120_000)));
       assert.equal(await puck.eval(`KP.connect("bbangle", "chat")`), true);
     }
-    await until("the session up again", async () => (await app(puck)).spi !== 0 && (await app(bangle)).spi !== 0, 120_000);
-    for (let i = 3; i < 6; i++) await send(i);
+    await Promise.all([puck, bangle].map((d) => chatUp(d, "the session up again", 120_000)));
+    await converse(puck, 3, { first: 3, timeoutMs: 180_000 });
 
-    const a = await app(puck);
-    const b = await app(bangle);
-    assert.deepEqual(a.got, ["re:m0", "re:m1", "re:m2", "re:m3", "re:m4", "re:m5"], "every echo arrived once, in order");
-    assert.deepEqual(b.got, ["m0", "m1", "m2", "m3", "m4", "m5"], "every message arrived once, in order");
+    const a = await chatState(puck);
+    const b = await chatState(bangle);
+    assert.deepEqual(a.got, echoes(6), "every echo arrived once, in order");
+    assert.deepEqual(b.got, messages(6), "every message arrived once, in order");
     // Nothing reused: the gateway dropped no frame (a replayed or altered one would be), and join
     // counters went only up, each used once.
     assert.deepEqual(events("frame dropped"), [], "the gateway dropped no frame");

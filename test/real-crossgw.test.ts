@@ -7,48 +7,31 @@ import { spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { startBroker, type EmbeddedBroker } from "../gateway/monitor/embedded-broker.ts";
 import type { RealDevice } from "../interpreter/device.ts";
+import { chatApp, chatReset, chatState, chatUp, converse, echoes, messages } from "./support/chat-app.ts";
 import { realRig, realTest, type RealRig } from "./support/real.ts";
 import { CLI } from "./support/process.ts";
 import { tempDir } from "./support/harness.ts";
-
-const APP = `(function(){
-global.T = { spi: 0, ups: 0, got: [], closed: [], peer: "" };
-KP.onRequest = function (from, app) { return app === "chat"; };
-KP.onConnect = function (spi, peer, app, replaces) { T.spi = spi; T.ups++; T.peer = peer; };
-KP.onMessage = function (d, spi) { var s = E.toString(d); T.got.push(s); if (s.substr(0, 3) !== "re:") KP.send(spi, E.toUint8Array("re:" + s)); };
-KP.onClose = function (spi, reason) { T.closed.push(reason); T.spi = 0; };
-return 1; })()`;
-type AppState = { spi: number; ups: number; got: string[]; closed: number[]; peer: string };
 
 function cli(args: string[]): void {
   const r = spawnSync(process.execPath, [CLI, ...args], { encoding: "utf8" });
   assert.equal(r.status, 0, `keyproxy ${args.join(" ")}:\n${r.stderr}`);
 }
 
-async function until(what: string, cond: () => Promise<boolean>, ms = 30_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!(await cond())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 250));
-  }
-}
-
+/** caller calls callee by name@domain, n messages go each way across the two gateways (the callee
+ *  echoes each; test/support/chat-app.ts), then the caller says bye. */
 async function call(caller: RealDevice, callee: RealDevice, calleeAddress: string, n: number): Promise<void> {
-  const app = (d: RealDevice) => d.eval<AppState>("T");
-  for (const d of [caller, callee]) await d.eval(APP);
+  for (const d of [caller, callee]) await chatReset(d);
   assert.equal(await caller.eval(`KP.connect(${JSON.stringify(calleeAddress)}, "chat")`), true);
-  await until(`${caller.name} -> ${calleeAddress} up`, async () => (await app(caller)).spi !== 0 && (await app(callee)).spi !== 0, 45_000);
-  for (let i = 0; i < n; i++) {
-    assert.equal(await caller.eval(`KP.send(T.spi, E.toUint8Array("x${i}"))`), true);
-    await until(`echo of x${i}`, async () => (await app(caller)).got.includes(`re:x${i}`), 20_000);
-  }
-  const a = await app(caller);
-  const b = await app(callee);
-  assert.deepEqual(b.got, Array.from({ length: n }, (_, i) => `x${i}`));
+  await Promise.all([caller, callee].map((d) => chatUp(d, `${caller.name} -> ${calleeAddress} up`, 45_000)));
+  await converse(caller, n, { timeoutMs: n * 20_000 });
+  const a = await chatState(caller);
+  const b = await chatState(callee);
+  assert.deepEqual(b.got, messages(n), "the callee got every message once, in order");
+  assert.deepEqual(a.got, echoes(n), "the caller got every echo once, in order");
   assert.ok(a.ups >= 2 && b.ups >= 2, `the SA was replaced during the call: ${a.ups}/${b.ups}`);
   assert.equal(await caller.eval("KP.close(T.spi)"), true);
-  await until("bye at both ends", async () => (await app(callee)).closed.length > 0 && (await caller.eval<{ sas: number }>("KP.status()")).sas === 0);
-  assert.deepEqual((await app(callee)).closed, [1]);
+  await Promise.all([callee.when("T.closed.length>0", "bye at the callee"), caller.when("KP.status().sas===0", "bye at the caller")]);
+  assert.deepEqual((await chatState(callee)).closed, [1]);
 }
 
 realTest("sessions across two gateway processes: Puck.js and Bangle.js 2 call each other by name@domain, rekey, bye", ["puckjs", "banglejs2"], async () => {
@@ -78,6 +61,7 @@ realTest("sessions across two gateway processes: Puck.js and Bangle.js 2 call ea
     const puck = await n.handset("puckjs", "puck");
     const bangle = await s.handset("banglejs2", "bangle");
     for (const d of [puck, bangle]) await d.waitFor(/^KP registered for/, 30_000);
+    for (const d of [puck, bangle]) await chatApp(d);
     await call(puck, bangle, `bangle@${south}`, 12);
     await call(bangle, puck, `puck@${north}`, 12);
     assert.ok(n.gw.events("xsession-rekeyed").length >= 2 && s.gw.events("xsession-rekeyed").length >= 2, "both gateways rekeyed both calls");

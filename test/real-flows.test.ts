@@ -6,22 +6,10 @@ import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import type { RealDevice } from "../interpreter/device.ts";
 import { realRig, realTest, REAL_BOARDS, type RealRig } from "./support/real.ts";
+import { chatApp, chatReset, chatState, chatUp, converse, echoes, messages } from "./support/chat-app.ts";
 import { CLI } from "./support/process.ts";
 
 type Status = { state: string; registered: boolean; joins: number; dropped: number; sas: number };
-
-/** The application each handset runs in these tests, typed at its console as a user would: it
- *  accepts calls from anyone for "chat", echoes each message back prefixed with "re:", and records
- *  what it sees. */
-const APP = `(function(){
-global.T = { spi: 0, ups: 0, got: [], closed: [] };
-KP.onRequest = function (from, app) { return app === "chat"; };
-KP.onConnect = function (spi, peer, app, replaces) { T.spi = spi; T.ups++; };
-KP.onMessage = function (d, spi) { var s = E.toString(d); T.got.push(s); if (s.substr(0, 3) !== "re:") KP.send(spi, E.toUint8Array("re:" + s)); };
-KP.onClose = function (spi, reason) { T.closed.push(reason); T.spi = 0; };
-return 1; })()`;
-
-type AppState = { spi: number; ups: number; got: string[]; closed: number[] };
 
 function policy(rig: RealRig, from: string, to: string): void {
   const r = spawnSync(process.execPath, [CLI, "policy", "allow", "--from", from, "--to", to, "--app", "chat", "--data-dir", rig.dataDir], { encoding: "utf8" });
@@ -36,29 +24,23 @@ async function until(what: string, cond: () => Promise<boolean>, ms = 30_000): P
   }
 }
 
-const app = (d: RealDevice) => d.eval<AppState>("T");
 const status = (d: RealDevice) => d.eval<Status>("KP.status()");
 
-/** caller calls callee, they exchange `n` messages each way (echoed), then the caller says bye.
- *  Returns how many times each end saw an SA come up (2 or more: a rekey happened). */
-async function session(rig: RealRig, caller: RealDevice, callee: RealDevice, n: number, gapMs = 0): Promise<{ callerUps: number; calleeUps: number }> {
-  await caller.eval(APP);
-  await callee.eval(APP);
+/** caller calls callee, and n messages go each way (the callee echoes each; test/support/chat-app.ts),
+ *  then the caller says bye. Both handsets run the chat application already. Returns how many times
+ *  each end saw an SA come up (2 or more: a rekey happened). */
+async function session(caller: RealDevice, callee: RealDevice, n: number, gapMs = 0): Promise<{ callerUps: number; calleeUps: number }> {
+  for (const d of [caller, callee]) await chatReset(d);
   assert.equal(await caller.eval(`KP.connect(${JSON.stringify(callee.name)}, "chat")`), true);
-  await until(`${caller.name} -> ${callee.name} up`, async () => (await app(caller)).spi !== 0 && (await app(callee)).spi !== 0);
-  for (let i = 0; i < n; i++) {
-    if (gapMs) await new Promise((r) => setTimeout(r, gapMs));
-    // T.spi follows a rekey (onConnect gives the new SPI); the old one still works during the overlap.
-    assert.equal(await caller.eval(`KP.send(T.spi, E.toUint8Array("m${i}"))`), true, `send m${i}`);
-    await until(`echo of m${i}`, async () => (await app(caller)).got.includes(`re:m${i}`), 15_000);
-  }
-  const a = await app(caller);
-  const b = await app(callee);
-  assert.deepEqual(b.got, Array.from({ length: n }, (_, i) => `m${i}`), "the callee got every message once, in order");
-  assert.deepEqual(a.got, Array.from({ length: n }, (_, i) => `re:m${i}`), "the caller got every echo once, in order");
+  await Promise.all([caller, callee].map((d) => chatUp(d, `${caller.name} -> ${callee.name} up`)));
+  await converse(caller, n, { gapMs, timeoutMs: n * (gapMs + 15_000) });
+  const a = await chatState(caller);
+  const b = await chatState(callee);
+  assert.deepEqual(b.got, messages(n), "the callee got every message once, in order");
+  assert.deepEqual(a.got, echoes(n), "the caller got every echo once, in order");
   assert.equal(await caller.eval("KP.close(T.spi)"), true);
-  await until("both ends closed", async () => (await status(caller)).sas === 0 && (await status(callee)).sas === 0 && (await app(callee)).closed.length > 0);
-  assert.deepEqual((await app(callee)).closed, [1], "the callee was told: bye");
+  await Promise.all([caller.when("KP.status().sas===0", "no SA left at the caller"), callee.when("KP.status().sas===0&&T.closed.length>0", "the callee closed")]);
+  assert.deepEqual((await chatState(callee)).closed, [1], "the callee was told: bye");
   return { callerUps: a.ups, calleeUps: b.ups };
 }
 
@@ -71,11 +53,12 @@ realTest("sessions inside one gateway: every board as caller and as callee, a re
     const bangle = await rig.handset("banglejs2", "bangle");
     const esp = await rig.handset("esp32", "esp");
     for (const d of [puck, bangle, esp]) await d.waitFor(/^KP registered for/, 30_000);
+    for (const d of [puck, bangle, esp]) await chatApp(d);
     policy(rig, "puck", "bangle");
     policy(rig, "bangle", "esp");
     policy(rig, "esp", "puck");
     for (const [caller, callee] of [[puck, bangle], [bangle, esp], [esp, puck]] as const) {
-      const ups = await session(rig, caller, callee, 12);
+      const ups = await session(caller, callee, 12);
       assert.ok(ups.callerUps >= 2 && ups.calleeUps >= 2, `${caller.name} -> ${callee.name}: the SA was replaced (rekey) during the session: ${JSON.stringify(ups)}`);
     }
     assert.ok(rig.gw.events("session-rekeyed").length >= 3, "the gateway rekeyed each session");
@@ -92,9 +75,10 @@ realTest("a rekey by time: an SA past 80% of its lifetime is replaced on the nex
     const esp = await rig.handset("esp32", "esp");
     const puck = await rig.handset("puckjs", "puck");
     for (const d of [esp, puck]) await d.waitFor(/^KP registered for/, 30_000);
+    for (const d of [esp, puck]) await chatApp(d);
     policy(rig, "esp", "puck");
     // Messages 1.5 s apart: the fourth send is past 4.8 s (80% of 6 s) and asks for the new SA.
-    const ups = await session(rig, esp, puck, 5, 1500);
+    const ups = await session(esp, puck, 5, 1500);
     assert.ok(ups.callerUps >= 2 && ups.calleeUps >= 2, `the SA was replaced before its lifetime ran out: ${JSON.stringify(ups)}`);
     assert.ok(rig.gw.events("session-rekeyed").length >= 1);
   } finally {

@@ -59,6 +59,8 @@ const app = (d: RealDevice) => d.eval<AppState>("T");
 
 /** Waits until each of `members` holds the same group SPI, other than `not`; that SPI. */
 async function keyed(members: RealDevice[], not = 0): Promise<number> {
+  // Each member's own watch first (one typed line, not a poll of evals), then the same key at all.
+  await Promise.all(members.map((m) => m.when(`T.g!==0&&T.g!==${not}`, `a group key other than ${not} at ${m.name}`, 45_000)));
   let spi = 0;
   await until(`the group key at ${members.map((m) => m.name).join(", ")}`, async () => {
     const gs = await Promise.all(members.map(async (m) => (await app(m)).g));
@@ -71,7 +73,7 @@ async function keyed(members: RealDevice[], not = 0): Promise<number> {
 async function send(from: RealDevice, msg: string, to: RealDevice[]): Promise<string> {
   assert.equal(await from.eval(`KP.send(T.g, E.toUint8Array(${JSON.stringify(msg)}))`), true, `${from.name} sends ${msg}`);
   const frame = (await app(from)).last;
-  await until(`${msg} at ${to.map((d) => d.name).join(", ")}`, async () => (await Promise.all(to.map(async (d) => (await app(d)).got.includes(msg)))).every(Boolean), 20_000);
+  await Promise.all(to.map((d) => d.when(`T.got.indexOf(${JSON.stringify(msg)})>=0`, `${msg} at ${d.name}`, 20_000)));
   for (const d of to) assert.equal((await app(d)).got.filter((m) => m === msg).length, 1, `${msg} reached ${d.name} once`);
   assert.ok(!(await app(from)).got.includes(msg), "the sender does not get its own message");
   return frame;
@@ -123,7 +125,7 @@ realTest("group SAs on three Puck.js: one message reaches the others; the budget
 
     // The memory figure: g1 with its group SA and a pairwise SA open (to g2).
     assert.equal(await g1.eval(`KP.connect("g2", "chat")`), true);
-    await until("the pairwise SA", async () => (await app(g1)).p !== 0 && (await app(g2)).p !== 0);
+    await Promise.all([g1, g2].map((d) => d.when("T.p!==0", `the pairwise SA at ${d.name}`)));
     const usage = (await g1.memory()).usage;
     const empty = await emptyUsage("puckjs");
     const own = usage - empty - appCost;
@@ -134,7 +136,7 @@ realTest("group SAs on three Puck.js: one message reaches the others; the budget
 
     // g3 leaves: its SA closes at once; g1 and g2 get a new key; g3 cannot open the next message.
     cli(["group", "remove", "--group", "team", "--device", "g3", "--data-dir", dataDir]);
-    await until("g3's group SA closed as removed", async () => (await app(g3)).closed.some(([s, r]) => s === first && r === CloseReason.Removed));
+    await g3.when(`T.closed.some(function(c){return c[0]===${first}&&c[1]===${CloseReason.Removed};})`, "g3's group SA closed as removed");
     const second = await keyed([g1, g2], first);
     const next = await send(g1, "g3 has left", [g2]);
     assert.equal(await opens(g3, next, "g3 has left"), false, "the member that left cannot open the next message");
@@ -143,7 +145,7 @@ realTest("group SAs on three Puck.js: one message reaches the others; the budget
     cli(["group", "add", "--group", "team", "--device", "g3", "--data-dir", dataDir]);
     const third = await keyed([g1, g2, g3], second);
     await cliAsync(["fleet", "revoke-device", "--name", `g3@${domain}`, "--fleet-dir", fleetDir, "--mqtt", url]);
-    await until("g3's group SA closed as revoked", async () => (await app(g3)).closed.some(([s, r]) => s === third && r === CloseReason.Revoked));
+    await g3.when(`T.closed.some(function(c){return c[0]===${third}&&c[1]===${CloseReason.Revoked};})`, "g3's group SA closed as revoked");
     await keyed([g1, g2], third);
     const members = JSON.parse(cli(["group", "list", "--json", "--data-dir", dataDir])).groups[0].members;
     assert.deepEqual(members, ["g1", "g2"], "the revoked member left the group");
