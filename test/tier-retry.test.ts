@@ -1,35 +1,40 @@
-// The real tier's one rerun (test/support/real.ts onceMoreAfterCrash): only after an interpreter
-// crash, only once, and never for a failure of the firmware or the test itself. And what makes the
-// harness flash or provision again (interpreter/handsets.ts hostFault): the host's console, never
-// the firmware or keyproxy.
+// The real tier's reruns (test/support/real.ts rerunAfterHostFault): only after a run during which an
+// interpreter crashed, at most RERUNS_AFTER_HOST_FAULT times, and never for a failure of the firmware or
+// the test itself. And what makes the harness flash or provision again (interpreter/handsets.ts
+// hostFault): the host's console, never the firmware or keyproxy.
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { hostFault } from "../interpreter/handsets.ts";
-import { onceMoreAfterCrash } from "./support/real.ts";
+import { RERUNS_AFTER_HOST_FAULT, rerunAfterHostFault } from "./support/real.ts";
 
-test("a failure during which an interpreter crashed runs once more, and passes if the rerun passes", async () => {
+test("a failure during which an interpreter crashed runs again, and passes if a rerun passes", async () => {
   let crashes = 0;
   let runs = 0;
   const said: string[] = [];
-  await onceMoreAfterCrash(async () => {
+  await rerunAfterHostFault(async () => {
     runs++;
-    if (runs === 1) {
+    if (runs <= RERUNS_AFTER_HOST_FAULT) {
       crashes++;
-      throw new Error("puck: the interpreter stopped\nmore");
+      throw new Error(`puck: the interpreter stopped (${runs})\nmore`);
     }
   }, () => crashes, (why) => said.push(why));
-  assert.equal(runs, 2);
-  assert.deepEqual(said, ["puck: the interpreter stopped"]);
+  assert.equal(runs, 1 + RERUNS_AFTER_HOST_FAULT);
+  assert.deepEqual(said, Array.from({ length: RERUNS_AFTER_HOST_FAULT }, (_, i) => `puck: the interpreter stopped (${i + 1})`));
 });
 
-test("a failure without a crash fails at once; a second failure after a crash fails", async () => {
+test("a failure without a crash fails at once, also in a rerun; the last rerun's failure fails", async () => {
   let runs = 0;
-  await assert.rejects(onceMoreAfterCrash(async () => { runs++; throw new Error("wrong tag"); }, () => 0, () => {}), /wrong tag/);
+  await assert.rejects(rerunAfterHostFault(async () => { runs++; throw new Error("wrong tag"); }, () => 0, () => {}), /wrong tag/);
   assert.equal(runs, 1);
+  // A crash, then a failure without one: the firmware's failure is not run away from.
   let crashes = 0;
   runs = 0;
-  await assert.rejects(onceMoreAfterCrash(async () => { runs++; crashes++; throw new Error(`crash ${runs}`); }, () => crashes, () => {}), /crash 2/);
+  await assert.rejects(rerunAfterHostFault(async () => { runs++; if (runs === 1) crashes++; throw new Error(`failure ${runs}`); }, () => crashes, () => {}), /failure 2/);
   assert.equal(runs, 2);
+  crashes = 0;
+  runs = 0;
+  await assert.rejects(rerunAfterHostFault(async () => { runs++; crashes++; throw new Error(`crash ${runs}`); }, () => crashes, () => {}), new RegExp(`crash ${1 + RERUNS_AFTER_HOST_FAULT}`));
+  assert.equal(runs, 1 + RERUNS_AFTER_HOST_FAULT);
 });
 
 test("flashing or provisioning is tried again only for what the host's console did to it", () => {

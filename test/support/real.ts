@@ -5,7 +5,7 @@
 // with the reason and how to get one, and with CI=true it fails instead (CI must run it).
 import { test, type TestContext } from "node:test";
 import { buildFirmware } from "../../flash/build.ts";
-import { interpreterAvailable, interpreterCrashes, type RealDevice } from "../../interpreter/device.ts";
+import { consoleFaults, interpreterAvailable, type RealDevice } from "../../interpreter/device.ts";
 import { provisionedHandset } from "../../interpreter/handsets.ts";
 import { startGatewayProcess, type GatewayProcess } from "./process.ts";
 import { tempDir } from "./harness.ts";
@@ -33,26 +33,32 @@ export function realTest(name: string, boards: readonly string[], fn: (t: TestCo
     test(`[real interpreter] ${name}`, { skip: `not run: ${missing}` }, () => {});
     return;
   }
-  // Twice the time: a test during which an interpreter crashed runs once more (below).
-  test(`[real interpreter] ${name}`, { timeout: 2 * timeoutMs }, async (t) => {
+  // Time for every run: a run during which the host faulted is run again (below).
+  test(`[real interpreter] ${name}`, { timeout: (1 + RERUNS_AFTER_HOST_FAULT) * timeoutMs }, async (t) => {
     if (missing) throw new Error(`CI=true and the real-interpreter tier cannot run: ${missing}`);
-    await onceMoreAfterCrash(() => fn(t), interpreterCrashes, (why) => console.log(`# [real interpreter] ${name}: an interpreter crashed (${why}); running the test once more`));
+    await rerunAfterHostFault(() => fn(t), consoleFaults, (why) => console.log(`# [real interpreter] ${name}: an interpreter crashed or its console damaged an eval's every try (${why}); running the test again`));
   });
 }
 
+/** How many times a real-tier test runs again after a run during which the host faulted (consoleFaults). */
+export const RERUNS_AFTER_HOST_FAULT = 2;
+
 /**
- * Runs fn; when it fails and an interpreter crashed meanwhile (crashes() went up), runs it once more.
- * The Linux build's console thread races its main loop (docs/INTERPRETER.md): such a crash is the
- * host's, not the firmware's. Any other failure, and a second one, fails.
+ * Runs fn; when a run fails and an interpreter crashed during that run, or its console damaged
+ * every try at an eval (faults() went up: device.ts consoleFaults), runs it again, up to `reruns`
+ * times. The Linux build's console thread races its main loop (docs/INTERPRETER.md): such a fault
+ * is the host's, not the firmware's. A failure without one fails at once, and so does the last
+ * run's.
  */
-export async function onceMoreAfterCrash(fn: () => Promise<void>, crashes: () => number, say: (why: string) => void): Promise<void> {
-  const before = crashes();
-  try {
-    await fn();
-  } catch (e) {
-    if (crashes() === before) throw e;
-    say((e as Error).message.split("\n")[0]);
-    await fn();
+export async function rerunAfterHostFault(fn: () => Promise<void>, faults: () => number, say: (why: string) => void, reruns = RERUNS_AFTER_HOST_FAULT): Promise<void> {
+  for (let run = 0; ; run++) {
+    const before = faults();
+    try {
+      return await fn();
+    } catch (e) {
+      if (faults() === before || run >= reruns) throw e;
+      say((e as Error).message.split("\n")[0]);
+    }
   }
 }
 
