@@ -1,16 +1,19 @@
 // Handsets on the real interpreter, made the way a user makes them: the bundle goes in with
 // `keyproxy flash`'s code and the identity with `keyproxy provision`'s, over a real pseudo-terminal
-// to the interpreter's console. Flashing is done once per board and bundle: the flashed flash image
-// is then copied for each handset (as a production line would clone a golden image), and each handset
-// is provisioned on its own.
+// to the interpreter's console. Flashing is done once per board and bundle (kept on disk between
+// test processes): the flashed flash image is then copied for each handset (as a production line
+// would clone a golden image), and each handset is provisioned on its own.
 
-import { mkdtempSync } from "node:fs";
+import { createHash } from "node:crypto";
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
+import { fileURLToPath } from "node:url";
 import { flashDevice } from "../flash/flash.ts";
 import { provisionDevice } from "../flash/provision.ts";
 import { EspruinoSerial } from "../flash/serial.ts";
 import { bootZero, RealDevice } from "./device.ts";
+import { locateInterpreter } from "./locate.ts";
 
 /** How long the interpreter may take to answer one line over the pty: a board answers in
  *  milliseconds, but a 32-bit build under qemu on a loaded machine can take seconds. */
@@ -50,34 +53,69 @@ function tempDir(prefix: string): string {
   return mkdtempSync(path.join(tmpdir(), prefix));
 }
 
+/** Where flashed images are kept between test processes (KEYPROXY_IMAGE_CACHE, else a folder in
+ *  the system's temporary directory). */
+function imageCacheDir(): string {
+  return process.env.KEYPROXY_IMAGE_CACHE ?? path.join(tmpdir(), "keyproxy-flashed-images");
+}
+
+/** What a flashed image depends on: the board, the bundle, the interpreter binary, and the code that
+ *  flashes it (flash/, and .boot0 from interpreter/device.ts). Any change there is another image. */
+function imageKey(board: string, bits: number, bundle: string, bin: string): string {
+  const h = createHash("sha256").update(`${board}\0${bits}\0${bootZero(board)}\0`).update(bundle, "latin1");
+  h.update(readFileSync(bin));
+  const here = path.dirname(fileURLToPath(import.meta.url));
+  const flashCode = readdirSync(path.join(here, "../flash")).filter((f) => f.endsWith(".ts")).sort().map((f) => path.join(here, "../flash", f));
+  for (const file of [...flashCode, path.join(here, "device.ts"), path.join(here, "handsets.ts")]) h.update(readFileSync(file));
+  return h.digest("hex").slice(0, 32);
+}
+
 /** The flash file of a device of this board holding .boot0 (bootZero: RNG seed, BLE stand-ins) and
- *  the bundle as .bootcde, flashed over serial. Made once per board, bundle and interpreter. */
+ *  the bundle as .bootcde, flashed over serial. Made once per board, bundle, interpreter and flashing
+ *  code, and kept on disk for the next test process: every byte typed at the Linux build's console is
+ *  a chance for its console thread to crash the interpreter (docs/INTERPRETER.md), and a flash types
+ *  the whole bundle. Tests of flashing itself (test/real-app, test/real-ble-flash) flash their own. */
 export function flashedImage(board: string, bundle: string, bits: 32 | 64 = 32): Promise<string> {
   const key = `${board}/${bits}/${bundle.length}/${bundle}`;
   let image = images.get(key);
   if (!image) {
     image = (async () => {
-      // The Linux build's console is fed by a thread of its own (targets/linux): under qemu it has
-      // crashed (SIGSEGV) or lost a byte, rarely, while taking a flash's stream of long lines; a
-      // board's UART does not. That is the host's fault, not the firmware's: one more try, said aloud.
-      for (let attempt = 1; ; attempt++) {
-        const dev = new RealDevice({ board, bits, dir: tempDir(`kp-image-${board}-`), name: `image-${board}` });
-        try {
-          await flashImage(dev, board, bundle);
-          return dev.flashFile;
-        } catch (e) {
-          const fault = hostFault(dev.lines, e as Error);
-          if (!fault || attempt >= HOST_FAULT_ATTEMPTS) throw withConsole(dev, `flashing the ${board} image`, e as Error);
-          console.log(`# ${dev.name}: while being flashed, ${fault}; flashing a fresh one again (${attempt + 1} of ${HOST_FAULT_ATTEMPTS})`);
-        } finally {
-          await dev.powerOff();
-        }
-      }
+      const bin = locateInterpreter(board, bits);
+      if (bin instanceof Error) throw bin;
+      const cached = path.join(imageCacheDir(), `${board}-${bits}-${imageKey(board, bits, bundle, bin.bin)}.flash`);
+      if (existsSync(cached)) return cached;
+      const made = await flashFresh(board, bundle, bits);
+      mkdirSync(imageCacheDir(), { recursive: true });
+      // Written whole or not at all: a copy, then a rename over the final name.
+      const part = `${cached}.${process.pid}.part`;
+      copyFileSync(made, part);
+      renameSync(part, cached);
+      return cached;
     })();
     images.set(key, image);
     image.catch(() => images.delete(key));
   }
   return image;
+}
+
+/** Flashes a fresh device of the board; its flash file. The Linux build's console is fed by a thread
+ *  of its own (targets/linux): under qemu it has crashed (SIGSEGV) or lost a byte while taking a
+ *  flash's stream of long lines; a board's UART does not. That is the host's fault, not the
+ *  firmware's: up to HOST_FAULT_ATTEMPTS tries, each said aloud. */
+async function flashFresh(board: string, bundle: string, bits: 32 | 64): Promise<string> {
+  for (let attempt = 1; ; attempt++) {
+    const dev = new RealDevice({ board, bits, dir: tempDir(`kp-image-${board}-`), name: `image-${board}` });
+    try {
+      await flashImage(dev, board, bundle);
+      return dev.flashFile;
+    } catch (e) {
+      const fault = hostFault(dev.lines, e as Error);
+      if (!fault || attempt >= HOST_FAULT_ATTEMPTS) throw withConsole(dev, `flashing the ${board} image`, e as Error);
+      console.log(`# ${dev.name}: while being flashed, ${fault}; flashing a fresh one again (${attempt + 1} of ${HOST_FAULT_ATTEMPTS})`);
+    } finally {
+      await dev.powerOff();
+    }
+  }
 }
 
 async function flashImage(dev: RealDevice, board: string, bundle: string): Promise<void> {
