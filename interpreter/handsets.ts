@@ -5,7 +5,7 @@
 // would clone a golden image), and each handset is provisioned on its own.
 
 import { createHash } from "node:crypto";
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, utimesSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -83,19 +83,40 @@ export function flashedImage(board: string, bundle: string, bits: 32 | 64 = 32):
       const bin = locateInterpreter(board, bits);
       if (bin instanceof Error) throw bin;
       const cached = path.join(imageCacheDir(), `${board}-${bits}-${imageKey(board, bits, bundle, bin.bin)}.flash`);
-      if (existsSync(cached)) return cached;
+      if (existsSync(cached)) {
+        const now = new Date();
+        utimesSync(cached, now, now); // in use: not pruned (below)
+        return cached;
+      }
       const made = await flashFresh(board, bundle, bits);
       mkdirSync(imageCacheDir(), { recursive: true });
       // Written whole or not at all: a copy, then a rename over the final name.
       const part = `${cached}.${process.pid}.part`;
       copyFileSync(made, part);
       renameSync(part, cached);
+      pruneImages();
       return cached;
     })();
     images.set(key, image);
     image.catch(() => images.delete(key));
   }
   return image;
+}
+
+/** Images of older code (another key) pile up: those unused for IMAGE_UNUSED_DAYS go. */
+const IMAGE_UNUSED_DAYS = 7;
+
+function pruneImages(): void {
+  const dir = imageCacheDir();
+  const before = Date.now() - IMAGE_UNUSED_DAYS * 86_400_000;
+  for (const f of readdirSync(dir)) {
+    const file = path.join(dir, f);
+    try {
+      if (statSync(file).mtimeMs < before) rmSync(file, { force: true });
+    } catch {
+      // Gone already (another test process pruned it): nothing to do.
+    }
+  }
 }
 
 /** Flashes a fresh device of the board; its flash file. The Linux build's console is fed by a thread
