@@ -29,8 +29,9 @@ const CTRL_C_GAP_MS = 5500;
 const UART_PIECE = 32;
 const UART_PIECE_MS = 3;
 /** How many times one eval's line is typed again after it arrived damaged (each time, provably,
- *  nothing of it ran) before the eval fails: one damaged line in thousands is the Linux build's
- *  console thread (docs/INTERPRETER.md); several in a row would be something else. */
+ *  nothing of it ran) before the eval fails: a damaged line is the Linux build's console thread
+ *  (docs/INTERPRETER.md); several in a row are that thread in a bad streak, or an interpreter out
+ *  of memory that cannot make the function's text. */
 const RETYPES = 3;
 /** How often a condition given to when() is checked on the device. */
 const WATCH_EVERY_MS = 100;
@@ -440,10 +441,13 @@ export class RealDevice extends EventEmitter {
    *  being acted on and leave the eval to its timeout. */
   private retype(p: Pending, why: string, checksumFailed = false): void {
     if (p.retypes >= RETYPES) {
-      // Damage that often in a row is not the console thread: more likely the interpreter cannot
-      // hold the function's text (out of memory), which its last lines may say.
-      if (checksumFailed) evalsDamagedOut++;
-      if (checksumFailed) this.failPending(`${this.name}: the line of eval ${p.seq} failed its checksum ${p.retypes + 1} times in a row (damaged each time, or the interpreter could not make the function's text: out of memory?); last lines:\n${this.lines.slice(-8).join("\n")}`);
+      // Damage that often in a row: the console thread in a bad streak (one has preceded a crash),
+      // or an interpreter that cannot hold the function's text (out of memory), which its last
+      // lines may say. Counted as a console fault (a rerun: consoleFaults), which out of memory
+      // fails again.
+      if (!checksumFailed) return;
+      evalsDamagedOut++;
+      this.failPending(`${this.name}: the line of eval ${p.seq} failed its checksum ${p.retypes + 1} times in a row (damaged each time, or the interpreter could not make the function's text: out of memory?); last lines:\n${this.lines.slice(-8).join("\n")}`);
       return;
     }
     p.retypes++;

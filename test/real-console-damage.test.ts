@@ -7,23 +7,27 @@
 // on the way into the real interpreter; the harness must get the right answer anyway, with the
 // expression run exactly once, wherever the byte was.
 import assert from "node:assert/strict";
-import { RealDevice } from "../interpreter/device.ts";
+import { consoleFaults, RealDevice } from "../interpreter/device.ts";
 import { tempDir } from "./support/harness.ts";
 import { realTest } from "./support/real.ts";
 
-/** A cable that loses one byte of the next line typed that contains `marker`: the byte `at(line)`. */
-function lossyCable(): { wire: (typed: string) => string; loseOnce: (marker: string, at: (line: string) => number) => void } {
-  let armed: { marker: string; at: (line: string) => number } | undefined;
+/** A cable that loses one byte of the next line typed that contains `marker` (or of every such line,
+ *  with loseAlways): the byte `at(line)`. */
+function lossyCable(): { wire: (typed: string) => string; loseOnce: (marker: string, at: (line: string) => number) => void; loseAlways: (marker: string, at: (line: string) => number) => void } {
+  let armed: { marker: string; at: (line: string) => number; always?: boolean } | undefined;
   return {
     wire(typed) {
       if (!armed || !typed.includes(armed.marker)) return typed;
       const i = armed.at(typed);
-      armed = undefined;
+      if (!armed.always) armed = undefined;
       assert.ok(i >= 0 && i < typed.length, "the byte to lose is in the line");
       return typed.slice(0, i) + typed.slice(i + 1);
     },
     loseOnce(marker, at) {
       armed = { marker, at };
+    },
+    loseAlways(marker, at) {
+      armed = { marker, at, always: true };
     },
   };
 }
@@ -61,6 +65,15 @@ realTest("an eval whose line loses a byte on the way in still answers right, and
     }
     // The console record says what happened, each time.
     assert.ok(dev.lines.filter((l) => l.startsWith("[harness]")).length >= cases.length, dev.lines.join("\n"));
+
+    // Damaged every time it is typed: the eval fails, having run nothing, and counts as a console
+    // fault (after which the tier runs a test again: test/support/real.ts).
+    const faults = consoleFaults();
+    cable.loseAlways("kpHits_always", (l) => l.indexOf("ABCDEFGH") + 3);
+    await assert.rejects(dev.eval(`(global.kpHits_always=(global.kpHits_always|0)+1)+"ABCDEFGH"`, DAMAGED_EVAL_MS), /failed its checksum 4 times in a row/);
+    assert.equal(consoleFaults(), faults + 1, "one console fault counted");
+    cable.loseOnce("nothing-matches-this", () => 0);
+    assert.equal(await dev.eval("typeof global.kpHits_always"), "undefined", "the damaged line never ran");
   } finally {
     await dev.powerOff();
   }
