@@ -6,7 +6,7 @@
 // chance for its console thread to race the main loop and crash the interpreter (docs/INTERPRETER.md,
 // "A byte lost, or a crash"), and the risk grows with what is typed while the firmware is busy. A
 // test that typed each send and polled for each echo typed some 9 KB per session; converse() types
-// two lines for the whole exchange, and the handset sends each message when the echo of the one
+// three lines for the whole exchange (start, wait, read back), and the handset sends each message when the echo of the one
 // before arrives, from its own timers, as an application on a board would.
 import assert from "node:assert/strict";
 import type { RealDevice } from "../../interpreter/device.ts";
