@@ -286,6 +286,16 @@ interface RunCounters {
   framesDropped: number;
 }
 
+/** What a device's state is built from: its row in the registry and its registration. */
+type DeviceRow = Omit<DeviceSummary, "id" | "createdAt">;
+
+/** Log records that come from sessions and links, which never write a device's row or its
+ *  registration: their device's state is built from the row last read. Any other record about a device
+ *  (joined, registered, revoked, ...) reads the registry again. */
+export function leavesRegistryAlone(event: string): boolean {
+  return event.startsWith("session-") || event.startsWith("xsession-") || event === "link-closed" || event === "frame dropped" || event === "malformed frame";
+}
+
 export class MqttPublisher {
   readonly run = randomBytes(4).toString("hex");
   readonly outbox: Outbox;
@@ -307,6 +317,13 @@ export class MqttPublisher {
   private counters = new Map<string, RunCounters>();
   /** The last state published per device, to publish only changes. */
   private lastState = new Map<string, string>();
+  /** What the registry held of each device when last read, for records that cannot have changed it
+   *  (leavesRegistryAlone): a session's setup names both devices in several records, and reading the
+   *  registry again for each was most of an instance's statements per setup on PostgreSQL. */
+  private rows = new Map<string, DeviceRow>();
+  /** Records that may have changed the registry so far: a read that saw one come in while it was
+   *  under way may hold what was there before, and is used once but not kept. */
+  private registryWrites = 0;
   private unsubscribe: () => void;
   private timer: NodeJS.Timeout;
   private metricsTimer: NodeJS.Timeout | undefined;
@@ -351,6 +368,7 @@ export class MqttPublisher {
     // A clean session forgets nothing we hold: re-send the current status and every device state.
     this.publishStatus();
     this.lastState.clear();
+    this.rows.clear();
     void this.refreshAll().then(() => this.outbox.pump());
   }
 
@@ -388,6 +406,10 @@ export class MqttPublisher {
     this.outbox.push({ topic: topics.events(this.d.gatewayId), payload: jsonForTerminal(publicEvent(rec)), qos: 0, retain: false });
     const device = rec.device;
     if (typeof device !== "string") return;
+    if (!leavesRegistryAlone(rec.event)) {
+      this.rows.delete(device);
+      this.registryWrites++;
+    }
     // Counted per device only once flush() has seen the device in the registry: a peer can send join
     // requests for any name, and none of those names may grow our maps or the broker's retained set.
     const c = this.pendingCounts.get(device) ?? {};
@@ -436,16 +458,23 @@ export class MqttPublisher {
     const pending = this.pendingCounts;
     this.dirty.clear();
     this.pendingCounts = new Map();
-    for (const id of dirty) {
-      const [dev, reg] = await Promise.all([this.d.store.getDeviceInfo(id), this.d.store.getRegistration(id)]);
-      this.publishState(id, dev && { ...dev, expiresAt: reg?.expiresAt ?? null, firmware: reg?.firmware ?? null, memoryUsed: reg?.memoryUsed ?? null }, pending.get(id));
-    }
+    for (const id of dirty) this.publishState(id, this.rows.get(id) ?? (await this.readRow(id)), pending.get(id));
+  }
+
+  /** What the registry holds of a device now, kept for the records that follow (undefined: none). */
+  private async readRow(id: string): Promise<DeviceRow | undefined> {
+    const writes = this.registryWrites;
+    const [dev, reg] = await Promise.all([this.d.store.getDeviceInfo(id), this.d.store.getRegistration(id)]);
+    const row = dev && { ...dev, expiresAt: reg?.expiresAt ?? null, firmware: reg?.firmware ?? null, memoryUsed: reg?.memoryUsed ?? null };
+    if (row && writes === this.registryWrites) this.rows.set(id, row);
+    return row;
   }
 
   /** Publishes a device's state if it changed (or clears it: gone from the registry, or, for an
    *  instance, linked elsewhere). `row` is what the registry holds of it, undefined when nothing. */
-  private publishState(id: string, row: Omit<DeviceSummary, "id" | "createdAt"> | undefined, counts?: Partial<RunCounters>): void {
+  private publishState(id: string, row: DeviceRow | undefined, counts?: Partial<RunCounters>): void {
     if (!row || (this.d.onlyLinked && !this.d.links.links.has(id))) {
+      this.rows.delete(id);
       if (this.lastState.delete(id)) this.outbox.push({ topic: topics.deviceState(this.d.gatewayId, id), payload: "", qos: 1, retain: true });
       this.counters.delete(id);
       return;
@@ -487,11 +516,20 @@ export class MqttPublisher {
     try {
       // One read of the whole registry gives every device's state: not two statements per device,
       // which cost an instance of a thousand handsets some 700 statements every tick.
+      const writes = this.registryWrites;
       const devices = await this.d.store.listDevices();
       const t = this.d.now();
       this.deviceCounts = { known: devices.length, registered: devices.filter((x) => x.expiresAt !== null && x.expiresAt > t && x.revokedAt === null).length };
       const byId = new Map(devices.map((d) => [d.id, d]));
-      for (const d of devices) if (!this.d.onlyLinked || this.d.links.links.has(d.id)) this.publishState(d.id, d);
+      // Rows kept from before are dropped either way: another process (keyproxy device) may have
+      // changed any of them, which this read is here to see.
+      const fresh = writes === this.registryWrites;
+      this.rows.clear();
+      for (const d of devices) {
+        if (this.d.onlyLinked && !this.d.links.links.has(d.id)) continue;
+        if (fresh) this.rows.set(d.id, d);
+        this.publishState(d.id, d);
+      }
       for (const id of [...this.lastState.keys()]) if (!byId.has(id) || (this.d.onlyLinked && !this.d.links.links.has(id))) this.publishState(id, undefined);
       // What events marked meanwhile (their counts) goes out as before.
       await this.flush();
