@@ -18,6 +18,7 @@ const GATEWAY_SUITE = [
   "test/crossgw.test.ts",
   "test/groups-crossgw.test.ts",
   "test/monitor.test.ts",
+  "test/monitor-reads.test.ts",
 ];
 
 interface Outcome {

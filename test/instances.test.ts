@@ -11,6 +11,8 @@ import mqtt from "mqtt";
 import assert from "node:assert/strict";
 import { Gateway } from "../gateway/gateway.ts";
 import { GatewayIdInUse } from "../gateway/monitor/monitor.ts";
+import { SPI_RESERVE } from "../gateway/instances/instances.ts";
+import { LiveTable, RESERVED } from "../gateway/instances/live-table.ts";
 import { startBroker, type EmbeddedBroker } from "../gateway/monitor/embedded-broker.ts";
 import { CloseReason, Msg, type InnerMessage, type SaInstall } from "../firmware/proto/messages.ts";
 import { spiText } from "../gateway/log/protocol-names.ts";
@@ -91,6 +93,51 @@ describe("instances of one domain on PostgreSQL and one broker", { timeout: 120_
     assert.ok(byName("i2").gw.instances!.stats.framesOut >= 1, "i2 sent bob's frame over the bus");
     // i1 claimed the SPI while bob decided, and i2 held bob's SaInstall and gave it as bob accepted.
     assert.equal(byName("i2").gw.instances!.stats.installsGiven, 1, "bob's keys came from i2's hold, once");
+  });
+
+  test("SPIs claimed ahead: a setup takes one without waiting for the database, its row gets the SA's terms, and a stopping instance gives its reserve back", async (t) => {
+    if (!db) return t.skip("no PostgreSQL");
+    const reservedAt = async (home: string) => Number((await byName("i1").gw.store.row("SELECT count(*) AS n FROM live_sessions WHERE home = ? AND initiator = ?", [home, RESERVED]))!.n);
+    const i1 = byName("i1");
+    await until(() => i1.gw.instances!.spisInReserve >= SPI_RESERVE / 2, "i1's reserve claimed");
+    assert.equal(await reservedAt("i1"), i1.gw.instances!.spisInReserve, "every SPI in i1's reserve is a row of i1's");
+    const claims: number[] = [];
+    const claim = i1.gw.instances!.claim.bind(i1.gw.instances!);
+    i1.gw.instances!.claim = (s) => (claims.push(s.spi), claim(s));
+    t.after(() => delete (i1.gw.instances as { claim?: unknown }).claim);
+    const kim = await handset("kim", "i1");
+    const lou = await handset("lou", "i2");
+    await until(() => kim.h.status().registered && lou.h.status().registered && i1.gw.instances!.isLinked("lou"), "both registered, i1 knowing lou is at i2");
+    const spi = await connectPair(kim, lou, APP);
+    await exchange(kim, lou, spi, "on an SPI claimed ahead");
+    assert.deepEqual(claims, [], "no SPI claimed on the setup's path");
+    await until(async () => (await i1.gw.store.row("SELECT up FROM live_sessions WHERE spi = ?", [spi]))?.up == 1, "the SA's row up");
+    const row = (await i1.gw.store.row("SELECT initiator, responder, app, home FROM live_sessions WHERE spi = ?", [spi]))!;
+    assert.deepEqual({ ...row }, { initiator: "kim", responder: "lou", app: APP, home: "i1" });
+    kim.close();
+    lou.close();
+
+    // A reservation never comes up, and a stopping instance deletes its own.
+    const i4 = await startInstance("i4");
+    await until(() => i4.gw.instances!.spisInReserve >= SPI_RESERVE / 2, "i4's reserve claimed");
+    const table = new LiveTable(i4.gw.store, "i4");
+    const [unused] = await table.reserve([0x7e57_0001], Math.floor(Date.now() / 1000) + 60);
+    assert.equal(unused, 0x7e57_0001);
+    await table.markUp(unused);
+    assert.equal(Number((await i4.gw.store.row("SELECT up FROM live_sessions WHERE spi = ?", [unused]))!.up), 0, "a reservation with no terms stays down");
+    assert.equal(await table.assign({ spi: unused, initiator: "x", responder: "y", app: APP, suite: 1, expiresAt: Math.floor(Date.now() / 1000) + 60, up: false, home: "i4" }), true);
+    assert.equal(await table.assign({ spi: unused, initiator: "x", responder: "y", app: APP, suite: 1, expiresAt: Math.floor(Date.now() / 1000) + 60, up: false, home: "i4" }), false, "terms are given once");
+    // Given back: the reservations only, not an SA that took one.
+    const before = await reservedAt("i4");
+    assert.deepEqual(await table.reserve([0x7e57_0002, 0x7e57_0001], Math.floor(Date.now() / 1000) + 60), [0x7e57_0002], "an SPI the domain holds is not claimed twice");
+    assert.equal(await reservedAt("i4"), before + 1);
+    await table.releaseReserved();
+    assert.equal(await reservedAt("i4"), 0, "every reservation of i4's released");
+    assert.ok(await i4.gw.store.row("SELECT spi FROM live_sessions WHERE spi = ?", [unused]), "the SA on a reserved SPI kept");
+    await table.remove(unused);
+    await i4.gw.stop();
+    instances.splice(instances.indexOf(i4), 1);
+    assert.equal(await reservedAt("i4"), 0, "no reservation of i4's left once it stopped (released by it, or by the instance taking its rows over)");
   });
 
   test("a callee's instance that holds no SaInstall (as one of an older version, which refuses installOnAccept): the home sends it after the plain answer", async (t) => {

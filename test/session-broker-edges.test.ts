@@ -767,6 +767,8 @@ function heldClaims() {
     peerMoved: () => {},
     othersOnline: () => true,
     installOnAccept: (_callee: string, _m: SaInstall): void => {},
+    // Nothing claimed ahead: every SPI is claimed when needed (Instances' reserve: test/instances.test.ts).
+    takeReserved: (): number | undefined => undefined,
   };
   return { sharing, claims, ended };
 }

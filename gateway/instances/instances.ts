@@ -17,6 +17,7 @@
 // rows in live_sessions route members' messages and frames to it as an SA's route goes to its home.
 
 import { ROLE_GROUP } from "../../firmware/proto/keys.ts";
+import { randomBytes } from "node:crypto";
 import type { InnerMessage, SaData, SaInstall } from "../../firmware/proto/messages.ts";
 import { CloseReason, decodeMessage, Msg } from "../../firmware/proto/messages.ts";
 import * as cbor from "../encoding/cbor.ts";
@@ -37,6 +38,12 @@ export const ORPHAN_SWEEP_MS = 30_000;
 const ROUTE_MS = 60_000;
 const UNKNOWN_SPI_MS = 2_000;
 const MAX_ROUTES = 100_000;
+/** SPIs an instance keeps claimed ahead of need (LiveTable.reserve), and below how many it claims
+ *  more, in one statement: a burst larger than that waits for its claims, as without a reserve. */
+export const SPI_RESERVE = 32;
+const SPI_RESERVE_LOW = 16;
+/** After a failed reservation, how long until the next try (a setup meanwhile claims its own SPI). */
+const SPI_RESERVE_RETRY_MS = 5_000;
 
 export interface InstancesOptions {
   domain: string;
@@ -114,6 +121,12 @@ export class Instances implements SessionSharing, GroupSharing {
   private sweep: NodeJS.Timeout | undefined;
   /** Writes to the live tables under way: a stop waits for them before the store closes. */
   private readonly writing = new Set<Promise<unknown>>();
+  /** SPIs claimed ahead (takeReserved); `reserveRun` counts the times it was emptied, so that a claim
+   *  under way across one does not add SPIs whose rows may have gone. */
+  private reserved: number[] = [];
+  private reserving = false;
+  private reserveRun = 0;
+  private reserveAfter = 0;
   private closed = false;
   /** Bus events that came before ready(); undefined from then on. */
   private early: (() => void)[] | undefined = [];
@@ -162,7 +175,8 @@ export class Instances implements SessionSharing, GroupSharing {
     const early = this.early;
     this.early = undefined;
     for (const fn of early ?? []) fn();
-    void this.takeOver(this.instance);
+    // The earlier run's reservations go with its unconfirmed SAs; the reserve is claimed after that.
+    void this.takeOver(this.instance).then(() => this.topUpReserve());
     this.own.keeperChanged();
     this.sweep = setInterval(() => void this.sweepOrphans(), ORPHAN_SWEEP_MS);
     this.sweep.unref();
@@ -205,6 +219,52 @@ export class Instances implements SessionSharing, GroupSharing {
 
   claim(s: LiveSession): Promise<boolean> {
     return this.table.claim(s);
+  }
+
+  /** How many SPIs are claimed ahead now. */
+  get spisInReserve(): number {
+    return this.reserved.length;
+  }
+
+  takeReserved(terms: Omit<LiveSession, "spi">, usable: (spi: number) => boolean): number | undefined {
+    let spi: number | undefined;
+    while ((spi = this.reserved.pop()) !== undefined && !usable(spi)) this.ended(spi);
+    this.topUpReserve();
+    if (spi === undefined) return undefined;
+    const taken = spi;
+    // The SA's terms are written behind the setup, on the same connection as its later writes (up, end),
+    // so before them; frames cannot be relayed to it before it is up, which comes later still.
+    this.track(
+      this.table.assign({ spi: taken, ...terms }).then(
+        (mine) => mine || this.registryError("terms", taken, new Error("the reservation was taken over while this instance seemed gone")),
+        (e: unknown) => this.registryError("terms", taken, e),
+      ),
+    );
+    return taken;
+  }
+
+  /** Claims SPIs ahead while the reserve is low (one claim at a time, none after a failure for a while). */
+  private topUpReserve(): void {
+    if (this.closed || this.reserving || this.reserved.length >= SPI_RESERVE_LOW || Date.now() < this.reserveAfter) return;
+    this.reserving = true;
+    const run = this.reserveRun;
+    const spis = Array.from({ length: SPI_RESERVE - this.reserved.length }, () => randomBytes(4).readUInt32BE(0)).filter((x) => x !== 0);
+    const claiming = this.table.reserve(spis, this.o.now() + 86_400).then(
+      (got) => {
+        if (run === this.reserveRun && !this.closed) this.reserved.push(...got);
+      },
+      (e: unknown) => {
+        this.reserveAfter = Date.now() + SPI_RESERVE_RETRY_MS;
+        this.o.log.error("registry-error", { reason: `SPIs not claimed ahead (each setup claims its own meanwhile): ${(e as Error).message}` });
+      },
+    ).finally(() => (this.reserving = false));
+    this.track(claiming);
+  }
+
+  /** Forgets the reserve: after the bus was cut, another instance may have taken this one's rows over. */
+  private emptyReserve(): void {
+    this.reserved = [];
+    this.reserveRun++;
   }
 
   up(spi: number): void {
@@ -331,8 +391,11 @@ export class Instances implements SessionSharing, GroupSharing {
     this.closed = true;
     if (this.sweep) clearInterval(this.sweep);
     this.dropHeld(() => true);
-    // The links' last rows (unlinked, as the links closed) before the store closes.
+    this.emptyReserve();
+    // The links' last rows (unlinked, as the links closed) before the store closes; the reservations
+    // after any claim under way.
     await Promise.all(this.writing);
+    await this.table.releaseReserved().catch((e: unknown) => this.o.log.error("registry-error", { reason: `SPIs claimed ahead not given back: ${(e as Error).message}` }));
     await this.bus?.close();
   }
 
@@ -347,6 +410,7 @@ export class Instances implements SessionSharing, GroupSharing {
    *  it is). */
   private async resync(): Promise<void> {
     if (this.closed) return;
+    this.emptyReserve();
     try {
       const links = await this.table.links();
       this.elsewhere.clear();

@@ -64,6 +64,11 @@ export function decodeAcross(raw: unknown, peerInstance: unknown): AcrossDetail 
  *  with no initiator (a device id is never empty) and the group's full name as responder. */
 export const isGroupKeyRow = (r: { initiator: string }): boolean => r.initiator === "";
 
+/** The initiator and responder of a row claimed ahead of need (LiveTable.reserve), whose SA is not
+ *  known yet: never a device id (those have no "*"), nor a group key's "". Such a row routes nothing
+ *  (no device is party to it) and is never up, so a takeover deletes it with the unconfirmed ones. */
+export const RESERVED = "*";
+
 export class LiveTable {
   constructor(private readonly store: Store, readonly instance: string) {}
 
@@ -96,13 +101,36 @@ export class LiveTable {
     return r.changes === 1;
   }
 
+  /** Claims, ahead of need, those of spis that the domain does not hold: rows homed here, never up,
+   *  naming no party (RESERVED) until assign() gives one its SA. Resolves with the SPIs claimed. */
+  async reserve(spis: number[], expiresAt: number): Promise<number[]> {
+    if (!spis.length) return [];
+    const values = spis.map(() => "(?, ?, ?, ?, ?, ?, ?, ?)").join(", ");
+    const params = spis.flatMap((spi) => [spi, RESERVED, RESERVED, "", 0, expiresAt, 0, this.instance]);
+    const r = await this.store.queryRelaxed(`INSERT INTO live_sessions (spi, initiator, responder, app, suite, expires_at, up, home) VALUES ${values} ON CONFLICT(spi) DO NOTHING RETURNING spi`, params);
+    return r.rows.map((x) => Number(x.spi));
+  }
+
+  /** A reserved SPI's row gets its SA's terms; false when it is no longer this instance's reservation
+   *  (another instance took this one's rows over while it seemed gone). */
+  async assign(s: LiveSession): Promise<boolean> {
+    const r = await this.store.queryRelaxed("UPDATE live_sessions SET initiator = ?, responder = ?, app = ?, suite = ?, expires_at = ? WHERE spi = ? AND home = ? AND initiator = ?", [s.initiator, s.responder, s.app, s.suite, s.expiresAt, s.spi, this.instance, RESERVED]);
+    return r.changes === 1;
+  }
+
+  /** This instance's reservations go (it stops). */
+  async releaseReserved(): Promise<void> {
+    await this.store.queryRelaxed("DELETE FROM live_sessions WHERE home = ? AND initiator = ?", [this.instance, RESERVED]);
+  }
+
   /** The peer domain's process that runs an SA across domains with us is now peerInstance. */
   async peerMoved(spi: number, peerInstance: string): Promise<void> {
     await this.store.queryRelaxed("UPDATE live_sessions SET peer_instance = ? WHERE spi = ? AND home = ?", [peerInstance, spi, this.instance]);
   }
 
+  /** A reservation whose terms were never written stays down: a takeover must not run an SA of no parties. */
   async markUp(spi: number): Promise<void> {
-    await this.store.queryRelaxed("UPDATE live_sessions SET up = 1 WHERE spi = ? AND home = ?", [spi, this.instance]);
+    await this.store.queryRelaxed("UPDATE live_sessions SET up = 1 WHERE spi = ? AND home = ? AND initiator <> ?", [spi, this.instance, RESERVED]);
   }
 
   /** The SA ended (only its home removes it). */

@@ -334,11 +334,15 @@ export class SessionBroker {
     );
   }
 
+  /** An SPI no other instance of the domain may hand out: one claimed ahead when there is one at hand
+   *  (no wait for the database on the setup's path), else one claimed now. */
   private async claimSpi(sharing: SessionSharing, initiator: string, responder: string, app: string, suite: number): Promise<number> {
-    const expiresAt = this.d.now() + this.d.settings.lifetime;
+    const terms = { initiator, responder, app, suite, expiresAt: this.d.now() + this.d.settings.lifetime, up: false, home: sharing.instance };
+    const ahead = sharing.takeReserved(terms, (spi) => spi !== 0 && !this.sessions.has(spi) && !this.d.spiTaken?.(spi));
+    if (ahead !== undefined) return ahead;
     for (;;) {
       const spi = this.freshSpi();
-      if (await sharing.claim({ spi, initiator, responder, app, suite, expiresAt, up: false, home: sharing.instance })) return spi;
+      if (await sharing.claim({ spi, ...terms })) return spi;
     }
   }
 

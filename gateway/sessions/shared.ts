@@ -40,6 +40,10 @@ export interface SessionSharing {
   readonly instance: string;
   /** Claims s.spi for a new SA homed here: false when the domain holds that SPI already. */
   claim(s: LiveSession): Promise<boolean>;
+  /** An SPI claimed ahead of need for a new SA homed here, its row given the SA's terms (not waited
+   *  for), or undefined when none is at hand (then claim() one). `usable` says which SPIs the broker
+   *  may hand out (none of its own SAs holds them). */
+  takeReserved(terms: Omit<LiveSession, "spi">, usable: (spi: number) => boolean): number | undefined;
   /** Both devices confirmed (never waited for: a failure is logged). */
   up(spi: number): void;
   /** The SA ended here (never waited for). */
