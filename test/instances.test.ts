@@ -258,6 +258,9 @@ describe("instances of one domain on PostgreSQL and one broker", { timeout: 120_
     await until(() => byName("i3").gw.sessions.sessions.has(spi), "i3 took the SA over on i2's last-will");
     await until(() => i2.events("instance-resynced").length > 0, "i2 back on the bus, read again from the registry");
     assert.ok(!i2.gw.sessions.sessions.has(spi), "i2 forgot the SA it no longer runs");
+    // Its SPIs claimed ahead went with the takeover (unconfirmed rows): it forgot them too.
+    assert.equal(i2.gw.instances!.spisInReserve, 0, "i2's reserve forgotten");
+    assert.equal(Number((await i2.gw.store.row("SELECT count(*) AS n FROM live_sessions WHERE home = 'i2' AND initiator = ?", [RESERVED]))!.n), 0, "and no reservation of i2's left in the table");
     await exchange(carol, dave, spi, "after the cut");
   });
 

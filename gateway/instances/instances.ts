@@ -252,6 +252,7 @@ export class Instances implements SessionSharing, GroupSharing {
     const claiming = this.table.reserve(spis, this.o.now() + 86_400).then(
       (got) => {
         if (run === this.reserveRun && !this.closed) this.reserved.push(...got);
+        else if (!this.closed) for (const spi of got) this.ended(spi); // claimed for a reserve since forgotten (close() releases them all)
       },
       (e: unknown) => {
         this.reserveAfter = Date.now() + SPI_RESERVE_RETRY_MS;
@@ -412,6 +413,8 @@ export class Instances implements SessionSharing, GroupSharing {
     if (this.closed) return;
     this.emptyReserve();
     try {
+      // The forgotten reserve's rows, if no other instance took them over meanwhile.
+      await this.table.releaseReserved();
       const links = await this.table.links();
       this.elsewhere.clear();
       for (const [dev, at] of links) if (at !== this.instance && !this.links.links.has(dev)) this.elsewhere.set(dev, at);
