@@ -95,7 +95,7 @@ describe("instances of one domain on PostgreSQL and one broker", { timeout: 120_
     assert.equal(byName("i2").gw.instances!.stats.installsGiven, 1, "bob's keys came from i2's hold, once");
   });
 
-  test("SPIs claimed ahead: a setup takes one without waiting for the database, its row gets the SA's terms, and a stopping instance gives its reserve back", async (t) => {
+  test("SPIs claimed ahead: a setup takes one without waiting for the database and its row gets the SA's terms; a reservation never comes up, and is given back alone", async (t) => {
     if (!db) return t.skip("no PostgreSQL");
     const reservedAt = async (home: string) => Number((await byName("i1").gw.store.row("SELECT count(*) AS n FROM live_sessions WHERE home = ? AND initiator = ?", [home, RESERVED]))!.n);
     const i1 = byName("i1");
