@@ -40,14 +40,20 @@ test("a session's records publish states from the row last read; a revocation an
   const devs: Awaited<ReturnType<typeof sessionHandset>>[] = [];
   try {
     const states = new Map<string, DeviceState>();
+    let metrics = 0;
     watcher.on("message", (topic, payload) => {
+      if (topic === topics.metrics(t.gw.id)) metrics++;
       for (const d of ["mon-a", "mon-b"]) if (topic === topics.deviceState(t.gw.id, d) && payload.length) states.set(d, JSON.parse(payload.toString()));
     });
-    await watcher.subscribeAsync(`${TOPIC_ROOT}/${escapeTopicLevel(t.gw.id)}/devices/+/state`);
+    await watcher.subscribeAsync([`${TOPIC_ROOT}/${escapeTopicLevel(t.gw.id)}/devices/+/state`, topics.metrics(t.gw.id)]);
     await t.gw.policy.setDefault("allow");
     for (const id of ["mon-a", "mon-b"]) devs.push(await sessionHandset(t.gw, id, await provision(t.gw, id)));
     const [a, b] = devs;
     await until(() => devs.every((d) => d.h.status().registered) && ["mon-a", "mon-b"].every((d) => states.get(d)?.registered && states.get(d)?.online), "both registered and online on MQTT");
+    // One periodic refresh after the joins and registrations (metrics follow it): whatever reads their
+    // records overlapped, every row is read and kept by then.
+    const seen = metrics;
+    await until(() => metrics > seen + 1, "a periodic refresh after the registrations", 10_000);
 
     // Reads of a device's row and registration by anyone, counted on the gateway's own store.
     const reads: string[] = [];
@@ -70,6 +76,15 @@ test("a session's records publish states from the row last read; a revocation an
     const recorded = t.logs.slice(before).map((l) => JSON.parse(l)).filter((r) => r.device === "mon-a" || r.device === "mon-b");
     assert.ok(recorded.length >= 2 && recorded.every((r) => leavesRegistryAlone(r.event)), `session records only: ${recorded.map((r) => r.event).join(", ")}`);
     assert.deepEqual(reads, ["registration mon-a", "registration mon-b"], "the broker's two reads; none by the publisher");
+
+    // Any other record about a device reads its row again, once: the next session's records use it.
+    reads.length = 0;
+    t.gw.log.warn("join-rejected", { device: "mon-a", reason: "a replayed join (written by the test)" });
+    await until(() => reads.includes("device mon-a"), "the record read mon-a's row again");
+    assert.equal(a.h.connect("mon-b", APP), true);
+    await until(() => a.h.sas.filter((s) => s.ready).length === 1 && b.h.sas.filter((s) => s.ready).length === 1, "a second SA");
+    await new Promise((r) => setTimeout(r, 50));
+    assert.deepEqual(reads.filter((r) => r.startsWith("device")), ["device mon-a"], `one read of the row, kept for the session's records: ${reads.join(", ")}`);
 
     // A revocation changes the row: its record reads it again, and the state says so.
     reads.length = 0;

@@ -321,9 +321,9 @@ export class MqttPublisher {
    *  (leavesRegistryAlone): a session's setup names both devices in several records, and reading the
    *  registry again for each was most of an instance's statements per setup on PostgreSQL. */
   private rows = new Map<string, DeviceRow>();
-  /** Records that may have changed the registry so far: a read that saw one come in while it was
-   *  under way may hold what was there before, and is used once but not kept. */
-  private registryWrites = 0;
+  /** One set per read of the registry under way: the devices a record said may have changed while it
+   *  was (a read may hold what was there before: such a device's row is used once, not kept). */
+  private reads = new Set<Set<string>>();
   private unsubscribe: () => void;
   private timer: NodeJS.Timeout;
   private metricsTimer: NodeJS.Timeout | undefined;
@@ -408,7 +408,7 @@ export class MqttPublisher {
     if (typeof device !== "string") return;
     if (!leavesRegistryAlone(rec.event)) {
       this.rows.delete(device);
-      this.registryWrites++;
+      for (const changed of this.reads) changed.add(device);
     }
     // Counted per device only once flush() has seen the device in the registry: a peer can send join
     // requests for any name, and none of those names may grow our maps or the broker's retained set.
@@ -463,11 +463,21 @@ export class MqttPublisher {
 
   /** What the registry holds of a device now, kept for the records that follow (undefined: none). */
   private async readRow(id: string): Promise<DeviceRow | undefined> {
-    const writes = this.registryWrites;
-    const [dev, reg] = await Promise.all([this.d.store.getDeviceInfo(id), this.d.store.getRegistration(id)]);
+    const [[dev, reg], changed] = await this.reading(() => Promise.all([this.d.store.getDeviceInfo(id), this.d.store.getRegistration(id)]));
     const row = dev && { ...dev, expiresAt: reg?.expiresAt ?? null, firmware: reg?.firmware ?? null, memoryUsed: reg?.memoryUsed ?? null };
-    if (row && writes === this.registryWrites) this.rows.set(id, row);
+    if (row && !changed.has(id)) this.rows.set(id, row);
     return row;
+  }
+
+  /** read's result, and the devices a record said may have changed while it ran. */
+  private async reading<T>(read: () => Promise<T>): Promise<[T, Set<string>]> {
+    const changed = new Set<string>();
+    this.reads.add(changed);
+    try {
+      return [await read(), changed];
+    } finally {
+      this.reads.delete(changed);
+    }
   }
 
   /** Publishes a device's state if it changed (or clears it: gone from the registry, or, for an
@@ -516,18 +526,16 @@ export class MqttPublisher {
     try {
       // One read of the whole registry gives every device's state: not two statements per device,
       // which cost an instance of a thousand handsets some 700 statements every tick.
-      const writes = this.registryWrites;
-      const devices = await this.d.store.listDevices();
+      const [devices, changed] = await this.reading(() => this.d.store.listDevices());
       const t = this.d.now();
       this.deviceCounts = { known: devices.length, registered: devices.filter((x) => x.expiresAt !== null && x.expiresAt > t && x.revokedAt === null).length };
       const byId = new Map(devices.map((d) => [d.id, d]));
-      // Rows kept from before are dropped either way: another process (keyproxy device) may have
-      // changed any of them, which this read is here to see.
-      const fresh = writes === this.registryWrites;
+      // Rows kept from before are replaced: another process (keyproxy device) may have changed any of
+      // them, which this read is here to see.
       this.rows.clear();
       for (const d of devices) {
         if (this.d.onlyLinked && !this.d.links.links.has(d.id)) continue;
-        if (fresh) this.rows.set(d.id, d);
+        if (!changed.has(d.id)) this.rows.set(d.id, d);
         this.publishState(d.id, d);
       }
       for (const id of [...this.lastState.keys()]) if (!byId.has(id) || (this.d.onlyLinked && !this.d.links.links.has(id))) this.publishState(id, undefined);
