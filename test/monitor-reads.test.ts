@@ -8,7 +8,6 @@
 // firmware's Handset engine in Node over TCP (test/support/session-rig.ts).
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import net from "node:net";
 import mqtt from "mqtt";
 import { startBroker } from "../gateway/monitor/embedded-broker.ts";
 import { escapeTopicLevel, leavesRegistryAlone, TOPIC_ROOT, topics, type DeviceState } from "../gateway/monitor/monitor.ts";
@@ -17,24 +16,14 @@ import { sessionHandset, stopGateway } from "./support/session-rig.ts";
 
 const APP = "chat";
 
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = net.createServer().listen(0, "127.0.0.1", () => {
-      const p = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(p));
-    });
-  });
-}
-
 test("which records read the registry again: a session's do not, a join's and a revocation's do", () => {
   for (const e of ["session-requested", "session-keys-distributed", "session-down", "xsession-down", "link-closed", "frame dropped", "malformed frame"]) assert.equal(leavesRegistryAlone(e), true, e);
   for (const e of ["joined", "join-rejected", "registered", "renewed", "deregistered", "device-revoked", "group-member-revoked", "anything-new"]) assert.equal(leavesRegistryAlone(e), false, e);
 });
 
 test("a session's records publish states from the row last read; a revocation and the periodic refresh read the registry again", async () => {
-  const port = await freePort();
-  const broker = await startBroker({ host: "127.0.0.1", port });
-  const url = `mqtt://127.0.0.1:${port}`;
+  const broker = await startBroker({ host: "127.0.0.1", port: 0 });
+  const url = broker.url;
   const t = await startGateway({ mqtt: { url, metricsSeconds: 1 } });
   const watcher = await mqtt.connectAsync(url);
   const devs: Awaited<ReturnType<typeof sessionHandset>>[] = [];
