@@ -17,7 +17,7 @@ export const MODULES = {
   },
   "firmware/proto": {
     mutate: ["firmware/proto/*.ts"],
-    tests: ["test/proto.test.ts", "test/replay-window-edges.test.ts", "test/join-tag-spec.test.ts", "test/frame-edges.test.ts", "test/link-edges.test.ts", "test/message-table-spec.test.ts", "test/gateway.test.ts", "test/join-accept-forged.test.ts", "test/sa-confirm-wrong-tag.test.ts"],
+    tests: ["test/proto.test.ts", "test/replay-window-edges.test.ts", "test/join-tag-spec.test.ts", "test/frame-edges.test.ts", "test/link-edges.test.ts", "test/message-table-spec.test.ts", "test/gateway.test.ts", "test/join-accept-forged.test.ts", "test/sa-confirm-wrong-tag.test.ts", "test/group-sa.test.ts"],
   },
   "gateway/crossgw/exchange.ts": {
     mutate: ["gateway/crossgw/exchange.ts"],
@@ -40,6 +40,12 @@ export const MODULES = {
   "gateway/link/server.ts": {
     mutate: ["gateway/link/server.ts"],
     tests: ["test/gateway.test.ts", "test/join-accept-forged.test.ts", "test/link-server.test.ts", "test/link-server-edges.test.ts"],
+  },
+  "gateway/sessions/groups.ts": {
+    mutate: ["gateway/sessions/groups.ts"],
+    // The group keeper: who holds a group key, when it is replaced, which frames are relayed. The
+    // instance variants (test/groups-instances*.test.ts) need PostgreSQL and Mosquitto: not here.
+    tests: ["test/groups.test.ts", "test/groups-crossgw.test.ts"],
   },
   "gateway/sessions/session-broker.ts": {
     mutate: ["gateway/sessions/session-broker.ts"],
