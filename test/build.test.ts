@@ -11,6 +11,7 @@ import { fileURLToPath } from "node:url";
 import vm from "node:vm";
 import * as esbuild from "esbuild";
 import { buildAll, buildCommand, buildFirmware, firmwarePlaceholder, formatReport, type BuildResult } from "../flash/build.ts";
+import { BOARDS } from "../boards/index.ts";
 import { lintFirmware } from "../flash/lint.ts";
 import { checkEspruinoSubset, renameGlobal } from "../flash/subset.ts";
 import * as lib from "./fixtures/subset/clean-lib.ts";
@@ -348,4 +349,26 @@ describe("keyproxy build (command line)", () => {
     assert.equal(flag.code, 2);
     assert.match(flag.err, /unknown argument "--frobnicate"/);
   });
+});
+
+// Group SAs (test/group-sa.test.ts has their protocol code, run in Node so that mutation testing can
+// instrument it: a bundle of instrumented sources is refused by the build).
+test("keyproxy build: --groups carries group SAs within every board's budget; without it no byte of them ships", async () => {
+  const out = mkdtempSync(path.join(tmpdir(), "kp-groups-build-"));
+  try {
+    for (const board of Object.keys(BOARDS)) {
+      const with_ = await buildFirmware({ board, outDir: out, groups: true });
+      const without = await buildFirmware({ board, outDir: out });
+      assert.deepEqual(with_.problems, [], board);
+      assert.ok(with_.ok, `${board} with groups: ${with_.bytes} of ${with_.budget} bytes`);
+      assert.ok(without.ok, board);
+      assert.ok(with_.bytes > without.bytes, `${board}: groups cost bytes (${with_.bytes} > ${without.bytes})`);
+      // The per-sender window lookup (link.rxs_[from] || a new window), as the minifier writes it.
+      const windowLookup = /\]\|\|\{top:0,bits:0\}/;
+      assert.match(with_.code, windowLookup, board);
+      assert.doesNotMatch(without.code, windowLookup, `${board}: group code in a bundle built without --groups`);
+    }
+  } finally {
+    rmSync(out, { recursive: true, force: true });
+  }
 });

@@ -6,9 +6,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import fc from "fast-check";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import * as deviceCbor from "../firmware/cbor.ts";
 import { SUITE_AES_CCM_16_64_128 as AES, SUITE_XSALSA20_POLY1305 as XSALSA } from "../firmware/crypto/types.ts";
 import { deriveSaKeys, frameNonce, saConfirmTag, DIR_GROUP, DIR_UP, MAX_SENDERS, ROLE_GROUP, type LinkKeys } from "../firmware/proto/keys.ts";
@@ -133,26 +130,4 @@ test("property: per-sender replay windows accept each (sender, seq) at most once
     ),
     { numRuns: 150 },
   );
-});
-
-test("keyproxy build: --groups carries group SAs within every board's budget; without it no byte of them ships", async () => {
-  const { buildFirmware } = await import("../flash/build.ts");
-  const { BOARDS } = await import("../boards/index.ts");
-  const out = mkdtempSync(join(tmpdir(), "kp-groups-build-"));
-  try {
-    for (const board of Object.keys(BOARDS)) {
-      const with_ = await buildFirmware({ board, outDir: out, groups: true });
-      const without = await buildFirmware({ board, outDir: out });
-      assert.deepEqual(with_.problems, [], board);
-      assert.ok(with_.ok, `${board} with groups: ${with_.bytes} of ${with_.budget} bytes`);
-      assert.ok(without.ok, board);
-      assert.ok(with_.bytes > without.bytes, `${board}: groups cost bytes (${with_.bytes} > ${without.bytes})`);
-      // The per-sender window lookup (link.rxs_[from] || a new window), as the minifier writes it.
-      const windowLookup = /\]\|\|\{top:0,bits:0\}/;
-      assert.match(with_.code, windowLookup, board);
-      assert.doesNotMatch(without.code, windowLookup, `${board}: group code in a bundle built without --groups`);
-    }
-  } finally {
-    rmSync(out, { recursive: true, force: true });
-  }
 });
