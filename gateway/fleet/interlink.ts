@@ -83,6 +83,7 @@
 
 import { createCipheriv, createDecipheriv, hkdfSync, randomBytes } from "node:crypto";
 import mqtt, { type IClientOptions, type MqttClient } from "mqtt";
+import { tuneMqttSocket } from "../mqtt/socket.ts";
 import { toHex } from "../../firmware/bytes.ts";
 import { decode, encode } from "../encoding/cbor.ts";
 import { CoseError, decodeDeterministic, parseSign1, signSign1, verifySign1 } from "../encoding/cose.ts";
@@ -560,12 +561,9 @@ export class Interlink {
       connectTimeout: 5000,
       ...opts.mqtt,
     });
-    // Nagle's algorithm would hold every small answer written right after the PUBACK of its request
-    // for the broker's delayed ACK (up to 40 ms per hop on Linux): the interlink is request/response,
-    // so its sockets send at once (docs/BENCHMARKS.md, "Sessions across gateways").
-    const noDelay = (): void => (client.stream as { setNoDelay?: (on: boolean) => void } | undefined)?.setNoDelay?.(true);
-    noDelay();
-    client.on("connect", noDelay);
+    // The interlink is request/response: its socket sends at once, gathered per batch of input
+    // (docs/BENCHMARKS.md, "Sessions across gateways").
+    tuneMqttSocket(client);
     const link = new Interlink(client, opts);
     client.on("message", (topic, payload, packet) => void link.receive(topic, new Uint8Array(payload), packet.properties?.responseTopic));
     // Every later "connect" is a reconnect (the client resubscribes by itself).

@@ -14,6 +14,7 @@
 
 import { randomBytes } from "node:crypto";
 import mqtt, { type MqttClient } from "mqtt";
+import { tuneMqttSocket } from "../mqtt/socket.ts";
 import nacl from "tweetnacl";
 import * as cbor from "../encoding/cbor.ts";
 import type { Logger } from "../log/logger.ts";
@@ -90,11 +91,9 @@ export class InstanceBus {
     });
     const bus = new InstanceBus(client, o, epoch);
     // Frames are small and latency-bound: no Nagle delay behind the broker's ACKs.
-    const noDelay = (): void => (client.stream as { setNoDelay?: (on: boolean) => void } | undefined)?.setNoDelay?.(true);
-    noDelay();
+    tuneMqttSocket(client);
     client.on("message", (topic, payload) => bus.receive(topic, new Uint8Array(payload)));
     client.on("connect", () => {
-      noDelay();
       void bus.announce();
       o.onReconnect?.();
     });

@@ -5,6 +5,7 @@
 
 import net from "node:net";
 import { Aedes } from "aedes";
+import { tuneSocket } from "../mqtt/socket.ts";
 
 export const DEFAULT_BROKER_LISTEN = { host: "127.0.0.1", port: 1883 };
 
@@ -22,8 +23,12 @@ export interface EmbeddedBroker {
 /** Starts an aedes broker on host:port (port 0: any free port). Fails with a sentence if the port is taken. */
 export async function startBroker(listen: { host: string; port: number } = DEFAULT_BROKER_LISTEN): Promise<EmbeddedBroker> {
   const aedes = await Aedes.createBroker();
-  // No Nagle: the interlink's request/response over this broker would otherwise wait for delayed ACKs.
-  const server = net.createServer({ noDelay: true }, aedes.handle);
+  // No Nagle (the interlink's request/response over this broker would otherwise wait for delayed
+  // ACKs), and each client's packets gathered per batch of input (gateway/mqtt/socket.ts).
+  const server = net.createServer({ noDelay: true }, (sock) => {
+    tuneSocket(sock);
+    aedes.handle(sock);
+  });
   // A client that misbehaves is aedes's problem, not the process's: never let its errors escape.
   aedes.on("clientError", () => {});
   aedes.on("connectionError", () => {});

@@ -16,6 +16,7 @@
 
 import { randomBytes } from "node:crypto";
 import { connect, type MqttClient } from "mqtt";
+import { tuneMqttSocket } from "../mqtt/socket.ts";
 import { BrokerAddressInUse, startBroker, type EmbeddedBroker } from "./embedded-broker.ts";
 import { BOARDS } from "../../boards/index.ts";
 import type { LinkServer } from "../link/server.ts";
@@ -341,6 +342,7 @@ export class MqttPublisher {
       queueQoSZero: false,
       will: { topic: status, payload: Buffer.from(JSON.stringify(will)), qos: 1, retain: true },
     });
+    tuneMqttSocket(this.client);
     this.outbox = new Outbox(o.queueLimit ?? 1000, (m, done) => this.client.publish(m.topic, m.payload, { qos: m.qos, retain: m.retain }, () => done()), () => this.connected);
     this.client.on("connect", () => this.onConnect());
     this.client.on("close", () => this.onClose("connection closed"));
