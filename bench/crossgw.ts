@@ -7,7 +7,7 @@
 //    (gateway/monitor/embedded-broker.ts) in this process. KEYPROXY_BENCH_BROKER=aedes|mosquitto forces one.
 //    Configured as docs/FLEET.md recommends: Mosquitto with `set_tcp_nodelay true`; the aedes broker as
 //    gateway/monitor/embedded-broker.ts makes it (its server sets noDelay). The interlink sets TCP_NODELAY on its own
-//    socket (gateway/fleet/interlink.ts).
+//    socket and gathers its writes per batch of input (gateway/mqtt/socket.ts).
 //    N callers registered at A, N callees at B: the firmware's Handset engine run in Node, as in
 //    bench/sessions.ts. A setup is the caller's connect("callee-NNN@b.example") until onConnect fired
 //    at both devices. Measured: setups per second with all pairs at once in rounds (after warm-up
@@ -16,7 +16,7 @@
 //    setups one pair at a time). Then one QoS 1 request and its answer between two mqtt.js clients,
 //    one at a time: with Nagle's algorithm everywhere, with TCP_NODELAY on the clients only (both on a
 //    second broker of the same kind with its default settings, started for these rows), and with it on
-//    the clients and on the run's broker (as the interlink runs).
+//    the clients, tuned as the interlink's socket is, and on the run's broker (as the interlink runs).
 // 2. The crypto bound. Each gateway process counts its node:crypto public-key calls (Ed25519 sign and
 //    verify, X25519 key pairs and shared secrets, and the parsing of raw keys into KeyObjects and the
 //    exports out of them: bench/crypto-count.ts) across the counted rounds; divided by the setups,
@@ -39,6 +39,7 @@ import { fileURLToPath } from "node:url";
 import mqtt from "mqtt";
 import { Aedes } from "aedes";
 import { startBroker } from "../gateway/monitor/embedded-broker.ts";
+import { tuneMqttSocket } from "../gateway/mqtt/socket.ts";
 import { Fleet, gatewayPublicKeys, installGatewayCertificate } from "../gateway/fleet/fleet.ts";
 import { HELD_LIST_FILE } from "../gateway/fleet/trust.ts";
 import { openStore } from "../gateway/gateway.ts";
@@ -454,14 +455,16 @@ export const ROUND_TRIP_PAYLOAD = 600;
 
 /** n request/answer round trips, one at a time, between two mqtt.js clients through the broker at url,
  *  both QoS 1 as the interlink sends them (the asker publishes on the answerer's topic; the answerer
- *  publishes the answer on the asker's). noDelay sets TCP_NODELAY on both clients' sockets. */
-async function mqttRoundTrips(url: string, protocolVersion: 4 | 5, n: number, noDelay: boolean): Promise<Latency> {
+ *  publishes the answer on the asker's). Their sockets: Node's defaults, TCP_NODELAY alone, or tuned as
+ *  keyproxy's own clients are (gateway/mqtt/socket.ts: TCP_NODELAY, writes gathered per batch of input). */
+async function mqttRoundTrips(url: string, protocolVersion: 4 | 5, n: number, sockets: "defaults" | "noDelay" | "keyproxy"): Promise<Latency> {
   const tag = randomBytes(4).toString("hex");
   const opts = { protocolVersion, reconnectPeriod: 0, connectTimeout: 5000 };
   const asker = await mqtt.connectAsync(url, { ...opts, clientId: `kp-bench-ask-${tag}` });
   const answerer = await mqtt.connectAsync(url, { ...opts, clientId: `kp-bench-answer-${tag}` });
   try {
-    if (noDelay) for (const c of [asker, answerer]) (c.stream as unknown as net.Socket).setNoDelay(true);
+    if (sockets === "noDelay") for (const c of [asker, answerer]) (c.stream as unknown as net.Socket).setNoDelay(true);
+    if (sockets === "keyproxy") for (const c of [asker, answerer]) tuneMqttSocket(c);
     const [ask, answer] = [`kp-bench/${tag}/ask`, `kp-bench/${tag}/answer`];
     const payload = randomBytes(ROUND_TRIP_PAYLOAD);
     answerer.on("message", (_t, p) => void answerer.publishAsync(answer, p, { qos: 1 }));
@@ -639,7 +642,7 @@ export async function runCrossGatewayBench(log: (s: string) => void, o: CrossGat
     const defaultBroker = broker.info.binary ? await startMosquitto(broker.info.binary) : await startAedesDefault();
     const withoutBrokerNoDelay = await (async () => {
       try {
-        return { nagle: await mqttRoundTrips(defaultBroker.url, version, 100, false), clientsOnly: await mqttRoundTrips(defaultBroker.url, version, 100, true) };
+        return { nagle: await mqttRoundTrips(defaultBroker.url, version, 100, "defaults"), clientsOnly: await mqttRoundTrips(defaultBroker.url, version, 100, "noDelay") };
       } finally {
         await defaultBroker.close();
       }
@@ -648,7 +651,7 @@ export async function runCrossGatewayBench(log: (s: string) => void, o: CrossGat
       payloadBytes: ROUND_TRIP_PAYLOAD,
       defaultBroker: broker.info.binary ? "a second Mosquitto, same binary and configuration without `set_tcp_nodelay`" : "a second aedes on a plain `net.Server` (Node's default, no `noDelay`)",
       ...withoutBrokerNoDelay,
-      clientsAndBroker: await mqttRoundTrips(broker.url, version, 100, true),
+      clientsAndBroker: await mqttRoundTrips(broker.url, version, 100, "keyproxy"),
     };
     await broker.close();
     broker = undefined;

@@ -623,7 +623,7 @@ function crossLatencyTable(x: CrossGatewayResults): string {
     row(`setup, ${x.pairs} pairs at once`, x.concurrent),
     row(`MQTT round trip, a ${rt.payloadBytes}-byte QoS 1 request and its QoS 1 answer: (a) no TCP_NODELAY, mqtt.js defaults and ${defaults} (the interlink before it set it)`, rt.nagle),
     row(`  (b) TCP_NODELAY on both clients only, ${defaults}`, rt.clientsOnly),
-    row(`  **(c) TCP_NODELAY on both clients and on the broker (${now}): as keyproxy runs now**`, rt.clientsAndBroker),
+    row(`  **(c) TCP_NODELAY on both clients, with their writes gathered as keyproxy's own clients do (gateway/mqtt/socket.ts), and on the broker (${now}): as keyproxy runs now**`, rt.clientsAndBroker),
   ]);
 }
 
@@ -643,7 +643,8 @@ message 1 of the exchange and its answer, message 3 and its answer, then the two
 confirmations, sent in parallel (a gateway tells its device Connected when the other gateway's
 confirmation arrives; the answers to the confirmations come after), each a QoS 1 publish. In all, a
 setup sends ${x.gateways.map((g) => count(g.envelopesPerSetup)).join(" + ")} envelopes through the broker, five of them one after the other. The interlink sets
-TCP_NODELAY on its socket at every (re)connect and ${brokerNow}, so a round trip costs what row (c) shows, ${ms(rt.clientsAndBroker.p50Ms)} ms at
+TCP_NODELAY on its socket at every (re)connect (gateway/mqtt/socket.ts, which also gathers what it
+writes while it handles one batch of input into one system call) and ${brokerNow}, so a round trip costs what row (c) shows, ${ms(rt.clientsAndBroker.p50Ms)} ms at
 p50: the five crossings take about ${ms(crossings)} ms, ${percent(crossings / p50)} of the ${ms(p50)} ms p50 setup.`);
   if (rt.nagle.p50Ms >= 5 * rt.clientsAndBroker.p50Ms && rt.nagle.p50Ms >= 10) {
     const half = rt.clientsOnly.p50Ms >= 0.3 * rt.nagle.p50Ms && rt.clientsOnly.p50Ms <= 0.7 * rt.nagle.p50Ms;
