@@ -192,14 +192,27 @@ export function interpreterCrashes(): number {
 }
 
 let evalsDamagedOut = 0;
+let packetsUnanswered = 0;
 
-/** Crashes, and evals failed because their line arrived damaged every time it was typed (RETYPES + 1
- *  times in a row): both are the Linux build's console thread (docs/INTERPRETER.md), which has
+/** Espruino's file packets (2v25+) are answered ACK or NAK within 5 s of their start, the NAK by its
+ *  own timeout when the rest never comes (jsiPacketTimeoutHandler, src/jsinteractive.c). A packet that
+ *  a live interpreter answers neither way within INTERPRETER_ANSWER_MS never had its start (DLE SOH)
+ *  taken: the bytes were lost on the way in, the Linux build's console thread (docs/INTERPRETER.md).
+ *  A test that sends packets itself reports it here, for a rerun (consoleFaults). */
+export function notePacketUnanswered(): void {
+  packetsUnanswered++;
+}
+
+/** The error a packet sender (flash/serial.ts) gives when no ACK or NAK came. */
+export const PACKET_UNANSWERED = /did not acknowledge a packet within/;
+
+/** Crashes, evals failed because their line arrived damaged every time it was typed (RETYPES + 1
+ *  times in a row), and packets a live interpreter never answered (notePacketUnanswered): all are the Linux build's console thread (docs/INTERPRETER.md), which has
  *  damaged a line three times in a row just before it crashed. test/support/real.ts runs a test again
  *  after either. An interpreter out of memory also fails its checksums, but every time: a rerun fails
  *  the same way. */
 export function consoleFaults(): number {
-  return crashes + evalsDamagedOut;
+  return crashes + evalsDamagedOut + packetsUnanswered;
 }
 
 export class RealDevice extends EventEmitter {

@@ -12,7 +12,7 @@ import { fileURLToPath } from "node:url";
 import { flashDevice } from "../flash/flash.ts";
 import { provisionDevice } from "../flash/provision.ts";
 import { EspruinoSerial } from "../flash/serial.ts";
-import { bootZero, RealDevice } from "./device.ts";
+import { bootZero, PACKET_UNANSWERED, RealDevice } from "./device.ts";
 import { locateInterpreter } from "./locate.ts";
 
 /** How long the interpreter may take to answer one line over the pty: a board answers in
@@ -37,6 +37,7 @@ export function hostFault(lines: readonly string[], error: Error): string | unde
   const uncaught = lines.find((l) => /^Uncaught (SyntaxError|ReferenceError)\b/.test(l));
   if (uncaught) return `a console byte was lost: ${JSON.stringify(uncaught.slice(0, 80))}`;
   if (/verification failed|garbled answer/.test(error.message)) return `a console byte was lost: ${error.message.slice(0, 120)}`;
+  if (PACKET_UNANSWERED.test(error.message)) return `a packet's start was lost on the way in: ${error.message.slice(0, 120)}`;
   return undefined;
 }
 

@@ -5,6 +5,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { hostFault } from "../interpreter/handsets.ts";
+import { consoleFaults, notePacketUnanswered, PACKET_UNANSWERED } from "../interpreter/device.ts";
 import { RERUNS_AFTER_HOST_FAULT, rerunAfterHostFault } from "./support/real.ts";
 
 test("a failure during which an interpreter crashed runs again, and passes if a rerun passes", async () => {
@@ -45,8 +46,17 @@ test("flashing or provisioning is tried again only for what the host's console d
   assert.match(hostFault(["Uncaught ReferenceError: \"fuction\" is not defined"], timeout) ?? "", /byte was lost/);
   assert.match(hostFault(["[harness] the interpreter exited (SIGSEGV)"], timeout) ?? "", /crashed/);
   assert.match(hostFault([], new Error("verification failed: the device stored a bundle with CRC 0x1, expected 0x2")) ?? "", /byte was lost/);
+  assert.match(hostFault([], new Error("the device on /dev/pts/3 did not acknowledge a packet within 20.0 s")) ?? "", /packet's start was lost/);
   // Whole answers, errors the device reported and keyproxy's own refusals are not the console's fault.
   assert.equal(hostFault(["<kp7>1</kp7>", "<kp8!>Error: Storage full</kp8!>", "<kp12>null</kp12>"], timeout), undefined);
   assert.equal(hostFault(["KP registered for 3600s"], new Error('device "h1" is already registered; pass --replace to give it a new root key')), undefined);
   assert.equal(hostFault(["Uncaught Error: Unable to write file"], timeout), undefined);
+});
+
+test("a packet a live interpreter never answered counts as the console's fault, so the test runs again", () => {
+  const before = consoleFaults();
+  notePacketUnanswered();
+  assert.equal(consoleFaults(), before + 1);
+  assert.ok(PACKET_UNANSWERED.test("the device on /dev/pts/0 did not acknowledge a packet within 20.0 s"));
+  assert.ok(!PACKET_UNANSWERED.test("the device on /dev/pts/0 did not answer within 20.5 s"), "an eval's timeout is not a packet's");
 });
