@@ -1,7 +1,8 @@
 // The MQTT sockets' writes gathered per batch of input (gateway/mqtt/socket.ts), on the embedded
 // broker (aedes) with MQTT.js clients: a batch of requests, each answered with one packet, leaves the
 // answering client in a few system calls instead of one per packet (PUBACK, then answer), and so does
-// what the broker forwards; nothing is lost or reordered; a reconnect's new socket is gathered too.
+// what the broker forwards; nothing is lost or reordered; a reconnect's new socket is gathered too;
+// and a socket tuned with gather: false (the instance bus) writes each packet at once.
 // A write is counted where the socket hands data to the kernel's side of Node (`_write` for one chunk,
 // `_writev` for several): each is one system call.
 
@@ -128,4 +129,26 @@ test("after a reconnect the client's new socket is gathered too", async (t) => {
   }
   assert.deepEqual(answers, expected);
   assert.ok(writes.count >= 1 && writes.count <= 5, `the new socket wrote ${writes.count} times for ${BATCH} requests`);
+});
+
+test("gather: false (the instance bus) sends each packet as it is written", async (t) => {
+  const broker = await startBroker({ host: "127.0.0.1", port: 0 });
+  t.after(() => broker.close());
+  const answerer = await mqtt.connectAsync(broker.url, { protocolVersion: 4, reconnectPeriod: 0 });
+  const asker = await mqtt.connectAsync(broker.url, { protocolVersion: 4, reconnectPeriod: 0 });
+  t.after(() => Promise.all([answerer.endAsync(), asker.endAsync()]));
+  tuneMqttSocket(answerer, { gather: false });
+  await answerer.subscribeAsync("req/+", { qos: 1 });
+  await asker.subscribeAsync("ans/+", { qos: 1 });
+  const sock = answerer.stream as net.Socket;
+  const writes = countWrites((s) => s === sock);
+  let answers: string[];
+  try {
+    answers = await askBatch(asker, answerer, "three");
+    await settle();
+  } finally {
+    writes.stop();
+  }
+  assert.deepEqual(answers, expected);
+  assert.ok(writes.count >= BATCH, `${writes.count} writes for ${BATCH} requests answered one by one`);
 });

@@ -90,8 +90,9 @@ export class InstanceBus {
       will: { topic: t.presence(o.instance), payload: Buffer.from(will), qos: 1, retain: true },
     });
     const bus = new InstanceBus(client, o, epoch);
-    // Frames are small and latency-bound: no Nagle delay behind the broker's ACKs.
-    tuneMqttSocket(client);
+    // Frames are small and latency-bound: no Nagle delay behind the broker's ACKs, and each write sent
+    // as it is made (gathering them cost the frames across instances time: gateway/mqtt/socket.ts).
+    tuneMqttSocket(client, { gather: false });
     client.on("message", (topic, payload) => bus.receive(topic, new Uint8Array(payload)));
     client.on("connect", () => {
       void bus.announce();

@@ -1,5 +1,5 @@
 // The sockets under keyproxy's MQTT clients and its embedded broker, set for small messages that
-// answer each other: the interlink's requests and answers, the instance bus's frames, monitoring.
+// answer each other: the interlink's requests and answers, monitoring, the instance bus's frames.
 //
 // Two settings. No Nagle delay: a small answer written right after the PUBACK of its request would
 // wait for the other end's delayed ACK, up to 40 ms per hop on Linux (docs/BENCHMARKS.md, "Sessions
@@ -21,18 +21,27 @@ interface Gatherable {
 
 const GATHERED = Symbol("keyproxy.gathered");
 
+export interface SocketTuning {
+  /** Gather writes per batch of input (default true). Off where one message's latency matters more
+   *  than the system calls: the instance bus, whose frames sit on a setup's path in a domain's
+   *  instances; at 20 setups/s there was nothing to gather, and the frames across instances waited
+   *  0.4-0.9 ms more at p50 (bench/instances.ts, docs/BENCHMARKS.md). */
+  gather?: boolean;
+}
+
 /** Tunes the client's socket now and the new socket of every reconnect (MQTT.js makes one each time). */
-export function tuneMqttSocket(client: MqttClient): void {
-  const tune = (): void => tuneSocket(client.stream as Gatherable | undefined);
+export function tuneMqttSocket(client: MqttClient, o: SocketTuning = {}): void {
+  const tune = (): void => tuneSocket(client.stream as Gatherable | undefined, o);
   tune();
   client.on("connect", tune);
 }
 
-/** No Nagle delay, and writes gathered per batch of input. Safe to call again on the same socket. */
-export function tuneSocket(sock: Gatherable | undefined): void {
+/** No Nagle delay, and writes gathered per batch of input unless o.gather is false. Safe to call
+ *  again on the same socket. */
+export function tuneSocket(sock: Gatherable | undefined, o: SocketTuning = {}): void {
   if (!sock) return;
   sock.setNoDelay?.(true);
-  gatherWrites(sock);
+  if (o.gather !== false) gatherWrites(sock);
 }
 
 function gatherWrites(sock: Gatherable & { [GATHERED]?: true }): void {
