@@ -6,12 +6,12 @@
 // A write is counted where the socket hands data to the kernel's side of Node (`_write` for one chunk,
 // `_writev` for several): each is one system call.
 
-import { test } from "node:test";
+import { test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
 import net from "node:net";
 import mqtt, { type MqttClient } from "mqtt";
 import { startBroker } from "../gateway/monitor/embedded-broker.ts";
-import { tuneMqttSocket } from "../gateway/mqtt/socket.ts";
+import { tuneMqttSocket, type SocketTuning } from "../gateway/mqtt/socket.ts";
 
 const BATCH = 20;
 
@@ -70,85 +70,67 @@ async function askBatch(asker: MqttClient, answerer: MqttClient, round: string):
 const expected = Array.from({ length: BATCH }, (_, i) => `m${i}`);
 const settle = (): Promise<void> => new Promise((r) => setTimeout(r, 100));
 
-test("a batch of requests is answered in a few writes, by the client and by the broker, with nothing lost or reordered", async (t) => {
+/** A broker, an answerer tuned as asked (subscribed to requests again after each reconnect), and an
+ *  asker subscribed to the answers; all closed after the test. */
+async function rig(t: TestContext, tuning: SocketTuning, reconnectPeriod = 0): Promise<{ answerer: MqttClient; asker: MqttClient }> {
   const broker = await startBroker({ host: "127.0.0.1", port: 0 });
   t.after(() => broker.close());
-  const answerer = await mqtt.connectAsync(broker.url, { protocolVersion: 4, reconnectPeriod: 0 });
+  const answerer = await mqtt.connectAsync(broker.url, { protocolVersion: 4, reconnectPeriod });
   const asker = await mqtt.connectAsync(broker.url, { protocolVersion: 4, reconnectPeriod: 0 });
   t.after(() => Promise.all([answerer.endAsync(), asker.endAsync()]));
-  tuneMqttSocket(answerer);
+  tuneMqttSocket(answerer, tuning);
   await answerer.subscribeAsync("req/+", { qos: 1 });
   await asker.subscribeAsync("ans/+", { qos: 1 });
+  return { answerer, asker };
+}
 
+/** One batch asked and answered, counting the writes of the sockets `which` picks. */
+async function countedBatch(asker: MqttClient, answerer: MqttClient, round: string, which: (s: net.Socket) => boolean): Promise<number> {
+  const writes = countWrites(which);
+  try {
+    const answers = await askBatch(asker, answerer, round);
+    await settle(); // the last PUBACKs
+    assert.deepEqual(answers, expected, "every answer, once, in order");
+  } finally {
+    writes.stop();
+  }
+  return writes.count;
+}
+
+test("a batch of requests is answered in a few writes, by the client and by the broker, with nothing lost or reordered", async (t) => {
+  const { answerer, asker } = await rig(t, {});
   const answererSock = answerer.stream as net.Socket;
   const askerPort = (asker.stream as net.Socket).localPort;
-  const byAnswerer = countWrites((s) => s === answererSock);
-  // The broker's side of the asker's connection: what aedes writes to the asker.
   const toAsker = countWrites((s) => s !== asker.stream && s.remotePort === askerPort);
-  let answers: string[];
+  let byAnswerer: number;
   try {
-    answers = await askBatch(asker, answerer, "one");
-    await settle(); // the last PUBACKs
+    byAnswerer = await countedBatch(asker, answerer, "one", (s) => s === answererSock);
   } finally {
-    byAnswerer.stop();
     toAsker.stop();
   }
-  assert.deepEqual(answers, expected, "every answer, once, in order");
   // One write per packet would be 2 × BATCH from the answerer (PUBACK and answer) and BATCH + from
-  // the broker; gathered, a batch read in one go leaves in one write (a split read costs one more).
-  assert.ok(byAnswerer.count >= 1 && byAnswerer.count <= 5, `the answerer wrote ${byAnswerer.count} times for ${BATCH} requests`);
+  // the broker (to the asker: the answers); gathered, a batch read in one go leaves in one write (a
+  // split read costs one more).
+  assert.ok(byAnswerer >= 1 && byAnswerer <= 5, `the answerer wrote ${byAnswerer} times for ${BATCH} requests`);
   assert.ok(toAsker.count >= 1 && toAsker.count <= 5, `the broker wrote ${toAsker.count} times to the asker for ${BATCH} answers`);
 });
 
 test("after a reconnect the client's new socket is gathered too", async (t) => {
-  const broker = await startBroker({ host: "127.0.0.1", port: 0 });
-  t.after(() => broker.close());
-  const answerer = await mqtt.connectAsync(broker.url, { protocolVersion: 4, reconnectPeriod: 50, clean: true });
-  const asker = await mqtt.connectAsync(broker.url, { protocolVersion: 4, reconnectPeriod: 0 });
-  t.after(() => Promise.all([answerer.endAsync(), asker.endAsync()]));
-  tuneMqttSocket(answerer);
-  answerer.on("connect", () => void answerer.subscribe("req/+", { qos: 1 }));
-  await answerer.subscribeAsync("req/+", { qos: 1 });
-  await asker.subscribeAsync("ans/+", { qos: 1 });
-
+  const { answerer, asker } = await rig(t, {}, 50);
   const first = answerer.stream;
   const reconnected = new Promise<void>((r) => answerer.once("connect", () => r()));
   first.destroy();
   await reconnected;
   assert.notEqual(answerer.stream, first, "MQTT.js made a new socket");
   await answerer.subscribeAsync("req/+", { qos: 1 });
-
   const sock = answerer.stream as net.Socket;
-  const writes = countWrites((s) => s === sock);
-  let answers: string[];
-  try {
-    answers = await askBatch(asker, answerer, "two");
-    await settle();
-  } finally {
-    writes.stop();
-  }
-  assert.deepEqual(answers, expected);
-  assert.ok(writes.count >= 1 && writes.count <= 5, `the new socket wrote ${writes.count} times for ${BATCH} requests`);
+  const writes = await countedBatch(asker, answerer, "two", (s) => s === sock);
+  assert.ok(writes >= 1 && writes <= 5, `the new socket wrote ${writes} times for ${BATCH} requests`);
 });
 
 test("gather: false (the instance bus) sends each packet as it is written", async (t) => {
-  const broker = await startBroker({ host: "127.0.0.1", port: 0 });
-  t.after(() => broker.close());
-  const answerer = await mqtt.connectAsync(broker.url, { protocolVersion: 4, reconnectPeriod: 0 });
-  const asker = await mqtt.connectAsync(broker.url, { protocolVersion: 4, reconnectPeriod: 0 });
-  t.after(() => Promise.all([answerer.endAsync(), asker.endAsync()]));
-  tuneMqttSocket(answerer, { gather: false });
-  await answerer.subscribeAsync("req/+", { qos: 1 });
-  await asker.subscribeAsync("ans/+", { qos: 1 });
+  const { answerer, asker } = await rig(t, { gather: false });
   const sock = answerer.stream as net.Socket;
-  const writes = countWrites((s) => s === sock);
-  let answers: string[];
-  try {
-    answers = await askBatch(asker, answerer, "three");
-    await settle();
-  } finally {
-    writes.stop();
-  }
-  assert.deepEqual(answers, expected);
-  assert.ok(writes.count >= BATCH, `${writes.count} writes for ${BATCH} requests answered one by one`);
+  const writes = await countedBatch(asker, answerer, "three", (s) => s === sock);
+  assert.ok(writes >= BATCH, `${writes} writes for ${BATCH} requests answered one by one`);
 });
