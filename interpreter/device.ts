@@ -207,10 +207,10 @@ export function notePacketUnanswered(): void {
 export const PACKET_UNANSWERED = /did not acknowledge a packet within/;
 
 /** Crashes, evals failed because their line arrived damaged every time it was typed (RETYPES + 1
- *  times in a row), and packets a live interpreter never answered (notePacketUnanswered): all are the Linux build's console thread (docs/INTERPRETER.md), which has
- *  damaged a line three times in a row just before it crashed. test/support/real.ts runs a test again
- *  after either. An interpreter out of memory also fails its checksums, but every time: a rerun fails
- *  the same way. */
+ *  times in a row), and packets a live interpreter never answered (notePacketUnanswered): all are
+ *  the Linux build's console thread (docs/INTERPRETER.md), which has damaged a line three times in a
+ *  row just before it crashed. test/support/real.ts runs a test again after any of them. An
+ *  interpreter out of memory also fails its checksums, but every time: a rerun fails the same way. */
 export function consoleFaults(): number {
   return crashes + evalsDamagedOut + packetsUnanswered;
 }
