@@ -25,7 +25,7 @@ export async function startBroker(listen: { host: string; port: number } = DEFAU
   const aedes = await Aedes.createBroker();
   // No Nagle (the interlink's request/response over this broker would otherwise wait for delayed
   // ACKs), and each client's packets gathered per batch of input (gateway/mqtt/socket.ts).
-  const server = net.createServer({ noDelay: true }, (sock) => {
+  const server = net.createServer((sock) => {
     tuneSocket(sock);
     aedes.handle(sock);
   });
