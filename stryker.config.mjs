@@ -45,7 +45,7 @@ export const MODULES = {
     mutate: ["gateway/sessions/groups.ts"],
     // The group keeper: who holds a group key, when it is replaced, which frames are relayed. The
     // instance variants (test/groups-instances*.test.ts) need PostgreSQL and Mosquitto: not here.
-    tests: ["test/groups.test.ts", "test/groups-crossgw.test.ts"],
+    tests: ["test/group-keeper.test.ts", "test/groups.test.ts", "test/groups-crossgw.test.ts"],
   },
   "gateway/sessions/session-broker.ts": {
     mutate: ["gateway/sessions/session-broker.ts"],

@@ -15,6 +15,7 @@ const GATEWAY_SUITE = [
   "test/join-oracle.test.ts",
   "test/sessions.test.ts",
   "test/groups.test.ts",
+  "test/group-keeper.test.ts",
   "test/crossgw.test.ts",
   "test/groups-crossgw.test.ts",
   "test/monitor.test.ts",
