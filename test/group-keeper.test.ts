@@ -145,10 +145,22 @@ describe("the group keeper", () => {
     assert.equal(r.events("group-changed").at(-1)!.reason, "b removed");
     assert.equal(r.keeper.currentSpi("team"), 0, "one member left: the group has no key");
     assert.deepEqual(r.closed("a"), [[ia.spi, CloseReason.PeerGone]]);
+    assert.equal(r.events("group-key-down").at(-1)!.reason, "fewer than two members are up");
+
+    // A key being confirmed when a member goes: replaced by none, and nothing else to end.
+    await r.keeper.add("team", "b");
+    const pending = r.installs("b").at(-1)!.spi;
+    await r.keeper.remove("team", "b");
+    assert.deepEqual(r.closed("a").at(-1), [pending, CloseReason.Replaced]);
+    assert.equal(r.keeper.holdsSpi(pending), false);
+    assert.equal(r.events("group-registry-error").length, 0);
   });
 
   test("a deleted group's key ends at every member; deleting a group that is not there changes nothing", async () => {
     const r = await keeperRig([{ id: "a" }, { id: "b" }, { id: "c" }]);
+    const kept = await upGroup(r, "other", ["a", "b"]);
+    r.sent.length = 0;
+    r.keeper.stats.keyed = 0;
     const spi = await upGroup(r, "crew", ["a", "b", "c"]);
     // Added one by one: the key for a and b was replaced by the one for all three before it was confirmed.
     assert.deepEqual(r.events("group-key-down").map((e) => e.reason), ["a newer key replaces it before it was confirmed"]);
@@ -158,8 +170,9 @@ describe("the group keeper", () => {
     await r.keeper.settled();
     assert.equal(r.installs("a").length, 2);
     assert.equal(r.keeper.currentSpi("crew"), spi);
+    const changes = r.events("group-changed").length;
     assert.equal(await r.keeper.delete("nope"), false);
-    assert.equal(r.events("group-changed").length, 4);
+    assert.equal(r.events("group-changed").length, changes);
     assert.equal(await r.keeper.delete("crew"), true);
     for (const m of ["a", "b", "c"]) assert.deepEqual(r.closed(m).filter(([s]) => s === spi), [[spi, CloseReason.Removed]]);
     assert.equal(r.events("group-changed").at(-1)!.reason, "group crew deleted");
@@ -168,6 +181,8 @@ describe("the group keeper", () => {
     assert.equal(r.keeper.holdsSpi(spi), false, "the SPI no longer routes frames");
     assert.equal(r.keeper.relay("a", { t: Msg.SaData, spi, seq: 1, sealed: new Uint8Array(8) }, new Uint8Array(8)), false);
     assert.equal(r.events("group-registry-error").length, 0, "a deleted group is reconciled without an error");
+    assert.equal(r.keeper.currentSpi("other"), kept, "another group keeps its key");
+    assert.ok(!r.closed("a").some(([s]) => s === kept));
   });
 
   test("the keeper takes a member's SaConfirm, Rekey and Bye for a group key, and nothing else", async () => {
@@ -326,6 +341,45 @@ describe("the group keeper", () => {
     assert.equal(r.keeper.currentSpi("never"), 0);
   });
 
+  test("the registry unreadable at start, or at a poll: said in the log", async () => {
+    const r = await keeperRig([], { pollMs: 20 });
+    const logged: Record<string, unknown>[] = [];
+    // A keeper that starts on a registry it cannot read (its first read of the membership version).
+    await r.store.close();
+    const late = new GroupKeeper({
+      store: r.store, log: new Logger((l) => logged.push(JSON.parse(l))), crypto, cbor, now: r.clock.now, send: () => false, relay: () => false,
+      isLinked: () => false, settings: DEFAULT_SESSIONS, gatewayId: GW, spiTaken: () => false, pollMs: 3_600_000,
+    });
+    try {
+      await until(() => logged.some((l) => l.event === "group-registry-error"), "the failed first read said", 1000);
+    } finally {
+      late.close();
+    }
+    // The rig's keeper had read its version before the registry closed: its next poll fails, and says so.
+    await until(() => r.events("group-registry-error").length > 0, "the failed poll said", 1000);
+  });
+
+  test("the keeper reads the groups only when something may have changed, and only the groups concerned", async () => {
+    const r = await keeperRig([{ id: "a" }, { id: "b" }, { id: "c" }], { pollMs: 20 });
+    await upGroup(r, "one", ["a", "b"]);
+    await r.keeper.create("two", "chat");
+    await r.keeper.add("two", "c");
+    const reads = { list: 0, get: [] as string[] };
+    const groups = r.keeper.store;
+    const get = groups.get.bind(groups);
+    // list() reads each group with get(): those reads are the list's, not counted again.
+    const list = KeyGroups.prototype.list.bind(Object.assign(Object.create(groups) as KeyGroups, { get }));
+    groups.list = () => (reads.list++, list());
+    groups.get = (name: string) => (reads.get.push(name), get(name));
+    await new Promise((res) => setTimeout(res, 150));
+    assert.equal(reads.list, 0, "polls that find the same version read no group");
+    await r.keeper.registered("c");
+    r.keeper.memberChanged("c");
+    await until(() => reads.get.length >= 2, "c's group read twice");
+    await r.keeper.settled();
+    assert.deepEqual(reads.get, ["two", "two"], "a registration, or news of a member, looks at its own groups only");
+  });
+
   test("a change another process made is found by the poll, one change after another", async () => {
     const r = await keeperRig([{ id: "a" }, { id: "b" }, { id: "c" }], { pollMs: 40 });
     const other = new KeyGroups(r.store);
@@ -346,7 +400,10 @@ describe("the group keeper", () => {
     r.keeper.memberChanged("a");
     r.keeper.memberGone("b", CloseReason.Revoked, "stolen");
     await until(() => r.events("group-registry-error").length === 2, "both failures said");
-    for (const e of r.events("group-registry-error")) assert.equal(typeof e.reason, "string");
+    for (const e of r.events("group-registry-error")) {
+      assert.equal(typeof e.reason, "string");
+      assert.equal(e.group, undefined, "a failure that is no one group's names none");
+    }
     // A reconciliation that cannot read the group names it.
     r.keeper.deviceGone("a", CloseReason.PeerGone, "link lost");
     await r.keeper.settled();
@@ -425,6 +482,7 @@ describe("the group keeper", () => {
     assert.ok(out.some(([m, msg]) => m === "bob@b.example" && msg.t === Msg.Connected));
     r.keeper.relay("a", { t: Msg.SaData, spi, seq: 1, sealed: new Uint8Array(4) }, new Uint8Array(4));
     assert.deepEqual(relayedOut, ["bob@b.example"]);
+    assert.deepEqual([r.keeper.stats.relayed, r.keeper.stats.relayDropped], [1, 0]);
     const key = r.keeper.keyOf(spi)!;
     r.keeper.relayFrom("bob@b.example", key, HI * (toBob.role - 2) + 1, new Uint8Array(4));
     assert.deepEqual(r.relayed.map(([d]) => d), ["a"]);
@@ -436,6 +494,8 @@ describe("the group keeper", () => {
     assert.equal(r.keeper.holdsSpi(spi), true);
     assert.equal(r.keeper.holdsSpi(0x0badf00d), true, "held for another domain's group");
     assert.equal(r.keeper.holdsSpi(0x0badf00e), false);
+    delete remote.holdsSpi;
+    assert.equal(r.keeper.holdsSpi(0x0badf00d), false, "a remote part that holds no SPIs");
     await r.keeper.settled();
     r.keeper.close();
   });
@@ -492,7 +552,7 @@ describe("the group keeper", () => {
     assert.equal(r.confirm("b", first), true);
     await until(() => r.events("group-confirm-timeout").length === 1, "the timeout", 1000);
     const said = r.events("group-confirm-timeout")[0];
-    assert.deepEqual([said.group, said.devices], ["slow@a.example", "c"]);
+    assert.deepEqual([said.group, said.devices, said.reason], ["slow@a.example", "c", "members did not confirm the key in time; they are left out until they register again"]);
     await r.keeper.settled();
     const second = r.installs("a").at(-1)!.spi;
     assert.notEqual(second, first);
@@ -522,5 +582,59 @@ describe("the group keeper", () => {
     assert.deepEqual(r.closed("b"), [[spi, CloseReason.Expired]]);
     assert.equal(r.events("group-key-down").at(-1)!.reason, "lifetime over");
     assert.equal(r.keeper.holdsSpi(spi), false);
+    // The replacement, still unconfirmed, is what the group waits for: its own timeout leaves both out.
+    t.mock.timers.tick(2_999);
+    assert.equal(r.events("group-confirm-timeout").length, 0);
+    t.mock.timers.tick(1);
+    assert.equal(r.events("group-confirm-timeout")[0].devices, "a,b");
+  });
+
+  test("seed 003's matching over every member: the suite whose worst priority among them is best", async () => {
+    const r = await keeperRig([
+      // First member lists AES first, but puts XSALSA first by priority; both registered both.
+      { id: "p1", suites: [[AES, 2], [XSALSA, 1]] }, { id: "p2", suites: [[AES, 1], [XSALSA, 1]] },
+      // Same priorities at the first member: the other's worse AES decides.
+      { id: "q1", suites: [[AES, 1], [XSALSA, 1]] }, { id: "q2", suites: [[AES, 3], [XSALSA, 1]] },
+      // The other registered AES twice: its better entry counts.
+      { id: "s1", suites: [[AES, 1], [XSALSA, 2]] }, { id: "s2", suites: [[AES, 9], [AES, 1], [XSALSA, 2]] },
+      // Nothing in common.
+      { id: "n1", suites: [[AES, 1]] }, { id: "n2", suites: [[XSALSA, 1]] },
+    ]);
+    const suiteOf = async (name: string, members: string[]) => {
+      await r.keeper.create(name, "chat");
+      for (const m of members) await r.keeper.add(name, m);
+      return r.installs(members[0]).at(-1)?.suite;
+    };
+    assert.equal(await suiteOf("p", ["p1", "p2"]), XSALSA);
+    assert.equal(await suiteOf("q", ["q1", "q2"]), XSALSA);
+    assert.equal(await suiteOf("s", ["s1", "s2"]), AES);
+    assert.equal(r.keeper.stats.unkeyable, 0);
+    assert.equal(await suiteOf("n", ["n1", "n2"]), undefined);
+    assert.equal(r.keeper.stats.unkeyable, 1);
+    const said = r.events("group-no-common-suite")[0];
+    assert.deepEqual([said.group, said.members, said.reason], ["n@a.example", "n1,n2", "no cipher suite every member registered: the group cannot be keyed with these members"]);
+  });
+
+  test("one member down and another up at once: a new key for the new set, though it is as large", async () => {
+    const r = await keeperRig([{ id: "a" }, { id: "b" }, { id: "c" }]);
+    r.linked.delete("c");
+    const spi = await upGroup(r, "team", ["a", "b", "c"]);
+    assert.equal(r.installs("c").length, 0);
+    r.linked.delete("b");
+    r.linked.add("c");
+    await r.keeper.registered("c");
+    await r.keeper.settled();
+    assert.equal(r.installs("c").length, 1);
+    assert.equal(r.installs("c")[0].replaces, spi);
+    assert.deepEqual(r.sent.filter(([, m]) => m.t === Msg.SaInstall && m.spi !== spi).map(([d]) => d), ["a", "c"]);
+  });
+
+  test("a member at another domain, on a gateway outside any fleet: never up, and the rest are keyed", async () => {
+    const r = await keeperRig([{ id: "a" }, { id: "b" }]);
+    await r.keeper.create("team", "chat");
+    for (const m of ["a", "bob@b.example", "b"]) await r.keeper.add("team", m);
+    await r.keeper.settled();
+    assert.deepEqual(r.sent.filter(([, m]) => m.t === Msg.SaInstall).map(([d]) => d), ["a", "b"]);
+    assert.equal(r.events("group-registry-error").length, 0);
   });
 });
