@@ -16,7 +16,7 @@ import { CloseReason, Msg, type InnerMessage, type SaInstall } from "../firmware
 import { Logger } from "../gateway/log/logger.ts";
 import { KeyGroups } from "../gateway/registry/key-groups.ts";
 import type { Store } from "../gateway/registry/store.ts";
-import { GroupKeeper, type RemoteMembers } from "../gateway/sessions/groups.ts";
+import { GroupKeeper, WAKE_MS, type GroupSharing, type RemoteMembers } from "../gateway/sessions/groups.ts";
 import { DEFAULT_SESSIONS, type SessionSettings } from "../gateway/sessions/session-broker.ts";
 import { Clock, openTestRegistry, tempDir, until } from "./support/harness.ts";
 
@@ -53,7 +53,7 @@ after(async () => {
   }
 });
 
-async function keeperRig(members: Member[], opts: { settings?: Partial<SessionSettings>; pollMs?: number; remote?: RemoteMembers; spis?: number[]; taken?: Set<number> } = {}): Promise<KeeperRig> {
+async function keeperRig(members: Member[], opts: { settings?: Partial<SessionSettings>; pollMs?: number; remote?: RemoteMembers; spis?: number[]; taken?: Set<number>; sharing?: GroupSharing } = {}): Promise<KeeperRig> {
   const dir = tempDir("kp-keeper-");
   const store = await openTestRegistry(dir);
   const clock = new Clock();
@@ -69,7 +69,7 @@ async function keeperRig(members: Member[], opts: { settings?: Partial<SessionSe
     send: (d, m) => linked.has(d) && sent.push([d, m.t === Msg.SaInstall ? { ...m, seed: m.seed.slice() } : m]) > 0,
     relay: (d, p) => linked.has(d) && relayed.push([d, p]) > 0,
     isLinked: (d) => linked.has(d),
-    settings: { ...DEFAULT_SESSIONS, ...opts.settings }, gatewayId: GW, spiTaken: (spi) => opts.taken?.has(spi) ?? false, pollMs: opts.pollMs ?? 3_600_000,
+    settings: { ...DEFAULT_SESSIONS, ...opts.settings }, gatewayId: GW, spiTaken: (spi) => opts.taken?.has(spi) ?? false, pollMs: opts.pollMs ?? 3_600_000, sharing: opts.sharing,
   });
   if (opts.remote) keeper.remote = opts.remote;
   rigs.push({ keeper, store, dir });
@@ -636,5 +636,196 @@ describe("the group keeper", () => {
     await r.keeper.settled();
     assert.deepEqual(r.sent.filter(([, m]) => m.t === Msg.SaInstall).map(([d]) => d), ["a", "b"]);
     assert.equal(r.events("group-registry-error").length, 0);
+  });
+});
+
+/** The domain's table of group keys as one instance sees it (gateway/instances/ keeps it in
+ *  PostgreSQL; test/groups-instances.test.ts runs that): which instance keeps the groups, the SPIs
+ *  claimed, the keys an earlier keeper left. Scripted here so each of the keeper's rules for taking
+ *  and leaving the part can be driven on its own. */
+/** Waits, without timers (they are mocked here), until cond holds: the keeper's work is promises. */
+async function settle(cond: () => boolean, what: string): Promise<void> {
+  for (let i = 0; i < 500 && !cond(); i++) await new Promise((res) => setImmediate(res));
+  assert.ok(cond(), what);
+}
+
+class DomainTable implements GroupSharing {
+  keeps = false;
+  claims: { spi: number; group: string; app: string; suite: number; expiresAt: number }[] = [];
+  refuse = 0;
+  broken = false;
+  ended_: number[] = [];
+  left = new Map<string, number>();
+  elsewhere = false;
+  replaced: [string, number[]][] = [];
+  keeping(): boolean { return this.keeps; }
+  async claimGroupKey(spi: number, group: string, app: string, suite: number, expiresAt: number): Promise<boolean> {
+    if (this.broken) throw new Error("the domain's table cannot be written");
+    this.claims.push({ spi, group, app, suite, expiresAt });
+    return this.refuse-- <= 0;
+  }
+  ended(spi: number): void { this.ended_.push(spi); }
+  async groupKeys(): Promise<Map<string, number>> {
+    if (this.broken) throw new Error("the domain's table cannot be read");
+    return new Map(this.left);
+  }
+  async keptElsewhere(): Promise<boolean> { return this.elsewhere; }
+  replacedElsewhere(group: string, keep: number[]): void { this.replaced.push([group, keep]); }
+}
+
+describe("the group keeper among a domain's instances", () => {
+  test("it keys nothing until it keeps the groups, WAKE_MS after it was told so; then it replaces the key an earlier keeper left", async (t) => {
+    const table = new DomainTable();
+    const r = await keeperRig([{ id: "a" }, { id: "b" }], { sharing: table, settings: { lifetime: 600 } });
+    t.mock.timers.enable({ apis: ["setTimeout"] });
+    const other = new KeyGroups(r.store);
+    await other.create("team", "chat", r.clock.now());
+    for (const m of ["a", "b"]) await other.add("team", m, r.clock.now());
+    let lists = 0;
+    const list = r.keeper.store.list.bind(r.keeper.store);
+    r.keeper.store.list = () => (lists++, list());
+    await r.keeper.registered("a");
+    await r.keeper.settled();
+    assert.equal(r.sent.length, 0, "an instance that keeps no groups keys none");
+    assert.equal(lists, 0, "and reads none");
+    table.left.set("team@a.example", 0x11111111);
+    table.keeps = true;
+    r.keeper.keeperCheck();
+    r.keeper.keeperCheck();
+    t.mock.timers.tick(WAKE_MS - 1);
+    await r.keeper.settled();
+    assert.equal(r.events("group-keeper").length, 0, "not before WAKE_MS");
+    t.mock.timers.tick(1);
+    await settle(() => r.installs("b").length === 1, "keyed once awake");
+    await r.keeper.settled();
+    assert.deepEqual(r.events("group-keeper").map((e) => [e.keeping, e.inherited]), [[true, 1]], "woken once");
+    const i = r.installs("a")[0];
+    assert.equal(i.replaces, 0x11111111, "the key the earlier keeper left is the one replaced");
+    assert.deepEqual(table.claims, [{ spi: i.spi, group: "team@a.example", app: "chat", suite: AES, expiresAt: r.clock.now() + 600 }]);
+    r.confirmAll();
+    assert.deepEqual(table.replaced, [["team@a.example", [i.spi]]]);
+    // Back on the bus after a cut in which no other instance kept the groups: it keeps them, and its key.
+    r.keeper.rejoined();
+    await new Promise((res) => setImmediate(res));
+    assert.equal(r.keeper.currentSpi("team"), i.spi);
+    // One that did: it starts over from the table (and wakes again after WAKE_MS).
+    table.elsewhere = true;
+    r.keeper.rejoined();
+    await settle(() => r.events("group-keeper").length === 2, "asleep");
+    assert.deepEqual([r.events("group-keeper")[1].keeping, r.events("group-keeper")[1].keys], [false, 1]);
+    assert.equal(r.keeper.currentSpi("team"), 0);
+    assert.equal(r.closed("a").length, 0, "the members are not told: the next keeper's key replaces theirs");
+    table.left.set("team@a.example", i.spi);
+    t.mock.timers.tick(WAKE_MS);
+    await settle(() => r.installs("a").length === 2, "keyed again");
+    assert.equal(r.installs("a")[1].replaces, i.spi);
+  });
+
+  test("it does not wake when the part went elsewhere meanwhile, or it was closed; it sleeps when the part goes", async (t) => {
+    const table = new DomainTable();
+    const r = await keeperRig([{ id: "a" }, { id: "b" }], { sharing: table });
+    t.mock.timers.enable({ apis: ["setTimeout"] });
+    await r.keeper.create("team", "chat");
+    for (const m of ["a", "b"]) await r.keeper.add("team", m);
+    assert.equal(r.sent.length, 0);
+    table.keeps = true;
+    r.keeper.keeperCheck();
+    table.keeps = false;
+    t.mock.timers.tick(WAKE_MS);
+    await r.keeper.settled();
+    assert.equal(r.events("group-keeper").length, 0, "the part went elsewhere before it woke");
+    // Told while waiting that the part went: the wait is called off.
+    table.keeps = true;
+    r.keeper.keeperCheck();
+    table.keeps = false;
+    r.keeper.keeperCheck();
+    table.keeps = true;
+    t.mock.timers.tick(WAKE_MS);
+    await r.keeper.settled();
+    assert.equal(r.events("group-keeper").length, 0, "the called-off wait does not wake it");
+    r.keeper.keeperCheck();
+    t.mock.timers.tick(WAKE_MS);
+    await settle(() => r.installs("a").length === 1, "awake and keyed");
+    r.confirmAll();
+    table.keeps = false;
+    r.keeper.keeperCheck();
+    assert.deepEqual(r.events("group-keeper").at(-1)!.keeping, false);
+    assert.equal(r.keeper.currentSpi("team"), 0);
+    // Asleep, a rejoin is only a check: nothing to start over, but the part may be this one's now.
+    table.elsewhere = true;
+    r.keeper.rejoined();
+    await new Promise((res) => setImmediate(res));
+    assert.equal(r.events("group-keeper").length, 2);
+    table.keeps = true;
+    r.keeper.rejoined();
+    t.mock.timers.tick(WAKE_MS);
+    await settle(() => r.events("group-keeper").length === 3, "awake after the rejoin's check");
+    table.keeps = false;
+    r.keeper.keeperCheck();
+    assert.equal(r.events("group-keeper").length, 4);
+    // Closed while waiting to wake: it never does.
+    table.keeps = true;
+    r.keeper.keeperCheck();
+    r.keeper.close();
+    t.mock.timers.tick(WAKE_MS);
+    await new Promise((res) => setImmediate(res));
+    assert.equal(r.events("group-keeper").length, 4);
+    r.keeper.keeperCheck();
+    assert.equal(r.events("group-keeper").length, 4);
+  });
+
+  test("an SPI the domain holds already is drawn again; a table that cannot be written or read is said, and keys nothing", async (t) => {
+    const table = new DomainTable();
+    const r = await keeperRig([{ id: "a" }, { id: "b" }], { sharing: table });
+    t.mock.timers.enable({ apis: ["setTimeout"] });
+    table.keeps = true;
+    r.keeper.keeperCheck();
+    t.mock.timers.tick(WAKE_MS);
+    await settle(() => r.events("group-keeper").length === 1, "awake");
+    table.refuse = 2;
+    await r.keeper.create("team", "chat");
+    for (const m of ["a", "b"]) await r.keeper.add("team", m);
+    assert.equal(table.claims.length, 3, "two refused, the third taken");
+    assert.equal(r.installs("a")[0].spi, table.claims[2].spi);
+    r.confirmAll();
+    // Nine refusals in a row: given up, and said.
+    table.refuse = 9;
+    await r.keeper.remove("team", "b");
+    await r.keeper.add("team", "b");
+    assert.equal(table.claims.length, 12);
+    assert.equal(r.events("group-registry-error").at(-1)!.reason, "no free SPI for a new group key after 8 draws");
+    assert.equal(r.installs("b").length, 1);
+    table.refuse = 0;
+    table.broken = true;
+    r.keeper.memberChanged("a");
+    await settle(() => r.events("group-registry-error").length === 2, "the second failure said");
+    assert.equal(r.events("group-registry-error").at(-1)!.reason, "the domain's table cannot be written");
+    // A keeper that wakes on a table it cannot read inherits nothing, and says so.
+    table.keeps = false;
+    r.keeper.keeperCheck();
+    table.keeps = true;
+    r.keeper.keeperCheck();
+    t.mock.timers.tick(WAKE_MS);
+    await settle(() => r.events("group-keeper").length === 3, "awake again");
+    assert.equal(r.events("group-keeper")[2].inherited, 0);
+    assert.ok(r.events("group-registry-error").some((e) => e.reason === "the domain's table cannot be read"));
+  });
+
+  test("a key that ends, or is retired after its overlap, frees its SPI in the domain's table", async (t) => {
+    const table = new DomainTable();
+    const r = await keeperRig([{ id: "a" }, { id: "b" }, { id: "c" }], { sharing: table, settings: { overlapMs: 1000 } });
+    t.mock.timers.enable({ apis: ["setTimeout"] });
+    table.keeps = true;
+    r.keeper.keeperCheck();
+    t.mock.timers.tick(WAKE_MS);
+    await settle(() => r.events("group-keeper").length === 1, "awake");
+    const first = await upGroup(r, "team", ["a", "b"]);
+    await r.keeper.add("team", "c");
+    const second = r.confirmAll();
+    assert.deepEqual(table.ended_, []);
+    t.mock.timers.tick(1000);
+    assert.deepEqual(table.ended_, [first], "the replaced key, after the overlap");
+    await r.keeper.delete("team");
+    assert.deepEqual(table.ended_, [first, second]);
   });
 });
