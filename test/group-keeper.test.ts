@@ -352,11 +352,13 @@ describe("the group keeper", () => {
     });
     try {
       await until(() => logged.some((l) => l.event === "group-registry-error"), "the failed first read said", 1000);
+      assert.equal(logged.find((l) => l.event === "group-registry-error")!.group, undefined, "no one group's failure");
     } finally {
       late.close();
     }
     // The rig's keeper had read its version before the registry closed: its next poll fails, and says so.
     await until(() => r.events("group-registry-error").length > 0, "the failed poll said", 1000);
+    assert.equal(r.events("group-registry-error")[0].group, undefined, "no one group's failure");
   });
 
   test("the keeper reads the groups only when something may have changed, and only the groups concerned", async () => {
@@ -597,6 +599,8 @@ describe("the group keeper", () => {
       { id: "q1", suites: [[AES, 1], [XSALSA, 1]] }, { id: "q2", suites: [[AES, 3], [XSALSA, 1]] },
       // The other registered AES twice: its better entry counts.
       { id: "s1", suites: [[AES, 1], [XSALSA, 2]] }, { id: "s2", suites: [[AES, 9], [AES, 1], [XSALSA, 2]] },
+      // The other registered AES twice, its better entry first.
+      { id: "t1", suites: [[AES, 1], [XSALSA, 2]] }, { id: "t2", suites: [[AES, 1], [AES, 9], [XSALSA, 2]] },
       // Nothing in common.
       { id: "n1", suites: [[AES, 1]] }, { id: "n2", suites: [[XSALSA, 1]] },
     ]);
@@ -608,6 +612,7 @@ describe("the group keeper", () => {
     assert.equal(await suiteOf("p", ["p1", "p2"]), XSALSA);
     assert.equal(await suiteOf("q", ["q1", "q2"]), XSALSA);
     assert.equal(await suiteOf("s", ["s1", "s2"]), AES);
+    assert.equal(await suiteOf("t", ["t1", "t2"]), AES);
     assert.equal(r.keeper.stats.unkeyable, 0);
     assert.equal(await suiteOf("n", ["n1", "n2"]), undefined);
     assert.equal(r.keeper.stats.unkeyable, 1);
@@ -627,6 +632,23 @@ describe("the group keeper", () => {
     assert.equal(r.installs("c").length, 1);
     assert.equal(r.installs("c")[0].replaces, spi);
     assert.deepEqual(r.sent.filter(([, m]) => m.t === Msg.SaInstall && m.spi !== spi).map(([d]) => d), ["a", "c"]);
+  });
+
+  test("a key still being confirmed when a member's registration runs out: ended, and a new one when it is back", async () => {
+    const r = await keeperRig([{ id: "a" }, { id: "b" }]);
+    await r.keeper.create("team", "chat");
+    for (const m of ["a", "b"]) await r.keeper.add("team", m);
+    const pending = r.installs("a")[0].spi;
+    await r.store.putRegistration({ ...(await r.store.getRegistration("b"))!, expiresAt: r.clock.now() + 10 });
+    r.clock.advance(10);
+    await r.keeper.registered("a");
+    await r.keeper.settled();
+    assert.deepEqual(r.closed("a"), [[pending, CloseReason.Replaced]]);
+    await r.register({ id: "b" });
+    await r.keeper.registered("b");
+    await r.keeper.settled();
+    assert.equal(r.installs("b").length, 2, "b is back: the pair gets a key");
+    assert.notEqual(r.confirmAll(), pending);
   });
 
   test("a member at another domain, on a gateway outside any fleet: never up, and the rest are keyed", async () => {
