@@ -686,9 +686,12 @@ class DomainTable implements GroupSharing {
   elsewhere = false;
   replaced: [string, number[]][] = [];
   keeping(): boolean { return this.keeps; }
+  /** Runs while a claim is being written (another instance takes the part meanwhile, say). */
+  onClaim?: () => void;
   async claimGroupKey(spi: number, group: string, app: string, suite: number, expiresAt: number): Promise<boolean> {
     if (this.broken) throw new Error("the domain's table cannot be written");
     this.claims.push({ spi, group, app, suite, expiresAt });
+    this.onClaim?.();
     return this.refuse-- <= 0;
   }
   ended(spi: number): void { this.ended_.push(spi); }
@@ -696,7 +699,10 @@ class DomainTable implements GroupSharing {
     if (this.broken) throw new Error("the domain's table cannot be read");
     return new Map(this.left);
   }
-  async keptElsewhere(): Promise<boolean> { return this.elsewhere; }
+  async keptElsewhere(): Promise<boolean> {
+    if (this.broken) throw new Error("the domain's table cannot be read");
+    return this.elsewhere;
+  }
   replacedElsewhere(group: string, keep: number[]): void { this.replaced.push([group, keep]); }
 }
 
@@ -835,7 +841,23 @@ describe("the group keeper among a domain's instances", () => {
     t.mock.timers.tick(WAKE_MS);
     await settle(() => r.events("group-keeper").length === 3, "awake again");
     assert.equal(r.events("group-keeper")[2].inherited, 0);
-    assert.ok(r.events("group-registry-error").some((e) => e.reason === "the domain's table cannot be read"));
+    const unread = r.events("group-registry-error").filter((e) => e.reason === "the domain's table cannot be read");
+    assert.equal(unread.length, 1);
+    assert.equal(unread[0].group, undefined);
+    // Back on the bus with the table unreadable: said, and it keeps what it has.
+    r.keeper.rejoined();
+    await settle(() => r.events("group-registry-error").filter((e) => e.reason === "the domain's table cannot be read").length === 2, "the rejoin's failure said");
+    assert.equal(r.events("group-keeper").length, 3);
+    // Woken with the registry unreadable: said, and nothing keyed.
+    table.broken = false;
+    table.keeps = false;
+    r.keeper.keeperCheck();
+    await r.store.close();
+    table.keeps = true;
+    r.keeper.keeperCheck();
+    t.mock.timers.tick(WAKE_MS);
+    await settle(() => r.events("group-keeper").length === 5, "awake on a closed registry");
+    await settle(() => r.events("group-registry-error").some((e) => e.group === undefined && !/domain's table|no free SPI/.test(String(e.reason))), "the registry's failure said");
   });
 
   test("a key that ends, or is retired after its overlap, frees its SPI in the domain's table", async (t) => {
@@ -854,5 +876,51 @@ describe("the group keeper among a domain's instances", () => {
     assert.deepEqual(table.ended_, [first], "the replaced key, after the overlap");
     await r.keeper.delete("team");
     assert.deepEqual(table.ended_, [first, second]);
+  });
+
+  test("only an inherited key's replacement is reported, with its own group's SPIs; a claim that outlived the part frees its SPI", async (t) => {
+    const table = new DomainTable();
+    const r = await keeperRig([{ id: "a" }, { id: "b" }], { sharing: table });
+    t.mock.timers.enable({ apis: ["setTimeout"] });
+    const wake = async (n: number) => {
+      table.keeps = true;
+      r.keeper.keeperCheck();
+      t.mock.timers.tick(WAKE_MS);
+      await settle(() => r.events("group-keeper").length === n, "awake");
+      await r.keeper.settled();
+    };
+    await wake(1);
+    await r.keeper.create("pair", "chat");
+    for (const m of ["a", "b"]) await r.keeper.add("pair", m);
+    r.confirmAll();
+    assert.deepEqual(table.replaced, [], "a first key replaced nothing");
+    // Asleep, then awake with team's key left by another keeper: pair's and team's new keys.
+    table.keeps = false;
+    r.keeper.keeperCheck();
+    const other = new KeyGroups(r.store);
+    await other.create("team", "chat", r.clock.now());
+    for (const m of ["a", "b"]) await other.add("team", m, r.clock.now());
+    table.left.set("team@a.example", 0x22222222);
+    const offered = r.installs("a").length;
+    await wake(3);
+    await settle(() => r.installs("a").length === offered + 2, "both groups keyed");
+    const spiOf = (group: string) => r.installs("a").filter((i) => i.peer === `${group}@a.example`).at(-1)!.spi;
+    for (const m of ["a", "b"]) r.confirm(m, spiOf("pair"));
+    assert.deepEqual(table.replaced, []);
+    for (const m of ["a", "b"]) r.confirm(m, spiOf("team"));
+    assert.deepEqual(table.replaced, [["team@a.example", [spiOf("team")]]]);
+    // The part goes elsewhere while a claim is being written: the claimed SPI is freed, no key sent.
+    const sent = r.sent.length;
+    table.onClaim = () => {
+      table.onClaim = undefined;
+      table.keeps = false;
+      r.keeper.keeperCheck();
+    };
+    table.keeps = true;
+    await r.keeper.create("late", "chat");
+    for (const m of ["a", "b"]) await r.keeper.add("late", m);
+    await r.keeper.settled();
+    assert.equal(r.sent.length, sent);
+    assert.deepEqual(table.ended_, [table.claims.at(-1)!.spi]);
   });
 });
