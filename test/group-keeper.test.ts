@@ -848,16 +848,22 @@ describe("the group keeper among a domain's instances", () => {
     r.keeper.rejoined();
     await settle(() => r.events("group-registry-error").filter((e) => e.reason === "the domain's table cannot be read").length === 2, "the rejoin's failure said");
     assert.equal(r.events("group-keeper").length, 3);
+    assert.deepEqual(r.events("group-registry-error").filter((e) => /cannot be read/.test(String(e.reason))).map((e) => e.group), [undefined, undefined], "a failure to read the table is no one group's");
+    assert.ok(!table.ended_.includes(undefined as unknown as number), "no SPI was claimed by the failed draws: none to free");
     // Woken with the registry unreadable: said, and nothing keyed.
     table.broken = false;
     table.keeps = false;
     r.keeper.keeperCheck();
+    const named = () => r.events("group-registry-error").filter((e) => e.group !== undefined).length;
+    const namedBefore = named();
     await r.store.close();
     table.keeps = true;
     r.keeper.keeperCheck();
     t.mock.timers.tick(WAKE_MS);
     await settle(() => r.events("group-keeper").length === 5, "awake on a closed registry");
     await settle(() => r.events("group-registry-error").some((e) => e.group === undefined && !/domain's table|no free SPI/.test(String(e.reason))), "the registry's failure said");
+    await r.keeper.settled();
+    assert.equal(named(), namedBefore, "no group was read: none is named");
   });
 
   test("a key that ends, or is retired after its overlap, frees its SPI in the domain's table", async (t) => {
