@@ -3,7 +3,9 @@
 // answers (send an inner message, relay a frame) recorded instead of written to a socket. What
 // test/groups.test.ts shows end to end over TCP, this pins down rule by rule, fast enough for mutation
 // testing: which messages the keeper takes, who is left out and when, what a registry that cannot be
-// read does, and what each change says in the log.
+// read does, and what each change says in the log. The second part drives the keeper among a domain's
+// instances through a scripted table of the domain's group keys (DomainTable, below), one rule at a
+// time; test/groups-instances.test.ts runs the real one (gateway/instances/, on PostgreSQL).
 
 import { after, describe, test } from "node:test";
 import assert from "node:assert/strict";
