@@ -707,6 +707,16 @@ class DomainTable implements GroupSharing {
   replacedElsewhere(group: string, keep: number[]): void { this.replaced.push([group, keep]); }
 }
 
+/** The domain's instances agree this one keeps the groups: after WAKE_MS it wakes (its n-th
+ *  "group-keeper" record) and keys what it has to. */
+async function wakeKeeper(r: KeeperRig, table: DomainTable, timers: { tick(ms: number): void }, n: number): Promise<void> {
+  table.keeps = true;
+  r.keeper.keeperCheck();
+  timers.tick(WAKE_MS);
+  await settle(() => r.events("group-keeper").length === n, "awake");
+  await r.keeper.settled();
+}
+
 describe("the group keeper among a domain's instances", () => {
   test("it keys nothing until it keeps the groups, WAKE_MS after it was told so; then it replaces the key an earlier keeper left", async (t) => {
     const table = new DomainTable();
@@ -812,10 +822,7 @@ describe("the group keeper among a domain's instances", () => {
     const table = new DomainTable();
     const r = await keeperRig([{ id: "a" }, { id: "b" }], { sharing: table });
     t.mock.timers.enable({ apis: ["setTimeout"] });
-    table.keeps = true;
-    r.keeper.keeperCheck();
-    t.mock.timers.tick(WAKE_MS);
-    await settle(() => r.events("group-keeper").length === 1, "awake");
+    await wakeKeeper(r, table, t.mock.timers, 1);
     table.refuse = 2;
     await r.keeper.create("team", "chat");
     for (const m of ["a", "b"]) await r.keeper.add("team", m);
@@ -871,10 +878,7 @@ describe("the group keeper among a domain's instances", () => {
     const table = new DomainTable();
     const r = await keeperRig([{ id: "a" }, { id: "b" }, { id: "c" }], { sharing: table, settings: { overlapMs: 1000 } });
     t.mock.timers.enable({ apis: ["setTimeout"] });
-    table.keeps = true;
-    r.keeper.keeperCheck();
-    t.mock.timers.tick(WAKE_MS);
-    await settle(() => r.events("group-keeper").length === 1, "awake");
+    await wakeKeeper(r, table, t.mock.timers, 1);
     const first = await upGroup(r, "team", ["a", "b"]);
     await r.keeper.add("team", "c");
     const second = r.confirmAll();
@@ -889,14 +893,7 @@ describe("the group keeper among a domain's instances", () => {
     const table = new DomainTable();
     const r = await keeperRig([{ id: "a" }, { id: "b" }], { sharing: table });
     t.mock.timers.enable({ apis: ["setTimeout"] });
-    const wake = async (n: number) => {
-      table.keeps = true;
-      r.keeper.keeperCheck();
-      t.mock.timers.tick(WAKE_MS);
-      await settle(() => r.events("group-keeper").length === n, "awake");
-      await r.keeper.settled();
-    };
-    await wake(1);
+    await wakeKeeper(r, table, t.mock.timers, 1);
     await r.keeper.create("pair", "chat");
     for (const m of ["a", "b"]) await r.keeper.add("pair", m);
     r.confirmAll();
@@ -909,7 +906,7 @@ describe("the group keeper among a domain's instances", () => {
     for (const m of ["a", "b"]) await other.add("team", m, r.clock.now());
     table.left.set("team@a.example", 0x22222222);
     const offered = r.installs("a").length;
-    await wake(3);
+    await wakeKeeper(r, table, t.mock.timers, 3);
     await settle(() => r.installs("a").length === offered + 2, "both groups keyed");
     const spiOf = (group: string) => r.installs("a").filter((i) => i.peer === `${group}@a.example`).at(-1)!.spi;
     for (const m of ["a", "b"]) r.confirm(m, spiOf("pair"));
