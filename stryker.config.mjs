@@ -27,7 +27,7 @@ export const MODULES = {
     mutate: ["gateway/fleet/interlink.ts"],
     // test/crossgw.test.ts reaches the interlink too, but takes 35 s a run (in-process gateways and
     // handsets over TCP): Stryker would take hours. It re-checks the survivors instead (docs/MUTATION.md).
-    tests: ["test/interlink-edges.test.ts", "test/interlink.test.ts"],
+    tests: ["test/interlink-edges.test.ts", "test/interlink.test.ts", "test/interlink-channel.test.ts", "test/interlink-instances.test.ts"],
   },
   "gateway/fleet/channel.ts": {
     mutate: ["gateway/fleet/channel.ts"],

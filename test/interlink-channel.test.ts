@@ -21,7 +21,10 @@ import { generateEd25519, type Ed25519KeyPair } from "../gateway/crypto/ed25519.
 import { Fleet, generateX25519 } from "../gateway/fleet/fleet.ts";
 import {
   CHANNEL_OPEN_TYPE,
+  CHANNEL_RESET_TYPE,
   ChannelError,
+  openAnswerBody,
+  openRequestBody,
   readOpenAnswer,
   readOpenRequest,
   type ChannelKeyAgreement,
@@ -32,7 +35,7 @@ import {
   transcriptHash,
   type ChannelPlaintext,
 } from "../gateway/fleet/channel.ts";
-import { Interlink, InterlinkError, requestsTopic, responsesTopic, type InterlinkIdentity, type Rejection } from "../gateway/fleet/interlink.ts";
+import { certificateTopic, type Envelope, Interlink, InterlinkError, Kind, parseEnvelope, requestsTopic, responsesTopic, signEnvelope, type InterlinkIdentity, type PeerTrust, type Rejection } from "../gateway/fleet/interlink.ts";
 import { CertificateChecker, checkerTrust, localSource, Verifier } from "../gateway/fleet/verifier.ts";
 import { Logger, type LogRecord } from "../gateway/log/logger.ts";
 
@@ -193,6 +196,10 @@ interface Gw {
   link: Interlink;
   checker: CertificateChecker;
   calls: number;
+  /** Peer judgements asked of its PeerTrust (every signed envelope, every channel peer judged). */
+  judged: number;
+  /** validUntil of the last good judgement. */
+  validUntil: number;
   records: LogRecord[];
 }
 
@@ -241,21 +248,33 @@ function identity(w: World, id: string): InterlinkIdentity {
   return { gatewayId: id, signing, encryption, certificate: w.fleet.issueGateway(id, { signingKey: signing.publicKey, encryptionKey: encryption.publicKey }, T0, 100_000) };
 }
 
-async function gateway(w: World, id: InterlinkIdentity, o: { channels?: boolean; lifetime?: number; keyAgreement?: ChannelKeyAgreement } = {}): Promise<Gw> {
+async function gateway(w: World, id: InterlinkIdentity, o: { channels?: boolean; lifetime?: number; keyAgreement?: ChannelKeyAgreement; noEpoch?: boolean } = {}): Promise<Gw> {
   const checker = new CertificateChecker({ source: localSource(w.verifier), verifierPublicKey: w.verifierKey.publicKey });
   const records: LogRecord[] = [];
   const log = new Logger(() => {});
   log.subscribe((r) => records.push(r));
+  const base = checkerTrust(checker);
+  const trust: PeerTrust = {
+    gateway: (cert, now) => {
+      gw.judged++;
+      return base.gateway(cert, now).then((peer) => {
+        gw.validUntil = peer.validUntil;
+        return peer;
+      });
+    },
+    ...(o.noEpoch ? {} : { epoch: base.epoch }),
+  };
   const link = await Interlink.connect({
-    url: w.url, identity: id, trust: checkerTrust(checker), now: () => w.clock.now, protocolVersion: 4, log,
+    url: w.url, identity: id, trust, now: () => w.clock.now, protocolVersion: 4, log,
     requestTimeoutMs: 3000, certificateTimeoutMs: 2000, pairwiseChannels: o.channels, channelLifetime: o.lifetime, keyAgreement: o.keyAgreement,
   });
   w.links.push(link);
-  const gw: Gw = { identity: id, link, checker, calls: 0, records };
+  const gw: Gw = { identity: id, link, checker, calls: 0, judged: 0, validUntil: 0, records };
   link.handle("echo", (req) => {
     gw.calls++;
     return { body: req.body };
   });
+  link.handle("hang", () => new Promise<never>(() => undefined)); // never answered
   return gw;
 }
 
@@ -495,6 +514,343 @@ test("over a broker: channels between two gateways", async (t) => {
       w.clock.now -= 180;
     });
   } finally {
+    await w.close();
+  }
+});
+
+// ---------------------------------------------------------------------------------------------------
+// the channel's rules one by one (what mutation testing found unchecked: docs/MUTATION.md)
+
+/** A gateway played by the test under a fleet certificate of its own (published, retained): it
+ *  answers every signed request it gets with what `answer` says, signed with its key, as a peer
+ *  could; channel messages to it are only counted. */
+async function scriptedPeer(w: World, answer: (e: Envelope) => { kind: Kind; body: unknown }) {
+  const id = identity(w, `scripted-${toHex(new Uint8Array(randomBytes(3)))}.example`);
+  const client = await mqtt.connectAsync(w.url, { protocolVersion: 4, reconnectPeriod: 0 });
+  await client.publishAsync(certificateTopic(id.gatewayId), Buffer.from(id.certificate), { qos: 1, retain: true });
+  const got = { signed: [] as Envelope[], onChannel: 0 };
+  client.on("message", (_topic, payload) => {
+    const bytes = new Uint8Array(payload);
+    if (isChannelMessage(bytes)) return void got.onChannel++;
+    const e = parseEnvelope(bytes);
+    got.signed.push(e);
+    const a = answer(e);
+    const reply = signEnvelope({ from: id.gatewayId, to: e.from, sessionId: e.sessionId, msgId: new Uint8Array(randomBytes(16)), type: e.type, ts: w.clock.now, kind: a.kind, body: encode(a.body), re: e.msgId, senderCert: id.certificate }, id.signing.seed);
+    void client.publishAsync(responsesTopic(e.from), Buffer.from(reply), { qos: 1 });
+  });
+  await client.subscribeAsync(requestsTopic(id.gatewayId), { qos: 1 });
+  return { id: id.gatewayId, got, close: () => client.endAsync() };
+}
+
+const remoteError = (code: string) => ({ kind: Kind.Error, body: new Map([["code", code], ["message", "scripted"]]) });
+const rejectsWith = (p: Promise<unknown>, code: string, message?: RegExp) =>
+  assert.rejects(p, (e: unknown) => e instanceof InterlinkError && e.code === code && (!message || message.test(e.message)));
+
+/** Publishes a signed request from `from` to `to`'s requests topic and returns the answer's envelope and body. */
+async function askSigned(w: World, from: InterlinkIdentity, to: string, type: string, body: unknown): Promise<{ e: Envelope; body: unknown }> {
+  const msgId = new Uint8Array(randomBytes(16));
+  const req = signEnvelope({ from: from.gatewayId, to, sessionId: new Uint8Array(16), msgId, type, ts: w.clock.now, kind: Kind.Request, body: encode(body), senderCert: from.certificate }, from.signing.seed);
+  await w.spy.publishAsync(requestsTopic(to), Buffer.from(req), { qos: 1 });
+  const topic = responsesTopic(from.gatewayId);
+  const find = () => w.spied.map((x) => (x.topic === topic ? parseEnvelope(x.bytes) : undefined)).find((e) => e?.re && toHex(e.re) === toHex(msgId));
+  await until(() => find() !== undefined);
+  const e = find()!;
+  return { e, body: decode(e.body) };
+}
+
+const fields = (r: LogRecord | undefined, keys: string[]) => Object.fromEntries(keys.map((k) => [k, (r as Record<string, unknown> | undefined)?.[k]]));
+
+test("over a broker: the channel's rules one by one", async (t) => {
+  const w = await world();
+  const atStart = w.clock.now;
+  try {
+    await t.test("the interlink's own request types are neither handled nor requested by an application", async () => {
+      const { north, southId } = await pairOfGateways(w);
+      for (const type of [CHANNEL_OPEN_TYPE, CHANNEL_RESET_TYPE]) {
+        assert.throws(() => north.link.handle(type, () => ({ body: 0 })), (e: unknown) => e instanceof InterlinkError && e.code === "malformed" && e.message === `request type "${type}" is the interlink's own`);
+        await rejectsWith(north.link.request(southId, type, 0), "malformed", new RegExp(`^request type "${type}" is the interlink's own$`));
+      }
+      assert.equal(north.link.channelCount, 0, "nothing was sent");
+    });
+
+    await t.test("an opening answered wrongly makes no channel, and says what was wrong", async () => {
+      const fresh = async (o: { keyAgreement?: ChannelKeyAgreement } = {}) => gateway(w, identity(w, `north-${toHex(new Uint8Array(randomBytes(3)))}.example`), o);
+      const echoing = (over: (open: ReturnType<typeof readOpenRequest>) => Partial<Parameters<typeof openAnswerBody>[0]>) => (e: Envelope) => {
+        const open = readOpenRequest(decode(e.body));
+        return { kind: Kind.Response, body: openAnswerBody({ channelId: open.channelId, ephemeral: generateX25519().publicKey, peerEphemeral: open.ephemeral, ...over(open) }) };
+      };
+      const cases: [string, (e: Envelope) => { kind: Kind; body: unknown }, RegExp, ChannelKeyAgreement?][] = [
+        ["another channel id", echoing(() => ({ channelId: new Uint8Array(16).fill(7) })), /answered another channel opening than ours$/],
+        ["another echoed key", echoing(() => ({ peerEphemeral: new Uint8Array(32).fill(7) })), /answered another channel opening than ours$/],
+        ["not an answer to an opening", () => ({ kind: Kind.Response, body: new Map() }), /answered the channel opening wrongly: channel open answer/],
+        ["an ML-KEM ciphertext to a classical opening", echoing(() => ({ kemCiphertext: new Uint8Array(1088).fill(1) })), /answered with an ML-KEM-768 ciphertext to a classical channel opening$/, "x25519"],
+      ];
+      for (const [what, answer, reason, keyAgreement] of cases) {
+        const peer = await scriptedPeer(w, answer);
+        const north = await fresh({ keyAgreement });
+        await rejectsWith(north.link.request(peer.id, "echo", 1), "malformed", reason);
+        assert.equal(north.link.channelCount, 0, what);
+        assert.equal(peer.got.onChannel, 0, `${what}: nothing sent on a channel`);
+        assert.ok(!north.records.some((r) => r.event === "interlink-channel-opened"), what);
+        await peer.close();
+      }
+      // A peer that fails the opening for another reason than "no handler" is no older gateway: the
+      // error comes back, and the next request asks for a channel again.
+      const failing = await scriptedPeer(w, () => remoteError("internal"));
+      const north = await fresh();
+      await rejectsWith(north.link.request(failing.id, "echo", 1), "remote-error", /answered internal/);
+      await rejectsWith(north.link.request(failing.id, "echo", 2), "remote-error");
+      assert.deepEqual(failing.got.signed.map((e) => e.type), [CHANNEL_OPEN_TYPE, CHANNEL_OPEN_TYPE]);
+      await failing.close();
+    });
+
+    await t.test("a peer without channels is asked again after 600 s, not before", async () => {
+      const older = await scriptedPeer(w, (e) => (e.type === CHANNEL_OPEN_TYPE ? remoteError("no-handler") : { kind: Kind.Response, body: decode(e.body) }));
+      const north = await gateway(w, identity(w, `north-${toHex(new Uint8Array(randomBytes(3)))}.example`));
+      const start = w.clock.now;
+      try {
+        assert.equal(await north.link.request(older.id, "echo", 1), 1);
+        assert.deepEqual(fields(north.records.find((r) => r.event === "interlink-channel-unsupported"), ["peer", "retryInSeconds"]), { peer: older.id, retryInSeconds: 600 });
+        w.clock.now = start + 599;
+        assert.equal(await north.link.request(older.id, "echo", 2), 2);
+        w.clock.now = start + 600;
+        assert.equal(await north.link.request(older.id, "echo", 3), 3);
+        assert.deepEqual(older.got.signed.map((e) => e.type), [CHANNEL_OPEN_TYPE, "echo", "echo", CHANNEL_OPEN_TYPE, "echo"]);
+      } finally {
+        w.clock.now = start;
+        await older.close();
+      }
+    });
+
+    await t.test("the responder: a classical opening is taken under hybrid; a bad body, a bad ML-KEM key and a channel id in use are refused in their own words", async () => {
+      const { south, southId } = await pairOfGateways(w);
+      const caller = identity(w, `caller-${toHex(new Uint8Array(randomBytes(3)))}.example`);
+      const channelId = new Uint8Array(randomBytes(16));
+      const ephemeral = generateX25519().publicKey;
+      const ok = await askSigned(w, caller, southId, CHANNEL_OPEN_TYPE, openRequestBody({ channelId, ephemeral }));
+      assert.equal(ok.e.kind, Kind.Response);
+      assert.equal(ok.e.ephemeral, undefined, "the answer is signed, not encrypted");
+      assert.equal(readOpenAnswer(ok.body).kemCiphertext, undefined, "X25519 alone");
+      const accepted = south.records.filter((r) => r.event === "interlink-channel-accepted");
+      assert.deepEqual(accepted.map((r) => fields(r, ["peer", "channel", "keyAgreement", "peerInstance"])), [{ peer: caller.gatewayId, channel: toHex(channelId).slice(0, 8), keyAgreement: "x25519", peerInstance: undefined }]);
+      assert.ok(!("peerInstance" in accepted[0]));
+      const refusal = async (body: unknown) => {
+        const a = await askSigned(w, caller, southId, CHANNEL_OPEN_TYPE, body);
+        assert.equal(a.e.kind, Kind.Error);
+        return [(a.body as Map<string, string>).get("code"), (a.body as Map<string, string>).get("message")];
+      };
+      assert.deepEqual(await refusal(openRequestBody({ channelId, ephemeral })), ["malformed", "channel id already in use"]);
+      const [code, why] = await refusal(new Map([["c", new Uint8Array(16)]]));
+      assert.equal(code, "malformed");
+      assert.match(why!, /channel open/);
+      // An encapsulation key of the right length that FIPS 203's modulus check refuses.
+      const [kemCode, kemWhy] = await refusal(openRequestBody({ channelId: new Uint8Array(randomBytes(16)), ephemeral, kemKey: new Uint8Array(1184).fill(0xff) }));
+      assert.equal(kemCode, "malformed");
+      assert.ok(kemWhy && kemWhy.length > 0);
+      assert.equal(south.link.channelCount, 1, "only the good opening made a channel");
+    });
+
+    await t.test("a peer's judgement is kept while the trust epoch and the verifier's answer hold; a revoked peer gets nothing more", async () => {
+      const { north, south, southId } = await pairOfGateways(w);
+      const start = w.clock.now;
+      try {
+        await north.link.request(southId, "echo", 1);
+        const judged = north.judged;
+        const until = north.validUntil;
+        assert.ok(until > start && until - start < 2880, "the answer runs out before the channel is due for renewal");
+        await north.link.request(southId, "echo", 2);
+        w.clock.now = until - 1;
+        await north.link.request(southId, "echo", 3);
+        assert.equal(north.judged, judged, "judged once for the channel, then kept");
+        w.clock.now = until;
+        await north.link.request(southId, "echo", 4);
+        assert.equal(north.judged, judged + 1, "judged again when the verifier's answer ran out");
+        north.checker.clear(); // a newer revocation list
+        await north.link.request(southId, "echo", 5);
+        assert.equal(north.judged, judged + 2, "judged again in a new trust epoch");
+        // Revoked: north refuses to send at all, it does not find out from the answer. (The list is
+        // issued at the clock's start, so that the later cases do not see it issued in the future.)
+        w.clock.now = start;
+        w.verifier.updateRevocationList(w.fleet.revoke({ gateways: [southId] }, w.clock.now));
+        north.checker.clear();
+        const calls = south.calls;
+        await rejectsWith(north.link.request(southId, "echo", 6), "untrusted-peer", /revoked/);
+        assert.equal(south.calls, calls, "the request never reached the revoked peer");
+        assert.deepEqual(fields(north.records.find((r) => r.event === "interlink-channel-ended"), ["peer", "why"]), { peer: southId, why: "peer no longer trusted" });
+      } finally {
+        w.clock.now = start;
+      }
+    });
+
+    await t.test("without a trust epoch, the channel's peer is judged at every message", async () => {
+      const north = await gateway(w, identity(w, `north-${toHex(new Uint8Array(randomBytes(3)))}.example`), { noEpoch: true });
+      const south = await gateway(w, identity(w, `south-${toHex(new Uint8Array(randomBytes(3)))}.example`));
+      await north.link.request(south.identity.gatewayId, "echo", 1);
+      const judged = north.judged;
+      await north.link.request(south.identity.gatewayId, "echo", 2);
+      assert.equal(north.judged, judged + 2, "once to send, once for the answer");
+    });
+
+    await t.test("a request unanswered on a channel to a one-process peer times out and leaves the channel as it was", async () => {
+      const { north, southId } = await pairOfGateways(w);
+      await north.link.request(southId, "echo", 1);
+      await rejectsWith(north.link.request(southId, "hang", 0, { timeoutMs: 300 }), "timeout");
+      assert.equal(north.link.channelCount, 1);
+      assert.equal(await north.link.request(southId, "echo", 2), 2);
+      assert.equal(north.link.stats.channelsOpened, 1);
+    });
+
+    await t.test("revalidation fails the requests waiting on a revoked peer's channel at once, and only those", async () => {
+      const { north, southId } = await pairOfGateways(w);
+      const west = await gateway(w, identity(w, `west-${toHex(new Uint8Array(randomBytes(3)))}.example`));
+      const westId = west.identity.gatewayId;
+      await north.link.request(southId, "echo", 1);
+      await north.link.request(westId, "echo", 1);
+      const toSouth = north.link.request(southId, "hang", 0, { timeoutMs: 20_000 });
+      const toWest = north.link.request(westId, "hang", 0, { timeoutMs: 1500 });
+      await until(() => north.link.pendingCount === 2);
+      w.verifier.updateRevocationList(w.fleet.revoke({ gateways: [southId] }, w.clock.now));
+      north.checker.clear();
+      const before = Date.now();
+      await north.link.revalidateChannels();
+      await rejectsWith(toSouth, "untrusted-peer", /revoked/);
+      assert.ok(Date.now() - before < 10_000, "failed at once, not at its timeout");
+      assert.equal(north.link.pendingCount, 1, "the request to west still waits");
+      await rejectsWith(toWest, "timeout");
+    });
+
+    await t.test("channels to two peers: each request goes on its own peer's channel", async () => {
+      const { north, south, southId } = await pairOfGateways(w);
+      const west = await gateway(w, identity(w, `west-${toHex(new Uint8Array(randomBytes(3)))}.example`));
+      for (let i = 0; i < 3; i++) {
+        assert.equal(await north.link.request(southId, "echo", i), i);
+        assert.equal(await north.link.request(west.identity.gatewayId, "echo", i), i);
+      }
+      assert.deepEqual([north.link.stats.channelsOpened, north.link.stats.channelResets, north.link.channelCount, south.calls, west.calls], [2, 0, 2, 3, 3]);
+    });
+
+    await t.test("requests made at once to a new peer open one channel", async () => {
+      const { north, south, southId } = await pairOfGateways(w);
+      assert.deepEqual(await Promise.all([1, 2, 3, 4].map((n) => north.link.request(southId, "echo", n))), [1, 2, 3, 4]);
+      assert.deepEqual([north.link.stats.channelsOpened, north.link.channelCount, south.link.channelCount], [1, 1, 1]);
+    });
+
+    await t.test("at most four channels per peer: a fifth ends the oldest, as replaced", async () => {
+      const { north, south, southId } = await pairOfGateways(w, { lifetime: 100 });
+      const start = w.clock.now;
+      try {
+        await north.link.request(southId, "echo", 0);
+        const first = parseChannelMessage(lastOnChannel(w, requestsTopic(southId))!.bytes).channelId;
+        for (let opened = 2; opened <= 5; opened++) {
+          w.clock.now += 80; // the newest channel is due: the request opens its successor
+          await north.link.request(southId, "echo", opened);
+          await until(() => north.link.stats.channelsOpened === opened).catch((e: Error) => {
+            const events = north.records.filter((r) => /channel|reject/.test(r.event)).map((r) => `${r.event} ${String(r.why ?? r.code ?? "")}`);
+            throw new Error(`${e.message}: ${north.link.stats.channelsOpened} of ${opened} opened; north logged ${events.join(", ")}`);
+          });
+        }
+        assert.deepEqual([north.link.channelCount, south.link.channelCount], [4, 4]);
+        const replaced = north.records.filter((r) => r.event === "interlink-channel-ended");
+        assert.deepEqual(replaced.map((r) => fields(r, ["peer", "channel", "why"])), [{ peer: southId, channel: toHex(first).slice(0, 8), why: "replaced" }]);
+        const opened = north.records.filter((r) => r.event === "interlink-channel-opened");
+        assert.equal(opened.length, 5);
+        assert.deepEqual(fields(opened[0], ["peer", "channel", "keyAgreement"]), { peer: southId, channel: toHex(first).slice(0, 8), keyAgreement: "x25519-mlkem768" });
+        assert.ok(opened.every((r) => !("peerInstance" in r)));
+      } finally {
+        w.clock.now = start;
+      }
+    });
+
+    await t.test("the sweep ends channels past their lifetime and grace, and no others; close() ends every channel", async () => {
+      const { north, southId } = await pairOfGateways(w, { lifetime: 100 });
+      const start = w.clock.now;
+      const sweep = () => (north.link as unknown as { sweepChannels(): void }).sweepChannels();
+      try {
+        await north.link.request(southId, "echo", 1);
+        w.clock.now = start + 100 + 59; // within the grace (maxSkew, 60 s)
+        sweep();
+        assert.equal(north.link.channelCount, 1);
+        w.clock.now = start + 100 + 60;
+        sweep();
+        assert.equal(north.link.channelCount, 0);
+        assert.equal(north.records.find((r) => r.event === "interlink-channel-ended")?.why, "expired");
+        w.clock.now = start;
+        await north.link.request(southId, "echo", 2);
+        assert.equal(north.link.channelCount, 1);
+        await north.link.close();
+        assert.equal(north.link.channelCount, 0);
+      } finally {
+        w.clock.now = start;
+      }
+    });
+
+    await t.test("junk on unknown channels: none addressed elsewhere is answered; a sender is asked again a second later, and the budget renews every second", async () => {
+      const { south } = await pairOfGateways(w);
+      const southId = south.identity.gatewayId;
+      const junk = (from: string, to = southId) => new PairwiseChannel({
+        channelId: new Uint8Array(randomBytes(16)), self: from, peer: to, peerCert: new Uint8Array(1),
+        sendKey: Buffer.from(randomBytes(32)), receiveKey: Buffer.from(randomBytes(32)), createdAt: w.clock.now, lifetime: 3600, initiated: true,
+      }).seal(message());
+      const sfx = toHex(new Uint8Array(randomBytes(3)));
+      const [elsewhere, a, b] = ["elsewhere", "a", "b"].map((n) => `junk-${n}-${sfx}.example`);
+      const resetsTo = (id: string) => w.spied.filter((x) => x.topic === requestsTopic(id)).length;
+      const start = w.clock.now;
+      try {
+        assert.equal((await refused(w, south, junk(elsewhere, "other.example"))).code, "unknown-channel");
+        assert.equal((await refused(w, south, junk(a))).code, "unknown-channel");
+        await until(() => resetsTo(a) === 1);
+        assert.equal(resetsTo(elsewhere), 0, "a message addressed to another gateway gets no reset");
+        w.clock.now = start + 1;
+        assert.equal((await refused(w, south, junk(a))).code, "unknown-channel");
+        await until(() => resetsTo(a) === 2);
+        // Ten resets in one second use up the budget; the next second has ten more.
+        const many = Array.from({ length: 10 }, (_, i) => `junk-m${i}-${sfx}.example`);
+        w.clock.now = start + 2;
+        for (const id of many) await refused(w, south, junk(id));
+        await refused(w, south, junk(b));
+        await until(() => many.every((id) => resetsTo(id) === 1));
+        w.clock.now = start + 3;
+        await refused(w, south, junk(b));
+        await until(() => resetsTo(b) === 1);
+        assert.equal(resetsTo(b), 1, "none in the spent second, one in the next");
+      } finally {
+        w.clock.now = start;
+      }
+    });
+
+    await t.test("a reset is answered with an empty map, signed in the clear", async () => {
+      const { north } = await pairOfGateways(w);
+      const caller = identity(w, `caller-${toHex(new Uint8Array(randomBytes(3)))}.example`);
+      const a = await askSigned(w, caller, north.identity.gatewayId, CHANNEL_RESET_TYPE, new Map([["c", new Uint8Array(16)]]));
+      assert.equal(a.e.kind, Kind.Response);
+      assert.equal(a.e.ephemeral, undefined);
+      assert.deepEqual(a.body, new Map());
+    });
+
+    await t.test("an opening or a reset sent on a channel is refused: they must come signed", async () => {
+      const { north, south, southId } = await pairOfGateways(w);
+      await north.link.request(southId, "echo", 1);
+      const channels = (north.link as unknown as { channels: Map<string, { channel: PairwiseChannel }> }).channels;
+      const [{ channel }] = [...channels.values()];
+      for (const type of [CHANNEL_OPEN_TYPE, CHANNEL_RESET_TYPE]) {
+        const r = await refused(w, south, channel.seal(message({ type, msgId: new Uint8Array(randomBytes(16)), ts: w.clock.now })));
+        assert.equal(r.code, "malformed");
+        assert.equal(r.reason, `${type} must come signed, not on a channel`);
+        assert.equal(r.from, north.identity.gatewayId, "the refusal names the sender the channel vouches for");
+      }
+    });
+
+    await t.test("a restarted peer: every request waiting on the channel it forgot is sent again and answered", async () => {
+      const { north, south, southId } = await pairOfGateways(w);
+      await north.link.request(southId, "echo", 0);
+      await south.link.close();
+      const south2 = await gateway(w, south.identity);
+      assert.deepEqual(await Promise.all([1, 2, 3].map((n) => north.link.request(southId, "echo", n))), [1, 2, 3]);
+      assert.equal(south2.calls, 3, "each ran once");
+      assert.equal(north.link.stats.channelsOpened, 2);
+    });
+  } finally {
+    w.clock.now = atStart;
     await w.close();
   }
 });
