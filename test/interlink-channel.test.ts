@@ -356,7 +356,9 @@ test("over a broker: channels between two gateways", async (t) => {
       flipped[0] ^= 1;
       assert.equal((await refused(w, south, rebuild(header, flipped))).code, "decrypt-failed");
       // The same bytes sent back to their sender: addressed to south, refused by north.
-      assert.equal((await refused(w, north, genuine.bytes, responsesTopic(north.identity.gatewayId))).code, "wrong-recipient");
+      const reflected = await refused(w, north, genuine.bytes, responsesTopic(north.identity.gatewayId));
+      assert.equal(reflected.code, "wrong-recipient");
+      assert.equal(reflected.reason, `channel message is addressed to "${southId}", not to us`);
       const otherId = new Map(header);
       otherId.set(4, new Uint8Array(16).fill(0xee));
       assert.equal((await refused(w, south, rebuild(otherId))).code, "unknown-channel");
@@ -469,7 +471,9 @@ test("over a broker: channels between two gateways", async (t) => {
       const e = parseEnvelope(opening.bytes);
       const { signEnvelope } = await import("../gateway/fleet/interlink.ts");
       const stripped = signEnvelope({ ...e, msgId: new Uint8Array(randomBytes(16)), body: encode(new Map([["c", new Uint8Array(16).fill(1)], ["e", new Uint8Array(32).fill(9)]])) }, generateEd25519().seed);
-      assert.equal((await refused(w, both.south, stripped)).code, "bad-signature");
+      const forged = await refused(w, both.south, stripped);
+      assert.equal(forged.code, "bad-signature");
+      assert.deepEqual([forged.from, forged.msgId], [both.northId, toHex(parseEnvelope(stripped).msgId)], "the refusal names the envelope it read");
 
       const defaults = await pairOfGateways(w);
       assert.equal(await defaults.north.link.request(defaults.southId, "echo", 0), 0);
@@ -480,11 +484,11 @@ test("over a broker: channels between two gateways", async (t) => {
       assert.deepEqual([agreement(mixed.north), agreement(mixed.south)], [["x25519"], ["x25519"]], "a classical peer ignores the ML-KEM key");
 
       const strictCaller = await pairOfGateways(w, { north: "hybrid-only", south: "x25519" });
-      await assert.rejects(strictCaller.north.link.request(strictCaller.southId, "echo", 1), (err: unknown) => err instanceof InterlinkError && err.code === "downgrade");
+      await assert.rejects(strictCaller.north.link.request(strictCaller.southId, "echo", 1), (err: unknown) => err instanceof InterlinkError && err.code === "downgrade" && err.message === `"${strictCaller.southId}" opened the channel with X25519 alone, and this gateway's policy requires X25519 + ML-KEM-768`);
       assert.equal(strictCaller.north.link.channelCount, 0);
 
       const strictCallee = await pairOfGateways(w, { north: "x25519", south: "hybrid-only" });
-      await assert.rejects(strictCallee.north.link.request(strictCallee.southId, "echo", 1), (err: unknown) => err instanceof InterlinkError && err.code === "remote-error" && err.remoteCode === "downgrade");
+      await assert.rejects(strictCallee.north.link.request(strictCallee.southId, "echo", 1), (err: unknown) => err instanceof InterlinkError && err.code === "remote-error" && err.remoteCode === "downgrade" && err.message.endsWith("channel opening offers X25519 alone, and this gateway's policy requires X25519 + ML-KEM-768"));
       assert.equal(strictCallee.south.link.channelCount, 0, "the strict side made no channel");
     });
 
@@ -647,6 +651,8 @@ test("over a broker: the channel's rules one by one", async (t) => {
       const [kemCode, kemWhy] = await refusal(openRequestBody({ channelId: new Uint8Array(randomBytes(16)), ephemeral, kemKey: new Uint8Array(1184).fill(0xff) }));
       assert.equal(kemCode, "malformed");
       assert.ok(kemWhy && kemWhy.length > 0);
+      // A low-order point: the X25519 secret would be all zero.
+      assert.deepEqual(await refusal(openRequestBody({ channelId: new Uint8Array(randomBytes(16)), ephemeral: new Uint8Array(32) })), ["malformed", "channel ephemeral key is not a usable X25519 key"]);
       assert.equal(south.link.channelCount, 1, "only the good opening made a channel");
     });
 
@@ -737,22 +743,24 @@ test("over a broker: the channel's rules one by one", async (t) => {
 
     await t.test("at most four channels per peer: a fifth ends the oldest, as replaced", async () => {
       const { north, south, southId } = await pairOfGateways(w, { lifetime: 100 });
+      const west = await gateway(w, identity(w, `west-${toHex(new Uint8Array(randomBytes(3)))}.example`));
       const start = w.clock.now;
       try {
+        await north.link.request(west.identity.gatewayId, "echo", 0); // another peer's channel, older than all of south's
         await north.link.request(southId, "echo", 0);
         const first = parseChannelMessage(lastOnChannel(w, requestsTopic(southId))!.bytes).channelId;
         for (let opened = 2; opened <= 5; opened++) {
           w.clock.now += 80; // the newest channel is due: the request opens its successor
           await north.link.request(southId, "echo", opened);
-          await until(() => north.link.stats.channelsOpened === opened).catch((e: Error) => {
+          await until(() => north.link.stats.channelsOpened === 1 + opened).catch((e: Error) => {
             const events = north.records.filter((r) => /channel|reject/.test(r.event)).map((r) => `${r.event} ${String(r.why ?? r.code ?? "")}`);
-            throw new Error(`${e.message}: ${north.link.stats.channelsOpened} of ${opened} opened; north logged ${events.join(", ")}`);
+            throw new Error(`${e.message}: ${north.link.stats.channelsOpened} of ${1 + opened} opened (west's and south's); north logged ${events.join(", ")}`);
           });
         }
-        assert.deepEqual([north.link.channelCount, south.link.channelCount], [4, 4]);
+        assert.deepEqual([north.link.channelCount, south.link.channelCount], [5, 4], "four with south, and west's");
         const replaced = north.records.filter((r) => r.event === "interlink-channel-ended");
         assert.deepEqual(replaced.map((r) => fields(r, ["peer", "channel", "why"])), [{ peer: southId, channel: toHex(first).slice(0, 8), why: "replaced" }]);
-        const opened = north.records.filter((r) => r.event === "interlink-channel-opened");
+        const opened = north.records.filter((r) => r.event === "interlink-channel-opened" && r.peer === southId);
         assert.equal(opened.length, 5);
         assert.deepEqual(fields(opened[0], ["peer", "channel", "keyAgreement"]), { peer: southId, channel: toHex(first).slice(0, 8), keyAgreement: "x25519-mlkem768" });
         assert.ok(opened.every((r) => !("peerInstance" in r)));
@@ -797,7 +805,9 @@ test("over a broker: the channel's rules one by one", async (t) => {
       const start = w.clock.now;
       try {
         assert.equal((await refused(w, south, junk(elsewhere, "other.example"))).code, "unknown-channel");
-        assert.equal((await refused(w, south, junk(a))).code, "unknown-channel");
+        const unknown = await refused(w, south, junk(a));
+        assert.equal(unknown.code, "unknown-channel");
+        assert.match(unknown.reason, new RegExp(`^no channel [0-9a-f]{8} with "${a}" here \\(ended, or this gateway restarted\\): the sender is asked to open a new one$`));
         await until(() => resetsTo(a) === 1);
         assert.equal(resetsTo(elsewhere), 0, "a message addressed to another gateway gets no reset");
         w.clock.now = start + 1;
@@ -818,6 +828,13 @@ test("over a broker: the channel's rules one by one", async (t) => {
       }
     });
 
+    await t.test("a channel message that does not parse is malformed, and says why", async () => {
+      const { south } = await pairOfGateways(w);
+      const r = await refused(w, south, Uint8Array.of(0xd0, 0x80));
+      assert.equal(r.code, "malformed");
+      assert.ok(r.reason.length > 0 && r.from === undefined);
+    });
+
     await t.test("a reset is answered with an empty map, signed in the clear", async () => {
       const { north } = await pairOfGateways(w);
       const caller = identity(w, `caller-${toHex(new Uint8Array(randomBytes(3)))}.example`);
@@ -825,6 +842,9 @@ test("over a broker: the channel's rules one by one", async (t) => {
       assert.equal(a.e.kind, Kind.Response);
       assert.equal(a.e.ephemeral, undefined);
       assert.deepEqual(a.body, new Map());
+      const bad = await askSigned(w, caller, north.identity.gatewayId, CHANNEL_RESET_TYPE, new Map());
+      assert.equal(bad.e.kind, Kind.Error);
+      assert.deepEqual([...(bad.body as Map<string, string>)], [["code", "malformed"], ["message", "channel reset must be {c: channel id}"]]);
     });
 
     await t.test("an opening or a reset sent on a channel is refused: they must come signed", async () => {
