@@ -2,7 +2,9 @@
 // between gateways"): its message format recomputed from the description, property tests of its parser
 // and of tampering, and then two interlinks over the in-process broker (aedes) on a clock the test
 // holds: a man in the middle, revocation, a restarted peer, an older peer without channels, renewal at
-// the end of a channel's lifetime. Replays and broker redelivery on the channel are in
+// the end of a channel's lifetime; last, the channel's rules one by one, with a peer played by the
+// test where a real one would never misbehave (answers to an opening that are wrong, each in its own
+// way). Replays and broker redelivery on the channel are in
 // test/interlink.test.ts, which runs every case on channels and on signed envelopes.
 
 import { test, after } from "node:test";
