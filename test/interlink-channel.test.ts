@@ -373,7 +373,6 @@ test("over a broker: channels between two gateways", async (t) => {
       const opening = w.spied.find((s) => s.topic === requestsTopic(southId) && !isChannelMessage(s.bytes));
       assert.ok(opening);
       const eve = identity(w, `eve-${toHex(new Uint8Array(randomBytes(3)))}.example`);
-      const { parseEnvelope, signEnvelope } = await import("../gateway/fleet/interlink.ts");
       const e = parseEnvelope(opening.bytes);
       assert.equal(e.type, CHANNEL_OPEN_TYPE);
       const forged = signEnvelope({ ...e, msgId: new Uint8Array(randomBytes(16)), senderCert: eve.certificate }, eve.signing.seed);
@@ -429,7 +428,6 @@ test("over a broker: channels between two gateways", async (t) => {
       const eve = await gateway(w, identity(w, `eve-${toHex(new Uint8Array(randomBytes(3)))}.example`));
       const channelId = (decode((decode(lastOnChannel(w, requestsTopic(southId))!.bytes.subarray(1)) as Uint8Array[])[0]) as Map<number, unknown>).get(4) as Uint8Array;
       // Eve asks north, in a genuine signed request of her own, to drop the north-south channel.
-      const { signEnvelope, Kind } = await import("../gateway/fleet/interlink.ts");
       const reset = signEnvelope({
         from: eve.identity.gatewayId, to: north.identity.gatewayId, sessionId: new Uint8Array(16), msgId: new Uint8Array(randomBytes(16)),
         type: "kp.channel.reset", ts: w.clock.now, kind: Kind.Request, body: encode(new Map([["c", channelId]])), senderCert: eve.identity.certificate,
@@ -465,13 +463,11 @@ test("over a broker: channels between two gateways", async (t) => {
       assert.equal(await both.north.link.request(both.southId, "echo", "pq"), "pq");
       const opening = w.spied.find((x) => x.topic === requestsTopic(both.southId) && !isChannelMessage(x.bytes))!;
       const answer = w.spied.find((x) => x.topic === responsesTopic(both.northId) && !isChannelMessage(x.bytes))!;
-      const { parseEnvelope } = await import("../gateway/fleet/interlink.ts");
       assert.equal(readOpenRequest(decode(parseEnvelope(opening.bytes).body)).kemKey?.length, 1184, "the opening offers an ML-KEM-768 key");
       assert.equal(readOpenAnswer(decode(parseEnvelope(answer.bytes).body)).kemCiphertext?.length, 1088, "the answer encapsulates to it");
       assert.deepEqual([agreement(both.north), agreement(both.south)], [["x25519-mlkem768"], ["x25519-mlkem768"]]);
       // Stripping the ML-KEM key from the signed opening on the way breaks north's signature.
       const e = parseEnvelope(opening.bytes);
-      const { signEnvelope } = await import("../gateway/fleet/interlink.ts");
       const stripped = signEnvelope({ ...e, msgId: new Uint8Array(randomBytes(16)), body: encode(new Map([["c", new Uint8Array(16).fill(1)], ["e", new Uint8Array(32).fill(9)]])) }, generateEd25519().seed);
       const forged = await refused(w, both.south, stripped);
       assert.equal(forged.code, "bad-signature");
