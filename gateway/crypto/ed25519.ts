@@ -183,9 +183,11 @@ export function ed25519Sign(seed: Uint8Array, msg: Uint8Array): Uint8Array {
  * non-bytes) is simply false: a verifier must not be made to throw by its input.
  */
 export function ed25519Verify(publicKey: Uint8Array, msg: Uint8Array, sig: Uint8Array): boolean {
-  if (!isBytes(publicKey) || !isBytes(msg) || !isBytes(sig)) return false;
-  if (publicKey.length !== ED25519_PUBLIC_KEY_LENGTH || sig.length !== ED25519_SIGNATURE_LENGTH) return false;
+  // The checks are inside the try too: an object can pass instanceof and still throw when its length
+  // is read (a Proxy of a Uint8Array does).
   try {
+    if (!isBytes(publicKey) || !isBytes(msg) || !isBytes(sig)) return false;
+    if (publicKey.length !== ED25519_PUBLIC_KEY_LENGTH || sig.length !== ED25519_SIGNATURE_LENGTH) return false;
     return verify(null, msg, publicKeyObject(publicKey), sig);
   } catch {
     return false;
