@@ -15,9 +15,24 @@ export const MODULES = {
     mutate: ["firmware/crypto/*.ts"],
     tests: ["test/crypto.test.ts", "test/crypto-boundaries.test.ts", "test/proto.test.ts", "test/join-accept-forged.test.ts"],
   },
+  "firmware/cbor.ts": {
+    // The device's CBOR codec: every frame the handset reads goes through its decoder first.
+    mutate: ["firmware/cbor.ts"],
+    tests: ["test/cbor.test.ts", "test/cbor-core.test.ts", "test/proto.test.ts"],
+  },
   "firmware/proto": {
     mutate: ["firmware/proto/*.ts"],
     tests: ["test/proto.test.ts", "test/replay-window-edges.test.ts", "test/join-tag-spec.test.ts", "test/frame-edges.test.ts", "test/link-edges.test.ts", "test/message-table-spec.test.ts", "test/gateway.test.ts", "test/join-accept-forged.test.ts", "test/sa-confirm-wrong-tag.test.ts", "test/group-sa.test.ts"],
+  },
+  "gateway/crypto": {
+    // The gateway's symmetric suites (must agree with the device's) and Ed25519 with its key cache.
+    mutate: ["gateway/crypto/*.ts"],
+    tests: ["test/gateway-crypto-edges.test.ts", "test/crypto.test.ts", "test/crypto-boundaries.test.ts", "test/cose.test.ts", "test/keycache.test.ts", "test/fleet.test.ts"],
+  },
+  "gateway/encoding": {
+    // The gateway's deterministic CBOR, COSE_Sign1 and the device certificates (CWT).
+    mutate: ["gateway/encoding/*.ts"],
+    tests: ["test/cbor.test.ts", "test/cose.test.ts", "test/fleet.test.ts", "test/exchange-decoders.test.ts"],
   },
   "gateway/crossgw/exchange.ts": {
     mutate: ["gateway/crossgw/exchange.ts"],
