@@ -8,8 +8,13 @@
 // accept any COSE_Sign1 whose protected alg is EdDSA, the way the cose-wg examples do, but refuse what we
 // cannot honour: another alg, critical headers (we understand no extensions, RFC 9052 §3.1 "crit"),
 // a label in both buckets (§3), a detached payload, and anything that is not deterministic CBOR
-// (RFC 8949 §4.2.1: no duplicate map keys, no indefinite lengths, shortest heads), so that one
-// message has exactly one meaning and one encoding.
+// (RFC 8949 §4.2.1: no duplicate map keys, no indefinite lengths, shortest heads, no floats for
+// integers). One thing §4.2.1 asks is not checked: the order of map keys. Re-encoding keeps the
+// order they came in (the encoder writes a map's keys in the order it holds them), so a map with its
+// keys in another order is a second encoding of the same value that is accepted. In a COSE_Sign1 what
+// is signed is the bytes as sent, so this lets nobody change a signed header or payload; the
+// unprotected header, which anyone on the path can change anyway, is the only place where it gives a
+// second form.
 
 import { encode, decode } from "./cbor.ts";
 import { ed25519Sign, ed25519Verify, ED25519_SIGNATURE_LENGTH } from "../crypto/ed25519.ts";
@@ -69,7 +74,8 @@ function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
 /**
  * Decodes CBOR and insists it was deterministic: re-encoding must give the same bytes back. This one
  * check rejects duplicate map keys (the map comes back smaller), indefinite lengths, non-shortest
- * heads and trailing bytes, whatever the decoder itself tolerates.
+ * heads, floats that hold integers and trailing bytes, whatever the decoder itself tolerates; map keys
+ * in any order pass (see the top of this file).
  */
 export function decodeDeterministic(bytes: Uint8Array, what: string): unknown {
   let value: unknown;
