@@ -17,8 +17,10 @@ export const MODULES = {
   },
   "firmware/cbor.ts": {
     // The device's CBOR codec: every frame the handset reads goes through its decoder first.
+    // test/cbor-core.test.ts bundles the codec with esbuild for the core build: it would bundle the
+    // instrumented source, which fails its dry run, so it is not in the set.
     mutate: ["firmware/cbor.ts"],
-    tests: ["test/cbor.test.ts", "test/cbor-core.test.ts", "test/proto.test.ts"],
+    tests: ["test/cbor.test.ts", "test/proto.test.ts"],
   },
   "firmware/proto": {
     mutate: ["firmware/proto/*.ts"],
@@ -32,7 +34,7 @@ export const MODULES = {
   "gateway/encoding": {
     // The gateway's deterministic CBOR, COSE_Sign1 and the device certificates (CWT).
     mutate: ["gateway/encoding/*.ts"],
-    tests: ["test/cbor.test.ts", "test/cose.test.ts", "test/fleet.test.ts", "test/exchange-decoders.test.ts"],
+    tests: ["test/encoding-edges.test.ts", "test/cbor.test.ts", "test/cose.test.ts", "test/fleet.test.ts", "test/exchange-decoders.test.ts"],
   },
   "gateway/crossgw/exchange.ts": {
     mutate: ["gateway/crossgw/exchange.ts"],
