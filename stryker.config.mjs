@@ -20,7 +20,7 @@ export const MODULES = {
     // test/cbor-core.test.ts bundles the codec with esbuild for the core build: it would bundle the
     // instrumented source, which fails its dry run, so it is not in the set.
     mutate: ["firmware/cbor.ts"],
-    tests: ["test/cbor.test.ts", "test/proto.test.ts"],
+    tests: ["test/cbor-device-edges.test.ts", "test/cbor.test.ts", "test/proto.test.ts"],
   },
   "firmware/proto": {
     mutate: ["firmware/proto/*.ts"],
