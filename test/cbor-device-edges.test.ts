@@ -8,10 +8,11 @@
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import fc from "fast-check";
+import { fromHex, toHex } from "../firmware/bytes.ts";
 import { decode, encode, Tagged } from "../firmware/cbor.ts";
 
-const hex = (b: Uint8Array): string => Buffer.from(b).toString("hex");
-const h = (s: string): Uint8Array => new Uint8Array(Buffer.from(s.replace(/ /g, ""), "hex"));
+const hex = toHex;
+const h = (s: string): Uint8Array => fromHex(s.replace(/ /g, ""))!;
 const cborError = (message: string) => ({ message: "cbor: " + message });
 /** A text string item (major type 3) around raw bytes, valid UTF-8 or not. */
 const textItem = (b: Uint8Array): Uint8Array => new Uint8Array([...(b.length < 24 ? [0x60 | b.length] : [0x78, b.length]), ...b]);
