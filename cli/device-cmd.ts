@@ -1,5 +1,6 @@
 import { randomBytes } from "node:crypto";
-import { existsSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, rmSync } from "node:fs";
+import { renameDurably, writeSynced } from "../gateway/files/durable.ts";
 import { BOARDS, getBoard } from "../boards/index.ts";
 import type { DeviceSummary } from "../gateway/registry/store.ts";
 import { NoRegistry, openRegistry, openStore, DEFAULT_LISTEN } from "../gateway/gateway.ts";
@@ -57,13 +58,14 @@ export async function addDevice(dataDir: string, id: string, board: string, gate
   const tmp = `${out}.${process.pid}.tmp`;
   try {
     if ((await store.getDeviceInfo(id)) && !replace) throw new Error(`device "${id}" is already registered; pass --replace to give it a new root key`);
-    writeFileSync(tmp, JSON.stringify({ id, key: key.toString("hex"), gw: gateway, board }) + "\n", { mode: 0o600 });
+    writeSynced(tmp, JSON.stringify({ id, key: key.toString("hex"), gw: gateway, board }) + "\n", 0o600);
     await store.atomically(async () => {
       if (replace) await store.replaceDevice(id, key, board, Math.floor(Date.now() / 1000));
       else await store.addDevice(id, key, board, Math.floor(Date.now() / 1000));
       await store.audit(Math.floor(Date.now() / 1000), id, replace ? "device-replaced" : "device-added", `board=${board}`);
-      // Inside the transaction: if the file cannot be put in place, the registry entry is rolled back.
-      renameSync(tmp, out);
+      // Inside the transaction: if the file cannot be put in place, the registry entry is rolled back;
+      // and it is on the disk before the entry commits, so a power cut cannot keep the one without the other.
+      renameDurably(tmp, out);
     });
   } finally {
     rmSync(tmp, { force: true });

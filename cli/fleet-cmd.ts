@@ -1,7 +1,8 @@
 // `keyproxy fleet`: the fleet CA's side of fleet trust (gateway/fleet/fleet.ts, docs/FLEET.md). The CA key
 // never leaves the fleet directory and is never printed; everything printed here is public.
 
-import { copyFileSync, existsSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
+import { createFileDurably, writeFileDurably } from "../gateway/files/durable.ts";
 import { join } from "node:path";
 import { fromHex, toHex } from "../firmware/bytes.ts";
 import {
@@ -234,7 +235,7 @@ export async function fleetCommand(argv: string[]): Promise<number> {
       const cert = fleet.issueGateway(o.id, gatewayPublicKeys(o["data-dir"]), now, lifetime);
       const claims = installGatewayCertificate(o["data-dir"], cert, fleet.anchor);
       // The gateway starts from the current list (newer ones reach it over MQTT); it never takes an older one.
-      copyFileSync(join(dir, REVOCATION_FILE), join(o["data-dir"], HELD_LIST_FILE));
+      writeFileDurably(join(o["data-dir"], HELD_LIST_FILE), readFileSync(join(dir, REVOCATION_FILE)), 0o644);
       console.log(`issued gateway certificate for "${claims.sub}" (id ${toHex(claims.cti)}), valid until ${date(claims.exp)}; installed in ${o["data-dir"]}`);
       warnIfNew();
       return 0;
@@ -243,7 +244,7 @@ export async function fleetCommand(argv: string[]): Promise<number> {
     if (!o.out) throw new UsageError("--out <file> is required with --signing-key and --encryption-key (or pass --data-dir)");
     if (existsSync(o.out)) throw new Error(`${o.out} exists; refusing to overwrite it`);
     const cert = fleet.issueGateway(o.id, keys, now, lifetime);
-    writeFileSync(o.out, cert, { mode: 0o644 });
+    if (!createFileDurably(o.out, cert, 0o644)) throw new Error(`${o.out} exists; refusing to overwrite it`);
     const claims = readGatewayCertificateUnverified(cert);
     console.log(`issued gateway certificate for "${claims.sub}" (id ${toHex(claims.cti)}), valid until ${date(claims.exp)}; written to ${o.out}`);
     console.log(`  give the gateway ${o.out}, ${join(dir, FLEET_FILE)} and ${join(dir, REVOCATION_FILE)}`);

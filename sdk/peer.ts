@@ -34,7 +34,8 @@ import { nodeCrypto } from "../gateway/crypto/symmetric.ts";
 import { issueCertificate } from "../gateway/encoding/cwt.ts";
 import { ed25519FromSeed, generateEd25519 } from "../gateway/crypto/ed25519.ts";
 import { decodeMsg1, decodeMsg2, decodeMsg3, decodeMsg4, encodeMsg1, encodeMsg2, encodeMsg3, encodeMsg4, ExchangeError, Initiator, Responder, SeenSessions, type ExchangeResult, type KeyAgreementPolicy, type LocalParty } from "../gateway/crossgw/exchange.ts";
-import { loadGatewayCredentials, splitDeviceName, writeFileAtomic } from "../gateway/fleet/fleet.ts";
+import { loadGatewayCredentials, splitDeviceName } from "../gateway/fleet/fleet.ts";
+import { createFileDurably } from "../gateway/files/durable.ts";
 import { FleetTrust } from "../gateway/fleet/trust.ts";
 import { Interlink, InterlinkError, type InterlinkRequest } from "../gateway/fleet/interlink.ts";
 import { Logger } from "../gateway/log/logger.ts";
@@ -581,12 +582,12 @@ export class CapablePeer {
 /** The peer's own Ed25519 identity key in its data directory (mode 0600), made on first start. */
 function loadOrCreateIdentity(dataDir: string) {
   const file = join(dataDir, IDENTITY_FILE);
-  if (existsSync(file)) {
-    const hex = readFileSync(file, "utf8").trim();
-    if (!/^[0-9a-f]{64}$/.test(hex)) throw new Error(`${file} is not a 32-byte hex Ed25519 seed`);
-    return ed25519FromSeed(Buffer.from(hex, "hex"));
+  if (!existsSync(file)) {
+    const pair = generateEd25519();
+    // On the disk before anything is signed with it; one another process made meanwhile wins.
+    if (createFileDurably(file, Buffer.from(pair.seed).toString("hex") + "\n", 0o600)) return pair;
   }
-  const pair = generateEd25519();
-  writeFileAtomic(file, Buffer.from(pair.seed).toString("hex") + "\n", 0o600);
-  return pair;
+  const hex = readFileSync(file, "utf8").trim();
+  if (!/^[0-9a-f]{64}$/.test(hex)) throw new Error(`${file} is not a 32-byte hex Ed25519 seed`);
+  return ed25519FromSeed(Buffer.from(hex, "hex"));
 }

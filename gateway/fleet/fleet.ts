@@ -24,13 +24,14 @@
 // NumericDates are whole seconds. Every encoding is deterministic; every error is a FleetError whose
 // message describes the shape of the problem, never key bytes.
 
-import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { createPrivateKey, createPublicKey, diffieHellman, generateKeyPairSync, KeyObject, randomBytes } from "node:crypto";
 import { fromHex, toHex } from "../../firmware/bytes.ts";
 import { encode } from "../encoding/cbor.ts";
 import { CoseError, decodeDeterministic, parseSign1, readOkpPublicKey, signSign1, verifySign1, CRV_ED25519, CRV_X25519, KEY_ALG, KEY_CRV, KEY_KTY, KEY_X, KTY_OKP, COSE_ALG_EDDSA } from "../encoding/cose.ts";
 import { ed25519FromSeed, generateEd25519, keyFingerprint, SecretKeyCache, ED25519_PUBLIC_KEY_LENGTH, type Ed25519KeyPair } from "../crypto/ed25519.ts";
+import { createFileDurably, writeFileDurably } from "../files/durable.ts";
 import { loadOrCreateGatewayKey } from "./identity.ts";
 
 // ---------------------------------------------------------------------------------------------------
@@ -525,16 +526,8 @@ export interface TrustAnchor {
   caPublicKey: Uint8Array;
 }
 
-/** Write then rename, so a crash leaves the old file or the whole new one. */
-export function writeFileAtomic(file: string, data: string | Uint8Array, mode: number): void {
-  const tmp = `${file}.${process.pid}.tmp`;
-  writeFileSync(tmp, data, { mode });
-  chmodSync(tmp, mode);
-  renameSync(tmp, file);
-}
-
 export function writeTrustAnchor(file: string, anchor: TrustAnchor): void {
-  writeFileAtomic(file, JSON.stringify({ fleetId: anchor.fleetId, caPublicKey: toHex(anchor.caPublicKey) }, null, 2) + "\n", 0o644);
+  writeFileDurably(file, JSON.stringify({ fleetId: anchor.fleetId, caPublicKey: toHex(anchor.caPublicKey) }, null, 2) + "\n", 0o644);
 }
 
 export function readTrustAnchor(file: string): TrustAnchor {
@@ -577,7 +570,7 @@ export class Fleet {
     mkdirSync(join(dir, GATEWAYS_DIR), { recursive: true, mode: 0o700 });
     chmodSync(dir, 0o700);
     const ca = generateEd25519();
-    writeFileAtomic(join(dir, CA_KEY_FILE), toHex(ca.seed) + "\n", 0o600);
+    if (!createFileDurably(join(dir, CA_KEY_FILE), toHex(ca.seed) + "\n", 0o600)) throw new FleetError("exists", `${dir} already holds a fleet; refusing to overwrite it`);
     writeTrustAnchor(join(dir, FLEET_FILE), { fleetId, caPublicKey: ca.publicKey });
     const fleet = new Fleet(dir, fleetId, ca);
     fleet.writeList({ fleetId, serial: 1, issuedAt: now, nextUpdate: now + listLifetime, certIds: [], devices: [], gateways: [] });
@@ -600,7 +593,7 @@ export class Fleet {
       { iss: this.fleetId, sub: gatewayId, iat: now, nbf: now, exp: now + lifetime, cti: new Uint8Array(randomBytes(CERT_ID_LENGTH)), signingKey: keys.signingKey, encryptionKey: keys.encryptionKey },
       this.ca.seed,
     );
-    writeFileAtomic(join(this.dir, GATEWAYS_DIR, `${gatewayId}.cwt`), cert, 0o644);
+    writeFileDurably(join(this.dir, GATEWAYS_DIR, `${gatewayId}.cwt`), cert, 0o644);
     return cert;
   }
 
@@ -647,7 +640,9 @@ export class Fleet {
 
   private writeList(list: RevocationList): Uint8Array {
     const signed = signRevocationList(list, this.ca.seed);
-    writeFileAtomic(join(this.dir, REVOCATION_FILE), signed, 0o644);
+    // On the disk before anyone sees it: a CA that lost this file in a power cut would sign its next
+    // list with a serial already published, which gateways take for a redelivery and ignore.
+    writeFileDurably(join(this.dir, REVOCATION_FILE), signed, 0o644);
     return signed;
   }
 }
@@ -673,17 +668,17 @@ export interface GatewayCredentials {
   anchor: TrustAnchor;
 }
 
-/** The gateway's X25519 key, made on first use (mode 0600). */
+/** The gateway's X25519 key, made on first use (mode 0600); one made meanwhile by another process wins. */
 export function loadOrCreateEncryptionKey(dataDir: string): X25519KeyPair {
   const file = join(dataDir, X25519_KEY_FILE);
-  if (existsSync(file)) {
-    const secretKey = readSeedFile(file);
-    return { secretKey, publicKey: x25519PublicKey(secretKey) };
+  if (!existsSync(file)) {
+    mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+    const pair = generateX25519();
+    if (createFileDurably(file, toHex(pair.secretKey) + "\n", 0o600)) return pair;
+    pair.secretKey.fill(0);
   }
-  mkdirSync(dataDir, { recursive: true, mode: 0o700 });
-  const pair = generateX25519();
-  writeFileAtomic(file, toHex(pair.secretKey) + "\n", 0o600);
-  return pair;
+  const secretKey = readSeedFile(file);
+  return { secretKey, publicKey: x25519PublicKey(secretKey) };
 }
 
 /** The public keys a CA needs to certify this gateway, making the keys if they do not exist yet. */
@@ -702,7 +697,7 @@ export function installGatewayCertificate(dataDir: string, certificate: Uint8Arr
   if (toHex(mine.signingKey) !== toHex(claims.signingKey) || toHex(mine.encryptionKey) !== toHex(claims.encryptionKey)) {
     throw malformed(`certificate for "${claims.sub}" does not certify the keys in ${dataDir}`);
   }
-  writeFileAtomic(join(dataDir, GATEWAY_CERT_FILE), certificate, 0o644);
+  writeFileDurably(join(dataDir, GATEWAY_CERT_FILE), certificate, 0o644);
   writeTrustAnchor(join(dataDir, FLEET_FILE), anchor);
   return claims;
 }

@@ -20,7 +20,8 @@ import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import mqtt, { type MqttClient } from "mqtt";
 import { generateEd25519, type Ed25519KeyPair } from "../crypto/ed25519.ts";
-import { Fleet, FleetError, readRevocationListUnverified, writeFileAtomic, type RevocationList, type TrustAnchor } from "./fleet.ts";
+import { writeFileDurably } from "../files/durable.ts";
+import { Fleet, FleetError, readRevocationListUnverified, type RevocationList, type TrustAnchor } from "./fleet.ts";
 import type { Interlink } from "./interlink.ts";
 import type { Logger } from "../log/logger.ts";
 import { CertificateChecker, localSource, remoteSource, Verifier } from "./verifier.ts";
@@ -105,7 +106,7 @@ export class FleetTrust {
     this.link?.republishOnReconnect(this.topic, this.heldBytes);
     if (source !== "file") {
       try {
-        writeFileAtomic(join(this.opts.dataDir, HELD_LIST_FILE), bytes, 0o644);
+        writeFileDurably(join(this.opts.dataDir, HELD_LIST_FILE), bytes, 0o644);
       } catch (e) {
         log.error("revocation-list-not-saved", { reason: e instanceof Error ? e.message : String(e) });
       }

@@ -9,7 +9,8 @@
 // a value copied into another device's row, or into another column, does not open.
 
 import { createCipheriv, createDecipheriv, randomBytes } from "node:crypto";
-import { closeSync, existsSync, openSync, readFileSync, writeSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
+import { createFileDurably } from "../files/durable.ts";
 
 export const KEK_FILE = "keyproxy.kek";
 /** Where the KEK is when not beside the database. */
@@ -33,18 +34,13 @@ export const sealedLength = (plainBytes: number): number => 1 + NONCE_BYTES + pl
 export function loadOrCreateKek(file: string, create: boolean): Buffer {
   if (!existsSync(file)) {
     if (!create) throw new KekError(`the registry's key-encryption key ${file} is missing: restore it from where you keep it (without it no device key in the registry can be read), or set ${KEK_FILE_ENV} to where it is`);
-    // "wx": never over a KEK another process made in the meantime; 0600 from the start.
-    let fd: number;
+    // Never over a KEK another process made in the meantime (theirs is read instead); 0600 from the
+    // start; and on the disk, whole, before anything is sealed under it: a KEK lost in a power cut
+    // after the registry committed rows sealed under it would leave every device key unreadable.
     try {
-      fd = openSync(file, "wx", 0o600);
+      createFileDurably(file, randomBytes(32).toString("hex") + "\n", 0o600);
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === "EEXIST") return loadOrCreateKek(file, false);
       throw new KekError(`cannot create the registry's key-encryption key ${file}: ${(e as NodeJS.ErrnoException).code ?? e}`);
-    }
-    try {
-      writeSync(fd, randomBytes(32).toString("hex") + "\n");
-    } finally {
-      closeSync(fd);
     }
   }
   let text: string;

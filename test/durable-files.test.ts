@@ -1,0 +1,84 @@
+// Files that must survive a power cut (gateway/files/durable.ts): the keys, certificates, trust
+// anchors, revocation lists and provisioning files keyproxy writes. A power cut cannot be pulled
+// here, so the test watches the system calls instead (strace): every such file's bytes are fsynced
+// before its name points at them (rename or link), and its directory is fsynced after. Plus the
+// helpers' own contract: exact modes, no temporary file left behind, an exclusive create.
+
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { createFileDurably, writeFileDurably } from "../gateway/files/durable.ts";
+
+const fresh = () => mkdtempSync(join(tmpdir(), "kp-durable-"));
+const strace = spawnSync("strace", ["-V"]).status === 0;
+
+/** The ordered fsync / rename / link calls of a run of test/support/durable-writers.ts, and the files it wrote. */
+function traced(): { calls: string[]; files: string[] } {
+  const dir = fresh();
+  const out = join(dir, "trace.txt");
+  const run = spawnSync("strace", ["-f", "-y", "-qq", "-e", "trace=fsync,fdatasync,rename,renameat,renameat2,link,linkat", "-o", out,
+    process.execPath, "--import", "tsx", "test/support/durable-writers.ts", join(dir, "w")], { encoding: "utf8" });
+  assert.equal(run.status, 0, `the writers under strace failed: ${run.stderr}`);
+  return { calls: readFileSync(out, "utf8").split("\n"), files: run.stdout.trim().split("\n").map((l) => JSON.parse(l) as string) };
+}
+
+// strace -y prints a file descriptor with its path: fsync(19</dir/name>); rename and link their two paths.
+const syncOf = (line: string): string | undefined => /\b(?:fsync|fdatasync)\(\d+<([^>]*)>\) = 0$/.exec(line)?.[1];
+function nameChange(line: string): { from: string; to: string } | undefined {
+  const m = /\b(?:rename|link)\("([^"]*)", "([^"]*)"\) = 0$/.exec(line) ?? /\b(?:renameat2?|linkat)\(AT_FDCWD(?:<[^>]*>)?, "([^"]*)", AT_FDCWD(?:<[^>]*>)?, "([^"]*)".*\) = 0$/.exec(line);
+  return m ? { from: m[1], to: m[2] } : undefined;
+}
+
+test("every key, certificate, trust anchor, revocation list and provisioning file is synced before it is named, and its directory after", { skip: !strace && process.env.CI !== "true" && "strace is not installed (.ci/run installs it)" }, () => {
+  const { calls, files } = traced();
+  assert.equal(files.length, 11);
+  for (const file of files) {
+    assert.ok(existsSync(file), `${file} was written`);
+    const changes = calls.map((l, i) => ({ i, c: nameChange(l) })).filter((x) => x.c?.to === file);
+    assert.ok(changes.length > 0, `${file} is put in place by a rename or a link, not written under its own name`);
+    for (const { i, c } of changes) {
+      const synced = calls.slice(0, i).map(syncOf);
+      const lastWriteOfTemp = synced.lastIndexOf(c!.from);
+      assert.ok(lastWriteOfTemp >= 0, `${c!.from} was fsynced before it became ${file}`);
+      const after = calls.slice(i + 1).map(syncOf);
+      assert.ok(after.includes(dirname(file)), `${dirname(file)} was fsynced after ${file} was named`);
+    }
+  }
+});
+
+test("writeFileDurably replaces a file whole, with exactly the mode asked for, and leaves no temporary file", () => {
+  const dir = fresh();
+  const file = join(dir, "k");
+  writeFileSync(file, "old", { mode: 0o644 });
+  const umask = process.umask(0o077);
+  try {
+    writeFileDurably(file, "new\n", 0o644);
+  } finally {
+    process.umask(umask);
+  }
+  assert.equal(readFileSync(file, "utf8"), "new\n");
+  assert.equal(statSync(file).mode & 0o777, 0o644, "the mode asked for, not narrowed by the umask");
+  writeFileDurably(file, new Uint8Array([1, 2, 3]), 0o600);
+  assert.deepEqual([...readFileSync(file)], [1, 2, 3]);
+  assert.equal(statSync(file).mode & 0o777, 0o600);
+  assert.deepEqual(readdirSync(dir), ["k"]);
+});
+
+test("writeFileDurably into a missing directory throws and leaves nothing behind", () => {
+  const dir = fresh();
+  assert.throws(() => writeFileDurably(join(dir, "no", "k"), "x", 0o600), { code: "ENOENT" });
+  assert.deepEqual(readdirSync(dir), []);
+});
+
+test("createFileDurably makes a file only where none is, and leaves the one there untouched", () => {
+  const dir = fresh();
+  const file = join(dir, "kek");
+  assert.equal(createFileDurably(file, "first\n", 0o600), true);
+  assert.equal(statSync(file).mode & 0o777, 0o600);
+  assert.equal(createFileDurably(file, "second\n", 0o600), false);
+  assert.equal(readFileSync(file, "utf8"), "first\n");
+  assert.deepEqual(readdirSync(dir), ["kek"], "no temporary file left by either call");
+});
