@@ -34,7 +34,7 @@ function nameChange(line: string): { from: string; to: string } | undefined {
 
 test("every key, certificate, trust anchor, revocation list and provisioning file is synced before it is named, and its directory after", { skip: !strace && process.env.CI !== "true" && "strace is not installed (.ci/run installs it)" }, () => {
   const { calls, files } = traced();
-  assert.equal(files.length, 11);
+  assert.equal(files.length, 12);
   for (const file of files) {
     assert.ok(existsSync(file), `${file} was written`);
     const changes = calls.map((l, i) => ({ i, c: nameChange(l) })).filter((x) => x.c?.to === file);

@@ -3,8 +3,9 @@
 // --bridge-key-file F`). The gateway makes it when the file does not exist yet; copy it to the bridge
 // over a channel you trust (scp). Never in a log, a message or an error.
 
-import { existsSync, openSync, readFileSync, statSync, writeSync, closeSync } from "node:fs";
+import { existsSync, readFileSync, statSync } from "node:fs";
 import { randomBytes } from "node:crypto";
+import { createFileDurably } from "../files/durable.ts";
 import { BRIDGE_KEY_BYTES } from "./bridge-protocol.ts";
 
 /** Reads the key; a clear error (without the file's content) when the file is missing, readable by
@@ -18,14 +19,9 @@ export function readBridgeKey(file: string): Uint8Array {
   return new Uint8Array(Buffer.from(text, "hex"));
 }
 
-/** The key from file, made (0600, never overwritten) when the file does not exist. */
+/** The key from file, made (0600, on the disk before it is used, never over a file another process
+ *  made meanwhile) when the file does not exist. */
 export function loadOrCreateBridgeKey(file: string): { key: Uint8Array; created: boolean } {
-  if (existsSync(file)) return { key: readBridgeKey(file), created: false };
-  const fd = openSync(file, "wx", 0o600);
-  try {
-    writeSync(fd, `${randomBytes(BRIDGE_KEY_BYTES).toString("hex")}\n`);
-  } finally {
-    closeSync(fd);
-  }
-  return { key: readBridgeKey(file), created: true };
+  const created = !existsSync(file) && createFileDurably(file, `${randomBytes(BRIDGE_KEY_BYTES).toString("hex")}\n`, 0o600);
+  return { key: readBridgeKey(file), created };
 }

@@ -4,6 +4,7 @@
 
 import { join } from "node:path";
 import { addDevice } from "../../cli/device-cmd.ts";
+import { loadOrCreateBridgeKey } from "../../gateway/ble/bridge-key.ts";
 import { Fleet, gatewayPublicKeys, installGatewayCertificate } from "../../gateway/fleet/fleet.ts";
 import { HELD_LIST_FILE, FleetTrust } from "../../gateway/fleet/trust.ts";
 import { Logger } from "../../gateway/log/logger.ts";
@@ -22,9 +23,10 @@ const trust = new FleetTrust({ dataDir, anchor: fleet.anchor, log: new Logger(()
 if (!trust.offer(newer, "mqtt")) throw new Error("the newer list was not taken"); // the gateway's held list
 loadOrCreateKek(join(dataDir, KEK_FILE), true); // the registry's KEK
 await addDevice(dataDir, "dev1", "puckjs", "a.example", join(root, "dev1.json"), false); // the provisioning file (and the KEK, made already)
+loadOrCreateBridgeKey(join(dataDir, "bridge.key")); // the BLE bridge key
 
 for (const f of [
   join(fleetDir, "ca.key"), join(fleetDir, "fleet.json"), join(fleetDir, "revocation.cose"), join(fleetDir, "gateways", "a.example.cwt"),
   join(dataDir, "gateway.key"), join(dataDir, "gateway.x25519"), join(dataDir, "gateway.cwt"), join(dataDir, "fleet.json"),
-  join(dataDir, HELD_LIST_FILE), join(dataDir, KEK_FILE), join(root, "dev1.json"),
+  join(dataDir, HELD_LIST_FILE), join(dataDir, KEK_FILE), join(root, "dev1.json"), join(dataDir, "bridge.key"),
 ]) console.log(JSON.stringify(f));
