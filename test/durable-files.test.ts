@@ -2,7 +2,8 @@
 // anchors, revocation lists and provisioning files keyproxy writes. A power cut cannot be pulled
 // here, so the test watches the system calls instead (strace): every such file's bytes are fsynced
 // before its name points at them (rename or link), and its directory is fsynced after. Plus the
-// helpers' own contract: exact modes, no temporary file left behind, an exclusive create.
+// helpers' own contract: exact modes, no temporary file left behind, an exclusive create; and the
+// lock fleet commands hold (gateway/files/lock.ts).
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -11,6 +12,7 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFile
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { createFileDurably, writeFileDurably } from "../gateway/files/durable.ts";
+import { lockFile } from "../gateway/files/lock.ts";
 
 const fresh = () => mkdtempSync(join(tmpdir(), "kp-durable-"));
 const strace = spawnSync("strace", ["-V"]).status === 0;
@@ -81,4 +83,17 @@ test("createFileDurably makes a file only where none is, and leaves the one ther
   assert.equal(createFileDurably(file, "second\n", 0o600), false);
   assert.equal(readFileSync(file, "utf8"), "first\n");
   assert.deepEqual(readdirSync(dir), ["kek"], "no temporary file left by either call");
+});
+
+test("lockFile: one holder at a time; another waits, then gets undefined; the lock is free again once released", () => {
+  const file = join(fresh(), "x.lock");
+  const held = lockFile(file, 0);
+  assert.ok(held, "a free lock is taken");
+  const started = Date.now();
+  assert.equal(lockFile(file, 200), undefined, "a held lock is refused after the wait");
+  assert.ok(Date.now() - started >= 150, "the second caller waited for the holder before giving up");
+  held.release();
+  const again = lockFile(file, 0);
+  assert.ok(again, "taken again after release");
+  again.release();
 });

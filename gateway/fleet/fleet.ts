@@ -32,6 +32,7 @@ import { encode } from "../encoding/cbor.ts";
 import { CoseError, decodeDeterministic, parseSign1, readOkpPublicKey, signSign1, verifySign1, CRV_ED25519, CRV_X25519, KEY_ALG, KEY_CRV, KEY_KTY, KEY_X, KTY_OKP, COSE_ALG_EDDSA } from "../encoding/cose.ts";
 import { ed25519FromSeed, generateEd25519, keyFingerprint, SecretKeyCache, ED25519_PUBLIC_KEY_LENGTH, type Ed25519KeyPair } from "../crypto/ed25519.ts";
 import { createFileDurably, writeFileDurably } from "../files/durable.ts";
+import { lockFile } from "../files/lock.ts";
 import { loadOrCreateGatewayKey } from "./identity.ts";
 
 // ---------------------------------------------------------------------------------------------------
@@ -43,7 +44,8 @@ export type FleetErrorCode =
   | "unknown-issuer" // issued by another fleet
   | "rollback" // a revocation list older than (or as old as) the one held
   | "exists" // refusing to overwrite fleet files
-  | "missing"; // a fleet file that should be there is not
+  | "missing" // a fleet file that should be there is not
+  | "busy"; // another process is changing the fleet directory
 
 export class FleetError extends Error {
   readonly code: FleetErrorCode;
@@ -511,11 +513,16 @@ export function readRevocationListUnverified(bytes: Uint8Array): RevocationList 
 //     ca.key                0600, the CA's Ed25519 seed, hex
 //     revocation.cose       the current signed revocation list
 //     gateways/<id>.cwt     every gateway certificate issued (a record; public)
+//     fleet.lock            held while a process changes the directory (Fleet.locked)
 
 export const FLEET_FILE = "fleet.json";
 export const CA_KEY_FILE = "ca.key";
 export const REVOCATION_FILE = "revocation.cose";
 export const GATEWAYS_DIR = "gateways";
+/** Held while a process changes the fleet directory (gateway/files/lock.ts). */
+export const FLEET_LOCK_FILE = "fleet.lock";
+/** How long a fleet command waits for another one to finish with the directory, ms. */
+const FLEET_LOCK_WAIT_MS = 10_000;
 /** How long a revocation list is good for unless told otherwise: one day. */
 export const DEFAULT_LIST_LIFETIME = 86_400;
 /** How long a gateway certificate is good for unless told otherwise: 90 days. */
@@ -588,13 +595,16 @@ export class Fleet {
   issueGateway(gatewayId: string, keys: { signingKey: Uint8Array; encryptionKey: Uint8Array }, now: number, lifetime = DEFAULT_GATEWAY_CERT_LIFETIME): Uint8Array {
     if (!isGatewayId(gatewayId)) throw malformed(`gateway id "${gatewayId}" must be a domain name (letters, digits, - _ and dots)`);
     if (!Number.isSafeInteger(lifetime) || lifetime < 1) throw malformed("certificate lifetime must be a positive whole number of seconds");
-    if (this.currentList().gateways.includes(gatewayId)) throw malformed(`gateway "${gatewayId}" is revoked in this fleet; it cannot get a certificate`);
-    const cert = issueGatewayCertificate(
-      { iss: this.fleetId, sub: gatewayId, iat: now, nbf: now, exp: now + lifetime, cti: new Uint8Array(randomBytes(CERT_ID_LENGTH)), signingKey: keys.signingKey, encryptionKey: keys.encryptionKey },
-      this.ca.seed,
-    );
-    writeFileDurably(join(this.dir, GATEWAYS_DIR, `${gatewayId}.cwt`), cert, 0o644);
-    return cert;
+    // Locked: a revoke-gateway running at the same time either comes first (and this one refuses) or after.
+    return this.locked(() => {
+      if (this.currentList().gateways.includes(gatewayId)) throw malformed(`gateway "${gatewayId}" is revoked in this fleet; it cannot get a certificate`);
+      const cert = issueGatewayCertificate(
+        { iss: this.fleetId, sub: gatewayId, iat: now, nbf: now, exp: now + lifetime, cti: new Uint8Array(randomBytes(CERT_ID_LENGTH)), signingKey: keys.signingKey, encryptionKey: keys.encryptionKey },
+        this.ca.seed,
+      );
+      writeFileDurably(join(this.dir, GATEWAYS_DIR, `${gatewayId}.cwt`), cert, 0o644);
+      return cert;
+    });
   }
 
   /** The current signed revocation list. */
@@ -616,16 +626,31 @@ export class Fleet {
     for (const d of add.devices ?? []) if (!isDeviceName(d)) throw malformed(`"${d}" is not a device name (name@domain)`);
     for (const g of add.gateways ?? []) if (!isGatewayId(g)) throw malformed(`"${g}" is not a gateway id`);
     for (const c of add.certIds ?? []) if (!/^([0-9a-f]{2}){1,64}$/.test(c)) throw malformed(`"${c}" is not a certificate id (lowercase hex)`);
-    const cur = this.currentList();
-    return this.writeList({
-      fleetId: this.fleetId,
-      serial: cur.serial + 1,
-      issuedAt: now,
-      nextUpdate: now + listLifetime,
-      certIds: [...cur.certIds, ...(add.certIds ?? [])],
-      devices: [...cur.devices, ...(add.devices ?? [])],
-      gateways: [...cur.gateways, ...(add.gateways ?? [])],
+    // Read, sign and write under the fleet's lock: two processes revoking at once would otherwise both
+    // sign serial + 1, and gateways would take one of them and ignore the other as a redelivery.
+    return this.locked(() => {
+      const cur = this.currentList();
+      return this.writeList({
+        fleetId: this.fleetId,
+        serial: cur.serial + 1,
+        issuedAt: now,
+        nextUpdate: now + listLifetime,
+        certIds: [...cur.certIds, ...(add.certIds ?? [])],
+        devices: [...cur.devices, ...(add.devices ?? [])],
+        gateways: [...cur.gateways, ...(add.gateways ?? [])],
+      });
     });
+  }
+
+  /** fn with the fleet directory to this process (another fleet command waits, up to 10 s, for it). */
+  private locked<T>(fn: () => T): T {
+    const lock = lockFile(join(this.dir, FLEET_LOCK_FILE), FLEET_LOCK_WAIT_MS);
+    if (!lock) throw new FleetError("busy", `another keyproxy fleet command has been changing ${this.dir} for ${FLEET_LOCK_WAIT_MS / 1000} s: try again when it is done`);
+    try {
+      return fn();
+    } finally {
+      lock.release();
+    }
   }
 
   /** Gateway certificates issued so far, newest file per gateway id. */
