@@ -86,6 +86,30 @@ test("without its key-encryption key, or with another one, a registry says so an
   await back.close();
 });
 
+test("in a sealed registry, a key written into a row in the clear (as an older gateway stored them) is an alteration: it does not open, even opened only to read", async () => {
+  // Whoever can write the database but not read the KEK (a PostgreSQL operator) must not be able to
+  // choose a device's root key or identity seed by storing one in the clear.
+  const dir = tempDir("kp-kek-clear-");
+  const file = join(dir, "keyproxy.db");
+  const s = await Store.open(file);
+  await s.addDevice("dev-1", key(), "puckjs", 0);
+  await s.addDevice("dev-2", key(), "puckjs", 0);
+  await s.setIdentity("dev-2", seed(), new Uint8Array(32).fill(7));
+  const chosen = key();
+  await s.query("UPDATE devices SET root_key = ? WHERE id = 'dev-1'", [Buffer.from(chosen)]);
+  await s.query("UPDATE devices SET identity_seed = ? WHERE id = 'dev-2'", [Buffer.from(seed())]);
+  const refused = (kind: string, id: string) => (e: Error) => e instanceof KekError && e.message.includes(`the ${kind} of ${id}`) && /not sealed/.test(e.message) && !e.message.includes(Buffer.from(chosen).toString("hex"));
+  await assert.rejects(async () => await s.getDevice("dev-1"), refused("root-key", "dev-1"));
+  await assert.rejects(async () => await s.getDevice("dev-2"), refused("identity-seed", "dev-2"));
+  await s.close();
+  const ro = await Store.open(file, { create: false });
+  await assert.rejects(async () => await ro.getDevice("dev-1"), refused("root-key", "dev-1"));
+  await ro.close();
+  const again = await Store.open(file);
+  await assert.rejects(async () => await again.getDevice("dev-1"), refused("root-key", "dev-1"), "opening to write does not seal it as an older gateway's key");
+  await again.close();
+});
+
 test("a join for a device whose row the registry cannot open is refused and logged; the gateway keeps serving the others, and monitoring, which needs no key, still shows it", async () => {
   const broker = await startBroker({ host: "127.0.0.1", port: 0 });
   const t = await startGateway({ id: "kek.example", mqtt: { url: broker.url } });

@@ -199,8 +199,11 @@ export class Store {
       store.schemaApplied = await migrate(conn);
       store.kekCheck = await store.getMeta(KEK_CHECK);
       // A registry that may be written gets its KEK now (made if new), and what an older gateway stored
-      // in the clear is sealed; one that is only read loads its KEK when a secret is first read.
-      if (create) await store.sealWhatIsClear();
+      // in the clear is sealed; one that is only read loads its KEK when a secret is first read. A
+      // registry that has a KEK check has sealed before: a key in the clear there was written behind the
+      // gateway's back, and is refused where it is read (opened), never sealed as an older gateway's.
+      if (create && store.kekCheck === undefined) await store.sealWhatIsClear();
+      else if (create) await store.kek();
     } catch (e) {
       await conn.close();
       throw e;
@@ -297,15 +300,20 @@ export class Store {
   }
 
   /** A secret column's value: opened, or as it is where an older gateway stored it in the clear (a
-   *  registry opened only to read; one opened to write has been sealed by sealWhatIsClear). */
+   *  registry that has never sealed, opened only to read; one opened to write has been sealed by
+   *  sealWhatIsClear). In a registry that has sealed, a value in the clear is an alteration: whoever
+   *  can write the database but not read the KEK must not choose a device's key that way. */
   private async opened(kind: SealedKind, id: string, stored: Uint8Array, plainBytes: number): Promise<Uint8Array> {
-    return stored.length === plainBytes ? new Uint8Array(stored) : openSealed(await this.kek(), kind, id, stored);
+    if (stored.length !== plainBytes) return openSealed(await this.kek(), kind, id, stored);
+    if (this.kekCheck !== undefined) throw new KekError(`the ${kind} of ${id} in the registry is not sealed, though this registry seals every key: the row was altered`);
+    return new Uint8Array(stored);
   }
 
-  /** Seals the root keys and identity seeds an older gateway stored in the clear, in one transaction. */
+  /** Seals the root keys and identity seeds an older gateway stored in the clear, in one transaction
+   *  with the KEK check (kek()): a crash leaves the registry as it was, or all sealed and checked. */
   private async sealWhatIsClear(): Promise<void> {
-    await this.kek();
     await this.atomically(async () => {
+      await this.kek();
       const clear = (await this.query(`SELECT id, root_key, identity_seed FROM devices WHERE length(root_key) = ${ROOT_KEY_BYTES} OR length(identity_seed) = ${IDENTITY_SEED_BYTES}`)).rows as { id: string; root_key: Buffer; identity_seed: Buffer | null }[];
       for (const r of clear) {
         if (r.root_key.length === ROOT_KEY_BYTES) await this.query("UPDATE devices SET root_key = ? WHERE id = ?", [await this.sealed("root-key", r.id, r.root_key), r.id]);
