@@ -12,7 +12,8 @@ import { toHex } from "../firmware/bytes.ts";
 import { SUITE_AES_CCM_16_64_128 as AES, SUITE_XSALSA20_POLY1305 as XSALSA } from "../firmware/crypto/types.ts";
 import { ErrorCode, Msg, type InnerMessage } from "../firmware/proto/messages.ts";
 import { nodeCrypto } from "../gateway/crypto/symmetric.ts";
-import { generateEd25519 } from "../gateway/crypto/ed25519.ts";
+import { ed25519FromSeed, generateEd25519 } from "../gateway/crypto/ed25519.ts";
+import { readCertificateUnverified } from "../gateway/encoding/cwt.ts";
 import { Logger } from "../gateway/log/logger.ts";
 import { Policy } from "../gateway/registry/policy.ts";
 import { DEFAULT_POLICY, Registrar } from "../gateway/registry/registrar.ts";
@@ -128,4 +129,20 @@ test("certificate queries at the instant of expiry: neither an expired caller no
   const stranger = await r.registrar.handle("carol", { t: Msg.CertQuery, rid: 3, name: "bob" });
   assert.deepEqual(stranger, { t: Msg.Error, rid: 3, code: ErrorCode.NotRegistered });
   assert.equal(r.events("request-rejected").at(-1)!.reason, "caller is not registered");
+});
+
+test("the certificate's key is the one the sealed identity seed makes: an identity_public altered in the database is refused, and no certificate issued", async () => {
+  const r = await rig();
+  const first = (await r.register("alice")) as { cert: Uint8Array };
+  const dev = (await r.store.getDevice("alice"))!;
+  const fromSeed = ed25519FromSeed(dev.identitySeed!).publicKey;
+  assert.deepEqual(readCertificateUnverified(first.cert).publicKey, fromSeed, "certified: the seed's public key");
+  assert.deepEqual(dev.identityPublic, fromSeed);
+  // Someone who can write the database but not read the KEK puts a key of theirs in the column.
+  const theirs = generateEd25519().publicKey;
+  await r.store.query("UPDATE devices SET identity_public = ? WHERE id = 'alice'", [Buffer.from(theirs)]);
+  const before = await r.store.getRegistration("alice");
+  await assert.rejects(async () => await r.register("alice"), /the identity key of alice in the registry is not the one its sealed seed makes: the row was altered/);
+  assert.deepEqual(await r.store.getRegistration("alice"), before, "the registration is unchanged: nothing certified");
+  assert.ok(!(await r.audit("alice")).some((a) => a.event === "renewed"), "no renewal recorded");
 });

@@ -7,7 +7,7 @@ import { toHex } from "../../firmware/bytes.ts";
 import { ErrorCode, Msg, type InnerMessage } from "../../firmware/proto/messages.ts";
 import type { GatewayCrypto } from "../crypto/symmetric.ts";
 import { issueCertificate } from "../encoding/cwt.ts";
-import { generateEd25519, type Ed25519KeyPair } from "../crypto/ed25519.ts";
+import { ed25519FromSeed, generateEd25519, type Ed25519KeyPair } from "../crypto/ed25519.ts";
 import { localDeviceId } from "../fleet/fleet.ts";
 import type { Logger } from "../log/logger.ts";
 import type { Policy } from "./policy.ts";
@@ -65,17 +65,36 @@ export class Registrar {
     }
   }
 
+  /** The device's identity public key, for the certificate the gateway signs: the one its sealed seed
+   *  makes. The identity_public column alone is not trusted: whoever can write the database (not
+   *  the KEK) could put a key of theirs there and have the gateway certify it in the device's name. */
   private async identity(deviceId: string): Promise<Uint8Array> {
-    const dev = await this.d.store.getDeviceInfo(deviceId);
-    if (dev?.identityPublic) return dev.identityPublic;
+    const kept = await this.keptIdentity(deviceId);
+    if (kept) return kept;
     // The device cannot hold a private key worth the name; the gateway keeps it in the device's name.
     const pair = generateEd25519();
-    if (await this.d.store.setIdentity(deviceId, pair.seed, pair.publicKey)) return pair.publicKey;
-    // Another instance of the domain gave the device its identity first: that one is the device's.
+    const stored = await this.d.store.setIdentity(deviceId, pair.seed, pair.publicKey);
     pair.seed.fill(0);
-    const theirs = (await this.d.store.getDeviceInfo(deviceId))?.identityPublic;
+    if (stored) return pair.publicKey;
+    // Another instance of the domain gave the device its identity first: that one is the device's.
+    const theirs = await this.keptIdentity(deviceId);
     if (!theirs) throw new Error(`device ${deviceId} has no identity key and none could be stored`);
     return theirs;
+  }
+
+  /** The public key of the identity seed kept (sealed) in deviceId's name, if any, checked against the
+   *  identity_public column; a mismatch is an altered row, refused. */
+  private async keptIdentity(deviceId: string): Promise<Uint8Array | undefined> {
+    const dev = await this.d.store.getDevice(deviceId);
+    if (!dev?.identitySeed) return undefined;
+    const pair = ed25519FromSeed(dev.identitySeed);
+    dev.identitySeed.fill(0);
+    pair.seed.fill(0);
+    dev.rootKey.fill(0);
+    if (!dev.identityPublic || toHex(dev.identityPublic) !== toHex(pair.publicKey)) {
+      throw new Error(`the identity key of ${deviceId} in the registry is not the one its sealed seed makes: the row was altered; no certificate issued`);
+    }
+    return pair.publicKey;
   }
 
   /** firmware and memory are the device's own report (its firmware id, variables in use): kept with the
