@@ -36,6 +36,12 @@ export const MODULES = {
     mutate: ["gateway/encoding/*.ts"],
     tests: ["test/encoding-edges.test.ts", "test/cbor.test.ts", "test/cose.test.ts", "test/fleet.test.ts", "test/exchange-decoders.test.ts"],
   },
+  "gateway/fleet/trust": {
+    // Who a gateway trusts: the fleet CA's gateway certificates and revocation lists, the verifier's
+    // signed answers and the certificate checker's cache of them, the held revocation list.
+    mutate: ["gateway/fleet/fleet.ts", "gateway/fleet/verifier.ts", "gateway/fleet/trust.ts", "gateway/fleet/identity.ts", "gateway/fleet/verifier-service.ts"],
+    tests: ["test/fleet-edges.test.ts", "test/verifier-edges.test.ts", "test/fleet-trust.test.ts", "test/fleet.test.ts", "test/durable-files.test.ts", "test/fleet-revoke-concurrent.test.ts", "test/exchange.test.ts", "test/interlink.test.ts", "test/interlink-edges.test.ts", "test/keycache.test.ts"],
+  },
   "gateway/crossgw/exchange.ts": {
     mutate: ["gateway/crossgw/exchange.ts"],
     tests: ["test/exchange.test.ts", "test/exchange-decoders.test.ts", "test/exchange-lifecycle.test.ts", "test/exchange-spec.test.ts", "test/interlink.test.ts"],
