@@ -10,7 +10,8 @@ import { spawn } from "node:child_process";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Fleet } from "../gateway/fleet/fleet.ts";
+import { Fleet, FleetError, FLEET_LOCK_FILE, FLEET_LOCK_WAIT_MS } from "../gateway/fleet/fleet.ts";
+import { lockFile } from "../gateway/files/lock.ts";
 
 const PROCESSES = 4;
 const EACH = 25;
@@ -33,4 +34,21 @@ test(`${PROCESSES} processes revoking ${EACH} devices each in one fleet at once:
   const expected = Array.from({ length: PROCESSES }, (_, p) => Array.from({ length: EACH }, (_, i) => `p${p}-${i}@a.example`)).flat().sort();
   assert.deepEqual(list.devices, expected, "no revocation lost");
   assert.equal(list.serial, 1 + PROCESSES * EACH, "each revocation signed its own serial");
+});
+
+test("a fleet command that cannot get the lock in time fails with busy, naming the directory, and signs nothing", () => {
+  assert.equal(FLEET_LOCK_WAIT_MS, 60_000, "the CLI's wait");
+  const dir = join(mkdtempSync(join(tmpdir(), "kp-revoke-")), "fleet");
+  Fleet.create(dir, "busy", Math.floor(Date.now() / 1000));
+  const fleet = Fleet.open(dir, { lockWaitMs: 300 });
+  const held = lockFile(join(dir, FLEET_LOCK_FILE), 0); // another command, stuck
+  assert.ok(held);
+  try {
+    assert.throws(() => fleet.revoke({ devices: ["lamp@a.example"] }, Math.floor(Date.now() / 1000)),
+      (e: unknown) => e instanceof FleetError && e.code === "busy" && e.message === `another keyproxy fleet command has been changing ${dir} for 0.3 s: try again when it is done`);
+  } finally {
+    held.release();
+  }
+  assert.equal(fleet.currentList().serial, 1, "nothing signed");
+  assert.equal(fleet.revoke({ devices: ["lamp@a.example"] }, Math.floor(Date.now() / 1000)).length > 0, true, "free again");
 });

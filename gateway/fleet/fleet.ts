@@ -521,8 +521,10 @@ export const REVOCATION_FILE = "revocation.cose";
 export const GATEWAYS_DIR = "gateways";
 /** Held while a process changes the fleet directory (gateway/files/lock.ts). */
 export const FLEET_LOCK_FILE = "fleet.lock";
-/** How long a fleet command waits for another one to finish with the directory, ms. */
-const FLEET_LOCK_WAIT_MS = 10_000;
+/** How long a fleet command waits for another one to finish with the directory, ms. The lock has no
+ *  queue (a waiter polls), so under a burst of commands one may wait for several others: a minute
+ *  covers a script revoking hundreds of devices a few at a time. */
+export const FLEET_LOCK_WAIT_MS = 60_000;
 /** How long a revocation list is good for unless told otherwise: one day. */
 export const DEFAULT_LIST_LIFETIME = 86_400;
 /** How long a gateway certificate is good for unless told otherwise: 90 days. */
@@ -566,6 +568,8 @@ export class Fleet {
     private readonly ca: Ed25519KeyPair,
   ) {}
 
+  private lockWaitMs = FLEET_LOCK_WAIT_MS;
+
   get anchor(): TrustAnchor {
     return { fleetId: this.fleetId, caPublicKey: new Uint8Array(this.ca.publicKey) };
   }
@@ -584,11 +588,14 @@ export class Fleet {
     return fleet;
   }
 
-  static open(dir: string): Fleet {
+  /** lockWaitMs: how long its changes wait for another fleet command (default FLEET_LOCK_WAIT_MS). */
+  static open(dir: string, o: { lockWaitMs?: number } = {}): Fleet {
     const anchor = readTrustAnchor(join(dir, FLEET_FILE));
     const ca = ed25519FromSeed(readSeedFile(join(dir, CA_KEY_FILE)));
     if (toHex(ca.publicKey) !== toHex(anchor.caPublicKey)) throw malformed(`${join(dir, CA_KEY_FILE)} does not match the CA key in ${FLEET_FILE}`);
-    return new Fleet(dir, anchor.fleetId, ca);
+    const fleet = new Fleet(dir, anchor.fleetId, ca);
+    fleet.lockWaitMs = o.lockWaitMs ?? FLEET_LOCK_WAIT_MS;
+    return fleet;
   }
 
   /** Issues (and records) a certificate for a gateway's two public keys. */
@@ -642,10 +649,10 @@ export class Fleet {
     });
   }
 
-  /** fn with the fleet directory to this process (another fleet command waits, up to 10 s, for it). */
+  /** fn with the fleet directory to this process (another fleet command waits for it, lockWaitMs). */
   private locked<T>(fn: () => T): T {
-    const lock = lockFile(join(this.dir, FLEET_LOCK_FILE), FLEET_LOCK_WAIT_MS);
-    if (!lock) throw new FleetError("busy", `another keyproxy fleet command has been changing ${this.dir} for ${FLEET_LOCK_WAIT_MS / 1000} s: try again when it is done`);
+    const lock = lockFile(join(this.dir, FLEET_LOCK_FILE), this.lockWaitMs);
+    if (!lock) throw new FleetError("busy", `another keyproxy fleet command has been changing ${this.dir} for ${this.lockWaitMs / 1000} s: try again when it is done`);
     try {
       return fn();
     } finally {
