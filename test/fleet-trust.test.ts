@@ -11,10 +11,11 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import mqtt from "mqtt";
 import { generateEd25519 } from "../gateway/crypto/ed25519.ts";
-import { Fleet, generateX25519, readRevocationListUnverified } from "../gateway/fleet/fleet.ts";
+import { Fleet, gatewayPublicKeys, generateX25519, installGatewayCertificate, readRevocationListUnverified } from "../gateway/fleet/fleet.ts";
 import { Interlink } from "../gateway/fleet/interlink.ts";
 import { FleetTrust, HELD_LIST_FILE, publishRevocationList, revocationTopic, REVOCATION_TOPIC_ROOT } from "../gateway/fleet/trust.ts";
 import { checkerTrust } from "../gateway/fleet/verifier.ts";
+import { startVerifierService } from "../gateway/fleet/verifier-service.ts";
 import { Logger } from "../gateway/log/logger.ts";
 import { startBroker, type EmbeddedBroker } from "../gateway/monitor/embedded-broker.ts";
 
@@ -200,4 +201,103 @@ test("a development fleet's gateway takes its own list at start and re-signs it 
     t.close();
     await link.close();
   }
+});
+
+test("the local checker answers from the held list; with no list held nothing is published, and a list published by the fleet CLI stays retained for gateways that start later", async () => {
+  const w = world();
+  const t = w.trust();
+  const link = await attached(w.fleet, t);
+  const watcher = await mqtt.connectAsync(broker.url, { protocolVersion: 4 });
+  try {
+    const some = w.fleet.issueGateway("other.example", { signingKey: generateEd25519().publicKey, encryptionKey: generateX25519().publicKey }, T0);
+    assert.equal((await t.checker.check(some, [], T0)).status, "revocation-unknown", "no list held: nothing is good");
+    const seen: Buffer[] = [];
+    watcher.on("message", (_topic, payload) => seen.push(payload));
+    await watcher.subscribeAsync(t.topic, { qos: 1 });
+    await new Promise((r) => setTimeout(r, 300));
+    assert.deepEqual(seen, [], "nothing held, nothing published");
+    assert.equal(w.events("revocation-list-not-published").length, 0);
+
+    await publishRevocationList(broker.url, w.fleet.fleetId, w.fleet.signedList());
+    for (let i = 0; i < 100 && !t.list; i++) await new Promise((r) => setTimeout(r, 20));
+    assert.equal((await t.checker.check(some, [], T0)).status, "good", "judged with the list taken");
+    const later = await mqtt.connectAsync(broker.url, { protocolVersion: 4 });
+    try {
+      const got = new Promise<Buffer>((resolve) => later.on("message", (_topic, payload) => resolve(payload)));
+      await later.subscribeAsync(revocationTopic(w.fleet.fleetId), { qos: 1 });
+      assert.equal(serialOf(await got), 1, "retained for a subscriber that comes later");
+    } finally {
+      await later.endAsync();
+    }
+    // Offered again from its file or refused from MQTT for another reason: not published again.
+    const before = seen.length;
+    const forger = Fleet.create(join(fresh(), "forger"), w.fleet.fleetId, T0);
+    t.offer(forger.revoke({}, T0), "mqtt");
+    t.offer(w.fleet.signedList(), "file");
+    await new Promise((r) => setTimeout(r, 300));
+    assert.equal(seen.length, before, "only an older list on the topic is answered with the held one");
+  } finally {
+    t.close();
+    await watcher.endAsync();
+    await link.close();
+  }
+});
+
+test("a development fleet's refresh is not early: at half its lifetime, never more than 24 days ahead, and not after close()", async () => {
+  const w = world();
+  for (const [lifetime, now, what] of [[300, T0 + 59, "due at 150 s, not at 60"], [100 * 86_400, T0, "due in 50 days: capped at 24.8, not due now"]] as const) {
+    const dev = Fleet.create(join(fresh(), "dev"), "dev-gw", T0, lifetime);
+    const t = new FleetTrust({ dataDir: fresh(), anchor: dev.anchor, log: w.log, now: () => now, verifierId: "gw.example", devFleet: dev });
+    const link = await attached(dev, t);
+    try {
+      await new Promise((r) => setTimeout(r, 1500));
+      assert.equal(t.list?.serial, 1, what);
+    } finally {
+      t.close();
+      await link.close();
+    }
+  }
+  const dev = Fleet.create(join(fresh(), "dev"), "dev-gw", T0, 120);
+  const t = new FleetTrust({ dataDir: fresh(), anchor: dev.anchor, log: w.log, now: () => T0 + 59, verifierId: "gw.example", devFleet: dev });
+  const link = await attached(dev, t);
+  t.close(); // due in 1 s: the timer goes with close()
+  try {
+    await new Promise((r) => setTimeout(r, 1500));
+    assert.equal(t.list?.serial, 1);
+  } finally {
+    await link.close();
+  }
+});
+
+test("a verifier on its own (keyproxy verifier): gateways' remote checkers ask it, take only answers from a list as new as theirs, and drop their answers with every newer list", async () => {
+  const w = world();
+  const vDir = fresh();
+  installGatewayCertificate(vDir, w.fleet.issueGateway("verify.example", gatewayPublicKeys(vDir), T0), w.fleet.anchor);
+  writeFileSync(join(vDir, HELD_LIST_FILE), w.fleet.signedList());
+  const service = await startVerifierService({ dataDir: vDir, id: "verify.example", url: broker.url, log: w.log, now: () => T0 });
+  const t = w.trust();
+  t.offer(w.fleet.signedList(), "file");
+  const link = await attached(w.fleet, t);
+  try {
+    assert.equal(w.events("verifier-started")[0].id, "verify.example");
+    assert.equal(w.events("verifier-started")[0].revocationSerial, 1);
+    const remote = await t.remoteChecker(link, "verify.example");
+    const some = w.fleet.issueGateway("other.example", { signingKey: generateEd25519().publicKey, encryptionKey: generateX25519().publicKey }, T0);
+    const a = await remote.check(some, [], T0);
+    assert.deepEqual([a.status, a.verifierId, remote.size], ["good", "verify.example", 1]);
+    // A newer list reaches this gateway first: its remote answers go, and the verifier's (from serial 1) are refused.
+    const g = remote.generation;
+    t.offer(w.fleet.revoke({ gateways: ["other.example"] }, T0), "mqtt");
+    assert.equal(remote.generation, g + 1);
+    assert.equal(remote.size, 0);
+    await assert.rejects(remote.check(some, [], T0), /the verifier answered from revocation list serial 1, older than the one held here \(2\)/);
+    // Once the verifier has it too, it answers from it.
+    service.trust.offer(w.fleet.signedList(), "mqtt");
+    assert.equal((await remote.check(some, [], T0)).status, "revoked");
+  } finally {
+    t.close();
+    await link.close();
+    await service.stop();
+  }
+  assert.equal(w.events("verifier-stopped")[0].id, "verify.example");
 });

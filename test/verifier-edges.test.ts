@@ -349,6 +349,16 @@ test("only a good answer with time left is cached; the oldest goes when the cach
   assert.equal(src.calls, 4, "the oldest was dropped");
 });
 
+test("a signed answer that is not good is never cached, whatever validity it claims", async () => {
+  const r = rig();
+  const c = new CertificateChecker({
+    source: async (cert, _chain, now) => signAnswer({ status: "revoked", subject: "south.example", checkedAt: now, validUntil: now + 100, certHash: certificateHash(cert), reason: "revoked", revocationSerial: 1, verifierId: "v" }, r.key.seed),
+    verifierPublicKey: r.key.publicKey,
+  });
+  assert.equal((await c.check(r.south.cert, [], T0)).status, "revoked");
+  assert.equal(c.size, 0);
+});
+
 test("an answer from an older list than the one held is asked again, then refused; clear() empties the cache and moves the generation on", async () => {
   const r = rig();
   let held = 2;
