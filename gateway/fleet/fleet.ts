@@ -566,9 +566,9 @@ export class Fleet {
     readonly dir: string,
     readonly fleetId: string,
     private readonly ca: Ed25519KeyPair,
+    /** How long its changes wait for another fleet command, ms. */
+    private readonly lockWaitMs = FLEET_LOCK_WAIT_MS,
   ) {}
-
-  private lockWaitMs = FLEET_LOCK_WAIT_MS;
 
   get anchor(): TrustAnchor {
     return { fleetId: this.fleetId, caPublicKey: new Uint8Array(this.ca.publicKey) };
@@ -593,9 +593,7 @@ export class Fleet {
     const anchor = readTrustAnchor(join(dir, FLEET_FILE));
     const ca = ed25519FromSeed(readSeedFile(join(dir, CA_KEY_FILE)));
     if (toHex(ca.publicKey) !== toHex(anchor.caPublicKey)) throw malformed(`${join(dir, CA_KEY_FILE)} does not match the CA key in ${FLEET_FILE}`);
-    const fleet = new Fleet(dir, anchor.fleetId, ca);
-    fleet.lockWaitMs = o.lockWaitMs ?? FLEET_LOCK_WAIT_MS;
-    return fleet;
+    return new Fleet(dir, anchor.fleetId, ca, o.lockWaitMs);
   }
 
   /** Issues (and records) a certificate for a gateway's two public keys. */
