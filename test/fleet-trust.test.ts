@@ -6,7 +6,7 @@
 
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import mqtt from "mqtt";
@@ -300,4 +300,18 @@ test("a verifier on its own (keyproxy verifier): gateways' remote checkers ask i
     await service.stop();
   }
   assert.equal(w.events("verifier-stopped")[0].id, "verify.example");
+});
+
+test("a verifier on its own needs its certificate from the fleet: without one it refuses to start, and makes no development fleet or key of its own", async () => {
+  const w = world();
+  const vDir = fresh();
+  const outcome = await startVerifierService({ dataDir: vDir, id: "verify.example", url: broker.url, log: w.log, now: () => T0 }).then(
+    async (service) => { await service.stop(); return "started"; },
+    (e: Error & { code?: string }) => e,
+  );
+  assert.ok(outcome instanceof Error, "it started");
+  assert.equal(outcome.code, "missing");
+  assert.ok(outcome.message.includes(`${join(vDir, "gateway.cwt")} does not exist: issue one with "keyproxy fleet issue-gateway"`), outcome.message);
+  assert.deepEqual(readdirSync(vDir), [], "nothing made in its data directory");
+  assert.deepEqual(w.events("verifier-started"), []);
 });

@@ -89,10 +89,6 @@ export class Verifier {
     if (!Number.isSafeInteger(this.maxAnswerLifetime) || this.maxAnswerLifetime < 0) throw new TypeError("maxAnswerLifetime must be whole seconds");
   }
 
-  get publicKey(): Uint8Array {
-    return new Uint8Array(this.opts.key.publicKey);
-  }
-
   get revocationSerial(): number {
     return this.list?.serial ?? 0;
   }
