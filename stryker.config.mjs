@@ -56,6 +56,12 @@ export const MODULES = {
     mutate: ["gateway/fleet/channel.ts"],
     tests: ["test/channel-edges.test.ts", "test/interlink-channel.test.ts", "test/interlink.test.ts"],
   },
+  "gateway/registry/keys": {
+    // The registry's keys at rest: sealed under the KEK (kek.ts), opened, refused when altered, and the
+    // registry's records around them (store.ts).
+    mutate: ["gateway/registry/kek.ts", "gateway/registry/store.ts"],
+    tests: ["test/registry-keys-edges.test.ts", "test/registry-kek.test.ts", "test/registrar-answers.test.ts", "test/store-audit.test.ts", "test/registry-engines.test.ts", "test/registry-outage.test.ts", "test/join-oracle.test.ts"],
+  },
   "gateway/registry/registrar.ts": {
     mutate: ["gateway/registry/registrar.ts"],
     tests: ["test/registrar-answers.test.ts", "test/gateway.test.ts", "test/keycache.test.ts"],

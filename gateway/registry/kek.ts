@@ -26,9 +26,8 @@ export type SealedKind = "root-key" | "identity-seed" | "kek-check";
 /** The KEK is missing, unreadable, or not the one the registry's values were sealed under. */
 export class KekError extends Error {}
 
-/** Bytes a value of plainBytes takes once sealed: tells a sealed value from one an older gateway
- *  stored in the clear (16-byte root keys, 32-byte seeds), which the store then seals. */
-export const sealedLength = (plainBytes: number): number => 1 + NONCE_BYTES + plainBytes + TAG_BYTES;
+/** Bytes a value of plainBytes takes once sealed (a root key: 45, an identity seed: 61). */
+const sealedLength = (plainBytes: number): number => 1 + NONCE_BYTES + plainBytes + TAG_BYTES;
 
 /** The KEK in file: read, or (create) made with 32 random bytes, owner-only, when there is none. */
 export function loadOrCreateKek(file: string, create: boolean): Buffer {

@@ -1,0 +1,254 @@
+// The registry's keys at rest and the records around them, refusal by refusal (gateway/registry/kek.ts,
+// gateway/registry/store.ts): what a sealed value that is not one, a KEK file that is not one, a
+// registry that is not one each get, in their own words and with nothing changed; the files' modes;
+// a PostgreSQL URL's password kept out of messages; revocation, replacement and removal of a device.
+// Written for the mutants that survived `npm run mutation -- gateway/registry/keys` (docs/MUTATION.md).
+import { after, test } from "node:test";
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import { chmodSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import Database from "better-sqlite3";
+import { KEK_FILE, KEK_FILE_ENV, KekError, loadOrCreateKek, open, seal } from "../gateway/registry/kek.ts";
+import { isDatabaseUrl, NotARegistry, Store, withoutPassword } from "../gateway/registry/store.ts";
+import { tempDir } from "./support/harness.ts";
+
+const made: string[] = [];
+after(() => made.forEach((d) => rmSync(d, { recursive: true, force: true })));
+function dir(prefix: string): string {
+  const d = tempDir(prefix);
+  made.push(d);
+  return d;
+}
+const key16 = () => new Uint8Array(randomBytes(16));
+const hex = (b: Uint8Array) => Buffer.from(b).toString("hex");
+
+test("a sealed value is format byte 0x01, a 12-byte nonce, the ciphertext and a 16-byte tag; anything shorter or of another format is not a sealed value, and says so without a byte of it", () => {
+  const kek = randomBytes(32);
+  const plain = key16();
+  const sealed = seal(kek, "root-key", "dev-1", plain);
+  assert.equal(sealed.length, 1 + 12 + 16 + 16);
+  assert.equal(sealed[0], 0x01);
+  assert.deepEqual(open(kek, "root-key", "dev-1", sealed), plain);
+  // Two seals of one value differ (a fresh nonce each), and both open.
+  const again = seal(kek, "root-key", "dev-1", plain);
+  assert.notDeepEqual(again.subarray(1, 13), sealed.subarray(1, 13));
+  assert.deepEqual(open(kek, "root-key", "dev-1", again), plain);
+  // The tag is 16 bytes: a value whose last 12 bytes alone were the tag does not open.
+  const notASeal = (e: unknown) => e instanceof KekError && e.message === "the root-key of dev-1 in the registry is not a sealed value";
+  const wrongFormat = Buffer.from(sealed);
+  wrongFormat[0] = 0x02;
+  assert.throws(() => open(kek, "root-key", "dev-1", wrongFormat), notASeal);
+  assert.throws(() => open(kek, "root-key", "dev-1", sealed.subarray(0, 28)), notASeal, "one byte short of an empty sealed value");
+  assert.throws(() => open(kek, "root-key", "dev-1", new Uint8Array(0)), notASeal);
+  // The shortest sealed value (nothing sealed) is one: it opens to nothing.
+  assert.deepEqual(open(kek, "root-key", "dev-1", seal(kek, "root-key", "dev-1", new Uint8Array(0))), new Uint8Array(0));
+  // What it names is bound in: another kind or owner does not open, nor a changed byte anywhere.
+  const doesNotOpen = (e: unknown) => e instanceof KekError && /does not open under this key-encryption key/.test(e.message) && !e.message.includes(hex(plain));
+  assert.throws(() => open(kek, "identity-seed", "dev-1", sealed), doesNotOpen);
+  assert.throws(() => open(kek, "root-key", "dev-2", sealed), doesNotOpen);
+  for (const at of [1, 13, sealed.length - 1]) {
+    const altered = Buffer.from(sealed);
+    altered[at] ^= 1;
+    assert.throws(() => open(kek, "root-key", "dev-1", altered), doesNotOpen, `byte ${at} altered`);
+  }
+});
+
+test("a KEK file must be 64 lowercase hex digits and nothing else (a final newline aside); made 0600 when missing, never when asked only to read", () => {
+  const d = dir("kp-kek-file-");
+  const file = join(d, KEK_FILE);
+  assert.throws(() => loadOrCreateKek(file, false), (e: unknown) => e instanceof KekError && e.message.startsWith(`the registry's key-encryption key ${file} is missing: restore it`) && e.message.includes("set KEYPROXY_KEK_FILE to where it is"));
+  const made1 = loadOrCreateKek(file, true);
+  assert.equal(made1.length, 32);
+  assert.equal(statSync(file).mode & 0o777, 0o600);
+  assert.match(readFileSync(file, "utf8"), /^[0-9a-f]{64}\n$/);
+  assert.deepEqual(loadOrCreateKek(file, true), made1, "an existing KEK is read, never replaced");
+  assert.deepEqual(loadOrCreateKek(file, false), made1);
+  const good = made1.toString("hex");
+  const notAKek = (e: unknown) => e instanceof KekError && e.message === `${file} is not a keyproxy key-encryption key (64 hex digits)`;
+  for (const text of [good.slice(0, 63), `${good}0`, `x${good}`, `${good}x`, good.toUpperCase(), "", `${good.slice(0, 32)} ${good.slice(32)}`]) {
+    writeFileSync(file, text + "\n");
+    assert.throws(() => loadOrCreateKek(file, true), notAKek, JSON.stringify(text));
+    assert.equal(readFileSync(file, "utf8"), text + "\n", "a bad KEK file is left as it was, not replaced");
+  }
+});
+
+test("a KEK that cannot be made or read says which file and why, and no key", () => {
+  const d = dir("kp-kek-fail-");
+  const inMissingDir = join(d, "no-such-dir", KEK_FILE);
+  assert.throws(() => loadOrCreateKek(inMissingDir, true), (e: unknown) => e instanceof KekError && e.message === `cannot create the registry's key-encryption key ${inMissingDir}: ENOENT`);
+  const aDirectory = join(d, "kek-dir");
+  mkdirSync(aDirectory);
+  assert.throws(() => loadOrCreateKek(aDirectory, true), (e: unknown) => e instanceof KekError && e.message === `cannot read the registry's key-encryption key ${aDirectory}: EISDIR`);
+});
+
+test("KEYPROXY_KEK_FILE (the documented name) names the KEK's file when none is given; an option given wins over it", async () => {
+  const d = dir("kp-kek-env-");
+  const elsewhere = join(dir("kp-kek-elsewhere-"), "the.kek");
+  const before = process.env.KEYPROXY_KEK_FILE;
+  process.env.KEYPROXY_KEK_FILE = elsewhere;
+  try {
+    const s = await Store.open(join(d, "keyproxy.db"));
+    assert.equal(s.kekFile, elsewhere);
+    await s.addDevice("dev-1", key16(), "puckjs", 0);
+    await s.close();
+    assert.equal(statSync(elsewhere).mode & 0o777, 0o600);
+    assert.throws(() => statSync(join(d, KEK_FILE)), { code: "ENOENT" }, "no KEK beside the database");
+    const given = join(d, "given.kek");
+    const t = await Store.open(join(dir("kp-kek-given-"), "keyproxy.db"), { kekFile: given });
+    assert.equal(t.kekFile, given);
+    await t.close();
+  } finally {
+    if (before === undefined) delete process.env.KEYPROXY_KEK_FILE;
+    else process.env.KEYPROXY_KEK_FILE = before;
+  }
+  const s = await Store.open(join(d, "other.db"));
+  assert.equal(s.kekFile, join(d, KEK_FILE), "without either, beside the database");
+  await s.close();
+});
+
+test("a PostgreSQL registry is named by a postgres:// or postgresql:// URL only, and its password never reaches a message", async () => {
+  for (const url of ["postgres://h/db", "postgresql://h/db", "POSTGRES://h/db"]) assert.equal(isDatabaseUrl(url), true, url);
+  for (const target of ["keyproxy.db", "/var/lib/keyproxy/postgres://x", "x-postgres://h/db", "postgres:/h/db"]) assert.equal(isDatabaseUrl(target), false, target);
+  const masked = withoutPassword("postgres://kp:s3cret-pw@db.example:5432/keyproxy");
+  assert.equal(masked, "postgres://kp:***@db.example:5432/keyproxy");
+  assert.equal(withoutPassword("postgres://kp@db.example/keyproxy"), "postgres://kp@db.example/keyproxy");
+  assert.equal(withoutPassword("postgres://kp:s3cret-pw@[::1"), "(a PostgreSQL URL that does not parse)");
+  // Without its KEK file, a PostgreSQL registry is refused before any connection is tried.
+  const before = process.env[KEK_FILE_ENV];
+  delete process.env[KEK_FILE_ENV];
+  try {
+    await assert.rejects(Store.open("postgres://kp:s3cret-pw@127.0.0.1:1/keyproxy"), (e: unknown) => e instanceof KekError && e.message.startsWith(`a registry in PostgreSQL needs the file of its key-encryption key: set ${KEK_FILE_ENV}`) && !e.message.includes("s3cret"));
+  } finally {
+    if (before !== undefined) process.env[KEK_FILE_ENV] = before;
+  }
+});
+
+test("the registry and SQLite's -wal and -shm beside it are made owner-only, also when an older gateway left them readable", async () => {
+  const d = dir("kp-modes-");
+  const file = join(d, "keyproxy.db");
+  const db = new Database(file);
+  db.pragma("journal_mode = WAL");
+  db.exec("CREATE TABLE t (x)");
+  db.exec("INSERT INTO t VALUES (1)");
+  // -wal and -shm exist while this connection is open.
+  for (const f of [file, `${file}-wal`, `${file}-shm`]) chmodSync(f, 0o644);
+  const s = await Store.open(file);
+  try {
+    for (const f of [file, `${file}-wal`, `${file}-shm`]) assert.equal(statSync(f).mode & 0o777, 0o600, f);
+  } finally {
+    await s.close();
+    db.close();
+  }
+  // A new registry is 0600 from its first byte.
+  const fresh = join(d, "new.db");
+  const n = await Store.open(fresh);
+  await n.close();
+  assert.equal(statSync(fresh).mode & 0o777, 0o600);
+  // In write-ahead-log mode (a setting kept in the file): readers never wait for the writer.
+  const check = new Database(fresh, { readonly: true });
+  assert.equal(check.pragma("journal_mode", { simple: true }), "wal");
+  check.close();
+});
+
+test("opened only to use it, a file that is not a registry, or not SQLite at all, is NotARegistry and stays as it was", async () => {
+  const d = dir("kp-notreg-");
+  const other = join(d, "other.db");
+  const db = new Database(other);
+  db.exec("CREATE TABLE something (x)");
+  db.close();
+  const before = readFileSync(other);
+  await assert.rejects(Store.open(other, { create: false }), (e: unknown) => e instanceof NotARegistry && (e as Error).message === `${other} is not a keyproxy registry`);
+  assert.deepEqual(readFileSync(other), before);
+  const text = join(d, "notes.txt");
+  writeFileSync(text, "x".repeat(4096));
+  await assert.rejects(Store.open(text, { create: false }), (e: unknown) => e instanceof NotARegistry && (e as Error).message === `${text} is not a keyproxy registry`);
+  assert.equal(readFileSync(text, "utf8"), "x".repeat(4096));
+  assert.throws(() => statSync(join(d, KEK_FILE)), { code: "ENOENT" }, "no KEK made for it");
+});
+
+test("an older gateway's registry: a device without an identity seed is sealed too, and its seed stays absent", async () => {
+  const d = dir("kp-old-noseed-");
+  const file = join(d, "keyproxy.db");
+  await (await Store.open(file)).close();
+  rmSync(join(d, KEK_FILE));
+  const k = key16();
+  const raw = new Database(file);
+  raw.prepare("DELETE FROM meta WHERE k = 'kek-check'").run();
+  raw.prepare("INSERT INTO devices (id, root_key, board, created_at) VALUES ('old-1', ?, 'puckjs', 0)").run(Buffer.from(k));
+  raw.close();
+  const s = await Store.open(file);
+  const dev = await s.getDevice("old-1");
+  assert.deepEqual(dev?.rootKey, k);
+  assert.equal(dev?.identitySeed, null);
+  await s.close();
+  const row = new Database(file, { readonly: true }).prepare("SELECT root_key, identity_seed FROM devices").get() as { root_key: Buffer; identity_seed: Buffer | null };
+  assert.equal(row.root_key.length, 45, "sealed");
+  assert.equal(row.identity_seed, null);
+});
+
+test("a registry that was only ever read needs no KEK: reading a device without secrets opens nothing and makes no KEK", async () => {
+  const d = dir("kp-ro-");
+  const file = join(d, "keyproxy.db");
+  const w = await Store.open(file);
+  await w.addDevice("dev-1", key16(), "puckjs", 5);
+  await w.close();
+  const kek = readFileSync(join(d, KEK_FILE));
+  rmSync(join(d, KEK_FILE));
+  const r = await Store.open(file, { create: false });
+  try {
+    assert.equal((await r.getDeviceInfo("dev-1"))?.createdAt, 5);
+    assert.deepEqual((await r.listDevices()).map((x) => x.id), ["dev-1"]);
+    await assert.rejects(r.getDevice("dev-1"), (e: unknown) => e instanceof KekError && /is missing: restore it/.test((e as Error).message));
+  } finally {
+    await r.close();
+  }
+  assert.throws(() => statSync(join(d, KEK_FILE)), { code: "ENOENT" });
+  writeFileSync(join(d, KEK_FILE), kek, { mode: 0o600 });
+});
+
+test("revoking a device: once, with its registration gone and one audit record; again, or an unknown device, is false and changes nothing", async () => {
+  const d = dir("kp-revoke-");
+  const s = await Store.open(join(d, "keyproxy.db"));
+  try {
+    await s.addDevice("dev-1", key16(), "puckjs", 0);
+    await s.putRegistration({ deviceId: "dev-1", registeredAt: 1, expiresAt: 100, suites: [[1, 0]], certId: null, cert: null, firmware: null, memoryUsed: null });
+    assert.equal(await s.revokeDevice("dev-1", 50, "fleet list 3"), true);
+    assert.equal((await s.getDeviceInfo("dev-1"))?.revokedAt, 50);
+    assert.equal(await s.getRegistration("dev-1"), undefined);
+    const audit = async () => (await s.query("SELECT ts, device_id, event, detail FROM audit ORDER BY id")).rows;
+    assert.deepEqual(await audit(), [{ ts: 50, device_id: "dev-1", event: "revoked", detail: "fleet list 3" }]);
+    const snap = await s.snapshot();
+    assert.equal(await s.revokeDevice("dev-1", 60, "again"), false);
+    assert.equal(await s.revokeDevice("nobody", 60, "unknown"), false);
+    assert.equal(await s.snapshot(), snap);
+    assert.equal((await audit()).length, 1);
+    // A revoked device's joins are refused.
+    assert.equal(await s.advanceJoinCounter("dev-1", 1), false);
+  } finally {
+    await s.close();
+  }
+});
+
+test("replacing a device gives it the new key and forgets its counter, registration and identity; removing one is true once", async () => {
+  const d = dir("kp-replace-");
+  const s = await Store.open(join(d, "keyproxy.db"));
+  try {
+    const [k1, k2] = [key16(), key16()];
+    await s.addDevice("dev-1", k1, "puckjs", 0);
+    assert.equal(await s.advanceJoinCounter("dev-1", 7), true);
+    assert.equal(await s.setIdentity("dev-1", new Uint8Array(32).fill(1), new Uint8Array(32).fill(2)), true);
+    assert.equal(await s.setIdentity("dev-1", new Uint8Array(32).fill(3), new Uint8Array(32).fill(4)), false, "the first identity stays");
+    await s.putRegistration({ deviceId: "dev-1", registeredAt: 1, expiresAt: 100, suites: [[1, 0]], certId: null, cert: null, firmware: "fw\u0000x", memoryUsed: 9 });
+    assert.equal((await s.getRegistration("dev-1"))?.firmware, "fw\uFFFDx", "a NUL is stored as U+FFFD, as PostgreSQL needs");
+    await s.replaceDevice("dev-1", k2, "banglejs2", 10);
+    const dev = await s.getDevice("dev-1");
+    assert.deepEqual([dev?.rootKey, dev?.board, dev?.createdAt, dev?.joinCounter, dev?.identitySeed, dev?.identityPublic], [k2, "banglejs2", 10, 0, null, null]);
+    assert.equal(await s.getRegistration("dev-1"), undefined);
+    assert.equal(await s.removeDevice("dev-1"), true);
+    assert.equal(await s.removeDevice("dev-1"), false);
+    assert.equal(await s.getDevice("dev-1"), undefined);
+  } finally {
+    await s.close();
+  }
+});
