@@ -5,7 +5,7 @@
 // Written for the mutants that survived `npm run mutation -- gateway/registry/keys` (docs/MUTATION.md).
 import { after, test } from "node:test";
 import assert from "node:assert/strict";
-import { randomBytes } from "node:crypto";
+import { hkdfSync, randomBytes } from "node:crypto";
 import { chmodSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import Database from "better-sqlite3";
@@ -250,5 +250,54 @@ test("replacing a device gives it the new key and forgets its counter, registrat
     assert.equal(await s.getDevice("dev-1"), undefined);
   } finally {
     await s.close();
+  }
+});
+
+test("opened only to use it, a registry that does not exist is refused and not made; one that exists keeps its mode", async () => {
+  const d = dir("kp-use-only-");
+  const missing = join(d, "missing.db");
+  await assert.rejects(Store.open(missing, { create: false }), (e: unknown) => (e as { code?: string }).code === "SQLITE_CANTOPEN");
+  assert.throws(() => statSync(missing), { code: "ENOENT" }, "not made");
+  const file = join(d, "keyproxy.db");
+  const first = await Store.open(file);
+  assert.ok(first.schemaApplied.length > 0, "a new registry gets every schema version");
+  await first.close();
+  chmodSync(file, 0o640);
+  const used = await Store.open(file, { create: false });
+  assert.deepEqual(used.schemaApplied, [], "an up-to-date registry gets none");
+  await used.close();
+  assert.equal(statSync(file).mode & 0o777, 0o640, "nothing chmodded by a command that only uses the registry");
+});
+
+test("close: committed records first, then closed, and closing again is nothing; a wait for the batch with none queued returns at once", async () => {
+  const d = dir("kp-close-");
+  const s = await Store.open(join(d, "keyproxy.db"));
+  let timer: NodeJS.Timeout | undefined;
+  const waited = await Promise.race([s.auditCommitted().then(() => "resolved"), new Promise((r) => { timer = setTimeout(() => r("still waiting"), 1000); })]);
+  clearTimeout(timer);
+  assert.equal(waited, "resolved", "nothing queued: the wait ends at once");
+  s.auditBatched(1, null, "session-up", "a");
+  assert.equal(s.closed, false);
+  await s.close();
+  assert.equal(s.closed, true);
+  await s.close();
+  const rows = new Database(join(d, "keyproxy.db"), { readonly: true }).prepare("SELECT event, detail FROM audit").all();
+  assert.deepEqual(rows, [{ event: "session-up", detail: "a" }]);
+});
+
+test("a key derived from the KEK for a purpose is HKDF-SHA256(KEK, no salt, \"keyproxy/\" + purpose), 32 bytes: the same for every store sharing the KEK, another for another purpose or KEK", async () => {
+  const d = dir("kp-derived-");
+  const a = await Store.open(join(d, "a.db"), { kekFile: join(d, "shared.kek") });
+  const b = await Store.open(join(d, "b.db"), { kekFile: join(d, "shared.kek") });
+  const c = await Store.open(join(d, "c.db"), { kekFile: join(d, "other.kek") });
+  try {
+    const kek = Buffer.from(readFileSync(join(d, "shared.kek"), "utf8").trim(), "hex");
+    const expected = new Uint8Array(hkdfSync("sha256", kek, Buffer.alloc(0), Buffer.from("keyproxy/bus/acme", "utf8"), 32));
+    assert.deepEqual(await a.derivedKey("bus/acme"), expected);
+    assert.deepEqual(await b.derivedKey("bus/acme"), expected);
+    assert.notDeepEqual(await a.derivedKey("bus/other"), expected);
+    assert.notDeepEqual(await c.derivedKey("bus/acme"), expected);
+  } finally {
+    await Promise.all([a.close(), b.close(), c.close()]);
   }
 });
