@@ -301,3 +301,25 @@ test("a key derived from the KEK for a purpose is HKDF-SHA256(KEK, no salt, \"ke
     await Promise.all([a.close(), b.close(), c.close()]);
   }
 });
+
+test("a batch of audit records the database refused a moment (another process held its lock) stays queued and is committed later: none lost", async () => {
+  const d = dir("kp-audit-retry-");
+  const file = join(d, "keyproxy.db");
+  const s = await Store.open(file, { busyTimeoutMs: 50 });
+  const other = new Database(file);
+  try {
+    other.exec("BEGIN EXCLUSIVE");
+    s.auditBatched(1, null, "session-up", "held back");
+    // The batch's commit (after AUDIT_BATCH_MS) meets the lock, waits 50 ms, fails, and is queued again.
+    await new Promise((r) => setTimeout(r, 400));
+    other.exec("COMMIT");
+    const committed = () => other.prepare("SELECT detail FROM audit").all() as { detail: string }[];
+    assert.deepEqual(committed(), [], "not committed while the lock was held");
+    const until = Date.now() + 5000;
+    while (committed().length === 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
+    assert.deepEqual(committed(), [{ detail: "held back" }], "committed once the lock was free, without a close");
+  } finally {
+    other.close();
+    await s.close();
+  }
+});
