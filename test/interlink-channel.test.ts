@@ -250,7 +250,7 @@ function identity(w: World, id: string): InterlinkIdentity {
   return { gatewayId: id, signing, encryption, certificate: w.fleet.issueGateway(id, { signingKey: signing.publicKey, encryptionKey: encryption.publicKey }, T0, 100_000) };
 }
 
-async function gateway(w: World, id: InterlinkIdentity, o: { channels?: boolean; lifetime?: number; keyAgreement?: ChannelKeyAgreement; noEpoch?: boolean } = {}): Promise<Gw> {
+async function gateway(w: World, id: InterlinkIdentity, o: { channels?: boolean; lifetime?: number; keyAgreement?: ChannelKeyAgreement; noEpoch?: boolean; noLogger?: boolean } = {}): Promise<Gw> {
   const checker = new CertificateChecker({ source: localSource(w.verifier), verifierPublicKey: w.verifierKey.publicKey });
   const records: LogRecord[] = [];
   const log = new Logger(() => {});
@@ -267,7 +267,7 @@ async function gateway(w: World, id: InterlinkIdentity, o: { channels?: boolean;
     ...(o.noEpoch ? {} : { epoch: base.epoch }),
   };
   const link = await Interlink.connect({
-    url: w.url, identity: id, trust, now: () => w.clock.now, protocolVersion: 4, log,
+    url: w.url, identity: id, trust, now: () => w.clock.now, protocolVersion: 4, ...(o.noLogger ? {} : { log }),
     requestTimeoutMs: 3000, certificateTimeoutMs: 2000, pairwiseChannels: o.channels, channelLifetime: o.lifetime, keyAgreement: o.keyAgreement,
   });
   w.links.push(link);
@@ -499,6 +499,25 @@ test("over a broker: channels between two gateways", async (t) => {
       assert.equal(requests.length, 3, "one refused opening, then two signed requests");
       assert.ok(requests.every((s) => !isChannelMessage(s.bytes)));
       assert.equal(north.link.channelCount + south.link.channelCount, 0);
+    });
+
+    await t.test("without a logger (the option is optional): channels open, are refused by a peer without them, and end when their peer is revoked, with nothing thrown", async () => {
+      const sfx = toHex(new Uint8Array(randomBytes(3)));
+      const north = await gateway(w, identity(w, `north-${sfx}.example`), { noLogger: true });
+      const south = await gateway(w, identity(w, `south-${sfx}.example`), { noLogger: true });
+      const old = await gateway(w, identity(w, `old-${sfx}.example`), { noLogger: true, channels: false });
+      assert.equal(await north.link.request(south.identity.gatewayId, "echo", 1), 1);
+      assert.equal(north.link.channelCount, 1, "opened");
+      assert.equal(await north.link.request(old.identity.gatewayId, "echo", 2), 2);
+      assert.equal(north.link.channelCount, 1, "none with the peer without channels: it got a signed envelope");
+      const waiting = north.link.request(south.identity.gatewayId, "hang", 3, { timeoutMs: 2500 }).then(() => undefined, (e: unknown) => e);
+      await until(() => north.link.pendingCount === 1);
+      w.verifier.updateRevocationList(w.fleet.revoke({ gateways: [south.identity.gatewayId] }, w.clock.now));
+      north.checker.clear();
+      await north.link.revalidateChannels();
+      assert.equal(north.link.channelCount, 0, "ended: its peer was revoked");
+      const e = await waiting;
+      assert.ok(e instanceof InterlinkError && e.code === "untrusted-peer", `the request waiting on it failed at once, as untrusted-peer: ${String(e)}`);
     });
 
     await t.test("renewal: at 80% of its lifetime a new channel opens while the old one carries on; past its end it is refused", async () => {
