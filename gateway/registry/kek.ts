@@ -26,8 +26,8 @@ export type SealedKind = "root-key" | "identity-seed" | "kek-check";
 /** The KEK is missing, unreadable, or not the one the registry's values were sealed under. */
 export class KekError extends Error {}
 
-/** Bytes a value of plainBytes takes once sealed (a root key: 45, an identity seed: 61). */
-const sealedLength = (plainBytes: number): number => 1 + NONCE_BYTES + plainBytes + TAG_BYTES;
+/** The shortest sealed value (nothing sealed): a root key takes 16 bytes more (45), a seed 32 (61). */
+const SEALED_OVERHEAD = 1 + NONCE_BYTES + TAG_BYTES;
 
 /** The KEK in file: read, or (create) made with 32 random bytes, owner-only, when there is none. */
 export function loadOrCreateKek(file: string, create: boolean): Buffer {
@@ -65,7 +65,7 @@ export function seal(kek: Buffer, kind: SealedKind, owner: string, plain: Uint8A
 /** The value sealed for owner; a KekError, naming neither key nor value, when it does not open. */
 export function open(kek: Buffer, kind: SealedKind, owner: string, sealed: Uint8Array): Uint8Array {
   const b = Buffer.from(sealed.buffer, sealed.byteOffset, sealed.byteLength);
-  if (b.length < sealedLength(0) || b[0] !== FORMAT) throw new KekError(`the ${kind} of ${owner} in the registry is not a sealed value`);
+  if (b.length < SEALED_OVERHEAD || b[0] !== FORMAT) throw new KekError(`the ${kind} of ${owner} in the registry is not a sealed value`);
   const d = createDecipheriv("aes-256-gcm", kek, b.subarray(1, 1 + NONCE_BYTES), { authTagLength: TAG_BYTES });
   d.setAAD(aad(kind, owner));
   d.setAuthTag(b.subarray(b.length - TAG_BYTES));
