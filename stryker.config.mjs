@@ -60,7 +60,7 @@ export const MODULES = {
     // The registry's keys at rest: sealed under the KEK (kek.ts), opened, refused when altered, and the
     // registry's records around them (store.ts).
     mutate: ["gateway/registry/kek.ts", "gateway/registry/store.ts"],
-    tests: ["test/registry-keys-edges.test.ts", "test/registry-kek.test.ts", "test/registrar-answers.test.ts", "test/store-audit.test.ts", "test/registry-engines.test.ts", "test/registry-outage.test.ts", "test/join-oracle.test.ts"],
+    tests: ["test/registry-keys-edges.test.ts", "test/registry-kek.test.ts", "test/registrar-answers.test.ts", "test/store-audit.test.ts", "test/registry-engines.test.ts", "test/registry-outage.test.ts", "test/join-oracle.test.ts", "test/live-table.test.ts"],
   },
   "gateway/registry/registrar.ts": {
     mutate: ["gateway/registry/registrar.ts"],
