@@ -54,7 +54,7 @@ test("a sealed value is format byte 0x01, a 12-byte nonce, the ciphertext and a 
   }
 });
 
-test("a KEK file must be 64 lowercase hex digits and nothing else (a final newline aside); made 0600 when missing, never when asked only to read", () => {
+test("a KEK file must be 64 hex digits and nothing else (a final newline aside; either case, as a restored copy may be); made 0600 when missing, never when asked only to read", () => {
   const d = dir("kp-kek-file-");
   const file = join(d, KEK_FILE);
   assert.throws(() => loadOrCreateKek(file, false), (e: unknown) => e instanceof KekError && e.message.startsWith(`the registry's key-encryption key ${file} is missing: restore it`) && e.message.includes("set KEYPROXY_KEK_FILE to where it is"));
@@ -65,8 +65,10 @@ test("a KEK file must be 64 lowercase hex digits and nothing else (a final newli
   assert.deepEqual(loadOrCreateKek(file, true), made1, "an existing KEK is read, never replaced");
   assert.deepEqual(loadOrCreateKek(file, false), made1);
   const good = made1.toString("hex");
+  writeFileSync(file, good.toUpperCase() + "\n");
+  assert.deepEqual(loadOrCreateKek(file, false), made1, "the same key in capitals");
   const notAKek = (e: unknown) => e instanceof KekError && e.message === `${file} is not a keyproxy key-encryption key (64 hex digits)`;
-  for (const text of [good.slice(0, 63), `${good}0`, `x${good}`, `${good}x`, good.toUpperCase(), "", `${good.slice(0, 32)} ${good.slice(32)}`]) {
+  for (const text of [good.slice(0, 63), `${good}0`, `x${good}`, `${good}x`, `${good.slice(0, 63)}g`, "", `${good.slice(0, 32)} ${good.slice(32)}`]) {
     writeFileSync(file, text + "\n");
     assert.throws(() => loadOrCreateKek(file, true), notAKek, JSON.stringify(text));
     assert.equal(readFileSync(file, "utf8"), text + "\n", "a bad KEK file is left as it was, not replaced");

@@ -48,7 +48,7 @@ export function loadOrCreateKek(file: string, create: boolean): Buffer {
   } catch (e) {
     throw new KekError(`cannot read the registry's key-encryption key ${file}: ${(e as NodeJS.ErrnoException).code ?? e}`);
   }
-  if (!/^[0-9a-f]{64}$/.test(text)) throw new KekError(`${file} is not a keyproxy key-encryption key (64 hex digits)`);
+  if (!/^[0-9a-fA-F]{64}$/.test(text)) throw new KekError(`${file} is not a keyproxy key-encryption key (64 hex digits)`);
   return Buffer.from(text, "hex");
 }
 
