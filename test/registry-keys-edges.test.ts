@@ -21,6 +21,15 @@ function dir(prefix: string): string {
   return d;
 }
 const key16 = () => new Uint8Array(randomBytes(16));
+/** Rows as another connection reads them from the file, that connection closed again. */
+function rowsInFile(file: string, sql: string): unknown[] {
+  const db = new Database(file, { readonly: true });
+  try {
+    return db.prepare(sql).all();
+  } finally {
+    db.close();
+  }
+}
 const hex = (b: Uint8Array) => Buffer.from(b).toString("hex");
 
 test("a sealed value is format byte 0x01, a 12-byte nonce, the ciphertext and a 16-byte tag; anything shorter or of another format is not a sealed value, and says so without a byte of it", () => {
@@ -184,7 +193,7 @@ test("an older gateway's registry: a device without an identity seed is sealed t
   assert.deepEqual(dev?.rootKey, k);
   assert.equal(dev?.identitySeed, null);
   await s.close();
-  const row = new Database(file, { readonly: true }).prepare("SELECT root_key, identity_seed FROM devices").get() as { root_key: Buffer; identity_seed: Buffer | null };
+  const [row] = rowsInFile(file, "SELECT root_key, identity_seed FROM devices") as { root_key: Buffer; identity_seed: Buffer | null }[];
   assert.equal(row.root_key.length, 45, "sealed");
   assert.equal(row.identity_seed, null);
 });
@@ -195,7 +204,6 @@ test("a registry that was only ever read needs no KEK: reading a device without 
   const w = await Store.open(file);
   await w.addDevice("dev-1", key16(), "puckjs", 5);
   await w.close();
-  const kek = readFileSync(join(d, KEK_FILE));
   rmSync(join(d, KEK_FILE));
   const r = await Store.open(file, { create: false });
   try {
@@ -206,7 +214,6 @@ test("a registry that was only ever read needs no KEK: reading a device without 
     await r.close();
   }
   assert.throws(() => statSync(join(d, KEK_FILE)), { code: "ENOENT" });
-  writeFileSync(join(d, KEK_FILE), kek, { mode: 0o600 });
 });
 
 test("revoking a device: once, with its registration gone and one audit record; again, or an unknown device, is false and changes nothing", async () => {
@@ -283,8 +290,7 @@ test("close: committed records first, then closed, and closing again is nothing;
   await s.close();
   assert.equal(s.closed, true);
   await s.close();
-  const rows = new Database(join(d, "keyproxy.db"), { readonly: true }).prepare("SELECT event, detail FROM audit").all();
-  assert.deepEqual(rows, [{ event: "session-up", detail: "a" }]);
+  assert.deepEqual(rowsInFile(join(d, "keyproxy.db"), "SELECT event, detail FROM audit"), [{ event: "session-up", detail: "a" }]);
 });
 
 test("a key derived from the KEK for a purpose is HKDF-SHA256(KEK, no salt, \"keyproxy/\" + purpose), 32 bytes: the same for every store sharing the KEK, another for another purpose or KEK", async () => {
@@ -310,13 +316,14 @@ test("a batch of audit records the database refused a moment (another process he
   const s = await Store.open(file, { busyTimeoutMs: 50 });
   const other = new Database(file);
   try {
+    const committed = () => other.prepare("SELECT detail FROM audit").all() as { detail: string }[];
     other.exec("BEGIN EXCLUSIVE");
     s.auditBatched(1, null, "session-up", "held back");
-    // The batch's commit (after AUDIT_BATCH_MS) meets the lock, waits 50 ms, fails, and is queued again.
+    // The batch's commit (after AUDIT_BATCH_MS) meets the lock, waits 50 ms, fails, and is queued again
+    // (tried next after 10 × AUDIT_BATCH_MS).
     await new Promise((r) => setTimeout(r, 400));
-    other.exec("COMMIT");
-    const committed = () => other.prepare("SELECT detail FROM audit").all() as { detail: string }[];
     assert.deepEqual(committed(), [], "not committed while the lock was held");
+    other.exec("COMMIT");
     const until = Date.now() + 5000;
     while (committed().length === 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
     assert.deepEqual(committed(), [{ detail: "held back" }], "committed once the lock was free, without a close");
