@@ -36,6 +36,7 @@ import { ed25519FromSeed, generateEd25519 } from "../gateway/crypto/ed25519.ts";
 import { decodeMsg1, decodeMsg2, decodeMsg3, decodeMsg4, encodeMsg1, encodeMsg2, encodeMsg3, encodeMsg4, ExchangeError, Initiator, Responder, SeenSessions, type ExchangeResult, type KeyAgreementPolicy, type LocalParty } from "../gateway/crossgw/exchange.ts";
 import { loadGatewayCredentials, splitDeviceName } from "../gateway/fleet/fleet.ts";
 import { createFileDurably } from "../gateway/files/durable.ts";
+import { parseHexKey } from "../gateway/files/hex-key.ts";
 import { FleetTrust } from "../gateway/fleet/trust.ts";
 import { Interlink, InterlinkError, type InterlinkRequest } from "../gateway/fleet/interlink.ts";
 import { Logger } from "../gateway/log/logger.ts";
@@ -587,7 +588,7 @@ function loadOrCreateIdentity(dataDir: string) {
     // On the disk before anything is signed with it; one another process made meanwhile wins.
     if (createFileDurably(file, Buffer.from(pair.seed).toString("hex") + "\n", 0o600)) return pair;
   }
-  const hex = readFileSync(file, "utf8").trim();
-  if (!/^[0-9a-f]{64}$/.test(hex)) throw new Error(`${file} is not a 32-byte hex Ed25519 seed`);
-  return ed25519FromSeed(Buffer.from(hex, "hex"));
+  const seed = parseHexKey(readFileSync(file, "utf8"));
+  if (!seed) throw new Error(`${file} is not a 32-byte hex Ed25519 seed`);
+  return ed25519FromSeed(seed);
 }

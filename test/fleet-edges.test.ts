@@ -274,10 +274,13 @@ test("a fleet's files missing, altered or mismatched: each refused with the file
   writeFileSync(anchorFile, anchorText);
   refused(() => readTrustAnchor(join(dir, "none.json")), "missing", `${join(dir, "none.json")} does not exist`);
 
-  for (const text of ["ab".repeat(31), "ab".repeat(33), `x${"ab".repeat(32)}`, `${"ab".repeat(32)}x`, "AB".repeat(32)]) {
+  for (const text of ["ab".repeat(31), "ab".repeat(33), `x${"ab".repeat(32)}`, `${"ab".repeat(32)}x`, "AB".repeat(31)]) {
     writeFileSync(keyFile, text);
     refused(() => Fleet.open(dir), "malformed", `${keyFile} is not a 32-byte hex key`);
   }
+  // The CA's key restored by hand in capitals, without its newline: the same key.
+  writeFileSync(keyFile, keyText.trim().toUpperCase());
+  assert.deepEqual(Fleet.open(dir).anchor, fleet.anchor);
   writeFileSync(keyFile, `${toHex(generateEd25519().seed)}\n`);
   refused(() => Fleet.open(dir), "malformed", `${keyFile} does not match the CA key in fleet.json`);
   rmSync(keyFile);
@@ -366,8 +369,10 @@ test("the gateway's signing key: made once (hex and a newline, 0600), then read;
   const again = loadOrCreateGatewayKey(dataDir);
   assert.equal(again.created, false);
   assert.deepEqual(again.key.publicKey, made.key.publicKey);
-  for (const text of ["ab".repeat(31), `x${"ab".repeat(32)}`, `${"ab".repeat(32)}x`, "AB".repeat(32)]) {
+  for (const text of ["ab".repeat(31), `x${"ab".repeat(32)}`, `${"ab".repeat(32)}x`, "AB".repeat(33)]) {
     writeFileSync(file, text);
     assert.throws(() => loadOrCreateGatewayKey(dataDir), { message: `${file} is not a 32-byte hex Ed25519 seed; refusing to start` });
   }
+  writeFileSync(file, ` ${toHex(made.key.seed).toUpperCase()}\r\n`);
+  assert.deepEqual(loadOrCreateGatewayKey(dataDir).key.publicKey, made.key.publicKey, "the same seed in capitals, around other whitespace");
 });

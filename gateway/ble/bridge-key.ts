@@ -6,6 +6,7 @@
 import { existsSync, readFileSync, statSync } from "node:fs";
 import { randomBytes } from "node:crypto";
 import { createFileDurably } from "../files/durable.ts";
+import { parseHexKey } from "../files/hex-key.ts";
 import { BRIDGE_KEY_BYTES } from "./bridge-protocol.ts";
 
 /** Reads the key; a clear error (without the file's content) when the file is missing, readable by
@@ -14,9 +15,9 @@ export function readBridgeKey(file: string): Uint8Array {
   if (!existsSync(file)) throw new Error(`no bridge key at ${file}: the gateway makes one when started with --bridge-listen and --bridge-key-file ${file}; copy that file here (mode 0600)`);
   const mode = statSync(file).mode & 0o777;
   if (mode & 0o077) throw new Error(`the bridge key file ${file} may be read by others (mode ${mode.toString(8).padStart(4, "0")}): chmod 600 ${file}`);
-  const text = readFileSync(file, "utf8").trim();
-  if (!/^[0-9a-f]+$/i.test(text) || text.length !== BRIDGE_KEY_BYTES * 2) throw new Error(`the bridge key file ${file} does not hold ${BRIDGE_KEY_BYTES} bytes as ${BRIDGE_KEY_BYTES * 2} hex digits`);
-  return new Uint8Array(Buffer.from(text, "hex"));
+  const key = parseHexKey(readFileSync(file, "utf8"));
+  if (!key) throw new Error(`the bridge key file ${file} does not hold ${BRIDGE_KEY_BYTES} bytes as ${BRIDGE_KEY_BYTES * 2} hex digits`);
+  return key;
 }
 
 /** The key from file, made (0600, on the disk before it is used, never over a file another process

@@ -32,6 +32,7 @@ import { encode } from "../encoding/cbor.ts";
 import { CoseError, decodeDeterministic, parseSign1, readOkpPublicKey, signSign1, verifySign1, CRV_ED25519, CRV_X25519, KEY_ALG, KEY_CRV, KEY_KTY, KEY_X, KTY_OKP, COSE_ALG_EDDSA } from "../encoding/cose.ts";
 import { ed25519FromSeed, generateEd25519, keyFingerprint, SecretKeyCache, ED25519_PUBLIC_KEY_LENGTH, type Ed25519KeyPair } from "../crypto/ed25519.ts";
 import { createFileDurably, writeFileDurably } from "../files/durable.ts";
+import { parseHexKey } from "../files/hex-key.ts";
 import { lockFile } from "../files/lock.ts";
 import { loadOrCreateGatewayKey } from "./identity.ts";
 
@@ -554,8 +555,7 @@ export function readTrustAnchor(file: string): TrustAnchor {
 
 function readSeedFile(file: string): Uint8Array {
   if (!existsSync(file)) throw new FleetError("missing", `${file} does not exist`);
-  const hex = readFileSync(file, "utf8").trim();
-  const seed = /^[0-9a-f]{64}$/.test(hex) ? fromHex(hex) : undefined;
+  const seed = parseHexKey(readFileSync(file, "utf8"));
   if (!seed) throw malformed(`${file} is not a 32-byte hex key`);
   return seed;
 }

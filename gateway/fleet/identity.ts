@@ -5,6 +5,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { ed25519FromSeed, generateEd25519, type Ed25519KeyPair } from "../crypto/ed25519.ts";
 import { createFileDurably } from "../files/durable.ts";
+import { parseHexKey } from "../files/hex-key.ts";
 
 export const KEY_FILE = "gateway.key";
 
@@ -15,7 +16,7 @@ export function loadOrCreateGatewayKey(dataDir: string): { key: Ed25519KeyPair; 
     // On the disk before the gateway signs anything with it; a key another process made meanwhile wins.
     if (createFileDurably(file, Buffer.from(key.seed).toString("hex") + "\n", 0o600)) return { key, created: true };
   }
-  const hex = readFileSync(file, "utf8").trim();
-  if (!/^[0-9a-f]{64}$/.test(hex)) throw new Error(`${file} is not a 32-byte hex Ed25519 seed; refusing to start`);
-  return { key: ed25519FromSeed(Buffer.from(hex, "hex")), created: false };
+  const seed = parseHexKey(readFileSync(file, "utf8"));
+  if (!seed) throw new Error(`${file} is not a 32-byte hex Ed25519 seed; refusing to start`);
+  return { key: ed25519FromSeed(seed), created: false };
 }

@@ -11,6 +11,7 @@
 import { createCipheriv, createDecipheriv, randomBytes } from "node:crypto";
 import { existsSync, readFileSync } from "node:fs";
 import { createFileDurably } from "../files/durable.ts";
+import { parseHexKey } from "../files/hex-key.ts";
 
 export const KEK_FILE = "keyproxy.kek";
 /** Where the KEK is when not beside the database. */
@@ -44,12 +45,13 @@ export function loadOrCreateKek(file: string, create: boolean): Buffer {
   }
   let text: string;
   try {
-    text = readFileSync(file, "utf8").trim();
+    text = readFileSync(file, "utf8");
   } catch (e) {
     throw new KekError(`cannot read the registry's key-encryption key ${file}: ${(e as NodeJS.ErrnoException).code ?? e}`);
   }
-  if (!/^[0-9a-fA-F]{64}$/.test(text)) throw new KekError(`${file} is not a keyproxy key-encryption key (64 hex digits)`);
-  return Buffer.from(text, "hex");
+  const kek = parseHexKey(text);
+  if (!kek) throw new KekError(`${file} is not a keyproxy key-encryption key (64 hex digits)`);
+  return Buffer.from(kek.buffer);
 }
 
 const aad = (kind: SealedKind, owner: string) => Buffer.from(`keyproxy/${kind}/v1/${owner}`, "utf8");
