@@ -58,9 +58,15 @@ export const MODULES = {
   },
   "gateway/registry/keys": {
     // The registry's keys at rest: sealed under the KEK (kek.ts), opened, refused when altered, and the
-    // registry's records around them (store.ts).
-    mutate: ["gateway/registry/kek.ts", "gateway/registry/store.ts"],
-    tests: ["test/registry-keys-edges.test.ts", "test/registry-kek.test.ts", "test/registrar-answers.test.ts", "test/store-audit.test.ts", "test/registry-engines.test.ts", "test/registry-outage.test.ts", "test/join-oracle.test.ts", "test/live-table.test.ts"],
+    // registry's records around them (store.ts); the text format of every key file (hex-key.ts).
+    mutate: ["gateway/registry/kek.ts", "gateway/registry/store.ts", "gateway/files/hex-key.ts"],
+    tests: ["test/hex-key.test.ts", "test/registry-keys-edges.test.ts", "test/registry-kek.test.ts", "test/registrar-answers.test.ts", "test/store-audit.test.ts", "test/registry-engines.test.ts", "test/registry-outage.test.ts", "test/join-oracle.test.ts", "test/live-table.test.ts"],
+  },
+  "gateway/link/limits": {
+    // What anyone who can reach the link port may do: the frame reader for unauthenticated bytes
+    // (deframer.ts), the connection and join limits and the per-source keys they count by (limits.ts).
+    mutate: ["gateway/link/deframer.ts", "gateway/link/limits.ts"],
+    tests: ["test/link-deframer.test.ts", "test/link-server.test.ts", "test/link-server-edges.test.ts"],
   },
   "gateway/registry/registrar.ts": {
     mutate: ["gateway/registry/registrar.ts"],
