@@ -1,7 +1,8 @@
 // The registry's keys at rest and the records around them, refusal by refusal (gateway/registry/kek.ts,
 // gateway/registry/store.ts): what a sealed value that is not one, a KEK file that is not one, a
 // registry that is not one each get, in their own words and with nothing changed; the files' modes;
-// a PostgreSQL URL's password kept out of messages; revocation, replacement and removal of a device.
+// a PostgreSQL URL's password kept out of messages; revocation, replacement and removal of a device;
+// a use-only open of PostgreSQL, its pool size and queryRelaxed's own connection.
 // Written for the mutants that survived `npm run mutation -- gateway/registry/keys` (docs/MUTATION.md).
 import { after, test } from "node:test";
 import assert from "node:assert/strict";
@@ -12,6 +13,8 @@ import Database from "better-sqlite3";
 import { KEK_FILE, KEK_FILE_ENV, KekError, loadOrCreateKek, open, seal } from "../gateway/registry/kek.ts";
 import { isDatabaseUrl, NotARegistry, Store, withoutPassword } from "../gateway/registry/store.ts";
 import { tempDir } from "./support/harness.ts";
+import { testDatabase } from "./support/postgres.ts";
+import { asAdmin, withAdmin } from "./support/postgres-cluster.ts";
 
 const made: string[] = [];
 after(() => made.forEach((d) => rmSync(d, { recursive: true, force: true })));
@@ -176,6 +179,63 @@ test("opened only to use it, a file that is not a registry, or not SQLite at all
   await assert.rejects(Store.open(text, { create: false }), (e: unknown) => e instanceof NotARegistry && (e as Error).message === `${text} is not a keyproxy registry`);
   assert.equal(readFileSync(text, "utf8"), "x".repeat(4096));
   assert.throws(() => statSync(join(d, KEK_FILE)), { code: "ENOENT" }, "no KEK made for it");
+});
+
+test("opened only to use it, a registry the database refuses to read (another process holds its lock) fails with the database's own error, not as NotARegistry", async () => {
+  const d = dir("kp-locked-");
+  const file = join(d, "keyproxy.db");
+  await (await Store.open(file)).close();
+  // In a rollback journal, unlike WAL, a writer's EXCLUSIVE lock keeps readers out.
+  const other = new Database(file);
+  try {
+    other.pragma("journal_mode = DELETE");
+    other.exec("BEGIN EXCLUSIVE");
+    await assert.rejects(Store.open(file, { create: false, busyTimeoutMs: 50 }), (e: unknown) => !(e instanceof NotARegistry) && (e as { code?: string }).code === "SQLITE_BUSY");
+  } finally {
+    other.close();
+  }
+});
+
+test("PostgreSQL: opened only to use it, a database without the registry is NotARegistry and gets no schema; the pool holds poolSize connections at most", async (t) => {
+  const db = await testDatabase(t);
+  if (!db) return;
+  const kekFile = join(dir("kp-pg-use-"), "pg.kek");
+  const tables = () => withAdmin(db.url, async (c) => (await c.query("SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()")).rows.length);
+  try {
+    await assert.rejects(Store.open(db.url, { create: false, kekFile }), (e: unknown) => e instanceof NotARegistry && (e as Error).message === `${withoutPassword(db.url)} is not a keyproxy registry`);
+    assert.equal(await tables(), 0, "nothing made in it");
+    await (await Store.open(db.url, { kekFile })).close();
+    const used = await Store.open(db.url, { create: false, kekFile, poolSize: 1 });
+    try {
+      // Three statements at once over a pool of one: they take turns on one connection, so the last
+      // sees no other connection to the database.
+      const others = "SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()";
+      const [, , seen] = await Promise.all([used.query("SELECT pg_sleep(0.2)"), used.query("SELECT pg_sleep(0.2)"), used.row(others)]);
+      assert.deepEqual(seen, { n: 0 });
+    } finally {
+      await used.close();
+    }
+  } finally {
+    await db.drop();
+  }
+});
+
+test("PostgreSQL: queryRelaxed on its own connection refuses once the store is closed, and a failed opening of that connection is tried again at the next call", async (t) => {
+  const db = await testDatabase(t);
+  if (!db) return;
+  const name = new URL(db.url).pathname.slice(1);
+  const s = await Store.open(db.url, { kekFile: join(dir("kp-pg-relaxed-"), "pg.kek") });
+  try {
+    await asAdmin(db.admin, `ALTER DATABASE ${name} ALLOW_CONNECTIONS false`);
+    await assert.rejects(s.queryRelaxed("SELECT 1 AS one"), /not currently accepting connections/);
+    await asAdmin(db.admin, `ALTER DATABASE ${name} ALLOW_CONNECTIONS true`);
+    assert.deepEqual((await s.queryRelaxed("SELECT 1 AS one")).rows, [{ one: 1 }], "opened at the next call, not the failed opening again");
+    await s.close();
+    await assert.rejects(s.queryRelaxed("SELECT 1 AS one"), { message: "the registry is closed: the statement was not run" });
+  } finally {
+    await s.close();
+    await db.drop();
+  }
 });
 
 test("an older gateway's registry: a device without an identity seed is sealed too, and its seed stays absent", async () => {
