@@ -82,6 +82,11 @@ export const MODULES = {
     // instance variants (test/groups-instances*.test.ts) need PostgreSQL and Mosquitto: not here.
     tests: ["test/group-keeper.test.ts", "test/groups.test.ts", "test/groups-crossgw.test.ts"],
   },
+  "gateway/sessions/matching.ts": {
+    // Seed 003's cipher-suite matching: which setting two devices share, and which one wins.
+    mutate: ["gateway/sessions/matching.ts"],
+    tests: ["test/matching.test.ts", "test/session-broker-edges.test.ts"],
+  },
   "gateway/sessions/session-broker.ts": {
     mutate: ["gateway/sessions/session-broker.ts"],
     tests: ["test/session-broker-edges.test.ts", "test/sessions.test.ts", "test/sa-confirm-wrong-tag.test.ts"],
