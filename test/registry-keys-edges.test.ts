@@ -220,11 +220,12 @@ test("PostgreSQL: opened only to use it, a database without the registry is NotA
   }
 });
 
-test("PostgreSQL: queryRelaxed on its own connection refuses once the store is closed, and a failed opening of that connection is tried again at the next call", async (t) => {
+test("PostgreSQL: queryRelaxed on its own connection refuses once the store is closed, a failed opening of that connection is tried again at the next call, and the store closes it (or its failed opening) with the rest", async (t) => {
   const db = await testDatabase(t);
   if (!db) return;
   const name = new URL(db.url).pathname.slice(1);
-  const s = await Store.open(db.url, { kekFile: join(dir("kp-pg-relaxed-"), "pg.kek") });
+  const kekFile = join(dir("kp-pg-relaxed-"), "pg.kek");
+  const s = await Store.open(db.url, { kekFile });
   try {
     await asAdmin(db.admin, `ALTER DATABASE ${name} ALLOW_CONNECTIONS false`);
     await assert.rejects(s.queryRelaxed("SELECT 1 AS one"), /not currently accepting connections/);
@@ -232,7 +233,19 @@ test("PostgreSQL: queryRelaxed on its own connection refuses once the store is c
     assert.deepEqual((await s.queryRelaxed("SELECT 1 AS one")).rows, [{ one: 1 }], "opened at the next call, not the failed opening again");
     await s.close();
     await assert.rejects(s.queryRelaxed("SELECT 1 AS one"), { message: "the registry is closed: the statement was not run" });
+    // Both connections closed with the store: none left on the server.
+    const left = () => withAdmin(db.admin, async (c) => (await c.query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = $1", [name])).rows[0].n as number);
+    const until = Date.now() + 5000;
+    while ((await left()) > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
+    assert.equal(await left(), 0);
+    // A close while the relaxed connection is still failing to open ends well all the same.
+    const other = await Store.open(db.url, { kekFile });
+    await asAdmin(db.admin, `ALTER DATABASE ${name} ALLOW_CONNECTIONS false`);
+    const failing = other.queryRelaxed("SELECT 1 AS one");
+    await other.close();
+    await assert.rejects(failing, /not currently accepting connections/);
   } finally {
+    await asAdmin(db.admin, `ALTER DATABASE ${name} ALLOW_CONNECTIONS true`);
     await s.close();
     await db.drop();
   }
