@@ -66,7 +66,7 @@ export const MODULES = {
     // What anyone who can reach the link port may do: the frame reader for unauthenticated bytes
     // (deframer.ts), the connection and join limits and the per-source keys they count by (limits.ts).
     mutate: ["gateway/link/deframer.ts", "gateway/link/limits.ts"],
-    tests: ["test/link-deframer.test.ts", "test/link-server.test.ts", "test/link-server-edges.test.ts"],
+    tests: ["test/link-deframer.test.ts", "test/link-limits.test.ts", "test/link-server.test.ts", "test/link-server-edges.test.ts"],
   },
   "gateway/registry/registrar.ts": {
     mutate: ["gateway/registry/registrar.ts"],
