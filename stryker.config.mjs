@@ -85,7 +85,7 @@ export const MODULES = {
   "gateway/sessions/matching.ts": {
     // Seed 003's cipher-suite matching: which setting two devices share, and which one wins.
     mutate: ["gateway/sessions/matching.ts"],
-    tests: ["test/matching.test.ts", "test/session-broker-edges.test.ts"],
+    tests: ["test/matching.test.ts", "test/matching-edges.test.ts", "test/session-broker-edges.test.ts"],
   },
   "gateway/sessions/session-broker.ts": {
     mutate: ["gateway/sessions/session-broker.ts"],

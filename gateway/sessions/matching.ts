@@ -84,7 +84,8 @@ export function matchSettings(caller: Candidate[], callee: Candidate[], opts: Ma
   const pr = (m: Match) => (c.by === "priority" ? (c.favour === "callee" ? m.callee : m.caller).priority ?? Infinity : 0);
   const other = (m: Match) => (c.by === "priority" ? (c.favour === "callee" ? m.caller : m.callee).priority ?? Infinity : 0);
   const score = (m: Match) => (c.by === "strongest" ? -m.setting.keyBits : c.by === "lightest" ? cost(m.setting) : pr(m));
-  // Stable: ties fall to the other side's priority, then to the order the callee listed.
+  // Stable: ties fall to the other side's priority, then to the order the pairs were found in (the
+  // caller's list, then the callee's).
   return matches.slice().sort((x, y) => score(x) - score(y) || other(x) - other(y))[0];
 }
 
