@@ -66,7 +66,8 @@ test("at most 10,000 pairs are remembered: a new one pushes out the one used lea
   assert.equal(t.waitFor("made-up-0", "s"), 1000);
 });
 
-const group = fc.integer({ min: 0, max: 0xffff });
+// Zero groups often, so that the shortest form compresses runs of them ("::") anywhere, also first.
+const group = fc.oneof(fc.constant(0), fc.integer({ min: 0, max: 0xffff }));
 
 test("an IPv6 source is its /64 however the address is written: zeros compressed or not, capitals, leading zeros, a zone", () => {
   fc.assert(
@@ -82,7 +83,22 @@ test("an IPv6 source is its /64 however the address is written: zeros compressed
   assert.equal(sourceKey("::"), "0:0:0:0::/64");
   assert.equal(sourceKey("2001:db8::"), "2001:db8:0:0::/64");
   assert.equal(sourceKey("fe80::1%eth0"), "fe80:0:0:0::/64");
+  assert.equal(sourceKey("::1:2:3:4:5"), "0:0:0:1::/64", "a long tail after the zeros");
+  // An IPv4 address in the last 32 bits is two groups, however the rest is written.
+  fc.assert(
+    fc.property(fc.array(group, { minLength: 6, maxLength: 6 }), fc.array(fc.integer({ min: 0, max: 255 }), { minLength: 4, maxLength: 4 }), fc.nat(5), (groups, octets, cut) => {
+      const hex = groups.map((g) => g.toString(16));
+      const dotted = octets.join(".");
+      const expected = `${hex.slice(0, 4).join(":")}::/64`;
+      assert.equal(sourceKey(`${hex.join(":")}:${dotted}`), expected);
+      if (groups[cut] === 0) assert.equal(sourceKey(`${hex.slice(0, cut).join(":")}::${[...hex.slice(cut + 1), dotted].join(":")}`), expected);
+      assert.equal(sourceKey(new URL(`http://[${hex.join(":")}:${dotted}]/`).hostname.slice(1, -1)), expected);
+    }),
+  );
+  assert.equal(sourceKey("::1:2:3:4:10.0.0.1"), "0:0:1:2::/64");
   assert.equal(sourceKey("::FFFF:192.0.2.7"), "192.0.2.7", "an IPv4-mapped address in capitals is still IPv4");
+  assert.equal(sourceKey("::ffff:192.168.100.200"), "192.168.100.200");
+  assert.equal(sourceKey("1::ffff:192.0.2.7"), "1:0:0:0::/64", "an IPv4 address embedded elsewhere is not IPv4-mapped");
   assert.equal(sourceKey(""), "unknown");
 });
 

@@ -100,8 +100,11 @@ export function isLoopback(address: string | undefined): boolean {
   return !!address && (/^(::ffff:)?127\./i.test(address) || address === "::1");
 }
 
+/** The eight groups of an IPv6 address, lower case without leading zeros; an IPv4 address written
+ *  in its last 32 bits (`::1:2:3:4:10.0.0.1`) counts as the two groups it is. */
 function expandIpv6(a: string): string[] {
-  const [head, tail] = a.split("%")[0].split("::");
+  const text = a.split("%")[0].replace(/(\d+)\.(\d+)\.(\d+)\.(\d+)$/, (_, p, q, r, s) => `${((p << 8) | q).toString(16)}:${((r << 8) | s).toString(16)}`);
+  const [head, tail] = text.split("::");
   const h = head ? head.split(":") : [];
   const t = tail !== undefined && tail !== "" ? tail.split(":") : [];
   const fill = tail === undefined ? [] : Array(Math.max(0, 8 - h.length - t.length)).fill("0");
