@@ -21,6 +21,11 @@ test("exact matching: each item must be equal on its own, and a set or a range n
     assert.equal(overlap(A, other, "exact"), undefined, JSON.stringify(other));
     assert.deepEqual(overlap(other, A, "range"), { alg: "AES-CCM", keyBits: 128, hash: "CBC-MAC-64" }, "where range matching takes it");
   }
+  // Nor when both sides hold the very same setting object (two devices registering the same suite
+  // share SUITE_SETTINGS' object): a set or a range is still not one value.
+  for (const shared of [{ ...A, alg: ["AES-CCM", "AES-GCM"] }, { ...A, hash: ["CBC-MAC-64"] }, { ...A, keyBits: { min: 128 } }]) {
+    assert.equal(overlap(shared, shared, "exact"), undefined, JSON.stringify(shared));
+  }
   // Exact is the default: a caller offering a set gets no match by default, one in range mode.
   const caller: Candidate[] = [{ setting: { ...A, alg: ["AES-GCM", "AES-CCM"] }, priority: 1 }];
   const callee: Candidate[] = [{ setting: A, priority: 1 }];
@@ -38,6 +43,9 @@ test("range matching: ranges that meet at one value match at it; an unbounded ra
   assert.equal(at(128, { min: 64, max: 127 }), undefined);
   assert.equal(at(128, 256), undefined);
   assert.equal(at(256, 256), 256);
+  // Every item must have something in common: the algorithms alone disjoint is no match.
+  assert.equal(overlap({ ...A, alg: ["X", "Y"] }, { ...A, alg: ["Z"] }, "range"), undefined);
+  assert.equal(overlap({ ...A, hash: ["X"] }, { ...A, hash: ["Z"] }, "range"), undefined);
 });
 
 test("a set is read in the favoured side's order: the callee's by default, the caller's when the caller is favoured, the callee's under a criterion", () => {
