@@ -68,6 +68,14 @@ export const MODULES = {
     mutate: ["gateway/link/deframer.ts", "gateway/link/limits.ts"],
     tests: ["test/link-deframer.test.ts", "test/link-limits.test.ts", "test/link-server.test.ts", "test/link-server-edges.test.ts"],
   },
+  "gateway/files": {
+    // What must survive a power cut: each file's bytes synced before its name points at them, the
+    // directory after (durable.ts), and the lock fleet commands hold (lock.ts). The strace test's
+    // writers run in a child process Stryker's hook does not reach: fsync mutants there are checked
+    // by hand (docs/MUTATION.md).
+    mutate: ["gateway/files/durable.ts", "gateway/files/lock.ts"],
+    tests: ["test/durable-files.test.ts", "test/fleet-revoke-concurrent.test.ts"],
+  },
   "gateway/registry/registrar.ts": {
     mutate: ["gateway/registry/registrar.ts"],
     tests: ["test/registrar-answers.test.ts", "test/gateway.test.ts", "test/keycache.test.ts"],

@@ -6,8 +6,9 @@
 // Written for the mutants that survived `npm run mutation -- gateway/registry/keys` (docs/MUTATION.md).
 import { after, test } from "node:test";
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import { hkdfSync, randomBytes } from "node:crypto";
-import { chmodSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { chmodSync, chownSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import Database from "better-sqlite3";
 import { KEK_FILE, KEK_FILE_ENV, KekError, loadOrCreateKek, open, seal } from "../gateway/registry/kek.ts";
@@ -165,6 +166,33 @@ test("the registry and SQLite's -wal and -shm beside it are made owner-only, als
   check.close();
 });
 
+const NOBODY = 65534;
+test("a registry another user owns and this one may write (its group's) opens without chmodding it: that is its owner's to do", { skip: process.getuid?.() !== 0 && "needs root, to run a child process as another user" }, async (t) => {
+  const storeModule = new URL("../gateway/registry/store.ts", import.meta.url);
+  const readable = spawnSync(process.execPath, ["-e", `require("fs").accessSync(${JSON.stringify(storeModule.pathname)}, 4)`], { uid: NOBODY, gid: NOBODY });
+  if (readable.status !== 0) {
+    t.skip(`uid ${NOBODY} cannot read ${storeModule.pathname} (a clone in a private directory)`);
+    return;
+  }
+  const d = dir("kp-shared-");
+  const file = join(d, "keyproxy.db");
+  await (await Store.open(file)).close();
+  // Shared with a group: the directory (for SQLite's -wal and -shm), the registry and its KEK.
+  for (const [f, mode] of [[d, 0o770], [file, 0o660], [join(d, KEK_FILE), 0o640]] as const) {
+    chownSync(f, 0, NOBODY);
+    chmodSync(f, mode);
+  }
+  const script = `import { Store } from ${JSON.stringify(storeModule.href)};
+    const s = await Store.open(${JSON.stringify(file)});
+    await s.close();
+    console.log("opened");`;
+  const child = spawnSync(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script], { uid: NOBODY, gid: NOBODY, encoding: "utf8" });
+  assert.equal(child.status, 0, `the other user's gateway failed: ${child.stderr}`);
+  assert.equal(child.stdout.trim(), "opened");
+  assert.equal(statSync(file).mode & 0o777, 0o660, "not chmodded by a user who does not own it");
+  assert.equal(statSync(file).uid, 0);
+});
+
 test("opened only to use it, a file that is not a registry, or not SQLite at all, is NotARegistry and stays as it was", async () => {
   const d = dir("kp-notreg-");
   const other = join(d, "other.db");
@@ -231,6 +259,10 @@ test("PostgreSQL: queryRelaxed on its own connection refuses once the store is c
     await assert.rejects(s.queryRelaxed("SELECT 1 AS one"), /not currently accepting connections/);
     await asAdmin(db.admin, `ALTER DATABASE ${name} ALLOW_CONNECTIONS true`);
     assert.deepEqual((await s.queryRelaxed("SELECT 1 AS one")).rows, [{ one: 1 }], "opened at the next call, not the failed opening again");
+    // One connection of its own for all of them (which keeps them in the order they were called).
+    const pid = "SELECT pg_backend_pid() AS pid";
+    const pids = [(await s.queryRelaxed(pid)).rows[0].pid, (await s.queryRelaxed(pid)).rows[0].pid, (await s.queryRelaxed(pid)).rows[0].pid];
+    assert.equal(new Set(pids).size, 1, `one connection, not one per call: ${pids}`);
     await s.close();
     await assert.rejects(s.queryRelaxed("SELECT 1 AS one"), { message: "the registry is closed: the statement was not run" });
     // Both connections closed with the store: none left on the server.
