@@ -415,6 +415,31 @@ test("a key derived from the KEK for a purpose is HKDF-SHA256(KEK, no salt, \"ke
   }
 });
 
+test("a wait for the audit records that begins while a batch is being committed ends only once the records queued since are committed too", async () => {
+  const d = dir("kp-audit-during-");
+  const file = join(d, "keyproxy.db");
+  const s = await Store.open(file);
+  try {
+    // A record queued, and waited for, while the batch before it is being written: the moment a
+    // gateway logs a session while the last 100 ms of records commit.
+    const spied = s as unknown as { insertAudit(r: unknown): Promise<void> };
+    const insert = spied.insertAudit.bind(s);
+    let during: Promise<string[]> | undefined;
+    spied.insertAudit = async (r) => {
+      await insert(r);
+      if (during) return;
+      s.auditBatched(2, null, "session-up", "queued during the commit");
+      during = s.auditCommitted().then(() => (rowsInFile(file, "SELECT detail FROM audit ORDER BY ts") as { detail: string }[]).map((x) => x.detail));
+    };
+    s.auditBatched(1, null, "session-up", "first");
+    await s.auditCommitted();
+    assert.ok(during, "the second record was queued during the first one's commit");
+    assert.deepEqual(await during, ["first", "queued during the commit"]);
+  } finally {
+    await s.close();
+  }
+});
+
 test("a batch of audit records the database refused a moment (another process held its lock) stays queued and is committed later: none lost", async () => {
   const d = dir("kp-audit-retry-");
   const file = join(d, "keyproxy.db");
