@@ -8,7 +8,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { createFileDurably, writeFileDurably } from "../gateway/files/durable.ts";
@@ -75,6 +75,32 @@ test("writeFileDurably into a missing directory throws and leaves nothing behind
   assert.deepEqual(readdirSync(dir), []);
 });
 
+/** This process's open file descriptors. */
+const openDescriptors = () => readdirSync("/proc/self/fd").length;
+
+test("a write that fails where its name is put in place leaves no temporary file, and reports the failure that happened", () => {
+  const dir = fresh();
+  const taken = join(dir, "k");
+  mkdirSync(taken);
+  writeFileSync(join(taken, "inside"), "x");
+  // A directory, not empty, under the name: the rename fails after the temporary file was written.
+  assert.throws(() => writeFileDurably(taken, "new\n", 0o600), (e: NodeJS.ErrnoException) => e.syscall === "rename");
+  assert.deepEqual(readdirSync(dir), ["k"]);
+  // Into a missing directory the temporary file cannot be made: the open's error, not the clean-up's.
+  assert.throws(() => createFileDurably(join(dir, "no", "k"), "x", 0o600), (e: NodeJS.ErrnoException) => e.code === "ENOENT" && e.syscall === "open");
+});
+
+test("writing and creating durably leave no descriptor open, whatever happens", () => {
+  const dir = fresh();
+  const before = openDescriptors();
+  for (let i = 0; i < 20; i++) {
+    writeFileDurably(join(dir, "k"), `${i}\n`, 0o600);
+    createFileDurably(join(dir, `c${i}`), "x", 0o600);
+    createFileDurably(join(dir, `c${i}`), "x", 0o600);
+  }
+  assert.equal(openDescriptors(), before);
+});
+
 test("createFileDurably makes a file only where none is, and leaves the one there untouched", () => {
   const dir = fresh();
   const file = join(dir, "kek");
@@ -96,4 +122,20 @@ test("lockFile: one holder at a time; another waits, then gets undefined; the lo
   const again = lockFile(file, 0);
   assert.ok(again, "taken again after release");
   again.release();
+});
+
+test("lockFile: each attempt gives up at once when the lock is held (the caller's wait is the only wait), and a file that is not a lock is an error, not a held lock", () => {
+  const file = join(fresh(), "x.lock");
+  const held = lockFile(file, 0)!;
+  try {
+    const started = Date.now();
+    assert.equal(lockFile(file, 0), undefined);
+    // SQLite's own busy timeout would make that one attempt wait seconds.
+    assert.ok(Date.now() - started < 2000, `one attempt on a held lock took ${Date.now() - started} ms`);
+  } finally {
+    held.release();
+  }
+  const notALock = join(fresh(), "notes.txt");
+  writeFileSync(notALock, "x".repeat(4096));
+  assert.throws(() => lockFile(notALock, 5000), { code: "SQLITE_NOTADB" });
 });
