@@ -2,7 +2,8 @@
 // gateway/registry/store.ts): what a sealed value that is not one, a KEK file that is not one, a
 // registry that is not one each get, in their own words and with nothing changed; the files' modes;
 // a PostgreSQL URL's password kept out of messages; revocation, replacement and removal of a device;
-// a use-only open of PostgreSQL, its pool size and queryRelaxed's own connection.
+// a use-only open of PostgreSQL, its pool size and queryRelaxed's own connection; a locked file and a
+// registry another user owns; a wait for audit records begun while a batch commits.
 // Written for the mutants that survived `npm run mutation -- gateway/registry/keys` (docs/MUTATION.md).
 import { after, test } from "node:test";
 import assert from "node:assert/strict";
