@@ -149,7 +149,7 @@ export function decodeMessage(b: Uint8Array): BridgeMessage {
   };
   switch (o.t) {
     case BridgeMsg.Open:
-      if (typeof o.a !== "string" || !/^[0-9A-Za-z:]{1,64}$/.test(o.a)) throw new BridgeProtocolError("open: address is not 1-64 hex digits and colons");
+      if (typeof o.a !== "string" || !/^[0-9A-Fa-f:]{1,64}$/.test(o.a)) throw new BridgeProtocolError("open: address is not 1-64 hex digits and colons");
       return { t: BridgeMsg.Open, link: link(), address: o.a };
     case BridgeMsg.Data:
       if (!(o.b instanceof Uint8Array) || o.b.length === 0) throw new BridgeProtocolError("data: no bytes");
@@ -161,7 +161,7 @@ export function decodeMessage(b: Uint8Array): BridgeMessage {
       if (!Array.isArray(r) || r.length !== 5) throw new BridgeProtocolError("radio: not [name, address, connected, rssi, lastSeen]");
       const [name, address, connected, rssi, lastSeen] = r;
       if (typeof name !== "string" || name.length > 64) throw new BridgeProtocolError("radio: name is not a string of at most 64");
-      if (typeof address !== "string" || !/^[0-9A-Za-z:]{1,64}$/.test(address)) throw new BridgeProtocolError("radio: address is not 1-64 hex digits and colons");
+      if (typeof address !== "string" || !/^[0-9A-Fa-f:]{1,64}$/.test(address)) throw new BridgeProtocolError("radio: address is not 1-64 hex digits and colons");
       if (typeof connected !== "boolean" || !Number.isInteger(rssi) || typeof lastSeen !== "string" || Number.isNaN(Date.parse(lastSeen))) throw new BridgeProtocolError("radio: connected, rssi or lastSeen of the wrong type");
       return { t: BridgeMsg.Radio, radio: { name, address, connected, rssi: rssi as number, lastSeen } };
     }
