@@ -13,6 +13,16 @@ import {
 const refused = (f: () => unknown, message: string) => assert.throws(f, (e: unknown) => e instanceof BridgeProtocolError && (e as Error).message === message);
 const nonce = new Uint8Array(BRIDGE_NONCE_BYTES).fill(7);
 const proof = new Uint8Array(32).fill(9);
+/** What the CBOR decoder says of bytes that are not CBOR, as the refusals quote it. */
+function cborError(b: Uint8Array): string {
+  try {
+    cbor.decode(b);
+  } catch (e) {
+    return (e as Error).message;
+  }
+  throw new Error("that was CBOR");
+}
+const NOT_CBOR = Uint8Array.of(0xff);
 
 test("every message decodes to what was encoded", () => {
   const messages: BridgeMessage[] = [
@@ -30,7 +40,7 @@ test("every message decodes to what was encoded", () => {
 
 test("a sealed message with a field that is not the protocol's is refused by name", () => {
   const raw = (o: Record<string, unknown>) => cbor.encode(o);
-  refused(() => decodeMessage(Uint8Array.of(0xff)), "not CBOR: " + (() => { try { cbor.decode(Uint8Array.of(0xff)); } catch (e) { return (e as Error).message; } return ""; })());
+  refused(() => decodeMessage(NOT_CBOR), `not CBOR: ${cborError(NOT_CBOR)}`);
   refused(() => decodeMessage(cbor.encode([1, 2])), "a message is not a map");
   refused(() => decodeMessage(raw({ t: 9, l: 1 })), "unknown message type 9");
   for (const l of [-1, 1.5, 0x100000000, "1", undefined]) refused(() => decodeMessage(raw({ t: BridgeMsg.Close, l })), "link id is not a whole number 0 to 2^32-1");
@@ -56,7 +66,7 @@ test("a sealed message with a field that is not the protocol's is refused by nam
 
 test("the handshake's messages: the version, the bridge's name, and each nonce and proof at its length", () => {
   refused(() => decodeHello(cbor.encode([1, "porch"])), "hello: not an array of 3");
-  refused(() => decodeHello(Uint8Array.of(0xff)), `hello: not CBOR (${(() => { try { cbor.decode(Uint8Array.of(0xff)); } catch (e) { return (e as Error).message; } return ""; })()})`);
+  refused(() => decodeHello(NOT_CBOR), `hello: not CBOR (${cborError(NOT_CBOR)})`);
   refused(() => decodeHello(cbor.encode([2, "porch", nonce])), "bridge protocol version 2 (this gateway speaks 1)");
   for (const name of ["", "ble", "a b", "n".repeat(MAX_BRIDGE_NAME + 1), "evil\x1b[2J", 5]) {
     refused(() => decodeHello(cbor.encode([1, name, nonce])), `bridge name is not 1-${MAX_BRIDGE_NAME} letters, digits, . _ - (nor "ble")`);
