@@ -8,6 +8,7 @@
 // test/interlink.test.ts, which runs every case on channels and on signed envelopes.
 
 import { test, after } from "node:test";
+import { createRequire, syncBuiltinESMExports } from "node:module";
 import assert from "node:assert/strict";
 import { createServer, type AddressInfo } from "node:net";
 import { createDecipheriv, randomBytes } from "node:crypto";
@@ -219,7 +220,12 @@ interface World {
 
 async function world(): Promise<World> {
   const broker = await Aedes.createBroker();
-  const server = createServer(broker.handle);
+  // Without TCP_NODELAY, a small write that follows another unacknowledged one waits for the
+  // delayed ACK (about 40 ms on Linux loopback): a test that publishes a thousand times would crawl.
+  const server = createServer((socket) => {
+    socket.setNoDelay(true);
+    broker.handle(socket);
+  });
   await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
   const url = `mqtt://127.0.0.1:${(server.address() as AddressInfo).port}`;
   const dir = mkdtempSync(join(tmpdir(), "kp-channel-"));
@@ -327,6 +333,14 @@ async function until(ok: () => boolean): Promise<void> {
 }
 
 const lastOnChannel = (w: World, topic: string) => [...w.spied].reverse().find((s) => s.topic === topic && isChannelMessage(s.bytes));
+/** The channel id a channel message names in its protected header. */
+const channelIdOf = (bytes: Uint8Array) => (decode((decode(bytes.subarray(1)) as Uint8Array[])[0]) as Map<number, unknown>).get(4) as Uint8Array;
+/** A message on a channel `to` never had, sealed as `from` would. */
+const junkOn = (w: World, from: string, to: string) =>
+  new PairwiseChannel({
+    channelId: new Uint8Array(randomBytes(16)), self: from, peer: to, peerCert: new Uint8Array(1),
+    sendKey: Buffer.from(randomBytes(32)), receiveKey: Buffer.from(randomBytes(32)), createdAt: w.clock.now, lifetime: 3600, initiated: true,
+  }).seal(message());
 
 test("over a broker: channels between two gateways", async (t) => {
   const w = await world();
@@ -426,7 +440,7 @@ test("over a broker: channels between two gateways", async (t) => {
       const { north, south, southId } = await pairOfGateways(w);
       await north.link.request(southId, "echo", 1);
       const eve = await gateway(w, identity(w, `eve-${toHex(new Uint8Array(randomBytes(3)))}.example`));
-      const channelId = (decode((decode(lastOnChannel(w, requestsTopic(southId))!.bytes.subarray(1)) as Uint8Array[])[0]) as Map<number, unknown>).get(4) as Uint8Array;
+      const channelId = channelIdOf(lastOnChannel(w, requestsTopic(southId))!.bytes);
       // Eve asks north, in a genuine signed request of her own, to drop the north-south channel.
       const reset = signEnvelope({
         from: eve.identity.gatewayId, to: north.identity.gatewayId, sessionId: new Uint8Array(16), msgId: new Uint8Array(randomBytes(16)),
@@ -443,10 +457,7 @@ test("over a broker: channels between two gateways", async (t) => {
     await t.test("junk on unknown channels costs at most one signed reset per claimed sender per second, and ten in all", async () => {
       const { south } = await pairOfGateways(w);
       const southId = south.identity.gatewayId;
-      const junk = (from: string) => new PairwiseChannel({
-        channelId: new Uint8Array(randomBytes(16)), self: from, peer: southId, peerCert: new Uint8Array(1),
-        sendKey: Buffer.from(randomBytes(32)), receiveKey: Buffer.from(randomBytes(32)), createdAt: w.clock.now, lifetime: 3600, initiated: true,
-      }).seal(message());
+      const junk = (from: string) => junkOn(w, from, southId);
       const senders = Array.from({ length: 15 }, (_, i) => `junk${i}-${toHex(new Uint8Array(randomBytes(3)))}.example`);
       w.spied.length = 0;
       for (const from of [senders[0], ...senders]) assert.equal((await refused(w, south, junk(from))).code, "unknown-channel");
@@ -542,11 +553,11 @@ test("over a broker: channels between two gateways", async (t) => {
 // ---------------------------------------------------------------------------------------------------
 // the channel's rules one by one (what mutation testing found unchecked: docs/MUTATION.md)
 
-/** A gateway played by the test under a fleet certificate of its own (published, retained): it
- *  answers every signed request it gets with what `answer` says, signed with its key, as a peer
- *  could; channel messages to it are only counted. */
-async function scriptedPeer(w: World, answer: (e: Envelope) => { kind: Kind; body: unknown }) {
-  const id = identity(w, `scripted-${toHex(new Uint8Array(randomBytes(3)))}.example`);
+/** A gateway played by the test under a fleet certificate of its own (published, retained), or
+ *  under `id` (a gateway's that stopped): it answers every signed request it gets with what `answer`
+ *  says, signed with its key, as a peer could, or not at all when `answer` returns undefined;
+ *  channel messages to it are only counted. */
+async function scriptedPeer(w: World, answer: (e: Envelope) => { kind: Kind; body: unknown } | undefined, id = identity(w, `scripted-${toHex(new Uint8Array(randomBytes(3)))}.example`)) {
   const client = await mqtt.connectAsync(w.url, { protocolVersion: 4, reconnectPeriod: 0 });
   await client.publishAsync(certificateTopic(id.gatewayId), Buffer.from(id.certificate), { qos: 1, retain: true });
   const got = { signed: [] as Envelope[], onChannel: 0 };
@@ -556,6 +567,7 @@ async function scriptedPeer(w: World, answer: (e: Envelope) => { kind: Kind; bod
     const e = parseEnvelope(bytes);
     got.signed.push(e);
     const a = answer(e);
+    if (!a) return;
     const reply = signEnvelope({ from: id.gatewayId, to: e.from, sessionId: e.sessionId, msgId: new Uint8Array(randomBytes(16)), type: e.type, ts: w.clock.now, kind: a.kind, body: encode(a.body), re: e.msgId, senderCert: id.certificate }, id.signing.seed);
     void client.publishAsync(responsesTopic(e.from), Buffer.from(reply), { qos: 1 });
   });
@@ -812,10 +824,7 @@ test("over a broker: the channel's rules one by one", async (t) => {
     await t.test("junk on unknown channels: none addressed elsewhere is answered; a sender is asked again a second later, and the budget renews every second", async () => {
       const { south } = await pairOfGateways(w);
       const southId = south.identity.gatewayId;
-      const junk = (from: string, to = southId) => new PairwiseChannel({
-        channelId: new Uint8Array(randomBytes(16)), self: from, peer: to, peerCert: new Uint8Array(1),
-        sendKey: Buffer.from(randomBytes(32)), receiveKey: Buffer.from(randomBytes(32)), createdAt: w.clock.now, lifetime: 3600, initiated: true,
-      }).seal(message());
+      const junk = (from: string, to = southId) => junkOn(w, from, to);
       const sfx = toHex(new Uint8Array(randomBytes(3)));
       const [elsewhere, a, b] = ["elsewhere", "a", "b"].map((n) => `junk-${n}-${sfx}.example`);
       const resetsTo = (id: string) => w.spied.filter((x) => x.topic === requestsTopic(id)).length;
@@ -885,9 +894,152 @@ test("over a broker: the channel's rules one by one", async (t) => {
       assert.deepEqual(await Promise.all([1, 2, 3].map((n) => north.link.request(southId, "echo", n))), [1, 2, 3]);
       assert.equal(south2.calls, 3, "each ran once");
       assert.equal(north.link.stats.channelsOpened, 2);
+      const signedEchoes = w.spied.filter((x) => x.topic === requestsTopic(southId) && !isChannelMessage(x.bytes) && parseEnvelope(x.bytes).type === "echo");
+      assert.equal(signedEchoes.length, 0, "sent again on the new channel, not signed");
+    });
+
+    /**
+     * North has a channel to south and two requests waiting elsewhere: one on a channel to east, one
+     * signed to an older gateway; neither is ever answered. South stops and a peer played by the test
+     * takes its place under its certificate, answering a channel opening with `answerOpen` and an echo
+     * with its body. A request of north's goes out on the channel south forgot, and south's
+     * certificate asks north to reset that channel.
+     */
+    async function resetWhileWaiting(answerOpen: () => { kind: Kind; body: unknown }) {
+      const { north, south, southId, northId } = await pairOfGateways(w);
+      const east = await gateway(w, identity(w, `east-${toHex(new Uint8Array(randomBytes(3)))}.example`));
+      const eastId = east.identity.gatewayId;
+      assert.equal(await north.link.request(southId, "echo", 1), 1);
+      const older = await scriptedPeer(w, (e) => (e.type === CHANNEL_OPEN_TYPE ? remoteError("no-handler") : undefined));
+      const outcome = (p: Promise<unknown>) => p.then(() => "answered", (e: unknown) => (e as InterlinkError).code);
+      const elsewhere = [outcome(north.link.request(eastId, "hang", 0)), outcome(north.link.request(older.id, "hang", 0))];
+      await until(() => lastOnChannel(w, requestsTopic(eastId)) !== undefined && older.got.signed.some((e) => e.type === "hang"));
+      await south.link.close();
+      const stand = await scriptedPeer(w, (e) => (e.type === CHANNEL_OPEN_TYPE ? answerOpen() : { kind: Kind.Response, body: decode(e.body) }), south.identity);
+      const waiting = north.link.request(southId, "echo", 2);
+      await until(() => stand.got.onChannel === 1);
+      const channelId = channelIdOf(lastOnChannel(w, requestsTopic(southId))!.bytes);
+      const reset = await askSigned(w, south.identity, northId, CHANNEL_RESET_TYPE, new Map([["c", channelId]]));
+      assert.equal(reset.e.kind, Kind.Response);
+      assert.equal(north.link.stats.channelResets, 1);
+      return { north, stand, older, waiting, elsewhere, close: async () => (await stand.close(), await older.close()) };
+    }
+
+    await t.test("a reset whose new channel cannot be opened fails the requests that waited on the old one, and only those", async () => {
+      const scene = await resetWhileWaiting(() => remoteError("internal"));
+      try {
+        await rejectsWith(scene.waiting, "remote-error", /answered internal/);
+        assert.deepEqual(scene.stand.got.signed.map((e) => e.type), [CHANNEL_OPEN_TYPE], "not sent again in any other way");
+        assert.equal(scene.north.link.pendingCount, 2, "the requests to east and to the older gateway wait on");
+      } finally {
+        await scene.close();
+      }
+    });
+
+    await t.test("a reset by a peer that no longer has channels sends the waiting requests again as signed envelopes, and only those", async () => {
+      const scene = await resetWhileWaiting(() => remoteError("no-handler"));
+      try {
+        assert.equal(await scene.waiting, 2, "answered, not timed out");
+        assert.deepEqual(scene.stand.got.signed.map((e) => e.type), [CHANNEL_OPEN_TYPE, "echo"]);
+        assert.equal(scene.older.got.signed.filter((e) => e.type === "hang").length, 1, "the request to the older gateway was not sent again");
+        assert.equal(scene.north.link.pendingCount, 2, "the requests to east and to the older gateway wait on");
+      } finally {
+        await scene.close();
+      }
+    });
+
+    await t.test("a reset with no request waiting ends the channel and opens no other", async () => {
+      const { north, south, southId, northId } = await pairOfGateways(w);
+      await north.link.request(southId, "echo", 1);
+      const channelId = channelIdOf(lastOnChannel(w, requestsTopic(southId))!.bytes);
+      assert.equal((await askSigned(w, south.identity, northId, CHANNEL_RESET_TYPE, new Map([["c", channelId]]))).e.kind, Kind.Response);
+      assert.deepEqual([north.link.stats.channelResets, north.link.channelCount], [1, 0]);
+      await new Promise((r) => setTimeout(r, 300)); // an opening on loopback takes a few milliseconds
+      assert.equal(north.link.stats.channelsOpened, 1, "no channel opened for nothing");
+      assert.equal(north.link.channelCount, 0);
+    });
+
+    await t.test("the reset memory: a sender asked once a second however many come between, at most 1,024 senders held, the oldest forgotten first", async () => {
+      const { south } = await pairOfGateways(w);
+      const southId = south.identity.gatewayId;
+      const memory = (south.link as unknown as { resetSent: Map<string, number> }).resetSent;
+      const sfx = toHex(new Uint8Array(randomBytes(3)));
+      const resetsTo = (id: string) => w.spied.filter((x) => x.topic === requestsTopic(id)).length;
+      const [a, b, c] = ["a", "b", "c"].map((n) => `mem-${n}-${sfx}.example`);
+      const start = w.clock.now;
+      try {
+        for (const from of [a, b, a, c]) await refused(w, south, junkOn(w, from, southId));
+        await until(() => resetsTo(c) === 1); // resets go out in order: a's second would have come before c's
+        assert.deepEqual([a, b, c].map(resetsTo), [1, 1, 1]);
+        let n = 3;
+        for (let second = 1; n < 1030; second++) {
+          w.clock.now = start + second;
+          for (let i = 0; i < 10 && n < 1030; i++, n++) await refused(w, south, junkOn(w, `mem-${n}-${sfx}.example`, southId));
+        }
+        assert.equal(memory.size, 1024);
+        assert.deepEqual([a, b, c, `mem-5-${sfx}.example`, `mem-6-${sfx}.example`, `mem-1029-${sfx}.example`].map((id) => memory.has(id)), [false, false, false, false, true, true]);
+      } finally {
+        w.clock.now = start;
+      }
     });
   } finally {
     w.clock.now = atStart;
+    await w.close();
+  }
+});
+
+test("an opening's secrets are wiped once the channel's keys are derived: the ML-KEM secret key, the ML-KEM, X25519 and combined shared secrets, at both ends", async () => {
+  // node:crypto's exports are replaced for the time of one opening (syncBuiltinESMExports carries the
+  // change to the modules' named imports), and Uint8Array's fill watched: the test sees the very
+  // arrays the interlink held, not copies.
+  const crypto = createRequire(import.meta.url)("node:crypto") as typeof import("node:crypto");
+  const { hkdfSync, diffieHellman } = crypto;
+  const fill = Uint8Array.prototype.fill;
+  const keySchedule: { held: Uint8Array; was: Uint8Array }[] = [];
+  const x25519: Uint8Array[] = [];
+  const wipedWere = new Set<string>(); // what each array zeroed with fill(0) held just before
+  const restore = () => {
+    Uint8Array.prototype.fill = fill;
+    Object.assign(crypto, { hkdfSync, diffieHellman });
+    syncBuiltinESMExports();
+  };
+  const w = await world();
+  try {
+    const { north, southId } = await pairOfGateways(w);
+    crypto.hkdfSync = ((digest, ikm, salt, info, length) => {
+      const held = ikm as Uint8Array;
+      if ((decode(new Uint8Array(info as Uint8Array)) as unknown[])[1] === "key") keySchedule.push({ held, was: Uint8Array.from(held) });
+      return hkdfSync(digest, ikm, salt, info, length);
+    }) as typeof hkdfSync;
+    crypto.diffieHellman = ((o) => {
+      const out = diffieHellman(o);
+      x25519.push(out);
+      return out;
+    }) as typeof diffieHellman;
+    syncBuiltinESMExports();
+    Uint8Array.prototype.fill = function (this: Uint8Array, ...a: Parameters<Uint8Array["fill"]>) {
+      if (a[0] === 0 && a.length === 1) wipedWere.add(toHex(Uint8Array.from(this)));
+      return fill.apply(this, a);
+    } as Uint8Array["fill"];
+    assert.equal(await north.link.request(southId, "echo", 1), 1);
+    restore();
+    // Two direction keys at each end, each from the combined secret: ML-KEM's 32 bytes, then X25519's.
+    assert.deepEqual(keySchedule.map((k) => k.held.length), [64, 64, 64, 64]);
+    assert.equal(x25519.length, 2, "one X25519 at each end");
+    for (const { held, was } of keySchedule) {
+      assert.ok(held.every((b) => b === 0), "the combined secret wiped");
+      assert.ok(wipedWere.has(toHex(was.subarray(0, 32))), "the ML-KEM shared secret wiped");
+      assert.ok(wipedWere.has(toHex(was.subarray(32))), "the X25519 shared secret wiped");
+    }
+    for (const out of x25519) assert.ok(out.every((b) => b === 0), "node:crypto's own X25519 output wiped");
+    // FIPS 203: the decapsulation key holds the encapsulation key at byte 1,152; the one sent in the
+    // opening is found in a key that was wiped.
+    const opening = w.spied.map((x) => (x.topic === requestsTopic(southId) && !isChannelMessage(x.bytes) ? parseEnvelope(x.bytes) : undefined)).find((e) => e?.type === CHANNEL_OPEN_TYPE)!;
+    const kemKey = toHex(readOpenRequest(decode(opening.body)).kemKey!);
+    assert.ok([...wipedWere].some((k) => k.length === 2 * 2400 && k.slice(2 * 1152, 2 * (1152 + 1184)) === kemKey), "the opening's ML-KEM secret key wiped");
+    assert.equal(await north.link.request(southId, "echo", 2), 2, "the channel's own keys are intact");
+  } finally {
+    restore();
     await w.close();
   }
 });

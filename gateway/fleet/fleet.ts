@@ -191,7 +191,9 @@ export function x25519Agree(privateKey: KeyObject, publicKey: Uint8Array): Uint8
   let zero = 0;
   for (const b of out) zero |= b;
   if (zero === 0) throw new FleetError("malformed", "X25519 public key is of low order (shared secret would be zero)");
-  return new Uint8Array(out);
+  const secret = new Uint8Array(out); // the caller's to wipe
+  out.fill(0); // node:crypto's copy: nothing else would wipe it
+  return secret;
 }
 
 // ---------------------------------------------------------------------------------------------------
