@@ -74,6 +74,7 @@ import { decodeDeterministic } from "../encoding/cose.ts";
 import { readCertificateUnverified } from "../encoding/cwt.ts";
 import { ml_kem768 } from "@noble/post-quantum/ml-kem.js";
 import { ed25519Sign, ed25519Verify } from "../crypto/ed25519.ts";
+import { decipherSecret, takeSecret } from "../crypto/secret-bytes.ts";
 import { generateX25519KeyObject, isDeviceName } from "../fleet/fleet.ts";
 import { DEFAULT_MATCHING, matchSettings, suiteCandidates, type MatchOptions } from "../sessions/matching.ts";
 import type { CertificateChecker } from "../fleet/verifier.ts";
@@ -264,7 +265,7 @@ function readProof(plaintext: Uint8Array, n: 2 | 3): Proof {
 // the key schedule
 
 const sha256 = (b: Uint8Array): Uint8Array => new Uint8Array(createHash("sha256").update(b).digest());
-const hmac = (key: Uint8Array, data: Uint8Array): Uint8Array => new Uint8Array(createHmac("sha256", key).update(data).digest());
+const hmac = (key: Uint8Array, data: Uint8Array): Uint8Array => takeSecret(createHmac("sha256", key).update(data).digest());
 
 /** HKDF-Expand (RFC 5869) for up to one block, which is all this schedule needs. */
 function expand(prk: Uint8Array, label: string, th: Uint8Array, length: number): Uint8Array {
@@ -312,7 +313,7 @@ function open(prk: Uint8Array, n: 2 | 3, th: Uint8Array, ciphertext: Uint8Array)
     const d = createDecipheriv("aes-256-gcm", key, iv, { authTagLength: GCM_TAG_LENGTH });
     d.setAAD(aad);
     d.setAuthTag(ciphertext.subarray(body));
-    return new Uint8Array(Buffer.concat([d.update(ciphertext.subarray(0, body)), d.final()]));
+    return decipherSecret(d, ciphertext.subarray(0, body));
   } catch (e) {
     throw new ExchangeError("decrypt-failed", `message ${n} does not decrypt (altered, or made with another ephemeral key or transcript)`, { cause: e });
   } finally {

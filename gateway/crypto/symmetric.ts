@@ -5,6 +5,7 @@
 
 import { createCipheriv, createDecipheriv, createHash, createHmac, hkdfSync, randomBytes, timingSafeEqual } from "node:crypto";
 import nacl from "tweetnacl";
+import { decipherSecret, secretInput } from "./secret-bytes.ts";
 import type { Bytes } from "../../firmware/bytes.ts";
 import type { SymCrypto } from "../../firmware/crypto/types.ts";
 import { SUITE_AES_CCM_16_64_128, SUITE_XSALSA20_POLY1305 } from "../../firmware/crypto/types.ts";
@@ -26,8 +27,14 @@ export function timingSafeEqualBytes(a: Uint8Array, b: Uint8Array): boolean {
 function ccmSeal(key: Bytes, nonce: Bytes, pt: Bytes): Bytes {
   if (key.length !== CCM_KEY_LEN || nonce.length !== CCM_NONCE_LEN) throw new Error("aes-ccm: key must be 16 bytes and nonce 13");
   const c = createCipheriv("aes-128-ccm", key, nonce, { authTagLength: CCM_TAG_LEN });
-  // Buffer.from copies: node 20 mishandles a view whose ArrayBuffer has no storage (see ccmOpen).
-  return bytes(Buffer.concat([c.update(Buffer.from(pt)), c.final(), c.getAuthTag()]));
+  // A copy: node 20 mishandles a view whose ArrayBuffer has no storage (see ccmOpen). In memory of
+  // its own, zeroed after: the plaintext can be an SA's seed (SaInstall).
+  const input = secretInput(pt);
+  try {
+    return bytes(Buffer.concat([c.update(input), c.final(), c.getAuthTag()]));
+  } finally {
+    input.fill(0);
+  }
 }
 
 function ccmOpen(key: Bytes, nonce: Bytes, sealed: Bytes): Bytes | undefined {
@@ -40,7 +47,7 @@ function ccmOpen(key: Bytes, nonce: Bytes, sealed: Bytes): Bytes | undefined {
   try {
     const d = createDecipheriv("aes-128-ccm", key, nonce, { authTagLength: CCM_TAG_LEN });
     d.setAuthTag(sealed.subarray(split));
-    return bytes(Buffer.concat([d.update(Buffer.from(sealed.subarray(0, split))), d.final()]));
+    return decipherSecret(d, Buffer.from(sealed.subarray(0, split)));
   } catch {
     return undefined;
   }

@@ -50,6 +50,7 @@
 import { createCipheriv, createDecipheriv, createHash, hkdfSync } from "node:crypto";
 import { ml_kem768 } from "@noble/post-quantum/ml-kem.js";
 import { ctEqual } from "../../firmware/bytes.ts";
+import { decipherSecret } from "../crypto/secret-bytes.ts";
 import { encode } from "../encoding/cbor.ts";
 import { decodeDeterministic } from "../encoding/cose.ts";
 import { isGatewayId } from "./fleet.ts";
@@ -424,16 +425,16 @@ export class PairwiseChannel {
   open(h: ChannelHeader): ChannelPlaintext {
     if (this.ended) throw new ChannelError("decrypt-failed", "channel has ended");
     if (!ctEqual(h.channelId, this.id) || h.from !== this.peer || h.to !== this.self) throw new ChannelError("decrypt-failed", "message is not of this channel's receiving direction");
-    let plain: Buffer;
+    let plain: Uint8Array;
     try {
       const d = createDecipheriv("aes-256-gcm", this.receiveKey, nonce(h.seq));
       d.setAAD(aad(h.protectedBytes));
       d.setAuthTag(h.ciphertext.subarray(h.ciphertext.length - GCM_TAG));
-      plain = Buffer.concat([d.update(h.ciphertext.subarray(0, h.ciphertext.length - GCM_TAG)), d.final()]);
+      plain = decipherSecret(d, h.ciphertext.subarray(0, h.ciphertext.length - GCM_TAG));
     } catch {
       throw new ChannelError("decrypt-failed", "channel message does not authenticate (altered, or made with other keys)");
     }
-    return readPlaintext(new Uint8Array(plain));
+    return readPlaintext(plain);
   }
 
   /** Ends the channel: its keys are wiped and it neither sends nor opens anything again. */

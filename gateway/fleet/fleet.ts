@@ -28,6 +28,7 @@ import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync } from "nod
 import { join } from "node:path";
 import { createPrivateKey, createPublicKey, diffieHellman, generateKeyPairSync, KeyObject, randomBytes } from "node:crypto";
 import { fromHex, toHex } from "../../firmware/bytes.ts";
+import { takeSecret } from "../crypto/secret-bytes.ts";
 import { encode } from "../encoding/cbor.ts";
 import { CoseError, decodeDeterministic, parseSign1, readOkpPublicKey, signSign1, verifySign1, CRV_ED25519, CRV_X25519, KEY_ALG, KEY_CRV, KEY_KTY, KEY_X, KTY_OKP, COSE_ALG_EDDSA } from "../encoding/cose.ts";
 import { ed25519FromSeed, generateEd25519, keyFingerprint, SecretKeyCache, ED25519_PUBLIC_KEY_LENGTH, type Ed25519KeyPair } from "../crypto/ed25519.ts";
@@ -191,9 +192,7 @@ export function x25519Agree(privateKey: KeyObject, publicKey: Uint8Array): Uint8
   let zero = 0;
   for (const b of out) zero |= b;
   if (zero === 0) throw new FleetError("malformed", "X25519 public key is of low order (shared secret would be zero)");
-  const secret = new Uint8Array(out); // the caller's to wipe
-  out.fill(0); // node:crypto's copy: nothing else would wipe it
-  return secret;
+  return takeSecret(out); // the caller's to wipe; node:crypto's copy zeroed
 }
 
 // ---------------------------------------------------------------------------------------------------

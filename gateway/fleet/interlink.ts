@@ -85,6 +85,7 @@ import { createCipheriv, createDecipheriv, hkdfSync, randomBytes } from "node:cr
 import mqtt, { type IClientOptions, type MqttClient } from "mqtt";
 import { tuneMqttSocket } from "../mqtt/socket.ts";
 import { toHex } from "../../firmware/bytes.ts";
+import { decipherSecret } from "../crypto/secret-bytes.ts";
 import { decode, encode } from "../encoding/cbor.ts";
 import { CoseError, decodeDeterministic, parseSign1, signSign1, verifySign1 } from "../encoding/cose.ts";
 import type { Ed25519KeyPair } from "../crypto/ed25519.ts";
@@ -320,7 +321,7 @@ export function decryptBody(e: Envelope, own: X25519KeyPair): Uint8Array {
     const d = createDecipheriv("aes-256-gcm", key, iv);
     d.setAAD(aad(e));
     d.setAuthTag(e.body.subarray(e.body.length - GCM_TAG));
-    return new Uint8Array(Buffer.concat([d.update(e.body.subarray(0, e.body.length - GCM_TAG)), d.final()]));
+    return decipherSecret(d, e.body.subarray(0, e.body.length - GCM_TAG));
   } catch {
     throw new InterlinkError("decrypt-failed", "encrypted body does not authenticate (wrong key or altered)");
   } finally {

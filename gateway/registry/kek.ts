@@ -11,6 +11,7 @@
 import { createCipheriv, createDecipheriv, randomBytes } from "node:crypto";
 import { existsSync, readFileSync } from "node:fs";
 import { createFileDurably } from "../files/durable.ts";
+import { decipherSecret } from "../crypto/secret-bytes.ts";
 import { parseHexKey } from "../files/hex-key.ts";
 
 export const KEK_FILE = "keyproxy.kek";
@@ -72,7 +73,7 @@ export function open(kek: Buffer, kind: SealedKind, owner: string, sealed: Uint8
   d.setAAD(aad(kind, owner));
   d.setAuthTag(b.subarray(b.length - TAG_BYTES));
   try {
-    return new Uint8Array(Buffer.concat([d.update(b.subarray(1 + NONCE_BYTES, b.length - TAG_BYTES)), d.final()]));
+    return decipherSecret(d, b.subarray(1 + NONCE_BYTES, b.length - TAG_BYTES));
   } catch {
     throw new KekError(`the ${kind} of ${owner} does not open under this key-encryption key: it is not the KEK this registry was sealed with (is ${KEK_FILE_ENV} right?), or the row was altered`);
   }
