@@ -123,6 +123,10 @@ describe("deploy/systemd/keyproxy-gateway.service", () => {
     assert.deepEqual((service("RestrictAddressFamilies") ?? "").split(/\s+/).sort(), ["AF_INET", "AF_INET6", "AF_UNIX"]);
   });
 
+  test("no core dumps: one would hold the keys in the gateway's memory", () => {
+    assert.equal(service("LimitCORE"), "0");
+  });
+
   test("MemoryDenyWriteExecute is off, and a comment says why (V8's JIT)", () => {
     assert.notEqual(service("MemoryDenyWriteExecute"), "yes", "V8 writes the code it runs: Node would not start");
     const comment = unitText.split(/\n(?!#)/).find((block) => /^#.*MemoryDenyWriteExecute=/m.test(block)) ?? "";
