@@ -203,6 +203,8 @@ interface Gw {
   judged: number;
   /** validUntil of the last good judgement. */
   validUntil: number;
+  /** Set: its PeerTrust throws this instead of judging (a verifier out of reach, say). */
+  failTrust?: Error;
   records: LogRecord[];
 }
 
@@ -265,6 +267,7 @@ async function gateway(w: World, id: InterlinkIdentity, o: { channels?: boolean;
   const trust: PeerTrust = {
     gateway: (cert, now) => {
       gw.judged++;
+      if (gw.failTrust) return Promise.reject(gw.failTrust);
       return base.gateway(cert, now).then((peer) => {
         gw.validUntil = peer.validUntil;
         return peer;
@@ -946,6 +949,21 @@ test("over a broker: the channel's rules one by one", async (t) => {
       } finally {
         await scene.close();
       }
+    });
+
+    await t.test("a trust function that fails (a verifier out of reach) ends the channel as untrusted: the requests waiting on it and the next one fail, with its reason", async () => {
+      const sfx = toHex(new Uint8Array(randomBytes(3)));
+      const north = await gateway(w, identity(w, `north-${sfx}.example`), { noEpoch: true }); // judges at every message
+      const south = await gateway(w, identity(w, `south-${sfx}.example`));
+      const southId = south.identity.gatewayId;
+      assert.equal(await north.link.request(southId, "echo", 1), 1);
+      const hanging = north.link.request(southId, "hang", 0);
+      await until(() => north.link.pendingCount === 1);
+      north.failTrust = new Error("the verifier does not answer");
+      await rejectsWith(north.link.request(southId, "echo", 2), "untrusted-peer", /^the verifier does not answer$/);
+      await rejectsWith(hanging, "untrusted-peer", /^the verifier does not answer$/);
+      assert.deepEqual([north.link.channelCount, north.link.pendingCount, south.calls], [0, 0, 1]);
+      assert.equal(north.records.find((r) => r.event === "interlink-channel-ended")?.why, "peer no longer trusted");
     });
 
     await t.test("a reset with no request waiting ends the channel and opens no other", async () => {
