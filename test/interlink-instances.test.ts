@@ -38,9 +38,11 @@ import {
   responsesTopic,
   sharedRequestsSubscription,
   signEnvelope,
+  TOPIC_ROOT,
   type InterlinkIdentity,
   type Rejection,
 } from "../gateway/fleet/interlink.ts";
+import { CHANNEL_RESET_TYPE, isChannelMessage } from "../gateway/fleet/channel.ts";
 import { CertificateChecker, checkerTrust, localSource, Verifier } from "../gateway/fleet/verifier.ts";
 import { Logger, type LogRecord } from "../gateway/log/logger.ts";
 import { findMosquitto, startMosquitto, type PrivateMosquitto } from "./support/mosquitto.ts";
@@ -300,6 +302,13 @@ test("an instance restarted under the same name: requests on the channels it for
     for (const g of a) assert.equal((await g.link.requestTo("b.example", "echo", 1, { instance: "b1" })).instance, "b1");
     await b1.link.close();
     const again = await gateway(w, "b.example", { instance: "b1" });
+    const spy = await mqtt.connectAsync(w.mosquitto.url, { protocolVersion: 5, reconnectPeriod: 0 });
+    const resets: string[] = [];
+    spy.on("message", (topic, payload) => {
+      const bytes = new Uint8Array(payload);
+      if (topic.endsWith("/requests") && !isChannelMessage(bytes) && parseEnvelope(bytes).type === CHANNEL_RESET_TYPE) resets.push(topic);
+    });
+    await spy.subscribeAsync(`${TOPIC_ROOT}/a.example/#`, { qos: 1 });
     // b1 knows no channel now: it refuses each message and asks for a reset, signed, sent to the
     // instance that the message's MQTT 5 responseTopic names (the channel message itself does not say),
     // so each asking instance ends its channel and sends its request again on a new one to b1.
@@ -313,6 +322,9 @@ test("an instance restarted under the same name: requests on the channels it for
     }
     assert.equal(again.calls, 2);
     assert.deepEqual(again.rejections.map((r) => r.code), ["unknown-channel", "unknown-channel"]);
+    await until(() => resets.length === 2, "both resets seen on the broker");
+    assert.deepEqual(resets.sort(), ["a1", "a2"].map((i) => instanceRequestsTopic("a.example", i)), "each reset on its asking instance's own topic, none on the shared one");
+    await spy.endAsync();
   } finally {
     await closeWorld(w);
   }
