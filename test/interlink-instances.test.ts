@@ -27,6 +27,7 @@ import { parseSign1 } from "../gateway/encoding/cose.ts";
 import { generateEd25519, type Ed25519KeyPair } from "../gateway/crypto/ed25519.ts";
 import { Fleet, generateX25519 } from "../gateway/fleet/fleet.ts";
 import {
+  certificateTopic,
   instanceRequestsTopic,
   instanceResponsesTopic,
   Interlink,
@@ -42,7 +43,7 @@ import {
   type InterlinkIdentity,
   type Rejection,
 } from "../gateway/fleet/interlink.ts";
-import { CHANNEL_RESET_TYPE, isChannelMessage } from "../gateway/fleet/channel.ts";
+import { CHANNEL_RESET_TYPE, isChannelMessage, openAnswerBody, readOpenRequest } from "../gateway/fleet/channel.ts";
 import { CertificateChecker, checkerTrust, localSource, Verifier } from "../gateway/fleet/verifier.ts";
 import { Logger, type LogRecord } from "../gateway/log/logger.ts";
 import { findMosquitto, startMosquitto, type PrivateMosquitto } from "./support/mosquitto.ts";
@@ -412,6 +413,38 @@ test("fromInstance cannot be forged: it is under the signature (a channel takes 
       await spy.endAsync();
     }
     assert.equal(requestsTopic("b.example"), "keyproxy-cose/v1/interlink/b.example/requests");
+  } finally {
+    await closeWorld(w);
+  }
+});
+
+test("a channel opening pinned to an instance is taken only from that instance: another one's answer, or one naming none, opens no channel", { skip: NO_MOSQUITTO, timeout: 60_000 }, async () => {
+  const w = await makeWorld();
+  try {
+    const a = await gateway(w, "a.example");
+    const b = identityOf(w, "b.example");
+    // b.example's instance b1 is played here: it answers each opening properly but for its instance field.
+    const player = await mqtt.connectAsync(w.mosquitto.url, { protocolVersion: 5, reconnectPeriod: 0 });
+    let answerAs: string | undefined = "b2";
+    player.on("message", (_topic, payload) => {
+      const e = parseEnvelope(new Uint8Array(payload));
+      const open = readOpenRequest(decode(e.body));
+      const body = openAnswerBody({ channelId: open.channelId, ephemeral: generateX25519().publicKey, peerEphemeral: open.ephemeral });
+      const answer = signEnvelope({ from: "b.example", to: e.from, sessionId: e.sessionId, msgId: new Uint8Array(randomBytes(16)), type: e.type, ts: w.clock.now, kind: Kind.Response, body: encode(body), re: e.msgId, senderCert: b.certificate, ...(answerAs === undefined ? {} : { fromInstance: answerAs }) }, b.signing.seed);
+      void player.publishAsync(responsesTopic(e.from), Buffer.from(answer), { qos: 1 });
+    });
+    await player.subscribeAsync(instanceRequestsTopic("b.example", "b1"), { qos: 1 });
+    await player.publishAsync(certificateTopic("b.example"), Buffer.from(b.certificate), { qos: 1, retain: true });
+    try {
+      for (const [as, by] of [["b2", 'instance "b2"'], [undefined, "no instance"]] as const) {
+        answerAs = as;
+        await assert.rejects(a.link.requestTo("b.example", "echo", 1, { instance: "b1" }), (e: unknown) =>
+          e instanceof InterlinkError && e.code === "malformed" && e.message === `the channel opening sent to instance "b1" of "b.example" was answered by ${by}`);
+        assert.deepEqual([a.link.channelCount, a.link.stats.channelsOpened], [0, 0], `answered by ${by}: no channel`);
+      }
+    } finally {
+      await player.endAsync();
+    }
   } finally {
     await closeWorld(w);
   }
