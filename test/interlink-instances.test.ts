@@ -254,9 +254,25 @@ test("a request pinned to an instance reaches that instance, on a channel or sig
         assert.equal(target.calls - before[target === b1 ? 0 : 1], 3, `all three reached ${target.name}`);
         assert.equal((target === b1 ? b2 : b1).calls, before[target === b1 ? 1 : 0], "none reached the other");
       }
-      if (channels) assert.equal(a.link.stats.channelsOpened, 2, "one channel to each instance, each opened on its own topic");
+      if (channels) {
+        assert.equal(a.link.stats.channelsOpened, 2, "one channel to each instance, each opened on its own topic");
+        // Each end's log names the channel (8 hex digits) and the peer's instance.
+        const opened = a.records.filter((r) => r.event === "interlink-channel-opened");
+        assert.deepEqual(opened.map((r) => [r.peer, r.peerInstance]), [["b.example", "b2"], ["b.example", "b1"]]);
+        for (const [k, b] of [b2, b1].entries()) {
+          const accepted = b.records.filter((r) => r.event === "interlink-channel-accepted");
+          assert.deepEqual(accepted.map((r) => [r.peer, r.peerInstance, r.channel]), [["a.example", "a1", opened[k].channel]]);
+          assert.match(String(opened[k].channel), /^[0-9a-f]{8}$/);
+        }
+      }
     }
-    await assert.rejects(w.gateways[2].link.request("b.example", "echo", 1, { instance: "b/1" }), (e: unknown) => e instanceof InterlinkError && e.code === "malformed");
+    assert.deepEqual([w.gateways[0].link.instance, w.gateways[2].link.instance], ["b1", "a1"]);
+    await assert.rejects(w.gateways[2].link.request("b.example", "echo", 1, { instance: "b/1" }), (e: unknown) => e instanceof InterlinkError && e.code === "malformed" && e.message === 'instance "b/1" is not an instance name');
+    // Openings to two instances at once are two openings, each answered by its own instance.
+    const fresh = await gateway(w, "a.example", { instance: "a3" });
+    const both = await Promise.all(["b1", "b2", "b1"].map((instance) => fresh.link.requestTo("b.example", "echo", instance, { instance })));
+    assert.deepEqual(both.map((x) => [x.instance, field(x.body, "by")]), [["b1", "b1"], ["b2", "b2"], ["b1", "b1"]]);
+    assert.equal(fresh.link.stats.channelsOpened, 2);
     noRejections(w);
   } finally {
     await closeWorld(w);
@@ -352,7 +368,7 @@ test("peers that name no instance (one process, or older): signed envelopes both
     const c = await gateway(w, "c.example");
     for (let i = 0; i < 3; i++) assert.equal(field(await b1.link.request("c.example", "echo", i), "echo"), i);
     assert.equal(c.calls, 3);
-    assert.ok(b1.records.some((r) => r.event === "interlink-channel-unsupported" && r.why === "the peer names no instance"));
+    assert.equal(b1.records.filter((r) => r.event === "interlink-channel-unsupported" && r.why === "the peer names no instance").length, 1, "declined once: the next requests go signed without asking again");
     await until(() => c.link.channelCount === 0, "c.example dropping the channel it accepted", 10_000);
     assert.equal(b1.link.channelCount, 0);
     assert.ok(c.records.some((r) => r.event === "interlink-channel-ended" && r.why === "the peer no longer knows it"));
