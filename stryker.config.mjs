@@ -94,7 +94,7 @@ export const MODULES = {
     // Group SAs across gateways: a home's watches, keys and frames for members in other domains, and
     // a member's gateway's answers; each message's decoder (group-messages.ts).
     mutate: ["gateway/crossgw/groups-remote.ts", "gateway/crossgw/group-messages.ts"],
-    tests: ["test/group-messages.test.ts", "test/groups-crossgw.test.ts", "test/group-keeper.test.ts"],
+    tests: ["test/group-messages.test.ts", "test/groups-remote-edges.test.ts", "test/groups-crossgw.test.ts", "test/group-keeper.test.ts"],
   },
   "gateway/sessions/matching.ts": {
     // Seed 003's cipher-suite matching: which setting two devices share, and which one wins.
