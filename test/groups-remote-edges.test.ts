@@ -6,7 +6,7 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { rmSync } from "node:fs";
-import { Msg, type InnerMessage } from "../firmware/proto/messages.ts";
+import { CloseReason, Msg, type InnerMessage } from "../firmware/proto/messages.ts";
 import { startBroker, type EmbeddedBroker } from "../gateway/monitor/embedded-broker.ts";
 import { Fleet } from "../gateway/fleet/fleet.ts";
 import type { GroupLink } from "../gateway/crossgw/groups-remote.ts";
@@ -108,6 +108,45 @@ describe("group messages across gateways, refused at their edges", () => {
     await refusedBy(b, "a.example", from, gm.messageBody("bob@b.example", { t: Msg.Connected, spi, replaces: 0 }), `${from}: message type ${Msg.Connected} is not a member's`);
     await refusedBy(b, "a.example", from, gm.frameBody("bob@b.example", gcbor.encode([Msg.SaData, spi + 1, 1, new Uint8Array(24)])), `${from}: not a frame of a group key here`);
     await refusedBy(b, "a.example", from, gm.frameBody("bob@b.example", Uint8Array.of(0xff)), `${from}: not a frame of a group key here`);
+  });
+
+  /** Waits until team has a key other than `not`, held ready by each of `holders`; returns its SPI. */
+  async function rekeyed(not: number, holders: SessionHandset[]): Promise<number> {
+    let now = 0;
+    await until(() => {
+      now = a.gw.groups.currentSpi("team");
+      return now !== 0 && now !== not && holders.every((d) => d.h.sas.some((s) => s.spi === now && s.ready));
+    }, "team keyed anew", 10_000);
+    return now;
+  }
+
+  test("the home takes a member's Rekey from its gateway: the group gets a new key, the member included", async () => {
+    const before = a.gw.groups.currentSpi("team");
+    assert.equal(await b.gw.interlink!.request("a.example", gm.XGW_GROUP_FROM, gm.messageBody("bob@b.example", { t: Msg.Rekey, rid: 0, spi: before }), { secret: true }), 0);
+    spi = await rekeyed(before, [alice, bob]);
+  });
+
+  test("a member's gateway's word on its own device: down closes its group SA until it is up again; revoked takes it out of the group", async () => {
+    const link = a.gw.groups.remote as GroupLink;
+    const suites = link.reported("bob@b.example")!.suites;
+    assert.ok(suites.length > 0, "bob's registered suites, as his gateway answered the watch");
+    const status = (up: boolean, revoked: boolean) => b.gw.interlink!.request("a.example", gm.XGW_GROUP_STATUS, gm.statusBody("bob@b.example", { up, suites }, revoked), { secret: true });
+    const members = async () => (await a.gw.groups.list()).find((g) => g.name === "team")!.members;
+
+    assert.equal(await status(false, false), 0);
+    assert.deepEqual(link.reported("bob@b.example"), { up: false, suites });
+    await until(() => bob.closed.some(([s, reason]) => s === spi && reason === CloseReason.PeerGone), "bob's group SA closed", 10_000);
+    assert.deepEqual(await members(), ["alice", "bob@b.example"], "but bob stays a member");
+
+    assert.equal(await status(true, false), 0);
+    assert.deepEqual(link.reported("bob@b.example"), { up: true, suites });
+    spi = await rekeyed(spi, [alice, bob]);
+
+    assert.equal(await status(true, true), 0);
+    assert.deepEqual(link.reported("bob@b.example"), { up: false, suites }, "revoked is down, whatever up says");
+    await until(async () => (await members()).length === 1, "bob out of the group", 10_000);
+    assert.deepEqual(await members(), ["alice"]);
+    assert.equal(a.events("group-member-revoked").filter((e) => e.device === "bob@b.example").length, 1);
   });
 
   test("a watch tells a home nothing about a device unless the group is the asking gateway's own and the policy lets it reach the device: every other answer is that of an unknown device", async () => {
