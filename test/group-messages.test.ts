@@ -119,6 +119,7 @@ test("kp.g.to and kp.g.from: an inner message or a frame, read back as built; an
     assert.deepEqual(refusal(() => readCarried(type, new Map<string, unknown>([["member", member], ["msg", msgBytes], ["frame", frame]]))), oneOf, "both");
     assert.deepEqual(refusal(() => readCarried(type, new Map<string, unknown>([["member", member], ["msg", "text"]]))), oneOf, "msg not bytes");
     assert.deepEqual(refusal(() => readCarried(type, new Map<string, unknown>([["member", member], ["msg", new Uint8Array(1025)]]))), oneOf, "msg too long");
+    assert.notDeepEqual(refusal(() => readCarried(type, new Map<string, unknown>([["member", member], ["msg", new Uint8Array(1024)]]))), oneOf, "1,024 bytes is not too long: it is read (and is no message)");
     assert.deepEqual(refusal(() => readCarried(type, new Map<string, unknown>([["member", member], ["frame", "text"]]))), oneOf, "frame not bytes");
     for (const f of [new Uint8Array(0), new Uint8Array(4097)]) {
       assert.deepEqual(refusal(() => readCarried(type, frameBody(member, f))), ["malformed", `${type}: frame must be 1 to 4096 bytes`], `${f.length} bytes`);
