@@ -17,8 +17,9 @@ export function takeSecret(b: Buffer): Uint8Array {
   return out;
 }
 
-/** The rest of `d`'s plaintext after `body`, in memory of its own; node's output Buffers are zeroed.
- *  Throws what `final()` throws when the tag does not verify, and then nothing is left behind. */
+/** The plaintext of `body` through `d` (update, then final), in memory of its own; node's output
+ *  Buffers are zeroed. Throws what `final()` throws when the tag does not verify, and then nothing is
+ *  left behind. */
 export function decipherSecret(d: Decipher, body: Uint8Array): Uint8Array {
   const head = d.update(body);
   let tail: Buffer;
