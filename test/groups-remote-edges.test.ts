@@ -163,4 +163,27 @@ describe("group messages across gateways, refused at their edges", () => {
       await b.gw.policy.setDefault("allow");
     }
   });
+
+  test("a member's Bye on its group SA: its gateway forgets the route at once, and the home takes it out of the key", async () => {
+    // bob left the group above (revoked at the home); dora, at b.example too, takes his place.
+    const dora = await sessionHandset(b.gw, "dora", await provision(b.gw, "dora"));
+    try {
+      await until(() => dora.h.status().registered, "dora registered");
+      await a.gw.groups.add("team", "dora@b.example");
+      spi = await rekeyed(spi, [alice, dora]);
+      const link = b.gw.groups.remote as GroupLink;
+      assert.deepEqual(link.routesOf("dora"), [spi]);
+      assert.equal(dora.h.request_({ t: Msg.Bye, spi }, false), true);
+      await until(() => link.routesOf("dora").length === 0, "dora's route forgotten at her gateway");
+      await until(() => a.events("group-member-out").some((e) => e.device === "dora@b.example" && e.reason === "bye"), "dora out of the key at the home", 10_000);
+      // The home's SaClosed that follows finds no route at her gateway: nothing more reaches her on it.
+      await until(() => a.events("group-remote-failed").some((e) => e.device === "dora@b.example" && String(e.reason).includes("no group SA")), "the home's SaClosed refused at dora's gateway", 10_000);
+      assert.ok(!dora.closed.some(([s]) => s === spi), "dora got nothing on the SA after her own Bye");
+      const frame = gcbor.encode([Msg.SaData, spi, 1, new Uint8Array(24)]);
+      await refusedBy(a, "b.example", gm.XGW_GROUP_TO, gm.frameBody("dora@b.example", frame), `${gm.XGW_GROUP_TO}: no group SA of a.example with this SPI at dora@b.example`);
+      assert.ok((await a.gw.groups.list()).find((g) => g.name === "team")!.members.includes("dora@b.example"), "still a member: out of the key until she registers again");
+    } finally {
+      dora.close();
+    }
+  });
 });
