@@ -164,7 +164,7 @@ describe("group messages across gateways, refused at their edges", () => {
     }
   });
 
-  test("a member's Bye on its group SA: its gateway forgets the route at once, and the home takes it out of the key", async () => {
+  test("a member's Bye on its group SA: its gateway forgets the route at once (another device's Bye on it does nothing), and the home takes it out of the key", async () => {
     // bob left the group above (revoked at the home); dora, at b.example too, takes his place.
     const dora = await sessionHandset(b.gw, "dora", await provision(b.gw, "dora"));
     try {
@@ -173,6 +173,10 @@ describe("group messages across gateways, refused at their edges", () => {
       spi = await rekeyed(spi, [alice, dora]);
       const link = b.gw.groups.remote as GroupLink;
       assert.deepEqual(link.routesOf("dora"), [spi]);
+      // bob, linked at the same gateway, says Bye on dora's SPI: not his, so her route stays.
+      assert.equal(bob.h.request_({ t: Msg.Bye, spi }, false), true);
+      await until(() => b.events("session-bye-dropped").some((e) => e.device === "bob"), "bob's Bye dropped at his gateway");
+      assert.deepEqual(link.routesOf("dora"), [spi], "dora's route stays");
       assert.equal(dora.h.request_({ t: Msg.Bye, spi }, false), true);
       await until(() => link.routesOf("dora").length === 0, "dora's route forgotten at her gateway");
       await until(() => a.events("group-member-out").some((e) => e.device === "dora@b.example" && e.reason === "bye"), "dora out of the key at the home", 10_000);
