@@ -18,8 +18,10 @@
 // SA from now on (its home died or stopped, and it took the SA over; gateway/instances/). The instance
 // is the envelope's own, signed or carried on the pairwise channel (fromInstance), not the body's.
 //
-// "secret" bodies are encrypted to the receiving gateway's certified key (gateway/fleet/interlink.ts), so
-// the broker never learns who calls whom; the others carry only an SPI and end-to-end sealed frames.
+// Between two gateways with a pairwise channel every body travels sealed on it (gateway/fleet/channel.ts).
+// Without one, "secret" bodies are encrypted to the receiving gateway's certified key
+// (gateway/fleet/interlink.ts), so the broker never learns who calls whom; the others carry only an SPI
+// and end-to-end sealed frames.
 
 import { CloseReason } from "../../firmware/proto/messages.ts";
 import { isDeviceName } from "../fleet/fleet.ts";
