@@ -96,6 +96,35 @@ export const MODULES = {
     mutate: ["gateway/crossgw/groups-remote.ts", "gateway/crossgw/group-messages.ts"],
     tests: ["test/group-messages.test.ts", "test/groups-remote-edges.test.ts", "test/groups-crossgw.test.ts", "test/group-keeper.test.ts"],
   },
+  "gateway/crossgw/messages.ts": {
+    // The bodies of sessions across gateways (kp.x.*), as a peer gateway of another domain sends them.
+    mutate: ["gateway/crossgw/messages.ts"],
+    tests: ["test/crossgw-messages.test.ts"],
+  },
+  "gateway/instances/bus": {
+    // The sealed MQTT bus between the instances of one domain: its seal, freshness and replay window,
+    // presence, and each message's decoder.
+    mutate: ["gateway/instances/bus.ts", "gateway/instances/bus-messages.ts"],
+    tests: ["test/instance-bus-edges.test.ts", "test/instance-bus.test.ts"],
+  },
+  "gateway/web": {
+    // The read-only web fleet view: its token, its loopback and Host checks, its headers, the viewers'
+    // cap, and the snapshot it builds from monitoring.
+    mutate: ["gateway/web/*.ts"],
+    tests: ["test/web-view.test.ts"],
+  },
+  "gateway/ble/bridge": {
+    // The BLE bridge's connection to its gateway: the mutual proof of the bridge key, the per-direction
+    // keys, the sealed and counted messages, their decoders and framing; the key file.
+    mutate: ["gateway/ble/bridge-protocol.ts", "gateway/ble/bridge-key.ts"],
+    tests: ["test/bridge-messages.test.ts", "test/ble-bridge.test.ts"],
+  },
+  "gateway/log": {
+    // What reaches a log line, an MQTT event or an operator's terminal: byte arrays withheld, control
+    // characters escaped, the protocol's numbers by name.
+    mutate: ["gateway/log/*.ts"],
+    tests: ["test/terminal.test.ts", "test/logger.test.ts"],
+  },
   "gateway/sessions/matching.ts": {
     // Seed 003's cipher-suite matching: which setting two devices share, and which one wins.
     mutate: ["gateway/sessions/matching.ts"],
