@@ -14,20 +14,8 @@ import {
   XGW_BYE, XGW_CERT, XGW_CONFIRMED, XGW_MOVED, XGW_MSG1, XGW_MSG3, XGW_REKEY, XGW_SA,
 } from "../gateway/crossgw/messages.ts";
 import { InterlinkError } from "../gateway/fleet/interlink.ts";
+import { refusal, withField, without } from "./support/interlink-bodies.ts";
 
-/** The refusal `read` gives, as [code, message]; fails the test when it gives none. */
-function refusal(read: () => unknown): [string, string] {
-  try {
-    read();
-  } catch (e) {
-    assert.ok(e instanceof InterlinkError, `an InterlinkError, not ${String(e)}`);
-    return [e.code, e.message];
-  }
-  assert.fail("accepted");
-}
-
-const withField = (body: Map<string, unknown>, key: string, value: unknown) => new Map([...body, [key, value]]);
-const without = (body: Map<string, unknown>, key: string) => new Map([...body].filter(([k]) => k !== key));
 const bytesOf = (n: number, fill = 7) => new Uint8Array(n).fill(fill);
 const terms = { lifetime: 3600, limit: 1000 };
 const NOT_MAPS: unknown[] = [[1, 2], "body", 0, null, undefined, new Set(), { spi: 1 }];

@@ -24,23 +24,11 @@ import {
   XGW_GROUP_WATCH,
 } from "../gateway/crossgw/group-messages.ts";
 import { InterlinkError } from "../gateway/fleet/interlink.ts";
+import { refusal, withField, without } from "./support/interlink-bodies.ts";
 
 const member = "alice@b.example";
 const group = "team@a.example";
 
-/** The refusal `read` gives, as [code, message]; fails the test when it gives none. */
-function refusal(read: () => unknown): [string, string] {
-  try {
-    read();
-  } catch (e) {
-    assert.ok(e instanceof InterlinkError, `an InterlinkError, not ${String(e)}`);
-    return [e.code, e.message];
-  }
-  assert.fail("accepted");
-}
-
-const withField = (body: Map<string, unknown>, key: string, value: unknown) => new Map([...body, [key, value]]);
-const without = (body: Map<string, unknown>, key: string) => new Map([...body].filter(([k]) => k !== key));
 
 test("the type names, as docs/PROTOCOL.md §5d gives them", () => {
   assert.deepEqual([XGW_GROUP_WATCH, XGW_GROUP_STATUS, XGW_GROUP_TO, XGW_GROUP_FROM], ["kp.g.watch", "kp.g.status", "kp.g.to", "kp.g.from"]);

@@ -9,15 +9,15 @@ import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
-import mqtt, { type IPublishPacket, type MqttClient } from "mqtt";
+import type { IPublishPacket } from "mqtt";
 import nacl from "tweetnacl";
 import * as cbor from "../gateway/encoding/cbor.ts";
-import { Logger } from "../gateway/log/logger.ts";
 import { startBroker, type EmbeddedBroker } from "../gateway/monitor/embedded-broker.ts";
-import { BUS_MAX_AGE_MS, BUS_TOPIC_ROOT, busKeyPurpose, busTopics, InstanceBus } from "../gateway/instances/bus.ts";
+import { BUS_MAX_AGE_MS, BUS_TOPIC_ROOT, busKeyPurpose, busTopics } from "../gateway/instances/bus.ts";
 import { BUS_VERSION, decodeBusMessage, MalformedBusMessage, type BusMessage } from "../gateway/instances/bus-messages.ts";
 import { encodeMessage, Msg } from "../firmware/proto/messages.ts";
 import { until } from "./support/harness.ts";
+import { busListener, closeBusNodes, crash, joinBus, marker, newBusKey, sealAsInsider, type BusNode } from "./support/bus-nodes.ts";
 
 // ---- the codec's refusals, in words ------------------------------------------------------------
 
@@ -65,46 +65,8 @@ test("the bus's names, as docs/PROTOCOL.md gives them: the topics and the key's 
 
 // ---- the bus on a broker -------------------------------------------------------------------------
 
-interface Node {
-  name: string;
-  bus: InstanceBus;
-  messages: BusMessage[];
-  presence: [string, boolean][];
-  refusals(): string[];
-  events(event: string): Record<string, unknown>[];
-}
-
-const closers: { close(): Promise<void> }[] = [];
-const newKey = () => new Uint8Array(randomBytes(32));
-
-async function join(url: string, domain: string, instance: string, key: Uint8Array, o: { nowMs?: () => number; onMessage?: (m: BusMessage) => void } = {}): Promise<Node> {
-  const lines: string[] = [];
-  const messages: BusMessage[] = [];
-  const presence: [string, boolean][] = [];
-  const bus = await InstanceBus.connect({
-    url, domain, instance, key, nowMs: o.nowMs, log: new Logger((l) => lines.push(l)),
-    onMessage: o.onMessage ?? ((m) => messages.push(m)),
-    onPresence: (i, online) => presence.push([i, online]),
-  });
-  closers.push(bus);
-  const events = (e: string) => lines.map((l) => JSON.parse(l) as Record<string, unknown>).filter((r) => r.event === e);
-  return { name: instance, bus, messages, presence, events, refusals: () => events("instance-bus-refused").map((r) => String(r.reason)) };
-}
-
-/** Anyone on the broker: it hears with the packets' flags, and publishes what it likes. */
-async function listener(url: string): Promise<{ client: MqttClient; heard: IPublishPacket[]; capture(topic: string): Promise<void> }> {
-  const client = await mqtt.connectAsync(url, { protocolVersion: 4, reconnectPeriod: 0 });
-  closers.push({ close: () => client.endAsync() });
-  const heard: IPublishPacket[] = [];
-  client.on("message", (_t, _p, packet) => heard.push(packet));
-  return { client, heard, capture: async (topic) => void (await client.subscribeAsync(topic, { qos: 1 })) };
-}
-
 /** What only a holder of the domain's key can make: a bus message of its choosing, sealed. */
-function sealed(key: Uint8Array, w: unknown[]): Buffer {
-  const nonce = new Uint8Array(randomBytes(nacl.secretbox.nonceLength));
-  return Buffer.concat([nonce, nacl.secretbox(cbor.encode(w), nonce, key)]);
-}
+const sealed = (key: Uint8Array, w: unknown[]): Buffer => sealAsInsider(key, cbor.encode(w));
 
 function opened(key: Uint8Array, wire: IPublishPacket["payload"]): BusMessage {
   const payload = typeof wire === "string" ? Buffer.from(wire) : wire;
@@ -117,11 +79,7 @@ const LINKED = 3;
 const ONLINE = 6;
 const GONE = 7;
 
-async function marker(from: Node, to: Node, tag: string): Promise<void> {
-  from.bus.send(to.name, { k: "linked", dev: tag });
-  await until(() => to.messages.some((m) => m.body.k === "linked" && m.body.dev === tag), `${to.name} to get ${tag}`);
-}
-const devs = (n: Node) => n.messages.map((m) => (m.body.k === "linked" ? m.body.dev : m.body.k));
+const devs = (n: BusNode) => n.messages.map((m) => (m.body.k === "linked" ? m.body.dev : m.body.k));
 
 describe("the instance bus at its edges", { timeout: 60_000 }, () => {
   let broker: EmbeddedBroker;
@@ -129,16 +87,16 @@ describe("the instance bus at its edges", { timeout: 60_000 }, () => {
     broker = await startBroker({ host: "127.0.0.1", port: 0 });
   });
   after(async () => {
-    for (const c of closers.reverse()) await c.close().catch(() => undefined);
+    await closeBusNodes();
     await broker.close();
   });
 
   test("a message is for the reader of the topic it came on: one for me on the broadcast topic, or one for all on my topic, is refused", async () => {
-    const key = newKey();
+    const key = newBusKey();
     const d = "e1.example";
     const t = busTopics(d);
-    const [i1, i2] = [await join(broker.url, d, "e1-i1", key), await join(broker.url, d, "e1-i2", key)];
-    const eve = await listener(broker.url);
+    const [i1, i2] = [await joinBus(broker.url, d, "e1-i1", key), await joinBus(broker.url, d, "e1-i2", key)];
+    const eve = await busListener(broker.url);
     await eve.client.publishAsync(t.all, sealed(key, [BUS_VERSION, "e1-i1", "e1-i2", Date.now(), LINKED, "for-i2-on-all"]), { qos: 1 });
     await until(() => i2.refusals().length === 1, "i2 to judge it");
     assert.match(i2.refusals()[0], /^a message for "e1-i2" on keyproxy-instances\/v1\/e1\.example\/all$/);
@@ -152,12 +110,12 @@ describe("the instance bus at its edges", { timeout: 60_000 }, () => {
   });
 
   test("presence only on the sender's own presence topic and only of presence kinds: a gone on a message topic, or a message on a presence topic, is refused", async () => {
-    const key = newKey();
+    const key = newBusKey();
     const d = "e2.example";
     const t = busTopics(d);
-    const [i1, i2] = [await join(broker.url, d, "e2-i1", key), await join(broker.url, d, "e2-i2", key)];
+    const [i1, i2] = [await joinBus(broker.url, d, "e2-i1", key), await joinBus(broker.url, d, "e2-i2", key)];
     await until(() => i2.bus.isOnline("e2-i1"), "i2 to see i1");
-    const eve = await listener(broker.url);
+    const eve = await busListener(broker.url);
     const i1Gone = [BUS_VERSION, "e2-i1", "", Date.now(), GONE, i1.bus.epoch];
     for (const topic of [t.to("e2-i2"), t.all]) await eve.client.publishAsync(topic, sealed(key, i1Gone), { qos: 1 });
     await until(() => i2.refusals().length === 2, "i2 to judge both");
@@ -171,18 +129,18 @@ describe("the instance bus at its edges", { timeout: 60_000 }, () => {
   });
 
   test("presence: the same run announced again is told once; a gone of an instance never seen online is told, for a takeover", async () => {
-    const key = newKey();
+    const key = newBusKey();
     const d = "e3.example";
     const t = busTopics(d);
-    const eve = await listener(broker.url);
+    const eve = await busListener(broker.url);
     // A run that died before this instance started: its last-will is what the broker keeps.
     const deadEpoch = new Uint8Array(randomBytes(16));
     await eve.client.publishAsync(t.presence("e3-dead"), sealed(key, [BUS_VERSION, "e3-dead", "", Date.now(), GONE, deadEpoch]), { qos: 1, retain: true });
-    const i1 = await join(broker.url, d, "e3-i1", key);
+    const i1 = await joinBus(broker.url, d, "e3-i1", key);
     await until(() => i1.presence.some(([i]) => i === "e3-dead"), "i1 to hear of the dead run");
     assert.deepEqual(i1.presence.filter(([i]) => i === "e3-dead"), [["e3-dead", false]]);
 
-    const i2 = await join(broker.url, d, "e3-i2", key);
+    const i2 = await joinBus(broker.url, d, "e3-i2", key);
     await until(() => i1.bus.isOnline("e3-i2"), "i1 to see i2");
     // i2's run says online again, newer, same epoch (as after a reconnect whose last-will nobody heard).
     const received = i1.bus.stats.received;
@@ -194,12 +152,12 @@ describe("the instance bus at its edges", { timeout: 60_000 }, () => {
   });
 
   test("the freshness window to the millisecond, in the receiver's clock: 60 s old either way is taken, a millisecond more is not", async () => {
-    const key = newKey();
+    const key = newBusKey();
     const d = "e4.example";
     const t = busTopics(d);
     const now = 1_800_000_000_000;
-    const i2 = await join(broker.url, d, "e4-i2", key, { nowMs: () => now });
-    const eve = await listener(broker.url);
+    const i2 = await joinBus(broker.url, d, "e4-i2", key, { nowMs: () => now });
+    const eve = await busListener(broker.url);
     const at = (sentAtMs: number, tag: string) => eve.client.publishAsync(t.to("e4-i2"), sealed(key, [BUS_VERSION, "e4-i1", "e4-i2", sentAtMs, LINKED, tag]), { qos: 1 });
     await at(now - BUS_MAX_AGE_MS, "oldest");
     await at(now + BUS_MAX_AGE_MS, "newest");
@@ -214,13 +172,13 @@ describe("the instance bus at its edges", { timeout: 60_000 }, () => {
   });
 
   test("the replay memory forgets what is past twice the window, and holds at most 200,000 nonces", async () => {
-    const key = newKey();
+    const key = newBusKey();
     const d = "e5.example";
     const t = busTopics(d);
     let now = 1_800_000_000_000;
-    const i2 = await join(broker.url, d, "e5-i2", key, { nowMs: () => now });
+    const i2 = await joinBus(broker.url, d, "e5-i2", key, { nowMs: () => now });
     const seen = (i2.bus as unknown as { seen: Map<string, number> }).seen; // test-only access
-    const eve = await listener(broker.url);
+    const eve = await busListener(broker.url);
     const send = async (tag: string) => {
       const before = i2.messages.length;
       await eve.client.publishAsync(t.to("e5-i2"), sealed(key, [BUS_VERSION, "e5-i1", "e5-i2", now, LINKED, tag]), { qos: 1 });
@@ -245,12 +203,12 @@ describe("the instance bus at its edges", { timeout: 60_000 }, () => {
   });
 
   test("on the wire: SA frames at QoS 0 and the rest at QoS 1; a clean stop leaves a retained, sealed gone of its run", async () => {
-    const key = newKey();
+    const key = newBusKey();
     const d = "e6.example";
     const t = busTopics(d);
-    const i2 = await join(broker.url, d, "e6-i2", key);
-    const i1 = await join(broker.url, d, "e6-i1", key);
-    const eve = await listener(broker.url);
+    const i2 = await joinBus(broker.url, d, "e6-i2", key);
+    const i1 = await joinBus(broker.url, d, "e6-i1", key);
+    const eve = await busListener(broker.url);
     await eve.capture(t.to("e6-i2"));
     i1.bus.send("e6-i2", { k: "frame", dev: "dv", payload: Uint8Array.of(1) });
     i1.bus.send("e6-i2", { k: "deviceFrame", dev: "dv", payload: Uint8Array.of(2) });
@@ -263,7 +221,7 @@ describe("the instance bus at its edges", { timeout: 60_000 }, () => {
     const epoch = i1.bus.epoch;
     await i1.bus.close();
     await until(() => i2.presence.some(([i, on]) => i === "e6-i1" && !on), "i2 to hear i1 gone");
-    const late = await listener(broker.url);
+    const late = await busListener(broker.url);
     await late.capture(t.presence("e6-i1"));
     await until(() => late.heard.length === 1, "the retained presence");
     assert.equal(late.heard[0].retain, true);
@@ -279,40 +237,38 @@ describe("the instance bus at its edges", { timeout: 60_000 }, () => {
   });
 
   test("a crash leaves the last-will retained: an instance that starts later hears the run gone", async () => {
-    const key = newKey();
+    const key = newBusKey();
     const d = "e7.example";
-    const i1 = await join(broker.url, d, "e7-i1", key);
-    const early = await listener(broker.url);
+    const i1 = await joinBus(broker.url, d, "e7-i1", key);
+    const early = await busListener(broker.url);
     await early.capture(busTopics(d).presence("e7-i1"));
     await until(() => early.heard.length === 1, "the retained online");
     const online = opened(key, early.heard[0].payload);
     assert.deepEqual([early.heard[0].retain, online.from, online.to, online.body], [true, "e7-i1", "", { k: "online", epoch: i1.bus.epoch }]);
-    const c = (i1.bus as unknown as { client: MqttClient }).client; // test-only access
-    c.options.reconnectPeriod = 0;
-    c.stream.destroy();
-    const late = await listener(broker.url);
+    crash(i1);
+    const late = await busListener(broker.url);
     await late.capture(busTopics(d).presence("e7-i1"));
     await until(() => late.heard.some((p) => opened(key, p.payload).body.k === "gone"), "the last-will");
     const will = late.heard.find((p) => opened(key, p.payload).body.k === "gone")!;
     assert.equal(will.retain, true);
     assert.deepEqual(((m) => [m.from, m.to, m.body])(opened(key, will.payload)), ["e7-i1", "", { k: "gone", epoch: i1.bus.epoch }]);
-    const i2 = await join(broker.url, d, "e7-i2", key);
+    const i2 = await joinBus(broker.url, d, "e7-i2", key);
     await until(() => i2.presence.length > 0, "i2 to hear of i1");
     assert.deepEqual(i2.presence, [["e7-i1", false]]);
     await late.client.publishAsync(busTopics(d).presence("e7-i1"), Buffer.alloc(0), { qos: 1, retain: true });
   });
 
   test("a message handler that throws is logged with the sender and kind, and the bus goes on; a payload too short to be sealed is refused as such", async () => {
-    const key = newKey();
+    const key = newBusKey();
     const d = "e8.example";
     const got: string[] = [];
-    const i2 = await join(broker.url, d, "e8-i2", key, {
+    const i2 = await joinBus(broker.url, d, "e8-i2", key, {
       onMessage: (m) => {
         if (m.body.k === "linked" && m.body.dev === "boom") throw new Error("the handler broke");
         if (m.body.k === "linked") got.push(m.body.dev);
       },
     });
-    const i1 = await join(broker.url, d, "e8-i1", key);
+    const i1 = await joinBus(broker.url, d, "e8-i1", key);
     i1.bus.send("e8-i2", { k: "linked", dev: "boom" });
     i1.bus.send("e8-i2", { k: "linked", dev: "after" });
     await until(() => got.includes("after"), "the next message");
@@ -320,7 +276,7 @@ describe("the instance bus at its edges", { timeout: 60_000 }, () => {
     assert.equal(failed.length, 1);
     assert.deepEqual([failed[0].from, failed[0].kind, failed[0].reason], ["e8-i1", "linked", "the handler broke"]);
 
-    const eve = await listener(broker.url);
+    const eve = await busListener(broker.url);
     for (const n of [1, 24 + 15]) await eve.client.publishAsync(busTopics(d).to("e8-i2"), Buffer.alloc(n, 1), { qos: 1 });
     await until(() => i2.refusals().length === 2, "both judged");
     assert.deepEqual(i2.refusals(), ["too short to be a sealed bus message", "too short to be a sealed bus message"]);

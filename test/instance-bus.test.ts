@@ -15,17 +15,14 @@
 
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { randomBytes } from "node:crypto";
 import fc from "fast-check";
-import mqtt, { type MqttClient } from "mqtt";
-import nacl from "tweetnacl";
 import * as cbor from "../gateway/encoding/cbor.ts";
-import { Logger } from "../gateway/log/logger.ts";
 import { startBroker, type EmbeddedBroker } from "../gateway/monitor/embedded-broker.ts";
-import { BUS_MAX_AGE_MS, busTopics, InstanceBus } from "../gateway/instances/bus.ts";
+import { BUS_MAX_AGE_MS, busTopics } from "../gateway/instances/bus.ts";
 import { BUS_VERSION, decodeBusMessage, encodeBusMessage, MalformedBusMessage, type BusBody, type BusMessage } from "../gateway/instances/bus-messages.ts";
 import { encodeMessage, Msg, type InnerMessage, type SaInstall } from "../firmware/proto/messages.ts";
 import { until } from "./support/harness.ts";
+import { busListener, closeBusNodes, crash, joinBus, marker, mqttOf, newBusKey, sealAsInsider, type BusNode } from "./support/bus-nodes.ts";
 
 // ---- the codec ------------------------------------------------------------------------------------
 
@@ -190,75 +187,7 @@ describe("bus messages: the codec", () => {
 
 // ---- the bus on a broker --------------------------------------------------------------------------
 
-interface Node {
-  name: string;
-  bus: InstanceBus;
-  messages: BusMessage[];
-  presence: [string, boolean][];
-  /** The reasons of this node's "instance-bus-refused" log lines, in order. */
-  refusals(): string[];
-  /** This node's log records of one event. */
-  events(event: string): Record<string, unknown>[];
-}
-
-const newKey = () => new Uint8Array(randomBytes(32));
-
-/** What the test connects to the broker, to close after it. */
-const open: { close(): Promise<void> }[] = [];
-
-/** An instance of `domain` on the bus. Each test has a domain of its own: the retained presence of
- *  another test's instances (under another key) would otherwise be refused here too. */
-async function join(url: string, domain: string, instance: string, key: Uint8Array, nowMs?: () => number, breakPresenceHandler = false): Promise<Node> {
-  const lines: string[] = [];
-  const messages: BusMessage[] = [];
-  const presence: [string, boolean][] = [];
-  const bus = await InstanceBus.connect({
-    url, domain, instance, key, nowMs, log: new Logger((l) => lines.push(l)),
-    onMessage: (m) => messages.push(m),
-    onPresence: (i, online) => {
-      presence.push([i, online]);
-      if (breakPresenceHandler) throw new Error(`the presence handler broke on ${i}`);
-    },
-  });
-  open.push(bus);
-  const events = (e: string) => lines.map((l) => JSON.parse(l) as Record<string, unknown>).filter((r) => r.event === e);
-  const refusals = () => events("instance-bus-refused").map((r) => String(r.reason));
-  return { name: instance, bus, messages, presence, refusals, events };
-}
-
-/** The MQTT client of a bus (test-only access to a private field). */
-const mqttOf = (n: Node): MqttClient => (n.bus as unknown as { client: MqttClient }).client;
-
-/** Kills a bus the way a crash does: its TCP connection closes without an MQTT DISCONNECT, so the
- *  broker publishes its last-will; it does not reconnect. */
-function crash(n: Node): void {
-  const c = mqttOf(n);
-  c.options.reconnectPeriod = 0;
-  c.stream.destroy();
-}
-
-/** A raw MQTT client: anyone on the broker, who can capture and (re)publish sealed bytes. */
-async function eavesdropper(url: string): Promise<{ client: MqttClient; heard: { topic: string; payload: Buffer }[]; capture(topic: string): Promise<void> }> {
-  const client = await mqtt.connectAsync(url, { protocolVersion: 4, reconnectPeriod: 0 });
-  open.push({ close: () => client.endAsync() });
-  const heard: { topic: string; payload: Buffer }[] = [];
-  client.on("message", (topic, payload) => heard.push({ topic, payload }));
-  return { client, heard, capture: async (topic) => void (await client.subscribeAsync(topic, { qos: 1 })) };
-}
-
-/** What only a holder of the domain's key can make: any value, sealed as the bus seals a message. */
-function sealAsInsider(key: Uint8Array, plain: Uint8Array): Buffer {
-  const nonce = new Uint8Array(randomBytes(nacl.secretbox.nonceLength));
-  return Buffer.concat([nonce, nacl.secretbox(plain, nonce, key)]);
-}
-
-/** Sends a "linked" marker from one node to another (or all) and waits until `to` has it. */
-async function marker(from: Node, to: Node, tag: string, toAll = false): Promise<void> {
-  from.bus.send(toAll ? "" : to.name, { k: "linked", dev: tag });
-  await until(() => to.messages.some((m) => m.body.k === "linked" && m.body.dev === tag), `${to.name} to get ${tag}`);
-}
-
-const devsOf = (n: Node) => n.messages.map((m) => (m.body.k === "linked" || m.body.k === "unlinked" ? `${m.body.k}:${m.body.dev}` : m.body.k));
+const devsOf = (n: BusNode) => n.messages.map((m) => (m.body.k === "linked" || m.body.k === "unlinked" ? `${m.body.k}:${m.body.dev}` : m.body.k));
 
 describe("the instance bus on a broker", { timeout: 60_000 }, () => {
   let broker: EmbeddedBroker;
@@ -268,13 +197,13 @@ describe("the instance bus on a broker", { timeout: 60_000 }, () => {
     broker = await startBroker({ host: "127.0.0.1", port: 0 });
   });
   after(async () => {
-    for (const c of open.reverse()) await c.close().catch(() => undefined);
+    await closeBusNodes();
     await broker.close();
   });
 
   test("a message to one instance and one to all arrive once each, from whom and for whom they were sent", async () => {
-    const key = newKey();
-    const [i1, i2] = [await join(broker.url, D1, "d1-i1", key), await join(broker.url, D1, "d1-i2", key)];
+    const key = newBusKey();
+    const [i1, i2] = [await joinBus(broker.url, D1, "d1-i1", key), await joinBus(broker.url, D1, "d1-i2", key)];
     await until(() => i1.bus.isOnline("d1-i2") && i2.bus.isOnline("d1-i1"), "each to see the other online");
     i1.bus.send("d1-i2", { k: "deliver", dev: "dev-a", m: { t: Msg.Bye, spi: 7 } });
     i1.bus.send("", { k: "unlinked", dev: "dev-b" });
@@ -290,10 +219,10 @@ describe("the instance bus on a broker", { timeout: 60_000 }, () => {
   });
 
   test("a captured message published again is refused as seen before", async () => {
-    const key = newKey();
+    const key = newBusKey();
     const topics = busTopics(D2);
-    const [i1, i2] = [await join(broker.url, D2, "d2-i1", key), await join(broker.url, D2, "d2-i2", key)];
-    const eve = await eavesdropper(broker.url);
+    const [i1, i2] = [await joinBus(broker.url, D2, "d2-i1", key), await joinBus(broker.url, D2, "d2-i2", key)];
+    const eve = await busListener(broker.url);
     await eve.capture(topics.to("d2-i2"));
     await marker(i1, i2, "original");
     await until(() => eve.heard.length === 1, "the eavesdropper to capture it");
@@ -306,9 +235,9 @@ describe("the instance bus on a broker", { timeout: 60_000 }, () => {
   });
 
   test("a message sealed under another key is refused; so is one older than BUS_MAX_AGE_MS", async () => {
-    const key = newKey();
-    const i2 = await join(broker.url, D3, "d3-i2", key);
-    const forger = await join(broker.url, D3, "d3-forger", newKey());
+    const key = newBusKey();
+    const i2 = await joinBus(broker.url, D3, "d3-i2", key);
+    const forger = await joinBus(broker.url, D3, "d3-forger", newBusKey());
     // Its own presence was refused already (under the wrong key): count from here.
     await until(() => i2.refusals().length === 1, "the forger's presence to be refused");
     forger.bus.send("d3-i2", { k: "linked", dev: "forged" });
@@ -316,22 +245,22 @@ describe("the instance bus on a broker", { timeout: 60_000 }, () => {
     assert.match(i2.refusals()[1], /does not open under the domain's bus key/);
 
     // A sender whose clock says it is past the freshness window (presence has no age check: it joins).
-    const stale = await join(broker.url, D3, "d3-stale", key, () => Date.now() - BUS_MAX_AGE_MS - 10_000);
+    const stale = await joinBus(broker.url, D3, "d3-stale", key, { nowMs: () => Date.now() - BUS_MAX_AGE_MS - 10_000 });
     await until(() => i2.bus.isOnline("d3-stale"), "the stale sender's presence");
     stale.bus.send("d3-i2", { k: "linked", dev: "stale" });
     await until(() => i2.refusals().length === 3, "the stale message to be judged");
     assert.match(i2.refusals()[2], /70 s old/);
     // Just inside the window is fine (the check is on age, not on the sender being slow).
-    const late = await join(broker.url, D3, "d3-late", key, () => Date.now() - BUS_MAX_AGE_MS + 10_000);
+    const late = await joinBus(broker.url, D3, "d3-late", key, { nowMs: () => Date.now() - BUS_MAX_AGE_MS + 10_000 });
     await marker(late, i2, "late-but-fresh");
     assert.deepEqual(devsOf(i2), ["linked:late-but-fresh"]);
   });
 
   test("a message on a topic it was not sent to is refused, and presence on another instance's topic too", async () => {
-    const key = newKey();
+    const key = newBusKey();
     const topics = busTopics(D4);
-    const [i1, i2, i3] = [await join(broker.url, D4, "d4-i1", key), await join(broker.url, D4, "d4-i2", key), await join(broker.url, D4, "d4-i3", key)];
-    const eve = await eavesdropper(broker.url);
+    const [i1, i2, i3] = [await joinBus(broker.url, D4, "d4-i1", key), await joinBus(broker.url, D4, "d4-i2", key), await joinBus(broker.url, D4, "d4-i3", key)];
+    const eve = await busListener(broker.url);
     await eve.capture(topics.to("d4-i1"));
     await eve.capture(topics.presence("d4-i3"));
     await until(() => eve.heard.length === 1, "i3's retained online");
@@ -372,10 +301,10 @@ describe("the instance bus on a broker", { timeout: 60_000 }, () => {
   });
 
   test("a message sealed under the domain's key but malformed is refused whole", async () => {
-    const key = newKey();
+    const key = newBusKey();
     const topics = busTopics(D7);
-    const [i1, i2] = [await join(broker.url, D7, "d7-i1", key), await join(broker.url, D7, "d7-i2", key)];
-    const eve = await eavesdropper(broker.url);
+    const [i1, i2] = [await joinBus(broker.url, D7, "d7-i1", key), await joinBus(broker.url, D7, "d7-i2", key)];
+    const eve = await busListener(broker.url);
     const header = [BUS_VERSION, "d7-i1", "d7-i2", Date.now()];
     const bad: [string, Uint8Array, RegExp][] = [
       ["not CBOR", new Uint8Array([0xff, 0x00]), /not CBOR/],
@@ -393,12 +322,12 @@ describe("the instance bus on a broker", { timeout: 60_000 }, () => {
   });
 
   test("presence: online, a crash's last-will, and an old run's online or gone replayed later change nothing", async () => {
-    const key = newKey();
+    const key = newBusKey();
     const topics = busTopics(D5);
-    const i1 = await join(broker.url, D5, "d5-i1", key);
-    const eve = await eavesdropper(broker.url);
+    const i1 = await joinBus(broker.url, D5, "d5-i1", key);
+    const eve = await busListener(broker.url);
     await eve.capture(topics.presence("d5-i2"));
-    const i2 = await join(broker.url, D5, "d5-i2", key);
+    const i2 = await joinBus(broker.url, D5, "d5-i2", key);
     await until(() => i1.presence.some(([i, on]) => i === "d5-i2" && on), "i1 to see i2 online");
     await until(() => eve.heard.length === 1, "i2's online");
     const run1Online = eve.heard[0].payload;
@@ -410,7 +339,7 @@ describe("the instance bus on a broker", { timeout: 60_000 }, () => {
     const run1Gone = eve.heard[1].payload;
 
     // i2 comes back: a new run, a new epoch.
-    const i2b = await join(broker.url, D5, "d5-i2", key);
+    const i2b = await joinBus(broker.url, D5, "d5-i2", key);
     await until(() => i1.bus.isOnline("d5-i2"), "i1 to see i2's new run online");
     assert.notDeepEqual(i2b.bus.epoch, i2.bus.epoch);
     await until(() => eve.heard.length === 3, "the eavesdropper to hear the new run's online");
@@ -444,9 +373,9 @@ describe("the instance bus on a broker", { timeout: 60_000 }, () => {
   });
 
   test("a run whose connection broke, so that the broker published its last-will, is online again when it reconnects", async () => {
-    const key = newKey();
-    const i1 = await join(broker.url, D8, "d8-i1", key);
-    const i2 = await join(broker.url, D8, "d8-i2", key);
+    const key = newBusKey();
+    const i1 = await joinBus(broker.url, D8, "d8-i1", key);
+    const i2 = await joinBus(broker.url, D8, "d8-i2", key);
     await until(() => i1.bus.isOnline("d8-i2"), "i1 to see i2 online");
     // The connection drops without a DISCONNECT; the client reconnects by itself (reconnectPeriod).
     mqttOf(i2).stream.destroy();
@@ -458,9 +387,9 @@ describe("the instance bus on a broker", { timeout: 60_000 }, () => {
   });
 
   test("a presence handler that throws is logged, and the bus goes on", async () => {
-    const key = newKey();
-    const i1 = await join(broker.url, D9, "d9-i1", key, undefined, true);
-    const i2 = await join(broker.url, D9, "d9-i2", key);
+    const key = newBusKey();
+    const i1 = await joinBus(broker.url, D9, "d9-i1", key, { breakPresenceHandler: true });
+    const i2 = await joinBus(broker.url, D9, "d9-i2", key);
     await until(() => i1.events("instance-bus-handler-failed").length === 1, "the handler's failure to be logged");
     assert.match(String(i1.events("instance-bus-handler-failed")[0].reason), /presence handler broke on d9-i2/);
     assert.equal(i1.bus.isOnline("d9-i2"), true);
@@ -468,10 +397,10 @@ describe("the instance bus on a broker", { timeout: 60_000 }, () => {
   });
 
   test("two domains with their own keys on one broker: neither hears nor accepts the other's traffic", async () => {
-    const [keyA, keyB] = [newKey(), newKey()];
-    const [a1, a2] = [await join(broker.url, "a6.example", "x1", keyA), await join(broker.url, "a6.example", "x2", keyA)];
-    const [b1, b2] = [await join(broker.url, "b6.example", "x1", keyB), await join(broker.url, "b6.example", "x2", keyB)];
-    const eve = await eavesdropper(broker.url);
+    const [keyA, keyB] = [newBusKey(), newBusKey()];
+    const [a1, a2] = [await joinBus(broker.url, "a6.example", "x1", keyA), await joinBus(broker.url, "a6.example", "x2", keyA)];
+    const [b1, b2] = [await joinBus(broker.url, "b6.example", "x1", keyB), await joinBus(broker.url, "b6.example", "x2", keyB)];
+    const eve = await busListener(broker.url);
     await eve.capture(busTopics("a6.example").to("x2"));
 
     await marker(a1, a2, "a-direct");
