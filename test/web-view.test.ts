@@ -6,106 +6,23 @@
 import assert from "node:assert/strict";
 import { readFileSync, writeFileSync } from "node:fs";
 import { spawn } from "node:child_process";
-import http from "node:http";
 import { join } from "node:path";
 import { after, test } from "node:test";
 import { FleetModel, MAX_SESSIONS } from "../gateway/monitor/fleet-model.ts";
 import { topics } from "../gateway/monitor/monitor.ts";
-import { snapshotOf, type FleetSnapshot, type FleetSource } from "../gateway/web/fleet-feed.ts";
-import { CONTENT_SECURITY_POLICY, FleetViewAddressInUse, FleetViewConfigError, checkToken, isLoopback, serveFleetView, tokenMatches, type FleetViewServer } from "../gateway/web/fleet-server.ts";
+import { snapshotOf, type FleetSnapshot } from "../gateway/web/fleet-feed.ts";
+import { CONTENT_SECURITY_POLICY, FleetViewAddressInUse, FleetViewConfigError, checkToken, isLoopback, serveFleetView, tokenMatches } from "../gateway/web/fleet-server.ts";
 import { connect } from "mqtt";
 import { startBroker } from "../gateway/monitor/embedded-broker.ts";
 import { tempDir } from "./support/harness.ts";
 import { CLI } from "./support/process.ts";
 import { runCli } from "./support/run-cli.ts";
+import { assertSecurityHeaders, closeServers, events, modelSource, request, serve } from "./support/web-view.ts";
+
+after(closeServers);
 
 const TOKEN = "0123456789abcdef0123456789abcdef";
 const GW = "gw.test";
-
-/** A model fed by the test, as the page's source. */
-function modelSource(keepEvents = 50): FleetSource & { model: FleetModel; feed(topic: string, body: unknown): void } {
-  const model = new FleetModel(keepEvents);
-  const listeners = new Set<() => void>();
-  return {
-    model,
-    snapshot: () => snapshotOf(model, "test fleet", { url: "mqtt://127.0.0.1:1883", connected: true }),
-    subscribe: (fn) => {
-      listeners.add(fn);
-      return () => listeners.delete(fn);
-    },
-    feed(topic, body) {
-      model.apply(topic, Buffer.from(body === "" ? "" : JSON.stringify(body)));
-      for (const fn of listeners) fn();
-    },
-  };
-}
-
-const servers: FleetViewServer[] = [];
-after(async () => {
-  for (const s of servers) await s.close();
-});
-
-async function serve(o: { host?: string; token?: string; maxClients?: number } = {}, source = modelSource()) {
-  const server = await serveFleetView({ listen: { host: o.host ?? "127.0.0.1", port: 0 }, token: o.token, maxClients: o.maxClients }, source);
-  servers.push(server);
-  return { server, source, port: server.address.port };
-}
-
-interface Answer { status: number; headers: http.IncomingHttpHeaders; body: string }
-
-/** One request with node:http, Host and method as given. */
-function request(port: number, path: string, o: { method?: string; headers?: Record<string, string> } = {}): Promise<Answer> {
-  return new Promise((resolve, reject) => {
-    const req = http.request({ host: "127.0.0.1", port, path, method: o.method ?? "GET", headers: o.headers }, (res) => {
-      let body = "";
-      res.setEncoding("utf8");
-      res.on("data", (c) => (body += c));
-      res.on("end", () => resolve({ status: res.statusCode!, headers: res.headers, body }));
-    });
-    req.on("error", reject);
-    req.end(o.method === "POST" || o.method === "PUT" ? "state=changed" : undefined);
-  });
-}
-
-/** An event stream: its snapshots as they come. */
-function events(port: number, headers: Record<string, string> = {}): Promise<{ res: http.IncomingMessage; raw: string[]; next(): Promise<FleetSnapshot>; close(): void }> {
-  return new Promise((resolve, reject) => {
-    const req = http.get({ host: "127.0.0.1", port, path: "/events", headers }, (res) => {
-      const raw: string[] = [];
-      const waiting: ((s: FleetSnapshot) => void)[] = [];
-      const queued: FleetSnapshot[] = [];
-      let buf = "";
-      res.setEncoding("utf8");
-      res.on("data", (c: string) => {
-        buf += c;
-        let i: number;
-        while ((i = buf.indexOf("\n\n")) >= 0) {
-          const block = buf.slice(0, i);
-          buf = buf.slice(i + 2);
-          const data = block.split("\n").filter((l) => l.startsWith("data: ")).map((l) => l.slice(6));
-          if (!data.length) continue;
-          raw.push(data.join("\n"));
-          const snap = JSON.parse(data.join("\n")) as FleetSnapshot;
-          const w = waiting.shift();
-          if (w) w(snap);
-          else queued.push(snap);
-        }
-      });
-      resolve({
-        res,
-        raw,
-        next: () => (queued.length ? Promise.resolve(queued.shift()!) : new Promise((r) => waiting.push(r))),
-        close: () => req.destroy(),
-      });
-    });
-    req.on("error", reject);
-  });
-}
-
-function assertSecurityHeaders(a: Answer, what: string): void {
-  assert.equal(a.headers["content-security-policy"], CONTENT_SECURITY_POLICY, `CSP on ${what}`);
-  assert.equal(a.headers["x-content-type-options"], "nosniff", `nosniff on ${what}`);
-}
 
 test("the Content-Security-Policy allows this origin only, no inline script and no HTML from strings", () => {
   const csp = CONTENT_SECURITY_POLICY;

@@ -86,13 +86,15 @@ export interface FleetViewServer {
   close(): Promise<void>;
 }
 
-/** Whether host names this machine only: localhost, 127.0.0.0/8, ::1 (and IPv4-mapped loopback). */
+/** Whether host names this machine only: localhost, 127.0.0.0/8, ::1 (and IPv4-mapped loopback).
+ *  Brackets go in pairs and around an IPv6 address only ("[::1]", as in a Host header). */
 export function isLoopback(host: string): boolean {
-  const h = host.replace(/^\[|\]$/g, "").toLowerCase();
-  if (h === "localhost") return true;
-  if (isIP(h) === 4) return h.startsWith("127.");
+  const bracketed = /^\[([^\]]*)\]$/.exec(host);
+  const h = (bracketed ? bracketed[1] : host).toLowerCase();
   if (isIP(h) === 6) return h === "::1" || /^::ffff:127\./.test(h) || /^(0:){7}1$/.test(h);
-  return false;
+  if (bracketed) return false;
+  if (h === "localhost") return true;
+  return isIP(h) === 4 && h.startsWith("127.");
 }
 
 /** A token as given (file or environment): one line, no spaces or separators a header or cookie would

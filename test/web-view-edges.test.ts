@@ -1,0 +1,124 @@
+// The web fleet view's server (gateway/web/fleet-server.ts) at its edges, where Stryker's first run
+// over it found no test looking: every security header's exact value, the loopback names and Host
+// headers to the character, the token's least length, where a token is read from (an Authorization
+// that is not Bearer, a cookie among others, a token with "="), what a redirect sets, and the
+// answers' types and words. test/web-view.test.ts has the view's main cases.
+
+import { after, test } from "node:test";
+import assert from "node:assert/strict";
+import { topics } from "../gateway/monitor/monitor.ts";
+import { checkToken, CONTENT_SECURITY_POLICY, FleetViewConfigError, isLoopback, MIN_TOKEN_LENGTH, serveFleetView } from "../gateway/web/fleet-server.ts";
+import { closeServers, events, modelSource, request, serve, type Answer } from "./support/web-view.ts";
+
+after(closeServers);
+
+const TOKEN = "0123456789abcdef0123456789abcdef";
+
+function assertAllSecurityHeaders(a: Answer, what: string): void {
+  assert.deepEqual(
+    {
+      csp: a.headers["content-security-policy"], nosniff: a.headers["x-content-type-options"], frame: a.headers["x-frame-options"],
+      referrer: a.headers["referrer-policy"], corp: a.headers["cross-origin-resource-policy"], cache: a.headers["cache-control"],
+    },
+    { csp: CONTENT_SECURITY_POLICY, nosniff: "nosniff", frame: "DENY", referrer: "no-referrer", corp: "same-origin", cache: "no-store" },
+    what,
+  );
+}
+
+test("the Content-Security-Policy, directive by directive", () => {
+  assert.equal(
+    CONTENT_SECURITY_POLICY,
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'; require-trusted-types-for 'script'",
+  );
+});
+
+test("every answer carries every security header, and plain text where it is not the page, the snapshot or the stream", async () => {
+  const { port } = await serve({ maxClients: 1 });
+  const stream = await events(port);
+  await stream.next();
+  const answers: [string, Answer][] = [
+    ["the page", await request(port, "/")],
+    ["the snapshot", await request(port, "/fleet.json")],
+    ["a 404", await request(port, "/nothing")],
+    ["a 405", await request(port, "/", { method: "DELETE" })],
+    ["a 403", await request(port, "/", { headers: { host: "fleet.example" } })],
+    ["a 503", await request(port, "/events")],
+    ["the favicon", await request(port, "/favicon.ico")],
+  ];
+  for (const [what, a] of answers) assertAllSecurityHeaders(a, what);
+  const byName = Object.fromEntries(answers);
+  for (const what of ["a 404", "a 405", "a 403", "a 503"]) assert.equal(byName[what].headers["content-type"], "text/plain; charset=utf-8", what);
+  assert.equal(byName["a 404"].body, "not found: the fleet view is at /\n");
+  assert.equal(byName["a 405"].body, "the fleet view is read-only: GET only\n");
+  assert.equal(byName["a 503"].body, "too many viewers (at most 1 at once)\n");
+  assert.equal(byName["a 503"].headers["retry-after"], "10");
+  assert.equal(byName["the favicon"].status, 204, "browsers ask for it: nothing, not a 404");
+  assert.equal(byName["the favicon"].body, "");
+  assert.equal(stream.res.headers["content-type"], "text/event-stream; charset=utf-8");
+  assert.equal(stream.res.headers.connection, "keep-alive");
+  assertAllSecurityHeaders({ status: 200, headers: stream.res.headers, body: "" }, "the event stream");
+  stream.close();
+});
+
+test("the event stream: the reconnect delay and a snapshot at once; changes close together go as one snapshot", async () => {
+  const { port, source } = await serve();
+  const stream = await events(port);
+  await stream.next();
+  assert.equal(stream.raw.length, 1);
+  for (let i = 0; i < 5; i++) source.feed(topics.status(`gw${i}.test`), { state: "online", since: new Date().toISOString(), version: "0.1.0", listen: "127.0.0.1:7447", run: "r" });
+  const snap = await stream.next();
+  assert.equal(snap.gateways.length, 5, "the five changes in one snapshot");
+  await new Promise((r) => setTimeout(r, 400));
+  assert.equal(stream.raw.length, 2, "and no other");
+  stream.close();
+});
+
+test("the loopback names, to the character: brackets only in pairs and only around an IPv6 address", () => {
+  for (const h of ["127.0.0.1", "127.255.255.254", "localhost", "LOCALHOST", "::1", "[::1]", "::ffff:127.0.0.1", "::FFFF:127.1.2.3", "0:0:0:0:0:0:0:1", "[0:0:0:0:0:0:0:1]"]) assert.equal(isLoopback(h), true, h);
+  for (const h of ["", "[127.0.0.1", "127.0.0.1]", "[127.0.0.1]", "[localhost]", "[localhost]x", "::1]", "[::1", "::2", "1::1", "::ffff:128.0.0.1", "::ffff:10.127.0.1", "1:0:0:0:0:0:0:1", "0:0:0:0:0:0:1:1", "0:0:0:0:0:0:0:10", "[::1]]", "[[::1]"]) assert.equal(isLoopback(h), false, h);
+});
+
+test("without a token, the Host header must name loopback exactly: with or without a port, nothing before or after", async () => {
+  const { port } = await serve();
+  for (const host of ["localhost", `localhost:${port}`, "127.0.0.1", `127.0.0.1:${port}`, "[::1]", `[::1]:${port}`]) assert.equal((await request(port, "/fleet.json", { headers: { host } })).status, 200, host);
+  for (const host of [`localhost:${port}x`, "evil.example:127.0.0.1", `x[::1]:${port}`, "localhost.evil.example", "[::1", `localhost:${port}:${port}`]) {
+    const a = await request(port, "/fleet.json", { headers: { host } });
+    assert.equal(a.status, 403, host);
+    assert.equal(a.body, "this fleet view answers only requests to a loopback address (127.0.0.1, [::1], localhost); give it a token to serve other names\n");
+  }
+});
+
+test("a token of exactly the least length is taken; one character less is not; the message names where it came from", () => {
+  assert.equal(MIN_TOKEN_LENGTH, 16);
+  assert.equal(checkToken("a".repeat(16), "the test"), "a".repeat(16));
+  assert.throws(() => checkToken("a".repeat(15), "KEYPROXY_HTTP_TOKEN"), (e: unknown) => e instanceof FleetViewConfigError && (e as Error).message === "the fleet view's token from KEYPROXY_HTTP_TOKEN is too short: at least 16 characters (make one with: openssl rand -hex 16)");
+  assert.throws(() => serveFleetView({ listen: { host: "127.0.0.1", port: 0 }, token: "short" }, modelSource()), (e: unknown) => e instanceof FleetViewConfigError && (e as Error).message.startsWith("the fleet view's token from the options is too short"));
+  assert.throws(() => serveFleetView({ listen: { host: "127.0.0.1", port: 0 }, token: "short", flag: "--http-token-file t" }, modelSource()), (e: unknown) => (e as Error).message.startsWith("the fleet view's token from --http-token-file t is too short"));
+  assert.throws(() => serveFleetView({ listen: { host: "192.0.2.7", port: 8080 } }, modelSource()), (e: unknown) => (e as Error).message.startsWith("--http 192.0.2.7:8080 is not a loopback address, so the fleet view needs a token"));
+  assert.throws(() => serveFleetView({ listen: { host: "192.0.2.7", port: 8080 }, flag: "--console-http" }, modelSource()), (e: unknown) => (e as Error).message.startsWith("--console-http 192.0.2.7:8080 is not a loopback address"));
+});
+
+test("where a token is read: a Bearer header only, a cookie among others and with its spaces, a token with '='; a header does not redirect", async () => {
+  const withEquals = "abcdefghijklmnop==";
+  const { port } = await serve({ host: "0.0.0.0", token: withEquals });
+  const cookie = `keyproxy_token=${withEquals}`;
+  // An Authorization that is not Bearer is no token: the cookie beside it counts.
+  assert.equal((await request(port, "/fleet.json", { headers: { authorization: "Basic dXNlcjpwYXNz", cookie } })).status, 200);
+  assert.equal((await request(port, "/fleet.json", { headers: { authorization: `bearer ${withEquals}` } })).status, 401, "Bearer, as written");
+  assert.equal((await request(port, "/fleet.json", { headers: { cookie: `theme=dark;   ${cookie}; other=1` } })).status, 200, "among other cookies");
+  assert.equal((await request(port, "/fleet.json", { headers: { cookie: `theme=dark; keyproxy_token2=${withEquals}` } })).status, 401, "only its own name");
+  assert.equal((await request(port, "/fleet.json", { headers: { cookie: `theme=${withEquals}; keyproxy_token=wrong` } })).status, 401, "its own value, not the first cookie's");
+  const unauthorized = await request(port, "/fleet.json");
+  assert.equal(unauthorized.body, "a token is needed: open /?token=<token>, or send Authorization: Bearer <token>\n");
+  assert.equal(unauthorized.headers["www-authenticate"], 'Bearer realm="keyproxy fleet view"');
+  // With a header, the page is the page: only ?token= is moved into a cookie.
+  const byHeader = await request(port, "/", { headers: { authorization: `Bearer ${withEquals}` } });
+  assert.equal(byHeader.status, 200);
+  assert.equal(byHeader.headers["set-cookie"], undefined);
+  const opened = await request(port, `/?token=${encodeURIComponent(withEquals)}`);
+  assert.equal(opened.status, 303);
+  assert.deepEqual(opened.headers["set-cookie"], [`keyproxy_token=${withEquals}; Path=/; HttpOnly; SameSite=Strict`]);
+  assert.equal(opened.body, "");
+  // ?token= on another path answers it, without a redirect.
+  assert.equal((await request(port, `/fleet.json?token=${encodeURIComponent(withEquals)}`)).status, 200);
+});
