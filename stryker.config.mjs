@@ -111,7 +111,7 @@ export const MODULES = {
     // The read-only web fleet view: its token, its loopback and Host checks, its headers, the viewers'
     // cap, and the snapshot it builds from monitoring.
     mutate: ["gateway/web/*.ts"],
-    tests: ["test/web-view.test.ts"],
+    tests: ["test/web-view-edges.test.ts", "test/web-view.test.ts"],
   },
   "gateway/ble/bridge": {
     // The BLE bridge's connection to its gateway: the mutual proof of the bridge key, the per-direction

@@ -12,8 +12,6 @@ import { closeServers, events, modelSource, request, serve, type Answer } from "
 
 after(closeServers);
 
-const TOKEN = "0123456789abcdef0123456789abcdef";
-
 function assertAllSecurityHeaders(a: Answer, what: string): void {
   assert.deepEqual(
     {
