@@ -6,8 +6,14 @@
 
 import { after, test } from "node:test";
 import assert from "node:assert/strict";
+import net from "node:net";
+import { connectAsync } from "mqtt";
+import { startBroker } from "../gateway/monitor/embedded-broker.ts";
+import { FleetModel } from "../gateway/monitor/fleet-model.ts";
 import { topics } from "../gateway/monitor/monitor.ts";
+import { BrokerFleetSource, snapshotOf } from "../gateway/web/fleet-feed.ts";
 import { checkToken, CONTENT_SECURITY_POLICY, FleetViewConfigError, isLoopback, MIN_TOKEN_LENGTH, serveFleetView } from "../gateway/web/fleet-server.ts";
+import { until } from "./support/harness.ts";
 import { closeServers, events, modelSource, request, serve, type Answer } from "./support/web-view.ts";
 
 after(closeServers);
@@ -120,3 +126,96 @@ test("where a token is read: a Bearer header only, a cookie among others and wit
   // ?token= on another path answers it, without a redirect.
   assert.equal((await request(port, `/fleet.json?token=${encodeURIComponent(withEquals)}`)).status, 200);
 });
+
+// ---- the snapshot and its source ---------------------------------------------------------------
+
+const GW = "gw.test";
+const NOW = Date.parse("2026-12-07T12:00:00.000Z");
+const status = (state: unknown, more: Record<string, unknown> = {}) => Buffer.from(JSON.stringify({ state, since: "2026-12-01T00:00:00.000Z", version: "0.1.0", listen: "127.0.0.1:7447", run: "r1", ...more }));
+const device = (id: string, more: Record<string, unknown> = {}) => Buffer.from(JSON.stringify({
+  device: id, board: "puckjs", online: true, registered: true, registeredUntil: "2026-12-08T00:00:00.000Z", revoked: false, joinCounter: 4, lastJoin: null, joinRejects: 0, framesDropped: 0, firmware: "0.1.0", memoryUsed: 900, memoryTotal: 2630, ...more,
+}));
+
+test("the snapshot: every value of its type or null, sorted by id; linked counts only while the gateway is online; memory as used/total", () => {
+  const m = new FleetModel(5);
+  m.apply(topics.status("b.test"), status("online", { reason: "restarted" }));
+  m.apply(topics.status(GW), status(7, { since: 5, listen: ["x"], version: { v: 1 }, run: null, reason: 3 }));
+  m.apply(topics.metrics("b.test"), Buffer.from(JSON.stringify({ joins: 2, name: "n", flag: true, list: [1] })));
+  m.apply(topics.deviceState("b.test", "s2"), device("s2", { memoryUsed: 900, memoryTotal: 2630, joinCounter: "4", board: 5, firmware: ["x"] }));
+  m.apply(topics.deviceState("b.test", "s1"), device("s1", { online: false, memoryUsed: 0, memoryTotal: 2630 }));
+  m.apply(topics.deviceState("b.test", "s3"), device("s3", { memoryUsed: 1200, memoryTotal: null, joinCounter: Infinity, radio: { name: "kp-1", address: "c0ffee", via: "ble", connected: true, rssi: -61, lastSeen: "2026-12-07T11:59:00.000Z" } }));
+  m.apply(topics.deviceState(GW, "t1"), device("t1"));
+  const s = snapshotOf(m, "the fleet", { url: "mqtt://h", connected: true }, NOW);
+  assert.equal(s.now, "2026-12-07T12:00:00.000Z");
+  assert.deepEqual(s.gateways.map((g) => g.id), ["b.test", GW]);
+  const [b, gw] = s.gateways;
+  assert.deepEqual({ ...b }, { id: "b.test", state: "online", since: "2026-12-01T00:00:00.000Z", listen: "127.0.0.1:7447", version: "0.1.0", instance: "r1", reason: "restarted", linked: 2, metrics: { joins: 2, name: "n" }, revocation: null });
+  assert.deepEqual({ ...gw }, { id: GW, state: "?", since: null, listen: null, version: null, instance: null, reason: null, linked: 0, metrics: null, revocation: null }, "a gateway whose status is of the wrong types, and not online: no handset counts as linked");
+  assert.deepEqual(s.handsets.map((h) => `${h.gateway}/${h.id}`), ["b.test/s1", "b.test/s2", "b.test/s3", `${GW}/t1`]);
+  const [s1, s2, s3, t1] = s.handsets;
+  assert.deepEqual([s1.link, s1.memory], ["not linked", null], "no memory figure when none was used");
+  assert.deepEqual([s2.memory, s2.joinCounter, s2.board, s2.firmware, s2.radio], ["900/2630", null, null, null, null]);
+  assert.deepEqual([s3.memory, s3.joinCounter, s3.radio], ["1200", null, "ble -61dBm"]);
+  assert.equal(t1.link, "unknown", "a handset of a gateway not known online");
+});
+
+test("the snapshot's events: oldest first, their words as the monitor says them, '?' for an event without a name", () => {
+  const m = new FleetModel(5);
+  m.apply(topics.events(GW), Buffer.from(JSON.stringify({ ts: "2026-12-07T11:00:00.000Z", level: "info", event: "device-joined", device: "s1" })));
+  m.apply(topics.events(GW), Buffer.from(JSON.stringify({ ts: 5, level: ["warn"], device: "s2" })));
+  const s = snapshotOf(m, "t", { url: "mqtt://h", connected: true }, NOW);
+  assert.equal(s.events.length, 2);
+  assert.deepEqual({ ...s.events[0], text: "" }, { gateway: GW, ts: "2026-12-07T11:00:00.000Z", level: "info", event: "device-joined", text: "" });
+  assert.match(s.events[0].text, /device-joined/);
+  assert.deepEqual({ ...s.events[1], text: "" }, { gateway: GW, ts: null, level: null, event: "?", text: "" });
+});
+
+test("the broker source: follows the monitoring topics, tells its listeners, never shows the broker's password; a broker away is said", async () => {
+  const broker = await startBroker({ host: "127.0.0.1", port: 0 });
+  const url = broker.url.replace("mqtt://", "mqtt://watcher:hunter2secret@");
+  const source = new BrokerFleetSource(url, "keyproxy/v1/#", "the fleet");
+  const publisher = await connectAsync(broker.url, { protocolVersion: 4, reconnectPeriod: 0 });
+  try {
+    let told = 0;
+    const off = source.subscribe(() => told++);
+    await until(() => source.snapshot().broker.connected, "the source to connect");
+    const snap = source.snapshot();
+    assert.equal(snap.title, "the fleet");
+    assert.deepEqual(snap.broker, { url: broker.url, connected: true, error: undefined });
+    assert.ok(!JSON.stringify(snap).includes("hunter2secret"));
+    await publisher.publishAsync(topics.status(GW), status("online"), { qos: 1, retain: true });
+    await until(() => source.snapshot().gateways.length === 1, "the status to arrive");
+    assert.equal(source.snapshot().gateways[0].state, "online");
+    assert.ok(told >= 1, "its listeners were told");
+    off();
+    const before = told;
+    await publisher.publishAsync(topics.deviceState(GW, "s1"), device("s1"), { qos: 1 });
+    await until(() => source.snapshot().handsets.length === 1, "the device to arrive");
+    assert.equal(told, before, "an unsubscribed listener is not told");
+    await publisher.publishAsync(topics.status(GW), "", { qos: 1, retain: true });
+  } finally {
+    await publisher.endAsync();
+    await source.close();
+    await broker.close();
+  }
+
+  const away = new BrokerFleetSource(`mqtt://127.0.0.1:${await freePort()}`, "keyproxy/v1/#", "nobody");
+  try {
+    let told = 0;
+    away.subscribe(() => told++);
+    await until(() => away.snapshot().broker.error !== undefined, "the source to say the broker is away");
+    assert.equal(away.snapshot().broker.connected, false);
+    assert.match(String(away.snapshot().broker.error), /ECONNREFUSED/);
+    assert.ok(told >= 1);
+  } finally {
+    await away.close();
+  }
+});
+
+async function freePort(): Promise<number> {
+  const s = net.createServer();
+  await new Promise<void>((r) => s.listen(0, "127.0.0.1", r));
+  const port = (s.address() as net.AddressInfo).port;
+  await new Promise((r) => s.close(r));
+  return port;
+}
