@@ -6,13 +6,16 @@
 
 import { after, test } from "node:test";
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
 import net from "node:net";
 import { connectAsync } from "mqtt";
 import { startBroker } from "../gateway/monitor/embedded-broker.ts";
 import { FleetModel } from "../gateway/monitor/fleet-model.ts";
 import { topics } from "../gateway/monitor/monitor.ts";
-import { BrokerFleetSource, snapshotOf } from "../gateway/web/fleet-feed.ts";
-import { checkToken, CONTENT_SECURITY_POLICY, FleetViewConfigError, isLoopback, MIN_TOKEN_LENGTH, serveFleetView } from "../gateway/web/fleet-server.ts";
+import { BrokerFleetSource, snapshotOf, type FleetSnapshot } from "../gateway/web/fleet-feed.ts";
+import {
+  checkToken, CONTENT_SECURITY_POLICY, FleetViewAddressInUse, FleetViewConfigError, isLoopback, MIN_TOKEN_LENGTH, serveBrokerFleetView, serveFleetView,
+} from "../gateway/web/fleet-server.ts";
 import { until } from "./support/harness.ts";
 import { closeServers, events, modelSource, request, serve, type Answer } from "./support/web-view.ts";
 
@@ -79,7 +82,7 @@ test("the event stream: the reconnect delay and a snapshot at once; changes clos
 
 test("the loopback names, to the character: brackets only in pairs and only around an IPv6 address", () => {
   for (const h of ["127.0.0.1", "127.255.255.254", "localhost", "LOCALHOST", "::1", "[::1]", "::ffff:127.0.0.1", "::FFFF:127.1.2.3", "0:0:0:0:0:0:0:1", "[0:0:0:0:0:0:0:1]"]) assert.equal(isLoopback(h), true, h);
-  for (const h of ["", "[127.0.0.1", "127.0.0.1]", "[127.0.0.1]", "[localhost]", "[localhost]x", "::1]", "[::1", "::2", "1::1", "::ffff:128.0.0.1", "::ffff:10.127.0.1", "1:0:0:0:0:0:0:1", "0:0:0:0:0:0:1:1", "0:0:0:0:0:0:0:10", "[::1]]", "[[::1]"]) assert.equal(isLoopback(h), false, h);
+  for (const h of ["", "[127.0.0.1", "127.0.0.1]", "[127.0.0.1]", "[localhost]", "[localhost]x", "::1]", "[::1", "::2", "1::1", "::ffff:128.0.0.1", "::ffff:10.127.0.1", "1:0:0:0:0:0:0:1", "0:0:0:0:0:0:1:1", "0:0:0:0:0:0:0:10", "[::1]]", "[[::1]", "x[::1]", "1::ffff:127.0.0.1"]) assert.equal(isLoopback(h), false, h);
 });
 
 test("without a token, the Host header must name loopback exactly: with or without a port, nothing before or after", async () => {
@@ -219,3 +222,100 @@ async function freePort(): Promise<number> {
   await new Promise((r) => s.close(r));
   return port;
 }
+
+// ---- the server's life ---------------------------------------------------------------------------
+
+/** A request written by hand, for a target node:http's client would not send. */
+function rawRequest(port: number, line: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const sock = net.connect(port, "127.0.0.1", () => sock.write(`${line}\r\nHost: localhost\r\nConnection: close\r\n\r\n`));
+    let got = "";
+    sock.setEncoding("utf8");
+    sock.on("data", (c: string) => (got += c));
+    sock.on("end", () => resolve(got));
+    sock.on("error", reject);
+  });
+}
+
+test("the page and its files are served as they are on disk; a request target that is no URL is a 400", async () => {
+  const { port } = await serve();
+  for (const [path, file] of [["/", "index.html"], ["/app.js", "app.js"], ["/style.css", "style.css"]]) {
+    assert.equal((await request(port, path)).body, readFileSync(new URL(`../gateway/web/static/${file}`, import.meta.url), "utf8"), path);
+  }
+  const answer = await rawRequest(port, "GET http://[ HTTP/1.1");
+  assert.match(answer, /^HTTP\/1\.1 400 /);
+  assert.ok(answer.includes("\r\n\r\n13\r\nbad request target\n\r\n0\r\n"), JSON.stringify(answer));
+});
+
+test("a snapshot that fails is a 500 that says nothing of why, and the view stays up; on the event stream, the stream ends", async () => {
+  let failing = false;
+  const source = modelSource();
+  const snapshot = source.snapshot;
+  source.snapshot = () => {
+    if (failing) throw new Error("payload quoted: secret-looking-text");
+    return snapshot();
+  };
+  const { port } = await serve({}, source);
+  failing = true;
+  const a = await request(port, "/fleet.json");
+  assert.equal(a.status, 500);
+  assert.equal(a.body, "the fleet view failed to answer\n");
+  const stream = await request(port, "/events");
+  assert.equal(stream.status, 200, "the stream had begun");
+  assert.equal(stream.body, "", "and ended without a word");
+  failing = false;
+  assert.equal((await request(port, "/fleet.json")).status, 200);
+});
+
+test("closing the view: its viewers' streams end, the source is let go, and nothing answers any more", async () => {
+  const source = modelSource();
+  let subscribed = 0;
+  const subscribe = source.subscribe;
+  source.subscribe = (fn) => {
+    subscribed++;
+    const off = subscribe(fn);
+    return () => {
+      subscribed--;
+      return off();
+    };
+  };
+  const server = await serveFleetView({ listen: { host: "127.0.0.1", port: 0 } }, source);
+  const port = server.address.port;
+  const stream = await events(port);
+  await stream.next();
+  const ended = new Promise<void>((r) => stream.res.once("end", r));
+  assert.equal(subscribed, 1);
+  await server.close();
+  await ended;
+  assert.equal(subscribed, 0);
+  await assert.rejects(request(port, "/"), "nothing answers");
+});
+
+test("a port in use is said with the flag (--http unless told); any other failure to listen is passed on as it is", async () => {
+  const { port } = await serve();
+  await assert.rejects(serveFleetView({ listen: { host: "127.0.0.1", port } }, modelSource()), (e: unknown) =>
+    e instanceof FleetViewAddressInUse && (e as Error).message.endsWith("(another gateway or console? use --http <host:port>)"));
+  // 192.0.2.1 (TEST-NET-1) is no address of this machine.
+  await assert.rejects(serveFleetView({ listen: { host: "192.0.2.1", port: 0 }, token: "a".repeat(16) }, modelSource()), (e: unknown) =>
+    !(e instanceof FleetViewAddressInUse) && (e as NodeJS.ErrnoException).code === "EADDRNOTAVAIL");
+});
+
+test("the view of a broker: its snapshot from the monitoring topics, its broker's password never shown, and closing it closes both", async () => {
+  const broker = await startBroker({ host: "127.0.0.1", port: 0 });
+  try {
+    const view = await serveBrokerFleetView({ listen: { host: "127.0.0.1", port: 0 }, url: broker.url.replace("mqtt://", "mqtt://u:pw-not-shown@"), topic: "keyproxy/v1/#", title: "console" });
+    const port = view.address.port;
+    await until(async () => (JSON.parse((await request(port, "/fleet.json")).body) as FleetSnapshot).broker.connected, "the view to reach its broker");
+    const snap = JSON.parse((await request(port, "/fleet.json")).body) as FleetSnapshot;
+    assert.deepEqual([snap.title, snap.broker.url], ["console", broker.url]);
+    const stream = await events(port);
+    await stream.next();
+    assert.equal(view.clients, 1);
+    stream.close();
+    await view.close();
+    await assert.rejects(request(port, "/"), "nothing answers");
+  } finally {
+    await broker.close();
+  }
+  await assert.rejects(serveBrokerFleetView({ listen: { host: "192.0.2.1", port: 0 }, url: "mqtt://127.0.0.1:1", topic: "#", title: "t" }), FleetViewConfigError, "off loopback without a token: refused before anything connects");
+});
