@@ -23,7 +23,13 @@ function offsetOf(source, { line, column }) {
   return at + column - 1;
 }
 
-const killedBy = () => tests.find((t) => spawnSync("nice", ["-n", "19", process.execPath, "--import", "tsx", "--test", t], { stdio: "ignore" }).status !== 0);
+/** A test that runs longer than this under a mutant hangs on it: it fails, and the mutant counts as
+ *  killed, as Stryker counts a timeout (KP_SURVIVOR_TIMEOUT_MS, default 1 minute). --test-force-exit:
+ *  a mutant that leaves a handle open (a broker, a client that never ends) must not hold the run. */
+const TIMEOUT_MS = Number(process.env.KP_SURVIVOR_TIMEOUT_MS ?? 60_000);
+const testArgs = (t) => ["-n", "19", process.execPath, "--import", "tsx", "--test", `--test-timeout=${TIMEOUT_MS}`, "--test-force-exit", t];
+
+const killedBy = () => tests.find((t) => spawnSync("nice", testArgs(t), { stdio: "ignore" }).status !== 0);
 
 let killed = 0;
 const left = [];
