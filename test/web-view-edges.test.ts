@@ -141,21 +141,25 @@ const device = (id: string, more: Record<string, unknown> = {}) => Buffer.from(J
 
 test("the snapshot: every value of its type or null, sorted by id; linked counts only while the gateway is online; memory as used/total", () => {
   const m = new FleetModel(5);
-  m.apply(topics.status("b.test"), status("online", { reason: "restarted" }));
+  // Inserted out of order: the snapshot sorts gateways and handsets by id.
+  m.apply(topics.deviceState(GW, "t1"), device("t1"));
   m.apply(topics.status(GW), status(7, { since: 5, listen: ["x"], version: { v: 1 }, run: null, reason: 3 }));
+  m.apply(topics.status("b.test"), status("online", { reason: "restarted" }));
   m.apply(topics.metrics("b.test"), Buffer.from(JSON.stringify({ joins: 2, name: "n", flag: true, list: [1] })));
   m.apply(topics.deviceState("b.test", "s2"), device("s2", { memoryUsed: 900, memoryTotal: 2630, joinCounter: "4", board: 5, firmware: ["x"] }));
   m.apply(topics.deviceState("b.test", "s1"), device("s1", { online: false, memoryUsed: 0, memoryTotal: 2630 }));
   m.apply(topics.deviceState("b.test", "s3"), device("s3", { memoryUsed: 1200, memoryTotal: null, joinCounter: Infinity, radio: { name: "kp-1", address: "c0ffee", via: "ble", connected: true, rssi: -61, lastSeen: "2026-12-07T11:59:00.000Z" } }));
-  m.apply(topics.deviceState(GW, "t1"), device("t1"));
+  m.apply(topics.deviceState("c.test", "u1"), device("u1", { radio: null }));
   const s = snapshotOf(m, "the fleet", { url: "mqtt://h", connected: true }, NOW);
   assert.equal(s.now, "2026-12-07T12:00:00.000Z");
-  assert.deepEqual(s.gateways.map((g) => g.id), ["b.test", GW]);
-  const [b, gw] = s.gateways;
+  assert.deepEqual(s.gateways.map((g) => g.id), ["b.test", "c.test", GW]);
+  const [b, c, gw] = s.gateways;
+  assert.deepEqual([c.state, c.linked], ["?", 0], "a gateway known only from its handsets");
   assert.deepEqual({ ...b }, { id: "b.test", state: "online", since: "2026-12-01T00:00:00.000Z", listen: "127.0.0.1:7447", version: "0.1.0", instance: "r1", reason: "restarted", linked: 2, metrics: { joins: 2, name: "n" }, revocation: null });
   assert.deepEqual({ ...gw }, { id: GW, state: "?", since: null, listen: null, version: null, instance: null, reason: null, linked: 0, metrics: null, revocation: null }, "a gateway whose status is of the wrong types, and not online: no handset counts as linked");
-  assert.deepEqual(s.handsets.map((h) => `${h.gateway}/${h.id}`), ["b.test/s1", "b.test/s2", "b.test/s3", `${GW}/t1`]);
-  const [s1, s2, s3, t1] = s.handsets;
+  assert.deepEqual(s.handsets.map((h) => `${h.gateway}/${h.id}`), ["b.test/s1", "b.test/s2", "b.test/s3", "c.test/u1", `${GW}/t1`]);
+  const [s1, s2, s3, u1, t1] = s.handsets;
+  assert.deepEqual([u1.link, u1.radio], ["unknown", null], "no status from its gateway; a radio of null is no radio");
   assert.deepEqual([s1.link, s1.memory], ["not linked", null], "no memory figure when none was used");
   assert.deepEqual([s2.memory, s2.joinCounter, s2.board, s2.firmware, s2.radio], ["900/2630", null, null, null, null]);
   assert.deepEqual([s3.memory, s3.joinCounter, s3.radio], ["1200", null, "ble -61dBm"]);
@@ -196,15 +200,20 @@ test("the broker source: follows the monitoring topics, tells its listeners, nev
     await until(() => source.snapshot().handsets.length === 1, "the device to arrive");
     assert.equal(told, before, "an unsubscribed listener is not told");
     await publisher.publishAsync(topics.status(GW), "", { qos: 1, retain: true });
+    // The broker goes: the source says so.
+    await publisher.endAsync();
+    await broker.close();
+    await until(() => !source.snapshot().broker.connected, "the source to see its broker gone");
   } finally {
     // Each on its own: one that fails (under a mutant) must not leave the others open.
     await publisher.endAsync().catch(() => undefined);
     await Promise.resolve().then(() => source.close()).catch(() => undefined);
-    await broker.close();
+    await broker.close().catch(() => undefined);
   }
 
   const away = new BrokerFleetSource(`mqtt://127.0.0.1:${await freePort()}`, "keyproxy/v1/#", "nobody");
   try {
+    assert.equal(away.snapshot().broker.connected, false, "not connected before it connected");
     let told = 0;
     away.subscribe(() => told++);
     await until(() => away.snapshot().broker.error !== undefined, "the source to say the broker is away");
@@ -227,9 +236,9 @@ async function freePort(): Promise<number> {
 // ---- the server's life ---------------------------------------------------------------------------
 
 /** A request written by hand, for a target node:http's client would not send. */
-function rawRequest(port: number, line: string): Promise<string> {
+function rawRequest(port: number, line: string, withHost = true): Promise<string> {
   return new Promise((resolve, reject) => {
-    const sock = net.connect(port, "127.0.0.1", () => sock.write(`${line}\r\nHost: localhost\r\nConnection: close\r\n\r\n`));
+    const sock = net.connect(port, "127.0.0.1", () => sock.write(`${line}\r\n${withHost ? "Host: localhost\r\n" : ""}Connection: close\r\n\r\n`));
     let got = "";
     sock.setEncoding("utf8");
     sock.on("data", (c: string) => (got += c));
@@ -240,6 +249,8 @@ function rawRequest(port: number, line: string): Promise<string> {
 
 test("the page and its files are served as they are on disk; a request target that is no URL is a 400", async () => {
   const { port } = await serve();
+  const noHost = await rawRequest(port, "GET /fleet.json HTTP/1.0", false);
+  assert.match(noHost, /^HTTP\/1\.1 403 /, "a request without a Host header names no loopback host");
   for (const [path, file] of [["/", "index.html"], ["/app.js", "app.js"], ["/style.css", "style.css"]]) {
     assert.equal((await request(port, path)).body, readFileSync(new URL(`../gateway/web/static/${file}`, import.meta.url), "utf8"), path);
   }
