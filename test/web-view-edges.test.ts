@@ -220,6 +220,11 @@ test("the broker source: follows the monitoring topics, tells its listeners, nev
     assert.equal(away.snapshot().broker.connected, false);
     assert.match(String(away.snapshot().broker.error), /ECONNREFUSED/);
     assert.ok(told >= 1);
+    // Closed, it stops trying (every 2 s until now) and tells no one any more.
+    await away.close();
+    const afterClose = told;
+    await new Promise((r) => setTimeout(r, 2500));
+    assert.equal(told, afterClose);
   } finally {
     await Promise.resolve().then(() => away.close()).catch(() => undefined);
   }
